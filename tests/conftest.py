@@ -1,0 +1,120 @@
+"""Leak checks for every test (autouse): no /dev/shm segment, no child
+process and no file descriptor may outlive the test that made it.
+
+Segment names carry their owner's pid (``ember.p<pid>.…`` for a standalone
+pool, ``ember.r<launcher pid>-….…`` inside a runtime).  A segment that
+appeared during the test is a leak when its owner is this test process or
+is dead; segments of the other xdist worker's live processes are not ours.
+"""
+import os
+import re
+import time
+
+import pytest
+
+SHM = "/dev/shm"
+_OWNER = re.compile(r"^ember\.[pr](\d+)[-.]")
+
+
+def _segments():
+    try:
+        return {n for n in os.listdir(SHM) if n.startswith("ember.")}
+    except FileNotFoundError:
+        return set()
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_ours(name):
+    m = _OWNER.match(name)
+    if not m:
+        return True
+    pid = int(m.group(1))
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+def _children():
+    """Descendants of this process (pid -> comm), zombies included."""
+    parent_of = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        rp = data.rfind(b")")
+        fields = data[rp + 2:].split()
+        parent_of[int(d)] = (int(fields[1]), data[data.find(b"(") + 1:rp].decode(errors="replace"), fields[0])
+    me = os.getpid()
+    out, frontier = {}, {me}
+    while frontier:
+        nxt = set()
+        for pid, (ppid, comm, state) in parent_of.items():
+            if ppid in frontier and pid not in out and pid != me:
+                out[pid] = f"{comm} (state {state.decode()})"
+                nxt.add(pid)
+        frontier = nxt
+    return out
+
+
+def _fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    segs_before = _segments()
+    fds_before = _fds()
+    yield
+    # Processes: give exiting children a moment, then fail on any survivor.
+    deadline = time.monotonic() + 5.0
+    kids = _children()
+    while kids and time.monotonic() < deadline:
+        time.sleep(0.02)
+        kids = _children()
+    # Segments: the runtime's teardown may still be unlinking for a moment.
+    leaked = set()
+    deadline = time.monotonic() + 2.0
+    while True:
+        leaked = {s for s in _segments() - segs_before if _is_ours(s)}
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    fds_leaked = _fds() - fds_before
+    # An fd may be closed by now but listed because listdir opened it.
+    fds_leaked = {fd for fd in fds_leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    problems = []
+    if kids:
+        problems.append(f"child processes left alive: {kids}")
+        for pid in kids:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+    if leaked:
+        problems.append(f"shared-memory segments leaked: {sorted(leaked)}")
+        for s in leaked:
+            try:
+                os.unlink(os.path.join(SHM, s))
+            except OSError:
+                pass
+    if fds_leaked:
+        targets = {}
+        for fd in fds_leaked:
+            try:
+                targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                targets[fd] = "?"
+        problems.append(f"file descriptors leaked: {targets}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
