@@ -40,6 +40,12 @@ extensions = [
     ext("ember.shepherd._spawn", ["ember/shepherd/_spawn.pyx", "ember/shepherd/spawn.c"]),
 ]
 
+# Development aid: EMBER_ONLY=pools,channels builds just those extensions.
+only = os.environ.get("EMBER_ONLY")
+if only:
+    keep = {w.strip() for w in only.split(",")}
+    extensions = [e for e in extensions if e.name.split(".")[-1].lstrip("_") in keep]
+
 setup(
     ext_modules=cythonize(
         extensions,
