@@ -1,0 +1,30 @@
+"""Names of the environment variables through which a managed process finds
+its runtime, and helpers to read them.  Descriptors travel as base64 text.
+"""
+import base64
+import os
+
+RUNTIME_ID = "EMBER_RUNTIME_ID"      # "r<launcher pid>-<hex>": owner tag of the runtime's segments
+INF_POOL = "EMBER_INF_POOL"          # sdesc of the infrastructure pool (GS/shepherd/reply channels)
+GS_CH = "EMBER_GS_CH"                # sdesc of global services' input channel
+SH_CH = "EMBER_SH_CH"                # sdesc of the node's shepherd input channel
+DEFAULT_POOL = "EMBER_DEFAULT_POOL"  # sdesc of the runtime's default pool for user channels
+P_UID = "EMBER_P_UID"                # this process's p_uid
+NODE = "EMBER_NODE"                  # index of this node
+LABEL = "EMBER_OUTPUT_LABEL"         # shepherd output labelling: "none", "puid" or "name"
+
+
+def encode(sdesc: bytes) -> str:
+    return base64.b64encode(sdesc).decode("ascii")
+
+
+def decode(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def get(name, default=None):
+    return os.environ.get(name, default)
+
+
+def in_runtime() -> bool:
+    return GS_CH in os.environ

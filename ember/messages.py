@@ -1,0 +1,147 @@
+"""The message schema of ember's control plane: the only place that builds
+messages.
+
+Every message is a msgpack array ``[code, field1, field2, ...]``; the
+integer ``code`` names the message type and fixes its fields (the table
+below).  Requests carry ``tag`` (request id, unique per sender), the
+sender's ``p_uid`` and ``r``, the serialized descriptor of the channel the
+reply goes to.  Every reply is a :class:`Reply` whose ``ref`` is the tag it
+answers and whose body follows the dask-style error convention
+``{status, ref, err_type, msg, tb}``: ``status`` 0 is success and ``value``
+holds the result; otherwise ``err_type`` names the exception class (from
+:mod:`ember.exceptions` or a built-in) and ``msg`` says what was wrong.
+
+Arrays, not maps, because they are smaller and faster to pack and unpack;
+the field names live here, in one table.  Nothing on the control plane is
+ever pickled.
+"""
+import msgpack
+
+__all__ = ["Message", "MessageError", "unpack", "pack", "ERR_OK", "ERR_FAIL", "by_code"]
+
+ERR_OK = 0
+ERR_FAIL = 1
+
+
+class MessageError(ValueError):
+    """A control-plane message could not be decoded or is malformed."""
+
+
+class Message:
+    """Base of all messages.  Subclasses are made by :func:`_define`."""
+
+    __slots__ = ()
+    code = -1
+    fields = ()
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(self.fields):
+            raise TypeError(f"{type(self).__name__} takes {len(self.fields)} fields, got {len(args)}")
+        for name, value in zip(self.fields, args):
+            setattr(self, name, value)
+        for name in self.fields[len(args):]:
+            try:
+                setattr(self, name, kwargs.pop(name))
+            except KeyError:
+                raise TypeError(f"{type(self).__name__} is missing field {name!r}") from None
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(kwargs)}")
+
+    def pack(self):
+        return _packb([self.code] + [getattr(self, f) for f in self.fields])
+
+    def __repr__(self):
+        body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.fields)
+        return f"{type(self).__name__}({body})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and all(
+            getattr(self, f) == getattr(other, f) for f in self.fields)
+
+
+by_code = {}
+
+
+def _define(code, name, fields):
+    fields = tuple(fields.split())
+    cls = type(name, (Message,), {"__slots__": fields, "code": code, "fields": fields})
+    if code in by_code:
+        raise RuntimeError(f"duplicate message code {code}")
+    by_code[code] = cls
+    globals()[name] = cls
+    __all__.append(name)
+    return cls
+
+
+_REQ = "tag p_uid r "
+
+# --- user process -> global services ---------------------------------------
+_define(1, "ProcessCreate", _REQ + "exe args env run_dir user_name options soft")
+_define(2, "ProcessList", _REQ)
+_define(3, "ProcessQuery", _REQ + "ident")
+_define(4, "ProcessKill", _REQ + "ident sig")
+_define(5, "ProcessJoin", _REQ + "idents timeout join_all return_on_bad_exit")
+_define(10, "PoolCreate", _REQ + "size user_name options soft")
+_define(11, "PoolList", _REQ)
+_define(12, "PoolQuery", _REQ + "ident")
+_define(13, "PoolDestroy", _REQ + "ident")
+_define(14, "PoolDefault", _REQ)
+_define(20, "ChannelCreate", _REQ + "m_uid user_name options soft")
+_define(21, "ChannelList", _REQ)
+_define(22, "ChannelQuery", _REQ + "ident")
+_define(23, "ChannelJoin", _REQ + "name timeout")
+_define(24, "ChannelDestroy", _REQ + "ident")
+_define(25, "ChannelRelease", _REQ + "ident")
+_define(26, "ChannelAddRef", _REQ + "ident")
+# launcher -> GS: kill everything, destroy everything, stop the shepherd, exit.
+_define(30, "Teardown", _REQ + "grace")
+
+# --- global services -> any requester ---------------------------------------
+_define(40, "Reply", "ref status value err_type msg tb")
+
+# --- global services -> shepherd ---------------------------------------------
+_define(50, "ShSpawn", "tag p_uid exe args env run_dir user_name")
+_define(51, "ShKill", "p_uid sig")
+_define(52, "ShShutdown", "tag")
+
+# --- shepherd -> global services ---------------------------------------------
+_define(60, "ShSpawned", "ref p_uid os_pid err")
+_define(61, "ShExited", "p_uid exit_code")
+_define(62, "ShShutdownDone", "ref")
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def pack(msg):
+    """Serialize a message to bytes."""
+    return msg.pack()
+
+
+def unpack(data):
+    """Decode bytes into a message object; raise :class:`MessageError` if
+    the bytes are not a well-formed message of a known type."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several types on garbage
+        raise MessageError(f"undecodable message ({len(data)} bytes): {exc}") from None
+    if not isinstance(obj, list) or not obj:
+        raise MessageError(f"message must be a non-empty array, got {type(obj).__name__}")
+    code = obj[0]
+    cls = by_code.get(code) if isinstance(code, int) else None
+    if cls is None:
+        raise MessageError(f"unknown message type {code!r}")
+    if len(obj) - 1 != len(cls.fields):
+        raise MessageError(
+            f"{cls.__name__} needs {len(cls.fields)} fields, got {len(obj) - 1}")
+    return cls(*obj[1:])
+
+
+def reply_ok(ref, value=None):
+    return Reply(ref, ERR_OK, value, None, None, None)
+
+
+def reply_err(ref, err_type, msg, tb=None):
+    return Reply(ref, ERR_FAIL, None, err_type, msg, tb)
+
+
+__all__ += ["reply_ok", "reply_err"]
