@@ -1,0 +1,183 @@
+"""Descriptors and options of the global-services API.
+
+Descriptors are local snapshots of what global services (GS) knows about a
+process, pool or channel; they travel as msgpack maps (``to_dict`` /
+``from_dict``) and are never pickled.  Users get them from ``create`` and
+``query``; constructing one by hand is possible but rarely useful.
+"""
+from collections import namedtuple
+from dataclasses import asdict, dataclass, fields
+
+__all__ = [
+    "ProcessDescriptor",
+    "ProcessLocation",
+    "ProcessStatus",
+    "PoolDescriptor",
+    "ChannelDescriptor",
+    "ProcessOptions",
+    "PoolOptions",
+    "ChannelOptions",
+]
+
+#: Where a process runs: node index and OS pid (None until it started).
+ProcessLocation = namedtuple("ProcessLocation", "node os_pid")
+
+#: The status of one process in a multi_join answer: ``state`` is one of
+#: ``"pending"``, ``"running"``, ``"exited"``; ``exit_code`` is None unless
+#: the process exited.
+ProcessStatus = namedtuple("ProcessStatus", "state exit_code")
+
+
+class ProcessDescriptor:
+    """What GS knows about one managed process.
+
+    Attributes: ``p_uid``, ``user_name`` (``name``), ``is_alive``,
+    ``retval`` (exit code, None while alive; -N for death by signal N),
+    ``location`` (:class:`ProcessLocation`), ``state``.
+    """
+
+    __slots__ = ("p_uid", "user_name", "state", "retval", "node", "os_pid")
+
+    def __init__(self, p_uid, user_name, state, retval, node, os_pid):
+        self.p_uid = p_uid
+        self.user_name = user_name
+        self.state = state
+        self.retval = retval
+        self.node = node
+        self.os_pid = os_pid
+
+    @property
+    def name(self):
+        return self.user_name
+
+    @property
+    def is_alive(self):
+        return self.state != "exited"
+
+    @property
+    def location(self):
+        return ProcessLocation(self.node, self.os_pid)
+
+    def refresh(self):
+        """Re-read this descriptor from GS (in place)."""
+        from .globalservices import process
+
+        fresh = process.query(self.p_uid)
+        for k in self.__slots__:
+            setattr(self, k, getattr(fresh, k))
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: d[k] for k in cls.__slots__})
+
+    def __repr__(self):
+        return (f"ProcessDescriptor(p_uid={self.p_uid}, user_name={self.user_name!r}, "
+                f"state={self.state!r}, retval={self.retval!r}, location={self.location})")
+
+
+class _Record:
+    __slots__ = ()
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: d[k] for k in cls.__slots__})
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        body = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if k != "sdesc")
+        return f"{type(self).__name__}({body})"
+
+
+class PoolDescriptor(_Record):
+    """A pool as GS knows it: ``m_uid``, ``name``, ``node``, ``size`` and
+    ``sdesc`` (attach with :meth:`ember.pools_c.Pool.attach`)."""
+
+    __slots__ = ("m_uid", "name", "node", "size", "sdesc")
+
+    def __init__(self, m_uid, name, node, size, sdesc):
+        self.m_uid = m_uid
+        self.name = name
+        self.node = node
+        self.size = size
+        self.sdesc = sdesc
+
+
+class ChannelDescriptor(_Record):
+    """A channel as GS knows it: ``m_uid`` (its pool), ``c_uid``, ``name``,
+    ``node``, ``capacity``, ``block_size``, ``ref_count`` and ``sdesc``
+    (attach with :meth:`ember.channels_c.Channel.attach`)."""
+
+    __slots__ = ("m_uid", "c_uid", "name", "node", "capacity", "block_size", "ref_count", "sdesc")
+
+    def __init__(self, m_uid, c_uid, name, node, capacity, block_size, ref_count, sdesc):
+        self.m_uid = m_uid
+        self.c_uid = c_uid
+        self.name = name
+        self.node = node
+        self.capacity = capacity
+        self.block_size = block_size
+        self.ref_count = ref_count
+        self.sdesc = sdesc
+
+
+class _Options:
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def coerce(cls, value, what):
+        """Accept an instance, a dict of fields, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            names = {f.name for f in fields(cls)}
+            unknown = set(value) - names
+            if unknown:
+                raise TypeError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: {sorted(names)}")
+            return cls(**value)
+        raise TypeError(f"{what} must be a {cls.__name__}, a dict or None, not {type(value).__name__}")
+
+
+@dataclass
+class ProcessOptions(_Options):
+    """How to launch a process.
+
+    ``label``: overrides the launcher's output labelling for this process's
+    lines (None: use the launcher's ``--label`` setting).  More options
+    will come with multi-node placement.
+    """
+
+    label: str = None
+
+
+@dataclass
+class PoolOptions(_Options):
+    """Pool creation options (none yet beyond the size given to create;
+    reserved for placement on other nodes)."""
+
+
+@dataclass
+class ChannelOptions(_Options):
+    """Channel creation options.
+
+    ``capacity``: number of slots (rounded up to a power of two);
+    ``block_size``: bytes per slot (messages larger than a slot's payload
+    go through a pool allocation automatically); ``ref_count``: when True,
+    GS counts which processes hold the channel (create, join and
+    ``channel.add_ref`` add one; ``channel.release`` or the holder's death
+    drops it) and destroys it when the count reaches zero.
+    """
+
+    capacity: int = 128
+    block_size: int = 1024
+    ref_count: bool = False

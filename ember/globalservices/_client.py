@@ -1,0 +1,101 @@
+"""The client side of the control plane: how a managed process talks to GS.
+
+Connects lazily on first use from the ``EMBER_*`` environment.  Each thread
+gets its own reply channel (created by the client in the infrastructure
+pool), so many threads can wait on GS at once without sharing a queue.
+Requests carry the reply channel's descriptor; GS frees a process's reply
+channels when that process exits.  After ``fork()`` the child builds fresh
+reply channels (it must not read its parent's replies).
+"""
+import builtins
+import itertools
+import os
+import threading
+
+from .. import _env, exceptions, messages
+from ..exceptions import ChannelEmpty, GlobalServicesError
+
+_REPLY_CAPACITY = 8
+_REPLY_BLOCK = 1024
+
+
+def _error_from_reply(rep):
+    cls = getattr(exceptions, rep.err_type or "", None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        cls = getattr(builtins, rep.err_type or "", None)
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            cls = GlobalServicesError
+    err = cls(rep.msg)
+    if rep.tb:
+        err.remote_traceback = rep.tb
+    return err
+
+
+class Connection:
+    """One process's connection to GS (see module docstring)."""
+
+    def __init__(self):
+        if not _env.in_runtime():
+            raise GlobalServicesError(
+                "not running inside an ember runtime (EMBER_GS_CH is not set): "
+                "start the program with `ember run PROGRAM`")
+        from ..channels_c import Channel
+        from ..pools_c import Pool
+
+        self._Channel = Channel
+        self.pid = os.getpid()
+        self.p_uid = int(_env.get(_env.P_UID, "0"))
+        self.inf_pool = Pool.attach(_env.decode(_env.get(_env.INF_POOL)))
+        self.gs = Channel.attach(_env.decode(_env.get(_env.GS_CH)))
+        self._local = threading.local()
+        self._tags = itertools.count(1)
+
+    def _reply_channel(self):
+        ch = getattr(self._local, "ch", None)
+        if ch is None:
+            ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY, block_size=_REPLY_BLOCK)
+            self._local.ch = ch
+            self._local.r = ch.sdesc
+        return ch, self._local.r
+
+    def call(self, msg_cls, *fields):
+        """Send a request and wait for its reply; return the reply's value or
+        raise the error GS reported."""
+        ch, r = self._reply_channel()
+        tag = next(self._tags)
+        self.gs.send(msg_cls(tag, self.p_uid, r, *fields).pack())
+        while True:
+            rep = messages.unpack(ch.recv())
+            if type(rep) is messages.Reply and rep.ref == tag:
+                break
+            # A late reply to a request abandoned by Ctrl-C: drop it.
+        if rep.status == messages.ERR_OK:
+            return rep.value
+        raise _error_from_reply(rep)
+
+    def send_only(self, msg_cls, *fields):
+        """Send a request whose reply nobody waits for (teardown paths)."""
+        self.gs.send(msg_cls(next(self._tags), self.p_uid, b"", *fields).pack(), timeout=1.0)
+
+
+_conn = None
+_conn_lock = threading.Lock()
+
+
+def connection():
+    """The process's connection to GS, made on first use (fork-safe)."""
+    global _conn
+    c = _conn
+    if c is not None and c.pid == os.getpid():
+        return c
+    with _conn_lock:
+        if _conn is None or _conn.pid != os.getpid():
+            _conn = Connection()
+        return _conn
+
+
+def call(msg_cls, *fields):
+    return connection().call(msg_cls, *fields)
+
+
+__all__ = ["Connection", "connection", "call", "ChannelEmpty"]

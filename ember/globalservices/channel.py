@@ -1,0 +1,78 @@
+"""Channel services: channels registered with global services.
+
+Identifiers: an ``int`` is a c_uid, a ``str`` a user name.  Errors raise
+:class:`ember.exceptions.ChannelError`; :func:`join` running out of time
+raises :class:`ember.exceptions.ChannelTimeout` (a ``TimeoutError``).
+Attach with ``ember.channels_c.Channel.attach(descriptor.sdesc)``.
+"""
+from .. import messages as _m
+from ..descriptors import ChannelDescriptor, ChannelOptions
+from ..exceptions import ChannelError, ChannelTimeout
+from ._client import call as _call
+
+__all__ = ["create", "get_list", "list", "query", "join", "destroy", "release", "add_ref",
+           "ChannelDescriptor", "ChannelOptions", "ChannelError", "ChannelTimeout"]
+
+_list = list
+
+
+def _ident(identifier):
+    if isinstance(identifier, bool) or not isinstance(identifier, (int, str)):
+        raise ChannelError(f"channel identifier must be an int c_uid or a str name, "
+                           f"not {type(identifier).__name__}")
+    return identifier
+
+
+def create(m_uid, user_name=None, channel_options=None, soft=False):
+    """Create a channel in pool ``m_uid`` (None: the default pool); return
+    its :class:`ChannelDescriptor`.  ``soft=True`` returns the live channel
+    of that name if there is one.  Waiters in :func:`join` for this name
+    wake at once."""
+    if m_uid is not None and (isinstance(m_uid, bool) or not isinstance(m_uid, int)):
+        raise ChannelError(f"m_uid must be an int or None, not {type(m_uid).__name__}")
+    if user_name is not None and not isinstance(user_name, str):
+        raise ChannelError(f"user_name must be a str or None, not {type(user_name).__name__}")
+    opts = ChannelOptions.coerce(channel_options, "channel_options")
+    return ChannelDescriptor.from_dict(
+        _call(_m.ChannelCreate, m_uid, user_name, opts.to_dict(), bool(soft)))
+
+
+def get_list():
+    """The c_uids of the live channels."""
+    return _list(_call(_m.ChannelList))
+
+
+list = get_list  # the spec's name
+
+
+def query(identifier):
+    return ChannelDescriptor.from_dict(_call(_m.ChannelQuery, _ident(identifier)))
+
+
+def join(name, timeout=None):
+    """The descriptor of channel ``name``, waiting until some process creates
+    it; raises ChannelTimeout after ``timeout`` seconds (kept by GS).
+    Joining a ref-counted channel adds a reference for this process."""
+    if not isinstance(name, str):
+        raise ChannelError(f"channel.join needs a str name, not {type(name).__name__}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ChannelError(f"timeout must be a number >= 0 or None, got {timeout!r}")
+        timeout = float(timeout)
+    return ChannelDescriptor.from_dict(_call(_m.ChannelJoin, name, timeout))
+
+
+def destroy(identifier):
+    """Destroy a channel (its memory returns to the pool)."""
+    return _call(_m.ChannelDestroy, _ident(identifier))
+
+
+def add_ref(identifier):
+    """Add a reference to a ref-counted channel for this process."""
+    return _call(_m.ChannelAddRef, _ident(identifier))
+
+
+def release(identifier):
+    """Drop one of this process's references to a ref-counted channel; GS
+    destroys the channel when no references remain."""
+    return _call(_m.ChannelRelease, _ident(identifier))

@@ -1,0 +1,829 @@
+"""Global services (GS): the single owner of the runtime's truth.
+
+GS holds the registries (processes by p_uid and name, pools by m_uid and
+name, channels by c_uid and name) and the waiters (process joins with
+server-side timeouts, channel joins waiting for a name).  It runs one loop:
+read a request from its input channel, update the registries, reply or park
+the requester.  It never blocks on a client: replies go out with
+``timeout=0`` (a client's reply channel only ever holds the answers to its
+own outstanding requests), and messages to the shepherd that do not fit are
+queued and retried.
+
+The state machine (:class:`GlobalServices`) is separate from its transport:
+``send_reply(r, msg)`` delivers a reply to the channel whose descriptor is
+``r``, ``send_shepherd(msg)`` hands a message to the shepherd, and
+``clock()`` is a monotonic clock.  Tests drive it with scripted messages, a
+recording transport and a fake shepherd; :func:`serve` runs it for real.
+
+Decisions where the spec is open (see docs/architecture.md):
+
+- names are unique among *live* objects of a kind; a dead process's name,
+  a destroyed pool's or channel's name is free again;
+- ``process.kill`` of an exited process raises ProcessError;
+- ``pool.destroy`` refuses while channels live in the pool, and refuses the
+  runtime's default pool;
+- ``multi_join`` on timeout returns the processes that did exit, or None if
+  none did;
+- a dead process's reply channels are freed and its channel references are
+  dropped; requests it left waiting are forgotten.
+"""
+import heapq
+import itertools
+import logging
+import signal
+import sys
+import time
+import traceback
+
+from .. import messages as m
+from ..descriptors import ChannelOptions
+from ..exceptions import ChannelError, ChannelTimeout, EmberError, PoolError, ProcessError
+
+log = logging.getLogger("ember.gs")
+
+PENDING, RUNNING, EXITED = "pending", "running", "exited"
+LAUNCHER_P_UID = 0
+FIRST_P_UID = 1
+DEFAULT_POOL_NAME = "default"
+
+
+class _Proc:
+    __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
+                 "replies", "waiters", "creator")
+
+    def __init__(self, p_uid, name, creator):
+        self.p_uid = p_uid
+        self.name = name
+        self.state = PENDING
+        self.exit_code = None
+        self.os_pid = None
+        self.create_req = None   # (tag, r) of the create waiting for ShSpawned
+        self.refs = {}           # c_uid -> references this process holds
+        self.replies = set()     # reply-channel descriptors this process used
+        self.waiters = set()     # join waiters that watch this process
+        self.creator = creator
+
+    def desc(self, node):
+        return {"p_uid": self.p_uid, "user_name": self.name or None, "state": self.state,
+                "retval": self.exit_code, "node": node, "os_pid": self.os_pid}
+
+
+class _Pool:
+    __slots__ = ("m_uid", "name", "pool", "size", "channels", "default")
+
+    def __init__(self, m_uid, name, pool, size, default=False):
+        self.m_uid, self.name, self.pool, self.size = m_uid, name, pool, size
+        self.channels = set()
+        self.default = default
+
+
+class _Chan:
+    __slots__ = ("c_uid", "m_uid", "name", "ch", "sdesc", "capacity", "block_size",
+                 "ref_count", "holders")
+
+    def __init__(self, c_uid, m_uid, name, ch, opts):
+        self.c_uid, self.m_uid, self.name, self.ch = c_uid, m_uid, name, ch
+        self.sdesc = ch.sdesc
+        self.capacity = ch.capacity
+        self.block_size = ch.block_size
+        self.ref_count = bool(opts.ref_count)
+        self.holders = {}  # p_uid -> count
+
+
+class _Waiter:
+    """A parked request: a process join or a channel join."""
+
+    __slots__ = ("tag", "r", "owner", "deadline", "done", "p_uids", "join_all", "bad_exit", "name")
+
+    def __init__(self, tag, r, owner, deadline):
+        self.tag, self.r, self.owner, self.deadline = tag, r, owner, deadline
+        self.done = False
+        self.p_uids = ()
+        self.join_all = False
+        self.bad_exit = False
+        self.name = None
+
+
+class GlobalServices:
+    """The GS state machine.  See the module docstring."""
+
+    def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
+                 node=0, default_pool=None, channel_factory=None, pool_factory=None,
+                 attach_channel=None):
+        self.runtime_tag = runtime_tag
+        self.send_reply = send_reply
+        self.send_shepherd = send_shepherd
+        self.clock = clock
+        self.node = node
+        if channel_factory is None or pool_factory is None or attach_channel is None:
+            from ..channels_c import Channel
+            from ..pools_c import Pool
+            channel_factory = channel_factory or Channel.create
+            pool_factory = pool_factory or Pool.create
+            attach_channel = attach_channel or Channel.attach
+        self._make_channel = channel_factory
+        self._make_pool = pool_factory
+        self._attach_channel = attach_channel
+
+        self.procs = {}           # p_uid -> _Proc
+        self.proc_names = {}      # name -> p_uid (live processes only)
+        self.pools = {}           # m_uid -> _Pool
+        self.pool_names = {}
+        self.chans = {}           # c_uid -> _Chan
+        self.chan_names = {}
+        self.chan_joiners = {}    # name -> [ _Waiter ]
+        self.owned_waiters = {}   # owner p_uid -> set(_Waiter)
+        self._timers = []         # heap of (deadline, seq, _Waiter)
+        self._seq = itertools.count()
+        self._p_uids = itertools.count(FIRST_P_UID)
+        self._m_uids = itertools.count(2)
+        self._c_uids = itertools.count(1)
+        self.default_m_uid = None
+        if default_pool is not None:
+            self.default_m_uid = 1
+            self._add_pool(_Pool(1, DEFAULT_POOL_NAME, default_pool, default_pool.size, default=True))
+        self.teardown = None      # the teardown state while tearing down
+        self.finished = False     # True once teardown has completed
+        self._handlers = {
+            m.ProcessCreate: self.on_process_create,
+            m.ProcessList: self.on_process_list,
+            m.ProcessQuery: self.on_process_query,
+            m.ProcessKill: self.on_process_kill,
+            m.ProcessJoin: self.on_process_join,
+            m.PoolCreate: self.on_pool_create,
+            m.PoolList: self.on_pool_list,
+            m.PoolQuery: self.on_pool_query,
+            m.PoolDestroy: self.on_pool_destroy,
+            m.PoolDefault: self.on_pool_default,
+            m.ChannelCreate: self.on_channel_create,
+            m.ChannelList: self.on_channel_list,
+            m.ChannelQuery: self.on_channel_query,
+            m.ChannelJoin: self.on_channel_join,
+            m.ChannelDestroy: self.on_channel_destroy,
+            m.ChannelRelease: self.on_channel_release,
+            m.ChannelAddRef: self.on_channel_add_ref,
+            m.Teardown: self.on_teardown,
+            m.ShSpawned: self.on_sh_spawned,
+            m.ShExited: self.on_sh_exited,
+            m.ShShutdownDone: self.on_sh_shutdown_done,
+        }
+
+    # ------------------------------------------------------------------ input
+    def handle_bytes(self, data):
+        """Decode and dispatch one message.  Never raises: a malformed
+        message gets an error reply if it names a reply channel, and is
+        logged and dropped otherwise."""
+        try:
+            msg = m.unpack(data)
+        except m.MessageError as exc:
+            log.warning("dropped malformed message: %s", exc)
+            return
+        self.handle(msg)
+
+    def handle(self, msg):
+        handler = self._handlers.get(type(msg))
+        is_request = "r" in msg.fields
+        if handler is None:
+            self._reply_error(msg, "GlobalServicesError",
+                              f"GS does not accept {type(msg).__name__} messages") if is_request \
+                else log.warning("dropped unexpected %s", type(msg).__name__)
+            return
+        if is_request and not (isinstance(msg.r, bytes) and isinstance(msg.tag, int)
+                               and isinstance(msg.p_uid, int)):
+            log.warning("dropped %s with a bad tag/p_uid/reply address", type(msg).__name__)
+            return
+        try:
+            if is_request and msg.p_uid in self.procs and msg.r:
+                self.procs[msg.p_uid].replies.add(msg.r)
+            handler(msg)
+        except EmberError as exc:
+            self._reply_error(msg, type(exc).__name__, str(exc)) if is_request \
+                else log.warning("error handling %r: %s", msg, exc)
+        except Exception as exc:  # a bug or a bad field type: report, keep serving
+            tb = traceback.format_exc()
+            if is_request:
+                self._reply_error(msg, "GlobalServicesError",
+                                  f"GS failed on {type(msg).__name__}: {type(exc).__name__}: {exc}", tb)
+            else:
+                log.error("GS failed on %r:\n%s", msg, tb)
+
+    def _reply(self, tag, r, value=None):
+        if r:
+            self.send_reply(r, m.reply_ok(tag, value))
+
+    def _reply_error(self, msg, err_type, text, tb=None):
+        if isinstance(getattr(msg, "r", None), bytes) and msg.r:
+            self.send_reply(msg.r, m.reply_err(msg.tag, err_type, text, tb))
+        else:
+            log.warning("dropped error reply (%s: %s): no reply address", err_type, text)
+
+    # ----------------------------------------------------------------- timers
+    def next_timeout(self, now=None):
+        """Seconds until the next timer fires (None: no timer)."""
+        while self._timers and self._timers[0][2].done:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        now = self.clock() if now is None else now
+        return max(0.0, self._timers[0][0] - now)
+
+    def expire(self, now=None):
+        """Fire every timer whose deadline has passed."""
+        now = self.clock() if now is None else now
+        while self._timers and self._timers[0][0] <= now:
+            _, _, w = heapq.heappop(self._timers)
+            if w.done:
+                continue
+            if w is self.teardown:
+                self._teardown_step(timed_out=True)
+            elif w.name is not None:
+                self._finish_waiter(w)
+                self.send_reply(w.r, m.reply_err(
+                    w.tag, "ChannelTimeout",
+                    f"channel.join({w.name!r}) timed out: no channel of that name was created"))
+            else:
+                self._answer_join(w, timed_out=True)
+
+    def _park(self, w, timeout):
+        self.owned_waiters.setdefault(w.owner, set()).add(w)
+        if timeout is not None:
+            w.deadline = self.clock() + timeout
+            heapq.heappush(self._timers, (w.deadline, next(self._seq), w))
+
+    def _finish_waiter(self, w):
+        w.done = True
+        owned = self.owned_waiters.get(w.owner)
+        if owned is not None:
+            owned.discard(w)
+            if not owned:
+                del self.owned_waiters[w.owner]
+        if w.name is not None:
+            lst = self.chan_joiners.get(w.name)
+            if lst is not None:
+                if w in lst:
+                    lst.remove(w)
+                if not lst:
+                    del self.chan_joiners[w.name]
+        else:
+            for p in w.p_uids:
+                rec = self.procs.get(p)
+                if rec is not None:
+                    rec.waiters.discard(w)
+
+    # -------------------------------------------------------------- processes
+    def _proc(self, ident):
+        if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+            raise ProcessError(f"process identifier must be an int or str, not {type(ident).__name__}")
+        if isinstance(ident, str):
+            p = self.proc_names.get(ident)
+            if p is None:
+                # the most recent process of that name, even if it has exited
+                p = next((q.p_uid for q in reversed(self.procs.values()) if q.name == ident), None)
+            if p is None:
+                raise ProcessError(f"no process named {ident!r}")
+            return self.procs[p]
+        rec = self.procs.get(ident)
+        if rec is None:
+            raise ProcessError(f"no process with p_uid {ident}")
+        return rec
+
+    def on_process_create(self, msg):
+        if self.teardown is not None:
+            raise ProcessError("the runtime is shutting down: no new processes")
+        name = msg.user_name or ""
+        if not isinstance(name, str):
+            raise ProcessError(f"user_name must be a str, not {type(name).__name__}")
+        if name and name in self.proc_names:
+            live = self.procs[self.proc_names[name]]
+            if msg.soft:
+                if live.state == PENDING:
+                    raise ProcessError(f"process {name!r} (p_uid {live.p_uid}) is still starting")
+                return self._reply(msg.tag, msg.r, live.desc(self.node))
+            raise ProcessError(f"a live process is already named {name!r} (p_uid {live.p_uid})")
+        if not isinstance(msg.exe, str) or not msg.exe:
+            raise ProcessError("exe must be a non-empty str")
+        if not isinstance(msg.args, list) or not all(isinstance(a, str) for a in msg.args):
+            raise ProcessError("args must be a list of str")
+        env = msg.env or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in env.items()):
+            raise ProcessError("env must map str to str")
+        if not isinstance(msg.run_dir, str):
+            raise ProcessError("run_dir must be a str")
+        p_uid = next(self._p_uids)
+        rec = _Proc(p_uid, name, msg.p_uid)
+        rec.create_req = (msg.tag, msg.r)
+        self.procs[p_uid] = rec
+        if name:
+            self.proc_names[name] = p_uid
+        self.send_shepherd(m.ShSpawn(msg.tag, p_uid, msg.exe, msg.args, env, msg.run_dir, name))
+
+    def on_sh_spawned(self, msg):
+        rec = self.procs.get(msg.p_uid)
+        if rec is None:
+            log.warning("ShSpawned for unknown p_uid %r", msg.p_uid)
+            return
+        tag, r = rec.create_req or (None, None)
+        rec.create_req = None
+        if msg.err:
+            # never started: forget it, free its name
+            del self.procs[rec.p_uid]
+            if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
+                del self.proc_names[rec.name]
+            if r:
+                self.send_reply(r, m.reply_err(tag, "ProcessError", f"cannot start process: {msg.err}"))
+            return
+        rec.os_pid = msg.os_pid
+        if rec.state == PENDING:
+            rec.state = RUNNING
+        if r:
+            self._reply(tag, r, rec.desc(self.node))
+
+    def on_sh_exited(self, msg):
+        rec = self.procs.get(msg.p_uid)
+        if rec is None or rec.state == EXITED:
+            log.warning("ShExited for unknown or exited p_uid %r", msg.p_uid)
+            return
+        rec.state = EXITED
+        rec.exit_code = msg.exit_code
+        if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
+            del self.proc_names[rec.name]
+        # wake its joiners
+        for w in list(rec.waiters):
+            if not w.done:
+                self._check_join(w)
+        # forget what it was waiting for
+        for w in list(self.owned_waiters.get(rec.p_uid, ())):
+            self._finish_waiter(w)
+        # drop its channel references
+        for c_uid in list(rec.refs):
+            rec.refs.pop(c_uid, None)
+            ch = self.chans.get(c_uid)
+            if ch is not None:
+                ch.holders.pop(rec.p_uid, None)
+                if ch.ref_count and not ch.holders:
+                    self._destroy_channel(ch)
+        # free its reply channels
+        for r in rec.replies:
+            self._free_reply_channel(r)
+        rec.replies.clear()
+        if self.teardown is not None:
+            self._teardown_step()
+
+    def _free_reply_channel(self, r):
+        """Hook: the transport frees a dead process's reply channel."""
+        free = getattr(self.send_reply, "forget", None)
+        if free is not None:
+            free(r, destroy=True)
+
+    def on_process_list(self, msg):
+        self._reply(msg.tag, msg.r, [[p.p_uid, p.name or None] for p in self.procs.values()
+                                     if p.state != EXITED])
+
+    def on_process_query(self, msg):
+        self._reply(msg.tag, msg.r, self._proc(msg.ident).desc(self.node))
+
+    def on_process_kill(self, msg):
+        rec = self._proc(msg.ident)
+        sig = msg.sig
+        if isinstance(sig, bool) or not isinstance(sig, int) or not 1 <= sig < signal.NSIG:
+            raise ProcessError(f"invalid signal {sig!r} for process {rec.p_uid}")
+        if rec.state == EXITED:
+            raise ProcessError(f"process {rec.p_uid} has already exited (exit code {rec.exit_code})")
+        self.send_shepherd(m.ShKill(rec.p_uid, sig))
+        self._reply(msg.tag, msg.r)
+
+    def on_process_join(self, msg):
+        if not isinstance(msg.idents, list) or not msg.idents:
+            raise ProcessError("join needs a non-empty list of process identifiers")
+        timeout = msg.timeout
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or timeout < 0):
+            raise ProcessError(f"timeout must be a number >= 0 or None, got {timeout!r}")
+        recs = []
+        for ident in msg.idents:
+            rec = self._proc(ident)
+            if rec.p_uid == msg.p_uid:
+                raise ProcessError(f"process {rec.p_uid} cannot join itself")
+            if rec not in recs:
+                recs.append(rec)
+        w = _Waiter(msg.tag, msg.r, msg.p_uid, None)
+        w.p_uids = tuple(r.p_uid for r in recs)
+        w.join_all = bool(msg.join_all)
+        w.bad_exit = bool(msg.return_on_bad_exit)
+        if self._check_join(w, register=False):
+            return
+        if timeout == 0:
+            return self._answer_join(w, timed_out=True)
+        for rec in recs:
+            rec.waiters.add(w)
+        self._park(w, timeout)
+
+    def _check_join(self, w, register=True):
+        """Answer the join if it is satisfied; return True if answered."""
+        exited = [self.procs[p] for p in w.p_uids if self.procs[p].state == EXITED]
+        if w.join_all:
+            done = len(exited) == len(w.p_uids) or (
+                w.bad_exit and any(r.exit_code != 0 for r in exited))
+        else:
+            done = bool(exited)
+        if done:
+            self._answer_join(w, timed_out=False)
+        return done
+
+    def _answer_join(self, w, timed_out):
+        self._finish_waiter(w)
+        exited = [[p, self.procs[p].exit_code] for p in w.p_uids if self.procs[p].state == EXITED]
+        status = {p: [self.procs[p].state, self.procs[p].exit_code] for p in w.p_uids}
+        self.send_reply(w.r, m.reply_ok(w.tag, [exited or None, status]))
+
+    # ------------------------------------------------------------------ pools
+    def _add_pool(self, rec):
+        self.pools[rec.m_uid] = rec
+        if rec.name:
+            self.pool_names[rec.name] = rec.m_uid
+
+    def _pool(self, ident):
+        if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+            raise PoolError(f"pool identifier must be an int or str, not {type(ident).__name__}")
+        if isinstance(ident, str):
+            m_uid = self.pool_names.get(ident)
+            if m_uid is None:
+                raise PoolError(f"no pool named {ident!r}")
+            return self.pools[m_uid]
+        rec = self.pools.get(ident)
+        if rec is None:
+            raise PoolError(f"no pool with m_uid {ident}")
+        return rec
+
+    def _pool_desc(self, rec):
+        return {"m_uid": rec.m_uid, "name": rec.name, "node": self.node, "size": rec.size,
+                "sdesc": rec.pool.sdesc}
+
+    def on_pool_create(self, msg):
+        name = msg.user_name
+        if name is not None and not isinstance(name, str):
+            raise PoolError(f"user_name must be a str or None, not {type(name).__name__}")
+        if name and name in self.pool_names:
+            rec = self.pools[self.pool_names[name]]
+            if msg.soft:
+                return self._reply(msg.tag, msg.r, self._pool_desc(rec))
+            raise PoolError(f"a pool is already named {name!r} (m_uid {rec.m_uid})")
+        size = msg.size
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise PoolError(f"pool size must be a positive int, got {size!r}")
+        m_uid = next(self._m_uids)
+        try:
+            pool = self._make_pool(size, name=name, m_uid=m_uid, owner_tag=self.runtime_tag)
+        except (MemoryError, OSError, ValueError) as exc:
+            raise PoolError(f"cannot create pool of {size} bytes: {exc}") from None
+        rec = _Pool(m_uid, name or None, pool, pool.size)
+        self._add_pool(rec)
+        self._reply(msg.tag, msg.r, self._pool_desc(rec))
+
+    def on_pool_list(self, msg):
+        self._reply(msg.tag, msg.r, list(self.pools))
+
+    def on_pool_query(self, msg):
+        self._reply(msg.tag, msg.r, self._pool_desc(self._pool(msg.ident)))
+
+    def on_pool_default(self, msg):
+        if self.default_m_uid is None:
+            raise PoolError("this runtime has no default pool")
+        self._reply(msg.tag, msg.r, self._pool_desc(self.pools[self.default_m_uid]))
+
+    def on_pool_destroy(self, msg):
+        rec = self._pool(msg.ident)
+        if rec.default:
+            raise PoolError(f"pool {rec.m_uid} is the runtime's default pool and cannot be destroyed")
+        if rec.channels:
+            raise PoolError(f"pool {rec.name or rec.m_uid} (m_uid {rec.m_uid}) still holds "
+                            f"{len(rec.channels)} channel(s) {sorted(rec.channels)}: destroy them first")
+        self._destroy_pool(rec)
+        self._reply(msg.tag, msg.r)
+
+    def _destroy_pool(self, rec):
+        del self.pools[rec.m_uid]
+        if rec.name and self.pool_names.get(rec.name) == rec.m_uid:
+            del self.pool_names[rec.name]
+        rec.pool.destroy()
+
+    # --------------------------------------------------------------- channels
+    def _chan(self, ident):
+        if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+            raise ChannelError(f"channel identifier must be an int or str, not {type(ident).__name__}")
+        if isinstance(ident, str):
+            c_uid = self.chan_names.get(ident)
+            if c_uid is None:
+                raise ChannelError(f"no channel named {ident!r}")
+            return self.chans[c_uid]
+        rec = self.chans.get(ident)
+        if rec is None:
+            raise ChannelError(f"no channel with c_uid {ident}")
+        return rec
+
+    def _chan_desc(self, rec):
+        return {"m_uid": rec.m_uid, "c_uid": rec.c_uid, "name": rec.name, "node": self.node,
+                "capacity": rec.capacity, "block_size": rec.block_size,
+                "ref_count": rec.ref_count, "sdesc": rec.sdesc}
+
+    def _add_ref(self, rec, p_uid):
+        if rec.ref_count:
+            rec.holders[p_uid] = rec.holders.get(p_uid, 0) + 1
+            proc = self.procs.get(p_uid)
+            if proc is not None:
+                proc.refs[rec.c_uid] = proc.refs.get(rec.c_uid, 0) + 1
+
+    def on_channel_create(self, msg):
+        name = msg.user_name
+        if name is not None and not isinstance(name, str):
+            raise ChannelError(f"user_name must be a str or None, not {type(name).__name__}")
+        if name and name in self.chan_names:
+            rec = self.chans[self.chan_names[name]]
+            if msg.soft:
+                self._add_ref(rec, msg.p_uid)
+                return self._reply(msg.tag, msg.r, self._chan_desc(rec))
+            raise ChannelError(f"a channel is already named {name!r} (c_uid {rec.c_uid})")
+        m_uid = self.default_m_uid if msg.m_uid is None else msg.m_uid
+        if isinstance(m_uid, bool) or not isinstance(m_uid, int):
+            raise ChannelError(f"m_uid must be an int, not {type(m_uid).__name__}")
+        prec = self.pools.get(m_uid)
+        if prec is None:
+            raise ChannelError(f"cannot create channel {name or ''!r}: no pool with m_uid {m_uid}")
+        try:
+            opts = ChannelOptions.coerce(msg.options, "channel_options")
+        except TypeError as exc:
+            raise ChannelError(str(exc)) from None
+        for field in ("capacity", "block_size"):
+            v = getattr(opts, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ChannelError(f"ChannelOptions.{field} must be a positive int, got {v!r}")
+        c_uid = next(self._c_uids)
+        try:
+            ch = self._make_channel(prec.pool, capacity=opts.capacity, block_size=opts.block_size,
+                                    c_uid=c_uid)
+        except (MemoryError, ValueError) as exc:
+            raise ChannelError(f"cannot create channel {name or c_uid!r} in pool {m_uid}: {exc}") from None
+        rec = _Chan(c_uid, m_uid, name or None, ch, opts)
+        self.chans[c_uid] = rec
+        prec.channels.add(c_uid)
+        if name:
+            self.chan_names[name] = c_uid
+        self._add_ref(rec, msg.p_uid)
+        self._reply(msg.tag, msg.r, self._chan_desc(rec))
+        for w in list(self.chan_joiners.get(name, ())) if name else ():
+            self._finish_waiter(w)
+            self._add_ref(rec, w.owner)
+            self._reply(w.tag, w.r, self._chan_desc(rec))
+
+    def on_channel_list(self, msg):
+        self._reply(msg.tag, msg.r, list(self.chans))
+
+    def on_channel_query(self, msg):
+        self._reply(msg.tag, msg.r, self._chan_desc(self._chan(msg.ident)))
+
+    def on_channel_join(self, msg):
+        name = msg.name
+        if not isinstance(name, str) or not name:
+            raise ChannelError(f"channel.join needs a non-empty str name, got {name!r}")
+        timeout = msg.timeout
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or timeout < 0):
+            raise ChannelError(f"timeout must be a number >= 0 or None, got {timeout!r}")
+        c_uid = self.chan_names.get(name)
+        if c_uid is not None:
+            rec = self.chans[c_uid]
+            self._add_ref(rec, msg.p_uid)
+            return self._reply(msg.tag, msg.r, self._chan_desc(rec))
+        if timeout == 0:
+            raise ChannelTimeout(f"channel.join({name!r}) timed out: no channel of that name was created")
+        w = _Waiter(msg.tag, msg.r, msg.p_uid, None)
+        w.name = name
+        self.chan_joiners.setdefault(name, []).append(w)
+        self._park(w, timeout)
+
+    def on_channel_destroy(self, msg):
+        self._destroy_channel(self._chan(msg.ident))
+        self._reply(msg.tag, msg.r)
+
+    def on_channel_add_ref(self, msg):
+        rec = self._chan(msg.ident)
+        if not rec.ref_count:
+            raise ChannelError(f"channel {rec.name or rec.c_uid} (c_uid {rec.c_uid}) is not ref-counted")
+        self._add_ref(rec, msg.p_uid)
+        self._reply(msg.tag, msg.r)
+
+    def on_channel_release(self, msg):
+        rec = self._chan(msg.ident)
+        if not rec.ref_count:
+            raise ChannelError(f"channel {rec.name or rec.c_uid} (c_uid {rec.c_uid}) is not ref-counted")
+        n = rec.holders.get(msg.p_uid, 0)
+        if n == 0:
+            raise ChannelError(f"process {msg.p_uid} holds no reference to channel "
+                               f"{rec.name or rec.c_uid} (c_uid {rec.c_uid})")
+        if n == 1:
+            del rec.holders[msg.p_uid]
+        else:
+            rec.holders[msg.p_uid] = n - 1
+        proc = self.procs.get(msg.p_uid)
+        if proc is not None:
+            k = proc.refs.get(rec.c_uid, 0) - 1
+            if k <= 0:
+                proc.refs.pop(rec.c_uid, None)
+            else:
+                proc.refs[rec.c_uid] = k
+        if not rec.holders:
+            self._destroy_channel(rec)
+        self._reply(msg.tag, msg.r)
+
+    def _destroy_channel(self, rec):
+        del self.chans[rec.c_uid]
+        if rec.name and self.chan_names.get(rec.name) == rec.c_uid:
+            del self.chan_names[rec.name]
+        prec = self.pools.get(rec.m_uid)
+        if prec is not None:
+            prec.channels.discard(rec.c_uid)
+        for p in rec.holders:
+            proc = self.procs.get(p)
+            if proc is not None:
+                proc.refs.pop(rec.c_uid, None)
+        rec.ch.destroy()
+
+    # --------------------------------------------------------------- teardown
+    def on_teardown(self, msg):
+        """Launcher asks to end the runtime: SIGTERM every live process, SIGKILL
+        after ``grace`` seconds, destroy every channel and pool, stop the
+        shepherd, then reply."""
+        if self.teardown is not None:
+            return
+        grace = msg.grace if isinstance(msg.grace, (int, float)) and msg.grace >= 0 else 5.0
+        t = _Waiter(msg.tag, msg.r, msg.p_uid, None)
+        t.name = None
+        t.p_uids = ("term",)     # phase marker: term -> kill -> shepherd -> done
+        self.teardown = t
+        live = [p for p in self.procs.values() if p.state != EXITED]
+        for p in live:
+            if p.state == RUNNING or p.os_pid is not None:
+                self.send_shepherd(m.ShKill(p.p_uid, signal.SIGTERM))
+        t.deadline = self.clock() + grace
+        heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+        self._teardown_step()
+
+    def _teardown_step(self, timed_out=False):
+        t = self.teardown
+        if t is None or t.done:
+            return
+        live = [p for p in self.procs.values() if p.state != EXITED]
+        phase = t.p_uids[0]
+        if phase == "term":
+            if live and not timed_out:
+                return
+            if live:
+                for p in live:
+                    self.send_shepherd(m.ShKill(p.p_uid, signal.SIGKILL))
+                t.p_uids = ("kill",)
+                t.deadline = self.clock() + 2.0
+                heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+                return
+            phase = "kill"
+        if phase == "kill":
+            if live and not timed_out:
+                return
+            for rec in list(self.chans.values()):
+                try:
+                    self._destroy_channel(rec)
+                except Exception as exc:  # keep tearing down
+                    log.error("destroying channel %s: %s", rec.c_uid, exc)
+            for w in list(itertools.chain.from_iterable(self.owned_waiters.values())):
+                self._finish_waiter(w)
+            for rec in list(self.pools.values()):
+                if rec.default:
+                    continue   # the launcher made it and destroys it
+                try:
+                    self._destroy_pool(rec)
+                except Exception as exc:
+                    log.error("destroying pool %s: %s", rec.m_uid, exc)
+            t.p_uids = ("shepherd",)
+            self.send_shepherd(m.ShShutdown(t.tag))
+            t.deadline = self.clock() + 3.0
+            heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+            return
+        if phase == "shepherd" and timed_out:
+            log.error("shepherd did not confirm shutdown in time")
+            self._teardown_done()
+
+    def on_sh_shutdown_done(self, msg):
+        if self.teardown is not None and self.teardown.p_uids[0] == "shepherd":
+            self._teardown_done()
+
+    def _teardown_done(self):
+        t = self.teardown
+        t.done = True
+        t.p_uids = ("done",)
+        self.finished = True
+        exits = {p.p_uid: p.exit_code for p in self.procs.values()}
+        if t.r:
+            self.send_reply(t.r, m.reply_ok(t.tag, exits))
+
+
+# ------------------------------------------------------------------ transport
+class ChannelTransport:
+    """Real transport: replies and shepherd messages over channels.
+
+    Replies are sent with ``timeout=0`` (GS never blocks on a client).
+    Shepherd messages that do not fit wait in a local queue and go out as
+    the shepherd drains its channel.
+    """
+
+    def __init__(self, sh_channel, attach_channel):
+        self.sh = sh_channel
+        self.attach = attach_channel
+        self.cache = {}          # reply sdesc -> attached Channel
+        self.backlog = []
+
+    def __call__(self, r, msg):       # send_reply
+        ch = self.cache.get(r)
+        if ch is None:
+            try:
+                ch = self.attach(r)
+            except Exception as exc:
+                log.warning("cannot attach reply channel (%s); reply %r dropped", exc, msg)
+                return
+            self.cache[r] = ch
+        try:
+            ch.send(msg.pack(), timeout=0)
+        except Exception as exc:
+            log.warning("reply %r dropped: %s", msg, exc)
+
+    def forget(self, r, destroy=False):
+        ch = self.cache.pop(r, None)
+        if ch is None and destroy:
+            try:
+                ch = self.attach(r)
+            except Exception:
+                return
+        if ch is not None:
+            try:
+                ch.destroy() if destroy else ch.detach()
+            except Exception as exc:
+                log.debug("freeing reply channel: %s", exc)
+
+    def to_shepherd(self, msg):
+        data = msg.pack()
+        if not self.backlog:
+            try:
+                self.sh.send(data, timeout=0)
+                return
+            except Exception:
+                pass
+        self.backlog.append(data)
+
+    def flush(self):
+        while self.backlog:
+            try:
+                self.sh.send(self.backlog[0], timeout=0)
+            except Exception:
+                return False
+            self.backlog.pop(0)
+        return True
+
+
+def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0):
+    """Run GS on its input channel until teardown completes."""
+    from ..channels_c import Channel
+    from ..exceptions import ChannelEmpty
+
+    transport = ChannelTransport(sh_channel, Channel.attach)
+    gs = GlobalServices(runtime_tag=runtime_tag, send_reply=transport,
+                        send_shepherd=transport.to_shepherd, default_pool=default_pool, node=node)
+    recv = gs_channel.recv
+    while not gs.finished:
+        timeout = gs.next_timeout()
+        if transport.backlog and not transport.flush():
+            timeout = 0.001 if timeout is None else min(timeout, 0.001)
+        try:
+            data = recv(timeout=timeout)
+        except ChannelEmpty:
+            data = None
+        if data is not None:
+            gs.handle_bytes(data)
+        if gs._timers:
+            gs.expire()
+    for ch in transport.cache.values():
+        try:
+            ch.detach()
+        except Exception:
+            pass
+    return gs
+
+
+def main_forked(gs_channel, sh_channel, runtime_tag, default_pool):
+    """Entry point when the launcher forks GS: returns the process exit code."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="ember gs: %(levelname)s: %(message)s")
+    try:
+        serve(gs_channel, sh_channel, runtime_tag, default_pool)
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        return 1
