@@ -1,0 +1,37 @@
+# Raw C declarations of the spawn helper (spawn.h); the binding is _spawn.pyx.
+from posix.types cimport pid_t
+
+
+cdef extern from "spawn.h" nogil:
+    ctypedef int ember_rc_t
+    enum:
+        EMBER_OK
+        EMBER_ERR_INVALID_ARG
+        EMBER_ERR_OS
+
+    enum:
+        EMBER_SPAWN_STEP_NONE
+        EMBER_SPAWN_STEP_CLONE
+        EMBER_SPAWN_STEP_PDEATHSIG
+        EMBER_SPAWN_STEP_PARENT_GONE
+        EMBER_SPAWN_STEP_SIGNALS
+        EMBER_SPAWN_STEP_CHDIR
+        EMBER_SPAWN_STEP_STDIO
+        EMBER_SPAWN_STEP_CLOSE_FDS
+        EMBER_SPAWN_STEP_EXEC
+
+    ctypedef struct ember_spawn_args_t:
+        const char *exe
+        char *const *argv
+        char *const *envp
+        const char *cwd
+        int stdio[3]
+
+    ctypedef struct ember_spawn_failure_t:
+        int step
+        int err
+
+    ember_rc_t ember_spawn(const ember_spawn_args_t *args, pid_t *pid_out,
+                           ember_spawn_failure_t *failure)
+    ember_rc_t ember_set_pdeathsig(int sig)
+    const char *ember_spawn_step_str(int step)

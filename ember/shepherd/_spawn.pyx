@@ -1,0 +1,168 @@
+# cython: language_level=3
+"""Binding of the shepherd's C spawn helper (spawn.c).
+
+:func:`spawn` starts an executable with clone(CLONE_VM|CLONE_VFORK) +
+execve, PR_SET_PDEATHSIG(SIGKILL) set in the child, default signal
+dispositions, an empty signal mask, and no fd inherited besides 0, 1, 2.
+The C code does the work; this module only converts arguments and maps
+failures to :class:`OSError`.
+
+The child's PR_SET_PDEATHSIG fires when the *thread* that called
+:func:`spawn` exits: call it from a thread that lives as long as the
+children should.
+"""
+import errno as _errno
+import os
+
+from cpython.bytes cimport PyBytes_AS_STRING
+from libc.errno cimport errno
+from libc.stdlib cimport malloc, free
+from posix.types cimport pid_t
+
+__all__ = ["spawn", "set_pdeathsig", "which"]
+
+# What the OSError says for each failed step; {path} is the exe or cwd.
+_WHAT = {
+    EMBER_SPAWN_STEP_CLONE: "cannot spawn '{exe}'",
+    EMBER_SPAWN_STEP_PDEATHSIG: "cannot set the parent-death signal for '{exe}'",
+    EMBER_SPAWN_STEP_PARENT_GONE: "parent exited while spawning '{exe}'",
+    EMBER_SPAWN_STEP_SIGNALS: "cannot reset signals for '{exe}'",
+    EMBER_SPAWN_STEP_CHDIR: "bad run_dir '{cwd}'",
+    EMBER_SPAWN_STEP_STDIO: "cannot set up stdin/stdout/stderr for '{exe}'",
+    EMBER_SPAWN_STEP_CLOSE_FDS: "cannot close inherited fds for '{exe}'",
+    EMBER_SPAWN_STEP_EXEC: "cannot execute '{exe}'",
+}
+
+
+cdef bytes _b(obj, what):
+    if isinstance(obj, str):
+        obj = os.fsencode(obj)
+    elif not isinstance(obj, bytes):
+        raise TypeError(f"{what} must be str or bytes, not {type(obj).__name__}")
+    if b"\0" in <bytes>obj:
+        raise ValueError(f"{what} contains a NUL byte: {obj!r}")
+    return <bytes>obj
+
+
+def _env_list(envp):
+    """A list of b'KEY=VALUE' from a mapping or a sequence of 'KEY=VALUE'."""
+    if hasattr(envp, "items"):
+        out = []
+        for k, v in envp.items():
+            kb = _b(k, "env name")
+            if not kb or b"=" in kb:
+                raise ValueError(f"bad env name {k!r}")
+            out.append(kb + b"=" + _b(v, f"env value of {k!r}"))
+        return out
+    return [_b(e, "env entry") for e in envp]
+
+
+def which(exe, path):
+    """Resolve an exe without a slash along ``path`` (a PATH string, as
+    execvp does; os.defpath if None).  A name with a slash is returned as
+    is.  Raises OSError ENOENT (or EACCES if only non-executable matches
+    exist) with "cannot execute 'exe'"."""
+    exe_b = _b(exe, "exe")
+    if b"/" in exe_b:
+        return exe_b
+    if not exe_b:
+        raise OSError(_errno.ENOENT, "cannot execute ''")
+    if path is None:
+        path = os.defpath
+    err = _errno.ENOENT
+    for d in _b(path, "PATH").split(b":"):
+        cand = (d or b".") + b"/" + exe_b
+        try:
+            if os.access(cand, os.X_OK) and not os.path.isdir(cand):
+                return cand
+            if os.path.exists(cand) and not os.path.isdir(cand):
+                err = _errno.EACCES
+        except ValueError:
+            continue
+    raise OSError(err, f"cannot execute '{os.fsdecode(exe_b)}' (searched PATH)")
+
+
+def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stderr_fd=-1):
+    """Start ``exe`` and return its pid (the caller must reap it).
+
+    Parameters
+    ----------
+    exe : str or bytes
+        Executable.  Without a slash it is looked up in the PATH of
+        ``envp`` (os.defpath if it has none); otherwise it is used as is
+        (relative to ``cwd``).
+    argv : sequence of str or bytes
+        The full argument vector, argv[0] included.
+    envp : mapping or sequence of 'KEY=VALUE'
+        The child's complete environment.
+    cwd : str, bytes or None
+        Working directory of the child; None keeps the caller's.
+    stdin_fd, stdout_fd, stderr_fd : int
+        fds that become the child's 0, 1, 2; -1 inherits the caller's.
+
+    Raises
+    ------
+    OSError
+        With the errno of the failed step and a message naming it:
+        ``"cannot execute '/x'"``, ``"bad run_dir '/d'"``, ...  No child is
+        left behind.
+    """
+    cdef ember_spawn_args_t args
+    cdef ember_spawn_failure_t failure
+    cdef pid_t pid = -1
+    cdef ember_rc_t rc
+    cdef char **c_argv = NULL
+    cdef char **c_envp = NULL
+    cdef Py_ssize_t i
+
+    env_list = _env_list(envp)
+    exe_b = _b(exe, "exe")
+    if b"/" not in exe_b:
+        path = None
+        for e in env_list:
+            if e.startswith(b"PATH="):
+                path = e[5:]
+        exe_b = which(exe_b, path)
+    argv_list = [_b(a, "argument") for a in argv]
+    cwd_b = None if cwd is None else _b(cwd, "cwd")
+
+    c_argv = <char **>malloc((len(argv_list) + 1) * sizeof(char *))
+    c_envp = <char **>malloc((len(env_list) + 1) * sizeof(char *))
+    if c_argv == NULL or c_envp == NULL:
+        free(c_argv)
+        free(c_envp)
+        raise MemoryError()
+    try:
+        for i in range(len(argv_list)):
+            c_argv[i] = PyBytes_AS_STRING(argv_list[i])
+        c_argv[len(argv_list)] = NULL
+        for i in range(len(env_list)):
+            c_envp[i] = PyBytes_AS_STRING(env_list[i])
+        c_envp[len(env_list)] = NULL
+        args.exe = PyBytes_AS_STRING(exe_b)
+        args.argv = c_argv
+        args.envp = c_envp
+        args.cwd = NULL if cwd_b is None else PyBytes_AS_STRING(cwd_b)
+        args.stdio[0] = stdin_fd
+        args.stdio[1] = stdout_fd
+        args.stdio[2] = stderr_fd
+        with nogil:
+            rc = ember_spawn(&args, &pid, &failure)
+    finally:
+        free(c_argv)
+        free(c_envp)
+    if rc == EMBER_OK:
+        return pid
+    if rc == EMBER_ERR_INVALID_ARG:
+        raise ValueError("ember_spawn: invalid argument")
+    what = _WHAT.get(failure.step, "cannot spawn '{exe}'").format(
+        exe=os.fsdecode(exe_b), cwd=os.fsdecode(cwd_b or b""))
+    raise OSError(failure.err, what)
+
+
+def set_pdeathsig(int sig):
+    """prctl(PR_SET_PDEATHSIG, sig): the kernel sends ``sig`` to this
+    process when the thread that created it exits (0 clears it)."""
+    if ember_set_pdeathsig(sig) != EMBER_OK:
+        e = errno
+        raise OSError(e, f"prctl(PR_SET_PDEATHSIG, {sig}) failed: {os.strerror(e)}")
