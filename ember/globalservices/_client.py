@@ -11,6 +11,7 @@ import builtins
 import itertools
 import os
 import threading
+import time
 
 from .. import _env, exceptions, messages
 from ..exceptions import ChannelEmpty, GlobalServicesError
@@ -58,14 +59,23 @@ class Connection:
             self._local.r = ch.sdesc
         return ch, self._local.r
 
-    def call(self, msg_cls, *fields):
+    def call(self, msg_cls, *fields, timeout=None):
         """Send a request and wait for its reply; return the reply's value or
-        raise the error GS reported."""
+        raise the error GS reported.  ``timeout`` (seconds) bounds the local
+        wait for the reply (GS keeps the API's own timeouts); running out
+        raises GlobalServicesError."""
         ch, r = self._reply_channel()
         tag = next(self._tags)
         self.gs.send(msg_cls(tag, self.p_uid, r, *fields).pack())
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            rep = messages.unpack(ch.recv())
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                data = ch.recv(timeout=left)
+            except ChannelEmpty:
+                raise GlobalServicesError(
+                    f"no reply from global services to {msg_cls.__name__} within {timeout} s") from None
+            rep = messages.unpack(data)
             if type(rep) is messages.Reply and rep.ref == tag:
                 break
             # A late reply to a request abandoned by Ctrl-C: drop it.
@@ -73,9 +83,15 @@ class Connection:
             return rep.value
         raise _error_from_reply(rep)
 
-    def send_only(self, msg_cls, *fields):
-        """Send a request whose reply nobody waits for (teardown paths)."""
-        self.gs.send(msg_cls(next(self._tags), self.p_uid, b"", *fields).pack(), timeout=1.0)
+    def close(self):
+        """Detach from GS (the launcher's last step; GS frees the reply
+        channels of ordinary processes when they exit)."""
+        ch = getattr(self._local, "ch", None)
+        if ch is not None:
+            ch.destroy()
+            self._local.ch = None
+        self.gs.detach()
+        self.inf_pool.detach()
 
 
 _conn = None

@@ -1,0 +1,371 @@
+"""The ``ember`` command line: ``ember run``, ``ember cleanup``.
+
+``ember run PROGRAM [ARGS...]`` brings up a runtime on this node, runs
+PROGRAM in it as the head process, tears everything down and exits with the
+head's exit code (128+N if a signal N killed it, as shells do).
+
+Start-up, fast and without shelling out: the launcher creates the
+infrastructure pool (GS, shepherd and reply channels live there) and the
+default pool, then forks global services and the shepherd side by side —
+both are this same interpreter with everything already imported, so they
+are serving within a millisecond — and asks GS to create the head.
+
+Signals: Ctrl-C (SIGINT) and SIGTERM to the launcher are forwarded to the
+head; if the head has not exited ``--grace`` seconds later, every managed
+process is killed.  A second Ctrl-C kills everything at once.  Managed
+processes run in their own process groups, so a terminal's Ctrl-C reaches
+them only through the launcher.
+
+Teardown, however the run ends: remaining processes get SIGTERM, then
+SIGKILL after the grace period; every channel and pool is destroyed; GS and
+the shepherd exit; the launcher unlinks anything left under its runtime id.
+If the launcher is SIGKILLed, GS and the shepherd die by PR_SET_PDEATHSIG,
+the managed processes by theirs, and ``ember cleanup`` removes the
+segments whose owner is gone.
+"""
+import argparse
+import os
+import re
+import secrets
+import select
+import signal
+import sys
+
+from .. import __version__, _env
+
+EXIT_START_FAILED = 127
+EXIT_RUNTIME_FAILED = 70
+
+_OWNER = re.compile(r"^ember\.([pr])(\d+)[-.]")
+SHM_DIR = "/dev/shm"
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="ember",
+        description="ember: a runtime for Python programs that use many processes.",
+        epilog="See `ember run --help` and `ember cleanup --help`; docs/user-guide.md.")
+    p.add_argument("--version", action="version", version=f"ember {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser(
+        "run", help="run a program inside a new ember runtime",
+        description="Bring up global services and this node's shepherd, run PROGRAM as the "
+                    "head process (a PROGRAM ending in .py runs with this Python interpreter, "
+                    "anything else is executed as is), tear everything down, and exit with the "
+                    "head's exit code (128+N if signal N killed it).")
+    r.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+                   help="after Ctrl-C/SIGTERM, and at teardown between SIGTERM and SIGKILL, wait "
+                        "this long for processes to exit (default: 5)")
+    r.add_argument("--label", choices=("none", "puid", "name"), default="none",
+                   help="prefix each output line of managed processes with its p_uid or name "
+                        "(default: none)")
+    r.add_argument("--default-pool-size", type=_size, default=_size("1G"), metavar="SIZE",
+                   help="size of the runtime's default pool, sparse (default: 1G; suffixes K, M, G)")
+    r.add_argument("--inf-pool-size", type=_size, default=_size("256M"), metavar="SIZE",
+                   help="size of the infrastructure pool for control channels, sparse "
+                        "(default: 256M)")
+    r.add_argument("program", metavar="PROGRAM", help="the head program (path or command)")
+    r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments passed to PROGRAM")
+
+    c = sub.add_parser(
+        "cleanup", help="remove shared memory left by runtimes whose launcher is gone",
+        description="Remove /dev/shm segments of ember runtimes (and standalone pools) whose "
+                    "owning process no longer exists.  Segments of live runtimes are never "
+                    "touched.")
+    c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    return p
+
+
+def _size(text):
+    t = str(text).strip().upper()
+    mult = 1
+    for suffix, f in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], f
+            break
+    try:
+        v = int(float(t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 64M, 1G)") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return v
+
+
+def main(argv=None):
+    """Entry point of the ``ember`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "cleanup":
+        return cleanup(dry_run=args.dry_run)
+    return Launcher(args).run()
+
+
+# ------------------------------------------------------------------ cleanup
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup(dry_run=False, out=sys.stdout):
+    removed = 0
+    try:
+        names = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        mo = _OWNER.match(name)
+        if not mo or _pid_alive(int(mo.group(2))):
+            continue
+        if dry_run:
+            print(f"would remove {SHM_DIR}/{name}", file=out)
+        else:
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                continue
+            print(f"removed {SHM_DIR}/{name}", file=out)
+        removed += 1
+    if not removed:
+        print("nothing to clean up", file=out)
+    return 0
+
+
+# ------------------------------------------------------------------- runtime
+class _Signalled(BaseException):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _ChildDied(BaseException):
+    pass
+
+
+def _set_pdeathsig():
+    try:
+        from ..shepherd._spawn import set_pdeathsig
+        set_pdeathsig(signal.SIGKILL)
+    except ImportError:  # pragma: no cover - the extension is always built
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+class Launcher:
+    def __init__(self, args):
+        self.args = args
+        self.tag = f"r{os.getpid()}-{secrets.token_hex(3)}"
+        self.children = {}        # pid -> role
+        self.head = None
+        self.head_pidfd = None
+        self.signals = 0
+
+    # The forked services.  Each returns via os._exit, never to the caller.
+    def _fork(self, role, fn):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            self.children[pid] = role
+            return pid
+        code = 1
+        try:
+            _set_pdeathsig()
+            if os.getppid() != self.launcher_pid:
+                os._exit(1)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            code = fn()
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+    def run(self):
+        from ..channels_c import Channel
+        from ..globalservices import process
+        from ..globalservices import server as gs_server
+        from ..pools_c import Pool
+        from ..shepherd import server as sh_server
+
+        a = self.args
+        self.launcher_pid = os.getpid()
+        inf = Pool.create(a.inf_pool_size, name="ember-infrastructure", m_uid=0, owner_tag=self.tag)
+        dflt = None
+        gs_ch = sh_ch = None
+        try:
+            dflt = Pool.create(a.default_pool_size, name="default", m_uid=1, owner_tag=self.tag)
+            gs_ch = Channel.create(inf, capacity=4096, block_size=512)
+            sh_ch = Channel.create(inf, capacity=4096, block_size=512)
+            os.environ.update({
+                _env.RUNTIME_ID: self.tag,
+                _env.INF_POOL: _env.encode(inf.sdesc),
+                _env.GS_CH: _env.encode(gs_ch.sdesc),
+                _env.SH_CH: _env.encode(sh_ch.sdesc),
+                _env.DEFAULT_POOL: _env.encode(dflt.sdesc),
+                _env.NODE: "0",
+                _env.P_UID: "0",
+                _env.LABEL: a.label,
+            })
+            self._fork("global services", lambda: gs_server.main_forked(gs_ch, sh_ch, self.tag, dflt))
+            self._fork("shepherd", lambda: sh_server.main_forked(sh_ch, gs_ch, label=a.label))
+            signal.signal(signal.SIGCHLD, self._on_sigchld)
+            code = self._run_head(process)
+        finally:
+            self._shutdown(gs_ch, sh_ch, inf, dflt)
+        return code
+
+    def _on_sigchld(self, signum, frame):
+        for pid, role in list(self.children.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                del self.children[pid]
+                if not getattr(self, "stopping", False):
+                    raise _ChildDied(f"{role} exited unexpectedly "
+                                     f"(status {os.waitstatus_to_exitcode(status)})")
+
+    def _on_signal(self, signum, frame):
+        raise _Signalled(signum)
+
+    def _run_head(self, process):
+        a = self.args
+        prev = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            prog = a.program
+            if prog.endswith(".py"):
+                exe, argv = sys.executable, [prog] + a.args
+            else:
+                exe, argv = prog, a.args
+            try:
+                self.head = process.create(exe, os.getcwd(), argv)
+            except _Signalled:
+                return 128 + signal.SIGINT
+            except Exception as exc:
+                print(f"ember: cannot start {prog!r}: {exc}", file=sys.stderr)
+                return EXIT_START_FAILED
+            try:
+                self.head_pidfd = os.pidfd_open(self.head.os_pid)
+            except OSError:
+                self.head_pidfd = None   # already gone: join will say so
+            deadline = None
+            import time
+            while True:
+                try:
+                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    code = process.join(self.head.p_uid, timeout=timeout)
+                    if code is None:
+                        print(f"ember: head process did not exit {a.grace:g} s after the signal; "
+                              f"killing everything", file=sys.stderr)
+                        self.grace_override = 0.0
+                        return 128 + signal.SIGKILL
+                    return code if code >= 0 else 128 - code
+                except _Signalled as s:
+                    self.signals += 1
+                    if self.signals > 1:
+                        print("ember: second interrupt: killing everything", file=sys.stderr)
+                        self.grace_override = 0.0
+                        return 128 + s.signum
+                    self._forward(s.signum)
+                    deadline = time.monotonic() + a.grace
+        except _ChildDied as exc:
+            print(f"ember: runtime failure: {exc}", file=sys.stderr)
+            self.broken = True
+            return EXIT_RUNTIME_FAILED
+        finally:
+            for s, h in prev.items():
+                signal.signal(s, h)
+
+    def _forward(self, signum):
+        if self.head_pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.head_pidfd, signum)
+        except ProcessLookupError:
+            pass
+
+    def _shutdown(self, gs_ch, sh_ch, inf, dflt):
+        from ..exceptions import EmberError
+        from ..globalservices import _client
+        from .. import messages
+
+        self.stopping = True
+        # Signals during teardown: a second Ctrl-C is already "kill everything".
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        grace = getattr(self, "grace_override", self.args.grace)
+        if self.children and not getattr(self, "broken", False):
+            try:
+                _client.connection().call(messages.Teardown, grace, timeout=grace + 10.0)
+            except (EmberError, _ChildDied) as exc:
+                print(f"ember: teardown through global services failed: {exc}", file=sys.stderr)
+        self._reap(timeout=2.0)
+        if self.head_pidfd is not None:
+            os.close(self.head_pidfd)
+        conn = _client._conn
+        if conn is not None:
+            conn.close()
+        for ch in (gs_ch, sh_ch):
+            if ch is not None:
+                ch.destroy()
+        if dflt is not None:
+            dflt.destroy()
+        inf.destroy()
+        self._sweep()
+
+    def _reap(self, timeout):
+        """Wait for GS and the shepherd to exit (pidfd, no sleeping loops);
+        SIGKILL whatever is still there after ``timeout``."""
+        import time
+        deadline = time.monotonic() + timeout
+        for pid in list(self.children):
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                fd = None
+            if fd is not None:
+                try:
+                    select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                    try:
+                        done, _ = os.waitpid(pid, os.WNOHANG)
+                    except ChildProcessError:
+                        done = pid
+                    if not done:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                finally:
+                    os.close(fd)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self.children.pop(pid, None)
+
+    def _sweep(self):
+        """Unlink any segment still carrying this runtime's id (a GS that
+        died could not destroy its pools)."""
+        prefix = f"ember.{self.tag}."
+        try:
+            names = os.listdir(SHM_DIR)
+        except FileNotFoundError:
+            return
+        for n in names:
+            if n.startswith(prefix):
+                try:
+                    os.unlink(os.path.join(SHM_DIR, n))
+                except FileNotFoundError:
+                    pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
