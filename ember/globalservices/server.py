@@ -30,6 +30,7 @@ Decisions where the spec is open (see docs/architecture.md):
 import heapq
 import itertools
 import logging
+import math
 import signal
 import sys
 import time
@@ -45,6 +46,15 @@ PENDING, RUNNING, EXITED = "pending", "running", "exited"
 LAUNCHER_P_UID = 0
 FIRST_P_UID = 1
 DEFAULT_POOL_NAME = "default"
+
+
+def _timeout(value, err_cls):
+    """A request's timeout: None (wait forever) or finite seconds >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise err_cls(f"timeout must be a number >= 0 or None, got {value!r}")
+    return None if math.isinf(value) else value
 
 
 class _Proc:
@@ -396,10 +406,7 @@ class GlobalServices:
     def on_process_join(self, msg):
         if not isinstance(msg.idents, list) or not msg.idents:
             raise ProcessError("join needs a non-empty list of process identifiers")
-        timeout = msg.timeout
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or timeout < 0):
-            raise ProcessError(f"timeout must be a number >= 0 or None, got {timeout!r}")
+        timeout = _timeout(msg.timeout, ProcessError)
         recs = []
         for ident in msg.idents:
             rec = self._proc(ident)
@@ -586,10 +593,7 @@ class GlobalServices:
         name = msg.name
         if not isinstance(name, str) or not name:
             raise ChannelError(f"channel.join needs a non-empty str name, got {name!r}")
-        timeout = msg.timeout
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or timeout < 0):
-            raise ChannelError(f"timeout must be a number >= 0 or None, got {timeout!r}")
+        timeout = _timeout(msg.timeout, ChannelError)
         c_uid = self.chan_names.get(name)
         if c_uid is not None:
             rec = self.chans[c_uid]
@@ -656,7 +660,11 @@ class GlobalServices:
         shepherd, then reply."""
         if self.teardown is not None:
             return
-        grace = msg.grace if isinstance(msg.grace, (int, float)) and msg.grace >= 0 else 5.0
+        try:
+            grace = _timeout(msg.grace, EmberError)
+        except EmberError:
+            grace = None
+        grace = 5.0 if grace is None else grace
         t = _Waiter(msg.tag, msg.r, msg.p_uid, None)
         t.name = None
         t.p_uids = ("term",)     # phase marker: term -> kill -> shepherd -> done

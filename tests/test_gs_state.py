@@ -1,0 +1,362 @@
+"""Global services as a state machine: scripted requests in, replies out,
+with a recording transport and a scripted fake shepherd.  Pools and channels
+are real (GS creates them), so each test destroys what GS made."""
+import os
+import signal
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ember import messages as m
+from ember.globalservices.server import GlobalServices
+from ember.pools_c import Pool
+
+
+class Harness:
+    def __init__(self):
+        self.replies = {}          # (r, tag) -> Reply
+        self.sh = []               # messages to the shepherd
+        self.now = 100.0
+        self.tags = iter(range(1, 10**9))
+        self.tag_prefix = f"p{os.getpid()}"
+        self.pool = Pool.create(1 << 22, name="default", owner_tag=self.tag_prefix)
+        self.gs = GlobalServices(runtime_tag=self.tag_prefix, send_reply=self._reply,
+                                 send_shepherd=self.sh.append, clock=lambda: self.now,
+                                 default_pool=self.pool)
+        self.next_pid = 5000
+
+    def _reply(self, r, msg):
+        assert type(msg) is m.Reply
+        key = (r, msg.ref)
+        assert key not in self.replies, f"second reply to {key}"
+        self.replies[key] = msg
+
+    def req(self, cls, *fields, p_uid=0, r=b"R0"):
+        tag = next(self.tags)
+        self.gs.handle_bytes(cls(tag, p_uid, r, *fields).pack())
+        return (r, tag)
+
+    def reply(self, key):
+        return self.replies.get(key)
+
+    def ok(self, key):
+        rep = self.replies[key]
+        assert rep.status == m.ERR_OK, (rep.err_type, rep.msg)
+        return rep.value
+
+    def err(self, key):
+        rep = self.replies[key]
+        assert rep.status != m.ERR_OK, rep.value
+        return rep.err_type, rep.msg
+
+    # the fake shepherd
+    def spawn_all(self, fail=None):
+        out = []
+        for msg in [x for x in self.sh if type(x) is m.ShSpawn]:
+            self.sh.remove(msg)
+            self.next_pid += 1
+            err = fail if fail else None
+            self.gs.handle_bytes(m.ShSpawned(msg.tag, msg.p_uid, None if err else self.next_pid, err).pack())
+            out.append(msg)
+        return out
+
+    def exit(self, p_uid, code):
+        self.gs.handle_bytes(m.ShExited(p_uid, code).pack())
+
+    def create(self, name="", **kw):
+        key = self.req(m.ProcessCreate, "/bin/true", [], {}, "/", name, {}, kw.get("soft", False),
+                       p_uid=kw.get("p_uid", 0))
+        self.spawn_all()
+        return self.ok(key)["p_uid"]
+
+    def advance(self, dt):
+        self.now += dt
+        self.gs.expire()
+
+    def close(self):
+        for rec in list(self.gs.chans.values()):
+            self.gs._destroy_channel(rec)
+        for rec in list(self.gs.pools.values()):
+            if not rec.default:
+                self.gs._destroy_pool(rec)
+        self.pool.destroy()
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+def test_create_replies_only_after_spawn(h):
+    key = h.req(m.ProcessCreate, "/bin/echo", ["hi"], {"A": "1"}, "/tmp", "worker", {}, False)
+    assert h.reply(key) is None
+    (spawn,) = [x for x in h.sh if type(x) is m.ShSpawn]
+    assert (spawn.exe, spawn.args, spawn.env, spawn.run_dir, spawn.user_name) == \
+        ("/bin/echo", ["hi"], {"A": "1"}, "/tmp", "worker")
+    h.spawn_all()
+    d = h.ok(key)
+    assert d["user_name"] == "worker" and d["state"] == "running" and d["retval"] is None
+    assert d["os_pid"] == h.next_pid and d["node"] == 0
+
+
+def test_spawn_failure_is_process_error_and_frees_the_name(h):
+    key = h.req(m.ProcessCreate, "/nope", [], {}, "/", "w", {}, False)
+    h.spawn_all(fail="cannot execute '/nope': [Errno 2] No such file or directory")
+    assert h.err(key) == ("ProcessError", "cannot start process: cannot execute '/nope': "
+                                          "[Errno 2] No such file or directory")
+    assert h.create("w") > 0
+
+
+def test_names_unique_among_live_soft_create_and_reuse(h):
+    p = h.create("w")
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "w", {}, False)
+    assert h.err(key) == ("ProcessError", f"a live process is already named 'w' (p_uid {p})")
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "w", {}, True)
+    assert h.ok(key)["p_uid"] == p
+    h.exit(p, 0)
+    q = h.create("w")
+    assert q != p
+    assert h.ok(h.req(m.ProcessQuery, "w"))["p_uid"] == q
+
+
+def test_query_unknown_and_bad_identifiers(h):
+    assert h.err(h.req(m.ProcessQuery, 99)) == ("ProcessError", "no process with p_uid 99")
+    assert h.err(h.req(m.ProcessQuery, "ghost")) == ("ProcessError", "no process named 'ghost'")
+    assert h.err(h.req(m.ProcessQuery, 1.5)) == (
+        "ProcessError", "process identifier must be an int or str, not float")
+
+
+def test_list_shows_live_processes_only(h):
+    a, b = h.create("a"), h.create()
+    assert sorted(map(tuple, h.ok(h.req(m.ProcessList)))) == [(a, "a"), (b, None)]
+    h.exit(a, 0)
+    assert h.ok(h.req(m.ProcessList)) == [[b, None]]
+
+
+def test_join_waits_for_exit_and_exit_codes(h):
+    p = h.create()
+    key = h.req(m.ProcessJoin, [p], None, False, False)
+    assert h.reply(key) is None
+    h.exit(p, -9)
+    exited, status = h.ok(key)
+    assert exited == [[p, -9]] and status == {p: ["exited", -9]}
+    # joining an exited process answers at once
+    assert h.ok(h.req(m.ProcessJoin, [p], None, False, False))[0] == [[p, -9]]
+
+
+def test_join_timeout_is_server_side_and_leaves_no_waiter(h):
+    p = h.create()
+    key = h.req(m.ProcessJoin, [p], 2.0, False, False)
+    h.advance(1.9)
+    assert h.reply(key) is None
+    h.advance(0.2)
+    exited, status = h.ok(key)
+    assert exited is None and status == {p: ["running", None]}
+    assert not h.gs.owned_waiters and not h.gs.procs[p].waiters
+    h.exit(p, 0)       # no late second reply (the harness asserts on duplicates)
+    assert h.gs.next_timeout() is None
+
+
+def test_join_timeout_zero_and_self_join(h):
+    p = h.create()
+    assert h.ok(h.req(m.ProcessJoin, [p], 0, False, False))[0] is None
+    assert h.err(h.req(m.ProcessJoin, [p], None, False, False, p_uid=p)) == (
+        "ProcessError", f"process {p} cannot join itself")
+    assert h.err(h.req(m.ProcessJoin, [p], -1, False, False)) == (
+        "ProcessError", "timeout must be a number >= 0 or None, got -1")
+
+
+def test_multi_join_any_all_and_bad_exit(h):
+    a, b, c = h.create(), h.create(), h.create()
+    any_key = h.req(m.ProcessJoin, [a, b, c], None, False, False)
+    all_key = h.req(m.ProcessJoin, [a, b, c], None, True, False)
+    bad_key = h.req(m.ProcessJoin, [a, b, c], None, True, True)
+    h.exit(b, 0)
+    assert h.ok(any_key)[0] == [[b, 0]]
+    assert h.reply(all_key) is None and h.reply(bad_key) is None
+    h.exit(a, 3)
+    assert h.ok(bad_key)[0] == [[a, 3], [b, 0]]
+    assert h.reply(all_key) is None
+    h.exit(c, 0)
+    exited, status = h.ok(all_key)
+    assert exited == [[a, 3], [b, 0], [c, 0]]
+    assert status == {a: ["exited", 3], b: ["exited", 0], c: ["exited", 0]}
+
+
+def test_multi_join_all_timeout_reports_partial(h):
+    a, b = h.create(), h.create()
+    key = h.req(m.ProcessJoin, [a, b], 1.0, True, False)
+    h.exit(a, 0)
+    h.advance(1.5)
+    assert h.ok(key)[0] == [[a, 0]]
+
+
+def test_kill_forwards_and_rejects(h):
+    p = h.create()
+    h.sh.clear()
+    h.ok(h.req(m.ProcessKill, p, int(signal.SIGTERM)))
+    assert h.sh == [m.ShKill(p, int(signal.SIGTERM))]
+    assert h.err(h.req(m.ProcessKill, p, 0)) == ("ProcessError", f"invalid signal 0 for process {p}")
+    h.exit(p, -15)
+    assert h.err(h.req(m.ProcessKill, p, 9)) == (
+        "ProcessError", f"process {p} has already exited (exit code -15)")
+
+
+def test_exit_before_spawned_reply_is_handled(h):
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {}, False)
+    (spawn,) = [x for x in h.sh if type(x) is m.ShSpawn]
+    h.exit(spawn.p_uid, 0)             # the shepherd saw the exit first
+    h.gs.handle_bytes(m.ShSpawned(spawn.tag, spawn.p_uid, 4242, None).pack())
+    d = h.ok(key)
+    assert d["state"] == "exited" and d["retval"] == 0 and d["os_pid"] == 4242
+
+
+def test_channel_join_before_and_after_create(h):
+    k1 = h.req(m.ChannelJoin, "pipe", None, r=b"R1")
+    k2 = h.req(m.ChannelJoin, "pipe", 5.0, r=b"R2")
+    assert h.reply(k1) is None and h.reply(k2) is None
+    ck = h.req(m.ChannelCreate, None, "pipe", {"capacity": 16, "block_size": 256}, False)
+    d = h.ok(ck)
+    assert h.ok(k1) == d and h.ok(k2) == d
+    assert d["capacity"] == 16 and d["block_size"] == 256 and d["m_uid"] == 1
+    assert h.ok(h.req(m.ChannelJoin, "pipe", 0)) == d
+    assert h.gs.next_timeout() is None
+
+
+def test_channel_join_timeout(h):
+    key = h.req(m.ChannelJoin, "never", 0.5)
+    h.advance(0.6)
+    assert h.err(key) == ("ChannelTimeout", "channel.join('never') timed out: "
+                                            "no channel of that name was created")
+    assert not h.gs.chan_joiners
+    assert h.err(h.req(m.ChannelJoin, "never", 0)) == (
+        "ChannelTimeout", "channel.join('never') timed out: no channel of that name was created")
+
+
+def test_channel_names_soft_and_destroy(h):
+    d = h.ok(h.req(m.ChannelCreate, None, "c", {}, False))
+    assert h.err(h.req(m.ChannelCreate, None, "c", {}, False)) == (
+        "ChannelError", f"a channel is already named 'c' (c_uid {d['c_uid']})")
+    assert h.ok(h.req(m.ChannelCreate, None, "c", {}, True)) == d
+    assert h.ok(h.req(m.ChannelList)) == [d["c_uid"]]
+    h.ok(h.req(m.ChannelDestroy, "c"))
+    assert h.err(h.req(m.ChannelQuery, "c")) == ("ChannelError", "no channel named 'c'")
+    assert h.ok(h.req(m.ChannelCreate, None, "c", {}, False))["c_uid"] != d["c_uid"]
+
+
+def test_channel_bad_options(h):
+    assert h.err(h.req(m.ChannelCreate, None, "x", {"capacity": 0}, False)) == (
+        "ChannelError", "ChannelOptions.capacity must be a positive int, got 0")
+    assert h.err(h.req(m.ChannelCreate, 77, "x", {}, False)) == (
+        "ChannelError", "cannot create channel 'x': no pool with m_uid 77")
+
+
+def test_ref_counted_channel_destroyed_when_holders_exit(h):
+    a, b = h.create(), h.create()
+    d = h.ok(h.req(m.ChannelCreate, None, "rc", {"ref_count": True}, False, p_uid=a))
+    h.ok(h.req(m.ChannelJoin, "rc", None, p_uid=b))
+    h.exit(a, 0)
+    assert d["c_uid"] in h.gs.chans
+    h.exit(b, 0)
+    assert d["c_uid"] not in h.gs.chans and "rc" not in h.gs.chan_names
+
+
+def test_ref_counted_release(h):
+    a = h.create()
+    d = h.ok(h.req(m.ChannelCreate, None, "rc2", {"ref_count": True}, False, p_uid=a))
+    h.ok(h.req(m.ChannelRelease, "rc2", p_uid=a))
+    assert d["c_uid"] not in h.gs.chans
+    d = h.ok(h.req(m.ChannelCreate, None, "plain", {}, False, p_uid=a))
+    assert h.err(h.req(m.ChannelRelease, "plain", p_uid=a)) == (
+        "ChannelError", f"channel plain (c_uid {d['c_uid']}) is not ref-counted")
+
+
+def test_pools(h):
+    d = h.ok(h.req(m.PoolCreate, 1 << 20, "p1", {}, False))
+    assert d["name"] == "p1" and d["size"] >= 1 << 20 and d["m_uid"] != 1
+    assert h.ok(h.req(m.PoolCreate, 1 << 20, "p1", {}, True)) == d
+    assert h.err(h.req(m.PoolCreate, 1 << 20, "p1", {}, False))[0] == "PoolError"
+    assert sorted(h.ok(h.req(m.PoolList))) == [1, d["m_uid"]]
+    assert h.ok(h.req(m.PoolDefault))["m_uid"] == 1
+    c = h.ok(h.req(m.ChannelCreate, d["m_uid"], None, {}, False))
+    assert h.err(h.req(m.PoolDestroy, "p1")) == (
+        "PoolError", f"pool p1 (m_uid {d['m_uid']}) still holds 1 channel(s) [{c['c_uid']}]: "
+                     "destroy them first")
+    h.ok(h.req(m.ChannelDestroy, c["c_uid"]))
+    h.ok(h.req(m.PoolDestroy, "p1"))
+    assert h.err(h.req(m.PoolQuery, "p1")) == ("PoolError", "no pool named 'p1'")
+    assert h.err(h.req(m.PoolDestroy, 1)) == (
+        "PoolError", "pool 1 is the runtime's default pool and cannot be destroyed")
+    assert h.err(h.req(m.PoolCreate, 0, None, {}, False)) == (
+        "PoolError", "pool size must be a positive int, got 0")
+
+
+def test_dead_process_waiters_are_forgotten(h):
+    a, b = h.create(), h.create()
+    h.req(m.ProcessJoin, [b], None, False, False, p_uid=a, r=b"RA")
+    h.req(m.ChannelJoin, "later", None, p_uid=a, r=b"RA")
+    h.exit(a, -9)
+    assert not h.gs.owned_waiters and not h.gs.chan_joiners and not h.gs.procs[b].waiters
+    h.exit(b, 0)
+    assert (b"RA", 1) not in h.replies
+
+
+def test_teardown_terms_kills_destroys_and_stops_shepherd(h):
+    a, b = h.create(), h.create()
+    h.ok(h.req(m.ChannelCreate, None, "x", {}, False))
+    h.ok(h.req(m.PoolCreate, 1 << 20, "extra", {}, False))
+    h.sh.clear()
+    key = h.req(m.Teardown, 1.0)
+    assert h.sh == [m.ShKill(a, 15), m.ShKill(b, 15)]
+    h.exit(a, -15)
+    h.advance(1.1)                      # b ignored SIGTERM
+    assert m.ShKill(b, 9) in h.sh
+    h.exit(b, -9)
+    assert not h.gs.chans and list(h.gs.pools) == [1]
+    (shut,) = [x for x in h.sh if type(x) is m.ShShutdown]
+    assert h.reply(key) is None
+    h.gs.handle_bytes(m.ShShutdownDone(shut.tag).pack())
+    assert h.gs.finished and h.ok(key) == {a: -15, b: -9}
+    assert h.err(h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {}, False)) == (
+        "ProcessError", "the runtime is shutting down: no new processes")
+
+
+def test_malformed_requests_get_error_replies(h):
+    # wrong field types in a well-formed message
+    assert h.err(h.req(m.ProcessCreate, 5, "notalist", {}, "/", "", {}, False)) == (
+        "ProcessError", "exe must be a non-empty str")
+    # unknown message type with no reply address: dropped, GS keeps serving
+    h.gs.handle_bytes(msgpack.packb([999, 1, 2]))
+    h.gs.handle_bytes(b"\xc1garbage")
+    h.gs.handle_bytes(msgpack.packb([m.ProcessQuery.code, 1]))   # too few fields
+    h.gs.handle_bytes(msgpack.packb({"a": 1}))
+    # a reply-type message sent to GS with a reply address
+    h.gs.handle_bytes(m.Reply(1, 0, None, None, None, None).pack())
+    assert h.ok(h.req(m.ProcessList)) == []
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=True)
+    | st.text(max_size=20) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(code=st.sampled_from(sorted(m.by_code)), fields=st.lists(_values, max_size=12))
+def test_fuzzed_messages_never_stop_gs(h, code, fields):
+    h.gs.handle_bytes(msgpack.packb([code] + fields, use_bin_type=True))
+    # GS still answers a well-formed request afterwards
+    key = h.req(m.PoolDefault)
+    assert h.ok(key)["m_uid"] == 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=64))
+def test_fuzzed_bytes_never_stop_gs(h, data):
+    h.gs.handle_bytes(data)
+    assert h.ok(h.req(m.PoolDefault))["m_uid"] == 1
