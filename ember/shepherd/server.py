@@ -1,0 +1,522 @@
+"""The shepherd: one per node; spawns and watches the OS processes that
+global services (GS) asks for, forwards their output, reports their exits.
+
+Threading model
+---------------
+* The **request thread** reads GS's messages (``ShSpawn``, ``ShKill``,
+  ``ShShutdown``) and handles them with :meth:`Shepherd.handle`.  All
+  spawning happens on this one thread, which lives as long as the shepherd:
+  every child has PR_SET_PDEATHSIG(SIGKILL) and the kernel sends it when the
+  *thread* that spawned the child exits.
+* The **main thread** runs :meth:`Shepherd.serve`, an epoll loop over every
+  child's pidfd and its stdout/stderr pipes.  An exit is seen only through
+  pidfd readiness followed by ``waitpid(pid, WNOHANG)`` (never by polling);
+  the child's pipes are then drained without blocking and ``ShExited`` is
+  sent.  All output is written by this thread alone, so lines of different
+  processes can never interleave.
+
+Messages to GS are sent under a lock (both threads send).  ``ShSpawned`` for
+a child is always sent before its ``ShExited``: the child's pidfd is handed
+to the epoll loop only after ``ShSpawned`` has gone out.
+
+:class:`Shepherd` is transport-agnostic (``send`` is any callable taking
+bytes; requests are fed to :meth:`Shepherd.handle`); :func:`run` wires it to
+channels.
+"""
+import logging
+import os
+import select
+import signal
+import threading
+
+from .. import _env
+from .. import messages as M
+from ._spawn import set_pdeathsig, spawn
+
+__all__ = ["Shepherd", "run", "LABELS"]
+
+log = logging.getLogger("ember.shepherd")
+
+#: Values of the ``label`` option: no prefix, ``[p_uid] `` or ``[name] ``.
+LABELS = ("none", "puid", "name")
+
+_READ_SIZE = 1 << 16
+# A "line" longer than this is written out in pieces (labelled output then
+# gets no prefix on the continuation): bounds the memory per stream.
+_MAX_PARTIAL = 1 << 20
+
+
+class _Stream:
+    """One read end of a child's stdout or stderr pipe."""
+
+    __slots__ = ("fd", "out_fd", "prefix", "partial", "at_line_start")
+
+    def __init__(self, fd, out_fd, prefix):
+        self.fd = fd
+        self.out_fd = out_fd
+        self.prefix = prefix          # b"" when not labelling
+        self.partial = b""            # bytes after the last newline seen
+        self.at_line_start = True     # next byte written starts a line
+
+
+class _Child:
+    __slots__ = ("p_uid", "pid", "pidfd", "streams")
+
+    def __init__(self, p_uid, pid, pidfd, streams):
+        self.p_uid = p_uid
+        self.pid = pid
+        self.pidfd = pidfd
+        self.streams = streams
+
+
+class Shepherd:
+    """The shepherd's core, independent of the transport.
+
+    Parameters
+    ----------
+    send : callable(bytes)
+        Delivers one packed message to GS; called from both threads (under
+        a lock).
+    base_env : mapping or None
+        The environment every child starts from (``os.environ`` if None);
+        each request's ``env`` is applied on top, then ``EMBER_P_UID``.
+    label : {"none", "puid", "name"}
+        Prefix of every forwarded output line: nothing, ``[<p_uid>] `` or
+        ``[<user_name or p_uid>] ``.
+    out_fd, err_fd : int
+        Where children's stdout / stderr lines go (the shepherd's own 1 and
+        2 by default).  Not closed by the shepherd.
+    """
+
+    def __init__(self, send, base_env=None, label="none", out_fd=1, err_fd=2):
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        self._send_raw = send
+        self._label = label
+        self._out_fd = out_fd
+        self._err_fd = err_fd
+        base = os.environ if base_env is None else base_env
+        self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in base.items()}
+        self._send_lock = threading.Lock()
+        # Guards _children and _fds, and the life of each pidfd (ShKill on the
+        # request thread vs. close after reaping on the main thread).
+        self._lock = threading.Lock()
+        self._children = {}           # p_uid -> _Child
+        self._fds = {}                # fd -> _Child (its pidfd) or _Stream
+        self._dead_out = set()        # out fds that gave EPIPE
+        self._stop_requested = False
+        self._stop_tag = None         # tag of ShShutdown (None: no reply)
+        self._done = threading.Event()
+        self._closed = False
+        self._ep = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._ep.register(self._wake, select.EPOLLIN)
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._handlers = {
+            M.ShSpawn: self._on_spawn,
+            M.ShKill: self._on_kill,
+            M.ShShutdown: self._on_shutdown,
+        }
+
+    # ------------------------------------------------------------------
+    # request thread
+    # ------------------------------------------------------------------
+    def handle(self, data):
+        """Handle one packed request from GS.  Returns False once the
+        request was ``ShShutdown`` (the caller stops reading), else True.
+        Malformed or unexpected messages are logged and dropped."""
+        try:
+            msg = M.unpack(data)
+        except M.MessageError as exc:
+            log.warning("shepherd: dropped a malformed message: %s", exc)
+            return True
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            log.warning("shepherd: dropped an unexpected message %r", msg)
+            return True
+        return handler(msg)
+
+    def _child_env(self, p_uid, overrides):
+        env = dict(self._base_env)
+        if overrides:
+            if not hasattr(overrides, "items"):
+                raise TypeError(f"env must be a map, not {type(overrides).__name__}")
+            for k, v in overrides.items():
+                if not isinstance(k, str) or not k or "=" in k:
+                    raise ValueError(f"bad env name {k!r}")
+                if v is None:             # None removes the variable
+                    env.pop(os.fsencode(k), None)
+                elif isinstance(v, str):
+                    env[os.fsencode(k)] = os.fsencode(v)
+                else:
+                    raise TypeError(f"env value of {k!r} must be a str, not {type(v).__name__}")
+        env[_env.P_UID.encode()] = str(p_uid).encode()
+        return [k + b"=" + v for k, v in env.items()]
+
+    def _on_spawn(self, msg):
+        p_uid = msg.p_uid
+        err = self._spawn(msg)
+        if err is not None:
+            self._send(M.ShSpawned(msg.tag, p_uid, None, err))
+        return True
+
+    def _spawn(self, msg):
+        """Start the child of ``msg``; return None or the error text."""
+        p_uid, exe = msg.p_uid, msg.exe
+        if self._stop_requested:
+            return "shepherd is shutting down"
+        if not isinstance(p_uid, int) or isinstance(p_uid, bool):
+            return f"bad p_uid {p_uid!r}"
+        if p_uid in self._children:
+            return f"p_uid {p_uid} is already running"
+        try:
+            if not isinstance(exe, str) or not exe:
+                raise ValueError(f"exe must be a non-empty str, got {exe!r}")
+            args = msg.args or []
+            if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+                raise TypeError(f"args must be a list of str, got {args!r}")
+            run_dir = msg.run_dir or None
+            if run_dir is not None and not isinstance(run_dir, str):
+                raise TypeError(f"run_dir must be a str, got {run_dir!r}")
+            envp = self._child_env(p_uid, msg.env)
+        except (TypeError, ValueError) as exc:
+            return f"bad spawn request for p_uid {p_uid}: {exc}"
+
+        try:
+            out_r, out_w = os.pipe()      # both CLOEXEC (PEP 446)
+        except OSError as exc:
+            return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
+        try:
+            err_r, err_w = os.pipe()
+        except OSError as exc:
+            os.close(out_r)
+            os.close(out_w)
+            return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
+        try:
+            pid = spawn(exe, [exe] + args, envp, run_dir, self._devnull, out_w, err_w)
+        except (OSError, ValueError, TypeError) as exc:
+            os.close(out_r)
+            os.close(err_r)
+            if isinstance(exc, OSError):
+                return f"{exc.strerror}: [Errno {exc.errno}] {os.strerror(exc.errno)}"
+            return f"bad spawn request for p_uid {p_uid}: {exc}"
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            # Not reaped yet, so the pid cannot have been reused.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(out_r)
+            os.close(err_r)
+            return f"cannot watch '{exe}': pidfd_open: [Errno {exc.errno}] {exc.strerror}"
+
+        if self._label == "puid":
+            prefix = f"[{p_uid}] ".encode()
+        elif self._label == "name":
+            prefix = f"[{msg.user_name or p_uid}] ".encode(errors="surrogateescape")
+        else:
+            prefix = b""
+        streams = [_Stream(out_r, self._out_fd, prefix), _Stream(err_r, self._err_fd, prefix)]
+        child = _Child(p_uid, pid, pidfd, streams)
+        with self._lock:
+            self._children[p_uid] = child
+            self._fds[pidfd] = child
+            for s in streams:
+                os.set_blocking(s.fd, False)
+                self._fds[s.fd] = s
+        for s in streams:
+            self._ep.register(s.fd, select.EPOLLIN)
+        self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
+        # Only now may the loop see the exit: ShSpawned precedes ShExited.
+        self._ep.register(pidfd, select.EPOLLIN)
+        return None
+
+    def _on_kill(self, msg):
+        sig = msg.sig
+        if not isinstance(sig, int) or isinstance(sig, bool):
+            log.warning("shepherd: dropped ShKill with bad signal %r", sig)
+            return True
+        with self._lock:
+            child = self._children.get(msg.p_uid)
+            if child is None:
+                return True               # already exited (or never ran)
+            try:
+                signal.pidfd_send_signal(child.pidfd, sig)
+            except ProcessLookupError:
+                pass                      # exited, not reaped yet
+            except OSError as exc:
+                log.warning("shepherd: cannot send signal %r to p_uid %r: %s",
+                            sig, msg.p_uid, exc)
+        return True
+
+    def _on_shutdown(self, msg):
+        self.request_stop(msg.tag)
+        return False
+
+    def request_stop(self, tag=None):
+        """Ask the loop to kill every child, reap them, flush output, send
+        ``ShShutdownDone(tag)`` (if tag is not None) and return.  Any
+        thread; no spawn is accepted afterwards."""
+        self._stop_tag = tag
+        self._stop_requested = True
+        os.eventfd_write(self._wake, 1)
+
+    def wait_done(self, timeout=None):
+        """Block until :meth:`serve` has finished.  Returns True if it has."""
+        return self._done.wait(timeout)
+
+    # ------------------------------------------------------------------
+    # main thread: the epoll loop
+    # ------------------------------------------------------------------
+    def serve(self):
+        """Run the loop until a stop was requested and every child has been
+        reaped and reported.  Then flush the output of orphaned pipes and
+        send ``ShShutdownDone``."""
+        killed = False
+        try:
+            while True:
+                for fd, _events in self._ep.poll():
+                    if fd == self._wake:
+                        try:
+                            os.eventfd_read(self._wake)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    obj = self._fds.get(fd)
+                    if obj is None:
+                        continue          # closed earlier in this batch
+                    if isinstance(obj, _Child):
+                        self._on_exit(obj)
+                    else:
+                        self._read(obj)
+                if self._stop_requested:
+                    if not killed:
+                        self._kill_all()
+                        killed = True
+                    if not self._children:
+                        break
+            for obj in list(self._fds.values()):
+                if isinstance(obj, _Stream):   # pipes a grandchild still holds
+                    self._drain(obj, final=True)
+                    self._close_stream(obj)
+            if self._stop_tag is not None:
+                self._send(M.ShShutdownDone(self._stop_tag))
+        finally:
+            self._done.set()
+
+    def _kill_all(self):
+        with self._lock:
+            for child in self._children.values():
+                try:
+                    signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _on_exit(self, child):
+        pid, status = os.waitpid(child.pid, os.WNOHANG)
+        if pid == 0:
+            return                        # spurious readiness
+        code = os.waitstatus_to_exitcode(status)
+        with self._lock:
+            del self._children[child.p_uid]
+            del self._fds[child.pidfd]
+            self._ep.unregister(child.pidfd)
+            os.close(child.pidfd)
+            child.pidfd = -1
+        # Everything the child wrote before exiting is in its pipes now: take
+        # it all, without waiting for EOF (a grandchild may hold the pipe).
+        for s in child.streams:
+            if s.fd >= 0:
+                self._drain(s, final=True)
+        self._send(M.ShExited(child.p_uid, code))
+
+    def _read(self, s):
+        try:
+            data = os.read(s.fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        if data:
+            self._feed(s, data)
+        else:
+            self._flush_partial(s)
+            self._close_stream(s)
+
+    def _drain(self, s, final):
+        """Read ``s`` until it would block or hits EOF; with ``final``,
+        write out its trailing partial line too."""
+        while s.fd >= 0:
+            try:
+                data = os.read(s.fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            if not data:
+                self._flush_partial(s)
+                self._close_stream(s)
+                return
+            self._feed(s, data)
+        if final:
+            self._flush_partial(s)
+
+    def _close_stream(self, s):
+        if s.fd < 0:
+            return
+        with self._lock:
+            del self._fds[s.fd]
+            self._ep.unregister(s.fd)
+            os.close(s.fd)
+        s.fd = -1
+
+    # --- output forwarding ---------------------------------------------
+    def _feed(self, s, data):
+        buf = s.partial + data if s.partial else data
+        nl = buf.rfind(b"\n")
+        if nl < 0:
+            if len(buf) > _MAX_PARTIAL:
+                self._emit(s, buf, end_line=False)
+                s.partial = b""
+            else:
+                s.partial = buf
+            return
+        whole, s.partial = buf[:nl + 1], buf[nl + 1:]
+        if s.prefix:
+            head = s.prefix if s.at_line_start else b""
+            whole = head + whole[:-1].replace(b"\n", b"\n" + s.prefix) + b"\n"
+        self._write(s.out_fd, whole)
+        s.at_line_start = True
+
+    def _emit(self, s, data, end_line):
+        """Write ``data`` (no newline inside) as the rest of a line."""
+        if s.prefix:
+            if s.at_line_start:
+                data = s.prefix + data
+            if end_line:
+                data += b"\n"
+        self._write(s.out_fd, data)
+        s.at_line_start = end_line or not s.prefix
+
+    def _flush_partial(self, s):
+        if s.partial:
+            # Labelled output is line-oriented: end the line so the next
+            # process's line starts clean.  Unlabelled output stays
+            # byte-exact.
+            self._emit(s, s.partial, end_line=bool(s.prefix))
+            s.partial = b""
+
+    def _write(self, fd, data):
+        if fd in self._dead_out:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                select.select([], [fd], [])
+                continue
+            except OSError as exc:        # EPIPE etc.: the reader is gone
+                self._dead_out.add(fd)
+                log.warning("shepherd: output to fd %d stopped: %s", fd, exc)
+                return
+            view = view[n:]
+
+    # ------------------------------------------------------------------
+    def _send(self, msg):
+        with self._send_lock:
+            try:
+                self._send_raw(msg.pack())
+            except Exception as exc:  # GS gone: nothing better to do than log
+                log.error("shepherd: cannot send %r to GS: %r", msg, exc)
+
+    def close(self):
+        """Release the loop's fds.  Children still running (only if
+        :meth:`serve` never ran to the end) are killed and reaped."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            children = list(self._children.values())
+            self._children.clear()
+        for child in children:
+            try:
+                signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(child.pid, 0)
+            os.close(child.pidfd)
+            for s in child.streams:
+                if s.fd >= 0:
+                    os.close(s.fd)
+                    s.fd = -1
+        for obj in list(self._fds.values()):
+            if isinstance(obj, _Stream) and obj.fd >= 0:
+                os.close(obj.fd)
+                obj.fd = -1
+        self._fds.clear()
+        self._ep.close()
+        os.close(self._wake)
+        os.close(self._devnull)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
+    """Run a shepherd until GS sends ``ShShutdown``; must be called on the
+    main thread of a process dedicated to it (the launcher forks one and
+    calls this; then ``os._exit``).
+
+    Parameters
+    ----------
+    in_channel
+        The shepherd's input channel (``recv() -> bytes``); read by a
+        dedicated request thread, which also does all the spawning.
+    gs_channel
+        GS's input channel (``send(bytes)``).
+    base_env : mapping or None
+        The runtime's environment for children (``os.environ`` if None).
+    label : {"none", "puid", "name"}
+        Output line prefix, see :class:`Shepherd`.
+    parent_pid : int or None
+        The launcher's pid.  The shepherd sets PR_SET_PDEATHSIG(SIGKILL) so
+        it dies with the thread that forked it (the launcher must fork from
+        a thread that lives as long as the runtime); with ``parent_pid``
+        given it also checks the launcher did not die before that, and
+        raises RuntimeError if it did.
+
+    If the input channel fails, every child is killed and run() returns
+    without sending ``ShShutdownDone``.  SIGINT is ignored (the launcher
+    forwards Ctrl-C to the head process); children get default dispositions.
+    """
+    set_pdeathsig(signal.SIGKILL)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        raise RuntimeError(f"the launcher (pid {parent_pid}) exited before the shepherd started")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    shepherd = Shepherd(gs_channel.send, base_env=base_env, label=label)
+
+    def request_loop():
+        try:
+            while shepherd.handle(in_channel.recv()):
+                pass
+        except BaseException as exc:  # channel destroyed / broken
+            log.error("shepherd: input channel failed (%r); killing every child", exc)
+            shepherd.request_stop(None)
+        # Stay alive until the loop is done: this thread is the parent of
+        # every child, and its exit would SIGKILL them (PR_SET_PDEATHSIG).
+        shepherd.wait_done()
+
+    reader = threading.Thread(target=request_loop, name="ember-shepherd-requests", daemon=True)
+    reader.start()
+    try:
+        shepherd.serve()
+    finally:
+        # After a clean serve() the reader returns at once; if serve() raised,
+        # the reader may be blocked in recv(): close() kills the children.
+        reader.join(timeout=1.0)
+        shepherd.close()
