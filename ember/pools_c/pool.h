@@ -73,9 +73,12 @@ ember_rc_t ember_pool_unlink_name(const char *shm_name);
 ember_rc_t ember_pool_alloc(ember_pool_t *pool, uint64_t size, ember_alloc_t *out);
 
 /* As ember_pool_alloc, but wait for a free (futex on the pool header) when
- * exhausted: timeout_ns < 0 waits forever, 0 tries once.  Waits at most
- * one slice of `slice_ns` (if > 0) before returning EMBER_ERR_TIMEOUT, so a
- * caller can check for signals and call again with the remaining time. */
+ * exhausted: timeout_ns < 0 waits forever, 0 tries once, > 0 waits at most
+ * that long, then EMBER_ERR_TIMEOUT.  A signal ends the wait early with
+ * EMBER_ERR_INTERRUPTED.  A caller that must react to signals (Python)
+ * passes bounded slices (e.g. 50 ms), checks for signals and calls again
+ * with the remaining time.  A request larger than the whole heap returns
+ * EMBER_ERR_EXHAUSTED at once instead of waiting. */
 ember_rc_t ember_pool_alloc_wait(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
                                  ember_alloc_t *out);
 
@@ -120,5 +123,18 @@ ember_rc_t ember_alloc_parse(const void *sdesc, size_t len,
 /* Low-level helpers exported for tests/cleanup: the shm name inside a pool
  * descriptor (NUL-terminated copy into buf). */
 ember_rc_t ember_pool_sdesc_name(const void *sdesc, size_t len, char *buf, size_t cap);
+
+/* Diagnostics (tests, debugging, reclaiming blocks lost by dead processes).
+ *
+ * ember_pool_validate walks the whole heap under the lock and checks every
+ * allocator invariant (see pool.c): EMBER_OK or EMBER_ERR_CORRUPT.
+ * ember_pool_next_alloc iterates the live allocations in offset order: start
+ * with *cursor = 0; each call gives the next one at or after *cursor and
+ * advances *cursor; EMBER_ERR_EMPTY at the end.  O(heap blocks) per call.
+ * ember_pool_repair_count: how many times a process found the lock's owner
+ * dead and repaired the pool. */
+ember_rc_t ember_pool_validate(ember_pool_t *pool);
+ember_rc_t ember_pool_next_alloc(ember_pool_t *pool, uint64_t *cursor, ember_alloc_t *out);
+uint64_t ember_pool_repair_count(ember_pool_t *pool);
 
 #endif /* EMBER_POOL_H */

@@ -1,0 +1,19 @@
+"""ember.pools_c -- shared-memory pools (C library + Cython binding).
+
+>>> from ember.pools_c import Pool
+>>> with Pool.create(1 << 20, name="demo") as pool:
+...     with pool.alloc(5) as a:
+...         memoryview(a)[:] = b"hello"
+"""
+from ember.exceptions import DescriptorError, PoolError, PoolExhausted
+from ember.pools_c._pools import Allocation, Pool, PoolStats, clear_attach_cache
+
+__all__ = [
+    "Pool",
+    "Allocation",
+    "PoolStats",
+    "clear_attach_cache",
+    "PoolError",
+    "PoolExhausted",
+    "DescriptorError",
+]

@@ -1,0 +1,581 @@
+# cython: language_level=3
+"""Cython binding of ember's shared-memory pools (private module; import
+from :mod:`ember.pools_c`).
+
+The C library (pool.c) does all the work; this module converts arguments,
+owns each C object in one ``cdef class`` with a fixed life cycle, and maps
+return codes to exceptions from :mod:`ember.exceptions` in one place
+(:func:`check_rc`).
+"""
+cimport cython
+from cpython.buffer cimport PyBuffer_FillInfo
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport errno
+from libc.stdint cimport uint8_t, uint64_t, int64_t
+from libc.string cimport strlen
+
+import collections
+import os
+import time
+import warnings
+import weakref
+
+from ember.exceptions import DescriptorError, PoolError, PoolExhausted
+
+__all__ = ["Pool", "Allocation", "PoolStats", "clear_attach_cache"]
+
+PoolStats = collections.namedtuple("PoolStats", "total free largest_free live_allocs")
+PoolStats.__doc__ = """Immutable snapshot of a pool's allocator.
+
+total: bytes in the heap (segment minus the header page);
+free: bytes in free blocks (headers included);
+largest_free: the largest ``nbytes`` one ``alloc`` can get right now;
+live_allocs: number of allocated blocks (by any process).
+"""
+
+# Blocking waits run in slices of this length so Ctrl-C is seen promptly.
+cdef int64_t _SLICE_NS = 50_000_000
+
+# Every open Pool of this process by shm name (explicit ones: weak refs) and
+# the pools that Allocation.attach attached on its own (strong refs; kept
+# until clear_attach_cache() or process exit, so repeated attaches are cheap).
+_open_pools = weakref.WeakValueDictionary()
+_implicit_pools = {}
+
+_RC_TEXT = {
+    EMBER_ERR_INVALID_ARG: "invalid argument",
+    EMBER_ERR_NOMEM: "out of process memory",
+    EMBER_ERR_NOT_FOUND: "the pool's segment does not exist (destroyed, or made on another node)",
+    EMBER_ERR_BAD_DESCRIPTOR: "the descriptor is truncated, corrupt or not an ember descriptor",
+    EMBER_ERR_BAD_MAGIC: "the header there does not match (not an ember pool/block, or a stale descriptor)",
+    EMBER_ERR_VERSION: "layout version mismatch (made by a different ember version)",
+    EMBER_ERR_OUT_OF_RANGE: "offset or size outside the pool's heap",
+    EMBER_ERR_EXHAUSTED: "no free block is large enough",
+    EMBER_ERR_DOUBLE_FREE: "the block is not allocated (already freed)",
+    EMBER_ERR_STALE: "the block was freed and allocated again since (stale allocation id)",
+    EMBER_ERR_CORRUPT: "the pool's allocator state is corrupt; destroy the pool",
+    EMBER_ERR_TIMEOUT: "timed out",
+    EMBER_ERR_INTERRUPTED: "interrupted by a signal",
+    EMBER_ERR_BUFFER_TOO_SMALL: "buffer too small",
+}
+
+_RC_EXC = {
+    EMBER_ERR_NOMEM: MemoryError,
+    EMBER_ERR_BAD_DESCRIPTOR: DescriptorError,
+    EMBER_ERR_BAD_MAGIC: DescriptorError,
+    EMBER_ERR_VERSION: DescriptorError,
+    EMBER_ERR_EXHAUSTED: PoolExhausted,
+    EMBER_ERR_TIMEOUT: PoolExhausted,
+}
+
+
+cdef int check_rc(ember_rc_t rc, str what, Pool pool=None) except -1:
+    """Raise the exception for ``rc`` (nothing for EMBER_OK).
+
+    The message is ``"<pool>: <what>: <explanation> [<rc name>]"``.
+    """
+    cdef int err = errno
+    if rc == EMBER_OK:
+        return 0
+    if rc == EMBER_ERR_OS:
+        text = f"{os.strerror(err)} (errno {err})"
+    else:
+        text = _RC_TEXT.get(rc, "error")
+    prefix = pool._desc() + ": " if pool is not None else ""
+    exc = _RC_EXC.get(rc, PoolError)
+    raise exc(f"{prefix}{what}: {text} [{ember_rc_str(rc).decode()}]")
+
+
+cdef str _decode(const char *s):
+    return s[:strlen(s)].decode("utf-8", "replace")
+
+
+@cython.final
+cdef class Pool:
+    """A shared-memory pool: a POSIX shm segment with an allocator that many
+    processes use at once.
+
+    Made only by :meth:`create` and :meth:`attach`.  Used as a context
+    manager, a pool made by ``create()`` is **destroyed** on exit (segment
+    unlinked), an attached one is **detached**.  Any use after
+    ``detach()``/``destroy()`` raises :class:`~ember.exceptions.PoolError`.
+    A pool collected while still attached warns ``ResourceWarning`` and
+    unmaps (the segment itself stays until destroyed).
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Pool cannot be instantiated directly; use Pool.create() or Pool.attach()")
+
+    def __dealloc__(self):
+        if self._pool != NULL:
+            if not self._implicit:
+                try:
+                    warnings.warn(f"unclosed ember Pool {self._shm_name} (m_uid 0x{self._m_uid:016x})",
+                                  ResourceWarning, source=self)
+                except Exception:
+                    pass
+            ember_pool_detach(self._pool)
+            self._pool = NULL
+
+    @staticmethod
+    cdef Pool _wrap(ember_pool_t *p, bint created, bint implicit):
+        cdef Pool self = Pool.__new__(Pool)
+        self._pool = p
+        self._created = created
+        self._implicit = implicit
+        self._exports = 0
+        self._busy = 0
+        self._shm_name = _decode(ember_pool_shm_name(p))
+        label = _decode(ember_pool_label(p))
+        self._label = label if label else None
+        self._m_uid = ember_pool_m_uid(p)
+        self._size = ember_pool_size(p)
+        if implicit:
+            _implicit_pools[self._shm_name] = self
+        else:
+            _open_pools[self._shm_name] = self
+        return self
+
+    @staticmethod
+    def create(size, name=None, m_uid=None, owner_tag=None):
+        """Create a new pool of ``size`` bytes (rounded up to a page).
+
+        Parameters
+        ----------
+        size : int
+            Segment size in bytes; the heap is the segment minus one page.
+        name : str, optional
+            A label kept in the pool header (truncated to 47 bytes).
+        m_uid : int, optional
+            The pool's unique id (default: random 63-bit).
+        owner_tag : str, optional
+            ``[A-Za-z0-9_-]{1,24}`` put in the segment name
+            ``/ember.<owner_tag>.<m_uid hex>`` (default ``p<pid>``).
+
+        Returns
+        -------
+        Pool
+        """
+        cdef ember_pool_t *p = NULL
+        cdef ember_rc_t rc
+        cdef uint64_t c_size, c_uid
+        if size < 1:
+            raise ValueError(f"pool size must be at least 1 byte, got {size}")
+        if m_uid is None:
+            m_uid = (int.from_bytes(os.urandom(8), "little") >> 1) or 1
+        if not 0 <= m_uid < 2 ** 64:
+            raise ValueError(f"m_uid must be in [0, 2**64), got {m_uid}")
+        if owner_tag is None:
+            owner_tag = f"p{os.getpid()}"
+        c_size = size
+        c_uid = m_uid
+        btag = owner_tag.encode()
+        blabel = name.encode() if name is not None else None
+        rc = ember_pool_create(c_size, c_uid, btag, <const char *>blabel if blabel is not None else NULL, &p)
+        if rc != EMBER_OK:
+            if rc == EMBER_ERR_OS and errno == 17:   # EEXIST
+                raise PoolError(f"cannot create pool: segment /ember.{owner_tag}.{m_uid:016x} "
+                                f"already exists (m_uid 0x{m_uid:016x} in use)")
+            if rc == EMBER_ERR_INVALID_ARG:
+                raise ValueError(f"cannot create pool of {size} bytes with owner_tag {owner_tag!r}: "
+                                 f"owner_tag must match [A-Za-z0-9_-]{{1,24}} and size be <= 2**47")
+            check_rc(rc, f"cannot create pool of {size} bytes (name {name!r})")
+        return Pool._wrap(p, True, False)
+
+    @staticmethod
+    def attach(sdesc):
+        """Attach to an existing pool from its serialized descriptor (bytes).
+
+        Raises DescriptorError for a truncated, corrupt or foreign
+        descriptor, PoolError if the pool no longer exists.
+        """
+        cdef ember_pool_t *p = NULL
+        cdef const uint8_t[::1] d = _as_bytes(sdesc)
+        cdef ember_rc_t rc = ember_pool_attach(&d[0] if d.shape[0] else NULL, d.shape[0], &p)
+        if rc != EMBER_OK:
+            check_rc(rc, f"cannot attach pool {_sdesc_name(sdesc)}")
+        return Pool._wrap(p, False, False)
+
+    cdef str _desc(self):
+        if self._label:
+            return f"pool {self._label!r} (m_uid 0x{self._m_uid:016x})"
+        return f"pool {self._shm_name!r} (m_uid 0x{self._m_uid:016x})"
+
+    cdef int _check_open(self) except -1:
+        if self._pool == NULL:
+            raise PoolError(f"{self._desc()} is detached or destroyed")
+        return 0
+
+    cdef int _check_closable(self, str what) except -1:
+        self._check_open()
+        if self._exports:
+            raise PoolError(f"{self._desc()}: cannot {what}: {self._exports} memoryview(s) of its "
+                            f"allocations are still exported; release them first")
+        if self._busy:
+            raise PoolError(f"{self._desc()}: cannot {what}: another thread is waiting in alloc()")
+        return 0
+
+    cdef _forget(self):
+        if self._implicit:
+            _implicit_pools.pop(self._shm_name, None)
+        elif _open_pools.get(self._shm_name) is self:
+            del _open_pools[self._shm_name]
+
+    def detach(self):
+        """Unmap the pool from this process (the segment stays)."""
+        self._check_closable("detach")
+        cdef ember_pool_t *p = self._pool
+        self._pool = NULL
+        self._forget()
+        check_rc(ember_pool_detach(p), "cannot detach", self)
+
+    def destroy(self):
+        """Unlink the segment, then detach.  Processes still attached keep
+        their mapping until they detach; new attaches fail."""
+        self._check_closable("destroy")
+        cdef ember_pool_t *p = self._pool
+        self._pool = NULL
+        self._forget()
+        check_rc(ember_pool_destroy(p), "cannot destroy", self)
+
+    @property
+    def closed(self):
+        """True once detached or destroyed."""
+        return self._pool == NULL
+
+    @property
+    def sdesc(self):
+        """The serialized pool descriptor (bytes) for :meth:`attach`."""
+        cdef uint8_t buf[EMBER_POOL_SDESC_SIZE]
+        cdef size_t n = 0
+        self._check_open()
+        check_rc(ember_pool_serialize(self._pool, buf, sizeof(buf), &n), "cannot serialize", self)
+        return buf[:n]
+
+    @property
+    def m_uid(self):
+        self._check_open()
+        return self._m_uid
+
+    @property
+    def size(self):
+        """Segment size in bytes (header page included)."""
+        self._check_open()
+        return self._size
+
+    @property
+    def name(self):
+        """The label given at create (None if none)."""
+        self._check_open()
+        return self._label
+
+    @property
+    def shm_name(self):
+        """The POSIX shm name, ``/ember.<owner_tag>.<m_uid hex>``."""
+        self._check_open()
+        return self._shm_name
+
+    def stats(self):
+        """A :class:`PoolStats` snapshot (total, free, largest_free, live_allocs)."""
+        cdef ember_pool_stats_t st
+        self._check_open()
+        check_rc(ember_pool_stats(self._pool, &st), "cannot read stats", self)
+        return PoolStats(st.total, st.free, st.largest_free, st.live_allocs)
+
+    def alloc(self, Py_ssize_t nbytes, timeout=0):
+        """Allocate ``nbytes`` (>= 1) bytes, 64-byte aligned.
+
+        Parameters
+        ----------
+        nbytes : int
+        timeout : float or None
+            0 (default): try once; > 0: wait up to that many seconds for a
+            free; None: wait forever.  Waits release the GIL and check for
+            signals every 50 ms.
+
+        Raises
+        ------
+        PoolExhausted
+            No free block is large enough (within the timeout).
+        """
+        cdef ember_alloc_t a
+        cdef ember_rc_t rc
+        cdef uint64_t n
+        cdef int64_t slice_ns
+        cdef double deadline = 0.0, left
+        if self._pool == NULL:
+            self._check_open()
+        if nbytes < 1:
+            raise ValueError(f"nbytes must be at least 1, got {nbytes}")
+        n = <uint64_t>nbytes
+        if timeout == 0:
+            rc = ember_pool_alloc(self._pool, n, &a)
+        else:
+            if timeout is not None:
+                if timeout < 0:
+                    raise ValueError(f"timeout must be None or >= 0, got {timeout}")
+                deadline = time.monotonic() + timeout
+            self._busy += 1
+            try:
+                while True:
+                    slice_ns = _SLICE_NS
+                    if timeout is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            rc = ember_pool_alloc(self._pool, n, &a)
+                            if rc == EMBER_ERR_EXHAUSTED:
+                                rc = EMBER_ERR_TIMEOUT
+                            break
+                        if left * 1e9 < slice_ns:
+                            slice_ns = <int64_t>(left * 1e9) + 1
+                    with nogil:
+                        rc = ember_pool_alloc_wait(self._pool, n, slice_ns, &a)
+                    if rc != EMBER_ERR_TIMEOUT and rc != EMBER_ERR_INTERRUPTED:
+                        break
+                    PyErr_CheckSignals()
+            finally:
+                self._busy -= 1
+        if rc != EMBER_OK:
+            self._alloc_error(rc, nbytes, timeout)
+        return allocation_from_c(self, a)
+
+    cdef _alloc_error(self, ember_rc_t rc, Py_ssize_t nbytes, timeout):
+        cdef ember_pool_stats_t st
+        if rc == EMBER_ERR_EXHAUSTED or rc == EMBER_ERR_TIMEOUT:
+            check_rc(ember_pool_stats(self._pool, &st), "cannot read stats", self)
+            within = "" if rc == EMBER_ERR_EXHAUSTED else f" within {timeout} s"
+            raise PoolExhausted(f"{self._desc()}: cannot allocate {nbytes} bytes{within}: "
+                                f"largest free block is {st.largest_free} bytes")
+        check_rc(rc, f"cannot allocate {nbytes} bytes", self)
+
+    def _validate(self):
+        """Check every allocator invariant (walks the heap); PoolError if not."""
+        self._check_open()
+        check_rc(ember_pool_validate(self._pool), "validation failed", self)
+
+    def _repair_count(self):
+        """How often a process found the lock's owner dead and repaired."""
+        self._check_open()
+        return ember_pool_repair_count(self._pool)
+
+    def _live_allocations(self):
+        """Owning Allocation objects for every live block, in offset order
+        (any process's: for tests and reclaiming blocks of dead processes)."""
+        cdef uint64_t cursor = 0
+        cdef ember_alloc_t a
+        cdef ember_rc_t rc
+        self._check_open()
+        out = []
+        while True:
+            rc = ember_pool_next_alloc(self._pool, &cursor, &a)
+            if rc == EMBER_ERR_EMPTY:
+                return out
+            check_rc(rc, "cannot walk the heap", self)
+            out.append(allocation_from_c(self, a))
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool != NULL:
+            if self._created:
+                self.destroy()
+            else:
+                self.detach()
+
+    def __reduce__(self):
+        return (Pool.attach, (self.sdesc,))
+
+    def __repr__(self):
+        state = "closed" if self._pool == NULL else f"size={self._size}"
+        return f"<ember Pool {self._shm_name} name={self._label!r} m_uid=0x{self._m_uid:016x} {state}>"
+
+
+cdef const uint8_t[::1] _as_bytes(obj):
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        b = bytes(obj)
+        if len(b) == 0:
+            raise DescriptorError("descriptor is empty")
+        return b
+    raise TypeError(f"descriptor must be bytes, not {type(obj).__name__}")
+
+
+cdef str _sdesc_name(sdesc):
+    cdef char buf[EMBER_POOL_NAME_MAX]
+    cdef const uint8_t[::1] d = _as_bytes(sdesc)
+    if ember_pool_sdesc_name(&d[0], d.shape[0], buf, sizeof(buf)) == EMBER_OK:
+        return _decode(buf)
+    return "(unknown)"
+
+
+cdef Allocation allocation_from_c(Pool owner, ember_alloc_t a):
+    """Wrap a checked ``ember_alloc_t`` of ``owner`` in an owning Allocation."""
+    cdef Allocation self = Allocation.__new__(Allocation)
+    self._a = a
+    self._owner = owner
+    self._state = 0
+    self._exports = 0
+    return self
+
+
+@cython.final
+@cython.freelist(64)
+@cython.no_gc_clear
+cdef class Allocation:
+    """A block of a pool: ``memoryview(a)`` is a writable, zero-copy view of
+    exactly ``a.size`` bytes.
+
+    Made only by :meth:`Pool.alloc` and :meth:`attach`.  As a context
+    manager it frees the block on exit (if still held).  An Allocation that
+    is garbage-collected without ``free()`` leaves the block allocated (it may
+    have been handed to another process by its descriptor).  Any use after
+    ``free()`` raises PoolError; ``free()`` is refused while memoryviews are
+    exported.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Allocation cannot be instantiated directly; use Pool.alloc() or Allocation.attach()")
+
+    @staticmethod
+    def attach(sdesc):
+        """The allocation named by a serialized allocation descriptor.
+
+        Attaches its pool if this process has not (kept in a per-process
+        cache).  DescriptorError if the descriptor is bad or names a block
+        that is no longer this allocation (freed, reallocated).
+        """
+        cdef const uint8_t[::1] d = _as_bytes(sdesc)
+        cdef const uint8_t *psd = NULL
+        cdef size_t psd_len = 0
+        cdef ember_alloc_t a
+        cdef ember_pool_t *p = NULL
+        cdef ember_rc_t rc
+        cdef Pool pool
+        rc = ember_alloc_parse(&d[0], d.shape[0], &psd, &psd_len, &a)
+        if rc != EMBER_OK:
+            check_rc(rc, "cannot attach allocation")
+        pool_sdesc = psd[:psd_len]
+        name = _sdesc_name(pool_sdesc)
+        pool = _open_pools.get(name) or _implicit_pools.get(name)
+        if pool is not None and (pool._pool == NULL or
+                                 pool._m_uid != int.from_bytes(pool_sdesc[8:16], "little")):
+            pool = None
+        if pool is None:
+            rc = ember_pool_attach(psd, psd_len, &p)
+            if rc != EMBER_OK:
+                check_rc(rc, f"cannot attach pool {name} of allocation at offset {a.offset} (id {a.id})")
+            pool = Pool._wrap(p, False, True)
+        rc = ember_pool_check(pool._pool, &a)
+        if rc != EMBER_OK:
+            if rc in (EMBER_ERR_OUT_OF_RANGE, EMBER_ERR_DOUBLE_FREE, EMBER_ERR_STALE):
+                raise DescriptorError(f"{pool._desc()}: cannot attach allocation at offset {a.offset} "
+                                      f"(id {a.id}): {_RC_TEXT[rc]} [{ember_rc_str(rc).decode()}]")
+            check_rc(rc, f"cannot attach allocation at offset {a.offset} (id {a.id})", pool)
+        return allocation_from_c(pool, a)
+
+    cdef str _what(self):
+        return f"allocation at offset {self._a.offset} (id {self._a.id}, {self._a.size} bytes)"
+
+    cdef int _check_open(self, str what) except -1:
+        if self._state == 1:
+            raise PoolError(f"{self._owner._desc()}: cannot {what}: {self._what()} was freed")
+        if self._state == 2:
+            raise PoolError(f"{self._owner._desc()}: cannot {what}: {self._what()} was handed over")
+        if self._owner._pool == NULL:
+            raise PoolError(f"{self._owner._desc()}: cannot {what}: {self._what()}: "
+                            f"the pool is detached or destroyed")
+        return 0
+
+    def free(self):
+        """Return the block to the pool."""
+        cdef ember_rc_t rc
+        if self._state != 0 or self._owner._pool == NULL:
+            self._check_open("free")
+        if self._exports:
+            raise PoolError(f"{self._owner._desc()}: cannot free {self._what()}: "
+                            f"{self._exports} memoryview(s) still exported; release them first")
+        rc = ember_pool_free(self._owner._pool, &self._a)
+        self._state = 1
+        if rc != EMBER_OK:
+            check_rc(rc, f"cannot free {self._what()}", self._owner)
+
+    cpdef _disown(self):
+        """Stop owning the block without freeing it (it was handed over, e.g.
+        to a channel).  Every later use of this object raises PoolError."""
+        self._check_open("hand over")
+        if self._exports:
+            raise PoolError(f"{self._owner._desc()}: cannot hand over {self._what()}: "
+                            f"{self._exports} memoryview(s) still exported; release them first")
+        self._state = 2
+
+    @property
+    def closed(self):
+        """True once freed or handed over."""
+        return self._state != 0
+
+    @property
+    def sdesc(self):
+        """The serialized allocation descriptor (bytes) for :meth:`attach`."""
+        cdef uint8_t buf[EMBER_ALLOC_SDESC_SIZE]
+        cdef size_t n = 0
+        self._check_open("serialize")
+        check_rc(ember_alloc_serialize(self._owner._pool, &self._a, buf, sizeof(buf), &n),
+                 f"cannot serialize {self._what()}", self._owner)
+        return buf[:n]
+
+    @property
+    def size(self):
+        return self._a.size
+
+    @property
+    def offset(self):
+        """Payload offset from the segment base."""
+        return self._a.offset
+
+    @property
+    def id(self):
+        return self._a.id
+
+    @property
+    def pool(self):
+        return self._owner
+
+    def __len__(self):
+        return self._a.size
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        self._check_open("export a buffer")
+        cdef void *ptr = ember_pool_ptr(self._owner._pool, self._a.offset)
+        PyBuffer_FillInfo(view, self, ptr, <Py_ssize_t>self._a.size, 0, flags)
+        self._exports += 1
+        self._owner._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self._exports -= 1
+        self._owner._exports -= 1
+
+    def __enter__(self):
+        self._check_open("enter")
+        return self
+
+    def __exit__(self, *exc):
+        if self._state == 0 and self._owner._pool != NULL:
+            self.free()
+
+    def __reduce__(self):
+        return (Allocation.attach, (self.sdesc,))
+
+    def __repr__(self):
+        state = {0: "", 1: " freed", 2: " handed over"}[self._state]
+        return (f"<ember Allocation offset={self._a.offset} size={self._a.size} id={self._a.id} "
+                f"of {self._owner._shm_name}{state}>")
+
+
+def clear_attach_cache():
+    """Detach the pools that :meth:`Allocation.attach` attached implicitly
+    (skipping any with exported buffers).  Their Allocation objects then
+    raise PoolError."""
+    for name, pool in list(_implicit_pools.items()):
+        if (<Pool>pool)._exports == 0 and (<Pool>pool)._busy == 0:
+            pool.detach()

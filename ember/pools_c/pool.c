@@ -1,0 +1,1128 @@
+/*
+ * pool.c -- ember's shared-memory pools: a POSIX shm segment with a
+ * death-robust boundary-tag allocator inside it.
+ *
+ * SEGMENT LAYOUT (offsets from the segment base; details in docs/pools.md)
+ *
+ *   [0, EMBER_POOL_HDR_SIZE)  pool header (_ember_pool_hdr_t): identity
+ *                             (magic, layout version, sizes, m_uid, label,
+ *                             shm name), the robust process-shared mutex,
+ *                             the allocator state it protects (alloc-id
+ *                             counter, stats, bin bitmap, bin heads), the
+ *                             free-event futex word + waiter count on their
+ *                             own cache line, and the channel event word +
+ *                             waiter count on another cache line.
+ *   [heap_off, seg_size)      the heap: a sequence of blocks that tiles it
+ *                             exactly.  Every block starts with a 64-byte
+ *                             header (_ember_blk_t); its payload follows,
+ *                             so every payload is 64-byte aligned.
+ *
+ * ALLOCATOR
+ *
+ *   Boundary tags: a block header holds its own size and the size of the
+ *   block before it, so both neighbours are found in O(1).  Free blocks sit
+ *   in segregated doubly-linked free lists (links are segment OFFSETS, never
+ *   pointers), one list per size class: exact classes for blocks below
+ *   2 KiB (32 x 64 B units), then 8 sub-classes per power of two (TLSF-like
+ *   mapping).  A bitmap of non-empty classes finds the class to take from
+ *   with a few find-first-set instructions.  alloc takes the head of the
+ *   first non-empty class whose blocks all fit (O(1)); only when no such
+ *   class exists does it search the one partial class first-fit, so a
+ *   request never fails while a fitting block exists.  The taken block is
+ *   split when the rest can hold a minimum block (128 B); free coalesces
+ *   with both neighbours, so no two free blocks are ever adjacent.
+ *   Everything runs under one robust process-shared mutex: critical
+ *   sections are a few dozen instructions and touch no syscall.
+ *
+ * INVARIANTS (hold whenever the mutex is free and consistent)
+ *
+ *   I1 walking the heap from heap_off by block sizes visits block headers
+ *      only and ends exactly at seg_size ("the walk");
+ *   I2 every block header has the block magic and a state FREE or ALLOC;
+ *   I3 prev_size of each block is the size of the block before it (0 for
+ *      the first);
+ *   I4 no two adjacent blocks are both FREE;
+ *   I5 every FREE block is in exactly the list of its size class, every
+ *      list is consistent, the bitmap bit of a class is set iff its list is
+ *      non-empty;
+ *   I6 free_bytes and live_allocs equal the sums over the walk.
+ *
+ * DEATH ROBUSTNESS (what a SIGKILL in the middle of an operation costs)
+ *
+ *   The mutex is PTHREAD_MUTEX_ROBUST: when its owner dies the next locker
+ *   gets EOWNERDEAD and runs _ember_repair() before pthread_mutex_consistent.
+ *   The repair trusts only I1 and I2: it walks the heap, rewrites every
+ *   prev_size (I3), merges adjacent FREE blocks (I4), and rebuilds all free
+ *   lists, the bitmap and the stats from scratch (I5, I6).  So the only
+ *   thing a mutation must keep true at EVERY instant (in program order; a
+ *   killed process stops between two instructions, and its completed
+ *   stores stay in the shared mapping) is I1 + I2:
+ *
+ *   - split (alloc): the tail block's header is written completely first
+ *     (inside the payload of the block being split, where the walk does not
+ *     look), then the original block's size is shrunk with ONE aligned
+ *     8-byte store.  Before that store the walk sees the old big block,
+ *     after it the two blocks: both tilings are valid.
+ *   - merge (free): the absorbed neighbour is unlinked from its list, then
+ *     the surviving block's size grows with ONE aligned 8-byte store.
+ *     Before: two adjacent blocks (the repair merges them), after: one.
+ *   - state changes are one 8-byte store of the tag word.
+ *   Those stores are atomic release stores, so neither the compiler nor the
+ *   CPU moves the header writes that must precede them past them.
+ *
+ *   The cost of a death mid-operation is therefore:
+ *   - in ember_pool_alloc: before the block's tag is stored ALLOC the block
+ *     is still FREE in the walk and the repair puts it back -- nothing is
+ *     lost; after that store the block is allocated but its offset never
+ *     reached anyone: that ONE block is lost (it stays allocated until the
+ *     pool is destroyed, or until someone reclaims it with
+ *     ember_pool_next_alloc + ember_pool_free);
+ *   - in ember_pool_free: before the tag is stored FREE the block is still
+ *     allocated -- that ONE block is lost as above; after it, the block is
+ *     FREE in the walk and the repair links/merges it -- nothing is lost;
+ *   - in any case the pool stays usable by everyone else; allocations held
+ *     by other processes are untouched (the repair never changes an ALLOC
+ *     block), and the alloc-id counter only ever moves forward.
+ *   A process that dies while waiting in ember_pool_alloc_wait leaves the
+ *   free-waiter count one too high: later frees then issue one needless
+ *   FUTEX_WAKE each -- a cost in speed, never in correctness.
+ *   If the walk itself fails (a header with a bad magic, a size that is not
+ *   a multiple of 64 or leaves the heap: memory corrupted by a stray write,
+ *   not by a death) the repair gives up without marking the mutex
+ *   consistent: the mutex becomes ENOTRECOVERABLE and every later operation
+ *   returns EMBER_ERR_CORRUPT -- never a crash.  A repairer that dies in the
+ *   repair leaves the mutex owner-dead again; the repair is idempotent and
+ *   keeps I1 + I2 at every store, so the next locker just repeats it.
+ *
+ * VALIDATION OF CALLER INPUT
+ *
+ *   free/check take an ember_alloc_t that may come from a stale or forged
+ *   descriptor: the offset must lie inside the heap and be 64-aligned, the
+ *   header must carry the block magic and a sane size, the state must be
+ *   ALLOC (else EMBER_ERR_DOUBLE_FREE) and the id must match (else
+ *   EMBER_ERR_STALE).  Every read stays inside the mapping; nothing crashes.
+ *
+ * Descriptor formats are documented at _ember_pool_sdesc_write() and
+ * ember_alloc_serialize() (and in docs/pools.md).
+ */
+#include "pool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ */
+/* constants                                                          */
+
+#define EMBER_POOL_MAGIC          0x4C4F4F5052424D45ull  /* "EMBRPOOL" */
+#define EMBER_POOL_LAYOUT_VERSION 1u
+#define EMBER_POOL_HDR_SIZE       4096u
+#define EMBER_POOL_MAX_SIZE       (1ull << 47)
+
+#define _EMBER_BLK_HDR            64u
+#define _EMBER_BLK_MIN            128u      /* header + one 64 B payload unit */
+#define _EMBER_BLK_MAGIC          0xEB10C4A500000000ull
+#define _EMBER_BLK_MAGIC_MASK     0xFFFFFFFF00000000ull
+#define _EMBER_BLK_FREE           0x0000F4EEu
+#define _EMBER_BLK_ALLOC          0x0000A110u
+#define _EMBER_TAG_FREE           (_EMBER_BLK_MAGIC | _EMBER_BLK_FREE)
+#define _EMBER_TAG_ALLOC          (_EMBER_BLK_MAGIC | _EMBER_BLK_ALLOC)
+
+/* size classes, in 64-byte units u = block size / 64 */
+#define _EMBER_EXACT_UNITS        32u       /* classes 0..31: exactly u units */
+#define _EMBER_SL_BITS            3u        /* 8 sub-classes per power of two */
+#define _EMBER_NBINS              328u      /* enough for u < 2^42 */
+#define _EMBER_BITMAP_WORDS       ((_EMBER_NBINS + 63u) / 64u)
+
+#define _EMBER_POOL_SDESC_MAGIC   0x50424D45u  /* "EMBP" */
+#define _EMBER_ALLOC_SDESC_MAGIC  0x41424D45u  /* "EMBA" */
+#define _EMBER_SDESC_VERSION      1u
+
+/* ------------------------------------------------------------------ */
+/* shared structures                                                  */
+
+typedef struct {
+    _Atomic uint64_t xtag;        /* magic | state; one store changes state */
+    _Atomic uint64_t xsize;       /* whole block incl. this header; one store */
+    uint64_t prev_size;           /* size of the block before (0: first) */
+    uint64_t id;                  /* allocation id (kept after free) */
+    uint64_t req;                 /* bytes requested by alloc */
+    uint64_t next_free;           /* free-list links: segment offsets, 0 = none */
+    uint64_t prev_free;
+    uint64_t reserved_;
+} _ember_blk_t;
+_Static_assert(sizeof(_ember_blk_t) == _EMBER_BLK_HDR, "block header is 64 bytes");
+
+typedef struct {
+    /* identity: written once by the creator, xmagic last */
+    _Atomic uint64_t xmagic;
+    uint32_t version;
+    uint32_t hdr_size;
+    uint64_t seg_size;
+    uint64_t m_uid;
+    uint64_t heap_off;
+    uint64_t heap_size;
+    char shm_name[EMBER_POOL_NAME_MAX];
+    char label[EMBER_POOL_LABEL_MAX];
+
+    /* the lock (own cache line) */
+    alignas(EMBER_CACHE_LINE) pthread_mutex_t mutex;
+
+    /* allocator state: protected by mutex, rebuilt by the repair */
+    alignas(EMBER_CACHE_LINE) uint64_t next_id;
+    uint64_t free_bytes;
+    uint64_t live_allocs;
+    uint64_t repairs;
+    uint64_t bitmap[_EMBER_BITMAP_WORDS];
+    uint64_t bins[_EMBER_NBINS];
+
+    /* free event: waiters of ember_pool_alloc_wait (own cache line) */
+    alignas(EMBER_CACHE_LINE) _Atomic uint32_t xfree_seq;
+    _Atomic uint32_t xfree_waiters;
+
+    /* channel event word (own cache line), see pool.h */
+    alignas(EMBER_CACHE_LINE) _Atomic uint32_t xevent;
+    _Atomic uint32_t xevent_waiters;
+} _ember_pool_hdr_t;
+_Static_assert(sizeof(_ember_pool_hdr_t) <= EMBER_POOL_HDR_SIZE, "pool header fits its page");
+_Static_assert(sizeof(_Atomic uint64_t) == 8, "8-byte atomics");
+
+struct ember_pool {
+    uint8_t *base;
+    _ember_pool_hdr_t *h;
+    uint64_t seg_size;      /* local copies, validated at attach: never  */
+    uint64_t heap_off;      /* trust the shared header for bounds checks */
+    uint64_t heap_end;
+    uint64_t m_uid;
+    char shm_name[EMBER_POOL_NAME_MAX];
+    char label[EMBER_POOL_LABEL_MAX];
+};
+
+/* ------------------------------------------------------------------ */
+/* small helpers                                                      */
+
+static inline _ember_blk_t *_ember_blk(const ember_pool_t *p, uint64_t off)
+{
+    return (_ember_blk_t *)(void *)(p->base + off);
+}
+
+static inline uint64_t _ember_round64(uint64_t n) { return (n + 63u) & ~(uint64_t)63u; }
+
+static inline unsigned _ember_bin_of(uint64_t bsize)
+{
+    uint64_t u = bsize >> 6;
+    if (u < _EMBER_EXACT_UNITS)
+        return (unsigned)u;
+    unsigned fl = 63u - (unsigned)__builtin_clzll(u);          /* >= 5 */
+    unsigned sl = (unsigned)(u >> (fl - _EMBER_SL_BITS)) & 7u;
+    return _EMBER_EXACT_UNITS + (fl - 5u) * 8u + sl;
+}
+
+/* Smallest block size that maps to class b (b >= _EMBER_EXACT_UNITS). */
+static inline uint64_t _ember_bin_lo(unsigned b)
+{
+    unsigned fl = (b - _EMBER_EXACT_UNITS) / 8u + 5u;
+    unsigned sl = (b - _EMBER_EXACT_UNITS) % 8u;
+    return ((1ull << fl) + ((uint64_t)sl << (fl - _EMBER_SL_BITS))) << 6;
+}
+
+static inline uint64_t _ember_fnv1a64(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static inline uint32_t _ember_fnv1a32(const uint8_t *p, size_t n)
+{
+    uint32_t h = 0x811c9dc5u;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x01000193u;
+    }
+    return h;
+}
+
+static inline void _ember_put_le(uint8_t *p, uint64_t v, unsigned nbytes)
+{
+    for (unsigned i = 0; i < nbytes; i++)
+        p[i] = (uint8_t)(v >> (8u * i));
+}
+
+static inline uint64_t _ember_get_le(const uint8_t *p, unsigned nbytes)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < nbytes; i++)
+        v |= (uint64_t)p[i] << (8u * i);
+    return v;
+}
+
+static long _ember_futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
+{
+    return syscall(SYS_futex, (uint32_t *)(void *)addr, op, val, ts, NULL, 0);
+}
+
+static inline int64_t _ember_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------ */
+/* free lists (mutex held)                                            */
+
+static void _ember_bin_push(ember_pool_t *p, uint64_t off)
+{
+    _ember_pool_hdr_t *h = p->h;
+    _ember_blk_t *b = _ember_blk(p, off);
+    unsigned bin = _ember_bin_of(ember_atomic_load_relaxed(&b->xsize));
+    uint64_t head = h->bins[bin];
+    b->prev_free = 0;
+    b->next_free = head;
+    if (head)
+        _ember_blk(p, head)->prev_free = off;
+    h->bins[bin] = off;
+    h->bitmap[bin / 64u] |= 1ull << (bin % 64u);
+}
+
+static void _ember_bin_remove(ember_pool_t *p, uint64_t off)
+{
+    _ember_pool_hdr_t *h = p->h;
+    _ember_blk_t *b = _ember_blk(p, off);
+    unsigned bin = _ember_bin_of(ember_atomic_load_relaxed(&b->xsize));
+    uint64_t nx = b->next_free, pv = b->prev_free;
+    if (pv)
+        _ember_blk(p, pv)->next_free = nx;
+    else
+        h->bins[bin] = nx;
+    if (nx)
+        _ember_blk(p, nx)->prev_free = pv;
+    if (!h->bins[bin])
+        h->bitmap[bin / 64u] &= ~(1ull << (bin % 64u));
+    b->next_free = b->prev_free = 0;
+}
+
+/* First non-empty class >= from, or _EMBER_NBINS. */
+static unsigned _ember_bin_find(const _ember_pool_hdr_t *h, unsigned from)
+{
+    if (from >= _EMBER_NBINS)
+        return _EMBER_NBINS;
+    unsigned w = from / 64u;
+    uint64_t bits = h->bitmap[w] & (~0ull << (from % 64u));
+    for (;;) {
+        if (bits)
+            return w * 64u + (unsigned)__builtin_ctzll(bits);
+        if (++w >= _EMBER_BITMAP_WORDS)
+            return _EMBER_NBINS;
+        bits = h->bitmap[w];
+    }
+}
+
+/* A free block of at least `need` bytes (offset), or 0. */
+static uint64_t _ember_find_block(ember_pool_t *p, uint64_t need)
+{
+    _ember_pool_hdr_t *h = p->h;
+    unsigned b = _ember_bin_of(need);
+    int partial = b >= _EMBER_EXACT_UNITS && need != _ember_bin_lo(b);
+    unsigned f = _ember_bin_find(h, partial ? b + 1u : b);
+    if (f < _EMBER_NBINS)
+        return h->bins[f];                 /* every block of class f fits */
+    if (partial) {                         /* last resort: first fit in b */
+        for (uint64_t off = h->bins[b]; off; off = _ember_blk(p, off)->next_free)
+            if (ember_atomic_load_relaxed(&_ember_blk(p, off)->xsize) >= need)
+                return off;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the lock, and the repair after an owner's death                    */
+
+/* Rebuild I3..I6 from a heap that satisfies I1 + I2 (see the file header).
+ * Mutex held (owner-dead state).  EMBER_ERR_CORRUPT if the walk fails. */
+static ember_rc_t _ember_repair(ember_pool_t *p)
+{
+    _ember_pool_hdr_t *h = p->h;
+    uint64_t off, prev_size = 0, last_free = 0;
+
+    /* pass 1: check the walk, fix prev_size, merge adjacent free blocks */
+    for (off = p->heap_off; off < p->heap_end;) {
+        _ember_blk_t *b = _ember_blk(p, off);
+        uint64_t tag = ember_atomic_load_relaxed(&b->xtag);
+        uint64_t sz = ember_atomic_load_relaxed(&b->xsize);
+        if (tag != _EMBER_TAG_FREE && tag != _EMBER_TAG_ALLOC)
+            return EMBER_ERR_CORRUPT;
+        if (sz < _EMBER_BLK_MIN || (sz & 63u) || sz > p->heap_end - off)
+            return EMBER_ERR_CORRUPT;
+        if (tag == _EMBER_TAG_FREE && last_free) {
+            /* merge into the free block before: one store keeps I1 */
+            _ember_blk_t *lb = _ember_blk(p, last_free);
+            uint64_t nsz = ember_atomic_load_relaxed(&lb->xsize) + sz;
+            ember_atomic_store_release(&lb->xsize, nsz);
+            prev_size = nsz;
+            off += sz;
+            continue;
+        }
+        b->prev_size = prev_size;
+        last_free = tag == _EMBER_TAG_FREE ? off : 0;
+        prev_size = sz;
+        off += sz;
+    }
+    if (off != p->heap_end)
+        return EMBER_ERR_CORRUPT;
+
+    /* pass 2: rebuild lists, bitmap and stats */
+    memset(h->bitmap, 0, sizeof h->bitmap);
+    memset(h->bins, 0, sizeof h->bins);
+    h->free_bytes = 0;
+    h->live_allocs = 0;
+    for (off = p->heap_off; off < p->heap_end;) {
+        _ember_blk_t *b = _ember_blk(p, off);
+        uint64_t sz = ember_atomic_load_relaxed(&b->xsize);
+        if (ember_atomic_load_relaxed(&b->xtag) == _EMBER_TAG_FREE) {
+            h->free_bytes += sz;
+            _ember_bin_push(p, off);
+        } else {
+            h->live_allocs++;
+        }
+        off += sz;
+    }
+    h->repairs++;
+    return EMBER_OK;
+}
+
+static ember_rc_t _ember_lock(ember_pool_t *p)
+{
+    int r = pthread_mutex_lock(&p->h->mutex);
+    if (r == 0)
+        return EMBER_OK;
+    if (r == EOWNERDEAD) {
+        if (_ember_repair(p) != EMBER_OK) {
+            /* unlocking without pthread_mutex_consistent makes the mutex
+             * ENOTRECOVERABLE: every later op reports EMBER_ERR_CORRUPT */
+            pthread_mutex_unlock(&p->h->mutex);
+            return EMBER_ERR_CORRUPT;
+        }
+        pthread_mutex_consistent(&p->h->mutex);
+        return EMBER_OK;
+    }
+    if (r == ENOTRECOVERABLE)
+        return EMBER_ERR_CORRUPT;
+    errno = r;
+    return EMBER_ERR_OS;
+}
+
+static inline void _ember_unlock(ember_pool_t *p)
+{
+    pthread_mutex_unlock(&p->h->mutex);
+}
+
+/* ------------------------------------------------------------------ */
+/* create / attach / detach                                           */
+
+static int _ember_tag_ok(const char *t)
+{
+    size_t n = 0;
+    for (; t[n]; n++) {
+        char c = t[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return 0;
+        if (n >= 24)
+            return 0;
+    }
+    return n >= 1;
+}
+
+ember_rc_t ember_pool_create(uint64_t size, uint64_t m_uid, const char *owner_tag,
+                             const char *label, ember_pool_t **out)
+{
+    if (!out || !owner_tag || !_ember_tag_ok(owner_tag) || size == 0 ||
+        size > EMBER_POOL_MAX_SIZE)
+        return EMBER_ERR_INVALID_ARG;
+    *out = NULL;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t seg = (size + page - 1) / page * page;
+    if (seg < EMBER_POOL_HDR_SIZE + page)
+        seg = EMBER_POOL_HDR_SIZE + page;
+
+    ember_pool_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return EMBER_ERR_NOMEM;
+    snprintf(p->shm_name, sizeof p->shm_name, "/ember.%s.%016llx", owner_tag,
+             (unsigned long long)m_uid);
+    if (label)
+        snprintf(p->label, sizeof p->label, "%s", label);
+
+    int fd = shm_open(p->shm_name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) {
+        int e = errno;
+        free(p);
+        errno = e;
+        return EMBER_ERR_OS;
+    }
+    if (ftruncate(fd, (off_t)seg) != 0) {
+        int e = errno;
+        close(fd);
+        shm_unlink(p->shm_name);
+        free(p);
+        errno = e;
+        return EMBER_ERR_OS;
+    }
+    void *base = mmap(NULL, seg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (base == MAP_FAILED) {
+        shm_unlink(p->shm_name);
+        free(p);
+        errno = e;
+        return EMBER_ERR_OS;
+    }
+    p->base = base;
+    p->h = base;
+    p->seg_size = seg;
+    p->heap_off = EMBER_POOL_HDR_SIZE;
+    p->heap_end = seg;
+    p->m_uid = m_uid;
+
+    /* The new segment reads as zeros; only the header page and the first
+     * heap page are written here, the rest stays sparse. */
+    _ember_pool_hdr_t *h = p->h;
+    h->version = EMBER_POOL_LAYOUT_VERSION;
+    h->hdr_size = EMBER_POOL_HDR_SIZE;
+    h->seg_size = seg;
+    h->m_uid = m_uid;
+    h->heap_off = p->heap_off;
+    h->heap_size = seg - p->heap_off;
+    memcpy(h->shm_name, p->shm_name, sizeof h->shm_name);
+    memcpy(h->label, p->label, sizeof h->label);
+
+    pthread_mutexattr_t ma;
+    int r = pthread_mutexattr_init(&ma);
+    if (!r) r = pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+    if (!r) r = pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+    if (!r) r = pthread_mutex_init(&h->mutex, &ma);
+    pthread_mutexattr_destroy(&ma);
+    if (r) {
+        munmap(base, seg);
+        shm_unlink(p->shm_name);
+        free(p);
+        errno = r;
+        return EMBER_ERR_OS;
+    }
+    h->next_id = 0;
+    _ember_blk_t *b = _ember_blk(p, p->heap_off);
+    ember_atomic_store_relaxed(&b->xsize, h->heap_size);
+    ember_atomic_store_relaxed(&b->xtag, _EMBER_TAG_FREE);
+    b->prev_size = 0;
+    h->free_bytes = h->heap_size;
+    _ember_bin_push(p, p->heap_off);
+
+    /* release: publishes the header written above; pairs with the acquire
+     * load of xmagic in ember_pool_attach() (the mapping is shared). */
+    ember_atomic_store_release(&h->xmagic, EMBER_POOL_MAGIC);
+    *out = p;
+    return EMBER_OK;
+}
+
+/* Pool descriptor, EMBER_POOL_SDESC_SIZE (96) bytes, little-endian:
+ *   0  u32 magic "EMBP"        4  u16 version     6  u16 length (96)
+ *   8  u64 m_uid              16  u64 segment size
+ *  24  char[64] shm name, NUL-padded (must contain a NUL)
+ *  88  u64 FNV-1a-64 of bytes 0..87 */
+static void _ember_pool_sdesc_write(const ember_pool_t *p, uint8_t *d)
+{
+    memset(d, 0, EMBER_POOL_SDESC_SIZE);
+    _ember_put_le(d + 0, _EMBER_POOL_SDESC_MAGIC, 4);
+    _ember_put_le(d + 4, _EMBER_SDESC_VERSION, 2);
+    _ember_put_le(d + 6, EMBER_POOL_SDESC_SIZE, 2);
+    _ember_put_le(d + 8, p->m_uid, 8);
+    _ember_put_le(d + 16, p->seg_size, 8);
+    memcpy(d + 24, p->shm_name, strnlen(p->shm_name, EMBER_POOL_NAME_MAX - 1));
+    _ember_put_le(d + 88, _ember_fnv1a64(d, 88), 8);
+}
+
+/* Check a pool descriptor's bytes; give its fields. */
+static ember_rc_t _ember_pool_sdesc_read(const uint8_t *d, size_t len, uint64_t *m_uid,
+                                         uint64_t *seg_size, const char **name)
+{
+    if (!d || len != EMBER_POOL_SDESC_SIZE)
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    if (_ember_get_le(d, 4) != _EMBER_POOL_SDESC_MAGIC ||
+        _ember_get_le(d + 4, 2) != _EMBER_SDESC_VERSION ||
+        _ember_get_le(d + 6, 2) != EMBER_POOL_SDESC_SIZE ||
+        _ember_get_le(d + 88, 8) != _ember_fnv1a64(d, 88))
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    const char *n = (const char *)(d + 24);
+    if (memchr(n, 0, EMBER_POOL_NAME_MAX) == NULL || strncmp(n, "/ember.", 7) != 0 ||
+        strchr(n + 1, '/') != NULL)
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    if (m_uid) *m_uid = _ember_get_le(d + 8, 8);
+    if (seg_size) *seg_size = _ember_get_le(d + 16, 8);
+    if (name) *name = n;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_pool_attach(const void *sdesc, size_t len, ember_pool_t **out)
+{
+    if (!out)
+        return EMBER_ERR_INVALID_ARG;
+    *out = NULL;
+    uint64_t m_uid, seg;
+    const char *name;
+    ember_rc_t rc = _ember_pool_sdesc_read(sdesc, len, &m_uid, &seg, &name);
+    if (rc)
+        return rc;
+    if (seg < 2u * EMBER_POOL_HDR_SIZE || seg > EMBER_POOL_MAX_SIZE || (seg & 63u))
+        return EMBER_ERR_BAD_DESCRIPTOR;
+
+    int fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0)
+        return errno == ENOENT ? EMBER_ERR_NOT_FOUND : EMBER_ERR_OS;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return EMBER_ERR_OS;
+    }
+    if ((uint64_t)st.st_size != seg) {
+        close(fd);
+        return EMBER_ERR_BAD_MAGIC;      /* a different segment under that name */
+    }
+    void *base = mmap(NULL, seg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (base == MAP_FAILED) {
+        errno = e;
+        return EMBER_ERR_OS;
+    }
+    _ember_pool_hdr_t *h = base;
+    /* acquire: pairs with the release store of xmagic in ember_pool_create() */
+    if (ember_atomic_load_acquire(&h->xmagic) != EMBER_POOL_MAGIC) {
+        munmap(base, seg);
+        return EMBER_ERR_BAD_MAGIC;
+    }
+    if (h->version != EMBER_POOL_LAYOUT_VERSION) {
+        munmap(base, seg);
+        return EMBER_ERR_VERSION;
+    }
+    if (h->m_uid != m_uid || h->seg_size != seg || h->hdr_size != EMBER_POOL_HDR_SIZE ||
+        h->heap_off != EMBER_POOL_HDR_SIZE || h->heap_size != seg - EMBER_POOL_HDR_SIZE) {
+        munmap(base, seg);
+        return EMBER_ERR_BAD_MAGIC;
+    }
+    ember_pool_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        munmap(base, seg);
+        return EMBER_ERR_NOMEM;
+    }
+    p->base = base;
+    p->h = h;
+    p->seg_size = seg;
+    p->heap_off = EMBER_POOL_HDR_SIZE;
+    p->heap_end = seg;
+    p->m_uid = m_uid;
+    memcpy(p->shm_name, name, strlen(name) + 1);
+    memcpy(p->label, h->label, sizeof p->label);
+    p->label[sizeof p->label - 1] = 0;
+    *out = p;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_pool_serialize(const ember_pool_t *pool, void *buf, size_t cap, size_t *len)
+{
+    if (!pool || !buf)
+        return EMBER_ERR_INVALID_ARG;
+    if (cap < EMBER_POOL_SDESC_SIZE)
+        return EMBER_ERR_BUFFER_TOO_SMALL;
+    _ember_pool_sdesc_write(pool, buf);
+    if (len)
+        *len = EMBER_POOL_SDESC_SIZE;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_pool_detach(ember_pool_t *pool)
+{
+    if (!pool)
+        return EMBER_ERR_INVALID_ARG;
+    int r = munmap(pool->base, pool->seg_size);
+    int e = errno;
+    free(pool);
+    if (r != 0) {
+        errno = e;
+        return EMBER_ERR_OS;
+    }
+    return EMBER_OK;
+}
+
+ember_rc_t ember_pool_destroy(ember_pool_t *pool)
+{
+    if (!pool)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = ember_pool_unlink_name(pool->shm_name);
+    int e = errno;
+    ember_rc_t rc2 = ember_pool_detach(pool);
+    if (rc) {
+        errno = e;
+        return rc;
+    }
+    return rc2;
+}
+
+ember_rc_t ember_pool_unlink_name(const char *shm_name)
+{
+    if (!shm_name || strncmp(shm_name, "/ember.", 7) != 0 || strchr(shm_name + 1, '/'))
+        return EMBER_ERR_INVALID_ARG;
+    if (shm_unlink(shm_name) != 0)
+        return errno == ENOENT ? EMBER_ERR_NOT_FOUND : EMBER_ERR_OS;
+    return EMBER_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* alloc / free                                                       */
+
+/* Block size for a request; 0 if it can never fit this pool. */
+static inline uint64_t _ember_need(const ember_pool_t *p, uint64_t size)
+{
+    if (size > p->heap_end - p->heap_off)
+        return 0;
+    uint64_t need = _ember_round64(size) + _EMBER_BLK_HDR;
+    return need > p->heap_end - p->heap_off ? 0 : need;
+}
+
+static ember_rc_t _ember_alloc_locked(ember_pool_t *p, uint64_t size, uint64_t need,
+                                      ember_alloc_t *out)
+{
+    _ember_pool_hdr_t *h = p->h;
+    uint64_t off = _ember_find_block(p, need);
+    if (!off)
+        return EMBER_ERR_EXHAUSTED;
+    _ember_blk_t *b = _ember_blk(p, off);
+    uint64_t bsz = ember_atomic_load_relaxed(&b->xsize);
+    _ember_bin_remove(p, off);
+    if (bsz - need >= _EMBER_BLK_MIN) {
+        /* split: the tail header is complete before the one store that
+         * shrinks b makes it reachable by the walk (file header, I1). */
+        uint64_t toff = off + need, tsz = bsz - need;
+        _ember_blk_t *t = _ember_blk(p, toff);
+        ember_atomic_store_relaxed(&t->xsize, tsz);
+        t->prev_size = need;
+        t->id = 0;
+        t->req = 0;
+        ember_atomic_store_relaxed(&t->xtag, _EMBER_TAG_FREE);
+        /* release: orders the tail header writes above before the shrink;
+         * pairs with the walk in _ember_repair() by a later locker (which
+         * also synchronises through the mutex). */
+        ember_atomic_store_release(&b->xsize, need);
+        uint64_t noff = toff + tsz;
+        if (noff < p->heap_end)
+            _ember_blk(p, noff)->prev_size = tsz;
+        _ember_bin_push(p, toff);
+        bsz = need;
+    }
+    b->id = ++h->next_id;
+    b->req = size;
+    /* release: the block becomes ALLOC for the walk only after its header
+     * is final; from here a death loses this block (file header). */
+    ember_atomic_store_release(&b->xtag, _EMBER_TAG_ALLOC);
+    h->free_bytes -= bsz;
+    h->live_allocs++;
+    out->offset = off + _EMBER_BLK_HDR;
+    out->size = size;
+    out->id = b->id;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_pool_alloc(ember_pool_t *pool, uint64_t size, ember_alloc_t *out)
+{
+    if (!pool || !out || size == 0)
+        return EMBER_ERR_INVALID_ARG;
+    uint64_t need = _ember_need(pool, size);
+    if (!need)
+        return EMBER_ERR_EXHAUSTED;
+    ember_rc_t rc = _ember_lock(pool);
+    if (rc)
+        return rc;
+    rc = _ember_alloc_locked(pool, size, need, out);
+    _ember_unlock(pool);
+    return rc;
+}
+
+ember_rc_t ember_pool_alloc_wait(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
+                                 ember_alloc_t *out)
+{
+    if (!pool || !out || size == 0)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = ember_pool_alloc(pool, size, out);
+    if (rc != EMBER_ERR_EXHAUSTED || timeout_ns == 0 || !_ember_need(pool, size))
+        return rc;
+    _ember_pool_hdr_t *h = pool->h;
+    int64_t deadline = timeout_ns > 0 ? _ember_now_ns() + timeout_ns : 0;
+    /* seq_cst: the waiter count is raised before the free sequence is read
+     * and the alloc retried; pairs with the seq_cst load of xfree_waiters in
+     * _ember_free_wake() after the freer's unlock (Dekker: either the freer
+     * sees us waiting and bumps xfree_seq, or our retry sees its free). */
+    ember_atomic_add_seq_cst(&h->xfree_waiters, 1u);
+    for (;;) {
+        uint32_t seq = ember_atomic_load_seq_cst(&h->xfree_seq);
+        rc = ember_pool_alloc(pool, size, out);
+        if (rc != EMBER_ERR_EXHAUSTED)
+            break;
+        struct timespec ts, *tsp = NULL;
+        if (timeout_ns > 0) {
+            int64_t left = deadline - _ember_now_ns();
+            if (left <= 0) {
+                rc = EMBER_ERR_TIMEOUT;
+                break;
+            }
+            ts.tv_sec = left / 1000000000ll;
+            ts.tv_nsec = left % 1000000000ll;
+            tsp = &ts;
+        }
+        long r = _ember_futex(&h->xfree_seq, FUTEX_WAIT, seq, tsp);
+        if (r != 0 && errno == EINTR) {
+            rc = EMBER_ERR_INTERRUPTED;
+            break;
+        }
+    }
+    ember_atomic_sub_seq_cst(&h->xfree_waiters, 1u);
+    return rc;
+}
+
+/* Validate `a` against the heap (mutex held).  Gives the block offset. */
+static ember_rc_t _ember_validate_alloc(ember_pool_t *p, const ember_alloc_t *a, uint64_t *boff)
+{
+    if (a->offset < p->heap_off + _EMBER_BLK_HDR || a->offset >= p->heap_end ||
+        (a->offset & (EMBER_POOL_ALIGN - 1u)))
+        return EMBER_ERR_OUT_OF_RANGE;
+    uint64_t off = a->offset - _EMBER_BLK_HDR;
+    _ember_blk_t *b = _ember_blk(p, off);
+    uint64_t tag = ember_atomic_load_relaxed(&b->xtag);
+    uint64_t sz = ember_atomic_load_relaxed(&b->xsize);
+    if ((tag & _EMBER_BLK_MAGIC_MASK) != _EMBER_BLK_MAGIC ||
+        sz < _EMBER_BLK_MIN || (sz & 63u) || sz > p->heap_end - off)
+        return EMBER_ERR_BAD_MAGIC;
+    if (tag != _EMBER_TAG_ALLOC)
+        return tag == _EMBER_TAG_FREE ? EMBER_ERR_DOUBLE_FREE : EMBER_ERR_BAD_MAGIC;
+    if (b->id != a->id)
+        return EMBER_ERR_STALE;
+    if (a->size > sz - _EMBER_BLK_HDR)
+        return EMBER_ERR_OUT_OF_RANGE;
+    *boff = off;
+    return EMBER_OK;
+}
+
+static void _ember_free_wake(ember_pool_t *p)
+{
+    _ember_pool_hdr_t *h = p->h;
+    /* seq_cst: pairs with the seq_cst increment of xfree_waiters in
+     * ember_pool_alloc_wait() (see there). */
+    if (ember_atomic_load_seq_cst(&h->xfree_waiters) > 0) {
+        ember_atomic_add_seq_cst(&h->xfree_seq, 1u);
+        _ember_futex(&h->xfree_seq, FUTEX_WAKE, INT32_MAX, NULL);
+    }
+}
+
+ember_rc_t ember_pool_free(ember_pool_t *pool, const ember_alloc_t *a)
+{
+    if (!pool || !a)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = _ember_lock(pool);
+    if (rc)
+        return rc;
+    uint64_t off;
+    rc = _ember_validate_alloc(pool, a, &off);
+    if (rc) {
+        _ember_unlock(pool);
+        return rc;
+    }
+    _ember_pool_hdr_t *h = pool->h;
+    _ember_blk_t *b = _ember_blk(pool, off);
+    uint64_t sz = ember_atomic_load_relaxed(&b->xsize);
+    /* release: from this store on the block is FREE for the walk; a death
+     * after it loses nothing (file header). */
+    ember_atomic_store_release(&b->xtag, _EMBER_TAG_FREE);
+    h->free_bytes += sz;
+    h->live_allocs--;
+
+    /* coalesce with the next block: unlink it, then ONE store grows b */
+    uint64_t noff = off + sz;
+    if (noff < pool->heap_end) {
+        _ember_blk_t *n = _ember_blk(pool, noff);
+        if (ember_atomic_load_relaxed(&n->xtag) == _EMBER_TAG_FREE) {
+            _ember_bin_remove(pool, noff);
+            sz += ember_atomic_load_relaxed(&n->xsize);
+            ember_atomic_store_release(&b->xsize, sz);
+        }
+    }
+    /* coalesce with the previous block: unlink it, then ONE store grows it */
+    if (b->prev_size) {
+        uint64_t poff = off - b->prev_size;
+        _ember_blk_t *pb = _ember_blk(pool, poff);
+        if (ember_atomic_load_relaxed(&pb->xtag) == _EMBER_TAG_FREE) {
+            _ember_bin_remove(pool, poff);
+            sz += ember_atomic_load_relaxed(&pb->xsize);
+            ember_atomic_store_release(&pb->xsize, sz);
+            off = poff;
+        }
+    }
+    noff = off + sz;
+    if (noff < pool->heap_end)
+        _ember_blk(pool, noff)->prev_size = sz;
+    _ember_bin_push(pool, off);
+    _ember_unlock(pool);
+    _ember_free_wake(pool);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_pool_check(ember_pool_t *pool, const ember_alloc_t *a)
+{
+    if (!pool || !a)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = _ember_lock(pool);
+    if (rc)
+        return rc;
+    uint64_t off;
+    rc = _ember_validate_alloc(pool, a, &off);
+    _ember_unlock(pool);
+    return rc;
+}
+
+void *ember_pool_ptr(const ember_pool_t *pool, uint64_t offset)
+{
+    if (!pool || offset >= pool->seg_size)
+        return NULL;
+    return pool->base + offset;
+}
+
+/* ------------------------------------------------------------------ */
+/* stats, identity, validation, iteration                             */
+
+ember_rc_t ember_pool_stats(ember_pool_t *pool, ember_pool_stats_t *out)
+{
+    if (!pool || !out)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = _ember_lock(pool);
+    if (rc)
+        return rc;
+    _ember_pool_hdr_t *h = pool->h;
+    uint64_t largest = 0;
+    unsigned top = _EMBER_NBINS;
+    for (unsigned w = _EMBER_BITMAP_WORDS; w-- > 0;)
+        if (h->bitmap[w]) {
+            top = w * 64u + 63u - (unsigned)__builtin_clzll(h->bitmap[w]);
+            break;
+        }
+    if (top < _EMBER_NBINS)
+        for (uint64_t off = h->bins[top]; off; off = _ember_blk(pool, off)->next_free) {
+            uint64_t sz = ember_atomic_load_relaxed(&_ember_blk(pool, off)->xsize);
+            if (sz > largest)
+                largest = sz;
+        }
+    out->total = pool->heap_end - pool->heap_off;
+    out->free = h->free_bytes;
+    out->largest_free = largest ? largest - _EMBER_BLK_HDR : 0;
+    out->live_allocs = h->live_allocs;
+    _ember_unlock(pool);
+    return EMBER_OK;
+}
+
+uint64_t ember_pool_m_uid(const ember_pool_t *pool) { return pool ? pool->m_uid : 0; }
+uint64_t ember_pool_size(const ember_pool_t *pool) { return pool ? pool->seg_size : 0; }
+const char *ember_pool_shm_name(const ember_pool_t *pool) { return pool ? pool->shm_name : NULL; }
+const char *ember_pool_label(const ember_pool_t *pool) { return pool ? pool->label : NULL; }
+
+_Atomic uint32_t *ember_pool_event_word(const ember_pool_t *pool)
+{
+    return pool ? &pool->h->xevent : NULL;
+}
+
+_Atomic uint32_t *ember_pool_event_waiters(const ember_pool_t *pool)
+{
+    return pool ? &pool->h->xevent_waiters : NULL;
+}
+
+uint64_t ember_pool_repair_count(ember_pool_t *pool)
+{
+    if (!pool || _ember_lock(pool) != EMBER_OK)
+        return 0;
+    uint64_t n = pool->h->repairs;
+    _ember_unlock(pool);
+    return n;
+}
+
+ember_rc_t ember_pool_validate(ember_pool_t *pool)
+{
+    if (!pool)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = _ember_lock(pool);
+    if (rc)
+        return rc;
+    _ember_pool_hdr_t *h = pool->h;
+    uint64_t off, prev_size = 0, free_bytes = 0, live = 0, nfree = 0, nlisted = 0;
+    int prev_free = 0;
+    rc = EMBER_ERR_CORRUPT;
+    for (off = pool->heap_off; off < pool->heap_end;) {
+        _ember_blk_t *b = _ember_blk(pool, off);
+        uint64_t tag = ember_atomic_load_relaxed(&b->xtag);
+        uint64_t sz = ember_atomic_load_relaxed(&b->xsize);
+        if (tag != _EMBER_TAG_FREE && tag != _EMBER_TAG_ALLOC)
+            goto out;                                   /* I2 */
+        if (sz < _EMBER_BLK_MIN || (sz & 63u) || sz > pool->heap_end - off)
+            goto out;                                   /* I1 */
+        if (b->prev_size != prev_size)
+            goto out;                                   /* I3 */
+        if (tag == _EMBER_TAG_FREE) {
+            if (prev_free)
+                goto out;                               /* I4 */
+            free_bytes += sz;
+            nfree++;
+        } else {
+            live++;
+        }
+        prev_free = tag == _EMBER_TAG_FREE;
+        prev_size = sz;
+        off += sz;
+    }
+    if (off != pool->heap_end || free_bytes != h->free_bytes || live != h->live_allocs)
+        goto out;                                       /* I1, I6 */
+    for (unsigned bin = 0; bin < _EMBER_NBINS; bin++) { /* I5 */
+        int bit = (int)((h->bitmap[bin / 64u] >> (bin % 64u)) & 1u);
+        if (bit != (h->bins[bin] != 0))
+            goto out;
+        uint64_t prev = 0;
+        for (uint64_t o = h->bins[bin]; o; o = _ember_blk(pool, o)->next_free) {
+            if (o < pool->heap_off || o >= pool->heap_end || (o & 63u) || ++nlisted > nfree)
+                goto out;
+            _ember_blk_t *b = _ember_blk(pool, o);
+            if (ember_atomic_load_relaxed(&b->xtag) != _EMBER_TAG_FREE ||
+                _ember_bin_of(ember_atomic_load_relaxed(&b->xsize)) != bin || b->prev_free != prev)
+                goto out;
+            prev = o;
+        }
+    }
+    if (nlisted == nfree)
+        rc = EMBER_OK;
+out:
+    _ember_unlock(pool);
+    return rc;
+}
+
+ember_rc_t ember_pool_next_alloc(ember_pool_t *pool, uint64_t *cursor, ember_alloc_t *out)
+{
+    if (!pool || !cursor || !out)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = _ember_lock(pool);
+    if (rc)
+        return rc;
+    rc = EMBER_ERR_EMPTY;
+    for (uint64_t off = pool->heap_off; off < pool->heap_end;) {
+        _ember_blk_t *b = _ember_blk(pool, off);
+        uint64_t sz = ember_atomic_load_relaxed(&b->xsize);
+        if (sz < _EMBER_BLK_MIN || (sz & 63u) || sz > pool->heap_end - off) {
+            rc = EMBER_ERR_CORRUPT;
+            break;
+        }
+        if (off + _EMBER_BLK_HDR >= *cursor &&
+            ember_atomic_load_relaxed(&b->xtag) == _EMBER_TAG_ALLOC) {
+            out->offset = off + _EMBER_BLK_HDR;
+            out->size = b->req;
+            out->id = b->id;
+            *cursor = off + _EMBER_BLK_HDR + 1u;
+            rc = EMBER_OK;
+            break;
+        }
+        off += sz;
+    }
+    _ember_unlock(pool);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* allocation descriptors                                             */
+
+/* Allocation descriptor, EMBER_ALLOC_SDESC_SIZE (128) bytes, little-endian:
+ *   0  u32 magic "EMBA"        4  u16 version     6  u16 length (128)
+ *   8  pool descriptor (96 bytes, with its own checksum)
+ * 104  u64 allocation id
+ * 112  u48 payload offset    118  u48 size   (segments are < 2^47 bytes)
+ * 124  u32 FNV-1a-32 of bytes 0..123 */
+ember_rc_t ember_alloc_serialize(const ember_pool_t *pool, const ember_alloc_t *a,
+                                 void *buf, size_t cap, size_t *len)
+{
+    if (!pool || !a || !buf)
+        return EMBER_ERR_INVALID_ARG;
+    if (cap < EMBER_ALLOC_SDESC_SIZE)
+        return EMBER_ERR_BUFFER_TOO_SMALL;
+    if (a->offset >= pool->seg_size || a->size > pool->seg_size)
+        return EMBER_ERR_OUT_OF_RANGE;
+    uint8_t *d = buf;
+    _ember_put_le(d + 0, _EMBER_ALLOC_SDESC_MAGIC, 4);
+    _ember_put_le(d + 4, _EMBER_SDESC_VERSION, 2);
+    _ember_put_le(d + 6, EMBER_ALLOC_SDESC_SIZE, 2);
+    _ember_pool_sdesc_write(pool, d + 8);
+    _ember_put_le(d + 104, a->id, 8);
+    _ember_put_le(d + 112, a->offset, 6);
+    _ember_put_le(d + 118, a->size, 6);
+    _ember_put_le(d + 124, _ember_fnv1a32(d, 124), 4);
+    if (len)
+        *len = EMBER_ALLOC_SDESC_SIZE;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_alloc_parse(const void *sdesc, size_t len,
+                             const uint8_t **pool_sdesc, size_t *pool_sdesc_len,
+                             ember_alloc_t *out)
+{
+    const uint8_t *d = sdesc;
+    if (!d || len != EMBER_ALLOC_SDESC_SIZE)
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    if (_ember_get_le(d, 4) != _EMBER_ALLOC_SDESC_MAGIC ||
+        _ember_get_le(d + 4, 2) != _EMBER_SDESC_VERSION ||
+        _ember_get_le(d + 6, 2) != EMBER_ALLOC_SDESC_SIZE ||
+        _ember_get_le(d + 124, 4) != _ember_fnv1a32(d, 124))
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    ember_rc_t rc = _ember_pool_sdesc_read(d + 8, EMBER_POOL_SDESC_SIZE, NULL, NULL, NULL);
+    if (rc)
+        return rc;
+    if (pool_sdesc)
+        *pool_sdesc = d + 8;
+    if (pool_sdesc_len)
+        *pool_sdesc_len = EMBER_POOL_SDESC_SIZE;
+    if (out) {
+        out->id = _ember_get_le(d + 104, 8);
+        out->offset = _ember_get_le(d + 112, 6);
+        out->size = _ember_get_le(d + 118, 6);
+    }
+    return EMBER_OK;
+}
+
+ember_rc_t ember_pool_sdesc_name(const void *sdesc, size_t len, char *buf, size_t cap)
+{
+    const char *name;
+    if (!buf)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = _ember_pool_sdesc_read(sdesc, len, NULL, NULL, &name);
+    if (rc)
+        return rc;
+    size_t n = strlen(name);
+    if (n + 1 > cap)
+        return EMBER_ERR_BUFFER_TOO_SMALL;
+    memcpy(buf, name, n + 1);
+    return EMBER_OK;
+}
