@@ -1,0 +1,1 @@
+"""The smallest ember program: used to time `ember run` start-up and teardown."""

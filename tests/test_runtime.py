@@ -1,0 +1,454 @@
+"""End to end: real programs under a real `ember run`."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ember(*args, cwd=None, timeout=60, **kw):
+    return subprocess.run([sys.executable, "-m", "ember", *args], cwd=cwd, capture_output=True,
+                          timeout=timeout, **kw)
+
+
+def write(tmp_path, body, name="prog.py"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return str(p)
+
+
+def run_prog(tmp_path, body, *args, timeout=60, extra=()):
+    prog = write(tmp_path, body)
+    return ember("run", *extra, prog, *args, cwd=tmp_path, timeout=timeout)
+
+
+def ok(res):
+    assert res.returncode == 0, (res.returncode, res.stdout.decode(), res.stderr.decode())
+    return res.stdout.decode()
+
+
+def _dead(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_dead(pids, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_dead(p) for p in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# ------------------------------------------------------------------ launcher
+def test_help_documents_every_flag():
+    out = ember("--help").stdout.decode()
+    assert "run" in out and "cleanup" in out
+    out = ember("run", "--help").stdout.decode()
+    for flag in ("--grace", "--label", "--default-pool-size", "--inf-pool-size", "PROGRAM"):
+        assert flag in out
+    assert ember("cleanup", "--help").returncode == 0
+
+
+def test_exit_codes(tmp_path):
+    assert run_prog(tmp_path, "import sys; sys.exit(7)").returncode == 7
+    assert run_prog(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)").returncode \
+        == 128 + 9
+    res = ember("run", "/bin/sh", "-c", "exit 3", cwd=tmp_path)
+    assert res.returncode == 3
+    res = ember("run", "/definitely/not/here", cwd=tmp_path)
+    assert res.returncode == 127
+    assert b"cannot start '/definitely/not/here'" in res.stderr
+    assert b"No such file or directory" in res.stderr
+
+
+def test_args_and_empty_program(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        import os, sys
+        print("args", sys.argv[1:], "p_uid", os.environ["EMBER_P_UID"])
+    """, "a", "b c"))
+    assert out.strip() == "args ['a', 'b c'] p_uid 1"
+
+
+# ------------------------------------------------------------------ processes
+def test_process_api(tmp_path):
+    out = ok(run_prog(tmp_path, r"""
+        import os, signal, sys, time
+        from ember.globalservices import process
+        from ember.exceptions import ProcessError
+        py = sys.executable
+        me = int(os.environ["EMBER_P_UID"])
+
+        a = process.create(py, ".", ["-c", "import sys; sys.exit(5)"], user_name="five")
+        assert a.p_uid != me and a.user_name == "five" and a.location.os_pid > 0
+        assert process.join("five") == 5
+        d = process.query(a.p_uid)
+        assert (d.is_alive, d.retval) == (False, 5), d
+        print("exit codes ok")
+
+        s = process.create(py, ".", ["-c", "import time; time.sleep(60)"], user_name="sleeper")
+        assert (s.p_uid, "sleeper") in process.get_list()
+        assert process.join(s.p_uid, timeout=0.2) is None
+        t0 = time.monotonic()
+        assert process.join(s.p_uid, timeout=0) is None
+        process.kill("sleeper", signal.SIGTERM)
+        assert process.join(s.p_uid) == -signal.SIGTERM
+        s.refresh()
+        assert not s.is_alive and s.retval == -15
+        for sig in (signal.SIGKILL, signal.SIGUSR1, signal.SIGINT):
+            p = process.create(py, ".", ["-c", "import time; time.sleep(60)"])
+            process.kill(p.p_uid, sig)
+            assert process.join(p.p_uid, timeout=30) == -sig, sig
+        print("kill ok")
+
+        try:
+            process.kill(s.p_uid)
+        except ProcessError as e:
+            assert str(e) == f"process {s.p_uid} has already exited (exit code -15)", e
+        else:
+            raise AssertionError("kill of an exited process did not raise")
+        for bad in (10**6, "nobody"):
+            try:
+                process.query(bad)
+            except ProcessError as e:
+                assert "no process" in str(e) and str(bad) in str(e)
+            else:
+                raise AssertionError(bad)
+        try:
+            process.join(me)
+        except ProcessError as e:
+            assert str(e) == f"process {me} cannot join itself"
+        else:
+            raise AssertionError("self join")
+        print("errors ok")
+
+        # multi_join: any, all, bad exit, timeouts
+        fast = process.create(py, ".", ["-c", "pass"])
+        slow = process.create(py, ".", ["-c", "import time; time.sleep(1)"])
+        bad = process.create(py, ".", ["-c", "import sys; sys.exit(3)"])
+        exited, status = process.multi_join([fast.p_uid, slow.p_uid, bad.p_uid])
+        assert exited and all(code is not None for _, code in exited), exited
+        exited, status = process.multi_join([slow.p_uid, bad.p_uid], join_all=True,
+                                            return_on_bad_exit=True)
+        assert (bad.p_uid, 3) in exited and status[bad.p_uid].state == "exited"
+        exited, status = process.multi_join([fast.p_uid, slow.p_uid], join_all=True, timeout=30)
+        assert sorted(exited) == sorted([(fast.p_uid, 0), (slow.p_uid, 0)])
+        hang = process.create(py, ".", ["-c", "import time; time.sleep(60)"])
+        exited, status = process.multi_join([hang.p_uid], timeout=0.1)
+        assert exited is None and status[hang.p_uid].state == "running"
+        exited, _ = process.multi_join([hang.p_uid, fast.p_uid], join_all=True, timeout=0.1)
+        assert exited == [(fast.p_uid, 0)]
+        process.kill(hang.p_uid)
+        assert process.join(hang.p_uid) == -9
+        print("multi_join ok")
+    """))
+    assert out.split() == ["exit", "codes", "ok", "kill", "ok", "errors", "ok", "multi_join", "ok"]
+
+
+def test_soft_create_and_name_reuse(tmp_path):
+    ok(run_prog(tmp_path, r"""
+        import sys
+        from ember.globalservices import process
+        from ember.exceptions import ProcessError
+        py = sys.executable
+        a = process.create(py, ".", ["-c", "import time; time.sleep(60)"], user_name="svc")
+        try:
+            process.create(py, ".", ["-c", "pass"], user_name="svc")
+        except ProcessError as e:
+            assert str(e) == f"a live process is already named 'svc' (p_uid {a.p_uid})", e
+        else:
+            raise AssertionError("duplicate name")
+        b = process.create(py, ".", ["-c", "pass"], user_name="svc", soft=True)
+        assert b.p_uid == a.p_uid
+        process.kill("svc")
+        process.join(a.p_uid)
+        c = process.create(py, ".", ["-c", "pass"], user_name="svc")
+        assert c.p_uid != a.p_uid
+        assert process.join("svc") == 0
+    """))
+
+
+def test_env_and_run_dir(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, KEEP="kept")
+    prog = write(tmp_path, rf"""
+        import sys
+        from ember.globalservices import process
+        code = "import os; open('out.txt','w').write(os.getcwd() + '|' + os.environ['FOO'] + '|' + os.environ['EMBER_P_UID'] + '|' + os.environ.get('KEEP', ''))"
+        p = process.create(sys.executable, {str(work)!r}, ["-c", code], env={{"FOO": "bar"}})
+        assert process.join(p.p_uid) == 0
+        cwd, foo, puid, keep = open({str(work / 'out.txt')!r}).read().split("|")
+        assert cwd == {str(work)!r} and foo == "bar" and int(puid) == p.p_uid and keep == "kept", (cwd, foo, puid, keep)
+    """)
+    ok(ember("run", prog, cwd=tmp_path, env=env))
+
+
+def test_start_failures(tmp_path):
+    noexec = tmp_path / "noexec.sh"
+    noexec.write_text("#!/bin/sh\n")
+    out = ok(run_prog(tmp_path, rf"""
+        from ember.globalservices import process
+        from ember.exceptions import ProcessError
+        for exe, run_dir in (("/no/such/exe", "."), ({str(noexec)!r}, "."), ("/bin/true", "/no/such/dir")):
+            try:
+                process.create(exe, run_dir, [])
+            except ProcessError as e:
+                print(e)
+            else:
+                raise AssertionError(exe)
+        print(process.get_list())
+    """))
+    lines = out.splitlines()
+    assert "No such file or directory" in lines[0] and "/no/such/exe" in lines[0]
+    assert "Permission denied" in lines[1] and "noexec.sh" in lines[1]
+    assert "/no/such/dir" in lines[2]
+    assert lines[3] == "[]"
+
+
+def test_threads_share_the_connection(tmp_path):
+    ok(run_prog(tmp_path, r"""
+        import sys, threading
+        from ember.globalservices import process, pool
+        py = sys.executable
+        sleeper = process.create(py, ".", ["-c", "import time; time.sleep(1)"])
+        errors = []
+        def worker():
+            try:
+                for _ in range(200):
+                    assert pool.default().m_uid == 1
+            except BaseException as e:
+                errors.append(e)
+        # one thread blocked in join while others query
+        joiner = threading.Thread(target=lambda: process.join(sleeper.p_uid))
+        joiner.start()
+        ts = [threading.Thread(target=worker) for _ in range(4)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        joiner.join()
+        assert not errors, errors
+    """))
+
+
+# ------------------------------------------------------------ pools, channels
+def test_pool_api(tmp_path):
+    ok(run_prog(tmp_path, r"""
+        from ember.globalservices import pool
+        from ember.pools_c import Pool
+        from ember.exceptions import PoolError
+        d = pool.create(1 << 20, user_name="mine")
+        assert pool.query("mine") == d and d.m_uid in pool.get_list()
+        assert pool.create(1 << 20, user_name="mine", soft=True) == d
+        p = Pool.attach(d.sdesc)
+        a = p.alloc(100)
+        memoryview(a)[:5] = b"hello"
+        a.free()
+        p.detach()
+        pool.destroy("mine")
+        try:
+            pool.query("mine")
+        except PoolError as e:
+            assert str(e) == "no pool named 'mine'"
+        else:
+            raise AssertionError
+        assert pool.default().name == "default"
+    """))
+
+
+def test_message_through_channel_joined_by_name(tmp_path):
+    out = ok(run_prog(tmp_path, r"""
+        import sys, time
+        from ember.globalservices import channel, process
+        from ember.channels_c import Channel
+        reader = r'''
+import sys
+from ember.globalservices import channel
+from ember.channels_c import Channel
+ch = Channel.attach(channel.join("greetings", timeout=30).sdesc)
+msg = ch.recv(timeout=30)
+print("got", msg.decode(), flush=True)
+ch.detach()
+'''
+        p = process.create(sys.executable, ".", ["-c", reader])    # joins before create
+        time.sleep(0.2)
+        d = channel.create(None, "greetings")
+        ch = Channel.attach(d.sdesc)
+        ch.send(b"hello through ember")
+        assert process.join(p.p_uid, timeout=30) == 0
+        assert channel.join("greetings", timeout=0) == d             # after create
+        try:
+            channel.join("nobody-makes-this", timeout=0.2)
+        except TimeoutError as e:
+            print("timeout:", e)
+        ch.detach()
+        channel.destroy("greetings")
+        assert d.c_uid not in channel.list()
+    """))
+    assert "got hello through ember" in out
+    assert "timeout: channel.join('nobody-makes-this') timed out" in out
+
+
+def test_ref_counted_channel_destroyed_when_holders_exit(tmp_path):
+    ok(run_prog(tmp_path, r"""
+        import sys
+        from ember.globalservices import channel, process
+        from ember.descriptors import ChannelOptions
+        holder = "from ember.globalservices import channel; channel.join('shared', timeout=30)"
+        maker = "from ember.globalservices import channel; from ember.descriptors import ChannelOptions; channel.create(None, 'shared', ChannelOptions(ref_count=True))"
+        m = process.create(sys.executable, ".", ["-c", maker])
+        assert process.join(m.p_uid) == 0
+        # the maker exited holding the only reference: destroyed
+        assert "shared" not in [channel.query(c).name for c in channel.list()]
+        m = process.create(sys.executable, ".", ["-c", maker + "; import time; time.sleep(0.5)"])
+        j = process.create(sys.executable, ".", ["-c", holder])
+        d = channel.join("shared", timeout=30)      # the head is a holder now too
+        assert d.ref_count
+        process.multi_join([m.p_uid, j.p_uid], join_all=True)
+        assert channel.query("shared").c_uid == d.c_uid   # head still holds it
+        channel.release("shared")
+        assert d.c_uid not in channel.list()
+    """))
+
+
+# --------------------------------------------------------- output forwarding
+def test_output_lines_intact_and_labelled(tmp_path):
+    res = run_prog(tmp_path, r"""
+        import sys
+        from ember.globalservices import process
+        code = "import sys\nfor i in range(300): print('x' * 3000 + ' line %d' % i)\nsys.stdout.write('tail-no-newline')"
+        ps = [process.create(sys.executable, ".", ["-c", code], user_name=f"w{i}") for i in range(3)]
+        process.multi_join([p.p_uid for p in ps], join_all=True)
+    """, extra=("--label", "name"))
+    out = ok(res)
+    lines = out.splitlines()
+    body = [ln for ln in lines if "line" in ln]
+    assert len(body) == 900
+    for ln in body:
+        label, rest = ln.split(" ", 1)
+        assert label in ("[w0]", "[w1]", "[w2]") and rest.startswith("x" * 3000 + " line "), ln[:80]
+    assert sum("tail-no-newline" in ln for ln in lines) == 3
+
+
+# --------------------------------------------------------------- teardown
+def test_teardown_kills_leftovers(tmp_path):
+    pidfile = tmp_path / "pids"
+    res = run_prog(tmp_path, rf"""
+        import sys
+        from ember.globalservices import process, pool, channel
+        ps = [process.create(sys.executable, ".", ["-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]) for _ in range(2)]
+        ps.append(process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"]))
+        open({str(pidfile)!r}, "w").write(" ".join(str(p.location.os_pid) for p in ps))
+        pool.create(1 << 20, user_name="left")
+        channel.create(None, "left-behind")
+    """, extra=("--grace", "0.3"))
+    ok(res)
+    pids = [int(x) for x in pidfile.read_text().split()]
+    assert wait_dead(pids), pids
+
+
+def test_ctrl_c_reaches_the_head(tmp_path):
+    prog = write(tmp_path, r"""
+        import sys, time
+        print("ready", flush=True)
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            print("head got KeyboardInterrupt", flush=True)
+            sys.exit(42)
+    """)
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 42, err
+    assert b"head got KeyboardInterrupt" in out
+
+
+def test_head_ignoring_sigterm_is_killed_after_grace(tmp_path):
+    prog = write(tmp_path, r"""
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", "--grace", "0.3", prog],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + 9, err
+    assert b"did not exit 0.3 s after the signal" in err
+    assert time.monotonic() - t0 < 20
+
+
+def test_launcher_kill_9_then_cleanup(tmp_path):
+    pidfile = tmp_path / "pids"
+    prog = write(tmp_path, rf"""
+        import os, sys, time
+        from ember.globalservices import process, pool
+        c = process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"])
+        pool.create(1 << 20, user_name="orphaned")
+        open({str(pidfile)!r}, "w").write(f"{{os.getpid()}} {{c.location.os_pid}} {{os.getppid()}}")
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    runtime_pids = [int(x) for x in pidfile.read_text().split()]
+    gs_and_shepherd = [int(x) for x in os.popen(f"pgrep -P {p.pid}").read().split()]
+    assert len(gs_and_shepherd) == 2
+    segs = [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
+    assert len(segs) >= 3, segs          # infrastructure, default, "orphaned"
+    p.kill()
+    p.communicate(timeout=30)
+    assert wait_dead(runtime_pids + gs_and_shepherd), runtime_pids + gs_and_shepherd
+    # a live runtime's segments are never touched by cleanup
+    res = ember("cleanup", "--dry-run")
+    assert res.returncode == 0
+    for s in segs:
+        assert f"would remove /dev/shm/{s}".encode() in res.stdout
+    res = ember("cleanup")
+    assert res.returncode == 0
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
+
+
+def test_cleanup_leaves_live_runtime_alone(tmp_path):
+    prog = write(tmp_path, r"""
+        import time
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        before = [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
+        assert before
+        assert ember("cleanup").returncode == 0
+        after = [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
+        assert after == before
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)
+    assert p.returncode == 128 + 2
+
+
+def test_pipeline_example():
+    res = ember("run", os.path.join(ROOT, "examples", "pipeline.py"), "2000", cwd=ROOT)
+    out = ok(res)
+    assert "pipeline ok" in out
+    assert "summer: 2000 squares, sum 2668667000 (expected 2668667000)" in out
