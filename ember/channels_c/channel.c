@@ -1,0 +1,1158 @@
+/*
+ * channel.c -- ember's shared-memory MPMC channels.
+ *
+ * ALGORITHM
+ * ---------
+ * A bounded multi-producer multi-consumer queue after Dmitry Vyukov's
+ * "bounded MPMC queue" (1024cores.net), extended so that a process killed
+ * at any instruction cannot wedge it.
+ *
+ * The channel is one pool allocation: a header (identity line, then `head`,
+ * `tail` and the two futex lines each on their own cache line) followed by
+ * `capacity` (a power of two) slots of `block_size` bytes.  Each slot starts
+ * with two 64-bit atomic words:
+ *
+ *   xstate = [position: 40 bits][kind: 2 bits][pid: 22 bits]
+ *   xmeta  = [is_alloc: 1 bit][length: 63 bits]
+ *
+ * then the payload (block_size - 16 bytes): the message itself, or for a
+ * large message the (offset, id) of a pool allocation holding it.
+ * Positions are counted modulo 2^40 and compared by their signed 40-bit
+ * difference (|difference| <= capacity << 2^39).  Linux pids are < 2^22
+ * (PID_MAX_LIMIT), so a pid always fits.
+ *
+ * Slot life cycle for position p (index p & mask), each arrow one atomic
+ * step on xstate:
+ *
+ *   (p, FREE) --producer CAS--> (p, WRITING, pid) --producer store-release-->
+ *   (p, FULL) --consumer CAS--> (p, READING, pid) --consumer store-release-->
+ *   (p + capacity, FREE)
+ *
+ * The SLOT is claimed first (CAS on xstate); the shared counter (head for
+ * producers, tail for consumers) is advanced afterwards by a CAS p -> p+1
+ * that the claimant does and that anyone who finds the counter stale helps
+ * with.  A counter value is only a hint: all mutual exclusion comes from the
+ * CAS on xstate, whose expected value carries the position, so there is no
+ * ABA (a position is never reused within 2^40 operations on one slot).
+ *
+ * Producer at pos = head (acquire), st = slot.xstate (acquire):
+ *   (pos, FREE)            claim: CAS -> (pos, WRITING, me); help head; copy
+ *                          the payload; store-release (pos, FULL); notify.
+ *   (pos, other) or ahead  head is stale: CAS head pos -> pos+1, retry.
+ *                          ("ahead" happens when a consumer skipped a slot
+ *                          whose producer died before advancing head.)
+ *   (pos - cap, *)         previous lap not consumed yet: FULL.  If it is
+ *                          (pos - cap, READING, pid) and pid is dead, the
+ *                          producer takes the claim over (CAS -> READING by
+ *                          itself), frees the message's pool allocation if
+ *                          it had one, and releases the slot as a consumer
+ *                          would: (pos, FREE).
+ * Consumer at pos = tail (acquire), st = slot.xstate (acquire):
+ *   (pos, FULL)            claim: CAS -> (pos, READING, me); help tail; read;
+ *                          store-release (pos + cap, FREE); notify.
+ *   (pos, FREE), or (pos - cap, READING)   EMPTY.
+ *   (pos, WRITING, pid)    in flight: EMPTY.  If pid is dead: CAS ->
+ *                          (pos, READING, me), help tail, store-release
+ *                          (pos + cap, FREE).  The dead producer's own
+ *                          message is skipped, nothing else.
+ *   (pos, READING) / ahead tail is stale: help, retry.
+ *
+ * INVARIANTS
+ *   - A position's slot goes through the life cycle above exactly once;
+ *     every transition out of FREE, FULL, and out of WRITING/READING by a
+ *     dead pid is a CAS, so exactly one process wins each of them.
+ *   - head and tail only grow; head - tail <= capacity.
+ *   - A slot in state (p, FULL) holds a complete message: the payload and
+ *     xmeta are written before the store-release of FULL.
+ *
+ * MEMORY ORDER
+ *   - Producer: the payload/xmeta writes are ordered before the release
+ *     store of (p, FULL); a consumer's acquire CAS FULL -> READING reads
+ *     from that store, so it sees the whole payload.
+ *   - Consumer: its payload reads are ordered before the release store of
+ *     (p + cap, FREE); the next producer's acquire CAS from FREE reads from
+ *     it, so it never overwrites bytes still being read.
+ *   - head/tail: loaded with acquire and advanced by acq_rel CAS, so that a
+ *     process that sees head == p also sees the claim of slot p - cap
+ *     (transitively through the chain of head CASes).
+ *   - Sleeping (Dekker): a waiter does seq_cst fetch_add(waiters), a seq_cst
+ *     fence, v = seq_cst load(word), re-tries the operation, then
+ *     futex_wait(word, v).  A notifier does its publish (release store of
+ *     the slot), a seq_cst fence, then loads waiters; if > 0 it does a seq_cst
+ *     fetch_add(word) and FUTEX_WAKE (all).  The two fences make it
+ *     impossible that the waiter misses the publish AND the notifier misses
+ *     the waiter; if the notifier saw the waiter, its word bump comes after
+ *     the waiter's load of v (or the waiter would have seen the publish),
+ *     so futex_wait returns at once or is woken.  The fast path therefore
+ *     costs one fence and two relaxed loads (channel waiters, pool event
+ *     waiters), and no system call when nobody sleeps.
+ *
+ * PROGRESS
+ *   Lock-free on the fast path while the processes involved are alive (a
+ *   failed CAS means another process made progress); a process that stops
+ *   in WRITING blocks consumers of that one position until it either
+ *   finishes or is found dead.  Blocking uses an adaptive spin then a futex
+ *   (FUTEX_WAIT/WAKE on the shared mapping, not FUTEX_PRIVATE) in slices of
+ *   at most 50 ms, after which the claimant pid of a blocking slot is
+ *   checked for liveness (kill(pid, 0) == ESRCH, or a zombie in /proc).
+ *   Try-once calls check liveness when they find the same blocking state
+ *   word twice in a row.
+ *
+ * PROCESS DEATH (kill -9 at any instruction)
+ *   - Producer dies before its claim CAS: nothing happened.
+ *   - after the claim, before head was advanced: other producers see
+ *     (pos, WRITING) at head and help.  Consumers skip the slot once the pid
+ *     is dead.  Its own message is lost (it never completed the send).
+ *   - after publishing FULL: the message is complete and is delivered.
+ *   - Consumer dies after its claim CAS and before releasing the slot: the
+ *     message it was receiving (its own in-flight receive) is lost; tail is
+ *     helped by others; the slot is recovered by the next producer that
+ *     needs it, which frees the message's pool allocation if any.
+ *   - A process dies while counted in a waiter count: the count stays high,
+ *     which only costs notifiers a needless FUTEX_WAKE (never a lost wake).
+ *   Hence: a completed send (state FULL stored) is never lost unless a
+ *   consumer dies while holding it; nothing is delivered twice (the
+ *   FULL -> READING CAS is the unique claim).
+ *   Caveats: (1) pid reuse: if a dead claimant's pid is reused by a new
+ *   process before anyone notices, the slot stays blocked until that process
+ *   exits (never a wrong delivery, only a delay).  (2) A producer killed
+ *   between allocating a large message in the pool and publishing it leaks
+ *   that allocation.  (3) All processes must share one pid namespace.
+ *   (4) Destroy must happen when nobody uses the channel any more.
+ */
+#include "channel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CH_MAGIC       0x314e4e4148434d45ull   /* "EMCHANN1" */
+#define CH_DEAD        0x444145444843454dull   /* destroyed */
+#define CH_VERSION     1u
+#define SD_MAGIC       0x44434d45u             /* "EMCD" */
+#define SD_VERSION     1u
+#define SLICE_NS       50000000ll              /* longest single futex sleep */
+#define MULTI_SLICE_NS 1000000ll               /* wait_any over several pools */
+
+/* ---- slot state word ------------------------------------------------ */
+enum { K_FREE = 0, K_WRITING = 1, K_FULL = 2, K_READING = 3 };
+#define ST_PID_MASK    ((1ull << 22) - 1)
+#define ST_POS_MASK    ((1ull << 40) - 1)
+#define ST_POS(st)     ((st) >> 24)
+#define ST_KIND(st)    ((int)(((st) >> 22) & 3u))
+#define ST_PID(st)     ((uint32_t)((st) & ST_PID_MASK))
+#define MK(pos, kind, pid) \
+    ((((uint64_t)(pos) & ST_POS_MASK) << 24) | ((uint64_t)(kind) << 22) | ((uint64_t)(pid) & ST_PID_MASK))
+#define META_ALLOC     (1ull << 63)
+#define META_LEN(m)    ((m) & ~META_ALLOC)
+
+/* Signed difference a - b of two positions modulo 2^40. */
+static inline int64_t posdiff(uint64_t a, uint64_t b)
+{
+    return ((int64_t)((a - b) << 24)) >> 24;
+}
+
+_Static_assert(sizeof(_Atomic uint64_t) == 8, "64-bit atomics must be plain words");
+
+/* ---- shared layout ---------------------------------------------------- */
+typedef struct {
+    /* line 0: identity, written at create before the descriptor exists */
+    _Atomic uint64_t xmagic;
+    uint32_t version;
+    uint32_t capacity;
+    uint32_t block_size;
+    uint32_t flags;
+    uint64_t c_uid;
+    uint64_t alloc_id;
+    uint64_t slots_offset;        /* from the header start */
+    /* line 1..4: hot counters, each alone on its line */
+    _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xhead;       /* next enqueue position */
+    _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xtail;       /* next dequeue position */
+    _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xsent;       /* bumped after publish; receivers sleep */
+    _Atomic uint32_t xrecv_waiters;
+    _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xrecvd;      /* bumped after consume; senders sleep */
+    _Atomic uint32_t xsend_waiters;
+    _Alignas(EMBER_CACHE_LINE) unsigned char end_[];
+} ch_hdr_t;
+
+typedef struct {
+    _Atomic uint64_t xstate;
+    _Atomic uint64_t xmeta;
+    unsigned char payload[];
+} ch_slot_t;
+
+_Static_assert(sizeof(ch_slot_t) == EMBER_CH_SLOT_HEADER, "slot header size");
+_Static_assert(sizeof(ch_hdr_t) == 5 * EMBER_CACHE_LINE, "channel header is 5 cache lines");
+
+/* Large-message payload: where the allocation is. */
+typedef struct {
+    uint64_t offset;
+    uint64_t id;
+} ch_alloc_ref_t;
+
+struct ember_ch {
+    ch_hdr_t *h;
+    unsigned char *slots;
+    uint64_t mask;
+    uint32_t capacity;
+    uint32_t block_size;
+    uint32_t payload;
+    uint64_t c_uid;
+    ember_pool_t *pool;
+    ember_alloc_t alloc;
+    _Atomic uint32_t *pool_ev;
+    _Atomic uint32_t *pool_ev_waiters;
+    _Atomic int64_t spin_max;
+    _Atomic int64_t spin_cur;
+    _Atomic uint64_t stuck_send;      /* blocking state word seen by the last try-once */
+    _Atomic uint64_t stuck_recv;
+};
+
+static inline ch_slot_t *slot_at(const ember_ch_t *ch, uint64_t pos)
+{
+    return (ch_slot_t *)(ch->slots + (size_t)(pos & ch->mask) * ch->block_size);
+}
+
+/* ---- process helpers ---------------------------------------------------- */
+static _Atomic int g_pid;
+static pthread_once_t g_pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_after_fork(void)
+{
+    ember_atomic_store_relaxed(&g_pid, (int)getpid());
+}
+
+static void pid_init(void)
+{
+    ember_atomic_store_relaxed(&g_pid, (int)getpid());
+    pthread_atfork(NULL, NULL, pid_after_fork);
+}
+
+static inline uint32_t my_pid(void)
+{
+    int p = ember_atomic_load_relaxed(&g_pid);
+    if (__builtin_expect(p == 0, 0)) {
+        pthread_once(&g_pid_once, pid_init);
+        p = ember_atomic_load_relaxed(&g_pid);
+        if (p == 0)          /* forked child of a process that never ran pid_init */
+            p = (int)getpid();
+    }
+    return (uint32_t)p;
+}
+
+/* Liveness of a claimant.  level 1: kill(pid, 0) only; level 2: a zombie
+ * (killed, not yet reaped) counts as dead too. */
+static int pid_dead(uint32_t pid, int level)
+{
+    if (pid == 0)
+        return 1;
+    if (pid == my_pid())
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 1;
+    if (level < 2)
+        return 0;
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')');
+    if (!rp || rp[1] != ' ')
+        return 0;
+    return rp[2] == 'Z' || rp[2] == 'X';
+}
+
+static inline int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+/* Returns 0 (woken), or EAGAIN / ETIMEDOUT / EINTR. */
+static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
+{
+    struct timespec ts = { (time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll) };
+    long r = syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT, val, &ts, NULL, 0);
+    return r == 0 ? 0 : errno;
+}
+
+static void futex_wake_all(_Atomic uint32_t *addr)
+{
+    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Notify the other side after a publish (word = xsent) or a consume
+ * (word = xrecvd).  Dekker with ch_wait / ember_ch_wait_any. */
+static inline void notify(ember_ch_t *ch, _Atomic uint32_t *word, _Atomic uint32_t *waiters)
+{
+    /* seq_cst fence: orders the slot store-release just done before the
+     * loads of the waiter counts below; pairs with the seq_cst fence after
+     * the waiter-count increment in ch_wait() / ember_ch_wait_any(). */
+    ember_atomic_fence_seq_cst();
+    if (__builtin_expect(ember_atomic_load_relaxed(waiters) != 0, 0)) {
+        ember_atomic_add_seq_cst(word, 1);
+        futex_wake_all(word);
+    }
+    if (__builtin_expect(ember_atomic_load_relaxed(ch->pool_ev_waiters) != 0, 0)) {
+        ember_atomic_add_seq_cst(ch->pool_ev, 1);
+        futex_wake_all(ch->pool_ev);
+    }
+}
+
+static inline void notify_sent(ember_ch_t *ch)
+{
+    notify(ch, &ch->h->xsent, &ch->h->xrecv_waiters);
+}
+
+static inline void notify_recvd(ember_ch_t *ch)
+{
+    notify(ch, &ch->h->xrecvd, &ch->h->xsend_waiters);
+}
+
+static inline void help_advance(_Atomic uint64_t *ctr, uint64_t pos)
+{
+    uint64_t expect = pos;
+    /* acq_rel: a helper publishes that slot `pos` was claimed (see MEMORY
+     * ORDER); failure means someone else advanced it, which is fine. */
+    ember_atomic_cas_acq_rel(ctr, &expect, pos + 1);
+}
+
+static int ch_alive(const ember_ch_t *ch)
+{
+    return ember_atomic_load_acquire(&ch->h->xmagic) == CH_MAGIC && ch->h->alloc_id == ch->alloc.id;
+}
+
+/* ---- producer side -------------------------------------------------------- */
+
+/* A producer found (pos - cap, READING, dead pid): take the claim over, free
+ * what the dead consumer never got, release the slot for position `pos`. */
+static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t st)
+{
+    uint64_t take = MK(ST_POS(st), K_READING, my_pid());
+    if (!ember_atomic_cas_acq_rel(&s->xstate, &st, take))
+        return;
+    uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
+    if (meta & META_ALLOC) {
+        ch_alloc_ref_t ref;
+        memcpy(&ref, s->payload, sizeof ref);
+        ember_alloc_t a = { ref.offset, META_LEN(meta), ref.id };
+        (void)ember_pool_free(ch->pool, &a);   /* id check: stale/double is harmless */
+    }
+    /* release: orders our reads of the slot before it becomes FREE; pairs
+     * with the acquire CAS of the next producer in try_claim_send(). */
+    ember_atomic_store_release(&s->xstate, MK(ST_POS(st) + ch->capacity, K_FREE, 0));
+    notify_recvd(ch);
+}
+
+/* Claim the slot at head for writing.  dead_level > 0: check the liveness
+ * of a consumer that blocks us.  EMBER_OK (slot in WRITING by us), or
+ * EMBER_ERR_FULL with *stuck = the blocking state word. */
+static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
+                                 ch_slot_t **slot_out, uint64_t *stuck)
+{
+    ch_hdr_t *h = ch->h;
+    for (;;) {
+        /* acquire: pairs with the acq_rel CAS that advanced head (MEMORY ORDER). */
+        uint64_t pos = ember_atomic_load_acquire(&h->xhead);
+        ch_slot_t *s = slot_at(ch, pos);
+        /* acquire: pairs with the release store of FREE by the last consumer
+         * (or the initialisation), so our writes follow its reads. */
+        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        int64_t d = posdiff(ST_POS(st), pos);
+        if (d == 0) {
+            if (ST_KIND(st) == K_FREE) {
+                if (ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_WRITING, my_pid()))) {
+                    help_advance(&h->xhead, pos);
+                    *pos_out = pos;
+                    *slot_out = s;
+                    return EMBER_OK;
+                }
+                continue;
+            }
+            help_advance(&h->xhead, pos);
+            continue;
+        }
+        if (d > 0) {
+            help_advance(&h->xhead, pos);
+            continue;
+        }
+        /* d < 0: the slot still holds the previous lap. */
+        if (ST_KIND(st) == K_READING && dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
+            recover_reading(ch, s, st);
+            continue;
+        }
+        *stuck = st;
+        return EMBER_ERR_FULL;
+    }
+}
+
+static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta)
+{
+    /* release: publishes xmeta for the too-small check; pairs with the
+     * acquire load of xmeta in try_recv(). */
+    ember_atomic_store_release(&s->xmeta, meta);
+    /* release: publishes the payload and xmeta written above; pairs with the
+     * acquire CAS FULL -> READING in try_recv(). */
+    ember_atomic_store_release(&s->xstate, MK(pos, K_FULL, 0));
+    notify_sent(ch);
+}
+
+/* ---- consumer side --------------------------------------------------------- */
+enum { RECV_PEEK = 0, RECV_CLAIM = 1 };
+
+/* Look at the slot at tail.  mode RECV_PEEK: EMBER_OK if a message is there
+ * (not claimed).  RECV_CLAIM: claim it into msg (READING by us).  Skips
+ * slots of dead producers when dead_level > 0. */
+static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max_len,
+                           ember_ch_msg_t *msg, uint64_t *stuck)
+{
+    ch_hdr_t *h = ch->h;
+    for (;;) {
+        /* acquire: pairs with the acq_rel CAS that advanced tail. */
+        uint64_t pos = ember_atomic_load_acquire(&h->xtail);
+        ch_slot_t *s = slot_at(ch, pos);
+        /* acquire: pairs with the producer's release store of FULL. */
+        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        int64_t d = posdiff(ST_POS(st), pos);
+        if (d == 0) {
+            int k = ST_KIND(st);
+            if (k == K_FULL) {
+                if (mode == RECV_PEEK)
+                    return EMBER_OK;
+                if (max_len >= 0) {
+                    /* acquire: pairs with the release store of xmeta in
+                     * publish(); if it is from a later lap, the state
+                     * re-check below sees that lap too. */
+                    uint64_t meta = ember_atomic_load_acquire(&s->xmeta);
+                    if (META_LEN(meta) > (uint64_t)max_len) {
+                        if (ember_atomic_load_acquire(&s->xstate) != st)
+                            continue;
+                        msg->len = META_LEN(meta);
+                        return EMBER_ERR_BUFFER_TOO_SMALL;
+                    }
+                }
+                if (!ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_READING, my_pid())))
+                    continue;
+                help_advance(&h->xtail, pos);
+                uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
+                msg->len = META_LEN(meta);
+                msg->pos_ = pos;
+                msg->slot_ = s;
+                if (meta & META_ALLOC) {
+                    ch_alloc_ref_t ref;
+                    memcpy(&ref, s->payload, sizeof ref);
+                    msg->is_alloc = 1;
+                    msg->alloc.offset = ref.offset;
+                    msg->alloc.size = msg->len;
+                    msg->alloc.id = ref.id;
+                    msg->data = NULL;
+                } else {
+                    msg->is_alloc = 0;
+                    msg->data = s->payload;
+                }
+                return EMBER_OK;
+            }
+            if (k == K_FREE) {
+                *stuck = 0;
+                return EMBER_ERR_EMPTY;
+            }
+            if (k == K_WRITING) {
+                if (dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
+                    /* Skip the dead producer's slot: claim it as a reader,
+                     * advance tail, release it.  Its message is lost. */
+                    if (ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_READING, my_pid()))) {
+                        help_advance(&h->xtail, pos);
+                        /* release: pairs with the next producer's acquire CAS. */
+                        ember_atomic_store_release(&s->xstate, MK(pos + ch->capacity, K_FREE, 0));
+                        notify_recvd(ch);
+                    }
+                    continue;
+                }
+                *stuck = st;
+                return EMBER_ERR_EMPTY;
+            }
+            help_advance(&h->xtail, pos);    /* (pos, READING): tail is stale */
+            continue;
+        }
+        if (d > 0) {
+            help_advance(&h->xtail, pos);
+            continue;
+        }
+        *stuck = 0;                           /* previous lap still being read */
+        return EMBER_ERR_EMPTY;
+    }
+}
+
+static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
+{
+    /* release: orders our reads of the payload before the slot is reused;
+     * pairs with the acquire CAS from FREE in try_claim_send(). */
+    ember_atomic_store_release(&s->xstate, MK(pos + ch->capacity, K_FREE, 0));
+    notify_recvd(ch);
+}
+
+/* ---- blocking --------------------------------------------------------------- */
+
+typedef ember_rc_t (*try_fn_t)(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck);
+
+/* Run `fn` until it stops returning `busy` or the timeout runs out: once,
+ * then spin (adaptive), then futex sleeps of at most SLICE_NS. */
+static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_fn_t fn, void *ctx)
+{
+    ember_rc_t busy = for_send ? EMBER_ERR_FULL : EMBER_ERR_EMPTY;
+    uint64_t stuck = 0;
+    ember_rc_t rc = fn(ch, ctx, 0, &stuck);
+    if (__builtin_expect(rc != busy, 1))
+        return rc;
+    if (timeout_ns == 0) {
+        /* Try-once: check liveness only when the same blocking state word
+         * was seen by the previous try-once too. */
+        _Atomic uint64_t *last = for_send ? &ch->stuck_send : &ch->stuck_recv;
+        if (stuck != 0 && ember_atomic_load_relaxed(last) == stuck) {
+            rc = fn(ch, ctx, 2, &stuck);
+            if (rc != busy)
+                return rc;
+        }
+        ember_atomic_store_relaxed(last, stuck);
+        if (!ch_alive(ch))
+            return EMBER_ERR_DESTROYED;
+        return busy;
+    }
+    int64_t now = now_ns();
+    int64_t deadline = timeout_ns < 0 ? INT64_MAX : now + timeout_ns;
+    int64_t spin = ember_atomic_load_relaxed(&ch->spin_cur);
+    int64_t spin_end = now + spin < deadline ? now + spin : deadline;
+    while (now < spin_end) {
+        for (int i = 0; i < 16; i++)
+            ember_cpu_relax();
+        rc = fn(ch, ctx, 0, &stuck);
+        if (rc != busy) {
+            /* the spin paid off: grow it back toward the maximum */
+            int64_t mx = ember_atomic_load_relaxed(&ch->spin_max);
+            if (spin < mx)
+                ember_atomic_store_relaxed(&ch->spin_cur, spin * 2 < mx ? (spin * 2 > 1000 ? spin * 2 : 1000) : mx);
+            return rc;
+        }
+        now = now_ns();
+    }
+    if (spin > 0) {
+        /* the spin was wasted: shorten it (not below 1/8 of the maximum) */
+        int64_t mn = ember_atomic_load_relaxed(&ch->spin_max) / 8;
+        ember_atomic_store_relaxed(&ch->spin_cur, spin / 2 > mn ? spin / 2 : mn);
+    }
+    _Atomic uint32_t *word = for_send ? &ch->h->xrecvd : &ch->h->xsent;
+    _Atomic uint32_t *waiters = for_send ? &ch->h->xsend_waiters : &ch->h->xrecv_waiters;
+    int level = 1;
+    for (;;) {
+        if (!ch_alive(ch))
+            return EMBER_ERR_DESTROYED;
+        ember_atomic_add_seq_cst(waiters, 1);
+        /* seq_cst fence: orders the waiter-count increment before the
+         * re-try's loads of the slot state; pairs with the fence in notify(). */
+        ember_atomic_fence_seq_cst();
+        uint32_t v = ember_atomic_load_seq_cst(word);
+        rc = fn(ch, ctx, level, &stuck);
+        int e = 0;
+        if (rc == busy) {
+            now = now_ns();
+            if (now >= deadline) {
+                ember_atomic_sub_seq_cst(waiters, 1);
+                return busy;
+            }
+            int64_t sl = deadline - now < SLICE_NS ? deadline - now : SLICE_NS;
+            e = futex_wait(word, v, sl);
+        }
+        ember_atomic_sub_seq_cst(waiters, 1);
+        if (rc != busy)
+            return rc;
+        if (e == EINTR)
+            return EMBER_ERR_INTERRUPTED;
+        level = e == ETIMEDOUT ? 2 : 1;
+    }
+}
+
+typedef struct {
+    uint64_t pos;
+    ch_slot_t *slot;
+} send_ctx_t;
+
+static ember_rc_t send_try(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck)
+{
+    send_ctx_t *c = ctx;
+    return try_claim_send(ch, dead_level, &c->pos, &c->slot, stuck);
+}
+
+typedef struct {
+    int64_t max_len;
+    ember_ch_msg_t *msg;
+} recv_ctx_t;
+
+static ember_rc_t recv_try(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck)
+{
+    recv_ctx_t *c = ctx;
+    return try_recv(ch, RECV_CLAIM, dead_level, c->max_len, c->msg, stuck);
+}
+
+static ember_rc_t peek_readable(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck)
+{
+    (void)ctx;
+    return try_recv(ch, RECV_PEEK, dead_level, -1, NULL, stuck);
+}
+
+/* Writable: the slot at head is FREE for head's position (not claimed). */
+static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck)
+{
+    (void)ctx;
+    ch_hdr_t *h = ch->h;
+    for (;;) {
+        uint64_t pos = ember_atomic_load_acquire(&h->xhead);
+        ch_slot_t *s = slot_at(ch, pos);
+        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        int64_t d = posdiff(ST_POS(st), pos);
+        if (d == 0 && ST_KIND(st) == K_FREE)
+            return EMBER_OK;
+        if (d >= 0) {
+            help_advance(&h->xhead, pos);
+            continue;
+        }
+        if (ST_KIND(st) == K_READING && dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
+            recover_reading(ch, s, st);
+            continue;
+        }
+        *stuck = st;
+        return EMBER_ERR_FULL;
+    }
+}
+
+/* ---- public API ------------------------------------------------------------- */
+
+static int too_big(ember_pool_t *pool, uint64_t len);
+
+static int is_pow2(uint32_t x)
+{
+    return x != 0 && (x & (x - 1)) == 0;
+}
+
+static ember_rc_t ch_open(ember_pool_t *pool, const ember_alloc_t *a, ember_ch_t **out)
+{
+    ember_ch_t *ch = calloc(1, sizeof *ch);
+    if (!ch)
+        return EMBER_ERR_NOMEM;
+    ch->h = ember_pool_ptr(pool, a->offset);
+    ch->pool = pool;
+    ch->alloc = *a;
+    ch->capacity = ch->h->capacity;
+    ch->block_size = ch->h->block_size;
+    ch->payload = ch->block_size - EMBER_CH_SLOT_HEADER;
+    ch->mask = (uint64_t)ch->capacity - 1;
+    ch->c_uid = ch->h->c_uid;
+    ch->slots = (unsigned char *)ch->h + ch->h->slots_offset;
+    ch->pool_ev = ember_pool_event_word(pool);
+    ch->pool_ev_waiters = ember_pool_event_waiters(pool);
+    ember_atomic_store_relaxed(&ch->spin_max, EMBER_CH_DEFAULT_SPIN_NS);
+    ember_atomic_store_relaxed(&ch->spin_cur, EMBER_CH_DEFAULT_SPIN_NS);
+    (void)my_pid();
+    *out = ch;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
+                           uint32_t block_size, ember_ch_t **out)
+{
+    if (!pool || !out)
+        return EMBER_ERR_INVALID_ARG;
+    *out = NULL;
+    if (!is_pow2(capacity) || capacity > EMBER_CH_MAX_CAPACITY)
+        return EMBER_ERR_INVALID_ARG;
+    if (block_size < EMBER_CH_MIN_BLOCK || block_size > EMBER_CH_MAX_BLOCK || block_size % 64 != 0)
+        return EMBER_ERR_INVALID_ARG;
+    uint64_t total = sizeof(ch_hdr_t) + (uint64_t)capacity * block_size;
+    ember_alloc_t a;
+    ember_rc_t rc = ember_pool_alloc(pool, total, &a);
+    if (rc == EMBER_ERR_EXHAUSTED && too_big(pool, total))
+        return EMBER_ERR_TOO_BIG;
+    if (rc != EMBER_OK)
+        return rc;
+    ch_hdr_t *h = ember_pool_ptr(pool, a.offset);
+    h->version = CH_VERSION;
+    h->capacity = capacity;
+    h->block_size = block_size;
+    h->flags = 0;
+    h->c_uid = c_uid;
+    h->alloc_id = a.id;
+    h->slots_offset = sizeof(ch_hdr_t);
+    ember_atomic_store_relaxed(&h->xhead, 0);
+    ember_atomic_store_relaxed(&h->xtail, 0);
+    ember_atomic_store_relaxed(&h->xsent, 0);
+    ember_atomic_store_relaxed(&h->xrecv_waiters, 0);
+    ember_atomic_store_relaxed(&h->xrecvd, 0);
+    ember_atomic_store_relaxed(&h->xsend_waiters, 0);
+    unsigned char *slots = (unsigned char *)h + sizeof(ch_hdr_t);
+    for (uint32_t i = 0; i < capacity; i++) {
+        ch_slot_t *s = (ch_slot_t *)(slots + (size_t)i * block_size);
+        ember_atomic_store_relaxed(&s->xstate, MK(i, K_FREE, 0));
+        ember_atomic_store_relaxed(&s->xmeta, 0);
+    }
+    /* release: publishes the initialised header and slots; pairs with the
+     * acquire load of xmagic in ember_ch_attach() (another process learns
+     * the descriptor only later, through a channel or GS, which orders it
+     * anyway). */
+    ember_atomic_store_release(&h->xmagic, CH_MAGIC);
+    rc = ch_open(pool, &a, out);
+    if (rc != EMBER_OK) {
+        ember_atomic_store_relaxed(&h->xmagic, CH_DEAD);
+        ember_pool_free(pool, &a);
+    }
+    return rc;
+}
+
+/* ---- descriptor ---- */
+#define SD_OFF_MAGIC     0
+#define SD_OFF_VERSION   4
+#define SD_OFF_PLEN      6
+#define SD_OFF_POOL      8
+#define SD_OFF_OFFSET    (SD_OFF_POOL + EMBER_POOL_SDESC_SIZE)
+#define SD_OFF_ID        (SD_OFF_OFFSET + 8)
+#define SD_OFF_CUID      (SD_OFF_ID + 8)
+#define SD_OFF_CAP       (SD_OFF_CUID + 8)
+#define SD_OFF_BLOCK     (SD_OFF_CAP + 4)
+#define SD_OFF_SIZE      (SD_OFF_BLOCK + 4)
+#define SD_OFF_SUM       (SD_OFF_SIZE + 8)
+_Static_assert(SD_OFF_SUM + 8 == EMBER_CH_SDESC_SIZE, "descriptor layout");
+
+static uint64_t fnv1a(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static void wr64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static void wr32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+
+ember_rc_t ember_ch_serialize(const ember_ch_t *ch, void *buf, size_t cap, size_t *len)
+{
+    if (!ch || !buf)
+        return EMBER_ERR_INVALID_ARG;
+    if (cap < EMBER_CH_SDESC_SIZE)
+        return EMBER_ERR_BUFFER_TOO_SMALL;
+    uint8_t *b = buf;
+    memset(b, 0, EMBER_CH_SDESC_SIZE);
+    size_t plen = 0;
+    ember_rc_t rc = ember_pool_serialize(ch->pool, b + SD_OFF_POOL, EMBER_POOL_SDESC_SIZE, &plen);
+    if (rc != EMBER_OK)
+        return rc;
+    wr32(b + SD_OFF_MAGIC, SD_MAGIC);
+    wr16(b + SD_OFF_VERSION, SD_VERSION);
+    wr16(b + SD_OFF_PLEN, (uint16_t)plen);
+    wr64(b + SD_OFF_OFFSET, ch->alloc.offset);
+    wr64(b + SD_OFF_ID, ch->alloc.id);
+    wr64(b + SD_OFF_CUID, ch->c_uid);
+    wr32(b + SD_OFF_CAP, ch->capacity);
+    wr32(b + SD_OFF_BLOCK, ch->block_size);
+    wr64(b + SD_OFF_SIZE, ch->alloc.size);
+    wr64(b + SD_OFF_SUM, fnv1a(b, SD_OFF_SUM));
+    if (len)
+        *len = EMBER_CH_SDESC_SIZE;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_sdesc_pool(const void *sdesc, size_t len,
+                               const uint8_t **pool_sdesc, size_t *pool_sdesc_len)
+{
+    if (!sdesc)
+        return EMBER_ERR_INVALID_ARG;
+    const uint8_t *b = sdesc;
+    if (len != EMBER_CH_SDESC_SIZE || rd32(b + SD_OFF_MAGIC) != SD_MAGIC)
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    if (rd16(b + SD_OFF_VERSION) != SD_VERSION)
+        return EMBER_ERR_VERSION;
+    if (rd64(b + SD_OFF_SUM) != fnv1a(b, SD_OFF_SUM))
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    uint16_t plen = rd16(b + SD_OFF_PLEN);
+    uint32_t cap = rd32(b + SD_OFF_CAP), blk = rd32(b + SD_OFF_BLOCK);
+    if (plen == 0 || plen > EMBER_POOL_SDESC_SIZE || !is_pow2(cap) || cap > EMBER_CH_MAX_CAPACITY
+        || blk < EMBER_CH_MIN_BLOCK || blk > EMBER_CH_MAX_BLOCK || blk % 64 != 0
+        || rd64(b + SD_OFF_SIZE) < sizeof(ch_hdr_t) + (uint64_t)cap * blk)
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    if (pool_sdesc)
+        *pool_sdesc = b + SD_OFF_POOL;
+    if (pool_sdesc_len)
+        *pool_sdesc_len = plen;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_attach(ember_pool_t *pool, const void *sdesc, size_t len, ember_ch_t **out)
+{
+    if (!pool || !sdesc || !out)
+        return EMBER_ERR_INVALID_ARG;
+    *out = NULL;
+    const uint8_t *psd;
+    size_t plen;
+    ember_rc_t rc = ember_ch_sdesc_pool(sdesc, len, &psd, &plen);
+    if (rc != EMBER_OK)
+        return rc;
+    char name[EMBER_POOL_NAME_MAX];
+    if (ember_pool_sdesc_name(psd, plen, name, sizeof name) != EMBER_OK)
+        return EMBER_ERR_BAD_DESCRIPTOR;
+    const char *mine = ember_pool_shm_name(pool);
+    if (!mine || strcmp(name, mine) != 0)
+        return EMBER_ERR_BAD_DESCRIPTOR;          /* a channel of another pool */
+    const uint8_t *b = sdesc;
+    ember_alloc_t a = { rd64(b + SD_OFF_OFFSET), rd64(b + SD_OFF_SIZE), rd64(b + SD_OFF_ID) };
+    rc = ember_pool_check(pool, &a);
+    if (rc == EMBER_ERR_STALE || rc == EMBER_ERR_DOUBLE_FREE)
+        return EMBER_ERR_DESTROYED;
+    if (rc != EMBER_OK)
+        return rc == EMBER_ERR_OUT_OF_RANGE ? EMBER_ERR_BAD_DESCRIPTOR : rc;
+    const ch_hdr_t *h = ember_pool_ptr(pool, a.offset);
+    /* acquire: pairs with the release store of xmagic in ember_ch_create(). */
+    uint64_t magic = ember_atomic_load_acquire(&h->xmagic);
+    if (magic == CH_DEAD)
+        return EMBER_ERR_DESTROYED;
+    if (magic != CH_MAGIC)
+        return EMBER_ERR_BAD_MAGIC;
+    if (h->version != CH_VERSION)
+        return EMBER_ERR_VERSION;
+    if (h->capacity != rd32(b + SD_OFF_CAP) || h->block_size != rd32(b + SD_OFF_BLOCK)
+        || h->c_uid != rd64(b + SD_OFF_CUID) || h->alloc_id != a.id
+        || h->slots_offset != sizeof(ch_hdr_t))
+        return EMBER_ERR_CORRUPT;
+    return ch_open(pool, &a, out);
+}
+
+ember_rc_t ember_ch_detach(ember_ch_t *ch)
+{
+    if (!ch)
+        return EMBER_ERR_INVALID_ARG;
+    free(ch);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_destroy(ember_ch_t *ch)
+{
+    if (!ch)
+        return EMBER_ERR_INVALID_ARG;
+    ch_hdr_t *h = ch->h;
+    uint64_t magic = CH_MAGIC;
+    /* acq_rel: only one destroyer; later callers see DEAD. */
+    if (!ember_atomic_cas_acq_rel(&h->xmagic, &magic, CH_DEAD)) {
+        free(ch);
+        return EMBER_ERR_DESTROYED;
+    }
+    /* Wake every sleeper so it sees DEAD and returns EMBER_ERR_DESTROYED. */
+    ember_atomic_add_seq_cst(&h->xsent, 1);
+    ember_atomic_add_seq_cst(&h->xrecvd, 1);
+    futex_wake_all(&h->xsent);
+    futex_wake_all(&h->xrecvd);
+    ember_atomic_add_seq_cst(ch->pool_ev, 1);
+    futex_wake_all(ch->pool_ev);
+    /* Free the allocations of queued large messages. */
+    for (uint32_t i = 0; i < ch->capacity; i++) {
+        ch_slot_t *s = (ch_slot_t *)(ch->slots + (size_t)i * ch->block_size);
+        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        int k = ST_KIND(st);
+        if (k != K_FULL && k != K_READING)
+            continue;
+        if (k == K_READING && !pid_dead(ST_PID(st), 2))
+            continue;                  /* a live receiver owns it */
+        uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
+        if (meta & META_ALLOC) {
+            ch_alloc_ref_t ref;
+            memcpy(&ref, s->payload, sizeof ref);
+            ember_alloc_t a = { ref.offset, META_LEN(meta), ref.id };
+            (void)ember_pool_free(ch->pool, &a);
+        }
+    }
+    ember_rc_t rc = ember_pool_free(ch->pool, &ch->alloc);
+    free(ch);
+    return rc;
+}
+
+/* Could the pool never hold a message of `len` bytes (heap minus one
+ * block header)? */
+static int too_big(ember_pool_t *pool, uint64_t len)
+{
+    ember_pool_stats_t st;
+    if (ember_pool_stats(pool, &st) != EMBER_OK)
+        return len > ember_pool_size(pool);
+    return len + EMBER_POOL_ALIGN > st.total;
+}
+
+/* Claim a slot (blocking), for both send paths. */
+static inline ember_rc_t claim(ember_ch_t *ch, int64_t timeout_ns, send_ctx_t *c)
+{
+    uint64_t stuck;
+    ember_rc_t rc = try_claim_send(ch, 0, &c->pos, &c->slot, &stuck);
+    if (__builtin_expect(rc == EMBER_OK, 1))
+        return rc;
+    return ch_wait(ch, 1, timeout_ns, send_try, c);
+}
+
+ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t timeout_ns)
+{
+    if (!ch || !a)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = ember_pool_check(ch->pool, a);
+    if (rc != EMBER_OK)
+        return rc;
+    send_ctx_t c;
+    rc = claim(ch, timeout_ns, &c);
+    if (rc != EMBER_OK)
+        return rc;
+    ch_alloc_ref_t ref = { a->offset, a->id };
+    memcpy(c.slot->payload, &ref, sizeof ref);
+    publish(ch, c.slot, c.pos, META_ALLOC | a->size);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t timeout_ns)
+{
+    if (__builtin_expect(!ch || (!data && len), 0))
+        return EMBER_ERR_INVALID_ARG;
+    if (__builtin_expect(len <= ch->payload, 1)) {
+        send_ctx_t c;
+        ember_rc_t rc = claim(ch, timeout_ns, &c);
+        if (rc != EMBER_OK)
+            return rc;
+        memcpy(c.slot->payload, data, len);
+        publish(ch, c.slot, c.pos, len);
+        return EMBER_OK;
+    }
+    if (len >= META_ALLOC)
+        return EMBER_ERR_TOO_BIG;
+    if (too_big(ch->pool, len))
+        return EMBER_ERR_TOO_BIG;
+    int64_t t0 = timeout_ns > 0 ? now_ns() : 0;
+    ember_alloc_t a;
+    ember_rc_t rc = ember_pool_alloc_wait(ch->pool, len, timeout_ns, &a);
+    if (rc == EMBER_ERR_TIMEOUT)
+        rc = EMBER_ERR_EXHAUSTED;
+    if (rc != EMBER_OK)
+        return rc;
+    memcpy(ember_pool_ptr(ch->pool, a.offset), data, len);
+    a.size = len;
+    if (timeout_ns > 0) {
+        timeout_ns -= now_ns() - t0;
+        if (timeout_ns <= 0)
+            timeout_ns = 1;
+    }
+    send_ctx_t c;
+    rc = claim(ch, timeout_ns, &c);
+    if (rc != EMBER_OK) {
+        ember_pool_free(ch->pool, &a);
+        return rc;
+    }
+    ch_alloc_ref_t ref = { a.offset, a.id };
+    memcpy(c.slot->payload, &ref, sizeof ref);
+    publish(ch, c.slot, c.pos, META_ALLOC | len);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,
+                               ember_ch_msg_t *msg)
+{
+    if (__builtin_expect(!ch || !msg, 0))
+        return EMBER_ERR_INVALID_ARG;
+    uint64_t stuck;
+    ember_rc_t rc = try_recv(ch, RECV_CLAIM, 0, max_len, msg, &stuck);
+    if (rc == EMBER_ERR_EMPTY) {
+        recv_ctx_t c = { max_len, msg };
+        rc = ch_wait(ch, 0, timeout_ns, recv_try, &c);
+    }
+    if (rc != EMBER_OK || !msg->is_alloc)
+        return rc;
+    /* Large message: the receiver now owns the allocation; free the slot. */
+    release_slot(ch, msg->slot_, msg->pos_);
+    msg->slot_ = NULL;
+    rc = ember_pool_check(ch->pool, &msg->alloc);
+    if (rc != EMBER_OK)
+        return EMBER_ERR_CORRUPT;
+    msg->data = ember_pool_ptr(ch->pool, msg->alloc.offset);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_recv_end(ember_ch_t *ch, ember_ch_msg_t *msg)
+{
+    if (!ch || !msg)
+        return EMBER_ERR_INVALID_ARG;
+    if (msg->slot_) {
+        release_slot(ch, msg->slot_, msg->pos_);
+        msg->slot_ = NULL;
+    }
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_recv(ember_ch_t *ch, void *buf, uint64_t cap, uint64_t *len, int64_t timeout_ns)
+{
+    if (!ch || (!buf && cap) || cap > INT64_MAX)
+        return EMBER_ERR_INVALID_ARG;
+    ember_ch_msg_t m;
+    ember_rc_t rc = ember_ch_recv_begin(ch, timeout_ns, (int64_t)cap, &m);
+    if (rc == EMBER_ERR_BUFFER_TOO_SMALL && len)
+        *len = m.len;
+    if (rc != EMBER_OK)
+        return rc;
+    if (m.len)
+        memcpy(buf, m.data, m.len);
+    if (len)
+        *len = m.len;
+    if (m.is_alloc)
+        (void)ember_pool_free(ch->pool, &m.alloc);
+    else
+        ember_ch_recv_end(ch, &m);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_poll(ember_ch_t *ch, int writable, int64_t timeout_ns)
+{
+    if (!ch)
+        return EMBER_ERR_INVALID_ARG;
+    return ch_wait(ch, writable != 0, timeout_ns, writable ? peek_writable : peek_readable, NULL);
+}
+
+static size_t scan_ready(ember_ch_t *const *chs, size_t n, int writable, int level, uint8_t *ready)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t stuck;
+        ember_rc_t rc = writable ? peek_writable(chs[i], NULL, level, &stuck)
+                                 : peek_readable(chs[i], NULL, level, &stuck);
+        ready[i] = rc == EMBER_OK;
+        k += ready[i];
+    }
+    return k;
+}
+
+ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
+                             int64_t timeout_ns, uint8_t *ready, size_t *nready)
+{
+    if (!chs || n == 0 || !ready)
+        return EMBER_ERR_INVALID_ARG;
+    for (size_t i = 0; i < n; i++)
+        if (!chs[i])
+            return EMBER_ERR_INVALID_ARG;
+    size_t k = scan_ready(chs, n, writable, 0, ready);
+    if (nready)
+        *nready = k;
+    if (k)
+        return EMBER_OK;
+    if (timeout_ns == 0) {
+        k = scan_ready(chs, n, writable, 1, ready);
+        if (nready)
+            *nready = k;
+        return k ? EMBER_OK : EMBER_ERR_TIMEOUT;
+    }
+    int same_pool = 1;
+    for (size_t i = 1; i < n; i++)
+        if (chs[i]->pool_ev != chs[0]->pool_ev)
+            same_pool = 0;
+    int64_t now = now_ns();
+    int64_t deadline = timeout_ns < 0 ? INT64_MAX : now + timeout_ns;
+    int64_t spin_end = now + ember_atomic_load_relaxed(&chs[0]->spin_cur);
+    if (spin_end > deadline)
+        spin_end = deadline;
+    while (now < spin_end) {
+        for (int i = 0; i < 16; i++)
+            ember_cpu_relax();
+        if ((k = scan_ready(chs, n, writable, 0, ready)) != 0) {
+            if (nready)
+                *nready = k;
+            return EMBER_OK;
+        }
+        now = now_ns();
+    }
+    _Atomic uint32_t *word = chs[0]->pool_ev;
+    int level = 1;
+    for (;;) {
+        for (size_t i = 0; i < n; i++) {
+            if (!ch_alive(chs[i])) {
+                if (nready)
+                    *nready = 0;
+                return EMBER_ERR_DESTROYED;
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            ember_atomic_add_seq_cst(chs[i]->pool_ev_waiters, 1);
+        /* seq_cst fence: orders the waiter-count increments before the
+         * re-scan's loads of slot states; pairs with the fence in notify(). */
+        ember_atomic_fence_seq_cst();
+        uint32_t v = ember_atomic_load_seq_cst(word);
+        k = scan_ready(chs, n, writable, level, ready);
+        int e = 0;
+        if (!k) {
+            now = now_ns();
+            if (now < deadline) {
+                int64_t cap = same_pool ? SLICE_NS : MULTI_SLICE_NS;
+                int64_t sl = deadline - now < cap ? deadline - now : cap;
+                e = futex_wait(word, v, sl);
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            ember_atomic_sub_seq_cst(chs[i]->pool_ev_waiters, 1);
+        if (nready)
+            *nready = k;
+        if (k)
+            return EMBER_OK;
+        if (e == EINTR)
+            return EMBER_ERR_INTERRUPTED;
+        if (now_ns() >= deadline) {
+            k = scan_ready(chs, n, writable, level, ready);
+            if (nready)
+                *nready = k;
+            return k ? EMBER_OK : EMBER_ERR_TIMEOUT;
+        }
+        level = e == ETIMEDOUT ? 2 : 1;
+    }
+}
+
+uint64_t ember_ch_count(const ember_ch_t *ch)
+{
+    if (!ch)
+        return 0;
+    uint64_t t = ember_atomic_load_acquire(&ch->h->xtail);
+    uint64_t hd = ember_atomic_load_acquire(&ch->h->xhead);
+    if (hd <= t)
+        return 0;
+    return hd - t > ch->capacity ? ch->capacity : hd - t;
+}
+
+uint32_t ember_ch_capacity(const ember_ch_t *ch) { return ch ? ch->capacity : 0; }
+uint32_t ember_ch_block_size(const ember_ch_t *ch) { return ch ? ch->block_size : 0; }
+uint32_t ember_ch_payload_size(const ember_ch_t *ch) { return ch ? ch->payload : 0; }
+uint64_t ember_ch_c_uid(const ember_ch_t *ch) { return ch ? ch->c_uid : 0; }
+ember_pool_t *ember_ch_pool(const ember_ch_t *ch) { return ch ? ch->pool : NULL; }
+const ember_alloc_t *ember_ch_alloc(const ember_ch_t *ch) { return ch ? &ch->alloc : NULL; }
+
+void ember_ch_set_spin(ember_ch_t *ch, int64_t spin_ns)
+{
+    if (!ch)
+        return;
+    if (spin_ns < 0)
+        spin_ns = 0;
+    ember_atomic_store_relaxed(&ch->spin_max, spin_ns);
+    ember_atomic_store_relaxed(&ch->spin_cur, spin_ns);
+}

@@ -1,0 +1,146 @@
+/*
+ * channel.h -- public API of ember's shared-memory channels.
+ *
+ * A channel is a bounded multi-producer multi-consumer message queue that
+ * lives in one allocation of a pool (pool.h).  Any process that can attach
+ * the pool can attach the channel from its serialized descriptor.  The
+ * algorithm, its memory-order argument and its death-robustness argument are
+ * in channel.c; the layout is documented in docs/channels.md.
+ *
+ * Every fallible function returns ember_rc_t (EMBER_OK == 0) and passes
+ * results through out-parameters.  "Full" and "empty" (try-once or the
+ * timeout ran out) are the return codes EMBER_ERR_FULL / EMBER_ERR_EMPTY.
+ *
+ * Timeouts are in nanoseconds: < 0 waits forever, 0 tries once, > 0 waits at
+ * most that long.  A blocking call returns EMBER_ERR_INTERRUPTED when its
+ * futex wait was interrupted by a signal (EINTR), so a caller (the Python
+ * binding) can run its signal handlers and call again with the time left.
+ *
+ * Thread safety: a channel handle may be used by any number of threads at
+ * once, except ember_ch_detach / ember_ch_destroy, which must be the last
+ * call on a handle.
+ */
+#ifndef EMBER_CHANNEL_H
+#define EMBER_CHANNEL_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "../common_c/ember_common.h"
+#include "../pools_c/pool.h"
+
+#define EMBER_CH_SDESC_SIZE        152u       /* serialized channel descriptor */
+#define EMBER_CH_SLOT_HEADER       16u        /* bytes of each slot before its payload */
+#define EMBER_CH_MIN_BLOCK         64u        /* smallest block_size */
+#define EMBER_CH_MAX_BLOCK         (1u << 24) /* largest block_size (16 MiB) */
+#define EMBER_CH_MAX_CAPACITY      (1u << 24) /* largest capacity (slots) */
+#define EMBER_CH_DEFAULT_CAPACITY  128u
+#define EMBER_CH_DEFAULT_BLOCK     1024u
+#define EMBER_CH_DEFAULT_SPIN_NS   20000      /* adaptive spin before sleeping */
+
+/* Process-local handle of an attached channel (opaque). */
+typedef struct ember_ch ember_ch_t;
+
+/* A message claimed by ember_ch_recv_begin.
+ *   is_alloc == 0: `data`/`len` point into the channel slot, valid until
+ *                  ember_ch_recv_end (which must follow, soon).
+ *   is_alloc == 1: the message is the pool allocation `alloc` (payload at
+ *                  `data`, `len` bytes).  The slot was already released:
+ *                  the caller owns the allocation and must free it (or keep
+ *                  it); ember_ch_recv_end is a no-op for it. */
+typedef struct {
+    const void *data;
+    uint64_t len;
+    int is_alloc;
+    ember_alloc_t alloc;
+    uint64_t pos_;          /* internal: the claimed position */
+    void *slot_;            /* internal: the claimed slot (NULL if released) */
+} ember_ch_msg_t;
+
+/* Create a channel in `pool`: `capacity` slots (a power of two, 1 ..
+ * EMBER_CH_MAX_CAPACITY) of `block_size` bytes (a multiple of 64, 64 ..
+ * EMBER_CH_MAX_BLOCK; the inline payload is block_size - 16 bytes).
+ * EMBER_ERR_INVALID_ARG for bad sizes, EMBER_ERR_EXHAUSTED if the pool has
+ * no room, EMBER_ERR_TOO_BIG if it could never hold the channel. */
+ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
+                           uint32_t block_size, ember_ch_t **out);
+
+/* Check a serialized channel descriptor (length, magic, version, checksum,
+ * fields) and give the embedded pool descriptor, so the caller can attach
+ * the pool before ember_ch_attach.  EMBER_ERR_BAD_DESCRIPTOR if invalid. */
+ember_rc_t ember_ch_sdesc_pool(const void *sdesc, size_t len,
+                               const uint8_t **pool_sdesc, size_t *pool_sdesc_len);
+
+/* Attach a channel of `pool` from its descriptor.  EMBER_ERR_BAD_DESCRIPTOR
+ * for a truncated / corrupt descriptor or one of another pool;
+ * EMBER_ERR_DESTROYED if the channel's allocation is gone; EMBER_ERR_BAD_MAGIC
+ * / EMBER_ERR_VERSION / EMBER_ERR_CORRUPT if the header does not match. */
+ember_rc_t ember_ch_attach(ember_pool_t *pool, const void *sdesc, size_t len, ember_ch_t **out);
+
+/* Write the descriptor (exactly EMBER_CH_SDESC_SIZE bytes). */
+ember_rc_t ember_ch_serialize(const ember_ch_t *ch, void *buf, size_t cap, size_t *len);
+
+/* Free the local handle; the channel stays. */
+ember_rc_t ember_ch_detach(ember_ch_t *ch);
+
+/* Mark the channel destroyed (blocked and later callers in other processes
+ * get EMBER_ERR_DESTROYED), free the allocations of queued large messages,
+ * free the channel's allocation and the handle.  No other process may still
+ * be inside a call on the channel when its memory is reused: the owner
+ * (global services) destroys only channels nobody uses any more. */
+ember_rc_t ember_ch_destroy(ember_ch_t *ch);
+
+/* Send `len` bytes (len may be 0).  Messages up to the inline payload are
+ * copied into the slot; larger ones into a new allocation of the channel's
+ * pool (EMBER_ERR_TOO_BIG if larger than the pool could ever hold,
+ * EMBER_ERR_EXHAUSTED if the pool is full right now).  EMBER_ERR_FULL if no
+ * slot became free within the timeout. */
+ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t timeout_ns);
+
+/* Send an existing allocation of the channel's pool as a message of
+ * `a->size` bytes, without copying.  On EMBER_OK ownership moved to the
+ * channel (the receiver frees it); on any error the caller still owns it. */
+ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t timeout_ns);
+
+/* Two-phase receive: claim the oldest message.  If max_len >= 0 and the
+ * message is longer, nothing is claimed: EMBER_ERR_BUFFER_TOO_SMALL with
+ * msg->len set to the message length.  Inline messages must be released
+ * with ember_ch_recv_end promptly (the slot is held until then). */
+ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,
+                               ember_ch_msg_t *msg);
+ember_rc_t ember_ch_recv_end(ember_ch_t *ch, ember_ch_msg_t *msg);
+
+/* Receive into a caller buffer (one copy; a large message's allocation is
+ * freed).  EMBER_ERR_BUFFER_TOO_SMALL (message left queued, *len = its
+ * length) if it does not fit. */
+ember_rc_t ember_ch_recv(ember_ch_t *ch, void *buf, uint64_t cap, uint64_t *len,
+                         int64_t timeout_ns);
+
+/* Wait until the channel is readable (writable != 0: writable).  EMBER_OK
+ * when it is, EMBER_ERR_EMPTY / EMBER_ERR_FULL when the timeout ran out. */
+ember_rc_t ember_ch_poll(ember_ch_t *ch, int writable, int64_t timeout_ns);
+
+/* Wait until at least one of `n` channels is readable (writable != 0:
+ * writable).  ready[i] is set to 1 for each ready channel, 0 otherwise,
+ * *nready to their number.  EMBER_ERR_TIMEOUT when none became ready in
+ * time.  Channels of one pool sleep on the pool's event word; channels of
+ * several pools sleep on the first pool's word in slices of at most 1 ms. */
+ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
+                             int64_t timeout_ns, uint8_t *ready, size_t *nready);
+
+/* Messages queued right now (a snapshot; in-flight sends and receives may
+ * be counted either way). */
+uint64_t ember_ch_count(const ember_ch_t *ch);
+
+/* Accessors. */
+uint32_t ember_ch_capacity(const ember_ch_t *ch);
+uint32_t ember_ch_block_size(const ember_ch_t *ch);
+uint32_t ember_ch_payload_size(const ember_ch_t *ch);      /* inline bytes per slot */
+uint64_t ember_ch_c_uid(const ember_ch_t *ch);
+ember_pool_t *ember_ch_pool(const ember_ch_t *ch);
+const ember_alloc_t *ember_ch_alloc(const ember_ch_t *ch);   /* the channel's own allocation */
+
+/* Tuning: the longest spin (ns) before a blocked call sleeps on its futex
+ * (0 = sleep at once).  Per handle. */
+void ember_ch_set_spin(ember_ch_t *ch, int64_t spin_ns);
+
+#endif /* EMBER_CHANNEL_H */

@@ -1,0 +1,368 @@
+"""The channel C API on its own, through cffi (tests/cffi_channel.py),
+including deliberate misuse that must return an error code, never crash."""
+import os
+import random
+import struct
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cffi_channel import build  # noqa: E402
+
+HDR = 320          # channel header bytes (5 cache lines), see docs/channels.md
+SLOT_HDR = 16
+
+
+@pytest.fixture(scope="session")
+def capi(tmp_path_factory):
+    return build(str(tmp_path_factory.mktemp("cffi_channel")))
+
+
+@pytest.fixture
+def pool(capi):
+    ffi, lib = capi
+    out = ffi.new("ember_pool_t **")
+    m_uid = random.getrandbits(63)
+    rc = lib.ember_pool_create(8 << 20, m_uid, f"p{os.getpid()}".encode(), b"chtest", out)
+    assert rc == lib.EMBER_OK
+    yield out[0]
+    assert lib.ember_pool_destroy(out[0]) == lib.EMBER_OK
+
+
+def make(capi, pool, capacity=8, block=128, c_uid=7):
+    ffi, lib = capi
+    out = ffi.new("ember_ch_t **")
+    rc = lib.ember_ch_create(pool, c_uid, capacity, block, out)
+    assert rc == lib.EMBER_OK, rc
+    return out[0]
+
+
+def sdesc_of(capi, ch):
+    ffi, lib = capi
+    buf = ffi.new("uint8_t[]", lib.EMBER_CH_SDESC_SIZE)
+    n = ffi.new("size_t *")
+    assert lib.ember_ch_serialize(ch, buf, len(buf), n) == lib.EMBER_OK
+    assert n[0] == lib.EMBER_CH_SDESC_SIZE == 152
+    return bytes(ffi.buffer(buf, n[0]))
+
+
+def recv(capi, ch, timeout=0, cap=1 << 16):
+    ffi, lib = capi
+    buf = ffi.new("char[]", cap)
+    n = ffi.new("uint64_t *")
+    rc = lib.ember_ch_recv(ch, buf, cap, n, timeout)
+    if rc != lib.EMBER_OK:
+        return rc
+    return bytes(ffi.buffer(buf, n[0]))
+
+
+def live_allocs(capi, pool):
+    ffi, lib = capi
+    st = ffi.new("ember_pool_stats_t *")
+    assert lib.ember_pool_stats(pool, st) == lib.EMBER_OK
+    return st.live_allocs
+
+
+def test_create_send_recv_fifo(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool)
+    assert lib.ember_ch_capacity(ch) == 8
+    assert lib.ember_ch_block_size(ch) == 128
+    assert lib.ember_ch_payload_size(ch) == 128 - SLOT_HDR
+    assert lib.ember_ch_c_uid(ch) == 7
+    assert lib.ember_ch_pool(ch) == pool
+    for lap in range(5):                       # several laps around the ring
+        for i in range(8):
+            assert lib.ember_ch_send(ch, b"m%d" % i, 2, 0) == lib.EMBER_OK
+        assert lib.ember_ch_count(ch) == 8
+        assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_FULL
+        for i in range(8):
+            assert recv(capi, ch) == b"m%d" % i
+        assert recv(capi, ch) == lib.EMBER_ERR_EMPTY
+        assert lib.ember_ch_count(ch) == 0
+    assert lib.ember_ch_send(ch, ffi.NULL, 0, 0) == lib.EMBER_OK   # empty message
+    assert recv(capi, ch) == b""
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_attach_by_descriptor(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64, c_uid=99)
+    sd = sdesc_of(capi, ch)
+    psd = ffi.new("uint8_t **")
+    plen = ffi.new("size_t *")
+    assert lib.ember_ch_sdesc_pool(sd, len(sd), ffi.cast("const uint8_t **", psd), plen) == lib.EMBER_OK
+    assert plen[0] == lib.EMBER_POOL_SDESC_SIZE
+    out = ffi.new("ember_ch_t **")
+    assert lib.ember_ch_attach(pool, sd, len(sd), out) == lib.EMBER_OK
+    ch2 = out[0]
+    assert lib.ember_ch_c_uid(ch2) == 99 and lib.ember_ch_capacity(ch2) == 4
+    assert lib.ember_ch_send(ch, b"hello", 5, 0) == lib.EMBER_OK
+    assert recv(capi, ch2) == b"hello"
+    assert sdesc_of(capi, ch2) == sd
+    assert lib.ember_ch_detach(ch2) == lib.EMBER_OK
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_two_phase_and_too_small(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool)
+    assert lib.ember_ch_send(ch, b"abcdef", 6, 0) == lib.EMBER_OK
+    n = ffi.new("uint64_t *")
+    buf = ffi.new("char[4]")
+    assert lib.ember_ch_recv(ch, buf, 4, n, 0) == lib.EMBER_ERR_BUFFER_TOO_SMALL
+    assert n[0] == 6
+    assert lib.ember_ch_count(ch) == 1                       # left queued
+    m = ffi.new("ember_ch_msg_t *")
+    assert lib.ember_ch_recv_begin(ch, 0, 5, m) == lib.EMBER_ERR_BUFFER_TOO_SMALL
+    assert lib.ember_ch_recv_begin(ch, 0, -1, m) == lib.EMBER_OK
+    assert m.is_alloc == 0 and bytes(ffi.buffer(m.data, m.len)) == b"abcdef"
+    assert lib.ember_ch_recv_end(ch, m) == lib.EMBER_OK
+    assert lib.ember_ch_recv_end(ch, m) == lib.EMBER_OK      # idempotent
+    assert lib.ember_ch_count(ch) == 0
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_large_messages_through_pool(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    base = live_allocs(capi, pool)
+    big = os.urandom(100_000)
+    assert lib.ember_ch_send(ch, big, len(big), 0) == lib.EMBER_OK
+    assert live_allocs(capi, pool) == base + 1
+    assert recv(capi, ch, cap=200_000) == big
+    assert live_allocs(capi, pool) == base                   # freed by the receiver
+    # too big for the pool: a clear code, never a crash
+    huge = ffi.new("char[]", 9 << 20)
+    assert lib.ember_ch_send(ch, huge, 9 << 20, 0) == lib.EMBER_ERR_TOO_BIG
+    # zero-copy: send an allocation, receive it as an allocation
+    a = ffi.new("ember_alloc_t *")
+    assert lib.ember_pool_alloc(pool, 5000, a) == lib.EMBER_OK
+    ffi.memmove(lib.ember_pool_ptr(pool, a.offset), b"Z" * 5000, 5000)
+    assert lib.ember_ch_send_alloc(ch, a, 0) == lib.EMBER_OK
+    m = ffi.new("ember_ch_msg_t *")
+    assert lib.ember_ch_recv_begin(ch, 0, -1, m) == lib.EMBER_OK
+    assert m.is_alloc == 1 and m.alloc.offset == a.offset and m.alloc.id == a.id
+    assert bytes(ffi.buffer(m.data, m.len)) == b"Z" * 5000
+    assert lib.ember_ch_recv_end(ch, m) == lib.EMBER_OK
+    assert lib.ember_pool_free(pool, ffi.addressof(m, "alloc")) == lib.EMBER_OK
+    # a stale allocation cannot be sent
+    assert lib.ember_ch_send_alloc(ch, a, 0) == lib.EMBER_ERR_DOUBLE_FREE
+    # destroy frees queued large messages
+    for _ in range(3):
+        assert lib.ember_ch_send(ch, big, len(big), 0) == lib.EMBER_OK
+    assert live_allocs(capi, pool) == base + 3
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    assert live_allocs(capi, pool) == base - 1               # the channel itself too
+
+
+def test_misuse_create(capi, pool):
+    ffi, lib = capi
+    out = ffi.new("ember_ch_t **")
+    assert lib.ember_ch_create(pool, 1, 0, 128, out) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(pool, 1, 3, 128, out) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(pool, 1, 1 << 25, 128, out) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(pool, 1, 8, 0, out) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(pool, 1, 8, 100, out) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(pool, 1, 8, 32, out) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(ffi.NULL, 1, 8, 64, out) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(pool, 1, 8, 64, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_create(pool, 1, 1 << 20, 1 << 16, out) == lib.EMBER_ERR_TOO_BIG
+    assert lib.ember_ch_send(ffi.NULL, b"x", 1, 0) == lib.EMBER_ERR_INVALID_ARG
+    ch = make(capi, pool)
+    assert lib.ember_ch_send(ch, ffi.NULL, 5, 0) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_recv(ch, ffi.NULL, 5, ffi.NULL, 0) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_recv_begin(ch, 0, -1, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_wait_any(ffi.NULL, 1, 0, 0, ffi.NULL, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_serialize(ch, ffi.new("char[10]"), 10, ffi.NULL) == lib.EMBER_ERR_BUFFER_TOO_SMALL
+    assert lib.ember_ch_detach(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_destroy(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_count(ffi.NULL) == 0
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_misuse_descriptors(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool)
+    sd = sdesc_of(capi, ch)
+    out = ffi.new("ember_ch_t **")
+
+    def attach(b, p=pool):
+        return lib.ember_ch_attach(p, b, len(b), out)
+
+    assert attach(sd[:-1]) == lib.EMBER_ERR_BAD_DESCRIPTOR           # truncated
+    assert attach(sd + b"\0") == lib.EMBER_ERR_BAD_DESCRIPTOR        # too long
+    assert attach(b"") == lib.EMBER_ERR_BAD_DESCRIPTOR
+    assert attach(b"\0" * 152) == lib.EMBER_ERR_BAD_DESCRIPTOR       # foreign
+    for i in (0, 10, 100, 110, 130, 140, 150):                       # any flipped byte
+        bad = bytearray(sd)
+        bad[i] ^= 0x40
+        assert attach(bytes(bad)) in (lib.EMBER_ERR_BAD_DESCRIPTOR, lib.EMBER_ERR_VERSION), i
+    # a channel of another pool
+    other = ffi.new("ember_pool_t **")
+    assert lib.ember_pool_create(1 << 20, random.getrandbits(63), f"p{os.getpid()}".encode(),
+                                 ffi.NULL, other) == lib.EMBER_OK
+    try:
+        assert attach(sd, other[0]) == lib.EMBER_ERR_BAD_DESCRIPTOR
+    finally:
+        lib.ember_pool_destroy(other[0])
+    # corrupt header in shared memory
+    a = lib.ember_ch_alloc(ch)
+    hdr = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, a.offset))
+    saved = hdr[0]
+    hdr[0] = 0x1234
+    assert attach(sd) == lib.EMBER_ERR_BAD_MAGIC
+    hdr[0] = saved
+    cap32 = ffi.cast("uint32_t *", lib.ember_pool_ptr(pool, a.offset + 12))
+    cap32[0] = 16
+    assert attach(sd) == lib.EMBER_ERR_CORRUPT
+    cap32[0] = 8
+    assert attach(sd) == lib.EMBER_OK
+    lib.ember_ch_detach(out[0])
+    # destroyed channel
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    assert attach(sd) == lib.EMBER_ERR_DESTROYED
+    assert lib.ember_ch_sdesc_pool(b"abc", 3, ffi.NULL, ffi.NULL) == lib.EMBER_ERR_BAD_DESCRIPTOR
+
+
+def test_timeouts_and_poll(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=2)
+    t = time.monotonic()
+    assert recv(capi, ch, timeout=50_000_000) == lib.EMBER_ERR_EMPTY
+    el = time.monotonic() - t
+    assert 0.05 <= el < 0.5
+    assert lib.ember_ch_poll(ch, 0, 0) == lib.EMBER_ERR_EMPTY
+    assert lib.ember_ch_poll(ch, 1, 0) == lib.EMBER_OK
+    assert lib.ember_ch_send(ch, b"a", 1, 0) == lib.EMBER_OK
+    assert lib.ember_ch_send(ch, b"b", 1, 0) == lib.EMBER_OK
+    assert lib.ember_ch_poll(ch, 0, 0) == lib.EMBER_OK
+    assert lib.ember_ch_poll(ch, 1, 0) == lib.EMBER_ERR_FULL
+    t = time.monotonic()
+    assert lib.ember_ch_send(ch, b"c", 1, 30_000_000) == lib.EMBER_ERR_FULL
+    assert 0.03 <= time.monotonic() - t < 0.5
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_wait_any(capi, pool):
+    ffi, lib = capi
+    chs = [make(capi, pool, capacity=2) for _ in range(3)]
+    arr = ffi.new("ember_ch_t *[]", chs)
+    ready = ffi.new("uint8_t[3]")
+    n = ffi.new("size_t *")
+    assert lib.ember_ch_wait_any(arr, 3, 0, 0, ready, n) == lib.EMBER_ERR_TIMEOUT
+    t = time.monotonic()
+    assert lib.ember_ch_wait_any(arr, 3, 0, 20_000_000, ready, n) == lib.EMBER_ERR_TIMEOUT
+    assert 0.02 <= time.monotonic() - t < 0.5
+    assert lib.ember_ch_send(chs[1], b"x", 1, 0) == lib.EMBER_OK
+    assert lib.ember_ch_wait_any(arr, 3, 0, -1, ready, n) == lib.EMBER_OK
+    assert list(ready) == [0, 1, 0] and n[0] == 1
+    assert lib.ember_ch_wait_any(arr, 3, 1, 0, ready, n) == lib.EMBER_OK
+    assert list(ready) == [1, 1, 1] and n[0] == 3
+    for c in chs:
+        assert lib.ember_ch_destroy(c) == lib.EMBER_OK
+
+
+def test_wait_any_wakes_from_other_process(capi, pool):
+    ffi, lib = capi
+    chs = [make(capi, pool, capacity=2) for _ in range(2)]
+    arr = ffi.new("ember_ch_t *[]", chs)
+    ready = ffi.new("uint8_t[2]")
+    n = ffi.new("size_t *")
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.1)
+        lib.ember_ch_send(chs[1], b"y", 1, 0)
+        os._exit(0)
+    try:
+        t = time.monotonic()
+        assert lib.ember_ch_wait_any(arr, 2, 0, 5_000_000_000, ready, n) == lib.EMBER_OK
+        assert time.monotonic() - t < 2.0
+        assert list(ready) == [0, 1]
+    finally:
+        os.waitpid(pid, 0)
+    for c in chs:
+        assert lib.ember_ch_destroy(c) == lib.EMBER_OK
+
+
+def _dead_pid():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_dead_producer_slot_is_skipped(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    a = lib.ember_ch_alloc(ch)
+    state = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, a.offset + HDR))
+    dead = _dead_pid()
+    state[0] = (0 << 24) | (1 << 22) | dead        # (pos 0, WRITING, dead pid), head not advanced
+    assert lib.ember_ch_send(ch, b"after", 5, 0) == lib.EMBER_OK   # helps head, takes slot 1
+    assert recv(capi, ch) == lib.EMBER_ERR_EMPTY    # first try-once: in flight
+    assert recv(capi, ch) == b"after"               # same stuck state twice: checked, skipped
+    # blocking receive skips it at once
+    state2 = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, a.offset + HDR + 2 * 64))
+    assert lib.ember_ch_count(ch) == 0
+    state2[0] = (2 << 24) | (1 << 22) | dead
+    hdr = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, a.offset))
+    hdr[64 // 8] = 3                                 # head = 3 (producer had advanced it)
+    assert lib.ember_ch_send(ch, b"later", 5, 0) == lib.EMBER_OK
+    assert recv(capi, ch, timeout=1_000_000_000) == b"later"
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_dead_consumer_slot_is_recovered(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    base = live_allocs(capi, pool)
+    big = b"B" * 1000
+    assert lib.ember_ch_send(ch, big, len(big), 0) == lib.EMBER_OK   # large: an allocation
+    assert live_allocs(capi, pool) == base + 1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        m = ffi.new("ember_ch_msg_t *")
+        # claim the slot by hand (READING) and die before releasing it
+        st = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset + HDR))
+        st[0] = (0 << 24) | (3 << 22) | os.getpid()
+        os.write(w, b"1")
+        del m
+        os._exit(0)
+    os.close(w)
+    os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    hdr = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset))
+    hdr[128 // 8] = 1                                # tail advanced by the dead consumer
+    for i in range(3):
+        assert lib.ember_ch_send(ch, b"%d" % i, 1, 0) == lib.EMBER_OK
+    # slot 0 still READING by the dead pid: full until recovered
+    assert lib.ember_ch_send(ch, b"3", 1, 0) == lib.EMBER_ERR_FULL
+    assert lib.ember_ch_send(ch, b"3", 1, 1_000_000_000) == lib.EMBER_OK
+    assert live_allocs(capi, pool) == base           # its allocation was freed
+    assert [recv(capi, ch) for _ in range(4)] == [b"0", b"1", b"2", b"3"]
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_fork_producer_consumer(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=16, block=64)
+    N = 20000
+    pid = os.fork()
+    if pid == 0:
+        rc = 0
+        for i in range(N):
+            rc |= lib.ember_ch_send(ch, struct.pack("<Q", i), 8, -1)
+        os._exit(1 if rc else 0)
+    try:
+        got = [recv(capi, ch, timeout=5_000_000_000) for _ in range(N)]
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert [struct.unpack("<Q", g)[0] for g in got] == list(range(N))
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
