@@ -1,0 +1,186 @@
+"""Runtime benchmark: ember's process/pool/channel services against the OS and
+Python baselines, all measured in this same run, with ratios.
+
+    python benchmarks/bench_runtime.py [--quick]
+
+Measures
+  * `ember run empty.py` wall time vs `python3 empty.py`;
+  * process.create + join of /bin/true vs os.posix_spawn+waitpid,
+    subprocess.Popen, multiprocessing (fork, spawn);
+  * per-process cost of creating N processes then multi_join (N = 10..1000);
+  * GS query round trip; channel create+destroy; channel.join wake-up after
+    create; join return after the exit.
+The reference runtime's figures (HPE Dragon 0.15, measured on a 2-core
+machine of this project) are printed beside them for context; the targets are
+from the runtime issue.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+EMPTY = os.path.join(ROOT, "examples", "empty.py")
+
+DRAGON = {"run_empty": 3.7, "create_join_true": 0.024, "gs_query": 240e-6,
+          "channel_create_destroy": 2.3e-3, "channel_join_wake": 8e-3, "exit_to_join": 99e-3}
+TARGET = {"run_empty": 0.100, "create_join_true": 1.5e-3, "gs_query": 20e-6,
+          "channel_create_destroy": 100e-6, "channel_join_wake": 100e-6, "exit_to_join": 1e-3}
+
+INNER = r'''
+import json, os, statistics, sys, time
+from ember.globalservices import process, pool, channel
+
+def med(xs): return statistics.median(xs)
+reps = int(sys.argv[1]); sizes = [int(x) for x in sys.argv[2].split(",")]
+res = {}
+# warm up the connection
+pool.default()
+t = []
+for _ in range(reps):
+    t0 = time.perf_counter(); p = process.create("/bin/true", "/", []); process.join(p.p_uid); t.append(time.perf_counter() - t0)
+res["create_join_true"] = med(t)
+res["per_process"] = {}
+for n in sizes:
+    t0 = time.perf_counter()
+    ps = [process.create("/bin/true", "/", []).p_uid for _ in range(n)]
+    exited, _ = process.multi_join(ps, join_all=True)
+    assert len(exited) == n
+    res["per_process"][n] = (time.perf_counter() - t0) / n
+t = []
+for _ in range(reps * 20):
+    t0 = time.perf_counter(); pool.default(); t.append(time.perf_counter() - t0)
+res["gs_query"] = med(t)
+t = []
+for i in range(reps * 5):
+    t0 = time.perf_counter(); d = channel.create(None); channel.destroy(d.c_uid); t.append(time.perf_counter() - t0)
+res["channel_create_destroy"] = med(t)
+# channel.join wake-up: a joiner parks, we create; it reports when it woke.
+waker = "import sys, time\nfrom ember.globalservices import channel\nn = int(sys.argv[1])\nfor i in range(n):\n    channel.join('wake-%d' % i)\n    print(time.monotonic(), flush=True)\n"
+import subprocess
+t = []
+j = process.create(sys.executable, "/", ["-c", waker, str(reps)], env={"PYTHONUNBUFFERED": "1"}, user_name="waker")
+tf = sys.argv[3]
+for i in range(reps):
+    time.sleep(0.01)  # let the joiner park
+    t0 = time.monotonic(); channel.create(None, "wake-%d" % i); t.append(t0)
+process.join(j.p_uid)
+# the waker's output goes through the shepherd to our stdout; parse it from the file
+res["wake_create_times"] = t
+# exit -> join: the child stamps the time just before exiting
+stamper = "import os, sys, time\nprint(time.monotonic(), file=open(sys.argv[1], 'w'), flush=True)\nos._exit(0)"
+t = []
+for i in range(reps):
+    p = process.create(sys.executable, "/", ["-c", stamper, tf])
+    process.join(p.p_uid)
+    t1 = time.monotonic()
+    t.append(t1 - float(open(tf).read()))
+res["exit_to_join"] = med(t)
+print("RESULT " + json.dumps(res), flush=True)
+for i in range(reps):
+    channel.destroy("wake-%d" % i)
+'''
+
+
+def _med(xs):
+    return statistics.median(xs)
+
+
+def bench_run_empty(reps):
+    ember_t, py_t = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ember", "run", EMPTY], check=True, cwd=ROOT)
+        ember_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, EMPTY], check=True)
+        py_t.append(time.perf_counter() - t0)
+    return _med(ember_t), _med(py_t)
+
+
+def _noop():
+    pass
+
+
+def bench_baselines(reps):
+    out = {}
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
+        os.waitpid(pid, 0)
+        t.append(time.perf_counter() - t0)
+    out["posix_spawn+waitpid"] = _med(t)
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.Popen(["/bin/true"]).wait()
+        t.append(time.perf_counter() - t0)
+    out["subprocess.Popen"] = _med(t)
+    for method in ("fork", "spawn"):
+        ctx = mp.get_context(method)
+        t = []
+        for _ in range(max(3, reps // 10) if method == "spawn" else reps):
+            t0 = time.perf_counter()
+            p = ctx.Process(target=_noop)
+            p.start()
+            p.join()
+            t.append(time.perf_counter() - t0)
+        out[f"multiprocessing {method}"] = _med(t)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    a = ap.parse_args()
+    reps = 10 if a.quick else 50
+    sizes = "10,100" if a.quick else "10,100,1000"
+
+    print(f"ember runtime benchmark ({os.cpu_count()} cores, Python {sys.version.split()[0]})\n")
+    e, p = bench_run_empty(5 if a.quick else 15)
+    print(f"run empty program      ember run {e*1e3:8.1f} ms   python3 empty.py {p*1e3:6.1f} ms   "
+          f"ratio {e/p:5.1f}x python   Dragon {DRAGON['run_empty']:.1f} s ({DRAGON['run_empty']/e:,.0f}x faster)"
+          f"   target <= {TARGET['run_empty']*1e3:.0f} ms {'MET' if e <= TARGET['run_empty'] else 'MISSED'}")
+
+    base = bench_baselines(reps)
+    with tempfile.TemporaryDirectory() as td:
+        inner = os.path.join(td, "inner.py")
+        with open(inner, "w") as f:
+            f.write(INNER)
+        stamp = os.path.join(td, "stamp")
+        out = subprocess.run([sys.executable, "-m", "ember", "run", inner, str(reps), sizes, stamp],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if out.returncode != 0:
+        print(out.stdout, out.stderr)
+        raise SystemExit("inner benchmark failed")
+    res = json.loads(next(ln for ln in out.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    woke = [float(ln) for ln in out.stdout.splitlines() if ln.replace(".", "", 1).isdigit()]
+    wake = _med([w - c for w, c in zip(woke, res["wake_create_times"])]) if woke else float("nan")
+
+    def line(label, key, value):
+        d, tg = DRAGON[key], TARGET[key]
+        print(f"{label:<34} {value*1e6:10.1f} us   Dragon {d*1e6:9.0f} us ({d/value:6.1f}x faster)   "
+              f"target <= {tg*1e6:.0f} us {'MET' if value <= tg else 'MISSED'}")
+
+    print()
+    line("process.create+join /bin/true", "create_join_true", res["create_join_true"])
+    for k, v in base.items():
+        print(f"  baseline {k:<24} {v*1e6:10.1f} us   ember/baseline {res['create_join_true']/v:5.2f}x")
+    print("per-process cost, create N then multi_join(join_all):")
+    for n, v in res["per_process"].items():
+        print(f"  N = {int(n):5d}: {v*1e6:9.1f} us per process")
+    line("GS query round trip", "gs_query", res["gs_query"])
+    line("channel create+destroy", "channel_create_destroy", res["channel_create_destroy"])
+    line("channel.join wake-up after create", "channel_join_wake", wake)
+    line("join return after the exit", "exit_to_join", res["exit_to_join"])
+
+
+if __name__ == "__main__":
+    main()
