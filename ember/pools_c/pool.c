@@ -105,6 +105,9 @@
  * Descriptor formats are documented at _ember_pool_sdesc_write() and
  * ember_alloc_serialize() (and in docs/pools.md).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE         /* shm_open, robust mutexes, syscall(): self-contained */
+#endif
 #include "pool.h"
 
 #include <errno.h>

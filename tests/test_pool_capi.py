@@ -1,0 +1,486 @@
+"""The pool C API on its own, driven through cffi (pool.c compiled by
+tests/cffi_pool.py), including deliberate misuse that must return error
+codes and never crash."""
+import os
+import random
+import stat
+import struct
+import threading
+import time
+
+import pytest
+
+import cffi_pool
+
+HDR = 4096          # pool header page (heap offset)
+BLK = 64            # block header
+
+
+@pytest.fixture(scope="session")
+def capi(tmp_path_factory):
+    pytest.importorskip("cffi")
+    return cffi_pool.build(tmp_path_factory.mktemp("cffi_pool"))
+
+
+@pytest.fixture
+def ffi(capi):
+    return capi.ffi
+
+
+@pytest.fixture
+def lib(capi):
+    return capi.lib
+
+
+def _uid():
+    return random.getrandbits(63) | 1
+
+
+class CPool:
+    """Tiny helper around an ember_pool_t * for the tests."""
+
+    def __init__(self, capi, size, label=None, m_uid=None, owner=None):
+        self.ffi, self.lib = capi.ffi, capi.lib
+        pp = self.ffi.new("ember_pool_t **")
+        self.m_uid = m_uid if m_uid is not None else _uid()
+        owner = owner or f"p{os.getpid()}"
+        rc = self.lib.ember_pool_create(size, self.m_uid, owner.encode(),
+                                        label.encode() if label else self.ffi.NULL, pp)
+        assert rc == self.lib.EMBER_OK, self.rcname(rc)
+        self.p = pp[0]
+
+    def rcname(self, rc):
+        return self.ffi.string(self.lib.ember_rc_str(rc)).decode()
+
+    def alloc(self, n):
+        a = self.ffi.new("ember_alloc_t *")
+        rc = self.lib.ember_pool_alloc(self.p, n, a)
+        return rc, a
+
+    def must_alloc(self, n):
+        rc, a = self.alloc(n)
+        assert rc == self.lib.EMBER_OK, self.rcname(rc)
+        return a
+
+    def free(self, a):
+        return self.lib.ember_pool_free(self.p, a)
+
+    def stats(self):
+        st = self.ffi.new("ember_pool_stats_t *")
+        assert self.lib.ember_pool_stats(self.p, st) == 0
+        return st.total, st.free, st.largest_free, st.live_allocs
+
+    def sdesc(self):
+        buf = self.ffi.new("uint8_t[]", self.lib.EMBER_POOL_SDESC_SIZE)
+        n = self.ffi.new("size_t *")
+        assert self.lib.ember_pool_serialize(self.p, buf, len(buf), n) == 0
+        return bytes(self.ffi.buffer(buf, n[0]))
+
+    def alloc_sdesc(self, a):
+        buf = self.ffi.new("uint8_t[]", self.lib.EMBER_ALLOC_SDESC_SIZE)
+        n = self.ffi.new("size_t *")
+        assert self.lib.ember_alloc_serialize(self.p, a, buf, len(buf), n) == 0
+        return bytes(self.ffi.buffer(buf, n[0]))
+
+    def validate(self):
+        return self.lib.ember_pool_validate(self.p)
+
+    def name(self):
+        return self.ffi.string(self.lib.ember_pool_shm_name(self.p)).decode()
+
+    def destroy(self):
+        assert self.lib.ember_pool_destroy(self.p) == 0
+        self.p = None
+
+
+@pytest.fixture
+def mkpool(capi):
+    made = []
+
+    def make(size, **kw):
+        p = CPool(capi, size, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        if p.p is not None:
+            p.destroy()
+
+
+def _attach(ffi, lib, sdesc):
+    pp = ffi.new("ember_pool_t **")
+    rc = lib.ember_pool_attach(sdesc, len(sdesc), pp)
+    return rc, pp[0]
+
+
+def _fnv64(b):
+    h = 0xCBF29CE484222325
+    for x in b:
+        h = ((h ^ x) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def _pool_sdesc(m_uid, size, name, magic=0x50424D45, version=1):
+    body = struct.pack("<IHHQQ64s", magic, version, 96, m_uid, size, name.encode())
+    return body + struct.pack("<Q", _fnv64(body))
+
+
+# ------------------------------------------------------------------ create
+
+def test_capi_create_names_mode_sparse(mkpool, ffi, lib):
+    p = mkpool(1 << 30, label="big")
+    name = p.name()
+    assert name == f"/ember.p{os.getpid()}.{p.m_uid:016x}"
+    st = os.stat("/dev/shm" + name)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_size == 1 << 30
+    assert st.st_blocks * 512 <= 64 * 1024           # sparse: header page + first block
+    assert ffi.string(lib.ember_pool_label(p.p)) == b"big"
+    assert lib.ember_pool_m_uid(p.p) == p.m_uid
+    assert lib.ember_pool_size(p.p) == 1 << 30
+    total, free, largest, live = p.stats()
+    assert (total, free, largest, live) == ((1 << 30) - HDR, (1 << 30) - HDR, (1 << 30) - HDR - BLK, 0)
+    assert p.validate() == lib.EMBER_OK
+
+
+def test_capi_create_is_fast(mkpool):
+    t = time.perf_counter()
+    mkpool(1 << 30)
+    # generous bound (shared CI box); the benchmark has the real figure
+    assert time.perf_counter() - t < 0.05
+
+
+def test_capi_create_misuse(capi, ffi, lib, mkpool):
+    pp = ffi.new("ember_pool_t **")
+    for tag in [b"", b"a" * 25, b"a.b", b"a/b", b"sp ace"]:
+        assert lib.ember_pool_create(1 << 16, 1, tag, ffi.NULL, pp) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_create(0, 1, b"p1", ffi.NULL, pp) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_create(1 << 60, 1, b"p1", ffi.NULL, pp) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_create(1 << 16, 1, b"p1", ffi.NULL, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    p = mkpool(1 << 16)
+    import errno
+    rc = lib.ember_pool_create(1 << 16, p.m_uid, f"p{os.getpid()}".encode(), ffi.NULL, pp)
+    assert rc == lib.EMBER_ERR_OS and ffi.errno == errno.EEXIST
+    assert lib.ember_pool_detach(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_destroy(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+
+
+def test_capi_small_pool_rounds_up(mkpool):
+    p = mkpool(1)
+    total, free, largest, live = p.stats()
+    assert total >= 4096 and largest == total - BLK
+
+
+def test_capi_label_truncated(mkpool, ffi, lib):
+    p = mkpool(1 << 16, label="x" * 100)
+    assert ffi.string(lib.ember_pool_label(p.p)) == b"x" * 47
+
+
+# ------------------------------------------------------------------ alloc / free
+
+def test_capi_200_4k_in_1mib(mkpool, lib):
+    p = mkpool(1 << 20)
+    allocs = [p.must_alloc(4096) for _ in range(200)]
+    offs = sorted(a.offset for a in allocs)
+    assert all(o % 64 == 0 for o in offs)
+    assert all(b - a >= 4096 for a, b in zip(offs, offs[1:]))
+    assert len({a.id for a in allocs}) == 200 and all(a.id for a in allocs)
+    assert p.stats()[3] == 200
+    assert p.validate() == lib.EMBER_OK
+    for a in allocs:
+        assert p.free(a) == lib.EMBER_OK
+    total, free, largest, live = p.stats()
+    assert free == total and largest == total - BLK and live == 0
+
+
+def test_capi_exhaustion_is_a_return_code(mkpool, lib):
+    p = mkpool(1 << 16)
+    n = 0
+    while True:
+        rc, a = p.alloc(1000)
+        if rc != lib.EMBER_OK:
+            break
+        n += 1
+    assert rc == lib.EMBER_ERR_EXHAUSTED
+    assert n == (65536 - HDR) // (1024 + BLK)
+    assert p.validate() == lib.EMBER_OK
+
+
+def test_capi_alloc_zero_and_huge(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    assert p.alloc(0)[0] == lib.EMBER_ERR_INVALID_ARG
+    for huge in [1 << 16, (1 << 64) - 1, (1 << 63), (1 << 16) - HDR - BLK + 1]:
+        assert p.alloc(huge)[0] == lib.EMBER_ERR_EXHAUSTED
+    assert lib.ember_pool_alloc(ffi.NULL, 8, ffi.new("ember_alloc_t *")) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_alloc(p.p, 8, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+
+
+def test_capi_whole_heap_in_one_alloc(mkpool, lib):
+    p = mkpool(1 << 20)
+    total = p.stats()[0]
+    a = p.must_alloc(total - BLK)
+    assert p.stats()[1:] == (0, 0, 1)
+    assert p.alloc(1)[0] == lib.EMBER_ERR_EXHAUSTED
+    assert p.free(a) == lib.EMBER_OK
+    assert p.stats()[2] == total - BLK
+
+
+def test_capi_coalesce_both_neighbours(mkpool, lib):
+    p = mkpool(1 << 16)
+    total = p.stats()[0]
+    a, b, c, d = (p.must_alloc(1000) for _ in range(4))
+    for x in (a, c):
+        assert p.free(x) == 0
+    assert p.stats()[3] == 2
+    assert p.free(b) == 0          # merges with a (before) and c (after)
+    assert p.validate() == 0
+    assert p.free(d) == 0          # merges with a+b+c and the tail
+    assert p.stats() == (total, total, total - BLK, 0)
+    assert p.validate() == 0
+
+
+def test_capi_payload_is_writable_and_distinct(mkpool, ffi, lib):
+    p = mkpool(1 << 20)
+    allocs = [p.must_alloc(random.randint(1, 3000)) for _ in range(100)]
+    for i, a in enumerate(allocs):
+        ffi.memmove(lib.ember_pool_ptr(p.p, a.offset), bytes([i]) * a.size, a.size)
+    for i, a in enumerate(allocs):
+        assert bytes(ffi.buffer(lib.ember_pool_ptr(p.p, a.offset), a.size)) == bytes([i]) * a.size
+        assert p.free(a) == 0
+    assert p.validate() == 0
+
+
+def test_capi_double_free_and_stale(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    a = p.must_alloc(100)
+    keep = p.must_alloc(100)       # so a does not merge into the tail
+    old = ffi.new("ember_alloc_t *", (a.offset, a.size, a.id))
+    assert p.free(a) == lib.EMBER_OK
+    assert p.free(a) == lib.EMBER_ERR_DOUBLE_FREE
+    assert lib.ember_pool_check(p.p, a) == lib.EMBER_ERR_DOUBLE_FREE
+    b = p.must_alloc(100)          # same block again, new id
+    assert b.offset == old.offset and b.id != old.id
+    assert p.free(old) == lib.EMBER_ERR_STALE
+    assert lib.ember_pool_check(p.p, old) == lib.EMBER_ERR_STALE
+    assert lib.ember_pool_check(p.p, b) == lib.EMBER_OK
+    assert p.stats()[3] == 2
+    assert p.free(b) == 0 and p.free(keep) == 0
+    assert p.validate() == 0
+
+
+def test_capi_bad_offsets(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    a = p.must_alloc(1000)
+    bad = ffi.new("ember_alloc_t *", (0, 8, a.id))
+    for off in [0, 64, HDR - 64, HDR, (1 << 16), (1 << 16) + 64, 1 << 62, (1 << 64) - 64]:
+        bad.offset = off
+        assert p.free(bad) == lib.EMBER_ERR_OUT_OF_RANGE, off
+        assert lib.ember_pool_check(p.p, bad) == lib.EMBER_ERR_OUT_OF_RANGE
+    for off in [a.offset + 1, a.offset + 8, a.offset - 1, a.offset + 63]:
+        bad.offset = off
+        assert p.free(bad) == lib.EMBER_ERR_OUT_OF_RANGE, off
+    # aligned, in range, but inside a payload: no block header there
+    ffi.memmove(lib.ember_pool_ptr(p.p, a.offset), b"\xa5" * a.size, a.size)
+    bad.offset = a.offset + 128
+    assert p.free(bad) == lib.EMBER_ERR_BAD_MAGIC
+    # size larger than the block
+    big = ffi.new("ember_alloc_t *", (a.offset, 100000, a.id))
+    assert p.free(big) == lib.EMBER_ERR_OUT_OF_RANGE
+    assert lib.ember_pool_free(p.p, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_free(ffi.NULL, a) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_ptr(p.p, 1 << 20) == ffi.NULL
+    assert p.stats()[3] == 1 and p.validate() == 0
+    assert p.free(a) == 0
+
+
+def test_capi_random_workload_stats(mkpool, lib):
+    rng = random.Random(1234)
+    p = mkpool(1 << 20)
+    total = p.stats()[0]
+    live = {}
+    for step in range(4000):
+        if live and (rng.random() < 0.45 or len(live) > 300):
+            k = rng.choice(list(live))
+            assert p.free(live.pop(k)) == 0
+        else:
+            n = rng.choice([1, 64, 65, 200, 1000, 4096, 5000, 20000, rng.randint(1, 60000)])
+            rc, a = p.alloc(n)
+            if rc == lib.EMBER_OK:
+                assert a.offset % 64 == 0 and a.size == n
+                live[a.id] = a
+            else:
+                assert rc == lib.EMBER_ERR_EXHAUSTED
+                assert p.stats()[2] < n
+        if step % 97 == 0:
+            assert p.validate() == 0
+            t, free, largest, nlive = p.stats()
+            used = sum((x.size + 63) // 64 * 64 + 64 for x in live.values())
+            assert nlive == len(live)
+            assert t == total and free + used >= total - 64 * len(live)  # splits may leave <128 B tails
+            assert largest <= free
+    for a in live.values():
+        assert p.free(a) == 0
+    assert p.stats() == (total, total, total - BLK, 0)
+
+
+def test_capi_next_alloc_iterates(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    allocs = [p.must_alloc(n) for n in (10, 200, 3000)]
+    p.free(allocs[1])
+    cur = ffi.new("uint64_t *", 0)
+    out = ffi.new("ember_alloc_t *")
+    seen = []
+    while lib.ember_pool_next_alloc(p.p, cur, out) == lib.EMBER_OK:
+        seen.append((out.offset, out.size, out.id))
+    assert seen == [(a.offset, a.size, a.id) for a in (allocs[0], allocs[2])]
+    assert lib.ember_pool_next_alloc(p.p, cur, out) == lib.EMBER_ERR_EMPTY
+
+
+# ------------------------------------------------------------------ alloc_wait
+
+def test_capi_alloc_wait_timeout_and_wake(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    total = p.stats()[0]
+    whole = p.must_alloc(total - BLK)
+    out = ffi.new("ember_alloc_t *")
+    t = time.monotonic()
+    assert lib.ember_pool_alloc_wait(p.p, 100, 50_000_000, out) == lib.EMBER_ERR_TIMEOUT
+    assert time.monotonic() - t >= 0.045
+    assert lib.ember_pool_alloc_wait(p.p, 100, 0, out) == lib.EMBER_ERR_EXHAUSTED
+    # never fits: no wait
+    assert lib.ember_pool_alloc_wait(p.p, 1 << 20, -1, out) == lib.EMBER_ERR_EXHAUSTED
+    threading.Timer(0.1, lambda: p.free(whole)).start()
+    t = time.monotonic()
+    assert lib.ember_pool_alloc_wait(p.p, 100, 5_000_000_000, out) == lib.EMBER_OK
+    assert time.monotonic() - t < 2.0
+    assert p.free(out) == 0
+
+
+# ------------------------------------------------------------------ descriptors
+
+def test_capi_pool_sdesc_roundtrip(mkpool, ffi, lib):
+    p = mkpool(1 << 16, label="lbl")
+    sd = p.sdesc()
+    assert len(sd) == lib.EMBER_POOL_SDESC_SIZE == 96
+    rc, q = _attach(ffi, lib, sd)
+    assert rc == lib.EMBER_OK
+    assert lib.ember_pool_m_uid(q) == p.m_uid
+    assert ffi.string(lib.ember_pool_shm_name(q)).decode() == p.name()
+    assert ffi.string(lib.ember_pool_label(q)) == b"lbl"
+    a = p.must_alloc(10)
+    assert lib.ember_pool_check(q, a) == 0
+    assert lib.ember_pool_free(q, a) == 0            # freed through the other handle
+    assert p.free(a) == lib.EMBER_ERR_DOUBLE_FREE
+    buf = ffi.new("char[64]")
+    assert lib.ember_pool_sdesc_name(sd, len(sd), buf, 64) == 0
+    assert ffi.string(buf).decode() == p.name()
+    assert lib.ember_pool_sdesc_name(sd, len(sd), buf, 5) == lib.EMBER_ERR_BUFFER_TOO_SMALL
+    small = ffi.new("uint8_t[95]")
+    assert lib.ember_pool_serialize(p.p, small, 95, ffi.NULL) == lib.EMBER_ERR_BUFFER_TOO_SMALL
+    _check_event_words(lib, p)
+    assert lib.ember_pool_detach(q) == 0
+
+
+def _check_event_words(lib, p):
+    # the channel event word and its waiter count share one cache line of
+    # their own in the pool header
+    w1, w2 = lib.test_event_word(p.p), lib.test_event_waiters(p.p)
+    assert w1 and w2 and w1 % 64 == 0 and w2 == w1 + 4
+
+
+def test_capi_pool_sdesc_misuse(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    sd = p.sdesc()
+    for n in range(len(sd)):                          # truncated
+        assert _attach(ffi, lib, sd[:n])[0] == lib.EMBER_ERR_BAD_DESCRIPTOR
+    assert _attach(ffi, lib, sd + b"\0")[0] == lib.EMBER_ERR_BAD_DESCRIPTOR
+    for i in range(len(sd)):                          # any corrupt byte
+        bad = bytearray(sd)
+        bad[i] ^= 0x5A
+        assert _attach(ffi, lib, bytes(bad))[0] == lib.EMBER_ERR_BAD_DESCRIPTOR, i
+    assert _attach(ffi, lib, b"\x89PNG" + sd[4:])[0] == lib.EMBER_ERR_BAD_DESCRIPTOR
+    # well-formed but foreign magic / version / name (checksums recomputed)
+    for fake in [_pool_sdesc(p.m_uid, 1 << 16, p.name(), magic=0x12345678),
+                 _pool_sdesc(p.m_uid, 1 << 16, p.name(), version=2),
+                 _pool_sdesc(p.m_uid, 1 << 16, "/etc/passwd"),
+                 _pool_sdesc(p.m_uid, 1 << 16, "/ember.x/../../etc")]:
+        assert _attach(ffi, lib, fake)[0] == lib.EMBER_ERR_BAD_DESCRIPTOR
+    # right name, wrong m_uid / size: the segment header does not match
+    assert _attach(ffi, lib, _pool_sdesc(p.m_uid ^ 1, 1 << 16, p.name()))[0] == lib.EMBER_ERR_BAD_MAGIC
+    assert _attach(ffi, lib, _pool_sdesc(p.m_uid, 1 << 17, p.name()))[0] == lib.EMBER_ERR_BAD_MAGIC
+    # a pool that no longer exists
+    p.destroy()
+    assert _attach(ffi, lib, sd)[0] == lib.EMBER_ERR_NOT_FOUND
+    assert lib.ember_pool_attach(ffi.NULL, 96, ffi.new("ember_pool_t **")) == lib.EMBER_ERR_BAD_DESCRIPTOR
+    assert lib.ember_pool_attach(sd, 96, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+
+
+def test_capi_attach_foreign_segment(ffi, lib):
+    name = f"/ember.p{os.getpid()}.{_uid():016x}"
+    path = "/dev/shm" + name
+    with open(path, "wb") as f:
+        f.write(os.urandom(3 * 4096))
+    try:
+        assert _attach(ffi, lib, _pool_sdesc(1, 3 * 4096, name))[0] == lib.EMBER_ERR_BAD_MAGIC
+    finally:
+        os.unlink(path)
+    assert lib.ember_pool_unlink_name(name.encode()) == lib.EMBER_ERR_NOT_FOUND
+    assert lib.ember_pool_unlink_name(b"/etc/passwd") == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_pool_unlink_name(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+
+
+def test_capi_alloc_sdesc(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    a = p.must_alloc(777)
+    keep = p.must_alloc(1)
+    sd = p.alloc_sdesc(a)
+    assert len(sd) == lib.EMBER_ALLOC_SDESC_SIZE == 128
+    psd = ffi.new("uint8_t **")
+    plen = ffi.new("size_t *")
+    out = ffi.new("ember_alloc_t *")
+    assert lib.ember_alloc_parse(sd, len(sd), ffi.cast("const uint8_t **", psd), plen, out) == 0
+    assert (out.offset, out.size, out.id) == (a.offset, a.size, a.id)
+    assert bytes(ffi.buffer(psd[0], plen[0])) == p.sdesc()
+    assert lib.ember_pool_check(p.p, out) == 0
+    cpsd = ffi.cast("const uint8_t **", psd)
+    for n in range(len(sd)):
+        assert lib.ember_alloc_parse(sd[:n], n, cpsd, plen, out) == lib.EMBER_ERR_BAD_DESCRIPTOR
+    for i in range(len(sd)):
+        bad = bytearray(sd)
+        bad[i] ^= 0x01
+        assert lib.ember_alloc_parse(bytes(bad), 128, cpsd, plen, out) == lib.EMBER_ERR_BAD_DESCRIPTOR, i
+    assert lib.ember_alloc_parse(p.sdesc() + b"\0" * 32, 128, cpsd, plen, out) == lib.EMBER_ERR_BAD_DESCRIPTOR
+    assert lib.ember_alloc_parse(ffi.NULL, 128, cpsd, plen, out) == lib.EMBER_ERR_BAD_DESCRIPTOR
+    # a descriptor that parses but is stale / freed: check says so
+    assert p.free(a) == 0
+    assert lib.ember_alloc_parse(sd, 128, cpsd, plen, out) == 0
+    assert lib.ember_pool_check(p.p, out) == lib.EMBER_ERR_DOUBLE_FREE
+    b = p.must_alloc(777)
+    assert b.offset == a.offset
+    assert lib.ember_pool_check(p.p, out) == lib.EMBER_ERR_STALE
+    small = ffi.new("uint8_t[127]")
+    assert lib.ember_alloc_serialize(p.p, b, small, 127, ffi.NULL) == lib.EMBER_ERR_BUFFER_TOO_SMALL
+    p.free(b)
+    p.free(keep)
+
+
+# ------------------------------------------------------------------ corruption
+
+def test_capi_corruption_detected_not_crashing(mkpool, ffi, lib):
+    p = mkpool(1 << 16)
+    a = p.must_alloc(100)
+    b = p.must_alloc(100)
+    hdr = ffi.cast("uint64_t *", lib.ember_pool_ptr(p.p, b.offset - BLK))
+    saved = [hdr[i] for i in range(8)]
+    hdr[1] = 12345                                     # size not a multiple of 64
+    assert p.validate() == lib.EMBER_ERR_CORRUPT
+    assert p.free(b) == lib.EMBER_ERR_BAD_MAGIC
+    hdr[1] = saved[1]
+    hdr[0] = 0                                         # magic gone
+    assert p.validate() == lib.EMBER_ERR_CORRUPT
+    assert p.free(b) == lib.EMBER_ERR_BAD_MAGIC
+    for i, v in enumerate(saved):
+        hdr[i] = v
+    assert p.validate() == 0
+    assert p.free(a) == 0 and p.free(b) == 0
