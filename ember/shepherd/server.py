@@ -27,13 +27,15 @@ import logging
 import os
 import select
 import signal
+import sys
 import threading
+import traceback
 
 from .. import _env
 from .. import messages as M
 from ._spawn import set_pdeathsig, spawn
 
-__all__ = ["Shepherd", "run", "LABELS"]
+__all__ = ["Shepherd", "run", "main_forked", "LABELS"]
 
 log = logging.getLogger("ember.shepherd")
 
@@ -520,3 +522,16 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
         # the reader may be blocked in recv(): close() kills the children.
         reader.join(timeout=1.0)
         shepherd.close()
+
+
+def main_forked(in_channel, gs_channel, label="none"):
+    """Entry point when the launcher forks the shepherd: run it, return the
+    process exit code (0 after a clean ShShutdown)."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="ember shepherd: %(levelname)s: %(message)s")
+    try:
+        run(in_channel, gs_channel, label=label)
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        return 1

@@ -1,0 +1,505 @@
+"""The shepherd, driven as global services would drive it.
+
+Most tests run the transport-agnostic core (:class:`Shepherd`) in this
+process: its epoll loop on a thread, requests fed to ``handle()`` from the
+test's main thread (which therefore plays the persistent spawning thread),
+replies collected from a queue, output going to files.  The ``run()`` tests
+fork a real shepherd process and talk to it over channels (framed pipes, and
+ember channels when they are built).
+"""
+import os
+import queue
+import random
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+
+import pytest
+
+from ember import messages as M
+from ember.shepherd import Shepherd, run
+
+BASE_ENV = {"PATH": "/usr/bin:/bin", "BASE": "base", "OVER": "old"}
+PY = sys.executable
+
+
+class Harness:
+    """A Shepherd whose loop runs on a thread; acts as GS."""
+
+    def __init__(self, tmp_path, label="none", base_env=BASE_ENV):
+        self.out_path = tmp_path / "out"
+        self.err_path = tmp_path / "err"
+        self.out = open(self.out_path, "wb")
+        self.err = open(self.err_path, "wb")
+        self.replies = queue.Queue()
+        self.sh = Shepherd(self.replies.put, base_env=base_env, label=label,
+                           out_fd=self.out.fileno(), err_fd=self.err.fileno())
+        self.loop = threading.Thread(target=self.sh.serve, name="shepherd-loop")
+        self.loop.start()
+        self.tag = 0
+        self.closed = False
+        self.stash = []          # ShExited that arrived while waiting for a ShSpawned
+
+    def send(self, msg):
+        return self.sh.handle(msg.pack())
+
+    def recv(self, timeout=20.0):
+        if self.stash:
+            return self.stash.pop(0)
+        return M.unpack(self.replies.get(timeout=timeout))
+
+    def spawn(self, p_uid, exe, args=(), env=None, run_dir="", name=""):
+        self.tag += 1
+        args = list(args) if isinstance(args, tuple) else args
+        self.send(M.ShSpawn(self.tag, p_uid, exe, args, env, run_dir, name))
+        while True:
+            reply = M.unpack(self.replies.get(timeout=20.0))
+            if not isinstance(reply, M.ShExited):
+                break
+            self.stash.append(reply)
+        assert isinstance(reply, M.ShSpawned) and reply.ref == self.tag and reply.p_uid == p_uid
+        return reply
+
+    def py(self, p_uid, code, name=""):
+        r = self.spawn(p_uid, PY, ["-c", code], env={"PATH": os.environ["PATH"]}, name=name)
+        assert r.err is None, r.err
+        return r
+
+    def exited(self, timeout=20.0):
+        msg = self.recv(timeout)
+        assert isinstance(msg, M.ShExited), msg
+        return msg.p_uid, msg.exit_code
+
+    def shutdown(self):
+        """ShShutdown; return the ShExited messages that came before ShShutdownDone."""
+        self.tag += 1
+        assert self.send(M.ShShutdown(self.tag)) is False
+        exits = []
+        while True:
+            msg = self.recv()
+            if isinstance(msg, M.ShShutdownDone):
+                assert msg.ref == self.tag
+                break
+            exits.append((msg.p_uid, msg.exit_code))
+        self.close()
+        return exits
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self.loop.is_alive():
+            self.sh.request_stop(None)
+        self.loop.join(20)
+        self.sh.close()
+        self.out.close()
+        self.err.close()
+        assert self.replies.empty() and not self.stash, (self.stash, self.replies.get())
+
+    def output(self):
+        return self.out_path.read_bytes(), self.err_path.read_bytes()
+
+
+@pytest.fixture
+def sh(tmp_path):
+    h = Harness(tmp_path)
+    yield h
+    h.close()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------- exits
+@pytest.mark.timeout(60)
+def test_exit_codes_and_kills(sh):
+    assert sh.spawn(1, "/bin/true").err is None
+    assert sh.exited() == (1, 0)
+    assert sh.spawn(2, "/bin/sh", ["-c", "exit 3"]).err is None
+    assert sh.exited() == (2, 3)
+    for p_uid, sig in ((3, signal.SIGKILL), (4, signal.SIGTERM), (5, signal.SIGINT)):
+        r = sh.spawn(p_uid, "sleep", ["60"])
+        assert r.err is None and isinstance(r.os_pid, int) and _alive(r.os_pid)
+        sh.send(M.ShKill(p_uid, sig))
+        assert sh.exited() == (p_uid, -sig)
+        assert not _alive(r.os_pid)          # reaped, not a zombie
+
+
+@pytest.mark.timeout(60)
+def test_kill_of_exited_or_unknown_process_is_ignored(sh):
+    sh.spawn(1, "/bin/true")
+    assert sh.exited() == (1, 0)
+    sh.send(M.ShKill(1, signal.SIGKILL))
+    sh.send(M.ShKill(99, signal.SIGKILL))
+    sh.send(M.ShKill(98, "bad"))
+    assert sh.shutdown() == []
+
+
+@pytest.mark.timeout(60)
+def test_many_children_concurrently(sh):
+    for p_uid in range(1, 41):
+        assert sh.spawn(p_uid, "/bin/sh", ["-c", f"exit {p_uid % 7}"]).err is None
+    got = dict(sh.exited() for _ in range(40))
+    assert got == {p_uid: p_uid % 7 for p_uid in range(1, 41)}
+
+
+# ---------------------------------------------------------- start failures
+@pytest.mark.timeout(60)
+def test_start_failures(sh, tmp_path):
+    r = sh.spawn(1, "/nonexistent/prog")
+    assert (r.os_pid, r.err) == (None, "cannot execute '/nonexistent/prog': [Errno 2] No such file or directory")
+    f = tmp_path / "data.txt"
+    f.write_text("x")
+    r = sh.spawn(2, str(f))
+    assert r.err == f"cannot execute '{f}': [Errno 13] Permission denied"
+    r = sh.spawn(3, "/bin/true", run_dir="/nonexistent/dir")
+    assert r.err == "bad run_dir '/nonexistent/dir': [Errno 2] No such file or directory"
+    r = sh.spawn(4, "no-such-command-anywhere")
+    assert r.err == ("cannot execute 'no-such-command-anywhere' (searched PATH): "
+                     "[Errno 2] No such file or directory")
+    r = sh.spawn(5, "/bin/true", args=["a\0b"])
+    assert r.err == "bad spawn request for p_uid 5: argument contains a NUL byte: b'a\\x00b'"
+    r = sh.spawn(6, "/bin/true", env={"A=B": "1"})
+    assert r.err == "bad spawn request for p_uid 6: bad env name 'A=B'"
+    r = sh.spawn(7, "/bin/true", args="notalist")
+    assert r.err == "bad spawn request for p_uid 7: args must be a list of str, got 'notalist'"
+    # A failed start reports nothing else, and the p_uid stays usable.
+    assert sh.spawn(1, "/bin/true").err is None
+    assert sh.exited() == (1, 0)
+
+
+@pytest.mark.timeout(60)
+def test_duplicate_p_uid_and_spawn_after_shutdown(sh):
+    assert sh.spawn(1, "sleep", ["60"]).err is None
+    assert sh.spawn(1, "/bin/true").err == "p_uid 1 is already running"
+    assert sh.shutdown() == [(1, -signal.SIGKILL)]
+
+
+@pytest.mark.timeout(60)
+def test_malformed_messages_are_dropped(sh):
+    assert sh.sh.handle(b"\xc1garbage") is True
+    assert sh.sh.handle(M.ShExited(1, 0).pack()) is True     # not for the shepherd
+    assert sh.sh.handle(b"\x93\x32\x01\x02") is True          # ShSpawn, wrong arity
+    assert sh.spawn(1, "/bin/true").err is None
+    assert sh.exited() == (1, 0)
+
+
+# ------------------------------------------------------------ env, run_dir
+@pytest.mark.timeout(60)
+def test_env_base_overrides_and_p_uid(sh):
+    assert sh.spawn(7, "/usr/bin/env", env={"OVER": "new", "EXTRA": "x y", "BASE": None}).err is None
+    assert sh.exited() == (7, 0)
+    sh.shutdown()
+    out, _ = sh.output()
+    assert sorted(out.decode().splitlines()) == [
+        "EMBER_P_UID=7", "EXTRA=x y", "OVER=new", "PATH=/usr/bin:/bin"]
+
+
+@pytest.mark.timeout(60)
+def test_base_env_defaults_to_os_environ(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_TEST_MARKER", "present")
+    h = Harness(tmp_path, base_env=None)
+    try:
+        h.spawn(3, "/bin/sh", ["-c", 'echo "$EMBER_TEST_MARKER $EMBER_P_UID"'])
+        assert h.exited() == (3, 0)
+    finally:
+        h.shutdown()
+    assert h.output()[0] == b"present 3\n"
+
+
+@pytest.mark.timeout(60)
+def test_run_dir_and_stdin(sh, tmp_path):
+    sh.spawn(1, "/bin/sh", ["-c", "pwd; cat; echo done"], run_dir=str(tmp_path))
+    assert sh.exited() == (1, 0)
+    sh.shutdown()
+    assert sh.output()[0] == f"{tmp_path}\ndone\n".encode()   # stdin is /dev/null
+
+
+# ----------------------------------------------------------------- output
+WRITER = r"""
+import os, random, sys
+who, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(who)
+data = b"".join(b"%s:%d:%s\n" % (who.encode(), i, b"x" * rnd.randrange(0, 20000)) for i in range(n))
+fd = 1 if who.startswith("o") else 2
+view = memoryview(data)
+while view:   # odd-sized writes: lines get split across writes
+    k = rnd.randrange(1, 70000)
+    w = os.write(fd, view[:k])
+    view = view[w:]
+"""
+
+
+def _check_lines(blob, writers, n):
+    seen = {w: 0 for w in writers}
+    assert blob.endswith(b"\n")
+    for line in blob[:-1].split(b"\n"):
+        who, i, xs = line.split(b":")
+        who = who.decode()
+        assert int(i) == seen[who], f"{who}: line {int(i)} out of order or torn"
+        assert set(xs) <= {ord("x")}
+        seen[who] += 1
+    assert seen == {w: n for w in writers}
+
+
+@pytest.mark.timeout(120)
+def test_lines_intact_under_concurrency(sh):
+    writers = ["o1", "o2", "o3", "e1", "e2", "e3"]
+    for p_uid, who in enumerate(writers, 1):
+        r = sh.spawn(p_uid, PY, ["-c", WRITER, who, "300"], env={"PATH": os.environ["PATH"]})
+        assert r.err is None
+    assert sorted(sh.exited() for _ in writers) == [(p, 0) for p in range(1, 7)]
+    sh.shutdown()
+    out, err = sh.output()
+    _check_lines(out, writers[:3], 300)
+    _check_lines(err, writers[3:], 300)
+
+
+@pytest.mark.timeout(60)
+def test_binary_output_is_byte_exact(sh):
+    sh.py(1, "import os\nd = bytes(range(256)) * 1000 + b'\\r\\x00no newline at end'\n"
+             "v = memoryview(d)\nwhile v: v = v[os.write(1, v):]\nos.write(2, b'\\xff\\xfe')")
+    assert sh.exited() == (1, 0)
+    sh.shutdown()
+    out, err = sh.output()
+    assert out == bytes(range(256)) * 1000 + b"\r\x00no newline at end"
+    assert err == b"\xff\xfe"
+
+
+@pytest.mark.timeout(60)
+def test_write_then_exit_loses_nothing(sh):
+    # Each child fills its pipes far beyond their capacity and exits at once.
+    code = ("import os\nd = b'%d' * 700000 + b'\\nEND\\n'\n"
+            "for fd in (1, 2):\n v = memoryview(d)\n while v: v = v[os.write(fd, v):]\n"
+            "os._exit(5)")
+    for p_uid in range(1, 5):
+        sh.py(p_uid, code % p_uid)
+    assert sorted(sh.exited() for _ in range(4)) == [(p, 5) for p in range(1, 5)]
+    sh.shutdown()
+    for blob in sh.output():
+        lines = sorted(blob.split(b"\n"))
+        assert lines == sorted([b"", b"END", b"END", b"END", b"END"] + [b"%d" % p * 700000 for p in range(1, 5)])
+
+
+@pytest.mark.timeout(60)
+def test_shell_printf_partial_line_then_exit(sh):
+    sh.spawn(1, "/bin/sh", ["-c", "printf 'a\\nb'; printf 'c' >&2"])
+    assert sh.exited() == (1, 0)
+    sh.shutdown()
+    assert sh.output() == (b"a\nb", b"c")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("label", ["puid", "name"])
+def test_label_prefixes(tmp_path, label):
+    h = Harness(tmp_path, label=label)
+    try:
+        h.spawn(11, "/bin/sh", ["-c", "echo one; echo two; echo err >&2; printf tail"], name="alpha")
+        assert h.exited() == (11, 0)
+        h.spawn(12, "/bin/sh", ["-c", "echo three"])     # no name: falls back to p_uid
+        assert h.exited() == (12, 0)
+    finally:
+        h.shutdown()
+    a = "11" if label == "puid" else "alpha"
+    assert h.output() == (f"[{a}] one\n[{a}] two\n[{a}] tail\n[12] three\n".encode(),
+                          f"[{a}] err\n".encode())
+
+
+@pytest.mark.timeout(120)
+def test_labelled_lines_intact_under_concurrency(tmp_path):
+    h = Harness(tmp_path, label="puid")
+    writers = ["o1", "o2", "o3"]
+    try:
+        for p_uid, who in enumerate(writers, 1):
+            h.spawn(p_uid, PY, ["-c", WRITER, who, "200"], env={"PATH": os.environ["PATH"]})
+        assert sorted(h.exited() for _ in writers) == [(1, 0), (2, 0), (3, 0)]
+    finally:
+        h.shutdown()
+    out, _ = h.output()
+    stripped = []
+    for line in out.split(b"\n")[:-1]:
+        prefix, _, rest = line.partition(b"] ")
+        assert prefix == b"[%d" % (writers.index(rest.split(b":")[0].decode()) + 1)
+        stripped.append(rest)
+    _check_lines(b"\n".join(stripped) + b"\n", writers, 200)
+
+
+@pytest.mark.timeout(60)
+def test_grandchild_holding_the_pipe_does_not_stall_exit(sh, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # The grandchild keeps stdout open, blocked on the fifo, after its
+    # parent has exited; then prints one more line.
+    sh.spawn(1, "/bin/sh", ["-c", f"(read x < {fifo}; echo late) & echo early"])
+    assert sh.exited() == (1, 0)
+    with open(fifo, "w") as f:          # releases the grandchild
+        f.write("go\n")
+    deadline = time.monotonic() + 20
+    while sh.output()[0] != b"early\nlate\n" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sh.shutdown()
+    assert sh.output()[0] == b"early\nlate\n"
+
+
+# --------------------------------------------------------------- shutdown
+@pytest.mark.timeout(60)
+def test_shutdown_kills_leftovers(sh):
+    pids = [sh.spawn(p, "sleep", ["60"]).os_pid for p in (1, 2, 3)]
+    sh.spawn(4, "/bin/true")
+    assert sh.exited() == (4, 0)
+    assert sorted(sh.shutdown()) == [(1, -9), (2, -9), (3, -9)]
+    assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_with_orphaned_pipe(sh):
+    r = sh.spawn(1, "/bin/sh", ["-c", "sleep 60 & echo $!"])
+    assert sh.exited() == (1, 0)
+    deadline = time.monotonic() + 20
+    while not sh.output()[0].endswith(b"\n") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    grandchild = int(sh.output()[0])
+    try:
+        assert _alive(grandchild)        # still holds the pipe, exit reported anyway
+        assert r.os_pid != grandchild
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+    assert sh.shutdown() == []
+
+
+# ------------------------------------------------------- run() in a process
+class PipeChannel:
+    """A minimal channel over a pipe pair: 4-byte length, then the bytes."""
+
+    def __init__(self, rfd=-1, wfd=-1):
+        self.rfd, self.wfd = rfd, wfd
+
+    def send(self, data):
+        view = memoryview(struct.pack("<I", len(data)) + data)
+        while view:
+            view = view[os.write(self.wfd, view):]
+
+    def _read(self, n, timeout):
+        buf = b""
+        while len(buf) < n:
+            if timeout is not None and not select.select([self.rfd], [], [], timeout)[0]:
+                raise TimeoutError("nothing received")
+            chunk = os.read(self.rfd, n - len(buf))
+            if not chunk:
+                raise EOFError("channel closed")
+            buf += chunk
+        return buf
+
+    def recv(self, timeout=None):
+        (n,) = struct.unpack("<I", self._read(4, timeout))
+        return self._read(n, timeout)
+
+
+def _fork_shepherd(tmp_path, label="none"):
+    """Fork a process that runs the shepherd with its fd 1/2 on files."""
+    to_sh_r, to_sh_w = os.pipe()
+    to_gs_r, to_gs_w = os.pipe()
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    err = os.open(tmp_path / "err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.close(to_sh_w)
+            os.close(to_gs_r)
+            run(PipeChannel(rfd=to_sh_r), PipeChannel(wfd=to_gs_w), base_env=BASE_ENV,
+                label=label, parent_pid=parent)
+            code = 0
+        finally:
+            os._exit(code)
+    for fd in (to_sh_r, to_gs_w, out, err):
+        os.close(fd)
+    return pid, PipeChannel(wfd=to_sh_w), PipeChannel(rfd=to_gs_r)
+
+
+def _reap(pid, timeout=20):
+    fd = os.pidfd_open(pid)
+    try:
+        assert select.select([fd], [], [], timeout)[0], "shepherd did not exit"
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.timeout(60)
+def test_run_in_a_forked_process(tmp_path):
+    pid, to_sh, to_gs = _fork_shepherd(tmp_path, label="puid")
+    try:
+        to_sh.send(M.ShSpawn(1, 5, "/bin/sh", ["-c", "echo hello; exit 4"], None, "", "").pack())
+        assert M.unpack(to_gs.recv(20)).err is None
+        assert M.unpack(to_gs.recv(20)) == M.ShExited(5, 4)
+        to_sh.send(M.ShSpawn(2, 6, "sleep", ["60"], None, "", "").pack())
+        sleeper = M.unpack(to_gs.recv(20)).os_pid
+        to_sh.send(M.ShShutdown(3).pack())
+        assert M.unpack(to_gs.recv(20)) == M.ShExited(6, -9)
+        assert M.unpack(to_gs.recv(20)) == M.ShShutdownDone(3)
+        assert _reap(pid) == 0
+        pid = None
+        assert not _alive(sleeper)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        os.close(to_sh.wfd)
+        os.close(to_gs.rfd)
+    assert (tmp_path / "out").read_bytes() == b"[5] hello\n"
+
+
+@pytest.mark.timeout(60)
+def test_children_die_with_a_killed_shepherd(tmp_path):
+    pid, to_sh, to_gs = _fork_shepherd(tmp_path)
+    try:
+        to_sh.send(M.ShSpawn(1, 5, "sleep", ["60"], None, "", "").pack())
+        child = M.unpack(to_gs.recv(20)).os_pid
+        child_fd = os.pidfd_open(child)
+        os.kill(pid, signal.SIGKILL)
+        assert _reap(pid) == -9
+        pid = None
+        # PR_SET_PDEATHSIG: the grandchild dies with the shepherd.
+        assert select.select([child_fd], [], [], 20)[0]
+        os.close(child_fd)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        os.close(to_sh.wfd)
+        os.close(to_gs.rfd)
+
+
+@pytest.mark.timeout(60)
+def test_broken_input_channel_kills_children(tmp_path):
+    pid, to_sh, to_gs = _fork_shepherd(tmp_path)
+    try:
+        to_sh.send(M.ShSpawn(1, 5, "sleep", ["60"], None, "", "").pack())
+        child = M.unpack(to_gs.recv(20)).os_pid
+        child_fd = os.pidfd_open(child)
+        os.close(to_sh.wfd)                      # recv() in the shepherd fails
+        to_sh.wfd = None
+        assert M.unpack(to_gs.recv(20)) == M.ShExited(5, -9)
+        assert _reap(pid) == 0
+        pid = None
+        assert select.select([child_fd], [], [], 0)[0]
+        os.close(child_fd)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        if to_sh.wfd is not None:
+            os.close(to_sh.wfd)
+        os.close(to_gs.rfd)
