@@ -318,10 +318,15 @@ class Shepherd:
                     pass
 
     def _on_exit(self, child):
-        pid, status = os.waitpid(child.pid, os.WNOHANG)
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:         # reaped behind our back: cannot happen
+            log.error("shepherd: p_uid %r (pid %d) was reaped by someone else",
+                      child.p_uid, child.pid)
+            pid, status = child.pid, None
         if pid == 0:
             return                        # spurious readiness
-        code = os.waitstatus_to_exitcode(status)
+        code = -signal.SIGKILL if status is None else os.waitstatus_to_exitcode(status)
         with self._lock:
             del self._children[child.p_uid]
             del self._fds[child.pidfd]
