@@ -111,7 +111,7 @@ cdef class Pool:
             if not self._implicit:
                 try:
                     warnings.warn(f"unclosed ember Pool {self._shm_name} (m_uid 0x{self._m_uid:016x})",
-                                  ResourceWarning, source=self)
+                                  ResourceWarning)
                 except Exception:
                     pass
             ember_pool_detach(self._pool)
