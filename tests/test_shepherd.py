@@ -503,3 +503,52 @@ def test_broken_input_channel_kills_children(tmp_path):
         if to_sh.wfd is not None:
             os.close(to_sh.wfd)
         os.close(to_gs.rfd)
+
+
+@pytest.mark.timeout(60)
+def test_main_forked_over_ember_channels(tmp_path):
+    """As the launcher does it: channels created before the fork, the
+    shepherd forked, GS's side played by this process."""
+    channels = pytest.importorskip("ember.channels_c")
+    pools = pytest.importorskip("ember.pools_c")
+    from ember.shepherd.server import main_forked
+
+    pool = pools.Pool.create(1 << 20)
+    sh_ch = gs_ch = None
+    pid = None
+    try:
+        sh_ch = channels.Channel.create(pool, capacity=64, block_size=512)
+        gs_ch = channels.Channel.create(pool, capacity=64, block_size=512)
+        out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.dup2(out, 1)
+                code = main_forked(sh_ch, gs_ch, label="name")
+            finally:
+                os._exit(code)
+        os.close(out)
+        sh_ch.send(M.ShSpawn(1, 3, "/bin/sh", ["-c", "echo hi; exit 2"], {"X": "1"}, "", "w").pack())
+        assert M.unpack(gs_ch.recv(timeout=20)).err is None
+        assert M.unpack(gs_ch.recv(timeout=20)) == M.ShExited(3, 2)
+        sh_ch.send(M.ShSpawn(2, 4, "/nonexistent", [], None, "", "").pack())
+        assert M.unpack(gs_ch.recv(timeout=20)) == M.ShSpawned(
+            2, 4, None, "cannot execute '/nonexistent': [Errno 2] No such file or directory")
+        sh_ch.send(M.ShSpawn(3, 5, "sleep", ["60"], None, "", "").pack())
+        assert M.unpack(gs_ch.recv(timeout=20)).err is None
+        sh_ch.send(M.ShKill(5, signal.SIGTERM).pack())
+        assert M.unpack(gs_ch.recv(timeout=20)) == M.ShExited(5, -signal.SIGTERM)
+        sh_ch.send(M.ShShutdown(9).pack())
+        assert M.unpack(gs_ch.recv(timeout=20)) == M.ShShutdownDone(9)
+        assert _reap(pid) == 0
+        pid = None
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        for ch in (sh_ch, gs_ch):
+            if ch is not None:
+                ch.destroy()
+        pool.destroy()
+    assert (tmp_path / "out").read_bytes() == b"[w] hi\n"
