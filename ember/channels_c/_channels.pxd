@@ -1,0 +1,80 @@
+# cython: language_level=3
+"""Raw C declarations of ember's channel API (channel.h) and the cdef class
+that owns a channel handle, for other extensions to cimport::
+
+    from ember.channels_c._channels cimport Channel, ember_ch_t
+
+``Channel._ch`` is the ``ember_ch_t *`` (NULL once detached/destroyed) and
+``Channel._pool`` the :class:`ember.pools_c.Pool` it lives in.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from ember.pools_c._pools cimport Pool, Allocation, ember_pool_t, ember_alloc_t, ember_rc_t
+
+
+cdef extern from "channel.h" nogil:
+    enum:
+        EMBER_CH_SDESC_SIZE
+        EMBER_CH_SLOT_HEADER
+        EMBER_CH_MIN_BLOCK
+        EMBER_CH_MAX_BLOCK
+        EMBER_CH_MAX_CAPACITY
+        EMBER_CH_DEFAULT_CAPACITY
+        EMBER_CH_DEFAULT_BLOCK
+        EMBER_CH_DEFAULT_SPIN_NS
+
+    ctypedef struct ember_ch_t:
+        pass
+
+    ctypedef struct ember_ch_msg_t:
+        const void *data
+        uint64_t len
+        int is_alloc
+        ember_alloc_t alloc
+
+    ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
+                               uint32_t block_size, ember_ch_t **out)
+    ember_rc_t ember_ch_sdesc_pool(const void *sdesc, size_t len,
+                                   const uint8_t **pool_sdesc, size_t *pool_sdesc_len)
+    ember_rc_t ember_ch_attach(ember_pool_t *pool, const void *sdesc, size_t len, ember_ch_t **out)
+    ember_rc_t ember_ch_serialize(const ember_ch_t *ch, void *buf, size_t cap, size_t *len)
+    ember_rc_t ember_ch_detach(ember_ch_t *ch)
+    ember_rc_t ember_ch_destroy(ember_ch_t *ch)
+    ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t timeout_ns)
+    ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t timeout_ns)
+    ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,
+                                   ember_ch_msg_t *msg)
+    ember_rc_t ember_ch_recv_end(ember_ch_t *ch, ember_ch_msg_t *msg)
+    ember_rc_t ember_ch_recv(ember_ch_t *ch, void *buf, uint64_t cap, uint64_t *len,
+                             int64_t timeout_ns)
+    ember_rc_t ember_ch_poll(ember_ch_t *ch, int writable, int64_t timeout_ns)
+    ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
+                                 int64_t timeout_ns, uint8_t *ready, size_t *nready)
+    uint64_t ember_ch_count(const ember_ch_t *ch)
+    uint32_t ember_ch_capacity(const ember_ch_t *ch)
+    uint32_t ember_ch_block_size(const ember_ch_t *ch)
+    uint32_t ember_ch_payload_size(const ember_ch_t *ch)
+    uint64_t ember_ch_c_uid(const ember_ch_t *ch)
+    void ember_ch_set_spin(ember_ch_t *ch, int64_t spin_ns)
+
+
+cdef class Channel:
+    cdef ember_ch_t *_ch
+    cdef Pool _pool
+    cdef bint _created
+    cdef uint64_t _payload
+    cdef uint64_t _c_uid
+    cdef uint32_t _capacity
+    cdef uint32_t _block_size
+    cdef object __weakref__
+
+    @staticmethod
+    cdef Channel _wrap(ember_ch_t *ch, Pool pool, bint created)
+    cdef int _check_open(self, str what) except -1
+    cdef str _desc(self)
+    cdef int _send_error(self, ember_rc_t rc, Py_ssize_t n, timeout) except -1
+    cdef int _send_wait(self, const char *p, Py_ssize_t n, int64_t tmo) except -1
+    cdef int _send_large(self, const char *p, Py_ssize_t n, int64_t tmo) except -1
+    cdef int _send_alloc_wait(self, ember_alloc_t *a, int64_t deadline, Py_ssize_t n, timeout) except -1
+    cdef int _send_allocation(self, Allocation al, timeout) except -1
+    cdef ember_rc_t _recv_wait(self, ember_ch_msg_t *m, int64_t max_len, timeout) except -1
+    cdef int _recv_error(self, ember_rc_t rc, timeout) except -1

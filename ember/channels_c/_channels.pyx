@@ -1,0 +1,769 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Cython binding of ember's shared-memory channels (channel.h).
+
+The C library does the hot loop; this module converts arguments, maps return
+codes to exceptions (:func:`_check_rc`) and waits in bounded slices with the
+GIL released so that signals (Ctrl-C) are handled within 100 ms.
+"""
+cimport cython
+from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, PyBuffer_Release,
+                             PyObject_GetBuffer)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.errno cimport errno
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from ember.pools_c._pools cimport (
+    Allocation, Pool, ember_alloc_t, ember_pool_alloc_wait, ember_pool_attach, ember_pool_free,
+    ember_pool_ptr, ember_pool_sdesc_name, ember_pool_stats, ember_pool_stats_t, ember_rc_str,
+    ember_rc_t, EMBER_OK, EMBER_ERR_INVALID_ARG, EMBER_ERR_NOMEM, EMBER_ERR_OS,
+    EMBER_ERR_NOT_FOUND, EMBER_ERR_BAD_DESCRIPTOR, EMBER_ERR_BAD_MAGIC, EMBER_ERR_VERSION,
+    EMBER_ERR_OUT_OF_RANGE, EMBER_ERR_EXHAUSTED, EMBER_ERR_DOUBLE_FREE, EMBER_ERR_STALE,
+    EMBER_ERR_CORRUPT, EMBER_ERR_FULL, EMBER_ERR_EMPTY, EMBER_ERR_TIMEOUT, EMBER_ERR_TOO_BIG,
+    EMBER_ERR_DESTROYED, EMBER_ERR_INTERRUPTED, EMBER_ERR_BUFFER_TOO_SMALL, EMBER_POOL_NAME_MAX,
+)
+
+import os
+import random
+import warnings
+
+from ember.exceptions import (ChannelEmpty, ChannelError, ChannelFull, DescriptorError,
+                              PoolExhausted)
+from ember.pools_c import _pools as _pools_mod
+
+__all__ = ["Channel", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE"]
+
+DEFAULT_CAPACITY = EMBER_CH_DEFAULT_CAPACITY
+DEFAULT_BLOCK_SIZE = EMBER_CH_DEFAULT_BLOCK
+
+# Blocking calls wait in slices of at most this long, then check signals.
+cdef int64_t _SLICE_NS = 50_000_000
+
+_RC_TEXT = {
+    EMBER_ERR_INVALID_ARG: "invalid argument",
+    EMBER_ERR_NOMEM: "out of process memory",
+    EMBER_ERR_NOT_FOUND: "the pool's segment does not exist (destroyed, or made on another node)",
+    EMBER_ERR_BAD_DESCRIPTOR: "the descriptor is truncated, corrupt, foreign, or names another pool",
+    EMBER_ERR_BAD_MAGIC: "the channel header does not match (not a channel, or a stale descriptor)",
+    EMBER_ERR_VERSION: "layout version mismatch (made by a different ember version)",
+    EMBER_ERR_OUT_OF_RANGE: "offset or size outside the pool's heap",
+    EMBER_ERR_EXHAUSTED: "the pool has no free block large enough",
+    EMBER_ERR_DOUBLE_FREE: "the allocation is not allocated (already freed)",
+    EMBER_ERR_STALE: "the allocation was freed and allocated again since (stale)",
+    EMBER_ERR_CORRUPT: "the channel or its pool is corrupt",
+    EMBER_ERR_FULL: "the channel is full",
+    EMBER_ERR_EMPTY: "the channel is empty",
+    EMBER_ERR_TIMEOUT: "timed out",
+    EMBER_ERR_TOO_BIG: "the message is larger than the pool can ever hold",
+    EMBER_ERR_DESTROYED: "the channel was destroyed",
+    EMBER_ERR_INTERRUPTED: "interrupted by a signal",
+    EMBER_ERR_BUFFER_TOO_SMALL: "the buffer is too small",
+}
+
+_RC_EXC = {
+    EMBER_ERR_NOMEM: MemoryError,
+    EMBER_ERR_BAD_DESCRIPTOR: DescriptorError,
+    EMBER_ERR_BAD_MAGIC: DescriptorError,
+    EMBER_ERR_VERSION: DescriptorError,
+    EMBER_ERR_EXHAUSTED: PoolExhausted,
+    EMBER_ERR_FULL: ChannelFull,
+    EMBER_ERR_EMPTY: ChannelEmpty,
+}
+
+
+cdef int _check_rc(ember_rc_t rc, str what) except -1:
+    """Raise the exception for ``rc`` (nothing for EMBER_OK).
+
+    The message is ``"<what>: <explanation> [<rc name>]"``.
+    """
+    if rc == EMBER_OK:
+        return 0
+    if rc == EMBER_ERR_OS:
+        err = errno
+        text = f"{os.strerror(err)} (errno {err})"
+    else:
+        text = _RC_TEXT.get(rc, "error")
+    raise _RC_EXC.get(rc, ChannelError)(f"{what}: {text} [{ember_rc_str(rc).decode()}]")
+
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef int64_t _timeout_ns(timeout) except -2:
+    """None -> -1 (forever), 0 -> 0 (try once), t > 0 seconds -> ns."""
+    if timeout is None:
+        return -1
+    try:
+        t = float(timeout)
+    except (TypeError, ValueError):
+        raise TypeError(f"timeout must be None or a number of seconds, got {type(timeout).__name__}")
+    if not t >= 0:
+        raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+    if t > 1e9:
+        return -1
+    cdef int64_t ns = <int64_t>(t * 1e9)
+    if ns == 0 and t > 0:
+        ns = 1
+    return ns
+
+
+cdef inline int64_t _slice(int64_t deadline) noexcept nogil:
+    """Length of the next wait slice, 0 when the deadline has passed
+    (deadline < 0: forever)."""
+    cdef int64_t left
+    if deadline < 0:
+        return _SLICE_NS
+    left = deadline - _now_ns()
+    if left <= 0:
+        return 0
+    return left if left < _SLICE_NS else _SLICE_NS
+
+
+cdef str _sdesc_pool_name(const uint8_t *psd, size_t plen):
+    cdef char buf[EMBER_POOL_NAME_MAX]
+    if ember_pool_sdesc_name(psd, plen, buf, sizeof(buf)) != EMBER_OK:
+        return None
+    return buf.decode("utf-8", "replace")
+
+
+cdef Pool _pool_for(bytes pool_sdesc, str name):
+    """The Pool of this process for ``name``, attaching it (and keeping it in
+    the pools binding's per-process cache of implicit attaches) if needed."""
+    cdef Pool pool = _pools_mod._open_pools.get(name) or _pools_mod._implicit_pools.get(name)
+    if pool is not None and pool._pool != NULL and \
+            pool._m_uid == int.from_bytes(pool_sdesc[8:16], "little"):
+        return pool
+    pool = _pools_mod.Pool.attach(pool_sdesc)
+    # Make it an implicit attach: cached for the process, no ResourceWarning.
+    if _pools_mod._open_pools.get(name) is pool:
+        del _pools_mod._open_pools[name]
+    pool._implicit = True
+    _pools_mod._implicit_pools[name] = pool
+    return pool
+
+
+@cython.final
+cdef class _MessageBlock:
+    """A received large message: a pool allocation owned by this object,
+    exported as a buffer and freed when the object goes away (the last view
+    released or garbage collected) or on :meth:`release`."""
+    cdef Pool _owner
+    cdef ember_alloc_t _a
+    cdef Py_ssize_t _exports
+    cdef bint _freed
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("_MessageBlock cannot be instantiated directly; use Channel.recv_view()")
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef _free(self):
+        if not self._freed and self._owner is not None and self._owner._pool != NULL:
+            ember_pool_free(self._owner._pool, &self._a)
+        self._freed = True
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        if self._freed or self._owner._pool == NULL:
+            raise ChannelError("the received message was released (or its pool detached)")
+        PyBuffer_FillInfo(view, self, ember_pool_ptr(self._owner._pool, self._a.offset),
+                          <Py_ssize_t>self._a.size, 0, flags)
+        self._exports += 1
+        self._owner._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self._exports -= 1
+        self._owner._exports -= 1
+
+    def __len__(self):
+        return <Py_ssize_t>self._a.size
+
+
+cdef object _view_of_alloc(Pool owner, ember_alloc_t a):
+    cdef _MessageBlock blk = _MessageBlock.__new__(_MessageBlock)
+    blk._owner = owner
+    blk._a = a
+    blk._exports = 0
+    blk._freed = False
+    return memoryview(blk)
+
+
+@cython.final
+cdef class Channel:
+    """A bounded MPMC message channel in a shared-memory pool.
+
+    Made only by :meth:`create` and :meth:`attach`.  Used as a context
+    manager, a channel made by ``create()`` is destroyed on exit, an attached
+    one detached.  Use after :meth:`detach` / :meth:`destroy` raises
+    :class:`~ember.exceptions.ChannelError`; a Channel collected while still
+    attached warns ``ResourceWarning``.
+
+    Timeouts: ``None`` waits forever, ``0`` tries once, ``t > 0`` waits at
+    most ``t`` seconds.  Waits release the GIL and check for signals at least
+    every 50 ms.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Channel cannot be instantiated directly; use Channel.create() or Channel.attach()")
+
+    def __dealloc__(self):
+        if self._ch != NULL:
+            try:
+                warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning,
+                              source=self)
+            except Exception:
+                pass
+            ember_ch_detach(self._ch)
+            self._ch = NULL
+
+    @staticmethod
+    cdef Channel _wrap(ember_ch_t *ch, Pool pool, bint created):
+        cdef Channel self = Channel.__new__(Channel)
+        self._ch = ch
+        self._pool = pool
+        self._created = created
+        self._payload = ember_ch_payload_size(ch)
+        self._c_uid = ember_ch_c_uid(ch)
+        self._capacity = ember_ch_capacity(ch)
+        self._block_size = ember_ch_block_size(ch)
+        return self
+
+    @staticmethod
+    def create(pool, capacity=DEFAULT_CAPACITY, block_size=DEFAULT_BLOCK_SIZE, c_uid=None):
+        """Create a channel in ``pool``.
+
+        Parameters
+        ----------
+        pool : ember.pools_c.Pool
+        capacity : int
+            Number of slots, a power of two (1 .. 2**24).
+        block_size : int
+            Bytes per slot, a multiple of 64 (64 .. 16 MiB); messages up to
+            ``block_size - 16`` bytes travel inline, larger ones through a
+            pool allocation.
+        c_uid : int or None
+            The channel's unique id (random when None).
+        """
+        if not isinstance(pool, Pool):
+            raise TypeError(f"pool must be an ember.pools_c.Pool, got {type(pool).__name__}")
+        cdef Pool p = pool
+        p._check_open()
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
+        if not isinstance(block_size, int) or isinstance(block_size, bool):
+            raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+        if capacity < 1 or capacity > EMBER_CH_MAX_CAPACITY or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two between 1 and {EMBER_CH_MAX_CAPACITY}, "
+                             f"got {capacity}")
+        if block_size < EMBER_CH_MIN_BLOCK or block_size > EMBER_CH_MAX_BLOCK or block_size % 64:
+            raise ValueError(f"block_size must be a multiple of 64 between {EMBER_CH_MIN_BLOCK} and "
+                             f"{EMBER_CH_MAX_BLOCK}, got {block_size}")
+        if c_uid is None:
+            c_uid = random.getrandbits(63)
+        elif not isinstance(c_uid, int) or c_uid < 0 or c_uid >= 1 << 64:
+            raise ValueError(f"c_uid must be an int in [0, 2**64), got {c_uid!r}")
+        cdef ember_ch_t *ch = NULL
+        cdef ember_rc_t rc = ember_ch_create(p._pool, c_uid, capacity, block_size, &ch)
+        if rc != EMBER_OK:
+            _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
+                          f"({320 + capacity * block_size} bytes) in {p._desc()}")
+        return Channel._wrap(ch, p, True)
+
+    @staticmethod
+    def attach(sdesc):
+        """Attach a channel from its serialized descriptor (bytes-like).
+
+        Attaches its pool if this process has not (kept in the pools
+        binding's per-process cache).  DescriptorError for a truncated,
+        corrupt or foreign descriptor; ChannelError if the channel was
+        destroyed.
+        """
+        cdef const uint8_t[::1] d
+        try:
+            d = memoryview(sdesc).cast("B")
+        except TypeError:
+            raise TypeError(f"sdesc must be bytes-like, got {type(sdesc).__name__}") from None
+        cdef const uint8_t *psd = NULL
+        cdef size_t plen = 0
+        cdef size_t n = d.shape[0]
+        cdef ember_rc_t rc = EMBER_ERR_BAD_DESCRIPTOR
+        if n:
+            rc = ember_ch_sdesc_pool(&d[0], n, &psd, &plen)
+        if rc != EMBER_OK:
+            _check_rc(rc, f"cannot attach channel from a {n}-byte descriptor")
+        pool_sdesc = psd[:plen]
+        name = _sdesc_pool_name(psd, plen)
+        if name is None:
+            raise DescriptorError("cannot attach channel: the embedded pool descriptor is corrupt "
+                                  "[EMBER_ERR_BAD_DESCRIPTOR]")
+        cdef Pool pool = _pool_for(pool_sdesc, name)
+        cdef ember_ch_t *ch = NULL
+        rc = ember_ch_attach(pool._pool, &d[0], n, &ch)
+        if rc != EMBER_OK:
+            c_uid = int.from_bytes(bytes(d[120:128]), "little")
+            _check_rc(rc, f"cannot attach channel c_uid {c_uid} in {pool._desc()}")
+        return Channel._wrap(ch, pool, False)
+
+    cdef str _desc(self):
+        return f"channel c_uid {self._c_uid}"
+
+    cdef int _check_open(self, str what) except -1:
+        if self._ch == NULL:
+            raise ChannelError(f"{self._desc()}: cannot {what}: the channel is detached or destroyed")
+        if self._pool._pool == NULL:
+            raise ChannelError(f"{self._desc()}: cannot {what}: its pool is detached or destroyed")
+        return 0
+
+    # ---- life cycle ----
+    def detach(self):
+        """Forget this process's handle; the channel stays for others."""
+        self._check_open("detach")
+        ember_ch_detach(self._ch)
+        self._ch = NULL
+
+    def destroy(self):
+        """Destroy the channel: processes still attached get ChannelError on
+        their next blocking call; queued large messages are freed."""
+        self._check_open("destroy")
+        cdef ember_ch_t *ch = self._ch
+        self._ch = NULL
+        _check_rc(ember_ch_destroy(ch), f"cannot destroy {self._desc()}")
+
+    @property
+    def closed(self):
+        """True once detached or destroyed."""
+        return self._ch == NULL
+
+    def __enter__(self):
+        self._check_open("enter")
+        return self
+
+    def __exit__(self, *exc):
+        if self._ch != NULL and self._pool._pool != NULL:
+            if self._created:
+                self.destroy()
+            else:
+                self.detach()
+
+    def __reduce__(self):
+        return (Channel.attach, (self.sdesc,))
+
+    def __repr__(self):
+        state = " closed" if self._ch == NULL else f" queued={ember_ch_count(self._ch)}"
+        return (f"<ember Channel c_uid={self._c_uid} capacity={self._capacity} "
+                f"block_size={self._block_size}{state}>")
+
+    # ---- identity ----
+    @property
+    def sdesc(self):
+        """The serialized descriptor (bytes) for :meth:`attach`."""
+        self._check_open("serialize")
+        cdef uint8_t buf[EMBER_CH_SDESC_SIZE]
+        cdef size_t n = 0
+        _check_rc(ember_ch_serialize(self._ch, buf, sizeof(buf), &n), f"cannot serialize {self._desc()}")
+        return buf[:n]
+
+    @property
+    def capacity(self):
+        return self._capacity
+
+    @property
+    def block_size(self):
+        return self._block_size
+
+    @property
+    def payload_size(self):
+        """Largest message carried inline (block_size - 16)."""
+        return self._payload
+
+    @property
+    def c_uid(self):
+        return self._c_uid
+
+    @property
+    def pool(self):
+        return self._pool
+
+    def __len__(self):
+        self._check_open("count")
+        return ember_ch_count(self._ch)
+
+    def set_spin(self, double seconds):
+        """Longest spin before a blocked call of this handle sleeps (default 20 us)."""
+        self._check_open("tune")
+        ember_ch_set_spin(self._ch, <int64_t>(seconds * 1e9))
+
+    # ---- send ----
+    def send(self, data, timeout=None):
+        """Send ``data``: any bytes-like object (copied), or an
+        :class:`ember.pools_c.Allocation` of this channel's pool (moved
+        without copying: the Allocation object is closed afterwards).
+
+        Raises ChannelFull when no slot became free within ``timeout``.
+        """
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_rc_t rc
+        cdef Py_ssize_t n
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("send")
+        if type(data) is bytes:
+            n = PyBytes_GET_SIZE(data)
+            if <uint64_t>n <= self._payload:
+                rc = ember_ch_send(ch, PyBytes_AS_STRING(data), <uint64_t>n, 0)
+                if rc == EMBER_OK:
+                    return
+                if rc != EMBER_ERR_FULL or timeout == 0:
+                    self._send_error(rc, n, timeout)
+                self._send_wait(PyBytes_AS_STRING(data), n, _timeout_ns(timeout))
+                return
+        if isinstance(data, Allocation):
+            self._send_allocation(<Allocation>data, timeout)
+            return
+        cdef Py_buffer view
+        if PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0:
+            raise TypeError(f"send() needs a bytes-like object or an Allocation, got {type(data).__name__}")
+        try:
+            if <uint64_t>view.len <= self._payload:
+                rc = ember_ch_send(ch, view.buf, <uint64_t>view.len, 0)
+                if rc == EMBER_OK:
+                    return
+                if rc != EMBER_ERR_FULL or timeout == 0:
+                    self._send_error(rc, view.len, timeout)
+                self._send_wait(<const char *>view.buf, view.len, _timeout_ns(timeout))
+            else:
+                self._send_large(<const char *>view.buf, view.len, _timeout_ns(timeout))
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _send_error(self, ember_rc_t rc, Py_ssize_t n, timeout) except -1:
+        if rc == EMBER_ERR_FULL:
+            raise ChannelFull(f"{self._desc()}: send of {n} bytes: the channel is full "
+                              f"({self._capacity} messages) after timeout={timeout!r}")
+        if rc == EMBER_ERR_TOO_BIG:
+            raise ChannelError(f"{self._desc()}: cannot send a message of {n} bytes: larger than "
+                               f"its pool can hold ({self._pool.size} bytes) [EMBER_ERR_TOO_BIG]")
+        if rc == EMBER_ERR_EXHAUSTED:
+            raise PoolExhausted(f"{self._desc()}: cannot send a message of {n} bytes: "
+                                f"{self._pool._desc()} has no free block that large "
+                                f"(after timeout={timeout!r}) [EMBER_ERR_EXHAUSTED]")
+        _check_rc(rc, f"{self._desc()}: send of {n} bytes")
+        return 0
+
+    cdef int _send_wait(self, const char *p, Py_ssize_t n, int64_t tmo) except -1:
+        """Blocking inline send in slices (GIL released)."""
+        cdef ember_ch_t *ch = self._ch
+        cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
+        cdef int64_t sl
+        cdef ember_rc_t rc
+        self._pool._busy += 1
+        try:
+            while True:
+                sl = _slice(deadline)
+                with nogil:
+                    rc = ember_ch_send(ch, p, <uint64_t>n, sl)
+                if rc == EMBER_OK:
+                    return 0
+                if rc != EMBER_ERR_FULL and rc != EMBER_ERR_INTERRUPTED:
+                    break
+                PyErr_CheckSignals()
+                if sl == 0:
+                    break
+        finally:
+            self._pool._busy -= 1
+        self._send_error(rc, n, None if tmo < 0 else tmo / 1e9)
+        return -1
+
+    cdef int _send_large(self, const char *p, Py_ssize_t n, int64_t tmo) except -1:
+        """Large message: allocate in the pool (waiting in slices), copy once
+        (GIL released), then hand the allocation over."""
+        cdef ember_ch_t *ch = self._ch
+        cdef Pool pool = self._pool
+        cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
+        cdef int64_t sl
+        cdef ember_rc_t rc
+        cdef ember_alloc_t a
+        cdef ember_pool_stats_t st
+        if ember_pool_stats(pool._pool, &st) == EMBER_OK and <uint64_t>n + 64 > st.total:
+            self._send_error(EMBER_ERR_TOO_BIG, n, None)
+        pool._busy += 1
+        try:
+            while True:
+                sl = _slice(deadline)
+                with nogil:
+                    rc = ember_pool_alloc_wait(pool._pool, <uint64_t>n, sl, &a)
+                if rc == EMBER_OK:
+                    break
+                if rc != EMBER_ERR_EXHAUSTED and rc != EMBER_ERR_TIMEOUT and rc != EMBER_ERR_INTERRUPTED:
+                    self._send_error(rc, n, None)
+                if sl == 0:
+                    self._send_error(EMBER_ERR_EXHAUSTED, n, None if tmo < 0 else tmo / 1e9)
+                PyErr_CheckSignals()
+            with nogil:
+                memcpy(ember_pool_ptr(pool._pool, a.offset), p, <size_t>n)
+            a.size = <uint64_t>n
+            try:
+                self._send_alloc_wait(&a, deadline, n, None if tmo < 0 else tmo / 1e9)
+            except BaseException:
+                ember_pool_free(pool._pool, &a)
+                raise
+        finally:
+            pool._busy -= 1
+        return 0
+
+    cdef int _send_alloc_wait(self, ember_alloc_t *a, int64_t deadline, Py_ssize_t n, timeout) except -1:
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_rc_t rc = ember_ch_send_alloc(ch, a, 0)
+        cdef int64_t sl
+        if rc == EMBER_OK:
+            return 0
+        while rc == EMBER_ERR_FULL or rc == EMBER_ERR_INTERRUPTED:
+            sl = _slice(deadline)
+            if sl == 0:
+                break
+            with nogil:
+                rc = ember_ch_send_alloc(ch, a, sl)
+            if rc == EMBER_OK:
+                return 0
+            PyErr_CheckSignals()
+        self._send_error(rc, n, timeout)
+        return -1
+
+    cdef int _send_allocation(self, Allocation al, timeout) except -1:
+        al._check_open("send")
+        if al._owner._m_uid != self._pool._m_uid or al._owner._shm_name != self._pool._shm_name:
+            raise ChannelError(f"{self._desc()}: cannot send an allocation of {al._owner._desc()}: "
+                               f"the channel lives in {self._pool._desc()}; only allocations of the "
+                               f"channel's pool move without copying")
+        if al._exports:
+            raise ChannelError(f"{self._desc()}: cannot send an allocation whose memoryview(s) "
+                               f"are still exported ({al._exports}); release them first")
+        cdef int64_t tmo = _timeout_ns(timeout)
+        cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
+        cdef ember_alloc_t a = al._a
+        self._pool._busy += 1
+        try:
+            self._send_alloc_wait(&a, deadline, <Py_ssize_t>a.size, timeout)
+        finally:
+            self._pool._busy -= 1
+        al._disown()
+        return 0
+
+    # ---- receive ----
+    cdef ember_rc_t _recv_wait(self, ember_ch_msg_t *m, int64_t max_len, timeout) except -1:
+        """Blocking two-phase receive begin in slices (GIL released)."""
+        cdef ember_ch_t *ch = self._ch
+        cdef int64_t tmo = _timeout_ns(timeout)
+        cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
+        cdef int64_t sl
+        cdef ember_rc_t rc = EMBER_ERR_EMPTY
+        if tmo == 0:
+            return ember_ch_recv_begin(ch, 0, max_len, m)
+        self._pool._busy += 1
+        try:
+            while True:
+                sl = _slice(deadline)
+                with nogil:
+                    rc = ember_ch_recv_begin(ch, sl, max_len, m)
+                if rc != EMBER_ERR_EMPTY and rc != EMBER_ERR_INTERRUPTED:
+                    return rc
+                PyErr_CheckSignals()
+                if sl == 0:
+                    return rc
+        finally:
+            self._pool._busy -= 1
+
+    cdef int _recv_error(self, ember_rc_t rc, timeout) except -1:
+        if rc == EMBER_ERR_EMPTY:
+            raise ChannelEmpty(f"{self._desc()}: no message arrived (timeout={timeout!r})")
+        _check_rc(rc, f"{self._desc()}: receive")
+        return -1
+
+    def recv(self, timeout=None):
+        """Receive the oldest message as bytes (one copy; a large message's
+        pool block is freed).  Raises ChannelEmpty when none arrived within
+        ``timeout``."""
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_ch_msg_t m
+        cdef ember_rc_t rc
+        cdef bytes out
+        cdef char *dst
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("receive")
+        rc = ember_ch_recv_begin(ch, 0, -1, &m)
+        if rc != EMBER_OK:
+            if rc == EMBER_ERR_EMPTY and timeout != 0:
+                rc = self._recv_wait(&m, -1, timeout)
+            if rc != EMBER_OK:
+                self._recv_error(rc, timeout)
+        if not m.is_alloc:
+            try:
+                out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
+            finally:
+                ember_ch_recv_end(ch, &m)
+            return out
+        try:
+            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>m.len)
+            dst = PyBytes_AS_STRING(out)
+            with nogil:
+                memcpy(dst, m.data, m.len)
+        finally:
+            ember_pool_free(self._pool._pool, &m.alloc)
+        return out
+
+    def recv_into(self, buffer, timeout=None):
+        """Receive the oldest message into a writable buffer; return its
+        length.  A message longer than the buffer stays queued and
+        ChannelError is raised."""
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_ch_msg_t m
+        cdef ember_rc_t rc
+        cdef Py_buffer view
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("receive")
+        if PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0:
+            raise TypeError(f"recv_into() needs a writable bytes-like object, got {type(buffer).__name__}")
+        try:
+            rc = ember_ch_recv_begin(ch, 0, view.len, &m)
+            if rc != EMBER_OK:
+                if rc == EMBER_ERR_EMPTY and timeout != 0:
+                    rc = self._recv_wait(&m, view.len, timeout)
+                if rc == EMBER_ERR_BUFFER_TOO_SMALL:
+                    raise ChannelError(f"{self._desc()}: the next message ({m.len} bytes) does not fit "
+                                       f"the buffer ({view.len} bytes); it stays queued "
+                                       f"[EMBER_ERR_BUFFER_TOO_SMALL]")
+                if rc != EMBER_OK:
+                    self._recv_error(rc, timeout)
+            if m.is_alloc:
+                with nogil:
+                    memcpy(view.buf, m.data, m.len)
+                ember_pool_free(self._pool._pool, &m.alloc)
+            else:
+                memcpy(view.buf, m.data, m.len)
+                ember_ch_recv_end(ch, &m)
+            return <Py_ssize_t>m.len
+        finally:
+            PyBuffer_Release(&view)
+
+    def recv_view(self, timeout=None):
+        """Receive the oldest message as a read-write memoryview without
+        copying a large message: the view is over the message's pool block,
+        which is freed when the view is released (``view.release()``) or
+        garbage collected.  A message that fit a slot is copied once into a
+        private buffer."""
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_ch_msg_t m
+        cdef ember_rc_t rc
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("receive")
+        rc = ember_ch_recv_begin(ch, 0, -1, &m)
+        if rc != EMBER_OK:
+            if rc == EMBER_ERR_EMPTY and timeout != 0:
+                rc = self._recv_wait(&m, -1, timeout)
+            if rc != EMBER_OK:
+                self._recv_error(rc, timeout)
+        if not m.is_alloc:
+            try:
+                out = bytearray(PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len))
+            finally:
+                ember_ch_recv_end(ch, &m)
+            return memoryview(out)
+        try:
+            return _view_of_alloc(self._pool, m.alloc)
+        except BaseException:
+            ember_pool_free(self._pool._pool, &m.alloc)
+            raise
+
+    # ---- readiness ----
+    def poll(self, timeout=0):
+        """True when a message is waiting (waiting up to ``timeout``)."""
+        self._check_open("poll")
+        cdef ember_ch_t *ch = self._ch
+        cdef int64_t tmo = _timeout_ns(timeout)
+        cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
+        cdef int64_t sl
+        cdef ember_rc_t rc = ember_ch_poll(ch, 0, 0)
+        if rc == EMBER_OK:
+            return True
+        if tmo == 0 or rc != EMBER_ERR_EMPTY:
+            if rc != EMBER_ERR_EMPTY:
+                _check_rc(rc, f"{self._desc()}: poll")
+            return False
+        self._pool._busy += 1
+        try:
+            while True:
+                sl = _slice(deadline)
+                if sl == 0:
+                    return ember_ch_poll(ch, 0, 0) == EMBER_OK
+                with nogil:
+                    rc = ember_ch_poll(ch, 0, sl)
+                if rc == EMBER_OK:
+                    return True
+                if rc != EMBER_ERR_EMPTY and rc != EMBER_ERR_INTERRUPTED:
+                    _check_rc(rc, f"{self._desc()}: poll")
+                PyErr_CheckSignals()
+        finally:
+            self._pool._busy -= 1
+
+
+def wait_any(channels, timeout=None, writable=False):
+    """Wait until at least one of ``channels`` is readable (``writable=True``:
+    has a free slot); return the list of ready channels (empty on timeout).
+
+    Channels of one pool sleep on the pool's event word; channels of
+    several pools wait in slices of at most 1 ms.
+    """
+    chans = list(channels)
+    cdef Py_ssize_t n = len(chans), i
+    if n == 0:
+        raise ValueError("wait_any() needs at least one channel")
+    cdef Channel c
+    for i in range(n):
+        if not isinstance(chans[i], Channel):
+            raise TypeError(f"wait_any() needs Channel objects, got {type(chans[i]).__name__} at index {i}")
+        (<Channel>chans[i])._check_open("wait")
+    cdef int64_t tmo = _timeout_ns(timeout)
+    cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
+    cdef int64_t sl
+    cdef int wr = 1 if writable else 0
+    cdef ember_rc_t rc
+    cdef size_t nready = 0
+    cdef ember_ch_t **arr = <ember_ch_t **>malloc(n * sizeof(ember_ch_t *))
+    cdef uint8_t *ready = <uint8_t *>malloc(n)
+    if arr == NULL or ready == NULL:
+        free(arr)
+        free(ready)
+        raise MemoryError()
+    pools = {id((<Channel>x)._pool): (<Channel>x)._pool for x in chans}
+    for p in pools.values():
+        (<Pool>p)._busy += 1
+    try:
+        for i in range(n):
+            arr[i] = (<Channel>chans[i])._ch
+        rc = ember_ch_wait_any(arr, n, wr, 0, ready, &nready)
+        while rc != EMBER_OK and tmo != 0:
+            if rc != EMBER_ERR_TIMEOUT and rc != EMBER_ERR_INTERRUPTED:
+                break
+            sl = _slice(deadline)
+            if sl == 0:
+                break
+            with nogil:
+                rc = ember_ch_wait_any(arr, n, wr, sl, ready, &nready)
+            if rc == EMBER_OK:
+                break
+            PyErr_CheckSignals()
+        if rc != EMBER_OK and rc != EMBER_ERR_TIMEOUT and rc != EMBER_ERR_INTERRUPTED:
+            _check_rc(rc, f"wait_any over {n} channel(s)")
+        if rc != EMBER_OK:
+            return []
+        return [chans[i] for i in range(n) if ready[i]]
+    finally:
+        for p in pools.values():
+            (<Pool>p)._busy -= 1
+        free(arr)
+        free(ready)
