@@ -412,6 +412,8 @@ cdef class Channel:
         cdef Py_ssize_t n
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("send")
+        if timeout is not None:
+            _timeout_ns(timeout)
         if type(data) is bytes:
             n = PyBytes_GET_SIZE(data)
             if <uint64_t>n <= self._payload:
@@ -426,8 +428,10 @@ cdef class Channel:
             self._send_allocation(<Allocation>data, timeout)
             return
         cdef Py_buffer view
-        if PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0:
-            raise TypeError(f"send() needs a bytes-like object or an Allocation, got {type(data).__name__}")
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except (TypeError, BufferError):
+            raise TypeError(f"send() needs a bytes-like object or an Allocation, got {type(data).__name__}") from None
         try:
             if <uint64_t>view.len <= self._payload:
                 rc = ember_ch_send(ch, view.buf, <uint64_t>view.len, 0)
@@ -595,6 +599,8 @@ cdef class Channel:
         cdef char *dst
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
+        if timeout is not None:
+            _timeout_ns(timeout)
         rc = ember_ch_recv_begin(ch, 0, -1, &m)
         if rc != EMBER_OK:
             if rc == EMBER_ERR_EMPTY and timeout != 0:
@@ -626,8 +632,12 @@ cdef class Channel:
         cdef Py_buffer view
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
-        if PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0:
-            raise TypeError(f"recv_into() needs a writable bytes-like object, got {type(buffer).__name__}")
+        if timeout is not None:
+            _timeout_ns(timeout)
+        try:
+            PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        except (TypeError, BufferError):
+            raise TypeError(f"recv_into() needs a writable bytes-like object, got {type(buffer).__name__}") from None
         try:
             rc = ember_ch_recv_begin(ch, 0, view.len, &m)
             if rc != EMBER_OK:
@@ -661,6 +671,8 @@ cdef class Channel:
         cdef ember_rc_t rc
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
+        if timeout is not None:
+            _timeout_ns(timeout)
         rc = ember_ch_recv_begin(ch, 0, -1, &m)
         if rc != EMBER_OK:
             if rc == EMBER_ERR_EMPTY and timeout != 0:
