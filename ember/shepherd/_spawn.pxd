@@ -19,6 +19,7 @@ cdef extern from "spawn.h" nogil:
         EMBER_SPAWN_STEP_STDIO
         EMBER_SPAWN_STEP_CLOSE_FDS
         EMBER_SPAWN_STEP_EXEC
+        EMBER_SPAWN_STEP_PGRP
 
     ctypedef struct ember_spawn_args_t:
         const char *exe
@@ -26,6 +27,7 @@ cdef extern from "spawn.h" nogil:
         char *const *envp
         const char *cwd
         int stdio[3]
+        int new_pgrp
 
     ctypedef struct ember_spawn_failure_t:
         int step

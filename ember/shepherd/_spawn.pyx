@@ -31,6 +31,7 @@ _WHAT = {
     EMBER_SPAWN_STEP_STDIO: "cannot set up stdin/stdout/stderr for '{exe}'",
     EMBER_SPAWN_STEP_CLOSE_FDS: "cannot close inherited fds for '{exe}'",
     EMBER_SPAWN_STEP_EXEC: "cannot execute '{exe}'",
+    EMBER_SPAWN_STEP_PGRP: "cannot make a process group for '{exe}'",
 }
 
 
@@ -82,7 +83,8 @@ def which(exe, path):
     raise OSError(err, f"cannot execute '{os.fsdecode(exe_b)}' (searched PATH)")
 
 
-def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stderr_fd=-1):
+def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stderr_fd=-1,
+          bint new_pgrp=False):
     """Start ``exe`` and return its pid (the caller must reap it).
 
     Parameters
@@ -99,6 +101,8 @@ def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stde
         Working directory of the child; None keeps the caller's.
     stdin_fd, stdout_fd, stderr_fd : int
         fds that become the child's 0, 1, 2; -1 inherits the caller's.
+    new_pgrp : bool
+        Make the child the leader of a new process group (setpgid(0, 0)).
 
     Raises
     ------
@@ -146,6 +150,7 @@ def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stde
         args.stdio[0] = stdin_fd
         args.stdio[1] = stdout_fd
         args.stdio[2] = stderr_fd
+        args.new_pgrp = new_pgrp
         with nogil:
             rc = ember_spawn(&args, &pid, &failure)
     finally:

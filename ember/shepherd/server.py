@@ -195,7 +195,8 @@ class Shepherd:
             os.close(out_w)
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
-            pid = spawn(exe, [exe] + args, envp, run_dir, self._devnull, out_w, err_w)
+            pid = spawn(exe, [exe] + args, envp, run_dir, self._devnull, out_w, err_w,
+                        new_pgrp=True)
         except (OSError, ValueError, TypeError) as exc:
             os.close(out_r)
             os.close(err_r)
@@ -312,6 +313,12 @@ class Shepherd:
     def _kill_all(self):
         with self._lock:
             for child in self._children.values():
+                # The child leads its own process group (it is alive, so its
+                # pgid cannot have been reused): take what it started too.
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
                 try:
                     signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
                 except ProcessLookupError:

@@ -80,6 +80,12 @@ static int _ember_spawn_child(void *arg)
         _ember_child_fail(ctx, EMBER_SPAWN_STEP_PARENT_GONE);
     }
 
+    /* 1b. Its own process group: a terminal's Ctrl-C reaches only the
+     * launcher, which forwards it to the head; and the shepherd can kill a
+     * process together with what it started (killpg). */
+    if (a->new_pgrp && setpgid(0, 0) != 0)
+        _ember_child_fail(ctx, EMBER_SPAWN_STEP_PGRP);
+
     /* 2. Default dispositions for every signal (ignored ones too: SIG_IGN
      * would survive exec; Python ignores SIGPIPE and SIGXFSZ).  sigaction()
      * refuses SIGKILL/SIGSTOP and glibc's internal signals with EINVAL,
@@ -210,7 +216,7 @@ const char *ember_spawn_step_str(int step)
 {
     static const char *const names[EMBER_SPAWN_STEP_MAX_] = {
         "none", "clone", "prctl(PR_SET_PDEATHSIG)", "parent check",
-        "signal reset", "chdir", "stdio dup2", "close_range", "execve",
+        "signal reset", "chdir", "stdio dup2", "close_range", "execve", "setpgid",
     };
     if (step < 0 || step >= EMBER_SPAWN_STEP_MAX_)
         return "unknown";

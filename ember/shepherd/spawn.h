@@ -8,7 +8,8 @@
  * before execve():
  *
  *   1. prctl(PR_SET_PDEATHSIG, SIGKILL), then checks that getppid() is still
- *      the parent (else it gives up: the parent is already gone);
+ *      the parent (else it gives up: the parent is already gone); with
+ *      new_pgrp it makes itself a process-group leader (setpgid(0, 0));
  *   2. resets every signal disposition to SIG_DFL;
  *   3. chdir(cwd) if cwd is not NULL;
  *   4. dup2()s the three stdio fds into place (-1 leaves that fd inherited);
@@ -41,7 +42,8 @@ typedef enum {
     EMBER_SPAWN_STEP_STDIO = 6,       /* dup2 of stdin/stdout/stderr        */
     EMBER_SPAWN_STEP_CLOSE_FDS = 7,   /* closing the other fds              */
     EMBER_SPAWN_STEP_EXEC = 8,        /* execve(exe)                        */
-    EMBER_SPAWN_STEP_MAX_ = 9
+    EMBER_SPAWN_STEP_PGRP = 9,        /* setpgid(0, 0)                      */
+    EMBER_SPAWN_STEP_MAX_ = 10
 } ember_spawn_step_t;
 
 typedef struct {
@@ -50,6 +52,7 @@ typedef struct {
     char *const *envp;        /* NULL-terminated */
     const char *cwd;          /* NULL: stay in the parent's directory */
     int stdio[3];             /* fd for the child's 0/1/2, or -1 to inherit */
+    int new_pgrp;             /* non-zero: setpgid(0, 0) in the child */
 } ember_spawn_args_t;
 
 typedef struct {
