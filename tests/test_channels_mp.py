@@ -1,0 +1,434 @@
+"""ember.channels_c across processes: MPMC exactly-once + FIFO per producer,
+large and zero-copy messages, timeouts, Ctrl-C while blocked, wait_any, and
+SIGKILL storms with a checker."""
+import mmap
+import os
+import random
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+
+import pytest
+
+from ember.channels_c import Channel, wait_any
+from ember.exceptions import ChannelEmpty
+from ember.pools_c import Pool
+
+
+@pytest.fixture
+def pool():
+    p = Pool.create(64 << 20)
+    yield p
+    p.destroy()
+
+
+def fork(fn, *args):
+    """Run fn(*args) in a forked child; exit code 0 on success."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fn(*args)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def join(pid, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} did not exit within {timeout} s")
+        time.sleep(0.005)
+
+
+def read_exact(fd, n, timeout=10.0):
+    out = b""
+    while len(out) < n:
+        r, _, _ = select.select([fd], [], [], timeout)
+        assert r, f"no data from child within {timeout} s (got {out!r})"
+        chunk = os.read(fd, n - len(out))
+        assert chunk, f"child closed the pipe (got {out!r})"
+        out += chunk
+    return out
+
+
+MAGIC = 0x5DEECE66D
+
+
+def body(mid, size):
+    return struct.pack("<QQ", mid, mid ^ MAGIC) + bytes([mid & 255]) * (size - 16)
+
+
+def intact(m):
+    mid, chk = struct.unpack_from("<QQ", m)
+    return chk == mid ^ MAGIC and m[16:] == bytes([mid & 255]) * (len(m) - 16), mid
+
+
+# ---------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_mpmc_exactly_once_fifo_per_producer(pool, tmp_path):
+    P, C, N = 3, 2, 6000
+    ch = Channel.create(pool, capacity=32, block_size=128)
+    sd = ch.sdesc
+
+    def producer(p):
+        c = Channel.attach(sd)
+        rnd = random.Random(p)
+        for i in range(N):
+            mid = (p << 32) | i
+            size = rnd.choice((16, 64, 112, 113, 500, 3000)) if i % 10 == 0 else 24
+            if i % 250 == 0:                                 # zero-copy handover
+                a = c.pool.alloc(size)
+                memoryview(a)[:] = body(mid, size)
+                c.send(a)
+            else:
+                c.send(body(mid, size))
+        c.detach()
+
+    def consumer(k):
+        c = Channel.attach(sd)
+        got = []
+        bad = 0
+        while True:
+            m = c.recv_view() if len(got) % 3 == 0 else c.recv()
+            if bytes(m) == b"STOP":
+                break
+            ok, mid = intact(bytes(m))
+            bad += not ok
+            got.append(mid)
+            if isinstance(m, memoryview):
+                m.release()
+        with open(tmp_path / f"c{k}", "w") as f:
+            f.write(f"{bad}\n" + "\n".join(map(str, got)))
+        c.detach()
+
+    cons = [fork(consumer, k) for k in range(C)]
+    prods = [fork(producer, p) for p in range(P)]
+    assert all(join(pid, 90) == 0 for pid in prods)
+    for _ in range(C):
+        ch.send(b"STOP")
+    assert all(join(pid, 30) == 0 for pid in cons)
+    seen = []
+    for k in range(C):
+        lines = (tmp_path / f"c{k}").read_text().split("\n")
+        assert lines[0] == "0", "corrupt messages received"
+        mids = [int(x) for x in lines[1:] if x]
+        for p in range(P):                                   # FIFO per producer
+            seq = [m & 0xFFFFFFFF for m in mids if m >> 32 == p]
+            assert seq == sorted(seq)
+        seen += mids
+    assert len(seen) == P * N
+    assert sorted(seen) == sorted((p << 32) | i for p in range(P) for i in range(N))
+    assert len(ch) == 0
+    ch.destroy()
+    assert pool.stats().live_allocs == 0
+
+
+@pytest.mark.timeout(60)
+def test_large_and_zero_copy_across_processes(pool):
+    ch = Channel.create(pool, capacity=4, block_size=256)
+    sizes = [1 << 20, 3 << 20, 100_000, 5000]
+    r, w = os.pipe()
+
+    def consumer():
+        for i, n in enumerate(sizes * 3):
+            v = ch.recv_view(timeout=20) if i % 2 else None
+            m = bytes(v) if v is not None else ch.recv(timeout=20)
+            assert len(m) == n and m == bytes([i & 255]) * n, (i, n, len(m))
+            if v is not None:
+                v.release()
+        os.write(w, b"ok")
+
+    pid = fork(consumer)
+    for i, n in enumerate(sizes * 3):
+        if i % 3 == 0:
+            a = pool.alloc(n)
+            memoryview(a)[:] = bytes([i & 255]) * n
+            ch.send(a)
+        else:
+            ch.send(bytes([i & 255]) * n)
+    assert read_exact(r, 2, 30) == b"ok"
+    assert join(pid) == 0
+    os.close(r)
+    os.close(w)
+    ch.destroy()
+    assert pool.stats().live_allocs == 0
+
+
+@pytest.mark.timeout(30)
+def test_blocked_receiver_wakes_and_timeouts(pool):
+    ch = Channel.create(pool, capacity=2, block_size=64)
+    r, w = os.pipe()
+
+    def child():
+        t = time.monotonic()
+        try:
+            ch.recv(timeout=0.3)
+        except ChannelEmpty:
+            pass
+        os.write(w, struct.pack("<d", time.monotonic() - t))
+        m = ch.recv()                     # forever, woken by the parent's send
+        os.write(w, struct.pack("<d", time.monotonic()) + m)
+
+    pid = fork(child)
+    (el,) = struct.unpack("<d", read_exact(r, 8))
+    assert 0.3 <= el < 0.8
+    time.sleep(0.2)
+    t = time.monotonic()
+    ch.send(b"wake")
+    data = read_exact(r, 12)
+    assert data[8:] == b"wake"
+    assert struct.unpack("<d", data[:8])[0] - t < 0.5
+    assert join(pid) == 0
+    os.close(r)
+    os.close(w)
+    ch.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_interrupts_blocked_send_and_recv(pool):
+    ch = Channel.create(pool, capacity=2, block_size=64)
+    r, w = os.pipe()
+
+    def child():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.write(w, b"R")
+        try:
+            ch.recv()
+            os.write(w, b"X")
+        except KeyboardInterrupt:
+            os.write(w, b"K")
+        os.write(w, ch.recv(timeout=10))                # still works
+        ch.send(b"1")
+        ch.send(b"2")
+        os.write(w, b"S")
+        try:
+            ch.send(b"3")
+            os.write(w, b"X")
+        except KeyboardInterrupt:
+            os.write(w, b"K")
+
+    pid = fork(child)
+    assert read_exact(r, 1) == b"R"
+    time.sleep(0.3)
+    t = time.monotonic()
+    os.kill(pid, signal.SIGINT)
+    assert read_exact(r, 1) == b"K"
+    assert time.monotonic() - t < 1.0
+    ch.send(b"after")
+    assert read_exact(r, 5) == b"after"
+    assert read_exact(r, 1) == b"S"
+    time.sleep(0.3)
+    t = time.monotonic()
+    os.kill(pid, signal.SIGINT)
+    assert read_exact(r, 1) == b"K"
+    assert time.monotonic() - t < 1.0
+    assert join(pid) == 0
+    assert len(ch) == 2 and ch.recv(timeout=0) == b"1" and ch.recv(timeout=0) == b"2"
+    with pytest.raises(ChannelEmpty):
+        ch.recv(timeout=0)
+    os.close(r)
+    os.close(w)
+    ch.destroy()
+
+
+@pytest.mark.timeout(30)
+def test_wait_any_across_processes(pool):
+    with Pool.create(1 << 20) as other:
+        a = Channel.create(pool, capacity=2, block_size=64)
+        b = Channel.create(pool, capacity=2, block_size=64)
+        c = Channel.create(other, capacity=2, block_size=64)
+        r, w = os.pipe()
+
+        def child():
+            for chans in ([a, b], [a, b, c]):
+                ready = wait_any(chans, timeout=10)
+                os.write(w, bytes([len(ready)]) + bytes(chans.index(x) for x in ready))
+                for x in ready:
+                    x.recv()
+            for x in (a, b):
+                x.send(b"1")
+                x.send(b"2")
+            os.write(w, b"F")
+            ready = wait_any([a, b], writable=True, timeout=10)
+            os.write(w, bytes([len(ready)]) + bytes([a, b].index(x) for x in ready))
+
+        pid = fork(child)
+        time.sleep(0.2)
+        b.send(b"x")
+        assert read_exact(r, 2) == b"\x01\x01"
+        time.sleep(0.2)
+        c.send(b"y")                                      # another pool: 1 ms slices
+        assert read_exact(r, 2) == b"\x01\x02"
+        assert read_exact(r, 1) == b"F"                   # both full: nobody writable
+        time.sleep(0.2)
+        b.recv()
+        assert read_exact(r, 2) == b"\x01\x01"
+        assert join(pid) == 0
+        os.close(r)
+        os.close(w)
+        for x in (a, b, c):
+            x.destroy()
+
+
+# ---------------------------------------------------------------------------
+# SIGKILL storms
+
+SEQ = 1 << 14
+
+
+def _storm(pool, kills_wanted, max_seconds, seed):
+    rnd = random.Random(seed)
+    ninc = kills_wanted + 16
+    ch = Channel.create(pool, capacity=16, block_size=128)
+    counts = mmap.mmap(-1, ninc * SEQ)                    # receipts per message id
+    completed = mmap.mmap(-1, ninc * 8)                   # last completed seq per producer incarnation
+    flags = mmap.mmap(-1, 64)                             # [stop producers, stop consumers, bad]
+    comp = memoryview(completed).cast("q")
+    for i in range(ninc):
+        comp[i] = -1
+    fl = memoryview(flags).cast("q")
+
+    def producer(inc):
+        r2 = random.Random(inc)
+        for seq in range(SEQ):
+            if fl[0]:
+                return
+            mid = inc * SEQ + seq
+            size = r2.choice((16, 40, 112, 200, 2000))
+            if size == 2000 and r2.random() < 0.5:
+                a = ch.pool.alloc(size, timeout=None)
+                memoryview(a)[:] = body(mid, size)
+                ch.send(a)
+            else:
+                ch.send(body(mid, size))
+            comp[inc] = seq
+        while not fl[0]:
+            time.sleep(0.005)
+
+    def consumer(k):
+        cnt = memoryview(counts)
+        r2 = random.Random(k)
+        while True:
+            try:
+                if r2.random() < 0.2:
+                    v = ch.recv_view(timeout=0.05)
+                    m = bytes(v)
+                    v.release()
+                else:
+                    m = ch.recv(timeout=0.05)
+            except ChannelEmpty:
+                if fl[1]:
+                    return
+                continue
+            ok, mid = intact(m)
+            if not ok or mid >= ninc * SEQ:
+                fl[2] = 1
+                continue
+            cnt[mid] += 1
+
+    procs = {}
+    next_inc = 0
+    ncons = 0
+
+    def start(kind):
+        nonlocal next_inc, ncons
+        if kind == "p":
+            procs[fork(producer, next_inc)] = ("p", next_inc)
+            next_inc += 1
+        else:
+            procs[fork(consumer, ncons)] = ("c", ncons)
+            ncons += 1
+
+    for kind in "ppcc":
+        start(kind)
+    kills = {"p": 0, "c": 0}
+    t_end = time.monotonic() + max_seconds
+    try:
+        while sum(kills.values()) < kills_wanted and time.monotonic() < t_end:
+            time.sleep(rnd.uniform(0.0005, 0.02))
+            pid = rnd.choice(list(procs))
+            kind, _ = procs.pop(pid)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            kills[kind] += 1
+            if kind == "p" and next_inc >= ninc:
+                kind = "c"
+            start(kind)
+        # wind down: producers finish their current send, consumers drain
+        fl[0] = 1
+        for pid, (kind, _) in list(procs.items()):
+            if kind == "p":
+                assert join(pid, 30) == 0
+                del procs[pid]
+        deadline = time.monotonic() + 30
+        while len(ch) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fl[1] = 1
+        for pid in list(procs):
+            assert join(pid, 30) == 0
+            del procs[pid]
+    finally:
+        for pid in procs:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    # whatever a dead producer left in flight is skipped; nothing may remain
+    leftovers = []
+    while True:
+        try:
+            leftovers.append(ch.recv(timeout=0.2))
+        except ChannelEmpty:
+            break
+    cnt = memoryview(counts)
+    for m in leftovers:
+        ok, mid = intact(m)
+        assert ok
+        cnt[mid] += 1
+    assert fl[2] == 0, "a consumer received a corrupt message"
+    data = bytes(counts)
+    assert max(data) <= 1, "a message was delivered twice"
+    missing = 0
+    for inc in range(next_inc):
+        done = comp[inc]
+        seg = data[inc * SEQ: inc * SEQ + done + 1]
+        missing += seg.count(0)
+        # nothing beyond the one in-flight send of a killed producer
+        assert data[inc * SEQ + done + 2: (inc + 1) * SEQ].count(1) == 0
+    total = sum(comp[i] + 1 for i in range(next_inc))
+    # each killed consumer may lose the one message it was receiving
+    assert missing <= kills["c"], (missing, kills, total)
+    assert total > 1000, f"too little traffic to mean anything: {total} messages"
+    # the channel still works after the storm
+    for i in range(100):
+        ch.send(b"%d" % i, timeout=5)
+        assert ch.recv(timeout=5) == b"%d" % i
+    ch.destroy()
+    return kills, total, missing
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_storm_short(pool):
+    kills, total, missing = _storm(pool, kills_wanted=60, max_seconds=15, seed=1)
+    assert sum(kills.values()) >= 20
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigkill_storm_long(pool):
+    kills, total, missing = _storm(pool, kills_wanted=1200, max_seconds=600, seed=2)
+    assert sum(kills.values()) >= 1000
