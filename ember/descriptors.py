@@ -6,7 +6,6 @@ process, pool or channel; they travel as msgpack maps (``to_dict`` /
 ``query``; constructing one by hand is possible but rarely useful.
 """
 from collections import namedtuple
-from dataclasses import asdict, dataclass, fields
 
 __all__ = [
     "ProcessDescriptor",
@@ -129,8 +128,27 @@ class ChannelDescriptor(_Record):
 
 
 class _Options:
+    """Plain option records (no dataclasses: this module is imported at
+    every process's start-up, and dataclasses costs milliseconds)."""
+
+    _fields = ()
+
+    def __init__(self, **kw):
+        for name, default in self._fields:
+            setattr(self, name, kw.pop(name, default))
+        if kw:
+            names = [n for n, _ in self._fields]
+            raise TypeError(f"unknown {type(self).__name__} field(s) {sorted(kw)}; known: {names}")
+
     def to_dict(self):
-        return asdict(self)
+        return {name: getattr(self, name) for name, _ in self._fields}
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        body = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({body})"
 
     @classmethod
     def coerce(cls, value, what):
@@ -140,33 +158,30 @@ class _Options:
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            names = {f.name for f in fields(cls)}
-            unknown = set(value) - names
-            if unknown:
-                raise TypeError(f"unknown {cls.__name__} field(s) {sorted(unknown)}; known: {sorted(names)}")
             return cls(**value)
         raise TypeError(f"{what} must be a {cls.__name__}, a dict or None, not {type(value).__name__}")
 
 
-@dataclass
 class ProcessOptions(_Options):
-    """How to launch a process.
+    """How to launch a process: no options yet (placement on other nodes
+    will come with multi-node support); accepted so callers can pass one."""
 
-    ``label``: overrides the launcher's output labelling for this process's
-    lines (None: use the launcher's ``--label`` setting).  More options
-    will come with multi-node placement.
-    """
+    _fields = ()
 
-    label: str = None
+    def __init__(self):
+        super().__init__()
 
 
-@dataclass
 class PoolOptions(_Options):
-    """Pool creation options (none yet beyond the size given to create;
-    reserved for placement on other nodes)."""
+    """Pool creation options: none yet beyond the size given to create
+    (reserved for placement on other nodes)."""
+
+    _fields = ()
+
+    def __init__(self):
+        super().__init__()
 
 
-@dataclass
 class ChannelOptions(_Options):
     """Channel creation options.
 
@@ -178,6 +193,7 @@ class ChannelOptions(_Options):
     drops it) and destroys it when the count reaches zero.
     """
 
-    capacity: int = 128
-    block_size: int = 1024
-    ref_count: bool = False
+    _fields = (("capacity", 128), ("block_size", 1024), ("ref_count", False))
+
+    def __init__(self, capacity=128, block_size=1024, ref_count=False):
+        super().__init__(capacity=capacity, block_size=block_size, ref_count=ref_count)

@@ -26,7 +26,6 @@ segments whose owner is gone.
 import argparse
 import os
 import re
-import secrets
 import select
 import signal
 import sys
@@ -158,10 +157,20 @@ def _set_pdeathsig():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
+def _gs_main(gs_ch, sh_ch, tag, dflt):
+    from ..globalservices import server
+    return server.main_forked(gs_ch, sh_ch, tag, dflt)
+
+
+def _sh_main(sh_ch, gs_ch, label):
+    from ..shepherd import server
+    return server.main_forked(sh_ch, gs_ch, label=label)
+
+
 class Launcher:
     def __init__(self, args):
         self.args = args
-        self.tag = f"r{os.getpid()}-{secrets.token_hex(3)}"
+        self.tag = f"r{os.getpid()}-{os.urandom(3).hex()}"
         self.children = {}        # pid -> role
         self.head = None
         self.head_pidfd = None
@@ -192,10 +201,7 @@ class Launcher:
 
     def run(self):
         from ..channels_c import Channel
-        from ..globalservices import process
-        from ..globalservices import server as gs_server
         from ..pools_c import Pool
-        from ..shepherd import server as sh_server
 
         a = self.args
         self.launcher_pid = os.getpid()
@@ -216,9 +222,12 @@ class Launcher:
                 _env.P_UID: "0",
                 _env.LABEL: a.label,
             })
-            self._fork("global services", lambda: gs_server.main_forked(gs_ch, sh_ch, self.tag, dflt))
-            self._fork("shepherd", lambda: sh_server.main_forked(sh_ch, gs_ch, label=a.label))
+            # GS and the shepherd import their own modules after the fork, in
+            # parallel with each other and with the launcher's client import.
+            self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt))
+            self._fork("shepherd", lambda: _sh_main(sh_ch, gs_ch, a.label))
             signal.signal(signal.SIGCHLD, self._on_sigchld)
+            from ..globalservices import process
             code = self._run_head(process)
         finally:
             self._shutdown(gs_ch, sh_ch, inf, dflt)
