@@ -28,3 +28,15 @@ def get(name, default=None):
 
 def in_runtime() -> bool:
     return GS_CH in os.environ
+
+SEGMENT_TAG = "EMBER_SEGMENT_TAG"    # optional: appended to every segment's owner tag (test isolation)
+
+
+def owner_tag(kind, pid=None):
+    """The owner tag put in segment names: ``p<pid>`` for a standalone pool,
+    ``r<launcher pid>-<hex>`` for a runtime (kind ``"p"`` or ``"r"``), plus
+    ``-<EMBER_SEGMENT_TAG>`` when that is set (up to 8 of [A-Za-z0-9_])."""
+    pid = os.getpid() if pid is None else pid
+    tag = f"p{pid}" if kind == "p" else f"r{pid}-{os.urandom(3).hex()}"
+    extra = "".join(c for c in os.environ.get(SEGMENT_TAG, "") if c.isascii() and (c.isalnum() or c == "_"))[:8]
+    return f"{tag}-{extra}" if extra else tag

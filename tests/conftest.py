@@ -1,19 +1,20 @@
 """Leak checks for every test (autouse): no /dev/shm segment, no child
 process and no file descriptor may outlive the test that made it.
 
-Segment names carry their owner's pid (``ember.p<pid>.…`` for a standalone
-pool, ``ember.r<launcher pid>-….…`` inside a runtime).  A segment that
-appeared during the test is a leak when its owner is this test process or
-is dead; segments of the other xdist worker's live processes are not ours.
+Every segment made by this test process or its descendants carries this
+worker's tag in its name (``EMBER_SEGMENT_TAG``, set below and inherited):
+``ember.p<pid>-<tag>.…`` for a standalone pool, ``ember.r<pid>-<hex>-<tag>.…``
+for a runtime.  Any such segment that appeared during a test and is still
+there after it is a leak; the other xdist worker's segments are not ours.
 """
 import os
-import re
 import time
 
 import pytest
 
 SHM = "/dev/shm"
-_OWNER = re.compile(r"^ember\.[pr](\d+)[-.]")
+_TAG = os.environ.get("PYTEST_XDIST_WORKER", "main").replace("gw", "t")
+os.environ["EMBER_SEGMENT_TAG"] = _TAG
 
 
 def _segments():
@@ -23,22 +24,9 @@ def _segments():
         return set()
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_ours(name):
-    m = _OWNER.match(name)
-    if not m:
-        return True
-    pid = int(m.group(1))
-    return pid == os.getpid() or not _pid_alive(pid)
+    parts = name.split(".")
+    return len(parts) >= 3 and parts[1].endswith("-" + _TAG)
 
 
 def _children():

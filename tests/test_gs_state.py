@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ember import messages as m
+from ember import _env, messages as m
 from ember.globalservices.server import GlobalServices
 from ember.pools_c import Pool
 
@@ -20,7 +20,7 @@ class Harness:
         self.sh = []               # messages to the shepherd
         self.now = 100.0
         self.tags = iter(range(1, 10**9))
-        self.tag_prefix = f"p{os.getpid()}"
+        self.tag_prefix = _env.owner_tag("p")
         self.pool = Pool.create(1 << 22, name="default", owner_tag=self.tag_prefix)
         self.gs = GlobalServices(runtime_tag=self.tag_prefix, send_reply=self._reply,
                                  send_shepherd=self.sh.append, clock=lambda: self.now,

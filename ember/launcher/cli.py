@@ -170,7 +170,7 @@ def _sh_main(sh_ch, gs_ch, label):
 class Launcher:
     def __init__(self, args):
         self.args = args
-        self.tag = f"r{os.getpid()}-{os.urandom(3).hex()}"
+        self.tag = _env.owner_tag("r")
         self.children = {}        # pid -> role
         self.head = None
         self.head_pidfd = None
