@@ -482,5 +482,9 @@ def test_capi_corruption_detected_not_crashing(mkpool, ffi, lib):
     assert p.free(b) == lib.EMBER_ERR_BAD_MAGIC
     for i, v in enumerate(saved):
         hdr[i] = v
+    hdr[2] = 1 << 40                                   # prev_size pointing before the heap
+    assert p.free(b) == lib.EMBER_ERR_CORRUPT
+    assert lib.ember_pool_check(p.p, b) == lib.EMBER_ERR_CORRUPT
+    hdr[2] = saved[2]
     assert p.validate() == 0
     assert p.free(a) == 0 and p.free(b) == 0

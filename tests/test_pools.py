@@ -339,3 +339,63 @@ def test_pools_many_allocs_and_stats(pool):
     pool._validate()
     assert pool.stats().free == pool.stats().total
     assert pool._repair_count() == 0
+
+
+# ------------------------------------------------------------------ model-based
+
+try:
+    from hypothesis import settings, strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+except ImportError:                                   # pragma: no cover
+    RuleBasedStateMachine = None
+
+if RuleBasedStateMachine is not None:
+    class PoolMachine(RuleBasedStateMachine):
+        """Random alloc/free sequences against a model: every live block keeps
+        its own pattern (no overlap), stats match, invariants hold."""
+
+        def __init__(self):
+            super().__init__()
+            self.pool = Pool.create(1 << 18, name="hyp")
+            self.live = {}                            # id -> (Allocation, byte)
+
+        @rule(n=st.one_of(st.integers(1, 200), st.integers(1, 70000), st.sampled_from([64, 4096])))
+        def alloc(self, n):
+            before = self.pool.stats()
+            try:
+                a = self.pool.alloc(n)
+            except PoolExhausted:
+                assert before.largest_free < n
+                return
+            assert a.offset % 64 == 0 and a.size == n and a.id not in self.live
+            tag = a.id % 251 + 1
+            memoryview(a)[:] = bytes([tag]) * n
+            self.live[a.id] = (a, tag)
+
+        @precondition(lambda self: self.live)
+        @rule(data=st.data())
+        def free(self, data):
+            key = data.draw(st.sampled_from(sorted(self.live)))
+            a, tag = self.live.pop(key)
+            assert bytes(memoryview(a)) == bytes([tag]) * a.size
+            a.free()
+
+        @invariant()
+        def consistent(self):
+            self.pool._validate()
+            s = self.pool.stats()
+            assert s.live_allocs == len(self.live)
+            assert s.largest_free <= max(s.free - 64, 0)
+            used = sum((a.size + 63) // 64 * 64 + 64 for a, _ in self.live.values())
+            assert s.free <= s.total - used
+
+        def teardown(self):
+            for a, tag in self.live.values():
+                assert bytes(memoryview(a)) == bytes([tag]) * a.size
+                a.free()
+            s = self.pool.stats()
+            assert s.free == s.total and s.largest_free == s.total - 64
+            self.pool.destroy()
+
+    TestPoolMachine = PoolMachine.TestCase
+    TestPoolMachine.settings = settings(max_examples=40, stateful_step_count=60, deadline=None, database=None)

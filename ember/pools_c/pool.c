@@ -826,6 +826,11 @@ static ember_rc_t _ember_validate_alloc(ember_pool_t *p, const ember_alloc_t *a,
         return EMBER_ERR_STALE;
     if (a->size > sz - _EMBER_BLK_HDR)
         return EMBER_ERR_OUT_OF_RANGE;
+    /* free follows prev_size to the block before: never outside the heap */
+    if ((b->prev_size & 63u) || b->prev_size > off - p->heap_off ||
+        (b->prev_size == 0) != (off == p->heap_off) ||
+        (b->prev_size != 0 && b->prev_size < _EMBER_BLK_MIN))
+        return EMBER_ERR_CORRUPT;
     *boff = off;
     return EMBER_OK;
 }
