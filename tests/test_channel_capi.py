@@ -146,8 +146,16 @@ def test_large_messages_through_pool(capi, pool):
     assert lib.ember_ch_recv_begin(ch, 0, -1, m) == lib.EMBER_OK
     assert m.is_alloc == 1 and m.alloc.offset == a.offset and m.alloc.id == a.id
     assert bytes(ffi.buffer(m.data, m.len)) == b"Z" * 5000
-    assert lib.ember_ch_recv_end(ch, m) == lib.EMBER_OK
+    assert lib.ember_ch_recv_take(ch, m) == lib.EMBER_OK                 # zero-copy: caller owns it
+    assert lib.ember_ch_recv_take(ch, m) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_recv_end(ch, m) == lib.EMBER_OK                  # no-op after take
+    assert live_allocs(capi, pool) == base + 1                           # this block
     assert lib.ember_pool_free(pool, ffi.addressof(m, "alloc")) == lib.EMBER_OK
+    # recv_end frees a large message that was not taken
+    assert lib.ember_ch_send(ch, big, len(big), 0) == lib.EMBER_OK
+    assert lib.ember_ch_recv_begin(ch, 0, -1, m) == lib.EMBER_OK and m.is_alloc == 1
+    assert lib.ember_ch_recv_end(ch, m) == lib.EMBER_OK
+    assert live_allocs(capi, pool) == base
     # a stale allocation cannot be sent
     assert lib.ember_ch_send_alloc(ch, a, 0) == lib.EMBER_ERR_DOUBLE_FREE
     # destroy frees queued large messages

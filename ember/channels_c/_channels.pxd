@@ -44,6 +44,7 @@ cdef extern from "channel.h" nogil:
     ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,
                                    ember_ch_msg_t *msg)
     ember_rc_t ember_ch_recv_end(ember_ch_t *ch, ember_ch_msg_t *msg)
+    ember_rc_t ember_ch_recv_take(ember_ch_t *ch, ember_ch_msg_t *msg)
     ember_rc_t ember_ch_recv(ember_ch_t *ch, void *buf, uint64_t cap, uint64_t *len,
                              int64_t timeout_ns)
     ember_rc_t ember_ch_poll(ember_ch_t *ch, int writable, int64_t timeout_ns)

@@ -214,9 +214,10 @@ cdef class Channel:
 
     def __dealloc__(self):
         if self._ch != NULL:
+            # No source=self: the object is being freed (tp_dealloc), a
+            # reference kept by a warnings filter would dangle.
             try:
-                warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning,
-                              source=self)
+                warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning)
             except Exception:
                 pass
             ember_ch_detach(self._ch)
@@ -355,7 +356,7 @@ cdef class Channel:
         return (Channel.attach, (self.sdesc,))
 
     def __repr__(self):
-        state = " closed" if self._ch == NULL else f" queued={ember_ch_count(self._ch)}"
+        state = " closed" if self._ch == NULL or self._pool._pool == NULL else f" queued={ember_ch_count(self._ch)}"
         return (f"<ember Channel c_uid={self._c_uid} capacity={self._capacity} "
                 f"block_size={self._block_size}{state}>")
 
@@ -619,7 +620,7 @@ cdef class Channel:
             with nogil:
                 memcpy(dst, m.data, m.len)
         finally:
-            ember_pool_free(self._pool._pool, &m.alloc)
+            ember_ch_recv_end(ch, &m)          # frees the block, releases the slot
         return out
 
     def recv_into(self, buffer, timeout=None):
@@ -652,10 +653,9 @@ cdef class Channel:
             if m.is_alloc:
                 with nogil:
                     memcpy(view.buf, m.data, m.len)
-                ember_pool_free(self._pool._pool, &m.alloc)
             else:
                 memcpy(view.buf, m.data, m.len)
-                ember_ch_recv_end(ch, &m)
+            ember_ch_recv_end(ch, &m)
             return <Py_ssize_t>m.len
         finally:
             PyBuffer_Release(&view)
@@ -686,10 +686,12 @@ cdef class Channel:
                 ember_ch_recv_end(ch, &m)
             return memoryview(out)
         try:
-            return _view_of_alloc(self._pool, m.alloc)
+            out = _view_of_alloc(self._pool, m.alloc)
         except BaseException:
-            ember_pool_free(self._pool._pool, &m.alloc)
+            ember_ch_recv_end(ch, &m)
             raise
+        ember_ch_recv_take(ch, &m)             # the view owns the block now
+        return out
 
     # ---- readiness ----
     def poll(self, timeout=0):

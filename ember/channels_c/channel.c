@@ -107,7 +107,9 @@
  *   - Consumer dies after its claim CAS and before releasing the slot: the
  *     message it was receiving (its own in-flight receive) is lost; tail is
  *     helped by others; the slot is recovered by the next producer that
- *     needs it, which frees the message's pool allocation if any.
+ *     needs it, which frees the message's pool allocation if any (a large
+ *     message keeps its slot READING until the receiver has copied it out
+ *     and freed it, or taken it over with ember_ch_recv_take).
  *   - A process dies while counted in a waiter count: the count stays high,
  *     which only costs notifiers a needless FUTEX_WAKE (never a lost wake).
  *   Hence: a completed send (state FULL stored) is never lost unless a
@@ -116,8 +118,9 @@
  *   Caveats: (1) pid reuse: if a dead claimant's pid is reused by a new
  *   process before anyone notices, the slot stays blocked until that process
  *   exits (never a wrong delivery, only a delay).  (2) A producer killed
- *   between allocating a large message in the pool and publishing it leaks
- *   that allocation.  (3) All processes must share one pid namespace.
+ *   between allocating a large message in the pool and publishing it, or a
+ *   receiver killed between ember_ch_recv_take and handing the block on,
+ *   leaks that one allocation (ember_pool_next_alloc can reclaim it).  (3) All processes must share one pid namespace.
  *   (4) Destroy must happen when nobody uses the channel any more.
  */
 #include "channel.h"
@@ -985,13 +988,25 @@ ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_l
     }
     if (rc != EMBER_OK || !msg->is_alloc)
         return rc;
-    /* Large message: the receiver now owns the allocation; free the slot. */
+    /* Large message: the slot stays READING (so that if we die, the producer
+     * that recovers the slot frees the allocation) until recv_end/take. */
+    if (ember_pool_check(ch->pool, &msg->alloc) != EMBER_OK) {
+        release_slot(ch, msg->slot_, msg->pos_);
+        msg->slot_ = NULL;
+        return EMBER_ERR_CORRUPT;
+    }
+    msg->data = ember_pool_ptr(ch->pool, msg->alloc.offset);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_recv_take(ember_ch_t *ch, ember_ch_msg_t *msg)
+{
+    if (!ch || !msg)
+        return EMBER_ERR_INVALID_ARG;
+    if (!msg->is_alloc || !msg->slot_)
+        return EMBER_ERR_INVALID_ARG;
     release_slot(ch, msg->slot_, msg->pos_);
     msg->slot_ = NULL;
-    rc = ember_pool_check(ch->pool, &msg->alloc);
-    if (rc != EMBER_OK)
-        return EMBER_ERR_CORRUPT;
-    msg->data = ember_pool_ptr(ch->pool, msg->alloc.offset);
     return EMBER_OK;
 }
 
@@ -1000,6 +1015,11 @@ ember_rc_t ember_ch_recv_end(ember_ch_t *ch, ember_ch_msg_t *msg)
     if (!ch || !msg)
         return EMBER_ERR_INVALID_ARG;
     if (msg->slot_) {
+        /* Free first, then release: a death in between leaves the slot
+         * READING and the recovering producer's second free fails its id
+         * check harmlessly. */
+        if (msg->is_alloc)
+            (void)ember_pool_free(ch->pool, &msg->alloc);
         release_slot(ch, msg->slot_, msg->pos_);
         msg->slot_ = NULL;
     }
@@ -1020,10 +1040,7 @@ ember_rc_t ember_ch_recv(ember_ch_t *ch, void *buf, uint64_t cap, uint64_t *len,
         memcpy(buf, m.data, m.len);
     if (len)
         *len = m.len;
-    if (m.is_alloc)
-        (void)ember_pool_free(ch->pool, &m.alloc);
-    else
-        ember_ch_recv_end(ch, &m);
+    ember_ch_recv_end(ch, &m);
     return EMBER_OK;
 }
 

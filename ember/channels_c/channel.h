@@ -40,13 +40,14 @@
 /* Process-local handle of an attached channel (opaque). */
 typedef struct ember_ch ember_ch_t;
 
-/* A message claimed by ember_ch_recv_begin.
- *   is_alloc == 0: `data`/`len` point into the channel slot, valid until
- *                  ember_ch_recv_end (which must follow, soon).
+/* A message claimed by ember_ch_recv_begin: `data`/`len` are valid until
+ * ember_ch_recv_end, which must follow soon (the slot is held until then).
+ *   is_alloc == 0: `data` points into the channel slot.
  *   is_alloc == 1: the message is the pool allocation `alloc` (payload at
- *                  `data`, `len` bytes).  The slot was already released:
- *                  the caller owns the allocation and must free it (or keep
- *                  it); ember_ch_recv_end is a no-op for it. */
+ *                  `data`).  ember_ch_recv_end frees it and releases the
+ *                  slot; or ember_ch_recv_take releases the slot and hands
+ *                  the allocation to the caller (zero-copy; the caller
+ *                  frees it), after which ember_ch_recv_end is a no-op. */
 typedef struct {
     const void *data;
     uint64_t len;
@@ -108,6 +109,9 @@ ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t t
 ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,
                                ember_ch_msg_t *msg);
 ember_rc_t ember_ch_recv_end(ember_ch_t *ch, ember_ch_msg_t *msg);
+/* Take over the allocation of a large message (is_alloc == 1); releases the
+ * slot.  EMBER_ERR_INVALID_ARG for an inline message or a second take. */
+ember_rc_t ember_ch_recv_take(ember_ch_t *ch, ember_ch_msg_t *msg);
 
 /* Receive into a caller buffer (one copy; a large message's allocation is
  * freed).  EMBER_ERR_BUFFER_TOO_SMALL (message left queued, *len = its
