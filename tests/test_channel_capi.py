@@ -12,6 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cffi_channel import build  # noqa: E402
 
 HDR = 320          # channel header bytes (5 cache lines), see docs/channels.md
+
+
+def owner_tag():
+    """p<pid>, plus the test worker's segment tag (see conftest.py)."""
+    extra = os.environ.get("EMBER_SEGMENT_TAG")
+    return (f"p{os.getpid()}-{extra}" if extra else f"p{os.getpid()}").encode()
 SLOT_HDR = 16
 
 
@@ -25,7 +31,7 @@ def pool(capi):
     ffi, lib = capi
     out = ffi.new("ember_pool_t **")
     m_uid = random.getrandbits(63)
-    rc = lib.ember_pool_create(8 << 20, m_uid, f"p{os.getpid()}".encode(), b"chtest", out)
+    rc = lib.ember_pool_create(8 << 20, m_uid, owner_tag(), b"chtest", out)
     assert rc == lib.EMBER_OK
     yield out[0]
     assert lib.ember_pool_destroy(out[0]) == lib.EMBER_OK
@@ -210,7 +216,7 @@ def test_misuse_descriptors(capi, pool):
         assert attach(bytes(bad)) in (lib.EMBER_ERR_BAD_DESCRIPTOR, lib.EMBER_ERR_VERSION), i
     # a channel of another pool
     other = ffi.new("ember_pool_t **")
-    assert lib.ember_pool_create(1 << 20, random.getrandbits(63), f"p{os.getpid()}".encode(),
+    assert lib.ember_pool_create(1 << 20, random.getrandbits(63), owner_tag(),
                                  ffi.NULL, other) == lib.EMBER_OK
     try:
         assert attach(sd, other[0]) == lib.EMBER_ERR_BAD_DESCRIPTOR

@@ -75,17 +75,22 @@
  *   - head/tail: loaded with acquire and advanced by acq_rel CAS, so that a
  *     process that sees head == p also sees the claim of slot p - cap
  *     (transitively through the chain of head CASes).
- *   - Sleeping (Dekker): a waiter does seq_cst fetch_add(waiters), a seq_cst
- *     fence, v = seq_cst load(word), re-tries the operation, then
- *     futex_wait(word, v).  A notifier does its publish (release store of
- *     the slot), a seq_cst fence, then loads waiters; if > 0 it does a seq_cst
- *     fetch_add(word) and FUTEX_WAKE (all).  The two fences make it
- *     impossible that the waiter misses the publish AND the notifier misses
- *     the waiter; if the notifier saw the waiter, its word bump comes after
- *     the waiter's load of v (or the waiter would have seen the publish),
- *     so futex_wait returns at once or is woken.  The fast path therefore
- *     costs one fence and two relaxed loads (channel waiters, pool event
- *     waiters), and no system call when nobody sleeps.
+ *   - Sleeping (Dekker): each side has a futex word (xsent: receivers sleep
+ *     on it; xrecvd: senders sleep on it) and a "sleepers" flag.  A waiter
+ *     does v = seq_cst load(word), seq_cst store(sleepers, 1), a seq_cst
+ *     fence, re-tries the operation, then futex_wait(word, v).  A notifier
+ *     does its publish (release store of the slot), a seq_cst fence, loads
+ *     the flag and, if set, seq_cst exchange(sleepers, 0); if that returned
+ *     1 it does seq_cst fetch_add(word) and FUTEX_WAKE (all).  The fences
+ *     make it impossible that the waiter misses the publish AND the notifier
+ *     misses the flag.  Whoever clears the flag bumps the word afterwards,
+ *     and the waiter read v before it set the flag, so in the single total
+ *     order v precedes the bump: futex_wait returns at once or is woken.
+ *     Only the first notifier after a sleeper arrived pays for a system
+ *     call (not one per message while the sleeper is being scheduled), and
+ *     a waiter that dies or times out leaves at most one needless wake.
+ *     The fast path costs one fence and two relaxed loads (the flag, and
+ *     the pool event word's waiter count for ember_ch_wait_any).
  *
  * PROGRESS
  *   Lock-free on the fast path while the processes involved are alive (a
@@ -110,8 +115,10 @@
  *     needs it, which frees the message's pool allocation if any (a large
  *     message keeps its slot READING until the receiver has copied it out
  *     and freed it, or taken it over with ember_ch_recv_take).
- *   - A process dies while counted in a waiter count: the count stays high,
- *     which only costs notifiers a needless FUTEX_WAKE (never a lost wake).
+ *   - A process dies while sleeping: its sleepers flag costs the next
+ *     notifier one needless FUTEX_WAKE; dying while counted in the pool's
+ *     event waiter count (ember_ch_wait_any) costs every notifier of that
+ *     pool a needless wake (speed, never correctness).
  *   Hence: a completed send (state FULL stored) is never lost unless a
  *   consumer dies while holding it; nothing is delivered twice (the
  *   FULL -> READING CAS is the unique claim).
@@ -181,9 +188,9 @@ typedef struct {
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xhead;       /* next enqueue position */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xtail;       /* next dequeue position */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xsent;       /* bumped after publish; receivers sleep */
-    _Atomic uint32_t xrecv_waiters;
+    _Atomic uint32_t xrecv_sleepers;                         /* flag: a receiver may sleep */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xrecvd;      /* bumped after consume; senders sleep */
-    _Atomic uint32_t xsend_waiters;
+    _Atomic uint32_t xsend_sleepers;                         /* flag: a sender may sleep */
     _Alignas(EMBER_CACHE_LINE) unsigned char end_[];
 } ch_hdr_t;
 
@@ -302,13 +309,17 @@ static void futex_wake_all(_Atomic uint32_t *addr)
 
 /* Notify the other side after a publish (word = xsent) or a consume
  * (word = xrecvd).  Dekker with ch_wait / ember_ch_wait_any. */
-static inline void notify(ember_ch_t *ch, _Atomic uint32_t *word, _Atomic uint32_t *waiters)
+static inline void notify(ember_ch_t *ch, _Atomic uint32_t *word, _Atomic uint32_t *sleepers)
 {
     /* seq_cst fence: orders the slot store-release just done before the
-     * loads of the waiter counts below; pairs with the seq_cst fence after
-     * the waiter-count increment in ch_wait() / ember_ch_wait_any(). */
+     * loads of the sleepers flag / pool waiter count below; pairs with the
+     * seq_cst fence after the flag store in ch_wait() and after the waiter
+     * count increment in ember_ch_wait_any(). */
     ember_atomic_fence_seq_cst();
-    if (__builtin_expect(ember_atomic_load_relaxed(waiters) != 0, 0)) {
+    if (__builtin_expect(ember_atomic_load_relaxed(sleepers) != 0, 0)
+        && ember_atomic_exchange_seq_cst(sleepers, 0) != 0) {
+        /* seq_cst: the bump follows the exchange in the total order, so it
+         * follows every sleeper's load of the word (see MEMORY ORDER). */
         ember_atomic_add_seq_cst(word, 1);
         futex_wake_all(word);
     }
@@ -320,12 +331,12 @@ static inline void notify(ember_ch_t *ch, _Atomic uint32_t *word, _Atomic uint32
 
 static inline void notify_sent(ember_ch_t *ch)
 {
-    notify(ch, &ch->h->xsent, &ch->h->xrecv_waiters);
+    notify(ch, &ch->h->xsent, &ch->h->xrecv_sleepers);
 }
 
 static inline void notify_recvd(ember_ch_t *ch)
 {
-    notify(ch, &ch->h->xrecvd, &ch->h->xsend_waiters);
+    notify(ch, &ch->h->xrecvd, &ch->h->xsend_sleepers);
 }
 
 static inline void help_advance(_Atomic uint64_t *ctr, uint64_t pos)
@@ -560,30 +571,25 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
         ember_atomic_store_relaxed(&ch->spin_cur, spin / 2 > mn ? spin / 2 : mn);
     }
     _Atomic uint32_t *word = for_send ? &ch->h->xrecvd : &ch->h->xsent;
-    _Atomic uint32_t *waiters = for_send ? &ch->h->xsend_waiters : &ch->h->xrecv_waiters;
+    _Atomic uint32_t *sleepers = for_send ? &ch->h->xsend_sleepers : &ch->h->xrecv_sleepers;
     int level = 1;
     for (;;) {
         if (!ch_alive(ch))
             return EMBER_ERR_DESTROYED;
-        ember_atomic_add_seq_cst(waiters, 1);
-        /* seq_cst fence: orders the waiter-count increment before the
-         * re-try's loads of the slot state; pairs with the fence in notify(). */
-        ember_atomic_fence_seq_cst();
+        /* seq_cst: v is read before the flag is raised (see MEMORY ORDER). */
         uint32_t v = ember_atomic_load_seq_cst(word);
+        ember_atomic_store_seq_cst(sleepers, 1);
+        /* seq_cst fence: orders the flag store before the re-try's loads of
+         * the slot state; pairs with the fence in notify(). */
+        ember_atomic_fence_seq_cst();
         rc = fn(ch, ctx, level, &stuck);
-        int e = 0;
-        if (rc == busy) {
-            now = now_ns();
-            if (now >= deadline) {
-                ember_atomic_sub_seq_cst(waiters, 1);
-                return busy;
-            }
-            int64_t sl = deadline - now < SLICE_NS ? deadline - now : SLICE_NS;
-            e = futex_wait(word, v, sl);
-        }
-        ember_atomic_sub_seq_cst(waiters, 1);
         if (rc != busy)
             return rc;
+        now = now_ns();
+        if (now >= deadline)
+            return busy;
+        int64_t sl = deadline - now < SLICE_NS ? deadline - now : SLICE_NS;
+        int e = futex_wait(word, v, sl);
         if (e == EINTR)
             return EMBER_ERR_INTERRUPTED;
         level = e == ETIMEDOUT ? 2 : 1;
@@ -703,9 +709,9 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
     ember_atomic_store_relaxed(&h->xhead, 0);
     ember_atomic_store_relaxed(&h->xtail, 0);
     ember_atomic_store_relaxed(&h->xsent, 0);
-    ember_atomic_store_relaxed(&h->xrecv_waiters, 0);
+    ember_atomic_store_relaxed(&h->xrecv_sleepers, 0);
     ember_atomic_store_relaxed(&h->xrecvd, 0);
-    ember_atomic_store_relaxed(&h->xsend_waiters, 0);
+    ember_atomic_store_relaxed(&h->xsend_sleepers, 0);
     unsigned char *slots = (unsigned char *)h + sizeof(ch_hdr_t);
     for (uint32_t i = 0; i < capacity; i++) {
         ch_slot_t *s = (ch_slot_t *)(slots + (size_t)i * block_size);

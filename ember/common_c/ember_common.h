@@ -80,6 +80,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "ember needs lock-free 32-bit atomics"
     atomic_compare_exchange_weak_explicit((p), (expp), (v), memory_order_acq_rel, memory_order_acquire)
 #define ember_atomic_cas_relaxed(p, expp, v) \
     atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_relaxed, memory_order_relaxed)
+#define ember_atomic_exchange_seq_cst(p, v) atomic_exchange_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_fence_seq_cst()        atomic_thread_fence(memory_order_seq_cst)
 
 /* CPU relax hint for spin loops. */
