@@ -13,7 +13,9 @@ import time
 import pytest
 
 SHM = "/dev/shm"
-_TAG = os.environ.get("PYTEST_XDIST_WORKER", "main").replace("gw", "t")
+# Unique per pytest run and worker (two runs may share the machine).
+_TAG = (os.environ.get("PYTEST_XDIST_WORKER", "gwm").replace("gw", "t")
+        + os.environ.get("PYTEST_XDIST_TESTRUNUID", os.urandom(4).hex())[:5])[:8]
 os.environ["EMBER_SEGMENT_TAG"] = _TAG
 
 

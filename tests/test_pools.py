@@ -9,6 +9,7 @@ import time
 import pytest
 
 import ember.pools_c as pools_c
+from ember import _env
 from ember.exceptions import DescriptorError, EmberError, PoolError, PoolExhausted
 from ember.pools_c import Allocation, Pool, PoolStats
 
@@ -42,7 +43,7 @@ def test_pools_create_properties(pool):
     assert pool.name == "tp"
     assert pool.size == 1 << 20
     assert 0 < pool.m_uid < 2 ** 63
-    assert pool.shm_name == f"/ember.p{os.getpid()}.{pool.m_uid:016x}"
+    assert pool.shm_name == f"/ember.{_env.owner_tag('p')}.{pool.m_uid:016x}"
     assert os.path.exists("/dev/shm" + pool.shm_name)
     assert len(pool.sdesc) == 96
     st = pool.stats()
@@ -51,7 +52,7 @@ def test_pools_create_properties(pool):
                            largest_free=(1 << 20) - 4096 - 64, live_allocs=0)
     with pytest.raises(AttributeError):
         st.free = 0
-    assert re.match(rf"^<ember Pool /ember\.p\d+\.[0-9a-f]{{16}} name='tp' m_uid={HEX} size=1048576>$", repr(pool))
+    assert re.match(rf"^<ember Pool /ember\.p\d+(-\w+)?\.[0-9a-f]{{16}} name='tp' m_uid={HEX} size=1048576>$", repr(pool))
 
 
 def test_pools_create_args():
@@ -205,10 +206,10 @@ def test_pools_attach_destroyed():
     sd = p.sdesc
     a_sd = p.alloc(8).sdesc
     p.destroy()
-    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+\.[0-9a-f]{16}: the pool's segment "
+    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+(-\w+)?\.[0-9a-f]{16}: the pool's segment "
                                         r"does not exist \(destroyed, or made on another node\) \[EMBER_ERR_NOT_FOUND\]$"):
         Pool.attach(sd)
-    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+\.[0-9a-f]{16} of allocation at offset "
+    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+(-\w+)?\.[0-9a-f]{16} of allocation at offset "
                                         r"\d+ \(id 1\): the pool's segment does not exist"):
         Allocation.attach(a_sd)
 

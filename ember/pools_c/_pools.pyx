@@ -15,6 +15,7 @@ from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.string cimport strlen
 
 import collections
+from ember._env import owner_tag as _owner_tag
 import os
 import time
 import warnings
@@ -150,7 +151,8 @@ cdef class Pool:
             The pool's unique id (default: random 63-bit).
         owner_tag : str, optional
             ``[A-Za-z0-9_-]{1,24}`` put in the segment name
-            ``/ember.<owner_tag>.<m_uid hex>`` (default ``p<pid>``).
+            ``/ember.<owner_tag>.<m_uid hex>`` (default ``p<pid>``, plus
+            ``-<EMBER_SEGMENT_TAG>`` when that is set; see ember._env).
 
         Returns
         -------
@@ -166,7 +168,7 @@ cdef class Pool:
         if not 0 <= m_uid < 2 ** 64:
             raise ValueError(f"m_uid must be in [0, 2**64), got {m_uid}")
         if owner_tag is None:
-            owner_tag = f"p{os.getpid()}"
+            owner_tag = _owner_tag("p")
         c_size = size
         c_uid = m_uid
         btag = owner_tag.encode()
