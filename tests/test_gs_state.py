@@ -360,3 +360,33 @@ def test_fuzzed_messages_never_stop_gs(h, code, fields):
 def test_fuzzed_bytes_never_stop_gs(h, data):
     h.gs.handle_bytes(data)
     assert h.ok(h.req(m.PoolDefault))["m_uid"] == 1
+
+
+def test_transport_never_blocks_on_a_full_reply_channel(h):
+    from ember.channels_c import Channel
+    from ember.globalservices.server import ChannelTransport
+
+    reply = Channel.create(h.pool, capacity=1, block_size=256)
+    sh = Channel.create(h.pool, capacity=1, block_size=256)
+    t = ChannelTransport(sh, Channel.attach)
+    try:
+        t(reply.sdesc, m.reply_ok(1, "first"))
+        t(reply.sdesc, m.reply_ok(2, "dropped, not blocking"))    # full: dropped at once
+        assert m.unpack(reply.recv(timeout=0)) == m.reply_ok(1, "first")
+        assert len(reply) == 0
+        # the shepherd's channel full: messages wait in the backlog, in order
+        for i in range(3):
+            t.to_shepherd(m.ShKill(i, 9))
+        assert len(t.backlog) == 2 and not t.flush()
+        got = [m.unpack(sh.recv(timeout=0))]
+        assert t.flush() is False           # one more fits, one still waits
+        got.append(m.unpack(sh.recv(timeout=0)))
+        assert t.flush() is True and not t.backlog
+        got.append(m.unpack(sh.recv(timeout=0)))
+        assert [g.p_uid for g in got] == [0, 1, 2]
+        t(b"\x00garbage-descriptor", m.reply_ok(3))   # unattachable: dropped, no raise
+    finally:
+        for ch in t.cache.values():
+            ch.detach()
+        reply.destroy()
+        sh.destroy()

@@ -241,6 +241,21 @@ def test_threads_share_the_connection(tmp_path):
     """))
 
 
+def test_gs_survives_garbage_on_its_channel(tmp_path):
+    ok(run_prog(tmp_path, r"""
+        import os, base64, msgpack
+        from ember.channels_c import Channel
+        from ember.globalservices import pool, process
+        gs = Channel.attach(base64.b64decode(os.environ["EMBER_GS_CH"]))
+        for junk in (b"", b"\xc1\xc1", msgpack.packb([999, 1]), msgpack.packb([1, "x"]),
+                     msgpack.packb({"type": 1}), os.urandom(3000)):
+            gs.send(junk)
+        assert pool.default().m_uid == 1
+        assert process.get_list()
+        gs.detach()
+    """))
+
+
 # ------------------------------------------------------------ pools, channels
 def test_pool_api(tmp_path):
     ok(run_prog(tmp_path, r"""
