@@ -32,10 +32,15 @@ MIB = 1 << 20
 def fork(fn, *args):
     pid = os.fork()
     if pid == 0:
+        code = 0
         try:
             fn(*args)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
         finally:
-            os._exit(0)
+            os._exit(code)
     return pid
 
 
@@ -214,10 +219,11 @@ def zmq_throughput(n, size=64):
         s.close(linger=-1)
         c.term()
 
+    pid = fork(producer)                 # before any zmq context exists here
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVTIMEO, 30000)
     pull.bind(addr)
-    pid = fork(producer)
     pull.recv()
     t0 = time.perf_counter()
     for _ in range(n - 1):
@@ -244,10 +250,11 @@ def zmq_rtt(n):
         s.close(linger=-1)
         c.term()
 
+    pid = fork(echo)                     # before any zmq context exists here
     ctx = zmq.Context()
     s = ctx.socket(zmq.PAIR)
+    s.setsockopt(zmq.RCVTIMEO, 30000)
     s.bind(addr)
-    pid = fork(echo)
     lat = []
     for i in range(n + 200):
         t = time.perf_counter_ns()
