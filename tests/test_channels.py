@@ -276,3 +276,46 @@ def test_pool_detached_under_channel():
     p.destroy()
     with pytest.raises(ChannelError, match=r"cannot send: the channel is detached or destroyed"):
         c2.send(b"x")
+
+
+def test_detach_refused_while_another_thread_is_blocked(ch):
+    import threading
+    got = []
+    t = threading.Thread(target=lambda: got.append(ch.recv(timeout=10)))
+    t.start()
+    time.sleep(0.3)                                   # the thread is blocked in recv by now
+    with pytest.raises(ChannelError, match=r"^channel c_uid \d+: cannot detach: 1 call\(s\) of other threads "
+                                           r"are blocked in it; wake or stop them first$"):
+        ch.detach()
+    ch.send(b"wake")
+    t.join(10)
+    assert got == [b"wake"]
+
+
+def test_threads_share_a_channel(pool):
+    import threading
+    with Channel.create(pool, capacity=16, block_size=64) as c:
+        N, T = 5000, 3
+        out = []
+        lock = threading.Lock()
+
+        def consume():
+            mine = []
+            while True:
+                m = c.recv(timeout=10)
+                if m == b"end":
+                    break
+                mine.append(m)
+            with lock:
+                out.extend(mine)
+
+        ths = [threading.Thread(target=consume) for _ in range(T)]
+        for t in ths:
+            t.start()
+        for i in range(N):
+            c.send(b"%d" % i)
+        for _ in range(T):
+            c.send(b"end")
+        for t in ths:
+            t.join(30)
+        assert sorted(int(x) for x in out) == list(range(N))

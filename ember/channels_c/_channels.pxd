@@ -66,11 +66,13 @@ cdef class Channel:
     cdef uint64_t _c_uid
     cdef uint32_t _capacity
     cdef uint32_t _block_size
+    cdef Py_ssize_t _busy           # calls of this handle blocked with the GIL released
     cdef object __weakref__
 
     @staticmethod
     cdef Channel _wrap(ember_ch_t *ch, Pool pool, bint created)
     cdef int _check_open(self, str what) except -1
+    cdef int _check_idle(self, str what) except -1
     cdef str _desc(self)
     cdef int _send_error(self, ember_rc_t rc, Py_ssize_t n, timeout) except -1
     cdef int _send_wait(self, const char *p, Py_ssize_t n, int64_t tmo) except -1

@@ -322,16 +322,23 @@ cdef class Channel:
         return 0
 
     # ---- life cycle ----
+    cdef int _check_idle(self, str what) except -1:
+        self._check_open(what)
+        if self._busy:
+            raise ChannelError(f"{self._desc()}: cannot {what}: {self._busy} call(s) of other threads "
+                               f"are blocked in it; wake or stop them first")
+        return 0
+
     def detach(self):
         """Forget this process's handle; the channel stays for others."""
-        self._check_open("detach")
+        self._check_idle("detach")
         ember_ch_detach(self._ch)
         self._ch = NULL
 
     def destroy(self):
         """Destroy the channel: processes still attached get ChannelError on
         their next blocking call; queued large messages are freed."""
-        self._check_open("destroy")
+        self._check_idle("destroy")
         cdef ember_ch_t *ch = self._ch
         self._ch = NULL
         _check_rc(ember_ch_destroy(ch), f"cannot destroy {self._desc()}")
@@ -467,6 +474,7 @@ cdef class Channel:
         cdef int64_t sl
         cdef ember_rc_t rc
         self._pool._busy += 1
+        self._busy += 1
         try:
             while True:
                 sl = _slice(deadline)
@@ -481,6 +489,7 @@ cdef class Channel:
                     break
         finally:
             self._pool._busy -= 1
+            self._busy -= 1
         self._send_error(rc, n, None if tmo < 0 else tmo / 1e9)
         return -1
 
@@ -497,6 +506,7 @@ cdef class Channel:
         if ember_pool_stats(pool._pool, &st) == EMBER_OK and <uint64_t>n + 64 > st.total:
             self._send_error(EMBER_ERR_TOO_BIG, n, None)
         pool._busy += 1
+        self._busy += 1
         try:
             while True:
                 sl = _slice(deadline)
@@ -519,6 +529,7 @@ cdef class Channel:
                 raise
         finally:
             pool._busy -= 1
+            self._busy -= 1
         return 0
 
     cdef int _send_alloc_wait(self, ember_alloc_t *a, int64_t deadline, Py_ssize_t n, timeout) except -1:
@@ -552,10 +563,12 @@ cdef class Channel:
         cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
         cdef ember_alloc_t a = al._a
         self._pool._busy += 1
+        self._busy += 1
         try:
             self._send_alloc_wait(&a, deadline, <Py_ssize_t>a.size, timeout)
         finally:
             self._pool._busy -= 1
+            self._busy -= 1
         al._disown()
         return 0
 
@@ -570,6 +583,7 @@ cdef class Channel:
         if tmo == 0:
             return ember_ch_recv_begin(ch, 0, max_len, m)
         self._pool._busy += 1
+        self._busy += 1
         try:
             while True:
                 sl = _slice(deadline)
@@ -582,6 +596,7 @@ cdef class Channel:
                     return rc
         finally:
             self._pool._busy -= 1
+            self._busy -= 1
 
     cdef int _recv_error(self, ember_rc_t rc, timeout) except -1:
         if rc == EMBER_ERR_EMPTY:
@@ -709,6 +724,7 @@ cdef class Channel:
                 _check_rc(rc, f"{self._desc()}: poll")
             return False
         self._pool._busy += 1
+        self._busy += 1
         try:
             while True:
                 sl = _slice(deadline)
@@ -723,6 +739,7 @@ cdef class Channel:
                 PyErr_CheckSignals()
         finally:
             self._pool._busy -= 1
+            self._busy -= 1
 
 
 def wait_any(channels, timeout=None, writable=False):
@@ -756,6 +773,8 @@ def wait_any(channels, timeout=None, writable=False):
     pools = {id((<Channel>x)._pool): (<Channel>x)._pool for x in chans}
     for p in pools.values():
         (<Pool>p)._busy += 1
+    for x in chans:
+        (<Channel>x)._busy += 1
     try:
         for i in range(n):
             arr[i] = (<Channel>chans[i])._ch
@@ -779,5 +798,7 @@ def wait_any(channels, timeout=None, writable=False):
     finally:
         for p in pools.values():
             (<Pool>p)._busy -= 1
+        for x in chans:
+            (<Channel>x)._busy -= 1
         free(arr)
         free(ready)
