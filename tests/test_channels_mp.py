@@ -326,10 +326,15 @@ def _storm(pool, kills_wanted, max_seconds, seed):
         r2 = random.Random(k)
         while True:
             try:
-                if r2.random() < 0.2:
+                x = r2.random()
+                if x < 0.2:
                     v = ch.recv_view(timeout=0.05)
                     m = bytes(v)
                     v.release()
+                elif x < 0.35:                            # the GS style: wait, then try once
+                    if not wait_any([ch], timeout=0.05):
+                        raise ChannelEmpty("idle")
+                    m = ch.recv(timeout=0)
                 else:
                     m = ch.recv(timeout=0.05)
             except ChannelEmpty:

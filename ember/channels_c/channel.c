@@ -90,7 +90,8 @@
  *     call (not one per message while the sleeper is being scheduled), and
  *     a waiter that dies or times out leaves at most one needless wake.
  *     The fast path costs one fence and two relaxed loads (the flag, and
- *     the pool event word's waiter count for ember_ch_wait_any).
+ *     the pool event word's flag for ember_ch_wait_any, which uses the pool's
+ *     event "waiters" word as a sleepers flag with the same handshake).
  *
  * PROGRESS
  *   Lock-free on the fast path while the processes involved are alive (a
@@ -115,10 +116,9 @@
  *     needs it, which frees the message's pool allocation if any (a large
  *     message keeps its slot READING until the receiver has copied it out
  *     and freed it, or taken it over with ember_ch_recv_take).
- *   - A process dies while sleeping: its sleepers flag costs the next
- *     notifier one needless FUTEX_WAKE; dying while counted in the pool's
- *     event waiter count (ember_ch_wait_any) costs every notifier of that
- *     pool a needless wake (speed, never correctness).
+ *   - A process dies while sleeping (in a blocking call or in
+ *     ember_ch_wait_any): the sleepers flag it raised costs the next
+ *     notifier one needless FUTEX_WAKE, then it is clear again.
  *   Hence: a completed send (state FULL stored) is never lost unless a
  *   consumer dies while holding it; nothing is delivered twice (the
  *   FULL -> READING CAS is the unique claim).
@@ -323,7 +323,9 @@ static inline void notify(ember_ch_t *ch, _Atomic uint32_t *word, _Atomic uint32
         ember_atomic_add_seq_cst(word, 1);
         futex_wake_all(word);
     }
-    if (__builtin_expect(ember_atomic_load_relaxed(ch->pool_ev_waiters) != 0, 0)) {
+    /* The pool's event "waiters" word is used as a sleepers flag too. */
+    if (__builtin_expect(ember_atomic_load_relaxed(ch->pool_ev_waiters) != 0, 0)
+        && ember_atomic_exchange_seq_cst(ch->pool_ev_waiters, 0) != 0) {
         ember_atomic_add_seq_cst(ch->pool_ev, 1);
         futex_wake_all(ch->pool_ev);
     }
@@ -1118,12 +1120,14 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
                 return EMBER_ERR_DESTROYED;
             }
         }
-        for (size_t i = 0; i < n; i++)
-            ember_atomic_add_seq_cst(chs[i]->pool_ev_waiters, 1);
-        /* seq_cst fence: orders the waiter-count increments before the
-         * re-scan's loads of slot states; pairs with the fence in notify(). */
-        ember_atomic_fence_seq_cst();
+        /* seq_cst: v is read before the flags are raised (same handshake as
+         * ch_wait(); the pool's event-waiters word is a sleepers flag). */
         uint32_t v = ember_atomic_load_seq_cst(word);
+        for (size_t i = 0; i < n; i++)
+            ember_atomic_store_seq_cst(chs[i]->pool_ev_waiters, 1);
+        /* seq_cst fence: orders the flag stores before the re-scan's loads
+         * of slot states; pairs with the fence in notify(). */
+        ember_atomic_fence_seq_cst();
         k = scan_ready(chs, n, writable, level, ready);
         int e = 0;
         if (!k) {
@@ -1134,8 +1138,6 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
                 e = futex_wait(word, v, sl);
             }
         }
-        for (size_t i = 0; i < n; i++)
-            ember_atomic_sub_seq_cst(chs[i]->pool_ev_waiters, 1);
         if (nready)
             *nready = k;
         if (k)
