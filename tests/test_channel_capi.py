@@ -380,3 +380,42 @@ def test_fork_producer_consumer(capi, pool):
     assert status == 0
     assert [struct.unpack("<Q", g)[0] for g in got] == list(range(N))
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_dead_large_producer_block_is_freed(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    base = live_allocs(capi, pool)
+    a = ffi.new("ember_alloc_t *")
+    assert lib.ember_pool_alloc(pool, 3000, a) == lib.EMBER_OK       # the dead producer's block
+    slot = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset + HDR))
+    dead = _dead_pid()
+    slot[2], slot[3] = a.offset, a.id                                 # recorded in the payload
+    slot[1] = (1 << 63) | 3000                                        # xmeta: alloc, 3000 bytes
+    slot[0] = (0 << 24) | (1 << 22) | dead                            # (0, WRITING, dead)
+    assert lib.ember_ch_send(ch, b"next", 4, 0) == lib.EMBER_OK
+    assert live_allocs(capi, pool) == base + 1
+    assert recv(capi, ch, timeout=1_000_000_000) == b"next"           # skips the dead slot ...
+    assert live_allocs(capi, pool) == base                            # ... and frees its block
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_aborted_large_send_leaves_a_skip_marker(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=8, block=64)
+    blob = ffi.new("char[]", 3 << 20)
+    sent = 0
+    while True:                                    # fill the pool with large messages
+        rc = lib.ember_ch_send(ch, blob, 3 << 20, 0)
+        if rc != lib.EMBER_OK:
+            break
+        sent += 1
+    assert rc == lib.EMBER_ERR_EXHAUSTED and sent >= 1
+    assert lib.ember_ch_count(ch) == sent + 1       # the skip marker holds a slot
+    assert lib.ember_ch_send(ch, b"small", 5, 0) == lib.EMBER_OK
+    for _ in range(sent):
+        assert len(recv(capi, ch, cap=4 << 20)) == 3 << 20
+    assert lib.ember_ch_poll(ch, 0, 0) == lib.EMBER_OK    # the marker is passed over
+    assert recv(capi, ch) == b"small"
+    assert lib.ember_ch_count(ch) == 0
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK

@@ -494,43 +494,33 @@ cdef class Channel:
         return -1
 
     cdef int _send_large(self, const char *p, Py_ssize_t n, int64_t tmo) except -1:
-        """Large message: allocate in the pool (waiting in slices), copy once
-        (GIL released), then hand the allocation over."""
+        """Large message: ember_ch_send claims a slot, allocates the block in
+        the pool, records it in the slot and copies once (GIL released), in
+        slices; a slice that ends while waiting for pool space publishes a
+        skip marker and the next slice starts over."""
         cdef ember_ch_t *ch = self._ch
-        cdef Pool pool = self._pool
         cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
         cdef int64_t sl
         cdef ember_rc_t rc
-        cdef ember_alloc_t a
-        cdef ember_pool_stats_t st
-        if ember_pool_stats(pool._pool, &st) == EMBER_OK and <uint64_t>n + 64 > st.total:
-            self._send_error(EMBER_ERR_TOO_BIG, n, None)
-        pool._busy += 1
+        self._pool._busy += 1
         self._busy += 1
         try:
             while True:
                 sl = _slice(deadline)
                 with nogil:
-                    rc = ember_pool_alloc_wait(pool._pool, <uint64_t>n, sl, &a)
+                    rc = ember_ch_send(ch, p, <uint64_t>n, sl)
                 if rc == EMBER_OK:
+                    return 0
+                if rc != EMBER_ERR_FULL and rc != EMBER_ERR_EXHAUSTED and rc != EMBER_ERR_INTERRUPTED:
                     break
-                if rc != EMBER_ERR_EXHAUSTED and rc != EMBER_ERR_TIMEOUT and rc != EMBER_ERR_INTERRUPTED:
-                    self._send_error(rc, n, None)
-                if sl == 0:
-                    self._send_error(EMBER_ERR_EXHAUSTED, n, None if tmo < 0 else tmo / 1e9)
                 PyErr_CheckSignals()
-            with nogil:
-                memcpy(ember_pool_ptr(pool._pool, a.offset), p, <size_t>n)
-            a.size = <uint64_t>n
-            try:
-                self._send_alloc_wait(&a, deadline, n, None if tmo < 0 else tmo / 1e9)
-            except BaseException:
-                ember_pool_free(pool._pool, &a)
-                raise
+                if sl == 0:
+                    break
         finally:
-            pool._busy -= 1
+            self._pool._busy -= 1
             self._busy -= 1
-        return 0
+        self._send_error(rc, n, None if tmo < 0 else tmo / 1e9)
+        return -1
 
     cdef int _send_alloc_wait(self, ember_alloc_t *a, int64_t deadline, Py_ssize_t n, timeout) except -1:
         cdef ember_ch_t *ch = self._ch

@@ -13,7 +13,7 @@
  * with two 64-bit atomic words:
  *
  *   xstate = [position: 40 bits][kind: 2 bits][pid: 22 bits]
- *   xmeta  = [is_alloc: 1 bit][length: 63 bits]
+ *   xmeta  = [is_alloc: 1 bit][skip: 1 bit][length: 62 bits]
  *
  * then the payload (block_size - 16 bytes): the message itself, or for a
  * large message the (offset, id) of a pool allocation holding it.
@@ -108,7 +108,14 @@
  *   - Producer dies before its claim CAS: nothing happened.
  *   - after the claim, before head was advanced: other producers see
  *     (pos, WRITING) at head and help.  Consumers skip the slot once the pid
- *     is dead.  Its own message is lost (it never completed the send).
+ *     is dead.  Its own message is lost (it never completed the send).  A
+ *     large send allocates its pool block only after the claim and records
+ *     it in the slot (payload ref, then xmeta with release) before copying;
+ *     the consumer that skips the slot frees a recorded block.  A stale
+ *     record (previous lap) names a block that was freed already, whose id
+ *     check fails harmlessly, because ember_ch_recv_take clears the record
+ *     of a block it hands to a receiver.  A send that cannot get its block
+ *     in time publishes a SKIP marker that consumers pass over.
  *   - after publishing FULL: the message is complete and is delivered.
  *   - Consumer dies after its claim CAS and before releasing the slot: the
  *     message it was receiving (its own in-flight receive) is lost; tail is
@@ -125,9 +132,11 @@
  *   Caveats: (1) pid reuse: if a dead claimant's pid is reused by a new
  *   process before anyone notices, the slot stays blocked until that process
  *   exits (never a wrong delivery, only a delay).  (2) A producer killed
- *   between allocating a large message in the pool and publishing it, or a
- *   receiver killed between ember_ch_recv_take and handing the block on,
- *   leaks that one allocation (ember_pool_next_alloc can reclaim it).  (3) All processes must share one pid namespace.
+ *   between the pool's allocation and the record in the slot (a few
+ *   instructions), a producer killed in ember_ch_send_alloc (the block is
+ *   its own until published), or a receiver killed between
+ *   ember_ch_recv_take and handing the block on, leaks that one allocation
+ *   (ember_pool_next_alloc can reclaim it).  (3) All processes must share one pid namespace.
  *   (4) Destroy must happen when nobody uses the channel any more.
  */
 #include "channel.h"
@@ -162,8 +171,9 @@ enum { K_FREE = 0, K_WRITING = 1, K_FULL = 2, K_READING = 3 };
 #define ST_PID(st)     ((uint32_t)((st) & ST_PID_MASK))
 #define MK(pos, kind, pid) \
     ((((uint64_t)(pos) & ST_POS_MASK) << 24) | ((uint64_t)(kind) << 22) | ((uint64_t)(pid) & ST_PID_MASK))
-#define META_ALLOC     (1ull << 63)
-#define META_LEN(m)    ((m) & ~META_ALLOC)
+#define META_ALLOC     (1ull << 63)      /* payload holds (offset, id) of a pool block */
+#define META_SKIP      (1ull << 62)      /* an aborted send: no message, consumers skip it */
+#define META_LEN(m)    ((m) & (META_SKIP - 1))
 
 /* Signed difference a - b of two positions modulo 2^40. */
 static inline int64_t posdiff(uint64_t a, uint64_t b)
@@ -430,6 +440,15 @@ static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t 
 }
 
 /* ---- consumer side --------------------------------------------------------- */
+
+static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
+{
+    /* release: orders our reads of the payload before the slot is reused;
+     * pairs with the acquire CAS from FREE in try_claim_send(). */
+    ember_atomic_store_release(&s->xstate, MK(pos + ch->capacity, K_FREE, 0));
+    notify_recvd(ch);
+}
+
 enum { RECV_PEEK = 0, RECV_CLAIM = 1 };
 
 /* Look at the slot at tail.  mode RECV_PEEK: EMBER_OK if a message is there
@@ -449,8 +468,16 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
         if (d == 0) {
             int k = ST_KIND(st);
             if (k == K_FULL) {
-                if (mode == RECV_PEEK)
-                    return EMBER_OK;
+                if (mode == RECV_PEEK) {
+                    /* acquire: pairs with the release store of xmeta. */
+                    if (!(ember_atomic_load_acquire(&s->xmeta) & META_SKIP))
+                        return EMBER_OK;
+                    if (ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_READING, my_pid()))) {
+                        help_advance(&h->xtail, pos);
+                        release_slot(ch, s, pos);
+                    }
+                    continue;
+                }
                 if (max_len >= 0) {
                     /* acquire: pairs with the release store of xmeta in
                      * publish(); if it is from a later lap, the state
@@ -467,6 +494,10 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                     continue;
                 help_advance(&h->xtail, pos);
                 uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
+                if (meta & META_SKIP) {            /* an aborted send: no message */
+                    release_slot(ch, s, pos);
+                    continue;
+                }
                 msg->len = META_LEN(meta);
                 msg->pos_ = pos;
                 msg->slot_ = s;
@@ -494,9 +525,19 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                      * advance tail, release it.  Its message is lost. */
                     if (ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_READING, my_pid()))) {
                         help_advance(&h->xtail, pos);
-                        /* release: pairs with the next producer's acquire CAS. */
-                        ember_atomic_store_release(&s->xstate, MK(pos + ch->capacity, K_FREE, 0));
-                        notify_recvd(ch);
+                        /* A large send records its block in the slot before
+                         * copying into it (ember_ch_send): free it.  A stale
+                         * record names a block already freed (its id check
+                         * fails harmlessly): recv_take clears the record of
+                         * a block it hands on. */
+                        uint64_t meta = ember_atomic_load_acquire(&s->xmeta);
+                        if (meta & META_ALLOC) {
+                            ch_alloc_ref_t ref;
+                            memcpy(&ref, s->payload, sizeof ref);
+                            ember_alloc_t a = { ref.offset, META_LEN(meta), ref.id };
+                            (void)ember_pool_free(ch->pool, &a);
+                        }
+                        release_slot(ch, s, pos);
                     }
                     continue;
                 }
@@ -513,14 +554,6 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
         *stuck = 0;                           /* previous lap still being read */
         return EMBER_ERR_EMPTY;
     }
-}
-
-static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
-{
-    /* release: orders our reads of the payload before the slot is reused;
-     * pairs with the acquire CAS from FREE in try_claim_send(). */
-    ember_atomic_store_release(&s->xstate, MK(pos + ch->capacity, K_FREE, 0));
-    notify_recvd(ch);
 }
 
 /* ---- blocking --------------------------------------------------------------- */
@@ -953,32 +986,37 @@ ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t
         publish(ch, c.slot, c.pos, len);
         return EMBER_OK;
     }
-    if (len >= META_ALLOC)
+    if (len >= META_SKIP)
         return EMBER_ERR_TOO_BIG;
     if (too_big(ch->pool, len))
         return EMBER_ERR_TOO_BIG;
+    /* Large message: claim the slot first, then allocate and RECORD the
+     * block in the slot before copying into it, so that a death anywhere
+     * after the record lets the consumer that skips our slot free it. */
     int64_t t0 = timeout_ns > 0 ? now_ns() : 0;
-    ember_alloc_t a;
-    ember_rc_t rc = ember_pool_alloc_wait(ch->pool, len, timeout_ns, &a);
-    if (rc == EMBER_ERR_TIMEOUT)
-        rc = EMBER_ERR_EXHAUSTED;
+    send_ctx_t c;
+    ember_rc_t rc = claim(ch, timeout_ns, &c);
     if (rc != EMBER_OK)
         return rc;
-    memcpy(ember_pool_ptr(ch->pool, a.offset), data, len);
-    a.size = len;
     if (timeout_ns > 0) {
         timeout_ns -= now_ns() - t0;
         if (timeout_ns <= 0)
             timeout_ns = 1;
     }
-    send_ctx_t c;
-    rc = claim(ch, timeout_ns, &c);
+    ember_alloc_t a;
+    rc = ember_pool_alloc_wait(ch->pool, len, timeout_ns, &a);
     if (rc != EMBER_OK) {
-        ember_pool_free(ch->pool, &a);
-        return rc;
+        /* Abort: publish a skip marker (the slot cannot be given back
+         * because tail may already wait on it). */
+        publish(ch, c.slot, c.pos, META_SKIP);
+        return rc == EMBER_ERR_TIMEOUT ? EMBER_ERR_EXHAUSTED : rc;
     }
     ch_alloc_ref_t ref = { a.offset, a.id };
     memcpy(c.slot->payload, &ref, sizeof ref);
+    /* release: the record (payload ref) before the meta that names it;
+     * pairs with the acquire load of xmeta in the dead-producer skip. */
+    ember_atomic_store_release(&c.slot->xmeta, META_ALLOC | len);
+    memcpy(ember_pool_ptr(ch->pool, a.offset), data, len);
     publish(ch, c.slot, c.pos, META_ALLOC | len);
     return EMBER_OK;
 }
@@ -1013,6 +1051,9 @@ ember_rc_t ember_ch_recv_take(ember_ch_t *ch, ember_ch_msg_t *msg)
         return EMBER_ERR_INVALID_ARG;
     if (!msg->is_alloc || !msg->slot_)
         return EMBER_ERR_INVALID_ARG;
+    /* The block is the caller's now: clear the slot's record of it so that
+     * no recovery ever frees it (see the dead-producer skip in try_recv). */
+    ember_atomic_store_relaxed(&((ch_slot_t *)msg->slot_)->xmeta, 0);
     release_slot(ch, msg->slot_, msg->pos_);
     msg->slot_ = NULL;
     return EMBER_OK;
