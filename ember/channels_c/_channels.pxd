@@ -56,6 +56,7 @@ cdef extern from "channel.h" nogil:
     uint32_t ember_ch_payload_size(const ember_ch_t *ch)
     uint64_t ember_ch_c_uid(const ember_ch_t *ch)
     void ember_ch_set_spin(ember_ch_t *ch, int64_t spin_ns)
+    void ember_ch_set_spin_range(ember_ch_t *ch, int64_t min_ns, int64_t max_ns)
 
 
 cdef class Channel:

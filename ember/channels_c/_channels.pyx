@@ -402,10 +402,18 @@ cdef class Channel:
         self._check_open("count")
         return ember_ch_count(self._ch)
 
-    def set_spin(self, double seconds):
-        """Longest spin before a blocked call of this handle sleeps (default 20 us)."""
+    def set_spin(self, double seconds, bint adaptive=True):
+        """Longest spin before a blocked call of this handle sleeps (default
+        20 us).  Adaptive (the default): a spin that does not pay off is
+        halved, down to 1/8 of ``seconds``, and grows back when it does.
+        ``adaptive=False`` keeps it fixed: use it for request/reply channels,
+        where the answer comes within a known time."""
         self._check_open("tune")
-        ember_ch_set_spin(self._ch, <int64_t>(seconds * 1e9))
+        cdef int64_t ns = <int64_t>(seconds * 1e9)
+        if adaptive:
+            ember_ch_set_spin(self._ch, ns)
+        else:
+            ember_ch_set_spin_range(self._ch, ns, ns)
 
     # ---- send ----
     def send(self, data, timeout=None):

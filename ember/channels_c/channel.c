@@ -232,6 +232,7 @@ struct ember_ch {
     _Atomic uint32_t *pool_ev;
     _Atomic uint32_t *pool_ev_waiters;
     _Atomic int64_t spin_max;
+    _Atomic int64_t spin_min;         /* floor of the adaptive shrink */
     _Atomic int64_t spin_cur;
     _Atomic uint64_t stuck_send;      /* blocking state word seen by the last try-once */
     _Atomic uint64_t stuck_recv;
@@ -601,8 +602,9 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
         now = now_ns();
     }
     if (spin > 0) {
-        /* the spin was wasted: shorten it (not below 1/8 of the maximum) */
-        int64_t mn = ember_atomic_load_relaxed(&ch->spin_max) / 8;
+        /* the spin was wasted: shorten it (not below the floor, by default
+         * 1/8 of the maximum; equal to it for a fixed spin) */
+        int64_t mn = ember_atomic_load_relaxed(&ch->spin_min);
         ember_atomic_store_relaxed(&ch->spin_cur, spin / 2 > mn ? spin / 2 : mn);
     }
     _Atomic uint32_t *word = for_send ? &ch->h->xrecvd : &ch->h->xsent;
@@ -710,6 +712,7 @@ static ember_rc_t ch_open(ember_pool_t *pool, const ember_alloc_t *a, ember_ch_t
     ch->pool_ev = ember_pool_event_word(pool);
     ch->pool_ev_waiters = ember_pool_event_waiters(pool);
     ember_atomic_store_relaxed(&ch->spin_max, EMBER_CH_DEFAULT_SPIN_NS);
+    ember_atomic_store_relaxed(&ch->spin_min, EMBER_CH_DEFAULT_SPIN_NS / 8);
     ember_atomic_store_relaxed(&ch->spin_cur, EMBER_CH_DEFAULT_SPIN_NS);
     (void)my_pid();
     *out = ch;
@@ -1215,10 +1218,20 @@ const ember_alloc_t *ember_ch_alloc(const ember_ch_t *ch) { return ch ? &ch->all
 
 void ember_ch_set_spin(ember_ch_t *ch, int64_t spin_ns)
 {
+    ember_ch_set_spin_range(ch, spin_ns / 8, spin_ns);
+}
+
+void ember_ch_set_spin_range(ember_ch_t *ch, int64_t min_ns, int64_t max_ns)
+{
     if (!ch)
         return;
-    if (spin_ns < 0)
-        spin_ns = 0;
-    ember_atomic_store_relaxed(&ch->spin_max, spin_ns);
-    ember_atomic_store_relaxed(&ch->spin_cur, spin_ns);
+    if (max_ns < 0)
+        max_ns = 0;
+    if (min_ns < 0)
+        min_ns = 0;
+    if (min_ns > max_ns)
+        min_ns = max_ns;
+    ember_atomic_store_relaxed(&ch->spin_max, max_ns);
+    ember_atomic_store_relaxed(&ch->spin_min, min_ns);
+    ember_atomic_store_relaxed(&ch->spin_cur, max_ns);
 }

@@ -146,5 +146,10 @@ const ember_alloc_t *ember_ch_alloc(const ember_ch_t *ch);   /* the channel's ow
 /* Tuning: the longest spin (ns) before a blocked call sleeps on its futex
  * (0 = sleep at once).  Per handle. */
 void ember_ch_set_spin(ember_ch_t *ch, int64_t spin_ns);
+/* As ember_ch_set_spin, with the floor of the adaptive shrink given
+ * (ember_ch_set_spin uses spin_ns / 8).  min_ns == max_ns: a fixed spin, for
+ * request/reply channels where a short spin would never pay off once the
+ * peer sleeps (both sides would then stay in the slow, sleeping mode). */
+void ember_ch_set_spin_range(ember_ch_t *ch, int64_t min_ns, int64_t max_ns);
 
 #endif /* EMBER_CHANNEL_H */

@@ -18,6 +18,11 @@ from ..exceptions import ChannelEmpty, GlobalServicesError
 
 _REPLY_CAPACITY = 8
 _REPLY_BLOCK = 1024
+# A reply usually arrives within tens of microseconds: spin that long before
+# sleeping, so a round trip costs no futex wake-up.  The spin is fixed, not
+# adaptive: an adaptive one shrinks below the round trip once a peer sleeps,
+# and both sides then stay in the slow, sleeping mode (docs/channels.md).
+CONTROL_SPIN = float(os.environ.get("EMBER_CONTROL_SPIN", "100e-6"))
 
 
 def _error_from_reply(rep):
@@ -55,6 +60,7 @@ class Connection:
         ch = getattr(self._local, "ch", None)
         if ch is None:
             ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY, block_size=_REPLY_BLOCK)
+            ch.set_spin(CONTROL_SPIN, adaptive=False)
             self._local.ch = ch
             self._local.r = ch.sdesc
         return ch, self._local.r

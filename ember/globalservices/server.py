@@ -801,6 +801,10 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0):
     from ..channels_c import Channel
     from ..exceptions import ChannelEmpty
 
+    from ._client import CONTROL_SPIN
+
+    # Requests come in bursts: spin a little after each before sleeping.
+    gs_channel.set_spin(CONTROL_SPIN, adaptive=False)
     transport = ChannelTransport(sh_channel, Channel.attach)
     gs = GlobalServices(runtime_tag=runtime_tag, send_reply=transport,
                         send_shepherd=transport.to_shepherd, default_pool=default_pool, node=node)

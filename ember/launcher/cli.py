@@ -240,7 +240,7 @@ class Launcher:
             except ChildProcessError:
                 done, status = pid, 0
             if done:
-                del self.children[pid]
+                self.children.pop(pid, None)
                 if not getattr(self, "stopping", False):
                     raise _ChildDied(f"{role} exited unexpectedly "
                                      f"(status {os.waitstatus_to_exitcode(status)})")
@@ -310,6 +310,8 @@ class Launcher:
         from .. import messages
 
         self.stopping = True
+        # From here on _reap() waits for GS and the shepherd itself.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # Signals during teardown: a second Ctrl-C is already "kill everything".
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
