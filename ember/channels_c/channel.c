@@ -142,6 +142,7 @@
 #include "channel.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -559,6 +560,8 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
 
 /* ---- blocking --------------------------------------------------------------- */
 
+#define EMBER_CH_SPIN_PURE_NS 3000   /* spin this long before yielding in the spin */
+
 typedef ember_rc_t (*try_fn_t)(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck);
 
 /* Run `fn` until it stops returning `busy` or the timeout runs out: once,
@@ -588,9 +591,15 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
     int64_t deadline = timeout_ns < 0 ? INT64_MAX : now + timeout_ns;
     int64_t spin = ember_atomic_load_relaxed(&ch->spin_cur);
     int64_t spin_end = now + spin < deadline ? now + spin : deadline;
+    int64_t yield_after = now + EMBER_CH_SPIN_PURE_NS;
     while (now < spin_end) {
         for (int i = 0; i < 16; i++)
             ember_cpu_relax();
+        /* Past a short pure spin, give the CPU to anything runnable on it
+         * (on a 2-core machine the peer we wait for may be queued behind
+         * us); with nothing else to run, sched_yield returns at once. */
+        if (now > yield_after)
+            sched_yield();
         rc = fn(ch, ctx, 0, &stuck);
         if (rc != busy) {
             /* the spin paid off: grow it back toward the maximum */

@@ -577,11 +577,13 @@ class GlobalServices:
         if name:
             self.chan_names[name] = c_uid
         self._add_ref(rec, msg.p_uid)
-        self._reply(msg.tag, msg.r, self._chan_desc(rec))
+        desc = self._chan_desc(rec)
+        # Wake the joiners first: they sleep, the creator is spinning for its reply.
         for w in list(self.chan_joiners.get(name, ())) if name else ():
             self._finish_waiter(w)
             self._add_ref(rec, w.owner)
-            self._reply(w.tag, w.r, self._chan_desc(rec))
+            self._reply(w.tag, w.r, desc)
+        self._reply(msg.tag, msg.r, desc)
 
     def on_channel_list(self, msg):
         self._reply(msg.tag, msg.r, list(self.chans))
