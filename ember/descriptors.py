@@ -27,7 +27,25 @@ ProcessLocation = namedtuple("ProcessLocation", "node os_pid")
 ProcessStatus = namedtuple("ProcessStatus", "state exit_code")
 
 
-class ProcessDescriptor:
+class _Record:
+    __slots__ = ()
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: d[k] for k in cls.__slots__})
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        body = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if k != "sdesc")
+        return f"{type(self).__name__}({body})"
+
+
+class ProcessDescriptor(_Record):
     """What GS knows about one managed process.
 
     Attributes: ``p_uid``, ``user_name`` (``name``), ``is_alive``,
@@ -65,34 +83,9 @@ class ProcessDescriptor:
         for k in self.__slots__:
             setattr(self, k, getattr(fresh, k))
 
-    def to_dict(self):
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(**{k: d[k] for k in cls.__slots__})
-
     def __repr__(self):
         return (f"ProcessDescriptor(p_uid={self.p_uid}, user_name={self.user_name!r}, "
                 f"state={self.state!r}, retval={self.retval!r}, location={self.location})")
-
-
-class _Record:
-    __slots__ = ()
-
-    def to_dict(self):
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(**{k: d[k] for k in cls.__slots__})
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.to_dict() == other.to_dict()
-
-    def __repr__(self):
-        body = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if k != "sdesc")
-        return f"{type(self).__name__}({body})"
 
 
 class PoolDescriptor(_Record):

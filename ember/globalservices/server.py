@@ -57,6 +57,21 @@ def _timeout(value, err_cls):
     return None if math.isinf(value) else value
 
 
+def _lookup(ident, by_uid, by_name, err_cls, kind, uid_name):
+    """The record an identifier names: an int is a uid, a str a name."""
+    if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+        raise err_cls(f"{kind} identifier must be an int or str, not {type(ident).__name__}")
+    if isinstance(ident, str):
+        uid = by_name.get(ident)
+        if uid is None:
+            raise err_cls(f"no {kind} named {ident!r}")
+        return by_uid[uid]
+    rec = by_uid.get(ident)
+    if rec is None:
+        raise err_cls(f"no {kind} with {uid_name} {ident}")
+    return rec
+
+
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator")
@@ -282,20 +297,12 @@ class GlobalServices:
 
     # -------------------------------------------------------------- processes
     def _proc(self, ident):
-        if isinstance(ident, bool) or not isinstance(ident, (int, str)):
-            raise ProcessError(f"process identifier must be an int or str, not {type(ident).__name__}")
-        if isinstance(ident, str):
-            p = self.proc_names.get(ident)
-            if p is None:
-                # the most recent process of that name, even if it has exited
-                p = next((q.p_uid for q in reversed(self.procs.values()) if q.name == ident), None)
-            if p is None:
-                raise ProcessError(f"no process named {ident!r}")
-            return self.procs[p]
-        rec = self.procs.get(ident)
-        if rec is None:
-            raise ProcessError(f"no process with p_uid {ident}")
-        return rec
+        if isinstance(ident, str) and ident not in self.proc_names:
+            # the most recent process of that name, even if it has exited
+            p_uid = next((q.p_uid for q in reversed(self.procs.values()) if q.name == ident), None)
+            if p_uid is not None:
+                return self.procs[p_uid]
+        return _lookup(ident, self.procs, self.proc_names, ProcessError, "process", "p_uid")
 
     def on_process_create(self, msg):
         if self.teardown is not None:
@@ -451,17 +458,7 @@ class GlobalServices:
             self.pool_names[rec.name] = rec.m_uid
 
     def _pool(self, ident):
-        if isinstance(ident, bool) or not isinstance(ident, (int, str)):
-            raise PoolError(f"pool identifier must be an int or str, not {type(ident).__name__}")
-        if isinstance(ident, str):
-            m_uid = self.pool_names.get(ident)
-            if m_uid is None:
-                raise PoolError(f"no pool named {ident!r}")
-            return self.pools[m_uid]
-        rec = self.pools.get(ident)
-        if rec is None:
-            raise PoolError(f"no pool with m_uid {ident}")
-        return rec
+        return _lookup(ident, self.pools, self.pool_names, PoolError, "pool", "m_uid")
 
     def _pool_desc(self, rec):
         return {"m_uid": rec.m_uid, "name": rec.name, "node": self.node, "size": rec.size,
@@ -517,17 +514,7 @@ class GlobalServices:
 
     # --------------------------------------------------------------- channels
     def _chan(self, ident):
-        if isinstance(ident, bool) or not isinstance(ident, (int, str)):
-            raise ChannelError(f"channel identifier must be an int or str, not {type(ident).__name__}")
-        if isinstance(ident, str):
-            c_uid = self.chan_names.get(ident)
-            if c_uid is None:
-                raise ChannelError(f"no channel named {ident!r}")
-            return self.chans[c_uid]
-        rec = self.chans.get(ident)
-        if rec is None:
-            raise ChannelError(f"no channel with c_uid {ident}")
-        return rec
+        return _lookup(ident, self.chans, self.chan_names, ChannelError, "channel", "c_uid")
 
     def _chan_desc(self, rec):
         return {"m_uid": rec.m_uid, "c_uid": rec.c_uid, "name": rec.name, "node": self.node,
