@@ -463,3 +463,87 @@ def test_pipeline_example():
     out = ok(res)
     assert "pipeline ok" in out
     assert "summer: 2000 squares, sum 2668667000 (expected 2668667000)" in out
+
+
+# ------------------------------------------------ found by adversarial review
+def test_grandchildren_do_not_survive_teardown(tmp_path):
+    pidfile = tmp_path / "gpid"
+    ok(run_prog(tmp_path, rf"""
+        import sys
+        from ember.globalservices import process
+        code = ("import subprocess, sys; p = subprocess.Popen(['sleep', '60']); "
+                "open({str(pidfile)!r}, 'w').write(str(p.pid))")
+        p = process.create(sys.executable, ".", ["-c", code])
+        assert process.join(p.p_uid) == 0      # the child exits, its grandchild lives on
+    """))
+    assert wait_dead([int(pidfile.read_text())])
+
+
+def test_abandoned_requests_do_not_wedge_the_thread(tmp_path):
+    out = ok(run_prog(tmp_path, r"""
+        import signal
+        from ember.globalservices import channel, process
+        class Alarm(Exception):
+            pass
+        def on_alarm(signum, frame):
+            raise Alarm()
+        signal.signal(signal.SIGALRM, on_alarm)
+        for i in range(12):                      # more than a reply channel holds
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            try:
+                channel.join("later")
+            except Alarm:
+                pass
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        channel.create(None, "later")            # wakes 12 abandoned joins
+        print(len(process.get_list()), flush=True)
+        channel.destroy("later")
+    """))
+    assert out.strip() == "1"
+
+
+def test_thread_reply_channels_are_reused(tmp_path):
+    ok(run_prog(tmp_path, r"""
+        import threading
+        from ember.globalservices import pool
+        for i in range(1500):          # 17 KB each would need 25 MB without reuse
+            t = threading.Thread(target=pool.default)
+            t.start()
+            t.join()
+    """, extra=("--inf-pool-size", "8M")))
+
+
+def test_closed_stdout_and_tiny_infrastructure_pool(tmp_path):
+    prog = write(tmp_path, "import sys; sys.exit(3)")
+    res = subprocess.run(f"{sys.executable} -m ember run {prog} >&-", shell=True, cwd=tmp_path,
+                         capture_output=False, stderr=subprocess.PIPE, timeout=60)
+    assert res.returncode == 3, res.stderr
+    res = ember("run", "--inf-pool-size", "64K", prog, cwd=tmp_path)
+    assert res.returncode == 70
+    assert res.stderr.startswith(b"ember: cannot set up the runtime (--inf-pool-size 65536")
+
+
+def test_unencodable_arguments_are_a_process_error(tmp_path):
+    out = ok(run_prog(tmp_path, r"""
+        from ember.globalservices import process
+        from ember.exceptions import ProcessError
+        try:
+            process.create("/bin/echo", ".", ["\udcff-arg"])
+        except ProcessError as e:
+            print(e)
+        print(process.get_list() != [])
+    """))
+    assert out.splitlines()[0].startswith("cannot send ProcessCreate request: UnicodeEncodeError")
+    assert out.splitlines()[1] == "True"
+
+
+def test_last_lines_without_newline_are_not_glued(tmp_path):
+    out = ok(run_prog(tmp_path, r"""
+        import sys
+        from ember.globalservices import process
+        code = "import sys; sys.stdout.write('first\\nno-newline-' + sys.argv[1])"
+        ps = [process.create(sys.executable, ".", ["-c", code, str(i)]) for i in range(4)]
+        process.multi_join([p.p_uid for p in ps], join_all=True)
+    """))
+    lines = out.splitlines()
+    assert sorted(lines) == ["first"] * 4 + [f"no-newline-{i}" for i in range(4)]

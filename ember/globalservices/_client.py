@@ -6,6 +6,17 @@ pool), so many threads can wait on GS at once without sharing a queue.
 Requests carry the reply channel's descriptor; GS frees a process's reply
 channels when that process exits.  After ``fork()`` the child builds fresh
 reply channels (it must not read its parent's replies).
+
+Reply channels are never destroyed by the client (GS may hold a handle to
+them); instead:
+
+- when a thread ends, its reply channel goes back to a per-process free list
+  and the next new thread reuses it (so a thread-per-request program does
+  not grow the infrastructure pool);
+- when a request is abandoned (Ctrl-C, or any exception while waiting), the
+  late reply will still come: the thread's channel is retired (left to GS to
+  free at process exit) and the thread gets a fresh one, so late replies can
+  never fill the channel a later request waits on.
 """
 import builtins
 import itertools
@@ -14,7 +25,7 @@ import threading
 import time
 
 from .. import _env, exceptions, messages
-from ..exceptions import ChannelEmpty, GlobalServicesError
+from ..exceptions import ChannelEmpty, ChannelError, GlobalServicesError, PoolError, ProcessError
 
 _REPLY_CAPACITY = 8
 _REPLY_BLOCK = 1024
@@ -23,6 +34,9 @@ _REPLY_BLOCK = 1024
 # adaptive: an adaptive one shrinks below the round trip once a peer sleeps,
 # and both sides then stay in the slow, sleeping mode (docs/channels.md).
 CONTROL_SPIN = float(os.environ.get("EMBER_CONTROL_SPIN", "100e-6"))
+
+
+_KIND_ERRORS = (("Process", ProcessError), ("Pool", PoolError), ("Channel", ChannelError))
 
 
 def _error_from_reply(rep):
@@ -35,6 +49,20 @@ def _error_from_reply(rep):
     if rep.tb:
         err.remote_traceback = rep.tb
     return err
+
+
+class _ReplyChannel:
+    """A thread's reply channel; returns itself to the free list when the
+    thread's locals are cleared (thread exit), unless retired."""
+
+    __slots__ = ("ch", "r", "free", "retired", "__weakref__")
+
+    def __init__(self, ch, free):
+        self.ch, self.r, self.free, self.retired = ch, ch.sdesc, free, False
+
+    def __del__(self):
+        if not self.retired:
+            self.free.append((self.ch, self.r))
 
 
 class Connection:
@@ -55,36 +83,52 @@ class Connection:
         self.gs = Channel.attach(_env.decode(_env.get(_env.GS_CH)))
         self._local = threading.local()
         self._tags = itertools.count(1)
+        self._free = []          # reply channels of finished threads
 
     def _reply_channel(self):
-        ch = getattr(self._local, "ch", None)
-        if ch is None:
-            ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY, block_size=_REPLY_BLOCK)
-            ch.set_spin(CONTROL_SPIN, adaptive=False)
-            self._local.ch = ch
-            self._local.r = ch.sdesc
-        return ch, self._local.r
+        holder = getattr(self._local, "reply", None)
+        if holder is None:
+            try:
+                ch, _ = self._free.pop()
+            except IndexError:
+                ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY,
+                                          block_size=_REPLY_BLOCK)
+                ch.set_spin(CONTROL_SPIN, adaptive=False)
+            holder = self._local.reply = _ReplyChannel(ch, self._free)
+        return holder
 
     def call(self, msg_cls, *fields, timeout=None):
         """Send a request and wait for its reply; return the reply's value or
         raise the error GS reported.  ``timeout`` (seconds) bounds the local
         wait for the reply (GS keeps the API's own timeouts); running out
         raises GlobalServicesError."""
-        ch, r = self._reply_channel()
+        holder = self._reply_channel()
+        ch = holder.ch
         tag = next(self._tags)
-        self.gs.send(msg_cls(tag, self.p_uid, r, *fields).pack())
+        try:
+            data = msg_cls(tag, self.p_uid, holder.r, *fields).pack()
+        except (TypeError, ValueError, OverflowError) as exc:
+            # e.g. a str with surrogate escapes, an int beyond 64 bits
+            kind = next((e for p, e in _KIND_ERRORS if msg_cls.__name__.startswith(p)),
+                        GlobalServicesError)
+            raise kind(f"cannot send {msg_cls.__name__} request: {type(exc).__name__}: {exc}") from None
+        self.gs.send(data)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
+        try:
+            while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 data = ch.recv(timeout=left)
-            except ChannelEmpty:
+                rep = messages.unpack(data)
+                if type(rep) is messages.Reply and rep.ref == tag:
+                    break
+        except BaseException as exc:
+            # The reply will still come: never wait on this channel again.
+            holder.retired = True
+            self._local.reply = None
+            if isinstance(exc, ChannelEmpty):
                 raise GlobalServicesError(
                     f"no reply from global services to {msg_cls.__name__} within {timeout} s") from None
-            rep = messages.unpack(data)
-            if type(rep) is messages.Reply and rep.ref == tag:
-                break
-            # A late reply to a request abandoned by Ctrl-C: drop it.
+            raise
         if rep.status == messages.ERR_OK:
             return rep.value
         raise _error_from_reply(rep)
@@ -92,10 +136,14 @@ class Connection:
     def close(self):
         """Detach from GS (the launcher's last step; GS frees the reply
         channels of ordinary processes when they exit)."""
-        ch = getattr(self._local, "ch", None)
-        if ch is not None:
+        holder = getattr(self._local, "reply", None)
+        if holder is not None:
+            holder.retired = True
+            holder.ch.destroy()
+            self._local.reply = None
+        for ch, _ in self._free:
             ch.destroy()
-            self._local.ch = None
+        self._free.clear()
         self.gs.detach()
         self.inf_pool.detach()
 

@@ -33,6 +33,7 @@ import sys
 from .. import __version__, _env
 
 EXIT_START_FAILED = 127
+_CONTROL_CAPACITY = 1024     # slots of GS's and the shepherd's input channels
 EXIT_RUNTIME_FAILED = 70
 
 _OWNER = re.compile(r"^ember\.([pr])(\d+)[-.]")
@@ -94,8 +95,22 @@ def _size(text):
     return v
 
 
+def _ensure_stdio():
+    """Open /dev/null on any of fds 0-2 that is closed (``ember run >&-``):
+    otherwise a segment or pipe would take fd 1 and output would go there."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main(argv=None):
     """Entry point of the ``ember`` command; returns the exit code."""
+    _ensure_stdio()
     args = _parser().parse_args(argv)
     if args.command == "cleanup":
         return cleanup(dry_run=args.dry_run)
@@ -178,8 +193,9 @@ class Launcher:
 
     # The forked services.  Each returns via os._exit, never to the caller.
     def _fork(self, role, fn):
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for f in (sys.stdout, sys.stderr):
+            if f is not None:
+                f.flush()
         pid = os.fork()
         if pid:
             self.children[pid] = role
@@ -203,15 +219,26 @@ class Launcher:
         from ..channels_c import Channel
         from ..pools_c import Pool
 
+        from ..exceptions import EmberError
+
         a = self.args
         self.launcher_pid = os.getpid()
-        inf = Pool.create(a.inf_pool_size, name="ember-infrastructure", m_uid=0, owner_tag=self.tag)
+        try:
+            inf = Pool.create(a.inf_pool_size, name="ember-infrastructure", m_uid=0, owner_tag=self.tag)
+        except (EmberError, OSError, ValueError) as exc:
+            print(f"ember: cannot create the infrastructure pool: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME_FAILED
         dflt = None
         gs_ch = sh_ch = None
         try:
-            dflt = Pool.create(a.default_pool_size, name="default", m_uid=1, owner_tag=self.tag)
-            gs_ch = Channel.create(inf, capacity=4096, block_size=512)
-            sh_ch = Channel.create(inf, capacity=4096, block_size=512)
+            try:
+                dflt = Pool.create(a.default_pool_size, name="default", m_uid=1, owner_tag=self.tag)
+                gs_ch = Channel.create(inf, capacity=_CONTROL_CAPACITY, block_size=512)
+                sh_ch = Channel.create(inf, capacity=_CONTROL_CAPACITY, block_size=512)
+            except (EmberError, OSError, ValueError) as exc:
+                print(f"ember: cannot set up the runtime (--inf-pool-size {a.inf_pool_size}, "
+                      f"--default-pool-size {a.default_pool_size}): {exc}", file=sys.stderr)
+                return EXIT_RUNTIME_FAILED
             os.environ.update({
                 _env.RUNTIME_ID: self.tag,
                 _env.INF_POOL: _env.encode(inf.sdesc),
@@ -257,19 +284,33 @@ class Launcher:
                 exe, argv = sys.executable, [prog] + a.args
             else:
                 exe, argv = prog, a.args
+            # Hold Ctrl-C/SIGTERM while the head is being created; they are
+            # delivered (and forwarded to the head) as soon as it exists.
+            held = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)
             try:
                 self.head = process.create(exe, os.getcwd(), argv)
-            except _Signalled:
-                return 128 + signal.SIGINT
             except Exception as exc:
                 print(f"ember: cannot start {prog!r}: {exc}", file=sys.stderr)
                 return EXIT_START_FAILED
-            try:
-                self.head_pidfd = os.pidfd_open(self.head.os_pid)
-            except OSError:
-                self.head_pidfd = None   # already gone: join will say so
+            finally:
+                if self.head is not None:
+                    try:
+                        self.head_pidfd = os.pidfd_open(self.head.os_pid)
+                    except OSError:
+                        self.head_pidfd = None   # already gone: join will say so
+                try:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+                except _Signalled as s:          # delivered on unblock
+                    pending = s.signum
+                else:
+                    pending = None
             deadline = None
             import time
+            if pending is not None:
+                self.signals = 1
+                self._forward(pending)
+                deadline = time.monotonic() + a.grace
             while True:
                 try:
                     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())

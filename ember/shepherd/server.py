@@ -104,6 +104,8 @@ class Shepherd:
         # request thread vs. close after reaping on the main thread).
         self._lock = threading.Lock()
         self._children = {}           # p_uid -> _Child
+        self._pgids = set()           # process groups of every child ever started
+        self._open_line = {}          # out fd -> stream whose line is unfinished
         self._fds = {}                # fd -> _Child (its pidfd) or _Stream
         self._dead_out = set()        # out fds that gave EPIPE
         self._stop_requested = False
@@ -226,6 +228,7 @@ class Shepherd:
         child = _Child(p_uid, pid, pidfd, streams)
         with self._lock:
             self._children[p_uid] = child
+            self._pgids.add(pid)
             self._fds[pidfd] = child
             for s in streams:
                 os.set_blocking(s.fd, False)
@@ -301,6 +304,7 @@ class Shepherd:
                         killed = True
                     if not self._children:
                         break
+            self._kill_leftover_groups()
             for obj in list(self._fds.values()):
                 if isinstance(obj, _Stream):   # pipes a grandchild still holds
                     self._drain(obj, final=True)
@@ -309,6 +313,44 @@ class Shepherd:
                 self._send(M.ShShutdownDone(self._stop_tag))
         finally:
             self._done.set()
+
+    def _kill_leftover_groups(self):
+        """SIGKILL what managed processes left behind: anything still in the
+        process group of a child we started (subprocesses, forks), even after
+        that child exited.  A group id can be reused only once the group is
+        empty; to be sure we never hit a stranger that reused one, only
+        processes of our own session are killed, each through a pidfd."""
+        if not self._pgids:
+            return
+        sid = os.getsid(0)
+        fds = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            pgrp, session = int(fields[2]), int(fields[3])
+            if pgrp in self._pgids and session == sid:
+                try:
+                    fd = os.pidfd_open(int(d))
+                except OSError:
+                    continue
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    fds.append(fd)
+                except OSError:
+                    os.close(fd)
+        # Wait (bounded) until they are gone: a pidfd turns readable at exit.
+        import time
+        deadline = time.monotonic() + 2.0
+        for fd in fds:
+            try:
+                select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            finally:
+                os.close(fd)
 
     def _kill_all(self):
         with self._lock:
@@ -398,7 +440,7 @@ class Shepherd:
         if s.prefix:
             head = s.prefix if s.at_line_start else b""
             whole = head + whole[:-1].replace(b"\n", b"\n" + s.prefix) + b"\n"
-        self._write(s.out_fd, whole)
+        self._out(s, whole)
         s.at_line_start = True
 
     def _emit(self, s, data, end_line):
@@ -408,16 +450,27 @@ class Shepherd:
                 data = s.prefix + data
             if end_line:
                 data += b"\n"
-        self._write(s.out_fd, data)
+        self._out(s, data)
         s.at_line_start = end_line or not s.prefix
 
     def _flush_partial(self, s):
         if s.partial:
-            # Labelled output is line-oriented: end the line so the next
-            # process's line starts clean.  Unlabelled output stays
-            # byte-exact.
+            # Labelled output is line-oriented: end the line.  Unlabelled
+            # output stays byte-exact; _out() starts a new line only if
+            # another stream writes to the same fd after it.
             self._emit(s, s.partial, end_line=bool(s.prefix))
             s.partial = b""
+
+    def _out(self, s, data):
+        """Write a stream's data to its fd.  If another stream left a line
+        open on that fd (it wrote no final newline), end that line first, so
+        lines of different processes are never glued together."""
+        fd = s.out_fd
+        owner = self._open_line.get(fd)
+        if owner is not None and owner is not s:
+            self._write(fd, b"\n")
+        self._write(fd, data)
+        self._open_line[fd] = None if data.endswith(b"\n") else s
 
     def _write(self, fd, data):
         if fd in self._dead_out:
