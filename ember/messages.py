@@ -93,6 +93,9 @@ _define(23, "ChannelJoin", _REQ + "name timeout")
 _define(24, "ChannelDestroy", _REQ + "ident")
 _define(25, "ChannelRelease", _REQ + "ident")
 _define(26, "ChannelAddRef", _REQ + "ident")
+# a client abandoned request ``ref`` (Ctrl-C while waiting): GS forgets the
+# parked waiter; no reply.
+_define(27, "Cancel", _REQ + "ref")
 # launcher -> GS: kill everything, destroy everything, stop the shepherd, exit.
 _define(30, "Teardown", _REQ + "grace")
 

@@ -390,3 +390,17 @@ def test_transport_never_blocks_on_a_full_reply_channel(h):
             ch.detach()
         reply.destroy()
         sh.destroy()
+
+
+def test_cancel_forgets_a_parked_wait(h):
+    p = h.create()
+    j = h.req(m.ProcessJoin, [p], None, False, False, p_uid=p + 100, r=b"RX")
+    c = h.req(m.ChannelJoin, "rc-later", None, p_uid=p, r=b"RY")
+    h.gs.handle_bytes(m.Cancel(99, p + 100, b"RX", j[1]).pack())
+    h.gs.handle_bytes(m.Cancel(98, p, b"RY", c[1]).pack())
+    h.gs.handle_bytes(m.Cancel(97, p, b"RY", 12345).pack())        # unknown: ignored
+    assert not h.gs.owned_waiters and not h.gs.chan_joiners and not h.gs.procs[p].waiters
+    d = h.ok(h.req(m.ChannelCreate, None, "rc-later", {"ref_count": True}, False))
+    h.exit(p, 0)
+    assert h.reply(j) is None and h.reply(c) is None               # no late replies
+    assert h.gs.chans[d["c_uid"]].holders == {0: 1}                # the cancelled join added no ref

@@ -122,7 +122,13 @@ class Connection:
                 if type(rep) is messages.Reply and rep.ref == tag:
                     break
         except BaseException as exc:
-            # The reply will still come: never wait on this channel again.
+            # Tell GS to forget a parked wait; a reply may be on its way
+            # anyway, so never wait on this channel again.
+            try:
+                self.gs.send(messages.Cancel(next(self._tags), self.p_uid, holder.r, tag).pack(),
+                             timeout=0)
+            except Exception:
+                pass   # best effort: GS frees everything at process exit
             holder.retired = True
             self._local.reply = None
             if isinstance(exc, ChannelEmpty):

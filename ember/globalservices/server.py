@@ -188,6 +188,7 @@ class GlobalServices:
             m.ChannelRelease: self.on_channel_release,
             m.ChannelAddRef: self.on_channel_add_ref,
             m.Teardown: self.on_teardown,
+            m.Cancel: self.on_cancel,
             m.ShSpawned: self.on_sh_spawned,
             m.ShExited: self.on_sh_exited,
             m.ShShutdownDone: self.on_sh_shutdown_done,
@@ -641,6 +642,13 @@ class GlobalServices:
             if proc is not None:
                 proc.refs.pop(rec.c_uid, None)
         rec.ch.destroy()
+
+    def on_cancel(self, msg):
+        """The requester gave up waiting for ``ref``: forget that waiter
+        (a channel join then adds no reference).  Never replied to."""
+        for w in list(self.owned_waiters.get(msg.p_uid, ())):
+            if w.tag == msg.ref and w.r == msg.r:
+                self._finish_waiter(w)
 
     # --------------------------------------------------------------- teardown
     def on_teardown(self, msg):
