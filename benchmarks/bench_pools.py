@@ -156,10 +156,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     secs = args.seconds
 
-    import cffi_pool
+    import cffi_build
     tmp = tempfile.mkdtemp(prefix="bench_pools_")
     try:
-        mod = cffi_pool.build(tmp, extra_cdef=C_CDEF, extra_source=C_SOURCE)
+        mod = cffi_build.build_pool(tmp, extra_cdef=C_CDEF, extra_source=C_SOURCE)
         pool = Pool.create(64 << 20, name="bench")
         cpool = None
         try:

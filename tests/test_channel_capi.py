@@ -1,4 +1,4 @@
-"""The channel C API on its own, through cffi (tests/cffi_channel.py),
+"""The channel C API on its own, through cffi (tests/cffi_build.py),
 including deliberate misuse that must return an error code, never crash."""
 import os
 import random
@@ -9,7 +9,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cffi_channel import build  # noqa: E402
+from cffi_build import build_channel  # noqa: E402
 
 HDR = 320          # channel header bytes (5 cache lines), see docs/channels.md
 
@@ -23,7 +23,8 @@ SLOT_HDR = 16
 
 @pytest.fixture(scope="session")
 def capi(tmp_path_factory):
-    return build(str(tmp_path_factory.mktemp("cffi_channel")))
+    mod = build_channel(tmp_path_factory.mktemp("cffi_channel"))
+    return mod.ffi, mod.lib
 
 
 @pytest.fixture

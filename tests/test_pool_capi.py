@@ -1,5 +1,5 @@
 """The pool C API on its own, driven through cffi (pool.c compiled by
-tests/cffi_pool.py), including deliberate misuse that must return error
+tests/cffi_build.py), including deliberate misuse that must return error
 codes and never crash."""
 import os
 import random
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-import cffi_pool
+import cffi_build
 
 HDR = 4096          # pool header page (heap offset)
 BLK = 64            # block header
@@ -19,7 +19,7 @@ BLK = 64            # block header
 @pytest.fixture(scope="session")
 def capi(tmp_path_factory):
     pytest.importorskip("cffi")
-    return cffi_pool.build(tmp_path_factory.mktemp("cffi_pool"))
+    return cffi_build.build_pool(tmp_path_factory.mktemp("cffi_pool"))
 
 
 @pytest.fixture
