@@ -21,31 +21,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from ember.channels_c import Channel  # noqa: E402
 from ember.pools_c import Pool  # noqa: E402
+from procs import fork, reap  # noqa: E402  (tests/procs.py)
 
 MSG = b"x" * 64
 MIB = 1 << 20
-
-
-def fork(fn, *args):
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            fn(*args)
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    return pid
-
-
-def reap(pid):
-    os.waitpid(pid, 0)
 
 
 def pct(samples, q):

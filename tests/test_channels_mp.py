@@ -7,15 +7,14 @@ import random
 import select
 import signal
 import struct
-import sys
 import time
-import traceback
 
 import pytest
 
 from ember.channels_c import Channel, wait_any
 from ember.exceptions import ChannelEmpty
 from ember.pools_c import Pool
+from procs import fork, join
 
 
 @pytest.fixture
@@ -23,36 +22,6 @@ def pool():
     p = Pool.create(64 << 20)
     yield p
     p.destroy()
-
-
-def fork(fn, *args):
-    """Run fn(*args) in a forked child; exit code 0 on success."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            fn(*args)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return pid
-
-
-def join(pid, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} did not exit within {timeout} s")
-        time.sleep(0.005)
 
 
 def read_exact(fd, n, timeout=10.0):

@@ -15,6 +15,7 @@ import pytest
 
 from ember.exceptions import PoolExhausted
 from ember.pools_c import Pool
+from procs import fork, reap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -23,35 +24,6 @@ ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH
 def _py(code, *args, **kw):
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _fork(fn, *args):
-    """Run fn(*args) in a forked child that never returns into pytest."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            fn(*args)
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 70
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _reap(pid, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        p, status = os.waitpid(pid, os.WNOHANG)
-        if p == pid:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child {pid} did not exit in {timeout} s")
-        time.sleep(0.005)
 
 
 @pytest.mark.timeout(60)
@@ -136,8 +108,8 @@ def _integrity_worker(sdesc, wid, seconds, seed):
 @pytest.mark.timeout(60)
 def test_pools_mp_concurrent_integrity():
     with Pool.create(1 << 20, name="conc") as pool:
-        pids = [_fork(_integrity_worker, pool.sdesc, w, 1.5, w) for w in range(4)]
-        codes = [_reap(p) for p in pids]
+        pids = [fork(_integrity_worker, pool.sdesc, w, 1.5, w) for w in range(4)]
+        codes = [reap(p) for p in pids]
         assert codes == [0] * 4
         pool._validate()
         st = pool.stats()
@@ -157,11 +129,11 @@ def test_pools_mp_blocking_alloc_woken_by_other_process():
     with Pool.create(1 << 16) as pool:
         whole = pool.alloc(pool.stats().largest_free)
         whole._disown()                       # the other process frees it
-        pid = _fork(_hog_then_free, pool.sdesc, 0.3)
+        pid = fork(_hog_then_free, pool.sdesc, 0.3)
         t = time.monotonic()
         a = pool.alloc(100, timeout=10)
         assert 0.2 < time.monotonic() - t < 5
-        assert _reap(pid) == 0
+        assert reap(pid) == 0
         a.free()
 
 
@@ -231,13 +203,13 @@ def _storm(kills, nworkers, seed):
     ids = memoryview(ledger).cast("Q")
     with Pool.create(1 << 20, name="storm") as pool:
         sd = pool.sdesc
-        pids = [_fork(_storm_worker, sd, ledger, w, rng.random()) for w in range(nworkers)]
+        pids = [fork(_storm_worker, sd, ledger, w, rng.random()) for w in range(nworkers)]
         try:
             for _ in range(kills):
                 time.sleep(rng.random() * 0.004)
                 w = rng.randrange(nworkers)
                 os.kill(pids[w], signal.SIGKILL)
-                status = _reap(pids[w])
+                status = reap(pids[w])
                 pids[w] = None
                 assert os.WIFSIGNALED(status), f"worker exited with {os.waitstatus_to_exitcode(status)}"
                 # survivors keep going; the dead worker's recorded blocks are
@@ -248,12 +220,12 @@ def _storm(kills, nworkers, seed):
                         a.free()
                 for j in range(HOLD):
                     ids[w * HOLD + j] = 0
-                pids[w] = _fork(_storm_worker, sd, ledger, w, rng.random())
+                pids[w] = fork(_storm_worker, sd, ledger, w, rng.random())
         finally:
             for pid in pids:
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
-                    _reap(pid)
+                    reap(pid)
         pool._validate()
         # stats add up, and the only unrecorded blocks are those in flight
         # at a death: at most one per kill

@@ -1,0 +1,52 @@
+"""Forked helper processes for the multi-process tests (and benchmarks).
+
+    pid = fork(fn, arg)        # fn(arg) in a child that never returns into pytest
+    assert join(pid) == 0      # its exit code (negative: killed by that signal)
+    status = reap(pid)         # or its raw wait status (os.WIFSIGNALED & co.)
+"""
+import os
+import signal
+import sys
+import time
+import traceback
+
+
+def fork(fn, *args):
+    """Run fn(*args) in a forked child; it exits 0 on success, 1 (with the
+    traceback on stderr) if fn raised."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fn(*args)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def reap(pid, timeout=30.0):
+    """Wait for child ``pid`` and return its raw wait status.  After
+    ``timeout`` seconds it is SIGKILLed and AssertionError raised;
+    ``timeout=None`` waits without limit."""
+    if timeout is None:
+        return os.waitpid(pid, 0)[1]
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"child {pid} did not exit within {timeout} s")
+        time.sleep(0.005)
+
+
+def join(pid, timeout=30.0):
+    """As reap, but return the exit code (os.waitstatus_to_exitcode)."""
+    return os.waitstatus_to_exitcode(reap(pid, timeout))
