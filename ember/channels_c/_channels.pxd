@@ -77,8 +77,7 @@ cdef class Channel:
     cdef str _desc(self)
     cdef int _send_error(self, ember_rc_t rc, Py_ssize_t n, timeout) except -1
     cdef int _send_wait(self, const char *p, Py_ssize_t n, int64_t tmo) except -1
-    cdef int _send_large(self, const char *p, Py_ssize_t n, int64_t tmo) except -1
     cdef int _send_alloc_wait(self, ember_alloc_t *a, int64_t deadline, Py_ssize_t n, timeout) except -1
     cdef int _send_allocation(self, Allocation al, timeout) except -1
     cdef ember_rc_t _recv_wait(self, ember_ch_msg_t *m, int64_t max_len, timeout) except -1
-    cdef int _recv_error(self, ember_rc_t rc, timeout) except -1
+    cdef int _recv_claim(self, ember_ch_msg_t *m, int64_t max_len, timeout) except -1

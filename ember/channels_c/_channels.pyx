@@ -455,9 +455,7 @@ cdef class Channel:
                     return
                 if rc != EMBER_ERR_FULL or timeout == 0:
                     self._send_error(rc, view.len, timeout)
-                self._send_wait(<const char *>view.buf, view.len, _timeout_ns(timeout))
-            else:
-                self._send_large(<const char *>view.buf, view.len, _timeout_ns(timeout))
+            self._send_wait(<const char *>view.buf, view.len, _timeout_ns(timeout))
         finally:
             PyBuffer_Release(&view)
 
@@ -476,36 +474,12 @@ cdef class Channel:
         return 0
 
     cdef int _send_wait(self, const char *p, Py_ssize_t n, int64_t tmo) except -1:
-        """Blocking inline send in slices (GIL released)."""
-        cdef ember_ch_t *ch = self._ch
-        cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
-        cdef int64_t sl
-        cdef ember_rc_t rc
-        self._pool._busy += 1
-        self._busy += 1
-        try:
-            while True:
-                sl = _slice(deadline)
-                with nogil:
-                    rc = ember_ch_send(ch, p, <uint64_t>n, sl)
-                if rc == EMBER_OK:
-                    return 0
-                if rc != EMBER_ERR_FULL and rc != EMBER_ERR_INTERRUPTED:
-                    break
-                PyErr_CheckSignals()
-                if sl == 0:
-                    break
-        finally:
-            self._pool._busy -= 1
-            self._busy -= 1
-        self._send_error(rc, n, None if tmo < 0 else tmo / 1e9)
-        return -1
-
-    cdef int _send_large(self, const char *p, Py_ssize_t n, int64_t tmo) except -1:
-        """Large message: ember_ch_send claims a slot, allocates the block in
-        the pool, records it in the slot and copies once (GIL released), in
-        slices; a slice that ends while waiting for pool space publishes a
-        skip marker and the next slice starts over."""
+        """Blocking send in slices (GIL released), inline or large.  A large
+        message: ember_ch_send claims a slot, allocates the block in the
+        pool, records it in the slot and copies once; a slice that ends
+        while waiting for pool space (EMBER_ERR_EXHAUSTED, which an inline
+        send never returns) publishes a skip marker and the next slice
+        starts over."""
         cdef ember_ch_t *ch = self._ch
         cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
         cdef int64_t sl
@@ -596,7 +570,22 @@ cdef class Channel:
             self._pool._busy -= 1
             self._busy -= 1
 
-    cdef int _recv_error(self, ember_rc_t rc, timeout) except -1:
+    cdef int _recv_claim(self, ember_ch_msg_t *m, int64_t max_len, timeout) except -1:
+        """Claim the oldest message into ``m`` (try once, then wait per
+        ``timeout``; max_len >= 0: only a message that fits).  Raises
+        ChannelEmpty when none arrived, ChannelError when it does not fit
+        (it stays queued) or on any other error."""
+        cdef ember_rc_t rc = ember_ch_recv_begin(self._ch, 0, max_len, m)
+        if rc == EMBER_OK:
+            return 0
+        if rc == EMBER_ERR_EMPTY and timeout != 0:
+            rc = self._recv_wait(m, max_len, timeout)
+            if rc == EMBER_OK:
+                return 0
+        if rc == EMBER_ERR_BUFFER_TOO_SMALL:
+            raise ChannelError(f"{self._desc()}: the next message ({m.len} bytes) does not fit "
+                               f"the buffer ({max_len} bytes); it stays queued "
+                               f"[EMBER_ERR_BUFFER_TOO_SMALL]")
         if rc == EMBER_ERR_EMPTY:
             raise ChannelEmpty(f"{self._desc()}: no message arrived (timeout={timeout!r})")
         _check_rc(rc, f"{self._desc()}: receive")
@@ -608,19 +597,13 @@ cdef class Channel:
         ``timeout``."""
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
-        cdef ember_rc_t rc
         cdef bytes out
         cdef char *dst
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
         if timeout is not None:
             _timeout_ns(timeout)
-        rc = ember_ch_recv_begin(ch, 0, -1, &m)
-        if rc != EMBER_OK:
-            if rc == EMBER_ERR_EMPTY and timeout != 0:
-                rc = self._recv_wait(&m, -1, timeout)
-            if rc != EMBER_OK:
-                self._recv_error(rc, timeout)
+        self._recv_claim(&m, -1, timeout)
         if not m.is_alloc:
             try:
                 out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
@@ -642,7 +625,6 @@ cdef class Channel:
         ChannelError is raised."""
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
-        cdef ember_rc_t rc
         cdef Py_buffer view
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
@@ -653,16 +635,7 @@ cdef class Channel:
         except (TypeError, BufferError):
             raise TypeError(f"recv_into() needs a writable bytes-like object, got {type(buffer).__name__}") from None
         try:
-            rc = ember_ch_recv_begin(ch, 0, view.len, &m)
-            if rc != EMBER_OK:
-                if rc == EMBER_ERR_EMPTY and timeout != 0:
-                    rc = self._recv_wait(&m, view.len, timeout)
-                if rc == EMBER_ERR_BUFFER_TOO_SMALL:
-                    raise ChannelError(f"{self._desc()}: the next message ({m.len} bytes) does not fit "
-                                       f"the buffer ({view.len} bytes); it stays queued "
-                                       f"[EMBER_ERR_BUFFER_TOO_SMALL]")
-                if rc != EMBER_OK:
-                    self._recv_error(rc, timeout)
+            self._recv_claim(&m, view.len, timeout)
             if m.is_alloc:
                 with nogil:
                     memcpy(view.buf, m.data, m.len)
@@ -681,17 +654,11 @@ cdef class Channel:
         private buffer."""
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
-        cdef ember_rc_t rc
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
         if timeout is not None:
             _timeout_ns(timeout)
-        rc = ember_ch_recv_begin(ch, 0, -1, &m)
-        if rc != EMBER_OK:
-            if rc == EMBER_ERR_EMPTY and timeout != 0:
-                rc = self._recv_wait(&m, -1, timeout)
-            if rc != EMBER_OK:
-                self._recv_error(rc, timeout)
+        self._recv_claim(&m, -1, timeout)
         if not m.is_alloc:
             try:
                 out = bytearray(PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len))
