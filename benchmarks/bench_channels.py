@@ -36,6 +36,20 @@ def pct(samples, q):
     return s[min(len(s) - 1, int(len(s) * q))]
 
 
+def round_trips(send, recv, n, warmup):
+    """Time ``n`` round trips (send(MSG), then recv()) after ``warmup``
+    untimed ones; return (median, p99) in microseconds."""
+    lat = []
+    pc = time.perf_counter_ns
+    for i in range(n + warmup):
+        t = pc()
+        send(MSG)
+        recv()
+        if i >= warmup:
+            lat.append(pc() - t)
+    return statistics.median(lat) / 1e3, pct(lat, 0.99) / 1e3
+
+
 # --------------------------------------------------------------------- ember
 
 def ember_throughput(n, size=64, mode="copy"):
@@ -86,20 +100,12 @@ def ember_rtt(n):
             send(recv())
 
     pid = fork(echo)
-    lat = []
-    pc = time.perf_counter_ns
-    send, recv = a.send, b.recv
-    for i in range(n + 1000):
-        t = pc()
-        send(MSG)
-        recv()
-        if i >= 1000:
-            lat.append(pc() - t)
+    res = round_trips(a.send, b.recv, n, 1000)
     reap(pid)
     a.destroy()
     b.destroy()
     pool.destroy()
-    return statistics.median(lat) / 1e3, pct(lat, 0.99) / 1e3
+    return res
 
 
 # ---------------------------------------------------------------- baselines
@@ -131,18 +137,12 @@ def mp_queue_rtt(n):
 
     p = ctx.Process(target=echo)
     p.start()
-    lat = []
-    for i in range(n + 200):
-        t = time.perf_counter_ns()
-        a.put(MSG)
-        b.get()
-        if i >= 200:
-            lat.append(time.perf_counter_ns() - t)
+    res = round_trips(a.put, b.get, n, 200)
     p.join()
     for q in (a, b):
         q.close()
         q.join_thread()
-    return statistics.median(lat) / 1e3, pct(lat, 0.99) / 1e3
+    return res
 
 
 def mp_pipe_throughput(n, size=64):
@@ -174,17 +174,11 @@ def mp_pipe_rtt(n):
             y.send_bytes(y.recv_bytes())
 
     pid = fork(echo)
-    lat = []
-    for i in range(n + 200):
-        t = time.perf_counter_ns()
-        x.send_bytes(MSG)
-        x.recv_bytes()
-        if i >= 200:
-            lat.append(time.perf_counter_ns() - t)
+    res = round_trips(x.send_bytes, x.recv_bytes, n, 200)
     reap(pid)
     x.close()
     y.close()
-    return statistics.median(lat) / 1e3, pct(lat, 0.99) / 1e3
+    return res
 
 
 def zmq_throughput(n, size=64):
@@ -238,18 +232,12 @@ def zmq_rtt(n):
     s = ctx.socket(zmq.PAIR)
     s.setsockopt(zmq.RCVTIMEO, 30000)
     s.bind(addr)
-    lat = []
-    for i in range(n + 200):
-        t = time.perf_counter_ns()
-        s.send(MSG)
-        s.recv()
-        if i >= 200:
-            lat.append(time.perf_counter_ns() - t)
+    res = round_trips(s.send, s.recv, n, 200)
     reap(pid)
     s.close()
     ctx.term()
     shutil.rmtree(d, ignore_errors=True)
-    return statistics.median(lat) / 1e3, pct(lat, 0.99) / 1e3
+    return res
 
 
 def ff_throughput(n, size=64):
@@ -275,15 +263,9 @@ def ff_rtt(n):
             b.put(a.get(timeout=60))
 
     pid = fork(echo)
-    lat = []
-    for i in range(n + 200):
-        t = time.perf_counter_ns()
-        a.put(MSG)
-        b.get(timeout=60)
-        if i >= 200:
-            lat.append(time.perf_counter_ns() - t)
+    res = round_trips(a.put, lambda: b.get(timeout=60), n, 200)
     reap(pid)
-    return statistics.median(lat) / 1e3, pct(lat, 0.99) / 1e3
+    return res
 
 
 def c_api(n, iters):

@@ -437,6 +437,19 @@ def _reap(pid, timeout=20):
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
+def _cleanup(pid, to_sh=None, to_gs=None):
+    """A test's cleanup: SIGKILL and reap the forked shepherd unless the test
+    already reaped it (pid None), and close this side's pipe ends (a
+    PipeChannel whose fd the test closed itself has it set to None)."""
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+    if to_sh is not None and to_sh.wfd is not None:
+        os.close(to_sh.wfd)
+    if to_gs is not None:
+        os.close(to_gs.rfd)
+
+
 @pytest.mark.timeout(60)
 def test_run_in_a_forked_process(tmp_path):
     pid, to_sh, to_gs = _fork_shepherd(tmp_path, label="puid")
@@ -453,11 +466,7 @@ def test_run_in_a_forked_process(tmp_path):
         pid = None
         assert not _alive(sleeper)
     finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            _reap(pid)
-        os.close(to_sh.wfd)
-        os.close(to_gs.rfd)
+        _cleanup(pid, to_sh, to_gs)
     assert (tmp_path / "out").read_bytes() == b"[5] hello\n"
 
 
@@ -475,11 +484,7 @@ def test_children_die_with_a_killed_shepherd(tmp_path):
         assert select.select([child_fd], [], [], 20)[0]
         os.close(child_fd)
     finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            _reap(pid)
-        os.close(to_sh.wfd)
-        os.close(to_gs.rfd)
+        _cleanup(pid, to_sh, to_gs)
 
 
 @pytest.mark.timeout(60)
@@ -497,12 +502,7 @@ def test_broken_input_channel_kills_children(tmp_path):
         assert select.select([child_fd], [], [], 0)[0]
         os.close(child_fd)
     finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            _reap(pid)
-        if to_sh.wfd is not None:
-            os.close(to_sh.wfd)
-        os.close(to_gs.rfd)
+        _cleanup(pid, to_sh, to_gs)
 
 
 @pytest.mark.timeout(60)
@@ -544,9 +544,7 @@ def test_main_forked_over_ember_channels(tmp_path):
         assert _reap(pid) == 0
         pid = None
     finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            _reap(pid)
+        _cleanup(pid)
         for ch in (sh_ch, gs_ch):
             if ch is not None:
                 ch.destroy()

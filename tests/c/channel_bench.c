@@ -9,6 +9,7 @@
  *   c_rtt_median_ns <ns> / c_rtt_p99_ns <ns>
  */
 #include "channel.h"
+#include "owner_tag.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,11 +36,7 @@ int main(int argc, char **argv)
     long n = argc > 1 ? atol(argv[1]) : 5000000;
     long iters = argc > 2 ? atol(argv[2]) : 200000;
     char tag[32];
-    const char *extra = getenv("EMBER_SEGMENT_TAG");   /* test isolation, see tests/conftest.py */
-    if (extra && *extra)
-        snprintf(tag, sizeof tag, "p%d-%.8s", (int)getpid(), extra);
-    else
-        snprintf(tag, sizeof tag, "p%d", (int)getpid());
+    owner_tag(tag, sizeof tag);
     ember_pool_t *pool;
     ember_rc_t rc = ember_pool_create(64u << 20, ((uint64_t)getpid() << 24) ^ (uint64_t)now_ns(), tag,
                                       "bench", &pool);

@@ -13,6 +13,7 @@
  * Exit status 0 on success; the failure is printed otherwise.
  */
 #include "channel.h"
+#include "owner_tag.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -160,11 +161,7 @@ int main(int argc, char **argv)
     int procs = argc > 1 && strcmp(argv[1], "procs") == 0;
     g_n = argc > 2 ? (uint32_t)atoi(argv[2]) : 20000;
     char tag[32];
-    const char *extra = getenv("EMBER_SEGMENT_TAG");   /* test isolation, see tests/conftest.py */
-    if (extra && *extra)
-        snprintf(tag, sizeof tag, "p%d-%.8s", (int)getpid(), extra);
-    else
-        snprintf(tag, sizeof tag, "p%d", (int)getpid());
+    owner_tag(tag, sizeof tag);
     ember_rc_t rc = ember_pool_create(64u << 20, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20),
                                       tag, "stress", &g_pool);
     if (rc != EMBER_OK) { fprintf(stderr, "pool_create: %s\n", ember_rc_str(rc)); return 2; }
