@@ -29,18 +29,16 @@ Decisions where the spec is open (see docs/architecture.md):
 """
 import heapq
 import itertools
-import logging
 import math
 import signal
 import sys
 import time
-import traceback
 
-from .. import messages as m
+from .. import _log, messages as m
 from ..descriptors import ChannelOptions
 from ..exceptions import ChannelError, ChannelTimeout, EmberError, PoolError, ProcessError
 
-log = logging.getLogger("ember.gs")
+log = _log.get("gs")
 
 PENDING, RUNNING, EXITED = "pending", "running", "exited"
 LAUNCHER_P_UID = 0
@@ -226,6 +224,7 @@ class GlobalServices:
             self._reply_error(msg, type(exc).__name__, str(exc)) if is_request \
                 else log.warning("error handling %r: %s", msg, exc)
         except Exception as exc:  # a bug or a bad field type: report, keep serving
+            import traceback
             tb = traceback.format_exc()
             if is_request:
                 self._reply_error(msg, "GlobalServicesError",
@@ -828,11 +827,10 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0):
 
 def main_forked(gs_channel, sh_channel, runtime_tag, default_pool):
     """Entry point when the launcher forks GS: returns the process exit code."""
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="ember gs: %(levelname)s: %(message)s")
     try:
         serve(gs_channel, sh_channel, runtime_tag, default_pool)
         return 0
     except BaseException:
+        import traceback
         traceback.print_exc()
         return 1

@@ -33,7 +33,7 @@ import sys
 from .. import __version__, _env
 
 EXIT_START_FAILED = 127
-_CONTROL_CAPACITY = 1024     # slots of GS's and the shepherd's input channels
+_CONTROL_CAPACITY = 256      # slots of GS's and the shepherd's input channels (back-pressure beyond)
 EXIT_RUNTIME_FAILED = 70
 
 _OWNER = re.compile(r"^ember\.([pr])(\d+)[-.]")
@@ -249,8 +249,10 @@ class Launcher:
                 _env.P_UID: "0",
                 _env.LABEL: a.label,
             })
+            # All three need the message schema (msgpack): import it once.
             # GS and the shepherd import their own modules after the fork, in
             # parallel with each other and with the launcher's client import.
+            from .. import messages  # noqa: F401
             self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt))
             self._fork("shepherd", lambda: _sh_main(sh_ch, gs_ch, a.label))
             signal.signal(signal.SIGCHLD, self._on_sigchld)

@@ -23,21 +23,19 @@ to the epoll loop only after ``ShSpawned`` has gone out.
 bytes; requests are fed to :meth:`Shepherd.handle`); :func:`run` wires it to
 channels.
 """
-import logging
 import os
 import select
 import signal
 import sys
 import threading
-import traceback
 
-from .. import _env
+from .. import _env, _log
 from .. import messages as M
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS"]
 
-log = logging.getLogger("ember.shepherd")
+log = _log.get("shepherd")
 
 #: Values of the ``label`` option: no prefix, ``[p_uid] `` or ``[name] ``.
 LABELS = ("none", "puid", "name")
@@ -132,11 +130,11 @@ class Shepherd:
         try:
             msg = M.unpack(data)
         except M.MessageError as exc:
-            log.warning("shepherd: dropped a malformed message: %s", exc)
+            log.warning("dropped a malformed message: %s", exc)
             return True
         handler = self._handlers.get(type(msg))
         if handler is None:
-            log.warning("shepherd: dropped an unexpected message %r", msg)
+            log.warning("dropped an unexpected message %r", msg)
             return True
         return handler(msg)
 
@@ -243,7 +241,7 @@ class Shepherd:
     def _on_kill(self, msg):
         sig = msg.sig
         if not isinstance(sig, int) or isinstance(sig, bool):
-            log.warning("shepherd: dropped ShKill with bad signal %r", sig)
+            log.warning("dropped ShKill with bad signal %r", sig)
             return True
         with self._lock:
             child = self._children.get(msg.p_uid)
@@ -254,7 +252,7 @@ class Shepherd:
             except ProcessLookupError:
                 pass                      # exited, not reaped yet
             except OSError as exc:
-                log.warning("shepherd: cannot send signal %r to p_uid %r: %s",
+                log.warning("cannot send signal %r to p_uid %r: %s",
                             sig, msg.p_uid, exc)
         return True
 
@@ -370,7 +368,7 @@ class Shepherd:
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:         # reaped behind our back: cannot happen
-            log.error("shepherd: p_uid %r (pid %d) was reaped by someone else",
+            log.error("p_uid %r (pid %d) was reaped by someone else",
                       child.p_uid, child.pid)
             pid, status = child.pid, None
         if pid == 0:
@@ -484,7 +482,7 @@ class Shepherd:
                 continue
             except OSError as exc:        # EPIPE etc.: the reader is gone
                 self._dead_out.add(fd)
-                log.warning("shepherd: output to fd %d stopped: %s", fd, exc)
+                log.warning("output to fd %d stopped: %s", fd, exc)
                 return
             view = view[n:]
 
@@ -494,7 +492,7 @@ class Shepherd:
             try:
                 self._send_raw(msg.pack())
             except Exception as exc:  # GS gone: nothing better to do than log
-                log.error("shepherd: cannot send %r to GS: %r", msg, exc)
+                log.error("cannot send %r to GS: %r", msg, exc)
 
     def close(self):
         """Release the loop's fds.  Children still running (only if
@@ -572,7 +570,7 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
             while shepherd.handle(in_channel.recv()):
                 pass
         except BaseException as exc:  # channel destroyed / broken
-            log.error("shepherd: input channel failed (%r); killing every child", exc)
+            log.error("input channel failed (%r); killing every child", exc)
             shepherd.request_stop(None)
         # Stay alive until the loop is done: this thread is the parent of
         # every child, and its exit would SIGKILL them (PR_SET_PDEATHSIG).
@@ -592,11 +590,10 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
 def main_forked(in_channel, gs_channel, label="none"):
     """Entry point when the launcher forks the shepherd: run it, return the
     process exit code (0 after a clean ShShutdown)."""
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="ember shepherd: %(levelname)s: %(message)s")
     try:
         run(in_channel, gs_channel, label=label)
         return 0
     except BaseException:
+        import traceback
         traceback.print_exc()
         return 1
