@@ -404,3 +404,14 @@ def test_cancel_forgets_a_parked_wait(h):
     h.exit(p, 0)
     assert h.reply(j) is None and h.reply(c) is None               # no late replies
     assert h.gs.chans[d["c_uid"]].holders == {0: 1}                # the cancelled join added no ref
+
+
+def test_requests_from_a_dead_process_are_dropped(h):
+    p = h.create()
+    h.exit(p, -9)
+    # already queued when it died: must not park, reply or take a reference
+    k1 = h.req(m.ChannelJoin, "after-death", None, p_uid=p, r=b"RD")
+    d = h.ok(h.req(m.ChannelCreate, None, "after-death", {"ref_count": True}, False))
+    k2 = h.req(m.ProcessList, p_uid=p, r=b"RD")
+    assert h.reply(k1) is None and h.reply(k2) is None
+    assert h.gs.chans[d["c_uid"]].holders == {0: 1} and not h.gs.procs[p].replies

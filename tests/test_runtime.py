@@ -547,3 +547,61 @@ def test_last_lines_without_newline_are_not_glued(tmp_path):
     """))
     lines = out.splitlines()
     assert sorted(lines) == ["first"] * 4 + [f"no-newline-{i}" for i in range(4)]
+
+
+# ---------------------------------------------------------------- kill storm
+STORM_WORKER = r"""
+import os
+from ember.globalservices import channel, pool, process
+from ember.descriptors import ChannelOptions
+me = os.environ["EMBER_P_UID"]
+i = 0
+while True:
+    i += 1
+    pool.default()
+    name = "w%s-%d" % (me, i)
+    channel.create(None, name, ChannelOptions(capacity=8, block_size=256, ref_count=True))
+    channel.join(name, timeout=1)
+    process.get_list()
+    if i % 3 == 0:
+        channel.release(name)
+        channel.release(name)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_gs_survives_a_kill_storm_of_its_clients(tmp_path):
+    (tmp_path / "worker.py").write_text(STORM_WORKER)
+    out = ok(run_prog(tmp_path, r"""
+        import base64, os, random, signal, sys, time
+        from ember.globalservices import channel, pool, process
+        from ember.pools_c import Pool
+        inf = Pool.attach(base64.b64decode(os.environ["EMBER_INF_POOL"]))
+        pool.default()
+        before = inf.stats().live_allocs
+        rng = random.Random(7)
+        spawn = lambda: process.create(sys.executable, ".", ["worker.py"])
+        ws = [spawn() for _ in range(3)]
+        time.sleep(0.3)                       # let them get going
+        kills = 40
+        for k in range(kills):
+            time.sleep(rng.random() * 0.02)
+            j = rng.randrange(len(ws))
+            process.kill(ws[j].p_uid, signal.SIGKILL)
+            assert process.join(ws[j].p_uid, timeout=30) == -9
+            ws[j] = spawn()
+        for w in ws:
+            process.kill(w.p_uid, signal.SIGKILL)
+        exited, _ = process.multi_join([w.p_uid for w in ws], join_all=True, timeout=30)
+        assert len(exited) == 3
+        me = int(os.environ["EMBER_P_UID"])
+        assert process.get_list() == [(me, None)]
+        assert channel.get_list() == [], channel.get_list()    # refs dropped at death
+        after = inf.stats().live_allocs
+        # dead workers' reply channels are freed by GS; at most the block a
+        # worker was allocating when killed may be lost
+        assert after <= before + kills + 3, (before, after)
+        print("storm ok", before, after, flush=True)
+        inf.detach()
+    """, timeout=110))
+    assert out.startswith("storm ok")

@@ -216,9 +216,17 @@ class GlobalServices:
                                and isinstance(msg.p_uid, int)):
             log.warning("dropped %s with a bad tag/p_uid/reply address", type(msg).__name__)
             return
+        if is_request:
+            sender = self.procs.get(msg.p_uid)
+            if sender is not None and sender.state == EXITED:
+                # Sent just before its sender died (and its reply channels
+                # were freed): nobody can read a reply, and a parked wait or
+                # a channel reference would never be released.
+                log.debug("dropped %s from exited process %s", type(msg).__name__, msg.p_uid)
+                return
         try:
-            if is_request and msg.p_uid in self.procs and msg.r:
-                self.procs[msg.p_uid].replies.add(msg.r)
+            if is_request and msg.r and sender is not None:
+                sender.replies.add(msg.r)
             handler(msg)
         except EmberError as exc:
             self._reply_error(msg, type(exc).__name__, str(exc)) if is_request \
