@@ -605,3 +605,23 @@ def test_gs_survives_a_kill_storm_of_its_clients(tmp_path):
         inf.detach()
     """, timeout=110))
     assert out.startswith("storm ok")
+
+
+@pytest.mark.parametrize("victim", ["shepherd", "global services"])
+def test_service_killed_ends_the_run_cleanly(tmp_path, victim):
+    pidfile = tmp_path / "pids"
+    res = run_prog(tmp_path, rf"""
+        import os, signal, sys, time
+        from ember.globalservices import process
+        c = process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"])
+        launcher = int(os.environ["EMBER_RUNTIME_ID"][1:].split("-")[0])
+        shepherd = os.getppid()
+        kids = [int(p) for p in open(f"/proc/{{launcher}}/task/{{launcher}}/children").read().split()]
+        gs = next(p for p in kids if p != shepherd)
+        open({str(pidfile)!r}, "w").write(f"{{os.getpid()}} {{c.location.os_pid}} {{gs}} {{shepherd}}")
+        os.kill(shepherd if {victim!r} == "shepherd" else gs, signal.SIGKILL)
+        time.sleep(60)
+    """, timeout=60)
+    assert res.returncode == 70, res.stderr
+    assert f"ember: runtime failure: {victim} exited unexpectedly".encode() in res.stderr
+    assert wait_dead([int(p) for p in pidfile.read_text().split()])
