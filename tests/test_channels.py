@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from ember.channels_c import Channel, wait_any
-from ember.exceptions import ChannelEmpty, ChannelError, ChannelFull, DescriptorError, PoolExhausted
+from ember.exceptions import ChannelEmpty, ChannelError, ChannelFull, DescriptorError, PoolError, PoolExhausted
 from ember.pools_c import Pool
 
 
@@ -319,3 +319,48 @@ def test_threads_share_a_channel(pool):
         for t in ths:
             t.join(30)
         assert sorted(int(x) for x in out) == list(range(N))
+
+
+def test_stale_handle_after_destroy_never_touches_the_memory():
+    """A second handle of a destroyed channel must refuse every operation,
+    before and after the channel's block is reused by someone else."""
+    with Pool.create(1 << 20) as pool:
+        ch = Channel.create(pool, capacity=4, block_size=128)
+        stale = Channel.attach(ch.sdesc)
+        ch.destroy()
+        msg = r"^channel c_uid \d+: send of 1 bytes: the channel was destroyed \[EMBER_ERR_DESTROYED\]$"
+        for _ in range(5):                       # more than the capacity
+            with pytest.raises(ChannelError, match=msg):
+                stale.send(b"x", timeout=0)
+        # the freed block now belongs to someone else, filled with a pattern
+        a = pool.alloc(4 * 128 + 320)
+        with memoryview(a) as m:
+            m[:] = b"\xab" * len(m)
+        for op in (lambda: stale.send(b"x", timeout=0), lambda: stale.recv(timeout=0),
+                   lambda: stale.recv_view(timeout=0), lambda: stale.send(b"y" * 5000, timeout=0)):
+            with pytest.raises(ChannelError, match=r"the channel was destroyed \[EMBER_ERR_DESTROYED\]$"):
+                op()
+        with memoryview(a) as m:
+            assert m.tobytes() == b"\xab" * len(m)  # not a byte changed
+        a.free()
+        stale.detach()
+        pool._validate()
+
+
+def test_allocation_in_flight_cannot_be_freed_by_another_thread():
+    import threading
+    with Pool.create(1 << 20) as pool, Channel.create(pool, capacity=1, block_size=128) as ch:
+        ch.send(b"fill")
+        a = pool.alloc(4000)
+        t = threading.Thread(target=lambda: ch.send(a, timeout=5))
+        t.start()
+        deadline = time.monotonic() + 5
+        while not a.closed and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with pytest.raises(PoolError, match=r"is being sent on a channel by another thread$"):
+            a.free()
+        assert ch.recv() == b"fill"
+        t.join()
+        assert a.closed
+        with ch.recv_view() as v:
+            assert len(v) == 4000

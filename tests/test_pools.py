@@ -400,3 +400,14 @@ if RuleBasedStateMachine is not None:
 
     TestPoolMachine = PoolMachine.TestCase
     TestPoolMachine.settings = settings(max_examples=40, stateful_step_count=60, deadline=None, database=None)
+
+
+def test_alloc_timeout_validation():
+    with Pool.create(1 << 20) as pool:
+        with pytest.raises(ValueError, match=r"^timeout must be None or >= 0, got nan$"):
+            pool.alloc(10, timeout=float("nan"))
+        with pytest.raises(ValueError, match=r"^timeout must be None or >= 0, got -1$"):
+            pool.alloc(10, timeout=-1)
+        with pytest.raises(TypeError, match=r"^timeout must be a number of seconds or None, not str$"):
+            pool.alloc(10, timeout="1")
+        pool.alloc(10, timeout=float("inf")).free()

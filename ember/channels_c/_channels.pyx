@@ -536,12 +536,16 @@ cdef class Channel:
         cdef ember_alloc_t a = al._a
         self._pool._busy += 1
         self._busy += 1
+        al._state = 3          # in flight: free()/memoryview()/send() by other threads refused
         try:
             self._send_alloc_wait(&a, deadline, <Py_ssize_t>a.size, timeout)
+        except BaseException:
+            al._state = 0      # not sent: still the caller's
+            raise
         finally:
             self._pool._busy -= 1
             self._busy -= 1
-        al._disown()
+        al._state = 2          # handed over
         return 0
 
     # ---- receive ----

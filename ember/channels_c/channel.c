@@ -137,7 +137,11 @@
  *   its own until published), or a receiver killed between
  *   ember_ch_recv_take and handing the block on, leaks that one allocation
  *   (ember_pool_next_alloc can reclaim it).  (3) All processes must share one pid namespace.
- *   (4) Destroy must happen when nobody uses the channel any more.
+ *   (4) Destroy must happen when nobody uses the channel any more: every
+ *   operation through any handle checks the header (magic + allocation id)
+ *   first and returns EMBER_ERR_DESTROYED once it is destroyed, even after
+ *   the memory was reused; only an operation already past that check when
+ *   a destroy lands (a race the caller allowed) may touch freed memory.
  */
 #include "channel.h"
 
@@ -395,7 +399,22 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
                                  ch_slot_t **slot_out, uint64_t *stuck)
 {
     ch_hdr_t *h = ch->h;
-    for (;;) {
+    /* A handle whose channel was destroyed through another handle (or in
+     * another process) must not touch the slots, which may belong to
+     * someone else by now: check the header's magic and allocation id
+     * first (loads of the header line, which the operation reads anyway).
+     * A destroy racing with this very operation is still the caller's
+     * error (see "destroy" above). */
+    if (__builtin_expect(!ch_alive(ch), 0))
+        return EMBER_ERR_DESTROYED;
+    for (uint64_t spins = 0;; spins++) {
+        /* More retries than slots: only garbage states (the memory was
+         * reused after a racing destroy) keep us here -- check again. */
+        if (__builtin_expect(spins > ch->capacity + 64u, 0)) {
+            if (!ch_alive(ch))
+                return EMBER_ERR_DESTROYED;
+            spins = 0;
+        }
         /* acquire: pairs with the acq_rel CAS that advanced head (MEMORY ORDER). */
         uint64_t pos = ember_atomic_load_acquire(&h->xhead);
         ch_slot_t *s = slot_at(ch, pos);
@@ -460,7 +479,15 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                            ember_ch_msg_t *msg, uint64_t *stuck)
 {
     ch_hdr_t *h = ch->h;
-    for (;;) {
+    if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
+        return EMBER_ERR_DESTROYED;
+    for (uint64_t spins = 0;; spins++) {
+        /* As in try_claim_send(): endless retries mean garbage states. */
+        if (__builtin_expect(spins > ch->capacity + 64u, 0)) {
+            if (!ch_alive(ch))
+                return EMBER_ERR_DESTROYED;
+            spins = 0;
+        }
         /* acquire: pairs with the acq_rel CAS that advanced tail. */
         uint64_t pos = ember_atomic_load_acquire(&h->xtail);
         ch_slot_t *s = slot_at(ch, pos);

@@ -118,7 +118,7 @@ cdef class Pool:
 cdef class Allocation:
     cdef ember_alloc_t _a
     cdef Pool _owner
-    cdef int _state             # 0 open, 1 freed, 2 disowned
+    cdef int _state             # 0 open, 1 freed, 2 disowned, 3 being sent (channels)
     cdef Py_ssize_t _exports
 
     cdef int _check_open(self, str what) except -1

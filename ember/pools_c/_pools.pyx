@@ -310,12 +310,17 @@ cdef class Pool:
         if nbytes < 1:
             raise ValueError(f"nbytes must be at least 1, got {nbytes}")
         n = <uint64_t>nbytes
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+            if not timeout >= 0:       # also rejects NaN
+                raise ValueError(f"timeout must be None or >= 0, got {timeout}")
+            if timeout == float("inf"):
+                timeout = None
         if timeout == 0:
             rc = ember_pool_alloc(self._pool, n, &a)
         else:
             if timeout is not None:
-                if timeout < 0:
-                    raise ValueError(f"timeout must be None or >= 0, got {timeout}")
                 deadline = time.monotonic() + timeout
             self._busy += 1
             try:
@@ -484,6 +489,9 @@ cdef class Allocation:
             raise PoolError(f"{self._owner._desc()}: cannot {what}: {self._what()} was freed")
         if self._state == 2:
             raise PoolError(f"{self._owner._desc()}: cannot {what}: {self._what()} was handed over")
+        if self._state == 3:
+            raise PoolError(f"{self._owner._desc()}: cannot {what}: {self._what()} is being sent "
+                            f"on a channel by another thread")
         if self._owner._pool == NULL:
             raise PoolError(f"{self._owner._desc()}: cannot {what}: {self._what()}: "
                             f"the pool is detached or destroyed")
