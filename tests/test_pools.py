@@ -411,3 +411,14 @@ def test_alloc_timeout_validation():
         with pytest.raises(TypeError, match=r"^timeout must be a number of seconds or None, not str$"):
             pool.alloc(10, timeout="1")
         pool.alloc(10, timeout=float("inf")).free()
+
+
+def test_create_rejects_bad_size_and_name_types():
+    with pytest.raises(TypeError, match=r"^pool size must be an int, not float$"):
+        Pool.create(1.5)
+    with pytest.raises(TypeError, match=r"^pool size must be an int, not bool$"):
+        Pool.create(True)
+    with pytest.raises(TypeError, match=r"^pool name must be a str or None, not int$"):
+        Pool.create(1 << 20, 5)
+    with pytest.raises(ValueError, match=r"^pool name must not contain NUL characters, got 'a\\x00b'$"):
+        Pool.create(1 << 20, "a\x00b")

@@ -161,8 +161,15 @@ cdef class Pool:
         cdef ember_pool_t *p = NULL
         cdef ember_rc_t rc
         cdef uint64_t c_size, c_uid
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"pool size must be an int, not {type(size).__name__}")
         if size < 1:
             raise ValueError(f"pool size must be at least 1 byte, got {size}")
+        if name is not None:
+            if not isinstance(name, str):
+                raise TypeError(f"pool name must be a str or None, not {type(name).__name__}")
+            if "\0" in name:
+                raise ValueError(f"pool name must not contain NUL characters, got {name!r}")
         if m_uid is None:
             m_uid = (int.from_bytes(os.urandom(8), "little") >> 1) or 1
         if not 0 <= m_uid < 2 ** 64:
