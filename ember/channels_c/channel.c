@@ -395,6 +395,17 @@ static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t st)
 /* Claim the slot at head for writing.  dead_level > 0: check the liveness
  * of a consumer that blocks us.  EMBER_OK (slot in WRITING by us), or
  * EMBER_ERR_FULL with *stuck = the blocking state word. */
+/* Called on every retry of a claim loop: after more retries than slots,
+ * only garbage states (memory reused after a racing destroy) can keep a
+ * loop going, so re-check the header.  1: the channel is gone. */
+static inline int retries_exhausted(const ember_ch_t *ch, uint64_t *spins)
+{
+    if (*spins <= (uint64_t)ch->capacity + 64u)
+        return 0;
+    *spins = 0;
+    return !ch_alive(ch);
+}
+
 static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
                                  ch_slot_t **slot_out, uint64_t *stuck)
 {
@@ -408,13 +419,8 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
     if (__builtin_expect(!ch_alive(ch), 0))
         return EMBER_ERR_DESTROYED;
     for (uint64_t spins = 0;; spins++) {
-        /* More retries than slots: only garbage states (the memory was
-         * reused after a racing destroy) keep us here -- check again. */
-        if (__builtin_expect(spins > ch->capacity + 64u, 0)) {
-            if (!ch_alive(ch))
-                return EMBER_ERR_DESTROYED;
-            spins = 0;
-        }
+        if (__builtin_expect(retries_exhausted(ch, &spins), 0))
+            return EMBER_ERR_DESTROYED;
         /* acquire: pairs with the acq_rel CAS that advanced head (MEMORY ORDER). */
         uint64_t pos = ember_atomic_load_acquire(&h->xhead);
         ch_slot_t *s = slot_at(ch, pos);
@@ -482,12 +488,8 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
     for (uint64_t spins = 0;; spins++) {
-        /* As in try_claim_send(): endless retries mean garbage states. */
-        if (__builtin_expect(spins > ch->capacity + 64u, 0)) {
-            if (!ch_alive(ch))
-                return EMBER_ERR_DESTROYED;
-            spins = 0;
-        }
+        if (__builtin_expect(retries_exhausted(ch, &spins), 0))
+            return EMBER_ERR_DESTROYED;
         /* acquire: pairs with the acq_rel CAS that advanced tail. */
         uint64_t pos = ember_atomic_load_acquire(&h->xtail);
         ch_slot_t *s = slot_at(ch, pos);
