@@ -19,7 +19,7 @@ if san:
     C_FLAGS += [f"-fsanitize={san}", "-fno-omit-frame-pointer", "-g"]
     LINK += [f"-fsanitize={san}"]
 
-INC = ["ember/common_c", "ember/pools_c", "ember/channels_c"]
+INC = ["src/ember/common_c", "src/ember/pools_c", "src/ember/channels_c"]
 
 
 def ext(name, sources):
@@ -34,10 +34,10 @@ def ext(name, sources):
 
 
 extensions = [
-    ext("ember.pools_c._pools", ["ember/pools_c/_pools.pyx", "ember/pools_c/pool.c"]),
+    ext("ember.pools_c._pools", ["src/ember/pools_c/_pools.pyx", "src/ember/pools_c/pool.c"]),
     ext("ember.channels_c._channels",
-        ["ember/channels_c/_channels.pyx", "ember/channels_c/channel.c", "ember/pools_c/pool.c"]),
-    ext("ember.shepherd._spawn", ["ember/shepherd/_spawn.pyx", "ember/shepherd/spawn.c"]),
+        ["src/ember/channels_c/_channels.pyx", "src/ember/channels_c/channel.c", "src/ember/pools_c/pool.c"]),
+    ext("ember.shepherd._spawn", ["src/ember/shepherd/_spawn.pyx", "src/ember/shepherd/spawn.c"]),
 ]
 
 # Development aid: EMBER_ONLY=pools,channels builds just those extensions.

@@ -20,7 +20,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from ember.channels_c import Channel  # noqa: E402
@@ -274,8 +273,8 @@ def c_api(n, iters):
         return None
     d = tempfile.mkdtemp(prefix="ember-bench-")
     exe = os.path.join(d, "channel_bench")
-    inc = [f"-I{ROOT}/ember/{x}" for x in ("common_c", "pools_c", "channels_c")]
-    src = [f"{ROOT}/ember/pools_c/pool.c", f"{ROOT}/ember/channels_c/channel.c", f"{ROOT}/tests/c/channel_bench.c"]
+    inc = [f"-I{ROOT}/src/ember/{x}" for x in ("common_c", "pools_c", "channels_c")]
+    src = [f"{ROOT}/src/ember/pools_c/pool.c", f"{ROOT}/src/ember/channels_c/channel.c", f"{ROOT}/tests/c/channel_bench.c"]
     subprocess.run([cc, "-std=c11", "-O2", "-D_GNU_SOURCE", *inc, *src, "-o", exe, "-lpthread", "-lrt"], check=True)
     out = subprocess.run([exe, str(n), str(iters)], capture_output=True, text=True, check=True).stdout
     shutil.rmtree(d, ignore_errors=True)

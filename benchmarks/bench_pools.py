@@ -25,7 +25,6 @@ import time
 from multiprocessing import shared_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from ember.pools_c import Pool  # noqa: E402

@@ -17,9 +17,9 @@ import sys
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMON = os.path.join(ROOT, "ember", "common_c")
-POOLS = os.path.join(ROOT, "ember", "pools_c")
-CHANNELS = os.path.join(ROOT, "ember", "channels_c")
+COMMON = os.path.join(ROOT, "src", "ember", "common_c")
+POOLS = os.path.join(ROOT, "src", "ember", "pools_c")
+CHANNELS = os.path.join(ROOT, "src", "ember", "channels_c")
 CFLAGS = ["-std=c11", "-Wall", "-Wextra", "-O2", "-D_GNU_SOURCE"]
 
 # --- headers -> cdef ------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-POOLS = os.path.join(ROOT, "ember", "pools_c")
-COMMON = os.path.join(ROOT, "ember", "common_c")
+POOLS = os.path.join(ROOT, "src", "ember", "pools_c")
+COMMON = os.path.join(ROOT, "src", "ember", "common_c")
 CC = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", f"-I{COMMON}", f"-I{POOLS}"]
 

@@ -17,8 +17,7 @@ from ember.exceptions import PoolExhausted
 from ember.pools_c import Pool
 from procs import fork, reap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = dict(os.environ)
 
 
 def _py(code, *args, **kw):

@@ -11,7 +11,7 @@
  *
  * Exit 0 on success; prints what failed otherwise.
  */
-#include "../../ember/pools_c/pool.c"
+#include "../../src/ember/pools_c/pool.c"
 
 #include <signal.h>
 #include <stdio.h>
