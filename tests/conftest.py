@@ -17,6 +17,11 @@ SHM = "/dev/shm"
 _TAG = (os.environ.get("PYTEST_XDIST_WORKER", "gwm").replace("gw", "t")
         + os.environ.get("PYTEST_XDIST_TESTRUNUID", os.urandom(4).hex())[:5])[:8]
 os.environ["EMBER_SEGMENT_TAG"] = _TAG
+# Runtimes publish their address in $XDG_RUNTIME_DIR/ember: give this worker a
+# private one, so address="auto" never finds another worker's runtime.
+import tempfile  # noqa: E402
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix=f"ember-test-{_TAG}-")
+os.environ.pop("EMBER_ADDRESS", None)
 
 
 def _segments():

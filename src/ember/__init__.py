@@ -18,6 +18,28 @@ from .exceptions import (  # noqa: F401
 
 __version__ = "0.1.0"
 
+
+def init(address=None, **kwargs):
+    """Start a runtime in the background and attach to it, or attach to a
+    running one (``address="auto"``, a name or an id).  See
+    :func:`ember.runtime.init`."""
+    from . import runtime
+    return runtime.init(address, **kwargs)
+
+
+def shutdown():
+    """Detach from the runtime; tear it down if this process started it.
+    See :func:`ember.runtime.shutdown`."""
+    from . import runtime
+    return runtime.shutdown()
+
+
+def is_initialized():
+    """True if this process is part of an ember runtime."""
+    from . import runtime
+    return runtime.is_initialized()
+
+
 __all__ = [
     "ChannelEmpty",
     "ChannelError",
@@ -30,4 +52,7 @@ __all__ = [
     "PoolExhausted",
     "ProcessError",
     "__version__",
+    "init",
+    "is_initialized",
+    "shutdown",
 ]

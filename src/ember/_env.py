@@ -22,12 +22,46 @@ def decode(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+# A process that attached with ember.init() reads its runtime from here, not
+# from os.environ (its subprocesses must not inherit the attachment).
+_overrides = None
+_reattach = None
+
+
+def set_overrides(values):
+    """Install (or, with None, remove) the attached runtime's settings."""
+    global _overrides, _reattach
+    _overrides = dict(values) if values is not None else None
+    if values is not None:
+        _reattach = None
+
+
+def set_reattach(fn):
+    """After fork: ``fn()`` attaches this child anew on first use."""
+    global _reattach
+    _reattach = fn
+
+
+def take_reattach():
+    global _reattach
+    fn, _reattach = _reattach, None
+    return fn
+
+
 def get(name, default=None):
+    if _overrides is not None:
+        return _overrides.get(name, default)
     return os.environ.get(name, default)
 
 
 def in_runtime() -> bool:
-    return GS_CH in os.environ
+    return GS_CH in (_overrides if _overrides is not None else os.environ) or _reattach is not None
+
+
+def is_managed() -> bool:
+    """True in a process started by a runtime (it has a p_uid in its
+    environment) or attached to one."""
+    return get(P_UID) is not None
 
 SEGMENT_TAG = "EMBER_SEGMENT_TAG"    # optional: appended to every segment's owner tag (test isolation)
 

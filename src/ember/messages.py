@@ -17,10 +17,13 @@ ever pickled.
 """
 import msgpack
 
-__all__ = ["Message", "MessageError", "unpack", "pack", "ERR_OK", "ERR_FAIL", "by_code"]
+__all__ = ["Message", "MessageError", "unpack", "pack", "ERR_OK", "ERR_FAIL", "EXIT_UNKNOWN", "by_code"]
 
 ERR_OK = 0
 ERR_FAIL = 1
+# exit code recorded for an attached process that vanished without detaching
+# (ember did not start it and cannot read its exit status)
+EXIT_UNKNOWN = 255
 
 
 class MessageError(ValueError):
@@ -81,6 +84,10 @@ _define(2, "ProcessList", _REQ)
 _define(3, "ProcessQuery", _REQ + "ident")
 _define(4, "ProcessKill", _REQ + "ident sig")
 _define(5, "ProcessJoin", _REQ + "idents timeout join_all return_on_bad_exit")
+# a process the runtime did not start (ember.init(), attach) joins it, proving
+# with the runtime's key that it may; leaves with ProcessDetach.
+_define(6, "ProcessAttach", _REQ + "pid key user_name")
+_define(7, "ProcessDetach", _REQ + "exit_code")
 _define(10, "PoolCreate", _REQ + "size user_name options soft")
 _define(11, "PoolList", _REQ)
 _define(12, "PoolQuery", _REQ + "ident")
@@ -106,6 +113,9 @@ _define(40, "Reply", "ref status value err_type msg tb")
 _define(50, "ShSpawn", "tag p_uid exe args env run_dir user_name")
 _define(51, "ShKill", "p_uid sig")
 _define(52, "ShShutdown", "tag")
+# watch (not reap: not our child) an attached process; forget it again.
+_define(53, "ShWatch", "p_uid pid")
+_define(54, "ShUnwatch", "p_uid")
 
 # --- shepherd -> global services ---------------------------------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")

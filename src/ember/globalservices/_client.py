@@ -71,8 +71,9 @@ class Connection:
     def __init__(self):
         if not _env.in_runtime():
             raise GlobalServicesError(
-                "not running inside an ember runtime (EMBER_GS_CH is not set): "
-                "start the program with `ember run PROGRAM`")
+                "not running inside an ember runtime: call ember.init() first (or "
+                "ember.init(address=\"auto\") to attach to a running one), or start the "
+                "program with `ember run PROGRAM`")
         from ..channels_c import Channel
         from ..pools_c import Pool
 
@@ -139,6 +140,27 @@ class Connection:
             return rep.value
         raise _error_from_reply(rep)
 
+    def release(self):
+        """After ``ProcessDetach``: GS freed every reply channel of this
+        process except the one its reply came on, which is ours to destroy;
+        the others are only unmapped here."""
+        holder = getattr(self._local, "reply", None)
+        if holder is not None:
+            holder.retired = True
+            try:
+                holder.ch.destroy()
+            except Exception:
+                holder.ch.detach()
+            self._local.reply = None
+        for ch, _ in self._free:
+            try:
+                ch.detach()
+            except Exception:
+                pass
+        self._free.clear()
+        self.gs.detach()
+        self.inf_pool.detach()
+
     def close(self):
         """Detach from GS (the launcher's last step; GS frees the reply
         channels of ordinary processes when they exit)."""
@@ -158,20 +180,34 @@ _conn = None
 _conn_lock = threading.Lock()
 
 
-def connection():
-    """The process's connection to GS, made on first use (fork-safe)."""
+def connection(reset=False):
+    """The process's connection to GS, made on first use (fork-safe: a
+    forked child of a process that attached with ``ember.init()`` attaches
+    anew, as a managed process of its own)."""
     global _conn
     c = _conn
-    if c is not None and c.pid == os.getpid():
+    if c is not None and c.pid == os.getpid() and not reset:
         return c
+    reattach = _env.take_reattach()
+    if reattach is not None:
+        reattach()        # calls connection(reset=True) itself
+        return _conn
     with _conn_lock:
-        if _conn is None or _conn.pid != os.getpid():
+        if reset or _conn is None or _conn.pid != os.getpid():
             _conn = Connection()
         return _conn
+
+
+def drop_connection():
+    """Forget this process's connection (after a detach); the handles are
+    not destroyed (GS frees a detached process's reply channels)."""
+    global _conn
+    with _conn_lock:
+        _conn = None
 
 
 def call(msg_cls, *fields):
     return connection().call(msg_cls, *fields)
 
 
-__all__ = ["Connection", "connection", "call", "ChannelEmpty"]
+__all__ = ["Connection", "connection", "drop_connection", "call", "ChannelEmpty"]

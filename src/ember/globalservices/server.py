@@ -72,7 +72,7 @@ def _lookup(ident, by_uid, by_name, err_cls, kind, uid_name):
 
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
-                 "replies", "waiters", "creator")
+                 "replies", "waiters", "creator", "attached")
 
     def __init__(self, p_uid, name, creator):
         self.p_uid = p_uid
@@ -85,6 +85,7 @@ class _Proc:
         self.replies = set()     # reply-channel descriptors this process used
         self.waiters = set()     # join waiters that watch this process
         self.creator = creator
+        self.attached = False    # joined with ProcessAttach (not started by the runtime)
 
     def desc(self, node):
         return {"p_uid": self.p_uid, "user_name": self.name or None, "state": self.state,
@@ -132,8 +133,9 @@ class GlobalServices:
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
                  node=0, default_pool=None, channel_factory=None, pool_factory=None,
-                 attach_channel=None):
+                 attach_channel=None, runtime_key=None):
         self.runtime_tag = runtime_tag
+        self.runtime_key = runtime_key   # proves an attaching process may (None: no attach)
         self.send_reply = send_reply
         self.send_shepherd = send_shepherd
         self.clock = clock
@@ -173,6 +175,8 @@ class GlobalServices:
             m.ProcessQuery: self.on_process_query,
             m.ProcessKill: self.on_process_kill,
             m.ProcessJoin: self.on_process_join,
+            m.ProcessAttach: self.on_process_attach,
+            m.ProcessDetach: self.on_process_detach,
             m.PoolCreate: self.on_pool_create,
             m.PoolList: self.on_pool_list,
             m.PoolQuery: self.on_pool_query,
@@ -364,13 +368,61 @@ class GlobalServices:
         if r:
             self._reply(tag, r, rec.desc(self.node))
 
+    def on_process_attach(self, msg):
+        """A process the runtime did not start joins it (``ember.init()``)."""
+        import hmac
+        if self.teardown is not None:
+            raise ProcessError("the runtime is shutting down: cannot attach")
+        if self.runtime_key is None or not isinstance(msg.key, str) or \
+                not hmac.compare_digest(msg.key.encode(), self.runtime_key.encode()):
+            raise ProcessError("attach refused: wrong runtime key")
+        pid = msg.pid
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ProcessError(f"attach: bad pid {pid!r}")
+        name = msg.user_name or ""
+        if not isinstance(name, str):
+            raise ProcessError(f"user_name must be a str, not {type(name).__name__}")
+        if name and name in self.proc_names:
+            raise ProcessError(f"a live process is already named {name!r} "
+                               f"(p_uid {self.proc_names[name]})")
+        p_uid = next(self._p_uids)
+        rec = _Proc(p_uid, name, 0)
+        rec.attached = True
+        rec.state = RUNNING
+        rec.os_pid = pid
+        if msg.r:
+            rec.replies.add(msg.r)
+        self.procs[p_uid] = rec
+        if name:
+            self.proc_names[name] = p_uid
+        self.send_shepherd(m.ShWatch(p_uid, pid))
+        log.info("process %d attached (pid %d)", p_uid, pid)
+        self._reply(msg.tag, msg.r, rec.desc(self.node))
+
+    def on_process_detach(self, msg):
+        """An attached process leaves (``ember.shutdown()``, or its exit)."""
+        rec = self.procs.get(msg.p_uid)
+        if rec is None or not rec.attached:
+            raise ProcessError(f"process {msg.p_uid} is not an attached process")
+        code = msg.exit_code
+        if isinstance(code, bool) or not isinstance(code, int):
+            code = 0
+        self.send_shepherd(m.ShUnwatch(rec.p_uid))
+        # The reply goes out on msg.r: the client frees that channel itself.
+        rec.replies.discard(msg.r)
+        self._reply(msg.tag, msg.r)
+        self._exited(rec, code)
+
     def on_sh_exited(self, msg):
         rec = self.procs.get(msg.p_uid)
         if rec is None or rec.state == EXITED:
-            log.warning("ShExited for unknown or exited p_uid %r", msg.p_uid)
+            log.debug("ShExited for unknown or exited p_uid %r", msg.p_uid)
             return
+        self._exited(rec, msg.exit_code)
+
+    def _exited(self, rec, exit_code):
         rec.state = EXITED
-        rec.exit_code = msg.exit_code
+        rec.exit_code = exit_code
         if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
             del self.proc_names[rec.name]
         # wake its joiners
@@ -672,6 +724,10 @@ class GlobalServices:
         t = _Waiter(msg.tag, msg.r, msg.p_uid, None)
         t.name = None
         t.p_uids = ("term",)     # phase marker: term -> kill -> shepherd -> done
+        for p in [p for p in self.procs.values() if p.attached and p.state != EXITED]:
+            # not ours to kill: the runtime ends under it
+            self.send_shepherd(m.ShUnwatch(p.p_uid))
+            self._exited(p, m.EXIT_UNKNOWN)
         self.teardown = t
         live = [p for p in self.procs.values() if p.state != EXITED]
         for p in live:
@@ -800,7 +856,7 @@ class ChannelTransport:
         return True
 
 
-def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0):
+def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, runtime_key=None):
     """Run GS on its input channel until teardown completes."""
     from ..channels_c import Channel
     from ..exceptions import ChannelEmpty
@@ -811,7 +867,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0):
     gs_channel.set_spin(CONTROL_SPIN, adaptive=False)
     transport = ChannelTransport(sh_channel, Channel.attach)
     gs = GlobalServices(runtime_tag=runtime_tag, send_reply=transport,
-                        send_shepherd=transport.to_shepherd, default_pool=default_pool, node=node)
+                        send_shepherd=transport.to_shepherd, default_pool=default_pool, node=node,
+                        runtime_key=runtime_key)
     recv = gs_channel.recv
     while not gs.finished:
         timeout = gs.next_timeout()
@@ -833,10 +890,10 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0):
     return gs
 
 
-def main_forked(gs_channel, sh_channel, runtime_tag, default_pool):
+def main_forked(gs_channel, sh_channel, runtime_tag, default_pool, runtime_key=None):
     """Entry point when the launcher forks GS: returns the process exit code."""
     try:
-        serve(gs_channel, sh_channel, runtime_tag, default_pool)
+        serve(gs_channel, sh_channel, runtime_tag, default_pool, runtime_key=runtime_key)
         return 0
     except BaseException:
         import traceback

@@ -55,6 +55,52 @@ def _parser():
                     "head process (a PROGRAM ending in .py runs with this Python interpreter, "
                     "anything else is executed as is), tear everything down, and exit with the "
                     "head's exit code (128+N if signal N killed it).")
+    _runtime_flags(r)
+    r.add_argument("--address", metavar="ADDR", default=os.environ.get("EMBER_ADDRESS"),
+                   help="run PROGRAM in the already running runtime ADDR (an id or name printed "
+                        "by `ember start`, or 'auto' for the only one running) instead of "
+                        "starting a new one; default: $EMBER_ADDRESS if set")
+    r.add_argument("program", metavar="PROGRAM", help="the head program (path or command)")
+    r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments passed to PROGRAM")
+
+    st = sub.add_parser(
+        "start", help="start a runtime in the background and print its address",
+        description="Bring up global services and this node's shepherd with no head program, "
+                    "print the runtime's address and return.  Programs join it with "
+                    "`ember run --address ADDR prog.py` or ember.init(address=ADDR); "
+                    "`ember stop` tears it down (the same teardown as `ember run`'s).  Output of "
+                    "its processes goes to <runtime dir>/<id>.log.")
+    _runtime_flags(st)
+    st.add_argument("--name", help="a name to find the runtime by (ember stop NAME, "
+                                   "ember.init(address=NAME))")
+    st.add_argument("--foreground", action="store_true",
+                    help="stay in the foreground (output to this terminal) until stopped "
+                         "by SIGTERM/SIGINT/SIGHUP or `ember stop`")
+    st.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
+    st.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    st.add_argument("--watch-pid", type=int, default=None, help=argparse.SUPPRESS)
+
+    sp = sub.add_parser(
+        "stop", help="tear down a runtime started with `ember start` or ember.init()",
+        description="Tear down a running runtime: its processes get SIGTERM, then SIGKILL "
+                    "after its grace period; its channels and pools are destroyed.")
+    sp.add_argument("target", nargs="?", default="auto", metavar="NAME|ADDR",
+                    help="the runtime's name, id or address file (default: the only one running)")
+    sp.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="how long to wait for the teardown (default: 60)")
+
+    c = sub.add_parser(
+        "cleanup", help="remove shared memory left by runtimes whose launcher is gone",
+        description="Remove /dev/shm segments of ember runtimes (and standalone pools) whose "
+                    "owning process no longer exists.  Segments of live runtimes are never "
+                    "touched.")
+    c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    return p
+
+
+def _runtime_flags(r):
+    """The flags shared by ``run`` and ``start``."""
     r.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                    help="after Ctrl-C/SIGTERM, and at teardown between SIGTERM and SIGKILL, wait "
                         "this long for processes to exit (default: 5)")
@@ -66,17 +112,6 @@ def _parser():
     r.add_argument("--inf-pool-size", type=_size, default=_size("256M"), metavar="SIZE",
                    help="size of the infrastructure pool for control channels, sparse "
                         "(default: 256M)")
-    r.add_argument("program", metavar="PROGRAM", help="the head program (path or command)")
-    r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="arguments passed to PROGRAM")
-
-    c = sub.add_parser(
-        "cleanup", help="remove shared memory left by runtimes whose launcher is gone",
-        description="Remove /dev/shm segments of ember runtimes (and standalone pools) whose "
-                    "owning process no longer exists.  Segments of live runtimes are never "
-                    "touched.")
-    c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    return p
 
 
 def _size(text):
@@ -114,7 +149,89 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "cleanup":
         return cleanup(dry_run=args.dry_run)
+    if args.command == "stop":
+        return stop(args.target, args.timeout)
+    if args.command == "start":
+        if not args.foreground and not args.detach:
+            args.detach = True
+        if args.detach:
+            return _daemonize(args)
+        return Launcher(args).run()
+    if args.address:
+        return Launcher(args).run_attached(args.address)
     return Launcher(args).run()
+
+
+def stop(target, timeout):
+    from .. import runtime
+    from ..exceptions import EmberError
+    try:
+        addr = runtime.resolve(target)
+        runtime._stop_host(addr, None, timeout)
+    except EmberError as exc:
+        print(f"ember stop: {exc}", file=sys.stderr)
+        return 1
+    print(f"stopped {addr.id}" + (f" ({addr.name})" if addr.name else ""))
+    return 0
+
+
+def _runtime_dir_or_unknown():
+    from .. import runtime
+    try:
+        return runtime.runtime_dir(create=False)
+    except Exception:
+        return "the runtime directory"
+
+
+def _daemonize(args):
+    """``ember start``: run the host detached (its own session, not a child of
+    the caller), print its address once it is serving, return."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                         # intermediate: new session, fork again
+        os.close(r)
+        try:
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.close(null)
+            args.ready_fd = w
+            launcher = Launcher(args)
+            from .. import runtime
+            log = os.path.join(runtime.runtime_dir(), launcher.tag + ".log")
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+            code = launcher.run()
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = EXIT_RUNTIME_FAILED
+        os._exit(code if isinstance(code, int) else 1)
+    os.close(w)
+    os.waitpid(pid, 0)
+    data = b""
+    while True:                          # until the line (GS and the shepherd hold w too)
+        chunk = os.read(r, 4096)
+        data += chunk
+        if not chunk or b"\n" in data:
+            break
+    os.close(r)
+    line = data.decode(errors="replace").strip()
+    if not line.startswith("/"):
+        print(f"ember start: the runtime failed to start{': ' + line if line else ''} "
+              f"(see the log in {_runtime_dir_or_unknown()})", file=sys.stderr)
+        return EXIT_RUNTIME_FAILED
+    if args.ready_fd is not None:        # ember.init(detached=True): tell the caller
+        os.write(args.ready_fd, (line + "\n").encode())
+    else:
+        from .. import runtime
+        addr = runtime.Address.load(line)
+        print(addr.id + (f" ({addr.name})" if addr.name else ""))
+    return 0
 
 
 # ------------------------------------------------------------------ cleanup
@@ -172,9 +289,9 @@ def _set_pdeathsig():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
-def _gs_main(gs_ch, sh_ch, tag, dflt):
+def _gs_main(gs_ch, sh_ch, tag, dflt, key=None):
     from ..globalservices import server
-    return server.main_forked(gs_ch, sh_ch, tag, dflt)
+    return server.main_forked(gs_ch, sh_ch, tag, dflt, runtime_key=key)
 
 
 def _sh_main(sh_ch, gs_ch, label):
@@ -202,6 +319,8 @@ class Launcher:
             return pid
         code = 1
         try:
+            if getattr(self.args, "ready_fd", None) is not None:
+                os.close(self.args.ready_fd)     # only the launcher says "ready"
             _set_pdeathsig()
             if os.getppid() != self.launcher_pid:
                 os._exit(1)
@@ -253,14 +372,109 @@ class Launcher:
             # GS and the shepherd import their own modules after the fork, in
             # parallel with each other and with the launcher's client import.
             from .. import messages  # noqa: F401
-            self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt))
+            import secrets
+            self.key = secrets.token_hex(16)
+            self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.key))
             self._fork("shepherd", lambda: _sh_main(sh_ch, gs_ch, a.label))
             signal.signal(signal.SIGCHLD, self._on_sigchld)
-            from ..globalservices import process
-            code = self._run_head(process)
+            try:
+                self._publish(inf, gs_ch, dflt)
+            except Exception as exc:
+                print(f"ember: cannot publish the runtime's address: {exc}", file=sys.stderr)
+                self._ready(f"cannot publish the runtime's address: {exc}")
+                return EXIT_RUNTIME_FAILED
+            if a.command == "start":
+                code = self._serve_host()
+            else:
+                from ..globalservices import process
+                code = self._run_head(process)
         finally:
             self._shutdown(gs_ch, sh_ch, inf, dflt)
+            self._unpublish()
         return code
+
+    # ------------------------------------------------------- address, hosting
+    def _publish(self, inf, gs_ch, dflt):
+        """Publish the address (and take the liveness lock) so that other
+        processes of this user can attach (``ember.init(address=...)``,
+        ``ember run --address``)."""
+        from .. import runtime
+        a = self.args
+        program = " ".join([a.program] + list(a.args)) if a.command == "run" else None
+        self.address, self.lock_fd = runtime.publish(
+            self.tag, name=getattr(a, "name", None), pid=os.getpid(), key=self.key,
+            inf_pool=inf.sdesc, gs_ch=gs_ch.sdesc, default_pool=dflt.sdesc, program=program)
+
+    def _unpublish(self):
+        from .. import runtime
+        if getattr(self, "address", None) is not None:
+            runtime.unpublish(self.tag)
+            os.close(self.lock_fd)
+            self.address = None
+
+    def _ready(self, text):
+        fd = getattr(self.args, "ready_fd", None)
+        if fd is None:
+            return
+        try:
+            os.write(fd, (text + "\n").encode())
+        except OSError:
+            pass
+        os.close(fd)
+        self.args.ready_fd = None
+
+    def _serve_host(self):
+        """``ember start`` / ``ember.init()``: no head; serve until SIGTERM,
+        SIGINT or SIGHUP (``ember stop``), or until the watched process (the
+        one that called ``ember.init()``) exits."""
+        a = self.args
+        watch = None
+        if a.watch_pid is not None:
+            try:
+                watch = os.pidfd_open(a.watch_pid)
+            except OSError:
+                return 0                      # the starter is gone already
+        held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        prev = {s: signal.signal(s, self._on_signal) for s in held}
+        try:
+            if a.ready_fd is not None:
+                self._ready(self.address.path)
+            else:
+                print(f"ember: runtime {self.tag} running; address {self.address.path}; "
+                      f"stop with `ember stop {getattr(a, 'name', None) or self.tag}`", flush=True)
+            while True:
+                select.select([watch] if watch is not None else [], [], [])
+                if watch is not None:
+                    return 0                  # the starter exited
+        except _Signalled:
+            return 0
+        except _ChildDied as exc:
+            print(f"ember: runtime failure: {exc}", file=sys.stderr)
+            self.broken = True
+            return EXIT_RUNTIME_FAILED
+        finally:
+            for s, h in prev.items():
+                signal.signal(s, h)
+            if watch is not None:
+                os.close(watch)
+
+    def run_attached(self, address):
+        """``ember run --address ADDR PROGRAM``: run the head in a running
+        runtime; it stays up afterwards."""
+        from .. import runtime
+        from ..exceptions import EmberError
+        try:
+            runtime.init(address=address)
+        except EmberError as exc:
+            print(f"ember: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME_FAILED
+        try:
+            from ..globalservices import process
+            return self._run_head(process)
+        finally:
+            if self.head_pidfd is not None:
+                os.close(self.head_pidfd)
+            runtime.shutdown()
 
     def _on_sigchld(self, signum, frame):
         for pid, role in list(self.children.items()):

@@ -60,13 +60,14 @@ class _Stream:
 
 
 class _Child:
-    __slots__ = ("p_uid", "pid", "pidfd", "streams")
+    __slots__ = ("p_uid", "pid", "pidfd", "streams", "external")
 
-    def __init__(self, p_uid, pid, pidfd, streams):
+    def __init__(self, p_uid, pid, pidfd, streams, external=False):
         self.p_uid = p_uid
         self.pid = pid
         self.pidfd = pidfd
         self.streams = streams
+        self.external = external     # attached, not started by us: watched, never reaped
 
 
 class Shepherd:
@@ -118,6 +119,8 @@ class Shepherd:
             M.ShSpawn: self._on_spawn,
             M.ShKill: self._on_kill,
             M.ShShutdown: self._on_shutdown,
+            M.ShWatch: self._on_watch,
+            M.ShUnwatch: self._on_unwatch,
         }
 
     # ------------------------------------------------------------------
@@ -256,6 +259,38 @@ class Shepherd:
                             sig, msg.p_uid, exc)
         return True
 
+    def _on_watch(self, msg):
+        """Watch an attached process (``ember.init()``): not our child, so we
+        learn of its exit from its pidfd but cannot read its status."""
+        if not (isinstance(msg.p_uid, int) and isinstance(msg.pid, int) and msg.pid > 0):
+            log.warning("dropped ShWatch with bad fields %r", msg)
+            return True
+        try:
+            pidfd = os.pidfd_open(msg.pid)
+        except OSError:
+            self._send(M.ShExited(msg.p_uid, M.EXIT_UNKNOWN))
+            return True
+        with self._lock:
+            child = _Child(msg.p_uid, msg.pid, pidfd, [], external=True)
+            self._children[msg.p_uid] = child
+            self._fds[pidfd] = child
+            self._ep.register(pidfd, select.EPOLLIN)
+        return True
+
+    def _on_unwatch(self, msg):
+        with self._lock:
+            child = self._children.get(msg.p_uid)
+            if child is not None and child.external:
+                self._forget_external(child)
+        return True
+
+    def _forget_external(self, child):   # with self._lock held
+        del self._children[child.p_uid]
+        del self._fds[child.pidfd]
+        self._ep.unregister(child.pidfd)
+        os.close(child.pidfd)
+        child.pidfd = -1
+
     def _on_shutdown(self, msg):
         self.request_stop(msg.tag)
         return False
@@ -297,6 +332,9 @@ class Shepherd:
                     else:
                         self._read(obj)
                 if self._stop_requested:
+                    with self._lock:       # attached processes are not ours to kill
+                        for child in [c for c in self._children.values() if c.external]:
+                            self._forget_external(child)
                     if not killed:
                         self._kill_all()
                         killed = True
@@ -365,6 +403,13 @@ class Shepherd:
                     pass
 
     def _on_exit(self, child):
+        if child.external:
+            with self._lock:
+                if self._children.get(child.p_uid) is not child:
+                    return
+                self._forget_external(child)
+            self._send(M.ShExited(child.p_uid, M.EXIT_UNKNOWN))
+            return
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:         # reaped behind our back: cannot happen
