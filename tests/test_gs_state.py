@@ -14,8 +14,14 @@ from ember.globalservices.server import GlobalServices
 from ember.pools_c import Pool
 
 
+LAUNCHER_KEY = b"L" * 16
+
+
 class Harness:
     def __init__(self):
+        import io
+
+        self.errlog = io.StringIO()   # death reports
         self.replies = {}          # (r, tag) -> Reply
         self.sh = []               # messages to the shepherd
         self.now = 100.0
@@ -24,7 +30,8 @@ class Harness:
         self.pool = Pool.create(1 << 22, name="default", owner_tag=self.tag_prefix)
         self.gs = GlobalServices(runtime_tag=self.tag_prefix, send_reply=self._reply,
                                  send_shepherd=self.sh.append, clock=lambda: self.now,
-                                 default_pool=self.pool)
+                                 default_pool=self.pool, launcher_key=LAUNCHER_KEY,
+                                 reserved_replies=[b"GS-INPUT"], err=self.errlog)
         self.next_pid = 5000
 
     def _reply(self, r, msg):
@@ -33,10 +40,25 @@ class Harness:
         assert key not in self.replies, f"second reply to {key}"
         self.replies[key] = msg
 
-    def req(self, cls, *fields, p_uid=0, r=b"R0"):
+    def key(self, p_uid):
+        """The request key GS made for ``p_uid`` (what its EMBER_KEY holds)."""
+        if p_uid == 0:
+            return LAUNCHER_KEY
+        rec = self.gs.procs.get(p_uid)
+        return rec.key if rec is not None else b"?" * 16
+
+    def req(self, cls, *fields, p_uid=0, r=None, key=None):
+        """Send a request as process ``p_uid`` (with its key unless ``key``
+        is given), replying to ``r`` (default: ``b"R<p_uid>"``)."""
         tag = next(self.tags)
-        self.gs.handle_bytes(cls(tag, p_uid, r, *fields).pack())
+        r = f"R{p_uid}".encode() if r is None else r
+        key = self.key(p_uid) if key is None else key
+        self.gs.handle_bytes(cls(tag, p_uid, r, key, *fields).pack())
         return (r, tag)
+
+    def shepherd(self, msg):
+        """A message from the (fake) shepherd, on the control channel."""
+        self.gs.handle_bytes(msg.pack(), trusted=True)
 
     def reply(self, key):
         return self.replies.get(key)
@@ -58,12 +80,12 @@ class Harness:
             self.sh.remove(msg)
             self.next_pid += 1
             err = fail if fail else None
-            self.gs.handle_bytes(m.ShSpawned(msg.tag, msg.p_uid, None if err else self.next_pid, err).pack())
+            self.shepherd(m.ShSpawned(msg.tag, msg.p_uid, None if err else self.next_pid, err))
             out.append(msg)
         return out
 
     def exit(self, p_uid, code):
-        self.gs.handle_bytes(m.ShExited(p_uid, code).pack())
+        self.shepherd(m.ShExited(p_uid, code))
 
     def create(self, name="", **kw):
         key = self.req(m.ProcessCreate, "/bin/true", [], {}, "/", name, {}, kw.get("soft", False),
@@ -95,8 +117,10 @@ def test_create_replies_only_after_spawn(h):
     key = h.req(m.ProcessCreate, "/bin/echo", ["hi"], {"A": "1"}, "/tmp", "worker", {}, False)
     assert h.reply(key) is None
     (spawn,) = [x for x in h.sh if type(x) is m.ShSpawn]
-    assert (spawn.exe, spawn.args, spawn.env, spawn.run_dir, spawn.user_name) == \
-        ("/bin/echo", ["hi"], {"A": "1"}, "/tmp", "worker")
+    assert (spawn.exe, spawn.args, spawn.run_dir, spawn.user_name) == \
+        ("/bin/echo", ["hi"], "/tmp", "worker")
+    # the request key GS made for the process goes into its environment
+    assert spawn.env == {"A": "1", "EMBER_KEY": h.gs.procs[spawn.p_uid].key.hex()}
     h.spawn_all()
     d = h.ok(key)
     assert d["user_name"] == "worker" and d["state"] == "running" and d["retval"] is None
@@ -130,11 +154,12 @@ def test_query_unknown_and_bad_identifiers(h):
         "ProcessError", "process identifier must be an int or str, not float")
 
 
-def test_list_shows_live_processes_only(h):
+def test_list_shows_live_and_exited_processes(h):
     a, b = h.create("a"), h.create()
-    assert sorted(map(tuple, h.ok(h.req(m.ProcessList)))) == [(a, "a"), (b, None)]
+    assert h.ok(h.req(m.ProcessList)) == [[a, "a", True], [b, None, True]]
     h.exit(a, 0)
-    assert h.ok(h.req(m.ProcessList)) == [[b, None]]
+    # exited processes stay listed (query still answers for them), flagged
+    assert h.ok(h.req(m.ProcessList)) == [[a, "a", False], [b, None, True]]
 
 
 def test_join_waits_for_exit_and_exit_codes(h):
@@ -210,7 +235,7 @@ def test_exit_before_spawned_reply_is_handled(h):
     key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {}, False)
     (spawn,) = [x for x in h.sh if type(x) is m.ShSpawn]
     h.exit(spawn.p_uid, 0)             # the shepherd saw the exit first
-    h.gs.handle_bytes(m.ShSpawned(spawn.tag, spawn.p_uid, 4242, None).pack())
+    h.shepherd(m.ShSpawned(spawn.tag, spawn.p_uid, 4242, None))
     d = h.ok(key)
     assert d["state"] == "exited" and d["retval"] == 0 and d["os_pid"] == 4242
 
@@ -242,7 +267,7 @@ def test_channel_names_soft_and_destroy(h):
     assert h.err(h.req(m.ChannelCreate, None, "c", {}, False)) == (
         "ChannelError", f"a channel is already named 'c' (c_uid {d['c_uid']})")
     assert h.ok(h.req(m.ChannelCreate, None, "c", {}, True)) == d
-    assert h.ok(h.req(m.ChannelList)) == [d["c_uid"]]
+    assert h.ok(h.req(m.ChannelList)) == [[d["c_uid"], "c"]]
     h.ok(h.req(m.ChannelDestroy, "c"))
     assert h.err(h.req(m.ChannelQuery, "c")) == ("ChannelError", "no channel named 'c'")
     assert h.ok(h.req(m.ChannelCreate, None, "c", {}, False))["c_uid"] != d["c_uid"]
@@ -280,7 +305,7 @@ def test_pools(h):
     assert d["name"] == "p1" and d["size"] >= 1 << 20 and d["m_uid"] != 1
     assert h.ok(h.req(m.PoolCreate, 1 << 20, "p1", {}, True)) == d
     assert h.err(h.req(m.PoolCreate, 1 << 20, "p1", {}, False))[0] == "PoolError"
-    assert sorted(h.ok(h.req(m.PoolList))) == [1, d["m_uid"]]
+    assert h.ok(h.req(m.PoolList)) == [[1, "default"], [d["m_uid"], "p1"]]
     assert h.ok(h.req(m.PoolDefault))["m_uid"] == 1
     c = h.ok(h.req(m.ChannelCreate, d["m_uid"], None, {}, False))
     assert h.err(h.req(m.PoolDestroy, "p1")) == (
@@ -319,7 +344,7 @@ def test_teardown_terms_kills_destroys_and_stops_shepherd(h):
     assert not h.gs.chans and list(h.gs.pools) == [1]
     (shut,) = [x for x in h.sh if type(x) is m.ShShutdown]
     assert h.reply(key) is None
-    h.gs.handle_bytes(m.ShShutdownDone(shut.tag).pack())
+    h.shepherd(m.ShShutdownDone(shut.tag))
     assert h.gs.finished and h.ok(key) == {a: -15, b: -9}
     assert h.err(h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {}, False)) == (
         "ProcessError", "the runtime is shutting down: no new processes")
@@ -393,12 +418,12 @@ def test_transport_never_blocks_on_a_full_reply_channel(h):
 
 
 def test_cancel_forgets_a_parked_wait(h):
-    p = h.create()
-    j = h.req(m.ProcessJoin, [p], None, False, False, p_uid=p + 100, r=b"RX")
+    p, q = h.create(), h.create()
+    j = h.req(m.ProcessJoin, [p], None, False, False, p_uid=q, r=b"RX")
     c = h.req(m.ChannelJoin, "rc-later", None, p_uid=p, r=b"RY")
-    h.gs.handle_bytes(m.Cancel(99, p + 100, b"RX", j[1]).pack())
-    h.gs.handle_bytes(m.Cancel(98, p, b"RY", c[1]).pack())
-    h.gs.handle_bytes(m.Cancel(97, p, b"RY", 12345).pack())        # unknown: ignored
+    h.gs.handle_bytes(m.Cancel(99, q, b"RX", h.key(q), j[1]).pack())
+    h.gs.handle_bytes(m.Cancel(98, p, b"RY", h.key(p), c[1]).pack())
+    h.gs.handle_bytes(m.Cancel(97, p, b"RY", h.key(p), 12345).pack())   # unknown: ignored
     assert not h.gs.owned_waiters and not h.gs.chan_joiners and not h.gs.procs[p].waiters
     d = h.ok(h.req(m.ChannelCreate, None, "rc-later", {"ref_count": True}, False))
     h.exit(p, 0)

@@ -159,7 +159,8 @@ def test_start_failures(sh, tmp_path):
     f = tmp_path / "data.txt"
     f.write_text("x")
     r = sh.spawn(2, str(f))
-    assert r.err == f"cannot execute '{f}': [Errno 13] Permission denied"
+    assert r.err == (f"cannot execute '{f}': [Errno 13] Permission denied: it exists but is not "
+                     f"executable (mode {f.stat().st_mode & 0o7777:04o})")
     r = sh.spawn(3, "/bin/true", run_dir="/nonexistent/dir")
     assert r.err == "bad run_dir '/nonexistent/dir': [Errno 2] No such file or directory"
     r = sh.spawn(4, "no-such-command-anywhere")

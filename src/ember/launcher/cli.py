@@ -172,14 +172,15 @@ def _set_pdeathsig():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
-def _gs_main(gs_ch, sh_ch, tag, dflt):
+def _gs_main(gs_ch, sh_ch, tag, dflt, ctl=None, death_reports=True):
     from ..globalservices import server
-    return server.main_forked(gs_ch, sh_ch, tag, dflt)
+    return server.main_forked(gs_ch, sh_ch, tag, dflt, control=ctl, death_reports=death_reports)
 
 
-def _sh_main(sh_ch, gs_ch, label):
+def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True):
     from ..shepherd import server
-    return server.main_forked(sh_ch, gs_ch, label=label)
+    return server.main_forked(sh_ch, gs_ch, label=label, death_reports=death_reports,
+                              ctl_channel=ctl.to_gs if ctl is not None else None)
 
 
 class Launcher:
@@ -230,11 +231,16 @@ class Launcher:
             return EXIT_RUNTIME_FAILED
         dflt = None
         gs_ch = sh_ch = None
+        self.ctl = None
         try:
             try:
                 dflt = Pool.create(a.default_pool_size, name="default", m_uid=1, owner_tag=self.tag)
                 gs_ch = Channel.create(inf, capacity=_CONTROL_CAPACITY, block_size=512)
-                sh_ch = Channel.create(inf, capacity=_CONTROL_CAPACITY, block_size=512)
+                # The shepherd's input and GS's control input live in a pool that
+                # managed processes never map (docs/architecture.md, "Trust model").
+                from ..globalservices.control import ControlPlane
+                self.ctl = ControlPlane.create(self.tag)
+                sh_ch = self.ctl.to_shepherd
             except (EmberError, OSError, ValueError) as exc:
                 print(f"ember: cannot set up the runtime (--inf-pool-size {a.inf_pool_size}, "
                       f"--default-pool-size {a.default_pool_size}): {exc}", file=sys.stderr)
@@ -243,7 +249,7 @@ class Launcher:
                 _env.RUNTIME_ID: self.tag,
                 _env.INF_POOL: _env.encode(inf.sdesc),
                 _env.GS_CH: _env.encode(gs_ch.sdesc),
-                _env.SH_CH: _env.encode(sh_ch.sdesc),
+                _env.KEY: self.ctl.launcher_key.hex(),   # p_uid 0's request key
                 _env.DEFAULT_POOL: _env.encode(dflt.sdesc),
                 _env.NODE: "0",
                 _env.P_UID: "0",
@@ -253,8 +259,10 @@ class Launcher:
             # GS and the shepherd import their own modules after the fork, in
             # parallel with each other and with the launcher's client import.
             from .. import messages  # noqa: F401
-            self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt))
-            self._fork("shepherd", lambda: _sh_main(sh_ch, gs_ch, a.label))
+            death_reports = getattr(a, "death_reports", True)
+            self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl,
+                                                           death_reports))
+            self._fork("shepherd", lambda: _sh_main(sh_ch, gs_ch, a.label, self.ctl, death_reports))
             signal.signal(signal.SIGCHLD, self._on_sigchld)
             from ..globalservices import process
             code = self._run_head(process)
@@ -375,6 +383,8 @@ class Launcher:
                 ch.destroy()
         if dflt is not None:
             dflt.destroy()
+        if getattr(self, "ctl", None) is not None:
+            self.ctl.destroy()
         inf.destroy()
         self._sweep()
 
