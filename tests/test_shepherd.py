@@ -551,3 +551,105 @@ def test_main_forked_over_ember_channels(tmp_path):
                 ch.destroy()
         pool.destroy()
     assert (tmp_path / "out").read_bytes() == b"[w] hi\n"
+
+
+# ------------------------------------------------ malformed requests survive
+@pytest.mark.timeout(60)
+def test_malformed_kill_is_dropped_not_fatal(sh, capsys):
+    r = sh.py(1, "import time; time.sleep(60)")
+    for p_uid, sig in (([1], 2), (1, 2 ** 40), ({"a": 1}, 9), (1, -3), (1, "9"), (1, True)):
+        assert sh.send(M.ShKill(p_uid, sig)) is True
+    assert _alive(r.os_pid)
+    err = capsys.readouterr().err
+    assert "dropped ShKill with bad p_uid [1]" in err
+    assert "dropped ShKill with bad signal 1099511627776" in err
+    assert sh.send(M.ShKill(1, signal.SIGTERM)) is True        # still serving
+    assert sh.exited() == (1, -signal.SIGTERM)
+
+
+# ----------------------------------------------------------- death reports
+@pytest.mark.timeout(60)
+def test_death_by_a_signal_ember_did_not_send_is_reported(sh):
+    import resource
+
+    # no core file in the test's directory, but WCOREDUMP is still reported
+    # only if a core was dumped: ask for none, so the line has no "(core dumped)"
+    resource.getrlimit(resource.RLIMIT_CORE)
+    r = sh.py(3, "import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+                 "os.kill(os.getpid(), signal.SIGSEGV)", name="squarer")
+    assert sh.exited() == (3, -signal.SIGSEGV)
+    k = sh.py(4, "import time; time.sleep(60)")
+    sh.send(M.ShKill(4, signal.SIGTERM))                       # ember's own kill: no report
+    assert sh.exited() == (4, -signal.SIGTERM)
+    e = sh.py(5, "import sys; sys.exit(3)")                    # an exit code: GS's business
+    assert sh.exited() == (5, 3)
+    assert sh.shutdown() == []
+    assert sh.output()[1] == (f"ember: process 3 'squarer' (pid {r.os_pid}) killed by SIGSEGV\n"
+                              .encode())
+    assert k.os_pid and e.os_pid
+
+
+@pytest.mark.timeout(60)
+def test_death_reports_off(tmp_path):
+    h = Harness(tmp_path)
+    h.sh._death_reports = False
+    try:
+        h.py(1, "import os, signal; os.kill(os.getpid(), signal.SIGABRT)")
+        assert h.exited() == (1, -signal.SIGABRT)
+        assert h.shutdown() == []
+        assert h.output()[1] == b""
+    finally:
+        h.close()
+
+
+def test_signal_names_and_core_flag():
+    from ember.shepherd.server import _signame
+    assert _signame(signal.SIGSEGV) == "SIGSEGV" and _signame(77) == "signal 77"
+
+
+# --------------------------------------------------------- what exe means
+@pytest.mark.timeout(60)
+def test_py_files_run_with_the_runtimes_python(sh, tmp_path):
+    (tmp_path / "worker.py").write_text("import sys; print('hi', sys.argv[1:]); sys.exit(4)\n")
+    (tmp_path / "tool").write_text("#!/bin/sh\necho tool\n")
+    r = sh.spawn(1, "worker.py", ["x"], run_dir=str(tmp_path))
+    assert r.err is None
+    assert sh.exited() == (1, 4)
+    r = sh.spawn(2, "missing.py", run_dir=str(tmp_path))
+    assert r.err == (f"cannot execute 'missing.py': [Errno 2] No such file or directory "
+                     f"(a .py file runs with {sys.executable})")
+    r = sh.spawn(3, "tool", run_dir=str(tmp_path))
+    assert r.err == ("cannot execute 'tool' (searched PATH): [Errno 2] No such file or directory; "
+                     "'tool' exists in run_dir but a name without a slash is looked up in PATH: "
+                     "use './tool'")
+    assert sh.shutdown() == []
+    assert sh.output()[0] == b"hi ['x']\n"
+
+
+# ----------------------------------------------------------- fd limit
+@pytest.mark.timeout(120)
+def test_shepherd_raises_its_soft_fd_limit(tmp_path):
+    """Under a soft RLIMIT_NOFILE of 64 a shepherd keeping 3 fds per child
+    could not hold 40 live processes; it raises the soft limit to the hard."""
+    import resource
+    import subprocess
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 256:
+        pytest.skip(f"hard RLIMIT_NOFILE is {hard}")
+    prog = tmp_path / "many.py"
+    prog.write_text(
+        "import resource, sys\n"
+        "from ember.globalservices import process\n"
+        "ps = [process.create('sleep', '.', ['60']) for _ in range(40)]\n"
+        "for p in ps:\n"
+        "    process.kill(p.p_uid, 15)\n"
+        "print(sorted(set(process.join(p.p_uid) for p in ps)))\n")
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         capture_output=True, timeout=100, preexec_fn=low)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout == b"[-15]\n"
