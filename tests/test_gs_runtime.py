@@ -144,3 +144,27 @@ except ProcessError as exc:
         "worker ['a'] True", "0",
         "cannot start process: cannot execute './data.txt': [Errno 13] Permission denied: it "
         "exists but is not executable (mode 0644)"]
+
+
+def test_dead_process_pool_blocks_are_reclaimed(tmp_path):
+    from ember.pools_c import Pool
+    if not hasattr(Pool, "reclaim"):
+        pytest.skip("Pool.reclaim (the pools layer's sweep primitive) is not on this branch")
+    out = ok(run_prog(tmp_path, r'''
+import os, sys
+from ember import _env
+from ember.pools_c import Pool
+from ember.globalservices import process
+pool = Pool.attach(_env.decode(os.environ["EMBER_DEFAULT_POOL"]))
+before = pool.stats()
+hog = ("import os, signal; from ember import _env; from ember.pools_c import Pool; "
+       "p = Pool.attach(_env.decode(os.environ['EMBER_DEFAULT_POOL'])); "
+       "keep = [p.alloc(4096) for _ in range(50)]; os.kill(os.getpid(), signal.SIGKILL)")
+for _ in range(4):
+    assert process.join(process.create(sys.executable, ".", ["-c", hog]).p_uid) == -9
+process.get_list()     # GS handled the exits (and swept) before answering this
+after = pool.stats()
+print(after.free == before.free, after.live_allocs == before.live_allocs)
+pool.detach()
+'''))
+    assert out == "True True\n"

@@ -225,9 +225,11 @@ class GlobalServices:
         self.death_reports = death_reports
         self.err = err
         self.warn = _RateLimitedLog(clock, log)
-        #: Hook called with a dead process's OS pid to reclaim the pool
-        #: blocks it held (set when the pools layer provides one).
-        self.sweep_allocations = None
+        #: Called with a dead (reaped) process's OS pid to give back the pool
+        #: blocks it still owned; by default every pool's ``reclaim(pid)``
+        #: where the pools layer has one.  None: no sweep.
+        self.sweep_allocations = self._reclaim_blocks
+        self.extra_pools = []     # pools GS sweeps but does not own (the infrastructure pool)
 
         self.procs = {}           # p_uid -> _Proc
         self.proc_names = {}      # name -> p_uid (live processes only)
@@ -551,6 +553,22 @@ class GlobalServices:
             self._step(f"reclaiming the pool blocks of process {p_uid}", sweep, rec.os_pid)
         if self.teardown is not None:
             self._teardown_step()
+
+    def _reclaim_blocks(self, pid):
+        pools = [(r.m_uid, r.pool) for r in self.pools.values()] + \
+            [(getattr(p, "m_uid", "?"), p) for p in self.extra_pools]
+        for m_uid, pool in pools:
+            reclaim = getattr(pool, "reclaim", None)
+            if reclaim is None:
+                continue
+            try:
+                got = reclaim(pid)
+            except Exception as exc:
+                log.warning("cannot reclaim the blocks of pid %d in pool %s: %s", pid, m_uid, exc)
+                continue
+            if got and got[0]:
+                log.info("reclaimed %d block(s), %d bytes of dead pid %d in pool %s",
+                         got[0], got[1], pid, m_uid)
 
     def _joined_exit(self, w, rec):
         if w.done:
@@ -1073,6 +1091,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         send_shepherd=transport.to_shepherd, default_pool=default_pool, node=node,
                         launcher_key=launcher_key, reserved_replies=reserved,
                         check_reply=transport.check_reply, death_reports=death_reports)
+    gs.extra_pools.append(gs_channel.pool)
     recv = gs_channel.recv
     poke = m.POKE
     while not gs.finished:
