@@ -141,6 +141,9 @@ class Shepherd:
         # Never inherited: each child gets its own key from GS, or none.
         self._base_env.pop(_env.KEY.encode(), None)
         self._death_reports = death_reports
+        #: Soft RLIMIT_NOFILE given to children (-1: they inherit ours); run()
+        #: sets it to the limit the shepherd had before raising its own.
+        self.child_nofile = -1
         self._send_lock = threading.Lock()
         # Guards _children and _fds, and the life of each pidfd (ShKill on the
         # request thread vs. close after reaping on the main thread).
@@ -279,7 +282,7 @@ class Shepherd:
         try:
             path, argv = self._resolve(exe, args, run_dir)
             pid = spawn(path, argv, envp, run_dir, self._devnull, out_w, err_w,
-                        new_pgrp=True)
+                        new_pgrp=True, nofile_soft=self.child_nofile)
         except (OSError, ValueError, TypeError, _StartError) as exc:
             os.close(out_r)
             os.close(err_r)
@@ -680,7 +683,7 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
         raise RuntimeError(f"the launcher (pid {parent_pid}) exited before the shepherd started")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise_nofile_limit()
+    old_soft, _ = raise_nofile_limit()
 
     if ctl_channel is None:
         send = gs_channel.send
@@ -692,6 +695,9 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
             gs_channel.send(poke)
 
     shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
+    import resource
+    if old_soft != resource.RLIM_INFINITY:
+        shepherd.child_nofile = old_soft       # children get the limit we started with
 
     def request_loop():
         try:
