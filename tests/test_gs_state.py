@@ -132,7 +132,13 @@ def test_spawn_failure_is_process_error_and_frees_the_name(h):
     h.spawn_all(fail="cannot execute '/nope': [Errno 2] No such file or directory")
     assert h.err(key) == ("ProcessError", "cannot start process: cannot execute '/nope': "
                                           "[Errno 2] No such file or directory")
-    assert h.create("w") > 0
+    assert "w" not in h.gs.last_by_name
+    p = h.create("w")
+    h.exit(p, 0)
+    h.req(m.ProcessCreate, "/nope", [], {}, "/", "w", {}, False)
+    h.spawn_all(fail="no")
+    # the name again finds the process that did run
+    assert h.ok(h.req(m.ProcessQuery, "w"))["p_uid"] == p
 
 
 def test_names_unique_among_live_soft_create_and_reuse(h):

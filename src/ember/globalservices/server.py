@@ -128,7 +128,7 @@ def _lookup(ident, by_uid, by_name, err_cls, kind, uid_name):
 
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
-                 "replies", "waiters", "creator", "key", "joined", "exe")
+                 "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name")
 
     def __init__(self, p_uid, name, creator, key=None):
         self.p_uid = p_uid
@@ -144,6 +144,7 @@ class _Proc:
         self.key = key           # the request key GS made for it (bytes)
         self.joined = False      # a join has reported its exit
         self.exe = ""
+        self.prev_same_name = None   # the process last_by_name named before this one
 
     def desc(self, node):
         return {"p_uid": self.p_uid, "user_name": self.name or None, "state": self.state,
@@ -477,6 +478,7 @@ class GlobalServices:
         self.procs[p_uid] = rec
         if name:
             self.proc_names[name] = p_uid
+            rec.prev_same_name = self.last_by_name.get(name)
             self.last_by_name[name] = p_uid
         # The key goes to the shepherd on the private channel, into the
         # child's environment; it overrides whatever the request put there.
@@ -491,15 +493,16 @@ class GlobalServices:
             return
         tag, r = rec.create_req or (None, None)
         rec.create_req = None
+        if r and self.reply_owner.get(r) != rec.creator:
+            r = None       # the creator has exited and its reply channels are gone
         if msg.err:
             # never started: forget it, free its name
             del self.procs[rec.p_uid]
             if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
                 del self.proc_names[rec.name]
             if rec.name and self.last_by_name.get(rec.name) == rec.p_uid:
-                prev = [q.p_uid for q in self.procs.values() if q.name == rec.name]
-                if prev:
-                    self.last_by_name[rec.name] = prev[-1]
+                if rec.prev_same_name in self.procs:
+                    self.last_by_name[rec.name] = rec.prev_same_name
                 else:
                     del self.last_by_name[rec.name]
             log.info("process %d %r failed to start: %s", rec.p_uid, rec.exe, msg.err)
