@@ -578,9 +578,12 @@ def test_reply_channels_per_process_are_bounded(h, capsys, monkeypatch):
     from ember.globalservices import server
     monkeypatch.setattr(server, "MAX_REPLY_CHANNELS", 50)
     p = h.create()
-    for i in range(200):
-        h.req(m.ProcessList, p_uid=p, r=b"RR%d" % i)
+    keys = [h.req(m.ProcessList, p_uid=p, r=b"RR%d" % i) for i in range(200)]
     assert len(h.gs.procs[p].replies) == 50
+    # one refusal on each channel beyond the bound (not registered), so the
+    # client raises instead of waiting forever
+    assert h.err(keys[-1]) == ("GlobalServicesError", f"process {p} already uses 50 reply "
+                                                      "channels: request refused")
     assert "dropped ProcessList from p_uid %d: its reply channel cannot be used (the process " \
            "already uses 50 reply channels)" % p in capsys.readouterr().err
 

@@ -337,7 +337,7 @@ class GlobalServices:
             log.debug("dropped %s from exited process %s", cls.__name__, p_uid)
             return
         r = msg.r
-        if r not in replies and not self._register_reply(r, p_uid, replies, cls):
+        if r not in replies and not self._register_reply(msg, p_uid, replies):
             return
         try:
             if cls is m.Teardown and p_uid != LAUNCHER_P_UID:
@@ -351,9 +351,10 @@ class GlobalServices:
             self._reply_error(msg, "GlobalServicesError",
                               f"GS failed on {cls.__name__}: {type(exc).__name__}: {exc}", tb)
 
-    def _register_reply(self, r, p_uid, replies, cls):
-        """Make ``r`` one of ``p_uid``'s reply channels, or say why not
+    def _register_reply(self, msg, p_uid, replies):
+        """Make ``msg.r`` one of ``p_uid``'s reply channels, or say why not
         (rate-limited) and return False."""
+        r, cls = msg.r, type(msg)
         why = None
         owner = self.reply_owner.get(r)
         if owner is not None:
@@ -362,10 +363,16 @@ class GlobalServices:
             why = "it is one of the runtime's own channels"
         elif r in self.chan_sdescs:
             why = "it is a registered channel"
-        elif len(replies) >= MAX_REPLY_CHANNELS:
-            why = f"the process already uses {MAX_REPLY_CHANNELS} reply channels"
         elif self.check_reply is not None:
             why = self.check_reply(r)
+        if why is None and len(replies) >= MAX_REPLY_CHANNELS:
+            # A usable channel, but one too many: say so on it (unregistered),
+            # so the client raises instead of waiting forever.
+            why = f"the process already uses {MAX_REPLY_CHANNELS} reply channels"
+            self.send_reply(r, m.reply_err(
+                msg.tag, "GlobalServicesError",
+                f"process {p_uid} already uses {MAX_REPLY_CHANNELS} reply channels: "
+                f"request refused"))
         if why is not None:
             self.warn("bad-reply-channel", "dropped %s from p_uid %r: its reply channel cannot be "
                       "used (%s)", cls.__name__, p_uid, why)
