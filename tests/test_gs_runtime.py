@@ -168,3 +168,21 @@ print(after.free == before.free, after.live_allocs == before.live_allocs)
 pool.detach()
 '''))
     assert out == "True True\n"
+
+
+def test_a_forwarded_ctrl_c_is_not_reported_as_a_death(tmp_path):
+    import signal
+    import subprocess
+
+    prog = write(tmp_path, r"""
+import signal, time
+print("ready", flush=True)
+time.sleep(60)
+""")
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert b"killed by" not in err, err

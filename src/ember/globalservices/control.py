@@ -51,6 +51,19 @@ class ControlPlane:
             raise
         return cls(pool, to_sh, to_gs, os.urandom(16))
 
+    def kill(self, p_uid, sig):
+        """Ask the shepherd to send ``sig`` to process ``p_uid`` (the
+        launcher forwarding a signal to the head): the shepherd then counts
+        it as ember's, so no death report follows.  True if the request was
+        queued; False if the shepherd's channel is full or gone."""
+        from .. import messages
+
+        try:
+            self.to_shepherd.send(messages.ShKill(p_uid, int(sig)).pack(), timeout=0)
+        except Exception:
+            return False
+        return True
+
     def destroy(self):
         """Destroy both channels and the pool; each step independent of the
         others' failure.  Returns the list of errors (empty: all done)."""

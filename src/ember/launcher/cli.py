@@ -350,6 +350,10 @@ class Launcher:
     def _forward(self, signum):
         if self.head_pidfd is None:
             return
+        # Through the shepherd, so it knows ember sent the signal (no death
+        # report for it); straight to the head if that cannot be done.
+        if getattr(self, "ctl", None) is not None and self.ctl.kill(self.head.p_uid, signum):
+            return
         try:
             signal.pidfd_send_signal(self.head_pidfd, signum)
         except ProcessLookupError:
