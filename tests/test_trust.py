@@ -3,9 +3,6 @@ under a real ``ember run``: a managed process that forges control-plane
 messages with ember's own client internals must not be able to end the run,
 change its exit code, destroy what others hold, or start processes GS does
 not know about."""
-import os
-import sys
-
 import pytest
 
 from test_runtime import run_prog
