@@ -14,8 +14,14 @@ from ember.globalservices.server import GlobalServices
 from ember.pools_c import Pool
 
 
+LAUNCHER_KEY = b"L" * 16
+
+
 class Harness:
     def __init__(self):
+        import io
+
+        self.errlog = io.StringIO()   # death reports
         self.replies = {}          # (r, tag) -> Reply
         self.sh = []               # messages to the shepherd
         self.now = 100.0
@@ -24,7 +30,8 @@ class Harness:
         self.pool = Pool.create(1 << 22, name="default", owner_tag=self.tag_prefix)
         self.gs = GlobalServices(runtime_tag=self.tag_prefix, send_reply=self._reply,
                                  send_shepherd=self.sh.append, clock=lambda: self.now,
-                                 default_pool=self.pool)
+                                 default_pool=self.pool, launcher_key=LAUNCHER_KEY,
+                                 reserved_replies=[b"GS-INPUT"], err=self.errlog)
         self.next_pid = 5000
 
     def _reply(self, r, msg):
@@ -33,10 +40,25 @@ class Harness:
         assert key not in self.replies, f"second reply to {key}"
         self.replies[key] = msg
 
-    def req(self, cls, *fields, p_uid=0, r=b"R0"):
+    def key(self, p_uid):
+        """The request key GS made for ``p_uid`` (what its EMBER_KEY holds)."""
+        if p_uid == 0:
+            return LAUNCHER_KEY
+        rec = self.gs.procs.get(p_uid)
+        return rec.key if rec is not None else b"?" * 16
+
+    def req(self, cls, *fields, p_uid=0, r=None, key=None):
+        """Send a request as process ``p_uid`` (with its key unless ``key``
+        is given), replying to ``r`` (default: ``b"R<p_uid>"``)."""
         tag = next(self.tags)
-        self.gs.handle_bytes(cls(tag, p_uid, r, *fields).pack())
+        r = f"R{p_uid}".encode() if r is None else r
+        key = self.key(p_uid) if key is None else key
+        self.gs.handle_bytes(cls(tag, p_uid, r, key, *fields).pack())
         return (r, tag)
+
+    def shepherd(self, msg):
+        """A message from the (fake) shepherd, on the control channel."""
+        self.gs.handle_bytes(msg.pack(), trusted=True)
 
     def reply(self, key):
         return self.replies.get(key)
@@ -58,12 +80,12 @@ class Harness:
             self.sh.remove(msg)
             self.next_pid += 1
             err = fail if fail else None
-            self.gs.handle_bytes(m.ShSpawned(msg.tag, msg.p_uid, None if err else self.next_pid, err).pack())
+            self.shepherd(m.ShSpawned(msg.tag, msg.p_uid, None if err else self.next_pid, err))
             out.append(msg)
         return out
 
     def exit(self, p_uid, code):
-        self.gs.handle_bytes(m.ShExited(p_uid, code).pack())
+        self.shepherd(m.ShExited(p_uid, code))
 
     def create(self, name="", **kw):
         key = self.req(m.ProcessCreate, "/bin/true", [], {}, "/", name, {}, kw.get("soft", False),
@@ -95,8 +117,10 @@ def test_create_replies_only_after_spawn(h):
     key = h.req(m.ProcessCreate, "/bin/echo", ["hi"], {"A": "1"}, "/tmp", "worker", {}, False)
     assert h.reply(key) is None
     (spawn,) = [x for x in h.sh if type(x) is m.ShSpawn]
-    assert (spawn.exe, spawn.args, spawn.env, spawn.run_dir, spawn.user_name) == \
-        ("/bin/echo", ["hi"], {"A": "1"}, "/tmp", "worker")
+    assert (spawn.exe, spawn.args, spawn.run_dir, spawn.user_name) == \
+        ("/bin/echo", ["hi"], "/tmp", "worker")
+    # the request key GS made for the process goes into its environment
+    assert spawn.env == {"A": "1", "EMBER_KEY": h.gs.procs[spawn.p_uid].key.hex()}
     h.spawn_all()
     d = h.ok(key)
     assert d["user_name"] == "worker" and d["state"] == "running" and d["retval"] is None
@@ -108,7 +132,13 @@ def test_spawn_failure_is_process_error_and_frees_the_name(h):
     h.spawn_all(fail="cannot execute '/nope': [Errno 2] No such file or directory")
     assert h.err(key) == ("ProcessError", "cannot start process: cannot execute '/nope': "
                                           "[Errno 2] No such file or directory")
-    assert h.create("w") > 0
+    assert "w" not in h.gs.last_by_name
+    p = h.create("w")
+    h.exit(p, 0)
+    h.req(m.ProcessCreate, "/nope", [], {}, "/", "w", {}, False)
+    h.spawn_all(fail="no")
+    # the name again finds the process that did run
+    assert h.ok(h.req(m.ProcessQuery, "w"))["p_uid"] == p
 
 
 def test_names_unique_among_live_soft_create_and_reuse(h):
@@ -130,11 +160,12 @@ def test_query_unknown_and_bad_identifiers(h):
         "ProcessError", "process identifier must be an int or str, not float")
 
 
-def test_list_shows_live_processes_only(h):
+def test_list_shows_live_and_exited_processes(h):
     a, b = h.create("a"), h.create()
-    assert sorted(map(tuple, h.ok(h.req(m.ProcessList)))) == [(a, "a"), (b, None)]
+    assert h.ok(h.req(m.ProcessList)) == [[a, "a", True], [b, None, True]]
     h.exit(a, 0)
-    assert h.ok(h.req(m.ProcessList)) == [[b, None]]
+    # exited processes stay listed (query still answers for them), flagged
+    assert h.ok(h.req(m.ProcessList)) == [[a, "a", False], [b, None, True]]
 
 
 def test_join_waits_for_exit_and_exit_codes(h):
@@ -210,7 +241,7 @@ def test_exit_before_spawned_reply_is_handled(h):
     key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {}, False)
     (spawn,) = [x for x in h.sh if type(x) is m.ShSpawn]
     h.exit(spawn.p_uid, 0)             # the shepherd saw the exit first
-    h.gs.handle_bytes(m.ShSpawned(spawn.tag, spawn.p_uid, 4242, None).pack())
+    h.shepherd(m.ShSpawned(spawn.tag, spawn.p_uid, 4242, None))
     d = h.ok(key)
     assert d["state"] == "exited" and d["retval"] == 0 and d["os_pid"] == 4242
 
@@ -242,7 +273,7 @@ def test_channel_names_soft_and_destroy(h):
     assert h.err(h.req(m.ChannelCreate, None, "c", {}, False)) == (
         "ChannelError", f"a channel is already named 'c' (c_uid {d['c_uid']})")
     assert h.ok(h.req(m.ChannelCreate, None, "c", {}, True)) == d
-    assert h.ok(h.req(m.ChannelList)) == [d["c_uid"]]
+    assert h.ok(h.req(m.ChannelList)) == [[d["c_uid"], "c"]]
     h.ok(h.req(m.ChannelDestroy, "c"))
     assert h.err(h.req(m.ChannelQuery, "c")) == ("ChannelError", "no channel named 'c'")
     assert h.ok(h.req(m.ChannelCreate, None, "c", {}, False))["c_uid"] != d["c_uid"]
@@ -280,7 +311,7 @@ def test_pools(h):
     assert d["name"] == "p1" and d["size"] >= 1 << 20 and d["m_uid"] != 1
     assert h.ok(h.req(m.PoolCreate, 1 << 20, "p1", {}, True)) == d
     assert h.err(h.req(m.PoolCreate, 1 << 20, "p1", {}, False))[0] == "PoolError"
-    assert sorted(h.ok(h.req(m.PoolList))) == [1, d["m_uid"]]
+    assert h.ok(h.req(m.PoolList)) == [[1, "default"], [d["m_uid"], "p1"]]
     assert h.ok(h.req(m.PoolDefault))["m_uid"] == 1
     c = h.ok(h.req(m.ChannelCreate, d["m_uid"], None, {}, False))
     assert h.err(h.req(m.PoolDestroy, "p1")) == (
@@ -319,7 +350,7 @@ def test_teardown_terms_kills_destroys_and_stops_shepherd(h):
     assert not h.gs.chans and list(h.gs.pools) == [1]
     (shut,) = [x for x in h.sh if type(x) is m.ShShutdown]
     assert h.reply(key) is None
-    h.gs.handle_bytes(m.ShShutdownDone(shut.tag).pack())
+    h.shepherd(m.ShShutdownDone(shut.tag))
     assert h.gs.finished and h.ok(key) == {a: -15, b: -9}
     assert h.err(h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {}, False)) == (
         "ProcessError", "the runtime is shutting down: no new processes")
@@ -393,12 +424,12 @@ def test_transport_never_blocks_on_a_full_reply_channel(h):
 
 
 def test_cancel_forgets_a_parked_wait(h):
-    p = h.create()
-    j = h.req(m.ProcessJoin, [p], None, False, False, p_uid=p + 100, r=b"RX")
+    p, q = h.create(), h.create()
+    j = h.req(m.ProcessJoin, [p], None, False, False, p_uid=q, r=b"RX")
     c = h.req(m.ChannelJoin, "rc-later", None, p_uid=p, r=b"RY")
-    h.gs.handle_bytes(m.Cancel(99, p + 100, b"RX", j[1]).pack())
-    h.gs.handle_bytes(m.Cancel(98, p, b"RY", c[1]).pack())
-    h.gs.handle_bytes(m.Cancel(97, p, b"RY", 12345).pack())        # unknown: ignored
+    h.gs.handle_bytes(m.Cancel(99, q, b"RX", h.key(q), j[1]).pack())
+    h.gs.handle_bytes(m.Cancel(98, p, b"RY", h.key(p), c[1]).pack())
+    h.gs.handle_bytes(m.Cancel(97, p, b"RY", h.key(p), 12345).pack())   # unknown: ignored
     assert not h.gs.owned_waiters and not h.gs.chan_joiners and not h.gs.procs[p].waiters
     d = h.ok(h.req(m.ChannelCreate, None, "rc-later", {"ref_count": True}, False))
     h.exit(p, 0)
@@ -415,3 +446,197 @@ def test_requests_from_a_dead_process_are_dropped(h):
     k2 = h.req(m.ProcessList, p_uid=p, r=b"RD")
     assert h.reply(k1) is None and h.reply(k2) is None
     assert h.gs.chans[d["c_uid"]].holders == {0: 1} and not h.gs.procs[p].replies
+
+
+# ------------------------------------------------------------- trust model
+def test_requests_need_the_key_gs_made_for_the_claimed_p_uid(h, capsys):
+    a, b = h.create("a"), h.create("b")
+    d = h.ok(h.req(m.ChannelCreate, None, "held", {"ref_count": True}, False, p_uid=a))
+    # b claims to be a (with its own key, with none, with a guess): dropped, no reply
+    for key in (h.key(b), b"", b"\0" * 16):
+        k = h.req(m.ChannelRelease, "held", p_uid=a, key=key, r=b"RB")
+        assert h.reply(k) is None
+    assert h.gs.chans[d["c_uid"]].holders == {a: 1}
+    # a p_uid GS never gave, and the launcher's p_uid without its key
+    assert h.reply(h.req(m.ProcessList, p_uid=99)) is None
+    assert h.reply(h.req(m.ProcessList, p_uid=0, key=h.key(a))) is None
+    err = capsys.readouterr().err
+    assert err.count("dropped ChannelRelease claiming p_uid %d: its key is not that process's" % a) == 3
+    assert "dropped ProcessList claiming p_uid 99" in err
+    h.ok(h.req(m.ChannelRelease, "held", p_uid=a))          # the real holder can
+    assert d["c_uid"] not in h.gs.chans
+
+
+def test_shepherd_messages_only_from_the_control_channel(h, capsys):
+    p = h.create()
+    h.gs.handle_bytes(m.ShExited(p, 0).pack())               # public channel: forged
+    h.gs.handle_bytes(m.ShShutdownDone(1).pack())
+    assert h.gs.procs[p].state == "running" and not h.gs.finished
+    assert "dropped ShExited from the public input channel: only the shepherd sends it" \
+        in capsys.readouterr().err
+    h.exit(p, 0)                                              # the control channel: accepted
+    assert h.gs.procs[p].state == "exited"
+
+
+def test_teardown_only_from_the_launcher(h):
+    p = h.create()
+    assert h.err(h.req(m.Teardown, 0.0, p_uid=p)) == (
+        "EmberError", f"Teardown is accepted from the launcher only, not from process {p}")
+    assert h.gs.teardown is None
+
+
+def test_reply_channels_are_registered_to_one_process(h, capsys):
+    a, b = h.create(), h.create()
+    d = h.ok(h.req(m.ChannelCreate, None, "user", {}, False, p_uid=a))
+    h.ok(h.req(m.ProcessList, p_uid=a, r=b"RA"))
+    # another process's reply channel, a registered channel, GS's own input
+    for r in (b"RA", d["sdesc"], b"GS-INPUT"):
+        assert h.reply(h.req(m.ProcessList, p_uid=b, r=r)) is None
+    err = capsys.readouterr().err
+    assert f"dropped ProcessList from p_uid {b}: its reply channel cannot be used (it is process " \
+           f"{a}'s reply channel)" in err
+    assert "(it is a registered channel)" in err
+    assert "(it is one of the runtime's own channels)" in err
+    assert h.gs.reply_owner == {b"R0": 0, b"R%d" % a: a, b"RA": a}
+    freed = []
+    h.gs._free_reply_channel = freed.append    # the harness transport has no forget()
+    h.exit(b, 0)
+    assert freed == []                                        # b registered nothing
+    h.exit(a, 0)
+    assert sorted(freed) == [b"R%d" % a, b"RA"] and h.gs.reply_owner == {b"R0": 0}
+    assert d["c_uid"] in h.gs.chans
+
+
+def test_check_reply_rejects_what_the_transport_cannot_use(h, capsys):
+    h.gs.check_reply = lambda r: None if r.startswith(b"R") else "cannot attach it: garbage"
+    p = h.create()
+    assert h.reply(h.req(m.ProcessList, p_uid=p, r=b"\x00junk")) is None
+    assert "its reply channel cannot be used (cannot attach it: garbage)" in capsys.readouterr().err
+    assert b"\x00junk" not in h.gs.reply_owner
+
+
+# -------------------------------------------------------- cleanup isolation
+def _break(h, c_uid):
+    """Make GS's own destroy of a channel fail: destroy it behind GS's back."""
+    h.gs.chans[c_uid].ch.destroy()
+
+
+def test_exit_cleanup_steps_are_independent(h, capsys):
+    a, b = h.create(), h.create()
+    rcs = [h.ok(h.req(m.ChannelCreate, None, f"rc{i}", {"ref_count": True}, False, p_uid=a))["c_uid"]
+           for i in range(3)]
+    h.req(m.ProcessJoin, [b], None, False, False, p_uid=a, r=b"RA2")
+    freed = []
+    h.gs._free_reply_channel = lambda r: (freed.append(r), 1 / 0)
+    _break(h, rcs[0])
+    h.exit(a, -9)
+    # every other reference dropped, every reply channel tried, waits forgotten
+    assert not any(c in h.gs.chans for c in rcs)
+    assert sorted(freed) == [b"R%d" % a, b"RA2"] and not h.gs.procs[a].replies
+    assert not h.gs.owned_waiters and not h.gs.procs[b].waiters
+    err = capsys.readouterr().err
+    assert f"dropping process {a}'s reference to channel {rcs[0]}: ChannelError" in err
+    assert err.count(f"freeing a reply channel of process {a}: ZeroDivisionError") == 2
+
+
+def test_teardown_goes_on_when_a_destroy_fails(h, capsys):
+    a = h.create()
+    rc = h.ok(h.req(m.ChannelCreate, None, "rcx", {"ref_count": True}, False, p_uid=a))["c_uid"]
+    plain = h.ok(h.req(m.ChannelCreate, None, "plain", {}, False))["c_uid"]
+    _break(h, rc)
+    _break(h, plain)
+    key = h.req(m.Teardown, 5.0)
+    h.exit(a, -15)
+    # no waiting for the grace: the exit's failed cleanup does not hide it
+    assert [x for x in h.sh if type(x) is m.ShShutdown]
+    assert not h.gs.chans
+    (shut,) = [x for x in h.sh if type(x) is m.ShShutdown]
+    h.shepherd(m.ShShutdownDone(shut.tag))
+    assert h.ok(key) == {a: -15}
+
+
+# ---------------------------------------------------- one client, bounded
+def test_garbage_reply_addresses_are_bounded_and_warned_rate_limited(h, capsys):
+    h.gs.check_reply = lambda r: "cannot attach it: garbage" if r.startswith(b"G") else None
+    p = h.create()
+    for i in range(5000):
+        h.req(m.ProcessList, p_uid=p, r=b"G%d" % i)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 10 and len(h.gs.procs[p].replies) == 0 and len(h.gs.reply_owner) == 1
+    h.now += 1.5                              # a second later: one summary line, then more
+    h.req(m.ProcessList, p_uid=p, r=b"Gx")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "ember gs: WARNING: 4990 more bad-reply-channel warning(s) suppressed"
+    assert len(err) == 2
+    # forged requests (wrong key) are rate-limited the same way
+    for i in range(1000):
+        h.req(m.ProcessList, p_uid=p, key=b"x")
+    assert len(capsys.readouterr().err.splitlines()) == 10
+
+
+def test_reply_channels_per_process_are_bounded(h, capsys, monkeypatch):
+    from ember.globalservices import server
+    monkeypatch.setattr(server, "MAX_REPLY_CHANNELS", 50)
+    p = h.create()
+    keys = [h.req(m.ProcessList, p_uid=p, r=b"RR%d" % i) for i in range(200)]
+    assert len(h.gs.procs[p].replies) == 50
+    # one refusal on each channel beyond the bound (not registered), so the
+    # client raises instead of waiting forever
+    assert h.err(keys[-1]) == ("GlobalServicesError", f"process {p} already uses 50 reply "
+                                                      "channels: request refused")
+    assert "dropped ProcessList from p_uid %d: its reply channel cannot be used (the process " \
+           "already uses 50 reply channels)" % p in capsys.readouterr().err
+
+
+def test_join_identifier_count_is_bounded_and_names_are_found_by_dict(h):
+    from ember.globalservices import server
+    p = h.create("only")
+    names = ["only"] * server.MAX_JOIN_IDENTS
+    assert h.ok(h.req(m.ProcessJoin, names, 0, False, False))[1] == {p: ["running", None]}
+    assert h.err(h.req(m.ProcessJoin, names + ["x"], 0, False, False)) == (
+        "ProcessError", f"multi_join takes at most {server.MAX_JOIN_IDENTS} identifiers, "
+                        f"got {server.MAX_JOIN_IDENTS + 1}")
+    h.exit(p, 0)
+    assert h.gs.last_by_name == {"only": p} and "only" not in h.gs.proc_names
+    q = h.create("only")
+    h.exit(q, 4)
+    assert h.ok(h.req(m.ProcessQuery, "only"))["p_uid"] == q
+
+
+# ------------------------------------------------------------ multi_join
+def test_multi_join_unknown_identifiers_get_unknown_status(h):
+    a, b = h.create("a"), h.create("b")
+    key = h.req(m.ProcessJoin, ["a", "ghost", b, 777], None, True, False)
+    assert h.reply(key) is None                  # waits for a and b, not for the unknown ones
+    h.exit(a, 0)
+    assert h.reply(key) is None
+    h.exit(b, 2)
+    exited, status = h.ok(key)
+    assert exited == [[a, 0], [b, 2]]
+    assert status == {a: ["exited", 0], b: ["exited", 2], "ghost": ["unknown", None],
+                      777: ["unknown", None]}
+    # nothing known to wait for: answered at once
+    assert h.ok(h.req(m.ProcessJoin, ["ghost"], None, False, False)) == [
+        None, {"ghost": ["unknown", None]}]
+
+
+# ---------------------------------------------------------- death reports
+def test_unjoined_nonzero_exits_are_reported_at_teardown(h):
+    a, b, c, d = h.create("quiet"), h.create("joined"), h.create(), h.create("fine")
+    h.ok(h.req(m.ProcessJoin, [b], 0, False, False))        # b will be joined when it exits
+    h.exit(a, 3)
+    h.exit(b, 4)
+    h.ok(h.req(m.ProcessJoin, [b], None, False, False))
+    h.exit(c, -11)                                          # signals: the shepherd reports
+    h.exit(d, 0)
+    h.req(m.Teardown, 1.0)
+    assert h.errlog.getvalue() == (f"ember: process {a} 'quiet' (pid {h.gs.procs[a].os_pid}) exited "
+                                   "with code 3 and was never joined\n")
+
+
+def test_death_reports_can_be_turned_off(h):
+    h.gs.death_reports = False
+    a = h.create()
+    h.exit(a, 3)
+    h.req(m.Teardown, 1.0)
+    assert h.errlog.getvalue() == ""

@@ -159,7 +159,8 @@ def test_start_failures(sh, tmp_path):
     f = tmp_path / "data.txt"
     f.write_text("x")
     r = sh.spawn(2, str(f))
-    assert r.err == f"cannot execute '{f}': [Errno 13] Permission denied"
+    assert r.err == (f"cannot execute '{f}': [Errno 13] Permission denied: it exists but is not "
+                     f"executable (mode {f.stat().st_mode & 0o7777:04o})")
     r = sh.spawn(3, "/bin/true", run_dir="/nonexistent/dir")
     assert r.err == "bad run_dir '/nonexistent/dir': [Errno 2] No such file or directory"
     r = sh.spawn(4, "no-such-command-anywhere")
@@ -550,3 +551,120 @@ def test_main_forked_over_ember_channels(tmp_path):
                 ch.destroy()
         pool.destroy()
     assert (tmp_path / "out").read_bytes() == b"[w] hi\n"
+
+
+# ------------------------------------------------ malformed requests survive
+@pytest.mark.timeout(60)
+def test_malformed_kill_is_dropped_not_fatal(sh, capsys):
+    r = sh.py(1, "import time; time.sleep(60)")
+    for p_uid, sig in (([1], 2), (1, 2 ** 40), ({"a": 1}, 9), (1, -3), (1, "9"), (1, True)):
+        assert sh.send(M.ShKill(p_uid, sig)) is True
+    assert _alive(r.os_pid)
+    err = capsys.readouterr().err
+    assert "dropped ShKill with bad p_uid [1]" in err
+    assert "dropped ShKill with bad signal 1099511627776" in err
+    assert sh.send(M.ShKill(1, signal.SIGTERM)) is True        # still serving
+    assert sh.exited() == (1, -signal.SIGTERM)
+
+
+# ----------------------------------------------------------- death reports
+@pytest.mark.timeout(60)
+def test_death_by_a_signal_ember_did_not_send_is_reported(sh):
+    # the child asks for no core file (RLIMIT_CORE 0): no "(core dumped)"
+    r = sh.py(3, "import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+                 "os.kill(os.getpid(), signal.SIGSEGV)", name="squarer")
+    assert sh.exited() == (3, -signal.SIGSEGV)
+    k = sh.py(4, "import time; time.sleep(60)")
+    sh.send(M.ShKill(4, signal.SIGTERM))                       # ember's own kill: no report
+    assert sh.exited() == (4, -signal.SIGTERM)
+    e = sh.py(5, "import sys; sys.exit(3)")                    # an exit code: GS's business
+    assert sh.exited() == (5, 3)
+    assert sh.shutdown() == []
+    assert sh.output()[1] == (f"ember: process 3 'squarer' (pid {r.os_pid}) killed by SIGSEGV\n"
+                              .encode())
+    assert k.os_pid and e.os_pid
+
+
+@pytest.mark.timeout(60)
+def test_death_reports_off(tmp_path):
+    h = Harness(tmp_path)
+    h.sh._death_reports = False
+    try:
+        h.py(1, "import os, signal; os.kill(os.getpid(), signal.SIGABRT)")
+        assert h.exited() == (1, -signal.SIGABRT)
+        assert h.shutdown() == []
+        assert h.output()[1] == b""
+    finally:
+        h.close()
+
+
+def test_signal_names():
+    from ember.shepherd.server import _signame
+    assert _signame(signal.SIGSEGV) == "SIGSEGV" and _signame(77) == "signal 77"
+
+
+# --------------------------------------------------------- what exe means
+@pytest.mark.timeout(60)
+def test_py_files_run_with_the_runtimes_python(sh, tmp_path):
+    (tmp_path / "worker.py").write_text("import sys; print('hi', sys.argv[1:]); sys.exit(4)\n")
+    (tmp_path / "tool").write_text("#!/bin/sh\necho tool\n")
+    r = sh.spawn(1, "worker.py", ["x"], run_dir=str(tmp_path))
+    assert r.err is None
+    assert sh.exited() == (1, 4)
+    r = sh.spawn(2, "missing.py", run_dir=str(tmp_path))
+    assert r.err == (f"cannot execute 'missing.py': [Errno 2] No such file or directory "
+                     f"(a .py file runs with {sys.executable})")
+    r = sh.spawn(3, "tool", run_dir=str(tmp_path))
+    assert r.err == ("cannot execute 'tool' (searched PATH): [Errno 2] No such file or directory; "
+                     "'tool' exists in run_dir but a name without a slash is looked up in PATH: "
+                     "use './tool'")
+    assert sh.shutdown() == []
+    assert sh.output()[0] == b"hi ['x']\n"
+
+
+# ----------------------------------------------------------- fd limit
+@pytest.mark.timeout(120)
+def test_shepherd_raises_its_soft_fd_limit(tmp_path):
+    """Under a soft RLIMIT_NOFILE of 64 a shepherd keeping 3 fds per child
+    could not hold 40 live processes; it raises its soft limit to the hard
+    one, and its children start with the original 64."""
+    import resource
+    import subprocess
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 256:
+        pytest.skip(f"hard RLIMIT_NOFILE is {hard}")
+    prog = tmp_path / "many.py"
+    prog.write_text(
+        "import resource, sys\n"
+        "from ember.globalservices import process\n"
+        "ps = [process.create('sleep', '.', ['60']) for _ in range(40)]\n"
+        "for p in ps:\n"
+        "    process.kill(p.p_uid, 15)\n"
+        "print(sorted(set(process.join(p.p_uid) for p in ps)))\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         capture_output=True, timeout=100, preexec_fn=low)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    # managed processes get back the soft limit the runtime started with
+    assert res.stdout == b"[-15]\n64\n"
+
+
+@pytest.mark.timeout(60)
+def test_death_report_says_core_dumped(sh, tmp_path):
+    with open("/proc/sys/kernel/core_pattern") as f:
+        if f.read().startswith("|"):
+            pytest.skip("cores go to a handler here")
+    r = sh.spawn(1, "/bin/sh", ["-c", "ulimit -c 4096; kill -SEGV $$"], run_dir=str(tmp_path),
+                 env={"PATH": "/usr/bin:/bin"})
+    assert r.err is None
+    assert sh.exited() == (1, -signal.SIGSEGV)
+    assert sh.shutdown() == []
+    err = sh.output()[1]
+    if b"(core dumped)" not in err and not any(p.name.startswith("core") for p in tmp_path.iterdir()):
+        pytest.skip("no core was dumped here")
+    assert err == f"ember: process 1 (pid {r.os_pid}) killed by SIGSEGV (core dumped)\n".encode()

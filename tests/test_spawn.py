@@ -230,3 +230,21 @@ def test_many_spawns_leave_no_zombie_or_fd():
             spawn("/nonexistent", ["x"], ENV)
         assert _wait(spawn("/bin/true", ["true"], ENV)) == 0
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.timeout(30)
+def test_child_soft_nofile_limit():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    r, w = os.pipe()
+    code = "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    try:
+        for want, expect in ((-1, soft), (37, 37),
+                             (2 ** 62, hard if hard != resource.RLIM_INFINITY else 2 ** 62)):
+            pid = spawn(sys.executable, [sys.executable, "-c", code], os.environ, None, -1, w, -1,
+                        nofile_soft=want)
+            assert os.waitpid(pid, 0)[1] == 0
+            assert int(os.read(r, 100)) == expect, want
+    finally:
+        os.close(r)
+        os.close(w)

@@ -74,3 +74,8 @@ def owner_tag(kind, pid=None):
     tag = f"p{pid}" if kind == "p" else f"r{pid}-{os.urandom(3).hex()}"
     extra = "".join(c for c in os.environ.get(SEGMENT_TAG, "") if c.isascii() and (c.isalnum() or c == "_"))[:8]
     return f"{tag}-{extra}" if extra else tag
+
+# Trust model (docs/architecture.md): never inherited by managed processes
+# from the runtime's environment; GS gives each process its own.
+KEY = "EMBER_KEY"                    # this process's request key (hex), checked by GS
+GS_CTL = "EMBER_GS_CTL"              # sdesc of GS's private control channel (python -m ember.shepherd only)

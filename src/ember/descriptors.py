@@ -125,13 +125,22 @@ class _Options:
     every process's start-up, and dataclasses costs milliseconds)."""
 
     _fields = ()
+    _error = "EmberError"     # the name of the kind's exception in ember.exceptions
 
     def __init__(self, **kw):
         for name, default in self._fields:
             setattr(self, name, kw.pop(name, default))
         if kw:
-            names = [n for n, _ in self._fields]
-            raise TypeError(f"unknown {type(self).__name__} field(s) {sorted(kw)}; known: {names}")
+            self._unknown(kw)
+
+    @classmethod
+    def _unknown(cls, kw):
+        from . import exceptions
+
+        names = [n for n, _ in cls._fields]
+        valid = f"valid: {', '.join(names)}" if names else "it takes none"
+        raise getattr(exceptions, cls._error)(
+            f"unknown {cls.__name__} option(s) {', '.join(map(repr, sorted(map(str, kw))))}; {valid}")
 
     def to_dict(self):
         return {name: getattr(self, name) for name, _ in self._fields}
@@ -151,8 +160,13 @@ class _Options:
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value):
+                cls._unknown({k: None for k in value if not isinstance(k, str)})
             return cls(**value)
-        raise TypeError(f"{what} must be a {cls.__name__}, a dict or None, not {type(value).__name__}")
+        from . import exceptions
+
+        raise getattr(exceptions, cls._error)(
+            f"{what} must be a {cls.__name__}, a dict or None, not {type(value).__name__}")
 
 
 class ProcessOptions(_Options):
@@ -160,9 +174,10 @@ class ProcessOptions(_Options):
     will come with multi-node support); accepted so callers can pass one."""
 
     _fields = ()
+    _error = "ProcessError"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, **unknown):
+        super().__init__(**unknown)
 
 
 class PoolOptions(_Options):
@@ -170,9 +185,10 @@ class PoolOptions(_Options):
     (reserved for placement on other nodes)."""
 
     _fields = ()
+    _error = "PoolError"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, **unknown):
+        super().__init__(**unknown)
 
 
 class ChannelOptions(_Options):
@@ -187,6 +203,7 @@ class ChannelOptions(_Options):
     """
 
     _fields = (("capacity", 128), ("block_size", 1024), ("ref_count", False))
+    _error = "ChannelError"
 
-    def __init__(self, capacity=128, block_size=1024, ref_count=False):
-        super().__init__(capacity=capacity, block_size=block_size, ref_count=ref_count)
+    def __init__(self, capacity=128, block_size=1024, ref_count=False, **unknown):
+        super().__init__(capacity=capacity, block_size=block_size, ref_count=ref_count, **unknown)

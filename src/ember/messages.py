@@ -4,8 +4,10 @@ messages.
 Every message is a msgpack array ``[code, field1, field2, ...]``; the
 integer ``code`` names the message type and fixes its fields (the table
 below).  Requests carry ``tag`` (request id, unique per sender), the
-sender's ``p_uid`` and ``r``, the serialized descriptor of the channel the
-reply goes to.  Every reply is a :class:`Reply` whose ``ref`` is the tag it
+sender's ``p_uid``, ``r``, the serialized descriptor of the channel the
+reply goes to, and ``key``, the sender's request key (``EMBER_KEY``: a
+random secret GS made for that process, see docs/architecture.md, "Trust
+model").  Every reply is a :class:`Reply` whose ``ref`` is the tag it
 answers and whose body follows the dask-style error convention
 ``{status, ref, err_type, msg, tb}``: ``status`` 0 is success and ``value``
 holds the result; otherwise ``err_type`` names the exception class (from
@@ -76,7 +78,7 @@ def _define(code, name, fields):
     return cls
 
 
-_REQ = "tag p_uid r "
+_REQ = "tag p_uid r key "
 
 # --- user process -> global services ---------------------------------------
 _define(1, "ProcessCreate", _REQ + "exe args env run_dir user_name options soft")
@@ -86,7 +88,7 @@ _define(4, "ProcessKill", _REQ + "ident sig")
 _define(5, "ProcessJoin", _REQ + "idents timeout join_all return_on_bad_exit")
 # a process the runtime did not start (ember.init(), attach) joins it, proving
 # with the runtime's key that it may; leaves with ProcessDetach.
-_define(6, "ProcessAttach", _REQ + "pid key user_name")
+_define(6, "ProcessAttach", _REQ + "pid attach_key user_name")
 _define(7, "ProcessDetach", _REQ + "exit_code")
 _define(10, "PoolCreate", _REQ + "size user_name options soft")
 _define(11, "PoolList", _REQ)
@@ -109,7 +111,7 @@ _define(30, "Teardown", _REQ + "grace")
 # --- global services -> any requester ---------------------------------------
 _define(40, "Reply", "ref status value err_type msg tb")
 
-# --- global services -> shepherd ---------------------------------------------
+# --- global services -> shepherd (private control channel) -------------------
 _define(50, "ShSpawn", "tag p_uid exe args env run_dir user_name")
 _define(51, "ShKill", "p_uid sig")
 _define(52, "ShShutdown", "tag")
@@ -117,12 +119,17 @@ _define(52, "ShShutdown", "tag")
 _define(53, "ShWatch", "p_uid pid")
 _define(54, "ShUnwatch", "p_uid")
 
-# --- shepherd -> global services ---------------------------------------------
+# --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
 _define(61, "ShExited", "p_uid exit_code")
 _define(62, "ShShutdownDone", "ref")
+# on GS's public input channel, after a message was put on its private
+# control channel: "read your control channel".  Carries nothing; anyone may
+# send it (it only makes GS look at a channel only the runtime can write).
+_define(63, "Poke", "")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+POKE = Poke().pack()
 
 
 def pack(msg):
@@ -157,4 +164,4 @@ def reply_err(ref, err_type, msg, tb=None):
     return Reply(ref, ERR_FAIL, None, err_type, msg, tb)
 
 
-__all__ += ["reply_ok", "reply_err"]
+__all__ += ["reply_ok", "reply_err", "POKE"]

@@ -301,7 +301,7 @@ class Runtime:
     def _env(self):
         a = self.address
         return {_env.RUNTIME_ID: a.id, _env.INF_POOL: a.inf_pool, _env.GS_CH: a.gs_ch,
-                _env.DEFAULT_POOL: a.default_pool, _env.NODE: "0"}
+                _env.DEFAULT_POOL: a.default_pool, _env.NODE: "0", _env.KEY: ""}
 
     def _attach(self, user_name=None):
         from . import messages
@@ -318,7 +318,9 @@ class Runtime:
         self.p_uid = desc["p_uid"]
         self.pid = os.getpid()
         conn.p_uid = self.p_uid
-        _env.set_overrides(dict(self._env(), **{_env.P_UID: str(self.p_uid)}))
+        conn.key = bytes.fromhex(desc["key"])
+        _env.set_overrides(dict(self._env(), **{_env.P_UID: str(self.p_uid),
+                                                 _env.KEY: desc["key"]}))
 
     def _detach(self, exit_code=0):
         from . import messages

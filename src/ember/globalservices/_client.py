@@ -3,8 +3,9 @@
 Connects lazily on first use from the ``EMBER_*`` environment.  Each thread
 gets its own reply channel (created by the client in the infrastructure
 pool), so many threads can wait on GS at once without sharing a queue.
-Requests carry the reply channel's descriptor; GS frees a process's reply
-channels when that process exits.  After ``fork()`` the child builds fresh
+Requests carry the reply channel's descriptor and the process's request key
+(``EMBER_KEY``, made by GS for this process); GS replies only to reply
+channels registered to the process and frees them when it exits.  After ``fork()`` the child builds fresh
 reply channels (it must not read its parent's replies).
 
 Reply channels are never destroyed by the client (GS may hold a handle to
@@ -80,6 +81,10 @@ class Connection:
         self._Channel = Channel
         self.pid = os.getpid()
         self.p_uid = int(_env.get(_env.P_UID, "0"))
+        try:
+            self.key = bytes.fromhex(_env.get(_env.KEY, ""))
+        except ValueError:
+            self.key = b""   # GS will drop our requests: say so at the first call
         self.inf_pool = Pool.attach(_env.decode(_env.get(_env.INF_POOL)))
         self.gs = Channel.attach(_env.decode(_env.get(_env.GS_CH)))
         self._local = threading.local()
@@ -107,7 +112,7 @@ class Connection:
         ch = holder.ch
         tag = next(self._tags)
         try:
-            data = msg_cls(tag, self.p_uid, holder.r, *fields).pack()
+            data = msg_cls(tag, self.p_uid, holder.r, self.key, *fields).pack()
         except (TypeError, ValueError, OverflowError) as exc:
             # e.g. a str with surrogate escapes, an int beyond 64 bits
             kind = next((e for p, e in _KIND_ERRORS if msg_cls.__name__.startswith(p)),
@@ -126,7 +131,8 @@ class Connection:
             # Tell GS to forget a parked wait; a reply may be on its way
             # anyway, so never wait on this channel again.
             try:
-                self.gs.send(messages.Cancel(next(self._tags), self.p_uid, holder.r, tag).pack(),
+                self.gs.send(messages.Cancel(next(self._tags), self.p_uid, holder.r, self.key,
+                                             tag).pack(),
                              timeout=0)
             except Exception:
                 pass   # best effort: GS frees everything at process exit

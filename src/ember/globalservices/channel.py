@@ -37,9 +37,11 @@ def create(m_uid, user_name=None, channel_options=None, soft=False):
         _call(_m.ChannelCreate, m_uid, user_name, opts.to_dict(), bool(soft)))
 
 
-def get_list():
-    """The c_uids of the live channels."""
-    return _list(_call(_m.ChannelList))
+def get_list(names=False):
+    """The c_uids of the live channels (the spec's return type); with
+    ``names=True``, ``[(c_uid, name or None), ...]``."""
+    rows = _call(_m.ChannelList)
+    return [(c, n) for c, n in rows] if names else [c for c, _ in rows]
 
 
 list = get_list  # the spec's name

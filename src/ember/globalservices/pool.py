@@ -32,9 +32,11 @@ def create(size, user_name=None, pool_options=None, soft=False):
     return PoolDescriptor.from_dict(_call(_m.PoolCreate, size, user_name, opts.to_dict(), bool(soft)))
 
 
-def get_list():
-    """The m_uids of the live pools (the default pool included)."""
-    return list(_call(_m.PoolList))
+def get_list(names=False):
+    """The m_uids of the live pools, the default pool included (the spec's
+    return type); with ``names=True``, ``[(m_uid, name or None), ...]``."""
+    rows = _call(_m.PoolList)
+    return [(p, n) for p, n in rows] if names else [p for p, _ in rows]
 
 
 def query(identifier):

@@ -54,9 +54,12 @@ def create(exe, run_dir, args, env=None, user_name="", options=None, soft=False)
     return ProcessDescriptor.from_dict(d)
 
 
-def get_list():
-    """[(p_uid, name or None), ...] of the live processes."""
-    return [tuple(x) for x in _call(_m.ProcessList)]
+def get_list(alive_only=False):
+    """``[(p_uid, name or None), ...]`` of every process GS knows, in
+    creation order: live ones and exited ones (which :func:`query` still
+    answers for), as the reference runtime does.  ``alive_only=True``
+    lists only the processes that have not exited."""
+    return [(p, n) for p, n, alive in _call(_m.ProcessList) if alive or not alive_only]
 
 
 def query(identifier):
@@ -84,9 +87,14 @@ def multi_join(identifiers, timeout=None, join_all=False, return_on_bad_exit=Fal
 
     Returns ``(exited, status)``: ``exited`` is ``[(p_uid, exit_code), ...]``
     of the processes that have exited, or None if the timeout expired with
-    none exited; ``status`` maps each p_uid to a :class:`ProcessStatus`.
+    none exited; ``status`` has an entry for every identifier: a known
+    process's p_uid maps to its :class:`ProcessStatus`; an identifier that
+    names no process (a name never used, a p_uid never given) maps, under
+    that identifier itself, to ``ProcessStatus("unknown", None)`` and is
+    not waited for.  If no identifier names a process, it returns at once.
     With ``join_all`` and ``return_on_bad_exit`` it returns as soon as one
-    process exits with a non-zero code.  The timeout is kept by GS.
+    process exits with a non-zero code.  The timeout is kept by GS.  At
+    most 4096 identifiers per call.
     """
     idents = [_ident(i) for i in identifiers]
     if not idents:
@@ -95,13 +103,18 @@ def multi_join(identifiers, timeout=None, join_all=False, return_on_bad_exit=Fal
                            bool(return_on_bad_exit))
     if exited is not None:
         exited = [tuple(x) for x in exited]
-    return exited, {int(k): ProcessStatus(*v) for k, v in status.items()}
+    return exited, {k: ProcessStatus(*v) for k, v in status.items()}
 
 
 def join(identifier, timeout=None):
     """Wait for a process to exit; its exit code (-N if killed by signal N),
-    or None if ``timeout`` seconds passed first (measured by GS)."""
-    exited, _ = multi_join([identifier], timeout=timeout)
+    or None if ``timeout`` seconds passed first (measured by GS).  Raises
+    ProcessError if ``identifier`` names no process."""
+    exited, status = multi_join([identifier], timeout=timeout)
+    if status.get(identifier, (None,))[0] == "unknown":
+        if isinstance(identifier, str):
+            raise ProcessError(f"no process named {identifier!r}")
+        raise ProcessError(f"no process with p_uid {identifier}")
     return exited[0][1] if exited else None
 
 

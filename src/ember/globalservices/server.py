@@ -26,15 +26,27 @@ Decisions where the spec is open (see docs/architecture.md):
   none did;
 - a dead process's reply channels are freed and its channel references are
   dropped; requests it left waiting are forgotten.
+
+Trust model (docs/architecture.md): every request carries its sender's
+key; a request whose key is not the one GS made for the p_uid it claims is
+dropped.  ``Teardown`` is accepted from the launcher (p_uid 0) only; the
+shepherd's messages only from the private control channel
+(``handle_bytes(data, trusted=True)``).  GS replies only to reply channels
+registered to the sender (first use registers one, unless it is any other
+process's, a registered channel, or one of the runtime's own), and at a
+process's exit destroys only the reply channels registered to it.  Every
+step of a cleanup is independent of the others' failure.
 """
 import heapq
+import hmac
 import itertools
 import math
+import os
 import signal
 import sys
 import time
 
-from .. import _log, messages as m
+from .. import _env, _log, messages as m
 from ..descriptors import ChannelOptions
 from ..exceptions import ChannelError, ChannelTimeout, EmberError, PoolError, ProcessError
 
@@ -44,6 +56,50 @@ PENDING, RUNNING, EXITED = "pending", "running", "exited"
 LAUNCHER_P_UID = 0
 FIRST_P_UID = 1
 DEFAULT_POOL_NAME = "default"
+#: At most this many reply channels are registered per process (a thread
+#: per request reuses freed ones; only abandoned requests retire one).
+MAX_REPLY_CHANNELS = 4096
+#: At most this many identifiers in one multi_join request.
+MAX_JOIN_IDENTS = 4096
+#: Repeated warnings of one kind: the first WARN_BURST per WARN_WINDOW
+#: seconds are logged, then one line says how many were suppressed.
+WARN_BURST = 10
+WARN_WINDOW = 1.0
+_SHEPHERD_TYPES = frozenset((m.ShSpawned, m.ShExited, m.ShShutdownDone))
+
+
+class _RateLimitedLog:
+    """Warnings by kind: the first ``burst`` of a kind per ``window``
+    seconds are logged; the rest are counted and reported in one summary
+    line when the window has passed (at the next warning of that kind or
+    at :meth:`flush`).  The kinds are fixed strings, so the state is
+    bounded whatever a client sends."""
+
+    def __init__(self, clock, logger, burst=WARN_BURST, window=WARN_WINDOW):
+        self.clock, self.log, self.burst, self.window = clock, logger, burst, window
+        self.state = {}       # kind -> [window start, logged, suppressed]
+
+    def __call__(self, kind, fmt, *args):
+        now = self.clock()
+        st = self.state.get(kind)
+        if st is None or now - st[0] >= self.window:
+            if st is not None and st[2]:
+                self._summary(kind, st)
+            st = self.state[kind] = [now, 0, 0]
+        if st[1] < self.burst:
+            st[1] += 1
+            self.log.warning(fmt, *args)
+        else:
+            st[2] += 1
+
+    def _summary(self, kind, st):
+        self.log.warning("%d more %s warning(s) suppressed", st[2], kind)
+        st[2] = 0
+
+    def flush(self):
+        for kind, st in self.state.items():
+            if st[2]:
+                self._summary(kind, st)
 
 
 def _timeout(value, err_cls):
@@ -72,9 +128,10 @@ def _lookup(ident, by_uid, by_name, err_cls, kind, uid_name):
 
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
-                 "replies", "waiters", "creator", "attached")
+                 "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
+                 "attached")
 
-    def __init__(self, p_uid, name, creator):
+    def __init__(self, p_uid, name, creator, key=None):
         self.p_uid = p_uid
         self.name = name
         self.state = PENDING
@@ -85,6 +142,10 @@ class _Proc:
         self.replies = set()     # reply-channel descriptors this process used
         self.waiters = set()     # join waiters that watch this process
         self.creator = creator
+        self.key = key           # the request key GS made for it (bytes)
+        self.joined = False      # a join has reported its exit
+        self.exe = ""
+        self.prev_same_name = None   # the process last_by_name named before this one
         self.attached = False    # joined with ProcessAttach (not started by the runtime)
 
     def desc(self, node):
@@ -117,7 +178,8 @@ class _Chan:
 class _Waiter:
     """A parked request: a process join or a channel join."""
 
-    __slots__ = ("tag", "r", "owner", "deadline", "done", "p_uids", "join_all", "bad_exit", "name")
+    __slots__ = ("tag", "r", "owner", "deadline", "done", "p_uids", "join_all", "bad_exit", "name",
+                 "n_exited", "any_bad", "unknown")
 
     def __init__(self, tag, r, owner, deadline):
         self.tag, self.r, self.owner, self.deadline = tag, r, owner, deadline
@@ -126,6 +188,9 @@ class _Waiter:
         self.join_all = False
         self.bad_exit = False
         self.name = None
+        self.n_exited = 0        # how many of p_uids have exited
+        self.any_bad = False     # one of them exited with a non-zero code
+        self.unknown = ()        # identifiers that name no process
 
 
 class GlobalServices:
@@ -133,9 +198,19 @@ class GlobalServices:
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
                  node=0, default_pool=None, channel_factory=None, pool_factory=None,
-                 attach_channel=None, runtime_key=None):
+                 attach_channel=None, launcher_key=None, reserved_replies=(),
+                 check_reply=None, death_reports=True, err=None, attach_key=None):
+        """``launcher_key``: the key of p_uid 0 (None: no request claiming
+        p_uid 0 is accepted); ``reserved_replies``: descriptors that may
+        never be a reply channel (GS's own inputs); ``check_reply(r)``:
+        None if ``r`` is a channel GS can use as a reply channel, else the
+        reason (the transport attaches it); ``death_reports``: write one
+        line to ``err`` (stderr) for each process whose non-zero exit
+        nobody joined (docs/architecture.md); ``attach_key``: the runtime's key
+        (str) that a process the runtime did not start must present to
+        attach (None: attaching is refused)."""
+        self.attach_key = attach_key
         self.runtime_tag = runtime_tag
-        self.runtime_key = runtime_key   # proves an attaching process may (None: no attach)
         self.send_reply = send_reply
         self.send_shepherd = send_shepherd
         self.clock = clock
@@ -149,13 +224,28 @@ class GlobalServices:
         self._make_channel = channel_factory
         self._make_pool = pool_factory
         self._attach_channel = attach_channel
+        self.launcher_key = launcher_key
+        self.launcher_replies = set()
+        self.reserved_replies = frozenset(reserved_replies)
+        self.check_reply = check_reply
+        self.death_reports = death_reports
+        self.err = err
+        self.warn = _RateLimitedLog(clock, log)
+        #: Called with a dead (reaped) process's OS pid to give back the pool
+        #: blocks it still owned; by default every pool's ``reclaim(pid)``
+        #: where the pools layer has one.  None: no sweep.
+        self.sweep_allocations = self._reclaim_blocks
+        self.extra_pools = []     # pools GS sweeps but does not own (the infrastructure pool)
 
         self.procs = {}           # p_uid -> _Proc
         self.proc_names = {}      # name -> p_uid (live processes only)
+        self.last_by_name = {}    # name -> p_uid of the most recent process of that name
+        self.reply_owner = {}     # reply-channel descriptor -> p_uid it is registered to
         self.pools = {}           # m_uid -> _Pool
         self.pool_names = {}
         self.chans = {}           # c_uid -> _Chan
         self.chan_names = {}
+        self.chan_sdescs = set()  # descriptors of the registered channels
         self.chan_joiners = {}    # name -> [ _Waiter ]
         self.owned_waiters = {}   # owner p_uid -> set(_Waiter)
         self._timers = []         # heap of (deadline, seq, _Waiter)
@@ -197,62 +287,115 @@ class GlobalServices:
         }
 
     # ------------------------------------------------------------------ input
-    def handle_bytes(self, data):
-        """Decode and dispatch one message.  Never raises: a malformed
-        message gets an error reply if it names a reply channel, and is
-        logged and dropped otherwise."""
+    def handle_bytes(self, data, trusted=False):
+        """Decode and dispatch one message.  ``trusted``: it came from the
+        private control channel (the shepherd).  Never raises: a malformed
+        or unauthenticated message is logged (rate-limited) and dropped; a
+        well-formed, authenticated request that fails gets an error reply."""
         try:
             msg = m.unpack(data)
         except m.MessageError as exc:
-            log.warning("dropped malformed message: %s", exc)
+            self.warn("malformed-message", "dropped malformed message: %s", exc)
             return
-        self.handle(msg)
+        self.handle(msg, trusted)
 
-    def handle(self, msg):
-        handler = self._handlers.get(type(msg))
-        is_request = "r" in msg.fields
+    def handle(self, msg, trusted=False):
+        cls = type(msg)
+        handler = self._handlers.get(cls)
         if handler is None:
-            self._reply_error(msg, "GlobalServicesError",
-                              f"GS does not accept {type(msg).__name__} messages") if is_request \
-                else log.warning("dropped unexpected %s", type(msg).__name__)
+            self.warn("unexpected-message", "dropped unexpected %s", cls.__name__)
             return
-        if is_request and not (isinstance(msg.r, bytes) and isinstance(msg.tag, int)
-                               and isinstance(msg.p_uid, int)):
-            log.warning("dropped %s with a bad tag/p_uid/reply address", type(msg).__name__)
-            return
-        if is_request:
-            sender = self.procs.get(msg.p_uid)
-            if sender is not None and sender.state == EXITED:
-                # Sent just before its sender died (and its reply channels
-                # were freed): nobody can read a reply, and a parked wait or
-                # a channel reference would never be released.
-                log.debug("dropped %s from exited process %s", type(msg).__name__, msg.p_uid)
+        if cls in _SHEPHERD_TYPES:
+            if not trusted:
+                self.warn("forged-control", "dropped %s from the public input channel: only the "
+                          "shepherd sends it, on the control channel", cls.__name__)
                 return
+            try:
+                handler(msg)
+            except Exception:
+                import traceback
+                log.error("GS failed on %r:\n%s", msg, traceback.format_exc())
+            return
+        # a request
+        if not (isinstance(msg.r, bytes) and msg.r and isinstance(msg.tag, int)
+                and not isinstance(msg.p_uid, bool) and isinstance(msg.p_uid, int)
+                and isinstance(msg.key, bytes)):
+            self.warn("bad-request", "dropped %s with a bad tag/p_uid/key/reply address",
+                      cls.__name__)
+            return
+        if cls is m.ProcessAttach:       # authenticated by the runtime key it carries
+            return self.on_process_attach(msg)
+        p_uid = msg.p_uid
+        if p_uid == LAUNCHER_P_UID:
+            sender = None
+            good = self.launcher_key is not None and hmac.compare_digest(msg.key, self.launcher_key)
+            replies = self.launcher_replies
+        else:
+            sender = self.procs.get(p_uid)
+            good = sender is not None and sender.key is not None and \
+                hmac.compare_digest(msg.key, sender.key)
+            replies = sender.replies if sender is not None else None
+        if not good:
+            self.warn("bad-key", "dropped %s claiming p_uid %r: its key is not that process's",
+                      cls.__name__, p_uid)
+            return
+        if sender is not None and sender.state == EXITED:
+            # Sent just before its sender died (and its reply channels
+            # were freed): nobody can read a reply, and a parked wait or
+            # a channel reference would never be released.
+            log.debug("dropped %s from exited process %s", cls.__name__, p_uid)
+            return
+        r = msg.r
+        if r not in replies and not self._register_reply(msg, p_uid, replies):
+            return
         try:
-            if is_request and msg.r and sender is not None:
-                sender.replies.add(msg.r)
+            if cls is m.Teardown and p_uid != LAUNCHER_P_UID:
+                raise EmberError(f"Teardown is accepted from the launcher only, not from process {p_uid}")
             handler(msg)
         except EmberError as exc:
-            self._reply_error(msg, type(exc).__name__, str(exc)) if is_request \
-                else log.warning("error handling %r: %s", msg, exc)
+            self._reply_error(msg, type(exc).__name__, str(exc))
         except Exception as exc:  # a bug or a bad field type: report, keep serving
             import traceback
             tb = traceback.format_exc()
-            if is_request:
-                self._reply_error(msg, "GlobalServicesError",
-                                  f"GS failed on {type(msg).__name__}: {type(exc).__name__}: {exc}", tb)
-            else:
-                log.error("GS failed on %r:\n%s", msg, tb)
+            self._reply_error(msg, "GlobalServicesError",
+                              f"GS failed on {cls.__name__}: {type(exc).__name__}: {exc}", tb)
+
+    def _register_reply(self, msg, p_uid, replies):
+        """Make ``msg.r`` one of ``p_uid``'s reply channels, or say why not
+        (rate-limited) and return False."""
+        r, cls = msg.r, type(msg)
+        why = None
+        owner = self.reply_owner.get(r)
+        if owner is not None:
+            why = f"it is process {owner}'s reply channel"
+        elif r in self.reserved_replies:
+            why = "it is one of the runtime's own channels"
+        elif r in self.chan_sdescs:
+            why = "it is a registered channel"
+        elif self.check_reply is not None:
+            why = self.check_reply(r)
+        if why is None and len(replies) >= MAX_REPLY_CHANNELS:
+            # A usable channel, but one too many: say so on it (unregistered),
+            # so the client raises instead of waiting forever.
+            why = f"the process already uses {MAX_REPLY_CHANNELS} reply channels"
+            self.send_reply(r, m.reply_err(
+                msg.tag, "GlobalServicesError",
+                f"process {p_uid} already uses {MAX_REPLY_CHANNELS} reply channels: "
+                f"request refused"))
+        if why is not None:
+            self.warn("bad-reply-channel", "dropped %s from p_uid %r: its reply channel cannot be "
+                      "used (%s)", cls.__name__, p_uid, why)
+            return False
+        replies.add(r)
+        self.reply_owner[r] = p_uid
+        return True
 
     def _reply(self, tag, r, value=None):
         if r:
             self.send_reply(r, m.reply_ok(tag, value))
 
     def _reply_error(self, msg, err_type, text, tb=None):
-        if isinstance(getattr(msg, "r", None), bytes) and msg.r:
-            self.send_reply(msg.r, m.reply_err(msg.tag, err_type, text, tb))
-        else:
-            log.warning("dropped error reply (%s: %s): no reply address", err_type, text)
+        self.send_reply(msg.r, m.reply_err(msg.tag, err_type, text, tb))
 
     # ----------------------------------------------------------------- timers
     def next_timeout(self, now=None):
@@ -311,10 +454,15 @@ class GlobalServices:
     def _proc(self, ident):
         if isinstance(ident, str) and ident not in self.proc_names:
             # the most recent process of that name, even if it has exited
-            p_uid = next((q.p_uid for q in reversed(self.procs.values()) if q.name == ident), None)
+            p_uid = self.last_by_name.get(ident)
             if p_uid is not None:
                 return self.procs[p_uid]
         return _lookup(ident, self.procs, self.proc_names, ProcessError, "process", "p_uid")
+
+    def _proc_label(self, rec):
+        name = f" {rec.name!r}" if rec.name else ""
+        pid = f" (pid {rec.os_pid})" if rec.os_pid is not None else ""
+        return f"process {rec.p_uid}{name}{pid}"
 
     def on_process_create(self, msg):
         if self.teardown is not None:
@@ -340,11 +488,18 @@ class GlobalServices:
         if not isinstance(msg.run_dir, str):
             raise ProcessError("run_dir must be a str")
         p_uid = next(self._p_uids)
-        rec = _Proc(p_uid, name, msg.p_uid)
+        rec = _Proc(p_uid, name, msg.p_uid, key=os.urandom(16))
         rec.create_req = (msg.tag, msg.r)
+        rec.exe = msg.exe
         self.procs[p_uid] = rec
         if name:
             self.proc_names[name] = p_uid
+            rec.prev_same_name = self.last_by_name.get(name)
+            self.last_by_name[name] = p_uid
+        # The key goes to the shepherd on the private channel, into the
+        # child's environment; it overrides whatever the request put there.
+        env = dict(env)
+        env[_env.KEY] = rec.key.hex()
         self.send_shepherd(m.ShSpawn(msg.tag, p_uid, msg.exe, msg.args, env, msg.run_dir, name))
 
     def on_sh_spawned(self, msg):
@@ -354,50 +509,79 @@ class GlobalServices:
             return
         tag, r = rec.create_req or (None, None)
         rec.create_req = None
+        if r and self.reply_owner.get(r) != rec.creator:
+            r = None       # the creator has exited and its reply channels are gone
         if msg.err:
             # never started: forget it, free its name
             del self.procs[rec.p_uid]
             if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
                 del self.proc_names[rec.name]
+            if rec.name and self.last_by_name.get(rec.name) == rec.p_uid:
+                if rec.prev_same_name in self.procs:
+                    self.last_by_name[rec.name] = rec.prev_same_name
+                else:
+                    del self.last_by_name[rec.name]
+            log.info("process %d %r failed to start: %s", rec.p_uid, rec.exe, msg.err)
             if r:
                 self.send_reply(r, m.reply_err(tag, "ProcessError", f"cannot start process: {msg.err}"))
             return
         rec.os_pid = msg.os_pid
         if rec.state == PENDING:
             rec.state = RUNNING
+        log.info("%s started: %r", self._proc_label(rec), rec.exe)
         if r:
             self._reply(tag, r, rec.desc(self.node))
 
     def on_process_attach(self, msg):
-        """A process the runtime did not start joins it (``ember.init()``)."""
-        import hmac
+        """A process the runtime did not start joins it (``ember.init()``):
+        it proves with the runtime's key that it may, and gets a p_uid and
+        a request key of its own.  The shepherd watches it (not its child:
+        no exit status, see docs/embedding.md)."""
+        if self.attach_key is None or not isinstance(msg.attach_key, str) or \
+                not hmac.compare_digest(msg.attach_key.encode(), self.attach_key.encode()):
+            self.warn("bad-attach-key", "refused ProcessAttach: wrong runtime key")
+            # an error on the given channel, unregistered: nothing is kept
+            if self.check_reply is None or self.check_reply(msg.r) is None:
+                self.send_reply(msg.r, m.reply_err(msg.tag, "ProcessError",
+                                                   "attach refused: wrong runtime key"))
+            return
+        if msg.r in self.reply_owner:
+            self.warn("bad-reply-channel", "refused ProcessAttach: its reply channel is "
+                      "process %s's", self.reply_owner[msg.r])
+            return
+        err = None
+        pid, name = msg.pid, msg.user_name or ""
         if self.teardown is not None:
-            raise ProcessError("the runtime is shutting down: cannot attach")
-        if self.runtime_key is None or not isinstance(msg.key, str) or \
-                not hmac.compare_digest(msg.key.encode(), self.runtime_key.encode()):
-            raise ProcessError("attach refused: wrong runtime key")
-        pid = msg.pid
-        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-            raise ProcessError(f"attach: bad pid {pid!r}")
-        name = msg.user_name or ""
-        if not isinstance(name, str):
-            raise ProcessError(f"user_name must be a str, not {type(name).__name__}")
-        if name and name in self.proc_names:
-            raise ProcessError(f"a live process is already named {name!r} "
-                               f"(p_uid {self.proc_names[name]})")
-        p_uid = next(self._p_uids)
-        rec = _Proc(p_uid, name, 0)
+            err = "the runtime is shutting down: cannot attach"
+        elif isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            err = f"attach: bad pid {pid!r}"
+        elif not isinstance(name, str):
+            err = f"user_name must be a str, not {type(name).__name__}"
+        elif name and name in self.proc_names:
+            err = f"a live process is already named {name!r} (p_uid {self.proc_names[name]})"
+        p_uid = next(self._p_uids) if err is None else None
+        rec = _Proc(p_uid, name, 0, key=os.urandom(16))
+        if not self._register_reply(msg, p_uid, rec.replies):
+            return
+        if err is not None:
+            self._unregister_replies(rec)
+            self.send_reply(msg.r, m.reply_err(msg.tag, "ProcessError", err))
+            return
         rec.attached = True
         rec.state = RUNNING
         rec.os_pid = pid
-        if msg.r:
-            rec.replies.add(msg.r)
         self.procs[p_uid] = rec
         if name:
             self.proc_names[name] = p_uid
         self.send_shepherd(m.ShWatch(p_uid, pid))
         log.info("process %d attached (pid %d)", p_uid, pid)
-        self._reply(msg.tag, msg.r, rec.desc(self.node))
+        self._reply(msg.tag, msg.r, dict(rec.desc(self.node), key=rec.key.hex()))
+
+    def _unregister_replies(self, rec):
+        for r in list(rec.replies):
+            if self.reply_owner.get(r) == rec.p_uid:
+                del self.reply_owner[r]
+        rec.replies.clear()
 
     def on_process_detach(self, msg):
         """An attached process leaves (``ember.shutdown()``, or its exit)."""
@@ -408,44 +592,92 @@ class GlobalServices:
         if isinstance(code, bool) or not isinstance(code, int):
             code = 0
         self.send_shepherd(m.ShUnwatch(rec.p_uid))
-        # The reply goes out on msg.r: the client frees that channel itself.
+        # The reply goes out on msg.r: the client destroys that channel itself.
         rec.replies.discard(msg.r)
+        self.reply_owner.pop(msg.r, None)
         self._reply(msg.tag, msg.r)
-        self._exited(rec, code)
+        self._exited(rec, code, dead=False)
+
+    def _step(self, what, fn, *args):
+        """Run one step of a cleanup path: its failure is logged and does
+        not stop the next step."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            log.error("%s: %s: %s", what, type(exc).__name__, exc)
 
     def on_sh_exited(self, msg):
-        rec = self.procs.get(msg.p_uid)
+        p_uid = msg.p_uid
+        if isinstance(p_uid, bool) or not isinstance(p_uid, int):
+            log.warning("ShExited with a bad p_uid %r", p_uid)
+            return
+        rec = self.procs.get(p_uid)
         if rec is None or rec.state == EXITED:
-            log.debug("ShExited for unknown or exited p_uid %r", msg.p_uid)
+            if rec is None or not rec.attached:     # a detached process's watch may race
+                log.warning("ShExited for unknown or exited p_uid %r", p_uid)
             return
         self._exited(rec, msg.exit_code)
 
-    def _exited(self, rec, exit_code):
+    def _exited(self, rec, exit_code, dead=True):
+        """Everything a process's end releases.  ``dead``: its pid is gone
+        (False for an attached process that detached and lives on: its pool
+        blocks are still its own)."""
+        p_uid = rec.p_uid
         rec.state = EXITED
         rec.exit_code = exit_code
+        log.info("%s exited with code %s", self._proc_label(rec), exit_code)
         if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
             del self.proc_names[rec.name]
-        # wake its joiners
-        for w in list(rec.waiters):
-            if not w.done:
-                self._check_join(w)
-        # forget what it was waiting for
-        for w in list(self.owned_waiters.get(rec.p_uid, ())):
-            self._finish_waiter(w)
-        # drop its channel references
-        for c_uid in list(rec.refs):
-            rec.refs.pop(c_uid, None)
-            ch = self.chans.get(c_uid)
-            if ch is not None:
-                ch.holders.pop(rec.p_uid, None)
-                if ch.ref_count and not ch.holders:
-                    self._destroy_channel(ch)
-        # free its reply channels
-        for r in rec.replies:
-            self._free_reply_channel(r)
-        rec.replies.clear()
+        # Every step below is independent of the others' failure.
+        for w in list(rec.waiters):           # wake its joiners
+            self._step(f"waking a join on process {p_uid}", self._joined_exit, w, rec)
+        for w in list(self.owned_waiters.get(p_uid, ())):   # forget its waits
+            self._step(f"forgetting a wait of process {p_uid}", self._finish_waiter, w)
+        for c_uid in list(rec.refs):          # drop its channel references
+            self._step(f"dropping process {p_uid}'s reference to channel {c_uid}",
+                       self._drop_refs, rec, c_uid)
+        for r in list(rec.replies):           # free its reply channels
+            self._step(f"freeing a reply channel of process {p_uid}", self._free_reply_channel, r)
+            rec.replies.discard(r)
+            if self.reply_owner.get(r) == p_uid:
+                del self.reply_owner[r]
+        sweep = self.sweep_allocations
+        if sweep is not None and rec.os_pid is not None and dead:
+            self._step(f"reclaiming the pool blocks of process {p_uid}", sweep, rec.os_pid)
         if self.teardown is not None:
             self._teardown_step()
+
+    def _reclaim_blocks(self, pid):
+        pools = [(r.m_uid, r.pool) for r in self.pools.values()] + \
+            [(getattr(p, "m_uid", "?"), p) for p in self.extra_pools]
+        for m_uid, pool in pools:
+            reclaim = getattr(pool, "reclaim", None)
+            if reclaim is None:
+                continue
+            try:
+                got = reclaim(pid)
+            except Exception as exc:
+                log.warning("cannot reclaim the blocks of pid %d in pool %s: %s", pid, m_uid, exc)
+                continue
+            if got and got[0]:
+                log.info("reclaimed %d block(s), %d bytes of dead pid %d in pool %s",
+                         got[0], got[1], pid, m_uid)
+
+    def _joined_exit(self, w, rec):
+        if w.done:
+            return
+        w.n_exited += 1
+        if rec.exit_code != 0:
+            w.any_bad = True
+        self._check_join(w)
+
+    def _drop_refs(self, rec, c_uid):
+        rec.refs.pop(c_uid, None)
+        ch = self.chans.get(c_uid)
+        if ch is not None:
+            ch.holders.pop(rec.p_uid, None)
+            if ch.ref_count and not ch.holders:
+                self._destroy_channel(ch)
 
     def _free_reply_channel(self, r):
         """Hook: the transport frees a dead process's reply channel."""
@@ -454,8 +686,10 @@ class GlobalServices:
             free(r, destroy=True)
 
     def on_process_list(self, msg):
-        self._reply(msg.tag, msg.r, [[p.p_uid, p.name or None] for p in self.procs.values()
-                                     if p.state != EXITED])
+        # Every process GS knows, exited ones included (process.query still
+        # answers for them), as the reference runtime does.
+        self._reply(msg.tag, msg.r, [[p.p_uid, p.name or None, p.state != EXITED]
+                                     for p in self.procs.values()])
 
     def on_process_query(self, msg):
         self._reply(msg.tag, msg.r, self._proc(msg.ident).desc(self.node))
@@ -471,44 +705,71 @@ class GlobalServices:
         self._reply(msg.tag, msg.r)
 
     def on_process_join(self, msg):
-        if not isinstance(msg.idents, list) or not msg.idents:
+        idents = msg.idents
+        if not isinstance(idents, list) or not idents:
             raise ProcessError("join needs a non-empty list of process identifiers")
+        if len(idents) > MAX_JOIN_IDENTS:
+            raise ProcessError(f"multi_join takes at most {MAX_JOIN_IDENTS} identifiers, "
+                               f"got {len(idents)}")
         timeout = _timeout(msg.timeout, ProcessError)
-        recs = []
-        for ident in msg.idents:
-            rec = self._proc(ident)
+        recs = {}
+        unknown = []
+        for ident in idents:
+            try:
+                rec = self._proc(ident)
+            except ProcessError:
+                if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+                    raise
+                if ident not in unknown:
+                    unknown.append(ident)
+                continue
             if rec.p_uid == msg.p_uid:
                 raise ProcessError(f"process {rec.p_uid} cannot join itself")
-            if rec not in recs:
-                recs.append(rec)
+            recs[rec.p_uid] = rec
         w = _Waiter(msg.tag, msg.r, msg.p_uid, None)
-        w.p_uids = tuple(r.p_uid for r in recs)
+        w.p_uids = tuple(recs)
+        w.unknown = tuple(unknown)
         w.join_all = bool(msg.join_all)
         w.bad_exit = bool(msg.return_on_bad_exit)
-        if self._check_join(w, register=False):
+        for rec in recs.values():
+            if rec.state == EXITED:
+                w.n_exited += 1
+                w.any_bad = w.any_bad or rec.exit_code != 0
+        if self._check_join(w):
             return
         if timeout == 0:
             return self._answer_join(w, timed_out=True)
-        for rec in recs:
+        for rec in recs.values():
             rec.waiters.add(w)
+        log.debug("process %s waits for %s of processes %s", msg.p_uid,
+                  "all" if w.join_all else "any", list(w.p_uids))
         self._park(w, timeout)
 
-    def _check_join(self, w, register=True):
-        """Answer the join if it is satisfied; return True if answered."""
-        exited = [self.procs[p] for p in w.p_uids if self.procs[p].state == EXITED]
-        if w.join_all:
-            done = len(exited) == len(w.p_uids) or (
-                w.bad_exit and any(r.exit_code != 0 for r in exited))
+    def _check_join(self, w):
+        """Answer the join if it is satisfied; return True if answered.
+        A join that names no known process is answered at once."""
+        if not w.p_uids:
+            done = True
+        elif w.join_all:
+            done = w.n_exited == len(w.p_uids) or (w.bad_exit and w.any_bad)
         else:
-            done = bool(exited)
+            done = w.n_exited > 0
         if done:
             self._answer_join(w, timed_out=False)
         return done
 
     def _answer_join(self, w, timed_out):
         self._finish_waiter(w)
-        exited = [[p, self.procs[p].exit_code] for p in w.p_uids if self.procs[p].state == EXITED]
-        status = {p: [self.procs[p].state, self.procs[p].exit_code] for p in w.p_uids}
+        exited = []
+        status = {}
+        for p in w.p_uids:
+            rec = self.procs[p]
+            if rec.state == EXITED:
+                exited.append([p, rec.exit_code])
+                rec.joined = True
+            status[p] = [rec.state, rec.exit_code]
+        for ident in w.unknown:
+            status[ident] = ["unknown", None]
         self.send_reply(w.r, m.reply_ok(w.tag, [exited or None, status]))
 
     # ------------------------------------------------------------------ pools
@@ -543,10 +804,11 @@ class GlobalServices:
             raise PoolError(f"cannot create pool of {size} bytes: {exc}") from None
         rec = _Pool(m_uid, name or None, pool, pool.size)
         self._add_pool(rec)
+        log.info("pool %d %r created (%d bytes) by process %s", m_uid, rec.name, rec.size, msg.p_uid)
         self._reply(msg.tag, msg.r, self._pool_desc(rec))
 
     def on_pool_list(self, msg):
-        self._reply(msg.tag, msg.r, list(self.pools))
+        self._reply(msg.tag, msg.r, [[p.m_uid, p.name] for p in self.pools.values()])
 
     def on_pool_query(self, msg):
         self._reply(msg.tag, msg.r, self._pool_desc(self._pool(msg.ident)))
@@ -570,6 +832,7 @@ class GlobalServices:
         del self.pools[rec.m_uid]
         if rec.name and self.pool_names.get(rec.name) == rec.m_uid:
             del self.pool_names[rec.name]
+        log.info("pool %d %r destroyed", rec.m_uid, rec.name)
         rec.pool.destroy()
 
     # --------------------------------------------------------------- channels
@@ -620,6 +883,8 @@ class GlobalServices:
             raise ChannelError(f"cannot create channel {name or c_uid!r} in pool {m_uid}: {exc}") from None
         rec = _Chan(c_uid, m_uid, name or None, ch, opts)
         self.chans[c_uid] = rec
+        self.chan_sdescs.add(rec.sdesc)
+        log.info("channel %d %r created in pool %d by process %s", c_uid, rec.name, m_uid, msg.p_uid)
         prec.channels.add(c_uid)
         if name:
             self.chan_names[name] = c_uid
@@ -633,7 +898,7 @@ class GlobalServices:
         self._reply(msg.tag, msg.r, desc)
 
     def on_channel_list(self, msg):
-        self._reply(msg.tag, msg.r, list(self.chans))
+        self._reply(msg.tag, msg.r, [[c.c_uid, c.name] for c in self.chans.values()])
 
     def on_channel_query(self, msg):
         self._reply(msg.tag, msg.r, self._chan_desc(self._chan(msg.ident)))
@@ -653,6 +918,8 @@ class GlobalServices:
         w = _Waiter(msg.tag, msg.r, msg.p_uid, None)
         w.name = name
         self.chan_joiners.setdefault(name, []).append(w)
+        log.debug("process %s is waiting for channel %r%s", msg.p_uid, name,
+                  "" if timeout is None else f" (up to {timeout:g} s)")
         self._park(w, timeout)
 
     def on_channel_destroy(self, msg):
@@ -690,7 +957,10 @@ class GlobalServices:
         self._reply(msg.tag, msg.r)
 
     def _destroy_channel(self, rec):
-        del self.chans[rec.c_uid]
+        """Forget a channel, then destroy it (the registries are consistent
+        even if the destroy itself fails)."""
+        self.chans.pop(rec.c_uid, None)
+        self.chan_sdescs.discard(rec.sdesc)
         if rec.name and self.chan_names.get(rec.name) == rec.c_uid:
             del self.chan_names[rec.name]
         prec = self.pools.get(rec.m_uid)
@@ -700,6 +970,7 @@ class GlobalServices:
             proc = self.procs.get(p)
             if proc is not None:
                 proc.refs.pop(rec.c_uid, None)
+        log.info("channel %d %r destroyed", rec.c_uid, rec.name)
         rec.ch.destroy()
 
     def on_cancel(self, msg):
@@ -727,7 +998,7 @@ class GlobalServices:
         for p in [p for p in self.procs.values() if p.attached and p.state != EXITED]:
             # not ours to kill: the runtime ends under it
             self.send_shepherd(m.ShUnwatch(p.p_uid))
-            self._exited(p, m.EXIT_UNKNOWN)
+            self._exited(p, m.EXIT_UNKNOWN, dead=False)
         self.teardown = t
         live = [p for p in self.procs.values() if p.state != EXITED]
         for p in live:
@@ -735,7 +1006,22 @@ class GlobalServices:
                 self.send_shepherd(m.ShKill(p.p_uid, signal.SIGTERM))
         t.deadline = self.clock() + grace
         heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+        self._step("reporting unjoined exits", self._report_unjoined)
         self._teardown_step()
+
+    def _report_unjoined(self):
+        """Death reports at teardown: one line for each process that exited
+        with a non-zero code (not by a signal: the shepherd reports those)
+        and whose exit no join ever reported."""
+        self.warn.flush()
+        if not self.death_reports:
+            return
+        err = self.err if self.err is not None else sys.stderr
+        for p in self.procs.values():
+            if p.state == EXITED and p.exit_code and p.exit_code > 0 and not p.joined:
+                err.write(f"ember: {self._proc_label(p)} exited with code {p.exit_code} "
+                          f"and was never joined\n")
+        err.flush()
 
     def _teardown_step(self, timed_out=False):
         t = self.teardown
@@ -758,19 +1044,13 @@ class GlobalServices:
             if live and not timed_out:
                 return
             for rec in list(self.chans.values()):
-                try:
-                    self._destroy_channel(rec)
-                except Exception as exc:  # keep tearing down
-                    log.error("destroying channel %s: %s", rec.c_uid, exc)
+                self._step(f"destroying channel {rec.c_uid}", self._destroy_channel, rec)
             for w in list(itertools.chain.from_iterable(self.owned_waiters.values())):
-                self._finish_waiter(w)
+                self._step("forgetting a wait", self._finish_waiter, w)
             for rec in list(self.pools.values()):
                 if rec.default:
                     continue   # the launcher made it and destroys it
-                try:
-                    self._destroy_pool(rec)
-                except Exception as exc:
-                    log.error("destroying pool %s: %s", rec.m_uid, exc)
+                self._step(f"destroying pool {rec.m_uid}", self._destroy_pool, rec)
             t.p_uids = ("shepherd",)
             self.send_shepherd(m.ShShutdown(t.tag))
             t.deadline = self.clock() + 3.0
@@ -800,14 +1080,42 @@ class ChannelTransport:
 
     Replies are sent with ``timeout=0`` (GS never blocks on a client).
     Shepherd messages that do not fit wait in a local queue and go out as
-    the shepherd drains its channel.
+    the shepherd drains its channel.  ``reply_pool_sdesc``: when given,
+    :meth:`check_reply` accepts only channels in that pool (the
+    infrastructure pool, where clients make their reply channels).
     """
 
-    def __init__(self, sh_channel, attach_channel):
+    def __init__(self, sh_channel, attach_channel, reply_pool_sdesc=None):
         self.sh = sh_channel
         self.attach = attach_channel
+        self.reply_pool_sdesc = reply_pool_sdesc
         self.cache = {}          # reply sdesc -> attached Channel
         self.backlog = []
+
+    def check_reply(self, r):
+        """None if ``r`` can be a reply channel, else why not."""
+        if r in self.cache:
+            return None
+        try:
+            ch = self.attach(r)
+        except Exception as exc:
+            return f"cannot attach it: {type(exc).__name__}: {exc}"
+        why = None
+        try:
+            if ch.sdesc != r:
+                why = "not a channel descriptor as ember makes them"
+            elif self.reply_pool_sdesc is not None and ch.pool.sdesc != self.reply_pool_sdesc:
+                why = "it is not in the infrastructure pool"
+        except Exception as exc:
+            why = f"cannot inspect it: {type(exc).__name__}: {exc}"
+        if why is not None:
+            try:
+                ch.detach()
+            except Exception:
+                pass
+            return why
+        self.cache[r] = ch
+        return None
 
     def __call__(self, r, msg):       # send_reply
         ch = self.cache.get(r)
@@ -856,8 +1164,14 @@ class ChannelTransport:
         return True
 
 
-def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, runtime_key=None):
-    """Run GS on its input channel until teardown completes."""
+def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_channel=None,
+          launcher_key=None, death_reports=True, attach_key=None):
+    """Run GS until teardown completes.
+
+    ``gs_channel``: the public input channel (requests, and ``Poke``);
+    ``ctl_channel``: the private control channel (the shepherd's messages),
+    read whenever a ``Poke`` arrives; ``sh_channel``: the shepherd's input.
+    """
     from ..channels_c import Channel
     from ..exceptions import ChannelEmpty
 
@@ -865,11 +1179,19 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, runtim
 
     # Requests come in bursts: spin a little after each before sleeping.
     gs_channel.set_spin(CONTROL_SPIN, adaptive=False)
-    transport = ChannelTransport(sh_channel, Channel.attach)
+    transport = ChannelTransport(sh_channel, Channel.attach,
+                                 reply_pool_sdesc=gs_channel.pool.sdesc)
+    reserved = [gs_channel.sdesc, sh_channel.sdesc]
+    if ctl_channel is not None:
+        reserved.append(ctl_channel.sdesc)
     gs = GlobalServices(runtime_tag=runtime_tag, send_reply=transport,
                         send_shepherd=transport.to_shepherd, default_pool=default_pool, node=node,
-                        runtime_key=runtime_key)
+                        launcher_key=launcher_key, reserved_replies=reserved,
+                        check_reply=transport.check_reply, death_reports=death_reports,
+                        attach_key=attach_key)
+    gs.extra_pools.append(gs_channel.pool)
     recv = gs_channel.recv
+    poke = m.POKE
     while not gs.finished:
         timeout = gs.next_timeout()
         if transport.backlog and not transport.flush():
@@ -879,7 +1201,14 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, runtim
         except ChannelEmpty:
             data = None
         if data is not None:
-            gs.handle_bytes(data)
+            if data == poke:
+                while ctl_channel is not None:
+                    try:
+                        gs.handle_bytes(ctl_channel.recv(timeout=0), trusted=True)
+                    except ChannelEmpty:
+                        break
+            else:
+                gs.handle_bytes(data)
         if gs._timers:
             gs.expire()
     for ch in transport.cache.values():
@@ -890,10 +1219,15 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, runtim
     return gs
 
 
-def main_forked(gs_channel, sh_channel, runtime_tag, default_pool, runtime_key=None):
-    """Entry point when the launcher forks GS: returns the process exit code."""
+def main_forked(gs_channel, sh_channel, runtime_tag, default_pool, control=None,
+                death_reports=True, attach_key=None):
+    """Entry point when the launcher forks GS: returns the process exit code.
+    ``control``: the runtime's :class:`~ember.globalservices.control.ControlPlane`."""
     try:
-        serve(gs_channel, sh_channel, runtime_tag, default_pool, runtime_key=runtime_key)
+        serve(gs_channel, sh_channel, runtime_tag, default_pool,
+              ctl_channel=control.to_gs if control is not None else None,
+              launcher_key=control.launcher_key if control is not None else None,
+              death_reports=death_reports, attach_key=attach_key)
         return 0
     except BaseException:
         import traceback

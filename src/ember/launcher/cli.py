@@ -234,6 +234,7 @@ def _daemonize(args):
     return 0
 
 
+
 # ------------------------------------------------------------------ cleanup
 def _pid_alive(pid):
     try:
@@ -289,14 +290,16 @@ def _set_pdeathsig():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
-def _gs_main(gs_ch, sh_ch, tag, dflt, key=None):
+def _gs_main(gs_ch, sh_ch, tag, dflt, ctl=None, death_reports=True, attach_key=None):
     from ..globalservices import server
-    return server.main_forked(gs_ch, sh_ch, tag, dflt, runtime_key=key)
+    return server.main_forked(gs_ch, sh_ch, tag, dflt, control=ctl, death_reports=death_reports,
+                              attach_key=attach_key)
 
 
-def _sh_main(sh_ch, gs_ch, label):
+def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True):
     from ..shepherd import server
-    return server.main_forked(sh_ch, gs_ch, label=label)
+    return server.main_forked(sh_ch, gs_ch, label=label, death_reports=death_reports,
+                              ctl_channel=ctl.to_gs if ctl is not None else None)
 
 
 class Launcher:
@@ -349,11 +352,16 @@ class Launcher:
             return EXIT_RUNTIME_FAILED
         dflt = None
         gs_ch = sh_ch = None
+        self.ctl = None
         try:
             try:
                 dflt = Pool.create(a.default_pool_size, name="default", m_uid=1, owner_tag=self.tag)
                 gs_ch = Channel.create(inf, capacity=_CONTROL_CAPACITY, block_size=512)
-                sh_ch = Channel.create(inf, capacity=_CONTROL_CAPACITY, block_size=512)
+                # The shepherd's input and GS's control input live in a pool that
+                # managed processes never map (docs/architecture.md, "Trust model").
+                from ..globalservices.control import ControlPlane
+                self.ctl = ControlPlane.create(self.tag)
+                sh_ch = self.ctl.to_shepherd
             except (EmberError, OSError, ValueError) as exc:
                 print(f"ember: cannot set up the runtime (--inf-pool-size {a.inf_pool_size}, "
                       f"--default-pool-size {a.default_pool_size}): {exc}", file=sys.stderr)
@@ -362,7 +370,7 @@ class Launcher:
                 _env.RUNTIME_ID: self.tag,
                 _env.INF_POOL: _env.encode(inf.sdesc),
                 _env.GS_CH: _env.encode(gs_ch.sdesc),
-                _env.SH_CH: _env.encode(sh_ch.sdesc),
+                _env.KEY: self.ctl.launcher_key.hex(),   # p_uid 0's request key
                 _env.DEFAULT_POOL: _env.encode(dflt.sdesc),
                 _env.NODE: "0",
                 _env.P_UID: "0",
@@ -372,10 +380,12 @@ class Launcher:
             # GS and the shepherd import their own modules after the fork, in
             # parallel with each other and with the launcher's client import.
             from .. import messages  # noqa: F401
+            death_reports = getattr(a, "death_reports", True)
             import secrets
-            self.key = secrets.token_hex(16)
-            self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.key))
-            self._fork("shepherd", lambda: _sh_main(sh_ch, gs_ch, a.label))
+            self.key = secrets.token_hex(16)     # what an attaching process must show
+            self._fork("global services", lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl,
+                                                           death_reports, self.key))
+            self._fork("shepherd", lambda: _sh_main(sh_ch, gs_ch, a.label, self.ctl, death_reports))
             signal.signal(signal.SIGCHLD, self._on_sigchld)
             try:
                 self._publish(inf, gs_ch, dflt)
@@ -476,6 +486,7 @@ class Launcher:
                 os.close(self.head_pidfd)
             runtime.shutdown()
 
+
     def _on_sigchld(self, signum, frame):
         for pid, role in list(self.children.items()):
             try:
@@ -556,6 +567,10 @@ class Launcher:
     def _forward(self, signum):
         if self.head_pidfd is None:
             return
+        # Through the shepherd, so it knows ember sent the signal (no death
+        # report for it); straight to the head if that cannot be done.
+        if getattr(self, "ctl", None) is not None and self.ctl.kill(self.head.p_uid, signum):
+            return
         try:
             signal.pidfd_send_signal(self.head_pidfd, signum)
         except ProcessLookupError:
@@ -589,6 +604,8 @@ class Launcher:
                 ch.destroy()
         if dflt is not None:
             dflt.destroy()
+        if getattr(self, "ctl", None) is not None:
+            self.ctl.destroy()
         inf.destroy()
         self._sweep()
 

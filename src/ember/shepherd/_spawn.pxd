@@ -20,6 +20,7 @@ cdef extern from "spawn.h" nogil:
         EMBER_SPAWN_STEP_CLOSE_FDS
         EMBER_SPAWN_STEP_EXEC
         EMBER_SPAWN_STEP_PGRP
+        EMBER_SPAWN_STEP_RLIMIT
 
     ctypedef struct ember_spawn_args_t:
         const char *exe
@@ -28,6 +29,7 @@ cdef extern from "spawn.h" nogil:
         const char *cwd
         int stdio[3]
         int new_pgrp
+        long long nofile_soft
 
     ctypedef struct ember_spawn_failure_t:
         int step

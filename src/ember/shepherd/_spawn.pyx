@@ -32,6 +32,7 @@ _WHAT = {
     EMBER_SPAWN_STEP_CLOSE_FDS: "cannot close inherited fds for '{exe}'",
     EMBER_SPAWN_STEP_EXEC: "cannot execute '{exe}'",
     EMBER_SPAWN_STEP_PGRP: "cannot make a process group for '{exe}'",
+    EMBER_SPAWN_STEP_RLIMIT: "cannot set the fd limit of '{exe}'",
 }
 
 
@@ -84,7 +85,7 @@ def which(exe, path):
 
 
 def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stderr_fd=-1,
-          bint new_pgrp=False):
+          bint new_pgrp=False, long long nofile_soft=-1):
     """Start ``exe`` and return its pid (the caller must reap it).
 
     Parameters
@@ -103,6 +104,9 @@ def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stde
         fds that become the child's 0, 1, 2; -1 inherits the caller's.
     new_pgrp : bool
         Make the child the leader of a new process group (setpgid(0, 0)).
+    nofile_soft : int
+        >= 0: the child's soft RLIMIT_NOFILE (capped at the hard limit);
+        -1: inherit the caller's.
 
     Raises
     ------
@@ -151,6 +155,7 @@ def spawn(exe, argv, envp, cwd=None, int stdin_fd=-1, int stdout_fd=-1, int stde
         args.stdio[1] = stdout_fd
         args.stdio[2] = stderr_fd
         args.new_pgrp = new_pgrp
+        args.nofile_soft = nofile_soft
         with nogil:
             rc = ember_spawn(&args, &pid, &failure)
     finally:

@@ -26,6 +26,7 @@ channels.
 import os
 import select
 import signal
+import stat
 import sys
 import threading
 
@@ -33,7 +34,7 @@ from .. import _env, _log
 from .. import messages as M
 from ._spawn import set_pdeathsig, spawn
 
-__all__ = ["Shepherd", "run", "main_forked", "LABELS"]
+__all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
 
 log = _log.get("shepherd")
 
@@ -60,14 +61,50 @@ class _Stream:
 
 
 class _Child:
-    __slots__ = ("p_uid", "pid", "pidfd", "streams", "external")
+    __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external")
 
-    def __init__(self, p_uid, pid, pidfd, streams, external=False):
+    def __init__(self, p_uid, pid, pidfd, streams, name="", external=False):
         self.p_uid = p_uid
         self.pid = pid
         self.pidfd = pidfd
         self.streams = streams
-        self.external = external     # attached, not started by us: watched, never reaped
+        self.name = name
+        self.sent = set()             # signals ember sent it (no death report for those)
+        self.external = external      # attached, not started by us: watched, never reaped
+
+
+class _StartError(Exception):
+    """A spawn request that cannot start, with the text for ShSpawned.err."""
+
+
+def _signame(sig):
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def raise_nofile_limit():
+    """Raise the soft RLIMIT_NOFILE to the hard limit (the shepherd keeps
+    three fds per live child).  Returns ``(old_soft, new_soft)``."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft < hard:
+        target = hard
+        if target == resource.RLIM_INFINITY:      # the kernel caps it at nr_open
+            try:
+                with open("/proc/sys/fs/nr_open") as f:
+                    target = int(f.read())
+            except (OSError, ValueError):
+                target = soft
+        if target != soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                return soft, target
+            except (OSError, ValueError) as exc:
+                log.warning("cannot raise RLIMIT_NOFILE from %s to %s: %s", soft, target, exc)
+    return soft, soft
 
 
 class Shepherd:
@@ -87,9 +124,13 @@ class Shepherd:
     out_fd, err_fd : int
         Where children's stdout / stderr lines go (the shepherd's own 1 and
         2 by default).  Not closed by the shepherd.
+    death_reports : bool
+        Write one line to ``err_fd`` for every child killed by a signal
+        that ember did not send it (``ember: process 3 'squarer' (pid
+        4121) killed by SIGSEGV (core dumped)``).
     """
 
-    def __init__(self, send, base_env=None, label="none", out_fd=1, err_fd=2):
+    def __init__(self, send, base_env=None, label="none", out_fd=1, err_fd=2, death_reports=True):
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
         self._send_raw = send
@@ -98,6 +139,12 @@ class Shepherd:
         self._err_fd = err_fd
         base = os.environ if base_env is None else base_env
         self._base_env = {os.fsencode(k): os.fsencode(v) for k, v in base.items()}
+        # Never inherited: each child gets its own key from GS, or none.
+        self._base_env.pop(_env.KEY.encode(), None)
+        self._death_reports = death_reports
+        #: Soft RLIMIT_NOFILE given to children (-1: they inherit ours); run()
+        #: sets it to the limit the shepherd had before raising its own.
+        self.child_nofile = -1
         self._send_lock = threading.Lock()
         # Guards _children and _fds, and the life of each pidfd (ShKill on the
         # request thread vs. close after reaping on the main thread).
@@ -139,7 +186,11 @@ class Shepherd:
         if handler is None:
             log.warning("dropped an unexpected message %r", msg)
             return True
-        return handler(msg)
+        try:
+            return handler(msg)
+        except Exception as exc:     # a malformed field: drop it, keep serving
+            log.warning("dropped %r: %s: %s", msg, type(exc).__name__, exc)
+            return True
 
     def _child_env(self, p_uid, overrides):
         env = dict(self._base_env)
@@ -157,6 +208,40 @@ class Shepherd:
                     raise TypeError(f"env value of {k!r} must be a str, not {type(v).__name__}")
         env[_env.P_UID.encode()] = str(p_uid).encode()
         return [k + b"=" + v for k, v in env.items()]
+
+    @staticmethod
+    def _resolve(exe, args, run_dir):
+        """``(exe, argv)`` to spawn: a ``.py`` file runs with the runtime's
+        Python (as ``ember run`` does); else ``exe`` as given."""
+        if exe.endswith(".py"):
+            path = exe if os.path.isabs(exe) else os.path.join(run_dir or os.getcwd(), exe)
+            if not os.path.isfile(path):
+                raise _StartError(f"cannot execute '{exe}': [Errno 2] No such file or directory "
+                                  f"(a .py file runs with {sys.executable})")
+            return sys.executable, [sys.executable, exe] + args
+        return exe, [exe] + args
+
+    @staticmethod
+    def _explain(exc, exe, run_dir):
+        """The start-failure text for ``exc`` from spawn()."""
+        text = f"{exc.strerror}: [Errno {exc.errno}] {os.strerror(exc.errno)}"
+        if not exc.strerror.startswith("cannot execute"):
+            return text
+        if "/" in exe:
+            path = exe if os.path.isabs(exe) else os.path.join(run_dir or os.getcwd(), exe)
+        else:
+            path = os.path.join(run_dir or os.getcwd(), exe)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return text
+        if "/" not in exe:
+            return (f"{text}; '{exe}' exists in run_dir but a name without a slash is looked "
+                    f"up in PATH: use './{exe}'")
+        if exc.errno == 13 and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o111:
+            return (f"{text}: it exists but is not executable "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o})")
+        return text
 
     def _on_spawn(self, msg):
         p_uid = msg.p_uid
@@ -198,13 +283,16 @@ class Shepherd:
             os.close(out_w)
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
-            pid = spawn(exe, [exe] + args, envp, run_dir, self._devnull, out_w, err_w,
-                        new_pgrp=True)
-        except (OSError, ValueError, TypeError) as exc:
+            path, argv = self._resolve(exe, args, run_dir)
+            pid = spawn(path, argv, envp, run_dir, self._devnull, out_w, err_w,
+                        new_pgrp=True, nofile_soft=self.child_nofile)
+        except (OSError, ValueError, TypeError, _StartError) as exc:
             os.close(out_r)
             os.close(err_r)
+            if isinstance(exc, _StartError):
+                return str(exc)
             if isinstance(exc, OSError):
-                return f"{exc.strerror}: [Errno {exc.errno}] {os.strerror(exc.errno)}"
+                return self._explain(exc, exe, run_dir)
             return f"bad spawn request for p_uid {p_uid}: {exc}"
         finally:
             os.close(out_w)
@@ -226,7 +314,8 @@ class Shepherd:
         else:
             prefix = b""
         streams = [_Stream(out_r, self._out_fd, prefix), _Stream(err_r, self._err_fd, prefix)]
-        child = _Child(p_uid, pid, pidfd, streams)
+        child = _Child(p_uid, pid, pidfd, streams,
+                       msg.user_name if isinstance(msg.user_name, str) else "")
         with self._lock:
             self._children[p_uid] = child
             self._pgids.add(pid)
@@ -237,19 +326,24 @@ class Shepherd:
         for s in streams:
             self._ep.register(s.fd, select.EPOLLIN)
         self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
+        log.info("started p_uid %d (pid %d): %s", p_uid, pid, exe)
         # Only now may the loop see the exit: ShSpawned precedes ShExited.
         self._ep.register(pidfd, select.EPOLLIN)
         return None
 
     def _on_kill(self, msg):
-        sig = msg.sig
-        if not isinstance(sig, int) or isinstance(sig, bool):
+        sig, p_uid = msg.sig, msg.p_uid
+        if not isinstance(sig, int) or isinstance(sig, bool) or not 0 <= sig < signal.NSIG:
             log.warning("dropped ShKill with bad signal %r", sig)
             return True
+        if not isinstance(p_uid, int) or isinstance(p_uid, bool):
+            log.warning("dropped ShKill with bad p_uid %r", p_uid)
+            return True
         with self._lock:
-            child = self._children.get(msg.p_uid)
+            child = self._children.get(p_uid)
             if child is None:
                 return True               # already exited (or never ran)
+            child.sent.add(sig)
             try:
                 signal.pidfd_send_signal(child.pidfd, sig)
             except ProcessLookupError:
@@ -391,6 +485,9 @@ class Shepherd:
     def _kill_all(self):
         with self._lock:
             for child in self._children.values():
+                if child.external:
+                    continue              # attached: not ours to kill
+                child.sent.add(signal.SIGKILL)
                 # The child leads its own process group (it is alive, so its
                 # pgid cannot have been reused): take what it started too.
                 try:
@@ -430,7 +527,23 @@ class Shepherd:
         for s in child.streams:
             if s.fd >= 0:
                 self._drain(s, final=True)
+        log.info("p_uid %d (pid %d) exited with code %d", child.p_uid, child.pid, code)
+        if (self._death_reports and status is not None and os.WIFSIGNALED(status)
+                and os.WTERMSIG(status) not in child.sent):
+            name = f" {child.name!r}" if child.name else ""
+            core = " (core dumped)" if os.WCOREDUMP(status) else ""
+            self._report(f"ember: process {child.p_uid}{name} (pid {child.pid}) killed by "
+                         f"{_signame(os.WTERMSIG(status))}{core}\n".encode(errors="replace"))
         self._send(M.ShExited(child.p_uid, code))
+
+    def _report(self, line):
+        """Write one line of the shepherd's own to the error fd, on a line
+        of its own (ends another stream's unfinished line first)."""
+        fd = self._err_fd
+        if self._open_line.get(fd) is not None:
+            self._write(fd, b"\n")
+        self._write(fd, line)
+        self._open_line[fd] = None
 
     def _read(self, s):
         try:
@@ -549,6 +662,10 @@ class Shepherd:
             children = list(self._children.values())
             self._children.clear()
         for child in children:
+            if child.external:            # attached: not ours to kill or reap
+                if child.pidfd >= 0:
+                    os.close(child.pidfd)
+                continue
             try:
                 signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
             except ProcessLookupError:
@@ -575,7 +692,8 @@ class Shepherd:
         self.close()
 
 
-def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
+def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ctl_channel=None,
+        death_reports=True):
     """Run a shepherd until GS sends ``ShShutdown``; must be called on the
     main thread of a process dedicated to it (the launcher forks one and
     calls this; then ``os._exit``).
@@ -586,11 +704,18 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
         The shepherd's input channel (``recv() -> bytes``); read by a
         dedicated request thread, which also does all the spawning.
     gs_channel
-        GS's input channel (``send(bytes)``).
+        GS's public input channel (``send(bytes)``).
+    ctl_channel
+        GS's private control channel (``send(bytes)``).  When given, every
+        message to GS goes there, followed by :data:`ember.messages.POKE`
+        on ``gs_channel`` (GS accepts the shepherd's messages only from the
+        control channel); when None, messages go to ``gs_channel`` itself.
     base_env : mapping or None
         The runtime's environment for children (``os.environ`` if None).
     label : {"none", "puid", "name"}
         Output line prefix, see :class:`Shepherd`.
+    death_reports : bool
+        See :class:`Shepherd`.
     parent_pid : int or None
         The launcher's pid.  The shepherd sets PR_SET_PDEATHSIG(SIGKILL) so
         it dies with the thread that forked it (the launcher must fork from
@@ -601,14 +726,29 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
     If the input channel fails, every child is killed and run() returns
     without sending ``ShShutdownDone``.  SIGINT is ignored (the launcher
     forwards Ctrl-C to the head process); children get default dispositions.
+    The soft RLIMIT_NOFILE is raised to the hard limit first
+    (:func:`raise_nofile_limit`).
     """
     set_pdeathsig(signal.SIGKILL)
     if parent_pid is not None and os.getppid() != parent_pid:
         raise RuntimeError(f"the launcher (pid {parent_pid}) exited before the shepherd started")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_soft, _ = raise_nofile_limit()
 
-    shepherd = Shepherd(gs_channel.send, base_env=base_env, label=label)
+    if ctl_channel is None:
+        send = gs_channel.send
+    else:
+        poke = M.POKE
+
+        def send(data):          # called under the shepherd's send lock
+            ctl_channel.send(data)
+            gs_channel.send(poke)
+
+    shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
+    import resource
+    if old_soft != resource.RLIM_INFINITY:
+        shepherd.child_nofile = old_soft       # children get the limit we started with
 
     def request_loop():
         try:
@@ -632,11 +772,12 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None):
         shepherd.close()
 
 
-def main_forked(in_channel, gs_channel, label="none"):
+def main_forked(in_channel, gs_channel, label="none", ctl_channel=None, death_reports=True):
     """Entry point when the launcher forks the shepherd: run it, return the
     process exit code (0 after a clean ShShutdown)."""
     try:
-        run(in_channel, gs_channel, label=label)
+        run(in_channel, gs_channel, label=label, ctl_channel=ctl_channel,
+            death_reports=death_reports)
         return 0
     except BaseException:
         import traceback

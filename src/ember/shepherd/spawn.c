@@ -134,6 +134,22 @@ static int _ember_spawn_child(void *arg)
             (void)close(fd);
     }
 
+    /* 5b. The soft fd limit the caller asks for (a raw prlimit64 syscall
+     * through glibc's wrappers, no lock taken). */
+    if (a->nofile_soft >= 0) {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+            _ember_child_fail(ctx, EMBER_SPAWN_STEP_RLIMIT);
+        rlim_t want = (rlim_t)a->nofile_soft;
+        if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max)
+            want = rl.rlim_max;
+        if (want != rl.rlim_cur) {
+            rl.rlim_cur = want;
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+                _ember_child_fail(ctx, EMBER_SPAWN_STEP_RLIMIT);
+        }
+    }
+
     /* 6. Empty signal mask (it survives exec), then exec. */
     sigemptyset(&none);
     if (sigprocmask(SIG_SETMASK, &none, NULL) != 0)
@@ -217,6 +233,7 @@ const char *ember_spawn_step_str(int step)
     static const char *const names[EMBER_SPAWN_STEP_MAX_] = {
         "none", "clone", "prctl(PR_SET_PDEATHSIG)", "parent check",
         "signal reset", "chdir", "stdio dup2", "close_range", "execve", "setpgid",
+        "setrlimit(RLIMIT_NOFILE)",
     };
     if (step < 0 || step >= EMBER_SPAWN_STEP_MAX_)
         return "unknown";

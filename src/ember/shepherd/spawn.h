@@ -14,6 +14,9 @@
  *   3. chdir(cwd) if cwd is not NULL;
  *   4. dup2()s the three stdio fds into place (-1 leaves that fd inherited);
  *   5. closes every other fd (close_range(3, ~0U));
+ *   5b. with nofile_soft >= 0, sets its soft RLIMIT_NOFILE to that (capped
+ *      at the hard limit): the shepherd raises its own soft limit and gives
+ *      children back the one it started with;
  *   6. sets an empty signal mask and calls execve().
  *
  * A failing step is reported to the parent through memory shared with the
@@ -43,7 +46,8 @@ typedef enum {
     EMBER_SPAWN_STEP_CLOSE_FDS = 7,   /* closing the other fds              */
     EMBER_SPAWN_STEP_EXEC = 8,        /* execve(exe)                        */
     EMBER_SPAWN_STEP_PGRP = 9,        /* setpgid(0, 0)                      */
-    EMBER_SPAWN_STEP_MAX_ = 10
+    EMBER_SPAWN_STEP_RLIMIT = 10,     /* setrlimit(RLIMIT_NOFILE)           */
+    EMBER_SPAWN_STEP_MAX_ = 11
 } ember_spawn_step_t;
 
 typedef struct {
@@ -53,6 +57,7 @@ typedef struct {
     const char *cwd;          /* NULL: stay in the parent's directory */
     int stdio[3];             /* fd for the child's 0/1/2, or -1 to inherit */
     int new_pgrp;             /* non-zero: setpgid(0, 0) in the child */
+    long long nofile_soft;    /* >= 0: the child's soft RLIMIT_NOFILE; < 0: inherit */
 } ember_spawn_args_t;
 
 typedef struct {

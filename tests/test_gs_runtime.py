@@ -1,0 +1,188 @@
+"""Global services and the shepherd as a user meets them under a real
+``ember run``: death reports, lifecycle logging, multi_join of unknown
+names, option errors, listing with names, ``.py`` workers."""
+import os
+import sys
+
+import pytest
+
+from test_runtime import ember, ok, run_prog, write
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_death_reports_for_signals_and_unjoined_exits(tmp_path):
+    res = run_prog(tmp_path, r'''
+import sys, time
+from ember.globalservices import process
+segv = ("import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
+        "os.kill(os.getpid(), signal.SIGSEGV)")
+a = process.create(sys.executable, ".", ["-c", segv], user_name="squarer")
+b = process.create(sys.executable, ".", ["-c", "import sys; sys.exit(5)"], user_name="quiet")
+c = process.create(sys.executable, ".", ["-c", "import sys; sys.exit(6)"], user_name="joined")
+t = process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"], user_name="term")
+assert process.join("joined") == 6
+assert process.join("squarer") == -11
+process.kill("term", 15)
+assert process.join("term") == -15
+while process.query("quiet").is_alive:     # exits on its own; nobody joins it
+    time.sleep(0.01)
+print(a.os_pid, b.os_pid, flush=True)
+''')
+    out = ok(res)
+    pa, pb = out.split()
+    assert res.stderr.decode().splitlines() == [
+        f"ember: process 2 'squarer' (pid {pa}) killed by SIGSEGV",
+        f"ember: process 3 'quiet' (pid {pb}) exited with code 5 and was never joined"]
+
+
+def test_lifecycle_is_logged_at_info_and_waits_at_debug(tmp_path):
+    prog = write(tmp_path, r'''
+import sys
+from ember.globalservices import channel, process, pool
+p = pool.create(1 << 20, "mypool")
+c = channel.create(None, "made")
+w = process.create(sys.executable, ".", ["-c", "pass"], user_name="w")
+process.join("w")
+try:
+    channel.join("typo", timeout=0.2)
+except TimeoutError:
+    pass
+channel.destroy("made")
+pool.destroy("mypool")
+''')
+    res = ember("run", prog, cwd=tmp_path, env={**os.environ, "EMBER_LOG": "debug"})
+    ok(res)
+    err = res.stderr.decode()
+    for line in ("ember gs: INFO: pool 2 'mypool' created (1048576 bytes) by process 1",
+                 "ember gs: INFO: channel 1 'made' created in pool 1 by process 1",
+                 "ember gs: INFO: process 2 'w' (pid ",
+                 "ember gs: DEBUG: process 1 waits for any of processes [2]",
+                 "ember gs: DEBUG: process 1 is waiting for channel 'typo' (up to 0.2 s)",
+                 "ember gs: INFO: channel 1 'made' destroyed",
+                 "ember gs: INFO: pool 2 'mypool' destroyed",
+                 "ember shepherd: INFO: started p_uid 2 (pid "):
+        assert line in err, (line, err)
+    assert "exited with code 0" in err
+    res = ember("run", prog, cwd=tmp_path, env={**os.environ, "EMBER_LOG": "info"})
+    assert "DEBUG" not in res.stderr.decode() and "INFO: pool 2" in res.stderr.decode()
+
+
+def test_multi_join_with_a_name_never_created(tmp_path):
+    out = ok(run_prog(tmp_path, r'''
+import sys
+from ember.globalservices import process
+from ember.exceptions import ProcessError
+a = process.create(sys.executable, ".", ["-c", "import sys; sys.exit(2)"], user_name="real")
+exited, status = process.multi_join(["real", "ghost"], join_all=True)
+print(exited, status)
+try:
+    process.join("ghost")
+except ProcessError as exc:
+    print("join:", exc)
+'''))
+    assert out.splitlines() == [
+        "[(2, 2)] {2: ProcessStatus(state='exited', exit_code=2), "
+        "'ghost': ProcessStatus(state='unknown', exit_code=None)}",
+        "join: no process named 'ghost'"]
+
+
+def test_option_errors_are_the_kinds_errors(tmp_path):
+    out = ok(run_prog(tmp_path, r'''
+from ember.globalservices import channel, pool, process
+from ember.descriptors import ChannelOptions
+from ember.exceptions import ChannelError, PoolError, ProcessError
+for f, exc in ((lambda: channel.create(None, "x", {"capcity": 4}), ChannelError),
+               (lambda: ChannelOptions(capcity=4), ChannelError),
+               (lambda: pool.create(1 << 20, "p", {"size": 1}), PoolError),
+               (lambda: process.create("/bin/true", ".", [], options={"node": 2}), ProcessError)):
+    try:
+        f()
+    except exc as e:
+        print(type(e).__name__, e)
+'''))
+    assert out.splitlines() == [
+        "ChannelError unknown ChannelOptions option(s) 'capcity'; valid: capacity, block_size, "
+        "ref_count"] * 2 + [
+        "PoolError unknown PoolOptions option(s) 'size'; it takes none",
+        "ProcessError unknown ProcessOptions option(s) 'node'; it takes none"]
+
+
+def test_lists_with_names_and_exited_processes(tmp_path):
+    out = ok(run_prog(tmp_path, r'''
+import os, sys
+from ember.globalservices import channel, pool, process
+me = int(os.environ["EMBER_P_UID"])
+c = channel.create(None, "named")
+d = channel.create(None)
+print(channel.get_list(), channel.get_list(names=True))
+print(pool.get_list(), pool.get_list(names=True))
+w = process.create(sys.executable, ".", ["-c", "pass"], user_name="gone")
+process.join(w.p_uid)
+print(process.get_list(), process.get_list(alive_only=True), process.query("gone").retval)
+'''))
+    assert out.splitlines() == [
+        "[1, 2] [(1, 'named'), (2, None)]",
+        "[1] [(1, 'default')]",
+        "[(1, None), (2, 'gone')] [(1, None)] 0"]
+
+
+def test_create_a_py_worker_by_file_name(tmp_path):
+    write(tmp_path, "import sys; print('worker', sys.argv[1:], sys.executable == %r)\n"
+          % sys.executable, name="worker.py")
+    (tmp_path / "data.txt").write_text("x")
+    out = ok(run_prog(tmp_path, r'''
+from ember.globalservices import process
+from ember.exceptions import ProcessError
+print(process.join(process.create("worker.py", ".", ["a"]).p_uid))
+try:
+    process.create("./data.txt", ".", [])
+except ProcessError as exc:
+    print(exc)
+'''))
+    assert out.splitlines() == [
+        "worker ['a'] True", "0",
+        "cannot start process: cannot execute './data.txt': [Errno 13] Permission denied: it "
+        "exists but is not executable (mode 0644)"]
+
+
+def test_dead_process_pool_blocks_are_reclaimed(tmp_path):
+    from ember.pools_c import Pool
+    if not hasattr(Pool, "reclaim"):
+        pytest.skip("Pool.reclaim (the pools layer's sweep primitive) is not on this branch")
+    out = ok(run_prog(tmp_path, r'''
+import os, sys
+from ember import _env
+from ember.pools_c import Pool
+from ember.globalservices import process
+pool = Pool.attach(_env.decode(os.environ["EMBER_DEFAULT_POOL"]))
+before = pool.stats()
+hog = ("import os, signal; from ember import _env; from ember.pools_c import Pool; "
+       "p = Pool.attach(_env.decode(os.environ['EMBER_DEFAULT_POOL'])); "
+       "keep = [p.alloc(4096) for _ in range(50)]; os.kill(os.getpid(), signal.SIGKILL)")
+for _ in range(4):
+    assert process.join(process.create(sys.executable, ".", ["-c", hog]).p_uid) == -9
+process.get_list()     # GS handled the exits (and swept) before answering this
+after = pool.stats()
+print(after.free == before.free, after.live_allocs == before.live_allocs)
+pool.detach()
+'''))
+    assert out == "True True\n"
+
+
+def test_a_forwarded_ctrl_c_is_not_reported_as_a_death(tmp_path):
+    import signal
+    import subprocess
+
+    prog = write(tmp_path, r"""
+import signal, time
+print("ready", flush=True)
+time.sleep(60)
+""")
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert b"killed by" not in err, err
