@@ -79,7 +79,7 @@ def run(call_sdesc, result_sdesc):
             return 1
         del rec
         try:
-            result = target(*args, **kwargs)
+            result = None if target is None else target(*args, **kwargs)
         except SystemExit as exc:
             code = exc.code
             if code is None:

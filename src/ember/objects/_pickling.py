@@ -37,10 +37,42 @@ _HDR = struct.Struct("<4sBI")
 OOB_MIN = 64 * 1024
 
 
+_pickler_cls = None
+
+
+def _pickler():
+    """cloudpickle's Pickler, except that code objects keep their real
+    ``co_filename`` (cloudpickle writes ``<dynamic-code>``), so tracebacks
+    from the other process show the source lines of ``__main__`` code."""
+    global _pickler_cls
+    if _pickler_cls is None:
+        import collections
+        import types
+
+        import cloudpickle
+
+        base = cloudpickle.Pickler
+        code_reduce = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+        if code_reduce is None or not hasattr(base, "dispatch_table"):
+            _pickler_cls = base
+        else:
+            def reduce_code(obj):
+                fn, args = code_reduce(obj)
+                return fn, tuple(obj.co_filename if type(a) is str and a == "<dynamic-code>" else a
+                                 for a in args)
+
+            class _Pickler(base):
+                dispatch_table = collections.ChainMap({types.CodeType: reduce_code},
+                                                      base.dispatch_table)
+
+            _pickler_cls = _Pickler
+    return _pickler_cls
+
+
 def dumps(obj):
     """Pickle ``obj`` (protocol 5, cloudpickle) -> ``(data, buffers)``:
     ``buffers`` are the raw memoryviews of the out-of-band buffers."""
-    import cloudpickle
+    import io
 
     bufs = []
 
@@ -54,8 +86,9 @@ def dumps(obj):
         bufs.append(raw)
         return False
 
-    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=callback)
-    return data, bufs
+    f = io.BytesIO()
+    _pickler()(f, protocol=5, buffer_callback=callback).dump(obj)
+    return f.getvalue(), bufs
 
 
 def loads(data, bufs):

@@ -470,6 +470,7 @@ class Process:
         with _live_lock:
             _live.discard(self)
         self._reader = None
+        self._outcome = None
         self._closed = True
 
 

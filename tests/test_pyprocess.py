@@ -1,0 +1,335 @@
+"""ember.Process end to end: real programs under a real `ember run`."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+PRELUDE = """
+import os, sys, signal, ctypes, threading
+import ember
+from ember.objects.process import _default_pool
+
+def leak_state():
+    return len(os.listdir("/proc/self/fd")), _default_pool().stats().live_allocs
+"""
+
+
+def ember(*args, cwd=None, timeout=100):
+    return subprocess.run([sys.executable, "-m", "ember", *args], cwd=cwd, capture_output=True,
+                          timeout=timeout)
+
+
+def run_prog(tmp_path, body, *args, start_method="spawn", timeout=100):
+    prog = tmp_path / "prog.py"
+    prog.write_text(PRELUDE + f"ember.Process.start_method = {start_method!r}\n"
+                    + textwrap.dedent(body))
+    return ember("run", str(prog), *args, cwd=tmp_path, timeout=timeout)
+
+
+def ok(res):
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
+    return out
+
+
+METHODS = ["spawn"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_functions_of_any_kind(tmp_path, method):
+    (tmp_path / "helpers.py").write_text("def mul(a, b):\n    return a * b\n")
+    out = ok(run_prog(tmp_path, """
+        import helpers, multiprocessing.connection
+        from ember.globalservices import process as gproc
+
+        class Point:
+            def __init__(self, x, y): self.x, self.y = x, y
+            def norm2(self): return self.x ** 2 + self.y ** 2
+
+        def make_adder(n):
+            def add(x): return x + n
+            return add
+
+        def run(target, *args, **kw):
+            p = ember.Process(target=target, args=args, kwargs=kw)
+            p.start()
+            r = p.result()
+            p.join()
+            assert p.exitcode == 0 and not p.is_alive(), p.exitcode
+            p.close()
+            return r
+
+        before = leak_state()
+        print("module", run(helpers.mul, 6, 7))
+        print("lambda", run(lambda x: x + 1, 41))
+        print("closure", run(make_adder(40), 2))
+        print("main class", run(lambda: Point(3, 4)).norm2(), isinstance(run(Point, 1, 2), Point))
+        print("method", run(Point(1, 2).norm2))
+        print("kwargs", run(lambda a, b=0: a - b, 50, b=8))
+        print("none", run(None))
+        print("big args", run(len, b"x" * (1 << 20)), run(lambda b: bytes(b[:3]), bytearray(b"abcdef" * 50000)))
+
+        # env, cwd, name (a GS name), pid, p_uid, sentinel
+        os.mkdir("sub")
+        p = ember.Process(target=lambda: (os.environ["FOO"], os.getcwd(), os.getpid(),
+                                          int(os.environ["EMBER_P_UID"])),
+                          env={"FOO": "bar"}, cwd="sub", name="worker-one")
+        assert p.pid is None and p.p_uid is None and p.exitcode is None
+        p.start()
+        assert p.name == "worker-one"
+        assert gproc.query("worker-one").p_uid == p.p_uid
+        ready = multiprocessing.connection.wait([p.sentinel], timeout=60)
+        assert ready == [p.sentinel], ready
+        foo, cwd, pid, p_uid = p.result()
+        print("env", foo, os.path.basename(cwd), pid == p.pid, p_uid == p.p_uid)
+        p.join()
+        print("desc", gproc.query(p.p_uid).retval, gproc.query(p.p_uid).user_name)
+        p.close()
+        import gc; gc.collect()
+        print("leaks", leak_state() == before, leak_state(), before)
+    """, start_method=method))
+    assert out.splitlines() == [
+        "module 42", "lambda 42", "closure 42", "main class 25 True", "method 5", "kwargs 42",
+        "none None", "big args 1048576 b'abc'", "env bar sub True True", "desc 0 worker-one",
+        ] + [ln for ln in out.splitlines() if ln.startswith("leaks")]
+    assert out.splitlines()[-1].startswith("leaks True"), out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_exceptions(tmp_path, method):
+    out = ok(run_prog(tmp_path, """
+        class MyError(Exception):
+            def __init__(self, msg, code):
+                super().__init__(msg, code)
+                self.code = code
+
+        class Unpicklable(Exception):
+            def __init__(self, msg):
+                super().__init__(msg)
+                self.lock = threading.Lock()
+
+        class WontUnpickle(Exception):
+            def __init__(self, a, b):          # pickles as args=(a,): cannot come back
+                super().__init__(a)
+
+        def fail():
+            raise MyError("bad thing", 42)
+
+        def run(target):
+            p = ember.Process(target=target)
+            p.start()
+            p.join()
+            return p
+
+        p = run(fail)
+        try:
+            p.result()
+        except MyError as e:
+            print("custom", type(e) is MyError, e.args, e.code, p.exitcode)
+            tb = str(e.__cause__)
+            print("cause", type(e.__cause__).__name__, tb.startswith("Traceback (most recent call last):"),
+                  'raise MyError("bad thing", 42)' in tb, tb.rstrip().splitlines()[-1])
+        assert p.exception is not None and type(p.exception) is MyError
+
+        for target in (lambda: (_ for _ in ()).throw(Unpicklable("locked")),
+                       lambda: (_ for _ in ()).throw(WontUnpickle("x", "y"))):
+            p = run(target)
+            try:
+                p.result()
+            except ember.RemoteError as e:
+                print("remote", e.type_name, "|", e.message, "|", str(e), "|",
+                      "Traceback (most recent call last):" in e.traceback,
+                      isinstance(e.__cause__, ember.RemoteTraceback))
+
+        p = run(lambda: threading.Lock())
+        try:
+            p.result()
+        except ember.RemoteError as e:
+            print("result", str(e))
+
+        p = run(lambda: sys.exit(3))
+        try:
+            p.result()
+        except ember.ProcessDied as e:
+            print("exit", p.exitcode, e.exitcode, e.signal, str(e) == (
+                f"process {p.name!r} (p_uid {p.p_uid}, pid {p.pid}) exited with code 3 "
+                f"before returning a result"))
+
+        p = run(lambda: os.kill(os.getpid(), signal.SIGKILL))
+        e = p.exception
+        print("kill", p.exitcode, type(e).__name__, e.signal, str(e) == (
+            f"process {p.name!r} (p_uid {p.p_uid}, pid {p.pid}) was killed by SIGKILL "
+            f"before returning a result"), isinstance(e, ChildProcessError))
+
+        p = run(lambda: ctypes.string_at(0))
+        print("segv", p.exitcode, type(p.exception).__name__, "SIGSEGV" in str(p.exception))
+
+        p = run(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+        print("kbint", type(p.exception).__name__, p.exitcode)
+    """, start_method=method))
+    assert out.splitlines() == [
+        "custom True ('bad thing', 42) 42 1",
+        "cause RemoteTraceback True True MyError: ('bad thing', 42)",
+        "remote __main__.Unpicklable | locked | __main__.Unpicklable: locked | True True",
+        "remote __main__.WontUnpickle | x | __main__.WontUnpickle: x | True True",
+        "result TypeError: cannot pickle the result of <lambda>() (a lock): "
+        "cannot pickle '_thread.lock' object",
+        "exit 3 3 None True",
+        "kill -9 ProcessDied 9 True True",
+        "segv -11 ProcessDied True",
+        "kbint KeyboardInterrupt 1",
+    ]
+
+
+def test_killed_while_sending_result(tmp_path):
+    """The result has more parts than the result channel holds, so the
+    child blocks in the middle of sending it until the parent reads; the
+    parent kills it there."""
+    pytest.importorskip("numpy")
+    out = ok(run_prog(tmp_path, """
+        import time
+        import numpy as np
+        before = leak_state()
+        p = ember.Process(target=lambda: [np.full(100_000, i) for i in range(20)])
+        p.start()
+        while len(p._res.result) < 8:      # the channel is full: the child waits in send
+            time.sleep(0.01)
+        p.kill()
+        try:
+            p.result()
+        except ember.ProcessDied as e:
+            print("died", e.signal, p.exitcode)
+        p.close()
+        print("leaks", leak_state() == before)
+    """))
+    assert out.splitlines() == ["died 9 -9", "leaks True"]
+
+
+def test_nested_and_many(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        def inner(x):
+            return x * 2
+
+        def outer(n):
+            ps = [ember.Process(target=inner, args=(i,)) for i in range(n)]
+            for p in ps:
+                p.start()
+            return sum(p.result() for p in ps)
+
+        p = ember.Process(target=outer, args=(3,))
+        p.start()
+        print("nested", p.result())
+        p.join(); p.close()
+
+        before = leak_state()
+        N = int(sys.argv[1])
+        ps = [ember.Process(target=inner, args=(i,)) for i in range(N)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+        print("many", sum(p.result() for p in ps) == N * (N - 1), len({p.p_uid for p in ps}),
+              {p.exitcode for p in ps})
+        del ps, p
+        import gc; gc.collect()
+        print("leaks", leak_state() == before)
+    """, os.environ.get("EMBER_TEST_MANY", "200"), timeout=300))
+    n = int(os.environ.get("EMBER_TEST_MANY", "200"))
+    assert out.splitlines() == ["nested 6", f"many True {n} {{0}}", "leaks True"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_thousand_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_TEST_MANY", "1000")
+    test_nested_and_many(tmp_path)
+
+
+def test_big_numpy_result(tmp_path):
+    pytest.importorskip("numpy")
+    out = ok(run_prog(tmp_path, """
+        import numpy as np
+        before = leak_state()
+        p = ember.Process(target=lambda n: np.arange(n, dtype=np.float64), args=(25_000_000,))
+        p.start()
+        a = p.result()
+        p.join(); p.close()
+        print("big", a.nbytes, a.dtype, a[0], a[-1], a.flags.writeable)
+        # zero-copy: the array's memory is in the pool (the block is live until `a` goes)
+        print("in pool", _default_pool().stats().live_allocs == before[1] + 1)
+        del a
+        print("leaks", leak_state() == before)
+    """))
+    assert out.splitlines() == ["big 200000000 float64 0.0 24999999.0 True", "in pool True",
+                                "leaks True"]
+
+
+def test_interactive_python_c(tmp_path):
+    code = textwrap.dedent("""
+        import ember
+        square = lambda x: x * x
+        p = ember.Process(target=square, args=(12,), start_method="spawn")
+        p.start()
+        print(p.result())
+        p.join()
+    """)
+    res = ember("run", sys.executable, "-c", code, cwd=tmp_path)
+    assert ok(res) == "144\n"
+
+
+def test_lifecycle_and_bad_input(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        import time
+        def check(fn, exc, text):
+            try:
+                fn()
+            except exc as e:
+                assert str(e) == text, (str(e), text)
+                print("ok", type(e).__name__)
+            else:
+                print("no error:", text)
+
+        check(lambda: ember.Process(target=3), TypeError, "target must be callable, not int")
+        check(lambda: ember.Process(target=len, args="ab"), TypeError, "args must be a tuple, not str")
+        check(lambda: ember.Process(target=len, start_method="fork"), ValueError,
+              "start_method must be one of ('template', 'spawn'), got 'fork'")
+        p = ember.Process(target=time.sleep, args=(60,))
+        check(lambda: p.join(), ember.ProcessError, "can only join a started process")
+        check(lambda: p.sentinel, ValueError, "process not started")
+        p.start()
+        check(p.start, ember.ProcessError, "cannot start a process twice")
+        p.join(timeout=0.05)
+        print("timeout", p.exitcode, p.is_alive())
+        check(lambda: p.result(timeout=0.01), TimeoutError,
+              f"process {p.name!r} (p_uid {p.p_uid}) did not end within 0.01 s")
+        check(p.close, ValueError,
+              "Cannot close a process while it is still running. You should first call join() or terminate().")
+        p.terminate()
+        p.join()
+        print("terminated", p.exitcode, p.is_alive(), type(p.exception).__name__)
+        p.terminate(); p.kill()            # no error once it has exited
+        p.close()
+        check(p.is_alive, ValueError, "process object is closed")
+
+        q = ember.Process(target=lambda: 5, name="dup")
+        q.start()
+        r = ember.Process(target=lambda: 5, name="dup")
+        try:
+            r.start()
+        except ember.ProcessError as e:
+            print("dup", str(e).startswith("a live process is already named 'dup'"))
+        q.join()
+        # daemon processes are killed at exit, others joined
+        d = ember.Process(target=time.sleep, args=(60,), daemon=True)
+        d.start()
+        print("daemon", d.daemon)
+    """))
+    assert out.splitlines() == ["ok TypeError"] * 2 + ["ok ValueError", "ok ProcessError", "ok ValueError",
+                                                       "ok ProcessError", "timeout None True",
+                                                       "ok TimeoutError", "ok ValueError",
+                                                       "terminated -15 False ProcessDied",
+                                                       "ok ValueError", "dup True", "daemon True"]
