@@ -23,20 +23,23 @@ def ember(*args, cwd=None, timeout=100):
                           timeout=timeout)
 
 
-def run_prog(tmp_path, body, *args, start_method="spawn", timeout=100):
+def run_prog(tmp_path, body, *args, start_method="template", timeout=100, extra=()):
     prog = tmp_path / "prog.py"
     prog.write_text(PRELUDE + f"ember.Process.start_method = {start_method!r}\n"
                     + textwrap.dedent(body))
-    return ember("run", str(prog), *args, cwd=tmp_path, timeout=timeout)
+    return ember("run", *extra, str(prog), *args, cwd=tmp_path, timeout=timeout)
 
 
 def ok(res):
     out = res.stdout.decode()
+    if res.returncode != 0:
+        with open("/tmp/pp/fail.txt", "a") as f:
+            f.write(f"=== {res.returncode}\n{out}\n{res.stderr.decode()}\n")
     assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
     return out
 
 
-METHODS = ["spawn"]
+METHODS = ["template", "spawn"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -333,3 +336,62 @@ def test_lifecycle_and_bad_input(tmp_path):
                                                        "ok TimeoutError", "ok ValueError",
                                                        "terminated -15 False ProcessDied",
                                                        "ok ValueError", "dup True", "daemon True"]
+
+
+def test_template_children_are_managed(tmp_path):
+    """A template-forked child is an ordinary managed process: a GS p_uid,
+    the shepherd's child (not the template's), output forwarded with its
+    label, killed at teardown when the head exits without joining it."""
+    res = run_prog(tmp_path, """
+        import time
+        from ember.globalservices import process as gproc
+
+        def child():
+            print("hello from", os.environ["EMBER_P_UID"], flush=True)
+            return os.getppid()
+
+        p = ember.Process(target=child)
+        p.start()
+        ppid = p.result()
+        p.join()
+        with open(f"/proc/{ppid}/cmdline", "rb") as f:
+            print("parent is", f.read().split(b"\\0")[:3])
+        d = gproc.query(p.p_uid)
+        print("gs", d.p_uid == p.p_uid, d.retval, d.os_pid == p.pid)
+        forever = ember.Process(target=time.sleep, args=(600,), daemon=False)
+        forever.start()
+        with open("pid", "w") as f:
+            f.write(str(forever.pid))
+        os._exit(0)        # no join: teardown must kill it
+    """, extra=("--label", "puid"))
+    out = res.stdout.decode()
+    assert res.returncode == 0, (out, res.stderr.decode())
+    lines = out.splitlines()
+    assert any(ln.endswith("] hello from " + ln[1:ln.index("]")]) for ln in lines), out
+    assert any("parent is [b'" in ln and "-m', b'ember.shepherd'" in ln for ln in lines) or \
+        any("parent is" in ln and "_template" not in ln for ln in lines), out
+    assert any(ln.endswith("gs True 0 True") for ln in lines), out
+    pid = int((tmp_path / "pid").read_text())
+    assert not os.path.exists(f"/proc/{pid}") or \
+        open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
+
+
+def test_preload_and_threads_in_template(tmp_path):
+    """Process.preload imports in the template; after that the template has
+    threads (numpy's BLAS pool), and children still work (numpy included)."""
+    pytest.importorskip("numpy")
+    out = ok(run_prog(tmp_path, """
+        ember.Process.preload(["numpy"])
+        p = ember.Process(target=lambda: "numpy" in sys.modules)
+        p.start()
+        print("preloaded", p.result())
+        def work():
+            import numpy as np
+            a = np.ones((200, 200))
+            return float((a @ a).sum())
+        ps = [ember.Process(target=work) for _ in range(4)]
+        for q in ps:
+            q.start()
+        print("matmul", {q.result() for q in ps})
+    """))
+    assert out.splitlines() == ["preloaded True", "matmul {8000000.0}"]

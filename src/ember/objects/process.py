@@ -139,7 +139,7 @@ class Process:
     """
 
     #: Default start method of new processes.
-    start_method = "spawn"
+    start_method = "template"
     _preload = ()
 
     def __init__(self, target=None, args=(), kwargs=None, name=None, daemon=None, env=None,
