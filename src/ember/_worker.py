@@ -36,7 +36,7 @@ def _what(target):
     return getattr(target, "__qualname__", None) or repr(target)
 
 
-def _send_exception(res, exc, tb_text):
+def _send_exception(res, exc, tb_text, prefix=b""):
     import pickle
 
     from .objects import _pickling as P
@@ -48,9 +48,9 @@ def _send_exception(res, exc, tb_text):
         detail = f"{type(perr).__name__}: {perr}"
         tb_text += (f"\n(the exception could not be sent back as itself: {detail})\n")
         data = pickle.dumps((_type_name(exc), str(exc), tb_text))
-        P.send_record(res, P.KIND_REMOTE_ERR, data)
+        P.send_record(res, P.KIND_REMOTE_ERR, data, extra=prefix)
         return
-    P.send_record(res, P.KIND_ERR, data, bufs, extra=tb_text.encode("utf-8", "replace"))
+    P.send_record(res, P.KIND_ERR, data, bufs, extra=prefix + tb_text.encode("utf-8", "replace"))
 
 
 def run(call_sdesc, result_sdesc):
@@ -93,7 +93,7 @@ def run(call_sdesc, result_sdesc):
             return 1
         del args, kwargs
         try:
-            data, bufs = P.dumps(result)
+            data, bufs = P.dumps_fast(result)
         except BaseException as exc:
             data = pickle.dumps((_type_name(exc),
                                  f"cannot pickle the result of {_what(target)}() "

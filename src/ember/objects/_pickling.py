@@ -22,7 +22,7 @@ it with placeholder messages and sends a new record: readers keep the
 import pickle
 import struct
 
-__all__ = ["dumps", "loads", "send_record", "RecordReader",
+__all__ = ["dumps", "dumps_fast", "loads", "send_record", "RecordReader",
            "KIND_CALL", "KIND_OK", "KIND_ERR", "KIND_REMOTE_ERR", "OOB_MIN"]
 
 KIND_CALL = 1        # extra: pickled sys.path; data: (target, args, kwargs)
@@ -89,6 +89,28 @@ def dumps(obj):
     f = io.BytesIO()
     _pickler()(f, protocol=5, buffer_callback=callback).dump(obj)
     return f.getvalue(), bufs
+
+
+def dumps_fast(obj):
+    """Like :func:`dumps`, but try the C pickler first (much faster for
+    plain data); what it cannot pickle by reference goes through
+    cloudpickle."""
+    bufs = []
+
+    def callback(pb):
+        try:
+            raw = pb.raw()
+        except BufferError:
+            return True
+        if raw.nbytes < OOB_MIN:
+            return True
+        bufs.append(raw)
+        return False
+
+    try:
+        return pickle.dumps(obj, protocol=5, buffer_callback=callback), bufs
+    except Exception:
+        return dumps(obj)
 
 
 def loads(data, bufs):

@@ -379,30 +379,8 @@ class Process:
             else:
                 out = ("err", ProcessDied(f"{who} exited with code {code} "
                                           f"before returning a result", self.p_uid, code))
-        elif rec.kind == P.KIND_OK:
-            try:
-                out = ("ok", P.loads(rec.data, rec.bufs))
-            except BaseException as exc:
-                out = ("err", RemoteError(type(exc).__name__,
-                                          f"cannot unpickle the result of {who}: {exc}"))
-        elif rec.kind == P.KIND_ERR:
-            tb = rec.extra.decode("utf-8", "replace")
-            try:
-                exc = P.loads(rec.data, rec.bufs)
-                if not isinstance(exc, BaseException):
-                    raise TypeError(f"not an exception: {type(exc).__name__}")
-            except BaseException as uerr:
-                exc = RemoteError("?", f"cannot unpickle the exception of {who}: "
-                                  f"{type(uerr).__name__}: {uerr}", tb)
-            exc.__cause__ = RemoteTraceback(tb)
-            out = ("err", exc)
-        elif rec.kind == P.KIND_REMOTE_ERR:
-            type_name, message, tb = pickle.loads(rec.data)
-            exc = RemoteError(type_name, message, tb)
-            exc.__cause__ = RemoteTraceback(tb)
-            out = ("err", exc)
         else:
-            out = ("err", ProcessError(f"{who} sent an unknown record kind {rec.kind}"))
+            out = outcome(rec, who)
         self._outcome = out
         return out
 
@@ -472,6 +450,34 @@ class Process:
         self._reader = None
         self._outcome = None
         self._closed = True
+
+
+def outcome(rec, who, tb_skip=0):
+    """Decode a result record: ("ok", value) or ("err", exception to raise).
+    ``tb_skip`` bytes of ``rec.extra`` precede the traceback text."""
+    if rec.kind == P.KIND_OK:
+        try:
+            return ("ok", P.loads(rec.data, rec.bufs))
+        except BaseException as exc:
+            return ("err", RemoteError(type(exc).__name__,
+                                       f"cannot unpickle the result of {who}: {exc}"))
+    if rec.kind == P.KIND_ERR:
+        tb = bytes(rec.extra[tb_skip:]).decode("utf-8", "replace")
+        try:
+            exc = P.loads(rec.data, rec.bufs)
+            if not isinstance(exc, BaseException):
+                raise TypeError(f"not an exception: {type(exc).__name__}")
+        except BaseException as uerr:
+            exc = RemoteError("?", f"cannot unpickle the exception of {who}: "
+                              f"{type(uerr).__name__}: {uerr}", tb)
+        exc.__cause__ = RemoteTraceback(tb)
+        return ("err", exc)
+    if rec.kind == P.KIND_REMOTE_ERR:
+        type_name, message, tb = pickle.loads(rec.data)
+        exc = RemoteError(type_name, message, tb)
+        exc.__cause__ = RemoteTraceback(tb)
+        return ("err", exc)
+    return ("err", ProcessError(f"{who} sent an unknown record kind {rec.kind}"))
 
 
 def _sweep():

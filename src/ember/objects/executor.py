@@ -1,0 +1,335 @@
+"""``ember.Executor``: a ``concurrent.futures.Executor`` over warm ember
+processes.
+
+Each worker is an :class:`ember.Process` (forked from the template) running
+:func:`_worker_main`; it stays up and runs task after task.  The parent has
+one thread per worker slot that feeds its worker and collects its results:
+
+* tasks go to the worker in **batches** (whatever is queued, up to
+  ``_BATCH``), one record per batch on the worker's task channel; the
+  function of a ``map`` is pickled once per batch;
+* each result comes back as soon as it is ready, one record per task on the
+  worker's result channel (large buffers out of band, as for Process);
+* before running a task the worker writes its id into a shared 8-byte
+  *progress word*; if the worker dies, the task named there fails with
+  ``ProcessDied`` and the tasks sent after it go back to the queue; a new
+  worker takes the slot.  The pool is never "broken".
+"""
+import collections
+import concurrent.futures as _cf
+import itertools
+import os
+import struct
+import threading
+
+from ..exceptions import ProcessDied
+from . import _pickling as P
+from .process import Process, _default_pool, _signal_name, outcome
+
+__all__ = ["Executor"]
+
+_BATCH = 256          # most tasks sent to a worker in one record
+_SLICE = 0.05         # how often a waiting slot checks its worker is alive
+_TID = struct.Struct("<q")
+_KIND_STOP = 9
+_ids = itertools.count(1)
+
+
+def _process_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
+    """The loop of a worker process."""
+    from .. import _worker
+    from ..channels_c import Channel
+    from ..pools_c import Allocation
+
+    tasks = Channel.attach(task_sdesc)
+    res = Channel.attach(result_sdesc)
+    alloc = Allocation.attach(progress_sdesc)
+    progress = memoryview(alloc).cast("q")
+    reader = P.RecordReader(tasks)
+    try:
+        while True:
+            while not reader.records:
+                if not reader.pump(1.0):
+                    try:
+                        os.kill(parent_pid, 0)
+                    except ProcessLookupError:
+                        return            # the parent is gone: nobody wants results
+            rec = reader.records.pop(0)
+            if rec.kind == _KIND_STOP:
+                return
+            batch = P.loads(rec.data, rec.bufs)
+            del rec
+            for tid, fn, args, kwargs in batch:
+                progress[0] = tid
+                prefix = _TID.pack(tid)
+                try:
+                    r = fn(*args, **kwargs)
+                except BaseException as exc:
+                    _worker._send_exception(res, exc, _worker._format_tb(exc, _worker_main.__code__),
+                                            prefix)
+                    continue
+                try:
+                    data, bufs = P.dumps_fast(r)
+                except BaseException as exc:
+                    import pickle
+
+                    data = pickle.dumps((_worker._type_name(exc),
+                                         f"cannot pickle the result of {_worker._what(fn)}() "
+                                         f"(a {type(r).__name__}): {exc}",
+                                         _worker._format_tb(exc, _worker_main.__code__)))
+                    P.send_record(res, P.KIND_REMOTE_ERR, data, extra=prefix)
+                    continue
+                del r
+                P.send_record(res, P.KIND_OK, data, bufs, extra=prefix)
+            del batch
+    finally:
+        progress.release()
+        del progress
+        tasks.detach()
+        res.detach()
+
+
+class _WorkItem:
+    __slots__ = ("tid", "future", "fn", "args", "kwargs")
+
+    def __init__(self, future, fn, args, kwargs):
+        self.tid = next(_ids)
+        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+
+
+_STOP = object()
+
+
+class Executor(_cf.Executor):
+    """A ``concurrent.futures.Executor`` whose workers are warm ember
+    processes.
+
+    Parameters
+    ----------
+    max_workers : int or None
+        Number of worker processes (default: ``os.cpu_count()``).
+    start_method : {"template", "spawn"} or None
+        How workers start (default: :attr:`Process.start_method`).
+
+    A worker killed while running a task fails that task's future with
+    :class:`ember.ProcessDied` and is replaced; other tasks are unaffected.
+    """
+
+    def __init__(self, max_workers=None, *, start_method=None):
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0:
+            raise ValueError(f"max_workers must be an int > 0, got {max_workers!r}")
+        self._max_workers = max_workers
+        self._start_method = start_method
+        self._queue = collections.deque()
+        self._cv = threading.Condition()
+        self._shutdown = False
+        self._threads = []
+        self._workers = {}            # slot -> Process (current worker)
+        self.replaced = 0             # workers replaced after dying
+
+    # --- submit --------------------------------------------------------
+    def submit(self, fn, /, *args, **kwargs):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+        f = _cf.Future()
+        item = _WorkItem(f, fn, args, kwargs)
+        with self._cv:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.append(item)
+            self._adjust()
+            self._cv.notify()
+        return f
+
+    def map(self, fn, *iterables, timeout=None, chunksize=None):
+        """Like ``concurrent.futures.Executor.map``.  ``chunksize`` None:
+        chosen as multiprocessing.Pool.map does (about four chunks per
+        worker)."""
+        items = list(zip(*iterables))
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._max_workers * 4)
+            chunksize = max(1, chunksize + bool(extra))
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        if chunksize == 1:
+            results = super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
+            return results
+        chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        it = super().map(_process_chunk, itertools.repeat(fn, len(chunks)), chunks,
+                         timeout=timeout)
+        return itertools.chain.from_iterable(it)
+
+    def _adjust(self):
+        """Start slot threads as work arrives (under self._cv)."""
+        n = len(self._threads)
+        if n < self._max_workers and len(self._queue) > 0:
+            busy = sum(1 for t in self._threads if t.busy)
+            if busy >= n or n == 0:
+                t = threading.Thread(target=self._slot, args=(n,), daemon=True,
+                                     name=f"ember-executor-{n}")
+                t.busy = True
+                self._threads.append(t)
+                t.start()
+
+    # --- shutdown ------------------------------------------------------
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._cv:
+            self._shutdown = True
+            if cancel_futures:
+                while self._queue:
+                    item = self._queue.popleft()
+                    item.future.cancel()
+            self._cv.notify_all()
+        if wait:
+            for t in list(self._threads):
+                t.join()
+
+    # --- slots ---------------------------------------------------------
+    def _take(self, block):
+        """Runnable items for one worker: a fair share of the queue (at
+        most _BATCH), so that slow tasks spread over the workers; [] if
+        none (not blocking), or _STOP."""
+        with self._cv:
+            while not self._queue:
+                if self._shutdown:
+                    return _STOP
+                if not block:
+                    return []
+                threading.current_thread().busy = False
+                self._cv.wait()
+            threading.current_thread().busy = True
+            out = []
+            share = min(_BATCH, max(1, len(self._queue) // self._max_workers))
+            while self._queue and len(out) < share:
+                item = self._queue.popleft()
+                # requeued items (their worker died before starting them) are running already
+                if item.future.running() or item.future.set_running_or_notify_cancel():
+                    out.append(item)
+            return out
+
+    def _requeue(self, items):
+        with self._cv:
+            self._queue.extendleft(reversed(items))
+            self._cv.notify()
+
+    def _start_worker(self):
+        from ..channels_c import Channel
+
+        pool = _default_pool()
+        task_ch = Channel.create(pool, capacity=16, block_size=1024)
+        res_ch = Channel.create(pool, capacity=1024, block_size=256)
+        prog = pool.alloc(64)
+        memoryview(prog)[:8] = _TID.pack(0)
+        p = Process(target=_worker_main,
+                    args=(task_ch.sdesc, res_ch.sdesc, prog.sdesc, os.getpid()),
+                    daemon=True, start_method=self._start_method)
+        try:
+            p.start()
+        except BaseException:
+            task_ch.destroy()
+            res_ch.destroy()
+            prog.free()
+            raise
+        return p, task_ch, res_ch, prog
+
+    def _slot(self, slot):
+        try:
+            while self._run_worker(slot):
+                self.replaced += 1
+        except BaseException as exc:      # cannot start workers: fail what is queued
+            with self._cv:
+                items = list(self._queue)
+                self._queue.clear()
+            for item in items:
+                # requeued items (their worker died before starting them) are running already
+                if item.future.running() or item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(exc)
+
+    def _run_worker(self, slot):
+        """Run one worker until shutdown (False) or its death (True)."""
+        p, task_ch, res_ch, prog = self._start_worker()
+        self._workers[slot] = p
+        inflight = collections.OrderedDict()     # tid -> item, in send order
+        reader = P.RecordReader(res_ch)
+        who = f"executor worker {p.name!r} (p_uid {p.p_uid}, pid {p.pid})"
+        died = False
+        last = 1
+        try:
+            while True:
+                # Refill once half of the last batch is done (a batch of
+                # one: once it is done), so fast tasks stream and slow ones
+                # are not hoarded.
+                if len(inflight) < (last + 1) // 2:
+                    batch = self._take(block=not inflight)
+                    if batch is _STOP:
+                        if not inflight:
+                            break
+                    elif batch:
+                        try:
+                            data, bufs = P.dumps([(it.tid, it.fn, it.args, it.kwargs)
+                                                  for it in batch])
+                        except BaseException as exc:
+                            for it in batch:
+                                it.future.set_exception(exc)
+                            continue
+                        last = len(batch)
+                        for it in batch:
+                            inflight[it.tid] = it
+                        P.send_record(task_ch, P.KIND_CALL, data, bufs)
+                        del data, bufs
+                if not inflight:
+                    continue
+                reader.pump(_SLICE)
+                if reader.records:
+                    recs, reader.records = reader.records, []
+                    for rec in recs:
+                        tid = _TID.unpack_from(rec.extra)[0]
+                        item = inflight.pop(tid, None)
+                        if item is None:
+                            continue
+                        kind, value = outcome(rec, who, _TID.size)
+                        if kind == "ok":
+                            item.future.set_result(value)
+                        else:
+                            item.future.set_exception(value)
+                        del item, value
+                elif p._ended(0):
+                    while reader.pump(0):
+                        pass
+                    if reader.records:
+                        continue          # results it sent before dying
+                    died = True
+                    break
+            if not died:
+                P.send_record(task_ch, _KIND_STOP, b"")
+                p.join()
+        finally:
+            running = _TID.unpack_from(memoryview(prog))[0]
+            if died or inflight:
+                if not p._ended(0):
+                    p.kill()
+                p.join()
+                code = p.exitcode
+                rest = []
+                for tid, item in inflight.items():
+                    if tid == running:
+                        how = (f"was killed by {_signal_name(-code)}" if code < 0
+                               else f"exited with code {code}")
+                        item.future.set_exception(ProcessDied(
+                            f"{who} {how} while running this task", p.p_uid, code))
+                    else:
+                        rest.append(item)
+                # The tasks it had not started go to another worker.
+                self._requeue(rest)
+            p.close()
+            task_ch.destroy()
+            res_ch.destroy()
+            prog.free()
+            self._workers.pop(slot, None)
+        return died
