@@ -32,9 +32,6 @@ def run_prog(tmp_path, body, *args, start_method="template", timeout=100, extra=
 
 def ok(res):
     out = res.stdout.decode()
-    if res.returncode != 0:
-        with open("/tmp/pp/fail.txt", "a") as f:
-            f.write(f"=== {res.returncode}\n{out}\n{res.stderr.decode()}\n")
     assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
     return out
 
