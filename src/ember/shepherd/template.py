@@ -240,36 +240,69 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid):
 
 _clone = None
 _CLONE_PARENT = 0x00008000
-_SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+_CLONE_CHILD_SETTID = 0x01000000
+# syscall numbers: clone, set_robust_list, get_robust_list
+_SYSCALLS = {"x86_64": (56, 273, 274), "aarch64": (220, 99, 100)}
+
+
+def _clone_setup():
+    """Prepare :func:`_clone_parent`, or return False where it cannot be
+    made exact.  glibc keeps the thread's TID in its thread descriptor and
+    registers a *robust list* with the kernel (the pool allocator's mutex is
+    a robust, process-shared one: the kernel marks it OWNER_DIED when its
+    holder dies).  glibc's fork() fixes both in the child; a raw clone does
+    not, so we do it: CLONE_CHILD_SETTID writes the child's TID into the
+    descriptor, and the child re-registers the robust list at the same
+    address (its copy of the template's).  The TID field's address is found
+    from the robust list head (``get_robust_list``), at the place glibc's
+    ``struct pthread`` keeps it (``tid``, an unused ``pid``, ``robust_prev``,
+    then ``robust_head``), and checked to hold this thread's TID."""
+    import ctypes
+    import threading
+
+    nrs = _SYSCALLS.get(os.uname().machine)
+    if nrs is None:
+        return False
+    libc = ctypes.PyDLL(None, use_errno=True)    # PyDLL: the GIL stays held
+    fn = libc.syscall
+    fn.restype = ctypes.c_long
+    head = ctypes.c_void_p()
+    size = ctypes.c_size_t()
+    if fn(ctypes.c_long(nrs[2]), ctypes.c_long(0), ctypes.byref(head), ctypes.byref(size)) != 0 \
+            or not head.value:
+        return False
+    tid_addr = head.value - 2 * ctypes.sizeof(ctypes.c_int) - ctypes.sizeof(ctypes.c_void_p)
+    if ctypes.c_int.from_address(tid_addr).value != threading.get_native_id():
+        return False
+    return (ctypes, fn, nrs, tid_addr, head.value, size.value)
 
 
 def _clone_parent():
-    """fork() as a sibling: ``clone(CLONE_PARENT | SIGCHLD)`` with CPython's
-    before/after-fork steps, so the child's parent is the shepherd.  Only for
-    a single-threaded template (glibc's and libraries' pthread_atfork
-    handlers do not run).  Returns the pid (0 in the child); None if
-    unsupported here."""
+    """fork() as a sibling: ``clone(CLONE_PARENT | CLONE_CHILD_SETTID |
+    SIGCHLD)`` with CPython's before/after-fork steps, so that the child's
+    parent is the shepherd.  Only for a single-threaded template: the
+    pthread_atfork handlers of glibc and of libraries do not run.  Returns
+    the pid (0 in the child); None if unsupported here."""
     global _clone
     if _clone is None:
-        import ctypes
-
-        nr = _SYS_CLONE.get(os.uname().machine)
-        if nr is None:
+        try:
+            _clone = _clone_setup()
+        except Exception:
             _clone = False
-        else:
-            libc = ctypes.PyDLL(None, use_errno=True)    # PyDLL: the GIL stays held
-            fn = libc.syscall
-            fn.restype = ctypes.c_long
-            fn.argtypes = [ctypes.c_long, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p,
-                           ctypes.c_void_p, ctypes.c_void_p]
-            _clone = (nr, fn, ctypes)
     if _clone is False:
         return None
-    nr, fn, ctypes = _clone
+    ctypes, fn, nrs, tid_addr, head, size = _clone
     api = ctypes.pythonapi
+    flags = ctypes.c_ulong(_CLONE_PARENT | _CLONE_CHILD_SETTID | signal.SIGCHLD)
+    tid = ctypes.c_void_p(tid_addr)
+    null = ctypes.c_void_p(0)
     api.PyOS_BeforeFork()
-    pid = fn(nr, _CLONE_PARENT | signal.SIGCHLD, None, None, None, None)
+    if nrs[0] == 56:      # x86_64: clone(flags, stack, parent_tid, child_tid, tls)
+        pid = fn(ctypes.c_long(nrs[0]), flags, null, null, tid, null)
+    else:                 # aarch64: clone(flags, stack, parent_tid, tls, child_tid)
+        pid = fn(ctypes.c_long(nrs[0]), flags, null, null, null, tid)
     if pid == 0:
+        fn(ctypes.c_long(nrs[1]), ctypes.c_void_p(head), ctypes.c_size_t(size))
         api.PyOS_AfterFork_Child()
         return 0
     err = ctypes.get_errno()
@@ -277,6 +310,19 @@ def _clone_parent():
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
+
+
+def _thread_state():
+    """For tests, in a template child: (the TID glibc recorded for this
+    thread, True if the kernel has this thread's robust list registered),
+    or None when the child was not made by _clone_parent's set-up."""
+    if not _clone:
+        return None
+    ctypes, fn, nrs, tid_addr, head, size = _clone
+    got = ctypes.c_void_p()
+    n = ctypes.c_size_t()
+    fn(ctypes.c_long(nrs[2]), ctypes.c_long(0), ctypes.byref(got), ctypes.byref(n))
+    return ctypes.c_int.from_address(tid_addr).value, got.value == head
 
 
 def _single_threaded():
