@@ -63,6 +63,20 @@ def test_submit_map_exceptions(tmp_path):
                 print("chunksize", e)
             big = ex.submit(lambda: bytearray(3 << 20)).result()
             print("big", len(big))
+            blob = b"z" * (1 << 20)                      # a function holding a big buffer
+            print("closure", list(ex.map(lambda i: len(blob) + i, range(3))))
+            def f(x):
+                if x == 5:
+                    raise Boom(x)
+                return x
+            for cs in (1, 3):
+                it = ex.map(f, range(10), chunksize=cs)
+                got = []
+                try:
+                    for v in it:
+                        got.append(v)
+                except Boom as e:
+                    print("map raises at", e, got)
         try:
             ex.submit(sq, 1)
         except RuntimeError as e:
@@ -78,6 +92,9 @@ def test_submit_map_exceptions(tmp_path):
         "cannot pickle '_thread.lock' object",
         "chunksize chunksize must be an int >= 1, got 0",
         "big 3145728",
+        "closure [1048576, 1048577, 1048578]",
+        "map raises at 5 [0, 1, 2, 3, 4]",
+        "map raises at 5 [0, 1, 2]",
         "after shutdown cannot schedule new futures after shutdown",
         "leaks True",
     ]
@@ -104,6 +121,17 @@ def test_worker_killed_mid_task_is_replaced(tmp_path):
             print("others", [f.result() for f in fs[:5] + fs[6:]])
             print("replaced", ex.replaced, ex.submit(os.getpid).result() != first)
             print("still works", sum(ex.map(sq, range(100))))
+            def maybe_die(x):
+                if x == 3:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return x
+            got = []
+            try:
+                for v in ex.map(maybe_die, range(6), chunksize=1):
+                    got.append(v)
+            except ember.ProcessDied as e:
+                print("map died at", got, e.signal)
+            print("after", list(ex.map(sq, range(4), chunksize=1)), ex.replaced)
         import gc; gc.collect()
         print("leaks", leak_state() == before)
     """))
@@ -112,6 +140,8 @@ def test_worker_killed_mid_task_is_replaced(tmp_path):
         "others [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
         "replaced 1 True",
         "still works 328350",
+        "map died at [0, 1, 2] 9",
+        "after [0, 1, 4, 9] 2",
         "leaks True",
     ]
 

@@ -91,10 +91,24 @@ def dumps(obj):
     return f.getvalue(), bufs
 
 
+def dumps_inband(obj):
+    """cloudpickle ``obj`` with every buffer in band (one self-contained
+    bytes object)."""
+    import io
+
+    f = io.BytesIO()
+    _pickler()(f, protocol=5).dump(obj)
+    return f.getvalue()
+
+
 def dumps_fast(obj):
-    """Like :func:`dumps`, but try the C pickler first (much faster for
-    plain data); what it cannot pickle by reference goes through
-    cloudpickle."""
+    """Like :func:`dumps`, but try the C pickler first (several times faster
+    for plain data).  cloudpickle is used instead when the C pickler fails
+    (lambdas, closures, ...) or when its output names the ``__main__``
+    module: a function or class of ``__main__`` pickled by reference could
+    not be found in the other process, whose ``__main__`` is not ours.  (A
+    pickle that merely contains the text ``__main__`` also goes the slow,
+    equally correct way.)"""
     bufs = []
 
     def callback(pb):
@@ -108,9 +122,12 @@ def dumps_fast(obj):
         return False
 
     try:
-        return pickle.dumps(obj, protocol=5, buffer_callback=callback), bufs
+        data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
     except Exception:
         return dumps(obj)
+    if b"__main__" in data:
+        return dumps(obj)
+    return data, bufs
 
 
 def loads(data, bufs):

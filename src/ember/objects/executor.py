@@ -50,6 +50,8 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
     alloc = Allocation.attach(progress_sdesc)
     progress = memoryview(alloc).cast("q")
     reader = P.RecordReader(tasks)
+    fn_cache = {}                         # pickled function -> function
+    import pickle
     try:
         while True:
             while not reader.records:
@@ -61,13 +63,25 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
             rec = reader.records.pop(0)
             if rec.kind == _KIND_STOP:
                 return
-            batch = P.loads(rec.data, rec.bufs)
+            blobs, batch = P.loads(rec.data, rec.bufs)
             del rec
-            for tid, fn, args, kwargs in batch:
+            fns = []
+            for blob in blobs:
+                fn = fn_cache.get(blob)
+                if fn is None:
+                    if len(fn_cache) >= 256:
+                        fn_cache.clear()
+                    fn = fn_cache[blob] = pickle.loads(blob)
+                fns.append(fn)
+            for tid, fi, args, kwargs in batch:
                 progress[0] = tid
                 prefix = _TID.pack(tid)
+                fn = fns[fi]
                 try:
-                    r = fn(*args, **kwargs)
+                    if kwargs is None:            # a chunk of map(): args is a list of arg tuples
+                        r = [fn(*a) for a in args]
+                    else:
+                        r = fn(*args, **kwargs)
                 except BaseException as exc:
                     _worker._send_exception(res, exc, _worker._format_tb(exc, _worker_main.__code__),
                                             prefix)
@@ -75,8 +89,6 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
                 try:
                     data, bufs = P.dumps_fast(r)
                 except BaseException as exc:
-                    import pickle
-
                     data = pickle.dumps((_worker._type_name(exc),
                                          f"cannot pickle the result of {_worker._what(fn)}() "
                                          f"(a {type(r).__name__}): {exc}",
@@ -85,7 +97,7 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
                     continue
                 del r
                 P.send_record(res, P.KIND_OK, data, bufs, extra=prefix)
-            del batch
+            del batch, fns
     finally:
         progress.release()
         del progress
@@ -102,6 +114,78 @@ class _WorkItem:
 
 
 _STOP = object()
+
+
+class _MapJob:
+    """The results of one ``map(chunksize=1)``: one slot per call, filled by
+    the slot threads, read in order by the iterator.  Lighter than one
+    concurrent.futures.Future per call; per-call semantics are the same
+    (each call is its own task, its own result, its own failure)."""
+
+    __slots__ = ("out", "cv", "waiting", "cancelled")
+
+    def __init__(self, n):
+        self.out = [None] * n
+        self.cv = threading.Condition(threading.Lock())
+        self.waiting = -1
+        self.cancelled = False
+
+    def put(self, i, value):
+        with self.cv:
+            self.out[i] = value
+            if i == self.waiting:
+                self.cv.notify()
+
+    def results(self, timeout):
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for i in range(len(self.out)):
+                with self.cv:
+                    while self.out[i] is None:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise _cf.TimeoutError()
+                        self.waiting = i
+                        self.cv.wait(left)
+                    kind, value = self.out[i]
+                    self.out[i] = True           # drop the reference
+                if kind == "err":
+                    raise value
+                yield value
+        finally:
+            self.cancelled = True                # what was not started never runs
+
+
+class _MapFuture:
+    """The part of the Future protocol the executor uses, for a _MapJob slot."""
+
+    __slots__ = ("job", "i", "state")
+
+    def __init__(self, job, i):
+        self.job, self.i, self.state = job, i, 0
+
+    def set_running_or_notify_cancel(self):
+        if self.job.cancelled:
+            self.job.put(self.i, ("err", _cf.CancelledError()))
+            return False
+        self.state = 1
+        return True
+
+    def running(self):
+        return self.state == 1
+
+    def cancel(self):
+        if self.state == 0:
+            self.job.put(self.i, ("err", _cf.CancelledError()))
+            self.state = 2
+
+    def set_result(self, value):
+        self.job.put(self.i, ("ok", value))
+
+    def set_exception(self, exc):
+        self.job.put(self.i, ("err", exc))
 
 
 class Executor(_cf.Executor):
@@ -131,6 +215,7 @@ class Executor(_cf.Executor):
         self._shutdown = False
         self._threads = []
         self._workers = {}            # slot -> Process (current worker)
+        self._fn_cache = {}           # id(fn) -> (fn, its cloudpickle)
         self.replaced = 0             # workers replaced after dying
 
     # --- submit --------------------------------------------------------
@@ -158,24 +243,41 @@ class Executor(_cf.Executor):
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
         if chunksize == 1:
-            results = super().map(fn, *zip(*items), timeout=timeout) if items else iter(())
-            return results
+            if not callable(fn):
+                raise TypeError(f"fn must be callable, not {type(fn).__name__}")
+            job = _MapJob(len(items))
+            with self._cv:
+                if self._shutdown:
+                    raise RuntimeError("cannot schedule new futures after shutdown")
+                self._queue.extend(_WorkItem(_MapFuture(job, i), fn, args, {})
+                                   for i, args in enumerate(items))
+                self._adjust()
+                self._cv.notify_all()
+            return job.results(timeout)
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        it = super().map(_process_chunk, itertools.repeat(fn, len(chunks)), chunks,
-                         timeout=timeout)
-        return itertools.chain.from_iterable(it)
+        job = _MapJob(len(chunks))
+        with self._cv:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            # kwargs None marks a chunk: the worker calls fn(*a) for each a in it
+            self._queue.extend(_WorkItem(_MapFuture(job, i), fn, chunk, None)
+                               for i, chunk in enumerate(chunks))
+            self._adjust()
+            self._cv.notify_all()
+        return itertools.chain.from_iterable(job.results(timeout))
 
     def _adjust(self):
         """Start slot threads as work arrives (under self._cv)."""
         n = len(self._threads)
-        if n < self._max_workers and len(self._queue) > 0:
-            busy = sum(1 for t in self._threads if t.busy)
-            if busy >= n or n == 0:
-                t = threading.Thread(target=self._slot, args=(n,), daemon=True,
-                                     name=f"ember-executor-{n}")
-                t.busy = True
-                self._threads.append(t)
-                t.start()
+        idle = sum(1 for t in self._threads if not t.busy)
+        for slot in range(n, n + min(self._max_workers - n, len(self._queue) - idle)):
+            t = threading.Thread(target=self._slot, args=(slot,), daemon=True,
+                                 name=f"ember-executor-{slot}")
+            t.busy = True
+            self._threads.append(t)
+            t.start()
 
     # --- shutdown ------------------------------------------------------
     def shutdown(self, wait=True, *, cancel_futures=False):
@@ -212,6 +314,25 @@ class Executor(_cf.Executor):
                 if item.future.running() or item.future.set_running_or_notify_cancel():
                     out.append(item)
             return out
+
+    def _pack(self, batch):
+        """Pickle a batch: each distinct function once, with cloudpickle
+        (cached), the arguments with the fast pickler."""
+        index, blobs, entries = {}, [], []
+        cache = self._fn_cache
+        for it in batch:
+            fi = index.get(id(it.fn))
+            if fi is None:
+                hit = cache.get(id(it.fn))
+                if hit is None or hit[0] is not it.fn:
+                    data = P.dumps_inband(it.fn)    # self-contained: cached and reused
+                    if len(cache) >= 128:
+                        cache.clear()
+                    hit = cache[id(it.fn)] = (it.fn, data)
+                fi = index[id(it.fn)] = len(blobs)
+                blobs.append(hit[1])
+            entries.append((it.tid, fi, it.args, it.kwargs))
+        return P.dumps_fast((blobs, entries))
 
     def _requeue(self, items):
         with self._cv:
@@ -272,8 +393,7 @@ class Executor(_cf.Executor):
                             break
                     elif batch:
                         try:
-                            data, bufs = P.dumps([(it.tid, it.fn, it.args, it.kwargs)
-                                                  for it in batch])
+                            data, bufs = self._pack(batch)
                         except BaseException as exc:
                             for it in batch:
                                 it.future.set_exception(exc)

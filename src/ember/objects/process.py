@@ -259,7 +259,7 @@ class Process:
             if self._desc is not None:
                 raise ProcessError("cannot start a process twice")
             _sweep()
-            data, bufs = P.dumps((self._target, self._args, self._kwargs))
+            data, bufs = P.dumps_fast((self._target, self._args, self._kwargs))
             from ..channels_c import Channel
 
             pool = _default_pool()
