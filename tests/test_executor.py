@@ -163,3 +163,18 @@ def test_shutdown_cancel_futures(tmp_path):
         ex2.shutdown()
     """))
     assert out.splitlines() == ["gate True None", "cancelled 20 True", "no wait True"]
+
+
+def test_exit_without_shutdown_finishes_the_work(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        def note(i):
+            time.sleep(0.02)
+            with open("done.txt", "a") as f:
+                f.write(f"{i}\\n")
+
+        ex = ember.Executor(max_workers=2)
+        fs = [ex.submit(note, i) for i in range(6)]
+        print("submitted")
+    """))
+    assert out == "submitted\n"
+    assert sorted((tmp_path / "done.txt").read_text().split()) == [str(i) for i in range(6)]

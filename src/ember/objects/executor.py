@@ -15,12 +15,14 @@ one thread per worker slot that feeds its worker and collects its results:
   ``ProcessDied`` and the tasks sent after it go back to the queue; a new
   worker takes the slot.  The pool is never "broken".
 """
+import atexit
 import collections
 import concurrent.futures as _cf
 import itertools
 import os
 import struct
 import threading
+import weakref
 
 from ..exceptions import ProcessDied
 from . import _pickling as P
@@ -214,6 +216,7 @@ class Executor(_cf.Executor):
         self._cv = threading.Condition()
         self._shutdown = False
         self._threads = []
+        _executors.add(self)
         self._workers = {}            # slot -> Process (current worker)
         self._fn_cache = {}           # id(fn) -> (fn, its cloudpickle)
         self.replaced = 0             # workers replaced after dying
@@ -453,3 +456,20 @@ class Executor(_cf.Executor):
             prog.free()
             self._workers.pop(slot, None)
         return died
+
+
+_executors = weakref.WeakSet()
+
+
+def _python_exit():
+    """At interpreter exit, as concurrent.futures does: let every executor
+    finish its queued work and stop its workers (this runs before
+    ember.Process's own exit hook, which would kill the daemon workers)."""
+    for ex in list(_executors):
+        try:
+            ex.shutdown(wait=True)
+        except Exception:
+            pass
+
+
+atexit.register(_python_exit)
