@@ -399,3 +399,30 @@ def test_preload_and_threads_in_template(tmp_path):
         print("matmul", {q.result() for q in ps})
     """))
     assert out.splitlines() == ["preloaded True", "matmul {8000000.0}"]
+
+
+def test_ctrl_c_in_head_reaches_children(tmp_path):
+    """The head dies of KeyboardInterrupt: its (non-daemon) processes get
+    SIGINT before they are joined, instead of keeping the exit waiting."""
+    res = run_prog(tmp_path, """
+        import time
+
+        def child():
+            try:
+                open("ready", "w").close()
+                time.sleep(60)
+            except KeyboardInterrupt:
+                with open("child.txt", "w") as f:
+                    f.write("interrupted")
+                raise
+
+        p = ember.Process(target=child)
+        p.start()
+        while not os.path.exists("ready"):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+    """)
+    assert res.returncode != 0
+    assert b"KeyboardInterrupt" in res.stderr
+    assert (tmp_path / "child.txt").read_text() == "interrupted"

@@ -496,9 +496,19 @@ def _sweep():
 
 
 def _exit_function():
-    """At interpreter exit: kill daemon processes, join the others."""
+    """At interpreter exit: kill daemon processes, join the others.  If the
+    interpreter is exiting because of a KeyboardInterrupt (Ctrl-C reaches
+    the head under ``ember run``), the others get SIGINT first, as they
+    would from a terminal."""
     with _live_lock:
         procs = list(_live)
+    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        for p in procs:
+            if not p._daemon:
+                try:
+                    p._send_signal(_signal.SIGINT)
+                except Exception:
+                    pass
     for p in procs:
         if p._daemon:
             try:
