@@ -376,6 +376,9 @@ def _fork_one(args, envp, cwd, fds, shepherd_pid):
         os.close(pid_r)
 
 
+_default_pool = None
+
+
 def main():
     import msgpack
 
@@ -387,6 +390,16 @@ def main():
     from ..globalservices import channel, pool, process  # noqa: F401
     from ..objects import _pickling, process as _p  # noqa: F401
 
+    # Map the runtime's default pool once: children inherit the mapping (and
+    # the pools binding's cache entry), so attaching their channels is free.
+    global _default_pool
+    try:
+        from .. import _env
+        from ..pools_c import Pool
+
+        _default_pool = Pool.attach(_env.decode(os.environ[_env.DEFAULT_POOL]))
+    except Exception:
+        _default_pool = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shepherd_pid = os.getppid()
     sock = socket.socket(fileno=os.dup(0))
