@@ -37,10 +37,6 @@ _KIND_STOP = 9
 _ids = itertools.count(1)
 
 
-def _process_chunk(fn, chunk):
-    return [fn(*args) for args in chunk]
-
-
 def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
     """The loop of a worker process."""
     from .. import _worker
@@ -80,8 +76,10 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
                 prefix = _TID.pack(tid)
                 fn = fns[fi]
                 try:
-                    if kwargs is None:            # a chunk of map(): args is a list of arg tuples
-                        r = [fn(*a) for a in args]
+                    if kwargs is None:            # a chunk of map(): a list of arg tuples
+                        r = list(itertools.starmap(fn, args))
+                    elif kwargs is True:          # a chunk of map() over one iterable
+                        r = list(map(fn, args))
                     else:
                         r = fn(*args, **kwargs)
                 except BaseException as exc:
@@ -239,7 +237,8 @@ class Executor(_cf.Executor):
         """Like ``concurrent.futures.Executor.map``.  ``chunksize`` None:
         chosen as multiprocessing.Pool.map does (about four chunks per
         worker)."""
-        items = list(zip(*iterables))
+        single = len(iterables) == 1
+        items = list(iterables[0]) if single else list(zip(*iterables))
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._max_workers * 4)
             chunksize = max(1, chunksize + bool(extra))
@@ -252,7 +251,8 @@ class Executor(_cf.Executor):
             with self._cv:
                 if self._shutdown:
                     raise RuntimeError("cannot schedule new futures after shutdown")
-                self._queue.extend(_WorkItem(_MapFuture(job, i), fn, args, {})
+                self._queue.extend(_WorkItem(_MapFuture(job, i), fn, (args,) if single else args,
+                                             {})
                                    for i, args in enumerate(items))
                 self._adjust()
                 self._cv.notify_all()
@@ -264,8 +264,10 @@ class Executor(_cf.Executor):
         with self._cv:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            # kwargs None marks a chunk: the worker calls fn(*a) for each a in it
-            self._queue.extend(_WorkItem(_MapFuture(job, i), fn, chunk, None)
+            # kwargs None marks a chunk of argument tuples (the worker calls
+            # fn(*a) for each), True a chunk of single arguments (fn(a))
+            mark = True if single else None
+            self._queue.extend(_WorkItem(_MapFuture(job, i), fn, chunk, mark)
                                for i, chunk in enumerate(chunks))
             self._adjust()
             self._cv.notify_all()
@@ -312,6 +314,8 @@ class Executor(_cf.Executor):
             out = []
             share = min(_BATCH, max(1, len(self._queue) // self._max_workers))
             while self._queue and len(out) < share:
+                if (self._queue[0].kwargs is None or self._queue[0].kwargs is True) and out:
+                    break            # a map chunk is a batch of its own
                 item = self._queue.popleft()
                 # requeued items (their worker died before starting them) are running already
                 if item.future.running() or item.future.set_running_or_notify_cancel():
@@ -389,7 +393,9 @@ class Executor(_cf.Executor):
                 # Refill once half of the last batch is done (a batch of
                 # one: once it is done), so fast tasks stream and slow ones
                 # are not hoarded.
-                if len(inflight) < (last + 1) // 2:
+                # A map chunk: keep two in flight (the next one is sent
+                # while the worker runs the current one).
+                if len(inflight) < (2 if last == 0 else (last + 1) // 2):
                     batch = self._take(block=not inflight)
                     if batch is _STOP:
                         if not inflight:
@@ -401,7 +407,8 @@ class Executor(_cf.Executor):
                             for it in batch:
                                 it.future.set_exception(exc)
                             continue
-                        last = len(batch)
+                        last = 0 if batch[0].kwargs is None or batch[0].kwargs is True \
+                            else len(batch)
                         for it in batch:
                             inflight[it.tid] = it
                         P.send_record(task_ch, P.KIND_CALL, data, bufs)
