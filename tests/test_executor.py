@@ -168,12 +168,14 @@ def test_shutdown_cancel_futures(tmp_path):
 def test_exit_without_shutdown_finishes_the_work(tmp_path):
     out = ok(run_prog(tmp_path, """
         def note(i):
-            time.sleep(0.02)
+            time.sleep(0.1)
             with open("done.txt", "a") as f:
                 f.write(f"{i}\\n")
 
         ex = ember.Executor(max_workers=2)
         fs = [ex.submit(note, i) for i in range(6)]
+        while not fs[0].running():        # the workers are up: exit now, mid-work
+            time.sleep(0.01)
         print("submitted")
     """))
     assert out == "submitted\n"

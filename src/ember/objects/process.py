@@ -265,6 +265,10 @@ class Process:
             pool = _default_pool()
             res = _Resources()
             fin = weakref.finalize(self, res.release)
+            # Not at interpreter exit: weakref's exit hook runs before ours
+            # (and before an Executor's), and would pull channels and the
+            # pidfd from under processes still being joined.
+            fin.atexit = False
             try:
                 res.call = Channel.create(pool, capacity=max(_CALL_CAPACITY_MIN,
                                                              _pow2(len(bufs) + 2)),
