@@ -426,3 +426,42 @@ def test_ctrl_c_in_head_reaches_children(tmp_path):
     assert res.returncode != 0
     assert b"KeyboardInterrupt" in res.stderr
     assert (tmp_path / "child.txt").read_text() == "interrupted"
+
+
+def test_function_defined_in_a_jupyter_kernel(tmp_path):
+    """Functions and classes defined in a notebook cell (a real Jupyter
+    kernel, started by the head, so it is inside the runtime)."""
+    pytest.importorskip("jupyter_client")
+    pytest.importorskip("ipykernel")
+    out = ok(run_prog(tmp_path, """
+        from jupyter_client.manager import start_new_kernel
+
+        km, kc = start_new_kernel(kernel_name="python3")
+        outputs = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                outputs.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                outputs.append("ERROR " + msg["content"]["ename"] + " " + msg["content"]["evalue"])
+
+        try:
+            kc.execute_interactive("import ember\\n"
+                                   "class Acc:\\n"
+                                   "    def __init__(self, n): self.n = n\\n"
+                                   "def cell_fn(x):\\n"
+                                   "    return Acc(x * 2)\\n", timeout=60, output_hook=hook)
+            kc.execute_interactive("p = ember.Process(target=cell_fn, args=(21,))\\n"
+                                   "p.start()\\n"
+                                   "r = p.result()\\n"
+                                   "print('cell', r.n, type(r) is Acc)\\n"
+                                   "q = ember.Process(target=lambda: 1 / 0)\\n"
+                                   "q.start(); q.join()\\n"
+                                   "print('exc', type(q.exception).__name__)\\n",
+                                   timeout=60, output_hook=hook)
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        print("".join(outputs), end="")
+    """, timeout=110))
+    assert out.splitlines() == ["cell 42 True", "exc ZeroDivisionError"]
