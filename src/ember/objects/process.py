@@ -306,22 +306,25 @@ class Process:
         r, _, _ = select.select([self._res.fd], [], [], timeout)
         return bool(r)
 
-    def _wait(self, timeout):
+    def _wait(self, timeout, result_only=False):
         """Collect the result record and the exit; True once the process has
-        ended and everything it sent is read."""
+        ended and everything it sent is read (with ``result_only``: once a
+        complete result has arrived, or the process has ended)."""
         import time
 
         if self._exitcode is not None:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         reader = self._reader
-        while not reader.records:
+        while not reader.records and self._outcome is None:
             if self._ended(0):
                 break
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
             reader.pump(_SLICE if left is None else min(_SLICE, left))
+        if result_only and (reader.records or self._outcome is not None):
+            return True
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._ended(left):
             return False
@@ -371,7 +374,7 @@ class Process:
             return self._outcome
         recs = self._reader.records
         rec = recs[-1] if recs else None
-        self._reader = P.RecordReader(None)
+        self._reader.records = []
         code = self._exitcode
         who = f"process {self._name!r} (p_uid {self.p_uid}, pid {self.pid})"
         if rec is None:
@@ -389,8 +392,9 @@ class Process:
         return out
 
     def result(self, timeout=None):
-        """The target's return value, waiting for the process to end (at
-        most ``timeout`` seconds, else TimeoutError).  Re-raises the
+        """The target's return value, waiting until it has arrived or the
+        process has ended (at most ``timeout`` seconds, else TimeoutError);
+        the process may still be exiting when it returns.  Re-raises the
         target's exception (its traceback in the other process attached as
         ``__cause__``), ``ember.RemoteError`` if that exception could not be
         pickled, or ``ember.ProcessDied`` if the process died first."""
@@ -398,7 +402,7 @@ class Process:
         if self._desc is None:
             raise ProcessError("can only get the result of a started process")
         with self._lock:
-            if not self._wait(timeout):
+            if not self._wait(timeout, result_only=True):
                 raise TimeoutError(f"process {self._name!r} (p_uid {self.p_uid}) "
                                    f"did not end within {timeout} s")
             kind, value = self._decide()
