@@ -61,6 +61,9 @@ def test_submit_map_exceptions(tmp_path):
                 ex.map(sq, [1], chunksize=0)
             except ValueError as e:
                 print("chunksize", e)
+            fs = [ex.submit(sq, 2), ex.submit(len, [threading.Lock()]), ex.submit(sq, 3)]
+            print("bad arg", fs[0].result(), type(fs[1].exception()).__name__, str(fs[1].exception()),
+                  fs[2].result())
             big = ex.submit(lambda: bytearray(3 << 20)).result()
             print("big", len(big))
             blob = b"z" * (1 << 20)                      # a function holding a big buffer
@@ -91,6 +94,7 @@ def test_submit_map_exceptions(tmp_path):
         "unpicklable RemoteError TypeError: cannot pickle the result of allocate_lock() (a lock): "
         "cannot pickle '_thread.lock' object",
         "chunksize chunksize must be an int >= 1, got 0",
+        "bad arg 4 TypeError cannot pickle '_thread.lock' object 9",
         "big 3145728",
         "closure [1048576, 1048577, 1048578]",
         "map raises at 5 [0, 1, 2, 3, 4]",

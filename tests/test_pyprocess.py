@@ -297,6 +297,8 @@ def test_lifecycle_and_bad_input(tmp_path):
         check(lambda: ember.Process(target=len, args="ab"), TypeError, "args must be a tuple, not str")
         check(lambda: ember.Process(target=len, start_method="fork"), ValueError,
               "start_method must be one of ('template', 'spawn'), got 'fork'")
+        check(ember.Process(target=len, args=(threading.Lock(),)).start, TypeError,
+              "cannot pickle '_thread.lock' object")
         p = ember.Process(target=time.sleep, args=(60,))
         check(lambda: p.join(), ember.ProcessError, "can only join a started process")
         check(lambda: p.sentinel, ValueError, "process not started")
@@ -328,7 +330,7 @@ def test_lifecycle_and_bad_input(tmp_path):
         d.start()
         print("daemon", d.daemon)
     """))
-    assert out.splitlines() == ["ok TypeError"] * 2 + ["ok ValueError", "ok ProcessError", "ok ValueError",
+    assert out.splitlines() == ["ok TypeError"] * 2 + ["ok ValueError", "ok TypeError", "ok ProcessError", "ok ValueError",
                                                        "ok ProcessError", "timeout None True",
                                                        "ok TimeoutError", "ok ValueError",
                                                        "terminated -15 False ProcessDied",

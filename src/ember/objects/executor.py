@@ -403,10 +403,19 @@ class Executor(_cf.Executor):
                     elif batch:
                         try:
                             data, bufs = self._pack(batch)
-                        except BaseException as exc:
+                        except Exception:
+                            # Some task cannot be pickled: fail those, send the rest.
+                            good = []
                             for it in batch:
-                                it.future.set_exception(exc)
-                            continue
+                                try:
+                                    self._pack([it])
+                                    good.append(it)
+                                except Exception as exc:
+                                    it.future.set_exception(exc)
+                            batch = good
+                            if not batch:
+                                continue
+                            data, bufs = self._pack(batch)
                         last = 0 if batch[0].kwargs is None or batch[0].kwargs is True \
                             else len(batch)
                         for it in batch:
