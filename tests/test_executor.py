@@ -85,7 +85,8 @@ def test_submit_map_exceptions(tmp_path):
         except RuntimeError as e:
             print("after shutdown", e)
         import gc; gc.collect()
-        print("leaks", leak_state() == before)
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
     """))
     assert out.splitlines() == [
         "submit 49 3",
@@ -137,7 +138,8 @@ def test_worker_killed_mid_task_is_replaced(tmp_path):
                 print("map died at", got, e.signal)
             print("after", list(ex.map(sq, range(4), chunksize=1)), ex.replaced)
         import gc; gc.collect()
-        print("leaks", leak_state() == before)
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
     """))
     assert out.splitlines() == [
         "died ProcessDied 9 True",

@@ -95,7 +95,8 @@ def test_policies(tmp_path):
             except (ValueError, RuntimeError) as e:
                 print("bad", type(e).__name__, e)
         import gc; gc.collect()
-        print("leaks", leak_state() == before)
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
     """))
     assert out.splitlines() == [
         "all ok True [0, 10, 20] [0, 0, 0]",

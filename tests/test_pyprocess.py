@@ -204,7 +204,8 @@ def test_killed_while_sending_result(tmp_path):
         except ember.ProcessDied as e:
             print("died", e.signal, p.exitcode)
         p.close()
-        print("leaks", leak_state() == before)
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
     """))
     assert out.splitlines() == ["died 9 -9", "leaks True"]
 
@@ -236,7 +237,8 @@ def test_nested_and_many(tmp_path):
               {p.exitcode for p in ps})
         del ps, p
         import gc; gc.collect()
-        print("leaks", leak_state() == before)
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
     """, os.environ.get("EMBER_TEST_MANY", "200"), timeout=300))
     n = int(os.environ.get("EMBER_TEST_MANY", "200"))
     assert out.splitlines() == ["nested 6", f"many True {n} {{0}}", "leaks True"]
@@ -262,7 +264,8 @@ def test_big_numpy_result(tmp_path):
         # zero-copy: the array's memory is in the pool (the block is live until `a` goes)
         print("in pool", _default_pool().stats().live_allocs == before[1] + 1)
         del a
-        print("leaks", leak_state() == before)
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
     """))
     assert out.splitlines() == ["big 200000000 float64 0.0 24999999.0 True", "in pool True",
                                 "leaks True"]
@@ -317,13 +320,14 @@ def test_lifecycle_and_bad_input(tmp_path):
         p.close()
         check(p.is_alive, ValueError, "process object is closed")
 
-        q = ember.Process(target=lambda: 5, name="dup")
+        q = ember.Process(target=time.sleep, args=(60,), name="dup")
         q.start()
         r = ember.Process(target=lambda: 5, name="dup")
         try:
             r.start()
         except ember.ProcessError as e:
             print("dup", str(e).startswith("a live process is already named 'dup'"))
+        q.kill()
         q.join()
         # daemon processes are killed at exit, others joined
         d = ember.Process(target=time.sleep, args=(60,), daemon=True)

@@ -411,7 +411,10 @@ class Executor(_cf.Executor):
                                     self._pack([it])
                                     good.append(it)
                                 except Exception as exc:
-                                    it.future.set_exception(exc)
+                                    # not this frame: it holds received records
+                                    tb = exc.__traceback__
+                                    it.future.set_exception(exc.with_traceback(tb and tb.tb_next))
+                                    del exc, tb
                             batch = good
                             if not batch:
                                 continue
@@ -438,6 +441,8 @@ class Executor(_cf.Executor):
                         else:
                             item.future.set_exception(value)
                         del item, value
+                    # Hold no received message (a pool block) while waiting.
+                    rec = recs = None
                 elif p._ended(0):
                     while reader.pump(0):
                         pass

@@ -18,10 +18,9 @@ or death by a signal):
 
 Each member finds its index in the group in ``EMBER_GROUP_INDEX``.
 """
-import select
 import time
 
-from .process import Process
+from .process import Process, _readable
 
 __all__ = ["ProcessGroup", "POLICIES"]
 
@@ -178,7 +177,7 @@ class ProcessGroup:
             fds = [m.proc._res.fd for m in self._members
                    if not m.done and m.restart_at is None and m.proc._exitcode is None]
             if fds:
-                select.select(fds, [], [], slice_)
+                _readable(fds, slice_)
             else:
                 time.sleep(slice_)
         return self._raise_or(True)

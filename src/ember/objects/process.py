@@ -106,6 +106,16 @@ class _Resources:
             self.fd = -1
 
 
+def _readable(fds, timeout):
+    """True if any of ``fds`` is readable within ``timeout`` seconds (None:
+    wait).  poll(), not select(): fds may be above FD_SETSIZE."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return bool(p.poll(ms))
+
+
 def _exited_fd():
     """An fd that is readable at once (the process is already gone)."""
     fd = os.eventfd(1, os.EFD_CLOEXEC)
@@ -303,8 +313,7 @@ class Process:
     # --- waiting --------------------------------------------------------
     def _ended(self, timeout):
         """Wait up to ``timeout`` (None: forever) for the OS process to end."""
-        r, _, _ = select.select([self._res.fd], [], [], timeout)
-        return bool(r)
+        return _readable([self._res.fd], timeout)
 
     def _wait(self, timeout, result_only=False):
         """Collect the result record and the exit; True once the process has
