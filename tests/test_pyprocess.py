@@ -471,3 +471,28 @@ def test_function_defined_in_a_jupyter_kernel(tmp_path):
         print("".join(outputs), end="")
     """, timeout=110))
     assert out.splitlines() == ["cell 42 True", "exc ZeroDivisionError"]
+
+
+def test_template_killed_is_replaced(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        def templates():
+            found = []
+            for d in os.listdir("/proc"):
+                if d.isdigit():
+                    try:
+                        with open(f"/proc/{d}/cmdline", "rb") as f:
+                            cmd = f.read().split(b"\\0")
+                    except OSError:
+                        continue
+                    if b"ember._template" in cmd and os.getsid(int(d)) == os.getsid(0):
+                        found.append(int(d))
+            return found
+
+        p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
+        (t,) = templates()
+        os.kill(t, signal.SIGKILL)
+        p = ember.Process(target=lambda: 7); p.start()
+        print("after kill", p.result(), len(templates()), templates() != [t])
+        p.join()
+    """))
+    assert out.splitlines() == ["after kill 7 1 True"]
