@@ -13,7 +13,7 @@ import zlib
 import pytest
 
 from ember.channels_c import Channel, wait_any
-from ember.exceptions import ChannelEmpty
+from ember.exceptions import ChannelClosed, ChannelEmpty
 from ember.pools_c import Pool
 from procs import fork, join
 
@@ -254,6 +254,94 @@ def test_wait_any_across_processes(pool):
         os.close(w)
         for x in (a, b, c):
             x.destroy()
+
+
+# ---------------------------------------------------------------------------
+# close() across processes (issue 7)
+
+@pytest.mark.timeout(60)
+def test_close_is_exact_under_concurrent_senders_and_receivers(pool):
+    """Producers send until ChannelClosed, consumers receive until
+    ChannelClosed, the parent closes at some moment: every send that
+    returned is received exactly once, nothing whose send raised is."""
+    P, C = 3, 2
+    for rnd_seed in range(3):
+        ch = Channel.create(pool, capacity=8, block_size=64)
+        last = mmap.mmap(-1, 8 * P)
+        lv = memoryview(last).cast("q")
+        for p in range(P):
+            lv[p] = -1
+        counts = mmap.mmap(-1, P << 20)
+
+        def producer(p):
+            for seq in range(1 << 20):
+                try:
+                    ch.send(struct.pack("<II", p, seq) + (b"x" * 100 if seq % 7 == 0 else b""))
+                except ChannelClosed:
+                    return
+                lv[p] = seq
+
+        def consumer(k):
+            cnt = memoryview(counts)
+            while True:
+                try:
+                    m = ch.recv() if k % 2 else (wait_any([ch]) and ch.recv(timeout=0))
+                except ChannelClosed:
+                    return
+                except ChannelEmpty:
+                    continue
+                p, seq = struct.unpack_from("<II", m)
+                cnt[(p << 20) + seq] += 1
+
+        pids = [fork(consumer, k) for k in range(C)] + [fork(producer, p) for p in range(P)]
+        time.sleep(random.Random(rnd_seed).uniform(0.05, 0.3))
+        ch.close()
+        assert all(join(pid, 30) == 0 for pid in pids)
+        data = bytes(counts)
+        assert max(data) == 1
+        for p in range(P):
+            got = data[p << 20:(p + 1) << 20]
+            assert got[:lv[p] + 1].count(1) == lv[p] + 1, "a completed send was not received"
+            assert got[lv[p] + 1:].count(1) == 0, "a refused send was received"
+        assert sum(lv[p] + 1 for p in range(P)) > 0
+        with pytest.raises(ChannelClosed):
+            ch.recv(timeout=0)
+        ch.destroy()
+        lv.release()
+        last.close()
+        counts.close()
+
+
+@pytest.mark.timeout(30)
+def test_close_wakes_blocked_processes(pool):
+    ch = Channel.create(pool, capacity=1, block_size=64)
+    full = Channel.create(pool, capacity=1, block_size=64)
+    full.send(b"f")
+    r, w = os.pipe()
+
+    def child(kind):
+        try:
+            if kind == 0:
+                ch.recv()
+            elif kind == 1:
+                assert wait_any([ch]) == [ch]
+                ch.recv(timeout=0)
+            else:
+                full.send(b"g")
+        except ChannelClosed:
+            os.write(w, bytes([kind]))
+
+    pids = [fork(child, k) for k in range(3)]
+    time.sleep(0.3)                                       # blocked by now
+    ch.close()
+    full.close()
+    assert sorted(read_exact(r, 3)) == [0, 1, 2]
+    assert all(join(pid) == 0 for pid in pids)
+    assert full.recv(timeout=0) == b"f"
+    os.close(r)
+    os.close(w)
+    ch.destroy()
+    full.destroy()
 
 
 # ---------------------------------------------------------------------------

@@ -425,14 +425,20 @@ static inline ember_rc_t closed_end(uint64_t head, uint64_t *end)
  * only garbage can keep a loop going: the memory was reused after a racing
  * destroy (EMBER_ERR_DESTROYED), or state words or counters were scribbled
  * on (EMBER_ERR_CORRUPT: head and tail, read as a consistent pair, more
- * than a ring apart -- see INVARIANTS).  EMBER_OK: go on. */
-static ember_rc_t retries_exhausted(const ember_ch_t *ch, uint64_t *spins)
+ * than a ring apart -- see INVARIANTS).  Garbage that passes both checks
+ * (or, in theory, a loop starved by other processes' progress for 64
+ * rounds) ends the loop with `busy` (FULL / EMPTY: a blocking caller
+ * waits and tries again until its deadline).  EMBER_OK: go on. */
+static ember_rc_t retries_exhausted(const ember_ch_t *ch, uint64_t *spins, unsigned *rounds,
+                                    ember_rc_t busy)
 {
     if (__builtin_expect(*spins <= (uint64_t)ch->capacity + 64u, 1))
         return EMBER_OK;
     *spins = 0;
     if (!ch_alive(ch))
         return EMBER_ERR_DESTROYED;
+    if (++*rounds >= 64u)
+        return busy;
     /* acquire loads, head / tail / head: if head did not move, the tail read
      * between lies within what the invariants allow for that head. */
     uint64_t h1 = ember_atomic_load_acquire(&ch->h->xhead) & ~HEAD_CLOSED;
@@ -445,13 +451,16 @@ static ember_rc_t retries_exhausted(const ember_ch_t *ch, uint64_t *spins)
 
 /* ---- producer side -------------------------------------------------------- */
 
-/* A producer found (pos - cap, READING, dead pid): take the claim over, free
- * what the dead consumer never got, release the slot for position `pos`. */
-static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t st)
+/* A producer at `pos` found (pos - cap, READING, dead pid): take the claim
+ * over, free what the dead consumer never got, release the slot for
+ * position `pos`.  (The state's own position is used as it was read, the
+ * slot's key from `pos`: so a garbage state cannot make the CAS fail
+ * forever.) */
+static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t st)
 {
     uint64_t p = ST_POS(st);
     uint64_t take = MK(p, K_READING, my_pid());
-    if (!st_cas_acq_rel(ch, s, p, &st, take))
+    if (!st_cas_acq_rel(ch, s, pos, &st, take))
         return;
     uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
     if (meta & META_ALLOC) {
@@ -462,7 +471,7 @@ static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t st)
     }
     /* release: orders our reads of the slot before it becomes FREE; pairs
      * with the acquire CAS of the next producer in try_claim_send(). */
-    st_store_release(ch, s, p, MK(p + ch->capacity, K_FREE, 0));
+    st_store_release(ch, s, pos, MK(p + ch->capacity, K_FREE, 0));
     notify_recvd(ch);
 }
 
@@ -481,10 +490,13 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
      * error (see "destroy" above). */
     if (__builtin_expect(!ch_alive(ch), 0))
         return EMBER_ERR_DESTROYED;
+    unsigned rounds = 0;
     for (uint64_t spins = 0;; spins++) {
-        ember_rc_t bad = retries_exhausted(ch, &spins);
-        if (__builtin_expect(bad != EMBER_OK, 0))
+        ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_FULL);
+        if (__builtin_expect(bad != EMBER_OK, 0)) {
+            *stuck = 0;
             return bad;
+        }
         /* acquire: pairs with the acq_rel CAS that advanced head (MEMORY ORDER). */
         uint64_t pos = ember_atomic_load_acquire(&h->xhead), end;
         if (__builtin_expect(closed_end(pos, &end) != EMBER_OK, 0))
@@ -526,7 +538,7 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
         }
         /* d < 0: the slot still holds the previous lap. */
         if (ST_KIND(st) == K_READING && dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
-            recover_reading(ch, s, st);
+            recover_reading(ch, s, pos, st);
             continue;
         }
         *stuck = st;
@@ -590,10 +602,13 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
     ch_hdr_t *h = ch->h;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
+    unsigned rounds = 0;
     for (uint64_t spins = 0;; spins++) {
-        ember_rc_t bad = retries_exhausted(ch, &spins);
-        if (__builtin_expect(bad != EMBER_OK, 0))
+        ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_EMPTY);
+        if (__builtin_expect(bad != EMBER_OK, 0)) {
+            *stuck = 0;
             return bad;
+        }
         /* acquire: pairs with the acq_rel CAS that advanced tail. */
         uint64_t pos = ember_atomic_load_acquire(&h->xtail);
         ch_slot_t *s = slot_at(ch, pos);
@@ -821,10 +836,14 @@ static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint6
     ch_hdr_t *h = ch->h;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
+    unsigned rounds = 0;
     for (uint64_t spins = 0;; spins++) {
-        ember_rc_t bad = retries_exhausted(ch, &spins);
-        if (__builtin_expect(bad != EMBER_OK, 0))
+        ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_FULL);
+        if (__builtin_expect(bad != EMBER_OK, 0)) {
+            if (stuck)
+                *stuck = 0;
             return bad;
+        }
         /* acquire loads: as in try_claim_send(). */
         uint64_t pos = ember_atomic_load_acquire(&h->xhead), end;
         if (closed_end(pos, &end) != EMBER_OK)
@@ -839,7 +858,7 @@ static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint6
             continue;
         }
         if (ST_KIND(st) == K_READING && dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
-            recover_reading(ch, s, st);
+            recover_reading(ch, s, pos, st);
             continue;
         }
         *stuck = st;
