@@ -133,7 +133,7 @@ def _run(trials, seeds):
 
 @pytest.mark.timeout(120)
 def test_scribbled_channel_never_crashes_short():
-    _run(150, [1, 2])
+    _run(400, [1, 2])
 
 
 @pytest.mark.slow

@@ -19,7 +19,11 @@
  * large message the (offset, id) of a pool allocation holding it.
  * Positions are counted modulo 2^40 and compared by their signed 40-bit
  * difference (|difference| <= capacity << 2^39).  Linux pids are < 2^22
- * (PID_MAX_LIMIT), so a pid always fits.
+ * (PID_MAX_LIMIT), so a pid always fits.  The position is STORED
+ * slot-relative (XOR the slot's index, see ST_KEY), so (lap 0, FREE) is 0
+ * in every slot: a zeroed block is an empty ring, and create initialises
+ * only slot headers in pages that were ever written (init_slots): a channel
+ * made in fresh sparse pool memory costs no page fault for its slots.
  *
  * Slot life cycle for position p (index p & mask), each arrow one atomic
  * step on xstate:
@@ -57,11 +61,30 @@
  *                          message is skipped, nothing else.
  *   (pos, READING) / ahead tail is stale: help, retry.
  *
+ * CLOSE: one fetch_or of HEAD_CLOSED (bit 63) into head.  Head's value
+ * then is the end E: every head CAS expects a value without the bit, so
+ * head never moves again and no producer claims a position after E.  A
+ * producer that claimed E itself learns it from its own failed head CAS
+ * (it reads E | CLOSED) and gives the slot back, (E, FREE), returning
+ * EMBER_ERR_CLOSED.  A consumer that finds nothing at tail position p
+ * returns EMBER_ERR_CLOSED iff closed and p >= E.  So close is exact: a
+ * send that returned OK is received, one that returned CLOSED is not.
+ *
+ * DESTROY: the handle's allocation must be live with its id (pool check),
+ * and the destroy is claimed by a CAS of the header's xalloc_id from that
+ * id to 0 (ids are unique per allocation: a stale handle whose block holds
+ * another channel now fails the CAS and changes nothing), then xmagic is
+ * set DEAD, sleepers are woken, queued large blocks and the channel freed.
+ *
  * INVARIANTS
  *   - A position's slot goes through the life cycle above exactly once;
  *     every transition out of FREE, FULL, and out of WRITING/READING by a
  *     dead pid is a CAS, so exactly one process wins each of them.
- *   - head and tail only grow; head - tail <= capacity.
+ *   - head and tail only grow; head - tail <= capacity (tail read after
+ *     head); tail - head <= the slots skipped for producers that died
+ *     before advancing head (<= capacity).  Claim loops that see head and
+ *     tail, read as a consistent pair, further apart report
+ *     EMBER_ERR_CORRUPT (CORRUPTION below).
  *   - A slot in state (p, FULL) holds a complete message: the payload and
  *     xmeta are written before the store-release of FULL.
  *
@@ -142,6 +165,27 @@
  *   first and returns EMBER_ERR_DESTROYED once it is destroyed, even after
  *   the memory was reused; only an operation already past that check when
  *   a destroy lands (a race the caller allowed) may touch freed memory.
+ *   - Closer dies in ember_ch_close: the close is one fetch_or, so the
+ *     channel is open or closed, never half; if it dies before its wakes,
+ *     sleepers see the close at the end of their slice (<= 50 ms).
+ *   - Producer dies while giving the end slot back after a close: the slot
+ *     stays (E, WRITING, dead); consumers skip it as any dead producer's,
+ *     then get EMBER_ERR_CLOSED.
+ *   - Destroyer dies: before its xalloc_id CAS nothing happened; after it
+ *     the channel is destroyed for everyone, and at worst the channel's
+ *     block and its queued large blocks leak (ember_pool_next_alloc).
+ *
+ * CORRUPTION (memory scribbled by a stray write, not by a death)
+ *   Nothing read from shared memory is trusted for a memory access: the
+ *   handle keeps its own capacity / block size / slot offset (checked
+ *   against the descriptor at attach); an inline length beyond the slot (or,
+ *   after the claim, the caller's buffer) and a large message's block that
+ *   ember_pool_check refuses are EMBER_ERR_CORRUPT (the message is dropped,
+ *   its slot released); every recorded block freed is checked by the pool;
+ *   every claim loop is bounded (retries_exhausted): DESTROYED, CORRUPT
+ *   (head and tail more than a ring apart) or, after 64 rounds, FULL/EMPTY.
+ *   A garbage pid costs a kill(pid, 0) probe.  Never a crash or a hang
+ *   (tests/test_channel_fuzz.py).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE         /* SEEK_DATA / SEEK_HOLE, syscall(): self-contained */
