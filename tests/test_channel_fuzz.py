@@ -42,7 +42,7 @@ def _scribble(rnd, seg, off, cap, blk):
         else:                                             # a run of random bytes
             at = off + rnd.randrange(size)
             n = min(rnd.randint(1, 64), off + size - at)
-            seg[at:at + n] = os.urandom(n)
+            seg[at:at + n] = rnd.randbytes(n)
 
 
 def _op(rnd, ch, limit):

@@ -228,6 +228,11 @@ enum { K_FREE = 0, K_WRITING = 1, K_FULL = 2, K_READING = 3 };
 #define META_SKIP      (1ull << 62)      /* an aborted send: no message, consumers skip it */
 #define META_LEN(m)    ((m) & (META_SKIP - 1))
 #define HEAD_CLOSED    (1ull << 63)      /* in xhead: closed; the rest is the end position */
+/* In the dead_level argument of the try functions: an empty receive also
+ * checks whether the channel is closed and drained (one more load, of head's
+ * line, which producers write: so the spin loops leave it out and the
+ * try-once and sleeping paths do it). */
+#define LVL_CLOSED     4
 
 /* Slot-relative encoding of the position in a stored state word: the stored
  * position is the real one XOR the slot's index (pos & mask), i.e. the
@@ -526,6 +531,7 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
                                  ch_slot_t **slot_out, uint64_t *stuck)
 {
     ch_hdr_t *h = ch->h;
+    dead_level &= 3;                 /* LVL_CLOSED: a send always sees the close */
     /* A handle whose channel was destroyed through another handle (or in
      * another process) must not touch the slots, which may belong to
      * someone else by now: check the header's magic and allocation id
@@ -644,6 +650,8 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                            ember_ch_msg_t *msg, uint64_t *stuck)
 {
     ch_hdr_t *h = ch->h;
+    int check_closed = dead_level & LVL_CLOSED;
+    dead_level &= 3;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
     unsigned rounds = 0;
@@ -721,7 +729,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
             }
             if (k == K_FREE) {
                 *stuck = 0;
-                return empty_or_closed(ch, pos);
+                return check_closed ? empty_or_closed(ch, pos) : EMBER_ERR_EMPTY;
             }
             if (k == K_WRITING) {
                 if (dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
@@ -756,7 +764,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
             continue;
         }
         *stuck = 0;                           /* previous lap still being read */
-        return empty_or_closed(ch, pos);
+        return check_closed ? empty_or_closed(ch, pos) : EMBER_ERR_EMPTY;
     }
 }
 
@@ -772,7 +780,9 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
 {
     ember_rc_t busy = for_send ? EMBER_ERR_FULL : EMBER_ERR_EMPTY;
     uint64_t stuck = 0;
-    ember_rc_t rc = fn(ch, ctx, 0, &stuck);
+    /* LVL_CLOSED here and in the sleeping loop, not in the spin (see its
+     * definition): a receive on a closed, drained channel returns at once. */
+    ember_rc_t rc = fn(ch, ctx, LVL_CLOSED, &stuck);
     if (__builtin_expect(rc != busy, 1))
         return rc;
     if (timeout_ns == 0) {
@@ -780,7 +790,7 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
          * was seen by the previous try-once too. */
         _Atomic uint64_t *last = for_send ? &ch->stuck_send : &ch->stuck_recv;
         if (stuck != 0 && ember_atomic_load_relaxed(last) == stuck) {
-            rc = fn(ch, ctx, 2, &stuck);
+            rc = fn(ch, ctx, 2 | LVL_CLOSED, &stuck);
             if (rc != busy)
                 return rc;
         }
@@ -830,7 +840,7 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
         /* seq_cst fence: orders the flag store before the re-try's loads of
          * the slot state; pairs with the fence in notify(). */
         ember_atomic_fence_seq_cst();
-        rc = fn(ch, ctx, level, &stuck);
+        rc = fn(ch, ctx, level | LVL_CLOSED, &stuck);
         if (rc != busy)
             return rc;
         now = now_ns();
@@ -878,6 +888,7 @@ static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint6
 {
     (void)ctx;
     ch_hdr_t *h = ch->h;
+    dead_level &= 3;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
     unsigned rounds = 0;
@@ -1402,13 +1413,13 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
     for (size_t i = 0; i < n; i++)
         if (!chs[i])
             return EMBER_ERR_INVALID_ARG;
-    size_t k = scan_ready(chs, n, writable, 0, ready);
+    size_t k = scan_ready(chs, n, writable, LVL_CLOSED, ready);
     if (nready)
         *nready = k;
     if (k)
         return EMBER_OK;
     if (timeout_ns == 0) {
-        k = scan_ready(chs, n, writable, 1, ready);
+        k = scan_ready(chs, n, writable, 1 | LVL_CLOSED, ready);
         if (nready)
             *nready = k;
         return k ? EMBER_OK : EMBER_ERR_TIMEOUT;
@@ -1450,7 +1461,7 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
         /* seq_cst fence: orders the flag stores before the re-scan's loads
          * of slot states; pairs with the fence in notify(). */
         ember_atomic_fence_seq_cst();
-        k = scan_ready(chs, n, writable, level, ready);
+        k = scan_ready(chs, n, writable, level | LVL_CLOSED, ready);
         int e = 0;
         if (!k) {
             now = now_ns();
@@ -1467,7 +1478,7 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
         if (e == EINTR)
             return EMBER_ERR_INTERRUPTED;
         if (now_ns() >= deadline) {
-            k = scan_ready(chs, n, writable, level, ready);
+            k = scan_ready(chs, n, writable, level | LVL_CLOSED, ready);
             if (nready)
                 *nready = k;
             return k ? EMBER_OK : EMBER_ERR_TIMEOUT;
