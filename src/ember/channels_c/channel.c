@@ -61,7 +61,9 @@
  *                          message is skipped, nothing else.
  *   (pos, READING) / ahead tail is stale: help, retry.
  *
- * CLOSE: one fetch_or of HEAD_CLOSED (bit 63) into head.  Head's value
+ * CLOSE: one fetch_or of HEAD_CLOSED (bit 63) into head (preceded by a
+ * hint in the read-mostly xflags, so that an empty receive reads head's
+ * line only after a close began; see empty_or_closed()).  Head's value
  * then is the end E: every head CAS expects a value without the bit, so
  * head never moves again and no producer claims a position after E.  A
  * producer that claimed E itself learns it from its own failed head CAS
@@ -165,8 +167,10 @@
  *   first and returns EMBER_ERR_DESTROYED once it is destroyed, even after
  *   the memory was reused; only an operation already past that check when
  *   a destroy lands (a race the caller allowed) may touch freed memory.
- *   - Closer dies in ember_ch_close: the close is one fetch_or, so the
- *     channel is open or closed, never half; if it dies before its wakes,
+ *   - Closer dies in ember_ch_close: the close is one fetch_or of head, so
+ *     the channel is open or closed, never half (killed after the xflags
+ *     hint and before head: open, and receivers read head on each empty
+ *     receive -- slower, never wrong); if it dies before its wakes,
  *     sleepers see the close at the end of their slice (<= 50 ms).
  *   - Producer dies while giving the end slot back after a close: the slot
  *     stays (E, WRITING, dead); consumers skip it as any dead producer's,
@@ -228,11 +232,7 @@ enum { K_FREE = 0, K_WRITING = 1, K_FULL = 2, K_READING = 3 };
 #define META_SKIP      (1ull << 62)      /* an aborted send: no message, consumers skip it */
 #define META_LEN(m)    ((m) & (META_SKIP - 1))
 #define HEAD_CLOSED    (1ull << 63)      /* in xhead: closed; the rest is the end position */
-/* In the dead_level argument of the try functions: an empty receive also
- * checks whether the channel is closed and drained (one more load, of head's
- * line, which producers write: so the spin loops leave it out and the
- * try-once and sleeping paths do it). */
-#define LVL_CLOSED     4
+#define FLAG_CLOSED    1u                /* in xflags (line 0): close() began */
 
 /* Slot-relative encoding of the position in a stored state word: the stored
  * position is the real one XOR the slot's index (pos & mask), i.e. the
@@ -257,7 +257,7 @@ typedef struct {
     uint32_t version;
     uint32_t capacity;
     uint32_t block_size;
-    uint32_t flags;
+    _Atomic uint32_t xflags;      /* FLAG_CLOSED: a hint on the read-mostly line */
     uint64_t c_uid;
     _Atomic uint64_t xalloc_id;   /* id of this allocation; 0 once destroyed */
     uint64_t slots_offset;        /* from the header start */
@@ -531,7 +531,6 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
                                  ch_slot_t **slot_out, uint64_t *stuck)
 {
     ch_hdr_t *h = ch->h;
-    dead_level &= 3;                 /* LVL_CLOSED: a send always sees the close */
     /* A handle whose channel was destroyed through another handle (or in
      * another process) must not touch the slots, which may belong to
      * someone else by now: check the header's magic and allocation id
@@ -623,9 +622,18 @@ static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
  * and is, or will be, FULL or skipped; none at or after it ever will). */
 static inline ember_rc_t empty_or_closed(ember_ch_t *ch, uint64_t pos)
 {
+    /* First the hint on line 0, which every operation reads anyway (ch_alive)
+     * and nobody writes but create, close and destroy: so an empty receive
+     * does not pull head's line, which producers write, away from them.
+     * acquire: pairs with the seq_cst fetch_or of FLAG_CLOSED in
+     * ember_ch_close(), which comes before its fetch_or of head; a receiver
+     * that sees the flag but not yet head's bit waits, and is woken by the
+     * close's bumps that follow. */
+    if (__builtin_expect(!(ember_atomic_load_acquire(&ch->h->xflags) & FLAG_CLOSED), 1))
+        return EMBER_ERR_EMPTY;
     uint64_t end;
-    /* acquire: pairs with the seq_cst fetch_or of CLOSED in ember_ch_close(). */
-    if (__builtin_expect(closed_end(ember_atomic_load_acquire(&ch->h->xhead), &end) != EMBER_OK, 0)
+    /* acquire: pairs with the seq_cst fetch_or of HEAD_CLOSED in ember_ch_close(). */
+    if (closed_end(ember_atomic_load_acquire(&ch->h->xhead), &end) != EMBER_OK
         && posdiff(pos, end) >= 0)
         return EMBER_ERR_CLOSED;
     return EMBER_ERR_EMPTY;
@@ -650,8 +658,6 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                            ember_ch_msg_t *msg, uint64_t *stuck)
 {
     ch_hdr_t *h = ch->h;
-    int check_closed = dead_level & LVL_CLOSED;
-    dead_level &= 3;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
     unsigned rounds = 0;
@@ -729,7 +735,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
             }
             if (k == K_FREE) {
                 *stuck = 0;
-                return check_closed ? empty_or_closed(ch, pos) : EMBER_ERR_EMPTY;
+                return empty_or_closed(ch, pos);
             }
             if (k == K_WRITING) {
                 if (dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
@@ -764,7 +770,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
             continue;
         }
         *stuck = 0;                           /* previous lap still being read */
-        return check_closed ? empty_or_closed(ch, pos) : EMBER_ERR_EMPTY;
+        return empty_or_closed(ch, pos);
     }
 }
 
@@ -780,9 +786,7 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
 {
     ember_rc_t busy = for_send ? EMBER_ERR_FULL : EMBER_ERR_EMPTY;
     uint64_t stuck = 0;
-    /* LVL_CLOSED here and in the sleeping loop, not in the spin (see its
-     * definition): a receive on a closed, drained channel returns at once. */
-    ember_rc_t rc = fn(ch, ctx, LVL_CLOSED, &stuck);
+    ember_rc_t rc = fn(ch, ctx, 0, &stuck);
     if (__builtin_expect(rc != busy, 1))
         return rc;
     if (timeout_ns == 0) {
@@ -790,7 +794,7 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
          * was seen by the previous try-once too. */
         _Atomic uint64_t *last = for_send ? &ch->stuck_send : &ch->stuck_recv;
         if (stuck != 0 && ember_atomic_load_relaxed(last) == stuck) {
-            rc = fn(ch, ctx, 2 | LVL_CLOSED, &stuck);
+            rc = fn(ch, ctx, 2, &stuck);
             if (rc != busy)
                 return rc;
         }
@@ -840,7 +844,7 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
         /* seq_cst fence: orders the flag store before the re-try's loads of
          * the slot state; pairs with the fence in notify(). */
         ember_atomic_fence_seq_cst();
-        rc = fn(ch, ctx, level | LVL_CLOSED, &stuck);
+        rc = fn(ch, ctx, level, &stuck);
         if (rc != busy)
             return rc;
         now = now_ns();
@@ -888,7 +892,6 @@ static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint6
 {
     (void)ctx;
     ch_hdr_t *h = ch->h;
-    dead_level &= 3;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
     unsigned rounds = 0;
@@ -1018,7 +1021,7 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
     h->version = CH_VERSION;
     h->capacity = capacity;
     h->block_size = block_size;
-    h->flags = 0;
+    ember_atomic_store_relaxed(&h->xflags, 0);
     h->c_uid = c_uid;
     ember_atomic_store_relaxed(&h->xalloc_id, a.id);
     h->slots_offset = sizeof(ch_hdr_t);
@@ -1413,13 +1416,13 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
     for (size_t i = 0; i < n; i++)
         if (!chs[i])
             return EMBER_ERR_INVALID_ARG;
-    size_t k = scan_ready(chs, n, writable, LVL_CLOSED, ready);
+    size_t k = scan_ready(chs, n, writable, 0, ready);
     if (nready)
         *nready = k;
     if (k)
         return EMBER_OK;
     if (timeout_ns == 0) {
-        k = scan_ready(chs, n, writable, 1 | LVL_CLOSED, ready);
+        k = scan_ready(chs, n, writable, 1, ready);
         if (nready)
             *nready = k;
         return k ? EMBER_OK : EMBER_ERR_TIMEOUT;
@@ -1461,7 +1464,7 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
         /* seq_cst fence: orders the flag stores before the re-scan's loads
          * of slot states; pairs with the fence in notify(). */
         ember_atomic_fence_seq_cst();
-        k = scan_ready(chs, n, writable, level | LVL_CLOSED, ready);
+        k = scan_ready(chs, n, writable, level, ready);
         int e = 0;
         if (!k) {
             now = now_ns();
@@ -1478,7 +1481,7 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
         if (e == EINTR)
             return EMBER_ERR_INTERRUPTED;
         if (now_ns() >= deadline) {
-            k = scan_ready(chs, n, writable, level | LVL_CLOSED, ready);
+            k = scan_ready(chs, n, writable, level, ready);
             if (nready)
                 *nready = k;
             return k ? EMBER_OK : EMBER_ERR_TIMEOUT;
@@ -1505,6 +1508,11 @@ ember_rc_t ember_ch_close(ember_ch_t *ch)
     if (!ch_alive(ch))
         return EMBER_ERR_DESTROYED;
     ch_hdr_t *h = ch->h;
+    /* seq_cst: the hint first (receivers that find the ring empty look at
+     * head only once they see it; see empty_or_closed()).  A closer killed
+     * right after it leaves an open channel whose receivers read head on
+     * every empty receive: slower, never wrong. */
+    ember_atomic_or_seq_cst(&h->xflags, FLAG_CLOSED);
     /* seq_cst: the one step of a close.  head's value at this instant is
      * the end: every CAS that would advance head past it fails from now on
      * (help_advance() expects a value without the bit), so no producer
