@@ -609,3 +609,20 @@ def test_fresh_channel_touches_no_slot_page(capi):
         assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
     finally:
         lib.ember_pool_destroy(pool)
+
+
+def test_closer_killed_between_hint_and_close_leaves_an_open_channel(capi, pool):
+    """A closer killed after the xflags hint and before head's CLOSED bit
+    leaves a consistent, open channel (and a later close works)."""
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    flags = ffi.cast("uint32_t *", lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset + 20))
+    flags[0] = 1                                          # FLAG_CLOSED: the hint only
+    assert lib.ember_ch_is_closed(ch) == 0
+    assert recv(capi, ch) == lib.EMBER_ERR_EMPTY            # not closed: empty
+    assert lib.ember_ch_send(ch, b"still", 5, 0) == lib.EMBER_OK
+    assert recv(capi, ch) == b"still"
+    assert lib.ember_ch_close(ch) == lib.EMBER_OK
+    assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_CLOSED
+    assert recv(capi, ch) == lib.EMBER_ERR_CLOSED
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
