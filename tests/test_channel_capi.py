@@ -626,3 +626,35 @@ def test_closer_killed_between_hint_and_close_leaves_an_open_channel(capi, pool)
     assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_CLOSED
     assert recv(capi, ch) == lib.EMBER_ERR_CLOSED
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_create_never_trusts_a_replaced_segment_name(capi):
+    """The hole check reads the segment by name: a segment unlinked and
+    replaced by a sparse decoy under the same name must not make create
+    skip the initialisation of a dirty block."""
+    ffi, lib = capi
+    out = ffi.new("ember_pool_t **")
+    assert lib.ember_pool_create(4 << 20, random.getrandbits(63), owner_tag(), b"decoy", out) == lib.EMBER_OK
+    pool = out[0]
+    name = ffi.string(lib.ember_pool_shm_name(pool)).decode()
+    try:
+        blk = ffi.new("ember_alloc_t *")
+        size = HDR + 64 * 256
+        assert lib.ember_pool_alloc(pool, size, blk) == lib.EMBER_OK
+        ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), b"\xa5" * size, size)      # dirty
+        assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
+        assert lib.ember_pool_unlink_name(name.encode()) == lib.EMBER_OK
+        fd = os.open("/dev/shm" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.ftruncate(fd, lib.ember_pool_size(pool))                                  # all holes
+        os.close(fd)
+        ch = make(capi, pool, capacity=64, block=256)
+        assert lib.ember_ch_alloc(ch).offset == blk.offset
+        for lap in range(3):
+            for i in range(64):
+                assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
+            assert [recv(capi, ch) for _ in range(64)] == [b"%d" % i for i in range(64)]
+        assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    finally:
+        if os.path.exists("/dev/shm" + name):
+            os.unlink("/dev/shm" + name)
+        lib.ember_pool_detach(pool)
