@@ -488,7 +488,7 @@ def test_template_killed_is_replaced(tmp_path):
                         # this runtime's template only (parallel tests share the session)
                         try:
                             with open(f"/proc/{d}/environ", "rb") as f:
-                                env = f.read().split(b"\0")
+                                env = f.read().split(b"\\0")
                         except OSError:
                             continue
                         rid = ("EMBER_RUNTIME_ID=" + os.environ["EMBER_RUNTIME_ID"]).encode()
