@@ -12,6 +12,9 @@ DEFAULT_POOL = "EMBER_DEFAULT_POOL"  # sdesc of the runtime's default pool for u
 P_UID = "EMBER_P_UID"                # this process's p_uid
 NODE = "EMBER_NODE"                  # index of this node
 LABEL = "EMBER_OUTPUT_LABEL"         # shepherd output labelling: "none", "puid" or "name"
+# In the env of a process.create (never passed on to the child): "inherit"
+# gives the child the launcher's stdin instead of /dev/null (the head gets it).
+STDIN = "EMBER_STDIN"
 
 
 def encode(sdesc: bytes) -> str:

@@ -49,7 +49,7 @@ _MAX_PARTIAL = 1 << 20
 class _Stream:
     """One read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("fd", "out_fd", "prefix", "partial", "at_line_start")
+    __slots__ = ("fd", "out_fd", "prefix", "partial", "at_line_start", "eager")
 
     def __init__(self, fd, out_fd, prefix):
         self.fd = fd
@@ -57,6 +57,7 @@ class _Stream:
         self.prefix = prefix          # b"" when not labelling
         self.partial = b""            # bytes after the last newline seen
         self.at_line_start = True     # next byte written starts a line
+        self.eager = False            # write partial lines at once (prompts of a stdin reader)
 
 
 class _Child:
@@ -152,6 +153,7 @@ class Shepherd:
                     env[os.fsencode(k)] = os.fsencode(v)
                 else:
                     raise TypeError(f"env value of {k!r} must be a str, not {type(v).__name__}")
+        env.pop(_env.STDIN.encode(), None)      # a spawn directive, not for the child
         env[_env.P_UID.encode()] = str(p_uid).encode()
         return [k + b"=" + v for k, v in env.items()]
 
@@ -195,7 +197,8 @@ class Shepherd:
             os.close(out_w)
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
-            pid = spawn(exe, [exe] + args, envp, run_dir, self._devnull, out_w, err_w,
+            stdin_fd = self._stdin_for(msg.env)
+            pid = spawn(exe, [exe] + args, envp, run_dir, stdin_fd, out_w, err_w,
                         new_pgrp=True)
         except (OSError, ValueError, TypeError) as exc:
             os.close(out_r)
@@ -223,6 +226,8 @@ class Shepherd:
         else:
             prefix = b""
         streams = [_Stream(out_r, self._out_fd, prefix), _Stream(err_r, self._err_fd, prefix)]
+        for s in streams:
+            s.eager = stdin_fd != self._devnull
         child = _Child(p_uid, pid, pidfd, streams)
         with self._lock:
             self._children[p_uid] = child
@@ -237,6 +242,14 @@ class Shepherd:
         # Only now may the loop see the exit: ShSpawned precedes ShExited.
         self._ep.register(pidfd, select.EPOLLIN)
         return None
+
+    def _stdin_for(self, overrides):
+        """The child's stdin: /dev/null, or (-1) the shepherd's own, i.e. the
+        launcher's, when the create's env has ``EMBER_STDIN=inherit`` (the
+        launcher asks it for the head)."""
+        if isinstance(overrides, dict) and overrides.get(_env.STDIN) == "inherit":
+            return -1
+        return self._devnull
 
     def _on_kill(self, msg):
         sig = msg.sig
@@ -426,6 +439,10 @@ class Shepherd:
     # --- output forwarding ---------------------------------------------
     def _feed(self, s, data):
         buf = s.partial + data if s.partial else data
+        if s.eager and not s.prefix:      # a prompt must show before the reply is typed
+            s.partial = b""
+            self._out(s, buf)
+            return
         nl = buf.rfind(b"\n")
         if nl < 0:
             if len(buf) > _MAX_PARTIAL:
