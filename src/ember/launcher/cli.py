@@ -56,11 +56,29 @@ _PID_MAX_LIMIT = 1 << 22     # the kernel's PID_MAX_LIMIT: no pid is larger
 log = _log.get("launcher")
 
 
+def _columns():
+    """shutil.get_terminal_size() without importing shutil (and with it
+    bz2 and lzma: ~5 ms at every start, for a width only --help uses)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 def _parser():
     import argparse
 
+    class Formatter(argparse.HelpFormatter):
+        def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+            super().__init__(prog, indent_increment, max_help_position,
+                             _columns() - 2 if width is None else width)
+
     p = argparse.ArgumentParser(
-        prog="ember",
+        prog="ember", formatter_class=Formatter,
         description="ember: a runtime for Python programs that use many processes.",
         epilog="See `ember run --help` and `ember cleanup --help`; docs/user-guide.md.")
     p.add_argument("--version", action="version", version=f"ember {__version__}")
@@ -68,7 +86,7 @@ def _parser():
     sub.required = True
 
     r = sub.add_parser(
-        "run", help="run a program inside a new ember runtime",
+        "run", help="run a program inside a new ember runtime", formatter_class=Formatter,
         description="Bring up global services and this node's shepherd, run PROGRAM as the "
                     "head process (a PROGRAM ending in .py runs with this Python interpreter, "
                     "anything else is executed as is, looked up in PATH), tear everything "
@@ -98,6 +116,7 @@ def _parser():
 
     c = sub.add_parser(
         "cleanup", help="remove shared memory left by runtimes whose launcher is gone",
+        formatter_class=Formatter,
         description="Remove your /dev/shm segments of ember runtimes whose launcher is gone "
                     "(it no longer holds the runtime's lock) and of standalone pools whose "
                     "creating process no longer exists.  Segments of live runtimes, and "
@@ -179,6 +198,19 @@ def main(argv=None):
     log.level = level
     _check_sizes(args, parser.run_parser.error)
     return Launcher(args).run()
+
+
+def entry():
+    """The ``ember`` command and ``python -m ember``: :func:`main`, then exit
+    without the interpreter's finalization (a few ms of freeing modules at
+    the end of every run; everything of ours is closed by then)."""
+    code = main()
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 # --------------------------------------------------------------- proc titles
@@ -460,6 +492,8 @@ class Launcher:
             # GS and the shepherd import their own modules after the fork, in
             # parallel with each other and with the launcher's client import.
             from .. import messages  # noqa: F401
+            from ..globalservices import process, server as _gs_server  # noqa: F401
+            from ..shepherd import server as _sh_server  # noqa: F401
             self._fork("global services", "ember: global services",
                        lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt))
             self._fork("shepherd", "ember: shepherd node 0",
@@ -764,4 +798,4 @@ class Launcher:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
