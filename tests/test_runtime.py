@@ -107,7 +107,12 @@ def test_process_api(tmp_path):
         s.refresh()
         assert not s.is_alive and s.retval == -15
         for sig in (signal.SIGKILL, signal.SIGUSR1, signal.SIGINT):
-            p = process.create(py, ".", ["-c", "import time; time.sleep(60)"])
+            # (SIGINT while the interpreter is still starting is a fatal
+            # error, exit 1, not death by SIGINT: wait until it runs)
+            ready = f"ready-{sig}"
+            p = process.create(py, ".", ["-c", f"import time; open({ready!r}, 'w').close(); time.sleep(60)"])
+            while not os.path.exists(ready):
+                time.sleep(0.005)
             process.kill(p.p_uid, sig)
             assert process.join(p.p_uid, timeout=30) == -sig, sig
         print("kill ok")

@@ -15,6 +15,9 @@ LABEL = "EMBER_OUTPUT_LABEL"         # shepherd output labelling: "none", "puid"
 # In the env of a process.create (never passed on to the child): "inherit"
 # gives the child the launcher's stdin instead of /dev/null (the head gets it).
 STDIN = "EMBER_STDIN"
+# In the env of a process.create (never passed on): "1" runs a .py file given
+# to sys.executable in a fork of the shepherd (the launcher asks it for a .py head).
+FORK_PY = "EMBER_FORK_PY"
 
 
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="

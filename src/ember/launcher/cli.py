@@ -494,6 +494,7 @@ class Launcher:
             from .. import messages  # noqa: F401
             from ..globalservices import process, server as _gs_server  # noqa: F401
             from ..shepherd import server as _sh_server  # noqa: F401
+            from . import _forkhead  # noqa: F401  (the shepherd forks a .py head with it)
             self._fork("global services", "ember: global services",
                        lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt))
             self._fork("shepherd", "ember: shepherd node 0",
@@ -596,7 +597,10 @@ class Launcher:
             # The job's signals are blocked since run() began; they are
             # delivered (and forwarded to the head) as soon as it exists.
             try:
-                self.head = process.create(exe, os.getcwd(), argv, env={_env.STDIN: "inherit"})
+                env = {_env.STDIN: "inherit"}
+                if exe == sys.executable and os.environ.get(_env.FORK_PY, "1") == "1":
+                    env[_env.FORK_PY] = "1"
+                self.head = process.create(exe, os.getcwd(), argv, env=env)
             except Exception as exc:
                 print(f"ember: cannot start {prog!r}: {exc}", file=sys.stderr)
                 return EXIT_START_FAILED

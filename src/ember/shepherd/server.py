@@ -153,7 +153,8 @@ class Shepherd:
                     env[os.fsencode(k)] = os.fsencode(v)
                 else:
                     raise TypeError(f"env value of {k!r} must be a str, not {type(v).__name__}")
-        env.pop(_env.STDIN.encode(), None)      # a spawn directive, not for the child
+        env.pop(_env.STDIN.encode(), None)      # spawn directives, not for the child
+        env.pop(_env.FORK_PY.encode(), None)
         env[_env.P_UID.encode()] = str(p_uid).encode()
         return [k + b"=" + v for k, v in env.items()]
 
@@ -198,8 +199,12 @@ class Shepherd:
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
             stdin_fd = self._stdin_for(msg.env)
-            pid = spawn(exe, [exe] + args, envp, run_dir, stdin_fd, out_w, err_w,
-                        new_pgrp=True)
+            if self._fork_py(msg.env, exe, args, run_dir):
+                from ..launcher._forkhead import fork_python
+                pid = fork_python(args[0], args[1:], envp, run_dir, stdin_fd, out_w, err_w)
+            else:
+                pid = spawn(exe, [exe] + args, envp, run_dir, stdin_fd, out_w, err_w,
+                            new_pgrp=True)
         except (OSError, ValueError, TypeError) as exc:
             os.close(out_r)
             os.close(err_r)
@@ -250,6 +255,16 @@ class Shepherd:
         if isinstance(overrides, dict) and overrides.get(_env.STDIN) == "inherit":
             return -1
         return self._devnull
+
+    @staticmethod
+    def _fork_py(overrides, exe, args, run_dir):
+        """True if the create's env has ``EMBER_FORK_PY=1`` (the launcher's
+        for a .py head) and it runs this interpreter on an existing .py
+        file: then the child is a fork of this process that runs the file
+        (ember.launcher._forkhead), not a new interpreter (~10 ms less)."""
+        return (isinstance(overrides, dict) and overrides.get(_env.FORK_PY) == "1"
+                and exe == sys.executable and bool(args) and args[0].endswith(".py")
+                and os.path.isfile(os.path.join(run_dir or ".", args[0])))
 
     def _on_kill(self, msg):
         sig = msg.sig
