@@ -96,6 +96,12 @@ def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
     sys.stdin = sys.__stdin__ = _stream(0, "r", enc, False)
     sys.stdout = sys.__stdout__ = _stream(1, "w", enc, unbuffered)
     sys.stderr = sys.__stderr__ = _stream(2, "w", enc, unbuffered, errors="backslashreplace")
+    # This thread (the shepherd's daemon request thread) is the main thread
+    # now: threads the program starts must not inherit "daemon" from it.
+    import threading
+    main = threading.current_thread()
+    main._daemonic = False
+    main.name = "MainThread"
 
 
 def _stream(fd, mode, encoding, unbuffered, errors=None):
