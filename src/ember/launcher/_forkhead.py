@@ -29,22 +29,45 @@ __all__ = ["fork_python"]
 
 def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
     """Fork; in the child run ``script`` with ``args`` as ``__main__`` and
-    exit.  Returns the child's pid (the caller watches and reaps it).
+    exit.  Returns ``(pid, gate)``: the caller watches and reaps the pid,
+    and closes the fd ``gate`` once the child may start the program (the
+    shepherd: after it has reported the child to GS, so the program never
+    finds itself "pending").
 
     ``envp`` is the child's whole environment (``b"K=V"`` items);
     ``stdin_fd`` -1 keeps this process's fd 0; ``out_fd``/``err_fd`` become
     the child's 1 and 2.  Call from the thread that must be the child's
-    parent for PR_SET_PDEATHSIG (the shepherd's request thread)."""
+    parent for PR_SET_PDEATHSIG (the shepherd's request thread).  Signals
+    sent to the child before its program runs are held, not lost, and then
+    handled as the program's (as spawn.c does for an exec)."""
     for f in (sys.stdout, sys.stderr):
         try:
             f.flush()
         except (AttributeError, OSError, ValueError):
             pass
-    pid = os.fork()
+    parent = os.getpid()
+    gate_r, gate_w = os.pipe()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+    except BaseException:
+        os.close(gate_r)
+        os.close(gate_w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
     if pid:
-        return pid
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        os.close(gate_r)
+        return pid, gate_w
     code = 127
     try:
+        from ..shepherd._spawn import set_pdeathsig
+        set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != parent:    # the shepherd died before the prctl
+            os._exit(1)
+        os.close(gate_w)
+        os.read(gate_r, 1)            # EOF: the shepherd closed its end
+        os.close(gate_r)
         _setup(run_dir, stdin_fd, out_fd, err_fd, envp)
         code = _run(script, args)
     except BaseException:
@@ -58,12 +81,10 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
 
 
 def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
-    from ..shepherd._spawn import set_pdeathsig
-
-    set_pdeathsig(signal.SIGKILL)
     os.setpgid(0, 0)
     # Signals as in a fresh interpreter: default dispositions, SIGINT raising
-    # KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored; nothing blocked.
+    # KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored (all still blocked:
+    # _run unblocks them once it is ready for a KeyboardInterrupt).
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -75,7 +96,6 @@ def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     if stdin_fd >= 0:
         os.dup2(stdin_fd, 0)
     os.dup2(out_fd, 1)
@@ -142,6 +162,7 @@ def _run(script, args):
     code = 0
     interrupted = False
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _exec_main(path)
     except SystemExit as exc:
         code = _exit_code(exc)

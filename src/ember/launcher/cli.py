@@ -592,13 +592,15 @@ class Launcher:
                     print(f"ember: cannot run {prog!r}: {why}", file=sys.stderr)
                     return EXIT_START_FAILED
                 exe, argv = sys.executable, [prog] + a.args
+                # The shepherd runs it in a fork of itself (saves an interpreter start).
+                fork = os.environ.get(_env.FORK_PY, "1") == "1"
             else:
-                exe, argv = prog, a.args
+                exe, argv, fork = prog, a.args, False
             # The job's signals are blocked since run() began; they are
             # delivered (and forwarded to the head) as soon as it exists.
             try:
                 env = {_env.STDIN: "inherit"}
-                if exe == sys.executable and os.environ.get(_env.FORK_PY, "1") == "1":
+                if fork:
                     env[_env.FORK_PY] = "1"
                 self.head = process.create(exe, os.getcwd(), argv, env=env)
             except Exception as exc:

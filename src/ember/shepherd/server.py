@@ -199,9 +199,10 @@ class Shepherd:
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
             stdin_fd = self._stdin_for(msg.env)
+            gate = None                   # a forked .py child waits until it is closed
             if self._fork_py(msg.env, exe, args, run_dir):
                 from ..launcher._forkhead import fork_python
-                pid = fork_python(args[0], args[1:], envp, run_dir, stdin_fd, out_w, err_w)
+                pid, gate = fork_python(args[0], args[1:], envp, run_dir, stdin_fd, out_w, err_w)
             else:
                 pid = spawn(exe, [exe] + args, envp, run_dir, stdin_fd, out_w, err_w,
                             new_pgrp=True)
@@ -222,6 +223,8 @@ class Shepherd:
             os.waitpid(pid, 0)
             os.close(out_r)
             os.close(err_r)
+            if gate is not None:
+                os.close(gate)
             return f"cannot watch '{exe}': pidfd_open: [Errno {exc.errno}] {exc.strerror}"
 
         if self._label == "puid":
@@ -244,6 +247,8 @@ class Shepherd:
         for s in streams:
             self._ep.register(s.fd, select.EPOLLIN)
         self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
+        if gate is not None:
+            os.close(gate)                # GS knows it: the forked child may run
         # Only now may the loop see the exit: ShSpawned precedes ShExited.
         self._ep.register(pidfd, select.EPOLLIN)
         return None
