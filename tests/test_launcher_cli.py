@@ -280,3 +280,18 @@ def test_parse_size_refuses(text, message):
 def test_format_size():
     assert [format_size(n) for n in (1, 1024, 1536, 1 << 30, 10 << 40, 1 << 50)] == \
         ["1B", "1K", "1.5K", "1G", "10T", "1P"]
+
+
+def test_fast_path_parses_what_argparse_parses():
+    from ember.launcher import cli
+    run = cli._parser().run_parser
+    dests = {a.dest for a in run._actions} - {"help"}
+    for argv in (["run", "p.py"], ["run", "--grace", "2", "--label=name", "--no-death-reports",
+                                   "--default-pool-size", "64M", "--inf-pool-size=1G", "p.py",
+                                   "--grace", "x", "-h"]):
+        fast = vars(cli._fast_run_args(argv))
+        slow = vars(cli._parser().parse_args(argv))
+        assert fast == slow and set(fast) == dests | {"command"}, (fast, slow)
+    for argv in (["run"], ["run", "--gra", "1", "p"], ["run", "--grace", "-1", "p"], ["run", "-h"],
+                 ["run", "--label", "x", "p"], ["run", "--", "p"], ["cleanup"], ["--version"]):
+        assert cli._fast_run_args(argv) is None, argv

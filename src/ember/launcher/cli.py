@@ -93,16 +93,18 @@ def _parser():
                     "down, and exit with the head's exit code (128+N if signal N killed it; "
                     "127 if it could not be started; 70 if the runtime failed).  The head "
                     "reads this command's stdin.")
-    r.add_argument("--grace", type=_grace, default=5.0, metavar="SECONDS",
+    r.add_argument("--grace", type=_grace, default=_RUN_DEFAULTS["grace"], metavar="SECONDS",
                    help="after SIGINT/SIGTERM/SIGHUP, and at teardown between SIGTERM and "
                         "SIGKILL, wait this long for processes to exit (default: 5)")
-    r.add_argument("--label", choices=("none", "puid", "name"), default="none",
+    r.add_argument("--label", choices=("none", "puid", "name"), default=_RUN_DEFAULTS["label"],
                    help="prefix each output line of managed processes with its p_uid or name "
                         "(default: none)")
-    r.add_argument("--default-pool-size", type=_size, default=1 << 30, metavar="SIZE",
+    r.add_argument("--default-pool-size", type=_size, default=_RUN_DEFAULTS["default_pool_size"],
+                   metavar="SIZE",
                    help="size of the runtime's default pool, sparse (default: 1G; suffixes "
                         "K, M, G, T, P or KiB, MiB, ...: powers of 1024)")
-    r.add_argument("--inf-pool-size", type=_size, default=256 << 20, metavar="SIZE",
+    r.add_argument("--inf-pool-size", type=_size, default=_RUN_DEFAULTS["inf_pool_size"],
+                   metavar="SIZE",
                    help="size of the infrastructure pool for control channels, sparse "
                         "(default: 256M)")
     r.add_argument("--no-death-reports", dest="death_reports", action="store_false",
@@ -125,27 +127,86 @@ def _parser():
     return p
 
 
-def _size(text):
-    import argparse
-
+def _size_value(text):
     from .._size import parse_size
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_size(text)
 
 
-def _grace(text):
-    import argparse
-    import math
+def _grace_value(text):
     try:
         v = float(text)
     except ValueError:
-        v = math.nan
-    if not (0 <= v < math.inf):
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds >= 0, got {text!r}")
+        v = float("nan")
+    if not (0 <= v < float("inf")):
+        raise ValueError(f"must be a number of seconds >= 0, got {text!r}")
     return v
+
+
+def _label_value(text):
+    if text not in ("none", "puid", "name"):
+        raise ValueError(text)
+    return text
+
+
+def _arg_type(fn):
+    """An argparse ``type=`` that shows ``fn``'s ValueError message."""
+    def convert(text):
+        import argparse
+        try:
+            return fn(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+_size = _arg_type(_size_value)
+_grace = _arg_type(_grace_value)
+
+# ``ember run``'s options: flag -> (dest, converter or the constant of a
+# store_false/true flag).  _fast_run_args() parses exactly these; a flag added
+# to _parser() must be added here too (a test compares the two).
+_RUN_DEFAULTS = {"grace": 5.0, "label": "none", "default_pool_size": 1 << 30,
+                 "inf_pool_size": 256 << 20, "death_reports": True}
+_RUN_OPTIONS = {"--grace": ("grace", _grace_value), "--label": ("label", _label_value),
+                "--default-pool-size": ("default_pool_size", _size_value),
+                "--inf-pool-size": ("inf_pool_size", _size_value)}
+_RUN_FLAGS = {"--no-death-reports": ("death_reports", False)}
+
+
+def _fast_run_args(argv):
+    """The arguments of a well-formed ``ember run [OPTIONS] PROGRAM [ARGS]``
+    without argparse (whose import and set-up cost ~5 ms of every start);
+    None for anything else -- help, other commands, abbreviations, bad
+    values, no PROGRAM -- which argparse then parses or reports."""
+    import types
+    if not argv or argv[0] != "run":
+        return None
+    ns = dict(_RUN_DEFAULTS, command="run")
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        arg = argv[i]
+        if arg in _RUN_FLAGS:
+            dest, const = _RUN_FLAGS[arg]
+            ns[dest] = const
+            i += 1
+            continue
+        name, eq, value = arg.partition("=")
+        if name not in _RUN_OPTIONS:
+            return None
+        if not eq:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+        i += 1 if eq else 2
+        dest, convert = _RUN_OPTIONS[name]
+        try:
+            ns[dest] = convert(value)
+        except ValueError:
+            return None
+    if i >= len(argv):
+        return None
+    ns.update(program=argv[i], args=list(argv[i + 1:]))
+    return types.SimpleNamespace(**ns)
 
 
 def _shm_free():
@@ -153,19 +214,24 @@ def _shm_free():
     return st.f_bavail * st.f_frsize
 
 
-def _check_sizes(args, error):
+def _check_sizes(args):
     """Refuse a pool that /dev/shm could never back (the pools are sparse,
-    but touching a page tmpfs cannot give is SIGBUS)."""
-    from .._size import format_size
+    but touching a page tmpfs cannot give is SIGBUS).  Prints the usage
+    error and returns False, or returns True."""
     try:
         free = _shm_free()
     except OSError:
-        return
+        return True
     for flag, size in (("--default-pool-size", args.default_pool_size),
                        ("--inf-pool-size", args.inf_pool_size)):
         if size > free:
-            error(f"{flag} {format_size(size)} ({size} bytes) is larger than the free space "
-                  f"of {SHM_DIR} ({format_size(free)}, {free} bytes)")
+            from .._size import format_size
+            _parser().run_parser.print_usage(sys.stderr)
+            print(f"ember run: error: {flag} {format_size(size)} ({size} bytes) is larger than "
+                  f"the free space of {SHM_DIR} ({format_size(free)}, {free} bytes)",
+                  file=sys.stderr)
+            return False
+    return True
 
 
 def _ensure_stdio():
@@ -184,19 +250,23 @@ def _ensure_stdio():
 def main(argv=None):
     """Entry point of the ``ember`` command; returns the exit code."""
     _ensure_stdio()
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "cleanup":
-        return cleanup(dry_run=args.dry_run)
-    if args.program is None:
-        parser.run_parser.error("the following arguments are required: PROGRAM")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _fast_run_args(argv)
+    if args is None:
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command == "cleanup":
+            return cleanup(dry_run=args.dry_run)
+        if args.program is None:
+            parser.run_parser.error("the following arguments are required: PROGRAM")
     try:
         level = _log.level_from_env()
     except ValueError as exc:
         print(f"ember: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log.level = level
-    _check_sizes(args, parser.run_parser.error)
+    if not _check_sizes(args):
+        return EXIT_USAGE
     return Launcher(args).run()
 
 
