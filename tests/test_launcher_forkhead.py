@@ -30,6 +30,8 @@ _PROBE = r"""
     import threading
     t = threading.current_thread()
     print("thread", t.name, t.daemon, t is threading.main_thread())
+    cmd = open("/proc/self/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
+    print("ps", cmd == " ".join([sys.executable] + sys.argv))
 """
 
 
@@ -38,7 +40,7 @@ def test_py_head_is_forked_and_looks_like_python3(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.decode().splitlines() == [
         "forked True", "argv ['prog.py', 'a', 'b c']", "file True __main__", "path0 True",
-        "env 1 False False", "main True", "thread MainThread False True"]
+        "env 1 False False", "main True", "thread MainThread False True", "ps True"]
 
 
 def test_ember_fork_py_0_starts_a_new_interpreter(tmp_path):

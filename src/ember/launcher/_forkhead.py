@@ -156,8 +156,11 @@ def _exit_code(exc):
 
 
 def _run(script, args):
+    from .cli import _set_title
+
     path = os.path.abspath(script)     # __file__ is absolute, as python3 makes it
     sys.argv = [script] + list(args)
+    _set_title(" ".join([sys.executable] + sys.argv))   # in ps, not "ember: shepherd node 0"
     sys.path[0] = os.path.dirname(path)
     code = 0
     interrupted = False
