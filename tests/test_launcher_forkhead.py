@@ -83,8 +83,8 @@ def test_end_of_program_as_in_python3(tmp_path):
 def test_sigint_to_a_forked_head_raises_keyboard_interrupt(tmp_path):
     (tmp_path / "prog.py").write_text(textwrap.dedent("""
         import sys, time
-        print("ready", flush=True)
         try:
+            print("ready", flush=True)
             time.sleep(60)
         except KeyboardInterrupt:
             print("interrupted", flush=True)
