@@ -113,3 +113,17 @@ def test_forked_head_is_a_managed_process(tmp_path):
     assert res.returncode == 0, res.stderr
     out = res.stdout.decode().splitlines()
     assert "child ran" in out and "fds [0, 1, 2]" in out, out
+
+
+def test_a_create_can_ask_for_a_forked_worker(tmp_path):
+    (tmp_path / "worker.py").write_text(
+        "import sys\nprint('worker', sys.argv[1:], 'ember.launcher.cli' in sys.modules)\n")
+    res = run(tmp_path, r"""
+        import sys
+        from ember.globalservices import process
+        for env in ({"EMBER_FORK_PY": "1"}, {}):
+            w = process.create(sys.executable, ".", ["worker.py", str(len(env))], env=env)
+            assert process.join(w.p_uid) == 0
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines() == ["worker ['1'] True", "worker ['0'] False"]
