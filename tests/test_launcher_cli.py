@@ -295,3 +295,30 @@ def test_fast_path_parses_what_argparse_parses():
     for argv in (["run"], ["run", "--gra", "1", "p"], ["run", "--grace", "-1", "p"], ["run", "-h"],
                  ["run", "--label", "x", "p"], ["run", "--", "p"], ["cleanup"], ["--version"]):
         assert cli._fast_run_args(argv) is None, argv
+
+
+@pytest.mark.timeout(60)
+def test_py_head_reads_the_terminal(tmp_path):
+    write(tmp_path, """
+        name = input("name? ")
+        print("hello", name)
+    """, name="ask.py")
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(tmp_path)
+            os.execv(sys.executable, [sys.executable, "-m", "ember", "run", "ask.py"])
+        finally:
+            os._exit(127)
+    try:
+        buf = _read_until(fd, b"name? ", b"")      # the prompt shows before the answer
+        os.write(fd, b"bob\n")
+        buf = _read_until(fd, b"hello bob", buf)
+        _, status = os.waitpid(pid, 0)
+        pid = None
+        assert os.waitstatus_to_exitcode(status) == 0, buf
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)

@@ -58,6 +58,13 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
     if pid:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         os.close(gate_r)
+        try:
+            # Its own process group before anyone learns its pid (the
+            # launcher hands it the terminal's foreground): set by both
+            # sides, whichever runs first.
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
         return pid, gate_w
     code = 127
     try:
@@ -65,6 +72,7 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
         set_pdeathsig(signal.SIGKILL)
         if os.getppid() != parent:    # the shepherd died before the prctl
             os._exit(1)
+        os.setpgid(0, 0)
         os.close(gate_w)
         os.read(gate_r, 1)            # EOF: the shepherd closed its end
         os.close(gate_r)
@@ -81,7 +89,6 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
 
 
 def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
-    os.setpgid(0, 0)
     # Signals as in a fresh interpreter: default dispositions, SIGINT raising
     # KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored (all still blocked:
     # _run unblocks them once it is ready for a KeyboardInterrupt).
