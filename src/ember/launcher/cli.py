@@ -558,9 +558,9 @@ class Launcher:
                 _env.P_UID: "0",
                 _env.LABEL: a.label,
             })
-            # All three need the message schema (msgpack): import it once.
-            # GS and the shepherd import their own modules after the fork, in
-            # parallel with each other and with the launcher's client import.
+            # Everything the three need, imported once here: after the fork
+            # GS and the shepherd serve at once, with no import of their own
+            # competing with the launcher's for the CPU.
             from .. import messages  # noqa: F401
             from ..globalservices import process, server as _gs_server  # noqa: F401
             from ..shepherd import server as _sh_server  # noqa: F401
@@ -569,15 +569,15 @@ class Launcher:
                        lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt))
             self._fork("shepherd", "ember: shepherd node 0",
                        lambda: _sh_main(sh_ch, gs_ch, a.label))
-            signal.signal(signal.SIGCHLD, self._on_sigchld)
-            log.info("global services and shepherd forked")
             try:
-                from ..globalservices import process
-            except _ChildDied as exc:
+                signal.signal(signal.SIGCHLD, self._on_sigchld)
+                self._on_sigchld(signal.SIGCHLD, None)    # one that died before this
+                log.info("global services and shepherd forked")
+                code = self._run_head(process)
+            except _ChildDied as exc:                     # outside _run_head's own catch
                 print(f"ember: runtime failure: {exc}", file=sys.stderr)
                 self.broken = True
-                return EXIT_RUNTIME_FAILED
-            code = self._run_head(process)
+                code = EXIT_RUNTIME_FAILED
         finally:
             self._shutdown(gs_ch, sh_ch, inf, dflt)
         if self.failed:
