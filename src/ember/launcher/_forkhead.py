@@ -27,7 +27,7 @@ import sys
 __all__ = ["fork_python"]
 
 
-def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
+def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_soft=-1):
     """Fork; in the child run ``script`` with ``args`` as ``__main__`` and
     exit.  Returns ``(pid, gate)``: the caller watches and reaps the pid,
     and closes the fd ``gate`` once the child may start the program (the
@@ -36,7 +36,8 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
 
     ``envp`` is the child's whole environment (``b"K=V"`` items);
     ``stdin_fd`` -1 keeps this process's fd 0; ``out_fd``/``err_fd`` become
-    the child's 1 and 2.  Call from the thread that must be the child's
+    the child's 1 and 2; ``nofile_soft`` >= 0 becomes the child's soft
+    RLIMIT_NOFILE (as spawn() does).  Call from the thread that must be the child's
     parent for PR_SET_PDEATHSIG (the shepherd's request thread).  Signals
     sent to the child before its program runs are held, not lost, and then
     handled as the program's (as spawn.c does for an exec)."""
@@ -73,6 +74,10 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd):
         if os.getppid() != parent:    # the shepherd died before the prctl
             os._exit(1)
         os.setpgid(0, 0)
+        if nofile_soft >= 0:
+            import resource
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile_soft, hard), hard))
         os.close(gate_w)
         os.read(gate_r, 1)            # EOF: the shepherd closed its end
         os.close(gate_r)
