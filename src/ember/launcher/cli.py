@@ -480,7 +480,7 @@ class Launcher:
         self.signals = 0
         self.failed = False       # a teardown step failed: exit 70
         self.tty = None           # fd of the terminal handed to the head, if any
-        self.lock_fd = None
+        self.shm_lock_fd = None
 
     # The forked services.  Each returns via os._exit, never to the caller.
     def _fork(self, role, title, fn):
@@ -523,7 +523,7 @@ class Launcher:
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         _set_title(" ".join(["ember: launcher", a.program] + a.args))
         try:
-            self.lock_fd = self._runtime_lock()
+            self.shm_lock_fd = self._runtime_lock()
         except OSError as exc:
             print(f"ember: cannot create the runtime's lock in {SHM_DIR}: {exc}", file=sys.stderr)
             return EXIT_RUNTIME_FAILED
@@ -868,9 +868,9 @@ class Launcher:
             if errors:
                 raise OSError("cannot unlink " + "; ".join(errors))
         finally:
-            if self.lock_fd is not None:
-                os.close(self.lock_fd)
-                self.lock_fd = None
+            if self.shm_lock_fd is not None:
+                os.close(self.shm_lock_fd)
+                self.shm_lock_fd = None
 
 
 if __name__ == "__main__":  # pragma: no cover
