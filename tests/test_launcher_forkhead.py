@@ -12,11 +12,11 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 
-def run(tmp_path, body, *args, env=None, name="prog.py", **kw):
+def run(tmp_path, body, *args, env=None, name="prog.py", flags=(), **kw):
     p = tmp_path / name
     p.write_text(textwrap.dedent(body))
-    return subprocess.run([sys.executable, "-m", "ember", "run", name, *args], cwd=tmp_path,
-                          capture_output=True, timeout=60, env=env, **kw)
+    return subprocess.run([sys.executable, "-m", "ember", "run", *flags, name, *args],
+                          cwd=tmp_path, capture_output=True, timeout=60, env=env, **kw)
 
 
 _PROBE = r"""
@@ -62,7 +62,7 @@ def test_ember_fork_py_0_starts_a_new_interpreter(tmp_path):
      '    raise KeyboardInterrupt\nKeyboardInterrupt\n'),
 ])
 def test_exit_codes_and_tracebacks(tmp_path, body, code, err):
-    res = run(tmp_path, body)
+    res = run(tmp_path, body, flags=("--no-death-reports",))   # stderr: the program's only
     assert (res.returncode, res.stderr.decode()) == (code, err.format(path=tmp_path / "prog.py"))
 
 

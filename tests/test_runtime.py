@@ -670,7 +670,8 @@ def test_teardown_goes_on_after_a_failed_step(tmp_path):
     assert res.returncode == 70, err
     assert res.stdout == b"unlinked\n"
     lines = err.splitlines()
-    assert [ln.split(": ", 3)[:3] for ln in lines] == [
-        ["ember", "teardown", "destroying the default pool failed"],
-        ["ember", "teardown", "destroying the infrastructure pool failed"]], err
+    failed = [ln.split(": ", 3)[2] for ln in lines]
+    assert all(ln.startswith("ember: teardown: destroying ") for ln in lines), err
+    assert {"destroying the default pool failed",
+            "destroying the infrastructure pool failed"} <= set(failed), err
     assert "Traceback" not in err

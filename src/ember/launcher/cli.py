@@ -734,7 +734,11 @@ class Launcher:
         if not getattr(self.args, "death_reports", True):
             return
         try:
-            live = [(p, n) for p, n in process.get_list() if p != self.head.p_uid]
+            try:
+                pairs = process.get_list(alive_only=True)   # an API that lists exited ones too
+            except TypeError:
+                pairs = process.get_list()                  # one that lists live ones only
+            live = [(p, n) for p, n in pairs if p != self.head.p_uid]
         except Exception as exc:
             log.warning("cannot list the remaining processes: %s", exc)
             return
