@@ -51,7 +51,7 @@ _MAX_PARTIAL = 1 << 20
 class _Stream:
     """One read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("fd", "out_fd", "prefix", "partial", "at_line_start")
+    __slots__ = ("fd", "out_fd", "prefix", "partial", "at_line_start", "eager")
 
     def __init__(self, fd, out_fd, prefix):
         self.fd = fd
@@ -59,6 +59,7 @@ class _Stream:
         self.prefix = prefix          # b"" when not labelling
         self.partial = b""            # bytes after the last newline seen
         self.at_line_start = True     # next byte written starts a line
+        self.eager = False            # write partial lines at once (prompts of a stdin reader)
 
 
 class _Child:
@@ -208,6 +209,8 @@ class Shepherd:
                     env[os.fsencode(k)] = os.fsencode(v)
                 else:
                     raise TypeError(f"env value of {k!r} must be a str, not {type(v).__name__}")
+        env.pop(_env.STDIN.encode(), None)      # spawn directives, not for the child
+        env.pop(_env.FORK_PY.encode(), None)
         env[_env.P_UID.encode()] = str(p_uid).encode()
         return [k + b"=" + v for k, v in env.items()]
 
@@ -285,12 +288,19 @@ class Shepherd:
             os.close(out_w)
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
+            stdin_fd = self._stdin_for(msg.env)
+            gate = None                   # a forked .py child waits until it is closed
             if _template.is_template_request(exe, args):
                 pid = self._template_spawn(p_uid, args, envp, run_dir, out_w, err_w)
             else:
                 path, argv = self._resolve(exe, args, run_dir)
-                pid = spawn(path, argv, envp, run_dir, self._devnull, out_w, err_w,
-                            new_pgrp=True, nofile_soft=self.child_nofile)
+                if self._fork_py(msg.env, path, argv[1:], run_dir):
+                    from ..launcher._forkhead import fork_python
+                    pid, gate = fork_python(argv[1], argv[2:], envp, run_dir, stdin_fd, out_w,
+                                            err_w, nofile_soft=self.child_nofile)
+                else:
+                    pid = spawn(path, argv, envp, run_dir, stdin_fd, out_w, err_w,
+                                new_pgrp=True, nofile_soft=self.child_nofile)
         except (OSError, ValueError, TypeError, _StartError) as exc:
             os.close(out_r)
             os.close(err_r)
@@ -310,6 +320,8 @@ class Shepherd:
             os.waitpid(pid, 0)
             os.close(out_r)
             os.close(err_r)
+            if gate is not None:
+                os.close(gate)
             return f"cannot watch '{exe}': pidfd_open: [Errno {exc.errno}] {exc.strerror}"
 
         if self._label == "puid":
@@ -319,6 +331,8 @@ class Shepherd:
         else:
             prefix = b""
         streams = [_Stream(out_r, self._out_fd, prefix), _Stream(err_r, self._err_fd, prefix)]
+        for s_ in streams:
+            s_.eager = stdin_fd != self._devnull
         child = _Child(p_uid, pid, pidfd, streams,
                        msg.user_name if isinstance(msg.user_name, str) else "")
         with self._lock:
@@ -331,6 +345,8 @@ class Shepherd:
         for s in streams:
             self._ep.register(s.fd, select.EPOLLIN)
         self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
+        if gate is not None:
+            os.close(gate)                # GS knows it: the forked child may run
         log.info("started p_uid %d (pid %d): %s", p_uid, pid, exe)
         # Only now may the loop see the exit: ShSpawned precedes ShExited.
         self._ep.register(pidfd, select.EPOLLIN)
@@ -344,6 +360,24 @@ class Shepherd:
             self._template = _template.Template(list(self._child_env(0, None)),
                                                 self._err_fd, self._err_fd)
         return self._template.spawn(p_uid, args, envp, run_dir, self._devnull, out_w, err_w)
+
+    def _stdin_for(self, overrides):
+        """The child's stdin: /dev/null, or (-1) the shepherd's own, i.e. the
+        launcher's, when the create's env has ``EMBER_STDIN=inherit`` (the
+        launcher asks it for the head)."""
+        if isinstance(overrides, dict) and overrides.get(_env.STDIN) == "inherit":
+            return -1
+        return self._devnull
+
+    @staticmethod
+    def _fork_py(overrides, exe, args, run_dir):
+        """True if the create's env has ``EMBER_FORK_PY=1`` (the launcher's
+        for a .py head) and it runs this interpreter on an existing .py
+        file: then the child is a fork of this process that runs the file
+        (ember.launcher._forkhead), not a new interpreter (~10 ms less)."""
+        return (isinstance(overrides, dict) and overrides.get(_env.FORK_PY) == "1"
+                and exe == sys.executable and bool(args) and args[0].endswith(".py")
+                and os.path.isfile(os.path.join(run_dir or ".", args[0])))
 
     def _on_kill(self, msg):
         sig, p_uid = msg.sig, msg.p_uid
@@ -598,6 +632,10 @@ class Shepherd:
     # --- output forwarding ---------------------------------------------
     def _feed(self, s, data):
         buf = s.partial + data if s.partial else data
+        if s.eager and not s.prefix:      # a prompt must show before the reply is typed
+            s.partial = b""
+            self._out(s, buf)
+            return
         nl = buf.rfind(b"\n")
         if nl < 0:
             if len(buf) > _MAX_PARTIAL:
