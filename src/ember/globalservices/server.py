@@ -37,7 +37,6 @@ process's, a registered channel, or one of the runtime's own), and at a
 process's exit destroys only the reply channels registered to it.  Every
 step of a cleanup is independent of the others' failure.
 """
-import heapq
 import hmac
 import itertools
 import math
@@ -49,6 +48,7 @@ import time
 from .. import _env, _log, messages as m
 from ..descriptors import ChannelOptions
 from ..exceptions import ChannelError, ChannelTimeout, EmberError, PoolError, ProcessError
+from ..service import NOTICE, REQUEST, Service
 
 log = _log.get("gs")
 
@@ -61,45 +61,6 @@ DEFAULT_POOL_NAME = "default"
 MAX_REPLY_CHANNELS = 4096
 #: At most this many identifiers in one multi_join request.
 MAX_JOIN_IDENTS = 4096
-#: Repeated warnings of one kind: the first WARN_BURST per WARN_WINDOW
-#: seconds are logged, then one line says how many were suppressed.
-WARN_BURST = 10
-WARN_WINDOW = 1.0
-_SHEPHERD_TYPES = frozenset((m.ShSpawned, m.ShExited, m.ShShutdownDone))
-
-
-class _RateLimitedLog:
-    """Warnings by kind: the first ``burst`` of a kind per ``window``
-    seconds are logged; the rest are counted and reported in one summary
-    line when the window has passed (at the next warning of that kind or
-    at :meth:`flush`).  The kinds are fixed strings, so the state is
-    bounded whatever a client sends."""
-
-    def __init__(self, clock, logger, burst=WARN_BURST, window=WARN_WINDOW):
-        self.clock, self.log, self.burst, self.window = clock, logger, burst, window
-        self.state = {}       # kind -> [window start, logged, suppressed]
-
-    def __call__(self, kind, fmt, *args):
-        now = self.clock()
-        st = self.state.get(kind)
-        if st is None or now - st[0] >= self.window:
-            if st is not None and st[2]:
-                self._summary(kind, st)
-            st = self.state[kind] = [now, 0, 0]
-        if st[1] < self.burst:
-            st[1] += 1
-            self.log.warning(fmt, *args)
-        else:
-            st[2] += 1
-
-    def _summary(self, kind, st):
-        self.log.warning("%d more %s warning(s) suppressed", st[2], kind)
-        st[2] = 0
-
-    def flush(self):
-        for kind, st in self.state.items():
-            if st[2]:
-                self._summary(kind, st)
 
 
 def _timeout(value, err_cls):
@@ -178,11 +139,12 @@ class _Chan:
 class _Waiter:
     """A parked request: a process join or a channel join."""
 
-    __slots__ = ("tag", "r", "owner", "deadline", "done", "p_uids", "join_all", "bad_exit", "name",
+    __slots__ = ("tag", "r", "owner", "timer", "done", "p_uids", "join_all", "bad_exit", "name",
                  "n_exited", "any_bad", "unknown")
 
-    def __init__(self, tag, r, owner, deadline):
-        self.tag, self.r, self.owner, self.deadline = tag, r, owner, deadline
+    def __init__(self, tag, r, owner):
+        self.tag, self.r, self.owner = tag, r, owner
+        self.timer = None        # its timeout (a service Timer), if it has one
         self.done = False
         self.p_uids = ()
         self.join_all = False
@@ -193,8 +155,11 @@ class _Waiter:
         self.unknown = ()        # identifiers that name no process
 
 
-class GlobalServices:
-    """The GS state machine.  See the module docstring."""
+class GlobalServices(Service):
+    """The GS state machine on the service core.  See the module docstring."""
+
+    name = "GS"
+    error_type = "GlobalServicesError"
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
                  node=0, default_pool=None, channel_factory=None, pool_factory=None,
@@ -209,11 +174,11 @@ class GlobalServices:
         nobody joined (docs/architecture.md); ``attach_key``: the runtime's key
         (str) that a process the runtime did not start must present to
         attach (None: attaching is refused)."""
+        Service.__init__(self, clock=clock, logger=log)
         self.attach_key = attach_key
         self.runtime_tag = runtime_tag
         self.send_reply = send_reply
         self.send_shepherd = send_shepherd
-        self.clock = clock
         self.node = node
         if channel_factory is None or pool_factory is None or attach_channel is None:
             from ..channels_c import Channel
@@ -230,7 +195,6 @@ class GlobalServices:
         self.check_reply = check_reply
         self.death_reports = death_reports
         self.err = err
-        self.warn = _RateLimitedLog(clock, log)
         #: Called with a dead (reaped) process's OS pid to give back the pool
         #: blocks it still owned; by default every pool's ``reclaim(pid)``
         #: where the pools layer has one.  None: no sweep.
@@ -248,8 +212,6 @@ class GlobalServices:
         self.chan_sdescs = set()  # descriptors of the registered channels
         self.chan_joiners = {}    # name -> [ _Waiter ]
         self.owned_waiters = {}   # owner p_uid -> set(_Waiter)
-        self._timers = []         # heap of (deadline, seq, _Waiter)
-        self._seq = itertools.count()
         self._p_uids = itertools.count(FIRST_P_UID)
         self._m_uids = itertools.count(2)
         self._c_uids = itertools.count(1)
@@ -259,72 +221,62 @@ class GlobalServices:
             self._add_pool(_Pool(1, DEFAULT_POOL_NAME, default_pool, default_pool.size, default=True))
         self.teardown = None      # the teardown state while tearing down
         self.finished = False     # True once teardown has completed
-        self._handlers = {
-            m.ProcessCreate: self.on_process_create,
-            m.ProcessList: self.on_process_list,
-            m.ProcessQuery: self.on_process_query,
-            m.ProcessKill: self.on_process_kill,
-            m.ProcessJoin: self.on_process_join,
-            m.ProcessAttach: self.on_process_attach,
-            m.ProcessDetach: self.on_process_detach,
-            m.PoolCreate: self.on_pool_create,
-            m.PoolList: self.on_pool_list,
-            m.PoolQuery: self.on_pool_query,
-            m.PoolDestroy: self.on_pool_destroy,
-            m.PoolDefault: self.on_pool_default,
-            m.ChannelCreate: self.on_channel_create,
-            m.ChannelList: self.on_channel_list,
-            m.ChannelQuery: self.on_channel_query,
-            m.ChannelJoin: self.on_channel_join,
-            m.ChannelDestroy: self.on_channel_destroy,
-            m.ChannelRelease: self.on_channel_release,
-            m.ChannelAddRef: self.on_channel_add_ref,
-            m.Teardown: self.on_teardown,
-            m.Cancel: self.on_cancel,
-            m.ShSpawned: self.on_sh_spawned,
-            m.ShExited: self.on_sh_exited,
-            m.ShShutdownDone: self.on_sh_shutdown_done,
-        }
+        for cls, method in (
+                (m.ProcessCreate, self.on_process_create),
+                (m.ProcessList, self.on_process_list),
+                (m.ProcessQuery, self.on_process_query),
+                (m.ProcessKill, self.on_process_kill),
+                (m.ProcessJoin, self.on_process_join),
+                (m.ProcessAttach, self.on_process_attach),
+                (m.ProcessDetach, self.on_process_detach),
+                (m.PoolCreate, self.on_pool_create),
+                (m.PoolList, self.on_pool_list),
+                (m.PoolQuery, self.on_pool_query),
+                (m.PoolDestroy, self.on_pool_destroy),
+                (m.PoolDefault, self.on_pool_default),
+                (m.ChannelCreate, self.on_channel_create),
+                (m.ChannelList, self.on_channel_list),
+                (m.ChannelQuery, self.on_channel_query),
+                (m.ChannelJoin, self.on_channel_join),
+                (m.ChannelDestroy, self.on_channel_destroy),
+                (m.ChannelRelease, self.on_channel_release),
+                (m.ChannelAddRef, self.on_channel_add_ref),
+                (m.Teardown, self.on_teardown),
+                (m.Cancel, self.on_cancel)):
+            self.on(cls, method, REQUEST)
+        # The shepherd's messages: accepted from the private control channel only.
+        for cls, method in ((m.ShSpawned, self.on_sh_spawned),
+                            (m.ShExited, self.on_sh_exited),
+                            (m.ShShutdownDone, self.on_sh_shutdown_done)):
+            self.on(cls, method, NOTICE)
 
     # ------------------------------------------------------------------ input
-    def handle_bytes(self, data, trusted=False):
-        """Decode and dispatch one message.  ``trusted``: it came from the
-        private control channel (the shepherd).  Never raises: a malformed
-        or unauthenticated message is logged (rate-limited) and dropped; a
-        well-formed, authenticated request that fails gets an error reply."""
-        try:
-            msg = m.unpack(data)
-        except m.MessageError as exc:
-            self.warn("malformed-message", "dropped malformed message: %s", exc)
-            return
-        self.handle(msg, trusted)
+    # handle_bytes(data, trusted=False) and handle(msg, trusted) come from
+    # the service core: decode, look up, admit(), run, error reply.  Never
+    # raises: a malformed or unauthenticated message is logged
+    # (rate-limited) and dropped; a well-formed, authenticated request that
+    # fails gets an error reply.
 
-    def handle(self, msg, trusted=False):
+    def admit(self, msg, kind, trusted):
+        """Where a message enters GS: a shepherd message only from the
+        control channel (``trusted``); a request only with a well-formed
+        envelope, the key GS made for the p_uid it claims, from a live
+        process, naming a reply channel that is (or may become) its own."""
         cls = type(msg)
-        handler = self._handlers.get(cls)
-        if handler is None:
-            self.warn("unexpected-message", "dropped unexpected %s", cls.__name__)
-            return
-        if cls in _SHEPHERD_TYPES:
+        if kind is NOTICE:
             if not trusted:
                 self.warn("forged-control", "dropped %s from the public input channel: only the "
                           "shepherd sends it, on the control channel", cls.__name__)
-                return
-            try:
-                handler(msg)
-            except Exception:
-                import traceback
-                log.error("GS failed on %r:\n%s", msg, traceback.format_exc())
-            return
-        # a request
+                return False
+            return True
         if not (isinstance(msg.r, bytes) and msg.r and isinstance(msg.tag, int)
                 and not isinstance(msg.p_uid, bool) and isinstance(msg.p_uid, int)
                 and isinstance(msg.key, bytes)):
             self.warn("bad-request", "dropped %s with a bad tag/p_uid/key/reply address",
                       cls.__name__)
-            return
+            return False
         if cls is m.ProcessAttach:       # authenticated by the runtime key it carries
-            return self.on_process_attach(msg)
+            return True
         p_uid = msg.p_uid
         if p_uid == LAUNCHER_P_UID:
             sender = None
@@ -338,27 +290,17 @@ class GlobalServices:
         if not good:
             self.warn("bad-key", "dropped %s claiming p_uid %r: its key is not that process's",
                       cls.__name__, p_uid)
-            return
+            return False
         if sender is not None and sender.state == EXITED:
             # Sent just before its sender died (and its reply channels
             # were freed): nobody can read a reply, and a parked wait or
             # a channel reference would never be released.
             log.debug("dropped %s from exited process %s", cls.__name__, p_uid)
-            return
-        r = msg.r
-        if r not in replies and not self._register_reply(msg, p_uid, replies):
-            return
-        try:
-            if cls is m.Teardown and p_uid != LAUNCHER_P_UID:
-                raise EmberError(f"Teardown is accepted from the launcher only, not from process {p_uid}")
-            handler(msg)
-        except EmberError as exc:
-            self._reply_error(msg, type(exc).__name__, str(exc))
-        except Exception as exc:  # a bug or a bad field type: report, keep serving
-            import traceback
-            tb = traceback.format_exc()
-            self._reply_error(msg, "GlobalServicesError",
-                              f"GS failed on {cls.__name__}: {type(exc).__name__}: {exc}", tb)
+            return False
+        return msg.r in replies or self._register_reply(msg, p_uid, replies)
+
+    def send_error_reply(self, msg, err_type, text, tb=None):
+        self.send_reply(msg.r, m.reply_err(msg.tag, err_type, text, tb))
 
     def _register_reply(self, msg, p_uid, replies):
         """Make ``msg.r`` one of ``p_uid``'s reply channels, or say why not
@@ -394,44 +336,25 @@ class GlobalServices:
         if r:
             self.send_reply(r, m.reply_ok(tag, value))
 
-    def _reply_error(self, msg, err_type, text, tb=None):
-        self.send_reply(msg.r, m.reply_err(msg.tag, err_type, text, tb))
-
-    # ----------------------------------------------------------------- timers
-    def next_timeout(self, now=None):
-        """Seconds until the next timer fires (None: no timer)."""
-        while self._timers and self._timers[0][2].done:
-            heapq.heappop(self._timers)
-        if not self._timers:
-            return None
-        now = self.clock() if now is None else now
-        return max(0.0, self._timers[0][0] - now)
-
-    def expire(self, now=None):
-        """Fire every timer whose deadline has passed."""
-        now = self.clock() if now is None else now
-        while self._timers and self._timers[0][0] <= now:
-            _, _, w = heapq.heappop(self._timers)
-            if w.done:
-                continue
-            if w is self.teardown:
-                self._teardown_step(timed_out=True)
-            elif w.name is not None:
-                self._finish_waiter(w)
-                self.send_reply(w.r, m.reply_err(
-                    w.tag, "ChannelTimeout",
-                    f"channel.join({w.name!r}) timed out: no channel of that name was created"))
-            else:
-                self._answer_join(w, timed_out=True)
+    # ----------------------------------------------------------------- waiters
+    def _waiter_timed_out(self, w):
+        if w.name is not None:
+            self._finish_waiter(w)
+            self.send_reply(w.r, m.reply_err(
+                w.tag, "ChannelTimeout",
+                f"channel.join({w.name!r}) timed out: no channel of that name was created"))
+        else:
+            self._answer_join(w, timed_out=True)
 
     def _park(self, w, timeout):
         self.owned_waiters.setdefault(w.owner, set()).add(w)
         if timeout is not None:
-            w.deadline = self.clock() + timeout
-            heapq.heappush(self._timers, (w.deadline, next(self._seq), w))
+            w.timer = self.call_later(timeout, self._waiter_timed_out, w)
 
     def _finish_waiter(self, w):
         w.done = True
+        if w.timer is not None:
+            w.timer.cancel()
         owned = self.owned_waiters.get(w.owner)
         if owned is not None:
             owned.discard(w)
@@ -726,7 +649,7 @@ class GlobalServices:
             if rec.p_uid == msg.p_uid:
                 raise ProcessError(f"process {rec.p_uid} cannot join itself")
             recs[rec.p_uid] = rec
-        w = _Waiter(msg.tag, msg.r, msg.p_uid, None)
+        w = _Waiter(msg.tag, msg.r, msg.p_uid)
         w.p_uids = tuple(recs)
         w.unknown = tuple(unknown)
         w.join_all = bool(msg.join_all)
@@ -915,7 +838,7 @@ class GlobalServices:
             return self._reply(msg.tag, msg.r, self._chan_desc(rec))
         if timeout == 0:
             raise ChannelTimeout(f"channel.join({name!r}) timed out: no channel of that name was created")
-        w = _Waiter(msg.tag, msg.r, msg.p_uid, None)
+        w = _Waiter(msg.tag, msg.r, msg.p_uid)
         w.name = name
         self.chan_joiners.setdefault(name, []).append(w)
         log.debug("process %s is waiting for channel %r%s", msg.p_uid, name,
@@ -985,6 +908,8 @@ class GlobalServices:
         """Launcher asks to end the runtime: SIGTERM every live process, SIGKILL
         after ``grace`` seconds, destroy every channel and pool, stop the
         shepherd, then reply."""
+        if msg.p_uid != LAUNCHER_P_UID:
+            raise EmberError(f"Teardown is accepted from the launcher only, not from process {msg.p_uid}")
         if self.teardown is not None:
             return
         try:
@@ -992,7 +917,7 @@ class GlobalServices:
         except EmberError:
             grace = None
         grace = 5.0 if grace is None else grace
-        t = _Waiter(msg.tag, msg.r, msg.p_uid, None)
+        t = _Waiter(msg.tag, msg.r, msg.p_uid)
         t.name = None
         t.p_uids = ("term",)     # phase marker: term -> kill -> shepherd -> done
         for p in [p for p in self.procs.values() if p.attached and p.state != EXITED]:
@@ -1004,8 +929,7 @@ class GlobalServices:
         for p in live:
             if p.state == RUNNING or p.os_pid is not None:
                 self.send_shepherd(m.ShKill(p.p_uid, signal.SIGTERM))
-        t.deadline = self.clock() + grace
-        heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+        t.timer = self.call_later(grace, self._teardown_step, True)
         self._step("reporting unjoined exits", self._report_unjoined)
         self._teardown_step()
 
@@ -1036,8 +960,8 @@ class GlobalServices:
                 for p in live:
                     self.send_shepherd(m.ShKill(p.p_uid, signal.SIGKILL))
                 t.p_uids = ("kill",)
-                t.deadline = self.clock() + 2.0
-                heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+                t.timer.cancel()
+                t.timer = self.call_later(2.0, self._teardown_step, True)
                 return
             phase = "kill"
         if phase == "kill":
@@ -1053,8 +977,8 @@ class GlobalServices:
                 self._step(f"destroying pool {rec.m_uid}", self._destroy_pool, rec)
             t.p_uids = ("shepherd",)
             self.send_shepherd(m.ShShutdown(t.tag))
-            t.deadline = self.clock() + 3.0
-            heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+            t.timer.cancel()
+            t.timer = self.call_later(3.0, self._teardown_step, True)
             return
         if phase == "shepherd" and timed_out:
             log.error("shepherd did not confirm shutdown in time")
@@ -1067,6 +991,7 @@ class GlobalServices:
     def _teardown_done(self):
         t = self.teardown
         t.done = True
+        t.timer.cancel()
         t.p_uids = ("done",)
         self.finished = True
         exits = {p.p_uid: p.exit_code for p in self.procs.values()}
@@ -1209,7 +1134,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         break
             else:
                 gs.handle_bytes(data)
-        if gs._timers:
+        if gs.timers_pending:
             gs.expire()
     for ch in transport.cache.values():
         try:
