@@ -68,7 +68,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
 
     name = "GS"
     error_type = "GlobalServicesError"
-    REQUESTS = ()
+    REQUESTS = ((m.ServiceStats, "on_service_stats"), (m.ServiceDump, "on_service_dump"))
     NOTICES = ()
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
@@ -204,6 +204,12 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
             self.send_reply(r, m.reply_ok(tag, value))
 
     # ----------------------------------------------------------- introspection
+    def on_service_stats(self, msg):
+        self._reply(msg.tag, msg.r, self.stats().as_dict())
+
+    def on_service_dump(self, msg):
+        self._reply(msg.tag, msg.r, self.dump())
+
     def dump(self):
         """GS's state as plain data: the core's stats, processes, pools,
         channels (holders, reference counts), parked waiters (who waits on
