@@ -122,6 +122,15 @@ _define(52, "ShShutdown", "tag")
 # watch (not reap: not our child) an attached process; forget it again.
 _define(53, "ShWatch", "p_uid pid")
 _define(54, "ShUnwatch", "p_uid")
+# node-scoped resources: GS decides and records, the shepherd of the node
+# that owns the memory creates and destroys (docs/architecture.md).  Each
+# is answered by the matching Sh*Done with ``err`` None or [err_type, text].
+_define(55, "ShPoolCreate", "tag m_uid size name owner_tag")
+_define(56, "ShPoolDestroy", "tag m_uid")
+# ``pool_sdesc``: the pool's descriptor, for a pool the shepherd did not make
+# (the runtime's default pool): it attaches it once.
+_define(57, "ShChannelCreate", "tag c_uid m_uid pool_sdesc capacity block_size")
+_define(58, "ShChannelDestroy", "tag c_uid")
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
@@ -131,6 +140,10 @@ _define(62, "ShShutdownDone", "ref")
 # control channel: "read your control channel".  Carries nothing; anyone may
 # send it (it only makes GS look at a channel only the runtime can write).
 _define(63, "Poke", "")
+_define(64, "ShPoolCreated", "ref m_uid sdesc size err")
+_define(65, "ShPoolDestroyed", "ref m_uid err")
+_define(66, "ShChannelCreated", "ref c_uid sdesc capacity block_size err")
+_define(67, "ShChannelDestroyed", "ref c_uid err")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 POKE = Poke().pack()

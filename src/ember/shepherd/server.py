@@ -169,6 +169,11 @@ class Shepherd:
             M.ShWatch: self._on_watch,
             M.ShUnwatch: self._on_unwatch,
         }
+        # The node's pools and channels (created and destroyed on GS's behalf).
+        from .resources import NodeResources
+        self.resources = NodeResources(self._send)
+        for cls in NodeResources.TYPES:
+            self._handlers[cls] = self.resources.handle_msg
 
     # ------------------------------------------------------------------
     # request thread
@@ -505,6 +510,7 @@ class Shepherd:
                 if self._children.get(child.p_uid) is not child:
                     return
                 self._forget_external(child)
+            self.resources.reclaim(child.pid)     # its pool blocks, before GS hears of the exit
             self._send(M.ShExited(child.p_uid, M.EXIT_UNKNOWN))
             return
         try:
@@ -534,6 +540,7 @@ class Shepherd:
             core = " (core dumped)" if os.WCOREDUMP(status) else ""
             self._report(f"ember: process {child.p_uid}{name} (pid {child.pid}) killed by "
                          f"{_signame(os.WTERMSIG(status))}{core}\n".encode(errors="replace"))
+        self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
         self._send(M.ShExited(child.p_uid, code))
 
     def _report(self, line):
@@ -681,6 +688,7 @@ class Shepherd:
                 os.close(obj.fd)
                 obj.fd = -1
         self._fds.clear()
+        self.resources.close()
         self._ep.close()
         os.close(self._wake)
         os.close(self._devnull)
@@ -746,6 +754,11 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
             gs_channel.send(poke)
 
     shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
+    # GS's requests come in bursts (create, then destroy): spin a little
+    # after each before sleeping, as GS does on its input.
+    if hasattr(in_channel, "set_spin"):
+        from ..globalservices._client import CONTROL_SPIN
+        in_channel.set_spin(CONTROL_SPIN, adaptive=False)
     import resource
     if old_soft != resource.RLIM_INFINITY:
         shepherd.child_nofile = old_soft       # children get the limit we started with
