@@ -110,3 +110,20 @@ def test_node_resources_as_a_state_machine():
     finally:
         node.close()
         dflt.destroy()
+
+
+def test_the_shepherd_dispatches_through_the_service_core():
+    from ember import messages as m
+    from ember.shepherd.server import Shepherd
+
+    sent = []
+    with Shepherd(sent.append) as sh:
+        assert sh.handle(b"\xc1") is True                     # undecodable: dropped
+        assert sh.handle(m.ShExited(1, 0).pack()) is True      # not the shepherd's: dropped
+        assert sh.handle(m.ShKill(42, 9).pack()) is True       # unknown p_uid: ignored
+        assert sh.handle(m.ShChannelDestroy(1, 5).pack()) is True
+        st = sh.stats()
+        assert (st.service, st.dropped, st.errors) == ("shepherd", 2, 0)
+        assert dict(st.handled) == {"ShKill": 1, "ShChannelDestroy": 1}
+        assert m.unpack(sent[0]).err == ["ChannelError", "no channel with c_uid 5 on this node",
+                                         False]

@@ -115,7 +115,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
                 self.on(cls, getattr(self, method), NOTICE)
 
     # ------------------------------------------------------------------ input
-    # handle_bytes(data, trusted=False) and handle(msg, trusted) come from
+    # handle_bytes(data, trusted=False) and dispatch(msg, trusted) come from
     # the service core: decode, look up, admit(), run, error reply.  Never
     # raises: a malformed or unauthenticated message is logged
     # (rate-limited) and dropped; a well-formed, authenticated request that

@@ -81,7 +81,7 @@ class NodeResources(Service):
 
     def handle_msg(self, msg):
         """The shepherd's handler for these types: always keep reading."""
-        self.handle(msg, trusted=True)
+        self.dispatch(msg, trusted=True)
         return True
 
     # ----------------------------------------------------------------- pools

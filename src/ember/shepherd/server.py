@@ -32,6 +32,7 @@ import threading
 
 from .. import _env, _log
 from .. import messages as M
+from ..service import NOTICE, Service
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
@@ -107,8 +108,10 @@ def raise_nofile_limit():
     return soft, soft
 
 
-class Shepherd:
-    """The shepherd's core, independent of the transport.
+class Shepherd(Service):
+    """The shepherd's core, independent of the transport; a service on
+    the service core (:mod:`ember.service`): its handler table, dispatch,
+    ``stats()`` and ``dump()``.
 
     Parameters
     ----------
@@ -130,9 +133,12 @@ class Shepherd:
         4121) killed by SIGSEGV (core dumped)``).
     """
 
+    name = "shepherd"
+
     def __init__(self, send, base_env=None, label="none", out_fd=1, err_fd=2, death_reports=True):
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        Service.__init__(self, logger=log)
         self._send_raw = send
         self._label = label
         self._out_fd = out_fd
@@ -162,18 +168,16 @@ class Shepherd:
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._ep.register(self._wake, select.EPOLLIN)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self._handlers = {
-            M.ShSpawn: self._on_spawn,
-            M.ShKill: self._on_kill,
-            M.ShShutdown: self._on_shutdown,
-            M.ShWatch: self._on_watch,
-            M.ShUnwatch: self._on_unwatch,
-        }
+        # GS's requests: notices (each handler sends its own answer, if any).
+        for cls, method in ((M.ShSpawn, self._on_spawn), (M.ShKill, self._on_kill),
+                            (M.ShShutdown, self._on_shutdown), (M.ShWatch, self._on_watch),
+                            (M.ShUnwatch, self._on_unwatch)):
+            self.on(cls, method, NOTICE)
         # The node's pools and channels (created and destroyed on GS's behalf).
         from .resources import NodeResources
         self.resources = NodeResources(self._send)
         for cls in NodeResources.TYPES:
-            self._handlers[cls] = self.resources.handle_msg
+            self.on(cls, self.resources.handle_msg, NOTICE)
 
     # ------------------------------------------------------------------
     # request thread
@@ -181,21 +185,13 @@ class Shepherd:
     def handle(self, data):
         """Handle one packed request from GS.  Returns False once the
         request was ``ShShutdown`` (the caller stops reading), else True.
-        Malformed or unexpected messages are logged and dropped."""
-        try:
-            msg = M.unpack(data)
-        except M.MessageError as exc:
-            log.warning("dropped a malformed message: %s", exc)
-            return True
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            log.warning("dropped an unexpected message %r", msg)
-            return True
-        try:
-            return handler(msg)
-        except Exception as exc:     # a malformed field: drop it, keep serving
-            log.warning("dropped %r: %s: %s", msg, type(exc).__name__, exc)
-            return True
+        Malformed or unexpected messages are logged and dropped (the
+        service core's dispatch)."""
+        return self.handle_bytes(data, trusted=True) is not False
+
+    def notice_failed(self, msg, exc, tb):
+        # a malformed field: drop it, keep serving
+        log.warning("dropped %r: %s: %s", msg, type(exc).__name__, exc)
 
     def _child_env(self, p_uid, overrides):
         env = dict(self._base_env)
