@@ -17,6 +17,8 @@ Arrays, not maps, because they are smaller and faster to pack and unpack;
 the field names live here, in one table.  Nothing on the control plane is
 ever pickled.
 """
+from operator import attrgetter
+
 import msgpack
 
 __all__ = ["Message", "MessageError", "unpack", "pack", "ERR_OK", "ERR_FAIL", "EXIT_UNKNOWN", "by_code"]
@@ -40,7 +42,12 @@ class Message:
     fields = ()
 
     def __init__(self, *args, **kwargs):
-        if len(args) > len(self.fields):
+        fields = self.fields
+        if len(args) == len(fields) and not kwargs:      # the common case, fast
+            for name, value in zip(fields, args):
+                setattr(self, name, value)
+            return
+        if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes {len(self.fields)} fields, got {len(args)}")
         for name, value in zip(self.fields, args):
             setattr(self, name, value)
@@ -53,7 +60,7 @@ class Message:
             raise TypeError(f"{type(self).__name__} has no field(s) {sorted(kwargs)}")
 
     def pack(self):
-        return _packb([self.code] + [getattr(self, f) for f in self.fields])
+        return _packb([self.code, *self._values(self)])
 
     def __repr__(self):
         body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.fields)
@@ -69,7 +76,15 @@ by_code = {}
 
 def _define(code, name, fields):
     fields = tuple(fields.split())
-    cls = type(name, (Message,), {"__slots__": fields, "code": code, "fields": fields})
+    if len(fields) > 1:
+        values = attrgetter(*fields)                  # -> tuple of the field values
+    elif fields:
+        one = attrgetter(fields[0])
+        values = lambda self: (one(self),)            # noqa: E731
+    else:
+        values = lambda self: ()                      # noqa: E731
+    cls = type(name, (Message,), {"__slots__": fields, "code": code, "fields": fields,
+                                  "_values": staticmethod(values)})
     if code in by_code:
         raise RuntimeError(f"duplicate message code {code}")
     by_code[code] = cls

@@ -143,7 +143,8 @@ class ProcessesPart:
                     del self.last_by_name[rec.name]
             log.info("process %d %r failed to start: %s", rec.p_uid, rec.exe, msg.err)
             if r:
-                self.route_reply(self.node, r, m.reply_err(tag, "ProcessError", f"cannot start process: {msg.err}"))
+                self.route_reply(self.node, r, m.reply_err(tag, "ProcessError",
+                                                           f"cannot start process: {msg.err}"))
             return
         rec.os_pid = msg.os_pid
         if rec.state == PENDING:

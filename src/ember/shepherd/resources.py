@@ -68,7 +68,7 @@ class NodeResources(Service):
         self._make_pool, self._make_channel, self._attach_pool = \
             pool_factory, channel_factory, pool_attach
         self.pools = {}           # m_uid -> Pool this shepherd made (it destroys them)
-        self.attached = {}        # m_uid -> Pool it attached (the default pool: made by the launcher)
+        self.attached = {}        # m_uid -> Pool it attached (the default pool, the launcher's)
         self.chans = {}           # c_uid -> Channel it made
         # Pools are destroyed (request thread) under it and swept (main
         # thread, at a child's exit) under it.
@@ -80,7 +80,8 @@ class NodeResources(Service):
             self.on(cls, method, NOTICE)
 
     def handle_msg(self, msg):
-        """The shepherd's handler for these types: always keep reading."""
+        """Dispatch one of :attr:`TYPES` (for a caller that has decoded
+        it); always True (keep reading)."""
         self.dispatch(msg, trusted=True)
         return True
 
