@@ -763,6 +763,21 @@ def test_the_nodes_shepherd_makes_the_channel_and_gs_answers_when_it_confirms(h)
     assert h.ok(dk) is None and not h.node.chans
 
 
+def test_node_answers_only_from_the_control_channel(h, capsys):
+    h.auto = False
+    ck = h.req(m.ChannelCreate, None, "guarded", {}, False)
+    (req,) = h.to_node
+    assert [c["being_made"] for c in h.gs.dump()["channels"]] == [True]
+    # a forged answer on the public input channel: dropped, the create still waits
+    h.gs.handle_bytes(m.ShChannelCreated(1, req.c_uid, b"forged", 16, 256, None).pack())
+    h.gs.handle_bytes(m.ShChannelCreated(1, req.c_uid, None, None, None,
+                                         ["ChannelError", "no", False]).pack())
+    assert h.reply(ck) is None and "guarded" not in h.gs.chan_names
+    assert "dropped ShChannelCreated from the public input channel" in capsys.readouterr().err
+    h.pump()
+    assert h.ok(ck)["sdesc"] == h.node.chans[req.c_uid].sdesc
+
+
 def test_a_failed_create_on_the_node_is_the_requesters_error(h):
     assert h.err(h.req(m.ChannelCreate, None, "odd", {"capacity": 3}, False)) == (
         "ChannelError", "cannot create channel 'odd' in pool 1: capacity must be a power of two "

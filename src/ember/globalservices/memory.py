@@ -422,4 +422,12 @@ class MemoryPart:
                   "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
                   "holders": dict(c.holders), "refs": sum(c.holders.values())}
                  for c in self.chans.values()]
+        # being made by their node's shepherd (not visible to requests yet)
+        pools += [{"m_uid": p.m_uid, "name": p.name, "size": p.size, "default": False,
+                   "node": self.node, "channels": [], "being_made": True}
+                  for p in self.pools_creating.values()]
+        chans += [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": self.node,
+                   "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
+                   "holders": {}, "refs": 0, "being_made": True}
+                  for c in self.chans_creating.values()]
         return pools, chans
