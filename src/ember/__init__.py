@@ -15,6 +15,7 @@ from .exceptions import (  # noqa: F401
     PoolExhausted,
     ProcessError,
 )
+from .exceptions import ProcessDied, RemoteError, RemoteTraceback  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -56,3 +57,20 @@ __all__ = [
     "is_initialized",
     "shutdown",
 ]
+
+# The Python-process layer (ember.objects), imported on first use so that
+# `import ember` stays cheap.
+_LAZY = {"Process": "process", "Executor": "executor", "ProcessGroup": "group"}
+__all__ += ["Process", "Executor", "ProcessGroup", "ProcessDied", "RemoteError",
+            "RemoteTraceback"]
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ember' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"ember.objects.{mod}"), name)
+    globals()[name] = value
+    return value

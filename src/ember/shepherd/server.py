@@ -33,6 +33,7 @@ import threading
 from .. import _env, _log
 from .. import messages as M
 from ..service import NOTICE, Service
+from . import template as _template
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
@@ -168,6 +169,7 @@ class Shepherd(Service):
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._ep.register(self._wake, select.EPOLLIN)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._template = None         # the warm template, started on first use
         # GS's requests: notices (each handler sends its own answer, if any).
         for cls, method in ((M.ShSpawn, self._on_spawn), (M.ShKill, self._on_kill),
                             (M.ShShutdown, self._on_shutdown), (M.ShWatch, self._on_watch),
@@ -284,9 +286,12 @@ class Shepherd(Service):
             os.close(out_w)
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
-            path, argv = self._resolve(exe, args, run_dir)
-            pid = spawn(path, argv, envp, run_dir, self._devnull, out_w, err_w,
-                        new_pgrp=True, nofile_soft=self.child_nofile)
+            if _template.is_template_request(exe, args):
+                pid = self._template_spawn(p_uid, args, envp, run_dir, out_w, err_w)
+            else:
+                path, argv = self._resolve(exe, args, run_dir)
+                pid = spawn(path, argv, envp, run_dir, self._devnull, out_w, err_w,
+                            new_pgrp=True, nofile_soft=self.child_nofile)
         except (OSError, ValueError, TypeError, _StartError) as exc:
             os.close(out_r)
             os.close(err_r)
@@ -331,6 +336,15 @@ class Shepherd(Service):
         # Only now may the loop see the exit: ShSpawned precedes ShExited.
         self._ep.register(pidfd, select.EPOLLIN)
         return None
+
+    def _template_spawn(self, p_uid, args, envp, run_dir, out_w, err_w):
+        """Fork the child from the warm template (ember.shepherd.template),
+        started on first use; the child is re-parented to us (subreaper)."""
+        if self._template is None:
+            _template.become_subreaper()
+            self._template = _template.Template(list(self._child_env(0, None)),
+                                                self._err_fd, self._err_fd)
+        return self._template.spawn(p_uid, args, envp, run_dir, self._devnull, out_w, err_w)
 
     def _on_kill(self, msg):
         sig, p_uid = msg.sig, msg.p_uid
@@ -661,6 +675,8 @@ class Shepherd(Service):
         if self._closed:
             return
         self._closed = True
+        if self._template is not None:
+            self._template.close()
         with self._lock:
             children = list(self._children.values())
             self._children.clear()
