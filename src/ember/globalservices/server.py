@@ -2,7 +2,10 @@
 
 GS holds the registries (processes by p_uid and name, pools by m_uid and
 name, channels by c_uid and name) and the waiters (process joins with
-server-side timeouts, channel joins waiting for a name).  It runs one loop:
+server-side timeouts, channel joins waiting for a name).  It decides and
+records; the node's shepherd does (spawns, kills, and creates and destroys
+the node's pools and channels: ``node_request``), and GS answers a request
+that needs the shepherd when the shepherd confirms.  It runs one loop:
 read a request from its input channel, update the registries, reply or park
 the requester.  It never blocks on a client: replies go out with
 ``timeout=0`` (a client's reply channel only ever holds the answers to its
@@ -18,8 +21,9 @@ a request enters (keys, reply channels), the transport and the loop.
 
 The state machine (:class:`GlobalServices`) is separate from its transport:
 ``send_reply(r, msg)`` delivers a reply to the channel whose descriptor is
-``r``, ``send_shepherd(msg)`` hands a message to the shepherd, and
-``clock()`` is a monotonic clock.  Tests drive it with scripted messages, a
+``r`` (every reply goes through :meth:`GlobalServices.route_reply` first),
+``send_shepherd(msg)`` hands a message to the shepherd, and ``clock()`` is a
+monotonic clock.  Tests drive it with scripted messages, a
 recording transport and a fake shepherd; :func:`serve` runs it for real.
 
 Decisions where the spec is open (see docs/architecture.md):
