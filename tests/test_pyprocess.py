@@ -485,7 +485,15 @@ def test_template_killed_is_replaced(tmp_path):
                     except OSError:
                         continue
                     if b"ember._template" in cmd and os.getsid(int(d)) == os.getsid(0):
-                        found.append(int(d))
+                        # this runtime's template only (parallel tests share the session)
+                        try:
+                            with open(f"/proc/{d}/environ", "rb") as f:
+                                env = f.read().split(b"\\0")
+                        except OSError:
+                            continue
+                        rid = ("EMBER_RUNTIME_ID=" + os.environ["EMBER_RUNTIME_ID"]).encode()
+                        if rid in env:
+                            found.append(int(d))
             return found
 
         p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()

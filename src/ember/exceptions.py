@@ -18,6 +18,7 @@ __all__ = [
     "ProcessDied",
     "RemoteError",
     "RemoteTraceback",
+    "ChannelClosed",
 ]
 
 
@@ -111,3 +112,8 @@ class RemoteTraceback(Exception):
 
     def __str__(self):
         return self.tb
+
+
+class ChannelClosed(ChannelError, EOFError):
+    """The channel was closed: send refuses; recv raises it once every
+    message sent before the close was received (the end of the channel)."""
