@@ -1,0 +1,433 @@
+"""GS part: the pool and channel registries of the runtime.
+
+Pools by m_uid and name, channels by c_uid and name, the channels each pool
+holds, reference counts (holders by p_uid, mirrored in each process's
+``refs``), channel joins that wait for a name, and the sweep of a dead
+process's pool blocks.
+
+Uses from the other parts: ``_park``/``_finish_waiter`` (:mod:`.registry`),
+``procs`` (:mod:`.processes`), and from the composition (:mod:`.server`):
+``_reply``, ``send_reply``, ``node``, ``runtime_tag``, the factories.
+"""
+import itertools
+
+from .. import messages as m
+from ..descriptors import ChannelOptions
+from ..exceptions import ChannelError, ChannelTimeout, PoolError
+from .processes import EXITED
+from .registry import _Waiter, _lookup, _timeout, log
+
+DEFAULT_POOL_NAME = "default"
+
+
+class _Pool:
+    __slots__ = ("m_uid", "name", "sdesc", "size", "channels", "default", "waiting")
+
+    def __init__(self, m_uid, name, sdesc, size, default=False):
+        self.m_uid, self.name, self.sdesc, self.size = m_uid, name, sdesc, size
+        self.channels = set()     # c_uids of its channels (being created ones too)
+        self.default = default
+        self.waiting = None       # while the shepherd creates it: [(tag, r, p_uid)] to answer
+
+
+class _Chan:
+    __slots__ = ("c_uid", "m_uid", "name", "sdesc", "capacity", "block_size",
+                 "ref_count", "holders", "waiting")
+
+    def __init__(self, c_uid, m_uid, name, opts):
+        self.c_uid, self.m_uid, self.name = c_uid, m_uid, name
+        self.sdesc = None         # known once the shepherd made it
+        self.capacity = opts.capacity
+        self.block_size = opts.block_size
+        self.ref_count = bool(opts.ref_count)
+        self.holders = {}  # p_uid -> count
+        self.waiting = None       # while the shepherd creates it: [(tag, r, p_uid)] to answer
+
+
+class MemoryPart:
+    """Pools (``pools``, ``pool_names``) and channels (``chans``,
+    ``chan_names``, ``chan_sdescs``, ``chan_joiners``).
+
+    Node-scoped: GS decides (uids, names, options) and records; the
+    shepherd of the node that owns the memory creates and destroys
+    (``node_request`` in :mod:`.server`; the shepherd side is
+    :mod:`ember.shepherd.resources`).  A pool or channel being created is
+    recorded at once (its name and uid are taken: ``pools_creating``,
+    ``chans_creating``) and becomes visible when the shepherd confirms;
+    then its requester is answered, with everyone who asked for it
+    meanwhile (a soft create of the same name; joiners of the name are
+    woken as before).  A destroy forgets the record at once and answers
+    its requester when the shepherd confirms.  GS never maps these pools.
+    """
+
+    REQUESTS = ((m.PoolCreate, "on_pool_create"), (m.PoolList, "on_pool_list"),
+                (m.PoolQuery, "on_pool_query"), (m.PoolDestroy, "on_pool_destroy"),
+                (m.PoolDefault, "on_pool_default"),
+                (m.ChannelCreate, "on_channel_create"), (m.ChannelList, "on_channel_list"),
+                (m.ChannelQuery, "on_channel_query"), (m.ChannelJoin, "on_channel_join"),
+                (m.ChannelDestroy, "on_channel_destroy"), (m.ChannelRelease, "on_channel_release"),
+                (m.ChannelAddRef, "on_channel_add_ref"))
+    NOTICES = ()
+
+    def _init_memory(self, default_pool):
+        """``default_pool``: the runtime's default pool (made by the
+        launcher; anything with ``sdesc`` and ``size``), or None."""
+        self.pools = {}           # m_uid -> _Pool
+        self.pool_names = {}
+        self.pools_creating = {}  # m_uid -> _Pool the shepherd is making
+        self.pool_names_creating = {}
+        self.chans = {}           # c_uid -> _Chan
+        self.chan_names = {}
+        self.chans_creating = {}  # c_uid -> _Chan the shepherd is making
+        self.chan_names_creating = {}
+        self.chan_sdescs = set()  # descriptors of the registered channels
+        self.chan_joiners = {}    # name -> [ _Waiter ]
+        self._m_uids = itertools.count(2)
+        self._c_uids = itertools.count(1)
+        #: Called with a dead (reaped) process's OS pid to give back the pool
+        #: blocks it still owned in the pools GS itself maps (``extra_pools``:
+        #: the infrastructure pool of its node).  The node's pools are swept
+        #: by their shepherd, before it reports the exit.  None: no sweep.
+        self.sweep_allocations = self._reclaim_blocks
+        self.extra_pools = []     # pools GS sweeps (the infrastructure pool)
+        self.default_m_uid = None
+        if default_pool is not None:
+            self.default_m_uid = 1
+            self._add_pool(_Pool(1, DEFAULT_POOL_NAME, default_pool.sdesc, default_pool.size,
+                                 default=True))
+
+    def _reclaim_blocks(self, pid):
+        for pool in self.extra_pools:
+            reclaim = getattr(pool, "reclaim", None)
+            if reclaim is None:
+                continue
+            try:
+                got = reclaim(pid)
+            except Exception as exc:
+                log.warning("cannot reclaim the blocks of pid %d in the infrastructure pool: %s",
+                            pid, exc)
+                continue
+            if got and got[0]:
+                log.info("reclaimed %d block(s), %d bytes of dead pid %d in the infrastructure "
+                         "pool", got[0], got[1], pid)
+
+    def _drop_refs(self, rec, c_uid):
+        rec.refs.pop(c_uid, None)
+        ch = self.chans.get(c_uid)
+        if ch is not None:
+            ch.holders.pop(rec.p_uid, None)
+            if ch.ref_count and not ch.holders:
+                self._destroy_channel(ch)
+
+    def _answer(self, waiting, value=None, err=None):
+        """Answer everyone in ``waiting`` whose reply channel is still
+        registered to them (a requester that exited meanwhile has none)."""
+        for tag, r, owner in waiting:
+            if self.reply_owner.get(r) != owner:
+                continue
+            if err is None:
+                self._reply(tag, r, value)
+            else:
+                self.route_reply(self.node, r, m.reply_err(tag, err[0], err[1]))
+
+    # ------------------------------------------------------------------ pools
+    def _add_pool(self, rec):
+        self.pools[rec.m_uid] = rec
+        if rec.name:
+            self.pool_names[rec.name] = rec.m_uid
+
+    def _pool(self, ident):
+        return _lookup(ident, self.pools, self.pool_names, PoolError, "pool", "m_uid")
+
+    def _pool_desc(self, rec):
+        return {"m_uid": rec.m_uid, "name": rec.name, "node": self.node, "size": rec.size,
+                "sdesc": rec.sdesc}
+
+    def on_pool_create(self, msg):
+        name = msg.user_name
+        if name is not None and not isinstance(name, str):
+            raise PoolError(f"user_name must be a str or None, not {type(name).__name__}")
+        if name and name in self.pool_names:
+            rec = self.pools[self.pool_names[name]]
+            if msg.soft:
+                return self._reply(msg.tag, msg.r, self._pool_desc(rec))
+            raise PoolError(f"a pool is already named {name!r} (m_uid {rec.m_uid})")
+        if name and name in self.pool_names_creating:
+            rec = self.pools_creating[self.pool_names_creating[name]]
+            if msg.soft:
+                rec.waiting.append((msg.tag, msg.r, msg.p_uid))
+                return
+            raise PoolError(f"a pool is already named {name!r} (m_uid {rec.m_uid})")
+        size = msg.size
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise PoolError(f"pool size must be a positive int, got {size!r}")
+        m_uid = next(self._m_uids)
+        rec = _Pool(m_uid, name or None, None, size)
+        rec.waiting = [(msg.tag, msg.r, msg.p_uid)]
+        self.pools_creating[m_uid] = rec
+        if name:
+            self.pool_names_creating[name] = m_uid
+        log.debug("pool %d %r requested (%d bytes) by process %s", m_uid, rec.name, size, msg.p_uid)
+        self.node_request(self.node, lambda tag: m.ShPoolCreate(
+            tag, m_uid, size, name, self.runtime_tag), self._pool_created)
+
+    def _pool_created(self, done):
+        rec = self.pools_creating.pop(done.m_uid, None)
+        if rec is None:
+            return
+        if rec.name and self.pool_names_creating.get(rec.name) == rec.m_uid:
+            del self.pool_names_creating[rec.name]
+        waiting, rec.waiting = rec.waiting, None
+        if done.err:
+            err_type, text, expected = done.err
+            if expected:
+                err_type, text = "PoolError", f"cannot create pool of {rec.size} bytes: {text}"
+            log.info("pool %d %r not created: %s", rec.m_uid, rec.name, text)
+            return self._answer(waiting, err=(err_type, text))
+        rec.sdesc, rec.size = done.sdesc, done.size
+        self._add_pool(rec)
+        log.info("pool %d %r created (%d bytes) by process %s", rec.m_uid, rec.name, rec.size,
+                 waiting[0][2])
+        self._answer(waiting, self._pool_desc(rec))
+
+    def on_pool_list(self, msg):
+        self._reply(msg.tag, msg.r, [[p.m_uid, p.name] for p in self.pools.values()])
+
+    def on_pool_query(self, msg):
+        self._reply(msg.tag, msg.r, self._pool_desc(self._pool(msg.ident)))
+
+    def on_pool_default(self, msg):
+        if self.default_m_uid is None:
+            raise PoolError("this runtime has no default pool")
+        self._reply(msg.tag, msg.r, self._pool_desc(self.pools[self.default_m_uid]))
+
+    def on_pool_destroy(self, msg):
+        rec = self._pool(msg.ident)
+        if rec.default:
+            raise PoolError(f"pool {rec.m_uid} is the runtime's default pool and cannot be destroyed")
+        if rec.channels:
+            raise PoolError(f"pool {rec.name or rec.m_uid} (m_uid {rec.m_uid}) still holds "
+                            f"{len(rec.channels)} channel(s) {sorted(rec.channels)}: destroy them first")
+        self._destroy_pool(rec, (msg.tag, msg.r, msg.p_uid))
+
+    def _destroy_pool(self, rec, requester=None):
+        """Forget a pool, then have its shepherd destroy it; ``requester``
+        ``(tag, r, p_uid)`` is answered when the shepherd confirms (else a
+        failure is logged)."""
+        del self.pools[rec.m_uid]
+        if rec.name and self.pool_names.get(rec.name) == rec.m_uid:
+            del self.pool_names[rec.name]
+        log.info("pool %d %r destroyed", rec.m_uid, rec.name)
+        self.node_request(self.node, lambda tag: m.ShPoolDestroy(tag, rec.m_uid),
+                          lambda done: self._destroyed(f"pool {rec.m_uid}", done, requester))
+
+    def _destroyed(self, what, done, requester):
+        if requester is not None:
+            self._answer([requester], err=done.err)
+        elif done.err:
+            log.error("destroying %s: %s: %s", what, done.err[0], done.err[1])
+
+    # --------------------------------------------------------------- channels
+    def _chan(self, ident):
+        return _lookup(ident, self.chans, self.chan_names, ChannelError, "channel", "c_uid")
+
+    def _chan_desc(self, rec):
+        return {"m_uid": rec.m_uid, "c_uid": rec.c_uid, "name": rec.name, "node": self.node,
+                "capacity": rec.capacity, "block_size": rec.block_size,
+                "ref_count": rec.ref_count, "sdesc": rec.sdesc}
+
+    def _add_ref(self, rec, p_uid):
+        if rec.ref_count:
+            rec.holders[p_uid] = rec.holders.get(p_uid, 0) + 1
+            proc = self.procs.get(p_uid)
+            if proc is not None:
+                proc.refs[rec.c_uid] = proc.refs.get(rec.c_uid, 0) + 1
+
+    def on_channel_create(self, msg):
+        name = msg.user_name
+        if name is not None and not isinstance(name, str):
+            raise ChannelError(f"user_name must be a str or None, not {type(name).__name__}")
+        if name and name in self.chan_names:
+            rec = self.chans[self.chan_names[name]]
+            if msg.soft:
+                self._add_ref(rec, msg.p_uid)
+                return self._reply(msg.tag, msg.r, self._chan_desc(rec))
+            raise ChannelError(f"a channel is already named {name!r} (c_uid {rec.c_uid})")
+        if name and name in self.chan_names_creating:
+            rec = self.chans_creating[self.chan_names_creating[name]]
+            if msg.soft:
+                rec.waiting.append((msg.tag, msg.r, msg.p_uid))
+                return
+            raise ChannelError(f"a channel is already named {name!r} (c_uid {rec.c_uid})")
+        m_uid = self.default_m_uid if msg.m_uid is None else msg.m_uid
+        if isinstance(m_uid, bool) or not isinstance(m_uid, int):
+            raise ChannelError(f"m_uid must be an int, not {type(m_uid).__name__}")
+        prec = self.pools.get(m_uid)
+        if prec is None:
+            raise ChannelError(f"cannot create channel {name or ''!r}: no pool with m_uid {m_uid}")
+        try:
+            opts = ChannelOptions.coerce(msg.options, "channel_options")
+        except TypeError as exc:
+            raise ChannelError(str(exc)) from None
+        for field in ("capacity", "block_size"):
+            v = getattr(opts, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ChannelError(f"ChannelOptions.{field} must be a positive int, got {v!r}")
+        c_uid = next(self._c_uids)
+        rec = _Chan(c_uid, m_uid, name or None, opts)
+        rec.waiting = [(msg.tag, msg.r, msg.p_uid)]
+        self.chans_creating[c_uid] = rec
+        if name:
+            self.chan_names_creating[name] = c_uid
+        prec.channels.add(c_uid)         # the pool cannot go while it is being made
+        self.node_request(self.node, lambda tag: m.ShChannelCreate(
+            tag, c_uid, m_uid, prec.sdesc, opts.capacity, opts.block_size), self._channel_created)
+
+    def _channel_created(self, done):
+        rec = self.chans_creating.pop(done.c_uid, None)
+        if rec is None:
+            return
+        if rec.name and self.chan_names_creating.get(rec.name) == rec.c_uid:
+            del self.chan_names_creating[rec.name]
+        waiting, rec.waiting = rec.waiting, None
+        prec = self.pools.get(rec.m_uid)
+        if done.err:
+            if prec is not None:
+                prec.channels.discard(rec.c_uid)
+            err_type, text, expected = done.err
+            if expected:
+                err_type = "ChannelError"
+                text = f"cannot create channel {rec.name or rec.c_uid!r} in pool {rec.m_uid}: {text}"
+            log.info("channel %d %r not created: %s", rec.c_uid, rec.name, text)
+            return self._answer(waiting, err=(err_type, text))
+        rec.sdesc, rec.capacity, rec.block_size = done.sdesc, done.capacity, done.block_size
+        self.chans[rec.c_uid] = rec
+        self.chan_sdescs.add(rec.sdesc)
+        if rec.name:
+            self.chan_names[rec.name] = rec.c_uid
+        log.info("channel %d %r created in pool %d by process %s", rec.c_uid, rec.name, rec.m_uid,
+                 waiting[0][2])
+        desc = self._chan_desc(rec)
+        # Wake the joiners first: they sleep, the creator is spinning for its reply.
+        for w in list(self.chan_joiners.get(rec.name, ())) if rec.name else ():
+            self._finish_waiter(w)
+            self._add_ref(rec, w.owner)
+            self._reply(w.tag, w.r, desc)
+        for tag, r, owner in waiting:
+            if self.reply_owner.get(r) != owner:
+                continue         # exited meanwhile: it holds no reference
+            proc = self.procs.get(owner)
+            if proc is None or proc.state != EXITED:
+                self._add_ref(rec, owner)
+            self._reply(tag, r, desc)
+        if rec.ref_count and not rec.holders:
+            self._destroy_channel(rec)   # every holder exited while it was made
+
+    def on_channel_list(self, msg):
+        self._reply(msg.tag, msg.r, [[c.c_uid, c.name] for c in self.chans.values()])
+
+    def on_channel_query(self, msg):
+        self._reply(msg.tag, msg.r, self._chan_desc(self._chan(msg.ident)))
+
+    def on_channel_join(self, msg):
+        name = msg.name
+        if not isinstance(name, str) or not name:
+            raise ChannelError(f"channel.join needs a non-empty str name, got {name!r}")
+        timeout = _timeout(msg.timeout, ChannelError)
+        c_uid = self.chan_names.get(name)
+        if c_uid is not None:
+            rec = self.chans[c_uid]
+            self._add_ref(rec, msg.p_uid)
+            return self._reply(msg.tag, msg.r, self._chan_desc(rec))
+        if timeout == 0:
+            raise ChannelTimeout(f"channel.join({name!r}) timed out: no channel of that name was created")
+        w = _Waiter(msg.tag, msg.r, msg.p_uid)
+        w.name = name
+        self.chan_joiners.setdefault(name, []).append(w)
+        log.debug("process %s is waiting for channel %r%s", msg.p_uid, name,
+                  "" if timeout is None else f" (up to {timeout:g} s)")
+        self._park(w, timeout)
+
+    def on_channel_destroy(self, msg):
+        self._destroy_channel(self._chan(msg.ident), (msg.tag, msg.r, msg.p_uid))
+
+    def on_channel_add_ref(self, msg):
+        rec = self._chan(msg.ident)
+        if not rec.ref_count:
+            raise ChannelError(f"channel {rec.name or rec.c_uid} (c_uid {rec.c_uid}) is not ref-counted")
+        self._add_ref(rec, msg.p_uid)
+        self._reply(msg.tag, msg.r)
+
+    def on_channel_release(self, msg):
+        rec = self._chan(msg.ident)
+        if not rec.ref_count:
+            raise ChannelError(f"channel {rec.name or rec.c_uid} (c_uid {rec.c_uid}) is not ref-counted")
+        n = rec.holders.get(msg.p_uid, 0)
+        if n == 0:
+            raise ChannelError(f"process {msg.p_uid} holds no reference to channel "
+                               f"{rec.name or rec.c_uid} (c_uid {rec.c_uid})")
+        if n == 1:
+            del rec.holders[msg.p_uid]
+        else:
+            rec.holders[msg.p_uid] = n - 1
+        proc = self.procs.get(msg.p_uid)
+        if proc is not None:
+            k = proc.refs.get(rec.c_uid, 0) - 1
+            if k <= 0:
+                proc.refs.pop(rec.c_uid, None)
+            else:
+                proc.refs[rec.c_uid] = k
+        if not rec.holders:
+            self._destroy_channel(rec)
+        self._reply(msg.tag, msg.r)
+
+    def _destroy_channel(self, rec, requester=None):
+        """Forget a channel, then have its shepherd destroy it (the
+        registries are consistent whatever the destroy's outcome);
+        ``requester`` ``(tag, r, p_uid)`` is answered when the shepherd
+        confirms (else a failure is logged)."""
+        self.chans.pop(rec.c_uid, None)
+        self.chan_sdescs.discard(rec.sdesc)
+        if rec.name and self.chan_names.get(rec.name) == rec.c_uid:
+            del self.chan_names[rec.name]
+        prec = self.pools.get(rec.m_uid)
+        if prec is not None:
+            prec.channels.discard(rec.c_uid)
+        for p in rec.holders:
+            proc = self.procs.get(p)
+            if proc is not None:
+                proc.refs.pop(rec.c_uid, None)
+        log.info("channel %d %r destroyed", rec.c_uid, rec.name)
+        self.node_request(self.node, lambda tag: m.ShChannelDestroy(tag, rec.c_uid),
+                          lambda done: self._destroyed(f"channel {rec.c_uid}", done, requester))
+
+    def _unlink_chan_join(self, w):
+        lst = self.chan_joiners.get(w.name)
+        if lst is not None:
+            if w in lst:
+                lst.remove(w)
+            if not lst:
+                del self.chan_joiners[w.name]
+
+    def _chan_join_timed_out(self, w):
+        self._finish_waiter(w)
+        self.route_reply(self.node, w.r, m.reply_err(
+            w.tag, "ChannelTimeout",
+            f"channel.join({w.name!r}) timed out: no channel of that name was created"))
+
+    def _dump_memory(self):
+        pools = [{"m_uid": p.m_uid, "name": p.name, "size": p.size, "default": p.default,
+                  "node": self.node, "channels": sorted(p.channels)} for p in self.pools.values()]
+        chans = [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": self.node,
+                  "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
+                  "holders": dict(c.holders), "refs": sum(c.holders.values())}
+                 for c in self.chans.values()]
+        # being made by their node's shepherd (not visible to requests yet)
+        pools += [{"m_uid": p.m_uid, "name": p.name, "size": p.size, "default": False,
+                   "node": self.node, "channels": [], "being_made": True}
+                  for p in self.pools_creating.values()]
+        chans += [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": self.node,
+                   "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
+                   "holders": {}, "refs": 0, "being_made": True}
+                  for c in self.chans_creating.values()]
+        return pools, chans
