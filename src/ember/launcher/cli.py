@@ -905,11 +905,13 @@ class Launcher:
             try:
                 env = {}
                 if not getattr(self, "attached", False):
-                    # (attached, the runtime's shepherd has another stdin, and
-                    # its interpreter is not ours)
                     env[_env.STDIN] = "inherit"
                     if fork:
                         env[_env.FORK_PY] = "1"
+                else:
+                    # the runtime's shepherd has another stdin and stdout, and
+                    # its interpreter is not ours: the head gets our own stdio
+                    env[_env.STDIO_FROM] = str(os.getpid())
                 self.head = process.create(exe, os.getcwd(), argv, env=env)
             except Exception as exc:
                 print(f"ember: cannot start {prog!r}: {exc}", file=sys.stderr)
