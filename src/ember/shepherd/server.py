@@ -856,9 +856,19 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
         shepherd.child_nofile = old_soft       # children get the limit we started with
 
     def request_loop():
+        from ..exceptions import ChannelError
         try:
-            while shepherd.handle(in_channel.recv()):
-                pass
+            while True:
+                try:
+                    data = in_channel.recv()
+                except ChannelError as exc:
+                    # a message someone scribbled over is dropped; the channel goes on
+                    if "[EMBER_ERR_CORRUPT]" not in str(exc):
+                        raise
+                    log.warning("dropped a corrupt message on the input channel: %s", exc)
+                    continue
+                if not shepherd.handle(data):
+                    break
         except BaseException as exc:  # channel destroyed / broken
             log.error("input channel failed (%r); killing every child", exc)
             shepherd.request_stop(None)
