@@ -52,7 +52,8 @@ class NodeResources(Service):
     """
 
     name = "shepherd"
-    TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy)
+    TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy,
+             M.ShChannelClose)
 
     def __init__(self, send, *, pool_factory=None, channel_factory=None, pool_attach=None,
                  clock=None):
@@ -76,7 +77,8 @@ class NodeResources(Service):
         for cls, method in ((M.ShPoolCreate, self.on_pool_create),
                             (M.ShPoolDestroy, self.on_pool_destroy),
                             (M.ShChannelCreate, self.on_channel_create),
-                            (M.ShChannelDestroy, self.on_channel_destroy)):
+                            (M.ShChannelDestroy, self.on_channel_destroy),
+                            (M.ShChannelClose, self.on_channel_close)):
             self.on(cls, method, NOTICE)
 
     def handle_msg(self, msg):
@@ -144,6 +146,20 @@ class NodeResources(Service):
             except Exception as exc:
                 err = _err(exc)
         self._send(M.ShChannelDestroyed(msg.tag, msg.c_uid, err))
+
+    def on_channel_close(self, msg):
+        """Close a channel whose last sender went away (GS decided): no
+        more sends; receivers drain, then get ChannelClosed."""
+        ch = self.chans.get(msg.c_uid)
+        err = None
+        if ch is None:
+            err = ["ChannelError", f"no channel with c_uid {msg.c_uid} on this node", False]
+        else:
+            try:
+                ch.close()
+            except Exception as exc:
+                err = _err(exc)
+        self._send(M.ShChannelClosed(msg.tag, msg.c_uid, err))
 
     # --------------------------------------------------------------- reclaim
     def reclaim(self, pid):
