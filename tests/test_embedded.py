@@ -33,7 +33,7 @@ def _rundir():
 
 def _addresses():
     try:
-        return sorted(n for n in os.listdir(_rundir()) if n.endswith((".addr", ".lock")))
+        return sorted(n for n in os.listdir(_rundir()) if n.endswith(".addr"))
     except FileNotFoundError:
         return []
 
@@ -198,9 +198,8 @@ def test_attach_to_a_dead_address_fails_fast_and_removes_it():
     from ember import runtime
     d = runtime.runtime_dir()
     # a runtime whose launcher died: an address with nobody holding its lock
-    addr, lock_fd = runtime.publish("r1-deadbeef-gone", name="ghost", pid=1, key="k" * 32,
-                                    inf_pool=b"x", gs_ch=b"y", default_pool=b"z", program=None)
-    os.close(lock_fd)
+    runtime.publish("r1-deadbeef-gone", name="ghost", pid=1, key="k" * 32,
+                    inf_pool=b"x", gs_ch=b"y", default_pool=b"z", program=None)
     t0 = time.monotonic()
     res = _py("""
         import ember
