@@ -113,7 +113,7 @@ cdef class SyncObject:
         name = type(self).__name__
         if self._alloc is None:
             return f"{name} (unset)"
-        return f"{name} (pool {self._pool.name!r}, offset {self._alloc._a.offset})"
+        return f"{name} (pool {self._pool._label!r}, offset {self._alloc._a.offset})"
 
     cdef int _check(self) except -1:
         if self._p == NULL:
@@ -278,7 +278,7 @@ cdef class _LockBase(SyncObject):
         extra = f", count={count}" if self._kind == EMBER_SYNC_RLOCK and holder else ""
         dead = f", owner_died={died}" if died else ""
         return (f"<ember.{type(self).__name__}(owner={holder or None}{extra}{dead}) "
-                f"pool={self._pool.name!r} offset={self._alloc._a.offset}>")
+                f"pool={self._pool._label!r} offset={self._alloc._a.offset}>")
 
 
 @cython.final

@@ -143,7 +143,8 @@
  *   - Event: set/clear are one CAS; a death costs nothing.
  *   - Barrier: a party that dies while waiting (or running the action as
  *     the last party) breaks the barrier for the others within one slice:
- *     they get EMBER_SYNC_BROKEN.  A party that dies before arriving is not
+ *     they get EMBER_SYNC_BROKEN.  The last party to arrive checks the
+ *     waiting parties first and breaks instead of tripping if one is dead.  A party that dies before arriving is not
  *     detected (the others wait until their timeout).  A death inside the
  *     meta lock breaks the barrier (reset() makes it usable again).  A dead
  *     waiter whose slot was already TRIPPED/BROKEN leaves the slot in use
@@ -1027,7 +1028,20 @@ ember_rc_t ember_barrier_arrive(void *mem, int64_t timeout_ns, uint32_t *index, 
             munlock(&b->xmeta);
             if (took)
                 bar_wake(b);
-            return count == parties ? (ember_rc_t)EMBER_SYNC_LAST : EMBER_OK;
+            if (count < parties)
+                return EMBER_OK;
+            /* The last party: a party that arrived and died since would be
+             * missing from the next step, so break instead of tripping. */
+            if (bar_dead_party(b, me)) {
+                bar_lock(b, me);
+                if (ember_atomic_load_relaxed(&b->slots[at].xstatus) == B_LAST)
+                    bar_break_locked(b, 0);
+                bar_free_slot(b, (uint32_t)at);
+                munlock(&b->xmeta);
+                bar_wake(b);
+                return (ember_rc_t)EMBER_SYNC_BROKEN;
+            }
+            return (ember_rc_t)EMBER_SYNC_LAST;
         }
         /* The last party is running the action: wait for the trip. */
         munlock(&b->xmeta);
