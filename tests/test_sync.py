@@ -14,8 +14,8 @@ import pytest
 
 import ember.exceptions as exc
 from ember.pools_c import Pool
-from ember.sync_c import (Barrier, BoundedSemaphore, BrokenBarrierError, Event, Lock, OwnerDied,
-                          ReleaseError, RLock, Semaphore, SyncError)
+from ember.sync_c import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
+                          OwnerDied, ReleaseError, RLock, Semaphore, SyncError)
 from procs import fork, join
 
 
@@ -449,3 +449,82 @@ def test_pool_detached_under_object(pool):
     with pytest.raises(SyncError, match=r"^Lock \(pool 'sync-detach', offset \d+\): its pool is "
                                         r"detached or destroyed$"):
         lock.acquire()
+
+
+# -------------------------------------------------------------- Condition
+
+def _wait_until(cond):
+    while not cond():
+        os.sched_yield()
+
+
+@pytest.mark.timeout(60)
+def test_condition_notify_wakes_at_most_n_oldest_first(pool):
+    c = Condition(pool=pool)
+    a, mv = _shared_ints(pool, 4)                 # woken count, order of wake-ups
+
+    def waiter(k):
+        with c:
+            assert c.wait(30) is True
+            mv[1 + mv[0]] = k
+            mv[0] += 1
+
+    p1 = fork(waiter, 1)
+    _wait_until(lambda: c._n_waiting() == 1)
+    p2 = fork(waiter, 2)
+    _wait_until(lambda: c._n_waiting() == 2)
+    with c:
+        c.notify()
+    _wait_until(lambda: mv[0] == 1)
+    assert c._n_waiting() == 1 and mv[1] == 1     # exactly one, the oldest
+    p3 = fork(waiter, 3)
+    _wait_until(lambda: c._n_waiting() == 2)
+    with c:
+        c.notify_all()
+    assert [join(p) for p in (p1, p2, p3)] == [0, 0, 0]
+    assert mv[0] == 3 and sorted(mv[2:4]) == [2, 3]
+    mv.release()
+    a.free()
+
+
+@pytest.mark.timeout(60)
+def test_condition_producer_consumer_wait_for(pool):
+    c = Condition(Lock(pool=pool))
+    a, mv = _shared_ints(pool, 2)                 # items, consumed
+
+    def consumer():
+        for _ in range(50):
+            with c:
+                assert c.wait_for(lambda: mv[0] > 0, timeout=30)
+                mv[0] -= 1
+                mv[1] += 1
+
+    pid = fork(consumer)
+    for _ in range(50):
+        with c:
+            mv[0] += 1
+            c.notify()
+    assert join(pid) == 0
+    assert (mv[0], mv[1]) == (0, 50)
+    mv.release()
+    a.free()
+
+
+def test_condition_timeout_errors_and_rlock_depth(pool):
+    c = Condition(pool=pool)
+    with pytest.raises(ReleaseError, match=r"^Condition \(pool '.*', offset \d+\): cannot wait on "
+                                           r"un-acquired lock$"):
+        c.wait(0)
+    with pytest.raises(ReleaseError, match=r"cannot notify on un-acquired lock$"):
+        c.notify()
+    with c:
+        with c:
+            assert c.wait(0.01) is False
+            assert c.lock._state()[1] == 2        # the RLock depth is restored
+            assert c.wait_for(lambda: False, timeout=0.01) is False
+    assert not c.lock.locked() and c._n_waiting() == 0
+    with pytest.raises(TypeError, match=r"^Condition\(\) lock must be an ember Lock or RLock, "
+                                        r"got lock$"):
+        Condition(threading.Lock(), pool=pool)
+    c2 = pickle.loads(pickle.dumps(c))
+    assert c2.lock.sdesc == c.lock.sdesc

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from ember.pools_c import Pool
-from ember.sync_c import (Barrier, BoundedSemaphore, BrokenBarrierError, Event, Lock, OwnerDied,
-                          RLock, Semaphore)
+from ember.sync_c import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
+                          OwnerDied, RLock, Semaphore)
 from procs import fork, join, reap
 
 _OWNER_DIED = (r"^{cls} \(pool '.*', offset \d+\): acquired, but its previous holder \(pid {pid}\) "
@@ -392,3 +392,60 @@ def test_lock_kill_storm_short():
 def test_lock_kill_storm_long():
     reported = _storm(kills=1500, nworkers=4, seed=12)
     assert reported > 0
+
+
+@pytest.mark.timeout(60)
+def test_condition_dead_waiter_absorbs_no_notify(pool):
+    c = Condition(pool=pool)
+
+    def waiter():
+        with c:
+            c.wait()
+
+    dead = fork(waiter)
+    while c._n_waiting() != 1:
+        os.sched_yield()
+    os.kill(dead, signal.SIGKILL)
+    reap(dead)
+
+    def live():
+        with c:
+            assert c.wait(30)
+
+    w = fork(live)
+    while c._n_waiting() != 2:
+        os.sched_yield()
+    with c:
+        c.notify()                                 # the oldest waiter is dead: skipped
+    assert join(w) == 0
+    assert c._n_waiting() == 0
+
+
+@pytest.mark.timeout(60)
+def test_condition_wait_reports_lock_holder_death(pool):
+    c = Condition(Lock(pool=pool))
+    waiting = Event(pool=pool)
+    ready = Event(pool=pool)
+
+    def waiter():
+        with pytest.raises(OwnerDied):
+            with c:
+                waiting.set()
+                c.wait(30)                         # reacquiring finds the holder dead
+        os._exit(0)
+
+    w = fork(waiter)
+    assert waiting.wait(30)
+
+    def notify_and_die():
+        c.acquire()
+        c.notify()
+        ready.set()
+        while True:
+            time.sleep(60)
+
+    d = fork(notify_and_die)
+    assert ready.wait(30)
+    os.kill(d, signal.SIGKILL)
+    assert join(w) == 0
+    reap(d)

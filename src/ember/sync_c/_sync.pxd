@@ -23,6 +23,8 @@ cdef extern from "sync.h" nogil:
         EMBER_SYNC_SEMAPHORE
         EMBER_SYNC_EVENT
         EMBER_SYNC_BARRIER
+        EMBER_SYNC_CONDITION
+        EMBER_SYNC_COND_SLOTS
         EMBER_SYNC_SEM_SLOTS
         EMBER_SYNC_BARRIER_MAX
         EMBER_SYNC_BARRIER_SLOTS
@@ -65,6 +67,12 @@ cdef extern from "sync.h" nogil:
     ember_rc_t ember_barrier_abort(void *mem)
     ember_rc_t ember_barrier_reset(void *mem)
     void ember_barrier_state(void *mem, uint32_t *parties, uint32_t *n_waiting, int *broken)
+
+    ember_rc_t ember_cond_enter(void *mem, uint32_t *slot)
+    ember_rc_t ember_cond_wait(void *mem, uint32_t slot, int64_t timeout_ns)
+    ember_rc_t ember_cond_leave(void *mem, uint32_t slot)
+    ember_rc_t ember_cond_notify(void *mem, uint32_t n, uint32_t *woken)
+    uint32_t ember_cond_waiting(void *mem)
 
 
 cdef class SyncObject:

@@ -9,6 +9,8 @@ slices of at most 50 ms, checking for signals (Ctrl-C) in between.  What
 happens when a holder dies is in docs/sync.md and sync.c.
 """
 cimport cython
+import os
+import time as _time
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -23,7 +25,7 @@ from ember.exceptions import (BrokenBarrierError, DescriptorError, OwnerDied, Re
                               SyncError)
 from ember.pools_c import Allocation as _PyAllocation
 
-__all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier",
+__all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "Condition",
            "SEM_SLOTS", "BARRIER_MAX_PARTIES"]
 
 SEM_SLOTS = EMBER_SYNC_SEM_SLOTS
@@ -34,7 +36,7 @@ cdef int64_t _SLICE_NS = 50_000_000
 
 _KIND_NAME = {EMBER_SYNC_LOCK: "Lock", EMBER_SYNC_RLOCK: "RLock",
               EMBER_SYNC_SEMAPHORE: "Semaphore", EMBER_SYNC_EVENT: "Event",
-              EMBER_SYNC_BARRIER: "Barrier"}
+              EMBER_SYNC_BARRIER: "Barrier", EMBER_SYNC_CONDITION: "Condition"}
 
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -629,3 +631,155 @@ cdef class Barrier(SyncObject):
             return "<ember.Barrier closed>"
         return (f"<ember.Barrier(parties={self.parties}, waiters={self.n_waiting}, "
                 f"broken={self.broken})>")
+
+
+@cython.final
+cdef class Condition(SyncObject):
+    """A condition variable in pool memory (``multiprocessing.Condition``)
+    over an ember Lock or RLock (a new RLock in the same pool by default).
+
+    ``notify(n)`` wakes at most ``n`` waiters, oldest first; a waiter that
+    died is skipped (it absorbs no notification).  Reacquiring the lock
+    after a wait may raise OwnerDied (the lock's holder died): the caller
+    then holds the lock, as after ``acquire()``."""
+    cdef object _lock
+
+    def __init__(self, lock=None, *, pool=None):
+        cdef Allocation a
+        if lock is None:
+            lock = RLock(pool=pool)
+        elif not isinstance(lock, _LockBase):
+            raise TypeError(f"Condition() lock must be an ember Lock or RLock, got {type(lock).__name__}")
+        if pool is None:
+            pool = (<SyncObject>lock)._pool
+        a = _new_alloc(pool, EMBER_SYNC_CONDITION, "Condition")
+        ember_sync_init(ember_pool_ptr(a._owner._pool, a._a.offset), a._a.size, EMBER_SYNC_CONDITION, 0, 0)
+        self._setup(a, EMBER_SYNC_CONDITION)
+        self._lock = lock
+
+    def _extra(self):
+        return self._lock
+
+    def _restore(self, extra):
+        self._lock = extra
+
+    @property
+    def lock(self):
+        return self._lock
+
+    def acquire(self, block=True, timeout=None):
+        return self._lock.acquire(block, timeout)
+
+    def release(self):
+        self._lock.release()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+    cdef int _owned_count(self, str what) except -1:
+        """How many times the caller holds the lock (0: not held)."""
+        lock = self._lock
+        if isinstance(lock, RLock):
+            if not lock._is_owned():
+                return 0
+            return lock._state()[1]
+        return 1 if lock._state()[0] == os.getpid() else 0
+
+    def wait(self, timeout=None):
+        """Release the lock, wait for a notify (True) or the timeout (False),
+        and reacquire the lock."""
+        cdef uint32_t slot = 0
+        cdef ember_rc_t rc
+        cdef int64_t tmo, deadline, sl
+        cdef int count, i
+        cdef void *p
+        self._check()
+        p = self._p
+        count = self._owned_count("wait")
+        if count == 0:
+            raise ReleaseError(f"{self._desc()}: cannot wait on un-acquired lock")
+        tmo = _timeout_ns(timeout)
+        rc = ember_cond_enter(p, &slot)
+        if rc == EMBER_ERR_FULL:
+            raise SyncError(f"{self._desc()}: no free waiter slot ({EMBER_SYNC_COND_SLOTS} threads "
+                            f"already waiting)")
+        self._rc(rc, "wait")
+        for i in range(count):
+            self._lock.release()
+        notified = False
+        deadline = _deadline(tmo)
+        self._pool._busy += 1
+        try:
+            try:
+                while True:
+                    sl = _slice(deadline)
+                    if sl == 0:
+                        notified = ember_cond_leave(p, slot) == EMBER_OK
+                        break
+                    with nogil:
+                        rc = ember_cond_wait(p, slot, sl)
+                    if rc == EMBER_OK:
+                        notified = True
+                        break
+                    if rc != EMBER_ERR_TIMEOUT and rc != EMBER_ERR_INTERRUPTED:
+                        ember_cond_leave(p, slot)
+                        self._rc(rc, "wait")
+                    PyErr_CheckSignals()
+            except BaseException:
+                ember_cond_leave(p, slot)
+                raise
+        finally:
+            self._pool._busy -= 1
+            died = None
+            for i in range(count):
+                try:
+                    self._lock.acquire()
+                except OwnerDied as e:
+                    died = e
+            if died is not None:
+                raise died
+        return notified
+
+    def wait_for(self, predicate, timeout=None):
+        """Wait until ``predicate()`` is true (as threading.Condition.wait_for)."""
+        endtime = None
+        waittime = timeout
+        result = predicate()
+        while not result:
+            if waittime is not None:
+                if endtime is None:
+                    endtime = _time.monotonic() + waittime
+                else:
+                    waittime = endtime - _time.monotonic()
+                    if waittime <= 0:
+                        break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+    def notify(self, n=1):
+        """Wake at most ``n`` waiters (the caller must hold the lock)."""
+        cdef uint32_t woken = 0
+        self._check()
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, got {type(n).__name__}")
+        if self._owned_count("notify") == 0:
+            raise ReleaseError(f"{self._desc()}: cannot notify on un-acquired lock")
+        if n <= 0:
+            return
+        ember_cond_notify(self._p, <uint32_t>min(n, 0xffffffff), &woken)
+
+    def notify_all(self):
+        self.notify(0xffffffff)
+
+    def _n_waiting(self):
+        self._check()
+        return ember_cond_waiting(self._p)
+
+    def __repr__(self):
+        if self.closed:
+            return "<ember.Condition closed>"
+        return f"<ember.Condition({self._lock!r}, waiters={self._n_waiting()})>"

@@ -250,6 +250,23 @@ typedef struct {
     bar_slot_t slots[EMBER_SYNC_BARRIER_SLOTS];
 } bar_obj_t;
 
+enum { C_FREE = 0, C_WAITING = 1, C_NOTIFIED = 2 };
+
+typedef struct {
+    _Atomic uint64_t xid;
+    _Atomic uint32_t xstatus;
+    _Atomic uint32_t xticket;        /* arrival order (wraps; compared by difference) */
+} cond_slot_t;
+
+typedef struct {
+    sync_hdr_t h;
+    _Atomic uint64_t xmeta;
+    _Atomic uint32_t xseq;           /* futex word; bumped by notify */
+    _Atomic uint32_t xticket;        /* next arrival ticket */
+    uint8_t pad_[48];
+    cond_slot_t slots[EMBER_SYNC_COND_SLOTS];
+} cond_obj_t;
+
 size_t ember_sync_size(int kind)
 {
     switch (kind) {
@@ -258,6 +275,7 @@ size_t ember_sync_size(int kind)
     case EMBER_SYNC_SEMAPHORE: return sizeof(sem_obj_t);
     case EMBER_SYNC_EVENT: return sizeof(event_obj_t);
     case EMBER_SYNC_BARRIER: return sizeof(bar_obj_t);
+    case EMBER_SYNC_CONDITION: return sizeof(cond_obj_t);
     default: return 0;
     }
 }
@@ -1185,4 +1203,135 @@ void ember_barrier_state(void *mem, uint32_t *parties, uint32_t *n_waiting, int 
     /* The last party running the action is not "waiting" (threading). */
     if (n_waiting)
         *n_waiting = br ? 0 : (c >= p ? p - 1 : c);
+}
+
+/* ---- Condition ---------------------------------------------------------- */
+static inline void cond_free_slot(cond_obj_t *c, uint32_t slot)
+{
+    ember_atomic_store_relaxed(&c->slots[slot].xid, 0);
+    /* release: pairs with the acquire load of the status in enter. */
+    ember_atomic_store_release(&c->slots[slot].xstatus, C_FREE);
+}
+
+ember_rc_t ember_cond_enter(void *mem, uint32_t *slot)
+{
+    cond_obj_t *c = mem;
+    if (!c || !slot)
+        return EMBER_ERR_INVALID_ARG;
+    uint64_t me = ember_sync_self();
+    mlock(&c->xmeta, me);            /* state is consistent at every store */
+    int at = -1;
+    for (int pass = 0; pass < 2 && at < 0; pass++) {
+        for (uint32_t i = 0; i < EMBER_SYNC_COND_SLOTS; i++) {
+            uint32_t st = ember_atomic_load_acquire(&c->slots[i].xstatus);
+            if (st == C_FREE
+                || (pass == 1 && ember_sync_id_dead(ember_atomic_load_relaxed(&c->slots[i].xid)))) {
+                at = (int)i;
+                break;
+            }
+        }
+    }
+    if (at < 0) {
+        munlock(&c->xmeta);
+        return EMBER_ERR_FULL;
+    }
+    uint32_t t = ember_atomic_load_relaxed(&c->xticket);
+    ember_atomic_store_relaxed(&c->xticket, t + 1);
+    ember_atomic_store_relaxed(&c->slots[at].xid, me);
+    ember_atomic_store_relaxed(&c->slots[at].xticket, t);
+    ember_atomic_store_relaxed(&c->slots[at].xstatus, C_WAITING);
+    munlock(&c->xmeta);
+    *slot = (uint32_t)at;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_cond_wait(void *mem, uint32_t slot, int64_t timeout_ns)
+{
+    cond_obj_t *c = mem;
+    if (!c || slot >= EMBER_SYNC_COND_SLOTS)
+        return EMBER_ERR_INVALID_ARG;
+    int64_t deadline = deadline_of(timeout_ns);
+    for (;;) {
+        /* acquire: pairs with the release add on xseq in notify, after the
+         * status stores. */
+        uint32_t v = ember_atomic_load_acquire(&c->xseq);
+        uint32_t st = ember_atomic_load_acquire(&c->slots[slot].xstatus);
+        if (st == C_NOTIFIED) {
+            cond_free_slot(c, slot);
+            return EMBER_OK;
+        }
+        if (st != C_WAITING)
+            return EMBER_ERR_INVALID_ARG;
+        int64_t sl = slice_of(deadline);
+        if (sl == 0)
+            return EMBER_ERR_TIMEOUT;
+        int e = futex_wait(&c->xseq, v, sl);
+        if (e == EINTR)
+            return EMBER_ERR_INTERRUPTED;
+    }
+}
+
+ember_rc_t ember_cond_leave(void *mem, uint32_t slot)
+{
+    cond_obj_t *c = mem;
+    if (!c || slot >= EMBER_SYNC_COND_SLOTS)
+        return EMBER_ERR_INVALID_ARG;
+    mlock(&c->xmeta, ember_sync_self());
+    uint32_t st = ember_atomic_load_relaxed(&c->slots[slot].xstatus);
+    if (st != C_FREE)
+        cond_free_slot(c, slot);
+    munlock(&c->xmeta);
+    return st == C_NOTIFIED ? EMBER_OK : EMBER_ERR_TIMEOUT;
+}
+
+ember_rc_t ember_cond_notify(void *mem, uint32_t n, uint32_t *woken)
+{
+    cond_obj_t *c = mem;
+    if (!c)
+        return EMBER_ERR_INVALID_ARG;
+    uint64_t me = ember_sync_self();
+    uint32_t done = 0;
+    mlock(&c->xmeta, me);
+    uint32_t now = ember_atomic_load_relaxed(&c->xticket);
+    while (done < n) {
+        int best = -1;
+        uint32_t best_age = 0;
+        for (uint32_t i = 0; i < EMBER_SYNC_COND_SLOTS; i++) {
+            if (ember_atomic_load_relaxed(&c->slots[i].xstatus) != C_WAITING)
+                continue;
+            uint32_t age = now - ember_atomic_load_relaxed(&c->slots[i].xticket);
+            if (best < 0 || age > best_age) {
+                best = (int)i;
+                best_age = age;
+            }
+        }
+        if (best < 0)
+            break;
+        uint64_t id = ember_atomic_load_relaxed(&c->slots[best].xid);
+        if (id != me && ember_sync_id_dead(id)) {
+            cond_free_slot(c, (uint32_t)best);   /* a dead waiter absorbs nothing */
+            continue;
+        }
+        ember_atomic_store_relaxed(&c->slots[best].xstatus, C_NOTIFIED);
+        done++;
+    }
+    if (done)
+        /* release: the NOTIFIED stores are visible to a waiter that loads
+         * the new value (acquire) in ember_cond_wait(). */
+        atomic_fetch_add_explicit(&c->xseq, 1, memory_order_release);
+    munlock(&c->xmeta);
+    if (done)
+        futex_wake_all(&c->xseq);
+    if (woken)
+        *woken = done;
+    return EMBER_OK;
+}
+
+uint32_t ember_cond_waiting(void *mem)
+{
+    cond_obj_t *c = mem;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < EMBER_SYNC_COND_SLOTS; i++)
+        n += ember_atomic_load_relaxed(&c->slots[i].xstatus) == C_WAITING;
+    return n;
 }

@@ -37,11 +37,13 @@ enum {
     EMBER_SYNC_SEMAPHORE = 3,
     EMBER_SYNC_EVENT = 4,
     EMBER_SYNC_BARRIER = 5,
+    EMBER_SYNC_CONDITION = 6,
 };
 
 #define EMBER_SYNC_SEM_SLOTS      64u   /* processes holding permits, tracked */
 #define EMBER_SYNC_BARRIER_MAX    64u   /* most parties of a Barrier */
 #define EMBER_SYNC_BARRIER_SLOTS 128u   /* waiter slots (2 x parties) */
+#define EMBER_SYNC_COND_SLOTS    128u   /* threads waiting on a Condition at once */
 #define EMBER_SYNC_CHECK_NS  20000000ll /* liveness check period while waiting */
 #define EMBER_SYNC_SEM_MAX   0x7fffffffll
 
@@ -134,5 +136,19 @@ ember_rc_t ember_barrier_abandon(void *mem, uint32_t slot);
 ember_rc_t ember_barrier_abort(void *mem);
 ember_rc_t ember_barrier_reset(void *mem);
 void ember_barrier_state(void *mem, uint32_t *parties, uint32_t *n_waiting, int *broken);
+
+/* ---- Condition (the waiting part; the lock is a separate Lock/RLock) ----
+ * enter: take a waiter slot BEFORE releasing the lock (so a notify after
+ * the release sees it); EMBER_ERR_FULL if all slots are taken.
+ * wait: EMBER_OK once notified (the slot is freed), EMBER_ERR_TIMEOUT (slice
+ * over: call again, or ember_cond_leave to give up), EMBER_ERR_INTERRUPTED.
+ * leave: give the slot up: EMBER_OK if it was notified meanwhile, else
+ * EMBER_ERR_TIMEOUT.  notify: mark up to n waiting slots notified, oldest
+ * first, skipping (and freeing) slots of dead waiters; *woken says how many. */
+ember_rc_t ember_cond_enter(void *mem, uint32_t *slot);
+ember_rc_t ember_cond_wait(void *mem, uint32_t slot, int64_t timeout_ns);
+ember_rc_t ember_cond_leave(void *mem, uint32_t slot);
+ember_rc_t ember_cond_notify(void *mem, uint32_t n, uint32_t *woken);
+uint32_t ember_cond_waiting(void *mem);
 
 #endif /* EMBER_SYNC_H */
