@@ -1,7 +1,7 @@
 /*
  * sync.c -- ember's synchronization objects in shared memory (Lock, RLock,
- * Semaphore/BoundedSemaphore, Event, Barrier) that stay honest when a
- * process dies at any instruction.
+ * Semaphore/BoundedSemaphore, Event, Barrier, Condition) that stay honest
+ * when a process dies at any instruction.
  *
  * ALGORITHM
  * ---------
@@ -73,6 +73,17 @@
  * dead holder also breaks the barrier (its state may be half-updated; a
  * broken barrier is the honest answer and reset() repairs it).
  *
+ * Condition.  The waiting half of a condition variable (the lock is a
+ * separate Lock/RLock): a table of EMBER_SYNC_COND_SLOTS (128) waiter slots
+ * (id, status FREE/WAITING/NOTIFIED, arrival ticket) under the meta lock,
+ * and a futex word xseq.  A waiter takes a slot BEFORE releasing the lock
+ * (so a notify issued after the release sees it), sleeps until its slot is
+ * NOTIFIED, and frees it; on a timeout it frees the slot under the meta
+ * lock and learns whether a notify got there first (then the wait counts
+ * as notified, so no notification is lost).  notify(n) marks the n oldest
+ * WAITING slots NOTIFIED, skipping and freeing slots of dead waiters, then
+ * bumps xseq (release) and wakes all sleepers.
+ *
  * INVARIANTS
  *   - xstate (Lock/RLock) is 0 or the id of a process that acquired it and
  *     has not released it; only that process, or one that has seen it dead,
@@ -141,6 +152,13 @@
  *     holding an untracked permit (more than 64 processes held permits at
  *     once, or NORECLAIM): that permit is lost, as with multiprocessing.
  *   - Event: set/clear are one CAS; a death costs nothing.
+ *   - Condition: a waiter that dies leaves its slot WAITING; notify skips
+ *     and frees it (it absorbs no notification), and enter reuses slots of
+ *     dead processes when none is free.  A waiter that dies after being
+ *     notified absorbs that one notification (as a thread killed right
+ *     after waking would).  Reacquiring the lock after the wait reports a
+ *     dead lock holder like any acquire (OWNER_DIED).  Dies inside the meta
+ *     lock: consistent at every store; taken over.
  *   - Barrier: a party that dies while waiting (or running the action as
  *     the last party) breaks the barrier for the others within one slice:
  *     they get EMBER_SYNC_BROKEN.  The last party to arrive checks the
