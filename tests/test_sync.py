@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import ctypes
 import threading
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 import ember.exceptions as exc
 from ember.pools_c import Pool
 from ember.sync_c import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
-                          OwnerDied, ReleaseError, RLock, Semaphore, SyncError)
+                          OwnerDied, ReleaseError, RLock, Semaphore, SyncError, Value, Array)
 from procs import fork, join
 
 
@@ -528,3 +529,67 @@ def test_condition_timeout_errors_and_rlock_depth(pool):
         Condition(threading.Lock(), pool=pool)
     c2 = pickle.loads(pickle.dumps(c))
     assert c2.lock.sdesc == c.lock.sdesc
+
+
+# ----------------------------------------------------------- Value, Array
+
+@pytest.mark.timeout(60)
+def test_value_and_array_shared_across_processes(pool):
+    v = Value("i", 0, pool=pool)
+    arr = Array("d", 4, pool=pool)
+
+    def work(k):
+        for _ in range(500):
+            with v:
+                v.value += 1
+        arr[k] = k + 0.5
+
+    pids = [fork(work, k) for k in range(3)]
+    work(3)
+    assert [join(p) for p in pids] == [0, 0, 0]
+    assert v.value == 2000
+    assert arr[:] == [0.5, 1.5, 2.5, 3.5] and len(arr) == 4
+    child = _py("""
+        import pickle, sys
+        from ember.pools_c import clear_attach_cache
+        v, arr, s = pickle.loads(bytes.fromhex(sys.argv[1]))
+        with v.get_lock():
+            v.value = -7
+        arr[1:3] = [9.0, 8.0]
+        print(s.value.decode(), v.value)
+        for o in (v, arr, s):
+            o.close()
+        clear_attach_cache()
+    """, pickle.dumps((v, arr, Array("c", b"hi there", pool=pool, lock=False))).hex())
+    out, err = child.communicate(timeout=50)
+    assert child.returncode == 0, err
+    assert out == "hi there -7\n" and err == ""
+    assert v.value == -7 and arr[:] == [0.5, 9.0, 8.0, 3.5]
+    live = pool.stats().live_allocs
+    v.destroy()
+    arr.destroy()
+    assert pool.stats().live_allocs == live - 4     # data + lock each
+    with pytest.raises(SyncError, match=r"^Value: closed or destroyed$"):
+        v.value
+
+
+def test_value_array_errors(pool):
+    with pytest.raises(ValueError, match=r"^unknown typecode 'z'; expected one of cubBhHiIlLqQfd or "
+                                         r"a ctypes type$"):
+        Value("z", pool=pool)
+    with pytest.raises(TypeError, match=r"^pointer types cannot live in shared memory$"):
+        Value(ctypes.c_char_p, pool=pool)
+    with pytest.raises(TypeError, match=r"^Array\(\) needs pool=: the ember.pools_c.Pool it lives in$"):
+        Array("i", 3)
+    raw = Value(ctypes.c_double, 2.5, lock=False, pool=pool)
+    assert raw.value == 2.5
+    with pytest.raises(SyncError, match=r"^Value was made with lock=False: it has no lock$"):
+        raw.get_lock()
+    lk = Lock(pool=pool)
+    shared_lock = Array("i", [1, 2], lock=lk, pool=pool)
+    assert shared_lock.get_lock() is lk
+    with shared_lock:
+        assert lk.locked()
+    raw.destroy()
+    shared_lock.destroy()
+    assert not lk.closed                          # a lock passed in is not ours to destroy

@@ -21,6 +21,7 @@ from ember.sync_c._sync import (
     RLock,
     Semaphore,
 )
+from ember.sync_c.sharedctypes import Array, Value
 
 __all__ = [
     "Lock",
@@ -30,6 +31,8 @@ __all__ = [
     "Event",
     "Barrier",
     "Condition",
+    "Value",
+    "Array",
     "SEM_SLOTS",
     "BARRIER_MAX_PARTIES",
     "SyncError",
