@@ -101,6 +101,11 @@
  *     holder.  A takeover CAS dead -> me reads from the dead holder's
  *     acquire CAS; what the dead holder wrote after it may or may not be
  *     visible: that is exactly what OWNER_DIED reports.
+ *   - Lock release is a seq_cst CAS followed by a seq_cst load of the
+ *     sleepers flag, and a Lock waiter re-reads xstate with a seq_cst load
+ *     after raising the flag: the store-buffering pattern with all four
+ *     accesses seq_cst, so no fence is needed on the release fast path (on
+ *     x86 the CAS is the only barrier).  Otherwise as below.
  *   - Sleeping (Dekker, as channel.c): waiter: v = seq_cst load(xseq);
  *     seq_cst store(sleepers, 1); seq_cst fence; retry; futex_wait(xseq, v).
  *     Releaser: release (CAS/store); seq_cst fence; relaxed load of
@@ -195,6 +200,10 @@
 #define SYNC_VERSION  1u
 #define LOCK_SPIN     200
 #define EVENT_SPIN    100
+
+/* Named-order wrapper missing from ember_common.h (kept local to this file). */
+#define sync_atomic_cas_seq_cst(p, expp, v) \
+    atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_seq_cst, memory_order_seq_cst)
 
 _Static_assert(sizeof(_Atomic uint64_t) == 8, "64-bit atomics must be plain words");
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "32-bit atomics must be plain words");
@@ -622,9 +631,14 @@ ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uin
     }
     for (;;) {
         uint32_t v = prepare_sleep(&l->xseq, &l->xsleepers);
-        rc = lock_try(l, me, 0, died_pid);
-        if (rc != EMBER_ERR_TIMEOUT)
-            return rc;
+        /* seq_cst load after the seq_cst flag store: with the releaser's
+         * seq_cst CAS + flag load this is the store-buffering pattern with
+         * every access seq_cst, so one of the two sees the other. */
+        if (ember_atomic_load_seq_cst(&l->xstate) == 0) {
+            rc = lock_try(l, me, 0, died_pid);
+            if (rc != EMBER_ERR_TIMEOUT)
+                return rc;
+        }
         int64_t sl = slice_of(deadline);
         if (sl == 0)
             return lock_try(l, me, 1, died_pid);
@@ -656,20 +670,25 @@ ember_rc_t ember_lock_release(void *mem)
         }
         ember_atomic_store_relaxed(&l->xcount, 0);
         ember_atomic_store_relaxed(&l->xthread, 0);
-        /* release: publishes the critical section; pairs with the acquire
-         * CAS in lock_try() of the next holder. */
-        ember_atomic_store_release(&l->xstate, 0);
-    } else {
-        uint64_t s = ember_atomic_load_relaxed(&l->xstate);
-        do {
-            if (s == 0)
-                return (ember_rc_t)EMBER_SYNC_OVER;
-            /* release (CAS s -> 0): publishes the critical section; pairs
-             * with the acquire CAS in lock_try().  A CAS, not a store, so two
-             * racing releases cannot free a lock someone re-acquired. */
-        } while (!ember_atomic_cas_acq_rel(&l->xstate, &s, 0));
     }
-    notify(&l->xseq, &l->xsleepers);
+    uint64_t s = ember_atomic_load_relaxed(&l->xstate);
+    do {
+        if (s == 0)
+            return (ember_rc_t)EMBER_SYNC_OVER;
+        /* seq_cst CAS s -> 0: its release half publishes the critical
+         * section (pairs with the acquire CAS in lock_try() of the next
+         * holder); being seq_cst, it is ordered before the seq_cst load of
+         * the sleepers flag below without a fence (pairs with the seq_cst
+         * flag store + load of xstate in ember_lock_acquire()).  A CAS, not
+         * a store, so two racing releases cannot free a lock someone
+         * re-acquired. */
+    } while (!sync_atomic_cas_seq_cst(&l->xstate, &s, 0));
+    if (__builtin_expect(ember_atomic_load_seq_cst(&l->xsleepers) != 0, 0)
+        && ember_atomic_exchange_seq_cst(&l->xsleepers, 0) != 0) {
+        /* seq_cst: the bump follows every sleeper's seq_cst load of xseq. */
+        ember_atomic_add_seq_cst(&l->xseq, 1);
+        futex_wake_all(&l->xseq);
+    }
     return EMBER_OK;
 }
 
