@@ -593,3 +593,16 @@ def test_value_array_errors(pool):
     raw.destroy()
     shared_lock.destroy()
     assert not lk.closed                          # a lock passed in is not ours to destroy
+
+
+def test_public_names():
+    import ember
+    import ember.sync_c as m
+    assert sorted(m.__all__) == sorted(["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event",
+                                        "Barrier", "Condition", "Value", "Array", "SEM_SLOTS",
+                                        "BARRIER_MAX_PARTIES", "SyncError", "OwnerDied",
+                                        "ReleaseError", "BrokenBarrierError"])
+    for n in m.__all__:
+        assert getattr(m, n) is not None
+    assert ember.OwnerDied is OwnerDied and ember.BrokenBarrierError is BrokenBarrierError
+    assert (m.SEM_SLOTS, m.BARRIER_MAX_PARTIES) == (64, 64)

@@ -31,3 +31,8 @@ __all__ = [
     "ProcessError",
     "__version__",
 ]
+
+# Synchronization objects (ember.sync_c): their exceptions at top level.
+from .exceptions import BrokenBarrierError, OwnerDied, ReleaseError, SyncError  # noqa: E402,F401
+
+__all__ += ["BrokenBarrierError", "OwnerDied", "ReleaseError", "SyncError"]
