@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3, boundscheck=False, wraparound=False, binding=False
 """Cython binding of ember's synchronization objects in pool memory (sync.h).
 
 The classes mirror ``multiprocessing.synchronize`` (and ``threading``) names
@@ -264,13 +264,19 @@ cdef class _LockBase(SyncObject):
         return (<uint32_t>holder, count, died, deaths)
 
     def __enter__(self):
+        cdef uint32_t died = 0
+        if self._p != NULL and self._pool._pool != NULL and \
+                ember_lock_acquire(self._p, 0, 0, &died) == EMBER_OK:
+            return True                                 # the uncontended fast path
         try:
             return self.acquire()
         except OwnerDied as e:
             self.release()
             raise _owner_died(self, e.pid, True) from None
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if self._p != NULL and self._pool._pool != NULL and ember_lock_release(self._p) == EMBER_OK:
+            return None
         self.release()
 
     def __repr__(self):
@@ -375,14 +381,18 @@ cdef class Semaphore(SyncObject):
         """Return ``n`` permits (BoundedSemaphore: ReleaseError, also a
         ValueError, beyond the initial value)."""
         cdef ember_rc_t rc
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError("n must be one or more")
-        if n > 0xffffffff:
-            raise ValueError(f"n must be < 2**32, got {n}")
-        self._check()
+        if type(n) is not int or not (1 <= n <= 0xffffffff):
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"n must be an int, got {type(n).__name__}")
+            if n < 1:
+                raise ValueError("n must be one or more")
+            if n > 0xffffffff:
+                raise ValueError(f"n must be < 2**32, got {n}")
+        if self._p == NULL or self._pool._pool == NULL:
+            self._check()
         rc = ember_sem_release(self._p, <uint32_t>n)
+        if rc == EMBER_OK:
+            return
         if rc == EMBER_SYNC_OVER:
             raise ReleaseError(f"{self._desc()}: semaphore or lock released too many times")
         self._rc(rc, "release")

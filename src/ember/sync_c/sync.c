@@ -495,6 +495,22 @@ static inline void munlock(_Atomic uint64_t *w)
     ember_atomic_store_release(w, 0);
 }
 
+/* Unlock and notify sleepers without a fence: the seq_cst exchange (which
+ * also releases the guarded stores, pairing with mlock()'s CAS) precedes
+ * the seq_cst load of the flag in the total order; a waiter stores the flag
+ * (seq_cst) and fences before it takes the meta lock, so either it sees
+ * this unlock and the state under it, or this load sees its flag. */
+static inline void munlock_notify(_Atomic uint64_t *w, _Atomic uint32_t *word,
+                                  _Atomic uint32_t *sleepers)
+{
+    ember_atomic_exchange_seq_cst(w, 0);
+    if (__builtin_expect(ember_atomic_load_seq_cst(sleepers) != 0, 0)
+        && ember_atomic_exchange_seq_cst(sleepers, 0) != 0) {
+        ember_atomic_add_seq_cst(word, 1);
+        futex_wake_all(word);
+    }
+}
+
 /* ---- header ------------------------------------------------------------- */
 ember_rc_t ember_sync_init(void *mem, size_t size, int kind, int64_t param, uint32_t flags)
 {
@@ -886,8 +902,7 @@ ember_rc_t ember_sem_release(void *mem, uint32_t n)
         if (h == 0)
             ember_atomic_store_relaxed(&s->slots[at].xid, 0);
     }
-    munlock(&s->xmeta);
-    notify(&s->xseq, &s->xsleepers);
+    munlock_notify(&s->xmeta, &s->xseq, &s->xsleepers);
     return EMBER_OK;
 }
 
