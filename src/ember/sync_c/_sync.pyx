@@ -33,6 +33,8 @@ BARRIER_MAX_PARTIES = EMBER_SYNC_BARRIER_MAX
 
 # Blocking calls wait in slices of at most this long, then check signals.
 cdef int64_t _SLICE_NS = 50_000_000
+# Pause iterations a blocking Lock acquire spins with the GIL held first.
+cdef uint32_t _SPINS = 100
 
 _KIND_NAME = {EMBER_SYNC_LOCK: "Lock", EMBER_SYNC_RLOCK: "RLock",
               EMBER_SYNC_SEMAPHORE: "Semaphore", EMBER_SYNC_EVENT: "Event",
@@ -218,6 +220,12 @@ cdef class _LockBase(SyncObject):
         rc = ember_lock_acquire(self._p, 0, 0, &died)
         if rc == EMBER_OK:
             return True
+        if rc == EMBER_ERR_TIMEOUT and block:
+            # A short spin with the GIL held first: cheaper than releasing
+            # the GIL when the holder is about to release.
+            rc = ember_lock_spin_acquire(self._p, _SPINS, &died)
+            if rc == EMBER_OK:
+                return True
         if rc == EMBER_ERR_TIMEOUT:
             rc = _lock_wait(self, _timeout_ns(timeout) if block else 0, &died)
             if rc == EMBER_OK:

@@ -116,6 +116,11 @@
  *     returns at once or is woken.  Event uses its state word as the futex
  *     word and the same handshake without the bump: set() changes the word
  *     itself, so futex_wait on the word the waiter saw returns at once.
+ *   - Semaphore release unlocks the meta lock with a seq_cst exchange and
+ *     then loads the sleepers flag seq_cst (munlock_notify): a waiter
+ *     stores the flag seq_cst and fences before it takes the meta lock, so
+ *     either its meta-lock CAS reads this unlock (and so sees the new
+ *     state), or this load sees its flag.
  *   - Meta lock: acquire CAS / release store; the guarded fields are relaxed
  *     atomics (so that a reader outside the lock, get_value or a barrier
  *     waiter polling its slot, is race-free).  Barrier: the slot status is
@@ -667,6 +672,23 @@ ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uin
             return EMBER_ERR_INTERRUPTED;
         }
     }
+}
+
+ember_rc_t ember_lock_spin_acquire(void *mem, uint32_t spins, uint32_t *died_pid)
+{
+    lock_obj_t *l = mem;
+    if (!l)
+        return EMBER_ERR_INVALID_ARG;
+    uint64_t me = ember_sync_self();
+    for (uint32_t i = 0; i < spins; i++) {
+        ember_cpu_relax();
+        if (ember_atomic_load_relaxed(&l->xstate) == 0) {
+            ember_rc_t rc = lock_try(l, me, 0, died_pid);
+            if (rc != EMBER_ERR_TIMEOUT)
+                return rc;
+        }
+    }
+    return EMBER_ERR_TIMEOUT;
 }
 
 ember_rc_t ember_lock_release(void *mem)
