@@ -96,7 +96,7 @@
  *
  * MEMORY ORDER
  *   - Lock: the acquire CAS (acq_rel) pairs with the releasing CAS
- *     holder -> 0 (acq_rel) of the previous holder, so the critical
+ *     holder -> 0 (seq_cst) of the previous holder, so the critical
  *     section's writes (and xdied, xthread, count) are visible to the next
  *     holder.  A takeover CAS dead -> me reads from the dead holder's
  *     acquire CAS; what the dead holder wrote after it may or may not be
@@ -146,8 +146,9 @@
  *   - Lock/RLock holder dies: before its acquire CAS nothing happened; after
  *     it, the lock is held by a dead id: the next acquirer (within one
  *     20 ms slice of waiting, or at once on a try-once with check_dead)
- *     takes it over and gets OWNER_DIED naming the pid.  Dies during release
- *     (after the CAS to 0): the lock is free and consistent; at worst the
+ *     takes it over and gets OWNER_DIED naming the pid.  Dies in release
+ *     before the CAS to 0: still the holder, reported as above.  After it:
+ *     the lock is free and consistent; at worst the
  *     sleepers were not woken, and they wake at the end of their slice.  A
  *     process that dies right after taking over, before storing xdied, is
  *     itself dead holding the lock: the next acquirer reports that death
@@ -172,8 +173,9 @@
  *   - Barrier: a party that dies while waiting (or running the action as
  *     the last party) breaks the barrier for the others within one slice:
  *     they get EMBER_SYNC_BROKEN.  The last party to arrive checks the
- *     waiting parties first and breaks instead of tripping if one is dead.  A party that dies before arriving is not
- *     detected (the others wait until their timeout).  A death inside the
+ *     waiting parties first and breaks instead of tripping if one is dead.
+ *     A party that dies before arriving is not detected (the others wait
+ *     until their timeout).  A death inside the
  *     meta lock breaks the barrier (reset() makes it usable again).  A dead
  *     waiter whose slot was already TRIPPED/BROKEN leaves the slot in use
  *     until an arrive that finds no free slot reclaims it.
@@ -183,7 +185,10 @@
  *   holder: the lock stays held until that process exits (a delay, never a
  *   double grant); (3) a thread of a live process that dies holding a lock
  *   is not detected (as with threading); (4) destroy only when nobody uses
- *   the object: a waiter past its header check reads freed memory.
+ *   the object: operations do not re-check the header (the Python layer
+ *   checks it at attach), so a process still using a destroyed object works
+ *   on freed, maybe reused, pool memory: no crash (the pool stays mapped),
+ *   but no meaning either.
  */
 #include "sync.h"
 
