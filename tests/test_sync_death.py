@@ -110,6 +110,22 @@ def test_lock_with_statement_on_dead_holder_raises_and_does_not_hold(pool):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [Lock, RLock])
+def test_with_statement_on_free_but_unrepaired_lock(pool, cls):
+    """Released without consistent(): the lock is free but marked, and a
+    `with` block must raise OwnerDied (not hang, not run, not hold it)."""
+    lock = cls(pool=pool)
+    pid = _killed_holder(pool, lock.acquire)
+    with pytest.raises(OwnerDied):
+        lock.acquire(timeout=30)
+    lock.release()
+    with pytest.raises(OwnerDied, match=_OWNER_DIED.format(cls=cls.__name__, pid=pid, tail=_TAIL_WITH)):
+        with lock:
+            pytest.fail("the with block ran on suspect state")
+    assert not lock.locked()
+
+
+@pytest.mark.timeout(60)
 def test_lock_waiter_in_other_process_takes_over_from_dead_holder(pool):
     lock = Lock(pool=pool)
     waiting = Event(pool=pool)

@@ -273,14 +273,20 @@ cdef class _LockBase(SyncObject):
 
     def __enter__(self):
         cdef uint32_t died = 0
-        if self._p != NULL and self._pool._pool != NULL and \
-                ember_lock_acquire(self._p, 0, 0, &died) == EMBER_OK:
-            return True                                 # the uncontended fast path
-        try:
-            return self.acquire()
-        except OwnerDied as e:
-            self.release()
-            raise _owner_died(self, e.pid, True) from None
+        cdef ember_rc_t rc = EMBER_ERR_TIMEOUT
+        if self._p != NULL and self._pool._pool != NULL:
+            rc = ember_lock_acquire(self._p, 0, 0, &died)     # the uncontended fast path
+            if rc == EMBER_OK:
+                return True
+        if rc != EMBER_SYNC_OWNER_DIED:
+            try:
+                return self.acquire()
+            except OwnerDied as e:
+                died = e.pid
+        # Acquired, but marked: a `with` block must not run on it, nor leave
+        # it held when __enter__ raises.
+        self.release()
+        raise _owner_died(self, died, True)
 
     def __exit__(self, exc_type, exc, tb):
         if self._p != NULL and self._pool._pool != NULL and ember_lock_release(self._p) == EMBER_OK:
