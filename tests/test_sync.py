@@ -606,3 +606,17 @@ def test_public_names():
         assert getattr(m, n) is not None
     assert ember.OwnerDied is OwnerDied and ember.BrokenBarrierError is BrokenBarrierError
     assert (m.SEM_SLOTS, m.BARRIER_MAX_PARTIES) == (64, 64)
+
+
+@pytest.mark.parametrize("make", [lambda p: Lock(pool=p), lambda p: RLock(pool=p),
+                                  lambda p: Semaphore(pool=p), lambda p: Event(pool=p)],
+                         ids=["Lock", "RLock", "Semaphore", "Event"])
+def test_bad_timeout_raises_even_when_free(pool, make):
+    o = make(pool)
+    call = o.wait if isinstance(o, Event) else o.acquire
+    with pytest.raises(TypeError, match=r"^timeout must be None or a number of seconds, got str$"):
+        call(timeout="soon")
+    with pytest.raises(ValueError, match=r"^timeout must be None or a number of seconds, got nan$"):
+        call(timeout=float("nan"))
+    if not isinstance(o, Event):
+        assert not (o.locked() if hasattr(o, "locked") else o.get_value() != 1)

@@ -215,8 +215,11 @@ cdef class _LockBase(SyncObject):
         lock and should repair, call :meth:`consistent`, then release."""
         cdef uint32_t died = 0
         cdef ember_rc_t rc
+        cdef int64_t tmo = -1
         if self._p == NULL or self._pool._pool == NULL:
             self._check()
+        if timeout is not None:
+            tmo = _timeout_ns(timeout)          # bad input raises even when the lock is free
         rc = ember_lock_acquire(self._p, 0, 0, &died)
         if rc == EMBER_OK:
             return True
@@ -227,7 +230,7 @@ cdef class _LockBase(SyncObject):
             if rc == EMBER_OK:
                 return True
         if rc == EMBER_ERR_TIMEOUT:
-            rc = _lock_wait(self, _timeout_ns(timeout) if block else 0, &died)
+            rc = _lock_wait(self, tmo if block else 0, &died)
             if rc == EMBER_OK:
                 return True
             if rc == EMBER_ERR_TIMEOUT:
@@ -365,10 +368,12 @@ cdef class Semaphore(SyncObject):
         if self._p == NULL or self._pool._pool == NULL:
             self._check()
         p = self._p
+        tmo = _timeout_ns(timeout) if timeout is not None else -1
         rc = ember_sem_acquire(p, 0)
         if rc == EMBER_OK:
             return True
-        tmo = _timeout_ns(timeout) if block else 0
+        if not block:
+            tmo = 0
         if rc == EMBER_ERR_TIMEOUT and tmo != 0:
             deadline = _deadline(tmo)
             self._pool._busy += 1
@@ -482,10 +487,10 @@ cdef class Event(SyncObject):
         if self._p == NULL or self._pool._pool == NULL:
             self._check()
         p = self._p
+        tmo = _timeout_ns(timeout)
         token = ember_event_token(p)
         if token & 1:
             return True
-        tmo = _timeout_ns(timeout)
         if tmo == 0:
             return False
         deadline = _deadline(tmo)
