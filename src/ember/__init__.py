@@ -74,3 +74,9 @@ def __getattr__(name):
     value = getattr(importlib.import_module(f"ember.objects.{mod}"), name)
     globals()[name] = value
     return value
+
+
+# Synchronization objects (ember.sync_c): their exceptions at top level.
+from .exceptions import BrokenBarrierError, OwnerDied, ReleaseError, SyncError  # noqa: E402,F401
+
+__all__ += ["BrokenBarrierError", "OwnerDied", "ReleaseError", "SyncError"]
