@@ -77,9 +77,12 @@ class ProcessDescriptor(_Record):
 
     def refresh(self):
         """Re-read this descriptor from GS (in place)."""
-        from .globalservices import process
+        # straight through the client (globalservices.process imports this
+        # module: no import loop)
+        from . import messages
+        from .globalservices._client import call
 
-        fresh = process.query(self.p_uid)
+        fresh = ProcessDescriptor.from_dict(call(messages.ProcessQuery, self.p_uid))
         for k in self.__slots__:
             setattr(self, k, getattr(fresh, k))
 
