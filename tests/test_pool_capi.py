@@ -3,6 +3,7 @@ tests/cffi_build.py), including deliberate misuse that must return error
 codes and never crash."""
 import os
 import random
+import re
 import stat
 import struct
 import threading
@@ -131,7 +132,7 @@ def _pool_sdesc(m_uid, size, name, magic=0x50424D45, version=1):
 def test_capi_create_names_mode_sparse(mkpool, ffi, lib):
     p = mkpool(1 << 30, label="big")
     name = p.name()
-    assert name == f"/ember.p{os.getpid()}.{p.m_uid:016x}"
+    assert re.match(rf"^/ember\.p{os.getpid()}\.{p.m_uid:016x}\.[0-9a-f]{{12}}$", name)
     st = os.stat("/dev/shm" + name)
     assert stat.S_IMODE(st.st_mode) == 0o600
     assert st.st_size == 1 << 30
@@ -160,8 +161,20 @@ def test_capi_create_misuse(capi, ffi, lib, mkpool):
     assert lib.ember_pool_create(1 << 16, 1, b"p1", ffi.NULL, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
     p = mkpool(1 << 16)
     import errno
+    # the same m_uid again: another segment (the name has a random part)
     rc = lib.ember_pool_create(1 << 16, p.m_uid, f"p{os.getpid()}".encode(), ffi.NULL, pp)
-    assert rc == lib.EMBER_ERR_OS and ffi.errno == errno.EEXIST
+    assert rc == lib.EMBER_OK
+    q_name = ffi.string(lib.ember_pool_shm_name(pp[0])).decode()
+    assert q_name != p.name() and q_name.startswith(p.name()[:-12])
+    assert lib.ember_pool_destroy(pp[0]) == lib.EMBER_OK
+    # more than /dev/shm has free: refused, nothing left behind
+    st = os.statvfs("/dev/shm")
+    too_big = min(st.f_bavail * st.f_frsize + (1 << 30), 1 << 47)
+    before = set(os.listdir("/dev/shm"))
+    rc = lib.ember_pool_create(too_big, 7, f"p{os.getpid()}".encode(), ffi.NULL, pp)
+    assert rc == lib.EMBER_ERR_OS and ffi.errno == errno.ENOSPC
+    assert set(os.listdir("/dev/shm")) <= before
+    assert lib.ember_pool_create_ex(1 << 16, 1, b"p1", ffi.NULL, 2, pp) == lib.EMBER_ERR_INVALID_ARG
     assert lib.ember_pool_detach(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
     assert lib.ember_pool_destroy(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
 
