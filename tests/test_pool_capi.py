@@ -501,3 +501,51 @@ def test_capi_corruption_detected_not_crashing(mkpool, ffi, lib):
     hdr[2] = saved[2]
     assert p.validate() == 0
     assert p.free(a) == 0 and p.free(b) == 0
+
+
+# ------------------------------------------------------------------ the mutex: bounded waits
+
+def test_capi_lock_waits_are_bounded(mkpool, ffi, lib):
+    """Another thread holds the mutex: _ex calls with a lock timeout give
+    EMBER_ERR_TIMEOUT, waits past the lock bound EMBER_ERR_LOCK_STUCK; the
+    holder's thread id is readable; nothing blocks for ever."""
+    p = mkpool(1 << 16)
+    a = p.must_alloc(10)
+    locked, release, tid = threading.Event(), threading.Event(), []
+
+    def holder():
+        assert lib.ember_pool_debug_lock(p.p) == lib.EMBER_OK
+        tid.append(threading.get_native_id())
+        locked.set()
+        release.wait()
+        assert lib.ember_pool_debug_unlock(p.p) == lib.EMBER_OK
+
+    t = threading.Thread(target=holder)
+    t.start()
+    locked.wait()
+    try:
+        assert lib.ember_pool_lock_owner(p.p) == tid[0]
+        assert lib.ember_pool_check_ex(p.p, a, 0) == lib.EMBER_ERR_TIMEOUT
+        assert lib.ember_pool_check_ex(p.p, a, 20_000_000) == lib.EMBER_ERR_TIMEOUT
+        assert lib.ember_pool_free_ex(p.p, a, 0) == lib.EMBER_ERR_TIMEOUT
+        st = ffi.new("ember_pool_stats_t *")
+        assert lib.ember_pool_stats_ex(p.p, st, 0) == lib.EMBER_ERR_TIMEOUT
+        out = ffi.new("ember_alloc_t *")
+        assert lib.ember_pool_alloc_ex(p.p, 10, 0, lib.EMBER_ALLOC_NO_FREE_WAIT, out) == lib.EMBER_ERR_TIMEOUT
+        assert lib.ember_pool_alloc_ex(p.p, 10, 20_000_000, 0, out) == lib.EMBER_ERR_TIMEOUT
+        lib.ember_pool_set_lock_bound(100_000_000)
+        assert lib.ember_pool_lock_bound() == 100_000_000
+        assert lib.ember_pool_check(p.p, a) == lib.EMBER_ERR_LOCK_STUCK
+        assert lib.ember_pool_alloc(p.p, 10, out) == lib.EMBER_ERR_LOCK_STUCK
+        # slices of one thread on the same holder add up to the bound
+        rcs = {lib.ember_pool_check_ex(p.p, a, 30_000_000) for _ in range(10)}
+        assert rcs == {lib.EMBER_ERR_TIMEOUT, lib.EMBER_ERR_LOCK_STUCK}
+    finally:
+        lib.ember_pool_set_lock_bound(0)
+        release.set()
+        t.join()
+    assert lib.ember_pool_lock_bound() == lib.EMBER_POOL_LOCK_BOUND_NS
+    assert lib.ember_pool_lock_owner(p.p) == 0
+    assert lib.ember_pool_check_ex(p.p, a, 0) == lib.EMBER_OK
+    assert p.free(a) == lib.EMBER_OK
+    assert lib.ember_pool_validate(p.p) == lib.EMBER_OK

@@ -26,6 +26,7 @@ def pool():
 
 def test_pools_public_names():
     assert pools_c.__all__ == ["Pool", "Allocation", "PoolStats", "clear_attach_cache",
+                               "set_lock_bound", "lock_bound",
                                "PoolError", "PoolExhausted", "DescriptorError"]
     for n in pools_c.__all__:
         assert hasattr(pools_c, n)

@@ -108,6 +108,8 @@ cdef extern from "pool.h" nogil:
                                  ember_alloc_t *out)
     ember_rc_t ember_pool_sdesc_name(const void *sdesc, size_t len, char *buf, size_t cap)
     ember_rc_t ember_pool_validate(ember_pool_t *pool)
+    ember_rc_t ember_pool_debug_lock(ember_pool_t *pool)
+    ember_rc_t ember_pool_debug_unlock(ember_pool_t *pool)
     ember_rc_t ember_pool_next_alloc(ember_pool_t *pool, uint64_t *cursor, ember_alloc_t *out)
     uint64_t ember_pool_repair_count(ember_pool_t *pool)
 

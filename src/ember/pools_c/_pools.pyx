@@ -508,6 +508,20 @@ cdef class Pool:
             self._busy -= 1
         return n
 
+    def _debug_lock(self):
+        """Take the pool's mutex and keep it (tests: a stuck holder)."""
+        cdef ember_rc_t rc
+        self._check_open()
+        with nogil:
+            rc = ember_pool_debug_lock(self._pool)
+        if rc != EMBER_OK:
+            self._lock_error(rc, "cannot lock")
+
+    def _debug_unlock(self):
+        """Release the mutex taken by :meth:`_debug_lock` (same thread)."""
+        self._check_open()
+        check_rc(ember_pool_debug_unlock(self._pool), "cannot unlock", self)
+
     def reclaim(self, pid):
         """Free every allocation that process ``pid`` made with
         :meth:`alloc` and still owned when it died (an allocation stops

@@ -1555,6 +1555,19 @@ uint64_t ember_pool_repair_count(ember_pool_t *pool)
     return n;
 }
 
+ember_rc_t ember_pool_debug_lock(ember_pool_t *pool)
+{
+    return pool ? _ember_lock(pool) : EMBER_ERR_INVALID_ARG;
+}
+
+ember_rc_t ember_pool_debug_unlock(ember_pool_t *pool)
+{
+    if (!pool)
+        return EMBER_ERR_INVALID_ARG;
+    _ember_unlock(pool);
+    return EMBER_OK;
+}
+
 ember_rc_t ember_pool_validate(ember_pool_t *pool)
 {
     if (!pool)

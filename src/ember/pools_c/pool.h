@@ -202,6 +202,10 @@ ember_rc_t ember_pool_sdesc_name(const void *sdesc, size_t len, char *buf, size_
  * ember_pool_repair_count: how many times a process found the lock's owner
  * dead and repaired the pool. */
 ember_rc_t ember_pool_validate(ember_pool_t *pool);
+/* Take / release the pool mutex as an operation does (tests: a holder that
+ * is then stopped).  ember_pool_debug_lock waits up to the lock bound. */
+ember_rc_t ember_pool_debug_lock(ember_pool_t *pool);
+ember_rc_t ember_pool_debug_unlock(ember_pool_t *pool);
 ember_rc_t ember_pool_next_alloc(ember_pool_t *pool, uint64_t *cursor, ember_alloc_t *out);
 uint64_t ember_pool_repair_count(ember_pool_t *pool);
 
