@@ -17,6 +17,27 @@
  *                             header (_ember_blk_t); its payload follows,
  *                             so every payload is 64-byte aligned.
  *
+ *   The shm name is "/ember.<owner tag>.<m_uid hex>.<48 random bits hex>":
+ *   nobody can take a pool's name first on purpose (EEXIST is retried).
+ *
+ * COMMITTED PAGES
+ *
+ *   tmpfs backs a page only when it is first touched; a touch when tmpfs is
+ *   full is a SIGBUS.  So no byte of the segment is written (or read) before
+ *   it is committed with fallocate(): [0, committed) is backed, committed is
+ *   a high-water mark in the header (under the mutex) that grows in
+ *   _EMBER_COMMIT_STEP steps as alloc hands out blocks beyond it (a block
+ *   and the header of the tail split off it are committed before any store
+ *   into them).  Only the last free block can reach past the mark.  When
+ *   fallocate fails with ENOSPC, alloc looks for a fitting free block below
+ *   the mark and else returns EMBER_ERR_EXHAUSTED: a full /dev/shm costs
+ *   the allocating process an exhausted pool, and nobody a SIGBUS.  A pool
+ *   larger than the free space of /dev/shm is refused at create;
+ *   EMBER_POOL_COMMIT_FULL commits the whole segment at create.  stats()
+ *   counts uncommitted pages only as far as statvfs says they can be backed.
+ *   A death in fallocate before the mark is raised loses nothing: the next
+ *   alloc commits the range again (fallocate is idempotent).
+ *
  * ALLOCATOR
  *
  *   Boundary tags: a block header holds its own size and the size of the
@@ -70,7 +91,9 @@
  *   Those stores are atomic release stores, so neither the compiler nor the
  *   CPU moves the header writes that must precede them past them.
  *
- *   The cost of a death mid-operation is therefore:
+ *   The cost of a death mid-operation is therefore (ember_pool_reclaim is
+ *   a sequence of frees under one lock: a death in it costs what a death
+ *   in free costs, for the one block being freed):
  *   - in ember_pool_alloc: before the block's tag is stored ALLOC the block
  *     is still FREE in the walk and the repair puts it back -- nothing is
  *     lost; after that store the block is allocated but its offset never
@@ -80,6 +103,12 @@
  *   - in ember_pool_free: before the tag is stored FREE the block is still
  *     allocated -- that ONE block is lost as above; after it, the block is
  *     FREE in the walk and the repair links/merges it -- nothing is lost;
+ *   - a block allocated with EMBER_ALLOC_OWNED records the allocating pid
+ *     (xowner) before its tag says ALLOC, so a block lost by a death in
+ *     alloc, and every block the dead process still owned, is freed by
+ *     ember_pool_reclaim(pool, pid) (GS calls it when a process dies);
+ *     ember_pool_set_owner(pool, a, 0) makes a block nobody's before it is
+ *     handed over, and reclaim never touches it;
  *   - in any case the pool stays usable by everyone else; allocations held
  *     by other processes are untouched (the repair never changes an ALLOC
  *     block), and the alloc-id counter only ever moves forward.
@@ -93,6 +122,35 @@
  *   returns EMBER_ERR_CORRUPT -- never a crash.  A repairer that dies in the
  *   repair leaves the mutex owner-dead again; the repair is idempotent and
  *   keeps I1 + I2 at every store, so the next locker just repeats it.
+ *
+ * A LIVE HOLDER THAT DOES NOT LET GO
+ *
+ *   A process stopped inside a critical section (SIGSTOP, a debugger) is
+ *   not dead: the robust mutex cannot help.  So no wait for the mutex is
+ *   unbounded: the fast path is one trylock; a busy mutex is waited for
+ *   with pthread_mutex_clocklock(CLOCK_MONOTONIC) up to the caller's
+ *   timeout, and EMBER_ERR_LOCK_STUCK is returned once one holder (the
+ *   owner thread id in the robust futex word, and xlock_seq, bumped at
+ *   every acquisition, both unchanged) has been seen holding it for the
+ *   process-wide lock bound (default 10 s).  A thread that waits in slices
+ *   (Python, to see Ctrl-C) has its slices on one holder added up.
+ *
+ * CORRUPT SHARED STATE (stray writes, hostile processes of the same user)
+ *
+ *   Nothing read from the segment is used before it is checked against the
+ *   pool's bounds, which come from process-local copies validated at
+ *   attach: every free-list link and bin head must be a 64-aligned heap
+ *   offset below the committed mark whose header says FREE with a sane size
+ *   of the right class and whose neighbour links point back; every block a
+ *   free or alloc touches (the neighbours, the block after a split) is
+ *   checked before the first store; the committed mark is checked at every
+ *   lock; every walk is bounded (by the heap size over the minimum block);
+ *   the mutex's kind word is compared with a sound one before glibc sees it
+ *   (a scribbled kind would make glibc assert), and an unrecoverable or
+ *   self-owned mutex is refused.  A failed check returns EMBER_ERR_CORRUPT
+ *   (stores made before the failed check may remain: the pool is corrupt
+ *   already); a scribbled owner word that names a live thread is a stuck
+ *   holder (above).  Never a crash, never an unbounded wait.
  *
  * VALIDATION OF CALLER INPUT
  *
