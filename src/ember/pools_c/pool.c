@@ -128,8 +128,8 @@
  *   A process stopped inside a critical section (SIGSTOP, a debugger) is
  *   not dead: the robust mutex cannot help.  So no wait for the mutex is
  *   unbounded: the fast path is one trylock; a busy mutex is waited for
- *   with pthread_mutex_clocklock(CLOCK_MONOTONIC) up to the caller's
- *   timeout, and EMBER_ERR_LOCK_STUCK is returned once one holder (the
+ *   with pthread_mutex_timedlock (in slices measured on CLOCK_MONOTONIC)
+ *   up to the caller's timeout, and EMBER_ERR_LOCK_STUCK is returned once one holder (the
  *   owner thread id in the robust futex word, and xlock_seq, bumped at
  *   every acquisition, both unchanged) has been seen holding it for the
  *   process-wide lock bound (default 10 s).  A thread that waits in slices
@@ -736,11 +736,26 @@ static ember_rc_t _ember_lock_slow(ember_pool_t *p, int64_t timeout_ns)
     _ember_lw.h = NULL;
     for (;;) {
         int64_t until = since + bound < deadline ? since + bound : deadline;
-        struct timespec ts = { (time_t)(until / 1000000000ll), (long)(until % 1000000000ll) };
-        int r = pthread_mutex_clocklock(&h->mutex, CLOCK_MONOTONIC, &ts);
+        /* pthread_mutex_timedlock takes a CLOCK_REALTIME deadline (and,
+         * unlike pthread_mutex_clocklock, is known to the sanitizers): wait
+         * in slices of at most 200 ms measured on CLOCK_MONOTONIC, so a
+         * jump of the wall clock cannot stretch a wait by more than that. */
+        int64_t step = until - now;
+        if (step > 200000000ll)
+            step = 200000000ll;
+        if (step < 1)
+            step = 1;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t abs_ns = (int64_t)ts.tv_nsec + step;
+        ts.tv_sec += (time_t)(abs_ns / 1000000000ll);
+        ts.tv_nsec = (long)(abs_ns % 1000000000ll);
+        int r = pthread_mutex_timedlock(&h->mutex, &ts);
         if (r != ETIMEDOUT)
             return _ember_locked(p, r);
         now = _ember_now_ns();
+        if (now < until)
+            continue;
         uint32_t o2 = _ember_owner_tid(h);
         uint64_t s2 = ember_atomic_load_relaxed(&h->xlock_seq);
         if (o2 != owner || s2 != seq) {    /* it changed hands: a new holder */
