@@ -212,7 +212,8 @@ cdef class Pool:
         Raises
         ------
         PoolError
-            The segment is larger than the free space of /dev/shm.
+            ``size`` is larger than the free space of /dev/shm (checked
+            first, so the message names both numbers).
         ValueError
             size above 2**47 bytes, a bad owner_tag or commit.
         """
@@ -232,6 +233,9 @@ cdef class Pool:
             m_uid = (int.from_bytes(os.urandom(8), "little") >> 1) or 1
         if not 0 <= m_uid < 2 ** 64:
             raise ValueError(f"m_uid must be in [0, 2**64), got {m_uid}")
+        free = _shm_free()
+        if size > free:        # (pool.c checks again, race-free, at create)
+            raise PoolError(f"cannot create a pool of {size} bytes: {_SHM_DIR} has only {free} bytes free")
         if size > _MAX_SIZE:
             raise ValueError(f"cannot create a pool of {size} bytes: the largest pool is "
                              f"{_MAX_SIZE} bytes (128 TiB)")
