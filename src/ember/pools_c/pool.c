@@ -425,13 +425,13 @@ static ember_rc_t _ember_bin_push(ember_pool_t *p, uint64_t off)
     return EMBER_OK;
 }
 
-/* Check that the FREE block at off (size checked) is linked as its
- * neighbours say: every link read is checked before anything is written. */
-static ember_rc_t _ember_links_ok(ember_pool_t *p, uint64_t off)
+/* Check that the FREE block at off (size checked, of class bin) is linked
+ * as its neighbours say: every link read is checked before anything is
+ * written. */
+static inline ember_rc_t _ember_links_ok(ember_pool_t *p, uint64_t off, unsigned bin)
 {
     _ember_pool_hdr_t *h = p->h;
     _ember_blk_t *b = _ember_blk(p, off);
-    unsigned bin = _ember_bin_of(ember_atomic_load_relaxed(&b->xsize));
     uint64_t nx = b->next_free, pv = b->prev_free, sz;
     if (nx && (nx == off || !_ember_free_ok(p, nx, &sz) || _ember_blk(p, nx)->prev_free != off))
         return EMBER_ERR_CORRUPT;
@@ -441,14 +441,11 @@ static ember_rc_t _ember_links_ok(ember_pool_t *p, uint64_t off)
     return EMBER_OK;
 }
 
-static ember_rc_t _ember_bin_remove(ember_pool_t *p, uint64_t off)
+/* Unlink the FREE block at off of class bin whose links were checked. */
+static inline void _ember_bin_unlink(ember_pool_t *p, uint64_t off, unsigned bin)
 {
-    ember_rc_t rc = _ember_links_ok(p, off);
-    if (rc)
-        return rc;
     _ember_pool_hdr_t *h = p->h;
     _ember_blk_t *b = _ember_blk(p, off);
-    unsigned bin = _ember_bin_of(ember_atomic_load_relaxed(&b->xsize));
     uint64_t nx = b->next_free, pv = b->prev_free;
     if (pv)
         _ember_blk(p, pv)->next_free = nx;
@@ -459,7 +456,17 @@ static ember_rc_t _ember_bin_remove(ember_pool_t *p, uint64_t off)
     if (!h->bins[bin])
         h->bitmap[bin / 64u] &= ~(1ull << (bin % 64u));
     b->next_free = b->prev_free = 0;
-    return EMBER_OK;
+}
+
+/* Check the links of the FREE block at off (size checked), then unlink it
+ * (tests/c/pool_stress.c stages deaths with it). */
+static inline ember_rc_t _ember_bin_remove(ember_pool_t *p, uint64_t off)
+{
+    unsigned bin = _ember_bin_of(ember_atomic_load_relaxed(&_ember_blk(p, off)->xsize));
+    ember_rc_t rc = _ember_links_ok(p, off, bin);
+    if (rc == EMBER_OK)
+        _ember_bin_unlink(p, off, bin);
+    return rc;
 }
 
 /* First non-empty class >= from, or _EMBER_NBINS. */
@@ -484,8 +491,10 @@ static inline uint64_t _ember_max_blocks(const ember_pool_t *p)
     return (p->heap_end - p->heap_off) / _EMBER_BLK_MIN + 1u;
 }
 
-/* A free block of at least `need` bytes: *out = its offset, or 0. */
-static ember_rc_t _ember_find_block(ember_pool_t *p, uint64_t need, uint64_t *out)
+/* A free block of at least `need` bytes: *out = its offset, or 0; *obin
+ * its class. */
+static inline ember_rc_t _ember_find_block(ember_pool_t *p, uint64_t need, uint64_t *out,
+                                           unsigned *obin)
 {
     _ember_pool_hdr_t *h = p->h;
     uint64_t sz;
@@ -498,6 +507,7 @@ static ember_rc_t _ember_find_block(ember_pool_t *p, uint64_t need, uint64_t *ou
         if (!_ember_free_ok(p, off, &sz) || _ember_bin_of(sz) != f || sz < need)
             return EMBER_ERR_CORRUPT;
         *out = off;
+        *obin = f;
         return EMBER_OK;
     }
     if (partial) {                         /* last resort: first fit in b */
@@ -507,6 +517,7 @@ static ember_rc_t _ember_find_block(ember_pool_t *p, uint64_t need, uint64_t *ou
                 return EMBER_ERR_CORRUPT;
             if (sz >= need) {
                 *out = off;
+                *obin = b;
                 return EMBER_OK;
             }
         }
@@ -1160,7 +1171,8 @@ static ember_rc_t _ember_alloc_locked(ember_pool_t *p, uint64_t size, uint64_t n
 {
     _ember_pool_hdr_t *h = p->h;
     uint64_t off;
-    ember_rc_t rc = _ember_find_block(p, need, &off);
+    unsigned bin = 0;
+    ember_rc_t rc = _ember_find_block(p, need, &off, &bin);
     if (rc)
         return rc;
     if (!off)
@@ -1181,6 +1193,7 @@ static ember_rc_t _ember_alloc_locked(ember_pool_t *p, uint64_t size, uint64_t n
             }
             b = _ember_blk(p, off);
             bsz = ember_atomic_load_relaxed(&b->xsize);
+            bin = _ember_bin_of(bsz);
         } else if (rc) {
             return rc;
         }
@@ -1193,9 +1206,10 @@ static ember_rc_t _ember_alloc_locked(ember_pool_t *p, uint64_t size, uint64_t n
             ember_atomic_load_relaxed(&n->xtag) != _EMBER_TAG_ALLOC || n->prev_size != bsz)
             return EMBER_ERR_CORRUPT;
     }
-    rc = _ember_bin_remove(p, off);
+    rc = _ember_links_ok(p, off, bin);
     if (rc)
         return rc;
+    _ember_bin_unlink(p, off, bin);
     if (bsz - need >= _EMBER_BLK_MIN) {
         /* split: the tail header is complete before the one store that
          * shrinks b makes it reachable by the walk (file header, I1). */
@@ -1345,8 +1359,9 @@ static void _ember_free_wake(ember_pool_t *p)
 }
 
 /* A neighbour header at off (a block boundary found from b): FREE (its
- * size checked, its links sound), ALLOC, or corrupt. */
-static ember_rc_t _ember_neighbour(ember_pool_t *p, uint64_t off, int *is_free)
+ * size checked, its links sound; *bin its class), ALLOC, or corrupt. */
+static inline ember_rc_t _ember_neighbour(ember_pool_t *p, uint64_t off, int *is_free,
+                                          unsigned *bin)
 {
     if (off > p->lim - _EMBER_BLK_HDR)
         return EMBER_ERR_CORRUPT;
@@ -1355,9 +1370,11 @@ static ember_rc_t _ember_neighbour(ember_pool_t *p, uint64_t off, int *is_free)
     *is_free = tag == _EMBER_TAG_FREE;
     if (tag == _EMBER_TAG_ALLOC)
         return _ember_size_ok(p, off, ember_atomic_load_relaxed(&n->xsize)) ? EMBER_OK : EMBER_ERR_CORRUPT;
-    if (!*is_free || !_ember_size_ok(p, off, ember_atomic_load_relaxed(&n->xsize)))
+    uint64_t sz = ember_atomic_load_relaxed(&n->xsize);
+    if (!*is_free || !_ember_size_ok(p, off, sz))
         return EMBER_ERR_CORRUPT;
-    return _ember_links_ok(p, off);
+    *bin = _ember_bin_of(sz);
+    return _ember_links_ok(p, off, *bin);
 }
 
 /* Free the ALLOC block at off whose header is checked (mutex held).
@@ -1370,9 +1387,10 @@ static ember_rc_t _ember_free_locked(ember_pool_t *p, uint64_t off, uint64_t *mo
     uint64_t sz = ember_atomic_load_relaxed(&b->xsize);
     uint64_t noff = off + sz, poff = 0, nsz = 0;
     int nfree = 0, pfree = 0;
+    unsigned nbin = 0, pbin = 0;
     ember_rc_t rc;
     if (noff < p->heap_end) {
-        if ((rc = _ember_neighbour(p, noff, &nfree)) != EMBER_OK ||
+        if ((rc = _ember_neighbour(p, noff, &nfree, &nbin)) != EMBER_OK ||
             _ember_blk(p, noff)->prev_size != sz)
             return EMBER_ERR_CORRUPT;
         nsz = ember_atomic_load_relaxed(&_ember_blk(p, noff)->xsize);
@@ -1381,7 +1399,7 @@ static ember_rc_t _ember_free_locked(ember_pool_t *p, uint64_t off, uint64_t *mo
     }
     if (b->prev_size) {
         poff = off - b->prev_size;
-        if ((rc = _ember_neighbour(p, poff, &pfree)) != EMBER_OK ||
+        if ((rc = _ember_neighbour(p, poff, &pfree, &pbin)) != EMBER_OK ||
             ember_atomic_load_relaxed(&_ember_blk(p, poff)->xsize) != b->prev_size)
             return EMBER_ERR_CORRUPT;
     }
@@ -1393,15 +1411,17 @@ static ember_rc_t _ember_free_locked(ember_pool_t *p, uint64_t off, uint64_t *mo
 
     /* coalesce with the next block: unlink it, then ONE store grows b */
     if (nfree) {
-        if ((rc = _ember_bin_remove(p, noff)) != EMBER_OK)
-            return rc;
+        _ember_bin_unlink(p, noff, nbin);      /* links checked above */
         sz += nsz;
         ember_atomic_store_release(&b->xsize, sz);
     }
     /* coalesce with the previous block: unlink it, then ONE store grows it */
     if (pfree) {
-        if ((rc = _ember_bin_remove(p, poff)) != EMBER_OK)
+        /* links checked above; unlinking the next block touched at most
+         * the prev/next links of blocks of its own class, re-checked here */
+        if (nfree && (rc = _ember_links_ok(p, poff, pbin)) != EMBER_OK)
             return rc;
+        _ember_bin_unlink(p, poff, pbin);
         sz += b->prev_size;
         ember_atomic_store_release(&_ember_blk(p, poff)->xsize, sz);
         off = poff;
