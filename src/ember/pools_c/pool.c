@@ -207,6 +207,11 @@
 #define _EMBER_NBINS              328u      /* enough for u < 2^42 */
 #define _EMBER_BITMAP_WORDS       ((_EMBER_NBINS + 63u) / 64u)
 
+/* glibc's marks in pthread_mutex_t.__data.__owner: INT_MAX while the
+ * locker that got EOWNERDEAD repairs (a normal, passing state), INT_MAX - 1
+ * once the mutex can never be taken again */
+#define _EMBER_MUTEX_NOTRECOVERABLE (0x7fffffff - 1)
+
 /* the heap is committed (fallocate) in steps of this many bytes */
 #define _EMBER_COMMIT_STEP        (2ull << 20)
 /* a lock wait that timed out continues the previous one of the same thread
@@ -797,7 +802,7 @@ static inline ember_rc_t _ember_lock_t(ember_pool_t *p, int64_t timeout_ns)
      * made unrecoverable (by a failed repair) is left locked by glibc's
      * trylock, so it is refused here */
     if (__builtin_expect(h->mutex.__data.__kind != p->mutex_kind ||
-                         h->mutex.__data.__owner == 0x7fffffff, 0))  /* PTHREAD_MUTEX_NOTRECOVERABLE */
+                         h->mutex.__data.__owner == _EMBER_MUTEX_NOTRECOVERABLE, 0))
         return EMBER_ERR_CORRUPT;
 #endif
     int r = pthread_mutex_trylock(&h->mutex);
