@@ -80,14 +80,17 @@ KINDS = ["header", "mutex", "state", "block", "link", "overrun", "heap"]
 
 
 @pytest.fixture
-def server():
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    yield proc
-    proc.stdin.close()
-    assert proc.wait(timeout=60) == 0
-    proc.stdout.close()
-    proc.stderr.close()
+def server(tmp_path):
+    """The fork server; the children's error lines go to a file (a pipe
+    nobody reads would fill up and block them)."""
+    with open(tmp_path / "children.err", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc.err_path = tmp_path / "children.err"
+        yield proc
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        proc.stdout.close()
 
 
 def _plausible(rnd, pool_size):
@@ -149,7 +152,8 @@ def _run(server, seeds, kind=None):
         k, res = _trial(server, seed, kind)
         if res not in ("exit 0", "exit 3"):
             bad.append((seed, k, res))
-    assert not bad, f"crashed or hung (seed, kind, result): {bad}"
+    assert not bad, (f"crashed or hung (seed, kind, result): {bad}\n"
+                     f"{server.err_path.read_text()[-4000:]}")
 
 
 @pytest.mark.timeout(120)

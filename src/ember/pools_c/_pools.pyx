@@ -300,10 +300,9 @@ cdef class Pool:
             raise PoolError(f"{self._desc()}: {what}: pool mutex held for more than {bound} s "
                             f"[EMBER_ERR_LOCK_STUCK]")
         pid = _tid_pid(tid)
-        if pid is None or pid == os.getpid():
+        if pid is None:
             raise PoolError(f"{self._desc()}: {what}: pool corrupt: its mutex names thread {tid} "
-                            f"as holder, which {'does not exist' if pid is None else 'is waiting for it'} "
-                            f"[EMBER_ERR_CORRUPT]")
+                            f"as holder, which does not exist [EMBER_ERR_CORRUPT]")
         raise PoolError(f"{self._desc()}: {what}: pool mutex held by pid {pid} for more than "
                         f"{bound} s [EMBER_ERR_LOCK_STUCK]")
 
