@@ -127,7 +127,8 @@
  *
  *   A process stopped inside a critical section (SIGSTOP, a debugger) is
  *   not dead: the robust mutex cannot help.  So no wait for the mutex is
- *   unbounded: the fast path is one trylock; a busy mutex is waited for
+ *   unbounded: the fast path is one trylock (then a short spin of reads
+ *   and trylocks while the owner word is set); a busy mutex is waited for
  *   with pthread_mutex_timedlock (in slices measured on CLOCK_MONOTONIC)
  *   up to the caller's timeout, and EMBER_ERR_LOCK_STUCK is returned once one holder (the
  *   owner thread id in the robust futex word, and xlock_seq, bumped at
@@ -211,6 +212,9 @@
  * locker that got EOWNERDEAD repairs (a normal, passing state), INT_MAX - 1
  * once the mutex can never be taken again */
 #define _EMBER_MUTEX_NOTRECOVERABLE (0x7fffffff - 1)
+
+/* trylocks of a busy mutex before the timed (sleeping) wait */
+#define _EMBER_LOCK_SPINS         100
 
 /* the heap is committed (fallocate) in steps of this many bytes */
 #define _EMBER_COMMIT_STEP        (2ull << 20)
@@ -744,8 +748,6 @@ static ember_rc_t _ember_lock_slow(ember_pool_t *p, int64_t timeout_ns)
     /* relaxed: see _ember_locked() */
     uint64_t seq = ember_atomic_load_relaxed(&h->xlock_seq);
     int64_t since = now;
-    if (owner == (uint32_t)gettid())
-        return EMBER_ERR_CORRUPT;          /* names this thread, which holds no pool lock */
     if (_ember_lw.h == h && _ember_lw.owner == owner && _ember_lw.seq == seq &&
         now - _ember_lw.last < _EMBER_LW_GAP_NS)
         since = _ember_lw.since;
@@ -779,7 +781,9 @@ static ember_rc_t _ember_lock_slow(ember_pool_t *p, int64_t timeout_ns)
             seq = s2;
             since = now;
         } else if (now - since >= bound) {
-            return EMBER_ERR_LOCK_STUCK;
+            /* a word naming this very thread (which holds no pool lock
+             * across calls) was scribbled */
+            return owner == (uint32_t)gettid() ? EMBER_ERR_CORRUPT : EMBER_ERR_LOCK_STUCK;
         }
         if (now >= deadline) {
             _ember_lw.h = h;
@@ -806,8 +810,19 @@ static inline ember_rc_t _ember_lock_t(ember_pool_t *p, int64_t timeout_ns)
         return EMBER_ERR_CORRUPT;
 #endif
     int r = pthread_mutex_trylock(&h->mutex);
-    if (__builtin_expect(r == EBUSY, 0))
-        return timeout_ns == 0 ? EMBER_ERR_TIMEOUT : _ember_lock_slow(p, timeout_ns);
+    if (__builtin_expect(r == EBUSY, 0)) {
+        if (timeout_ns == 0)
+            return EMBER_ERR_TIMEOUT;
+        /* critical sections are a few dozen instructions: spin briefly
+         * (reading the owner word, not writing it) before the timed wait */
+        for (int i = 0; i < _EMBER_LOCK_SPINS && r == EBUSY; i++) {
+            ember_cpu_relax();
+            if (_ember_owner_tid(h) == 0)
+                r = pthread_mutex_trylock(&h->mutex);
+        }
+        if (r == EBUSY)
+            return _ember_lock_slow(p, timeout_ns);
+    }
     return _ember_locked(p, r);
 }
 
