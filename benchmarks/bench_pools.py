@@ -2,7 +2,7 @@
 the obvious alternatives, at 64 B, 4 KiB and 1 MiB, in one process and in
 two processes at once.
 
-    python benchmarks/bench_pools.py [--seconds 0.5]
+    python benchmarks/bench_pools.py [--seconds 0.5] [--commit lazy|full]
 
 Rows:
   ember C            ember_pool_alloc + ember_pool_free in a C loop (cffi build of pool.c)
@@ -152,6 +152,8 @@ def in_two_processes(fn, *args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
+    ap.add_argument("--commit", choices=["lazy", "full"], default="lazy",
+                    help="how the benchmark pool commits /dev/shm pages (Pool.create(commit=...))")
     args = ap.parse_args(argv)
     secs = args.seconds
 
@@ -159,7 +161,7 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="bench_pools_")
     try:
         mod = cffi_build.build_pool(tmp, extra_cdef=C_CDEF, extra_source=C_SOURCE)
-        pool = Pool.create(64 << 20, name="bench")
+        pool = Pool.create(64 << 20, name="bench", commit=args.commit)
         cpool = None
         try:
             pp = mod.ffi.new("ember_pool_t **")
@@ -167,7 +169,7 @@ def main(argv=None):
             assert mod.lib.ember_pool_attach(sd, len(sd), pp) == 0
             cpool = pp[0]
             print(f"ember pools benchmark: alloc+free pairs per second ({os.cpu_count()} CPUs, "
-                  f"{secs} s per cell)\n")
+                  f"{secs} s per cell, commit={args.commit})\n")
             hdr = f"{'size':>6}  {'impl':<14} {'1 proc':>12} {'2 procs':>12}   {'ember/this (1p)':>16}"
             print(hdr)
             print("-" * len(hdr))

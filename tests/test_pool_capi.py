@@ -3,6 +3,7 @@ tests/cffi_build.py), including deliberate misuse that must return error
 codes and never crash."""
 import os
 import random
+import re
 import stat
 import struct
 import threading
@@ -131,7 +132,7 @@ def _pool_sdesc(m_uid, size, name, magic=0x50424D45, version=1):
 def test_capi_create_names_mode_sparse(mkpool, ffi, lib):
     p = mkpool(1 << 30, label="big")
     name = p.name()
-    assert name == f"/ember.p{os.getpid()}.{p.m_uid:016x}"
+    assert re.match(rf"^/ember\.p{os.getpid()}\.{p.m_uid:016x}\.[0-9a-f]{{12}}$", name)
     st = os.stat("/dev/shm" + name)
     assert stat.S_IMODE(st.st_mode) == 0o600
     assert st.st_size == 1 << 30
@@ -160,8 +161,20 @@ def test_capi_create_misuse(capi, ffi, lib, mkpool):
     assert lib.ember_pool_create(1 << 16, 1, b"p1", ffi.NULL, ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
     p = mkpool(1 << 16)
     import errno
+    # the same m_uid again: another segment (the name has a random part)
     rc = lib.ember_pool_create(1 << 16, p.m_uid, f"p{os.getpid()}".encode(), ffi.NULL, pp)
-    assert rc == lib.EMBER_ERR_OS and ffi.errno == errno.EEXIST
+    assert rc == lib.EMBER_OK
+    q_name = ffi.string(lib.ember_pool_shm_name(pp[0])).decode()
+    assert q_name != p.name() and q_name.startswith(p.name()[:-12])
+    assert lib.ember_pool_destroy(pp[0]) == lib.EMBER_OK
+    # more than /dev/shm has free: refused, nothing left behind
+    st = os.statvfs("/dev/shm")
+    too_big = min(st.f_bavail * st.f_frsize + (1 << 30), 1 << 47)
+    before = set(os.listdir("/dev/shm"))
+    rc = lib.ember_pool_create(too_big, 7, f"p{os.getpid()}".encode(), ffi.NULL, pp)
+    assert rc == lib.EMBER_ERR_OS and ffi.errno == errno.ENOSPC
+    assert set(os.listdir("/dev/shm")) <= before
+    assert lib.ember_pool_create_ex(1 << 16, 1, b"p1", ffi.NULL, 2, pp) == lib.EMBER_ERR_INVALID_ARG
     assert lib.ember_pool_detach(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
     assert lib.ember_pool_destroy(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
 
@@ -488,3 +501,51 @@ def test_capi_corruption_detected_not_crashing(mkpool, ffi, lib):
     hdr[2] = saved[2]
     assert p.validate() == 0
     assert p.free(a) == 0 and p.free(b) == 0
+
+
+# ------------------------------------------------------------------ the mutex: bounded waits
+
+def test_capi_lock_waits_are_bounded(mkpool, ffi, lib):
+    """Another thread holds the mutex: _ex calls with a lock timeout give
+    EMBER_ERR_TIMEOUT, waits past the lock bound EMBER_ERR_LOCK_STUCK; the
+    holder's thread id is readable; nothing blocks for ever."""
+    p = mkpool(1 << 16)
+    a = p.must_alloc(10)
+    locked, release, tid = threading.Event(), threading.Event(), []
+
+    def holder():
+        assert lib.ember_pool_debug_lock(p.p) == lib.EMBER_OK
+        tid.append(threading.get_native_id())
+        locked.set()
+        release.wait()
+        assert lib.ember_pool_debug_unlock(p.p) == lib.EMBER_OK
+
+    t = threading.Thread(target=holder)
+    t.start()
+    locked.wait()
+    try:
+        assert lib.ember_pool_lock_owner(p.p) == tid[0]
+        assert lib.ember_pool_check_ex(p.p, a, 0) == lib.EMBER_ERR_TIMEOUT
+        assert lib.ember_pool_check_ex(p.p, a, 20_000_000) == lib.EMBER_ERR_TIMEOUT
+        assert lib.ember_pool_free_ex(p.p, a, 0) == lib.EMBER_ERR_TIMEOUT
+        st = ffi.new("ember_pool_stats_t *")
+        assert lib.ember_pool_stats_ex(p.p, st, 0) == lib.EMBER_ERR_TIMEOUT
+        out = ffi.new("ember_alloc_t *")
+        assert lib.ember_pool_alloc_ex(p.p, 10, 0, lib.EMBER_ALLOC_NO_FREE_WAIT, out) == lib.EMBER_ERR_TIMEOUT
+        assert lib.ember_pool_alloc_ex(p.p, 10, 20_000_000, 0, out) == lib.EMBER_ERR_TIMEOUT
+        lib.ember_pool_set_lock_bound(100_000_000)
+        assert lib.ember_pool_lock_bound() == 100_000_000
+        assert lib.ember_pool_check(p.p, a) == lib.EMBER_ERR_LOCK_STUCK
+        assert lib.ember_pool_alloc(p.p, 10, out) == lib.EMBER_ERR_LOCK_STUCK
+        # slices of one thread on the same holder add up to the bound
+        rcs = {lib.ember_pool_check_ex(p.p, a, 30_000_000) for _ in range(10)}
+        assert rcs == {lib.EMBER_ERR_TIMEOUT, lib.EMBER_ERR_LOCK_STUCK}
+    finally:
+        lib.ember_pool_set_lock_bound(0)
+        release.set()
+        t.join()
+    assert lib.ember_pool_lock_bound() == lib.EMBER_POOL_LOCK_BOUND_NS
+    assert lib.ember_pool_lock_owner(p.p) == 0
+    assert lib.ember_pool_check_ex(p.p, a, 0) == lib.EMBER_OK
+    assert p.free(a) == lib.EMBER_OK
+    assert lib.ember_pool_validate(p.p) == lib.EMBER_OK

@@ -49,7 +49,9 @@ def test_pool_c_compiles_warning_free(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_pool_c_staged_deaths(stress_bin):
-    assert "deaths: 7 staged cases ok" in _run(stress_bin, "deaths", timeout=50)
+    out = _run(stress_bin, "deaths", timeout=50)
+    assert "deaths: 7 staged cases ok" in out
+    assert "repairer deaths: ok" in out
 
 
 @pytest.mark.timeout(60)

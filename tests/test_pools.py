@@ -26,6 +26,7 @@ def pool():
 
 def test_pools_public_names():
     assert pools_c.__all__ == ["Pool", "Allocation", "PoolStats", "clear_attach_cache",
+                               "set_lock_bound", "lock_bound",
                                "PoolError", "PoolExhausted", "DescriptorError"]
     for n in pools_c.__all__:
         assert hasattr(pools_c, n)
@@ -43,28 +44,30 @@ def test_pools_create_properties(pool):
     assert pool.name == "tp"
     assert pool.size == 1 << 20
     assert 0 < pool.m_uid < 2 ** 63
-    assert pool.shm_name == f"/ember.{_env.owner_tag('p')}.{pool.m_uid:016x}"
+    assert re.match(rf"^/ember\.{_env.owner_tag('p')}\.{pool.m_uid:016x}\.[0-9a-f]{{12}}$", pool.shm_name)
     assert os.path.exists("/dev/shm" + pool.shm_name)
     assert len(pool.sdesc) == 96
     st = pool.stats()
     assert isinstance(st, PoolStats)
     assert st == PoolStats(total=(1 << 20) - 4096, free=(1 << 20) - 4096,
-                           largest_free=(1 << 20) - 4096 - 64, live_allocs=0)
+                           largest_free=(1 << 20) - 4096 - 64, live_allocs=0, committed=2 * 4096)
     with pytest.raises(AttributeError):
         st.free = 0
-    assert re.match(rf"^<ember Pool /ember\.p\d+(-\w+)?\.[0-9a-f]{{16}} name='tp' m_uid={HEX} size=1048576>$", repr(pool))
+    assert re.match(rf"^<ember Pool /ember\.p\d+(-\w+)?\.[0-9a-f]{{16}}\.[0-9a-f]{{12}} name='tp' m_uid={HEX} size=1048576>$", repr(pool))
 
 
 def test_pools_create_args():
     with Pool.create(1 << 16, m_uid=0xABC, owner_tag="t-1_x") as p:
-        assert p.shm_name == "/ember.t-1_x.0000000000000abc" and p.m_uid == 0xABC and p.name is None
-        with pytest.raises(PoolError, match=r"^cannot create pool: segment /ember\.t-1_x\.0000000000000abc "
-                                            r"already exists \(m_uid 0x0000000000000abc in use\)$"):
-            Pool.create(1 << 16, m_uid=0xABC, owner_tag="t-1_x")
-    assert not os.path.exists("/dev/shm/ember.t-1_x.0000000000000abc")
+        assert re.match(r"^/ember\.t-1_x\.0000000000000abc\.[0-9a-f]{12}$", p.shm_name)
+        assert p.m_uid == 0xABC and p.name is None
+        # the name carries a random part: the same m_uid again is another segment
+        with Pool.create(1 << 16, m_uid=0xABC, owner_tag="t-1_x") as q:
+            assert q.shm_name != p.shm_name and q.shm_name.startswith("/ember.t-1_x.0000000000000abc.")
+        name = p.shm_name
+    assert not os.path.exists("/dev/shm" + name)
     with pytest.raises(ValueError, match=r"^pool size must be at least 1 byte, got 0$"):
         Pool.create(0)
-    with pytest.raises(ValueError, match=r"owner_tag must match"):
+    with pytest.raises(ValueError, match=r"^owner_tag must match \[A-Za-z0-9_-\]\{1,24\}, got 'bad/tag'$"):
         Pool.create(4096, owner_tag="bad/tag")
     with pytest.raises(ValueError, match=r"^m_uid must be in"):
         Pool.create(4096, m_uid=-1)
@@ -206,10 +209,10 @@ def test_pools_attach_destroyed():
     sd = p.sdesc
     a_sd = p.alloc(8).sdesc
     p.destroy()
-    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+(-\w+)?\.[0-9a-f]{16}: the pool's segment "
+    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+(-\w+)?\.[0-9a-f]{16}\.[0-9a-f]{12}: the pool's segment "
                                         r"does not exist \(destroyed, or made on another node\) \[EMBER_ERR_NOT_FOUND\]$"):
         Pool.attach(sd)
-    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+(-\w+)?\.[0-9a-f]{16} of allocation at offset "
+    with pytest.raises(PoolError, match=r"^cannot attach pool /ember\.p\d+(-\w+)?\.[0-9a-f]{16}\.[0-9a-f]{12} of allocation at offset "
                                         r"\d+ \(id 1\): the pool's segment does not exist"):
         Allocation.attach(a_sd)
 

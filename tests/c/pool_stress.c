@@ -165,6 +165,56 @@ static void test_deaths(void)
     printf("deaths: %zu staged cases ok\n", sizeof cases / sizeof cases[0]);
 }
 
+/* A locker that got EOWNERDEAD is repairing (glibc marks the mutex
+ * INCONSISTENT meanwhile): stopped there it is a stuck holder, never
+ * "corrupt"; killed there, the next locker repairs again. */
+static void test_repairer_deaths(void)
+{
+    ember_pool_t *p = mkpool(1 << 20);
+    ember_alloc_t a;
+    uint8_t sd[EMBER_POOL_SDESC_SIZE];
+    CHECK_RC(ember_pool_alloc(p, 100, &a), EMBER_OK);
+    CHECK_RC(ember_pool_serialize(p, sd, sizeof sd, NULL), EMBER_OK);
+    die_in_child(p, st_nothing, 0);                 /* owner dead */
+    for (int stop = 1; stop >= 0; stop--) {
+        int pipefd[2];
+        CHECK(pipe(pipefd) == 0);
+        pid_t pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            ember_pool_t *q;
+            char c = 'x';
+            if (ember_pool_attach(sd, sizeof sd, &q) != EMBER_OK)
+                _exit(90);
+            if (pthread_mutex_lock(&q->h->mutex) != EOWNERDEAD)   /* the repair would start here */
+                _exit(91);
+            if (write(pipefd[1], &c, 1) != 1)
+                _exit(92);
+            raise(stop ? SIGSTOP : SIGKILL);
+            _exit(93);
+        }
+        char c;
+        close(pipefd[1]);
+        CHECK(read(pipefd[0], &c, 1) == 1);
+        close(pipefd[0]);
+        int status;
+        if (stop) {
+            CHECK(waitpid(pid, &status, WUNTRACED) == pid && WIFSTOPPED(status));
+            ember_pool_set_lock_bound(200000000);
+            CHECK_RC(ember_pool_alloc(p, 10, &a), EMBER_ERR_LOCK_STUCK);
+            ember_pool_set_lock_bound(0);
+            CHECK(ember_pool_lock_owner(p) == (uint32_t)pid);
+            kill(pid, SIGKILL);
+        }
+        CHECK(waitpid(pid, &status, 0) == pid && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    }
+    CHECK(ember_pool_repair_count(p) == 1);         /* repaired once, by us */
+    CHECK_RC(ember_pool_alloc(p, 10, &a), EMBER_OK);
+    CHECK_RC(ember_pool_validate(p), EMBER_OK);
+    CHECK_RC(ember_pool_destroy(p), EMBER_OK);
+    printf("repairer deaths: ok\n");
+}
+
 static void st_garbage(ember_pool_t *q, uint64_t off)
 {
     ember_atomic_store_relaxed(&_ember_blk(q, off)->xsize, 12345);
@@ -346,6 +396,7 @@ int main(int argc, char **argv)
     rng_state ^= (uint64_t)getpid() * 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
     if (argc >= 2 && strcmp(argv[1], "deaths") == 0) {
         test_deaths();
+        test_repairer_deaths();
         return 0;
     }
     if (argc >= 2 && strcmp(argv[1], "corrupt") == 0) {

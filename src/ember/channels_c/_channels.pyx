@@ -577,6 +577,7 @@ cdef class Channel:
         cdef int64_t tmo = _timeout_ns(timeout)
         cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
         cdef ember_alloc_t a = al._a
+        al._unown()            # queued for a receiver: Pool.reclaim must not free it
         self._pool._busy += 1
         self._busy += 1
         al._state = 3          # in flight: free()/memoryview()/send() by other threads refused

@@ -38,7 +38,8 @@ typedef enum {
     EMBER_ERR_INTERRUPTED = 18,     /* a wait was interrupted (EINTR)        */
     EMBER_ERR_BUFFER_TOO_SMALL = 19,/* caller's buffer cannot hold the data  */
     EMBER_ERR_CLOSED = 20,          /* channel closed (and drained, for recv) */
-    EMBER_RC_MAX_ = 21
+    EMBER_ERR_LOCK_STUCK = 21,      /* a live holder kept a lock past the bound */
+    EMBER_RC_MAX_ = 22
 } ember_rc_t;
 
 static inline const char *ember_rc_str(int rc)
@@ -50,7 +51,7 @@ static inline const char *ember_rc_str(int rc)
         "EMBER_ERR_DOUBLE_FREE", "EMBER_ERR_STALE", "EMBER_ERR_CORRUPT",
         "EMBER_ERR_FULL", "EMBER_ERR_EMPTY", "EMBER_ERR_TIMEOUT",
         "EMBER_ERR_TOO_BIG", "EMBER_ERR_DESTROYED", "EMBER_ERR_INTERRUPTED",
-        "EMBER_ERR_BUFFER_TOO_SMALL", "EMBER_ERR_CLOSED",
+        "EMBER_ERR_BUFFER_TOO_SMALL", "EMBER_ERR_CLOSED", "EMBER_ERR_LOCK_STUCK",
     };
     if (rc < 0 || rc >= EMBER_RC_MAX_)
         return "EMBER_ERR_UNKNOWN";

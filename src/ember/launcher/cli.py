@@ -262,6 +262,12 @@ def _check_sizes(args):
         free = _shm_free()
     except OSError:
         return True
+    # Sizes left at their defaults shrink to what /dev/shm can hold (Docker
+    # gives containers 64 MiB): half of the free space for the default pool,
+    # an eighth for the infrastructure pool.  Sizes asked for are not changed.
+    for key, share in (("default_pool_size", 2), ("inf_pool_size", 8)):
+        if getattr(args, key) == _RUN_DEFAULTS[key] and getattr(args, key) > free // share:
+            setattr(args, key, max(free // share // (1 << 20), 1) << 20)
     for flag, size in (("--default-pool-size", args.default_pool_size),
                        ("--inf-pool-size", args.inf_pool_size)):
         if size > free:

@@ -6,13 +6,15 @@
 ...         memoryview(a)[:] = b"hello"
 """
 from ember.exceptions import DescriptorError, PoolError, PoolExhausted
-from ember.pools_c._pools import Allocation, Pool, PoolStats, clear_attach_cache
+from ember.pools_c._pools import Allocation, Pool, PoolStats, clear_attach_cache, lock_bound, set_lock_bound
 
 __all__ = [
     "Pool",
     "Allocation",
     "PoolStats",
     "clear_attach_cache",
+    "set_lock_bound",
+    "lock_bound",
     "PoolError",
     "PoolExhausted",
     "DescriptorError",

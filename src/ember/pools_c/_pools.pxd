@@ -38,6 +38,7 @@ cdef extern from "ember_common.h" nogil:
         EMBER_ERR_DESTROYED
         EMBER_ERR_INTERRUPTED
         EMBER_ERR_BUFFER_TOO_SMALL
+        EMBER_ERR_LOCK_STUCK
     const char *ember_rc_str(int rc)
 
 
@@ -48,6 +49,10 @@ cdef extern from "pool.h" nogil:
         EMBER_POOL_LABEL_MAX
         EMBER_POOL_SDESC_SIZE
         EMBER_ALLOC_SDESC_SIZE
+        EMBER_POOL_COMMIT_FULL
+        EMBER_ALLOC_OWNED
+        EMBER_ALLOC_NO_FREE_WAIT
+        EMBER_POOL_LOCK_BOUND_NS
 
     ctypedef struct ember_pool_t:
         pass
@@ -62,9 +67,15 @@ cdef extern from "pool.h" nogil:
         uint64_t free
         uint64_t largest_free
         uint64_t live_allocs
+        uint64_t committed
 
     ember_rc_t ember_pool_create(uint64_t size, uint64_t m_uid, const char *owner_tag,
                                  const char *label, ember_pool_t **out)
+    ember_rc_t ember_pool_create_ex(uint64_t size, uint64_t m_uid, const char *owner_tag,
+                                    const char *label, unsigned flags, ember_pool_t **out)
+    void ember_pool_set_lock_bound(int64_t ns)
+    int64_t ember_pool_lock_bound()
+    uint32_t ember_pool_lock_owner(const ember_pool_t *pool)
     ember_rc_t ember_pool_attach(const void *sdesc, size_t len, ember_pool_t **out)
     ember_rc_t ember_pool_serialize(const ember_pool_t *pool, void *buf, size_t cap, size_t *len)
     ember_rc_t ember_pool_detach(ember_pool_t *pool)
@@ -73,10 +84,17 @@ cdef extern from "pool.h" nogil:
     ember_rc_t ember_pool_alloc(ember_pool_t *pool, uint64_t size, ember_alloc_t *out)
     ember_rc_t ember_pool_alloc_wait(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
                                      ember_alloc_t *out)
+    ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
+                                   unsigned flags, ember_alloc_t *out)
     ember_rc_t ember_pool_free(ember_pool_t *pool, const ember_alloc_t *a)
+    ember_rc_t ember_pool_free_ex(ember_pool_t *pool, const ember_alloc_t *a, int64_t lock_timeout_ns)
     ember_rc_t ember_pool_check(ember_pool_t *pool, const ember_alloc_t *a)
+    ember_rc_t ember_pool_check_ex(ember_pool_t *pool, const ember_alloc_t *a, int64_t lock_timeout_ns)
+    ember_rc_t ember_pool_set_owner(ember_pool_t *pool, const ember_alloc_t *a, uint32_t pid)
+    ember_rc_t ember_pool_reclaim(ember_pool_t *pool, uint32_t pid, uint64_t *nblocks, uint64_t *nbytes)
     void *ember_pool_ptr(const ember_pool_t *pool, uint64_t offset)
     ember_rc_t ember_pool_stats(ember_pool_t *pool, ember_pool_stats_t *out)
+    ember_rc_t ember_pool_stats_ex(ember_pool_t *pool, ember_pool_stats_t *out, int64_t lock_timeout_ns)
     uint64_t ember_pool_m_uid(const ember_pool_t *pool)
     uint64_t ember_pool_size(const ember_pool_t *pool)
     const char *ember_pool_shm_name(const ember_pool_t *pool)
@@ -90,6 +108,8 @@ cdef extern from "pool.h" nogil:
                                  ember_alloc_t *out)
     ember_rc_t ember_pool_sdesc_name(const void *sdesc, size_t len, char *buf, size_t cap)
     ember_rc_t ember_pool_validate(ember_pool_t *pool)
+    ember_rc_t ember_pool_debug_lock(ember_pool_t *pool)
+    ember_rc_t ember_pool_debug_unlock(ember_pool_t *pool)
     ember_rc_t ember_pool_next_alloc(ember_pool_t *pool, uint64_t *cursor, ember_alloc_t *out)
     uint64_t ember_pool_repair_count(ember_pool_t *pool)
 
@@ -113,6 +133,7 @@ cdef class Pool:
     cdef _forget(self)
     cdef _alloc_error(self, ember_rc_t rc, Py_ssize_t nbytes, timeout)
     cdef str _desc(self)
+    cdef int _lock_error(self, ember_rc_t rc, str what) except -1
 
 
 cdef class Allocation:
@@ -120,10 +141,12 @@ cdef class Allocation:
     cdef Pool _owner
     cdef int _state             # 0 open, 1 freed, 2 disowned, 3 being sent (channels)
     cdef Py_ssize_t _exports
+    cdef bint _owned            # the C block records this process as its owner
 
     cdef int _check_open(self, str what) except -1
     cdef str _what(self)
     cpdef _disown(self)
+    cdef int _unown(self) except -1
 
 
 cdef Allocation allocation_from_c(Pool owner, ember_alloc_t a)

@@ -23,16 +23,21 @@ import weakref
 
 from ember.exceptions import DescriptorError, PoolError, PoolExhausted
 
-__all__ = ["Pool", "Allocation", "PoolStats", "clear_attach_cache"]
+__all__ = ["Pool", "Allocation", "PoolStats", "clear_attach_cache", "set_lock_bound", "lock_bound"]
 
-PoolStats = collections.namedtuple("PoolStats", "total free largest_free live_allocs")
+PoolStats = collections.namedtuple("PoolStats", "total free largest_free live_allocs committed")
 PoolStats.__doc__ = """Immutable snapshot of a pool's allocator.
 
 total: bytes in the heap (segment minus the header page);
-free: bytes in free blocks (headers included);
-largest_free: the largest ``nbytes`` one ``alloc`` can get right now;
-live_allocs: number of allocated blocks (by any process).
+free: bytes in free blocks (headers included), counting pages not yet
+    committed only as far as /dev/shm has room for them right now;
+largest_free: the largest ``nbytes`` one ``alloc`` can get right now (same cap);
+live_allocs: number of allocated blocks (by any process);
+committed: bytes of the segment already backed by pages (fallocate).
 """
+
+_SHM_DIR = "/dev/shm"
+_MAX_SIZE = 1 << 47
 
 # Blocking waits run in slices of this length so Ctrl-C is seen promptly.
 cdef int64_t _SLICE_NS = 50_000_000
@@ -58,6 +63,7 @@ _RC_TEXT = {
     EMBER_ERR_TIMEOUT: "timed out",
     EMBER_ERR_INTERRUPTED: "interrupted by a signal",
     EMBER_ERR_BUFFER_TOO_SMALL: "buffer too small",
+    EMBER_ERR_LOCK_STUCK: "the pool mutex is held by a live process that does not release it",
 }
 
 _RC_EXC = {
@@ -89,6 +95,44 @@ cdef int check_rc(ember_rc_t rc, str what, Pool pool=None) except -1:
 
 cdef str _decode(const char *s):
     return s[:strlen(s)].decode("utf-8", "replace")
+
+
+def set_lock_bound(seconds):
+    """Set how long (seconds, > 0) one live process may hold a pool's mutex
+    before the processes waiting for it give up with
+    ``PoolError("... pool mutex held by pid N for more than X s ...")``.
+    Process-wide; the default is 10 s.  ``None`` restores the default."""
+    if seconds is None:
+        ember_pool_set_lock_bound(0)
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"lock bound must be a number of seconds or None, not {type(seconds).__name__}")
+    if not 0 < seconds < 1e9:
+        raise ValueError(f"lock bound must be > 0 and < 1e9 seconds, got {seconds}")
+    ember_pool_set_lock_bound(max(1, <int64_t>(seconds * 1e9)))
+
+
+def lock_bound():
+    """The current lock bound in seconds (see :func:`set_lock_bound`)."""
+    return ember_pool_lock_bound() / 1e9
+
+
+cdef _tid_pid(uint32_t tid):
+    """The pid (thread group) of thread ``tid``, or None if it does not exist."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _shm_free():
+    """Free bytes of the file system behind POSIX shared memory."""
+    st = os.statvfs(_SHM_DIR)
+    return st.f_bavail * st.f_frsize
 
 
 @cython.final
@@ -138,7 +182,7 @@ cdef class Pool:
         return self
 
     @staticmethod
-    def create(size, name=None, m_uid=None, owner_tag=None):
+    def create(size, name=None, m_uid=None, owner_tag=None, commit="lazy"):
         """Create a new pool of ``size`` bytes (rounded up to a page).
 
         Parameters
@@ -151,12 +195,27 @@ cdef class Pool:
             The pool's unique id (default: random 63-bit).
         owner_tag : str, optional
             ``[A-Za-z0-9_-]{1,24}`` put in the segment name
-            ``/ember.<owner_tag>.<m_uid hex>`` (default ``p<pid>``, plus
-            ``-<EMBER_SEGMENT_TAG>`` when that is set; see ember._env).
+            ``/ember.<owner_tag>.<m_uid hex>.<random hex>`` (default
+            ``p<pid>``, plus ``-<EMBER_SEGMENT_TAG>`` when that is set; see
+            ember._env).
+        commit : {"lazy", "full"}
+            ``"lazy"`` (default): pages of /dev/shm are committed as the heap
+            is handed out; when /dev/shm is full an alloc raises
+            PoolExhausted.  ``"full"``: the whole segment is committed now
+            (PoolError if /dev/shm cannot hold it); such a pool never runs
+            out of pages later.
 
         Returns
         -------
         Pool
+
+        Raises
+        ------
+        PoolError
+            ``size`` is larger than the free space of /dev/shm (checked
+            first, so the message names both numbers).
+        ValueError
+            size above 2**47 bytes, a bad owner_tag or commit.
         """
         cdef ember_pool_t *p = NULL
         cdef ember_rc_t rc
@@ -174,21 +233,35 @@ cdef class Pool:
             m_uid = (int.from_bytes(os.urandom(8), "little") >> 1) or 1
         if not 0 <= m_uid < 2 ** 64:
             raise ValueError(f"m_uid must be in [0, 2**64), got {m_uid}")
+        free = _shm_free()
+        if size > free:        # (pool.c checks again, race-free, at create)
+            raise PoolError(f"cannot create a pool of {size} bytes: {_SHM_DIR} has only {free} bytes free")
+        if size > _MAX_SIZE:
+            raise ValueError(f"cannot create a pool of {size} bytes: the largest pool is "
+                             f"{_MAX_SIZE} bytes (128 TiB)")
+        if commit not in ("lazy", "full"):
+            raise ValueError(f"commit must be 'lazy' or 'full', got {commit!r}")
         if owner_tag is None:
             owner_tag = _owner_tag("p")
+        if not isinstance(owner_tag, str):
+            raise TypeError(f"owner_tag must be a str, not {type(owner_tag).__name__}")
         c_size = size
         c_uid = m_uid
+        cdef unsigned flags = EMBER_POOL_COMMIT_FULL if commit == "full" else 0
         btag = owner_tag.encode()
         blabel = name.encode() if name is not None else None
-        rc = ember_pool_create(c_size, c_uid, btag, <const char *>blabel if blabel is not None else NULL, &p)
+        cdef const char *ctag = btag
+        cdef const char *clabel = <const char *>blabel if blabel is not None else NULL
+        with nogil:      # a full commit writes the whole segment's pages
+            rc = ember_pool_create_ex(c_size, c_uid, ctag, clabel, flags, &p)
         if rc != EMBER_OK:
-            if rc == EMBER_ERR_OS and errno == 17:   # EEXIST
-                raise PoolError(f"cannot create pool: segment /ember.{owner_tag}.{m_uid:016x} "
-                                f"already exists (m_uid 0x{m_uid:016x} in use)")
+            err = errno
+            if rc == EMBER_ERR_OS and err == 28:     # ENOSPC
+                raise PoolError(f"cannot create a pool of {size} bytes: {_SHM_DIR} has only "
+                                f"{_shm_free()} bytes free")
             if rc == EMBER_ERR_INVALID_ARG:
-                raise ValueError(f"cannot create pool of {size} bytes with owner_tag {owner_tag!r}: "
-                                 f"owner_tag must match [A-Za-z0-9_-]{{1,24}} and size be <= 2**47")
-            check_rc(rc, f"cannot create pool of {size} bytes (name {name!r})")
+                raise ValueError(f"owner_tag must match [A-Za-z0-9_-]{{1,24}}, got {owner_tag!r}")
+            check_rc(rc, f"cannot create a pool of {size} bytes (name {name!r})")
         return Pool._wrap(p, True, False)
 
     @staticmethod
@@ -214,6 +287,24 @@ cdef class Pool:
         if self._pool == NULL:
             raise PoolError(f"{self._desc()} is detached or destroyed")
         return 0
+
+    cdef int _lock_error(self, ember_rc_t rc, str what) except -1:
+        """Raise for a mutex that could not be taken (EMBER_ERR_LOCK_STUCK)
+        naming its holder; any other rc goes to check_rc."""
+        cdef uint32_t tid
+        if rc != EMBER_ERR_LOCK_STUCK:
+            return check_rc(rc, what, self)
+        tid = ember_pool_lock_owner(self._pool)
+        bound = f"{ember_pool_lock_bound() / 1e9:g}"
+        if tid == 0:
+            raise PoolError(f"{self._desc()}: {what}: pool mutex held for more than {bound} s "
+                            f"[EMBER_ERR_LOCK_STUCK]")
+        pid = _tid_pid(tid)
+        if pid is None:
+            raise PoolError(f"{self._desc()}: {what}: pool corrupt: its mutex names thread {tid} "
+                            f"as holder, which does not exist [EMBER_ERR_CORRUPT]")
+        raise PoolError(f"{self._desc()}: {what}: pool mutex held by pid {pid} for more than "
+                        f"{bound} s [EMBER_ERR_LOCK_STUCK]")
 
     cdef int _check_closable(self, str what) except -1:
         self._check_open()
@@ -285,11 +376,20 @@ cdef class Pool:
         return self._shm_name
 
     def stats(self):
-        """A :class:`PoolStats` snapshot (total, free, largest_free, live_allocs)."""
+        """A :class:`PoolStats` snapshot (total, free, largest_free,
+        live_allocs, committed)."""
         cdef ember_pool_stats_t st
+        cdef ember_rc_t rc
         self._check_open()
-        check_rc(ember_pool_stats(self._pool, &st), "cannot read stats", self)
-        return PoolStats(st.total, st.free, st.largest_free, st.live_allocs)
+        self._busy += 1
+        try:
+            with nogil:
+                rc = ember_pool_stats(self._pool, &st)
+        finally:
+            self._busy -= 1
+        if rc != EMBER_OK:
+            self._lock_error(rc, "cannot read stats")
+        return PoolStats(st.total, st.free, st.largest_free, st.live_allocs, st.committed)
 
     def alloc(self, Py_ssize_t nbytes, timeout=0):
         """Allocate ``nbytes`` (>= 1) bytes, 64-byte aligned.
@@ -325,7 +425,19 @@ cdef class Pool:
             if timeout == float("inf"):
                 timeout = None
         if timeout == 0:
-            rc = ember_pool_alloc(self._pool, n, &a)
+            # try once; only a busy mutex is waited for, without the GIL
+            rc = ember_pool_alloc_ex(self._pool, n, 0, EMBER_ALLOC_OWNED | EMBER_ALLOC_NO_FREE_WAIT, &a)
+            if rc == EMBER_ERR_TIMEOUT:
+                self._busy += 1
+                try:
+                    while rc == EMBER_ERR_TIMEOUT:
+                        with nogil:
+                            rc = ember_pool_alloc_ex(self._pool, n, _SLICE_NS,
+                                                     EMBER_ALLOC_OWNED | EMBER_ALLOC_NO_FREE_WAIT, &a)
+                        if rc == EMBER_ERR_TIMEOUT:
+                            PyErr_CheckSignals()
+                finally:
+                    self._busy -= 1
         else:
             if timeout is not None:
                 deadline = time.monotonic() + timeout
@@ -336,14 +448,15 @@ cdef class Pool:
                     if timeout is not None:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            rc = ember_pool_alloc(self._pool, n, &a)
+                            rc = ember_pool_alloc_ex(self._pool, n, 0,
+                                                     EMBER_ALLOC_OWNED | EMBER_ALLOC_NO_FREE_WAIT, &a)
                             if rc == EMBER_ERR_EXHAUSTED:
                                 rc = EMBER_ERR_TIMEOUT
                             break
                         if left * 1e9 < slice_ns:
                             slice_ns = <int64_t>(left * 1e9) + 1
                     with nogil:
-                        rc = ember_pool_alloc_wait(self._pool, n, slice_ns, &a)
+                        rc = ember_pool_alloc_ex(self._pool, n, slice_ns, EMBER_ALLOC_OWNED, &a)
                     if rc != EMBER_ERR_TIMEOUT and rc != EMBER_ERR_INTERRUPTED:
                         break
                     PyErr_CheckSignals()
@@ -351,26 +464,105 @@ cdef class Pool:
                 self._busy -= 1
         if rc != EMBER_OK:
             self._alloc_error(rc, nbytes, timeout)
-        return allocation_from_c(self, a)
+        al = allocation_from_c(self, a)
+        al._owned = True
+        return al
 
     cdef _alloc_error(self, ember_rc_t rc, Py_ssize_t nbytes, timeout):
         cdef ember_pool_stats_t st
+        cdef ember_rc_t src
+        cdef uint32_t tid
         if rc == EMBER_ERR_EXHAUSTED or rc == EMBER_ERR_TIMEOUT:
-            check_rc(ember_pool_stats(self._pool, &st), "cannot read stats", self)
             within = "" if rc == EMBER_ERR_EXHAUSTED else f" within {timeout} s"
+            src = ember_pool_stats_ex(self._pool, &st, 0)
+            if src == EMBER_ERR_TIMEOUT:
+                tid = ember_pool_lock_owner(self._pool)
+                pid = _tid_pid(tid) if tid else None
+                raise PoolExhausted(f"{self._desc()}: cannot allocate {nbytes} bytes{within}: "
+                                    f"the pool mutex is held by pid {pid}")
+            if src != EMBER_OK:
+                self._lock_error(src, "cannot read stats")
             raise PoolExhausted(f"{self._desc()}: cannot allocate {nbytes} bytes{within}: "
                                 f"largest free block is {st.largest_free} bytes")
-        check_rc(rc, f"cannot allocate {nbytes} bytes", self)
+        self._lock_error(rc, f"cannot allocate {nbytes} bytes")
 
     def _validate(self):
         """Check every allocator invariant (walks the heap); PoolError if not."""
+        cdef ember_rc_t rc
         self._check_open()
-        check_rc(ember_pool_validate(self._pool), "validation failed", self)
+        self._busy += 1
+        try:
+            with nogil:
+                rc = ember_pool_validate(self._pool)
+        finally:
+            self._busy -= 1
+        if rc != EMBER_OK:
+            self._lock_error(rc, "validation failed")
 
     def _repair_count(self):
         """How often a process found the lock's owner dead and repaired."""
+        cdef uint64_t n
         self._check_open()
-        return ember_pool_repair_count(self._pool)
+        self._busy += 1
+        try:
+            with nogil:
+                n = ember_pool_repair_count(self._pool)
+        finally:
+            self._busy -= 1
+        return n
+
+    def _debug_lock(self):
+        """Take the pool's mutex and keep it (tests: a stuck holder)."""
+        cdef ember_rc_t rc
+        self._check_open()
+        with nogil:
+            rc = ember_pool_debug_lock(self._pool)
+        if rc != EMBER_OK:
+            self._lock_error(rc, "cannot lock")
+
+    def _debug_unlock(self):
+        """Release the mutex taken by :meth:`_debug_lock` (same thread)."""
+        self._check_open()
+        check_rc(ember_pool_debug_unlock(self._pool), "cannot unlock", self)
+
+    def reclaim(self, pid):
+        """Free every allocation that process ``pid`` made with
+        :meth:`alloc` and still owned when it died (an allocation stops
+        being owned when it is handed over: sent on a channel, serialized
+        with ``sdesc`` or pickled).  Safe while other processes use the pool.
+
+        Returns ``(blocks, bytes)`` given back (bytes include block headers).
+        Raises PoolError if ``pid`` is still alive (a zombie counts as alive:
+        reap it first).
+        """
+        cdef ember_rc_t rc
+        cdef uint64_t nb = 0, nbytes = 0
+        cdef uint32_t cpid
+        self._check_open()
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        if not 0 < pid < 2 ** 31:
+            raise ValueError(f"pid must be in [1, 2**31), got {pid}")
+        alive = True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            pass
+        if alive:
+            raise PoolError(f"{self._desc()}: cannot reclaim the allocations of pid {pid}: "
+                            f"the process is alive")
+        cpid = pid
+        self._busy += 1
+        try:
+            with nogil:
+                rc = ember_pool_reclaim(self._pool, cpid, &nb, &nbytes)
+        finally:
+            self._busy -= 1
+        if rc != EMBER_OK:
+            self._lock_error(rc, f"cannot reclaim the allocations of pid {pid}")
+        return (nb, nbytes)
 
     def _live_allocations(self):
         """Owning Allocation objects for every live block, in offset order
@@ -381,10 +573,16 @@ cdef class Pool:
         self._check_open()
         out = []
         while True:
-            rc = ember_pool_next_alloc(self._pool, &cursor, &a)
+            self._busy += 1
+            try:
+                with nogil:
+                    rc = ember_pool_next_alloc(self._pool, &cursor, &a)
+            finally:
+                self._busy -= 1
             if rc == EMBER_ERR_EMPTY:
                 return out
-            check_rc(rc, "cannot walk the heap", self)
+            if rc != EMBER_OK:
+                self._lock_error(rc, "cannot walk the heap")
             out.append(allocation_from_c(self, a))
 
     def __enter__(self):
@@ -430,6 +628,7 @@ cdef Allocation allocation_from_c(Pool owner, ember_alloc_t a):
     self._owner = owner
     self._state = 0
     self._exports = 0
+    self._owned = False
     return self
 
 
@@ -480,12 +679,17 @@ cdef class Allocation:
             if rc != EMBER_OK:
                 check_rc(rc, f"cannot attach pool {name} of allocation at offset {a.offset} (id {a.id})")
             pool = Pool._wrap(p, False, True)
-        rc = ember_pool_check(pool._pool, &a)
+        pool._busy += 1
+        try:
+            with nogil:
+                rc = ember_pool_check(pool._pool, &a)
+        finally:
+            pool._busy -= 1
         if rc != EMBER_OK:
             if rc in (EMBER_ERR_OUT_OF_RANGE, EMBER_ERR_DOUBLE_FREE, EMBER_ERR_STALE):
                 raise DescriptorError(f"{pool._desc()}: cannot attach allocation at offset {a.offset} "
                                       f"(id {a.id}): {_RC_TEXT[rc]} [{ember_rc_str(rc).decode()}]")
-            check_rc(rc, f"cannot attach allocation at offset {a.offset} (id {a.id})", pool)
+            pool._lock_error(rc, f"cannot attach allocation at offset {a.offset} (id {a.id})")
         return allocation_from_c(pool, a)
 
     cdef str _what(self):
@@ -507,15 +711,52 @@ cdef class Allocation:
     def free(self):
         """Return the block to the pool."""
         cdef ember_rc_t rc
-        if self._state != 0 or self._owner._pool == NULL:
+        cdef Pool pool = self._owner
+        if self._state != 0 or pool._pool == NULL:
             self._check_open("free")
         if self._exports:
-            raise PoolError(f"{self._owner._desc()}: cannot free {self._what()}: "
+            raise PoolError(f"{pool._desc()}: cannot free {self._what()}: "
                             f"{self._exports} memoryview(s) still exported; release them first")
-        rc = ember_pool_free(self._owner._pool, &self._a)
+        rc = ember_pool_free_ex(pool._pool, &self._a, 0)
+        if rc == EMBER_ERR_TIMEOUT:
+            # the mutex is busy: wait for it without the GIL, in slices
+            self._state = 1            # other threads: already freed
+            pool._busy += 1
+            try:
+                while rc == EMBER_ERR_TIMEOUT:
+                    with nogil:
+                        rc = ember_pool_free_ex(pool._pool, &self._a, _SLICE_NS)
+                    if rc == EMBER_ERR_TIMEOUT:
+                        PyErr_CheckSignals()
+            except BaseException:
+                self._state = 0
+                raise
+            finally:
+                pool._busy -= 1
+        if rc == EMBER_ERR_LOCK_STUCK or rc == EMBER_ERR_CORRUPT:
+            self._state = 0            # not freed: the caller may try again
+            pool._lock_error(rc, f"cannot free {self._what()}")
         self._state = 1
         if rc != EMBER_OK:
-            check_rc(rc, f"cannot free {self._what()}", self._owner)
+            check_rc(rc, f"cannot free {self._what()}", pool)
+
+    cdef int _unown(self) except -1:
+        """Record in the pool that no process owns the block any more (it is
+        being handed over): :meth:`Pool.reclaim` will not free it."""
+        cdef ember_rc_t rc
+        cdef Pool pool = self._owner
+        if not self._owned:
+            return 0
+        pool._busy += 1
+        try:
+            with nogil:
+                rc = ember_pool_set_owner(pool._pool, &self._a, 0)
+        finally:
+            pool._busy -= 1
+        if rc != EMBER_OK:
+            pool._lock_error(rc, f"cannot hand over {self._what()}")
+        self._owned = False
+        return 0
 
     cpdef _disown(self):
         """Stop owning the block without freeing it (it was handed over, e.g.
@@ -524,6 +765,7 @@ cdef class Allocation:
         if self._exports:
             raise PoolError(f"{self._owner._desc()}: cannot hand over {self._what()}: "
                             f"{self._exports} memoryview(s) still exported; release them first")
+        self._unown()
         self._state = 2
 
     @property
@@ -537,6 +779,7 @@ cdef class Allocation:
         cdef uint8_t buf[EMBER_ALLOC_SDESC_SIZE]
         cdef size_t n = 0
         self._check_open("serialize")
+        self._unown()                  # a descriptor may reach another process
         check_rc(ember_alloc_serialize(self._owner._pool, &self._a, buf, sizeof(buf), &n),
                  f"cannot serialize {self._what()}", self._owner)
         return buf[:n]

@@ -1,9 +1,12 @@
 /*
  * pool.h -- public API of ember's shared-memory pools.
  *
- * A pool is a POSIX shared-memory segment ("/ember.<owner>.<m_uid hex>",
- * mode 0600, sparse) with a header and a heap managed by a death-robust
- * allocator that many processes use at once.  The implementation and its
+ * A pool is a POSIX shared-memory segment
+ * ("/ember.<owner>.<m_uid hex>.<random hex>", mode 0600) with a header and
+ * a heap managed by a death-robust allocator that many processes use at
+ * once.  The segment's pages are committed (fallocate) before they are
+ * handed out, so a full /dev/shm is EMBER_ERR_EXHAUSTED for the allocating
+ * process, never a SIGBUS for anyone.  The implementation and its
  * death-robustness argument are in pool.c; the layout is in docs/pools.md.
  *
  * Every function returns ember_rc_t (EMBER_OK == 0); results go through
@@ -22,6 +25,17 @@
 #define EMBER_POOL_SDESC_SIZE     96u      /* serialized pool descriptor, bytes */
 #define EMBER_ALLOC_SDESC_SIZE    128u     /* serialized allocation descriptor  */
 
+/* ember_pool_create_ex flags */
+#define EMBER_POOL_COMMIT_FULL    1u       /* commit the whole segment at create */
+
+/* ember_pool_alloc_ex flags */
+#define EMBER_ALLOC_OWNED         1u       /* record the caller's pid as owner   */
+#define EMBER_ALLOC_NO_FREE_WAIT  2u       /* timeout bounds only the mutex wait */
+
+/* Default bound on how long one live holder may keep the pool mutex before
+ * a waiter reports EMBER_ERR_LOCK_STUCK (see ember_pool_set_lock_bound). */
+#define EMBER_POOL_LOCK_BOUND_NS  10000000000ll
+
 /* Process-local handle of an attached pool (opaque). */
 typedef struct ember_pool ember_pool_t;
 
@@ -35,19 +49,33 @@ typedef struct {
 
 typedef struct {
     uint64_t total;          /* bytes in the heap (segment minus header) */
-    uint64_t free;           /* bytes in free blocks (incl. their headers) */
-    uint64_t largest_free;   /* largest payload one alloc can get right now */
+    uint64_t free;           /* bytes in free blocks (incl. their headers),
+                              * counting pages not yet committed only as far
+                              * as /dev/shm has room for them right now */
+    uint64_t largest_free;   /* largest payload one alloc can get right now
+                              * (same cap) */
     uint64_t live_allocs;    /* number of allocated blocks */
+    uint64_t committed;      /* bytes of the segment backed by pages */
 } ember_pool_stats_t;
 
 /* Create a new pool of `size` bytes (rounded up to a page).  The shm name is
- * "/ember.<owner_tag>.<m_uid as 16 hex digits>"; owner_tag must be
- * [A-Za-z0-9_-]{1,24} and should carry a pid ("p1234" for a standalone pool,
- * "r<launcher pid>-<runtime id>" inside a runtime) so `ember cleanup` can tell
- * whether the owner is alive.  label may be NULL.  Touches no heap memory up
- * front.  EMBER_ERR_OS with errno EEXIST if the name is taken. */
+ * "/ember.<owner_tag>.<m_uid as 16 hex digits>.<12 random hex digits>"
+ * (random from getrandom; a name already taken is retried with another
+ * suffix); owner_tag must be [A-Za-z0-9_-]{1,24} and should carry a pid
+ * ("p1234" for a standalone pool, "r<launcher pid>-<runtime id>" inside a
+ * runtime) so `ember cleanup` can tell whether the owner is alive.  label
+ * may be NULL.  A segment larger than the free space of the filesystem
+ * backing it (statvfs of /dev/shm) is refused: EMBER_ERR_OS, errno ENOSPC.
+ * Commits (fallocate) only the header page up front; the heap is committed
+ * in steps as it is handed out (ember_pool_create_ex: all of it at once). */
 ember_rc_t ember_pool_create(uint64_t size, uint64_t m_uid, const char *owner_tag,
                              const char *label, ember_pool_t **out);
+
+/* As ember_pool_create; flags EMBER_POOL_COMMIT_FULL commits the whole
+ * segment at create (EMBER_ERR_OS, errno ENOSPC if /dev/shm cannot hold it):
+ * such a pool never runs out of backing pages later. */
+ember_rc_t ember_pool_create_ex(uint64_t size, uint64_t m_uid, const char *owner_tag,
+                                const char *label, unsigned flags, ember_pool_t **out);
 
 /* Attach to an existing pool from its serialized descriptor.  A truncated,
  * corrupt or foreign descriptor gives EMBER_ERR_BAD_DESCRIPTOR; a segment
@@ -68,9 +96,36 @@ ember_rc_t ember_pool_destroy(ember_pool_t *pool);
 /* Unlink a segment by its shm name without attaching (used by cleanup). */
 ember_rc_t ember_pool_unlink_name(const char *shm_name);
 
+/* THE POOL MUTEX.  Every call below that reads or changes the allocator
+ * takes the pool's robust mutex.  No call waits for it without a bound: a
+ * live process that keeps it (stopped by SIGSTOP or a debugger) makes the
+ * waiters return EMBER_ERR_LOCK_STUCK once ONE holder has been seen holding
+ * it for the lock bound (process-wide, default EMBER_POOL_LOCK_BOUND_NS).
+ * The `_ex` variants take a timeout for the mutex wait as well (0: try the
+ * mutex once, EMBER_ERR_TIMEOUT if it is busy).  Calls that time out on the
+ * same holder again and again from one thread (a caller waiting in slices)
+ * count as one wait towards the bound.  Corrupt shared state (a header,
+ * free-list link or block header that fails its bounds check, the mutex's
+ * own words included) is EMBER_ERR_CORRUPT, never a crash or a hang. */
+void ember_pool_set_lock_bound(int64_t ns);         /* <= 0: back to the default */
+int64_t ember_pool_lock_bound(void);
+/* Thread id in the mutex's owner word (0: free): who to name in a report. */
+uint32_t ember_pool_lock_owner(const ember_pool_t *pool);
+
 /* Allocate at least `size` bytes (size >= 1), 64-byte aligned.
- * EMBER_ERR_EXHAUSTED if no free block is large enough. */
+ * EMBER_ERR_EXHAUSTED if no free block is large enough, or if /dev/shm has
+ * no room left for the pages the block needs. */
 ember_rc_t ember_pool_alloc(ember_pool_t *pool, uint64_t size, ember_alloc_t *out);
+
+/* The general alloc.  timeout_ns as in ember_pool_alloc_wait, bounding the
+ * mutex wait too; flags: EMBER_ALLOC_OWNED records the caller's pid in the
+ * block (ember_pool_reclaim frees it when that process has died; hand the
+ * block over with ember_pool_set_owner(pool, a, 0) first);
+ * EMBER_ALLOC_NO_FREE_WAIT: the timeout bounds only the mutex wait, an
+ * exhausted pool returns EMBER_ERR_EXHAUSTED at once.  EMBER_ERR_TIMEOUT
+ * when the time ran out (waiting for the mutex or for a free). */
+ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
+                               unsigned flags, ember_alloc_t *out);
 
 /* As ember_pool_alloc, but wait for a free (futex on the pool header) when
  * exhausted: timeout_ns < 0 waits forever, 0 tries once, > 0 waits at most
@@ -86,15 +141,28 @@ ember_rc_t ember_pool_alloc_wait(ember_pool_t *pool, uint64_t size, int64_t time
  * EMBER_ERR_DOUBLE_FREE if the block is not allocated, EMBER_ERR_STALE if the
  * block was freed and re-allocated since (id mismatch). */
 ember_rc_t ember_pool_free(ember_pool_t *pool, const ember_alloc_t *a);
+/* ... with a bound on the mutex wait (0: try once; EMBER_ERR_TIMEOUT). */
+ember_rc_t ember_pool_free_ex(ember_pool_t *pool, const ember_alloc_t *a, int64_t lock_timeout_ns);
 
 /* Check that `a` names a live allocation of this pool (same checks as free,
  * without freeing). */
 ember_rc_t ember_pool_check(ember_pool_t *pool, const ember_alloc_t *a);
+ember_rc_t ember_pool_check_ex(ember_pool_t *pool, const ember_alloc_t *a, int64_t lock_timeout_ns);
+
+/* Owner of a live allocation: a pid (reclaimed when that process dies) or
+ * 0 (nobody: never reclaimed).  Same validation as ember_pool_check. */
+ember_rc_t ember_pool_set_owner(ember_pool_t *pool, const ember_alloc_t *a, uint32_t pid);
+
+/* Free every live allocation whose recorded owner is `pid` (the caller
+ * makes sure that process is dead).  Gives how many blocks and how many
+ * bytes (block headers included) went back; either may be NULL. */
+ember_rc_t ember_pool_reclaim(ember_pool_t *pool, uint32_t pid, uint64_t *nblocks, uint64_t *nbytes);
 
 /* Local address of an allocation's payload (after ember_pool_check). */
 void *ember_pool_ptr(const ember_pool_t *pool, uint64_t offset);
 
 ember_rc_t ember_pool_stats(ember_pool_t *pool, ember_pool_stats_t *out);
+ember_rc_t ember_pool_stats_ex(ember_pool_t *pool, ember_pool_stats_t *out, int64_t lock_timeout_ns);
 
 /* Identity accessors. */
 uint64_t ember_pool_m_uid(const ember_pool_t *pool);
@@ -134,6 +202,10 @@ ember_rc_t ember_pool_sdesc_name(const void *sdesc, size_t len, char *buf, size_
  * ember_pool_repair_count: how many times a process found the lock's owner
  * dead and repaired the pool. */
 ember_rc_t ember_pool_validate(ember_pool_t *pool);
+/* Take / release the pool mutex as an operation does (tests: a holder that
+ * is then stopped).  ember_pool_debug_lock waits up to the lock bound. */
+ember_rc_t ember_pool_debug_lock(ember_pool_t *pool);
+ember_rc_t ember_pool_debug_unlock(ember_pool_t *pool);
 ember_rc_t ember_pool_next_alloc(ember_pool_t *pool, uint64_t *cursor, ember_alloc_t *out);
 uint64_t ember_pool_repair_count(ember_pool_t *pool);
 

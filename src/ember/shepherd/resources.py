@@ -162,6 +162,11 @@ class NodeResources(Service):
         self._send(M.ShChannelClosed(msg.tag, msg.c_uid, err))
 
     # --------------------------------------------------------------- reclaim
+    def adopt(self, m_uid, sdesc):
+        """Attach a pool someone else made (the launcher's infrastructure and
+        default pools) so that :meth:`reclaim` sweeps it too."""
+        self._pool(m_uid, sdesc)
+
     def reclaim(self, pid):
         """Give back the blocks dead ``pid`` still owned, in every pool of
         the node (where the pools layer has ``reclaim``).  Called from the

@@ -846,6 +846,15 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
             gs_channel.send(poke)
 
     shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
+    # The runtime's own pools (made by the launcher): swept too when a
+    # process dies, though no channel was made in them through us.
+    for m_uid, var in ((0, _env.INF_POOL), (1, _env.DEFAULT_POOL)):
+        sdesc = _env.get(var)
+        if sdesc:
+            try:
+                shepherd.resources.adopt(m_uid, _env.decode(sdesc))
+            except Exception as exc:
+                log.warning("cannot attach pool %d to sweep it: %s", m_uid, exc)
     # GS's requests come in bursts (create, then destroy): spin a little
     # after each before sleeping, as GS does on its input.
     if hasattr(in_channel, "set_spin"):
