@@ -6,16 +6,17 @@ Run it with ``ember run examples/pipeline.py [N]``.  The head (this script
 without arguments) starts the three stages as managed processes, waits for
 all of them, and checks the answer.  Each stage finds its channels by name
 with ``channel.join``, which waits until another stage has created them, so
-the stages can start in any order.
+the stages can start in any order.  A stage ends its output with
+``Channel.close()``: the next stage receives everything sent before, then
+``ChannelClosed`` (an ``EOFError``) ends its loop.
 """
 import os
 import struct
 import sys
 
 from ember.channels_c import Channel
+from ember.exceptions import ChannelClosed
 from ember.globalservices import channel, process
-
-STOP = b""
 
 
 def producer(n):
@@ -23,7 +24,7 @@ def producer(n):
     out = Channel.attach(desc.sdesc)
     for i in range(1, n + 1):
         out.send(struct.pack("<q", i))
-    out.send(STOP)
+    out.close()                                     # the end of the stream
     out.detach()
 
 
@@ -31,12 +32,13 @@ def squarer():
     src = Channel.attach(channel.join("numbers", timeout=30).sdesc)
     dst = Channel.attach(channel.create(None, "squares").sdesc)
     while True:
-        msg = src.recv()
-        if msg == STOP:
+        try:
+            msg = src.recv()
+        except ChannelClosed:                       # everything received
             break
         (i,) = struct.unpack("<q", msg)
         dst.send(struct.pack("<q", i * i))
-    dst.send(STOP)
+    dst.close()
     src.detach()
     dst.detach()
 
@@ -45,8 +47,9 @@ def summer(n):
     src = Channel.attach(channel.join("squares", timeout=30).sdesc)
     total = count = 0
     while True:
-        msg = src.recv()
-        if msg == STOP:
+        try:
+            msg = src.recv()
+        except ChannelClosed:
             break
         total += struct.unpack("<q", msg)[0]
         count += 1

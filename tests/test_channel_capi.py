@@ -19,6 +19,13 @@ def owner_tag():
     extra = os.environ.get("EMBER_SEGMENT_TAG")
     return (f"p{os.getpid()}-{extra}" if extra else f"p{os.getpid()}").encode()
 SLOT_HDR = 16
+FREE, WRITING, FULL, READING = range(4)
+
+
+def state_word(pos, kind, pid, capacity):
+    """A slot's stored state word (docs/channels.md): the position is
+    stored with the slot's index bits cleared, so (lap 0, FREE) is 0."""
+    return ((pos & ~(capacity - 1)) << 24) | (kind << 22) | pid
 
 
 @pytest.fixture(scope="session")
@@ -316,14 +323,14 @@ def test_dead_producer_slot_is_skipped(capi, pool):
     a = lib.ember_ch_alloc(ch)
     state = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, a.offset + HDR))
     dead = _dead_pid()
-    state[0] = (0 << 24) | (1 << 22) | dead        # (pos 0, WRITING, dead pid), head not advanced
+    state[0] = state_word(0, WRITING, dead, 4)     # (pos 0, WRITING, dead pid), head not advanced
     assert lib.ember_ch_send(ch, b"after", 5, 0) == lib.EMBER_OK   # helps head, takes slot 1
     assert recv(capi, ch) == lib.EMBER_ERR_EMPTY    # first try-once: in flight
     assert recv(capi, ch) == b"after"               # same stuck state twice: checked, skipped
     # blocking receive skips it at once
     state2 = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, a.offset + HDR + 2 * 64))
     assert lib.ember_ch_count(ch) == 0
-    state2[0] = (2 << 24) | (1 << 22) | dead
+    state2[0] = state_word(2, WRITING, dead, 4)
     hdr = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, a.offset))
     hdr[64 // 8] = 3                                 # head = 3 (producer had advanced it)
     assert lib.ember_ch_send(ch, b"later", 5, 0) == lib.EMBER_OK
@@ -344,7 +351,7 @@ def test_dead_consumer_slot_is_recovered(capi, pool):
         m = ffi.new("ember_ch_msg_t *")
         # claim the slot by hand (READING) and die before releasing it
         st = ffi.cast("uint64_t *", lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset + HDR))
-        st[0] = (0 << 24) | (3 << 22) | os.getpid()
+        st[0] = state_word(0, READING, os.getpid(), 4)
         os.write(w, b"1")
         del m
         os._exit(0)
@@ -393,7 +400,7 @@ def test_dead_large_producer_block_is_freed(capi, pool):
     dead = _dead_pid()
     slot[2], slot[3] = a.offset, a.id                                 # recorded in the payload
     slot[1] = (1 << 63) | 3000                                        # xmeta: alloc, 3000 bytes
-    slot[0] = (0 << 24) | (1 << 22) | dead                            # (0, WRITING, dead)
+    slot[0] = state_word(0, WRITING, dead, 4)                         # (0, WRITING, dead)
     assert lib.ember_ch_send(ch, b"next", 4, 0) == lib.EMBER_OK
     assert live_allocs(capi, pool) == base + 1
     assert recv(capi, ch, timeout=1_000_000_000) == b"next"           # skips the dead slot ...
@@ -420,3 +427,185 @@ def test_aborted_large_send_leaves_a_skip_marker(capi, pool):
     assert recv(capi, ch) == b"small"
     assert lib.ember_ch_count(ch) == 0
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_stale_handle_destroy_is_refused(capi, pool):
+    """Issue 8.2: destroy through a stale handle must not destroy the
+    channel that occupies the block now."""
+    ffi, lib = capi
+    a = make(capi, pool, capacity=4, block=64)
+    sd = sdesc_of(capi, a)
+    out = ffi.new("ember_ch_t **")
+    assert lib.ember_ch_attach(pool, sd, len(sd), out) == lib.EMBER_OK
+    stale = out[0]
+    assert lib.ember_ch_destroy(a) == lib.EMBER_OK
+    b = make(capi, pool, capacity=4, block=64, c_uid=8)
+    assert lib.ember_ch_alloc(b).offset == lib.ember_ch_alloc(stale).offset     # the same block
+    base = live_allocs(capi, pool)
+    big = b"y" * 100_000
+    assert lib.ember_ch_send(b, big, len(big), 0) == lib.EMBER_OK
+    assert lib.ember_ch_destroy(stale) == lib.EMBER_ERR_DESTROYED   # frees the handle only
+    assert live_allocs(capi, pool) == base + 1                    # the queued block is still there
+    assert recv(capi, b, cap=200_000) == big
+    assert lib.ember_pool_validate(pool) == lib.EMBER_OK
+    assert lib.ember_ch_destroy(b) == lib.EMBER_OK
+
+
+def test_close_end_position(capi, pool):
+    """close: sends before it are delivered, none after; a producer that
+    claimed the end slot itself gives it back; receivers get CLOSED only at
+    the end."""
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    assert lib.ember_ch_is_closed(ch) == 0
+    assert lib.ember_ch_send(ch, b"a", 1, 0) == lib.EMBER_OK
+    # a producer that read head == 1 claimed slot 1 and has not advanced head yet
+    base = lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset)
+    st1 = ffi.cast("uint64_t *", base + HDR + 64)
+    hdr = ffi.cast("uint64_t *", base)
+    assert hdr[64 // 8] == 1
+    assert lib.ember_ch_close(ch) == lib.EMBER_OK
+    assert lib.ember_ch_close(ch) == lib.EMBER_OK                      # idempotent
+    assert lib.ember_ch_is_closed(ch) == 1
+    assert hdr[64 // 8] == (1 << 63) | 1                               # end = 1
+    assert lib.ember_ch_send(ch, b"b", 1, 0) == lib.EMBER_ERR_CLOSED
+    assert lib.ember_ch_send(ch, b"b" * 500, 500, -1) == lib.EMBER_ERR_CLOSED   # large: no block taken
+    assert lib.ember_ch_poll(ch, 1, -1) == lib.EMBER_ERR_CLOSED
+    assert lib.ember_ch_poll(ch, 0, 0) == lib.EMBER_OK                 # "a" is still queued
+    assert lib.ember_ch_count(ch) == 1
+    assert recv(capi, ch) == b"a"
+    assert recv(capi, ch) == lib.EMBER_ERR_CLOSED
+    assert recv(capi, ch, timeout=-1) == lib.EMBER_ERR_CLOSED           # never waits
+    assert lib.ember_ch_poll(ch, 0, -1) == lib.EMBER_ERR_CLOSED
+    arr = ffi.new("ember_ch_t *[]", [ch])
+    ready = ffi.new("uint8_t[1]")
+    n = ffi.new("size_t *")
+    assert lib.ember_ch_wait_any(arr, 1, 0, -1, ready, n) == lib.EMBER_OK and ready[0] == 1
+    assert lib.ember_ch_count(ch) == 0
+    assert st1[0] == state_word(1, FREE, 0, 4)                         # untouched
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_close_while_a_claim_at_the_end_is_in_flight(capi, pool):
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    base = lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset)
+    st0 = ffi.cast("uint64_t *", base + HDR)
+    # a live producer (this process) claimed slot 0 at head 0 and is still writing
+    st0[0] = state_word(0, WRITING, os.getpid(), 4)
+    assert lib.ember_ch_close(ch) == lib.EMBER_OK                      # end = 0
+    assert recv(capi, ch) == lib.EMBER_ERR_EMPTY                       # in flight at the end: wait
+    st0[0] = state_word(0, FREE, 0, 4)                                  # ... it gave the slot back
+    assert recv(capi, ch) == lib.EMBER_ERR_CLOSED
+    # an in-flight claim by a producer that died: skipped, then CLOSED
+    st0[0] = state_word(0, WRITING, _dead_pid(), 4)
+    assert recv(capi, ch, timeout=1_000_000_000) == lib.EMBER_ERR_CLOSED
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    assert lib.ember_ch_close(ch := make(capi, pool)) == lib.EMBER_OK
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_close_misuse(capi, pool):
+    ffi, lib = capi
+    assert lib.ember_ch_close(ffi.NULL) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_ch_is_closed(ffi.NULL) == 0
+    ch = make(capi, pool)
+    sd = sdesc_of(capi, ch)
+    out = ffi.new("ember_ch_t **")
+    assert lib.ember_ch_attach(pool, sd, len(sd), out) == lib.EMBER_OK
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    assert lib.ember_ch_close(out[0]) == lib.EMBER_ERR_DESTROYED
+    assert lib.ember_ch_detach(out[0]) == lib.EMBER_OK
+
+
+def test_corrupt_lengths_and_states_are_errors_never_crashes(capi, pool):
+    """Issue 8.14: lengths, block references and state words read from
+    shared memory are checked: EMBER_ERR_CORRUPT, never a read past the slot,
+    a crash or an endless loop."""
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    base = lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset)
+    slot = [ffi.cast("uint64_t *", base + HDR + i * 64) for i in range(4)]
+    assert lib.ember_ch_send(ch, b"abc", 3, 0) == lib.EMBER_OK
+    slot[0][1] = 1 << 16                                   # inline length 64 KiB in a 48-byte slot
+    m = ffi.new("ember_ch_msg_t *")
+    assert lib.ember_ch_recv_begin(ch, 0, -1, m) == lib.EMBER_ERR_CORRUPT
+    assert m.len == 1 << 16 and m.is_alloc == 0
+    assert lib.ember_ch_recv_end(ch, m) == lib.EMBER_OK    # nothing held
+    assert lib.ember_ch_count(ch) == 0                     # dropped; the channel goes on
+    assert lib.ember_ch_send(ch, b"abc", 3, 0) == lib.EMBER_OK
+    slot[1][1] = 49                                        # one byte too many
+    assert recv(capi, ch, cap=1000) == lib.EMBER_ERR_CORRUPT
+    assert lib.ember_ch_send(ch, b"abc", 3, 0) == lib.EMBER_OK
+    slot[2][1] = (1 << 63) | 100                           # a "large message" in a block that is not one
+    slot[2][2], slot[2][3] = 1 << 40, 5
+    assert recv(capi, ch) == lib.EMBER_ERR_CORRUPT
+    assert lib.ember_ch_send(ch, b"fine", 4, 0) == lib.EMBER_OK
+    assert recv(capi, ch) == b"fine"
+    # garbage state words ahead of every position: the claim loops stop
+    for s in slot:
+        s[0] = state_word(1 << 38, FREE, 0, 4)
+    assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_CORRUPT
+    assert recv(capi, ch) == lib.EMBER_ERR_CORRUPT
+    assert lib.ember_ch_poll(ch, 1, 0) == lib.EMBER_ERR_CORRUPT
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    assert lib.ember_pool_validate(pool) == lib.EMBER_OK
+
+
+def _data_ranges(path, start, end):
+    """The written (non-hole) byte ranges of a file within [start, end)."""
+    out = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cur = start
+        while cur < end:
+            try:
+                d = os.lseek(fd, cur, os.SEEK_DATA)
+            except OSError:
+                break
+            if d >= end:
+                break
+            h = os.lseek(fd, d, os.SEEK_HOLE)
+            out.append((d, min(h, end)))
+            cur = h
+    finally:
+        os.close(fd)
+    return out
+
+
+def test_fresh_channel_touches_no_slot_page(capi):
+    """Issue 7 (join wake-up): a channel made in never-written pool memory
+    writes its header only; its slot pages stay holes until used.  One made
+    in a reused (dirty) block is initialised and works for many laps."""
+    ffi, lib = capi
+    out = ffi.new("ember_pool_t **")
+    assert lib.ember_pool_create(8 << 20, random.getrandbits(63), owner_tag(), b"fresh", out) == lib.EMBER_OK
+    pool = out[0]
+    try:
+        path = "/dev/shm" + ffi.string(lib.ember_pool_shm_name(pool)).decode()
+        ch = make(capi, pool, capacity=128, block=1024)
+        a = lib.ember_ch_alloc(ch)
+        # the pages holding only slots (the allocator writes the next block's
+        # header in the page after the last slot)
+        first, last = (a.offset + HDR + 4095) // 4096 * 4096, (a.offset + a.size) // 4096 * 4096
+        assert last - first >= 30 * 4096
+        assert _data_ranges(path, first, last) == []
+        assert lib.ember_ch_send(ch, b"hi", 2, 0) == lib.EMBER_OK
+        assert recv(capi, ch) == b"hi"
+        assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+        # a dirty block: fill it with a pattern, free it, make the channel there
+        blk = ffi.new("ember_alloc_t *")
+        assert lib.ember_pool_alloc(pool, a.size, blk) == lib.EMBER_OK and blk.offset == a.offset
+        ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), b"\xff" * a.size, a.size)
+        assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
+        ch = make(capi, pool, capacity=128, block=1024)
+        assert lib.ember_ch_alloc(ch).offset == a.offset
+        assert lib.ember_ch_count(ch) == 0
+        for lap in range(3):
+            for i in range(128):
+                assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
+            assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_FULL
+            assert [recv(capi, ch) for _ in range(128)] == [b"%d" % i for i in range(128)]
+        assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    finally:
+        lib.ember_pool_destroy(pool)

@@ -7,8 +7,13 @@ import warnings
 
 import pytest
 
-from ember.channels_c import Channel, wait_any
-from ember.exceptions import ChannelEmpty, ChannelError, ChannelFull, DescriptorError, PoolError, PoolExhausted
+import mmap
+import os
+import struct
+
+from ember.channels_c import Channel, ChannelStatistics, wait_any
+from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull, DescriptorError,
+                              PoolError, PoolExhausted)
 from ember.pools_c import Pool
 
 
@@ -23,15 +28,19 @@ def pool():
 def ch(pool):
     c = Channel.create(pool, capacity=8, block_size=128)
     yield c
-    if not c.closed:
+    try:
         c.destroy()
+    except ChannelError:
+        pass                                # destroyed by the test already
 
 
 def test_public_names():
     import ember.channels_c as m
-    assert sorted(m.__all__) == sorted(["Channel", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE",
-                                        "ChannelError", "ChannelEmpty", "ChannelFull"])
+    assert sorted(m.__all__) == sorted(["Channel", "ChannelStatistics", "wait_any", "DEFAULT_CAPACITY",
+                                        "DEFAULT_BLOCK_SIZE", "ChannelError", "ChannelEmpty", "ChannelFull",
+                                        "ChannelClosed"])
     assert issubclass(ChannelEmpty, TimeoutError) and issubclass(ChannelFull, TimeoutError)
+    assert issubclass(ChannelClosed, EOFError) and issubclass(ChannelClosed, ChannelError)
 
 
 def test_defaults_and_identity(pool):
@@ -364,3 +373,160 @@ def test_allocation_in_flight_cannot_be_freed_by_another_thread():
         assert a.closed
         with ch.recv_view() as v:
             assert len(v) == 4000
+
+
+def test_stale_handle_destroy_leaves_the_new_channel_alone():
+    """Issue 8.2: a stale handle's destroy() must not destroy the channel
+    that occupies its block now (nor free its queued large messages)."""
+    p = Pool.create(1 << 22)
+    try:
+        a = Channel.create(p)
+        Channel.attach(a.sdesc).destroy()
+        b = Channel.create(p)
+        assert b.sdesc[104:112] == a.sdesc[104:112]          # the same block
+        b.send(b"y" * 100_000)
+        with pytest.raises(ChannelError, match=r"^cannot destroy channel c_uid \d+: the channel was destroyed "
+                                               r"\[EMBER_ERR_DESTROYED\]$"):
+            a.destroy()
+        assert a.closed
+        assert b.recv(timeout=0) == b"y" * 100_000
+        b.send(b"still alive")
+        assert b.recv(timeout=0) == b"still alive"
+        b.destroy()
+        assert p.stats().live_allocs == 0
+        p._validate()
+    finally:
+        p.destroy()
+
+
+# ---- close() (issue 7) ----------------------------------------------------
+
+def test_close_drains_then_raises_channel_closed(ch):
+    ch.send(b"one")
+    ch.send(b"x" * 1000)                                  # a large message too
+    assert not ch.closed
+    ch.close()
+    assert ch.closed
+    ch.close()                                           # idempotent
+    assert ch.statistics() == ChannelStatistics(depth=2, capacity=8, closed=True)
+    assert repr(ch).endswith(" queued=2 closed>")
+    msg = r"^channel c_uid \d+: cannot send 3 bytes: the channel is closed \[EMBER_ERR_CLOSED\]$"
+    with pytest.raises(ChannelClosed, match=msg):
+        ch.send(b"two")
+    with pytest.raises(ChannelClosed, match=msg):
+        ch.send_nowait(b"two")
+    with pytest.raises(ChannelClosed, match=r"cannot send 5000 bytes: the channel is closed"):
+        ch.send(b"z" * 5000, timeout=1)
+    a = ch.pool.alloc(100)
+    with pytest.raises(ChannelClosed, match=r"cannot send 100 bytes: the channel is closed"):
+        ch.send(a)
+    assert not a.closed                                  # still the caller's
+    a.free()
+    assert ch.recv() == b"one"
+    assert ch.poll(timeout=0)
+    assert ch.recv_nowait() == b"x" * 1000
+    end = (r"^channel c_uid \d+: the channel is closed and every message sent before the close was "
+           r"received \[EMBER_ERR_CLOSED\]$")
+    for op in (lambda: ch.recv(), lambda: ch.recv(timeout=0), lambda: ch.recv(timeout=5),
+               ch.recv_nowait, ch.recv_view, lambda: ch.recv_into(bytearray(10))):
+        with pytest.raises(ChannelClosed, match=end):
+            op()
+    with pytest.raises(EOFError):
+        ch.recv()
+    assert ch.poll(timeout=None)                         # recv() would not wait
+    assert wait_any([ch], timeout=None) == [ch]
+    assert wait_any([ch], timeout=0, writable=True) == [ch]
+    assert ch.statistics() == ChannelStatistics(depth=0, capacity=8, closed=True)
+    other = Channel.attach(ch.sdesc)                     # closed for every handle
+    assert other.closed
+    with pytest.raises(ChannelClosed):
+        other.recv(timeout=0)
+    other.detach()
+    ch.destroy()
+    assert ch.closed
+    with pytest.raises(ChannelError, match=r"^channel c_uid \d+: cannot close: the channel is detached or "
+                                           r"destroyed$"):
+        ch.close()
+
+
+def test_close_wakes_blocked_receivers_and_senders(pool):
+    import threading
+    with Channel.create(pool, capacity=1, block_size=64) as full, \
+            Channel.create(pool, capacity=1, block_size=64) as empty:
+        full.send(b"f")
+        errors = []
+
+        def run(fn):
+            try:
+                fn()
+            except ChannelClosed as e:
+                errors.append(type(e).__name__)
+
+        threads = [threading.Thread(target=run, args=(lambda: empty.recv(),)),
+                   threading.Thread(target=run, args=(lambda: full.send(b"g"),)),
+                   threading.Thread(target=run, args=(lambda: wait_any([empty]) and empty.recv(),))]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)                                  # the threads are blocked by now
+        empty.close()
+        full.close()
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == ["ChannelClosed"] * 3
+        assert full.recv(timeout=0) == b"f"               # queued before the close: still delivered
+
+
+def test_send_nowait_recv_nowait_and_statistics(ch):
+    for i in range(8):
+        ch.send_nowait(b"%d" % i)
+    with pytest.raises(ChannelFull, match=r"^channel c_uid \d+: send of 1 bytes: the channel is full "
+                                          r"\(8 messages\) after timeout=0$"):
+        ch.send_nowait(b"9")
+    st = ch.statistics()
+    assert st == (8, 8, False) and st.depth == 8 and st.capacity == 8 and st.closed is False
+    assert [ch.recv_nowait() for _ in range(8)] == [b"%d" % i for i in range(8)]
+    with pytest.raises(ChannelEmpty, match=r"^channel c_uid \d+: no message arrived \(timeout=0\)$"):
+        ch.recv_nowait()
+
+
+# ---- corruption (issue 8.14) ------------------------------------------------
+
+def _segment(pool):
+    fd = os.open("/dev/shm" + pool.shm_name, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def test_inline_length_beyond_the_slot_is_corrupt_not_a_leak(pool, ch):
+    """A scribbled inline length must not make recv() return neighbouring
+    memory (or crash): ChannelError "channel corrupt", message dropped,
+    channel goes on."""
+    off = struct.unpack_from("<Q", ch.sdesc, 104)[0]          # the channel's allocation
+    seg = _segment(pool)
+    try:
+        ch.send(b"abc")
+        ch.send(b"next")
+        struct.pack_into("<Q", seg, off + 320 + 8, 65536)        # slot 0's xmeta: length 64 KiB
+        with pytest.raises(ChannelError, match=r"^channel c_uid \d+: channel corrupt: an inline message of "
+                                               r"65536 bytes does not fit its slot \(112 bytes\) or the buffer; "
+                                               r"the message was dropped \[EMBER_ERR_CORRUPT\]$"):
+            ch.recv()
+        assert ch.recv() == b"next"
+        ch.send(b"abc")                                        # slot 2
+        struct.pack_into("<Q", seg, off + 320 + 2 * 128 + 8, 113)
+        with pytest.raises(ChannelError, match=r"channel corrupt: an inline message of 113 bytes"):
+            ch.recv_into(bytearray(1000))
+        ch.send(b"abc")                                        # slot 3: a large message's block, forged
+        struct.pack_into("<QQQ", seg, off + 320 + 3 * 128 + 8, (1 << 63) | 5000, 1 << 40, 7)
+        with pytest.raises(ChannelError, match=r"^channel c_uid \d+: channel corrupt: a message names pool "
+                                               r"block \(offset 1099511627776, size 5000, id 7\) that is not a "
+                                               r"live allocation of pool .*; the message was dropped "
+                                               r"\[EMBER_ERR_CORRUPT\]$"):
+            ch.recv_view()
+        ch.send(b"ok")
+        assert ch.recv() == b"ok"
+    finally:
+        seg.close()

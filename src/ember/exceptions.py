@@ -15,6 +15,7 @@ __all__ = [
     "ProcessError",
     "DescriptorError",
     "GlobalServicesError",
+    "ChannelClosed",
 ]
 
 
@@ -56,3 +57,8 @@ class ProcessError(EmberError):
 
 class GlobalServicesError(EmberError):
     """Global services could not be reached or replied with an internal error."""
+
+
+class ChannelClosed(ChannelError, EOFError):
+    """The channel was closed: send refuses; recv raises it once every
+    message sent before the close was received (the end of the channel)."""

@@ -8,7 +8,9 @@
  * pool allocations, some with try-once retries); C consumers receive with
  * the copying, two-phase and zero-copy paths, check every message is intact,
  * FIFO per producer (per consumer), and count receipts in a shared table.
- * The parent checks that every message was received exactly once and that
+ * The last producer to finish closes the channel (ember_ch_close); the
+ * consumers run until EMBER_ERR_CLOSED, so the close's "drain, then
+ * CLOSED" is checked under the sanitizers too.  The parent checks that every message was received exactly once and that
  * the pool has no live allocation left but the channel's own.
  * Exit status 0 on success; the failure is printed otherwise.
  */
@@ -83,7 +85,12 @@ static void producer(uint32_t p)
         }
         if (rc != EMBER_OK) { FAIL("send p%u s%u: %s", p, s, ember_rc_str(rc)); return; }
     }
-    ember_atomic_add_seq_cst(g_done, 1);
+    if (ember_atomic_add_seq_cst(g_done, 1) + 1 == P) {
+        ember_ch_close(g_ch);                        /* the last one ends the stream */
+        unsigned char one = 0;
+        if (ember_ch_send(g_ch, &one, 1, 0) != EMBER_ERR_CLOSED)
+            FAIL("send after close did not return EMBER_ERR_CLOSED");
+    }
 }
 
 static void verify(const unsigned char *b, size_t n, uint32_t *last)
@@ -143,13 +150,12 @@ static void consumer(uint32_t c)
         }
         if (rc == EMBER_OK)
             continue;
+        if (rc == EMBER_ERR_CLOSED)                  /* closed and drained */
+            return;
         if (rc != EMBER_ERR_EMPTY && rc != EMBER_ERR_TIMEOUT && rc != EMBER_ERR_INTERRUPTED) {
             FAIL("recv: %s", ember_rc_str(rc));
             return;
         }
-        if (ember_atomic_load_seq_cst(g_done) == P && ember_ch_count(g_ch) == 0
-            && ember_ch_poll(g_ch, 0, 0) != EMBER_OK)
-            return;
     }
 }
 

@@ -11,16 +11,19 @@ from ember.channels_c._channels import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CAPACITY,
     Channel,
+    ChannelStatistics,
     wait_any,
 )
-from ember.exceptions import ChannelEmpty, ChannelError, ChannelFull
+from ember.exceptions import ChannelClosed, ChannelEmpty, ChannelError, ChannelFull
 
 __all__ = [
     "Channel",
+    "ChannelStatistics",
     "wait_any",
     "DEFAULT_CAPACITY",
     "DEFAULT_BLOCK_SIZE",
     "ChannelError",
     "ChannelEmpty",
     "ChannelFull",
+    "ChannelClosed",
 ]

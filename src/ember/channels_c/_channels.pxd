@@ -13,6 +13,7 @@ from ember.pools_c._pools cimport Pool, Allocation, ember_pool_t, ember_alloc_t,
 
 cdef extern from "channel.h" nogil:
     enum:
+        EMBER_ERR_CLOSED            # ember_common.h (the pools binding does not declare it)
         EMBER_CH_SDESC_SIZE
         EMBER_CH_SLOT_HEADER
         EMBER_CH_MIN_BLOCK
@@ -39,6 +40,8 @@ cdef extern from "channel.h" nogil:
     ember_rc_t ember_ch_serialize(const ember_ch_t *ch, void *buf, size_t cap, size_t *len)
     ember_rc_t ember_ch_detach(ember_ch_t *ch)
     ember_rc_t ember_ch_destroy(ember_ch_t *ch)
+    ember_rc_t ember_ch_close(ember_ch_t *ch)
+    int ember_ch_is_closed(const ember_ch_t *ch)
     ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t timeout_ns)
     ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t timeout_ns)
     ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,

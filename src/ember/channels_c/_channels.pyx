@@ -29,12 +29,20 @@ from ember.pools_c._pools cimport (
 import os
 import random
 import warnings
+from typing import NamedTuple
 
-from ember.exceptions import (ChannelEmpty, ChannelError, ChannelFull, DescriptorError,
-                              PoolExhausted)
+from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull,
+                              DescriptorError, PoolExhausted)
 from ember.pools_c import _pools as _pools_mod
 
-__all__ = ["Channel", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE"]
+__all__ = ["Channel", "ChannelStatistics", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE"]
+
+
+class ChannelStatistics(NamedTuple):
+    """A snapshot of a channel (:meth:`Channel.statistics`)."""
+    depth: int          # messages queued (in-flight sends and receives may count either way)
+    capacity: int       # slots
+    closed: bool        # close() was called (queued messages may still be received)
 
 DEFAULT_CAPACITY = EMBER_CH_DEFAULT_CAPACITY
 DEFAULT_BLOCK_SIZE = EMBER_CH_DEFAULT_BLOCK
@@ -61,6 +69,7 @@ _RC_TEXT = {
     EMBER_ERR_DESTROYED: "the channel was destroyed",
     EMBER_ERR_INTERRUPTED: "interrupted by a signal",
     EMBER_ERR_BUFFER_TOO_SMALL: "the buffer is too small",
+    EMBER_ERR_CLOSED: "the channel is closed",
 }
 
 _RC_EXC = {
@@ -71,6 +80,7 @@ _RC_EXC = {
     EMBER_ERR_EXHAUSTED: PoolExhausted,
     EMBER_ERR_FULL: ChannelFull,
     EMBER_ERR_EMPTY: ChannelEmpty,
+    EMBER_ERR_CLOSED: ChannelClosed,
 }
 
 
@@ -343,10 +353,31 @@ cdef class Channel:
         self._ch = NULL
         _check_rc(ember_ch_destroy(ch), f"cannot destroy {self._desc()}")
 
+    def close(self):
+        """Close the channel (for every process): later sends raise
+        :class:`~ember.exceptions.ChannelClosed`; receivers get the messages
+        sent before, then ``ChannelClosed`` (an ``EOFError``) instead of
+        waiting.  Blocked senders, receivers and :func:`wait_any` calls wake
+        up.  Idempotent.  The handle stays attached (``detach()`` /
+        ``destroy()`` as before)."""
+        self._check_open("close")
+        _check_rc(ember_ch_close(self._ch), f"cannot close {self._desc()}")
+
     @property
     def closed(self):
-        """True once detached or destroyed."""
-        return self._ch == NULL
+        """True once the channel was closed (by :meth:`close` in any
+        process; queued messages may still be received), or once this
+        handle was detached or destroyed."""
+        if self._ch == NULL or self._pool._pool == NULL:
+            return True
+        return ember_ch_is_closed(self._ch) != 0
+
+    def statistics(self):
+        """A :class:`ChannelStatistics` snapshot: ``depth`` (messages
+        queued), ``capacity``, ``closed``."""
+        self._check_open("get statistics")
+        return ChannelStatistics(ember_ch_count(self._ch), self._capacity,
+                                 ember_ch_is_closed(self._ch) != 0)
 
     def __enter__(self):
         self._check_open("enter")
@@ -363,7 +394,10 @@ cdef class Channel:
         return (Channel.attach, (self.sdesc,))
 
     def __repr__(self):
-        state = " closed" if self._ch == NULL or self._pool._pool == NULL else f" queued={ember_ch_count(self._ch)}"
+        if self._ch == NULL or self._pool._pool == NULL:
+            state = " detached"
+        else:
+            state = f" queued={ember_ch_count(self._ch)}" + (" closed" if ember_ch_is_closed(self._ch) else "")
         return (f"<ember Channel c_uid={self._c_uid} capacity={self._capacity} "
                 f"block_size={self._block_size}{state}>")
 
@@ -459,7 +493,14 @@ cdef class Channel:
         finally:
             PyBuffer_Release(&view)
 
+    def send_nowait(self, data):
+        """``send(data, timeout=0)``: raises ChannelFull instead of waiting."""
+        self.send(data, 0)
+
     cdef int _send_error(self, ember_rc_t rc, Py_ssize_t n, timeout) except -1:
+        if rc == EMBER_ERR_CLOSED:
+            raise ChannelClosed(f"{self._desc()}: cannot send {n} bytes: the channel is closed "
+                                f"[EMBER_ERR_CLOSED]")
         if rc == EMBER_ERR_FULL:
             raise ChannelFull(f"{self._desc()}: send of {n} bytes: the channel is full "
                               f"({self._capacity} messages) after timeout={timeout!r}")
@@ -592,6 +633,18 @@ cdef class Channel:
                                f"[EMBER_ERR_BUFFER_TOO_SMALL]")
         if rc == EMBER_ERR_EMPTY:
             raise ChannelEmpty(f"{self._desc()}: no message arrived (timeout={timeout!r})")
+        if rc == EMBER_ERR_CLOSED:
+            raise ChannelClosed(f"{self._desc()}: the channel is closed and every message sent "
+                                f"before the close was received [EMBER_ERR_CLOSED]")
+        if rc == EMBER_ERR_CORRUPT and m.is_alloc:
+            raise ChannelError(f"{self._desc()}: channel corrupt: a message names pool block "
+                               f"(offset {m.alloc.offset}, size {m.alloc.size}, id {m.alloc.id}) "
+                               f"that is not a live allocation of {self._pool._desc()}; the message "
+                               f"was dropped [EMBER_ERR_CORRUPT]")
+        if rc == EMBER_ERR_CORRUPT:
+            raise ChannelError(f"{self._desc()}: channel corrupt: an inline message of {m.len} bytes "
+                               f"does not fit its slot ({self._payload} bytes) or the buffer; the "
+                               f"message was dropped [EMBER_ERR_CORRUPT]")
         _check_rc(rc, f"{self._desc()}: receive")
         return -1
 
@@ -622,6 +675,10 @@ cdef class Channel:
         finally:
             ember_ch_recv_end(ch, &m)          # frees the block, releases the slot
         return out
+
+    def recv_nowait(self):
+        """``recv(timeout=0)``: raises ChannelEmpty instead of waiting."""
+        return self.recv(0)
 
     def recv_into(self, buffer, timeout=None):
         """Receive the oldest message into a writable buffer; return its
@@ -679,14 +736,16 @@ cdef class Channel:
 
     # ---- readiness ----
     def poll(self, timeout=0):
-        """True when a message is waiting (waiting up to ``timeout``)."""
+        """True when a message is waiting (waiting up to ``timeout``), or
+        when the channel is closed and drained (``recv()`` will not wait: it
+        raises ChannelClosed)."""
         self._check_open("poll")
         cdef ember_ch_t *ch = self._ch
         cdef int64_t tmo = _timeout_ns(timeout)
         cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
         cdef int64_t sl
         cdef ember_rc_t rc = ember_ch_poll(ch, 0, 0)
-        if rc == EMBER_OK:
+        if rc == EMBER_OK or rc == EMBER_ERR_CLOSED:
             return True
         if tmo == 0 or rc != EMBER_ERR_EMPTY:
             if rc != EMBER_ERR_EMPTY:
@@ -698,10 +757,11 @@ cdef class Channel:
             while True:
                 sl = _slice(deadline)
                 if sl == 0:
-                    return ember_ch_poll(ch, 0, 0) == EMBER_OK
+                    rc = ember_ch_poll(ch, 0, 0)
+                    return rc == EMBER_OK or rc == EMBER_ERR_CLOSED
                 with nogil:
                     rc = ember_ch_poll(ch, 0, sl)
-                if rc == EMBER_OK:
+                if rc == EMBER_OK or rc == EMBER_ERR_CLOSED:
                     return True
                 if rc != EMBER_ERR_EMPTY and rc != EMBER_ERR_INTERRUPTED:
                     _check_rc(rc, f"{self._desc()}: poll")

@@ -19,7 +19,11 @@
  * large message the (offset, id) of a pool allocation holding it.
  * Positions are counted modulo 2^40 and compared by their signed 40-bit
  * difference (|difference| <= capacity << 2^39).  Linux pids are < 2^22
- * (PID_MAX_LIMIT), so a pid always fits.
+ * (PID_MAX_LIMIT), so a pid always fits.  The position is STORED
+ * slot-relative (XOR the slot's index, see ST_KEY), so (lap 0, FREE) is 0
+ * in every slot: a zeroed block is an empty ring, and create initialises
+ * only slot headers in pages that were ever written (init_slots): a channel
+ * made in fresh sparse pool memory costs no page fault for its slots.
  *
  * Slot life cycle for position p (index p & mask), each arrow one atomic
  * step on xstate:
@@ -57,11 +61,32 @@
  *                          message is skipped, nothing else.
  *   (pos, READING) / ahead tail is stale: help, retry.
  *
+ * CLOSE: one fetch_or of HEAD_CLOSED (bit 63) into head (preceded by a
+ * hint in the read-mostly xflags, so that an empty receive reads head's
+ * line only after a close began; see empty_or_closed()).  Head's value
+ * then is the end E: every head CAS expects a value without the bit, so
+ * head never moves again and no producer claims a position after E.  A
+ * producer that claimed E itself learns it from its own failed head CAS
+ * (it reads E | CLOSED) and gives the slot back, (E, FREE), returning
+ * EMBER_ERR_CLOSED.  A consumer that finds nothing at tail position p
+ * returns EMBER_ERR_CLOSED iff closed and p >= E.  So close is exact: a
+ * send that returned OK is received, one that returned CLOSED is not.
+ *
+ * DESTROY: the handle's allocation must be live with its id (pool check),
+ * and the destroy is claimed by a CAS of the header's xalloc_id from that
+ * id to 0 (ids are unique per allocation: a stale handle whose block holds
+ * another channel now fails the CAS and changes nothing), then xmagic is
+ * set DEAD, sleepers are woken, queued large blocks and the channel freed.
+ *
  * INVARIANTS
  *   - A position's slot goes through the life cycle above exactly once;
  *     every transition out of FREE, FULL, and out of WRITING/READING by a
  *     dead pid is a CAS, so exactly one process wins each of them.
- *   - head and tail only grow; head - tail <= capacity.
+ *   - head and tail only grow; head - tail <= capacity (tail read after
+ *     head); tail - head <= the slots skipped for producers that died
+ *     before advancing head (<= capacity).  Claim loops that see head and
+ *     tail, read as a consistent pair, further apart report
+ *     EMBER_ERR_CORRUPT (CORRUPTION below).
  *   - A slot in state (p, FULL) holds a complete message: the payload and
  *     xmeta are written before the store-release of FULL.
  *
@@ -142,7 +167,33 @@
  *   first and returns EMBER_ERR_DESTROYED once it is destroyed, even after
  *   the memory was reused; only an operation already past that check when
  *   a destroy lands (a race the caller allowed) may touch freed memory.
+ *   - Closer dies in ember_ch_close: the close is one fetch_or of head, so
+ *     the channel is open or closed, never half (killed after the xflags
+ *     hint and before head: open, and receivers read head on each empty
+ *     receive -- slower, never wrong); if it dies before its wakes,
+ *     sleepers see the close at the end of their slice (<= 50 ms).
+ *   - Producer dies while giving the end slot back after a close: the slot
+ *     stays (E, WRITING, dead); consumers skip it as any dead producer's,
+ *     then get EMBER_ERR_CLOSED.
+ *   - Destroyer dies: before its xalloc_id CAS nothing happened; after it
+ *     the channel is destroyed for everyone, and at worst the channel's
+ *     block and its queued large blocks leak (ember_pool_next_alloc).
+ *
+ * CORRUPTION (memory scribbled by a stray write, not by a death)
+ *   Nothing read from shared memory is trusted for a memory access: the
+ *   handle keeps its own capacity / block size / slot offset (checked
+ *   against the descriptor at attach); an inline length beyond the slot (or,
+ *   after the claim, the caller's buffer) and a large message's block that
+ *   ember_pool_check refuses are EMBER_ERR_CORRUPT (the message is dropped,
+ *   its slot released); every recorded block freed is checked by the pool;
+ *   every claim loop is bounded (retries_exhausted): DESTROYED, CORRUPT
+ *   (head and tail more than a ring apart) or, after 64 rounds, FULL/EMPTY.
+ *   A garbage pid costs a kill(pid, 0) probe.  Never a crash or a hang
+ *   (tests/test_channel_fuzz.py).
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE         /* SEEK_DATA / SEEK_HOLE, syscall(): self-contained */
+#endif
 #include "channel.h"
 
 #include <errno.h>
@@ -155,13 +206,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #define CH_MAGIC       0x314e4e4148434d45ull   /* "EMCHANN1" */
 #define CH_DEAD        0x444145444843454dull   /* destroyed */
-#define CH_VERSION     1u
+#define CH_VERSION     2u                      /* 2: slot-relative state words, CLOSED */
 #define SD_MAGIC       0x44434d45u             /* "EMCD" */
 #define SD_VERSION     1u
 #define SLICE_NS       50000000ll              /* longest single futex sleep */
@@ -179,6 +231,16 @@ enum { K_FREE = 0, K_WRITING = 1, K_FULL = 2, K_READING = 3 };
 #define META_ALLOC     (1ull << 63)      /* payload holds (offset, id) of a pool block */
 #define META_SKIP      (1ull << 62)      /* an aborted send: no message, consumers skip it */
 #define META_LEN(m)    ((m) & (META_SKIP - 1))
+#define HEAD_CLOSED    (1ull << 63)      /* in xhead: closed; the rest is the end position */
+#define FLAG_CLOSED    1u                /* in xflags (line 0): close() began */
+
+/* Slot-relative encoding of the position in a stored state word: the stored
+ * position is the real one XOR the slot's index (pos & mask), i.e. the
+ * position with its index bits cleared.  So the state (lap 0, FREE) of every
+ * slot is stored as 0, and a zeroed block is a ready ring: a channel made in
+ * never-touched pool memory needs no initialisation pass (no page faults).
+ * Kind and pid are stored as they are. */
+#define ST_KEY(ch, pos) ((((uint64_t)(pos)) & (ch)->mask) << 24)
 
 /* Signed difference a - b of two positions modulo 2^40. */
 static inline int64_t posdiff(uint64_t a, uint64_t b)
@@ -195,9 +257,9 @@ typedef struct {
     uint32_t version;
     uint32_t capacity;
     uint32_t block_size;
-    uint32_t flags;
+    _Atomic uint32_t xflags;      /* FLAG_CLOSED: a hint on the read-mostly line */
     uint64_t c_uid;
-    uint64_t alloc_id;
+    _Atomic uint64_t xalloc_id;   /* id of this allocation; 0 once destroyed */
     uint64_t slots_offset;        /* from the header start */
     /* line 1..4: hot counters, each alone on its line */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xhead;       /* next enqueue position */
@@ -246,6 +308,29 @@ struct ember_ch {
 static inline ch_slot_t *slot_at(const ember_ch_t *ch, uint64_t pos)
 {
     return (ch_slot_t *)(ch->slots + (size_t)(pos & ch->mask) * ch->block_size);
+}
+
+/* State word access in real terms (see ST_KEY); `pos` is any position of
+ * the slot (only its index bits matter).  The orders are the callers'. */
+static inline uint64_t st_load_acquire(const ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
+{
+    return ember_atomic_load_acquire(&s->xstate) ^ ST_KEY(ch, pos);
+}
+
+static inline int st_cas_acq_rel(const ember_ch_t *ch, ch_slot_t *s, uint64_t pos,
+                                 uint64_t *expect, uint64_t v)
+{
+    uint64_t key = ST_KEY(ch, pos);
+    uint64_t e = *expect ^ key;
+    if (ember_atomic_cas_acq_rel(&s->xstate, &e, v ^ key))
+        return 1;
+    *expect = e ^ key;
+    return 0;
+}
+
+static inline void st_store_release(const ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t v)
+{
+    ember_atomic_store_release(&s->xstate, v ^ ST_KEY(ch, pos));
 }
 
 /* ---- process helpers ---------------------------------------------------- */
@@ -361,51 +446,87 @@ static inline void help_advance(_Atomic uint64_t *ctr, uint64_t pos)
 {
     uint64_t expect = pos;
     /* acq_rel: a helper publishes that slot `pos` was claimed (see MEMORY
-     * ORDER); failure means someone else advanced it, which is fine. */
+     * ORDER); failure means someone else advanced it (or, for head, that
+     * the channel was closed: the CLOSED bit makes every later CAS fail). */
     ember_atomic_cas_acq_rel(ctr, &expect, pos + 1);
 }
 
 static int ch_alive(const ember_ch_t *ch)
 {
-    return ember_atomic_load_acquire(&ch->h->xmagic) == CH_MAGIC && ch->h->alloc_id == ch->alloc.id;
+    /* acquire: pairs with the release store of xmagic in ember_ch_create();
+     * the id is unique per allocation, so a stale handle whose block holds
+     * another channel (or anything else) by now sees a different id. */
+    return ember_atomic_load_acquire(&ch->h->xmagic) == CH_MAGIC
+        && ember_atomic_load_relaxed(&ch->h->xalloc_id) == ch->alloc.id;
+}
+
+/* The end of a closed channel: EMBER_OK while open; EMBER_ERR_CLOSED with
+ * *end = the first position no message will ever have. */
+static inline ember_rc_t closed_end(uint64_t head, uint64_t *end)
+{
+    if (__builtin_expect(!(head & HEAD_CLOSED), 1))
+        return EMBER_OK;
+    *end = head & ~HEAD_CLOSED;
+    return EMBER_ERR_CLOSED;
+}
+
+/* Called on every retry of a claim loop.  After more retries than slots
+ * only garbage can keep a loop going: the memory was reused after a racing
+ * destroy (EMBER_ERR_DESTROYED), or state words or counters were scribbled
+ * on (EMBER_ERR_CORRUPT: head and tail, read as a consistent pair, more
+ * than a ring apart -- see INVARIANTS).  Garbage that passes both checks
+ * (or, in theory, a loop starved by other processes' progress for 64
+ * rounds) ends the loop with `busy` (FULL / EMPTY: a blocking caller
+ * waits and tries again until its deadline).  EMBER_OK: go on. */
+static ember_rc_t retries_exhausted(const ember_ch_t *ch, uint64_t *spins, unsigned *rounds,
+                                    ember_rc_t busy)
+{
+    if (__builtin_expect(*spins <= (uint64_t)ch->capacity + 64u, 1))
+        return EMBER_OK;
+    *spins = 0;
+    if (!ch_alive(ch))
+        return EMBER_ERR_DESTROYED;
+    if (++*rounds >= 64u)
+        return busy;
+    /* acquire loads, head / tail / head: if head did not move, the tail read
+     * between lies within what the invariants allow for that head. */
+    uint64_t h1 = ember_atomic_load_acquire(&ch->h->xhead) & ~HEAD_CLOSED;
+    uint64_t t = ember_atomic_load_acquire(&ch->h->xtail);
+    uint64_t h2 = ember_atomic_load_acquire(&ch->h->xhead) & ~HEAD_CLOSED;
+    if (h1 == h2 && (posdiff(h1, t) > (int64_t)ch->capacity || posdiff(t, h1) > (int64_t)ch->capacity))
+        return EMBER_ERR_CORRUPT;
+    return EMBER_OK;
 }
 
 /* ---- producer side -------------------------------------------------------- */
 
-/* A producer found (pos - cap, READING, dead pid): take the claim over, free
- * what the dead consumer never got, release the slot for position `pos`. */
-static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t st)
+/* A producer at `pos` found (pos - cap, READING, dead pid): take the claim
+ * over, free what the dead consumer never got, release the slot for
+ * position `pos`.  (The state's own position is used as it was read, the
+ * slot's key from `pos`: so a garbage state cannot make the CAS fail
+ * forever.) */
+static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t st)
 {
-    uint64_t take = MK(ST_POS(st), K_READING, my_pid());
-    if (!ember_atomic_cas_acq_rel(&s->xstate, &st, take))
+    uint64_t p = ST_POS(st);
+    uint64_t take = MK(p, K_READING, my_pid());
+    if (!st_cas_acq_rel(ch, s, pos, &st, take))
         return;
     uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
     if (meta & META_ALLOC) {
         ch_alloc_ref_t ref;
         memcpy(&ref, s->payload, sizeof ref);
         ember_alloc_t a = { ref.offset, META_LEN(meta), ref.id };
-        (void)ember_pool_free(ch->pool, &a);   /* id check: stale/double is harmless */
+        (void)ember_pool_free(ch->pool, &a);   /* checked by the pool: stale/double/garbage is harmless */
     }
     /* release: orders our reads of the slot before it becomes FREE; pairs
      * with the acquire CAS of the next producer in try_claim_send(). */
-    ember_atomic_store_release(&s->xstate, MK(ST_POS(st) + ch->capacity, K_FREE, 0));
+    st_store_release(ch, s, pos, MK(p + ch->capacity, K_FREE, 0));
     notify_recvd(ch);
 }
 
 /* Claim the slot at head for writing.  dead_level > 0: check the liveness
- * of a consumer that blocks us.  EMBER_OK (slot in WRITING by us), or
- * EMBER_ERR_FULL with *stuck = the blocking state word. */
-/* Called on every retry of a claim loop: after more retries than slots,
- * only garbage states (memory reused after a racing destroy) can keep a
- * loop going, so re-check the header.  1: the channel is gone. */
-static inline int retries_exhausted(const ember_ch_t *ch, uint64_t *spins)
-{
-    if (*spins <= (uint64_t)ch->capacity + 64u)
-        return 0;
-    *spins = 0;
-    return !ch_alive(ch);
-}
-
+ * of a consumer that blocks us.  EMBER_OK (slot in WRITING by us),
+ * EMBER_ERR_FULL with *stuck = the blocking state word, EMBER_ERR_CLOSED. */
 static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
                                  ch_slot_t **slot_out, uint64_t *stuck)
 {
@@ -418,20 +539,39 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
      * error (see "destroy" above). */
     if (__builtin_expect(!ch_alive(ch), 0))
         return EMBER_ERR_DESTROYED;
+    unsigned rounds = 0;
     for (uint64_t spins = 0;; spins++) {
-        if (__builtin_expect(retries_exhausted(ch, &spins), 0))
-            return EMBER_ERR_DESTROYED;
+        ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_FULL);
+        if (__builtin_expect(bad != EMBER_OK, 0)) {
+            *stuck = 0;
+            return bad;
+        }
         /* acquire: pairs with the acq_rel CAS that advanced head (MEMORY ORDER). */
-        uint64_t pos = ember_atomic_load_acquire(&h->xhead);
+        uint64_t pos = ember_atomic_load_acquire(&h->xhead), end;
+        if (__builtin_expect(closed_end(pos, &end) != EMBER_OK, 0))
+            return EMBER_ERR_CLOSED;
         ch_slot_t *s = slot_at(ch, pos);
         /* acquire: pairs with the release store of FREE by the last consumer
          * (or the initialisation), so our writes follow its reads. */
-        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        uint64_t st = st_load_acquire(ch, s, pos);
         int64_t d = posdiff(ST_POS(st), pos);
         if (d == 0) {
             if (ST_KIND(st) == K_FREE) {
-                if (ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_WRITING, my_pid()))) {
-                    help_advance(&h->xhead, pos);
+                if (st_cas_acq_rel(ch, s, pos, &st, MK(pos, K_WRITING, my_pid()))) {
+                    uint64_t seen = pos;
+                    /* acq_rel: as help_advance(); on failure `seen` is head
+                     * now, which tells whether a close set the end at or
+                     * before our position (CLOSE). */
+                    if (!ember_atomic_cas_acq_rel(&h->xhead, &seen, pos + 1)
+                        && closed_end(seen, &end) != EMBER_OK && posdiff(pos, end) >= 0) {
+                        /* Beyond the end: give the slot back.  release:
+                         * pairs with the acquire CAS of a later claimant
+                         * (or the consumer's load, which then sees FREE
+                         * and the end). */
+                        st_store_release(ch, s, pos, MK(pos, K_FREE, 0));
+                        notify_sent(ch);
+                        return EMBER_ERR_CLOSED;
+                    }
                     *pos_out = pos;
                     *slot_out = s;
                     return EMBER_OK;
@@ -447,7 +587,7 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
         }
         /* d < 0: the slot still holds the previous lap. */
         if (ST_KIND(st) == K_READING && dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
-            recover_reading(ch, s, st);
+            recover_reading(ch, s, pos, st);
             continue;
         }
         *stuck = st;
@@ -462,7 +602,7 @@ static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t 
     ember_atomic_store_release(&s->xmeta, meta);
     /* release: publishes the payload and xmeta written above; pairs with the
      * acquire CAS FULL -> READING in try_recv(). */
-    ember_atomic_store_release(&s->xstate, MK(pos, K_FULL, 0));
+    st_store_release(ch, s, pos, MK(pos, K_FULL, 0));
     notify_sent(ch);
 }
 
@@ -472,29 +612,66 @@ static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
 {
     /* release: orders our reads of the payload before the slot is reused;
      * pairs with the acquire CAS from FREE in try_claim_send(). */
-    ember_atomic_store_release(&s->xstate, MK(pos + ch->capacity, K_FREE, 0));
+    st_store_release(ch, s, pos, MK(pos + ch->capacity, K_FREE, 0));
     notify_recvd(ch);
+}
+
+/* Nothing to receive at tail position `pos`: EMBER_ERR_EMPTY, or
+ * EMBER_ERR_CLOSED if the channel is closed and `pos` is at or past its end
+ * (every position before the end was claimed by a producer before the close
+ * and is, or will be, FULL or skipped; none at or after it ever will). */
+static inline ember_rc_t empty_or_closed(ember_ch_t *ch, uint64_t pos)
+{
+    /* First the hint on line 0, which every operation reads anyway (ch_alive)
+     * and nobody writes but create, close and destroy: so an empty receive
+     * does not pull head's line, which producers write, away from them.
+     * acquire: pairs with the seq_cst fetch_or of FLAG_CLOSED in
+     * ember_ch_close(), which comes before its fetch_or of head; a receiver
+     * that sees the flag but not yet head's bit waits, and is woken by the
+     * close's bumps that follow. */
+    if (__builtin_expect(!(ember_atomic_load_acquire(&ch->h->xflags) & FLAG_CLOSED), 1))
+        return EMBER_ERR_EMPTY;
+    uint64_t end;
+    /* acquire: pairs with the seq_cst fetch_or of HEAD_CLOSED in ember_ch_close(). */
+    if (closed_end(ember_atomic_load_acquire(&ch->h->xhead), &end) != EMBER_OK
+        && posdiff(pos, end) >= 0)
+        return EMBER_ERR_CLOSED;
+    return EMBER_ERR_EMPTY;
 }
 
 enum { RECV_PEEK = 0, RECV_CLAIM = 1 };
 
+/* An inline message longer than the slot, or longer than the caller said it
+ * may be after the claim (the length was changed under us): corrupt. */
+static inline int bad_inline_len(const ember_ch_t *ch, uint64_t meta)
+{
+    return !(meta & (META_ALLOC | META_SKIP)) && META_LEN(meta) > ch->payload;
+}
+
 /* Look at the slot at tail.  mode RECV_PEEK: EMBER_OK if a message is there
  * (not claimed).  RECV_CLAIM: claim it into msg (READING by us).  Skips
- * slots of dead producers when dead_level > 0. */
+ * slots of dead producers when dead_level > 0.  EMBER_ERR_CLOSED when the
+ * channel is closed and drained; EMBER_ERR_CORRUPT (the slot released, the
+ * message dropped, msg->len = the length read) when the message's length
+ * does not fit its slot. */
 static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max_len,
                            ember_ch_msg_t *msg, uint64_t *stuck)
 {
     ch_hdr_t *h = ch->h;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
+    unsigned rounds = 0;
     for (uint64_t spins = 0;; spins++) {
-        if (__builtin_expect(retries_exhausted(ch, &spins), 0))
-            return EMBER_ERR_DESTROYED;
+        ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_EMPTY);
+        if (__builtin_expect(bad != EMBER_OK, 0)) {
+            *stuck = 0;
+            return bad;
+        }
         /* acquire: pairs with the acq_rel CAS that advanced tail. */
         uint64_t pos = ember_atomic_load_acquire(&h->xtail);
         ch_slot_t *s = slot_at(ch, pos);
         /* acquire: pairs with the producer's release store of FULL. */
-        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        uint64_t st = st_load_acquire(ch, s, pos);
         int64_t d = posdiff(ST_POS(st), pos);
         if (d == 0) {
             int k = ST_KIND(st);
@@ -503,7 +680,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                     /* acquire: pairs with the release store of xmeta. */
                     if (!(ember_atomic_load_acquire(&s->xmeta) & META_SKIP))
                         return EMBER_OK;
-                    if (ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_READING, my_pid()))) {
+                    if (st_cas_acq_rel(ch, s, pos, &st, MK(pos, K_READING, my_pid()))) {
                         help_advance(&h->xtail, pos);
                         release_slot(ch, s, pos);
                     }
@@ -514,14 +691,14 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                      * publish(); if it is from a later lap, the state
                      * re-check below sees that lap too. */
                     uint64_t meta = ember_atomic_load_acquire(&s->xmeta);
-                    if (META_LEN(meta) > (uint64_t)max_len) {
-                        if (ember_atomic_load_acquire(&s->xstate) != st)
+                    if (META_LEN(meta) > (uint64_t)max_len && !bad_inline_len(ch, meta)) {
+                        if (st_load_acquire(ch, s, pos) != st)
                             continue;
                         msg->len = META_LEN(meta);
                         return EMBER_ERR_BUFFER_TOO_SMALL;
                     }
                 }
-                if (!ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_READING, my_pid())))
+                if (!st_cas_acq_rel(ch, s, pos, &st, MK(pos, K_READING, my_pid())))
                     continue;
                 help_advance(&h->xtail, pos);
                 uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
@@ -530,6 +707,16 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                     continue;
                 }
                 msg->len = META_LEN(meta);
+                if (__builtin_expect(bad_inline_len(ch, meta)
+                                     || (max_len >= 0 && META_LEN(meta) > (uint64_t)max_len), 0)) {
+                    /* Never hand out bytes past the slot (or the caller's
+                     * buffer): drop the message, keep the channel going. */
+                    msg->is_alloc = 0;
+                    msg->data = NULL;
+                    msg->slot_ = NULL;
+                    release_slot(ch, s, pos);
+                    return EMBER_ERR_CORRUPT;
+                }
                 msg->pos_ = pos;
                 msg->slot_ = s;
                 if (meta & META_ALLOC) {
@@ -548,13 +735,13 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
             }
             if (k == K_FREE) {
                 *stuck = 0;
-                return EMBER_ERR_EMPTY;
+                return empty_or_closed(ch, pos);
             }
             if (k == K_WRITING) {
                 if (dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
                     /* Skip the dead producer's slot: claim it as a reader,
                      * advance tail, release it.  Its message is lost. */
-                    if (ember_atomic_cas_acq_rel(&s->xstate, &st, MK(pos, K_READING, my_pid()))) {
+                    if (st_cas_acq_rel(ch, s, pos, &st, MK(pos, K_READING, my_pid()))) {
                         help_advance(&h->xtail, pos);
                         /* A large send records its block in the slot before
                          * copying into it (ember_ch_send): free it.  A stale
@@ -583,7 +770,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
             continue;
         }
         *stuck = 0;                           /* previous lap still being read */
-        return EMBER_ERR_EMPTY;
+        return empty_or_closed(ch, pos);
     }
 }
 
@@ -699,15 +886,28 @@ static ember_rc_t peek_readable(ember_ch_t *ch, void *ctx, int dead_level, uint6
     return try_recv(ch, RECV_PEEK, dead_level, -1, NULL, stuck);
 }
 
-/* Writable: the slot at head is FREE for head's position (not claimed). */
+/* Writable: the slot at head is FREE for head's position (not claimed).
+ * EMBER_ERR_CLOSED once closed (a send would fail at once). */
 static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck)
 {
     (void)ctx;
     ch_hdr_t *h = ch->h;
-    for (;;) {
-        uint64_t pos = ember_atomic_load_acquire(&h->xhead);
+    if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
+        return EMBER_ERR_DESTROYED;
+    unsigned rounds = 0;
+    for (uint64_t spins = 0;; spins++) {
+        ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_FULL);
+        if (__builtin_expect(bad != EMBER_OK, 0)) {
+            if (stuck)
+                *stuck = 0;
+            return bad;
+        }
+        /* acquire loads: as in try_claim_send(). */
+        uint64_t pos = ember_atomic_load_acquire(&h->xhead), end;
+        if (closed_end(pos, &end) != EMBER_OK)
+            return EMBER_ERR_CLOSED;
         ch_slot_t *s = slot_at(ch, pos);
-        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        uint64_t st = st_load_acquire(ch, s, pos);
         int64_t d = posdiff(ST_POS(st), pos);
         if (d == 0 && ST_KIND(st) == K_FREE)
             return EMBER_OK;
@@ -716,7 +916,7 @@ static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint6
             continue;
         }
         if (ST_KIND(st) == K_READING && dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
-            recover_reading(ch, s, st);
+            recover_reading(ch, s, pos, st);
             continue;
         }
         *stuck = st;
@@ -757,6 +957,49 @@ static ember_rc_t ch_open(ember_pool_t *pool, const ember_alloc_t *a, ember_ch_t
     return EMBER_OK;
 }
 
+/* Make every slot (lap 0, FREE) with xmeta 0, i.e. zero its 16-byte header
+ * (see ST_KEY).  Pages of the pool's segment that were never written are
+ * holes of its tmpfs file and read as zeros: their slots are ready as they
+ * are and are not touched, so a channel made in fresh (sparse) pool memory
+ * costs no page fault for its slots -- the first send or receive of each
+ * slot page pays it, in whichever process uses it.  The holes are found
+ * with lseek(SEEK_DATA / SEEK_HOLE) on the segment (4 system calls); if
+ * that is not possible every slot is initialised.  `off` is the segment
+ * offset of `slots` (the mapping starts at offset 0). */
+static void init_slots(ember_pool_t *pool, unsigned char *slots, uint64_t off,
+                       uint32_t capacity, uint32_t block_size)
+{
+    uint64_t len = (uint64_t)capacity * block_size;
+    const char *name = ember_pool_shm_name(pool);
+    int fd = name ? shm_open(name, O_RDONLY | O_CLOEXEC, 0) : -1;
+    uint64_t cur = 0;
+    while (cur < len) {
+        uint64_t d0 = cur, d1 = len;          /* written range: initialise its slots */
+        if (fd >= 0) {
+            off_t d = lseek(fd, (off_t)(off + cur), SEEK_DATA);
+            if (d < 0 && errno == ENXIO)
+                break;                        /* only holes up to the end of the file */
+            if (d >= 0) {
+                if ((uint64_t)d >= off + len)
+                    break;
+                d0 = (uint64_t)d - off;
+                off_t e = lseek(fd, d, SEEK_HOLE);
+                if (e >= 0 && (uint64_t)e < off + len)
+                    d1 = (uint64_t)e - off;
+            }
+        }
+        /* Slot headers are 16 bytes at 64-aligned offsets: never across a page. */
+        for (uint64_t i = (d0 + block_size - 1) / block_size; i < capacity && i * block_size < d1; i++) {
+            ch_slot_t *s = (ch_slot_t *)(slots + (size_t)i * block_size);
+            ember_atomic_store_relaxed(&s->xstate, 0);
+            ember_atomic_store_relaxed(&s->xmeta, 0);
+        }
+        cur = d1;
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
 ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
                            uint32_t block_size, ember_ch_t **out)
 {
@@ -778,9 +1021,9 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
     h->version = CH_VERSION;
     h->capacity = capacity;
     h->block_size = block_size;
-    h->flags = 0;
+    ember_atomic_store_relaxed(&h->xflags, 0);
     h->c_uid = c_uid;
-    h->alloc_id = a.id;
+    ember_atomic_store_relaxed(&h->xalloc_id, a.id);
     h->slots_offset = sizeof(ch_hdr_t);
     ember_atomic_store_relaxed(&h->xhead, 0);
     ember_atomic_store_relaxed(&h->xtail, 0);
@@ -788,12 +1031,8 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
     ember_atomic_store_relaxed(&h->xrecv_sleepers, 0);
     ember_atomic_store_relaxed(&h->xrecvd, 0);
     ember_atomic_store_relaxed(&h->xsend_sleepers, 0);
-    unsigned char *slots = (unsigned char *)h + sizeof(ch_hdr_t);
-    for (uint32_t i = 0; i < capacity; i++) {
-        ch_slot_t *s = (ch_slot_t *)(slots + (size_t)i * block_size);
-        ember_atomic_store_relaxed(&s->xstate, MK(i, K_FREE, 0));
-        ember_atomic_store_relaxed(&s->xmeta, 0);
-    }
+    init_slots(pool, (unsigned char *)h + sizeof(ch_hdr_t), a.offset + sizeof(ch_hdr_t),
+               capacity, block_size);
     /* release: publishes the initialised header and slots; pairs with the
      * acquire load of xmagic in ember_ch_attach() (another process learns
      * the descriptor only later, through a channel or GS, which orders it
@@ -922,8 +1161,11 @@ ember_rc_t ember_ch_attach(ember_pool_t *pool, const void *sdesc, size_t len, em
         return EMBER_ERR_BAD_MAGIC;
     if (h->version != CH_VERSION)
         return EMBER_ERR_VERSION;
+    uint64_t id = ember_atomic_load_relaxed(&h->xalloc_id);
+    if (id == 0)
+        return EMBER_ERR_DESTROYED;               /* a destroy is under way */
     if (h->capacity != rd32(b + SD_OFF_CAP) || h->block_size != rd32(b + SD_OFF_BLOCK)
-        || h->c_uid != rd64(b + SD_OFF_CUID) || h->alloc_id != a.id
+        || h->c_uid != rd64(b + SD_OFF_CUID) || id != a.id
         || h->slots_offset != sizeof(ch_hdr_t))
         return EMBER_ERR_CORRUPT;
     return ch_open(pool, &a, out);
@@ -942,12 +1184,22 @@ ember_rc_t ember_ch_destroy(ember_ch_t *ch)
     if (!ch)
         return EMBER_ERR_INVALID_ARG;
     ch_hdr_t *h = ch->h;
-    uint64_t magic = CH_MAGIC;
-    /* acq_rel: only one destroyer; later callers see DEAD. */
-    if (!ember_atomic_cas_acq_rel(&h->xmagic, &magic, CH_DEAD)) {
+    /* A stale handle (its channel destroyed through another handle) must
+     * not destroy whatever occupies the block now: the allocation must
+     * still be ours (pool check: live, same id), and the destroy itself is
+     * the CAS of the header's allocation id from OUR id to 0 -- the check
+     * and the claim in one atomic step, since ids are unique per
+     * allocation (a channel made later in the same block has another id).
+     * acq_rel: only one destroyer wins; pairs with the acquire loads in
+     * ch_alive() of every later operation, which then fail. */
+    uint64_t id = ch->alloc.id;
+    if (ember_pool_check(ch->pool, &ch->alloc) != EMBER_OK
+        || !ember_atomic_cas_acq_rel(&h->xalloc_id, &id, 0)) {
         free(ch);
         return EMBER_ERR_DESTROYED;
     }
+    /* release: attaches that read DEAD see a destroyed channel. */
+    ember_atomic_store_release(&h->xmagic, CH_DEAD);
     /* Wake every sleeper so it sees DEAD and returns EMBER_ERR_DESTROYED. */
     ember_atomic_add_seq_cst(&h->xsent, 1);
     ember_atomic_add_seq_cst(&h->xrecvd, 1);
@@ -958,7 +1210,7 @@ ember_rc_t ember_ch_destroy(ember_ch_t *ch)
     /* Free the allocations of queued large messages. */
     for (uint32_t i = 0; i < ch->capacity; i++) {
         ch_slot_t *s = (ch_slot_t *)(ch->slots + (size_t)i * ch->block_size);
-        uint64_t st = ember_atomic_load_acquire(&s->xstate);
+        uint64_t st = st_load_acquire(ch, s, i);     /* kind and pid only */
         int k = ST_KIND(st);
         if (k != K_FULL && k != K_READING)
             continue;
@@ -1148,7 +1400,9 @@ static size_t scan_ready(ember_ch_t *const *chs, size_t n, int writable, int lev
         uint64_t stuck;
         ember_rc_t rc = writable ? peek_writable(chs[i], NULL, level, &stuck)
                                  : peek_readable(chs[i], NULL, level, &stuck);
-        ready[i] = rc == EMBER_OK;
+        /* closed (and drained, for reading) or corrupt: the call that
+         * follows does not block either, it fails at once */
+        ready[i] = rc == EMBER_OK || rc == EMBER_ERR_CLOSED || rc == EMBER_ERR_CORRUPT;
         k += ready[i];
     }
     return k;
@@ -1241,10 +1495,52 @@ uint64_t ember_ch_count(const ember_ch_t *ch)
     if (!ch)
         return 0;
     uint64_t t = ember_atomic_load_acquire(&ch->h->xtail);
-    uint64_t hd = ember_atomic_load_acquire(&ch->h->xhead);
+    uint64_t hd = ember_atomic_load_acquire(&ch->h->xhead) & ~HEAD_CLOSED;
     if (hd <= t)
         return 0;
     return hd - t > ch->capacity ? ch->capacity : hd - t;
+}
+
+ember_rc_t ember_ch_close(ember_ch_t *ch)
+{
+    if (!ch)
+        return EMBER_ERR_INVALID_ARG;
+    if (!ch_alive(ch))
+        return EMBER_ERR_DESTROYED;
+    ch_hdr_t *h = ch->h;
+    /* seq_cst: the hint first (receivers that find the ring empty look at
+     * head only once they see it; see empty_or_closed()).  A closer killed
+     * right after it leaves an open channel whose receivers read head on
+     * every empty receive: slower, never wrong. */
+    ember_atomic_or_seq_cst(&h->xflags, FLAG_CLOSED);
+    /* seq_cst: the one step of a close.  head's value at this instant is
+     * the end: every CAS that would advance head past it fails from now on
+     * (help_advance() expects a value without the bit), so no producer
+     * claims a position after the end, and one that claimed the end itself
+     * learns it from its own failed head CAS and gives the slot back
+     * (try_claim_send()).  Pairs with the acquire loads of head in
+     * try_claim_send(), empty_or_closed() and peek_writable(). */
+    ember_atomic_or_seq_cst(&h->xhead, HEAD_CLOSED);
+    /* Wake every sleeper (receivers on xsent, senders on xrecvd, wait_any on
+     * the pool's event word) so that it re-tries and sees the close.
+     * seq_cst: each bump follows the fetch_or above in the single total
+     * order, and a sleeper read its word before its re-try (the Dekker
+     * handshake of MEMORY ORDER): it either saw CLOSED in that re-try or
+     * finds its word changed / is woken.  Not conditional on the sleepers
+     * flags: a close is rare. */
+    ember_atomic_add_seq_cst(&h->xsent, 1);
+    futex_wake_all(&h->xsent);
+    ember_atomic_add_seq_cst(&h->xrecvd, 1);
+    futex_wake_all(&h->xrecvd);
+    ember_atomic_add_seq_cst(ch->pool_ev, 1);
+    futex_wake_all(ch->pool_ev);
+    return EMBER_OK;
+}
+
+int ember_ch_is_closed(const ember_ch_t *ch)
+{
+    /* acquire: pairs with the fetch_or in ember_ch_close(). */
+    return ch && (ember_atomic_load_acquire(&ch->h->xhead) & HEAD_CLOSED) != 0;
 }
 
 uint32_t ember_ch_capacity(const ember_ch_t *ch) { return ch ? ch->capacity : 0; }

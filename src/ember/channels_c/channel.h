@@ -87,14 +87,29 @@ ember_rc_t ember_ch_detach(ember_ch_t *ch);
  * get EMBER_ERR_DESTROYED), free the allocations of queued large messages,
  * free the channel's allocation and the handle.  No other process may still
  * be inside a call on the channel when its memory is reused: the owner
- * (global services) destroys only channels nobody uses any more. */
+ * (global services) destroys only channels nobody uses any more.  A stale
+ * handle (its channel already destroyed through another handle, the block
+ * perhaps holding another channel by now) gets EMBER_ERR_DESTROYED and
+ * changes nothing; the handle is freed either way. */
 ember_rc_t ember_ch_destroy(ember_ch_t *ch);
+
+/* Close the channel: no more sends (EMBER_ERR_CLOSED for every send that
+ * had not claimed its slot before the close), while receivers drain what
+ * was sent before and then get EMBER_ERR_CLOSED instead of
+ * EMBER_ERR_EMPTY.  Wakes every blocked sender, receiver and
+ * ember_ch_wait_any of the channel.  Idempotent; one atomic step (a
+ * closer killed at any instruction leaves the channel open or closed,
+ * never half).  EMBER_ERR_DESTROYED for a destroyed channel. */
+ember_rc_t ember_ch_close(ember_ch_t *ch);
+
+/* 1 once the channel was closed (by any handle in any process), else 0. */
+int ember_ch_is_closed(const ember_ch_t *ch);
 
 /* Send `len` bytes (len may be 0).  Messages up to the inline payload are
  * copied into the slot; larger ones into a new allocation of the channel's
  * pool (EMBER_ERR_TOO_BIG if larger than the pool could ever hold,
  * EMBER_ERR_EXHAUSTED if the pool is full right now).  EMBER_ERR_FULL if no
- * slot became free within the timeout. */
+ * slot became free within the timeout; EMBER_ERR_CLOSED once closed. */
 ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t timeout_ns);
 
 /* Send an existing allocation of the channel's pool as a message of
@@ -105,7 +120,13 @@ ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t t
 /* Two-phase receive: claim the oldest message.  If max_len >= 0 and the
  * message is longer, nothing is claimed: EMBER_ERR_BUFFER_TOO_SMALL with
  * msg->len set to the message length.  Inline messages must be released
- * with ember_ch_recv_end promptly (the slot is held until then). */
+ * with ember_ch_recv_end promptly (the slot is held until then).
+ * EMBER_ERR_CLOSED: closed and every message sent before the close was
+ * received.  EMBER_ERR_CORRUPT: the message's length or pool block read
+ * from shared memory is impossible (an inline length beyond the slot, a
+ * block outside the pool or not allocated); the message is dropped (its
+ * slot released, msg->len = the length read, msg->is_alloc says which kind,
+ * msg->alloc names the bad block) and the channel goes on. */
 ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,
                                ember_ch_msg_t *msg);
 ember_rc_t ember_ch_recv_end(ember_ch_t *ch, ember_ch_msg_t *msg);
@@ -120,11 +141,14 @@ ember_rc_t ember_ch_recv(ember_ch_t *ch, void *buf, uint64_t cap, uint64_t *len,
                          int64_t timeout_ns);
 
 /* Wait until the channel is readable (writable != 0: writable).  EMBER_OK
- * when it is, EMBER_ERR_EMPTY / EMBER_ERR_FULL when the timeout ran out. */
+ * when it is, EMBER_ERR_EMPTY / EMBER_ERR_FULL when the timeout ran out,
+ * EMBER_ERR_CLOSED when closed (and drained, for readable). */
 ember_rc_t ember_ch_poll(ember_ch_t *ch, int writable, int64_t timeout_ns);
 
 /* Wait until at least one of `n` channels is readable (writable != 0:
- * writable).  ready[i] is set to 1 for each ready channel, 0 otherwise,
+ * writable); a closed channel (drained, for readable) counts as ready, so
+ * does a corrupt one (the receive or send that follows fails at once).
+ * ready[i] is set to 1 for each ready channel, 0 otherwise,
  * *nready to their number.  EMBER_ERR_TIMEOUT when none became ready in
  * time.  Channels of one pool sleep on the pool's event word; channels of
  * several pools sleep on the first pool's word in slices of at most 1 ms. */

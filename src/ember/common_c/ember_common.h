@@ -37,7 +37,8 @@ typedef enum {
     EMBER_ERR_DESTROYED = 17,       /* object was destroyed                  */
     EMBER_ERR_INTERRUPTED = 18,     /* a wait was interrupted (EINTR)        */
     EMBER_ERR_BUFFER_TOO_SMALL = 19,/* caller's buffer cannot hold the data  */
-    EMBER_RC_MAX_ = 20
+    EMBER_ERR_CLOSED = 20,          /* channel closed (and drained, for recv) */
+    EMBER_RC_MAX_ = 21
 } ember_rc_t;
 
 static inline const char *ember_rc_str(int rc)
@@ -49,7 +50,7 @@ static inline const char *ember_rc_str(int rc)
         "EMBER_ERR_DOUBLE_FREE", "EMBER_ERR_STALE", "EMBER_ERR_CORRUPT",
         "EMBER_ERR_FULL", "EMBER_ERR_EMPTY", "EMBER_ERR_TIMEOUT",
         "EMBER_ERR_TOO_BIG", "EMBER_ERR_DESTROYED", "EMBER_ERR_INTERRUPTED",
-        "EMBER_ERR_BUFFER_TOO_SMALL",
+        "EMBER_ERR_BUFFER_TOO_SMALL", "EMBER_ERR_CLOSED",
     };
     if (rc < 0 || rc >= EMBER_RC_MAX_)
         return "EMBER_ERR_UNKNOWN";
@@ -80,6 +81,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "ember needs lock-free 32-bit atomics"
     atomic_compare_exchange_weak_explicit((p), (expp), (v), memory_order_acq_rel, memory_order_acquire)
 #define ember_atomic_cas_relaxed(p, expp, v) \
     atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_relaxed, memory_order_relaxed)
+#define ember_atomic_or_seq_cst(p, v)       atomic_fetch_or_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_exchange_seq_cst(p, v) atomic_exchange_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_fence_seq_cst()        atomic_thread_fence(memory_order_seq_cst)
 
