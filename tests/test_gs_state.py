@@ -640,3 +640,74 @@ def test_death_reports_can_be_turned_off(h):
     h.exit(a, 3)
     h.req(m.Teardown, 1.0)
     assert h.errlog.getvalue() == ""
+
+
+# ---------------------------------------------------------- introspection
+def test_service_stats_and_dump_requests(h):
+    a, b = h.create("a"), h.create()
+    d = h.ok(h.req(m.ChannelCreate, None, "rc", {"ref_count": True}, False, p_uid=a))
+    h.ok(h.req(m.ChannelJoin, "rc", None, p_uid=b))
+    h.ok(h.req(m.ChannelJoin, "rc", None, p_uid=b))
+    jk = h.req(m.ProcessJoin, [a, "ghost"], 5.0, True, False, p_uid=b, r=b"RJ")
+    h.req(m.ChannelJoin, "later", None, p_uid=a, r=b"RL")
+    h.exit(a, 3)                                          # wakes b's join
+    h.ok(jk)
+    h.req(m.ChannelJoin, "later2", 2.0, p_uid=b, r=b"RW")
+    h.req(m.ProcessList, key=b"forged")                   # dropped: bad key
+    st = h.ok(h.req(m.ServiceStats))
+    assert st["service"] == "GS" and st["dropped"] == 1 and st["errors"] == 0
+    assert st["timers_pending"] == 1 and st["uptime"] == 0.0
+    assert st["handled"]["ChannelJoin"] == 4 and st["handled"]["ServiceStats"] == 1
+    assert st["handled"]["ShSpawned"] == 2 and "ProcessKill" not in st["handled"]
+    dump = h.ok(h.req(m.ServiceDump))
+    assert msgpack.unpackb(msgpack.packb(dump), strict_map_key=False) == dump
+    assert dump["teardown"] is None and dump["node"] == 0
+    pa, pb = dump["processes"]
+    assert (pa["p_uid"], pa["name"], pa["state"], pa["exit_code"], pa["joined"]) == (a, "a", "exited", 3, True)
+    assert pa["os_pid"] == h.gs.procs[a].os_pid and "key" not in pa
+    assert (pb["state"], pb["exit_code"], pb["joined"], pb["refs"]) == ("running", None, False,
+                                                                        {d["c_uid"]: 2})
+    assert dump["pools"] == [{"m_uid": 1, "name": "default", "size": h.pool.size, "default": True,
+                              "node": 0, "channels": [d["c_uid"]]}]
+    (ch,) = dump["channels"]
+    assert (ch["c_uid"], ch["name"], ch["holders"], ch["refs"], ch["ref_count"]) == (
+        d["c_uid"], "rc", {b: 2}, 2, True)
+    (w,) = dump["waiters"]                                # a's wait was forgotten at its exit
+    assert w == {"owner": b, "tag": w["tag"], "deadline": 102.0, "kind": "channel.join",
+                 "name": "later2"}
+    h.req(m.Teardown, 1.0)
+    h.exit(b, -15)
+    assert h.gs.dump()["teardown"] == "shepherd"
+    (shut,) = [x for x in h.sh if type(x) is m.ShShutdown]
+    h.shepherd(m.ShShutdownDone(shut.tag))
+    assert h.gs.dump()["teardown"] == "done"
+
+
+def test_teardown_phases_are_explicit_and_each_arms_one_timer(h):
+    from ember.globalservices.teardown import Phase
+    a = h.create()
+    h.req(m.Teardown, 1.0)
+    assert h.gs.teardown.phase is Phase.TERM and h.gs.timers_pending == 1
+    h.advance(1.0)                                        # grace over: SIGKILL
+    assert h.gs.teardown.phase is Phase.KILL and h.gs.timers_pending == 1
+    assert h.sh[-1] == m.ShKill(a, 9)
+    h.exit(a, -9)
+    assert h.gs.teardown.phase is Phase.SHEPHERD and h.gs.timers_pending == 1
+    h.advance(3.0)                                        # the shepherd never confirmed
+    assert h.gs.teardown.phase is Phase.DONE and h.gs.finished and h.gs.timers_pending == 0
+
+
+def test_a_finished_phase_leaves_no_stale_timer(h):
+    """The TERM timer is cancelled when the phase ends early, so it cannot
+    cut the SHEPHERD phase short (it used to stay armed and end the
+    teardown at the grace's end, before the shepherd confirmed)."""
+    a = h.create()
+    key = h.req(m.Teardown, 5.0)
+    h.advance(4.5)
+    h.exit(a, -15)
+    assert h.gs.teardown.phase.value == "shepherd"
+    h.advance(1.0)                     # past the grace, within the SHEPHERD wait
+    assert not h.gs.finished and h.reply(key) is None
+    (shut,) = [x for x in h.sh if type(x) is m.ShShutdown]
+    h.shepherd(m.ShShutdownDone(shut.tag))
+    assert h.ok(key) == {a: -15}

@@ -107,6 +107,10 @@ _define(26, "ChannelAddRef", _REQ + "ident")
 _define(27, "Cancel", _REQ + "ref")
 # launcher -> GS: kill everything, destroy everything, stop the shepherd, exit.
 _define(30, "Teardown", _REQ + "grace")
+# introspection (any process): the service's stats() record / its dump() as
+# plain data (ember.globalservices.introspect; feeds `ember ps`).
+_define(31, "ServiceStats", _REQ)
+_define(32, "ServiceDump", _REQ)
 
 # --- global services -> any requester ---------------------------------------
 _define(40, "Reply", "ref status value err_type msg tb")

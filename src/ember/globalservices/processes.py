@@ -1,0 +1,374 @@
+"""GS part: the process registry (one node's processes, by p_uid and name).
+
+Create (GS decides the p_uid and the request key; the shepherd spawns and
+confirms with ``ShSpawned``), attach and detach (processes the runtime did
+not start), exit (``ShExited``: wake joiners, forget its waits, drop its
+channel references, free its reply channels, reclaim its pool blocks),
+kill, list, query and (multi-)join with server-side timeouts.
+
+Uses from the other parts: ``_park``/``_finish_waiter``/``_step``
+(:mod:`.registry`), ``_drop_refs``/``sweep_allocations`` (:mod:`.memory`),
+``_teardown_step`` (:mod:`.teardown`), and from the composition
+(:mod:`.server`): ``_reply``, ``send_reply``, ``send_shepherd``,
+``_register_reply``, ``reply_owner``, ``check_reply``.
+"""
+import hmac
+import itertools
+import os
+import signal
+
+from .. import _env, messages as m
+from ..exceptions import ProcessError
+from .registry import _Waiter, _lookup, _timeout, log
+
+PENDING, RUNNING, EXITED = "pending", "running", "exited"
+LAUNCHER_P_UID = 0
+FIRST_P_UID = 1
+#: At most this many identifiers in one multi_join request.
+MAX_JOIN_IDENTS = 4096
+
+
+class _Proc:
+    __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
+                 "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
+                 "attached")
+
+    def __init__(self, p_uid, name, creator, key=None):
+        self.p_uid = p_uid
+        self.name = name
+        self.state = PENDING
+        self.exit_code = None
+        self.os_pid = None
+        self.create_req = None   # (tag, r) of the create waiting for ShSpawned
+        self.refs = {}           # c_uid -> references this process holds
+        self.replies = set()     # reply-channel descriptors this process used
+        self.waiters = set()     # join waiters that watch this process
+        self.creator = creator
+        self.key = key           # the request key GS made for it (bytes)
+        self.joined = False      # a join has reported its exit
+        self.exe = ""
+        self.prev_same_name = None   # the process last_by_name named before this one
+        self.attached = False    # joined with ProcessAttach (not started by the runtime)
+
+    def desc(self, node):
+        return {"p_uid": self.p_uid, "user_name": self.name or None, "state": self.state,
+                "retval": self.exit_code, "node": node, "os_pid": self.os_pid}
+
+
+class ProcessesPart:
+    """Processes: ``procs`` (p_uid -> _Proc), ``proc_names`` (live ones),
+    ``last_by_name`` (the most recent of a name, exited or not)."""
+
+    REQUESTS = ((m.ProcessCreate, "on_process_create"), (m.ProcessList, "on_process_list"),
+                (m.ProcessQuery, "on_process_query"), (m.ProcessKill, "on_process_kill"),
+                (m.ProcessJoin, "on_process_join"), (m.ProcessAttach, "on_process_attach"),
+                (m.ProcessDetach, "on_process_detach"))
+    NOTICES = ((m.ShSpawned, "on_sh_spawned"), (m.ShExited, "on_sh_exited"))
+
+    def _init_processes(self):
+        self.procs = {}           # p_uid -> _Proc
+        self.proc_names = {}      # name -> p_uid (live processes only)
+        self.last_by_name = {}    # name -> p_uid of the most recent process of that name
+        self._p_uids = itertools.count(FIRST_P_UID)
+
+    def _proc(self, ident):
+        if isinstance(ident, str) and ident not in self.proc_names:
+            # the most recent process of that name, even if it has exited
+            p_uid = self.last_by_name.get(ident)
+            if p_uid is not None:
+                return self.procs[p_uid]
+        return _lookup(ident, self.procs, self.proc_names, ProcessError, "process", "p_uid")
+
+    def _proc_label(self, rec):
+        name = f" {rec.name!r}" if rec.name else ""
+        pid = f" (pid {rec.os_pid})" if rec.os_pid is not None else ""
+        return f"process {rec.p_uid}{name}{pid}"
+
+    def on_process_create(self, msg):
+        if self.teardown is not None:
+            raise ProcessError("the runtime is shutting down: no new processes")
+        name = msg.user_name or ""
+        if not isinstance(name, str):
+            raise ProcessError(f"user_name must be a str, not {type(name).__name__}")
+        if name and name in self.proc_names:
+            live = self.procs[self.proc_names[name]]
+            if msg.soft:
+                if live.state == PENDING:
+                    raise ProcessError(f"process {name!r} (p_uid {live.p_uid}) is still starting")
+                return self._reply(msg.tag, msg.r, live.desc(self.node))
+            raise ProcessError(f"a live process is already named {name!r} (p_uid {live.p_uid})")
+        if not isinstance(msg.exe, str) or not msg.exe:
+            raise ProcessError("exe must be a non-empty str")
+        if not isinstance(msg.args, list) or not all(isinstance(a, str) for a in msg.args):
+            raise ProcessError("args must be a list of str")
+        env = msg.env or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in env.items()):
+            raise ProcessError("env must map str to str")
+        if not isinstance(msg.run_dir, str):
+            raise ProcessError("run_dir must be a str")
+        p_uid = next(self._p_uids)
+        rec = _Proc(p_uid, name, msg.p_uid, key=os.urandom(16))
+        rec.create_req = (msg.tag, msg.r)
+        rec.exe = msg.exe
+        self.procs[p_uid] = rec
+        if name:
+            self.proc_names[name] = p_uid
+            rec.prev_same_name = self.last_by_name.get(name)
+            self.last_by_name[name] = p_uid
+        # The key goes to the shepherd on the private channel, into the
+        # child's environment; it overrides whatever the request put there.
+        env = dict(env)
+        env[_env.KEY] = rec.key.hex()
+        self.send_shepherd(m.ShSpawn(msg.tag, p_uid, msg.exe, msg.args, env, msg.run_dir, name))
+
+    def on_sh_spawned(self, msg):
+        rec = self.procs.get(msg.p_uid)
+        if rec is None:
+            log.warning("ShSpawned for unknown p_uid %r", msg.p_uid)
+            return
+        tag, r = rec.create_req or (None, None)
+        rec.create_req = None
+        if r and self.reply_owner.get(r) != rec.creator:
+            r = None       # the creator has exited and its reply channels are gone
+        if msg.err:
+            # never started: forget it, free its name
+            del self.procs[rec.p_uid]
+            if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
+                del self.proc_names[rec.name]
+            if rec.name and self.last_by_name.get(rec.name) == rec.p_uid:
+                if rec.prev_same_name in self.procs:
+                    self.last_by_name[rec.name] = rec.prev_same_name
+                else:
+                    del self.last_by_name[rec.name]
+            log.info("process %d %r failed to start: %s", rec.p_uid, rec.exe, msg.err)
+            if r:
+                self.send_reply(r, m.reply_err(tag, "ProcessError", f"cannot start process: {msg.err}"))
+            return
+        rec.os_pid = msg.os_pid
+        if rec.state == PENDING:
+            rec.state = RUNNING
+        log.info("%s started: %r", self._proc_label(rec), rec.exe)
+        if r:
+            self._reply(tag, r, rec.desc(self.node))
+
+    def on_process_attach(self, msg):
+        """A process the runtime did not start joins it (``ember.init()``):
+        it proves with the runtime's key that it may, and gets a p_uid and
+        a request key of its own.  The shepherd watches it (not its child:
+        no exit status, see docs/embedding.md)."""
+        if self.attach_key is None or not isinstance(msg.attach_key, str) or \
+                not hmac.compare_digest(msg.attach_key.encode(), self.attach_key.encode()):
+            self.warn("bad-attach-key", "refused ProcessAttach: wrong runtime key")
+            # an error on the given channel, unregistered: nothing is kept
+            if self.check_reply is None or self.check_reply(msg.r) is None:
+                self.send_reply(msg.r, m.reply_err(msg.tag, "ProcessError",
+                                                   "attach refused: wrong runtime key"))
+            return
+        if msg.r in self.reply_owner:
+            self.warn("bad-reply-channel", "refused ProcessAttach: its reply channel is "
+                      "process %s's", self.reply_owner[msg.r])
+            return
+        err = None
+        pid, name = msg.pid, msg.user_name or ""
+        if self.teardown is not None:
+            err = "the runtime is shutting down: cannot attach"
+        elif isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            err = f"attach: bad pid {pid!r}"
+        elif not isinstance(name, str):
+            err = f"user_name must be a str, not {type(name).__name__}"
+        elif name and name in self.proc_names:
+            err = f"a live process is already named {name!r} (p_uid {self.proc_names[name]})"
+        p_uid = next(self._p_uids) if err is None else None
+        rec = _Proc(p_uid, name, 0, key=os.urandom(16))
+        if not self._register_reply(msg, p_uid, rec.replies):
+            return
+        if err is not None:
+            self._unregister_replies(rec)
+            self.send_reply(msg.r, m.reply_err(msg.tag, "ProcessError", err))
+            return
+        rec.attached = True
+        rec.state = RUNNING
+        rec.os_pid = pid
+        self.procs[p_uid] = rec
+        if name:
+            self.proc_names[name] = p_uid
+        self.send_shepherd(m.ShWatch(p_uid, pid))
+        log.info("process %d attached (pid %d)", p_uid, pid)
+        self._reply(msg.tag, msg.r, dict(rec.desc(self.node), key=rec.key.hex()))
+
+    def _unregister_replies(self, rec):
+        for r in list(rec.replies):
+            if self.reply_owner.get(r) == rec.p_uid:
+                del self.reply_owner[r]
+        rec.replies.clear()
+
+    def on_process_detach(self, msg):
+        """An attached process leaves (``ember.shutdown()``, or its exit)."""
+        rec = self.procs.get(msg.p_uid)
+        if rec is None or not rec.attached:
+            raise ProcessError(f"process {msg.p_uid} is not an attached process")
+        code = msg.exit_code
+        if isinstance(code, bool) or not isinstance(code, int):
+            code = 0
+        self.send_shepherd(m.ShUnwatch(rec.p_uid))
+        # The reply goes out on msg.r: the client destroys that channel itself.
+        rec.replies.discard(msg.r)
+        self.reply_owner.pop(msg.r, None)
+        self._reply(msg.tag, msg.r)
+        self._exited(rec, code, dead=False)
+
+    def on_sh_exited(self, msg):
+        p_uid = msg.p_uid
+        if isinstance(p_uid, bool) or not isinstance(p_uid, int):
+            log.warning("ShExited with a bad p_uid %r", p_uid)
+            return
+        rec = self.procs.get(p_uid)
+        if rec is None or rec.state == EXITED:
+            if rec is None or not rec.attached:     # a detached process's watch may race
+                log.warning("ShExited for unknown or exited p_uid %r", p_uid)
+            return
+        self._exited(rec, msg.exit_code)
+
+    def _exited(self, rec, exit_code, dead=True):
+        """Everything a process's end releases.  ``dead``: its pid is gone
+        (False for an attached process that detached and lives on: its pool
+        blocks are still its own)."""
+        p_uid = rec.p_uid
+        rec.state = EXITED
+        rec.exit_code = exit_code
+        log.info("%s exited with code %s", self._proc_label(rec), exit_code)
+        if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
+            del self.proc_names[rec.name]
+        # Every step below is independent of the others' failure.
+        for w in list(rec.waiters):           # wake its joiners
+            self._step(f"waking a join on process {p_uid}", self._joined_exit, w, rec)
+        for w in list(self.owned_waiters.get(p_uid, ())):   # forget its waits
+            self._step(f"forgetting a wait of process {p_uid}", self._finish_waiter, w)
+        for c_uid in list(rec.refs):          # drop its channel references
+            self._step(f"dropping process {p_uid}'s reference to channel {c_uid}",
+                       self._drop_refs, rec, c_uid)
+        for r in list(rec.replies):           # free its reply channels
+            self._step(f"freeing a reply channel of process {p_uid}", self._free_reply_channel, r)
+            rec.replies.discard(r)
+            if self.reply_owner.get(r) == p_uid:
+                del self.reply_owner[r]
+        sweep = self.sweep_allocations
+        if sweep is not None and rec.os_pid is not None and dead:
+            self._step(f"reclaiming the pool blocks of process {p_uid}", sweep, rec.os_pid)
+        if self.teardown is not None:
+            self._teardown_step()
+
+    def _joined_exit(self, w, rec):
+        if w.done:
+            return
+        w.n_exited += 1
+        if rec.exit_code != 0:
+            w.any_bad = True
+        self._check_join(w)
+
+    def _free_reply_channel(self, r):
+        """Hook: the transport frees a dead process's reply channel."""
+        free = getattr(self.send_reply, "forget", None)
+        if free is not None:
+            free(r, destroy=True)
+
+    def on_process_list(self, msg):
+        # Every process GS knows, exited ones included (process.query still
+        # answers for them), as the reference runtime does.
+        self._reply(msg.tag, msg.r, [[p.p_uid, p.name or None, p.state != EXITED]
+                                     for p in self.procs.values()])
+
+    def on_process_query(self, msg):
+        self._reply(msg.tag, msg.r, self._proc(msg.ident).desc(self.node))
+
+    def on_process_kill(self, msg):
+        rec = self._proc(msg.ident)
+        sig = msg.sig
+        if isinstance(sig, bool) or not isinstance(sig, int) or not 1 <= sig < signal.NSIG:
+            raise ProcessError(f"invalid signal {sig!r} for process {rec.p_uid}")
+        if rec.state == EXITED:
+            raise ProcessError(f"process {rec.p_uid} has already exited (exit code {rec.exit_code})")
+        self.send_shepherd(m.ShKill(rec.p_uid, sig))
+        self._reply(msg.tag, msg.r)
+
+    def on_process_join(self, msg):
+        idents = msg.idents
+        if not isinstance(idents, list) or not idents:
+            raise ProcessError("join needs a non-empty list of process identifiers")
+        if len(idents) > MAX_JOIN_IDENTS:
+            raise ProcessError(f"multi_join takes at most {MAX_JOIN_IDENTS} identifiers, "
+                               f"got {len(idents)}")
+        timeout = _timeout(msg.timeout, ProcessError)
+        recs = {}
+        unknown = []
+        for ident in idents:
+            try:
+                rec = self._proc(ident)
+            except ProcessError:
+                if isinstance(ident, bool) or not isinstance(ident, (int, str)):
+                    raise
+                if ident not in unknown:
+                    unknown.append(ident)
+                continue
+            if rec.p_uid == msg.p_uid:
+                raise ProcessError(f"process {rec.p_uid} cannot join itself")
+            recs[rec.p_uid] = rec
+        w = _Waiter(msg.tag, msg.r, msg.p_uid)
+        w.p_uids = tuple(recs)
+        w.unknown = tuple(unknown)
+        w.join_all = bool(msg.join_all)
+        w.bad_exit = bool(msg.return_on_bad_exit)
+        for rec in recs.values():
+            if rec.state == EXITED:
+                w.n_exited += 1
+                w.any_bad = w.any_bad or rec.exit_code != 0
+        if self._check_join(w):
+            return
+        if timeout == 0:
+            return self._answer_join(w, timed_out=True)
+        for rec in recs.values():
+            rec.waiters.add(w)
+        log.debug("process %s waits for %s of processes %s", msg.p_uid,
+                  "all" if w.join_all else "any", list(w.p_uids))
+        self._park(w, timeout)
+
+    def _check_join(self, w):
+        """Answer the join if it is satisfied; return True if answered.
+        A join that names no known process is answered at once."""
+        if not w.p_uids:
+            done = True
+        elif w.join_all:
+            done = w.n_exited == len(w.p_uids) or (w.bad_exit and w.any_bad)
+        else:
+            done = w.n_exited > 0
+        if done:
+            self._answer_join(w, timed_out=False)
+        return done
+
+    def _answer_join(self, w, timed_out):
+        self._finish_waiter(w)
+        exited = []
+        status = {}
+        for p in w.p_uids:
+            rec = self.procs[p]
+            if rec.state == EXITED:
+                exited.append([p, rec.exit_code])
+                rec.joined = True
+            status[p] = [rec.state, rec.exit_code]
+        for ident in w.unknown:
+            status[ident] = ["unknown", None]
+        self.send_reply(w.r, m.reply_ok(w.tag, [exited or None, status]))
+
+    def _unlink_proc_join(self, w):
+        for p in w.p_uids:
+            rec = self.procs.get(p)
+            if rec is not None:
+                rec.waiters.discard(w)
+
+    def _dump_processes(self):
+        return [{"p_uid": p.p_uid, "name": p.name or None, "state": p.state,
+                 "os_pid": p.os_pid, "exit_code": p.exit_code, "joined": p.joined,
+                 "attached": p.attached, "creator": p.creator, "exe": p.exe,
+                 "refs": dict(p.refs), "reply_channels": len(p.replies)}
+                for p in self.procs.values()]
