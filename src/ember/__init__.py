@@ -40,7 +40,34 @@ def is_initialized():
     return runtime.is_initialized()
 
 
+# The Python layer (multiprocessing's names), imported on first use so that
+# ``import ember`` stays cheap: ember.Queue, ember.Pipe, ember.Lock, ...
+_OBJECTS = {
+    "Queue": "queues", "SimpleQueue": "queues", "JoinableQueue": "queues",
+    "Pipe": "connection", "Connection": "connection", "wait": "connection",
+    "Lock": "sync", "RLock": "sync", "Semaphore": "sync", "BoundedSemaphore": "sync",
+    "Event": "sync", "Barrier": "sync", "Condition": "sync", "Value": "sync", "Array": "sync",
+}
+_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout", "OwnerDied", "ReleaseError",
+               "BrokenBarrierError", "SyncError")
+
+
+def __getattr__(attr):
+    mod = _OBJECTS.get(attr)
+    if mod is not None:
+        import importlib
+        value = getattr(importlib.import_module(f".objects.{mod}", __name__), attr)
+    elif attr in _EXCEPTIONS:
+        from . import exceptions
+        value = getattr(exceptions, attr)
+    else:
+        raise AttributeError(f"module 'ember' has no attribute {attr!r}")
+    globals()[attr] = value
+    return value
+
+
 __all__ = [
+    *_OBJECTS, *_EXCEPTIONS,
     "ChannelEmpty",
     "ChannelError",
     "ChannelFull",

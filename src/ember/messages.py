@@ -169,3 +169,15 @@ def reply_err(ref, err_type, msg, tb=None):
 
 
 __all__ += ["reply_ok", "reply_err", "POKE"]
+
+# --- named objects (Queue, Pipe, Lock, ...; ember.objects) --------------------
+# GS keeps a registry of Python-layer objects: kind, an opaque descriptor
+# (made and read by the client only), lifetime, holders, and the parts GS
+# destroys with the object (channels it made for it, pool allocations).
+_define(70, "ObjectCreate", _REQ + "kind user_name lifetime desc channels parts children soft")
+_define(71, "ObjectAttach", _REQ + "name kind timeout")
+_define(72, "ObjectAddRef", _REQ + "o_uid")
+_define(73, "ObjectRelease", _REQ + "o_uid")
+_define(74, "ObjectDestroy", _REQ + "ident")
+_define(75, "ObjectList", _REQ)
+_define(76, "ObjectQuery", _REQ + "ident")
