@@ -181,3 +181,8 @@ _define(73, "ObjectRelease", _REQ + "o_uid")
 _define(74, "ObjectDestroy", _REQ + "ident")
 _define(75, "ObjectList", _REQ)
 _define(76, "ObjectQuery", _REQ + "ident")
+# pickling a handle lends one of the pickler's references to whoever
+# unpickles it (the token names the loan); ObjectClaim takes it over (or adds
+# a reference of its own if the loan is gone).
+_define(77, "ObjectLend", _REQ + "o_uid")
+_define(78, "ObjectClaim", _REQ + "o_uid token")

@@ -51,7 +51,7 @@ MAX_PARTS = 16
 
 class _Obj:
     __slots__ = ("o_uid", "name", "kind", "lifetime", "owner", "desc", "c_uids", "sdescs",
-                 "parts", "closes", "parent", "children", "holders")
+                 "parts", "closes", "parent", "children", "holders", "loans")
 
     def __init__(self, o_uid, name, kind, lifetime, owner, desc):
         self.o_uid, self.name, self.kind, self.lifetime = o_uid, name, kind, lifetime
@@ -63,6 +63,7 @@ class _Obj:
         self.parent = None        # o_uid of the object it keeps alive
         self.children = 0         # live children keeping it alive
         self.holders = {}         # p_uid -> count
+        self.loans = {}           # token -> p_uid that lent one of its references (pickled)
 
     def desc_dict(self):
         return {"o_uid": self.o_uid, "name": self.name, "kind": self.kind,
@@ -102,7 +103,8 @@ class ObjectsPart:
     REQUESTS = ((m.ObjectCreate, "on_object_create"), (m.ObjectAttach, "on_object_attach"),
                 (m.ObjectAddRef, "on_object_add_ref"), (m.ObjectRelease, "on_object_release"),
                 (m.ObjectDestroy, "on_object_destroy"), (m.ObjectList, "on_object_list"),
-                (m.ObjectQuery, "on_object_query"))
+                (m.ObjectQuery, "on_object_query"), (m.ObjectLend, "on_object_lend"),
+                (m.ObjectClaim, "on_object_claim"))
     NOTICES = ()
 
     def _init_objects(self):
@@ -110,6 +112,7 @@ class ObjectsPart:
         self.obj_names = {}
         self.obj_joiners = {}
         self._o_uids = itertools.count(1)
+        self._loan_tokens = itertools.count(1)
 
     # ------------------------------------------------------------ helpers
     def _obj(self, ident):
@@ -240,6 +243,31 @@ class ObjectsPart:
         self._obj_add_ref(rec, msg.p_uid)
         self._reply(msg.tag, msg.r)
 
+    def on_object_lend(self, msg):
+        """A handle is being pickled: its process takes one more reference
+        and lends it to whoever unpickles it (the reply is the loan's token);
+        the loan is the lender's until claimed, dropped with the lender."""
+        rec = self._obj(msg.o_uid)
+        self._obj_add_ref(rec, msg.p_uid)
+        token = next(self._loan_tokens)
+        rec.loans[token] = msg.p_uid
+        self._reply(msg.tag, msg.r, token)
+
+    def on_object_claim(self, msg):
+        """A handle was unpickled: take the loan over (the lender's
+        reference becomes the claimer's), or add a reference if there is no
+        such loan any more (claimed already, or its lender ended)."""
+        rec = self._obj(msg.o_uid)
+        lender = rec.loans.pop(msg.token, None) if isinstance(msg.token, int) else None
+        self._obj_add_ref(rec, msg.p_uid)
+        if lender is not None and rec.holders.get(lender, 0) > 0:
+            n = rec.holders[lender] - 1
+            if n:
+                rec.holders[lender] = n
+            else:
+                del rec.holders[lender]
+        self._reply(msg.tag, msg.r)
+
     def on_object_release(self, msg):
         o_uid = msg.o_uid
         rec = self.objs.get(o_uid) if isinstance(o_uid, int) and not isinstance(o_uid, bool) else None
@@ -304,6 +332,8 @@ class ObjectsPart:
         for rec in list(self.objs.values()):
             if rec.o_uid not in self.objs:
                 continue
+            for token in [t for t, lender in rec.loans.items() if lender == p_uid]:
+                del rec.loans[token]
             if rec.holders.pop(p_uid, None) is not None:
                 self._step(f"dropping process {p_uid}'s reference to object {rec.o_uid}",
                            self._obj_maybe_end, rec)

@@ -43,8 +43,8 @@ def Pipe(duplex=True):
     return tuple(Connection._make(rec, i, kids[i], specs[i][0], specs[i][1]) for i in (0, 1))
 
 
-def _rebuild(rec, end, o_uid, send_ix, recv_ix):
-    naming.add_ref(o_uid)
+def _rebuild(rec, end, o_uid, send_ix, recv_ix, token=None):
+    naming.claim(o_uid, token)
     return Connection._make(rec, end, o_uid, send_ix, recv_ix)
 
 
@@ -80,7 +80,9 @@ class Connection:
 
     def __reduce__(self):
         self._check_closed()
-        return (_rebuild, (self._rec, self._end, self._o_uid) + self._ix)
+        # the reference travels with the pickle: lent now, claimed by the receiver
+        return (_rebuild, (self._rec, self._end, self._o_uid) + self._ix
+                + (naming.lend(self._o_uid),))
 
     def __repr__(self):
         state = "closed" if self._closed else ("duplex" if self.readable and self.writable

@@ -23,7 +23,7 @@ from .. import messages as _m
 from ..exceptions import ObjectError, ObjectTimeout
 
 __all__ = ["create", "attach", "add_ref", "release", "destroy", "get_list", "query",
-           "default_pool", "hold", "LIFETIMES", "ObjectError", "ObjectTimeout"]
+           "default_pool", "hold", "lend", "claim", "LIFETIMES", "ObjectError", "ObjectTimeout"]
 
 LIFETIMES = ("runtime", "owner", "refcount")
 
@@ -64,6 +64,18 @@ def attach(name, kind=None, timeout=None):
 
 def add_ref(o_uid):
     return _call(_m.ObjectAddRef, o_uid)
+
+
+def lend(o_uid):
+    """Pickling a handle: lend one reference of this process to whoever
+    unpickles it; returns the loan's token (see :func:`claim`)."""
+    return _call(_m.ObjectLend, o_uid)
+
+
+def claim(o_uid, token):
+    """Unpickling a handle: take over the loan ``token`` (or add a
+    reference if it is gone)."""
+    return _call(_m.ObjectClaim, o_uid, token)
 
 
 def release(o_uid):

@@ -53,8 +53,8 @@ def _capacity(maxsize):
     return cap
 
 
-def _rebuild(cls, rec):
-    naming.add_ref(rec["o_uid"])
+def _rebuild(cls, rec, token=None):
+    naming.claim(rec["o_uid"], token)
     self = cls.__new__(cls)
     self._setup(rec)
     return self
@@ -100,7 +100,8 @@ class _NamedHandle:
         return self._rec["lifetime"]
 
     def __reduce__(self):
-        return (_rebuild, (type(self), self._rec))
+        # the reference travels with the pickle: lent now, claimed by the receiver
+        return (_rebuild, (type(self), self._rec, naming.lend(self._rec["o_uid"])))
 
     def destroy(self):
         """End the object now for everyone (GS destroys its memory); only

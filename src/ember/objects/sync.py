@@ -23,9 +23,9 @@ def _kind_of(obj):
     return obj.__reduce__()[1][1]
 
 
-def _rebuild(cls, rec, add_ref=True):
-    if add_ref:
-        naming.add_ref(rec["o_uid"])
+def _rebuild(cls, rec, token=None, claim=True):
+    if claim:
+        naming.claim(rec["o_uid"], token)
     try:
         obj = cls._from_desc(rec["desc"])
     except BaseException:
@@ -92,7 +92,7 @@ class _Named:
         """The object called ``name``, waiting up to ``timeout`` seconds
         (None: forever) until some process creates it (``ObjectTimeout``, a
         ``TimeoutError``, afterwards)."""
-        return _rebuild(cls, naming.attach(name, cls._KIND, timeout), add_ref=False)
+        return _rebuild(cls, naming.attach(name, cls._KIND, timeout), claim=False)
 
     @property
     def name(self):
@@ -107,7 +107,8 @@ class _Named:
         return self._rec["lifetime"]
 
     def __reduce__(self):
-        return (_rebuild, (type(self), self._rec))
+        # the reference travels with the pickle: lent now, claimed by the receiver
+        return (_rebuild, (type(self), self._rec, naming.lend(self._rec["o_uid"])))
 
     def __getattr__(self, attr):
         if attr.startswith("__") or attr in ("_obj", "_rec", "_hold"):
