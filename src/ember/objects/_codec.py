@@ -32,9 +32,35 @@ def _align(n):
     return (n + 63) & ~63
 
 
+class _Large(Exception):
+    pass
+
+
+def _in_band(pb):
+    """The fast path's buffer callback: small buffers in band; a large one
+    sends us to the frame path."""
+    try:
+        raw = pb.raw()
+    except BufferError:
+        return True
+    if raw.nbytes < OOB_MIN:
+        return True
+    raise _Large
+
+
+_plain = pickle.dumps
+
+
 def dumps(obj, pool, timeout=0):
     """``bytes`` (a plain pickle) or an :class:`Allocation` holding a frame
     (the caller sends it, or frees it if the send fails)."""
+    try:
+        return _plain(obj, 5, buffer_callback=_in_band)
+    except _Large:
+        return _dumps_frame(obj, pool, timeout)
+
+
+def _dumps_frame(obj, pool, timeout):
     bufs = []
 
     def cb(pb):

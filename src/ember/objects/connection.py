@@ -23,6 +23,8 @@ __all__ = ["Pipe", "Connection", "wait"]
 #: Slots per direction, and block size (objects pickling to <= 240 bytes travel inline).
 PIPE_CAPACITY = 1024
 PIPE_BLOCK_SIZE = 256
+#: Seconds a blocked receiver spins before it sleeps (fixed, as GS's control channels).
+PIPE_SPIN = 50e-6
 
 
 def Pipe(duplex=True):
@@ -70,6 +72,9 @@ class Connection:
         self._rec, self._end, self._o_uid = rec, end, o_uid
         self._ix = (send_ix, recv_ix)
         chs = [Channel.attach(s) for s in rec["channels"]]
+        for ch in chs:
+            # request/reply traffic: a fixed spin (an adaptive one is bistable, docs/channels.md)
+            ch.set_spin(PIPE_SPIN, adaptive=False)
         self._send_ch = chs[send_ix] if send_ix is not None else None
         self._recv_ch = chs[recv_ix] if recv_ix is not None else None
         self._pool = chs[0].pool

@@ -139,18 +139,29 @@ _rel_pid = None
 _rel_lock = threading.Lock()
 
 
+def _runtime_key():
+    from .. import _env
+    return _env.get(_env.GS_CH)
+
+
 def _releaser(q):
+    from ..globalservices._client import connection
     while True:
-        o_uid = q.get()
-        if o_uid is None:
-            return
+        o_uid, key = q.get()
+        if key != _runtime_key():
+            continue  # made in a runtime this process has left: nothing to give back
         try:
-            release(o_uid)
+            connection().call(_m.ObjectRelease, o_uid, timeout=RELEASE_TIMEOUT)
         except Exception:
             pass      # the runtime is gone, or the object ended: nothing to give back
 
 
-def _release_later(o_uid, pid):
+#: Seconds the release thread waits for GS's answer (it must never hang on
+#: a runtime that went away).
+RELEASE_TIMEOUT = 10.0
+
+
+def _release_later(o_uid, pid, key):
     global _rel_q, _rel_pid
     if pid != os.getpid():
         return        # a forked child's copy of the parent's handle: not ours
@@ -162,24 +173,28 @@ def _release_later(o_uid, pid):
                 threading.Thread(target=_releaser, args=(_rel_q,), daemon=True,
                                  name="ember-object-release").start()
             q = _rel_q
-    q.put(o_uid)
+    q.put((o_uid, key))
 
 
 class _Hold:
     """One GS reference held by a handle: given back when the handle is
     collected (asynchronously) or by :meth:`drop` (now)."""
 
-    __slots__ = ("o_uid", "_fin")
+    __slots__ = ("o_uid", "_fin", "_key", "_pid")
 
     def __init__(self, handle, o_uid):
         self.o_uid = o_uid
-        self._fin = weakref.finalize(handle, _release_later, o_uid, os.getpid())
+        self._pid = os.getpid()
+        self._key = _runtime_key()
+        self._fin = weakref.finalize(handle, _release_later, o_uid, os.getpid(), self._key)
         self._fin.atexit = False
 
     def drop(self):
         """Give the reference back now; True if this call did it."""
         if self._fin.detach() is None:
             return False
+        if self._key != _runtime_key() or self._pid != os.getpid():
+            return False     # the runtime it was made in is gone / a forked copy
         try:
             release(self.o_uid)
         except Exception:

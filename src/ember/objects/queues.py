@@ -33,6 +33,9 @@ from ..channels_c import Channel, ChannelClosed, ChannelEmpty, ChannelFull
 from ..exceptions import ReleaseError
 from . import _codec, naming
 
+_dumps = _codec.dumps
+_loads = pickle.loads
+
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "MAX_CAPACITY", "UNBOUNDED_CAPACITY",
            "BLOCK_SIZE"]
 
@@ -164,6 +167,7 @@ class Queue(_NamedHandle):
         self._ch = Channel.attach(rec["channels"][0])
         self._pool = self._ch.pool
         self._closed = False
+        self._joinable = False
         self._hold = naming.hold(self, rec["o_uid"])
         import weakref
         weakref.finalize(self, _finish, self._ch).atexit = False
@@ -186,8 +190,17 @@ class Queue(_NamedHandle):
         ``timeout`` seconds, then raise ``queue.Full``."""
         if self._closed:
             self._check()
-        tmo = None if block and timeout is None else (max(0.0, timeout) if block else 0)
-        msg = _codec.dumps(obj, self._pool, tmo)
+        if block and timeout is None:
+            tmo = None
+        else:
+            tmo = (0.0 if timeout < 0 else timeout) if block else 0
+        msg = _dumps(obj, self._pool, tmo)
+        if self._slots is None and type(msg) is bytes and not self._joinable:
+            try:
+                self._ch.send(msg, tmo)     # the fast path: no place to count, nothing to free
+            except ChannelFull:
+                raise _queue.Full from None
+            return
         self._put_msg(msg, tmo)
 
     def _put_msg(self, msg, tmo):
@@ -222,9 +235,12 @@ class Queue(_NamedHandle):
         is drained raises ``ChannelClosed`` (an ``EOFError``)."""
         if self._closed:
             self._check()
+        if block and timeout is None:
+            tmo = None
+        else:
+            tmo = (0.0 if timeout < 0 else timeout) if block else 0
         try:
-            data = self._ch.recv_auto(None if block and timeout is None
-                                      else (max(0.0, timeout) if block else 0))
+            data = self._ch.recv_auto(tmo)
         except ChannelEmpty:
             raise _queue.Empty from None
         if self._slots is not None:
@@ -232,6 +248,8 @@ class Queue(_NamedHandle):
                 self._slots.release()
             except ReleaseError:
                 pass       # a dead producer's permit was already counted back
+        if type(data) is bytes:
+            return _loads(data)
         return _codec.loads(data)
 
     def put_nowait(self, obj):
@@ -321,6 +339,7 @@ class JoinableQueue(Queue):
 
     def _setup(self, rec):
         super()._setup(rec)
+        self._joinable = True
         self._unfinished, _, self._cond = self._extra
 
     def _put_msg(self, msg, tmo):
