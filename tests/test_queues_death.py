@@ -45,8 +45,19 @@ def _consumer_storm(kills, n_items):
     consumers = [spawn(CONSUMER, q, results) for _ in range(3)]
     every = max(1, n_items // (kills + 1))
     done = 0
+    got = []
+
+    def drain():
+        while True:
+            try:
+                got.append(results.get_nowait())
+            except queue.Empty:
+                return
+
     for i in range(n_items):
         q.put(i)
+        if i % 1000 == 999:
+            drain()         # results is unbounded but holds 8192 at most: keep it moving
         if i % every == every - 1 and done < kills:
             victim = consumers.pop(rng.randrange(len(consumers)))
             kill(victim)
@@ -55,13 +66,9 @@ def _consumer_storm(kills, n_items):
             done += 1
     for _ in consumers:
         q.put(None)
+    # q holds at most 64 more, so results (drained every 1000 puts) cannot fill up
     assert [join(c, timeout=120) for c in consumers] == [0] * len(consumers)
-    got = []
-    while True:
-        try:
-            got.append(results.get_nowait())
-        except queue.Empty:
-            break
+    drain()
     assert len(got) == len(set(got)), "an object was delivered twice"
     missing = set(range(n_items)) - set(got)
     assert len(missing) <= done, f"{len(missing)} objects lost by {done} kills: {sorted(missing)}"
