@@ -128,13 +128,13 @@ def test_producer_kill_storm_short(ember_runtime):
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_consumer_kill_storm_long(ember_runtime):
-    _consumer_storm(kills=150, n_items=100_000)
+    _consumer_storm(kills=1000, n_items=300_000)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_producer_kill_storm_long(ember_runtime):
-    _producer_storm(kills=150)
+    _producer_storm(kills=1000)
 
 
 @pytest.mark.timeout(120)
