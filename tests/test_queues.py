@@ -224,3 +224,37 @@ def test_unnamed_queue_lives_while_someone_holds_it(ember_runtime):
     while o_uid in uids() and time.monotonic() < deadline:
         naming.get_list()
     assert o_uid not in uids()
+
+
+@pytest.mark.timeout(120)
+def test_handles_travel_through_a_queue_and_stay_the_same_objects(ember_runtime):
+    box, back = ember.Queue(), ember.Queue()
+    lock, ev, (a, b), inner = ember.Lock(), ember.Event(), ember.Pipe(), ember.Queue()
+    val = ember.Value("q", 7)
+    box.put((lock, ev, b, inner, val))
+    del b                            # only the pickle in the queue holds that end now
+    p = spawn("""
+        box, back = ARGS
+        lock, ev, conn, inner, val = box.get(timeout=60)
+        with lock:
+            val.value += 1
+        conn.send("via the queue")
+        inner.put("inner")
+        ev.set()
+        back.put(lock)               # and back again
+        """, box, back)
+    assert ev.wait(60)
+    assert a.recv() == "via the queue" and inner.get(timeout=60) == "inner" and val.value == 8
+    lock2 = back.get(timeout=60)
+    assert lock2.o_uid == lock.o_uid
+    assert lock.acquire(False) and lock2.locked()
+    lock2.release()
+    assert join(p) == 0
+
+
+@pytest.mark.timeout(60)
+def test_maxsize_validation(ember_runtime):
+    with pytest.raises(TypeError, match=r"^maxsize must be an int, not float$"):
+        ember.Queue(1.5)
+    q = ember.Queue(100_000)           # above the largest channel: the semaphore bounds it
+    assert q.maxsize == 100_000 and not q.full()
