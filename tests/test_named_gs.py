@@ -126,3 +126,24 @@ def test_pipe_ends_close_their_direction_and_the_pipe_ends_with_both(h):
     h.exit(b, -9)                                     # end 1's last holder dies
     assert d["o_uid"] not in h.gs.objs and not h.gs.chans
     assert listed(h) == {}
+
+
+def test_parts_must_be_default_pool_allocations_that_are_no_channel(h):
+    import struct
+
+    from ember.channels_c import Channel
+    from ember.pools_c import Pool
+    a = h.create("a")
+    with Pool.create(1 << 20) as other:
+        blk = other.alloc(64)
+        assert h.err(create(h, a, parts=[["alloc", blk.sdesc]])) == (
+            "ObjectError", "a part must be an allocation of the runtime's default pool")
+        blk.free()
+    c = Channel.attach(h.ok(create(h, a, channels=[[8, 128]]))["channels"][0])
+    offset = struct.unpack_from("<Q", c.sdesc, 104)[0]
+    c.detach()
+    (chan_block,) = [x for x in h.pool._live_allocations() if x.offset == offset]
+    assert h.err(create(h, a, parts=[["alloc", chan_block.sdesc]])) == (
+        "ObjectError", "a part must not be a channel's memory")
+    err_type, msg = h.err(create(h, a, parts=[["alloc", b"garbage"]]))
+    assert err_type == "ObjectError" and msg.startswith("a part names no live allocation: ")

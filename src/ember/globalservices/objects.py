@@ -37,6 +37,7 @@ composition.  :mod:`.processes` calls :meth:`ObjectsPart._objects_exited`
 when a process ends.
 """
 import itertools
+import struct
 
 from .. import messages as m
 from ..descriptors import ChannelOptions
@@ -141,6 +142,25 @@ class ObjectsPart:
         prec.channels.add(c_uid)
         return crec
 
+    def _obj_check_part(self, part):
+        """A part must be a live allocation of the default pool (GS frees
+        nothing else on a client's word: not its own channels, not another
+        pool's memory)."""
+        from ..pools_c import Allocation
+        prec = self.pools.get(self.default_m_uid) if self.default_m_uid is not None else None
+        try:
+            a = Allocation.attach(part[-1])
+            in_default = prec is not None and a.pool.sdesc == prec.pool.sdesc
+        except Exception as exc:
+            raise ObjectError(f"a part names no live allocation: {type(exc).__name__}: {exc}") \
+                from None
+        if not in_default:
+            raise ObjectError("a part must be an allocation of the runtime's default pool")
+        offsets = {struct.unpack_from("<Q", c.sdesc, 104)[0] for c in self.chans.values()
+                   if c.m_uid == self.default_m_uid}
+        if a.offset in offsets:
+            raise ObjectError("a part must not be a channel's memory")
+
     # ------------------------------------------------------------ requests
     def on_object_create(self, msg):
         kind, name, lifetime = msg.kind, msg.user_name, msg.lifetime
@@ -169,6 +189,8 @@ class ObjectsPart:
                     and isinstance(c[1], list)
                     and all(isinstance(i, int) and 0 <= i < len(specs) for i in c[1])):
                 raise ObjectError(f"a child must be [kind, [channel index, ...]], got {c!r}")
+        for p in parts:
+            self._obj_check_part(p)
         if name and name in self.obj_names:
             rec = self.objs[self.obj_names[name]]
             if msg.soft and rec.kind == kind:
