@@ -609,3 +609,52 @@ def test_fresh_channel_touches_no_slot_page(capi):
         assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
     finally:
         lib.ember_pool_destroy(pool)
+
+
+def test_closer_killed_between_hint_and_close_leaves_an_open_channel(capi, pool):
+    """A closer killed after the xflags hint and before head's CLOSED bit
+    leaves a consistent, open channel (and a later close works)."""
+    ffi, lib = capi
+    ch = make(capi, pool, capacity=4, block=64)
+    flags = ffi.cast("uint32_t *", lib.ember_pool_ptr(pool, lib.ember_ch_alloc(ch).offset + 20))
+    flags[0] = 1                                          # FLAG_CLOSED: the hint only
+    assert lib.ember_ch_is_closed(ch) == 0
+    assert recv(capi, ch) == lib.EMBER_ERR_EMPTY            # not closed: empty
+    assert lib.ember_ch_send(ch, b"still", 5, 0) == lib.EMBER_OK
+    assert recv(capi, ch) == b"still"
+    assert lib.ember_ch_close(ch) == lib.EMBER_OK
+    assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_CLOSED
+    assert recv(capi, ch) == lib.EMBER_ERR_CLOSED
+    assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+
+
+def test_create_never_trusts_a_replaced_segment_name(capi):
+    """The hole check reads the segment by name: a segment unlinked and
+    replaced by a sparse decoy under the same name must not make create
+    skip the initialisation of a dirty block."""
+    ffi, lib = capi
+    out = ffi.new("ember_pool_t **")
+    assert lib.ember_pool_create(4 << 20, random.getrandbits(63), owner_tag(), b"decoy", out) == lib.EMBER_OK
+    pool = out[0]
+    name = ffi.string(lib.ember_pool_shm_name(pool)).decode()
+    try:
+        blk = ffi.new("ember_alloc_t *")
+        size = HDR + 64 * 256
+        assert lib.ember_pool_alloc(pool, size, blk) == lib.EMBER_OK
+        ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), b"\xa5" * size, size)      # dirty
+        assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
+        assert lib.ember_pool_unlink_name(name.encode()) == lib.EMBER_OK
+        fd = os.open("/dev/shm" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.ftruncate(fd, lib.ember_pool_size(pool))                                  # all holes
+        os.close(fd)
+        ch = make(capi, pool, capacity=64, block=256)
+        assert lib.ember_ch_alloc(ch).offset == blk.offset
+        for lap in range(3):
+            for i in range(64):
+                assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
+            assert [recv(capi, ch) for _ in range(64)] == [b"%d" % i for i in range(64)]
+        assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+    finally:
+        if os.path.exists("/dev/shm" + name):
+            os.unlink("/dev/shm" + name)
+        lib.ember_pool_detach(pool)

@@ -1,6 +1,8 @@
 """Global services as a state machine: scripted requests in, replies out,
 with a recording transport and a scripted fake shepherd.  Pools and channels
-are real (GS creates them), so each test destroys what GS made."""
+are real: the harness's shepherd side is the real NodeResources (what the
+node's shepherd runs), fed GS's requests after each message (``pump``), and
+each test destroys what it made."""
 import os
 import signal
 
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from ember import _env, messages as m
 from ember.globalservices.server import GlobalServices
 from ember.pools_c import Pool
+from ember.shepherd.resources import NodeResources
 
 
 LAUNCHER_KEY = b"L" * 16
@@ -28,11 +31,26 @@ class Harness:
         self.tags = iter(range(1, 10**9))
         self.tag_prefix = _env.owner_tag("p")
         self.pool = Pool.create(1 << 22, name="default", owner_tag=self.tag_prefix)
+        self.to_node = []          # GS -> the node's resources (pools, channels)
+        self.from_node = []        # the node's resources -> GS
+        self.auto = True           # pump after every message
+        self.node = NodeResources(self.from_node.append)
         self.gs = GlobalServices(runtime_tag=self.tag_prefix, send_reply=self._reply,
-                                 send_shepherd=self.sh.append, clock=lambda: self.now,
+                                 send_shepherd=self._to_shepherd, clock=lambda: self.now,
                                  default_pool=self.pool, launcher_key=LAUNCHER_KEY,
                                  reserved_replies=[b"GS-INPUT"], err=self.errlog)
         self.next_pid = 5000
+
+    def _to_shepherd(self, msg):
+        (self.to_node if type(msg) in NodeResources.TYPES else self.sh).append(msg)
+
+    def pump(self):
+        """Let the node's shepherd do what GS asked, and GS hear back."""
+        while self.to_node or self.from_node:
+            while self.to_node:
+                self.node.handle_msg(self.to_node.pop(0))
+            while self.from_node:
+                self.gs.handle_bytes(self.from_node.pop(0).pack(), trusted=True)
 
     def _reply(self, r, msg):
         assert type(msg) is m.Reply
@@ -54,11 +72,15 @@ class Harness:
         r = f"R{p_uid}".encode() if r is None else r
         key = self.key(p_uid) if key is None else key
         self.gs.handle_bytes(cls(tag, p_uid, r, key, *fields).pack())
+        if self.auto:
+            self.pump()
         return (r, tag)
 
     def shepherd(self, msg):
         """A message from the (fake) shepherd, on the control channel."""
         self.gs.handle_bytes(msg.pack(), trusted=True)
+        if self.auto:
+            self.pump()
 
     def reply(self, key):
         return self.replies.get(key)
@@ -96,13 +118,11 @@ class Harness:
     def advance(self, dt):
         self.now += dt
         self.gs.expire()
+        if self.auto:
+            self.pump()
 
     def close(self):
-        for rec in list(self.gs.chans.values()):
-            self.gs._destroy_channel(rec)
-        for rec in list(self.gs.pools.values()):
-            if not rec.default:
-                self.gs._destroy_pool(rec)
+        self.node.close()
         self.pool.destroy()
 
 
@@ -517,8 +537,9 @@ def test_check_reply_rejects_what_the_transport_cannot_use(h, capsys):
 
 # -------------------------------------------------------- cleanup isolation
 def _break(h, c_uid):
-    """Make GS's own destroy of a channel fail: destroy it behind GS's back."""
-    h.gs.chans[c_uid].ch.destroy()
+    """Make the destroy of a channel fail: destroy it behind GS's and the
+    shepherd's back."""
+    h.node.chans[c_uid].destroy()
 
 
 def test_exit_cleanup_steps_are_independent(h, capsys):
@@ -535,7 +556,8 @@ def test_exit_cleanup_steps_are_independent(h, capsys):
     assert sorted(freed) == [b"R%d" % a, b"RA2"] and not h.gs.procs[a].replies
     assert not h.gs.owned_waiters and not h.gs.procs[b].waiters
     err = capsys.readouterr().err
-    assert f"dropping process {a}'s reference to channel {rcs[0]}: ChannelError" in err
+    # the node's shepherd reports the failed destroy; GS logs it
+    assert f"destroying channel {rcs[0]}: ChannelError" in err
     assert err.count(f"freeing a reply channel of process {a}: ZeroDivisionError") == 2
 
 
@@ -711,3 +733,84 @@ def test_a_finished_phase_leaves_no_stale_timer(h):
     (shut,) = [x for x in h.sh if type(x) is m.ShShutdown]
     h.shepherd(m.ShShutdownDone(shut.tag))
     assert h.ok(key) == {a: -15}
+
+
+# ------------------------------------------------- node-scoped resources
+def test_the_nodes_shepherd_makes_the_channel_and_gs_answers_when_it_confirms(h):
+    h.auto = False
+    ck = h.req(m.ChannelCreate, None, "box", {"capacity": 8, "block_size": 128}, False)
+    (req,) = h.to_node
+    assert type(req) is m.ShChannelCreate and (req.m_uid, req.capacity, req.block_size) == (1, 8, 128)
+    assert req.pool_sdesc == h.pool.sdesc and h.reply(ck) is None
+    # meanwhile: the name is taken, a soft create and a join wait for it
+    assert h.err(h.req(m.ChannelCreate, None, "box", {}, False)) == (
+        "ChannelError", f"a channel is already named 'box' (c_uid {req.c_uid})")
+    soft = h.req(m.ChannelCreate, None, "box", {}, True, r=b"RS")
+    join = h.req(m.ChannelJoin, "box", None, r=b"RJ")
+    assert h.err(h.req(m.ChannelQuery, "box")) == ("ChannelError", "no channel named 'box'")
+    assert h.reply(soft) is None and h.reply(join) is None
+    h.pump()
+    d = h.ok(ck)
+    assert h.ok(soft) == d and h.ok(join) == d and d["sdesc"] == h.node.chans[d["c_uid"]].sdesc
+    assert d["capacity"] == 8 and d["block_size"] == 128
+    # GS keeps the record, not the channel
+    assert not hasattr(h.gs.chans[d["c_uid"]], "ch")
+    # a destroy is answered when the shepherd has destroyed it
+    dk = h.req(m.ChannelDestroy, "box")
+    assert h.reply(dk) is None and type(h.to_node[0]) is m.ShChannelDestroy
+    assert "box" not in h.gs.chan_names                     # forgotten at once
+    h.pump()
+    assert h.ok(dk) is None and not h.node.chans
+
+
+def test_node_answers_only_from_the_control_channel(h, capsys):
+    h.auto = False
+    ck = h.req(m.ChannelCreate, None, "guarded", {}, False)
+    (req,) = h.to_node
+    assert [c["being_made"] for c in h.gs.dump()["channels"]] == [True]
+    # a forged answer on the public input channel: dropped, the create still waits
+    h.gs.handle_bytes(m.ShChannelCreated(1, req.c_uid, b"forged", 16, 256, None).pack())
+    h.gs.handle_bytes(m.ShChannelCreated(1, req.c_uid, None, None, None,
+                                         ["ChannelError", "no", False]).pack())
+    assert h.reply(ck) is None and "guarded" not in h.gs.chan_names
+    assert "dropped ShChannelCreated from the public input channel" in capsys.readouterr().err
+    h.pump()
+    assert h.ok(ck)["sdesc"] == h.node.chans[req.c_uid].sdesc
+
+
+def test_a_failed_create_on_the_node_is_the_requesters_error(h):
+    assert h.err(h.req(m.ChannelCreate, None, "odd", {"capacity": 3}, False)) == (
+        "ChannelError", "cannot create channel 'odd' in pool 1: capacity must be a power of two "
+                        "between 1 and 16777216, got 3")
+    assert "odd" not in h.gs.chan_names and h.gs.pools[1].channels == set()
+    assert h.err(h.req(m.PoolCreate, 1 << 60, "huge", {}, False))[0] == "PoolError"
+    assert "huge" not in h.gs.pool_names and not h.node.pools
+
+
+def test_creator_exits_before_the_node_confirms(h):
+    h.auto = False
+    a = h.create()
+    h.spawn_all()
+    h.req(m.ChannelCreate, None, "orphan", {"ref_count": True}, False, p_uid=a, r=b"RA")
+    h.req(m.ChannelCreate, None, "plain", {}, False, p_uid=a, r=b"RA")
+    h.exit(a, -9)
+    h.pump()
+    assert (b"RA", 1) not in h.replies and not [k for k in h.replies if k[0] == b"RA"]
+    # the ref-counted one lost its only holder: destroyed on the node; the plain one stays
+    assert list(h.gs.chan_names) == ["plain"] and len(h.node.chans) == 1
+
+
+def test_pools_are_made_and_destroyed_by_the_node(h):
+    h.auto = False
+    pk = h.req(m.PoolCreate, 1 << 20, "p", {}, False)
+    soft = h.req(m.PoolCreate, 1 << 20, "p", {}, True, r=b"RS")
+    (req,) = h.to_node
+    assert type(req) is m.ShPoolCreate and (req.size, req.name, req.owner_tag) == (
+        1 << 20, "p", h.tag_prefix)
+    h.pump()
+    d = h.ok(pk)
+    assert h.ok(soft) == d and d["sdesc"] == h.node.pools[d["m_uid"]].sdesc
+    dk = h.req(m.PoolDestroy, "p")
+    assert h.reply(dk) is None
+    h.pump()
+    assert h.ok(dk) is None and not h.node.pools

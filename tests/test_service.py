@@ -163,8 +163,8 @@ def test_default_admit_and_error_reply_of_a_bare_service():
     got = []
     s.on(m.ProcessList, lambda msg: got.append(msg.tag), REQUEST)
     s.on(m.ProcessQuery, lambda msg: 1 / 0, REQUEST)
-    s.handle(m.ProcessList(7, 0, b"R", b""))
-    s.handle(m.ProcessQuery(8, 0, b"R", b"", 1))
+    s.dispatch(m.ProcessList(7, 0, b"R", b""))
+    s.dispatch(m.ProcessQuery(8, 0, b"R", b"", 1))
     assert got == [7]
     # without a transport, an error reply is logged
     assert s.log.lines[-1][1].startswith("ProcessQuery: EmberError: service failed on "

@@ -593,3 +593,30 @@ def test_value_array_errors(pool):
     raw.destroy()
     shared_lock.destroy()
     assert not lk.closed                          # a lock passed in is not ours to destroy
+
+
+def test_public_names():
+    import ember
+    import ember.sync_c as m
+    assert sorted(m.__all__) == sorted(["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event",
+                                        "Barrier", "Condition", "Value", "Array", "SEM_SLOTS",
+                                        "BARRIER_MAX_PARTIES", "SyncError", "OwnerDied",
+                                        "ReleaseError", "BrokenBarrierError"])
+    for n in m.__all__:
+        assert getattr(m, n) is not None
+    assert ember.OwnerDied is OwnerDied and ember.BrokenBarrierError is BrokenBarrierError
+    assert (m.SEM_SLOTS, m.BARRIER_MAX_PARTIES) == (64, 64)
+
+
+@pytest.mark.parametrize("make", [lambda p: Lock(pool=p), lambda p: RLock(pool=p),
+                                  lambda p: Semaphore(pool=p), lambda p: Event(pool=p)],
+                         ids=["Lock", "RLock", "Semaphore", "Event"])
+def test_bad_timeout_raises_even_when_free(pool, make):
+    o = make(pool)
+    call = o.wait if isinstance(o, Event) else o.acquire
+    with pytest.raises(TypeError, match=r"^timeout must be None or a number of seconds, got str$"):
+        call(timeout="soon")
+    with pytest.raises(ValueError, match=r"^timeout must be None or a number of seconds, got nan$"):
+        call(timeout=float("nan"))
+    if not isinstance(o, Event):
+        assert not (o.locked() if hasattr(o, "locked") else o.get_value() != 1)

@@ -110,6 +110,22 @@ def test_lock_with_statement_on_dead_holder_raises_and_does_not_hold(pool):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [Lock, RLock])
+def test_with_statement_on_free_but_unrepaired_lock(pool, cls):
+    """Released without consistent(): the lock is free but marked, and a
+    `with` block must raise OwnerDied (not hang, not run, not hold it)."""
+    lock = cls(pool=pool)
+    pid = _killed_holder(pool, lock.acquire)
+    with pytest.raises(OwnerDied):
+        lock.acquire(timeout=30)
+    lock.release()
+    with pytest.raises(OwnerDied, match=_OWNER_DIED.format(cls=cls.__name__, pid=pid, tail=_TAIL_WITH)):
+        with lock:
+            pytest.fail("the with block ran on suspect state")
+    assert not lock.locked()
+
+
+@pytest.mark.timeout(60)
 def test_lock_waiter_in_other_process_takes_over_from_dead_holder(pool):
     lock = Lock(pool=pool)
     waiting = Event(pool=pool)
@@ -449,3 +465,40 @@ def test_condition_wait_reports_lock_holder_death(pool):
     os.kill(d, signal.SIGKILL)
     assert join(w) == 0
     reap(d)
+
+
+def _sem_worker(sem, mv, k):
+    while mv[0] == 0:
+        assert sem.acquire(timeout=30)
+        mv[1 + k] += 1                      # progress of this worker slot
+        sem.release()
+
+
+@pytest.mark.timeout(120)
+def test_bounded_semaphore_kill_storm_loses_no_permit():
+    rng = random.Random(5)
+    with Pool.create(1 << 20, name="sstorm-sem") as pool:
+        sem = BoundedSemaphore(2, pool=pool)
+        a = pool.alloc(8 * 8)
+        mv = memoryview(a).cast("q")
+        for i in range(len(mv)):
+            mv[i] = 0
+        workers = [fork(_sem_worker, sem, mv, k) for k in range(4)]
+        for _ in range(30):
+            k = rng.randrange(4)
+            target = mv[1 + k] + rng.randrange(1, 30)
+            deadline = time.monotonic() + 30
+            while mv[1 + k] < target:
+                assert time.monotonic() < deadline, "wedged"
+                os.sched_yield()
+            os.kill(workers[k], signal.SIGKILL)
+            reap(workers[k])
+            workers[k] = fork(_sem_worker, sem, mv, k)
+        mv[0] = 1
+        assert [join(w) for w in workers] == [0] * 4
+        sem._reclaim()
+        assert sem.get_value() == 2          # every permit of a dead holder came back, none extra
+        assert sem.acquire(timeout=0) and sem.acquire(timeout=0) and not sem.acquire(timeout=0)
+        sem.release(2)
+        mv.release()
+        a.free()

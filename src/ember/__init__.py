@@ -15,6 +15,7 @@ from .exceptions import (  # noqa: F401
     PoolExhausted,
     ProcessError,
 )
+from .exceptions import ProcessDied, RemoteError, RemoteTraceback  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -48,12 +49,11 @@ _OBJECTS = {
     "Lock": "sync", "RLock": "sync", "Semaphore": "sync", "BoundedSemaphore": "sync",
     "Event": "sync", "Barrier": "sync", "Condition": "sync", "Value": "sync", "Array": "sync",
 }
-_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout", "OwnerDied", "ReleaseError",
-               "BrokenBarrierError", "SyncError")
+_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout")
 
 
 def __getattr__(attr):
-    mod = _OBJECTS.get(attr)
+    mod = _OBJECTS.get(attr) or _LAZY.get(attr)
     if mod is not None:
         import importlib
         value = getattr(importlib.import_module(f".objects.{mod}", __name__), attr)
@@ -83,3 +83,14 @@ __all__ = [
     "is_initialized",
     "shutdown",
 ]
+
+# Synchronization objects (ember.sync_c): their exceptions at top level.
+from .exceptions import BrokenBarrierError, OwnerDied, ReleaseError, SyncError  # noqa: E402,F401
+
+__all__ += ["BrokenBarrierError", "OwnerDied", "ReleaseError", "SyncError"]
+
+# The Python-process layer (ember.objects), imported on first use so that
+# `import ember` stays cheap.
+_LAZY = {"Process": "process", "Executor": "executor", "ProcessGroup": "group"}
+__all__ += ["Process", "Executor", "ProcessGroup", "ProcessDied", "RemoteError",
+            "RemoteTraceback"]

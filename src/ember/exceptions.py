@@ -16,6 +16,9 @@ __all__ = [
     "ProcessError",
     "DescriptorError",
     "GlobalServicesError",
+    "ProcessDied",
+    "RemoteError",
+    "RemoteTraceback",
     "ChannelClosed",
     "SyncError",
     "OwnerDied",
@@ -64,6 +67,58 @@ class ProcessError(EmberError):
 
 class GlobalServicesError(EmberError):
     """Global services could not be reached or replied with an internal error."""
+
+
+class ProcessDied(ProcessError, ChildProcessError):
+    """A Python process (``ember.Process``, an Executor worker, a group
+    member) ended without delivering its result: killed by a signal, or
+    exited before finishing.
+
+    Attributes: ``p_uid``, ``exitcode`` (-N for signal N), ``signal``
+    (the signal number, or None if it exited with a code).
+    """
+
+    def __init__(self, message, p_uid=None, exitcode=None):
+        super().__init__(message)
+        self.p_uid = p_uid
+        self.exitcode = exitcode
+        self.signal = -exitcode if isinstance(exitcode, int) and exitcode < 0 else None
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.p_uid, self.exitcode))
+
+
+class RemoteError(EmberError):
+    """An exception raised in another process that could not be brought
+    back as itself (it, or its result, could not be pickled or unpickled).
+
+    Attributes: ``type_name`` (qualified name of the original exception's
+    class), ``message`` (its ``str``), ``traceback`` (the formatted
+    traceback text from the other process).  ``str()`` is
+    ``"<type_name>: <message>"``.
+    """
+
+    def __init__(self, type_name, message, traceback=""):
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.traceback))
+
+
+class RemoteTraceback(Exception):
+    """Attached as ``__cause__`` of an exception re-raised from another
+    process: its ``str`` is the other process's formatted traceback (as in
+    ``concurrent.futures``)."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
 
 
 class ChannelClosed(ChannelError, EOFError):

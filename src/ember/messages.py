@@ -17,6 +17,8 @@ Arrays, not maps, because they are smaller and faster to pack and unpack;
 the field names live here, in one table.  Nothing on the control plane is
 ever pickled.
 """
+from operator import attrgetter
+
 import msgpack
 
 __all__ = ["Message", "MessageError", "unpack", "pack", "ERR_OK", "ERR_FAIL", "EXIT_UNKNOWN", "by_code"]
@@ -40,7 +42,12 @@ class Message:
     fields = ()
 
     def __init__(self, *args, **kwargs):
-        if len(args) > len(self.fields):
+        fields = self.fields
+        if len(args) == len(fields) and not kwargs:      # the common case, fast
+            for name, value in zip(fields, args):
+                setattr(self, name, value)
+            return
+        if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes {len(self.fields)} fields, got {len(args)}")
         for name, value in zip(self.fields, args):
             setattr(self, name, value)
@@ -53,7 +60,7 @@ class Message:
             raise TypeError(f"{type(self).__name__} has no field(s) {sorted(kwargs)}")
 
     def pack(self):
-        return _packb([self.code] + [getattr(self, f) for f in self.fields])
+        return _packb([self.code, *self._values(self)])
 
     def __repr__(self):
         body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.fields)
@@ -69,7 +76,15 @@ by_code = {}
 
 def _define(code, name, fields):
     fields = tuple(fields.split())
-    cls = type(name, (Message,), {"__slots__": fields, "code": code, "fields": fields})
+    if len(fields) > 1:
+        values = attrgetter(*fields)                  # -> tuple of the field values
+    elif fields:
+        one = attrgetter(fields[0])
+        values = lambda self: (one(self),)            # noqa: E731
+    else:
+        values = lambda self: ()                      # noqa: E731
+    cls = type(name, (Message,), {"__slots__": fields, "code": code, "fields": fields,
+                                  "_values": staticmethod(values)})
     if code in by_code:
         raise RuntimeError(f"duplicate message code {code}")
     by_code[code] = cls
@@ -122,6 +137,15 @@ _define(52, "ShShutdown", "tag")
 # watch (not reap: not our child) an attached process; forget it again.
 _define(53, "ShWatch", "p_uid pid")
 _define(54, "ShUnwatch", "p_uid")
+# node-scoped resources: GS decides and records, the shepherd of the node
+# that owns the memory creates and destroys (docs/architecture.md).  Each
+# is answered by the matching Sh*Done with ``err`` None or [err_type, text].
+_define(55, "ShPoolCreate", "tag m_uid size name owner_tag")
+_define(56, "ShPoolDestroy", "tag m_uid")
+# ``pool_sdesc``: the pool's descriptor, for a pool the shepherd did not make
+# (the runtime's default pool): it attaches it once.
+_define(57, "ShChannelCreate", "tag c_uid m_uid pool_sdesc capacity block_size")
+_define(58, "ShChannelDestroy", "tag c_uid")
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
@@ -131,6 +155,10 @@ _define(62, "ShShutdownDone", "ref")
 # control channel: "read your control channel".  Carries nothing; anyone may
 # send it (it only makes GS look at a channel only the runtime can write).
 _define(63, "Poke", "")
+_define(64, "ShPoolCreated", "ref m_uid sdesc size err")
+_define(65, "ShPoolDestroyed", "ref m_uid err")
+_define(66, "ShChannelCreated", "ref c_uid sdesc capacity block_size err")
+_define(67, "ShChannelDestroyed", "ref c_uid err")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 POKE = Poke().pack()

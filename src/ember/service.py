@@ -7,7 +7,7 @@ A service is a state machine fed one message at a time.  The core gives it:
   ``(method, kind)``; ``kind`` is :data:`REQUEST` (a client waits for a
   reply: a failure becomes an error reply) or :data:`NOTICE` (nobody waits:
   a failure is logged);
-- **one dispatch** (:meth:`Service.handle_bytes` / :meth:`Service.handle`):
+- **one dispatch** (:meth:`Service.handle_bytes` / :meth:`Service.dispatch`):
   decode, look the type up, let the service *admit* it once where it enters
   (:meth:`Service.admit`: authentication, reply address, field types of the
   envelope), run the handler, and turn an exception into an error reply
@@ -171,9 +171,9 @@ class Service:
             self._dropped += 1
             self.warn("malformed-message", "dropped malformed message: %s", exc)
             return None
-        return self.handle(msg, trusted)
+        return self.dispatch(msg, trusted)
 
-    def handle(self, msg, trusted=False):
+    def dispatch(self, msg, trusted=False):
         """Dispatch one decoded message; returns what its handler returned
         (None if it was dropped or failed)."""
         cls = type(msg)

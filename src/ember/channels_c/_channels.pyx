@@ -29,7 +29,7 @@ from ember.pools_c._pools cimport (
 import os
 import random
 import warnings
-from typing import NamedTuple
+from collections import namedtuple
 
 from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull,
                               DescriptorError, PoolExhausted)
@@ -38,11 +38,13 @@ from ember.pools_c import _pools as _pools_mod
 __all__ = ["Channel", "ChannelStatistics", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE"]
 
 
-class ChannelStatistics(NamedTuple):
-    """A snapshot of a channel (:meth:`Channel.statistics`)."""
-    depth: int          # messages queued (in-flight sends and receives may count either way)
-    capacity: int       # slots
-    closed: bool        # close() was called (queued messages may still be received)
+# (collections, not typing.NamedTuple: no typing import at start-up)
+ChannelStatistics = namedtuple("ChannelStatistics", "depth capacity closed")
+ChannelStatistics.__doc__ = """A snapshot of a channel (:meth:`Channel.statistics`), immutable:
+``depth`` (messages queued; in-flight sends and receives may count either way),
+``capacity`` (slots), ``closed`` (close() was called; queued messages may
+still be received)."""
+ChannelStatistics.__module__ = "ember.channels_c"
 
 DEFAULT_CAPACITY = EMBER_CH_DEFAULT_CAPACITY
 DEFAULT_BLOCK_SIZE = EMBER_CH_DEFAULT_BLOCK

@@ -207,6 +207,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -963,15 +964,36 @@ static ember_rc_t ch_open(ember_pool_t *pool, const ember_alloc_t *a, ember_ch_t
  * are and are not touched, so a channel made in fresh (sparse) pool memory
  * costs no page fault for its slots -- the first send or receive of each
  * slot page pays it, in whichever process uses it.  The holes are found
- * with lseek(SEEK_DATA / SEEK_HOLE) on the segment (4 system calls); if
- * that is not possible every slot is initialised.  `off` is the segment
- * offset of `slots` (the mapping starts at offset 0). */
+ * with lseek(SEEK_DATA / SEEK_HOLE) on the segment, opened again by name
+ * (6 system calls); the file must be ours and be the mapped segment (owner,
+ * size and the pool header's first line as mapped), so a segment unlinked
+ * and replaced under the same name is never asked.  If any of that fails
+ * every slot is initialised.  `off` is the segment offset of `slots` (the
+ * mapping starts at offset 0). */
+static int open_same_segment(ember_pool_t *pool)
+{
+    const char *name = ember_pool_shm_name(pool);
+    const unsigned char *base = ember_pool_ptr(pool, 0);
+    if (!name || !base)
+        return -1;
+    int fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct stat sb;
+    unsigned char line[EMBER_CACHE_LINE];
+    if (fstat(fd, &sb) != 0 || sb.st_uid != geteuid() || (uint64_t)sb.st_size != ember_pool_size(pool)
+        || pread(fd, line, sizeof line, 0) != (ssize_t)sizeof line || memcmp(line, base, sizeof line) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 static void init_slots(ember_pool_t *pool, unsigned char *slots, uint64_t off,
                        uint32_t capacity, uint32_t block_size)
 {
     uint64_t len = (uint64_t)capacity * block_size;
-    const char *name = ember_pool_shm_name(pool);
-    int fd = name ? shm_open(name, O_RDONLY | O_CLOEXEC, 0) : -1;
+    int fd = open_same_segment(pool);
     uint64_t cur = 0;
     while (cur < len) {
         uint64_t d0 = cur, d1 = len;          /* written range: initialise its slots */

@@ -14,36 +14,51 @@ import itertools
 from .. import messages as m
 from ..descriptors import ChannelOptions
 from ..exceptions import ChannelError, ChannelTimeout, PoolError
+from .processes import EXITED
 from .registry import _Waiter, _lookup, _timeout, log
 
 DEFAULT_POOL_NAME = "default"
 
 
 class _Pool:
-    __slots__ = ("m_uid", "name", "pool", "size", "channels", "default")
+    __slots__ = ("m_uid", "name", "sdesc", "size", "channels", "default", "waiting")
 
-    def __init__(self, m_uid, name, pool, size, default=False):
-        self.m_uid, self.name, self.pool, self.size = m_uid, name, pool, size
-        self.channels = set()
+    def __init__(self, m_uid, name, sdesc, size, default=False):
+        self.m_uid, self.name, self.sdesc, self.size = m_uid, name, sdesc, size
+        self.channels = set()     # c_uids of its channels (being created ones too)
         self.default = default
+        self.waiting = None       # while the shepherd creates it: [(tag, r, p_uid)] to answer
 
 
 class _Chan:
-    __slots__ = ("c_uid", "m_uid", "name", "ch", "sdesc", "capacity", "block_size",
-                 "ref_count", "holders")
+    __slots__ = ("c_uid", "m_uid", "name", "sdesc", "capacity", "block_size",
+                 "ref_count", "holders", "waiting")
 
-    def __init__(self, c_uid, m_uid, name, ch, opts):
-        self.c_uid, self.m_uid, self.name, self.ch = c_uid, m_uid, name, ch
-        self.sdesc = ch.sdesc
-        self.capacity = ch.capacity
-        self.block_size = ch.block_size
+    def __init__(self, c_uid, m_uid, name, opts):
+        self.c_uid, self.m_uid, self.name = c_uid, m_uid, name
+        self.sdesc = None         # known once the shepherd made it
+        self.capacity = opts.capacity
+        self.block_size = opts.block_size
         self.ref_count = bool(opts.ref_count)
         self.holders = {}  # p_uid -> count
+        self.waiting = None       # while the shepherd creates it: [(tag, r, p_uid)] to answer
 
 
 class MemoryPart:
     """Pools (``pools``, ``pool_names``) and channels (``chans``,
-    ``chan_names``, ``chan_sdescs``, ``chan_joiners``)."""
+    ``chan_names``, ``chan_sdescs``, ``chan_joiners``).
+
+    Node-scoped: GS decides (uids, names, options) and records; the
+    shepherd of the node that owns the memory creates and destroys
+    (``node_request`` in :mod:`.server`; the shepherd side is
+    :mod:`ember.shepherd.resources`).  A pool or channel being created is
+    recorded at once (its name and uid are taken: ``pools_creating``,
+    ``chans_creating``) and becomes visible when the shepherd confirms;
+    then its requester is answered, with everyone who asked for it
+    meanwhile (a soft create of the same name; joiners of the name are
+    woken as before).  A destroy forgets the record at once and answers
+    its requester when the shepherd confirms.  GS never maps these pools.
+    """
 
     REQUESTS = ((m.PoolCreate, "on_pool_create"), (m.PoolList, "on_pool_list"),
                 (m.PoolQuery, "on_pool_query"), (m.PoolDestroy, "on_pool_destroy"),
@@ -55,39 +70,46 @@ class MemoryPart:
     NOTICES = ()
 
     def _init_memory(self, default_pool):
+        """``default_pool``: the runtime's default pool (made by the
+        launcher; anything with ``sdesc`` and ``size``), or None."""
         self.pools = {}           # m_uid -> _Pool
         self.pool_names = {}
+        self.pools_creating = {}  # m_uid -> _Pool the shepherd is making
+        self.pool_names_creating = {}
         self.chans = {}           # c_uid -> _Chan
         self.chan_names = {}
+        self.chans_creating = {}  # c_uid -> _Chan the shepherd is making
+        self.chan_names_creating = {}
         self.chan_sdescs = set()  # descriptors of the registered channels
         self.chan_joiners = {}    # name -> [ _Waiter ]
         self._m_uids = itertools.count(2)
         self._c_uids = itertools.count(1)
         #: Called with a dead (reaped) process's OS pid to give back the pool
-        #: blocks it still owned; by default every pool's ``reclaim(pid)``
-        #: where the pools layer has one.  None: no sweep.
+        #: blocks it still owned in the pools GS itself maps (``extra_pools``:
+        #: the infrastructure pool of its node).  The node's pools are swept
+        #: by their shepherd, before it reports the exit.  None: no sweep.
         self.sweep_allocations = self._reclaim_blocks
-        self.extra_pools = []     # pools GS sweeps but does not own (the infrastructure pool)
+        self.extra_pools = []     # pools GS sweeps (the infrastructure pool)
         self.default_m_uid = None
         if default_pool is not None:
             self.default_m_uid = 1
-            self._add_pool(_Pool(1, DEFAULT_POOL_NAME, default_pool, default_pool.size, default=True))
+            self._add_pool(_Pool(1, DEFAULT_POOL_NAME, default_pool.sdesc, default_pool.size,
+                                 default=True))
 
     def _reclaim_blocks(self, pid):
-        pools = [(r.m_uid, r.pool) for r in self.pools.values()] + \
-            [(getattr(p, "m_uid", "?"), p) for p in self.extra_pools]
-        for m_uid, pool in pools:
+        for pool in self.extra_pools:
             reclaim = getattr(pool, "reclaim", None)
             if reclaim is None:
                 continue
             try:
                 got = reclaim(pid)
             except Exception as exc:
-                log.warning("cannot reclaim the blocks of pid %d in pool %s: %s", pid, m_uid, exc)
+                log.warning("cannot reclaim the blocks of pid %d in the infrastructure pool: %s",
+                            pid, exc)
                 continue
             if got and got[0]:
-                log.info("reclaimed %d block(s), %d bytes of dead pid %d in pool %s",
-                         got[0], got[1], pid, m_uid)
+                log.info("reclaimed %d block(s), %d bytes of dead pid %d in the infrastructure "
+                         "pool", got[0], got[1], pid)
 
     def _drop_refs(self, rec, c_uid):
         rec.refs.pop(c_uid, None)
@@ -97,6 +119,18 @@ class MemoryPart:
             if ch.ref_count and not ch.holders:
                 self._destroy_channel(ch)
 
+    def _answer(self, waiting, value=None, err=None):
+        """Answer everyone in ``waiting`` whose reply channel is still
+        registered to them (a requester that exited meanwhile has none)."""
+        for tag, r, owner in waiting:
+            if self.reply_owner.get(r) != owner:
+                continue
+            if err is None:
+                self._reply(tag, r, value)
+            else:
+                self.route_reply(self.node, r, m.reply_err(tag, err[0], err[1]))
+
+    # ------------------------------------------------------------------ pools
     def _add_pool(self, rec):
         self.pools[rec.m_uid] = rec
         if rec.name:
@@ -107,7 +141,7 @@ class MemoryPart:
 
     def _pool_desc(self, rec):
         return {"m_uid": rec.m_uid, "name": rec.name, "node": self.node, "size": rec.size,
-                "sdesc": rec.pool.sdesc}
+                "sdesc": rec.sdesc}
 
     def on_pool_create(self, msg):
         name = msg.user_name
@@ -118,18 +152,43 @@ class MemoryPart:
             if msg.soft:
                 return self._reply(msg.tag, msg.r, self._pool_desc(rec))
             raise PoolError(f"a pool is already named {name!r} (m_uid {rec.m_uid})")
+        if name and name in self.pool_names_creating:
+            rec = self.pools_creating[self.pool_names_creating[name]]
+            if msg.soft:
+                rec.waiting.append((msg.tag, msg.r, msg.p_uid))
+                return
+            raise PoolError(f"a pool is already named {name!r} (m_uid {rec.m_uid})")
         size = msg.size
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise PoolError(f"pool size must be a positive int, got {size!r}")
         m_uid = next(self._m_uids)
-        try:
-            pool = self._make_pool(size, name=name, m_uid=m_uid, owner_tag=self.runtime_tag)
-        except (MemoryError, OSError, ValueError) as exc:
-            raise PoolError(f"cannot create pool of {size} bytes: {exc}") from None
-        rec = _Pool(m_uid, name or None, pool, pool.size)
+        rec = _Pool(m_uid, name or None, None, size)
+        rec.waiting = [(msg.tag, msg.r, msg.p_uid)]
+        self.pools_creating[m_uid] = rec
+        if name:
+            self.pool_names_creating[name] = m_uid
+        log.debug("pool %d %r requested (%d bytes) by process %s", m_uid, rec.name, size, msg.p_uid)
+        self.node_request(self.node, lambda tag: m.ShPoolCreate(
+            tag, m_uid, size, name, self.runtime_tag), self._pool_created)
+
+    def _pool_created(self, done):
+        rec = self.pools_creating.pop(done.m_uid, None)
+        if rec is None:
+            return
+        if rec.name and self.pool_names_creating.get(rec.name) == rec.m_uid:
+            del self.pool_names_creating[rec.name]
+        waiting, rec.waiting = rec.waiting, None
+        if done.err:
+            err_type, text, expected = done.err
+            if expected:
+                err_type, text = "PoolError", f"cannot create pool of {rec.size} bytes: {text}"
+            log.info("pool %d %r not created: %s", rec.m_uid, rec.name, text)
+            return self._answer(waiting, err=(err_type, text))
+        rec.sdesc, rec.size = done.sdesc, done.size
         self._add_pool(rec)
-        log.info("pool %d %r created (%d bytes) by process %s", m_uid, rec.name, rec.size, msg.p_uid)
-        self._reply(msg.tag, msg.r, self._pool_desc(rec))
+        log.info("pool %d %r created (%d bytes) by process %s", rec.m_uid, rec.name, rec.size,
+                 waiting[0][2])
+        self._answer(waiting, self._pool_desc(rec))
 
     def on_pool_list(self, msg):
         self._reply(msg.tag, msg.r, [[p.m_uid, p.name] for p in self.pools.values()])
@@ -149,16 +208,26 @@ class MemoryPart:
         if rec.channels:
             raise PoolError(f"pool {rec.name or rec.m_uid} (m_uid {rec.m_uid}) still holds "
                             f"{len(rec.channels)} channel(s) {sorted(rec.channels)}: destroy them first")
-        self._destroy_pool(rec)
-        self._reply(msg.tag, msg.r)
+        self._destroy_pool(rec, (msg.tag, msg.r, msg.p_uid))
 
-    def _destroy_pool(self, rec):
+    def _destroy_pool(self, rec, requester=None):
+        """Forget a pool, then have its shepherd destroy it; ``requester``
+        ``(tag, r, p_uid)`` is answered when the shepherd confirms (else a
+        failure is logged)."""
         del self.pools[rec.m_uid]
         if rec.name and self.pool_names.get(rec.name) == rec.m_uid:
             del self.pool_names[rec.name]
         log.info("pool %d %r destroyed", rec.m_uid, rec.name)
-        rec.pool.destroy()
+        self.node_request(self.node, lambda tag: m.ShPoolDestroy(tag, rec.m_uid),
+                          lambda done: self._destroyed(f"pool {rec.m_uid}", done, requester))
 
+    def _destroyed(self, what, done, requester):
+        if requester is not None:
+            self._answer([requester], err=done.err)
+        elif done.err:
+            log.error("destroying %s: %s: %s", what, done.err[0], done.err[1])
+
+    # --------------------------------------------------------------- channels
     def _chan(self, ident):
         return _lookup(ident, self.chans, self.chan_names, ChannelError, "channel", "c_uid")
 
@@ -184,6 +253,12 @@ class MemoryPart:
                 self._add_ref(rec, msg.p_uid)
                 return self._reply(msg.tag, msg.r, self._chan_desc(rec))
             raise ChannelError(f"a channel is already named {name!r} (c_uid {rec.c_uid})")
+        if name and name in self.chan_names_creating:
+            rec = self.chans_creating[self.chan_names_creating[name]]
+            if msg.soft:
+                rec.waiting.append((msg.tag, msg.r, msg.p_uid))
+                return
+            raise ChannelError(f"a channel is already named {name!r} (c_uid {rec.c_uid})")
         m_uid = self.default_m_uid if msg.m_uid is None else msg.m_uid
         if isinstance(m_uid, bool) or not isinstance(m_uid, int):
             raise ChannelError(f"m_uid must be an int, not {type(m_uid).__name__}")
@@ -199,26 +274,54 @@ class MemoryPart:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ChannelError(f"ChannelOptions.{field} must be a positive int, got {v!r}")
         c_uid = next(self._c_uids)
-        try:
-            ch = self._make_channel(prec.pool, capacity=opts.capacity, block_size=opts.block_size,
-                                    c_uid=c_uid)
-        except (MemoryError, ValueError) as exc:
-            raise ChannelError(f"cannot create channel {name or c_uid!r} in pool {m_uid}: {exc}") from None
-        rec = _Chan(c_uid, m_uid, name or None, ch, opts)
-        self.chans[c_uid] = rec
-        self.chan_sdescs.add(rec.sdesc)
-        log.info("channel %d %r created in pool %d by process %s", c_uid, rec.name, m_uid, msg.p_uid)
-        prec.channels.add(c_uid)
+        rec = _Chan(c_uid, m_uid, name or None, opts)
+        rec.waiting = [(msg.tag, msg.r, msg.p_uid)]
+        self.chans_creating[c_uid] = rec
         if name:
-            self.chan_names[name] = c_uid
-        self._add_ref(rec, msg.p_uid)
+            self.chan_names_creating[name] = c_uid
+        prec.channels.add(c_uid)         # the pool cannot go while it is being made
+        self.node_request(self.node, lambda tag: m.ShChannelCreate(
+            tag, c_uid, m_uid, prec.sdesc, opts.capacity, opts.block_size), self._channel_created)
+
+    def _channel_created(self, done):
+        rec = self.chans_creating.pop(done.c_uid, None)
+        if rec is None:
+            return
+        if rec.name and self.chan_names_creating.get(rec.name) == rec.c_uid:
+            del self.chan_names_creating[rec.name]
+        waiting, rec.waiting = rec.waiting, None
+        prec = self.pools.get(rec.m_uid)
+        if done.err:
+            if prec is not None:
+                prec.channels.discard(rec.c_uid)
+            err_type, text, expected = done.err
+            if expected:
+                err_type = "ChannelError"
+                text = f"cannot create channel {rec.name or rec.c_uid!r} in pool {rec.m_uid}: {text}"
+            log.info("channel %d %r not created: %s", rec.c_uid, rec.name, text)
+            return self._answer(waiting, err=(err_type, text))
+        rec.sdesc, rec.capacity, rec.block_size = done.sdesc, done.capacity, done.block_size
+        self.chans[rec.c_uid] = rec
+        self.chan_sdescs.add(rec.sdesc)
+        if rec.name:
+            self.chan_names[rec.name] = rec.c_uid
+        log.info("channel %d %r created in pool %d by process %s", rec.c_uid, rec.name, rec.m_uid,
+                 waiting[0][2])
         desc = self._chan_desc(rec)
         # Wake the joiners first: they sleep, the creator is spinning for its reply.
-        for w in list(self.chan_joiners.get(name, ())) if name else ():
+        for w in list(self.chan_joiners.get(rec.name, ())) if rec.name else ():
             self._finish_waiter(w)
             self._add_ref(rec, w.owner)
             self._reply(w.tag, w.r, desc)
-        self._reply(msg.tag, msg.r, desc)
+        for tag, r, owner in waiting:
+            if self.reply_owner.get(r) != owner:
+                continue         # exited meanwhile: it holds no reference
+            proc = self.procs.get(owner)
+            if proc is None or proc.state != EXITED:
+                self._add_ref(rec, owner)
+            self._reply(tag, r, desc)
+        if rec.ref_count and not rec.holders:
+            self._destroy_channel(rec)   # every holder exited while it was made
 
     def on_channel_list(self, msg):
         self._reply(msg.tag, msg.r, [[c.c_uid, c.name] for c in self.chans.values()])
@@ -246,8 +349,7 @@ class MemoryPart:
         self._park(w, timeout)
 
     def on_channel_destroy(self, msg):
-        self._destroy_channel(self._chan(msg.ident))
-        self._reply(msg.tag, msg.r)
+        self._destroy_channel(self._chan(msg.ident), (msg.tag, msg.r, msg.p_uid))
 
     def on_channel_add_ref(self, msg):
         rec = self._chan(msg.ident)
@@ -279,9 +381,11 @@ class MemoryPart:
             self._destroy_channel(rec)
         self._reply(msg.tag, msg.r)
 
-    def _destroy_channel(self, rec):
-        """Forget a channel, then destroy it (the registries are consistent
-        even if the destroy itself fails)."""
+    def _destroy_channel(self, rec, requester=None):
+        """Forget a channel, then have its shepherd destroy it (the
+        registries are consistent whatever the destroy's outcome);
+        ``requester`` ``(tag, r, p_uid)`` is answered when the shepherd
+        confirms (else a failure is logged)."""
         self.chans.pop(rec.c_uid, None)
         self.chan_sdescs.discard(rec.sdesc)
         if rec.name and self.chan_names.get(rec.name) == rec.c_uid:
@@ -294,7 +398,8 @@ class MemoryPart:
             if proc is not None:
                 proc.refs.pop(rec.c_uid, None)
         log.info("channel %d %r destroyed", rec.c_uid, rec.name)
-        rec.ch.destroy()
+        self.node_request(self.node, lambda tag: m.ShChannelDestroy(tag, rec.c_uid),
+                          lambda done: self._destroyed(f"channel {rec.c_uid}", done, requester))
 
     def _unlink_chan_join(self, w):
         lst = self.chan_joiners.get(w.name)
@@ -306,7 +411,7 @@ class MemoryPart:
 
     def _chan_join_timed_out(self, w):
         self._finish_waiter(w)
-        self.send_reply(w.r, m.reply_err(
+        self.route_reply(self.node, w.r, m.reply_err(
             w.tag, "ChannelTimeout",
             f"channel.join({w.name!r}) timed out: no channel of that name was created"))
 
@@ -317,4 +422,12 @@ class MemoryPart:
                   "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
                   "holders": dict(c.holders), "refs": sum(c.holders.values())}
                  for c in self.chans.values()]
+        # being made by their node's shepherd (not visible to requests yet)
+        pools += [{"m_uid": p.m_uid, "name": p.name, "size": p.size, "default": False,
+                   "node": self.node, "channels": [], "being_made": True}
+                  for p in self.pools_creating.values()]
+        chans += [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": self.node,
+                   "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
+                   "holders": {}, "refs": 0, "being_made": True}
+                  for c in self.chans_creating.values()]
         return pools, chans

@@ -143,7 +143,8 @@ class ProcessesPart:
                     del self.last_by_name[rec.name]
             log.info("process %d %r failed to start: %s", rec.p_uid, rec.exe, msg.err)
             if r:
-                self.send_reply(r, m.reply_err(tag, "ProcessError", f"cannot start process: {msg.err}"))
+                self.route_reply(self.node, r, m.reply_err(tag, "ProcessError",
+                                                           f"cannot start process: {msg.err}"))
             return
         rec.os_pid = msg.os_pid
         if rec.state == PENDING:
@@ -162,7 +163,7 @@ class ProcessesPart:
             self.warn("bad-attach-key", "refused ProcessAttach: wrong runtime key")
             # an error on the given channel, unregistered: nothing is kept
             if self.check_reply is None or self.check_reply(msg.r) is None:
-                self.send_reply(msg.r, m.reply_err(msg.tag, "ProcessError",
+                self.route_reply(self.node, msg.r, m.reply_err(msg.tag, "ProcessError",
                                                    "attach refused: wrong runtime key"))
             return
         if msg.r in self.reply_owner:
@@ -185,7 +186,7 @@ class ProcessesPart:
             return
         if err is not None:
             self._unregister_replies(rec)
-            self.send_reply(msg.r, m.reply_err(msg.tag, "ProcessError", err))
+            self.route_reply(self.node, msg.r, m.reply_err(msg.tag, "ProcessError", err))
             return
         rec.attached = True
         rec.state = RUNNING
@@ -361,7 +362,7 @@ class ProcessesPart:
             status[p] = [rec.state, rec.exit_code]
         for ident in w.unknown:
             status[ident] = ["unknown", None]
-        self.send_reply(w.r, m.reply_ok(w.tag, [exited or None, status]))
+        self.route_reply(self.node, w.r, m.reply_ok(w.tag, [exited or None, status]))
 
     def _unlink_proc_join(self, w):
         for p in w.p_uids:

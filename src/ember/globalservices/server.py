@@ -2,7 +2,10 @@
 
 GS holds the registries (processes by p_uid and name, pools by m_uid and
 name, channels by c_uid and name) and the waiters (process joins with
-server-side timeouts, channel joins waiting for a name).  It runs one loop:
+server-side timeouts, channel joins waiting for a name).  It decides and
+records; the node's shepherd does (spawns, kills, and creates and destroys
+the node's pools and channels: ``node_request``), and GS answers a request
+that needs the shepherd when the shepherd confirms.  It runs one loop:
 read a request from its input channel, update the registries, reply or park
 the requester.  It never blocks on a client: replies go out with
 ``timeout=0`` (a client's reply channel only ever holds the answers to its
@@ -18,8 +21,9 @@ a request enters (keys, reply channels), the transport and the loop.
 
 The state machine (:class:`GlobalServices`) is separate from its transport:
 ``send_reply(r, msg)`` delivers a reply to the channel whose descriptor is
-``r``, ``send_shepherd(msg)`` hands a message to the shepherd, and
-``clock()`` is a monotonic clock.  Tests drive it with scripted messages, a
+``r`` (every reply goes through :meth:`GlobalServices.route_reply` first),
+``send_shepherd(msg)`` hands a message to the shepherd, and ``clock()`` is a
+monotonic clock.  Tests drive it with scripted messages, a
 recording transport and a fake shepherd; :func:`serve` runs it for real.
 
 Decisions where the spec is open (see docs/architecture.md):
@@ -46,9 +50,11 @@ step of a cleanup is independent of the others' failure.
 """
 
 import hmac
+import itertools
 import time
 
 from .. import _log, messages as m
+from ..exceptions import EmberError
 from ..service import NOTICE, REQUEST, Service
 from .memory import DEFAULT_POOL_NAME, MemoryPart  # noqa: F401  (re-exported)
 from .objects import ObjectsPart
@@ -70,11 +76,11 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
     name = "GS"
     error_type = "GlobalServicesError"
     REQUESTS = ((m.ServiceStats, "on_service_stats"), (m.ServiceDump, "on_service_dump"))
-    NOTICES = ()
+    NOTICES = ((m.ShPoolCreated, "on_node_done"), (m.ShPoolDestroyed, "on_node_done"),
+               (m.ShChannelCreated, "on_node_done"), (m.ShChannelDestroyed, "on_node_done"))
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
-                 node=0, default_pool=None, channel_factory=None, pool_factory=None,
-                 attach_channel=None, launcher_key=None, reserved_replies=(),
+                 node=0, default_pool=None, launcher_key=None, reserved_replies=(),
                  check_reply=None, death_reports=True, err=None, attach_key=None):
         """``launcher_key``: the key of p_uid 0 (None: no request claiming
         p_uid 0 is accepted); ``reserved_replies``: descriptors that may
@@ -84,22 +90,17 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         line to ``err`` (stderr) for each process whose non-zero exit
         nobody joined (docs/architecture.md); ``attach_key``: the runtime's key
         (str) that a process the runtime did not start must present to
-        attach (None: attaching is refused)."""
+        attach (None: attaching is refused); ``default_pool``: the
+        runtime's default pool (only its ``sdesc`` and ``size`` are read:
+        GS does not use the node's pools, their shepherd does)."""
         Service.__init__(self, clock=clock, logger=log)
         self.attach_key = attach_key
         self.runtime_tag = runtime_tag
         self.send_reply = send_reply
         self.send_shepherd = send_shepherd
         self.node = node
-        if channel_factory is None or pool_factory is None or attach_channel is None:
-            from ..channels_c import Channel
-            from ..pools_c import Pool
-            channel_factory = channel_factory or Channel.create
-            pool_factory = pool_factory or Pool.create
-            attach_channel = attach_channel or Channel.attach
-        self._make_channel = channel_factory
-        self._make_pool = pool_factory
-        self._attach_channel = attach_channel
+        self._node_ops = {}       # tag of a request to a node's shepherd -> on_done(msg)
+        self._node_tags = itertools.count(1)
         self.launcher_key = launcher_key
         self.launcher_replies = set()
         self.reserved_replies = frozenset(reserved_replies)
@@ -121,7 +122,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
                 self.on(cls, getattr(self, method), NOTICE)
 
     # ------------------------------------------------------------------ input
-    # handle_bytes(data, trusted=False) and handle(msg, trusted) come from
+    # handle_bytes(data, trusted=False) and dispatch(msg, trusted) come from
     # the service core: decode, look up, admit(), run, error reply.  Never
     # raises: a malformed or unauthenticated message is logged
     # (rate-limited) and dropped; a well-formed, authenticated request that
@@ -170,7 +171,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         return msg.r in replies or self._register_reply(msg, p_uid, replies)
 
     def send_error_reply(self, msg, err_type, text, tb=None):
-        self.send_reply(msg.r, m.reply_err(msg.tag, err_type, text, tb))
+        self.route_reply(self.node, msg.r, m.reply_err(msg.tag, err_type, text, tb))
 
     def _register_reply(self, msg, p_uid, replies):
         """Make ``msg.r`` one of ``p_uid``'s reply channels, or say why not
@@ -190,7 +191,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
             # A usable channel, but one too many: say so on it (unregistered),
             # so the client raises instead of waiting forever.
             why = f"the process already uses {MAX_REPLY_CHANNELS} reply channels"
-            self.send_reply(r, m.reply_err(
+            self.route_reply(self.node, r, m.reply_err(
                 msg.tag, "GlobalServicesError",
                 f"process {p_uid} already uses {MAX_REPLY_CHANNELS} reply channels: "
                 f"request refused"))
@@ -204,7 +205,36 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
 
     def _reply(self, tag, r, value=None):
         if r:
-            self.send_reply(r, m.reply_ok(tag, value))
+            self.route_reply(self.node, r, m.reply_ok(tag, value))
+
+    # ---------------------------------------------------------------- routing
+    def route_reply(self, node, r, msg):
+        """The one function every reply goes through: deliver ``msg`` to
+        the reply channel ``r`` of a process on ``node``.  One node today:
+        every reply channel is in the infrastructure pool of GS's own node,
+        which GS maps; a multi-node transport takes over here."""
+        if node != self.node:
+            log.error("reply %r to node %s dropped: this runtime has one node", msg, node)
+            return
+        self.send_reply(r, msg)
+
+    def node_request(self, node, build, on_done):
+        """Ask the shepherd of ``node`` to do something (create or destroy
+        a pool or channel): ``build(tag)`` makes the message;
+        ``on_done(msg)`` runs when its answer (``ref`` == tag) comes back
+        on the control channel."""
+        if node != self.node:
+            raise EmberError(f"node {node} is not a node of this runtime")
+        tag = next(self._node_tags)
+        self._node_ops[tag] = on_done
+        self.send_shepherd(build(tag))
+
+    def on_node_done(self, msg):
+        on_done = self._node_ops.pop(msg.ref, None)
+        if on_done is None:
+            log.warning("%s for no request of GS's (ref %r)", type(msg).__name__, msg.ref)
+            return
+        on_done(msg)
 
     # ----------------------------------------------------------- introspection
     def on_service_stats(self, msg):

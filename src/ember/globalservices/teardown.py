@@ -163,7 +163,7 @@ class TeardownPart:
         self.finished = True
         exits = {p.p_uid: p.exit_code for p in self.procs.values()}
         if t.r:
-            self.send_reply(t.r, m.reply_ok(t.tag, exits))
+            self.route_reply(self.node, t.r, m.reply_ok(t.tag, exits))
 
     def _dump_teardown(self):
         t = self.teardown

@@ -32,6 +32,8 @@ import threading
 
 from .. import _env, _log
 from .. import messages as M
+from ..service import NOTICE, Service
+from . import template as _template
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
@@ -107,8 +109,10 @@ def raise_nofile_limit():
     return soft, soft
 
 
-class Shepherd:
-    """The shepherd's core, independent of the transport.
+class Shepherd(Service):
+    """The shepherd's core, independent of the transport; a service on
+    the service core (:mod:`ember.service`): its handler table, dispatch,
+    ``stats()`` and ``dump()``.
 
     Parameters
     ----------
@@ -130,9 +134,12 @@ class Shepherd:
         4121) killed by SIGSEGV (core dumped)``).
     """
 
+    name = "shepherd"
+
     def __init__(self, send, base_env=None, label="none", out_fd=1, err_fd=2, death_reports=True):
         if label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        Service.__init__(self, logger=log)
         self._send_raw = send
         self._label = label
         self._out_fd = out_fd
@@ -162,13 +169,17 @@ class Shepherd:
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._ep.register(self._wake, select.EPOLLIN)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self._handlers = {
-            M.ShSpawn: self._on_spawn,
-            M.ShKill: self._on_kill,
-            M.ShShutdown: self._on_shutdown,
-            M.ShWatch: self._on_watch,
-            M.ShUnwatch: self._on_unwatch,
-        }
+        self._template = None         # the warm template, started on first use
+        # GS's requests: notices (each handler sends its own answer, if any).
+        for cls, method in ((M.ShSpawn, self._on_spawn), (M.ShKill, self._on_kill),
+                            (M.ShShutdown, self._on_shutdown), (M.ShWatch, self._on_watch),
+                            (M.ShUnwatch, self._on_unwatch)):
+            self.on(cls, method, NOTICE)
+        # The node's pools and channels (created and destroyed on GS's behalf).
+        from .resources import NodeResources
+        self.resources = NodeResources(self._send)
+        for cls in NodeResources.TYPES:
+            self.on(cls, self.resources.handle_msg, NOTICE)
 
     # ------------------------------------------------------------------
     # request thread
@@ -176,21 +187,13 @@ class Shepherd:
     def handle(self, data):
         """Handle one packed request from GS.  Returns False once the
         request was ``ShShutdown`` (the caller stops reading), else True.
-        Malformed or unexpected messages are logged and dropped."""
-        try:
-            msg = M.unpack(data)
-        except M.MessageError as exc:
-            log.warning("dropped a malformed message: %s", exc)
-            return True
-        handler = self._handlers.get(type(msg))
-        if handler is None:
-            log.warning("dropped an unexpected message %r", msg)
-            return True
-        try:
-            return handler(msg)
-        except Exception as exc:     # a malformed field: drop it, keep serving
-            log.warning("dropped %r: %s: %s", msg, type(exc).__name__, exc)
-            return True
+        Malformed or unexpected messages are logged and dropped (the
+        service core's dispatch)."""
+        return self.handle_bytes(data, trusted=True) is not False
+
+    def notice_failed(self, msg, exc, tb):
+        # a malformed field: drop it, keep serving
+        log.warning("dropped %r: %s: %s", msg, type(exc).__name__, exc)
 
     def _child_env(self, p_uid, overrides):
         env = dict(self._base_env)
@@ -283,9 +286,12 @@ class Shepherd:
             os.close(out_w)
             return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
-            path, argv = self._resolve(exe, args, run_dir)
-            pid = spawn(path, argv, envp, run_dir, self._devnull, out_w, err_w,
-                        new_pgrp=True, nofile_soft=self.child_nofile)
+            if _template.is_template_request(exe, args):
+                pid = self._template_spawn(p_uid, args, envp, run_dir, out_w, err_w)
+            else:
+                path, argv = self._resolve(exe, args, run_dir)
+                pid = spawn(path, argv, envp, run_dir, self._devnull, out_w, err_w,
+                            new_pgrp=True, nofile_soft=self.child_nofile)
         except (OSError, ValueError, TypeError, _StartError) as exc:
             os.close(out_r)
             os.close(err_r)
@@ -330,6 +336,15 @@ class Shepherd:
         # Only now may the loop see the exit: ShSpawned precedes ShExited.
         self._ep.register(pidfd, select.EPOLLIN)
         return None
+
+    def _template_spawn(self, p_uid, args, envp, run_dir, out_w, err_w):
+        """Fork the child from the warm template (ember.shepherd.template),
+        started on first use; the child is re-parented to us (subreaper)."""
+        if self._template is None:
+            _template.become_subreaper()
+            self._template = _template.Template(list(self._child_env(0, None)),
+                                                self._err_fd, self._err_fd)
+        return self._template.spawn(p_uid, args, envp, run_dir, self._devnull, out_w, err_w)
 
     def _on_kill(self, msg):
         sig, p_uid = msg.sig, msg.p_uid
@@ -505,6 +520,7 @@ class Shepherd:
                 if self._children.get(child.p_uid) is not child:
                     return
                 self._forget_external(child)
+            self.resources.reclaim(child.pid)     # its pool blocks, before GS hears of the exit
             self._send(M.ShExited(child.p_uid, M.EXIT_UNKNOWN))
             return
         try:
@@ -534,6 +550,7 @@ class Shepherd:
             core = " (core dumped)" if os.WCOREDUMP(status) else ""
             self._report(f"ember: process {child.p_uid}{name} (pid {child.pid}) killed by "
                          f"{_signame(os.WTERMSIG(status))}{core}\n".encode(errors="replace"))
+        self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
         self._send(M.ShExited(child.p_uid, code))
 
     def _report(self, line):
@@ -658,6 +675,8 @@ class Shepherd:
         if self._closed:
             return
         self._closed = True
+        if self._template is not None:
+            self._template.close()
         with self._lock:
             children = list(self._children.values())
             self._children.clear()
@@ -681,6 +700,7 @@ class Shepherd:
                 os.close(obj.fd)
                 obj.fd = -1
         self._fds.clear()
+        self.resources.close()
         self._ep.close()
         os.close(self._wake)
         os.close(self._devnull)
@@ -746,6 +766,11 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
             gs_channel.send(poke)
 
     shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
+    # GS's requests come in bursts (create, then destroy): spin a little
+    # after each before sleeping, as GS does on its input.
+    if hasattr(in_channel, "set_spin"):
+        from ..globalservices._client import CONTROL_SPIN
+        in_channel.set_spin(CONTROL_SPIN, adaptive=False)
     import resource
     if old_soft != resource.RLIM_INFINITY:
         shepherd.child_nofile = old_soft       # children get the limit we started with

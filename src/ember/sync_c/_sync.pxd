@@ -42,6 +42,7 @@ cdef extern from "sync.h" nogil:
     int ember_sync_id_dead(uint64_t id)
 
     ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uint32_t *died_pid)
+    ember_rc_t ember_lock_spin_acquire(void *mem, uint32_t spins, uint32_t *died_pid)
     ember_rc_t ember_lock_release(void *mem)
     ember_rc_t ember_lock_consistent(void *mem)
     int ember_lock_locked(const void *mem)

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3, boundscheck=False, wraparound=False, binding=False
 """Cython binding of ember's synchronization objects in pool memory (sync.h).
 
 The classes mirror ``multiprocessing.synchronize`` (and ``threading``) names
@@ -33,6 +33,8 @@ BARRIER_MAX_PARTIES = EMBER_SYNC_BARRIER_MAX
 
 # Blocking calls wait in slices of at most this long, then check signals.
 cdef int64_t _SLICE_NS = 50_000_000
+# Pause iterations a blocking Lock acquire spins with the GIL held first.
+cdef uint32_t _SPINS = 100
 
 _KIND_NAME = {EMBER_SYNC_LOCK: "Lock", EMBER_SYNC_RLOCK: "RLock",
               EMBER_SYNC_SEMAPHORE: "Semaphore", EMBER_SYNC_EVENT: "Event",
@@ -213,13 +215,22 @@ cdef class _LockBase(SyncObject):
         lock and should repair, call :meth:`consistent`, then release."""
         cdef uint32_t died = 0
         cdef ember_rc_t rc
+        cdef int64_t tmo = -1
         if self._p == NULL or self._pool._pool == NULL:
             self._check()
+        if timeout is not None:
+            tmo = _timeout_ns(timeout)          # bad input raises even when the lock is free
         rc = ember_lock_acquire(self._p, 0, 0, &died)
         if rc == EMBER_OK:
             return True
+        if rc == EMBER_ERR_TIMEOUT and block:
+            # A short spin with the GIL held first: cheaper than releasing
+            # the GIL when the holder is about to release.
+            rc = ember_lock_spin_acquire(self._p, _SPINS, &died)
+            if rc == EMBER_OK:
+                return True
         if rc == EMBER_ERR_TIMEOUT:
-            rc = _lock_wait(self, _timeout_ns(timeout) if block else 0, &died)
+            rc = _lock_wait(self, tmo if block else 0, &died)
             if rc == EMBER_OK:
                 return True
             if rc == EMBER_ERR_TIMEOUT:
@@ -264,13 +275,25 @@ cdef class _LockBase(SyncObject):
         return (<uint32_t>holder, count, died, deaths)
 
     def __enter__(self):
-        try:
-            return self.acquire()
-        except OwnerDied as e:
-            self.release()
-            raise _owner_died(self, e.pid, True) from None
+        cdef uint32_t died = 0
+        cdef ember_rc_t rc = EMBER_ERR_TIMEOUT
+        if self._p != NULL and self._pool._pool != NULL:
+            rc = ember_lock_acquire(self._p, 0, 0, &died)     # the uncontended fast path
+            if rc == EMBER_OK:
+                return True
+        if rc != EMBER_SYNC_OWNER_DIED:
+            try:
+                return self.acquire()
+            except OwnerDied as e:
+                died = e.pid
+        # Acquired, but marked: a `with` block must not run on it, nor leave
+        # it held when __enter__ raises.
+        self.release()
+        raise _owner_died(self, died, True)
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if self._p != NULL and self._pool._pool != NULL and ember_lock_release(self._p) == EMBER_OK:
+            return None
         self.release()
 
     def __repr__(self):
@@ -345,10 +368,12 @@ cdef class Semaphore(SyncObject):
         if self._p == NULL or self._pool._pool == NULL:
             self._check()
         p = self._p
+        tmo = _timeout_ns(timeout) if timeout is not None else -1
         rc = ember_sem_acquire(p, 0)
         if rc == EMBER_OK:
             return True
-        tmo = _timeout_ns(timeout) if block else 0
+        if not block:
+            tmo = 0
         if rc == EMBER_ERR_TIMEOUT and tmo != 0:
             deadline = _deadline(tmo)
             self._pool._busy += 1
@@ -375,14 +400,18 @@ cdef class Semaphore(SyncObject):
         """Return ``n`` permits (BoundedSemaphore: ReleaseError, also a
         ValueError, beyond the initial value)."""
         cdef ember_rc_t rc
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError("n must be one or more")
-        if n > 0xffffffff:
-            raise ValueError(f"n must be < 2**32, got {n}")
-        self._check()
+        if type(n) is not int or not (1 <= n <= 0xffffffff):
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"n must be an int, got {type(n).__name__}")
+            if n < 1:
+                raise ValueError("n must be one or more")
+            if n > 0xffffffff:
+                raise ValueError(f"n must be < 2**32, got {n}")
+        if self._p == NULL or self._pool._pool == NULL:
+            self._check()
         rc = ember_sem_release(self._p, <uint32_t>n)
+        if rc == EMBER_OK:
+            return
         if rc == EMBER_SYNC_OVER:
             raise ReleaseError(f"{self._desc()}: semaphore or lock released too many times")
         self._rc(rc, "release")
@@ -458,10 +487,10 @@ cdef class Event(SyncObject):
         if self._p == NULL or self._pool._pool == NULL:
             self._check()
         p = self._p
+        tmo = _timeout_ns(timeout)
         token = ember_event_token(p)
         if token & 1:
             return True
-        tmo = _timeout_ns(timeout)
         if tmo == 0:
             return False
         deadline = _deadline(tmo)

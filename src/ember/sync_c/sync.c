@@ -96,11 +96,16 @@
  *
  * MEMORY ORDER
  *   - Lock: the acquire CAS (acq_rel) pairs with the releasing CAS
- *     holder -> 0 (acq_rel) of the previous holder, so the critical
+ *     holder -> 0 (seq_cst) of the previous holder, so the critical
  *     section's writes (and xdied, xthread, count) are visible to the next
  *     holder.  A takeover CAS dead -> me reads from the dead holder's
  *     acquire CAS; what the dead holder wrote after it may or may not be
  *     visible: that is exactly what OWNER_DIED reports.
+ *   - Lock release is a seq_cst CAS followed by a seq_cst load of the
+ *     sleepers flag, and a Lock waiter re-reads xstate with a seq_cst load
+ *     after raising the flag: the store-buffering pattern with all four
+ *     accesses seq_cst, so no fence is needed on the release fast path (on
+ *     x86 the CAS is the only barrier).  Otherwise as below.
  *   - Sleeping (Dekker, as channel.c): waiter: v = seq_cst load(xseq);
  *     seq_cst store(sleepers, 1); seq_cst fence; retry; futex_wait(xseq, v).
  *     Releaser: release (CAS/store); seq_cst fence; relaxed load of
@@ -111,6 +116,11 @@
  *     returns at once or is woken.  Event uses its state word as the futex
  *     word and the same handshake without the bump: set() changes the word
  *     itself, so futex_wait on the word the waiter saw returns at once.
+ *   - Semaphore release unlocks the meta lock with a seq_cst exchange and
+ *     then loads the sleepers flag seq_cst (munlock_notify): a waiter
+ *     stores the flag seq_cst and fences before it takes the meta lock, so
+ *     either its meta-lock CAS reads this unlock (and so sees the new
+ *     state), or this load sees its flag.
  *   - Meta lock: acquire CAS / release store; the guarded fields are relaxed
  *     atomics (so that a reader outside the lock, get_value or a barrier
  *     waiter polling its slot, is race-free).  Barrier: the slot status is
@@ -136,8 +146,9 @@
  *   - Lock/RLock holder dies: before its acquire CAS nothing happened; after
  *     it, the lock is held by a dead id: the next acquirer (within one
  *     20 ms slice of waiting, or at once on a try-once with check_dead)
- *     takes it over and gets OWNER_DIED naming the pid.  Dies during release
- *     (after the CAS to 0): the lock is free and consistent; at worst the
+ *     takes it over and gets OWNER_DIED naming the pid.  Dies in release
+ *     before the CAS to 0: still the holder, reported as above.  After it:
+ *     the lock is free and consistent; at worst the
  *     sleepers were not woken, and they wake at the end of their slice.  A
  *     process that dies right after taking over, before storing xdied, is
  *     itself dead holding the lock: the next acquirer reports that death
@@ -162,8 +173,9 @@
  *   - Barrier: a party that dies while waiting (or running the action as
  *     the last party) breaks the barrier for the others within one slice:
  *     they get EMBER_SYNC_BROKEN.  The last party to arrive checks the
- *     waiting parties first and breaks instead of tripping if one is dead.  A party that dies before arriving is not
- *     detected (the others wait until their timeout).  A death inside the
+ *     waiting parties first and breaks instead of tripping if one is dead.
+ *     A party that dies before arriving is not detected (the others wait
+ *     until their timeout).  A death inside the
  *     meta lock breaks the barrier (reset() makes it usable again).  A dead
  *     waiter whose slot was already TRIPPED/BROKEN leaves the slot in use
  *     until an arrive that finds no free slot reclaims it.
@@ -173,7 +185,10 @@
  *   holder: the lock stays held until that process exits (a delay, never a
  *   double grant); (3) a thread of a live process that dies holding a lock
  *   is not detected (as with threading); (4) destroy only when nobody uses
- *   the object: a waiter past its header check reads freed memory.
+ *   the object: operations do not re-check the header (the Python layer
+ *   checks it at attach), so a process still using a destroyed object works
+ *   on freed, maybe reused, pool memory: no crash (the pool stays mapped),
+ *   but no meaning either.
  */
 #include "sync.h"
 
@@ -195,6 +210,10 @@
 #define SYNC_VERSION  1u
 #define LOCK_SPIN     200
 #define EVENT_SPIN    100
+
+/* Named-order wrapper missing from ember_common.h (kept local to this file). */
+#define sync_atomic_cas_seq_cst(p, expp, v) \
+    atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_seq_cst, memory_order_seq_cst)
 
 _Static_assert(sizeof(_Atomic uint64_t) == 8, "64-bit atomics must be plain words");
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "32-bit atomics must be plain words");
@@ -486,6 +505,22 @@ static inline void munlock(_Atomic uint64_t *w)
     ember_atomic_store_release(w, 0);
 }
 
+/* Unlock and notify sleepers without a fence: the seq_cst exchange (which
+ * also releases the guarded stores, pairing with mlock()'s CAS) precedes
+ * the seq_cst load of the flag in the total order; a waiter stores the flag
+ * (seq_cst) and fences before it takes the meta lock, so either it sees
+ * this unlock and the state under it, or this load sees its flag. */
+static inline void munlock_notify(_Atomic uint64_t *w, _Atomic uint32_t *word,
+                                  _Atomic uint32_t *sleepers)
+{
+    ember_atomic_exchange_seq_cst(w, 0);
+    if (__builtin_expect(ember_atomic_load_seq_cst(sleepers) != 0, 0)
+        && ember_atomic_exchange_seq_cst(sleepers, 0) != 0) {
+        ember_atomic_add_seq_cst(word, 1);
+        futex_wake_all(word);
+    }
+}
+
 /* ---- header ------------------------------------------------------------- */
 ember_rc_t ember_sync_init(void *mem, size_t size, int kind, int64_t param, uint32_t flags)
 {
@@ -622,9 +657,14 @@ ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uin
     }
     for (;;) {
         uint32_t v = prepare_sleep(&l->xseq, &l->xsleepers);
-        rc = lock_try(l, me, 0, died_pid);
-        if (rc != EMBER_ERR_TIMEOUT)
-            return rc;
+        /* seq_cst load after the seq_cst flag store: with the releaser's
+         * seq_cst CAS + flag load this is the store-buffering pattern with
+         * every access seq_cst, so one of the two sees the other. */
+        if (ember_atomic_load_seq_cst(&l->xstate) == 0) {
+            rc = lock_try(l, me, 0, died_pid);
+            if (rc != EMBER_ERR_TIMEOUT)
+                return rc;
+        }
         int64_t sl = slice_of(deadline);
         if (sl == 0)
             return lock_try(l, me, 1, died_pid);
@@ -637,6 +677,23 @@ ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uin
             return EMBER_ERR_INTERRUPTED;
         }
     }
+}
+
+ember_rc_t ember_lock_spin_acquire(void *mem, uint32_t spins, uint32_t *died_pid)
+{
+    lock_obj_t *l = mem;
+    if (!l)
+        return EMBER_ERR_INVALID_ARG;
+    uint64_t me = ember_sync_self();
+    for (uint32_t i = 0; i < spins; i++) {
+        ember_cpu_relax();
+        if (ember_atomic_load_relaxed(&l->xstate) == 0) {
+            ember_rc_t rc = lock_try(l, me, 0, died_pid);
+            if (rc != EMBER_ERR_TIMEOUT)
+                return rc;
+        }
+    }
+    return EMBER_ERR_TIMEOUT;
 }
 
 ember_rc_t ember_lock_release(void *mem)
@@ -656,20 +713,25 @@ ember_rc_t ember_lock_release(void *mem)
         }
         ember_atomic_store_relaxed(&l->xcount, 0);
         ember_atomic_store_relaxed(&l->xthread, 0);
-        /* release: publishes the critical section; pairs with the acquire
-         * CAS in lock_try() of the next holder. */
-        ember_atomic_store_release(&l->xstate, 0);
-    } else {
-        uint64_t s = ember_atomic_load_relaxed(&l->xstate);
-        do {
-            if (s == 0)
-                return (ember_rc_t)EMBER_SYNC_OVER;
-            /* release (CAS s -> 0): publishes the critical section; pairs
-             * with the acquire CAS in lock_try().  A CAS, not a store, so two
-             * racing releases cannot free a lock someone re-acquired. */
-        } while (!ember_atomic_cas_acq_rel(&l->xstate, &s, 0));
     }
-    notify(&l->xseq, &l->xsleepers);
+    uint64_t s = ember_atomic_load_relaxed(&l->xstate);
+    do {
+        if (s == 0)
+            return (ember_rc_t)EMBER_SYNC_OVER;
+        /* seq_cst CAS s -> 0: its release half publishes the critical
+         * section (pairs with the acquire CAS in lock_try() of the next
+         * holder); being seq_cst, it is ordered before the seq_cst load of
+         * the sleepers flag below without a fence (pairs with the seq_cst
+         * flag store + load of xstate in ember_lock_acquire()).  A CAS, not
+         * a store, so two racing releases cannot free a lock someone
+         * re-acquired. */
+    } while (!sync_atomic_cas_seq_cst(&l->xstate, &s, 0));
+    if (__builtin_expect(ember_atomic_load_seq_cst(&l->xsleepers) != 0, 0)
+        && ember_atomic_exchange_seq_cst(&l->xsleepers, 0) != 0) {
+        /* seq_cst: the bump follows every sleeper's seq_cst load of xseq. */
+        ember_atomic_add_seq_cst(&l->xseq, 1);
+        futex_wake_all(&l->xseq);
+    }
     return EMBER_OK;
 }
 
@@ -867,8 +929,7 @@ ember_rc_t ember_sem_release(void *mem, uint32_t n)
         if (h == 0)
             ember_atomic_store_relaxed(&s->slots[at].xid, 0);
     }
-    munlock(&s->xmeta);
-    notify(&s->xseq, &s->xsleepers);
+    munlock_notify(&s->xmeta, &s->xseq, &s->xsleepers);
     return EMBER_OK;
 }
 

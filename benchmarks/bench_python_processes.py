@@ -1,0 +1,226 @@
+"""Python functions in managed processes vs multiprocessing / concurrent.futures.
+
+    python benchmarks/bench_python_processes.py [--quick] [--map-n N]
+
+Re-executes itself under ``python -m ember run`` when not inside a runtime.
+Every baseline runs in the same process and run, and each line prints the
+ratio against the target of issue 10:
+
+| measure                                  | target                                  |
+|------------------------------------------|-----------------------------------------|
+| start + join of a trivial function       | <= mp fork, and <= 5 ms (median)        |
+| sustained starts per second              | >= 300/s                                |
+| Executor.map of N trivial calls          | chunksize=1: >= 10x ProcessPoolExecutor |
+|                                          | default: <= multiprocessing.Pool.map    |
+| 100 MB numpy result back to the parent   | >= 5x faster than mp Queue / Pipe       |
+"""
+import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+
+def trivial():
+    return 1
+
+
+def sq(x):
+    return x * x
+
+
+def big_result(nbytes):
+    import numpy as np
+
+    a = np.ones(nbytes // 8)
+    return time.perf_counter(), a
+
+
+def big_to_queue(q, nbytes):
+    q.put(big_result(nbytes))
+
+
+def big_to_pipe(conn, nbytes):
+    conn.send(big_result(nbytes))
+
+
+def median_ms(fn, n):
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def ember_start_join(method):
+    import ember
+
+    def run():
+        p = ember.Process(target=trivial, start_method=method)
+        p.start()
+        p.join()
+        p.close()
+    return run
+
+
+def mp_start_join(ctx):
+    def run():
+        p = ctx.Process(target=trivial)
+        p.start()
+        p.join()
+        p.close()
+    return run
+
+
+def sustained(make, total, window=8):
+    """Start ``total`` processes, at most ``window`` alive at once."""
+    live = []
+    t = time.perf_counter()
+    for _ in range(total):
+        if len(live) >= window:
+            live.pop(0).join()
+        p = make()
+        p.start()
+        live.append(p)
+    for p in live:
+        p.join()
+    return total / (time.perf_counter() - t)
+
+
+def line(what, value, unit, base=None, target=None):
+    s = f"{what:<52} {value:10.3f} {unit}"
+    if base is not None:
+        s += f"   ratio {base:8.2f}"
+    if target is not None:
+        s += f"   target {target}"
+    print(s, flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--map-n", type=int, default=100_000)
+    ap.add_argument("--big-mb", type=int, default=100)
+    a = ap.parse_args()
+    import ember
+
+    reps = 40 if a.quick else 200
+    slow_reps = 5 if a.quick else 20
+    print(f"# bench_python_processes: {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
+          flush=True)
+
+    # --- start + join -------------------------------------------------
+    median_ms(ember_start_join("template"), 3)          # start the template
+    fork = mp.get_context("fork")
+    fs = mp.get_context("forkserver")
+    median_ms(mp_start_join(fs), 2)                     # start the fork server
+    t_tmpl = median_ms(ember_start_join("template"), reps)
+    t_fork = median_ms(mp_start_join(fork), reps)
+    t_fs = median_ms(mp_start_join(fs), reps)
+    t_spawn_e = median_ms(ember_start_join("spawn"), slow_reps)
+    t_spawn = median_ms(mp_start_join(mp.get_context("spawn")), slow_reps)
+    print("## start + join of a trivial function (median)")
+    line("mp fork", t_fork, "ms")
+    line("mp forkserver", t_fs, "ms")
+    line("mp spawn", t_spawn, "ms")
+    line("ember.Process start_method='spawn'", t_spawn_e, "ms", t_spawn / t_spawn_e)
+    line("ember.Process (template) vs mp fork", t_tmpl, "ms", t_fork / t_tmpl,
+         f"ratio >= 1 and <= 5 ms: {'MET' if t_tmpl <= t_fork and t_tmpl <= 5 else 'NOT MET'}")
+
+    # --- sustained starts ---------------------------------------------
+    n = 100 if a.quick else 300
+    r_e = sustained(lambda: ember.Process(target=trivial), n)
+    r_f = sustained(lambda: fork.Process(target=trivial), n)
+    print("## sustained starts per second (8 alive at once)")
+    line("mp fork", r_f, "/s")
+    line("ember.Process (template)", r_e, "/s", r_e / r_f,
+         f">= 300/s: {'MET' if r_e >= 300 else 'NOT MET'}")
+
+    # --- Executor.map ---------------------------------------------------
+    N = a.map_n
+    workers = os.cpu_count() or 2
+    print(f"## map of {N} trivial calls, {workers} workers")
+    with ember.Executor(workers) as ex:
+        list(ex.map(sq, range(100)))                      # warm
+        t = time.perf_counter(); list(ex.map(sq, range(N), chunksize=1))
+        e1 = time.perf_counter() - t
+        t = time.perf_counter(); list(ex.map(sq, range(N)))
+        ed = time.perf_counter() - t
+    with cf.ProcessPoolExecutor(workers, mp_context=fork) as ppe:
+        list(ppe.map(sq, range(100)))
+        n1 = min(N, 20_000 if a.quick else N)
+        t = time.perf_counter(); list(ppe.map(sq, range(n1), chunksize=1))
+        p1 = (time.perf_counter() - t) * N / n1
+        t = time.perf_counter(); list(ppe.map(sq, range(N), chunksize=1000))
+        p1000 = time.perf_counter() - t
+    with fork.Pool(workers) as pool:
+        pool.map(sq, range(100))
+        t = time.perf_counter(); pool.map(sq, range(N))
+        pm = time.perf_counter() - t
+    line("ProcessPoolExecutor chunksize=1" + (" (scaled)" if n1 != N else ""), p1, "s")
+    line("ProcessPoolExecutor chunksize=1000", p1000, "s")
+    line("multiprocessing.Pool.map (auto chunks)", pm, "s")
+    line("ember.Executor.map chunksize=1 vs PPE chunksize=1", e1, "s", p1 / e1,
+         f">= 10: {'MET' if p1 / e1 >= 10 else 'NOT MET'}")
+    line("ember.Executor.map default vs Pool.map", ed, "s", pm / ed,
+         f">= 1: {'MET' if ed <= pm else 'NOT MET'}")
+
+    # --- big numpy result ---------------------------------------------
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        print("## numpy not installed: big-result measure skipped")
+        return 0
+    nbytes = a.big_mb << 20
+    print(f"## {a.big_mb} MB numpy result back to the parent (send to receive, median of 5)")
+
+    def ember_big():
+        p = ember.Process(target=big_result, args=(nbytes,))
+        p.start()
+        t0, arr = p.result()
+        t1 = time.perf_counter()
+        p.join()
+        p.close()
+        assert arr.nbytes == nbytes
+        return t1 - t0
+
+    def mp_queue():
+        q = fork.Queue()
+        p = fork.Process(target=big_to_queue, args=(q, nbytes))
+        p.start()
+        t0, arr = q.get()
+        t1 = time.perf_counter()
+        p.join()
+        return t1 - t0
+
+    def mp_pipe():
+        r, w = fork.Pipe(duplex=False)
+        p = fork.Process(target=big_to_pipe, args=(w, nbytes))
+        p.start()
+        t0, arr = r.recv()
+        t1 = time.perf_counter()
+        p.join()
+        r.close()
+        w.close()
+        return t1 - t0
+
+    te = statistics.median(ember_big() for _ in range(5)) * 1e3
+    tq = statistics.median(mp_queue() for _ in range(5)) * 1e3
+    tp = statistics.median(mp_pipe() for _ in range(5)) * 1e3
+    line("mp Queue", tq, "ms")
+    line("mp Pipe", tp, "ms")
+    line("ember.Process result vs mp Queue", te, "ms", tq / te,
+         f">= 5: {'MET' if tq / te >= 5 else 'NOT MET'}")
+    line("ember.Process result vs mp Pipe", te, "ms", tp / te,
+         f">= 5: {'MET' if tp / te >= 5 else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    if "EMBER_GS_CH" not in os.environ:
+        os.execv(sys.executable, [sys.executable, "-m", "ember", "run", os.path.abspath(__file__)]
+                 + sys.argv[1:])
+    sys.exit(main())

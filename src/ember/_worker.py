@@ -1,0 +1,137 @@
+"""Entry point of a Python process started by ``ember.Process``.
+
+    python -m ember._worker [--template] [--preload=m1,m2] CALL RESULT
+
+``CALL`` and ``RESULT`` are base64 channel descriptors.  The parent has
+already sent the whole call record (target, args, kwargs; see
+``ember.objects._pickling``) on CALL before starting this process; the
+outcome goes back on RESULT as one record: the return value, the exception
+(with its formatted traceback), or, if that cannot be pickled, a
+``RemoteError`` record.  Exit code: 0 after a return, 1 after an exception,
+the code of ``SystemExit`` if the target exits.
+
+``--template`` and ``--preload`` are read by the shepherd's warm template
+(``ember.shepherd.template``), which forks this process and calls
+:func:`main` in the fork; started as a fresh interpreter they are ignored.
+"""
+import os
+import sys
+
+
+def _format_tb(exc, skip_code):
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code is skip_code:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _type_name(exc):
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _what(target):
+    return getattr(target, "__qualname__", None) or repr(target)
+
+
+def _send_exception(res, exc, tb_text, prefix=b""):
+    import pickle
+
+    from .objects import _pickling as P
+
+    try:
+        data, bufs = P.dumps(exc)
+        P.loads(data, bufs)          # it must also come back to life
+    except BaseException as perr:
+        detail = f"{type(perr).__name__}: {perr}"
+        tb_text += (f"\n(the exception could not be sent back as itself: {detail})\n")
+        data = pickle.dumps((_type_name(exc), str(exc), tb_text))
+        P.send_record(res, P.KIND_REMOTE_ERR, data, extra=prefix)
+        return
+    P.send_record(res, P.KIND_ERR, data, bufs, extra=prefix + tb_text.encode("utf-8", "replace"))
+
+
+def run(call_sdesc, result_sdesc):
+    """Run the call found on the CALL channel; return the exit code."""
+    import pickle
+
+    from .channels_c import Channel
+    from .objects import _pickling as P
+
+    call = Channel.attach(call_sdesc)
+    res = Channel.attach(result_sdesc)
+    try:
+        reader = P.RecordReader(call)
+        reader.pump(0)
+        if not reader.records or reader.records[-1].kind != P.KIND_CALL:
+            print("ember worker: no call record on the call channel", file=sys.stderr)
+            return 70
+        rec = reader.records[-1]
+        del reader
+        call.detach()
+        sys.path[:] = pickle.loads(rec.extra)
+        try:
+            target, args, kwargs = P.loads(rec.data, rec.bufs)
+        except BaseException as exc:
+            _send_exception(res, exc, _format_tb(exc, run.__code__))
+            return 1
+        del rec
+        try:
+            result = None if target is None else target(*args, **kwargs)
+        except SystemExit as exc:
+            code = exc.code
+            if code is None:
+                return 0
+            if isinstance(code, int):
+                return code
+            print(code, file=sys.stderr)
+            return 1
+        except BaseException as exc:
+            _send_exception(res, exc, _format_tb(exc, run.__code__))
+            return 1
+        del args, kwargs
+        try:
+            data, bufs = P.dumps_fast(result)
+        except BaseException as exc:
+            data = pickle.dumps((_type_name(exc),
+                                 f"cannot pickle the result of {_what(target)}() "
+                                 f"(a {type(result).__name__}): {exc}",
+                                 _format_tb(exc, run.__code__)))
+            P.send_record(res, P.KIND_REMOTE_ERR, data)
+            return 1
+        del result
+        P.send_record(res, P.KIND_OK, data, bufs)
+        return 0
+    finally:
+        if not call.closed:
+            call.detach()
+        res.detach()
+
+
+def parse_argv(argv):
+    """-> (template, preload list, call sdesc, result sdesc)."""
+    from . import _env
+
+    template, preload, rest = False, [], []
+    for a in argv:
+        if a == "--template":
+            template = True
+        elif a.startswith("--preload="):
+            preload = [m for m in a[len("--preload="):].split(",") if m]
+        else:
+            rest.append(a)
+    if len(rest) != 2:
+        raise SystemExit("usage: python -m ember._worker [--template] [--preload=M,...] CALL RESULT")
+    return template, preload, _env.decode(rest[0]), _env.decode(rest[1])
+
+
+def main(argv=None):
+    """Run one call; return the process exit code."""
+    _, _, call_sdesc, result_sdesc = parse_argv(sys.argv[1:] if argv is None else argv)
+    return run(call_sdesc, result_sdesc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,542 @@
+"""``ember.Process``: run a Python function in a managed process.
+
+Mirrors ``multiprocessing.Process`` and adds ``result()`` / ``exception``.
+The process is a global-services process like any other (a p_uid, a GS
+name when ``name=`` is given, ``process.query/join/kill`` see it, its output
+is forwarded, teardown kills it).  How things travel: see
+``ember.objects._pickling`` and docs/python-processes.md.
+
+Everything here goes through the global-services client API and channels in
+the runtime's default pool; nothing assumes how the runtime was started.
+"""
+import atexit
+import itertools
+import os
+import pickle
+import select
+import signal as _signal
+import sys
+import threading
+import weakref
+
+from .. import _env
+from ..exceptions import ProcessDied, ProcessError, RemoteError, RemoteTraceback
+from . import _pickling as P
+
+__all__ = ["Process", "START_METHODS"]
+
+#: ``"template"``: forked from the node's warm template interpreter (fast);
+#: ``"spawn"``: a fresh interpreter.
+START_METHODS = ("template", "spawn")
+
+_counter = itertools.count(1)
+_CALL_CAPACITY_MIN = 4
+_RESULT_CAPACITY = 8
+_BLOCK = 1024
+# How often a wait for a result checks whether the process is still alive.
+_SLICE = 0.02
+
+# Started processes not yet joined (strong refs, like multiprocessing's
+# _children): joined (non-daemon) or killed (daemon) at interpreter exit.
+_live = set()
+_live_lock = threading.Lock()
+
+_pool_cache = [None, None]   # [pid, Pool]
+_pool_lock = threading.Lock()
+
+
+def _default_pool():
+    """The runtime's default pool, attached once per process."""
+    pool = _pool_cache[1]
+    if pool is not None and _pool_cache[0] == os.getpid():
+        return pool
+    with _pool_lock:
+        if _pool_cache[1] is None or _pool_cache[0] != os.getpid():
+            from ..globalservices import pool as gpool
+            from ..pools_c import Pool
+
+            _pool_cache[1] = Pool.attach(gpool.default().sdesc)
+            _pool_cache[0] = os.getpid()
+        return _pool_cache[1]
+
+
+def _pow2(n):
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _create(args, env, cwd, user_name):
+    """Start ``python <args>`` as a managed process; the one place where a
+    Python process is created (placement, ``node=``, will go here)."""
+    from ..globalservices import process as gproc
+
+    return gproc.create(sys.executable, cwd, args, env=env, user_name=user_name or "")
+
+
+def _signal_name(sig):
+    try:
+        return _signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class _Resources:
+    """What a started Process holds; released by :meth:`release` (join,
+    close, or garbage collection through a weakref.finalize)."""
+
+    __slots__ = ("call", "result", "fd", "__weakref__")
+
+    def __init__(self):
+        self.call = self.result = None
+        self.fd = -1
+
+    def release_channels(self):
+        for attr in ("call", "result"):
+            ch = getattr(self, attr)
+            setattr(self, attr, None)
+            if ch is not None and not ch.closed:
+                try:
+                    ch.destroy()
+                except Exception:
+                    pass
+
+    def release(self):
+        self.release_channels()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _readable(fds, timeout):
+    """True if any of ``fds`` is readable within ``timeout`` seconds (None:
+    wait).  poll(), not select(): fds may be above FD_SETSIZE."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return bool(p.poll(ms))
+
+
+def _exited_fd():
+    """An fd that is readable at once (the process is already gone)."""
+    fd = os.eventfd(1, os.EFD_CLOEXEC)
+    return fd
+
+
+class Process:
+    """A Python function run in its own managed process.
+
+    Parameters
+    ----------
+    target : callable or None
+        Called in the new process as ``target(*args, **kwargs)``; any
+        callable cloudpickle can ship (module functions, functions and
+        classes of ``__main__``, lambdas, closures, bound methods).
+    args, kwargs
+        Its arguments (pickled, protocol 5; large buffers out of band).
+    name : str or None
+        A global-services name for the process (unique among live
+        processes); None: the process has no GS name and ``p.name`` is
+        ``"Process-<n>"``.
+    daemon : bool or None
+        A daemon process is killed when the process that started it exits;
+        others are joined then (as in multiprocessing).
+    env : dict or None
+        Environment variables added to / overriding this process's own.
+    cwd : str or None
+        Working directory (default: this process's).
+    start_method : {"template", "spawn"} or None
+        None: :attr:`Process.start_method`.  See docs/python-processes.md.
+    """
+
+    #: Default start method of new processes.
+    start_method = "template"
+    _preload = ()
+
+    def __init__(self, target=None, args=(), kwargs=None, name=None, daemon=None, env=None,
+                 cwd=None, *, start_method=None):
+        if target is not None and not callable(target):
+            raise TypeError(f"target must be callable, not {type(target).__name__}")
+        if isinstance(args, (str, bytes)) or not isinstance(args, (tuple, list)):
+            raise TypeError(f"args must be a tuple, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        if daemon is not None and not isinstance(daemon, bool):
+            raise TypeError(f"daemon must be a bool or None, not {type(daemon).__name__}")
+        if env is not None:
+            if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in env.items()):
+                raise TypeError("env must be a dict mapping str to str")
+        if cwd is not None:
+            cwd = os.fspath(cwd)
+        if start_method is not None and start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+        self._target = target
+        self._args = tuple(args)
+        self._kwargs = dict(kwargs or {})
+        self._gs_name = name
+        self._name = name or f"Process-{next(_counter)}"
+        self._daemon = bool(daemon)
+        self._env = dict(env or {})
+        self._cwd = cwd
+        self._start_method = start_method
+        self._desc = None
+        self._res = None
+        self._finalizer = None
+        self._reader = None
+        self._exitcode = None
+        self._outcome = None          # (kind, value) once decided
+        self._closed = False
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def preload(cls, modules):
+        """Import ``modules`` (a list of names) in the warm template before
+        it forks the next processes, so they start with them imported (like
+        multiprocessing's ``set_forkserver_preload``)."""
+        if isinstance(modules, str) or not all(isinstance(m, str) and m and "," not in m
+                                               for m in modules):
+            raise TypeError("preload takes a list of module names")
+        cls._preload = tuple(dict.fromkeys(tuple(cls._preload) + tuple(modules)))
+
+    # --- properties as multiprocessing.Process -------------------------
+    @property
+    def name(self):
+        return self._name
+
+    @name.setter
+    def name(self, value):
+        if self._desc is not None:
+            raise ProcessError("cannot rename a started process")
+        if not isinstance(value, str):
+            raise TypeError("name must be a str")
+        self._name = self._gs_name = value
+
+    @property
+    def daemon(self):
+        return self._daemon
+
+    @daemon.setter
+    def daemon(self, value):
+        if self._desc is not None:
+            raise ProcessError("process has already started")
+        self._daemon = bool(value)
+
+    @property
+    def pid(self):
+        return None if self._desc is None else self._desc.os_pid
+
+    ident = pid
+
+    @property
+    def p_uid(self):
+        return None if self._desc is None else self._desc.p_uid
+
+    @property
+    def exitcode(self):
+        if self._desc is not None and self._exitcode is None and not self._closed:
+            self._poll()
+        return self._exitcode
+
+    @property
+    def sentinel(self):
+        """An fd that becomes readable when the process ends (a pidfd)."""
+        self._check_closed()
+        if self._res is None:
+            raise ValueError("process not started")
+        return self._res.fd
+
+    def __repr__(self):
+        if self._desc is None:
+            state = "initial"
+        elif self._exitcode is None:
+            state = "started"
+        else:
+            state = f"stopped exitcode={self._exitcode}"
+        return f"<ember.Process name={self._name!r} p_uid={self.p_uid} {state}>"
+
+    # ------------------------------------------------------------------
+    def _check_closed(self):
+        if self._closed:
+            raise ValueError("process object is closed")
+
+    def start(self):
+        """Start the process; returns once it runs."""
+        self._check_closed()
+        with self._lock:
+            if self._desc is not None:
+                raise ProcessError("cannot start a process twice")
+            _sweep()
+            data, bufs = P.dumps_fast((self._target, self._args, self._kwargs))
+            from ..channels_c import Channel
+
+            pool = _default_pool()
+            res = _Resources()
+            fin = weakref.finalize(self, res.release)
+            # Not at interpreter exit: weakref's exit hook runs before ours
+            # (and before an Executor's), and would pull channels and the
+            # pidfd from under processes still being joined.
+            fin.atexit = False
+            try:
+                res.call = Channel.create(pool, capacity=max(_CALL_CAPACITY_MIN,
+                                                             _pow2(len(bufs) + 2)),
+                                          block_size=_BLOCK)
+                res.result = Channel.create(pool, capacity=_RESULT_CAPACITY, block_size=_BLOCK)
+                P.send_record(res.call, P.KIND_CALL, data, bufs,
+                              extra=pickle.dumps(list(sys.path)))
+                del data, bufs
+                method = self._start_method or Process.start_method
+                args = ["-m", "ember._worker"]
+                if method == "template":
+                    args.append("--template")
+                    if Process._preload:
+                        args.append("--preload=" + ",".join(Process._preload))
+                args += [_env.encode(res.call.sdesc), _env.encode(res.result.sdesc)]
+                env = {k: v for k, v in os.environ.items() if k != _env.P_UID}
+                env.update(self._env)
+                self._desc = _create(args, env, self._cwd, self._gs_name)
+            except BaseException:
+                fin()
+                raise
+            try:
+                res.fd = os.pidfd_open(self._desc.os_pid)
+            except ProcessLookupError:
+                res.fd = _exited_fd()
+            self._res = res
+            self._finalizer = fin
+            self._reader = P.RecordReader(res.result)
+            with _live_lock:
+                _live.add(self)
+
+    # --- waiting --------------------------------------------------------
+    def _ended(self, timeout):
+        """Wait up to ``timeout`` (None: forever) for the OS process to end."""
+        return _readable([self._res.fd], timeout)
+
+    def _wait(self, timeout, result_only=False):
+        """Collect the result record and the exit; True once the process has
+        ended and everything it sent is read (with ``result_only``: once a
+        complete result has arrived, or the process has ended)."""
+        import time
+
+        if self._exitcode is not None:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reader = self._reader
+        while not reader.records and self._outcome is None:
+            if self._ended(0):
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            reader.pump(_SLICE if left is None else min(_SLICE, left))
+        if result_only and (reader.records or self._outcome is not None):
+            return True
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._ended(left):
+            return False
+        while reader.pump(0):     # what it sent just before exiting
+            pass
+        from ..globalservices import process as gproc
+
+        code = gproc.join(self._desc.p_uid)
+        self._finish(code)
+        return True
+
+    def _poll(self):
+        with self._lock:
+            if self._exitcode is None and self._res is not None and self._ended(0):
+                self._wait(None)
+
+    def _finish(self, code):
+        self._exitcode = code
+        self._res.release_channels()
+        with _live_lock:
+            _live.discard(self)
+
+    def join(self, timeout=None):
+        """Wait until the process ends (at most ``timeout`` seconds).  As in
+        multiprocessing, returns None either way; check :attr:`exitcode`."""
+        self._check_closed()
+        if self._desc is None:
+            raise ProcessError("can only join a started process")
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        with self._lock:
+            self._wait(timeout)
+
+    def is_alive(self):
+        self._check_closed()
+        if self._desc is None or self._exitcode is not None:
+            return False
+        if not self._ended(0):
+            return True
+        self._poll()
+        return False
+
+    # --- outcome --------------------------------------------------------
+    def _decide(self):
+        """The outcome after the end: ("ok", value) or ("err", exception)."""
+        if self._outcome is not None:
+            return self._outcome
+        recs = self._reader.records
+        rec = recs[-1] if recs else None
+        self._reader.records = []
+        code = self._exitcode
+        who = f"process {self._name!r} (p_uid {self.p_uid}, pid {self.pid})"
+        if rec is None:
+            if code == 0:
+                out = ("ok", None)
+            elif code < 0:
+                out = ("err", ProcessDied(f"{who} was killed by {_signal_name(-code)} "
+                                          f"before returning a result", self.p_uid, code))
+            else:
+                out = ("err", ProcessDied(f"{who} exited with code {code} "
+                                          f"before returning a result", self.p_uid, code))
+        else:
+            out = outcome(rec, who)
+        self._outcome = out
+        return out
+
+    def result(self, timeout=None):
+        """The target's return value, waiting until it has arrived or the
+        process has ended (at most ``timeout`` seconds, else TimeoutError);
+        the process may still be exiting when it returns.  Re-raises the
+        target's exception (its traceback in the other process attached as
+        ``__cause__``), ``ember.RemoteError`` if that exception could not be
+        pickled, or ``ember.ProcessDied`` if the process died first."""
+        self._check_closed()
+        if self._desc is None:
+            raise ProcessError("can only get the result of a started process")
+        with self._lock:
+            if not self._wait(timeout, result_only=True):
+                raise TimeoutError(f"process {self._name!r} (p_uid {self.p_uid}) "
+                                   f"did not end within {timeout} s")
+            kind, value = self._decide()
+        if kind == "err":
+            raise value
+        return value
+
+    @property
+    def exception(self):
+        """After the process ended: the exception ``result()`` raises, or
+        None.  None while it runs."""
+        self._check_closed()
+        if self._desc is None or self.exitcode is None:
+            return None
+        with self._lock:
+            kind, value = self._decide()
+        return value if kind == "err" else None
+
+    # --- signals and cleanup -------------------------------------------
+    def _send_signal(self, sig):
+        self._check_closed()
+        if self._desc is None or self._exitcode is not None:
+            return
+        from ..globalservices import process as gproc
+
+        try:
+            gproc.kill(self._desc.p_uid, sig)
+        except ProcessError:
+            if self.is_alive():
+                raise
+
+    def terminate(self):
+        """Send SIGTERM."""
+        self._send_signal(_signal.SIGTERM)
+
+    def kill(self):
+        """Send SIGKILL."""
+        self._send_signal(_signal.SIGKILL)
+
+    def close(self):
+        """Release what this object holds.  ValueError if the process is
+        still running."""
+        if self._closed:
+            return
+        if self._desc is not None and self._exitcode is None:
+            if self.is_alive():
+                raise ValueError("Cannot close a process while it is still running. "
+                                 "You should first call join() or terminate().")
+        if self._finalizer is not None:
+            self._finalizer()
+        with _live_lock:
+            _live.discard(self)
+        self._reader = None
+        self._outcome = None
+        self._closed = True
+
+
+def outcome(rec, who, tb_skip=0):
+    """Decode a result record: ("ok", value) or ("err", exception to raise).
+    ``tb_skip`` bytes of ``rec.extra`` precede the traceback text."""
+    if rec.kind == P.KIND_OK:
+        try:
+            return ("ok", P.loads(rec.data, rec.bufs))
+        except BaseException as exc:
+            return ("err", RemoteError(type(exc).__name__,
+                                       f"cannot unpickle the result of {who}: {exc}"))
+    if rec.kind == P.KIND_ERR:
+        tb = bytes(rec.extra[tb_skip:]).decode("utf-8", "replace")
+        try:
+            exc = P.loads(rec.data, rec.bufs)
+            if not isinstance(exc, BaseException):
+                raise TypeError(f"not an exception: {type(exc).__name__}")
+        except BaseException as uerr:
+            exc = RemoteError("?", f"cannot unpickle the exception of {who}: "
+                              f"{type(uerr).__name__}: {uerr}", tb)
+        exc.__cause__ = RemoteTraceback(tb)
+        return ("err", exc)
+    if rec.kind == P.KIND_REMOTE_ERR:
+        type_name, message, tb = pickle.loads(rec.data)
+        exc = RemoteError(type_name, message, tb)
+        exc.__cause__ = RemoteTraceback(tb)
+        return ("err", exc)
+    return ("err", ProcessError(f"{who} sent an unknown record kind {rec.kind}"))
+
+
+def _sweep():
+    """Finish processes that ended without being joined, so that programs
+    that never join do not pile up channels (as multiprocessing does)."""
+    with _live_lock:
+        if len(_live) < 32:
+            return
+        procs = list(_live)
+    for p in procs:
+        try:
+            if not p._closed and p._exitcode is None and p._res is not None and p._ended(0):
+                p._poll()
+        except Exception:
+            pass
+
+
+def _exit_function():
+    """At interpreter exit: kill daemon processes, join the others.  If the
+    interpreter is exiting because of a KeyboardInterrupt (Ctrl-C reaches
+    the head under ``ember run``), the others get SIGINT first, as they
+    would from a terminal."""
+    with _live_lock:
+        procs = list(_live)
+    if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        for p in procs:
+            if not p._daemon:
+                try:
+                    p._send_signal(_signal.SIGINT)
+                except Exception:
+                    pass
+    for p in procs:
+        if p._daemon:
+            try:
+                p.kill()
+            except Exception:
+                pass
+    for p in procs:
+        try:
+            p.join()
+        except Exception:
+            pass
+
+
+atexit.register(_exit_function)

@@ -1,0 +1,204 @@
+"""The node's pools and channels, made and destroyed by the node's shepherd.
+
+Global services (GS) decides and records (uids, names, reference counts);
+the shepherd of the node that owns the memory does the creating and the
+destroying, so GS never needs to map a node's pools (docs/architecture.md,
+"Node-scoped resources").  The requests come on the shepherd's private
+input channel and are answered on GS's control channel:
+
+=====================  ==========================================
+GS -> shepherd         shepherd -> GS
+=====================  ==========================================
+``ShPoolCreate``       ``ShPoolCreated(ref, m_uid, sdesc, size, err)``
+``ShPoolDestroy``      ``ShPoolDestroyed(ref, m_uid, err)``
+``ShChannelCreate``    ``ShChannelCreated(ref, c_uid, sdesc, capacity, block_size, err)``
+``ShChannelDestroy``   ``ShChannelDestroyed(ref, c_uid, err)``
+``ShReclaim(pid)``     (none)
+=====================  ==========================================
+
+The shepherd also calls :meth:`NodeResources.reclaim` for every child it
+reaps, before it reports the exit: a dead process's pool blocks are given
+back by the node that maps the pools.
+
+``err`` is None or ``[err_type, text, expected]`` (the exception's class
+name and message; ``expected``: an ordinary failure of the resource, out of
+memory or a bad size, which GS words as "cannot create ...").  :class:`NodeResources` is a :class:`~ember.service.Service`
+(handler table, stats, dump) independent of the transport: ``send(msg)``
+delivers a message to GS.  It runs on the shepherd's request thread.
+"""
+import threading
+
+from .. import _log, messages as M
+from ..service import NOTICE, Service
+
+__all__ = ["NodeResources"]
+
+log = _log.get("shepherd")
+
+
+def _err(exc, expected=()):
+    """``[err_type, text, expected]``: ``expected`` says the failure is one
+    of the resource's ordinary ones (out of memory, bad size), which GS
+    words as "cannot create ...: <text>"."""
+    return [type(exc).__name__, str(exc), isinstance(exc, expected)]
+
+
+class NodeResources(Service):
+    """The pools and channels of one node, by m_uid and c_uid.
+
+    ``send(msg)``: hands one message to GS.  ``pool_factory`` /
+    ``channel_factory`` / ``pool_attach``: the pools and channels layer
+    (``Pool.create``, ``Channel.create``, ``Pool.attach`` by default).
+    """
+
+    name = "shepherd"
+    TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy)
+
+    def __init__(self, send, *, pool_factory=None, channel_factory=None, pool_attach=None,
+                 clock=None):
+        kw = {} if clock is None else {"clock": clock}
+        Service.__init__(self, logger=log, **kw)
+        if pool_factory is None or channel_factory is None or pool_attach is None:
+            from ..channels_c import Channel
+            from ..pools_c import Pool
+            pool_factory = pool_factory or Pool.create
+            channel_factory = channel_factory or Channel.create
+            pool_attach = pool_attach or Pool.attach
+        self._send = send
+        self._make_pool, self._make_channel, self._attach_pool = \
+            pool_factory, channel_factory, pool_attach
+        self.pools = {}           # m_uid -> Pool this shepherd made (it destroys them)
+        self.attached = {}        # m_uid -> Pool it attached (the default pool, the launcher's)
+        self.chans = {}           # c_uid -> Channel it made
+        # Pools are destroyed (request thread) under it and swept (main
+        # thread, at a child's exit) under it.
+        self._lock = threading.Lock()
+        for cls, method in ((M.ShPoolCreate, self.on_pool_create),
+                            (M.ShPoolDestroy, self.on_pool_destroy),
+                            (M.ShChannelCreate, self.on_channel_create),
+                            (M.ShChannelDestroy, self.on_channel_destroy)):
+            self.on(cls, method, NOTICE)
+
+    def handle_msg(self, msg):
+        """Dispatch one of :attr:`TYPES` (for a caller that has decoded
+        it); always True (keep reading)."""
+        self.dispatch(msg, trusted=True)
+        return True
+
+    # ----------------------------------------------------------------- pools
+    def on_pool_create(self, msg):
+        try:
+            pool = self._make_pool(msg.size, name=msg.name, m_uid=msg.m_uid,
+                                   owner_tag=msg.owner_tag)
+        except Exception as exc:
+            return self._send(M.ShPoolCreated(msg.tag, msg.m_uid, None, None,
+                                              _err(exc, (MemoryError, OSError, ValueError))))
+        with self._lock:
+            self.pools[msg.m_uid] = pool
+        log.debug("pool %s made (%d bytes)", msg.m_uid, pool.size)
+        self._send(M.ShPoolCreated(msg.tag, msg.m_uid, pool.sdesc, pool.size, None))
+
+    def on_pool_destroy(self, msg):
+        with self._lock:
+            pool = self.pools.pop(msg.m_uid, None)
+        err = None
+        if pool is None:
+            err = ["PoolError", f"no pool with m_uid {msg.m_uid} on this node", False]
+        else:
+            try:
+                with self._lock:
+                    pool.destroy()
+            except Exception as exc:
+                err = _err(exc)
+        self._send(M.ShPoolDestroyed(msg.tag, msg.m_uid, err))
+
+    def _pool(self, m_uid, sdesc):
+        pool = self.pools.get(m_uid) or self.attached.get(m_uid)
+        if pool is None:
+            pool = self._attach_pool(sdesc)
+            with self._lock:
+                self.attached[m_uid] = pool
+        return pool
+
+    # -------------------------------------------------------------- channels
+    def on_channel_create(self, msg):
+        try:
+            pool = self._pool(msg.m_uid, msg.pool_sdesc)
+            ch = self._make_channel(pool, capacity=msg.capacity, block_size=msg.block_size,
+                                    c_uid=msg.c_uid)
+        except Exception as exc:
+            return self._send(M.ShChannelCreated(msg.tag, msg.c_uid, None, None, None,
+                                                 _err(exc, (MemoryError, ValueError))))
+        self.chans[msg.c_uid] = ch
+        self._send(M.ShChannelCreated(msg.tag, msg.c_uid, ch.sdesc, ch.capacity, ch.block_size,
+                                      None))
+
+    def on_channel_destroy(self, msg):
+        ch = self.chans.pop(msg.c_uid, None)
+        err = None
+        if ch is None:
+            err = ["ChannelError", f"no channel with c_uid {msg.c_uid} on this node", False]
+        else:
+            try:
+                ch.destroy()
+            except Exception as exc:
+                err = _err(exc)
+        self._send(M.ShChannelDestroyed(msg.tag, msg.c_uid, err))
+
+    # --------------------------------------------------------------- reclaim
+    def reclaim(self, pid):
+        """Give back the blocks dead ``pid`` still owned, in every pool of
+        the node (where the pools layer has ``reclaim``).  Called from the
+        shepherd's main thread: under the lock that pool destroys take."""
+        with self._lock:
+            pools = list(self.pools.items()) + list(self.attached.items())
+            for m_uid, pool in pools:
+                self._reclaim_one(m_uid, pool, pid)
+
+    @staticmethod
+    def _reclaim_one(m_uid, pool, pid):
+        reclaim = getattr(pool, "reclaim", None)
+        if reclaim is None:
+            return
+        try:
+            got = reclaim(pid)
+        except Exception as exc:
+            log.warning("cannot reclaim the blocks of pid %d in pool %s: %s", pid, m_uid, exc)
+            return
+        if got and got[0]:
+            log.info("reclaimed %d block(s), %d bytes of dead pid %d in pool %s",
+                     got[0], got[1], pid, m_uid)
+
+    # ----------------------------------------------------------------- close
+    def close(self):
+        """Destroy what is left (GS destroys everything at teardown; this
+        is the safety net when it could not), detach attached pools.
+        Each step independent of the others' failure."""
+        for c_uid, ch in list(self.chans.items()):
+            try:
+                ch.destroy()
+            except Exception as exc:
+                log.debug("destroying channel %s at exit: %s", c_uid, exc)
+        self.chans.clear()
+        with self._lock:
+            self._close_pools()
+
+    def _close_pools(self):
+        for m_uid, pool in list(self.pools.items()):
+            try:
+                pool.destroy()
+            except Exception as exc:
+                log.debug("destroying pool %s at exit: %s", m_uid, exc)
+        self.pools.clear()
+        for pool in self.attached.values():
+            try:
+                pool.detach()
+            except Exception:
+                pass
+        self.attached.clear()
+
+    def dump(self):
+        d = Service.dump(self)
+        d.update(pools=sorted(self.pools), attached_pools=sorted(self.attached),
+                 channels=sorted(self.chans))
+        return d

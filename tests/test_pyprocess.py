@@ -1,0 +1,506 @@
+"""ember.Process end to end: real programs under a real `ember run`."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+PRELUDE = """
+import os, sys, signal, ctypes, threading
+import ember
+from ember.objects.process import _default_pool
+
+def leak_state():
+    return len(os.listdir("/proc/self/fd")), _default_pool().stats().live_allocs
+"""
+
+
+def ember(*args, cwd=None, timeout=100):
+    return subprocess.run([sys.executable, "-m", "ember", *args], cwd=cwd, capture_output=True,
+                          timeout=timeout)
+
+
+def run_prog(tmp_path, body, *args, start_method="template", timeout=100, extra=()):
+    prog = tmp_path / "prog.py"
+    prog.write_text(PRELUDE + f"ember.Process.start_method = {start_method!r}\n"
+                    + textwrap.dedent(body))
+    return ember("run", *extra, str(prog), *args, cwd=tmp_path, timeout=timeout)
+
+
+def ok(res):
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
+    return out
+
+
+METHODS = ["template", "spawn"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_functions_of_any_kind(tmp_path, method):
+    (tmp_path / "helpers.py").write_text("def mul(a, b):\n    return a * b\n")
+    out = ok(run_prog(tmp_path, """
+        import helpers, multiprocessing.connection
+        from ember.globalservices import process as gproc
+
+        class Point:
+            def __init__(self, x, y): self.x, self.y = x, y
+            def norm2(self): return self.x ** 2 + self.y ** 2
+
+        def make_adder(n):
+            def add(x): return x + n
+            return add
+
+        def run(target, *args, **kw):
+            p = ember.Process(target=target, args=args, kwargs=kw)
+            p.start()
+            r = p.result()
+            p.join()
+            assert p.exitcode == 0 and not p.is_alive(), p.exitcode
+            p.close()
+            return r
+
+        before = leak_state()
+        print("module", run(helpers.mul, 6, 7))
+        print("lambda", run(lambda x: x + 1, 41))
+        print("closure", run(make_adder(40), 2))
+        print("main class", run(lambda: Point(3, 4)).norm2(), isinstance(run(Point, 1, 2), Point))
+        print("method", run(Point(1, 2).norm2))
+        print("kwargs", run(lambda a, b=0: a - b, 50, b=8))
+        print("none", run(None))
+        print("big args", run(len, b"x" * (1 << 20)), run(lambda b: bytes(b[:3]), bytearray(b"abcdef" * 50000)))
+
+        # env, cwd, name (a GS name), pid, p_uid, sentinel
+        os.mkdir("sub")
+        p = ember.Process(target=lambda: (os.environ["FOO"], os.getcwd(), os.getpid(),
+                                          int(os.environ["EMBER_P_UID"])),
+                          env={"FOO": "bar"}, cwd="sub", name="worker-one")
+        assert p.pid is None and p.p_uid is None and p.exitcode is None
+        p.start()
+        assert p.name == "worker-one"
+        assert gproc.query("worker-one").p_uid == p.p_uid
+        ready = multiprocessing.connection.wait([p.sentinel], timeout=60)
+        assert ready == [p.sentinel], ready
+        foo, cwd, pid, p_uid = p.result()
+        print("env", foo, os.path.basename(cwd), pid == p.pid, p_uid == p.p_uid)
+        p.join()
+        print("desc", gproc.query(p.p_uid).retval, gproc.query(p.p_uid).user_name)
+        p.close()
+        import gc; gc.collect()
+        print("leaks", leak_state() == before, leak_state(), before)
+    """, start_method=method))
+    assert out.splitlines() == [
+        "module 42", "lambda 42", "closure 42", "main class 25 True", "method 5", "kwargs 42",
+        "none None", "big args 1048576 b'abc'", "env bar sub True True", "desc 0 worker-one",
+        ] + [ln for ln in out.splitlines() if ln.startswith("leaks")]
+    assert out.splitlines()[-1].startswith("leaks True"), out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_exceptions(tmp_path, method):
+    out = ok(run_prog(tmp_path, """
+        class MyError(Exception):
+            def __init__(self, msg, code):
+                super().__init__(msg, code)
+                self.code = code
+
+        class Unpicklable(Exception):
+            def __init__(self, msg):
+                super().__init__(msg)
+                self.lock = threading.Lock()
+
+        class WontUnpickle(Exception):
+            def __init__(self, a, b):          # pickles as args=(a,): cannot come back
+                super().__init__(a)
+
+        def fail():
+            raise MyError("bad thing", 42)
+
+        def run(target):
+            p = ember.Process(target=target)
+            p.start()
+            p.join()
+            return p
+
+        p = run(fail)
+        try:
+            p.result()
+        except MyError as e:
+            print("custom", type(e) is MyError, e.args, e.code, p.exitcode)
+            tb = str(e.__cause__)
+            print("cause", type(e.__cause__).__name__, tb.startswith("Traceback (most recent call last):"),
+                  'raise MyError("bad thing", 42)' in tb, tb.rstrip().splitlines()[-1])
+        assert p.exception is not None and type(p.exception) is MyError
+
+        for target in (lambda: (_ for _ in ()).throw(Unpicklable("locked")),
+                       lambda: (_ for _ in ()).throw(WontUnpickle("x", "y"))):
+            p = run(target)
+            try:
+                p.result()
+            except ember.RemoteError as e:
+                print("remote", e.type_name, "|", e.message, "|", str(e), "|",
+                      "Traceback (most recent call last):" in e.traceback,
+                      isinstance(e.__cause__, ember.RemoteTraceback))
+
+        p = run(lambda: threading.Lock())
+        try:
+            p.result()
+        except ember.RemoteError as e:
+            print("result", str(e))
+
+        p = run(lambda: sys.exit(3))
+        try:
+            p.result()
+        except ember.ProcessDied as e:
+            print("exit", p.exitcode, e.exitcode, e.signal, str(e) == (
+                f"process {p.name!r} (p_uid {p.p_uid}, pid {p.pid}) exited with code 3 "
+                f"before returning a result"))
+
+        p = run(lambda: os.kill(os.getpid(), signal.SIGKILL))
+        e = p.exception
+        print("kill", p.exitcode, type(e).__name__, e.signal, str(e) == (
+            f"process {p.name!r} (p_uid {p.p_uid}, pid {p.pid}) was killed by SIGKILL "
+            f"before returning a result"), isinstance(e, ChildProcessError))
+
+        p = run(lambda: ctypes.string_at(0))
+        print("segv", p.exitcode, type(p.exception).__name__, "SIGSEGV" in str(p.exception))
+
+        p = run(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+        print("kbint", type(p.exception).__name__, p.exitcode)
+    """, start_method=method))
+    assert out.splitlines() == [
+        "custom True ('bad thing', 42) 42 1",
+        "cause RemoteTraceback True True MyError: ('bad thing', 42)",
+        "remote __main__.Unpicklable | locked | __main__.Unpicklable: locked | True True",
+        "remote __main__.WontUnpickle | x | __main__.WontUnpickle: x | True True",
+        "result TypeError: cannot pickle the result of <lambda>() (a lock): "
+        "cannot pickle '_thread.lock' object",
+        "exit 3 3 None True",
+        "kill -9 ProcessDied 9 True True",
+        "segv -11 ProcessDied True",
+        "kbint KeyboardInterrupt 1",
+    ]
+
+
+def test_killed_while_sending_result(tmp_path):
+    """The result has more parts than the result channel holds, so the
+    child blocks in the middle of sending it until the parent reads; the
+    parent kills it there."""
+    pytest.importorskip("numpy")
+    out = ok(run_prog(tmp_path, """
+        import time
+        import numpy as np
+        before = leak_state()
+        p = ember.Process(target=lambda: [np.full(100_000, i) for i in range(20)])
+        p.start()
+        while len(p._res.result) < 8:      # the channel is full: the child waits in send
+            time.sleep(0.01)
+        p.kill()
+        try:
+            p.result()
+        except ember.ProcessDied as e:
+            print("died", e.signal, p.exitcode)
+        p.close()
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
+    """))
+    assert out.splitlines() == ["died 9 -9", "leaks True"]
+
+
+def test_nested_and_many(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        def inner(x):
+            return x * 2
+
+        def outer(n):
+            ps = [ember.Process(target=inner, args=(i,)) for i in range(n)]
+            for p in ps:
+                p.start()
+            return sum(p.result() for p in ps)
+
+        p = ember.Process(target=outer, args=(3,))
+        p.start()
+        print("nested", p.result())
+        p.join(); p.close()
+
+        before = leak_state()
+        N = int(sys.argv[1])
+        ps = [ember.Process(target=inner, args=(i,)) for i in range(N)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+        print("many", sum(p.result() for p in ps) == N * (N - 1), len({p.p_uid for p in ps}),
+              {p.exitcode for p in ps})
+        del ps, p
+        import gc; gc.collect()
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
+    """, os.environ.get("EMBER_TEST_MANY", "200"), timeout=300))
+    n = int(os.environ.get("EMBER_TEST_MANY", "200"))
+    assert out.splitlines() == ["nested 6", f"many True {n} {{0}}", "leaks True"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_thousand_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_TEST_MANY", "1000")
+    test_nested_and_many(tmp_path)
+
+
+def test_big_numpy_result(tmp_path):
+    pytest.importorskip("numpy")
+    out = ok(run_prog(tmp_path, """
+        import numpy as np
+        before = leak_state()
+        p = ember.Process(target=lambda n: np.arange(n, dtype=np.float64), args=(25_000_000,))
+        p.start()
+        a = p.result()
+        p.join(); p.close()
+        print("big", a.nbytes, a.dtype, a[0], a[-1], a.flags.writeable)
+        # zero-copy: the array's memory is in the pool (the block is live until `a` goes)
+        print("in pool", _default_pool().stats().live_allocs == before[1] + 1)
+        del a
+        after = leak_state()
+        print("leaks", after == before, *(() if after == before else (before, after)))
+    """))
+    assert out.splitlines() == ["big 200000000 float64 0.0 24999999.0 True", "in pool True",
+                                "leaks True"]
+
+
+def test_interactive_python_c(tmp_path):
+    code = textwrap.dedent("""
+        import ember
+        square = lambda x: x * x
+        p = ember.Process(target=square, args=(12,), start_method="spawn")
+        p.start()
+        print(p.result())
+        p.join()
+    """)
+    res = ember("run", sys.executable, "-c", code, cwd=tmp_path)
+    assert ok(res) == "144\n"
+
+
+def test_lifecycle_and_bad_input(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        import time
+        def check(fn, exc, text):
+            try:
+                fn()
+            except exc as e:
+                assert str(e) == text, (str(e), text)
+                print("ok", type(e).__name__)
+            else:
+                print("no error:", text)
+
+        check(lambda: ember.Process(target=3), TypeError, "target must be callable, not int")
+        check(lambda: ember.Process(target=len, args="ab"), TypeError, "args must be a tuple, not str")
+        check(lambda: ember.Process(target=len, start_method="fork"), ValueError,
+              "start_method must be one of ('template', 'spawn'), got 'fork'")
+        check(ember.Process(target=len, args=(threading.Lock(),)).start, TypeError,
+              "cannot pickle '_thread.lock' object")
+        p = ember.Process(target=time.sleep, args=(60,))
+        check(lambda: p.join(), ember.ProcessError, "can only join a started process")
+        check(lambda: p.sentinel, ValueError, "process not started")
+        p.start()
+        check(p.start, ember.ProcessError, "cannot start a process twice")
+        p.join(timeout=0.05)
+        print("timeout", p.exitcode, p.is_alive())
+        check(lambda: p.result(timeout=0.01), TimeoutError,
+              f"process {p.name!r} (p_uid {p.p_uid}) did not end within 0.01 s")
+        check(p.close, ValueError,
+              "Cannot close a process while it is still running. You should first call join() or terminate().")
+        p.terminate()
+        p.join()
+        print("terminated", p.exitcode, p.is_alive(), type(p.exception).__name__)
+        p.terminate(); p.kill()            # no error once it has exited
+        p.close()
+        check(p.is_alive, ValueError, "process object is closed")
+
+        q = ember.Process(target=time.sleep, args=(60,), name="dup")
+        q.start()
+        r = ember.Process(target=lambda: 5, name="dup")
+        try:
+            r.start()
+        except ember.ProcessError as e:
+            print("dup", str(e).startswith("a live process is already named 'dup'"))
+        q.kill()
+        q.join()
+        # daemon processes are killed at exit, others joined
+        d = ember.Process(target=time.sleep, args=(60,), daemon=True)
+        d.start()
+        print("daemon", d.daemon)
+    """))
+    assert out.splitlines() == ["ok TypeError"] * 2 + ["ok ValueError", "ok TypeError", "ok ProcessError", "ok ValueError",
+                                                       "ok ProcessError", "timeout None True",
+                                                       "ok TimeoutError", "ok ValueError",
+                                                       "terminated -15 False ProcessDied",
+                                                       "ok ValueError", "dup True", "daemon True"]
+
+
+def test_template_children_are_managed(tmp_path):
+    """A template-forked child is an ordinary managed process: a GS p_uid,
+    the shepherd's child (not the template's), output forwarded with its
+    label, killed at teardown when the head exits without joining it."""
+    res = run_prog(tmp_path, """
+        import time
+        from ember.globalservices import process as gproc
+
+        def child():
+            print("hello from", os.environ["EMBER_P_UID"], flush=True)
+            return os.getppid()
+
+        def thread_state():
+            from ember.shepherd import template
+            return template._thread_state(), os.getpid()
+
+        p = ember.Process(target=thread_state)
+        p.start()
+        state, pid = p.result()
+        print("glibc", state == (pid, True))
+        p = ember.Process(target=child)
+        p.start()
+        ppid = p.result()
+        p.join()
+        print("parent is the shepherd", ppid == os.getppid())   # the head's parent too
+        d = gproc.query(p.p_uid)
+        print("gs", d.p_uid == p.p_uid, d.retval, d.os_pid == p.pid)
+        forever = ember.Process(target=time.sleep, args=(600,), daemon=False)
+        forever.start()
+        with open("pid", "w") as f:
+            f.write(str(forever.pid))
+        os._exit(0)        # no join: teardown must kill it
+    """, extra=("--label", "puid"))
+    out = res.stdout.decode()
+    assert res.returncode == 0, (out, res.stderr.decode())
+    lines = out.splitlines()
+    assert any(ln.endswith("] hello from " + ln[1:ln.index("]")]) for ln in lines), out
+    assert any(ln.endswith("parent is the shepherd True") for ln in lines), out
+    assert any(ln.endswith("gs True 0 True") for ln in lines), out
+    assert any(ln.endswith("glibc True") for ln in lines), out
+    pid = int((tmp_path / "pid").read_text())
+    assert not os.path.exists(f"/proc/{pid}") or \
+        open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
+
+
+def test_preload_and_threads_in_template(tmp_path):
+    """Process.preload imports in the template; after that the template has
+    threads (numpy's BLAS pool), and children still work (numpy included)."""
+    pytest.importorskip("numpy")
+    out = ok(run_prog(tmp_path, """
+        ember.Process.preload(["numpy"])
+        p = ember.Process(target=lambda: "numpy" in sys.modules)
+        p.start()
+        print("preloaded", p.result())
+        def work():
+            import numpy as np
+            a = np.ones((200, 200))
+            return float((a @ a).sum())
+        ps = [ember.Process(target=work) for _ in range(4)]
+        for q in ps:
+            q.start()
+        print("matmul", {q.result() for q in ps})
+    """))
+    assert out.splitlines() == ["preloaded True", "matmul {8000000.0}"]
+
+
+def test_ctrl_c_in_head_reaches_children(tmp_path):
+    """The head dies of KeyboardInterrupt: its (non-daemon) processes get
+    SIGINT before they are joined, instead of keeping the exit waiting."""
+    res = run_prog(tmp_path, """
+        import time
+
+        def child():
+            try:
+                open("ready", "w").close()
+                time.sleep(60)
+            except KeyboardInterrupt:
+                with open("child.txt", "w") as f:
+                    f.write("interrupted")
+                raise
+
+        p = ember.Process(target=child)
+        p.start()
+        while not os.path.exists("ready"):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(60)
+    """)
+    assert res.returncode != 0
+    assert b"KeyboardInterrupt" in res.stderr
+    assert (tmp_path / "child.txt").read_text() == "interrupted"
+
+
+def test_function_defined_in_a_jupyter_kernel(tmp_path):
+    """Functions and classes defined in a notebook cell (a real Jupyter
+    kernel, started by the head, so it is inside the runtime)."""
+    pytest.importorskip("jupyter_client")
+    pytest.importorskip("ipykernel")
+    out = ok(run_prog(tmp_path, """
+        from jupyter_client.manager import start_new_kernel
+
+        km, kc = start_new_kernel(kernel_name="python3")
+        outputs = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                outputs.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                outputs.append("ERROR " + msg["content"]["ename"] + " " + msg["content"]["evalue"])
+
+        try:
+            kc.execute_interactive("import ember\\n"
+                                   "class Acc:\\n"
+                                   "    def __init__(self, n): self.n = n\\n"
+                                   "def cell_fn(x):\\n"
+                                   "    return Acc(x * 2)\\n", timeout=60, output_hook=hook)
+            kc.execute_interactive("p = ember.Process(target=cell_fn, args=(21,))\\n"
+                                   "p.start()\\n"
+                                   "r = p.result()\\n"
+                                   "print('cell', r.n, type(r) is Acc)\\n"
+                                   "q = ember.Process(target=lambda: 1 / 0)\\n"
+                                   "q.start(); q.join()\\n"
+                                   "print('exc', type(q.exception).__name__)\\n",
+                                   timeout=60, output_hook=hook)
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        print("".join(outputs), end="")
+    """, timeout=110))
+    assert out.splitlines() == ["cell 42 True", "exc ZeroDivisionError"]
+
+
+def test_template_killed_is_replaced(tmp_path):
+    out = ok(run_prog(tmp_path, """
+        def templates():
+            found = []
+            for d in os.listdir("/proc"):
+                if d.isdigit():
+                    try:
+                        with open(f"/proc/{d}/cmdline", "rb") as f:
+                            cmd = f.read().split(b"\\0")
+                    except OSError:
+                        continue
+                    if b"ember._template" in cmd and os.getsid(int(d)) == os.getsid(0):
+                        # this runtime's template only (parallel tests share the session)
+                        try:
+                            with open(f"/proc/{d}/environ", "rb") as f:
+                                env = f.read().split(b"\\0")
+                        except OSError:
+                            continue
+                        rid = ("EMBER_RUNTIME_ID=" + os.environ["EMBER_RUNTIME_ID"]).encode()
+                        if rid in env:
+                            found.append(int(d))
+            return found
+
+        p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
+        (t,) = templates()
+        os.kill(t, signal.SIGKILL)
+        p = ember.Process(target=lambda: 7); p.start()
+        print("after kill", p.result(), len(templates()), templates() != [t])
+        p.join()
+    """))
+    assert out.splitlines() == ["after kill 7 1 True"]
