@@ -1,6 +1,4 @@
 """``python -m ember ...`` is the ``ember`` command."""
-import sys
+from .launcher.cli import entry
 
-from .launcher.cli import main
-
-sys.exit(main())
+entry()

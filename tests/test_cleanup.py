@@ -1,0 +1,156 @@
+"""`ember cleanup` (issue 8, points 11 and 12): liveness of a runtime is the
+flock its launcher holds on /dev/shm/ember.<runtime id>.lock, not its pid;
+crafted names and other users' segments cannot stop it."""
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+SHM = "/dev/shm"
+TAG = os.environ["EMBER_SEGMENT_TAG"]      # set by conftest: our segments carry it
+
+# The tests below use --dry-run: a real cleanup would also remove segments of
+# tests running in parallel whose owner just died (test_runtime's
+# test_launcher_kill_9_then_cleanup checks the real removal).
+
+
+def ember(*args, timeout=60, **kw):
+    return subprocess.run([sys.executable, "-m", "ember", *args], capture_output=True,
+                          timeout=timeout, **kw)
+
+
+def pid_max():
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read())
+
+
+def segments(prefix):
+    return sorted(n for n in os.listdir(SHM) if n.startswith(prefix))
+
+
+def make(name, uid=None):
+    path = os.path.join(SHM, name)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.close(fd)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    return path
+
+
+def unlink_all(names):
+    for n in names:
+        try:
+            os.unlink(os.path.join(SHM, n))
+        except FileNotFoundError:
+            pass
+
+
+def start_runtime(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import time
+        print("ready", flush=True)
+        time.sleep(60)
+    """))
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
+def stop_runtime(p):
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGINT
+
+
+def test_live_runtime_survives_cleanup_from_another_pid_namespace(tmp_path):
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a pid namespace here: {probe.stderr.decode().strip()}")
+    p = start_runtime(tmp_path)
+    try:
+        prefix = f"ember.r{p.pid}-"
+        before = segments(prefix)
+        assert f"ember.{before[0].split('.')[1]}.lock" in before
+        # There the launcher's pid is unknown (or another process's).  A dry
+        # run: standalone pools of tests running in parallel have only their
+        # creator's pid, which this namespace cannot see.
+        res = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc",
+                              sys.executable, "-m", "ember", "cleanup", "--dry-run"],
+                             capture_output=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert prefix not in res.stdout.decode(), res.stdout
+        assert segments(prefix) == before
+    finally:
+        stop_runtime(p)
+
+
+def test_dead_runtime_is_cleaned_even_if_its_pid_was_reused():
+    # The runtime's launcher died (its lock is free); its pid now belongs to
+    # a live process (this one).
+    rid = f"r{os.getpid()}-dead01-{TAG}"
+    names = [f"ember.{rid}.0", f"ember.{rid}.1", f"ember.{rid}.lock"]
+    try:
+        for n in names:
+            make(n)
+        res = ember("cleanup", "--dry-run")
+        assert res.returncode == 0, res.stderr
+        out = [ln for ln in res.stdout.decode().splitlines() if rid in ln]
+        assert out == [f"would remove {SHM}/{n}" for n in names], out   # the lock last
+    finally:
+        unlink_all(names)
+
+
+def test_a_held_lock_keeps_a_runtime_whose_pid_is_gone():
+    rid = f"r{pid_max() + 1}-a11ve0-{TAG}"
+    names = [f"ember.{rid}.0", f"ember.{rid}.lock"]
+    try:
+        for n in names:
+            make(n)
+        fd = os.open(os.path.join(SHM, names[1]), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            res = ember("cleanup", "--dry-run")
+            assert res.returncode == 0, res.stderr
+            assert rid not in res.stdout.decode(), res.stdout
+        finally:
+            os.close(fd)
+    finally:
+        unlink_all(names)
+
+
+def test_crafted_pid_does_not_stop_cleanup():
+    name = f"ember.p99999999999999999999-{TAG}.x"
+    try:
+        make(name)
+        res = ember("cleanup", "--dry-run")
+        assert (res.returncode, res.stderr) == (0, b"")
+        assert f"would remove {SHM}/{name}" in res.stdout.decode().splitlines()
+    finally:
+        unlink_all([name])
+
+
+def test_other_users_segments_are_skipped_and_reported():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a segment owned by another user")
+    dead = pid_max() + 1
+    theirs, mine = f"ember.p{dead}-{TAG}.theirs", f"ember.p{dead}-{TAG}.mine"
+    try:
+        make(theirs, uid=54321)
+        make(mine)
+        # root could unlink it, but it is not root's to remove
+        res = ember("cleanup", "--dry-run")
+        assert res.returncode == 0, res.stderr
+        out = res.stdout.decode().splitlines()
+        assert f"skipped {SHM}/{theirs}: owned by uid 54321, not by you" in out, out
+        assert f"would remove {SHM}/{mine}" in out, out
+    finally:
+        unlink_all([theirs, mine])

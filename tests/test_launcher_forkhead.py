@@ -1,0 +1,129 @@
+"""A .py head runs in a fork of the shepherd's already-initialised
+interpreter (issue 7, `ember run empty.py` start-up cost), and looks to its
+program like `python3 prog.py ARGS` did."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(tmp_path, body, *args, env=None, name="prog.py", flags=(), **kw):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return subprocess.run([sys.executable, "-m", "ember", "run", *flags, name, *args],
+                          cwd=tmp_path, capture_output=True, timeout=60, env=env, **kw)
+
+
+_PROBE = r"""
+    import os, sys
+    print("forked", "ember.launcher.cli" in sys.modules)
+    print("argv", sys.argv)
+    print("file", __file__ == os.path.join(os.getcwd(), "prog.py"), __name__)
+    print("path0", sys.path[0] == os.getcwd())
+    print("env", os.environ["EMBER_P_UID"], "EMBER_FORK_PY" in os.environ, "EMBER_STDIN" in os.environ)
+    print("main", sys.modules["__main__"].__file__ == __file__)
+    import threading
+    t = threading.current_thread()
+    print("thread", t.name, t.daemon, t is threading.main_thread())
+    cmd = open("/proc/self/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
+    print("ps", cmd == " ".join([sys.executable] + sys.argv))
+"""
+
+
+def test_py_head_is_forked_and_looks_like_python3(tmp_path):
+    res = run(tmp_path, _PROBE, "a", "b c")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines() == [
+        "forked True", "argv ['prog.py', 'a', 'b c']", "file True __main__", "path0 True",
+        "env 1 False False", "main True", "thread MainThread False True", "ps True"]
+
+
+def test_ember_fork_py_0_starts_a_new_interpreter(tmp_path):
+    res = run(tmp_path, _PROBE, env={**os.environ, "EMBER_FORK_PY": "0"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines()[0] == "forked False"
+
+
+@pytest.mark.parametrize("body, code, err", [
+    ("import sys; sys.exit(3)", 3, ""),
+    ("import sys; sys.exit('bye')", 1, "bye\n"),
+    ("raise SystemExit", 0, ""),
+    ("def f():\n    raise ValueError('boom')\nf()", 1,
+     'Traceback (most recent call last):\n  File "{path}", line 3, in <module>\n    f()\n'
+     '  File "{path}", line 2, in f\n    raise ValueError(\'boom\')\nValueError: boom\n'),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", 128 + 15, ""),
+    ("raise KeyboardInterrupt", 128 + 2,
+     'Traceback (most recent call last):\n  File "{path}", line 1, in <module>\n'
+     '    raise KeyboardInterrupt\nKeyboardInterrupt\n'),
+])
+def test_exit_codes_and_tracebacks(tmp_path, body, code, err):
+    res = run(tmp_path, body, flags=("--no-death-reports",))   # stderr: the program's only
+    assert (res.returncode, res.stderr.decode()) == (code, err.format(path=tmp_path / "prog.py"))
+
+
+def test_end_of_program_as_in_python3(tmp_path):
+    res = run(tmp_path, r"""
+        import atexit, sys, threading, time
+        atexit.register(lambda: print("atexit ran", flush=True))
+        def late():
+            time.sleep(0.2)
+            print("thread done", flush=True)
+        threading.Thread(target=late).start()
+        sys.stdout.write("no newline, no flush")
+    """)
+    assert (res.returncode, res.stderr) == (0, b"")
+    assert res.stdout == b"no newline, no flushthread done\natexit ran\n"
+
+
+def test_sigint_to_a_forked_head_raises_keyboard_interrupt(tmp_path):
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import sys, time
+        try:
+            print("ready", flush=True)
+            time.sleep(60)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(9)
+    """))
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", "prog.py"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    assert p.stdout.readline() == b"ready\n"
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert (p.returncode, out, err) == (9, b"interrupted\n", b"")
+
+
+def test_forked_head_is_a_managed_process(tmp_path):
+    res = run(tmp_path, r"""
+        import os, sys
+        from ember.globalservices import process
+        me = process.query(1)
+        assert me.location.os_pid == os.getpid() and me.is_alive, me
+        assert os.getpgrp() == os.getpid()
+        assert (1, None) in process.get_list()
+        c = process.create(sys.executable, ".", ["-c", "print('child ran')"])
+        assert process.join(c.p_uid) == 0
+        print("fds", sorted(int(f) for f in os.listdir("/proc/self/fd"))[:3])
+    """)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.decode().splitlines()
+    assert "child ran" in out and "fds [0, 1, 2]" in out, out
+
+
+def test_a_create_can_ask_for_a_forked_worker(tmp_path):
+    (tmp_path / "worker.py").write_text(
+        "import sys\nprint('worker', sys.argv[1:], 'ember.launcher.cli' in sys.modules)\n")
+    res = run(tmp_path, r"""
+        import sys
+        from ember.globalservices import process
+        for env in ({"EMBER_FORK_PY": "1"}, {}):
+            w = process.create(sys.executable, ".", ["worker.py", str(len(env))], env=env)
+            assert process.join(w.p_uid) == 0
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().splitlines() == ["worker ['1'] True", "worker ['0'] False"]
