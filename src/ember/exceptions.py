@@ -24,6 +24,8 @@ __all__ = [
     "OwnerDied",
     "ReleaseError",
     "BrokenBarrierError",
+    "ObjectError",
+    "ObjectTimeout",
 ]
 
 
@@ -154,3 +156,13 @@ class ReleaseError(SyncError, ValueError, RuntimeError):
 class BrokenBarrierError(SyncError, _threading.BrokenBarrierError):
     """The barrier is broken (aborted, reset while waiting, timed out, a
     failed action, or a party died while waiting)."""
+
+
+class ObjectError(EmberError, ValueError):
+    """Errors to do with named objects (Queue, Pipe, Lock, ... of
+    ``ember.objects``): a bad request, an unknown name, a name taken."""
+
+
+class ObjectTimeout(ObjectError, TimeoutError):
+    """``attach(name, timeout=...)`` ran out of time before the object was
+    created."""

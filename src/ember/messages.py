@@ -150,6 +150,11 @@ _define(56, "ShPoolDestroy", "tag m_uid")
 _define(57, "ShChannelCreate", "tag c_uid m_uid pool_sdesc capacity block_size")
 _define(58, "ShChannelDestroy", "tag c_uid")
 _define(59, "ShChannelClose", "tag c_uid")
+# a named object (ember.objects) ended: close the channels in ``closes`` (a
+# Pipe end's direction) and destroy its ``parts`` (["chan", sdesc],
+# ["sync", kind, sdesc], ["alloc", sdesc]) in pool m_uid; all memory of the
+# node, so its shepherd does it.
+_define(80, "ShObjectEnd", "tag m_uid pool_sdesc closes parts")
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
@@ -164,6 +169,7 @@ _define(65, "ShPoolDestroyed", "ref m_uid err")
 _define(66, "ShChannelCreated", "ref c_uid sdesc capacity block_size err")
 _define(67, "ShChannelDestroyed", "ref c_uid err")
 _define(68, "ShChannelClosed", "ref c_uid err")
+_define(81, "ShObjectEnded", "ref err")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 POKE = Poke().pack()
@@ -202,3 +208,20 @@ def reply_err(ref, err_type, msg, tb=None):
 
 
 __all__ += ["reply_ok", "reply_err", "POKE"]
+
+# --- named objects (Queue, Pipe, Lock, ...; ember.objects) --------------------
+# GS keeps a registry of Python-layer objects: kind, an opaque descriptor
+# (made and read by the client only), lifetime, holders, and the parts GS
+# destroys with the object (channels it made for it, pool allocations).
+_define(70, "ObjectCreate", _REQ + "kind user_name lifetime desc channels parts children soft")
+_define(71, "ObjectAttach", _REQ + "name kind timeout")
+_define(72, "ObjectAddRef", _REQ + "o_uid")
+_define(73, "ObjectRelease", _REQ + "o_uid")
+_define(74, "ObjectDestroy", _REQ + "ident")
+_define(75, "ObjectList", _REQ)
+_define(76, "ObjectQuery", _REQ + "ident")
+# pickling a handle lends one of the pickler's references to whoever
+# unpickles it (the token names the loan); ObjectClaim takes it over (or adds
+# a reference of its own if the loan is gone).
+_define(77, "ObjectLend", _REQ + "o_uid")
+_define(78, "ObjectClaim", _REQ + "o_uid token")
