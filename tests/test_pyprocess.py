@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.timeout(120)
 
 PRELUDE = """
-import os, sys, signal, ctypes, threading
+import os, sys, signal, ctypes, threading, time
 import ember
 from ember.objects.process import _default_pool
 
@@ -499,6 +499,8 @@ def test_template_killed_is_replaced(tmp_path):
         p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
         (t,) = templates()
         os.kill(t, signal.SIGKILL)
+        while t in templates():      # under load the kill takes a moment to land
+            time.sleep(0.01)
         p = ember.Process(target=lambda: 7); p.start()
         print("after kill", p.result(), len(templates()), templates() != [t])
         p.join()
