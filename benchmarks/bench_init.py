@@ -83,11 +83,16 @@ def main():
     rd = tempfile.mkdtemp(prefix="ember-bench-")
     env = dict(os.environ, XDG_RUNTIME_DIR=rd)   # a private runtime dir: "auto" finds ours only
     env.pop("EMBER_ADDRESS", None)
+    # byte-code caching on, as after `pip install` (this environment may turn
+    # it off; every start would then compile ember's modules again)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-c", "import ember.launcher.cli, ember.globalservices.server, "
+                    "ember.shepherd.server, ember.globalservices._client"], env=env, check=True)
     res = {}
     res["init_to_create"] = median_of(INIT, args.reps, env)
     res["init_spawned_host"] = median_of(INIT, args.reps, dict(env, EMBER_INIT_SPAWN="1"))
-    res["mp_manager"] = median_of(MANAGER, args.reps)
-    res["mp_spawn_one"] = median_of(SPAWN1, args.reps)
+    res["mp_manager"] = median_of(MANAGER, args.reps, env)
+    res["mp_spawn_one"] = median_of(SPAWN1, args.reps, env)
     start = subprocess.run([sys.executable, "-m", "ember", "start", "--name", "bench-init"],
                            capture_output=True, text=True, env=env, timeout=60)
     if start.returncode:

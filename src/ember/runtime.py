@@ -514,6 +514,9 @@ def _start_host(*, name, detached, label, grace, default_pool_size, inf_pool_siz
                                     start_new_session=True, close_fds=True)
     finally:
         os.close(w)
+    # While the host comes up (the other core), load what attaching needs.
+    from .globalservices import _client  # noqa: F401  (pools_c, channels_c, messages)
+    from . import channels_c, pools_c  # noqa: F401
     try:
         data = b""
         deadline = time.monotonic() + timeout
