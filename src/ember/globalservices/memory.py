@@ -2,8 +2,8 @@
 
 Pools by m_uid and name, channels by c_uid and name, the channels each pool
 holds, reference counts (holders by p_uid, mirrored in each process's
-``refs``), channel joins that wait for a name, and the sweep of a dead
-process's pool blocks.
+``refs``), channel joins that wait for a name.  (A dead process's pool
+blocks are swept by the node's shepherd, which maps the pools.)
 
 Uses from the other parts: ``_park``/``_finish_waiter`` (:mod:`.registry`),
 ``procs`` (:mod:`.processes`), and from the composition (:mod:`.server`):
@@ -87,32 +87,11 @@ class MemoryPart:
         self.chan_joiners = {}    # name -> [ _Waiter ]
         self._m_uids = itertools.count(2)
         self._c_uids = itertools.count(1)
-        #: Called with a dead (reaped) process's OS pid to give back the pool
-        #: blocks it still owned in the pools GS itself maps (``extra_pools``:
-        #: the infrastructure pool of its node).  The node's pools are swept
-        #: by their shepherd, before it reports the exit.  None: no sweep.
-        self.sweep_allocations = self._reclaim_blocks
-        self.extra_pools = []     # pools GS sweeps (the infrastructure pool)
         self.default_m_uid = None
         if default_pool is not None:
             self.default_m_uid = 1
             self._add_pool(_Pool(1, DEFAULT_POOL_NAME, default_pool.sdesc, default_pool.size,
                                  default=True))
-
-    def _reclaim_blocks(self, pid):
-        for pool in self.extra_pools:
-            reclaim = getattr(pool, "reclaim", None)
-            if reclaim is None:
-                continue
-            try:
-                got = reclaim(pid)
-            except Exception as exc:
-                log.warning("cannot reclaim the blocks of pid %d in the infrastructure pool: %s",
-                            pid, exc)
-                continue
-            if got and got[0]:
-                log.info("reclaimed %d block(s), %d bytes of dead pid %d in the infrastructure "
-                         "pool", got[0], got[1], pid)
 
     def _drop_refs(self, rec, c_uid):
         rec.refs.pop(c_uid, None)

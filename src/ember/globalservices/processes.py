@@ -7,7 +7,7 @@ channel references, free its reply channels, reclaim its pool blocks),
 kill, list, query and (multi-)join with server-side timeouts.
 
 Uses from the other parts: ``_park``/``_finish_waiter``/``_step``
-(:mod:`.registry`), ``_drop_refs``/``sweep_allocations`` (:mod:`.memory`),
+(:mod:`.registry`), ``_drop_refs`` (:mod:`.memory`),
 ``_teardown_step`` (:mod:`.teardown`), and from the composition
 (:mod:`.server`): ``_reply``, ``send_reply``, ``send_shepherd``,
 ``_register_reply``, ``reply_owner``, ``check_reply``.
@@ -217,7 +217,7 @@ class ProcessesPart:
         rec.replies.discard(msg.r)
         self.reply_owner.pop(msg.r, None)
         self._reply(msg.tag, msg.r)
-        self._exited(rec, code, dead=False)
+        self._exited(rec, code)
 
     def on_sh_exited(self, msg):
         p_uid = msg.p_uid
@@ -231,10 +231,10 @@ class ProcessesPart:
             return
         self._exited(rec, msg.exit_code)
 
-    def _exited(self, rec, exit_code, dead=True):
-        """Everything a process's end releases.  ``dead``: its pid is gone
-        (False for an attached process that detached and lives on: its pool
-        blocks are still its own)."""
+    def _exited(self, rec, exit_code):
+        """Everything a process's end releases (its pool blocks are swept by
+        the node's shepherd, which reaped it, before it reports the exit; an
+        attached process that detaches and lives on keeps its blocks)."""
         p_uid = rec.p_uid
         rec.state = EXITED
         rec.exit_code = exit_code
@@ -257,9 +257,6 @@ class ProcessesPart:
             rec.replies.discard(r)
             if self.reply_owner.get(r) == p_uid:
                 del self.reply_owner[r]
-        sweep = self.sweep_allocations
-        if sweep is not None and rec.os_pid is not None and dead:
-            self._step(f"reclaiming the pool blocks of process {p_uid}", sweep, rec.os_pid)
         if self.teardown is not None:
             self._teardown_step()
 

@@ -371,7 +371,6 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         launcher_key=launcher_key, reserved_replies=reserved,
                         check_reply=transport.check_reply, death_reports=death_reports,
                         attach_key=attach_key)
-    gs.extra_pools.append(gs_channel.pool)
     recv = gs_channel.recv
     poke = m.POKE
     while not gs.finished:

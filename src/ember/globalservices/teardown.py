@@ -93,7 +93,7 @@ class TeardownPart:
         for p in [p for p in self.procs.values() if p.attached and p.state != EXITED]:
             # not ours to kill: the runtime ends under it
             self.send_shepherd(m.ShUnwatch(p.p_uid))
-            self._exited(p, m.EXIT_UNKNOWN, dead=False)
+            self._exited(p, m.EXIT_UNKNOWN)
         self.teardown = Teardown(msg.tag, msg.r)
         for p in self.procs.values():
             if p.state != EXITED and (p.state == RUNNING or p.os_pid is not None):
