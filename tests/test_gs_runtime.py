@@ -42,7 +42,7 @@ import sys
 from ember.globalservices import channel, process, pool
 p = pool.create(1 << 20, "mypool")
 c = channel.create(None, "made")
-w = process.create(sys.executable, ".", ["-c", "pass"], user_name="w")
+w = process.create(sys.executable, ".", ["-c", "import time; time.sleep(0.3)"], user_name="w")
 process.join("w")
 try:
     channel.join("typo", timeout=0.2)

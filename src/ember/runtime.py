@@ -332,6 +332,34 @@ class Runtime:
         _client.drop_connection()
         _env.set_overrides(None)
 
+    @classmethod
+    def start(cls, *, name=None, detached=False, label="none", grace=5.0,
+              default_pool_size="1G", inf_pool_size="256M", start_timeout=30.0):
+        """Bring up a runtime (a host process, :mod:`ember.launcher.host`)
+        and attach this process to it.  Prefer :func:`init`, which also
+        makes it this process's current runtime."""
+        addr, host_pid = _start_host(name=name, detached=detached, label=label, grace=grace,
+                                     default_pool_size=default_pool_size,
+                                     inf_pool_size=inf_pool_size, timeout=start_timeout)
+        rt = cls(addr, host_pid=host_pid, owner=not detached, detached=detached)
+        try:
+            rt._attach()
+        except BaseException:
+            if rt.owner:
+                try:
+                    _stop_host(rt.address, rt.host_pid, 10.0)
+                except Exception:
+                    pass
+            raise
+        return rt
+
+    @classmethod
+    def attach(cls, address="auto", user_name=None):
+        """Attach this process to a running runtime (see :func:`resolve`)."""
+        rt = cls(resolve(address))
+        rt._attach(user_name)
+        return rt
+
     def stop(self, timeout=30.0):
         """Tear the runtime down (only the process that started it may)."""
         if self.host_pid is None:
@@ -398,21 +426,11 @@ def init(address=None, *, name=None, detached=False, label="none", grace=5.0,
             _current = rt
             return rt
         if address is None:
-            addr, host_pid = _start_host(name=name, detached=detached, label=label, grace=grace,
-                                         default_pool_size=default_pool_size,
-                                         inf_pool_size=inf_pool_size, timeout=start_timeout)
-            rt = Runtime(addr, host_pid=host_pid, owner=not detached, detached=detached)
+            rt = Runtime.start(name=name, detached=detached, label=label, grace=grace,
+                               default_pool_size=default_pool_size, inf_pool_size=inf_pool_size,
+                               start_timeout=start_timeout)
         else:
-            rt = Runtime(resolve(address))
-        try:
-            rt._attach()
-        except BaseException:
-            if rt.owner:
-                try:
-                    _stop_host(rt.address, rt.host_pid, 10.0)
-                except Exception:
-                    pass
-            raise
+            rt = Runtime.attach(address)
         _current = rt
         _install_hooks()
         return rt
@@ -515,8 +533,8 @@ def _start_host(*, name, detached, label, grace, default_pool_size, inf_pool_siz
     finally:
         os.close(w)
     # While the host comes up (the other core), load what attaching needs.
-    from .globalservices import _client  # noqa: F401  (pools_c, channels_c, messages)
     from . import channels_c, pools_c  # noqa: F401
+    from .globalservices import _client  # noqa: F401
     try:
         data = b""
         deadline = time.monotonic() + timeout

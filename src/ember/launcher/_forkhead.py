@@ -168,7 +168,7 @@ def _exit_code(exc):
 
 
 def _run(script, args):
-    from .cli import _set_title
+    from .host import _set_title
 
     path = os.path.abspath(script)     # __file__ is absolute, as python3 makes it
     sys.argv = [script] + list(args)
