@@ -37,6 +37,8 @@ extensions = [
     ext("ember.pools_c._pools", ["src/ember/pools_c/_pools.pyx", "src/ember/pools_c/pool.c"]),
     ext("ember.channels_c._channels",
         ["src/ember/channels_c/_channels.pyx", "src/ember/channels_c/channel.c", "src/ember/pools_c/pool.c"]),
+    ext("ember.sync_c._sync",
+        ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/pools_c/pool.c"]),
     ext("ember.shepherd._spawn", ["src/ember/shepherd/_spawn.pyx", "src/ember/shepherd/spawn.c"]),
 ]
 

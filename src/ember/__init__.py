@@ -41,7 +41,33 @@ def is_initialized():
     return runtime.is_initialized()
 
 
+# The Python layer (multiprocessing's names), imported on first use so that
+# ``import ember`` stays cheap: ember.Queue, ember.Pipe, ember.Lock, ...
+_OBJECTS = {
+    "Queue": "queues", "SimpleQueue": "queues", "JoinableQueue": "queues",
+    "Pipe": "connection", "Connection": "connection", "wait": "connection",
+    "Lock": "sync", "RLock": "sync", "Semaphore": "sync", "BoundedSemaphore": "sync",
+    "Event": "sync", "Barrier": "sync", "Condition": "sync", "Value": "sync", "Array": "sync",
+}
+_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout")
+
+
+def __getattr__(attr):
+    mod = _OBJECTS.get(attr) or _LAZY.get(attr)
+    if mod is not None:
+        import importlib
+        value = getattr(importlib.import_module(f".objects.{mod}", __name__), attr)
+    elif attr in _EXCEPTIONS:
+        from . import exceptions
+        value = getattr(exceptions, attr)
+    else:
+        raise AttributeError(f"module 'ember' has no attribute {attr!r}")
+    globals()[attr] = value
+    return value
+
+
 __all__ = [
+    *_OBJECTS, *_EXCEPTIONS,
     "ChannelEmpty",
     "ChannelError",
     "ChannelFull",
@@ -58,19 +84,13 @@ __all__ = [
     "shutdown",
 ]
 
+# Synchronization objects (ember.sync_c): their exceptions at top level.
+from .exceptions import BrokenBarrierError, OwnerDied, ReleaseError, SyncError  # noqa: E402,F401
+
+__all__ += ["BrokenBarrierError", "OwnerDied", "ReleaseError", "SyncError"]
+
 # The Python-process layer (ember.objects), imported on first use so that
 # `import ember` stays cheap.
 _LAZY = {"Process": "process", "Executor": "executor", "ProcessGroup": "group"}
 __all__ += ["Process", "Executor", "ProcessGroup", "ProcessDied", "RemoteError",
             "RemoteTraceback"]
-
-
-def __getattr__(name):
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'ember' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"ember.objects.{mod}"), name)
-    globals()[name] = value
-    return value

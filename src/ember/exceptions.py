@@ -3,6 +3,7 @@
 Exceptions also inherit the matching built-in so ordinary ``except
 MemoryError`` / ``except TimeoutError`` / ``except ValueError`` keep working.
 """
+import threading as _threading
 
 __all__ = [
     "EmberError",
@@ -19,6 +20,12 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "ChannelClosed",
+    "SyncError",
+    "OwnerDied",
+    "ReleaseError",
+    "BrokenBarrierError",
+    "ObjectError",
+    "ObjectTimeout",
 ]
 
 
@@ -117,3 +124,45 @@ class RemoteTraceback(Exception):
 class ChannelClosed(ChannelError, EOFError):
     """The channel was closed: send refuses; recv raises it once every
     message sent before the close was received (the end of the channel)."""
+
+
+class SyncError(EmberError):
+    """Errors to do with ember's synchronization objects (Lock, Semaphore, ...)."""
+
+
+class OwnerDied(SyncError):
+    """The lock WAS acquired, but a previous holder died while holding it
+    (like a robust mutex's EOWNERDEAD): the state it protects may be
+    inconsistent.  ``pid`` is the dead holder.  Repair the state, call
+    ``lock.consistent()``, then ``release()``; a release without
+    ``consistent()`` passes the report on to the next acquirer.  It inherits
+    no built-in on purpose: a generic ``except RuntimeError`` must not
+    swallow it."""
+
+    def __init__(self, msg, pid=0):
+        super().__init__(msg)
+        self.pid = pid
+
+    def __reduce__(self):
+        return (type(self), (self.args[0] if self.args else "", self.pid))
+
+
+class ReleaseError(SyncError, ValueError, RuntimeError):
+    """release() of an unlocked Lock, of an RLock the caller does not hold,
+    or of a BoundedSemaphore beyond its initial value.  Also a ValueError
+    (what multiprocessing raises) and a RuntimeError (what threading raises)."""
+
+
+class BrokenBarrierError(SyncError, _threading.BrokenBarrierError):
+    """The barrier is broken (aborted, reset while waiting, timed out, a
+    failed action, or a party died while waiting)."""
+
+
+class ObjectError(EmberError, ValueError):
+    """Errors to do with named objects (Queue, Pipe, Lock, ... of
+    ``ember.objects``): a bad request, an unknown name, a name taken."""
+
+
+class ObjectTimeout(ObjectError, TimeoutError):
+    """``attach(name, timeout=...)`` ran out of time before the object was
+    created."""

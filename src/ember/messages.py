@@ -197,3 +197,20 @@ def reply_err(ref, err_type, msg, tb=None):
 
 
 __all__ += ["reply_ok", "reply_err", "POKE"]
+
+# --- named objects (Queue, Pipe, Lock, ...; ember.objects) --------------------
+# GS keeps a registry of Python-layer objects: kind, an opaque descriptor
+# (made and read by the client only), lifetime, holders, and the parts GS
+# destroys with the object (channels it made for it, pool allocations).
+_define(70, "ObjectCreate", _REQ + "kind user_name lifetime desc channels parts children soft")
+_define(71, "ObjectAttach", _REQ + "name kind timeout")
+_define(72, "ObjectAddRef", _REQ + "o_uid")
+_define(73, "ObjectRelease", _REQ + "o_uid")
+_define(74, "ObjectDestroy", _REQ + "ident")
+_define(75, "ObjectList", _REQ)
+_define(76, "ObjectQuery", _REQ + "ident")
+# pickling a handle lends one of the pickler's references to whoever
+# unpickles it (the token names the loan); ObjectClaim takes it over (or adds
+# a reference of its own if the loan is gone).
+_define(77, "ObjectLend", _REQ + "o_uid")
+_define(78, "ObjectClaim", _REQ + "o_uid token")

@@ -736,6 +736,33 @@ cdef class Channel:
         ember_ch_recv_take(ch, &m)             # the view owns the block now
         return out
 
+    def recv_auto(self, timeout=None):
+        """Receive the oldest message: a message that fit a slot as ``bytes``
+        (one copy, like :meth:`recv`), a large one as a zero-copy
+        memoryview over its pool block (like :meth:`recv_view`).  For
+        callers that expect mostly small messages but must not copy large
+        ones (``ember.Queue``)."""
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_ch_msg_t m
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("receive")
+        if timeout is not None:
+            _timeout_ns(timeout)
+        self._recv_claim(&m, -1, timeout)
+        if not m.is_alloc:
+            try:
+                out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
+            finally:
+                ember_ch_recv_end(ch, &m)
+            return out
+        try:
+            out = _view_of_alloc(self._pool, m.alloc)
+        except BaseException:
+            ember_ch_recv_end(ch, &m)
+            raise
+        ember_ch_recv_take(ch, &m)             # the view owns the block now
+        return out
+
     # ---- readiness ----
     def poll(self, timeout=0):
         """True when a message is waiting (waiting up to ``timeout``), or

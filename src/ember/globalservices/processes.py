@@ -249,6 +249,9 @@ class ProcessesPart:
         for c_uid in list(rec.refs):          # drop its channel references
             self._step(f"dropping process {p_uid}'s reference to channel {c_uid}",
                        self._drop_refs, rec, c_uid)
+        objects_exited = getattr(self, "_objects_exited", None)   # named objects (.objects)
+        if objects_exited is not None:
+            self._step(f"dropping process {p_uid}'s objects", objects_exited, p_uid)
         for r in list(rec.replies):           # free its reply channels
             self._step(f"freeing a reply channel of process {p_uid}", self._free_reply_channel, r)
             rec.replies.discard(r)

@@ -95,6 +95,9 @@ class WaitersPart:
             w.timer = self.call_later(timeout, self._waiter_timed_out, w)
 
     def _waiter_timed_out(self, w):
+        hook = getattr(w, "on_timeout", None)     # a waiter of another part (objects)
+        if hook is not None:
+            return hook(self)
         if w.name is not None:
             self._chan_join_timed_out(w)
         else:
@@ -109,7 +112,10 @@ class WaitersPart:
             owned.discard(w)
             if not owned:
                 del self.owned_waiters[w.owner]
-        if w.name is not None:
+        unlink = getattr(w, "unlink", None)       # a waiter of another part (objects)
+        if unlink is not None:
+            unlink(self)
+        elif w.name is not None:
             self._unlink_chan_join(w)
         else:
             self._unlink_proc_join(w)

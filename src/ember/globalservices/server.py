@@ -57,6 +57,7 @@ from .. import _log, messages as m
 from ..exceptions import EmberError
 from ..service import NOTICE, REQUEST, Service
 from .memory import DEFAULT_POOL_NAME, MemoryPart  # noqa: F401  (re-exported)
+from .objects import ObjectsPart
 from .processes import (EXITED, FIRST_P_UID, LAUNCHER_P_UID, MAX_JOIN_IDENTS,  # noqa: F401
                         PENDING, RUNNING, ProcessesPart)
 from .registry import WaitersPart
@@ -69,7 +70,7 @@ log = _log.get("gs")
 MAX_REPLY_CHANNELS = 4096
 
 
-class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart):
+class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart, ObjectsPart):
     """The GS state machine on the service core.  See the module docstring."""
 
     name = "GS"
@@ -110,8 +111,10 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self._init_memory(default_pool)
         self._init_waiters()
         self._init_teardown()
+        self._init_objects()
         self.reply_owner = {}     # reply-channel descriptor -> p_uid it is registered to
-        for part in (ProcessesPart, MemoryPart, WaitersPart, TeardownPart, GlobalServices):
+        for part in (ProcessesPart, MemoryPart, WaitersPart, TeardownPart, ObjectsPart,
+                     GlobalServices):
             for cls, method in part.REQUESTS:
                 self.on(cls, getattr(self, method), REQUEST)
             # The shepherd's messages: accepted from the private control channel only.
@@ -248,7 +251,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         pools, chans = self._dump_memory()
         d.update(node=self.node, runtime=self.runtime_tag, processes=self._dump_processes(),
                  pools=pools, channels=chans, waiters=self._dump_waiters(),
-                 teardown=self._dump_teardown())
+                 teardown=self._dump_teardown(), objects=self._dump_objects())
         return d
 
 

@@ -1,0 +1,311 @@
+"""``ember.Pipe`` / ``Connection`` and ``ember.wait`` (the shape of
+``multiprocessing.connection``), over channels in the runtime's default
+pool.  See docs/queues.md.
+
+A Pipe is one GS object (kind ``"Pipe"``) that owns one channel per
+direction, and two child objects, its ends (kind ``"Connection"``).  Each
+handle of an end (made by ``Pipe()``, or unpickled in another process) holds
+a reference on that end; when no handle of an end is left -- every holder
+closed it or died (GS counts dead holders out) -- GS **closes** the end's
+outgoing channel: the peer receives what was sent before, then ``EOFError``
+(``ChannelClosed``), never a hang.  When both ends are gone the channels are
+destroyed.
+"""
+import multiprocessing as _mp
+import select
+import time
+
+from ..channels_c import Channel, ChannelClosed, wait_any
+from . import _codec, naming
+
+__all__ = ["Pipe", "Connection", "wait"]
+
+#: Slots per direction, and block size (objects pickling to <= 240 bytes travel inline).
+PIPE_CAPACITY = 1024
+PIPE_BLOCK_SIZE = 256
+#: Seconds a blocked receiver spins before it sleeps (fixed, as GS's control channels).
+PIPE_SPIN = 50e-6
+
+
+def Pipe(duplex=True):
+    """``(conn1, conn2)``: with ``duplex`` both ends send and receive;
+    otherwise ``conn1`` only receives and ``conn2`` only sends (as
+    ``multiprocessing.Pipe``)."""
+    if duplex:
+        rec = naming.create("Pipe", None, "refcount", b"D",
+                            [[PIPE_CAPACITY, PIPE_BLOCK_SIZE]] * 2, (),
+                            [("Connection", [0]), ("Connection", [1])])
+        # end 0 sends on channel 0 and receives on 1; end 1 the reverse
+        specs = ((0, 1), (1, 0))
+    else:
+        rec = naming.create("Pipe", None, "refcount", b"S", [[PIPE_CAPACITY, PIPE_BLOCK_SIZE]], (),
+                            [("Connection", []), ("Connection", [0])])
+        specs = ((None, 0), (0, None))       # end 0 reads, end 1 writes
+    kids = rec.pop("children")
+    return tuple(Connection._make(rec, i, kids[i], specs[i][0], specs[i][1]) for i in (0, 1))
+
+
+def _rebuild(rec, end, o_uid, send_ix, recv_ix, token=None):
+    naming.claim(o_uid, token)
+    return Connection._make(rec, end, o_uid, send_ix, recv_ix)
+
+
+def _finish(chs):
+    for ch in chs:
+        try:
+            ch.detach()
+        except Exception:
+            pass
+
+
+class Connection:
+    """One end of a :func:`Pipe` (``multiprocessing.connection.Connection``
+    without ``fileno()``: use :func:`ember.wait`)."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Connection objects are made by ember.Pipe()")
+
+    @classmethod
+    def _make(cls, rec, end, o_uid, send_ix, recv_ix):
+        import weakref
+        self = cls.__new__(cls)
+        self._rec, self._end, self._o_uid = rec, end, o_uid
+        self._ix = (send_ix, recv_ix)
+        chs = [Channel.attach(s) for s in rec["channels"]]
+        for ch in chs:
+            # request/reply traffic: a fixed spin (an adaptive one is bistable, docs/channels.md)
+            ch.set_spin(PIPE_SPIN, adaptive=False)
+        self._send_ch = chs[send_ix] if send_ix is not None else None
+        self._recv_ch = chs[recv_ix] if recv_ix is not None else None
+        self._pool = chs[0].pool
+        self._closed = False
+        self._hold = naming.hold(self, o_uid)
+        weakref.finalize(self, _finish, chs).atexit = False
+        return self
+
+    def __reduce__(self):
+        self._check_closed()
+        # the reference travels with the pickle: lent now, claimed by the receiver
+        return (_rebuild, (self._rec, self._end, self._o_uid) + self._ix
+                + (naming.lend(self._o_uid),))
+
+    def __repr__(self):
+        state = "closed" if self._closed else ("duplex" if self.readable and self.writable
+                                               else "read-only" if self.readable else "write-only")
+        return f"<ember.Connection end {self._end} of pipe {self._rec['o_uid']} {state}>"
+
+    # ------------------------------------------------------------------ state
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def readable(self):
+        return self._recv_ch is not None
+
+    @property
+    def writable(self):
+        return self._send_ch is not None
+
+    def _check_closed(self):
+        if self._closed:
+            raise OSError("handle is closed")
+
+    def _check_readable(self):
+        if self._closed:
+            raise OSError("handle is closed")
+        if self._recv_ch is None:
+            raise OSError("connection is write-only")
+
+    def _check_writable(self):
+        if self._closed:
+            raise OSError("handle is closed")
+        if self._send_ch is None:
+            raise OSError("connection is read-only")
+
+    def close(self):
+        """Close this handle.  Once no handle of this end is left in any
+        process, the peer reads end-of-file (``EOFError``) after what was
+        sent."""
+        if not self._closed:
+            self._closed = True
+            self._hold.drop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ send
+    def send(self, obj):
+        """Send a picklable object (pickle protocol 5; large buffers out of
+        band, zero-copy on the receiving side for numpy arrays)."""
+        self._check_writable()
+        msg = _codec.dumps(obj, self._pool, None)
+        try:
+            self._send_ch.send(msg)
+        except BaseException:
+            _codec.free_unsent(msg)
+            raise
+
+    def send_bytes(self, buf, offset=0, size=None):
+        """Send bytes from a bytes-like object, as multiprocessing does."""
+        self._check_writable()
+        m = memoryview(buf)
+        if m.itemsize > 1:
+            m = m.cast("B")
+        n = m.nbytes
+        if offset < 0:
+            raise ValueError("offset is negative")
+        if n < offset:
+            raise ValueError("buffer length < offset")
+        if size is None:
+            size = n - offset
+        elif size < 0:
+            raise ValueError("size is negative")
+        elif offset + size > n:
+            raise ValueError("buffer length < offset + size")
+        self._send_ch.send(m[offset:offset + size])
+
+    # ------------------------------------------------------------------ recv
+    def _recv(self, timeout=None):
+        try:
+            return self._recv_ch.recv_auto(timeout)
+        except ChannelClosed as exc:
+            raise ChannelClosed(f"the other end of pipe {self._rec['o_uid']} was closed (or "
+                                f"its last holder died) and everything it sent was received") \
+                from exc
+
+    def recv(self):
+        """Receive an object; ``EOFError`` (``ChannelClosed``) once the other
+        end is closed or dead and everything it sent was received."""
+        self._check_readable()
+        return _codec.loads(self._recv())
+
+    def recv_bytes(self, maxlength=None):
+        """Receive a message sent with ``send_bytes`` as bytes."""
+        self._check_readable()
+        if maxlength is not None and maxlength < 0:
+            raise ValueError("negative maxlength")
+        data = self._recv()
+        if maxlength is not None and len(data) > maxlength:
+            self.close()
+            raise OSError("bad message length")
+        return data if type(data) is bytes else bytes(data)
+
+    def recv_bytes_into(self, buf, offset=0):
+        """Receive into a writable buffer at ``offset``; return the number
+        of bytes.  A message too long raises ``multiprocessing.BufferTooShort``
+        with the whole message as its argument."""
+        self._check_readable()
+        with memoryview(buf) as m:
+            itemsize = m.itemsize
+            total = m.nbytes
+            if offset < 0 or offset > total // itemsize:
+                raise ValueError("offset out of bounds")
+            data = self._recv()
+            n = len(data)
+            start = offset * itemsize
+            if start + n > total:
+                raise _mp.BufferTooShort(data if type(data) is bytes else bytes(data))
+            m.cast("B")[start:start + n] = data
+            return n
+
+    def poll(self, timeout=0.0):
+        """Whether there is anything to read (or end-of-file), waiting up to
+        ``timeout`` seconds (None: forever)."""
+        self._check_readable()
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        return self._recv_ch.poll(timeout)
+
+    # ember.wait() support
+    def _wait_channel(self):
+        self._check_readable()
+        return self._recv_ch
+
+
+def _fd_of(o):
+    if isinstance(o, int) and not isinstance(o, bool):
+        return o
+    fileno = getattr(o, "fileno", None)
+    if fileno is not None:
+        return fileno()
+    sentinel = getattr(o, "sentinel", None)
+    if isinstance(sentinel, int):
+        return sentinel
+    raise TypeError(f"ember.wait() takes Connections, Queues, channels, file descriptors and "
+                    f"objects with fileno() or an int sentinel, not {type(o).__name__}")
+
+
+#: With file descriptors among the objects, channels and descriptors are
+#: checked in turn, sleeping at most this long on either.
+_MIXED_SLICE = 0.001
+
+
+def wait(object_list, timeout=None):
+    """Wait until one or more of ``object_list`` is ready; return those
+    that are (``[]`` after ``timeout`` seconds; None waits forever).  Like
+    ``multiprocessing.connection.wait``: a Connection or Queue is ready when
+    a receive would not block (something to read, or end-of-file); a file
+    descriptor (or an object with ``fileno()``, or with an int
+    ``sentinel``, e.g. a process sentinel) when it is readable."""
+    objs = list(object_list)
+    by_ch = {}
+    chans = []
+    fds = {}
+    for o in objs:
+        if isinstance(o, Channel):
+            ch = o
+        else:
+            get = getattr(o, "_wait_channel", None)
+            ch = get() if get is not None else None
+        if ch is not None:
+            if id(ch) not in by_ch:
+                by_ch[id(ch)] = []
+                chans.append(ch)
+            by_ch[id(ch)].append(o)
+        else:
+            fds.setdefault(_fd_of(o), []).append(o)
+    if timeout is not None and timeout < 0:
+        timeout = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def ready_of(chs, fd_events):
+        out = []
+        for ch in chs:
+            out.extend(by_ch[id(ch)])
+        for fd, _ in fd_events:
+            out.extend(fds.get(fd, ()))
+        return [o for o in objs if any(o is r for r in out)]
+
+    if not fds:
+        if not chans:
+            if timeout:
+                time.sleep(timeout)
+            return []
+        return ready_of(wait_any(chans, timeout=timeout), ())
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if chans:
+            got = wait_any(chans, timeout=0)
+            evs = poller.poll(0)
+            if got or evs:
+                return ready_of(got, evs)
+            if left == 0:
+                return []
+            s = _MIXED_SLICE if left is None else min(_MIXED_SLICE, left)
+            got = wait_any(chans, timeout=s)
+            evs = poller.poll(0 if got else int(s * 1000))
+        else:
+            evs = poller.poll(None if left is None else int(left * 1000 + 0.999))
+            got = []
+        if got or evs:
+            return ready_of(got, evs)
+        if left == 0:
+            return []
+

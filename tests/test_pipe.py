@@ -1,0 +1,187 @@
+"""ember.Pipe / Connection and ember.wait: multiprocessing.connection's
+semantics across real managed processes (ember_runtime fixture), EOF on a
+closed or dead peer instead of a hang."""
+import array
+import multiprocessing
+import os
+import pickle
+import re
+import signal
+
+import numpy as np
+import pytest
+
+import ember
+from ember.exceptions import ChannelClosed
+from objhelp import join, kill, spawn, uids
+
+pytest_plugins = ["ember.testing"]
+
+
+@pytest.mark.timeout(60)
+def test_duplex_send_recv_poll(ember_runtime):
+    a, b = ember.Pipe()
+    assert a.readable and a.writable and b.readable and b.writable
+    assert not b.poll() and not b.poll(0.01)
+    a.send({"x": [1, 2]})
+    a.send(None)
+    assert b.poll() and b.poll(None)
+    assert b.recv() == {"x": [1, 2]} and b.recv() is None
+    b.send("back")
+    assert a.recv() == "back"
+    a.close()
+    b.close()
+
+
+@pytest.mark.timeout(60)
+def test_simplex_ends_refuse_the_wrong_direction(ember_runtime):
+    r, w = ember.Pipe(duplex=False)
+    assert r.readable and not r.writable and w.writable and not w.readable
+    w.send(1)
+    assert r.recv() == 1
+    with pytest.raises(OSError, match=r"^connection is read-only$"):
+        r.send(1)
+    with pytest.raises(OSError, match=r"^connection is write-only$"):
+        w.recv()
+    with pytest.raises(OSError, match=r"^connection is write-only$"):
+        w.poll()
+
+
+@pytest.mark.timeout(60)
+def test_bytes_offsets_and_recv_bytes_into(ember_runtime):
+    a, b = ember.Pipe()
+    a.send_bytes(b"abcdef")
+    a.send_bytes(b"abcdef", 2)
+    a.send_bytes(b"abcdef", 1, 3)
+    a.send_bytes(array.array("i", [1, 2, 3]), 1, 4)        # offset/size in bytes of the cast view
+    assert b.recv_bytes() == b"abcdef"
+    assert b.recv_bytes() == b"cdef"
+    assert b.recv_bytes() == b"bcd"
+    assert b.recv_bytes() == array.array("i", [1, 2, 3]).tobytes()[1:5]
+    for args, msg in (((b"ab", -1), "offset is negative"), ((b"ab", 3), "buffer length < offset"),
+                      ((b"ab", 0, -1), "size is negative"),
+                      ((b"ab", 1, 2), "buffer length < offset + size")):
+        with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
+            a.send_bytes(*args)
+    a.send_bytes(b"12345")
+    buf = bytearray(8)
+    assert b.recv_bytes_into(buf, 2) == 5 and buf == b"\0\x0012345\0"
+    a.send_bytes(b"x" * 20)
+    with pytest.raises(multiprocessing.BufferTooShort) as ei:
+        b.recv_bytes_into(bytearray(4))
+    assert ei.value.args[0] == b"x" * 20
+    big = os.urandom(3 << 20)
+    a.send_bytes(big)
+    assert b.recv_bytes() == big
+    a.send_bytes(b"toolong")
+    with pytest.raises(OSError, match=r"^bad message length$"):
+        b.recv_bytes(3)
+    assert b.closed
+
+
+@pytest.mark.timeout(60)
+def test_closed_handle_and_eof_after_the_peer_closes(ember_runtime):
+    a, b = ember.Pipe()
+    a.send("last")
+    a.close()
+    for op in (lambda: a.send(1), a.recv, a.poll, lambda: pickle.dumps(a)):
+        with pytest.raises(OSError, match=r"^handle is closed$"):
+            op()
+    assert b.poll(10)
+    assert b.recv() == "last"
+    assert b.poll(10)                           # end-of-file counts as readable
+    with pytest.raises(EOFError, match=r"^the other end of pipe \d+ was closed \(or its last "
+                                       r"holder died\) and everything it sent was received$"):
+        b.recv()
+    with pytest.raises(ChannelClosed):
+        b.recv_bytes()
+
+
+@pytest.mark.timeout(120)
+def test_child_echo_and_numpy_through_a_pipe(ember_runtime):
+    parent, child = ember.Pipe()
+    p = spawn("""
+        conn, = ARGS
+        while True:
+            try:
+                obj = conn.recv()
+            except EOFError:
+                break
+            conn.send(obj)
+        """, child)
+    child.close()          # the child holds its own handle: the pipe stays open
+    arr = np.arange(2_000_000, dtype=np.int32)
+    for obj in (1, "two", arr, {"a": arr[:10]}):
+        parent.send(obj)
+        got = parent.recv()
+        if isinstance(obj, np.ndarray):
+            assert np.array_equal(got, obj) and not got.flags.owndata
+        elif isinstance(obj, dict):
+            assert np.array_equal(got["a"], obj["a"])
+        else:
+            assert got == obj
+    parent.close()         # the child reads EOF and exits
+    assert join(p) == 0
+
+
+@pytest.mark.timeout(120)
+def test_recv_from_a_killed_peer_raises_eoferror_instead_of_hanging(ember_runtime):
+    parent, child = ember.Pipe()
+    p = spawn("""
+        conn, = ARGS
+        conn.send("ready")
+        conn.recv()          # blocks until killed
+        """, child)
+    child.close()
+    assert parent.recv() == "ready"
+    kill(p)
+    assert join(p) == -signal.SIGKILL
+    with pytest.raises(EOFError, match=r"^the other end of pipe \d+ was closed"):
+        parent.recv()
+    # the pipe object ends with its last handle
+    o_uid = parent._rec["o_uid"]
+    parent.close()
+    assert o_uid not in uids()
+
+
+@pytest.mark.timeout(60)
+def test_wait_on_connections_queues_and_file_descriptors(ember_runtime):
+    a, b = ember.Pipe()
+    q = ember.Queue()
+    rfd, wfd = os.pipe()
+    try:
+        assert ember.wait([b, q, rfd], timeout=0) == []
+        assert ember.wait([b, q, rfd], timeout=0.05) == []
+        assert ember.wait([b, q], timeout=0.01) == []
+        a.send(1)
+        assert ember.wait([b, q, rfd], timeout=10) == [b]
+        q.put(2)
+        assert ember.wait([q, b], timeout=10) == [q, b]
+        assert b.recv() == 1 and q.get() == 2
+        os.write(wfd, b"x")
+        assert ember.wait([b, q, rfd], timeout=10) == [rfd]
+        assert ember.wait([rfd], timeout=10) == [rfd]
+        with pytest.raises(TypeError, match=r"^ember.wait\(\) takes Connections, Queues, "
+                                            r"channels, file descriptors and objects with "
+                                            r"fileno\(\) or an int sentinel, not str$"):
+            ember.wait(["x"])
+        a.close()
+        assert ember.wait([b], timeout=10) == [b]          # EOF is ready
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+@pytest.mark.timeout(120)
+def test_wait_wakes_for_a_message_from_another_process(ember_runtime):
+    a, b = ember.Pipe()
+    q = ember.Queue()
+    p = spawn("""
+        conn, q = ARGS
+        conn.recv()
+        q.put("from child")
+        """, a, q)
+    b.send("go")
+    assert ember.wait([q], timeout=60) == [q]
+    assert q.get() == "from child"
+    assert join(p) == 0
