@@ -8,7 +8,8 @@ import pickle
 import pytest
 
 from ember import messages as m
-from ember.exceptions import DescriptorError
+from ember.channels_c import Channel
+from ember.exceptions import ChannelError, DescriptorError
 from ember.sync_c import Lock
 from test_gs_state import Harness
 
@@ -16,14 +17,33 @@ from test_gs_state import Harness
 @pytest.fixture
 def h():
     harness = Harness()
+    harness.made = []                    # the test's own handles of the objects' channels
     yield harness
+    for c in harness.made:
+        if not c.closed:
+            c.detach()
     harness.close()
 
 
-def create(h, p_uid, kind="Queue", name=None, lifetime=None, channels=(), parts=(), children=(),
+def live(ch):
+    """Whether the channel still exists (not destroyed by the shepherd)."""
+    try:
+        Channel.attach(ch.sdesc).detach()
+        return True
+    except ChannelError:
+        return False
+
+
+def create(h, p_uid, kind="Queue", name=None, lifetime=None, channels=0, parts=(), children=(),
            soft=False, desc=b"d"):
-    return h.req(m.ObjectCreate, kind, name, lifetime, desc, [list(c) for c in channels],
-                 [list(p) for p in parts], [[k, list(c)] for k, c in children], soft, p_uid=p_uid)
+    """``channels``: how many channels to make (in the default pool, as a
+    client does) for the object."""
+    chans = [Channel.create(h.pool, capacity=8, block_size=128) for _ in range(channels)]
+    h.made.extend(chans)
+    key = h.req(m.ObjectCreate, kind, name, lifetime, desc, [c.sdesc for c in chans],
+                [list(p) for p in parts], [[k, list(c)] for k, c in children], soft, p_uid=p_uid)
+    h.pump()
+    return key
 
 
 def listed(h):
@@ -32,9 +52,9 @@ def listed(h):
 
 def test_create_attach_soft_and_errors(h):
     a = h.create("a")
-    d = h.ok(create(h, a, name="jobs", channels=[[16, 256]]))
-    assert d["name"] == "jobs" and d["lifetime"] == "runtime" and len(d["channels"]) == 1
-    assert d["o_uid"] in {1} and h.gs.chans        # the channel is an ordinary GS channel
+    d = h.ok(create(h, a, name="jobs", channels=1))
+    assert d["name"] == "jobs" and d["lifetime"] == "runtime"
+    assert d["channels"] == [h.made[0].sdesc] and d["o_uid"] == 1
     again = h.ok(create(h, a, name="jobs", soft=True, desc=b"other"))
     assert again["o_uid"] == d["o_uid"] and again["desc"] == b"d"
     assert h.err(create(h, a, name="jobs")) == (
@@ -43,8 +63,9 @@ def test_create_attach_soft_and_errors(h):
         "ObjectError", "an object is already named 'jobs' (Queue, o_uid 1)")
     assert h.err(create(h, a, lifetime="forever")) == (
         "ObjectError", "lifetime must be one of 'runtime', 'owner', 'refcount', got 'forever'")
-    assert h.err(create(h, a, channels=[[0, 1]])) == (
-        "ObjectError", "a channel spec must be [capacity, block_size], got [0, 1]")
+    assert h.err(h.req(m.ObjectCreate, "Queue", None, None, b"", [[8, 128]], [], [], False,
+                       p_uid=a)) == (
+        "ObjectError", "a channel must be given by its descriptor (bytes), got [8, 128]")
     assert h.err(h.req(m.ObjectAttach, "jobs", "Lock", None, p_uid=a)) == (
         "ObjectError", "object 'jobs' is a Queue, not a Lock")
     assert h.ok(h.req(m.ObjectAttach, "jobs", "Queue", None, p_uid=a))["o_uid"] == 1
@@ -75,8 +96,7 @@ def test_attach_waits_for_the_name_and_times_out_on_the_server(h):
 def test_refcount_ends_with_the_last_holder_and_frees_its_parts(h):
     a, b = h.create("a"), h.create("b")
     lock = Lock(pool=h.pool)
-    d = h.ok(create(h, a, channels=[[8, 128]], parts=[["sync", lock.__reduce__()[1][1],
-                                                        lock.sdesc]]))
+    d = h.ok(create(h, a, channels=1, parts=[["sync", lock.__reduce__()[1][1], lock.sdesc]]))
     o = d["o_uid"]
     assert h.gs.objs[o].lifetime == "refcount"
     token = h.ok(h.req(m.ObjectLend, o, p_uid=a))     # a pickles it ...
@@ -87,7 +107,8 @@ def test_refcount_ends_with_the_last_holder_and_frees_its_parts(h):
     assert h.gs.objs[o].holders == {a: 1, b: 2}
     assert h.ok(h.req(m.ObjectRelease, o, p_uid=a)) is True
     h.exit(b, -9)                                     # a dead holder is counted out
-    assert o not in h.gs.objs and not h.gs.chans
+    h.pump()                                          # the shepherd frees its memory
+    assert o not in h.gs.objs and not live(h.made[0])
     with pytest.raises(DescriptorError, match=r"^pool 'default' \(m_uid 0x[0-9a-f]+\): cannot "
                                               r"attach allocation at offset \d+ \(id \d+\): the "
                                               r"block is not allocated \(already freed\)"):
@@ -99,7 +120,7 @@ def test_owner_lifetime_and_runtime_lifetime_at_the_creators_exit(h):
     a, b = h.create("a"), h.create("b")
     own = h.ok(create(h, a, name="own", lifetime="owner"))["o_uid"]
     h.ok(h.req(m.ObjectAttach, "own", None, None, p_uid=b))
-    keep = h.ok(create(h, a, name="keep", channels=[[8, 128]]))["o_uid"]
+    keep = h.ok(create(h, a, name="keep", channels=1))["o_uid"]
     unclaimed = h.ok(create(h, a, name="rc", lifetime="refcount"))["o_uid"]
     h.ok(h.req(m.ObjectLend, unclaimed, p_uid=a))     # pickled but never unpickled
     h.exit(a, 0)
@@ -107,43 +128,53 @@ def test_owner_lifetime_and_runtime_lifetime_at_the_creators_exit(h):
     assert unclaimed not in h.gs.objs                 # the lender's loan ends with it
     assert keep in h.gs.objs and listed(h) == {"keep": ("Queue", "runtime")}
     h.ok(h.req(m.ObjectDestroy, "keep", p_uid=b))
-    assert not h.gs.objs and not h.gs.chans
+    h.pump()
+    assert not h.gs.objs and not live(h.made[0])
 
 
 def test_pipe_ends_close_their_direction_and_the_pipe_ends_with_both(h):
     a, b = h.create("a"), h.create("b")
-    d = h.ok(create(h, a, kind="Pipe", lifetime="refcount", channels=[[8, 128], [8, 128]],
+    d = h.ok(create(h, a, kind="Pipe", lifetime="refcount", channels=2,
                     children=[("Connection", [0]), ("Connection", [1])]))
     end0, end1 = d["children"]
-    ch0, ch1 = (h.gs.chans[c].ch for c in h.gs.objs[d["o_uid"]].c_uids)
+    ch0, ch1 = h.made
     token = h.ok(h.req(m.ObjectLend, end1, p_uid=a))
     h.ok(h.req(m.ObjectClaim, end1, token, p_uid=b))
     h.ok(h.req(m.ObjectRelease, end1, p_uid=a))       # a closes its copy of b's end
     assert not ch1.closed
     ch0.send(b"last words")
     h.ok(h.req(m.ObjectRelease, end0, p_uid=a))       # end 0 has no handle left
+    h.pump()
     assert ch0.closed and not ch1.closed and d["o_uid"] in h.gs.objs
+    assert ch0.recv() == b"last words"             # what was sent before the close arrives
     h.exit(b, -9)                                     # end 1's last holder dies
-    assert d["o_uid"] not in h.gs.objs and not h.gs.chans
+    h.pump()
+    assert d["o_uid"] not in h.gs.objs and not live(ch0) and not live(ch1)
     assert listed(h) == {}
 
 
-def test_parts_must_be_default_pool_allocations_that_are_no_channel(h):
-    import struct
-
-    from ember.channels_c import Channel
+def test_the_shepherd_frees_only_the_objects_pool_and_no_registered_channel(h):
+    from ember.objects.ending import end_parts
     from ember.pools_c import Pool
     a = h.create("a")
     with Pool.create(1 << 20) as other:
         blk = other.alloc(64)
-        assert h.err(create(h, a, parts=[["alloc", blk.sdesc]])) == (
-            "ObjectError", "a part must be an allocation of the runtime's default pool")
+        ch = Channel.create(other)
+        assert end_parts(h.pool, [ch.sdesc], [["alloc", blk.sdesc], ["chan", ch.sdesc]]) == [
+            "closing a channel: ValueError: the channel is not in the object's pool",
+            "freeing part 'alloc': ValueError: the allocation is not in the object's pool",
+            "freeing part 'chan': ValueError: the channel is not in the object's pool"]
+        assert not ch.closed
+        ch.destroy()
         blk.free()
-    c = Channel.attach(h.ok(create(h, a, channels=[[8, 128]]))["channels"][0])
-    offset = struct.unpack_from("<Q", c.sdesc, 104)[0]
-    c.detach()
-    (chan_block,) = [x for x in h.pool._live_allocations() if x.offset == offset]
-    assert h.err(create(h, a, parts=[["alloc", chan_block.sdesc]])) == (
-        "ObjectError", "a part must not be a channel's memory")
-    err_type, msg = h.err(create(h, a, parts=[["alloc", b"garbage"]]))
-    assert err_type == "ObjectError" and msg.startswith("a part names no live allocation: ")
+    # a channel registered with GS (made by the node's shepherd), named as a part
+    key = h.req(m.ChannelCreate, None, "registered", {}, False, p_uid=a)
+    h.pump()
+    reg = h.ok(key)["sdesc"]
+    errs = end_parts(h.pool, [], [["chan", reg]], [c.sdesc for c in h.node.chans.values()])
+    assert errs == ["freeing part 'chan': ValueError: the channel is one of the node's "
+                    "registered channels"]
+    lock = Lock(pool=h.pool)
+    assert end_parts(h.pool, [], [["sync", 99, lock.sdesc]])[0].startswith(
+        "freeing part 'sync': DescriptorError: cannot attach ")
+    lock.destroy()

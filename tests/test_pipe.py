@@ -185,3 +185,30 @@ def test_wait_wakes_for_a_message_from_another_process(ember_runtime):
     assert ember.wait([q], timeout=60) == [q]
     assert q.get() == "from child"
     assert join(p) == 0
+
+
+def _proc_worker(conn, q, lock, arr):
+    with lock:
+        q.put(conn.recv() * 2)
+    conn.send(arr.sum())
+
+
+@pytest.mark.timeout(120)
+def test_handles_as_ember_process_arguments_and_wait_on_its_sentinel(ember_runtime):
+    a, b = ember.Pipe()
+    q, lock = ember.Queue(), ember.Lock()
+    arr = np.arange(100_000, dtype=np.int64)
+    p = ember.Process(target=_proc_worker, args=(b, q, lock, arr))
+    p.start()
+    b.close()                                   # the child holds its own handle of that end
+    assert ember.wait([a, q], timeout=0) == []
+    a.send(21)
+    assert q.get(timeout=60) == 42
+    assert a.recv() == arr.sum()
+    assert ember.wait([a, p.sentinel], timeout=60) != []
+    p.join()
+    assert p.exitcode == 0
+    assert ember.wait([p.sentinel], timeout=10) == [p.sentinel]
+    with pytest.raises(EOFError):               # the child's end went with it
+        a.recv()
+    p.close()

@@ -7,9 +7,8 @@ it — and the descriptors of the channels GS made for it), its name (unique
 among live objects; its own namespace, apart from channels'), its lifetime,
 its holders (p_uid -> count) and the parts GS destroys with it:
 
-- ``channels``: channels GS creates for the object in the default pool
-  (registered as ordinary unnamed channels: ``channel.get_list`` shows them,
-  teardown destroys them);
+- ``channels``: descriptors of the channels the client made for the object
+  in the default pool (destroyed with it);
 - ``parts``: pool allocations the client made for it, freed with it:
   ``["sync", kind, alloc sdesc]`` (an ember.sync_c object: marked destroyed,
   then freed) or ``["alloc", alloc sdesc]``;
@@ -29,20 +28,20 @@ Lifetimes:
 ``ObjectAttach(name, kind, timeout)`` waits (parked, with a server-side
 timeout) for a name not created yet, like ``channel.join``.
 
+GS never maps the pool: when an object ends, the node's shepherd closes
+and frees its memory (``ShObjectEnd``, :mod:`ember.objects.ending`, which
+checks every descriptor it is given).
+
 Uses from the other parts: ``_park``/``_finish_waiter`` and ``_Waiter``
-(:mod:`.registry`), ``procs`` (:mod:`.processes`), ``chans``/``pools``/
-``chan_sdescs``/``_c_uids``/``_destroy_channel``/``default_m_uid`` and the
-channel factory (:mod:`.memory`), ``_reply``/``send_reply`` from the
-composition.  :mod:`.processes` calls :meth:`ObjectsPart._objects_exited`
+(:mod:`.registry`), ``procs`` (:mod:`.processes`), ``pools``/
+``default_m_uid`` (:mod:`.memory`), ``_reply``/``route_reply``/
+``node_request``/``node`` from the composition.  :mod:`.processes` calls :meth:`ObjectsPart._objects_exited`
 when a process ends.
 """
 import itertools
-import struct
 
 from .. import messages as m
-from ..descriptors import ChannelOptions
 from ..exceptions import ObjectError, ObjectTimeout
-from .memory import _Chan
 from .registry import _Waiter, _lookup, _timeout, log
 
 LIFETIMES = ("runtime", "owner", "refcount")
@@ -51,16 +50,15 @@ MAX_PARTS = 16
 
 
 class _Obj:
-    __slots__ = ("o_uid", "name", "kind", "lifetime", "owner", "desc", "c_uids", "sdescs",
+    __slots__ = ("o_uid", "name", "kind", "lifetime", "owner", "desc", "sdescs",
                  "parts", "closes", "parent", "children", "holders", "loans")
 
     def __init__(self, o_uid, name, kind, lifetime, owner, desc):
         self.o_uid, self.name, self.kind, self.lifetime = o_uid, name, kind, lifetime
         self.owner, self.desc = owner, desc
-        self.c_uids = []          # channels GS made for it (destroyed with it)
-        self.sdescs = []          # their descriptors (for the client)
+        self.sdescs = []          # its channels (descriptors; destroyed with it)
         self.parts = []           # allocations to free with it
-        self.closes = []          # c_uids to close when it ends (a Pipe end: its direction)
+        self.closes = []          # channels to close when it ends (a Pipe end: its direction)
         self.parent = None        # o_uid of the object it keeps alive
         self.children = 0         # live children keeping it alive
         self.holders = {}         # p_uid -> count
@@ -79,7 +77,7 @@ class _ObjWaiter(_Waiter):
 
     def on_timeout(self, gs):
         gs._finish_waiter(self)
-        gs.send_reply(self.r, m.reply_err(
+        gs.route_reply(gs.node, self.r, m.reply_err(
             self.tag, "ObjectTimeout",
             f"attach({self.obj_name!r}) timed out: no object of that name was created"))
 
@@ -122,45 +120,6 @@ class ObjectsPart:
     def _obj_add_ref(self, rec, p_uid):
         rec.holders[p_uid] = rec.holders.get(p_uid, 0) + 1
 
-    def _obj_make_channel(self, spec):
-        if not (isinstance(spec, list) and len(spec) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in spec)):
-            raise ObjectError(f"a channel spec must be [capacity, block_size], got {spec!r}")
-        m_uid = self.default_m_uid
-        prec = self.pools.get(m_uid) if m_uid is not None else None
-        if prec is None:
-            raise ObjectError("this runtime has no default pool to make the object's channels in")
-        c_uid = next(self._c_uids)
-        try:
-            ch = self._make_channel(prec.pool, capacity=spec[0], block_size=spec[1], c_uid=c_uid)
-        except (MemoryError, ValueError) as exc:
-            raise ObjectError(f"cannot create a channel of {spec[0]} x {spec[1]} bytes for the "
-                              f"object: {exc}") from None
-        crec = _Chan(c_uid, m_uid, None, ch, ChannelOptions(capacity=spec[0], block_size=spec[1]))
-        self.chans[c_uid] = crec
-        self.chan_sdescs.add(crec.sdesc)
-        prec.channels.add(c_uid)
-        return crec
-
-    def _obj_check_part(self, part):
-        """A part must be a live allocation of the default pool (GS frees
-        nothing else on a client's word: not its own channels, not another
-        pool's memory)."""
-        from ..pools_c import Allocation
-        prec = self.pools.get(self.default_m_uid) if self.default_m_uid is not None else None
-        try:
-            a = Allocation.attach(part[-1])
-            in_default = prec is not None and a.pool.sdesc == prec.pool.sdesc
-        except Exception as exc:
-            raise ObjectError(f"a part names no live allocation: {type(exc).__name__}: {exc}") \
-                from None
-        if not in_default:
-            raise ObjectError("a part must be an allocation of the runtime's default pool")
-        offsets = {struct.unpack_from("<Q", c.sdesc, 104)[0] for c in self.chans.values()
-                   if c.m_uid == self.default_m_uid}
-        if a.offset in offsets:
-            raise ObjectError("a part must not be a channel's memory")
-
     # ------------------------------------------------------------ requests
     def on_object_create(self, msg):
         kind, name, lifetime = msg.kind, msg.user_name, msg.lifetime
@@ -179,9 +138,13 @@ class ObjectsPart:
         for what, v in (("channels", specs), ("parts", parts), ("children", children)):
             if not isinstance(v, list) or len(v) > MAX_PARTS:
                 raise ObjectError(f"{what} must be a list of at most {MAX_PARTS} entries")
+        for c in specs:
+            if not isinstance(c, bytes) or not c:
+                raise ObjectError(f"a channel must be given by its descriptor (bytes), got {c!r}")
         for p in parts:
-            if not (isinstance(p, list) and p and p[0] in ("sync", "alloc")
-                    and isinstance(p[-1], bytes)):
+            if not (isinstance(p, list) and len(p) in (2, 3) and p[0] in ("sync", "alloc")
+                    and isinstance(p[-1], bytes) and (p[0] == "alloc") == (len(p) == 2)
+                    and (len(p) == 2 or isinstance(p[1], int))):
                 raise ObjectError(f"a part must be ['sync', kind, sdesc] or ['alloc', sdesc], "
                                   f"got {p!r}")
         for c in children:
@@ -189,8 +152,6 @@ class ObjectsPart:
                     and isinstance(c[1], list)
                     and all(isinstance(i, int) and 0 <= i < len(specs) for i in c[1])):
                 raise ObjectError(f"a child must be [kind, [channel index, ...]], got {c!r}")
-        for p in parts:
-            self._obj_check_part(p)
         if name and name in self.obj_names:
             rec = self.objs[self.obj_names[name]]
             if msg.soft and rec.kind == kind:
@@ -199,18 +160,11 @@ class ObjectsPart:
             raise ObjectError(f"an object is already named {name!r} ({rec.kind}, o_uid {rec.o_uid})")
         if msg.p_uid not in self.procs and lifetime == "owner":
             raise ObjectError("lifetime 'owner' needs a managed process as creator")
+        if self.default_m_uid is None:
+            raise ObjectError("this runtime has no default pool for objects")
         rec = _Obj(next(self._o_uids), name, kind, lifetime, msg.p_uid, msg.desc)
-        made = []
-        try:
-            for spec in specs:
-                made.append(self._obj_make_channel(spec))
-        except Exception:
-            for crec in made:
-                self._step("destroying a channel of a failed object", self._destroy_channel, crec)
-            raise
-        rec.c_uids = [c.c_uid for c in made]
-        rec.sdescs = [c.sdesc for c in made]
-        rec.parts = list(parts)
+        rec.sdescs = list(specs)
+        rec.parts = [["chan", c] for c in specs] + list(parts)
         self.objs[rec.o_uid] = rec
         if name:
             self.obj_names[name] = rec.o_uid
@@ -220,7 +174,7 @@ class ObjectsPart:
             for ckind, closes in children:
                 kid = _Obj(next(self._o_uids), None, ckind, "refcount", msg.p_uid, b"")
                 kid.parent = rec.o_uid
-                kid.closes = [rec.c_uids[i] for i in closes]
+                kid.closes = [rec.sdescs[i] for i in closes]
                 self._obj_add_ref(kid, msg.p_uid)
                 self.objs[kid.o_uid] = kid
                 rec.children += 1
@@ -332,17 +286,14 @@ class ObjectsPart:
         if rec.name and self.obj_names.get(rec.name) == rec.o_uid:
             del self.obj_names[rec.name]
         log.info("object %d %s %r ended", rec.o_uid, rec.kind, rec.name)
-        for c_uid in rec.closes:
-            crec = self.chans.get(c_uid)
-            if crec is not None:
-                self._step(f"closing channel {c_uid} of object {rec.o_uid}", crec.ch.close)
-        for c_uid in rec.c_uids:
-            crec = self.chans.get(c_uid)
-            if crec is not None:
-                self._step(f"destroying channel {c_uid} of object {rec.o_uid}",
-                           self._destroy_channel, crec)
-        for part in rec.parts:
-            self._step(f"freeing a part of object {rec.o_uid}", _free_part, part)
+        if rec.closes or rec.parts:
+            prec = self.pools.get(self.default_m_uid)
+            if prec is not None:
+                closes, parts = list(rec.closes), list(rec.parts)
+                self._step(f"ending the memory of object {rec.o_uid}", self.node_request, self.node,
+                           lambda tag: m.ShObjectEnd(tag, prec.m_uid, prec.sdesc, closes, parts),
+                           lambda done, o=rec.o_uid: done.err and log.error(
+                               "ending the memory of object %d: %s", o, done.err[1]))
         if rec.parent is not None:
             parent = self.objs.get(rec.parent)
             if parent is not None:
@@ -365,14 +316,5 @@ class ObjectsPart:
     def _dump_objects(self):
         return [{"o_uid": o.o_uid, "name": o.name, "kind": o.kind, "lifetime": o.lifetime,
                  "owner": o.owner, "holders": dict(o.holders), "parent": o.parent,
-                 "channels": list(o.c_uids)} for o in self.objs.values()]
+                 "channels": len(o.sdescs)} for o in self.objs.values()]
 
-
-def _free_part(part):
-    from ..pools_c import Allocation
-    if part[0] == "sync":
-        from ..sync_c import _sync
-        obj = _sync._attach(_sync.SyncObject, int(part[1]), part[2], None)
-        obj.destroy()
-    else:
-        Allocation.attach(part[1]).free()

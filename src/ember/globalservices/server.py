@@ -77,7 +77,8 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
     error_type = "GlobalServicesError"
     REQUESTS = ((m.ServiceStats, "on_service_stats"), (m.ServiceDump, "on_service_dump"))
     NOTICES = ((m.ShPoolCreated, "on_node_done"), (m.ShPoolDestroyed, "on_node_done"),
-               (m.ShChannelCreated, "on_node_done"), (m.ShChannelDestroyed, "on_node_done"))
+               (m.ShChannelCreated, "on_node_done"), (m.ShChannelDestroyed, "on_node_done"),
+               (m.ShObjectEnded, "on_node_done"))
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
                  node=0, default_pool=None, launcher_key=None, reserved_replies=(),

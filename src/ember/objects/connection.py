@@ -31,16 +31,26 @@ def Pipe(duplex=True):
     """``(conn1, conn2)``: with ``duplex`` both ends send and receive;
     otherwise ``conn1`` only receives and ``conn2`` only sends (as
     ``multiprocessing.Pipe``)."""
-    if duplex:
-        rec = naming.create("Pipe", None, "refcount", b"D",
-                            [[PIPE_CAPACITY, PIPE_BLOCK_SIZE]] * 2, (),
-                            [("Connection", [0]), ("Connection", [1])])
-        # end 0 sends on channel 0 and receives on 1; end 1 the reverse
-        specs = ((0, 1), (1, 0))
-    else:
-        rec = naming.create("Pipe", None, "refcount", b"S", [[PIPE_CAPACITY, PIPE_BLOCK_SIZE]], (),
-                            [("Connection", []), ("Connection", [0])])
-        specs = ((None, 0), (0, None))       # end 0 reads, end 1 writes
+    pool = naming.default_pool()
+    chs = []
+    try:
+        for _ in range(2 if duplex else 1):
+            chs.append(Channel.create(pool, capacity=PIPE_CAPACITY, block_size=PIPE_BLOCK_SIZE))
+        if duplex:
+            # end 0 sends on channel 0 and receives on 1; end 1 the reverse
+            rec = naming.create("Pipe", None, "refcount", b"D", [c.sdesc for c in chs], (),
+                                [("Connection", [0]), ("Connection", [1])])
+            specs = ((0, 1), (1, 0))
+        else:
+            rec = naming.create("Pipe", None, "refcount", b"S", [c.sdesc for c in chs], (),
+                                [("Connection", []), ("Connection", [0])])
+            specs = ((None, 0), (0, None))       # end 0 reads, end 1 writes
+    except BaseException:
+        for c in chs:
+            c.destroy()
+        raise
+    for c in chs:
+        c.detach()
     kids = rec.pop("children")
     return tuple(Connection._make(rec, i, kids[i], specs[i][0], specs[i][1]) for i in (0, 1))
 

@@ -37,7 +37,9 @@ def create(kind, name=None, lifetime=None, desc=b"", channels=(), parts=(), chil
            exist_ok=False):
     """Register a new object; return GS's record (dict: o_uid, name, kind,
     lifetime, desc, channels (descriptors), and children (o_uids) when asked
-    for).  ``exist_ok=True`` with the name of a live object of the same kind
+    for).  ``channels``: descriptors of channels made for it in the default
+    pool; ``parts``: its other memory there (``["sync", kind, sdesc]``,
+    ``["alloc", sdesc]``); all are destroyed with the object.  ``exist_ok=True`` with the name of a live object of the same kind
     returns that one (soft create)."""
     if name is not None and (not isinstance(name, str) or not name):
         raise ObjectError(f"name must be a non-empty str or None, got {name!r}")
@@ -45,7 +47,7 @@ def create(kind, name=None, lifetime=None, desc=b"", channels=(), parts=(), chil
         raise ObjectError(f"lifetime must be one of {', '.join(map(repr, LIFETIMES))}, "
                           f"got {lifetime!r}")
     return _call(_m.ObjectCreate, kind, name, lifetime, bytes(desc),
-                 [list(c) for c in channels], [list(p) for p in parts],
+                 [bytes(c) for c in channels], [list(p) for p in parts],
                  [[k, list(c)] for k, c in children], bool(exist_ok))
 
 

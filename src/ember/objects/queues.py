@@ -63,6 +63,14 @@ def _rebuild(cls, rec, token=None):
     return self
 
 
+def _destroy(ch, sync):
+    if ch is not None:
+        ch.destroy()
+    for o in sync:
+        if o is not None:
+            o.destroy()
+
+
 def _finish(ch):
     try:
         ch.detach()
@@ -134,18 +142,18 @@ class Queue(_NamedHandle):
         sync = self._make_sync(maxsize, cap, pool)
         parts = [["sync", o.__reduce__()[1][1], o.sdesc] for o in sync if o is not None]
         desc = pickle.dumps((maxsize,) + tuple(sync), 5)
+        ch = None
         try:
-            rec = naming.create(self._KIND, name, lifetime, desc, [[cap, BLOCK_SIZE]], parts,
+            ch = Channel.create(pool, capacity=cap, block_size=BLOCK_SIZE)
+            rec = naming.create(self._KIND, name, lifetime, desc, [ch.sdesc], parts,
                                 exist_ok=exist_ok)
         except BaseException:
-            for o in sync:
-                if o is not None:
-                    o.destroy()
+            _destroy(ch, sync)
             raise
-        if rec["desc"] != desc:          # exist_ok found the existing one: ours are not needed
-            for o in sync:
-                if o is not None:
-                    o.destroy()
+        if rec["channels"][0] != ch.sdesc:   # exist_ok found the live one: ours are not needed
+            _destroy(ch, sync)
+        else:
+            ch.detach()
         self._setup(rec)
 
     @classmethod

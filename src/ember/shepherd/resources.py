@@ -13,6 +13,7 @@ GS -> shepherd         shepherd -> GS
 ``ShPoolDestroy``      ``ShPoolDestroyed(ref, m_uid, err)``
 ``ShChannelCreate``    ``ShChannelCreated(ref, c_uid, sdesc, capacity, block_size, err)``
 ``ShChannelDestroy``   ``ShChannelDestroyed(ref, c_uid, err)``
+``ShObjectEnd``        ``ShObjectEnded(ref, err)`` (a named object's memory: ember.objects)
 ``ShReclaim(pid)``     (none)
 =====================  ==========================================
 
@@ -52,7 +53,8 @@ class NodeResources(Service):
     """
 
     name = "shepherd"
-    TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy)
+    TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy,
+             M.ShObjectEnd)
 
     def __init__(self, send, *, pool_factory=None, channel_factory=None, pool_attach=None,
                  clock=None):
@@ -76,7 +78,8 @@ class NodeResources(Service):
         for cls, method in ((M.ShPoolCreate, self.on_pool_create),
                             (M.ShPoolDestroy, self.on_pool_destroy),
                             (M.ShChannelCreate, self.on_channel_create),
-                            (M.ShChannelDestroy, self.on_channel_destroy)):
+                            (M.ShChannelDestroy, self.on_channel_destroy),
+                            (M.ShObjectEnd, self.on_object_end)):
             self.on(cls, method, NOTICE)
 
     def handle_msg(self, msg):
@@ -144,6 +147,20 @@ class NodeResources(Service):
             except Exception as exc:
                 err = _err(exc)
         self._send(M.ShChannelDestroyed(msg.tag, msg.c_uid, err))
+
+    # --------------------------------------------------------- named objects
+    def on_object_end(self, msg):
+        """A named object ended (GS decided): close and destroy its memory
+        (:func:`ember.objects.ending.end_parts`); every step independent."""
+        from ..objects.ending import end_parts
+        try:
+            pool = self._pool(msg.m_uid, msg.pool_sdesc)
+            errs = end_parts(pool, msg.closes or [], msg.parts or [],
+                             [ch.sdesc for ch in list(self.chans.values())])
+            err = ["ObjectError", "; ".join(errs), False] if errs else None
+        except Exception as exc:
+            err = _err(exc)
+        self._send(M.ShObjectEnded(msg.tag, err))
 
     # --------------------------------------------------------------- reclaim
     def reclaim(self, pid):
