@@ -1,0 +1,712 @@
+"""Shared objects: host an object once in a managed process, call it from
+every process of the runtime by name (``ember.serve``, ``ember.connect``).
+
+See docs/shared-objects.md.  In short:
+
+- ``ember.serve(obj, name=..., lifetime=..., scope=...)`` starts an
+  :class:`ember.Process` (the *host*) running :func:`_host_main`: it
+  unpickles (or, with :func:`create`, constructs) the object and serves it.
+  The object is a GS object of kind ``"Shared"`` (:mod:`.naming`): its name,
+  lifetime and holders are GS's, and GS made its *request channel*.
+- A :class:`Proxy` (``ember.connect(name)``, ``ref.proxy()``, unpickled)
+  sends each method call / attribute get as one message on the request
+  channel and waits for the answer on a *reply channel* of its own thread
+  (a refcount GS object, so that GS frees it when the caller ends).
+  Messages are pickle protocol 5 through :mod:`._codec`: small ones inline
+  in the channel slot, large buffers (numpy arrays) out of band in a pool
+  block, received without a copy.
+- The host serves requests **one at a time, in arrival order** (callers from
+  many processes and threads are interleaved request by request).
+- An exception in the host is re-raised in the caller as itself with the
+  host's traceback as ``__cause__`` (an ``ember.RemoteTraceback``), or as
+  ``ember.RemoteError`` if it cannot travel.
+- The object ends as its lifetime says (GS then destroys the request
+  channel, and the host, which watches it, exits); a host that dies makes
+  every call raise ``ember.ProcessDied`` (checked every :data:`SLICE`
+  seconds while a caller waits), never hang.
+"""
+import os
+import pickle
+import threading
+import time
+import weakref
+
+from ..channels_c import Channel, ChannelClosed, ChannelEmpty, ChannelFull
+from ..exceptions import (ChannelError, ObjectError, ProcessDied, RemoteError, RemoteTraceback,
+                          SharedObjectError)
+from . import _codec, naming
+
+__all__ = ["serve", "create", "connect", "proxy", "SharedRef", "Proxy", "KIND", "SLICE"]
+
+KIND = "Shared"
+#: Slots of a request channel (callers wait for room beyond that).
+REQ_CAPACITY = 1024
+#: Slots of a caller's reply channel.
+REPLY_CAPACITY = 8
+#: Channel block size: messages up to 240 bytes travel inline.
+BLOCK = 256
+#: Seconds between two checks that the host is alive while a caller waits
+#: (and between two checks by the host that its object still exists).
+SLICE = 0.05
+#: Seconds a channel spins before it sleeps (request/reply traffic).
+SPIN = 50e-6
+
+# request ops
+_CALL, _GET, _SET, _HELLO, _DEL, _VALUE = 0, 1, 2, 3, 4, 5
+# reply status
+_OK, _ERR, _RERR = 0, 1, 2
+
+_OPNAME = {_CALL: "{}()", _GET: "getting attribute {!r}", _SET: "setting attribute {!r}",
+           _DEL: "deleting attribute {!r}", _VALUE: "_getvalue(){}"}
+
+
+# ------------------------------------------------------------------ encoding
+def _enc(obj, pool):
+    """bytes or a pool Allocation (see _codec); cloudpickle for what plain
+    pickle cannot ship (lambdas, __main__ classes and functions)."""
+    try:
+        msg = _codec.dumps(obj, pool, None)
+    except Exception:
+        msg = None
+    if msg is None or (type(msg) is bytes and b"__main__" in msg):
+        from . import _pickling as P
+        msg = P.dumps_inband(obj)
+    return msg
+
+
+def _dec(data):
+    if type(data) is bytes:
+        return pickle.loads(data)
+    return _codec.loads(data)
+
+
+def _type_name(exc):
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _exc_reply(seq, exc, pool):
+    import traceback
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next
+                                            if exc.__traceback__ else None))
+    try:
+        msg = _enc((seq, _ERR, exc, tb), pool)
+        _dec(msg) if type(msg) is bytes else None      # it must also come back to life
+        return msg
+    except BaseException as perr:
+        tb += (f"\n(the exception could not be sent back as itself: "
+               f"{type(perr).__name__}: {perr})\n")
+        return pickle.dumps((seq, _RERR, (_type_name(exc), str(exc), tb)), 5)
+
+
+# ------------------------------------------------------------------ host side
+def _start_time(pid):
+    """The process's start time (clock ticks since boot), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def _alive(pid, start):
+    return _start_time(pid) == start
+
+
+def _public_names(obj):
+    names = []
+    for n in dir(obj):
+        if n.startswith("_"):
+            continue
+        try:
+            if callable(getattr(obj, n)):
+                names.append(n)
+        except Exception:
+            pass
+    return names
+
+
+_SPECIAL = ("__getitem__", "__setitem__", "__delitem__", "__len__", "__contains__",
+            "__iter__", "__call__", "__enter__", "__exit__", "__add__", "__iadd__",
+            "__mul__", "__rmul__", "__imul__", "__reversed__", "__str__", "__repr__")
+
+
+def _host_main(factory, args, kwargs, exposed, boot_out, boot_in):
+    """The host process: make the object, tell the creator what it exposes,
+    wait for the GS record, serve until the object ends."""
+    from . import _pickling as P
+    try:
+        obj = factory(*args, **kwargs)
+        if exposed is None:
+            exposed = _public_names(obj) + [n for n in _SPECIAL if n not in ("__str__", "__repr__")
+                                             and callable(getattr(type(obj), n, None))]
+        else:
+            exposed = list(exposed)
+        ok = pickle.dumps(("ok", exposed, os.getpid(), _start_time(os.getpid())), 5)
+    except BaseException as exc:
+        import traceback
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            data = P.dumps_inband(("err", exc, tb))
+            pickle.loads(data)
+        except BaseException:
+            data = pickle.dumps(("rerr", (_type_name(exc), str(exc), tb)))
+        boot_out.send(data)
+        return None
+    boot_out.send(ok)
+    try:
+        rec = pickle.loads(boot_in.recv(timeout=120))
+    except ChannelEmpty:
+        return None
+    if rec is None:
+        return None
+    boot_out.send(b"started")
+    boot_in.detach()
+    boot_out.detach()
+    try:
+        _serve_loop(obj, rec)
+    finally:
+        # The creator let go of this Process's result channel once we
+        # started: there is no result to send.
+        import sys
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+
+
+def _serve_loop(obj, rec):
+    req = Channel.attach(rec["channels"][0])
+    req.set_spin(SPIN)
+    pool = req.pool
+    clients = {}
+    try:
+        while True:
+            try:
+                data = req.recv_auto(SLICE * 4)
+            except ChannelEmpty:
+                continue
+            except (ChannelClosed, ChannelError):
+                break       # the object ended: GS closed / destroyed its channel
+            try:
+                cid, seq, op, name, args, kwargs = _dec(data)
+            except BaseException:
+                continue    # not a request (cannot happen from our proxies)
+            del data
+            if op == _HELLO:
+                try:
+                    ch = Channel.attach(args[0])
+                    ch.set_spin(SPIN)
+                    clients[cid] = ch
+                except Exception:
+                    pass
+                continue
+            try:
+                if op == _CALL:
+                    if name == "__iter__":
+                        value = list(obj)
+                    else:
+                        value = getattr(obj, name)(*args, **kwargs)
+                elif op == _VALUE:
+                    value = obj
+                elif op == _GET:
+                    value = getattr(obj, name)
+                elif op == _SET:
+                    setattr(obj, name, args[0])
+                    value = None
+                elif op == _DEL:
+                    delattr(obj, name)
+                    value = None
+                else:
+                    raise ObjectError(f"unknown request op {op}")
+                del args, kwargs
+                try:
+                    msg = _enc((seq, _OK, value), pool)
+                except BaseException as exc:
+                    raise TypeError(f"cannot pickle the result of {name}(): {exc}") from None
+                del value
+            except BaseException as exc:
+                if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    raise
+                msg = _exc_reply(seq, exc, pool)
+            ch = clients.get(cid)
+            if ch is None:
+                _codec.free_unsent(msg)
+                continue
+            try:
+                ch.send(msg, 10.0)
+            except Exception:        # the caller is gone (its reply channel ended)
+                _codec.free_unsent(msg)
+                clients.pop(cid, None)
+                try:
+                    ch.detach()
+                except Exception:
+                    pass
+    finally:
+        close = getattr(obj, "__ember_close__", None)
+        if close is not None:
+            close()
+        for ch in clients.values():
+            try:
+                ch.detach()
+            except Exception:
+                pass
+        try:
+            req.detach()
+        except Exception:
+            pass
+
+
+def _identity(x):
+    return x
+
+
+# ------------------------------------------------------------------ creator side
+# Host Processes started here and not yet joined (so that they are not
+# collected, and not joined at this process's exit: they outlive it as
+# their lifetime says).
+_hosts = {}
+_hosts_lock = threading.Lock()
+
+
+def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, timeout=60.0):
+    """Host ``obj`` (pickled to the host) in a new managed process; return a
+    :class:`SharedRef`.  See :func:`create`."""
+    return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout)
+
+
+def create(factory, *args, name=None, lifetime=None, scope=None, exposed=None, timeout=60.0,
+           **kwargs):
+    """Start a host process that constructs ``factory(*args, **kwargs)`` and
+    serves it; return a :class:`SharedRef` (its :meth:`~SharedRef.proxy`)."""
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+    return _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout)
+
+
+def _check_args(name, lifetime, exposed):
+    from .scopes import Scope
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ObjectError(f"name must be a non-empty str or None, got {name!r}")
+    if lifetime is not None and not isinstance(lifetime, Scope) \
+            and lifetime not in naming.LIFETIMES:
+        raise ObjectError("lifetime must be one of 'runtime', 'owner', 'refcount' or a "
+                          f"Scope, got {lifetime!r}")
+    if exposed is not None and (isinstance(exposed, str)
+                                or not all(isinstance(n, str) for n in exposed)):
+        raise TypeError("exposed must be a list of method names")
+
+
+def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout):
+    from . import scopes
+    from .process import Process, _live, _live_lock, _default_pool
+    _check_args(name, lifetime, exposed)
+    if isinstance(lifetime, scopes.Scope):
+        scope, lifetime = lifetime, None
+    if scope is None and lifetime is None:
+        scope = scopes.current()
+    if scope is not None:
+        scope._check_open()
+        lifetime = "runtime"   # the scope ends it
+    pool = _default_pool()
+    boot_out = Channel.create(pool, capacity=2, block_size=1024)
+    boot_in = Channel.create(pool, capacity=2, block_size=1024)
+    host = None
+    try:
+        host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in),
+                       name=None, daemon=False)
+        host.start()
+        with _live_lock:
+            _live.discard(host)        # it outlives us as its lifetime says
+        deadline = time.monotonic() + timeout
+        boot = pickle.loads(_wait_boot(boot_out, host, name, deadline))
+        if boot[0] == "err":
+            _, exc, tb = boot
+            exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+        if boot[0] == "rerr":
+            t, m, tb = boot[1]
+            exc = RemoteError(t, m, tb)
+            exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+        _, methods, pid, start = boot
+        desc = pickle.dumps({"methods": methods, "pid": pid, "start": start,
+                             "p_uid": host.p_uid}, 5)
+        req = Channel.create(pool, capacity=REQ_CAPACITY, block_size=BLOCK)
+        try:
+            rec = naming.create(KIND, name, lifetime, desc, [req.sdesc])
+        except BaseException:
+            req.destroy()
+            raise
+        req.detach()
+        try:
+            boot_in.send(pickle.dumps(rec, 5))
+            _wait_boot(boot_out, host, name, deadline)
+        except BaseException:
+            naming.destroy(rec["o_uid"])
+            raise
+    except BaseException:
+        if host is not None and host._desc is not None:
+            try:
+                boot_in.send(pickle.dumps(None))
+            except Exception:
+                pass
+            host.join(5)
+            if host.exitcode is None:
+                host.kill()
+                host.join(5)
+            host.close()
+        boot_out.destroy()
+        boot_in.destroy()
+        raise
+    # The host runs on its own now: let go of the Process object (its
+    # channels and pidfd); the host is joined through GS by p_uid.
+    boot_out.destroy()
+    boot_in.destroy()
+    p_uid = host.p_uid
+    host._finalizer()
+    with _hosts_lock:
+        _hosts[rec["o_uid"]] = p_uid
+    ref = SharedRef(rec)
+    if scope is not None:
+        scope._adopt(rec["o_uid"])
+    return ref
+
+
+def _wait_boot(boot_out, host, name, deadline):
+    while True:
+        try:
+            return boot_out.recv(timeout=SLICE)
+        except ChannelEmpty:
+            if not host.is_alive():
+                host.result(timeout=1)      # raises what killed it
+                raise ProcessDied(f"the host of shared object {name!r} ended before "
+                                  f"it was ready", host.p_uid, host.exitcode)
+            if time.monotonic() > deadline:
+                raise SharedObjectError(f"the host of shared object {name!r} was not "
+                                        f"ready in time")
+
+
+def _reap(o_uid, timeout=10.0):
+    """Join the host of ``o_uid`` if this process started it."""
+    with _hosts_lock:
+        entry = _hosts.pop(o_uid, None)
+    if entry is None:
+        return
+    from ..globalservices import process as gproc
+    try:
+        if gproc.join(entry, timeout) is None:
+            gproc.kill(entry)
+            gproc.join(entry, timeout)
+    except Exception:
+        pass            # already joined / the runtime is gone
+
+
+class SharedRef:
+    """What :func:`serve` returns: the creator's handle of the shared
+    object (it holds one GS reference).  ``proxy()`` makes a proxy;
+    ``destroy()`` ends the object now; ``close()`` lets go of it."""
+
+    def __init__(self, rec):
+        self._rec = rec
+        self._hold = naming.hold(self, rec["o_uid"])
+        self._proxy = None
+
+    name = property(lambda self: self._rec["name"])
+    o_uid = property(lambda self: self._rec["o_uid"])
+    lifetime = property(lambda self: self._rec["lifetime"])
+
+    @property
+    def p_uid(self):
+        """The host process's p_uid."""
+        return pickle.loads(self._rec["desc"])["p_uid"]
+
+    @property
+    def pid(self):
+        return pickle.loads(self._rec["desc"])["pid"]
+
+    def proxy(self):
+        """A new proxy of the object (it holds its own reference)."""
+        naming.add_ref(self._rec["o_uid"])
+        return _make_proxy(self._rec)
+
+    def proxy_and_close(self):
+        """A proxy, and let go of this handle (the object then lives as
+        long as its lifetime and proxies say)."""
+        p = self.proxy()
+        self._hold.drop()
+        return p
+
+    def destroy(self, timeout=10.0):
+        """End the object now, for everyone; the host exits (and is joined
+        here if this process started it)."""
+        try:
+            naming.destroy(self._rec["o_uid"])
+        except ObjectError:
+            pass
+        self._hold.drop()
+        _reap(self._rec["o_uid"], timeout)
+
+    def close(self):
+        """Let go of this handle's reference (a "refcount" object ends with
+        its last one); the host is joined here if the object ended."""
+        self._hold.drop()
+        with _hosts_lock:
+            entry = _hosts.get(self._rec["o_uid"])
+        if entry is not None and self._rec["lifetime"] == "refcount":
+            try:
+                naming.query(self._rec["o_uid"])
+            except ObjectError:
+                _reap(self._rec["o_uid"])
+
+    def join(self, timeout=None):
+        """Wait until the host process ends (only in the creating process)."""
+        with _hosts_lock:
+            entry = _hosts.get(self._rec["o_uid"])
+        if entry is None:
+            raise ObjectError("only the process that served an object can join its host")
+        from ..globalservices import process as gproc
+        if gproc.join(entry, timeout) is not None:
+            with _hosts_lock:
+                _hosts.pop(self._rec["o_uid"], None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    def __repr__(self):
+        n = f" {self.name!r}" if self.name else ""
+        return f"<ember.SharedRef{n} o_uid={self.o_uid} lifetime={self.lifetime}>"
+
+
+# ------------------------------------------------------------------ caller side
+class _Client:
+    """One reply channel per thread of a process (a refcount GS object:
+    freed by GS when this process ends)."""
+
+    def __init__(self):
+        from .process import _default_pool
+        ch = Channel.create(_default_pool(), capacity=REPLY_CAPACITY, block_size=BLOCK)
+        try:
+            rec = naming.create("SharedReply", None, "refcount", b"", [ch.sdesc])
+        except BaseException:
+            ch.destroy()
+            raise
+        self.rec = rec
+        self.ch = ch
+        self.ch.set_spin(SPIN)
+        self.cid = self.ch.c_uid
+        self.sdesc = rec["channels"][0]
+        self.seq = 0
+        self.hosts = set()       # o_uids we said hello to
+        self.hold = naming.hold(self, rec["o_uid"])
+        self.key = (os.getpid(), naming._runtime_key())
+
+
+_local = threading.local()
+
+
+def _client():
+    c = getattr(_local, "client", None)
+    if c is None or c.key[0] != os.getpid() or c.key[1] != naming._runtime_key():
+        c = _local.client = _Client()
+    return c
+
+
+def _rebuild_proxy(rec, token):
+    naming.claim(rec["o_uid"], token)
+    return _make_proxy(rec)
+
+
+_proxy_types = {}
+
+
+def _make_proxy(rec):
+    info = pickle.loads(rec["desc"])
+    methods = frozenset(info["methods"])
+    cls = _proxy_types.get(methods)
+    if cls is None:
+        ns = {}
+        for n in _SPECIAL:
+            if n in methods:
+                ns[n] = _special(n)
+        cls = _proxy_types[methods] = type("Proxy", (Proxy,), ns)
+    p = object.__new__(cls)
+    d = p.__dict__
+    d["_rec"] = rec
+    d["_info"] = info
+    d["_methods"] = methods
+    d["_hold"] = naming.hold(p, rec["o_uid"])
+    d["_req"] = None
+    return p
+
+
+def _special(n):
+    if n == "__iter__":
+        def f(self):
+            return iter(self._call(_CALL, "__iter__", (), {}))
+    elif n in ("__iadd__", "__imul__"):
+        def f(self, *args, **kwargs):
+            self._call(_CALL, n, args, kwargs)
+            return self          # `p += x` keeps the proxy
+    else:
+        def f(self, *args, **kwargs):
+            return self._call(_CALL, n, args, kwargs)
+    f.__name__ = n
+    return f
+
+
+class Proxy:
+    """A proxy of a shared object: ``p.method(*args)`` runs in the host;
+    ``p.attr`` gets an attribute there; ``p.attr = v`` sets it.  Picklable
+    (the unpickled copy holds its own reference).  ``_callmethod(name,
+    args, kwargs)`` as ``multiprocessing.managers.BaseProxy``."""
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if attr in self._methods:
+            def method(*args, **kwargs):
+                return self._call(_CALL, attr, args, kwargs)
+            method.__name__ = attr
+            self.__dict__[attr] = method
+            return method
+        return self._call(_GET, attr, (), {})
+
+    def __setattr__(self, attr, value):
+        if attr.startswith("_"):
+            object.__setattr__(self, attr, value)
+        else:
+            self._call(_SET, attr, (value,), {})
+
+    def __delattr__(self, attr):
+        self._call(_DEL, attr, (), {})
+
+    def _callmethod(self, methodname, args=(), kwds=None):
+        return self._call(_CALL, methodname, tuple(args), dict(kwds or {}))
+
+    def _getvalue(self):
+        """A copy of the object itself (as ``BaseProxy._getvalue``)."""
+        return self._call(_VALUE, None, (), {})
+
+    def __reduce__(self):
+        return (_rebuild_proxy, (self._rec, naming.lend(self._rec["o_uid"])))
+
+    def __repr__(self):
+        n = self._rec["name"]
+        return f"<ember.Proxy {n!r} o_uid={self._rec['o_uid']}>" if n else \
+            f"<ember.Proxy o_uid={self._rec['o_uid']}>"
+
+    @property
+    def _o_uid(self):
+        return self._rec["o_uid"]
+
+    def _close(self):
+        """Let go of this proxy's reference now."""
+        self._hold.drop()
+
+    close = _close
+
+    # ------------------------------------------------------------ the call
+    def _who(self):
+        n = self._rec["name"]
+        return f"shared object {n!r} (o_uid {self._rec['o_uid']})" if n else \
+            f"shared object o_uid {self._rec['o_uid']}"
+
+    def _dead(self, what):
+        info = self._info
+        return ProcessDied(f"{self._who()}: its host process (p_uid {info['p_uid']}, pid "
+                           f"{info['pid']}) ended before replying to {what}", info["p_uid"])
+
+    def _send(self, msg, what):
+        req = self.__dict__["_req"]
+        if req is None:
+            try:
+                req = Channel.attach(self._rec["channels"][0])
+            except Exception:
+                _codec.free_unsent(msg)
+                raise SharedObjectError(f"{self._who()} was destroyed") from None
+            req.set_spin(SPIN)
+            self.__dict__["_req"] = req
+        info = self._info
+        while True:
+            try:
+                req.send(msg, SLICE)
+                return
+            except ChannelFull:
+                if not _alive(info["pid"], info["start"]):
+                    _codec.free_unsent(msg)
+                    raise self._dead(what) from None
+            except (ChannelClosed, ChannelError):
+                _codec.free_unsent(msg)
+                raise SharedObjectError(f"{self._who()} was destroyed") from None
+
+    def _call(self, op, name, args, kwargs):
+        if not self._hold.alive:
+            raise SharedObjectError(f"{self._who()}: this proxy was closed")
+        c = _client()
+        what = _OPNAME[op].format(name if name is not None else "")
+        o_uid = self._rec["o_uid"]
+        pool = c.ch.pool
+        if o_uid not in c.hosts:
+            self._send(pickle.dumps((c.cid, 0, _HELLO, None, (c.sdesc,), None), 5), what)
+            c.hosts.add(o_uid)
+        c.seq += 1
+        seq = c.seq
+        try:
+            msg = _enc((c.cid, seq, op, name, args, kwargs), pool)
+        except BaseException as exc:
+            raise TypeError(f"cannot pickle the arguments of {what} on {self._who()}: "
+                            f"{exc}") from None
+        self._send(msg, what)
+        info = self._info
+        ch = c.ch
+        while True:
+            try:
+                data = ch.recv_auto(SLICE)
+            except ChannelEmpty:
+                if not _alive(info["pid"], info["start"]):
+                    # it may have answered just before it ended
+                    try:
+                        data = ch.recv_auto(0)
+                    except ChannelEmpty:
+                        raise self._dead(what) from None
+                else:
+                    continue
+            reply = _dec(data)
+            del data
+            if reply[0] != seq:
+                continue          # a late answer to a call that was given up
+            status = reply[1]
+            if status == _OK:
+                return reply[2]
+            if status == _ERR:
+                exc, tb = reply[2], reply[3]
+                exc.__cause__ = RemoteTraceback(tb)
+                raise exc
+            t, m, tb = reply[2]
+            exc = RemoteError(t, m, tb)
+            exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+
+
+def connect(name, timeout=None):
+    """A proxy of the shared object called ``name``, waiting up to
+    ``timeout`` seconds (None: forever) until it is served
+    (``ember.ObjectTimeout``, a ``TimeoutError``, afterwards)."""
+    rec = naming.attach(name, KIND, timeout)
+    try:
+        return _make_proxy(rec)
+    except BaseException:
+        naming.release(rec["o_uid"])
+        raise
+
+
+proxy = connect
