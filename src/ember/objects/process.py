@@ -46,7 +46,14 @@ _pool_lock = threading.Lock()
 
 
 def _default_pool():
-    """The runtime's default pool, attached once per process."""
+    """The runtime's default pool, attached once per process and runtime
+    (a process may leave a runtime and init another: the cache of
+    :func:`ember.objects.naming.default_pool` is keyed by both)."""
+    from .naming import default_pool
+    return default_pool()
+
+
+def _default_pool_pid_cached():
     pool = _pool_cache[1]
     if pool is not None and _pool_cache[0] == os.getpid():
         return pool
