@@ -19,11 +19,17 @@ ember's shared objects and scopes.
   proxies forward every exposed method).
 """
 import enum
+from multiprocessing.context import ProcessError as _MPProcessError
 
-from ..exceptions import ProcessError
+from ..exceptions import ProcessError as _ProcessError
 from . import scopes, shared
 
-__all__ = ["BaseManager", "SyncManager", "Manager", "Namespace"]
+__all__ = ["BaseManager", "SyncManager", "Manager", "Namespace", "ProcessError"]
+
+
+class ProcessError(_ProcessError, _MPProcessError):
+    """A manager used in the wrong state: both ``ember.ProcessError`` and
+    the ``multiprocessing.ProcessError`` the stdlib's managers raise."""
 
 Namespace = scopes._Namespace
 

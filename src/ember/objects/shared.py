@@ -168,7 +168,7 @@ def _host_main(factory, args, kwargs, exposed, boot_out, boot_in):
     boot_in.detach()
     boot_out.detach()
     try:
-        _serve_loop(obj, rec)
+        _serve_loop(obj, rec, frozenset(exposed) | {"__repr__", "__str__"})
     finally:
         # The creator let go of this Process's result channel once we
         # started: there is no result to send.
@@ -180,7 +180,11 @@ def _host_main(factory, args, kwargs, exposed, boot_out, boot_in):
             os._exit(0)
 
 
-def _serve_loop(obj, rec):
+class _NotExposed(Exception):
+    pass
+
+
+def _serve_loop(obj, rec, exposed):
     req = Channel.attach(rec["channels"][0])
     req.set_spin(SPIN)
     pool = req.pool
@@ -208,6 +212,9 @@ def _serve_loop(obj, rec):
                 continue
             try:
                 if op == _CALL:
+                    if name not in exposed:
+                        raise _NotExposed(f"method {name!r} of {type(obj).__name__!r} object "
+                                          f"is not exposed")
                     if name == "__iter__":
                         value = list(obj)
                     else:
@@ -216,6 +223,9 @@ def _serve_loop(obj, rec):
                     value = obj
                 elif op == _GET:
                     value = getattr(obj, name)
+                    if callable(value) and name not in exposed and not isinstance(value, type):
+                        raise AttributeError(f"{type(obj).__name__!r} object's method {name!r} "
+                                             f"is not exposed")
                 elif op == _SET:
                     setattr(obj, name, args[0])
                     value = None
@@ -233,7 +243,10 @@ def _serve_loop(obj, rec):
             except BaseException as exc:
                 if isinstance(exc, (SystemExit, KeyboardInterrupt)):
                     raise
-                msg = _exc_reply(seq, exc, pool)
+                if isinstance(exc, _NotExposed):
+                    msg = pickle.dumps((seq, _RERR, ("AttributeError", str(exc), "")), 5)
+                else:
+                    msg = _exc_reply(seq, exc, pool)
             ch = clients.get(cid)
             if ch is None:
                 _codec.free_unsent(msg)
@@ -595,6 +608,13 @@ class Proxy:
     def _getvalue(self):
         """A copy of the object itself (as ``BaseProxy._getvalue``)."""
         return self._call(_VALUE, None, (), {})
+
+    def __str__(self):
+        """The object's own repr (as ``BaseProxy.__str__``)."""
+        try:
+            return self._call(_CALL, "__repr__", (), {})
+        except Exception:
+            return repr(self)
 
     def __reduce__(self):
         return (_rebuild_proxy, (self._rec, naming.lend(self._rec["o_uid"])))
