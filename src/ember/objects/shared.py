@@ -514,13 +514,21 @@ class _Client:
             raise
         self.rec = rec
         self.ch = ch
-        self.ch.set_spin(SPIN)
+        self.ch.set_spin(SPIN, False)
         self.cid = self.ch.c_uid
         self.sdesc = rec["channels"][0]
         self.seq = 0
         self.hosts = set()       # o_uids we said hello to
         self.hold = naming.hold(self, rec["o_uid"])
         self.key = (os.getpid(), naming._runtime_key())
+        weakref.finalize(self, _detach, ch).atexit = False
+
+
+def _detach(ch):
+    try:
+        ch.detach()
+    except Exception:
+        pass
 
 
 _local = threading.local()
@@ -655,6 +663,7 @@ class Proxy:
                 raise SharedObjectError(f"{self._who()} was destroyed") from None
             req.set_spin(SPIN)
             self.__dict__["_req"] = req
+            weakref.finalize(self, _detach, req).atexit = False
         info = self._info
         while True:
             try:
