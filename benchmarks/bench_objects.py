@@ -58,8 +58,8 @@ def _mp_dict_worker(d, k, n, start, out):
     out.put(dict_worker(d, k, n, start))
 
 
-def ember_dict_rate(n):
-    d = ember.dict()
+def ember_dict_rate(n, in_pool=False):
+    d = ember.dict(in_pool=in_pool)
     start = ember.Event()
     procs = [ember.Process(target=dict_worker, args=(d, k, n, start)) for k in range(2)]
     for p in procs:
@@ -120,6 +120,7 @@ def main():
             q = m.Echo()
             m_med, m_p99, m_mean = call_latency(q.f, n, 500)
         e_rate = ember_dict_rate(nd)
+        ep_rate = ember_dict_rate(nd * 4, in_pool=True)
     finally:
         ember.shutdown()
     m_rate = mp_dict_rate(nd)
@@ -131,11 +132,12 @@ def main():
     print(f"  -> {ratio:.1f}x faster (median); target <= {TARGET_RTT_US:.0f} µs: "
           f"{'met' if e_med <= TARGET_RTT_US else 'NOT met'}, >= {TARGET_RTT_RATIO:.0f}x: "
           f"{'met' if ratio >= TARGET_RTT_RATIO else 'NOT met'}")
-    print(f"shared dict get+set, 2 processes: ember {e_rate:,.0f} ops/s   "
+    print(f"shared dict get+set, 2 processes: ember.dict() (served) {e_rate:,.0f} ops/s   "
+          f"ember.dict(in_pool=True) {ep_rate:,.0f} ops/s   "
           f"Manager().dict() {m_rate:,.0f} ops/s")
-    ratio = e_rate / m_rate
-    print(f"  -> {ratio:.1f}x; target >= {TARGET_DICT_RATIO:.0f}x: "
-          f"{'met' if ratio >= TARGET_DICT_RATIO else 'NOT met'}")
+    print(f"  -> served {e_rate / m_rate:.1f}x, in pool {ep_rate / m_rate:.1f}x; target >= "
+          f"{TARGET_DICT_RATIO:.0f}x: "
+          f"{'met' if ep_rate / m_rate >= TARGET_DICT_RATIO else 'NOT met'} (in pool)")
 
 
 if __name__ == "__main__":

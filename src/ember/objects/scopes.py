@@ -50,7 +50,8 @@ class _Members:
     def add(self, o_uid):
         if self.closed:
             raise SharedObjectError("the scope is closed")
-        self.members.append(o_uid)
+        if o_uid not in self.members:
+            self.members.append(o_uid)
 
     def get(self):
         return _builtin_list(self.members)
@@ -250,9 +251,23 @@ class _SharedList(_builtin_list):
         return None
 
 
-def dict(*args, name=None, lifetime=None, scope=None, **kwargs):
-    """A shared dict (a served ``dict``: a proxy with the dict's methods)."""
+def dict(*args, name=None, lifetime=None, scope=None, in_pool=False, capacity=4096,
+         slot_size=256, **kwargs):
+    """A shared dict: a served ``dict`` (a proxy with the dict's methods),
+    or with ``in_pool=True`` a :class:`~ember.objects.shared.PoolDict` that
+    every process reads and writes directly in pool memory (``capacity``
+    slots of ``slot_size`` bytes; see its limits)."""
     from . import shared
+    if in_pool:
+        if scope is None and lifetime is None:
+            scope = current()
+        if scope is not None:
+            scope._check_open()
+        d = shared.PoolDict(*args, name=name, lifetime=lifetime, capacity=capacity,
+                            slot_size=slot_size, **kwargs)
+        if scope is not None:
+            scope.adopt(d)
+        return d
     return shared.create(_SharedDict, *args, name=name, lifetime=lifetime, scope=scope,
                          exposed=_DICT_EXPOSED, **kwargs).proxy_and_close()
 
