@@ -259,7 +259,7 @@ def dict(*args, name=None, lifetime=None, scope=None, in_pool=False, capacity=40
     slots of ``slot_size`` bytes; see its limits)."""
     from . import shared
     if in_pool:
-        if scope is None and lifetime is None:
+        if scope is None:
             scope = current()
         if scope is not None:
             scope._check_open()

@@ -323,11 +323,12 @@ def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout):
     _check_args(name, lifetime, exposed)
     if isinstance(lifetime, scopes.Scope):
         scope, lifetime = lifetime, None
-    if scope is None and lifetime is None:
+    if scope is None:
         scope = scopes.current()
     if scope is not None:
         scope._check_open()
-        lifetime = "runtime"   # the scope ends it
+        if lifetime is None:
+            lifetime = "runtime"   # the scope ends it (or its own lifetime, earlier)
     pool = _default_pool()
     boot_out = Channel.create(pool, capacity=2, block_size=1024)
     boot_in = Channel.create(pool, capacity=2, block_size=1024)
