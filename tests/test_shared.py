@@ -293,3 +293,28 @@ def test_attached_interpreter_uses_a_proxy(ember_runtime):
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == ["got 42", "raised KeyError('k') RemoteTraceback"]
     ref.destroy()
+
+
+class Gate:
+    def wait_open(self, gate):
+        return gate.wait(30)
+
+    def open(self, gate):
+        gate.set()
+        return "opened"
+
+
+@pytest.mark.timeout(60)
+def test_threads_serve_calls_concurrently(ember_runtime):
+    ref = ember.serve(Gate(), threads=2)
+    p = ref.proxy()
+    gate = ember.Event()
+    out = []
+    t = threading.Thread(target=lambda: out.append(p.wait_open(gate)))
+    t.start()
+    assert p.open(gate) == "opened"     # served while the other call blocks in the host
+    t.join()
+    assert out == [True]
+    with pytest.raises(ValueError, match=r"^threads must be an int >= 1, got 0$"):
+        ember.serve(Gate(), threads=0)
+    ref.destroy()

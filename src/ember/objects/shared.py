@@ -137,7 +137,7 @@ _SPECIAL = ("__getitem__", "__setitem__", "__delitem__", "__len__", "__contains_
             "__mul__", "__rmul__", "__imul__", "__reversed__", "__str__", "__repr__")
 
 
-def _host_main(factory, args, kwargs, exposed, boot_out, boot_in):
+def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1):
     """The host process: make the object, tell the creator what it exposes,
     wait for the GS record, serve until the object ends."""
     from . import _pickling as P
@@ -170,7 +170,7 @@ def _host_main(factory, args, kwargs, exposed, boot_out, boot_in):
     boot_in.detach()
     boot_out.detach()
     try:
-        _serve_loop(obj, rec, frozenset(exposed) | {"__repr__", "__str__"})
+        _serve_loop(obj, rec, frozenset(exposed) | {"__repr__", "__str__"}, threads)
     finally:
         # The creator let go of this Process's result channel once we
         # started: there is no result to send.
@@ -186,11 +186,15 @@ class _NotExposed(Exception):
     pass
 
 
-def _serve_loop(obj, rec, exposed):
+def _serve_loop(obj, rec, exposed, threads=1):
     req = Channel.attach(rec["channels"][0])
     req.set_spin(SPIN)
     pool = req.pool
     clients = {}
+    pool_ex = None
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        pool_ex = ThreadPoolExecutor(threads, thread_name_prefix="ember-shared")
     try:
         while True:
             try:
@@ -212,57 +216,15 @@ def _serve_loop(obj, rec, exposed):
                 except Exception:
                     pass
                 continue
-            try:
-                if op == _CALL:
-                    if name not in exposed:
-                        raise _NotExposed(f"method {name!r} of {type(obj).__name__!r} object "
-                                          f"is not exposed")
-                    if name == "__iter__":
-                        value = list(obj)
-                    else:
-                        value = getattr(obj, name)(*args, **kwargs)
-                elif op == _VALUE:
-                    value = obj
-                elif op == _GET:
-                    value = getattr(obj, name)
-                    if callable(value) and name not in exposed and not isinstance(value, type):
-                        raise AttributeError(f"{type(obj).__name__!r} object's method {name!r} "
-                                             f"is not exposed")
-                elif op == _SET:
-                    setattr(obj, name, args[0])
-                    value = None
-                elif op == _DEL:
-                    delattr(obj, name)
-                    value = None
-                else:
-                    raise ObjectError(f"unknown request op {op}")
-                del args, kwargs
-                try:
-                    msg = _enc((seq, _OK, value), pool)
-                except BaseException as exc:
-                    raise TypeError(f"cannot pickle the result of {name}(): {exc}") from None
-                del value
-            except BaseException as exc:
-                if isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                    raise
-                if isinstance(exc, _NotExposed):
-                    msg = pickle.dumps((seq, _RERR, ("AttributeError", str(exc), "")), 5)
-                else:
-                    msg = _exc_reply(seq, exc, pool)
-            ch = clients.get(cid)
-            if ch is None:
-                _codec.free_unsent(msg)
-                continue
-            try:
-                ch.send(msg, 10.0)
-            except Exception:        # the caller is gone (its reply channel ended)
-                _codec.free_unsent(msg)
-                clients.pop(cid, None)
-                try:
-                    ch.detach()
-                except Exception:
-                    pass
+            if pool_ex is None:
+                _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs)
+            else:
+                pool_ex.submit(_answer, obj, exposed, pool, clients, cid, seq, op, name, args,
+                               kwargs)
+            del args, kwargs
     finally:
+        if pool_ex is not None:
+            pool_ex.shutdown(wait=False, cancel_futures=True)   # a call may never return
         close = getattr(obj, "__ember_close__", None)
         if close is not None:
             close()
@@ -277,6 +239,56 @@ def _serve_loop(obj, rec, exposed):
             pass
 
 
+def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
+    """Run one request and send its answer to the caller's reply channel."""
+    try:
+        if op == _CALL:
+            if name not in exposed:
+                raise _NotExposed(f"method {name!r} of {type(obj).__name__!r} object "
+                                  f"is not exposed")
+            if name == "__iter__":
+                value = list(obj)
+            else:
+                value = getattr(obj, name)(*args, **kwargs)
+        elif op == _VALUE:
+            value = obj
+        elif op == _GET:
+            value = getattr(obj, name)
+            if callable(value) and name not in exposed and not isinstance(value, type):
+                raise AttributeError(f"{type(obj).__name__!r} object's method {name!r} "
+                                     f"is not exposed")
+        elif op == _SET:
+            setattr(obj, name, args[0])
+            value = None
+        elif op == _DEL:
+            delattr(obj, name)
+            value = None
+        else:
+            raise ObjectError(f"unknown request op {op}")
+        del args, kwargs
+        try:
+            msg = _enc((seq, _OK, value), pool)
+        except BaseException as exc:
+            raise TypeError(f"cannot pickle the result of {name}(): {exc}") from None
+        del value
+    except BaseException as exc:
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        if isinstance(exc, _NotExposed):
+            msg = pickle.dumps((seq, _RERR, ("AttributeError", str(exc), "")), 5)
+        else:
+            msg = _exc_reply(seq, exc, pool)
+    ch = clients.get(cid)
+    if ch is None:
+        _codec.free_unsent(msg)
+        return
+    try:
+        ch.send(msg, 1.0)
+    except Exception:        # the caller is gone (its reply channel ended), or stuck
+        _codec.free_unsent(msg)
+        clients.pop(cid, None)
+
+
 def _identity(x):
     return x
 
@@ -289,19 +301,21 @@ _hosts = {}
 _hosts_lock = threading.Lock()
 
 
-def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, timeout=60.0):
+def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, threads=1, timeout=60.0):
     """Host ``obj`` (pickled to the host) in a new managed process; return a
-    :class:`SharedRef`.  See :func:`create`."""
-    return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout)
+    :class:`SharedRef`.  ``threads > 1``: the host runs requests in a pool
+    of that many threads (the object must then be thread-safe); 1 (the
+    default): one at a time, in arrival order.  See :func:`create`."""
+    return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout, threads)
 
 
-def create(factory, *args, name=None, lifetime=None, scope=None, exposed=None, timeout=60.0,
-           **kwargs):
+def create(factory, *args, name=None, lifetime=None, scope=None, exposed=None, threads=1,
+           timeout=60.0, **kwargs):
     """Start a host process that constructs ``factory(*args, **kwargs)`` and
     serves it; return a :class:`SharedRef` (its :meth:`~SharedRef.proxy`)."""
     if not callable(factory):
         raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-    return _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout)
+    return _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads)
 
 
 def _check_args(name, lifetime, exposed):
@@ -317,10 +331,12 @@ def _check_args(name, lifetime, exposed):
         raise TypeError("exposed must be a list of method names")
 
 
-def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout):
+def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads=1):
     from . import scopes
     from .process import Process, _live, _live_lock, _default_pool
     _check_args(name, lifetime, exposed)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
     if isinstance(lifetime, scopes.Scope):
         scope, lifetime = lifetime, None
     if scope is None:
@@ -334,7 +350,7 @@ def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout):
     boot_in = Channel.create(pool, capacity=2, block_size=1024)
     host = None
     try:
-        host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in),
+        host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in, threads),
                        name=None, daemon=False)
         host.start()
         with _live_lock:
