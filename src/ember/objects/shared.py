@@ -537,6 +537,7 @@ class _Client:
         self.cid = self.ch.c_uid
         self.sdesc = rec["channels"][0]
         self.seq = 0
+        self.pool = ch.pool
         self.hosts = set()       # o_uids we said hello to
         self.hold = naming.hold(self, rec["o_uid"])
         self.key = (os.getpid(), naming._runtime_key())
@@ -672,7 +673,8 @@ class Proxy:
         return ProcessDied(f"{self._who()}: its host process (p_uid {info['p_uid']}, pid "
                            f"{info['pid']}) ended before replying to {what}", info["p_uid"])
 
-    def _send(self, msg, what):
+    def _send(self, msg, op, name):
+        what = _what(op, name)
         req = self.__dict__["_req"]
         if req is None:
             try:
@@ -697,38 +699,52 @@ class Proxy:
                 raise SharedObjectError(f"{self._who()} was destroyed") from None
 
     def _call(self, op, name, args, kwargs):
-        if not self._hold.alive:
+        d = self.__dict__
+        if not d["_hold"].alive:
             raise SharedObjectError(f"{self._who()}: this proxy was closed")
-        c = _client()
-        what = _OPNAME[op].format(name if name is not None else "")
-        o_uid = self._rec["o_uid"]
-        pool = c.ch.pool
+        c = getattr(_local, "client", None)
+        if c is None or c.key[0] != os.getpid() or c.key[1] != naming._runtime_key():
+            c = _local.client = _Client()
+        rec = d["_rec"]
+        o_uid = rec["o_uid"]
         if o_uid not in c.hosts:
-            self._send(pickle.dumps((c.cid, 0, _HELLO, None, (c.sdesc,), None), 5), what)
+            self._send(pickle.dumps((c.cid, 0, _HELLO, None, (c.sdesc,), None), 5), op, name)
             c.hosts.add(o_uid)
         c.seq += 1
         seq = c.seq
         try:
-            msg = _enc((c.cid, seq, op, name, args, kwargs), pool)
-        except BaseException as exc:
-            raise TypeError(f"cannot pickle the arguments of {what} on {self._who()}: "
-                            f"{exc}") from None
-        self._send(msg, what)
-        info = self._info
+            msg = _codec.dumps((c.cid, seq, op, name, args, kwargs), c.pool, None)
+            if type(msg) is bytes and b"__main__" in msg:
+                raise pickle.PicklingError("__main__")
+        except Exception:
+            try:
+                msg = _enc((c.cid, seq, op, name, args, kwargs), c.pool)
+            except BaseException as exc:
+                raise TypeError(f"cannot pickle the arguments of {_what(op, name)} on "
+                                f"{self._who()}: {exc}") from None
+        req = d["_req"]
+        if req is not None:
+            try:
+                req.send(msg, SLICE)       # the fast path
+            except (ChannelFull, ChannelClosed, ChannelError):
+                self._send(msg, op, name)
+        else:
+            self._send(msg, op, name)
         ch = c.ch
         while True:
             try:
                 data = ch.recv_auto(SLICE)
             except ChannelEmpty:
+                info = d["_info"]
                 if not _alive(info["pid"], info["start"]):
                     # it may have answered just before it ended
                     try:
                         data = ch.recv_auto(0)
                     except ChannelEmpty:
-                        raise self._dead(what) from None
+                        raise self._dead(_what(op, name)) from None
                 else:
                     continue
-            reply = _dec(data)
+            reply = pickle.loads(data) if type(data) is bytes else _codec.loads(data)
             del data
             if reply[0] != seq:
                 continue          # a late answer to a call that was given up
@@ -743,6 +759,10 @@ class Proxy:
             exc = RemoteError(t, m, tb)
             exc.__cause__ = RemoteTraceback(tb)
             raise exc
+
+
+def _what(op, name):
+    return _OPNAME[op].format(name if name is not None else "")
 
 
 def connect(name, timeout=None):
@@ -909,19 +929,30 @@ class PoolDict:
                                  f"writing it")
 
     def __getitem__(self, key):
-        kb = pickle.dumps(key, 5)
+        kb = _dumps(key, 5)
         h = _crc32(kb)
-        self._acquire()
+        mv, ssz, lock = self._mv, self._ssz, self._lock
+        o = 64 + (h & (self._cap - 1)) * ssz
         try:
-            i, _ = self._find(kb, h)
-            if i < 0:
-                raise KeyError(key)
-            data, kl, ok = self._read(i)
+            lock.acquire()
+        except OwnerDied:
+            lock.consistent()       # entries carry their own checksum
+        try:
+            state, sh, kl, vl, crc = _SLOT.unpack_from(mv, o)
+            if state == 1 and sh == h and mv[o + 20:o + 20 + kl] == kb:   # the first probe
+                data = mv[o + 20:o + 20 + kl + vl].tobytes()
+            else:
+                i, _ = self._find(kb, h)
+                if i < 0:
+                    raise KeyError(key)
+                o = 64 + i * ssz
+                _, _, kl, vl, crc = _SLOT.unpack_from(mv, o)
+                data = mv[o + 20:o + 20 + kl + vl].tobytes()
         finally:
-            self._lock.release()
-        if not ok:
+            lock.release()
+        if crc != _crc32(data):
             raise self._torn()
-        return pickle.loads(data[kl:])
+        return _loads(data[kl:])
 
     def get(self, key, default=None):
         try:
@@ -939,30 +970,36 @@ class PoolDict:
             self._lock.release()
 
     def __setitem__(self, key, value):
-        kb = pickle.dumps(key, 5)
-        vb = pickle.dumps(value, 5)
+        kb = _dumps(key, 5)
+        data = kb + _dumps(value, 5)
         h = _crc32(kb)
-        data = kb + vb
+        kl = len(kb)
         if len(data) > self._ssz - 20:
             raise ValueError(f"key and value pickle to {len(data)} bytes: more than a slot of "
                              f"this dict holds ({self._ssz - 20}); make it with a larger "
                              f"slot_size")
         crc = _crc32(data)
-        mv = self._mv
-        self._acquire()
+        mv, ssz, lock = self._mv, self._ssz, self._lock
+        o = 64 + (h & (self._cap - 1)) * ssz
         try:
-            i, free = self._find(kb, h)
-            if i < 0:
-                if free < 0 or _COUNT.unpack_from(mv, 16)[0] >= self._cap * 3 // 4:
-                    raise ObjectError(f"{self!r} is full: it holds at most "
-                                      f"{self._cap * 3 // 4} keys (capacity={self._cap})")
-                i = free
-                self._count(1)
-            o = 64 + i * self._ssz
+            lock.acquire()
+        except OwnerDied:
+            lock.consistent()
+        try:
+            state, sh, okl, _, _ = _SLOT.unpack_from(mv, o)
+            if not (state == 1 and sh == h and okl == kl and mv[o + 20:o + 20 + kl] == kb):
+                i, free = self._find(kb, h)
+                if i < 0:
+                    if free < 0 or _COUNT.unpack_from(mv, 16)[0] >= self._cap * 3 // 4:
+                        raise ObjectError(f"{self!r} is full: it holds at most "
+                                          f"{self._cap * 3 // 4} keys (capacity={self._cap})")
+                    i = free
+                    self._count(1)
+                o = 64 + i * ssz
             mv[o + 20:o + 20 + len(data)] = data
-            _SLOT.pack_into(mv, o, 1, h, len(kb), len(vb), crc)
+            _SLOT.pack_into(mv, o, 1, h, kl, len(data) - kl, crc)
         finally:
-            self._lock.release()
+            lock.release()
 
     def __delitem__(self, key):
         kb = pickle.dumps(key, 5)
@@ -1044,6 +1081,7 @@ class PoolDict:
 
 import struct as _struct  # noqa: E402
 
+_dumps, _loads = pickle.dumps, pickle.loads
 _SLOT = _struct.Struct("<IIIII")      # state (0 empty, 1 used, 2 deleted), hash, klen, vlen, crc
 _COUNT = _struct.Struct("<Q")         # live keys, at offset 16 of the header
 
