@@ -52,6 +52,9 @@ class Counter:
     def __len__(self):
         return self.n
 
+    def make_lock(self):
+        return threading.Lock()
+
 
 class Broken:
     def __init__(self):
@@ -124,6 +127,9 @@ def test_bad_arguments(ember_runtime):
     with pytest.raises(TypeError, match=r"^cannot pickle the arguments of inc\(\) on shared "
                        r"object o_uid \d+: cannot pickle '_thread.lock' object$"):
         ref.proxy().inc(threading.Lock())
+    with pytest.raises(TypeError, match=r"^cannot pickle the result of make_lock\(\): cannot "
+                       r"pickle '_thread.lock' object$"):
+        ref.proxy().make_lock()
     ref.destroy()
 
 

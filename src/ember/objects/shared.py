@@ -217,6 +217,20 @@ def _serve_loop(obj, rec, exposed, threads=1):
                     pass
                 continue
             if pool_ex is None:
+                if op == _CALL and name in exposed and name != "__iter__":
+                    # the fast path of a method call (the same as _answer's)
+                    try:
+                        value = getattr(obj, name)(*args, **kwargs)
+                    except BaseException as exc:
+                        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                            raise
+                        msg = _exc_reply(seq, exc, pool)
+                    else:
+                        del args, kwargs
+                        msg = _result_msg(seq, value, pool, name)
+                        del value
+                    _reply(clients, cid, msg)
+                    continue
                 _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs)
             else:
                 pool_ex.submit(_answer, obj, exposed, pool, clients, cid, seq, op, name, args,
@@ -266,10 +280,7 @@ def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
         else:
             raise ObjectError(f"unknown request op {op}")
         del args, kwargs
-        try:
-            msg = _enc((seq, _OK, value), pool)
-        except BaseException as exc:
-            raise TypeError(f"cannot pickle the result of {name}(): {exc}") from None
+        msg = _result_msg(seq, value, pool, name)
         del value
     except BaseException as exc:
         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -278,6 +289,23 @@ def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
             msg = pickle.dumps((seq, _RERR, ("AttributeError", str(exc), "")), 5)
         else:
             msg = _exc_reply(seq, exc, pool)
+    _reply(clients, cid, msg)
+
+
+def _result_msg(seq, value, pool, name):
+    try:
+        msg = _codec.dumps((seq, _OK, value), pool, None)
+        if type(msg) is not bytes or b"__main__" not in msg:
+            return msg
+    except Exception:
+        pass
+    try:
+        return _enc((seq, _OK, value), pool)
+    except BaseException as exc:
+        return _exc_reply(seq, TypeError(f"cannot pickle the result of {name}(): {exc}"), pool)
+
+
+def _reply(clients, cid, msg):
     ch = clients.get(cid)
     if ch is None:
         _codec.free_unsent(msg)
