@@ -70,8 +70,13 @@ waker = "import sys, time\nfrom ember.globalservices import channel\nn = int(sys
 import subprocess
 t = []
 j = process.create(sys.executable, "/", ["-c", waker, str(reps)], env={"PYTHONUNBUFFERED": "1"}, user_name="waker")
+from ember.globalservices import introspect
+def parked(name):
+    return any(w.get("name") == name for w in introspect.dump()["waiters"])
 for i in range(reps):
-    time.sleep(0.01)  # let the joiner park
+    while not parked("wake-%d" % i):    # the joiner must be parked (and asleep)
+        time.sleep(0.001)
+    time.sleep(0.01)
     t0 = time.monotonic(); channel.create(None, "wake-%d" % i); t.append(t0)
 process.join(j.p_uid)
 # the waker's output goes through the shepherd to our stdout; parse it from the file

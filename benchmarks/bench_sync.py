@@ -10,6 +10,7 @@ Rows:
   Lock acquire+release, uncontended   lock.acquire(); lock.release() in a Python loop
   Lock with-block, uncontended        with lock: pass
   Lock, 2 processes contending        both processes loop acquire+release on one lock; the sum
+  Lock acquire(False) while held      failed try-once calls per second (polling a busy lock)
   Event ping-pong                     two processes, e1.set() -> e1.wait() in the peer, which
                                       answers with e2.set(); median round trip (two wake-ups)
 
@@ -94,6 +95,35 @@ def contended(lock, seconds):
     return mine + theirs
 
 
+def busy_try(lock, seconds):
+    """acquire(False) on a lock another (live) process holds: failed tries
+    per second (the cost of polling; ember checks the holder's liveness)."""
+    held_r, held_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        lock.acquire()
+        os.write(held_w, b"x")
+        os.read(done_r, 1)
+        lock.release()
+        os._exit(0)
+    os.read(held_r, 1)
+    acq = lock.acquire
+    n = 0
+    end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            acq(False)
+        n += 1000
+    rate_ = n / (time.perf_counter() - t0)
+    os.write(done_w, b"x")
+    os.waitpid(pid, 0)
+    for fd in (held_r, held_w, done_r, done_w):
+        os.close(fd)
+    return rate_
+
+
 def ping_pong(e1, e2, rounds):
     """Median round trip in microseconds: set e1 here, the peer wakes and
     sets e2, we wake."""
@@ -145,6 +175,7 @@ def main():
         row("RLock acquire+release, uncontended", *best(acq, (er, mr, tr), S))
         row("Semaphore acquire+release, uncontended", *best(acq, (es, ms), S))
         row("Lock, 2 processes contending (sum)", *best(contended, (el, ml), S))
+        row("Lock acquire(False) while another holds it", *best(busy_try, (el, ml), S))
         e1, e2 = Event(pool=pool), Event(pool=pool)
         m1, m2 = mp.Event(), mp.Event()
         (emed, emean), (mmed, mmean) = min(ping_pong(e1, e2, args.rounds) for _ in range(3)), \

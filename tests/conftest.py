@@ -21,6 +21,9 @@ os.environ["EMBER_SEGMENT_TAG"] = _TAG
 # private one, so address="auto" never finds another worker's runtime.
 import tempfile  # noqa: E402
 os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix=f"ember-test-{_TAG}-")
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 os.environ.pop("EMBER_ADDRESS", None)
 
 

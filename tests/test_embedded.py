@@ -33,7 +33,7 @@ def _rundir():
 
 def _addresses():
     try:
-        return sorted(n for n in os.listdir(_rundir()) if n.endswith((".addr", ".lock")))
+        return sorted(n for n in os.listdir(_rundir()) if n.endswith(".addr"))
     except FileNotFoundError:
         return []
 
@@ -198,9 +198,8 @@ def test_attach_to_a_dead_address_fails_fast_and_removes_it():
     from ember import runtime
     d = runtime.runtime_dir()
     # a runtime whose launcher died: an address with nobody holding its lock
-    addr, lock_fd = runtime.publish("r1-deadbeef-gone", name="ghost", pid=1, key="k" * 32,
-                                    inf_pool=b"x", gs_ch=b"y", default_pool=b"z", program=None)
-    os.close(lock_fd)
+    runtime.publish("r1-deadbeef-gone", name="ghost", pid=1, key="k" * 32,
+                    inf_pool=b"x", gs_ch=b"y", default_pool=b"z", program=None)
     t0 = time.monotonic()
     res = _py("""
         import ember
@@ -255,6 +254,7 @@ def test_ember_start_run_address_and_stop():
                 f.write(prog)
             r1 = _ember("run", "--address", "batch-a", path, "ch-one")
             assert r1.returncode == 0, r1.stderr
+            assert r1.stdout == "created ch-one True\n"     # the head wrote to our stdout
             # the runtime outlived the program: its channel is still there
             r2 = _py("""
                 import ember
@@ -265,6 +265,11 @@ def test_ember_start_run_address_and_stop():
             assert "still ch-one" in r2.stdout
             r3 = _ember("run", path, "x", env=dict(os.environ, EMBER_ADDRESS=rid))
             assert r3.returncode == 0, r3.stderr
+            assert r3.stdout == "created x True\n"
+            r5 = subprocess.run([sys.executable, "-m", "ember", "run", "--address", rid,
+                                 sys.executable, "-c", "print(input()[::-1])"],
+                                input="olleh\n", capture_output=True, text=True, timeout=60)
+            assert (r5.returncode, r5.stdout) == (0, "hello\n"), r5.stderr
             r4 = _py("""
                 import ember
                 from ember.globalservices import channel

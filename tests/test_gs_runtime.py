@@ -186,3 +186,48 @@ time.sleep(60)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130, err
     assert b"killed by" not in err, err
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill", "release"])
+def test_last_sender_gone_closes_the_channel(tmp_path, how):
+    """A consumer blocked in recv() after its producer died gets the queued
+    messages, then ChannelClosed (an EOFError), instead of waiting forever:
+    GS closes a ref-counted channel when its last sending holder goes."""
+    res = run_prog(tmp_path, r'''
+import sys
+from ember.channels_c import Channel
+from ember.exceptions import ChannelClosed
+from ember.globalservices import channel, process
+from ember.globalservices.channel import ChannelOptions
+how = sys.argv[1]
+desc = channel.create(None, user_name="jobs", channel_options=ChannelOptions(ref_count=True))
+ch = Channel.attach(desc.sdesc)
+producer = f"""
+import os, signal, time
+from ember.channels_c import Channel
+from ember.globalservices import channel
+d = channel.join("jobs")
+channel.add_sender("jobs")
+ch = Channel.attach(d.sdesc)
+for i in range(3):
+    ch.send(b"job %d" % i)
+if {how!r} == "sigkill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if {how!r} == "release":
+    channel.release("jobs")
+    channel.release("jobs")
+    time.sleep(30)            # alive, but no longer a sender
+"""
+p = process.create(sys.executable, ".", ["-c", producer], user_name="producer")
+got = []
+try:
+    while True:
+        got.append(ch.recv(timeout=20).decode())
+except ChannelClosed as exc:
+    print(got, isinstance(exc, EOFError))
+if how == "release":
+    process.kill("producer", 9)
+process.join("producer")
+ch.detach()
+''', how)
+    assert ok(res).strip() == "['job 0', 'job 1', 'job 2'] True"

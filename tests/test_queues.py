@@ -258,3 +258,52 @@ def test_maxsize_validation(ember_runtime):
         ember.Queue(1.5)
     q = ember.Queue(100_000)           # above the largest channel: the semaphore bounds it
     assert q.maxsize == 100_000 and not q.full()
+
+
+@pytest.mark.timeout(120)
+def test_threads_share_one_handle_while_a_process_shares_the_queue(ember_runtime):
+    import threading
+    q, out = ember.Queue(16), ember.Queue()
+    p = spawn("""
+        q, out = ARGS
+        while (item := q.get()) is not None:
+            out.put(item)
+        """, q, out)
+    got = []
+
+    def producer(k):
+        for i in range(500):
+            q.put((k, i))
+
+    def consumer():
+        while (item := q.get()) is not None:
+            got.append(item)
+
+    producers = [threading.Thread(target=producer, args=(k,)) for k in range(4)]
+    consumers = [threading.Thread(target=consumer) for _ in range(3)]
+    for t in producers + consumers:
+        t.start()
+    for t in producers:
+        t.join()
+    for _ in range(4):
+        q.put(None)                 # three threads and the child stop
+    for t in consumers:
+        t.join()
+    assert join(p) == 0
+    while not out.empty():
+        got.append(out.get())
+    assert sorted(got) == sorted((k, i) for k in range(4) for i in range(500))
+
+
+@pytest.mark.timeout(60)
+def test_outside_a_runtime_the_error_says_what_to_do():
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", "import ember; ember.Queue()"], capture_output=True,
+                         text=True, timeout=60, env={k: v for k, v in __import__("os").environ.items()
+                                                     if not k.startswith("EMBER_")})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        "ember.exceptions.GlobalServicesError: not running inside an ember runtime: call "
+        "ember.init() first (or ember.init(address=\"auto\") to attach to a running one), or "
+        "start the program with `ember run PROGRAM`")

@@ -55,7 +55,7 @@ def _consumer_storm(kills, n_items):
                 return
 
     for i in range(n_items):
-        q.put(i)
+        q.put(i, timeout=120)        # wedged (no live consumer drains it): queue.Full, not a hang
         if i % 1000 == 999:
             drain()         # results is unbounded but holds 8192 at most: keep it moving
         if i % every == every - 1 and done < kills:

@@ -18,6 +18,7 @@ STDIN = "EMBER_STDIN"
 # In the env of a process.create (never passed on): "1" runs a .py file given
 # to sys.executable in a fork of the shepherd (the launcher asks it for a .py head).
 FORK_PY = "EMBER_FORK_PY"
+STDIO_FROM = "EMBER_STDIO_FROM"   # spawn directive: the child uses that pid's own stdio
 
 
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="

@@ -117,6 +117,9 @@ _define(23, "ChannelJoin", _REQ + "name timeout")
 _define(24, "ChannelDestroy", _REQ + "ident")
 _define(25, "ChannelRelease", _REQ + "ident")
 _define(26, "ChannelAddRef", _REQ + "ident")
+# a reference that also declares the caller a sender: when the last sending
+# holder of a ref-counted channel releases or dies, GS closes the channel.
+_define(28, "ChannelAddSender", _REQ + "ident")
 # a client abandoned request ``ref`` (Ctrl-C while waiting): GS forgets the
 # parked waiter; no reply.
 _define(27, "Cancel", _REQ + "ref")
@@ -146,11 +149,12 @@ _define(56, "ShPoolDestroy", "tag m_uid")
 # (the runtime's default pool): it attaches it once.
 _define(57, "ShChannelCreate", "tag c_uid m_uid pool_sdesc capacity block_size")
 _define(58, "ShChannelDestroy", "tag c_uid")
+_define(59, "ShChannelClose", "tag c_uid")
 # a named object (ember.objects) ended: close the channels in ``closes`` (a
 # Pipe end's direction) and destroy its ``parts`` (["chan", sdesc],
 # ["sync", kind, sdesc], ["alloc", sdesc]) in pool m_uid; all memory of the
 # node, so its shepherd does it.
-_define(59, "ShObjectEnd", "tag m_uid pool_sdesc closes parts")
+_define(80, "ShObjectEnd", "tag m_uid pool_sdesc closes parts")
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
@@ -164,7 +168,8 @@ _define(64, "ShPoolCreated", "ref m_uid sdesc size err")
 _define(65, "ShPoolDestroyed", "ref m_uid err")
 _define(66, "ShChannelCreated", "ref c_uid sdesc capacity block_size err")
 _define(67, "ShChannelDestroyed", "ref c_uid err")
-_define(68, "ShObjectEnded", "ref err")
+_define(68, "ShChannelClosed", "ref c_uid err")
+_define(81, "ShObjectEnded", "ref err")
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 POKE = Poke().pack()

@@ -16,10 +16,13 @@ the user): ``$XDG_RUNTIME_DIR/ember`` when that is set and ours, else
 - ``<id>.addr`` (mode 0600, msgpack): the runtime id, its name, the host's pid, a
   random key and the descriptors of the infrastructure pool, GS's input
   channel and the default pool;
-- ``<id>.lock``: the host holds an exclusive ``flock`` on it for its whole
-  life.  A lock that can be taken means the host is gone: the address is
-  stale, and whoever finds it removes it (liveness by lock survives pid
-  namespaces and pid reuse, where a pid check does not).
+- liveness is the runtime's lock, ``/dev/shm/ember.<id>.lock``: the
+  launcher holds an exclusive ``flock`` on it for its whole life (the same
+  lock ``ember cleanup`` tests).  A lock that can be taken (or is missing)
+  means the host is gone: the address is stale, and whoever finds it
+  removes it (liveness by lock survives pid namespaces and pid reuse, where
+  a pid check does not; /dev/shm is what containers with ``--ipc=host``
+  share).
 
 An attaching process reads the address, proves with the key that it may,
 and becomes a managed process of the runtime (``ProcessAttach``: it gets a
@@ -128,7 +131,7 @@ class Address:
 
     @property
     def lock_path(self):
-        return self.path[:-len(".addr")] + ".lock"
+        return os.path.join("/dev/shm", f"ember.{self.id}.lock")
 
     def alive(self):
         """True while the host holds its lock (no pid check: see module doc)."""
@@ -161,13 +164,11 @@ def lock_held(lock_path):
 
 
 def publish(runtime_id, *, name, pid, key, inf_pool, gs_ch, default_pool, program):
-    """Host side: take the lock and write the address file.  Returns
-    ``(address, lock_fd)``; the lock is held as long as ``lock_fd`` is open
-    (close it only after teardown), then call :func:`unpublish`."""
+    """Host side: write the address file (the caller already holds the
+    runtime's lock in /dev/shm); returns the :class:`Address`.  Call
+    :func:`unpublish` at teardown."""
     d = runtime_dir()
     base = os.path.join(d, runtime_id)
-    lock_fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     data = {"version": _ADDRESS_VERSION, "id": runtime_id, "name": name, "pid": pid, "key": key,
             "inf_pool": _env.encode(inf_pool), "gs_ch": _env.encode(gs_ch),
             "default_pool": _env.encode(default_pool), "program": program,
@@ -177,12 +178,12 @@ def publish(runtime_id, *, name, pid, key, inf_pool, gs_ch, default_pool, progra
     with os.fdopen(fd, "wb") as f:
         f.write(msgpack.packb(data, use_bin_type=True))
     os.replace(tmp, base + ".addr")
-    return Address.load(base + ".addr"), lock_fd
+    return Address.load(base + ".addr")
 
 
 def unpublish(runtime_id):
     d = runtime_dir(create=False)
-    for suffix in (".addr", ".lock", ".addr.tmp"):
+    for suffix in (".addr", ".addr.tmp"):
         try:
             os.unlink(os.path.join(d, runtime_id + suffix))
         except FileNotFoundError:
@@ -195,11 +196,7 @@ def _remove_stale(addr):
         os.unlink(addr.path)
     except FileNotFoundError:
         pass
-    try:
-        os.unlink(addr.lock_path)
-    except FileNotFoundError:
-        pass
-    prefix = f"ember.{addr.id}."
+    prefix = f"ember.{addr.id}."      # its segments and its (free) lock file
     try:
         for n in os.listdir("/dev/shm"):
             if n.startswith(prefix):

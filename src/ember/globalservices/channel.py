@@ -11,6 +11,7 @@ from ..exceptions import ChannelError, ChannelTimeout
 from ._client import call as _call
 
 __all__ = ["create", "get_list", "list", "query", "join", "destroy", "release", "add_ref",
+           "add_sender",
            "ChannelDescriptor", "ChannelOptions", "ChannelError", "ChannelTimeout"]
 
 _list = list
@@ -72,6 +73,14 @@ def destroy(identifier):
 def add_ref(identifier):
     """Add a reference to a ref-counted channel for this process."""
     return _call(_m.ChannelAddRef, _ident(identifier))
+
+
+def add_sender(identifier):
+    """Take a reference to a ref-counted channel as one of its *senders*.
+    When the last sending holder releases its reference or dies, GS closes
+    the channel: receivers get what was queued, then ``ChannelClosed``
+    (an ``EOFError``) instead of waiting forever for a producer that is gone."""
+    return _call(_m.ChannelAddSender, _ident(identifier))
 
 
 def release(identifier):

@@ -32,7 +32,7 @@ class _Pool:
 
 class _Chan:
     __slots__ = ("c_uid", "m_uid", "name", "sdesc", "capacity", "block_size",
-                 "ref_count", "holders", "waiting")
+                 "ref_count", "holders", "waiting", "senders", "closing")
 
     def __init__(self, c_uid, m_uid, name, opts):
         self.c_uid, self.m_uid, self.name = c_uid, m_uid, name
@@ -42,6 +42,8 @@ class _Chan:
         self.ref_count = bool(opts.ref_count)
         self.holders = {}  # p_uid -> count
         self.waiting = None       # while the shepherd creates it: [(tag, r, p_uid)] to answer
+        self.senders = {}         # p_uid -> how many of its references are sending ones
+        self.closing = False      # GS closed it: its last sending holder went away
 
 
 class MemoryPart:
@@ -66,7 +68,8 @@ class MemoryPart:
                 (m.ChannelCreate, "on_channel_create"), (m.ChannelList, "on_channel_list"),
                 (m.ChannelQuery, "on_channel_query"), (m.ChannelJoin, "on_channel_join"),
                 (m.ChannelDestroy, "on_channel_destroy"), (m.ChannelRelease, "on_channel_release"),
-                (m.ChannelAddRef, "on_channel_add_ref"))
+                (m.ChannelAddRef, "on_channel_add_ref"),
+                (m.ChannelAddSender, "on_channel_add_sender"))
     NOTICES = ()
 
     def _init_memory(self, default_pool):
@@ -118,6 +121,8 @@ class MemoryPart:
             ch.holders.pop(rec.p_uid, None)
             if ch.ref_count and not ch.holders:
                 self._destroy_channel(ch)
+            elif ch.senders.pop(rec.p_uid, None):
+                self._close_if_no_sender(ch)
 
     def _answer(self, waiting, value=None, err=None):
         """Answer everyone in ``waiting`` whose reply channel is still
@@ -358,6 +363,31 @@ class MemoryPart:
         self._add_ref(rec, msg.p_uid)
         self._reply(msg.tag, msg.r)
 
+    def on_channel_add_sender(self, msg):
+        """A reference that also makes the caller a sender of the channel:
+        when its last sender releases (or dies), GS closes the channel, so
+        its receivers drain what is queued and then get ChannelClosed."""
+        rec = self._chan(msg.ident)
+        if not rec.ref_count:
+            raise ChannelError(f"channel {rec.name or rec.c_uid} (c_uid {rec.c_uid}) is not ref-counted")
+        if rec.closing:
+            raise ChannelError(f"channel {rec.name or rec.c_uid} (c_uid {rec.c_uid}) was closed: "
+                               f"its last sender went away")
+        self._add_ref(rec, msg.p_uid)
+        rec.senders[msg.p_uid] = rec.senders.get(msg.p_uid, 0) + 1
+        self._reply(msg.tag, msg.r)
+
+    def _close_if_no_sender(self, rec):
+        if rec.senders or rec.closing or rec.c_uid not in self.chans:
+            return
+        rec.closing = True
+        log.info("channel %d %r closed: its last sender went away", rec.c_uid, rec.name)
+
+        def done(msg):
+            if msg.err:
+                log.warning("closing channel %d: %s", rec.c_uid, msg.err)
+        self.node_request(self.node, lambda tag: m.ShChannelClose(tag, rec.c_uid), done)
+
     def on_channel_release(self, msg):
         rec = self._chan(msg.ident)
         if not rec.ref_count:
@@ -370,6 +400,14 @@ class MemoryPart:
             del rec.holders[msg.p_uid]
         else:
             rec.holders[msg.p_uid] = n - 1
+        # a release gives up a sending reference first when the holder has
+        # no plain one left to give
+        s = rec.senders.get(msg.p_uid, 0)
+        if s > n - 1:
+            if s == 1:
+                del rec.senders[msg.p_uid]
+            else:
+                rec.senders[msg.p_uid] = s - 1
         proc = self.procs.get(msg.p_uid)
         if proc is not None:
             k = proc.refs.get(rec.c_uid, 0) - 1
@@ -379,6 +417,8 @@ class MemoryPart:
                 proc.refs[rec.c_uid] = k
         if not rec.holders:
             self._destroy_channel(rec)
+        elif s > n - 1 and not rec.senders:
+            self._close_if_no_sender(rec)
         self._reply(msg.tag, msg.r)
 
     def _destroy_channel(self, rec, requester=None):

@@ -78,7 +78,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
     REQUESTS = ((m.ServiceStats, "on_service_stats"), (m.ServiceDump, "on_service_dump"))
     NOTICES = ((m.ShPoolCreated, "on_node_done"), (m.ShPoolDestroyed, "on_node_done"),
                (m.ShChannelCreated, "on_node_done"), (m.ShChannelDestroyed, "on_node_done"),
-               (m.ShObjectEnded, "on_node_done"))
+               (m.ShObjectEnded, "on_node_done"), (m.ShChannelClosed, "on_node_done"))
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
                  node=0, default_pool=None, launcher_key=None, reserved_replies=(),
@@ -355,7 +355,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
     read whenever a ``Poke`` arrives; ``sh_channel``: the shepherd's input.
     """
     from ..channels_c import Channel
-    from ..exceptions import ChannelEmpty
+    from ..exceptions import ChannelEmpty, ChannelError
 
     from ._client import CONTROL_SPIN
 
@@ -382,6 +382,14 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             data = recv(timeout=timeout)
         except ChannelEmpty:
             data = None
+        except ChannelError as exc:
+            # A message someone scribbled over is dropped (the channel
+            # reports it and stays usable); a destroyed or closed input
+            # channel ends GS (the launcher then reports a runtime failure).
+            if "[EMBER_ERR_CORRUPT]" not in str(exc):
+                raise
+            gs.warn("corrupt-input", "dropped a corrupt message on GS's input channel: %s", exc)
+            data = None
         if data is not None:
             if data == poke:
                 while ctl_channel is not None:
@@ -389,6 +397,10 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         gs.handle_bytes(ctl_channel.recv(timeout=0), trusted=True)
                     except ChannelEmpty:
                         break
+                    except ChannelError as exc:
+                        if "[EMBER_ERR_CORRUPT]" not in str(exc):
+                            raise
+                        gs.warn("corrupt-input", "dropped a corrupt control message: %s", exc)
             else:
                 gs.handle_bytes(data)
         if gs.timers_pending:

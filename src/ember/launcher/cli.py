@@ -735,13 +735,13 @@ class Launcher:
 
     # ------------------------------------------------------- address, hosting
     def _publish(self, inf, gs_ch, dflt):
-        """Publish the address (and take the liveness lock) so that other
-        processes of this user can attach (``ember.init(address=...)``,
-        ``ember run --address``)."""
+        """Publish the address so that other processes of this user can
+        attach (``ember.init(address=...)``, ``ember run --address``); its
+        liveness is the runtime's lock in /dev/shm, held since bring-up."""
         from .. import runtime
         a = self.args
         program = " ".join([a.program] + list(a.args)) if a.command == "run" else None
-        self.address, self.lock_fd = runtime.publish(
+        self.address = runtime.publish(
             self.tag, name=getattr(a, "name", None), pid=os.getpid(), key=self.key,
             inf_pool=inf.sdesc, gs_ch=gs_ch.sdesc, default_pool=dflt.sdesc, program=program)
 
@@ -749,7 +749,6 @@ class Launcher:
         from .. import runtime
         if getattr(self, "address", None) is not None:
             runtime.unpublish(self.tag)
-            os.close(self.lock_fd)
             self.address = None
 
     def _ready(self, text):
@@ -905,11 +904,13 @@ class Launcher:
             try:
                 env = {}
                 if not getattr(self, "attached", False):
-                    # (attached, the runtime's shepherd has another stdin, and
-                    # its interpreter is not ours)
                     env[_env.STDIN] = "inherit"
                     if fork:
                         env[_env.FORK_PY] = "1"
+                else:
+                    # the runtime's shepherd has another stdin and stdout, and
+                    # its interpreter is not ours: the head gets our own stdio
+                    env[_env.STDIO_FROM] = str(os.getpid())
                 self.head = process.create(exe, os.getcwd(), argv, env=env)
             except Exception as exc:
                 print(f"ember: cannot start {prog!r}: {exc}", file=sys.stderr)

@@ -202,7 +202,10 @@ class Connection:
         if maxlength is not None and len(data) > maxlength:
             self.close()
             raise OSError("bad message length")
-        return data if type(data) is bytes else bytes(data)
+        if type(data) is bytes:
+            return data
+        with data:                      # a large message: give its pool block back now
+            return bytes(data)
 
     def recv_bytes_into(self, buf, offset=0):
         """Receive into a writable buffer at ``offset``; return the number
@@ -217,10 +220,14 @@ class Connection:
             data = self._recv()
             n = len(data)
             start = offset * itemsize
-            if start + n > total:
-                raise _mp.BufferTooShort(data if type(data) is bytes else bytes(data))
-            m.cast("B")[start:start + n] = data
-            return n
+            try:
+                if start + n > total:
+                    raise _mp.BufferTooShort(data if type(data) is bytes else bytes(data))
+                m.cast("B")[start:start + n] = data
+                return n
+            finally:
+                if type(data) is not bytes:
+                    data.release()      # a large message: give its pool block back now
 
     def poll(self, timeout=0.0):
         """Whether there is anything to read (or end-of-file), waiting up to

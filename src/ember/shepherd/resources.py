@@ -54,7 +54,7 @@ class NodeResources(Service):
 
     name = "shepherd"
     TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy,
-             M.ShObjectEnd)
+             M.ShChannelClose, M.ShObjectEnd)
 
     def __init__(self, send, *, pool_factory=None, channel_factory=None, pool_attach=None,
                  clock=None):
@@ -79,6 +79,7 @@ class NodeResources(Service):
                             (M.ShPoolDestroy, self.on_pool_destroy),
                             (M.ShChannelCreate, self.on_channel_create),
                             (M.ShChannelDestroy, self.on_channel_destroy),
+                            (M.ShChannelClose, self.on_channel_close),
                             (M.ShObjectEnd, self.on_object_end)):
             self.on(cls, method, NOTICE)
 
@@ -147,6 +148,20 @@ class NodeResources(Service):
             except Exception as exc:
                 err = _err(exc)
         self._send(M.ShChannelDestroyed(msg.tag, msg.c_uid, err))
+
+    def on_channel_close(self, msg):
+        """Close a channel whose last sender went away (GS decided): no
+        more sends; receivers drain, then get ChannelClosed."""
+        ch = self.chans.get(msg.c_uid)
+        err = None
+        if ch is None:
+            err = ["ChannelError", f"no channel with c_uid {msg.c_uid} on this node", False]
+        else:
+            try:
+                ch.close()
+            except Exception as exc:
+                err = _err(exc)
+        self._send(M.ShChannelClosed(msg.tag, msg.c_uid, err))
 
     # --------------------------------------------------------- named objects
     def on_object_end(self, msg):

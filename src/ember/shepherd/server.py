@@ -212,6 +212,7 @@ class Shepherd(Service):
                     raise TypeError(f"env value of {k!r} must be a str, not {type(v).__name__}")
         env.pop(_env.STDIN.encode(), None)      # spawn directives, not for the child
         env.pop(_env.FORK_PY.encode(), None)
+        env.pop(_env.STDIO_FROM.encode(), None)
         env[_env.P_UID.encode()] = str(p_uid).encode()
         return [k + b"=" + v for k, v in env.items()]
 
@@ -279,17 +280,26 @@ class Shepherd(Service):
             return f"bad spawn request for p_uid {p_uid}: {exc}"
 
         try:
-            out_r, out_w = os.pipe()      # both CLOEXEC (PEP 446)
+            direct = self._stdio_from(msg.env)
         except OSError as exc:
-            return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
+            return f"cannot open the caller's stdio for '{exe}': {exc}"
+        if direct is not None:            # the caller's own stdin/stdout/stderr, no forwarding
+            out_r = err_r = None
+            direct_in, out_w, err_w = direct
+        else:
+            direct_in = None
+            try:
+                out_r, out_w = os.pipe()      # both CLOEXEC (PEP 446)
+            except OSError as exc:
+                return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
+            try:
+                err_r, err_w = os.pipe()
+            except OSError as exc:
+                os.close(out_r)
+                os.close(out_w)
+                return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
         try:
-            err_r, err_w = os.pipe()
-        except OSError as exc:
-            os.close(out_r)
-            os.close(out_w)
-            return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
-        try:
-            stdin_fd = self._stdin_for(msg.env)
+            stdin_fd = self._stdin_for(msg.env) if direct_in is None else direct_in
             gate = None                   # a forked .py child waits until it is closed
             if _template.is_template_request(exe, args):
                 pid = self._template_spawn(p_uid, args, envp, run_dir, out_w, err_w)
@@ -303,8 +313,9 @@ class Shepherd(Service):
                     pid = spawn(path, argv, envp, run_dir, stdin_fd, out_w, err_w,
                                 new_pgrp=True, nofile_soft=self.child_nofile)
         except (OSError, ValueError, TypeError, _StartError) as exc:
-            os.close(out_r)
-            os.close(err_r)
+            for fd in (out_r, err_r):
+                if fd is not None:
+                    os.close(fd)
             if isinstance(exc, _StartError):
                 return str(exc)
             if isinstance(exc, OSError):
@@ -313,14 +324,17 @@ class Shepherd(Service):
         finally:
             os.close(out_w)
             os.close(err_w)
+            if direct_in is not None:
+                os.close(direct_in)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
             # Not reaped yet, so the pid cannot have been reused.
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            os.close(out_r)
-            os.close(err_r)
+            for fd in (out_r, err_r):
+                if fd is not None:
+                    os.close(fd)
             if gate is not None:
                 os.close(gate)
             return f"cannot watch '{exe}': pidfd_open: [Errno {exc.errno}] {exc.strerror}"
@@ -331,7 +345,8 @@ class Shepherd(Service):
             prefix = f"[{msg.user_name or p_uid}] ".encode(errors="surrogateescape")
         else:
             prefix = b""
-        streams = [_Stream(out_r, self._out_fd, prefix), _Stream(err_r, self._err_fd, prefix)]
+        streams = [] if direct is not None else \
+            [_Stream(out_r, self._out_fd, prefix), _Stream(err_r, self._err_fd, prefix)]
         for s_ in streams:
             s_.eager = stdin_fd != self._devnull
         child = _Child(p_uid, pid, pidfd, streams,
@@ -361,6 +376,33 @@ class Shepherd(Service):
             self._template = _template.Template(list(self._child_env(0, None)),
                                                 self._err_fd, self._err_fd)
         return self._template.spawn(p_uid, args, envp, run_dir, self._devnull, out_w, err_w)
+
+    @staticmethod
+    def _stdio_from(overrides):
+        """``EMBER_STDIO_FROM=<pid>`` in the create's env (``ember run
+        --address``: the head of a program run in a runtime that is already
+        up): the child gets that process's own stdin, stdout and stderr,
+        reopened through ``/proc/<pid>/fd`` (a regular file in append mode,
+        so output lands after what is there), instead of /dev/null and
+        forwarding through the shepherd.  None without the directive."""
+        if not isinstance(overrides, dict) or not overrides.get(_env.STDIO_FROM):
+            return None
+        pid = overrides[_env.STDIO_FROM]
+        if not pid.isdigit():
+            raise OSError(f"{_env.STDIO_FROM} must be a pid, not {pid!r}")
+        fds = []
+        try:
+            for n, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+                path = f"/proc/{pid}/fd/{n}"
+                flags = mode | os.O_CLOEXEC | os.O_NOCTTY
+                if n and stat.S_ISREG(os.stat(path).st_mode):
+                    flags |= os.O_APPEND
+                fds.append(os.open(path, flags))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return tuple(fds)
 
     def _stdin_for(self, overrides):
         """The child's stdin: /dev/null, or (-1) the shepherd's own, i.e. the
@@ -814,9 +856,19 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
         shepherd.child_nofile = old_soft       # children get the limit we started with
 
     def request_loop():
+        from ..exceptions import ChannelError
         try:
-            while shepherd.handle(in_channel.recv()):
-                pass
+            while True:
+                try:
+                    data = in_channel.recv()
+                except ChannelError as exc:
+                    # a message someone scribbled over is dropped; the channel goes on
+                    if "[EMBER_ERR_CORRUPT]" not in str(exc):
+                        raise
+                    log.warning("dropped a corrupt message on the input channel: %s", exc)
+                    continue
+                if not shepherd.handle(data):
+                    break
         except BaseException as exc:  # channel destroyed / broken
             log.error("input channel failed (%r); killing every child", exc)
             shepherd.request_stop(None)

@@ -145,7 +145,8 @@
  * PROCESS DEATH (kill -9 at any instruction)
  *   - Lock/RLock holder dies: before its acquire CAS nothing happened; after
  *     it, the lock is held by a dead id: the next acquirer (within one
- *     20 ms slice of waiting, or at once on a try-once with check_dead)
+ *     20 ms slice of waiting, or on a try-once with check_dead, which
+ *     caches an "alive" verdict for at most 1 ms per thread)
  *     takes it over and gets OWNER_DIED naming the pid.  Dies in release
  *     before the CAS to 0: still the holder, reported as above.  After it:
  *     the lock is free and consistent; at worst the
@@ -418,6 +419,42 @@ static inline int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
+/* Liveness verdicts cost a kill() and a /proc read (~10 us).  A caller
+ * polling a busy object with try-once calls would pay that every time, so
+ * each thread remembers its last "alive" verdict for TRY_CACHE_NS: a death
+ * is still noticed within that long.  "Dead" is never cached (it leads to a
+ * takeover at once).  Blocking waits check every EMBER_SYNC_CHECK_NS, far
+ * apart, so the cache never hides a death from them for long. */
+#define TRY_CACHE_NS 1000000ll
+static _Thread_local uint64_t tl_alive_id;
+static _Thread_local int64_t tl_alive_ns;
+
+static int id_dead_cached(uint64_t id)
+{
+    int64_t t = now_ns();
+    if (id == tl_alive_id && t - tl_alive_ns < TRY_CACHE_NS)
+        return 0;
+    if (ember_sync_id_dead(id))
+        return 1;
+    tl_alive_id = id;
+    tl_alive_ns = t;
+    return 0;
+}
+
+static _Thread_local const void *tl_reclaim_obj;
+static _Thread_local int64_t tl_reclaim_ns;
+
+/* 1 if this thread scanned `obj` for dead holders less than TRY_CACHE_NS ago. */
+static int recently_scanned(const void *obj)
+{
+    int64_t t = now_ns();
+    if (obj == tl_reclaim_obj && t - tl_reclaim_ns < TRY_CACHE_NS)
+        return 1;
+    tl_reclaim_obj = obj;
+    tl_reclaim_ns = t;
+    return 0;
+}
+
 static inline int64_t deadline_of(int64_t timeout_ns)
 {
     return timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
@@ -614,7 +651,7 @@ static ember_rc_t lock_try(lock_obj_t *l, uint64_t me, int check_dead, uint32_t 
     /* acquire (CAS): pairs with the releasing CAS in ember_lock_release(). */
     if (ember_atomic_cas_acq_rel(&l->xstate, &s, me))
         return lock_took(l, died_pid);
-    if (check_dead && s != me && ember_sync_id_dead(s)) {
+    if (check_dead && s != me && id_dead_cached(s)) {
         /* acq_rel CAS dead -> me: unique per dead id (it never acquires
          * again), so exactly one process takes over from this death. */
         if (ember_atomic_cas_acq_rel(&l->xstate, &s, me)) {
@@ -872,6 +909,8 @@ ember_rc_t ember_sem_acquire(void *mem, int64_t timeout_ns)
     if (rc != EMBER_ERR_TIMEOUT)
         return rc;
     if (timeout_ns == 0) {
+        if (recently_scanned(s))
+            return rc;
         ember_sem_reclaim(s, &got);
         return got ? sem_try(s, me) : rc;
     }
