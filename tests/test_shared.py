@@ -107,7 +107,10 @@ def test_exception_comes_back_as_itself_with_remote_traceback(ember_runtime):
 
 
 @pytest.mark.timeout(60)
-def test_constructor_failure_raises_in_serve(ember_runtime):
+def test_create_builds_in_the_host_and_its_failure_raises(ember_runtime):
+    ref = ember.objects.create(Counter, 3, name=uname("built"))
+    assert ref.proxy().inc() == 4
+    ref.destroy()
     with pytest.raises(RuntimeError, match=r"^cannot build$") as ei:
         shared.create(Broken, name=uname("broken"))
     assert "in __init__" in str(ei.value.__cause__)
