@@ -327,3 +327,28 @@ def test_threads_serve_calls_concurrently(ember_runtime):
     with pytest.raises(ValueError, match=r"^threads must be an int >= 1, got 0$"):
         ember.serve(Gate(), threads=0)
     ref.destroy()
+
+
+def _hold_and_wait(p, started, never):
+    p.inc()
+    started.set()
+    never.wait()
+
+
+@pytest.mark.timeout(90)
+def test_refcount_dead_holder_is_counted_out(ember_runtime):
+    ref = ember.serve(Counter(), lifetime="refcount")
+    started, never = ember.Event(), ember.Event()
+    holder = ember.Process(target=_hold_and_wait, args=(ref.proxy(), started, never))
+    holder.start()
+    assert started.wait(60)
+    ref.close()                           # only the holder's reference is left
+    assert ref.o_uid in {u for u, _, _, _ in naming.get_list()}
+    holder.kill()
+    holder.join()
+    holder.close()
+    del holder                            # its args held this process's proxy
+    import gc
+    gc.collect()
+    assert _host_gone(ref, timeout=30) == 0
+    assert ref.o_uid not in {u for u, _, _, _ in naming.get_list()}
