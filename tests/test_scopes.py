@@ -115,3 +115,9 @@ def test_adopt_rejects_what_has_no_o_uid(ember_runtime):
     with pytest.raises(ember.ObjectError, match=r"^a scope's lifetime must be 'runtime' or "
                        r"'owner', got 'refcount'$"):
         ember.scope(lifetime="refcount")
+
+
+def test_star_import_keeps_the_builtins():
+    ns = {}
+    exec("from ember import *", ns)
+    assert "dict" not in ns and "list" not in ns and "serve" in ns and "Manager" in ns

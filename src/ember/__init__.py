@@ -100,5 +100,7 @@ _LAZY.update({"serve": "shared", "connect": "shared", "proxy": "shared", "Shared
               "Proxy": "shared", "scope": "scopes", "Scope": "scopes", "dict": "scopes",
               "list": "scopes", "Namespace": "scopes", "Manager": "managers"})
 _EXCEPTIONS += ("SharedObjectError",)
-__all__ += ["serve", "connect", "proxy", "SharedRef", "Proxy", "scope", "Scope", "dict",
-            "list", "Namespace", "Manager", "SharedObjectError"]
+# (ember.dict and ember.list are left out of __all__: `from ember import *`
+# must not shadow the builtins.)
+__all__ += ["serve", "connect", "proxy", "SharedRef", "Proxy", "scope", "Scope", "Namespace",
+            "Manager", "SharedObjectError"]
