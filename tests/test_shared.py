@@ -280,7 +280,7 @@ def test_lifetime_refcount_ends_with_its_last_holder(ember_runtime):
     ref.close()
     assert p.inc() == 1                  # the proxy still holds it
     o_uid = p._o_uid
-    p.close()
+    p._close()
     assert _host_gone(ref) == 0
     assert o_uid not in {u for u, _, _, _ in naming.get_list()}
 
@@ -352,3 +352,22 @@ def test_refcount_dead_holder_is_counted_out(ember_runtime):
     gc.collect()
     assert _host_gone(ref, timeout=30) == 0
     assert ref.o_uid not in {u for u, _, _, _ in naming.get_list()}
+
+
+class Resource:
+    def close(self):
+        return "closed in the host"
+
+
+@pytest.mark.timeout(60)
+def test_object_methods_are_not_hidden_by_the_proxy(ember_runtime):
+    import gc
+    import weakref
+    ref = ember.serve(Resource())
+    p = ref.proxy()
+    assert p.close() == "closed in the host"
+    w = weakref.ref(p)
+    del p                                 # no reference cycle: freed at once
+    assert w() is None
+    gc.collect()
+    ref.destroy()

@@ -603,9 +603,11 @@ def _make_proxy(rec):
     cls = _proxy_types.get(methods)
     if cls is None:
         ns = {}
-        for n in _SPECIAL:
-            if n in methods:
+        for n in methods:
+            if n in _SPECIAL:
                 ns[n] = _special(n)
+            elif not hasattr(Proxy, n):      # the proxy's own names stay its own
+                ns[n] = _method(n)
         cls = _proxy_types[methods] = type("Proxy", (Proxy,), ns)
     p = object.__new__(cls)
     d = p.__dict__
@@ -615,6 +617,16 @@ def _make_proxy(rec):
     d["_hold"] = naming.hold(p, rec["o_uid"])
     d["_req"] = None
     return p
+
+
+def _method(n):
+    """The proxy class's method ``n``: a call in the host.  (Methods live on
+    the class -- one per set of exposed names -- so that a proxy holds no
+    reference to itself and is freed as soon as it is dropped.)"""
+    def method(self, *args, **kwargs):
+        return self._call(_CALL, n, args, kwargs)
+    method.__name__ = method.__qualname__ = n
+    return method
 
 
 def _special(n):
@@ -641,12 +653,6 @@ class Proxy:
     def __getattr__(self, attr):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        if attr in self._methods:
-            def method(*args, **kwargs):
-                return self._call(_CALL, attr, args, kwargs)
-            method.__name__ = attr
-            self.__dict__[attr] = method
-            return method
         return self._call(_GET, attr, (), {})
 
     def __setattr__(self, attr, value):
@@ -688,7 +694,6 @@ class Proxy:
         """Let go of this proxy's reference now."""
         self._hold.drop()
 
-    close = _close
 
     # ------------------------------------------------------------ the call
     def _who(self):
