@@ -582,13 +582,6 @@ def _detach(ch):
 _local = threading.local()
 
 
-def _client():
-    c = getattr(_local, "client", None)
-    if c is None or c.key[0] != os.getpid() or c.key[1] != naming._runtime_key():
-        c = _local.client = _Client()
-    return c
-
-
 def _rebuild_proxy(rec, token):
     naming.claim(rec["o_uid"], token)
     return _make_proxy(rec)
