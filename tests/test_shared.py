@@ -55,6 +55,11 @@ class Counter:
     def make_lock(self):
         return threading.Lock()
 
+    def slow(self, started, gate):
+        started.set()
+        gate.wait(30)
+        return "late"
+
 
 class Broken:
     def __init__(self):
@@ -370,4 +375,25 @@ def test_object_methods_are_not_hidden_by_the_proxy(ember_runtime):
     del p                                 # no reference cycle: freed at once
     assert w() is None
     gc.collect()
+    ref.destroy()
+
+
+def _call_slow(p, started, gate):
+    return p.slow(started, gate)
+
+
+@pytest.mark.timeout(90)
+def test_caller_killed_mid_call_costs_the_host_nothing(ember_runtime):
+    ref = ember.serve(Counter())
+    p = ref.proxy()
+    started, gate = ember.Event(), ember.Event()
+    caller = ember.Process(target=_call_slow, args=(p, started, gate))
+    caller.start()
+    assert started.wait(60)
+    caller.kill()
+    caller.join()
+    caller.close()
+    gate.set()                            # the host answers a caller that is gone
+    assert p.inc() == 1                   # and serves the others on
+    assert p.slow(ember.Event(), gate) == "late"
     ref.destroy()
