@@ -94,3 +94,13 @@ __all__ += ["BrokenBarrierError", "OwnerDied", "ReleaseError", "SyncError"]
 _LAZY = {"Process": "process", "Executor": "executor", "ProcessGroup": "group"}
 __all__ += ["Process", "Executor", "ProcessGroup", "ProcessDied", "RemoteError",
             "RemoteTraceback"]
+
+# Shared objects, scopes and the SyncManager-compatible Manager (issue 12).
+_LAZY.update({"serve": "shared", "connect": "shared", "proxy": "shared", "SharedRef": "shared",
+              "Proxy": "shared", "scope": "scopes", "Scope": "scopes", "dict": "scopes",
+              "list": "scopes", "Namespace": "scopes", "Manager": "managers"})
+_EXCEPTIONS += ("SharedObjectError",)
+# (ember.dict and ember.list are left out of __all__: `from ember import *`
+# must not shadow the builtins.)
+__all__ += ["serve", "connect", "proxy", "SharedRef", "Proxy", "scope", "Scope", "Namespace",
+            "Manager", "SharedObjectError"]

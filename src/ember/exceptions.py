@@ -6,6 +6,7 @@ MemoryError`` / ``except TimeoutError`` / ``except ValueError`` keep working.
 import threading as _threading
 
 __all__ = [
+    "SharedObjectError",
     "EmberError",
     "PoolError",
     "PoolExhausted",
@@ -166,3 +167,9 @@ class ObjectError(EmberError, ValueError):
 class ObjectTimeout(ObjectError, TimeoutError):
     """``attach(name, timeout=...)`` ran out of time before the object was
     created."""
+
+
+class SharedObjectError(ObjectError):
+    """A shared object (``ember.serve``, ``ember.connect``) cannot be used:
+    it was destroyed (its scope closed, its owner ended, its last holder
+    let go), or a request to it could not be made."""

@@ -10,3 +10,11 @@ Imported lazily by ``ember`` (``ember.Process``, ``ember.Queue`` etc.), so
 from .process import Process
 
 __all__ = ["Process"]
+
+
+def create(factory, *args, **kwargs):
+    """Start a host process that constructs ``factory(*args, **kwargs)``
+    and serves it (``name=``, ``lifetime=``, ``scope=``, ``exposed=``,
+    ``threads=`` as :func:`ember.serve`); see :func:`.shared.create`."""
+    from .shared import create as _create
+    return _create(factory, *args, **kwargs)

@@ -46,9 +46,22 @@ def create(kind, name=None, lifetime=None, desc=b"", channels=(), parts=(), chil
     if lifetime is not None and lifetime not in LIFETIMES:
         raise ObjectError(f"lifetime must be one of {', '.join(map(repr, LIFETIMES))}, "
                           f"got {lifetime!r}")
-    return _call(_m.ObjectCreate, kind, name, lifetime, bytes(desc),
-                 [bytes(c) for c in channels], [list(p) for p in parts],
-                 [[k, list(c)] for k, c in children], bool(exist_ok))
+    rec = _call(_m.ObjectCreate, kind, name, lifetime, bytes(desc),
+                [bytes(c) for c in channels], [list(p) for p in parts],
+                [[k, list(c)] for k, c in children], bool(exist_ok))
+    if _created_hooks:
+        _run_created_hooks(rec)
+    return rec
+
+
+#: Called with GS's record of each object this process creates (the scopes
+#: of :mod:`.scopes` adopt objects made inside a ``with scope``).
+_created_hooks = []
+
+
+def _run_created_hooks(rec):
+    for hook in _created_hooks:
+        hook(rec)
 
 
 def attach(name, kind=None, timeout=None):

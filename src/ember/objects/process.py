@@ -41,23 +41,13 @@ _SLICE = 0.02
 _live = set()
 _live_lock = threading.Lock()
 
-_pool_cache = [None, None]   # [pid, Pool]
-_pool_lock = threading.Lock()
-
 
 def _default_pool():
-    """The runtime's default pool, attached once per process."""
-    pool = _pool_cache[1]
-    if pool is not None and _pool_cache[0] == os.getpid():
-        return pool
-    with _pool_lock:
-        if _pool_cache[1] is None or _pool_cache[0] != os.getpid():
-            from ..globalservices import pool as gpool
-            from ..pools_c import Pool
-
-            _pool_cache[1] = Pool.attach(gpool.default().sdesc)
-            _pool_cache[0] = os.getpid()
-        return _pool_cache[1]
+    """The runtime's default pool, attached once per process and runtime
+    (a process may leave a runtime and init another: the cache of
+    :func:`ember.objects.naming.default_pool` is keyed by both)."""
+    from .naming import default_pool
+    return default_pool()
 
 
 def _pow2(n):

@@ -1,0 +1,144 @@
+"""Shared objects: ember proxies against multiprocessing.managers, in the
+same run.
+
+    PYTHONPATH=. python benchmarks/bench_objects.py [--quick]
+
+Measures
+- the proxy method call round trip with small arguments (``p.f(1)``):
+  median, p99 and mean of single calls, against a
+  ``multiprocessing.managers`` proxy of the same object;
+- shared dict get/set per second with 2 processes hammering one dict
+  (``ember.dict()`` against ``multiprocessing.Manager().dict()``);
+then prints each figure against the target and the ratio to the baseline.
+"""
+import argparse
+import multiprocessing as mp
+import multiprocessing.managers as mpm
+import statistics
+import time
+
+import ember
+
+TARGET_RTT_US = 20.0
+TARGET_RTT_RATIO = 10.0
+TARGET_DICT_RATIO = 20.0
+
+
+class Echo:
+    def f(self, x):
+        return x
+
+
+def pct(samples, q):
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def call_latency(f, n, warmup):
+    lat = []
+    pc = time.perf_counter_ns
+    for i in range(n + warmup):
+        t = pc()
+        f(1)
+        if i >= warmup:
+            lat.append(pc() - t)
+    return statistics.median(lat) / 1e3, pct(lat, 0.99) / 1e3, statistics.fmean(lat) / 1e3
+
+
+def dict_worker(d, k, n, start):
+    start.wait()
+    t = time.perf_counter()
+    for i in range(n):
+        d[k] = i
+        d[k]
+    return time.perf_counter() - t
+
+
+def _mp_dict_worker(d, k, n, start, out):
+    out.put(dict_worker(d, k, n, start))
+
+
+def ember_dict_rate(n, in_pool=False):
+    d = ember.dict(in_pool=in_pool)
+    start = ember.Event()
+    procs = [ember.Process(target=dict_worker, args=(d, k, n, start)) for k in range(2)]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    t = time.perf_counter()
+    start.set()
+    for p in procs:
+        p.result()
+    wall = time.perf_counter() - t
+    for p in procs:
+        p.join()
+        p.close()
+    d.close() if in_pool else d._close()
+    return 2 * 2 * n / wall
+
+
+def mp_dict_rate(n):
+    with mp.Manager() as m:
+        d = m.dict()
+        start = mp.Event()
+        out = mp.Queue()
+        procs = [mp.Process(target=_mp_dict_worker, args=(d, k, n, start, out)) for k in range(2)]
+        for p in procs:
+            p.start()
+        time.sleep(0.5)
+        t = time.perf_counter()
+        start.set()
+        for _ in procs:
+            out.get()
+        wall = time.perf_counter() - t
+        for p in procs:
+            p.join()
+    return 2 * 2 * n / wall
+
+
+class _EchoManager(mpm.BaseManager):
+    pass
+
+
+_EchoManager.register("Echo", Echo)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    n = 3000 if args.quick else 30000
+    nd = 2000 if args.quick else 20000
+
+    ember.init()
+    try:
+        ref = ember.serve(Echo())
+        p = ref.proxy()
+        e_med, e_p99, e_mean = call_latency(p.f, n, 2000)
+        ref.destroy()
+        with _EchoManager() as m:
+            q = m.Echo()
+            m_med, m_p99, m_mean = call_latency(q.f, n, 500)
+        e_rate = ember_dict_rate(nd)
+        ep_rate = ember_dict_rate(nd * 4, in_pool=True)
+    finally:
+        ember.shutdown()
+    m_rate = mp_dict_rate(nd)
+
+    print(f"proxy call round trip, small args (median / p99 / mean, µs): "
+          f"ember {e_med:.1f} / {e_p99:.1f} / {e_mean:.1f}   "
+          f"multiprocessing.managers {m_med:.1f} / {m_p99:.1f} / {m_mean:.1f}")
+    ratio = m_med / e_med
+    print(f"  -> {ratio:.1f}x faster (median); target <= {TARGET_RTT_US:.0f} µs: "
+          f"{'met' if e_med <= TARGET_RTT_US else 'NOT met'}, >= {TARGET_RTT_RATIO:.0f}x: "
+          f"{'met' if ratio >= TARGET_RTT_RATIO else 'NOT met'}")
+    print(f"shared dict get+set, 2 processes: ember.dict() (served) {e_rate:,.0f} ops/s   "
+          f"ember.dict(in_pool=True) {ep_rate:,.0f} ops/s   "
+          f"Manager().dict() {m_rate:,.0f} ops/s")
+    print(f"  -> served {e_rate / m_rate:.1f}x, in pool {ep_rate / m_rate:.1f}x; target >= "
+          f"{TARGET_DICT_RATIO:.0f}x: "
+          f"{'met' if ep_rate / m_rate >= TARGET_DICT_RATIO else 'NOT met'} (in pool)")
+
+
+if __name__ == "__main__":
+    main()

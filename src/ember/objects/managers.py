@@ -1,0 +1,224 @@
+"""``ember.Manager()``: ``multiprocessing.managers.SyncManager``'s API over
+ember's shared objects and scopes.
+
+- A started manager is a :class:`~ember.objects.scopes.Scope` with lifetime
+  ``"owner"``: everything it made is destroyed by ``shutdown()``, at the
+  end of ``with``, or when the process that started it ends.
+- ``dict()``, ``list()``, ``Namespace()`` and registered types are shared
+  objects (:mod:`.shared`): each has a host process of its own (one
+  ``multiprocessing`` server holds them all), and the methods are
+  called through ember proxies (picklable; usable from any process of the
+  runtime and nested in one another).
+- ``Queue``, ``JoinableQueue``, ``Lock``, ``RLock``, ``Semaphore``,
+  ``BoundedSemaphore``, ``Condition``, ``Event``, ``Barrier``, ``Value``,
+  ``Array`` are ember's own objects (:mod:`.queues`, :mod:`.sync`), which
+  need no server: every process operates on them directly.
+- ``register(typeid, callable, proxytype=None, exposed=None,
+  method_to_typeid=None, create_method=True)`` as in the stdlib
+  (``proxytype`` and ``method_to_typeid`` are accepted and ignored: ember
+  proxies forward every exposed method).
+"""
+import enum
+from multiprocessing.context import ProcessError as _MPProcessError
+
+from ..exceptions import ProcessError as _ProcessError
+from . import scopes, shared
+
+__all__ = ["BaseManager", "SyncManager", "Manager", "Namespace", "ProcessError"]
+
+
+class ProcessError(_ProcessError, _MPProcessError):
+    """A manager used in the wrong state: both ``ember.ProcessError`` and
+    the ``multiprocessing.ProcessError`` the stdlib's managers raise."""
+
+Namespace = scopes._Namespace
+
+
+class _State(enum.Enum):
+    INITIAL = 0
+    STARTED = 1
+    SHUTDOWN = 2
+
+
+def _state_error(state):
+    if state is _State.STARTED:
+        return ProcessError("Already started server")
+    if state is _State.SHUTDOWN:
+        return ProcessError("Manager has shut down")
+    return ProcessError(f"Unknown state {state!r}")
+
+
+class BaseManager:
+    """``multiprocessing.managers.BaseManager``'s API (``address``,
+    ``authkey`` and ``serializer`` are accepted for compatibility: ember's
+    objects are reached through the runtime, not a socket)."""
+
+    _registry = {}
+
+    def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *,
+                 shutdown_timeout=1.0):
+        if serializer not in ("pickle", "xmlrpclib"):
+            raise ValueError(f"unknown serializer {serializer!r}")
+        self._address = address
+        self._state = _State.INITIAL
+        self._scope = None
+        self._shutdown_timeout = shutdown_timeout
+
+    @property
+    def address(self):
+        return self._address
+
+    def start(self, initializer=None, initargs=()):
+        """Make the manager's scope (``initializer`` is called here)."""
+        if self._state is not _State.INITIAL:
+            raise _state_error(self._state)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if initializer is not None:
+            initializer(*initargs)
+        self._scope = scopes.Scope(None, lifetime="owner", parent=None)
+        self._state = _State.STARTED
+
+    def connect(self):
+        raise ProcessError("ember managers are not reached by address: pass their proxies "
+                           "to other processes (they are picklable)")
+
+    def get_server(self):
+        raise ProcessError("ember managers have no server object")
+
+    def join(self, timeout=None):
+        """Compatibility: nothing to wait for."""
+
+    def shutdown(self):
+        """Destroy every object this manager made."""
+        if self._state is _State.STARTED:
+            self._state = _State.SHUTDOWN
+            self._scope.close()
+        else:
+            self._state = _State.SHUTDOWN
+
+    def _number_of_objects(self):
+        return len(self._scope.members()) if self._state is _State.STARTED else 0
+
+    def __enter__(self):
+        if self._state is _State.INITIAL:
+            self.start()
+        if self._state is not _State.STARTED:
+            raise _state_error(self._state)
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def _create(self, typeid, *args, **kwds):
+        if self._state is not _State.STARTED:
+            raise ProcessError("Manager has shut down" if self._state is _State.SHUTDOWN
+                               else "Manager has not been started")
+        factory, exposed = self._registry[typeid][:2]
+        if factory is None:
+            raise ProcessError(f"typeid {typeid!r} has no callable: it cannot be created")
+        return factory, exposed
+
+    @classmethod
+    def register(cls, typeid, callable=None, proxytype=None, exposed=None,
+                 method_to_typeid=None, create_method=True):
+        """Register ``typeid``: ``manager.<typeid>(*args, **kwds)`` then
+        hosts ``callable(*args, **kwds)`` and returns its proxy."""
+        if "_registry" not in cls.__dict__:
+            cls._registry = cls._registry.copy()
+        if not isinstance(typeid, str):
+            raise TypeError(f"typeid must be a str, not {type(typeid).__name__}")
+        exposed = exposed or getattr(proxytype, "_exposed_", None)
+        if method_to_typeid:
+            for k, v in method_to_typeid.items():
+                if type(k) is not str or type(v) is not str:
+                    raise TypeError(f"method_to_typeid must map str to str, got {k!r}: {v!r}")
+        cls._registry[typeid] = (callable, tuple(exposed) if exposed else None,
+                                 method_to_typeid, proxytype)
+        if create_method:
+            def temp(self, /, *args, **kwds):
+                factory, exp = self._create(typeid)
+                return shared.create(factory, *args, scope=self._scope,
+                                     exposed=exp, **kwds).proxy_and_close()
+            temp.__name__ = typeid
+            setattr(cls, typeid, temp)
+
+
+class SyncManager(BaseManager):
+    """``multiprocessing.managers.SyncManager``: shared ``dict``, ``list``
+    and ``Namespace`` as ember shared objects; queues, locks, events,
+    values and arrays as ember's own objects (no server round trip)."""
+
+    def _native(self, cls, *args, **kwds):
+        if self._state is not _State.STARTED:
+            raise ProcessError("Manager has shut down" if self._state is _State.SHUTDOWN
+                               else "Manager has not been started")
+        obj = cls(*args, **kwds)
+        self._scope.adopt(obj)
+        return obj
+
+    def dict(self, *args, **kwds):
+        self._create("dict")
+        return scopes.dict(*args, scope=self._scope, **kwds)
+
+    def list(self, sequence=()):
+        self._create("list")
+        return scopes.list(sequence, scope=self._scope)
+
+    def Namespace(self, **kwds):  # noqa: N802
+        self._create("Namespace")
+        return scopes.Namespace(scope=self._scope, **kwds)
+
+    def Queue(self, maxsize=0):  # noqa: N802
+        from .queues import Queue
+        return self._native(Queue, maxsize)
+
+    def JoinableQueue(self, maxsize=0):  # noqa: N802
+        from .queues import JoinableQueue
+        return self._native(JoinableQueue, maxsize)
+
+    def Lock(self):  # noqa: N802
+        from .sync import Lock
+        return self._native(Lock)
+
+    def RLock(self):  # noqa: N802
+        from .sync import RLock
+        return self._native(RLock)
+
+    def Semaphore(self, value=1):  # noqa: N802
+        from .sync import Semaphore
+        return self._native(Semaphore, value)
+
+    def BoundedSemaphore(self, value=1):  # noqa: N802
+        from .sync import BoundedSemaphore
+        return self._native(BoundedSemaphore, value)
+
+    def Condition(self, lock=None):  # noqa: N802
+        from .sync import Condition
+        return self._native(Condition, lock)
+
+    def Event(self):  # noqa: N802
+        from .sync import Event
+        return self._native(Event)
+
+    def Barrier(self, parties, action=None, timeout=None):  # noqa: N802
+        from .sync import Barrier
+        return self._native(Barrier, parties, action, timeout)
+
+    def Value(self, typecode, value, lock=True):  # noqa: N802
+        from .sync import Value
+        return self._native(Value, typecode, value, lock=lock)
+
+    def Array(self, typecode, sequence, lock=True):  # noqa: N802
+        from .sync import Array
+        return self._native(Array, typecode, sequence, lock=lock)
+
+
+SyncManager._registry = {n: (True, None, None, None) for n in ("dict", "list", "Namespace")}
+
+
+def Manager(*args, **kwargs):  # noqa: N802
+    """A started :class:`SyncManager` (``multiprocessing.Manager()``)."""
+    m = SyncManager(*args, **kwargs)
+    m.start()
+    return m

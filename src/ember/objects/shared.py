@@ -1,0 +1,1126 @@
+"""Shared objects: host an object once in a managed process, call it from
+every process of the runtime by name (``ember.serve``, ``ember.connect``).
+
+See docs/shared-objects.md.  In short:
+
+- ``ember.serve(obj, name=..., lifetime=..., scope=...)`` starts an
+  :class:`ember.Process` (the *host*) running :func:`_host_main`: it
+  unpickles (or, with :func:`create`, constructs) the object and serves it.
+  The object is a GS object of kind ``"Shared"`` (:mod:`.naming`): its name,
+  lifetime and holders are GS's, and GS made its *request channel*.
+- A :class:`Proxy` (``ember.connect(name)``, ``ref.proxy()``, unpickled)
+  sends each method call / attribute get as one message on the request
+  channel and waits for the answer on a *reply channel* of its own thread
+  (a refcount GS object, so that GS frees it when the caller ends).
+  Messages are pickle protocol 5 through :mod:`._codec`: small ones inline
+  in the channel slot, large buffers (numpy arrays) out of band in a pool
+  block, received without a copy.
+- The host serves requests **one at a time, in arrival order** (callers from
+  many processes and threads are interleaved request by request).
+- An exception in the host is re-raised in the caller as itself with the
+  host's traceback as ``__cause__`` (an ``ember.RemoteTraceback``), or as
+  ``ember.RemoteError`` if it cannot travel.
+- The object ends as its lifetime says (GS then destroys the request
+  channel, and the host, which watches it, exits); a host that dies makes
+  every call raise ``ember.ProcessDied`` (checked every :data:`SLICE`
+  seconds while a caller waits), never hang.
+"""
+import os
+import pickle
+import threading
+import time
+import weakref
+from zlib import crc32 as _crc32
+
+from ..channels_c import Channel, ChannelClosed, ChannelEmpty, ChannelFull
+from ..exceptions import (ChannelError, ObjectError, OwnerDied, ProcessDied, RemoteError,
+                          RemoteTraceback, SharedObjectError)
+from . import _codec, naming
+
+__all__ = ["serve", "create", "connect", "proxy", "SharedRef", "Proxy", "PoolDict", "KIND",
+           "SLICE"]
+
+KIND = "Shared"
+#: Slots of a request channel (callers wait for room beyond that).
+REQ_CAPACITY = 1024
+#: Slots of a caller's reply channel.
+REPLY_CAPACITY = 8
+#: Channel block size: messages up to 240 bytes travel inline.
+BLOCK = 256
+#: Seconds between two checks that the host is alive while a caller waits
+#: (and between two checks by the host that its object still exists).
+SLICE = 0.05
+#: Seconds a channel spins before it sleeps (request/reply traffic).
+SPIN = 50e-6
+
+# request ops
+_CALL, _GET, _SET, _HELLO, _DEL, _VALUE = 0, 1, 2, 3, 4, 5
+# reply status
+_OK, _ERR, _RERR = 0, 1, 2
+
+_OPNAME = {_CALL: "{}()", _GET: "getting attribute {!r}", _SET: "setting attribute {!r}",
+           _DEL: "deleting attribute {!r}", _VALUE: "_getvalue(){}"}
+
+
+# ------------------------------------------------------------------ encoding
+def _enc(obj, pool):
+    """bytes or a pool Allocation (see _codec); cloudpickle for what plain
+    pickle cannot ship (lambdas, __main__ classes and functions)."""
+    try:
+        msg = _codec.dumps(obj, pool, None)
+    except Exception:
+        msg = None
+    if msg is None or (type(msg) is bytes and b"__main__" in msg):
+        from . import _pickling as P
+        msg = P.dumps_inband(obj)
+    return msg
+
+
+def _dec(data):
+    if type(data) is bytes:
+        return pickle.loads(data)
+    return _codec.loads(data)
+
+
+def _type_name(exc):
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _exc_reply(seq, exc, pool):
+    import traceback
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next
+                                            if exc.__traceback__ else None))
+    try:
+        msg = _enc((seq, _ERR, exc, tb), pool)
+        _dec(msg) if type(msg) is bytes else None      # it must also come back to life
+        return msg
+    except BaseException as perr:
+        tb += (f"\n(the exception could not be sent back as itself: "
+               f"{type(perr).__name__}: {perr})\n")
+        return pickle.dumps((seq, _RERR, (_type_name(exc), str(exc), tb)), 5)
+
+
+# ------------------------------------------------------------------ host side
+def _start_time(pid):
+    """The process's start time (clock ticks since boot), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def _alive(pid, start):
+    return _start_time(pid) == start
+
+
+def _public_names(obj):
+    names = []
+    for n in dir(obj):
+        if n.startswith("_"):
+            continue
+        try:
+            if callable(getattr(obj, n)):
+                names.append(n)
+        except Exception:
+            pass
+    return names
+
+
+_SPECIAL = ("__getitem__", "__setitem__", "__delitem__", "__len__", "__contains__",
+            "__iter__", "__call__", "__enter__", "__exit__", "__add__", "__iadd__",
+            "__mul__", "__rmul__", "__imul__", "__reversed__", "__str__", "__repr__")
+
+
+def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1):
+    """The host process: make the object, tell the creator what it exposes,
+    wait for the GS record, serve until the object ends."""
+    from . import _pickling as P
+    try:
+        obj = factory(*args, **kwargs)
+        if exposed is None:
+            exposed = _public_names(obj) + [n for n in _SPECIAL if n not in ("__str__", "__repr__")
+                                             and callable(getattr(type(obj), n, None))]
+        else:
+            exposed = list(exposed)
+        ok = pickle.dumps(("ok", exposed, os.getpid(), _start_time(os.getpid())), 5)
+    except BaseException as exc:
+        import traceback
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            data = P.dumps_inband(("err", exc, tb))
+            pickle.loads(data)
+        except BaseException:
+            data = pickle.dumps(("rerr", (_type_name(exc), str(exc), tb)))
+        boot_out.send(data)
+        return None
+    boot_out.send(ok)
+    try:
+        rec = pickle.loads(boot_in.recv(timeout=120))
+    except ChannelEmpty:
+        return None
+    if rec is None:
+        return None
+    boot_out.send(b"started")
+    boot_in.detach()
+    boot_out.detach()
+    try:
+        _serve_loop(obj, rec, frozenset(exposed) | {"__repr__", "__str__"}, threads)
+    finally:
+        # The creator let go of this Process's result channel once we
+        # started: there is no result to send.
+        import sys
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(0)
+
+
+class _NotExposed(Exception):
+    pass
+
+
+def _serve_loop(obj, rec, exposed, threads=1):
+    req = Channel.attach(rec["channels"][0])
+    req.set_spin(SPIN)
+    pool = req.pool
+    clients = {}
+    pool_ex = None
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        pool_ex = ThreadPoolExecutor(threads, thread_name_prefix="ember-shared")
+    try:
+        while True:
+            try:
+                data = req.recv_auto(SLICE * 4)
+            except ChannelEmpty:
+                continue
+            except (ChannelClosed, ChannelError):
+                break       # the object ended: GS closed / destroyed its channel
+            try:
+                cid, seq, op, name, args, kwargs = _dec(data)
+            except BaseException:
+                continue    # not a request (cannot happen from our proxies)
+            del data
+            if op == _HELLO:
+                try:
+                    ch = Channel.attach(args[0])
+                    ch.set_spin(SPIN)
+                    clients[cid] = ch
+                except Exception:
+                    pass
+                continue
+            if pool_ex is None:
+                if op == _CALL and name in exposed and name != "__iter__":
+                    # the fast path of a method call (the same as _answer's)
+                    try:
+                        value = getattr(obj, name)(*args, **kwargs)
+                    except BaseException as exc:
+                        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                            raise
+                        msg = _exc_reply(seq, exc, pool)
+                    else:
+                        del args, kwargs
+                        msg = _result_msg(seq, value, pool, name)
+                        del value
+                    _reply(clients, cid, msg)
+                    continue
+                _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs)
+            else:
+                pool_ex.submit(_answer, obj, exposed, pool, clients, cid, seq, op, name, args,
+                               kwargs)
+            del args, kwargs
+    finally:
+        if pool_ex is not None:
+            pool_ex.shutdown(wait=False, cancel_futures=True)   # a call may never return
+        close = getattr(obj, "__ember_close__", None)
+        if close is not None:
+            close()
+        for ch in clients.values():
+            try:
+                ch.detach()
+            except Exception:
+                pass
+        try:
+            req.detach()
+        except Exception:
+            pass
+
+
+def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
+    """Run one request and send its answer to the caller's reply channel."""
+    try:
+        if op == _CALL:
+            if name not in exposed:
+                raise _NotExposed(f"method {name!r} of {type(obj).__name__!r} object "
+                                  f"is not exposed")
+            if name == "__iter__":
+                value = list(obj)
+            else:
+                value = getattr(obj, name)(*args, **kwargs)
+        elif op == _VALUE:
+            value = obj
+        elif op == _GET:
+            value = getattr(obj, name)
+            if callable(value) and name not in exposed and not isinstance(value, type):
+                raise AttributeError(f"{type(obj).__name__!r} object's method {name!r} "
+                                     f"is not exposed")
+        elif op == _SET:
+            setattr(obj, name, args[0])
+            value = None
+        elif op == _DEL:
+            delattr(obj, name)
+            value = None
+        else:
+            raise ObjectError(f"unknown request op {op}")
+        del args, kwargs
+        msg = _result_msg(seq, value, pool, name)
+        del value
+    except BaseException as exc:
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise
+        if isinstance(exc, _NotExposed):
+            msg = pickle.dumps((seq, _RERR, ("AttributeError", str(exc), "")), 5)
+        else:
+            msg = _exc_reply(seq, exc, pool)
+    _reply(clients, cid, msg)
+
+
+def _result_msg(seq, value, pool, name):
+    try:
+        msg = _codec.dumps((seq, _OK, value), pool, None)
+        if type(msg) is not bytes or b"__main__" not in msg:
+            return msg
+    except Exception:
+        pass
+    try:
+        return _enc((seq, _OK, value), pool)
+    except BaseException as exc:
+        return _exc_reply(seq, TypeError(f"cannot pickle the result of {name}(): {exc}"), pool)
+
+
+def _reply(clients, cid, msg):
+    ch = clients.get(cid)
+    if ch is None:
+        _codec.free_unsent(msg)
+        return
+    try:
+        ch.send(msg, 1.0)
+    except Exception:        # the caller is gone (its reply channel ended), or stuck
+        _codec.free_unsent(msg)
+        clients.pop(cid, None)
+
+
+def _identity(x):
+    return x
+
+
+# ------------------------------------------------------------------ creator side
+# Host Processes started here and not yet joined (so that they are not
+# collected, and not joined at this process's exit: they outlive it as
+# their lifetime says).
+_hosts = {}
+_hosts_lock = threading.Lock()
+
+
+def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, threads=1, timeout=60.0):
+    """Host ``obj`` (pickled to the host) in a new managed process; return a
+    :class:`SharedRef`.  ``threads > 1``: the host runs requests in a pool
+    of that many threads (the object must then be thread-safe); 1 (the
+    default): one at a time, in arrival order.  See :func:`create`."""
+    return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout, threads)
+
+
+def create(factory, *args, name=None, lifetime=None, scope=None, exposed=None, threads=1,
+           timeout=60.0, **kwargs):
+    """Start a host process that constructs ``factory(*args, **kwargs)`` and
+    serves it; return a :class:`SharedRef` (its :meth:`~SharedRef.proxy`)."""
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+    return _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads)
+
+
+def _check_args(name, lifetime, exposed):
+    from .scopes import Scope
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ObjectError(f"name must be a non-empty str or None, got {name!r}")
+    if lifetime is not None and not isinstance(lifetime, Scope) \
+            and lifetime not in naming.LIFETIMES:
+        raise ObjectError("lifetime must be one of 'runtime', 'owner', 'refcount' or a "
+                          f"Scope, got {lifetime!r}")
+    if exposed is not None and (isinstance(exposed, str)
+                                or not all(isinstance(n, str) for n in exposed)):
+        raise TypeError("exposed must be a list of method names")
+
+
+def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads=1):
+    from . import scopes
+    from .process import Process, _live, _live_lock, _default_pool
+    _check_args(name, lifetime, exposed)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    if isinstance(lifetime, scopes.Scope):
+        scope, lifetime = lifetime, None
+    if scope is None:
+        scope = scopes.current()
+    if scope is not None:
+        scope._check_open()
+        if lifetime is None:
+            lifetime = "runtime"   # the scope ends it (or its own lifetime, earlier)
+    pool = _default_pool()
+    boot_out = Channel.create(pool, capacity=2, block_size=1024)
+    boot_in = Channel.create(pool, capacity=2, block_size=1024)
+    host = None
+    try:
+        host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in, threads),
+                       name=None, daemon=False)
+        host.start()
+        with _live_lock:
+            _live.discard(host)        # it outlives us as its lifetime says
+        deadline = time.monotonic() + timeout
+        boot = pickle.loads(_wait_boot(boot_out, host, name, deadline))
+        if boot[0] == "err":
+            _, exc, tb = boot
+            exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+        if boot[0] == "rerr":
+            t, m, tb = boot[1]
+            exc = RemoteError(t, m, tb)
+            exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+        _, methods, pid, start = boot
+        desc = pickle.dumps({"methods": methods, "pid": pid, "start": start,
+                             "p_uid": host.p_uid}, 5)
+        req = Channel.create(pool, capacity=REQ_CAPACITY, block_size=BLOCK)
+        try:
+            rec = naming.create(KIND, name, lifetime, desc, [req.sdesc])
+        except BaseException:
+            req.destroy()
+            raise
+        req.detach()
+        try:
+            boot_in.send(pickle.dumps(rec, 5))
+            _wait_boot(boot_out, host, name, deadline)
+        except BaseException:
+            naming.destroy(rec["o_uid"])
+            raise
+    except BaseException:
+        if host is not None and host._desc is not None:
+            try:
+                boot_in.send(pickle.dumps(None))
+            except Exception:
+                pass
+            host.join(5)
+            if host.exitcode is None:
+                host.kill()
+                host.join(5)
+            host.close()
+        boot_out.destroy()
+        boot_in.destroy()
+        raise
+    # The host runs on its own now: let go of the Process object (its
+    # channels and pidfd); the host is joined through GS by p_uid.
+    boot_out.destroy()
+    boot_in.destroy()
+    p_uid = host.p_uid
+    host._finalizer()
+    with _hosts_lock:
+        _hosts[rec["o_uid"]] = p_uid
+    ref = SharedRef(rec)
+    if scope is not None:
+        scope._adopt(rec["o_uid"])
+    return ref
+
+
+def _wait_boot(boot_out, host, name, deadline):
+    while True:
+        try:
+            return boot_out.recv(timeout=SLICE)
+        except ChannelEmpty:
+            if not host.is_alive():
+                host.result(timeout=1)      # raises what killed it
+                raise ProcessDied(f"the host of shared object {name!r} ended before "
+                                  f"it was ready", host.p_uid, host.exitcode)
+            if time.monotonic() > deadline:
+                raise SharedObjectError(f"the host of shared object {name!r} was not "
+                                        f"ready in time")
+
+
+def _reap(o_uid, timeout=10.0):
+    """Join the host of ``o_uid`` if this process started it."""
+    with _hosts_lock:
+        entry = _hosts.pop(o_uid, None)
+    if entry is None:
+        return
+    from ..globalservices import process as gproc
+    try:
+        if gproc.join(entry, timeout) is None:
+            gproc.kill(entry)
+            gproc.join(entry, timeout)
+    except Exception:
+        pass            # already joined / the runtime is gone
+
+
+class SharedRef:
+    """What :func:`serve` returns: the creator's handle of the shared
+    object (it holds one GS reference).  ``proxy()`` makes a proxy;
+    ``destroy()`` ends the object now; ``close()`` lets go of it."""
+
+    def __init__(self, rec):
+        self._rec = rec
+        self._hold = naming.hold(self, rec["o_uid"])
+        self._proxy = None
+
+    name = property(lambda self: self._rec["name"])
+    o_uid = property(lambda self: self._rec["o_uid"])
+    lifetime = property(lambda self: self._rec["lifetime"])
+
+    @property
+    def p_uid(self):
+        """The host process's p_uid."""
+        return pickle.loads(self._rec["desc"])["p_uid"]
+
+    @property
+    def pid(self):
+        return pickle.loads(self._rec["desc"])["pid"]
+
+    def proxy(self):
+        """A new proxy of the object (it holds its own reference)."""
+        naming.add_ref(self._rec["o_uid"])
+        return _make_proxy(self._rec)
+
+    def proxy_and_close(self):
+        """A proxy, and let go of this handle (the object then lives as
+        long as its lifetime and proxies say)."""
+        p = self.proxy()
+        self._hold.drop()
+        return p
+
+    def destroy(self, timeout=10.0):
+        """End the object now, for everyone; the host exits (and is joined
+        here if this process started it)."""
+        try:
+            naming.destroy(self._rec["o_uid"])
+        except ObjectError:
+            pass
+        self._hold.drop()
+        _reap(self._rec["o_uid"], timeout)
+
+    def close(self):
+        """Let go of this handle's reference (a "refcount" object ends with
+        its last one); the host is joined here if the object ended."""
+        self._hold.drop()
+        with _hosts_lock:
+            entry = _hosts.get(self._rec["o_uid"])
+        if entry is not None and self._rec["lifetime"] == "refcount":
+            try:
+                naming.query(self._rec["o_uid"])
+            except ObjectError:
+                _reap(self._rec["o_uid"])
+
+    def join(self, timeout=None):
+        """Wait until the host process ends (only in the creating process)."""
+        with _hosts_lock:
+            entry = _hosts.get(self._rec["o_uid"])
+        if entry is None:
+            raise ObjectError("only the process that served an object can join its host")
+        from ..globalservices import process as gproc
+        if gproc.join(entry, timeout) is not None:
+            with _hosts_lock:
+                _hosts.pop(self._rec["o_uid"], None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    def __repr__(self):
+        n = f" {self.name!r}" if self.name else ""
+        return f"<ember.SharedRef{n} o_uid={self.o_uid} lifetime={self.lifetime}>"
+
+
+# ------------------------------------------------------------------ caller side
+class _Client:
+    """One reply channel per thread of a process (a refcount GS object:
+    freed by GS when this process ends)."""
+
+    def __init__(self):
+        from .process import _default_pool
+        ch = Channel.create(_default_pool(), capacity=REPLY_CAPACITY, block_size=BLOCK)
+        try:
+            rec = naming.create("SharedReply", None, "refcount", b"", [ch.sdesc])
+        except BaseException:
+            ch.destroy()
+            raise
+        self.rec = rec
+        self.ch = ch
+        self.ch.set_spin(SPIN, False)
+        self.cid = self.ch.c_uid
+        self.sdesc = rec["channels"][0]
+        self.seq = 0
+        self.pool = ch.pool
+        self.hosts = set()       # o_uids we said hello to
+        self.hold = naming.hold(self, rec["o_uid"])
+        self.key = (os.getpid(), naming._runtime_key())
+        weakref.finalize(self, _detach, ch).atexit = False
+
+
+def _detach(ch):
+    try:
+        ch.detach()
+    except Exception:
+        pass
+
+
+_local = threading.local()
+
+
+def _rebuild_proxy(rec, token):
+    naming.claim(rec["o_uid"], token)
+    return _make_proxy(rec)
+
+
+_proxy_types = {}
+
+
+def _make_proxy(rec):
+    info = pickle.loads(rec["desc"])
+    methods = frozenset(info["methods"])
+    cls = _proxy_types.get(methods)
+    if cls is None:
+        ns = {}
+        for n in methods:
+            if n in _SPECIAL:
+                ns[n] = _special(n)
+            elif not hasattr(Proxy, n):      # the proxy's own names stay its own
+                ns[n] = _method(n)
+        cls = _proxy_types[methods] = type("Proxy", (Proxy,), ns)
+    p = object.__new__(cls)
+    d = p.__dict__
+    d["_rec"] = rec
+    d["_info"] = info
+    d["_methods"] = methods
+    d["_hold"] = naming.hold(p, rec["o_uid"])
+    d["_req"] = None
+    return p
+
+
+def _method(n):
+    """The proxy class's method ``n``: a call in the host.  (Methods live on
+    the class -- one per set of exposed names -- so that a proxy holds no
+    reference to itself and is freed as soon as it is dropped.)"""
+    def method(self, *args, **kwargs):
+        return self._call(_CALL, n, args, kwargs)
+    method.__name__ = method.__qualname__ = n
+    return method
+
+
+def _special(n):
+    if n == "__iter__":
+        def f(self):
+            return iter(self._call(_CALL, "__iter__", (), {}))
+    elif n in ("__iadd__", "__imul__"):
+        def f(self, *args, **kwargs):
+            self._call(_CALL, n, args, kwargs)
+            return self          # `p += x` keeps the proxy
+    else:
+        def f(self, *args, **kwargs):
+            return self._call(_CALL, n, args, kwargs)
+    f.__name__ = n
+    return f
+
+
+class Proxy:
+    """A proxy of a shared object: ``p.method(*args)`` runs in the host;
+    ``p.attr`` gets an attribute there; ``p.attr = v`` sets it.  Picklable
+    (the unpickled copy holds its own reference).  ``_callmethod(name,
+    args, kwargs)`` as ``multiprocessing.managers.BaseProxy``."""
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return self._call(_GET, attr, (), {})
+
+    def __setattr__(self, attr, value):
+        if attr.startswith("_"):
+            object.__setattr__(self, attr, value)
+        else:
+            self._call(_SET, attr, (value,), {})
+
+    def __delattr__(self, attr):
+        self._call(_DEL, attr, (), {})
+
+    def _callmethod(self, methodname, args=(), kwds=None):
+        return self._call(_CALL, methodname, tuple(args), dict(kwds or {}))
+
+    def _getvalue(self):
+        """A copy of the object itself (as ``BaseProxy._getvalue``)."""
+        return self._call(_VALUE, None, (), {})
+
+    def __str__(self):
+        """The object's own repr (as ``BaseProxy.__str__``)."""
+        try:
+            return self._call(_CALL, "__repr__", (), {})
+        except Exception:
+            return repr(self)
+
+    def __reduce__(self):
+        return (_rebuild_proxy, (self._rec, naming.lend(self._rec["o_uid"])))
+
+    def __repr__(self):
+        n = self._rec["name"]
+        return f"<ember.Proxy {n!r} o_uid={self._rec['o_uid']}>" if n else \
+            f"<ember.Proxy o_uid={self._rec['o_uid']}>"
+
+    @property
+    def _o_uid(self):
+        return self._rec["o_uid"]
+
+    def _close(self):
+        """Let go of this proxy's reference now."""
+        self._hold.drop()
+
+
+    # ------------------------------------------------------------ the call
+    def _who(self):
+        n = self._rec["name"]
+        return f"shared object {n!r} (o_uid {self._rec['o_uid']})" if n else \
+            f"shared object o_uid {self._rec['o_uid']}"
+
+    def _dead(self, what):
+        info = self._info
+        return ProcessDied(f"{self._who()}: its host process (p_uid {info['p_uid']}, pid "
+                           f"{info['pid']}) ended before replying to {what}", info["p_uid"])
+
+    def _send(self, msg, op, name):
+        what = _what(op, name)
+        req = self.__dict__["_req"]
+        if req is None:
+            try:
+                req = Channel.attach(self._rec["channels"][0])
+            except Exception:
+                _codec.free_unsent(msg)
+                raise SharedObjectError(f"{self._who()} was destroyed") from None
+            req.set_spin(SPIN)
+            self.__dict__["_req"] = req
+            weakref.finalize(self, _detach, req).atexit = False
+        info = self._info
+        while True:
+            try:
+                req.send(msg, SLICE)
+                return
+            except ChannelFull:
+                if not _alive(info["pid"], info["start"]):
+                    _codec.free_unsent(msg)
+                    raise self._dead(what) from None
+            except (ChannelClosed, ChannelError):
+                _codec.free_unsent(msg)
+                raise SharedObjectError(f"{self._who()} was destroyed") from None
+
+    def _call(self, op, name, args, kwargs):
+        d = self.__dict__
+        if not d["_hold"].alive:
+            raise SharedObjectError(f"{self._who()}: this proxy was closed")
+        c = getattr(_local, "client", None)
+        if c is None or c.key[0] != os.getpid() or c.key[1] != naming._runtime_key():
+            c = _local.client = _Client()
+        rec = d["_rec"]
+        o_uid = rec["o_uid"]
+        if o_uid not in c.hosts:
+            self._send(pickle.dumps((c.cid, 0, _HELLO, None, (c.sdesc,), None), 5), op, name)
+            c.hosts.add(o_uid)
+        c.seq += 1
+        seq = c.seq
+        try:
+            msg = _codec.dumps((c.cid, seq, op, name, args, kwargs), c.pool, None)
+            if type(msg) is bytes and b"__main__" in msg:
+                raise pickle.PicklingError("__main__")
+        except Exception:
+            try:
+                msg = _enc((c.cid, seq, op, name, args, kwargs), c.pool)
+            except BaseException as exc:
+                raise TypeError(f"cannot pickle the arguments of {_what(op, name)} on "
+                                f"{self._who()}: {exc}") from None
+        req = d["_req"]
+        if req is not None:
+            try:
+                req.send(msg, SLICE)       # the fast path
+            except (ChannelFull, ChannelClosed, ChannelError):
+                self._send(msg, op, name)
+        else:
+            self._send(msg, op, name)
+        ch = c.ch
+        while True:
+            try:
+                data = ch.recv_auto(SLICE)
+            except ChannelEmpty:
+                info = d["_info"]
+                if not _alive(info["pid"], info["start"]):
+                    # it may have answered just before it ended
+                    try:
+                        data = ch.recv_auto(0)
+                    except ChannelEmpty:
+                        raise self._dead(_what(op, name)) from None
+                else:
+                    continue
+            reply = pickle.loads(data) if type(data) is bytes else _codec.loads(data)
+            del data
+            if reply[0] != seq:
+                continue          # a late answer to a call that was given up
+            status = reply[1]
+            if status == _OK:
+                return reply[2]
+            if status == _ERR:
+                exc, tb = reply[2], reply[3]
+                exc.__cause__ = RemoteTraceback(tb)
+                raise exc
+            t, m, tb = reply[2]
+            exc = RemoteError(t, m, tb)
+            exc.__cause__ = RemoteTraceback(tb)
+            raise exc
+
+
+def _what(op, name):
+    return _OPNAME[op].format(name if name is not None else "")
+
+
+def connect(name, timeout=None):
+    """A proxy of the shared object called ``name``, waiting up to
+    ``timeout`` seconds (None: forever) until it is served
+    (``ember.ObjectTimeout``, a ``TimeoutError``, afterwards)."""
+    rec = naming.attach(name, KIND, timeout)
+    try:
+        return _make_proxy(rec)
+    except BaseException:
+        naming.release(rec["o_uid"])
+        raise
+
+
+proxy = connect
+
+
+# ------------------------------------------------------------------ the pool dict
+class PoolDict:
+    """A shared dict that lives in pool memory (``ember.dict(in_pool=True)``):
+    every process reads and writes it directly under one ember Lock, with no
+    host process and no round trip.
+
+    An open-addressing hash table of ``capacity`` slots of ``slot_size``
+    bytes in one pool allocation.  A key is pickled (protocol 5) and hashed
+    by CRC-32 of its pickle: keys are equal when their pickles are (``1``
+    and ``1.0`` are two keys here), and each entry's key and value pickles
+    must fit one slot (``ValueError`` otherwise).  At most ``capacity *
+    3 // 4`` keys (``ObjectError`` beyond).  A process killed while it
+    writes an entry may leave that one entry torn: reading it raises
+    ``SharedObjectError``; the rest of the table is intact.
+
+    A named GS object (kind ``"PoolDict"``): ``PoolDict.attach(name)``,
+    picklable, lifetimes and scopes as every object of :mod:`.naming`.
+    """
+
+    _KIND = "PoolDict"
+    _HDR = None
+
+    def __init__(self, *args, name=None, lifetime=None, capacity=4096, slot_size=256,
+                 exist_ok=False, **kwargs):
+        import struct
+        from ..sync_c import Lock
+        from .sync import _kind_of
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 8 \
+                or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two >= 8, got {capacity!r}")
+        if isinstance(slot_size, bool) or not isinstance(slot_size, int) or slot_size < 64 \
+                or slot_size % 64 or slot_size > 1 << 20:
+            raise ValueError(f"slot_size must be a multiple of 64 in 64 .. 1 MiB, "
+                             f"got {slot_size!r}")
+        initial = dict(*args, **kwargs)
+        pool = naming.default_pool()
+        lock = Lock(pool=pool)
+        try:
+            table = pool.alloc(64 + capacity * slot_size)
+        except BaseException:
+            lock.destroy()
+            raise
+        mv = memoryview(table)
+        mv[:64] = bytes(64)
+        struct.pack_into("<4sII", mv, 0, b"EMPD", capacity, slot_size)
+        for i in range(capacity):          # state words (the rest is written on use)
+            o = 64 + i * slot_size
+            mv[o:o + 16] = bytes(16)
+        mv.release()
+        desc = pickle.dumps((lock, table.sdesc, capacity, slot_size), 5)
+        parts = [["sync", _kind_of(lock), lock.sdesc], ["alloc", table.sdesc]]
+        try:
+            rec = naming.create(self._KIND, name, lifetime, desc, (), parts, exist_ok=exist_ok)
+        except BaseException:
+            lock.destroy()
+            table.free()
+            raise
+        if rec["desc"] != desc:
+            lock.destroy()
+            table.free()
+        self._setup(rec)
+        if initial:
+            self.update(initial)
+
+    @classmethod
+    def attach(cls, name, timeout=None):
+        rec = naming.attach(name, cls._KIND, timeout)
+        self = cls.__new__(cls)
+        try:
+            self._setup(rec)
+        except BaseException:
+            naming.release(rec["o_uid"])
+            raise
+        return self
+
+    def _setup(self, rec):
+        from ..pools_c import Allocation
+        self._rec = rec
+        lock, sdesc, cap, ssz = pickle.loads(rec["desc"])
+        self._lock = lock
+        self._alloc = Allocation.attach(sdesc)
+        self._mv = memoryview(self._alloc)
+        self._cap, self._ssz = cap, ssz
+        self._hold = naming.hold(self, rec["o_uid"])
+        weakref.finalize(self, _release_view, self._mv).atexit = False
+
+    name = property(lambda self: self._rec["name"])
+    o_uid = property(lambda self: self._rec["o_uid"])
+    _o_uid = o_uid
+    lifetime = property(lambda self: self._rec["lifetime"])
+
+    def __reduce__(self):
+        return (_rebuild_pooldict, (self._rec, naming.lend(self._rec["o_uid"])))
+
+    def close(self):
+        """Drop this handle's reference."""
+        self._hold.drop()
+
+    detach = close
+
+    def destroy(self):
+        naming.destroy(self._rec["o_uid"])
+        self._hold.drop()
+
+    def __repr__(self):
+        return f"<ember.PoolDict o_uid={self.o_uid} len={len(self)}>"
+
+    # ---------------------------------------------------------------- the table
+    def _acquire(self):
+        try:
+            self._lock.acquire()
+        except OwnerDied:
+            self._lock.consistent()       # entries carry their own checksum
+
+    def _find(self, kb, h):
+        """(index of the key's slot or -1, first free slot index or -1)."""
+        mv, ssz, mask = self._mv, self._ssz, self._cap - 1
+        unpack = _SLOT.unpack_from
+        i = h & mask
+        free = -1
+        for _ in range(self._cap):
+            o = 64 + i * ssz
+            state, sh, kl, vl, _c = unpack(mv, o)
+            if state == 0:
+                return -1, (i if free < 0 else free)
+            if state == 1:
+                if sh == h and kl == len(kb) and mv[o + 20:o + 20 + kl] == kb:
+                    return i, free
+            elif free < 0:
+                free = i
+            i = (i + 1) & mask
+        return -1, free
+
+    def _read(self, i):
+        o = 64 + i * self._ssz
+        _, sh, kl, vl, crc = _SLOT.unpack_from(self._mv, o)
+        data = bytes(self._mv[o + 20:o + 20 + kl + vl])
+        return data, kl, crc == _crc32(data)
+
+    def _count(self, delta):
+        n = _COUNT.unpack_from(self._mv, 16)[0] + delta
+        _COUNT.pack_into(self._mv, 16, n)
+        return n
+
+    def _torn(self):
+        return SharedObjectError(f"{self!r}: an entry was torn by a process that died while "
+                                 f"writing it")
+
+    def __getitem__(self, key):
+        kb = _dumps(key, 5)
+        h = _crc32(kb)
+        mv, ssz, lock = self._mv, self._ssz, self._lock
+        o = 64 + (h & (self._cap - 1)) * ssz
+        try:
+            lock.acquire()
+        except OwnerDied:
+            lock.consistent()       # entries carry their own checksum
+        try:
+            state, sh, kl, vl, crc = _SLOT.unpack_from(mv, o)
+            if state == 1 and sh == h and mv[o + 20:o + 20 + kl] == kb:   # the first probe
+                data = mv[o + 20:o + 20 + kl + vl].tobytes()
+            else:
+                i, _ = self._find(kb, h)
+                if i < 0:
+                    raise KeyError(key)
+                o = 64 + i * ssz
+                _, _, kl, vl, crc = _SLOT.unpack_from(mv, o)
+                data = mv[o + 20:o + 20 + kl + vl].tobytes()
+        finally:
+            lock.release()
+        if crc != _crc32(data):
+            raise self._torn()
+        return _loads(data[kl:])
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key):
+        kb = pickle.dumps(key, 5)
+        h = _crc32(kb)
+        self._acquire()
+        try:
+            return self._find(kb, h)[0] >= 0
+        finally:
+            self._lock.release()
+
+    def __setitem__(self, key, value):
+        kb = _dumps(key, 5)
+        data = kb + _dumps(value, 5)
+        h = _crc32(kb)
+        kl = len(kb)
+        if len(data) > self._ssz - 20:
+            raise ValueError(f"key and value pickle to {len(data)} bytes: more than a slot of "
+                             f"this dict holds ({self._ssz - 20}); make it with a larger "
+                             f"slot_size")
+        crc = _crc32(data)
+        mv, ssz, lock = self._mv, self._ssz, self._lock
+        o = 64 + (h & (self._cap - 1)) * ssz
+        try:
+            lock.acquire()
+        except OwnerDied:
+            lock.consistent()
+        try:
+            state, sh, okl, _, _ = _SLOT.unpack_from(mv, o)
+            if not (state == 1 and sh == h and okl == kl and mv[o + 20:o + 20 + kl] == kb):
+                i, free = self._find(kb, h)
+                if i < 0:
+                    if free < 0 or _COUNT.unpack_from(mv, 16)[0] >= self._cap * 3 // 4:
+                        raise ObjectError(f"{self!r} is full: it holds at most "
+                                          f"{self._cap * 3 // 4} keys (capacity={self._cap})")
+                    i = free
+                    self._count(1)
+                o = 64 + i * ssz
+            mv[o + 20:o + 20 + len(data)] = data
+            _SLOT.pack_into(mv, o, 1, h, kl, len(data) - kl, crc)
+        finally:
+            lock.release()
+
+    def __delitem__(self, key):
+        kb = pickle.dumps(key, 5)
+        h = _crc32(kb)
+        self._acquire()
+        try:
+            i, _ = self._find(kb, h)
+            if i < 0:
+                raise KeyError(key)
+            _SLOT.pack_into(self._mv, 64 + i * self._ssz, 2, 0, 0, 0, 0)
+            self._count(-1)
+        finally:
+            self._lock.release()
+
+    def pop(self, key, *default):
+        try:
+            v = self[key]
+            del self[key]
+            return v
+        except KeyError:
+            if default:
+                return default[0]
+            raise
+
+    def setdefault(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            self[key] = default
+            return default
+
+    def update(self, *args, **kwargs):
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __len__(self):
+        return _COUNT.unpack_from(self._mv, 16)[0]
+
+    def _snapshot(self):
+        out = []
+        self._acquire()
+        try:
+            for i in range(self._cap):
+                if _SLOT.unpack_from(self._mv, 64 + i * self._ssz)[0] == 1:
+                    out.append(self._read(i))
+        finally:
+            self._lock.release()
+        items = []
+        for data, kl, ok in out:
+            if not ok:
+                raise self._torn()
+            items.append((pickle.loads(data[:kl]), pickle.loads(data[kl:])))
+        return items
+
+    def items(self):
+        return self._snapshot()
+
+    def keys(self):
+        return [k for k, _ in self._snapshot()]
+
+    def values(self):
+        return [v for _, v in self._snapshot()]
+
+    def copy(self):
+        return dict(self._snapshot())
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def clear(self):
+        self._acquire()
+        try:
+            for i in range(self._cap):
+                _SLOT.pack_into(self._mv, 64 + i * self._ssz, 0, 0, 0, 0, 0)
+            _COUNT.pack_into(self._mv, 16, 0)
+        finally:
+            self._lock.release()
+
+
+import struct as _struct  # noqa: E402
+
+_dumps, _loads = pickle.dumps, pickle.loads
+_SLOT = _struct.Struct("<IIIII")      # state (0 empty, 1 used, 2 deleted), hash, klen, vlen, crc
+_COUNT = _struct.Struct("<Q")         # live keys, at offset 16 of the header
+
+
+def _release_view(mv):
+    try:
+        mv.release()
+    except Exception:
+        pass
+
+
+def _rebuild_pooldict(rec, token):
+    naming.claim(rec["o_uid"], token)
+    self = PoolDict.__new__(PoolDict)
+    self._setup(rec)
+    return self

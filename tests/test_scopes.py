@@ -1,0 +1,123 @@
+"""ember.scope: objects torn down together; ember.dict / list / Namespace."""
+import pytest
+
+import ember
+from ember.globalservices import process
+from ember.objects import naming
+from objhelp import uname
+
+pytest_plugins = ["ember.testing"]
+
+
+class Box:
+    def __init__(self, v=0):
+        self.v = v
+
+    def get(self):
+        return self.v
+
+
+def _live():
+    return {u for u, _, _, _ in naming.get_list()}
+
+
+def _kinds():
+    return sorted(k for _, _, k, _ in naming.get_list() if k != "SharedReply")
+
+
+@pytest.mark.timeout(90)
+def test_with_scope_destroys_everything_made_inside(ember_runtime):
+    before = _live()
+    with ember.scope(uname("job")) as s:
+        ref = ember.serve(Box(3))
+        d = ember.dict(a=1)
+        lst = ember.list([1, 2])
+        ns = ember.Namespace(x=1)
+        q = ember.Queue()
+        lock = ember.Lock(name=uname("lock"))
+        d["b"] = 2
+        lst.append(3)
+        ns.y = 2
+        assert (d.copy(), lst[:], ns.x + ns.y) == ({"a": 1, "b": 2}, [1, 2, 3], 3)
+        assert len(s.members()) == 6
+        assert _kinds() == ["Lock", "Queue", "Shared", "Shared", "Shared", "Shared", "Shared"]
+    assert _live() - before <= {u for u, _, k, _ in naming.get_list() if k == "SharedReply"}
+    assert _kinds() == []
+    assert process.join(ref.p_uid, timeout=20) == 0
+    with pytest.raises(ember.SharedObjectError, match=r"^shared object o_uid \d+ was destroyed$"):
+        d["a"]
+    del q, lock
+
+
+@pytest.mark.timeout(90)
+def test_scope_argument_and_nested_scopes(ember_runtime):
+    outer = ember.scope(uname("outer"))
+    with outer:
+        with ember.scope(uname("inner")) as inner:
+            d = ember.dict(scope=inner)
+            d["k"] = 1
+            ember.dict()["x"] = 1        # the innermost scope's
+        keep = ember.dict()              # the outer one's
+        assert _kinds() == ["Shared", "Shared"]      # outer scope and keep
+        with pytest.raises(ember.SharedObjectError):
+            d["k"]
+        keep["z"] = 1
+        inner2 = ember.scope(uname("inner2"))        # nested, closed by the outer one
+        ember.dict(scope=inner2)["q"] = 1
+        ref = ember.serve(Box(), lifetime=inner2)
+    assert _kinds() == []
+    assert process.join(ref.p_uid, timeout=20) == 0
+    with pytest.raises(ember.SharedObjectError, match=r"^scope '.*' is closed$"):
+        ember.serve(Box(), scope=outer)
+
+
+def _make_scope_and_exit(name):
+    s = ember.scope(name, lifetime="owner")
+    ref = ember.serve(Box(), scope=s)
+    q = ember.Queue(name=name + "-q")
+    s.adopt(q)
+    return ref.p_uid
+
+
+@pytest.mark.timeout(90)
+def test_scope_owned_by_a_process_closes_when_it_ends(ember_runtime):
+    name = uname("owned")
+    pr = ember.Process(target=_make_scope_and_exit, args=(name,))
+    pr.start()
+    host = pr.result(timeout=60)
+    pr.join()
+    pr.close()
+    assert process.join(host, timeout=20) == 0
+    import time
+    deadline = time.monotonic() + 20
+    while _kinds() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _kinds() == []
+
+
+@pytest.mark.timeout(60)
+def test_scope_attach_and_close_from_elsewhere(ember_runtime):
+    name = uname("shared-scope")
+    s = ember.scope(name)
+    d = ember.dict(scope=s)
+    other = ember.Scope.attach(name, timeout=5)
+    assert other.members() == [d._o_uid]
+    other.close()
+    assert _kinds() == []
+    s.close()                           # idempotent, even after another closed it
+
+
+@pytest.mark.timeout(60)
+def test_adopt_rejects_what_has_no_o_uid(ember_runtime):
+    with ember.scope() as s:
+        with pytest.raises(TypeError, match=r"^cannot put int in a scope: it has no o_uid$"):
+            s.adopt(3)
+    with pytest.raises(ember.ObjectError, match=r"^a scope's lifetime must be 'runtime' or "
+                       r"'owner', got 'refcount'$"):
+        ember.scope(lifetime="refcount")
+
+
+def test_star_import_keeps_the_builtins():
+    ns = {}
+    exec("from ember import *", ns)
+    assert "dict" not in ns and "list" not in ns and "serve" in ns and "Manager" in ns
