@@ -182,11 +182,19 @@ def publish(runtime_id, *, name, pid, key, inf_pool, gs_ch, default_pool, progra
 
 def unpublish(runtime_id):
     d = runtime_dir(create=False)
-    for suffix in (".addr", ".lock", ".addr.tmp"):
+    for suffix in (".addr", ".lock", ".addr.tmp", ".slots"):
         try:
             os.unlink(os.path.join(d, runtime_id + suffix))
         except FileNotFoundError:
             pass
+    _remove_stacks(os.path.join(d, runtime_id + ".stacks"))
+
+
+def _remove_stacks(path):
+    """The per-process stack files of ``ember stacks`` (the event log,
+    ``<id>.events``, is kept: it outlives the run)."""
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _remove_stale(addr):
@@ -195,10 +203,12 @@ def _remove_stale(addr):
         os.unlink(addr.path)
     except FileNotFoundError:
         pass
-    try:
-        os.unlink(addr.lock_path)
-    except FileNotFoundError:
-        pass
+    for p in (addr.lock_path, addr.path[:-len(".addr")] + ".slots"):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    _remove_stacks(addr.path[:-len(".addr")] + ".stacks")
     prefix = f"ember.{addr.id}."
     try:
         for n in os.listdir("/dev/shm"):
@@ -319,12 +329,16 @@ class Runtime:
         self.pid = os.getpid()
         conn.p_uid = self.p_uid
         conn.key = bytes.fromhex(desc["key"])
+        from . import _slots
+        _slots.bind(self.id, self.p_uid)        # say what we block on (ember ps)
         _env.set_overrides(dict(self._env(), **{_env.P_UID: str(self.p_uid),
                                                  _env.KEY: desc["key"]}))
 
     def _detach(self, exit_code=0):
         from . import messages
         from .globalservices import _client
+        from . import _slots
+        _slots.unbind()
         conn = _client._conn
         if conn is not None and conn.pid == os.getpid():
             try:

@@ -51,6 +51,7 @@ step of a cleanup is independent of the others' failure.
 
 import hmac
 import itertools
+import os
 import time
 
 from .. import _log, messages as m
@@ -59,6 +60,7 @@ from ..service import NOTICE, REQUEST, Service
 from .memory import DEFAULT_POOL_NAME, MemoryPart  # noqa: F401  (re-exported)
 from .processes import (EXITED, FIRST_P_UID, LAUNCHER_P_UID, MAX_JOIN_IDENTS,  # noqa: F401
                         PENDING, RUNNING, ProcessesPart)
+from .events import EventsPart
 from .registry import WaitersPart
 from .teardown import TeardownPart
 
@@ -69,7 +71,7 @@ log = _log.get("gs")
 MAX_REPLY_CHANNELS = 4096
 
 
-class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart):
+class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart, EventsPart):
     """The GS state machine on the service core.  See the module docstring."""
 
     name = "GS"
@@ -110,6 +112,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self._init_memory(default_pool)
         self._init_waiters()
         self._init_teardown()
+        self._init_events()
         self.reply_owner = {}     # reply-channel descriptor -> p_uid it is registered to
         for part in (ProcessesPart, MemoryPart, WaitersPart, TeardownPart, GlobalServices):
             for cls, method in part.REQUESTS:
@@ -368,6 +371,12 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         check_reply=transport.check_reply, death_reports=death_reports,
                         attach_key=attach_key)
     gs.extra_pools.append(gs_channel.pool)
+    try:                 # the event log (ember events), next to the runtime's address
+        from ..runtime import runtime_dir
+        gs.events_path = os.path.join(runtime_dir(), f"{runtime_tag}.events")
+    except Exception as exc:
+        log.warning("no event log: %s", exc)
+    gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
     recv = gs_channel.recv
     poke = m.POKE
     while not gs.finished:
@@ -394,6 +403,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             ch.detach()
         except Exception:
             pass
+    gs._event("runtime.ended")
+    gs._close_events()
     return gs
 
 
