@@ -33,6 +33,9 @@ process.create(sys.executable, os.getcwd(), [me, "a_in", "b_in"], user_name="ali
 process.create(sys.executable, os.getcwd(), [me, "b_in", "a_in"], user_name="bob")
 process.create(sys.executable, os.getcwd(),
                ["-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], user_name="crash")
+process.create(sys.executable, os.getcwd(),
+               ["-c", "from ember.globalservices import channel; channel.join('never', timeout=60)"],
+               user_name="waiter")
 process.join("alice")
 """
 BLOCK_LINE = DEADLOCK.splitlines().index(
@@ -100,8 +103,9 @@ def _deadlocked(xdg):
         return None
     rows = json.loads(res.stdout)
     by = {r["name"]: r for r in rows}
-    if all(n in by for n in ("alice", "bob", "crash")) and by["alice"]["blocked_on"] and \
-            by["bob"]["blocked_on"] and by["crash"]["state"] == "exited":
+    if all(n in by for n in ("alice", "bob", "crash", "waiter")) and by["alice"]["blocked_on"] and \
+            by["bob"]["blocked_on"] and by["crash"]["state"] == "exited" and \
+            by["waiter"]["blocked_on"]:
         return rows
     return None
 
@@ -127,6 +131,7 @@ def test_deadlock_seen_from_outside(tmp_path, xdg):
         head = by[None]
         assert head["blocked_on"] == f"join({by['alice']['p_uid']})"
         assert by["alice"]["parent"] == head["p_uid"] and by["alice"]["rss"] > 0
+        assert by["waiter"]["status"] == "blocked on channel.join('never')"
         # the crashed one: its signal (--all only)
         assert (by["crash"]["status"], by["crash"]["signal"], by["crash"]["exit_code"]) == \
             ("killed by SIGSEGV", "SIGSEGV", -signal.SIGSEGV)
@@ -171,7 +176,7 @@ def test_deadlock_seen_from_outside(tmp_path, xdg):
         ls = ember_json(xdg, "ls")
         assert set(ls[0]) == {"id", "name", "address", "pid", "program", "created", "age",
                               "processes", "pool_used", "pool_size"}
-        assert (ls[0]["id"], ls[0]["pid"], ls[0]["processes"]) == (rid, run.pid, 3)
+        assert (ls[0]["id"], ls[0]["pid"], ls[0]["processes"]) == (rid, run.pid, 4)
         assert ls[0]["program"] == str(tmp_path / "prog.py")
 
         # events: the crash with its signal, as text and JSON lines
@@ -180,7 +185,7 @@ def test_deadlock_seen_from_outside(tmp_path, xdg):
         crash = [e for e in events if e["event"] == "process.exited" and e["name"] == "crash"]
         assert len(crash) == 1 and crash[0]["signal"] == "SIGSEGV" and crash[0]["exit_code"] == -11
         kinds = [e["event"] for e in events]
-        assert kinds[0] == "runtime.started" and kinds.count("process.started") == 4
+        assert kinds[0] == "runtime.started" and kinds.count("process.started") == 5
         assert kinds.count("channel.created") == 2
         assert not any("ember-inspect" in str(e.get("name")) for e in events)
         text = ember(xdg, "events").stdout.decode()
