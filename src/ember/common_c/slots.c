@@ -7,7 +7,8 @@
  * LAYOUT
  *   A file `<runtime dir>/<runtime id>.slots` of EMBER_SLOTS_BYTES, mapped
  *   MAP_SHARED by every process of the runtime: line 0 is the header (magic,
- *   version, count), lines 1..COUNT the slots.  A process writes only the
+ *   version, count; published by the first binder with one CAS of the magic),
+ *   lines 1..COUNT the slots.  A process writes only the
  *   slot p_uid % COUNT (its own).  The file is sparse: a slot never written
  *   costs no page.
  *
@@ -76,9 +77,9 @@ typedef struct {
 _Static_assert(sizeof(slot_t) == EMBER_CACHE_LINE, "a slot is one cache line");
 
 typedef struct {
-    uint64_t magic;
-    uint32_t version;
-    uint32_t count;
+    _Atomic uint64_t xmagic;    /* 0 until the first binder initialised the header */
+    _Atomic uint32_t xversion;
+    _Atomic uint32_t xcount;
     uint64_t pad_[6];
 } slots_header_t;
 _Static_assert(sizeof(slots_header_t) == EMBER_CACHE_LINE, "the header is one cache line");
@@ -90,8 +91,10 @@ static _Thread_local uint32_t t_tid;
 
 static void slots_after_fork(void)
 {
-    /* The child is not the parent's p_uid: it must not write its slot. */
+    /* The child is not the parent's p_uid: it must not write its slot; and
+     * its only thread has a tid of its own. */
     ember_atomic_store_relaxed(&g_slot, NULL);
+    t_tid = 0;
 }
 
 static void slots_once(void)
@@ -109,14 +112,26 @@ ember_rc_t ember_slots_bind(void *base, size_t len, uint64_t p_uid)
     if (len < EMBER_SLOTS_BYTES)
         return EMBER_ERR_INVALID_ARG;
     slots_header_t *h = base;
-    if (h->magic == 0) {        /* a fresh file; every binder writes the same bytes */
-        h->version = EMBER_SLOTS_VERSION;
-        h->count = EMBER_SLOTS_COUNT;
-        h->magic = EMBER_SLOTS_MAGIC;
+    /* acquire: pairs with the release CAS below (by whichever process
+     * initialised the header): version and count are visible. */
+    uint64_t magic = ember_atomic_load_acquire(&h->xmagic);
+    if (magic == 0) {
+        /* A fresh file: binders that race here all store the same values,
+         * then one CAS publishes them (release: pairs with the acquire
+         * loads of xmagic here and in ember_slots_read()). */
+        ember_atomic_store_relaxed(&h->xversion, EMBER_SLOTS_VERSION);
+        ember_atomic_store_relaxed(&h->xcount, EMBER_SLOTS_COUNT);
+        uint64_t expected = 0;
+        if (!atomic_compare_exchange_strong_explicit(&h->xmagic, &expected, EMBER_SLOTS_MAGIC,
+                                                     memory_order_release, memory_order_acquire))
+            magic = expected;
+        else
+            magic = EMBER_SLOTS_MAGIC;
     }
-    if (h->magic != EMBER_SLOTS_MAGIC)
+    if (magic != EMBER_SLOTS_MAGIC)
         return EMBER_ERR_BAD_MAGIC;
-    if (h->version != EMBER_SLOTS_VERSION || h->count != EMBER_SLOTS_COUNT)
+    if (ember_atomic_load_relaxed(&h->xversion) != EMBER_SLOTS_VERSION ||
+        ember_atomic_load_relaxed(&h->xcount) != EMBER_SLOTS_COUNT)
         return EMBER_ERR_VERSION;
     slot_t *s = (slot_t *)((unsigned char *)base + EMBER_CACHE_LINE) + p_uid % EMBER_SLOTS_COUNT;
     /* release: our slot is "not blocked" before anyone sees it as ours;
@@ -192,10 +207,12 @@ ember_rc_t ember_slots_read(const void *base, size_t len, ember_slot_rec_t *out,
     *n = 0;
     if (len < EMBER_SLOTS_BYTES)
         return EMBER_ERR_OUT_OF_RANGE;
-    const slots_header_t *h = base;
-    if (h->magic != EMBER_SLOTS_MAGIC)
+    slots_header_t *h = (slots_header_t *)base;   /* read only: atomics need non-const */
+    /* acquire: pairs with the release CAS of xmagic in ember_slots_bind(). */
+    if (ember_atomic_load_acquire(&h->xmagic) != EMBER_SLOTS_MAGIC)
         return EMBER_ERR_BAD_MAGIC;
-    if (h->version != EMBER_SLOTS_VERSION || h->count != EMBER_SLOTS_COUNT)
+    if (ember_atomic_load_relaxed(&h->xversion) != EMBER_SLOTS_VERSION ||
+        ember_atomic_load_relaxed(&h->xcount) != EMBER_SLOTS_COUNT)
         return EMBER_ERR_VERSION;
     slot_t *slots = (slot_t *)((unsigned char *)base + EMBER_CACHE_LINE);
     size_t k = 0;

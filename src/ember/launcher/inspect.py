@@ -27,7 +27,7 @@ EXIT_NO_PROCESS = 3
 INSPECT_NAME = "ember-inspect-"
 COMMANDS = ("ls", "ps", "stacks", "channels", "pools", "events", "top")
 #: The signal on which a managed Python process writes its threads' stacks
-#: (faulthandler) to its file in the runtime directory.
+#: (faulthandler) to its file in the runtime directory (register_stacks).
 STACKS_SIGNAL = signal.SIGUSR2
 
 
@@ -463,41 +463,71 @@ def stacks_dir(runtime_id):
     return os.path.join(runtime_dir(create=False), f"{runtime_id}.stacks")
 
 
-_stacks_file = None
+_stacks_path = None
+
+
+def _on_stacks_signal(signum, frame):
+    """SIGUSR2 in a managed process: append every thread's stack to our file."""
+    import faulthandler
+    path = _stacks_path
+    if path is None:
+        return
+    try:
+        with open(path, "a") as f:
+            faulthandler.dump_traceback(f, all_threads=True)
+    except OSError:
+        pass
+
+
+def _forget_stacks_after_fork():
+    global _stacks_path
+    _stacks_path = None          # the file is the parent's
+
+
+_forget_stacks_after_fork.registered = False
 
 
 def register_stacks(runtime_id, p_uid):
-    """In a managed process: write every thread's stack to
-    ``<runtime dir>/<id>.stacks/<p_uid>`` on :data:`STACKS_SIGNAL`
-    (faulthandler: works while the process is blocked in C, with the GIL
-    released).  Best effort."""
-    global _stacks_file
-    import faulthandler
+    """In a managed process: on :data:`STACKS_SIGNAL`, append every thread's
+    stack to ``<runtime dir>/<id>.stacks/<p_uid>`` (faulthandler, from a
+    Python signal handler: no descriptor is held).  Not done when the
+    program handles that signal itself, nor from a thread other than the
+    main one (Python sets handlers only there).  Best effort."""
+    global _stacks_path
     try:
+        if signal.getsignal(STACKS_SIGNAL) not in (signal.SIG_DFL, _on_stacks_signal):
+            return False
         d = stacks_dir(runtime_id)
         try:
             os.mkdir(d, 0o700)
         except FileExistsError:
             pass
-        fd = os.open(os.path.join(d, str(p_uid)),
-                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        f = os.fdopen(fd, "w")
-        faulthandler.register(STACKS_SIGNAL, file=f, all_threads=True, chain=False)
-        old, _stacks_file = _stacks_file, f
-        if old is not None:
-            old.close()
+        path = os.path.join(d, str(p_uid))
+        open(path, "w").close()
+        signal.signal(STACKS_SIGNAL, _on_stacks_signal)
+        if not _forget_stacks_after_fork.registered:
+            os.register_at_fork(after_in_child=_forget_stacks_after_fork)
+            _forget_stacks_after_fork.registered = True
+        _stacks_path = path
         return True
-    except Exception:
+    except (OSError, ValueError):
         return False
 
 
 def unregister_stacks():
-    global _stacks_file
-    import faulthandler
-    if _stacks_file is not None:
-        faulthandler.unregister(STACKS_SIGNAL)
-        _stacks_file.close()
-        _stacks_file = None
+    global _stacks_path
+    path, _stacks_path = _stacks_path, None
+    if path is None:
+        return
+    try:      # nobody may signal us for stacks any more
+        os.unlink(path)
+    except OSError:
+        pass
+    try:
+        if signal.getsignal(STACKS_SIGNAL) is _on_stacks_signal:
+            signal.signal(STACKS_SIGNAL, signal.SIG_DFL)
+    except ValueError:
+        pass
 
 
 def _read_stacks(runtime_id, p_uid, pid, timeout):
@@ -522,8 +552,10 @@ def _read_stacks(runtime_id, p_uid, pid, timeout):
                 size, stable_since = n, None
             time.sleep(0.005)
         os.lseek(fd, 0, os.SEEK_SET)
-        data = os.read(fd, 1 << 20)
-        return data.decode(errors="replace") or None
+        data = os.read(fd, 1 << 20).decode(errors="replace")
+        # the handler's own frame is not the program's
+        data = "".join(ln for ln in data.splitlines(True) if "in _on_stacks_signal" not in ln)
+        return data or None
     except ProcessLookupError:
         return None
     finally:
