@@ -289,6 +289,11 @@ def resolve(address="auto"):
 
 
 # ------------------------------------------------------------- attach/init
+def _slots():
+    from . import _slots as mod       # (imports this module: not at the top)
+    return mod
+
+
 class Runtime:
     """A runtime as seen from this process: started by it (``init()``) or
     attached to (``init(address=...)``)."""
@@ -329,16 +334,14 @@ class Runtime:
         self.pid = os.getpid()
         conn.p_uid = self.p_uid
         conn.key = bytes.fromhex(desc["key"])
-        from . import _slots
-        _slots.bind(self.id, self.p_uid)        # say what we block on (ember ps)
+        _slots().bind(self.id, self.p_uid)        # say what we block on (ember ps)
         _env.set_overrides(dict(self._env(), **{_env.P_UID: str(self.p_uid),
                                                  _env.KEY: desc["key"]}))
 
     def _detach(self, exit_code=0):
         from . import messages
         from .globalservices import _client
-        from . import _slots
-        _slots.unbind()
+        _slots().unbind()
         conn = _client._conn
         if conn is not None and conn.pid == os.getpid():
             try:

@@ -6,7 +6,7 @@ only one running for this user; see :func:`ember.runtime.resolve`), attaches
 to it as a short-lived process named ``ember-inspect-<pid>`` (left out of
 every listing), asks global services for its state (``ServiceDump``), reads
 the process-slots table (what each process is blocked on, written by the
-C layer: :mod:`ember._slots`) and the OS's view of each pid (psutil), and
+C layer: :mod:`ember._slots`) and the OS's view of each pid (/proc), and
 detaches.
 
 Exit codes: 0 done; 1 no such runtime, or it is not running any more, or it
@@ -27,7 +27,7 @@ EXIT_NO_PROCESS = 3
 INSPECT_NAME = "ember-inspect-"
 COMMANDS = ("ls", "ps", "stacks", "channels", "pools", "events", "top")
 #: The signal on which a managed Python process writes its threads' stacks
-#: (faulthandler) to its file in the runtime directory (register_stacks).
+#: (faulthandler) to its file in the runtime directory (ember._slots).
 STACKS_SIGNAL = signal.SIGUSR2
 
 
@@ -458,76 +458,10 @@ def cmd_pools(args):
 
 
 # ------------------------------------------------------------------ stacks
+# The managed-process side (the SIGUSR2 handler) is in ember._slots.
 def stacks_dir(runtime_id):
-    from ..runtime import runtime_dir
-    return os.path.join(runtime_dir(create=False), f"{runtime_id}.stacks")
-
-
-_stacks_path = None
-
-
-def _on_stacks_signal(signum, frame):
-    """SIGUSR2 in a managed process: append every thread's stack to our file."""
-    import faulthandler
-    path = _stacks_path
-    if path is None:
-        return
-    try:
-        with open(path, "a") as f:
-            faulthandler.dump_traceback(f, all_threads=True)
-    except OSError:
-        pass
-
-
-def _forget_stacks_after_fork():
-    global _stacks_path
-    _stacks_path = None          # the file is the parent's
-
-
-_forget_stacks_after_fork.registered = False
-
-
-def register_stacks(runtime_id, p_uid):
-    """In a managed process: on :data:`STACKS_SIGNAL`, append every thread's
-    stack to ``<runtime dir>/<id>.stacks/<p_uid>`` (faulthandler, from a
-    Python signal handler: no descriptor is held).  Not done when the
-    program handles that signal itself, nor from a thread other than the
-    main one (Python sets handlers only there).  Best effort."""
-    global _stacks_path
-    try:
-        if signal.getsignal(STACKS_SIGNAL) not in (signal.SIG_DFL, _on_stacks_signal):
-            return False
-        d = stacks_dir(runtime_id)
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            pass
-        path = os.path.join(d, str(p_uid))
-        open(path, "w").close()
-        signal.signal(STACKS_SIGNAL, _on_stacks_signal)
-        if not _forget_stacks_after_fork.registered:
-            os.register_at_fork(after_in_child=_forget_stacks_after_fork)
-            _forget_stacks_after_fork.registered = True
-        _stacks_path = path
-        return True
-    except (OSError, ValueError):
-        return False
-
-
-def unregister_stacks():
-    global _stacks_path
-    path, _stacks_path = _stacks_path, None
-    if path is None:
-        return
-    try:      # nobody may signal us for stacks any more
-        os.unlink(path)
-    except OSError:
-        pass
-    try:
-        if signal.getsignal(STACKS_SIGNAL) is _on_stacks_signal:
-            signal.signal(STACKS_SIGNAL, signal.SIG_DFL)
-    except ValueError:
-        pass
+    from .. import _slots
+    return _slots.stacks_dir(runtime_id)
 
 
 def _read_stacks(runtime_id, p_uid, pid, timeout):
