@@ -182,19 +182,24 @@ def publish(runtime_id, *, name, pid, key, inf_pool, gs_ch, default_pool, progra
 
 def unpublish(runtime_id):
     d = runtime_dir(create=False)
-    for suffix in (".addr", ".lock", ".addr.tmp", ".slots"):
+    for suffix in (".addr", ".lock", ".addr.tmp"):
         try:
             os.unlink(os.path.join(d, runtime_id + suffix))
         except FileNotFoundError:
             pass
-    _remove_stacks(os.path.join(d, runtime_id + ".stacks"))
+    _remove_introspection(d, runtime_id)
 
 
-def _remove_stacks(path):
-    """The per-process stack files of ``ember stacks`` (the event log,
-    ``<id>.events``, is kept: it outlives the run)."""
+def _remove_introspection(d, runtime_id):
+    """The process-slots table and the stack files of ``ember ps`` /
+    ``ember stacks`` (the event log, ``<id>.events``, is kept: it outlives
+    the run; docs/introspection.md)."""
     import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.unlink(os.path.join(d, runtime_id + ".slots"))
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(os.path.join(d, runtime_id + ".stacks"), ignore_errors=True)
 
 
 def _remove_stale(addr):
@@ -203,12 +208,10 @@ def _remove_stale(addr):
         os.unlink(addr.path)
     except FileNotFoundError:
         pass
-    for p in (addr.lock_path, addr.path[:-len(".addr")] + ".slots"):
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
-    _remove_stacks(addr.path[:-len(".addr")] + ".stacks")
+    try:
+        os.unlink(addr.lock_path)
+    except FileNotFoundError:
+        pass
     prefix = f"ember.{addr.id}."
     try:
         for n in os.listdir("/dev/shm"):
@@ -219,6 +222,7 @@ def _remove_stale(addr):
                     pass
     except FileNotFoundError:
         pass
+    _remove_introspection(os.path.dirname(addr.path), addr.id)
 
 
 def list_runtimes(clean_stale=True):

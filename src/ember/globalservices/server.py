@@ -108,11 +108,11 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self.check_reply = check_reply
         self.death_reports = death_reports
         self.err = err
+        self._init_events()
         self._init_processes()
         self._init_memory(default_pool)
         self._init_waiters()
         self._init_teardown()
-        self._init_events()
         self.reply_owner = {}     # reply-channel descriptor -> p_uid it is registered to
         for part in (ProcessesPart, MemoryPart, WaitersPart, TeardownPart, GlobalServices):
             for cls, method in part.REQUESTS:
@@ -371,14 +371,14 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         check_reply=transport.check_reply, death_reports=death_reports,
                         attach_key=attach_key)
     gs.extra_pools.append(gs_channel.pool)
+    recv = gs_channel.recv
+    poke = m.POKE
     try:                 # the event log (ember events), next to the runtime's address
         from ..runtime import runtime_dir
         gs.events_path = os.path.join(runtime_dir(), f"{runtime_tag}.events")
     except Exception as exc:
         log.warning("no event log: %s", exc)
     gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
-    recv = gs_channel.recv
-    poke = m.POKE
     while not gs.finished:
         timeout = gs.next_timeout()
         if transport.backlog and not transport.flush():
