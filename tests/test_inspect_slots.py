@@ -105,3 +105,46 @@ def test_a_table_that_is_not_one_is_refused(tmp_path):
         _channels._slots_read(bytearray(_channels.SLOTS_BYTES))
     with pytest.raises(Exception, match=r"^not a process-slots table: \[EMBER_ERR_OUT_OF_RANGE\]$"):
         _channels._slots_read(bytearray(64))
+
+
+# ------------------------------------------------------------ the C API alone
+@pytest.fixture(scope="module")
+def capi(tmp_path_factory):
+    import cffi_build
+    return cffi_build.build(tmp_path_factory.mktemp("slots-cffi"), "_ember_slots_cffi",
+                            [os.path.join(cffi_build.COMMON, "slots.h")],
+                            [os.path.join(cffi_build.POOLS, "pool.c"),
+                             os.path.join(cffi_build.CHANNELS, "channel.c")])
+
+
+def test_c_api_misuse_returns_error_codes(capi):
+    ffi, lib = capi.ffi, capi.lib
+    buf = ffi.new("char[]", lib.EMBER_SLOTS_BYTES)
+    out = ffi.new("ember_slot_rec_t[4]")
+    n = ffi.new("size_t *")
+    assert lib.ember_slots_bind(buf, lib.EMBER_SLOTS_BYTES - 1, 1) == lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_slots_read(ffi.NULL, lib.EMBER_SLOTS_BYTES, out, 4, n) == \
+        lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, ffi.NULL, 4, n) == \
+        lib.EMBER_ERR_INVALID_ARG
+    assert lib.ember_slots_read(buf, 64, out, 4, n) == lib.EMBER_ERR_OUT_OF_RANGE
+    assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_ERR_BAD_MAGIC
+    # a header that is not ours is refused, never overwritten
+    buf[0] = b"x"
+    assert lib.ember_slots_bind(buf, lib.EMBER_SLOTS_BYTES, 1) == lib.EMBER_ERR_BAD_MAGIC
+    buf[0] = b"\0"
+    assert lib.ember_slots_bind(buf, lib.EMBER_SLOTS_BYTES, 1) == lib.EMBER_OK
+    assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_OK and n[0] == 0
+    lib._ember_slot_wait_begin(lib.EMBER_WAIT_RECV, 77, 1)
+    assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_OK and n[0] == 1
+    assert (out[0].p_uid, out[0].c_uid, out[0].op, out[0].pid) == (1, 77, lib.EMBER_WAIT_RECV,
+                                                                   os.getpid())
+    # cap 0: nothing copied, no error
+    assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, ffi.NULL, 0, n) == lib.EMBER_OK
+    lib._ember_slot_wait_end()
+    assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_OK and n[0] == 0
+    # a version this build does not know
+    ffi.cast("uint32_t *", buf)[2] = 99
+    assert lib.ember_slots_bind(buf, lib.EMBER_SLOTS_BYTES, 1) == lib.EMBER_ERR_VERSION
+    assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_ERR_VERSION
+    assert lib.ember_slots_bind(ffi.NULL, 0, 0) == lib.EMBER_OK
