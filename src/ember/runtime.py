@@ -188,6 +188,19 @@ def unpublish(runtime_id):
             os.unlink(os.path.join(d, runtime_id + suffix))
         except FileNotFoundError:
             pass
+    _remove_introspection(d, runtime_id)
+
+
+def _remove_introspection(d, runtime_id):
+    """The process-slots table and the stack files of ``ember ps`` /
+    ``ember stacks`` (the event log, ``<id>.events``, is kept: it outlives
+    the run; docs/introspection.md)."""
+    import shutil
+    try:
+        os.unlink(os.path.join(d, runtime_id + ".slots"))
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(os.path.join(d, runtime_id + ".stacks"), ignore_errors=True)
 
 
 def _remove_stale(addr):
@@ -206,6 +219,7 @@ def _remove_stale(addr):
                     pass
     except FileNotFoundError:
         pass
+    _remove_introspection(os.path.dirname(addr.path), addr.id)
 
 
 def list_runtimes(clean_stale=True):
@@ -276,6 +290,11 @@ def resolve(address="auto"):
 
 
 # ------------------------------------------------------------- attach/init
+def _slots():
+    from . import _slots as mod       # (imports this module: not at the top)
+    return mod
+
+
 class Runtime:
     """A runtime as seen from this process: started by it (``init()``) or
     attached to (``init(address=...)``)."""
@@ -316,12 +335,14 @@ class Runtime:
         self.pid = os.getpid()
         conn.p_uid = self.p_uid
         conn.key = bytes.fromhex(desc["key"])
+        _slots().bind(self.id, self.p_uid)        # say what we block on (ember ps)
         _env.set_overrides(dict(self._env(), **{_env.P_UID: str(self.p_uid),
                                                  _env.KEY: desc["key"]}))
 
     def _detach(self, exit_code=0):
         from . import messages
         from .globalservices import _client
+        _slots().unbind()
         conn = _client._conn
         if conn is not None and conn.pid == os.getpid():
             try:

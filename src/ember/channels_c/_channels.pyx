@@ -861,3 +861,129 @@ def wait_any(channels, timeout=None, writable=False):
             (<Channel>x)._busy -= 1
         free(arr)
         free(ready)
+
+
+# ------------------------------------------------------------ process slots
+from posix.fcntl cimport O_RDWR, O_RDONLY, O_CREAT, O_CLOEXEC, open as posix_open
+from posix.unistd cimport close as posix_close, ftruncate
+from posix.stat cimport fstat, struct_stat as stat_t
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+
+cdef extern from "slots.h" nogil:
+    ctypedef struct ember_slot_rec_t:
+        uint64_t p_uid
+        uint64_t c_uid
+        int64_t since_ns
+        uint32_t op
+        uint32_t tid
+        uint32_t count
+        uint32_t pid
+    enum:
+        EMBER_SLOTS_COUNT
+    size_t EMBER_SLOTS_BYTES
+
+    ember_rc_t ember_slots_bind(void *base, size_t len, uint64_t p_uid)
+    ember_rc_t ember_slots_read(const void *base, size_t len, ember_slot_rec_t *out, size_t cap,
+                                size_t *n)
+
+SLOTS_BYTES = EMBER_SLOTS_BYTES
+_SLOT_OPS = {1: "recv", 2: "send", 3: "wait_any", 4: "wait_any(writable)"}
+cdef void *_slots_map = NULL      # this process's mapping of its runtime's table
+
+
+cdef void *_map_table(str path, bint write) except NULL:
+    """Open (create if ``write``) and map a process-slots table; the fd is
+    closed at once (a mapping holds no descriptor)."""
+    cdef bytes bpath = os.fsencode(path)
+    cdef int fd = posix_open(bpath, (O_RDWR | O_CREAT if write else O_RDONLY) | O_CLOEXEC, 0o600)
+    cdef stat_t st
+    cdef void *p
+    if fd < 0:
+        raise OSError(errno, f"cannot open the process-slots table {path}: {os.strerror(errno)}")
+    try:
+        if fstat(fd, &st) != 0:
+            raise OSError(errno, os.strerror(errno))
+        if <size_t>st.st_size < EMBER_SLOTS_BYTES:
+            if not write:
+                raise ChannelError(f"not a process-slots table: {path} is too small")
+            if ftruncate(fd, EMBER_SLOTS_BYTES) != 0:
+                raise OSError(errno, os.strerror(errno))
+        p = mmap(NULL, EMBER_SLOTS_BYTES, PROT_READ | (PROT_WRITE if write else 0), MAP_SHARED,
+                 fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, f"cannot map {path}: {os.strerror(errno)}")
+        return p
+    finally:
+        posix_close(fd)
+
+
+def _slots_bind_path(path, uint64_t p_uid):
+    """Bind this process to its slot (p_uid) of the table at ``path``
+    (created if missing); None unbinds.  See ember._slots."""
+    global _slots_map
+    cdef void *p = NULL
+    cdef ember_rc_t rc
+    if path is not None:
+        p = _map_table(path, True)
+    ember_slots_bind(NULL, 0, 0)
+    if _slots_map != NULL:
+        munmap(_slots_map, EMBER_SLOTS_BYTES)
+        _slots_map = NULL
+    if p == NULL:
+        return
+    rc = ember_slots_bind(p, EMBER_SLOTS_BYTES, p_uid)
+    if rc != EMBER_OK:
+        munmap(p, EMBER_SLOTS_BYTES)
+        raise ChannelError(f"cannot bind the process slot: [{ember_rc_str(rc).decode()}]")
+    _slots_map = p
+
+
+def _slots_read_path(path):
+    """:func:`_slots_read` of the table at ``path``."""
+    cdef void *p = _map_table(path, False)
+    try:
+        return _slots_read_ptr(p, EMBER_SLOTS_BYTES)
+    finally:
+        munmap(p, EMBER_SLOTS_BYTES)
+
+
+def _slots_bind(buf, uint64_t p_uid):
+    """Bind this process to its slot (p_uid) in the table ``buf`` (a
+    writable buffer of SLOTS_BYTES that stays alive; tests).  None unbinds."""
+    global _slots_buf
+    cdef unsigned char[::1] view
+    cdef ember_rc_t rc
+    if buf is None:
+        ember_slots_bind(NULL, 0, 0)
+        _slots_buf = None
+        return
+    view = buf
+    rc = ember_slots_bind(&view[0], <size_t>view.shape[0], p_uid)
+    if rc != EMBER_OK:
+        raise ChannelError(f"cannot bind the process slot: [{ember_rc_str(rc).decode()}]")
+    _slots_buf = buf
+
+_slots_buf = None
+
+
+def _slots_read(buf):
+    """The records of the waits in progress in the table ``buf``: a list of
+    ``(p_uid, c_uid, op, count, since_ns, pid, tid)``."""
+    cdef const unsigned char[::1] view = buf
+    return _slots_read_ptr(&view[0], <size_t>view.shape[0])
+
+
+cdef list _slots_read_ptr(const void *base, size_t size):
+    cdef size_t n = 0
+    cdef ember_slot_rec_t *out = <ember_slot_rec_t *>malloc(EMBER_SLOTS_COUNT * sizeof(ember_slot_rec_t))
+    cdef ember_rc_t rc
+    if out == NULL:
+        raise MemoryError("cannot read the process slots")
+    try:
+        rc = ember_slots_read(base, size, out, EMBER_SLOTS_COUNT, &n)
+        if rc != EMBER_OK:
+            raise ChannelError(f"not a process-slots table: [{ember_rc_str(rc).decode()}]")
+        return [(out[i].p_uid, out[i].c_uid, _SLOT_OPS.get(out[i].op, "?"), out[i].count,
+                 out[i].since_ns, out[i].pid, out[i].tid) for i in range(n)]
+    finally:
+        free(out)

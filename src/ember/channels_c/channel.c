@@ -154,6 +154,8 @@
  *   Hence: a completed send (state FULL stored) is never lost unless a
  *   consumer dies while holding it; nothing is delivered twice (the
  *   FULL -> READING CAS is the unique claim).
+ *   - A process dies while blocked: its process slot (slots.c) may keep
+ *     saying what it waited on; readers check it against the live processes.
  *   Caveats: (1) pid reuse: if a dead claimant's pid is reused by a new
  *   process before anyone notices, the slot stays blocked until that process
  *   exits (never a wrong delivery, only a delay).  (2) A producer killed
@@ -195,6 +197,11 @@
 #define _GNU_SOURCE         /* SEEK_DATA / SEEK_HOLE, syscall(): self-contained */
 #endif
 #include "channel.h"
+#include "slots.h"
+/* The process-slots table is compiled into channel.c's translation unit, so
+ * that every build of channel.c (the extension, the cffi tests, the
+ * benchmarks) has it without listing another source. */
+#include "slots.c"
 
 #include <errno.h>
 #include <sched.h>
@@ -780,6 +787,8 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
 #define EMBER_CH_SPIN_PURE_NS 3000   /* spin this long before yielding in the spin */
 
 typedef ember_rc_t (*try_fn_t)(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck);
+static ember_rc_t ch_sleep(ember_ch_t *ch, int for_send, int64_t deadline, try_fn_t fn, void *ctx,
+                           uint64_t *stuck);
 
 /* Run `fn` until it stops returning `busy` or the timeout runs out: once,
  * then spin (adaptive), then futex sleeps of at most SLICE_NS. */
@@ -833,6 +842,21 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
         int64_t mn = ember_atomic_load_relaxed(&ch->spin_min);
         ember_atomic_store_relaxed(&ch->spin_cur, spin / 2 > mn ? spin / 2 : mn);
     }
+    /* The sleep path: say what we wait on in our process slot (slots.c;
+     * no system call), cleared on the way out. */
+    _ember_slot_wait_begin(for_send ? EMBER_WAIT_SEND : EMBER_WAIT_RECV, ch->c_uid, 1);
+    rc = ch_sleep(ch, for_send, deadline, fn, ctx, &stuck);
+    _ember_slot_wait_end();
+    return rc;
+}
+
+/* ch_wait()'s futex loop, until `fn` stops returning busy or the deadline. */
+static ember_rc_t ch_sleep(ember_ch_t *ch, int for_send, int64_t deadline, try_fn_t fn, void *ctx,
+                           uint64_t *stuck)
+{
+    ember_rc_t busy = for_send ? EMBER_ERR_FULL : EMBER_ERR_EMPTY;
+    ember_rc_t rc;
+    int64_t now;
     _Atomic uint32_t *word = for_send ? &ch->h->xrecvd : &ch->h->xsent;
     _Atomic uint32_t *sleepers = for_send ? &ch->h->xsend_sleepers : &ch->h->xrecv_sleepers;
     int level = 1;
@@ -845,7 +869,7 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
         /* seq_cst fence: orders the flag store before the re-try's loads of
          * the slot state; pairs with the fence in notify(). */
         ember_atomic_fence_seq_cst();
-        rc = fn(ch, ctx, level, &stuck);
+        rc = fn(ch, ctx, level, stuck);
         if (rc != busy)
             return rc;
         now = now_ns();
@@ -1430,6 +1454,9 @@ static size_t scan_ready(ember_ch_t *const *chs, size_t n, int writable, int lev
     return k;
 }
 
+static ember_rc_t wait_any_sleep(ember_ch_t *const *chs, size_t n, int writable,
+                                 int64_t deadline, int same_pool, uint8_t *ready, size_t *nready);
+
 ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
                              int64_t timeout_ns, uint8_t *ready, size_t *nready)
 {
@@ -1468,6 +1495,20 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
         }
         now = now_ns();
     }
+    /* The sleep path: say what we wait on in our process slot (slots.c). */
+    _ember_slot_wait_begin(writable ? EMBER_WAIT_ANY_SEND : EMBER_WAIT_ANY_RECV, chs[0]->c_uid,
+                           (uint32_t)n);
+    ember_rc_t rc = wait_any_sleep(chs, n, writable, deadline, same_pool, ready, nready);
+    _ember_slot_wait_end();
+    return rc;
+}
+
+/* ember_ch_wait_any()'s futex loop. */
+static ember_rc_t wait_any_sleep(ember_ch_t *const *chs, size_t n, int writable,
+                                 int64_t deadline, int same_pool, uint8_t *ready, size_t *nready)
+{
+    size_t k;
+    int64_t now;
     _Atomic uint32_t *word = chs[0]->pool_ev;
     int level = 1;
     for (;;) {

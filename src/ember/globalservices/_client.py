@@ -87,6 +87,9 @@ class Connection:
             self.key = b""   # GS will drop our requests: say so at the first call
         self.inf_pool = Pool.attach(_env.decode(_env.get(_env.INF_POOL)))
         self.gs = Channel.attach(_env.decode(_env.get(_env.GS_CH)))
+        if _env.is_managed():          # say what we block on (ember ps; ember._slots)
+            from .. import _slots
+            _slots.bind(_env.get(_env.RUNTIME_ID), self.p_uid)
         self._local = threading.local()
         self._tags = itertools.count(1)
         self._free = []          # reply channels of finished threads

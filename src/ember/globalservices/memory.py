@@ -170,6 +170,8 @@ class MemoryPart:
             return self._answer(waiting, err=(err_type, text))
         rec.sdesc, rec.size = done.sdesc, done.size
         self._add_pool(rec)
+        self._event("pool.created", m_uid=rec.m_uid, name=rec.name, size=rec.size,
+                    by=waiting[0][2])
         log.info("pool %d %r created (%d bytes) by process %s", rec.m_uid, rec.name, rec.size,
                  waiting[0][2])
         self._answer(waiting, self._pool_desc(rec))
@@ -202,6 +204,7 @@ class MemoryPart:
         if rec.name and self.pool_names.get(rec.name) == rec.m_uid:
             del self.pool_names[rec.name]
         log.info("pool %d %r destroyed", rec.m_uid, rec.name)
+        self._event("pool.destroyed", m_uid=rec.m_uid, name=rec.name)
         self.node_request(self.node, lambda tag: m.ShPoolDestroy(tag, rec.m_uid),
                           lambda done: self._destroyed(f"pool {rec.m_uid}", done, requester))
 
@@ -289,6 +292,8 @@ class MemoryPart:
         self.chan_sdescs.add(rec.sdesc)
         if rec.name:
             self.chan_names[rec.name] = rec.c_uid
+        self._event("channel.created", c_uid=rec.c_uid, name=rec.name, m_uid=rec.m_uid,
+                    capacity=rec.capacity, by=waiting[0][2])
         log.info("channel %d %r created in pool %d by process %s", rec.c_uid, rec.name, rec.m_uid,
                  waiting[0][2])
         desc = self._chan_desc(rec)
@@ -417,6 +422,7 @@ class MemoryPart:
             if proc is not None:
                 proc.refs.pop(rec.c_uid, None)
         log.info("channel %d %r destroyed", rec.c_uid, rec.name)
+        self._event("channel.destroyed", c_uid=rec.c_uid, name=rec.name)
         self.node_request(self.node, lambda tag: m.ShChannelDestroy(tag, rec.c_uid),
                           lambda done: self._destroyed(f"channel {rec.c_uid}", done, requester))
 

@@ -150,6 +150,8 @@ class ProcessesPart:
         if rec.state == PENDING:
             rec.state = RUNNING
         log.info("%s started: %r", self._proc_label(rec), rec.exe)
+        self._event("process.started", p_uid=rec.p_uid, name=rec.name or None, pid=rec.os_pid,
+                    exe=rec.exe, parent=rec.creator)
         if r:
             self._reply(tag, r, rec.desc(self.node))
 
@@ -196,6 +198,7 @@ class ProcessesPart:
             self.proc_names[name] = p_uid
         self.send_shepherd(m.ShWatch(p_uid, pid))
         log.info("process %d attached (pid %d)", p_uid, pid)
+        self._event("process.attached", p_uid=p_uid, name=name or None, pid=pid)
         self._reply(msg.tag, msg.r, dict(rec.desc(self.node), key=rec.key.hex()))
 
     def _unregister_replies(self, rec):
@@ -239,6 +242,7 @@ class ProcessesPart:
         rec.state = EXITED
         rec.exit_code = exit_code
         log.info("%s exited with code %s", self._proc_label(rec), exit_code)
+        self._event_exited(rec, exit_code)
         if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
             del self.proc_names[rec.name]
         # Every step below is independent of the others' failure.
@@ -247,6 +251,9 @@ class ProcessesPart:
         for w in list(self.owned_waiters.get(p_uid, ())):   # forget its waits
             self._step(f"forgetting a wait of process {p_uid}", self._finish_waiter, w)
         for c_uid in list(rec.refs):          # drop its channel references
+            ch = self.chans.get(c_uid)
+            self._event("channel.holder_died", c_uid=c_uid, name=ch.name if ch else None,
+                        p_uid=p_uid, refs=rec.refs.get(c_uid))
             self._step(f"dropping process {p_uid}'s reference to channel {c_uid}",
                        self._drop_refs, rec, c_uid)
         objects_exited = getattr(self, "_objects_exited", None)   # named objects (.objects)

@@ -51,6 +51,7 @@ step of a cleanup is independent of the others' failure.
 
 import hmac
 import itertools
+import os
 import time
 
 from .. import _log, messages as m
@@ -60,6 +61,7 @@ from .memory import DEFAULT_POOL_NAME, MemoryPart  # noqa: F401  (re-exported)
 from .objects import ObjectsPart
 from .processes import (EXITED, FIRST_P_UID, LAUNCHER_P_UID, MAX_JOIN_IDENTS,  # noqa: F401
                         PENDING, RUNNING, ProcessesPart)
+from .events import EventsPart
 from .registry import WaitersPart
 from .teardown import TeardownPart
 
@@ -70,7 +72,8 @@ log = _log.get("gs")
 MAX_REPLY_CHANNELS = 4096
 
 
-class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart, ObjectsPart):
+class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart, ObjectsPart,
+                     EventsPart):
     """The GS state machine on the service core.  See the module docstring."""
 
     name = "GS"
@@ -108,6 +111,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self.check_reply = check_reply
         self.death_reports = death_reports
         self.err = err
+        self._init_events()
         self._init_processes()
         self._init_memory(default_pool)
         self._init_waiters()
@@ -373,6 +377,12 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         attach_key=attach_key)
     recv = gs_channel.recv
     poke = m.POKE
+    try:                 # the event log (ember events), next to the runtime's address
+        from ..runtime import runtime_dir
+        gs.events_path = os.path.join(runtime_dir(), f"{runtime_tag}.events")
+    except Exception as exc:
+        log.warning("no event log: %s", exc)
+    gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
     while not gs.finished:
         timeout = gs.next_timeout()
         if transport.backlog and not transport.flush():
@@ -409,6 +419,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             ch.detach()
         except Exception:
             pass
+    gs._event("runtime.ended")
+    gs._close_events()
     return gs
 
 

@@ -140,6 +140,9 @@ def _parser():
                     "creating process no longer exists.  Segments of live runtimes, and "
                     "segments of other users, are never touched (the latter are listed).")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+
+    from . import inspect as _inspect     # ember ls/ps/stacks/channels/pools/events/top
+    _inspect.add_parsers(sub, Formatter)
     return p
 
 
@@ -303,6 +306,9 @@ def main(argv=None):
             return cleanup(dry_run=args.dry_run)
         if args.command == "stop":
             return stop(args.target, args.timeout)
+        from . import inspect as _inspect
+        if args.command in _inspect.COMMANDS:
+            return _inspect.main(args)
         if args.command == "run" and args.program is None:
             parser.run_parser.error("the following arguments are required: PROGRAM")
     try:

@@ -1,0 +1,153 @@
+"""What each process of a runtime is doing, for ``ember ps`` and ``ember
+stacks`` (docs/introspection.md): the process-slots table and the stack dump.
+
+The process-slots table, ``<runtime dir>/<runtime id>.slots``, is a sparse
+file of fixed size that every process of the runtime maps shared.  The C
+layer (common_c/slots.c, compiled into the channels extension) writes, in
+the calling process's own slot, what a blocking channel call waits on —
+only on the path that is about to sleep, never on the fast path.  ``ember
+ps`` reads the slots (:func:`read`).
+
+A process binds its slot (:func:`bind`) at its first contact with global
+services (an attached process when it attaches; it unbinds when it
+detaches); an unbound process records nothing.  Binding also installs the
+stack dump: on SIGUSR2 the process appends every thread's stack
+(faulthandler) to ``<runtime dir>/<runtime id>.stacks/<p_uid>``, which
+``ember stacks`` reads.  Both files are removed with the runtime's address.
+
+Everything here is best effort — a failure to bind is logged and nothing is
+recorded — but only expected failures (OSError, a refused table) are
+swallowed: an exception that a signal handler raises meanwhile (Ctrl-C, an
+alarm) propagates as it would have without us.
+"""
+import faulthandler
+import os
+import signal
+
+from . import _log
+from .channels_c import _channels
+from .exceptions import EmberError
+
+log = _log.get("slots")
+
+__all__ = ["path", "stacks_dir", "bind", "unbind", "read", "STACKS_SIGNAL"]
+
+#: Set by ``ember ps`` and friends: their own short attachment records nothing.
+disabled = False
+#: The signal on which a bound Python process writes its threads' stacks.
+STACKS_SIGNAL = signal.SIGUSR2
+_EXPECTED = (OSError, ValueError, EmberError)
+
+
+def _dir():
+    from .runtime import runtime_dir      # (it imports us: not at the top)
+    return runtime_dir(create=False)
+
+
+def path(runtime_id):
+    return os.path.join(_dir(), f"{runtime_id}.slots")
+
+
+def stacks_dir(runtime_id):
+    return os.path.join(_dir(), f"{runtime_id}.stacks")
+
+
+def bind(runtime_id, p_uid):
+    """Bind this process to slot ``p_uid`` of its runtime's table (created
+    if missing) and install the stack dump.  Returns True if the slot is
+    bound."""
+    if disabled or not runtime_id or p_uid is None:
+        return False
+    try:
+        _channels._slots_bind_path(path(runtime_id), int(p_uid))
+    except _EXPECTED as exc:
+        log.debug("no process slot for p_uid %s: %s", p_uid, exc)
+        return False
+    try:
+        _register_stacks(runtime_id, p_uid)
+    except _EXPECTED as exc:
+        log.debug("no stack dumps for p_uid %s: %s", p_uid, exc)
+    return True
+
+
+def unbind():
+    """Stop recording (an attached process that detaches)."""
+    try:
+        _channels._slots_bind_path(None, 0)
+    except _EXPECTED as exc:
+        log.debug("unbinding the process slot: %s", exc)
+    _unregister_stacks()
+
+
+def read(runtime_id):
+    """``{p_uid: record}`` of the waits in progress in the runtime's table
+    (empty if it has none); a record is a dict with ``c_uid``, ``op``
+    (``recv``, ``send``, ``wait_any``, ``wait_any(writable)``), ``count``
+    (channels waited on), ``since`` (epoch seconds), ``pid`` and ``tid``."""
+    try:
+        recs = _channels._slots_read_path(path(runtime_id))
+    except _EXPECTED:
+        return {}
+    return {p_uid: {"c_uid": c_uid, "op": op, "count": count, "since": since_ns / 1e9,
+                    "pid": pid, "tid": tid}
+            for p_uid, c_uid, op, count, since_ns, pid, tid in recs}
+
+
+# ------------------------------------------------------------- stack dumps
+_stacks_path = None
+_fork_hook = False
+
+
+def _on_stacks_signal(signum, frame):
+    """SIGUSR2: append every thread's stack to our file."""
+    p = _stacks_path
+    if p is None:
+        return
+    try:
+        with open(p, "a") as f:
+            faulthandler.dump_traceback(f, all_threads=True)
+    except OSError:
+        pass
+
+
+def _forget_stacks_after_fork():
+    global _stacks_path
+    _stacks_path = None          # the file is the parent's
+
+
+def _register_stacks(runtime_id, p_uid):
+    """A Python signal handler (no descriptor is held), installed only if
+    the program does not handle the signal itself, and only from the main
+    thread (Python sets handlers only there)."""
+    global _stacks_path, _fork_hook
+    if signal.getsignal(STACKS_SIGNAL) not in (signal.SIG_DFL, _on_stacks_signal):
+        return False
+    d = stacks_dir(runtime_id)
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    p = os.path.join(d, str(p_uid))
+    open(p, "w").close()
+    signal.signal(STACKS_SIGNAL, _on_stacks_signal)
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_forget_stacks_after_fork)
+        _fork_hook = True
+    _stacks_path = p
+    return True
+
+
+def _unregister_stacks():
+    global _stacks_path
+    p, _stacks_path = _stacks_path, None
+    if p is None:
+        return
+    try:      # nobody may signal us for stacks any more
+        os.unlink(p)
+    except OSError:
+        pass
+    try:
+        if signal.getsignal(STACKS_SIGNAL) is _on_stacks_signal:
+            signal.signal(STACKS_SIGNAL, signal.SIG_DFL)
+    except ValueError:
+        pass

@@ -1,0 +1,65 @@
+"""GS part: the runtime's event log (``ember events``).
+
+One JSON object per line, appended to ``<runtime dir>/<runtime id>.events``
+(``events_path``; None: no log, as in the state-machine tests): process
+started / exited (exit code, and the signal's name when a signal killed
+it), holder deaths (a process that exited holding channel references),
+channel and pool created / destroyed.  Every event has ``t`` (epoch
+seconds) and ``event``.  The file is written as things happen (one
+``write`` per event, so a reader never sees half a line unless GS dies in
+the middle of one) and outlives the runtime: ``ember events --address ID``
+reads a finished run's log.  Writing never fails a request: an error is
+logged once and the log is switched off.
+"""
+import json
+import os
+import signal
+import time
+
+from .registry import log
+
+
+def signal_name(sig):
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+class EventsPart:
+    REQUESTS = ()
+    NOTICES = ()
+
+    def _init_events(self):
+        self.events_path = None
+        self._events_fd = None
+
+    def _event(self, event, **fields):
+        path = self.events_path
+        if path is None:
+            return
+        try:
+            if self._events_fd is None:
+                self._events_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                                          os.O_CLOEXEC, 0o600)
+            rec = {"t": round(time.time(), 6), "event": event}
+            rec.update(fields)
+            os.write(self._events_fd, (json.dumps(rec, default=repr) + "\n").encode())
+        except Exception as exc:
+            log.warning("event log %s switched off: %s", path, exc)
+            self.events_path = None
+
+    def _event_exited(self, rec, exit_code):
+        fields = {"p_uid": rec.p_uid, "name": rec.name or None, "pid": rec.os_pid,
+                  "exit_code": exit_code}
+        if isinstance(exit_code, int) and exit_code < 0:
+            fields["signal"] = signal_name(-exit_code)
+        self._event("process.exited", **fields)
+
+    def _close_events(self):
+        if self._events_fd is not None:
+            try:
+                os.close(self._events_fd)
+            except OSError:
+                pass
+            self._events_fd = None

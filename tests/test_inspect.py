@@ -1,0 +1,283 @@
+"""Seeing inside a running runtime: ember ls/ps/stacks/channels/pools/events/top
+(docs/introspection.md), end to end under a real `ember run`."""
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+# A deliberately deadlocked program: alice and bob each wait on their own
+# inbox, which only the other would feed; "crash" dies of SIGSEGV; the head
+# waits for alice.
+DEADLOCK = """\
+import os, sys
+from ember.channels_c import Channel
+from ember.globalservices import channel, process
+
+def side(mine, other):
+    inbox = Channel.attach(channel.create(None, mine).sdesc)
+    channel.join(other, timeout=60)
+    inbox.recv()                                    # BLOCK-HERE
+
+if len(sys.argv) > 1:
+    side(sys.argv[1], sys.argv[2])
+    sys.exit(0)
+me = os.path.abspath(__file__)
+process.create(sys.executable, os.getcwd(), [me, "a_in", "b_in"], user_name="alice")
+process.create(sys.executable, os.getcwd(), [me, "b_in", "a_in"], user_name="bob")
+process.create(sys.executable, os.getcwd(),
+               ["-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], user_name="crash")
+process.create(sys.executable, os.getcwd(),
+               ["-c", "from ember.globalservices import channel; channel.join('never', timeout=60)"],
+               user_name="waiter")
+process.join("alice")
+"""
+BLOCK_LINE = DEADLOCK.splitlines().index(
+    "    inbox.recv()                                    # BLOCK-HERE") + 1
+
+
+def _env(xdg):
+    env = dict(os.environ)
+    env["XDG_RUNTIME_DIR"] = str(xdg)
+    env.pop("EMBER_ADDRESS", None)
+    return env
+
+
+def ember(xdg, *args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "ember", *args], capture_output=True,
+                          timeout=timeout, env=_env(xdg))
+
+
+def ember_json(xdg, *args):
+    res = ember(xdg, *args, "--json")
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)
+    return json.loads(res.stdout)
+
+
+@pytest.fixture
+def xdg(tmp_path):
+    d = tmp_path / "xdg"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def _start(tmp_path, xdg, body):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(body))
+    return subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                            env=_env(xdg), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _stop(run):
+    if run.poll() is None:
+        run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=60)
+    return out, err
+
+
+def _wait_for(fn, what, timeout=45):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _runtime_id(xdg):
+    rows = ember_json(xdg, "ls")
+    return rows[0]["id"] if len(rows) == 1 else None
+
+
+def _deadlocked(xdg):
+    res = ember(xdg, "ps", "--all", "--json")
+    if res.returncode == 1:          # not published yet
+        return None
+    rows = json.loads(res.stdout)
+    by = {r["name"]: r for r in rows}
+    if all(n in by for n in ("alice", "bob", "crash", "waiter")) and by["alice"]["blocked_on"] and \
+            by["bob"]["blocked_on"] and by["crash"]["state"] == "exited" and \
+            by["waiter"]["blocked_on"]:
+        return rows
+    return None
+
+
+PS_KEYS = {"p_uid", "name", "pid", "node", "state", "status", "blocked_on", "blocked_since",
+           "cpu_percent", "rss", "age", "parent", "exit_code", "signal", "attached", "exe"}
+
+
+@pytest.mark.timeout(120)
+def test_deadlock_seen_from_outside(tmp_path, xdg):
+    run = _start(tmp_path, xdg, DEADLOCK)
+    try:
+        rid = _wait_for(lambda: _runtime_id(xdg), "the runtime's address")
+        rows = _wait_for(lambda: _deadlocked(xdg), "alice and bob to block")
+        by = {r["name"]: r for r in rows}
+        for r in rows:
+            assert set(r) == PS_KEYS, r
+        # ps: both blocked on the channel only the other would feed
+        assert by["alice"]["blocked_on"] == 'recv("a_in")'
+        assert by["bob"]["blocked_on"] == 'recv("b_in")'
+        assert by["alice"]["status"] == 'blocked on recv("a_in")'
+        assert by["alice"]["blocked_since"] <= time.time()
+        head = by[None]
+        assert head["blocked_on"] == f"join({by['alice']['p_uid']})"
+        assert by["alice"]["parent"] == head["p_uid"] and by["alice"]["rss"] > 0
+        assert by["waiter"]["status"] == "blocked on channel.join('never')"
+        # the crashed one: its signal (--all only)
+        assert (by["crash"]["status"], by["crash"]["signal"], by["crash"]["exit_code"]) == \
+            ("killed by SIGSEGV", "SIGSEGV", -signal.SIGSEGV)
+        assert "crash" not in {r["name"] for r in ember_json(xdg, "ps")}
+        text = ember(xdg, "ps").stdout.decode()
+        line = next(ln for ln in text.splitlines() if " alice " in ln)
+        assert 'blocked on recv("a_in") for ' in line, text
+        assert text.splitlines()[0].split() == ["P_UID", "NAME", "PID", "NODE", "STATE", "CPU%",
+                                                "RSS", "AGE", "PARENT"]
+        text = ember(xdg, "ps", "--all").stdout.decode()
+        assert "killed by SIGSEGV" in next(ln for ln in text.splitlines() if " crash " in ln)
+
+        # stacks: the blocking line of each, annotated with what it waits on
+        res = ember(xdg, "stacks", "alice", "bob")
+        assert res.returncode == 0, res.stderr
+        out = res.stdout.decode()
+        prog = str(tmp_path / "prog.py")
+        for name, ch in (("alice", "a_in"), ("bob", "b_in")):
+            part = out.split(f"=== process {by[name]['p_uid']} '{name}'")[1].split("===")[0]
+            assert f'File "{prog}", line {BLOCK_LINE} in side' in part, out
+            assert f'^ blocked on recv("{ch}")' in part, out
+        st = ember_json(xdg, "stacks", "bob")
+        assert [s["name"] for s in st] == ["bob"] and f"line {BLOCK_LINE} in side" in st[0]["stacks"]
+        res = ember(xdg, "stacks", "nobody")
+        assert res.returncode == 3
+        assert res.stderr.decode() == f"ember stacks: no live process 'nobody' in the runtime {rid}\n"
+
+        # channels: who is blocked where
+        chans = {c["name"]: c for c in ember_json(xdg, "channels")}
+        assert chans["a_in"]["receivers_blocked"] == [by["alice"]["p_uid"]]
+        assert chans["b_in"]["receivers_blocked"] == [by["bob"]["p_uid"]]
+        assert (chans["a_in"]["depth"], chans["a_in"]["closed"], chans["a_in"]["senders_blocked"]) \
+            == (0, False, [])
+        assert set(chans["a_in"]) == {"c_uid", "name", "m_uid", "node", "capacity", "block_size",
+                                      "ref_count", "refs", "holders", "depth", "closed",
+                                      "senders_blocked", "receivers_blocked"}
+        pools = ember_json(xdg, "pools")
+        dflt = next(p for p in pools if p["default"])
+        assert dflt["channels"] == 2 and dflt["used"] > 0 and dflt["live_allocs"] >= 2
+        assert set(dflt) == {"m_uid", "name", "size", "default", "node", "channels", "used",
+                             "free", "largest_free", "live_allocs"}
+        ls = ember_json(xdg, "ls")
+        assert set(ls[0]) == {"id", "name", "address", "pid", "program", "created", "age",
+                              "processes", "pool_used", "pool_size"}
+        assert (ls[0]["id"], ls[0]["pid"], ls[0]["processes"]) == (rid, run.pid, 4)
+        assert ls[0]["program"] == str(tmp_path / "prog.py")
+
+        # events: the crash with its signal, as text and JSON lines
+        res = ember(xdg, "events", "--json")
+        events = [json.loads(ln) for ln in res.stdout.decode().splitlines()]
+        crash = [e for e in events if e["event"] == "process.exited" and e["name"] == "crash"]
+        assert len(crash) == 1 and crash[0]["signal"] == "SIGSEGV" and crash[0]["exit_code"] == -11
+        kinds = [e["event"] for e in events]
+        assert kinds[0] == "runtime.started" and kinds.count("process.started") == 5
+        assert kinds.count("channel.created") == 2
+        assert not any("ember-inspect" in str(e.get("name")) for e in events)
+        text = ember(xdg, "events").stdout.decode()
+        assert f"process.exited p_uid={by['crash']['p_uid']} name='crash' pid={by['crash']['pid']} " \
+            "exit_code=-11 signal='SIGSEGV'" in text, text
+    finally:
+        _, err = _stop(run)
+    assert b"killed by SIGSEGV" in err
+    # The run is over: its event log survives, its slots and stack files do not.
+    assert sorted(os.listdir(xdg / "ember")) == [f"{rid}.events"]
+    events = [json.loads(ln) for ln in ember(xdg, "events", "--address", rid, "--json")
+              .stdout.decode().splitlines()]
+    assert events[-1]["event"] == "runtime.ended"
+    assert {e["name"] for e in events if e["event"] == "process.exited"} >= {"alice", "bob"}
+    # ... and the commands say that it is gone
+    res = ember(xdg, "ps", "--address", rid)
+    assert res.returncode == 1
+    assert res.stderr.decode() == f"ember ps: no running ember runtime named {rid!r} for this user\n"
+
+
+NO_RUNTIME = ("no running ember runtime found for this user (start one with `ember start` or "
+              "call ember.init())")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cmd", ["ps", "stacks", "channels", "pools", "events", "top"])
+def test_no_runtime(xdg, cmd):
+    res = ember(xdg, cmd)
+    assert (res.returncode, res.stdout) == (1, b"")
+    assert res.stderr.decode() == f"ember {cmd}: {NO_RUNTIME}\n"
+
+
+@pytest.mark.timeout(60)
+def test_ls_without_runtimes_and_bad_addresses(xdg, tmp_path):
+    res = ember(xdg, "ls")
+    assert (res.returncode, res.stdout) == (0, b"no ember runtime is running for this user\n")
+    assert ember_json(xdg, "ls") == []
+    res = ember(xdg, "ps", "--address", "nosuch")
+    assert res.returncode == 1
+    assert res.stderr.decode() == "ember ps: no running ember runtime named 'nosuch' for this user\n"
+    missing = str(tmp_path / "gone.addr")
+    res = ember(xdg, "channels", "--address", missing)
+    assert res.returncode == 1
+    assert res.stderr.decode() == \
+        f"ember channels: no ember runtime at {missing}: the address file does not exist\n"
+    res = ember(xdg, "ps", "--bogus")
+    assert res.returncode == 2
+
+
+def _read_until(fd, *needles, timeout=45):
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not all(n in buf for n in needles):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out; got {buf[-2000:]!r}")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+@pytest.mark.timeout(120)
+def test_top_through_a_pty(tmp_path, xdg):
+    run = _start(tmp_path, xdg, DEADLOCK)
+    try:
+        _wait_for(lambda: _deadlocked(xdg), "alice and bob to block")
+        pid, fd = pty.fork()
+        if pid == 0:
+            try:
+                os.environ.update(_env(xdg), TERM="xterm", LINES="40", COLUMNS="150")
+                os.execv(sys.executable, [sys.executable, "-m", "ember", "top",
+                                          "--interval", "0.2"])
+            finally:
+                os._exit(127)
+        try:
+            buf = _read_until(fd, b"ember top", b"alice", b"a_in")
+            assert b"blocked on recv(\"a_in\")" in buf
+            os.write(fd, b"q")
+            _, status = os.waitpid(pid, 0)
+            pid = None
+            assert os.waitstatus_to_exitcode(status) == 0
+        finally:
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            os.close(fd)
+    finally:
+        _stop(run)

@@ -1,0 +1,110 @@
+"""The GS event log (globalservices/events.py) as a state machine, and
+`ember events --follow` end to end."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ember import messages as m
+
+from test_gs_state import Harness
+from test_inspect import _env, _start, _stop, _wait_for, ember_json
+
+
+def _events(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_gs_writes_the_event_log(tmp_path):
+    h = Harness()
+    try:
+        h.gs.events_path = str(tmp_path / "r.events")
+        a, b = h.create("a"), h.create()
+        d = h.ok(h.req(m.ChannelCreate, None, "jobs", {"ref_count": True}, False, p_uid=a))
+        h.ok(h.req(m.ChannelJoin, "jobs", None, p_uid=b))
+        h.exit(a, -signal.SIGSEGV)
+        h.exit(b, 3)                 # the last holder: the channel goes
+        ev = _events(tmp_path / "r.events")
+        for e in ev:
+            assert isinstance(e.pop("t"), float)
+        pid_a, pid_b = ev[0]["pid"], ev[1]["pid"]
+        assert ev == [
+            {"event": "process.started", "p_uid": a, "name": "a", "pid": pid_a,
+             "exe": "/bin/true", "parent": 0},
+            {"event": "process.started", "p_uid": b, "name": None, "pid": pid_b,
+             "exe": "/bin/true", "parent": 0},
+            {"event": "channel.created", "c_uid": d["c_uid"], "name": "jobs", "m_uid": 1,
+             "capacity": d["capacity"], "by": a},
+            {"event": "process.exited", "p_uid": a, "name": "a", "pid": pid_a, "exit_code": -11,
+             "signal": "SIGSEGV"},
+            {"event": "channel.holder_died", "c_uid": d["c_uid"], "name": "jobs", "p_uid": a,
+             "refs": 1},
+            {"event": "process.exited", "p_uid": b, "name": None, "pid": pid_b, "exit_code": 3},
+            {"event": "channel.holder_died", "c_uid": d["c_uid"], "name": "jobs", "p_uid": b,
+             "refs": 1},
+            {"event": "channel.destroyed", "c_uid": d["c_uid"], "name": "jobs"},
+        ]
+    finally:
+        h.gs._close_events()
+        h.close()
+
+
+def test_an_unwritable_event_log_switches_off_and_never_fails_a_request(tmp_path):
+    h = Harness()
+    try:
+        h.gs.events_path = str(tmp_path / "no-such-dir" / "r.events")
+        p = h.create("x")
+        assert h.gs.events_path is None and p in h.gs.procs
+    finally:
+        h.close()
+
+
+FOLLOWED = """\
+import sys
+from ember.globalservices import channel
+channel.create(None, "first")
+sys.stdin.readline()                 # the test says when
+channel.create(None, "second")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_events_follow_until_the_runtime_ends(tmp_path):
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    prog = tmp_path / "prog.py"
+    prog.write_text(FOLLOWED)
+    run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                           env=_env(xdg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    follow = None
+    try:
+        def created():
+            res = subprocess.run([sys.executable, "-m", "ember", "channels", "--json"],
+                                 capture_output=True, env=_env(xdg))
+            return res.returncode == 0 and json.loads(res.stdout)
+        _wait_for(created, "the first channel")
+        follow = subprocess.Popen([sys.executable, "-m", "ember", "events", "--follow", "--json"],
+                                  env=_env(xdg), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen = []
+        while not any(e.get("name") == "first" for e in seen):
+            seen.append(json.loads(follow.stdout.readline()))
+        run.stdin.write(b"go\n")
+        run.stdin.close()
+        run.stdin = None
+        out, err = follow.communicate(timeout=60)       # ends with the runtime
+        assert follow.returncode == 0, err
+        seen += [json.loads(line) for line in out.decode().splitlines()]
+        kinds = [(e["event"], e.get("name")) for e in seen]
+        assert ("channel.created", "second") in kinds
+        assert kinds[-1] == ("runtime.ended", None)
+    finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+            follow.communicate()
+        _stop(run)
