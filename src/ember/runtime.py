@@ -261,8 +261,8 @@ def resolve(address="auto"):
         if len(live) > 1:
             listing = ", ".join(f"{a.id}" + (f" ({a.name})" if a.name else "") for a in live)
             raise GlobalServicesError(
-                f"{len(live)} ember runtimes are running ({listing}): pick one with "
-                f"address=<id or name>")
+                f"{len(live)} ember runtimes are running ({listing}): pick one by id or name "
+                f"(address=... in Python, --address on the command line)")
         return live[0]
     if not isinstance(address, str) or not address:
         raise GlobalServicesError(f"an ember address must be a non-empty str, not {address!r}")
