@@ -512,7 +512,6 @@ def _start_host(*, name, detached, label, grace, default_pool_size, inf_pool_siz
     until it has published its address.  Returns ``(Address, pid or None)``;
     the pid is that of our child host, None when detached (it was
     daemonized)."""
-    import subprocess
     r, w = os.pipe()
     args = [sys.executable, "-m", "ember", "start", "--ready-fd", str(w), "--grace", str(grace),
             "--label", label, "--default-pool-size", str(default_pool_size),
@@ -549,6 +548,7 @@ def _start_host(*, name, detached, label, grace, default_pool_size, inf_pool_siz
                     os._exit(code if isinstance(code, int) else 70)
             proc = _Forked(pid)
         else:
+            import subprocess
             proc = subprocess.Popen(args, pass_fds=(w,), env=env, stdin=subprocess.DEVNULL,
                                     start_new_session=True, close_fds=True)
     finally:
