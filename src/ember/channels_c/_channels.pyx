@@ -34,6 +34,7 @@ from collections import namedtuple
 from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull,
                               DescriptorError, PoolExhausted)
 from ember.pools_c import _pools as _pools_mod
+from ember import _rc
 
 __all__ = ["Channel", "ChannelStatistics", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE"]
 
@@ -52,53 +53,21 @@ DEFAULT_BLOCK_SIZE = EMBER_CH_DEFAULT_BLOCK
 # Blocking calls wait in slices of at most this long, then check signals.
 cdef int64_t _SLICE_NS = 50_000_000
 
-_RC_TEXT = {
-    EMBER_ERR_INVALID_ARG: "invalid argument",
-    EMBER_ERR_NOMEM: "out of process memory",
-    EMBER_ERR_NOT_FOUND: "the pool's segment does not exist (destroyed, or made on another node)",
-    EMBER_ERR_BAD_DESCRIPTOR: "the descriptor is truncated, corrupt, foreign, or names another pool",
-    EMBER_ERR_BAD_MAGIC: "the channel header does not match (not a channel, or a stale descriptor)",
-    EMBER_ERR_VERSION: "layout version mismatch (made by a different ember version)",
-    EMBER_ERR_OUT_OF_RANGE: "offset or size outside the pool's heap",
-    EMBER_ERR_EXHAUSTED: "the pool has no free block large enough",
-    EMBER_ERR_DOUBLE_FREE: "the allocation is not allocated (already freed)",
-    EMBER_ERR_STALE: "the allocation was freed and allocated again since (stale)",
-    EMBER_ERR_CORRUPT: "the channel or its pool is corrupt",
-    EMBER_ERR_FULL: "the channel is full",
-    EMBER_ERR_EMPTY: "the channel is empty",
-    EMBER_ERR_TIMEOUT: "timed out",
-    EMBER_ERR_TOO_BIG: "the message is larger than the pool can ever hold",
-    EMBER_ERR_DESTROYED: "the channel was destroyed",
-    EMBER_ERR_INTERRUPTED: "interrupted by a signal",
-    EMBER_ERR_BUFFER_TOO_SMALL: "the buffer is too small",
-    EMBER_ERR_CLOSED: "the channel is closed",
-}
-
-_RC_EXC = {
-    EMBER_ERR_NOMEM: MemoryError,
-    EMBER_ERR_BAD_DESCRIPTOR: DescriptorError,
-    EMBER_ERR_BAD_MAGIC: DescriptorError,
-    EMBER_ERR_VERSION: DescriptorError,
-    EMBER_ERR_EXHAUSTED: PoolExhausted,
-    EMBER_ERR_FULL: ChannelFull,
-    EMBER_ERR_EMPTY: ChannelEmpty,
-    EMBER_ERR_CLOSED: ChannelClosed,
-}
-
-
 cdef int _check_rc(ember_rc_t rc, str what) except -1:
-    """Raise the exception for ``rc`` (nothing for EMBER_OK).
+    """Raise the exception for ``rc`` (nothing for EMBER_OK), from the one
+    map of every extension (:mod:`ember._rc`).
 
     The message is ``"<what>: <explanation> [<rc name>]"``.
     """
+    cdef int err = errno
     if rc == EMBER_OK:
         return 0
-    if rc == EMBER_ERR_OS:
-        err = errno
-        text = f"{os.strerror(err)} (errno {err})"
-    else:
-        text = _RC_TEXT.get(rc, "error")
-    raise _RC_EXC.get(rc, ChannelError)(f"{what}: {text} [{ember_rc_str(rc).decode()}]")
+    raise _rc.error(rc, what, err)
+
+
+def _raise_rc(int rc, str what):
+    """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""
+    _check_rc(<ember_rc_t>rc, what)
 
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -631,7 +600,7 @@ cdef class Channel:
             if rc == EMBER_OK:
                 return 0
         if rc == EMBER_ERR_BUFFER_TOO_SMALL:
-            raise ChannelError(f"{self._desc()}: the next message ({m.len} bytes) does not fit "
+            raise _rc.EXC[EMBER_ERR_BUFFER_TOO_SMALL](f"{self._desc()}: the next message ({m.len} bytes) does not fit "
                                f"the buffer ({max_len} bytes); it stays queued "
                                f"[EMBER_ERR_BUFFER_TOO_SMALL]")
         if rc == EMBER_ERR_EMPTY:
@@ -640,12 +609,12 @@ cdef class Channel:
             raise ChannelClosed(f"{self._desc()}: the channel is closed and every message sent "
                                 f"before the close was received [EMBER_ERR_CLOSED]")
         if rc == EMBER_ERR_CORRUPT and m.is_alloc:
-            raise ChannelError(f"{self._desc()}: channel corrupt: a message names pool block "
+            raise _rc.EXC[EMBER_ERR_CORRUPT](f"{self._desc()}: channel corrupt: a message names pool block "
                                f"(offset {m.alloc.offset}, size {m.alloc.size}, id {m.alloc.id}) "
                                f"that is not a live allocation of {self._pool._desc()}; the message "
                                f"was dropped [EMBER_ERR_CORRUPT]")
         if rc == EMBER_ERR_CORRUPT:
-            raise ChannelError(f"{self._desc()}: channel corrupt: an inline message of {m.len} bytes "
+            raise _rc.EXC[EMBER_ERR_CORRUPT](f"{self._desc()}: channel corrupt: an inline message of {m.len} bytes "
                                f"does not fit its slot ({self._payload} bytes) or the buffer; the "
                                f"message was dropped [EMBER_ERR_CORRUPT]")
         _check_rc(rc, f"{self._desc()}: receive")

@@ -21,6 +21,7 @@ import time
 import warnings
 import weakref
 
+from ember import _rc
 from ember.exceptions import DescriptorError, PoolError, PoolExhausted
 
 __all__ = ["Pool", "Allocation", "PoolStats", "clear_attach_cache", "set_lock_bound", "lock_bound"]
@@ -48,49 +49,22 @@ cdef int64_t _SLICE_NS = 50_000_000
 _open_pools = weakref.WeakValueDictionary()
 _implicit_pools = {}
 
-_RC_TEXT = {
-    EMBER_ERR_INVALID_ARG: "invalid argument",
-    EMBER_ERR_NOMEM: "out of process memory",
-    EMBER_ERR_NOT_FOUND: "the pool's segment does not exist (destroyed, or made on another node)",
-    EMBER_ERR_BAD_DESCRIPTOR: "the descriptor is truncated, corrupt or not an ember descriptor",
-    EMBER_ERR_BAD_MAGIC: "the header there does not match (not an ember pool/block, or a stale descriptor)",
-    EMBER_ERR_VERSION: "layout version mismatch (made by a different ember version)",
-    EMBER_ERR_OUT_OF_RANGE: "offset or size outside the pool's heap",
-    EMBER_ERR_EXHAUSTED: "no free block is large enough",
-    EMBER_ERR_DOUBLE_FREE: "the block is not allocated (already freed)",
-    EMBER_ERR_STALE: "the block was freed and allocated again since (stale allocation id)",
-    EMBER_ERR_CORRUPT: "the pool's allocator state is corrupt; destroy the pool",
-    EMBER_ERR_TIMEOUT: "timed out",
-    EMBER_ERR_INTERRUPTED: "interrupted by a signal",
-    EMBER_ERR_BUFFER_TOO_SMALL: "buffer too small",
-    EMBER_ERR_LOCK_STUCK: "the pool mutex is held by a live process that does not release it",
-}
-
-_RC_EXC = {
-    EMBER_ERR_NOMEM: MemoryError,
-    EMBER_ERR_BAD_DESCRIPTOR: DescriptorError,
-    EMBER_ERR_BAD_MAGIC: DescriptorError,
-    EMBER_ERR_VERSION: DescriptorError,
-    EMBER_ERR_EXHAUSTED: PoolExhausted,
-    EMBER_ERR_TIMEOUT: PoolExhausted,
-}
-
-
 cdef int check_rc(ember_rc_t rc, str what, Pool pool=None) except -1:
-    """Raise the exception for ``rc`` (nothing for EMBER_OK).
+    """Raise the exception for ``rc`` (nothing for EMBER_OK), from the one
+    map of every extension (:mod:`ember._rc`).
 
     The message is ``"<pool>: <what>: <explanation> [<rc name>]"``.
     """
     cdef int err = errno
     if rc == EMBER_OK:
         return 0
-    if rc == EMBER_ERR_OS:
-        text = f"{os.strerror(err)} (errno {err})"
-    else:
-        text = _RC_TEXT.get(rc, "error")
     prefix = pool._desc() + ": " if pool is not None else ""
-    exc = _RC_EXC.get(rc, PoolError)
-    raise exc(f"{prefix}{what}: {text} [{ember_rc_str(rc).decode()}]")
+    raise _rc.error(rc, prefix + what, err)
+
+
+def _raise_rc(int rc, str what):
+    """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""
+    check_rc(<ember_rc_t>rc, what)
 
 
 cdef str _decode(const char *s):
@@ -301,8 +275,9 @@ cdef class Pool:
                             f"[EMBER_ERR_LOCK_STUCK]")
         pid = _tid_pid(tid)
         if pid is None:
-            raise PoolError(f"{self._desc()}: {what}: pool corrupt: its mutex names thread {tid} "
-                            f"as holder, which does not exist [EMBER_ERR_CORRUPT]")
+            raise _rc.EXC[EMBER_ERR_CORRUPT](f"{self._desc()}: {what}: pool corrupt: its mutex names "
+                                             f"thread {tid} as holder, which does not exist "
+                                             f"[EMBER_ERR_CORRUPT]")
         raise PoolError(f"{self._desc()}: {what}: pool mutex held by pid {pid} for more than "
                         f"{bound} s [EMBER_ERR_LOCK_STUCK]")
 
@@ -688,7 +663,7 @@ cdef class Allocation:
         if rc != EMBER_OK:
             if rc in (EMBER_ERR_OUT_OF_RANGE, EMBER_ERR_DOUBLE_FREE, EMBER_ERR_STALE):
                 raise DescriptorError(f"{pool._desc()}: cannot attach allocation at offset {a.offset} "
-                                      f"(id {a.id}): {_RC_TEXT[rc]} [{ember_rc_str(rc).decode()}]")
+                                      f"(id {a.id}): {_rc.TEXT[rc]} [{ember_rc_str(rc).decode()}]")
             pool._lock_error(rc, f"cannot attach allocation at offset {a.offset} (id {a.id})")
         return allocation_from_c(pool, a)
 

@@ -24,6 +24,7 @@ from ember.pools_c._pools cimport (
 from ember.exceptions import (BrokenBarrierError, DescriptorError, OwnerDied, ReleaseError,
                               SyncError)
 from ember.pools_c import Allocation as _PyAllocation
+from ember import _rc
 
 __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "Condition",
            "SEM_SLOTS", "BARRIER_MAX_PARTIES"]
@@ -39,6 +40,22 @@ cdef uint32_t _SPINS = 100
 _KIND_NAME = {EMBER_SYNC_LOCK: "Lock", EMBER_SYNC_RLOCK: "RLock",
               EMBER_SYNC_SEMAPHORE: "Semaphore", EMBER_SYNC_EVENT: "Event",
               EMBER_SYNC_BARRIER: "Barrier", EMBER_SYNC_CONDITION: "Condition"}
+
+
+cdef int _check_rc(ember_rc_t rc, str what) except -1:
+    """Raise the exception for ``rc`` (nothing for EMBER_OK): an ember_rc_t
+    from the one map of every extension (:mod:`ember._rc`); a sync-only code
+    that reached here (none should) as a SyncError naming it."""
+    if rc == EMBER_OK:
+        return 0
+    if 0 < rc < len(_rc.NAMES):
+        raise _rc.error(rc, what, 0)
+    raise SyncError(f"{what}: unexpected return code [{ember_rc_str(rc).decode()} ({rc})]")
+
+
+def _raise_rc(int rc, str what):
+    """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""
+    _check_rc(<ember_rc_t>rc, what)
 
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -106,8 +123,8 @@ cdef class SyncObject:
             self._p = NULL
             name = _KIND_NAME.get(kind, "object")
             if rc == EMBER_ERR_DESTROYED:
-                raise SyncError(f"cannot attach {name} at offset {alloc._a.offset} of pool "
-                                f"{self._pool.name!r}: it was destroyed [EMBER_ERR_DESTROYED]")
+                raise _rc.EXC[EMBER_ERR_DESTROYED](f"cannot attach {name} at offset {alloc._a.offset} of pool "
+                                                   f"{self._pool.name!r}: it was destroyed [EMBER_ERR_DESTROYED]")
             raise DescriptorError(f"cannot attach {name} at offset {alloc._a.offset} of pool "
                                   f"{self._pool.name!r}: the allocation does not hold an ember "
                                   f"{name} [{ember_rc_str(rc).decode()}]")
@@ -127,9 +144,7 @@ cdef class SyncObject:
         return 0
 
     cdef int _rc(self, ember_rc_t rc, str what) except -1:
-        if rc == EMBER_OK:
-            return 0
-        raise SyncError(f"{self._desc()}: cannot {what}: [{ember_rc_str(rc).decode()} ({rc})]")
+        return _check_rc(rc, f"{self._desc()}: cannot {what}")
 
     @property
     def sdesc(self):
