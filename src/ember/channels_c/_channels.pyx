@@ -26,6 +26,7 @@ from ember.pools_c._pools cimport (
     EMBER_ERR_DESTROYED, EMBER_ERR_INTERRUPTED, EMBER_ERR_BUFFER_TOO_SMALL, EMBER_POOL_NAME_MAX,
 )
 
+from cpython.pycapsule cimport PyCapsule_Import
 import os
 import random
 import warnings
@@ -35,6 +36,14 @@ from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, Channel
                               DescriptorError, PoolExhausted)
 from ember.pools_c import _pools as _pools_mod
 from ember import _rc
+
+# The pool functions come from ember.pools_c._pools (pool.c is compiled
+# there only), through the table it exports (common_c/pool_api.h).
+cdef extern from "pool_api.h":
+    ember_rc_t ember_pool_api_set(const void *table)
+
+if ember_pool_api_set(PyCapsule_Import(b"ember.pools_c._pools._C_API", 0)) != EMBER_OK:
+    raise ImportError("ember.pools_c._pools exports a pool API of another build of ember; reinstall it")
 
 __all__ = ["Channel", "ChannelStatistics", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE"]
 
@@ -114,19 +123,9 @@ cdef str _sdesc_pool_name(const uint8_t *psd, size_t plen):
 
 
 cdef Pool _pool_for(bytes pool_sdesc, str name):
-    """The Pool of this process for ``name``, attaching it (and keeping it in
-    the pools binding's per-process cache of implicit attaches) if needed."""
-    cdef Pool pool = _pools_mod._open_pools.get(name) or _pools_mod._implicit_pools.get(name)
-    if pool is not None and pool._pool != NULL and \
-            pool._m_uid == int.from_bytes(pool_sdesc[8:16], "little"):
-        return pool
-    pool = _pools_mod.Pool.attach(pool_sdesc)
-    # Make it an implicit attach: cached for the process, no ResourceWarning.
-    if _pools_mod._open_pools.get(name) is pool:
-        del _pools_mod._open_pools[name]
-    pool._implicit = True
-    _pools_mod._implicit_pools[name] = pool
-    return pool
+    """The Pool of this process for the channel's pool: asked of pools_c (its
+    open handles and its per-process attach cache), never a table of ours."""
+    return _pools_mod._pool_for_sdesc(pool_sdesc)
 
 
 @cython.final

@@ -10,6 +10,7 @@ return codes to exceptions from :mod:`ember.exceptions` in one place
 cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pycapsule cimport PyCapsule_New
 from libc.errno cimport errno
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.string cimport strlen
@@ -48,6 +49,14 @@ cdef int64_t _SLICE_NS = 50_000_000
 # until clear_attach_cache() or process exit, so repeated attaches are cheap).
 _open_pools = weakref.WeakValueDictionary()
 _implicit_pools = {}
+
+# pool.c is compiled into this extension only; the others call it through
+# this table of function pointers (common_c/pool_api.h).
+cdef extern from "pool_api.h":
+    const void *ember_pool_api_table()
+
+_C_API = PyCapsule_New(<void *>ember_pool_api_table(), b"ember.pools_c._pools._C_API", NULL)
+
 
 cdef int check_rc(ember_rc_t rc, str what, Pool pool=None) except -1:
     """Raise the exception for ``rc`` (nothing for EMBER_OK), from the one
@@ -643,17 +652,8 @@ cdef class Allocation:
         rc = ember_alloc_parse(&d[0], d.shape[0], &psd, &psd_len, &a)
         if rc != EMBER_OK:
             check_rc(rc, "cannot attach allocation")
-        pool_sdesc = psd[:psd_len]
-        name = _sdesc_name(pool_sdesc)
-        pool = _open_pools.get(name) or _implicit_pools.get(name)
-        if pool is not None and (pool._pool == NULL or
-                                 pool._m_uid != int.from_bytes(pool_sdesc[8:16], "little")):
-            pool = None
-        if pool is None:
-            rc = ember_pool_attach(psd, psd_len, &p)
-            if rc != EMBER_OK:
-                check_rc(rc, f"cannot attach pool {name} of allocation at offset {a.offset} (id {a.id})")
-            pool = Pool._wrap(p, False, True)
+        pool = _pool_for_sdesc(psd[:psd_len],
+                               f"of allocation at offset {a.offset} (id {a.id})")
         pool._busy += 1
         try:
             with nogil:
@@ -805,6 +805,26 @@ cdef class Allocation:
         state = {0: "", 1: " freed", 2: " handed over"}[self._state]
         return (f"<ember Allocation offset={self._a.offset} size={self._a.size} id={self._a.id} "
                 f"of {self._owner._shm_name}{state}>")
+
+
+def _pool_for_sdesc(pool_sdesc, str what=""):
+    """The open Pool of this process for a pool descriptor: an explicit
+    handle if one is open, else one from the per-process cache of implicit
+    attaches (attached now if needed; kept until :func:`clear_attach_cache`,
+    no ResourceWarning).  Allocation.attach, Channel.attach and the sync
+    objects' attach all get their pool here."""
+    cdef ember_pool_t *p = NULL
+    cdef ember_rc_t rc
+    cdef const uint8_t[::1] d = _as_bytes(pool_sdesc)
+    name = _sdesc_name(pool_sdesc)
+    cdef Pool pool = _open_pools.get(name) or _implicit_pools.get(name)
+    if pool is not None and pool._pool != NULL and \
+            pool._m_uid == int.from_bytes(pool_sdesc[8:16], "little"):
+        return pool
+    rc = ember_pool_attach(&d[0] if d.shape[0] else NULL, d.shape[0], &p)
+    if rc != EMBER_OK:
+        check_rc(rc, f"cannot attach pool {name}" + (" " + what if what else ""))
+    return Pool._wrap(p, False, True)
 
 
 def clear_attach_cache():

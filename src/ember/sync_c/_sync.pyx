@@ -9,6 +9,7 @@ slices of at most 50 ms, checking for signals (Ctrl-C) in between.  What
 happens when a holder dies is in docs/sync.md and sync.c.
 """
 cimport cython
+from cpython.pycapsule cimport PyCapsule_Import
 import os
 import time as _time
 from cpython.exc cimport PyErr_CheckSignals
@@ -25,6 +26,14 @@ from ember.exceptions import (BrokenBarrierError, DescriptorError, OwnerDied, Re
                               SyncError)
 from ember.pools_c import Allocation as _PyAllocation
 from ember import _rc
+
+# The pool functions come from ember.pools_c._pools (pool.c is compiled
+# there only), through the table it exports (common_c/pool_api.h).
+cdef extern from "pool_api.h":
+    ember_rc_t ember_pool_api_set(const void *table)
+
+if ember_pool_api_set(PyCapsule_Import(b"ember.pools_c._pools._C_API", 0)) != EMBER_OK:
+    raise ImportError("ember.pools_c._pools exports a pool API of another build of ember; reinstall it")
 
 __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "Condition",
            "SEM_SLOTS", "BARRIER_MAX_PARTIES"]
