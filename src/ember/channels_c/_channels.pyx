@@ -27,6 +27,7 @@ from ember.pools_c._pools cimport (
 )
 
 from cpython.pycapsule cimport PyCapsule_Import
+from posix.unistd cimport getpid
 import os
 import random
 import warnings
@@ -184,6 +185,11 @@ cdef class Channel:
     :class:`~ember.exceptions.ChannelError`; a Channel collected while still
     attached warns ``ResourceWarning``.
 
+    A handle belongs to the process that made it.  A copy inherited through
+    ``fork()`` may be used, closed and detached in the child but not
+    destroyed: ``destroy()`` raises ChannelError; leaving a ``with`` block
+    detaches it instead; it is collected without a ResourceWarning.
+
     Timeouts: ``None`` waits forever, ``0`` tries once, ``t > 0`` waits at
     most ``t`` seconds.  Waits release the GIL and check for signals at least
     every 50 ms.
@@ -195,11 +201,13 @@ cdef class Channel:
     def __dealloc__(self):
         if self._ch != NULL:
             # No source=self: the object is being freed (tp_dealloc), a
-            # reference kept by a warnings filter would dangle.
-            try:
-                warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning)
-            except Exception:
-                pass
+            # reference kept by a warnings filter would dangle.  An inherited
+            # copy in a fork()ed child is let go quietly.
+            if getpid() == self._owner_pid:
+                try:
+                    warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning)
+                except Exception:
+                    pass
             ember_ch_detach(self._ch)
             self._ch = NULL
 
@@ -209,6 +217,7 @@ cdef class Channel:
         self._ch = ch
         self._pool = pool
         self._created = created
+        self._owner_pid = getpid()
         self._payload = ember_ch_payload_size(ch)
         self._c_uid = ember_ch_c_uid(ch)
         self._capacity = ember_ch_capacity(ch)
@@ -317,8 +326,13 @@ cdef class Channel:
 
     def destroy(self):
         """Destroy the channel: processes still attached get ChannelError on
-        their next blocking call; queued large messages are freed."""
+        their next blocking call; queued large messages are freed.  Only in
+        the process that made this handle (not in a fork()ed child)."""
         self._check_idle("destroy")
+        if getpid() != self._owner_pid:
+            raise ChannelError(f"{self._desc()}: cannot destroy: this handle was inherited through fork() "
+                               f"from process {self._owner_pid}; destroy the channel there, or attach a "
+                               f"handle of this process's own (Channel.attach(channel.sdesc))")
         cdef ember_ch_t *ch = self._ch
         self._ch = NULL
         _check_rc(ember_ch_destroy(ch), f"cannot destroy {self._desc()}")
@@ -355,7 +369,7 @@ cdef class Channel:
 
     def __exit__(self, *exc):
         if self._ch != NULL and self._pool._pool != NULL:
-            if self._created:
+            if self._created and getpid() == self._owner_pid:
                 self.destroy()
             else:
                 self.detach()

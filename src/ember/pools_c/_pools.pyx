@@ -11,6 +11,7 @@ cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_New
+from posix.unistd cimport getpid
 from libc.errno cimport errno
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.string cimport strlen
@@ -129,6 +130,12 @@ cdef class Pool:
     ``detach()``/``destroy()`` raises :class:`~ember.exceptions.PoolError`.
     A pool collected while still attached warns ``ResourceWarning`` and
     unmaps (the segment itself stays until destroyed).
+
+    A handle belongs to the process that made it.  A copy inherited through
+    ``fork()`` may be used and detached in the child (that unmaps the
+    child's mapping only) but not destroyed: ``destroy()`` raises
+    PoolError; leaving a ``with`` block detaches it instead of destroying;
+    it is collected without a ResourceWarning.
     """
 
     def __init__(self, *args, **kwargs):
@@ -136,7 +143,8 @@ cdef class Pool:
 
     def __dealloc__(self):
         if self._pool != NULL:
-            if not self._implicit:
+            # an inherited copy in a fork()ed child: unmap quietly
+            if not self._implicit and getpid() == self._owner_pid:
                 try:
                     warnings.warn(f"unclosed ember Pool {self._shm_name} (m_uid 0x{self._m_uid:016x})",
                                   ResourceWarning)
@@ -151,6 +159,7 @@ cdef class Pool:
         self._pool = p
         self._created = created
         self._implicit = implicit
+        self._owner_pid = getpid()
         self._exports = 0
         self._busy = 0
         self._shm_name = _decode(ember_pool_shm_name(p))
@@ -315,8 +324,13 @@ cdef class Pool:
 
     def destroy(self):
         """Unlink the segment, then detach.  Processes still attached keep
-        their mapping until they detach; new attaches fail."""
+        their mapping until they detach; new attaches fail.  Only in the
+        process that made this handle (not in a fork()ed child)."""
         self._check_closable("destroy")
+        if getpid() != self._owner_pid:
+            raise PoolError(f"{self._desc()}: cannot destroy: this handle was inherited through fork() "
+                            f"from process {self._owner_pid}; destroy the pool there, or attach a "
+                            f"handle of this process's own (Pool.attach(pool.sdesc))")
         cdef ember_pool_t *p = self._pool
         self._pool = NULL
         self._forget()
@@ -575,7 +589,7 @@ cdef class Pool:
 
     def __exit__(self, *exc):
         if self._pool != NULL:
-            if self._created:
+            if self._created and getpid() == self._owner_pid:
                 self.destroy()
             else:
                 self.detach()

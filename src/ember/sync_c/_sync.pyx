@@ -10,6 +10,7 @@ happens when a holder dies is in docs/sync.md and sync.c.
 """
 cimport cython
 from cpython.pycapsule cimport PyCapsule_Import
+from posix.unistd cimport getpid
 import os
 import time as _time
 from cpython.exc cimport PyErr_CheckSignals
@@ -126,6 +127,7 @@ cdef class SyncObject:
         self._alloc = alloc
         self._pool = alloc._owner
         self._kind = kind
+        self._owner_pid = getpid()
         self._p = ember_pool_ptr(self._pool._pool, alloc._a.offset)
         rc = ember_sync_check(self._p, alloc._a.size, kind)
         if rc != EMBER_OK:
@@ -172,8 +174,14 @@ cdef class SyncObject:
 
     def destroy(self):
         """Mark the object destroyed and free its memory.  Any process may
-        do it, but only when nobody uses the object any more."""
+        do it, but only when nobody uses the object any more, and only with
+        a handle of its own: a handle inherited through fork() raises
+        SyncError (attach one in the child: ``pickle.loads(pickle.dumps(obj))``)."""
         self._check()
+        if getpid() != self._owner_pid:
+            raise SyncError(f"{self._desc()}: cannot destroy: this handle was inherited through fork() "
+                            f"from process {self._owner_pid}; destroy the object there, or attach a "
+                            f"handle of this process's own (pickle.loads(pickle.dumps(obj)))")
         ember_sync_destroy(self._p)
         self._p = NULL
         self._alloc.free()
