@@ -613,23 +613,26 @@ cdef class Channel:
             if rc == EMBER_OK:
                 return 0
         if rc == EMBER_ERR_BUFFER_TOO_SMALL:
-            raise _rc.EXC[EMBER_ERR_BUFFER_TOO_SMALL](f"{self._desc()}: the next message ({m.len} bytes) does not fit "
-                               f"the buffer ({max_len} bytes); it stays queued "
-                               f"[EMBER_ERR_BUFFER_TOO_SMALL]")
+            raise _rc.EXC[EMBER_ERR_BUFFER_TOO_SMALL](
+                f"{self._desc()}: the next message ({m.len} bytes) does not fit "
+                f"the buffer ({max_len} bytes); it stays queued "
+                f"[EMBER_ERR_BUFFER_TOO_SMALL]")
         if rc == EMBER_ERR_EMPTY:
             raise ChannelEmpty(f"{self._desc()}: no message arrived (timeout={timeout!r})")
         if rc == EMBER_ERR_CLOSED:
             raise ChannelClosed(f"{self._desc()}: the channel is closed and every message sent "
                                 f"before the close was received [EMBER_ERR_CLOSED]")
         if rc == EMBER_ERR_CORRUPT and m.is_alloc:
-            raise _rc.EXC[EMBER_ERR_CORRUPT](f"{self._desc()}: channel corrupt: a message names pool block "
-                               f"(offset {m.alloc.offset}, size {m.alloc.size}, id {m.alloc.id}) "
-                               f"that is not a live allocation of {self._pool._desc()}; the message "
-                               f"was dropped [EMBER_ERR_CORRUPT]")
+            raise _rc.EXC[EMBER_ERR_CORRUPT](
+                f"{self._desc()}: channel corrupt: a message names pool block "
+                f"(offset {m.alloc.offset}, size {m.alloc.size}, id {m.alloc.id}) "
+                f"that is not a live allocation of {self._pool._desc()}; the message "
+                f"was dropped [EMBER_ERR_CORRUPT]")
         if rc == EMBER_ERR_CORRUPT:
-            raise _rc.EXC[EMBER_ERR_CORRUPT](f"{self._desc()}: channel corrupt: an inline message of {m.len} bytes "
-                               f"does not fit its slot ({self._payload} bytes) or the buffer; the "
-                               f"message was dropped [EMBER_ERR_CORRUPT]")
+            raise _rc.EXC[EMBER_ERR_CORRUPT](
+                f"{self._desc()}: channel corrupt: an inline message of {m.len} bytes "
+                f"does not fit its slot ({self._payload} bytes) or the buffer; the "
+                f"message was dropped [EMBER_ERR_CORRUPT]")
         _check_rc(rc, f"{self._desc()}: receive")
         return -1
 

@@ -77,6 +77,11 @@ def _raise_rc(int rc, str what):
     check_rc(<ember_rc_t>rc, what)
 
 
+def _rc_name(int rc):
+    """ember_rc_str(rc) of the C core (tests: ember._rc.NAMES mirrors the enum)."""
+    return ember_rc_str(rc).decode()
+
+
 cdef str _decode(const char *s):
     return s[:strlen(s)].decode("utf-8", "replace")
 
