@@ -153,3 +153,45 @@ def test_no_resource_warning_for_inherited_handles():
         held[0].detach()
     finally:
         pool.destroy()
+
+
+@pytest.mark.timeout(90)
+def test_forked_child_cannot_destroy_under_ember_run(tmp_path):
+    """As a user meets it: a program under ``ember run`` forks; the child
+    tries to destroy a channel through an inherited handle, drops another,
+    leaves a ``with`` block of the parent's pool, and exits normally (with
+    ResourceWarnings shown): nothing of the parent's is gone, and nothing
+    warns."""
+    from test_runtime import ok, run_prog
+    out = ok(run_prog(tmp_path, """
+        import os, sys, warnings
+        warnings.simplefilter("always", ResourceWarning)
+        from ember.channels_c import Channel
+        from ember.exceptions import ChannelError
+        from ember.pools_c import Pool
+
+        pool = Pool.create(4 << 20)
+        ch = Channel.create(pool)
+        extra = Channel.attach(ch.sdesc)          # never closed: collected in the child
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ch.destroy()
+            except ChannelError as e:
+                print("child:", str(e).split(": ", 1)[1].split(";")[0], flush=True)
+            ch.send(b"child was here")
+            del extra
+            with pool:                            # detaches the child's mapping only
+                pass
+            sys.exit(0)
+        os.waitpid(pid, 0)
+        print("parent got", ch.recv(timeout=5))
+        extra.detach()
+        ch.destroy()
+        pool.destroy()
+    """))
+    assert out.splitlines() == [
+        "child: cannot destroy: this handle was inherited through fork() from process " + out.split("process ")[1].split()[0],
+        "parent got b'child was here'",
+    ]
+    assert "ResourceWarning" not in out
