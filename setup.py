@@ -33,12 +33,17 @@ def ext(name, sources):
     )
 
 
+# pool.c is compiled once, into _pools, which exports its functions in a
+# PyCapsule; channels and sync call them through pool_api_import.c (see
+# src/ember/common_c/pool_api.h).
 extensions = [
-    ext("ember.pools_c._pools", ["src/ember/pools_c/_pools.pyx", "src/ember/pools_c/pool.c"]),
+    ext("ember.pools_c._pools",
+        ["src/ember/pools_c/_pools.pyx", "src/ember/pools_c/pool.c", "src/ember/pools_c/pool_api_export.c"]),
     ext("ember.channels_c._channels",
-        ["src/ember/channels_c/_channels.pyx", "src/ember/channels_c/channel.c", "src/ember/pools_c/pool.c"]),
+        ["src/ember/channels_c/_channels.pyx", "src/ember/channels_c/channel.c",
+         "src/ember/common_c/pool_api_import.c"]),
     ext("ember.sync_c._sync",
-        ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/pools_c/pool.c"]),
+        ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/common_c/pool_api_import.c"]),
     ext("ember.shepherd._spawn", ["src/ember/shepherd/_spawn.pyx", "src/ember/shepherd/spawn.c"]),
 ]
 

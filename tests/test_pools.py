@@ -235,7 +235,7 @@ def test_pools_bad_descriptors(pool):
     sd = pool.sdesc
     for bad in (sd[:50], sd + b"x", bytes([sd[0] ^ 1]) + sd[1:], b"\0" * 96):
         with pytest.raises(DescriptorError, match=r"^cannot attach pool \(unknown\): the descriptor is truncated, "
-                                                  r"corrupt or not an ember descriptor \[EMBER_ERR_BAD_DESCRIPTOR\]$"):
+                                                  r"corrupt, foreign, or names another pool \[EMBER_ERR_BAD_DESCRIPTOR\]$"):
             Pool.attach(bad)
     with pytest.raises(DescriptorError, match=r"^descriptor is empty$"):
         Pool.attach(b"")

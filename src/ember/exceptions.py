@@ -27,6 +27,8 @@ __all__ = [
     "BrokenBarrierError",
     "ObjectError",
     "ObjectTimeout",
+    "CoreError",
+    "CoreTimeout",
 ]
 
 
@@ -173,3 +175,17 @@ class SharedObjectError(ObjectError):
     """A shared object (``ember.serve``, ``ember.connect``) cannot be used:
     it was destroyed (its scope closed, its owner ended, its last holder
     let go), or a request to it could not be made."""
+
+
+class CoreError(PoolError, ChannelError, SyncError):
+    """An error of ember's C core that belongs to no one kind of object: a
+    bad argument, a system call that failed, a segment that is gone, shared
+    state that failed validation, a wait interrupted by a signal.  The same
+    return code raises it from pools, channels and sync objects alike (see
+    ``ember._rc``), so it is also a PoolError, a ChannelError and a
+    SyncError: ``except PoolError`` around pool calls still catches it."""
+
+
+class CoreTimeout(CoreError, TimeoutError):
+    """A C-core wait ran out of time (EMBER_ERR_TIMEOUT) where the call has
+    no more specific meaning for it."""

@@ -66,6 +66,7 @@ cdef class Channel:
     cdef ember_ch_t *_ch
     cdef Pool _pool
     cdef bint _created
+    cdef int _owner_pid             # the process that made this handle (fork: a child's copy is not its own)
     cdef uint64_t _payload
     cdef uint64_t _c_uid
     cdef uint32_t _capacity

@@ -26,6 +26,8 @@ from ember.pools_c._pools cimport (
     EMBER_ERR_DESTROYED, EMBER_ERR_INTERRUPTED, EMBER_ERR_BUFFER_TOO_SMALL, EMBER_POOL_NAME_MAX,
 )
 
+from cpython.pycapsule cimport PyCapsule_Import
+from posix.unistd cimport getpid
 import os
 import random
 import warnings
@@ -34,6 +36,15 @@ from collections import namedtuple
 from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull,
                               DescriptorError, PoolExhausted)
 from ember.pools_c import _pools as _pools_mod
+from ember import _rc
+
+# The pool functions come from ember.pools_c._pools (pool.c is compiled
+# there only), through the table it exports (common_c/pool_api.h).
+cdef extern from "pool_api.h":
+    ember_rc_t ember_pool_api_set(const void *table)
+
+if ember_pool_api_set(PyCapsule_Import(b"ember.pools_c._pools._C_API", 0)) != EMBER_OK:
+    raise ImportError("ember.pools_c._pools exports a pool API of another build of ember; reinstall it")
 
 __all__ = ["Channel", "ChannelStatistics", "wait_any", "DEFAULT_CAPACITY", "DEFAULT_BLOCK_SIZE"]
 
@@ -52,53 +63,21 @@ DEFAULT_BLOCK_SIZE = EMBER_CH_DEFAULT_BLOCK
 # Blocking calls wait in slices of at most this long, then check signals.
 cdef int64_t _SLICE_NS = 50_000_000
 
-_RC_TEXT = {
-    EMBER_ERR_INVALID_ARG: "invalid argument",
-    EMBER_ERR_NOMEM: "out of process memory",
-    EMBER_ERR_NOT_FOUND: "the pool's segment does not exist (destroyed, or made on another node)",
-    EMBER_ERR_BAD_DESCRIPTOR: "the descriptor is truncated, corrupt, foreign, or names another pool",
-    EMBER_ERR_BAD_MAGIC: "the channel header does not match (not a channel, or a stale descriptor)",
-    EMBER_ERR_VERSION: "layout version mismatch (made by a different ember version)",
-    EMBER_ERR_OUT_OF_RANGE: "offset or size outside the pool's heap",
-    EMBER_ERR_EXHAUSTED: "the pool has no free block large enough",
-    EMBER_ERR_DOUBLE_FREE: "the allocation is not allocated (already freed)",
-    EMBER_ERR_STALE: "the allocation was freed and allocated again since (stale)",
-    EMBER_ERR_CORRUPT: "the channel or its pool is corrupt",
-    EMBER_ERR_FULL: "the channel is full",
-    EMBER_ERR_EMPTY: "the channel is empty",
-    EMBER_ERR_TIMEOUT: "timed out",
-    EMBER_ERR_TOO_BIG: "the message is larger than the pool can ever hold",
-    EMBER_ERR_DESTROYED: "the channel was destroyed",
-    EMBER_ERR_INTERRUPTED: "interrupted by a signal",
-    EMBER_ERR_BUFFER_TOO_SMALL: "the buffer is too small",
-    EMBER_ERR_CLOSED: "the channel is closed",
-}
-
-_RC_EXC = {
-    EMBER_ERR_NOMEM: MemoryError,
-    EMBER_ERR_BAD_DESCRIPTOR: DescriptorError,
-    EMBER_ERR_BAD_MAGIC: DescriptorError,
-    EMBER_ERR_VERSION: DescriptorError,
-    EMBER_ERR_EXHAUSTED: PoolExhausted,
-    EMBER_ERR_FULL: ChannelFull,
-    EMBER_ERR_EMPTY: ChannelEmpty,
-    EMBER_ERR_CLOSED: ChannelClosed,
-}
-
-
 cdef int _check_rc(ember_rc_t rc, str what) except -1:
-    """Raise the exception for ``rc`` (nothing for EMBER_OK).
+    """Raise the exception for ``rc`` (nothing for EMBER_OK), from the one
+    map of every extension (:mod:`ember._rc`).
 
     The message is ``"<what>: <explanation> [<rc name>]"``.
     """
+    cdef int err = errno
     if rc == EMBER_OK:
         return 0
-    if rc == EMBER_ERR_OS:
-        err = errno
-        text = f"{os.strerror(err)} (errno {err})"
-    else:
-        text = _RC_TEXT.get(rc, "error")
-    raise _RC_EXC.get(rc, ChannelError)(f"{what}: {text} [{ember_rc_str(rc).decode()}]")
+    raise _rc.error(rc, what, err)
+
+
+def _raise_rc(int rc, str what):
+    """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""
+    _check_rc(<ember_rc_t>rc, what)
 
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -145,19 +124,9 @@ cdef str _sdesc_pool_name(const uint8_t *psd, size_t plen):
 
 
 cdef Pool _pool_for(bytes pool_sdesc, str name):
-    """The Pool of this process for ``name``, attaching it (and keeping it in
-    the pools binding's per-process cache of implicit attaches) if needed."""
-    cdef Pool pool = _pools_mod._open_pools.get(name) or _pools_mod._implicit_pools.get(name)
-    if pool is not None and pool._pool != NULL and \
-            pool._m_uid == int.from_bytes(pool_sdesc[8:16], "little"):
-        return pool
-    pool = _pools_mod.Pool.attach(pool_sdesc)
-    # Make it an implicit attach: cached for the process, no ResourceWarning.
-    if _pools_mod._open_pools.get(name) is pool:
-        del _pools_mod._open_pools[name]
-    pool._implicit = True
-    _pools_mod._implicit_pools[name] = pool
-    return pool
+    """The Pool of this process for the channel's pool: asked of pools_c (its
+    open handles and its per-process attach cache), never a table of ours."""
+    return _pools_mod._pool_for_sdesc(pool_sdesc)
 
 
 @cython.final
@@ -216,6 +185,11 @@ cdef class Channel:
     :class:`~ember.exceptions.ChannelError`; a Channel collected while still
     attached warns ``ResourceWarning``.
 
+    A handle belongs to the process that made it.  A copy inherited through
+    ``fork()`` may be used, closed and detached in the child but not
+    destroyed: ``destroy()`` raises ChannelError; leaving a ``with`` block
+    detaches it instead; it is collected without a ResourceWarning.
+
     Timeouts: ``None`` waits forever, ``0`` tries once, ``t > 0`` waits at
     most ``t`` seconds.  Waits release the GIL and check for signals at least
     every 50 ms.
@@ -227,11 +201,13 @@ cdef class Channel:
     def __dealloc__(self):
         if self._ch != NULL:
             # No source=self: the object is being freed (tp_dealloc), a
-            # reference kept by a warnings filter would dangle.
-            try:
-                warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning)
-            except Exception:
-                pass
+            # reference kept by a warnings filter would dangle.  An inherited
+            # copy in a fork()ed child is let go quietly.
+            if getpid() == self._owner_pid:
+                try:
+                    warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning)
+                except Exception:
+                    pass
             ember_ch_detach(self._ch)
             self._ch = NULL
 
@@ -241,6 +217,7 @@ cdef class Channel:
         self._ch = ch
         self._pool = pool
         self._created = created
+        self._owner_pid = getpid()
         self._payload = ember_ch_payload_size(ch)
         self._c_uid = ember_ch_c_uid(ch)
         self._capacity = ember_ch_capacity(ch)
@@ -349,8 +326,13 @@ cdef class Channel:
 
     def destroy(self):
         """Destroy the channel: processes still attached get ChannelError on
-        their next blocking call; queued large messages are freed."""
+        their next blocking call; queued large messages are freed.  Only in
+        the process that made this handle (not in a fork()ed child)."""
         self._check_idle("destroy")
+        if getpid() != self._owner_pid:
+            raise ChannelError(f"{self._desc()}: cannot destroy: this handle was inherited through fork() "
+                               f"from process {self._owner_pid}; destroy the channel there, or attach a "
+                               f"handle of this process's own (Channel.attach(channel.sdesc))")
         cdef ember_ch_t *ch = self._ch
         self._ch = NULL
         _check_rc(ember_ch_destroy(ch), f"cannot destroy {self._desc()}")
@@ -387,7 +369,7 @@ cdef class Channel:
 
     def __exit__(self, *exc):
         if self._ch != NULL and self._pool._pool != NULL:
-            if self._created:
+            if self._created and getpid() == self._owner_pid:
                 self.destroy()
             else:
                 self.detach()
@@ -631,23 +613,26 @@ cdef class Channel:
             if rc == EMBER_OK:
                 return 0
         if rc == EMBER_ERR_BUFFER_TOO_SMALL:
-            raise ChannelError(f"{self._desc()}: the next message ({m.len} bytes) does not fit "
-                               f"the buffer ({max_len} bytes); it stays queued "
-                               f"[EMBER_ERR_BUFFER_TOO_SMALL]")
+            raise _rc.EXC[EMBER_ERR_BUFFER_TOO_SMALL](
+                f"{self._desc()}: the next message ({m.len} bytes) does not fit "
+                f"the buffer ({max_len} bytes); it stays queued "
+                f"[EMBER_ERR_BUFFER_TOO_SMALL]")
         if rc == EMBER_ERR_EMPTY:
             raise ChannelEmpty(f"{self._desc()}: no message arrived (timeout={timeout!r})")
         if rc == EMBER_ERR_CLOSED:
             raise ChannelClosed(f"{self._desc()}: the channel is closed and every message sent "
                                 f"before the close was received [EMBER_ERR_CLOSED]")
         if rc == EMBER_ERR_CORRUPT and m.is_alloc:
-            raise ChannelError(f"{self._desc()}: channel corrupt: a message names pool block "
-                               f"(offset {m.alloc.offset}, size {m.alloc.size}, id {m.alloc.id}) "
-                               f"that is not a live allocation of {self._pool._desc()}; the message "
-                               f"was dropped [EMBER_ERR_CORRUPT]")
+            raise _rc.EXC[EMBER_ERR_CORRUPT](
+                f"{self._desc()}: channel corrupt: a message names pool block "
+                f"(offset {m.alloc.offset}, size {m.alloc.size}, id {m.alloc.id}) "
+                f"that is not a live allocation of {self._pool._desc()}; the message "
+                f"was dropped [EMBER_ERR_CORRUPT]")
         if rc == EMBER_ERR_CORRUPT:
-            raise ChannelError(f"{self._desc()}: channel corrupt: an inline message of {m.len} bytes "
-                               f"does not fit its slot ({self._payload} bytes) or the buffer; the "
-                               f"message was dropped [EMBER_ERR_CORRUPT]")
+            raise _rc.EXC[EMBER_ERR_CORRUPT](
+                f"{self._desc()}: channel corrupt: an inline message of {m.len} bytes "
+                f"does not fit its slot ({self._payload} bytes) or the buffer; the "
+                f"message was dropped [EMBER_ERR_CORRUPT]")
         _check_rc(rc, f"{self._desc()}: receive")
         return -1
 

@@ -202,6 +202,7 @@
  * that every build of channel.c (the extension, the cffi tests, the
  * benchmarks) has it without listing another source. */
 #include "slots.c"
+#include "ember_base.h"      /* clock, futex, pid, checksums: one copy for all of ember */
 
 #include <errno.h>
 #include <sched.h>
@@ -341,80 +342,19 @@ static inline void st_store_release(const ember_ch_t *ch, ch_slot_t *s, uint64_t
     ember_atomic_store_release(&s->xstate, v ^ ST_KEY(ch, pos));
 }
 
-/* ---- process helpers ---------------------------------------------------- */
-static _Atomic int g_pid;
-static pthread_once_t g_pid_once = PTHREAD_ONCE_INIT;
-
-static void pid_after_fork(void)
+/* ---- process, clock and futex helpers ----------------------------------
+ * One copy for all of ember: common_c/ember_base.h.  The short names keep
+ * the algorithm text below readable.  pid_dead: level 1 kill(pid, 0) only;
+ * level 2 a zombie (killed, not yet reaped) counts as dead too.
+ * futex_wait: 0 (woken or value changed), ETIMEDOUT or EINTR. */
+static inline uint32_t my_pid(void) { return ember_self_pid(); }
+static inline int pid_dead(uint32_t pid, int level) { return ember_pid_dead(pid, level); }
+static inline int64_t now_ns(void) { return ember_now_ns(); }
+static inline int futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
 {
-    ember_atomic_store_relaxed(&g_pid, (int)getpid());
+    return ember_futex_wait(addr, val, ns);
 }
-
-static void pid_init(void)
-{
-    ember_atomic_store_relaxed(&g_pid, (int)getpid());
-    pthread_atfork(NULL, NULL, pid_after_fork);
-}
-
-static inline uint32_t my_pid(void)
-{
-    int p = ember_atomic_load_relaxed(&g_pid);
-    if (__builtin_expect(p == 0, 0)) {
-        pthread_once(&g_pid_once, pid_init);
-        p = ember_atomic_load_relaxed(&g_pid);
-        if (p == 0)          /* forked child of a process that never ran pid_init */
-            p = (int)getpid();
-    }
-    return (uint32_t)p;
-}
-
-/* Liveness of a claimant.  level 1: kill(pid, 0) only; level 2: a zombie
- * (killed, not yet reaped) counts as dead too. */
-static int pid_dead(uint32_t pid, int level)
-{
-    if (pid == 0)
-        return 1;
-    if (pid == my_pid())
-        return 0;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
-        return 1;
-    if (level < 2)
-        return 0;
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    char *rp = strrchr(buf, ')');
-    if (!rp || rp[1] != ' ')
-        return 0;
-    return rp[2] == 'Z' || rp[2] == 'X';
-}
-
-static inline int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
-}
-
-/* Returns 0 (woken), or EAGAIN / ETIMEDOUT / EINTR. */
-static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
-{
-    struct timespec ts = { (time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll) };
-    long r = syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT, val, &ts, NULL, 0);
-    return r == 0 ? 0 : errno;
-}
-
-static void futex_wake_all(_Atomic uint32_t *addr)
-{
-    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
+static inline void futex_wake_all(_Atomic uint32_t *addr) { ember_futex_wake_all(addr); }
 
 /* Notify the other side after a publish (word = xsent) or a consume
  * (word = xrecvd).  Dekker with ch_wait / ember_ch_wait_any. */
@@ -1106,16 +1046,6 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
 #define SD_OFF_SUM       (SD_OFF_SIZE + 8)
 _Static_assert(SD_OFF_SUM + 8 == EMBER_CH_SDESC_SIZE, "descriptor layout");
 
-static uint64_t fnv1a(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
 static uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
@@ -1144,7 +1074,7 @@ ember_rc_t ember_ch_serialize(const ember_ch_t *ch, void *buf, size_t cap, size_
     wr32(b + SD_OFF_CAP, ch->capacity);
     wr32(b + SD_OFF_BLOCK, ch->block_size);
     wr64(b + SD_OFF_SIZE, ch->alloc.size);
-    wr64(b + SD_OFF_SUM, fnv1a(b, SD_OFF_SUM));
+    wr64(b + SD_OFF_SUM, ember_fnv1a64(b, SD_OFF_SUM));
     if (len)
         *len = EMBER_CH_SDESC_SIZE;
     return EMBER_OK;
@@ -1160,7 +1090,7 @@ ember_rc_t ember_ch_sdesc_pool(const void *sdesc, size_t len,
         return EMBER_ERR_BAD_DESCRIPTOR;
     if (rd16(b + SD_OFF_VERSION) != SD_VERSION)
         return EMBER_ERR_VERSION;
-    if (rd64(b + SD_OFF_SUM) != fnv1a(b, SD_OFF_SUM))
+    if (rd64(b + SD_OFF_SUM) != ember_fnv1a64(b, SD_OFF_SUM))
         return EMBER_ERR_BAD_DESCRIPTOR;
     uint16_t plen = rd16(b + SD_OFF_PLEN);
     uint32_t cap = rd32(b + SD_OFF_CAP), blk = rd32(b + SD_OFF_BLOCK);

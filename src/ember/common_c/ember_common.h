@@ -1,6 +1,10 @@
 /*
  * ember_common.h -- return codes and named atomic wrappers shared by every
- * C file in ember (pools_c, channels_c, shepherd spawn helper).
+ * C file in ember (pools_c, channels_c, sync_c, shepherd spawn helper).
+ * The rest of the one C base: ember_base.h (clock, futex, pid, liveness,
+ * checksums) and pool_api.h (pool.c compiled once, into _pools; the other
+ * extensions call it through a capsule).  ember._rc maps the codes below
+ * to exceptions, one table for every extension.
  *
  * Conventions (see shared/STYLE.md):
  *   - every fallible function returns ember_rc_t, EMBER_OK == 0, results go

@@ -118,6 +118,7 @@ cdef class Pool:
     cdef ember_pool_t *_pool
     cdef bint _created          # made by Pool.create (owner: destroy on __exit__)
     cdef bint _implicit         # attached by Allocation.attach (process cache)
+    cdef int _owner_pid         # the process that made this handle (fork: a child's copy is not its own)
     cdef Py_ssize_t _exports    # buffers exported by this pool's Allocations
     cdef Py_ssize_t _busy       # threads waiting in alloc(timeout != 0)
     cdef str _shm_name

@@ -10,6 +10,8 @@ return codes to exceptions from :mod:`ember.exceptions` in one place
 cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pycapsule cimport PyCapsule_New
+from posix.unistd cimport getpid
 from libc.errno cimport errno
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.string cimport strlen
@@ -21,6 +23,7 @@ import time
 import warnings
 import weakref
 
+from ember import _rc
 from ember.exceptions import DescriptorError, PoolError, PoolExhausted
 
 __all__ = ["Pool", "Allocation", "PoolStats", "clear_attach_cache", "set_lock_bound", "lock_bound"]
@@ -48,49 +51,35 @@ cdef int64_t _SLICE_NS = 50_000_000
 _open_pools = weakref.WeakValueDictionary()
 _implicit_pools = {}
 
-_RC_TEXT = {
-    EMBER_ERR_INVALID_ARG: "invalid argument",
-    EMBER_ERR_NOMEM: "out of process memory",
-    EMBER_ERR_NOT_FOUND: "the pool's segment does not exist (destroyed, or made on another node)",
-    EMBER_ERR_BAD_DESCRIPTOR: "the descriptor is truncated, corrupt or not an ember descriptor",
-    EMBER_ERR_BAD_MAGIC: "the header there does not match (not an ember pool/block, or a stale descriptor)",
-    EMBER_ERR_VERSION: "layout version mismatch (made by a different ember version)",
-    EMBER_ERR_OUT_OF_RANGE: "offset or size outside the pool's heap",
-    EMBER_ERR_EXHAUSTED: "no free block is large enough",
-    EMBER_ERR_DOUBLE_FREE: "the block is not allocated (already freed)",
-    EMBER_ERR_STALE: "the block was freed and allocated again since (stale allocation id)",
-    EMBER_ERR_CORRUPT: "the pool's allocator state is corrupt; destroy the pool",
-    EMBER_ERR_TIMEOUT: "timed out",
-    EMBER_ERR_INTERRUPTED: "interrupted by a signal",
-    EMBER_ERR_BUFFER_TOO_SMALL: "buffer too small",
-    EMBER_ERR_LOCK_STUCK: "the pool mutex is held by a live process that does not release it",
-}
+# pool.c is compiled into this extension only; the others call it through
+# this table of function pointers (common_c/pool_api.h).
+cdef extern from "pool_api.h":
+    const void *ember_pool_api_table()
 
-_RC_EXC = {
-    EMBER_ERR_NOMEM: MemoryError,
-    EMBER_ERR_BAD_DESCRIPTOR: DescriptorError,
-    EMBER_ERR_BAD_MAGIC: DescriptorError,
-    EMBER_ERR_VERSION: DescriptorError,
-    EMBER_ERR_EXHAUSTED: PoolExhausted,
-    EMBER_ERR_TIMEOUT: PoolExhausted,
-}
+_C_API = PyCapsule_New(<void *>ember_pool_api_table(), b"ember.pools_c._pools._C_API", NULL)
 
 
 cdef int check_rc(ember_rc_t rc, str what, Pool pool=None) except -1:
-    """Raise the exception for ``rc`` (nothing for EMBER_OK).
+    """Raise the exception for ``rc`` (nothing for EMBER_OK), from the one
+    map of every extension (:mod:`ember._rc`).
 
     The message is ``"<pool>: <what>: <explanation> [<rc name>]"``.
     """
     cdef int err = errno
     if rc == EMBER_OK:
         return 0
-    if rc == EMBER_ERR_OS:
-        text = f"{os.strerror(err)} (errno {err})"
-    else:
-        text = _RC_TEXT.get(rc, "error")
     prefix = pool._desc() + ": " if pool is not None else ""
-    exc = _RC_EXC.get(rc, PoolError)
-    raise exc(f"{prefix}{what}: {text} [{ember_rc_str(rc).decode()}]")
+    raise _rc.error(rc, prefix + what, err)
+
+
+def _raise_rc(int rc, str what):
+    """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""
+    check_rc(<ember_rc_t>rc, what)
+
+
+def _rc_name(int rc):
+    """ember_rc_str(rc) of the C core (tests: ember._rc.NAMES mirrors the enum)."""
+    return ember_rc_str(rc).decode()
 
 
 cdef str _decode(const char *s):
@@ -146,6 +135,12 @@ cdef class Pool:
     ``detach()``/``destroy()`` raises :class:`~ember.exceptions.PoolError`.
     A pool collected while still attached warns ``ResourceWarning`` and
     unmaps (the segment itself stays until destroyed).
+
+    A handle belongs to the process that made it.  A copy inherited through
+    ``fork()`` may be used and detached in the child (that unmaps the
+    child's mapping only) but not destroyed: ``destroy()`` raises
+    PoolError; leaving a ``with`` block detaches it instead of destroying;
+    it is collected without a ResourceWarning.
     """
 
     def __init__(self, *args, **kwargs):
@@ -153,7 +148,8 @@ cdef class Pool:
 
     def __dealloc__(self):
         if self._pool != NULL:
-            if not self._implicit:
+            # an inherited copy in a fork()ed child: unmap quietly
+            if not self._implicit and getpid() == self._owner_pid:
                 try:
                     warnings.warn(f"unclosed ember Pool {self._shm_name} (m_uid 0x{self._m_uid:016x})",
                                   ResourceWarning)
@@ -168,6 +164,7 @@ cdef class Pool:
         self._pool = p
         self._created = created
         self._implicit = implicit
+        self._owner_pid = getpid()
         self._exports = 0
         self._busy = 0
         self._shm_name = _decode(ember_pool_shm_name(p))
@@ -301,8 +298,9 @@ cdef class Pool:
                             f"[EMBER_ERR_LOCK_STUCK]")
         pid = _tid_pid(tid)
         if pid is None:
-            raise PoolError(f"{self._desc()}: {what}: pool corrupt: its mutex names thread {tid} "
-                            f"as holder, which does not exist [EMBER_ERR_CORRUPT]")
+            raise _rc.EXC[EMBER_ERR_CORRUPT](f"{self._desc()}: {what}: pool corrupt: its mutex names "
+                                             f"thread {tid} as holder, which does not exist "
+                                             f"[EMBER_ERR_CORRUPT]")
         raise PoolError(f"{self._desc()}: {what}: pool mutex held by pid {pid} for more than "
                         f"{bound} s [EMBER_ERR_LOCK_STUCK]")
 
@@ -331,8 +329,13 @@ cdef class Pool:
 
     def destroy(self):
         """Unlink the segment, then detach.  Processes still attached keep
-        their mapping until they detach; new attaches fail."""
+        their mapping until they detach; new attaches fail.  Only in the
+        process that made this handle (not in a fork()ed child)."""
         self._check_closable("destroy")
+        if getpid() != self._owner_pid:
+            raise PoolError(f"{self._desc()}: cannot destroy: this handle was inherited through fork() "
+                            f"from process {self._owner_pid}; destroy the pool there, or attach a "
+                            f"handle of this process's own (Pool.attach(pool.sdesc))")
         cdef ember_pool_t *p = self._pool
         self._pool = NULL
         self._forget()
@@ -591,7 +594,7 @@ cdef class Pool:
 
     def __exit__(self, *exc):
         if self._pool != NULL:
-            if self._created:
+            if self._created and getpid() == self._owner_pid:
                 self.destroy()
             else:
                 self.detach()
@@ -668,17 +671,8 @@ cdef class Allocation:
         rc = ember_alloc_parse(&d[0], d.shape[0], &psd, &psd_len, &a)
         if rc != EMBER_OK:
             check_rc(rc, "cannot attach allocation")
-        pool_sdesc = psd[:psd_len]
-        name = _sdesc_name(pool_sdesc)
-        pool = _open_pools.get(name) or _implicit_pools.get(name)
-        if pool is not None and (pool._pool == NULL or
-                                 pool._m_uid != int.from_bytes(pool_sdesc[8:16], "little")):
-            pool = None
-        if pool is None:
-            rc = ember_pool_attach(psd, psd_len, &p)
-            if rc != EMBER_OK:
-                check_rc(rc, f"cannot attach pool {name} of allocation at offset {a.offset} (id {a.id})")
-            pool = Pool._wrap(p, False, True)
+        pool = _pool_for_sdesc(psd[:psd_len],
+                               f"of allocation at offset {a.offset} (id {a.id})")
         pool._busy += 1
         try:
             with nogil:
@@ -688,7 +682,7 @@ cdef class Allocation:
         if rc != EMBER_OK:
             if rc in (EMBER_ERR_OUT_OF_RANGE, EMBER_ERR_DOUBLE_FREE, EMBER_ERR_STALE):
                 raise DescriptorError(f"{pool._desc()}: cannot attach allocation at offset {a.offset} "
-                                      f"(id {a.id}): {_RC_TEXT[rc]} [{ember_rc_str(rc).decode()}]")
+                                      f"(id {a.id}): {_rc.TEXT[rc]} [{ember_rc_str(rc).decode()}]")
             pool._lock_error(rc, f"cannot attach allocation at offset {a.offset} (id {a.id})")
         return allocation_from_c(pool, a)
 
@@ -830,6 +824,26 @@ cdef class Allocation:
         state = {0: "", 1: " freed", 2: " handed over"}[self._state]
         return (f"<ember Allocation offset={self._a.offset} size={self._a.size} id={self._a.id} "
                 f"of {self._owner._shm_name}{state}>")
+
+
+def _pool_for_sdesc(pool_sdesc, str what=""):
+    """The open Pool of this process for a pool descriptor: an explicit
+    handle if one is open, else one from the per-process cache of implicit
+    attaches (attached now if needed; kept until :func:`clear_attach_cache`,
+    no ResourceWarning).  Allocation.attach, Channel.attach and the sync
+    objects' attach all get their pool here."""
+    cdef ember_pool_t *p = NULL
+    cdef ember_rc_t rc
+    cdef const uint8_t[::1] d = _as_bytes(pool_sdesc)
+    name = _sdesc_name(pool_sdesc)
+    cdef Pool pool = _open_pools.get(name) or _implicit_pools.get(name)
+    if pool is not None and pool._pool != NULL and \
+            pool._m_uid == int.from_bytes(pool_sdesc[8:16], "little"):
+        return pool
+    rc = ember_pool_attach(&d[0] if d.shape[0] else NULL, d.shape[0], &p)
+    if rc != EMBER_OK:
+        check_rc(rc, f"cannot attach pool {name}" + (" " + what if what else ""))
+    return Pool._wrap(p, False, True)
 
 
 def clear_attach_cache():

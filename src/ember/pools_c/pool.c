@@ -168,6 +168,7 @@
 #define _GNU_SOURCE         /* shm_open, robust mutexes, fallocate, syscall(): self-contained */
 #endif
 #include "pool.h"
+#include "ember_base.h"      /* clock, futex, pid, checksums: one copy for all of ember */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -321,68 +322,6 @@ static inline uint64_t _ember_bin_lo(unsigned b)
     unsigned fl = (b - _EMBER_EXACT_UNITS) / 8u + 5u;
     unsigned sl = (b - _EMBER_EXACT_UNITS) % 8u;
     return ((1ull << fl) + ((uint64_t)sl << (fl - _EMBER_SL_BITS))) << 6;
-}
-
-static inline uint64_t _ember_fnv1a64(const uint8_t *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
-static inline uint32_t _ember_fnv1a32(const uint8_t *p, size_t n)
-{
-    uint32_t h = 0x811c9dc5u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x01000193u;
-    }
-    return h;
-}
-
-static inline void _ember_put_le(uint8_t *p, uint64_t v, unsigned nbytes)
-{
-    for (unsigned i = 0; i < nbytes; i++)
-        p[i] = (uint8_t)(v >> (8u * i));
-}
-
-static inline uint64_t _ember_get_le(const uint8_t *p, unsigned nbytes)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < nbytes; i++)
-        v |= (uint64_t)p[i] << (8u * i);
-    return v;
-}
-
-static long _ember_futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
-{
-    return syscall(SYS_futex, (uint32_t *)(void *)addr, op, val, ts, NULL, 0);
-}
-
-static inline int64_t _ember_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
-}
-
-/* This process's pid, cached (getpid() is a system call) and refreshed in
- * the child after fork(). */
-static _Atomic int _ember_pid_cache;
-static pthread_once_t _ember_pid_once = PTHREAD_ONCE_INIT;
-static void _ember_pid_refresh(void) { ember_atomic_store_relaxed(&_ember_pid_cache, (int)getpid()); }
-static void _ember_pid_init(void)
-{
-    _ember_pid_refresh();
-    pthread_atfork(NULL, NULL, _ember_pid_refresh);
-}
-static inline uint64_t _ember_self_pid(void)
-{
-    pthread_once(&_ember_pid_once, _ember_pid_init);
-    return (uint64_t)(uint32_t)ember_atomic_load_relaxed(&_ember_pid_cache);
 }
 
 /* ------------------------------------------------------------------ */
@@ -778,7 +717,7 @@ static ember_rc_t _ember_lock_slow(ember_pool_t *p, int64_t timeout_ns)
 {
     _ember_pool_hdr_t *h = p->h;
     int64_t bound = ember_atomic_load_relaxed(&_ember_lock_bound_ns);
-    int64_t now = _ember_now_ns();
+    int64_t now = ember_now_ns();
     int64_t deadline = timeout_ns < 0 || timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
     uint32_t owner = _ember_owner_tid(h);
     /* relaxed: see _ember_locked() */
@@ -807,7 +746,7 @@ static ember_rc_t _ember_lock_slow(ember_pool_t *p, int64_t timeout_ns)
         int r = pthread_mutex_timedlock(&h->mutex, &ts);
         if (r != ETIMEDOUT)
             return _ember_locked(p, r);
-        now = _ember_now_ns();
+        now = ember_now_ns();
         if (now < until)
             continue;
         uint32_t o2 = _ember_owner_tid(h);
@@ -903,7 +842,7 @@ static int _ember_random48(uint64_t *out)
         }
         got += (size_t)n;
     }
-    *out = _ember_get_le(b, 6);
+    *out = ember_get_le(b, 6);
     return 0;
 }
 
@@ -1034,13 +973,13 @@ ember_rc_t ember_pool_create_ex(uint64_t size, uint64_t m_uid, const char *owner
 static void _ember_pool_sdesc_write(const ember_pool_t *p, uint8_t *d)
 {
     memset(d, 0, EMBER_POOL_SDESC_SIZE);
-    _ember_put_le(d + 0, _EMBER_POOL_SDESC_MAGIC, 4);
-    _ember_put_le(d + 4, _EMBER_SDESC_VERSION, 2);
-    _ember_put_le(d + 6, EMBER_POOL_SDESC_SIZE, 2);
-    _ember_put_le(d + 8, p->m_uid, 8);
-    _ember_put_le(d + 16, p->seg_size, 8);
+    ember_put_le(d + 0, _EMBER_POOL_SDESC_MAGIC, 4);
+    ember_put_le(d + 4, _EMBER_SDESC_VERSION, 2);
+    ember_put_le(d + 6, EMBER_POOL_SDESC_SIZE, 2);
+    ember_put_le(d + 8, p->m_uid, 8);
+    ember_put_le(d + 16, p->seg_size, 8);
     memcpy(d + 24, p->shm_name, strnlen(p->shm_name, EMBER_POOL_NAME_MAX - 1));
-    _ember_put_le(d + 88, _ember_fnv1a64(d, 88), 8);
+    ember_put_le(d + 88, ember_fnv1a64(d, 88), 8);
 }
 
 /* Check a pool descriptor's bytes; give its fields. */
@@ -1049,17 +988,17 @@ static ember_rc_t _ember_pool_sdesc_read(const uint8_t *d, size_t len, uint64_t 
 {
     if (!d || len != EMBER_POOL_SDESC_SIZE)
         return EMBER_ERR_BAD_DESCRIPTOR;
-    if (_ember_get_le(d, 4) != _EMBER_POOL_SDESC_MAGIC ||
-        _ember_get_le(d + 4, 2) != _EMBER_SDESC_VERSION ||
-        _ember_get_le(d + 6, 2) != EMBER_POOL_SDESC_SIZE ||
-        _ember_get_le(d + 88, 8) != _ember_fnv1a64(d, 88))
+    if (ember_get_le(d, 4) != _EMBER_POOL_SDESC_MAGIC ||
+        ember_get_le(d + 4, 2) != _EMBER_SDESC_VERSION ||
+        ember_get_le(d + 6, 2) != EMBER_POOL_SDESC_SIZE ||
+        ember_get_le(d + 88, 8) != ember_fnv1a64(d, 88))
         return EMBER_ERR_BAD_DESCRIPTOR;
     const char *n = (const char *)(d + 24);
     if (memchr(n, 0, EMBER_POOL_NAME_MAX) == NULL || strncmp(n, "/ember.", 7) != 0 ||
         strchr(n + 1, '/') != NULL)
         return EMBER_ERR_BAD_DESCRIPTOR;
-    if (m_uid) *m_uid = _ember_get_le(d + 8, 8);
-    if (seg_size) *seg_size = _ember_get_le(d + 16, 8);
+    if (m_uid) *m_uid = ember_get_le(d + 8, 8);
+    if (seg_size) *seg_size = ember_get_le(d + 16, 8);
     if (name) *name = n;
     return EMBER_OK;
 }
@@ -1293,7 +1232,7 @@ static ember_rc_t _ember_alloc_locked(ember_pool_t *p, uint64_t size, uint64_t n
     b->id = ++h->next_id;
     b->req = size;
     /* relaxed: read under the mutex (reclaim) or by the owner itself */
-    ember_atomic_store_relaxed(&b->xowner, (flags & EMBER_ALLOC_OWNED) ? _ember_self_pid() : 0u);
+    ember_atomic_store_relaxed(&b->xowner, (flags & EMBER_ALLOC_OWNED) ? ember_self_pid() : 0u);
     /* release: the block becomes ALLOC for the walk only after its header
      * is final; from here a death loses this block (file header). */
     ember_atomic_store_release(&b->xtag, _EMBER_TAG_ALLOC);
@@ -1325,7 +1264,7 @@ ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeou
     if (!need)
         return EMBER_ERR_EXHAUSTED;
     int nowait = (flags & EMBER_ALLOC_NO_FREE_WAIT) != 0;
-    int64_t deadline = timeout_ns > 0 ? _ember_now_ns() + timeout_ns : 0;
+    int64_t deadline = timeout_ns > 0 ? ember_now_ns() + timeout_ns : 0;
     ember_rc_t rc = _ember_lock_t(pool, nowait || timeout_ns > 0 ? timeout_ns : -1);
     if (rc)
         return rc;
@@ -1344,7 +1283,7 @@ ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeou
         uint32_t seq = ember_atomic_load_seq_cst(&h->xfree_seq);
         int64_t left = -1;
         if (timeout_ns > 0) {
-            left = deadline - _ember_now_ns();
+            left = deadline - ember_now_ns();
             if (left <= 0) {
                 rc = EMBER_ERR_TIMEOUT;
                 break;
@@ -1357,19 +1296,16 @@ ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeou
         _ember_unlock(pool);
         if (rc != EMBER_ERR_EXHAUSTED)
             break;
-        struct timespec ts, *tsp = NULL;
+        int64_t sleep_ns = -1;                 /* no bound */
         if (timeout_ns > 0) {
-            left = deadline - _ember_now_ns();
+            left = deadline - ember_now_ns();
             if (left <= 0) {
                 rc = EMBER_ERR_TIMEOUT;
                 break;
             }
-            ts.tv_sec = left / 1000000000ll;
-            ts.tv_nsec = left % 1000000000ll;
-            tsp = &ts;
+            sleep_ns = left;
         }
-        long r = _ember_futex(&h->xfree_seq, FUTEX_WAIT, seq, tsp);
-        if (r != 0 && errno == EINTR) {
+        if (ember_futex_wait(&h->xfree_seq, seq, sleep_ns) == EINTR) {
             rc = EMBER_ERR_INTERRUPTED;
             break;
         }
@@ -1412,7 +1348,7 @@ static void _ember_free_wake(ember_pool_t *p)
      * ember_pool_alloc_ex() (see there). */
     if (ember_atomic_load_seq_cst(&h->xfree_waiters) > 0) {
         ember_atomic_add_seq_cst(&h->xfree_seq, 1u);
-        _ember_futex(&h->xfree_seq, FUTEX_WAKE, INT32_MAX, NULL);
+        ember_futex_wake_all(&h->xfree_seq);
     }
 }
 
@@ -1834,14 +1770,14 @@ ember_rc_t ember_alloc_serialize(const ember_pool_t *pool, const ember_alloc_t *
     if (a->offset >= pool->seg_size || a->size > pool->seg_size)
         return EMBER_ERR_OUT_OF_RANGE;
     uint8_t *d = buf;
-    _ember_put_le(d + 0, _EMBER_ALLOC_SDESC_MAGIC, 4);
-    _ember_put_le(d + 4, _EMBER_SDESC_VERSION, 2);
-    _ember_put_le(d + 6, EMBER_ALLOC_SDESC_SIZE, 2);
+    ember_put_le(d + 0, _EMBER_ALLOC_SDESC_MAGIC, 4);
+    ember_put_le(d + 4, _EMBER_SDESC_VERSION, 2);
+    ember_put_le(d + 6, EMBER_ALLOC_SDESC_SIZE, 2);
     _ember_pool_sdesc_write(pool, d + 8);
-    _ember_put_le(d + 104, a->id, 8);
-    _ember_put_le(d + 112, a->offset, 6);
-    _ember_put_le(d + 118, a->size, 6);
-    _ember_put_le(d + 124, _ember_fnv1a32(d, 124), 4);
+    ember_put_le(d + 104, a->id, 8);
+    ember_put_le(d + 112, a->offset, 6);
+    ember_put_le(d + 118, a->size, 6);
+    ember_put_le(d + 124, ember_fnv1a32(d, 124), 4);
     if (len)
         *len = EMBER_ALLOC_SDESC_SIZE;
     return EMBER_OK;
@@ -1854,10 +1790,10 @@ ember_rc_t ember_alloc_parse(const void *sdesc, size_t len,
     const uint8_t *d = sdesc;
     if (!d || len != EMBER_ALLOC_SDESC_SIZE)
         return EMBER_ERR_BAD_DESCRIPTOR;
-    if (_ember_get_le(d, 4) != _EMBER_ALLOC_SDESC_MAGIC ||
-        _ember_get_le(d + 4, 2) != _EMBER_SDESC_VERSION ||
-        _ember_get_le(d + 6, 2) != EMBER_ALLOC_SDESC_SIZE ||
-        _ember_get_le(d + 124, 4) != _ember_fnv1a32(d, 124))
+    if (ember_get_le(d, 4) != _EMBER_ALLOC_SDESC_MAGIC ||
+        ember_get_le(d + 4, 2) != _EMBER_SDESC_VERSION ||
+        ember_get_le(d + 6, 2) != EMBER_ALLOC_SDESC_SIZE ||
+        ember_get_le(d + 124, 4) != ember_fnv1a32(d, 124))
         return EMBER_ERR_BAD_DESCRIPTOR;
     ember_rc_t rc = _ember_pool_sdesc_read(d + 8, EMBER_POOL_SDESC_SIZE, NULL, NULL, NULL);
     if (rc)
@@ -1867,9 +1803,9 @@ ember_rc_t ember_alloc_parse(const void *sdesc, size_t len,
     if (pool_sdesc_len)
         *pool_sdesc_len = EMBER_POOL_SDESC_SIZE;
     if (out) {
-        out->id = _ember_get_le(d + 104, 8);
-        out->offset = _ember_get_le(d + 112, 6);
-        out->size = _ember_get_le(d + 118, 6);
+        out->id = ember_get_le(d + 104, 8);
+        out->offset = ember_get_le(d + 112, 6);
+        out->size = ember_get_le(d + 118, 6);
     }
     return EMBER_OK;
 }

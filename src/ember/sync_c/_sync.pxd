@@ -81,6 +81,7 @@ cdef class SyncObject:
     cdef Pool _pool
     cdef Allocation _alloc
     cdef int _kind
+    cdef int _owner_pid     # the process that made this handle (fork: a child's copy is not its own)
     cdef object __weakref__
 
     cdef int _setup(self, Allocation alloc, int kind) except -1

@@ -9,6 +9,8 @@ slices of at most 50 ms, checking for signals (Ctrl-C) in between.  What
 happens when a holder dies is in docs/sync.md and sync.c.
 """
 cimport cython
+from cpython.pycapsule cimport PyCapsule_Import
+from posix.unistd cimport getpid
 import os
 import time as _time
 from cpython.exc cimport PyErr_CheckSignals
@@ -24,6 +26,15 @@ from ember.pools_c._pools cimport (
 from ember.exceptions import (BrokenBarrierError, DescriptorError, OwnerDied, ReleaseError,
                               SyncError)
 from ember.pools_c import Allocation as _PyAllocation
+from ember import _rc
+
+# The pool functions come from ember.pools_c._pools (pool.c is compiled
+# there only), through the table it exports (common_c/pool_api.h).
+cdef extern from "pool_api.h":
+    ember_rc_t ember_pool_api_set(const void *table)
+
+if ember_pool_api_set(PyCapsule_Import(b"ember.pools_c._pools._C_API", 0)) != EMBER_OK:
+    raise ImportError("ember.pools_c._pools exports a pool API of another build of ember; reinstall it")
 
 __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "Condition",
            "SEM_SLOTS", "BARRIER_MAX_PARTIES"]
@@ -39,6 +50,22 @@ cdef uint32_t _SPINS = 100
 _KIND_NAME = {EMBER_SYNC_LOCK: "Lock", EMBER_SYNC_RLOCK: "RLock",
               EMBER_SYNC_SEMAPHORE: "Semaphore", EMBER_SYNC_EVENT: "Event",
               EMBER_SYNC_BARRIER: "Barrier", EMBER_SYNC_CONDITION: "Condition"}
+
+
+cdef int _check_rc(ember_rc_t rc, str what) except -1:
+    """Raise the exception for ``rc`` (nothing for EMBER_OK): an ember_rc_t
+    from the one map of every extension (:mod:`ember._rc`); a sync-only code
+    that reached here (none should) as a SyncError naming it."""
+    if rc == EMBER_OK:
+        return 0
+    if 0 < rc < len(_rc.NAMES):
+        raise _rc.error(rc, what, 0)
+    raise SyncError(f"{what}: unexpected return code [{ember_rc_str(rc).decode()} ({rc})]")
+
+
+def _raise_rc(int rc, str what):
+    """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""
+    _check_rc(<ember_rc_t>rc, what)
 
 
 cdef inline int64_t _now_ns() noexcept nogil:
@@ -100,14 +127,15 @@ cdef class SyncObject:
         self._alloc = alloc
         self._pool = alloc._owner
         self._kind = kind
+        self._owner_pid = getpid()
         self._p = ember_pool_ptr(self._pool._pool, alloc._a.offset)
         rc = ember_sync_check(self._p, alloc._a.size, kind)
         if rc != EMBER_OK:
             self._p = NULL
             name = _KIND_NAME.get(kind, "object")
             if rc == EMBER_ERR_DESTROYED:
-                raise SyncError(f"cannot attach {name} at offset {alloc._a.offset} of pool "
-                                f"{self._pool.name!r}: it was destroyed [EMBER_ERR_DESTROYED]")
+                raise _rc.EXC[EMBER_ERR_DESTROYED](f"cannot attach {name} at offset {alloc._a.offset} of pool "
+                                                   f"{self._pool.name!r}: it was destroyed [EMBER_ERR_DESTROYED]")
             raise DescriptorError(f"cannot attach {name} at offset {alloc._a.offset} of pool "
                                   f"{self._pool.name!r}: the allocation does not hold an ember "
                                   f"{name} [{ember_rc_str(rc).decode()}]")
@@ -127,9 +155,7 @@ cdef class SyncObject:
         return 0
 
     cdef int _rc(self, ember_rc_t rc, str what) except -1:
-        if rc == EMBER_OK:
-            return 0
-        raise SyncError(f"{self._desc()}: cannot {what}: [{ember_rc_str(rc).decode()} ({rc})]")
+        return _check_rc(rc, f"{self._desc()}: cannot {what}")
 
     @property
     def sdesc(self):
@@ -148,8 +174,14 @@ cdef class SyncObject:
 
     def destroy(self):
         """Mark the object destroyed and free its memory.  Any process may
-        do it, but only when nobody uses the object any more."""
+        do it, but only when nobody uses the object any more, and only with
+        a handle of its own: a handle inherited through fork() raises
+        SyncError (attach one in the child: ``pickle.loads(pickle.dumps(obj))``)."""
         self._check()
+        if getpid() != self._owner_pid:
+            raise SyncError(f"{self._desc()}: cannot destroy: this handle was inherited through fork() "
+                            f"from process {self._owner_pid}; destroy the object there, or attach a "
+                            f"handle of this process's own (pickle.loads(pickle.dumps(obj)))")
         ember_sync_destroy(self._p)
         self._p = NULL
         self._alloc.free()

@@ -192,6 +192,7 @@
  *   but no meaning either.
  */
 #include "sync.h"
+#include "ember_base.h"      /* clock, futex, /proc stat: one copy for all of ember */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -332,43 +333,6 @@ static void self_once(void)
     pthread_atfork(NULL, NULL, self_after_fork);
 }
 
-/* Read /proc/<pid>/stat (pid 0: self): 0 and *start, *zombie; -1 if the
- * process does not exist; -2 if it cannot be read. */
-static int read_stat(uint32_t pid, uint32_t *start, int *zombie)
-{
-    char path[64], buf[1024];
-    if (pid == 0)
-        snprintf(path, sizeof path, "/proc/self/stat");
-    else
-        snprintf(path, sizeof path, "/proc/%u/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return (errno == ENOENT || errno == ESRCH) ? -1 : -2;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    int err = errno;
-    close(fd);
-    if (n <= 0)
-        return err == ESRCH ? -1 : -2;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p || p[1] != ' ')
-        return -2;
-    p += 2;
-    *zombie = (*p == 'Z' || *p == 'X');
-    /* p is at field 3 (state); starttime is field 22. */
-    for (int field = 3; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (!p)
-            return -2;
-        p++;
-    }
-    unsigned long long st = 0;
-    while (*p >= '0' && *p <= '9')
-        st = st * 10 + (unsigned)(*p++ - '0');
-    *start = (uint32_t)st;
-    return 0;
-}
-
 uint64_t ember_sync_self(void)
 {
     uint64_t v = ember_atomic_load_relaxed(&g_self);
@@ -377,7 +341,7 @@ uint64_t ember_sync_self(void)
     pthread_once(&g_once, self_once);
     uint32_t start = 0;
     int zombie = 0;
-    if (read_stat(0, &start, &zombie) != 0)
+    if (ember_proc_stat(0, &start, &zombie) != 0)
         start = 0;
     v = ((uint64_t)start << 32) | (uint32_t)getpid();
     /* relaxed: a per-process cache; every thread computes the same value. */
@@ -401,7 +365,7 @@ int ember_sync_id_dead(uint64_t id)
         return 1;
     uint32_t start = 0;
     int zombie = 0;
-    int r = read_stat(pid, &start, &zombie);
+    int r = ember_proc_stat(pid, &start, &zombie);
     if (r == -1)
         return 1;
     if (r != 0)
@@ -411,13 +375,8 @@ int ember_sync_id_dead(uint64_t id)
     return gen != 0 && start != gen;
 }
 
-/* ---- time and futex ----------------------------------------------------- */
-static inline int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
-}
+/* ---- time and futex: common_c/ember_base.h ------------------------------ */
+static inline int64_t now_ns(void) { return ember_now_ns(); }
 
 /* Liveness verdicts cost a kill() and a /proc read (~10 us).  A caller
  * polling a busy object with try-once calls would pay that every time, so
@@ -472,19 +431,12 @@ static inline int64_t slice_of(int64_t deadline)
 }
 
 /* 0 (woken or value changed), ETIMEDOUT, EINTR. */
-static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
+static inline int futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
 {
-    struct timespec ts = { (time_t)(ns / 1000000000ll), (long)(ns % 1000000000ll) };
-    long r = syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT, val, &ts, NULL, 0);
-    if (r == 0)
-        return 0;
-    return errno == EAGAIN ? 0 : errno;
+    return ember_futex_wait(addr, val, ns);
 }
 
-static void futex_wake_all(_Atomic uint32_t *addr)
-{
-    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
+static inline void futex_wake_all(_Atomic uint32_t *addr) { ember_futex_wake_all(addr); }
 
 /* Releaser side of the sleepers handshake (see MEMORY ORDER). */
 static inline void notify(_Atomic uint32_t *word, _Atomic uint32_t *sleepers)
