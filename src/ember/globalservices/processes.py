@@ -12,7 +12,7 @@ Uses from the other parts: ``_park``/``_finish_waiter``/``_step``
 (:mod:`.server`): ``_reply``, ``send_reply``, ``send_shepherd``,
 ``_register_reply``, ``reply_owner``, ``check_reply``.
 """
-import hmac
+from _operator import _compare_digest as compare_digest  # hmac.compare_digest without hashlib/OpenSSL (~2 ms at start-up)
 import itertools
 import os
 import signal
@@ -161,7 +161,7 @@ class ProcessesPart:
         a request key of its own.  The shepherd watches it (not its child:
         no exit status, see docs/embedding.md)."""
         if self.attach_key is None or not isinstance(msg.attach_key, str) or \
-                not hmac.compare_digest(msg.attach_key.encode(), self.attach_key.encode()):
+                not compare_digest(msg.attach_key.encode(), self.attach_key.encode()):
             self.warn("bad-attach-key", "refused ProcessAttach: wrong runtime key")
             # an error on the given channel, unregistered: nothing is kept
             if self.check_reply is None or self.check_reply(msg.r) is None:

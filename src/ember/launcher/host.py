@@ -226,8 +226,9 @@ class Launcher:
             from ..shepherd import server as _sh_server  # noqa: F401
             from . import _forkhead  # noqa: F401  (the shepherd forks a .py head with it)
             death_reports = getattr(a, "death_reports", True)
-            import secrets
-            self.key = secrets.token_hex(16)     # what an attaching process must show
+            # what an attaching process must show (os.urandom: the secrets
+            # module would import hmac, hashlib and OpenSSL, ~3 ms)
+            self.key = os.urandom(16).hex()
             self._fork("global services", "ember: global services",
                        lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl, death_reports,
                                         self.key))

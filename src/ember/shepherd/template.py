@@ -36,9 +36,13 @@ dying at any point is an ordinary managed-process exit.
 import os
 import select
 import signal
-import socket
 import struct
 import sys
+
+
+def _socket():
+    import socket
+    return socket
 
 __all__ = ["Template", "is_template_request", "become_subreaper", "main"]
 
@@ -89,6 +93,7 @@ class Template:
     def _start(self):
         from ._spawn import spawn
 
+        import socket         # only once a template is used (~2 ms at every start otherwise)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             exe = sys.executable
@@ -128,7 +133,7 @@ class Template:
             if self._sock is None:
                 self._start()
             try:
-                socket.send_fds(self._sock, [req], [stdin_fd, out_fd, err_fd])
+                _socket().send_fds(self._sock, [req], [stdin_fd, out_fd, err_fd])
                 r, _, _ = select.select([self._sock], [], [], _REPLY_TIMEOUT)
                 if not r:
                     raise TimeoutError("no reply from the template")
@@ -402,13 +407,14 @@ def main():
         _default_pool = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     shepherd_pid = os.getppid()
+    import socket
     sock = socket.socket(fileno=os.dup(0))
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     while True:
         try:
-            msg, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 3)
+            msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
         except OSError:
             return 0
         if not msg:
