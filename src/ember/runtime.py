@@ -195,12 +195,20 @@ def _remove_introspection(d, runtime_id):
     """The process-slots table and the stack files of ``ember ps`` /
     ``ember stacks`` (the event log, ``<id>.events``, is kept: it outlives
     the run; docs/introspection.md)."""
-    import shutil
     try:
         os.unlink(os.path.join(d, runtime_id + ".slots"))
     except FileNotFoundError:
         pass
-    shutil.rmtree(os.path.join(d, runtime_id + ".stacks"), ignore_errors=True)
+    stacks = os.path.join(d, runtime_id + ".stacks")     # a flat directory of files
+    try:                                                # (no shutil: ~3 ms at every teardown)
+        for n in os.listdir(stacks):
+            try:
+                os.unlink(os.path.join(stacks, n))
+            except OSError:
+                pass
+        os.rmdir(stacks)
+    except OSError:
+        pass
 
 
 def _remove_stale(addr):
