@@ -94,3 +94,12 @@ __all__ += ["BrokenBarrierError", "OwnerDied", "ReleaseError", "SyncError"]
 _LAZY = {"Process": "process", "Executor": "executor", "ProcessGroup": "group"}
 __all__ += ["Process", "Executor", "ProcessGroup", "ProcessDied", "RemoteError",
             "RemoteTraceback"]
+
+# multiprocessing's start method "ember" (ember.mp): registered on import so
+# that multiprocessing.set_start_method("ember") / get_context("ember") work.
+try:
+    from .mp import register as _register_mp  # noqa: E402
+    _register_mp()
+    del _register_mp
+except Exception:      # pragma: no cover - never let the registration break `import ember`
+    pass
