@@ -109,7 +109,13 @@ class Popen:
 
     def wait(self, timeout=None):
         if self.returncode is None:
-            self._proc.join(timeout)
+            from ..objects.process import _readable
+
+            # on the pidfd first: ember.Process.join() reads results in
+            # slices, and this child sends none
+            if not _readable([self.sentinel], timeout):
+                return None
+            self._proc.join()
             code = self._proc.exitcode
             if code is not None:
                 self.returncode = code
