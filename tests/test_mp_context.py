@@ -148,6 +148,11 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
         def fail(x):
             raise KeyError(f"task {x}")
 
+        def inc(d, lst, rv):
+            d["x"] = 1
+            lst.append(2)
+            rv.value += 5
+
         def fill(name, n):
             shm = shared_memory.SharedMemory(name=name)
             shm.buf[:n] = bytes(range(n))
@@ -181,6 +186,10 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
             p = ctx.Process(target=fill, args=(shm.name, 16)); p.start(); p.join(30)
             print("shm", bytes(shm.buf[:4]).hex(), p.exitcode)
             shm.close(); shm.unlink()
+            with ctx.Manager() as m:
+                d, lst, rv = m.dict(), m.list(), ctx.RawValue("i", 1)
+                p = ctx.Process(target=inc, args=(d, lst, rv)); p.start(); p.join(30)
+                print("manager", dict(d), list(lst), rv.value, p.exitcode)
     """)
     lines = dict(line.split(" ", 1) for line in out.splitlines())
     assert lines["map"] == str(sum(x * x for x in range(10000)))
@@ -192,6 +201,7 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
     assert lines["ppe-error"] == "KeyError('task 1')"
     assert lines["wait"] == "[0, 0, 0]"
     assert lines["shm"] == "00010203 0"
+    assert lines["manager"] == "{'x': 1} [2] 6 0"
 
 
 def _alive(pid):

@@ -9,6 +9,7 @@ def main(prep_b, obj_b):
     from . import context
 
     context.register()
+    context._patch_wait()
     prep = reduction.pickle.loads(prep_b)
     process.current_process()._inheriting = True
     try:

@@ -20,7 +20,11 @@ import threading
 import multiprocessing
 from multiprocessing import context as _mpctx
 from multiprocessing import process as _mpprocess
-from multiprocessing import reduction, resource_sharer, spawn, util
+from multiprocessing import reduction
+
+# multiprocessing.util, .spawn, .connection and .resource_sharer are
+# imported where they are used: `import ember` registers the method and
+# should stay cheap.
 
 __all__ = ["EmberContext", "EmberProcess", "Popen", "register"]
 
@@ -34,6 +38,7 @@ def _exit_before_teardown():
     """Runs before the runtime's teardown (registered after ``ember.init``,
     so earlier in atexit's LIFO order): multiprocessing joins its
     non-daemon children and terminates its daemons while they still can."""
+    from multiprocessing import util
     try:
         util._exit_function()
     except Exception:
@@ -51,10 +56,12 @@ def ensure_runtime():
     from .. import runtime
 
     if runtime.is_initialized():
+        _patch_wait()
         return
     with _rt_lock:
         if runtime.is_initialized():
             return
+        _patch_wait()
         runtime.init()
         if not _exit_hook[0]:
             _exit_hook[0] = True
@@ -65,12 +72,15 @@ class Popen:
     """multiprocessing's Popen interface over an ``ember.Process``."""
 
     method = NAME
-    # Connections and other fds pickled while spawning travel through
-    # multiprocessing's resource sharer (the child is forked from the warm
-    # template, not from us, so it inherits none of our fds).
-    DupFd = resource_sharer.DupFd
+    def DupFd(self, fd):
+        """Connections and other fds pickled while spawning travel through
+        multiprocessing's resource sharer (the child is forked from the
+        warm template, not from us, so it inherits none of our fds)."""
+        from multiprocessing import resource_sharer
+        return resource_sharer.DupFd(fd)
 
     def __init__(self, process_obj):
+        from multiprocessing import util
         util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
@@ -81,6 +91,7 @@ class Popen:
         return fd
 
     def _launch(self, process_obj):
+        from multiprocessing import spawn
         prep = spawn.get_preparation_data(process_obj._name)
         _mpctx.set_spawning_popen(self)
         try:
@@ -337,6 +348,15 @@ def _wait_wrapper(orig):
     return wait
 
 
+def _patch_wait():
+    """ember's Connections and Queues have no fd: multiprocessing's
+    connection.wait() on them (and on fds beside them) goes to ember.wait.
+    Done when the first ember object is made."""
+    from multiprocessing import connection as _mpconn
+    if not getattr(_mpconn.wait, "_ember", False):
+        _mpconn.wait = _wait_wrapper(_mpconn.wait)
+
+
 def register():
     """Register the ``"ember"`` start method with multiprocessing (done by
     ``import ember``); idempotent."""
@@ -346,11 +366,6 @@ def register():
         f = _all_start_methods(dflt.get_all_start_methods)
         dflt.get_all_start_methods = f
         multiprocessing.get_all_start_methods = f
-    from multiprocessing import connection as _mpconn
-    if not getattr(_mpconn.wait, "_ember", False):
-        # ember's Connections and Queues have no fd: wait() on them (and on
-        # fds beside them) goes to ember.wait
-        _mpconn.wait = _wait_wrapper(_mpconn.wait)
     for name in _MAPPED:
         orig = getattr(dflt, name)
         if not getattr(orig, "_ember", False):
