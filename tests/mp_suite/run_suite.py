@@ -10,10 +10,10 @@ run; it is then counted as an error.
 import argparse
 import collections
 import json
+import os
 import signal
 import sys
 import time
-import types
 import unittest
 
 import ember  # noqa: F401  registers the "ember" start method
@@ -28,9 +28,12 @@ def _alarm(signum, frame):
 
 
 class Result(unittest.TextTestResult):
-    def __init__(self, *a, per_test_timeout=120, **kw):
+    def __init__(self, *a, per_test_timeout=120, partial=None, method=None, **kw):
         super().__init__(*a, **kw)
         self.per_test_timeout = per_test_timeout
+        self.partial = partial
+        self.method = method
+        self.t0 = time.monotonic()
         self.counts = collections.defaultdict(lambda: collections.Counter())
         self.failures_of = collections.defaultdict(list)
 
@@ -44,6 +47,19 @@ class Result(unittest.TextTestResult):
     def stopTest(self, test):
         signal.alarm(0)
         super().stopTest(test)
+        if self.partial:
+            # what is known so far, should the whole run be cut short
+            with open(self.partial + ".tmp", "w") as f:
+                json.dump(self.summary(partial=True), f)
+            os.replace(self.partial + ".tmp", self.partial)
+
+    def summary(self, partial=False):
+        out = {"method": self.method, "seconds": round(time.monotonic() - self.t0, 1),
+               "classes": {k: dict(v) for k, v in sorted(self.counts.items())},
+               "failures": {k: v for k, v in sorted(self.failures_of.items())}}
+        if partial:
+            out["partial"] = True
+        return out
 
     def addSuccess(self, test):
         super().addSuccess(test)
@@ -75,12 +91,12 @@ class Result(unittest.TextTestResult):
 
 
 def build(method):
-    import test._test_multiprocessing as tm
+    # suite_<method>.py next to this file: the children (spawn, ember)
+    # unpickle the test classes by their module's name, found on sys.path
+    # (this directory is sys.path[0], and travels to them).
+    import importlib
 
-    mod = types.ModuleType(f"mp_suite_{method}")
-    sys.modules[mod.__name__] = mod
-    tm.install_tests_in_module_dict(mod.__dict__, method)
-    return mod
+    return importlib.import_module(f"suite_{method}")
 
 
 def main(argv=None):
@@ -88,6 +104,7 @@ def main(argv=None):
     ap.add_argument("method")
     ap.add_argument("--per-test-timeout", type=int, default=120)
     ap.add_argument("-k", dest="pattern", action="append")
+    ap.add_argument("--partial", help="keep the counts so far in this JSON file")
     args = ap.parse_args(argv)
     try:
         mod = build(args.method)
@@ -99,11 +116,11 @@ def main(argv=None):
     if args.pattern:
         loader.testNamePatterns = [p if "*" in p else f"*{p}*" for p in args.pattern]
     suite = loader.loadTestsFromModule(mod)
-    t0 = time.monotonic()
     mod.setUpModule()
     runner = unittest.TextTestRunner(
         verbosity=1, stream=sys.stderr,
-        resultclass=lambda *a, **kw: Result(*a, per_test_timeout=args.per_test_timeout, **kw))
+        resultclass=lambda *a, **kw: Result(*a, per_test_timeout=args.per_test_timeout,
+                                            partial=args.partial, method=args.method, **kw))
     try:
         res = runner.run(suite)
     finally:
@@ -111,9 +128,7 @@ def main(argv=None):
             mod.tearDownModule()
         except Exception:
             pass
-    out = {"method": args.method, "seconds": round(time.monotonic() - t0, 1),
-           "classes": {k: dict(v) for k, v in sorted(res.counts.items())},
-           "failures": {k: v for k, v in sorted(res.failures_of.items())}}
+    out = res.summary()
     sys.stdout.flush()
     print(json.dumps(out))
     return 0
