@@ -257,3 +257,33 @@ def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
             break
         time.sleep(0.1)
     assert (left, segs) == ([], [])
+
+
+@pytest.mark.timeout(120)
+def test_value_and_array_lock_argument_as_multiprocessing(tmp_path):
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp, ctypes
+        import ember
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            raw = ctx.Value("i", 3, lock=False)          # the stdlib's raw ctypes object
+            print("raw", type(raw).__name__, hasattr(raw, "get_lock"), raw.value)
+            rawa = ctx.Array("i", [1, 2], lock=False)
+            print("rawa", hasattr(rawa, "get_obj"), list(rawa))
+            v = ctx.Value("i", 1, lock=None)               # None: a new lock, as True
+            print("none", type(v.get_lock()).__name__)
+            lock = ctx.Lock()
+            a = ctx.Array("i", 4, lock=lock)
+            print("same", a.get_lock() is lock)
+            try:
+                ctx.Array("i", 4, lock="notalock")
+            except AttributeError as e:
+                print("bad", e)
+    """)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["raw"] == "c_int False 3"
+    assert lines["rawa"] == "False [1, 2]"
+    assert lines["none"] == "RLock"            # as multiprocessing's default lock
+    assert lines["same"] == "True"
+    assert lines["bad"] == "'notalock' has no method 'acquire'"

@@ -226,6 +226,23 @@ def __getattr__(attr):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
+def _check_lock(lock):
+    """multiprocessing's ``lock=`` argument: True or None (a new lock), or
+    a lock; ember's Value/Array take None as "no lock"."""
+    if lock is True or lock is None:
+        return True
+    if not hasattr(lock, "acquire"):
+        raise AttributeError("%r has no method 'acquire'" % lock)
+    return lock
+
+
+def _own_lock(obj, lock):
+    """``get_lock()`` gives back the very lock passed in (as the stdlib's)."""
+    if lock is not True:
+        obj.get_lock = lambda: lock
+    return obj
+
+
 class EmberContext(_mpctx.BaseContext):
     """``multiprocessing.get_context("ember")``."""
 
@@ -289,14 +306,21 @@ class EmberContext(_mpctx.BaseContext):
         return Barrier(parties, action, timeout)
 
     def Value(self, typecode_or_type, *args, lock=True):
+        if lock is False:
+            # the stdlib's raw ctypes object, as multiprocessing.Value(lock=False)
+            return self.RawValue(typecode_or_type, *args)
+        lock = _check_lock(lock)
         ensure_runtime()
         from ..objects.sync import Value
-        return Value(typecode_or_type, *args, lock=lock)
+        return _own_lock(Value(typecode_or_type, *args, lock=lock), lock)
 
     def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
+        if lock is False:
+            return self.RawArray(typecode_or_type, size_or_initializer)
+        lock = _check_lock(lock)
         ensure_runtime()
         from ..objects.sync import Array
-        return Array(typecode_or_type, size_or_initializer, lock=lock)
+        return _own_lock(Array(typecode_or_type, size_or_initializer, lock=lock), lock)
 
     def _check_available(self):
         pass
