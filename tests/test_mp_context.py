@@ -137,7 +137,7 @@ def test_process_queue_pipe_and_sync_objects(tmp_path, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
     out = run_prog(tmp_path, mode, """
-        import multiprocessing as mp, concurrent.futures as cf
+        import multiprocessing as mp, concurrent.futures as cf, sys
         from multiprocessing import shared_memory
         from multiprocessing.connection import wait
         import ember
@@ -154,9 +154,14 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
             rv.value += 5
 
         def fill(name, n):
+            from multiprocessing import resource_tracker
             shm = shared_memory.SharedMemory(name=name)
             shm.buf[:n] = bytes(range(n))
             shm.close()
+            # attaching registered the segment with the parent's tracker (as
+            # under spawn), not with a tracker of its own that would unlink
+            # it when this child exits
+            sys.exit(0 if resource_tracker._resource_tracker._pid is None else 5)
 
         if __name__ == "__main__":
             ctx = mp.get_context("ember")
@@ -185,6 +190,8 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
             shm = shared_memory.SharedMemory(create=True, size=16)
             p = ctx.Process(target=fill, args=(shm.name, 16)); p.start(); p.join(30)
             print("shm", bytes(shm.buf[:4]).hex(), p.exitcode)
+            p = ctx.Process(target=fill, args=(shm.name, 16)); p.start(); p.join(30)
+            print("shm-again", p.exitcode)
             shm.close(); shm.unlink()
             with ctx.Manager() as m:
                 d, lst, rv = m.dict(), m.list(), ctx.RawValue("i", 1)
@@ -201,6 +208,7 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
     assert lines["ppe-error"] == "KeyError('task 1')"
     assert lines["wait"] == "[0, 0, 0]"
     assert lines["shm"] == "00010203 0"
+    assert lines["shm-again"] == "0"
     assert lines["manager"] == "{'x': 1} [2] 6 0"
 
 

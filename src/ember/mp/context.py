@@ -99,11 +99,18 @@ class Popen:
             obj_b = bytes(reduction.ForkingPickler.dumps(process_obj))
         finally:
             _mpctx.set_spawning_popen(None)
+        # The child shares our resource tracker, as spawn's children do
+        # (else its own tracker would unlink at its exit the shared memory
+        # it merely attached to): it reopens the tracker's pipe through
+        # /proc/<our pid>/fd (it does not inherit our fds).
+        from multiprocessing import resource_tracker
+        tracker = (os.getpid(), resource_tracker.getfd())
         ensure_runtime()
         from ..objects.process import Process
         from . import _child
 
-        p = Process(target=_child.main, args=(prep_b, obj_b), daemon=bool(process_obj.daemon))
+        p = Process(target=_child.main, args=(prep_b, obj_b, tracker),
+                    daemon=bool(process_obj.daemon))
         p.start()
         self._proc = p
         self.pid = p.pid
