@@ -72,6 +72,11 @@ def test_process_queue_pipe_and_sync_objects(tmp_path, mode):
                     v.value += 1
             arr[i] = i * 10
 
+        def via_queue(q):
+            conn = q.get(timeout=30)       # a stdlib Connection, sent over an ember Queue
+            conn.send("through the fd")
+            conn.close()
+
         def barrier(b, ev, q):
             q.put(b.wait(timeout=30))
             ev.wait(30)
@@ -116,6 +121,12 @@ def test_process_queue_pipe_and_sync_objects(tmp_path, mode):
             got += [q2.get(timeout=30) for _ in range(3)]
             for x in ps: x.join(30)
             print("barrier", got)
+            import multiprocessing.connection as mpc
+            r, w = mpc.Pipe(duplex=False)
+            q3 = mp.Queue()
+            c = mp.Process(target=via_queue, args=(q3,)); c.start()
+            q3.put(w); w.close()
+            print("stdlib-conn", r.recv(), c.join(30), c.exitcode)
             print("types", type(lock).__module__, type(v).__module__, type(b2).__module__)
     """)
     lines = dict(line.split(" ", 1) for line in out.splitlines())
@@ -130,6 +141,7 @@ def test_process_queue_pipe_and_sync_objects(tmp_path, mode):
     assert lines["pipe"] == "42"
     assert lines["value"] == "800 [0, 10, 20, 30] [0, 0, 0, 0]"
     assert lines["barrier"] == "[0, 1, 2, 'released', 'released', 'released']"
+    assert lines["stdlib-conn"] == "through the fd None 0"
     assert lines["types"] == "ember.objects.sync ember.objects.sync ember.objects.sync"
 
 

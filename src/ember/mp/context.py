@@ -379,6 +379,28 @@ def _wait_wrapper(orig):
     return wait
 
 
+_fd_reducers = [False]
+
+
+def _register_fd_reducers():
+    """Let stdlib Connections and sockets travel over ember's Queues and
+    Pipes as they do over the stdlib's: by fd, through multiprocessing's
+    resource sharer.  multiprocessing registers those reducers with its
+    ForkingPickler only; ember's objects pickle with the plain pickler,
+    which would copy the fd *number* (a foreign process then closes a
+    descriptor that is not its own).  Done once the method is in use."""
+    if _fd_reducers[0]:
+        return
+    _fd_reducers[0] = True
+    import copyreg
+    import socket
+    from multiprocessing import connection as _mpconn
+
+    for cls, reducer in list(reduction.ForkingPickler._extra_reducers.items()):
+        if cls is socket.socket or getattr(cls, "__module__", "") == _mpconn.__name__:
+            copyreg.pickle(cls, reducer)
+
+
 def _patch_wait():
     """ember's Connections and Queues have no fd: multiprocessing's
     connection.wait() on them (and on fds beside them) goes to ember.wait.
@@ -386,6 +408,7 @@ def _patch_wait():
     from multiprocessing import connection as _mpconn
     if not getattr(_mpconn.wait, "_ember", False):
         _mpconn.wait = _wait_wrapper(_mpconn.wait)
+    _register_fd_reducers()
 
 
 def register():
