@@ -35,7 +35,6 @@ DOCUMENTED = {
     "WithProcessesTestCondition": 3,         # no _sleeping_count/_woken_count internals
     "WithProcessesTestConnection": 4,        # ember Connections have no fileno()
     "WithProcessesTestEvent": 1,             # ember's repr
-    "WithProcessesTestPicklingConnections": 1,   # no fd passing over ember Connections
     "WithProcessesTestQueue": 1,             # put() pickles in the caller (no feeder thread)
 }
 
