@@ -104,3 +104,13 @@ _EXCEPTIONS += ("SharedObjectError",)
 # must not shadow the builtins.)
 __all__ += ["serve", "connect", "proxy", "SharedRef", "Proxy", "scope", "Scope", "Namespace",
             "Manager", "SharedObjectError"]
+
+
+# multiprocessing's start method "ember" (ember.mp): registered on import so
+# that multiprocessing.set_start_method("ember") / get_context("ember") work.
+try:
+    from .mp import register as _register_mp  # noqa: E402
+    _register_mp()
+    del _register_mp
+except Exception:      # pragma: no cover - never let the registration break `import ember`
+    pass

@@ -1,0 +1,172 @@
+"""The same multiprocessing program under each start method, in one run.
+
+    python benchmarks/bench_mp.py [--quick] [--map-n N] [--queue-n N]
+
+Runs under plain python (the "ember" method brings up an embedded runtime
+on first use).  Each line prints the figure for every start method and the
+ratio against the target of issue 13:
+
+| measure                                   | baselines               | target              |
+|-------------------------------------------|-------------------------|---------------------|
+| Pool(2).map of N trivial calls            | fork, forkserver, spawn | faster than all     |
+| Process start+join of a trivial function  | fork, spawn             | <= fork             |
+| Queue small-object throughput             | fork's mp.Queue         | >= 5x               |
+| leftovers after SIGKILL of the parent     | fork, spawn             | zero                |
+"""
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import ember  # noqa: F401  registers "ember"
+
+
+def trivial():
+    pass
+
+
+def sq(x):
+    return x * x
+
+
+def producer(q, n):
+    for i in range(n):
+        q.put(i)
+    q.put(None)
+
+
+def pool_map(method, n):
+    ctx = mp.get_context(method)
+    with ctx.Pool(2) as pool:
+        pool.map(sq, range(100))            # workers up
+        t = time.perf_counter()
+        pool.map(sq, range(n))
+        return time.perf_counter() - t
+
+
+def start_join(method, n):
+    ctx = mp.get_context(method)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        p = ctx.Process(target=trivial)
+        p.start()
+        p.join()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def queue_rate(method, n):
+    ctx = mp.get_context(method)
+    q = ctx.Queue()
+    p = ctx.Process(target=producer, args=(q, n))
+    p.start()
+    t = time.perf_counter()
+    got = 0
+    while q.get() is not None:
+        got += 1
+    dt = time.perf_counter() - t
+    p.join()
+    assert got == n
+    return n / dt
+
+
+LEFTOVER = """
+import multiprocessing as mp, os, sys, time
+import ember
+
+def sleeper(q):
+    q.put(os.getpid())
+    time.sleep(60)
+
+if __name__ == "__main__":
+    mp.set_start_method(sys.argv[1])
+    q = mp.Queue()
+    lock = mp.Lock()
+    ps = [mp.Process(target=sleeper, args=(q,)) for _ in range(2)]
+    for p in ps: p.start()
+    print(*[q.get(timeout=30) for _ in ps], flush=True)
+    time.sleep(60)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def leftovers(method, settle=10.0):
+    """(processes, new /dev/shm entries) left after SIGKILL of the parent, once
+    nothing changed for 2 s or ``settle`` s have passed."""
+    with tempfile.TemporaryDirectory() as d:
+        prog = os.path.join(d, "prog.py")
+        with open(prog, "w") as f:
+            f.write(textwrap.dedent(LEFTOVER))
+        before = set(os.listdir("/dev/shm"))
+        proc = subprocess.Popen([sys.executable, prog, method], cwd=d, stdout=subprocess.PIPE,
+                                text=True)
+        pids = [int(x) for x in proc.stdout.readline().split()]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        deadline = time.monotonic() + settle
+        last, stable = None, time.monotonic()
+        while time.monotonic() < deadline:
+            left = [p for p in pids if _alive(p)]
+            segs = sorted(set(os.listdir("/dev/shm")) - before)
+            if (left, segs) != last:
+                last, stable = (left, segs), time.monotonic()
+            elif not left and not segs or time.monotonic() - stable >= 2.0:
+                break
+            time.sleep(0.1)
+        for p in left:                       # clean up after the baselines
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(left), len(segs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--map-n", type=int, default=100_000)
+    ap.add_argument("--queue-n", type=int, default=50_000)
+    args = ap.parse_args()
+    reps = 5 if args.quick else 20
+    methods = ["ember", "fork", "forkserver", "spawn"]
+
+    print(f"Pool(2).map of {args.map_n} trivial calls (s, best of 3):")
+    r = {m: min(pool_map(m, args.map_n) for _ in range(3)) for m in methods}
+    print("  " + "  ".join(f"{m} {v:.3f}" for m, v in r.items()))
+    worst = max(r["ember"] / r[m] for m in methods[1:])
+    print(f"  ember / fastest baseline = {worst:.2f} (target < 1: faster than all three)")
+
+    print(f"Process start+join, trivial function (ms, median of {reps}):")
+    r = {m: start_join(m, reps if m != "spawn" else max(3, reps // 4)) * 1e3
+         for m in ("ember", "fork", "spawn")}
+    print("  " + "  ".join(f"{m} {v:.2f}" for m, v in r.items()))
+    print(f"  ember / fork = {r['ember'] / r['fork']:.2f} (target <= 1)")
+
+    print(f"Queue small-object throughput, {args.queue_n} ints child->parent (objects/s):")
+    r = {m: queue_rate(m, args.queue_n) for m in ("ember", "fork")}
+    print("  " + "  ".join(f"{m} {v:,.0f}" for m, v in r.items()))
+    print(f"  ember / fork = {r['ember'] / r['fork']:.2f} (target >= 5)")
+
+    print("Leftovers after SIGKILL of the parent, settled (processes, /dev/shm entries):")
+    r = {m: leftovers(m) for m in ("ember", "fork", "spawn")}
+    print("  " + "  ".join(f"{m} {v}" for m, v in r.items()))
+    print(f"  ember leaves {r['ember']} (target (0, 0))")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""The ``"ember"`` multiprocessing context (see docs/multiprocessing.md).
+
+- :class:`EmberProcess` is a ``multiprocessing.process.BaseProcess`` whose
+  :class:`Popen` starts the child as an ``ember.Process`` (a managed process
+  forked from the warm template).  The child runs
+  :func:`ember.mp._child.main`, which does what spawn's child does: it
+  applies spawn's preparation data (``sys.path``, ``sys.argv``, cwd,
+  authkey, the main module imported as ``__mp_main__``), unpickles the
+  process object and runs ``process_obj._bootstrap()``.
+- :class:`EmberContext` maps the context's factories onto ember's objects.
+- With no runtime (neither ``ember run`` nor ``ember.init()``), the first
+  start brings up an embedded one (``ember.init()``), torn down at exit
+  after multiprocessing has joined its children.
+"""
+import atexit
+import os
+import sys
+import threading
+
+import multiprocessing
+from multiprocessing import context as _mpctx
+from multiprocessing import process as _mpprocess
+from multiprocessing import reduction
+
+# multiprocessing.util, .spawn, .connection and .resource_sharer are
+# imported where they are used: `import ember` registers the method and
+# should stay cheap.
+
+__all__ = ["EmberContext", "EmberProcess", "Popen", "register"]
+
+NAME = "ember"
+
+_rt_lock = threading.Lock()
+_exit_hook = [False]
+
+
+def _exit_before_teardown():
+    """Runs before the runtime's teardown (registered after ``ember.init``,
+    so earlier in atexit's LIFO order): multiprocessing joins its
+    non-daemon children and terminates its daemons while they still can."""
+    from multiprocessing import util
+    try:
+        util._exit_function()
+    except Exception:
+        pass
+    try:
+        from ..objects import process as eproc
+        eproc._exit_function()
+    except Exception:
+        pass
+
+
+def ensure_runtime():
+    """Make sure this process is part of a runtime; bring up an embedded one
+    on first use otherwise."""
+    from .. import runtime
+
+    if runtime.is_initialized():
+        _patch_wait()
+        return
+    with _rt_lock:
+        if runtime.is_initialized():
+            return
+        _patch_wait()
+        runtime.init()
+        if not _exit_hook[0]:
+            _exit_hook[0] = True
+            atexit.register(_exit_before_teardown)
+
+
+class Popen:
+    """multiprocessing's Popen interface over an ``ember.Process``."""
+
+    method = NAME
+    def DupFd(self, fd):
+        """Connections and other fds pickled while spawning travel through
+        multiprocessing's resource sharer (the child is forked from the
+        warm template, not from us, so it inherits none of our fds)."""
+        from multiprocessing import resource_sharer
+        return resource_sharer.DupFd(fd)
+
+    def __init__(self, process_obj):
+        from multiprocessing import util
+        util._flush_std_streams()
+        self.returncode = None
+        self.finalizer = None
+        self._proc = None
+        self._launch(process_obj)
+
+    def duplicate_for_child(self, fd):
+        return fd
+
+    def _launch(self, process_obj):
+        from multiprocessing import spawn
+        prep = spawn.get_preparation_data(process_obj._name)
+        _mpctx.set_spawning_popen(self)
+        try:
+            prep_b = bytes(reduction.ForkingPickler.dumps(prep))
+            obj_b = bytes(reduction.ForkingPickler.dumps(process_obj))
+        finally:
+            _mpctx.set_spawning_popen(None)
+        # The child shares our resource tracker, as spawn's children do
+        # (else its own tracker would unlink at its exit the shared memory
+        # it merely attached to): it reopens the tracker's pipe through
+        # /proc/<our pid>/fd (it does not inherit our fds).
+        from multiprocessing import resource_tracker
+        tracker = (os.getpid(), resource_tracker.getfd())
+        ensure_runtime()
+        from ..objects.process import Process
+        from . import _child
+
+        p = Process(target=_child.main, args=(prep_b, obj_b, tracker),
+                    daemon=bool(process_obj.daemon))
+        p.start()
+        self._proc = p
+        self.pid = p.pid
+        self.sentinel = p.sentinel
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            if flag == 0:
+                return self.wait()
+            code = self._proc.exitcode
+            if code is not None:
+                self.returncode = code
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            from ..objects.process import _readable
+
+            # on the pidfd first: ember.Process.join() reads results in
+            # slices, and this child sends none
+            if not _readable([self.sentinel], timeout):
+                return None
+            self._proc.join()
+            code = self._proc.exitcode
+            if code is not None:
+                self.returncode = code
+        return self.returncode
+
+    def _send_signal(self, sig):
+        if self.returncode is None:
+            try:
+                if sig == 15:
+                    self._proc.terminate()
+                else:
+                    self._proc.kill()
+            except Exception:
+                if self.wait(timeout=0.1) is None:
+                    raise
+
+    def terminate(self):
+        self._send_signal(15)
+
+    def kill(self):
+        self._send_signal(9)
+
+    def close(self):
+        if self._proc is not None:
+            self._proc.close()
+
+
+class EmberProcess(_mpprocess.BaseProcess):
+    _start_method = NAME
+
+    @staticmethod
+    def _Popen(process_obj):
+        return Popen(process_obj)
+
+    @staticmethod
+    def _after_fork():
+        # As spawn's children: the child starts from the template, not from a
+        # fork of the parent; still run the after-fork hooks of whatever
+        # unpickling the process object imported.
+        return _mpprocess.BaseProcess._after_fork()
+
+
+class _SemLockShim:
+    """The part of ``_multiprocessing.SemLock`` that the stdlib's own
+    queues reach for (``multiprocessing.queues.Queue.full``/``qsize`` use
+    ``q._sem._semlock``), over an ember semaphore."""
+
+    __slots__ = ("_sem",)
+
+    def __init__(self, sem):
+        self._sem = sem
+
+    def _is_zero(self):
+        return self._sem.get_value() == 0
+
+    def _get_value(self):
+        return self._sem.get_value()
+
+
+_sem_cls = []
+
+
+def _sem_classes():
+    """Ember's Semaphore/BoundedSemaphore with a ``_semlock`` (see
+    :class:`_SemLockShim`); defined on first use (ember.objects.sync loads
+    the C extension)."""
+    if not _sem_cls:
+        from ..objects import sync
+
+        class Semaphore(sync.Semaphore):
+            __module__ = __name__
+            __qualname__ = "_MpSemaphore"
+
+            @property
+            def _semlock(self):
+                return _SemLockShim(self)
+
+        class BoundedSemaphore(sync.BoundedSemaphore):
+            __module__ = __name__
+            __qualname__ = "_MpBoundedSemaphore"
+
+            @property
+            def _semlock(self):
+                return _SemLockShim(self)
+
+        globals()["_MpSemaphore"] = Semaphore
+        globals()["_MpBoundedSemaphore"] = BoundedSemaphore
+        _sem_cls[:] = [Semaphore, BoundedSemaphore]
+    return _sem_cls
+
+
+def __getattr__(attr):
+    # unpickling an _MpSemaphore in a process that has not made one yet
+    if attr in ("_MpSemaphore", "_MpBoundedSemaphore"):
+        _sem_classes()
+        return globals()[attr]
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def _check_lock(lock):
+    """multiprocessing's ``lock=`` argument: True or None (a new lock), or
+    a lock; ember's Value/Array take None as "no lock"."""
+    if lock is True or lock is None:
+        return True
+    if not hasattr(lock, "acquire"):
+        raise AttributeError("%r has no method 'acquire'" % lock)
+    return lock
+
+
+def _own_lock(obj, lock):
+    """``get_lock()`` gives back the very lock passed in (as the stdlib's)."""
+    if lock is not True:
+        obj.get_lock = lambda: lock
+    return obj
+
+
+class EmberContext(_mpctx.BaseContext):
+    """``multiprocessing.get_context("ember")``."""
+
+    _name = NAME
+    Process = EmberProcess
+
+    # --- ember's own objects --------------------------------------------
+    def Queue(self, maxsize=0):
+        ensure_runtime()
+        from ..objects.queues import Queue
+        return Queue(maxsize)
+
+    def JoinableQueue(self, maxsize=0):
+        ensure_runtime()
+        from ..objects.queues import JoinableQueue
+        return JoinableQueue(maxsize)
+
+    def SimpleQueue(self):
+        # The stdlib's SimpleQueue (an OS pipe) with ember locks:
+        # multiprocessing.pool and concurrent.futures reach into its
+        # _reader/_writer and wait on its fd.
+        from multiprocessing.queues import SimpleQueue
+        return SimpleQueue(ctx=self)
+
+    def Pipe(self, duplex=True):
+        ensure_runtime()
+        from ..objects.connection import Pipe
+        return Pipe(duplex)
+
+    def Lock(self):
+        ensure_runtime()
+        from ..objects.sync import Lock
+        return Lock()
+
+    def RLock(self):
+        ensure_runtime()
+        from ..objects.sync import RLock
+        return RLock()
+
+    def Semaphore(self, value=1):
+        ensure_runtime()
+        return _sem_classes()[0](value)
+
+    def BoundedSemaphore(self, value=1):
+        ensure_runtime()
+        return _sem_classes()[1](value)
+
+    def Condition(self, lock=None):
+        ensure_runtime()
+        from ..objects.sync import Condition
+        return Condition(lock)
+
+    def Event(self):
+        ensure_runtime()
+        from ..objects.sync import Event
+        return Event()
+
+    def Barrier(self, parties, action=None, timeout=None):
+        ensure_runtime()
+        from ..objects.sync import Barrier
+        return Barrier(parties, action, timeout)
+
+    def Value(self, typecode_or_type, *args, lock=True):
+        if lock is False:
+            # the stdlib's raw ctypes object, as multiprocessing.Value(lock=False)
+            return self.RawValue(typecode_or_type, *args)
+        lock = _check_lock(lock)
+        ensure_runtime()
+        from ..objects.sync import Value
+        return _own_lock(Value(typecode_or_type, *args, lock=lock), lock)
+
+    def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
+        if lock is False:
+            return self.RawArray(typecode_or_type, size_or_initializer)
+        lock = _check_lock(lock)
+        ensure_runtime()
+        from ..objects.sync import Array
+        return _own_lock(Array(typecode_or_type, size_or_initializer, lock=lock), lock)
+
+    def _check_available(self):
+        pass
+
+
+_context = EmberContext()
+
+
+def _all_start_methods(orig):
+    def get_all_start_methods():
+        methods = list(orig())
+        if NAME not in methods:
+            methods.append(NAME)
+        return methods
+    get_all_start_methods.__doc__ = orig.__doc__
+    get_all_start_methods._ember = True
+    return get_all_start_methods
+
+
+#: The module-level factories (multiprocessing.Queue, .Lock, ...) that go to
+#: ember's objects while "ember" is the start method set by
+#: set_start_method (the stdlib's bind them to the default context, which
+#: would build its own objects whatever the start method).
+_MAPPED = ("Queue", "JoinableQueue", "Pipe", "Lock", "RLock", "Semaphore", "BoundedSemaphore",
+           "Condition", "Event", "Barrier", "Value", "Array")
+
+
+def _dispatch(name, orig):
+    def factory(*args, **kwargs):
+        if _mpctx._default_context._actual_context is _context:
+            return getattr(_context, name)(*args, **kwargs)
+        return orig(*args, **kwargs)
+    factory.__name__ = name
+    factory.__qualname__ = name
+    factory.__doc__ = orig.__doc__
+    factory._ember = True
+    return factory
+
+
+def _wait_wrapper(orig):
+    def wait(object_list, timeout=None):
+        objs = list(object_list)
+        if any(getattr(o, "_wait_channel", None) is not None for o in objs):
+            from ..objects.connection import wait as ewait
+            return ewait(objs, timeout)
+        return orig(objs, timeout)
+    wait.__doc__ = orig.__doc__
+    wait._ember = True
+    return wait
+
+
+_fd_reducers = [False]
+
+
+def _register_fd_reducers():
+    """Let stdlib Connections and sockets travel over ember's Queues and
+    Pipes as they do over the stdlib's: by fd, through multiprocessing's
+    resource sharer.  multiprocessing registers those reducers with its
+    ForkingPickler only; ember's objects pickle with the plain pickler,
+    which would copy the fd *number* (a foreign process then closes a
+    descriptor that is not its own).  Done once the method is in use."""
+    if _fd_reducers[0]:
+        return
+    _fd_reducers[0] = True
+    import copyreg
+    import socket
+    from multiprocessing import connection as _mpconn
+
+    for cls, reducer in list(reduction.ForkingPickler._extra_reducers.items()):
+        if cls is socket.socket or getattr(cls, "__module__", "") == _mpconn.__name__:
+            copyreg.pickle(cls, reducer)
+
+
+def _patch_wait():
+    """ember's Connections and Queues have no fd: multiprocessing's
+    connection.wait() on them (and on fds beside them) goes to ember.wait.
+    Done when the first ember object is made."""
+    from multiprocessing import connection as _mpconn
+    if not getattr(_mpconn.wait, "_ember", False):
+        _mpconn.wait = _wait_wrapper(_mpconn.wait)
+    _register_fd_reducers()
+
+
+def register():
+    """Register the ``"ember"`` start method with multiprocessing (done by
+    ``import ember``); idempotent."""
+    _mpctx._concrete_contexts.setdefault(NAME, _context)
+    dflt = _mpctx._default_context
+    if not getattr(dflt.get_all_start_methods, "_ember", False):
+        f = _all_start_methods(dflt.get_all_start_methods)
+        dflt.get_all_start_methods = f
+        multiprocessing.get_all_start_methods = f
+    for name in _MAPPED:
+        orig = getattr(dflt, name)
+        if not getattr(orig, "_ember", False):
+            f = _dispatch(name, orig)
+            setattr(dflt, name, f)
+            setattr(multiprocessing, name, f)
+    return _mpctx._concrete_contexts[NAME]

@@ -1,0 +1,309 @@
+"""multiprocessing's start method "ember" (ember.mp): the common idioms of
+existing multiprocessing programs, unchanged, in real child interpreters --
+under plain python (the embedded runtime comes up on first use) and under
+`ember run`."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import ember  # noqa: F401  (registers the start method)
+
+MODES = ["plain", "ember_run"]
+
+
+def run_prog(tmp_path, mode, body, timeout=100):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(body))
+    if mode == "plain":
+        cmd = [sys.executable, str(prog)]
+    else:
+        cmd = [sys.executable, "-m", "ember", "run", str(prog)]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)
+    return res.stdout
+
+
+def test_registered_on_import_of_ember():
+    import multiprocessing as mp
+    from ember.mp import EmberContext
+
+    ctx = mp.get_context("ember")
+    assert isinstance(ctx, EmberContext)
+    assert ctx.get_start_method() == "ember"
+    assert "ember" in mp.get_all_start_methods()
+    assert ctx.Process._start_method == "ember"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", MODES)
+def test_process_queue_pipe_and_sync_objects(tmp_path, mode):
+    out = run_prog(tmp_path, mode, """
+        import multiprocessing as mp, os, signal, sys, time
+        import ember
+
+        COUNTER = 0        # spawn semantics: children do not see the parent's changes
+
+        def who(q):
+            p = mp.current_process()
+            q.put((p.name, p.daemon, os.getpid() == p.pid, mp.parent_process().pid, COUNTER,
+                   __name__))
+
+        def exits(code):
+            sys.exit(code)
+
+        def raises():
+            raise ValueError("boom")
+
+        def sleeper():
+            time.sleep(60)
+
+        def piped(conn):
+            conn.send(conn.recv() * 2)
+            conn.close()
+
+        def locked(lock, v, arr, i):
+            for _ in range(200):
+                with lock:
+                    v.value += 1
+            arr[i] = i * 10
+
+        def via_queue(q):
+            conn = q.get(timeout=30)       # a stdlib Connection, sent over an ember Queue
+            conn.send("through the fd")
+            conn.close()
+
+        def barrier(b, ev, q):
+            q.put(b.wait(timeout=30))
+            ev.wait(30)
+            q.put("released")
+
+        if __name__ == "__main__":
+            mp.set_start_method("ember")
+            COUNTER = 5
+            q = mp.Queue()
+            print("queue", type(q).__module__)
+            p = mp.Process(target=who, args=(q,), name="w-one", daemon=True)
+            p.start()
+            print("who", q.get(timeout=30), os.getpid())
+            p.join(30)
+            print("exitcode", p.exitcode, p.is_alive())
+            codes = []
+            for target, args in ((exits, (3,)), (exits, (0,)), (raises, ())):
+                c = mp.Process(target=target, args=args)
+                c.start(); c.join(30); codes.append(c.exitcode)
+            print("codes", codes)
+            for how in ("terminate", "kill"):
+                s = mp.Process(target=sleeper)
+                s.start()
+                assert s.is_alive()
+                getattr(s, how)()
+                s.join(30)
+                print(how, s.exitcode)
+                s.close()
+            a, b = mp.Pipe()
+            pp = mp.Process(target=piped, args=(b,))
+            pp.start(); a.send(21); print("pipe", a.recv()); pp.join(30)
+            lock, v, arr = mp.Lock(), mp.Value("i", 0), mp.Array("i", 4)
+            ps = [mp.Process(target=locked, args=(lock, v, arr, i)) for i in range(4)]
+            for x in ps: x.start()
+            for x in ps: x.join(30)
+            print("value", v.value, list(arr), [x.exitcode for x in ps])
+            b2, ev, q2 = mp.Barrier(3), mp.Event(), mp.Queue()
+            ps = [mp.Process(target=barrier, args=(b2, ev, q2)) for i in range(3)]
+            for x in ps: x.start()
+            got = sorted(q2.get(timeout=30) for _ in range(3))
+            ev.set()
+            got += [q2.get(timeout=30) for _ in range(3)]
+            for x in ps: x.join(30)
+            print("barrier", got)
+            import multiprocessing.connection as mpc
+            r, w = mpc.Pipe(duplex=False)
+            q3 = mp.Queue()
+            c = mp.Process(target=via_queue, args=(q3,)); c.start()
+            q3.put(w); w.close()
+            print("stdlib-conn", r.recv(), c.join(30), c.exitcode)
+            print("types", type(lock).__module__, type(v).__module__, type(b2).__module__)
+    """)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    name, daemon, pid_ok, ppid, counter, modname = eval(lines["who"].rsplit(" ", 1)[0])
+    assert (name, daemon, pid_ok, counter, modname) == ("w-one", True, True, 0, "__mp_main__")
+    assert ppid == int(lines["who"].rsplit(" ", 1)[1])
+    assert lines["queue"] == "ember.objects.queues"
+    assert lines["exitcode"] == "0 False"
+    assert lines["codes"] == "[3, 0, 1]"
+    assert lines["terminate"] == "-15"
+    assert lines["kill"] == "-9"
+    assert lines["pipe"] == "42"
+    assert lines["value"] == "800 [0, 10, 20, 30] [0, 0, 0, 0]"
+    assert lines["barrier"] == "[0, 1, 2, 'released', 'released', 'released']"
+    assert lines["stdlib-conn"] == "through the fd None 0"
+    assert lines["types"] == "ember.objects.sync ember.objects.sync ember.objects.sync"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
+    out = run_prog(tmp_path, mode, """
+        import multiprocessing as mp, concurrent.futures as cf, sys
+        from multiprocessing import shared_memory
+        from multiprocessing.connection import wait
+        import ember
+
+        def sq(x):
+            return x * x
+
+        def fail(x):
+            raise KeyError(f"task {x}")
+
+        def inc(d, lst, rv):
+            d["x"] = 1
+            lst.append(2)
+            rv.value += 5
+
+        def fill(name, n):
+            from multiprocessing import resource_tracker
+            shm = shared_memory.SharedMemory(name=name)
+            shm.buf[:n] = bytes(range(n))
+            shm.close()
+            # attaching registered the segment with the parent's tracker (as
+            # under spawn), not with a tracker of its own that would unlink
+            # it when this child exits
+            sys.exit(0 if resource_tracker._resource_tracker._pid is None else 5)
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            with ctx.Pool(2) as pool:
+                print("map", sum(pool.map(sq, range(10000))))
+                print("imap", list(pool.imap(sq, range(6))))
+                print("async", pool.apply_async(sq, (9,)).get(30))
+                try:
+                    pool.apply_async(fail, (7,)).get(30)
+                except KeyError as e:
+                    print("error", repr(e))
+                print("after", pool.map(sq, [1, 2]))
+            with cf.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+                print("ppe", list(ex.map(sq, range(5))))
+                try:
+                    ex.submit(fail, 1).result(30)
+                except KeyError as e:
+                    print("ppe-error", repr(e))
+            ps = [ctx.Process(target=sq, args=(i,)) for i in range(3)]
+            for p in ps: p.start()
+            left = {p.sentinel for p in ps}
+            while left:
+                left -= set(wait(list(left), timeout=30))
+            for p in ps: p.join(30)
+            print("wait", [p.exitcode for p in ps])
+            shm = shared_memory.SharedMemory(create=True, size=16)
+            p = ctx.Process(target=fill, args=(shm.name, 16)); p.start(); p.join(30)
+            print("shm", bytes(shm.buf[:4]).hex(), p.exitcode)
+            p = ctx.Process(target=fill, args=(shm.name, 16)); p.start(); p.join(30)
+            print("shm-again", p.exitcode)
+            shm.close(); shm.unlink()
+            with ctx.Manager() as m:
+                d, lst, rv = m.dict(), m.list(), ctx.RawValue("i", 1)
+                p = ctx.Process(target=inc, args=(d, lst, rv)); p.start(); p.join(30)
+                print("manager", dict(d), list(lst), rv.value, p.exitcode)
+    """)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["map"] == str(sum(x * x for x in range(10000)))
+    assert lines["imap"] == "[0, 1, 4, 9, 16, 25]"
+    assert lines["async"] == "81"
+    assert lines["error"] == "KeyError('task 7')"
+    assert lines["after"] == "[1, 4]"
+    assert lines["ppe"] == "[0, 1, 4, 9, 16]"
+    assert lines["ppe-error"] == "KeyError('task 1')"
+    assert lines["wait"] == "[0, 0, 0]"
+    assert lines["shm"] == "00010203 0"
+    assert lines["shm-again"] == "0"
+    assert lines["manager"] == "{'x': 1} [2] 6 0"
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, sys, time
+        import ember
+
+        def sleeper(q):
+            q.put(os.getpid())
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            mp.set_start_method("ember")
+            from ember import runtime
+            q = mp.Queue()
+            lock = mp.Lock()
+            ps = [mp.Process(target=sleeper, args=(q,)) for _ in range(2)]
+            for p in ps: p.start()
+            pids = [q.get(timeout=30) for _ in ps]
+            rt = runtime.current()
+            print(rt.id, rt.host_pid, *pids, flush=True)
+            time.sleep(120)
+    """))
+    before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen([sys.executable, str(prog)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline().split()
+        assert len(line) == 4, line
+        rid = line[0]
+        pids = [int(x) for x in line[1:]]
+        assert all(_alive(p) for p in pids)
+        assert any(n.startswith(f"ember.{rid}") for n in os.listdir("/dev/shm"))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = [p for p in pids if _alive(p)]
+        segs = [n for n in set(os.listdir("/dev/shm")) - before if n.startswith(f"ember.{rid}")]
+        if not left and not segs:
+            break
+        time.sleep(0.1)
+    assert (left, segs) == ([], [])
+
+
+@pytest.mark.timeout(120)
+def test_value_and_array_lock_argument_as_multiprocessing(tmp_path):
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp, ctypes
+        import ember
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            raw = ctx.Value("i", 3, lock=False)          # the stdlib's raw ctypes object
+            print("raw", type(raw).__name__, hasattr(raw, "get_lock"), raw.value)
+            rawa = ctx.Array("i", [1, 2], lock=False)
+            print("rawa", hasattr(rawa, "get_obj"), list(rawa))
+            v = ctx.Value("i", 1, lock=None)               # None: a new lock, as True
+            print("none", type(v.get_lock()).__name__)
+            lock = ctx.Lock()
+            a = ctx.Array("i", 4, lock=lock)
+            print("same", a.get_lock() is lock)
+            try:
+                ctx.Array("i", 4, lock="notalock")
+            except AttributeError as e:
+                print("bad", e)
+    """)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["raw"] == "c_int False 3"
+    assert lines["rawa"] == "False [1, 2]"
+    assert lines["none"] == "RLock"            # as multiprocessing's default lock
+    assert lines["same"] == "True"
+    assert lines["bad"] == "'notalock' has no method 'acquire'"
