@@ -183,24 +183,28 @@ class NodeResources(Service):
         default pools) so that :meth:`reclaim` sweeps it too."""
         self._pool(m_uid, sdesc)
 
-    def reclaim(self, pid):
+    def reclaim(self, pid, external=False):
         """Give back the blocks dead ``pid`` still owned, in every pool of
         the node (where the pools layer has ``reclaim``).  Called from the
-        shepherd's main thread: under the lock that pool destroys take."""
+        shepherd's main thread: under the lock that pool destroys take.
+        ``external``: an attached process, not our child — it may still be
+        a zombie its own parent has not reaped, and then its blocks cannot
+        be told from a live process's: they are left (docs/embedding.md)."""
         with self._lock:
             pools = list(self.pools.items()) + list(self.attached.items())
             for m_uid, pool in pools:
-                self._reclaim_one(m_uid, pool, pid)
+                self._reclaim_one(m_uid, pool, pid, external)
 
     @staticmethod
-    def _reclaim_one(m_uid, pool, pid):
+    def _reclaim_one(m_uid, pool, pid, external=False):
         reclaim = getattr(pool, "reclaim", None)
         if reclaim is None:
             return
         try:
             got = reclaim(pid)
         except Exception as exc:
-            log.warning("cannot reclaim the blocks of pid %d in pool %s: %s", pid, m_uid, exc)
+            (log.debug if external else log.warning)(
+                "cannot reclaim the blocks of pid %d in pool %s: %s", pid, m_uid, exc)
             return
         if got and got[0]:
             log.info("reclaimed %d block(s), %d bytes of dead pid %d in pool %s",

@@ -596,7 +596,7 @@ class Shepherd(Service):
                 if self._children.get(child.p_uid) is not child:
                     return
                 self._forget_external(child)
-            self.resources.reclaim(child.pid)     # its pool blocks, before GS hears of the exit
+            self.resources.reclaim(child.pid, external=True)   # before GS hears of the exit
             self._send(M.ShExited(child.p_uid, M.EXIT_UNKNOWN))
             return
         try:
