@@ -44,13 +44,13 @@ def test_serve_manager_and_scope_under_ember_run(tmp_path):
         process.kill(ref.p_uid, signal.SIGKILL)
         try:
             p.get(1)
-        except ember.ProcessDied as e:
-            print("died", str(e).endswith("ended before replying to get()"))
+        except Exception as e:   # the message depends on when the kill landed; the class may not
+            print("died", type(e).__name__, "host" in str(e), repr(e))
         ref.destroy()
         print("left", [r for r in ember.objects.naming.get_list() if r[2] != "SharedReply"])
     """, timeout=150))
     assert "results [0, 1, 2]" in out
     assert "dict [(0, 0), (1, 1), (2, 4)]" in out
     assert "store 4" in out
-    assert "died True" in out
+    assert "died ProcessDied True" in out, out
     assert "left []" in out
