@@ -108,3 +108,24 @@ def test_events_follow_until_the_runtime_ends(tmp_path):
             follow.kill()
             follow.communicate()
         _stop(run)
+
+
+@pytest.mark.timeout(60)
+def test_events_skips_lines_that_are_not_event_records():
+    """A finished runtime's log with garbage in it: `ember events` prints the
+    records it can read and skips the rest, never a traceback."""
+    from ember.launcher.inspect import events_path
+    path = events_path("r1-badlog00")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "w") as f:
+        f.write('{"t": 1.5, "event": "runtime.started", "runtime": "r1-badlog00"}\n'
+                '123\n[]\n{"event": 7}\n{"t": "x", "event": "a"}\nnot json\n'
+                '{"t": 2.5, "event": "runtime.ended"}\n')
+    try:
+        res = subprocess.run([sys.executable, "-m", "ember", "events", "--address", "r1-badlog00",
+                              "--json"], capture_output=True, text=True, timeout=30)
+    finally:
+        os.unlink(path)
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(ln)["event"] for ln in res.stdout.splitlines()] == [
+        "runtime.started", "runtime.ended"]

@@ -167,6 +167,9 @@ class ProcessesPart:
             if self.check_reply is None or self.check_reply(msg.r) is None:
                 self.route_reply(self.node, msg.r, m.reply_err(msg.tag, "ProcessError",
                                                    "attach refused: wrong runtime key"))
+                forget = getattr(self.send_reply, "forget", None)
+                if forget is not None:        # keep no handle for a process that is not ours
+                    forget(msg.r)
             return
         if msg.r in self.reply_owner:
             self.warn("bad-reply-channel", "refused ProcessAttach: its reply channel is "

@@ -576,6 +576,9 @@ def cmd_events(args):
             e = json.loads(line)
         except ValueError:
             return
+        if not (isinstance(e, dict) and isinstance(e.get("event"), str)
+                and isinstance(e.get("t", 0), (int, float))):
+            return                        # not an event record: skipped, never a traceback
         if e.get("event") == "process.attached" and _is_inspect(e):
             inspect_uids.add(e.get("p_uid"))
             return
