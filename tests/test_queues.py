@@ -307,3 +307,4 @@ def test_outside_a_runtime_the_error_says_what_to_do():
         "ember.exceptions.GlobalServicesError: not running inside an ember runtime: call "
         "ember.init() first (or ember.init(address=\"auto\") to attach to a running one), or "
         "start the program with `ember run PROGRAM`")
+

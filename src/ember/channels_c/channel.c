@@ -197,12 +197,12 @@
 #define _GNU_SOURCE         /* SEEK_DATA / SEEK_HOLE, syscall(): self-contained */
 #endif
 #include "channel.h"
+#include "ember_base.h"      /* clock, futex, pid, checksums: one copy for all of ember */
 #include "slots.h"
 /* The process-slots table is compiled into channel.c's translation unit, so
  * that every build of channel.c (the extension, the cffi tests, the
  * benchmarks) has it without listing another source. */
 #include "slots.c"
-#include "ember_base.h"      /* clock, futex, pid, checksums: one copy for all of ember */
 
 #include <errno.h>
 #include <sched.h>
@@ -1207,12 +1207,12 @@ ember_rc_t ember_ch_destroy(ember_ch_t *ch)
 
 /* Could the pool never hold a message of `len` bytes (heap minus one
  * block header)? */
+/* Larger than the pool's whole heap: no block can ever hold it.  A field
+ * read (the heap is the segment less its header), not ember_pool_stats():
+ * this runs on every large send. */
 static int too_big(ember_pool_t *pool, uint64_t len)
 {
-    ember_pool_stats_t st;
-    if (ember_pool_stats(pool, &st) != EMBER_OK)
-        return len > ember_pool_size(pool);
-    return len + EMBER_POOL_ALIGN > st.total;
+    return len + EMBER_POOL_ALIGN > ember_pool_size(pool) - EMBER_POOL_HDR_SIZE;
 }
 
 /* Claim a slot (blocking), for both send paths. */

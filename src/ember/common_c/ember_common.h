@@ -89,6 +89,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "ember needs lock-free 32-bit atomics"
 #define ember_atomic_or_seq_cst(p, v)       atomic_fetch_or_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_exchange_seq_cst(p, v) atomic_exchange_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_fence_seq_cst()        atomic_thread_fence(memory_order_seq_cst)
+#define ember_atomic_fence_release()        atomic_thread_fence(memory_order_release)
 
 /* CPU relax hint for spin loops. */
 static inline void ember_cpu_relax(void)

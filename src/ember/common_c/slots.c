@@ -171,12 +171,17 @@ void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count)
      * old start time sees the change at its second load (its fence orders
      * the field loads before that load). */
     ember_atomic_store_relaxed(&s->xsince, 0);
+    /* release fence: the invalidation above is ordered before the field
+     * stores below (seqlock writer), so a reader on a weakly ordered CPU
+     * never pairs new fields with the old start time; pairs with the
+     * reader's fence in ember_slots_read(). */
+    ember_atomic_fence_release();
     ember_atomic_store_relaxed(&s->xp_uid, ember_atomic_load_relaxed(&g_p_uid));
     ember_atomic_store_relaxed(&s->xc_uid, c_uid);
     ember_atomic_store_relaxed(&s->xop, op);
     ember_atomic_store_relaxed(&s->xcount, count);
     ember_atomic_store_relaxed(&s->xtid, t_tid);
-    ember_atomic_store_relaxed(&s->xpid, (uint32_t)getpid());
+    ember_atomic_store_relaxed(&s->xpid, ember_self_pid());   /* cached: no syscall */
     /* release: publishes the fields stored above; pairs with the acquire
      * load of xsince in ember_slots_read(). */
     ember_atomic_store_release(&s->xsince, now);

@@ -365,7 +365,10 @@ class JoinableQueue(Queue):
             self._ch.send(msg, tmo)
         except BaseException as exc:
             self._undo_put(msg)
-            self._unfinished.acquire(False)
+            with self._cond:          # as task_done: a join() waiting on this count wakes
+                self._unfinished.acquire(False)
+                if self._unfinished.get_value() == 0:
+                    self._cond.notify_all()
             if isinstance(exc, ChannelFull):
                 raise _queue.Full from None
             raise

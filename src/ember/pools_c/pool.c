@@ -191,7 +191,6 @@
 
 #define EMBER_POOL_MAGIC          0x4C4F4F5052424D45ull  /* "EMBRPOOL" */
 #define EMBER_POOL_LAYOUT_VERSION 2u
-#define EMBER_POOL_HDR_SIZE       4096u
 #define EMBER_POOL_MAX_SIZE       (1ull << 47)
 
 #define _EMBER_BLK_HDR            64u

@@ -20,6 +20,7 @@
 #include "../common_c/ember_common.h"
 
 #define EMBER_POOL_ALIGN          64u      /* every payload is 64-byte aligned */
+#define EMBER_POOL_HDR_SIZE       4096u    /* the segment's header; the heap is the rest */
 #define EMBER_POOL_NAME_MAX       64u      /* shm name incl. leading '/' and NUL */
 #define EMBER_POOL_LABEL_MAX      48u      /* user label incl. NUL (truncated)  */
 #define EMBER_POOL_SDESC_SIZE     96u      /* serialized pool descriptor, bytes */
