@@ -4,6 +4,7 @@ import pytest
 import ember
 from ember.globalservices import process
 from ember.objects import naming
+from ember.objects.shared import PoolDict
 from objhelp import uname
 
 pytest_plugins = ["ember.testing"]
@@ -121,3 +122,31 @@ def test_star_import_keeps_the_builtins():
     ns = {}
     exec("from ember import *", ns)
     assert "dict" not in ns and "list" not in ns and "serve" in ns and "Manager" in ns
+
+
+@pytest.mark.timeout(90)
+def test_scope_does_not_adopt_what_exist_ok_found(ember_runtime):
+    # A soft create (exist_ok=True) that finds a live object does not
+    # create it: the scope must not own it nor destroy it at its end.
+    qname, ename, dname = uname("keep-q"), uname("keep-ev"), uname("keep-d")
+    q = ember.Queue(name=qname)
+    ev = ember.Event(name=ename)
+    pd = PoolDict(name=dname)
+    with ember.scope(uname("job")) as s:
+        q2 = ember.Queue(name=qname, exist_ok=True)
+        ev2 = ember.Event(name=ename, exist_ok=True)
+        pd2 = PoolDict(name=dname, exist_ok=True)
+        mine = ember.Queue(name=uname("mine"), exist_ok=True)     # new: the scope's
+        assert (q2.o_uid, ev2.o_uid, pd2.o_uid) == (q.o_uid, ev.o_uid, pd.o_uid)
+        assert s.members() == [mine.o_uid]
+        q2.put("x")
+        ev2.set()
+        pd2["k"] = 1
+    live = {u for u, _, _, _ in naming.get_list()}
+    assert {q.o_uid, ev.o_uid, pd.o_uid} <= live and mine.o_uid not in live
+    assert q.get(timeout=10) == "x" and ev.is_set() and pd["k"] == 1
+    q2.detach()
+    ev2.detach()
+    for o in (q, ev, pd):
+        naming.destroy(o.o_uid)
+    del pd2, mine

@@ -156,7 +156,9 @@ class ObjectsPart:
             rec = self.objs[self.obj_names[name]]
             if msg.soft and rec.kind == kind:
                 self._obj_add_ref(rec, msg.p_uid)
-                return self._reply(msg.tag, msg.r, rec.desc_dict())
+                out = rec.desc_dict()
+                out["existed"] = True     # the caller did not create it (a scope must not own it)
+                return self._reply(msg.tag, msg.r, out)
             raise ObjectError(f"an object is already named {name!r} ({rec.kind}, o_uid {rec.o_uid})")
         if msg.p_uid not in self.procs and lifetime == "owner":
             raise ObjectError("lifetime 'owner' needs a managed process as creator")

@@ -40,7 +40,8 @@ def create(kind, name=None, lifetime=None, desc=b"", channels=(), parts=(), chil
     for).  ``channels``: descriptors of channels made for it in the default
     pool; ``parts``: its other memory there (``["sync", kind, sdesc]``,
     ``["alloc", sdesc]``); all are destroyed with the object.  ``exist_ok=True`` with the name of a live object of the same kind
-    returns that one (soft create)."""
+    returns that one (soft create); it is not adopted by the caller's
+    scope, which owns only what it created."""
     if name is not None and (not isinstance(name, str) or not name):
         raise ObjectError(f"name must be a non-empty str or None, got {name!r}")
     if lifetime is not None and lifetime not in LIFETIMES:
@@ -49,7 +50,10 @@ def create(kind, name=None, lifetime=None, desc=b"", channels=(), parts=(), chil
     rec = _call(_m.ObjectCreate, kind, name, lifetime, bytes(desc),
                 [bytes(c) for c in channels], [list(p) for p in parts],
                 [[k, list(c)] for k, c in children], bool(exist_ok))
-    if _created_hooks:
+    # A soft create that found a live object did not create it: the hooks
+    # (a scope adopting what is made inside it) are only for new objects.
+    existed = rec.pop("existed", False)
+    if _created_hooks and not existed:
         _run_created_hooks(rec)
     return rec
 
