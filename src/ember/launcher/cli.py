@@ -44,6 +44,9 @@ take that lock: this holds across pid namespaces that share /dev/shm and
 whatever became of the launcher's pid.
 """
 import os
+import re
+import stat
+import time
 import sys
 
 from .. import __version__, _log
@@ -140,6 +143,14 @@ def _parser():
                     "creating process no longer exists.  Segments of live runtimes, and "
                     "segments of other users, are never touched (the latter are listed).")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    c.add_argument("--events-age", type=_duration_arg, default=DEFAULT_EVENTS_AGE,
+                   metavar="DURATION",
+                   help="also remove the event logs (<runtime dir>/<id>.events) of runtimes "
+                        "that are no longer running and whose last event is older than "
+                        "DURATION: a number of seconds or a number with a unit s, m, h, d, w "
+                        "(default: 7d; 0: every finished runtime's log)")
+    c.add_argument("--events-only", action="store_true",
+                   help="only remove old event logs; leave /dev/shm alone")
 
     from . import inspect as _inspect     # ember ls/ps/stacks/channels/pools/events/top
     _inspect.add_parsers(sub, Formatter)
@@ -303,7 +314,9 @@ def main(argv=None):
         parser = _parser()
         args = parser.parse_args(argv)
         if args.command == "cleanup":
-            return cleanup(dry_run=args.dry_run)
+            if not args.events_only:
+                cleanup(dry_run=args.dry_run)
+            return cleanup_events(args.events_age, dry_run=args.dry_run)
         if args.command == "stop":
             return stop(args.target, args.timeout)
         from . import inspect as _inspect
@@ -417,6 +430,85 @@ def _daemonize(args):
 
 
 # ------------------------------------------------------------------ cleanup
+#: ``ember cleanup --events-age`` default: a week.
+DEFAULT_EVENTS_AGE = 7 * 86400.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text):
+    """Seconds (a float >= 0) of ``7d``, ``12h``, ``30m``, ``90s``, ``2w`` or a
+    plain number of seconds; ValueError quoting ``text`` otherwise."""
+    mo = _DURATION.match(str(text))
+    if not mo:
+        raise ValueError(f"not a duration: {text!r} (use seconds or a number with a unit "
+                         f"s, m, h, d, w, e.g. 7d, 12h, 30m)")
+    return float(mo.group(1)) * _DURATION_UNITS[mo.group(2).lower()]
+
+
+def _duration_arg(text):
+    import argparse
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _runtime_running(runtime_id):
+    """True while the launcher of ``runtime_id`` holds its lock (or the lock
+    cannot be checked: then we keep what belongs to it)."""
+    path = os.path.join(SHM_DIR, _lock_name(runtime_id))
+    try:
+        fd = _take_lock(path, create=False)
+    except FileNotFoundError:
+        return False           # removed at teardown (or never made): not running
+    except OSError:
+        return True
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None):
+    """Remove the event logs ``<runtime dir>/<id>.events`` of runtimes that
+    are not running (their launcher holds no lock) and whose last event
+    (the file's mtime) is older than ``max_age`` seconds.  Returns 0."""
+    from ..runtime import runtime_dir
+    from ..exceptions import GlobalServicesError
+    try:
+        d = runtime_dir(create=False)
+        names = sorted(os.listdir(d))
+    except (FileNotFoundError, GlobalServicesError):
+        return 0
+    now = time.time() if now is None else now
+    for name in names:
+        rid, dot, ext = name.rpartition(".")
+        if ext != "events" or not dot or not rid or "/" in rid:
+            continue
+        path = os.path.join(d, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < max_age:
+            continue
+        if _runtime_running(rid):
+            continue
+        if dry_run:
+            print(f"would remove {path}", file=out)
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            print(f"skipped {path}: {exc.strerror}", file=out)
+            continue
+        print(f"removed {path}", file=out)
+    return 0
+
+
 def _pid_alive(pid):
     if not 0 < pid <= _PID_MAX_LIMIT:
         return False             # no process can have this pid (a crafted name)

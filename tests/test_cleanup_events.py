@@ -1,0 +1,119 @@
+"""`ember cleanup --events-age DURATION` (issue 14): old event logs of
+runtimes that are no longer running are removed; a running runtime's log,
+and recent logs, are kept.  Every test uses a private runtime directory
+($XDG_RUNTIME_DIR) and `--events-only`, so nothing of the parallel suites
+(and nothing in /dev/shm) is touched."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ember.launcher.cli import parse_duration
+
+pytestmark = pytest.mark.timeout(90)
+
+TAG = os.environ["EMBER_SEGMENT_TAG"]
+DAY = 86400
+
+
+def ember(xdg, *args, timeout=60):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(xdg))
+    env.pop("EMBER_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "ember", *args], capture_output=True,
+                          timeout=timeout, env=env, text=True)
+
+
+@pytest.fixture
+def rdir(tmp_path):
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    d = xdg / "ember"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def log(d, rid, age):
+    p = d / f"{rid}.events"
+    p.write_text('{"t": 1, "event": "runtime.started"}\n')
+    t = time.time() - age
+    os.utime(p, (t, t))
+    return p
+
+
+def test_parse_duration():
+    assert parse_duration("7d") == 7 * DAY
+    assert parse_duration("12h") == 12 * 3600
+    assert parse_duration("1.5m") == 90
+    assert parse_duration("2w") == 14 * DAY
+    assert parse_duration("45") == 45
+    assert parse_duration("0") == 0
+    for bad in ("", "x", "-1d", "3y", "1 d s"):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(bad)
+
+
+def test_old_logs_of_finished_runtimes_are_removed(rdir):
+    old = log(rdir, f"r1-{TAG}old", 8 * DAY)
+    recent = log(rdir, f"r1-{TAG}new", 3600)
+    other = rdir / f"r1-{TAG}x.addr"              # not an event log: never touched
+    other.write_text("x")
+    t = time.time() - 30 * DAY
+    os.utime(other, (t, t))
+    # a launcher killed with -9 leaves its lock file, held by nobody: not running
+    lock = f"/dev/shm/ember.r1-{TAG}killed.lock"
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    os.close(fd)
+    try:
+        killed = log(rdir, f"r1-{TAG}killed", 9 * DAY)
+        res = ember(rdir.parent, "cleanup", "--events-only", "--dry-run")
+        assert res.returncode == 0, res.stderr
+        assert f"would remove {old}" in res.stdout and f"would remove {killed}" in res.stdout
+        assert str(recent) not in res.stdout and old.exists()
+        res = ember(rdir.parent, "cleanup", "--events-only")           # default: 7 days
+        assert res.returncode == 0, res.stderr
+        assert f"removed {old}" in res.stdout and f"removed {killed}" in res.stdout
+        assert not old.exists() and not killed.exists()
+        assert recent.exists() and other.exists() and os.path.exists(lock)
+        res = ember(rdir.parent, "cleanup", "--events-only", "--events-age", "30m")
+        assert res.returncode == 0, res.stderr
+        assert f"removed {recent}" in res.stdout and not recent.exists() and other.exists()
+    finally:
+        os.unlink(lock)
+
+
+def test_a_running_runtimes_log_is_kept(rdir, tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import sys, time
+        print("ready", flush=True)
+        sys.stdin.read()
+    """))
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(rdir.parent))
+    env.pop("EMBER_ADDRESS", None)
+    run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    try:
+        assert run.stdout.readline() == b"ready\n"
+        logs = [p for p in rdir.iterdir() if p.name.endswith(".events")]
+        assert len(logs) == 1
+        t = time.time() - 30 * DAY
+        os.utime(logs[0], (t, t))
+        res = ember(rdir.parent, "cleanup", "--events-only", "--events-age", "0")
+        assert res.returncode == 0, res.stderr
+        assert logs[0].exists() and "removed" not in res.stdout
+    finally:
+        run.communicate(b"", timeout=60)
+    assert run.returncode == 0
+    # finished now: age 0 removes it
+    res = ember(rdir.parent, "cleanup", "--events-only", "--events-age", "0")
+    assert res.returncode == 0 and f"removed {logs[0]}" in res.stdout
+    assert not logs[0].exists()
+
+
+def test_bad_duration_is_a_usage_error(rdir):
+    res = ember(rdir.parent, "cleanup", "--events-only", "--events-age", "soon")
+    assert res.returncode == 2 and "not a duration: 'soon'" in res.stderr
