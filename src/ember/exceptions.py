@@ -29,6 +29,7 @@ __all__ = [
     "ObjectTimeout",
     "CoreError",
     "CoreTimeout",
+    "LauncherError",
 ]
 
 
@@ -189,3 +190,23 @@ class CoreError(PoolError, ChannelError, SyncError):
 class CoreTimeout(CoreError, TimeoutError):
     """A C-core wait ran out of time (EMBER_ERR_TIMEOUT) where the call has
     no more specific meaning for it."""
+
+
+class LauncherError(EmberError, RuntimeError):
+    """A command could not be started on a node: the host is unknown or
+    refused the connection, ``srun`` is missing or this is not a Slurm
+    allocation, or the node could not run the command.  The message names
+    the node and ends with the tail of what the launch printed on stderr.
+
+    Attributes: ``node`` (the :class:`ember.launcher.nodes.NodeSpec`, or
+    None), ``argv`` (the command), ``stderr`` (the launch's stderr text).
+    """
+
+    def __init__(self, message, node=None, argv=None, stderr=""):
+        super().__init__(message)
+        self.node = node
+        self.argv = argv
+        self.stderr = stderr
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.node, self.argv, self.stderr))
