@@ -156,6 +156,11 @@ _define(59, "ShChannelClose", "tag c_uid")
 # node, so its shepherd does it.
 _define(80, "ShObjectEnd", "tag m_uid pool_sdesc closes parts")
 
+# chanperf (100-109): a channel destroy is answered as soon as GS forgets the
+# channel; the node's shepherd frees it afterwards (a notice, no answer: a
+# failure is logged by the shepherd).  ``c_uids``: a list.
+_define(103, "ShChannelDrop", "c_uids")
+
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
 _define(61, "ShExited", "p_uid exit_code")

@@ -442,6 +442,8 @@ def init(address=None, *, name=None, detached=False, label="none", grace=5.0,
     runtime.
     """
     global _current
+    _check_init_args(address, name, detached, label, grace, default_pool_size, inf_pool_size,
+                     start_timeout)
     with _lock:
         if _current is not None:
             if _current.pid == os.getpid():
@@ -463,6 +465,46 @@ def init(address=None, *, name=None, detached=False, label="none", grace=5.0,
         _current = rt
         _install_hooks()
         return rt
+
+
+_LABELS = ("none", "puid", "name")
+
+
+def _check_init_args(address, name, detached, label, grace, default_pool_size, inf_pool_size,
+                     start_timeout):
+    """Refuse bad :func:`init` arguments here, with what is accepted (a
+    bad value used to reach the host's command line, which then failed
+    with "no address published")."""
+    if address is not None:
+        if not isinstance(address, str):
+            raise ValueError(f"ember.init(address=...) must be None, \"auto\", a runtime's name "
+                             f"or id, or the path of its address file (a str), not "
+                             f"{type(address).__name__} {address!r}")
+        if not address.strip() or any(not c.isprintable() for c in address):
+            raise ValueError(f"ember.init(address={address!r}): not \"auto\", a runtime's name "
+                             f"or id, nor the path of an address file")
+    if name is not None and (not isinstance(name, str) or not name.strip()
+                             or any(not c.isprintable() for c in name)):
+        raise ValueError(f"ember.init(name={name!r}): a runtime's name must be a non-empty "
+                         f"printable str or None")
+    if not isinstance(detached, bool):
+        raise ValueError(f"ember.init(detached={detached!r}): must be True or False")
+    if label not in _LABELS:
+        raise ValueError(f"ember.init(label={label!r}): must be one of "
+                         f"{', '.join(map(repr, _LABELS))}")
+    for what, value in (("grace", grace), ("start_timeout", start_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not 0 <= value < float("inf") or (what == "start_timeout" and value == 0):
+            raise ValueError(f"ember.init({what}={value!r}): must be a number of seconds "
+                             f"{'> 0' if what == 'start_timeout' else '>= 0'}")
+    for what, value in (("default_pool_size", default_pool_size), ("inf_pool_size", inf_pool_size)):
+        if value in ("1G", "256M"):     # the defaults: no need to load the parser (re)
+            continue
+        from ._size import parse_size
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            raise ValueError(f"ember.init({what}={value!r}): {exc}") from None
 
 
 def shutdown():

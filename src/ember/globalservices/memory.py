@@ -406,10 +406,11 @@ class MemoryPart:
         self._reply(msg.tag, msg.r)
 
     def _destroy_channel(self, rec, requester=None):
-        """Forget a channel, then have its shepherd destroy it (the
-        registries are consistent whatever the destroy's outcome);
-        ``requester`` ``(tag, r, p_uid)`` is answered when the shepherd
-        confirms (else a failure is logged)."""
+        """Forget a channel and answer ``requester`` ``(tag, r, p_uid)`` at
+        once; then have its shepherd free it (``ShChannelDrop``, no answer:
+        the registries are consistent whatever the free's outcome, and the
+        shepherd logs a failure).  Messages to a shepherd go out in order, so
+        a pool destroy that follows finds the channel freed."""
         self.chans.pop(rec.c_uid, None)
         self.chan_sdescs.discard(rec.sdesc)
         if rec.name and self.chan_names.get(rec.name) == rec.c_uid:
@@ -423,8 +424,9 @@ class MemoryPart:
                 proc.refs.pop(rec.c_uid, None)
         log.info("channel %d %r destroyed", rec.c_uid, rec.name)
         self._event("channel.destroyed", c_uid=rec.c_uid, name=rec.name)
-        self.node_request(self.node, lambda tag: m.ShChannelDestroy(tag, rec.c_uid),
-                          lambda done: self._destroyed(f"channel {rec.c_uid}", done, requester))
+        self.node_notice(self.node, m.ShChannelDrop([rec.c_uid]))
+        if requester is not None:
+            self._answer([requester])
 
     def _unlink_chan_join(self, w):
         lst = self.chan_joiners.get(w.name)

@@ -234,6 +234,13 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self._node_ops[tag] = on_done
         self.send_shepherd(build(tag))
 
+    def node_notice(self, node, msg):
+        """Tell the shepherd of ``node`` something that needs no answer
+        (``ShChannelDrop``); in order with :meth:`node_request`'s messages."""
+        if node != self.node:
+            raise EmberError(f"node {node} is not a node of this runtime")
+        self.send_shepherd(msg)
+
     def on_node_done(self, msg):
         on_done = self._node_ops.pop(msg.ref, None)
         if on_done is None:

@@ -13,6 +13,7 @@ GS -> shepherd         shepherd -> GS
 ``ShPoolDestroy``      ``ShPoolDestroyed(ref, m_uid, err)``
 ``ShChannelCreate``    ``ShChannelCreated(ref, c_uid, sdesc, capacity, block_size, err)``
 ``ShChannelDestroy``   ``ShChannelDestroyed(ref, c_uid, err)``
+``ShChannelDrop``      (none: GS answered the destroy already; a failure is logged)
 ``ShObjectEnd``        ``ShObjectEnded(ref, err)`` (a named object's memory: ember.objects)
 ``ShReclaim(pid)``     (none)
 =====================  ==========================================
@@ -54,7 +55,7 @@ class NodeResources(Service):
 
     name = "shepherd"
     TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy,
-             M.ShChannelClose, M.ShObjectEnd)
+             M.ShChannelClose, M.ShObjectEnd, M.ShChannelDrop)
 
     def __init__(self, send, *, pool_factory=None, channel_factory=None, pool_attach=None,
                  clock=None):
@@ -80,7 +81,8 @@ class NodeResources(Service):
                             (M.ShChannelCreate, self.on_channel_create),
                             (M.ShChannelDestroy, self.on_channel_destroy),
                             (M.ShChannelClose, self.on_channel_close),
-                            (M.ShObjectEnd, self.on_object_end)):
+                            (M.ShObjectEnd, self.on_object_end),
+                            (M.ShChannelDrop, self.on_channel_drop)):
             self.on(cls, method, NOTICE)
 
     def handle_msg(self, msg):
@@ -148,6 +150,23 @@ class NodeResources(Service):
             except Exception as exc:
                 err = _err(exc)
         self._send(M.ShChannelDestroyed(msg.tag, msg.c_uid, err))
+
+    def on_channel_drop(self, msg):
+        """Free channels GS has already forgotten (and answered the destroy
+        of): each on its own, a failure logged."""
+        c_uids = msg.c_uids
+        if not isinstance(c_uids, list):
+            self.warn("bad-drop", "dropped ShChannelDrop: c_uids is not a list")
+            return
+        for c_uid in c_uids:
+            ch = self.chans.pop(c_uid, None) if isinstance(c_uid, int) else None
+            if ch is None:
+                log.warning("cannot free channel %r: no such channel on this node", c_uid)
+                continue
+            try:
+                ch.destroy()
+            except Exception as exc:
+                log.warning("freeing channel %s: %s: %s", c_uid, type(exc).__name__, exc)
 
     def on_channel_close(self, msg):
         """Close a channel whose last sender went away (GS decided): no
