@@ -485,7 +485,14 @@ def test_template_killed_is_replaced(tmp_path):
                     except OSError:
                         continue
                     if b"ember._template" in cmd and os.getsid(int(d)) == os.getsid(0):
-                        # this runtime's template only (parallel tests share the session)
+                        # this runtime's template only (parallel tests share the session),
+                        # not its spare child (a clone of it, see docs/python-processes.md)
+                        try:
+                            with open(f"/proc/{d}/comm", "rb") as f:
+                                if f.read().strip() == b"ember-spare":
+                                    continue
+                        except OSError:
+                            continue
                         try:
                             with open(f"/proc/{d}/environ", "rb") as f:
                                 env = f.read().split(b"\\0")
@@ -497,12 +504,90 @@ def test_template_killed_is_replaced(tmp_path):
             return found
 
         p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
+        while len(templates()) != 1:   # a spare being cloned is briefly a second one
+            time.sleep(0.01)
         (t,) = templates()
         os.kill(t, signal.SIGKILL)
         while t in templates():      # under load the kill takes a moment to land
             time.sleep(0.01)
         p = ember.Process(target=lambda: 7); p.start()
-        print("after kill", p.result(), len(templates()), templates() != [t])
+        r = p.result()
+        while len(templates()) != 1:
+            time.sleep(0.01)
+        print("after kill", r, len(templates()), templates() != [t])
         p.join()
     """))
     assert out.splitlines() == ["after kill 7 1 True"]
+
+
+def test_spare_child(tmp_path):
+    """The template keeps one child forked ahead of the next request (the
+    spare): a process started from it gets its own p_uid, environment,
+    working directory and forwarded output as any other; a spare that
+    dies while waiting is reaped by the shepherd and replaced."""
+    (tmp_path / "sub").mkdir()
+    out = ok(run_prog(tmp_path, """
+        def spares():
+            found = []
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{d}/comm", "rb") as f:
+                        comm = f.read().strip()
+                    with open(f"/proc/{d}/stat", "rb") as f:
+                        ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                except OSError:
+                    continue
+                if comm == b"ember-spare" and ppid == os.getppid():   # the shepherd's
+                    found.append(int(d))
+            return found
+
+        def wait_spare(old=()):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                s = [x for x in spares() if x not in old]
+                if s:
+                    return s
+                time.sleep(0.01)
+            return []
+
+        def child(tag):
+            with open("/proc/self/comm") as f:
+                comm = f.read().strip()
+            print("child says", tag, flush=True)
+            return (os.environ["EMBER_P_UID"], os.environ.get("EXTRA"), os.getcwd(),
+                    comm, os.getppid(), os.getpid())
+
+        p = ember.Process(target=child, args=("one",)); p.start(); p.result(); p.join()
+        (s1,) = wait_spare()
+        p = ember.Process(target=child, args=("two",), env={"EXTRA": "x"}, cwd="sub")
+        p.start()
+        puid, extra, cwd, comm, ppid, pid = p.result()
+        p.join()
+        print("from the spare", pid == s1, puid == str(p.p_uid), extra, os.path.basename(cwd),
+              comm != "ember-spare", ppid == os.getppid(), p.exitcode)
+        (s2,) = wait_spare([s1])
+        os.kill(s2, signal.SIGKILL)
+        while os.path.exists(f"/proc/{s2}") and \
+                open(f"/proc/{s2}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            time.sleep(0.01)
+        p = ember.Process(target=child, args=("three",)); p.start()
+        print("after the spare died", p.result()[5] != s2, os.path.exists(f"/proc/{s2}"))
+        p.join()
+        p = ember.Process(target=child, args=("four",), cwd="missing")
+        try:
+            p.start()
+        except ember.ProcessError as exc:
+            print("bad cwd", "run_dir" in str(exc))
+        p = ember.Process(target=child, args=("five",)); p.start(); p.result(); p.join()
+        print("exit", p.exitcode)
+    """))
+    lines = out.splitlines()
+    assert [ln for ln in lines if not ln.startswith("child says")] == [
+        "from the spare True True x sub True True 0",
+        "after the spare died True False",
+        "bad cwd True",
+        "exit 0"], out
+    assert sorted(ln for ln in lines if ln.startswith("child says")) == [
+        "child says five", "child says one", "child says three", "child says two"], out

@@ -29,9 +29,19 @@ directory, replaces its environment, reports "ready" (or the failed step)
 to the template, and then runs ``ember._worker.main`` and ``os._exit``\\ s
 with its code.
 
+The spare (single-threaded template only): after answering a request the
+template clones the next child ahead of time (:func:`_make_spare`); it does
+what needs nothing of a request (:func:`_detach`) and waits on a socket pair
+for ``[args, envp, cwd]`` and its stdio fds, so a request costs a
+``sendmsg`` instead of a fork.  Spares that died or were discarded (forked
+before a preload) are killed and listed in the reply (``[pid, error,
+[stale pids]]``); the shepherd reaps them (they are its children).
+
 What a death costs: the template dying (killed, crash) fails the spawn in
-flight ("template exited"); the next spawn starts a new template.  A child
-dying at any point is an ordinary managed-process exit.
+flight ("template exited"); the next spawn starts a new template (its spare
+sees EOF and exits; the shepherd reaps that zombie only when it exits).  A
+spare dying while it waits costs nothing but a fork on the next request.  A
+child dying at any point is an ordinary managed-process exit.
 """
 import os
 import select
@@ -146,7 +156,12 @@ class Template:
                     raise OSError(getattr(exc, "errno", None) or 5,
                                   f"cannot start from the template: {exc}") from None
                 continue
-            pid, err = msgpack.unpackb(data, raw=False)
+            pid, err, *rest = msgpack.unpackb(data, raw=False)
+            for stale in (rest[0] if rest else ()):
+                try:                      # a spare that died or was discarded: ours to reap
+                    os.waitpid(stale, 0)
+                except ChildProcessError:
+                    pass
             if err:
                 if pid:
                     try:
@@ -164,10 +179,14 @@ class Template:
 # ----------------------------------------------------------------------
 # the template process
 # ----------------------------------------------------------------------
+_preloaded = set()      # every module a preload list has named (imported or not)
+
+
 def _preload(modules):
     import importlib
 
     for m in modules:
+        _preloaded.add(m)
         if m in sys.modules:
             continue
         try:
@@ -177,8 +196,51 @@ def _preload(modules):
                   file=sys.stderr, flush=True)
 
 
-def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid):
-    """In the real child: set up, run the worker.  Never returns."""
+def _set_env(envp):
+    """Make this process's environment exactly ``envp`` (a list of
+    ``b"K=V"``), touching only the variables that differ (the template's
+    environment is the runtime's, so most are already right)."""
+    env = os.environb
+    new = {}
+    for kv in envp:
+        k, _, v = kv.partition(b"=")
+        new[k] = v
+    for k in [k for k in env if k not in new]:
+        del env[k]
+    for k, v in new.items():
+        if env.get(k) != v:
+            env[k] = v
+
+
+def _detach(shepherd_pid, keep=-1):
+    """The steps of a child that need nothing of its request: the
+    parent-death signal (checking the parent is the shepherd), a process
+    group of its own, every inherited fd above 2 closed but ``keep``, the
+    default SIGINT handler.  Returns the step that failed, or None."""
+    from ._spawn import set_pdeathsig
+
+    step = "set the parent-death signal"
+    try:
+        set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != shepherd_pid:
+            raise OSError(0, "the shepherd exited")
+        step = "make a process group"
+        os.setpgid(0, 0)
+        step = "close inherited fds"
+        if keep >= 3:
+            os.closerange(3, keep)
+            os.closerange(keep + 1, 1 << 20)
+        else:
+            os.closerange(3, 1 << 20)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except BaseException as exc:
+        return f"{step}: {exc}"
+    return None
+
+
+def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=False):
+    """In the real child: set up, run the worker.  Never returns.  With
+    ``detached`` (a spare), :func:`_detach` has been done already."""
     code = 127
     step = "start"
     try:
@@ -189,30 +251,24 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid):
             os.close(gate_r)
             while os.getppid() == middle_pid:
                 os.sched_yield()
-        from ._spawn import set_pdeathsig
-
-        step = "set the parent-death signal"
-        set_pdeathsig(signal.SIGKILL)
-        if os.getppid() != shepherd_pid:
-            raise OSError(0, "the shepherd exited")
-        step = "make a process group"
-        os.setpgid(0, 0)
         step = "set up stdin/stdout/stderr"
         for i, fd in enumerate(fds):
-            os.dup2(fd, i)
-        step = "close inherited fds"
-        os.closerange(3, 1 << 20)
+            if fd != i:
+                os.dup2(fd, i)
+        if detached:
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
+        else:
+            err = _detach(shepherd_pid)       # closes the fds above 2 too
+            if err is not None:
+                step, _, msg = err.partition(": ")
+                raise OSError(0, msg)
         step = f"change to run_dir '{cwd}'"
         if cwd:
             os.chdir(cwd)
         step = "set the environment"
-        env = os.environb
-        for k in list(env):
-            del env[k]
-        for kv in envp:
-            k, _, v = kv.partition(b"=")
-            env[k] = v
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _set_env(envp)
         step = "run"
         from .. import _worker
 
@@ -337,14 +393,134 @@ def _single_threaded():
         return False
 
 
-def _fork_one(args, envp, cwd, fds, shepherd_pid):
-    """Start the child as the shepherd's child; return (pid, error or None)."""
+def _check_cwd(cwd):
+    """None, or the error for a run_dir the child could not change to."""
     if cwd:
         if not os.path.isdir(cwd):
             e = 20 if os.path.exists(cwd) else 2
-            return 0, [e, f"bad run_dir '{cwd}'"]
+            return [e, f"bad run_dir '{cwd}'"]
         if not os.access(cwd, os.X_OK):
-            return 0, [13, f"bad run_dir '{cwd}'"]
+            return [13, f"bad run_dir '{cwd}'"]
+    return None
+
+
+# ----------------------------------------------------------------------
+# the spare: a child forked ahead of the next request
+# ----------------------------------------------------------------------
+#: Name (``/proc/PID/comm``) of a spare while it waits for its request.
+SPARE_COMM = b"ember-spare"
+_PR_SET_NAME, _PR_GET_NAME = 15, 16
+
+
+def _prctl_name(name=None):
+    """Get (``name`` None) or set this thread's comm; None if unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(16)
+        if name is None:
+            return buf.value if libc.prctl(_PR_GET_NAME, buf, 0, 0, 0) == 0 else None
+        buf.value = name[:15]
+        libc.prctl(_PR_SET_NAME, buf, 0, 0, 0)
+    except Exception:
+        return None
+    return name
+
+
+class _Spare:
+    """The template's end of a spare child: its pid (a child of the
+    shepherd, not yet known to it) and the socket its request goes on."""
+
+    __slots__ = ("pid", "sock")
+
+    def __init__(self, pid, sock):
+        self.pid = pid
+        self.sock = sock
+
+    def dead(self):
+        """True if the spare has exited (its end of the socket closed)."""
+        p = select.poll()
+        p.register(self.sock, select.POLLIN)
+        return bool(p.poll(0))
+
+    def discard(self):
+        """Kill it; its pid goes to the shepherd to be reaped."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.sock.close()
+        return self.pid
+
+
+def _make_spare(shepherd_pid):
+    """Fork a spare with :func:`_clone_parent` (so it is the shepherd's
+    child from the start): it does every step that needs nothing of a
+    request (:func:`_detach`) and waits for one on a socket pair.  None
+    where a spare cannot be made (threads in the template, no clone)."""
+    if not _single_threaded():
+        return None
+    socket = _socket()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for f in (sys.stdout, sys.stderr):
+        f.flush()
+    try:
+        pid = _clone_parent()
+    except OSError:
+        pid = None
+    if pid == 0:
+        mine.close()
+        _spare_main(theirs, shepherd_pid)
+    theirs.close()
+    if pid is None:
+        mine.close()
+        return None
+    return _Spare(pid, mine)
+
+
+def _spare_main(sock, shepherd_pid):
+    """In a spare: get ready, wait for the request, run it.  Never returns.
+    Its template gone (EOF) or a bad request: it exits at once."""
+    import msgpack
+
+    try:
+        comm = _prctl_name()
+        _prctl_name(SPARE_COMM)
+        err = _detach(shepherd_pid, keep=sock.fileno())
+        if err is not None:
+            print(f"ember template spare: cannot {err}", file=sys.stderr, flush=True)
+            os._exit(127)
+        msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
+        sock.close()
+        if not msg or len(fds) != 3:
+            os._exit(0)
+        args, envp, cwd = msgpack.unpackb(msg, raw=False)
+        if comm:
+            _prctl_name(comm)
+    except BaseException:
+        os._exit(0)
+    _child(args, envp, cwd, fds, -1, 0, shepherd_pid, detached=True)
+
+
+def _hand_over(spare, args, envp, cwd, fds):
+    """Give the request to ``spare``; True if it took it."""
+    import msgpack
+
+    try:
+        _socket().send_fds(spare.sock, [msgpack.packb([args, envp, cwd], use_bin_type=True)],
+                           fds)
+    except OSError:
+        return False
+    spare.sock.close()
+    return True
+
+
+def _fork_one(args, envp, cwd, fds, shepherd_pid):
+    """Start the child as the shepherd's child; return (pid, error or None)."""
+    err = _check_cwd(cwd)
+    if err is not None:
+        return 0, err
     for f in (sys.stdout, sys.stderr):
         f.flush()
     if _single_threaded():
@@ -412,13 +588,20 @@ def main():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    spare = None
+    spares = os.environ.get("EMBER_TEMPLATE_SPARE", "1") != "0"
     while True:
+        if spare is None and spares:
+            # Off the path of the request just answered: the next one finds
+            # its child already forked.
+            spare = _make_spare(shepherd_pid)
         try:
             msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
         except OSError:
             return 0
         if not msg:
             return 0
+        reap = []             # spares that died or were discarded: the shepherd reaps them
         try:
             p_uid, args, envp, cwd = msgpack.unpackb(msg, raw=False)
             if len(fds) != 3:
@@ -427,9 +610,25 @@ def main():
                 from .._worker import parse_argv
 
                 _, preload, _, _ = parse_argv(args[2:])
-                if preload:
+                if preload and any(m not in _preloaded for m in preload):
+                    if spare is not None:     # forked before these imports
+                        reap.append(spare.discard())
+                        spare = None
                     _preload(preload)
-                pid, err = _fork_one(args, envp, cwd, fds, shepherd_pid)
+                if spare is not None and spare.dead():
+                    reap.append(spare.discard())
+                    spare = None
+                pid, err, handed = 0, None, False
+                if spare is not None:
+                    err = _check_cwd(cwd)           # a bad run_dir keeps the spare
+                    if err is None:
+                        if _hand_over(spare, args, envp, cwd, fds):
+                            pid, handed = spare.pid, True
+                        else:
+                            reap.append(spare.discard())
+                        spare = None
+                if not handed and err is None:
+                    pid, err = _fork_one(args, envp, cwd, fds, shepherd_pid)
         except Exception as exc:
             pid, err = 0, [getattr(exc, "errno", None) or 5,
                            f"template error: {type(exc).__name__}: {exc}"]
@@ -437,7 +636,7 @@ def main():
             for fd in fds:
                 os.close(fd)
         try:
-            sock.send(msgpack.packb([pid, err], use_bin_type=True))
+            sock.send(msgpack.packb([pid, err, reap], use_bin_type=True))
         except OSError:
             return 0
 
