@@ -1,0 +1,54 @@
+"""An existing multiprocessing program, switched to ember.
+
+    python examples/mp_switch.py          # or: ember run examples/mp_switch.py
+
+It is examples/mp/mp_switch.py with the start method set to "ember" (and
+``import ember``, which registers that method).  Its processes are now
+managed by ember (forked from a warm template, listed by ``ember ps``,
+killed with the run), its Queue and Value are ember's; without ``ember
+run``, the first process start brings up a runtime for the program and
+tears it down at exit.
+"""
+import multiprocessing as mp
+
+import ember  # noqa: F401  (registers the start method "ember")
+
+
+def square(x):
+    return x * x
+
+
+def producer(q, n):
+    for i in range(n):
+        q.put(i)
+    q.put(None)
+
+
+def count(total, n):
+    for _ in range(n):
+        with total.get_lock():
+            total.value += 1
+
+
+if __name__ == "__main__":
+    mp.set_start_method("ember")
+    with mp.Pool(4) as pool:
+        print("squares:", sum(pool.map(square, range(10_000))))
+
+    q = mp.Queue()
+    p = mp.Process(target=producer, args=(q, 1000))
+    p.start()
+    received = 0
+    while q.get() is not None:
+        received += 1
+    p.join()
+    print("received:", received)
+
+    total = mp.Value("i", 0)
+    ps = [mp.Process(target=count, args=(total, 500)) for _ in range(4)]
+    for c in ps:
+        c.start()
+    for c in ps:
+        c.join()
+    print("counted:", total.value)
+    print("start method:", mp.get_start_method())
