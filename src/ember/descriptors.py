@@ -50,7 +50,7 @@ class ProcessDescriptor(_Record):
 
     Attributes: ``p_uid``, ``user_name`` (``name``), ``is_alive``,
     ``retval`` (exit code, None while alive; -N for death by signal N),
-    ``location`` (:class:`ProcessLocation`), ``state``.
+    ``location`` (:class:`~ember.descriptors.ProcessLocation`), ``state``.
     """
 
     __slots__ = ("p_uid", "user_name", "state", "retval", "node", "os_pid")

@@ -364,7 +364,7 @@ class Runtime:
     @classmethod
     def start(cls, *, name=None, detached=False, label="none", grace=5.0,
               default_pool_size="1G", inf_pool_size="256M", start_timeout=30.0):
-        """Bring up a runtime (a host process, :mod:`ember.launcher.host`)
+        """Bring up a runtime (a host process, ``ember.launcher.host``)
         and attach this process to it.  Prefer :func:`init`, which also
         makes it this process's current runtime."""
         addr, host_pid = _start_host(name=name, detached=detached, label=label, grace=grace,
@@ -436,10 +436,24 @@ def init(address=None, *, name=None, detached=False, label="none", grace=5.0,
     label, grace, default_pool_size, inf_pool_size
         As the flags of ``ember run``.
 
-    Returns the :class:`Runtime`.  Calling ``init()`` again in the same
-    process returns the same runtime (a re-run notebook cell is harmless).
-    Inside a process managed by ``ember run`` it returns a handle to that
-    runtime.
+    Returns
+    -------
+    Runtime
+        Calling ``init()`` again in the same process returns the same
+        runtime (a re-run notebook cell is harmless).  Inside a process
+        managed by ``ember run`` it returns a handle to that runtime.
+
+    Raises
+    ------
+    ember.GlobalServicesError
+        The runtime did not start (within ``start_timeout``, or its host
+        exited: the message carries its exit code and error output); no
+        runtime, or several, matched ``address``; the address names a
+        runtime that is not running any more (its files are then removed);
+        the runtime directory is not private to this user; global services
+        refused the attach (a wrong key); an option that ``ember run``
+        would refuse (a bad size or label) also ends here, as a host that
+        failed to start.
     """
     global _current
     _check_init_args(address, name, detached, label, grace, default_pool_size, inf_pool_size,

@@ -15,6 +15,6 @@ __all__ = ["Process"]
 def create(factory, *args, **kwargs):
     """Start a host process that constructs ``factory(*args, **kwargs)``
     and serves it (``name=``, ``lifetime=``, ``scope=``, ``exposed=``,
-    ``threads=`` as :func:`ember.serve`); see :func:`.shared.create`."""
+    ``threads=`` as :func:`ember.serve`); returns its :class:`ember.SharedRef`."""
     from .shared import create as _create
     return _create(factory, *args, **kwargs)

@@ -192,15 +192,20 @@ class Executor(_cf.Executor):
     """A ``concurrent.futures.Executor`` whose workers are warm ember
     processes.
 
+    A worker killed while running a task fails that task's future with
+    :class:`ember.ProcessDied` and is replaced; other tasks are unaffected.
+
     Parameters
     ----------
     max_workers : int or None
         Number of worker processes (default: ``os.cpu_count()``).
     start_method : {"template", "spawn"} or None
-        How workers start (default: :attr:`Process.start_method`).
+        How workers start (default: :attr:`ember.Process.start_method`).
 
-    A worker killed while running a task fails that task's future with
-    :class:`ember.ProcessDied` and is replaced; other tasks are unaffected.
+    Raises
+    ------
+    ValueError
+        ``max_workers`` is not an int > 0.
     """
 
     def __init__(self, max_workers=None, *, start_method=None):
@@ -221,6 +226,19 @@ class Executor(_cf.Executor):
 
     # --- submit --------------------------------------------------------
     def submit(self, fn, /, *args, **kwargs):
+        """Schedule ``fn(*args, **kwargs)`` on a worker; return a
+        :class:`concurrent.futures.Future`.  Its ``result()`` re-raises the
+        call's exception (with the worker's traceback as ``__cause__``), or
+        raises :class:`ember.ProcessDied` if the worker was killed while
+        running it.
+
+        Raises
+        ------
+        TypeError
+            ``fn`` is not callable.
+        RuntimeError
+            The executor was shut down.
+        """
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__}")
         f = _cf.Future()

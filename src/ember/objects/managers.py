@@ -218,7 +218,8 @@ SyncManager._registry = {n: (True, None, None, None) for n in ("dict", "list", "
 
 
 def Manager(*args, **kwargs):  # noqa: N802
-    """A started :class:`SyncManager` (``multiprocessing.Manager()``)."""
+    """A started :class:`~ember.objects.managers.SyncManager`
+    (``multiprocessing.Manager()``)."""
     m = SyncManager(*args, **kwargs)
     m.start()
     return m

@@ -411,8 +411,8 @@ class Process:
 
     @property
     def exception(self):
-        """After the process ended: the exception ``result()`` raises, or
-        None.  None while it runs."""
+        """Once the process has ended, the exception :meth:`result` raises,
+        or None.  None while it runs."""
         self._check_closed()
         if self._desc is None or self.exitcode is None:
             return None

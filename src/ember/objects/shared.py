@@ -333,7 +333,7 @@ def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, threads=1,
     """Host ``obj`` (pickled to the host) in a new managed process; return a
     :class:`SharedRef`.  ``threads > 1``: the host runs requests in a pool
     of that many threads (the object must then be thread-safe); 1 (the
-    default): one at a time, in arrival order.  See :func:`create`."""
+    default): one at a time, in arrival order.  See :func:`ember.objects.create`."""
     return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout, threads)
 
 
@@ -822,7 +822,7 @@ class PoolDict:
     ``SharedObjectError``; the rest of the table is intact.
 
     A named GS object (kind ``"PoolDict"``): ``PoolDict.attach(name)``,
-    picklable, lifetimes and scopes as every object of :mod:`.naming`.
+    picklable, lifetimes and scopes as every object registered with global services.
     """
 
     _KIND = "PoolDict"

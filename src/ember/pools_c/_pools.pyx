@@ -31,12 +31,13 @@ __all__ = ["Pool", "Allocation", "PoolStats", "clear_attach_cache", "set_lock_bo
 PoolStats = collections.namedtuple("PoolStats", "total free largest_free live_allocs committed")
 PoolStats.__doc__ = """Immutable snapshot of a pool's allocator.
 
-total: bytes in the heap (segment minus the header page);
-free: bytes in free blocks (headers included), counting pages not yet
-    committed only as far as /dev/shm has room for them right now;
-largest_free: the largest ``nbytes`` one ``alloc`` can get right now (same cap);
-live_allocs: number of allocated blocks (by any process);
-committed: bytes of the segment already backed by pages (fallocate).
+- ``total``: bytes in the heap (segment minus the header page);
+- ``free``: bytes in free blocks (headers included), counting pages not yet
+  committed only as far as /dev/shm has room for them right now;
+- ``largest_free``: the largest ``nbytes`` one ``alloc`` can get right now
+  (same cap);
+- ``live_allocs``: number of allocated blocks (by any process);
+- ``committed``: bytes of the segment already backed by pages (fallocate).
 """
 
 _SHM_DIR = "/dev/shm"

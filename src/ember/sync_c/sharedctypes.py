@@ -213,7 +213,7 @@ class Array(_Shared):
 
     @property
     def value(self):
-        """For a char array: the bytes up to the first NUL (as multiprocessing)."""
+        """For a char array, the bytes up to the first NUL (as multiprocessing)."""
         self._check()
         with self._locked():
             return self._obj.value
