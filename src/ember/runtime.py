@@ -451,9 +451,12 @@ def init(address=None, *, name=None, detached=False, label="none", grace=5.0,
         runtime, or several, matched ``address``; the address names a
         runtime that is not running any more (its files are then removed);
         the runtime directory is not private to this user; global services
-        refused the attach (a wrong key); an option that ``ember run``
-        would refuse (a bad size or label) also ends here, as a host that
-        failed to start.
+        refused the attach (a wrong key).
+    ValueError
+        A bad argument (an address or name that is not a non-empty
+        printable str, a ``label`` not ``ember run``'s, a negative
+        ``grace``, a ``start_timeout`` <= 0, a size ``ember run`` would
+        refuse), before anything starts.
     """
     global _current
     _check_init_args(address, name, detached, label, grace, default_pool_size, inf_pool_size,
