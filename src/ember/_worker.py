@@ -39,18 +39,18 @@ def _what(target):
 def _send_exception(res, exc, tb_text, prefix=b""):
     import pickle
 
-    from .objects import _pickling as P
+    from .objects import _codec, _pickling as P
 
     try:
-        data, bufs = P.dumps(exc)
-        P.loads(data, bufs)          # it must also come back to life
+        data = _codec.pickle_bytes(exc)
+        pickle.loads(data)           # it must also come back to life
     except BaseException as perr:
         detail = f"{type(perr).__name__}: {perr}"
         tb_text += (f"\n(the exception could not be sent back as itself: {detail})\n")
-        data = pickle.dumps((_type_name(exc), str(exc), tb_text))
+        data = pickle.dumps((_type_name(exc), str(exc), tb_text), 5)
         P.send_record(res, P.KIND_REMOTE_ERR, data, extra=prefix)
         return
-    P.send_record(res, P.KIND_ERR, data, bufs, extra=prefix + tb_text.encode("utf-8", "replace"))
+    P.send_record(res, P.KIND_ERR, data, extra=prefix + tb_text.encode("utf-8", "replace"))
 
 
 def run(call_sdesc, result_sdesc):
@@ -58,7 +58,7 @@ def run(call_sdesc, result_sdesc):
     import pickle
 
     from .channels_c import Channel
-    from .objects import _pickling as P
+    from .objects import _codec, _pickling as P
 
     call = Channel.attach(call_sdesc)
     res = Channel.attach(result_sdesc)
@@ -73,7 +73,7 @@ def run(call_sdesc, result_sdesc):
         call.detach()
         sys.path[:] = pickle.loads(rec.extra)
         try:
-            target, args, kwargs = P.loads(rec.data, rec.bufs)
+            target, args, kwargs = P.loads(rec)
         except BaseException as exc:
             _send_exception(res, exc, _format_tb(exc, run.__code__))
             return 1
@@ -93,16 +93,16 @@ def run(call_sdesc, result_sdesc):
             return 1
         del args, kwargs
         try:
-            data, bufs = P.dumps_fast(result)
+            msg = _codec.dumps(result, res.pool)
         except BaseException as exc:
             data = pickle.dumps((_type_name(exc),
                                  f"cannot pickle the result of {_what(target)}() "
                                  f"(a {type(result).__name__}): {exc}",
-                                 _format_tb(exc, run.__code__)))
+                                 _format_tb(exc, run.__code__)), 5)
             P.send_record(res, P.KIND_REMOTE_ERR, data)
             return 1
         del result
-        P.send_record(res, P.KIND_OK, data, bufs)
+        P.send_record(res, P.KIND_OK, msg)
         return 0
     finally:
         if not call.closed:

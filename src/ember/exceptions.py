@@ -4,6 +4,7 @@ Exceptions also inherit the matching built-in so ordinary ``except
 MemoryError`` / ``except TimeoutError`` / ``except ValueError`` keep working.
 """
 import threading as _threading
+from _pickle import UnpicklingError as _UnpicklingError
 
 __all__ = [
     "SharedObjectError",
@@ -27,6 +28,7 @@ __all__ = [
     "BrokenBarrierError",
     "ObjectError",
     "ObjectTimeout",
+    "MessageError",
     "CoreError",
     "CoreTimeout",
     "LauncherError",
@@ -170,6 +172,12 @@ class ObjectError(EmberError, ValueError):
 class ObjectTimeout(ObjectError, TimeoutError):
     """``attach(name, timeout=...)`` ran out of time before the object was
     created."""
+
+
+class MessageError(ObjectError, _UnpicklingError):
+    """A message received on a Queue, Pipe, shared object's or process's
+    channel is not one ember's codec made (a malformed frame, a broken or
+    truncated pickle): also a ``pickle.UnpicklingError``."""
 
 
 class SharedObjectError(ObjectError):

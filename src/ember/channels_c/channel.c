@@ -272,6 +272,7 @@ typedef struct {
     uint64_t slots_offset;        /* from the header start */
     /* line 1..4: hot counters, each alone on its line */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xhead;       /* next enqueue position */
+    _Atomic uint32_t xsend_cpu;   /* hint: 1 + the CPU of the last publisher (0: none yet) */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xtail;       /* next dequeue position */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xsent;       /* bumped after publish; receivers sleep */
     _Atomic uint32_t xrecv_sleepers;                         /* flag: a receiver may sleep */
@@ -552,6 +553,13 @@ static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t 
      * acquire CAS FULL -> READING in try_recv(). */
     st_store_release(ch, s, pos, MK(pos, K_FULL, 0));
     notify_sent(ch);
+    /* A hint for a receiver about to spin (ch_wait): where the sender last
+     * ran.  Relaxed: a stale or torn-by-race value only costs a spin that
+     * yields too early or too late; it orders nothing.  The word shares the
+     * line of xhead, which this sender just advanced (no extra line). */
+    uint32_t cpu = ember_cpu_hint();
+    if (ember_atomic_load_relaxed(&ch->h->xsend_cpu) != cpu)
+        ember_atomic_store_relaxed(&ch->h->xsend_cpu, cpu);
 }
 
 /* ---- consumer side --------------------------------------------------------- */
@@ -758,6 +766,16 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
     int64_t spin = ember_atomic_load_relaxed(&ch->spin_cur);
     int64_t spin_end = now + spin < deadline ? now + spin : deadline;
     int64_t yield_after = now + EMBER_CH_SPIN_PURE_NS;
+    /* "Peer here": a receiver whose sender last published from this very
+     * CPU would spin in vain (the sender cannot run while we do, on a
+     * loaded machine where the scheduler put both on one CPU): yield from
+     * the first round, so the round trip costs two context switches and
+     * not two pure spins on top (docs/channels.md, "Blocking"). */
+    if (!for_send) {
+        uint32_t me = ember_cpu_hint();
+        if (me != 0 && ember_atomic_load_relaxed(&ch->h->xsend_cpu) == me)
+            yield_after = now;
+    }
     while (now < spin_end) {
         for (int i = 0; i < 16; i++)
             ember_cpu_relax();

@@ -29,6 +29,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -70,6 +71,17 @@ static inline int ember_futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t
 static inline void ember_futex_wake_all(_Atomic uint32_t *addr)
 {
     syscall(SYS_futex, (uint32_t *)(void *)addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* ---- this CPU ----------------------------------------------------------- */
+
+/* 1 + the CPU this thread runs on now, 0 if unknown: a scheduling hint only
+ * (the thread may move at any time).  glibc >= 2.35 reads it from rseq
+ * (no system call); older ones use the vDSO. */
+static inline uint32_t ember_cpu_hint(void)
+{
+    int c = sched_getcpu();
+    return c < 0 ? 0u : (uint32_t)c + 1u;
 }
 
 /* ---- this process ------------------------------------------------------- */

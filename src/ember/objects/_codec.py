@@ -1,81 +1,150 @@
-"""How Queue and Connection turn objects into channel messages and back.
+"""The one codec of ember's Python layer: how a Python object becomes one
+channel message and back.  Queue, Pipe/Connection, shared objects (proxy
+requests and replies) and Processes (call and result records,
+:mod:`._pickling`) all use it.
 
-Pickle protocol 5.  A pickle with no large buffer travels as it is (its
-first bytes are the protocol-5 header ``\\x80\\x05``): inline in the channel
+**Pickling.**  Pickle protocol 5 with the C pickler; when it refuses the
+object (lambdas, closures, local classes, ...) or its output names the
+``__main__`` module (a class or function of ``__main__`` pickled by
+reference could not be found in another process, whose ``__main__`` is not
+ours -- a template child, a host process), the object is pickled again with
+``cloudpickle``, which ships such code by value (keeping the real
+``co_filename``, so remote tracebacks show the source lines).  A pickle
+that merely contains the text ``__main__`` also takes that (equally
+correct, slower) way.  The receiver always uses ``pickle.loads``.
+
+**Messages.**  A pickle with no large buffer travels as it is (``bytes``,
+starting with the protocol-5 header ``\\x80\\x05``): inline in the channel
 slot when it fits, else the channel moves it through a pool allocation.
-When the object has large contiguous buffers (``PickleBuffer``: bytearray,
-numpy arrays, ...; at least :data:`OOB_MIN` bytes) they are taken out of
-band: one pool allocation holds a *frame* -- header, the pickle, then each
-buffer, 64-byte aligned -- written with one copy of each buffer and moved
-through the channel without another.  The receiver gets a memoryview over
-that block (``Channel.recv_auto``) and unpickles with the buffers as views
-of it: a numpy array is rebuilt over the pool memory with no copy (the block
-is freed when the last such view is released); ``bytearray`` copies, as its
-own ``__reduce_ex__`` asks.
+When the object has contiguous buffers (``PickleBuffer``: numpy arrays,
+``bytearray``, ...) of at least :data:`OOB_MIN` bytes in all, they are taken
+**out of band** in the same pickling pass (the object is pickled once): one
+pool allocation holds a *frame* -- header, the pickle, then each buffer,
+64-byte aligned -- written with one copy of each buffer and moved through
+the channel without another.  The receiver gets a memoryview over that
+block (``Channel.recv_auto``) and unpickles with the buffers as views of
+it: a numpy array is rebuilt over the pool memory with no copy (the block is
+freed when the last such view is released); ``bytearray`` copies, as its own
+``__reduce_ex__`` asks.  When an object's buffers are small in all, it is
+pickled once more with them in band (small, so cheap), since a pool
+allocation costs more than the copy.
 
 Frame layout (little endian): ``b"EMQF"``, u32 number of buffers n, u64
 pickle length, n x u64 buffer lengths; padded to 64; the pickle; each buffer
-at the next multiple of 64.
+at the next multiple of 64.  :func:`loads` checks every length against the
+block: a malformed frame or a message that is not a pickle raises
+:class:`~ember.exceptions.MessageError` (an ``UnpicklingError``), never
+reads outside the block.
 """
 import pickle
 import struct
 
+from ..exceptions import MessageError
 from ..pools_c import Allocation
 
-#: Buffers smaller than this travel in band (a pool allocation costs more).
+__all__ = ["dumps", "loads", "pickle_bytes", "pickle_inband", "free_unsent", "OOB_MIN",
+           "MAGIC", "MessageError"]
+
+#: Buffers smaller than this in all travel in band (a pool allocation costs more).
 OOB_MIN = 64 * 1024
 MAGIC = b"EMQF"
 _HEAD = struct.Struct("<4sIQ")
+_MAX_BUFS = 1 << 20
+
+_pdumps = pickle.dumps
+_ploads = pickle.loads
 
 
 def _align(n):
     return (n + 63) & ~63
 
 
-class _Large(Exception):
-    pass
+# ------------------------------------------------------------------ cloudpickle
+_pickler_cls = None
 
 
-def _in_band(pb):
-    """The fast path's buffer callback: small buffers in band; a large one
-    sends us to the frame path."""
+def _cloud_pickler():
+    """cloudpickle's Pickler, except that code objects keep their real
+    ``co_filename`` (cloudpickle writes ``<dynamic-code>``), so tracebacks
+    from the other process show the source lines of ``__main__`` code."""
+    global _pickler_cls
+    if _pickler_cls is None:
+        import collections
+        import types
+
+        import cloudpickle
+
+        base = cloudpickle.Pickler
+        code_reduce = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+        if code_reduce is None or not hasattr(base, "dispatch_table"):
+            _pickler_cls = base
+        else:
+            def reduce_code(obj):
+                fn, args = code_reduce(obj)
+                return fn, tuple(obj.co_filename if type(a) is str and a == "<dynamic-code>"
+                                 else a for a in args)
+
+            class _Pickler(base):
+                dispatch_table = collections.ChainMap({types.CodeType: reduce_code},
+                                                      base.dispatch_table)
+
+            _pickler_cls = _Pickler
+    return _pickler_cls
+
+
+def _cloud_dumps(obj, buffer_callback=None):
+    import io
+    f = io.BytesIO()
+    _cloud_pickler()(f, protocol=5, buffer_callback=buffer_callback).dump(obj)
+    return f.getvalue()
+
+
+def pickle_bytes(obj, buffer_callback=None):
+    """Pickle ``obj`` (protocol 5): the C pickler, or cloudpickle when it
+    refuses the object or names ``__main__`` (see the module's doc)."""
     try:
-        raw = pb.raw()
-    except BufferError:
-        return True
-    if raw.nbytes < OOB_MIN:
-        return True
-    raise _Large
+        data = _pdumps(obj, 5, buffer_callback=buffer_callback)
+    except Exception:
+        return _cloud_dumps(obj, buffer_callback)
+    if b"__main__" in data:
+        return _cloud_dumps(obj, buffer_callback)
+    return data
 
 
-_plain = pickle.dumps
+def pickle_inband(obj):
+    """``obj`` as one self-contained pickle (every buffer in band), always
+    by cloudpickle (functions and classes by value where they need it)."""
+    return _cloud_dumps(obj)
 
 
-def dumps(obj, pool, timeout=0):
-    """``bytes`` (a plain pickle) or an :class:`Allocation` holding a frame
-    (the caller sends it, or frees it if the send fails)."""
-    try:
-        return _plain(obj, 5, buffer_callback=_in_band)
-    except _Large:
-        return _dumps_frame(obj, pool, timeout)
-
-
-def _dumps_frame(obj, pool, timeout):
+# ------------------------------------------------------------------ messages
+def dumps(obj, pool, timeout=None):
+    """``bytes`` (a plain pickle) or an :class:`Allocation` of ``pool``
+    holding a frame (the caller sends it, or frees it with
+    :func:`free_unsent` if the send fails).  ``timeout``: how long to wait
+    for pool space for a frame (None: forever)."""
     bufs = []
-
-    def cb(pb):
-        try:
-            raw = pb.raw()
-        except BufferError:          # not contiguous: in band
-            return True
-        if raw.nbytes < OOB_MIN:
-            return True
-        bufs.append(raw)
-        return False
-
-    data = pickle.dumps(obj, 5, buffer_callback=cb)
+    try:
+        data = _pdumps(obj, 5, buffer_callback=bufs.append)
+    except Exception:
+        bufs = []
+        data = _cloud_dumps(obj, bufs.append)
+    else:
+        if b"__main__" in data:
+            bufs = []
+            data = _cloud_dumps(obj, bufs.append)
     if not bufs:
         return data
+    try:
+        raws = [b.raw() for b in bufs]
+    except BufferError:           # a buffer that is not contiguous: all in band
+        raws = None
+    if raws is None or sum(r.nbytes for r in raws) < OOB_MIN:
+        return pickle_bytes(obj)
+    return _frame(data, raws, pool, timeout)
+
+
+def _frame(data, bufs, pool, timeout):
     n = len(bufs)
     hsize = _align(_HEAD.size + 8 * n)
     off = hsize + _align(len(data))
@@ -100,25 +169,64 @@ def _dumps_frame(obj, pool, timeout):
     return a
 
 
+def _bad(n, why):
+    return MessageError(f"malformed message ({n} bytes): {why}")
+
+
+def _unpickle(data, n, buffers=None):
+    try:
+        return _ploads(data, buffers=buffers)
+    except (pickle.UnpicklingError, EOFError) as exc:
+        if isinstance(exc, MessageError):
+            raise
+        raise _bad(n, f"a broken pickle ({type(exc).__name__}: {exc})") from None
+
+
 def loads(data):
-    """The object from a received message (``bytes`` or a memoryview over
-    a pool block)."""
+    """The object from a received message (``bytes``, or a memoryview over
+    a pool block, which is released here unless the object keeps views of
+    it).  :class:`MessageError` when the message is not one :func:`dumps`
+    made."""
     if type(data) is bytes:
-        return pickle.loads(data)
+        try:
+            return _ploads(data)
+        except (pickle.UnpicklingError, EOFError) as exc:
+            if isinstance(exc, MessageError):
+                raise
+            raise _bad(len(data), f"not an ember message ({type(exc).__name__}: {exc})") \
+                from None
+    total = len(data)
     if data[:4] != MAGIC:
         try:
-            return pickle.loads(data)
+            if data[:2] != b"\x80\x05":
+                raise _bad(total, "not a pickle (protocol 5) nor an ember frame")
+            return _unpickle(data, total)
         finally:
             data.release()
-    _, n, plen = _HEAD.unpack_from(data, 0)
-    lens = struct.unpack_from(f"<{n}Q", data, _HEAD.size)
-    hsize = _align(_HEAD.size + 8 * n)
-    off = hsize + _align(plen)
     bufs = []
-    for ln in lens:
-        bufs.append(data[off:off + ln])
-        off += _align(ln)
-    return pickle.loads(data[hsize:hsize + plen], buffers=bufs)
+    try:
+        if total < _HEAD.size:
+            raise _bad(total, "a frame shorter than its header")
+        _, n, plen = _HEAD.unpack_from(data, 0)
+        hsize = _align(_HEAD.size + 8 * n)
+        if n == 0 or n > _MAX_BUFS or hsize > total:
+            raise _bad(total, f"a frame that says it holds {n} buffers")
+        lens = struct.unpack_from(f"<{n}Q", data, _HEAD.size)
+        off = hsize + _align(plen)
+        if plen < 2 or off > total:
+            raise _bad(total, f"a frame whose pickle ({plen} bytes) overruns it")
+        for ln in lens:
+            if off + ln > total:
+                raise _bad(total, f"a frame whose buffer of {ln} bytes at offset {off} "
+                                  f"overruns it")
+            bufs.append(data[off:off + ln])
+            off += _align(ln)
+    except MessageError:
+        for b in bufs:
+            b.release()
+        data.release()
+        raise
+    return _unpickle(data[hsize:hsize + plen], total, bufs)
 
 
 def free_unsent(msg):

@@ -18,6 +18,8 @@ import time
 from ..channels_c import Channel, ChannelClosed, wait_any
 from . import _codec, naming
 
+_dumps, _loads = _codec.dumps, _codec.loads
+
 __all__ = ["Pipe", "Connection", "wait"]
 
 #: Slots per direction, and block size (objects pickling to <= 240 bytes travel inline).
@@ -87,6 +89,8 @@ class Connection:
             ch.set_spin(PIPE_SPIN, adaptive=False)
         self._send_ch = chs[send_ix] if send_ix is not None else None
         self._recv_ch = chs[recv_ix] if recv_ix is not None else None
+        # the hot paths' channels: None once closed (then the checks raise)
+        self._sch, self._rch = self._send_ch, self._recv_ch
         self._pool = chs[0].pool
         self._closed = False
         self._hold = naming.hold(self, o_uid)
@@ -139,6 +143,7 @@ class Connection:
         sent."""
         if not self._closed:
             self._closed = True
+            self._sch = self._rch = None
             self._hold.drop()
 
     def __enter__(self):
@@ -151,10 +156,15 @@ class Connection:
     def send(self, obj):
         """Send a picklable object (pickle protocol 5; large buffers out of
         band, zero-copy on the receiving side for numpy arrays)."""
-        self._check_writable()
-        msg = _codec.dumps(obj, self._pool, None)
+        ch = self._sch
+        if ch is None:
+            self._check_writable()
+        msg = _dumps(obj, self._pool)
+        if type(msg) is bytes:
+            ch.send(msg)
+            return
         try:
-            self._send_ch.send(msg)
+            ch.send(msg)
         except BaseException:
             _codec.free_unsent(msg)
             raise
@@ -179,19 +189,27 @@ class Connection:
         self._send_ch.send(m[offset:offset + size])
 
     # ------------------------------------------------------------------ recv
+    def _eof(self, exc):
+        return ChannelClosed(f"the other end of pipe {self._rec['o_uid']} was closed (or "
+                             f"its last holder died) and everything it sent was received")
+
     def _recv(self, timeout=None):
         try:
             return self._recv_ch.recv_auto(timeout)
         except ChannelClosed as exc:
-            raise ChannelClosed(f"the other end of pipe {self._rec['o_uid']} was closed (or "
-                                f"its last holder died) and everything it sent was received") \
-                from exc
+            raise self._eof(exc) from exc
 
     def recv(self):
         """Receive an object; ``EOFError`` (``ChannelClosed``) once the other
         end is closed or dead and everything it sent was received."""
-        self._check_readable()
-        return _codec.loads(self._recv())
+        ch = self._rch
+        if ch is None:
+            self._check_readable()
+        try:
+            data = ch.recv_auto(None)
+        except ChannelClosed as exc:
+            raise self._eof(exc) from exc
+        return _loads(data)
 
     def recv_bytes(self, maxlength=None):
         """Receive a message sent with ``send_bytes`` as bytes."""

@@ -25,7 +25,7 @@ import threading
 import weakref
 
 from ..exceptions import ProcessDied
-from . import _pickling as P
+from . import _codec, _pickling as P
 from .process import Process, _default_pool, _signal_name, outcome
 
 __all__ = ["Executor"]
@@ -61,7 +61,7 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
             rec = reader.records.pop(0)
             if rec.kind == _KIND_STOP:
                 return
-            blobs, batch = P.loads(rec.data, rec.bufs)
+            blobs, batch = P.loads(rec)
             del rec
             fns = []
             for blob in blobs:
@@ -87,16 +87,17 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
                                             prefix)
                     continue
                 try:
-                    data, bufs = P.dumps_fast(r)
+                    msg = _codec.dumps(r, res.pool)
                 except BaseException as exc:
                     data = pickle.dumps((_worker._type_name(exc),
                                          f"cannot pickle the result of {_worker._what(fn)}() "
                                          f"(a {type(r).__name__}): {exc}",
-                                         _worker._format_tb(exc, _worker_main.__code__)))
+                                         _worker._format_tb(exc, _worker_main.__code__)), 5)
                     P.send_record(res, P.KIND_REMOTE_ERR, data, extra=prefix)
                     continue
                 del r
-                P.send_record(res, P.KIND_OK, data, bufs, extra=prefix)
+                P.send_record(res, P.KIND_OK, msg, extra=prefix)
+                del msg
             del batch, fns
     finally:
         progress.release()
@@ -340,9 +341,10 @@ class Executor(_cf.Executor):
                     out.append(item)
             return out
 
-    def _pack(self, batch):
-        """Pickle a batch: each distinct function once, with cloudpickle
-        (cached), the arguments with the fast pickler."""
+    def _pack(self, batch, pool):
+        """A batch as one message of ``pool`` (:mod:`._codec`): each
+        distinct function once, with cloudpickle (cached), the arguments
+        with the codec (the C pickler first)."""
         index, blobs, entries = {}, [], []
         cache = self._fn_cache
         for it in batch:
@@ -350,14 +352,14 @@ class Executor(_cf.Executor):
             if fi is None:
                 hit = cache.get(id(it.fn))
                 if hit is None or hit[0] is not it.fn:
-                    data = P.dumps_inband(it.fn)    # self-contained: cached and reused
+                    data = _codec.pickle_inband(it.fn)    # self-contained: cached, reused
                     if len(cache) >= 128:
                         cache.clear()
                     hit = cache[id(it.fn)] = (it.fn, data)
                 fi = index[id(it.fn)] = len(blobs)
                 blobs.append(hit[1])
             entries.append((it.tid, fi, it.args, it.kwargs))
-        return P.dumps_fast((blobs, entries))
+        return _codec.dumps((blobs, entries), pool)
 
     def _requeue(self, items):
         with self._cv:
@@ -420,13 +422,13 @@ class Executor(_cf.Executor):
                             break
                     elif batch:
                         try:
-                            data, bufs = self._pack(batch)
+                            msg = self._pack(batch, task_ch.pool)
                         except Exception:
                             # Some task cannot be pickled: fail those, send the rest.
                             good = []
                             for it in batch:
                                 try:
-                                    self._pack([it])
+                                    _codec.free_unsent(self._pack([it], task_ch.pool))
                                     good.append(it)
                                 except Exception as exc:
                                     # not this frame: it holds received records
@@ -436,13 +438,13 @@ class Executor(_cf.Executor):
                             batch = good
                             if not batch:
                                 continue
-                            data, bufs = self._pack(batch)
+                            msg = self._pack(batch, task_ch.pool)
                         last = 0 if batch[0].kwargs is None or batch[0].kwargs is True \
                             else len(batch)
                         for it in batch:
                             inflight[it.tid] = it
-                        P.send_record(task_ch, P.KIND_CALL, data, bufs)
-                        del data, bufs
+                        P.send_record(task_ch, P.KIND_CALL, msg)
+                        del msg
                 if not inflight:
                     continue
                 reader.pump(_SLICE)

@@ -21,7 +21,7 @@ import weakref
 
 from .. import _env
 from ..exceptions import ProcessDied, ProcessError, RemoteError, RemoteTraceback
-from . import _pickling as P
+from . import _codec, _pickling as P
 
 __all__ = ["Process", "START_METHODS"]
 
@@ -259,10 +259,10 @@ class Process:
             if self._desc is not None:
                 raise ProcessError("cannot start a process twice")
             _sweep()
-            data, bufs = P.dumps_fast((self._target, self._args, self._kwargs))
             from ..channels_c import Channel
 
             pool = _default_pool()
+            msg = _codec.dumps((self._target, self._args, self._kwargs), pool)
             res = _Resources()
             fin = weakref.finalize(self, res.release)
             # Not at interpreter exit: weakref's exit hook runs before ours
@@ -270,13 +270,16 @@ class Process:
             # pidfd from under processes still being joined.
             fin.atexit = False
             try:
-                res.call = Channel.create(pool, capacity=max(_CALL_CAPACITY_MIN,
-                                                             _pow2(len(bufs) + 2)),
-                                          block_size=_BLOCK)
-                res.result = Channel.create(pool, capacity=_RESULT_CAPACITY, block_size=_BLOCK)
-                P.send_record(res.call, P.KIND_CALL, data, bufs,
-                              extra=pickle.dumps(list(sys.path)))
-                del data, bufs
+                try:
+                    res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN,
+                                              block_size=_BLOCK)
+                    res.result = Channel.create(pool, capacity=_RESULT_CAPACITY,
+                                                block_size=_BLOCK)
+                except BaseException:
+                    _codec.free_unsent(msg)
+                    raise
+                P.send_record(res.call, P.KIND_CALL, msg, extra=pickle.dumps(list(sys.path)))
+                del msg
                 method = self._start_method or Process.start_method
                 args = ["-m", "ember._worker"]
                 if method == "template":
@@ -464,14 +467,14 @@ def outcome(rec, who, tb_skip=0):
     ``tb_skip`` bytes of ``rec.extra`` precede the traceback text."""
     if rec.kind == P.KIND_OK:
         try:
-            return ("ok", P.loads(rec.data, rec.bufs))
+            return ("ok", P.loads(rec))
         except BaseException as exc:
             return ("err", RemoteError(type(exc).__name__,
                                        f"cannot unpickle the result of {who}: {exc}"))
     if rec.kind == P.KIND_ERR:
         tb = bytes(rec.extra[tb_skip:]).decode("utf-8", "replace")
         try:
-            exc = P.loads(rec.data, rec.bufs)
+            exc = P.loads(rec)
             if not isinstance(exc, BaseException):
                 raise TypeError(f"not an exception: {type(exc).__name__}")
         except BaseException as uerr:
@@ -480,7 +483,7 @@ def outcome(rec, who, tb_skip=0):
         exc.__cause__ = RemoteTraceback(tb)
         return ("err", exc)
     if rec.kind == P.KIND_REMOTE_ERR:
-        type_name, message, tb = pickle.loads(rec.data)
+        type_name, message, tb = P.loads(rec)
         exc = RemoteError(type_name, message, tb)
         exc.__cause__ = RemoteTraceback(tb)
         return ("err", exc)

@@ -34,7 +34,7 @@ from ..exceptions import ReleaseError
 from . import _codec, naming
 
 _dumps = _codec.dumps
-_loads = pickle.loads
+_loads = _codec.loads
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "MAX_CAPACITY", "UNBOUNDED_CAPACITY",
            "BLOCK_SIZE"]
@@ -256,9 +256,7 @@ class Queue(_NamedHandle):
                 self._slots.release()
             except ReleaseError:
                 pass       # a dead producer's permit was already counted back
-        if type(data) is bytes:
-            return _loads(data)
-        return _codec.loads(data)
+        return _loads(data)
 
     def put_nowait(self, obj):
         return self.put(obj, False)

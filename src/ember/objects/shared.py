@@ -37,6 +37,8 @@ from ..exceptions import (ChannelError, ObjectError, OwnerDied, ProcessDied, Rem
                           RemoteTraceback, SharedObjectError)
 from . import _codec, naming
 
+_msg_loads = _codec.loads
+
 __all__ = ["serve", "create", "connect", "proxy", "SharedRef", "Proxy", "PoolDict", "KIND",
            "SLICE"]
 
@@ -64,22 +66,11 @@ _OPNAME = {_CALL: "{}()", _GET: "getting attribute {!r}", _SET: "setting attribu
 
 # ------------------------------------------------------------------ encoding
 def _enc(obj, pool):
-    """bytes or a pool Allocation (see _codec); cloudpickle for what plain
-    pickle cannot ship (lambdas, __main__ classes and functions)."""
-    try:
-        msg = _codec.dumps(obj, pool, None)
-    except Exception:
-        msg = None
-    if msg is None or (type(msg) is bytes and b"__main__" in msg):
-        from . import _pickling as P
-        msg = P.dumps_inband(obj)
-    return msg
+    """bytes or a pool Allocation (the one codec, :mod:`._codec`)."""
+    return _codec.dumps(obj, pool)
 
 
-def _dec(data):
-    if type(data) is bytes:
-        return pickle.loads(data)
-    return _codec.loads(data)
+_dec = _codec.loads
 
 
 def _type_name(exc):
@@ -140,7 +131,6 @@ _SPECIAL = ("__getitem__", "__setitem__", "__delitem__", "__len__", "__contains_
 def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1):
     """The host process: make the object, tell the creator what it exposes,
     wait for the GS record, serve until the object ends."""
-    from . import _pickling as P
     try:
         obj = factory(*args, **kwargs)
         if exposed is None:
@@ -153,7 +143,7 @@ def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1):
         import traceback
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
-            data = P.dumps_inband(("err", exc, tb))
+            data = _codec.pickle_inband(("err", exc, tb))
             pickle.loads(data)
         except BaseException:
             data = pickle.dumps(("rerr", (_type_name(exc), str(exc), tb)))
@@ -294,13 +284,7 @@ def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
 
 def _result_msg(seq, value, pool, name):
     try:
-        msg = _codec.dumps((seq, _OK, value), pool, None)
-        if type(msg) is not bytes or b"__main__" not in msg:
-            return msg
-    except Exception:
-        pass
-    try:
-        return _enc((seq, _OK, value), pool)
+        return _codec.dumps((seq, _OK, value), pool)
     except BaseException as exc:
         return _exc_reply(seq, TypeError(f"cannot pickle the result of {name}(): {exc}"), pool)
 
@@ -739,15 +723,10 @@ class Proxy:
         c.seq += 1
         seq = c.seq
         try:
-            msg = _codec.dumps((c.cid, seq, op, name, args, kwargs), c.pool, None)
-            if type(msg) is bytes and b"__main__" in msg:
-                raise pickle.PicklingError("__main__")
-        except Exception:
-            try:
-                msg = _enc((c.cid, seq, op, name, args, kwargs), c.pool)
-            except BaseException as exc:
-                raise TypeError(f"cannot pickle the arguments of {_what(op, name)} on "
-                                f"{self._who()}: {exc}") from None
+            msg = _codec.dumps((c.cid, seq, op, name, args, kwargs), c.pool)
+        except Exception as exc:
+            raise TypeError(f"cannot pickle the arguments of {_what(op, name)} on "
+                            f"{self._who()}: {exc}") from None
         req = d["_req"]
         if req is not None:
             try:
@@ -770,7 +749,7 @@ class Proxy:
                         raise self._dead(_what(op, name)) from None
                 else:
                     continue
-            reply = pickle.loads(data) if type(data) is bytes else _codec.loads(data)
+            reply = _msg_loads(data)
             del data
             if reply[0] != seq:
                 continue          # a late answer to a call that was given up

@@ -1,0 +1,170 @@
+"""The one codec of the Python layer (ember.objects._codec): what plain
+pickle refuses travels by cloudpickle through Queues, Pipes, shared objects
+and Processes; large buffers are pickled once; malformed messages raise a
+clear error (MessageError) and leak nothing."""
+import pickle
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import ember
+from ember.exceptions import MessageError
+from ember.objects import _codec
+
+pytest_plugins = ["ember.testing"]
+
+
+class Counted:
+    """Counts how often it is pickled."""
+    reduced = 0
+
+    def __reduce__(self):
+        Counted.reduced += 1
+        return (Counted, ())
+
+
+def _live_allocs():
+    from ember.objects import naming
+    return naming.default_pool().stats().live_allocs
+
+
+@pytest.mark.timeout(60)
+def test_lambda_and_closure_through_a_queue_and_a_pipe(ember_runtime):
+    n = 5
+    q = ember.Queue()
+    q.put(lambda: 1)
+    q.put(lambda x: x + n)              # a closure over a local
+    assert q.get(timeout=10)() == 1
+    assert q.get(timeout=10)(2) == 7
+    a, b = ember.Pipe()
+    a.send(lambda: "piped")
+    assert b.recv()() == "piped"
+    a.close()
+    b.close()
+    q.close()
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_raises_in_put_and_nothing_is_queued(ember_runtime):
+    q = ember.Queue(2)
+    with pytest.raises(TypeError):
+        q.put(threading.Lock())         # neither pickle nor cloudpickle can
+    assert q.qsize() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_large_object_is_pickled_once(ember_runtime):
+    q = ember.Queue()
+    before = Counted.reduced
+    q.put([Counted(), np.ones(1 << 18)])          # 2 MiB: out of band, in a frame
+    assert Counted.reduced == before + 1
+    got = q.get(timeout=10)
+    assert isinstance(got[0], Counted) and got[1].sum() == 1 << 18
+    del got
+    before = Counted.reduced
+    q.put([Counted(), np.ones(4)])                 # small buffers: in band
+    assert Counted.reduced == before + 2           # (pickled again with them in band)
+    assert q.get(timeout=10)[1].sum() == 4
+    q.close()
+
+
+@pytest.mark.timeout(60)
+def test_malformed_messages_raise_message_error_and_leak_nothing(ember_runtime):
+    q = ember.Queue()
+    pool = q._pool
+    before = _live_allocs()
+    q._ch.send(b"not a pickle")
+    with pytest.raises(MessageError, match="malformed message .12 bytes.: not an ember message"):
+        q.get(timeout=10)
+    q._ch.send(pickle.dumps((1, 2), 5)[:-3])       # truncated
+    with pytest.raises(pickle.UnpicklingError, match="malformed message"):
+        q.get(timeout=10)
+
+    def frame(n, plen, lens, size=4096):
+        a = pool.alloc(size)
+        mv = memoryview(a)
+        mv[:16] = struct.pack("<4sIQ", b"EMQF", n, plen)
+        if lens:
+            struct.pack_into(f"<{len(lens)}Q", mv, 16, *lens)
+        mv.release()
+        return a
+
+    cases = [(frame(0, 10, []), "holds 0 buffers"),
+             (frame(1 << 30, 10, []), "holds 1073741824 buffers"),
+             (frame(1, 1 << 40, [8]), "pickle .1099511627776 bytes. overruns it"),
+             (frame(2, 16, [64, 1 << 20]), "buffer of 1048576 bytes at offset 192 overruns it")]
+    for a, why in cases:
+        q._ch.send(a)                               # moved through the channel, as put does
+        with pytest.raises(MessageError, match=why):
+            q.get(timeout=10)
+    # large plain bytes that are not a pickle (a pool block, not a frame)
+    q._ch.send(b"x" * 100_000)
+    with pytest.raises(MessageError, match="not a pickle"):
+        q.get(timeout=10)
+    assert _live_allocs() == before                  # every rejected block was freed
+    q.put("still works")
+    assert q.get(timeout=10) == "still works"
+    q.close()
+
+
+def test_codec_round_trips_without_a_runtime_pool():
+    for obj in (1, "x", (1, "x"), {"a": [1, 2]}, b"b" * 1000, np.arange(10)):
+        msg = _codec.dumps(obj, None)
+        assert type(msg) is bytes
+        got = _codec.loads(msg)
+        assert (got == obj).all() if isinstance(obj, np.ndarray) else got == obj
+    f = _codec.loads(_codec.dumps(lambda y: y * 3, None))
+    assert f(2) == 6
+    with pytest.raises(MessageError):
+        _codec.loads(b"")
+
+
+# ------------------------------------------------------------------ __main__ code
+PROG = """
+import ember
+
+class Point:                        # a class of __main__: not importable in a child
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+    def norm2(self):
+        return self.x ** 2 + self.y ** 2
+
+def consume(q, out):
+    p = q.get(timeout=30)
+    f = q.get(timeout=30)
+    out.put((type(p).__name__, p.norm2(), f(p)))
+
+ember.Process.start_method = {method!r}
+q, out = ember.Queue(), ember.Queue()
+q.put(Point(3, 4))
+q.put(lambda p: p.x * 10)
+c = ember.Process(target=consume, args=(q, out))
+c.start()
+print("child", out.get(timeout=60))
+c.join(60)
+a, b = ember.Pipe()
+def echo(conn):
+    conn.send(conn.recv().norm2())
+e = ember.Process(target=echo, args=(b,))
+e.start()
+a.send(Point(1, 2))
+print("pipe", a.recv())
+e.join(60)
+"""
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("method", ["template", "spawn"])
+def test_main_class_and_lambda_through_a_queue_to_a_child(tmp_path, method):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(PROG.format(method=method)))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         capture_output=True, timeout=120)
+    out = res.stdout.decode()
+    assert res.returncode == 0, (out, res.stderr.decode())
+    assert out.splitlines() == ["child ('Point', 25, 30)", "pipe 5"]
