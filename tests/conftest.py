@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from mn_cluster import emulated_cluster, slurm_cluster, ssh_cluster  # noqa: F401,E402 (multi-node fixtures)
+
 SHM = "/dev/shm"
 # Unique per pytest run and worker (two runs may share the machine).
 _TAG = (os.environ.get("PYTEST_XDIST_WORKER", "gwm").replace("gw", "t")
