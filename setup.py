@@ -33,12 +33,13 @@ def ext(name, sources):
     )
 
 
-# pool.c is compiled once, into _pools, which exports its functions in a
-# PyCapsule; channels and sync call them through pool_api_import.c (see
-# src/ember/common_c/pool_api.h).
+# pool.c and slots.c (the process-slots writer) are compiled once, into
+# _pools, which exports their functions in a PyCapsule; channels and sync
+# call them through pool_api_import.c (see src/ember/common_c/pool_api.h).
 extensions = [
     ext("ember.pools_c._pools",
-        ["src/ember/pools_c/_pools.pyx", "src/ember/pools_c/pool.c", "src/ember/pools_c/pool_api_export.c"]),
+        ["src/ember/pools_c/_pools.pyx", "src/ember/pools_c/pool.c", "src/ember/common_c/slots.c",
+         "src/ember/pools_c/pool_api_export.c"]),
     ext("ember.channels_c._channels",
         ["src/ember/channels_c/_channels.pyx", "src/ember/channels_c/channel.c",
          "src/ember/common_c/pool_api_import.c"]),

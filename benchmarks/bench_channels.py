@@ -276,7 +276,8 @@ def c_api(n, iters):
     d = tempfile.mkdtemp(prefix="ember-bench-")
     exe = os.path.join(d, "channel_bench")
     inc = [f"-I{ROOT}/src/ember/{x}" for x in ("common_c", "pools_c", "channels_c")]
-    src = [f"{ROOT}/src/ember/pools_c/pool.c", f"{ROOT}/src/ember/channels_c/channel.c", f"{ROOT}/tests/c/channel_bench.c"]
+    src = [f"{ROOT}/src/ember/pools_c/pool.c", f"{ROOT}/src/ember/common_c/slots.c",
+           f"{ROOT}/src/ember/channels_c/channel.c", f"{ROOT}/tests/c/channel_bench.c"]
     subprocess.run([cc, "-std=c11", "-O2", "-D_GNU_SOURCE", *inc, *src, "-o", exe, "-lpthread", "-lrt"], check=True)
     out = subprocess.run([exe, str(n), str(iters)], capture_output=True, text=True, check=True).stdout
     shutil.rmtree(d, ignore_errors=True)

@@ -160,9 +160,11 @@ def build_pool(tmpdir, extra_cdef="", extra_source="", name=None):
 
 
 def build_channel(tmpdir, name="_ember_ch_cffi", extra_cflags=()):
-    """pool.c + channel.c; ``extra_cflags`` (e.g. sanitizers) go to compiler and linker."""
+    """pool.c + slots.c + channel.c; ``extra_cflags`` (e.g. sanitizers) go to compiler
+    and linker."""
     return build(tmpdir, name, [os.path.join(CHANNELS, "channel.h")],
-                 [os.path.join(POOLS, "pool.c"), os.path.join(CHANNELS, "channel.c")],
+                 [os.path.join(POOLS, "pool.c"), os.path.join(COMMON, "slots.c"),
+                  os.path.join(CHANNELS, "channel.c")],
                  extra_cflags=extra_cflags)
 
 

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = [os.path.join(ROOT, p) for p in ("src/ember/pools_c/pool.c", "src/ember/channels_c/channel.c",
+SOURCES = [os.path.join(ROOT, p) for p in ("src/ember/pools_c/pool.c", "src/ember/common_c/slots.c",
+                                            "src/ember/channels_c/channel.c",
                                             "tests/c/channel_stress.c")]
 INC = [f"-I{os.path.join(ROOT, 'src', 'ember', d)}" for d in ("common_c", "pools_c", "channels_c")]
 CC = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")

@@ -111,6 +111,7 @@ def _deadlocked(xdg):
 
 
 PS_KEYS = {"p_uid", "name", "pid", "node", "state", "status", "blocked_on", "blocked_since",
+           "blocked_detail",
            "cpu_percent", "rss", "age", "parent", "exit_code", "signal", "attached", "exe"}
 
 
@@ -279,5 +280,98 @@ def test_top_through_a_pty(tmp_path, xdg):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
             os.close(fd)
+    finally:
+        _stop(run)
+
+
+# Two processes deadlocked on two named Locks (each holds one and wants the
+# other's), plus an Event waiter, a put on a full bounded Queue and a get on
+# an empty one: every one of them is named by `ember ps` from outside.
+LOCK_DEADLOCK = """\
+import os, sys
+import ember
+from ember.globalservices import process
+
+def side(first, second):
+    a = ember.Lock.attach(first, timeout=60)
+    b = ember.Lock.attach(second, timeout=60)
+    ready = ember.Barrier.attach("ready", timeout=60)
+    a.acquire()
+    ready.wait(timeout=60)                  # both hold their first lock
+    b.acquire()                                     # BLOCK-HERE
+
+def other(what):
+    if what == "eve":
+        ember.Event.attach("go", timeout=60).wait()
+    elif what == "putter":
+        q = ember.Queue.attach("jobs", timeout=60)
+        for i in range(4):
+            q.put(i)
+    else:
+        ember.Queue.attach("inbox", timeout=60).get()
+
+if len(sys.argv) > 2:
+    side(sys.argv[1], sys.argv[2])
+    sys.exit(0)
+if len(sys.argv) > 1:
+    other(sys.argv[1])
+    sys.exit(0)
+db, cache = ember.Lock(name="db"), ember.Lock(name="cache")
+ready, go = ember.Barrier(2, name="ready"), ember.Event(name="go")
+jobs, inbox = ember.Queue(3, name="jobs"), ember.Queue(name="inbox")
+me = os.path.abspath(__file__)
+process.create(sys.executable, os.getcwd(), [me, "db", "cache"], user_name="alice")
+process.create(sys.executable, os.getcwd(), [me, "cache", "db"], user_name="bob")
+for who in ("eve", "putter", "getter"):
+    process.create(sys.executable, os.getcwd(), [me, who], user_name=who)
+process.join("alice")
+"""
+LOCK_BLOCK_LINE = LOCK_DEADLOCK.splitlines().index(
+    "    b.acquire()                                     # BLOCK-HERE") + 1
+
+
+def _lock_deadlocked(xdg):
+    res = ember(xdg, "ps", "--json")
+    if res.returncode == 1:
+        return None
+    by = {r["name"]: r for r in json.loads(res.stdout)}
+    names = ("alice", "bob", "eve", "putter", "getter")
+    if all(n in by and by[n]["blocked_on"] for n in names) and \
+            all("held by" in by[n]["blocked_on"] for n in ("alice", "bob")):
+        return by
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_lock_deadlock_seen_from_outside(tmp_path, xdg):
+    run = _start(tmp_path, xdg, LOCK_DEADLOCK)
+    try:
+        by = _wait_for(lambda: _lock_deadlocked(xdg), "alice and bob to deadlock")
+        alice, bob = by["alice"], by["bob"]
+        assert alice["blocked_on"] == f'acquire(Lock "cache") held by p_uid {bob["p_uid"]}'
+        assert bob["blocked_on"] == f'acquire(Lock "db") held by p_uid {alice["p_uid"]}'
+        assert alice["status"] == "blocked on " + alice["blocked_on"]
+        assert alice["blocked_since"] <= time.time()
+        d = alice["blocked_detail"]
+        assert (d["kind"], d["object_kind"], d["name"], d["held_by"], d["held_by_pid"]) == \
+            ("Lock", "Lock", "cache", bob["p_uid"], bob["pid"])
+        assert isinstance(d["object"], int) and isinstance(d["m_uid"], int)
+        assert by["eve"]["blocked_on"] == 'wait(Event "go")'
+        assert by["putter"]["blocked_on"] == 'put(Queue "jobs")'
+        assert by["getter"]["blocked_on"] == 'get(Queue "inbox")'
+        for r in by.values():
+            assert set(r) == PS_KEYS, r
+        text = ember(xdg, "ps").stdout.decode()
+        line = next(ln for ln in text.splitlines() if " bob " in ln)
+        assert f'blocked on acquire(Lock "db") held by p_uid {alice["p_uid"]} for ' in line, text
+        # stacks: the blocking line, annotated with the lock and its holder
+        res = ember(xdg, "stacks", "alice", "bob")
+        assert res.returncode == 0, res.stderr
+        out = res.stdout.decode()
+        prog = str(tmp_path / "prog.py")
+        for name, want in (("alice", "cache"), ("bob", "db")):
+            part = out.split(f"=== process {by[name]['p_uid']} '{name}'")[1].split("===")[0]
+            assert f'File "{prog}", line {LOCK_BLOCK_LINE} in side' in part, out
+            assert f'^ blocked on acquire(Lock "{want}") held by p_uid ' in part, out
     finally:
         _stop(run)

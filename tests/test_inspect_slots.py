@@ -43,8 +43,8 @@ def test_blocked_recv_and_send_are_recorded_then_cleared(table):
         got = []
         th = threading.Thread(target=lambda: got.append(ch.recv()))
         th.start()
-        p_uid, c_uid, op, count, since_ns, pid, tid = _wait_record(table, 7)
-        assert (p_uid, c_uid, op, count, pid) == (7, 42, "recv", 1, os.getpid())
+        p_uid, c_uid, op, count, since_ns, pid, tid, obj = _wait_record(table, 7)
+        assert (p_uid, c_uid, op, count, pid, obj) == (7, 42, "recv", 1, os.getpid(), 0)
         assert t0 - 1 <= since_ns / 1e9 <= time.time() and tid == th.native_id
         ch.send(b"x")
         th.join()
@@ -114,7 +114,7 @@ def capi(tmp_path_factory):
     return cffi_build.build(tmp_path_factory.mktemp("slots-cffi"), "_ember_slots_cffi",
                             [os.path.join(cffi_build.COMMON, "slots.h")],
                             [os.path.join(cffi_build.POOLS, "pool.c"),
-                             os.path.join(cffi_build.CHANNELS, "channel.c")])
+                             os.path.join(cffi_build.COMMON, "slots.c")])
 
 
 def test_c_api_misuse_returns_error_codes(capi):
@@ -135,7 +135,7 @@ def test_c_api_misuse_returns_error_codes(capi):
     buf[0] = b"\0"
     assert lib.ember_slots_bind(buf, lib.EMBER_SLOTS_BYTES, 1) == lib.EMBER_OK
     assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_OK and n[0] == 0
-    lib._ember_slot_wait_begin(lib.EMBER_WAIT_RECV, 77, 1)
+    lib._ember_slot_wait_begin(lib.EMBER_WAIT_RECV, 77, 1, 0)
     assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_OK and n[0] == 1
     assert (out[0].p_uid, out[0].c_uid, out[0].op, out[0].pid) == (1, 77, lib.EMBER_WAIT_RECV,
                                                                    os.getpid())

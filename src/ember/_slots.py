@@ -82,15 +82,27 @@ def unbind():
 def read(runtime_id):
     """``{p_uid: record}`` of the waits in progress in the runtime's table
     (empty if it has none); a record is a dict with ``c_uid``, ``op``
-    (``recv``, ``send``, ``wait_any``, ``wait_any(writable)``), ``count``
-    (channels waited on), ``since`` (epoch seconds), ``pid`` and ``tid``."""
+    (``recv``, ``send``, ``wait_any``, ``wait_any(writable)``; ``acquire``,
+    ``wait`` for a synchronization object), ``count`` (channels waited on),
+    ``since`` (epoch seconds), ``pid`` and ``tid``; a synchronization
+    object's record also has ``m_uid`` and ``offset`` (where it is: its
+    pool and its allocation's offset there) and ``kind`` (``Lock``, ...)."""
     try:
         recs = _channels._slots_read_path(path(runtime_id))
     except _EXPECTED:
         return {}
-    return {p_uid: {"c_uid": c_uid, "op": op, "count": count, "since": since_ns / 1e9,
-                    "pid": pid, "tid": tid}
-            for p_uid, c_uid, op, count, since_ns, pid, tid in recs}
+    out = {}
+    for p_uid, c_uid, op, count, since_ns, pid, tid, obj in recs:
+        r = {"c_uid": c_uid, "op": op, "count": count, "since": since_ns / 1e9, "pid": pid,
+             "tid": tid}
+        if op in ("acquire", "wait"):
+            r.update(c_uid=None, m_uid=c_uid, offset=obj, kind=SYNC_KINDS.get(count, "?"))
+        out[p_uid] = r
+    return out
+
+
+#: sync.h's kinds (the ``count`` of a sync object's record).
+SYNC_KINDS = {1: "Lock", 2: "RLock", 3: "Semaphore", 4: "Event", 5: "Barrier", 6: "Condition"}
 
 
 # ------------------------------------------------------------- stack dumps

@@ -863,6 +863,7 @@ cdef extern from "slots.h" nogil:
         uint32_t tid
         uint32_t count
         uint32_t pid
+        uint64_t obj
     enum:
         EMBER_SLOTS_COUNT
     size_t EMBER_SLOTS_BYTES
@@ -872,7 +873,8 @@ cdef extern from "slots.h" nogil:
                                 size_t *n)
 
 SLOTS_BYTES = EMBER_SLOTS_BYTES
-_SLOT_OPS = {1: "recv", 2: "send", 3: "wait_any", 4: "wait_any(writable)"}
+_SLOT_OPS = {1: "recv", 2: "send", 3: "wait_any", 4: "wait_any(writable)", 5: "acquire",
+             6: "wait"}
 cdef void *_slots_map = NULL      # this process's mapping of its runtime's table
 
 
@@ -953,7 +955,9 @@ _slots_buf = None
 
 def _slots_read(buf):
     """The records of the waits in progress in the table ``buf``: a list of
-    ``(p_uid, c_uid, op, count, since_ns, pid, tid)``."""
+    ``(p_uid, c_uid, op, count, since_ns, pid, tid, obj)`` (a sync object's
+    wait, op ``acquire`` or ``wait``: c_uid is its pool's m_uid, obj its
+    offset there, count its kind)."""
     cdef const unsigned char[::1] view = buf
     return _slots_read_ptr(&view[0], <size_t>view.shape[0])
 
@@ -969,6 +973,6 @@ cdef list _slots_read_ptr(const void *base, size_t size):
         if rc != EMBER_OK:
             raise ChannelError(f"not a process-slots table: [{ember_rc_str(rc).decode()}]")
         return [(out[i].p_uid, out[i].c_uid, _SLOT_OPS.get(out[i].op, "?"), out[i].count,
-                 out[i].since_ns, out[i].pid, out[i].tid) for i in range(n)]
+                 out[i].since_ns, out[i].pid, out[i].tid, out[i].obj) for i in range(n)]
     finally:
         free(out)

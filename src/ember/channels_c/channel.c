@@ -198,11 +198,10 @@
 #endif
 #include "channel.h"
 #include "ember_base.h"      /* clock, futex, pid, checksums: one copy for all of ember */
+/* The process-slots writer (slots.c) is compiled into ember.pools_c._pools
+ * and reached through the pool API table (pool_api.h), as pool.c is; the
+ * C tests and benchmarks link slots.c beside pool.c. */
 #include "slots.h"
-/* The process-slots table is compiled into channel.c's translation unit, so
- * that every build of channel.c (the extension, the cffi tests, the
- * benchmarks) has it without listing another source. */
-#include "slots.c"
 
 #include <errno.h>
 #include <sched.h>
@@ -802,7 +801,7 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
     }
     /* The sleep path: say what we wait on in our process slot (slots.c;
      * no system call), cleared on the way out. */
-    _ember_slot_wait_begin(for_send ? EMBER_WAIT_SEND : EMBER_WAIT_RECV, ch->c_uid, 1);
+    _ember_slot_wait_begin(for_send ? EMBER_WAIT_SEND : EMBER_WAIT_RECV, ch->c_uid, 1, 0);
     rc = ch_sleep(ch, for_send, deadline, fn, ctx, &stuck);
     _ember_slot_wait_end();
     return rc;
@@ -1445,7 +1444,7 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
     }
     /* The sleep path: say what we wait on in our process slot (slots.c). */
     _ember_slot_wait_begin(writable ? EMBER_WAIT_ANY_SEND : EMBER_WAIT_ANY_RECV, chs[0]->c_uid,
-                           (uint32_t)n);
+                           (uint32_t)n, 0);
     ember_rc_t rc = wait_any_sleep(chs, n, writable, deadline, same_pool, ready, nready);
     _ember_slot_wait_end();
     return rc;

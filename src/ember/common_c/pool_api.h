@@ -24,6 +24,7 @@
 #define EMBER_POOL_API_H
 
 #include "pool.h"
+#include "slots.h"
 
 #define EMBER_POOL_API_CAPSULE "ember.pools_c._pools._C_API"
 
@@ -45,10 +46,24 @@
     X(_Atomic uint32_t *, event_word, (const ember_pool_t *pool), (pool))                    \
     X(_Atomic uint32_t *, event_waiters, (const ember_pool_t *pool), (pool))
 
+/* The process-slots writer and reader (slots.c, compiled into _pools too:
+ * one binding per process whichever extension waits).  X(return type, full
+ * name, parameter list, argument list); pool_api_import.c defines each one
+ * by its own name. */
+#define EMBER_SLOTS_API(X)                                                                  \
+    X(ember_rc_t, ember_slots_bind, (void *base, size_t len, uint64_t p_uid),               \
+      (base, len, p_uid))                                                                   \
+    X(ember_rc_t, ember_slots_read, (const void *base, size_t len, ember_slot_rec_t *out,   \
+                                     size_t cap, size_t *n), (base, len, out, cap, n))
+
 #define EMBER_POOL_API_FIELD_(ret, name, params, args) ret (*name) params;
 typedef struct {
     size_t table_size;           /* sizeof(ember_pool_api_t): a stale build is refused */
     EMBER_POOL_API(EMBER_POOL_API_FIELD_)
+    EMBER_SLOTS_API(EMBER_POOL_API_FIELD_)
+    /* (void functions: defined by hand in pool_api_import.c) */
+    void (*_ember_slot_wait_begin)(uint32_t op, uint64_t c_uid, uint32_t count, uint64_t obj);
+    void (*_ember_slot_wait_end)(void);
 } ember_pool_api_t;
 #undef EMBER_POOL_API_FIELD_
 

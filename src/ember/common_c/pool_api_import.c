@@ -25,3 +25,18 @@ ember_rc_t ember_pool_api_set(const void *table)
     ret ember_pool_##name params { return _ember_pool_api->name args; }
 EMBER_POOL_API(EMBER_POOL_API_CALL_)
 #undef EMBER_POOL_API_CALL_
+
+#define EMBER_SLOTS_API_CALL_(ret, name, params, args) \
+    ret name params { return _ember_pool_api->name args; }
+EMBER_SLOTS_API(EMBER_SLOTS_API_CALL_)
+#undef EMBER_SLOTS_API_CALL_
+
+void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count, uint64_t obj)
+{
+    _ember_pool_api->_ember_slot_wait_begin(op, c_uid, count, obj);
+}
+
+void _ember_slot_wait_end(void)
+{
+    _ember_pool_api->_ember_slot_wait_end();
+}

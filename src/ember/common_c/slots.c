@@ -1,8 +1,13 @@
 /*
  * slots.c -- the process-slots table: one cache line per process saying
  * what it is blocked on (channel, operation, since when), so that another
- * process (`ember ps`) can tell "blocked on recv("jobs")" without asking
- * the blocked process anything.
+ * process (`ember ps`) can tell "blocked on recv("jobs")" or "blocked on
+ * acquire(Lock "db")" without asking the blocked process anything.
+ *
+ * BUILD
+ *   Compiled once, into ember.pools_c._pools (with pool.c); channel.c and
+ *   _sync.pyx reach it through the pool API table (pool_api.h), so a
+ *   process has one binding whichever extension waits.
  *
  * LAYOUT
  *   A file `<runtime dir>/<runtime id>.slots` of EMBER_SLOTS_BYTES, mapped
@@ -15,7 +20,9 @@
  * ALGORITHM (a single-writer seqlock per slot, the "sequence" being the
  * start time)
  *   Writer (the sleep path of a blocking channel call, ch_wait() and
- *   ember_ch_wait_any() in channel.c, just before the first futex sleep):
+ *   ember_ch_wait_any() in channel.c, just before the first futex sleep;
+ *   the slow path of a blocking sync_c call, _sync.pyx, once the try and
+ *   the spin have failed, for the whole sliced wait):
  *   store xsince = 0 (relaxed), store the fields (relaxed), store-release
  *   xsince = now (CLOCK_REALTIME ns, never 0).  Clear: store-release
  *   xsince = 0, only by the thread whose tid the slot names (the last thread
@@ -55,6 +62,7 @@
 #define _GNU_SOURCE
 #endif
 #include "slots.h"
+#include "ember_base.h"      /* clock, the cached pid */
 
 #include <pthread.h>
 #include <string.h>
@@ -72,7 +80,7 @@ typedef struct {
     _Atomic uint32_t xpid;
     _Atomic int64_t xended;     /* when the last wait ended (CLOCK_REALTIME ns) */
     _Atomic int64_t xended_since;   /* and when that wait had begun */
-    uint64_t pad_[1];
+    _Atomic uint64_t xobj;      /* sync waits: the object's offset in pool xc_uid */
 } slot_t;
 _Static_assert(sizeof(slot_t) == EMBER_CACHE_LINE, "a slot is one cache line");
 
@@ -142,7 +150,7 @@ ember_rc_t ember_slots_bind(void *base, size_t len, uint64_t p_uid)
     return EMBER_OK;
 }
 
-void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count)
+void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count, uint64_t obj)
 {
     slot_t *s = ember_atomic_load_relaxed(&g_slot);
     if (!s)
@@ -162,6 +170,7 @@ void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count)
     if (old == 0 && ember_atomic_load_relaxed(&s->xtid) == t_tid
         && ember_atomic_load_relaxed(&s->xop) == op
         && ember_atomic_load_relaxed(&s->xc_uid) == c_uid
+        && ember_atomic_load_relaxed(&s->xobj) == obj
         && now - ember_atomic_load_relaxed(&s->xended) < 1000000000) {
         int64_t prev = ember_atomic_load_relaxed(&s->xended_since);
         if (prev > 0)
@@ -178,6 +187,7 @@ void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count)
     ember_atomic_fence_release();
     ember_atomic_store_relaxed(&s->xp_uid, ember_atomic_load_relaxed(&g_p_uid));
     ember_atomic_store_relaxed(&s->xc_uid, c_uid);
+    ember_atomic_store_relaxed(&s->xobj, obj);
     ember_atomic_store_relaxed(&s->xop, op);
     ember_atomic_store_relaxed(&s->xcount, count);
     ember_atomic_store_relaxed(&s->xtid, t_tid);
@@ -236,6 +246,7 @@ ember_rc_t ember_slots_read(const void *base, size_t len, ember_slot_rec_t *out,
             r.count = ember_atomic_load_relaxed(&s->xcount);
             r.tid = ember_atomic_load_relaxed(&s->xtid);
             r.pid = ember_atomic_load_relaxed(&s->xpid);
+            r.obj = ember_atomic_load_relaxed(&s->xobj);
             r.since_ns = s1;
             /* acquire fence: orders the field loads above before the second
              * load of xsince (seqlock reader); pairs with the writer's

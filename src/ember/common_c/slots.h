@@ -1,6 +1,10 @@
 /*
  * slots.h -- the process-slots table: what each process of a runtime is
  * blocked on, readable from any other process (`ember ps`).  See slots.c.
+ *
+ * slots.c is compiled once, into ember.pools_c._pools (so the process has
+ * one binding, one slot); the channels and sync extensions call these
+ * functions through the pool API table (pool_api.h, pool_api_import.c).
  */
 #ifndef EMBER_SLOTS_H
 #define EMBER_SLOTS_H
@@ -18,7 +22,12 @@ enum {
     EMBER_WAIT_RECV = 1,        /* a receive on xc_uid (or poll for readable) */
     EMBER_WAIT_SEND = 2,        /* a send on xc_uid (or poll for writable)    */
     EMBER_WAIT_ANY_RECV = 3,    /* wait_any(readable) over xcount channels, first xc_uid */
-    EMBER_WAIT_ANY_SEND = 4     /* wait_any(writable) over xcount channels, first xc_uid */
+    EMBER_WAIT_ANY_SEND = 4,    /* wait_any(writable) over xcount channels, first xc_uid */
+    /* A synchronization object (sync_c): xc_uid is the m_uid of its pool,
+     * xobj the offset of its allocation there, xcount its kind
+     * (EMBER_SYNC_LOCK ... of sync.h). */
+    EMBER_WAIT_ACQUIRE = 5,     /* Lock/RLock/Semaphore acquire */
+    EMBER_WAIT_SYNC = 6         /* Event/Condition wait, Barrier wait */
 };
 
 /* One record, as a reader copies it out. */
@@ -30,6 +39,7 @@ typedef struct {
     uint32_t tid;
     uint32_t count;
     uint32_t pid;
+    uint64_t obj;               /* EMBER_WAIT_ACQUIRE/SYNC: the object's offset in its pool */
 } ember_slot_rec_t;
 
 /* Bind this process to slot p_uid % COUNT of the table at `base` (a shared
@@ -38,8 +48,9 @@ typedef struct {
 ember_rc_t ember_slots_bind(void *base, size_t len, uint64_t p_uid);
 
 /* The sleep path only: record / clear what the calling thread waits on.
- * No system call; a no-op when the process is unbound. */
-void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count);
+ * No system call; a no-op when the process is unbound.  `obj` is 0 for a
+ * channel wait. */
+void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count, uint64_t obj);
 void _ember_slot_wait_end(void);
 
 /* Copy out the records of the table at `base` whose wait is in progress:

@@ -318,5 +318,11 @@ class ObjectsPart:
     def _dump_objects(self):
         return [{"o_uid": o.o_uid, "name": o.name, "kind": o.kind, "lifetime": o.lifetime,
                  "owner": o.owner, "holders": dict(o.holders), "parent": o.parent,
-                 "channels": len(o.sdescs)} for o in self.objs.values()]
+                 "channels": len(o.sdescs),
+                 # where its memory is, so that `ember ps` can name what a
+                 # process is blocked on: its channels' descriptors and its
+                 # sync objects ([kind, allocation descriptor])
+                 "sdescs": list(o.sdescs),
+                 "sync": [[p[1], p[2]] for p in o.parts if p[0] == "sync"]}
+                for o in self.objs.values()]
 

@@ -193,28 +193,137 @@ def _chan_label(c):
     return repr(c["name"]) .replace("'", '"') if c.get("name") else f"#{c['c_uid']}"
 
 
-def blocked_on(p, slot, waiters, chans):
-    """What a live process waits on, as text (None: not blocked), from its
-    process slot (the C layer's record) and GS's parked requests."""
+class _Objects:
+    """GS's objects (``dump()["objects"]``) indexed by where their memory
+    is, built on first use (only when a process is blocked on something
+    that is not a GS channel): their sync objects by (pool m_uid, offset),
+    their channels by c_uid."""
+
+    def __init__(self, dump):
+        self.objects = dump.get("objects") or []
+        self._sync = None
+        self._chans = None
+
+    def sync(self, m_uid, offset):
+        """(object record, kind of the part, allocation descriptor) or None."""
+        if self._sync is None:
+            from .._slots import SYNC_KINDS
+            from ..pools_c import _pools
+            self._sync = {}
+            for o in self.objects:
+                for kind, sdesc in o.get("sync") or ():
+                    kind = SYNC_KINDS.get(kind, kind)       # sync.h's code -> its name
+                    try:
+                        self._sync[_pools._alloc_where(sdesc)] = (o, kind, sdesc)
+                    except Exception:
+                        continue
+        return self._sync.get((m_uid, offset))
+
+    def channel(self, c_uid):
+        """The object record whose channel has this c_uid, or None."""
+        if self._chans is None:
+            from ..channels_c import Channel
+            self._chans = {}
+            for o in self.objects:
+                for sdesc in o.get("sdescs") or ():
+                    try:
+                        ch = Channel.attach(sdesc)
+                    except Exception:
+                        continue
+                    try:
+                        self._chans[ch.c_uid] = o
+                    finally:
+                        ch.detach()
+        return self._chans.get(c_uid)
+
+
+def _obj_label(o):
+    name = o.get("name")
+    return f'{o["kind"]} "{name}"' if name else f'{o["kind"]} o_uid {o["o_uid"]}'
+
+
+_QUEUE_OPS = {"recv": "get", "send": "put", "wait_any": "get", "wait_any(writable)": "put"}
+
+
+def _lock_holder_pid(kind, sdesc):
+    """The pid holding a Lock/RLock now (0: free), read from its memory."""
+    from ..sync_c import _sync
+    cls = {"Lock": _sync.Lock, "RLock": _sync.RLock}[kind]
+    obj = _sync._attach(cls, 1 if kind == "Lock" else 2, sdesc, None)
+    return obj._state()[0]
+
+
+def blocked_info(p, slot, waiters, chans, objs=None, pids=None):
+    """What a live process waits on: ``(text, detail)``, text None if it is
+    not blocked.  From its process slot (the C layer's record: a channel,
+    or a synchronization object's pool and offset) named through GS's
+    channels and objects (``objs``, an :class:`_Objects`), and GS's parked
+    requests.  ``detail`` (for ``--json``) names the object and, for a
+    Lock/RLock, who holds it (``held_by``: a p_uid, via ``pids``, pid ->
+    p_uid of the live processes)."""
     ws = waiters.get(p["p_uid"], [])
-    if slot is not None and slot["pid"] == p["os_pid"]:
+    mine = slot is not None and slot["pid"] == p["os_pid"]
+    if mine and slot["op"] in ("acquire", "wait"):
+        return _sync_blocked(slot, objs, pids or {})
+    if mine:
         c = chans.get(slot["c_uid"])
         if c is not None:
             op = slot["op"]
             if op.startswith("wait_any"):
                 more = f" +{slot['count'] - 1}" if slot["count"] > 1 else ""
-                return f"{op}({_chan_label(c)}{more})"
-            return f"{op}({_chan_label(c)})"
+                return f"{op}({_chan_label(c)}{more})", {"channel": slot["c_uid"]}
+            return f"{op}({_chan_label(c)})", {"channel": slot["c_uid"]}
+        o = objs.channel(slot["c_uid"]) if objs is not None and slot["c_uid"] else None
+        if o is not None:
+            op = slot["op"]
+            if "Queue" in o["kind"]:
+                op = _QUEUE_OPS.get(op, op)
+            return f"{op}({_obj_label(o)})", {"channel": slot["c_uid"], "object": o["o_uid"],
+                                               "kind": o["kind"], "name": o.get("name")}
     for w in ws:
         if w["kind"] == "process.join":
-            return "join(" + ", ".join(str(u) for u in w["p_uids"] + w["unknown"]) + ")"
+            return "join(" + ", ".join(str(u) for u in w["p_uids"] + w["unknown"]) + ")", {}
         if w["kind"] == "channel.join":
-            return f"channel.join({w['name']!r})"
-    if slot is not None and slot["pid"] == p["os_pid"]:
+            return f"channel.join({w['name']!r})", {}
+    if mine:
         if slot["c_uid"] == 0:
-            return "a reply from global services"
-        return f"{slot['op']}(channel {slot['c_uid']})"
-    return None
+            return "a reply from global services", {}
+        return f"{slot['op']}(channel {slot['c_uid']})", {"channel": slot["c_uid"]}
+    return None, {}
+
+
+def _sync_blocked(slot, objs, pids):
+    op, kind = slot["op"], slot["kind"]
+    found = objs.sync(slot["m_uid"], slot["offset"]) if objs is not None else None
+    detail = {"kind": kind, "m_uid": slot["m_uid"], "offset": slot["offset"]}
+    if found is None:
+        return f"{op}({kind} at pool {slot['m_uid']:#x} offset {slot['offset']})", detail
+    o, part_kind, sdesc = found
+    detail.update(object=o["o_uid"], name=o.get("name"), object_kind=o["kind"])
+    if part_kind == o["kind"]:
+        text = f"{op}({_obj_label(o)})"
+    elif "Queue" in o["kind"] and part_kind == "Semaphore" and op == "acquire":
+        text = f"put({_obj_label(o)})"                 # a bounded queue's free places
+    elif "Queue" in o["kind"] and part_kind == "Condition":
+        text = f"join({_obj_label(o)})"
+    else:
+        text = f"{op}({part_kind} of {_obj_label(o)})"
+    if part_kind in ("Lock", "RLock"):
+        try:
+            holder = _lock_holder_pid(part_kind, sdesc)
+        except Exception:
+            holder = None
+        if holder:
+            detail["held_by_pid"] = holder
+            who = pids.get(holder)
+            detail["held_by"] = who
+            text += f" held by p_uid {who}" if who is not None else f" held by pid {holder}"
+    return text, detail
+
+
+def blocked_on(p, slot, waiters, chans, objs=None, pids=None):
+    """:func:`blocked_info`'s text alone."""
+    return blocked_info(p, slot, waiters, chans, objs, pids)[0]
 
 
 def process_rows(ins, dump=None, slots=None, all_=False):
@@ -224,6 +333,9 @@ def process_rows(ins, dump=None, slots=None, all_=False):
     waiters = {}
     for w in d["waiters"]:
         waiters.setdefault(w["owner"], []).append(w)
+    objs = _Objects(d)
+    pids = {p["os_pid"]: p["p_uid"] for p in d["processes"]
+            if p["state"] != "exited" and p["os_pid"]}
     now = time.time()
     rows = []
     for p in d["processes"]:
@@ -234,7 +346,8 @@ def process_rows(ins, dump=None, slots=None, all_=False):
         row = {"p_uid": p["p_uid"], "name": p["name"], "pid": p["os_pid"], "node": d["node"],
                "state": p["state"], "parent": p["creator"], "exit_code": p["exit_code"],
                "attached": p["attached"], "exe": p["exe"], "blocked_on": None,
-               "blocked_since": None, "cpu_percent": None, "rss": None, "age": None,
+               "blocked_since": None, "blocked_detail": None, "cpu_percent": None, "rss": None,
+               "age": None,
                "signal": None}
         if p["state"] == "exited":
             code = p["exit_code"]
@@ -247,13 +360,14 @@ def process_rows(ins, dump=None, slots=None, all_=False):
             row["status"] = "starting"
         else:
             slot = slots.get(p["p_uid"])
-            what = blocked_on(p, slot, waiters, chans)
+            what, detail = blocked_info(p, slot, waiters, chans, objs, pids)
             info = _os_info(p["os_pid"]) if p["os_pid"] else {}
             row.update(cpu_percent=info.get("cpu_percent"), rss=info.get("rss"))
             if info.get("started"):
                 row["age"] = round(now - info["started"], 3)
             if what is not None:
                 row["blocked_on"] = what
+                row["blocked_detail"] = detail or None
                 if slot is not None and slot["pid"] == p["os_pid"]:
                     row["blocked_since"] = slot["since"]
                 row["status"] = f"blocked on {what}"
@@ -272,7 +386,7 @@ def channel_rows(ins, dump=None, slots=None):
     live = {p["p_uid"]: p["os_pid"] for p in d["processes"] if p["state"] != "exited"}
     blocked = {}
     for p_uid, s in slots.items():
-        if live.get(p_uid) == s["pid"]:
+        if live.get(p_uid) == s["pid"] and s["c_uid"] is not None:
             key = "senders_blocked" if s["op"].endswith("writable)") or s["op"] == "send" \
                 else "receivers_blocked"
             blocked.setdefault(s["c_uid"], {}).setdefault(key, []).append(p_uid)

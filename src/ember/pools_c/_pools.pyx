@@ -854,3 +854,19 @@ def clear_attach_cache():
     for name, pool in list(_implicit_pools.items()):
         if (<Pool>pool)._exports == 0 and (<Pool>pool)._busy == 0:
             pool.detach()
+
+
+def _alloc_where(sdesc):
+    """``(m_uid of its pool, offset)`` of an allocation descriptor, read
+    without attaching anything (``ember ps`` matches what a process is
+    blocked on, recorded as pool and offset, with the objects of GS's
+    registry).  DescriptorError if ``sdesc`` is not one."""
+    cdef const uint8_t[::1] d = _as_bytes(sdesc)
+    cdef const uint8_t *psd = NULL
+    cdef size_t psd_len = 0
+    cdef ember_alloc_t a
+    cdef ember_rc_t rc = ember_alloc_parse(&d[0] if d.shape[0] else NULL, d.shape[0], &psd,
+                                           &psd_len, &a)
+    if rc != EMBER_OK or psd_len < 16:
+        check_rc(rc if rc != EMBER_OK else EMBER_ERR_INVALID_ARG, "not an allocation descriptor")
+    return int.from_bytes(psd[8:16], "little"), a.offset

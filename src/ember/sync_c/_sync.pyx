@@ -36,6 +36,23 @@ cdef extern from "pool_api.h":
 if ember_pool_api_set(PyCapsule_Import(b"ember.pools_c._pools._C_API", 0)) != EMBER_OK:
     raise ImportError("ember.pools_c._pools exports a pool API of another build of ember; reinstall it")
 
+# What a blocked call waits on, in the process's slot (common_c/slots.c,
+# compiled into _pools, reached through the same table): written only on
+# the slow path, once the try (and the spin) failed, for the whole sliced
+# wait; ``ember ps`` reads it (docs/introspection.md).
+cdef extern from "slots.h" nogil:
+    enum:
+        EMBER_WAIT_ACQUIRE
+        EMBER_WAIT_SYNC
+    void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count, uint64_t obj)
+    void _ember_slot_wait_end()
+
+
+cdef inline void _slot_begin(SyncObject o, uint32_t op) noexcept:
+    """Record "blocked on ``op`` of this object" (its pool's m_uid, its
+    offset there, its kind) in the process slot; a no-op if unbound."""
+    _ember_slot_wait_begin(op, o._pool._m_uid, <uint32_t>o._kind, o._alloc._a.offset)
+
 __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "Condition",
            "SEM_SLOTS", "BARRIER_MAX_PARTIES"]
 
@@ -224,6 +241,7 @@ cdef ember_rc_t _lock_wait(SyncObject self, int64_t tmo, uint32_t *died) except 
         return ember_lock_acquire(p, 0, 1, died)
     deadline = _deadline(tmo)
     self._pool._busy += 1
+    _slot_begin(self, EMBER_WAIT_ACQUIRE)
     try:
         while True:
             sl = _slice(deadline)
@@ -235,6 +253,7 @@ cdef ember_rc_t _lock_wait(SyncObject self, int64_t tmo, uint32_t *died) except 
                 return rc
             PyErr_CheckSignals()
     finally:
+        _ember_slot_wait_end()
         self._pool._busy -= 1
 
 
@@ -409,6 +428,7 @@ cdef class Semaphore(SyncObject):
         if rc == EMBER_ERR_TIMEOUT and tmo != 0:
             deadline = _deadline(tmo)
             self._pool._busy += 1
+            _slot_begin(self, EMBER_WAIT_ACQUIRE)
             try:
                 while True:
                     sl = _slice(deadline)
@@ -421,6 +441,7 @@ cdef class Semaphore(SyncObject):
                         break
                     PyErr_CheckSignals()
             finally:
+                _ember_slot_wait_end()
                 self._pool._busy -= 1
         if rc == EMBER_OK:
             return True
@@ -527,6 +548,7 @@ cdef class Event(SyncObject):
             return False
         deadline = _deadline(tmo)
         self._pool._busy += 1
+        _slot_begin(self, EMBER_WAIT_SYNC)
         try:
             while True:
                 sl = _slice(deadline)
@@ -539,6 +561,7 @@ cdef class Event(SyncObject):
                     break
                 PyErr_CheckSignals()
         finally:
+            _ember_slot_wait_end()
             self._pool._busy -= 1
         return rc == EMBER_OK
 
@@ -630,6 +653,7 @@ cdef class Barrier(SyncObject):
                     raise self._broken("the barrier was broken while the action ran")
                 return index
             self._rc(rc, "wait")
+            _slot_begin(self, EMBER_WAIT_SYNC)
             try:
                 while True:
                     sl = _slice(deadline)
@@ -652,6 +676,8 @@ cdef class Barrier(SyncObject):
                 if not isinstance(e, BrokenBarrierError):
                     ember_barrier_abandon(p, slot)      # e.g. KeyboardInterrupt: break it
                 raise
+            finally:
+                _ember_slot_wait_end()
         finally:
             self._pool._busy -= 1
 
@@ -773,6 +799,7 @@ cdef class Condition(SyncObject):
         notified = False
         deadline = _deadline(tmo)
         self._pool._busy += 1
+        _slot_begin(self, EMBER_WAIT_SYNC)
         try:
             try:
                 while True:
@@ -793,6 +820,7 @@ cdef class Condition(SyncObject):
                 ember_cond_leave(p, slot)
                 raise
         finally:
+            _ember_slot_wait_end()
             self._pool._busy -= 1
             died = None
             for i in range(count):
