@@ -103,9 +103,9 @@ for f, exc in ((lambda: channel.create(None, "x", {"capcity": 4}), ChannelError)
 '''))
     assert out.splitlines() == [
         "ChannelError unknown ChannelOptions option(s) 'capcity'; valid: capacity, block_size, "
-        "ref_count"] * 2 + [
+        "ref_count, node"] * 2 + [
         "PoolError unknown PoolOptions option(s) 'size'; it takes none",
-        "ProcessError unknown ProcessOptions option(s) 'node'; it takes none"]
+        "ProcessError no node 2 in this runtime (nodes: 0)"]
 
 
 def test_lists_with_names_and_exited_processes(tmp_path):

@@ -69,7 +69,7 @@ class ProcessDescriptor(_Record):
 
     @property
     def is_alive(self):
-        return self.state != "exited"
+        return self.state not in ("exited", "lost")
 
     @property
     def location(self):
@@ -173,14 +173,18 @@ class _Options:
 
 
 class ProcessOptions(_Options):
-    """How to launch a process: no options yet (placement on other nodes
-    will come with multi-node support); accepted so callers can pass one."""
+    """How to launch a process.
 
-    _fields = ()
+    ``node``: where it runs (docs/multinode.md): a node index, ``"any"``
+    (the live node with the fewest live processes) or None (the node of
+    the process that creates it)."""
+
+    _fields = (("node", None),)
     _error = "ProcessError"
 
-    def __init__(self, **unknown):
-        super().__init__(**unknown)
+    def __init__(self, node=None, **unknown):
+        super().__init__(node=node, **unknown)
+        _check_node(node, "ProcessOptions", allow_any=True)
 
 
 class PoolOptions(_Options):
@@ -205,8 +209,22 @@ class ChannelOptions(_Options):
     drops it) and destroys it when the count reaches zero.
     """
 
-    _fields = (("capacity", 128), ("block_size", 1024), ("ref_count", False))
+    _fields = (("capacity", 128), ("block_size", 1024), ("ref_count", False), ("node", None))
     _error = "ChannelError"
 
-    def __init__(self, capacity=128, block_size=1024, ref_count=False, **unknown):
-        super().__init__(capacity=capacity, block_size=block_size, ref_count=ref_count, **unknown)
+    def __init__(self, capacity=128, block_size=1024, ref_count=False, node=None, **unknown):
+        super().__init__(capacity=capacity, block_size=block_size, ref_count=ref_count, node=node,
+                         **unknown)
+        _check_node(node, "ChannelOptions")
+
+
+def _check_node(node, who, allow_any=False):
+    """``node`` must be None, an int >= 0 (or ``"any"`` where allowed)."""
+    if node is None or (allow_any and node == "any"):
+        return
+    if isinstance(node, bool) or not isinstance(node, int) or node < 0:
+        from . import exceptions
+        err = exceptions.ProcessError if who == "ProcessOptions" else exceptions.ChannelError
+        what = "a node index (int >= 0), 'any' or None" if allow_any else \
+            "a node index (int >= 0) or None"
+        raise err(f"{who}.node must be {what}, not {node!r}")

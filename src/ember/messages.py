@@ -230,3 +230,20 @@ _define(76, "ObjectQuery", _REQ + "ident")
 # a reference of its own if the loan is gone).
 _define(77, "ObjectLend", _REQ + "o_uid")
 _define(78, "ObjectClaim", _REQ + "o_uid token")
+
+# --- several nodes (ember.transport; codes 90-99, 120-129) -------------------
+# head agent -> GS (control channel): a message from node ``node``: its
+# shepherd's (``trusted``) or a request of a user process there (checked as
+# any request; the reply goes back to that node).
+_define(90, "MnFrom", "node trusted data")
+# GS -> head agent: deliver ``data`` on node ``node``: ``kind`` MN_SH to its
+# shepherd, MN_REPLY to the reply channel ``r``, MN_FREE destroys reply
+# channel ``r`` (its process exited).
+_define(91, "MnTo", "node kind r data")
+# head agent -> GS: node ``node`` joined (``info``: host, agent address,
+# default pool descriptor and size) / was lost (``why``).
+_define(92, "MnNodeUp", "node info")
+_define(93, "MnNodeLost", "node why")
+
+MN_SH, MN_REPLY, MN_FREE = 0, 1, 2
+__all__ += ["MN_SH", "MN_REPLY", "MN_FREE"]

@@ -273,7 +273,16 @@ cdef class Channel:
         binding's per-process cache).  DescriptorError for a truncated,
         corrupt or foreign descriptor; ChannelError if the channel was
         destroyed.
+
+        Given a :class:`~ember.descriptors.ChannelDescriptor` (what
+        ``channel.create`` and ``channel.join`` return) of a channel on
+        another node, returns a handle with the same API whose sends and
+        receives go through that node's transport agent
+        (``ember.transport.remote.RemoteChannel``, docs/multinode.md).
         """
+        if hasattr(sdesc, "c_uid") and hasattr(sdesc, "node"):
+            from ember.transport import attach_descriptor
+            return attach_descriptor(sdesc)
         cdef const uint8_t[::1] d
         try:
             d = memoryview(sdesc).cast("B")

@@ -21,10 +21,11 @@ DEFAULT_POOL_NAME = "default"
 
 
 class _Pool:
-    __slots__ = ("m_uid", "name", "sdesc", "size", "channels", "default", "waiting")
+    __slots__ = ("m_uid", "name", "sdesc", "size", "channels", "default", "waiting", "node")
 
-    def __init__(self, m_uid, name, sdesc, size, default=False):
+    def __init__(self, m_uid, name, sdesc, size, default=False, node=0):
         self.m_uid, self.name, self.sdesc, self.size = m_uid, name, sdesc, size
+        self.node = node          # the node whose shepherd made it (and maps it)
         self.channels = set()     # c_uids of its channels (being created ones too)
         self.default = default
         self.waiting = None       # while the shepherd creates it: [(tag, r, p_uid)] to answer
@@ -32,10 +33,11 @@ class _Pool:
 
 class _Chan:
     __slots__ = ("c_uid", "m_uid", "name", "sdesc", "capacity", "block_size",
-                 "ref_count", "holders", "waiting", "senders", "closing")
+                 "ref_count", "holders", "waiting", "senders", "closing", "node")
 
-    def __init__(self, c_uid, m_uid, name, opts):
+    def __init__(self, c_uid, m_uid, name, opts, node=0):
         self.c_uid, self.m_uid, self.name = c_uid, m_uid, name
+        self.node = node          # its pool's node
         self.sdesc = None         # known once the shepherd made it
         self.capacity = opts.capacity
         self.block_size = opts.block_size
@@ -112,7 +114,7 @@ class MemoryPart:
             if err is None:
                 self._reply(tag, r, value)
             else:
-                self.route_reply(self.node, r, m.reply_err(tag, err[0], err[1]))
+                self.route_reply(self.node, r, m.reply_err(tag, err[0], str(err[1])))
 
     # ------------------------------------------------------------------ pools
     def _add_pool(self, rec):
@@ -124,7 +126,7 @@ class MemoryPart:
         return _lookup(ident, self.pools, self.pool_names, PoolError, "pool", "m_uid")
 
     def _pool_desc(self, rec):
-        return {"m_uid": rec.m_uid, "name": rec.name, "node": self.node, "size": rec.size,
+        return {"m_uid": rec.m_uid, "name": rec.name, "node": rec.node, "size": rec.size,
                 "sdesc": rec.sdesc}
 
     def on_pool_create(self, msg):
@@ -152,7 +154,7 @@ class MemoryPart:
         if name:
             self.pool_names_creating[name] = m_uid
         log.debug("pool %d %r requested (%d bytes) by process %s", m_uid, rec.name, size, msg.p_uid)
-        self.node_request(self.node, lambda tag: m.ShPoolCreate(
+        self.node_request(rec.node, lambda tag: m.ShPoolCreate(
             tag, m_uid, size, name, self.runtime_tag), self._pool_created)
 
     def _pool_created(self, done):
@@ -205,7 +207,9 @@ class MemoryPart:
             del self.pool_names[rec.name]
         log.info("pool %d %r destroyed", rec.m_uid, rec.name)
         self._event("pool.destroyed", m_uid=rec.m_uid, name=rec.name)
-        self.node_request(self.node, lambda tag: m.ShPoolDestroy(tag, rec.m_uid),
+        if not self.nodes.get(rec.node, {"alive": True})["alive"]:
+            return
+        self.node_request(rec.node, lambda tag: m.ShPoolDestroy(tag, rec.m_uid),
                           lambda done: self._destroyed(f"pool {rec.m_uid}", done, requester))
 
     def _destroyed(self, what, done, requester):
@@ -219,7 +223,7 @@ class MemoryPart:
         return _lookup(ident, self.chans, self.chan_names, ChannelError, "channel", "c_uid")
 
     def _chan_desc(self, rec):
-        return {"m_uid": rec.m_uid, "c_uid": rec.c_uid, "name": rec.name, "node": self.node,
+        return {"m_uid": rec.m_uid, "c_uid": rec.c_uid, "name": rec.name, "node": rec.node,
                 "capacity": rec.capacity, "block_size": rec.block_size,
                 "ref_count": rec.ref_count, "sdesc": rec.sdesc}
 
@@ -246,28 +250,41 @@ class MemoryPart:
                 rec.waiting.append((msg.tag, msg.r, msg.p_uid))
                 return
             raise ChannelError(f"a channel is already named {name!r} (c_uid {rec.c_uid})")
-        m_uid = self.default_m_uid if msg.m_uid is None else msg.m_uid
+        try:
+            opts = ChannelOptions.coerce(msg.options, "channel_options")
+        except TypeError as exc:
+            raise ChannelError(str(exc)) from None
+        node = opts.node
+        if node is not None:
+            if isinstance(node, bool) or not isinstance(node, int) or node not in self.nodes:
+                raise ChannelError(f"cannot create channel {name or ''!r}: no node {node!r} in "
+                                   f"this runtime")
+            if not self.nodes[node]["alive"]:
+                raise ChannelError(f"cannot create channel {name or ''!r}: node {node} was lost")
+        if msg.m_uid is None:
+            m_uid = self.default_m_uid if node is None else self.nodes[node]["default_m_uid"]
+        else:
+            m_uid = msg.m_uid
         if isinstance(m_uid, bool) or not isinstance(m_uid, int):
             raise ChannelError(f"m_uid must be an int, not {type(m_uid).__name__}")
         prec = self.pools.get(m_uid)
         if prec is None:
             raise ChannelError(f"cannot create channel {name or ''!r}: no pool with m_uid {m_uid}")
-        try:
-            opts = ChannelOptions.coerce(msg.options, "channel_options")
-        except TypeError as exc:
-            raise ChannelError(str(exc)) from None
+        if node is not None and prec.node != node:
+            raise ChannelError(f"cannot create channel {name or ''!r}: pool {m_uid} is on node "
+                               f"{prec.node}, not node {node}")
         for field in ("capacity", "block_size"):
             v = getattr(opts, field)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ChannelError(f"ChannelOptions.{field} must be a positive int, got {v!r}")
         c_uid = next(self._c_uids)
-        rec = _Chan(c_uid, m_uid, name or None, opts)
+        rec = _Chan(c_uid, m_uid, name or None, opts, node=prec.node)
         rec.waiting = [(msg.tag, msg.r, msg.p_uid)]
         self.chans_creating[c_uid] = rec
         if name:
             self.chan_names_creating[name] = c_uid
         prec.channels.add(c_uid)         # the pool cannot go while it is being made
-        self.node_request(self.node, lambda tag: m.ShChannelCreate(
+        self.node_request(prec.node, lambda tag: m.ShChannelCreate(
             tag, c_uid, m_uid, prec.sdesc, opts.capacity, opts.block_size), self._channel_created)
 
     def _channel_created(self, done):
@@ -370,7 +387,7 @@ class MemoryPart:
         def done(msg):
             if msg.err:
                 log.warning("closing channel %d: %s", rec.c_uid, msg.err)
-        self.node_request(self.node, lambda tag: m.ShChannelClose(tag, rec.c_uid), done)
+        self.node_request(rec.node, lambda tag: m.ShChannelClose(tag, rec.c_uid), done)
 
     def on_channel_release(self, msg):
         rec = self._chan(msg.ident)
@@ -424,9 +441,31 @@ class MemoryPart:
                 proc.refs.pop(rec.c_uid, None)
         log.info("channel %d %r destroyed", rec.c_uid, rec.name)
         self._event("channel.destroyed", c_uid=rec.c_uid, name=rec.name)
-        self.node_notice(self.node, m.ShChannelDrop([rec.c_uid]))
+        if not self.nodes.get(rec.node, {"alive": True})["alive"]:
+            if requester is not None:
+                self._answer([requester])
+            return
+        self.node_notice(rec.node, m.ShChannelDrop([rec.c_uid]))
         if requester is not None:
             self._answer([requester])
+
+    def _node_lost_memory(self, node):
+        """Node ``node`` is gone: forget its channels and pools (their
+        memory went with it; handles to them raise on use)."""
+        for rec in [c for c in self.chans.values() if c.node == node]:
+            self.chans.pop(rec.c_uid, None)
+            self.chan_sdescs.discard(rec.sdesc)
+            if rec.name and self.chan_names.get(rec.name) == rec.c_uid:
+                del self.chan_names[rec.name]
+            for p in rec.holders:
+                proc = self.procs.get(p)
+                if proc is not None:
+                    proc.refs.pop(rec.c_uid, None)
+            self._event("channel.lost", c_uid=rec.c_uid, name=rec.name, node=node)
+        for rec in [p for p in self.pools.values() if p.node == node]:
+            del self.pools[rec.m_uid]
+            if rec.name and self.pool_names.get(rec.name) == rec.m_uid:
+                del self.pool_names[rec.name]
 
     def _unlink_chan_join(self, w):
         lst = self.chan_joiners.get(w.name)
@@ -444,16 +483,16 @@ class MemoryPart:
 
     def _dump_memory(self):
         pools = [{"m_uid": p.m_uid, "name": p.name, "size": p.size, "default": p.default,
-                  "node": self.node, "channels": sorted(p.channels)} for p in self.pools.values()]
-        chans = [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": self.node,
+                  "node": p.node, "channels": sorted(p.channels)} for p in self.pools.values()]
+        chans = [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": c.node,
                   "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
                   "holders": dict(c.holders), "refs": sum(c.holders.values())}
                  for c in self.chans.values()]
         # being made by their node's shepherd (not visible to requests yet)
         pools += [{"m_uid": p.m_uid, "name": p.name, "size": p.size, "default": False,
-                   "node": self.node, "channels": [], "being_made": True}
+                   "node": p.node, "channels": [], "being_made": True}
                   for p in self.pools_creating.values()]
-        chans += [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": self.node,
+        chans += [{"c_uid": c.c_uid, "name": c.name, "m_uid": c.m_uid, "node": c.node,
                    "capacity": c.capacity, "block_size": c.block_size, "ref_count": c.ref_count,
                    "holders": {}, "refs": 0, "being_made": True}
                   for c in self.chans_creating.values()]

@@ -22,6 +22,12 @@ from ..exceptions import ProcessError
 from .registry import _Waiter, _lookup, _timeout, log
 
 PENDING, RUNNING, EXITED = "pending", "running", "exited"
+#: What descriptors and joins say of a process whose node was lost (it is
+#: EXITED inside GS, with exit code 255).
+LOST = "lost"
+#: Environment variables that say where the runtime is on one node.
+_NODE_LOCAL = (_env.RUNTIME_ID, _env.INF_POOL, _env.GS_CH, _env.DEFAULT_POOL, _env.NODE,
+               _env.SH_CH, _env.GS_CTL, _env.P_UID)
 LAUNCHER_P_UID = 0
 FIRST_P_UID = 1
 #: At most this many identifiers in one multi_join request.
@@ -31,9 +37,9 @@ MAX_JOIN_IDENTS = 4096
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
-                 "attached")
+                 "attached", "node", "lost")
 
-    def __init__(self, p_uid, name, creator, key=None):
+    def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
         self.name = name
         self.state = PENDING
@@ -49,10 +55,16 @@ class _Proc:
         self.exe = ""
         self.prev_same_name = None   # the process last_by_name named before this one
         self.attached = False    # joined with ProcessAttach (not started by the runtime)
+        self.node = node         # the node it runs on
+        self.lost = False        # its node was lost (state "lost" in descriptors)
 
-    def desc(self, node):
-        return {"p_uid": self.p_uid, "user_name": self.name or None, "state": self.state,
-                "retval": self.exit_code, "node": node, "os_pid": self.os_pid}
+    @property
+    def shown_state(self):
+        return LOST if self.lost else self.state
+
+    def desc(self, node=None):
+        return {"p_uid": self.p_uid, "user_name": self.name or None, "state": self.shown_state,
+                "retval": self.exit_code, "node": self.node, "os_pid": self.os_pid}
 
 
 class ProcessesPart:
@@ -107,8 +119,9 @@ class ProcessesPart:
             raise ProcessError("env must map str to str")
         if not isinstance(msg.run_dir, str):
             raise ProcessError("run_dir must be a str")
+        node = self._placement(msg)
         p_uid = next(self._p_uids)
-        rec = _Proc(p_uid, name, msg.p_uid, key=os.urandom(16))
+        rec = _Proc(p_uid, name, msg.p_uid, key=os.urandom(16), node=node)
         rec.create_req = (msg.tag, msg.r)
         rec.exe = msg.exe
         self.procs[p_uid] = rec
@@ -119,8 +132,44 @@ class ProcessesPart:
         # The key goes to the shepherd on the private channel, into the
         # child's environment; it overrides whatever the request put there.
         env = dict(env)
+        if self.mn_env:
+            if node != self._creator_node(msg):
+                # where the runtime is on the creator's node means nothing on
+                # another: the child gets its own node's (the shepherd's env)
+                for k in _NODE_LOCAL:
+                    env.pop(k, None)
+            env.update(self.mn_env)
         env[_env.KEY] = rec.key.hex()
-        self.send_shepherd(m.ShSpawn(msg.tag, p_uid, msg.exe, msg.args, env, msg.run_dir, name))
+        self.to_node(node, m.ShSpawn(msg.tag, p_uid, msg.exe, msg.args, env, msg.run_dir, name))
+
+    def _creator_node(self, msg):
+        creator = self.procs.get(msg.p_uid)
+        return creator.node if creator is not None else self._origin
+
+    def _placement(self, msg):
+        """The node a new process runs on: ``options["node"]`` — an int (that
+        node), ``"any"`` (the live node with the fewest live processes,
+        the lowest index on a tie) — or, if not given, its creator's node."""
+        opts = msg.options if isinstance(msg.options, dict) else {}
+        want = opts.get("node")
+        if want is None:
+            return self._creator_node(msg)
+        live = [n for n, info in self.nodes.items() if info["alive"]]
+        if want == "any":
+            load = {n: 0 for n in live}
+            for p in self.procs.values():
+                if p.state != EXITED and p.node in load:
+                    load[p.node] += 1
+            return min(live, key=lambda n: (load[n], n))
+        if isinstance(want, bool) or not isinstance(want, int):
+            raise ProcessError(f"ProcessOptions.node must be a node index (int) or 'any', "
+                               f"not {want!r}")
+        if want not in self.nodes:
+            raise ProcessError(f"no node {want} in this runtime (nodes: "
+                               f"{', '.join(map(str, sorted(self.nodes)))})")
+        if want not in live:
+            raise ProcessError(f"node {want} was lost: cannot start a process there")
+        return want
 
     def on_sh_spawned(self, msg):
         rec = self.procs.get(msg.p_uid)
@@ -186,7 +235,7 @@ class ProcessesPart:
         elif name and name in self.proc_names:
             err = f"a live process is already named {name!r} (p_uid {self.proc_names[name]})"
         p_uid = next(self._p_uids) if err is None else None
-        rec = _Proc(p_uid, name, 0, key=os.urandom(16))
+        rec = _Proc(p_uid, name, 0, key=os.urandom(16), node=self._origin)
         if not self._register_reply(msg, p_uid, rec.replies):
             return
         if err is not None:
@@ -199,7 +248,7 @@ class ProcessesPart:
         self.procs[p_uid] = rec
         if name:
             self.proc_names[name] = p_uid
-        self.send_shepherd(m.ShWatch(p_uid, pid))
+        self.to_node(rec.node, m.ShWatch(p_uid, pid))
         log.info("process %d attached (pid %d)", p_uid, pid)
         self._event("process.attached", p_uid=p_uid, name=name or None, pid=pid)
         self._reply(msg.tag, msg.r, dict(rec.desc(self.node), key=rec.key.hex()))
@@ -218,7 +267,7 @@ class ProcessesPart:
         code = msg.exit_code
         if isinstance(code, bool) or not isinstance(code, int):
             code = 0
-        self.send_shepherd(m.ShUnwatch(rec.p_uid))
+        self.to_node(rec.node, m.ShUnwatch(rec.p_uid))
         # The reply goes out on msg.r: the client destroys that channel itself.
         rec.replies.discard(msg.r)
         self.reply_owner.pop(msg.r, None)
@@ -280,6 +329,11 @@ class ProcessesPart:
 
     def _free_reply_channel(self, r):
         """Hook: the transport frees a dead process's reply channel."""
+        node = self.reply_node.pop(r, None) if self.reply_node else None
+        if node is not None:              # made on another node: its agent frees it
+            if self.nodes.get(node, {}).get("alive") and self.send_remote is not None:
+                self.send_remote(node, m.MN_FREE, r, None)
+            return
         free = getattr(self.send_reply, "forget", None)
         if free is not None:
             free(r, destroy=True)
@@ -300,7 +354,7 @@ class ProcessesPart:
             raise ProcessError(f"invalid signal {sig!r} for process {rec.p_uid}")
         if rec.state == EXITED:
             raise ProcessError(f"process {rec.p_uid} has already exited (exit code {rec.exit_code})")
-        self.send_shepherd(m.ShKill(rec.p_uid, sig))
+        self.to_node(rec.node, m.ShKill(rec.p_uid, sig))
         self._reply(msg.tag, msg.r)
 
     def on_process_join(self, msg):
@@ -366,7 +420,7 @@ class ProcessesPart:
             if rec.state == EXITED:
                 exited.append([p, rec.exit_code])
                 rec.joined = True
-            status[p] = [rec.state, rec.exit_code]
+            status[p] = [rec.shown_state, rec.exit_code]
         for ident in w.unknown:
             status[ident] = ["unknown", None]
         self.route_reply(self.node, w.r, m.reply_ok(w.tag, [exited or None, status]))
@@ -378,7 +432,7 @@ class ProcessesPart:
                 rec.waiters.discard(w)
 
     def _dump_processes(self):
-        return [{"p_uid": p.p_uid, "name": p.name or None, "state": p.state,
+        return [{"p_uid": p.p_uid, "name": p.name or None, "state": p.shown_state, "node": p.node,
                  "os_pid": p.os_pid, "exit_code": p.exit_code, "joined": p.joined,
                  "attached": p.attached, "creator": p.creator, "exe": p.exe,
                  "refs": dict(p.refs), "reply_channels": len(p.replies)}

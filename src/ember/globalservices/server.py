@@ -81,11 +81,14 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
     REQUESTS = ((m.ServiceStats, "on_service_stats"), (m.ServiceDump, "on_service_dump"))
     NOTICES = ((m.ShPoolCreated, "on_node_done"), (m.ShPoolDestroyed, "on_node_done"),
                (m.ShChannelCreated, "on_node_done"), (m.ShChannelDestroyed, "on_node_done"),
-               (m.ShObjectEnded, "on_node_done"), (m.ShChannelClosed, "on_node_done"))
+               (m.ShObjectEnded, "on_node_done"), (m.ShChannelClosed, "on_node_done"),
+               (m.MnFrom, "on_mn_from"), (m.MnNodeUp, "on_mn_node_up"),
+               (m.MnNodeLost, "on_mn_node_lost"))
 
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
                  node=0, default_pool=None, launcher_key=None, reserved_replies=(),
-                 check_reply=None, death_reports=True, err=None, attach_key=None):
+                 check_reply=None, death_reports=True, err=None, attach_key=None,
+                 send_remote=None, mn_env=None, fail_fast=False):
         """``launcher_key``: the key of p_uid 0 (None: no request claiming
         p_uid 0 is accepted); ``reserved_replies``: descriptors that may
         never be a reply channel (GS's own inputs); ``check_reply(r)``:
@@ -103,7 +106,15 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self.send_reply = send_reply
         self.send_shepherd = send_shepherd
         self.node = node
-        self._node_ops = {}       # tag of a request to a node's shepherd -> on_done(msg)
+        self.send_remote = send_remote
+        self.mn_env = dict(mn_env or {})
+        self.fail_fast = fail_fast
+        # node index -> {"host", "alive", "default_m_uid", "agent"}
+        self.nodes = {node: {"host": os.uname().nodename, "alive": True, "default_m_uid": 1,
+                             "agent": None}}
+        self.reply_node = {}      # reply channel of a process on another node -> that node
+        self._origin = node       # the node of the request being handled
+        self._node_ops = {}       # tag of a request to a node's shepherd -> (node, on_done, msg)
         self._node_tags = itertools.count(1)
         self.launcher_key = launcher_key
         self.launcher_replies = set()
@@ -190,6 +201,8 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
             why = "it is one of the runtime's own channels"
         elif r in self.chan_sdescs:
             why = "it is a registered channel"
+        elif self._origin != self.node:
+            pass        # made on its node by the process itself; that node's agent uses it
         elif self.check_reply is not None:
             why = self.check_reply(r)
         if why is None and len(replies) >= MAX_REPLY_CHANNELS:
@@ -206,6 +219,8 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
             return False
         replies.add(r)
         self.reply_owner[r] = p_uid
+        if self._origin != self.node:
+            self.reply_node[r] = self._origin
         return True
 
     def _reply(self, tag, r, value=None):
@@ -215,38 +230,149 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
     # ---------------------------------------------------------------- routing
     def route_reply(self, node, r, msg):
         """The one function every reply goes through: deliver ``msg`` to
-        the reply channel ``r`` of a process on ``node``.  One node today:
-        every reply channel is in the infrastructure pool of GS's own node,
-        which GS maps; a multi-node transport takes over here."""
-        if node != self.node:
-            log.error("reply %r to node %s dropped: this runtime has one node", msg, node)
+        the reply channel ``r`` of a process on ``node``.  A reply channel
+        registered by a process of another node (``reply_node``) is that
+        node's: the reply goes there through the transport agents."""
+        if self.reply_node:
+            node = self.reply_node.get(r, node)
+        if node == self.node:
+            self.send_reply(r, msg)
             return
-        self.send_reply(r, msg)
+        info = self.nodes.get(node)
+        if self.send_remote is None or info is None or not info["alive"]:
+            log.info("reply %r to node %s dropped: no such node (or it was lost)", msg, node)
+            return
+        self.send_remote(node, m.MN_REPLY, r, msg.pack())
+
+    def to_node(self, node, msg):
+        """Hand ``msg`` to the shepherd of ``node`` (nothing if it was lost)."""
+        if node == self.node:
+            self.send_shepherd(msg)
+            return
+        info = self.nodes.get(node)
+        if self.send_remote is None or info is None or not info["alive"]:
+            log.info("%r to node %s dropped: no such node (or it was lost)", msg, node)
+            return
+        self.send_remote(node, m.MN_SH, None, msg.pack())
 
     def node_request(self, node, build, on_done):
         """Ask the shepherd of ``node`` to do something (create or destroy
         a pool or channel): ``build(tag)`` makes the message;
         ``on_done(msg)`` runs when its answer (``ref`` == tag) comes back
-        on the control channel."""
-        if node != self.node:
-            raise EmberError(f"node {node} is not a node of this runtime")
+        on the control channel (or, if the node is lost meanwhile, with a
+        stand-in answer whose ``err`` says so)."""
+        info = self.nodes.get(node)
+        if info is None or not info["alive"]:
+            raise EmberError(f"node {node} is not a live node of this runtime")
         tag = next(self._node_tags)
-        self._node_ops[tag] = on_done
-        self.send_shepherd(build(tag))
+        msg = build(tag)
+        self._node_ops[tag] = (node, on_done, msg)
+        self.to_node(node, msg)
 
     def node_notice(self, node, msg):
         """Tell the shepherd of ``node`` something that needs no answer
         (``ShChannelDrop``); in order with :meth:`node_request`'s messages."""
-        if node != self.node:
+        if node not in self.nodes:
             raise EmberError(f"node {node} is not a node of this runtime")
-        self.send_shepherd(msg)
+        self.to_node(node, msg)
 
     def on_node_done(self, msg):
-        on_done = self._node_ops.pop(msg.ref, None)
-        if on_done is None:
+        op = self._node_ops.pop(msg.ref, None)
+        if op is None:
             log.warning("%s for no request of GS's (ref %r)", type(msg).__name__, msg.ref)
             return
-        on_done(msg)
+        op[1](msg)
+
+    # ------------------------------------------------------------ several nodes
+    def on_mn_from(self, msg):
+        """A message from another node, put on the control channel by the
+        head's transport agent: its shepherd's (trusted) or a user
+        process's request there (admitted as any request; replies go back
+        to that node)."""
+        info = self.nodes.get(msg.node)
+        if info is None or not info["alive"] or not isinstance(msg.data, bytes):
+            self.warn("lost-node", "dropped a message from node %r: not a live node", msg.node)
+            return
+        if msg.trusted:
+            self.handle_bytes(msg.data, trusted=True)
+            return
+        self._origin = msg.node
+        try:
+            self.handle_bytes(msg.data)
+        finally:
+            self._origin = self.node
+
+    def on_mn_node_up(self, msg):
+        """Node ``msg.node`` joined: its default pool is registered (so
+        ``channel.create(..., node=N)`` has a pool to use)."""
+        from .memory import _Pool
+        info = msg.info if isinstance(msg.info, dict) else {}
+        node = msg.node
+        if isinstance(node, bool) or not isinstance(node, int) or node in self.nodes:
+            log.warning("MnNodeUp for a bad or known node %r", node)
+            return
+        m_uid = next(self._m_uids)
+        rec = _Pool(m_uid, f"default@{node}", info.get("default_sdesc"),
+                    info.get("default_size"), default=True, node=node)
+        self._add_pool(rec)
+        self.nodes[node] = {"host": info.get("host"), "alive": True, "default_m_uid": m_uid,
+                            "agent": info.get("agent")}
+        self._update_agents()
+        log.info("node %d (%s) joined", node, info.get("host"))
+        self._event("node.up", node=node, host=info.get("host"))
+
+    def on_mn_node_lost(self, msg):
+        """Node ``msg.node`` is gone (its agent or shepherd died, or its host
+        stopped answering): its processes are reported lost (exit code 255,
+        state "lost"), its pools and channels are forgotten (handles to
+        them raise), requests waiting on it fail; the runtime goes on (or,
+        with ``fail_fast``, every process is killed)."""
+        import sys
+        node = msg.node
+        info = self.nodes.get(node)
+        if info is None or not info["alive"] or node == self.node:
+            return
+        info["alive"] = False
+        self._update_agents()
+        err = self.err if self.err is not None else sys.stderr
+        err.write(f"ember: node {node} ({info.get('host')}) lost: {msg.why}; its processes "
+                  f"are reported lost (exit code {m.EXIT_UNKNOWN})\n")
+        err.flush()
+        self._event("node.lost", node=node, host=info.get("host"), why=msg.why)
+        self._node_lost_memory(node)
+        for tag, (n, on_done, req) in list(self._node_ops.items()):
+            if n != node:
+                continue
+            del self._node_ops[tag]
+            done = _LostAnswer(tag, req, f"node {node} was lost")
+            self._step(f"failing a request to lost node {node}", on_done, done)
+        for rec in [p for p in self.procs.values() if p.node == node and p.state != EXITED]:
+            if rec.create_req is not None and rec.state == PENDING:
+                self._step(f"failing the start of process {rec.p_uid}", self.on_sh_spawned,
+                           m.ShSpawned(None, rec.p_uid, None, f"node {node} was lost"))
+                continue
+            rec.lost = True
+            self._step(f"reporting process {rec.p_uid} lost", self._exited, rec, m.EXIT_UNKNOWN)
+        for r in [r for r, n in self.reply_node.items() if n == node]:
+            del self.reply_node[r]
+        if self.teardown is not None:
+            self._teardown_node_lost(node)
+        elif self.fail_fast:
+            err.write("ember: --fail-fast-on-node-loss: killing every process\n")
+            err.flush()
+            for p in self.procs.values():
+                if p.state != EXITED and not p.attached:
+                    self.to_node(p.node, m.ShKill(p.p_uid, 9))
+
+    def _update_agents(self):
+        """The agents' addresses every new process gets (EMBER_MN_AGENTS)."""
+        if self.mn_env:
+            self.mn_env["EMBER_MN_AGENTS"] = ";".join(
+                f"{n}={i['agent']}" for n, i in sorted(self.nodes.items())
+                if i["alive"] and i.get("agent"))
+
+    def live_nodes(self):
+        return [n for n, info in self.nodes.items() if info["alive"]]
 
     # ----------------------------------------------------------- introspection
     def on_service_stats(self, msg):
@@ -261,10 +387,23 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         what) and the teardown phase (None: not tearing down)."""
         d = Service.dump(self)
         pools, chans = self._dump_memory()
-        d.update(node=self.node, runtime=self.runtime_tag, processes=self._dump_processes(),
+        d.update(node=self.node, runtime=self.runtime_tag,
+                 nodes={str(n): dict(i) for n, i in self.nodes.items()}, processes=self._dump_processes(),
                  pools=pools, channels=chans, waiters=self._dump_waiters(),
                  teardown=self._dump_teardown(), objects=self._dump_objects())
         return d
+
+
+class _LostAnswer:
+    """The stand-in answer to a request whose node was lost: the fields of
+    the request (``m_uid``, ``c_uid``), ``ref`` and an ``err``."""
+
+    def __init__(self, tag, req, text):
+        self.ref = tag
+        self.err = ["EmberError", text, True]
+        for f in ("m_uid", "c_uid"):
+            setattr(self, f, getattr(req, f, None))
+        self.sdesc = self.size = self.capacity = self.block_size = None
 
 
 # ------------------------------------------------------------------ transport
@@ -278,12 +417,14 @@ class ChannelTransport:
     infrastructure pool, where clients make their reply channels).
     """
 
-    def __init__(self, sh_channel, attach_channel, reply_pool_sdesc=None):
+    def __init__(self, sh_channel, attach_channel, reply_pool_sdesc=None, agent_channel=None):
         self.sh = sh_channel
         self.attach = attach_channel
         self.reply_pool_sdesc = reply_pool_sdesc
         self.cache = {}          # reply sdesc -> attached Channel
         self.backlog = []
+        self.agent = agent_channel   # several nodes: the head agent's input
+        self.agent_backlog = []
 
     def check_reply(self, r):
         """None if ``r`` can be a reply channel, else why not."""
@@ -347,23 +488,41 @@ class ChannelTransport:
                 pass
         self.backlog.append(data)
 
-    def flush(self):
-        while self.backlog:
+    def to_remote(self, node, kind, r, data):
+        """Several nodes: a message for node ``node``, to the head agent."""
+        data = m.MnTo(node, kind, r, data).pack()
+        if not self.agent_backlog:
             try:
-                self.sh.send(self.backlog[0], timeout=0)
+                self.agent.send(data, timeout=0)
+                return
             except Exception:
-                return False
-            self.backlog.pop(0)
+                pass
+        self.agent_backlog.append(data)
+
+    @property
+    def pending(self):
+        return bool(self.backlog or self.agent_backlog)
+
+    def flush(self):
+        for ch, backlog in ((self.sh, self.backlog), (self.agent, self.agent_backlog)):
+            while backlog:
+                try:
+                    ch.send(backlog[0], timeout=0)
+                except Exception:
+                    return False
+                backlog.pop(0)
         return True
 
 
 def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_channel=None,
-          launcher_key=None, death_reports=True, attach_key=None):
+          launcher_key=None, death_reports=True, attach_key=None, mn=None):
     """Run GS until teardown completes.
 
     ``gs_channel``: the public input channel (requests, and ``Poke``);
     ``ctl_channel``: the private control channel (the shepherd's messages),
     read whenever a ``Poke`` arrives; ``sh_channel``: the shepherd's input.
+    ``mn``: several nodes: ``{"to_agent": the head agent's input channel,
+    "env": what every process gets, "fail_fast": bool}``.
     """
     from ..channels_c import Channel
     from ..exceptions import ChannelEmpty, ChannelError
@@ -373,15 +532,23 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
     # Requests come in bursts: spin a little after each before sleeping.
     gs_channel.set_spin(CONTROL_SPIN, adaptive=False)
     transport = ChannelTransport(sh_channel, Channel.attach,
-                                 reply_pool_sdesc=gs_channel.pool.sdesc)
+                                 reply_pool_sdesc=gs_channel.pool.sdesc,
+                                 agent_channel=mn["to_agent"] if mn else None)
     reserved = [gs_channel.sdesc, sh_channel.sdesc]
     if ctl_channel is not None:
         reserved.append(ctl_channel.sdesc)
+    if mn:
+        reserved.append(mn["to_agent"].sdesc)
     gs = GlobalServices(runtime_tag=runtime_tag, send_reply=transport,
                         send_shepherd=transport.to_shepherd, default_pool=default_pool, node=node,
                         launcher_key=launcher_key, reserved_replies=reserved,
                         check_reply=transport.check_reply, death_reports=death_reports,
-                        attach_key=attach_key)
+                        attach_key=attach_key,
+                        send_remote=transport.to_remote if mn else None,
+                        mn_env=mn.get("env") if mn else None,
+                        fail_fast=bool(mn and mn.get("fail_fast")))
+    if mn:
+        gs.nodes[node]["agent"] = mn.get("agent0")
     recv = gs_channel.recv
     poke = m.POKE
     try:                 # the event log (ember events), next to the runtime's address
@@ -392,7 +559,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
     gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
     while not gs.finished:
         timeout = gs.next_timeout()
-        if transport.backlog and not transport.flush():
+        if transport.pending and not transport.flush():
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
         try:
             data = recv(timeout=timeout)
@@ -432,14 +599,14 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
 
 
 def main_forked(gs_channel, sh_channel, runtime_tag, default_pool, control=None,
-                death_reports=True, attach_key=None):
+                death_reports=True, attach_key=None, mn=None):
     """Entry point when the launcher forks GS: returns the process exit code.
     ``control``: the runtime's :class:`~ember.globalservices.control.ControlPlane`."""
     try:
         serve(gs_channel, sh_channel, runtime_tag, default_pool,
               ctl_channel=control.to_gs if control is not None else None,
               launcher_key=control.launcher_key if control is not None else None,
-              death_reports=death_reports, attach_key=attach_key)
+              death_reports=death_reports, attach_key=attach_key, mn=mn)
         return 0
     except BaseException:
         import traceback

@@ -45,10 +45,11 @@ class Teardown:
     """The teardown in progress: who asked (``tag``, ``r``), the phase,
     and the phase's timer."""
 
-    __slots__ = ("tag", "r", "phase", "timer")
+    __slots__ = ("tag", "r", "phase", "timer", "shepherds")
 
     def __init__(self, tag, r):
         self.tag, self.r = tag, r
+        self.shepherds = set()    # nodes whose shepherd has not confirmed its shutdown
         self.phase = Phase.TERM
         self.timer = None
 
@@ -92,12 +93,12 @@ class TeardownPart:
         grace = DEFAULT_GRACE if grace is None else grace
         for p in [p for p in self.procs.values() if p.attached and p.state != EXITED]:
             # not ours to kill: the runtime ends under it
-            self.send_shepherd(m.ShUnwatch(p.p_uid))
+            self.to_node(p.node, m.ShUnwatch(p.p_uid))
             self._exited(p, m.EXIT_UNKNOWN)
         self.teardown = Teardown(msg.tag, msg.r)
         for p in self.procs.values():
             if p.state != EXITED and (p.state == RUNNING or p.os_pid is not None):
-                self.send_shepherd(m.ShKill(p.p_uid, signal.SIGTERM))
+                self.to_node(p.node, m.ShKill(p.p_uid, signal.SIGTERM))
         self._enter(Phase.TERM, grace)
         self._step("reporting unjoined exits", self._report_unjoined)
         self._teardown_step()
@@ -128,7 +129,7 @@ class TeardownPart:
                 return
             if live:
                 for p in live:
-                    self.send_shepherd(m.ShKill(p.p_uid, signal.SIGKILL))
+                    self.to_node(p.node, m.ShKill(p.p_uid, signal.SIGKILL))
                 self._enter(Phase.KILL, KILL_WAIT)
                 return
             t.phase = Phase.KILL
@@ -136,7 +137,13 @@ class TeardownPart:
             if live and not timed_out:
                 return
             self._destroy_everything()
-            self.send_shepherd(m.ShShutdown(t.tag))
+            # every live node's shepherd stops; this node's last (its
+            # answer, or every answer, ends the teardown)
+            nodes = getattr(self, "nodes", None) or {self.node: None}
+            t.shepherds = {n for n in nodes
+                           if n == self.node or (nodes[n] and nodes[n]["alive"])}
+            for n in sorted(t.shepherds, key=lambda n: n == self.node):
+                self.to_node(n, m.ShShutdown(t.tag))
             self._enter(Phase.SHEPHERD, SHEPHERD_WAIT)
             return
         if t.phase is Phase.SHEPHERD and timed_out:
@@ -154,8 +161,26 @@ class TeardownPart:
             self._step(f"destroying pool {rec.m_uid}", self._destroy_pool, rec)
 
     def on_sh_shutdown_done(self, msg):
-        if self.teardown is not None and self.teardown.phase is Phase.SHEPHERD:
-            self._teardown_done()
+        """A shepherd stopped.  ``ShShutdownDone`` carries no node: the
+        teardown ends when as many answers came as shepherds were asked
+        (a lost node counts as answered)."""
+        t = self.teardown
+        if t is not None and t.phase is Phase.SHEPHERD:
+            if t.shepherds:
+                t.shepherds.pop()
+            if not t.shepherds:
+                self._teardown_done()
+
+    def _teardown_node_lost(self, node):
+        t = self.teardown
+        if t is None or t.done:
+            return
+        if t.phase is Phase.SHEPHERD:
+            t.shepherds.discard(node)
+            if not t.shepherds:
+                self._teardown_done()
+        else:
+            self._teardown_step()
 
     def _teardown_done(self):
         t = self.teardown

@@ -101,6 +101,28 @@ def _parser():
                    help="run PROGRAM in the already running runtime ADDR (an id or name printed "
                         "by `ember start`, or 'auto' for the only one running) instead of "
                         "starting a new one; default: $EMBER_ADDRESS if set")
+    mn = r.add_argument_group(
+        "several nodes (docs/multinode.md)",
+        "One runtime across nodes: GS and the head on this node (node 0), a shepherd and a "
+        "transport agent on every other node, channel traffic between nodes over ZeroMQ "
+        "encrypted and authenticated with CURVE keys made for this run (handed to the nodes on "
+        "their stdin, never on a command line).  Inside a Slurm allocation of several nodes "
+        "the nodes are started with srun automatically (this node must be one of them); "
+        "otherwise give --hosts (ssh, keys already set up).  Output of remote processes comes "
+        "here.  Teardown reaches every node; if this launcher is killed, each node's watchdog "
+        "kills what ran there.")
+    mn.add_argument("--hosts", metavar="HOSTS", default=None,
+                    help="run on these hosts over ssh: 'n1,n2,n3' or '@FILE' (one per line); the "
+                         "first is node 0, this host")
+    mn.add_argument("--ssh-config", metavar="FILE", default=None,
+                    help="ssh config file for --hosts (ssh -F FILE)")
+    mn.add_argument("--label-output", action="store_true",
+                    help="prefix each output line of another node with [node N]")
+    mn.add_argument("--fail-fast-on-node-loss", action="store_true",
+                    help="end the run (kill every process) when a node is lost; by default its "
+                         "processes are reported lost (exit code 255) and the run goes on")
+    mn.add_argument("--single-node", action="store_true",
+                    help="inside a Slurm allocation, use this node only")
     r.add_argument("program", metavar="PROGRAM", nargs="?",
                    help="the head program (path or command)")
     r.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
@@ -218,11 +240,17 @@ _grace = _arg_type(_grace_value)
 # to _parser() must be added here too (a test compares the two).
 _RUN_DEFAULTS = {"grace": 5.0, "label": "none", "default_pool_size": 1 << 30,
                  "inf_pool_size": 256 << 20, "death_reports": True}
+_RUN_ONLY_DEFAULTS = {"hosts": None, "ssh_config": None, "label_output": False,
+                      "fail_fast_on_node_loss": False, "single_node": False}
 _RUN_OPTIONS = {"--grace": ("grace", _grace_value), "--label": ("label", _label_value),
-                "--address": ("address", str),
+                "--address": ("address", str), "--hosts": ("hosts", str),
+                "--ssh-config": ("ssh_config", str),
                 "--default-pool-size": ("default_pool_size", _size_value),
                 "--inf-pool-size": ("inf_pool_size", _size_value)}
-_RUN_FLAGS = {"--no-death-reports": ("death_reports", False)}
+_RUN_FLAGS = {"--no-death-reports": ("death_reports", False),
+              "--label-output": ("label_output", True),
+              "--fail-fast-on-node-loss": ("fail_fast_on_node_loss", True),
+              "--single-node": ("single_node", True)}
 
 
 def _fast_run_args(argv):
@@ -233,7 +261,8 @@ def _fast_run_args(argv):
     import types
     if not argv or argv[0] != "run":
         return None
-    ns = dict(_RUN_DEFAULTS, command="run", address=os.environ.get("EMBER_ADDRESS"))
+    ns = dict(_RUN_DEFAULTS, command="run", address=os.environ.get("EMBER_ADDRESS"),
+              **_RUN_ONLY_DEFAULTS)
     i = 1
     while i < len(argv) and argv[i].startswith("-"):
         arg = argv[i]

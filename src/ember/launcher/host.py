@@ -107,10 +107,10 @@ def _set_pdeathsig():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
-def _gs_main(gs_ch, sh_ch, tag, dflt, ctl=None, death_reports=True, attach_key=None):
+def _gs_main(gs_ch, sh_ch, tag, dflt, ctl=None, death_reports=True, attach_key=None, mn=None):
     from ..globalservices import server
     return server.main_forked(gs_ch, sh_ch, tag, dflt, control=ctl, death_reports=death_reports,
-                              attach_key=attach_key)
+                              attach_key=attach_key, mn=mn)
 
 
 def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True):
@@ -131,6 +131,41 @@ class Launcher:
         self.failed = False       # a teardown step failed: exit 70
         self.tty = None           # fd of the terminal handed to the head, if any
         self.shm_lock_fd = None
+        self.cluster = None       # several nodes: launcher.multinode.Cluster
+
+    def _make_cluster(self):
+        """Several nodes (``--hosts``, or a Slurm allocation of more than
+        one node): the :class:`~ember.launcher.multinode.Cluster`, or None
+        for a one-node runtime.  Raises ValueError/LauncherError."""
+        a = self.args
+        if a.command != "run" or getattr(a, "address", None):
+            return None
+        hosts = getattr(a, "hosts", None)
+        if hosts is None and (getattr(a, "single_node", False)
+                              or not os.environ.get("SLURM_JOB_ID")):
+            return None
+        from . import nodes
+        from .multinode import Cluster
+        options = {}
+        if hosts is not None and hosts.startswith("local:"):
+            # N node processes on this machine (tests, trying it out)
+            try:
+                n = int(hosts[6:])
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise ValueError(f"--hosts local:N needs N >= 1, not {hosts[6:]!r}")
+            nl = nodes.LocalLauncher()
+            specs = [nodes.NodeSpec(i, "localhost", "localhost") for i in range(n)]
+            return Cluster(a, nl, specs) if n > 1 else None
+        if hosts is not None and getattr(a, "ssh_config", None):
+            options["config_file"] = a.ssh_config
+        nl, specs = nodes.detect(hosts, **options)
+        cluster = Cluster(a, nl, specs)
+        if not cluster.remote:
+            nl.close()
+            return None
+        return cluster
 
     # The forked services.  Each returns via os._exit, never to the caller.
     def _fork(self, role, title, fn):
@@ -177,6 +212,11 @@ class Launcher:
             _set_title(" ".join(["ember: launcher", a.program] + a.args))
         else:
             _set_title("ember: runtime host" + (f" {a.name}" if getattr(a, "name", None) else ""))
+        try:
+            self.cluster = self._make_cluster()
+        except Exception as exc:        # LauncherError, ValueError: bad hosts, no srun/ssh
+            print(f"ember: cannot run on several nodes: {exc}", file=sys.stderr)
+            return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_RUNTIME_FAILED
         try:
             self.shm_lock_fd = self._runtime_lock()
         except OSError as exc:
@@ -229,15 +269,32 @@ class Launcher:
             # what an attaching process must show (os.urandom: the secrets
             # module would import hmac, hashlib and OpenSSL, ~3 ms)
             self.key = os.urandom(16).hex()
+            mn = None
+            if self.cluster is not None:
+                try:
+                    self.cluster.prepare(self, self.ctl, gs_ch)
+                except Exception as exc:
+                    print(f"ember: cannot start the transport agent: {exc}", file=sys.stderr)
+                    self.broken = True
+                    return EXIT_RUNTIME_FAILED
+                mn = self.cluster.gs_config()
             self._fork("global services", "ember: global services",
                        lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl, death_reports,
-                                        self.key))
+                                        self.key, mn))
             self._fork("shepherd", "ember: shepherd node 0",
                        lambda: _sh_main(sh_ch, gs_ch, a.label, self.ctl, death_reports))
             try:
                 signal.signal(signal.SIGCHLD, self._on_sigchld)
                 self._on_sigchld(signal.SIGCHLD, None)    # one that died before this
                 log.info("global services and shepherd forked")
+                if self.cluster is not None:
+                    try:
+                        self.cluster.start_nodes(self.tag)
+                    except _ChildDied:
+                        raise
+                    except Exception as exc:
+                        print(f"ember: cannot start the other nodes: {exc}", file=sys.stderr)
+                        return EXIT_RUNTIME_FAILED
                 try:
                     self._publish(inf, gs_ch, dflt)
                 except Exception as exc:
@@ -551,6 +608,8 @@ class Launcher:
                 self._step("stopping the shepherd", self._stop_shepherd, sh_ch)
             else:
                 self._step("teardown through global services", self._teardown_gs)
+        if self.cluster is not None:
+            self._step("stopping the other nodes", self.cluster.stop)
         self._step("reaping global services and the shepherd", self._reap)
         if self.head_pidfd is not None:
             self._step("closing the head's pidfd", os.close, self.head_pidfd)

@@ -341,7 +341,7 @@ def process_rows(ins, dump=None, slots=None, all_=False):
     for p in d["processes"]:
         if p["name"] and p["name"].startswith(INSPECT_NAME) or p["p_uid"] == ins.p_uid:
             continue
-        if p["state"] == "exited" and not all_:
+        if p["state"] in ("exited", "lost") and not all_:
             continue
         row = {"p_uid": p["p_uid"], "name": p["name"], "pid": p["os_pid"], "node": d["node"],
                "state": p["state"], "parent": p["creator"], "exit_code": p["exit_code"],
@@ -349,7 +349,7 @@ def process_rows(ins, dump=None, slots=None, all_=False):
                "blocked_since": None, "blocked_detail": None, "cpu_percent": None, "rss": None,
                "age": None,
                "signal": None}
-        if p["state"] == "exited":
+        if p["state"] in ("exited", "lost"):
             code = p["exit_code"]
             if isinstance(code, int) and code < 0:
                 row["signal"] = _signame(-code)
@@ -383,7 +383,7 @@ def channel_rows(ins, dump=None, slots=None):
     from ..globalservices import channel as gchannel
     d = ins.dump() if dump is None else dump
     slots = ins.slots() if slots is None else slots
-    live = {p["p_uid"]: p["os_pid"] for p in d["processes"] if p["state"] != "exited"}
+    live = {p["p_uid"]: p["os_pid"] for p in d["processes"] if p["state"] not in ("exited", "lost")}
     blocked = {}
     for p_uid, s in slots.items():
         if live.get(p_uid) == s["pid"] and s["c_uid"] is not None:
@@ -516,7 +516,7 @@ def cmd_ls(args):
         try:
             with Inspector(a) as ins:
                 d = ins.dump()
-                row["processes"] = sum(1 for p in d["processes"] if p["state"] != "exited"
+                row["processes"] = sum(1 for p in d["processes"] if p["state"] not in ("exited", "lost")
                                        and not (p["name"] or "").startswith(INSPECT_NAME))
                 used = size = 0
                 for p in pool_rows(ins, d):

@@ -1,0 +1,557 @@
+"""The transport agent: one per node of a runtime that spans several nodes.
+
+Head agent (node 0, forked by the launcher beside GS and the shepherd)
+----------------------------------------------------------------------
+Binds one CURVE server endpoint.  Each other node's agent connects to it
+(identity ``node:<N>``) and says hello; the head agent tells GS
+(``MnNodeUp``) and the launcher (a line on its ready pipe).  Then:
+
+- GS's messages for other nodes come on the head agent's input channel
+  (``MnTo``, in the control pool): to that node's shepherd, a reply to a
+  reply channel there, or "free that reply channel";
+- what comes back from a node — its shepherd's messages, requests of its
+  processes — is put on GS's control channel as ``MnFrom(node, trusted,
+  data)`` followed by a ``Poke`` on GS's input (as the local shepherd does);
+- heartbeats both ways every :data:`HEARTBEAT` seconds; a node silent for
+  :data:`LOST_AFTER` seconds, or whose agent says its shepherd died, is
+  reported lost (``MnNodeLost``).
+
+Node agent (``python -m ember.transport.node``, :mod:`.node`)
+-------------------------------------------------------------
+Connects to the head agent; puts GS's messages on its shepherd's input;
+reads the shepherd's output channel and the node's GS-request channel (the
+``EMBER_GS_CH`` of the node's processes) and forwards both; delivers
+replies to the node's reply channels.  It ends its node when the head has
+been silent for :data:`LOST_AFTER` seconds (the launcher is gone) or when
+its shepherd ends.
+
+Both: the data plane
+--------------------
+Every agent serves the handles that processes of other nodes hold on this
+node's channels (:mod:`.remote`), on its server endpoint: *attach* (by the
+channel's descriptor), *send* (a batch of messages; acknowledged in bulk,
+after they are in the channel: the sender's window is its back-pressure),
+*recv* (one message, zero-copy from pool memory for a large one; a recv
+that must wait is parked and retried).  Frames are raw (a small binary
+header), not control-plane messages.
+
+Channels are read by one thread each (a blocking ``recv``), which hands
+each message to the loop through an inproc socket: the loop waits only on
+the poller.
+"""
+import os
+import struct
+import threading
+import time
+
+import zmq
+
+from .. import _log, messages as m
+from ..exceptions import ChannelClosed, ChannelEmpty, ChannelError, ChannelFull
+
+log = _log.get("agent")
+
+HEARTBEAT = 0.5
+LOST_AFTER = 3.0
+#: how often (seconds) parked receives and full channels are retried
+RETRY = 0.0005
+
+# control frames, node agent <-> head agent (first frame)
+HELLO, BEAT, TO_SH, FROM_SH, REQ, REPLY, FREE, BYE, LOSS = (
+    b"H", b"B", b"S", b"C", b"Q", b"R", b"F", b"X", b"L")
+
+# data plane, client -> agent: first frame = op byte + struct
+OP_ATTACH, OP_SEND, OP_RECV, OP_DETACH = b"a", b"s", b"r", b"d"
+ATTACH_HDR = struct.Struct("<cQI")        # op, c_uid, req  (+ frame: sdesc)
+SEND_HDR = struct.Struct("<cQ")           # op, c_uid       (+ frames: payloads)
+RECV_HDR = struct.Struct("<cQId")         # op, c_uid, req, timeout (< 0: none)
+# agent -> client
+R_ACK, R_ERR, R_MSG, R_EMPTY, R_OK = b"K", b"E", b"M", b"T", b"A"
+ACK = struct.Struct("<cQI")               # R_ACK, c_uid, count
+ERR = struct.Struct("<cQI")               # R_ERR, c_uid, req (0: a send) + frame: [type, text]
+MSG = struct.Struct("<cI")                # R_MSG / R_EMPTY / R_OK, req
+
+
+def mn_env(keys, agents):
+    """What every process of a several-node runtime gets in its
+    environment: the agents' addresses and the runtime's transport key."""
+    return {"EMBER_MN_AGENTS": ";".join(f"{n}={a}" for n, a in sorted(agents.items())),
+            "EMBER_MN_KEY": f"{keys[0]},{keys[1]}"}   # (Z85 has ":" but not ",")
+
+
+class _Reader(threading.Thread):
+    """Blocks on a local channel and hands each message to the loop."""
+
+    def __init__(self, backend, ch, name, tag):
+        super().__init__(name=f"ember-agent-{name}", daemon=True)
+        self.push, self.pull = backend.inproc_pair(f"ember-agent-{name}-{id(self)}")
+        self.ch, self.tag = ch, tag
+        self.stopped = False
+
+    def run(self):
+        ch, push, tag = self.ch, self.push, self.tag
+        try:
+            while not self.stopped:
+                try:
+                    data = ch.recv()
+                except ChannelError as exc:
+                    if "[EMBER_ERR_CORRUPT]" in str(exc):
+                        log.warning("dropped a corrupt message: %s", exc)
+                        continue
+                    break
+                push.send_multipart([tag, data], copy=False)
+        except Exception as exc:     # the context went away at exit
+            log.debug("reader %s ends: %r", self.name, exc)
+
+
+class DataServer:
+    """The data plane of one agent: other nodes' handles on this node's
+    channels (see the module docstring)."""
+
+    def __init__(self, sock):
+        from ..channels_c import Channel
+        self.sock = sock
+        self._attach = Channel.attach
+        self.chans = {}           # c_uid -> Channel
+        self.full = {}            # c_uid -> [ident, [frames...], index] waiting for room
+        self.parked = []          # [deadline or None, ident, c_uid, req] waiting receives
+        self.acks = {}            # (ident, c_uid) -> messages to acknowledge
+
+    @property
+    def busy(self):
+        return bool(self.full or self.parked)
+
+    def handle(self, ident, frames):
+        hdr = frames[0].bytes if hasattr(frames[0], "bytes") else frames[0]
+        op = hdr[:1]
+        if op == OP_SEND:
+            _, c_uid = SEND_HDR.unpack(hdr)
+            self._send(ident, c_uid, frames, 1)
+        elif op == OP_RECV:
+            _, c_uid, req, timeout = RECV_HDR.unpack(hdr)
+            self._recv(ident, c_uid, req, None if timeout < 0 else time.monotonic() + timeout)
+        elif op == OP_ATTACH:
+            _, c_uid, req = ATTACH_HDR.unpack(hdr)
+            sdesc = frames[1].bytes if hasattr(frames[1], "bytes") else frames[1]
+            try:
+                if c_uid not in self.chans:
+                    ch = self._attach(sdesc)
+                    if ch.c_uid != c_uid:
+                        ch.detach()
+                        raise ChannelError(f"descriptor is not that of channel {c_uid}")
+                    self.chans[c_uid] = ch
+                self.sock.send_multipart([ident, MSG.pack(R_OK, req)])
+            except Exception as exc:
+                self._error(ident, c_uid, req, exc)
+        elif op == OP_DETACH:
+            pass      # handles are shared by every client of this agent: kept until exit
+        else:
+            log.warning("data plane: unknown op %r", op)
+
+    def _error(self, ident, c_uid, req, exc):
+        self.sock.send_multipart([ident, ERR.pack(R_ERR, c_uid, req),
+                                  f"{type(exc).__name__}\0{exc}".encode()])
+
+    def _send(self, ident, c_uid, frames, i):
+        ch = self.chans.get(c_uid)
+        if ch is None:
+            self._error(ident, c_uid, 0, ChannelError(f"channel {c_uid} is not attached here"))
+            return
+        if c_uid in self.full:         # keep the order: behind what waits
+            self.full[c_uid][3].append((ident, frames, i))
+            return
+        n = len(frames)
+        send = ch.send
+        start = i
+        try:
+            while i < n:
+                f = frames[i]
+                send(f.buffer if type(f) is zmq.Frame else f, 0)
+                i += 1
+        except ChannelFull:
+            self.full[c_uid] = [ident, frames, i, []]
+        except Exception as exc:        # destroyed, closed, ...: the sender raises it
+            self._error(ident, c_uid, 0, exc)
+            self._forget(c_uid, exc)
+            i = n
+        if i > start:
+            key = (ident, c_uid)
+            self.acks[key] = self.acks.get(key, 0) + (i - start)
+
+    def _forget(self, c_uid, exc):
+        """A destroyed channel's handle is dropped (a closed one is kept:
+        its queued messages can still be received)."""
+        if isinstance(exc, ChannelClosed):
+            return
+        ch = self.chans.pop(c_uid, None)
+        if ch is not None:
+            try:
+                ch.detach()
+            except Exception:
+                pass
+
+    def _recv(self, ident, c_uid, req, deadline):
+        ch = self.chans.get(c_uid)
+        if ch is None:
+            self._error(ident, c_uid, req, ChannelError(f"channel {c_uid} is not attached here"))
+            return
+        try:
+            data = ch.recv_auto(0)
+        except ChannelEmpty:
+            if deadline is not None and time.monotonic() >= deadline:
+                self.sock.send_multipart([ident, MSG.pack(R_EMPTY, req)])
+            else:
+                self.parked.append([deadline, ident, c_uid, req])
+            return
+        except Exception as exc:        # ChannelClosed, destroyed, ...
+            self._error(ident, c_uid, req, exc)
+            self._forget(c_uid, exc)
+            return
+        # a large message goes out as a zero-copy frame of its pool block
+        self.sock.send_multipart([ident, MSG.pack(R_MSG, req), data], copy=False)
+
+    def retry(self):
+        """Retry what waits for room or for a message."""
+        for c_uid in list(self.full):
+            ident, frames, i, behind = self.full.pop(c_uid)
+            self._send(ident, c_uid, frames, i)
+            if c_uid in self.full:
+                self.full[c_uid][3].extend(behind)
+                continue
+            while behind:
+                ident, frames, i = behind.pop(0)
+                self._send(ident, c_uid, frames, i)
+                if c_uid in self.full:
+                    self.full[c_uid][3].extend(behind)
+                    break
+        if self.parked:
+            parked, self.parked = self.parked, []
+            for deadline, ident, c_uid, req in parked:
+                self._recv(ident, c_uid, req, deadline)
+
+    def flush_acks(self):
+        if self.acks:
+            acks, self.acks = self.acks, {}
+            send = self.sock.send_multipart
+            for (ident, c_uid), n in acks.items():
+                send([ident, ACK.pack(R_ACK, c_uid, n)])
+
+    def close(self):
+        for ch in self.chans.values():
+            try:
+                ch.detach()
+            except Exception:
+                pass
+        self.chans.clear()
+
+
+def _route_ip(host):
+    """This host's address on the route to ``host`` (no packet is sent)."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+class HeadAgent:
+    """The head agent (see the module docstring)."""
+
+    def __init__(self, backend, keys, *, to_agent, gs_ctl, gs_in, ready_fd=None,
+                 bind="tcp://*:0"):
+        self.backend = backend
+        self.keys = keys
+        self.ep, bound = backend.server(bind, keys)
+        self.sock = self.ep.sock
+        self.port = int(bound.rsplit(":", 1)[1])
+        self.gs_ctl, self.gs_in = gs_ctl, gs_in
+        self.reader = _Reader(backend, to_agent, "gs", b"G")
+        self.data = DataServer(self.sock)
+        self.nodes = {}           # node -> {"ident", "last", "host"}
+        self.ready_fd = ready_fd
+        self.stopping = False
+
+    def _to_gs(self, msg):
+        self.gs_ctl.send(msg.pack())
+        self.gs_in.send(m.POKE)
+
+    def _ready(self, line):
+        if self.ready_fd is not None:
+            try:
+                os.write(self.ready_fd, (line + "\n").encode())
+            except OSError:
+                pass
+
+    def _lost(self, node, why):
+        info = self.nodes.pop(node, None)
+        if info is None:
+            return
+        log.warning("node %d lost: %s", node, why)
+        self._to_gs(m.MnNodeLost(node, why))
+        self._ready(f"lost {node} {why}")
+
+    def _from_node(self, ident, frames):
+        try:
+            node = int(ident[5:])
+        except ValueError:
+            return
+        kind = frames[0].bytes
+        info = self.nodes.get(node)
+        if kind == HELLO:
+            if info is not None:
+                return
+            import msgpack
+            hello = msgpack.unpackb(frames[1].bytes, raw=False)
+            self.nodes[node] = {"ident": ident, "last": time.monotonic(),
+                                "host": hello.get("host")}
+            self._to_gs(m.MnNodeUp(node, hello))
+            self._ready(f"up {node} {hello.get('agent')}")
+            return
+        if info is None:
+            return            # lost, or not said hello: ignored
+        info["last"] = time.monotonic()
+        if kind == FROM_SH:
+            self._to_gs(m.MnFrom(node, True, frames[1].bytes))
+        elif kind == REQ:
+            self._to_gs(m.MnFrom(node, False, frames[1].bytes))
+        elif kind == LOSS:
+            self._lost(node, frames[1].bytes.decode(errors="replace"))
+        elif kind == BYE:
+            self.nodes.pop(node, None)
+            self._ready(f"bye {node}")
+
+    def _from_gs(self, data):
+        msg = m.unpack(data)
+        info = self.nodes.get(msg.node)
+        if info is None:
+            return
+        ident = info["ident"]
+        if msg.kind == m.MN_SH:
+            self.sock.send_multipart([ident, TO_SH, msg.data])
+        elif msg.kind == m.MN_REPLY:
+            self.sock.send_multipart([ident, REPLY, msg.r, msg.data])
+        elif msg.kind == m.MN_FREE:
+            self.sock.send_multipart([ident, FREE, msg.r])
+
+    def serve(self):
+        self.reader.start()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.reader.pull, zmq.POLLIN)
+        sock, pull, data = self.sock, self.reader.pull, self.data
+        next_beat = time.monotonic() + HEARTBEAT
+        while not self.stopping:
+            now = time.monotonic()
+            timeout = max(0.0, next_beat - now)
+            if data.busy:
+                timeout = min(timeout, RETRY)
+            events = dict(poller.poll(timeout * 1000.0))
+            if sock in events:
+                for _ in range(4096):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    ident = frames[0].bytes
+                    try:
+                        if ident.startswith(b"node:"):
+                            self._from_node(ident, frames[1:])
+                        else:
+                            data.handle(ident, frames[1:])
+                    except Exception as exc:
+                        log.error("head agent: dropped a message: %s: %s",
+                                  type(exc).__name__, exc)
+            if pull in events:
+                while True:
+                    try:
+                        tag, payload = pull.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._from_gs(payload)
+            if data.busy:
+                data.retry()
+            data.flush_acks()
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT
+                for node, info in list(self.nodes.items()):
+                    if now - info["last"] > LOST_AFTER:
+                        self._lost(node, f"no heartbeat for {LOST_AFTER:g} s")
+                    else:
+                        sock.send_multipart([info["ident"], BEAT])
+
+
+class NodeAgent:
+    """A node's agent (see the module docstring).  ``shepherd_pid``: its
+    shepherd (a child of this process): when it ends, so does the node."""
+
+    def __init__(self, backend, keys, *, node, head, to_sh, sh_out, gs_proxy, hello,
+                 shepherd_pid, attach):
+        self.backend = backend
+        self.node = node
+        self.ep, bound = backend.server("tcp://*:0", keys)
+        self.sock = self.ep.sock
+        host = head.split("//", 1)[1].rsplit(":", 1)[0]
+        self.address = f"tcp://{_route_ip(host)}:{bound.rsplit(':', 1)[1]}"
+        self.head = backend.client(head, keys, identity=f"node:{node}".encode()).sock
+        self.to_sh = to_sh
+        self.readers = [_Reader(backend, sh_out, "sh", FROM_SH),
+                        _Reader(backend, gs_proxy, "req", REQ)]
+        self.hello = dict(hello, agent=self.address)
+        self.shepherd_pid = shepherd_pid
+        self.data = DataServer(self.sock)
+        self._attach = attach
+        self.replies = {}         # reply-channel descriptor -> Channel
+        self.end = None           # why the node ended
+
+    def _reply(self, r, payload):
+        ch = self.replies.get(r)
+        try:
+            if ch is None:
+                ch = self.replies[r] = self._attach(r)
+            ch.send(payload, 0)
+        except Exception as exc:
+            log.info("reply dropped: %s", exc)
+
+    def _free(self, r):
+        ch = self.replies.pop(r, None)
+        try:
+            if ch is None:
+                ch = self._attach(r)
+            ch.destroy()
+        except Exception as exc:
+            log.debug("freeing a reply channel: %s", exc)
+
+    def _shepherd_exited(self):
+        try:
+            pid, status = os.waitpid(self.shepherd_pid, os.WNOHANG)
+        except ChildProcessError:
+            return 255
+        if not pid:
+            return None
+        return os.waitstatus_to_exitcode(status)
+
+    def serve(self):
+        import msgpack
+        head, sock, data = self.head, self.sock, self.data
+        head.send_multipart([HELLO, msgpack.packb(self.hello, use_bin_type=True)])
+        for r in self.readers:
+            r.start()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(head, zmq.POLLIN)
+        pidfd = os.pidfd_open(self.shepherd_pid)     # readable when the shepherd ends
+        poller.register(pidfd, zmq.POLLIN)
+        try:
+            return self._loop(poller, pidfd)
+        finally:
+            os.close(pidfd)
+
+    def _loop(self, poller, pidfd):
+        head, sock, data = self.head, self.sock, self.data
+        pulls = {}
+        for r in self.readers:
+            poller.register(r.pull, zmq.POLLIN)
+            pulls[r.pull] = r
+        last_head = time.monotonic()
+        next_beat = last_head + HEARTBEAT
+        while True:
+            now = time.monotonic()
+            timeout = max(0.0, next_beat - now)
+            if data.busy:
+                timeout = min(timeout, RETRY)
+            events = dict(poller.poll(timeout * 1000.0))
+            if head in events:
+                last_head = time.monotonic()
+                while True:
+                    try:
+                        frames = head.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    kind = frames[0]
+                    if kind == TO_SH:
+                        self.to_sh.send(frames[1])
+                    elif kind == REPLY:
+                        self._reply(frames[1], frames[2])
+                    elif kind == FREE:
+                        self._free(frames[1])
+            if sock in events:
+                for _ in range(4096):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    try:
+                        data.handle(frames[0].bytes, frames[1:])
+                    except Exception as exc:
+                        log.error("node agent: dropped a message: %s: %s",
+                                  type(exc).__name__, exc)
+            for pull, r in pulls.items():
+                if pull in events:
+                    while True:
+                        try:
+                            tag, payload = pull.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        head.send_multipart([tag, payload])
+            if data.busy:
+                data.retry()
+            data.flush_acks()
+            now = time.monotonic()
+            if now >= next_beat or pidfd in events:
+                next_beat = now + HEARTBEAT
+                head.send_multipart([BEAT])
+                code = self._shepherd_exited()
+                if code is not None:
+                    self._drain_readers(pulls)
+                    if code == 0:
+                        head.send_multipart([BYE])
+                        self.end = "shutdown"
+                    else:
+                        why = f"its shepherd died (exit code {code})"
+                        head.send_multipart([LOSS, why.encode()])
+                        self.end = why
+                    return self.end
+                if now - last_head > LOST_AFTER:
+                    self.end = f"the head was silent for {LOST_AFTER:g} s"
+                    return self.end
+
+    def _drain_readers(self, pulls):
+        """The shepherd ended: forward what it said last (its
+        ``ShShutdownDone``) before saying goodbye."""
+        deadline = time.monotonic() + 0.5
+        poller = zmq.Poller()
+        for pull in pulls:
+            poller.register(pull, zmq.POLLIN)
+        while time.monotonic() < deadline:
+            events = dict(poller.poll(20))
+            for pull in pulls:
+                if pull in events:
+                    while True:
+                        try:
+                            tag, payload = pull.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.head.send_multipart([tag, payload])
+            if not events and not any(len(r.ch) for r in self.readers):
+                break
+
+    def close(self):
+        """Detach the node's handles and close the endpoints; what is queued
+        for the head (a last goodbye) gets up to a second to go out."""
+        for ch in self.replies.values():
+            try:
+                ch.detach()
+            except Exception:
+                pass
+        self.replies.clear()
+        self.data.close()
+        for r in self.readers:
+            r.stopped = True
+            r.push.close(linger=0)
+            r.pull.close(linger=0)
+        self.sock.close(linger=0)
+        self.head.close(linger=1000)
+        self.backend.ctx.term()

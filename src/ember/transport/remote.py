@@ -1,0 +1,410 @@
+"""A handle of a channel that lives on another node.
+
+``Channel.attach(descriptor)`` of a channel whose descriptor names another
+node returns a :class:`RemoteChannel`: the same ``send``/``recv`` API as a
+local :class:`ember.channels_c.Channel`, through that node's transport
+agent (:mod:`.agent`, "the data plane"), over the runtime's CURVE-encrypted
+connection.  One connection per (process, node), shared by every handle
+of the process on that node's channels.
+
+Sends are pipelined: ``send`` returns once the message is handed to the
+transport; the agent acknowledges messages in bulk once they are in the
+channel, and at most :data:`WINDOW` messages (or :data:`WINDOW_BYTES`)
+are unacknowledged per handle — that window is the sender's back-pressure
+(a full channel stops the acknowledgements; ``send(timeout=...)`` raises
+``ChannelFull`` when the window does not open in time).  Small messages
+sent while others are in flight are batched (up to :data:`BATCH` messages
+or :data:`BATCH_BYTES`, or :data:`FLUSH_AFTER` seconds) into one transport
+message; a message larger than :data:`BATCH_BYTES` goes alone as a
+zero-copy frame of the caller's buffer.  A failure the agent reports for a
+send (the channel was closed or destroyed) is raised by the next call on
+the handle; :meth:`RemoteChannel.flush` waits until everything sent is in
+the channel.  Pending messages are flushed at interpreter exit.
+
+``recv`` asks the agent for one message (a large one comes as a zero-copy
+frame of the pool block it was in).  While a call waits, the handle checks
+every :data:`CHECK_EVERY` seconds with GS that the channel still exists:
+a channel whose node was lost raises ``ChannelError``.
+"""
+import atexit
+import itertools
+import os
+import threading
+import time
+
+import zmq
+
+from .. import exceptions
+from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
+from .agent import (ACK, ATTACH_HDR, ERR, MSG, OP_ATTACH, OP_RECV, OP_SEND, R_ACK, R_EMPTY,
+                    R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR)
+
+__all__ = ["RemoteChannel", "WINDOW", "BATCH"]
+
+WINDOW = 8192
+WINDOW_BYTES = 64 << 20
+BATCH = 256
+BATCH_BYTES = 64 << 10
+FLUSH_AFTER = 0.0002
+CHECK_EVERY = 1.0
+
+_conns = {}
+_conns_lock = threading.Lock()
+_ctx = None
+_ctx_pid = None
+
+
+def _agents():
+    from .. import _env
+    text = _env.get("EMBER_MN_AGENTS") or ""
+    out = {}
+    for item in text.split(";"):
+        if "=" in item:
+            n, a = item.split("=", 1)
+            out[int(n)] = a
+    return out
+
+
+def _keys():
+    from .. import _env
+    text = _env.get("EMBER_MN_KEY") or ""
+    if "," not in text:
+        raise ChannelError("this process has no transport key: it is not a managed process of "
+                           "a runtime that spans several nodes")
+    return text.split(",", 1)
+
+
+def _error(frames):
+    text = bytes(frames[1]).decode(errors="replace") if len(frames) > 1 else "ChannelError\0?"
+    name, _, msg = text.partition("\0")
+    cls = getattr(exceptions, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ChannelError)):
+        cls = ChannelError
+    return cls(msg)
+
+
+class _Conn:
+    """This process's connection to one node's agent."""
+
+    def __init__(self, node):
+        global _ctx, _ctx_pid
+        if _ctx is None or _ctx_pid != os.getpid():
+            _ctx, _ctx_pid = zmq.Context(1), os.getpid()
+        addr = _agents().get(node)
+        if addr is None:
+            raise ChannelError(f"no transport agent known for node {node}: it is not a node of "
+                               f"this runtime (or was lost)")
+        pub, sec = _keys()
+        s = _ctx.socket(zmq.DEALER)
+        s.linger = 2000
+        s.sndhwm = s.rcvhwm = 1 << 20
+        s.curve_serverkey = pub.encode()
+        s.curve_publickey = pub.encode()
+        s.curve_secretkey = sec.encode()
+        s.connect(addr)
+        self.sock = s
+        self.node = node
+        self.lock = threading.RLock()
+        self.reqs = itertools.count(1)
+        self.inflight = {}        # c_uid -> [messages, bytes] not acknowledged
+        self.errors = {}          # c_uid -> exception of a failed send
+        self.pending = {}         # c_uid -> [payloads, bytes] batched, not sent yet
+        self.replies = {}         # req -> frames
+        self.flusher = None
+        self.wake = threading.Event()
+        self.pid = os.getpid()
+
+    # ---- receiving what the agent says
+    def _dispatch(self, frames):
+        kind = bytes(frames[0][:1])
+        if kind == R_ACK:
+            _, c_uid, n = ACK.unpack(bytes(frames[0]))
+            f = self.inflight.get(c_uid)
+            if f is not None:
+                f[0] -= n
+                if f[0] <= 0:
+                    f[0] = f[1] = 0
+                else:
+                    f[1] = f[1] * f[0] // (f[0] + n)
+        elif kind == R_ERR:
+            _, c_uid, req = ERR.unpack(bytes(frames[0]))
+            if req == 0:
+                self.errors[c_uid] = _error(frames)
+                self.inflight.pop(c_uid, None)
+            else:
+                self.replies[req] = frames
+        else:
+            _, req = MSG.unpack(bytes(frames[0][:MSG.size]))
+            self.replies[req] = frames
+
+    def _drain(self):
+        sock = self.sock
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._dispatch(sock.recv_multipart(copy=True))
+
+    def _wait_one(self, timeout):
+        """Wait up to ``timeout`` s (None: CHECK_EVERY) for one message."""
+        if self.sock.poll(CHECK_EVERY * 1000 if timeout is None else timeout * 1000):
+            self._dispatch(self.sock.recv_multipart(copy=True))
+            self._drain()
+            return True
+        return False
+
+    # ---- sending
+    def _flush(self, c_uid):
+        p = self.pending.pop(c_uid, None)
+        if p and p[0]:
+            self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid)] + p[0])
+            f = self.inflight.setdefault(c_uid, [0, 0])
+            f[0] += len(p[0])
+            f[1] += p[1]
+
+    def flush_all(self):
+        with self.lock:
+            for c_uid in list(self.pending):
+                self._flush(c_uid)
+
+    def _flusher(self):
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            time.sleep(FLUSH_AFTER)
+            with self.lock:
+                if self.pid != os.getpid():
+                    return
+                for c_uid in list(self.pending):
+                    self._flush(c_uid)
+
+    def send(self, handle, data, timeout):
+        c_uid = handle.c_uid
+        with self.lock:
+            err = self.errors.pop(c_uid, None)
+            if err is not None:
+                raise err
+            n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+            f = self.inflight.get(c_uid)
+            if f is not None and f[0]:
+                self._drain()
+            deadline = None
+            while f is not None and (f[0] >= WINDOW or f[1] >= WINDOW_BYTES):
+                self._flush(c_uid)
+                if deadline is None and timeout is not None:
+                    deadline = time.monotonic() + timeout
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ChannelFull(f"channel {c_uid} on node {self.node}: no room within "
+                                      f"{timeout} s")
+                if not self._wait_one(None if left is None else min(left, CHECK_EVERY)):
+                    handle._check_alive()
+                err = self.errors.pop(c_uid, None)
+                if err is not None:
+                    raise err
+            if n > BATCH_BYTES:
+                self._flush(c_uid)
+                self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid), data], copy=False)
+                f = self.inflight.setdefault(c_uid, [0, 0])
+                f[0] += 1
+                f[1] += n
+                return
+            if not isinstance(data, bytes):
+                data = bytes(data)
+            if (f is None or not f[0]) and c_uid not in self.pending:
+                self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid), data])
+                f = self.inflight.setdefault(c_uid, [0, 0])
+                f[0] += 1
+                f[1] += n
+                return
+            p = self.pending.get(c_uid)
+            if p is None:
+                p = self.pending[c_uid] = [[], 0]
+                if self.flusher is None:
+                    self.flusher = threading.Thread(target=self._flusher, daemon=True,
+                                                    name=f"ember-flush-node{self.node}")
+                    self.flusher.start()
+                self.wake.set()
+            p[0].append(data)
+            p[1] += n
+            if len(p[0]) >= BATCH or p[1] >= BATCH_BYTES:
+                self._flush(c_uid)
+
+    def wait_acked(self, handle, timeout):
+        c_uid = handle.c_uid
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.lock:
+            self._flush(c_uid)
+            while True:
+                err = self.errors.pop(c_uid, None)
+                if err is not None:
+                    raise err
+                f = self.inflight.get(c_uid)
+                if not f or not f[0]:
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                if not self._wait_one(None if left is None else min(left, CHECK_EVERY)):
+                    handle._check_alive()
+
+    # ---- requests with a reply
+    def request(self, handle, frames, req, timeout, copy=True):
+        with self.lock:
+            self._flush(handle.c_uid)
+            self.sock.send_multipart(frames, copy=copy)
+            deadline = None if timeout is None else time.monotonic() + timeout + 5.0
+            while req not in self.replies:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ChannelError(f"no answer from node {self.node}'s transport agent")
+                if not self._wait_one(None if left is None else min(left, CHECK_EVERY)):
+                    handle._check_alive()
+            return self.replies.pop(req)
+
+    def close(self):
+        try:
+            self.flush_all()
+        except Exception:
+            pass
+        self.sock.close(linger=2000)
+
+
+def _conn(node):
+    with _conns_lock:
+        c = _conns.get(node)
+        if c is None or c.pid != os.getpid():
+            c = _conns[node] = _Conn(node)
+        return c
+
+
+@atexit.register
+def _flush_at_exit():
+    """Hand every batched message to the transport and give it up to 2 s
+    to go out (the sockets' linger)."""
+    for c in list(_conns.values()):
+        if c.pid == os.getpid():
+            try:
+                c.flush_all()
+                for c_uid in list(c.inflight):
+                    c.wait_acked(_Stub(c_uid), 2.0)
+            except Exception:
+                pass
+
+
+class _Stub:
+    def __init__(self, c_uid):
+        self.c_uid = c_uid
+
+    def _check_alive(self):
+        pass
+
+
+class RemoteChannel:
+    """A handle of channel ``descriptor`` on another node (see the module
+    docstring).  Made by ``Channel.attach(descriptor)``."""
+
+    def __init__(self, desc):
+        self.desc = desc
+        self.c_uid = desc.c_uid
+        self.node = desc.node
+        self._conn = _conn(desc.node)
+        self._detached = False
+        self._last_check = time.monotonic()
+        req = next(self._conn.reqs)
+        frames = self._conn.request(self, [ATTACH_HDR.pack(OP_ATTACH, self.c_uid, req),
+                                           desc.sdesc], req, 30.0)
+        if frames[0][:1] == R_ERR:
+            raise _error(frames)
+
+    def __repr__(self):
+        return f"<ember RemoteChannel c_uid={self.c_uid} node={self.node}>"
+
+    # the attributes of a local handle
+    sdesc = property(lambda self: self.desc.sdesc)
+    capacity = property(lambda self: self.desc.capacity)
+    block_size = property(lambda self: self.desc.block_size)
+
+    @property
+    def closed(self):
+        return self._detached
+
+    def _check_open(self):
+        if self._detached:
+            raise ChannelError(f"channel c_uid {self.c_uid} (node {self.node}): this handle is "
+                               f"detached")
+
+    def _check_alive(self):
+        """Called while a call waits: does GS still know the channel?"""
+        now = time.monotonic()
+        if now - self._last_check < CHECK_EVERY:
+            return
+        self._last_check = now
+        from ..globalservices import channel
+        try:
+            channel.query(self.c_uid)
+        except ChannelError:
+            raise ChannelError(f"channel c_uid {self.c_uid} on node {self.node} is gone (destroyed, "
+                               f"or its node was lost)") from None
+        except Exception:
+            pass
+
+    def send(self, data, timeout=None):
+        """Send ``data`` (bytes-like) to the channel (see the module
+        docstring: pipelined, acknowledged in bulk)."""
+        self._check_open()
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+        self._conn.send(self, data, timeout)
+
+    def send_nowait(self, data):
+        self.send(data, 0)
+
+    def flush(self, timeout=None):
+        """Wait until every message sent through this handle is in the
+        channel (True), or ``timeout`` passed (False); raises what the agent
+        reported for a failed send."""
+        self._check_open()
+        return self._conn.wait_acked(self, timeout)
+
+    def recv(self, timeout=None):
+        """The oldest message of the channel, as bytes; ChannelEmpty when
+        none arrived within ``timeout``."""
+        self._check_open()
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+        conn = self._conn
+        req = next(conn.reqs)
+        frames = conn.request(self, [RECV_HDR.pack(OP_RECV, self.c_uid, req,
+                                                   -1.0 if timeout is None else float(timeout))],
+                              req, timeout)
+        kind = bytes(frames[0][:1])
+        if kind == R_MSG:
+            return frames[1]
+        if kind == R_EMPTY:
+            raise ChannelEmpty(f"channel c_uid {self.c_uid} (node {self.node}): no message within "
+                               f"{timeout} s")
+        raise _error(frames)
+
+    def recv_nowait(self):
+        return self.recv(0)
+
+    recv_auto = recv
+
+    def recv_view(self, timeout=None):
+        return memoryview(self.recv(timeout))
+
+    def detach(self):
+        """Forget this handle (what was sent is flushed first, up to 10 s)."""
+        if not self._detached:
+            try:
+                self._conn.wait_acked(self, 10.0)
+            finally:
+                self._detached = True
+
+    def destroy(self):
+        raise ChannelError("a channel on another node is destroyed through GS "
+                           "(ember.globalservices.channel.destroy), not through a handle")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()

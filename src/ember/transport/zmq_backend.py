@@ -1,0 +1,161 @@
+"""The ZeroMQ backend (pyzmq): CURVE-authenticated, encrypted TCP.
+
+Every runtime makes one CURVE key pair (:meth:`ZmqBackend.make_keys`, at
+the launcher); the launcher hands it to each node's process at launch (in
+its environment, never on its command line: argv is visible to every user
+in ``ps``).  A server endpoint is a CURVE server with that secret key and a
+ZAP handler (:class:`_ZapHandler`) that admits a client only if it proved
+the runtime's public key: a peer without the key cannot complete the
+handshake, and everything after the handshake is encrypted and
+authenticated (CurveZMQ: Curve25519, XSalsa20, Poly1305).
+
+Server endpoints are ROUTER sockets, clients DEALER sockets.  High-water
+marks are raised (small messages are pipelined in bulk; back-pressure is
+the agents' own, per channel) and linger is 0 (a closed endpoint drops what
+it had not sent: nothing outlives a teardown).
+"""
+import threading
+
+import zmq
+from zmq.utils import z85
+
+from .base import Backend, Endpoint, TransportError
+
+__all__ = ["ZmqBackend", "ZmqEndpoint"]
+
+_HWM = 1 << 20
+_ZAP_ADDR = "inproc://zeromq.zap.01"
+
+
+class ZmqEndpoint(Endpoint):
+    __slots__ = ("sock",)
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def send(self, frames, copy=True):
+        self.sock.send_multipart(frames, copy=copy)
+
+    def recv(self, copy=True):
+        return self.sock.recv_multipart(copy=copy)
+
+    def recv_nowait(self, copy=True):
+        try:
+            return self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return None
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+class _ZapHandler(threading.Thread):
+    """ZAP (RFC 27) handler: admits CURVE clients with the runtime's public
+    key, refuses everything else."""
+
+    def __init__(self, ctx, public_key):
+        super().__init__(name="ember-zap", daemon=True)
+        self.sock = ctx.socket(zmq.REP)
+        self.sock.linger = 0
+        self.sock.bind(_ZAP_ADDR)
+        self.allowed = z85.decode(public_key)
+        self.refused = 0
+
+    def run(self):
+        sock = self.sock
+        try:
+            while True:
+                req = sock.recv_multipart()
+                version, request_id = req[0], req[1]
+                mechanism = req[5] if len(req) > 5 else b""
+                key = req[6] if len(req) > 6 else b""
+                if mechanism == b"CURVE" and key == self.allowed:
+                    sock.send_multipart([version, request_id, b"200", b"OK", b"ember", b""])
+                else:
+                    self.refused += 1
+                    sock.send_multipart([version, request_id, b"400", b"not this runtime's key",
+                                         b"", b""])
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError:
+            pass
+        finally:
+            sock.close(linger=0)
+
+
+def _text(k):
+    return k.decode("ascii") if isinstance(k, bytes) else k
+
+
+class ZmqBackend(Backend):
+    """One per process: a zmq context, and the ZAP handler once a server
+    endpoint is made."""
+
+    name = "zmq"
+
+    def __init__(self, io_threads=1):
+        self.ctx = zmq.Context(io_threads)
+        self.zap = None
+
+    @staticmethod
+    def make_keys():
+        pub, sec = zmq.curve_keypair()
+        return pub.decode("ascii"), sec.decode("ascii")
+
+    def _socket(self, kind):
+        s = self.ctx.socket(kind)
+        s.linger = 0
+        s.sndhwm = _HWM
+        s.rcvhwm = _HWM
+        return s
+
+    def server(self, address, keys):
+        pub, sec = (_text(k) for k in keys)
+        if self.zap is None:
+            self.zap = _ZapHandler(self.ctx, pub)
+            self.zap.start()
+        s = self._socket(zmq.ROUTER)
+        try:
+            s.curve_server = True
+            s.curve_publickey = pub.encode()
+            s.curve_secretkey = sec.encode()
+            s.zap_domain = b"ember"
+            s.bind(address)
+            bound = s.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as exc:
+            s.close(linger=0)
+            raise TransportError(f"cannot bind {address}: {exc}") from None
+        return ZmqEndpoint(s), bound
+
+    def client(self, address, keys, identity=None):
+        pub, sec = (_text(k) for k in keys)
+        s = self._socket(zmq.DEALER)
+        try:
+            if identity is not None:
+                s.identity = identity
+            s.curve_serverkey = pub.encode()
+            s.curve_publickey = pub.encode()
+            s.curve_secretkey = sec.encode()
+            s.connect(address)
+        except zmq.ZMQError as exc:
+            s.close(linger=0)
+            raise TransportError(f"cannot connect to {address}: {exc}") from None
+        return ZmqEndpoint(s)
+
+    def inproc_pair(self, name):
+        """``(push, pull)`` sockets on ``inproc://name`` (a thread's channel
+        reads handed to the loop that owns the network sockets)."""
+        pull = self._socket(zmq.PULL)
+        pull.bind(f"inproc://{name}")
+        push = self._socket(zmq.PUSH)
+        push.connect(f"inproc://{name}")
+        return push, pull
+
+    def poller(self, endpoints):
+        p = zmq.Poller()
+        for e in endpoints:
+            p.register(e.sock if isinstance(e, ZmqEndpoint) else e, zmq.POLLIN)
+        return p
+
+    def close(self):
+        self.ctx.destroy(linger=0)

@@ -1,0 +1,231 @@
+"""Several nodes on this machine: ``ember run --hosts local:N`` starts N-1
+node processes here (each with its own pools, shepherd and transport agent,
+talking to the head over CURVE-encrypted ZeroMQ on 127.0.0.1).  The same
+runtime across real, separate nodes (Linux namespaces, sshd, Slurm) is
+tests/test_multinode_cluster.py."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("zmq")
+
+PRELUDE = """\
+import os, sys, time
+from ember.globalservices import process, channel
+from ember.descriptors import ProcessOptions, ChannelOptions
+from ember.channels_c import Channel
+from ember.exceptions import ProcessError, ChannelError
+PY = sys.executable
+"""
+
+
+def run_prog(tmp_path, body, hosts="local:3", extra=(), timeout=90):
+    prog = tmp_path / "prog.py"
+    prog.write_text(PRELUDE + textwrap.dedent(body))
+    return subprocess.run([sys.executable, "-m", "ember", "run", "--hosts", hosts, *extra,
+                           str(prog)], cwd=tmp_path, capture_output=True, timeout=timeout)
+
+
+def ok(res):
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_processes_across_nodes(tmp_path):
+    """create (node=N, "any"), query (location), list, join, multi_join,
+    kill, bad placements; the head of a remote process creates one of its
+    own (its default placement is its own node)."""
+    out = ok(run_prog(tmp_path, """
+        child = "import os; print('on node', os.environ['EMBER_NODE'], flush=True); raise SystemExit(int(os.environ['EMBER_NODE']) + 3)"
+        d1 = process.create(PY, ".", ["-c", child], options=ProcessOptions(node=1))
+        d2 = process.create(PY, ".", ["-c", child], options={"node": 2}, user_name="two")
+        print("loc", d1.location.node, d2.location.node, d2.name)
+        print("join", process.join(d1.p_uid, timeout=30), process.join("two", timeout=30))
+        print("query", process.query(d1.p_uid).state, process.query(d1.p_uid).retval)
+        sleeper = process.create(PY, ".", ["-c", "import time; time.sleep(60)"],
+                                 options=ProcessOptions(node="any"))
+        print("any", sleeper.node != 0)
+        print("alive", sleeper.p_uid in [p for p, n in process.get_list(alive_only=True)])
+        process.kill(sleeper.p_uid, 9)
+        print("killed", process.multi_join([sleeper.p_uid], timeout=30)[0])
+        for bad in (7, -1, "x"):
+            try:
+                process.create(PY, ".", ["-c", "pass"], options={"node": bad})
+            except ProcessError as e:
+                print("bad", bad, e)
+        nested = '''
+        import os, sys
+        from ember.globalservices import process
+        d = process.create(sys.executable, ".", ["-c", "pass"])
+        print("nested on", d.node, "from", os.environ["EMBER_NODE"], "exit", process.join(d.p_uid, timeout=30), flush=True)
+        '''
+        d3 = process.create(PY, ".", ["-c", nested], options=ProcessOptions(node=2))
+        print("nested exit", process.join(d3.p_uid, timeout=30))
+    """))
+    lines = out.splitlines()
+    assert "loc 1 2 two" in lines
+    assert "join 4 5" in lines
+    assert "query exited 4" in lines
+    assert "any True" in lines and "alive True" in lines
+    assert any(l.startswith("killed [(") and l.endswith(", -9)]") for l in lines), lines
+    assert "bad 7 no node 7 in this runtime (nodes: 0, 1, 2)" in lines
+    assert any(l.startswith("bad -1 ProcessOptions.node must be") for l in lines)
+    assert any(l.startswith("bad x ProcessOptions.node must be") for l in lines)
+    assert "nested on 2 from 2 exit 0" in lines and "nested exit 0" in lines
+    assert sorted(l for l in lines if l.startswith("on node")) == ["on node 1", "on node 2"]
+
+
+@pytest.mark.timeout(120)
+def test_channels_across_nodes_and_join_by_name(tmp_path):
+    """A channel on node 1 used from the head (remote handle: send, recv,
+    a 1 MiB message, flush, timeouts) and a process on node 2 that joins a
+    channel of the head's node by name and answers through it."""
+    out = ok(run_prog(tmp_path, """
+        work = channel.create(None, "work", ChannelOptions(node=1, capacity=2048))
+        print("desc node", work.node)
+        h = Channel.attach(work)
+        print(type(h).__name__)
+        for i in range(1000):
+            h.send(b"%d" % i)
+        big = os.urandom(1 << 20)
+        h.send(big)
+        print("flushed", h.flush(timeout=30))
+        got = [h.recv(timeout=10) for _ in range(1000)]
+        print("order", got == [b"%d" % i for i in range(1000)])
+        print("big", h.recv(timeout=10) == big)
+        try:
+            h.recv(timeout=0.1)
+        except ChannelError as e:
+            print("empty", type(e).__name__)
+        answer = channel.create(None, "answers")        # node 0
+        code = '''
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        import os
+        a = Channel.attach(channel.join("answers", timeout=30))
+        w = Channel.attach(channel.join("work", timeout=30))
+        a.send(b"from node " + os.environ["EMBER_NODE"].encode() + b": " + w.recv(timeout=30))
+        a.flush()
+        '''
+        p = process.create(PY, ".", ["-c", code], options=ProcessOptions(node=2))
+        h.send(b"ping")
+        print(Channel.attach(answer).recv(timeout=30))
+        print("exit", process.join(p.p_uid, timeout=30))
+        channel.destroy("work")         # answered before node 1's shepherd frees it
+        try:
+            for _ in range(100):
+                h.send(b"x"); h.flush(timeout=10); time.sleep(0.1)
+        except ChannelError as e:
+            print("destroyed", isinstance(e, ChannelError))
+    """))
+    lines = out.splitlines()
+    assert lines[:2] == ["desc node 1", "RemoteChannel"]
+    assert "flushed True" in lines and "order True" in lines and "big True" in lines
+    assert "empty ChannelEmpty" in lines
+    assert "b'from node 2: ping'" in lines and "exit 0" in lines
+    assert "destroyed True" in lines, lines
+
+
+@pytest.mark.timeout(120)
+def test_node_loss_reports_processes_lost_and_goes_on(tmp_path):
+    """Kill node 1's shepherd: its processes are reported lost (exit code
+    255, state "lost"), its channels are gone, joins wake, the runtime goes
+    on (node 2 still works)."""
+    out = ok(run_prog(tmp_path, """
+        import signal
+        d = process.create(PY, ".", ["-c", "import time; time.sleep(60)"], options={"node": 1})
+        ch = channel.create(None, "on1", ChannelOptions(node=1))
+        h = Channel.attach(ch)
+        h.send(b"x"); h.flush(timeout=10)
+        # the shepherd of node 1: the parent of the sleeper
+        with open(f"/proc/{d.os_pid}/stat") as f:
+            sh = int(f.read().rsplit(")", 1)[1].split()[1])
+        os.kill(sh, signal.SIGKILL)
+        print("join", process.join(d.p_uid, timeout=30))
+        q = process.query(d.p_uid)
+        print("state", q.state, q.retval, q.is_alive)
+        try:
+            channel.query("on1")
+        except ChannelError as e:
+            print("channel gone")
+        try:
+            h.recv(timeout=5)
+        except ChannelError as e:
+            print("handle raises", type(e).__name__)
+        try:
+            process.create(PY, ".", ["-c", "pass"], options={"node": 1})
+        except ProcessError as e:
+            print("create:", e)
+        d2 = process.create(PY, ".", ["-c", "pass"], options={"node": 2})
+        print("node 2", process.join(d2.p_uid, timeout=30))
+    """))
+    lines = out.splitlines()
+    assert "join 255" in lines
+    assert "state lost 255 False" in lines
+    assert "channel gone" in lines
+    assert "handle raises ChannelError" in lines
+    assert "create: node 1 was lost: cannot start a process there" in lines
+    assert "node 2 0" in lines
+
+
+@pytest.mark.timeout(120)
+def test_fail_fast_on_node_loss(tmp_path):
+    res = run_prog(tmp_path, """
+        import signal
+        d = process.create(PY, ".", ["-c", "import time; time.sleep(60)"], options={"node": 1})
+        with open(f"/proc/{d.os_pid}/stat") as f:
+            sh = int(f.read().rsplit(")", 1)[1].split()[1])
+        os.kill(sh, signal.SIGKILL)
+        time.sleep(30)
+        print("not reached")
+    """, extra=["--fail-fast-on-node-loss"])
+    err = res.stderr.decode()
+    assert res.returncode != 0 and b"not reached" not in res.stdout, (res.returncode, err)
+    assert "node 1" in err and "lost" in err and "--fail-fast-on-node-loss" in err, err
+
+
+@pytest.mark.timeout(60)
+def test_wrong_key_is_refused(tmp_path):
+    """A client with another key pair gets no answer from an agent (the
+    CURVE handshake fails); one with the runtime's key does."""
+    out = ok(run_prog(tmp_path, """
+        import zmq, struct
+        agents = dict(i.split("=", 1) for i in os.environ["EMBER_MN_AGENTS"].split(";"))
+        pub, sec = os.environ["EMBER_MN_KEY"].split(",")
+        d = channel.create(None, "k", ChannelOptions(node=1))
+        ctx = zmq.Context()
+        def ask(cpub, csec):
+            s = ctx.socket(zmq.DEALER); s.linger = 0
+            s.curve_serverkey = pub.encode(); s.curve_publickey = cpub; s.curve_secretkey = csec
+            s.connect(agents["1"])
+            s.send_multipart([struct.pack("<cQI", b"a", d.c_uid, 1), d.sdesc])
+            got = s.poll(3000)
+            s.close()
+            return bool(got)
+        print("wrong key answered:", ask(*zmq.curve_keypair()))
+        print("right key answered:", ask(pub.encode(), sec.encode()))
+        ctx.term()
+    """, hosts="local:2"))
+    assert "wrong key answered: False" in out and "right key answered: True" in out
+
+
+def test_bad_hosts_are_usage_errors(tmp_path):
+    (tmp_path / "p.py").write_text("pass\n")
+    for hosts, text in (("local:0", "local:N needs N >= 1"), ("a,a", "appears twice")):
+        res = subprocess.run([sys.executable, "-m", "ember", "run", "--hosts", hosts, "p.py"],
+                             cwd=tmp_path, capture_output=True, timeout=60)
+        assert res.returncode == 2 and text in res.stderr.decode(), res.stderr
+
+
+def test_help_documents_several_nodes():
+    res = subprocess.run([sys.executable, "-m", "ember", "run", "--help"], capture_output=True,
+                         timeout=60)
+    text = res.stdout.decode()
+    for flag in ("--hosts", "--label-output", "--fail-fast-on-node-loss", "--ssh-config",
+                 "--single-node", "Slurm", "CURVE"):
+        assert flag in text, flag
