@@ -245,3 +245,91 @@ def test_objects_used_from_another_process(m):
         make()
     assert m.Barrier(1).wait() == 0
     assert m._number_of_objects() == 12
+
+
+# ---------------------------------------------------- method_to_typeid
+class Tally:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self, k=1):
+        self.n += k
+        return self.n
+
+    def hidden(self):
+        return "hidden"
+
+
+class Store:
+    def __init__(self):
+        self.tallies = {}
+
+    def make(self, name):
+        t = self.tallies[name] = Tally()
+        return t
+
+    def get(self, name):
+        return self.tallies[name]
+
+    def total(self):
+        return sum(t.n for t in self.tallies.values())
+
+
+class StoreManager(BaseManager):
+    pass
+
+
+StoreManager.register("Store", Store, method_to_typeid={"make": "Tally", "get": "Tally"})
+StoreManager.register("Tally", None, exposed=("incr",), create_method=False)
+
+
+def _wait_ended(o_uid, timeout=20):
+    import gc
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        gc.collect()
+        try:
+            naming.query(o_uid)
+        except ember.ObjectError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_method_to_typeid_returns_a_proxy_of_an_object_left_in_the_host(ember_runtime):
+    from objhelp import run
+    with StoreManager() as m:
+        s = m.Store()
+        t = s.make("a")
+        assert isinstance(t, ember.Proxy)
+        assert t.incr(2) == 2 and t.incr(3) == 5
+        assert s.total() == 5                  # the same object as the host's
+        assert s.get("a").incr() == 6          # get() returns a proxy of it too
+        with pytest.raises(ember.RemoteError, match="'hidden' of 'Tally' object is not exposed"):
+            t._callmethod("hidden")            # exposed as "Tally" was registered
+        # the proxy travels to another process, which calls the same object
+        assert run("ARGS[0].incr(10)", t) == 0
+        assert s.total() == 16
+        o_uid = t._o_uid
+        assert naming.query(o_uid)["kind"] == "Shared"
+        del t
+        assert _wait_ended(o_uid)              # refcount: it ends with its last proxy
+        assert s.total() == 16                 # (the host's own object lives on)
+    assert [r for r in naming.get_list() if r[2] != "SharedReply"] == []
+
+
+@pytest.mark.timeout(120)
+def test_serve_with_method_to_typeid(ember_runtime):
+    ref = ember.serve(Store(), method_to_typeid={"make": "Tally"})
+    s = ref.proxy()
+    t = s.make("x")
+    assert isinstance(t, ember.Proxy) and t.incr(4) == 4 and t.hidden() == "hidden"
+    assert s.total() == 4
+    plain = s.total
+    assert plain() == 4
+    with pytest.raises(TypeError, match="method_to_typeid must map str to str"):
+        ember.serve(Store(), method_to_typeid={"make": 1})
+    del t
+    ref.destroy()

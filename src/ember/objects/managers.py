@@ -14,9 +14,11 @@ ember's shared objects and scopes.
   ``Array`` are ember's own objects (:mod:`.queues`, :mod:`.sync`), which
   need no server: every process operates on them directly.
 - ``register(typeid, callable, proxytype=None, exposed=None,
-  method_to_typeid=None, create_method=True)`` as in the stdlib
-  (``proxytype`` and ``method_to_typeid`` are accepted and ignored: ember
-  proxies forward every exposed method).
+  method_to_typeid=None, create_method=True)`` as in the stdlib: a method
+  named in ``method_to_typeid`` (or the proxytype's ``_method_to_typeid_``)
+  returns a proxy of its result, which stays in the host of the object that
+  made it, exposed as ``typeid``'s registration says (``proxytype`` itself
+  is not used: ember proxies forward every exposed method).
 """
 import enum
 from multiprocessing.context import ProcessError as _MPProcessError
@@ -129,17 +131,22 @@ class BaseManager:
         if not isinstance(typeid, str):
             raise TypeError(f"typeid must be a str, not {type(typeid).__name__}")
         exposed = exposed or getattr(proxytype, "_exposed_", None)
+        method_to_typeid = method_to_typeid or getattr(proxytype, "_method_to_typeid_", None)
         if method_to_typeid:
             for k, v in method_to_typeid.items():
                 if type(k) is not str or type(v) is not str:
                     raise TypeError(f"method_to_typeid must map str to str, got {k!r}: {v!r}")
+            method_to_typeid = dict(method_to_typeid)
         cls._registry[typeid] = (callable, tuple(exposed) if exposed else None,
                                  method_to_typeid, proxytype)
         if create_method:
             def temp(self, /, *args, **kwds):
                 factory, exp = self._create(typeid)
-                return shared.create(factory, *args, scope=self._scope,
-                                     exposed=exp, **kwds).proxy_and_close()
+                mtt = self._registry[typeid][2]
+                types = {t: (r[1], r[2]) for t, r in self._registry.items()}
+                ref = shared._start(factory, args, kwds, None, None, self._scope, exp, 60.0, 1,
+                                    shared._returns(mtt, types))
+                return ref.proxy_and_close()
             temp.__name__ = typeid
             setattr(cls, typeid, temp)
 

@@ -128,16 +128,20 @@ _SPECIAL = ("__getitem__", "__setitem__", "__delitem__", "__len__", "__contains_
             "__mul__", "__rmul__", "__imul__", "__reversed__", "__str__", "__repr__")
 
 
-def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1):
+def _exposed_of(obj, exposed):
+    if exposed is None:
+        return _public_names(obj) + [n for n in _SPECIAL if n not in ("__str__", "__repr__")
+                                     and callable(getattr(type(obj), n, None))]
+    return list(exposed)
+
+
+def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1, returns=None):
     """The host process: make the object, tell the creator what it exposes,
-    wait for the GS record, serve until the object ends."""
+    wait for the GS record, serve until the object ends.  ``returns``:
+    ``(method_to_typeid, {typeid: (exposed, method_to_typeid)})``."""
     try:
         obj = factory(*args, **kwargs)
-        if exposed is None:
-            exposed = _public_names(obj) + [n for n in _SPECIAL if n not in ("__str__", "__repr__")
-                                             and callable(getattr(type(obj), n, None))]
-        else:
-            exposed = list(exposed)
+        exposed = _exposed_of(obj, exposed)
         ok = pickle.dumps(("ok", exposed, os.getpid(), _start_time(os.getpid())), 5)
     except BaseException as exc:
         import traceback
@@ -160,7 +164,7 @@ def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1):
     boot_in.detach()
     boot_out.detach()
     try:
-        _serve_loop(obj, rec, frozenset(exposed) | {"__repr__", "__str__"}, threads)
+        _serve_loop(obj, rec, frozenset(exposed) | {"__repr__", "__str__"}, threads, returns)
     finally:
         # The creator let go of this Process's result channel once we
         # started: there is no result to send.
@@ -176,10 +180,54 @@ class _NotExposed(Exception):
     pass
 
 
-def _serve_loop(obj, rec, exposed, threads=1):
+class _Target:
+    """An object the host serves on one request channel: the object it was
+    started with, or one a method listed in ``method_to_typeid`` returned
+    (served by this same host, as multiprocessing's server does)."""
+
+    __slots__ = ("obj", "exposed", "mtt", "req", "hold")
+
+    def __init__(self, obj, exposed, mtt, req, hold=None):
+        self.obj, self.exposed, self.mtt, self.req, self.hold = obj, exposed, mtt or {}, req, hold
+
+
+class _Host:
+    """What the serve loop shares with the calls it runs."""
+
+    def __init__(self, rec, pool, types):
+        self.info = pickle.loads(rec["desc"])
+        self.pool = pool
+        self.types = types or {}
+        self.subs = {}            # request channel's c_uid -> _Target (served results)
+        self.lock = threading.Lock()
+
+    def serve_result(self, value, typeid):
+        """Serve ``value`` (a method's result listed in method_to_typeid)
+        from this host as a new refcount object; return a proxy of it
+        (pickled into the reply: the caller takes its reference over)."""
+        exposed, mtt = self.types.get(typeid, (None, None))
+        methods = _exposed_of(value, exposed)
+        info = dict(self.info, methods=methods, typeid=typeid)
+        req = Channel.create(self.pool, capacity=REQ_CAPACITY, block_size=BLOCK)
+        try:
+            rec = naming.create(KIND, None, "refcount", pickle.dumps(info, 5), [req.sdesc])
+        except BaseException:
+            req.destroy()
+            raise
+        req.set_spin(SPIN)
+        t = _Target(value, frozenset(methods) | {"__repr__", "__str__"}, mtt, req)
+        with self.lock:
+            self.subs[req.c_uid] = t
+        return _make_proxy(rec)
+
+
+def _serve_loop(obj, rec, exposed, threads=1, returns=None):
     req = Channel.attach(rec["channels"][0])
     req.set_spin(SPIN)
     pool = req.pool
+    mtt, types = returns or (None, None)
+    host = _Host(rec, pool, types)
+    main = _Target(obj, exposed, mtt, req)
     clients = {}
     pool_ex = None
     if threads > 1:
@@ -187,30 +235,43 @@ def _serve_loop(obj, rec, exposed, threads=1):
         pool_ex = ThreadPoolExecutor(threads, thread_name_prefix="ember-shared")
     try:
         while True:
-            try:
-                data = req.recv_auto(SLICE * 4)
-            except ChannelEmpty:
-                continue
-            except (ChannelClosed, ChannelError):
-                break       # the object ended: GS closed / destroyed its channel
+            if host.subs:
+                got = _next_request(host, main)
+                if got is None:
+                    continue
+                t, data = got
+                if t is None:
+                    break       # the object ended: GS closed / destroyed its channel
+            else:
+                t = main
+                try:
+                    data = req.recv_auto(SLICE * 4)
+                except ChannelEmpty:
+                    continue
+                except (ChannelClosed, ChannelError):
+                    break       # the object ended: GS closed / destroyed its channel
             try:
                 cid, seq, op, name, args, kwargs = _dec(data)
-            except BaseException:
-                continue    # not a request (cannot happen from our proxies)
+            except BaseException as exc:
+                # not a request (cannot happen from our proxies): no one to answer
+                from .._log import log
+                log.warning("shared object host: dropped a malformed request: %s", exc)
+                continue
             del data
             if op == _HELLO:
-                try:
-                    ch = Channel.attach(args[0])
-                    ch.set_spin(SPIN)
-                    clients[cid] = ch
-                except Exception:
-                    pass
+                if cid not in clients:
+                    try:
+                        ch = Channel.attach(args[0])
+                        ch.set_spin(SPIN)
+                        clients[cid] = ch
+                    except Exception:
+                        pass
                 continue
             if pool_ex is None:
-                if op == _CALL and name in exposed and name != "__iter__":
+                if op == _CALL and name in t.exposed and name != "__iter__" and not t.mtt:
                     # the fast path of a method call (the same as _answer's)
                     try:
-                        value = getattr(obj, name)(*args, **kwargs)
+                        value = getattr(t.obj, name)(*args, **kwargs)
                     except BaseException as exc:
                         if isinstance(exc, (SystemExit, KeyboardInterrupt)):
                             raise
@@ -221,10 +282,9 @@ def _serve_loop(obj, rec, exposed, threads=1):
                         del value
                     _reply(clients, cid, msg)
                     continue
-                _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs)
+                _answer(host, t, clients, cid, seq, op, name, args, kwargs)
             else:
-                pool_ex.submit(_answer, obj, exposed, pool, clients, cid, seq, op, name, args,
-                               kwargs)
+                pool_ex.submit(_answer, host, t, clients, cid, seq, op, name, args, kwargs)
             del args, kwargs
     finally:
         if pool_ex is not None:
@@ -237,14 +297,68 @@ def _serve_loop(obj, rec, exposed, threads=1):
                 ch.detach()
             except Exception:
                 pass
+        for sub in list(host.subs.values()) + [main]:
+            try:
+                sub.req.detach()
+            except Exception:
+                pass
+
+
+def _next_request(host, main):
+    """With served results: wait on every request channel.  Returns
+    (target, data), None (nothing yet), or (None, None) when the main
+    object ended.  A served result whose channel GS ended (its last proxy
+    was dropped) is forgotten."""
+    from ..channels_c import wait_any
+    req = main.req
+    with host.lock:
+        subs = list(host.subs.values())
+    chans = [req] + [t.req for t in subs]
+    try:
+        ready = wait_any(chans, timeout=SLICE * 4)
+    except (ChannelClosed, ChannelError):
+        ready = chans                  # find out which one below
+    for ch in ready:
+        t = None
+        if ch is not req:
+            with host.lock:
+                t = host.subs.get(ch.c_uid)
+            if t is None:
+                continue
         try:
-            req.detach()
-        except Exception:
-            pass
+            data = ch.recv_auto(0)
+        except ChannelEmpty:
+            continue
+        except (ChannelClosed, ChannelError):
+            if ch is req:
+                return None, None
+            with host.lock:
+                host.subs.pop(ch.c_uid, None)
+            try:
+                ch.detach()
+            except Exception:
+                pass
+            continue
+        return (t if t is not None else main), data
+    if not ready:
+        # a quiet slice: forget served results that ended
+        for t in subs:
+            try:
+                t.req.poll(0)
+            except (ChannelClosed, ChannelError):
+                with host.lock:
+                    host.subs.pop(t.req.c_uid, None)
+                try:
+                    t.req.detach()
+                except Exception:
+                    pass
+    return None
 
 
-def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
+def _answer(host, t, clients, cid, seq, op, name, args, kwargs):
     """Run one request and send its answer to the caller's reply channel."""
+    obj, exposed, pool = t.obj, t.exposed, host.pool
+    served = None
     try:
         if op == _CALL:
             if name not in exposed:
@@ -254,6 +368,9 @@ def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
                 value = list(obj)
             else:
                 value = getattr(obj, name)(*args, **kwargs)
+            typeid = t.mtt.get(name)
+            if typeid is not None:
+                value = served = host.serve_result(value, typeid)
         elif op == _VALUE:
             value = obj
         elif op == _GET:
@@ -279,6 +396,8 @@ def _answer(obj, exposed, pool, clients, cid, seq, op, name, args, kwargs):
             msg = pickle.dumps((seq, _RERR, ("AttributeError", str(exc), "")), 5)
         else:
             msg = _exc_reply(seq, exc, pool)
+    if served is not None:
+        served._close()        # the reply's pickle holds the loan the caller takes over
     _reply(clients, cid, msg)
 
 
@@ -313,21 +432,40 @@ _hosts = {}
 _hosts_lock = threading.Lock()
 
 
-def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, threads=1, timeout=60.0):
+def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, threads=1, timeout=60.0,
+          method_to_typeid=None):
     """Host ``obj`` (pickled to the host) in a new managed process; return a
     :class:`SharedRef`.  ``threads > 1``: the host runs requests in a pool
     of that many threads (the object must then be thread-safe); 1 (the
-    default): one at a time, in arrival order.  See :func:`ember.objects.create`."""
-    return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout, threads)
+    default): one at a time, in arrival order.  ``method_to_typeid``
+    (``{method name: typeid}``, as ``multiprocessing.managers``): what those
+    methods return stays in the host and the caller gets a proxy of it (a
+    "refcount" object: it lives while a proxy of it does).  See
+    :func:`ember.objects.create`."""
+    return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout, threads,
+                  _returns(method_to_typeid))
 
 
 def create(factory, *args, name=None, lifetime=None, scope=None, exposed=None, threads=1,
-           timeout=60.0, **kwargs):
+           timeout=60.0, method_to_typeid=None, **kwargs):
     """Start a host process that constructs ``factory(*args, **kwargs)`` and
-    serves it; return a :class:`SharedRef` (its :meth:`~SharedRef.proxy`)."""
+    serves it; return a :class:`SharedRef` (its :meth:`~SharedRef.proxy`).
+    ``method_to_typeid``: as :func:`serve`."""
     if not callable(factory):
         raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-    return _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads)
+    return _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads,
+                  _returns(method_to_typeid))
+
+
+def _returns(method_to_typeid, types=None):
+    """The host's ``returns`` argument: ``(method_to_typeid, {typeid:
+    (exposed, method_to_typeid)})``, checked here."""
+    if not method_to_typeid:
+        return None
+    if not isinstance(method_to_typeid, dict) or not all(
+            type(k) is str and type(v) is str for k, v in method_to_typeid.items()):
+        raise TypeError(f"method_to_typeid must map str to str, got {method_to_typeid!r}")
+    return dict(method_to_typeid), dict(types or {})
 
 
 def _check_args(name, lifetime, exposed):
@@ -343,7 +481,8 @@ def _check_args(name, lifetime, exposed):
         raise TypeError("exposed must be a list of method names")
 
 
-def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads=1):
+def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threads=1,
+           returns=None):
     from . import scopes
     from .process import Process, _live, _live_lock, _default_pool
     _check_args(name, lifetime, exposed)
@@ -362,7 +501,8 @@ def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threa
     boot_in = Channel.create(pool, capacity=2, block_size=1024)
     host = None
     try:
-        host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in, threads),
+        host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in,
+                                                     threads, returns),
                        name=None, daemon=False)
         host.start()
         with _live_lock:
