@@ -168,3 +168,17 @@ def test_main_class_and_lambda_through_a_queue_to_a_child(tmp_path, method):
     out = res.stdout.decode()
     assert res.returncode == 0, (out, res.stderr.decode())
     assert out.splitlines() == ["child ('Point', 25, 30)", "pipe 5"]
+
+
+@pytest.mark.timeout(60)
+def test_a_malformed_request_to_a_host_is_dropped_and_it_keeps_serving(ember_runtime):
+    from ember.channels_c import Channel
+    ref = ember.serve({"a": 1})
+    p = ref.proxy()
+    assert p.get("a") == 1
+    req = Channel.attach(ref._rec["channels"][0])
+    req.send(b"junk")                                  # not a message of the codec
+    req.send(pickle.dumps("not a request", 5))         # a message, not a request
+    assert p.get("a") == 1 and len(p) == 1
+    req.detach()
+    ref.destroy()

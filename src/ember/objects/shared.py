@@ -254,8 +254,9 @@ def _serve_loop(obj, rec, exposed, threads=1, returns=None):
                 cid, seq, op, name, args, kwargs = _dec(data)
             except BaseException as exc:
                 # not a request (cannot happen from our proxies): no one to answer
-                from .._log import log
-                log.warning("shared object host: dropped a malformed request: %s", exc)
+                from .. import _log
+                _log.get("shared").warning("shared object host: dropped a malformed request: "
+                                           "%s", exc)
                 continue
             del data
             if op == _HELLO:
