@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from ember.channels_c import Channel  # noqa: E402
 from ember.pools_c import Pool  # noqa: E402
 from procs import fork, reap  # noqa: E402  (tests/procs.py)
+import _report  # noqa: E402  (benchmarks/_report.py: --json, --png)
 
 MSG = b"x" * 64
 MIB = 1 << 20
@@ -339,6 +340,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
     ap.add_argument("--reps", type=int, default=3, help="runs per measurement; the best is kept")
+    _report.add_args(ap)
     a = ap.parse_args(argv)
     k = 10 if a.quick else 1
     reps = 1 if a.quick else a.reps
@@ -403,6 +405,14 @@ def main(argv=None):
         print(f"  64 B throughput {c['c_throughput_64B'] / 1e6:.2f} M/s "
               f"-> {'MET' if c['c_throughput_64B'] >= 10e6 else 'MISSED'} (target >= 10 M/s)")
         print(f"  round trip median {c['c_rtt_median_ns']:.0f} ns, p99 {c['c_rtt_p99_ns']:.0f} ns")
+    _report.write(a, "bench_channels", [
+        _report.measure("64 B messages, Python to Python", "msgs/s", res, target=3e6),
+        _report.measure("64 B round trip, median", "µs", {k: v[0] for k, v in rtt.items()},
+                        better="lower", target=3),
+        _report.measure("1 MiB messages", "GB/s", big, target=10),
+        _report.measure("channel create, 128 x 1 KiB slots", "µs per create",
+                        {"ember": new, "ember with the old initialisation pass": old},
+                        better="lower")], argv=argv)
     return 0
 
 

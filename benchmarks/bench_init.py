@@ -20,6 +20,8 @@ import subprocess
 import sys
 import textwrap
 
+import _report  # benchmarks/_report.py: --json, --png
+
 TARGET = {"init_to_create": 0.050, "attach_auto": 0.010}
 
 INIT = textwrap.dedent("""
@@ -78,6 +80,7 @@ def median_of(code, reps, env=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=9)
+    _report.add_args(ap)
     args = ap.parse_args()
     import tempfile
     rd = tempfile.mkdtemp(prefix="ember-bench-")
@@ -116,6 +119,16 @@ def main():
           f"ratio {res['mp_spawn_one'] / res['init_to_create']:.2f}")
     print(f"ember.init(address='auto') + 1 query   {ms(res['attach_auto'])}   "
           f"target <= 10 ms: {'MET' if res['attach_auto'] <= TARGET['attach_auto'] else 'MISSED'}")
+    _report.write(args, "bench_init", [
+        _report.measure("start a runtime, then the first process", "ms",
+                        {"ember.init() + process.create": res["init_to_create"] * 1e3,
+                         "ember.init(), host a fresh python": res["init_spawned_host"] * 1e3,
+                         "multiprocessing.Manager()": res["mp_manager"] * 1e3,
+                         "mp spawn of one process": res["mp_spawn_one"] * 1e3},
+                        better="lower", target=TARGET["init_to_create"] * 1e3),
+        _report.measure("attach to a running runtime + 1 query", "ms",
+                        {"ember.init(address='auto')": res["attach_auto"] * 1e3},
+                        better="lower", target=TARGET["attach_auto"] * 1e3)])
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+import _report  # benchmarks/_report.py: --json, --png
+
 TARGET = 0.200
 
 BLOCKED = """
@@ -32,6 +34,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--procs", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=5)
+    _report.add_args(ap)
     a = ap.parse_args(argv)
     xdg = tempfile.mkdtemp(prefix="ember-bench-inspect-")
     os.environ["XDG_RUNTIME_DIR"] = xdg
@@ -94,6 +97,13 @@ def main(argv=None):
         print(f"ember ps work, in process      : {fmt(t_in)}")
         verdict = "MET" if statistics.median(t_cli) <= TARGET else "MISSED"
         print(f"target: ember ps for {a.procs} processes <= {TARGET * 1e3:.0f} ms -> {verdict}")
+        med = statistics.median
+        _report.write(a, "bench_inspect", [_report.measure(
+            f"ember ps for {a.procs} processes, median", "ms",
+            {"ember ps --json (whole command)": med(t_cli) * 1e3,
+             "ember ps work, in process": med(t_in) * 1e3,
+             "python -c pass (start-up alone)": med(t_bare) * 1e3},
+            better="lower", target=TARGET * 1e3)], argv=argv)
     finally:
         ember.shutdown()
 

@@ -26,6 +26,8 @@ import time
 
 import ember  # noqa: F401  registers "ember"
 
+import _report  # benchmarks/_report.py: --json, --png
+
 
 def trivial():
     pass
@@ -141,7 +143,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--map-n", type=int, default=100_000)
     ap.add_argument("--queue-n", type=int, default=50_000)
+    _report.add_args(ap)
     args = ap.parse_args()
+    measures = []
     reps = 5 if args.quick else 20
     methods = ["ember", "fork", "forkserver", "spawn"]
 
@@ -150,22 +154,31 @@ def main():
     print("  " + "  ".join(f"{m} {v:.3f}" for m, v in r.items()))
     worst = max(r["ember"] / r[m] for m in methods[1:])
     print(f"  ember / fastest baseline = {worst:.2f} (target < 1: faster than all three)")
+    measures.append(_report.measure(f"Pool(2).map of {args.map_n} trivial calls, best of 3",
+                                    "s", r, better="lower"))
 
     print(f"Process start+join, trivial function (ms, median of {reps}):")
     r = {m: start_join(m, reps if m != "spawn" else max(3, reps // 4)) * 1e3
          for m in ("ember", "fork", "spawn")}
     print("  " + "  ".join(f"{m} {v:.2f}" for m, v in r.items()))
     print(f"  ember / fork = {r['ember'] / r['fork']:.2f} (target <= 1)")
+    measures.append(_report.measure(f"Process start + join, median of {reps}", "ms", r,
+                                    better="lower"))
 
     print(f"Queue small-object throughput, {args.queue_n} ints child->parent (objects/s):")
     r = {m: queue_rate(m, args.queue_n) for m in ("ember", "fork")}
     print("  " + "  ".join(f"{m} {v:,.0f}" for m, v in r.items()))
     print(f"  ember / fork = {r['ember'] / r['fork']:.2f} (target >= 5)")
+    measures.append(_report.measure(f"Queue, {args.queue_n} ints child to parent", "objects/s",
+                                    r, target=5 * r["fork"]))
 
     print("Leftovers after SIGKILL of the parent, settled (processes, /dev/shm entries):")
     r = {m: leftovers(m) for m in ("ember", "fork", "spawn")}
     print("  " + "  ".join(f"{m} {v}" for m, v in r.items()))
     print(f"  ember leaves {r['ember']} (target (0, 0))")
+    measures.append(_report.measure("left after SIGKILL of the parent", "processes + /dev/shm "
+                                    "entries", {m: sum(v) for m, v in r.items()}, better="lower"))
+    _report.write(args, "bench_mp", measures)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import time
 
 import ember
 
+import _report  # benchmarks/_report.py: --json, --png
+
 TARGET_RTT_US = 20.0
 TARGET_RTT_RATIO = 10.0
 TARGET_DICT_RATIO = 20.0
@@ -106,6 +108,7 @@ _EchoManager.register("Echo", Echo)
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    _report.add_args(ap)
     args = ap.parse_args()
     n = 3000 if args.quick else 30000
     nd = 2000 if args.quick else 20000
@@ -138,6 +141,13 @@ def main():
     print(f"  -> served {e_rate / m_rate:.1f}x, in pool {ep_rate / m_rate:.1f}x; target >= "
           f"{TARGET_DICT_RATIO:.0f}x: "
           f"{'met' if ep_rate / m_rate >= TARGET_DICT_RATIO else 'NOT met'} (in pool)")
+    _report.write(args, "bench_objects", [
+        _report.measure("proxy call round trip, small args, median", "µs",
+                        {"ember.serve proxy": e_med, "multiprocessing.managers proxy": m_med},
+                        better="lower", target=TARGET_RTT_US),
+        _report.measure("shared dict get+set, 2 processes", "ops/s",
+                        {"ember.dict(in_pool=True)": ep_rate, "ember.dict() (served)": e_rate,
+                         "Manager().dict()": m_rate}, target=TARGET_DICT_RATIO * m_rate)])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from ember.pools_c import Pool  # noqa: E402
+import _report  # noqa: E402  (benchmarks/_report.py: --json, --png)
 
 C_CDEF = """
 uint64_t bench_ember(ember_pool_t *pool, uint64_t size, double seconds);
@@ -154,6 +155,7 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
     ap.add_argument("--commit", choices=["lazy", "full"], default="lazy",
                     help="how the benchmark pool commits /dev/shm pages (Pool.create(commit=...))")
+    _report.add_args(ap)
     args = ap.parse_args(argv)
     secs = args.seconds
 
@@ -198,6 +200,10 @@ def main(argv=None):
             print(f"targets at 64 B: C {c64 / 1e6:.2f} M/s (>= 5 M/s: {'ok' if c64 >= 5e6 else 'MISSED'}), "
                   f"Python {p64 / 1e6:.2f} M/s (>= 1.5 M/s: {'ok' if p64 >= 1.5e6 else 'MISSED'})")
             pool._validate()
+            _report.write(args, "bench_pools", [_report.measure(
+                f"alloc+free pairs, {label}, 1 process", "pairs/s",
+                {name: one for (lab, name), (one, _) in results.items() if lab == label})
+                for _, label in SIZES], argv=argv)
         finally:
             if cpool is not None:
                 mod.lib.ember_pool_detach(cpool)

@@ -22,6 +22,8 @@ import statistics
 import sys
 import time
 
+import _report  # benchmarks/_report.py: --json, --png
+
 
 def trivial():
     return 1
@@ -104,6 +106,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--map-n", type=int, default=100_000)
     ap.add_argument("--big-mb", type=int, default=100)
+    _report.add_args(ap)
     a = ap.parse_args()
     import ember
 
@@ -167,12 +170,26 @@ def main():
          f">= 10: {'MET' if p1 / e1 >= 10 else 'NOT MET'}")
     line("ember.Executor.map default vs Pool.map", ed, "s", pm / ed,
          f">= 1: {'MET' if ed <= pm else 'NOT MET'}")
+    measures = [
+        _report.measure("start + join of a trivial function, median", "ms",
+                        {"ember.Process (template)": t_tmpl, "ember.Process (spawn)": t_spawn_e,
+                         "mp fork": t_fork, "mp forkserver": t_fs, "mp spawn": t_spawn},
+                        better="lower", target=5),
+        _report.measure("sustained starts, 8 alive at once", "starts/s",
+                        {"ember.Process (template)": r_e, "mp fork": r_f}, target=300),
+        _report.measure(f"map of {N} trivial calls, chunksize=1", "s",
+                        {"ember.Executor.map": e1, "ProcessPoolExecutor": p1},
+                        better="lower", target=p1 / 10),
+        _report.measure(f"map of {N} trivial calls, default chunks", "s",
+                        {"ember.Executor.map": ed, "multiprocessing.Pool.map": pm,
+                         "ProcessPoolExecutor chunksize=1000": p1000}, better="lower")]
 
     # --- big numpy result ---------------------------------------------
     try:
         import numpy  # noqa: F401
     except ImportError:
         print("## numpy not installed: big-result measure skipped")
+        _report.write(a, "bench_python_processes", measures)
         return 0
     nbytes = a.big_mb << 20
     print(f"## {a.big_mb} MB numpy result back to the parent (send to receive, median of 5)")
@@ -216,6 +233,10 @@ def main():
          f">= 5: {'MET' if tq / te >= 5 else 'NOT MET'}")
     line("ember.Process result vs mp Pipe", te, "ms", tp / te,
          f">= 5: {'MET' if tp / te >= 5 else 'NOT MET'}")
+    measures.append(_report.measure(f"{a.big_mb} MB numpy result back to the parent, median",
+                                    "ms", {"ember.Process result": te, "mp Queue": tq,
+                                           "mp Pipe": tp}, better="lower"))
+    _report.write(a, "bench_python_processes", measures)
     return 0
 
 

@@ -17,6 +17,8 @@ import numpy as np
 
 import ember
 
+import _report  # benchmarks/_report.py: --json, --png
+
 ctx = mp.get_context("fork")
 
 
@@ -154,6 +156,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    _report.add_args(ap)
     a = ap.parse_args()
     scale = 10 if a.quick else 1
     rep = 1 if a.quick else a.repeat
@@ -208,6 +211,12 @@ def main():
         print(f"{name:46} {e:9.3g} {m:9.3g} {th}  {ratio:6.2f}x  {target}")
     print("(3rd column: faster-fifo for the queue, threading.Lock for the lock; "
           "ratio = how many times better ember is)")
+    _report.write(a, "bench_queues", [
+        _report.measure(name.rsplit(" (", 1)[0], name.rsplit(" (", 1)[1].rstrip(")"),
+                        {"ember": e, "multiprocessing": m,
+                         "faster-fifo" if name.startswith("Queue") else "threading.Lock": third},
+                        better="lower" if name.endswith("(us)") else "higher", note=target)
+        for name, e, m, third, target, ratio in rows])
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+import _report  # benchmarks/_report.py: --json, --png
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 EMPTY = os.path.join(ROOT, "examples", "empty.py")
@@ -245,6 +247,7 @@ def bench_channel_wake(reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    _report.add_args(ap)
     a = ap.parse_args()
     reps = 10 if a.quick else 50
     sizes = "10,100" if a.quick else "10,100,1000"
@@ -297,6 +300,27 @@ def main():
     ew = bench_exit_to_wait(reps)
     print(f"  baseline subprocess waitpid after the same exit     {ew*1e6:8.1f} us   "
           f"(ember adds {(res['exit_to_join'] - ew)*1e6:.0f} us)")
+    us = {k: v * 1e6 for k, v in TARGET.items()}          # (Dragon's are published, not run)
+    _report.write(a, "bench_runtime", [
+        _report.measure("run an empty program", "ms", {"ember run": e * 1e3, "python3": p * 1e3},
+                        better="lower", target=tg * 1e3),
+        _report.measure("create + join a process running /bin/true", "µs",
+                        {"ember process.create+join": res["create_join_true"] * 1e6,
+                         **{k: v * 1e6 for k, v in base.items()}},
+                        better="lower", target=us["create_join_true"]),
+        _report.measure("GS query round trip", "µs", {"ember": res["gs_query"] * 1e6},
+                        better="lower", target=us["gs_query"]),
+        _report.measure("channel create + destroy", "µs",
+                        {"ember": res["channel_create_destroy"] * 1e6},
+                        better="lower", target=us["channel_create_destroy"]),
+        _report.measure("wake-up of a channel.join after the create", "µs",
+                        {"ember channel.join": wake * 1e6 if wake == wake else None,
+                         "bare channel message to a sleeping process": cw * 1e6},
+                        better="lower", target=us["channel_join_wake"]),
+        _report.measure("join returns after the exit", "µs",
+                        {"ember process.join": res["exit_to_join"] * 1e6,
+                         "subprocess waitpid": ew * 1e6},
+                        better="lower", target=us["exit_to_join"])])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 from ember.pools_c import Pool
 from ember.sync_c import Event, Lock, RLock, Semaphore
 
+import _report  # benchmarks/_report.py: --json, --png
+
 
 def _loop_acq_rel(lock, seconds):
     acq, rel = lock.acquire, lock.release
@@ -163,6 +165,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=0.5)
     ap.add_argument("--rounds", type=int, default=20000)
+    _report.add_args(ap)
     args = ap.parse_args()
     S = args.seconds
     print(f"ember sync benchmark ({os.cpu_count()} CPUs, {S} s per cell, load {os.getloadavg()[0]:.1f})\n")
@@ -214,6 +217,11 @@ def main():
               f"{'ok' if emed / 2 <= 100 else 'MISSED'})")
         for o in (el, er, es, e1, e2):
             o.destroy()
+    _report.write(args, "bench_sync", [
+        _report.measure(name, "ops/s", {"ember": e, "multiprocessing": m, "threading": t})
+        for name, e, m, t in rows] + [
+        _report.measure("Event ping-pong round trip, median", "µs",
+                        {"ember": emed, "multiprocessing": mmed}, better="lower", target=200)])
 
 
 if __name__ == "__main__":
