@@ -174,3 +174,37 @@ def plot(report, path):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def main(argv=None):
+    """``python benchmarks/_report.py OUTDIR [bench_x ...]``: run every
+    benchmark (or those named), one after the other, each writing
+    ``OUTDIR/<bench>.json`` and ``OUTDIR/<bench>.png``."""
+    import argparse
+    import glob
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    every = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(here, "bench_*.py")))
+    ap = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0].replace("``", ""))
+    ap.add_argument("outdir", type=_png_path)
+    ap.add_argument("benches", nargs="*", metavar="bench", help=f"of {', '.join(every)}")
+    a = ap.parse_args(argv)
+    for b in a.benches:
+        if b.removesuffix(".py") not in every:
+            ap.error(f"no benchmark {b!r} (there are {', '.join(every)})")
+    os.makedirs(a.outdir, exist_ok=True)
+    failed = []
+    for b in [b.removesuffix(".py") for b in a.benches] or every:
+        out = os.path.join(a.outdir, b)
+        print(f"== {b} (load {os.getloadavg()[0]:.1f})", flush=True)
+        r = subprocess.run([sys.executable, os.path.join(here, b + ".py"),
+                            "--json", out + ".json", "--png", out + ".png"])
+        if r.returncode:
+            failed.append(b)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

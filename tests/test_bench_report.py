@@ -126,3 +126,11 @@ def test_write_refuses_bad_measure_lists(tmp_path):
     assert rep["measures"][0]["values"] == {"ember": 2.0}
     assert rep["command"] == "python benchmarks/bench_x.py --quick"
     assert json.loads((tmp_path / "r.json").read_text()) == rep
+
+
+def test_run_all_refuses_an_unknown_bench(tmp_path):
+    r = subprocess.run([sys.executable, str(BENCH / "_report.py"), str(tmp_path / "out"),
+                        "bench_sync", "bench_nope"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "error: no benchmark 'bench_nope' (there are bench_channels, " in r.stderr
+    assert not (tmp_path / "out").exists()                  # nothing was run
