@@ -218,7 +218,7 @@ def main():
         for o in (el, er, es, e1, e2):
             o.destroy()
     _report.write(args, "bench_sync", [
-        _report.measure(name, "ops/s", {"ember": e, "multiprocessing": m, "threading": t})
+        _report.measure(name.strip(), "ops/s", {"ember": e, "multiprocessing": m, "threading": t})
         for name, e, m, t in rows] + [
         _report.measure("Event ping-pong round trip, median", "µs",
                         {"ember": emed, "multiprocessing": mmed}, better="lower", target=200)])

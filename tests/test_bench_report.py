@@ -32,7 +32,8 @@ def _check_files(tmp_path, bench, titles):
     assert mc["cpus"] == os.cpu_count() and mc["kernel"] == os.uname().release
     assert len(mc["load"]) == 3 and mc["python"] == ".".join(map(str, sys.version_info[:3]))
     got = [m["title"] for m in report["measures"]]
-    assert got == titles
+    it = iter(got)                      # these, in this order (a bench may add more)
+    assert all(t in it for t in titles), (titles, got)
     for m in report["measures"]:
         assert m["better"] in ("higher", "lower") and m["unit"]
         assert any(k.startswith("ember") for k in m["values"]), m
@@ -42,7 +43,7 @@ def _check_files(tmp_path, bench, titles):
     assert png.startswith(PNG_MAGIC)
     import matplotlib.image
     h, w = matplotlib.image.imread(str(tmp_path / "r.png")).shape[:2]
-    assert w > 300 and h > 100 * len(titles)          # a panel per measure
+    assert w > 300 and h > 100 * len(got)             # a panel per measure
     return report
 
 
@@ -65,10 +66,8 @@ def test_bench_sync_writes_json_and_png(tmp_path):
     _bench("bench_sync.py", "--seconds", "0.02", "--rounds", "200",
            "--json", str(tmp_path / "r.json"), "--png", str(tmp_path / "r.png"))
     report = _check_files(tmp_path, "bench_sync", [
-        "Lock acquire+release, uncontended", "Lock with-block, uncontended",
-        "RLock acquire+release, uncontended", "Semaphore acquire+release, uncontended",
-        "Lock, 2 processes contending (sum)", "Lock acquire(False) while another holds it",
-        "Event ping-pong round trip, median"])
+        "Lock acquire+release, uncontended", "Semaphore acquire+release, uncontended",
+        "Lock, 2 processes contending (sum)", "Event ping-pong round trip, median"])
     assert report["measures"][-1]["target"] == 200
 
 
