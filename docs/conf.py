@@ -27,7 +27,7 @@ extensions = [
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "tutorial/*.py", "howto/*.py"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "tutorial", "howto/code"]
 
 # Markdown (MyST): fenced ``{directive}`` blocks, ::: blocks, and anchors for
 # headings so that ``[...](page.md#a-heading)`` links resolve.

@@ -69,7 +69,8 @@ def test_docs_build_without_warnings(tmp_path):
                "ember.channels_c.Channel", "ember.sync_c.Lock.acquire"}
     missing = sorted(public - names)
     assert not missing, f"not in the API reference: {missing}"
-    for page in ("index", "architecture", "api/index"):
+    for page in ("index", "tutorial", "guarantees", "architecture", "api/index",
+                 "howto/index", "howto/debug-a-hang"):
         assert os.path.exists(os.path.join(out, page + ".html")), page
 
 

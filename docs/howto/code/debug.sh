@@ -1,0 +1,5 @@
+ember ls
+ember ps
+ember stacks consumer
+ember channels
+ember events

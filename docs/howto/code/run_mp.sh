@@ -1,0 +1,2 @@
+python mp_program.py
+ember run mp_program.py

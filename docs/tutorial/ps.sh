@@ -1,0 +1,2 @@
+ember ps
+ember stacks consumer

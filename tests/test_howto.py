@@ -1,0 +1,147 @@
+"""The how-to guides' commands work (issue 16): each command block of
+docs/howto/*.md is a file under docs/howto/code/ (or docs/tutorial/), and
+this runs what can run here under a real runtime, checking the output the
+guide shows or describes.  (`ember top` is interactive and not run.)"""
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODE = os.path.join(ROOT, "docs", "howto", "code")
+TUT = os.path.join(ROOT, "docs", "tutorial")
+BIN = os.path.dirname(sys.executable)
+
+
+def _lines(name):
+    with open(os.path.join(CODE, name)) as f:
+        return [ln for ln in f.read().splitlines() if ln.strip()]
+
+
+def _argv(line, **subst):
+    argv = [a.format(**subst) if subst else a for a in shlex.split(line)]
+    if argv[0] == "ember":
+        return [sys.executable, "-m", "ember", *argv[1:]]
+    assert argv[0] == "python", line
+    return [sys.executable, *argv[1:]]
+
+
+def _expected(name):
+    with open(os.path.join(CODE, name)) as f:
+        return f.read()
+
+
+def test_every_code_file_is_shown_in_a_guide():
+    pages = ""
+    for page in os.listdir(os.path.join(ROOT, "docs", "howto")):
+        if page.endswith(".md"):
+            with open(os.path.join(ROOT, "docs", "howto", page)) as f:
+                pages += f.read()
+    for name in os.listdir(CODE):
+        if name != "__pycache__":
+            assert f"{{literalinclude}} code/{name}" in pages, name
+
+
+def test_multiprocessing_program_runs_on_ember_both_ways():
+    for line in _lines("run_mp.sh"):
+        r = subprocess.run(_argv(line), cwd=CODE, capture_output=True, text=True, timeout=180)
+        assert (r.returncode, r.stderr) == (0, ""), (line, r.stderr)
+        assert r.stdout == _expected("mp_program.out"), line
+
+
+def test_notebook_cells_run_in_a_plain_interpreter():
+    r = subprocess.run([sys.executable, "notebook.py"], cwd=CODE, capture_output=True, text=True,
+                       timeout=180)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout == _expected("notebook.out")
+
+
+def test_started_runtime_keeps_named_objects_between_attaches():
+    name = f"howto-{uuid.uuid4().hex[:8]}"
+    start, put, get, stop = [ln.replace("exp1", name) for ln in _lines("start_stop.sh")]
+    r = subprocess.run(_argv(start), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"({name})" in r.stdout, r.stdout
+    try:
+        r = subprocess.run(_argv(put), capture_output=True, text=True, timeout=120)
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        r = subprocess.run(_argv(get), capture_output=True, text=True, timeout=120)
+        assert (r.returncode, r.stdout, r.stderr) == (0, "kept\n", ""), r.stderr
+    finally:
+        r = subprocess.run(_argv(stop), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def _runtime_of(launcher_pid, deadline):
+    while time.monotonic() < deadline:
+        r = subprocess.run([sys.executable, "-m", "ember", "ls", "--json"], capture_output=True,
+                           text=True, timeout=60)
+        for rt in json.loads(r.stdout or "[]"):
+            if rt.get("pid") == launcher_pid:
+                return rt["id"]
+        time.sleep(0.2)
+    raise AssertionError(f"no runtime of launcher {launcher_pid} in `ember ls`")
+
+
+def test_debug_a_hang_commands():
+    launcher = subprocess.Popen([sys.executable, "-m", "ember", "run", "hang.py"], cwd=TUT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout.readline().startswith("started")
+        rid = _runtime_of(launcher.pid, time.monotonic() + 60)
+        env = dict(os.environ, EMBER_ADDRESS=rid)
+        out = {}
+        deadline = time.monotonic() + 60
+        for line in _lines("debug.sh"):
+            while True:
+                r = subprocess.run(_argv(line), capture_output=True, text=True, env=env,
+                                   timeout=60)
+                assert r.returncode == 0, (line, r.stderr)
+                out[line] = r.stdout
+                # wait until the consumer has reached its q.get()
+                if line != "ember ps" or "blocked on recv(" in \
+                        "".join(ln for ln in r.stdout.splitlines() if " consumer " in ln):
+                    break
+                assert time.monotonic() < deadline, r.stdout
+                time.sleep(0.2)
+        assert rid in out["ember ls"]
+        assert 'hang.py", line 5 in consumer' in out["ember stacks consumer"]
+        assert out["ember channels"].strip(), "no channel listed"
+        assert "consumer" in out["ember events"], out["ember events"]
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=60) == 130
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=60)
+        launcher.stdout.close()
+        launcher.stderr.close()
+
+
+def test_cleanup_after_a_killed_launcher(tmp_path):
+    # The guide's script as written (a real `ember cleanup`, not a dry run),
+    # in a private mount namespace with its own /dev/shm and runtime
+    # directory: it can only see, and remove, its own runtime's segments.
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --mount (root)")
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    script = (f"mount -t tmpfs tmpfs /dev/shm && cd {shlex.quote(TUT)} && "
+              f"bash {shlex.quote(os.path.join(CODE, 'crash.sh'))} && echo left: $(ls -A /dev/shm)")
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"], XDG_RUNTIME_DIR=str(xdg))
+    env.pop("EMBER_ADDRESS", None)
+    r = subprocess.run(["unshare", "--mount", "--fork", "bash", "-c", script], env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    would = [ln for ln in lines if ln.startswith("would remove /dev/shm/ember.r")]
+    removed = [ln for ln in lines if ln.startswith("removed /dev/shm/ember.r")]
+    assert would and any(ln.endswith(".lock") for ln in would), r.stdout
+    assert [ln.replace("would remove", "removed") for ln in would] == removed, r.stdout
+    assert lines[-1] == "left:", r.stdout
