@@ -105,7 +105,7 @@ def test_debug_a_hang_commands():
                 assert r.returncode == 0, (line, r.stderr)
                 out[line] = r.stdout
                 # wait until the consumer has reached its q.get()
-                if line != "ember ps" or "blocked on recv(" in \
+                if line != "ember ps" or 'blocked on get(Queue "jobs")' in \
                         "".join(ln for ln in r.stdout.splitlines() if " consumer " in ln):
                     break
                 assert time.monotonic() < deadline, r.stdout

@@ -86,7 +86,7 @@ def test_ps_and_stacks_show_the_hang():
                                 timeout=60)
             assert ps.returncode == 0, ps.stderr
             consumer = [ln for ln in ps.stdout.splitlines() if " consumer " in ln]
-            if consumer and "blocked on recv(" in consumer[0]:
+            if consumer and 'blocked on get(Queue "jobs")' in consumer[0]:
                 break
             assert time.monotonic() < deadline, ps.stdout
             time.sleep(0.2)
@@ -96,7 +96,7 @@ def test_ps_and_stacks_show_the_hang():
         assert st.returncode == 0, st.stderr
         assert "process 2 'consumer'" in st.stdout, st.stdout
         assert 'hang.py", line 5 in consumer' in st.stdout, st.stdout
-        assert "^ blocked on recv(" in st.stdout, st.stdout
+        assert '^ blocked on get(Queue "jobs")' in st.stdout, st.stdout
         # Ctrl-C ends it: the launcher forwards SIGINT to the head.
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=60) == 130
