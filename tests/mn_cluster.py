@@ -393,6 +393,17 @@ class Cluster:
                 return left
             time.sleep(0.02)
 
+    def node_path(self, i, path):
+        """``path`` as node i sees it, reachable from here (through
+        /proc/<init>/root): ``os.listdir(c.node_path(1, "/dev/shm"))``."""
+        if not path.startswith("/"):
+            raise ValueError(f"path must be absolute, not {path!r}")
+        return f"/proc/{self.nodes[i].pid}/root{path}"
+
+    def shm(self, i):
+        """The names in node i's private /dev/shm."""
+        return sorted(os.listdir(self.node_path(i, "/dev/shm")))
+
     def kill_node(self, i):
         """Kill node i whole (its namespaces and every process in them),
         as a host that dies would: SIGKILL to its holder."""
@@ -611,7 +622,10 @@ def emulated_nodes(n, sshd=False, slurm=False, keep=()):
 
 
 @contextlib.contextmanager
-def _fixture_cluster(n, **kw):
+def _fixture_cluster(n, tmp_path_factory, **kw):
+    # pytest's temporary directories (tmp_path) are seen by every node at the
+    # same path, as a cluster's shared file system would be.
+    kw.setdefault("keep", (str(tmp_path_factory.getbasetemp()),))
     try:
         cm = emulated_nodes(n, **kw)
         c = cm.__enter__()
@@ -629,24 +643,24 @@ def _fixture_cluster(n, **kw):
 
 
 @pytest.fixture
-def emulated_cluster():
+def emulated_cluster(tmp_path_factory):
     """3 emulated nodes (namespaces, bridge; no sshd, no Slurm)."""
-    with _fixture_cluster(3) as c:
+    with _fixture_cluster(3, tmp_path_factory) as c:
         yield c
 
 
 @pytest.fixture
-def ssh_cluster():
+def ssh_cluster(tmp_path_factory):
     """3 emulated nodes with an sshd each; inside the nodes plain ``ssh
     <name>`` works (the cluster's /etc/ssh/ssh_config), and
     ``cluster.ssh_config`` is the same file for ``-F``."""
-    with _fixture_cluster(3, sshd=True) as c:
+    with _fixture_cluster(3, tmp_path_factory, sshd=True) as c:
         yield c
 
 
 @pytest.fixture
-def slurm_cluster():
+def slurm_cluster(tmp_path_factory):
     """3 emulated nodes running a real Slurm (slurmctld on node 0, slurmd
     and munged on each); run ``salloc``/``srun`` inside node 0."""
-    with _fixture_cluster(3, slurm=True) as c:
+    with _fixture_cluster(3, tmp_path_factory, slurm=True) as c:
         yield c

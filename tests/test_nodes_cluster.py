@@ -40,6 +40,16 @@ def test_private_dev_shm_tmp_run(emulated_cluster):
     assert c.run(2, ["test", "-e", f"/dev/shm/{name}seg"]).returncode == 0
     assert c.run(1, ["test", "-e", f"/dev/shm/{name}seg"]).returncode == 1
     assert not os.path.exists(f"/dev/shm/{name}seg")
+    assert f"{name}seg" in c.shm(2) and f"{name}seg" not in c.shm(1)
+
+
+def test_pytest_tmp_path_is_shared(emulated_cluster, tmp_path):
+    """tmp_path is the same directory in every node (a shared file system)."""
+    c = emulated_cluster
+    (tmp_path / "from-host").write_text("h")
+    c.run(1, ["sh", "-c", "cat from-host > from-node1"], cwd=str(tmp_path), check=True)
+    assert (tmp_path / "from-node1").read_text() == "h"
+    assert c.run(2, ["cat", str(tmp_path / "from-node1")]).stdout == "h"
 
 
 def test_the_checkout_and_venv_are_visible(emulated_cluster):
