@@ -111,7 +111,7 @@ def _deadlocked(xdg):
 
 
 PS_KEYS = {"p_uid", "name", "pid", "node", "state", "status", "blocked_on", "blocked_since",
-           "blocked_detail",
+           "blocked_detail", "core_dumped", "oom_killed",
            "cpu_percent", "rss", "age", "parent", "exit_code", "signal", "attached", "exe"}
 
 

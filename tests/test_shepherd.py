@@ -110,6 +110,12 @@ def sh(tmp_path):
     h.close()
 
 
+def _exit_of(msg):
+    """(p_uid, exit_code) of a ShExited (its info is checked where it matters)."""
+    assert isinstance(msg, M.ShExited), msg
+    return msg.p_uid, msg.exit_code
+
+
 def _alive(pid):
     try:
         os.kill(pid, 0)
@@ -119,6 +125,48 @@ def _alive(pid):
 
 
 # ----------------------------------------------------------------- exits
+def _last_core_flag(tmp_path, code):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chdir(tmp_path)
+            os.execv(PY, [PY, "-c", code])
+        finally:
+            os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    for f in tmp_path.glob("core*"):
+        f.unlink()
+    return os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+
+
+@pytest.mark.timeout(60)
+def test_exit_info_carries_status_and_core_flag(sh, tmp_path):
+    """ShExited.info: the raw wait status, core dumped (a real SIGSEGV with
+    RLIMIT_CORE raised in the child), OOM-killed False for anything but a
+    SIGKILL ember did not send."""
+    assert sh.spawn(1, "/bin/sh", ["-c", "exit 3"]).err is None
+    msg = sh.recv()
+    assert _exit_of(msg) == (1, 3)
+    assert msg.info == {"status": 3 << 8, "core_dumped": False, "oom_killed": False}
+    d = tmp_path / "run"
+    d.mkdir()
+    code = ("import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, "
+            "(resource.RLIM_INFINITY, resource.RLIM_INFINITY)); os.kill(os.getpid(), signal.SIGSEGV)")
+    assert sh.spawn(2, PY, ["-c", code], env={"PATH": os.environ["PATH"]}, run_dir=str(d)).err is None
+    msg = sh.recv()
+    for f in d.glob("core*"):
+        f.unlink()
+    assert _exit_of(msg) == (2, -signal.SIGSEGV)
+    core = _last_core_flag(tmp_path, code)       # what the kernel does here, outside ember
+    assert os.WTERMSIG(msg.info["status"]) == signal.SIGSEGV
+    assert msg.info["core_dumped"] is bool(core) and msg.info["oom_killed"] is False
+    r = sh.spawn(3, "sleep", ["60"])
+    sh.send(M.ShKill(3, signal.SIGKILL))          # ember's own SIGKILL: not the OOM killer
+    msg = sh.recv()
+    assert _exit_of(msg) == (3, -signal.SIGKILL) and msg.info["oom_killed"] is False
+    assert not _alive(r.os_pid)
+
+
 @pytest.mark.timeout(60)
 def test_exit_codes_and_kills(sh):
     assert sh.spawn(1, "/bin/true").err is None
@@ -457,11 +505,11 @@ def test_run_in_a_forked_process(tmp_path):
     try:
         to_sh.send(M.ShSpawn(1, 5, "/bin/sh", ["-c", "echo hello; exit 4"], None, "", "").pack())
         assert M.unpack(to_gs.recv(20)).err is None
-        assert M.unpack(to_gs.recv(20)) == M.ShExited(5, 4)
+        assert _exit_of(M.unpack(to_gs.recv(20))) == (5, 4)
         to_sh.send(M.ShSpawn(2, 6, "sleep", ["60"], None, "", "").pack())
         sleeper = M.unpack(to_gs.recv(20)).os_pid
         to_sh.send(M.ShShutdown(3).pack())
-        assert M.unpack(to_gs.recv(20)) == M.ShExited(6, -9)
+        assert _exit_of(M.unpack(to_gs.recv(20))) == (6, -9)
         assert M.unpack(to_gs.recv(20)) == M.ShShutdownDone(3)
         assert _reap(pid) == 0
         pid = None
@@ -497,7 +545,7 @@ def test_broken_input_channel_kills_children(tmp_path):
         child_fd = os.pidfd_open(child)
         os.close(to_sh.wfd)                      # recv() in the shepherd fails
         to_sh.wfd = None
-        assert M.unpack(to_gs.recv(20)) == M.ShExited(5, -9)
+        assert _exit_of(M.unpack(to_gs.recv(20))) == (5, -9)
         assert _reap(pid) == 0
         pid = None
         assert select.select([child_fd], [], [], 0)[0]
@@ -532,14 +580,14 @@ def test_main_forked_over_ember_channels(tmp_path):
         os.close(out)
         sh_ch.send(M.ShSpawn(1, 3, "/bin/sh", ["-c", "echo hi; exit 2"], {"X": "1"}, "", "w").pack())
         assert M.unpack(gs_ch.recv(timeout=20)).err is None
-        assert M.unpack(gs_ch.recv(timeout=20)) == M.ShExited(3, 2)
+        assert _exit_of(M.unpack(gs_ch.recv(timeout=20))) == (3, 2)
         sh_ch.send(M.ShSpawn(2, 4, "/nonexistent", [], None, "", "").pack())
         assert M.unpack(gs_ch.recv(timeout=20)) == M.ShSpawned(
             2, 4, None, "cannot execute '/nonexistent': [Errno 2] No such file or directory")
         sh_ch.send(M.ShSpawn(3, 5, "sleep", ["60"], None, "", "").pack())
         assert M.unpack(gs_ch.recv(timeout=20)).err is None
         sh_ch.send(M.ShKill(5, signal.SIGTERM).pack())
-        assert M.unpack(gs_ch.recv(timeout=20)) == M.ShExited(5, -signal.SIGTERM)
+        assert _exit_of(M.unpack(gs_ch.recv(timeout=20))) == (5, -signal.SIGTERM)
         sh_ch.send(M.ShShutdown(9).pack())
         assert M.unpack(gs_ch.recv(timeout=20)) == M.ShShutdownDone(9)
         assert _reap(pid) == 0

@@ -40,6 +40,9 @@ class Message:
     __slots__ = ()
     code = -1
     fields = ()
+    #: Optional trailing fields and their values when a sender omits them
+    #: (a field added to an existing message; see :func:`_define`).
+    defaults = {}
 
     def __init__(self, *args, **kwargs):
         fields = self.fields
@@ -55,7 +58,9 @@ class Message:
             try:
                 setattr(self, name, kwargs.pop(name))
             except KeyError:
-                raise TypeError(f"{type(self).__name__} is missing field {name!r}") from None
+                if name not in self.defaults:
+                    raise TypeError(f"{type(self).__name__} is missing field {name!r}") from None
+                setattr(self, name, self.defaults[name])
         if kwargs:
             raise TypeError(f"{type(self).__name__} has no field(s) {sorted(kwargs)}")
 
@@ -74,8 +79,15 @@ class Message:
 by_code = {}
 
 
-def _define(code, name, fields):
+def _define(code, name, fields, defaults=None):
+    """A message type: ``fields`` in order; ``defaults`` maps trailing
+    (optional) fields to the value they take when a sender omits them, so
+    a field can be added to an existing message without breaking senders
+    that do not know it."""
     fields = tuple(fields.split())
+    defaults = dict(defaults or {})
+    if set(defaults) != set(fields[len(fields) - len(defaults):]):
+        raise RuntimeError(f"{name}: only trailing fields may have defaults")
     if len(fields) > 1:
         values = attrgetter(*fields)                  # -> tuple of the field values
     elif fields:
@@ -84,7 +96,7 @@ def _define(code, name, fields):
     else:
         values = lambda self: ()                      # noqa: E731
     cls = type(name, (Message,), {"__slots__": fields, "code": code, "fields": fields,
-                                  "_values": staticmethod(values)})
+                                  "defaults": defaults, "_values": staticmethod(values)})
     if code in by_code:
         raise RuntimeError(f"duplicate message code {code}")
     by_code[code] = cls
@@ -163,7 +175,10 @@ _define(103, "ShChannelDrop", "c_uids")
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
-_define(61, "ShExited", "p_uid exit_code")
+# info (optional; None from a sender that cannot know, e.g. an attached
+# process's exit): {"status": the raw wait status, "core_dumped": bool,
+# "oom_killed": True / False / None (unknown: no memory cgroup to ask)}
+_define(61, "ShExited", "p_uid exit_code info", {"info": None})
 _define(62, "ShShutdownDone", "ref")
 # on GS's public input channel, after a message was put on its private
 # control channel: "read your control channel".  Carries nothing; anyone may
@@ -198,9 +213,10 @@ def unpack(data):
     cls = by_code.get(code) if isinstance(code, int) else None
     if cls is None:
         raise MessageError(f"unknown message type {code!r}")
-    if len(obj) - 1 != len(cls.fields):
+    n, total = len(obj) - 1, len(cls.fields)
+    if n != total and not total - len(cls.defaults) <= n < total:
         raise MessageError(
-            f"{cls.__name__} needs {len(cls.fields)} fields, got {len(obj) - 1}")
+            f"{cls.__name__} needs {total} fields, got {n}")
     return cls(*obj[1:])
 
 

@@ -2,8 +2,9 @@
 
 One JSON object per line, appended to ``<runtime dir>/<runtime id>.events``
 (``events_path``; None: no log, as in the state-machine tests): process
-started / exited (exit code, and the signal's name when a signal killed
-it), holder deaths (a process that exited holding channel references),
+started / exited (exit code, the signal's name when a signal killed it,
+the wait status, core dumped, OOM-killed: from the shepherd's ShExited;
+plus ``process.core_dumped`` / ``process.oom_killed`` events), holder deaths (a process that exited holding channel references),
 channel and pool created / destroyed.  Every event has ``t`` (epoch
 seconds) and ``event``.  The file is written as things happen (one
 ``write`` per event, so a reader never sees half a line unless GS dies in
@@ -49,12 +50,29 @@ class EventsPart:
             log.warning("event log %s switched off: %s", path, exc)
             self.events_path = None
 
-    def _event_exited(self, rec, exit_code):
+    def _event_exited(self, rec, exit_code, info=None):
+        """``process.exited``; with the shepherd's ``info`` (ShExited) also
+        its wait ``status``, ``core_dumped`` and ``oom_killed`` (true /
+        false / null: unknown), and a ``process.core_dumped`` or
+        ``process.oom_killed`` event of its own when it was so."""
         fields = {"p_uid": rec.p_uid, "name": rec.name or None, "pid": rec.os_pid,
                   "exit_code": exit_code}
         if isinstance(exit_code, int) and exit_code < 0:
             fields["signal"] = signal_name(-exit_code)
+        info = info or {}
+        status = info.get("status")
+        core = info.get("core_dumped") is True
+        oom = info.get("oom_killed")
+        if isinstance(status, int) and not isinstance(status, bool):
+            fields["status"] = status
+            fields["core_dumped"] = core
+            fields["oom_killed"] = oom if isinstance(oom, bool) else None
         self._event("process.exited", **fields)
+        short = {k: fields[k] for k in ("p_uid", "name", "pid", "signal") if k in fields}
+        if core:
+            self._event("process.core_dumped", **short)
+        if oom is True:
+            self._event("process.oom_killed", **short)
 
     def _close_events(self):
         if self._events_fd is not None:

@@ -37,13 +37,14 @@ MAX_JOIN_IDENTS = 4096
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
-                 "attached", "node", "lost")
+                 "attached", "node", "lost", "exit_info")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
         self.name = name
         self.state = PENDING
         self.exit_code = None
+        self.exit_info = None     # the shepherd's ShExited.info (status, core, OOM)
         self.os_pid = None
         self.create_req = None   # (tag, r) of the create waiting for ShSpawned
         self.refs = {}           # c_uid -> references this process holds
@@ -284,17 +285,22 @@ class ProcessesPart:
             if rec is None or not rec.attached:     # a detached process's watch may race
                 log.warning("ShExited for unknown or exited p_uid %r", p_uid)
             return
-        self._exited(rec, msg.exit_code)
+        info = msg.info
+        if info is not None and not isinstance(info, dict):
+            log.warning("ShExited with a bad info %r", info)
+            info = None
+        self._exited(rec, msg.exit_code, info)
 
-    def _exited(self, rec, exit_code):
+    def _exited(self, rec, exit_code, info=None):
         """Everything a process's end releases (its pool blocks are swept by
         the node's shepherd, which reaped it, before it reports the exit; an
         attached process that detaches and lives on keeps its blocks)."""
         p_uid = rec.p_uid
         rec.state = EXITED
         rec.exit_code = exit_code
+        rec.exit_info = info
         log.info("%s exited with code %s", self._proc_label(rec), exit_code)
-        self._event_exited(rec, exit_code)
+        self._event_exited(rec, exit_code, info)
         if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
             del self.proc_names[rec.name]
         # Every step below is independent of the others' failure.
@@ -435,5 +441,7 @@ class ProcessesPart:
         return [{"p_uid": p.p_uid, "name": p.name or None, "state": p.shown_state, "node": p.node,
                  "os_pid": p.os_pid, "exit_code": p.exit_code, "joined": p.joined,
                  "attached": p.attached, "creator": p.creator, "exe": p.exe,
+                 "core_dumped": (p.exit_info or {}).get("core_dumped") is True,
+                 "oom_killed": (p.exit_info or {}).get("oom_killed"),
                  "refs": dict(p.refs), "reply_channels": len(p.replies)}
                 for p in self.procs.values()]

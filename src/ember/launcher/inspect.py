@@ -347,13 +347,17 @@ def process_rows(ins, dump=None, slots=None, all_=False):
                "state": p["state"], "parent": p["creator"], "exit_code": p["exit_code"],
                "attached": p["attached"], "exe": p["exe"], "blocked_on": None,
                "blocked_since": None, "blocked_detail": None, "cpu_percent": None, "rss": None,
-               "age": None,
-               "signal": None}
+               "age": None, "signal": None, "core_dumped": p.get("core_dumped"),
+               "oom_killed": p.get("oom_killed")}
         if p["state"] in ("exited", "lost"):
             code = p["exit_code"]
             if isinstance(code, int) and code < 0:
                 row["signal"] = _signame(-code)
                 row["status"] = f"killed by {row['signal']}"
+                if p.get("core_dumped"):
+                    row["status"] += " (core dumped)"
+                if p.get("oom_killed"):
+                    row["status"] += " (out of memory: the kernel's OOM killer)"
             else:
                 row["status"] = f"exited {code}"
         elif p["state"] == "pending":

@@ -87,6 +87,62 @@ def _signame(sig):
         return f"signal {sig}"
 
 
+#: Most memory cgroup directories _oom_kills() reads (cgroup v1 keeps the
+#: count per cgroup: the subtree is summed).
+_OOM_WALK_MAX = 256
+
+
+def _read_oom_kill(name):
+    try:
+        with open(name) as f:
+            for ln in f:
+                key, _, value = ln.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _oom_kills():
+    """``(where, count)``: the kernel's count of OOM kills in this process's
+    memory cgroup and every cgroup below it (a child that moved itself into
+    a smaller one is still counted) — cgroup v2 ``memory.events`` (already
+    hierarchical), or the sum of cgroup v1 ``memory.oom_control`` over the
+    subtree (at most _OOM_WALK_MAX directories) — or None if no memory
+    cgroup file says (no memory controller, /sys/fs/cgroup not mounted).
+    A dead process's own cgroup cannot be asked: the kernel moves an
+    exiting task to the root cgroup before its parent reaps it."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        path = "" if path == "/" else path
+        if hid == "0" and ctrls == "":
+            for name in (f"/sys/fs/cgroup{path}/memory.events",
+                         f"/sys/fs/cgroup/unified{path}/memory.events"):
+                n = _read_oom_kill(name)
+                if n is not None:
+                    return name, n
+        elif "memory" in ctrls.split(","):
+            top = f"/sys/fs/cgroup/memory{path}"
+            total, seen = None, 0
+            for d, _, _ in os.walk(top):
+                n = _read_oom_kill(os.path.join(d, "memory.oom_control"))
+                if n is not None:
+                    total = (total or 0) + n
+                seen += 1
+                if seen >= _OOM_WALK_MAX:
+                    break
+            if total is not None:
+                return top, total
+    return None
+
+
 def raise_nofile_limit():
     """Raise the soft RLIMIT_NOFILE to the hard limit (the shepherd keeps
     three fds per live child).  Returns ``(old_soft, new_soft)``."""
@@ -150,6 +206,11 @@ class Shepherd(Service):
         # Never inherited: each child gets its own key from GS, or none.
         self._base_env.pop(_env.KEY.encode(), None)
         self._death_reports = death_reports
+        # OOM kills seen so far per memory cgroup file (see _exit_info)
+        # The OOM kills counted in our memory cgroup subtree so far (see
+        # _oom_killed); None: no memory cgroup counts them here.
+        got = _oom_kills()
+        self._oom_seen = None if got is None else got[1]
         #: Soft RLIMIT_NOFILE given to children (-1: they inherit ours); run()
         #: sets it to the limit the shepherd had before raising its own.
         self.child_nofile = -1
@@ -599,6 +660,7 @@ class Shepherd(Service):
             self.resources.reclaim(child.pid, external=True)   # before GS hears of the exit
             self._send(M.ShExited(child.p_uid, M.EXIT_UNKNOWN))
             return
+        oom = self._oom_killed(child)     # before the reap: its cgroup is readable
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:         # reaped behind our back: cannot happen
@@ -608,6 +670,7 @@ class Shepherd(Service):
         if pid == 0:
             return                        # spurious readiness
         code = -signal.SIGKILL if status is None else os.waitstatus_to_exitcode(status)
+        info = None if status is None else self._exit_info(child, status, oom)
         with self._lock:
             del self._children[child.p_uid]
             del self._fds[child.pidfd]
@@ -627,7 +690,36 @@ class Shepherd(Service):
             self._report(f"ember: process {child.p_uid}{name} (pid {child.pid}) killed by "
                          f"{_signame(os.WTERMSIG(status))}{core}\n".encode(errors="replace"))
         self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
-        self._send(M.ShExited(child.p_uid, code))
+        self._send(M.ShExited(child.p_uid, code, info))
+
+    def _oom_killed(self, child):
+        """Whether the kernel's OOM killer ended ``child`` (exited, not yet
+        reaped): True if it was killed by a SIGKILL that ember did not send
+        and the OOM-kill count of the shepherd's memory cgroup subtree rose
+        since the shepherd last looked (at start-up, then at each such
+        exit); None if no memory cgroup counts OOM kills here; False
+        otherwise.  Only a SIGKILL that ember did not send costs anything
+        (a peek at the status without reaping, a few small reads)."""
+        try:
+            si = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (ChildProcessError, OSError):
+            return None
+        if si is None or si.si_code != os.CLD_KILLED or si.si_status != signal.SIGKILL \
+                or signal.SIGKILL in child.sent:
+            return False
+        got = _oom_kills()
+        if got is None or self._oom_seen is None:
+            self._oom_seen = None if got is None else got[1]
+            return None
+        before, self._oom_seen = self._oom_seen, got[1]
+        return got[1] > before
+
+    @staticmethod
+    def _exit_info(child, status, oom):
+        """ShExited.info: the wait status, core dumped, OOM-killed."""
+        return {"status": status,
+                "core_dumped": bool(os.WIFSIGNALED(status) and os.WCOREDUMP(status)),
+                "oom_killed": oom}
 
     def _report(self, line):
         """Write one line of the shepherd's own to the error fd, on a line

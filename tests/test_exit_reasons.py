@@ -1,0 +1,187 @@
+"""Core dumped / OOM-killed in the event log (issue 14): the shepherd's
+ShExited carries the wait status, the core flag and whether the kernel's
+OOM killer struck (the OOM-kill count of the child's memory cgroup);
+global services writes ``process.core_dumped`` / ``process.oom_killed``
+events; ``ember events`` and ``ember ps --all`` show them.  Real processes
+under a real ``ember run``: a real SIGSEGV (RLIMIT_CORE raised in the
+child) and a real OOM kill in a small memory cgroup made for the test
+(skipped, saying why, where cgroups cannot be written)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ember.shepherd.server import _oom_kills
+from test_inspect import _start, _stop, _wait_for, ember, xdg  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+SEGV = ("import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, "
+        "(resource.RLIM_INFINITY, resource.RLIM_INFINITY)); os.kill(os.getpid(), signal.SIGSEGV)")
+
+
+def _kernel_dumps_core(tmp_path):
+    """What the kernel does here with a core-dumping SIGSEGV (core_pattern
+    decides): ember must report exactly that."""
+    d = tmp_path / "probe"
+    d.mkdir()
+    p = subprocess.run([sys.executable, "-c", SEGV], cwd=d, timeout=60)
+    dumped = any(d.glob("core*"))
+    for f in d.glob("core*"):
+        f.unlink()
+    assert p.returncode == -signal.SIGSEGV
+    return dumped
+
+
+def _events(xdg):
+    res = ember(xdg, "events", "--json")
+    assert res.returncode == 0, res.stderr
+    return [json.loads(ln) for ln in res.stdout.decode().splitlines()]
+
+
+def _exited(xdg, name):
+    if ember(xdg, "ls", "--json").stdout.strip() in (b"", b"[]"):
+        return None                                  # not published yet
+    for e in _events(xdg):
+        if e["event"] == "process.exited" and e.get("name") == name:
+            return e
+    return None
+
+
+def test_core_dumped_is_in_the_event_log(tmp_path, xdg):
+    core = _kernel_dumps_core(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run = _start(tmp_path, xdg, f"""
+        import os, sys
+        from ember.globalservices import process
+        process.create(sys.executable, {str(run_dir)!r}, ["-c", {SEGV!r}], user_name="segv")
+        process.join("segv")
+        print("joined", flush=True)
+        import time; time.sleep(90)
+    """)
+    try:
+        e = _wait_for(lambda: _exited(xdg, "segv"), "the crash in the event log")
+        assert (e["exit_code"], e["signal"]) == (-signal.SIGSEGV, "SIGSEGV")
+        assert os.WIFSIGNALED(e["status"]) and os.WTERMSIG(e["status"]) == signal.SIGSEGV
+        assert e["core_dumped"] is core and e["oom_killed"] is False
+        kinds = [x["event"] for x in _events(xdg)]
+        assert ("process.core_dumped" in kinds) is core and "process.oom_killed" not in kinds
+        text = ember(xdg, "events").stdout.decode()
+        if core:
+            assert f"process.core_dumped p_uid={e['p_uid']} name='segv' pid={e['pid']} " \
+                "signal='SIGSEGV'" in text, text
+        ps = {r["name"]: r for r in json.loads(ember(xdg, "ps", "--all", "--json").stdout)}
+        want = "killed by SIGSEGV (core dumped)" if core else "killed by SIGSEGV"
+        assert ps["segv"]["status"] == want and ps["segv"]["core_dumped"] is core
+    finally:
+        _stop(run)
+        for f in run_dir.glob("core*"):
+            f.unlink()
+
+
+def _memory_cgroup(tag):
+    """A new memory cgroup of 64 MiB under ours: its path (the directory to
+    write a pid into ``cgroup.procs``), or the reason there is none."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        return None, f"no /proc/self/cgroup: {exc}"
+    for line in lines:
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        path = "" if path == "/" else path
+        if "memory" in ctrls.split(","):                          # cgroup v1
+            base, limit = f"/sys/fs/cgroup/memory{path}", "memory.limit_in_bytes"
+        elif hid == "0" and ctrls == "" and os.path.exists(f"/sys/fs/cgroup{path}/memory.max"):
+            base, limit = f"/sys/fs/cgroup{path}", "memory.max"       # cgroup v2
+        else:
+            continue
+        d = os.path.join(base, f"ember-test-{tag}")
+        try:
+            os.mkdir(d)
+        except OSError as exc:
+            return None, f"cannot make a memory cgroup under {base}: {exc}"
+        try:
+            with open(os.path.join(d, limit), "w") as f:
+                f.write(str(64 << 20))
+        except OSError as exc:
+            os.rmdir(d)
+            return None, f"cannot limit the memory of {d}: {exc}"
+        return d, None
+    return None, "no memory cgroup controller here"
+
+
+def test_oom_killed_is_in_the_event_log(tmp_path, xdg):
+    cg, why = _memory_cgroup(f"{os.getpid()}-{time.monotonic_ns()}")
+    if cg is None:
+        pytest.skip(f"no writable memory cgroup: {why}")
+    hog = textwrap.dedent(f"""
+        import os
+        with open({os.path.join(cg, "cgroup.procs")!r}, "w") as f:
+            f.write(str(os.getpid()))
+        keep = []
+        for i in range(256):                  # 4 GiB: far beyond the cgroup's 64 MiB
+            keep.append(bytearray(16 << 20))
+    """)
+    try:
+        run = _start(tmp_path, xdg, f"""
+            import sys
+            from ember.globalservices import process
+            process.create(sys.executable, ".", ["-c", {hog!r}], user_name="hog")
+            process.join("hog")
+            import time; time.sleep(90)
+        """)
+        try:
+            e = _wait_for(lambda: _exited(xdg, "hog"), "the OOM kill in the event log")
+            if e["exit_code"] == 1:
+                pytest.skip("the child could not join the memory cgroup")
+            assert (e["exit_code"], e["signal"]) == (-signal.SIGKILL, "SIGKILL"), e
+            assert e["oom_killed"] is True and e["core_dumped"] is False
+            oom = [x for x in _events(xdg) if x["event"] == "process.oom_killed"]
+            assert len(oom) == 1 and oom[0]["name"] == "hog" and oom[0]["pid"] == e["pid"]
+            ps = {r["name"]: r for r in json.loads(ember(xdg, "ps", "--all", "--json").stdout)}
+            assert ps["hog"]["oom_killed"] is True
+            assert ps["hog"]["status"] == "killed by SIGKILL (out of memory: the kernel's OOM killer)"
+        finally:
+            _stop(run)
+    finally:
+        for _ in range(100):                  # the cgroup empties once the hog is reaped
+            try:
+                os.rmdir(cg)
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def test_sigkill_by_someone_else_without_oom_is_not_oom(tmp_path, xdg):
+    run = _start(tmp_path, xdg, """
+        import sys, time
+        from ember.globalservices import process
+        process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"], user_name="victim")
+        process.join("victim")
+        import time; time.sleep(90)
+    """)
+    try:
+        def victim():
+            res = ember(xdg, "ps", "--json")
+            if res.returncode:
+                return None
+            return next((r for r in json.loads(res.stdout) if r["name"] == "victim"), None)
+        pid = _wait_for(victim, "the victim")["pid"]
+        before = _oom_kills()
+        os.kill(pid, signal.SIGKILL)                   # not ember, not the kernel's OOM killer
+        e = _wait_for(lambda: _exited(xdg, "victim"), "the kill in the event log")
+        assert e["exit_code"] == -signal.SIGKILL
+        if _oom_kills() != before:
+            pytest.skip("an OOM kill happened in this cgroup meanwhile (a parallel test)")
+        assert e["oom_killed"] is (None if before is None else False)
+        assert not any(x["event"] == "process.oom_killed" for x in _events(xdg))
+    finally:
+        _stop(run)
