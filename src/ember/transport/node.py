@@ -99,6 +99,11 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the launcher ends the run
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    def on_term(signum, frame):     # the watchdog: the launcher is gone; clean up, go
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(1)
+    signal.signal(signal.SIGTERM, on_term)
+
     from ..channels_c import Channel
     from ..pools_c import Pool
     from ..globalservices.control import CONTROL_M_UID
@@ -136,6 +141,7 @@ def main(argv=None):
         if sh_pid == 0:
             code = 1
             try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.close(lock_fd)
                 _set_title(f"ember: shepherd node {node}")
                 sh_server.run(to_sh, sh_out, label=str(cfg.get("label", "none")),
