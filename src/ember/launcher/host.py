@@ -214,8 +214,12 @@ class Launcher:
             _set_title("ember: runtime host" + (f" {a.name}" if getattr(a, "name", None) else ""))
         try:
             self.cluster = self._make_cluster()
+            if self.cluster is not None:
+                self.cluster.launch()
         except Exception as exc:        # LauncherError, ValueError: bad hosts, no srun/ssh
             print(f"ember: cannot run on several nodes: {exc}", file=sys.stderr)
+            if self.cluster is not None:
+                self.cluster.stop(0)
             return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_RUNTIME_FAILED
         try:
             self.shm_lock_fd = self._runtime_lock()

@@ -124,23 +124,29 @@ class Cluster:
                 "keys": self.keys, "agent0": self.agent_addr,
                 "fail_fast": bool(getattr(self.args, "fail_fast_on_node_loss", False))}
 
-    def start_nodes(self, runtime_id):
-        a = self.args
+    def launch(self):
+        """Start the node processes at once (before this node's own
+        bring-up: they start their interpreter and import what they need
+        meanwhile, then wait for their settings on stdin)."""
         argv = [sys.executable, "-m", "ember.transport.node"]
         env = {k: v for k, v in os.environ.items()
                if k in ("EMBER_LOG", "EMBER_CONTROL_SPIN", "EMBER_SEGMENT_TAG", "PYTHONPATH")}
         for i, spec in enumerate(self.remote, 1):
+            self.commands[i] = self.nl.start(spec, argv, env=env, cwd=os.getcwd(), capture=True,
+                                             ready=False)
+
+    def start_nodes(self, runtime_id):
+        """Hand each node its settings and the key pair (on its stdin: the
+        lifeline, never a command line), forward its output, wait until
+        every node's agent said hello."""
+        a = self.args
+        for i, cmd in self.commands.items():
             cfg = {"node": i, "head": self.agent_addr, "keys": list(self.keys),
                    "runtime": runtime_id, "label": a.label,
                    "inf_pool_size": a.inf_pool_size, "default_pool_size": a.default_pool_size,
                    "death_reports": getattr(a, "death_reports", True)}
-            cmd = self.nl.start(spec, argv, env=env, cwd=os.getcwd(), capture=True, ready=False)
-            self.commands[i] = cmd
-            self._config = cfg
-            cmd.config_line = (json.dumps(cfg) + "\n").encode()
-        for i, cmd in self.commands.items():
             cmd.wait_ready()
-            cmd.stdin.write(cmd.config_line)      # the keys: on the lifeline, not argv
+            cmd.stdin.write((json.dumps(cfg) + "\n").encode())
             for stream, out in ((cmd.stdout, sys.stdout), (cmd.stderr, sys.stderr)):
                 t = threading.Thread(target=self._pump, args=(i, stream, out), daemon=True,
                                      name=f"ember-node{i}-output")

@@ -76,6 +76,12 @@ def main(argv=None):
     from ..launcher.host import _set_title
 
     log = _log.get("node")
+    # everything the node needs, imported while the launcher brings up the head
+    from ..channels_c import Channel  # noqa: F401
+    from ..pools_c import Pool  # noqa: F401
+    from ..shepherd import server as _sh  # noqa: F401
+    from ..launcher import _forkhead  # noqa: F401
+    from . import agent as _agent, zmq_backend as _zb  # noqa: F401
     text = _read_config()
     if not text:
         print("ember node: no settings on stdin: this is started by `ember run --hosts ...` "

@@ -1,0 +1,259 @@
+"""Several nodes: ember across emulated nodes against raw pyzmq over the
+same veth with the same kind of CURVE key, side by side in one run.
+
+Needs root (Linux namespaces, tests/mn_cluster.py) and sshd.  Run:
+
+    python benchmarks/bench_multinode.py [--rounds 3]
+
+Measures (targets of issue 15):
+
+- 64 B messages/s node 0 -> a channel on node 1, read there by a process
+  of node 1 (raw: PUSH in node 0, PULL in node 1): >= 80% of raw;
+- 1 MiB throughput, the same path: >= 80% of raw;
+- round trip: node 0 sends to a channel on node 1, a process there echoes
+  into a channel on node 0 (raw: DEALER/ROUTER echo): <= raw + 20 us;
+- bring-up of 4 nodes (``ember run --hosts`` of an empty program) against
+  ``ember run`` on one node: <= 1 s more;
+- remote process create+join against local create+join: <= local + 1 ms.
+
+Prints min and median over the rounds, the ratios, and the load (uptime).
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+N_SMALL = 200_000
+N_BIG = 300
+N_RTT = 2000
+N_CREATE = 30
+
+RAW_PULL = """
+import sys, time, zmq
+pub, sec, port, n, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ctx = zmq.Context()
+s = ctx.socket(zmq.PULL); s.curve_server = True
+s.curve_publickey, s.curve_secretkey = pub.encode(), sec.encode()
+s.rcvhwm = 1 << 20
+s.bind(f"tcp://*:{port}")
+print("ready", flush=True)
+s.recv()
+t0 = time.perf_counter()
+for _ in range(n):
+    s.recv(copy=size < 65536)
+print(n / (time.perf_counter() - t0), flush=True)
+"""
+
+RAW_PUSH = """
+import sys, zmq
+pub, sec, addr, n, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ctx = zmq.Context()
+s = ctx.socket(zmq.PUSH); s.sndhwm = 1 << 20
+cp, cs = zmq.curve_keypair()
+s.curve_serverkey = pub.encode(); s.curve_publickey, s.curve_secretkey = cp, cs
+s.connect(addr)
+msg = b"x" * size
+s.send(b"go")
+for _ in range(n):
+    s.send(msg, copy=size < 65536)
+s.close(linger=-1); ctx.term()
+"""
+
+RAW_ECHO = """
+import sys, zmq
+pub, sec, port, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER); s.curve_server = True
+s.curve_publickey, s.curve_secretkey = pub.encode(), sec.encode()
+s.bind(f"tcp://*:{port}")
+print("ready", flush=True)
+for _ in range(n + 1):
+    s.send_multipart(s.recv_multipart())
+"""
+
+RAW_PING = """
+import sys, time, zmq
+pub, sec, addr, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+cp, cs = zmq.curve_keypair()
+s.curve_serverkey = pub.encode(); s.curve_publickey, s.curve_secretkey = cp, cs
+s.connect(addr)
+s.send(b"x"); s.recv()
+t0 = time.perf_counter()
+for _ in range(n):
+    s.send(b"x" * 64); s.recv()
+print((time.perf_counter() - t0) / n * 1e6, flush=True)
+"""
+
+EMBER_PROG = """
+import os, sys, time
+from ember.globalservices import process, channel
+from ember.descriptors import ChannelOptions
+from ember.channels_c import Channel
+N_SMALL, N_BIG, N_RTT, N_CREATE = %d, %d, %d, %d
+PY = sys.executable
+
+def stream(n, size, cap, block):
+    name = f"s{n}-{size}"
+    d = channel.create(None, name, ChannelOptions(node=1, capacity=cap, block_size=block))
+    rcv = f'''
+import time
+from ember.globalservices import channel
+from ember.channels_c import Channel
+c = Channel.attach(channel.join("{name}"))
+c.recv()
+t0 = time.perf_counter()
+for _ in range({n}):
+    c.recv_auto() if {size} > 65536 else c.recv()
+print("rate", {n} / (time.perf_counter() - t0), flush=True)
+'''
+    p = process.create(PY, ".", ["-c", rcv], options={"node": 1})
+    h = Channel.attach(d)
+    msg = b"x" * size
+    h.send(b"go")
+    for _ in range(n):
+        h.send(msg)
+    h.flush()
+    process.join(p.p_uid)
+    channel.destroy(name)
+
+stream(N_SMALL, 64, 8192, 256)
+stream(N_BIG, 1 << 20, 64, 1024)
+
+there = channel.create(None, "ping", ChannelOptions(node=1))
+back = channel.create(None, "pong")
+echo = f'''
+from ember.globalservices import channel
+from ember.channels_c import Channel
+a = Channel.attach(channel.join("ping")); b = Channel.attach(channel.join("pong"))
+for _ in range({N_RTT} + 1):
+    b.send(a.recv())
+b.flush()
+'''
+p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+ping, pong = Channel.attach(there), Channel.attach(back)
+ping.send(b"x"); pong.recv()
+t0 = time.perf_counter()
+for _ in range(N_RTT):
+    ping.send(b"x" * 64)
+    pong.recv()
+print("rtt", (time.perf_counter() - t0) / N_RTT * 1e6, flush=True)
+process.join(p.p_uid)
+
+for node in (0, 1, 0, 1):
+    ts = []
+    for _ in range(N_CREATE):
+        t0 = time.perf_counter()
+        d = process.create("/bin/true", "/", [], options={"node": node})
+        process.join(d.p_uid)
+        ts.append(time.perf_counter() - t0)
+    print("create", node, min(ts) * 1e3, sorted(ts)[len(ts) // 2] * 1e3, flush=True)
+"""
+
+
+def run_round(c):
+    import zmq
+    out = {}
+    pub, sec = (k.decode() for k in zmq.curve_keypair())
+    addr1 = c.nodes[1].addr
+    for key, n, size in (("raw64", N_SMALL, 64), ("raw1m", N_BIG, 1 << 20)):
+        pull = c.popen(1, [sys.executable, "-c", RAW_PULL, pub, sec, "5555", str(n), str(size)],
+                       stdout=subprocess.PIPE, text=True)
+        assert pull.stdout.readline().strip() == "ready"
+        c.run(0, [sys.executable, "-c", RAW_PUSH, pub, sec, f"tcp://{addr1}:5555", str(n),
+                  str(size)], timeout=300)
+        out[key] = float(pull.stdout.readline())
+        pull.wait(60)
+    echo = c.popen(1, [sys.executable, "-c", RAW_ECHO, pub, sec, "5556", str(N_RTT)],
+                   stdout=subprocess.PIPE, text=True)
+    assert echo.stdout.readline().strip() == "ready"
+    r = c.run(0, [sys.executable, "-c", RAW_PING, pub, sec, f"tcp://{addr1}:5556", str(N_RTT)],
+              timeout=300)
+    out["rawrtt"] = float(r.stdout)
+    echo.wait(60)
+    prog = c.path("bench_prog.py")
+    with open(prog, "w") as f:
+        f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE))
+    hosts2 = ",".join(n.name for n in c.nodes[:2])
+    r = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog], timeout=600,
+              cwd=c.path())
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    rates = [float(ln.split()[1]) for ln in r.stdout.splitlines() if ln.startswith("rate")]
+    out["e64"], out["e1m"] = rates[0], rates[1]
+    out["ertt"] = float(next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("rtt")))
+    creates = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("create")]
+    out["clocal"] = min(float(x[2]) for x in creates if x[1] == "0")
+    out["cremote"] = min(float(x[2]) for x in creates if x[1] == "1")
+    empty = c.path("empty.py")
+    with open(empty, "w") as f:
+        f.write("pass\n")
+    for key, flags in (("up1", []), ("up4", ["--hosts", c.hosts])):
+        t0 = time.perf_counter()
+        r = c.run(0, [sys.executable, "-m", "ember", "run", *flags, empty], timeout=120,
+                  cwd=c.path())
+        assert r.returncode == 0, r.stderr
+        out[key] = time.perf_counter() - t0
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    from mn_cluster import ClusterUnavailable, emulated_nodes
+    rounds = []
+    try:
+        with emulated_nodes(4, sshd=True) as c:
+            for i in range(a.rounds):
+                rounds.append(run_round(c))
+                print(f"round {i + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in rounds[-1].items()),
+                      flush=True)
+    except ClusterUnavailable as exc:
+        print(f"skipped: {exc}")
+        return 0
+
+    def mm(key):
+        vals = [r[key] for r in rounds]
+        return min(vals), statistics.median(vals), max(vals)
+
+    load = open("/proc/loadavg").read().split()[:3]
+    print(f"\nload average {' '.join(load)} on {os.cpu_count()} CPUs; {a.rounds} rounds; "
+          f"best / median")
+    rows = []
+    for what, ek, rk, unit, hib in (("64 B msgs/s", "e64", "raw64", "msg/s", True),
+                                    ("1 MiB msgs/s", "e1m", "raw1m", "msg/s", True)):
+        e, r = mm(ek), mm(rk)
+        ratio = max(x[ek] / x[rk] for x in rounds)
+        med = statistics.median(x[ek] / x[rk] for x in rounds)
+        rows.append((what, f"ember {e[2]:,.0f} / {e[1]:,.0f}", f"raw {r[2]:,.0f} / {r[1]:,.0f}",
+                     f"{ratio:.0%} / {med:.0%} of raw (target >= 80%)",
+                     "met" if med >= 0.8 else "missed"))
+    e, r = mm("ertt"), mm("rawrtt")
+    d = [x["ertt"] - x["rawrtt"] for x in rounds]
+    rows.append(("round trip", f"ember {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
+                 f"raw + {min(d):.0f} / {statistics.median(d):.0f} us (target <= +20 us)",
+                 "met" if statistics.median(d) <= 20 else "missed"))
+    d = [x["up4"] - x["up1"] for x in rounds]
+    rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",
+                 f"1 node {mm('up1')[0]:.2f} / {mm('up1')[1]:.2f} s",
+                 f"+{min(d):.2f} / {statistics.median(d):.2f} s (target <= +1 s)",
+                 "met" if statistics.median(d) <= 1 else "missed"))
+    d = [x["cremote"] - x["clocal"] for x in rounds]
+    rows.append(("create+join", f"remote {mm('cremote')[0]:.2f} / {mm('cremote')[1]:.2f} ms",
+                 f"local {mm('clocal')[0]:.2f} / {mm('clocal')[1]:.2f} ms",
+                 f"+{min(d):.2f} / {statistics.median(d):.2f} ms (target <= +1 ms)",
+                 "met" if statistics.median(d) <= 1 else "missed"))
+    for row in rows:
+        print("  ".join(f"{c:<28}" if i < 3 else c for i, c in enumerate(row)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
