@@ -133,3 +133,19 @@ def test_run_all_refuses_an_unknown_bench(tmp_path):
     assert r.returncode == 2
     assert "error: no benchmark 'bench_nope' (there are bench_channels, " in r.stderr
     assert not (tmp_path / "out").exists()                  # nothing was run
+
+
+def test_committed_charts_are_whole():
+    # README shows one chart; docs/performance.md shows them all (its images
+    # are checked by the docs build); each chart's JSON names its command.
+    readme = (ROOT / "README.md").read_text()
+    import re
+    shown = re.findall(r"!\[[^]]*\]\((docs/_static/bench/[\w.]+\.png)\)", readme)
+    assert shown, "README shows no chart"
+    for png in shown:
+        assert (ROOT / png).read_bytes().startswith(PNG_MAGIC), png
+    for js in (ROOT / "docs" / "_static" / "bench").glob("*.json"):
+        report = json.loads(js.read_text())
+        assert report["bench"] == js.stem
+        assert report["command"].startswith(f"python benchmarks/{js.stem}.py --json ")
+        assert (js.with_suffix(".png")).read_bytes().startswith(PNG_MAGIC)
