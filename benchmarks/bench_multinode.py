@@ -26,6 +26,8 @@ import sys
 import textwrap
 import time
 
+import _report  # benchmarks/_report.py: --json, --png
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
@@ -206,6 +208,7 @@ def run_round(c):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    _report.add_args(ap)
     a = ap.parse_args()
     from mn_cluster import ClusterUnavailable, emulated_nodes
     rounds = []
@@ -252,6 +255,24 @@ def main():
                  "met" if statistics.median(d) <= 1 else "missed"))
     for row in rows:
         print("  ".join(f"{c:<28}" if i < 3 else c for i, c in enumerate(row)))
+    med = {k: mm(k)[1] for k in rounds[0]}
+    _report.write(a, "bench_multinode", [
+        _report.measure("64 B messages, node 0 to node 1, median", "msgs/s",
+                        {"ember channel": med["e64"], "raw pyzmq PUSH/PULL": med["raw64"]},
+                        target=0.8 * med["raw64"]),
+        _report.measure("1 MiB messages, node 0 to node 1, median", "msgs/s",
+                        {"ember channel": med["e1m"], "raw pyzmq PUSH/PULL": med["raw1m"]},
+                        target=0.8 * med["raw1m"]),
+        _report.measure("round trip node 0 - node 1, median", "µs",
+                        {"ember channels": med["ertt"], "raw pyzmq DEALER/ROUTER": med["rawrtt"]},
+                        better="lower", target=med["rawrtt"] + 20),
+        _report.measure("bring-up + teardown of an empty program, median", "s",
+                        {"ember run --hosts (4 nodes)": med["up4"], "ember run (1 node)": med["up1"]},
+                        better="lower", target=med["up1"] + 1),
+        _report.measure("process create + join, best", "ms",
+                        {"ember, on node 1 (remote)": mm("cremote")[0],
+                         "ember, on node 0 (local)": mm("clocal")[0]},
+                        better="lower", target=mm("clocal")[0] + 1)])
     return 0
 
 
