@@ -155,7 +155,7 @@ def _documented(env):
                 continue
             obj = _import(name)
             if obj is not None and not isinstance(obj, (int, str, float, bytes, tuple)):
-                cache.setdefault(id(obj), (name, entry))
+                cache.setdefault(id(getattr(obj, "__func__", obj)), (name, entry))
         env._ember_by_id = cache
     return cache
 
@@ -173,7 +173,7 @@ def _resolve_alias(app, env, node, contnode):
         obj = _import(cand)
         if obj is None:
             continue
-        hit = _documented(env).get(id(obj))
+        hit = _documented(env).get(id(getattr(obj, "__func__", obj)))
         if hit is None:
             continue
         from sphinx.util.nodes import make_refnode

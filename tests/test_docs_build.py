@@ -64,7 +64,8 @@ def test_docs_build_without_warnings(tmp_path):
                                  "pool": ("create", "destroy", "query"),
                                  "channel": ("create", "join", "destroy", "add_sender")}.items()
                for fn in fns}
-    public |= {"ember.Queue.put", "ember.Queue.get", "ember.Process.result",
+    public |= {"ember.Queue.put", "ember.Queue.get", "ember.Queue.attach",
+               "ember.Process.result",
                "ember.Executor.submit", "ember.Lock.attach", "ember.pools_c.Pool",
                "ember.channels_c.Channel", "ember.sync_c.Lock.acquire"}
     missing = sorted(public - names)

@@ -527,7 +527,13 @@ def _check_init_args(address, name, detached, label, grace, default_pool_size, i
 def shutdown():
     """Leave the runtime: detach this process, and if it started the runtime
     (and not ``detached``), tear it down — the same teardown as ``ember
-    run``'s, nothing left behind.  Harmless if not initialised."""
+    run``'s, nothing left behind.  Harmless if not initialised.
+
+    Raises
+    ------
+    ember.GlobalServicesError
+        The runtime this process started did not stop within 30 s.
+    """
     global _current
     with _lock:
         rt, _current = _current, None

@@ -449,6 +449,17 @@ cdef class Channel:
         without copying: the Allocation object is closed afterwards).
 
         Raises ChannelFull when no slot became free within ``timeout``.
+
+        Raises
+        ------
+        ember.ChannelFull
+            No slot became free within ``timeout`` (a ``TimeoutError``).
+        ember.ChannelClosed
+            The channel was closed (:meth:`close`).
+        ember.PoolExhausted
+            A large message found no room in the pool.
+        ember.ChannelError
+            The channel was destroyed, or its memory failed validation.
         """
         cdef ember_ch_t *ch = self._ch
         cdef ember_rc_t rc
@@ -648,7 +659,19 @@ cdef class Channel:
     def recv(self, timeout=None):
         """Receive the oldest message as bytes (one copy; a large message's
         pool block is freed).  Raises ChannelEmpty when none arrived within
-        ``timeout``."""
+        ``timeout``.
+
+        Raises
+        ------
+        ember.ChannelEmpty
+            No message arrived within ``timeout`` (a ``TimeoutError``).
+        ember.ChannelClosed
+            The channel was closed and every message sent before was
+            received (an ``EOFError``).
+        ember.ChannelError
+            The channel was destroyed, or the message failed validation
+            ("channel corrupt": it is dropped).
+        """
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
         cdef bytes out

@@ -28,7 +28,16 @@ def create(m_uid, user_name=None, channel_options=None, soft=False):
     """Create a channel in pool ``m_uid`` (None: the default pool); return
     its :class:`ChannelDescriptor`.  ``soft=True`` returns the live channel
     of that name if there is one.  Waiters in :func:`join` for this name
-    wake at once."""
+    wake at once.
+
+    Raises
+    ------
+    ember.ChannelError
+        A bad argument or option, no pool with that ``m_uid``, a name taken
+        by a live channel (without ``soft``).
+    ember.PoolExhausted
+        No room for the channel in the pool.
+    """
     if m_uid is not None and (isinstance(m_uid, bool) or not isinstance(m_uid, int)):
         raise ChannelError(f"m_uid must be an int or None, not {type(m_uid).__name__}")
     if user_name is not None and not isinstance(user_name, str):
@@ -49,13 +58,29 @@ list = get_list  # the spec's name
 
 
 def query(identifier):
+    """The :class:`ChannelDescriptor` of a live channel.
+
+    Raises
+    ------
+    ember.ChannelError
+        ``identifier`` is not an int or str, or names no live channel.
+    """
     return ChannelDescriptor.from_dict(_call(_m.ChannelQuery, _ident(identifier)))
 
 
 def join(name, timeout=None):
     """The descriptor of channel ``name``, waiting until some process creates
-    it; raises ChannelTimeout after ``timeout`` seconds (kept by GS).
-    Joining a ref-counted channel adds a reference for this process."""
+    it (``timeout`` seconds at most, kept by GS).  Joining a ref-counted
+    channel adds a reference for this process.
+
+    Raises
+    ------
+    ember.ChannelTimeout
+        No channel of that name was created within ``timeout`` (a
+        ``TimeoutError``).
+    ember.ChannelError
+        ``name`` is not a non-empty str, or ``timeout`` not a number >= 0.
+    """
     if not isinstance(name, str):
         raise ChannelError(f"channel.join needs a str name, not {type(name).__name__}")
     if timeout is not None:
@@ -66,12 +91,24 @@ def join(name, timeout=None):
 
 
 def destroy(identifier):
-    """Destroy a channel (its memory returns to the pool)."""
+    """Destroy a channel (its memory returns to the pool).
+
+    Raises
+    ------
+    ember.ChannelError
+        ``identifier`` names no live channel.
+    """
     return _call(_m.ChannelDestroy, _ident(identifier))
 
 
 def add_ref(identifier):
-    """Add a reference to a ref-counted channel for this process."""
+    """Add a reference to a ref-counted channel for this process.
+
+    Raises
+    ------
+    ember.ChannelError
+        The channel does not exist or is not ref-counted.
+    """
     return _call(_m.ChannelAddRef, _ident(identifier))
 
 
@@ -79,11 +116,25 @@ def add_sender(identifier):
     """Take a reference to a ref-counted channel as one of its *senders*.
     When the last sending holder releases its reference or dies, GS closes
     the channel: receivers get what was queued, then ``ChannelClosed``
-    (an ``EOFError``) instead of waiting forever for a producer that is gone."""
+    (an ``EOFError``) instead of waiting forever for a producer that is gone.
+
+    Raises
+    ------
+    ember.ChannelError
+        The channel does not exist, is not ref-counted, or was closed
+        already.
+    """
     return _call(_m.ChannelAddSender, _ident(identifier))
 
 
 def release(identifier):
     """Drop one of this process's references to a ref-counted channel; GS
-    destroys the channel when no references remain."""
+    destroys the channel when no references remain.
+
+    Raises
+    ------
+    ember.ChannelError
+        The channel is not ref-counted, or this process holds no reference
+        to it.
+    """
     return _call(_m.ChannelRelease, _ident(identifier))

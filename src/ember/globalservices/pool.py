@@ -23,7 +23,16 @@ def _ident(identifier):
 def create(size, user_name=None, pool_options=None, soft=False):
     """Create a pool of ``size`` bytes (sparse: memory is used as it is
     touched); return its :class:`PoolDescriptor`.  ``soft=True`` returns
-    the live pool of that name if there is one."""
+    the live pool of that name if there is one.
+
+    Raises
+    ------
+    ember.PoolError
+        ``size`` not a positive int, a bad ``user_name`` or option, a name
+        taken by a live pool (without ``soft``), or the segment could not be
+        made (larger than the free space of /dev/shm: the message names
+        both sizes).
+    """
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise PoolError(f"pool size must be a positive int, got {size!r}")
     if user_name is not None and not isinstance(user_name, str):
@@ -40,12 +49,25 @@ def get_list(names=False):
 
 
 def query(identifier):
+    """The :class:`PoolDescriptor` of a live pool.
+
+    Raises
+    ------
+    ember.PoolError
+        ``identifier`` is not an int or str, or names no live pool.
+    """
     return PoolDescriptor.from_dict(_call(_m.PoolQuery, _ident(identifier)))
 
 
 def destroy(identifier):
-    """Destroy a pool.  Raises PoolError if channels still live in it
-    (destroy them first) or if it is the runtime's default pool."""
+    """Destroy a pool.
+
+    Raises
+    ------
+    ember.PoolError
+        Channels still live in it (destroy them first), it is the
+        runtime's default pool, or ``identifier`` names no live pool.
+    """
     return _call(_m.PoolDestroy, _ident(identifier))
 
 

@@ -1,7 +1,9 @@
 """Process services: create, list, query, kill and join managed processes.
 
 Every call is thread safe.  Identifiers: an ``int`` is a p_uid, a ``str`` a
-user name.  Errors raise :class:`ember.exceptions.ProcessError`.
+user name.  Errors raise :class:`ember.exceptions.ProcessError`; every call
+made outside a runtime raises :class:`ember.GlobalServicesError` ("not
+running inside an ember runtime: call ember.init() first ...").
 """
 import os
 import signal as _signal
@@ -32,6 +34,15 @@ def create(exe, run_dir, args, env=None, user_name="", options=None, soft=False)
     process's descriptor is returned instead.  A start failure (missing
     file, not executable, bad run_dir) raises ProcessError with the OS
     reason.
+
+    Raises
+    ------
+    ember.ProcessError
+        A bad argument (``exe`` not a path, ``args`` not a list of str,
+        ``env`` not str to str, an unknown option), a ``user_name`` taken by
+        a live process (without ``soft``), or a start failure.
+    ember.GlobalServicesError
+        Not inside a runtime.
     """
     if not isinstance(exe, (str, os.PathLike)):
         raise ProcessError(f"exe must be a str path, not {type(exe).__name__}")
@@ -63,12 +74,24 @@ def get_list(alive_only=False):
 
 
 def query(identifier):
-    """The :class:`ProcessDescriptor` of a process (live or exited)."""
+    """The :class:`ProcessDescriptor` of a process (live or exited).
+
+    Raises
+    ------
+    ember.ProcessError
+        ``identifier`` is not an int or str, or names no process.
+    """
     return ProcessDescriptor.from_dict(_call(_m.ProcessQuery, _ident(identifier)))
 
 
 def kill(identifier, sig=_signal.SIGKILL):
-    """Send signal ``sig`` to a live process."""
+    """Send signal ``sig`` to a live process.
+
+    Raises
+    ------
+    ember.ProcessError
+        ``identifier`` names no process, or one that has already exited.
+    """
     return _call(_m.ProcessKill, _ident(identifier), int(sig))
 
 
@@ -95,6 +118,12 @@ def multi_join(identifiers, timeout=None, join_all=False, return_on_bad_exit=Fal
     With ``join_all`` and ``return_on_bad_exit`` it returns as soon as one
     process exits with a non-zero code.  The timeout is kept by GS.  At
     most 4096 identifiers per call.
+
+    Raises
+    ------
+    ember.ProcessError
+        No identifier, an identifier that is not an int or str, a bad
+        ``timeout``, joining the calling process itself.
     """
     idents = [_ident(i) for i in identifiers]
     if not idents:
@@ -108,8 +137,14 @@ def multi_join(identifiers, timeout=None, join_all=False, return_on_bad_exit=Fal
 
 def join(identifier, timeout=None):
     """Wait for a process to exit; its exit code (-N if killed by signal N),
-    or None if ``timeout`` seconds passed first (measured by GS).  Raises
-    ProcessError if ``identifier`` names no process."""
+    or None if ``timeout`` seconds passed first (measured by GS).
+
+    Raises
+    ------
+    ember.ProcessError
+        ``identifier`` names no process, is the calling process, or
+        ``timeout`` is not a number >= 0.
+    """
     exited, status = multi_join([identifier], timeout=timeout)
     if status.get(identifier, (None,))[0] == "unknown":
         if isinstance(identifier, str):

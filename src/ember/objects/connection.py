@@ -32,7 +32,15 @@ PIPE_SPIN = 50e-6
 def Pipe(duplex=True):
     """``(conn1, conn2)``: with ``duplex`` both ends send and receive;
     otherwise ``conn1`` only receives and ``conn2`` only sends (as
-    ``multiprocessing.Pipe``)."""
+    ``multiprocessing.Pipe``).
+
+    Raises
+    ------
+    ember.PoolExhausted
+        No room for the pipe's channels in the runtime's default pool.
+    ember.GlobalServicesError
+        Not inside a runtime.
+    """
     pool = naming.default_pool()
     chs = []
     try:
@@ -155,7 +163,17 @@ class Connection:
     # ------------------------------------------------------------------ send
     def send(self, obj):
         """Send a picklable object (pickle protocol 5; large buffers out of
-        band, zero-copy on the receiving side for numpy arrays)."""
+        band, zero-copy on the receiving side for numpy arrays).
+
+        Raises
+        ------
+        OSError
+            This handle is closed, or read-only.
+        ember.PoolExhausted
+            A large object does not fit in the pool.
+        pickle.PicklingError
+            ``obj`` cannot be pickled (nor by cloudpickle).
+        """
         ch = self._sch
         if ch is None:
             self._check_writable()
@@ -201,7 +219,18 @@ class Connection:
 
     def recv(self):
         """Receive an object; ``EOFError`` (``ChannelClosed``) once the other
-        end is closed or dead and everything it sent was received."""
+        end is closed or dead and everything it sent was received.
+
+        Raises
+        ------
+        ember.ChannelClosed
+            The other end was closed (or its last holder died) and
+            everything it sent was received (an ``EOFError``).
+        OSError
+            This handle is closed, or write-only.
+        ember.MessageError
+            The message is not one ember's codec made.
+        """
         ch = self._rch
         if ch is None:
             self._check_readable()
@@ -285,7 +314,13 @@ def wait(object_list, timeout=None):
     ``multiprocessing.connection.wait``: a Connection or Queue is ready when
     a receive would not block (something to read, or end-of-file); a file
     descriptor (or an object with ``fileno()``, or with an int
-    ``sentinel``, e.g. a process sentinel) when it is readable."""
+    ``sentinel``, e.g. a process sentinel) when it is readable.
+
+    Raises
+    ------
+    TypeError
+        An object of ``object_list`` is none of those.
+    """
     objs = list(object_list)
     by_ch = {}
     chans = []

@@ -255,7 +255,24 @@ class Executor(_cf.Executor):
     def map(self, fn, *iterables, timeout=None, chunksize=None):
         """Like ``concurrent.futures.Executor.map``.  ``chunksize`` None:
         chosen as multiprocessing.Pool.map does (about four chunks per
-        worker)."""
+        worker).
+
+        Raises
+        ------
+        Exception
+            While iterating the results: the first failed call's exception,
+            as itself (or :class:`ember.ProcessDied` if its worker was
+            killed).
+        TimeoutError
+            While iterating: a result did not come within ``timeout`` of the
+            call to ``map``.
+        RuntimeError
+            The executor was shut down.
+        TypeError
+            ``fn`` is not callable.
+        ValueError
+            ``chunksize`` is not an int >= 1.
+        """
         single = len(iterables) == 1
         items = list(iterables[0]) if single else list(zip(*iterables))
         if chunksize is None:

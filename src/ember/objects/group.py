@@ -46,6 +46,22 @@ class ProcessGroup:
     >>> g = ember.ProcessGroup(policy="fail_fast")
     >>> g.add(4, work, args=(x,))
     >>> g.start(); g.join(); g.results()
+
+    Parameters
+    ----------
+    policy : {"fail_fast", "restart", "ignore"}
+        What a member's failure does (see the module's documentation,
+        ``ember.objects.group``, and docs/python-processes.md).
+    max_restarts : int
+        Under ``"restart"``, how many times a member is started again.
+    backoff, max_backoff : float
+        Seconds before the k-th restart: ``backoff * 2**k``, at most
+        ``max_backoff``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``policy``, or ``max_restarts`` not an int >= 0.
     """
 
     def __init__(self, policy="fail_fast", max_restarts=3, *, backoff=0.1, max_backoff=5.0):
@@ -145,7 +161,16 @@ class ProcessGroup:
         """Wait until every member has finished (restarts included).
         Returns True when all are done, False on timeout.  Under
         ``fail_fast`` raises the first failure's exception (the others
-        killed)."""
+        killed).
+
+        Raises
+        ------
+        Exception
+            Under ``"fail_fast"``: the first failed member's exception (its
+            target's own, or :class:`ember.ProcessDied`).
+        RuntimeError
+            The group was not started.
+        """
         if not self._started:
             raise RuntimeError("can only join a started group")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -194,7 +219,16 @@ class ProcessGroup:
 
     def results(self):
         """Per member, the return value; raises the first failed member's
-        exception if any failed (see :meth:`exceptions` for all)."""
+        exception if any failed (see :meth:`exceptions` for all).
+
+        Raises
+        ------
+        Exception
+            The first failed member's exception (its target's own, or
+            :class:`ember.ProcessDied`).
+        RuntimeError
+            Some member has not finished: :meth:`join` first.
+        """
         if not all(m.done for m in self._members):
             raise RuntimeError("the group has not finished; join() it first")
         out = []

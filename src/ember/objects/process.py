@@ -136,6 +136,15 @@ class Process:
         Working directory (default: this process's).
     start_method : {"template", "spawn"} or None
         None: :attr:`Process.start_method`.  See docs/python-processes.md.
+
+    Raises
+    ------
+    TypeError
+        ``target`` not callable, ``args`` not a tuple, ``kwargs`` or ``env``
+        not a dict (of str to str), ``name`` not a str, ``daemon`` not a
+        bool (the message names the argument).
+    ValueError
+        An unknown ``start_method``.
     """
 
     #: Default start method of new processes.
@@ -253,7 +262,18 @@ class Process:
             raise ValueError("process object is closed")
 
     def start(self):
-        """Start the process; returns once it runs."""
+        """Start the process; returns once it runs.
+
+        Raises
+        ------
+        ember.ProcessError
+            It was started before, its ``name`` is taken by a live process,
+            or the runtime could not start it (the message says why).
+        ValueError
+            The object was closed.
+        ember.PoolExhausted
+            No room in the runtime's default pool for the call's channels.
+        """
         self._check_closed()
         with self._lock:
             if self._desc is not None:
@@ -351,7 +371,15 @@ class Process:
 
     def join(self, timeout=None):
         """Wait until the process ends (at most ``timeout`` seconds).  As in
-        multiprocessing, returns None either way; check :attr:`exitcode`."""
+        multiprocessing, returns None either way; check :attr:`exitcode`.
+
+        Raises
+        ------
+        ember.ProcessError
+            The process was never started.
+        ValueError
+            The object was closed.
+        """
         self._check_closed()
         if self._desc is None:
             raise ProcessError("can only join a started process")
@@ -399,7 +427,23 @@ class Process:
         the process may still be exiting when it returns.  Re-raises the
         target's exception (its traceback in the other process attached as
         ``__cause__``), ``ember.RemoteError`` if that exception could not be
-        pickled, or ``ember.ProcessDied`` if the process died first."""
+        pickled, or ``ember.ProcessDied`` if the process died first.
+
+        Raises
+        ------
+        Exception
+            The target's own exception, as itself.
+        ember.RemoteError
+            The target's exception (or its result) could not be pickled.
+        ember.ProcessDied
+            The process was killed, or exited, before sending a result.
+        TimeoutError
+            ``timeout`` passed first.
+        ember.ProcessError
+            The process was never started.
+        ValueError
+            The object was closed.
+        """
         self._check_closed()
         if self._desc is None:
             raise ProcessError("can only get the result of a started process")

@@ -87,8 +87,17 @@ class _NamedHandle:
     @classmethod
     def attach(cls, name, timeout=None):
         """The object called ``name``, waiting up to ``timeout`` seconds
-        (None: forever) until some process creates it (``ObjectTimeout``, a
-        ``TimeoutError``, afterwards)."""
+        (None: forever) until some process creates it.
+
+        Raises
+        ------
+        ember.ObjectTimeout
+            No object of that name was created within ``timeout`` (a
+            ``TimeoutError``).
+        ember.ObjectError
+            ``name`` is not a non-empty str, or names an object of another
+            kind (``object 'x' is a Queue, not a Lock``).
+        """
         rec = naming.attach(name, cls._KIND, timeout)
         self = cls.__new__(cls)
         try:
@@ -130,6 +139,30 @@ class Queue(_NamedHandle):
     """A process-safe FIFO queue (``multiprocessing.Queue``).
 
     ``Queue(maxsize=0, name=None, *, lifetime=None, exist_ok=False)``.
+
+    Parameters
+    ----------
+    maxsize : int
+        At most this many objects queued (<= 0: unbounded).
+    name : str or None
+        A name other processes find it by (:meth:`attach`).
+    lifetime : {"runtime", "owner", "refcount"}, ember.Scope or None
+        How long it lives (see docs/queues.md, "Names and lifetimes").
+    exist_ok : bool
+        With a ``name`` that a live queue has: return that queue instead of
+        raising.
+
+    Raises
+    ------
+    TypeError
+        ``maxsize`` is not an int.
+    ember.ObjectError
+        ``name`` is taken by a live object (without ``exist_ok``), or a bad
+        ``name`` or ``lifetime``.
+    ember.PoolExhausted
+        No room for the queue in the runtime's default pool.
+    ember.GlobalServicesError
+        Not inside a runtime.
     """
 
     _KIND = "Queue"
@@ -195,7 +228,21 @@ class Queue(_NamedHandle):
     # ---------------------------------------------------------------- put/get
     def put(self, obj, block=True, timeout=None):
         """Put ``obj``; with a full bounded queue wait (``block``) up to
-        ``timeout`` seconds, then raise ``queue.Full``."""
+        ``timeout`` seconds, then raise ``queue.Full``.
+
+        Raises
+        ------
+        queue.Full
+            No room within ``timeout`` (or at once, without ``block``).
+        ember.ChannelClosed
+            The queue was shut down (:meth:`shutdown`).
+        ValueError
+            This handle was closed.
+        ember.PoolExhausted
+            A large object does not fit in the pool.
+        pickle.PicklingError
+            ``obj`` cannot be pickled (nor by cloudpickle).
+        """
         if self._closed:
             self._check()
         if block and timeout is None:
@@ -240,7 +287,20 @@ class Queue(_NamedHandle):
     def get(self, block=True, timeout=None):
         """Remove and return an object; wait (``block``) up to ``timeout``
         seconds, then raise ``queue.Empty``.  A queue that was shut down and
-        is drained raises ``ChannelClosed`` (an ``EOFError``)."""
+        is drained raises ``ChannelClosed`` (an ``EOFError``).
+
+        Raises
+        ------
+        queue.Empty
+            Nothing arrived within ``timeout`` (or at once, without
+            ``block``).
+        ember.ChannelClosed
+            The queue was shut down and everything put before was received.
+        ValueError
+            This handle was closed.
+        ember.MessageError
+            The message is not one ember's codec made.
+        """
         if self._closed:
             self._check()
         if block and timeout is None:
@@ -305,7 +365,13 @@ class Queue(_NamedHandle):
     def shutdown(self):
         """End the queue for everyone: puts raise ``ChannelClosed``; gets
         receive what was put before, then raise ``ChannelClosed`` (an
-        ``EOFError``)."""
+        ``EOFError``).
+
+        Raises
+        ------
+        ValueError
+            This handle was closed.
+        """
         self._check()
         self._ch.close()
 
@@ -372,7 +438,13 @@ class JoinableQueue(Queue):
             raise
 
     def task_done(self):
-        """Say that a task got with ``get()`` is finished."""
+        """Say that a task got with ``get()`` is finished.
+
+        Raises
+        ------
+        ValueError
+            Called more times than objects were put, or on a closed handle.
+        """
         self._check()
         with self._cond:
             if not self._unfinished.acquire(False):

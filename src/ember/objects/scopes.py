@@ -105,7 +105,14 @@ class Scope:
 
     @classmethod
     def attach(cls, name, timeout=None):
-        """The open scope called ``name`` (from any process)."""
+        """The open scope called ``name`` (from any process), waiting up to
+        ``timeout`` seconds (None: forever) until it is opened.
+
+        Raises
+        ------
+        ember.ObjectTimeout
+            No scope of that name was opened within ``timeout``.
+        """
         from . import shared
         self = cls.__new__(cls)
         self._closed = False
@@ -130,7 +137,15 @@ class Scope:
     def adopt(self, obj):
         """Make ``obj`` (anything with an ``o_uid``: a Queue, Lock, Pipe
         end, SharedRef, Scope, ...) a member: it is destroyed with the
-        scope.  Returns ``obj``."""
+        scope.  Returns ``obj``.
+
+        Raises
+        ------
+        TypeError
+            ``obj`` has no ``o_uid``.
+        ember.SharedObjectError
+            The scope is closed.
+        """
         self._check_open()
         o_uid = getattr(obj, "o_uid", None)
         if o_uid is None and hasattr(obj, "_o_uid"):
@@ -195,7 +210,14 @@ def _rebuild(name, p):
 
 def scope(name=None, *, lifetime="runtime"):
     """A new :class:`Scope` (use it with ``with``).  ``lifetime="owner"``:
-    it also closes when this process ends."""
+    it also closes when this process ends.
+
+    Raises
+    ------
+    ember.ObjectError
+        ``lifetime`` is not ``"runtime"`` or ``"owner"``, or ``name`` is
+        taken by a live object.
+    """
     return Scope(name, lifetime=lifetime)
 
 

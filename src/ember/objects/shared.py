@@ -442,7 +442,41 @@ def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, threads=1,
     (``{method name: typeid}``, as ``multiprocessing.managers``): what those
     methods return stays in the host and the caller gets a proxy of it (a
     "refcount" object: it lives while a proxy of it does).  See
-    :func:`ember.objects.create`."""
+    :func:`ember.objects.create`.
+
+    Parameters
+    ----------
+    obj : object
+        The object to host (it must pickle, with cloudpickle if need be).
+    name : str or None
+        A name other processes find it by (:func:`ember.connect`).
+    lifetime : {"runtime", "owner", "refcount"}, ember.Scope or None
+        How long it lives (docs/shared-objects.md, "Lifetimes").
+    scope : ember.Scope or None
+        The scope it belongs to (default: the current ``with ember.scope()``).
+    exposed : list of str or None
+        The only methods proxies may call (default: the public ones).
+    threads : int
+        Requests served at once.
+    timeout : float
+        Seconds the host may take to start.
+    method_to_typeid : dict or None
+        Methods whose results stay in the host, returned as proxies.
+
+    Raises
+    ------
+    ember.ObjectError
+        ``name`` is taken by a live object, or a bad ``name`` or
+        ``lifetime``.
+    TypeError
+        ``exposed`` is not a list of method names.
+    ValueError
+        ``threads`` is not an int >= 1.
+    ember.SharedObjectError
+        The host did not start within ``timeout``, or ``scope`` is closed.
+    ember.ProcessDied
+        The host died while starting.
+    """
     return _start(_identity, (obj,), {}, name, lifetime, scope, exposed, timeout, threads,
                   _returns(method_to_typeid))
 
@@ -766,7 +800,23 @@ class Proxy:
     """A proxy of a shared object: ``p.method(*args)`` runs in the host;
     ``p.attr`` gets an attribute there; ``p.attr = v`` sets it.  Picklable
     (the unpickled copy holds its own reference).  ``_callmethod(name,
-    args, kwargs)`` as ``multiprocessing.managers.BaseProxy``."""
+    args, kwargs)`` as ``multiprocessing.managers.BaseProxy``.
+
+    A call raises what the method raised in the host, as itself (the host's
+    traceback attached as ``__cause__``), and:
+
+    Raises
+    ------
+    ember.ProcessDied
+        The host process ended before answering (it is checked while the
+        caller waits).
+    ember.SharedObjectError
+        The object was destroyed, or this proxy was closed.
+    ember.RemoteError
+        The host's exception could not be pickled back.
+    TypeError
+        The arguments cannot be pickled.
+    """
 
     def __getattr__(self, attr):
         if attr.startswith("__"):
@@ -914,7 +964,16 @@ def _what(op, name):
 def connect(name, timeout=None):
     """A proxy of the shared object called ``name``, waiting up to
     ``timeout`` seconds (None: forever) until it is served
-    (``ember.ObjectTimeout``, a ``TimeoutError``, afterwards)."""
+    (``ember.ObjectTimeout``, a ``TimeoutError``, afterwards).
+
+    Raises
+    ------
+    ember.ObjectTimeout
+        Nothing of that name was served within ``timeout``.
+    ember.ObjectError
+        ``name`` is not a non-empty str, or names an object that is not a
+        shared object.
+    """
     rec = naming.attach(name, KIND, timeout)
     try:
         return _make_proxy(rec)

@@ -90,8 +90,17 @@ class _Named:
     @classmethod
     def attach(cls, name, timeout=None):
         """The object called ``name``, waiting up to ``timeout`` seconds
-        (None: forever) until some process creates it (``ObjectTimeout``, a
-        ``TimeoutError``, afterwards)."""
+        (None: forever) until some process creates it.
+
+        Raises
+        ------
+        ember.ObjectTimeout
+            No object of that name was created within ``timeout`` (a
+            ``TimeoutError``).
+        ember.ObjectError
+            ``name`` is not a non-empty str, or names an object of another
+            kind (``object 'x' is a Queue, not a Lock``).
+        """
         return _rebuild(cls, naming.attach(name, cls._KIND, timeout), claim=False)
 
     @property
@@ -140,7 +149,24 @@ class _Named:
 class Lock(_Named):
     """``multiprocessing.Lock`` in pool memory: ``Lock(*, name=None,
     lifetime=None, exist_ok=False)``.  A dead holder's lock is taken over
-    with ``OwnerDied`` (docs/sync.md)."""
+    with ``OwnerDied`` (docs/sync.md).
+
+    The operations are those of :class:`ember.sync_c.Lock`
+    (:meth:`~ember.sync_c.Lock.acquire`, :meth:`~ember.sync_c.Lock.release`,
+    ``locked``, ``consistent``, ``with lock:``); this handle adds the name,
+    the lifetime, :meth:`attach`, :meth:`detach` and :meth:`destroy`, as do
+    the handles of every other object on this page.
+
+    Raises
+    ------
+    ember.ObjectError
+        ``name`` is taken by a live object (without ``exist_ok``), or a bad
+        ``name`` or ``lifetime`` (the same for every object on this page).
+    ember.PoolExhausted
+        No room in the runtime's default pool.
+    ember.GlobalServicesError
+        Not inside a runtime.
+    """
 
     _KIND = "Lock"
     _HOT = ("acquire", "release", "locked")
@@ -150,7 +176,8 @@ class Lock(_Named):
 
 
 class RLock(_Named):
-    """``multiprocessing.RLock`` in pool memory (``OwnerDied`` as Lock)."""
+    """``multiprocessing.RLock`` in pool memory (``OwnerDied`` as Lock);
+    operations: :class:`ember.sync_c.RLock`."""
 
     _KIND = "RLock"
     _HOT = ("acquire", "release")
@@ -161,7 +188,8 @@ class RLock(_Named):
 
 class Semaphore(_Named):
     """``multiprocessing.Semaphore(value=1)``; a dead holder's permits are
-    counted back (``reclaim=False``: not)."""
+    counted back (``reclaim=False``: not).  Operations:
+    :class:`ember.sync_c.Semaphore`."""
 
     _KIND = "Semaphore"
     _HOT = ("acquire", "release", "get_value")
@@ -172,7 +200,8 @@ class Semaphore(_Named):
 
 
 class BoundedSemaphore(_Named):
-    """``multiprocessing.BoundedSemaphore(value=1)``."""
+    """``multiprocessing.BoundedSemaphore(value=1)``; operations:
+    :class:`ember.sync_c.BoundedSemaphore`."""
 
     _KIND = "BoundedSemaphore"
     _HOT = ("acquire", "release", "get_value")
@@ -183,7 +212,8 @@ class BoundedSemaphore(_Named):
 
 
 class Event(_Named):
-    """``multiprocessing.Event``."""
+    """``multiprocessing.Event``; operations (``set``, ``clear``,
+    ``is_set``, ``wait``): :class:`ember.sync_c.Event`."""
 
     _KIND = "Event"
     _HOT = ("is_set", "set", "clear", "wait")
@@ -194,7 +224,8 @@ class Event(_Named):
 
 class Barrier(_Named):
     """``threading.Barrier(parties, action=None, timeout=None)`` across
-    processes; a party that dies while waiting breaks it."""
+    processes; a party that dies while waiting breaks it.  Operations:
+    :class:`ember.sync_c.Barrier`."""
 
     _KIND = "Barrier"
     _HOT = ("wait", "abort", "reset")
@@ -208,7 +239,8 @@ class Barrier(_Named):
 class Condition(_Named):
     """``multiprocessing.Condition(lock=None)``: ``lock`` an ember Lock or
     RLock (default: a new RLock, freed with the Condition).  A lock passed in
-    is its own object: keep a handle of it while the Condition is used."""
+    is its own object: keep a handle of it while the Condition is used.
+    Operations: :class:`ember.sync_c.Condition`."""
 
     _KIND = "Condition"
     _HOT = ("acquire", "release", "wait", "wait_for", "notify", "notify_all")
@@ -286,7 +318,8 @@ def _lock_arg(lock):
 
 class Value(_SharedNamed):
     """``multiprocessing.Value(typecode_or_type, *args, lock=True)`` in the
-    default pool (``name=``, ``lifetime=``, ``exist_ok=`` as every object)."""
+    default pool (``name=``, ``lifetime=``, ``exist_ok=`` as every object).
+    See :class:`ember.sync_c.Value`."""
 
     _KIND = "Value"
 
@@ -299,7 +332,7 @@ class Value(_SharedNamed):
 
 class Array(_SharedNamed):
     """``multiprocessing.Array(typecode_or_type, size_or_initializer, *,
-    lock=True)`` in the default pool."""
+    lock=True)`` in the default pool.  See :class:`ember.sync_c.Array`."""
 
     _KIND = "Array"
 

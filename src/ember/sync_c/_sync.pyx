@@ -263,7 +263,19 @@ cdef class _LockBase(SyncObject):
         """Acquire the lock; True, or False if ``timeout`` ran out (or the
         lock is busy and ``block`` is false).  Raises OwnerDied AFTER
         acquiring if a holder died while holding it: the caller holds the
-        lock and should repair, call :meth:`consistent`, then release."""
+        lock and should repair, call :meth:`consistent`, then release.
+
+        Raises
+        ------
+        ember.OwnerDied
+            A holder died holding the lock; the caller now holds it.
+        TypeError
+            ``timeout`` is not None or a number.
+        ValueError
+            ``timeout`` is NaN.
+        ember.SyncError
+            The lock was destroyed, or its memory failed validation.
+        """
         cdef uint32_t died = 0
         cdef ember_rc_t rc
         cdef int64_t tmo = -1
@@ -292,7 +304,13 @@ cdef class _LockBase(SyncObject):
 
     def release(self):
         """Release the lock (ReleaseError, also a ValueError and a
-        RuntimeError, if it is not held / not held by this thread)."""
+        RuntimeError, if it is not held / not held by this thread).
+
+        Raises
+        ------
+        ember.ReleaseError
+            The lock is not held (RLock: not by this thread).
+        """
         cdef ember_rc_t rc
         if self._p == NULL or self._pool._pool == NULL:
             self._check()
@@ -412,7 +430,15 @@ cdef class Semaphore(SyncObject):
         self._setup(a, EMBER_SYNC_SEMAPHORE)
 
     def acquire(self, block=True, timeout=None):
-        """Take one permit; True, or False if none came within ``timeout``."""
+        """Take one permit; True, or False if none came within ``timeout``.
+
+        Raises
+        ------
+        TypeError
+            ``timeout`` is not None or a number.
+        ember.SyncError
+            The semaphore was destroyed, or its memory failed validation.
+        """
         cdef ember_rc_t rc
         cdef int64_t tmo, deadline, sl
         cdef void *p
@@ -451,7 +477,17 @@ cdef class Semaphore(SyncObject):
 
     def release(self, n=1):
         """Return ``n`` permits (BoundedSemaphore: ReleaseError, also a
-        ValueError, beyond the initial value)."""
+        ValueError, beyond the initial value).
+
+        Raises
+        ------
+        ember.ReleaseError
+            BoundedSemaphore: more permits than its initial value.
+        TypeError
+            ``n`` is not an int.
+        ValueError
+            ``n`` < 1.
+        """
         cdef ember_rc_t rc
         if type(n) is not int or not (1 <= n <= 0xffffffff):
             if isinstance(n, bool) or not isinstance(n, int):
@@ -611,7 +647,15 @@ cdef class Barrier(SyncObject):
     def wait(self, timeout=None):
         """Wait until all parties have arrived; returns this party's arrival
         index (0 .. parties-1).  BrokenBarrierError if the barrier is or
-        becomes broken, and on timeout (which breaks it, as threading does)."""
+        becomes broken, and on timeout (which breaks it, as threading does).
+
+        Raises
+        ------
+        ember.BrokenBarrierError
+            The barrier is or becomes broken: a timeout, ``abort()``, a
+            failed action, or a party that died while waiting (also a
+            ``threading.BrokenBarrierError``).
+        """
         cdef ember_rc_t rc
         cdef int64_t tmo, deadline, sl
         cdef uint32_t index = 0, slot = 0
@@ -777,7 +821,18 @@ cdef class Condition(SyncObject):
 
     def wait(self, timeout=None):
         """Release the lock, wait for a notify (True) or the timeout (False),
-        and reacquire the lock."""
+        and reacquire the lock.
+
+        Raises
+        ------
+        ember.ReleaseError
+            The caller does not hold the lock.
+        ember.OwnerDied
+            Reacquiring: the lock's holder died holding it (the caller holds
+            it now, as after ``Lock.acquire``).
+        ember.SyncError
+            No free waiter slot (too many threads waiting at once).
+        """
         cdef uint32_t slot = 0
         cdef ember_rc_t rc
         cdef int64_t tmo, deadline, sl
