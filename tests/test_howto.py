@@ -145,3 +145,29 @@ def test_cleanup_after_a_killed_launcher(tmp_path):
     assert would and any(ln.endswith(".lock") for ln in would), r.stdout
     assert [ln.replace("would remove", "removed") for ln in would] == removed, r.stdout
     assert lines[-1] == "left:", r.stdout
+
+
+def test_one_worker_per_node_on_three_local_nodes():
+    (line,) = _lines("run_nodes.sh")
+    r = subprocess.run(_argv(line), cwd=CODE, capture_output=True, text=True, timeout=180)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "exit codes: [0, 0, 0, 0]", r.stdout
+    workers = lines[:-1]          # one per node, one more on "any" node; in any order
+    assert len(workers) == 4, r.stdout
+    assert sorted(set(workers)) == ["worker on node 0", "worker on node 1",
+                                    "worker on node 2"], r.stdout
+
+
+def test_the_cluster_commands_use_flags_ember_run_has():
+    # ssh hosts and Slurm cannot run here (tests/test_multinode_cluster.py
+    # runs them on emulated nodes); their command lines must still be real.
+    helptext = subprocess.run([sys.executable, "-m", "ember", "run", "--help"],
+                              capture_output=True, text=True, timeout=60).stdout
+    lines = _lines("run_hosts.sh") + [ln for ln in _lines("slurm_job.sh")
+                                       if ln.startswith("ember ")]
+    for line in lines:
+        flags = [a for a in shlex.split(line) if a.startswith("--")]
+        for flag in flags:
+            assert flag in helptext, (flag, line)
+        assert _argv(line)[3] == "run" and "one_per_node.py" in line
