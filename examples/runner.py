@@ -6,9 +6,11 @@ their results returned.
 ``ember.ProcessGroup(policy="restart")`` starts each job's processes and
 starts a failed one again (with a growing back-off) up to
 ``max_restarts`` times; ``results()`` gives each member's return value
-or raises the failure that outlived its restarts.  The runtime runs on one
-node today: "one worker per node" is one worker here, and "any node" is
-this one.  (Placement across nodes is being added to ``ProcessGroup``.)
+or raises the failure that outlived its restarts.  This example runs on
+one node: "one worker per node" is one worker here, and "any node" is this
+one.  ``ProcessGroup`` cannot place its members on other nodes yet; the
+runtime's process API can (``process.create(..., options={"node": "any"})``,
+docs/multinode.md).
 """
 import os
 import socket
