@@ -119,14 +119,17 @@ class Connection:
     # ------------------------------------------------------------------ state
     @property
     def closed(self):
+        """Whether this handle was closed."""
         return self._closed
 
     @property
     def readable(self):
+        """Whether this end receives (both ends of a duplex Pipe do)."""
         return self._recv_ch is not None
 
     @property
     def writable(self):
+        """Whether this end sends (both ends of a duplex Pipe do)."""
         return self._send_ch is not None
 
     def _check_closed(self):

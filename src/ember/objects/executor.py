@@ -322,6 +322,9 @@ class Executor(_cf.Executor):
 
     # --- shutdown ------------------------------------------------------
     def shutdown(self, wait=True, *, cancel_futures=False):
+        """Accept no more calls; the workers finish the queued ones (unless
+        ``cancel_futures`` cancels those not started) and stop; ``wait``:
+        return only then (as ``concurrent.futures``)."""
         with self._cv:
             self._shutdown = True
             if cancel_futures:

@@ -203,6 +203,9 @@ class Process:
     # --- properties as multiprocessing.Process -------------------------
     @property
     def name(self):
+        """The process's GS name if ``name=`` was given, else
+        ``"Process-<n>"``.  Settable before :meth:`start` (a
+        :class:`~ember.ProcessError` after)."""
         return self._name
 
     @name.setter
@@ -215,6 +218,8 @@ class Process:
 
     @property
     def daemon(self):
+        """Killed (True) or joined (False) when the process that started it
+        exits.  Settable before :meth:`start`."""
         return self._daemon
 
     @daemon.setter
@@ -225,16 +230,22 @@ class Process:
 
     @property
     def pid(self):
+        """The OS pid (on its node), or None before :meth:`start`; also
+        ``ident``."""
         return None if self._desc is None else self._desc.os_pid
 
     ident = pid
 
     @property
     def p_uid(self):
+        """The process's identity in the runtime (global services' p_uid),
+        or None before :meth:`start`."""
         return None if self._desc is None else self._desc.p_uid
 
     @property
     def exitcode(self):
+        """None while it runs; then 0 after a return, 1 after an exception,
+        ``sys.exit``'s code, or -N after death by signal N."""
         if self._desc is not None and self._exitcode is None and not self._closed:
             self._poll()
         return self._exitcode
@@ -389,6 +400,7 @@ class Process:
             self._wait(timeout)
 
     def is_alive(self):
+        """True from :meth:`start` until the process has ended."""
         self._check_closed()
         if self._desc is None or self._exitcode is not None:
             return False

@@ -109,14 +109,17 @@ class _NamedHandle:
 
     @property
     def name(self):
+        """The name given at creation, or None."""
         return self._rec["name"]
 
     @property
     def o_uid(self):
+        """The object's unique id in the runtime (global services')."""
         return self._rec["o_uid"]
 
     @property
     def lifetime(self):
+        """``"runtime"``, ``"owner"`` or ``"refcount"``."""
         return self._rec["lifetime"]
 
     def __reduce__(self):
@@ -319,9 +322,11 @@ class Queue(_NamedHandle):
         return _loads(data)
 
     def put_nowait(self, obj):
+        """``put(obj, False)``: ``queue.Full`` at once if there is no room."""
         return self.put(obj, False)
 
     def get_nowait(self):
+        """``get(False)``: ``queue.Empty`` at once if nothing is queued."""
         return self.get(False)
 
     # ---------------------------------------------------------------- state
@@ -331,10 +336,12 @@ class Queue(_NamedHandle):
         return len(self._ch)
 
     def empty(self):
+        """Whether nothing is queued now (a snapshot)."""
         self._check()
         return len(self._ch) == 0
 
     def full(self):
+        """Whether a bounded queue has no room now (a snapshot)."""
         self._check()
         if self._maxsize <= 0:
             return False
@@ -344,6 +351,7 @@ class Queue(_NamedHandle):
 
     @property
     def maxsize(self):
+        """The ``maxsize`` it was made with (<= 0: unbounded)."""
         return self._maxsize
 
     # ---------------------------------------------------------------- ends
@@ -390,9 +398,11 @@ class SimpleQueue(Queue):
         super().__init__(0, name, lifetime=lifetime, exist_ok=exist_ok)
 
     def put(self, obj):
+        """Put ``obj`` (waits only if 8192 objects are queued)."""
         Queue.put(self, obj)
 
     def get(self):
+        """Remove and return an object, waiting for one."""
         return Queue.get(self)
 
 

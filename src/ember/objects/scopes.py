@@ -125,6 +125,7 @@ class Scope:
 
     @property
     def o_uid(self):
+        """The scope's unique id in the runtime (global services')."""
         return self._p._o_uid
 
     def _check_open(self):

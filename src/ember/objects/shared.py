@@ -647,6 +647,7 @@ class SharedRef:
 
     @property
     def pid(self):
+        """The host process's OS pid."""
         return pickle.loads(self._rec["desc"])["pid"]
 
     def proxy(self):
