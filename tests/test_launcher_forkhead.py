@@ -115,15 +115,25 @@ def test_forked_head_is_a_managed_process(tmp_path):
     assert "child ran" in out and "fds [0, 1, 2]" in out, out
 
 
-def test_a_create_can_ask_for_a_forked_worker(tmp_path):
+def test_only_the_launcher_can_ask_for_a_forked_worker(tmp_path):
+    """EMBER_FORK_PY is the launcher's spawn directive (a fork of the
+    shepherd has its memory): a managed process's create with it is refused
+    (docs/architecture.md, "Trust model"); without it the worker is a new
+    interpreter."""
     (tmp_path / "worker.py").write_text(
         "import sys\nprint('worker', sys.argv[1:], 'ember.launcher.cli' in sys.modules)\n")
     res = run(tmp_path, r"""
         import sys
+        from ember.exceptions import ProcessError
         from ember.globalservices import process
-        for env in ({"EMBER_FORK_PY": "1"}, {}):
-            w = process.create(sys.executable, ".", ["worker.py", str(len(env))], env=env)
-            assert process.join(w.p_uid) == 0
+        try:
+            process.create(sys.executable, ".", ["worker.py", "1"], env={"EMBER_FORK_PY": "1"})
+        except ProcessError as e:
+            print("refused:", e)
+        w = process.create(sys.executable, ".", ["worker.py", "0"])
+        assert process.join(w.p_uid) == 0
     """)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.decode().splitlines() == ["worker ['1'] True", "worker ['0'] False"]
+    assert res.stdout.decode().splitlines() == [
+        "refused: EMBER_FORK_PY is a spawn directive of the launcher only (process 1 may not "
+        "ask for it)", "worker ['0'] False"]

@@ -147,3 +147,126 @@ ch.detach()
            "registered channel)" in err
     assert "dropped ProcessList from p_uid 2: its reply channel cannot be used (it is one of " \
            "the runtime's own channels)" in err
+
+
+# ------------------------------------------------- spawn directives, forked head
+def test_spawn_directives_are_the_launchers_only(tmp_path):
+    """EMBER_FORK_PY (a fork of the shepherd: its memory, the control pool)
+    and EMBER_STDIN (the launcher's stdin) from a managed process are
+    refused; EMBER_STDIO_FROM only names the requester's own pid."""
+    res = run_prog(tmp_path, r'''
+import os, sys
+from ember.globalservices import process
+from ember.exceptions import ProcessError
+script = os.path.join(os.getcwd(), "child.py")
+with open(script, "w") as f:
+    f.write("print('child ran')\n")
+for env in ({"EMBER_FORK_PY": "1"}, {"EMBER_STDIN": "inherit"},
+            {"EMBER_STDIO_FROM": str(os.getppid())}, {"EMBER_STDIO_FROM": "1"},
+            {"EMBER_STDIO_FROM": "me"}):
+    try:
+        process.create(sys.executable, os.getcwd(), [script], env=env)
+    except ProcessError as e:
+        print("refused", sorted(env)[0], "|", e)
+    else:
+        print("ACCEPTED", env)
+p = process.create(sys.executable, os.getcwd(), ["-c", "print('own stdio ok')"],
+                   env={"EMBER_STDIO_FROM": str(os.getpid())})
+print("joined", process.join(p.p_uid, timeout=30), flush=True)
+''')
+    out = res.stdout.decode()
+    assert res.returncode == 0, (out, res.stderr)
+    lines = out.splitlines()
+    refused = [ln.split(" | ")[0] for ln in lines if ln.startswith("refused")]
+    assert refused == ["refused EMBER_FORK_PY", "refused EMBER_STDIN", "refused EMBER_STDIO_FROM",
+                       "refused EMBER_STDIO_FROM", "refused EMBER_STDIO_FROM"], out
+    assert "ACCEPTED" not in out and "child ran" not in out
+    assert "EMBER_FORK_PY is a spawn directive of the launcher only" in out
+    assert "EMBER_STDIO_FROM must be the requesting process's own pid" in out
+    assert "own stdio ok" in lines and "joined 0" in lines
+
+
+def _launcher_keys(pid):
+    """The launcher's key(s): the EMBER_KEY values in its memory (the test
+    is its parent, so it may read it)."""
+    import re
+    keys = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if "r" not in parts[1] or (len(parts) > 5 and (parts[5].startswith("/dev/")
+                                                   or parts[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]"))):
+                continue
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except (OSError, ValueError, OverflowError):
+                continue
+            keys.update(m.group(1) for m in re.finditer(rb"EMBER_KEY=([0-9a-f]{32})\0", data))
+    return keys
+
+
+# The head scans its own memory for the launcher's key, given only hashes of
+# it (and 4 bytes to find candidates), so that it never holds the key itself.
+SCAN = r'''
+import hashlib, os, sys
+maps = open("/proc/self/maps").read()
+print("control pool mapped:", "7ffffffffffffffe" in maps, flush=True)
+req = sys.stdin.readline().split()
+found = []
+mem = open("/proc/self/mem", "rb", 0)
+for hex_sha, raw_sha, raw4, hex6 in zip(*[iter(req)] * 4):
+    raw4, hex6 = bytes.fromhex(raw4), hex6.encode()
+    for line in maps.splitlines():
+        parts = line.split()
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        if "r" not in parts[1] or (len(parts) > 5 and (parts[5].startswith("/dev/")
+                                                   or parts[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]"))):
+            continue
+        try:
+            mem.seek(lo)
+            data = mem.read(hi - lo)
+        except (OSError, ValueError, OverflowError):
+            continue
+        for needle, n, want, what in ((raw4, 16, raw_sha, "raw"), (hex6, 32, hex_sha, "hex")):
+            i = data.find(needle)
+            while i >= 0:
+                if hashlib.sha256(data[i:i + n]).hexdigest() == want:
+                    found.append(f"{what} at {lo + i:#x} in {parts[5] if len(parts) > 5 else 'anon'}")
+                i = data.find(needle, i + 1)
+print("launcher key found:", found, flush=True)
+'''
+
+
+def test_forked_head_has_no_control_pool_and_no_launcher_key(tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+    prog = tmp_path / "head.py"
+    prog.write_text(SCAN)
+    env = dict(__import__("os").environ)
+    env.pop("EMBER_ADDRESS", None)
+    run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=env)
+    try:
+        first = run.stdout.readline()
+        assert first == b"control pool mapped: False\n", (first, run.stderr.read1())
+        try:
+            keys = _launcher_keys(run.pid)
+        except PermissionError as exc:
+            pytest.skip(f"cannot read the launcher's memory here: {exc}")
+        assert keys, "no EMBER_KEY in the launcher's memory"
+        req = []
+        for k in keys:
+            raw = bytes.fromhex(k.decode())
+            req += [hashlib.sha256(k).hexdigest(), hashlib.sha256(raw).hexdigest(),
+                    raw[:4].hex(), k[:6].decode()]
+        out, err = run.communicate(" ".join(req).encode() + b"\n", timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, (out, err)
+    assert out == b"launcher key found: []\n", out

@@ -19,6 +19,8 @@ STDIN = "EMBER_STDIN"
 # to sys.executable in a fork of the shepherd (the launcher asks it for a .py head).
 FORK_PY = "EMBER_FORK_PY"
 STDIO_FROM = "EMBER_STDIO_FROM"   # spawn directive: the child uses that pid's own stdio
+# GS accepts STDIN and FORK_PY from the launcher (p_uid 0) only, STDIO_FROM
+# only naming the requester's own pid (docs/architecture.md, "Trust model").
 
 
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="

@@ -29,7 +29,8 @@ class ControlPlane:
 
     Attributes: ``pool``, ``to_shepherd`` (the shepherd's input channel),
     ``to_gs`` (GS's control input channel), ``launcher_key`` (16 random
-    bytes: the key of p_uid 0, which only the launcher's requests carry).
+    bytes, a bytearray: the key of p_uid 0, which only the launcher's
+    requests carry).
     """
 
     def __init__(self, pool, to_shepherd, to_gs, launcher_key):
@@ -49,7 +50,29 @@ class ControlPlane:
         except BaseException:
             pool.destroy()
             raise
-        return cls(pool, to_sh, to_gs, os.urandom(16))
+        # a bytearray: a process that must not keep it (the shepherd, a
+        # fork of the launcher) zeroes it in place (forget_key)
+        from ..shepherd._spawn import wipe_bytes
+        raw = os.urandom(16)
+        key = bytearray(raw)
+        wipe_bytes(raw)                  # no stale copy in freed memory
+        return cls(pool, to_sh, to_gs, key)
+
+    def forget_key(self):
+        """Zero the launcher's key in this process's memory: its
+        ``launcher_key`` and the ``EMBER_KEY`` the launcher put in the
+        environment (os.environ's copy and the C environment's), then drop
+        the variable.  For the shepherd (a fork of the launcher that makes
+        no requests) and so for the ``.py`` head forked from it."""
+        from .. import _env
+        from ..shepherd._spawn import wipe_bytes, wipe_env_value
+        self.launcher_key[:] = bytes(len(self.launcher_key))
+        if _env.KEY in os.environ:
+            raw = os.environ._data.get(os.environ.encodekey(_env.KEY))
+            if isinstance(raw, bytes):
+                wipe_bytes(raw)
+            wipe_env_value(_env.KEY)
+            del os.environ[_env.KEY]
 
     def kill(self, p_uid, sig):
         """Ask the shepherd to send ``sig`` to process ``p_uid`` (the

@@ -120,6 +120,7 @@ class ProcessesPart:
             raise ProcessError("env must map str to str")
         if not isinstance(msg.run_dir, str):
             raise ProcessError("run_dir must be a str")
+        self._check_directives(msg.p_uid, env)
         node = self._placement(msg)
         p_uid = next(self._p_uids)
         rec = _Proc(p_uid, name, msg.p_uid, key=os.urandom(16), node=node)
@@ -171,6 +172,28 @@ class ProcessesPart:
         if want not in live:
             raise ProcessError(f"node {want} was lost: cannot start a process there")
         return want
+
+    def _check_directives(self, p_uid, env):
+        """The spawn directives in a create's env (ember._env; the shepherd
+        acts on them and never passes them on) are the launcher's:
+        EMBER_FORK_PY (run a .py in a fork of the shepherd, which has the
+        shepherd's memory) and EMBER_STDIN (the launcher's own stdin) only
+        from p_uid 0; EMBER_STDIO_FROM (that pid's stdio, reopened through
+        /proc) only naming the requester's own pid.  ProcessError
+        otherwise (docs/architecture.md, "Trust model")."""
+        for name in (_env.FORK_PY, _env.STDIN):
+            if name in env and p_uid != LAUNCHER_P_UID:
+                raise ProcessError(f"{name} is a spawn directive of the launcher only "
+                                   f"(process {p_uid} may not ask for it)")
+        if _env.STDIO_FROM in env:
+            if p_uid == LAUNCHER_P_UID:
+                own = os.getppid()            # GS is the launcher's child
+            else:
+                rec = self.procs.get(p_uid)
+                own = rec.os_pid if rec is not None else None
+            if own is None or env[_env.STDIO_FROM] != str(own):
+                raise ProcessError(f"{_env.STDIO_FROM} must be the requesting process's own pid "
+                                   f"({own}), not {env[_env.STDIO_FROM]!r}")
 
     def on_sh_spawned(self, msg):
         rec = self.procs.get(msg.p_uid)

@@ -27,7 +27,8 @@ import sys
 __all__ = ["fork_python"]
 
 
-def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_soft=-1):
+def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_soft=-1,
+                scrub=None):
     """Fork; in the child run ``script`` with ``args`` as ``__main__`` and
     exit.  Returns ``(pid, gate)``: the caller watches and reaps the pid,
     and closes the fd ``gate`` once the child may start the program (the
@@ -40,7 +41,9 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_so
     RLIMIT_NOFILE (as spawn() does).  Call from the thread that must be the child's
     parent for PR_SET_PDEATHSIG (the shepherd's request thread).  Signals
     sent to the child before its program runs are held, not lost, and then
-    handled as the program's (as spawn.c does for an exec)."""
+    handled as the program's (as spawn.c does for an exec).  ``scrub()``,
+    if given, runs in the child first: it drops what the parent holds that
+    the program must not have (the shepherd: its private control pool)."""
     for f in (sys.stdout, sys.stderr):
         try:
             f.flush()
@@ -74,6 +77,8 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_so
         if os.getppid() != parent:    # the shepherd died before the prctl
             os._exit(1)
         os.setpgid(0, 0)
+        if scrub is not None:
+            scrub()
         if nofile_soft >= 0:
             import resource
             _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

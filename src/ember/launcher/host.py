@@ -115,8 +115,14 @@ def _gs_main(gs_ch, sh_ch, tag, dflt, ctl=None, death_reports=True, attach_key=N
 
 def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True):
     from ..shepherd import server
+    if ctl is not None:
+        # The shepherd makes no request as the launcher: its copy of the
+        # launcher's key goes (and so the .py head forked from it has none);
+        # the head also unmaps the control pool (server.Shepherd._scrub_fork).
+        ctl.forget_key()
     return server.main_forked(sh_ch, gs_ch, label=label, death_reports=death_reports,
-                              ctl_channel=ctl.to_gs if ctl is not None else None)
+                              ctl_channel=ctl.to_gs if ctl is not None else None,
+                              control_pool=ctl.pool if ctl is not None else None)
 
 
 class Launcher:
@@ -252,16 +258,20 @@ class Launcher:
                 return EXIT_RUNTIME_FAILED
             log.info("default pool created (%d bytes); control channels created",
                      a.default_pool_size)
+            key_hex = self.ctl.launcher_key.hex()
             os.environ.update({
                 _env.RUNTIME_ID: self.tag,
                 _env.INF_POOL: _env.encode(inf.sdesc),
                 _env.GS_CH: _env.encode(gs_ch.sdesc),
-                _env.KEY: self.ctl.launcher_key.hex(),   # p_uid 0's request key
+                _env.KEY: key_hex,                       # p_uid 0's request key
                 _env.DEFAULT_POOL: _env.encode(dflt.sdesc),
                 _env.NODE: "0",
                 _env.P_UID: "0",
                 _env.LABEL: a.label,
             })
+            from ..shepherd._spawn import wipe_str
+            wipe_str(key_hex)        # the environment keeps its own copies (the shepherd wipes those)
+            del key_hex
             # Everything the three need, imported once here: after the fork
             # GS and the shepherd serve at once, with no import of their own
             # competing with the launcher's for the CPU.

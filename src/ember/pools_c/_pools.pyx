@@ -328,6 +328,19 @@ cdef class Pool:
         self._forget()
         check_rc(ember_pool_detach(p), "cannot detach", self)
 
+    def _unmap_in_fork_child(self):
+        """Unmap the pool now, whatever still points into it (channel
+        handles, a waiter of a thread that does not exist in this process):
+        for a forked child that must not keep a pool of its parent's (the
+        ``.py`` head, a fork of the shepherd, and the private control pool).
+        Nothing of this process may use those handles afterwards."""
+        cdef ember_pool_t *p = self._pool
+        if p == NULL:
+            return
+        self._pool = NULL
+        self._forget()
+        check_rc(ember_pool_detach(p), "cannot detach", self)
+
     def destroy(self):
         """Unlink the segment, then detach.  Processes still attached keep
         their mapping until they detach; new attaches fail.  Only in the

@@ -19,7 +19,7 @@ from libc.errno cimport errno
 from libc.stdlib cimport malloc, free
 from posix.types cimport pid_t
 
-__all__ = ["spawn", "set_pdeathsig", "which"]
+__all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -176,3 +176,39 @@ def set_pdeathsig(int sig):
     if ember_set_pdeathsig(sig) != EMBER_OK:
         e = errno
         raise OSError(e, f"prctl(PR_SET_PDEATHSIG, {sig}) failed: {os.strerror(e)}")
+
+
+# ------------------------------------------------------------- secrets
+from libc.string cimport memset, strlen
+from cpython.unicode cimport PyUnicode_AsUTF8
+from libc.stdlib cimport getenv
+
+
+def wipe_env_value(name):
+    """Overwrite, in place, the value of the environment variable ``name``
+    in the C environment (``environ``) with ``0`` characters; returns how
+    many.  (``os.environ`` keeps its own copy: see :func:`wipe_bytes`.)"""
+    cdef bytes n = os.fsencode(name)
+    cdef char *v = getenv(n)
+    if v == NULL:
+        return 0
+    cdef size_t k = strlen(v)
+    memset(v, 48, k)
+    return k
+
+
+def wipe_str(str s):
+    """Overwrite an ASCII str's characters with ``0`` in place (as
+    :func:`wipe_bytes`; a str that is not ASCII is left alone: False)."""
+    if not s.isascii():
+        return False
+    cdef const char *p = PyUnicode_AsUTF8(s)      # an ASCII str's own data
+    memset(<char *>p, 48, len(s))
+    return True
+
+
+def wipe_bytes(bytes b):
+    """Overwrite a bytes object's contents with zeros in place (a secret
+    that must not outlive its use in this process's memory: only for an
+    object nothing else will read)."""
+    memset(PyBytes_AS_STRING(b), 0, len(b))

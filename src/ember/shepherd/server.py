@@ -206,6 +206,7 @@ class Shepherd(Service):
         # Never inherited: each child gets its own key from GS, or none.
         self._base_env.pop(_env.KEY.encode(), None)
         self._death_reports = death_reports
+        self.control_pool = None      # unmapped in a forked .py head (run())
         # OOM kills seen so far per memory cgroup file (see _exit_info)
         # The OOM kills counted in our memory cgroup subtree so far (see
         # _oom_killed); None: no memory cgroup counts them here.
@@ -369,7 +370,8 @@ class Shepherd(Service):
                 if self._fork_py(msg.env, path, argv[1:], run_dir):
                     from ..launcher._forkhead import fork_python
                     pid, gate = fork_python(argv[1], argv[2:], envp, run_dir, stdin_fd, out_w,
-                                            err_w, nofile_soft=self.child_nofile)
+                                            err_w, nofile_soft=self.child_nofile,
+                                            scrub=self._scrub_fork)
                 else:
                     pid = spawn(path, argv, envp, run_dir, stdin_fd, out_w, err_w,
                                 new_pgrp=True, nofile_soft=self.child_nofile)
@@ -437,6 +439,16 @@ class Shepherd(Service):
             self._template = _template.Template(list(self._child_env(0, None)),
                                                 self._err_fd, self._err_fd)
         return self._template.spawn(p_uid, args, envp, run_dir, self._devnull, out_w, err_w)
+
+    def _scrub_fork(self):
+        """In a ``.py`` head forked from us, before its program runs: unmap
+        the private control pool (the shepherd's input and GS's control
+        input live there: a managed process must never map it).  The
+        launcher's key is already gone from the shepherd's memory
+        (ControlPlane.forget_key, at its start)."""
+        pool = self.control_pool
+        if pool is not None:
+            pool._unmap_in_fork_child()
 
     @staticmethod
     def _stdio_from(overrides):
@@ -885,7 +897,7 @@ class Shepherd(Service):
 
 
 def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ctl_channel=None,
-        death_reports=True):
+        death_reports=True, control_pool=None):
     """Run a shepherd until GS sends ``ShShutdown``; must be called on the
     main thread of a process dedicated to it (the launcher forks one and
     calls this; then ``os._exit``).
@@ -908,6 +920,9 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
         Output line prefix, see :class:`Shepherd`.
     death_reports : bool
         See :class:`Shepherd`.
+    control_pool : Pool or None
+        The runtime's private control pool: a ``.py`` head forked from the
+        shepherd unmaps it before its program runs.
     parent_pid : int or None
         The launcher's pid.  The shepherd sets PR_SET_PDEATHSIG(SIGKILL) so
         it dies with the thread that forked it (the launcher must fork from
@@ -938,6 +953,7 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
             gs_channel.send(poke)
 
     shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
+    shepherd.control_pool = control_pool
     # The runtime's own pools (made by the launcher): swept too when a
     # process dies, though no channel was made in them through us.
     for m_uid, var in ((0, _env.INF_POOL), (1, _env.DEFAULT_POOL)):
@@ -988,12 +1004,13 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
         shepherd.close()
 
 
-def main_forked(in_channel, gs_channel, label="none", ctl_channel=None, death_reports=True):
+def main_forked(in_channel, gs_channel, label="none", ctl_channel=None, death_reports=True,
+                control_pool=None):
     """Entry point when the launcher forks the shepherd: run it, return the
     process exit code (0 after a clean ShShutdown)."""
     try:
         run(in_channel, gs_channel, label=label, ctl_channel=ctl_channel,
-            death_reports=death_reports)
+            death_reports=death_reports, control_pool=control_pool)
         return 0
     except BaseException:
         import traceback
