@@ -148,3 +148,57 @@ def test_c_api_misuse_returns_error_codes(capi):
     assert lib.ember_slots_bind(buf, lib.EMBER_SLOTS_BYTES, 1) == lib.EMBER_ERR_VERSION
     assert lib.ember_slots_read(buf, lib.EMBER_SLOTS_BYTES, out, 4, n) == lib.EMBER_ERR_VERSION
     assert lib.ember_slots_bind(ffi.NULL, 0, 0) == lib.EMBER_OK
+
+
+# ------------------------------------------------ synchronization objects
+@pytest.mark.timeout(60)
+def test_sync_waits_are_recorded_with_pool_offset_and_kind(table):
+    """Every blocking sync_c call records (op, its pool's m_uid, its offset,
+    its kind) while it waits, and clears it after; the uncontended calls
+    (the fast path) record nothing."""
+    from ember import _slots
+    from ember.sync_c import Barrier, Condition, Event, Lock, RLock, Semaphore
+    _channels._slots_bind(table, 21)
+    with Pool.create(1 << 20) as pool:
+        lock, rlock, sem = Lock(pool=pool), RLock(pool=pool), Semaphore(0, pool=pool)
+        ev, bar, cond = Event(pool=pool), Barrier(2, pool=pool), Condition(pool=pool)
+        with lock:                                     # the fast path: nothing
+            pass
+        assert sem.acquire(False) is False and ev.wait(0) is False
+        assert _channels._slots_read(table) == []
+
+        def blocked(start, release, op, kind, obj):
+            th = threading.Thread(target=start)
+            th.start()
+            rec = _wait_record(table, 21)
+            release()
+            th.join()
+            assert rec[2] == op and _slots.SYNC_KINDS[rec[3]] == kind, rec
+            assert (rec[1], rec[7]) == (pool.m_uid, _alloc_offset(obj)), rec
+            assert rec[6] == th.native_id
+            assert _channels._slots_read(table) == []
+
+        lock.acquire()
+        blocked(lambda: lock.acquire() and lock.release(), lock.release, "acquire", "Lock", lock)
+        blocked(sem.acquire, sem.release, "acquire", "Semaphore", sem)
+        blocked(ev.wait, ev.set, "wait", "Event", ev)
+        blocked(bar.wait, lambda: bar.wait(), "wait", "Barrier", bar)
+
+        def notify():
+            with cond:
+                cond.notify()
+
+        def cond_wait():
+            with cond:
+                cond.wait(30)
+        blocked(cond_wait, notify, "wait", "Condition", cond)
+        rlock.acquire()
+        blocked(lambda: rlock.acquire() and rlock.release(), rlock.release, "acquire", "RLock",
+                rlock)
+        for o in (lock, rlock, sem, ev, bar, cond):
+            o.destroy()
+
+
+def _alloc_offset(obj):
+    from ember.pools_c import _pools
+    return _pools._alloc_where(obj.sdesc)[1]
