@@ -17,10 +17,18 @@ def test_stale_handle_destroy_under_ember_run(tmp_path):
         from ember.exceptions import ChannelError
         from ember.globalservices import channel
 
+        import time
         a = channel.create(None, "a")
         ha = Channel.attach(a.sdesc)
         channel.destroy("a")
-        b = channel.create(None, "b")
+        # the node's shepherd frees a destroyed channel just after GS answered
+        # the destroy: wait until a new channel lands in a's block
+        for _ in range(100):
+            b = channel.create(None, "b")
+            if b.sdesc[104:112] == a.sdesc[104:112]:
+                break
+            channel.destroy("b")
+            time.sleep(0.02)
         print("same block", b.sdesc[104:112] == a.sdesc[104:112])
         hb = Channel.attach(b.sdesc)
         hb.send(b"y" * 100_000)

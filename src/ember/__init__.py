@@ -106,11 +106,54 @@ __all__ += ["serve", "connect", "proxy", "SharedRef", "Proxy", "scope", "Scope",
             "Manager", "SharedObjectError"]
 
 
-# multiprocessing's start method "ember" (ember.mp): registered on import so
-# that multiprocessing.set_start_method("ember") / get_context("ember") work.
-try:
-    from .mp import register as _register_mp  # noqa: E402
-    _register_mp()
-    del _register_mp
-except Exception:      # pragma: no cover - never let the registration break `import ember`
-    pass
+# multiprocessing's start method "ember" (ember.mp): registered so that
+# multiprocessing.set_start_method("ember") / get_context("ember") work —
+# at once if multiprocessing is loaded already, else as soon as it is
+# imported (a finder on sys.meta_path that runs once), so that `import
+# ember` does not load multiprocessing (~6 ms: socket, pickle, re, ...).
+def _register_mp():
+    try:
+        from .mp import register
+        register()
+    except Exception:  # pragma: no cover - never let the registration break an import
+        pass
+
+
+class _RegisterOnMPImport:
+    """Finds nothing itself: when ``multiprocessing`` is being imported it
+    takes the ordinary spec and registers ember's start method right after
+    the package has run; then it leaves sys.meta_path."""
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "multiprocessing":
+            return None
+        import sys
+        from importlib.machinery import PathFinder
+
+        try:
+            sys.meta_path.remove(cls)
+        except ValueError:
+            pass
+        spec = PathFinder.find_spec(name, path)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _register_mp()
+        loader.exec_module = exec_module
+        return spec
+
+
+def _hook_mp():
+    import sys
+    if "multiprocessing" in sys.modules:
+        _register_mp()
+    elif _RegisterOnMPImport not in sys.meta_path:
+        sys.meta_path.insert(0, _RegisterOnMPImport)
+
+
+_hook_mp()

@@ -168,7 +168,18 @@ _define(59, "ShChannelClose", "tag c_uid")
 # node, so its shepherd does it.
 _define(80, "ShObjectEnd", "tag m_uid pool_sdesc closes parts")
 
-# chanperf (100-109): a channel destroy is answered as soon as GS forgets the
+# chanperf (100-109).  A client that maps the pool makes the channel itself
+# (owned by its pid, so a death before it is registered gives the block back)
+# with the c_uid GS reserved for it in its previous channel reply
+# (``next_c_uid``), and registers it: GS checks the descriptor without mapping
+# the pool, records it, wakes its joiners and answers, then has the node's
+# shepherd adopt it (attach, check its header and c_uid, hand the block from
+# the requester's pid to nobody).  ``options``: capacity, block_size, ref_count.
+_define(100, "ChannelRegister", _REQ + "m_uid user_name options sdesc")
+_define(101, "ShChannelAdopt", "c_uid m_uid pool_sdesc sdesc pid")
+# shepherd -> GS: the node refused to adopt a registered channel (GS forgets it)
+_define(102, "ShChannelAdoptFailed", "c_uid err")
+# a channel destroy is answered as soon as GS forgets the
 # channel; the node's shepherd frees it afterwards (a notice, no answer: a
 # failure is logged by the shepherd).  ``c_uids``: a list.
 _define(103, "ShChannelDrop", "c_uids")

@@ -34,6 +34,13 @@ cdef extern from "channel.h" nogil:
 
     ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
                                uint32_t block_size, ember_ch_t **out)
+    ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
+                                  uint32_t block_size, unsigned flags, ember_ch_t **out)
+    const ember_alloc_t *ember_ch_alloc(const ember_ch_t *ch)
+    ctypedef struct ember_ch_sdesc_info_t:
+        uint64_t offset, id, size, c_uid
+        uint32_t capacity, block_size
+    ember_rc_t ember_ch_sdesc_info(const void *sdesc, size_t len, ember_ch_sdesc_info_t *out)
     ember_rc_t ember_ch_sdesc_pool(const void *sdesc, size_t len,
                                    const uint8_t **pool_sdesc, size_t *pool_sdesc_len)
     ember_rc_t ember_ch_attach(ember_pool_t *pool, const void *sdesc, size_t len, ember_ch_t **out)

@@ -17,7 +17,7 @@ from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from ember.pools_c._pools cimport (
-    Allocation, Pool, ember_alloc_t, ember_pool_alloc_wait, ember_pool_attach, ember_pool_free,
+    Allocation, Pool, ember_alloc_t, ember_pool_t, ember_pool_alloc_wait, ember_pool_attach, ember_pool_free,
     ember_pool_ptr, ember_pool_sdesc_name, ember_pool_stats, ember_pool_stats_t, ember_rc_str,
     ember_rc_t, EMBER_OK, EMBER_ERR_INVALID_ARG, EMBER_ERR_NOMEM, EMBER_ERR_OS,
     EMBER_ERR_NOT_FOUND, EMBER_ERR_BAD_DESCRIPTOR, EMBER_ERR_BAD_MAGIC, EMBER_ERR_VERSION,
@@ -29,7 +29,6 @@ from ember.pools_c._pools cimport (
 from cpython.pycapsule cimport PyCapsule_Import
 from posix.unistd cimport getpid
 import os
-import random
 import warnings
 from collections import namedtuple
 
@@ -42,6 +41,11 @@ from ember import _rc
 # there only), through the table it exports (common_c/pool_api.h).
 cdef extern from "pool_api.h":
     ember_rc_t ember_pool_api_set(const void *table)
+
+cdef extern from "pool.h":
+    ember_rc_t ember_pool_take_owner(ember_pool_t *pool, const ember_alloc_t *a, uint32_t src,
+                                     uint32_t dst) nogil
+    unsigned EMBER_ALLOC_OWNED
 
 if ember_pool_api_set(PyCapsule_Import(b"ember.pools_c._pools._C_API", 0)) != EMBER_OK:
     raise ImportError("ember.pools_c._pools exports a pool API of another build of ember; reinstall it")
@@ -225,7 +229,8 @@ cdef class Channel:
         return self
 
     @staticmethod
-    def create(pool, capacity=DEFAULT_CAPACITY, block_size=DEFAULT_BLOCK_SIZE, c_uid=None):
+    def create(pool, capacity=DEFAULT_CAPACITY, block_size=DEFAULT_BLOCK_SIZE, c_uid=None,
+               owned=False):
         """Create a channel in ``pool``.
 
         Parameters
@@ -239,6 +244,11 @@ cdef class Channel:
             pool allocation.
         c_uid : int or None
             The channel's unique id (random when None).
+        owned : bool
+            Record this process as the owner of the channel's block: if it
+            dies before the block is handed over (:meth:`_take_owner`, the
+            node's shepherd does it when global services registers the
+            channel), reclaiming its blocks frees the channel.
         """
         if not isinstance(pool, Pool):
             raise TypeError(f"pool must be an ember.pools_c.Pool, got {type(pool).__name__}")
@@ -255,15 +265,37 @@ cdef class Channel:
             raise ValueError(f"block_size must be a multiple of 64 between {EMBER_CH_MIN_BLOCK} and "
                              f"{EMBER_CH_MAX_BLOCK}, got {block_size}")
         if c_uid is None:
-            c_uid = random.getrandbits(63)
+            c_uid = int.from_bytes(os.urandom(8), "little") >> 1   # (no random module at start-up)
         elif not isinstance(c_uid, int) or c_uid < 0 or c_uid >= 1 << 64:
             raise ValueError(f"c_uid must be an int in [0, 2**64), got {c_uid!r}")
         cdef ember_ch_t *ch = NULL
-        cdef ember_rc_t rc = ember_ch_create(p._pool, c_uid, capacity, block_size, &ch)
+        cdef ember_rc_t rc = ember_ch_create_ex(p._pool, c_uid, capacity, block_size,
+                                                EMBER_ALLOC_OWNED if owned else 0, &ch)
         if rc != EMBER_OK:
             _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
                           f"({320 + capacity * block_size} bytes) in {p._desc()}")
         return Channel._wrap(ch, p, True)
+
+    @staticmethod
+    def describe(sdesc):
+        """The fields of a channel descriptor, checked (length, magic,
+        version, checksum, sizes) but attaching nothing: ``(pool_sdesc,
+        offset, alloc_id, size, c_uid, capacity, block_size)``.
+        DescriptorError if it is not a well-formed channel descriptor."""
+        if not isinstance(sdesc, bytes):
+            raise TypeError(f"sdesc must be bytes, got {type(sdesc).__name__}")
+        cdef const uint8_t *psd = NULL
+        cdef size_t plen = 0
+        cdef ember_ch_sdesc_info_t info
+        cdef const char *b = PyBytes_AS_STRING(sdesc)
+        cdef size_t n = PyBytes_GET_SIZE(sdesc)
+        cdef ember_rc_t rc = ember_ch_sdesc_pool(b, n, &psd, &plen)
+        if rc == EMBER_OK:
+            rc = ember_ch_sdesc_info(b, n, &info)
+        if rc != EMBER_OK:
+            _check_rc(rc, "not a channel descriptor")
+        return (PyBytes_FromStringAndSize(<const char *>psd, plen), info.offset, info.id,
+                info.size, info.c_uid, info.capacity, info.block_size)
 
     @staticmethod
     def attach(sdesc):
@@ -345,6 +377,24 @@ cdef class Channel:
         cdef ember_ch_t *ch = self._ch
         self._ch = NULL
         _check_rc(ember_ch_destroy(ch), f"cannot destroy {self._desc()}")
+
+    def _take_owner(self, from_pid, to_pid=0):
+        """Hand the channel's block from owner ``from_pid`` to ``to_pid``
+        (0: nobody, never reclaimed) in one step under the pool's mutex;
+        ChannelError ``[EMBER_ERR_STALE]`` if ``from_pid`` does not own it
+        (it was reclaimed meanwhile, or was never that process's)."""
+        self._check_open("take over")
+        if not isinstance(from_pid, int) or not isinstance(to_pid, int) or \
+                not 0 <= from_pid < 1 << 32 or not 0 <= to_pid < 1 << 32:
+            raise ValueError(f"pids must be ints in [0, 2**32), got {from_pid!r}, {to_pid!r}")
+        cdef uint32_t src = from_pid, dst = to_pid
+        cdef ember_pool_t *pool = self._pool._pool
+        cdef const ember_alloc_t *a = ember_ch_alloc(self._ch)
+        cdef ember_rc_t rc
+        with nogil:
+            rc = ember_pool_take_owner(pool, a, src, dst)
+        if rc != EMBER_OK:
+            _check_rc(rc, f"{self._desc()}: cannot hand its block from pid {from_pid} to {to_pid}")
 
     def close(self):
         """Close the channel (for every process): later sends raise

@@ -1006,6 +1006,12 @@ static void init_slots(ember_pool_t *pool, unsigned char *slots, uint64_t off,
 ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
                            uint32_t block_size, ember_ch_t **out)
 {
+    return ember_ch_create_ex(pool, c_uid, capacity, block_size, 0u, out);
+}
+
+ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
+                              uint32_t block_size, unsigned flags, ember_ch_t **out)
+{
     if (!pool || !out)
         return EMBER_ERR_INVALID_ARG;
     *out = NULL;
@@ -1015,7 +1021,7 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
         return EMBER_ERR_INVALID_ARG;
     uint64_t total = sizeof(ch_hdr_t) + (uint64_t)capacity * block_size;
     ember_alloc_t a;
-    ember_rc_t rc = ember_pool_alloc(pool, total, &a);
+    ember_rc_t rc = ember_pool_alloc_ex(pool, total, -1, flags | EMBER_ALLOC_NO_FREE_WAIT, &a);
     if (rc == EMBER_ERR_EXHAUSTED && too_big(pool, total))
         return EMBER_ERR_TOO_BIG;
     if (rc != EMBER_OK)
@@ -1119,6 +1125,23 @@ ember_rc_t ember_ch_sdesc_pool(const void *sdesc, size_t len,
         *pool_sdesc = b + SD_OFF_POOL;
     if (pool_sdesc_len)
         *pool_sdesc_len = plen;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_sdesc_info(const void *sdesc, size_t len, ember_ch_sdesc_info_t *out)
+{
+    if (!out)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = ember_ch_sdesc_pool(sdesc, len, NULL, NULL);
+    if (rc != EMBER_OK)
+        return rc;
+    const uint8_t *b = sdesc;
+    out->offset = rd64(b + SD_OFF_OFFSET);
+    out->id = rd64(b + SD_OFF_ID);
+    out->size = rd64(b + SD_OFF_SIZE);
+    out->c_uid = rd64(b + SD_OFF_CUID);
+    out->capacity = rd32(b + SD_OFF_CAP);
+    out->block_size = rd32(b + SD_OFF_BLOCK);
     return EMBER_OK;
 }
 

@@ -64,12 +64,27 @@ typedef struct {
  * no room, EMBER_ERR_TOO_BIG if it could never hold the channel. */
 ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
                            uint32_t block_size, ember_ch_t **out);
+/* ... with pool allocation flags: EMBER_ALLOC_OWNED records the caller's pid
+ * as the channel block's owner, so that ember_pool_reclaim frees it if the
+ * caller dies before handing it over (ember_pool_take_owner). */
+ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
+                              uint32_t block_size, unsigned flags, ember_ch_t **out);
 
 /* Check a serialized channel descriptor (length, magic, version, checksum,
  * fields) and give the embedded pool descriptor, so the caller can attach
  * the pool before ember_ch_attach.  EMBER_ERR_BAD_DESCRIPTOR if invalid. */
 ember_rc_t ember_ch_sdesc_pool(const void *sdesc, size_t len,
                                const uint8_t **pool_sdesc, size_t *pool_sdesc_len);
+
+/* The fields of a descriptor that ember_ch_sdesc_pool accepts, read without
+ * attaching anything (global services checks a channel a client made and
+ * registers, without mapping its pool). */
+typedef struct {
+    uint64_t offset, id, size;      /* the channel's allocation in its pool */
+    uint64_t c_uid;
+    uint32_t capacity, block_size;
+} ember_ch_sdesc_info_t;
+ember_rc_t ember_ch_sdesc_info(const void *sdesc, size_t len, ember_ch_sdesc_info_t *out);
 
 /* Attach a channel of `pool` from its descriptor.  EMBER_ERR_BAD_DESCRIPTOR
  * for a truncated / corrupt descriptor or one of another pool;

@@ -44,7 +44,12 @@
     X(uint64_t, size, (const ember_pool_t *pool), (pool))                                    \
     X(const char *, shm_name, (const ember_pool_t *pool), (pool))                            \
     X(_Atomic uint32_t *, event_word, (const ember_pool_t *pool), (pool))                    \
-    X(_Atomic uint32_t *, event_waiters, (const ember_pool_t *pool), (pool))
+    X(_Atomic uint32_t *, event_waiters, (const ember_pool_t *pool), (pool))                 \
+    X(ember_rc_t, alloc_ex, (ember_pool_t *pool, uint64_t size, int64_t timeout_ns,          \
+                             unsigned flags, ember_alloc_t *out),                           \
+      (pool, size, timeout_ns, flags, out))                                                 \
+    X(ember_rc_t, take_owner, (ember_pool_t *pool, const ember_alloc_t *a, uint32_t from,    \
+                               uint32_t to), (pool, a, from, to))
 
 /* The process-slots writer and reader (slots.c, compiled into _pools too:
  * one binding per process whichever extension waits).  X(return type, full

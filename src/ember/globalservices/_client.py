@@ -93,6 +93,8 @@ class Connection:
         self._local = threading.local()
         self._tags = itertools.count(1)
         self._free = []          # reply channels of finished threads
+        self._next_c_uid = None  # reserved by GS for our next channel (ChannelRegister)
+        self._dpool = None       # the default pool, attached on the first own-made channel
 
     def _reply_channel(self):
         holder = getattr(self._local, "reply", None)
@@ -149,6 +151,73 @@ class Connection:
             return rep.value
         raise _error_from_reply(rep)
 
+    def create_channel(self, m_uid, user_name, opts, soft, od=None):
+        """channel.create: when GS has reserved a c_uid for us (each channel
+        reply carries the next one) and the channel goes to the default
+        pool, make it here and register it (one round trip, joiners woken
+        at once: docs/channels.md, "How create, join and destroy flow");
+        otherwise ask GS to have the node's shepherd make it."""
+        c_uid = None
+        if not soft and m_uid is None and self._next_c_uid is not None and opts.node is None:
+            with _conn_lock:
+                c_uid, self._next_c_uid = self._next_c_uid, None
+        if c_uid is not None:
+            pool = self._default_pool()
+            if pool is None:
+                c_uid = None
+        if od is None:
+            od = opts.to_dict()
+        ch = None
+        if c_uid is not None:
+            # Owned by our pid until handed over: if we die before GS has
+            # it, the shepherd's reclaim of our blocks frees it.
+            try:
+                ch = self._Channel.create(pool, opts.capacity, opts.block_size, c_uid=c_uid,
+                                          owned=True)
+            except Exception:
+                self._next_c_uid = c_uid  # bad sizes, a full pool: GS words the error
+        if ch is None:
+            d = self.call(messages.ChannelCreate, m_uid, user_name, od, bool(soft))
+        else:
+            try:
+                d = self.call(messages.ChannelRegister, m_uid, user_name, od, ch.sdesc)
+            except (ChannelError, GlobalServicesError):
+                ch.destroy()             # refused: GS recorded nothing
+                raise
+            except BaseException:
+                ch.detach()              # unknown: the shepherd adopts it, or our exit frees it
+                raise
+            try:
+                ch._take_owner(os.getpid(), 0)   # GS has it: it outlives us now
+            except Exception:
+                pass                     # the node's shepherd took it over first
+            ch.detach()
+        nxt = d.pop("next_c_uid", None) if isinstance(d, dict) else None
+        if nxt is not None:
+            self._next_c_uid = nxt
+        return d
+
+    def _default_pool(self):
+        pool = self._dpool
+        if pool is None:
+            sdesc = _env.get(_env.DEFAULT_POOL)
+            if not sdesc:
+                return None
+            from ..pools_c import Pool
+            try:
+                pool = self._dpool = Pool.attach(_env.decode(sdesc))
+            except Exception:
+                return None
+        return pool
+
+    def _drop_default_pool(self):
+        pool, self._dpool = self._dpool, None
+        if pool is not None:
+            try:
+                pool.detach()
+            except Exception:
+                pass
+
     def release(self):
         """After ``ProcessDetach``: GS freed every reply channel of this
         process except the one its reply came on, which is ours to destroy;
@@ -167,6 +236,7 @@ class Connection:
             except Exception:
                 pass
         self._free.clear()
+        self._drop_default_pool()
         self.gs.detach()
         self.inf_pool.detach()
 
@@ -181,6 +251,7 @@ class Connection:
         for ch, _ in self._free:
             ch.destroy()
         self._free.clear()
+        self._drop_default_pool()
         self.gs.detach()
         self.inf_pool.detach()
 

@@ -8,7 +8,7 @@ Attach with ``ember.channels_c.Channel.attach(descriptor.sdesc)``.
 from .. import messages as _m
 from ..descriptors import ChannelDescriptor, ChannelOptions
 from ..exceptions import ChannelError, ChannelTimeout
-from ._client import call as _call
+from ._client import call as _call, connection as _connection
 
 __all__ = ["create", "get_list", "list", "query", "join", "destroy", "release", "add_ref",
            "add_sender",
@@ -42,9 +42,17 @@ def create(m_uid, user_name=None, channel_options=None, soft=False):
         raise ChannelError(f"m_uid must be an int or None, not {type(m_uid).__name__}")
     if user_name is not None and not isinstance(user_name, str):
         raise ChannelError(f"user_name must be a str or None, not {type(user_name).__name__}")
-    opts = ChannelOptions.coerce(channel_options, "channel_options")
-    return ChannelDescriptor.from_dict(
-        _call(_m.ChannelCreate, m_uid, user_name, opts.to_dict(), bool(soft)))
+    if channel_options is None:
+        opts, od = _DEFAULTS, _DEFAULTS_DICT
+    else:
+        opts = ChannelOptions.coerce(channel_options, "channel_options")
+        od = opts.to_dict()
+    return ChannelDescriptor.from_dict(_connection().create_channel(m_uid, user_name, opts, soft,
+                                                                    od))
+
+
+_DEFAULTS = ChannelOptions()        # never mutated: the options of channel_options=None
+_DEFAULTS_DICT = _DEFAULTS.to_dict()
 
 
 def get_list(names=False):

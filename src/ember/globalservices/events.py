@@ -12,12 +12,46 @@ the middle of one) and outlives the runtime: ``ember events --address ID``
 reads a finished run's log.  Writing never fails a request: an error is
 logged once and the log is switched off.
 """
-import json
 import os
 import signal
 import time
 
 from .registry import log
+
+
+try:      # the C string encoder of the json module, without json (and re) loaded:
+    from _json import encode_basestring_ascii as _jstr   # GS writes events from its start
+except ImportError:  # pragma: no cover - not CPython
+    def _jstr(s):
+        import json
+        return json.dumps(s)
+
+
+def _json_value(v):
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    t = type(v)
+    if t is str:
+        return _jstr(v)
+    if t is int:
+        return str(v)
+    if t is float:
+        return repr(v) if v == v and v not in (float("inf"), float("-inf")) else "null"
+    if t is dict:
+        return "{" + ", ".join(f"{_jstr(str(k))}: {_json_value(x)}" for k, x in v.items()) + "}"
+    if t in (list, tuple):
+        return "[" + ", ".join(_json_value(x) for x in v) + "]"
+    return _jstr(repr(v))
+
+
+def _json_line(rec):
+    """One event as a JSON object (what ``json.dumps(rec, default=repr)``
+    writes, for the types events hold)."""
+    return _json_value(rec)
 
 
 def signal_name(sig):
@@ -34,18 +68,39 @@ class EventsPart:
     def _init_events(self):
         self.events_path = None
         self._events_fd = None
+        # deferred events: recorded during a request, written (formatted and
+        # one write) by flush_events() once its reply is out — the loop calls
+        # it after each message, so the log is never behind GS's next one
+        self.defer_events = False
+        self._events_held = []
 
     def _event(self, event, **fields):
-        path = self.events_path
-        if path is None:
+        if self.events_path is None:
             return
+        if self.defer_events:
+            self._events_held.append((time.time(), event, fields))
+            return
+        self._write_events([(time.time(), event, fields)])
+
+    def flush_events(self):
+        held = self._events_held
+        if held:
+            self._events_held = []
+            if self.events_path is not None:
+                self._write_events(held)
+
+    def _write_events(self, events):
+        path = self.events_path
         try:
             if self._events_fd is None:
                 self._events_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
                                           os.O_CLOEXEC, 0o600)
-            rec = {"t": round(time.time(), 6), "event": event}
-            rec.update(fields)
-            os.write(self._events_fd, (json.dumps(rec, default=repr) + "\n").encode())
+            lines = []
+            for t, event, fields in events:
+                rec = {"t": round(t, 6), "event": event}
+                rec.update(fields)
+                lines.append(_json_line(rec))
+            os.write(self._events_fd, ("\n".join(lines) + "\n").encode())
         except Exception as exc:
             log.warning("event log %s switched off: %s", path, exc)
             self.events_path = None
@@ -75,6 +130,7 @@ class EventsPart:
             self._event("process.oom_killed", **short)
 
     def _close_events(self):
+        self.flush_events()
         if self._events_fd is not None:
             try:
                 os.close(self._events_fd)

@@ -17,6 +17,16 @@ from ..exceptions import ChannelError, ChannelTimeout, PoolError
 from .processes import EXITED
 from .registry import _Waiter, _lookup, _timeout, log
 
+
+_DEFAULTS = ChannelOptions()     # never mutated
+_DEFAULT_OPTS = _DEFAULTS.to_dict()
+
+
+def _describe(sdesc):
+    """A channel descriptor's fields, checked, without mapping its pool."""
+    from ..channels_c import Channel
+    return Channel.describe(sdesc)
+
 DEFAULT_POOL_NAME = "default"
 
 
@@ -71,8 +81,9 @@ class MemoryPart:
                 (m.ChannelQuery, "on_channel_query"), (m.ChannelJoin, "on_channel_join"),
                 (m.ChannelDestroy, "on_channel_destroy"), (m.ChannelRelease, "on_channel_release"),
                 (m.ChannelAddRef, "on_channel_add_ref"),
-                (m.ChannelAddSender, "on_channel_add_sender"))
-    NOTICES = ()
+                (m.ChannelAddSender, "on_channel_add_sender"),
+                (m.ChannelRegister, "on_channel_register"))
+    NOTICES = ((m.ShChannelAdoptFailed, "on_channel_adopt_failed"),)
 
     def _init_memory(self, default_pool):
         """``default_pool``: the runtime's default pool (made by the
@@ -325,9 +336,116 @@ class MemoryPart:
             proc = self.procs.get(owner)
             if proc is None or proc.state != EXITED:
                 self._add_ref(rec, owner)
-            self._reply(tag, r, desc)
+            self._reply(tag, r, self._with_reservation(desc, proc))
         if rec.ref_count and not rec.holders:
             self._destroy_channel(rec)   # every holder exited while it was made
+
+    def _with_reservation(self, desc, proc):
+        """``desc`` for a channel's creator: with the c_uid reserved for its
+        next create (``next_c_uid``), which it makes itself and registers
+        (:meth:`on_channel_register`).  Not for the launcher (p_uid 0, no
+        record) or a process whose pid GS does not know."""
+        if proc is None or proc.os_pid is None or proc.state == EXITED or proc.node != self.node:
+            return desc
+        if proc.next_c_uid is None:
+            proc.next_c_uid = next(self._c_uids)
+        return dict(desc, next_c_uid=proc.next_c_uid)
+
+    def on_channel_register(self, msg):
+        """A channel the requester made itself in a pool it maps, with the
+        c_uid GS reserved for it: check, record, wake joiners, answer — one
+        round trip — then have the node's shepherd adopt it (it checks the
+        header and takes the block from the requester: ShChannelAdopt).
+
+        GS does not map the pool, so it checks what it can read: the
+        descriptor is well formed (checksum), names this pool, lies within
+        it, carries the reserved c_uid and the asked sizes, and is no channel
+        GS knows (a registered one, a reply channel, one of the runtime's
+        own).  Refused: nothing is recorded, and the requester destroys its
+        channel."""
+        proc = self.procs.get(msg.p_uid)
+        reserved = proc.next_c_uid if proc is not None else None
+        if proc is not None:
+            proc.next_c_uid = None
+        name = msg.user_name
+        if name is not None and not isinstance(name, str):
+            raise ChannelError(f"user_name must be a str or None, not {type(name).__name__}")
+        if reserved is None or proc.os_pid is None:
+            raise ChannelError(f"process {msg.p_uid} has no c_uid reserved: create the channel "
+                               f"through channel.create")
+        existing = self.chan_names.get(name) if name else None
+        if existing is None and name:
+            existing = self.chan_names_creating.get(name)
+        if existing is not None:
+            raise ChannelError(f"a channel is already named {name!r} (c_uid {existing})")
+        m_uid = self.default_m_uid if msg.m_uid is None else msg.m_uid
+        if isinstance(m_uid, bool) or not isinstance(m_uid, int):
+            raise ChannelError(f"m_uid must be an int, not {type(m_uid).__name__}")
+        prec = self.pools.get(m_uid)
+        if prec is None:
+            raise ChannelError(f"cannot create channel {name or ''!r}: no pool with m_uid {m_uid}")
+        o = msg.options
+        if o == _DEFAULT_OPTS:
+            opts = _DEFAULTS          # the common case, without the generic parse
+        else:
+            try:
+                opts = ChannelOptions.coerce(o, "channel_options")
+            except TypeError as exc:
+                raise ChannelError(str(exc)) from None
+        if opts.node is not None or prec.node != self.node or proc.node != self.node:
+            raise ChannelError(f"cannot register channel {name or ''!r}: only channels of this "
+                               f"node's pools are registered; create it through channel.create")
+        sdesc = msg.sdesc
+        try:
+            psd, offset, _, size, c_uid, capacity, block_size = _describe(sdesc)
+        except (TypeError, ValueError) as exc:
+            raise ChannelError(f"cannot register channel {name or ''!r}: {exc}") from None
+        why = None
+        if psd != prec.sdesc:
+            why = f"it is not in pool {m_uid}"
+        elif offset + size > prec.size or offset + size < offset:
+            why = f"its block [{offset}, +{size}) lies outside pool {m_uid} ({prec.size} bytes)"
+        elif c_uid != reserved:
+            why = f"its c_uid {c_uid} is not the one reserved for process {msg.p_uid} ({reserved})"
+        elif (capacity, block_size) != (opts.capacity, opts.block_size):
+            why = (f"it is {capacity} x {block_size} B, not the {opts.capacity} x "
+                   f"{opts.block_size} B asked")
+        elif sdesc in self.chan_sdescs or sdesc in self.reply_owner or \
+                sdesc in self.reserved_replies:
+            why = "it is a channel the runtime knows already"
+        if why is not None:
+            self.warn("bad-register", "refused ChannelRegister from p_uid %s: %s", msg.p_uid, why)
+            raise ChannelError(f"cannot register channel {name or ''!r}: {why}")
+        rec = _Chan(c_uid, m_uid, name or None, opts, node=prec.node)
+        rec.sdesc = sdesc
+        self.chans[c_uid] = rec
+        self.chan_sdescs.add(sdesc)
+        if rec.name:
+            self.chan_names[rec.name] = c_uid
+        prec.channels.add(c_uid)
+        self._event("channel.created", c_uid=c_uid, name=rec.name, m_uid=m_uid,
+                    capacity=rec.capacity, by=msg.p_uid)
+        log.info("channel %d %r created in pool %d by process %s", c_uid, rec.name, m_uid,
+                 msg.p_uid)
+        desc = self._chan_desc(rec)
+        for w in list(self.chan_joiners.get(rec.name, ())) if rec.name else ():
+            self._finish_waiter(w)
+            self._add_ref(rec, w.owner)
+            self._reply(w.tag, w.r, desc)
+        self._add_ref(rec, msg.p_uid)
+        self._reply(msg.tag, msg.r, self._with_reservation(desc, proc))
+        self.node_notice(prec.node, m.ShChannelAdopt(c_uid, m_uid, prec.sdesc, sdesc, proc.os_pid))
+
+    def on_channel_adopt_failed(self, msg):
+        """The node would not adopt a channel a process registered (not a
+        channel, not that process's, or it died and its blocks were
+        reclaimed first): forget it; the node holds nothing to free."""
+        rec = self.chans.get(msg.c_uid)
+        err = msg.err if isinstance(msg.err, list) and len(msg.err) >= 2 else ["?", msg.err]
+        log.warning("channel %s %r forgotten: its node did not adopt it: %s: %s", msg.c_uid,
+                    rec.name if rec is not None else None, err[0], err[1])
+        if rec is not None:
+            self._destroy_channel(rec, drop=False)
 
     def on_channel_list(self, msg):
         self._reply(msg.tag, msg.r, [[c.c_uid, c.name] for c in self.chans.values()])
@@ -422,7 +540,7 @@ class MemoryPart:
             self._close_if_no_sender(rec)
         self._reply(msg.tag, msg.r)
 
-    def _destroy_channel(self, rec, requester=None):
+    def _destroy_channel(self, rec, requester=None, drop=True):
         """Forget a channel and answer ``requester`` ``(tag, r, p_uid)`` at
         once; then have its shepherd free it (``ShChannelDrop``, no answer:
         the registries are consistent whatever the free's outcome, and the
@@ -445,7 +563,8 @@ class MemoryPart:
             if requester is not None:
                 self._answer([requester])
             return
-        self.node_notice(rec.node, m.ShChannelDrop([rec.c_uid]))
+        if drop:
+            self.node_notice(rec.node, m.ShChannelDrop([rec.c_uid]))
         if requester is not None:
             self._answer([requester])
 

@@ -37,7 +37,7 @@ MAX_JOIN_IDENTS = 4096
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
-                 "attached", "node", "lost", "exit_info")
+                 "attached", "node", "lost", "exit_info", "next_c_uid")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
@@ -55,6 +55,7 @@ class _Proc:
         self.joined = False      # a join has reported its exit
         self.exe = ""
         self.prev_same_name = None   # the process last_by_name named before this one
+        self.next_c_uid = None   # the c_uid reserved for its next ChannelRegister
         self.attached = False    # joined with ProcessAttach (not started by the runtime)
         self.node = node         # the node it runs on
         self.lost = False        # its node was lost (state "lost" in descriptors)

@@ -70,6 +70,10 @@ log = _log.get("gs")
 #: At most this many reply channels are registered per process (a thread
 #: per request reuses freed ones; only abandoned requests retire one).
 MAX_REPLY_CHANNELS = 4096
+#: Notices for a node held at most (batch_notices), and for at most
+#: NOTICE_DELAY seconds of idle input.
+NOTICE_BATCH = 64
+NOTICE_DELAY = 0.001
 
 
 class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart, ObjectsPart,
@@ -88,7 +92,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
     def __init__(self, *, runtime_tag, send_reply, send_shepherd, clock=time.monotonic,
                  node=0, default_pool=None, launcher_key=None, reserved_replies=(),
                  check_reply=None, death_reports=True, err=None, attach_key=None,
-                 send_remote=None, mn_env=None, fail_fast=False):
+                 send_remote=None, mn_env=None, fail_fast=False, batch_notices=False):
         """``launcher_key``: the key of p_uid 0 (None: no request claiming
         p_uid 0 is accepted); ``reserved_replies``: descriptors that may
         never be a reply channel (GS's own inputs); ``check_reply(r)``:
@@ -99,12 +103,19 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         (str) that a process the runtime did not start must present to
         attach (None: attaching is refused); ``default_pool``: the
         runtime's default pool (only its ``sdesc`` and ``size`` are read:
-        GS does not use the node's pools, their shepherd does)."""
+        GS does not use the node's pools, their shepherd does);
+        ``batch_notices``: keep the notices for a node that need no answer
+        (``ShChannelAdopt``, ``ShChannelDrop``) until :meth:`flush_notices`
+        (the loop calls it when its input is idle), up to
+        :data:`NOTICE_BATCH` of them; anything else sent to the node
+        flushes them first, so the node sees every message in order."""
         Service.__init__(self, clock=clock, logger=log)
         self.attach_key = attach_key
         self.runtime_tag = runtime_tag
         self.send_reply = send_reply
-        self.send_shepherd = send_shepherd
+        self._send_node = send_shepherd
+        self._notices = []        # notices for the node, held until flush_notices()
+        self.batch_notices = batch_notices
         self.node = node
         self.send_remote = send_remote
         self.mn_env = dict(mn_env or {})
@@ -269,12 +280,35 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self._node_ops[tag] = (node, on_done, msg)
         self.to_node(node, msg)
 
+    def send_shepherd(self, msg):
+        """Hand ``msg`` to the node's shepherd, after any notices held."""
+        if self._notices:
+            self.flush_notices()
+        self._send_node(msg)
+
     def node_notice(self, node, msg):
         """Tell the shepherd of ``node`` something that needs no answer
-        (``ShChannelDrop``); in order with :meth:`node_request`'s messages."""
+        (``ShChannelAdopt``, ``ShChannelDrop``); in order with every other
+        message to it.  Held and sent in a burst when ``batch_notices`` (the
+        local node only): one wake-up of the shepherd for many creates and
+        destroys."""
         if node not in self.nodes:
             raise EmberError(f"node {node} is not a node of this runtime")
-        self.to_node(node, msg)
+        if node != self.node or not self.batch_notices:
+            return self.to_node(node, msg)
+        self._notices.append(msg)
+        if len(self._notices) >= NOTICE_BATCH:
+            self.flush_notices()
+
+    @property
+    def notices_pending(self):
+        return len(self._notices)
+
+    def flush_notices(self):
+        """Send the held notices to the local node's shepherd (in order)."""
+        notices, self._notices = self._notices, []
+        for msg in notices:
+            self._send_node(msg)
 
     def on_node_done(self, msg):
         op = self._node_ops.pop(msg.ref, None)
@@ -546,7 +580,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         attach_key=attach_key,
                         send_remote=transport.to_remote if mn else None,
                         mn_env=mn.get("env") if mn else None,
-                        fail_fast=bool(mn and mn.get("fail_fast")))
+                        fail_fast=bool(mn and mn.get("fail_fast")),
+                        batch_notices=True)
     if mn:
         gs.nodes[node]["agent"] = mn.get("agent0")
     recv = gs_channel.recv
@@ -556,15 +591,20 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
         gs.events_path = os.path.join(runtime_dir(), f"{runtime_tag}.events")
     except Exception as exc:
         log.warning("no event log: %s", exc)
+    gs.defer_events = True       # written after the replies (flush_events), json loaded then
     gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
     while not gs.finished:
         timeout = gs.next_timeout()
         if transport.pending and not transport.flush():
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
+        if gs._notices:
+            timeout = NOTICE_DELAY if timeout is None else min(timeout, NOTICE_DELAY)
         try:
             data = recv(timeout=timeout)
         except ChannelEmpty:
             data = None
+            if gs._notices:            # idle: now wake the shepherd for them
+                gs.flush_notices()
         except ChannelError as exc:
             # A message someone scribbled over is dropped (the channel
             # reports it and stays usable); a destroyed or closed input
@@ -588,6 +628,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                 gs.handle_bytes(data)
         if gs.timers_pending:
             gs.expire()
+        if gs._events_held:
+            gs.flush_events()        # after the replies: off the requester's path
     for ch in transport.cache.values():
         try:
             ch.detach()

@@ -44,7 +44,6 @@ take that lock: this holds across pid namespaces that share /dev/shm and
 whatever became of the launcher's pid.
 """
 import os
-import re
 import stat
 import time
 import sys
@@ -461,14 +460,15 @@ def _daemonize(args):
 # ------------------------------------------------------------------ cleanup
 #: ``ember cleanup --events-age`` default: a week.
 DEFAULT_EVENTS_AGE = 7 * 86400.0
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$"   # (re: loaded on use, not at start-up)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text):
     """Seconds (a float >= 0) of ``7d``, ``12h``, ``30m``, ``90s``, ``2w`` or a
     plain number of seconds; ValueError quoting ``text`` otherwise."""
-    mo = _DURATION.match(str(text))
+    import re
+    mo = re.match(_DURATION, str(text), re.IGNORECASE)
     if not mo:
         raise ValueError(f"not a duration: {text!r} (use seconds or a number with a unit "
                          f"s, m, h, d, w, e.g. 7d, 12h, 30m)")

@@ -1485,6 +1485,28 @@ ember_rc_t ember_pool_set_owner(ember_pool_t *pool, const ember_alloc_t *a, uint
     return rc;
 }
 
+ember_rc_t ember_pool_take_owner(ember_pool_t *pool, const ember_alloc_t *a, uint32_t from,
+                                 uint32_t to)
+{
+    if (!pool || !a)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = _ember_lock(pool);
+    if (rc)
+        return rc;
+    uint64_t off;
+    rc = _ember_validate_alloc(pool, a, &off);
+    if (rc == EMBER_OK) {
+        /* relaxed: read and written under the mutex (reclaim, set_owner) */
+        _Atomic uint64_t *o = &_ember_blk(pool, off)->xowner;
+        if (ember_atomic_load_relaxed(o) == from)
+            ember_atomic_store_relaxed(o, to);
+        else
+            rc = EMBER_ERR_STALE;
+    }
+    _ember_unlock(pool);
+    return rc;
+}
+
 ember_rc_t ember_pool_reclaim(ember_pool_t *pool, uint32_t pid, uint64_t *nblocks, uint64_t *nbytes)
 {
     if (!pool || pid == 0)

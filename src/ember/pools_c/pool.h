@@ -154,6 +154,14 @@ ember_rc_t ember_pool_check_ex(ember_pool_t *pool, const ember_alloc_t *a, int64
  * 0 (nobody: never reclaimed).  Same validation as ember_pool_check. */
 ember_rc_t ember_pool_set_owner(ember_pool_t *pool, const ember_alloc_t *a, uint32_t pid);
 
+/* Hand a live allocation over: its owner becomes `to` only if it is `from`
+ * (one step under the mutex, so a concurrent ember_pool_reclaim of `from`
+ * either freed it first or finds it no longer `from`'s).  EMBER_ERR_STALE
+ * if its owner is not `from`; otherwise the same validation as
+ * ember_pool_check. */
+ember_rc_t ember_pool_take_owner(ember_pool_t *pool, const ember_alloc_t *a, uint32_t from,
+                                 uint32_t to);
+
 /* Free every live allocation whose recorded owner is `pid` (the caller
  * makes sure that process is dead).  Gives how many blocks and how many
  * bytes (block headers included) went back; either may be NULL. */

@@ -14,6 +14,7 @@ GS -> shepherd         shepherd -> GS
 ``ShChannelCreate``    ``ShChannelCreated(ref, c_uid, sdesc, capacity, block_size, err)``
 ``ShChannelDestroy``   ``ShChannelDestroyed(ref, c_uid, err)``
 ``ShChannelDrop``      (none: GS answered the destroy already; a failure is logged)
+``ShChannelAdopt``     ``ShChannelAdoptFailed(c_uid, err)`` only when it refuses
 ``ShObjectEnd``        ``ShObjectEnded(ref, err)`` (a named object's memory: ember.objects)
 ``ShReclaim(pid)``     (none)
 =====================  ==========================================
@@ -55,10 +56,10 @@ class NodeResources(Service):
 
     name = "shepherd"
     TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy,
-             M.ShChannelClose, M.ShObjectEnd, M.ShChannelDrop)
+             M.ShChannelClose, M.ShObjectEnd, M.ShChannelDrop, M.ShChannelAdopt)
 
     def __init__(self, send, *, pool_factory=None, channel_factory=None, pool_attach=None,
-                 clock=None):
+                 channel_attach=None, clock=None):
         kw = {} if clock is None else {"clock": clock}
         Service.__init__(self, logger=log, **kw)
         if pool_factory is None or channel_factory is None or pool_attach is None:
@@ -67,6 +68,10 @@ class NodeResources(Service):
             pool_factory = pool_factory or Pool.create
             channel_factory = channel_factory or Channel.create
             pool_attach = pool_attach or Pool.attach
+        if channel_attach is None:
+            from ..channels_c import Channel
+            channel_attach = Channel.attach
+        self._attach_channel = channel_attach
         self._send = send
         self._make_pool, self._make_channel, self._attach_pool = \
             pool_factory, channel_factory, pool_attach
@@ -82,7 +87,8 @@ class NodeResources(Service):
                             (M.ShChannelDestroy, self.on_channel_destroy),
                             (M.ShChannelClose, self.on_channel_close),
                             (M.ShObjectEnd, self.on_object_end),
-                            (M.ShChannelDrop, self.on_channel_drop)):
+                            (M.ShChannelDrop, self.on_channel_drop),
+                            (M.ShChannelAdopt, self.on_channel_adopt)):
             self.on(cls, method, NOTICE)
 
     def handle_msg(self, msg):
@@ -150,6 +156,41 @@ class NodeResources(Service):
             except Exception as exc:
                 err = _err(exc)
         self._send(M.ShChannelDestroyed(msg.tag, msg.c_uid, err))
+
+    def on_channel_adopt(self, msg):
+        """Take over a channel a process made itself and GS registered
+        (``pid``: the requester's).  It must attach (a live block holding a
+        channel header of this pool: magic, version, allocation id), carry
+        the c_uid GS reserved, and its block must be the requester's or
+        already handed to nobody (the requester does that itself once GS
+        has answered); then the block becomes nobody's (a reclaim of the
+        requester's blocks leaves it) and this node destroys it when GS
+        says so.  Otherwise GS is told to forget it."""
+        ch = None
+        try:
+            if not isinstance(msg.c_uid, int) or not isinstance(msg.pid, int):
+                raise ValueError("bad c_uid or pid")
+            self._pool(msg.m_uid, msg.pool_sdesc)
+            ch = self._attach_channel(msg.sdesc)
+            if ch.c_uid != msg.c_uid:
+                raise ValueError(f"its header says c_uid {ch.c_uid}, GS registered {msg.c_uid}")
+            try:
+                ch._take_owner(msg.pid, 0)
+            except Exception:
+                try:
+                    ch._take_owner(0, 0)      # handed over already by the requester
+                except Exception:
+                    raise ValueError(f"its block is not process pid {msg.pid}'s") from None
+        except Exception as exc:
+            if ch is not None:
+                try:
+                    ch.detach()
+                except Exception:
+                    pass
+            log.warning("refused to adopt channel %r: %s: %s", msg.c_uid, type(exc).__name__, exc)
+            self._send(M.ShChannelAdoptFailed(msg.c_uid, _err(exc)))
+            return
+        self.chans[msg.c_uid] = ch
 
     def on_channel_drop(self, msg):
         """Free channels GS has already forgotten (and answered the destroy
