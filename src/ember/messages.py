@@ -64,6 +64,22 @@ class Message:
         if kwargs:
             raise TypeError(f"{type(self).__name__} has no field(s) {sorted(kwargs)}")
 
+    @classmethod
+    def _new(cls, *args):
+        """The fast constructor: exactly one value per field, in order, no
+        checks (the hot paths: decoding, where the count is checked, and
+        the client's requests).  The first call of a class compiles its own
+        ``_new`` (one store per field instead of a generic loop of
+        setattr: 5-7x faster) and installs it; classes a process never
+        builds cost nothing at import."""
+        fields = cls.fields
+        params = ", ".join(fields)
+        body = "".join(f"    o.{f} = {f}\n" for f in fields)
+        ns = {"_cls": cls, "_alloc": object.__new__}
+        exec(f"def _new({params}):\n    o = _alloc(_cls)\n{body}    return o\n", ns)
+        cls._new = staticmethod(ns["_new"])
+        return cls._new(*args)
+
     def pack(self):
         return _packb([self.code, *self._values(self)])
 
@@ -228,15 +244,15 @@ def unpack(data):
     if n != total and not total - len(cls.defaults) <= n < total:
         raise MessageError(
             f"{cls.__name__} needs {total} fields, got {n}")
-    return cls(*obj[1:])
+    return cls._new(*obj[1:]) if n == total else cls(*obj[1:])
 
 
 def reply_ok(ref, value=None):
-    return Reply(ref, ERR_OK, value, None, None, None)
+    return Reply._new(ref, ERR_OK, value, None, None, None)
 
 
 def reply_err(ref, err_type, msg, tb=None):
-    return Reply(ref, ERR_FAIL, None, err_type, msg, tb)
+    return Reply._new(ref, ERR_FAIL, None, err_type, msg, tb)
 
 
 __all__ += ["reply_ok", "reply_err", "POKE"]

@@ -246,7 +246,7 @@ cdef class Channel:
             The channel's unique id (random when None).
         owned : bool
             Record this process as the owner of the channel's block: if it
-            dies before the block is handed over (:meth:`_take_owner`, the
+            dies before the block is handed over (``_take_owner``, the
             node's shepherd does it when global services registers the
             channel), reclaiming its blocks frees the channel.
         """

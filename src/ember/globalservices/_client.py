@@ -117,7 +117,8 @@ class Connection:
         ch = holder.ch
         tag = next(self._tags)
         try:
-            data = msg_cls(tag, self.p_uid, holder.r, self.key, *fields).pack()
+            make = msg_cls._new if len(msg_cls.fields) == 4 + len(fields) else msg_cls
+            data = make(tag, self.p_uid, holder.r, self.key, *fields).pack()
         except (TypeError, ValueError, OverflowError) as exc:
             # e.g. a str with surrogate escapes, an int beyond 64 bits
             kind = next((e for p, e in _KIND_ERRORS if msg_cls.__name__.startswith(p)),

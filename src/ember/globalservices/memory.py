@@ -423,11 +423,8 @@ class MemoryPart:
         if rec.name:
             self.chan_names[rec.name] = c_uid
         prec.channels.add(c_uid)
-        self._event("channel.created", c_uid=c_uid, name=rec.name, m_uid=m_uid,
-                    capacity=rec.capacity, by=msg.p_uid)
-        log.info("channel %d %r created in pool %d by process %s", c_uid, rec.name, m_uid,
-                 msg.p_uid)
         desc = self._chan_desc(rec)
+        # the joiners first (they sleep), then the creator; the rest after
         for w in list(self.chan_joiners.get(rec.name, ())) if rec.name else ():
             self._finish_waiter(w)
             self._add_ref(rec, w.owner)
@@ -435,6 +432,10 @@ class MemoryPart:
         self._add_ref(rec, msg.p_uid)
         self._reply(msg.tag, msg.r, self._with_reservation(desc, proc))
         self.node_notice(prec.node, m.ShChannelAdopt(c_uid, m_uid, prec.sdesc, sdesc, proc.os_pid))
+        self._event("channel.created", c_uid=c_uid, name=rec.name, m_uid=m_uid,
+                    capacity=rec.capacity, by=msg.p_uid)
+        log.info("channel %d %r created in pool %d by process %s", c_uid, rec.name, m_uid,
+                 msg.p_uid)
 
     def on_channel_adopt_failed(self, msg):
         """The node would not adopt a channel a process registered (not a
