@@ -16,6 +16,8 @@ BENCH = os.path.join(os.path.dirname(HERE), "benchmarks", "bench_runtime.py")
 
 @pytest.fixture(scope="module")
 def bench():
+    import sys
+    sys.path.insert(0, os.path.dirname(BENCH))      # its helpers (benchmarks/_report.py)
     spec = importlib.util.spec_from_file_location("bench_runtime", BENCH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
