@@ -94,6 +94,19 @@ if __name__ == "__main__":
     ps = [mp.Process(target=sleeper, args=(q,)) for _ in range(2)]
     for p in ps: p.start()
     print(*[q.get(timeout=30) for _ in ps], flush=True)
+    # what in /dev/shm is this program's own: its ember runtime's segments
+    # (one prefix), the stdlib's named semaphores (one name each)
+    from ember import _env
+    own = []
+    rid = _env.get(_env.RUNTIME_ID)
+    if rid:
+        own.append("ember." + rid + ".")
+    for obj in (q, lock, getattr(q, "_rlock", None), getattr(q, "_wlock", None),
+                getattr(q, "_sem", None)):
+        name = getattr(getattr(obj, "_semlock", None), "name", None)
+        if name:
+            own.append("sem." + name.lstrip("/"))
+    print(*own, flush=True)
     time.sleep(60)
 """
 
@@ -106,9 +119,17 @@ def _alive(pid):
         return False
 
 
+def _own(entry, own):
+    """True if a /dev/shm entry is the program's: an ember runtime prefix
+    (ends with ".") or a semaphore's exact name."""
+    return any(entry.startswith(o) if o.endswith(".") else entry == o for o in own)
+
+
 def leftovers(method, settle=10.0):
-    """(processes, new /dev/shm entries) left after SIGKILL of the parent, once
-    nothing changed for 2 s or ``settle`` s have passed."""
+    """(processes, /dev/shm entries) the program leaves after SIGKILL of the
+    parent, once nothing changed for 2 s or ``settle`` s have passed.  Only
+    the program's own entries count (the names it printed: other programs
+    on the machine make and remove segments meanwhile)."""
     with tempfile.TemporaryDirectory() as d:
         prog = os.path.join(d, "prog.py")
         with open(prog, "w") as f:
@@ -117,6 +138,7 @@ def leftovers(method, settle=10.0):
         proc = subprocess.Popen([sys.executable, prog, method], cwd=d, stdout=subprocess.PIPE,
                                 text=True)
         pids = [int(x) for x in proc.stdout.readline().split()]
+        own = proc.stdout.readline().split()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
@@ -124,7 +146,7 @@ def leftovers(method, settle=10.0):
         last, stable = None, time.monotonic()
         while time.monotonic() < deadline:
             left = [p for p in pids if _alive(p)]
-            segs = sorted(set(os.listdir("/dev/shm")) - before)
+            segs = sorted(e for e in set(os.listdir("/dev/shm")) - before if _own(e, own))
             if (left, segs) != last:
                 last, stable = (left, segs), time.monotonic()
             elif not left and not segs or time.monotonic() - stable >= 2.0:

@@ -307,3 +307,86 @@ def test_value_and_array_lock_argument_as_multiprocessing(tmp_path):
     assert lines["none"] == "RLock"            # as multiprocessing's default lock
     assert lines["same"] == "True"
     assert lines["bad"] == "'notalock' has no method 'acquire'"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", MODES)
+def test_pool_manager_and_child_start(tmp_path, mode):
+    """Under "ember": mp.Pool is ember's Pool (its queues are ember
+    Queues) with the stdlib's behaviour (errors, terminate,
+    maxtasksperchild); mp.Manager() is ember.Manager (its Pool, the
+    stdlib's RemoteError for bad arguments); the child runs the main module
+    the parent compiled (line numbers in tracebacks are the file's) and
+    finds the parent's library modules already imported by the template."""
+    out = run_prog(tmp_path, mode, """
+        import multiprocessing as mp, os, sys, traceback
+        import ember
+
+        def sq(x):
+            return x * x
+
+        def boom(x):
+            if x == 3:
+                raise ValueError(f"bad {x}")
+            return x
+
+        def pid(_):
+            return os.getpid()
+
+        def where():
+            try:
+                raise KeyError("here")
+            except KeyError:
+                tb = traceback.extract_tb(sys.exc_info()[2])[-1]
+                return os.path.basename(tb.filename), tb.lineno, tb.line
+
+        def report(q):
+            q.put(("colorsys" in sys.modules, where()))
+
+        if __name__ == "__main__":
+            import colorsys          # imported by the parent only (not at module level)
+            mp.set_start_method("ember")
+            with mp.Pool(2) as pool:
+                print("type", type(pool).__module__, type(pool._inqueue).__module__)
+                print("map", sum(pool.map(sq, range(20000))), list(pool.imap(sq, range(4))))
+                try:
+                    pool.map(boom, range(5))
+                except ValueError as e:
+                    print("raised", e)
+                print("starmap", pool.starmap(pow, [(2, 3), (3, 2)]))
+            with mp.Pool(2, maxtasksperchild=1) as pool:
+                print("fresh", len(set(pool.map(pid, range(6), chunksize=1))) >= 3)
+            pool = mp.Pool(2)
+            pool.map_async(sq, range(100000), chunksize=1)
+            pool.terminate()
+            pool.join()
+            print("terminated", [w.exitcode is not None for w in pool._pool])
+            m = mp.Manager()
+            print("manager", type(m).__module__)
+            d = m.dict(a=1)
+            p = m.Pool(2)
+            print("manager-pool", p.map(sq, [3, 4]))
+            try:
+                m.Pool(0)
+            except ValueError as e:
+                from multiprocessing.managers import RemoteError
+                print("remote-error", isinstance(e, RemoteError))
+            m.shutdown()
+            q = mp.Queue()
+            c = mp.Process(target=report, args=(q,))
+            c.start()
+            pre, (fname, lineno, line) = q.get(timeout=60)
+            c.join(60)
+            print("child", pre, fname, lineno, line, c.exitcode)
+    """)
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["type"] == "ember.mp.pool ember.objects.queues"
+    assert lines["map"] == f"{sum(x * x for x in range(20000))} [0, 1, 4, 9]"
+    assert lines["raised"] == "bad 3"
+    assert lines["starmap"] == "[8, 9]"
+    assert lines["fresh"] == "True"
+    assert lines["terminated"] == "[True, True]"
+    assert lines["manager"] == "ember.objects.managers"
+    assert lines["manager-pool"] == "[9, 16]"
+    assert lines["remote-error"] == "True"
+    assert lines["child"] == "True prog.py 18 raise KeyError(\"here\") 0"

@@ -18,7 +18,35 @@ def _share_tracker(tracker):
     resource_tracker._resource_tracker._fd = new
 
 
-def main(prep_b, obj_b, tracker=None):
+def _prepare(spawn, prep, main_code):
+    """spawn.prepare(prep), running the main module from the code the
+    parent compiled (``main_code``, see ``context._main_code``) instead
+    of reading and compiling the file again."""
+    if main_code is None:
+        return spawn.prepare(prep)
+    import importlib.util
+    import marshal
+    import runpy
+
+    path, magic, data = main_code
+    if magic != importlib.util.MAGIC_NUMBER:
+        return spawn.prepare(prep)
+    code = marshal.loads(data)
+    orig = runpy._get_code_from_file
+
+    def get_code(run_name, fname):
+        if fname == path:
+            return code, fname
+        return orig(run_name, fname)
+
+    runpy._get_code_from_file = get_code
+    try:
+        spawn.prepare(prep)
+    finally:
+        runpy._get_code_from_file = orig
+
+
+def main(prep_b, obj_b, tracker=None, main_code=None):
     from multiprocessing import process, reduction, spawn
 
     from . import context
@@ -29,7 +57,7 @@ def main(prep_b, obj_b, tracker=None):
     prep = reduction.pickle.loads(prep_b)
     process.current_process()._inheriting = True
     try:
-        spawn.prepare(prep)
+        _prepare(spawn, prep, main_code)
         process_obj = reduction.pickle.loads(obj_b)
     finally:
         del process.current_process()._inheriting

@@ -68,6 +68,79 @@ def ensure_runtime():
             atexit.register(_exit_before_teardown)
 
 
+_lib_dirs = []
+_offered = set()
+
+
+def _library_modules():
+    """Names of the modules this process has imported from the standard
+    library or site-packages (not the program's own), in import order."""
+    if not _lib_dirs:
+        import sysconfig
+        paths = sysconfig.get_paths()
+        _lib_dirs.extend(sorted({os.path.join(os.path.realpath(paths[k]), "")
+                                 for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                                 if paths.get(k)}))
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if name in _offered or name.startswith(("__main__", "__mp_main__", "ember")) \
+                or "," in name or mod is None:
+            continue
+        f = getattr(mod, "__file__", None)
+        if f is None:
+            if name in sys.builtin_module_names:
+                _offered.add(name)
+            continue
+        if os.path.realpath(f).startswith(tuple(_lib_dirs)):
+            out.append(name)
+    return out
+
+
+def _preload_parent_modules():
+    """Let the template import the library modules this process has (its
+    children re-import ``__main__`` as spawn's do: what it imports is then
+    already there).  Optional: a module the template cannot import is left
+    to the child.  Only new names are added, so the list settles."""
+    new = _library_modules()
+    if new:
+        _offered.update(new)
+        from ..objects.process import Process
+        Process._quiet_preload = Process._quiet_preload + tuple("?" + m for m in new)
+
+
+_main_codes = {}
+
+
+def _main_code(prep):
+    """``(path, magic, marshalled code)`` of the main module that spawn's
+    preparation makes the child run again (as ``__mp_main__``), compiled
+    here once per version of the file, so that no child compiles it; None
+    when there is none (or it does not compile: the child then reports
+    that as spawn's would)."""
+    path = prep.get("init_main_from_path")
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (st.st_mtime_ns, st.st_size)
+    hit = _main_codes.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    import importlib.util
+    import io
+    import marshal
+    try:
+        with io.open_code(path) as f:
+            code = compile(f.read(), path, "exec", dont_inherit=True)
+        out = (path, importlib.util.MAGIC_NUMBER, marshal.dumps(code))
+    except Exception:
+        out = None
+    _main_codes[path] = (key, out)
+    return out
+
+
 class Popen:
     """multiprocessing's Popen interface over an ``ember.Process``."""
 
@@ -106,10 +179,11 @@ class Popen:
         from multiprocessing import resource_tracker
         tracker = (os.getpid(), resource_tracker.getfd())
         ensure_runtime()
+        _preload_parent_modules()
         from ..objects.process import Process
         from . import _child
 
-        p = Process(target=_child.main, args=(prep_b, obj_b, tracker),
+        p = Process(target=_child.main, args=(prep_b, obj_b, tracker, _main_code(prep)),
                     daemon=bool(process_obj.daemon))
         p.start()
         self._proc = p
@@ -329,6 +403,20 @@ class EmberContext(_mpctx.BaseContext):
         from ..objects.sync import Array
         return _own_lock(Array(typecode_or_type, size_or_initializer, lock=lock), lock)
 
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
+        """``multiprocessing.pool.Pool`` with its task and result queues on
+        ember's queues (:mod:`ember.mp.pool`)."""
+        ensure_runtime()
+        from .pool import Pool
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self)
+
+    def Manager(self):
+        """``ember.Manager()``: a started SyncManager-compatible manager over
+        ember's shared objects (no server process of multiprocessing's)."""
+        ensure_runtime()
+        from ..objects.managers import Manager
+        return Manager(ctx=self)
+
     def _check_available(self):
         pass
 
@@ -352,7 +440,7 @@ def _all_start_methods(orig):
 #: set_start_method (the stdlib's bind them to the default context, which
 #: would build its own objects whatever the start method).
 _MAPPED = ("Queue", "JoinableQueue", "Pipe", "Lock", "RLock", "Semaphore", "BoundedSemaphore",
-           "Condition", "Event", "Barrier", "Value", "Array")
+           "Condition", "Event", "Barrier", "Value", "Array", "Manager", "Pool")
 
 
 def _dispatch(name, orig):

@@ -62,9 +62,11 @@ class BaseManager:
         if serializer not in ("pickle", "xmlrpclib"):
             raise ValueError(f"unknown serializer {serializer!r}")
         self._address = address
+        self._ctx = ctx
         self._state = _State.INITIAL
         self._scope = None
         self._shutdown_timeout = shutdown_timeout
+        self._pools = []
 
     @property
     def address(self):
@@ -92,15 +94,37 @@ class BaseManager:
         """Compatibility: nothing to wait for."""
 
     def shutdown(self):
-        """Destroy every object this manager made."""
+        """Destroy every object this manager made (its Pools are
+        terminated)."""
         if self._state is _State.STARTED:
             self._state = _State.SHUTDOWN
+            pools, self._pools = self._pools, []
+            for p in pools:
+                try:
+                    p.terminate()
+                except Exception:
+                    pass
             self._scope.close()
         else:
             self._state = _State.SHUTDOWN
 
     def _number_of_objects(self):
         return len(self._scope.members()) if self._state is _State.STARTED else 0
+
+    def _debug_info(self):
+        """What the manager holds, one line per object (the stdlib's shows
+        its server's table)."""
+        if self._state is not _State.STARTED:
+            return ""
+        from . import naming
+        lines = []
+        for o_uid in self._scope.members():
+            try:
+                rec = naming.query(o_uid)
+                lines.append(f"  o_uid {o_uid}: {rec.get('kind')} {rec.get('name') or ''}".rstrip())
+            except Exception as exc:
+                lines.append(f"  o_uid {o_uid}: ({type(exc).__name__}: {exc})")
+        return "\n".join(lines)
 
     def __enter__(self):
         if self._state is _State.INITIAL:
@@ -219,6 +243,37 @@ class SyncManager(BaseManager):
     def Array(self, typecode, sequence, lock=True):  # noqa: N802
         from .sync import Array
         return self._native(Array, typecode, sequence, lock=lock)
+
+    def Pool(self, processes=None, initializer=None, initargs=(),  # noqa: N802
+             maxtasksperchild=None):
+        """A process pool of the manager's context (``"ember"``'s: its
+        queues are ember's), made in *this* process and terminated by
+        ``shutdown()``.  Unlike the stdlib's ``PoolProxy`` it cannot be
+        passed to another process."""
+        if self._state is not _State.STARTED:
+            raise ProcessError("Manager has shut down" if self._state is _State.SHUTDOWN
+                               else "Manager has not been started")
+        ctx = self._ctx
+        if ctx is None:
+            import multiprocessing
+            ctx = multiprocessing.get_context()
+        try:
+            pool = ctx.Pool(processes, initializer, initargs, maxtasksperchild)
+        except (ValueError, TypeError) as exc:
+            # the stdlib's manager makes the pool in its server: bad arguments
+            # come back as multiprocessing.managers.RemoteError
+            from multiprocessing.managers import RemoteError
+
+            class PoolArgumentError(RemoteError, type(exc)):
+                __module__ = __name__
+
+                def __str__(self):
+                    return str(self.args[0])
+
+            raise PoolArgumentError(f"Pool{(processes, initializer, initargs, maxtasksperchild)}"
+                                    f": {type(exc).__name__}: {exc}") from exc
+        self._pools.append(pool)
+        return pool
 
 
 SyncManager._registry = {n: (True, None, None, None) for n in ("dict", "list", "Namespace")}

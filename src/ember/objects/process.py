@@ -150,6 +150,9 @@ class Process:
     #: Default start method of new processes.
     start_method = "template"
     _preload = ()
+    #: ``"?name"``: modules the template imports if it can, silently (the
+    #: multiprocessing start method preloads the parent's library modules).
+    _quiet_preload = ()
 
     def __init__(self, target=None, args=(), kwargs=None, name=None, daemon=None, env=None,
                  cwd=None, *, start_method=None):
@@ -315,8 +318,9 @@ class Process:
                 args = ["-m", "ember._worker"]
                 if method == "template":
                     args.append("--template")
-                    if Process._preload:
-                        args.append("--preload=" + ",".join(Process._preload))
+                    if Process._preload or Process._quiet_preload:
+                        args.append("--preload=" + ",".join(Process._preload
+                                                            + Process._quiet_preload))
                 args += [_env.encode(res.call.sdesc), _env.encode(res.result.sdesc)]
                 env = {k: v for k, v in os.environ.items() if k != _env.P_UID}
                 env.update(self._env)

@@ -183,17 +183,22 @@ _preloaded = set()      # every module a preload list has named (imported or not
 
 
 def _preload(modules):
+    """Import ``modules``; a name that starts with ``?`` is optional (no
+    message if it cannot be imported)."""
     import importlib
 
     for m in modules:
         _preloaded.add(m)
+        quiet = m.startswith("?")
+        m = m.lstrip("?")
         if m in sys.modules:
             continue
         try:
             importlib.import_module(m)
         except BaseException as exc:   # the child will import it (and fail) itself
-            print(f"ember template: cannot preload {m!r}: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
+            if not quiet:
+                print(f"ember template: cannot preload {m!r}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
 
 
 def _set_env(envp):
