@@ -49,8 +49,10 @@ def test_list_iter(m):
     it = iter(a)
     assert list(it) == list(range(10))
     assert list(it) == []  # exhausted
-    # (CPython also checks that a list modified during iteration shows the
-    # change: ember's iterator is a snapshot taken by iter())
+    # list modified during iteration (the contents are fetched at the first next())
+    it = iter(a)
+    a[0] = 100
+    assert next(it) == 100
 
 
 @pytest.mark.timeout(120)
@@ -84,6 +86,11 @@ def test_dict(m):
     it = iter(d)
     assert list(it) == indices
     assert list(it) == []  # exhausted
+    # dictionary changed size during iteration
+    it = iter(d)
+    d.clear()
+    with pytest.raises(RuntimeError, match="changed size during iteration"):
+        next(it)
 
 
 @pytest.mark.timeout(120)

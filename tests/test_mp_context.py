@@ -347,7 +347,7 @@ def test_pool_manager_and_child_start(tmp_path, mode):
             import colorsys          # imported by the parent only (not at module level)
             mp.set_start_method("ember")
             with mp.Pool(2) as pool:
-                print("type", type(pool).__module__, type(pool._inqueue).__module__)
+                print("type", type(pool).__module__, type(pool._inqueue._q).__module__)
                 print("map", sum(pool.map(sq, range(20000))), list(pool.imap(sq, range(4))))
                 try:
                     pool.map(boom, range(5))

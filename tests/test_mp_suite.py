@@ -35,6 +35,7 @@ DOCUMENTED = {
     "WithProcessesTestCondition": 3,         # no _sleeping_count/_woken_count internals
     "WithProcessesTestConnection": 4,        # ember Connections have no fileno()
     "WithProcessesTestEvent": 1,             # ember's repr
+    "WithManagerTestEvent": 1,               # ember.Manager's Event is ember's (its repr)
     "WithProcessesTestQueue": 1,             # put() pickles in the caller (no feeder thread)
 }
 

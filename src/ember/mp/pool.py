@@ -9,9 +9,11 @@ Everything else is the stdlib's: its three handler threads, chunking,
 ``put``/``get``).  What changes:
 
 - a task or a result is one channel message (pickled in the sending
-  thread, small ones inline in the channel's slot, a large chunk in one
-  pool block), so no pipe is written in pieces and read back by a lock
-  holder, and no reader lock is taken: the channel is multi-consumer;
+  thread with multiprocessing's ``ForkingPickler``, as the stdlib's pool
+  does, so the same objects can and cannot travel; small ones inline in
+  the channel's slot, a large chunk in one pool block), so no pipe is
+  written in pieces and read back by a lock holder, and no reader lock is
+  taken: the channel is multi-consumer;
 - the worker handler waits on the workers' sentinels and its own change
   notifier only (the stdlib's also wakes for every result: it waits on the
   result pipe's fd, which an ember queue does not have).
@@ -24,14 +26,38 @@ from multiprocessing import pool as _pool
 __all__ = ["Pool"]
 
 
+class _Pipe:
+    """One direction of the pool's traffic over an ember Queue, pickled as
+    the stdlib's pool pickles it (``ForkingPickler``, no cloudpickle
+    fallback): what the stdlib cannot send (a lambda as a result) fails at
+    ``put`` as it does there, and the worker wraps that in
+    ``MaybeEncodingError``."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, q):
+        self._q = q
+
+    def put(self, obj):
+        from multiprocessing.reduction import ForkingPickler
+        self._q.put(bytes(ForkingPickler.dumps(obj)))
+
+    def get(self, *args, **kwargs):
+        from multiprocessing.reduction import ForkingPickler
+        return ForkingPickler.loads(self._q.get(*args, **kwargs))
+
+    def __reduce__(self):
+        return (_Pipe, (self._q,))
+
+
 class Pool(_pool.Pool):
     """``multiprocessing.pool.Pool`` over ember queues (see the module)."""
 
     def _setup_queues(self):
         from ..objects.queues import Queue
 
-        self._inqueue = Queue()
-        self._outqueue = Queue()
+        self._inqueue = _Pipe(Queue())
+        self._outqueue = _Pipe(Queue())
         self._quick_put = self._inqueue.put
         self._quick_get = self._outqueue.get
 

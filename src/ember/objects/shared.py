@@ -785,7 +785,7 @@ def _method(n):
 def _special(n):
     if n == "__iter__":
         def f(self):
-            return iter(self._call(_CALL, "__iter__", (), {}))
+            return _ProxyIterator(self)
     elif n in ("__iadd__", "__imul__"):
         def f(self, *args, **kwargs):
             self._call(_CALL, n, args, kwargs)
@@ -795,6 +795,36 @@ def _special(n):
             return self._call(_CALL, n, args, kwargs)
     f.__name__ = n
     return f
+
+
+class _ProxyIterator:
+    """``iter(proxy)``: the contents are fetched in one round trip at the
+    first ``next()`` (not one per item, as the stdlib's iterator proxies
+    do), so what was changed between ``iter()`` and then is seen.  For a
+    mapping (a proxy with ``keys``) the length is taken at ``iter()``; if it
+    differs at the first ``next()``, that raises ``RuntimeError`` as a
+    local dict changed during iteration does."""
+
+    __slots__ = ("_proxy", "_it", "_len")
+
+    def __init__(self, proxy):
+        self._proxy = proxy
+        self._it = None
+        self._len = proxy._call(_CALL, "__len__", (), {}) \
+            if hasattr(type(proxy), "keys") and hasattr(type(proxy), "__len__") else None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            items = self._proxy._call(_CALL, "__iter__", (), {})
+            self._proxy = None
+            if self._len is not None and len(items) != self._len:
+                self._it = iter(())
+                raise RuntimeError("dictionary changed size during iteration")
+            self._it = iter(items)
+        return next(self._it)
 
 
 class Proxy:

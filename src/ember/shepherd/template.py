@@ -417,17 +417,21 @@ SPARE_COMM = b"ember-spare"
 _PR_SET_NAME, _PR_GET_NAME = 15, 16
 
 
+_prctl = []
+
+
 def _prctl_name(name=None):
     """Get (``name`` None) or set this thread's comm; None if unavailable."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+        if not _prctl:            # looked up once (the spare's last call is on the start path)
+            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
         buf = ctypes.create_string_buffer(16)
         if name is None:
-            return buf.value if libc.prctl(_PR_GET_NAME, buf, 0, 0, 0) == 0 else None
+            return buf.value if _prctl[0](_PR_GET_NAME, buf, 0, 0, 0) == 0 else None
         buf.value = name[:15]
-        libc.prctl(_PR_SET_NAME, buf, 0, 0, 0)
+        _prctl[0](_PR_SET_NAME, buf, 0, 0, 0)
     except Exception:
         return None
     return name
