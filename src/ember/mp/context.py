@@ -405,7 +405,7 @@ class EmberContext(_mpctx.BaseContext):
 
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
         """``multiprocessing.pool.Pool`` with its task and result queues on
-        ember's queues (:mod:`ember.mp.pool`)."""
+        ember's queues (``ember.mp.pool``)."""
         ensure_runtime()
         from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self)
