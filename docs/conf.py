@@ -190,8 +190,6 @@ def _public_bases(app, name, obj, options, bases):
         return b.__name__.startswith("_") or any(
             p.startswith("_") for p in b.__module__.split("."))
     bases[:] = [b for b in bases if not private(b)] or [object]
-    if bases == [object]:
-        bases[:] = []
 
 
 def setup(app):
