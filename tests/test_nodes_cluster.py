@@ -229,3 +229,23 @@ def test_killed_test_process_leaves_nothing():
 def test_bad_node_count():
     with pytest.raises(ValueError, match=r"^the number of nodes must be an int in 1\.\.200, not 0$"):
         Cluster(0)
+
+
+def test_unavailable_reasons_are_exact(monkeypatch, tmp_path_factory):
+    """Not root, or a tool missing: the reason names the exact thing, and
+    the fixtures turn it into a skip with that reason (never silently)."""
+    import mn_cluster
+    from mn_cluster import ClusterUnavailable
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterUnavailable, match=r"^emulated nodes need root \(to unshare network, "
+                       r"mount, UTS and pid namespaces\); running as uid 1000$"):
+        Cluster(3)
+    with pytest.raises(pytest.skip.Exception, match=r"^emulated cluster unavailable: emulated "
+                       r"nodes need root"):
+        with mn_cluster._fixture_cluster(3, tmp_path_factory):
+            pass
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("PATH", str(tmp_path_factory.mktemp("empty-path")))
+    with pytest.raises(ClusterUnavailable, match=r"^'nsenter' not found on PATH \(needed by the "
+                       r"emulated nodes\)$"):
+        Cluster(3)
