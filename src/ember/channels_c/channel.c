@@ -272,6 +272,7 @@ typedef struct {
     /* line 1..4: hot counters, each alone on its line */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xhead;       /* next enqueue position */
     _Atomic uint32_t xsend_cpu;   /* hint: 1 + the CPU of the last publisher (0: none yet) */
+    _Atomic uint32_t xsend_sid;   /* hint: the session id of the last publisher */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xtail;       /* next dequeue position */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xsent;       /* bumped after publish; receivers sleep */
     _Atomic uint32_t xrecv_sleepers;                         /* flag: a receiver may sleep */
@@ -559,6 +560,9 @@ static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t 
     uint32_t cpu = ember_cpu_hint();
     if (ember_atomic_load_relaxed(&ch->h->xsend_cpu) != cpu)
         ember_atomic_store_relaxed(&ch->h->xsend_cpu, cpu);
+    uint32_t sid = ember_self_sid();
+    if (ember_atomic_load_relaxed(&ch->h->xsend_sid) != sid)
+        ember_atomic_store_relaxed(&ch->h->xsend_sid, sid);
 }
 
 /* ---- consumer side --------------------------------------------------------- */
@@ -767,13 +771,22 @@ static ember_rc_t ch_wait(ember_ch_t *ch, int for_send, int64_t timeout_ns, try_
     int64_t yield_after = now + EMBER_CH_SPIN_PURE_NS;
     /* "Peer here": a receiver whose sender last published from this very
      * CPU would spin in vain (the sender cannot run while we do, on a
-     * loaded machine where the scheduler put both on one CPU): yield from
-     * the first round, so the round trip costs two context switches and
-     * not two pure spins on top (docs/channels.md, "Blocking"). */
+     * loaded machine where the scheduler put both on one CPU).  If the
+     * sender is in our session, yield from the first round: the round trip
+     * costs two context switches and not two pure spins on top.  If it is
+     * in another session, yielding does not reach it (with autogroup
+     * scheduling each session is its own group, and sched_yield only
+     * yields within ours): sleep at once, the sender's wake-up gets it the
+     * CPU (docs/channels.md, "Blocking"). */
     if (!for_send) {
         uint32_t me = ember_cpu_hint();
-        if (me != 0 && ember_atomic_load_relaxed(&ch->h->xsend_cpu) == me)
+        if (me != 0 && ember_atomic_load_relaxed(&ch->h->xsend_cpu) == me) {
             yield_after = now;
+            if (ember_atomic_load_relaxed(&ch->h->xsend_sid) != ember_self_sid()) {
+                spin_end = now;
+                spin = 0;          /* not a wasted spin: keep the adaptive length */
+            }
+        }
     }
     while (now < spin_end) {
         for (int i = 0; i < 16; i++)

@@ -116,6 +116,26 @@ static inline uint32_t ember_self_pid(void)
     return (uint32_t)p;
 }
 
+/* This process's session id (a scheduling hint: with autogroup scheduling
+ * each session is a group of its own), cached per pid: recomputed on the
+ * first call in a new process (after fork(), whose child usually calls
+ * setsid() before anything sends). */
+static _Atomic uint32_t ember_sid_cache_;
+static _Atomic uint32_t ember_sid_pid_;
+
+static inline uint32_t ember_self_sid(void)
+{
+    uint32_t pid = ember_self_pid();
+    /* relaxed throughout: a hint; two threads racing here store the same
+     * values, and a stale read only costs one spin choice. */
+    if (__builtin_expect(ember_atomic_load_relaxed(&ember_sid_pid_) != pid, 0)) {
+        pid_t sid = getsid(0);
+        ember_atomic_store_relaxed(&ember_sid_cache_, sid < 0 ? 0u : (uint32_t)sid);
+        ember_atomic_store_relaxed(&ember_sid_pid_, pid);
+    }
+    return ember_atomic_load_relaxed(&ember_sid_cache_);
+}
+
 /* ---- other processes ---------------------------------------------------- */
 
 /* Read /proc/<pid>/stat (pid 0: this process): 0 and *start (field 22,

@@ -106,7 +106,7 @@ def pickle_bytes(obj, buffer_callback=None):
         data = _pdumps(obj, 5, buffer_callback=buffer_callback)
     except Exception:
         return _cloud_dumps(obj, buffer_callback)
-    if b"__main__" in data:
+    if data.find(b"__main__") >= 0:
         return _cloud_dumps(obj, buffer_callback)
     return data
 
@@ -130,7 +130,7 @@ def dumps(obj, pool, timeout=None):
         bufs = []
         data = _cloud_dumps(obj, bufs.append)
     else:
-        if b"__main__" in data:
+        if data.find(b"__main__") >= 0:      # (find: cheaper than `in` for bytes)
             bufs = []
             data = _cloud_dumps(obj, bufs.append)
     if not bufs:

@@ -159,8 +159,35 @@ _rel_lock = threading.Lock()
 
 
 def _runtime_key():
-    from .. import _env
-    return _env.get(_env.GS_CH)
+    """What identifies the runtime this process is in now (compared, never
+    decoded): the descriptor of GS's channel from the environment.  Called
+    on every proxy call, so it reads ``os.environ``'s underlying bytes dict
+    (no str encode/decode; CPython on POSIX keeps it as ``_data``)."""
+    ov = _env_mod._overrides
+    if ov is not None:
+        return ov.get(_GS_CH)
+    if _environ_data is not None:
+        v = _environ_data.get(_GS_CH_B)
+        if v is None:
+            return None
+        last = _last_key
+        if v is not last[0]:             # changed (os.environ keeps the object until then)
+            last = (v, v.decode("utf-8", "surrogateescape"))
+            globals()["_last_key"] = last
+        return last[1]
+    return os.environ.get(_GS_CH)
+
+
+_last_key = (None, None)
+
+
+from .. import _env as _env_mod  # noqa: E402
+
+_GS_CH = _env_mod.GS_CH
+_GS_CH_B = _GS_CH.encode()
+_environ_data = getattr(os.environ, "_data", None)
+if not isinstance(_environ_data, dict) or not all(type(k) is bytes for k in list(_environ_data)[:1]):
+    _environ_data = None
 
 
 def _releaser(q):

@@ -742,6 +742,15 @@ def _detach(ch):
 _local = threading.local()
 
 
+def _forget_clients():
+    """In a forked child: the parent's reply channels are not ours."""
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_clients)
+
+
 def _rebuild_proxy(rec, token):
     naming.claim(rec["o_uid"], token)
     return _make_proxy(rec)
@@ -935,7 +944,7 @@ class Proxy:
         if not d["_hold"].alive:
             raise SharedObjectError(f"{self._who()}: this proxy was closed")
         c = getattr(_local, "client", None)
-        if c is None or c.key[0] != os.getpid() or c.key[1] != naming._runtime_key():
+        if c is None or c.key[1] != naming._runtime_key():
             c = _local.client = _Client()
         rec = d["_rec"]
         o_uid = rec["o_uid"]
