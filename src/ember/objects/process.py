@@ -50,10 +50,6 @@ def _default_pool():
     return default_pool()
 
 
-def _pow2(n):
-    return 1 << max(0, n - 1).bit_length()
-
-
 def _create(args, env, cwd, user_name):
     """Start ``python <args>`` as a managed process; the one place where a
     Python process is created (placement, ``node=``, will go here)."""
