@@ -61,7 +61,14 @@ HELLO, BEAT, TO_SH, FROM_SH, REQ, REPLY, FREE, BYE, LOSS = (
     b"H", b"B", b"S", b"C", b"Q", b"R", b"F", b"X", b"L")
 
 # data plane, client -> agent: first frame = op byte + struct
-OP_ATTACH, OP_SEND, OP_RECV, OP_DETACH = b"a", b"s", b"r", b"d"
+OP_ATTACH, OP_SEND, OP_RECV, OP_DETACH, OP_SENDB = b"a", b"s", b"r", b"d", b"b"
+LEN = struct.Struct("<I")                 # OP_SENDB: one frame of (length, message)...
+#: acknowledgements wait until this many messages of a sender are in its
+#: channel, or until the agent has had nothing to do for ACK_DELAY s (a
+#: round trip needs no acknowledgement of its own; ``flush()`` waits at
+#: most that long more)
+ACK_EVERY = 128
+ACK_DELAY = 0.001
 ATTACH_HDR = struct.Struct("<cQI")        # op, c_uid, req  (+ frame: sdesc)
 SEND_HDR = struct.Struct("<cQ")           # op, c_uid       (+ frames: payloads)
 RECV_HDR = struct.Struct("<cQId")         # op, c_uid, req, timeout (< 0: none)
@@ -127,6 +134,20 @@ class DataServer:
         if op == OP_SEND:
             _, c_uid = SEND_HDR.unpack(hdr)
             self._send(ident, c_uid, frames, 1)
+        elif op == OP_SENDB:             # a batch of small messages in one frame
+            _, c_uid = SEND_HDR.unpack(hdr)
+            f = frames[1]
+            buf = f.buffer if type(f) is zmq.Frame else memoryview(f)
+            parts = [None]
+            append = parts.append
+            unpack = LEN.unpack_from
+            o, n = 0, len(buf)
+            while o < n:
+                k = unpack(buf, o)[0]
+                o += 4
+                append(buf[o:o + k])
+                o += k
+            self._send(ident, c_uid, parts, 1)
         elif op == OP_RECV:
             _, c_uid, req, timeout = RECV_HDR.unpack(hdr)
             self._recv(ident, c_uid, req, None if timeout < 0 else time.monotonic() + timeout)
@@ -229,12 +250,21 @@ class DataServer:
             for deadline, ident, c_uid, req in parked:
                 self._recv(ident, c_uid, req, deadline)
 
-    def flush_acks(self):
-        if self.acks:
+    def flush_acks(self, force=True):
+        """Acknowledge what is in the channels: everything (``force``), or
+        only senders with ACK_EVERY messages or more to acknowledge."""
+        if not self.acks:
+            return
+        send = self.sock.send_multipart
+        if force:
             acks, self.acks = self.acks, {}
-            send = self.sock.send_multipart
             for (ident, c_uid), n in acks.items():
                 send([ident, ACK.pack(R_ACK, c_uid, n)])
+            return
+        for key, n in list(self.acks.items()):
+            if n >= ACK_EVERY:
+                del self.acks[key]
+                send([key[0], ACK.pack(R_ACK, key[1], n)])
 
     def close(self):
         for ch in self.chans.values():
@@ -347,7 +377,11 @@ class HeadAgent:
             timeout = max(0.0, next_beat - now)
             if data.busy:
                 timeout = min(timeout, RETRY)
+            if data.acks:
+                timeout = min(timeout, ACK_DELAY)
             events = dict(poller.poll(timeout * 1000.0))
+            if not events:
+                data.flush_acks()
             if sock in events:
                 for _ in range(4096):
                     try:
@@ -372,7 +406,7 @@ class HeadAgent:
                     self._from_gs(payload)
             if data.busy:
                 data.retry()
-            data.flush_acks()
+            data.flush_acks(force=False)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT
@@ -462,7 +496,11 @@ class NodeAgent:
             timeout = max(0.0, next_beat - now)
             if data.busy:
                 timeout = min(timeout, RETRY)
+            if data.acks:
+                timeout = min(timeout, ACK_DELAY)
             events = dict(poller.poll(timeout * 1000.0))
+            if not events:
+                data.flush_acks()
             if head in events:
                 last_head = time.monotonic()
                 while True:
@@ -498,7 +536,7 @@ class NodeAgent:
                         head.send_multipart([tag, payload])
             if data.busy:
                 data.retry()
-            data.flush_acks()
+            data.flush_acks(force=False)
             now = time.monotonic()
             if now >= next_beat or pidfd in events:
                 next_beat = now + HEARTBEAT

@@ -13,7 +13,8 @@ channel, and at most :data:`WINDOW` messages (or :data:`WINDOW_BYTES`)
 are unacknowledged per handle — that window is the sender's back-pressure
 (a full channel stops the acknowledgements; ``send(timeout=...)`` raises
 ``ChannelFull`` when the window does not open in time).  Small messages
-sent while others are in flight are batched (up to :data:`BATCH` messages
+sent in a stream (within :data:`STREAMING` seconds of the previous one)
+are batched (up to :data:`BATCH` messages
 or :data:`BATCH_BYTES`, or :data:`FLUSH_AFTER` seconds) into one transport
 message; a message larger than :data:`BATCH_BYTES` goes alone as a
 zero-copy frame of the caller's buffer.  A failure the agent reports for a
@@ -36,8 +37,8 @@ import zmq
 
 from .. import exceptions
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
-from .agent import (ACK, ATTACH_HDR, ERR, MSG, OP_ATTACH, OP_RECV, OP_SEND, R_ACK, R_EMPTY,
-                    R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR)
+from .agent import (ACK, ATTACH_HDR, ERR, LEN, MSG, OP_ATTACH, OP_RECV, OP_SEND, OP_SENDB,
+                    R_ACK, R_EMPTY, R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR)
 
 __all__ = ["RemoteChannel", "WINDOW", "BATCH"]
 
@@ -46,6 +47,9 @@ WINDOW_BYTES = 64 << 20
 BATCH = 256
 BATCH_BYTES = 64 << 10
 FLUSH_AFTER = 0.0002
+#: a small send within this many seconds of the previous one is batched
+STREAMING = 0.00005
+_monotonic = time.monotonic
 CHECK_EVERY = 1.0
 
 _conns = {}
@@ -111,6 +115,7 @@ class _Conn:
         self.pending = {}         # c_uid -> [payloads, bytes] batched, not sent yet
         self.replies = {}         # req -> frames
         self.flusher = None
+        self.last_send = 0.0
         self.wake = threading.Event()
         self.pid = os.getpid()
 
@@ -154,7 +159,13 @@ class _Conn:
     def _flush(self, c_uid):
         p = self.pending.pop(c_uid, None)
         if p and p[0]:
-            self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid)] + p[0])
+            msgs = p[0]
+            if len(msgs) == 1:
+                self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid), msgs[0]])
+            else:           # one frame: (length, message)... (one zmq message part)
+                pack = LEN.pack
+                self.sock.send_multipart([SEND_HDR.pack(OP_SENDB, c_uid),
+                                          b"".join([x for m in msgs for x in (pack(len(m)), m)])])
             f = self.inflight.setdefault(c_uid, [0, 0])
             f[0] += len(p[0])
             f[1] += p[1]
@@ -208,7 +219,11 @@ class _Conn:
                 return
             if not isinstance(data, bytes):
                 data = bytes(data)
-            if (f is None or not f[0]) and c_uid not in self.pending:
+            now = _monotonic()
+            last, self.last_send = self.last_send, now
+            if now - last > STREAMING and c_uid not in self.pending:
+                # an isolated message (a request, a ping) goes at once; one
+                # that follows another closely joins a batch
                 self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid), data])
                 f = self.inflight.setdefault(c_uid, [0, 0])
                 f[0] += 1
