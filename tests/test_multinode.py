@@ -229,3 +229,35 @@ def test_help_documents_several_nodes():
     for flag in ("--hosts", "--label-output", "--fail-fast-on-node-loss", "--ssh-config",
                  "--single-node", "Slurm", "CURVE"):
         assert flag in text, flag
+
+
+@pytest.mark.timeout(120)
+def test_python_processes_and_groups_across_nodes(tmp_path):
+    """ember.Process(node=N | "any") runs its target there (arguments with a
+    large out-of-band buffer too); kill and join work; a ProcessGroup with
+    placement="all" has one member per node."""
+    out = ok(run_prog(tmp_path, """
+        import ember, numpy as np
+        def where(x, big=None):
+            return (os.environ["EMBER_NODE"], x * 2, None if big is None else int(big.sum()))
+        p = ember.Process(target=where, args=(21,), node=1)
+        p.start(); p.join(30); print("node1", p.exitcode, p.result())
+        p = ember.Process(target=where, args=(1,), kwargs={"big": np.ones(1 << 18)}, node="any")
+        p.start(); p.join(30); print("any", p.exitcode, p.result())
+        with ember.ProcessGroup(placement="all") as g:
+            g.add(1, where, args=(5,))
+            g.start(); g.join()
+            print("group", sorted(g.results()))
+        q = ember.Process(target=time.sleep, args=(60,), node=2)
+        q.start(); q.kill(); q.join(30); print("killed", q.exitcode)
+        try:
+            ember.Process(target=where, node=-1)
+        except ValueError as e:
+            print("bad node:", e)
+    """))
+    lines = out.splitlines()
+    assert "node1 0 ('1', 42, None)" in lines
+    assert "any 0 ('1', 2, 262144)" in lines
+    assert "group [('0', 10, None), ('1', 10, None), ('2', 10, None)]" in lines
+    assert "killed -9" in lines
+    assert "bad node: node must be a node index (int >= 0), 'any' or None, not -1" in lines

@@ -40,8 +40,20 @@ class _Member:
         self.done = False
 
 
+def _live_nodes():
+    """The runtime's live nodes, in order (GS's dump)."""
+    from .. import messages as m
+    from ..globalservices._client import call
+    d = call(m.ServiceDump)
+    nodes = d.get("nodes") or {"0": {"alive": True}}
+    return sorted(int(n) for n, i in nodes.items() if i.get("alive"))
+
+
 class ProcessGroup:
     """N managed Python processes with a failure policy.
+
+    ``placement="all"``: each ``add(n, ...)`` puts ``n`` members on every
+    live node of the runtime (one per node with ``n=1``).
 
     >>> g = ember.ProcessGroup(policy="fail_fast")
     >>> g.add(4, work, args=(x,))
@@ -64,9 +76,15 @@ class ProcessGroup:
         An unknown ``policy``, or ``max_restarts`` not an int >= 0.
     """
 
-    def __init__(self, policy="fail_fast", max_restarts=3, *, backoff=0.1, max_backoff=5.0):
+    def __init__(self, policy="fail_fast", max_restarts=3, *, backoff=0.1, max_backoff=5.0,
+                 placement=None):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if placement not in (None, "all"):
+            raise ValueError(f"placement must be None or 'all', got {placement!r}")
+        #: "all": every add(n, ...) puts n members on every live node
+        #: (docs/multinode.md); None: members run on this process's node.
+        self.placement = placement
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
             raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         self.policy = policy
@@ -88,11 +106,15 @@ class ProcessGroup:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
         if not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
-        for i in range(n):
-            spec = dict(target=target, args=tuple(args), kwargs=dict(kwargs or {}),
-                        name=None if name is None else f"{name}-{i}", env=dict(env or {}),
-                        cwd=cwd, daemon=daemon, start_method=start_method)
-            self._members.append(_Member(len(self._members), spec))
+        nodes = _live_nodes() if self.placement == "all" else [None]
+        i = 0
+        for node in nodes:
+            for _ in range(n):
+                spec = dict(target=target, args=tuple(args), kwargs=dict(kwargs or {}),
+                            name=None if name is None else f"{name}-{i}", env=dict(env or {}),
+                            cwd=cwd, daemon=daemon, start_method=start_method, node=node)
+                self._members.append(_Member(len(self._members), spec))
+                i += 1
         return self
 
     def __len__(self):

@@ -92,6 +92,71 @@ class _Resources:
             self.fd = -1
 
 
+class _RemoteResources(_Resources):
+    """What a Process started on another node holds: remote handles of its
+    call and result channels (destroyed through GS) and an eventfd that a
+    thread sets when GS reports the exit (the process's sentinel)."""
+
+    __slots__ = ("c_uids", "call_sdesc", "result_sdesc")
+
+    def __init__(self):
+        super().__init__()
+        self.c_uids = []
+        self.call_sdesc = self.result_sdesc = None
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC)
+
+    def watch(self, p_uid):
+        fd = self.fd
+
+        def wait():
+            from ..globalservices import process as gproc
+            try:
+                gproc.join(p_uid)
+            except Exception:
+                pass
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+        threading.Thread(target=wait, daemon=True, name=f"ember-join-{p_uid}").start()
+
+    def release_channels(self):
+        from ..globalservices import channel as gch
+        self.call = self.result = None
+        c_uids, self.c_uids = self.c_uids, []
+        for c_uid in c_uids:
+            try:
+                gch.destroy(c_uid)
+            except Exception:
+                pass
+
+    def release(self):
+        self.release_channels()
+        # the fd stays open until the watching thread wrote it: closed with
+        # the object (an eventfd costs nothing)
+
+
+def _resolve_node(node):
+    """None if ``node`` is this process's node (or None), else the node
+    index (``"any"``: the live node with the fewest live processes, as GS
+    would pick)."""
+    if node is None:
+        return None
+    here = int(_env.get(_env.NODE, "0") or 0)
+    if node == "any":
+        from .. import messages as m
+        from ..globalservices._client import call
+        d = call(m.ServiceDump)
+        nodes = [int(n) for n, i in (d.get("nodes") or {"0": {"alive": True}}).items()
+                 if i.get("alive")]
+        load = {n: 0 for n in nodes}
+        for p in d.get("processes", ()):
+            if p.get("state") not in ("exited", "lost") and p.get("node") in load:
+                load[p["node"]] += 1
+        node = min(nodes, key=lambda n: (load[n], n))
+    return None if node == here else node
+
+
 def _readable(fds, timeout):
     """True if any of ``fds`` is readable within ``timeout`` seconds (None:
     wait).  poll(), not select(): fds may be above FD_SETSIZE."""
@@ -132,6 +197,10 @@ class Process:
         Working directory (default: this process's).
     start_method : {"template", "spawn"} or None
         None: :attr:`Process.start_method`.  See docs/python-processes.md.
+    node : int, "any" or None
+        The node it runs on in a runtime of several nodes
+        (docs/multinode.md): a node index, ``"any"`` (the live node with
+        the fewest live processes), or None (this process's node).
 
     Raises
     ------
@@ -140,7 +209,7 @@ class Process:
         not a dict (of str to str), ``name`` not a str, ``daemon`` not a
         bool (the message names the argument).
     ValueError
-        An unknown ``start_method``.
+        An unknown ``start_method``, a bad ``node``.
     """
 
     #: Default start method of new processes.
@@ -151,7 +220,7 @@ class Process:
     _quiet_preload = ()
 
     def __init__(self, target=None, args=(), kwargs=None, name=None, daemon=None, env=None,
-                 cwd=None, *, start_method=None):
+                 cwd=None, *, start_method=None, node=None):
         if target is not None and not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
         if isinstance(args, (str, bytes)) or not isinstance(args, (tuple, list)):
@@ -170,6 +239,10 @@ class Process:
             cwd = os.fspath(cwd)
         if start_method is not None and start_method not in START_METHODS:
             raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+        if node is not None and node != "any" and (isinstance(node, bool)
+                                                   or not isinstance(node, int) or node < 0):
+            raise ValueError(f"node must be a node index (int >= 0), 'any' or None, not {node!r}")
+        self._node = node
         self._target = target
         self._args = tuple(args)
         self._kwargs = dict(kwargs or {})
@@ -291,6 +364,9 @@ class Process:
             _sweep()
             from ..channels_c import Channel
 
+            node = _resolve_node(self._node)
+            if node is not None:
+                return self._start_remote(node)
             pool = _default_pool()
             msg = _codec.dumps((self._target, self._args, self._kwargs), pool)
             res = _Resources()
@@ -333,6 +409,54 @@ class Process:
             self._reader = P.RecordReader(res.result)
             with _live_lock:
                 _live.add(self)
+
+    def _start_remote(self, node):
+        """Start on another node: the call and result channels are made in
+        that node's pool through GS (the parent holds remote handles, the
+        worker local ones); the exit is learnt from GS, not from a pidfd."""
+        from ..globalservices import channel as gch
+        from ..channels_c import Channel
+        from ..descriptors import ChannelOptions
+
+        msg = _codec.dumps((self._target, self._args, self._kwargs), _default_pool())
+        if not isinstance(msg, bytes):            # a frame in this node's pool: by value
+            data = bytes(memoryview(msg))
+            _codec.free_unsent(msg)
+            msg = data
+        res = _RemoteResources()
+        fin = weakref.finalize(self, res.release)
+        fin.atexit = False
+        try:
+            for attr, cap in (("call", _CALL_CAPACITY_MIN), ("result", _RESULT_CAPACITY)):
+                d = gch.create(None, None, ChannelOptions(capacity=cap, block_size=_BLOCK,
+                                                          node=node))
+                res.c_uids.append(d.c_uid)
+                setattr(res, attr, Channel.attach(d))
+                setattr(res, attr + "_sdesc", d.sdesc)
+            P.send_record(res.call, P.KIND_CALL, msg, extra=pickle.dumps(list(sys.path)))
+            res.call.flush()
+            del msg
+            args = ["-m", "ember._worker"]
+            if (self._start_method or Process.start_method) == "template":
+                args.append("--template")
+                if Process._preload:
+                    args.append("--preload=" + ",".join(Process._preload))
+            args += [_env.encode(res.call_sdesc), _env.encode(res.result_sdesc)]
+            env = {k: v for k, v in os.environ.items() if k != _env.P_UID}
+            env.update(self._env)
+            from ..globalservices import process as gproc
+            self._desc = gproc.create(sys.executable, self._cwd, args, env=env,
+                                      user_name=self._gs_name or "",
+                                      options={"node": node})
+            res.watch(self._desc.p_uid)
+        except BaseException:
+            fin()
+            raise
+        self._res = res
+        self._finalizer = fin
+        self._reader = P.RecordReader(res.result)
+        with _live_lock:
+            _live.add(self)
 
     # --- waiting --------------------------------------------------------
     def _ended(self, timeout):
