@@ -82,8 +82,8 @@ class ProcessGroup:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if placement not in (None, "all"):
             raise ValueError(f"placement must be None or 'all', got {placement!r}")
-        #: "all": every add(n, ...) puts n members on every live node
-        #: (docs/multinode.md); None: members run on this process's node.
+        # "all": every add(n, ...) puts n members on every live node
+        # (docs/multinode.md); None: members run on this process's node.
         self.placement = placement
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
             raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
