@@ -152,8 +152,10 @@ def test_one_worker_per_node_on_three_local_nodes():
     r = subprocess.run(_argv(line), cwd=CODE, capture_output=True, text=True, timeout=180)
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     lines = r.stdout.splitlines()
-    assert lines[-1] == "exit codes: [0, 0, 0, 0]", r.stdout
-    workers = lines[:-1]          # one per node, one more on "any" node; in any order
+    # Output of another node's process reaches the launcher by its own
+    # stream: it may come after the head's last line (docs/multinode.md).
+    assert "exit codes: [0, 0, 0, 0]" in lines, r.stdout
+    workers = [ln for ln in lines if ln != "exit codes: [0, 0, 0, 0]"]
     assert len(workers) == 4, r.stdout
     assert sorted(set(workers)) == ["worker on node 0", "worker on node 1",
                                     "worker on node 2"], r.stdout

@@ -88,7 +88,7 @@ def _wait_for(fn, what, timeout=45):
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.05)
 
 
@@ -330,11 +330,15 @@ LOCK_BLOCK_LINE = LOCK_DEADLOCK.splitlines().index(
     "    b.acquire()                                     # BLOCK-HERE") + 1
 
 
+_LAST_PS = {}
+
+
 def _lock_deadlocked(xdg):
     res = ember(xdg, "ps", "--json")
     if res.returncode == 1:
         return None
     by = {r["name"]: r for r in json.loads(res.stdout)}
+    _LAST_PS[str(xdg)] = {n: (r.get("status"), r.get("blocked_on")) for n, r in by.items()}
     names = ("alice", "bob", "eve", "putter", "getter")
     if all(n in by and by[n]["blocked_on"] for n in names) and \
             all("held by" in by[n]["blocked_on"] for n in ("alice", "bob")):
@@ -346,7 +350,8 @@ def _lock_deadlocked(xdg):
 def test_lock_deadlock_seen_from_outside(tmp_path, xdg):
     run = _start(tmp_path, xdg, LOCK_DEADLOCK)
     try:
-        by = _wait_for(lambda: _lock_deadlocked(xdg), "alice and bob to deadlock")
+        by = _wait_for(lambda: _lock_deadlocked(xdg),
+                       lambda: f"alice and bob to deadlock (last ps: {_LAST_PS.get(str(xdg))})")
         alice, bob = by["alice"], by["bob"]
         assert alice["blocked_on"] == f'acquire(Lock "cache") held by p_uid {bob["p_uid"]}'
         assert bob["blocked_on"] == f'acquire(Lock "db") held by p_uid {alice["p_uid"]}'

@@ -202,3 +202,51 @@ def test_sync_waits_are_recorded_with_pool_offset_and_kind(table):
 def _alloc_offset(obj):
     from ember.pools_c import _pools
     return _pools._alloc_where(obj.sdesc)[1]
+
+
+
+_ALL_RECORDED = r"""
+import sys, time
+import ember
+from ember import _env, _slots
+
+def waiter():
+    ember.Event.attach("go-all-recorded", timeout=60).wait()
+
+if __name__ == "__main__":
+    go = ember.Event(name="go-all-recorded")
+    ps = [ember.Process(target=waiter, name=f"w{i}") for i in range(8)]
+    for p in ps:
+        p.start()
+    want = {p.p_uid: p.pid for p in ps}
+    deadline = time.monotonic() + 30
+    while True:
+        recs = _slots.read(_env.get(_env.RUNTIME_ID))
+        got = {u: (recs[u]["pid"], recs[u]["op"]) for u in want if u in recs}
+        if got == {u: (pid, "wait") for u, pid in want.items()}:
+            break
+        if time.monotonic() > deadline:
+            print("not recorded:", sorted(set(want) - set(got)), got)
+            go.set()
+            sys.exit(1)
+        time.sleep(0.05)
+    go.set()
+    for p in ps:
+        p.join()
+    print("all recorded")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_every_blocked_process_keeps_its_record(tmp_path):
+    """Eight processes blocked in Event.wait are all seen blocked: the short
+    waits of a process's helper threads (e.g. the handle releaser's GS
+    request) never erase its main thread's record (they used to, in about
+    one run of two: `ember ps` showed such a process sleeping on nothing)."""
+    import subprocess
+    import sys
+    prog = tmp_path / "all_recorded.py"
+    prog.write_text(_ALL_RECORDED)
+    r = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], capture_output=True,
+                       text=True, timeout=100, cwd=tmp_path)
+    assert (r.returncode, r.stdout.strip()) == (0, "all recorded"), (r.stdout, r.stderr)

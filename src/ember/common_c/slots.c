@@ -25,8 +25,10 @@
  *   the spin have failed, for the whole sliced wait):
  *   store xsince = 0 (relaxed), store the fields (relaxed), store-release
  *   xsince = now (CLOCK_REALTIME ns, never 0).  Clear: store-release
- *   xsince = 0, only by the thread whose tid the slot names (the last thread
- *   of the process to start a wait owns the record).
+ *   xsince = 0, only by the thread whose tid the slot names.  The main
+ *   thread always takes the record; another thread takes it only when no
+ *   other thread's wait is in progress (so a helper thread's short wait
+ *   cannot erase the main thread's long one).
  *   Reader: load-acquire xsince (s1); 0 means "not blocked"; load the
  *   fields (relaxed); acquire fence; load xsince again (s2); the record is
  *   consistent iff s1 == s2 (a start time is never reused by a writer).
@@ -56,7 +58,9 @@
  *   Caveats: two live processes whose p_uids are equal modulo COUNT share a
  *   slot (the record carries the p_uid: a reader shows it only for that
  *   process, the other shows "no record"); threads of one process share its
- *   slot (the last one to block is shown).
+ *   slot (the main thread's wait is shown if it waits; otherwise the first
+ *   other thread's; two non-main threads starting a wait at the same instant
+ *   may mix their fields in the display, never in anything else).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -96,6 +100,8 @@ static _Atomic(slot_t *) g_slot;           /* this process's slot, or NULL */
 static _Atomic uint64_t g_p_uid;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static _Thread_local uint32_t t_tid;
+/* 1 if this thread is the process's first (its tid is the pid). */
+static _Thread_local int t_main;
 
 static void slots_after_fork(void)
 {
@@ -103,6 +109,7 @@ static void slots_after_fork(void)
      * its only thread has a tid of its own. */
     ember_atomic_store_relaxed(&g_slot, NULL);
     t_tid = 0;
+    t_main = 0;
 }
 
 static void slots_once(void)
@@ -155,8 +162,19 @@ void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count, uint64_
     slot_t *s = ember_atomic_load_relaxed(&g_slot);
     if (!s)
         return;
-    if (t_tid == 0)
-        t_tid = (uint32_t)syscall(SYS_gettid);     /* once per thread, on a sleep path */
+    if (t_tid == 0) {                               /* once per thread, on a sleep path */
+        t_tid = (uint32_t)syscall(SYS_gettid);
+        t_main = t_tid == (uint32_t)getpid();
+    }
+    /* One record per process: a thread other than the main one does not take
+     * it over from another thread whose wait is in progress.  ember's own
+     * helper threads (the handle releaser, join watchers) wait briefly, and
+     * their end would otherwise erase the main thread's long wait for good
+     * (`ember ps` would show it sleeping on nothing).  The main thread always
+     * takes the record.  Only this process writes these words: relaxed. */
+    if (!t_main && ember_atomic_load_relaxed(&s->xsince) != 0
+        && ember_atomic_load_relaxed(&s->xtid) != t_tid)
+        return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
