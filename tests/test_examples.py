@@ -78,7 +78,13 @@ def test_scoped_objects():
 def test_runner():
     out = ember_run("runner.py")
     _check(out, r"^sensor-0: '.*: 21\.5 C on attempt 3' \(2 restarts\)$",
-           r"^reindex-0: 'member 1 reindexed shard a-m' \(0 restarts\)$")
+           r"^reindex-0: '.* reindexed shard a-m' \(0 restarts\)$")
+    # one sensor per node on three (local) nodes; the job on any one of them
+    out = _run("-m", "ember", "run", "--hosts", "local:3", str(EXAMPLES / "runner.py"),
+               timeout=150)
+    for i in range(3):
+        _check(out, rf"^sensor-{i}: '.*: 21\.5 C on attempt 3' \(2 restarts\)$")
+    _check(out, r"^reindex-0: '.* reindexed shard a-m' \(0 restarts\)$")
     _check(plain("runner.py"), r"^sensor: '.*: 21\.5 C on attempt 3' \(2 restarts\)$",
            r"^reindex: 'pid \d+ reindexed shard a-m' \(0 restarts\)$")
 

@@ -248,6 +248,14 @@ def test_python_processes_and_groups_across_nodes(tmp_path):
             g.add(1, where, args=(5,))
             g.start(); g.join()
             print("group", sorted(g.results()))
+        with ember.ProcessGroup(policy="restart") as g:
+            g.add(2, where, args=(3,), node=2)
+            g.start(); g.join()
+            print("group node", sorted(g.results()))
+        try:
+            ember.ProcessGroup(placement="all").add(1, where, node=1)
+        except ValueError as e:
+            print("group both:", e)
         q = ember.Process(target=time.sleep, args=(60,), node=2)
         q.start(); q.kill(); q.join(30); print("killed", q.exitcode)
         try:
@@ -259,5 +267,7 @@ def test_python_processes_and_groups_across_nodes(tmp_path):
     assert "node1 0 ('1', 42, None)" in lines
     assert "any 0 ('1', 2, 262144)" in lines
     assert "group [('0', 10, None), ('1', 10, None), ('2', 10, None)]" in lines
+    assert "group node [('2', 6, None), ('2', 6, None)]" in lines
+    assert any(ln.startswith("group both: node= cannot be combined") for ln in lines), out
     assert "killed -9" in lines
     assert "bad node: node must be a node index (int >= 0), 'any' or None, not -1" in lines

@@ -96,17 +96,33 @@ class ProcessGroup:
         self._failure = None          # the first failing member (fail_fast)
 
     def add(self, n, target, args=(), kwargs=None, *, name=None, env=None, cwd=None,
-            daemon=None, start_method=None):
+            daemon=None, start_method=None, node=None):
         """Add ``n`` members running ``target(*args, **kwargs)``.  With
         ``name``, member i of this call is named ``f"{name}-{i}"`` (GS
-        names).  Other keywords as for :class:`ember.Process`."""
+        names).  ``node`` (a node index or ``"any"``) places them, as for
+        :class:`ember.Process`; it cannot be combined with
+        ``placement="all"``.  Other keywords as for :class:`ember.Process`.
+
+        Raises
+        ------
+        ValueError
+            ``n`` is not an int >= 1, or ``node`` is given with
+            ``placement="all"``.
+        TypeError
+            ``target`` is not callable.
+        RuntimeError
+            The group was already started.
+        """
         if self._started:
             raise RuntimeError("cannot add members to a started group")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
         if not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
-        nodes = _live_nodes() if self.placement == "all" else [None]
+        if node is not None and self.placement == "all":
+            raise ValueError("node= cannot be combined with placement='all' "
+                             "(which puts members on every node)")
+        nodes = _live_nodes() if self.placement == "all" else [node]
         i = 0
         for node in nodes:
             for _ in range(n):
