@@ -243,6 +243,9 @@ def test_not_ready_start_then_wait_ready(local):
     for i, c in enumerate(cmds):
         c.wait_ready(30)
         assert c.stdout.read() == f"{i}\n".encode()
+        # (its own end, not the one close() asks for: the stdout EOF can
+        # come before the watchdog has seen the command exit)
+        assert c.wait(30) == 0
         assert c.close() == 0
 
 
