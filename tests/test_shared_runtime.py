@@ -42,6 +42,7 @@ def test_serve_manager_and_scope_under_ember_run(tmp_path):
             victim = ember.serve(Store(), lifetime="owner")
         from ember.globalservices import process
         process.kill(ref.p_uid, signal.SIGKILL)
+        process.join(ref.p_uid, timeout=60)   # the kill is sent, not awaited, by kill()
         try:
             p.get(1)
         except Exception as e:   # the message depends on when the kill landed; the class may not
