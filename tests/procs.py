@@ -4,7 +4,9 @@
     assert join(pid) == 0      # its exit code (negative: killed by that signal)
     status = reap(pid)         # or its raw wait status (os.WIFSIGNALED & co.)
 """
+import json
 import os
+import subprocess
 import signal
 import sys
 import time
@@ -50,3 +52,16 @@ def reap(pid, timeout=30.0):
 def join(pid, timeout=30.0):
     """As reap, but return the exit code (os.waitstatus_to_exitcode)."""
     return os.waitstatus_to_exitcode(reap(pid, timeout))
+
+
+def runtime_of(launcher_pid, deadline):
+    """The id of the runtime whose launcher is ``launcher_pid`` (``ember ls
+    --json``), waiting until the monotonic ``deadline``."""
+    while time.monotonic() < deadline:
+        r = subprocess.run([sys.executable, "-m", "ember", "ls", "--json"], capture_output=True,
+                           text=True, timeout=60)
+        for rt in json.loads(r.stdout or "[]"):
+            if rt.get("pid") == launcher_pid:
+                return rt["id"]
+        time.sleep(0.2)
+    raise AssertionError(f"no runtime of launcher {launcher_pid} in `ember ls`")

@@ -2,7 +2,6 @@
 docs/howto/*.md is a file under docs/howto/code/ (or docs/tutorial/), and
 this runs what can run here under a real runtime, checking the output the
 guide shows or describes.  (`ember top` is interactive and not run.)"""
-import json
 import os
 import shlex
 import signal
@@ -12,6 +11,8 @@ import time
 import uuid
 
 import pytest
+
+from procs import runtime_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = os.path.join(ROOT, "docs", "howto", "code")
@@ -78,23 +79,12 @@ def test_started_runtime_keeps_named_objects_between_attaches():
     assert r.returncode == 0, r.stderr
 
 
-def _runtime_of(launcher_pid, deadline):
-    while time.monotonic() < deadline:
-        r = subprocess.run([sys.executable, "-m", "ember", "ls", "--json"], capture_output=True,
-                           text=True, timeout=60)
-        for rt in json.loads(r.stdout or "[]"):
-            if rt.get("pid") == launcher_pid:
-                return rt["id"]
-        time.sleep(0.2)
-    raise AssertionError(f"no runtime of launcher {launcher_pid} in `ember ls`")
-
-
 def test_debug_a_hang_commands():
     launcher = subprocess.Popen([sys.executable, "-m", "ember", "run", "hang.py"], cwd=TUT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert launcher.stdout.readline().startswith("started")
-        rid = _runtime_of(launcher.pid, time.monotonic() + 60)
+        rid = runtime_of(launcher.pid, time.monotonic() + 60)
         env = dict(os.environ, EMBER_ADDRESS=rid)
         out = {}
         deadline = time.monotonic() + 60

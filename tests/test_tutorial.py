@@ -2,7 +2,6 @@
 docs/tutorial/ (included with ``literalinclude``), and this runs each one
 under a real runtime and checks its output against the ``.out`` file the
 tutorial shows (issue 16)."""
-import json
 import os
 import shlex
 import signal
@@ -11,6 +10,8 @@ import sys
 import time
 
 import pytest
+
+from procs import runtime_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUT = os.path.join(ROOT, "docs", "tutorial")
@@ -58,24 +59,13 @@ def test_program_prints_what_the_tutorial_shows(prog):
     assert r.stdout == expected
 
 
-def _runtime_of(launcher_pid, deadline):
-    while time.monotonic() < deadline:
-        r = subprocess.run([sys.executable, "-m", "ember", "ls", "--json"], capture_output=True,
-                           text=True, timeout=60)
-        for rt in json.loads(r.stdout or "[]"):
-            if rt.get("pid") == launcher_pid:
-                return rt["id"]
-        time.sleep(0.2)
-    raise AssertionError(f"no runtime of launcher {launcher_pid} in `ember ls`")
-
-
 def test_ps_and_stacks_show_the_hang():
     (line,) = _lines("run_hang.sh")
     launcher = subprocess.Popen(_argv(line), cwd=TUT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     try:
         assert launcher.stdout.readline().startswith("started; now run `ember ps`")
-        rid = _runtime_of(launcher.pid, time.monotonic() + 60)
+        rid = runtime_of(launcher.pid, time.monotonic() + 60)
         # The tutorial's commands, pointed at this runtime (other runtimes
         # of this user may be running beside the test).
         env = dict(os.environ, EMBER_ADDRESS=rid)
