@@ -250,21 +250,6 @@ class DataServer:
             for deadline, ident, c_uid, req in parked:
                 self._recv(ident, c_uid, req, deadline)
 
-    def poll(self, poller, timeout):
-        """One wait of an agent's loop: ``poller.poll`` for at most
-        ``timeout`` seconds (its next heartbeat), less while sends wait to be
-        retried (RETRY) or acknowledgements are held (ACK_DELAY); on a quiet
-        wake-up the held acknowledgements go out.  Returns the events."""
-        timeout = max(0.0, timeout)
-        if self.busy:
-            timeout = min(timeout, RETRY)
-        if self.acks:
-            timeout = min(timeout, ACK_DELAY)
-        events = dict(poller.poll(timeout * 1000.0))
-        if not events:
-            self.flush_acks()
-        return events
-
     def flush_acks(self, force=True):
         """Acknowledge what is in the channels: everything (``force``), or
         only senders with ACK_EVERY messages or more to acknowledge."""
@@ -388,7 +373,15 @@ class HeadAgent:
         sock, pull, data = self.sock, self.reader.pull, self.data
         next_beat = time.monotonic() + HEARTBEAT
         while not self.stopping:
-            events = data.poll(poller, next_beat - time.monotonic())
+            now = time.monotonic()
+            timeout = max(0.0, next_beat - now)
+            if data.busy:
+                timeout = min(timeout, RETRY)
+            if data.acks:
+                timeout = min(timeout, ACK_DELAY)
+            events = dict(poller.poll(timeout * 1000.0))
+            if not events:
+                data.flush_acks()
             if sock in events:
                 for _ in range(4096):
                     try:
@@ -499,7 +492,15 @@ class NodeAgent:
         last_head = time.monotonic()
         next_beat = last_head + HEARTBEAT
         while True:
-            events = data.poll(poller, next_beat - time.monotonic())
+            now = time.monotonic()
+            timeout = max(0.0, next_beat - now)
+            if data.busy:
+                timeout = min(timeout, RETRY)
+            if data.acks:
+                timeout = min(timeout, ACK_DELAY)
+            events = dict(poller.poll(timeout * 1000.0))
+            if not events:
+                data.flush_acks()
             if head in events:
                 last_head = time.monotonic()
                 while True:
