@@ -49,7 +49,7 @@ _OBJECTS = {
     "Lock": "sync", "RLock": "sync", "Semaphore": "sync", "BoundedSemaphore": "sync",
     "Event": "sync", "Barrier": "sync", "Condition": "sync", "Value": "sync", "Array": "sync",
 }
-_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout", "MessageError")
+_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout", "MessageError", "LauncherError")
 
 
 def __getattr__(attr):

@@ -206,7 +206,7 @@ class LauncherError(EmberError, RuntimeError):
     allocation, or the node could not run the command.  The message names
     the node and ends with the tail of what the launch printed on stderr.
 
-    Attributes: ``node`` (the :class:`ember.launcher.nodes.NodeSpec`, or
+    Attributes: ``node`` (the ``ember.launcher.nodes.NodeSpec``, or
     None), ``argv`` (the command), ``stderr`` (the launch's stderr text).
     """
 
