@@ -15,6 +15,7 @@ the head or serves.  Teardown: every step independent of the others (a
 failed one is reported, the run exits 70), everything named with the
 runtime's id unlinked at the end, the lock last.
 """
+import gc
 import os
 import signal
 import sys
@@ -113,7 +114,7 @@ def _gs_main(gs_ch, sh_ch, tag, dflt, ctl=None, death_reports=True, attach_key=N
                               attach_key=attach_key, mn=mn)
 
 
-def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True):
+def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True, pools=None):
     from ..shepherd import server
     if ctl is not None:
         # The shepherd makes no request as the launcher: its copy of the
@@ -122,7 +123,8 @@ def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True):
         ctl.forget_key()
     return server.main_forked(sh_ch, gs_ch, label=label, death_reports=death_reports,
                               ctl_channel=ctl.to_gs if ctl is not None else None,
-                              control_pool=ctl.pool if ctl is not None else None)
+                              control_pool=ctl.pool if ctl is not None else None,
+                              pools=pools)
 
 
 class Launcher:
@@ -274,10 +276,13 @@ class Launcher:
             del key_hex
             # Everything the three need, imported once here: after the fork
             # GS and the shepherd serve at once, with no import of their own
-            # competing with the launcher's for the CPU.
-            from .. import messages  # noqa: F401
+            # competing with the launcher's for the CPU (ember.runtime: the
+            # address the launcher publishes, the event log GS opens;
+            # resource: the shepherd's RLIMIT_NOFILE).
+            import resource  # noqa: F401
+            from .. import messages, runtime  # noqa: F401
             from ..globalservices import process, server as _gs_server  # noqa: F401
-            from ..shepherd import server as _sh_server  # noqa: F401
+            from ..shepherd import resources as _sh_res, server as _sh_server  # noqa: F401
             from . import _forkhead  # noqa: F401  (the shepherd forks a .py head with it)
             death_reports = getattr(a, "death_reports", True)
             # what an attaching process must show (os.urandom: the secrets
@@ -292,11 +297,18 @@ class Launcher:
                     self.broken = True
                     return EXIT_RUNTIME_FAILED
                 mn = self.cluster.gs_config()
+            # What is allocated by now lives as long as the runtime: out of
+            # the cyclic GC's reach, so that a collection in GS, the shepherd
+            # or the .py head forked from it does not write to every object
+            # inherited (copy-on-write: ~500 page copies, ~3 ms of the head's
+            # start).
+            gc.freeze()
             self._fork("global services", "ember: global services",
                        lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl, death_reports,
                                         self.key, mn))
             self._fork("shepherd", "ember: shepherd node 0",
-                       lambda: _sh_main(sh_ch, gs_ch, a.label, self.ctl, death_reports))
+                       lambda: _sh_main(sh_ch, gs_ch, a.label, self.ctl, death_reports,
+                                        {0: inf, 1: dflt}))
             try:
                 signal.signal(signal.SIGCHLD, self._on_sigchld)
                 self._on_sigchld(signal.SIGCHLD, None)    # one that died before this

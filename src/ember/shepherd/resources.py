@@ -77,6 +77,7 @@ class NodeResources(Service):
             pool_factory, channel_factory, pool_attach
         self.pools = {}           # m_uid -> Pool this shepherd made (it destroys them)
         self.attached = {}        # m_uid -> Pool it attached (the default pool, the launcher's)
+        self.inherited = set()    # m_uids in attached whose Pool came through fork (not detached)
         self.chans = {}           # c_uid -> Channel it made
         # Pools are destroyed (request thread) under it and swept (main
         # thread, at a child's exit) under it.
@@ -243,6 +244,15 @@ class NodeResources(Service):
         default pools) so that :meth:`reclaim` sweeps it too."""
         self._pool(m_uid, sdesc)
 
+    def adopt_pool(self, m_uid, pool):
+        """:meth:`adopt` for a pool already mapped in this process (the
+        launcher's handle, inherited through fork: no second mapping).  It
+        is swept, never detached here: the same mapping may hold channels
+        this process still uses."""
+        with self._lock:
+            self.attached[m_uid] = pool
+            self.inherited.add(m_uid)
+
     def reclaim(self, pid, external=False):
         """Give back the blocks dead ``pid`` still owned, in every pool of
         the node (where the pools layer has ``reclaim``).  Called from the
@@ -291,12 +301,15 @@ class NodeResources(Service):
             except Exception as exc:
                 log.debug("destroying pool %s at exit: %s", m_uid, exc)
         self.pools.clear()
-        for pool in self.attached.values():
+        for m_uid, pool in self.attached.items():
+            if m_uid in self.inherited:
+                continue
             try:
                 pool.detach()
             except Exception:
                 pass
         self.attached.clear()
+        self.inherited.clear()
 
     def dump(self):
         d = Service.dump(self)

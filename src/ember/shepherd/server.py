@@ -613,8 +613,19 @@ class Shepherd(Service):
         process group of a child we started (subprocesses, forks), even after
         that child exited.  A group id can be reused only once the group is
         empty; to be sure we never hit a stranger that reused one, only
-        processes of our own session are killed, each through a pidfd."""
-        if not self._pgids:
+        processes of our own session are killed, each through a pidfd.
+        Groups with no member left (the usual end: ``killpg(pgid, 0)``
+        fails with ESRCH) cost no scan of /proc."""
+        pgids = set()
+        for pgid in self._pgids:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                continue                  # empty: nothing of it to kill
+            except OSError:
+                pass                      # (EPERM: someone's, maybe ours: look)
+            pgids.add(pgid)
+        if not pgids:
             return
         sid = os.getsid(0)
         fds = []
@@ -627,7 +638,7 @@ class Shepherd(Service):
             except OSError:
                 continue
             pgrp, session = int(fields[2]), int(fields[3])
-            if pgrp in self._pgids and session == sid:
+            if pgrp in pgids and session == sid:
                 try:
                     fd = os.pidfd_open(int(d))
                 except OSError:
@@ -897,7 +908,7 @@ class Shepherd(Service):
 
 
 def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ctl_channel=None,
-        death_reports=True, control_pool=None):
+        death_reports=True, control_pool=None, pools=None):
     """Run a shepherd until GS sends ``ShShutdown``; must be called on the
     main thread of a process dedicated to it (the launcher forks one and
     calls this; then ``os._exit``).
@@ -923,6 +934,11 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
     control_pool : Pool or None
         The runtime's private control pool: a ``.py`` head forked from the
         shepherd unmaps it before its program runs.
+    pools : dict or None
+        ``{m_uid: Pool}``: the runtime's own pools (infrastructure 0,
+        default 1), already mapped in this process (the launcher forked
+        it).  Without it they are attached from the environment
+        (``EMBER_INF_POOL``, ``EMBER_DEFAULT_POOL``).
     parent_pid : int or None
         The launcher's pid.  The shepherd sets PR_SET_PDEATHSIG(SIGKILL) so
         it dies with the thread that forked it (the launcher must fork from
@@ -957,6 +973,9 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
     # The runtime's own pools (made by the launcher): swept too when a
     # process dies, though no channel was made in them through us.
     for m_uid, var in ((0, _env.INF_POOL), (1, _env.DEFAULT_POOL)):
+        if pools and pools.get(m_uid) is not None:
+            shepherd.resources.adopt_pool(m_uid, pools[m_uid])
+            continue
         sdesc = _env.get(var)
         if sdesc:
             try:
@@ -1005,12 +1024,12 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
 
 
 def main_forked(in_channel, gs_channel, label="none", ctl_channel=None, death_reports=True,
-                control_pool=None):
+                control_pool=None, pools=None):
     """Entry point when the launcher forks the shepherd: run it, return the
     process exit code (0 after a clean ShShutdown)."""
     try:
         run(in_channel, gs_channel, label=label, ctl_channel=ctl_channel,
-            death_reports=death_reports, control_pool=control_pool)
+            death_reports=death_reports, control_pool=control_pool, pools=pools)
         return 0
     except BaseException:
         import traceback
