@@ -369,6 +369,7 @@ def test_template_children_are_managed(tmp_path):
         ppid = p.result()
         p.join()
         print("parent is the shepherd", ppid == os.getppid())   # the head's parent too
+        gproc.join(p.p_uid)         # p.join() learnt the exit from the kernel; GS from the shepherd
         d = gproc.query(p.p_uid)
         print("gs", d.p_uid == p.p_uid, d.retval, d.os_pid == p.pid)
         forever = ember.Process(target=time.sleep, args=(600,), daemon=False)

@@ -70,11 +70,20 @@ def ensure_runtime():
 
 _lib_dirs = []
 _offered = set()
+_seen = {}          # module name -> the module object last looked at (offered or not)
+#: What every "ember"-method child imports beyond ember.Process's worker (the
+#: child's own code, and what spawn.prepare's runpy.run_path imports): the
+#: template has them imported before it forks.
+_CHILD_MODULES = ("ember.mp._child", "ember.mp.context", "pkgutil", "runpy",
+                  "multiprocessing.spawn", "multiprocessing.connection",
+                  "multiprocessing.resource_tracker", "multiprocessing.util")
 
 
 def _library_modules():
     """Names of the modules this process has imported from the standard
-    library or site-packages (not the program's own), in import order."""
+    library or site-packages (not the program's own), in import order, that
+    were not returned before.  A module is looked at once (its path
+    resolved), unless it is replaced in sys.modules."""
     if not _lib_dirs:
         import sysconfig
         paths = sysconfig.get_paths()
@@ -82,7 +91,11 @@ def _library_modules():
                                  for k in ("stdlib", "platstdlib", "purelib", "platlib")
                                  if paths.get(k)}))
     out = []
+    seen = _seen
     for name, mod in list(sys.modules.items()):
+        if seen.get(name) is mod:
+            continue
+        seen[name] = mod
         if name in _offered or name.startswith(("__main__", "__mp_main__", "ember")) \
                 or "," in name or mod is None:
             continue
@@ -99,9 +112,12 @@ def _library_modules():
 def _preload_parent_modules():
     """Let the template import the library modules this process has (its
     children re-import ``__main__`` as spawn's do: what it imports is then
-    already there).  Optional: a module the template cannot import is left
-    to the child.  Only new names are added, so the list settles."""
+    already there), and what every child of this method imports
+    (``_CHILD_MODULES``).  Optional: a module the template cannot import is
+    left to the child.  Only new names are added, so the list settles."""
     new = _library_modules()
+    if not _offered.issuperset(_CHILD_MODULES):
+        new += [m for m in _CHILD_MODULES if m not in _offered and m not in new]
     if new:
         _offered.update(new)
         from ..objects.process import Process

@@ -69,11 +69,12 @@ class _Resources:
     """What a started Process holds; released by :meth:`release` (join,
     close, or garbage collection through a weakref.finalize)."""
 
-    __slots__ = ("call", "result", "fd", "__weakref__")
+    __slots__ = ("call", "result", "fd", "pidfd", "__weakref__")
 
     def __init__(self):
         self.call = self.result = None
         self.fd = -1
+        self.pidfd = False        # fd is the process's pidfd (not an eventfd)
 
     def release_channels(self):
         for attr in ("call", "result"):
@@ -171,6 +172,84 @@ def _exited_fd():
     """An fd that is readable at once (the process is already gone)."""
     fd = os.eventfd(1, os.EFD_CLOEXEC)
     return fd
+
+
+# ioctl(pidfd, PIDFD_GET_INFO, struct pidfd_info) (Linux 6.13+; the exit
+# status in it, PIDFD_INFO_EXIT, 6.15+): _IOWR(0xFF, 11, 64 bytes), the
+# first version of the struct (mask, cgroupid, 11 ids, exit_code at 60).
+_PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11
+_PIDFD_INFO_EXIT = 8
+_STAT_EXIT_CODE = 49      # /proc/PID/stat field 52, counted after the ")"
+
+
+def _ids_match(status, euid=None, egid=None):
+    """True if this process (effective ids ``euid``, ``egid``; None: ours)
+    may read the ``exit_code`` field of the process whose /proc/PID/status
+    is ``status`` (the kernel shows it only with ptrace-read access, and
+    shows 0 otherwise): same real, effective and saved uid and gid as our
+    effective ones, or we are root."""
+    euid = os.geteuid() if euid is None else euid
+    egid = os.getegid() if egid is None else egid
+    if euid == 0:
+        return True
+    want = {b"Uid:": euid, b"Gid:": egid}
+    seen = 0
+    for line in status.split(b"\n"):
+        f = line.split()
+        if f and f[0] in want:
+            if len(f) < 4 or any(int(x) != want[f[0]] for x in f[1:4]):
+                return False
+            seen += 1
+    return seen == 2
+
+
+def _exit_status(pid, pidfd):
+    """The exit code (as ``exitcode``: -N for a signal) of process ``pid``,
+    which has ended (``pidfd`` is readable), learnt here without asking GS;
+    None if it cannot be known for sure.  The process is the shepherd's
+    child, not ours, so we cannot wait for it.  Once the shepherd has
+    reaped it, the kernel keeps its wait status with the pidfd
+    (``PIDFD_INFO_EXIT``, Linux 6.15+).  Before that, while it is a
+    zombie, the status is the ``exit_code`` field of /proc/PID/stat, ours
+    if the pid still names our process *after* the read (a signal 0
+    through the pidfd succeeds until the reap; only after it could the pid
+    be reused).  A reap in progress (state X) is waited for a few yields."""
+    import fcntl
+    import signal
+    import struct
+
+    buf = bytearray(64)
+    has_info = True
+    for _ in range(20):
+        if has_info:
+            try:
+                struct.pack_into("=Q", buf, 0, _PIDFD_INFO_EXIT)
+                fcntl.ioctl(pidfd, _PIDFD_GET_INFO, buf, True)
+                if struct.unpack_from("=Q", buf, 0)[0] & _PIDFD_INFO_EXIT:
+                    return os.waitstatus_to_exitcode(struct.unpack_from("=i", buf, 60)[0])
+            except OSError:
+                has_info = False                        # an older kernel
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                status = f.read()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            state = fields[0]
+        except (OSError, IndexError):
+            state = None                                # reaped (or being reaped)
+        if state == b"Z" and len(fields) > _STAT_EXIT_CODE:
+            if not _ids_match(status):
+                return None
+            try:
+                wstatus = int(fields[_STAT_EXIT_CODE])
+                signal.pidfd_send_signal(pidfd, 0)      # still not reaped: it was ours
+                return os.waitstatus_to_exitcode(wstatus)
+            except (OSError, ValueError):
+                pass                                    # reaped meanwhile: the pidfd has it
+        elif state not in (None, b"X") or not has_info:
+            return None
+        os.sched_yield()
+    return None
 
 
 class Process:
@@ -402,6 +481,7 @@ class Process:
                 raise
             try:
                 res.fd = os.pidfd_open(self._desc.os_pid)
+                res.pidfd = True
             except ProcessLookupError:
                 res.fd = _exited_fd()
             self._res = res
@@ -487,11 +567,27 @@ class Process:
             return False
         while reader.pump(0):     # what it sent just before exiting
             pass
-        from ..globalservices import process as gproc
+        code = self._exit_code_here()
+        if code is None:
+            from ..globalservices import process as gproc
 
-        code = gproc.join(self._desc.p_uid)
+            code = gproc.join(self._desc.p_uid)
         self._finish(code)
         return True
+
+    def _exit_code_here(self):
+        """0 if the ended process exited with code 0, as the kernel says
+        through its pidfd (:func:`_exit_status`), without the GS round trip
+        (which waits for the shepherd to reap it and tell GS); else None:
+        the exit is then learnt from GS's join, which also frees a GS
+        name for reuse, marks a failed exit as joined (no death report at
+        teardown) and returns after the shepherd reclaimed what a killed
+        process held."""
+        res = self._res
+        if not res.pidfd or self._gs_name is not None:
+            return None
+        code = _exit_status(self._desc.os_pid, res.fd)
+        return 0 if code == 0 else None
 
     def _poll(self):
         with self._lock:
