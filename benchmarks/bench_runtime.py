@@ -1,7 +1,7 @@
 """Runtime benchmark: ember's process/pool/channel services against the OS and
 Python baselines, all measured in this same run, with ratios.
 
-    python benchmarks/bench_runtime.py [--quick]
+    python benchmarks/bench_runtime.py [--quick] [--run-empty ROUNDS]
 
 Measures
   * `ember run empty.py` wall time vs `python3 empty.py` (target: python3
@@ -149,10 +149,11 @@ def _med(xs):
 
 
 def bench_run_empty(reps):
-    """Median wall time of `ember run empty.py` and `python3 empty.py`,
-    interleaved.  Both run with byte-code caching on (as after `pip
-    install`): with PYTHONDONTWRITEBYTECODE set, every start would compile
-    ember's modules again (~20 ms) while empty.py has none to compile."""
+    """Wall times of `ember run empty.py` and `python3 empty.py`,
+    interleaved: two lists of ``reps`` seconds.  Both run with byte-code
+    caching on (as after `pip install`): with PYTHONDONTWRITEBYTECODE set,
+    every start would compile ember's modules again (~20 ms) while empty.py
+    has none to compile."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run([sys.executable, "-m", "ember", "run", EMPTY], check=True, cwd=ROOT, env=env)
     ember_t, py_t = [], []
@@ -163,7 +164,7 @@ def bench_run_empty(reps):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, EMPTY], check=True, env=env)
         py_t.append(time.perf_counter() - t0)
-    return _med(ember_t), _med(py_t)
+    return ember_t, py_t
 
 
 def _noop():
@@ -251,19 +252,34 @@ def bench_channel_wake(reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--run-empty", type=int, metavar="ROUNDS", default=None,
+                    help="only time `ember run empty.py` against `python3 empty.py`, over "
+                         "ROUNDS interleaved rounds")
     _report.add_args(ap)
     a = ap.parse_args()
     reps = 10 if a.quick else 50
     sizes = "10,100" if a.quick else "10,100,1000"
 
     print(f"ember runtime benchmark ({os.cpu_count()} cores, Python {sys.version.split()[0]})\n")
-    e, p = bench_run_empty(5 if a.quick else 15)
+    load = os.getloadavg()[0]
+    ets, pts = bench_run_empty(a.run_empty or (10 if a.quick else 20))
+    e, p = _med(ets), _med(pts)
     tg = p + RUN_EMPTY_OVER_PYTHON
     print(f"run empty program      ember run {e*1e3:8.1f} ms   python3 empty.py {p*1e3:6.1f} ms   "
-          f"ember adds {(e - p)*1e3:5.1f} ms (one interpreter: the launcher; the .py head is forked)\n"
+          f"ember adds {(e - p)*1e3:5.1f} ms (medians of {len(ets)} interleaved rounds; "
+          f"one interpreter: the launcher; the .py head is forked)\n"
+          f"                       min: ember run {min(ets)*1e3:6.1f} ms   python3 {min(pts)*1e3:6.1f} ms   "
+          f"ember adds {(min(ets) - min(pts))*1e3:5.1f} ms   (load average {load:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end; {os.cpu_count()} cores)\n"
           f"                       target <= python3 + {RUN_EMPTY_OVER_PYTHON*1e3:.0f} ms = {tg*1e3:.1f} ms "
-          f"{'MET' if e <= tg else 'MISSED'}   "
+          f"{'MET' if e <= tg else 'MISSED'} (medians)   "
           f"Dragon (published, not run here) {DRAGON['run_empty']:.1f} s")
+    run_empty = _report.measure("run an empty program", "ms",
+                                {"ember run": e * 1e3, "python3": p * 1e3},
+                                better="lower", target=tg * 1e3)
+    if a.run_empty:
+        _report.write(a, "bench_runtime", [run_empty])
+        return
 
     base = bench_baselines(reps)
     with tempfile.TemporaryDirectory() as td:
@@ -309,8 +325,7 @@ def main():
           f"(ember adds {(res['exit_to_join'] - ew)*1e6:.0f} us)")
     us = {k: v * 1e6 for k, v in TARGET.items()}          # (Dragon's are published, not run)
     _report.write(a, "bench_runtime", [
-        _report.measure("run an empty program", "ms", {"ember run": e * 1e3, "python3": p * 1e3},
-                        better="lower", target=tg * 1e3),
+        run_empty,
         _report.measure("create + join a process running /bin/true", "µs",
                         {"ember process.create+join": res["create_join_true"] * 1e6,
                          **{k: v * 1e6 for k, v in base.items()}},

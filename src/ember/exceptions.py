@@ -4,7 +4,6 @@ Exceptions also inherit the matching built-in so ordinary ``except
 MemoryError`` / ``except TimeoutError`` / ``except ValueError`` keep working.
 """
 import threading as _threading
-from _pickle import UnpicklingError as _UnpicklingError
 
 __all__ = [
     "SharedObjectError",
@@ -174,10 +173,30 @@ class ObjectTimeout(ObjectError, TimeoutError):
     created."""
 
 
-class MessageError(ObjectError, _UnpicklingError):
-    """A message received on a Queue, Pipe, shared object's or process's
-    channel is not one ember's codec made (a malformed frame, a broken or
-    truncated pickle): also a ``pickle.UnpicklingError``."""
+def _message_error():
+    from _pickle import UnpicklingError
+
+    class MessageError(ObjectError, UnpicklingError):
+        """A message received on a Queue, Pipe, shared object's or process's
+        channel is not one ember's codec made (a malformed frame, a broken or
+        truncated pickle): also a ``pickle.UnpicklingError``."""
+
+    MessageError.__module__, MessageError.__qualname__ = __name__, "MessageError"
+    return MessageError
+
+
+# MessageError is made on first use (module __getattr__ below): its base,
+# pickle's UnpicklingError, costs ~1 ms to import (_pickle, copyreg,
+# _compat_pickle) in every `ember run` launcher, whose services never use it.
+_LAZY = {"MessageError": _message_error}
+
+
+def __getattr__(name):
+    make = _LAZY.get(name)
+    if make is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = make()
+    return value
 
 
 class SharedObjectError(ObjectError):

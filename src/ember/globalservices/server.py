@@ -615,7 +615,9 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             data = None
         if data is not None:
             if data == poke:
-                while ctl_channel is not None:
+                # (not once finished: the launcher destroys the control
+                # plane as soon as it has the teardown's answer)
+                while ctl_channel is not None and not gs.finished:
                     try:
                         gs.handle_bytes(ctl_channel.recv(timeout=0), trusted=True)
                     except ChannelEmpty:

@@ -120,10 +120,18 @@ def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))   # the shepherd's fds are not the head's
     if run_dir:
         os.chdir(run_dir)
-    os.environ.clear()
+    # The child's environment is the shepherd's but for a few variables:
+    # change only those (each change is a putenv/unsetenv).
+    env = {}
     for item in envp:
         k, _, v = item.partition(b"=")
-        os.environ[os.fsdecode(k)] = os.fsdecode(v)
+        env[os.fsdecode(k)] = os.fsdecode(v)
+    environ = os.environ
+    for k in [k for k in environ if k not in env]:
+        del environ[k]
+    for k, v in env.items():
+        if environ.get(k) != v:
+            environ[k] = v
     # Fresh std streams (the shepherd's may be mid-write in another thread
     # at the fork, their locks held forever), buffered as python3 would.
     # (-u: the launcher's own stdout was made write-through)

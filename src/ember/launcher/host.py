@@ -303,12 +303,14 @@ class Launcher:
             # inherited (copy-on-write: ~500 page copies, ~3 ms of the head's
             # start).
             gc.freeze()
-            self._fork("global services", "ember: global services",
-                       lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl, death_reports,
-                                        self.key, mn))
+            # The shepherd first: it has more to set up before it serves,
+            # and the head's creation waits for both.
             self._fork("shepherd", "ember: shepherd node 0",
                        lambda: _sh_main(sh_ch, gs_ch, a.label, self.ctl, death_reports,
                                         {0: inf, 1: dflt}))
+            self._fork("global services", "ember: global services",
+                       lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl, death_reports,
+                                        self.key, mn))
             try:
                 signal.signal(signal.SIGCHLD, self._on_sigchld)
                 self._on_sigchld(signal.SIGCHLD, None)    # one that died before this
@@ -629,14 +631,31 @@ class Launcher:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         log.info("teardown")
         self._step("giving the terminal back", self._take_terminal_back)
+        clean = False
         if self.children:
             if getattr(self, "broken", False) or self.dead:
                 self._step("stopping the shepherd", self._stop_shepherd, sh_ch)
             else:
+                failed, self.failed = self.failed, False
                 self._step("teardown through global services", self._teardown_gs)
+                clean, self.failed = not self.failed, failed or self.failed
         if self.cluster is not None:
             self._step("stopping the other nodes", self.cluster.stop)
+            clean = False
+        if clean:
+            # GS answered the teardown: it and the shepherd are done with
+            # the runtime's channels and pools and only exit now.  Destroy
+            # them meanwhile (the mappings of those two stay valid until
+            # they exit); the lock goes only after both are reaped.
+            self._release(gs_ch, inf, dflt)
         self._step("reaping global services and the shepherd", self._reap)
+        if not clean:
+            self._release(gs_ch, inf, dflt)
+        self._step("unlinking the runtime's segments", self._sweep)
+
+    def _release(self, gs_ch, inf, dflt):
+        """Close the launcher's own handles and destroy the runtime's
+        channels and pools, each step independent."""
         if self.head_pidfd is not None:
             self._step("closing the head's pidfd", os.close, self.head_pidfd)
             self.head_pidfd = None
@@ -646,7 +665,6 @@ class Launcher:
                           ("the infrastructure pool", inf)):
             if obj is not None:
                 self._step(f"destroying {what}", self._destroy, obj)
-        self._step("unlinking the runtime's segments", self._sweep)
 
     @staticmethod
     def _destroy(obj):

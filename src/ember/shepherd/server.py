@@ -207,11 +207,12 @@ class Shepherd(Service):
         self._base_env.pop(_env.KEY.encode(), None)
         self._death_reports = death_reports
         self.control_pool = None      # unmapped in a forked .py head (run())
-        # OOM kills seen so far per memory cgroup file (see _exit_info)
         # The OOM kills counted in our memory cgroup subtree so far (see
-        # _oom_killed); None: no memory cgroup counts them here.
-        got = _oom_kills()
-        self._oom_seen = None if got is None else got[1]
+        # _oom_killed); None: no memory cgroup counts them here.  First
+        # counted when serve() starts (not here: a few small reads off the
+        # way of the first spawn, which the request thread may be making
+        # meanwhile; exits are handled only by serve()).
+        self._oom_seen = None
         #: Soft RLIMIT_NOFILE given to children (-1: they inherit ours); run()
         #: sets it to the limit the shepherd had before raising its own.
         self.child_nofile = -1
@@ -572,6 +573,8 @@ class Shepherd(Service):
         """Run the loop until a stop was requested and every child has been
         reaped and reported.  Then flush the output of orphaned pipes and
         send ``ShShutdownDone``."""
+        got = _oom_kills()
+        self._oom_seen = None if got is None else got[1]
         killed = False
         try:
             while True:
