@@ -11,10 +11,12 @@ start`` / ``ember stop`` run a runtime with no head (see
 
 Start-up, fast and without shelling out: the launcher takes the runtime's
 lock (see below), creates the infrastructure pool (GS, shepherd and reply
-channels live there) and the default pool, then forks global services and
-the shepherd side by side — both are this same interpreter with everything
-already imported, so they are serving within a millisecond — and asks GS to
-create the head.  The head reads the launcher's stdin (every other managed
+channels live there) and the default pool, then forks the shepherd and
+global services side by side — both are this same interpreter with everything
+already imported (and the launcher's objects frozen out of the cyclic GC, so
+that a forked process does not copy the whole heap), so they are serving
+within a millisecond — and asks GS to create the head (a ``.py`` head is a
+fork of the shepherd).  The head reads the launcher's stdin (every other managed
 process gets /dev/null); if that is the terminal and the launcher is in its
 foreground, the head's process group becomes the terminal's foreground
 group for as long as the head runs (a REPL works, Ctrl-C goes to it).

@@ -9,11 +9,14 @@ until it is stopped or its starter dies.  The command line
 Bring-up: the launcher takes the runtime's lock (``/dev/shm/ember.<id>.lock``,
 its liveness for ``ember cleanup`` and for attaching processes), creates the
 infrastructure pool, the default pool and the private control plane, forks
-global services and the shepherd (the same interpreter, everything already
-imported), publishes the runtime's address (:mod:`ember.runtime`), then runs
-the head or serves.  Teardown: every step independent of the others (a
-failed one is reported, the run exits 70), everything named with the
-runtime's id unlinked at the end, the lock last.
+the shepherd and global services (the same interpreter, everything already
+imported, the launcher's objects frozen out of the cyclic GC so that the
+forks share the heap's pages), publishes the runtime's address
+(:mod:`ember.runtime`), then runs the head or serves.  Teardown: every step
+independent of the others (a failed one is reported, the run exits 70);
+after a clean one the runtime's channels and pools are destroyed while GS
+and the shepherd exit; everything named with the runtime's id unlinked at
+the end, the lock last.
 """
 import gc
 import os
