@@ -12,6 +12,11 @@ ratio against the target of issue 13:
 | Process start+join of a trivial function  | fork, spawn             | <= fork             |
 | Queue small-object throughput             | fork's mp.Queue         | >= 5x               |
 | leftovers after SIGKILL of the parent     | fork, spawn             | zero                |
+
+The Queue's throughput is timed from the first object received (median of
+5 rounds, the methods interleaved); the figure timed from the producer's
+start is printed beside it: with 100k objects that one is mostly the
+producer's start-up, which the start+join row measures.
 """
 import argparse
 import multiprocessing as mp
@@ -65,18 +70,25 @@ def start_join(method, n):
 
 
 def queue_rate(method, n):
+    """(objects/s timed from the first object received, objects/s timed
+    from the producer's start): the first is the queue's throughput, the
+    second also counts the producer process's start-up (its own row
+    above), which for a short run weighs more than the queue itself."""
     ctx = mp.get_context(method)
     q = ctx.Queue()
     p = ctx.Process(target=producer, args=(q, n))
+    t0 = time.perf_counter()
     p.start()
-    t = time.perf_counter()
     got = 0
+    if q.get() is not None:
+        got += 1
+    t = time.perf_counter()
     while q.get() is not None:
         got += 1
-    dt = time.perf_counter() - t
+    t1 = time.perf_counter()
     p.join()
     assert got == n
-    return n / dt
+    return (n - 1) / (t1 - t), n / (t1 - t0)
 
 
 LEFTOVER = """
@@ -164,7 +176,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--map-n", type=int, default=100_000)
-    ap.add_argument("--queue-n", type=int, default=50_000)
+    ap.add_argument("--queue-n", type=int, default=100_000)
     _report.add_args(ap)
     args = ap.parse_args()
     measures = []
@@ -187,12 +199,26 @@ def main():
     measures.append(_report.measure(f"Process start + join, median of {reps}", "ms", r,
                                     better="lower"))
 
-    print(f"Queue small-object throughput, {args.queue_n} ints child->parent (objects/s):")
-    r = {m: queue_rate(m, args.queue_n) for m in ("ember", "fork")}
-    print("  " + "  ".join(f"{m} {v:,.0f}" for m, v in r.items()))
-    print(f"  ember / fork = {r['ember'] / r['fork']:.2f} (target >= 5)")
-    measures.append(_report.measure(f"Queue, {args.queue_n} ints child to parent", "objects/s",
-                                    r, target=5 * r["fork"]))
+    rounds = 1 if args.quick else 5
+    print(f"Queue small-object throughput, {args.queue_n} ints child->parent, timed from the "
+          f"first object (objects/s; {rounds} rounds interleaved, median and best; "
+          f"load {os.getloadavg()[0]:.1f}):")
+    runs = {"ember": [], "fork": []}
+    for _ in range(rounds):
+        for m in runs:
+            runs[m].append(queue_rate(m, args.queue_n))
+    r = {m: statistics.median(x[0] for x in v) for m, v in runs.items()}
+    best = {m: max(x[0] for x in v) for m, v in runs.items()}
+    incl = {m: statistics.median(x[1] for x in v) for m, v in runs.items()}
+    print("  median  " + "  ".join(f"{m} {v:,.0f}" for m, v in r.items())
+          + f"   ember / fork = {r['ember'] / r['fork']:.2f} (target >= 5)")
+    print("  best    " + "  ".join(f"{m} {v:,.0f}" for m, v in best.items())
+          + f"   ember / fork = {best['ember'] / best['fork']:.2f}")
+    print("  (timed from the producer's start, median: "
+          + "  ".join(f"{m} {v:,.0f}" for m, v in incl.items())
+          + f"   ember / fork = {incl['ember'] / incl['fork']:.2f}; the gap is process start-up)")
+    measures.append(_report.measure(f"Queue, {args.queue_n} ints child to parent, median",
+                                    "objects/s", r, target=5 * r["fork"]))
 
     print("Leftovers after SIGKILL of the parent, settled (processes, /dev/shm entries):")
     r = {m: leftovers(m) for m in ("ember", "fork", "spawn")}

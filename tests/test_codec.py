@@ -84,6 +84,13 @@ def test_malformed_messages_raise_message_error_and_leak_nothing(ember_runtime):
     q._ch.send(pickle.dumps((1, 2), 5)[:-3])       # truncated
     with pytest.raises(pickle.UnpicklingError, match="malformed message"):
         q.get(timeout=10)
+    # the same through get()'s fast path (blocking, no timeout)
+    q._ch.send(b"not a pickle")
+    with pytest.raises(MessageError, match="malformed message .12 bytes.: not an ember message"):
+        q.get()
+    q._ch.send(pickle.dumps((1, 2), 5)[:-3])
+    with pytest.raises(MessageError, match="malformed message"):
+        q.get()
 
     def frame(n, plen, lens, size=4096):
         a = pool.alloc(size)
@@ -113,7 +120,8 @@ def test_malformed_messages_raise_message_error_and_leak_nothing(ember_runtime):
 
 
 def test_codec_round_trips_without_a_runtime_pool():
-    for obj in (1, "x", (1, "x"), {"a": [1, 2]}, b"b" * 1000, np.arange(10)):
+    for obj in (1, "x", (1, "x"), {"a": [1, 2]}, b"b" * 1000, np.arange(10),
+                ("__main__", 1.5, None, True, 2j, b"", -(1 << 70)), (1, [2])):
         msg = _codec.dumps(obj, None)
         assert type(msg) is bytes
         got = _codec.loads(msg)

@@ -42,7 +42,7 @@ import struct
 from ..exceptions import MessageError
 from ..pools_c import Allocation
 
-__all__ = ["dumps", "loads", "pickle_bytes", "pickle_inband", "free_unsent", "OOB_MIN",
+__all__ = ["dumps", "loads", "not_ours", "FLAT", "pickle_bytes", "pickle_inband", "free_unsent", "OOB_MIN",
            "MAGIC", "MessageError"]
 
 #: Buffers smaller than this in all travel in band (a pool allocation costs more).
@@ -118,11 +118,28 @@ def pickle_inband(obj):
 
 
 # ------------------------------------------------------------------ messages
+#: Types whose pickle can hold no out-of-band buffer and no reference to a
+#: global (so none to ``__main__``): :func:`dumps` pickles them with no
+#: buffer callback and no ``__main__`` check, the small-object fast path of
+#: Queue and Pipe.  (``bytes`` is pickled in band by protocol 5; only
+#: ``PickleBuffer`` goes out of band.)
+FLAT = frozenset((int, float, str, bytes, bool, type(None), complex))
+
+
 def dumps(obj, pool, timeout=None):
     """``bytes`` (a plain pickle) or an :class:`Allocation` of ``pool``
     holding a frame (the caller sends it, or frees it with
     :func:`free_unsent` if the send fails).  ``timeout``: how long to wait
     for pool space for a frame (None: forever)."""
+    t = type(obj)
+    if t in FLAT:
+        return _pdumps(obj, 5)
+    if t is tuple and len(obj) <= 8:
+        for x in obj:
+            if type(x) not in FLAT:
+                break
+        else:
+            return _pdumps(obj, 5)
     bufs = []
     try:
         data = _pdumps(obj, 5, buffer_callback=bufs.append)
@@ -182,6 +199,15 @@ def _unpickle(data, n, buffers=None):
         raise _bad(n, f"a broken pickle ({type(exc).__name__}: {exc})") from None
 
 
+def not_ours(data, exc):
+    """What :func:`loads` raises for ``bytes`` that ``pickle.loads``
+    refused with ``exc`` (for callers that unpickle ``bytes`` themselves on
+    a fast path): ``exc`` itself if it is a MessageError already."""
+    if isinstance(exc, MessageError):
+        return exc
+    return _bad(len(data), f"not an ember message ({type(exc).__name__}: {exc})")
+
+
 def loads(data):
     """The object from a received message (``bytes``, or a memoryview over
     a pool block, which is released here unless the object keeps views of
@@ -191,10 +217,7 @@ def loads(data):
         try:
             return _ploads(data)
         except (pickle.UnpicklingError, EOFError) as exc:
-            if isinstance(exc, MessageError):
-                raise
-            raise _bad(len(data), f"not an ember message ({type(exc).__name__}: {exc})") \
-                from None
+            raise not_ours(data, exc) from None
     total = len(data)
     if data[:4] != MAGIC:
         try:

@@ -35,6 +35,10 @@ from . import _codec, naming
 
 _dumps = _codec.dumps
 _loads = _codec.loads
+_pdumps = pickle.dumps
+_ploads = pickle.loads
+_FLAT = _codec.FLAT
+_BadPickle = (pickle.UnpicklingError, EOFError)
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "MAX_CAPACITY", "UNBOUNDED_CAPACITY",
            "BLOCK_SIZE"]
@@ -212,12 +216,24 @@ class Queue(_NamedHandle):
         self._pool = self._ch.pool
         self._closed = False
         self._joinable = False
+        self._set_fast()
         self._hold = naming.hold(self, rec["o_uid"])
         import weakref
         weakref.finalize(self, _finish, self._ch).atexit = False
 
+    def _set_fast(self):
+        # The small-object fast paths of put/get (blocking, no timeout): a
+        # put with no place to count (no BoundedSemaphore) and no task count,
+        # a get with no place to give back.  False once closed.
+        open_ = not self._closed
+        self._fast_put = open_ and self._slots is None and not self._joinable
+        self._fast_get = open_ and self._slots is None
+        self._send = self._ch.send
+        self._recv = self._ch.recv_auto
+
     def _drop(self):
         self._closed = True
+        self._set_fast()
         self._hold.drop()
 
     def _check(self):
@@ -246,6 +262,14 @@ class Queue(_NamedHandle):
         pickle.PicklingError
             ``obj`` cannot be pickled (nor by cloudpickle).
         """
+        if self._fast_put and block and timeout is None:
+            # the fast path: a small flat object pickled here, sent as it is
+            msg = _pdumps(obj, 5) if type(obj) in _FLAT else _dumps(obj, self._pool, None)
+            if type(msg) is bytes:
+                self._send(msg, None)
+                return
+            self._put_msg(msg, None)
+            return
         if self._closed:
             self._check()
         if block and timeout is None:
@@ -304,6 +328,14 @@ class Queue(_NamedHandle):
         ember.MessageError
             The message is not one ember's codec made.
         """
+        if self._fast_get and block and timeout is None:
+            data = self._recv(None)
+            if type(data) is bytes:
+                try:
+                    return _ploads(data)
+                except _BadPickle as exc:
+                    raise _codec.not_ours(data, exc) from None
+            return _loads(data)
         if self._closed:
             self._check()
         if block and timeout is None:
@@ -311,7 +343,7 @@ class Queue(_NamedHandle):
         else:
             tmo = (0.0 if timeout < 0 else timeout) if block else 0
         try:
-            data = self._ch.recv_auto(tmo)
+            data = self._recv(tmo)
         except ChannelEmpty:
             raise _queue.Empty from None
         if self._slots is not None:
@@ -422,6 +454,7 @@ class JoinableQueue(Queue):
     def _setup(self, rec):
         super()._setup(rec)
         self._joinable = True
+        self._set_fast()
         self._unfinished, _, self._cond = self._extra
 
     def _put_msg(self, msg, tmo):
