@@ -49,6 +49,12 @@ BATCH_BYTES = 64 << 10
 FLUSH_AFTER = 0.0002
 #: a small send within this many seconds of the previous one is batched
 STREAMING = 0.00005
+#: a send reads what the agent said (acknowledgements, a failure) once this
+#: many of its handle's messages are unacknowledged (the agent acknowledges
+#: every ACK_EVERY = 128 at the latest; ``flush`` and every wait read at once)
+DRAIN_AFTER = 128
+#: ... and at least this often (seconds) while some are unacknowledged
+DRAIN_EVERY = 0.001
 _monotonic = time.monotonic
 CHECK_EVERY = 1.0
 
@@ -116,6 +122,7 @@ class _Conn:
         self.replies = {}         # req -> frames
         self.flusher = None
         self.last_send = 0.0
+        self.last_drain = 0.0
         self.wake = threading.Event()
         self.pid = os.getpid()
 
@@ -192,9 +199,13 @@ class _Conn:
             err = self.errors.pop(c_uid, None)
             if err is not None:
                 raise err
-            n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+            n = len(data) if type(data) is bytes else memoryview(data).nbytes
             f = self.inflight.get(c_uid)
-            if f is not None and f[0]:
+            now = _monotonic()
+            if f is not None and f[0] and (f[0] >= DRAIN_AFTER or now - self.last_drain > DRAIN_EVERY):
+                # acknowledgements (or a failure) may be waiting: read them
+                # (asking the socket costs a system call: not on every send)
+                self.last_drain = now
                 self._drain()
             deadline = None
             while f is not None and (f[0] >= WINDOW or f[1] >= WINDOW_BYTES):
@@ -210,21 +221,24 @@ class _Conn:
                 err = self.errors.pop(c_uid, None)
                 if err is not None:
                     raise err
+                now = _monotonic()
             if n > BATCH_BYTES:
                 self._flush(c_uid)
-                self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid), data], copy=False)
+                self.sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
+                self.sock.send(data, copy=False)
                 f = self.inflight.setdefault(c_uid, [0, 0])
                 f[0] += 1
                 f[1] += n
                 return
-            if not isinstance(data, bytes):
+            if type(data) is not bytes:
                 data = bytes(data)
-            now = _monotonic()
             last, self.last_send = self.last_send, now
             if now - last > STREAMING and c_uid not in self.pending:
                 # an isolated message (a request, a ping) goes at once; one
                 # that follows another closely joins a batch
-                self.sock.send_multipart([SEND_HDR.pack(OP_SEND, c_uid), data])
+                sock = self.sock
+                sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
+                sock.send(data)
                 f = self.inflight.setdefault(c_uid, [0, 0])
                 f[0] += 1
                 f[1] += n

@@ -142,15 +142,6 @@ class ZmqBackend(Backend):
             raise TransportError(f"cannot connect to {address}: {exc}") from None
         return ZmqEndpoint(s)
 
-    def inproc_pair(self, name):
-        """``(push, pull)`` sockets on ``inproc://name`` (a thread's channel
-        reads handed to the loop that owns the network sockets)."""
-        pull = self._socket(zmq.PULL)
-        pull.bind(f"inproc://{name}")
-        push = self._socket(zmq.PUSH)
-        push.connect(f"inproc://{name}")
-        return push, pull
-
     def poller(self, endpoints):
         p = zmq.Poller()
         for e in endpoints:
