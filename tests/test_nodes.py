@@ -359,4 +359,9 @@ def test_ssh_command_line_quotes():
                                       {"K": "v w"})
     assert env is None
     assert cmd[-3:] == ["--", "h", "exec env 'K=v w' /py -c 'print('\"'\"'a b'\"'\"')'"]
-    assert cmd[-5:-3] == ["-p", "2222"]
+    # the caller's options, then the cheaper set-up (ssh keeps the first
+    # value of an option: the caller's win)
+    fast = list(SSHLauncher.FAST_OPTIONS)
+    assert cmd[-3 - len(fast):-3] == fast
+    assert cmd[-5 - len(fast):-3 - len(fast)] == ["-p", "2222"]
+    assert any(o.startswith("KexAlgorithms=curve25519-sha256,") for o in fast)

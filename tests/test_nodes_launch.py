@@ -51,7 +51,7 @@ def _sleeps(cluster, i, timeout=10.0):
 
 def _no_tree_left(cluster, i):
     assert cluster.wait_no_process(i, "sleep 31") == []
-    assert cluster.wait_no_process(i, "ember.launcher.nodes") == []
+    assert cluster.wait_no_process(i, "ember.launcher._watch") == []
 
 
 RUN_BODY = """

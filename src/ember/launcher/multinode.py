@@ -21,10 +21,8 @@ than one node:
    (they end when their shepherd stopped), closes their lifelines (the
    watchdog kills what is left), stops the head agent.
 """
-import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,9 +35,12 @@ log = _log.get("launcher")
 START_TIMEOUT = 60.0
 
 
+def _hostname():
+    return os.uname().nodename      # socket.gethostname(), without importing socket
+
+
 def _is_local(spec):
-    names = {socket.gethostname(), socket.gethostname().split(".")[0], "localhost",
-             "127.0.0.1"}
+    names = {_hostname(), _hostname().split(".")[0], "localhost", "127.0.0.1"}
     return spec.name in names or spec.host in names
 
 
@@ -52,7 +53,7 @@ class Cluster:
             self.remote = list(specs[1:])
         else:
             self.remote = list(specs)
-        self.names = {0: socket.gethostname()}
+        self.names = {0: _hostname()}
         for i, spec in enumerate(self.remote, 1):
             self.names[i] = spec.name
         self.commands = {}        # node -> RemoteCommand
@@ -139,14 +140,22 @@ class Cluster:
         """Hand each node its settings and the key pair (on its stdin: the
         lifeline, never a command line), forward its output, wait until
         every node's agent said hello."""
+        import json
         a = self.args
+        # Every node's settings at once, without waiting for its watchdog's
+        # READY line: they wait in the pipe (the watchdog forwards its stdin
+        # to the node once started), so no node waits for another's start.
         for i, cmd in self.commands.items():
             cfg = {"node": i, "head": self.agent_addr, "keys": list(self.keys),
                    "runtime": runtime_id, "label": a.label,
                    "inf_pool_size": a.inf_pool_size, "default_pool_size": a.default_pool_size,
                    "death_reports": getattr(a, "death_reports", True)}
+            try:
+                cmd.stdin.write((json.dumps(cfg) + "\n").encode())
+            except OSError:
+                pass                  # the launch failed: wait_ready() says why
+        for i, cmd in self.commands.items():
             cmd.wait_ready()
-            cmd.stdin.write((json.dumps(cfg) + "\n").encode())
             for stream, out in ((cmd.stdout, sys.stdout), (cmd.stderr, sys.stderr)):
                 t = threading.Thread(target=self._pump, args=(i, stream, out), daemon=True,
                                      name=f"ember-node{i}-output")

@@ -17,9 +17,10 @@ The watchdog
 ------------
 Nothing started on a node may outlive the launcher, however it ends
 (SIGKILLed included).  Every command therefore runs under a small watchdog
-on the node::
+on the node (:mod:`ember.launcher._watch`, which imports next to nothing:
+it is on every node's start-up path)::
 
-    <python> -m ember.launcher.nodes --watch [--grace S] [--cwd DIR] -- argv...
+    <python> -m ember.launcher._watch [--grace S] [--cwd DIR] -- argv...
 
 started by absolute interpreter path (the launcher's ``sys.executable``,
 never ``python3`` on the remote ``PATH``, where a login shell may put
@@ -54,19 +55,19 @@ import os
 import re
 import select
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..exceptions import LauncherError
+# (No dataclasses, typing, shutil or socket: ``ember run --hosts`` imports
+# this module before it starts the ssh connections, so whatever it imports
+# delays every node's start.)
 
 __all__ = [
     "NodeSpec", "RemoteCommand", "NodeLauncher", "LocalLauncher", "SSHLauncher",
@@ -74,26 +75,57 @@ __all__ = [
     "slurm_nodes", "detect", "READY_MARKER", "FAILED_MARKER",
 ]
 
-READY_MARKER = b"EMBER-WATCH-READY"
-FAILED_MARKER = b"EMBER-WATCH-FAILED"
-DEFAULT_GRACE = 2.0          # seconds between SIGTERM and SIGKILL on the node
+from ._watch import DEFAULT_GRACE, FAILED_MARKER, READY_MARKER  # noqa: E402
 DEFAULT_START_TIMEOUT = 60.0  # seconds to wait for the watchdog's READY line
 _TAIL = 2000                 # characters of the launch's stderr kept for errors
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HOST_OK = re.compile(r"[A-Za-z0-9_.:%@\-]+\Z")
 
 
-@dataclass(frozen=True)
 class NodeSpec:
-    """One node of a runtime.
+    """One node of a runtime (immutable, compared and hashed by value).
 
     ``index`` is its node number (0 is the head's node), ``host`` what
     ``ssh`` / ``srun -w`` need to reach it (``user@host`` for ssh is
     allowed), ``name`` its display name (the host name).
     """
-    index: int
-    host: str
-    name: str
+    __slots__ = ("index", "host", "name")
+
+    def __init__(self, index, host, name):
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "name", name)
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"cannot assign to field {key!r}: a NodeSpec is immutable")
+
+    def __delattr__(self, key):
+        raise AttributeError(f"cannot delete field {key!r}: a NodeSpec is immutable")
+
+    def _key(self):
+        return (self.index, self.host, self.name)
+
+    def __eq__(self, other):
+        if other.__class__ is self.__class__:
+            return self._key() == other._key()
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        return f"NodeSpec(index={self.index!r}, host={self.host!r}, name={self.name!r})"
+
+    def __reduce__(self):
+        return (NodeSpec, self._key())
+
+
+def _which(cmd):
+    """What ``shutil.which(cmd)`` finds (shutil imports its compressors)."""
+    if os.sep in cmd:
+        return cmd if os.access(cmd, os.X_OK) and not os.path.isdir(cmd) else None
+    from ._watch import _which as which
+    return which(cmd, os.environ.get("PATH", os.defpath))
 
 
 # --------------------------------------------------------------------------
@@ -175,7 +207,7 @@ def slurm_nodes():
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
         raise LauncherError("inside a Slurm allocation but SLURM_JOB_NODELIST is not set")
-    scontrol = shutil.which("scontrol")
+    scontrol = _which("scontrol")
     if scontrol is None:
         raise LauncherError("scontrol not found on PATH: Slurm's client commands are needed "
                             "to list the allocation's nodes")
@@ -205,7 +237,7 @@ def detect(hosts=None, **options):
         return SSHLauncher(**options), parse_hosts(hosts)
     if in_slurm_allocation():
         return SlurmLauncher(**options), slurm_nodes()
-    return LocalLauncher(**options), [NodeSpec(0, "localhost", socket.gethostname())]
+    return LocalLauncher(**options), [NodeSpec(0, "localhost", os.uname().nodename)]
 
 
 # --------------------------------------------------------------------------
@@ -499,7 +531,7 @@ class NodeLauncher(ABC):
 
     def watch_argv(self, argv, cwd=None):
         """The node-side command line: the watchdog running ``argv``."""
-        out = [self.python, "-m", "ember.launcher.nodes", "--watch", "--grace", repr(self.grace)]
+        out = [self.python, "-m", "ember.launcher._watch", "--grace", repr(self.grace)]
         if cwd is not None:
             out += ["--cwd", cwd]
         return out + ["--"] + list(argv)
@@ -605,17 +637,36 @@ class SSHLauncher(NodeLauncher):
 
     Keys must already be set up (``BatchMode=yes``: no password prompt
     ever).  ``ssh_options``: extra ssh arguments (``("-p", "2222")``,
-    ``("-o", "User=alice")``); ``config_file``: an ssh config file passed
-    with ``-F`` (else ssh reads the user's and the system's).  The command
+    ``("-o", "User=alice")``), which take precedence over
+    :attr:`FAST_OPTIONS`; ``config_file``: an ssh config file passed
+    with ``-F`` (else ssh reads the user's and the system's).  One ssh
+    connection per command, no login shell (``exec`` of the watchdog in
+    the shell sshd runs).  The command
     gets the remote login environment plus ``env`` (set with ``env K=V``
     in the remote command, quoted); nothing else of this process's
     environment is sent.
     """
 
     name = "ssh"
-    BASE_OPTIONS = ("-T", "-x", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+    BASE_OPTIONS = ("-T", "-x", "-a", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
                     "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
                     "-o", "LogLevel=ERROR")
+    #: A cheaper connection set-up, after the caller's ``ssh_options`` (ssh
+    #: keeps the first value it is given for an option, so those override
+    #: these; a config file does not).  The key exchange: OpenSSH's default
+    #: list without the post-quantum hybrids (sntrup761x25519, mlkem768x25519),
+    #: whose key generation is the largest part of a handshake's CPU time
+    #: (about 0.1 s per connection measured on a 2-CPU node, more under
+    #: load), both ends.  What the session carries — the runtime's CURVE
+    #: key pair, the nodes' output — is protected by Curve25519 afterwards
+    #: anyway (CurveZMQ), so a post-quantum handshake would not protect the
+    #: runtime more.  ``UpdateHostKeys=no``: no learning of new host keys
+    #: (a possible extra round trip and signature).
+    FAST_OPTIONS = ("-o", "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org,"
+                    "ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
+                    "diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,"
+                    "diffie-hellman-group18-sha512,diffie-hellman-group14-sha256",
+                    "-o", "UpdateHostKeys=no")
 
     def __init__(self, ssh_options=(), config_file=None, ssh="ssh", **kw):
         super().__init__(**kw)
@@ -625,7 +676,7 @@ class SSHLauncher(NodeLauncher):
         self.config_file = config_file
         if config_file is not None and not os.path.isfile(config_file):
             raise LauncherError(f"ssh config file {config_file!r} does not exist")
-        self.ssh = shutil.which(ssh)
+        self.ssh = _which(ssh)
         if self.ssh is None:
             raise LauncherError(f"{ssh!r} not found on PATH: the ssh client is needed to start "
                                 "commands on other hosts")
@@ -637,7 +688,8 @@ class SSHLauncher(NodeLauncher):
         cmd = [self.ssh, *self.BASE_OPTIONS]
         if self.config_file is not None:
             cmd += ["-F", self.config_file]
-        cmd += [*self.ssh_options, "--", node.host, "exec " + shlex.join(remote)]
+        cmd += [*self.ssh_options, *self.FAST_OPTIONS, "--", node.host,
+                "exec " + shlex.join(remote)]
         return cmd, None
 
 
@@ -661,7 +713,7 @@ class SlurmLauncher(NodeLauncher):
         if not in_slurm_allocation():
             raise LauncherError("not inside a Slurm allocation (SLURM_JOB_ID is not set): "
                                 "run under salloc or sbatch, or give the hosts to use ssh")
-        self.srun = shutil.which(srun)
+        self.srun = _which(srun)
         if self.srun is None:
             raise LauncherError(f"{srun!r} not found on PATH: Slurm's srun is needed to start "
                                 "commands on the allocation's nodes")
@@ -676,245 +728,13 @@ class SlurmLauncher(NodeLauncher):
 
 
 # --------------------------------------------------------------------------
-# The watchdog (runs on the node)
+# The watchdog (runs on the node): ember.launcher._watch, a module of its own
+# so that starting it imports next to nothing
 # --------------------------------------------------------------------------
 
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def _set_subreaper():
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except Exception:
-        pass
-
-
-def _my_children():
-    me = os.getpid()
-    kids = set()
-    try:
-        for t in os.listdir(f"/proc/{me}/task"):
-            try:
-                with open(f"/proc/{me}/task/{t}/children") as f:
-                    kids.update(int(p) for p in f.read().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return kids
-
-
-class _Watch:
-    def __init__(self, argv, grace, cwd):
-        self.argv = argv
-        self.grace = grace
-        self.cwd = cwd
-        self.child = None           # the command's pid (= its process group)
-        self.status = None          # the command's exit status (shell style)
-        self.stop = None            # why we shut down, or None
-
-    def fail(self, msg):
-        os.write(2, FAILED_MARKER + b" " + msg.encode(errors="replace").replace(b"\n", b" ") + b"\n")
-        return 127
-
-    def reap(self):
-        """Reap every dead child; record the command's status."""
-        while True:
-            try:
-                pid, st = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self.child:
-                code = os.waitstatus_to_exitcode(st)
-                self.status = 128 - code if code < 0 else code
-
-    def signal_all(self, sig):
-        if self.child is not None:
-            try:
-                os.killpg(self.child, sig)
-            except OSError:
-                pass
-        for pid in _my_children():
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-
-    def shutdown(self):
-        """SIGTERM everything left, wait the grace period, SIGKILL until
-        no child is left."""
-        self.reap()
-        if not _my_children():
-            return
-        self.signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline:
-            self.reap()
-            if not _my_children():
-                return
-            time.sleep(0.01)
-        while True:
-            self.signal_all(signal.SIGKILL)
-            time.sleep(0.005)
-            self.reap()
-            if not _my_children():
-                return
-
-    def spawn(self, exe, stdin_r):
-        """Fork the command, held at a gate until READY is written (so
-        nothing it prints comes before that line), then exec it in a
-        session of its own, dying with us (PR_SET_PDEATHSIG)."""
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
-        me = os.getpid()
-        pid = os.fork()
-        if pid == 0:   # the child: only exec or _exit from here
-            try:
-                os.close(gate_w)
-                os.setsid()
-                libc.prctl(1, signal.SIGKILL, 0, 0, 0)      # PR_SET_PDEATHSIG
-                if os.getppid() != me:
-                    os._exit(137)
-                for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM,
-                          signal.SIGHUP, signal.SIGCHLD):
-                    signal.signal(s, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, [])
-                if os.read(gate_r, 1) != b"g":
-                    os._exit(137)
-                os.dup2(stdin_r, 0)
-                os.closerange(3, 1 << 16)
-                os.execvp(exe, self.argv)
-            except OSError as e:
-                try:
-                    os.write(2, f"ember watch: cannot start {exe!r}: {e.strerror}\n".encode())
-                except OSError:
-                    pass
-            finally:
-                os._exit(127)
-        os.close(gate_r)
-        self.child = pid
-        return gate_w
-
-    def run(self):
-        env = os.environ
-        if self.cwd is not None:
-            try:
-                os.chdir(self.cwd)
-            except OSError as e:
-                return self.fail(f"cannot change to directory {self.cwd!r}: {e.strerror}")
-        exe = self.argv[0]
-        if "/" in exe:
-            if not os.access(exe, os.X_OK) or os.path.isdir(exe):
-                return self.fail(f"{exe!r}: not an executable file")
-        elif shutil.which(exe, path=env.get("PATH", os.defpath)) is None:
-            return self.fail(f"{exe!r}: command not found on PATH={env.get('PATH', os.defpath)}")
-        _set_subreaper()
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        stop_sigs = []
-
-        def on_stop(signum, frame):
-            stop_sigs.append(signum)
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGHUP, on_stop)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the launcher decides, not a terminal
-        signal.signal(signal.SIGCHLD, lambda s, f: None)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        stdin_r, to_child = os.pipe2(os.O_CLOEXEC)
-        gate = self.spawn(exe, stdin_r)
-        os.close(stdin_r)
-        host = socket.gethostname()
-        os.write(2, READY_MARKER + f" {os.getpid()} {host} {self.child}\n".encode())
-        os.write(gate, b"g")
-        os.close(gate)
-        # Our stdout is the command's now: do not hold it.
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 1)
-        os.close(null)
-        os.set_blocking(to_child, False)
-        os.set_blocking(0, False)
-        pending = bytearray()
-        child_in_open = True
-        limit = 16 << 20
-        while True:
-            self.reap()
-            if stop_sigs:
-                self.stop = f"signal {stop_sigs[0]}"
-                break
-            if self.status is not None:
-                break
-            rlist = [wake_r, 0]
-            wlist = [to_child] if (pending and child_in_open) else []
-            try:
-                r, w, _ = select.select(rlist, wlist, [], 1.0)
-            except InterruptedError:
-                continue
-            if wake_r in r:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-            if 0 in r:
-                try:
-                    data = os.read(0, 65536)
-                except BlockingIOError:
-                    data = None
-                except OSError:
-                    data = b""
-                if data == b"":
-                    self.stop = "stdin EOF"
-                    break
-                if data and child_in_open and len(pending) < limit:
-                    pending += data
-            if to_child in w:
-                try:
-                    n = os.write(to_child, pending)
-                    del pending[:n]
-                except BlockingIOError:
-                    pass
-                except OSError:      # the command closed its stdin
-                    child_in_open = False
-                    pending.clear()
-        try:
-            os.close(to_child)
-        except OSError:
-            pass
-        self.shutdown()
-        self.reap()
-        if self.status is None:
-            self.status = 128 + signal.SIGKILL
-        return self.status
-
-
 def _watch_main(args):
-    grace = DEFAULT_GRACE
-    cwd = None
-    i = 0
-    while i < len(args) and args[i] != "--":
-        if args[i] == "--grace" and i + 1 < len(args):
-            try:
-                grace = float(args[i + 1])
-            except ValueError:
-                sys.stderr.write(f"ember watch: --grace needs a number, not {args[i + 1]!r}\n")
-                return 2
-            i += 2
-        elif args[i] == "--cwd" and i + 1 < len(args):
-            cwd = args[i + 1]
-            i += 2
-        else:
-            sys.stderr.write(f"ember watch: unknown option {args[i]!r}\n")
-            return 2
-    argv = args[i + 1:]
-    if not argv:
-        sys.stderr.write("ember watch: no command after --\n")
-        return 2
-    return _Watch(argv, grace, cwd).run()
+    from ._watch import main as watch_main
+    return watch_main(args)
 
 
 _USAGE = """\
