@@ -212,12 +212,14 @@ def main():
     a = ap.parse_args()
     from mn_cluster import ClusterUnavailable, emulated_nodes
     rounds = []
+    print(f"load average at start {' '.join(open('/proc/loadavg').read().split()[:3])} on "
+          f"{os.cpu_count()} CPUs", flush=True)
     try:
         with emulated_nodes(4, sshd=True) as c:
             for i in range(a.rounds):
                 rounds.append(run_round(c))
-                print(f"round {i + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in rounds[-1].items()),
-                      flush=True)
+                print(f"round {i + 1} (load {open('/proc/loadavg').read().split()[0]}): "
+                      + ", ".join(f"{k}={v:.4g}" for k, v in rounds[-1].items()), flush=True)
     except ClusterUnavailable as exc:
         print(f"skipped: {exc}")
         return 0
