@@ -629,9 +629,10 @@ def test_closer_killed_between_hint_and_close_leaves_an_open_channel(capi, pool)
 
 
 def test_create_never_trusts_a_replaced_segment_name(capi):
-    """The hole check reads the segment by name: a segment unlinked and
-    replaced by a sparse decoy under the same name must not make create
-    skip the initialisation of a dirty block."""
+    """Create never reads the segment by name (the pool's pristine mark
+    says which blocks were never written): a segment unlinked and replaced
+    by a sparse decoy under the same name must not make create skip the
+    initialisation of a dirty block."""
     ffi, lib = capi
     out = ffi.new("ember_pool_t **")
     assert lib.ember_pool_create(4 << 20, random.getrandbits(63), owner_tag(), b"decoy", out) == lib.EMBER_OK

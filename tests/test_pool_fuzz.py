@@ -75,7 +75,7 @@ for line in sys.stdin:
 
 SIZES = [1, 64, 100, 1000, 5000, 40000]
 HDR_MUTEX = (192, 240)          # pthread_mutex_t in the pool header (glibc x86-64: 40 bytes)
-HDR_STATE = (256, 2968)         # allocator state: counters, committed, bitmap, bins
+HDR_STATE = (256, 2976)         # allocator state: counters, committed, touched, bitmap, bins
 KINDS = ["header", "mutex", "state", "block", "link", "overrun", "heap"]
 
 

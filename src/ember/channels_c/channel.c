@@ -22,8 +22,9 @@
  * (PID_MAX_LIMIT), so a pid always fits.  The position is STORED
  * slot-relative (XOR the slot's index, see ST_KEY), so (lap 0, FREE) is 0
  * in every slot: a zeroed block is an empty ring, and create initialises
- * only slot headers in pages that were ever written (init_slots): a channel
- * made in fresh sparse pool memory costs no page fault for its slots.
+ * the slot headers only of a block that was ever written (the pool says
+ * which are pristine, init_slots): a channel made in fresh sparse pool
+ * memory costs no page fault and no system call for its slots.
  *
  * Slot life cycle for position p (index p & mask), each arrow one atomic
  * step on xstate:
@@ -194,7 +195,7 @@
  *   (tests/test_channel_fuzz.py).
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE         /* SEEK_DATA / SEEK_HOLE, syscall(): self-contained */
+#define _GNU_SOURCE         /* syscall(): self-contained */
 #endif
 #include "channel.h"
 #include "ember_base.h"      /* clock, futex, pid, checksums: one copy for all of ember */
@@ -953,67 +954,19 @@ static ember_rc_t ch_open(ember_pool_t *pool, const ember_alloc_t *a, ember_ch_t
 }
 
 /* Make every slot (lap 0, FREE) with xmeta 0, i.e. zero its 16-byte header
- * (see ST_KEY).  Pages of the pool's segment that were never written are
- * holes of its tmpfs file and read as zeros: their slots are ready as they
- * are and are not touched, so a channel made in fresh (sparse) pool memory
- * costs no page fault for its slots -- the first send or receive of each
- * slot page pays it, in whichever process uses it.  The holes are found
- * with lseek(SEEK_DATA / SEEK_HOLE) on the segment, opened again by name
- * (6 system calls); the file must be ours and be the mapped segment (owner,
- * size and the pool header's first line as mapped), so a segment unlinked
- * and replaced under the same name is never asked.  If any of that fails
- * every slot is initialised.  `off` is the segment offset of `slots` (the
- * mapping starts at offset 0). */
-static int open_same_segment(ember_pool_t *pool)
+ * (see ST_KEY).  Not called for a block the pool reports pristine (never
+ * written since the pool was made: it reads as zeros, so its slots are
+ * ready as they are): a channel made in fresh (sparse) pool memory touches
+ * no slot page and makes no system call -- the first send or receive of
+ * each slot page pays its fault, in whichever process uses it.  Slot
+ * headers are 16 bytes at 64-aligned offsets: never across a page. */
+static void init_slots(unsigned char *slots, uint32_t capacity, uint32_t block_size)
 {
-    const char *name = ember_pool_shm_name(pool);
-    const unsigned char *base = ember_pool_ptr(pool, 0);
-    if (!name || !base)
-        return -1;
-    int fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct stat sb;
-    unsigned char line[EMBER_CACHE_LINE];
-    if (fstat(fd, &sb) != 0 || sb.st_uid != geteuid() || (uint64_t)sb.st_size != ember_pool_size(pool)
-        || pread(fd, line, sizeof line, 0) != (ssize_t)sizeof line || memcmp(line, base, sizeof line) != 0) {
-        close(fd);
-        return -1;
+    for (uint64_t i = 0; i < capacity; i++) {
+        ch_slot_t *s = (ch_slot_t *)(slots + (size_t)i * block_size);
+        ember_atomic_store_relaxed(&s->xstate, 0);
+        ember_atomic_store_relaxed(&s->xmeta, 0);
     }
-    return fd;
-}
-
-static void init_slots(ember_pool_t *pool, unsigned char *slots, uint64_t off,
-                       uint32_t capacity, uint32_t block_size)
-{
-    uint64_t len = (uint64_t)capacity * block_size;
-    int fd = open_same_segment(pool);
-    uint64_t cur = 0;
-    while (cur < len) {
-        uint64_t d0 = cur, d1 = len;          /* written range: initialise its slots */
-        if (fd >= 0) {
-            off_t d = lseek(fd, (off_t)(off + cur), SEEK_DATA);
-            if (d < 0 && errno == ENXIO)
-                break;                        /* only holes up to the end of the file */
-            if (d >= 0) {
-                if ((uint64_t)d >= off + len)
-                    break;
-                d0 = (uint64_t)d - off;
-                off_t e = lseek(fd, d, SEEK_HOLE);
-                if (e >= 0 && (uint64_t)e < off + len)
-                    d1 = (uint64_t)e - off;
-            }
-        }
-        /* Slot headers are 16 bytes at 64-aligned offsets: never across a page. */
-        for (uint64_t i = (d0 + block_size - 1) / block_size; i < capacity && i * block_size < d1; i++) {
-            ch_slot_t *s = (ch_slot_t *)(slots + (size_t)i * block_size);
-            ember_atomic_store_relaxed(&s->xstate, 0);
-            ember_atomic_store_relaxed(&s->xmeta, 0);
-        }
-        cur = d1;
-    }
-    if (fd >= 0)
-        close(fd);
 }
 
 ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
@@ -1034,7 +987,9 @@ ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capac
         return EMBER_ERR_INVALID_ARG;
     uint64_t total = sizeof(ch_hdr_t) + (uint64_t)capacity * block_size;
     ember_alloc_t a;
-    ember_rc_t rc = ember_pool_alloc_ex(pool, total, -1, flags | EMBER_ALLOC_NO_FREE_WAIT, &a);
+    int pristine = 0;
+    ember_rc_t rc = ember_pool_alloc_pristine(pool, total, -1, flags | EMBER_ALLOC_NO_FREE_WAIT,
+                                              &a, &pristine);
     if (rc == EMBER_ERR_EXHAUSTED && too_big(pool, total))
         return EMBER_ERR_TOO_BIG;
     if (rc != EMBER_OK)
@@ -1053,8 +1008,8 @@ ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capac
     ember_atomic_store_relaxed(&h->xrecv_sleepers, 0);
     ember_atomic_store_relaxed(&h->xrecvd, 0);
     ember_atomic_store_relaxed(&h->xsend_sleepers, 0);
-    init_slots(pool, (unsigned char *)h + sizeof(ch_hdr_t), a.offset + sizeof(ch_hdr_t),
-               capacity, block_size);
+    if (!pristine)
+        init_slots((unsigned char *)h + sizeof(ch_hdr_t), capacity, block_size);
     /* release: publishes the initialised header and slots; pairs with the
      * acquire load of xmagic in ember_ch_attach() (another process learns
      * the descriptor only later, through a channel or GS, which orders it

@@ -49,7 +49,10 @@
                              unsigned flags, ember_alloc_t *out),                           \
       (pool, size, timeout_ns, flags, out))                                                 \
     X(ember_rc_t, take_owner, (ember_pool_t *pool, const ember_alloc_t *a, uint32_t from,    \
-                               uint32_t to), (pool, a, from, to))
+                               uint32_t to), (pool, a, from, to))                           \
+    X(ember_rc_t, alloc_pristine, (ember_pool_t *pool, uint64_t size, int64_t timeout_ns,    \
+                                   unsigned flags, ember_alloc_t *out, int *pristine),      \
+      (pool, size, timeout_ns, flags, out, pristine))
 
 /* The process-slots writer and reader (slots.c, compiled into _pools too:
  * one binding per process whichever extension waits).  X(return type, full

@@ -109,6 +109,10 @@
  *     ember_pool_reclaim(pool, pid) (GS calls it when a process dies);
  *     ember_pool_set_owner(pool, a, 0) makes a block nobody's before it is
  *     handed over, and reclaim never touches it;
+ *   - the pristine mark (`touched`, see _ember_alloc_locked) is raised
+ *     before the block's tag says ALLOC and never lowered: a death between
+ *     the two leaves it too high, which only makes later blocks count as
+ *     written; the repair leaves it alone;
  *   - in any case the pool stays usable by everyone else; allocations held
  *     by other processes are untouched (the repair never changes an ALLOC
  *     block), and the alloc-id counter only ever moves forward.
@@ -190,7 +194,7 @@
 /* constants                                                          */
 
 #define EMBER_POOL_MAGIC          0x4C4F4F5052424D45ull  /* "EMBRPOOL" */
-#define EMBER_POOL_LAYOUT_VERSION 2u
+#define EMBER_POOL_LAYOUT_VERSION 3u
 #define EMBER_POOL_MAX_SIZE       (1ull << 47)
 
 #define _EMBER_BLK_HDR            64u
@@ -265,6 +269,7 @@ typedef struct {
     uint64_t live_allocs;
     uint64_t repairs;
     uint64_t committed;           /* [0, committed) of the segment is fallocated */
+    uint64_t touched;             /* no payload byte at or above it ever written */
     uint64_t bitmap[_EMBER_BITMAP_WORDS];
     uint64_t bins[_EMBER_NBINS];
 
@@ -938,6 +943,7 @@ ember_rc_t ember_pool_create_ex(uint64_t size, uint64_t m_uid, const char *owner
     h->heap_size = seg - p->heap_off;
     h->flags = flags;
     h->committed = commit;
+    h->touched = p->heap_off;     /* the first block's header only */
     memcpy(h->shm_name, p->shm_name, sizeof h->shm_name);
     memcpy(h->label, p->label, sizeof h->label);
 
@@ -1163,7 +1169,7 @@ static ember_rc_t _ember_find_committed(ember_pool_t *p, uint64_t need, uint64_t
 }
 
 static ember_rc_t _ember_alloc_locked(ember_pool_t *p, uint64_t size, uint64_t need,
-                                      unsigned flags, ember_alloc_t *out)
+                                      unsigned flags, ember_alloc_t *out, int *pristine)
 {
     _ember_pool_hdr_t *h = p->h;
     uint64_t off;
@@ -1228,6 +1234,24 @@ static ember_rc_t _ember_alloc_locked(ember_pool_t *p, uint64_t size, uint64_t n
             return rc;
         bsz = need;
     }
+    /* PRISTINE PAYLOADS: `touched` is at or above the end of every block
+     * ever allocated, so a block that starts at or above it has a payload
+     * nobody ever wrote (block headers, free-list links included, live in
+     * the 64-byte headers; the tail split off above starts exactly at the
+     * block's end).  It is raised before the block can be written (before
+     * its tag says ALLOC) and never lowered: a death between the two, or a
+     * repair, leaves it too high, which only makes later blocks count as
+     * written.  A scribbled mark is at worst a channel whose free slots are
+     * not zero, which the channel reports as corrupt; a mark out of the
+     * heap's bounds is set to its end. */
+    uint64_t was = h->touched;
+    int sane = was >= p->heap_off && was <= p->heap_end;
+    if (pristine)
+        *pristine = sane && off >= was;
+    if (!sane)
+        h->touched = p->heap_end;             /* scribbled: nothing counts as pristine */
+    else if (off + bsz > was)
+        h->touched = off + bsz;
     b->id = ++h->next_id;
     b->req = size;
     /* relaxed: read under the mutex (reclaim) or by the owner itself */
@@ -1257,6 +1281,14 @@ ember_rc_t ember_pool_alloc_wait(ember_pool_t *pool, uint64_t size, int64_t time
 ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
                                unsigned flags, ember_alloc_t *out)
 {
+    return ember_pool_alloc_pristine(pool, size, timeout_ns, flags, out, NULL);
+}
+
+ember_rc_t ember_pool_alloc_pristine(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
+                                     unsigned flags, ember_alloc_t *out, int *pristine)
+{
+    if (pristine)
+        *pristine = 0;
     if (!pool || !out || size == 0 || (flags & ~(EMBER_ALLOC_OWNED | EMBER_ALLOC_NO_FREE_WAIT)))
         return EMBER_ERR_INVALID_ARG;
     uint64_t need = _ember_need(pool, size);
@@ -1267,7 +1299,7 @@ ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeou
     ember_rc_t rc = _ember_lock_t(pool, nowait || timeout_ns > 0 ? timeout_ns : -1);
     if (rc)
         return rc;
-    rc = _ember_alloc_locked(pool, size, need, flags, out);
+    rc = _ember_alloc_locked(pool, size, need, flags, out, pristine);
     _ember_unlock(pool);
     if (rc != EMBER_ERR_EXHAUSTED || timeout_ns == 0 || nowait)
         return rc;
@@ -1291,7 +1323,7 @@ ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeou
         rc = _ember_lock_t(pool, left);
         if (rc)
             break;
-        rc = _ember_alloc_locked(pool, size, need, flags, out);
+        rc = _ember_alloc_locked(pool, size, need, flags, out, pristine);
         _ember_unlock(pool);
         if (rc != EMBER_ERR_EXHAUSTED)
             break;

@@ -128,6 +128,14 @@ ember_rc_t ember_pool_alloc(ember_pool_t *pool, uint64_t size, ember_alloc_t *ou
 ember_rc_t ember_pool_alloc_ex(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
                                unsigned flags, ember_alloc_t *out);
 
+/* ember_pool_alloc_ex, and *pristine (if not NULL) = 1 when the block's
+ * payload was never written since the pool was created, so it reads as
+ * zeros (fresh pages of the segment: touching them is the first touch);
+ * 0 when it may hold anything.  A channel made in a pristine block needs
+ * no slot initialised (channel.c). */
+ember_rc_t ember_pool_alloc_pristine(ember_pool_t *pool, uint64_t size, int64_t timeout_ns,
+                                     unsigned flags, ember_alloc_t *out, int *pristine);
+
 /* As ember_pool_alloc, but wait for a free (futex on the pool header) when
  * exhausted: timeout_ns < 0 waits forever, 0 tries once, > 0 waits at most
  * that long, then EMBER_ERR_TIMEOUT.  A signal ends the wait early with
