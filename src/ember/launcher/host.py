@@ -41,9 +41,13 @@ def _set_title(title):
     The C extension is loaded by itself: the package's __init__ imports
     ``logging`` (~15 ms), which no ember process otherwise needs."""
     try:
-        from importlib import machinery
-        spec = machinery.PathFinder.find_spec("setproctitle")
         mod = sys.modules.get("setproctitle._setproctitle")
+        # (loaded once, by the launcher: its forks and the .py head forked
+        # from the shepherd find it above, without searching sys.path again)
+        spec = None
+        if mod is None:
+            from importlib import machinery
+            spec = machinery.PathFinder.find_spec("setproctitle")
         if mod is None and spec is not None and spec.submodule_search_locations:
             for d in spec.submodule_search_locations:
                 for suffix in machinery.EXTENSION_SUFFIXES:
