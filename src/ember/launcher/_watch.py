@@ -326,4 +326,11 @@ def _run_module(module, args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    for _f in (sys.stdout, sys.stderr):
+        try:
+            _f.flush()
+        except Exception:
+            pass
+    # no interpreter finalization: the node's teardown waits for this exit
+    os._exit(_code & 0xFF if isinstance(_code, int) else 1)

@@ -54,8 +54,13 @@ log = _log.get("agent")
 
 HEARTBEAT = 0.5
 LOST_AFTER = 3.0
-#: how often (seconds) parked receives and full channels are retried
-RETRY = 0.0005
+#: parked receives and full channels are retried at every turn of the loop
+#: (a poll that does not wait) for the first RETRY_EAGER seconds of a wait,
+#: then every RETRY seconds (zmq_poll counts whole milliseconds: a shorter
+#: wait is none, and a loop that never waits holds a CPU for as long as a
+#: receive is parked)
+RETRY_EAGER = 0.002
+RETRY = 0.001
 
 # control frames, node agent <-> head agent (first frame)
 HELLO, BEAT, TO_SH, FROM_SH, REQ, REPLY, FREE, BYE, LOSS = (
@@ -157,10 +162,22 @@ class DataServer:
         self.parked = []          # [deadline or None, ident, c_uid, req] waiting receives
         self.acks = {}            # (ident, c_uid) -> messages to acknowledge
         self.ack_due = False      # some sender has ACK_EVERY or more of them
+        self.busy_since = None    # since when something waits (full, parked)
 
     @property
     def busy(self):
         return bool(self.full or self.parked)
+
+    def wait_limit(self, now):
+        """How long the loop may wait before it retries what waits: 0 for
+        RETRY_EAGER seconds after something started waiting, then RETRY;
+        None when nothing waits."""
+        if not (self.full or self.parked):
+            self.busy_since = None
+            return None
+        if self.busy_since is None:
+            self.busy_since = now
+        return 0.0 if now - self.busy_since < RETRY_EAGER else RETRY
 
     def pump(self, on_node=None, limit=4096):
         """Handle the messages waiting on the server endpoint (up to
@@ -453,8 +470,9 @@ class HeadAgent:
         while not self.stopping:
             now = time.monotonic()
             timeout = max(0.0, next_beat - now)
-            if data.busy:
-                timeout = min(timeout, RETRY)
+            limit = data.wait_limit(now)
+            if limit is not None:
+                timeout = min(timeout, limit)
             if data.acks:
                 timeout = min(timeout, ACK_DELAY)
             events = [s for s, _ in zpoll(items, int(timeout * 1000.0))]
@@ -552,8 +570,9 @@ class NodeAgent:
         while True:
             now = time.monotonic()
             timeout = max(0.0, next_beat - now)
-            if data.busy:
-                timeout = min(timeout, RETRY)
+            limit = data.wait_limit(now)
+            if limit is not None:
+                timeout = min(timeout, limit)
             if data.acks:
                 timeout = min(timeout, ACK_DELAY)
             events = [s for s, _ in zpoll(items, int(timeout * 1000.0))]
