@@ -356,6 +356,87 @@ def test_stale_handle_after_destroy_never_touches_the_memory():
         pool._validate()
 
 
+def _handover_then_destroy(side, receiver_sleeps):
+    """One message handed over by a forked child that pauses inside its
+    hand-over window (after its FULL/FREE store, before its notify): this
+    process sees the hand-over, destroys the channel and reuses its block
+    at once (a one-shot channel: "receive the last message, then
+    destroy").  The child's notify must never write into the block
+    (HAND-OVER in channel.c).  Returns True if the block stayed intact."""
+    pool = Pool.create(1 << 20)
+    pid = 0
+    try:
+        ch = Channel.create(pool, capacity=1, block_size=128)
+        offset = Channel.describe(ch.sdesc)[1]
+        if side == "recv":
+            ch.send(b"fill")                     # full: our send below waits
+        pid = os.fork()
+        if pid == 0:                             # the child: hand one slot over, paused
+            code = 1
+            try:
+                from ember.channels_c import _channels
+                _channels._debug_handover_pause(0.5)
+                time.sleep(0.2)                  # the parent is asleep in recv/send by now
+                if side == "send":
+                    ch.send(b"last", timeout=10)
+                    code = 0
+                else:
+                    code = 0 if ch.recv(timeout=10) == b"fill" else 1
+            finally:
+                os._exit(code)
+        if side == "send":
+            if receiver_sleeps:
+                got = ch.recv(timeout=10)
+            else:
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        got = ch.recv(timeout=0)
+                        break
+                    except ChannelEmpty:
+                        assert time.monotonic() < deadline
+            assert got == b"last"
+        elif receiver_sleeps:
+            ch.send(b"next", timeout=10)         # room made by the paused child
+        else:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    ch.send(b"next", timeout=0)
+                    break
+                except ChannelFull:
+                    assert time.monotonic() < deadline
+        ch.destroy()                             # waits for the paused side's notify
+        a = pool.alloc(320 + 128)                # the channel's block, reused at once
+        assert a.offset == offset
+        with memoryview(a) as m:
+            m[:] = b"\xab" * len(m)
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+        with memoryview(a) as m:
+            intact = m.tobytes() == b"\xab" * len(m)
+        a.free()
+        pool._validate()
+        return intact
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        pool.destroy()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("side", ["send", "recv"])
+@pytest.mark.parametrize("receiver_sleeps", [False, True])
+def test_destroy_right_after_a_hand_over_never_touches_the_reused_block(side, receiver_sleeps):
+    """The pool corruption seen as test_manager's flake: a shared-object
+    host sent b"started" on a boot channel, its creator received it,
+    destroyed the channel and allocated a Value there, and then the host's
+    publish wrote its spin hints (and its notify) into the reused block."""
+    assert _handover_then_destroy(side, receiver_sleeps)
+
+
 def test_allocation_in_flight_cannot_be_freed_by_another_thread():
     import threading
     with Pool.create(1 << 20) as pool, Channel.create(pool, capacity=1, block_size=128) as ch:

@@ -986,6 +986,14 @@ cdef void *_map_table(str path, bint write) except NULL:
         posix_close(fd)
 
 
+def _debug_handover_pause(seconds):
+    """Tests only: the calling thread pauses ``seconds`` inside every
+    hand-over window of its sends and receives (after the slot is handed
+    to the other side, before the notify that follows); 0 ends it.  See
+    HAND-OVER in channel.c."""
+    ember_ch_debug_handover_pause(<int64_t>(float(seconds) * 1e9))
+
+
 def _slots_bind_path(path, uint64_t p_uid):
     """Bind this process to its slot (p_uid) of the table at ``path``
     (created if missing); None unbinds.  See ember._slots."""

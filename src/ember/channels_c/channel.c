@@ -79,6 +79,21 @@
  * another channel now fails the CAS and changes nothing), then xmagic is
  * set DEAD, sleepers are woken, queued large blocks and the channel freed.
  *
+ * HAND-OVER: a process that has just handed a slot over (a producer's
+ * store of FULL, a consumer's store of FREE) still writes the header
+ * afterwards: the notify's sleepers flag and futex word.  The other side
+ * may see the slot at once, finish, and destroy the channel (the common
+ * "receive the last message, then destroy" of a one-shot channel), and
+ * the block may hold something else before those writes land.  So each
+ * side counts itself busy in the header (xsend_busy on the producers'
+ * line, xrecv_busy on the consumers') from before its hand-over store to
+ * after its notify, and destroy waits until both counts are 0 before it
+ * frees the block.  The spin hints (xsend_cpu, xsend_sid) are written
+ * before the hand-over.  A process that dies (or is stopped) inside that
+ * window leaves its count up: destroy waits at most
+ * EMBER_CH_DESTROY_WAIT_NS, then leaves the channel's block allocated (a
+ * leak of one block, never a write into reused memory).
+ *
  * INVARIANTS
  *   - A position's slot goes through the life cycle above exactly once;
  *     every transition out of FREE, FULL, and out of WRITING/READING by a
@@ -274,7 +289,9 @@ typedef struct {
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xhead;       /* next enqueue position */
     _Atomic uint32_t xsend_cpu;   /* hint: 1 + the CPU of the last publisher (0: none yet) */
     _Atomic uint32_t xsend_sid;   /* hint: the session id of the last publisher */
+    _Atomic uint32_t xsend_busy;  /* producers between a hand-over and their notify (HAND-OVER) */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xtail;       /* next dequeue position */
+    _Atomic uint32_t xrecv_busy;  /* consumers between a release and their notify (HAND-OVER) */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xsent;       /* bumped after publish; receivers sleep */
     _Atomic uint32_t xrecv_sleepers;                         /* flag: a receiver may sleep */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint32_t xrecvd;      /* bumped after consume; senders sleep */
@@ -392,6 +409,79 @@ static inline void notify_recvd(ember_ch_t *ch)
     notify(ch, &ch->h->xrecvd, &ch->h->xsend_sleepers);
 }
 
+/* ---- hand-over window (HAND-OVER above) ----------------------------------
+ * handover_begin() before the store that hands a slot over, handover_end()
+ * after the last write to the header that follows it (the notify). */
+static inline void handover_begin(_Atomic uint32_t *busy)
+{
+    /* relaxed: the hand-over store that follows is a release store, so a
+     * process that sees the slot handed over (and a destroyer it tells)
+     * also sees this count; pairs with the acquire loads in
+     * wait_handovers(). */
+    ember_atomic_add_relaxed(busy, 1u);
+}
+
+static inline void handover_end(_Atomic uint32_t *busy)
+{
+    /* release: our header writes (the notify) happen before a destroyer's
+     * acquire load that reads the count back at 0, hence before the block
+     * is freed and reused; pairs with the acquire loads in wait_handovers(). */
+    ember_atomic_sub_release(busy, 1u);
+}
+
+/* Tests only (ember_ch_debug_handover_pause): one thread pauses inside the
+ * hand-over window, so that a test can destroy the channel and reuse its
+ * block exactly there.  Relaxed: read on every hand-over, set by tests. */
+static _Atomic int64_t dbg_pause_ns;
+static _Atomic uint32_t dbg_pause_tid;
+
+void ember_ch_debug_handover_pause(int64_t ns)
+{
+    ember_atomic_store_relaxed(&dbg_pause_tid, ns > 0 ? (uint32_t)syscall(SYS_gettid) : 0u);
+    ember_atomic_store_relaxed(&dbg_pause_ns, ns > 0 ? ns : 0);
+}
+
+static void handover_pause_slow(void)
+{
+    int64_t ns = ember_atomic_load_relaxed(&dbg_pause_ns);
+    if (ns <= 0 || ember_atomic_load_relaxed(&dbg_pause_tid) != (uint32_t)syscall(SYS_gettid))
+        return;
+    struct timespec ts = { (time_t)(ns / 1000000000), (long)(ns % 1000000000) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static inline void handover_pause(void)
+{
+    if (__builtin_expect(ember_atomic_load_relaxed(&dbg_pause_ns) != 0, 0))
+        handover_pause_slow();
+}
+
+/* Destroy: wait until no producer or consumer is inside its hand-over
+ * window (at most EMBER_CH_DESTROY_WAIT_NS).  1 if none is, 0 if one
+ * stayed (it died or is stopped there: the block must not be freed). */
+static int wait_handovers(const ch_hdr_t *h)
+{
+    int64_t deadline = -1;
+    for (unsigned i = 0;; i++) {
+        /* acquire: pairs with the release decrement in handover_end(). */
+        if (ember_atomic_load_acquire(&h->xsend_busy) == 0
+            && ember_atomic_load_acquire(&h->xrecv_busy) == 0)
+            return 1;
+        int64_t t = now_ns();
+        if (deadline < 0)
+            deadline = t + EMBER_CH_DESTROY_WAIT_NS;
+        else if (t >= deadline)
+            return 0;
+        if (i < 64) {
+            sched_yield();              /* the window is a few instructions */
+        } else {
+            struct timespec ts = { 0, 200000 };   /* descheduled: 200 us naps */
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 static inline void help_advance(_Atomic uint64_t *ctr, uint64_t pos)
 {
     uint64_t expect = pos;
@@ -468,10 +558,12 @@ static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t
         ember_alloc_t a = { ref.offset, META_LEN(meta), ref.id };
         (void)ember_pool_free(ch->pool, &a);   /* checked by the pool: stale/double/garbage is harmless */
     }
+    handover_begin(&ch->h->xrecv_busy);
     /* release: orders our reads of the slot before it becomes FREE; pairs
      * with the acquire CAS of the next producer in try_claim_send(). */
     st_store_release(ch, s, pos, MK(p + ch->capacity, K_FREE, 0));
     notify_recvd(ch);
+    handover_end(&ch->h->xrecv_busy);
 }
 
 /* Claim the slot at head for writing.  dead_level > 0: check the liveness
@@ -518,8 +610,10 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
                          * pairs with the acquire CAS of a later claimant
                          * (or the consumer's load, which then sees FREE
                          * and the end). */
+                        handover_begin(&h->xsend_busy);
                         st_store_release(ch, s, pos, MK(pos, K_FREE, 0));
                         notify_sent(ch);
+                        handover_end(&h->xsend_busy);
                         return EMBER_ERR_CLOSED;
                     }
                     *pos_out = pos;
@@ -547,33 +641,42 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
 
 static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta)
 {
+    ch_hdr_t *h = ch->h;
+    /* A hint for a receiver about to spin (ch_wait): where the sender last
+     * ran.  Relaxed: a stale or torn-by-race value only costs a spin that
+     * yields too early or too late; it orders nothing.  The word shares the
+     * line of xhead, which this sender just advanced (no extra line).
+     * Written BEFORE the hand-over: once FULL is stored, the receiver may
+     * destroy the channel and its block be reused (HAND-OVER). */
+    uint32_t cpu = ember_cpu_hint();
+    if (ember_atomic_load_relaxed(&h->xsend_cpu) != cpu)
+        ember_atomic_store_relaxed(&h->xsend_cpu, cpu);
+    uint32_t sid = ember_self_sid();
+    if (ember_atomic_load_relaxed(&h->xsend_sid) != sid)
+        ember_atomic_store_relaxed(&h->xsend_sid, sid);
+    handover_begin(&h->xsend_busy);
     /* release: publishes xmeta for the too-small check; pairs with the
      * acquire load of xmeta in try_recv(). */
     ember_atomic_store_release(&s->xmeta, meta);
     /* release: publishes the payload and xmeta written above; pairs with the
      * acquire CAS FULL -> READING in try_recv(). */
     st_store_release(ch, s, pos, MK(pos, K_FULL, 0));
+    handover_pause();
     notify_sent(ch);
-    /* A hint for a receiver about to spin (ch_wait): where the sender last
-     * ran.  Relaxed: a stale or torn-by-race value only costs a spin that
-     * yields too early or too late; it orders nothing.  The word shares the
-     * line of xhead, which this sender just advanced (no extra line). */
-    uint32_t cpu = ember_cpu_hint();
-    if (ember_atomic_load_relaxed(&ch->h->xsend_cpu) != cpu)
-        ember_atomic_store_relaxed(&ch->h->xsend_cpu, cpu);
-    uint32_t sid = ember_self_sid();
-    if (ember_atomic_load_relaxed(&ch->h->xsend_sid) != sid)
-        ember_atomic_store_relaxed(&ch->h->xsend_sid, sid);
+    handover_end(&h->xsend_busy);
 }
 
 /* ---- consumer side --------------------------------------------------------- */
 
 static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
 {
+    handover_begin(&ch->h->xrecv_busy);
     /* release: orders our reads of the payload before the slot is reused;
      * pairs with the acquire CAS from FREE in try_claim_send(). */
     st_store_release(ch, s, pos, MK(pos + ch->capacity, K_FREE, 0));
+    handover_pause();
     notify_recvd(ch);
+    handover_end(&ch->h->xrecv_busy);
 }
 
 /* Nothing to receive at tail position `pos`: EMBER_ERR_EMPTY, or
@@ -1003,7 +1106,9 @@ ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capac
     ember_atomic_store_relaxed(&h->xalloc_id, a.id);
     h->slots_offset = sizeof(ch_hdr_t);
     ember_atomic_store_relaxed(&h->xhead, 0);
+    ember_atomic_store_relaxed(&h->xsend_busy, 0);
     ember_atomic_store_relaxed(&h->xtail, 0);
+    ember_atomic_store_relaxed(&h->xrecv_busy, 0);
     ember_atomic_store_relaxed(&h->xsent, 0);
     ember_atomic_store_relaxed(&h->xrecv_sleepers, 0);
     ember_atomic_store_relaxed(&h->xrecvd, 0);
@@ -1208,7 +1313,10 @@ ember_rc_t ember_ch_destroy(ember_ch_t *ch)
             (void)ember_pool_free(ch->pool, &a);
         }
     }
-    ember_rc_t rc = ember_pool_free(ch->pool, &ch->alloc);
+    /* A producer or consumer may still be writing the header after its
+     * hand-over (HAND-OVER): free the block only once none is; one that
+     * never leaves (dead, stopped) costs the block, not a stray write. */
+    ember_rc_t rc = wait_handovers(h) ? ember_pool_free(ch->pool, &ch->alloc) : EMBER_OK;
     free(ch);
     return rc;
 }

@@ -36,6 +36,7 @@
 #define EMBER_CH_DEFAULT_CAPACITY  128u
 #define EMBER_CH_DEFAULT_BLOCK     1024u
 #define EMBER_CH_DEFAULT_SPIN_NS   20000      /* adaptive spin before sleeping */
+#define EMBER_CH_DESTROY_WAIT_NS   2000000000ll /* destroy's wait for a hand-over in progress */
 
 /* Process-local handle of an attached channel (opaque). */
 typedef struct ember_ch ember_ch_t;
@@ -107,6 +108,11 @@ ember_rc_t ember_ch_detach(ember_ch_t *ch);
  * perhaps holding another channel by now) gets EMBER_ERR_DESTROYED and
  * changes nothing; the handle is freed either way. */
 ember_rc_t ember_ch_destroy(ember_ch_t *ch);
+
+/* Tests only: the calling thread pauses `ns` nanoseconds inside every
+ * hand-over window (after a send's FULL store or a receive's FREE store,
+ * before the notify that follows); 0 ends it. */
+void ember_ch_debug_handover_pause(int64_t ns);
 
 /* Close the channel: no more sends (EMBER_ERR_CLOSED for every send that
  * had not claimed its slot before the close), while receivers drain what

@@ -79,6 +79,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "ember needs lock-free 32-bit atomics"
 #define ember_atomic_add_acq_rel(p, v)      atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
 #define ember_atomic_add_seq_cst(p, v)      atomic_fetch_add_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_sub_relaxed(p, v)      atomic_fetch_sub_explicit((p), (v), memory_order_relaxed)
+#define ember_atomic_sub_release(p, v)      atomic_fetch_sub_explicit((p), (v), memory_order_release)
 #define ember_atomic_sub_seq_cst(p, v)      atomic_fetch_sub_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_cas_acq_rel(p, expp, v) \
     atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_acq_rel, memory_order_acquire)
