@@ -44,7 +44,8 @@ extensions = [
         ["src/ember/channels_c/_channels.pyx", "src/ember/channels_c/channel.c",
          "src/ember/common_c/pool_api_import.c"]),
     ext("ember.sync_c._sync",
-        ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/common_c/pool_api_import.c"]),
+        ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/sync_c/pooldict.c",
+         "src/ember/common_c/pool_api_import.c"]),
     ext("ember.shepherd._spawn", ["src/ember/shepherd/_spawn.pyx", "src/ember/shepherd/spawn.c"]),
 ]
 

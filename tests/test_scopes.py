@@ -150,3 +150,31 @@ def test_scope_does_not_adopt_what_exist_ok_found(ember_runtime):
     for o in (q, ev, pd):
         naming.destroy(o.o_uid)
     del pd2, mine
+
+
+@pytest.mark.timeout(120)
+def test_served_containers_exist_ok(ember_runtime):
+    # ember.dict/list/Namespace(name=..., exist_ok=True): a soft create, as
+    # Queue's and PoolDict's: the live one of that name if there is one
+    # (not made a member of the scope), else a new one.
+    dname, lname, nname = uname("soft-d"), uname("soft-l"), uname("soft-n")
+    d = ember.dict({"a": 1}, name=dname)
+    lst = ember.list([1], name=lname)
+    ns = ember.Namespace(name=nname, x=1)
+    with pytest.raises(ember.ObjectError, match=rf"^an object is already named '{dname}' "
+                       rf"\(Shared, o_uid {d._o_uid}\)$"):
+        ember.dict(name=dname)
+    with ember.scope(uname("job")) as s:
+        d2 = ember.dict(name=dname, exist_ok=True)
+        l2 = ember.list(name=lname, exist_ok=True)
+        n2 = ember.Namespace(name=nname, exist_ok=True)
+        assert (d2["a"], l2[0], n2.x) == (1, 1, 1)
+        assert "exist_ok" not in d2
+        new = ember.dict({"b": 2}, name=uname("soft-new"), exist_ok=True)    # made: the scope's
+        assert s.members() == [new._o_uid]
+        d2["a"] = 2
+    assert d["a"] == 2 and lst[0] == 1 and ns.x == 1
+    with pytest.raises(ember.SharedObjectError):
+        new["b"]
+    for p in (d, lst, ns):
+        naming.destroy(p._o_uid)

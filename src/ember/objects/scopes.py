@@ -17,7 +17,7 @@ no handle of them afterwards).
 """
 import threading
 
-from ..exceptions import ObjectError, SharedObjectError
+from ..exceptions import ObjectError, ObjectTimeout, SharedObjectError
 from . import naming
 
 __all__ = ["Scope", "scope", "current", "dict", "list", "Namespace"]
@@ -274,12 +274,36 @@ class _SharedList(_builtin_list):
         return None
 
 
+def _soft(name, exist_ok, make):
+    """``make()``, or with ``exist_ok=True`` and a ``name`` a proxy of the
+    live shared object of that name (a soft create, as ``Queue(...,
+    exist_ok=True)``: the object found keeps its lifetime and is not made a
+    member of the caller's scope)."""
+    from . import shared
+    if not exist_ok or name is None:
+        return make()
+    for _ in range(3):
+        try:
+            return shared.connect(name, timeout=0)
+        except ObjectTimeout:
+            pass
+        try:
+            return make()
+        except ObjectError as exc:
+            if "is already named" not in str(exc):
+                raise
+            # made by another process meanwhile: take that one
+    return shared.connect(name, timeout=0)
+
+
 def dict(*args, name=None, lifetime=None, scope=None, in_pool=False, capacity=4096,
-         slot_size=256, **kwargs):
+         slot_size=256, exist_ok=False, **kwargs):
     """A shared dict: a served ``dict`` (a proxy with the dict's methods),
     or with ``in_pool=True`` a :class:`~ember.objects.shared.PoolDict` that
     every process reads and writes directly in pool memory (``capacity``
-    slots of ``slot_size`` bytes; see its limits)."""
+    slots of ``slot_size`` bytes; see its limits).  ``exist_ok=True`` with
+    a ``name``: the live object of that name if there is one (not made a
+    member of the scope: it is not this call's), else a new one."""
     from . import shared
     if in_pool:
         if scope is None:
@@ -287,23 +311,27 @@ def dict(*args, name=None, lifetime=None, scope=None, in_pool=False, capacity=40
         if scope is not None:
             scope._check_open()
         d = shared.PoolDict(*args, name=name, lifetime=lifetime, capacity=capacity,
-                            slot_size=slot_size, **kwargs)
-        if scope is not None:
+                            slot_size=slot_size, exist_ok=exist_ok, **kwargs)
+        if scope is not None and d._made:
             scope.adopt(d)
         return d
-    return shared.create(_SharedDict, *args, name=name, lifetime=lifetime, scope=scope,
-                         exposed=_DICT_EXPOSED, **kwargs).proxy_and_close()
+    return _soft(name, exist_ok, lambda: shared.create(
+        _SharedDict, *args, name=name, lifetime=lifetime, scope=scope, exposed=_DICT_EXPOSED,
+        **kwargs).proxy_and_close())
 
 
-def list(sequence=(), *, name=None, lifetime=None, scope=None):
-    """A shared list (a served ``list``)."""
+def list(sequence=(), *, name=None, lifetime=None, scope=None, exist_ok=False):
+    """A shared list (a served ``list``); ``exist_ok`` as :func:`dict`."""
     from . import shared
-    return shared.create(_SharedList, sequence, name=name, lifetime=lifetime, scope=scope,
-                         exposed=_LIST_EXPOSED).proxy_and_close()
+    return _soft(name, exist_ok, lambda: shared.create(
+        _SharedList, sequence, name=name, lifetime=lifetime, scope=scope,
+        exposed=_LIST_EXPOSED).proxy_and_close())
 
 
-def Namespace(*, name=None, lifetime=None, scope=None, **kwds):  # noqa: N802
-    """A shared namespace: attribute gets and sets go to the host."""
+def Namespace(*, name=None, lifetime=None, scope=None, exist_ok=False, **kwds):  # noqa: N802
+    """A shared namespace: attribute gets and sets go to the host;
+    ``exist_ok`` as :func:`dict`."""
     from . import shared
-    return shared.create(_Namespace, name=name, lifetime=lifetime, scope=scope, exposed=[],
-                         **kwds).proxy_and_close()
+    return _soft(name, exist_ok, lambda: shared.create(
+        _Namespace, name=name, lifetime=lifetime, scope=scope, exposed=[],
+        **kwds).proxy_and_close())

@@ -30,7 +30,6 @@ import pickle
 import threading
 import time
 import weakref
-from zlib import crc32 as _crc32
 
 from ..channels_c import Channel, ChannelClosed, ChannelEmpty, ChannelFull
 from ..exceptions import (ChannelError, ObjectError, OwnerDied, ProcessDied, RemoteError,
@@ -1026,34 +1025,41 @@ proxy = connect
 
 
 # ------------------------------------------------------------------ the pool dict
-class PoolDict:
+from ..sync_c._sync import _PoolTable  # noqa: E402
+
+
+class PoolDict(_PoolTable):
     """A shared dict that lives in pool memory (``ember.dict(in_pool=True)``):
     every process reads and writes it directly under one ember Lock, with no
     host process and no round trip.
 
     An open-addressing hash table of ``capacity`` slots of ``slot_size``
-    bytes in one pool allocation.  A key is pickled (protocol 5) and hashed
-    by CRC-32 of its pickle: keys are equal when their pickles are (``1``
-    and ``1.0`` are two keys here), and each entry's key and value pickles
-    must fit one slot (``ValueError`` otherwise).  At most ``capacity *
-    3 // 4`` keys (``ObjectError`` beyond).  A process killed while it
-    writes an entry may leave that one entry torn: reading it raises
-    ``SharedObjectError``; the rest of the table is intact.
+    bytes in one pool allocation (``src/ember/sync_c/pooldict.c``); each
+    operation is one C call under the lock.  Keys and values are encoded
+    directly when they are ``int`` (64-bit), ``str``, ``bytes``, ``float``,
+    ``None``, ``True`` or ``False``, and pickled (protocol 5) otherwise;
+    keys are equal when their encodings are (``1``, ``1.0`` and ``True``
+    are three keys here), and each entry's key and value must fit one slot
+    (``ValueError`` otherwise).  At most ``capacity * 3 // 4`` keys
+    (``ObjectError`` beyond).  A process killed while it overwrites an
+    entry may leave that one entry torn: reading it raises
+    ``SharedObjectError`` until the key is set or deleted again; the rest
+    of the table is intact, and a new key whose insert was cut short is
+    simply absent.
 
     A named GS object (kind ``"PoolDict"``): ``PoolDict.attach(name)``,
-    picklable, lifetimes and scopes as every object registered with global services.
+    ``exist_ok=True`` (a soft create), picklable, lifetimes and scopes as
+    every object registered with global services.
     """
 
     _KIND = "PoolDict"
-    _HDR = None
 
     def __init__(self, *args, name=None, lifetime=None, capacity=4096, slot_size=256,
                  exist_ok=False, **kwargs):
-        import struct
         from ..sync_c import Lock
         from .sync import _kind_of
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 8 \
-                or capacity & (capacity - 1):
+                or capacity & (capacity - 1) or capacity > 1 << 30:
             raise ValueError(f"capacity must be a power of two >= 8, got {capacity!r}")
         if isinstance(slot_size, bool) or not isinstance(slot_size, int) or slot_size < 64 \
                 or slot_size % 64 or slot_size > 1 << 20:
@@ -1063,17 +1069,16 @@ class PoolDict:
         pool = naming.default_pool()
         lock = Lock(pool=pool)
         try:
-            table = pool.alloc(64 + capacity * slot_size)
+            table = pool.alloc(_PoolTable._table_size(capacity, slot_size))
         except BaseException:
             lock.destroy()
             raise
-        mv = memoryview(table)
-        mv[:64] = bytes(64)
-        struct.pack_into("<4sII", mv, 0, b"EMPD", capacity, slot_size)
-        for i in range(capacity):          # state words (the rest is written on use)
-            o = 64 + i * slot_size
-            mv[o:o + 16] = bytes(16)
-        mv.release()
+        try:
+            _PoolTable._init_table(table, capacity, slot_size)
+        except BaseException:
+            lock.destroy()
+            table.free()
+            raise
         desc = pickle.dumps((lock, table.sdesc, capacity, slot_size), 5)
         parts = [["sync", _kind_of(lock), lock.sdesc], ["alloc", table.sdesc]]
         try:
@@ -1082,7 +1087,9 @@ class PoolDict:
             lock.destroy()
             table.free()
             raise
-        if rec["desc"] != desc:
+        #: False when exist_ok found a live one (ours is then not needed)
+        self._made = rec["desc"] == desc
+        if not self._made:
             lock.destroy()
             table.free()
         self._setup(rec)
@@ -1103,13 +1110,11 @@ class PoolDict:
     def _setup(self, rec):
         from ..pools_c import Allocation
         self._rec = rec
-        lock, sdesc, cap, ssz = pickle.loads(rec["desc"])
+        lock, sdesc, _, _ = pickle.loads(rec["desc"])
         self._lock = lock
         self._alloc = Allocation.attach(sdesc)
-        self._mv = memoryview(self._alloc)
-        self._cap, self._ssz = cap, ssz
+        self._bind(lock, self._alloc)
         self._hold = naming.hold(self, rec["o_uid"])
-        weakref.finalize(self, _release_view, self._mv).atexit = False
 
     name = property(lambda self: self._rec["name"])
     o_uid = property(lambda self: self._rec["o_uid"])
@@ -1132,172 +1137,12 @@ class PoolDict:
     def __repr__(self):
         return f"<ember.PoolDict o_uid={self.o_uid} len={len(self)}>"
 
-    # ---------------------------------------------------------------- the table
-    def _acquire(self):
-        try:
-            self._lock.acquire()
-        except OwnerDied:
-            self._lock.consistent()       # entries carry their own checksum
-
-    def _find(self, kb, h):
-        """(index of the key's slot or -1, first free slot index or -1)."""
-        mv, ssz, mask = self._mv, self._ssz, self._cap - 1
-        unpack = _SLOT.unpack_from
-        i = h & mask
-        free = -1
-        for _ in range(self._cap):
-            o = 64 + i * ssz
-            state, sh, kl, vl, _c = unpack(mv, o)
-            if state == 0:
-                return -1, (i if free < 0 else free)
-            if state == 1:
-                if sh == h and kl == len(kb) and mv[o + 20:o + 20 + kl] == kb:
-                    return i, free
-            elif free < 0:
-                free = i
-            i = (i + 1) & mask
-        return -1, free
-
-    def _read(self, i):
-        o = 64 + i * self._ssz
-        _, sh, kl, vl, crc = _SLOT.unpack_from(self._mv, o)
-        data = bytes(self._mv[o + 20:o + 20 + kl + vl])
-        return data, kl, crc == _crc32(data)
-
-    def _count(self, delta):
-        n = _COUNT.unpack_from(self._mv, 16)[0] + delta
-        _COUNT.pack_into(self._mv, 16, n)
-        return n
-
-    def _torn(self):
-        return SharedObjectError(f"{self!r}: an entry was torn by a process that died while "
-                                 f"writing it")
-
-    def __getitem__(self, key):
-        kb = _dumps(key, 5)
-        h = _crc32(kb)
-        mv, ssz, lock = self._mv, self._ssz, self._lock
-        o = 64 + (h & (self._cap - 1)) * ssz
-        try:
-            lock.acquire()
-        except OwnerDied:
-            lock.consistent()       # entries carry their own checksum
-        try:
-            state, sh, kl, vl, crc = _SLOT.unpack_from(mv, o)
-            if state == 1 and sh == h and mv[o + 20:o + 20 + kl] == kb:   # the first probe
-                data = mv[o + 20:o + 20 + kl + vl].tobytes()
-            else:
-                i, _ = self._find(kb, h)
-                if i < 0:
-                    raise KeyError(key)
-                o = 64 + i * ssz
-                _, _, kl, vl, crc = _SLOT.unpack_from(mv, o)
-                data = mv[o + 20:o + 20 + kl + vl].tobytes()
-        finally:
-            lock.release()
-        if crc != _crc32(data):
-            raise self._torn()
-        return _loads(data[kl:])
-
-    def get(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __contains__(self, key):
-        kb = pickle.dumps(key, 5)
-        h = _crc32(kb)
-        self._acquire()
-        try:
-            return self._find(kb, h)[0] >= 0
-        finally:
-            self._lock.release()
-
-    def __setitem__(self, key, value):
-        kb = _dumps(key, 5)
-        data = kb + _dumps(value, 5)
-        h = _crc32(kb)
-        kl = len(kb)
-        if len(data) > self._ssz - 20:
-            raise ValueError(f"key and value pickle to {len(data)} bytes: more than a slot of "
-                             f"this dict holds ({self._ssz - 20}); make it with a larger "
-                             f"slot_size")
-        crc = _crc32(data)
-        mv, ssz, lock = self._mv, self._ssz, self._lock
-        o = 64 + (h & (self._cap - 1)) * ssz
-        try:
-            lock.acquire()
-        except OwnerDied:
-            lock.consistent()
-        try:
-            state, sh, okl, _, _ = _SLOT.unpack_from(mv, o)
-            if not (state == 1 and sh == h and okl == kl and mv[o + 20:o + 20 + kl] == kb):
-                i, free = self._find(kb, h)
-                if i < 0:
-                    if free < 0 or _COUNT.unpack_from(mv, 16)[0] >= self._cap * 3 // 4:
-                        raise ObjectError(f"{self!r} is full: it holds at most "
-                                          f"{self._cap * 3 // 4} keys (capacity={self._cap})")
-                    i = free
-                    self._count(1)
-                o = 64 + i * ssz
-            mv[o + 20:o + 20 + len(data)] = data
-            _SLOT.pack_into(mv, o, 1, h, kl, len(data) - kl, crc)
-        finally:
-            lock.release()
-
-    def __delitem__(self, key):
-        kb = pickle.dumps(key, 5)
-        h = _crc32(kb)
-        self._acquire()
-        try:
-            i, _ = self._find(kb, h)
-            if i < 0:
-                raise KeyError(key)
-            _SLOT.pack_into(self._mv, 64 + i * self._ssz, 2, 0, 0, 0, 0)
-            self._count(-1)
-        finally:
-            self._lock.release()
-
-    def pop(self, key, *default):
-        try:
-            v = self[key]
-            del self[key]
-            return v
-        except KeyError:
-            if default:
-                return default[0]
-            raise
-
-    def setdefault(self, key, default=None):
-        try:
-            return self[key]
-        except KeyError:
-            self[key] = default
-            return default
+    # get, pop, setdefault, __getitem__/__setitem__/__delitem__, __contains__,
+    # __len__, clear and _snapshot: _PoolTable (C, one lock hold each).
 
     def update(self, *args, **kwargs):
         for k, v in dict(*args, **kwargs).items():
             self[k] = v
-
-    def __len__(self):
-        return _COUNT.unpack_from(self._mv, 16)[0]
-
-    def _snapshot(self):
-        out = []
-        self._acquire()
-        try:
-            for i in range(self._cap):
-                if _SLOT.unpack_from(self._mv, 64 + i * self._ssz)[0] == 1:
-                    out.append(self._read(i))
-        finally:
-            self._lock.release()
-        items = []
-        for data, kl, ok in out:
-            if not ok:
-                raise self._torn()
-            items.append((pickle.loads(data[:kl]), pickle.loads(data[kl:])))
-        return items
 
     def items(self):
         return self._snapshot()
@@ -1313,29 +1158,6 @@ class PoolDict:
 
     def __iter__(self):
         return iter(self.keys())
-
-    def clear(self):
-        self._acquire()
-        try:
-            for i in range(self._cap):
-                _SLOT.pack_into(self._mv, 64 + i * self._ssz, 0, 0, 0, 0, 0)
-            _COUNT.pack_into(self._mv, 16, 0)
-        finally:
-            self._lock.release()
-
-
-import struct as _struct  # noqa: E402
-
-_dumps, _loads = pickle.dumps, pickle.loads
-_SLOT = _struct.Struct("<IIIII")      # state (0 empty, 1 used, 2 deleted), hash, klen, vlen, crc
-_COUNT = _struct.Struct("<Q")         # live keys, at offset 16 of the header
-
-
-def _release_view(mv):
-    try:
-        mv.release()
-    except Exception:
-        pass
 
 
 def _rebuild_pooldict(rec, token):

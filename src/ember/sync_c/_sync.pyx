@@ -927,3 +927,4 @@ cdef class Condition(SyncObject):
         if self.closed:
             return "<ember.Condition closed>"
         return f"<ember.Condition({self._lock!r}, waiters={self._n_waiting()})>"
+include "_pooldict.pxi"
