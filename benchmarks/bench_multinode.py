@@ -11,7 +11,10 @@ Measures (targets of issue 15):
   of node 1 (raw: PUSH in node 0, PULL in node 1): >= 80% of raw;
 - 1 MiB throughput, the same path: >= 80% of raw;
 - round trip: node 0 sends to a channel on node 1, a process there echoes
-  into a channel on node 0 (raw: DEALER/ROUTER echo): <= raw + 20 us;
+  into a channel on node 0 (raw: DEALER/ROUTER echo): <= raw + 20 us (each
+  side's figure is the median of its 2000 round trips, which a load spike
+  moves less than their mean; met if both the best-vs-best and the median
+  of the rounds' differences are);
 - bring-up of 4 nodes (``ember run --hosts`` of an empty program) against
   ``ember run`` on one node: <= 1 s more;
 - remote process create+join against local create+join: <= local + 1 ms.
@@ -88,10 +91,14 @@ cp, cs = zmq.curve_keypair()
 s.curve_serverkey = pub.encode(); s.curve_publickey, s.curve_secretkey = cp, cs
 s.connect(addr)
 s.send(b"x"); s.recv()
-t0 = time.perf_counter()
+ts = []
+pc = time.perf_counter
 for _ in range(n):
+    t0 = pc()
     s.send(b"x" * 64); s.recv()
-print((time.perf_counter() - t0) / n * 1e6, flush=True)
+    ts.append(pc() - t0)
+ts.sort()
+print(ts[n // 2] * 1e6, flush=True)
 """
 
 EMBER_PROG = """
@@ -142,11 +149,15 @@ b.flush()
 p = process.create(PY, ".", ["-c", echo], options={"node": 1})
 ping, pong = Channel.attach(there), Channel.attach(back)
 ping.send(b"x"); pong.recv()
-t0 = time.perf_counter()
+ts = []
+pc = time.perf_counter
 for _ in range(N_RTT):
+    t0 = pc()
     ping.send(b"x" * 64)
     pong.recv()
-print("rtt", (time.perf_counter() - t0) / N_RTT * 1e6, flush=True)
+    ts.append(pc() - t0)
+ts.sort()
+print("rtt", ts[N_RTT // 2] * 1e6, flush=True)
 process.join(p.p_uid)
 
 for node in (0, 1, 0, 1):
@@ -243,8 +254,9 @@ def main():
     e, r = mm("ertt"), mm("rawrtt")
     d = [x["ertt"] - x["rawrtt"] for x in rounds]
     rows.append(("round trip", f"ember {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
-                 f"raw + {min(d):.0f} / {statistics.median(d):.0f} us (target <= +20 us)",
-                 "met" if statistics.median(d) <= 20 else "missed"))
+                 f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
+                 f"rounds' differences (target <= +20 us)",
+                 "met" if max(statistics.median(d), e[0] - r[0]) <= 20 else "missed"))
     d = [x["up4"] - x["up1"] for x in rounds]
     rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",
                  f"1 node {mm('up1')[0]:.2f} / {mm('up1')[1]:.2f} s",
