@@ -29,17 +29,22 @@ directory, replaces its environment, reports "ready" (or the failed step)
 to the template, and then runs ``ember._worker.main`` and ``os._exit``\\ s
 with its code.
 
-The spare (single-threaded template only): after answering a request the
-template clones the next child ahead of time (:func:`_make_spare`); it does
-what needs nothing of a request (:func:`_detach`) and waits on a socket pair
-for ``[args, envp, cwd]`` and its stdio fds, so a request costs a
-``sendmsg`` instead of a fork.  Spares that died or were discarded (forked
-before a preload) are killed and listed in the reply (``[pid, error,
-[stale pids]]``); the shepherd reaps them (they are its children).
+The spare (single-threaded template only): after each spawn the shepherd
+asks for the next child ahead of time (``["spare", preload]``); the
+template clones it (:func:`_make_spare`), it does what needs nothing of a
+request (:func:`_detach`) and waits on a socket pair, whose other end the
+template hands to the shepherd (``SCM_RIGHTS``, with ``[pid, None,
+preloaded modules, no more spares]``) and closes.  The shepherd sends the
+next request (``[args, envp, cwd]`` and the stdio fds) straight to the
+spare, with no answer to wait for; the template is off the path.  Spares
+that died or cannot be used (forked before a preload the request asks
+for) are killed and reaped by the shepherd (they are its children), and
+the template forks that child.
 
 What a death costs: the template dying (killed, crash) fails the spawn in
-flight ("template exited"); the next spawn starts a new template (its spare
-sees EOF and exits; the shepherd reaps that zombie only when it exits).  A
+flight ("template exited"); the next spawn starts a new template.  A spare
+the shepherd already holds is still used; one whose socket was in flight
+sees EOF and exits (the shepherd reaps that zombie only when it exits).  A
 spare dying while it waits costs nothing but a fork on the next request.  A
 child dying at any point is an ordinary managed-process exit.
 """
@@ -87,7 +92,8 @@ def become_subreaper():
 
 
 class Template:
-    """The shepherd's handle on its template process (request thread only)."""
+    """The shepherd's handle on its template process and on the spare child
+    the template handed over (request thread only)."""
 
     def __init__(self, envp, out_fd=2, err_fd=2):
         self._envp = envp
@@ -95,6 +101,9 @@ class Template:
         self._err_fd = err_fd
         self._sock = None
         self._pid = None
+        self._spare = None        # a _Spare we hold: the next request goes to it
+        self._asked = False       # a spare was asked for, its answer not yet read
+        self._no_spares = False   # this template makes none (spares off, threads)
 
     @property
     def pid(self):
@@ -115,9 +124,12 @@ class Template:
         finally:
             theirs.close()
         self._sock = mine
+        self._asked = self._no_spares = False
 
     def _stop(self):
-        """Kill and reap the template (if any)."""
+        """Kill and reap the template (if any).  A spare we hold is not the
+        template's: it stays usable."""
+        self._asked = False
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -132,10 +144,102 @@ class Template:
                 pass
             self._pid = None
 
+    # --- the spare ------------------------------------------------------
+    def _ask_spare(self, preload):
+        """Ask the template for the next spare (with ``preload`` imported
+        first), off the path of the request just served; its answer is read
+        by :meth:`_collect` at the next spawn."""
+        if self._asked or self._no_spares or self._spare is not None:
+            return
+        import msgpack
+
+        req = msgpack.packb(["spare", list(preload)], use_bin_type=True)
+        for _ in (0, 1):
+            try:
+                if self._sock is None:
+                    self._start()
+                self._sock.send(req)
+                self._asked = True
+                return
+            except OSError:
+                self._stop()          # dead: the next spawn starts a new one
+
+    def _collect(self):
+        """Read the template's answer to the spare request in flight (if
+        any): ``[pid, error, preloaded modules, no more spares]`` and the
+        spare's socket (``SCM_RIGHTS``), or pid 0 and no socket."""
+        if not self._asked:
+            return
+        import msgpack
+
+        self._asked = False
+        fds = []
+        try:
+            r, _, _ = select.select([self._sock], [], [], _REPLY_TIMEOUT)
+            if not r:
+                raise TimeoutError("no answer from the template")
+            data, fds, _, _ = _socket().recv_fds(self._sock, _MAX_MSG, 1)
+            if not data:
+                raise ConnectionError("template exited")
+            pid, _err, preloaded, final = msgpack.unpackb(data, raw=False)
+        except (OSError, TimeoutError, ValueError, TypeError):
+            for fd in fds:
+                os.close(fd)
+            self._stop()
+            return
+        if pid and len(fds) == 1:
+            os.set_inheritable(fds[0], False)     # fds from SCM_RIGHTS are inherited by exec
+            self._spare = _Spare(pid, _socket().socket(fileno=fds[0]), frozenset(preloaded))
+            return
+        for fd in fds:
+            os.close(fd)
+        if pid:                                   # no socket to reach it: not usable
+            _reap(_Spare(pid, None))
+        self._no_spares = bool(final)
+
+    def _take_spare(self, preload):
+        """The spare we hold, if it is alive and has ``preload`` imported;
+        else None (one that is not used is killed and reaped: it is our
+        child, forked by the template with CLONE_PARENT)."""
+        self._collect()
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.dead() or any(m not in spare.preloaded for m in preload):
+            _reap(spare)
+            return None
+        return spare
+
+    # --- spawning -----------------------------------------------------
     def spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
-        """Fork a child running ``args`` (``-m ember._worker ...``); return
-        its pid (a child of this process once this returns).  OSError on
-        failure (nothing left running)."""
+        """Start a child running ``args`` (``-m ember._worker ...``); return
+        its pid (a child of this process).  OSError on failure (nothing
+        left running).  The request goes straight to the spare we hold
+        when there is one (one ``sendmsg``, no reply to wait for); else the
+        template forks the child.  Then the template is asked for the next
+        spare."""
+        try:
+            from .._worker import parse_argv
+            preload = parse_argv(args[2:])[1]
+        except (Exception, SystemExit):
+            preload = []
+        fds = [stdin_fd, out_fd, err_fd]
+        spare = self._take_spare(preload)
+        if spare is not None:
+            err = _check_cwd(cwd)
+            if err is not None:
+                self._spare = spare               # a bad run_dir keeps the spare
+                raise OSError(err[0], err[1])
+            if _hand_over(spare, args, envp, cwd, fds):
+                self._ask_spare(preload)
+                return spare.pid
+            _reap(spare)
+        try:
+            return self._fork_in_template(p_uid, args, envp, cwd, fds)
+        finally:
+            self._ask_spare(preload)
+
+    def _fork_in_template(self, p_uid, args, envp, cwd, fds):
         import msgpack
 
         req = msgpack.packb([p_uid, args, envp, cwd], use_bin_type=True)
@@ -143,7 +247,7 @@ class Template:
             if self._sock is None:
                 self._start()
             try:
-                _socket().send_fds(self._sock, [req], [stdin_fd, out_fd, err_fd])
+                _socket().send_fds(self._sock, [req], fds)
                 r, _, _ = select.select([self._sock], [], [], _REPLY_TIMEOUT)
                 if not r:
                     raise TimeoutError("no reply from the template")
@@ -158,7 +262,7 @@ class Template:
                 continue
             pid, err, *rest = msgpack.unpackb(data, raw=False)
             for stale in (rest[0] if rest else ()):
-                try:                      # a spare that died or was discarded: ours to reap
+                try:                      # a child it could not use: ours to reap
                     os.waitpid(stale, 0)
                 except ChildProcessError:
                     pass
@@ -173,7 +277,19 @@ class Template:
         raise AssertionError("unreachable")
 
     def close(self):
+        if self._spare is not None:
+            _reap(self._spare)
+            self._spare = None
         self._stop()
+
+
+def _reap(spare):
+    """Kill a spare we hold and reap it (the shepherd's child)."""
+    pid = spare.discard()
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 # ----------------------------------------------------------------------
@@ -438,14 +554,17 @@ def _prctl_name(name=None):
 
 
 class _Spare:
-    """The template's end of a spare child: its pid (a child of the
-    shepherd, not yet known to it) and the socket its request goes on."""
+    """One end of a spare child: its pid (a child of the shepherd, not yet
+    known to it as a process), the socket its request goes on, and (on the
+    shepherd's side) the modules its template had preloaded when it forked
+    it."""
 
-    __slots__ = ("pid", "sock")
+    __slots__ = ("pid", "sock", "preloaded")
 
-    def __init__(self, pid, sock):
+    def __init__(self, pid, sock, preloaded=frozenset()):
         self.pid = pid
         self.sock = sock
+        self.preloaded = preloaded
 
     def dead(self):
         """True if the spare has exited (its end of the socket closed)."""
@@ -454,12 +573,13 @@ class _Spare:
         return bool(p.poll(0))
 
     def discard(self):
-        """Kill it; its pid goes to the shepherd to be reaped."""
+        """Kill it; return its pid (the shepherd's child, to be reaped)."""
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
         return self.pid
 
 
@@ -597,22 +717,28 @@ def main():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    spare = None
     spares = os.environ.get("EMBER_TEMPLATE_SPARE", "1") != "0"
     while True:
-        if spare is None and spares:
-            # Off the path of the request just answered: the next one finds
-            # its child already forked.
-            spare = _make_spare(shepherd_pid)
         try:
             msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
         except OSError:
             return 0
         if not msg:
             return 0
-        reap = []             # spares that died or were discarded: the shepherd reaps them
         try:
-            p_uid, args, envp, cwd = msgpack.unpackb(msg, raw=False)
+            req = msgpack.unpackb(msg, raw=False)
+        except Exception:
+            req = None
+        if isinstance(req, list) and req and req[0] == "spare":
+            for fd in fds:
+                os.close(fd)
+            if not _give_spare(sock, req, shepherd_pid, spares):
+                return 0
+            continue
+        try:
+            if not isinstance(req, list) or len(req) != 4:
+                raise ValueError("bad request")
+            p_uid, args, envp, cwd = req
             if len(fds) != 3:
                 pid, err = 0, [22, f"template: expected 3 fds, got {len(fds)}"]
             else:
@@ -620,24 +746,8 @@ def main():
 
                 _, preload, _, _ = parse_argv(args[2:])
                 if preload and any(m not in _preloaded for m in preload):
-                    if spare is not None:     # forked before these imports
-                        reap.append(spare.discard())
-                        spare = None
                     _preload(preload)
-                if spare is not None and spare.dead():
-                    reap.append(spare.discard())
-                    spare = None
-                pid, err, handed = 0, None, False
-                if spare is not None:
-                    err = _check_cwd(cwd)           # a bad run_dir keeps the spare
-                    if err is None:
-                        if _hand_over(spare, args, envp, cwd, fds):
-                            pid, handed = spare.pid, True
-                        else:
-                            reap.append(spare.discard())
-                        spare = None
-                if not handed and err is None:
-                    pid, err = _fork_one(args, envp, cwd, fds, shepherd_pid)
+                pid, err = _fork_one(args, envp, cwd, fds, shepherd_pid)
         except Exception as exc:
             pid, err = 0, [getattr(exc, "errno", None) or 5,
                            f"template error: {type(exc).__name__}: {exc}"]
@@ -645,9 +755,39 @@ def main():
             for fd in fds:
                 os.close(fd)
         try:
-            sock.send(msgpack.packb([pid, err, reap], use_bin_type=True))
+            sock.send(msgpack.packb([pid, err, []], use_bin_type=True))
         except OSError:
             return 0
+
+
+def _give_spare(sock, req, shepherd_pid, spares):
+    """Answer the shepherd's ``["spare", preload]``: import ``preload``,
+    fork a spare (:func:`_make_spare`) and hand its socket to the shepherd
+    (``SCM_RIGHTS``), which sends it the next request itself; our copy is
+    closed, so the spare sees EOF once the shepherd drops it.  The answer
+    is ``[pid, None, preloaded modules, no more spares]``; pid 0 (and no
+    socket) if no spare can be made.  False if the shepherd is gone."""
+    import msgpack
+
+    preload = [m for m in (req[1] if len(req) > 1 and isinstance(req[1], list) else ())
+               if isinstance(m, str) and m]
+    if any(m not in _preloaded for m in preload):
+        _preload(preload)
+    spare = _make_spare(shepherd_pid) if spares else None
+    final = not spares or (spare is None and not _single_threaded())
+    reply = msgpack.packb([spare.pid if spare else 0, None, sorted(_preloaded), final],
+                          use_bin_type=True)
+    try:
+        if spare is not None:
+            _socket().send_fds(sock, [reply], [spare.sock.fileno()])
+        else:
+            sock.send(reply)
+    except OSError:
+        return False
+    finally:
+        if spare is not None:
+            spare.sock.close()
+    return True
 
 
 if __name__ == "__main__":
