@@ -217,3 +217,53 @@ def test_create_join_destroy_under_ember_run(tmp_path):
     """))
     assert out.splitlines() == ["reserved True", "registered True True", "joiner got b'hello'",
                                 "joiner exit 0", "victim exit -9", "blocks back True", "listed []"]
+
+
+def test_a_channel_destroyed_before_its_adopt_went_out_is_freed_in_one_step(h):
+    """GS holds its notices to the node (batch_notices, as serve() runs
+    it): a channel registered and destroyed within one burst gets one
+    ShChannelFree in its adopt's place and no ShChannelDrop; the node checks
+    it as it would adopt it and frees it.  A channel that lives on gets its
+    adopt, and a later destroy its drop, as before."""
+    a, c_uid = _client(h)
+    h.gs.batch_notices = True
+    h.auto = False
+    short = Channel.create(h.pool, 8, 128, c_uid=c_uid, owned=True)
+    d = h.ok(h.req(m.ChannelRegister, None, "short", OPTS, short.sdesc, p_uid=a, r=b"RA"))
+    short._take_owner(os.getpid(), 0)            # what the client does once answered
+    short.detach()
+    assert h.ok(h.req(m.ChannelDestroy, "short", p_uid=a, r=b"RA")) is None
+    keep = Channel.create(h.pool, 8, 128, c_uid=d["next_c_uid"], owned=True)
+    d2 = h.ok(h.req(m.ChannelRegister, None, "keep", OPTS, keep.sdesc, p_uid=a, r=b"RA"))
+    keep.detach()
+    assert not h.to_node and h.gs.notices_pending == 2
+    h.gs.flush_notices()
+    assert [type(x) for x in h.to_node] == [m.ShChannelFree, m.ShChannelAdopt]
+    assert h.to_node[0].c_uid == c_uid
+    h.pump()
+    assert list(h.node.chans) == [d2["c_uid"]] and not h.from_node
+    assert len(h.pool._live_allocations()) == 1                   # "keep"'s block only
+    assert h.ok(h.req(m.ChannelDestroy, "keep", p_uid=a, r=b"RA")) is None
+    h.gs.flush_notices()
+    assert [type(x) for x in h.to_node] == [m.ShChannelDrop]
+    h.pump()
+    assert not h.node.chans and h.pool._live_allocations() == []
+
+
+def test_the_node_frees_only_a_channel_it_would_adopt(h):
+    """ShChannelFree is checked as an adopt is: a block that is not the
+    requester's (nor nobody's) is left alone, and nothing is answered."""
+    a, c_uid = _client(h)
+    victim = Channel.create(h.pool, 8, 128, c_uid=c_uid)
+    victim._take_owner(0, 12345)                 # someone else's block
+    h.node.handle_msg(m.ShChannelFree(c_uid, 1, h.pool.sdesc, victim.sdesc, os.getpid()))
+    assert not h.from_node and not h.node.chans
+    victim.send(b"still here")
+    assert victim.recv() == b"still here"
+    # a descriptor whose header carries another c_uid is refused too
+    h.node.handle_msg(m.ShChannelFree(c_uid + 1, 1, h.pool.sdesc, victim.sdesc, 12345))
+    victim.send(b"still")
+    assert victim.recv() == b"still"
+    victim._take_owner(12345, 0)
+    victim.destroy()
+    assert h.pool._live_allocations() == []

@@ -200,6 +200,12 @@ _define(102, "ShChannelAdoptFailed", "c_uid err")
 # failure is logged by the shepherd).  ``c_uids``: a list.
 _define(103, "ShChannelDrop", "c_uids")
 
+# chanperf (140-149).  A registered channel destroyed while GS still holds its
+# ShChannelAdopt (both within one burst of notices): the node checks it as it
+# would adopt it, then frees it at once (a notice, no answer: a refusal is
+# logged).  GS sends it in the adopt's place and sends no ShChannelDrop.
+_define(140, "ShChannelFree", "c_uid m_uid pool_sdesc sdesc pid")
+
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
 # info (optional; None from a sender that cannot know, e.g. an attached

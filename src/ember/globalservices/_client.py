@@ -189,7 +189,7 @@ class Connection:
                 ch.detach()              # unknown: the shepherd adopts it, or our exit frees it
                 raise
             try:
-                ch._take_owner(os.getpid(), 0)   # GS has it: it outlives us now
+                ch._take_owner(self.pid, 0)      # GS has it: it outlives us now
             except Exception:
                 pass                     # the node's shepherd took it over first
             ch.detach()

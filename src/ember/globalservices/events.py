@@ -6,9 +6,12 @@ started / exited (exit code, the signal's name when a signal killed it,
 the wait status, core dumped, OOM-killed: from the shepherd's ShExited;
 plus ``process.core_dumped`` / ``process.oom_killed`` events), holder deaths (a process that exited holding channel references),
 channel and pool created / destroyed.  Every event has ``t`` (epoch
-seconds) and ``event``.  The file is written as things happen (one
-``write`` per event, so a reader never sees half a line unless GS dies in
-the middle of one) and outlives the runtime: ``ember events --address ID``
+seconds) and ``event``.  The file is written as things happen (under
+``ember run`` in bursts, one ``write`` each, once GS's input has been idle
+for a millisecond, 64 events are held or the oldest is a millisecond old:
+off the requesters' path; a
+reader never sees half a line unless GS dies in the middle of one) and
+outlives the runtime: ``ember events --address ID``
 reads a finished run's log.  Writing never fails a request: an error is
 logged once and the log is switched off.
 """
@@ -70,7 +73,8 @@ class EventsPart:
         self._events_fd = None
         # deferred events: recorded during a request, written (formatted and
         # one write) by flush_events() once its reply is out — the loop calls
-        # it after each message, so the log is never behind GS's next one
+        # it when its input is idle (or many are held), so the log is at
+        # most about a millisecond behind
         self.defer_events = False
         self._events_held = []
 

@@ -22,10 +22,16 @@ _DEFAULTS = ChannelOptions()     # never mutated
 _DEFAULT_OPTS = _DEFAULTS.to_dict()
 
 
+_describe_sdesc = None
+
+
 def _describe(sdesc):
     """A channel descriptor's fields, checked, without mapping its pool."""
-    from ..channels_c import Channel
-    return Channel.describe(sdesc)
+    global _describe_sdesc
+    if _describe_sdesc is None:      # channels_c loaded on first use (GS's start-up)
+        from ..channels_c import Channel
+        _describe_sdesc = Channel.describe
+    return _describe_sdesc(sdesc)
 
 DEFAULT_POOL_NAME = "default"
 
@@ -564,7 +570,7 @@ class MemoryPart:
             if requester is not None:
                 self._answer([requester])
             return
-        if drop:
+        if drop and not self.free_held_adopt(rec.c_uid):
             self.node_notice(rec.node, m.ShChannelDrop([rec.c_uid]))
         if requester is not None:
             self._answer([requester])

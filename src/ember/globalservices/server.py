@@ -71,7 +71,7 @@ log = _log.get("gs")
 #: per request reuses freed ones; only abandoned requests retire one).
 MAX_REPLY_CHANNELS = 4096
 #: Notices for a node held at most (batch_notices), and for at most
-#: NOTICE_DELAY seconds of idle input.
+#: NOTICE_DELAY seconds of idle input; events for the log likewise.
 NOTICE_BATCH = 64
 NOTICE_DELAY = 0.001
 
@@ -105,7 +105,9 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         runtime's default pool (only its ``sdesc`` and ``size`` are read:
         GS does not use the node's pools, their shepherd does);
         ``batch_notices``: keep the notices for a node that need no answer
-        (``ShChannelAdopt``, ``ShChannelDrop``) until :meth:`flush_notices`
+        (``ShChannelAdopt``, ``ShChannelDrop``; a channel destroyed while its
+        adopt is held gets one ``ShChannelFree`` instead of both) until
+        :meth:`flush_notices`
         (the loop calls it when its input is idle), up to
         :data:`NOTICE_BATCH` of them; anything else sent to the node
         flushes them first, so the node sees every message in order."""
@@ -115,6 +117,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self.send_reply = send_reply
         self._send_node = send_shepherd
         self._notices = []        # notices for the node, held until flush_notices()
+        self._held_adopts = {}    # c_uid -> index in _notices of its ShChannelAdopt
         self.batch_notices = batch_notices
         self.node = node
         self.send_remote = send_remote
@@ -296,6 +299,8 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
             raise EmberError(f"node {node} is not a node of this runtime")
         if node != self.node or not self.batch_notices:
             return self.to_node(node, msg)
+        if type(msg) is m.ShChannelAdopt:
+            self._held_adopts[msg.c_uid] = len(self._notices)
         self._notices.append(msg)
         if len(self._notices) >= NOTICE_BATCH:
             self.flush_notices()
@@ -304,9 +309,22 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
     def notices_pending(self):
         return len(self._notices)
 
+    def free_held_adopt(self, c_uid):
+        """Channel ``c_uid`` was destroyed while its ``ShChannelAdopt`` is
+        still held: put a ``ShChannelFree`` in its place (the node checks
+        and frees it in one step, and needs no ``ShChannelDrop``); False if
+        no adopt of it is held."""
+        i = self._held_adopts.pop(c_uid, None)
+        if i is None:
+            return False
+        a = self._notices[i]
+        self._notices[i] = m.ShChannelFree(a.c_uid, a.m_uid, a.pool_sdesc, a.sdesc, a.pid)
+        return True
+
     def flush_notices(self):
         """Send the held notices to the local node's shepherd (in order)."""
         notices, self._notices = self._notices, []
+        self._held_adopts.clear()
         for msg in notices:
             self._send_node(msg)
 
@@ -591,13 +609,13 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
         gs.events_path = os.path.join(runtime_dir(), f"{runtime_tag}.events")
     except Exception as exc:
         log.warning("no event log: %s", exc)
-    gs.defer_events = True       # written after the replies (flush_events), json loaded then
+    gs.defer_events = True       # written when idle (flush_events), after the replies
     gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
     while not gs.finished:
         timeout = gs.next_timeout()
         if transport.pending and not transport.flush():
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
-        if gs._notices:
+        if gs._notices or gs._events_held:
             timeout = NOTICE_DELAY if timeout is None else min(timeout, NOTICE_DELAY)
         try:
             data = recv(timeout=timeout)
@@ -605,6 +623,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             data = None
             if gs._notices:            # idle: now wake the shepherd for them
                 gs.flush_notices()
+            if gs._events_held:        # and write the event log
+                gs.flush_events()
         except ChannelError as exc:
             # A message someone scribbled over is dropped (the channel
             # reports it and stays usable); a destroyed or closed input
@@ -630,8 +650,9 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                 gs.handle_bytes(data)
         if gs.timers_pending:
             gs.expire()
-        if gs._events_held:
-            gs.flush_events()        # after the replies: off the requester's path
+        held = gs._events_held
+        if held and (len(held) >= NOTICE_BATCH or time.time() - held[0][0] >= NOTICE_DELAY):
+            gs.flush_events()        # else when idle: off the requesters' path
     for ch in transport.cache.values():
         try:
             ch.detach()

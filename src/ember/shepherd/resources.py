@@ -15,6 +15,7 @@ GS -> shepherd         shepherd -> GS
 ``ShChannelDestroy``   ``ShChannelDestroyed(ref, c_uid, err)``
 ``ShChannelDrop``      (none: GS answered the destroy already; a failure is logged)
 ``ShChannelAdopt``     ``ShChannelAdoptFailed(c_uid, err)`` only when it refuses
+``ShChannelFree``      (none: adopt and drop at once, GS forgot it already; a refusal is logged)
 ``ShObjectEnd``        ``ShObjectEnded(ref, err)`` (a named object's memory: ember.objects)
 ``ShReclaim(pid)``     (none)
 =====================  ==========================================
@@ -56,7 +57,8 @@ class NodeResources(Service):
 
     name = "shepherd"
     TYPES = (M.ShPoolCreate, M.ShPoolDestroy, M.ShChannelCreate, M.ShChannelDestroy,
-             M.ShChannelClose, M.ShObjectEnd, M.ShChannelDrop, M.ShChannelAdopt)
+             M.ShChannelClose, M.ShObjectEnd, M.ShChannelDrop, M.ShChannelAdopt,
+             M.ShChannelFree)
 
     def __init__(self, send, *, pool_factory=None, channel_factory=None, pool_attach=None,
                  channel_attach=None, clock=None):
@@ -89,7 +91,8 @@ class NodeResources(Service):
                             (M.ShChannelClose, self.on_channel_close),
                             (M.ShObjectEnd, self.on_object_end),
                             (M.ShChannelDrop, self.on_channel_drop),
-                            (M.ShChannelAdopt, self.on_channel_adopt)):
+                            (M.ShChannelAdopt, self.on_channel_adopt),
+                            (M.ShChannelFree, self.on_channel_free)):
             self.on(cls, method, NOTICE)
 
     def handle_msg(self, msg):
@@ -158,15 +161,10 @@ class NodeResources(Service):
                 err = _err(exc)
         self._send(M.ShChannelDestroyed(msg.tag, msg.c_uid, err))
 
-    def on_channel_adopt(self, msg):
-        """Take over a channel a process made itself and GS registered
-        (``pid``: the requester's).  It must attach (a live block holding a
-        channel header of this pool: magic, version, allocation id), carry
-        the c_uid GS reserved, and its block must be the requester's or
-        already handed to nobody (the requester does that itself once GS
-        has answered); then the block becomes nobody's (a reclaim of the
-        requester's blocks leaves it) and this node destroys it when GS
-        says so.  Otherwise GS is told to forget it."""
+    def _adoptable(self, msg):
+        """The registered channel of ``msg`` (ShChannelAdopt/ShChannelFree),
+        attached, its block handed to nobody; raises if it is not one (see
+        :meth:`on_channel_adopt`)."""
         ch = None
         try:
             if not isinstance(msg.c_uid, int) or not isinstance(msg.pid, int):
@@ -176,22 +174,53 @@ class NodeResources(Service):
             if ch.c_uid != msg.c_uid:
                 raise ValueError(f"its header says c_uid {ch.c_uid}, GS registered {msg.c_uid}")
             try:
-                ch._take_owner(msg.pid, 0)
+                ch._take_owner(0, 0)          # handed over already by the requester (usual)
             except Exception:
                 try:
-                    ch._take_owner(0, 0)      # handed over already by the requester
+                    ch._take_owner(msg.pid, 0)
                 except Exception:
                     raise ValueError(f"its block is not process pid {msg.pid}'s") from None
-        except Exception as exc:
+        except Exception:
             if ch is not None:
                 try:
                     ch.detach()
                 except Exception:
                     pass
+            raise
+        return ch
+
+    def on_channel_adopt(self, msg):
+        """Take over a channel a process made itself and GS registered
+        (``pid``: the requester's).  It must attach (a live block holding a
+        channel header of this pool: magic, version, allocation id), carry
+        the c_uid GS reserved, and its block must be the requester's or
+        already handed to nobody (the requester does that itself once GS
+        has answered); then the block becomes nobody's (a reclaim of the
+        requester's blocks leaves it) and this node destroys it when GS
+        says so.  Otherwise GS is told to forget it."""
+        try:
+            ch = self._adoptable(msg)
+        except Exception as exc:
             log.warning("refused to adopt channel %r: %s: %s", msg.c_uid, type(exc).__name__, exc)
             self._send(M.ShChannelAdoptFailed(msg.c_uid, _err(exc)))
             return
         self.chans[msg.c_uid] = ch
+
+    def on_channel_free(self, msg):
+        """A registered channel GS forgot before this node adopted it (made
+        and destroyed within one burst of GS's notices): checked as
+        :meth:`on_channel_adopt` checks it, then destroyed.  A channel that
+        does not pass (its requester died and its blocks were reclaimed
+        first: nothing left to free) is logged, not destroyed."""
+        try:
+            ch = self._adoptable(msg)
+        except Exception as exc:
+            log.info("channel %r not freed: %s: %s", msg.c_uid, type(exc).__name__, exc)
+            return
+        try:
+            ch.destroy()
+        except Exception as exc:
+            log.warning("freeing channel %s: %s: %s", msg.c_uid, type(exc).__name__, exc)
 
     def on_channel_drop(self, msg):
         """Free channels GS has already forgotten (and answered the destroy
