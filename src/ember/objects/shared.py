@@ -36,7 +36,6 @@ from ..exceptions import (ChannelError, ObjectError, OwnerDied, ProcessDied, Rem
                           RemoteTraceback, SharedObjectError)
 from . import _codec, naming
 
-_msg_loads = _codec.loads
 
 __all__ = ["serve", "create", "connect", "proxy", "SharedRef", "Proxy", "PoolDict", "KIND",
            "SLICE"]
@@ -64,12 +63,48 @@ _OPNAME = {_CALL: "{}()", _GET: "getting attribute {!r}", _SET: "setting attribu
 
 
 # ------------------------------------------------------------------ encoding
+# A round trip is two pickles and two unpickles: their common cases are
+# made here in one step, with what the codec (:mod:`._codec`) would add
+# skipped when it cannot apply -- the same bytes it would produce.
+_pdumps = pickle.dumps
+_ploads = pickle.loads
+_FLAT = _codec.FLAT
+
+
 def _enc(obj, pool):
-    """bytes or a pool Allocation (the one codec, :mod:`._codec`)."""
-    return _codec.dumps(obj, pool)
+    """bytes or a pool Allocation, as ``_codec.dumps(obj, pool)``: one
+    pickling pass that catches out-of-band buffers, and the codec (which
+    pickles again its own way) only when there are some, or when the
+    pickle names ``__main__``, or the C pickler refuses the object."""
+    bufs = []
+    try:
+        data = _pdumps(obj, 5, buffer_callback=bufs.append)
+    except Exception:
+        return _codec.dumps(obj, pool)
+    if bufs or data.find(b"__main__") >= 0:
+        return _codec.dumps(obj, pool)
+    return data
 
 
-_dec = _codec.loads
+def _enc_call(cid, seq, op, name, args, kwargs, pool):
+    """A request: plain pickle when the arguments are at most two flat
+    values (int, str, ... : nothing the codec would treat otherwise)."""
+    n = len(args)
+    if not kwargs and (n == 0 or (type(args[0]) in _FLAT and (
+            n == 1 or (n == 2 and type(args[1]) in _FLAT)))):
+        return _pdumps((cid, seq, op, name, args, kwargs), 5)
+    return _enc((cid, seq, op, name, args, kwargs), pool)
+
+
+def _dec(data):
+    """The object of a message, as ``_codec.loads`` (which raises the
+    MessageError for what does not unpickle)."""
+    if type(data) is bytes:
+        try:
+            return _ploads(data)
+        except (pickle.UnpicklingError, EOFError) as exc:
+            raise _codec.not_ours(data, exc) from None
+    return _codec.loads(data)
 
 
 def _type_name(exc):
@@ -403,7 +438,9 @@ def _answer(host, t, clients, cid, seq, op, name, args, kwargs):
 
 def _result_msg(seq, value, pool, name):
     try:
-        return _codec.dumps((seq, _OK, value), pool)
+        if type(value) in _FLAT:
+            return _pdumps((seq, _OK, value), 5)
+        return _enc((seq, _OK, value), pool)
     except BaseException as exc:
         return _exc_reply(seq, TypeError(f"cannot pickle the result of {name}(): {exc}"), pool)
 
@@ -953,7 +990,7 @@ class Proxy:
         c.seq += 1
         seq = c.seq
         try:
-            msg = _codec.dumps((c.cid, seq, op, name, args, kwargs), c.pool)
+            msg = _enc_call(c.cid, seq, op, name, args, kwargs, c.pool)
         except Exception as exc:
             raise TypeError(f"cannot pickle the arguments of {_what(op, name)} on "
                             f"{self._who()}: {exc}") from None
@@ -979,7 +1016,7 @@ class Proxy:
                         raise self._dead(_what(op, name)) from None
                 else:
                     continue
-            reply = _msg_loads(data)
+            reply = _dec(data)
             del data
             if reply[0] != seq:
                 continue          # a late answer to a call that was given up
