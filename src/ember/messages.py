@@ -152,7 +152,9 @@ _define(28, "ChannelAddSender", _REQ + "ident")
 # parked waiter; no reply.
 _define(27, "Cancel", _REQ + "ref")
 # launcher -> GS: kill everything, destroy everything, stop the shepherd, exit.
-_define(30, "Teardown", _REQ + "grace")
+# survivors: say on stderr which processes are still running, before they
+# are terminated (the launcher, when the head has exited)
+_define(30, "Teardown", _REQ + "grace survivors", {"survivors": False})
 # introspection (any process): the service's stats() record / its dump() as
 # plain data (ember.globalservices.introspect; feeds `ember ps`).
 _define(31, "ServiceStats", _REQ)

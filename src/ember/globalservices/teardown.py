@@ -91,6 +91,8 @@ class TeardownPart:
         except EmberError:
             grace = None
         grace = DEFAULT_GRACE if grace is None else grace
+        if msg.survivors is True and self.death_reports:
+            self._step("reporting the processes still running", self._report_survivors)
         for p in [p for p in self.procs.values() if p.attached and p.state != EXITED]:
             # not ours to kill: the runtime ends under it
             self.to_node(p.node, m.ShUnwatch(p.p_uid))
@@ -102,6 +104,18 @@ class TeardownPart:
         self._enter(Phase.TERM, grace)
         self._step("reporting unjoined exits", self._report_unjoined)
         self._teardown_step()
+
+    def _report_survivors(self):
+        """The head has exited (the launcher's ``Teardown(survivors=True)``):
+        one line naming the processes the teardown is about to terminate."""
+        live = sorted((p.p_uid, p.name) for p in self.procs.values() if p.state != EXITED)
+        if not live:
+            return
+        what = ", ".join(f"{u} {n!r}" if n else str(u) for u, n in live)
+        noun = "process" if len(live) == 1 else "processes"
+        err = self.err if self.err is not None else sys.stderr
+        err.write(f"ember: head exited; terminating {len(live)} running {noun}: {what}\n")
+        err.flush()
 
     def _report_unjoined(self):
         """Death reports at teardown: one line for each process that exited

@@ -566,7 +566,11 @@ class Launcher:
                         return 128 + signal.SIGKILL
                     log.info("head exited: %d", code)
                     self._take_terminal_back()
-                    self._report_survivors(process)
+                    # GS names the processes still running when the
+                    # teardown starts (Teardown(survivors=True)): no round
+                    # trip of our own for it.
+                    self.report_survivors = (getattr(self.args, "death_reports", True)
+                                             and not getattr(self, "attached", False))
                     return code if code >= 0 else 128 - code
                 except _Signalled as s:
                     self.signals += 1
@@ -585,25 +589,6 @@ class Launcher:
             # Teardown must not be cut short by the job's signals.
             for s in _FORWARDED:
                 signal.signal(s, signal.SIG_IGN)
-
-    def _report_survivors(self, process):
-        """The head is gone: say which processes teardown is about to kill."""
-        if not getattr(self.args, "death_reports", True) or getattr(self, "attached", False):
-            return                # (attached: the runtime lives on, nothing is terminated)
-        try:
-            try:
-                pairs = process.get_list(alive_only=True)   # an API that lists exited ones too
-            except TypeError:
-                pairs = process.get_list()                  # one that lists live ones only
-            live = [(p, n) for p, n in pairs if p != self.head.p_uid]
-        except Exception as exc:
-            log.warning("cannot list the remaining processes: %s", exc)
-            return
-        if live:
-            what = ", ".join(f"{p} {n!r}" if n else str(p) for p, n in sorted(live))
-            noun = "process" if len(live) == 1 else "processes"
-            print(f"ember: head exited; terminating {len(live)} running {noun}: {what}",
-                  file=sys.stderr, flush=True)
 
     def _forward(self, signum):
         if self.head_pidfd is None:
@@ -684,7 +669,9 @@ class Launcher:
         from ..globalservices import _client
         grace = getattr(self, "grace_override", self.args.grace)
         try:
-            _client.connection().call(messages.Teardown, grace, timeout=grace + 10.0)
+            _client.connection().call(messages.Teardown, grace,
+                                      bool(getattr(self, "report_survivors", False)),
+                                      timeout=grace + 10.0)
         except _ChildDied as exc:
             raise RuntimeError(str(exc)) from None
 
