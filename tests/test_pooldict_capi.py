@@ -138,3 +138,35 @@ def test_misuse_and_corrupt_memory(pd):
     assert lib.ember_pdict_check(mem, size, NULL, NULL) == lib.EMBER_ERR_VERSION
     raw[0] = 0
     assert lib.ember_pdict_check(mem, size, NULL, NULL) == lib.EMBER_ERR_BAD_MAGIC
+
+
+@pytest.mark.timeout(300)
+def test_stress_under_asan_ubsan(tmp_path):
+    # tests/c/pooldict_stress.c: random operations checked against a
+    # reference model, then random bytes over the slots (any return code,
+    # but no access outside the table), built with ASan + UBSan.
+    import shutil
+    import subprocess
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "pooldict_stress"
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    probe = tmp_path / "probe.c"
+    probe.write_text("int main(void){return 0;}\n")
+    if subprocess.run([cc, *san, str(probe), "-o", str(tmp_path / "probe")],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"{cc} cannot build -fsanitize=address,undefined")
+    r = subprocess.run([cc, "-std=c11", "-O1", "-g", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
+                        *san, f"-I{os.path.join(cffi_build.ROOT, 'src', 'ember', 'common_c')}",
+                        f"-I{SYNC}", os.path.join(SYNC, "pooldict.c"),
+                        os.path.join(cffi_build.ROOT, "tests", "c", "pooldict_stress.c"),
+                        "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+               UBSAN_OPTIONS="print_stacktrace=1")
+    for mode, n in (("model", "200000"), ("garbage", "20000")):
+        r = subprocess.run([str(exe), mode, n], capture_output=True, text=True, timeout=240, env=env)
+        assert r.returncode == 0 and r.stdout == f"ok: {mode} {n}\n", \
+            f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-6000:]}"
+        assert "runtime error" not in r.stderr, r.stderr[-6000:]
