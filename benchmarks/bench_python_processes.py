@@ -57,6 +57,21 @@ def median_ms(fn, n):
     return statistics.median(ts) * 1e3
 
 
+def rounds_ms(fns, rounds, n):
+    """Median of ``n`` runs of each of ``fns`` (a dict), ``rounds`` times,
+    the functions taking turns within each round (so that a change of load
+    on this shared machine hits them alike); {name: [round medians]}."""
+    out = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            out[k].append(median_ms(fn, n))
+    return out
+
+
+def load():
+    return "load %.1f %.1f %.1f" % os.getloadavg()
+
+
 def ember_start_join(method):
     import ember
 
@@ -120,13 +135,23 @@ def main():
     fork = mp.get_context("fork")
     fs = mp.get_context("forkserver")
     median_ms(mp_start_join(fs), 2)                     # start the fork server
-    t_tmpl = median_ms(ember_start_join("template"), reps)
-    t_fork = median_ms(mp_start_join(fork), reps)
-    t_fs = median_ms(mp_start_join(fs), reps)
+    n_rounds = 3 if a.quick else 5
+    print(f"## start + join of a trivial function: {n_rounds} rounds of {reps // n_rounds}, "
+          f"ember and mp fork taking turns ({load()})", flush=True)
+    r = rounds_ms({"ember": ember_start_join("template"), "fork": mp_start_join(fork)},
+                  n_rounds, reps // n_rounds)
+    t_tmpl, t_fork = statistics.median(r["ember"]), statistics.median(r["fork"])
+    ratios = [f / e for e, f in zip(r["ember"], r["fork"])]
+    t_fs = median_ms(mp_start_join(fs), reps // n_rounds)
     t_spawn_e = median_ms(ember_start_join("spawn"), slow_reps)
     t_spawn = median_ms(mp_start_join(mp.get_context("spawn")), slow_reps)
-    print("## start + join of a trivial function (median)")
-    line("mp fork", t_fork, "ms")
+    print("round medians, ms: ember " + " ".join(f"{x:.2f}" for x in r["ember"])
+          + " | mp fork " + " ".join(f"{x:.2f}" for x in r["fork"]))
+    print(f"ember min {min(r['ember']):.2f} median {t_tmpl:.2f} ms; mp fork min "
+          f"{min(r['fork']):.2f} median {t_fork:.2f} ms; per-round speed ratio (fork/ember) "
+          f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f} "
+          f"({load()})")
+    line("mp fork (median of round medians)", t_fork, "ms")
     line("mp forkserver", t_fs, "ms")
     line("mp spawn", t_spawn, "ms")
     line("ember.Process start_method='spawn'", t_spawn_e, "ms", t_spawn / t_spawn_e)

@@ -121,3 +121,43 @@ def test_join_learns_the_exit_from_the_kernel_and_gs_agrees(ember_runtime):
     with pytest.raises(ember.ProcessDied, match="SIGKILL"):
         k.result()
     k.close()
+
+
+def test_mp_start_uses_the_running_resource_tracker_and_restarts_a_dead_one(tmp_path):
+    """The "ember" method hands its children the resource tracker's fd
+    without probing a tracker it knows runs (the probe wakes the tracker at
+    every start), and still starts a new tracker when the old one died."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import os, signal, warnings
+        from multiprocessing import resource_tracker
+        from ember.mp.context import _tracker_fd
+
+        rt = resource_tracker._resource_tracker
+        fd = _tracker_fd()
+        pid = rt._pid
+        writes = []
+        orig = os.write
+        os.write = lambda f, b: writes.append(f) or orig(f, b)
+        try:
+            again = _tracker_fd()
+        finally:
+            os.write = orig
+        print("alive", again == fd, rt._pid == pid, writes.count(fd))
+        os.kill(pid, signal.SIGKILL)
+        while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT) is None:
+            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # "resource_tracker: process died unexpectedly"
+            new = _tracker_fd()
+        print("restarted", rt._pid not in (None, pid), new == rt._fd)
+        os.close(rt._fd)                          # the tracker exits at EOF
+        os.waitpid(rt._pid, 0)
+    """))
+    res = subprocess.run([sys.executable, str(prog)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["alive True True 0", "restarted True True"], res.stdout

@@ -83,7 +83,9 @@ def _library_modules():
     """Names of the modules this process has imported from the standard
     library or site-packages (not the program's own), in import order, that
     were not returned before.  A module is looked at once (its path
-    resolved), unless it is replaced in sys.modules."""
+    resolved), unless it is replaced in sys.modules; sys.modules is not
+    walked again while its length stays the same (a module replaced in
+    place is then missed: it is only not preloaded)."""
     if not _lib_dirs:
         import sysconfig
         paths = sysconfig.get_paths()
@@ -92,6 +94,9 @@ def _library_modules():
                                  if paths.get(k)}))
     out = []
     seen = _seen
+    if len(sys.modules) == seen.get(None):
+        return out                # nothing imported since the last look (the usual case)
+    seen[None] = len(sys.modules)
     for name, mod in list(sys.modules.items()):
         if seen.get(name) is mod:
             continue
@@ -157,6 +162,27 @@ def _main_code(prep):
     return out
 
 
+def _tracker_fd():
+    """The write end of multiprocessing's resource tracker pipe, the tracker
+    started if it is not running.  ``resource_tracker.getfd()`` probes a
+    running tracker by writing to its pipe, which wakes the tracker process
+    at every start; a tracker this process started (its child) is known to
+    run, without the probe, while ``waitid(WNOWAIT)`` says it has not
+    exited (nothing is reaped).  Otherwise ``getfd()`` as before (it starts
+    a new tracker when the old one died)."""
+    from multiprocessing import resource_tracker
+
+    rt = getattr(resource_tracker, "_resource_tracker", None)
+    fd, pid = getattr(rt, "_fd", None), getattr(rt, "_pid", None)
+    if fd is not None and pid is not None:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return fd
+        except (ChildProcessError, OSError):
+            pass
+    return resource_tracker.getfd()
+
+
 class Popen:
     """multiprocessing's Popen interface over an ``ember.Process``."""
 
@@ -192,8 +218,7 @@ class Popen:
         # (else its own tracker would unlink at its exit the shared memory
         # it merely attached to): it reopens the tracker's pipe through
         # /proc/<our pid>/fd (it does not inherit our fds).
-        from multiprocessing import resource_tracker
-        tracker = (os.getpid(), resource_tracker.getfd())
+        tracker = (os.getpid(), _tracker_fd())
         ensure_runtime()
         _preload_parent_modules()
         from ..objects.process import Process

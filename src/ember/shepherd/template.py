@@ -534,6 +534,7 @@ _PR_SET_NAME, _PR_GET_NAME = 15, 16
 
 
 _prctl = []
+_template_comm = None     # the template's comm, which a spare takes back with its request
 
 
 def _prctl_name(name=None):
@@ -614,7 +615,7 @@ def _spare_main(sock, shepherd_pid):
     import msgpack
 
     try:
-        comm = _prctl_name()
+        comm = _template_comm
         _prctl_name(SPARE_COMM)
         err = _detach(shepherd_pid, keep=sock.fileno())
         if err is not None:
@@ -711,6 +712,8 @@ def main():
     except Exception:
         _default_pool = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _template_comm
+    _template_comm = _prctl_name()      # looked up once, not in every spare
     shepherd_pid = os.getppid()
     import socket
     sock = socket.socket(fileno=os.dup(0))
