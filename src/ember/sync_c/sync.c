@@ -21,7 +21,15 @@
  * one pid namespace and needs no registration per thread.
  *
  * Lock / RLock.  One 64-bit word xstate: 0 = free, else the holder's id.
- * acquire = CAS 0 -> me (test-and-test-and-set, short spin).  A waiter
+ * acquire = CAS 0 -> me; release = exchange -> 0 (one read-modify-write
+ * each).  A busy lock is polled (test-and-test-and-set) with exponential
+ * backoff, 1, 2, 4 .. LOCK_BACKOFF_MAX pauses between polls, for a bounded
+ * number of pauses (the Python layer spins ~3 us with the GIL held, the
+ * blocking call ~6 us more without it), then the waiter sleeps.  Barging,
+ * not hand-off: a releaser that re-acquires at once usually gets the lock
+ * again, and a waiter that polls rarely lets it run several pairs on its
+ * own cache line (the trade glibc's adaptive mutex, WebKit's ParkingLot
+ * and Rust's parking_lot make: throughput over FIFO fairness).  A waiter
  * sleeps on a separate futex word xseq with the sleepers-flag handshake of
  * channel.c (see MEMORY ORDER), in slices of at most EMBER_SYNC_CHECK_NS
  * (20 ms).  When a slice runs out (or a try-once finds the lock busy and
@@ -95,17 +103,19 @@
  *     generation; at most one LAST slot; xgen only grows.
  *
  * MEMORY ORDER
- *   - Lock: the acquire CAS (acq_rel) pairs with the releasing CAS
- *     holder -> 0 (seq_cst) of the previous holder, so the critical
+ *   - Lock: the acquire CAS (acq_rel) pairs with the releasing exchange
+ *     -> 0 (seq_cst) of the previous holder, so the critical
  *     section's writes (and xdied, xthread, count) are visible to the next
  *     holder.  A takeover CAS dead -> me reads from the dead holder's
  *     acquire CAS; what the dead holder wrote after it may or may not be
  *     visible: that is exactly what OWNER_DIED reports.
- *   - Lock release is a seq_cst CAS followed by a seq_cst load of the
+ *   - Lock release is a seq_cst exchange followed by a seq_cst load of the
  *     sleepers flag, and a Lock waiter re-reads xstate with a seq_cst load
  *     after raising the flag: the store-buffering pattern with all four
  *     accesses seq_cst, so no fence is needed on the release fast path (on
- *     x86 the CAS is the only barrier).  Otherwise as below.
+ *     x86 the exchange is the only barrier).  The backoff polls are
+ *     relaxed loads: a hint only, the CAS that follows decides.  Otherwise
+ *     as below.
  *   - Sleeping (Dekker, as channel.c): waiter: v = seq_cst load(xseq);
  *     seq_cst store(sleepers, 1); seq_cst fence; retry; futex_wait(xseq, v).
  *     Releaser: release (CAS/store); seq_cst fence; relaxed load of
@@ -132,7 +142,8 @@
  *
  * PROGRESS
  *   Lock acquire/release and Event set/clear/is_set are lock-free
- *   (one CAS; a failed CAS means another process made progress).  The
+ *   (one CAS or exchange; a failed CAS means another process made
+ *   progress).  The
  *   Semaphore and Barrier bookkeeping runs under the meta lock, whose
  *   critical sections are a few dozen instructions without system calls
  *   (blocking: a preempted holder delays the others; a dead holder is taken
@@ -148,9 +159,12 @@
  *     20 ms slice of waiting, or on a try-once with check_dead, which
  *     caches an "alive" verdict for at most 1 ms per thread)
  *     takes it over and gets OWNER_DIED naming the pid.  Dies in release
- *     before the CAS to 0: still the holder, reported as above.  After it:
- *     the lock is free and consistent; at worst the
- *     sleepers were not woken, and they wake at the end of their slice.  A
+ *     before the exchange to 0: still the holder, reported as above.
+ *     After it: the lock is free and consistent; at worst the sleepers were
+ *     not woken, and they wake at the end of their slice (at most 20 ms
+ *     late).  A waiter that dies while spinning (polling, then a CAS that
+ *     either took the lock -- it is then a dead holder, as above -- or
+ *     changed nothing) costs nothing.  A
  *     process that dies right after taking over, before storing xdied, is
  *     itself dead holding the lock: the next acquirer reports that death
  *     (the first death's report died with its reader).  RLock: the count and
@@ -210,12 +224,9 @@
 #define SYNC_MAGIC    0x3130434e59534d45ull   /* "EMSYNC01" */
 #define SYNC_DEAD     0x44414544594d5345ull   /* destroyed */
 #define SYNC_VERSION  1u
-#define LOCK_SPIN     200
+#define LOCK_SPIN     200   /* pause instructions a blocking acquire spins before sleeping */
+#define LOCK_BACKOFF_MAX 32 /* most pauses between two polls of a busy lock */
 #define EVENT_SPIN    100
-
-/* Named-order wrapper missing from ember_common.h (kept local to this file). */
-#define sync_atomic_cas_seq_cst(p, expp, v) \
-    atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_seq_cst, memory_order_seq_cst)
 
 _Static_assert(sizeof(_Atomic uint64_t) == 8, "64-bit atomics must be plain words");
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "32-bit atomics must be plain words");
@@ -615,6 +626,32 @@ static ember_rc_t lock_try(lock_obj_t *l, uint64_t me, int check_dead, uint32_t 
     return EMBER_ERR_TIMEOUT;
 }
 
+/* Spin on a busy lock for about `budget` pause instructions, polling
+ * xstate with exponential backoff (1, 2, 4 .. LOCK_BACKOFF_MAX pauses
+ * between polls), and try whenever it reads free.  A poll pulls the lock's
+ * line from the holder's cache and makes the holder's next CAS a miss:
+ * backing off lets a holder that re-acquires at once (a Python loop) run
+ * several acquire/release pairs on its own line before the waiter looks
+ * again (barging, as glibc's adaptive mutex and parking_lot do).
+ * EMBER_ERR_TIMEOUT when the budget ran out. */
+static ember_rc_t lock_spin(lock_obj_t *l, uint64_t me, uint32_t budget, uint32_t *died_pid)
+{
+    uint32_t step = 1, spent = 0;
+    while (spent < budget) {
+        for (uint32_t k = 0; k < step; k++)
+            ember_cpu_relax();
+        spent += step;
+        if (step < LOCK_BACKOFF_MAX)
+            step <<= 1;
+        if (ember_atomic_load_relaxed(&l->xstate) == 0) {
+            ember_rc_t rc = lock_try(l, me, 0, died_pid);
+            if (rc != EMBER_ERR_TIMEOUT)
+                return rc;
+        }
+    }
+    return EMBER_ERR_TIMEOUT;
+}
+
 ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uint32_t *died_pid)
 {
     lock_obj_t *l = mem;
@@ -636,14 +673,9 @@ ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uin
     if (timeout_ns == 0)
         return check_dead ? lock_try(l, me, 1, died_pid) : rc;
     int64_t deadline = deadline_of(timeout_ns);
-    for (int i = 0; i < LOCK_SPIN; i++) {
-        ember_cpu_relax();
-        if (ember_atomic_load_relaxed(&l->xstate) == 0) {
-            rc = lock_try(l, me, 0, died_pid);
-            if (rc != EMBER_ERR_TIMEOUT)
-                return rc;
-        }
-    }
+    rc = lock_spin(l, me, LOCK_SPIN, died_pid);
+    if (rc != EMBER_ERR_TIMEOUT)
+        return rc;
     for (;;) {
         uint32_t v = prepare_sleep(&l->xseq, &l->xsleepers);
         /* seq_cst load after the seq_cst flag store: with the releaser's
@@ -673,16 +705,7 @@ ember_rc_t ember_lock_spin_acquire(void *mem, uint32_t spins, uint32_t *died_pid
     lock_obj_t *l = mem;
     if (!l)
         return EMBER_ERR_INVALID_ARG;
-    uint64_t me = ember_sync_self();
-    for (uint32_t i = 0; i < spins; i++) {
-        ember_cpu_relax();
-        if (ember_atomic_load_relaxed(&l->xstate) == 0) {
-            ember_rc_t rc = lock_try(l, me, 0, died_pid);
-            if (rc != EMBER_ERR_TIMEOUT)
-                return rc;
-        }
-    }
-    return EMBER_ERR_TIMEOUT;
+    return lock_spin(l, ember_sync_self(), spins, died_pid);
 }
 
 ember_rc_t ember_lock_release(void *mem)
@@ -703,18 +726,19 @@ ember_rc_t ember_lock_release(void *mem)
         ember_atomic_store_relaxed(&l->xcount, 0);
         ember_atomic_store_relaxed(&l->xthread, 0);
     }
-    uint64_t s = ember_atomic_load_relaxed(&l->xstate);
-    do {
-        if (s == 0)
-            return (ember_rc_t)EMBER_SYNC_OVER;
-        /* seq_cst CAS s -> 0: its release half publishes the critical
-         * section (pairs with the acquire CAS in lock_try() of the next
-         * holder); being seq_cst, it is ordered before the seq_cst load of
-         * the sleepers flag below without a fence (pairs with the seq_cst
-         * flag store + load of xstate in ember_lock_acquire()).  A CAS, not
-         * a store, so two racing releases cannot free a lock someone
-         * re-acquired. */
-    } while (!sync_atomic_cas_seq_cst(&l->xstate, &s, 0));
+    /* seq_cst exchange -> 0: its release half publishes the critical
+     * section (pairs with the acquire CAS in lock_try() of the next
+     * holder); being seq_cst, it is ordered before the seq_cst load of the
+     * sleepers flag below without a fence (pairs with the seq_cst flag
+     * store + load of xstate in ember_lock_acquire()).  One read-modify-
+     * write and no load before it (a load first would fetch the line
+     * shared and the write would need it again: two transfers under
+     * contention).  It frees whatever holder it finds, as the load + CAS
+     * loop it replaces did (any process may release a Lock); finding 0 it
+     * wrote 0 over 0, which changes nothing: EMBER_SYNC_OVER.  Two racing
+     * releases: one finds the holder, the other 0. */
+    if (ember_atomic_exchange_seq_cst(&l->xstate, 0) == 0)
+        return (ember_rc_t)EMBER_SYNC_OVER;
     if (__builtin_expect(ember_atomic_load_seq_cst(&l->xsleepers) != 0, 0)
         && ember_atomic_exchange_seq_cst(&l->xsleepers, 0) != 0) {
         /* seq_cst: the bump follows every sleeper's seq_cst load of xseq. */

@@ -85,10 +85,11 @@ int ember_sync_id_dead(uint64_t id);
  * EMBER_SYNC_OVER if unlocked.  RLock -- EMBER_SYNC_NOT_OWNER unless the
  * calling thread holds it. */
 ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uint32_t *died_pid);
-/* Try-once that first spins up to `spins` pause iterations while the lock
- * is busy (no system call, no liveness check): for a caller that wants to
- * avoid the cost of a blocking call (e.g. releasing the GIL) on a lock held
- * for a few hundred nanoseconds.  Returns as ember_lock_acquire. */
+/* Try-once that first spins about `spins` pause instructions while the
+ * lock is busy, polling it with exponential backoff (no system call, no
+ * liveness check): for a caller that wants to avoid the cost of a blocking
+ * call (e.g. releasing the GIL) on a lock held for a few hundred
+ * nanoseconds.  Returns as ember_lock_acquire. */
 ember_rc_t ember_lock_spin_acquire(void *mem, uint32_t spins, uint32_t *died_pid);
 ember_rc_t ember_lock_release(void *mem);
 ember_rc_t ember_lock_consistent(void *mem);
