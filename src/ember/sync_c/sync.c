@@ -24,8 +24,9 @@
  * acquire = CAS 0 -> me; release = exchange -> 0 (one read-modify-write
  * each).  A busy lock is polled (test-and-test-and-set) with exponential
  * backoff, 1, 2, 4 .. LOCK_BACKOFF_MAX pauses between polls, for a bounded
- * number of pauses (the Python layer spins ~3 us with the GIL held, the
- * blocking call ~6 us more without it), then the waiter sleeps.  Barging,
+ * number of pauses (the Python layer spins 100 with the GIL held, the
+ * blocking call LOCK_SPIN more without it: ~3 + ~6 us where a pause takes
+ * ~30 ns, as on the AMD EPYC development machine), then the waiter sleeps.  Barging,
  * not hand-off: a releaser that re-acquires at once usually gets the lock
  * again, and a waiter that polls rarely lets it run several pairs on its
  * own cache line (the trade glibc's adaptive mutex, WebKit's ParkingLot
@@ -679,7 +680,7 @@ ember_rc_t ember_lock_acquire(void *mem, int64_t timeout_ns, int check_dead, uin
     for (;;) {
         uint32_t v = prepare_sleep(&l->xseq, &l->xsleepers);
         /* seq_cst load after the seq_cst flag store: with the releaser's
-         * seq_cst CAS + flag load this is the store-buffering pattern with
+         * seq_cst exchange + flag load this is the store-buffering pattern with
          * every access seq_cst, so one of the two sees the other. */
         if (ember_atomic_load_seq_cst(&l->xstate) == 0) {
             rc = lock_try(l, me, 0, died_pid);
