@@ -130,8 +130,11 @@ def test_processes_find_and_kill(emulated_cluster):
     c = emulated_cluster
     p = c.popen(2, ["sleep", "313"])
     try:
+        # nsenter's child inside the node carries "sleep 313" in its own
+        # command line until it execs: wait for the exec'd sleep alone.
         deadline = time.monotonic() + 10
-        while not c.find(2, "sleep 313") and time.monotonic() < deadline:
+        while ([p.cmdline for p in c.find(2, "sleep 313")] != [["sleep", "313"]]
+               and time.monotonic() < deadline):
             time.sleep(0.02)
         (found,) = c.find(2, "sleep 313")
         assert found.nspid != found.pid and found.cmdline == ["sleep", "313"]

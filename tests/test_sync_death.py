@@ -317,12 +317,14 @@ _MAXREP = 4000
 
 
 def _alive(pid):
+    # The dead holder may be reaped between the two looks: its /proc entry
+    # is then gone (FileNotFoundError, or ProcessLookupError on read).
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _storm_worker(lock, mv):
