@@ -390,6 +390,68 @@ def test_template_children_are_managed(tmp_path):
         open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
 
 
+def test_template_pid_caches_are_the_childs(tmp_path):
+    """The template's spares and children are raw clones (no pthread_atfork
+    handler runs in them).  A template that had cached its pid in ember's C
+    files (here: a preloaded module allocates from the default pool, takes
+    a lock and uses a channel at import) must not hand it to its children:
+    a child's owned block records the child's pid (so the shepherd reclaims
+    it when the child dies), and the child's lock holder id is its own."""
+    (tmp_path / "warm_caches.py").write_text(textwrap.dedent("""
+        import ember
+        from ember.objects import naming
+        from ember.channels_c import Channel
+        pool = naming.default_pool()
+        pool.alloc(64).free()                     # pool.c caches the template's pid
+        ch = Channel.create(pool, capacity=2, block_size=64)
+        ch.send(b"x"); ch.recv()                  # channel.c caches it
+        ch.destroy()
+        from ember.sync_c import Lock
+        lock = Lock(pool=pool)
+        with lock:                                # sync.c caches the template's id
+            pass
+        lock.destroy()
+    """))
+    out = ok(run_prog(tmp_path, """
+        import time
+        from ember.objects import naming
+        from ember.sync_c import Lock
+        ember.Process.preload(["warm_caches"])
+
+        def leak_a_block(lock, i):
+            a = naming.default_pool().alloc(1000)
+            if not lock.acquire(timeout=10):     # held until we die: the holder must be us
+                os._exit(3)
+            with open(f"offset{i}", "w") as f:
+                f.write(str(a.offset))
+            os._exit(0)                           # neither freed nor released
+
+        pool = naming.default_pool()
+        lock = Lock(pool=pool)
+        for i in range(3):                        # a fresh fork, then spares
+            p = ember.Process(target=leak_a_block, args=(lock, i))
+            p.start()
+            p.join()
+            print("exit", p.exitcode)
+            off = int(open(f"offset{i}").read())
+            deadline = time.monotonic() + 10
+            while off in {a.offset for a in pool._live_allocations()}:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            print("reclaimed", off not in {a.offset for a in pool._live_allocations()})
+            try:
+                took = lock.acquire(timeout=10)
+            except ember.OwnerDied:
+                took = "owner died"
+                lock.consistent()
+            print("lock", took)
+            if took:
+                lock.release()
+    """))
+    assert out.splitlines() == ["exit 0", "reclaimed True", "lock owner died"] * 3, out
+
+
 def test_preload_and_threads_in_template(tmp_path):
     """Process.preload imports in the template; after that the template has
     threads (numpy's BLAS pool), and children still work (numpy included)."""

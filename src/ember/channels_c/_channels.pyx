@@ -986,6 +986,12 @@ cdef void *_map_table(str path, bint write) except NULL:
         posix_close(fd)
 
 
+def _after_raw_clone():
+    """In a child made by a raw clone() (no pthread_atfork handler ran):
+    refresh the pid channel.c records in slot states."""
+    ember_ch_after_clone()
+
+
 def _debug_handover_pause(seconds):
     """Tests only: the calling thread pauses ``seconds`` inside every
     hand-over window of its sends and receives (after the slot is handed

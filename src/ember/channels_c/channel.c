@@ -435,6 +435,11 @@ static inline void handover_end(_Atomic uint32_t *busy)
 static _Atomic int64_t dbg_pause_ns;
 static _Atomic uint32_t dbg_pause_tid;
 
+void ember_ch_after_clone(void)
+{
+    ember_pid_after_clone_();
+}
+
 void ember_ch_debug_handover_pause(int64_t ns)
 {
     ember_atomic_store_relaxed(&dbg_pause_tid, ns > 0 ? (uint32_t)syscall(SYS_gettid) : 0u);

@@ -109,6 +109,10 @@ ember_rc_t ember_ch_detach(ember_ch_t *ch);
  * changes nothing; the handle is freed either way. */
 ember_rc_t ember_ch_destroy(ember_ch_t *ch);
 
+/* In a child made by a raw clone() (no pthread_atfork handler ran): refresh
+ * the cached pid that slot states record (channel.c's copy). */
+void ember_ch_after_clone(void);
+
 /* Tests only: the calling thread pauses `ns` nanoseconds inside every
  * hand-over window (after a send's FULL store or a receive's FREE store,
  * before the notify that follows); 0 ends it. */

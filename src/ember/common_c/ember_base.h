@@ -10,7 +10,8 @@
  * code (the one source lives here), and functions it does not use cost
  * nothing and raise no -Wunused warning.  The pid cache is per C file, as it
  * was before; each copy is refreshed in a fork()ed child by its own
- * pthread_atfork handler.
+ * pthread_atfork handler, and in a child of a raw clone() (which runs no
+ * fork handler) by the file's exported *_after_clone() function.
  *
  * Include it from a .c file compiled with -D_GNU_SOURCE (setup.py and
  * tests/cffi_build.py pass it; syscall() and pthread_atfork need it under
@@ -101,6 +102,16 @@ static inline void ember_pid_init_(void)
 {
     ember_pid_refresh_();
     pthread_atfork(NULL, NULL, ember_pid_refresh_);
+}
+
+/* In a child made by a raw clone() (no pthread_atfork handler ran: the
+ * spares of ember.shepherd.template): what this file's fork handler does.
+ * Each C file that caches the pid exports a function that calls it
+ * (ember_pool_after_clone, ember_ch_after_clone, ...). */
+static inline void ember_pid_after_clone_(void)
+{
+    if (ember_atomic_load_relaxed(&ember_pid_cache_) != 0)
+        ember_pid_refresh_();
 }
 
 static inline uint32_t ember_self_pid(void)

@@ -112,6 +112,12 @@ static void slots_after_fork(void)
     t_main = 0;
 }
 
+void ember_slots_after_clone(void)
+{
+    slots_after_fork();
+    ember_pid_after_clone_();
+}
+
 static void slots_once(void)
 {
     pthread_atfork(NULL, NULL, slots_after_fork);

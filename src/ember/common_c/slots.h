@@ -47,6 +47,10 @@ typedef struct {
  * base NULL unbinds.  A forked child is unbound until it binds again. */
 ember_rc_t ember_slots_bind(void *base, size_t len, uint64_t p_uid);
 
+/* In a child made by a raw clone() (no pthread_atfork handler ran): what
+ * the fork handler does (unbind; forget the thread id; refresh the pid). */
+void ember_slots_after_clone(void);
+
 /* The sleep path only: record / clear what the calling thread waits on.
  * No system call; a no-op when the process is unbound.  `obj` is 0 for a
  * channel wait. */

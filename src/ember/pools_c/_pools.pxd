@@ -74,6 +74,7 @@ cdef extern from "pool.h" nogil:
     ember_rc_t ember_pool_create_ex(uint64_t size, uint64_t m_uid, const char *owner_tag,
                                     const char *label, unsigned flags, ember_pool_t **out)
     void ember_pool_set_lock_bound(int64_t ns)
+    void ember_pool_after_clone()
     int64_t ember_pool_lock_bound()
     uint32_t ember_pool_lock_owner(const ember_pool_t *pool)
     ember_rc_t ember_pool_attach(const void *sdesc, size_t len, ember_pool_t **out)

@@ -87,6 +87,19 @@ cdef str _decode(const char *s):
     return s[:strlen(s)].decode("utf-8", "replace")
 
 
+cdef extern from "slots.h" nogil:
+    void ember_slots_after_clone()
+
+
+def _after_raw_clone():
+    """In a child made by a raw clone() (ember.shepherd.template's spares:
+    no pthread_atfork handler ran): refresh the pid cached by pool.c (the
+    owner that allocations record) and reset slots.c's binding, as their
+    fork handlers would."""
+    ember_pool_after_clone()
+    ember_slots_after_clone()
+
+
 def set_lock_bound(seconds):
     """Set how long (seconds, > 0) one live process may hold a pool's mutex
     before the processes waiting for it give up with

@@ -623,6 +623,11 @@ static ember_rc_t _ember_repair(ember_pool_t *p)
 
 static _Atomic int64_t _ember_lock_bound_ns = EMBER_POOL_LOCK_BOUND_NS;
 
+void ember_pool_after_clone(void)
+{
+    ember_pid_after_clone_();
+}
+
 void ember_pool_set_lock_bound(int64_t ns)
 {
     ember_atomic_store_relaxed(&_ember_lock_bound_ns, ns > 0 ? ns : EMBER_POOL_LOCK_BOUND_NS);

@@ -108,6 +108,10 @@ ember_rc_t ember_pool_unlink_name(const char *shm_name);
  * count as one wait towards the bound.  Corrupt shared state (a header,
  * free-list link or block header that fails its bounds check, the mutex's
  * own words included) is EMBER_ERR_CORRUPT, never a crash or a hang. */
+/* In a child made by a raw clone() (no pthread_atfork handler ran): refresh
+ * the cached pid that owned allocations record (pool.c's copy). */
+void ember_pool_after_clone(void);
+
 void ember_pool_set_lock_bound(int64_t ns);         /* <= 0: back to the default */
 int64_t ember_pool_lock_bound(void);
 /* Thread id in the mutex's owner word (0: free): who to name in a report. */

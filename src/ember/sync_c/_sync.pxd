@@ -12,6 +12,7 @@ from ember.pools_c._pools cimport Pool, Allocation, ember_rc_t
 
 
 cdef extern from "sync.h" nogil:
+    void ember_sync_after_clone()
     enum:
         EMBER_SYNC_OWNER_DIED
         EMBER_SYNC_NOT_OWNER

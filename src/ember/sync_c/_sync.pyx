@@ -80,6 +80,12 @@ cdef int _check_rc(ember_rc_t rc, str what) except -1:
     raise SyncError(f"{what}: unexpected return code [{ember_rc_str(rc).decode()} ({rc})]")
 
 
+def _after_raw_clone():
+    """In a child made by a raw clone() (no pthread_atfork handler ran):
+    forget the identity sync.c cached (lock holders record it)."""
+    ember_sync_after_clone()
+
+
 def _raise_rc(int rc, str what):
     """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""
     _check_rc(<ember_rc_t>rc, what)

@@ -340,6 +340,12 @@ static void self_after_fork(void)
     ember_atomic_store_relaxed(&g_self, 0);
 }
 
+void ember_sync_after_clone(void)
+{
+    self_after_fork();
+    ember_pid_after_clone_();
+}
+
 static void self_once(void)
 {
     pthread_atfork(NULL, NULL, self_after_fork);
