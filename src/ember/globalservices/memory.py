@@ -437,7 +437,7 @@ class MemoryPart:
             self._reply(w.tag, w.r, desc)
         self._add_ref(rec, msg.p_uid)
         self._reply(msg.tag, msg.r, self._with_reservation(desc, proc))
-        self.node_notice(prec.node, m.ShChannelAdopt(c_uid, m_uid, prec.sdesc, sdesc, proc.os_pid))
+        self.node_notice(prec.node, m.ShChannelAdopt._new(c_uid, m_uid, prec.sdesc, sdesc, proc.os_pid))
         self._event("channel.created", c_uid=c_uid, name=rec.name, m_uid=m_uid,
                     capacity=rec.capacity, by=msg.p_uid)
         log.info("channel %d %r created in pool %d by process %s", c_uid, rec.name, m_uid,
@@ -571,7 +571,7 @@ class MemoryPart:
                 self._answer([requester])
             return
         if drop and not self.free_held_adopt(rec.c_uid):
-            self.node_notice(rec.node, m.ShChannelDrop([rec.c_uid]))
+            self.node_notice(rec.node, m.ShChannelDrop._new([rec.c_uid]))
         if requester is not None:
             self._answer([requester])
 

@@ -318,7 +318,7 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         if i is None:
             return False
         a = self._notices[i]
-        self._notices[i] = m.ShChannelFree(a.c_uid, a.m_uid, a.pool_sdesc, a.sdesc, a.pid)
+        self._notices[i] = m.ShChannelFree._new(a.c_uid, a.m_uid, a.pool_sdesc, a.sdesc, a.pid)
         return True
 
     def flush_notices(self):
