@@ -94,6 +94,14 @@ def test_dict(m):
 
 
 @pytest.mark.timeout(120)
+def test_dict_keywords_are_items(m):
+    # as the stdlib's: name=, exist_ok=, ... are items here (ember.dict's
+    # own options are not SyncManager.dict's)
+    opts = m.dict({"a": 0}, name="n", exist_ok=True, in_pool=1, lifetime="x")
+    assert opts.copy() == {"a": 0, "name": "n", "exist_ok": True, "in_pool": 1, "lifetime": "x"}
+
+
+@pytest.mark.timeout(120)
 def test_dict_proxy_nested(m):
     pets = m.dict(ferrets=2, hamsters=4)
     supplies = m.dict(water=10, feed=3)

@@ -21,6 +21,7 @@ ember's shared objects and scopes.
   is not used: ember proxies forward every exposed method).
 """
 import enum
+from builtins import dict as _builtin_dict
 from multiprocessing.context import ProcessError as _MPProcessError
 
 from ..exceptions import ProcessError as _ProcessError
@@ -190,7 +191,9 @@ class SyncManager(BaseManager):
 
     def dict(self, *args, **kwds):
         self._create("dict")
-        return scopes.dict(*args, scope=self._scope, **kwds)
+        # as the stdlib's: every keyword is an item (name=, exist_ok=, ... are
+        # options of ember.dict only)
+        return scopes.dict(_builtin_dict(*args, **kwds), scope=self._scope)
 
     def list(self, sequence=()):
         self._create("list")
