@@ -286,6 +286,33 @@ def test_ember_start_run_address_and_stop():
     assert again.stderr.strip() == "ember stop: no running ember runtime named 'batch-a' for this user"
 
 
+@pytest.mark.timeout(90)
+def test_the_address_is_gone_before_the_lock_is_released():
+    """Whoever waits for a runtime to stop waits for its lock (`ember stop`,
+    every process that did not start it): the host must remove its address
+    file before it lets the lock go, or a `stop` that returned leaves an
+    address behind (the flake of this file's address checks).  We wait on
+    the lock itself and look at the addresses the moment it is free."""
+    import fcntl
+    res = _ember("start", "--name", "lock-order")
+    assert res.returncode == 0, res.stderr
+    rid = res.stdout.split()[0]
+    fd = os.open(f"/dev/shm/ember.{rid}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    stop = None
+    try:
+        assert [n for n in _addresses() if n.startswith(rid)] == [rid + ".addr"]
+        stop = subprocess.Popen([sys.executable, "-m", "ember", "stop", "lock-order"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)            # returns when the host lets its lock go
+        left = [n for n in _addresses() if n.startswith(rid)]
+    finally:
+        os.close(fd)
+        if stop is not None:
+            out, err = stop.communicate(timeout=60)
+    assert stop.returncode == 0, err
+    assert left == []
+
+
 @pytest.mark.timeout(60)
 def test_fork_of_an_initialised_process_is_a_managed_process_of_its_own():
     res = _py("""

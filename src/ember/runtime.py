@@ -704,3 +704,8 @@ def _stop_host(addr, host_pid, timeout):
             pass
     if addr.alive():
         raise GlobalServicesError(f"the ember runtime {addr.id} did not stop within {timeout} s")
+    # The host removes its address before it lets the lock go; one killed
+    # in its teardown (above, or by anyone) cannot: nothing of it is left
+    # when a stop returns.
+    if addr.path:
+        _remove_stale(addr)

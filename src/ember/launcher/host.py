@@ -16,7 +16,8 @@ forks share the heap's pages), publishes the runtime's address
 independent of the others (a failed one is reported, the run exits 70);
 after a clean one the runtime's channels and pools are destroyed while GS
 and the shepherd exit; everything named with the runtime's id unlinked at
-the end, the lock last.
+the end, the address, then the lock last (whoever waits for the lock finds
+no address left).
 """
 import gc
 import os
@@ -727,7 +728,8 @@ class Launcher:
 
     def _sweep(self):
         """Unlink every segment still carrying this runtime's id (a GS that
-        died could not destroy its pools), the lock last; then let it go."""
+        died could not destroy its pools), the lock last; remove the
+        address; then let the lock go."""
         prefix = f"ember.{self.tag}."
         lock = _lock_name(self.tag)
         try:
@@ -745,6 +747,13 @@ class Launcher:
             if errors:
                 raise OSError("cannot unlink " + "; ".join(errors))
         finally:
+            # The address goes before the lock: whoever waits for the lock
+            # to be released (`ember stop`, a process that did not start the
+            # runtime) must find no address of it left when it returns.
+            try:
+                self._unpublish()
+            except Exception as exc:
+                log.warning("cannot remove the runtime's address: %s", exc)
             if self.shm_lock_fd is not None:
                 os.close(self.shm_lock_fd)
                 self.shm_lock_fd = None
