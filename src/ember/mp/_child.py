@@ -18,35 +18,57 @@ def _share_tracker(tracker):
     resource_tracker._resource_tracker._fd = new
 
 
-def _prepare(spawn, prep, main_code):
+def _prepare(spawn, prep, main_code, prog_codes=None):
     """spawn.prepare(prep), running the main module from the code the
     parent compiled (``main_code``, see ``context._main_code``) instead
-    of reading and compiling the file again."""
-    if main_code is None:
-        return spawn.prepare(prep)
+    of reading and compiling the file again, and importing the program
+    modules the parent compiled (``prog_codes``, see
+    ``context._program_codes``) from that code, each only if its file is
+    still the one the parent compiled (mtime and size)."""
     import importlib.util
     import marshal
-    import runpy
 
-    path, magic, data = main_code
-    if magic != importlib.util.MAGIC_NUMBER:
+    magic = importlib.util.MAGIC_NUMBER
+    code = None
+    if main_code is not None and main_code[1] == magic:
+        path = main_code[0]
+        code = marshal.loads(main_code[2])
+    codes = prog_codes[1] if prog_codes and prog_codes[0] == magic else None
+    if code is None and not codes:
         return spawn.prepare(prep)
-    code = marshal.loads(data)
+    import runpy
+    from importlib.machinery import SourceFileLoader
+
     orig = runpy._get_code_from_file
+    orig_loader = SourceFileLoader.get_code
 
     def get_code(run_name, fname):
-        if fname == path:
+        if code is not None and fname == path:
             return code, fname
         return orig(run_name, fname)
 
+    def loader_get_code(self, fullname):
+        hit = codes.get(self.path)
+        if hit is not None:
+            try:
+                st = os.stat(self.path)
+                if (st.st_mtime_ns, st.st_size) == hit[:2]:
+                    return marshal.loads(hit[2])
+            except (OSError, ValueError, EOFError, TypeError):
+                pass
+        return orig_loader(self, fullname)
+
     runpy._get_code_from_file = get_code
+    if codes:
+        SourceFileLoader.get_code = loader_get_code
     try:
         spawn.prepare(prep)
     finally:
         runpy._get_code_from_file = orig
+        SourceFileLoader.get_code = orig_loader
 
 
-def main(prep_b, obj_b, tracker=None, main_code=None):
+def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None):
     from multiprocessing import process, reduction, spawn
 
     from . import context
@@ -57,7 +79,7 @@ def main(prep_b, obj_b, tracker=None, main_code=None):
     prep = reduction.pickle.loads(prep_b)
     process.current_process()._inheriting = True
     try:
-        _prepare(spawn, prep, main_code)
+        _prepare(spawn, prep, main_code, prog_codes)
         process_obj = reduction.pickle.loads(obj_b)
     finally:
         del process.current_process()._inheriting

@@ -183,6 +183,70 @@ def _tracker_fd():
     return resource_tracker.getfd()
 
 
+_prog = {}              # module name -> (module, path of its source or None)
+_prog_codes = {}        # path -> ((mtime_ns, size), marshalled code or None)
+_prog_out = [None, None]    # (len(sys.modules), the last answer)
+#: At most this many bytes of program code travel with each start.
+_PROG_CODE_MAX = 1 << 20
+
+
+def _program_codes():
+    """``(magic, {path: (mtime_ns, size, marshalled code)})`` of the
+    program's own modules (not the standard library's, site-packages' or
+    ember's) that this process imported from a source file that has no
+    bytecode cache (PYTHONDONTWRITEBYTECODE, a read-only directory): a
+    child imports them again when it runs ``__main__`` again, and would
+    compile each one from source, at every start.  Compiled here once per
+    version of the file (the child uses the code only if the file's mtime
+    and size are still these); at most ``_PROG_CODE_MAX`` bytes in all;
+    None when there is nothing to send."""
+    if _prog_out[0] == len(sys.modules):
+        return _prog_out[1]
+    import importlib.util
+    import marshal
+    from importlib.machinery import SourceFileLoader
+
+    if not _lib_dirs:
+        _library_modules()
+    lib = tuple(_lib_dirs)
+    out, total = {}, 0
+    for name, mod in list(sys.modules.items()):
+        known = _prog.get(name)
+        if known is None or known[0] is not mod:
+            path = None
+            spec = getattr(mod, "__spec__", None)
+            origin = getattr(spec, "origin", None)
+            if (mod is not None and isinstance(origin, str) and origin.endswith(".py")
+                    and isinstance(getattr(spec, "loader", None), SourceFileLoader)
+                    and not name.startswith(("__main__", "__mp_main__", "ember"))
+                    and not os.path.realpath(origin).startswith(lib)):
+                path = origin
+            known = _prog[name] = (mod, path)
+        path = known[1]
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+            if os.path.exists(importlib.util.cache_from_source(path)):
+                continue                          # the child reads the bytecode cache
+        except (OSError, NotImplementedError, ValueError):
+            continue
+        key = (st.st_mtime_ns, st.st_size)
+        hit = _prog_codes.get(path)
+        if hit is None or hit[0] != key:
+            try:
+                with open(path, "rb") as f:
+                    data = marshal.dumps(compile(f.read(), path, "exec", dont_inherit=True))
+            except Exception:
+                data = None                       # the child reports it as an import would
+            hit = _prog_codes[path] = (key, data)
+        if hit[1] is not None and total + len(hit[1]) <= _PROG_CODE_MAX:
+            out[path] = key + (hit[1],)
+            total += len(hit[1])
+    _prog_out[:] = [len(sys.modules), (importlib.util.MAGIC_NUMBER, out) if out else None]
+    return _prog_out[1]
+
+
 class Popen:
     """multiprocessing's Popen interface over an ``ember.Process``."""
 
@@ -224,7 +288,8 @@ class Popen:
         from ..objects.process import Process
         from . import _child
 
-        p = Process(target=_child.main, args=(prep_b, obj_b, tracker, _main_code(prep)),
+        p = Process(target=_child.main, args=(prep_b, obj_b, tracker, _main_code(prep),
+                                              _program_codes()),
                     daemon=bool(process_obj.daemon))
         p.start()
         self._proc = p
