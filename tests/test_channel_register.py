@@ -267,3 +267,44 @@ def test_the_node_frees_only_a_channel_it_would_adopt(h):
     victim._take_owner(12345, 0)
     victim.destroy()
     assert h.pool._live_allocations() == []
+
+
+def test_adopt_while_the_requester_hands_its_block_over(h):
+    """The requester hands its block to nobody on its own once GS answered,
+    maybe between the node's looks at the owner (nobody's? no; the
+    requester's? no longer): the node looks again and adopts it, it does
+    not refuse it (a refused adopt makes GS forget a live channel)."""
+    a, c_uid = _client(h)
+    ch = Channel.create(h.pool, 8, 128, c_uid=c_uid, owned=True)
+    looks = []
+
+    class Racing:
+        """The node's handle on ``ch``: the requester's hand-over lands
+        right after the node's first look finds the block still its."""
+
+        def __init__(self, real):
+            self.real = real
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def _take_owner(self, frm, to):
+            looks.append(frm)
+            try:
+                return self.real._take_owner(frm, to)
+            finally:
+                if len(looks) == 1:
+                    ch._take_owner(os.getpid(), 0)      # the requester, meanwhile
+
+    real_attach = h.node._attach_channel
+    h.node._attach_channel = lambda sdesc: Racing(real_attach(sdesc))
+    for kind in (m.ShChannelAdopt, m.ShChannelFree):
+        looks.clear()
+        if kind is m.ShChannelFree:
+            ch = Channel.create(h.pool, 8, 128, c_uid=c_uid + 1, owned=True)
+        h.node.handle_msg(kind(ch.c_uid, 1, h.pool.sdesc, ch.sdesc, os.getpid()))
+        assert looks == [0, os.getpid(), 0] and not h.from_node     # not refused
+        ch.detach()
+    assert list(h.node.chans) == [c_uid]                             # adopted; the other freed
+    h.node.handle_msg(m.ShChannelDrop([c_uid]))
+    assert not h.node.chans and h.pool._live_allocations() == []

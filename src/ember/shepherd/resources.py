@@ -47,6 +47,16 @@ def _err(exc, expected=()):
     return [type(exc).__name__, str(exc), isinstance(exc, expected)]
 
 
+def _owned_by(ch, pid):
+    """Hand ``ch``'s block from ``pid`` to nobody (0: check that it is
+    nobody's); False if its owner is not ``pid``."""
+    try:
+        ch._take_owner(pid, 0)
+        return True
+    except Exception:
+        return False
+
+
 class NodeResources(Service):
     """The pools and channels of one node, by m_uid and c_uid.
 
@@ -173,13 +183,13 @@ class NodeResources(Service):
             ch = self._attach_channel(msg.sdesc)
             if ch.c_uid != msg.c_uid:
                 raise ValueError(f"its header says c_uid {ch.c_uid}, GS registered {msg.c_uid}")
-            try:
-                ch._take_owner(0, 0)          # handed over already by the requester (usual)
-            except Exception:
-                try:
-                    ch._take_owner(msg.pid, 0)
-                except Exception:
-                    raise ValueError(f"its block is not process pid {msg.pid}'s") from None
+            # The owner only ever goes from the requester's pid to 0 (the
+            # requester hands it over itself once GS answered): "nobody's"
+            # first (the usual case, no exception), then "the requester's",
+            # then "nobody's" again -- the requester may have handed it
+            # over between the first two looks.
+            if not (_owned_by(ch, 0) or _owned_by(ch, msg.pid) or _owned_by(ch, 0)):
+                raise ValueError(f"its block is not process pid {msg.pid}'s")
         except Exception:
             if ch is not None:
                 try:
