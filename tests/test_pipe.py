@@ -7,6 +7,7 @@ import os
 import pickle
 import re
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +96,40 @@ def test_closed_handle_and_eof_after_the_peer_closes(ember_runtime):
         b.recv()
     with pytest.raises(ChannelClosed):
         b.recv_bytes()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("duplex", [True, False])
+def test_send_to_a_closed_peer_raises_broken_pipe(ember_runtime, duplex):
+    """As multiprocessing: once the other end is closed (every handle),
+    send and send_bytes raise BrokenPipeError (errno EPIPE), not succeed
+    silently; the end's own receive still drains, then reads EOF."""
+    import errno
+    reader, writer = ember.Pipe(duplex)          # simplex: the first end reads, the second writes
+    if duplex:
+        reader.send("to the writer")
+    writer.send("before")
+    reader.close()
+    msg = r"^\[Errno 32\] the other end of pipe \d+ was closed \(or its last holder died\): " \
+          r"nobody receives any more$"
+    deadline = time.monotonic() + 30
+    while True:                                  # GS closes the channel once it hears of the close
+        try:
+            writer.send("after")
+        except BrokenPipeError as exc:
+            assert exc.errno == errno.EPIPE and re.match(msg, str(exc)), str(exc)
+            break
+        assert time.monotonic() < deadline, "send never raised BrokenPipeError"
+        time.sleep(0.05)                         # (fewer sends than the pipe's capacity)
+    with pytest.raises(BrokenPipeError, match=msg):
+        writer.send(b"x" * 100_000)              # a large message: its pool block is freed
+    with pytest.raises(BrokenPipeError, match=msg):
+        writer.send_bytes(b"raw")
+    if duplex:
+        assert writer.recv() == "to the writer"
+        with pytest.raises(EOFError):
+            writer.recv()
+    writer.close()
 
 
 @pytest.mark.timeout(120)

@@ -6,11 +6,13 @@ A Pipe is one GS object (kind ``"Pipe"``) that owns one channel per
 direction, and two child objects, its ends (kind ``"Connection"``).  Each
 handle of an end (made by ``Pipe()``, or unpickled in another process) holds
 a reference on that end; when no handle of an end is left -- every holder
-closed it or died (GS counts dead holders out) -- GS **closes** the end's
-outgoing channel: the peer receives what was sent before, then ``EOFError``
-(``ChannelClosed``), never a hang.  When both ends are gone the channels are
-destroyed.
+closed it or died (GS counts dead holders out) -- GS **closes** both of the
+end's channels: the peer receives what was sent before, then ``EOFError``
+(``ChannelClosed``), never a hang; and the peer's sends raise
+``BrokenPipeError`` (as multiprocessing's, on a pipe nobody reads any more).
+When both ends are gone the channels are destroyed.
 """
+import errno
 import multiprocessing as _mp
 import select
 import time
@@ -48,12 +50,14 @@ def Pipe(duplex=True):
             chs.append(Channel.create(pool, capacity=PIPE_CAPACITY, block_size=PIPE_BLOCK_SIZE))
         if duplex:
             # end 0 sends on channel 0 and receives on 1; end 1 the reverse
+            # an end that is gone closes both of its channels: the peer
+            # reads EOF after what was sent, and its sends raise BrokenPipeError
             rec = naming.create("Pipe", None, "refcount", b"D", [c.sdesc for c in chs], (),
-                                [("Connection", [0]), ("Connection", [1])])
+                                [("Connection", [0, 1]), ("Connection", [1, 0])])
             specs = ((0, 1), (1, 0))
         else:
             rec = naming.create("Pipe", None, "refcount", b"S", [c.sdesc for c in chs], (),
-                                [("Connection", []), ("Connection", [0])])
+                                [("Connection", [0]), ("Connection", [0])])
             specs = ((None, 0), (0, None))       # end 0 reads, end 1 writes
     except BaseException:
         for c in chs:
@@ -170,6 +174,10 @@ class Connection:
 
         Raises
         ------
+        BrokenPipeError
+            The other end was closed, or its last holder died: nobody can
+            receive any more (as multiprocessing's ``send`` on a pipe whose
+            reader closed; ``errno.EPIPE``).
         OSError
             This handle is closed, or read-only.
         ember.PoolExhausted
@@ -181,17 +189,18 @@ class Connection:
         if ch is None:
             self._check_writable()
         msg = _dumps(obj, self._pool)
-        if type(msg) is bytes:
-            ch.send(msg)
-            return
         try:
             ch.send(msg)
-        except BaseException:
-            _codec.free_unsent(msg)
+        except BaseException as exc:
+            if type(msg) is not bytes:
+                _codec.free_unsent(msg)
+            if isinstance(exc, ChannelClosed):
+                raise self._broken() from None
             raise
 
     def send_bytes(self, buf, offset=0, size=None):
-        """Send bytes from a bytes-like object, as multiprocessing does."""
+        """Send bytes from a bytes-like object, as multiprocessing does
+        (``BrokenPipeError`` once the other end is gone, as :meth:`send`)."""
         self._check_writable()
         m = memoryview(buf)
         if m.itemsize > 1:
@@ -207,7 +216,14 @@ class Connection:
             raise ValueError("size is negative")
         elif offset + size > n:
             raise ValueError("buffer length < offset + size")
-        self._send_ch.send(m[offset:offset + size])
+        try:
+            self._send_ch.send(m[offset:offset + size])
+        except ChannelClosed:
+            raise self._broken() from None
+
+    def _broken(self):
+        return BrokenPipeError(errno.EPIPE, f"the other end of pipe {self._rec['o_uid']} was "
+                               f"closed (or its last holder died): nobody receives any more")
 
     # ------------------------------------------------------------------ recv
     def _eof(self, exc):
