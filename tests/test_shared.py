@@ -397,3 +397,27 @@ def test_caller_killed_mid_call_costs_the_host_nothing(ember_runtime):
     assert p.inc() == 1                   # and serves the others on
     assert p.slow(ember.Event(), gate) == "late"
     ref.destroy()
+
+
+def _load_only_in(pid):
+    if os.getpid() != pid:
+        raise ImportError("No module named 'only_in_the_caller'")
+    return Unloadable()
+
+
+class Unloadable:
+    """Pickles in the caller; its unpickling fails anywhere else (as an
+    argument of a class only the caller can import)."""
+    def __reduce__(self):
+        return (_load_only_in, (os.getpid(),))
+
+
+@pytest.mark.timeout(60)
+def test_argument_the_host_cannot_unpickle_raises_in_the_caller(ember_runtime):
+    ref = ember.serve(Counter())
+    p = ref.proxy()
+    with pytest.raises(ember.RemoteError, match=r"^ImportError: .*only_in_the_caller") as ei:
+        p.double(Unloadable())
+    assert "could not unpickle the request" in str(ei.value)
+    assert p.inc() == 1                   # the host serves on
+    ref.destroy()

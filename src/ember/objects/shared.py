@@ -284,13 +284,17 @@ def _serve_loop(obj, rec, exposed, threads=1, returns=None):
                     continue
                 except (ChannelClosed, ChannelError):
                     break       # the object ended: GS closed / destroyed its channel
+            if type(data) is bytes:
+                head = data
+            else:
+                with data[:_PEEK] as v:
+                    head = bytes(v)           # _dec releases data when it fails
             try:
                 cid, seq, op, name, args, kwargs = _dec(data)
             except BaseException as exc:
-                # not a request (cannot happen from our proxies): no one to answer
-                from .. import _log
-                _log.get("shared").warning("shared object host: dropped a malformed request: "
-                                           "%s", exc)
+                if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    raise
+                _undecodable(clients, head, exc)
                 continue
             del data
             if op == _HELLO:
@@ -443,6 +447,50 @@ def _result_msg(seq, value, pool, name):
         return _enc((seq, _OK, value), pool)
     except BaseException as exc:
         return _exc_reply(seq, TypeError(f"cannot pickle the result of {name}(): {exc}"), pool)
+
+
+_PEEK = 4096     # what a frame's header and its pickle's first opcodes fit in
+
+
+def _request_ids(head):
+    """(cid, seq) from the first bytes of a request that did not unpickle
+    (a pickle of ``(cid, seq, op, ...)``, bare or in a codec frame), or
+    None when they are not there."""
+    import pickletools
+    try:
+        if head[:4] == _codec.MAGIC:
+            _, n, _plen = _codec._HEAD.unpack_from(head, 0)
+            head = head[_codec._align(_codec._HEAD.size + 8 * n):]
+        ints = []
+        for op, arg, _pos in pickletools.genops(head):
+            if op.name in ("PROTO", "FRAME", "MARK"):
+                continue
+            if op.name not in ("BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG") \
+                    or type(arg) is not int:
+                return None
+            ints.append(arg)
+            if len(ints) == 2:
+                return tuple(ints)
+    except Exception:
+        return None
+    return None
+
+
+def _undecodable(clients, head, exc):
+    """A request the host cannot unpickle (an argument whose class only the
+    caller can import, a corrupt message): the caller gets a RemoteError
+    instead of waiting for ever, when the request says who it is."""
+    ids = _request_ids(head)
+    if ids is None or ids[0] not in clients:
+        from .. import _log
+        _log.get("shared").warning("shared object host: dropped a request that names no "
+                                   "caller it knows (%d bytes): %s", len(head), exc)
+        return
+    import traceback
+    cid, seq = ids
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    what = f"{exc} (the shared object's host could not unpickle the request)"
+    _reply(clients, cid, pickle.dumps((seq, _RERR, (_type_name(exc), what, tb)), 5))
 
 
 def _reply(clients, cid, msg):
