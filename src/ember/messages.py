@@ -71,13 +71,8 @@ class Message:
         the client's requests).  The first call of a class compiles its own
         ``_new`` (one store per field instead of a generic loop of
         setattr: 5-7x faster) and installs it; classes a process never
-        builds cost nothing at import."""
-        fields = cls.fields
-        params = ", ".join(fields)
-        body = "".join(f"    o.{f} = {f}\n" for f in fields)
-        ns = {"_cls": cls, "_alloc": object.__new__}
-        exec(f"def _new({params}):\n    o = _alloc(_cls)\n{body}    return o\n", ns)
-        cls._new = staticmethod(ns["_new"])
+        builds cost nothing at import (see also :func:`prepare`)."""
+        prepare(cls)
         return cls._new(*args)
 
     def pack(self):
@@ -93,6 +88,29 @@ class Message:
 
 
 by_code = {}
+
+
+def prepare(*classes):
+    """Compile the fast constructor (``_new``) of each of ``classes`` that
+    has none yet, all in one ``compile``.  The launcher does it before it
+    forks GS and the shepherd for the messages of every run (a create, a
+    join, the teardown): compiled once there instead of on the way of each
+    message in both the sender and the receiver (~0.1-0.3 ms each, 13 of
+    them on the way of ``ember run empty.py``)."""
+    todo = [c for c in classes if "_new" not in c.__dict__ or
+            isinstance(c.__dict__["_new"], classmethod)]
+    if not todo:
+        return
+    src = []
+    ns = {"_alloc": object.__new__}
+    for i, c in enumerate(todo):
+        ns[f"_cls{i}"] = c
+        body = "".join(f"    o.{f} = {f}\n" for f in c.fields)
+        src.append(f"def _new{i}({', '.join(c.fields)}):\n    o = _alloc(_cls{i})\n{body}"
+                   f"    return o\n")
+    exec("".join(src), ns)
+    for i, c in enumerate(todo):
+        c._new = staticmethod(ns[f"_new{i}"])
 
 
 def _define(code, name, fields, defaults=None):

@@ -69,7 +69,12 @@ class _ReplyChannel:
 class Connection:
     """One process's connection to GS (see module docstring)."""
 
-    def __init__(self):
+    def __init__(self, handles=None, bind=True):
+        """``handles``: ``(infrastructure pool, GS's input channel)`` this
+        process already holds (the launcher: they are its own, and stay
+        its own -- :meth:`close` leaves them alone); ``bind=False``: the
+        caller binds its process slot itself (the launcher, once the head
+        is created: not on the way to the head's start)."""
         if not _env.in_runtime():
             raise GlobalServicesError(
                 "not running inside an ember runtime: call ember.init() first (or "
@@ -85,9 +90,13 @@ class Connection:
             self.key = bytes.fromhex(_env.get(_env.KEY, ""))
         except ValueError:
             self.key = b""   # GS will drop our requests: say so at the first call
-        self.inf_pool = Pool.attach(_env.decode(_env.get(_env.INF_POOL)))
-        self.gs = Channel.attach(_env.decode(_env.get(_env.GS_CH)))
-        if _env.is_managed():          # say what we block on (ember ps; ember._slots)
+        self._borrowed = handles is not None
+        if handles is not None:
+            self.inf_pool, self.gs = handles
+        else:
+            self.inf_pool = Pool.attach(_env.decode(_env.get(_env.INF_POOL)))
+            self.gs = Channel.attach(_env.decode(_env.get(_env.GS_CH)))
+        if bind and _env.is_managed():   # say what we block on (ember ps; ember._slots)
             from .. import _slots
             _slots.bind(_env.get(_env.RUNTIME_ID), self.p_uid)
         self._local = threading.local()
@@ -241,20 +250,28 @@ class Connection:
         self.gs.detach()
         self.inf_pool.detach()
 
-    def close(self):
+    def close(self, pool_goes=False):
         """Detach from GS (the launcher's last step; GS frees the reply
-        channels of ordinary processes when they exit)."""
+        channels of ordinary processes when they exit).  ``pool_goes``:
+        the infrastructure pool is destroyed next, with the reply channels
+        in it, so they are only let go (a destroy reads every slot of the
+        channel: pages this process never touched)."""
         holder = getattr(self._local, "reply", None)
+        chans = [ch for ch, _ in self._free]
         if holder is not None:
             holder.retired = True
-            holder.ch.destroy()
+            chans.append(holder.ch)
             self._local.reply = None
-        for ch, _ in self._free:
-            ch.destroy()
         self._free.clear()
+        for ch in chans:
+            if pool_goes:
+                ch.detach()
+            else:
+                ch.destroy()
         self._drop_default_pool()
-        self.gs.detach()
-        self.inf_pool.detach()
+        if not self._borrowed:
+            self.gs.detach()
+            self.inf_pool.detach()
 
 
 _conn = None
@@ -276,6 +293,15 @@ def connection(reset=False):
     with _conn_lock:
         if reset or _conn is None or _conn.pid != os.getpid():
             _conn = Connection()
+        return _conn
+
+
+def connect(handles, bind=True):
+    """Make this process's connection from handles it already holds (see
+    :class:`Connection`); returns it."""
+    global _conn
+    with _conn_lock:
+        _conn = Connection(handles, bind)
         return _conn
 
 

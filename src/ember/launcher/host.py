@@ -292,6 +292,12 @@ class Launcher:
             from ..globalservices import process, server as _gs_server  # noqa: F401
             from ..shepherd import resources as _sh_res, server as _sh_server  # noqa: F401
             from . import _forkhead  # noqa: F401  (the shepherd forks a .py head with it)
+            # The fast constructors of every run's messages (the head's
+            # create and join, the teardown), compiled once here rather
+            # than in the sender and again in the receiver of each.
+            messages.prepare(messages.ProcessCreate, messages.ProcessJoin, messages.Reply,
+                             messages.Teardown, messages.ShSpawn, messages.ShSpawned,
+                             messages.ShExited, messages.ShShutdown, messages.ShShutdownDone)
             death_reports = getattr(a, "death_reports", True)
             # what an attaching process must show (os.urandom: the secrets
             # module would import hmac, hashlib and OpenSSL, ~3 ms)
@@ -340,6 +346,12 @@ class Launcher:
                 if a.command == "start":
                     code = self._serve_host()
                 else:
+                    # p_uid 0's connection to GS, from the handles held
+                    # here (no second mapping of the pool); its process
+                    # slot is bound once the head is created.
+                    from ..globalservices import _client
+                    _client.connect((inf, gs_ch), bind=False)
+                    self.bind_slot = True
                     code = self._run_head(process)
             except _ChildDied as exc:                     # outside _run_head's own catch
                 print(f"ember: runtime failure: {exc}", file=sys.stderr)
@@ -544,6 +556,11 @@ class Launcher:
                         self.head_pidfd = None   # already gone: join will say so
                     else:
                         self._give_terminal(self.head.os_pid)
+                if getattr(self, "bind_slot", False):
+                    # what p_uid 0 blocks on, for `ember ps`: bound while
+                    # the head starts (it was not on the way to its creation)
+                    from .. import _slots
+                    _slots.bind(self.tag, 0)
                 try:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
                 except _Signalled as s:          # delivered on unblock
@@ -693,7 +710,7 @@ class Launcher:
         from ..globalservices import _client
         conn = _client._conn
         if conn is not None:
-            conn.close()
+            conn.close(pool_goes=True)     # _release destroys the pool next
 
     def _reap(self):
         """Wait for GS and the shepherd to exit (pidfd, no sleeping loops);
