@@ -20,6 +20,7 @@ The shepherd asks for this only when the launcher's create says so (the
 ``EMBER_FORK_PY`` spawn directive, see :mod:`ember._env`) and the file
 exists; anything else is spawned as before.
 """
+import _signal   # the masks as sets of ints: signal's wrappers make 60 enums each way (~0.1 ms)
 import os
 import signal
 import sys
@@ -51,16 +52,16 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_so
             pass
     parent = os.getpid()
     gate_r, gate_w = os.pipe()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    old = _signal.pthread_sigmask(signal.SIG_BLOCK, _signal.valid_signals())
     try:
         pid = os.fork()
     except BaseException:
         os.close(gate_r)
         os.close(gate_w)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, old)
         raise
     if pid:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, old)
         os.close(gate_r)
         try:
             # Its own process group before anyone learns its pid (the
@@ -102,7 +103,7 @@ def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
     # Signals as in a fresh interpreter: default dispositions, SIGINT raising
     # KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored (all still blocked:
     # _run unblocks them once it is ready for a KeyboardInterrupt).
-    for sig in signal.valid_signals():
+    for sig in _signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
         try:
@@ -190,7 +191,7 @@ def _run(script, args):
     code = 0
     interrupted = False
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        _signal.pthread_sigmask(signal.SIG_SETMASK, ())
         _exec_main(path)
     except SystemExit as exc:
         code = _exit_code(exc)
