@@ -84,6 +84,9 @@ def main():
     args = ap.parse_args()
     import tempfile
     rd = tempfile.mkdtemp(prefix="ember-bench-")
+    import atexit
+    import shutil
+    atexit.register(shutil.rmtree, rd, True)    # the private runtime dir and its event logs
     env = dict(os.environ, XDG_RUNTIME_DIR=rd)   # a private runtime dir: "auto" finds ours only
     env.pop("EMBER_ADDRESS", None)
     # byte-code caching on, as after `pip install` (this environment may turn
@@ -105,7 +108,6 @@ def main():
     finally:
         subprocess.run([sys.executable, "-m", "ember", "stop", "bench-init"], env=env, timeout=60,
                        capture_output=True)
-    os.rmdir(os.path.join(rd, "ember")) if not os.listdir(os.path.join(rd, "ember")) else None
 
     def ms(v):
         return f"{v * 1e3:7.1f} ms"

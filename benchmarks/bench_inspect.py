@@ -37,6 +37,9 @@ def main(argv=None):
     _report.add_args(ap)
     a = ap.parse_args(argv)
     xdg = tempfile.mkdtemp(prefix="ember-bench-inspect-")
+    import atexit
+    import shutil
+    atexit.register(shutil.rmtree, xdg, True)   # the private runtime dir and its event logs
     os.environ["XDG_RUNTIME_DIR"] = xdg
     import ember
     from ember.globalservices import channel, process
