@@ -154,3 +154,40 @@ def test_other_users_segments_are_skipped_and_reported():
         assert f"would remove {SHM}/{mine}" in out, out
     finally:
         unlink_all([theirs, mine])
+
+
+def test_dead_runtime_introspection_files_are_listed():
+    # A runtime killed after its segments were cleaned left its ember ps
+    # table and stack directory in the runtime dir: cleanup removes them; a
+    # runtime whose lock segment exists keeps its own.
+    from ember.runtime import runtime_dir
+    d = runtime_dir()
+    dead = f"r{pid_max() + 7}-dead02-{TAG}"
+    live = f"r{os.getpid()}-live02-{TAG}"
+    made = [os.path.join(d, f"{dead}.slots"), os.path.join(d, f"{live}.slots")]
+    lock = f"ember.{live}.lock"
+    try:
+        for p in made:
+            open(p, "w").close()
+        os.mkdir(os.path.join(d, f"{dead}.stacks"))
+        open(os.path.join(d, f"{dead}.stacks", "3"), "w").close()
+        make(lock)
+        fd = os.open(os.path.join(SHM, lock), os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)             # the live runtime's launcher
+            res = ember("cleanup", "--dry-run")
+        finally:
+            os.close(fd)
+        assert res.returncode == 0, res.stderr
+        out = [ln for ln in res.stdout.decode().splitlines() if "02-" in ln and TAG in ln]
+        assert out == [f"would remove {d}/{dead}.slots", f"would remove {d}/{dead}.stacks"], out
+        assert os.path.exists(made[0])                  # a dry run removes nothing
+    finally:
+        unlink_all([lock])
+        for p in made:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        import shutil
+        shutil.rmtree(os.path.join(d, f"{dead}.stacks"), ignore_errors=True)

@@ -634,9 +634,40 @@ def cleanup(dry_run=False, out=sys.stdout):
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
+    removed += _stale_introspection(dry_run, out)
     if not removed and not skipped:
         print("nothing to clean up", file=out)
     return 0
+
+
+def _stale_introspection(dry_run, out):
+    """The process-slots tables (``<id>.slots``) and stack directories
+    (``<id>.stacks``) in the runtime dir of runtimes that are gone: no lock
+    segment of theirs is left in /dev/shm (a live runtime holds one from its
+    start to its end).  Returns how many were (or would be) removed."""
+    from ..runtime import _remove_introspection, runtime_dir
+    try:
+        d = runtime_dir(create=False)
+        entries = os.listdir(d)
+    except OSError:
+        return 0
+    try:
+        shm = set(os.listdir(SHM_DIR))
+    except OSError:
+        return 0
+    n = 0
+    for rid in sorted({e.rsplit(".", 1)[0] for e in entries
+                       if e.endswith((".slots", ".stacks"))}):
+        if not rid.startswith("r") or _lock_name(rid) in shm:
+            continue
+        paths = [os.path.join(d, rid + sfx) for sfx in (".slots", ".stacks")
+                 if rid + sfx in entries]
+        if not dry_run:
+            _remove_introspection(d, rid)
+        for path in paths:
+            print(f"{'would remove' if dry_run else 'removed'} {path}", file=out)
+            n += 1
+    return n
 
 
 if __name__ == "__main__":  # pragma: no cover
