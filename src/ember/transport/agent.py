@@ -342,6 +342,26 @@ class DataServer:
             for deadline, ident, c_uid, req in parked:
                 self._recv(ident, c_uid, req, deadline)
 
+    def poll(self, items, next_beat):
+        """One wait of an agent's loop: ``zmq_poll`` on ``items`` until the
+        loop's next heartbeat (``next_beat``, monotonic), less while
+        something waits to be retried (:meth:`wait_limit`) or
+        acknowledgements are held (ACK_DELAY); on a quiet wake-up the held
+        acknowledgements go out.  Returns the sockets/descriptors with
+        input (the caller reads the clock again afterwards: the wait may
+        have been long)."""
+        now = time.monotonic()
+        timeout = max(0.0, next_beat - now)
+        limit = self.wait_limit(now)
+        if limit is not None:
+            timeout = min(timeout, limit)
+        if self.acks:
+            timeout = min(timeout, ACK_DELAY)
+        events = [s for s, _ in zmq.zmq_poll(items, int(timeout * 1000.0))]
+        if not events:
+            self.flush_acks()
+        return events
+
     def flush_acks(self, force=True):
         """Acknowledge what is in the channels: everything (``force``), or
         only senders with ACK_EVERY messages or more to acknowledge."""
@@ -464,20 +484,10 @@ class HeadAgent:
         sock, inbox, data = self.sock, self.inbox, self.data
         efd = inbox.fd
         items = [(sock, zmq.POLLIN), (efd, zmq.POLLIN)]
-        zpoll = zmq.zmq_poll
         from_node = self._from_node
         next_beat = time.monotonic() + HEARTBEAT
         while not self.stopping:
-            now = time.monotonic()
-            timeout = max(0.0, next_beat - now)
-            limit = data.wait_limit(now)
-            if limit is not None:
-                timeout = min(timeout, limit)
-            if data.acks:
-                timeout = min(timeout, ACK_DELAY)
-            events = [s for s, _ in zpoll(items, int(timeout * 1000.0))]
-            if not events:
-                data.flush_acks()
+            events = data.poll(items, next_beat)
             if sock in events:
                 data.pump(from_node)
             if efd in events:
@@ -564,20 +574,10 @@ class NodeAgent:
         efd = inbox.fd
         items = [(sock, zmq.POLLIN), (head, zmq.POLLIN), (pidfd, zmq.POLLIN),
                  (efd, zmq.POLLIN)]
-        zpoll = zmq.zmq_poll
         last_head = time.monotonic()
         next_beat = last_head + HEARTBEAT
         while True:
-            now = time.monotonic()
-            timeout = max(0.0, next_beat - now)
-            limit = data.wait_limit(now)
-            if limit is not None:
-                timeout = min(timeout, limit)
-            if data.acks:
-                timeout = min(timeout, ACK_DELAY)
-            events = [s for s, _ in zpoll(items, int(timeout * 1000.0))]
-            if not events:
-                data.flush_acks()
+            events = data.poll(items, next_beat)
             if head in events:
                 last_head = time.monotonic()
                 while True:
