@@ -3,7 +3,10 @@ same veth with the same kind of CURVE key, side by side in one run.
 
 Needs root (Linux namespaces, tests/mn_cluster.py) and sshd.  Run:
 
-    python benchmarks/bench_multinode.py [--rounds 3]
+    python benchmarks/bench_multinode.py [--rounds 3] [--only small,big,rtt,bringup,create]
+
+(``--only`` keeps a run short: e.g. ``--only small,big,rtt --rounds 5`` takes
+about two minutes on the shared test machine.)
 
 Measures (targets of issue 15):
 
@@ -107,6 +110,7 @@ from ember.globalservices import process, channel
 from ember.descriptors import ChannelOptions
 from ember.channels_c import Channel
 N_SMALL, N_BIG, N_RTT, N_CREATE = %d, %d, %d, %d
+ONLY = %r
 PY = sys.executable
 
 def stream(n, size, cap, block):
@@ -133,12 +137,16 @@ print("rate", {n} / (time.perf_counter() - t0), flush=True)
     process.join(p.p_uid)
     channel.destroy(name)
 
-stream(N_SMALL, 64, 8192, 256)
-stream(N_BIG, 1 << 20, 64, 1024)
+if "small" in ONLY:
+    stream(N_SMALL, 64, 8192, 256)
+if "big" in ONLY:
+    stream(N_BIG, 1 << 20, 64, 1024)
 
-there = channel.create(None, "ping", ChannelOptions(node=1))
-back = channel.create(None, "pong")
-echo = f'''
+
+def round_trip():
+    there = channel.create(None, "ping", ChannelOptions(node=1))
+    back = channel.create(None, "pong")
+    echo = f'''
 from ember.globalservices import channel
 from ember.channels_c import Channel
 a = Channel.attach(channel.join("ping")); b = Channel.attach(channel.join("pong"))
@@ -146,21 +154,25 @@ for _ in range({N_RTT} + 1):
     b.send(a.recv())
 b.flush()
 '''
-p = process.create(PY, ".", ["-c", echo], options={"node": 1})
-ping, pong = Channel.attach(there), Channel.attach(back)
-ping.send(b"x"); pong.recv()
-ts = []
-pc = time.perf_counter
-for _ in range(N_RTT):
-    t0 = pc()
-    ping.send(b"x" * 64)
-    pong.recv()
-    ts.append(pc() - t0)
-ts.sort()
-print("rtt", ts[N_RTT // 2] * 1e6, flush=True)
-process.join(p.p_uid)
+    p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+    ping, pong = Channel.attach(there), Channel.attach(back)
+    ping.send(b"x"); pong.recv()
+    ts = []
+    pc = time.perf_counter
+    for _ in range(N_RTT):
+        t0 = pc()
+        ping.send(b"x" * 64)
+        pong.recv()
+        ts.append(pc() - t0)
+    ts.sort()
+    print("rtt", ts[N_RTT // 2] * 1e6, flush=True)
+    process.join(p.p_uid)
 
-for node in (0, 1, 0, 1):
+
+if "rtt" in ONLY:
+    round_trip()
+
+for node in (0, 1, 0, 1) if "create" in ONLY else ():
     ts = []
     for _ in range(N_CREATE):
         t0 = time.perf_counter()
@@ -171,12 +183,14 @@ for node in (0, 1, 0, 1):
 """
 
 
-def run_round(c):
+def run_round(c, only):
     import zmq
     out = {}
     pub, sec = (k.decode() for k in zmq.curve_keypair())
     addr1 = c.nodes[1].addr
-    for key, n, size in (("raw64", N_SMALL, 64), ("raw1m", N_BIG, 1 << 20)):
+    for what, key, n, size in (("small", "raw64", N_SMALL, 64), ("big", "raw1m", N_BIG, 1 << 20)):
+        if what not in only:
+            continue
         pull = c.popen(1, [sys.executable, "-c", RAW_PULL, pub, sec, "5555", str(n), str(size)],
                        stdout=subprocess.PIPE, text=True)
         assert pull.stdout.readline().strip() == "ready"
@@ -184,43 +198,66 @@ def run_round(c):
                   str(size)], timeout=300)
         out[key] = float(pull.stdout.readline())
         pull.wait(60)
-    echo = c.popen(1, [sys.executable, "-c", RAW_ECHO, pub, sec, "5556", str(N_RTT)],
-                   stdout=subprocess.PIPE, text=True)
-    assert echo.stdout.readline().strip() == "ready"
-    r = c.run(0, [sys.executable, "-c", RAW_PING, pub, sec, f"tcp://{addr1}:5556", str(N_RTT)],
-              timeout=300)
-    out["rawrtt"] = float(r.stdout)
-    echo.wait(60)
-    prog = c.path("bench_prog.py")
-    with open(prog, "w") as f:
-        f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE))
-    hosts2 = ",".join(n.name for n in c.nodes[:2])
-    r = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog], timeout=600,
-              cwd=c.path())
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    rates = [float(ln.split()[1]) for ln in r.stdout.splitlines() if ln.startswith("rate")]
-    out["e64"], out["e1m"] = rates[0], rates[1]
-    out["ertt"] = float(next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("rtt")))
-    creates = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("create")]
-    out["clocal"] = min(float(x[2]) for x in creates if x[1] == "0")
-    out["cremote"] = min(float(x[2]) for x in creates if x[1] == "1")
-    empty = c.path("empty.py")
-    with open(empty, "w") as f:
-        f.write("pass\n")
-    for key, flags in (("up1", []), ("up4", ["--hosts", c.hosts])):
-        t0 = time.perf_counter()
-        r = c.run(0, [sys.executable, "-m", "ember", "run", *flags, empty], timeout=120,
-                  cwd=c.path())
-        assert r.returncode == 0, r.stderr
-        out[key] = time.perf_counter() - t0
+    if "rtt" in only:
+        echo = c.popen(1, [sys.executable, "-c", RAW_ECHO, pub, sec, "5556", str(N_RTT)],
+                       stdout=subprocess.PIPE, text=True)
+        assert echo.stdout.readline().strip() == "ready"
+        r = c.run(0, [sys.executable, "-c", RAW_PING, pub, sec, f"tcp://{addr1}:5556",
+                      str(N_RTT)], timeout=300)
+        out["rawrtt"] = float(r.stdout)
+        echo.wait(60)
+    if only & {"small", "big", "rtt", "create"}:
+        prog = c.path("bench_prog.py")
+        with open(prog, "w") as f:
+            f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE, sorted(only)))
+        hosts2 = ",".join(n.name for n in c.nodes[:2])
+        r = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog],
+                  timeout=600, cwd=c.path())
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        lines = r.stdout.splitlines()
+        rates = [float(ln.split()[1]) for ln in lines if ln.startswith("rate")]
+        for what, key in (("small", "e64"), ("big", "e1m")):
+            if what in only:
+                out[key] = rates.pop(0)
+        if "rtt" in only:
+            out["ertt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("rtt")))
+        if "create" in only:
+            creates = [ln.split() for ln in lines if ln.startswith("create")]
+            out["clocal"] = min(float(x[2]) for x in creates if x[1] == "0")
+            out["cremote"] = min(float(x[2]) for x in creates if x[1] == "1")
+    if "bringup" in only:
+        empty = c.path("empty.py")
+        with open(empty, "w") as f:
+            f.write("pass\n")
+        for key, flags in (("up1", []), ("up4", ["--hosts", c.hosts])):
+            t0 = time.perf_counter()
+            r = c.run(0, [sys.executable, "-m", "ember", "run", *flags, empty], timeout=120,
+                      cwd=c.path())
+            assert r.returncode == 0, r.stderr
+            out[key] = time.perf_counter() - t0
     return out
+
+
+PARTS = ("small", "big", "rtt", "bringup", "create")
+
+
+def _parts(text):
+    got = {p.strip() for p in text.split(",") if p.strip()}
+    bad = got - set(PARTS)
+    if bad or not got:
+        raise argparse.ArgumentTypeError(f"--only takes some of {','.join(PARTS)}, "
+                                         f"got {text!r}")
+    return got
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", default=",".join(PARTS), type=_parts,
+                    help="comma-separated measures to run (default: all): " + ",".join(PARTS))
     _report.add_args(ap)
     a = ap.parse_args()
+    only = a.only
     from mn_cluster import ClusterUnavailable, emulated_nodes
     rounds = []
     print(f"load average at start {' '.join(open('/proc/loadavg').read().split()[:3])} on "
@@ -228,7 +265,7 @@ def main():
     try:
         with emulated_nodes(4, sshd=True) as c:
             for i in range(a.rounds):
-                rounds.append(run_round(c))
+                rounds.append(run_round(c, only))
                 print(f"round {i + 1} (load {open('/proc/loadavg').read().split()[0]}): "
                       + ", ".join(f"{k}={v:.4g}" for k, v in rounds[-1].items()), flush=True)
     except ClusterUnavailable as exc:
@@ -245,48 +282,64 @@ def main():
     rows = []
     for what, ek, rk, unit, hib in (("64 B msgs/s", "e64", "raw64", "msg/s", True),
                                     ("1 MiB msgs/s", "e1m", "raw1m", "msg/s", True)):
+        if ek not in rounds[0]:
+            continue
         e, r = mm(ek), mm(rk)
         ratio = max(x[ek] / x[rk] for x in rounds)
         med = statistics.median(x[ek] / x[rk] for x in rounds)
         rows.append((what, f"ember {e[2]:,.0f} / {e[1]:,.0f}", f"raw {r[2]:,.0f} / {r[1]:,.0f}",
                      f"{ratio:.0%} / {med:.0%} of raw (target >= 80%)",
                      "met" if med >= 0.8 else "missed"))
-    e, r = mm("ertt"), mm("rawrtt")
-    d = [x["ertt"] - x["rawrtt"] for x in rounds]
-    rows.append(("round trip", f"ember {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
-                 f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
-                 f"rounds' differences (target <= +20 us)",
-                 "met" if max(statistics.median(d), e[0] - r[0]) <= 20 else "missed"))
-    d = [x["up4"] - x["up1"] for x in rounds]
-    rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",
-                 f"1 node {mm('up1')[0]:.2f} / {mm('up1')[1]:.2f} s",
-                 f"+{min(d):.2f} / {statistics.median(d):.2f} s (target <= +1 s)",
-                 "met" if statistics.median(d) <= 1 else "missed"))
-    d = [x["cremote"] - x["clocal"] for x in rounds]
-    rows.append(("create+join", f"remote {mm('cremote')[0]:.2f} / {mm('cremote')[1]:.2f} ms",
-                 f"local {mm('clocal')[0]:.2f} / {mm('clocal')[1]:.2f} ms",
-                 f"+{min(d):.2f} / {statistics.median(d):.2f} ms (target <= +1 ms)",
-                 "met" if statistics.median(d) <= 1 else "missed"))
+    if "ertt" in rounds[0]:
+        e, r = mm("ertt"), mm("rawrtt")
+        d = [x["ertt"] - x["rawrtt"] for x in rounds]
+        rows.append(("round trip", f"ember {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
+                     f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
+                     f"rounds' differences (target <= +20 us)",
+                     "met" if max(statistics.median(d), e[0] - r[0]) <= 20 else "missed"))
+    if "up4" in rounds[0]:
+        d = [x["up4"] - x["up1"] for x in rounds]
+        rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",
+                     f"1 node {mm('up1')[0]:.2f} / {mm('up1')[1]:.2f} s",
+                     f"+{min(d):.2f} / {statistics.median(d):.2f} s (target <= +1 s)",
+                     "met" if statistics.median(d) <= 1 else "missed"))
+    if "cremote" in rounds[0]:
+        d = [x["cremote"] - x["clocal"] for x in rounds]
+        rows.append(("create+join", f"remote {mm('cremote')[0]:.2f} / {mm('cremote')[1]:.2f} ms",
+                     f"local {mm('clocal')[0]:.2f} / {mm('clocal')[1]:.2f} ms",
+                     f"+{min(d):.2f} / {statistics.median(d):.2f} ms (target <= +1 ms)",
+                     "met" if statistics.median(d) <= 1 else "missed"))
     for row in rows:
         print("  ".join(f"{c:<28}" if i < 3 else c for i, c in enumerate(row)))
     med = {k: mm(k)[1] for k in rounds[0]}
-    _report.write(a, "bench_multinode", [
-        _report.measure("64 B messages, node 0 to node 1, median", "msgs/s",
-                        {"ember channel": med["e64"], "raw pyzmq PUSH/PULL": med["raw64"]},
-                        target=0.8 * med["raw64"]),
-        _report.measure("1 MiB messages, node 0 to node 1, median", "msgs/s",
-                        {"ember channel": med["e1m"], "raw pyzmq PUSH/PULL": med["raw1m"]},
-                        target=0.8 * med["raw1m"]),
-        _report.measure("round trip node 0 - node 1, median", "µs",
-                        {"ember channels": med["ertt"], "raw pyzmq DEALER/ROUTER": med["rawrtt"]},
-                        better="lower", target=med["rawrtt"] + 20),
-        _report.measure("bring-up + teardown of an empty program, median", "s",
-                        {"ember run --hosts (4 nodes)": med["up4"], "ember run (1 node)": med["up1"]},
-                        better="lower", target=med["up1"] + 1),
-        _report.measure("process create + join, best", "ms",
-                        {"ember, on node 1 (remote)": mm("cremote")[0],
-                         "ember, on node 0 (local)": mm("clocal")[0]},
-                        better="lower", target=mm("clocal")[0] + 1)])
+    measures = []
+    if "e64" in med:
+        measures.append(_report.measure(
+            "64 B messages, node 0 to node 1, median", "msgs/s",
+            {"ember channel": med["e64"], "raw pyzmq PUSH/PULL": med["raw64"]},
+            target=0.8 * med["raw64"]))
+    if "e1m" in med:
+        measures.append(_report.measure(
+            "1 MiB messages, node 0 to node 1, median", "msgs/s",
+            {"ember channel": med["e1m"], "raw pyzmq PUSH/PULL": med["raw1m"]},
+            target=0.8 * med["raw1m"]))
+    if "ertt" in med:
+        measures.append(_report.measure(
+            "round trip node 0 - node 1, median", "µs",
+            {"ember channels": med["ertt"], "raw pyzmq DEALER/ROUTER": med["rawrtt"]},
+            better="lower", target=med["rawrtt"] + 20))
+    if "up4" in med:
+        measures.append(_report.measure(
+            "bring-up + teardown of an empty program, median", "s",
+            {"ember run --hosts (4 nodes)": med["up4"], "ember run (1 node)": med["up1"]},
+            better="lower", target=med["up1"] + 1))
+    if "cremote" in med:
+        measures.append(_report.measure(
+            "process create + join, best", "ms",
+            {"ember, on node 1 (remote)": mm("cremote")[0],
+             "ember, on node 0 (local)": mm("clocal")[0]},
+            better="lower", target=mm("clocal")[0] + 1))
+    _report.write(a, "bench_multinode", measures)
     return 0
 
 

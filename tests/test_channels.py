@@ -611,3 +611,39 @@ def test_inline_length_beyond_the_slot_is_corrupt_not_a_leak(pool, ch):
         assert ch.recv() == b"ok"
     finally:
         seg.close()
+
+
+def _framed(msgs):
+    return b"".join(struct.pack("<I", len(m)) + m for m in msgs)
+
+
+def test_send_framed_batch_until_full_then_resumes(ch):
+    """The transport agent's batch send: (length, message)s in one buffer,
+    sent in order until the channel has no room; the returned offset resumes
+    it (large messages go through the pool, an empty one is a message)."""
+    msgs = [b"m%d" % i for i in range(6)] + [b"", b"L" * 5000, b"z"]
+    buf = _framed(msgs)
+    off, count, nbytes = ch._send_framed(memoryview(buf))
+    assert (count, nbytes) == (8, sum(len(m) for m in msgs[:8]))
+    assert off == len(_framed(msgs[:8])) < len(buf)          # capacity 8: the 9th waits
+    assert [ch.recv() for _ in range(8)] == msgs[:8]
+    assert ch._send_framed(buf, off) == (len(buf), 1, 1)
+    assert ch.recv() == b"z"
+    assert ch._send_framed(b"") == (0, 0, 0)
+
+
+def test_send_framed_bad_input_and_closed(ch):
+    good = _framed([b"a", b"b"])
+    with pytest.raises(ValueError, match="truncated batch: a message of 9 bytes, 2 left"):
+        ch._send_framed(good + struct.pack("<I", 9) + b"xy")
+    assert [ch.recv(), ch.recv()] == [b"a", b"b"]           # what came before it is in
+    with pytest.raises(ValueError, match="truncated batch: 2 bytes after the last message"):
+        ch._send_framed(good + b"\0\0")
+    assert [ch.recv(), ch.recv()] == [b"a", b"b"]
+    with pytest.raises(ValueError, match="offset 99 outside the batch"):
+        ch._send_framed(good, 99)
+    with pytest.raises(TypeError):
+        ch._send_framed("text")
+    ch.close()
+    with pytest.raises(ChannelClosed):
+        ch._send_framed(good)

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("zmq")
 
 PRELUDE = """\
-import os, sys, time
+import os, sys, textwrap, time
 from ember.globalservices import process, channel
 from ember.descriptors import ProcessOptions, ChannelOptions
 from ember.channels_c import Channel
@@ -129,6 +129,49 @@ def test_channels_across_nodes_and_join_by_name(tmp_path):
     assert "empty ChannelEmpty" in lines
     assert "b'from node 2: ping'" in lines and "exit 0" in lines
     assert "destroyed True" in lines, lines
+
+
+@pytest.mark.timeout(120)
+def test_remote_streams_keep_order_under_back_pressure(tmp_path):
+    """Small messages streamed (batched) into a small channel on node 1 read
+    slowly there: batches stop at the full channel and resume in order;
+    then 1 MiB messages, more than a window (64 MiB) of them, whose
+    acknowledgements go by bytes: all arrive, in order, intact."""
+    out = ok(run_prog(tmp_path, """
+        N, NBIG = 5000, 80
+        d = channel.create(None, "bp", ChannelOptions(node=1, capacity=16, block_size=128))
+        res = channel.create(None, "res")
+        reader = f'''
+        import time
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        c = Channel.attach(channel.join("bp", timeout=30))
+        r = Channel.attach(channel.join("res", timeout=30))
+        got = []
+        for i in range({N}):
+            if i % 1000 == 0:
+                time.sleep(0.05)
+            got.append(c.recv(timeout=30))
+        small = got == [b"%d" % i for i in range({N})]
+        big = True
+        for i in range({NBIG}):
+            m = c.recv(timeout=30)
+            big = big and len(m) == 1 << 20 and m == i.to_bytes(8, "little") * (1 << 17)
+        r.send(b"small %r big %r" % (small, big))
+        r.flush()
+        '''
+        p = process.create(PY, ".", ["-c", textwrap.dedent(reader)], options={"node": 1})
+        h = Channel.attach(d)
+        for i in range(N):
+            h.send(b"%d" % i)
+        for i in range(NBIG):
+            h.send(i.to_bytes(8, "little") * (1 << 17))
+        print("flushed", h.flush(timeout=60))
+        print(Channel.attach(res).recv(timeout=60).decode())
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, timeout=110))
+    lines = out.splitlines()
+    assert "flushed True" in lines and "small True big True" in lines and "exit 0" in lines, lines
 
 
 @pytest.mark.timeout(120)

@@ -551,6 +551,53 @@ cdef class Channel:
         """``send(data, timeout=0)``: raises ChannelFull instead of waiting."""
         self.send(data, 0)
 
+    def _send_framed(self, buffer, Py_ssize_t offset=0):
+        """The transport agent's batch send (:mod:`ember.transport.agent`):
+        ``buffer`` holds messages as (4-byte little-endian length, bytes)...;
+        send them from ``offset`` on without waiting, until the end or until
+        the channel (or its pool, for a large one) has no room right now.
+        One call for a whole batch: no Python object per message.
+
+        Returns ``(offset reached, messages sent, bytes sent)``; the offset
+        is ``len(buffer)`` when everything went in.  Raises as :meth:`send`
+        does for anything but "no room" (closed, destroyed, too big; the
+        messages before it are in the channel), ValueError for a truncated
+        batch (nothing after its last whole message is sent)."""
+        cdef ember_ch_t *ch = self._ch
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("send")
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        cdef const uint8_t *p = <const uint8_t *>view.buf
+        cdef Py_ssize_t n = view.len
+        cdef Py_ssize_t o = offset
+        cdef Py_ssize_t count = 0
+        cdef Py_ssize_t nbytes = 0
+        cdef uint64_t k = 0
+        cdef ember_rc_t rc = EMBER_OK
+        try:
+            if o < 0 or o > n:
+                raise ValueError(f"offset {offset} outside the batch ({n} bytes)")
+            while o < n:
+                if n - o < 4:
+                    raise ValueError(f"truncated batch: {n - o} bytes after the last message")
+                k = (<uint64_t>p[o] | (<uint64_t>p[o + 1] << 8) | (<uint64_t>p[o + 2] << 16)
+                     | (<uint64_t>p[o + 3] << 24))
+                if <uint64_t>(n - o - 4) < k:
+                    raise ValueError(f"truncated batch: a message of {k} bytes, "
+                                     f"{n - o - 4} left")
+                rc = ember_ch_send(ch, p + o + 4, k, 0)
+                if rc != EMBER_OK:
+                    break
+                o += 4 + <Py_ssize_t>k
+                count += 1
+                nbytes += <Py_ssize_t>k
+            if rc != EMBER_OK and rc != EMBER_ERR_FULL and rc != EMBER_ERR_EXHAUSTED:
+                self._send_error(rc, <Py_ssize_t>k, 0)
+        finally:
+            PyBuffer_Release(&view)
+        return o, count, nbytes
+
     cdef int _send_error(self, ember_rc_t rc, Py_ssize_t n, timeout) except -1:
         if rc == EMBER_ERR_CLOSED:
             raise ChannelClosed(f"{self._desc()}: cannot send {n} bytes: the channel is closed "

@@ -48,7 +48,7 @@ import time
 import zmq
 
 from .. import _log, messages as m
-from ..exceptions import ChannelClosed, ChannelEmpty, ChannelError, ChannelFull
+from ..exceptions import ChannelClosed, ChannelEmpty, ChannelError, ChannelFull, PoolExhausted
 
 log = _log.get("agent")
 
@@ -74,6 +74,10 @@ LEN = struct.Struct("<I")                 # OP_SENDB: one frame of (length, mess
 #: round trip needs no acknowledgement of its own; ``flush()`` waits at
 #: most that long more)
 ACK_EVERY = 128
+#: ... or this many bytes (a window of large messages, remote.WINDOW_BYTES =
+#: 64 MiB, holds fewer than ACK_EVERY of them: without it, a stream of 1 MiB
+#: messages stalled at every window until the agent was idle for ACK_DELAY)
+ACK_BYTES = 4 << 20
 ACK_DELAY = 0.001
 ATTACH_HDR = struct.Struct("<cQI")        # op, c_uid, req  (+ frame: sdesc)
 SEND_HDR = struct.Struct("<cQ")           # op, c_uid       (+ frames: payloads)
@@ -227,17 +231,7 @@ class DataServer:
         elif op == OP_SENDB:             # a batch of small messages in one frame
             _, c_uid = SEND_HDR.unpack(hdr)
             f = frames[1]
-            buf = f.buffer if type(f) is zmq.Frame else memoryview(f)
-            parts = [None]
-            append = parts.append
-            unpack = LEN.unpack_from
-            o, n = 0, len(buf)
-            while o < n:
-                k = unpack(buf, o)[0]
-                o += 4
-                append(buf[o:o + k])
-                o += k
-            self._send(ident, c_uid, parts, 1)
+            self._send(ident, c_uid, f.buffer if type(f) is zmq.Frame else memoryview(f), 0)
         elif op == OP_RECV:
             _, c_uid, req, timeout = RECV_HDR.unpack(hdr)
             self._recv(ident, c_uid, req, None if timeout < 0 else time.monotonic() + timeout)
@@ -264,31 +258,50 @@ class DataServer:
                                   f"{type(exc).__name__}\0{exc}".encode()])
 
     def _send(self, ident, c_uid, frames, i):
+        """Put a sender's messages in the channel: ``frames`` (a list, from
+        index ``i``: one message per frame) or a batch (a buffer of (length,
+        message)s, from offset ``i``: sent by one call, Channel._send_framed).
+        What finds no room waits in ``full`` (retried, in order)."""
         ch = self.chans.get(c_uid)
         if ch is None:
             self._error(ident, c_uid, 0, ChannelError(f"channel {c_uid} is not attached here"))
             return
-        if c_uid in self.full:         # keep the order: behind what waits
-            self.full[c_uid][3].append((ident, frames, i))
+        full = self.full.get(c_uid)
+        if full is not None:           # keep the order: behind what waits
+            full[3].append((ident, frames, i))
             return
-        n = len(frames)
-        send = ch.send
-        start = i
+        count = nbytes = 0
         try:
-            while i < n:
-                f = frames[i]
-                send(f.buffer if type(f) is zmq.Frame else f, 0)
-                i += 1
-        except ChannelFull:
+            if type(frames) is list:
+                n = len(frames)
+                send = ch.send
+                while i < n:
+                    f = frames[i]
+                    b = f.buffer if type(f) is zmq.Frame else f
+                    send(b, 0)
+                    i += 1
+                    count += 1
+                    nbytes += len(b)
+            else:
+                n = len(frames)
+                i, count, nbytes = ch._send_framed(frames, i)
+                if i < n:
+                    self.full[c_uid] = [ident, frames, i, []]
+        except (ChannelFull, PoolExhausted):   # no room right now: retried
             self.full[c_uid] = [ident, frames, i, []]
         except Exception as exc:        # destroyed, closed, ...: the sender raises it
             self._error(ident, c_uid, 0, exc)
             self._forget(c_uid, exc)
-            i = n
-        if i > start:
+            return
+        if count:
             key = (ident, c_uid)
-            n = self.acks[key] = self.acks.get(key, 0) + (i - start)
-            if n >= ACK_EVERY:
+            a = self.acks.get(key)
+            if a is None:
+                a = self.acks[key] = [count, nbytes]
+            else:
+                a[0] += count
+                a[1] += nbytes
+            if a[0] >= ACK_EVERY or a[1] >= ACK_BYTES:
                 self.ack_due = True
 
     def _forget(self, c_uid, exc):
@@ -364,20 +377,21 @@ class DataServer:
 
     def flush_acks(self, force=True):
         """Acknowledge what is in the channels: everything (``force``), or
-        only senders with ACK_EVERY messages or more to acknowledge."""
+        only senders with ACK_EVERY messages or ACK_BYTES bytes or more to
+        acknowledge."""
         if not (self.acks and (force or self.ack_due)):
             return
         self.ack_due = False
         send = self.sock.send_multipart
         if force:
             acks, self.acks = self.acks, {}
-            for (ident, c_uid), n in acks.items():
-                send([ident, ACK.pack(R_ACK, c_uid, n)])
+            for (ident, c_uid), a in acks.items():
+                send([ident, ACK.pack(R_ACK, c_uid, a[0])])
             return
-        for key, n in list(self.acks.items()):
-            if n >= ACK_EVERY:
+        for key, a in list(self.acks.items()):
+            if a[0] >= ACK_EVERY or a[1] >= ACK_BYTES:
                 del self.acks[key]
-                send([key[0], ACK.pack(R_ACK, key[1], n)])
+                send([key[0], ACK.pack(R_ACK, key[1], a[0])])
 
     def close(self):
         for ch in self.chans.values():

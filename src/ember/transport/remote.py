@@ -49,9 +49,12 @@ BATCH_BYTES = 64 << 10
 FLUSH_AFTER = 0.0002
 #: a small send within this many seconds of the previous one is batched
 STREAMING = 0.00005
-#: a send reads what the agent said (acknowledgements, a failure) once this
-#: many of its handle's messages are unacknowledged (the agent acknowledges
-#: every ACK_EVERY = 128 at the latest; ``flush`` and every wait read at once)
+#: while some messages are unacknowledged, a send reads what the agent said
+#: (acknowledgements, a failure) once this many sends went out since it last
+#: did (asking the socket costs about as much as a send: not on every one,
+#: also not when a long stream keeps more than this many unacknowledged; the
+#: agent acknowledges every ACK_EVERY = 128 at the latest; ``flush`` and every
+#: wait read at once)
 DRAIN_AFTER = 128
 #: ... and at least this often (seconds) while some are unacknowledged
 DRAIN_EVERY = 0.001
@@ -123,6 +126,7 @@ class _Conn:
         self.flusher = None
         self.last_send = 0.0
         self.last_drain = 0.0
+        self.undrained = 0        # sends since the last _drain
         self.wake = threading.Event()
         self.pid = os.getpid()
 
@@ -150,6 +154,7 @@ class _Conn:
             self.replies[req] = frames
 
     def _drain(self):
+        self.undrained = 0
         sock = self.sock
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self._dispatch(sock.recv_multipart(copy=True))
@@ -202,11 +207,13 @@ class _Conn:
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
             f = self.inflight.get(c_uid)
             now = _monotonic()
-            if f is not None and f[0] and (f[0] >= DRAIN_AFTER or now - self.last_drain > DRAIN_EVERY):
-                # acknowledgements (or a failure) may be waiting: read them
-                # (asking the socket costs a system call: not on every send)
-                self.last_drain = now
-                self._drain()
+            if f is not None and f[0]:
+                u = self.undrained = self.undrained + 1
+                if u >= DRAIN_AFTER or now - self.last_drain > DRAIN_EVERY:
+                    # acknowledgements (or a failure) may be waiting: read
+                    # them (not on every send: see DRAIN_AFTER)
+                    self.last_drain = now
+                    self._drain()
             deadline = None
             while f is not None and (f[0] >= WINDOW or f[1] >= WINDOW_BYTES):
                 self._flush(c_uid)
