@@ -17,7 +17,7 @@ import time
 import pytest
 
 from ember.shepherd.server import _oom_kills
-from test_inspect import _start, _stop, _wait_for, ember, xdg  # noqa: F401 (a fixture)
+from test_inspect import _env, _start, _stop, _wait_for, ember, xdg  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,9 +85,10 @@ def test_core_dumped_is_in_the_event_log(tmp_path, xdg):
             f.unlink()
 
 
-def _memory_cgroup(tag):
-    """A new memory cgroup of 64 MiB under ours: its path (the directory to
-    write a pid into ``cgroup.procs``), or the reason there is none."""
+def _memory_cgroup(tag, limit=64 << 20):
+    """A new memory cgroup under ours, of ``limit`` bytes (None: no limit of
+    its own): its path (the directory to write a pid into ``cgroup.procs``),
+    or the reason there is none."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = f.read().splitlines()
@@ -98,9 +99,9 @@ def _memory_cgroup(tag):
         ctrls, _, path = rest.partition(":")
         path = "" if path == "/" else path
         if "memory" in ctrls.split(","):                          # cgroup v1
-            base, limit = f"/sys/fs/cgroup/memory{path}", "memory.limit_in_bytes"
+            base, limit_file = f"/sys/fs/cgroup/memory{path}", "memory.limit_in_bytes"
         elif hid == "0" and ctrls == "" and os.path.exists(f"/sys/fs/cgroup{path}/memory.max"):
-            base, limit = f"/sys/fs/cgroup{path}", "memory.max"       # cgroup v2
+            base, limit_file = f"/sys/fs/cgroup{path}", "memory.max"  # cgroup v2
         else:
             continue
         d = os.path.join(base, f"ember-test-{tag}")
@@ -108,9 +109,11 @@ def _memory_cgroup(tag):
             os.mkdir(d)
         except OSError as exc:
             return None, f"cannot make a memory cgroup under {base}: {exc}"
+        if limit is None:
+            return d, None
         try:
-            with open(os.path.join(d, limit), "w") as f:
-                f.write(str(64 << 20))
+            with open(os.path.join(d, limit_file), "w") as f:
+                f.write(str(limit))
         except OSError as exc:
             os.rmdir(d)
             return None, f"cannot limit the memory of {d}: {exc}"
@@ -152,36 +155,87 @@ def test_oom_killed_is_in_the_event_log(tmp_path, xdg):
         finally:
             _stop(run)
     finally:
-        for _ in range(100):                  # the cgroup empties once the hog is reaped
-            try:
-                os.rmdir(cg)
-                break
-            except OSError:
-                time.sleep(0.05)
+        _rmdir_cgroup(cg)
+
+
+def _rmdir_cgroup(cg):
+    for _ in range(100):                  # a cgroup empties once its processes are reaped
+        try:
+            os.rmdir(cg)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def _in_cgroup(pid, cg):
+    """Whether ``pid`` is in the memory cgroup directory ``cg``."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        hid, _, rest = line.partition(":")
+        ctrls, _, path = rest.partition(":")
+        if ("memory" in ctrls.split(",") or (hid == "0" and ctrls == "")) and \
+                cg.endswith(path.rstrip("/")) and path.strip("/"):
+            return True
+    return False
 
 
 def test_sigkill_by_someone_else_without_oom_is_not_oom(tmp_path, xdg):
-    run = _start(tmp_path, xdg, """
+    """The shepherd counts the OOM kills of its memory cgroup subtree: an OOM
+    kill anywhere in it since the shepherd last looked (an OOM test running
+    in parallel, whose hog's cgroup is below ours) would make this kill look
+    like one.  So this runtime runs in a memory cgroup of its own (no limit):
+    nothing else is counted and the answer must be exactly False.  Where no
+    memory cgroup can be made, the count of ours is read before the runtime
+    starts and after the kill, and the test skips if anything was OOM-killed
+    in between."""
+    cg, why = _memory_cgroup(f"quiet-{os.getpid()}-{time.monotonic_ns()}", limit=None)
+    procs = None if cg is None else os.path.join(cg, "cgroup.procs")
+
+    def join_cgroup():                    # in the launcher, before it execs
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    before = _oom_kills() if cg is None else None
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
         import sys, time
         from ember.globalservices import process
         process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"], user_name="victim")
         process.join("victim")
         import time; time.sleep(90)
-    """)
+    """))
     try:
-        def victim():
-            res = ember(xdg, "ps", "--json")
-            if res.returncode:
-                return None
-            return next((r for r in json.loads(res.stdout) if r["name"] == "victim"), None)
-        pid = _wait_for(victim, "the victim")["pid"]
-        before = _oom_kills()
-        os.kill(pid, signal.SIGKILL)                   # not ember, not the kernel's OOM killer
-        e = _wait_for(lambda: _exited(xdg, "victim"), "the kill in the event log")
-        assert e["exit_code"] == -signal.SIGKILL
-        if _oom_kills() != before:
-            pytest.skip("an OOM kill happened in this cgroup meanwhile (a parallel test)")
-        assert e["oom_killed"] is (None if before is None else False)
-        assert not any(x["event"] == "process.oom_killed" for x in _events(xdg))
+        run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                               env=_env(xdg), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=None if cg is None else join_cgroup)
+        try:
+            def victim():
+                res = ember(xdg, "ps", "--json")
+                if res.returncode:
+                    return None
+                return next((r for r in json.loads(res.stdout) if r["name"] == "victim"), None)
+            pid = _wait_for(victim, "the victim")["pid"]
+            if cg is not None:
+                assert _in_cgroup(pid, cg), open(f"/proc/{pid}/cgroup").read()
+            os.kill(pid, signal.SIGKILL)                   # not ember, not the kernel's OOM killer
+            e = _wait_for(lambda: _exited(xdg, "victim"), "the kill in the event log")
+            assert e["exit_code"] == -signal.SIGKILL
+            if cg is None:
+                if _oom_kills() != before:
+                    pytest.skip(f"no memory cgroup of its own ({why}), and an OOM kill "
+                                "happened in ours meanwhile (a parallel test)")
+                assert e["oom_killed"] is (None if before is None else False)
+            else:
+                assert e["oom_killed"] is False
+            assert not any(x["event"] == "process.oom_killed" for x in _events(xdg))
+        finally:
+            _stop(run)
     finally:
-        _stop(run)
+        if cg is not None:
+            _rmdir_cgroup(cg)
