@@ -60,6 +60,40 @@ def test_init_from_plain_python_creates_joins_and_leaves_nothing():
     assert _addresses() == []
 
 
+@pytest.mark.timeout(120)
+def test_init_and_shutdown_leave_no_handle_to_warn_about():
+    """ember.shutdown() lets go of everything of the runtime this process
+    held: the default pool (m_uid 1) cached for its objects, the reply
+    channels and GS's pool (a release of a collected object's reference,
+    on its own thread, used to attach them anew while the process was
+    leaving), the started host's Popen.  With ResourceWarnings shown,
+    nothing warns -- not while init/shutdown repeat, and not at exit with
+    an object of the last runtime still alive (a module global)."""
+    res = _py("""
+        import gc, os, warnings
+        warnings.simplefilter("always", ResourceWarning)
+        import ember
+        for i in range(6):
+            if i == 3:
+                os.environ["EMBER_INIT_SPAWN"] = "1"      # the Popen path too
+            ember.init()
+            qs = [ember.Queue() for _ in range(5)]
+            for q in qs:
+                q.put(i)
+                assert q.get() == i
+            del qs, q                # their references are released on another thread...
+            ember.shutdown()         # ...while this process leaves
+            gc.collect()
+        ember.init()
+        kept = ember.Queue()         # alive at exit, after the shutdown
+        kept.put(1)
+        ember.shutdown()
+        print("done", flush=True)
+    """, timeout=110)
+    assert res.stdout == "done\n"
+    assert "ResourceWarning" not in res.stderr, res.stderr
+
+
 @pytest.mark.timeout(60)
 def test_second_interpreter_attaches_with_auto_and_sees_the_named_channel():
     starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""

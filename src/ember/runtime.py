@@ -350,16 +350,22 @@ class Runtime:
     def _detach(self, exit_code=0):
         from . import messages
         from .globalservices import _client
+        from .objects import naming
         _slots().unbind()
-        conn = _client._conn
-        if conn is not None and conn.pid == os.getpid():
-            try:
-                conn.call(messages.ProcessDetach, exit_code, timeout=5.0)
-                conn.release()
-            except Exception:
-                pass          # the runtime is gone already: nothing to free
-        _client.drop_connection()
-        _env.set_overrides(None)
+        with naming.leaving():    # no object reference released meanwhile (see there)
+            conn = _client._conn
+            if conn is not None and conn.pid == os.getpid():
+                try:
+                    conn.call(messages.ProcessDetach, exit_code, timeout=5.0)
+                    conn.release()
+                except Exception:
+                    pass          # the runtime is gone already: nothing to free
+            # The runtime's environment first: a thread asking for a
+            # connection from now on is told the process is in no runtime,
+            # instead of attaching the runtime it is leaving anew.
+            _env.set_overrides(None)
+            _client.drop_connection()
+        naming.forget_default_pool()
 
     @classmethod
     def start(cls, *, name=None, detached=False, label="none", grace=5.0,
@@ -657,7 +663,15 @@ def _start_host(*, name, detached, label, grace, default_pool_size, inf_pool_siz
     if detached:
         proc.wait()          # the daemonizing parent exits at once
         return addr, None
+    if not isinstance(proc, _Forked):
+        _spawned[proc.pid] = proc     # reaped by _stop_host (a Popen dropped unreaped warns)
     return addr, proc.pid
+
+
+#: Hosts started with Popen, by pid, until _stop_host reaps them: a Popen
+#: collected while its process runs warns ``ResourceWarning: subprocess N
+#: is still running`` and puts it on subprocess's own reaping list.
+_spawned = {}
 
 
 class _Forked:
@@ -689,19 +703,24 @@ def _stop_host(addr, host_pid, timeout):
     while addr.alive() and time.monotonic() < deadline:
         time.sleep(0.005)
     if host_pid is not None:
+        popen = _spawned.pop(host_pid, None)
+        status = None
         try:
             left = max(0.0, deadline - time.monotonic())
             end = time.monotonic() + left
             while True:
-                pid, _ = os.waitpid(host_pid, os.WNOHANG)
+                pid, status = os.waitpid(host_pid, os.WNOHANG)
                 if pid or time.monotonic() > end:
                     break
                 time.sleep(0.005)
             if not pid:
                 os.kill(host_pid, signal.SIGKILL)
-                os.waitpid(host_pid, 0)
+                _, status = os.waitpid(host_pid, 0)
         except ChildProcessError:
-            pass
+            status = None
+        if popen is not None:             # reaped here: tell its Popen so
+            popen.returncode = -signal.SIGKILL if status is None \
+                else os.waitstatus_to_exitcode(status)
     if addr.alive():
         raise GlobalServicesError(f"the ember runtime {addr.id} did not stop within {timeout} s")
     # The host removes its address before it lets the lock go; one killed

@@ -206,8 +206,10 @@ cdef class Channel:
         if self._ch != NULL:
             # No source=self: the object is being freed (tp_dealloc), a
             # reference kept by a warnings filter would dangle.  An inherited
-            # copy in a fork()ed child is let go quietly.
-            if getpid() == self._owner_pid:
+            # copy in a fork()ed child is let go quietly, and so is a handle
+            # whose pool was detached under it (ember.shutdown(): nothing of
+            # the pool is held any more, only the handle's own memory).
+            if getpid() == self._owner_pid and (self._pool is None or self._pool._pool != NULL):
                 try:
                     warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning)
                 except Exception:
@@ -360,7 +362,13 @@ cdef class Channel:
         return 0
 
     def detach(self):
-        """Forget this process's handle; the channel stays for others."""
+        """Forget this process's handle; the channel stays for others.
+        Also once its pool was detached (the runtime left): only the
+        handle's own memory is freed then, nothing of the pool touched."""
+        if self._ch != NULL and self._pool._pool == NULL:
+            ember_ch_detach(self._ch)
+            self._ch = NULL
+            return
         self._check_idle("detach")
         ember_ch_detach(self._ch)
         self._ch = NULL

@@ -149,6 +149,25 @@ def default_pool():
         return _pool
 
 
+def forget_default_pool():
+    """This process leaves its runtime (``ember.shutdown()``): unmap the
+    cached default pool, so that it is neither kept mapped after the
+    runtime is gone nor collected attached at interpreter exit (which warns
+    ``unclosed ember Pool ... (m_uid 0x...01)``).  Handles still pointing
+    into it (queues, channels) raise from then on instead of touching it.
+    If memoryviews of its allocations are still exported, it stays mapped
+    for them (unmapping would pull the memory from under them)."""
+    global _pool, _pool_key
+    with _pool_lock:
+        p, _pool, _pool_key = _pool, None, None
+    if p is None or p.closed:
+        return
+    try:
+        p.detach()
+    except Exception:
+        pass
+
+
 # ------------------------------------------------------------ references
 # Garbage collection may run inside any code, a GS call included: a
 # reference is therefore never released from a finalizer directly, but
@@ -191,15 +210,46 @@ if not isinstance(_environ_data, dict) or not all(type(k) is bytes for k in list
 
 
 def _releaser(q):
-    from ..globalservices._client import connection
+    from ..globalservices import _client
     while True:
         o_uid, key = q.get()
-        if key != _runtime_key():
-            continue  # made in a runtime this process has left: nothing to give back
-        try:
-            connection().call(_m.ObjectRelease, o_uid, timeout=RELEASE_TIMEOUT)
-        except Exception:
-            pass      # the runtime is gone, or the object ended: nothing to give back
+        with _rel_call_lock:      # not while the process leaves its runtime (leaving())
+            if key != _runtime_key():
+                continue  # made in a runtime this process has left: nothing to give back
+            # Only over the connection this process has: the handle's making
+            # or claiming made one.  None: the process has left the runtime;
+            # a connection made here would attach GS's pool and channel anew
+            # for a call that can only fail, and be collected attached.
+            conn = _client._conn
+            if conn is None or conn.pid != os.getpid():
+                continue
+            try:
+                conn.call(_m.ObjectRelease, o_uid, timeout=RELEASE_TIMEOUT)
+            except Exception:
+                pass      # the runtime is gone, or the object ended: nothing to give back
+            del conn      # not kept (with its handles) until the next release
+
+
+#: Held by the release thread during a call, and by :func:`leaving`.
+_rel_call_lock = threading.Lock()
+
+
+def leaving():
+    """Held while this process leaves its runtime (``ember.shutdown()``):
+    waits for a release call in progress on the release thread to finish
+    (its reply channel is in GS's pool, which the leave unmaps: a thread
+    inside it makes the unmap fail, and everything of the runtime stays
+    attached), and keeps the next one from starting until the process has
+    left (it then finds no connection, or another runtime, and skips)."""
+    return _rel_call_lock
+
+
+def _after_fork_in_child():
+    global _rel_call_lock
+    _rel_call_lock = threading.Lock()    # the parent's release thread may hold it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 #: Seconds the release thread waits for GS's answer (it must never hang on
