@@ -9,6 +9,7 @@ import pytest
 
 import mmap
 import os
+import signal
 import struct
 
 from ember.channels_c import Channel, ChannelStatistics, wait_any
@@ -406,9 +407,8 @@ def _handover_then_destroy(side, receiver_sleeps):
                     break
                 except ChannelFull:
                     assert time.monotonic() < deadline
-        ch.destroy()                             # waits for the paused side's notify
-        a = pool.alloc(320 + 128)                # the channel's block, reused at once
-        assert a.offset == offset
+        ch.destroy()                             # returns at once (HAND-OVER: no wait)
+        a = pool.alloc(320 + 128)                # the channel's block if it is free already
         with memoryview(a) as m:
             m[:] = b"\xab" * len(m)
         _, status = os.waitpid(pid, 0)
@@ -416,9 +416,15 @@ def _handover_then_destroy(side, receiver_sleeps):
         assert os.waitstatus_to_exitcode(status) == 0
         with memoryview(a) as m:
             intact = m.tobytes() == b"\xab" * len(m)
+        # the block is freed by whoever was last out: the destroy, or the
+        # paused side at the end of its window; either way it is free now
+        b = pool.alloc(320 + 128)
+        freed = offset in (a.offset, b.offset)
+        b.free()
         a.free()
         pool._validate()
-        return intact
+        assert pool.stats().live_allocs == 0
+        return intact and freed
     finally:
         if pid:
             os.kill(pid, 9)
@@ -435,6 +441,61 @@ def test_destroy_right_after_a_hand_over_never_touches_the_reused_block(side, re
     destroyed the channel and allocated a Value there, and then the host's
     publish wrote its spin hints (and its notify) into the reused block."""
     assert _handover_then_destroy(side, receiver_sleeps)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("side", ["send", "recv"])
+def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
+    """A process stopped (or killed) inside its hand-over window: destroy
+    returns while it is still there (it used to wait up to 2 s, stalling
+    GS's or the shepherd's loop), and the block stays the channel's until
+    that side ends its hand-over (then it frees it), or for ever if it
+    died there."""
+    pool = Pool.create(1 << 20)
+    pid = 0
+    try:
+        ch = Channel.create(pool, capacity=1, block_size=128)
+        offset = Channel.describe(ch.sdesc)[1]
+        if side == "recv":
+            ch.send(b"fill")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                             # hand one slot over, then stay in the window
+            code = 1
+            try:
+                os.close(r)
+                from ember.channels_c import _channels
+                _channels._debug_handover_pause(30)
+                os.write(w, b"g")
+                if side == "send":
+                    ch.send(b"last", timeout=10)
+                    code = 0
+                else:
+                    code = 0 if ch.recv(timeout=10) == b"fill" else 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        assert os.read(r, 1) == b"g"
+        os.close(r)
+        if side == "send":
+            assert ch.recv(timeout=30) == b"last"
+        else:
+            ch.send(b"next", timeout=30)         # room made by the paused child
+        ch.destroy()
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)     # still inside its 30 s window
+        a = pool.alloc(320 + 128)
+        assert a.offset != offset                # the block is still the channel's
+        os.kill(pid, signal.SIGKILL)             # dies there: the block leaks, nothing else
+        os.waitpid(pid, 0)
+        pid = 0
+        assert pool.stats().live_allocs == 2
+        a.free()
+        pool._validate()
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        pool.destroy()
 
 
 def test_allocation_in_flight_cannot_be_freed_by_another_thread():

@@ -87,12 +87,21 @@
  * the block may hold something else before those writes land.  So each
  * side counts itself busy in the header (xsend_busy on the producers'
  * line, xrecv_busy on the consumers') from before its hand-over store to
- * after its notify, and destroy waits until both counts are 0 before it
- * frees the block.  The spin hints (xsend_cpu, xsend_sid) are written
+ * after its notify, and the block is freed only once both counts are 0 --
+ * by whoever is last, without waiting: destroy sets xfree_refs to 3 (one
+ * reference for itself, one per side), then sets BUSY_DESTROYING (bit 31)
+ * in each count; a side is done when its count is seen at 0 with that bit
+ * (by destroy's fetch_or, or by the fetch_sub of the last hand-over to
+ * end), and whoever sees it so marks it BUSY_SIDE_DONE (a CAS from
+ * DESTROYING alone: exactly once per side, however many hand-overs come
+ * late) and drops that side's reference; the one that drops the last
+ * reference frees the block.  So destroy never waits (it used to wait up
+ * to 2 s, in GS's and the shepherd's loops too, for a process killed
+ * inside its window).  The spin hints (xsend_cpu, xsend_sid) are written
  * before the hand-over.  A process that dies (or is stopped) inside that
- * window leaves its count up: destroy waits at most
- * EMBER_CH_DESTROY_WAIT_NS, then leaves the channel's block allocated (a
- * leak of one block, never a write into reused memory).
+ * window leaves its count up: the block stays allocated (a leak of one
+ * block, never a write into reused memory), or, for a stopped one, is
+ * freed when it resumes and ends its hand-over.
  *
  * INVARIANTS
  *   - A position's slot goes through the life cycle above exactly once;
@@ -285,6 +294,7 @@ typedef struct {
     uint64_t c_uid;
     _Atomic uint64_t xalloc_id;   /* id of this allocation; 0 once destroyed */
     uint64_t slots_offset;        /* from the header start */
+    _Atomic uint32_t xfree_refs;  /* set by destroy: who must still let go before the free (HAND-OVER) */
     /* line 1..4: hot counters, each alone on its line */
     _Alignas(EMBER_CACHE_LINE) _Atomic uint64_t xhead;       /* next enqueue position */
     _Atomic uint32_t xsend_cpu;   /* hint: 1 + the CPU of the last publisher (0: none yet) */
@@ -409,6 +419,13 @@ static inline void notify_recvd(ember_ch_t *ch)
     notify(ch, &ch->h->xrecvd, &ch->h->xsend_sleepers);
 }
 
+/* A busy count's flags, set by destroy (HAND-OVER): BUSY_DESTROYING, the
+ * channel was destroyed; BUSY_SIDE_DONE, this side has let go of the
+ * block.  The count itself stays far below bit 30 (one per thread inside
+ * its window). */
+#define BUSY_DESTROYING 0x80000000u
+#define BUSY_SIDE_DONE  0x40000000u
+
 /* ---- hand-over window (HAND-OVER above) ----------------------------------
  * handover_begin() before the store that hands a slot over, handover_end()
  * after the last write to the header that follows it (the notify). */
@@ -416,17 +433,39 @@ static inline void handover_begin(_Atomic uint32_t *busy)
 {
     /* relaxed: the hand-over store that follows is a release store, so a
      * process that sees the slot handed over (and a destroyer it tells)
-     * also sees this count; pairs with the acquire loads in
-     * wait_handovers(). */
+     * also sees this count; pairs with the acq_rel fetch_or of
+     * BUSY_DESTROYING in ember_ch_destroy(). */
     ember_atomic_add_relaxed(busy, 1u);
 }
 
-static inline void handover_end(_Atomic uint32_t *busy)
+/* One side of a destroyed channel has no hand-over left: mark it done
+ * (once: the CAS from BUSY_DESTROYING alone) and drop its reference; the
+ * last reference frees the block.  Returns the free's rc, or EMBER_OK. */
+static ember_rc_t side_done(ember_pool_t *pool, const ember_alloc_t *alloc, ch_hdr_t *h,
+                            _Atomic uint32_t *busy)
 {
-    /* release: our header writes (the notify) happen before a destroyer's
-     * acquire load that reads the count back at 0, hence before the block
-     * is freed and reused; pairs with the acquire loads in wait_handovers(). */
-    ember_atomic_sub_release(busy, 1u);
+    uint32_t expect = BUSY_DESTROYING;
+    /* acq_rel: pairs with the fetch_or/fetch_sub that left the count at
+     * DESTROYING alone (our view of the side's writes is complete). */
+    if (!ember_atomic_cas_acq_rel(busy, &expect, BUSY_DESTROYING | BUSY_SIDE_DONE))
+        return EMBER_OK;
+    /* acq_rel: every side's header writes happen before the last drop,
+     * and the one that drops it frees after all of them (a release
+     * sequence of decrements, read by the last one's acquire). */
+    if (ember_atomic_sub_acq_rel(&h->xfree_refs, 1u) == 1u)
+        return ember_pool_free(pool, alloc);
+    return EMBER_OK;
+}
+
+static inline void handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
+{
+    /* acq_rel: release, our header writes (the notify) happen before
+     * whoever frees the block reads the count back at 0; acquire, if the
+     * channel was destroyed meanwhile, we see destroy's xfree_refs.  Pairs
+     * with the fetch_or in ember_ch_destroy() and the CAS in side_done(). */
+    uint32_t old = ember_atomic_sub_acq_rel(busy, 1u);
+    if (__builtin_expect(old == (BUSY_DESTROYING | 1u), 0))
+        (void)side_done(ch->pool, &ch->alloc, ch->h, busy);   /* we were the last of our side */
 }
 
 /* Tests only (ember_ch_debug_handover_pause): one thread pauses inside the
@@ -460,31 +499,6 @@ static inline void handover_pause(void)
 {
     if (__builtin_expect(ember_atomic_load_relaxed(&dbg_pause_ns) != 0, 0))
         handover_pause_slow();
-}
-
-/* Destroy: wait until no producer or consumer is inside its hand-over
- * window (at most EMBER_CH_DESTROY_WAIT_NS).  1 if none is, 0 if one
- * stayed (it died or is stopped there: the block must not be freed). */
-static int wait_handovers(const ch_hdr_t *h)
-{
-    int64_t deadline = -1;
-    for (unsigned i = 0;; i++) {
-        /* acquire: pairs with the release decrement in handover_end(). */
-        if (ember_atomic_load_acquire(&h->xsend_busy) == 0
-            && ember_atomic_load_acquire(&h->xrecv_busy) == 0)
-            return 1;
-        int64_t t = now_ns();
-        if (deadline < 0)
-            deadline = t + EMBER_CH_DESTROY_WAIT_NS;
-        else if (t >= deadline)
-            return 0;
-        if (i < 64) {
-            sched_yield();              /* the window is a few instructions */
-        } else {
-            struct timespec ts = { 0, 200000 };   /* descheduled: 200 us naps */
-            nanosleep(&ts, NULL);
-        }
-    }
 }
 
 static inline void help_advance(_Atomic uint64_t *ctr, uint64_t pos)
@@ -568,7 +582,7 @@ static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t
      * with the acquire CAS of the next producer in try_claim_send(). */
     st_store_release(ch, s, pos, MK(p + ch->capacity, K_FREE, 0));
     notify_recvd(ch);
-    handover_end(&ch->h->xrecv_busy);
+    handover_end(ch, &ch->h->xrecv_busy);
 }
 
 /* Claim the slot at head for writing.  dead_level > 0: check the liveness
@@ -618,7 +632,7 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
                         handover_begin(&h->xsend_busy);
                         st_store_release(ch, s, pos, MK(pos, K_FREE, 0));
                         notify_sent(ch);
-                        handover_end(&h->xsend_busy);
+                        handover_end(ch, &h->xsend_busy);
                         return EMBER_ERR_CLOSED;
                     }
                     *pos_out = pos;
@@ -668,7 +682,7 @@ static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t 
     st_store_release(ch, s, pos, MK(pos, K_FULL, 0));
     handover_pause();
     notify_sent(ch);
-    handover_end(&h->xsend_busy);
+    handover_end(ch, &h->xsend_busy);
 }
 
 /* ---- consumer side --------------------------------------------------------- */
@@ -681,7 +695,7 @@ static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
     st_store_release(ch, s, pos, MK(pos + ch->capacity, K_FREE, 0));
     handover_pause();
     notify_recvd(ch);
-    handover_end(&ch->h->xrecv_busy);
+    handover_end(ch, &ch->h->xrecv_busy);
 }
 
 /* Nothing to receive at tail position `pos`: EMBER_ERR_EMPTY, or
@@ -1319,9 +1333,27 @@ ember_rc_t ember_ch_destroy(ember_ch_t *ch)
         }
     }
     /* A producer or consumer may still be writing the header after its
-     * hand-over (HAND-OVER): free the block only once none is; one that
-     * never leaves (dead, stopped) costs the block, not a stray write. */
-    ember_rc_t rc = wait_handovers(h) ? ember_pool_free(ch->pool, &ch->alloc) : EMBER_OK;
+     * hand-over (HAND-OVER): the block is freed by whoever is last out --
+     * here if no side is busy, else by the last hand-over to end; one that
+     * never ends (dead) costs the block, not a stray write.  Never waits. */
+    ember_atomic_store_relaxed(&h->xfree_refs, 3u);  /* published by the fetch_ors below */
+    ember_rc_t rc = EMBER_OK;
+    _Atomic uint32_t *sides[2] = { &h->xsend_busy, &h->xrecv_busy };
+    for (int i = 0; i < 2; i++) {
+        /* acq_rel: release publishes xfree_refs to a hand-over that ends
+         * after this (its acq_rel fetch_sub reads our bit); acquire: a
+         * count read at 0 means that side's header writes are done.  Pairs
+         * with handover_end(). */
+        uint32_t old = ember_atomic_or_acq_rel(sides[i], BUSY_DESTROYING);
+        if (old == 0) {
+            ember_rc_t r = side_done(ch->pool, &ch->alloc, h, sides[i]);
+            if (r != EMBER_OK)
+                rc = r;
+        }
+    }
+    /* acq_rel: as in side_done(). */
+    if (ember_atomic_sub_acq_rel(&h->xfree_refs, 1u) == 1u)
+        rc = ember_pool_free(ch->pool, &ch->alloc);
     free(ch);
     return rc;
 }

@@ -36,7 +36,6 @@
 #define EMBER_CH_DEFAULT_CAPACITY  128u
 #define EMBER_CH_DEFAULT_BLOCK     1024u
 #define EMBER_CH_DEFAULT_SPIN_NS   20000      /* adaptive spin before sleeping */
-#define EMBER_CH_DESTROY_WAIT_NS   2000000000ll /* destroy's wait for a hand-over in progress */
 
 /* Process-local handle of an attached channel (opaque). */
 typedef struct ember_ch ember_ch_t;

@@ -80,6 +80,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "ember needs lock-free 32-bit atomics"
 #define ember_atomic_add_seq_cst(p, v)      atomic_fetch_add_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_sub_relaxed(p, v)      atomic_fetch_sub_explicit((p), (v), memory_order_relaxed)
 #define ember_atomic_sub_release(p, v)      atomic_fetch_sub_explicit((p), (v), memory_order_release)
+#define ember_atomic_sub_acq_rel(p, v)      atomic_fetch_sub_explicit((p), (v), memory_order_acq_rel)
 #define ember_atomic_sub_seq_cst(p, v)      atomic_fetch_sub_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_cas_acq_rel(p, expp, v) \
     atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_acq_rel, memory_order_acquire)
@@ -88,6 +89,7 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "ember needs lock-free 32-bit atomics"
 #define ember_atomic_cas_relaxed(p, expp, v) \
     atomic_compare_exchange_strong_explicit((p), (expp), (v), memory_order_relaxed, memory_order_relaxed)
 #define ember_atomic_or_seq_cst(p, v)       atomic_fetch_or_explicit((p), (v), memory_order_seq_cst)
+#define ember_atomic_or_acq_rel(p, v)       atomic_fetch_or_explicit((p), (v), memory_order_acq_rel)
 #define ember_atomic_exchange_seq_cst(p, v) atomic_exchange_explicit((p), (v), memory_order_seq_cst)
 #define ember_atomic_fence_seq_cst()        atomic_thread_fence(memory_order_seq_cst)
 #define ember_atomic_fence_release()        atomic_thread_fence(memory_order_release)
