@@ -23,6 +23,8 @@ import signal
 import sys
 import time
 
+from .._exit import flush_and_exit
+
 READY_MARKER = b"EMBER-WATCH-READY"
 FAILED_MARKER = b"EMBER-WATCH-FAILED"
 DEFAULT_GRACE = 2.0          # seconds between SIGTERM and SIGKILL on the node
@@ -317,20 +319,9 @@ def _run_module(module, args):
         except Exception:
             pass
     finally:
-        for f in (sys.stdout, sys.stderr):
-            try:
-                f.flush()
-            except Exception:
-                pass
-        os._exit(code)
+        flush_and_exit(code)
 
 
 if __name__ == "__main__":
-    _code = main()
-    for _f in (sys.stdout, sys.stderr):
-        try:
-            _f.flush()
-        except Exception:
-            pass
     # no interpreter finalization: the node's teardown waits for this exit
-    os._exit(_code & 0xFF if isinstance(_code, int) else 1)
+    flush_and_exit(main())

@@ -54,6 +54,8 @@ import signal
 import struct
 import sys
 
+from .._exit import flush_and_exit
+
 
 def _socket():
     import socket
@@ -412,12 +414,7 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
             except Exception:
                 pass
     finally:
-        for f in (sys.stdout, sys.stderr):
-            try:
-                f.flush()
-            except Exception:
-                pass
-        os._exit(code if isinstance(code, int) else 1)
+        flush_and_exit(code)
 
 
 _clone = None
