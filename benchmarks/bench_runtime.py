@@ -2,6 +2,7 @@
 Python baselines, all measured in this same run, with ratios.
 
     python benchmarks/bench_runtime.py [--quick] [--run-empty ROUNDS] [--join-wakeup ROUNDS]
+    python benchmarks/bench_runtime.py --channel-cd ROUNDS [--against PYTHON]
 
 Measures
   * `ember run empty.py` wall time vs `python3 empty.py` (target: python3
@@ -14,6 +15,10 @@ Measures
     after create (target 100 us), beside a bare channel message to a
     sleeping process and the same relayed by a second sleeper (the two hops
     creator -> GS -> joiner); join return after the exit.
+``--channel-cd ROUNDS`` times only channel create+destroy and the GS query
+round trip (ROUNDS runtimes, each a few hundred of both), with ``--against
+PYTHON`` alternating with another build's interpreter (e.g. main's venv) in
+the same run.
 The reference runtime's figures (HPE Dragon 0.15, measured on a 2-core
 machine of this project) are printed beside them for context; the targets are
 from the runtime issue.
@@ -198,6 +203,80 @@ def print_join_wakeup(wake, cw, c2):
           f"(creator -> GS -> joiner: two such hops)")
 
 
+# One runtime of --channel-cd: median channel create+destroy and GS query
+# round trip over N of each, both after a warm-up, as INNER times them.
+CHANNEL_CD = r'''
+import json, statistics, sys, time
+from ember.globalservices import channel, pool
+n = int(sys.argv[1])
+pool.default()
+for _ in range(20):
+    channel.destroy(channel.create(None).c_uid)
+t = []
+for _ in range(n):
+    t0 = time.perf_counter(); d = channel.create(None); channel.destroy(d.c_uid)
+    t.append(time.perf_counter() - t0)
+q = []
+for _ in range(n):
+    t0 = time.perf_counter(); pool.default(); q.append(time.perf_counter() - t0)
+print("RESULT " + json.dumps({"cd": statistics.median(t), "query": statistics.median(q)}))
+'''
+
+
+def bench_channel_cd(rounds, n, pythons):
+    """``rounds`` runtimes per interpreter in ``pythons`` (label -> python),
+    alternating; returns label -> {"cd": [medians], "query": [medians]}."""
+    out = {k: {"cd": [], "query": []} for k in pythons}
+    with tempfile.TemporaryDirectory() as td:
+        prog = os.path.join(td, "channel_cd.py")
+        with open(prog, "w") as f:
+            f.write(CHANNEL_CD)
+        for _ in range(rounds):
+            for label, py in pythons.items():
+                r = subprocess.run([py, "-m", "ember", "run", prog, str(n)], capture_output=True,
+                                   text=True, cwd=td, timeout=120)
+                if r.returncode != 0:
+                    raise SystemExit(f"{label}: channel create+destroy failed:\n{r.stdout}{r.stderr}")
+                res = json.loads(next(ln for ln in r.stdout.splitlines()
+                                      if ln.startswith("RESULT "))[7:])
+                out[label]["cd"].append(res["cd"])
+                out[label]["query"].append(res["query"])
+    return out
+
+
+def channel_cd_main(a):
+    pythons = {"ember": sys.executable}
+    if a.against:
+        pythons["against"] = a.against
+    load0 = os.getloadavg()[0]
+    res = bench_channel_cd(a.channel_cd, 300, pythons)
+    load1 = os.getloadavg()[0]
+    print(f"channel create+destroy and GS query round trip: {a.channel_cd} runtime(s) per build, "
+          f"300 of each per runtime (per-runtime medians; load average {load0:.1f} at the start, "
+          f"{load1:.1f} at the end; {os.cpu_count()} cores)")
+    for label, r in res.items():
+        cd, q = r["cd"], r["query"]
+        who = sys.executable if label == "ember" else a.against
+        print(f"  {label:<8} ({who})")
+        print(f"    create+destroy  median {_med(cd)*1e6:6.1f} us  min {min(cd)*1e6:6.1f} us  "
+              f"max {max(cd)*1e6:6.1f} us   issue 9: <= {BEFORE_NODE_SCOPED*1e6:.0f} us "
+              f"{'MET' if _med(cd) <= BEFORE_NODE_SCOPED else 'MISSED'} (median)")
+        print(f"    GS query        median {_med(q)*1e6:6.1f} us  min {min(q)*1e6:6.1f} us  "
+              f"max {max(q)*1e6:6.1f} us   target <= {TARGET['gs_query']*1e6:.0f} us "
+              f"{'MET' if _med(q) <= TARGET['gs_query'] else 'MISSED'} (median)")
+        print("    per runtime: " + " ".join(f"{x*1e6:.1f}" for x in cd) + " us (create+destroy)")
+    if a.against:
+        e, b = _med(res["ember"]["cd"]), _med(res["against"]["cd"])
+        print(f"  ember/against create+destroy {e/b:4.2f}x   GS query "
+              f"{_med(res['ember']['query'])/_med(res['against']['query']):4.2f}x")
+    vals = {"ember": _med(res["ember"]["cd"]) * 1e6}
+    if a.against:
+        vals["against"] = _med(res["against"]["cd"]) * 1e6
+    _report.write(a, "bench_runtime", [
+        _report.measure("channel create + destroy", "µs", vals, better="lower",
+                        target=BEFORE_NODE_SCOPED * 1e6)])
+
+
 def bench_run_empty(reps):
     """Wall times of `ember run empty.py` and `python3 empty.py`,
     interleaved: two lists of ``reps`` seconds.  Both run with byte-code
@@ -353,8 +432,20 @@ def main():
                     help="only time the channel.join wake-up after create (ROUNDS rounds) "
                          "beside its two baselines (a bare message to a sleeper, the same "
                          "relayed by a second sleeper), each over ROUNDS rounds")
+    ap.add_argument("--channel-cd", type=int, metavar="ROUNDS", default=None,
+                    help="only time channel create+destroy and the GS query round trip, in "
+                         "ROUNDS runtimes")
+    ap.add_argument("--against", metavar="PYTHON", default=None,
+                    help="with --channel-cd: alternate with this interpreter's ember (another "
+                         "build, e.g. main's venv) in the same run")
     _report.add_args(ap)
     a = ap.parse_args()
+    if a.against and not a.channel_cd:
+        ap.error("--against needs --channel-cd")
+    if a.channel_cd is not None:
+        if a.channel_cd < 1:
+            ap.error("--channel-cd needs ROUNDS >= 1")
+        return channel_cd_main(a)
     reps = 10 if a.quick else 50
     sizes = "10,100" if a.quick else "10,100,1000"
     if a.join_wakeup is not None and a.join_wakeup < 1:

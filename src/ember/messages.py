@@ -226,6 +226,14 @@ _define(103, "ShChannelDrop", "c_uids")
 # logged).  GS sends it in the adopt's place and sends no ShChannelDrop.
 _define(140, "ShChannelFree", "c_uid m_uid pool_sdesc sdesc pid")
 
+# chancd (141-149).  The destroy of a channel by the process that made and
+# registered it, not waited for: GS answers nothing (the client returned as
+# soon as the request was in GS's input, whose order every later request of
+# anyone's follows).  GS drops it when the channel is gone or is not the
+# sender's own (it then was destroyed by another process concurrently: see
+# docs/channels.md, "How create, join and destroy flow").
+_define(141, "ChannelDestroyOwned", _REQ + "c_uid")
+
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
 # info (optional; None from a sender that cannot know, e.g. an attached

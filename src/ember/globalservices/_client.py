@@ -104,6 +104,11 @@ class Connection:
         self._free = []          # reply channels of finished threads
         self._next_c_uid = None  # reserved by GS for our next channel (ChannelRegister)
         self._dpool = None       # the default pool, attached on the first own-made channel
+        # The plain channels this process made and registered and has not
+        # destroyed: c_uid -> (sdesc, name), name -> c_uid.  Their destroy
+        # does not wait for GS (destroy_channel).
+        self._own = {}
+        self._own_names = {}
 
     def _reply_channel(self):
         holder = getattr(self._local, "reply", None)
@@ -202,10 +207,50 @@ class Connection:
             except Exception:
                 pass                     # the node's shepherd took it over first
             ch.detach()
+            if not opts.ref_count:
+                self._own[c_uid] = (d["sdesc"], d["name"])
+                if d["name"]:
+                    self._own_names[d["name"]] = c_uid
         nxt = d.pop("next_c_uid", None) if isinstance(d, dict) else None
         if nxt is not None:
             self._next_c_uid = nxt
         return d
+
+    def destroy_channel(self, ident):
+        """channel.destroy.  A plain channel this process made and
+        registered itself (and has not destroyed) is destroyed without
+        waiting for GS: if it is still in its pool (GS answers another
+        process's destroy of it only once the node has freed it), the
+        request goes to GS's input and we return -- every later request,
+        anyone's, is handled after it.  Anything else waits for GS's
+        answer (docs/channels.md, "How create, join and destroy flow")."""
+        own = self._own
+        if own:
+            c_uid = ident if type(ident) is int else self._own_names.get(ident)
+            ent = own.pop(c_uid, None)
+            if ent is not None:
+                sdesc, name = ent
+                if name is not None and self._own_names.get(name) == c_uid:
+                    del self._own_names[name]
+                if self._still_there(sdesc):
+                    self.post(messages.ChannelDestroyOwned, c_uid)
+                    return None
+        return self.call(messages.ChannelDestroy, ident)
+
+    def _still_there(self, sdesc):
+        """Whether the channel of ``sdesc`` is still in its pool (not freed:
+        attaching it checks its block's allocation id and header)."""
+        try:
+            self._Channel.attach(sdesc).detach()
+        except Exception:
+            return False
+        return True
+
+    def post(self, msg_cls, *fields):
+        """Send a request GS answers nothing to (a ``ChannelDestroyOwned``)."""
+        holder = self._reply_channel()
+        self.gs.send(msg_cls._new(next(self._tags), self.p_uid, holder.r, self.key,
+                                  *fields).pack())
 
     def _default_pool(self):
         pool = self._dpool

@@ -106,7 +106,7 @@ def destroy(identifier):
     ember.ChannelError
         ``identifier`` names no live channel.
     """
-    return _call(_m.ChannelDestroy, _ident(identifier))
+    return _connection().destroy_channel(_ident(identifier))
 
 
 def add_ref(identifier):

@@ -49,7 +49,7 @@ class _Pool:
 
 class _Chan:
     __slots__ = ("c_uid", "m_uid", "name", "sdesc", "capacity", "block_size",
-                 "ref_count", "holders", "waiting", "senders", "closing", "node")
+                 "ref_count", "holders", "waiting", "senders", "closing", "node", "owner")
 
     def __init__(self, c_uid, m_uid, name, opts, node=0):
         self.c_uid, self.m_uid, self.name = c_uid, m_uid, name
@@ -62,6 +62,7 @@ class _Chan:
         self.waiting = None       # while the shepherd creates it: [(tag, r, p_uid)] to answer
         self.senders = {}         # p_uid -> how many of its references are sending ones
         self.closing = False      # GS closed it: its last sending holder went away
+        self.owner = None         # p_uid of the process that made and registered it
 
 
 class MemoryPart:
@@ -88,7 +89,8 @@ class MemoryPart:
                 (m.ChannelDestroy, "on_channel_destroy"), (m.ChannelRelease, "on_channel_release"),
                 (m.ChannelAddRef, "on_channel_add_ref"),
                 (m.ChannelAddSender, "on_channel_add_sender"),
-                (m.ChannelRegister, "on_channel_register"))
+                (m.ChannelRegister, "on_channel_register"),
+                (m.ChannelDestroyOwned, "on_channel_destroy_owned"))
     NOTICES = ((m.ShChannelAdoptFailed, "on_channel_adopt_failed"),)
 
     def _init_memory(self, default_pool):
@@ -424,6 +426,7 @@ class MemoryPart:
             raise ChannelError(f"cannot register channel {name or ''!r}: {why}")
         rec = _Chan(c_uid, m_uid, name or None, opts, node=prec.node)
         rec.sdesc = sdesc
+        rec.owner = msg.p_uid
         self.chans[c_uid] = rec
         self.chan_sdescs.add(sdesc)
         if rec.name:
@@ -480,7 +483,44 @@ class MemoryPart:
         self._park(w, timeout)
 
     def on_channel_destroy(self, msg):
-        self._destroy_channel(self._chan(msg.ident), (msg.tag, msg.r, msg.p_uid))
+        rec = self._chan(msg.ident)
+        requester = (msg.tag, msg.r, msg.p_uid)
+        if rec.owner is None or rec.owner == msg.p_uid or rec.ref_count or \
+                not self.nodes.get(rec.node, {"alive": False})["alive"]:
+            return self._destroy_channel(rec, requester)
+        # Another process's own channel (it made and registered it): it
+        # may destroy it without waiting (ChannelDestroyOwned), after
+        # checking in the pool that the channel is still there.  So this
+        # destroy is answered once the node has freed it: whoever learns
+        # of this answer and tells the owner, the owner then finds the
+        # channel gone and its destroy raises, as the spec says.
+        self._destroy_channel(rec, drop=False)
+        c_uid = rec.c_uid
+
+        def freed(done):
+            if done.err:
+                log.info("freeing channel %d for process %s's destroy: %s", c_uid,
+                         requester[2], done.err)
+            self._answer([requester])
+        self.node_request(rec.node, lambda tag: m.ShChannelDestroy(tag, c_uid), freed)
+
+    def on_channel_destroy_owned(self, msg):
+        """The destroy of a channel by the process that made and registered
+        it, which does not wait for an answer (it checked in the pool that
+        the channel is still there; docs/channels.md).  Nothing is
+        answered.  A channel that is gone (destroyed meanwhile by another
+        process: the two destroys overlapped) is left alone; one that is
+        not the sender's own is refused (logged)."""
+        rec = self.chans.get(msg.c_uid) if isinstance(msg.c_uid, int) else None
+        if rec is None:
+            log.debug("process %s's destroy of its channel %r: already gone", msg.p_uid,
+                      msg.c_uid)
+            return
+        if rec.owner != msg.p_uid or rec.ref_count:
+            self.warn("bad-destroy-owned", "refused ChannelDestroyOwned of channel %s from "
+                      "p_uid %s: it is not that process's own plain channel", msg.c_uid, msg.p_uid)
+            return
+        self._destroy_channel(rec)
 
     def on_channel_add_ref(self, msg):
         rec = self._chan(msg.ident)

@@ -1,0 +1,186 @@
+"""The destroy of a channel by the process that made and registered it
+(``ChannelDestroyOwned``): not waited for, GS answers nothing; and what
+keeps its errors where the spec wants them -- another process's destroy of
+that channel is answered only once the node has freed it, so the owner,
+told of it, finds the channel gone and its destroy raises ChannelError.
+
+State-machine tests use the GS harness of test_gs_state (real pools and
+channels, the real NodeResources); the end-to-end ones run under `ember run`.
+"""
+import os
+
+import pytest
+
+from ember import messages as m
+from ember.channels_c import Channel
+from test_channel_register import OPTS
+from test_gs_state import Harness
+from test_runtime import ok, run_prog
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+def _client(h, r=b"RA"):
+    """A managed process of the harness whose pid is ours, with a c_uid
+    reserved by a first, ordinary create (test_channel_register's, with a
+    reply channel of its own)."""
+    a = h.create()
+    h.gs.procs[a].os_pid = os.getpid()
+    d = h.ok(h.req(m.ChannelCreate, None, None, OPTS, False, p_uid=a, r=r))
+    assert h.ok(h.req(m.ChannelDestroy, d["c_uid"], p_uid=a, r=r)) is None
+    return a, d["next_c_uid"]
+
+
+def _registered(h, a, c_uid, name):
+    """Make channel ``name`` as the client does (made here, registered,
+    handed over); returns (descriptor dict, the c_uid reserved next)."""
+    ch = Channel.create(h.pool, 8, 128, c_uid=c_uid, owned=True)
+    r = h.gs.procs[a].replies and next(iter(h.gs.procs[a].replies))
+    d = h.ok(h.req(m.ChannelRegister, None, name, OPTS, ch.sdesc, p_uid=a, r=r))
+    try:
+        ch._take_owner(os.getpid(), 0)
+    except Exception:
+        pass                           # the node adopted it first (auto pump)
+    ch.detach()
+    return d, d["next_c_uid"]
+
+
+def test_the_owner_destroys_without_an_answer(h):
+    a, c_uid = _client(h)
+    d, nxt = _registered(h, a, c_uid, "mine")
+    assert h.gs.chans[c_uid].owner == a
+    key = h.req(m.ChannelDestroyOwned, c_uid, p_uid=a, r=b"RA")
+    assert h.reply(key) is None                      # nothing is answered
+    assert c_uid not in h.gs.chans and "mine" not in h.gs.chan_names
+    assert not h.node.chans and h.pool._live_allocations() == []   # the node freed it
+    # the name is free at once, for anyone
+    b, b_uid = _client(h, b"RB")
+    again, _ = _registered(h, b, b_uid, "mine")
+    assert h.gs.chan_names["mine"] == again["c_uid"]
+    # a second destroy of the gone channel: dropped, nothing answered, nothing touched
+    key = h.req(m.ChannelDestroyOwned, c_uid, p_uid=a, r=b"RA")
+    assert h.reply(key) is None and h.gs.chan_names["mine"] == again["c_uid"]
+
+
+def test_only_the_owner_may_destroy_without_an_answer(h):
+    a, c_uid = _client(h)
+    b, _ = _client(h, b"RB")
+    _registered(h, a, c_uid, "hers")
+    key = h.req(m.ChannelDestroyOwned, c_uid, p_uid=b, r=b"RB")
+    assert h.reply(key) is None and h.gs.chan_names["hers"] == c_uid   # refused: still there
+    # a channel the node made (no owner) is refused alike
+    made = h.ok(h.req(m.ChannelCreate, None, "node-made", OPTS, False, p_uid=a, r=b"RA"))
+    key = h.req(m.ChannelDestroyOwned, made["c_uid"], p_uid=a, r=b"RA")
+    assert h.reply(key) is None and h.gs.chan_names["node-made"] == made["c_uid"]
+    # a bad c_uid is no crash
+    key = h.req(m.ChannelDestroyOwned, "x", p_uid=a, r=b"RA")
+    assert h.reply(key) is None
+    for name in ("hers", "node-made"):
+        assert h.ok(h.req(m.ChannelDestroy, name, p_uid=a, r=b"RA")) is None
+
+
+def test_another_process_destroy_is_answered_once_the_node_freed_it(h):
+    a, c_uid = _client(h)
+    b, _ = _client(h, b"RB")
+    _registered(h, a, c_uid, "shared")
+    assert c_uid in h.node.chans
+    h.auto = False
+    key = h.req(m.ChannelDestroy, "shared", p_uid=b, r=b"RB")
+    # forgotten at once (the name is free), answered only when the node freed it
+    assert "shared" not in h.gs.chan_names and h.reply(key) is None
+    assert [type(x) for x in h.to_node] == [m.ShChannelDestroy]
+    h.pump()
+    assert h.ok(key) is None and not h.node.chans and h.pool._live_allocations() == []
+    # the owner's own destroy that comes after finds nothing and is dropped
+    key = h.req(m.ChannelDestroyOwned, c_uid, p_uid=a, r=b"RA")
+    assert h.reply(key) is None
+
+
+def test_another_process_destroy_while_the_adopt_is_held(h):
+    """The adopt goes out first, then the destroy: the node adopts, frees,
+    and the requester is answered."""
+    a, c_uid = _client(h)
+    b, _ = _client(h, b"RB")
+    h.gs.batch_notices = True
+    h.auto = False
+    _registered(h, a, c_uid, "young")
+    assert h.gs.notices_pending == 1 and not h.to_node
+    key = h.req(m.ChannelDestroy, c_uid, p_uid=b, r=b"RB")
+    assert h.reply(key) is None
+    assert [type(x) for x in h.to_node] == [m.ShChannelAdopt, m.ShChannelDestroy]
+    h.pump()
+    assert h.ok(key) is None and not h.node.chans and h.pool._live_allocations() == []
+
+
+def test_the_owner_destroy_of_its_node_made_channel_waits_as_before(h):
+    """Its own destroy of a channel it registered, sent the waiting way
+    (a client that does not know the channel is its own): answered at once."""
+    a, c_uid = _client(h)
+    _registered(h, a, c_uid, "w")
+    assert h.ok(h.req(m.ChannelDestroy, "w", p_uid=a, r=b"RA")) is None
+    assert not h.node.chans and h.pool._live_allocations() == []
+
+
+@pytest.mark.timeout(120)
+def test_owner_destroy_under_ember_run(tmp_path):
+    """End to end: the owner's destroy returns without GS's answer, yet
+    every later request sees the channel gone (a name reused at once, a
+    query, a second destroy that raises); another process's destroy of the
+    owner's channel, once answered, makes the owner's destroy raise; a
+    forked child (not the owner) destroys the waiting way."""
+    out = ok(run_prog(tmp_path, """
+        import os, sys
+        from ember.globalservices import channel, process, _client
+        from ember.exceptions import ChannelError
+
+        channel.destroy(channel.create(None, "warm").c_uid)      # reserves a c_uid
+        conn = _client.connection()
+        d = channel.create(None, "box")
+        print("own", d.c_uid in conn._own)
+        print("destroyed", channel.destroy("box"))
+        try:
+            channel.query("box")
+        except ChannelError as e:
+            print("query: gone")
+        again = channel.create(None, "box")                      # the name is free at once
+        print("again", again.c_uid != d.c_uid)
+        channel.destroy(again.c_uid)
+        try:
+            channel.destroy(again.c_uid)
+        except ChannelError as e:
+            print("twice:", "no channel" in str(e))
+        # another process destroys our channel and says so: ours raises
+        victim = channel.create(None, "victim")
+        p = process.create(sys.executable, ".", ["-c",
+            "from ember.globalservices import channel\\n"
+            "channel.destroy('victim')"])
+        print("other exit", process.join(p.p_uid))
+        try:
+            channel.destroy(victim.c_uid)
+            print("destroy after the other's: no error")
+        except ChannelError as e:
+            print("after the other's:", "no channel" in str(e))
+        # a forked child does not own its parent's channels
+        kept = channel.create(None, "kept")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                c = _client.connection()
+                os.write(w, b"%d" % (kept.c_uid in c._own))
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        print("child owns", os.read(r, 10).decode())
+        channel.destroy("kept")
+        print("listed", channel.get_list(names=True))
+    """))
+    assert out.splitlines() == [
+        "own True", "destroyed None", "query: gone", "again True", "twice: True",
+        "other exit 0", "after the other's: True", "child owns 0",
+        "listed []"], out
