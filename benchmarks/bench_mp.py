@@ -1,6 +1,7 @@
 """The same multiprocessing program under each start method, in one run.
 
-    python benchmarks/bench_mp.py [--quick] [--map-n N] [--queue-n N]
+    python benchmarks/bench_mp.py [--quick] [--only map,start,queue,leftover]
+                                  [--map-n N] [--queue-n N]
 
 Runs under plain python (the "ember" method brings up an embedded runtime
 on first use).  Each line prints the figure for every start method and the
@@ -13,6 +14,12 @@ ratio against the target of issue 13:
 | Queue small-object throughput             | fork's mp.Queue         | >= 5x               |
 | leftovers after SIGKILL of the parent     | fork, spawn             | zero                |
 
+Pool.map: rounds (3 with --quick, else 5), each a new Pool(2) per method
+(the order rotated per round), a warm-up map of 100 items, then one timed
+map; median and best over the rounds.  Start+join: rounds of ember then
+fork, each the median of 20 (5 with --quick) starts; ``ember.Process``
+itself (the same function, no multiprocessing layer) is timed in the same
+rounds as a reference: the difference is what the start method adds.
 The Queue's throughput is timed from the first object received (median of
 5 rounds, the methods interleaved); the figure timed from the producer's
 start is printed beside it: with 100k objects that one is mostly the
@@ -48,21 +55,36 @@ def producer(q, n):
     q.put(None)
 
 
+def nap_pid(_):
+    time.sleep(0.01)
+    return os.getpid()
+
+
 def pool_map(method, n):
     ctx = mp.get_context(method)
     with ctx.Pool(2) as pool:
-        pool.map(sq, range(100))            # workers up
+        # Both workers up (under every method a worker can still be starting
+        # when the first one has run a short warm-up map, which then times a
+        # map run mostly by one worker): two 10 ms naps at a time until two
+        # workers took them.
+        for _ in range(200):
+            if len(set(pool.map(nap_pid, range(2), 1))) == 2:
+                break
+        pool.map(sq, range(100))
         t = time.perf_counter()
         pool.map(sq, range(n))
         return time.perf_counter() - t
 
 
 def start_join(method, n):
-    ctx = mp.get_context(method)
+    if method == "ember.Process":
+        make = ember.Process
+    else:
+        make = mp.get_context(method).Process
     ts = []
     for _ in range(n):
         t = time.perf_counter()
-        p = ctx.Process(target=trivial)
+        p = make(target=trivial)
         p.start()
         p.join()
         ts.append(time.perf_counter() - t)
@@ -179,43 +201,76 @@ def leftovers(method, settle=10.0):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="map,start,queue,leftover",
+                    help="comma-separated parts to run (default: all): map, start, queue, "
+                         "leftover")
     ap.add_argument("--map-n", type=int, default=100_000)
     ap.add_argument("--queue-n", type=int, default=100_000)
     _report.add_args(ap)
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    bad = only - {"map", "start", "queue", "leftover"}
+    if bad:
+        ap.error(f"--only: unknown part(s) {', '.join(sorted(bad))}")
     measures = []
     reps = 5 if args.quick else 20
     methods = ["ember", "fork", "forkserver", "spawn"]
 
-    print(f"Pool(2).map of {args.map_n} trivial calls (s, best of 3):")
-    r = {m: min(pool_map(m, args.map_n) for _ in range(3)) for m in methods}
-    print("  " + "  ".join(f"{m} {v:.3f}" for m, v in r.items()))
-    worst = max(r["ember"] / r[m] for m in methods[1:])
-    print(f"  ember / fastest baseline = {worst:.2f} (target < 1: faster than all three)")
-    measures.append(_report.measure(f"Pool(2).map of {args.map_n} trivial calls, best of 3",
-                                    "s", r, better="lower"))
+    if "map" in only:
+        n_rounds = 3 if args.quick else 5
+        print(f"Pool(2).map of {args.map_n} trivial calls (ms): {n_rounds} rounds, each a new "
+              f"pool per method, order rotated ({load()}):")
+        runs = {m: [] for m in methods}
+        for i in range(n_rounds):
+            for m in methods[i % len(methods):] + methods[:i % len(methods)]:
+                runs[m].append(pool_map(m, args.map_n) * 1e3)
+        med = {m: statistics.median(v) for m, v in runs.items()}
+        best = {m: min(v) for m, v in runs.items()}
+        print("  median  " + "  ".join(f"{m} {v:.1f}" for m, v in med.items()))
+        print("  best    " + "  ".join(f"{m} {v:.1f}" for m, v in best.items()))
+        for what, r in (("median", med), ("best", best)):
+            worst = max(r["ember"] / r[m] for m in methods[1:])
+            print(f"  {what}: ember / fastest baseline = {worst:.2f} (target < 1: faster than "
+                  f"all three)")
+        print(f"  ({load()})")
+        measures.append(_report.measure(f"Pool(2).map of {args.map_n} trivial calls, median of "
+                                        f"{n_rounds} rounds", "ms", med, better="lower"))
 
-    n_rounds = 3 if args.quick else 5
-    print(f"Process start+join, trivial function (ms): {n_rounds} rounds, each the median of "
-          f"{reps} of ember then fork ({load()}); spawn: median of {max(3, reps // 4)}:")
-    start_join("ember", 3)                               # template and preloads warm
-    rounds = {"ember": [], "fork": []}
-    for _ in range(n_rounds):
-        for m in rounds:
-            rounds[m].append(start_join(m, reps) * 1e3)
-    r = {m: statistics.median(v) for m, v in rounds.items()}
-    r["spawn"] = start_join("spawn", max(3, reps // 4)) * 1e3
-    ratios = [e / f for e, f in zip(rounds["ember"], rounds["fork"])]
-    print("  round medians: " + "  ".join(f"{m} " + " ".join(f"{x:.2f}" for x in v)
-                                          for m, v in rounds.items()))
-    print(f"  ember min {min(rounds['ember']):.2f} median {r['ember']:.2f}; fork min "
-          f"{min(rounds['fork']):.2f} median {r['fork']:.2f}; spawn {r['spawn']:.2f}")
-    print(f"  ember / fork = {r['ember'] / r['fork']:.2f} (target <= 1); per round: min "
-          f"{min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f} "
-          f"({load()})")
-    measures.append(_report.measure(f"Process start + join, median of {n_rounds} rounds of "
-                                    f"{reps}", "ms", r, better="lower"))
+    if "start" in only:
+        n_rounds = 3 if args.quick else 5
+        print(f"Process start+join, trivial function (ms): {n_rounds} rounds, each the median of "
+              f"{reps} of ember, fork and ember.Process ({load()}); spawn: median of "
+              f"{max(3, reps // 4)}:")
+        start_join("ember", 3)                           # template and preloads warm
+        start_join("ember.Process", 3)
+        rounds = {"ember": [], "fork": [], "ember.Process": []}
+        for _ in range(n_rounds):
+            for m in rounds:
+                rounds[m].append(start_join(m, reps) * 1e3)
+        r = {m: statistics.median(v) for m, v in rounds.items()}
+        r["spawn"] = start_join("spawn", max(3, reps // 4)) * 1e3
+        ratios = [e / f for e, f in zip(rounds["ember"], rounds["fork"])]
+        print("  round medians: " + "  ".join(f"{m} " + " ".join(f"{x:.2f}" for x in v)
+                                              for m, v in rounds.items()))
+        print(f"  ember min {min(rounds['ember']):.2f} median {r['ember']:.2f}; fork min "
+              f"{min(rounds['fork']):.2f} median {r['fork']:.2f}; spawn {r['spawn']:.2f}")
+        print(f"  ember / fork = {r['ember'] / r['fork']:.2f} (target <= 1); per round: min "
+              f"{min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f} "
+              f"({load()})")
+        print(f"  reference: ember.Process itself min {min(rounds['ember.Process']):.2f} median "
+              f"{r['ember.Process']:.2f}: the start method adds "
+              f"{r['ember'] - r['ember.Process']:.2f} ms (median)")
+        measures.append(_report.measure(f"Process start + join, median of {n_rounds} rounds of "
+                                        f"{reps}", "ms", r, better="lower"))
 
+    if "queue" in only:
+        queue_part(args, measures)
+    if "leftover" in only:
+        leftover_part(measures)
+    _report.write(args, "bench_mp", measures)
+
+
+def queue_part(args, measures):
     rounds = 1 if args.quick else 5
     print(f"Queue small-object throughput, {args.queue_n} ints child->parent, timed from the "
           f"first object (objects/s; {rounds} rounds interleaved, median and best; "
@@ -237,13 +292,14 @@ def main():
     measures.append(_report.measure(f"Queue, {args.queue_n} ints child to parent, median",
                                     "objects/s", r, target=5 * r["fork"]))
 
+
+def leftover_part(measures):
     print("Leftovers after SIGKILL of the parent, settled (processes, /dev/shm entries):")
     r = {m: leftovers(m) for m in ("ember", "fork", "spawn")}
     print("  " + "  ".join(f"{m} {v}" for m, v in r.items()))
     print(f"  ember leaves {r['ember']} (target (0, 0))")
     measures.append(_report.measure("left after SIGKILL of the parent", "processes + /dev/shm "
                                     "entries", {m: sum(v) for m, v in r.items()}, better="lower"))
-    _report.write(args, "bench_mp", measures)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,65 @@ def test_program_modules_travel_compiled_and_a_changed_file_is_read_again(tmp_pa
     assert res.stdout.splitlines() == ["child 42", "shipped True", "changed 43", "exit 0"], \
         (res.stdout, res.stderr)
     assert not (tmp_path / "__pycache__").exists()
+
+
+def test_child_failing_before_its_target_prints_the_traceback_and_exits_1(tmp_path):
+    """A child whose main module raises when it is imported again (as
+    ``__mp_main__``) behaves as spawn's: the traceback on its stderr, exit
+    code 1 (not a silent 1); one whose main module calls ``sys.exit(5)``
+    there exits with 5."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, sys
+        import ember
+
+        if __name__ == "__mp_main__":
+            if os.environ.get("PROG_MODE") == "raise":
+                raise RuntimeError("boom while importing the main module")
+            sys.exit(5)
+
+        def work():
+            pass
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            for mode in ("raise", "exit"):
+                os.environ["PROG_MODE"] = mode
+                p = ctx.Process(target=work); p.start(); p.join(60)
+                print(mode, p.exitcode, flush=True)
+    """))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["raise 1", "exit 5"], (res.stdout, res.stderr)
+    assert "RuntimeError: boom while importing the main module" in res.stderr, res.stderr
+    assert "Traceback (most recent call last)" in res.stderr, res.stderr
+
+
+def test_main_module_runs_again_without_an_importer_probe_and_leaves_no_cache_entry(tmp_path):
+    """The main module the parent compiled is run again in the child with
+    no zipimport probe of its file (the child caches "no importer" for it
+    while it runs): its ``__file__`` and tracebacks are the file's, and
+    nothing is left in ``sys.path_importer_cache`` for it afterwards."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, sys
+        import ember
+
+        SEEN = (__name__, os.path.basename(__file__))
+
+        def work(q):
+            import __mp_main__
+            q.put((__mp_main__.SEEN, os.path.abspath(__mp_main__.__file__)
+                   in sys.path_importer_cache))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            p = ctx.Process(target=work, args=(q,)); p.start()
+            print(q.get(timeout=60)); p.join(60)
+            print("exit", p.exitcode)
+    """))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["(('__mp_main__', 'prog.py'), False)", "exit 0"], \
+        (res.stdout, res.stderr)

@@ -58,6 +58,16 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
                 pass
         return orig_loader(self, fullname)
 
+    # runpy.run_path asks every path hook whether the main file is an
+    # importer (pkgutil.get_importer): zipimport opens it and searches its
+    # last 64 KB for a zip directory, at every start (~0.2-0.3 ms here).
+    # A file the parent compiled as Python source is no zip archive:
+    # "no importer" is cached for it while it runs (get_importer does not
+    # cache a miss itself), and the entry removed after.
+    cache = sys.path_importer_cache
+    no_probe = code is not None and path not in cache
+    if no_probe:
+        cache[path] = None
     runpy._get_code_from_file = get_code
     if codes:
         SourceFileLoader.get_code = loader_get_code
@@ -66,6 +76,8 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
     finally:
         runpy._get_code_from_file = orig
         SourceFileLoader.get_code = orig_loader
+        if no_probe and path in cache and cache[path] is None:
+            del cache[path]
 
 
 def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None):
@@ -81,6 +93,16 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None):
     try:
         _prepare(spawn, prep, main_code, prog_codes)
         process_obj = reduction.pickle.loads(obj_b)
+    except SystemExit:
+        raise                     # the main module exited: its code, as spawn's child
+    except BaseException:
+        # As spawn's child, where this is an uncaught exception: the
+        # traceback on stderr, exit code 1 (ember's worker would send it
+        # back as a result record that nobody reads).
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        sys.exit(1)
     finally:
         del process.current_process()._inheriting
     try:

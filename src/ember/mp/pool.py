@@ -16,7 +16,14 @@ Everything else is the stdlib's: its three handler threads, chunking,
   taken: the channel is multi-consumer;
 - the worker handler waits on the workers' sentinels and its own change
   notifier only (the stdlib's also wakes for every result: it waits on the
-  result pipe's fd, which an ember queue does not have).
+  result pipe's fd, which an ember queue does not have);
+- ``map``/``map_async``/``starmap``/``starmap_async`` over a ``range``
+  send each chunk as a slice of the range (three numbers) instead of a
+  tuple of its items: the parent does not build and pickle, nor the
+  worker unpickle, a tuple of ``chunksize`` ints per task (with 100k
+  trivial calls that was a fifth of the map's CPU on 2 cores).  The
+  function sees the same items in the same order; the chunks, their
+  number and the results are the stdlib's.
 """
 import queue as _queue
 import time
@@ -60,6 +67,34 @@ class Pool(_pool.Pool):
         self._outqueue = _Pipe(Queue())
         self._quick_put = self._inqueue.put
         self._quick_get = self._outqueue.get
+
+    @staticmethod
+    def _get_tasks(func, it, size):
+        """``multiprocessing.pool.Pool._get_tasks``: ``(func, chunk)`` for
+        each ``size`` items of ``it``; a ``range`` is cut into ranges."""
+        if type(it) is range and size > 0:
+            return ((func, it[i:i + size]) for i in range(0, len(it), size))
+        return _pool.Pool._get_tasks(func, it, size)
+
+    def _map_async(self, func, iterable, mapper, chunksize=None, callback=None,
+                   error_callback=None):
+        # The stdlib's (3.8-3.13), except that the chunks come from our
+        # _get_tasks (it calls Pool._get_tasks by the class's name).
+        self._check_running()
+        if not hasattr(iterable, '__len__'):
+            iterable = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(iterable), len(self._pool) * 4)
+            if extra:
+                chunksize += 1
+        if len(iterable) == 0:
+            chunksize = 0
+        task_batches = self._get_tasks(func, iterable, chunksize)
+        result = _pool.MapResult(self, chunksize, len(iterable), callback,
+                                 error_callback=error_callback)
+        self._taskqueue.put((self._guarded_task_generation(result._job, mapper, task_batches),
+                             None))
+        return result
 
     def _get_sentinels(self):
         return [self._change_notifier._reader]

@@ -1,0 +1,61 @@
+"""The "ember" context's Pool (ember.mp.pool): what it does beyond the
+stdlib's, checked end to end in a real child interpreter."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ember.mp.pool import Pool
+
+
+def _f(x):
+    return x
+
+
+def test_a_range_is_cut_into_ranges_and_anything_else_into_tuples():
+    assert list(Pool._get_tasks(_f, range(10), 4)) == [(_f, range(0, 4)), (_f, range(4, 8)),
+                                                       (_f, range(8, 10))]
+    assert list(Pool._get_tasks(_f, range(10, 0, -3), 2)) == [(_f, range(10, 4, -3)),
+                                                             (_f, range(4, -2, -3))]
+    assert list(Pool._get_tasks(_f, range(0), 0)) == []
+    assert list(Pool._get_tasks(_f, [1, 2, 3], 2)) == [(_f, (1, 2)), (_f, (3,))]
+    assert list(Pool._get_tasks(_f, iter(range(3)), 2)) == [(_f, (0, 1)), (_f, (2,))]
+
+
+@pytest.mark.timeout(120)
+def test_map_and_starmap_over_ranges_give_the_stdlib_results(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import ember
+
+        def sq(x):
+            return x * x
+
+        def add(a, b):
+            return a + b
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            with ctx.Pool(2) as pool:
+                for r in (range(0), range(1), range(10), range(1001), range(5, 100, 7),
+                          range(50, -50, -3), range(-10**20, -10**20 + 33)):
+                    for cs in (None, 1, 4, 1000):
+                        assert pool.map(sq, r, cs) == [x * x for x in r], (r, cs)
+                assert pool.map_async(sq, range(77), 5).get(60) == [x * x for x in range(77)]
+                assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+                try:
+                    pool.starmap(add, range(3))       # an int is no argument tuple
+                except TypeError as exc:
+                    print("starmap TypeError", "int" in str(exc))
+                got = []
+                pool.map_async(sq, range(6), 2, callback=got.append).wait(60)
+                print(got)
+            print("ok")
+    """))
+    res = subprocess.run([sys.executable, str(prog)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["starmap TypeError True", "[[0, 1, 4, 9, 16, 25]]", "ok"], \
+        (res.stdout, res.stderr)
