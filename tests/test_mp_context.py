@@ -39,6 +39,20 @@ def test_registered_on_import_of_ember():
     assert ctx.Process._start_method == "ember"
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("first", ["import ember", "import ember.mp",
+                                   "from ember.mp.pool import Pool",
+                                   "import ember.mp.context"])
+def test_registered_whatever_the_first_import(first):
+    """However ember's start method is first imported, before
+    multiprocessing, "ember" is a context afterwards."""
+    res = subprocess.run([sys.executable, "-c", f"{first}\nimport multiprocessing as mp\n"
+                          "print(mp.get_context('ember').get_start_method())"],
+                         capture_output=True, text=True, timeout=50)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["ember"]
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", MODES)
 def test_process_queue_pipe_and_sync_objects(tmp_path, mode):

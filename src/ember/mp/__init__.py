@@ -9,3 +9,9 @@ ember's objects.  See docs/multiprocessing.md.
 from .context import EmberContext, EmberProcess, Popen, register
 
 __all__ = ["EmberContext", "EmberProcess", "Popen", "register"]
+
+# `import ember` registers the method once multiprocessing is imported; when
+# the first import of multiprocessing is this package's own (`import
+# ember.mp.pool` before anything imported multiprocessing), that hook runs
+# while this package is half-imported and cannot: register here.
+register()
