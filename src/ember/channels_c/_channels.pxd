@@ -52,6 +52,8 @@ cdef extern from "channel.h" nogil:
     ember_rc_t ember_ch_close(ember_ch_t *ch)
     int ember_ch_is_closed(const ember_ch_t *ch)
     ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t timeout_ns)
+    ember_rc_t ember_ch_send_quiet(ember_ch_t *ch, const void *data, uint64_t len)
+    ember_rc_t ember_ch_notify(ember_ch_t *ch)
     ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t timeout_ns)
     ember_rc_t ember_ch_recv_begin(ember_ch_t *ch, int64_t timeout_ns, int64_t max_len,
                                    ember_ch_msg_t *msg)

@@ -606,6 +606,22 @@ cdef class Channel:
             PyBuffer_Release(&view)
         return o, count, nbytes
 
+    def _send_quiet(self, bytes data not None):
+        """Queue ``data`` (try-once, inline only) without waking a sleeping
+        receiver; :meth:`_notify` wakes it.  ChannelFull, ChannelClosed,
+        ChannelError (too big for a slot).  Internal: the join wake board."""
+        self._check_open("send on")
+        cdef Py_ssize_t n = len(data)
+        cdef ember_rc_t rc = ember_ch_send_quiet(self._ch, PyBytes_AS_STRING(data), <uint64_t>n)
+        if rc != EMBER_OK:
+            self._send_error(rc, n, 0)
+
+    def _notify(self):
+        """Wake the receivers sleeping on this channel (after
+        :meth:`_send_quiet`)."""
+        self._check_open("notify")
+        _check_rc(ember_ch_notify(self._ch), f"{self._desc()}: notify")
+
     cdef int _send_error(self, ember_rc_t rc, Py_ssize_t n, timeout) except -1:
         if rc == EMBER_ERR_CLOSED:
             raise ChannelClosed(f"{self._desc()}: cannot send {n} bytes: the channel is closed "

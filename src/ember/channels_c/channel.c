@@ -205,6 +205,10 @@
  *   - Destroyer dies: before its xalloc_id CAS nothing happened; after it
  *     the channel is destroyed for everyone, and at worst the channel's
  *     block and its queued large blocks leak (ember_pool_next_alloc).
+ *   - Producer dies between ember_ch_send_quiet and its ember_ch_notify:
+ *     the message is published (as any send's); a receiver asleep misses
+ *     only the wake-up and finds it at the end of its slice (<= 50 ms), or
+ *     at the next send's wake-up.
  *
  * CORRUPTION (memory scribbled by a stray write, not by a death)
  *   Nothing read from shared memory is trusted for a memory access: the
@@ -658,7 +662,8 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
     }
 }
 
-static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta)
+static inline void publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta,
+                              int wake)
 {
     ch_hdr_t *h = ch->h;
     /* A hint for a receiver about to spin (ch_wait): where the sender last
@@ -681,8 +686,14 @@ static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t 
      * acquire CAS FULL -> READING in try_recv(). */
     st_store_release(ch, s, pos, MK(pos, K_FULL, 0));
     handover_pause();
-    notify_sent(ch);
+    if (wake)
+        notify_sent(ch);
     handover_end(ch, &h->xsend_busy);
+}
+
+static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta)
+{
+    publish_ex(ch, s, pos, meta, 1);
 }
 
 /* ---- consumer side --------------------------------------------------------- */
@@ -1440,6 +1451,32 @@ ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t
     ember_atomic_store_release(&c.slot->xmeta, META_ALLOC | len);
     memcpy(ember_pool_ptr(ch->pool, a.offset), data, len);
     publish(ch, c.slot, c.pos, META_ALLOC | len);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_send_quiet(ember_ch_t *ch, const void *data, uint64_t len)
+{
+    if (__builtin_expect(!ch || (!data && len), 0))
+        return EMBER_ERR_INVALID_ARG;
+    if (len > ch->payload)
+        return EMBER_ERR_TOO_BIG;
+    send_ctx_t c;
+    ember_rc_t rc = claim(ch, 0, &c);
+    if (rc != EMBER_OK)
+        return rc;
+    memcpy(c.slot->payload, data, len);
+    publish_ex(ch, c.slot, c.pos, len, 0);
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_notify(ember_ch_t *ch)
+{
+    if (!ch)
+        return EMBER_ERR_INVALID_ARG;
+    if (!ch_alive(ch))
+        return EMBER_ERR_DESTROYED;
+    /* The same fence and sleepers handshake as after any publish. */
+    notify_sent(ch);
     return EMBER_OK;
 }
 

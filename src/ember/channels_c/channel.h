@@ -136,6 +136,21 @@ int ember_ch_is_closed(const ember_ch_t *ch);
  * slot became free within the timeout; EMBER_ERR_CLOSED once closed. */
 ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t timeout_ns);
 
+/* A try-once inline send that wakes nobody: the message is queued (a
+ * receiver that polls or spins gets it) but a sleeping receiver is not
+ * woken until ember_ch_notify().  For a sender that must queue a message
+ * before it wakes others, and wake its receiver last (the join wake board:
+ * docs/channels.md).  EMBER_ERR_TOO_BIG above the inline payload,
+ * EMBER_ERR_FULL, EMBER_ERR_CLOSED.  A sender that dies before its notify
+ * leaves a sleeping receiver asleep until its next futex slice (50 ms) or
+ * any other send: a delay, never a lost message. */
+ember_rc_t ember_ch_send_quiet(ember_ch_t *ch, const void *data, uint64_t len);
+
+/* Wake the channel's sleeping receivers (after ember_ch_send_quiet).  The
+ * caller must know the channel is not destroyed meanwhile (checked, not
+ * guarded: EMBER_ERR_DESTROYED). */
+ember_rc_t ember_ch_notify(ember_ch_t *ch);
+
 /* Send an existing allocation of the channel's pool as a message of
  * `a->size` bytes, without copying.  On EMBER_OK ownership moved to the
  * channel (the receiver frees it); on any error the caller still owns it. */

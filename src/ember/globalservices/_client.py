@@ -109,6 +109,8 @@ class Connection:
         # does not wait for GS (destroy_channel).
         self._own = {}
         self._own_names = {}
+        self._board_desc = None  # the join wake board, as GS sent it (with a reservation)
+        self._board = None       # ... attached on the first named create
 
     def _reply_channel(self):
         holder = getattr(self._local, "reply", None)
@@ -122,11 +124,12 @@ class Connection:
             holder = self._local.reply = _ReplyChannel(ch, self._free)
         return holder
 
-    def call(self, msg_cls, *fields, timeout=None):
+    def call(self, msg_cls, *fields, timeout=None, send=None):
         """Send a request and wait for its reply; return the reply's value or
         raise the error GS reported.  ``timeout`` (seconds) bounds the local
         wait for the reply (GS keeps the API's own timeouts); running out
-        raises GlobalServicesError."""
+        raises GlobalServicesError.  ``send(data)``: sends the request
+        itself, True if it did (the join wake board's claim)."""
         holder = self._reply_channel()
         ch = holder.ch
         tag = next(self._tags)
@@ -138,7 +141,8 @@ class Connection:
             kind = next((e for p, e in _KIND_ERRORS if msg_cls.__name__.startswith(p)),
                         GlobalServicesError)
             raise kind(f"cannot send {msg_cls.__name__} request: {type(exc).__name__}: {exc}") from None
-        self.gs.send(data)
+        if send is None or not send(data):
+            self.gs.send(data)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -191,13 +195,22 @@ class Connection:
                                           owned=True)
             except Exception:
                 self._next_c_uid = c_uid  # bad sizes, a full pool: GS words the error
+        woke = []
         if ch is None:
             d = self.call(messages.ChannelCreate, m_uid, user_name, od, bool(soft))
         else:
+            send = None
+            if user_name and self._board_desc is not None:
+                send = self._board_wake(user_name, c_uid, ch, opts, woke)
             try:
-                d = self.call(messages.ChannelRegister, m_uid, user_name, od, ch.sdesc)
+                d = self.call(messages.ChannelRegister, m_uid, user_name, od, ch.sdesc, send=send)
             except (ChannelError, GlobalServicesError):
-                ch.destroy()             # refused: GS recorded nothing
+                if woke:
+                    # (not expected: GS accepts a claimant's register) joiners
+                    # hold it: leave it ours, freed when we exit
+                    ch.detach()
+                else:
+                    ch.destroy()         # refused: GS recorded nothing
                 raise
             except BaseException:
                 ch.detach()              # unknown: the shepherd adopts it, or our exit frees it
@@ -214,6 +227,9 @@ class Connection:
         nxt = d.pop("next_c_uid", None) if isinstance(d, dict) else None
         if nxt is not None:
             self._next_c_uid = nxt
+            board = d.pop("wake_board", None)
+            if board is not None:
+                self._board_desc = board
         return d
 
     def destroy_channel(self, ident):
@@ -252,6 +268,33 @@ class Connection:
         self.gs.send(msg_cls._new(next(self._tags), self.p_uid, holder.r, self.key,
                                   *fields).pack())
 
+    def _board_wake(self, name, c_uid, ch, opts, woke):
+        """The ``send`` of a named client-made create: claim the name on
+        the join wake board, send the register, answer the joiners parked
+        on it directly (wakeboard.py).  Falls back to a plain send."""
+        board = self._board
+        if board is None:
+            try:
+                from .wakeboard import Board
+                board = self._board = Board.attach(self._board_desc)
+            except Exception:
+                self._board_desc = None
+                return None
+        gs = self.gs
+        desc = {"m_uid": board.default_m_uid, "c_uid": c_uid, "name": name, "node": board.node,
+                "capacity": ch.capacity, "block_size": ch.block_size,
+                "ref_count": bool(opts.ref_count), "sdesc": ch.sdesc}   # GS's _chan_desc
+
+        def send(data):
+            n = board.wake(name, self.p_uid, c_uid, gs, data,
+                           lambda tag: messages.reply_ok(tag, desc).pack())
+            if n is None:
+                return False
+            if n:
+                woke.append(n)
+            return True
+        return send
+
     def _default_pool(self):
         pool = self._dpool
         if pool is None:
@@ -266,6 +309,12 @@ class Connection:
         return pool
 
     def _drop_default_pool(self):
+        board, self._board = self._board, None
+        if board is not None:
+            try:
+                board.close()
+            except Exception:
+                pass
         pool, self._dpool = self._dpool, None
         if pool is not None:
             try:

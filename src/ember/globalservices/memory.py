@@ -12,6 +12,7 @@ Uses from the other parts: ``_park``/``_finish_waiter`` (:mod:`.registry`),
 import itertools
 
 from .. import messages as m
+from . import wakeboard
 from ..descriptors import ChannelOptions
 from ..exceptions import ChannelError, ChannelTimeout, PoolError
 from .processes import EXITED
@@ -106,6 +107,15 @@ class MemoryPart:
         self.chan_names_creating = {}
         self.chan_sdescs = set()  # descriptors of the registered channels
         self.chan_joiners = {}    # name -> [ _Waiter ]
+        # The join wake board (wakeboard.py): set by serve() when GS maps
+        # the infrastructure pool; None in-process (tests) and on no room.
+        self.wake_board = None
+        self._board_pool = None   # where to make it, at the first join that waits (serve())
+        self._board_desc = None
+        self._board_told = set()  # p_uids whose create replies carried the board
+        self._held = {}           # name -> [requests held back while a creator claims it]
+        self._board_unfreed = {}  # reply channel -> its joiner, listed still (board busy)
+        self._board_free_later = set()   # ... of those, the ones to free once unlisted
         self._m_uids = itertools.count(2)
         self._c_uids = itertools.count(1)
         self.default_m_uid = None
@@ -269,6 +279,8 @@ class MemoryPart:
                 rec.waiting.append((msg.tag, msg.r, msg.p_uid))
                 return
             raise ChannelError(f"a channel is already named {name!r} (c_uid {rec.c_uid})")
+        if name and self._board_claimed(msg, name) is None:
+            return               # held back: handled once the claiming creator has registered
         try:
             opts = ChannelOptions.coerce(msg.options, "channel_options")
         except TypeError as exc:
@@ -357,6 +369,9 @@ class MemoryPart:
             return desc
         if proc.next_c_uid is None:
             proc.next_c_uid = next(self._c_uids)
+        if self._board_desc is not None and proc.p_uid not in self._board_told:
+            self._board_told.add(proc.p_uid)       # once per process
+            return dict(desc, next_c_uid=proc.next_c_uid, wake_board=self._board_desc)
         return dict(desc, next_c_uid=proc.next_c_uid)
 
     def on_channel_register(self, msg):
@@ -373,11 +388,14 @@ class MemoryPart:
         channel."""
         proc = self.procs.get(msg.p_uid)
         reserved = proc.next_c_uid if proc is not None else None
-        if proc is not None:
-            proc.next_c_uid = None
         name = msg.user_name
         if name is not None and not isinstance(name, str):
             raise ChannelError(f"user_name must be a str or None, not {type(name).__name__}")
+        done = self._board_claimed(msg, name, (msg.p_uid, reserved)) if name else ()
+        if done is None:
+            return               # held back: handled once the claiming creator has registered
+        if proc is not None:
+            proc.next_c_uid = None
         if reserved is None or proc.os_pid is None:
             raise ChannelError(f"process {msg.p_uid} has no c_uid reserved: create the channel "
                                f"through channel.create")
@@ -433,13 +451,17 @@ class MemoryPart:
             self.chan_names[rec.name] = c_uid
         prec.channels.add(c_uid)
         desc = self._chan_desc(rec)
-        # the joiners first (they sleep), then the creator; the rest after
+        # the joiners first (they sleep), then the creator; the rest after.
+        # Those the creator answered from the wake board get no second reply.
         for w in list(self.chan_joiners.get(rec.name, ())) if rec.name else ():
             self._finish_waiter(w)
             self._add_ref(rec, w.owner)
-            self._reply(w.tag, w.r, desc)
+            if (w.tag, w.r) not in done:
+                self._reply(w.tag, w.r, desc)
         self._add_ref(rec, msg.p_uid)
         self._reply(msg.tag, msg.r, self._with_reservation(desc, proc))
+        if self._held:
+            self._release_held(rec.name)
         self.node_notice(prec.node, m.ShChannelAdopt._new(c_uid, m_uid, prec.sdesc, sdesc, proc.os_pid))
         self._event("channel.created", c_uid=c_uid, name=rec.name, m_uid=m_uid,
                     capacity=rec.capacity, by=msg.p_uid)
@@ -478,6 +500,19 @@ class MemoryPart:
         w = _Waiter(msg.tag, msg.r, msg.p_uid)
         w.name = name
         self.chan_joiners.setdefault(name, []).append(w)
+        b = self.wake_board
+        if b is None and self._board_pool is not None:
+            b = self._board_make()
+        if b is not None and name not in self.chan_names_creating and \
+                (not self.reply_node or msg.r not in self.reply_node):
+            owner = self.procs.get(msg.p_uid)
+            if owner is None or owner.node == self.node:
+                try:
+                    w.listed = b.listen(name, msg.tag, msg.r)
+                except wakeboard.Busy:
+                    pass         # not listed: GS answers it
+                except Exception as exc:
+                    log.warning("join wake board: cannot list a joiner of %r: %s", name, exc)
         log.debug("process %s is waiting for channel %r%s", msg.p_uid, name,
                   "" if timeout is None else f" (up to {timeout:g} s)")
         self._park(w, timeout)
@@ -634,6 +669,9 @@ class MemoryPart:
                 del self.pool_names[rec.name]
 
     def _unlink_chan_join(self, w):
+        if w.listed:
+            w.listed = False
+            self._board_unlist(w)
         lst = self.chan_joiners.get(w.name)
         if lst is not None:
             if w in lst:
@@ -641,7 +679,126 @@ class MemoryPart:
             if not lst:
                 del self.chan_joiners[w.name]
 
+    # ------------------------------------------------- the join wake board
+    # (wakeboard.py; docs/channels.md, "The join wake board")
+    def _board_claimed(self, msg, name, mine=None):
+        """Before ``msg`` takes ``name`` (a register by ``mine`` = (p_uid,
+        c_uid), or a create through GS): None if it is held back (another
+        creator claimed the name on the board: its register is on the way
+        and must win; or the board is busy: retried shortly), else the
+        joiners that ``mine`` answered from the board (the entry is freed:
+        the name's joiners are GS's alone again)."""
+        b = self.wake_board
+        if b is None or not name or (name not in self.chan_joiners and name not in self._held):
+            return ()
+        try:
+            done = b.take(name, mine, self._board_alive)
+        except wakeboard.Busy:
+            self._hold(msg, name, retry=True)
+            return None
+        except Exception as exc:
+            log.warning("join wake board: cannot free the entry of %r: %s", name, exc)
+            return ()
+        if done is wakeboard.HELD:
+            self._hold(msg, name)
+            return None
+        for w in self.chan_joiners.get(name, ()):
+            w.listed = False
+        return done
+
+    def _board_make(self):
+        """Make the board (once: at the first join that waits, so that a
+        run without one pays nothing for it)."""
+        pool, self._board_pool = self._board_pool, None
+        try:
+            self.wake_board = wakeboard.Board.make(pool, self.default_m_uid, self.node)
+            self._board_desc = self.wake_board.descriptor()
+        except Exception as exc:
+            log.warning("no join wake board (joins are woken through GS): %s", exc)
+            self.wake_board = None
+        return self.wake_board
+
+    def _board_alive(self, p_uid):
+        # A creator GS saw exit has no register on the way any more: its
+        # exit notice reached GS behind anything it sent.
+        proc = self.procs.get(p_uid)
+        return proc is not None and proc.state != EXITED
+
+    def _hold(self, msg, name, retry=False):
+        self._held.setdefault(name, []).append((msg, getattr(self, "_origin", self.node)))
+        if retry:
+            self.call_later(wakeboard.LOCK_WAIT, self._release_held, name)
+
+    def _release_held(self, name):
+        """Handle the requests held back for ``name``, as if they came now."""
+        for msg, origin in self._held.pop(name, ()):
+            saved, self._origin = getattr(self, "_origin", self.node), origin
+            try:
+                self.dispatch(msg)
+            finally:
+                self._origin = saved
+
+    def _board_exited(self, p_uid):
+        """Process ``p_uid`` exited: drop its claims, handle what they held."""
+        self._board_told.discard(p_uid)
+        b = self.wake_board
+        if b is None:
+            return
+        for name in set(self.chan_joiners) | set(self._held):
+            try:
+                state = b.drop_claim(name, p_uid)
+            except wakeboard.Busy:
+                self.call_later(wakeboard.LOCK_WAIT, self._board_exited, p_uid)
+                return
+            if state == wakeboard.WOKEN:
+                log.error("join wake board: process %s answered the joiners of %r but its "
+                          "register never reached GS", p_uid, name)
+            if state != wakeboard.FREE:
+                self._release_held(name)
+
+    def _board_unlist(self, w):
+        """Unlist a joiner whose wait ended without the name being taken;
+        if the board stays busy, its reply channel is not freed (a creator
+        may still write to it) until it is unlisted."""
+        try:
+            self.wake_board.unlisten(w.name, w.tag, w.r)
+            self._board_unfreed.pop(w.r, None)
+        except wakeboard.Busy:
+            self._board_unfreed[w.r] = w
+            self.call_later(wakeboard.LOCK_WAIT, self._board_retry_unlist, w)
+        except Exception as exc:
+            log.warning("join wake board: cannot unlist a joiner of %r: %s", w.name, exc)
+
+    def _board_retry_unlist(self, w):
+        if self._board_unfreed.get(w.r) is not w:
+            return
+        self._board_unlist(w)
+        if w.r not in self._board_unfreed and w.r in self._board_free_later:
+            self._board_free_later.discard(w.r)
+            self._free_reply_channel(w.r)
+
+    def _board_keeps(self, r):
+        """Whether reply channel ``r`` must not be freed yet (a listed
+        joiner's, not unlisted: the board was busy); it is freed once
+        unlisted."""
+        if r in self._board_unfreed:
+            self._board_free_later.add(r)
+            return True
+        return False
+
     def _chan_join_timed_out(self, w):
+        if w.listed:
+            try:
+                answered = self.wake_board.answered(w.name, w.tag, w.r)
+            except wakeboard.Busy:
+                answered = True      # cannot tell yet: look again shortly
+            except Exception:
+                answered = False
+            if answered:
+                # A creator answered it from the board and its register is
+                # on GS's input already: that register ends this wait.
+                w.timer = self.call_later(0.01, self._waiter_timed_out, w)
+                return
         self._finish_waiter(w)
         self.route_reply(self.node, w.r, m.reply_err(
             w.tag, "ChannelTimeout",

@@ -338,6 +338,9 @@ class ProcessesPart:
                         p_uid=p_uid, refs=rec.refs.get(c_uid))
             self._step(f"dropping process {p_uid}'s reference to channel {c_uid}",
                        self._drop_refs, rec, c_uid)
+        board_exited = getattr(self, "_board_exited", None)      # join wake board (.memory)
+        if board_exited is not None:
+            self._step(f"dropping process {p_uid}'s join wake board claims", board_exited, p_uid)
         objects_exited = getattr(self, "_objects_exited", None)   # named objects (.objects)
         if objects_exited is not None:
             self._step(f"dropping process {p_uid}'s objects", objects_exited, p_uid)
@@ -359,6 +362,9 @@ class ProcessesPart:
 
     def _free_reply_channel(self, r):
         """Hook: the transport frees a dead process's reply channel."""
+        keeps = getattr(self, "_board_keeps", None)     # the join wake board (.memory)
+        if keeps is not None and keeps(r):
+            return                        # freed once its joiner is unlisted
         node = self.reply_node.pop(r, None) if self.reply_node else None
         if node is not None:              # made on another node: its agent frees it
             if self.nodes.get(node, {}).get("alive") and self.send_remote is not None:

@@ -52,7 +52,7 @@ class _Waiter:
     (``name``: the channel it waits for)."""
 
     __slots__ = ("tag", "r", "owner", "timer", "done", "p_uids", "join_all", "bad_exit", "name",
-                 "n_exited", "any_bad", "unknown")
+                 "n_exited", "any_bad", "unknown", "listed")
 
     def __init__(self, tag, r, owner):
         self.tag, self.r, self.owner = tag, r, owner
@@ -65,6 +65,7 @@ class _Waiter:
         self.n_exited = 0        # how many of p_uids have exited
         self.any_bad = False     # one of them exited with a non-zero code
         self.unknown = ()        # identifiers that name no process
+        self.listed = False      # a channel join listed on the join wake board (memory.py)
 
     def dump(self):
         """Who waits on what (plain data, for ``ServiceDump``)."""

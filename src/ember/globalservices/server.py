@@ -602,6 +602,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         batch_notices=True)
     if mn:
         gs.nodes[node]["agent"] = mn.get("agent0")
+    gs._board_pool = gs_channel.pool    # the join wake board's (wakeboard.py), made when needed
     recv = gs_channel.recv
     poke = m.POKE
     try:                 # the event log (ember events), next to the runtime's address
@@ -658,6 +659,12 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             ch.detach()
         except Exception:
             pass
+    if gs.wake_board is not None:
+        try:
+            gs.wake_board.close(destroy=True)
+        except Exception as exc:
+            log.debug("join wake board: %s", exc)
+        gs.wake_board = None
     gs._event("runtime.ended")
     gs._close_events()
     return gs

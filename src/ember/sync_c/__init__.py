@@ -21,7 +21,16 @@ from ember.sync_c._sync import (
     RLock,
     Semaphore,
 )
-from ember.sync_c.sharedctypes import Array, Value
+
+
+def __getattr__(name):
+    # Value and Array load ctypes (~10 ms): only when asked for (the runtime
+    # uses a Lock of this package in every process that creates a channel
+    # a joiner waits for: globalservices/wakeboard.py).
+    if name in ("Value", "Array"):
+        from ember.sync_c import sharedctypes
+        return getattr(sharedctypes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Lock",

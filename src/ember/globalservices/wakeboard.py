@@ -1,0 +1,380 @@
+"""The join wake board: a parked ``channel.join`` woken by the channel's
+creator directly, with GS off the wake-up's path (docs/channels.md, "The
+join wake board").
+
+Why: a joiner parked in GS used to wake only when GS, itself asleep, had
+woken up, decoded and checked the creator's ``ChannelRegister`` and sent
+the joiner its reply: two wake-ups of sleeping processes in a row, with
+cold Python in each (~550 µs on the project's VM, where one wake-up is
+~50 µs).  Here the creator answers the parked joiners itself, in the same
+breath as it sends the register to GS: one wake-up.
+
+The board is one allocation in the infrastructure pool, made by GS, with
+an ember ``Lock`` (robust: a holder that dies is reported to the next
+acquirer) guarding it.  It has ``N_ENTRIES`` entries, one per name hash
+(``crc32(name) % N_ENTRIES``; a name whose entry holds another name, a
+name longer than ``MAX_NAME`` bytes, or joiners beyond ``MAX_WAITERS``
+per name simply take the path through GS).  Each entry::
+
+    u32 state   FREE 0 | WAITING 1 | CLAIMED 2 | WOKEN 3
+    u32 name length, u64 claimant p_uid, u64 claimant c_uid,
+    u32 waiters listed, u32 waiters answered by the claimant,
+    name (MAX_NAME bytes), then MAX_WAITERS x (u64 tag, u32 length, reply
+    channel descriptor)
+
+Who writes what (always under the lock):
+
+- GS lists a parked joiner (tag, reply channel) of a name no channel has
+  (state WAITING), unlists it when the wait ends any other way (timeout,
+  cancel, its process's exit — before GS frees its reply channels, so a
+  creator never writes to a freed channel), and frees the entry when the
+  name is taken (a register, a create through GS).
+- A creator with a c_uid reserved (the client-made create), whose name's
+  entry is WAITING: writes its p_uid and c_uid, then CLAIMED; sends its
+  ``ChannelRegister`` to GS (try-once: a full input channel drops back to
+  the path through GS); then WOKEN with the count answered, and sends each
+  listed joiner the very reply GS would have sent (same tag, same
+  descriptor) on its reply channel (try-once).
+
+GS stays the authority for names: an entry exists only while its name is
+free in GS's registry, and while it is CLAIMED or WOKEN GS holds back
+every other request that would take that name (a register, a create) until
+the claimant's register has been handled (or the claimant died), then
+handles them as if they had come after it.  So the claimant's register is
+always accepted, and a joiner answered from the board holds exactly what
+GS's reply would have given it: GS records its reference as for any joiner
+(and sends it no second reply).
+
+Death at any point (the lock is robust; the state word is written last):
+
+- a creator killed before CLAIMED: nothing changed.  Killed while CLAIMED
+  (its register not sent, or sent): GS, at its exit, puts the entry back
+  to WAITING (no register can come after the exit notice, which reaches GS
+  behind anything the creator sent) and handles the requests it held back;
+  the joiners stay parked in GS, none was answered.  Killed after WOKEN:
+  its register was sent first, so GS registers the channel (and the
+  node's shepherd adopts it, as for any client-made channel).
+- a joiner killed while listed: GS unlists it (the exit) before it frees
+  its reply channels; a joiner killed after it was answered holds a
+  reference GS drops at its exit, as for any joiner.
+- a joiner whose timeout runs out after a claimant answered it: GS does
+  not time it out (the register is already on GS's input channel); it is
+  answered by the register as usual.
+- any holder killed holding the lock: the next acquirer is told
+  (``OwnerDied``); the entries are consistent (each is only ever seen
+  through its state word, written last), so it marks the lock consistent
+  and goes on.
+"""
+import binascii
+import os
+import struct
+
+from ..exceptions import OwnerDied
+
+__all__ = ["Board", "Busy", "HELD", "FREE", "WAITING", "CLAIMED", "WOKEN"]
+
+FREE, WAITING, CLAIMED, WOKEN = 0, 1, 2, 3
+HELD = "held"                # Board.take: another creator claimed the name
+LOCK_WAIT = 0.01             # seconds anyone waits for the board's lock
+
+
+class Busy(Exception):
+    """The board's lock stayed busy for LOCK_WAIT (its holder is stopped)."""
+
+N_ENTRIES = 64
+ENTRY = 1024
+MAX_NAME = 96
+MAX_WAITERS = 5
+_R_MAX = 160                 # room for a reply channel's descriptor (152 bytes today)
+_HDR = 64                    # u64 magic, i64 default m_uid, i64 node
+_MAGIC = 0x42574b414d424d45  # "EMBMAKWB"
+_E_HEAD = struct.Struct("<IIQQII")       # state, name len, p_uid, c_uid, listed, answered
+_W_HEAD = struct.Struct("<QI")           # tag, descriptor length
+_W_SIZE = 8 + 4 + 4 + _R_MAX             # (padded to 8)
+_NAME_OFF = 32
+_W_OFF = _NAME_OFF + MAX_NAME
+assert _W_OFF + MAX_WAITERS * _W_SIZE <= ENTRY
+SIZE = _HDR + N_ENTRIES * ENTRY
+
+
+# Tests only: a creator stops itself (SIGSTOP) at this point of wake(), for
+# the test to SIGKILL it there: "claimed", "queued" (its register queued,
+# nobody answered), "answered" (after the first joiner's reply).
+_TEST_STOP = os.environ.get("EMBER_TEST_WAKEBOARD_STOP")
+
+
+def _test_stop(stage):
+    if _TEST_STOP == stage:
+        os.kill(os.getpid(), 19)     # SIGSTOP (the signal module costs ~10 ms to import)
+
+
+def _index(name_b):
+    return binascii.crc32(name_b) % N_ENTRIES
+
+
+class Board:
+    """One process's handle of the board (see the module docstring)."""
+
+    __slots__ = ("lock", "alloc", "mem", "default_m_uid", "node", "_replies")
+
+    def __init__(self, lock, alloc):
+        self.lock, self.alloc = lock, alloc
+        self.mem = memoryview(alloc)
+        magic, self.default_m_uid, self.node = struct.unpack_from("<Qqq", self.mem, 0)
+        if magic != _MAGIC:
+            raise ValueError("not a join wake board")
+        self._replies = {}       # reply channel descriptor -> attached Channel (creators)
+
+    @classmethod
+    def make(cls, pool, default_m_uid, node):
+        """GS: a new board in ``pool`` (its memory all zeros: every entry FREE)."""
+        from ..sync_c._sync import Lock
+        lock = Lock(pool=pool)
+        try:
+            alloc = pool.alloc(SIZE)
+        except BaseException:
+            lock.destroy()
+            raise
+        mem = memoryview(alloc)
+        mem[:SIZE] = bytes(SIZE)
+        struct.pack_into("<Qqq", mem, 0, _MAGIC, -1 if default_m_uid is None else default_m_uid,
+                         node)
+        mem.release()
+        return cls(lock, alloc)
+
+    def descriptor(self):
+        """What a client needs to attach it: ``[lock kind, lock
+        descriptor, table descriptor]`` (plain data for a message)."""
+        _, (_, kind, lock_sdesc, _) = self.lock.__reduce__()
+        return [kind, lock_sdesc, self.alloc.sdesc]
+
+    @classmethod
+    def attach(cls, desc):
+        from ..pools_c import Allocation
+        from ..sync_c._sync import Lock, _attach
+        kind, lock_sdesc, sdesc = desc
+        return cls(_attach(Lock, kind, lock_sdesc, None), Allocation.attach(sdesc))
+
+    def close(self, destroy=False):
+        for ch in self._replies.values():
+            try:
+                ch.detach()
+            except Exception:
+                pass
+        self._replies.clear()
+        self.mem.release()
+        if destroy:
+            self.lock.destroy()
+            self.alloc.free()
+
+    # ------------------------------------------------------------ the lock
+    def _acquire(self, timeout=LOCK_WAIT):
+        """Take the lock within ``timeout`` seconds; False if it stayed
+        busy (a holder stopped, e.g. by SIGSTOP, must not stop GS: every
+        caller has a way round a busy board)."""
+        try:
+            return self.lock.acquire(timeout=timeout)
+        except OwnerDied:
+            # The holder died: every entry is still consistent (its state
+            # word is written last, its answered count after each reply),
+            # so there is nothing to repair.
+            self.lock.consistent()
+            return True
+
+    def _gs_acquire(self):
+        if not self._acquire():
+            raise Busy("the join wake board's lock stayed busy")
+
+    def _entry(self, name_b):
+        """The offset of ``name``'s entry and its head, or None if the
+        entry holds another name."""
+        off = _HDR + _index(name_b) * ENTRY
+        head = _E_HEAD.unpack_from(self.mem, off)
+        if head[0] != FREE and bytes(self.mem[off + _NAME_OFF:off + _NAME_OFF + head[1]]) != name_b:
+            return off, None
+        return off, head
+
+    def _waiters(self, off, n):
+        out = []
+        for k in range(n):
+            w = off + _W_OFF + k * _W_SIZE
+            tag, ln = _W_HEAD.unpack_from(self.mem, w)
+            out.append((tag, bytes(self.mem[w + 16:w + 16 + ln])))
+        return out
+
+    def _set_waiters(self, off, ws):
+        for k, (tag, r) in enumerate(ws):
+            w = off + _W_OFF + k * _W_SIZE
+            _W_HEAD.pack_into(self.mem, w, tag, len(r))
+            self.mem[w + 16:w + 16 + len(r)] = r
+
+    # ------------------------------------------------------------------ GS
+    # Each raises Busy when the lock stayed busy (the caller retries later
+    # or takes the path through GS).
+
+    def listen(self, name, tag, r):
+        """GS: list a parked joiner of ``name``; False if it cannot be (the
+        name, its entry or the reply channel does not fit: GS answers it)."""
+        name_b = name.encode("utf-8", "surrogatepass")
+        if not 0 < len(name_b) <= MAX_NAME or len(r) > _R_MAX:
+            return False
+        self._gs_acquire()
+        try:
+            off, head = self._entry(name_b)
+            if head is None:
+                return False
+            state, _, p_uid, c_uid, n, answered = head
+            if n >= MAX_WAITERS:
+                return False
+            if state == FREE:
+                self.mem[off + _NAME_OFF:off + _NAME_OFF + len(name_b)] = name_b
+                p_uid = c_uid = answered = 0
+            self._set_waiters(off, self._waiters(off, n) + [(tag, r)])
+            _E_HEAD.pack_into(self.mem, off, state or WAITING, len(name_b), p_uid, c_uid, n + 1,
+                              answered)
+            return True
+        finally:
+            self.lock.release()
+
+    def unlisten(self, name, tag, r):
+        """GS: a listed joiner's wait ended otherwise (timeout, cancel,
+        exit): unlist it.  Returns True if a claimant had answered it."""
+        name_b = name.encode("utf-8", "surrogatepass")
+        self._gs_acquire()
+        try:
+            off, head = self._entry(name_b)
+            if head is None or head[0] == FREE:
+                return False
+            state, ln, p_uid, c_uid, n, answered = head
+            ws = self._waiters(off, n)
+            try:
+                k = ws.index((tag, r))
+            except ValueError:
+                return False
+            was_answered = state == WOKEN and k < answered
+            del ws[k]
+            if k < answered:
+                answered -= 1
+            self._set_waiters(off, ws)
+            if state == WAITING and not ws:
+                state = FREE
+            _E_HEAD.pack_into(self.mem, off, state, ln, p_uid, c_uid, len(ws), answered)
+            return was_answered
+        finally:
+            self.lock.release()
+
+    def answered(self, name, tag, r):
+        """GS: whether a claimant has answered this listed joiner."""
+        name_b = name.encode("utf-8", "surrogatepass")
+        self._gs_acquire()
+        try:
+            off, head = self._entry(name_b)
+            if head is None or head[0] != WOKEN:
+                return False
+            return (tag, r) in self._waiters(off, head[5])
+        finally:
+            self.lock.release()
+
+    def take(self, name, mine, alive):
+        """GS: a request (a register by ``mine`` = (p_uid, c_uid), or None)
+        is about to take ``name``.  Returns HELD if another creator, alive
+        (``alive(p_uid)``), claimed the name (the request waits for that
+        creator's register); else frees the entry and returns the joiners a
+        claimant answered (``{(tag, r)}``: the claimant's register)."""
+        name_b = name.encode("utf-8", "surrogatepass")
+        self._gs_acquire()
+        try:
+            off, head = self._entry(name_b)
+            if head is None or head[0] == FREE:
+                return set()
+            state, _, p_uid, c_uid, _, answered = head
+            if state in (CLAIMED, WOKEN) and (p_uid, c_uid) != mine and alive(p_uid):
+                return HELD
+            done = set(self._waiters(off, answered)) if state == WOKEN and \
+                (p_uid, c_uid) == mine else set()
+            _E_HEAD.pack_into(self.mem, off, FREE, 0, 0, 0, 0, 0)
+            return done
+        finally:
+            self.lock.release()
+
+    def drop_claim(self, name, p_uid):
+        """GS: process ``p_uid`` exited: if it claimed ``name``'s entry,
+        put the entry back to WAITING.  Returns the state it had claimed
+        (CLAIMED or WOKEN), or FREE if it held no claim there."""
+        name_b = name.encode("utf-8", "surrogatepass")
+        self._gs_acquire()
+        try:
+            off, head = self._entry(name_b)
+            if head is None or head[0] not in (CLAIMED, WOKEN) or head[2] != p_uid:
+                return FREE
+            state, ln, _, _, n, _ = head
+            _E_HEAD.pack_into(self.mem, off, WAITING if n else FREE, ln, 0, 0, n, 0)
+            return state
+        finally:
+            self.lock.release()
+
+    # ------------------------------------------------------------- creator
+    def wake(self, name, p_uid, c_uid, gs, register, reply_for):
+        """A creator: claim ``name``'s entry, queue the register on GS's
+        input channel ``gs`` without waking GS, answer the listed joiners
+        (``reply_for(tag)``: the reply's bytes), and only then wake GS.
+        Returns None if nothing was claimed (the caller sends its register
+        itself), else the number of joiners answered here (the register
+        was queued)."""
+        name_b = name.encode("utf-8", "surrogatepass")
+        if not 0 < len(name_b) <= MAX_NAME:
+            return None
+        queued = False
+        if not self._acquire():      # a creator stopped holding it: the path through GS
+            return None
+        try:
+            off, head = self._entry(name_b)
+            if head is None or head[0] != WAITING or head[4] == 0:
+                return None
+            _, ln, _, _, n, _ = head
+            _E_HEAD.pack_into(self.mem, off, WAITING, ln, p_uid, c_uid, n, 0)
+            _E_HEAD.pack_into(self.mem, off, CLAIMED, ln, p_uid, c_uid, n, 0)
+            if _TEST_STOP:
+                _test_stop("claimed")
+            try:
+                gs._send_quiet(register)
+                queued = True
+            except Exception:        # a full input channel: the path through GS
+                _E_HEAD.pack_into(self.mem, off, WAITING, ln, 0, 0, n, 0)
+                return None
+            if _TEST_STOP:
+                _test_stop("queued")
+            # WOKEN, and the count of joiners answered: a prefix of the list,
+            # counted after each reply (a creator killed in between leaves
+            # one joiner answered twice, never one not answered)
+            _E_HEAD.pack_into(self.mem, off, WOKEN, ln, p_uid, c_uid, n, 0)
+            done = 0
+            for tag, r in self._waiters(off, n):
+                try:
+                    ch = self._replies.get(r)
+                    if ch is None:
+                        from ..channels_c import Channel
+                        ch = self._replies[r] = Channel.attach(r)
+                    ch.send(reply_for(tag), timeout=0)
+                except Exception:
+                    # (not expected: GS unlists a joiner before it frees its
+                    # reply channel, and a reply channel holds only the
+                    # answer its thread waits for) GS answers this one and
+                    # those after it
+                    break
+                done += 1
+                _E_HEAD.pack_into(self.mem, off, WOKEN, ln, p_uid, c_uid, n, done)
+                if _TEST_STOP:
+                    _test_stop("answered")
+            if len(self._replies) > 64:      # (joiners' reply channels: keep a few)
+                for ch in self._replies.values():
+                    ch.detach()
+                self._replies.clear()
+            return done
+        finally:
+            self.lock.release()
+            if queued:
+                try:
+                    gs._notify()
+                except Exception:
+                    pass     # GS's input channel is gone: the runtime is ending

@@ -1,0 +1,307 @@
+"""channel.join woken by the channel's creator through the join wake board
+(src/ember/globalservices/wakeboard.py; docs/channels.md, "The join wake
+board"), under a real ``ember run``: the joiner is answered without GS on
+the path, GS's semantics hold (references, names, a second creator), and a
+creator or joiner SIGKILLed at any point of the wake wedges nobody."""
+import os
+
+import pytest
+
+from test_runtime import ember, ok, write
+
+pytestmark = pytest.mark.timeout(120)
+
+COMMON = """
+    import os, signal, sys, threading, time
+    from ember.descriptors import ChannelOptions
+    from ember.exceptions import ChannelError, ChannelTimeout
+    from ember.globalservices import channel, introspect, process
+
+    def wait_for(pred, timeout=30, what="it"):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}")
+            time.sleep(0.005)
+
+    def parked(name, n=1):
+        return sum(w.get("name") == name for w in introspect.dump()["waiters"]) >= n
+
+    def gs_pid():
+        launcher = int(os.environ["EMBER_RUNTIME_ID"][1:].split("-")[0])
+        for p in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except (OSError, ValueError):
+                continue
+            if ppid == launcher and cmd.startswith(b"ember: global services"):
+                return int(p)
+        raise SystemExit("no GS process found")
+
+    def stopped(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def spawn(*args, env=None):
+        return process.create(sys.executable, "", [sys.argv[0], *args], env=env)
+
+    role = sys.argv[1] if len(sys.argv) > 1 else "head"
+    if role == "join":              # join NAME OUT [GO]: write the c_uid; then wait for GO, release
+        d = channel.join(sys.argv[2], timeout=60)
+        with open(sys.argv[3] + ".tmp", "w") as f:
+            f.write(str(d.c_uid))
+        os.rename(sys.argv[3] + ".tmp", sys.argv[3])
+        if len(sys.argv) > 4:
+            wait_for(lambda: os.path.exists(sys.argv[4]), what="go")
+            channel.release(sys.argv[2])
+        sys.exit(0)
+    if role == "create":            # create NAME READY GO OUT: (c_uid reserved) create NAME at GO
+        channel.destroy(channel.create(None).c_uid)
+        open(sys.argv[3], "w").close()
+        wait_for(lambda: os.path.exists(sys.argv[4]), what="go")
+        try:
+            d = channel.create(None, sys.argv[2])
+            out = str(d.c_uid)
+        except ChannelError as e:
+            out = "ChannelError: " + str(e)
+        with open(sys.argv[5] + ".tmp", "w") as f:
+            f.write(out)
+        os.rename(sys.argv[5] + ".tmp", sys.argv[5])
+        sys.exit(0)
+    tmp = os.environ["WB_TMP"]
+    try:                # GS makes the board at the first join that waits
+        channel.join("wb-warm-up", timeout=0.001)
+    except ChannelTimeout:
+        pass
+    channel.destroy(channel.create(None).c_uid)      # the head gets a c_uid reserved (and the board)
+"""
+
+
+def run(tmp_path, body):
+    """Run COMMON + ``body`` as the head under ``ember run``; its stdout."""
+    prog = write(tmp_path, COMMON + body)
+    return ok(ember("run", prog, cwd=tmp_path, timeout=100,
+                    env=dict(os.environ, WB_TMP=str(tmp_path))))
+
+
+def test_a_parked_join_is_woken_by_the_creator_with_gs_stopped(tmp_path):
+    """The wake-up takes GS off the path: with GS stopped (SIGSTOP), a
+    parked joiner still gets the channel the moment it is created; the
+    creator's own create completes once GS runs again."""
+    out = run(tmp_path, """
+    j = spawn("join", "wb-a", f"{tmp}/a")
+    wait_for(lambda: parked("wb-a"), what="the joiner to park")
+    gs = gs_pid()
+    made = []
+    os.kill(gs, signal.SIGSTOP)
+    try:
+        th = threading.Thread(target=lambda: made.append(channel.create(None, "wb-a")))
+        th.start()
+        deadline = time.monotonic() + 20
+        while read(f"{tmp}/a") is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        woke = read(f"{tmp}/a")
+        print("joiner answered while GS was stopped:", woke is not None)
+    finally:
+        os.kill(gs, signal.SIGCONT)
+    th.join(30)
+    print("same channel:", woke == str(made[0].c_uid))
+    print("joiner exit", process.join(j.p_uid, timeout=30))
+    channel.destroy("wb-a")
+    """)
+    assert "joiner answered while GS was stopped: True" in out
+    assert "same channel: True" in out
+    assert "joiner exit 0" in out
+
+
+def test_a_join_answered_from_the_board_holds_its_reference(tmp_path):
+    """A ref-counted channel: the joiner answered by the creator holds a
+    reference GS counts (the channel outlives the creator's release and
+    goes with the joiner's)."""
+    out = run(tmp_path, """
+    j = spawn("join", "wb-r", f"{tmp}/r", f"{tmp}/r-go")
+    wait_for(lambda: parked("wb-r"), what="the joiner to park")
+    d = channel.create(None, "wb-r", ChannelOptions(ref_count=True))
+    wait_for(lambda: read(f"{tmp}/r") is not None, what="the joiner's answer")
+    print("joiner got it:", read(f"{tmp}/r") == str(d.c_uid))
+    ch = [c for c in introspect.dump()["channels"] if c["name"] == "wb-r"][0]
+    print("holders:", sorted(int(p) for p in ch["holders"]) ==
+          sorted([process.this_process(), j.p_uid]))
+    channel.release("wb-r")
+    print("alive after the creator's release:", channel.query("wb-r").c_uid == d.c_uid)
+    open(f"{tmp}/r-go", "w").close()
+    print("joiner exit", process.join(j.p_uid, timeout=30))
+    try:
+        channel.query("wb-r")
+        print("still there")
+    except ChannelError:
+        print("gone with the joiner's release")
+    """)
+    assert "joiner got it: True" in out
+    assert "holders: True" in out
+    assert "alive after the creator's release: True" in out
+    assert "joiner exit 0" in out
+    assert "gone with the joiner's release" in out
+
+
+def test_a_second_creator_waits_for_the_claimant(tmp_path):
+    """GS stays the authority for names: while a creator has claimed a name
+    on the board (stopped there), another create of that name is held back;
+    once the claimant goes on, its channel is the one registered and
+    joined, and the other create fails as for any name taken first."""
+    out = run(tmp_path, """
+    j = spawn("join", "wb-2", f"{tmp}/j")
+    c = spawn("create", "wb-2", f"{tmp}/c-ready", f"{tmp}/c-go", f"{tmp}/c-out",
+              env={"EMBER_TEST_WAKEBOARD_STOP": "claimed"})
+    wait_for(lambda: os.path.exists(f"{tmp}/c-ready"), what="the creator")
+    wait_for(lambda: parked("wb-2"), what="the joiner to park")
+    pid = process.query(c.p_uid).location.os_pid
+    open(f"{tmp}/c-go", "w").close()
+    wait_for(lambda: stopped(pid), what="the creator to stop with its claim")
+    res = []
+    def second():
+        try:
+            res.append(channel.create(None, "wb-2").c_uid)
+        except ChannelError as e:
+            res.append("ChannelError: " + str(e))
+    th = threading.Thread(target=second)
+    th.start()
+    time.sleep(0.5)
+    print("second create held while the claim stands:", res == [] and read(f"{tmp}/j") is None)
+    os.kill(pid, signal.SIGCONT)
+    th.join(30)
+    print("creator exit", process.join(c.p_uid, timeout=30))
+    wait_for(lambda: read(f"{tmp}/j") is not None, what="the joiner's answer")
+    print("joiner has the claimant's:", read(f"{tmp}/j") == read(f"{tmp}/c-out"))
+    print("second:", str(res[0]).split(" (")[0])
+    print("joiner exit", process.join(j.p_uid, timeout=30))
+    channel.destroy("wb-2")
+    """)
+    assert "second create held while the claim stands: True" in out
+    assert "creator exit 0" in out
+    assert "joiner has the claimant's: True" in out
+    assert "second: ChannelError: a channel is already named 'wb-2'" in out
+    assert "joiner exit 0" in out
+
+
+@pytest.mark.parametrize("stage", ["claimed", "queued", "answered"])
+def test_a_creator_killed_mid_wake_wedges_nobody(tmp_path, stage):
+    """The creator is SIGKILLed while it holds the board (stopped at
+    ``stage``): the joiner is answered (by the dead creator's register, or
+    else by the next create of the name), the board's lock is taken over,
+    and joins and creates of other names go on."""
+    out = run(tmp_path, f"""
+    stage = {stage!r}
+    j = spawn("join", "wb-k", f"{{tmp}}/j")
+    c = spawn("create", "wb-k", f"{{tmp}}/c-ready", f"{{tmp}}/c-go", f"{{tmp}}/c-out",
+              env={{"EMBER_TEST_WAKEBOARD_STOP": stage}})
+    wait_for(lambda: os.path.exists(f"{{tmp}}/c-ready"), what="the creator")
+    wait_for(lambda: parked("wb-k"), what="the joiner to park")
+    pid = process.query(c.p_uid).location.os_pid
+    open(f"{{tmp}}/c-go", "w").close()
+    wait_for(lambda: stopped(pid), what="the creator to stop")
+    os.kill(pid, signal.SIGKILL)
+    print("creator exit", process.join(c.p_uid, timeout=30))
+    if stage == "claimed":
+        time.sleep(0.3)
+        print("joiner still waits:", read(f"{{tmp}}/j") is None)
+        d = channel.create(None, "wb-k")
+        wait_for(lambda: read(f"{{tmp}}/j") is not None, what="the joiner's answer")
+        print("joiner has the next creator's:", read(f"{{tmp}}/j") == str(d.c_uid))
+    else:
+        wait_for(lambda: read(f"{{tmp}}/j") is not None, what="the joiner's answer")
+        print("joiner answered")
+    print("joiner exit", process.join(j.p_uid, timeout=30))
+    # the board goes on: another name, joined then created
+    j2 = spawn("join", "wb-k2", f"{{tmp}}/j2")
+    wait_for(lambda: parked("wb-k2"), what="the second joiner to park")
+    d2 = channel.create(None, "wb-k2")
+    wait_for(lambda: read(f"{{tmp}}/j2") is not None, what="the second joiner's answer")
+    print("second joiner has it:", read(f"{{tmp}}/j2") == str(d2.c_uid))
+    print("second joiner exit", process.join(j2.p_uid, timeout=30))
+    for name in ("wb-k", "wb-k2"):
+        try:
+            channel.destroy(name)
+        except ChannelError:
+            pass          # the dead creator's channel, reclaimed with its blocks
+    """)
+    assert "creator exit -9" in out
+    if stage == "claimed":
+        assert "joiner still waits: True" in out
+        assert "joiner has the next creator's: True" in out
+    else:
+        assert "joiner answered" in out
+    assert "joiner exit 0" in out
+    assert "second joiner has it: True" in out
+    assert "second joiner exit 0" in out
+
+
+def test_a_joiner_killed_while_parked_wedges_nobody(tmp_path):
+    """A listed joiner SIGKILLed while it waits: GS unlists it before it
+    frees its reply channel; the create that follows answers the live
+    joiner, holds no reference for the dead one, and a join with a timeout
+    still times out."""
+    out = run(tmp_path, """
+    j1 = spawn("join", "wb-d", f"{tmp}/d1")
+    j2 = spawn("join", "wb-d", f"{tmp}/d2")
+    wait_for(lambda: parked("wb-d", 2), what="both joiners to park")
+    os.kill(process.query(j1.p_uid).location.os_pid, signal.SIGKILL)
+    print("killed joiner exit", process.join(j1.p_uid, timeout=30))
+    d = channel.create(None, "wb-d", ChannelOptions(ref_count=True))
+    wait_for(lambda: read(f"{tmp}/d2") is not None, what="the live joiner's answer")
+    print("live joiner has it:", read(f"{tmp}/d2") == str(d.c_uid))
+    print("live joiner exit", process.join(j2.p_uid, timeout=30))
+    ch = [c for c in introspect.dump()["channels"] if c["name"] == "wb-d"][0]
+    print("dead joiner holds nothing:", str(j1.p_uid) not in map(str, ch["holders"]))
+    channel.release("wb-d")
+    t0 = time.monotonic()
+    try:
+        channel.join("wb-never", timeout=0.3)
+        print("joined a name never created")
+    except ChannelTimeout:
+        print("timed out")
+    """)
+    assert "killed joiner exit -9" in out
+    assert "live joiner has it: True" in out
+    assert "live joiner exit 0" in out
+    assert "dead joiner holds nothing: True" in out
+    assert "timed out" in out
+
+
+def test_send_quiet_and_notify():
+    """The channel primitive the board uses: a try-once inline send that
+    queues without waking anyone, and the wake-up on its own."""
+    from ember.channels_c import Channel
+    from ember.exceptions import ChannelError, ChannelFull
+    from ember.pools_c import Pool
+
+    pool = Pool.create(1 << 20)
+    try:
+        ch = Channel.create(pool, capacity=2, block_size=128)
+        other = Channel.attach(ch.sdesc)
+        ch._send_quiet(b"a")
+        ch._send_quiet(b"b")
+        with pytest.raises(ChannelFull):
+            ch._send_quiet(b"c")             # try-once: never waits
+        with pytest.raises(ChannelError):
+            ch._send_quiet(b"x" * 200)       # inline only (payload 112 bytes)
+        ch._notify()
+        assert other.recv(timeout=5) == b"a" and other.recv_nowait() == b"b"
+        with pytest.raises(TypeError):
+            ch._send_quiet(memoryview(b"a"))  # bytes only
+        other.detach()
+        ch.destroy()
+        with pytest.raises(ChannelError):
+            ch._notify()
+    finally:
+        pool.destroy()
