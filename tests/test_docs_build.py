@@ -28,7 +28,13 @@ except ImportError as exc:       # pragma: no cover - the test extra installs th
     _MISSING = exc
 
 
-def _build(src, out, timeout=240):
+#: The build's own bound, and the tests' (pytest-timeout's default, 120 s, is
+#: less than a full build takes on a loaded 2-core machine: -n 4 took > 120 s).
+BUILD_TIMEOUT = 240
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 60)
+
+
+def _build(src, out, timeout=BUILD_TIMEOUT):
     if _MISSING is not None:
         pytest.fail(f"the docs build needs sphinx, myst-parser and furo ({_MISSING}); "
                     f"they are in the test extra: pip install -e '.[test]'")
