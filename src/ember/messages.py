@@ -285,11 +285,17 @@ def reply_ok(ref, value=None):
     return Reply._new(ref, ERR_OK, value, None, None, None)
 
 
+def reply_ok_packed(ref, value=None):
+    """``reply_ok(ref, value).pack()`` without the object (the join wake
+    board's creator packs GS's reply to a joiner on its wake-up path)."""
+    return _packb([Reply.code, ref, ERR_OK, value, None, None, None])
+
+
 def reply_err(ref, err_type, msg, tb=None):
     return Reply._new(ref, ERR_FAIL, None, err_type, msg, tb)
 
 
-__all__ += ["reply_ok", "reply_err", "POKE"]
+__all__ += ["reply_ok", "reply_ok_packed", "reply_err", "POKE"]
 
 # --- named objects (Queue, Pipe, Lock, ...; ember.objects) --------------------
 # GS keeps a registry of Python-layer objects: kind, an opaque descriptor

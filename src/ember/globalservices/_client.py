@@ -200,10 +200,11 @@ class Connection:
             d = self.call(messages.ChannelCreate, m_uid, user_name, od, bool(soft))
         else:
             send = None
+            sdesc = ch.sdesc
             if user_name and self._board_desc is not None:
-                send = self._board_wake(user_name, c_uid, ch, opts, woke)
+                send = self._board_wake(user_name, c_uid, sdesc, opts, woke)
             try:
-                d = self.call(messages.ChannelRegister, m_uid, user_name, od, ch.sdesc, send=send)
+                d = self.call(messages.ChannelRegister, m_uid, user_name, od, sdesc, send=send)
             except (ChannelError, GlobalServicesError):
                 if woke:
                     # (not expected: GS accepts a claimant's register) joiners
@@ -268,7 +269,7 @@ class Connection:
         self.gs.send(msg_cls._new(next(self._tags), self.p_uid, holder.r, self.key,
                                   *fields).pack())
 
-    def _board_wake(self, name, c_uid, ch, opts, woke):
+    def _board_wake(self, name, c_uid, sdesc, opts, woke):
         """The ``send`` of a named client-made create: claim the name on
         the join wake board, send the register, answer the joiners parked
         on it directly (wakeboard.py).  Falls back to a plain send."""
@@ -282,12 +283,12 @@ class Connection:
                 return None
         gs = self.gs
         desc = {"m_uid": board.default_m_uid, "c_uid": c_uid, "name": name, "node": board.node,
-                "capacity": ch.capacity, "block_size": ch.block_size,
-                "ref_count": bool(opts.ref_count), "sdesc": ch.sdesc}   # GS's _chan_desc
+                "capacity": opts.capacity, "block_size": opts.block_size,
+                "ref_count": bool(opts.ref_count), "sdesc": sdesc}   # GS's _chan_desc
 
         def send(data):
             n = board.wake(name, self.p_uid, c_uid, gs, data,
-                           lambda tag: messages.reply_ok(tag, desc).pack())
+                           lambda tag: messages.reply_ok_packed(tag, desc))
             if n is None:
                 return False
             if n:
