@@ -102,6 +102,8 @@ class _Conn:
     def __init__(self, node):
         global _ctx, _ctx_pid
         if _ctx is None or _ctx_pid != os.getpid():
+            from .zmq_backend import keep_heap
+            keep_heap()           # large messages: see there
             _ctx, _ctx_pid = zmq.Context(1), os.getpid()
         addr = _agents().get(node)
         if addr is None:

@@ -21,10 +21,38 @@ from zmq.utils import z85
 
 from .base import Backend, Endpoint, TransportError
 
-__all__ = ["ZmqBackend", "ZmqEndpoint"]
+__all__ = ["ZmqBackend", "ZmqEndpoint", "keep_heap"]
 
 _HWM = 1 << 20
 _ZAP_ADDR = "inproc://zeromq.zap.01"
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3      # <malloc.h>
+_malloc_kept = False
+
+
+def keep_heap():
+    """Stop glibc's malloc from giving a large message's memory back to the
+    kernel after every message.  libzmq's CURVE coder allocates about three
+    buffers of a message's size per large message (plaintext, box, the
+    result) in its I/O thread and frees them right after; glibc's default
+    trim threshold (twice its dynamic mmap threshold, about 2-3 MiB then)
+    made it shrink the heap (brk) after each 1 MiB message and fault the
+    pages in again (and zero them) for the next: about as much CPU as the
+    encryption itself.  Called by the agents and, once, by a process that
+    sends a large message to another node: heap chunks up to 32 MiB, and
+    up to 64 MiB of free heap kept (per arena).  A no-op where mallopt is
+    not glibc's."""
+    global _malloc_kept
+    if _malloc_kept:
+        return
+    _malloc_kept = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 class ZmqEndpoint(Endpoint):
@@ -94,6 +122,7 @@ class ZmqBackend(Backend):
     name = "zmq"
 
     def __init__(self, io_threads=1):
+        keep_heap()
         self.ctx = zmq.Context(io_threads)
         self.zap = None
 
