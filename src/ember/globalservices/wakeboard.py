@@ -7,9 +7,11 @@ woken up, decoded and checked the creator's ``ChannelRegister`` and sent
 the joiner its reply: two wake-ups of sleeping processes in a row, with
 cold Python in each (~550 µs on the project's VM, where one wake-up is
 ~50 µs).  Here the creator answers the parked joiners itself, in the same
-breath as it sends the register to GS: one wake-up.
+breath as it queues the register for GS: one wake-up.
 
-The board is one allocation in the infrastructure pool, made by GS, with
+The board is one allocation in the infrastructure pool, made by GS at the
+first join that waits (its descriptor reaches a process in the reply to
+its next create that reserves a c_uid), with
 an ember ``Lock`` (robust: a holder that dies is reported to the next
 acquirer) guarding it.  It has ``N_ENTRIES`` entries, one per name hash
 (``crc32(name) % N_ENTRIES``; a name whose entry holds another name, a
@@ -30,11 +32,15 @@ Who writes what (always under the lock):
   creator never writes to a freed channel), and frees the entry when the
   name is taken (a register, a create through GS).
 - A creator with a c_uid reserved (the client-made create), whose name's
-  entry is WAITING: writes its p_uid and c_uid, then CLAIMED; sends its
-  ``ChannelRegister`` to GS (try-once: a full input channel drops back to
-  the path through GS); then WOKEN with the count answered, and sends each
-  listed joiner the very reply GS would have sent (same tag, same
-  descriptor) on its reply channel (try-once).
+  entry is WAITING, in one hold of the lock: writes its p_uid and c_uid,
+  then CLAIMED; queues its ``ChannelRegister`` on GS's input channel
+  without waking GS (``Channel._send_quiet``, try-once: a full input
+  channel puts the entry back and takes the path through GS); sets WOKEN
+  and sends each listed joiner the very reply GS would have sent (same
+  tag, same descriptor) on its reply channel, counting each one answered
+  (a prefix of the list).  Then it releases the lock and wakes GS
+  (``Channel._notify``): GS wakes last, so it does not take the second
+  core from the joiner.
 
 GS stays the authority for names: an entry exists only while its name is
 free in GS's registry, and while it is CLAIMED or WOKEN GS holds back
@@ -48,12 +54,15 @@ GS's reply would have given it: GS records its reference as for any joiner
 Death at any point (the lock is robust; the state word is written last):
 
 - a creator killed before CLAIMED: nothing changed.  Killed while CLAIMED
-  (its register not sent, or sent): GS, at its exit, puts the entry back
-  to WAITING (no register can come after the exit notice, which reaches GS
+  with its register not queued: GS, at its exit, puts the entry back to
+  WAITING (no register can come after the exit notice, which reaches GS
   behind anything the creator sent) and handles the requests it held back;
-  the joiners stay parked in GS, none was answered.  Killed after WOKEN:
-  its register was sent first, so GS registers the channel (and the
-  node's shepherd adopts it, as for any client-made channel).
+  the joiners stay parked in GS, none was answered.  Killed once its
+  register is queued (CLAIMED or WOKEN, GS woken or not: the exit notice
+  wakes it): GS handles the register, registers the channel (the node's
+  shepherd adopts it, as any client-made channel, unless its reclaim of
+  the dead creator's blocks came first) and answers the joiners the
+  creator had not answered.
 - a joiner killed while listed: GS unlists it (the exit) before it frees
   its reply channels; a joiner killed after it was answered holds a
   reference GS drops at its exit, as for any joiner.
