@@ -1,6 +1,6 @@
 """Python functions in managed processes vs multiprocessing / concurrent.futures.
 
-    python benchmarks/bench_python_processes.py [--quick] [--map-n N]
+    python benchmarks/bench_python_processes.py [--quick] [--map-n N] [--only start,sustained]
 
 Re-executes itself under ``python -m ember run`` when not inside a runtime.
 Every baseline runs in the same process and run, and each line prints the
@@ -116,13 +116,24 @@ def line(what, value, unit, base=None, target=None):
     print(s, flush=True)
 
 
+PARTS = ("start", "sustained", "map", "big")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--map-n", type=int, default=100_000)
     ap.add_argument("--big-mb", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds of the start + join measure (default 5, --quick 3)")
+    ap.add_argument("--only", default=",".join(PARTS), metavar="PART,...",
+                    help=f"run only these measures, of: {', '.join(PARTS)} (default: all)")
     _report.add_args(ap)
     a = ap.parse_args()
+    only = [x.strip() for x in a.only.split(",") if x.strip()]
+    bad = [x for x in only if x not in PARTS]
+    if bad or not only:
+        ap.error(f"--only takes a comma-separated list of {', '.join(PARTS)}; got {a.only!r}")
     import ember
 
     reps = 40 if a.quick else 200
@@ -130,86 +141,96 @@ def main():
     print(f"# bench_python_processes: {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
           flush=True)
 
-    # --- start + join -------------------------------------------------
-    median_ms(ember_start_join("template"), 3)          # start the template
     fork = mp.get_context("fork")
-    fs = mp.get_context("forkserver")
-    median_ms(mp_start_join(fs), 2)                     # start the fork server
-    n_rounds = 3 if a.quick else 5
-    print(f"## start + join of a trivial function: {n_rounds} rounds of {reps // n_rounds}, "
-          f"ember and mp fork taking turns ({load()})", flush=True)
-    r = rounds_ms({"ember": ember_start_join("template"), "fork": mp_start_join(fork)},
-                  n_rounds, reps // n_rounds)
-    t_tmpl, t_fork = statistics.median(r["ember"]), statistics.median(r["fork"])
-    ratios = [f / e for e, f in zip(r["ember"], r["fork"])]
-    t_fs = median_ms(mp_start_join(fs), reps // n_rounds)
-    t_spawn_e = median_ms(ember_start_join("spawn"), slow_reps)
-    t_spawn = median_ms(mp_start_join(mp.get_context("spawn")), slow_reps)
-    print("round medians, ms: ember " + " ".join(f"{x:.2f}" for x in r["ember"])
-          + " | mp fork " + " ".join(f"{x:.2f}" for x in r["fork"]))
-    print(f"ember min {min(r['ember']):.2f} median {t_tmpl:.2f} ms; mp fork min "
-          f"{min(r['fork']):.2f} median {t_fork:.2f} ms; per-round speed ratio (fork/ember) "
-          f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f} "
-          f"({load()})")
-    line("mp fork (median of round medians)", t_fork, "ms")
-    line("mp forkserver", t_fs, "ms")
-    line("mp spawn", t_spawn, "ms")
-    line("ember.Process start_method='spawn'", t_spawn_e, "ms", t_spawn / t_spawn_e)
-    line("ember.Process (template) vs mp fork", t_tmpl, "ms", t_fork / t_tmpl,
-         f"ratio >= 1 and <= 5 ms: {'MET' if t_tmpl <= t_fork and t_tmpl <= 5 else 'NOT MET'}")
+    measures = []
 
-    # --- sustained starts ---------------------------------------------
-    n = 100 if a.quick else 300
-    r_e = sustained(lambda: ember.Process(target=trivial), n)
-    r_f = sustained(lambda: fork.Process(target=trivial), n)
-    print("## sustained starts per second (8 alive at once)")
-    line("mp fork", r_f, "/s")
-    line("ember.Process (template)", r_e, "/s", r_e / r_f,
-         f">= 300/s: {'MET' if r_e >= 300 else 'NOT MET'}")
+    if "start" in only:
+        # --- start + join -------------------------------------------------
+        median_ms(ember_start_join("template"), 3)          # start the template
+        fs = mp.get_context("forkserver")
+        median_ms(mp_start_join(fs), 2)                     # start the fork server
+        n_rounds = a.rounds or (3 if a.quick else 5)
+        print(f"## start + join of a trivial function: {n_rounds} rounds of {reps // n_rounds}, "
+              f"ember and mp fork taking turns ({load()})", flush=True)
+        r = rounds_ms({"ember": ember_start_join("template"), "fork": mp_start_join(fork)},
+                      n_rounds, reps // n_rounds)
+        t_tmpl, t_fork = statistics.median(r["ember"]), statistics.median(r["fork"])
+        ratios = [f / e for e, f in zip(r["ember"], r["fork"])]
+        t_fs = median_ms(mp_start_join(fs), reps // n_rounds)
+        t_spawn_e = median_ms(ember_start_join("spawn"), slow_reps)
+        t_spawn = median_ms(mp_start_join(mp.get_context("spawn")), slow_reps)
+        print("round medians, ms: ember " + " ".join(f"{x:.2f}" for x in r["ember"])
+              + " | mp fork " + " ".join(f"{x:.2f}" for x in r["fork"]))
+        print(f"ember min {min(r['ember']):.2f} median {t_tmpl:.2f} ms; mp fork min "
+              f"{min(r['fork']):.2f} median {t_fork:.2f} ms; per-round speed ratio (fork/ember) "
+              f"min {min(ratios):.2f} median {statistics.median(ratios):.2f} max {max(ratios):.2f} "
+              f"({load()})")
+        line("mp fork (median of round medians)", t_fork, "ms")
+        line("mp forkserver", t_fs, "ms")
+        line("mp spawn", t_spawn, "ms")
+        line("ember.Process start_method='spawn'", t_spawn_e, "ms", t_spawn / t_spawn_e)
+        line("ember.Process (template) vs mp fork", t_tmpl, "ms", t_fork / t_tmpl,
+             f"ratio >= 1 and <= 5 ms: {'MET' if t_tmpl <= t_fork and t_tmpl <= 5 else 'NOT MET'}")
+        measures.append(_report.measure(
+            "start + join of a trivial function, median", "ms",
+            {"ember.Process (template)": t_tmpl, "ember.Process (spawn)": t_spawn_e,
+             "mp fork": t_fork, "mp forkserver": t_fs, "mp spawn": t_spawn},
+            better="lower", target=5))
 
-    # --- Executor.map ---------------------------------------------------
-    N = a.map_n
-    workers = os.cpu_count() or 2
-    print(f"## map of {N} trivial calls, {workers} workers")
-    with ember.Executor(workers) as ex:
-        list(ex.map(sq, range(100)))                      # warm
-        t = time.perf_counter(); list(ex.map(sq, range(N), chunksize=1))
-        e1 = time.perf_counter() - t
-        t = time.perf_counter(); list(ex.map(sq, range(N)))
-        ed = time.perf_counter() - t
-    with cf.ProcessPoolExecutor(workers, mp_context=fork) as ppe:
-        list(ppe.map(sq, range(100)))
-        n1 = min(N, 20_000 if a.quick else N)
-        t = time.perf_counter(); list(ppe.map(sq, range(n1), chunksize=1))
-        p1 = (time.perf_counter() - t) * N / n1
-        t = time.perf_counter(); list(ppe.map(sq, range(N), chunksize=1000))
-        p1000 = time.perf_counter() - t
-    with fork.Pool(workers) as pool:
-        pool.map(sq, range(100))
-        t = time.perf_counter(); pool.map(sq, range(N))
-        pm = time.perf_counter() - t
-    line("ProcessPoolExecutor chunksize=1" + (" (scaled)" if n1 != N else ""), p1, "s")
-    line("ProcessPoolExecutor chunksize=1000", p1000, "s")
-    line("multiprocessing.Pool.map (auto chunks)", pm, "s")
-    line("ember.Executor.map chunksize=1 vs PPE chunksize=1", e1, "s", p1 / e1,
-         f">= 10: {'MET' if p1 / e1 >= 10 else 'NOT MET'}")
-    line("ember.Executor.map default vs Pool.map", ed, "s", pm / ed,
-         f">= 1: {'MET' if ed <= pm else 'NOT MET'}")
-    measures = [
-        _report.measure("start + join of a trivial function, median", "ms",
-                        {"ember.Process (template)": t_tmpl, "ember.Process (spawn)": t_spawn_e,
-                         "mp fork": t_fork, "mp forkserver": t_fs, "mp spawn": t_spawn},
-                        better="lower", target=5),
-        _report.measure("sustained starts, 8 alive at once", "starts/s",
-                        {"ember.Process (template)": r_e, "mp fork": r_f}, target=300),
-        _report.measure(f"map of {N} trivial calls, chunksize=1", "s",
-                        {"ember.Executor.map": e1, "ProcessPoolExecutor": p1},
-                        better="lower", target=p1 / 10),
-        _report.measure(f"map of {N} trivial calls, default chunks", "s",
-                        {"ember.Executor.map": ed, "multiprocessing.Pool.map": pm,
-                         "ProcessPoolExecutor chunksize=1000": p1000}, better="lower")]
+    if "sustained" in only:
+        # --- sustained starts ---------------------------------------------
+        n = 100 if a.quick else 300
+        r_e = sustained(lambda: ember.Process(target=trivial), n)
+        r_f = sustained(lambda: fork.Process(target=trivial), n)
+        print("## sustained starts per second (8 alive at once)")
+        line("mp fork", r_f, "/s")
+        line("ember.Process (template)", r_e, "/s", r_e / r_f,
+             f">= 300/s: {'MET' if r_e >= 300 else 'NOT MET'}")
+        measures.append(_report.measure("sustained starts, 8 alive at once", "starts/s",
+                                        {"ember.Process (template)": r_e, "mp fork": r_f},
+                                        target=300))
+
+    if "map" in only:
+        # --- Executor.map ---------------------------------------------------
+        N = a.map_n
+        workers = os.cpu_count() or 2
+        print(f"## map of {N} trivial calls, {workers} workers")
+        with ember.Executor(workers) as ex:
+            list(ex.map(sq, range(100)))                      # warm
+            t = time.perf_counter(); list(ex.map(sq, range(N), chunksize=1))
+            e1 = time.perf_counter() - t
+            t = time.perf_counter(); list(ex.map(sq, range(N)))
+            ed = time.perf_counter() - t
+        with cf.ProcessPoolExecutor(workers, mp_context=fork) as ppe:
+            list(ppe.map(sq, range(100)))
+            n1 = min(N, 20_000 if a.quick else N)
+            t = time.perf_counter(); list(ppe.map(sq, range(n1), chunksize=1))
+            p1 = (time.perf_counter() - t) * N / n1
+            t = time.perf_counter(); list(ppe.map(sq, range(N), chunksize=1000))
+            p1000 = time.perf_counter() - t
+        with fork.Pool(workers) as pool:
+            pool.map(sq, range(100))
+            t = time.perf_counter(); pool.map(sq, range(N))
+            pm = time.perf_counter() - t
+        line("ProcessPoolExecutor chunksize=1" + (" (scaled)" if n1 != N else ""), p1, "s")
+        line("ProcessPoolExecutor chunksize=1000", p1000, "s")
+        line("multiprocessing.Pool.map (auto chunks)", pm, "s")
+        line("ember.Executor.map chunksize=1 vs PPE chunksize=1", e1, "s", p1 / e1,
+             f">= 10: {'MET' if p1 / e1 >= 10 else 'NOT MET'}")
+        line("ember.Executor.map default vs Pool.map", ed, "s", pm / ed,
+             f">= 1: {'MET' if ed <= pm else 'NOT MET'}")
+        measures += [
+            _report.measure(f"map of {N} trivial calls, chunksize=1", "s",
+                            {"ember.Executor.map": e1, "ProcessPoolExecutor": p1},
+                            better="lower", target=p1 / 10),
+            _report.measure(f"map of {N} trivial calls, default chunks", "s",
+                            {"ember.Executor.map": ed, "multiprocessing.Pool.map": pm,
+                             "ProcessPoolExecutor chunksize=1000": p1000}, better="lower")]
 
     # --- big numpy result ---------------------------------------------
+    if "big" not in only:
+        _report.write(a, "bench_python_processes", measures)
+        return 0
     try:
         import numpy  # noqa: F401
     except ImportError:

@@ -661,3 +661,96 @@ def test_spare_child(tmp_path):
         "exit 0"], out
     assert sorted(ln for ln in lines if ln.startswith("child says")) == [
         "child says five", "child says one", "child says three", "child says two"], out
+
+
+def test_join_reads_the_result_after_the_exit(tmp_path):
+    """join() waits for the exit alone (one wake-up) and reads what the
+    process sent before it: a value through a pool block, an exception
+    with its traceback, sys.exit's code; a process that lingers after
+    sending its result is still running until it ends.  The template's
+    children see the template's objects frozen (gc.freeze)."""
+    out = ok(run_prog(tmp_path, """
+        import gc
+
+        class Boom(Exception):
+            pass
+
+        def big():
+            return b"x" * (1 << 20)
+
+        def fail():
+            raise Boom("deep")
+
+        def leave():
+            sys.exit(3)
+
+        def linger(path):
+            import atexit
+
+            def wait():                        # until the parent has looked
+                deadline = time.monotonic() + 60
+                while not os.path.exists(path) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            atexit.register(wait)
+            return "early"
+
+        def look():
+            return gc.get_freeze_count() > 0
+
+        before = leak_state()
+        p = ember.Process(target=big); p.start(); p.join()
+        print("big", p.exitcode, len(p.result()))
+        p.close()
+        p = ember.Process(target=fail); p.start(); p.join()
+        exc = p.exception
+        print("fail", p.exitcode, type(exc).__name__, "deep" in str(exc.__cause__))
+        p.close()
+        p = ember.Process(target=leave); p.start(); p.join()
+        print("leave", p.exitcode, type(p.exception).__name__)
+        p.close()
+        p = ember.Process(target=linger, args=("looked",)); p.start()
+        print("linger", p.result(), p.is_alive())
+        open("looked", "w").close()
+        p.join()
+        print("linger joined", p.exitcode, p.is_alive())
+        p.close()
+        for _ in range(3):                     # the later ones start from spares
+            p = ember.Process(target=look); p.start(); p.join()
+            print("look", p.result())
+            p.close()
+        print("leaks", leak_state() == before)
+    """))
+    assert out.splitlines() == [
+        "big 0 1048576",
+        "fail 1 Boom True",
+        "leave 3 ProcessDied",
+        "linger early True",
+        "linger joined 0 False"] + [
+        "look True"] * 3 + [
+        "leaks True"], out
+
+
+def test_environment_changes_between_starts(tmp_path):
+    """Each start gives the child this process's environment as it is at
+    that start (the parent reuses what it built only while os.environ is
+    unchanged), without the parent's own EMBER_P_UID."""
+    out = ok(run_prog(tmp_path, """
+        def look():
+            return os.environ.get("PYSTART_X"), os.environ["EMBER_P_UID"]
+
+        def run():
+            p = ember.Process(target=look); p.start(); p.join()
+            x, puid = p.result()
+            print(x, puid == str(p.p_uid))
+            p.close()
+
+        run()
+        os.environ["PYSTART_X"] = "1"
+        run()
+        os.environ["PYSTART_X"] = "2"
+        run()
+        run()
+        del os.environ["PYSTART_X"]
+        run()
+    """))
+    assert out.splitlines() == ["None True", "1 True", "2 True", "2 True", "None True"], out

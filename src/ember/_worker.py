@@ -17,6 +17,8 @@ the code of ``SystemExit`` if the target exits.
 import os
 import sys
 
+from . import _trace
+
 
 def _format_tb(exc, skip_code):
     import traceback
@@ -78,6 +80,9 @@ def run(call_sdesc, result_sdesc):
             _send_exception(res, exc, _format_tb(exc, run.__code__))
             return 1
         del rec
+        if _trace.on:
+            _trace.t("C.target")
+            _trace.t_faults("C.faults_target")
         try:
             result = None if target is None else target(*args, **kwargs)
         except SystemExit as exc:

@@ -18,6 +18,7 @@ import os
 import signal
 
 from .. import _env, messages as m
+from .._trace import t as _t
 from ..exceptions import ProcessError
 from .registry import _Waiter, _lookup, _timeout, log
 
@@ -99,6 +100,7 @@ class ProcessesPart:
         return f"process {rec.p_uid}{name}{pid}"
 
     def on_process_create(self, msg):
+        _t("G.create")
         if self.teardown is not None:
             raise ProcessError("the runtime is shutting down: no new processes")
         name = msg.user_name or ""
@@ -197,6 +199,7 @@ class ProcessesPart:
                                    f"({own}), not {env[_env.STDIO_FROM]!r}")
 
     def on_sh_spawned(self, msg):
+        _t("G.spawned")
         rec = self.procs.get(msg.p_uid)
         if rec is None:
             log.warning("ShSpawned for unknown p_uid %r", msg.p_uid)
@@ -300,6 +303,7 @@ class ProcessesPart:
         self._exited(rec, code)
 
     def on_sh_exited(self, msg):
+        _t("G.exited")
         p_uid = msg.p_uid
         if isinstance(p_uid, bool) or not isinstance(p_uid, int):
             log.warning("ShExited with a bad p_uid %r", p_uid)

@@ -22,6 +22,7 @@ import weakref
 from .. import _env
 from ..exceptions import ProcessDied, ProcessError, RemoteError, RemoteTraceback
 from . import _codec, _pickling as P
+from .._trace import t as _t
 
 __all__ = ["Process", "START_METHODS"]
 
@@ -56,6 +57,24 @@ def _create(args, env, cwd, user_name):
     from ..globalservices import process as gproc
 
     return gproc.create(sys.executable, cwd, args, env=env, user_name=user_name or "")
+
+
+_environ_cache = [None, None]     # [os.environ's bytes mapping as it was, what it gave]
+
+
+def _environ():
+    """This process's environment (str to str) without ``EMBER_P_UID``, a
+    new dict.  Built again only when ``os.environ`` changed (compared as
+    its underlying bytes mapping, in C): decoding ~50 variables one by one
+    was ~0.1 ms of every start."""
+    data = getattr(os.environ, "_data", None)
+    c = _environ_cache
+    if data is not None and c[0] is not None and c[0] == data:
+        return dict(c[1])
+    env = {k: v for k, v in os.environ.items() if k != _env.P_UID}
+    if type(data) is dict:
+        c[0], c[1] = dict(data), env
+    return dict(env)
 
 
 def _signal_name(sig):
@@ -440,6 +459,7 @@ class Process:
         with self._lock:
             if self._desc is not None:
                 raise ProcessError("cannot start a process twice")
+            _t("P.start")
             _sweep()
             from ..channels_c import Channel
 
@@ -473,9 +493,11 @@ class Process:
                         args.append("--preload=" + ",".join(Process._preload
                                                             + Process._quiet_preload))
                 args += [_env.encode(res.call.sdesc), _env.encode(res.result.sdesc)]
-                env = {k: v for k, v in os.environ.items() if k != _env.P_UID}
+                env = _environ()
                 env.update(self._env)
+                _t("P.create")
                 self._desc = _create(args, env, self._cwd, self._gs_name)
+                _t("P.created")
             except BaseException:
                 fin()
                 raise
@@ -522,7 +544,7 @@ class Process:
                 if Process._preload:
                     args.append("--preload=" + ",".join(Process._preload))
             args += [_env.encode(res.call_sdesc), _env.encode(res.result_sdesc)]
-            env = {k: v for k, v in os.environ.items() if k != _env.P_UID}
+            env = _environ()
             env.update(self._env)
             from ..globalservices import process as gproc
             self._desc = gproc.create(sys.executable, self._cwd, args, env=env,
@@ -546,14 +568,26 @@ class Process:
     def _wait(self, timeout, result_only=False):
         """Collect the result record and the exit; True once the process has
         ended and everything it sent is read (with ``result_only``: once a
-        complete result has arrived, or the process has ended)."""
+        complete result has arrived, or the process has ended).
+
+        Without ``result_only`` (join), only the exit is waited for, on the
+        pidfd: the result record is read afterwards.  The worker sends one
+        record (two messages) on a channel of :data:`_RESULT_CAPACITY`
+        slots and exits, so it never waits for this side to read; and this
+        process is woken once, at the exit, not also for the result (a
+        wake-up that could also preempt the child on its way out).  A
+        process on another node is read as it goes (its result comes
+        through the transport, which a read after the exit may not yet
+        have brought)."""
         import time
 
         if self._exitcode is not None:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         reader = self._reader
-        while not reader.records and self._outcome is None:
+        _t("P.wait")
+        read_first = result_only or isinstance(self._res, _RemoteResources)
+        while read_first and not reader.records and self._outcome is None:
             if self._ended(0):
                 break
             left = None if deadline is None else deadline - time.monotonic()
@@ -565,6 +599,7 @@ class Process:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._ended(left):
             return False
+        _t("P.ended")
         while reader.pump(0):     # what it sent just before exiting
             pass
         code = self._exit_code_here()
@@ -572,6 +607,7 @@ class Process:
             from ..globalservices import process as gproc
 
             code = gproc.join(self._desc.p_uid)
+        _t("P.code")
         self._finish(code)
         return True
 

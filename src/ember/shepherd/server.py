@@ -34,6 +34,7 @@ from .. import _env, _log
 from .. import messages as M
 from ..service import NOTICE, Service
 from . import template as _template
+from .._trace import t as _t
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
@@ -313,7 +314,20 @@ class Shepherd(Service):
                     f"(mode {stat.S_IMODE(st.st_mode):04o})")
         return text
 
+    def spare_due(self):
+        """Seconds until the request thread must ask the template for the
+        next spare (None: nothing to ask); see ``Template.spawn``."""
+        template = self._template
+        return None if template is None else template.spare_due()
+
+    def ask_spare(self):
+        """Request thread: ask the template for the spare now due."""
+        template = self._template
+        if template is not None:
+            template.ask_wanted()
+
     def _on_spawn(self, msg):
+        _t("S.spawn")
         p_uid = msg.p_uid
         err = self._spawn(msg)
         if err is not None:
@@ -425,6 +439,7 @@ class Shepherd(Service):
         for s in streams:
             self._ep.register(s.fd, select.EPOLLIN)
         self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
+        _t("S.spawned_sent")
         if gate is not None:
             os.close(gate)                # GS knows it: the forked child may run
         log.info("started p_uid %d (pid %d): %s", p_uid, pid, exe)
@@ -678,6 +693,7 @@ class Shepherd(Service):
                     pass
 
     def _on_exit(self, child):
+        _t("S.exit")
         if child.external:
             with self._lock:
                 if self._children.get(child.p_uid) is not child:
@@ -717,6 +733,9 @@ class Shepherd(Service):
                          f"{_signame(os.WTERMSIG(status))}{core}\n".encode(errors="replace"))
         self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
         self._send(M.ShExited(child.p_uid, code, info))
+        template = self._template
+        if template is not None:
+            template.ask_wanted()         # a CPU is free: the template may make the next spare
 
     def _oom_killed(self, child):
         """Whether the kernel's OOM killer ended ``child`` (exited, not yet
@@ -999,7 +1018,10 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
         try:
             while True:
                 try:
-                    data = in_channel.recv()
+                    data = in_channel.recv(timeout=shepherd.spare_due())
+                except TimeoutError:      # ChannelEmpty: nothing within the spare's delay
+                    shepherd.ask_spare()
+                    continue
                 except ChannelError as exc:
                     # a message someone scribbled over is dropped; the channel goes on
                     if "[EMBER_ERR_CORRUPT]" not in str(exc):

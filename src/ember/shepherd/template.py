@@ -29,8 +29,11 @@ directory, replaces its environment, reports "ready" (or the failed step)
 to the template, and then runs ``ember._worker.main`` and ``os._exit``\\ s
 with its code.
 
-The spare (single-threaded template only): after each spawn the shepherd
-asks for the next child ahead of time (``["spare", preload]``); the
+The spare (single-threaded template only): the shepherd asks for the
+next child ahead of time (``["spare", preload]``) -- after a spawn the
+template forked, at once; after one that a spare took, when a child exits
+or :data:`SPARE_DELAY` later, so that making it does not compete for the
+CPUs with the child just started (:meth:`Template.spawn`).  The
 template clones it (:func:`_make_spare`), it does what needs nothing of a
 request (:func:`_detach`) and waits on a socket pair, whose other end the
 template hands to the shepherd (``SCM_RIGHTS``, with ``[pid, None,
@@ -54,7 +57,9 @@ import signal
 import struct
 import sys
 
+from .. import _trace
 from .._exit import flush_and_exit
+from .._trace import t as _t
 
 
 def _socket():
@@ -66,6 +71,10 @@ __all__ = ["Template", "is_template_request", "become_subreaper", "main"]
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_MSG = 1 << 20
 _REPLY_TIMEOUT = 120.0     # seconds: a first preload (e.g. numpy) may take a while
+#: After a spare is handed a request, the next one is asked for when a
+#: child exits, or this long after the hand-over (seconds), whichever
+#: comes first (see :meth:`Template.ask_wanted`).
+SPARE_DELAY = 0.010
 
 
 def is_template_request(exe, args):
@@ -95,9 +104,17 @@ def become_subreaper():
 
 class Template:
     """The shepherd's handle on its template process and on the spare child
-    the template handed over (request thread only)."""
+    the template handed over.  Used by the request thread, except
+    :meth:`ask_wanted` (also the main thread, when a child exits): both
+    under one lock, which ask_wanted never waits for."""
 
     def __init__(self, envp, out_fd=2, err_fd=2):
+        import threading
+
+        # Held by spawn() (request thread) and ask_wanted() (either thread).
+        self._lock = threading.Lock()
+        self._want = None         # preload list of the next spare, not yet asked for
+        self._want_by = None      # time.monotonic() by which it is asked for
         self._envp = envp
         self._out_fd = out_fd
         self._err_fd = err_fd
@@ -147,11 +164,16 @@ class Template:
             self._pid = None
 
     # --- the spare ------------------------------------------------------
-    def _ask_spare(self, preload):
+    def _ask_spare(self, preload, start=True):
         """Ask the template for the next spare (with ``preload`` imported
         first), off the path of the request just served; its answer is read
-        by :meth:`_collect` at the next spawn."""
+        by :meth:`_collect` at the next spawn.  With ``start`` False, a
+        template that is not running is not started (the next spawn
+        does)."""
+        self._want = self._want_by = None
         if self._asked or self._no_spares or self._spare is not None:
+            return
+        if self._sock is None and not start:
             return
         import msgpack
 
@@ -162,6 +184,7 @@ class Template:
                     self._start()
                 self._sock.send(req)
                 self._asked = True
+                _t("S.ask_spare")
                 return
             except OSError:
                 self._stop()          # dead: the next spawn starts a new one
@@ -213,13 +236,44 @@ class Template:
         return spare
 
     # --- spawning -----------------------------------------------------
+    def spare_due(self):
+        """Seconds until the spare wanted must be asked for (None: none is
+        wanted)."""
+        by = self._want_by
+        if by is None:
+            return None
+        import time
+        return max(0.0, by - time.monotonic())
+
+    def ask_wanted(self):
+        """Ask the template for the spare wanted since the last hand-over,
+        if any: called by the shepherd when a child exits (a CPU is freed)
+        and when :meth:`spare_due` says it is time.  Never waits for a
+        spawn in progress (that spawn asks itself)."""
+        if self._want is None or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._want is not None:
+                self._ask_spare(self._want, start=False)
+        finally:
+            self._lock.release()
+
     def spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
         """Start a child running ``args`` (``-m ember._worker ...``); return
         its pid (a child of this process).  OSError on failure (nothing
         left running).  The request goes straight to the spare we hold
-        when there is one (one ``sendmsg``, no reply to wait for); else the
-        template forks the child.  Then the template is asked for the next
-        spare."""
+        when there is one (one ``sendmsg``, no reply to wait for); then the
+        next spare is *wanted*: asked for when a child exits or after
+        :data:`SPARE_DELAY` (:meth:`ask_wanted`), not at once, so that the
+        template's clone and the new spare's first page faults do not
+        compete for the CPUs with the child just started (on two cores
+        they delayed it by 0.5-2 ms).  Without a spare the template forks
+        the child, and is asked for the next spare at once (a burst of
+        starts)."""
+        with self._lock:
+            return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd)
+
+    def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
         try:
             from .._worker import parse_argv
             preload = parse_argv(args[2:])[1]
@@ -233,7 +287,10 @@ class Template:
                 self._spare = spare               # a bad run_dir keeps the spare
                 raise OSError(err[0], err[1])
             if _hand_over(spare, args, envp, cwd, fds):
-                self._ask_spare(preload)
+                _t("S.handed")
+                import time
+                self._want = preload
+                self._want_by = time.monotonic() + SPARE_DELAY
                 return spare.pid
             _reap(spare)
         try:
@@ -305,6 +362,7 @@ def _preload(modules):
     message if it cannot be imported)."""
     import importlib
 
+    imported = False
     for m in modules:
         _preloaded.add(m)
         quiet = m.startswith("?")
@@ -313,10 +371,26 @@ def _preload(modules):
             continue
         try:
             importlib.import_module(m)
+            imported = True
         except BaseException as exc:   # the child will import it (and fail) itself
             if not quiet:
                 print(f"ember template: cannot preload {m!r}: {type(exc).__name__}: {exc}",
                       file=sys.stderr, flush=True)
+    if imported:
+        _freeze()
+
+
+def _freeze():
+    """``gc.freeze()`` (after a collection): what the template holds is
+    left out of the cyclic collector's passes, in the template and in every
+    child, so that a collection in a child does not walk (and, writing to
+    their headers, copy) the pages of the template's objects; a child
+    that reaches the collector's thresholds pays only for its own
+    objects."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _set_env(envp):
@@ -394,6 +468,7 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         _set_env(envp)
         step = "run"
         from .. import _worker
+        _t("C.run")
 
         sys.argv = ["-m"] + list(args[2:])
         code = _worker.main(list(args[2:]))
@@ -414,6 +489,10 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
             except Exception:
                 pass
     finally:
+        if _trace.on:
+            _t("C.exit")
+            _trace.t_faults("C.faults_exit", cpu=True)
+            _trace.flush()
         flush_and_exit(code)
 
 
@@ -634,6 +713,7 @@ def _spare_main(sock, shepherd_pid):
 
     try:
         comm = _template_comm
+        _t("N.spare_up")
         _prctl_name(SPARE_COMM)
         err = _detach(shepherd_pid, keep=sock.fileno())
         if err is not None:
@@ -641,6 +721,9 @@ def _spare_main(sock, shepherd_pid):
             os._exit(127)
         msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
         sock.close()
+        _t("C.req")
+        if _trace.on:
+            _trace.t_faults("C.faults_req")
         if not msg or len(fds) != 3:
             os._exit(0)
         args, envp, cwd = msgpack.unpackb(msg, raw=False)
@@ -732,6 +815,7 @@ def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _template_comm
     _template_comm = _prctl_name()      # looked up once, not in every spare
+    _freeze()
     shepherd_pid = os.getppid()
     import socket
     sock = socket.socket(fileno=os.dup(0))
@@ -790,11 +874,13 @@ def _give_spare(sock, req, shepherd_pid, spares):
     socket) if no spare can be made.  False if the shepherd is gone."""
     import msgpack
 
+    _t("T.spare_req")
     preload = [m for m in (req[1] if len(req) > 1 and isinstance(req[1], list) else ())
                if isinstance(m, str) and m]
     if any(m not in _preloaded for m in preload):
         _preload(preload)
     spare = _make_spare(shepherd_pid) if spares else None
+    _t("T.cloned")
     final = not spares or (spare is None and not _single_threaded())
     reply = msgpack.packb([spare.pid if spare else 0, None, sorted(_preloaded), final],
                           use_bin_type=True)

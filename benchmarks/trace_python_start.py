@@ -1,0 +1,152 @@
+"""Where the time of an ``ember.Process`` start + join goes: timestamps in
+every process on the path (parent, GS, shepherd, template, child).
+
+    python benchmarks/trace_python_start.py [-n N] [--keep DIR]
+
+Runs itself under ``ember run`` with ``EMBER_TRACE_START`` set (see
+``ember._trace``: each process records ``CLOCK_MONOTONIC`` timestamps at
+named points, all comparable), starts and joins N trivial functions one
+at a time, alternating with N ``multiprocessing`` fork starts (timestamped
+in the parent and the child), and prints for each point the median time
+since the start was asked for (and the step from the point before), with
+the child's page faults (before its request, before its target, at its
+exit) and its CPU time.  Tracing itself costs a few microseconds a point;
+compare runs of this script with each other, not with the benchmark.
+
+Labels: ``P.`` parent, ``G.`` global services, ``S.`` shepherd (request
+thread), ``T.`` template, ``C.`` the child (a spare until ``C.req``),
+``N.`` the next spare, ``F.`` the multiprocessing fork start.
+"""
+import argparse
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def trivial():
+    return 1
+
+
+def traced_fork_target():
+    from ember._trace import flush, t
+    t("F.target")
+    flush()
+    return 1
+
+
+def drive(n):
+    import multiprocessing as mp
+
+    import ember
+    from ember._trace import flush, t
+
+    ctx = mp.get_context("fork")
+    for _ in range(5):                       # the template, the first spares
+        p = ember.Process(target=trivial)
+        p.start()
+        p.join()
+        p.close()
+    time.sleep(0.1)
+    for _ in range(n):
+        t("P.begin")
+        p = ember.Process(target=trivial)
+        p.start()
+        p.join()
+        t("P.joined")
+        p.close()
+        time.sleep(0.002)
+        t("F.begin")
+        p = ctx.Process(target=traced_fork_target)
+        p.start()
+        t("F.started")
+        p.join()
+        t("F.joined")
+        p.close()
+        time.sleep(0.002)
+    flush()
+
+
+def analyse(path, out=sys.stdout):
+    ev = []
+    with open(path) as f:
+        for line in f:
+            ns, pid, label = line.split()
+            ev.append((int(ns), int(pid), label))
+    ev.sort()
+    windows, cur = [], None
+    for e in ev:
+        if e[2] in ("P.begin", "F.begin"):
+            cur = [e]
+            windows.append(cur)
+        elif cur is not None:
+            cur.append(e)
+    steps = collections.defaultdict(list)
+    values = collections.defaultdict(list)
+    for w in windows:
+        t0 = w[0][0]
+        first = {}
+        for ns, _pid, label in w:
+            if "=" in label:
+                k, v = label.split("=", 1)
+                values[k].append(float(v))
+            elif label not in first:
+                first[label] = ns - t0
+        if "P.joined" in first or "F.joined" in first:
+            for k, v in first.items():
+                steps[k].append(v / 1e6)
+    for prefix, title in (("P.begin", "ember.Process start + join"),
+                          ("F.begin", "multiprocessing fork start + join")):
+        end = "P.joined" if prefix == "P.begin" else "F.joined"
+        if not steps.get(end):
+            continue
+        print(f"## {title}: {len(steps[end])} starts; ms since the start was asked for "
+              f"(median, p25-p75), and the step from the line before", file=out)
+        fork = prefix == "F.begin"
+        rows = sorted(((k, v) for k, v in steps.items()
+                       if (k.startswith("F.") if fork else not k.startswith("F."))),
+                      key=lambda kv: statistics.median(kv[1]))
+        prev = 0.0
+        for k, vs in rows:
+            vs = sorted(vs)
+            m = statistics.median(vs)
+            print(f"  {k:18s} {m:7.3f}  (+{m - prev:6.3f})   {vs[len(vs) // 4]:7.3f}-"
+                  f"{vs[3 * len(vs) // 4]:7.3f}  n={len(vs)}", file=out)
+            prev = m
+    for k, vs in sorted(values.items()):
+        print(f"  {k}: median {statistics.median(vs):g}", file=out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=150, help="starts of each kind (default 150)")
+    ap.add_argument("--keep", metavar="DIR", default=None,
+                    help="write the raw trace to DIR/trace and keep it")
+    ap.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.drive:
+        drive(a.n)
+        return 0
+    d = a.keep or tempfile.mkdtemp(prefix="ember-trace-")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "trace")
+    if os.path.exists(path):
+        os.unlink(path)
+    env = dict(os.environ, EMBER_TRACE_START=d)
+    import subprocess
+    print(f"# trace_python_start: n={a.n}, load {' '.join('%.1f' % x for x in os.getloadavg())}",
+          flush=True)
+    subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__), "--drive",
+                    "-n", str(a.n)], env=env, check=True, timeout=600)
+    analyse(path)
+    print(f"# load after: {' '.join('%.1f' % x for x in os.getloadavg())}")
+    if a.keep is None:
+        os.unlink(path)
+        os.rmdir(d)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
