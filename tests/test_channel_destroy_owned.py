@@ -184,3 +184,96 @@ def test_owner_destroy_under_ember_run(tmp_path):
         "own True", "destroyed None", "query: gone", "again True", "twice: True",
         "other exit 0", "after the other's: True", "child owns 0",
         "listed []"], out
+
+
+# ---------------------------------------------------------------- posted registers
+def test_sync_replies_reserve_a_range_for_posted_registers(h):
+    from ember.globalservices.memory import POST_BATCH, POST_LOW
+    a = h.create()
+    h.gs.procs[a].os_pid = os.getpid()
+    first = h.ok(h.req(m.ChannelCreate, None, None, OPTS, False, p_uid=a, r=b"RA"))
+    lo, hi = first["post_c_uids"]        # the first channel reply brings a range
+    assert hi - lo == POST_BATCH and h.gs.procs[a].posted_c_uids == set(range(lo, hi))
+    d, nxt = _registered(h, a, first["next_c_uid"], None)
+    c_uid = first["next_c_uid"]
+    assert "post_c_uids" not in d                 # enough left: no new range
+    assert nxt not in range(lo, hi) and c_uid not in range(lo, hi)
+    # a posted register: recorded, the node told to adopt it, nothing answered
+    r = next(iter(h.gs.procs[a].replies))
+    ch = Channel.create(h.pool, 8, 128, c_uid=lo + 3, owned=True)
+    key = h.req(m.ChannelRegisterPosted, None, None, OPTS, ch.sdesc, p_uid=a, r=r)
+    assert h.reply(key) is None
+    rec = h.gs.chans[lo + 3]
+    assert (rec.owner, rec.name, rec.sdesc) == (a, None, ch.sdesc) and lo + 3 in h.node.chans
+    assert lo + 3 not in h.gs.procs[a].posted_c_uids
+    ch.detach()
+    # a c_uid spent, one never reserved, a name, a ref-counted one: refused, nothing recorded
+    for c, name, opts in ((lo + 3, None, OPTS), (hi + 100, None, OPTS), (lo + 4, "named", OPTS),
+                          (lo + 5, None, dict(OPTS, ref_count=True))):
+        bad = Channel.create(h.pool, 8, 128, c_uid=c, owned=True)
+        before = (dict(h.gs.chans), dict(h.gs.chan_names))
+        key = h.req(m.ChannelRegisterPosted, None, name, opts, bad.sdesc, p_uid=a, r=r)
+        assert h.reply(key) is None and (dict(h.gs.chans), dict(h.gs.chan_names)) == before
+        bad.destroy()
+    # spend the range down to POST_LOW - 1: the next synchronous reply adds a range
+    left = sorted(h.gs.procs[a].posted_c_uids)
+    for c in left[:len(left) - POST_LOW + 1]:
+        ch = Channel.create(h.pool, 8, 128, c_uid=c, owned=True)
+        h.req(m.ChannelRegisterPosted, None, None, OPTS, ch.sdesc, p_uid=a, r=r)
+        ch.detach()
+        assert h.ok(h.req(m.ChannelDestroy, c, p_uid=a, r=r)) is None
+    assert len(h.gs.procs[a].posted_c_uids) == POST_LOW - 1
+    d2, _ = _registered(h, a, nxt, None)
+    lo2, hi2 = d2["post_c_uids"]
+    assert lo2 >= hi and len(h.gs.procs[a].posted_c_uids) == POST_LOW - 1 + POST_BATCH
+    assert h.ok(h.req(m.ChannelDestroy, lo + 3, p_uid=a, r=r)) is None
+    for c in (first["c_uid"], c_uid, nxt):
+        assert h.ok(h.req(m.ChannelDestroy, c, p_uid=a, r=r)) is None
+    h.pump()
+    assert not h.gs.chans and h.pool._live_allocations() == []
+
+
+@pytest.mark.timeout(120)
+def test_posted_create_under_ember_run(tmp_path):
+    """End to end: an unnamed plain create returns without waiting for GS
+    (a c_uid of the reserved range), yet GS knows the channel for every
+    later request (this process's list, another process's query); a
+    channel made just before its creator exits outlives it, as any
+    channel does; named ones still wait (a taken name raises)."""
+    out = ok(run_prog(tmp_path, """
+        import sys
+        from ember.channels_c import Channel
+        from ember.globalservices import channel, process, _client
+        from ember.exceptions import ChannelError
+
+        channel.destroy(channel.create(None).c_uid)      # brings the reservations
+        conn = _client.connection()
+        stock = set(conn._posted)
+        d = channel.create(None)
+        print("posted", d.c_uid in stock, d.c_uid in channel.get_list())
+        p = process.create(sys.executable, ".", ["-c",
+            "import sys\\n"
+            "from ember.globalservices import channel\\n"
+            "q = channel.query(int(sys.argv[1])); assert q.sdesc == bytes.fromhex(sys.argv[2])\\n"
+            "made = channel.create(None); channel.create(None)\\n"
+            "print(made.c_uid, flush=True)", str(d.c_uid), d.sdesc.hex()])
+        print("query from another process", process.join(p.p_uid))
+        mine = channel.get_list()
+        print("its channels outlive it", len(mine) == 3)
+        for c in mine:
+            if c != d.c_uid:
+                ch = Channel.attach(channel.query(c).sdesc)
+                ch.send(b"x"); ch.recv(); ch.detach()
+                channel.destroy(c)
+        channel.create(None, "name")
+        try:
+            channel.create(None, "name")
+        except ChannelError as e:
+            print("taken:", "already named" in str(e))
+        channel.destroy("name")
+        channel.destroy(d.c_uid)
+        print("listed", channel.get_list())
+    """))
+    lines = [ln for ln in out.splitlines() if not ln.isdigit()]
+    assert lines == ["posted True True", "query from another process 0",
+                     "its channels outlive it True", "taken: True", "listed []"], out

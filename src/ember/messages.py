@@ -233,6 +233,13 @@ _define(140, "ShChannelFree", "c_uid m_uid pool_sdesc sdesc pid")
 # sender's own (it then was destroyed by another process concurrently: see
 # docs/channels.md, "How create, join and destroy flow").
 _define(141, "ChannelDestroyOwned", _REQ + "c_uid")
+# The register of an unnamed plain channel, not waited for: the client made it
+# with one of the c_uids GS reserved for such registers (``post_c_uids`` in its
+# channel replies, a range) and returned its descriptor at once; GS checks and
+# records it as a ChannelRegister and answers nothing (it logs a refusal:
+# only a client that breaks the protocol is refused).  Every later request,
+# anyone's, is handled after it (GS reads its input in order).
+_define(142, "ChannelRegisterPosted", _REQ + "m_uid user_name options sdesc")
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")

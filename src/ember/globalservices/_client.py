@@ -24,6 +24,7 @@ import itertools
 import os
 import threading
 import time
+from _collections import deque as _deque   # (the C module: nothing more imported)
 
 from .. import _env, exceptions, messages
 from ..exceptions import ChannelEmpty, ChannelError, GlobalServicesError, PoolError, ProcessError
@@ -111,6 +112,11 @@ class Connection:
         self._own_names = {}
         self._board_desc = None  # the join wake board, as GS sent it (with a reservation)
         self._board = None       # ... attached on the first named create
+        # c_uids GS reserved for our posted registers (ChannelRegisterPosted:
+        # unnamed plain channels, registered without waiting), and the
+        # default pool's m_uid and node for their descriptors
+        self._posted = _deque()   # lowest first
+        self._dflt_loc = None
 
     def _reply_channel(self):
         holder = getattr(self._local, "reply", None)
@@ -175,7 +181,21 @@ class Connection:
         reply carries the next one) and the channel goes to the default
         pool, make it here and register it (one round trip, joiners woken
         at once: docs/channels.md, "How create, join and destroy flow");
-        otherwise ask GS to have the node's shepherd make it."""
+        otherwise ask GS to have the node's shepherd make it.  An unnamed
+        plain channel made with one of the c_uids GS reserved for posted
+        registers (``post_c_uids``) is registered without waiting
+        (:meth:`_create_posted`)."""
+        if user_name is None and self._posted and not soft and m_uid is None and \
+                opts.node is None and not opts.ref_count and self._dflt_loc is not None:
+            try:
+                c_uid = self._posted.popleft()
+            except IndexError:           # another thread took the last one
+                c_uid = None
+            if c_uid is not None:
+                d = self._create_posted(c_uid, opts, od)
+                if d is not None:
+                    return d
+                self._posted.appendleft(c_uid)
         c_uid = None
         if not soft and m_uid is None and self._next_c_uid is not None and opts.node is None:
             with _conn_lock:
@@ -225,13 +245,55 @@ class Connection:
                 self._own[c_uid] = (d["sdesc"], d["name"])
                 if d["name"]:
                     self._own_names[d["name"]] = c_uid
-        nxt = d.pop("next_c_uid", None) if isinstance(d, dict) else None
-        if nxt is not None:
-            self._next_c_uid = nxt
-            board = d.pop("wake_board", None)
-            if board is not None:
-                self._board_desc = board
+        if isinstance(d, dict):
+            nxt = d.pop("next_c_uid", None)
+            if nxt is not None:
+                self._next_c_uid = nxt
+                board = d.pop("wake_board", None)
+                if board is not None:
+                    self._board_desc = board
+            more = d.pop("post_c_uids", None)
+            if more is not None:
+                if m_uid is None and opts.node is None:
+                    self._dflt_loc = (d["m_uid"], d["node"])
+                self._posted.extend(range(more[0], more[1]))
         return d
+
+    def _create_posted(self, c_uid, opts, od):
+        """An unnamed plain channel made here with ``c_uid`` (one of the
+        ``post_c_uids``) and registered with ``ChannelRegisterPosted``,
+        which GS answers nothing to: its descriptor is returned as soon as
+        the register is in GS's input, ahead of every later request.  None
+        if it cannot be made here (a full pool, bad sizes: the caller asks
+        GS, which words the error)."""
+        pool = self._default_pool()
+        if pool is None:
+            return None
+        try:
+            # owned by our pid until handed over: a death before the
+            # register is sent leaves a block the shepherd's reclaim frees
+            ch = self._Channel.create(pool, opts.capacity, opts.block_size, c_uid=c_uid,
+                                      owned=True)
+        except Exception:
+            return None
+        sdesc = ch.sdesc
+        if od is None:
+            od = opts.to_dict()
+        try:
+            self.post(messages.ChannelRegisterPosted, None, None, od, sdesc)
+        except BaseException:
+            ch.destroy()                 # not sent: GS knows nothing of it
+            raise
+        try:
+            ch._take_owner(self.pid, 0)  # GS will have it: it outlives us now
+        except Exception:
+            pass                         # the node's shepherd took it over first
+        ch.detach()
+        self._own[c_uid] = (sdesc, None)
+        m_uid, node = self._dflt_loc
+        return {"m_uid": m_uid, "c_uid": c_uid, "name": None, "node": node,
+                "capacity": opts.capacity, "block_size": opts.block_size, "ref_count": False,
+                "sdesc": sdesc}
 
     def destroy_channel(self, ident):
         """channel.destroy.  A plain channel this process made and

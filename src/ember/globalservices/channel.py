@@ -28,7 +28,9 @@ def create(m_uid, user_name=None, channel_options=None, soft=False):
     """Create a channel in pool ``m_uid`` (None: the default pool); return
     its :class:`ChannelDescriptor`.  ``soft=True`` returns the live channel
     of that name if there is one.  Waiters in :func:`join` for this name
-    wake at once.
+    wake at once.  An unnamed plain channel in the default pool is
+    registered without waiting for GS's answer (GS handles it before any
+    later request; docs/channels.md, "How create, join and destroy flow").
 
     Raises
     ------
@@ -103,7 +105,9 @@ def join(name, timeout=None):
 
 
 def destroy(identifier):
-    """Destroy a channel (its memory returns to the pool).
+    """Destroy a channel (its memory returns to the pool).  A plain channel
+    this process made itself is destroyed without waiting for GS's answer
+    (GS handles it before any later request; docs/channels.md).
 
     Raises
     ------

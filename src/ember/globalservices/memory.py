@@ -35,6 +35,11 @@ def _describe(sdesc):
     return _describe_sdesc(sdesc)
 
 DEFAULT_POOL_NAME = "default"
+#: c_uids reserved at once for a process's posted registers (unnamed plain
+#: channels it makes and registers without waiting), when it has fewer than
+#: POST_LOW left.
+POST_BATCH = 32
+POST_LOW = 8
 
 
 class _Pool:
@@ -91,7 +96,8 @@ class MemoryPart:
                 (m.ChannelAddRef, "on_channel_add_ref"),
                 (m.ChannelAddSender, "on_channel_add_sender"),
                 (m.ChannelRegister, "on_channel_register"),
-                (m.ChannelDestroyOwned, "on_channel_destroy_owned"))
+                (m.ChannelDestroyOwned, "on_channel_destroy_owned"),
+                (m.ChannelRegisterPosted, "on_channel_register_posted"))
     NOTICES = ((m.ShChannelAdoptFailed, "on_channel_adopt_failed"),)
 
     def _init_memory(self, default_pool):
@@ -367,14 +373,44 @@ class MemoryPart:
         record) or a process whose pid GS does not know."""
         if proc is None or proc.os_pid is None or proc.state == EXITED or proc.node != self.node:
             return desc
+        posted = proc.posted_c_uids
+        more = None
+        if posted is None or len(posted) < POST_LOW:
+            # a range for its posted registers (ChannelRegisterPosted),
+            # which the client uses lowest first (before next_c_uid: a
+            # process's unnamed channels get consecutive c_uids)
+            lo = next(self._c_uids)
+            self._c_uids = itertools.count(lo + POST_BATCH)
+            if posted is None:
+                posted = proc.posted_c_uids = set()
+            posted.update(range(lo, lo + POST_BATCH))
+            more = [lo, lo + POST_BATCH]
         if proc.next_c_uid is None:
             proc.next_c_uid = next(self._c_uids)
+        extra = {} if more is None else {"post_c_uids": more}
         if self._board_desc is not None and proc.p_uid not in self._board_told:
             self._board_told.add(proc.p_uid)       # once per process
-            return dict(desc, next_c_uid=proc.next_c_uid, wake_board=self._board_desc)
-        return dict(desc, next_c_uid=proc.next_c_uid)
+            extra["wake_board"] = self._board_desc
+        return dict(desc, next_c_uid=proc.next_c_uid, **extra)
+
+    def on_channel_register_posted(self, msg):
+        """A ChannelRegister the client does not wait for (an unnamed plain
+        channel, made with one of its ``post_c_uids``): checked and
+        recorded the same way; nothing is answered, a refusal is logged
+        (a client that keeps the protocol is never refused: it checked the
+        arguments and made the channel itself)."""
+        try:
+            if msg.user_name is not None:
+                raise ChannelError("a posted register is for unnamed channels only")
+            self._register(msg, posted=True)
+        except ChannelError as exc:
+            self.warn("bad-register", "refused ChannelRegisterPosted from p_uid %s: %s",
+                      msg.p_uid, exc)
 
     def on_channel_register(self, msg):
+        self._register(msg)
+
+    def _register(self, msg, posted=False):
         """A channel the requester made itself in a pool it maps, with the
         c_uid GS reserved for it: check, record, wake joiners, answer — one
         round trip — then have the node's shepherd adopt it (it checks the
@@ -387,14 +423,17 @@ class MemoryPart:
         own).  Refused: nothing is recorded, and the requester destroys its
         channel."""
         proc = self.procs.get(msg.p_uid)
-        reserved = proc.next_c_uid if proc is not None else None
+        if posted:
+            reserved = proc.posted_c_uids if proc is not None else None
+        else:
+            reserved = proc.next_c_uid if proc is not None else None
         name = msg.user_name
         if name is not None and not isinstance(name, str):
             raise ChannelError(f"user_name must be a str or None, not {type(name).__name__}")
         done = self._board_claimed(msg, name, (msg.p_uid, reserved)) if name else ()
         if done is None:
             return               # held back: handled once the claiming creator has registered
-        if proc is not None:
+        if proc is not None and not posted:
             proc.next_c_uid = None
         if reserved is None or proc.os_pid is None:
             raise ChannelError(f"process {msg.p_uid} has no c_uid reserved: create the channel "
@@ -418,6 +457,8 @@ class MemoryPart:
                 opts = ChannelOptions.coerce(o, "channel_options")
             except TypeError as exc:
                 raise ChannelError(str(exc)) from None
+        if posted and opts.ref_count:
+            raise ChannelError("a posted register is for channels without reference counts only")
         if opts.node is not None or prec.node != self.node or proc.node != self.node:
             raise ChannelError(f"cannot register channel {name or ''!r}: only channels of this "
                                f"node's pools are registered; create it through channel.create")
@@ -431,7 +472,9 @@ class MemoryPart:
             why = f"it is not in pool {m_uid}"
         elif offset + size > prec.size or offset + size < offset:
             why = f"its block [{offset}, +{size}) lies outside pool {m_uid} ({prec.size} bytes)"
-        elif c_uid != reserved:
+        elif posted and c_uid not in reserved:
+            why = f"its c_uid {c_uid} is not one reserved for process {msg.p_uid}'s posted registers"
+        elif not posted and c_uid != reserved:
             why = f"its c_uid {c_uid} is not the one reserved for process {msg.p_uid} ({reserved})"
         elif (capacity, block_size) != (opts.capacity, opts.block_size):
             why = (f"it is {capacity} x {block_size} B, not the {opts.capacity} x "
@@ -442,6 +485,8 @@ class MemoryPart:
         if why is not None:
             self.warn("bad-register", "refused ChannelRegister from p_uid %s: %s", msg.p_uid, why)
             raise ChannelError(f"cannot register channel {name or ''!r}: {why}")
+        if posted:
+            reserved.discard(c_uid)
         rec = _Chan(c_uid, m_uid, name or None, opts, node=prec.node)
         rec.sdesc = sdesc
         rec.owner = msg.p_uid
@@ -459,7 +504,8 @@ class MemoryPart:
             if (w.tag, w.r) not in done:
                 self._reply(w.tag, w.r, desc)
         self._add_ref(rec, msg.p_uid)
-        self._reply(msg.tag, msg.r, self._with_reservation(desc, proc))
+        if not posted:
+            self._reply(msg.tag, msg.r, self._with_reservation(desc, proc))
         if self._held:
             self._release_held(rec.name)
         self.node_notice(prec.node, m.ShChannelAdopt._new(c_uid, m_uid, prec.sdesc, sdesc, proc.os_pid))

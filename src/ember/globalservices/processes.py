@@ -38,7 +38,7 @@ MAX_JOIN_IDENTS = 4096
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
-                 "attached", "node", "lost", "exit_info", "next_c_uid")
+                 "attached", "node", "lost", "exit_info", "next_c_uid", "posted_c_uids")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
@@ -57,6 +57,7 @@ class _Proc:
         self.exe = ""
         self.prev_same_name = None   # the process last_by_name named before this one
         self.next_c_uid = None   # the c_uid reserved for its next ChannelRegister
+        self.posted_c_uids = None  # c_uids reserved for its ChannelRegisterPosted (a set)
         self.attached = False    # joined with ProcessAttach (not started by the runtime)
         self.node = node         # the node it runs on
         self.lost = False        # its node was lost (state "lost" in descriptors)
