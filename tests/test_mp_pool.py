@@ -59,3 +59,59 @@ def test_map_and_starmap_over_ranges_give_the_stdlib_results(tmp_path):
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert res.stdout.splitlines() == ["starmap TypeError True", "[[0, 1, 4, 9, 16, 25]]", "ok"], \
         (res.stdout, res.stderr)
+
+
+@pytest.mark.timeout(180)
+def test_workers_started_at_once_are_all_there_and_a_failed_start_leaves_none(tmp_path):
+    """Pool(6) starts its workers from several threads at once: six
+    distinct live workers named EmberPoolWorker-N (as the stdlib names
+    them), in the pool's list in the order they were made, each taking
+    tasks.  When the third start fails, Pool() raises that error and no
+    worker is left running."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, time
+        import ember
+        from ember.mp.context import EmberContext, EmberProcess
+
+        def nap_pid(_):
+            time.sleep(0.05)
+            return os.getpid()
+
+        class Failing(EmberProcess):
+            made = 0
+
+            def start(self):
+                Failing.made += 1
+                if Failing.made == 3:
+                    raise OSError("third start refused")
+                super().start()
+
+        class FailingContext(EmberContext):
+            Process = Failing
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            with ctx.Pool(6) as pool:
+                names = [w.name for w in pool._pool]
+                nums = [int(n.rsplit("-", 1)[1]) for n in names]
+                print(all(n.startswith("EmberPoolWorker-") for n in names), nums == sorted(nums),
+                      len({w.pid for w in pool._pool}), all(w.is_alive() for w in pool._pool))
+                seen = set()
+                for _ in range(100):
+                    seen |= set(pool.map(nap_pid, range(12), 1))
+                    if len(seen) == 6:
+                        break
+                print(sorted(seen) == sorted(w.pid for w in pool._pool))
+            try:
+                FailingContext().Pool(6)
+            except OSError as exc:
+                print("raised", exc)
+            time.sleep(0.5)
+            print("left", [p for p in mp.active_children() if p.is_alive()])
+    """))
+    res = subprocess.run([sys.executable, str(prog)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=170)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["True True 6 True", "True", "raised third start refused",
+                                       "left []"], (res.stdout, res.stderr)

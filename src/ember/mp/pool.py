@@ -23,14 +23,24 @@ Everything else is the stdlib's: its three handler threads, chunking,
   worker unpickle, a tuple of ``chunksize`` ints per task (with 100k
   trivial calls that was a fifth of the map's CPU on 2 cores).  The
   function sees the same items in the same order; the chunks, their
-  number and the results are the stdlib's.
+  number and the results are the stdlib's;
+- ``Pool()`` starts its workers from up to four threads at once (an ember
+  start waits for its round trip through GS and the shepherd; the
+  stdlib's start one after the other).  Workers that replace exited ones
+  (``maxtasksperchild``) are started one at a time, as the stdlib's.
 """
 import queue as _queue
+import threading
 import time
 
 from multiprocessing import pool as _pool
 
 __all__ = ["Pool"]
+
+
+#: How many of a Pool's workers are started at once (see
+#: Pool._repopulate_pool_static).
+_START_STREAMS = 4
 
 
 class _Pipe:
@@ -67,6 +77,59 @@ class Pool(_pool.Pool):
         self._outqueue = _Pipe(Queue())
         self._quick_put = self._inqueue.put
         self._quick_get = self._outqueue.get
+
+    @staticmethod
+    def _repopulate_pool_static(ctx, Process, processes, pool, inqueue, outqueue, initializer,
+                                initargs, maxtasksperchild, wrap_exception):
+        """The stdlib's, but the workers are started by up to
+        ``_START_STREAMS`` threads at once: an ember start waits for its
+        round trip through GS and the shepherd (the stdlib's starts one
+        after the other).  Workers are named, appended to ``pool`` and
+        started in the stdlib's order within each stream; if starts fail,
+        the workers that did start are in ``pool`` (Pool.__init__
+        terminates them) and the first error is raised."""
+        n = processes - len(pool)
+        if n <= 1 or _START_STREAMS <= 1:
+            return _pool.Pool._repopulate_pool_static(
+                ctx, Process, processes, pool, inqueue, outqueue, initializer, initargs,
+                maxtasksperchild, wrap_exception)
+        workers = []
+        for _ in range(n):
+            w = Process(ctx, target=_pool.worker,
+                        args=(inqueue, outqueue, initializer, initargs, maxtasksperchild,
+                              wrap_exception))
+            w.name = w.name.replace('Process', 'PoolWorker')
+            w.daemon = True
+            workers.append(w)
+        todo = list(reversed(workers))
+        errors = []
+        lock = threading.Lock()
+
+        def stream():
+            while True:
+                with lock:
+                    if errors or not todo:
+                        return
+                    w = todo.pop()
+                try:
+                    w.start()
+                except BaseException as exc:
+                    with lock:
+                        errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=stream, name="ember Pool start", daemon=True)
+                   for _ in range(min(n, _START_STREAMS) - 1)]
+        for t in threads:
+            t.start()
+        try:
+            stream()
+        finally:
+            for t in threads:
+                t.join()
+            pool.extend(w for w in workers if w._popen is not None)
+        if errors:
+            raise errors[0]
 
     @staticmethod
     def _get_tasks(func, it, size):
