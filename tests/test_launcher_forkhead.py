@@ -137,3 +137,38 @@ def test_only_the_launcher_can_ask_for_a_forked_worker(tmp_path):
     assert res.stdout.decode().splitlines() == [
         "refused: EMBER_FORK_PY is a spawn directive of the launcher only (process 1 may not "
         "ask for it)", "worker ['0'] False"]
+
+
+def test_start_path_stays_lean(tmp_path):
+    """A .py head is a fork of the shepherd, itself a fork of the launcher:
+    what the start path imports is in every head.  None of the modules it
+    avoids (threading, signal and its enum: ~3 ms of CPU in every `ember
+    run`; pickle, json, re, logging) may creep back (docs/architecture.md,
+    "Performance")."""
+    res = run(tmp_path, """
+        import sys
+        print(sorted(m for m in ("threading", "signal", "enum", "_pickle", "json", "re",
+                                 "logging", "ember._slots") if m in sys.modules))
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"[]\n"
+
+
+def test_lazy_broken_barrier_error_is_one_picklable_class():
+    """ember.exceptions.BrokenBarrierError is made on first use (its base is
+    threading's): every way to reach it gives the same class, still a
+    threading.BrokenBarrierError, and it pickles by reference."""
+    code = textwrap.dedent("""
+        import pickle, sys
+        import ember, ember.exceptions
+        assert "threading" not in sys.modules
+        from ember.exceptions import BrokenBarrierError as B
+        import threading
+        from ember.sync_c import BrokenBarrierError as B2
+        e = pickle.loads(pickle.dumps(B("broken")))
+        print(B is ember.BrokenBarrierError is ember.exceptions.BrokenBarrierError is B2,
+              issubclass(B, threading.BrokenBarrierError), type(e) is B, str(e))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"True True True broken\n"

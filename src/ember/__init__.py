@@ -85,7 +85,8 @@ __all__ = [
 ]
 
 # Synchronization objects (ember.sync_c): their exceptions at top level.
-from .exceptions import BrokenBarrierError, OwnerDied, ReleaseError, SyncError  # noqa: E402,F401
+from .exceptions import OwnerDied, ReleaseError, SyncError  # noqa: E402,F401
+_EXCEPTIONS += ("BrokenBarrierError",)   # (made on first use: it imports threading)
 
 __all__ += ["BrokenBarrierError", "OwnerDied", "ReleaseError", "SyncError"]
 

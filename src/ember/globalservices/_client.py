@@ -22,7 +22,7 @@ them); instead:
 import builtins
 import itertools
 import os
-import threading
+import _thread   # (not threading: ~1.5 ms of every start for a lock and a local)
 import time
 from _collections import deque as _deque   # (the C module: nothing more imported)
 
@@ -100,7 +100,7 @@ class Connection:
         if bind and _env.is_managed():   # say what we block on (ember ps; ember._slots)
             from .. import _slots
             _slots.bind(_env.get(_env.RUNTIME_ID), self.p_uid)
-        self._local = threading.local()
+        self._local = _thread._local()
         self._tags = itertools.count(1)
         self._free = []          # reply channels of finished threads
         self._next_c_uid = None  # reserved by GS for our next channel (ChannelRegister)
@@ -432,7 +432,7 @@ class Connection:
 
 
 _conn = None
-_conn_lock = threading.Lock()
+_conn_lock = _thread.allocate_lock()
 
 
 def connection(reset=False):

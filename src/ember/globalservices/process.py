@@ -6,7 +6,7 @@ made outside a runtime raises :class:`ember.GlobalServicesError` ("not
 running inside an ember runtime: call ember.init() first ...").
 """
 import os
-import signal as _signal
+import _signal  # the C module: signal's enums import enum (~1.5 ms of every `ember run`)
 
 from .. import messages as _m
 from ..descriptors import ProcessDescriptor, ProcessOptions, ProcessStatus

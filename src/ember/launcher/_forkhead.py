@@ -20,9 +20,8 @@ The shepherd asks for this only when the launcher's create says so (the
 ``EMBER_FORK_PY`` spawn directive, see :mod:`ember._env`) and the file
 exists; anything else is spawned as before.
 """
-import _signal   # the masks as sets of ints: signal's wrappers make 60 enums each way (~0.1 ms)
 import os
-import signal
+import _signal  # the C module: signal's enums import enum (~1.5 ms of every `ember run`)
 import sys
 
 __all__ = ["fork_python"]
@@ -39,12 +38,14 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_so
     ``envp`` is the child's whole environment (``b"K=V"`` items);
     ``stdin_fd`` -1 keeps this process's fd 0; ``out_fd``/``err_fd`` become
     the child's 1 and 2; ``nofile_soft`` >= 0 becomes the child's soft
-    RLIMIT_NOFILE (as spawn() does).  Call from the thread that must be the child's
-    parent for PR_SET_PDEATHSIG (the shepherd's request thread).  Signals
-    sent to the child before its program runs are held, not lost, and then
-    handled as the program's (as spawn.c does for an exec).  ``scrub()``,
-    if given, runs in the child first: it drops what the parent holds that
-    the program must not have (the shepherd: its private control pool)."""
+    RLIMIT_NOFILE (as spawn() does).  Call from the thread that must be the
+    child's parent for PR_SET_PDEATHSIG (the shepherd's request thread, or
+    its main thread for ``ember run``'s head: both live as long as the
+    shepherd).  Signals sent to the child before its program runs are held,
+    not lost, and then handled as the program's (as spawn.c does for an
+    exec).  ``scrub()``, if given, runs in the child first: it drops what
+    the parent holds that the program must not have (the shepherd: its
+    private control pool)."""
     for f in (sys.stdout, sys.stderr):
         try:
             f.flush()
@@ -52,16 +53,16 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_so
             pass
     parent = os.getpid()
     gate_r, gate_w = os.pipe()
-    old = _signal.pthread_sigmask(signal.SIG_BLOCK, _signal.valid_signals())
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, _signal.valid_signals())
     try:
         pid = os.fork()
     except BaseException:
         os.close(gate_r)
         os.close(gate_w)
-        _signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
         raise
     if pid:
-        _signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
         os.close(gate_r)
         try:
             # Its own process group before anyone learns its pid (the
@@ -74,7 +75,7 @@ def fork_python(script, args, envp, run_dir, stdin_fd, out_fd, err_fd, nofile_so
     code = 127
     try:
         from ..shepherd._spawn import set_pdeathsig
-        set_pdeathsig(signal.SIGKILL)
+        set_pdeathsig(_signal.SIGKILL)
         if os.getppid() != parent:    # the shepherd died before the prctl
             os._exit(1)
         os.setpgid(0, 0)
@@ -104,16 +105,16 @@ def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
     # KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored (all still blocked:
     # _run unblocks them once it is ready for a KeyboardInterrupt).
     for sig in _signal.valid_signals():
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
+        if sig in (_signal.SIGKILL, _signal.SIGSTOP):
             continue
         try:
-            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
-                signal.signal(sig, signal.SIG_DFL)
+            if _signal.getsignal(sig) not in (_signal.SIG_DFL, None):
+                _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_IGN)
     if stdin_fd >= 0:
         os.dup2(stdin_fd, 0)
     os.dup2(out_fd, 1)
@@ -142,12 +143,15 @@ def _setup(run_dir, stdin_fd, out_fd, err_fd, envp):
     sys.stdin = sys.__stdin__ = _stream(0, "r", enc, False)
     sys.stdout = sys.__stdout__ = _stream(1, "w", enc, unbuffered)
     sys.stderr = sys.__stderr__ = _stream(2, "w", enc, unbuffered, errors="backslashreplace")
-    # This thread (the shepherd's daemon request thread) is the main thread
-    # now: threads the program starts must not inherit "daemon" from it.
-    import threading
-    main = threading.current_thread()
-    main._daemonic = False
-    main.name = "MainThread"
+    # This thread (one of the shepherd's) is the main thread now: threads
+    # the program starts must not inherit "daemon" from it.  (Without the
+    # threading module loaded, there is nothing to fix: it takes the thread
+    # that first imports it for the main one.)
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        main = threading.current_thread()
+        main._daemonic = False
+        main.name = "MainThread"
 
 
 def _stream(fd, mode, encoding, unbuffered, errors=None):
@@ -191,7 +195,7 @@ def _run(script, args):
     code = 0
     interrupted = False
     try:
-        _signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
         _exec_main(path)
     except SystemExit as exc:
         code = _exit_code(exc)
@@ -213,8 +217,8 @@ def _run(script, args):
                 f.flush()
             except Exception:
                 pass
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGINT)
     return code
 
 
@@ -241,9 +245,10 @@ def _finish(code):
     """What interpreter shutdown does that a program can see: join
     non-daemon threads, run atexit handlers, flush the streams."""
     import atexit
-    import threading
+    threading = sys.modules.get("threading")    # (never loaded: no threads to join)
     try:
-        threading._shutdown()
+        if threading is not None:
+            threading._shutdown()
     except BaseException:
         pass
     try:

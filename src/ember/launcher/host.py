@@ -21,7 +21,7 @@ no address left).
 """
 import gc
 import os
-import signal
+import _signal as signal  # the C module: signal's enums import enum (~1.5 ms of every `ember run`)
 import sys
 
 from .. import _env, _log
@@ -33,6 +33,7 @@ EXIT_RUNTIME_FAILED = 70
 EXIT_USAGE = 2
 _CONTROL_CAPACITY = 256      # slots of GS's and the shepherd's input channels (back-pressure beyond)
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SLOT_DELAY = 0.05           # seconds of the head's run before p_uid 0's process slot is bound
 SHM_DIR = "/dev/shm"
 
 
@@ -122,7 +123,7 @@ def _gs_main(gs_ch, sh_ch, tag, dflt, ctl=None, death_reports=True, attach_key=N
                               attach_key=attach_key, mn=mn)
 
 
-def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True, pools=None):
+def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True, pools=None, first_request=False):
     from ..shepherd import server
     if ctl is not None:
         # The shepherd makes no request as the launcher: its copy of the
@@ -132,7 +133,7 @@ def _sh_main(sh_ch, gs_ch, label, ctl=None, death_reports=True, pools=None):
     return server.main_forked(sh_ch, gs_ch, label=label, death_reports=death_reports,
                               ctl_channel=ctl.to_gs if ctl is not None else None,
                               control_pool=ctl.pool if ctl is not None else None,
-                              pools=pools)
+                              pools=pools, first_request=first_request)
 
 
 class Launcher:
@@ -324,9 +325,13 @@ class Launcher:
             self._fork("global services", "ember: global services",
                        lambda: _gs_main(gs_ch, sh_ch, self.tag, dflt, self.ctl, death_reports,
                                         self.key, mn))
+            # (``ember run`` on one node: the shepherd's first request is
+            # the head's spawn, which its main thread takes before it starts
+            # its request thread and loop: neither is on the head's way.)
             self._fork("shepherd", "ember: shepherd node 0",
                        lambda: _sh_main(sh_ch, gs_ch, a.label, self.ctl, death_reports,
-                                        {0: inf, 1: dflt}))
+                                        {0: inf, 1: dflt},
+                                        first_request=a.command == "run" and self.cluster is None))
             try:
                 signal.signal(signal.SIGCHLD, self._on_sigchld)
                 self._on_sigchld(signal.SIGCHLD, None)    # one that died before this
@@ -558,11 +563,6 @@ class Launcher:
                         self.head_pidfd = None   # already gone: join will say so
                     else:
                         self._give_terminal(self.head.os_pid)
-                if getattr(self, "bind_slot", False):
-                    # what p_uid 0 blocks on, for `ember ps`: bound while
-                    # the head starts (it was not on the way to its creation)
-                    from .. import _slots
-                    _slots.bind(self.tag, 0)
                 try:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
                 except _Signalled as s:          # delivered on unblock
@@ -575,10 +575,25 @@ class Launcher:
                 self.signals = 1
                 self._forward(pending)
                 deadline = time.monotonic() + a.grace
+            # p_uid 0's process slot (what it blocks on, for `ember ps`; its
+            # stack dump) is bound once the head has run _SLOT_DELAY: not
+            # beside the start of the head, nor in a short run at all (~1 ms
+            # of CPU, on two cores shared with the head, GS and the shepherd).
+            bind_at = (time.monotonic() + _SLOT_DELAY if getattr(self, "bind_slot", False)
+                       else None)
             while True:
                 try:
                     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    for_slot = bind_at is not None and (timeout is None or
+                                                        bind_at - time.monotonic() < timeout)
+                    if for_slot:
+                        timeout = max(0.0, bind_at - time.monotonic())
                     code = process.join(self.head.p_uid, timeout=timeout)
+                    if code is None and for_slot:
+                        from .. import _slots
+                        _slots.bind(self.tag, 0)
+                        bind_at = None
+                        continue
                     if code is None:
                         print(f"ember: head process did not exit {a.grace:g} s after the signal; "
                               f"killing everything", file=sys.stderr)
@@ -657,13 +672,16 @@ class Launcher:
         if clean:
             # GS answered the teardown: it and the shepherd are done with
             # the runtime's channels and pools and only exit now.  Destroy
-            # them meanwhile (the mappings of those two stay valid until
-            # they exit); the lock goes only after both are reaped.
+            # them and unlink what is left meanwhile (the mappings of those
+            # two stay valid until they exit; the lock file goes too, but
+            # the lock itself is held until both are gone: they share its
+            # open file).
             self._release(gs_ch, inf, dflt)
+            self._step("unlinking the runtime's segments", self._sweep)
         self._step("reaping global services and the shepherd", self._reap)
         if not clean:
             self._release(gs_ch, inf, dflt)
-        self._step("unlinking the runtime's segments", self._sweep)
+            self._step("unlinking the runtime's segments", self._sweep)
 
     def _release(self, gs_ch, inf, dflt):
         """Close the launcher's own handles and destroy the runtime's

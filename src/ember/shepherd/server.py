@@ -7,7 +7,10 @@ Threading model
   ``ShShutdown``) and handles them with :meth:`Shepherd.handle`.  All
   spawning happens on this one thread, which lives as long as the shepherd:
   every child has PR_SET_PDEATHSIG(SIGKILL) and the kernel sends it when the
-  *thread* that spawned the child exits.
+  *thread* that spawned the child exits.  Under ``ember run`` the first
+  request (the head's spawn) is taken by the main thread before the
+  request thread and the loop start (their start is then not on the
+  head's way); the main thread too lives as long as the shepherd.
 * The **main thread** runs :meth:`Shepherd.serve`, an epoll loop over every
   child's pidfd and its stdout/stderr pipes.  An exit is seen only through
   pidfd readiness followed by ``waitpid(pid, WNOHANG)`` (never by polling);
@@ -25,10 +28,10 @@ channels.
 """
 import os
 import select
-import signal
+import _signal as signal  # the C module: signal's enums import enum (~1.5 ms of every `ember run`)
 import stat
 import sys
-import threading
+import _thread   # (not threading: ~1.5 ms of every start, and of the .py heads forked)
 
 from .. import _env, _log
 from .. import messages as M
@@ -77,13 +80,39 @@ class _Child:
         self.external = external      # attached, not started by us: watched, never reaped
 
 
+class _Flag:
+    """threading.Event's set() (called once) and wait(), on a bare lock
+    held until it is set."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self):
+        self._set = False
+        self._lock = _thread.allocate_lock()
+        self._lock.acquire()
+
+    def set(self):
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout=None):
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._lock.release()
+            return True
+        return self._set
+
+
 class _StartError(Exception):
     """A spawn request that cannot start, with the text for ShSpawned.err."""
 
 
 def _signame(sig):
     try:
-        return signal.Signals(sig).name
+        import signal as _signal_enums     # (loaded on first use)
+        return _signal_enums.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
 
@@ -217,10 +246,10 @@ class Shepherd(Service):
         #: Soft RLIMIT_NOFILE given to children (-1: they inherit ours); run()
         #: sets it to the limit the shepherd had before raising its own.
         self.child_nofile = -1
-        self._send_lock = threading.Lock()
+        self._send_lock = _thread.allocate_lock()
         # Guards _children and _fds, and the life of each pidfd (ShKill on the
         # request thread vs. close after reaping on the main thread).
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._children = {}           # p_uid -> _Child
         self._pgids = set()           # process groups of every child ever started
         self._open_line = {}          # out fd -> stream whose line is unfinished
@@ -228,7 +257,7 @@ class Shepherd(Service):
         self._dead_out = set()        # out fds that gave EPIPE
         self._stop_requested = False
         self._stop_tag = None         # tag of ShShutdown (None: no reply)
-        self._done = threading.Event()
+        self._done = _Flag()
         self._closed = False
         self._ep = select.epoll()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -930,7 +959,7 @@ class Shepherd(Service):
 
 
 def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ctl_channel=None,
-        death_reports=True, control_pool=None, pools=None):
+        death_reports=True, control_pool=None, pools=None, first_request=False):
     """Run a shepherd until GS sends ``ShShutdown``; must be called on the
     main thread of a process dedicated to it (the launcher forks one and
     calls this; then ``os._exit``).
@@ -961,6 +990,10 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
         default 1), already mapped in this process (the launcher forked
         it).  Without it they are attached from the environment
         (``EMBER_INF_POOL``, ``EMBER_DEFAULT_POOL``).
+    first_request : bool
+        The first request is on its way (``ember run``'s head): the main
+        thread takes and handles it before it starts the request thread
+        and the loop.
     parent_pid : int or None
         The launcher's pid.  The shepherd sets PR_SET_PDEATHSIG(SIGKILL) so
         it dies with the thread that forked it (the launcher must fork from
@@ -977,8 +1010,10 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
     set_pdeathsig(signal.SIGKILL)
     if parent_pid is not None and os.getppid() != parent_pid:
         raise RuntimeError(f"the launcher (pid {parent_pid}) exited before the shepherd started")
-    if threading.current_thread() is threading.main_thread():
+    try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:
+        pass                              # not the main thread
     old_soft, _ = raise_nofile_limit()
 
     if ctl_channel is None:
@@ -1013,7 +1048,10 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
     if old_soft != resource.RLIM_INFINITY:
         shepherd.child_nofile = old_soft       # children get the limit we started with
 
-    def request_loop():
+    def take(first_only):
+        """Read and handle GS's requests; with ``first_only``, one.  True
+        while the shepherd goes on (False: ShShutdown, or the channel
+        failed and every child is being killed)."""
         from ..exceptions import ChannelError
         try:
             while True:
@@ -1029,32 +1067,53 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
                     log.warning("dropped a corrupt message on the input channel: %s", exc)
                     continue
                 if not shepherd.handle(data):
-                    break
+                    return False
+                if first_only:
+                    return True
         except BaseException as exc:  # channel destroyed / broken
             log.error("input channel failed (%r); killing every child", exc)
             shepherd.request_stop(None)
-        # Stay alive until the loop is done: this thread is the parent of
-        # every child, and its exit would SIGKILL them (PR_SET_PDEATHSIG).
-        shepherd.wait_done()
+            return False
 
-    reader = threading.Thread(target=request_loop, name="ember-shepherd-requests", daemon=True)
-    reader.start()
+    def request_loop(ended):
+        try:
+            take(False)
+            # Stay alive until the loop is done: this thread is the parent of
+            # every child, and its exit would SIGKILL them (PR_SET_PDEATHSIG).
+            shepherd.wait_done()
+        finally:
+            ended.set()
+
+    # Under ``ember run`` the first request is the head's spawn.  Taken
+    # here, on the main thread, before the request thread and the loop
+    # start (their start and the GIL they would share are not on the
+    # head's way); the main thread, the head's parent for
+    # PR_SET_PDEATHSIG, lives as long as the shepherd.
+    # (A bare thread: no threading module in the shepherd, nor in the .py
+    # heads forked from it, ~1.5 ms of each start.)
+    if first_request and not take(True):
+        reader = None
+    else:
+        reader = _Flag()
+        _thread.start_new_thread(request_loop, (reader,))
     try:
         shepherd.serve()
     finally:
         # After a clean serve() the reader returns at once; if serve() raised,
         # the reader may be blocked in recv(): close() kills the children.
-        reader.join(timeout=1.0)
+        if reader is not None:
+            reader.wait(timeout=1.0)
         shepherd.close()
 
 
 def main_forked(in_channel, gs_channel, label="none", ctl_channel=None, death_reports=True,
-                control_pool=None, pools=None):
+                control_pool=None, pools=None, first_request=False):
     """Entry point when the launcher forks the shepherd: run it, return the
     process exit code (0 after a clean ShShutdown)."""
     try:
         run(in_channel, gs_channel, label=label, ctl_channel=ctl_channel,
-            death_reports=death_reports, control_pool=control_pool, pools=pools)
+            death_reports=death_reports, control_pool=control_pool, pools=pools,
+            first_request=first_request)
         return 0
     except BaseException:
         import traceback
