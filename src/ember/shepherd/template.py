@@ -29,12 +29,12 @@ directory, replaces its environment, reports "ready" (or the failed step)
 to the template, and then runs ``ember._worker.main`` and ``os._exit``\\ s
 with its code.
 
-The spare (single-threaded template only): the shepherd asks for the
-next child ahead of time (``["spare", preload]``) -- after a spawn the
-template forked, at once; after one that a spare took, when a child exits
-or :data:`SPARE_DELAY` later, so that making it does not compete for the
-CPUs with the child just started (:meth:`Template.spawn`).  The
-template clones it (:func:`_make_spare`), it does what needs nothing of a
+The spares (single-threaded template only): the shepherd keeps
+:data:`SPARES` children forked ahead of time.  It asks for the next ones
+(``["spare", preload]``) after a spawn the template forked, at once;
+after one that a spare took, when a child exits or :data:`SPARE_DELAY`
+later, so that making it does not compete for the CPUs with the child
+just started (:meth:`Template.spawn`).  The template clones each (:func:`_make_spare`), it does what needs nothing of a
 request (:func:`_detach`) and waits on a socket pair, whose other end the
 template hands to the shepherd (``SCM_RIGHTS``, with ``[pid, None,
 preloaded modules, no more spares]``) and closes.  The shepherd sends the
@@ -75,6 +75,10 @@ _REPLY_TIMEOUT = 120.0     # seconds: a first preload (e.g. numpy) may take a wh
 #: child exits, or this long after the hand-over (seconds), whichever
 #: comes first (see :meth:`Template.ask_wanted`).
 SPARE_DELAY = 0.010
+#: Spares the shepherd keeps ready: two, so that a start that follows a
+#: join at once (the benchmark's loop, a ProcessGroup's restarts) finds one
+#: that has finished its own start-up, while the next one is made.
+SPARES = 2
 
 
 def is_template_request(exe, args):
@@ -109,10 +113,10 @@ class Template:
     under one lock, which ask_wanted never waits for."""
 
     def __init__(self, envp, out_fd=2, err_fd=2):
-        import threading
+        import _thread
 
         # Held by spawn() (request thread) and ask_wanted() (either thread).
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._want = None         # preload list of the next spare, not yet asked for
         self._want_by = None      # time.monotonic() by which it is asked for
         self._envp = envp
@@ -120,8 +124,8 @@ class Template:
         self._err_fd = err_fd
         self._sock = None
         self._pid = None
-        self._spare = None        # a _Spare we hold: the next request goes to it
-        self._asked = False       # a spare was asked for, its answer not yet read
+        self._spares = []         # _Spares we hold, oldest first: requests go to them
+        self._asked = 0           # spares asked for whose answers are not yet read
         self._no_spares = False   # this template makes none (spares off, threads)
 
     @property
@@ -143,12 +147,13 @@ class Template:
         finally:
             theirs.close()
         self._sock = mine
-        self._asked = self._no_spares = False
+        self._asked = 0
+        self._no_spares = False
 
     def _stop(self):
-        """Kill and reap the template (if any).  A spare we hold is not the
-        template's: it stays usable."""
-        self._asked = False
+        """Kill and reap the template (if any).  The spares we hold are not
+        the template's: they stay usable."""
+        self._asked = 0
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -165,13 +170,13 @@ class Template:
 
     # --- the spare ------------------------------------------------------
     def _ask_spare(self, preload, start=True):
-        """Ask the template for the next spare (with ``preload`` imported
-        first), off the path of the request just served; its answer is read
-        by :meth:`_collect` at the next spawn.  With ``start`` False, a
-        template that is not running is not started (the next spawn
-        does)."""
+        """Ask the template for spares (with ``preload`` imported first)
+        until :data:`SPARES` are held or asked for, off the path of the
+        request just served; the answers are read by :meth:`_collect`.
+        With ``start`` False, a template that is not running is not
+        started (the next spawn does)."""
         self._want = self._want_by = None
-        if self._asked or self._no_spares or self._spare is not None:
+        if self._no_spares or len(self._spares) + self._asked >= SPARES:
             return
         if self._sock is None and not start:
             return
@@ -182,27 +187,36 @@ class Template:
             try:
                 if self._sock is None:
                     self._start()
-                self._sock.send(req)
-                self._asked = True
-                _t("S.ask_spare")
+                while len(self._spares) + self._asked < SPARES:
+                    self._sock.send(req)
+                    self._asked += 1
+                    _t("S.ask_spare")
                 return
             except OSError:
                 self._stop()          # dead: the next spawn starts a new one
 
-    def _collect(self):
-        """Read the template's answer to the spare request in flight (if
-        any): ``[pid, error, preloaded modules, no more spares]`` and the
-        spare's socket (``SCM_RIGHTS``), or pid 0 and no socket."""
-        if not self._asked:
-            return
+    def _collect(self, wait):
+        """Read the template's answers to the spare requests in flight that
+        have come (with ``wait``: wait for one, if none has): each is
+        ``[pid, error, preloaded modules, no more spares]`` and the spare's
+        socket (``SCM_RIGHTS``), or pid 0 and no socket."""
+        while self._asked:
+            if not self._collect_one(_REPLY_TIMEOUT if wait else 0):
+                return
+            wait = False
+
+    def _collect_one(self, timeout):
+        """Read one answer (False if none came within ``timeout``)."""
         import msgpack
 
-        self._asked = False
         fds = []
         try:
-            r, _, _ = select.select([self._sock], [], [], _REPLY_TIMEOUT)
+            r, _, _ = select.select([self._sock], [], [], timeout)
             if not r:
+                if timeout == 0:
+                    return False
                 raise TimeoutError("no answer from the template")
+            self._asked -= 1
             data, fds, _, _ = _socket().recv_fds(self._sock, _MAX_MSG, 1)
             if not data:
                 raise ConnectionError("template exited")
@@ -211,29 +225,40 @@ class Template:
             for fd in fds:
                 os.close(fd)
             self._stop()
-            return
+            return False
         if pid and len(fds) == 1:
             os.set_inheritable(fds[0], False)     # fds from SCM_RIGHTS are inherited by exec
-            self._spare = _Spare(pid, _socket().socket(fileno=fds[0]), frozenset(preloaded))
-            return
+            self._spares.append(_Spare(pid, _socket().socket(fileno=fds[0]),
+                                       frozenset(preloaded)))
+            return True
         for fd in fds:
             os.close(fd)
         if pid:                                   # no socket to reach it: not usable
             _reap(_Spare(pid, None))
         self._no_spares = bool(final)
+        return True
 
     def _take_spare(self, preload):
-        """The spare we hold, if it is alive and has ``preload`` imported;
-        else None (one that is not used is killed and reaped: it is our
-        child, forked by the template with CLONE_PARENT)."""
-        self._collect()
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        if spare.dead() or any(m not in spare.preloaded for m in preload):
-            _reap(spare)
-            return None
-        return spare
+        """The oldest spare we hold that is alive and has ``preload``
+        imported, waiting for one asked for if we hold none; else None.
+        Those that died or lack ``preload`` are killed and reaped (our
+        children: the template forked them with CLONE_PARENT).  Returns
+        with no answer in flight if it returns None (the template's socket
+        is then free for a fork request)."""
+        self._collect(wait=False)
+        while True:
+            keep = []
+            for spare in self._spares:
+                if spare.dead() or any(m not in spare.preloaded for m in preload):
+                    _reap(spare)
+                else:
+                    keep.append(spare)
+            self._spares = keep
+            if keep:
+                return keep.pop(0)
+            if not self._asked:
+                return None
+            self._collect(wait=True)
 
     # --- spawning -----------------------------------------------------
     def spare_due(self):
@@ -284,7 +309,7 @@ class Template:
         if spare is not None:
             err = _check_cwd(cwd)
             if err is not None:
-                self._spare = spare               # a bad run_dir keeps the spare
+                self._spares.insert(0, spare)     # a bad run_dir keeps the spare
                 raise OSError(err[0], err[1])
             if _hand_over(spare, args, envp, cwd, fds):
                 _t("S.handed")
@@ -336,9 +361,9 @@ class Template:
         raise AssertionError("unreachable")
 
     def close(self):
-        if self._spare is not None:
-            _reap(self._spare)
-            self._spare = None
+        spares, self._spares = self._spares, []
+        for spare in spares:
+            _reap(spare)
         self._stop()
 
 
