@@ -797,8 +797,12 @@ class MemoryPart:
                 self.call_later(wakeboard.LOCK_WAIT, self._board_exited, p_uid)
                 return
             if state == wakeboard.WOKEN:
-                log.error("join wake board: process %s answered the joiners of %r but its "
-                          "register never reached GS", p_uid, name)
+                # Its register was held back (the board busy: it was stopped
+                # holding it) and goes with its exit; its block went with
+                # the node's reclaim of its blocks, as when that beats the
+                # adopt of a client-made channel.
+                log.warning("join wake board: process %s exited after it answered the joiners "
+                            "of %r, before GS registered its channel", p_uid, name)
             if state != wakeboard.FREE:
                 self._release_held(name)
 

@@ -62,7 +62,13 @@ Death at any point (the lock is robust; the state word is written last):
   wakes it): GS handles the register, registers the channel (the node's
   shepherd adopts it, as any client-made channel, unless its reclaim of
   the dead creator's blocks came first) and answers the joiners the
-  creator had not answered.
+  creator had not answered.  But if GS met the register while the board
+  was busy (the creator stopped holding it) and handles the creator's
+  exit first, the register goes with the exit (as any request of a
+  process that exited): the channel is never registered, its block goes
+  with the creator's; joiners not answered stay parked (the next create
+  of the name answers them), one already answered holds a channel that is
+  gone, as when the node's reclaim beats the adopt.
 - a joiner killed while listed: GS unlists it (the exit) before it frees
   its reply channels; a joiner killed after it was answered holds a
   reference GS drops at its exit, as for any joiner.
