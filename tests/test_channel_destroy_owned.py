@@ -277,3 +277,48 @@ def test_posted_create_under_ember_run(tmp_path):
     lines = [ln for ln in out.splitlines() if not ln.isdigit()]
     assert lines == ["posted True True", "query from another process 0",
                      "its channels outlive it True", "taken: True", "listed []"], out
+
+
+@pytest.mark.timeout(120)
+def test_a_creator_killed_right_after_posted_creates_leaves_nothing_behind(tmp_path):
+    """A process SIGKILLs itself right after posted creates (its registers
+    in GS's input, its blocks handed over or not): every channel GS lists
+    for it is a live, adopted channel, and every block of the default pool
+    is either one of them or gone -- none leaks, none is listed but freed."""
+    out = ok(run_prog(tmp_path, """
+        import os, sys, time
+        from ember import _env
+        from ember.channels_c import Channel
+        from ember.globalservices import channel, process
+        from ember.pools_c import Pool
+
+        dpool = Pool.attach(_env.decode(os.environ["EMBER_DEFAULT_POOL"]))
+        before = set(channel.get_list())
+        blocks = len(dpool._live_allocations())
+        victim = process.create(sys.executable, ".", ["-c",
+            "import os, signal\\n"
+            "from ember.globalservices import channel\\n"
+            "channel.destroy(channel.create(None).c_uid)\\n"       # brings the reservations
+            "for _ in range(5):\\n"
+            "    channel.create(None)\\n"
+            "os.kill(os.getpid(), signal.SIGKILL)"])
+        print("victim exit", process.join(victim.p_uid))
+        deadline = time.monotonic() + 20
+        while True:
+            left = set(channel.get_list()) - before
+            live = len(dpool._live_allocations()) - blocks
+            if live == len(left) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        print("listed == blocks", live == len(left), len(left) <= 5)
+        for c in left:
+            ch = Channel.attach(channel.query(c).sdesc)      # adopted, not freed
+            ch.send(b"x"); assert ch.recv() == b"x"; ch.detach()
+            channel.destroy(c)
+        deadline = time.monotonic() + 20
+        while len(dpool._live_allocations()) != blocks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print("blocks back", len(dpool._live_allocations()) == blocks)
+        dpool.detach()
+    """))
+    assert out.splitlines() == ["victim exit -9", "listed == blocks True True", "blocks back True"], out
