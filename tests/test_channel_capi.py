@@ -255,7 +255,9 @@ def test_timeouts_and_poll(capi, pool):
     t = time.monotonic()
     assert recv(capi, ch, timeout=50_000_000) == lib.EMBER_ERR_EMPTY
     el = time.monotonic() - t
-    assert 0.05 <= el < 0.5
+    # waited its whole timeout, and then returned (the upper bound only says
+    # "not stuck": a loaded 2-core machine may deschedule us for a while)
+    assert 0.05 <= el < 10
     assert lib.ember_ch_poll(ch, 0, 0) == lib.EMBER_ERR_EMPTY
     assert lib.ember_ch_poll(ch, 1, 0) == lib.EMBER_OK
     assert lib.ember_ch_send(ch, b"a", 1, 0) == lib.EMBER_OK
@@ -264,7 +266,7 @@ def test_timeouts_and_poll(capi, pool):
     assert lib.ember_ch_poll(ch, 1, 0) == lib.EMBER_ERR_FULL
     t = time.monotonic()
     assert lib.ember_ch_send(ch, b"c", 1, 30_000_000) == lib.EMBER_ERR_FULL
-    assert 0.03 <= time.monotonic() - t < 0.5
+    assert 0.03 <= time.monotonic() - t < 10
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
 
 
