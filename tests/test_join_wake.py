@@ -275,7 +275,6 @@ def test_a_joiner_killed_while_parked_wedges_nobody(tmp_path):
     ch = [c for c in introspect.dump()["channels"] if c["name"] == "wb-d"][0]
     print("dead joiner holds nothing:", str(j1.p_uid) not in map(str, ch["holders"]))
     channel.release("wb-d")
-    t0 = time.monotonic()
     try:
         channel.join("wb-never", timeout=0.3)
         print("joined a name never created")

@@ -433,6 +433,18 @@ class MemoryPart:
         done = self._board_claimed(msg, name, (msg.p_uid, reserved)) if name else ()
         if done is None:
             return               # held back: handled once the claiming creator has registered
+        try:
+            self._register_checked(msg, proc, reserved, name, done, posted)
+        except Exception:
+            # refused: the creators held back for the name (this one's
+            # claim on the board is gone) decide again, or they would wait
+            # for ever for a register that never comes
+            if name in self._held:
+                self._release_held(name)
+            raise
+
+    def _register_checked(self, msg, proc, reserved, name, done, posted):
+        """on_channel_register, once the board let the register through."""
         if proc is not None and not posted:
             proc.next_c_uid = None
         if reserved is None or proc.os_pid is None:
@@ -771,14 +783,14 @@ class MemoryPart:
         return proc is not None and proc.state != EXITED
 
     def _hold(self, msg, name, retry=False):
-        self._held.setdefault(name, []).append((msg, getattr(self, "_origin", self.node)))
+        self._held.setdefault(name, []).append((msg, self._origin))
         if retry:
             self.call_later(wakeboard.LOCK_WAIT, self._release_held, name)
 
     def _release_held(self, name):
         """Handle the requests held back for ``name``, as if they came now."""
         for msg, origin in self._held.pop(name, ()):
-            saved, self._origin = getattr(self, "_origin", self.node), origin
+            saved, self._origin = self._origin, origin
             try:
                 self.dispatch(msg)
             finally:

@@ -354,7 +354,6 @@ class Board:
             if state != WAITING or n == 0 or hl != ln or \
                     mem[off + _NAME_OFF:off + _NAME_OFF + ln] != name_b:
                 return None
-            _E_HEAD.pack_into(mem, off, WAITING, ln, p_uid, c_uid, n, 0)
             _E_HEAD.pack_into(mem, off, CLAIMED, ln, p_uid, c_uid, n, 0)
             if _TEST_STOP:
                 _test_stop("claimed")

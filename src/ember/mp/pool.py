@@ -27,7 +27,8 @@ Everything else is the stdlib's: its three handler threads, chunking,
 - ``Pool()`` starts its workers from up to four threads at once (an ember
   start waits for its round trip through GS and the shepherd; the
   stdlib's start one after the other).  Workers that replace exited ones
-  (``maxtasksperchild``) are started one at a time, as the stdlib's.
+  (``maxtasksperchild``) start the same way when two or more exited
+  together, one at a time otherwise.
 """
 import queue as _queue
 import threading

@@ -289,6 +289,9 @@ class DataServer:
                     self.full[c_uid] = [ident, frames, i, []]
         except (ChannelFull, PoolExhausted):   # no room right now: retried
             self.full[c_uid] = [ident, frames, i, []]
+        except ValueError as exc:       # a malformed batch: that sender's error, the channel lives on
+            self._error(ident, c_uid, 0, exc)
+            return
         except Exception as exc:        # destroyed, closed, ...: the sender raises it
             self._error(ident, c_uid, 0, exc)
             self._forget(c_uid, exc)

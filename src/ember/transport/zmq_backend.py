@@ -38,8 +38,8 @@ def keep_heap():
     trim threshold (twice its dynamic mmap threshold, about 2-3 MiB then)
     made it shrink the heap (brk) after each 1 MiB message and fault the
     pages in again (and zero them) for the next: about as much CPU as the
-    encryption itself.  Called by the agents and, once, by a process that
-    sends a large message to another node: heap chunks up to 32 MiB, and
+    encryption itself.  Called by the agents and, once, by every process
+    when it first connects to another node's agent: heap chunks up to 32 MiB, and
     up to 64 MiB of free heap kept (per arena).  A no-op where mallopt is
     not glibc's."""
     global _malloc_kept
