@@ -127,6 +127,21 @@ def _index(name_b):
     return binascii.crc32(name_b) % N_ENTRIES
 
 
+class _Held:
+    """What :meth:`Board._held` returns: gives the entry, releases the lock."""
+
+    __slots__ = ("lock", "entry")
+
+    def __init__(self, lock, entry):
+        self.lock, self.entry = lock, entry
+
+    def __enter__(self):
+        return self.entry
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
 class Board:
     """One process's handle of the board (see the module docstring)."""
 
@@ -196,18 +211,27 @@ class Board:
             self.lock.consistent()
             return True
 
-    def _gs_acquire(self):
+    def _held(self, name):
+        """GS: ``with self._held(name) as (name_b, off, head):`` the lock
+        held (Busy if it stayed busy) and ``name``'s entry read (see
+        :meth:`_entry`); the lock is released on the way out."""
+        name_b = name.encode("utf-8", "surrogatepass")
         if not self._acquire():
             raise Busy("the join wake board's lock stayed busy")
+        try:
+            return _Held(self.lock, self._entry(name_b))
+        except BaseException:
+            self.lock.release()
+            raise
 
     def _entry(self, name_b):
-        """The offset of ``name``'s entry and its head, or None if the
-        entry holds another name."""
+        """``(name_b, offset of its entry, the entry's head)``; the head is
+        None if the entry holds another name."""
         off = _HDR + _index(name_b) * ENTRY
         head = _E_HEAD.unpack_from(self.mem, off)
         if head[0] != FREE and bytes(self.mem[off + _NAME_OFF:off + _NAME_OFF + head[1]]) != name_b:
-            return off, None
-        return off, head
+            return name_b, off, None
+        return name_b, off, head
 
     def _waiters(self, off, n):
         out = []
@@ -230,12 +254,9 @@ class Board:
     def listen(self, name, tag, r):
         """GS: list a parked joiner of ``name``; False if it cannot be (the
         name, its entry or the reply channel does not fit: GS answers it)."""
-        name_b = name.encode("utf-8", "surrogatepass")
-        if not 0 < len(name_b) <= MAX_NAME or len(r) > _R_MAX:
+        if not 0 < len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME or len(r) > _R_MAX:
             return False
-        self._gs_acquire()
-        try:
-            off, head = self._entry(name_b)
+        with self._held(name) as (name_b, off, head):
             if head is None:
                 return False
             state, _, p_uid, c_uid, n, answered = head
@@ -248,16 +269,11 @@ class Board:
             _E_HEAD.pack_into(self.mem, off, state or WAITING, len(name_b), p_uid, c_uid, n + 1,
                               answered)
             return True
-        finally:
-            self.lock.release()
 
     def unlisten(self, name, tag, r):
         """GS: a listed joiner's wait ended otherwise (timeout, cancel,
         exit): unlist it.  Returns True if a claimant had answered it."""
-        name_b = name.encode("utf-8", "surrogatepass")
-        self._gs_acquire()
-        try:
-            off, head = self._entry(name_b)
+        with self._held(name) as (name_b, off, head):
             if head is None or head[0] == FREE:
                 return False
             state, ln, p_uid, c_uid, n, answered = head
@@ -275,20 +291,13 @@ class Board:
                 state = FREE
             _E_HEAD.pack_into(self.mem, off, state, ln, p_uid, c_uid, len(ws), answered)
             return was_answered
-        finally:
-            self.lock.release()
 
     def answered(self, name, tag, r):
         """GS: whether a claimant has answered this listed joiner."""
-        name_b = name.encode("utf-8", "surrogatepass")
-        self._gs_acquire()
-        try:
-            off, head = self._entry(name_b)
+        with self._held(name) as (name_b, off, head):
             if head is None or head[0] != WOKEN:
                 return False
             return (tag, r) in self._waiters(off, head[5])
-        finally:
-            self.lock.release()
 
     def take(self, name, mine, alive):
         """GS: a request (a register by ``mine`` = (p_uid, c_uid), or None)
@@ -296,10 +305,7 @@ class Board:
         (``alive(p_uid)``), claimed the name (the request waits for that
         creator's register); else frees the entry and returns the joiners a
         claimant answered (``{(tag, r)}``: the claimant's register)."""
-        name_b = name.encode("utf-8", "surrogatepass")
-        self._gs_acquire()
-        try:
-            off, head = self._entry(name_b)
+        with self._held(name) as (name_b, off, head):
             if head is None or head[0] == FREE:
                 return set()
             state, _, p_uid, c_uid, _, answered = head
@@ -309,24 +315,17 @@ class Board:
                 (p_uid, c_uid) == mine else set()
             _E_HEAD.pack_into(self.mem, off, FREE, 0, 0, 0, 0, 0)
             return done
-        finally:
-            self.lock.release()
 
     def drop_claim(self, name, p_uid):
         """GS: process ``p_uid`` exited: if it claimed ``name``'s entry,
         put the entry back to WAITING.  Returns the state it had claimed
         (CLAIMED or WOKEN), or FREE if it held no claim there."""
-        name_b = name.encode("utf-8", "surrogatepass")
-        self._gs_acquire()
-        try:
-            off, head = self._entry(name_b)
+        with self._held(name) as (name_b, off, head):
             if head is None or head[0] not in (CLAIMED, WOKEN) or head[2] != p_uid:
                 return FREE
             state, ln, _, _, n, _ = head
             _E_HEAD.pack_into(self.mem, off, WAITING if n else FREE, ln, 0, 0, n, 0)
             return state
-        finally:
-            self.lock.release()
 
     # ------------------------------------------------------------- creator
     def wake(self, name, p_uid, c_uid, gs, register, reply_for):
