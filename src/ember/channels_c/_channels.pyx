@@ -1062,6 +1062,10 @@ def _after_raw_clone():
     refresh the pid channel.c records in slot states."""
     ember_ch_after_clone()
 
+# A raw clone's child runs Python's fork hooks (PyOS_AfterFork_Child), not
+# pthread_atfork's; an ordinary fork runs both (this refresh is idempotent).
+os.register_at_fork(after_in_child=_after_raw_clone)
+
 
 def _debug_handover_pause(seconds):
     """Tests only: the calling thread pauses ``seconds`` inside every

@@ -11,7 +11,9 @@
  * nothing and raise no -Wunused warning.  The pid cache is per C file, as it
  * was before; each copy is refreshed in a fork()ed child by its own
  * pthread_atfork handler, and in a child of a raw clone() (which runs no
- * fork handler) by the file's exported *_after_clone() function.
+ * pthread_atfork handler) by the file's exported *_after_clone() function,
+ * which its extension calls from an os.register_at_fork hook (CPython's
+ * PyOS_AfterFork_Child runs those; the raw clone's child calls it).
  *
  * Include it from a .c file compiled with -D_GNU_SOURCE (setup.py and
  * tests/cffi_build.py pass it; syscall() and pthread_atfork need it under
@@ -107,7 +109,9 @@ static inline void ember_pid_init_(void)
 /* In a child made by a raw clone() (no pthread_atfork handler ran: the
  * spares of ember.shepherd.template): what this file's fork handler does.
  * Each C file that caches the pid exports a function that calls it
- * (ember_pool_after_clone, ember_ch_after_clone, ...). */
+ * (ember_pool_after_clone, ember_ch_after_clone, ...), which its extension
+ * registers with os.register_at_fork (so it also runs after an ordinary
+ * fork, after the handler: a second refresh to the same value). */
 static inline void ember_pid_after_clone_(void)
 {
     if (ember_atomic_load_relaxed(&ember_pid_cache_) != 0)

@@ -99,6 +99,10 @@ def _after_raw_clone():
     ember_pool_after_clone()
     ember_slots_after_clone()
 
+# A raw clone's child runs Python's fork hooks (PyOS_AfterFork_Child), not
+# pthread_atfork's; an ordinary fork runs both (this refresh is idempotent).
+os.register_at_fork(after_in_child=_after_raw_clone)
+
 
 def set_lock_bound(seconds):
     """Set how long (seconds, > 0) one live process may hold a pool's mutex

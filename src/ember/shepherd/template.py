@@ -586,34 +586,13 @@ def _clone_parent():
         pid = fn(ctypes.c_long(nrs[0]), flags, null, null, null, tid)
     if pid == 0:
         fn(ctypes.c_long(nrs[1]), ctypes.c_void_p(head), ctypes.c_size_t(size))
-        api.PyOS_AfterFork_Child()
-        _after_clone_caches()
+        api.PyOS_AfterFork_Child()   # also ember's C caches: their os.register_at_fork hooks
         return 0
     err = ctypes.get_errno()
     api.PyOS_AfterFork_Parent()
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
-
-
-#: ember's C extensions whose C files cache the pid (or what derives from
-#: it) and fix it in a fork child with pthread_atfork handlers, which a raw
-#: clone does not run.
-_CLONE_FIXUPS = ("ember.pools_c._pools", "ember.channels_c._channels", "ember.sync_c._sync")
-
-
-def _after_clone_caches():
-    """In a child of :func:`_clone_parent`: what ember's C fork handlers
-    would have done.  Without it, a template that had cached its pid (an
-    owned allocation, a channel operation, a lock, e.g. in a preloaded
-    module) would give every child its pid: the child's blocks would be
-    reclaimed when the template dies (while the child uses them), its
-    locks and slot claims would look dead, and its own death would reclaim
-    nothing.  An extension not imported yet starts clean in the child."""
-    for name in _CLONE_FIXUPS:
-        mod = sys.modules.get(name)
-        if mod is not None:
-            mod._after_raw_clone()
 
 
 def _thread_state():

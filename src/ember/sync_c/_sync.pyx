@@ -85,6 +85,10 @@ def _after_raw_clone():
     forget the identity sync.c cached (lock holders record it)."""
     ember_sync_after_clone()
 
+# A raw clone's child runs Python's fork hooks (PyOS_AfterFork_Child), not
+# pthread_atfork's; an ordinary fork runs both (this refresh is idempotent).
+os.register_at_fork(after_in_child=_after_raw_clone)
+
 
 def _raise_rc(int rc, str what):
     """Raise what this extension raises for ``rc`` (tests: one map everywhere)."""

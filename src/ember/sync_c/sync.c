@@ -340,10 +340,11 @@ static void self_after_fork(void)
     ember_atomic_store_relaxed(&g_self, 0);
 }
 
+/* (sync.c never calls ember_self_pid(): its identity is g_self, so there is
+ * no pid cache of ember_base.h's to refresh here.) */
 void ember_sync_after_clone(void)
 {
     self_after_fork();
-    ember_pid_after_clone_();
 }
 
 static void self_once(void)

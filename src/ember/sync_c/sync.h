@@ -71,8 +71,10 @@ ember_rc_t ember_sync_destroy(void *mem);
 /* This process's identity as stored in objects: (start-time << 32) | pid. */
 uint64_t ember_sync_self(void);
 
-/* In a child made by a raw clone() (no pthread_atfork handler ran): forget
- * the cached identity (it is recomputed on first use). */
+/* In a child made by a raw clone() (no pthread_atfork handler ran; the
+ * extension calls it from an os.register_at_fork hook, so after an ordinary
+ * fork() too, where it is a no-op): forget the cached identity (it is
+ * recomputed on first use). */
 void ember_sync_after_clone(void);
 /* 1 if the process with that identity is gone (or a zombie), else 0. */
 int ember_sync_id_dead(uint64_t id);
