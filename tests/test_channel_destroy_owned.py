@@ -186,6 +186,42 @@ def test_owner_destroy_under_ember_run(tmp_path):
         "listed []"], out
 
 
+@pytest.mark.timeout(120)
+def test_own_channels_destroyed_by_others_are_forgotten(tmp_path):
+    """The client's map of its own channels (destroyed without waiting)
+    does not keep growing with channels another process destroyed: past
+    _OWN_PRUNE of them, the ones no longer in their pool are forgotten
+    (a live one stays, and its destroy still goes the quick way)."""
+    out = ok(run_prog(tmp_path, """
+        import sys
+        from ember.globalservices import channel, process, _client
+
+        channel.destroy(channel.create(None, "warm").c_uid)      # reserves c_uids
+        conn = _client.connection()
+        kept = channel.create(None, "kept")
+        n = _client._OWN_PRUNE - 4           # with "kept": the map stays at _OWN_PRUNE - 3
+        made = [channel.create(None, f"c{i}" if i % 2 else None).c_uid for i in range(n)]
+        print("own", len(conn._own) >= n)
+        p = process.create(sys.executable, ".", ["-c",
+            "import sys\\n"
+            "from ember.globalservices import channel\\n"
+            "for c in sys.argv[1:]:\\n"
+            "    channel.destroy(int(c))", *map(str, made)])
+        print("other exit", process.join(p.p_uid))
+        for i in range(5):                    # the fourth passes _OWN_PRUNE: a look
+            channel.create(None, f"more{i}")
+        print("pruned", len(conn._own), sorted(conn._own_names))
+        print("kept is own", kept.c_uid in conn._own)
+        for name in ("kept", "more0", "more1", "more2", "more3", "more4"):
+            channel.destroy(name)
+        print("listed", channel.get_list(names=True))
+    """))
+    assert out.splitlines() == [
+        "own True", "other exit 0",
+        "pruned 6 ['kept', 'more0', 'more1', 'more2', 'more3', 'more4']",
+        "kept is own True", "listed []"], out
+
+
 # ---------------------------------------------------------------- posted registers
 def test_sync_replies_reserve_a_range_for_posted_registers(h):
     from ember.globalservices.memory import POST_BATCH, POST_LOW
@@ -207,14 +243,30 @@ def test_sync_replies_reserve_a_range_for_posted_registers(h):
     assert (rec.owner, rec.name, rec.sdesc) == (a, None, ch.sdesc) and lo + 3 in h.node.chans
     assert lo + 3 not in h.gs.procs[a].posted_c_uids
     ch.detach()
-    # a c_uid spent, one never reserved, a name, a ref-counted one: refused, nothing recorded
-    for c, name, opts in ((lo + 3, None, OPTS), (hi + 100, None, OPTS), (lo + 4, "named", OPTS),
-                          (lo + 5, None, dict(OPTS, ref_count=True))):
+    # a c_uid spent, one never reserved: refused, nothing recorded, the block
+    # left to its maker (it is not known to be the requester's)
+    for c, name, opts in ((lo + 3, None, OPTS), (hi + 100, None, OPTS)):
         bad = Channel.create(h.pool, 8, 128, c_uid=c, owned=True)
         before = (dict(h.gs.chans), dict(h.gs.chan_names))
         key = h.req(m.ChannelRegisterPosted, None, name, opts, bad.sdesc, p_uid=a, r=r)
         assert h.reply(key) is None and (dict(h.gs.chans), dict(h.gs.chan_names)) == before
+        assert Channel.describe(bad.sdesc)[1] in {x.offset for x in h.pool._live_allocations()}
         bad.destroy()
+    # a name, a ref-counted one, the wrong sizes, with a reserved c_uid:
+    # refused, nothing recorded, and the block (handed to nobody, as the
+    # client does right after it posts) is freed by the node
+    for c, name, opts in ((lo + 4, "named", OPTS), (lo + 5, None, dict(OPTS, ref_count=True)),
+                          (lo + 6, None, dict(OPTS, capacity=16))):
+        bad = Channel.create(h.pool, 8, 128, c_uid=c, owned=True)
+        bad._take_owner(os.getpid(), 0)
+        sdesc = bad.sdesc
+        off = Channel.describe(sdesc)[1]
+        bad.detach()
+        before = (dict(h.gs.chans), dict(h.gs.chan_names))
+        key = h.req(m.ChannelRegisterPosted, None, name, opts, sdesc, p_uid=a, r=r)
+        assert h.reply(key) is None and (dict(h.gs.chans), dict(h.gs.chan_names)) == before
+        assert off not in {x.offset for x in h.pool._live_allocations()}, (c, name, opts)
+        assert c not in h.gs.procs[a].posted_c_uids
     # spend the range down to POST_LOW - 1: the next synchronous reply adds a range
     left = sorted(h.gs.procs[a].posted_c_uids)
     for c in left[:len(left) - POST_LOW + 1]:

@@ -315,3 +315,76 @@ def test_send_quiet_and_notify():
             ch._notify()
     finally:
         pool.destroy()
+
+
+# ------------------------------------------------ GS's side, as a state machine
+# (the harness of test_gs_state: real pools and board, a fake clock)
+@pytest.fixture
+def h():
+    from test_gs_state import Harness
+    harness = Harness()
+    harness.gs._board_pool = harness.pool       # what serve() sets: a board at the first join
+    yield harness
+    if harness.gs.wake_board is not None:
+        harness.gs.wake_board.close(destroy=True)
+    harness.close()
+
+
+NEVER = ("ChannelTimeout", "channel.join('late') timed out: no channel of that name was created")
+
+
+def test_a_listed_join_times_out_while_the_board_stays_busy(h):
+    """A listed joiner's timeout that finds the board's lock busy (its
+    holder stopped) is looked at again for a while, not for ever: the
+    joiner is timed out, and unlisted once the lock is free."""
+    from ember import messages as m
+    from ember.globalservices import wakeboard
+    key = h.req(m.ChannelJoin, "late", 0.5, r=b"RJ")
+    (w,) = h.gs.chan_joiners["late"]
+    assert w.listed and h.reply(key) is None
+    lock = h.gs.wake_board.lock
+    assert lock.acquire(timeout=5)              # a holder stopped on the lock
+    try:
+        h.advance(0.6)
+        assert h.reply(key) is None             # cannot tell whether a claimant answered it
+        for _ in range(int(wakeboard.BUSY_GRACE / 0.05) + 10):
+            if h.reply(key) is not None:
+                break
+            h.advance(0.05)
+        assert h.err(key) == NEVER
+        assert "late" not in h.gs.chan_joiners
+    finally:
+        lock.release()
+    h.advance(0.5)                              # unlisted now: the entry is free again
+    assert h.gs.wake_board.take("late", None, lambda p: True) == set()
+    assert not h.gs._board_unfreed
+
+
+def test_an_exit_looks_at_the_board_only_for_a_process_told_of_it(h):
+    """Only a process whose create reply carried the board can hold a
+    claim on it: another's exit does not touch the board (here: busy, so
+    a look would leave a retry timer behind)."""
+    from ember import messages as m
+    from test_channel_register import OPTS
+    a = h.create()
+    h.gs.procs[a].os_pid = os.getpid()
+    h.req(m.ChannelJoin, "late", None, r=b"RJ")       # the board is made; a joiner listed
+    told = h.create()
+    h.gs.procs[told].os_pid = os.getpid()
+    d = h.ok(h.req(m.ChannelCreate, None, None, OPTS, False, p_uid=told, r=b"RT"))
+    assert "wake_board" in d and h.gs._board_told == {told}
+    h.ok(h.req(m.ChannelDestroy, d["c_uid"], p_uid=told, r=b"RT"))
+    lock = h.gs.wake_board.lock
+    assert lock.acquire(timeout=5)
+    try:
+        before = h.gs.timers_pending
+        h.exit(a, 0)
+        assert h.gs.timers_pending == before        # never told: the board was not looked at
+        h.exit(told, 0)
+        assert h.gs.timers_pending == before + 1    # told: its claims dropped once the lock is free
+    finally:
+        lock.release()
+    h.advance(0.1)
+    assert h.gs.timers_pending == before and h.gs._board_told == set()
+    key = h.req(m.ChannelJoin, "late", 0, r=b"RX")
+    assert h.err(key)[0] == "ChannelTimeout"

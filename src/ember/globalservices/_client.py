@@ -31,6 +31,10 @@ from ..exceptions import ChannelEmpty, ChannelError, GlobalServicesError, PoolEr
 
 _REPLY_CAPACITY = 8
 _REPLY_BLOCK = 1024
+#: the channels of ours (Connection._own) kept without a look at which are
+#: gone: past this many (or twice the live ones), the ones another process
+#: destroyed are forgotten
+_OWN_PRUNE = 256
 # A reply usually arrives within tens of microseconds: spin that long before
 # sleeping, so a round trip costs no futex wake-up.  The spin is fixed, not
 # adaptive: an adaptive one shrinks below the round trip once a peer sleeps,
@@ -110,6 +114,7 @@ class Connection:
         # does not wait for GS (destroy_channel).
         self._own = {}
         self._own_names = {}
+        self._own_limit = _OWN_PRUNE   # look for ones destroyed by others past this many
         self._board_desc = None  # the join wake board, as GS sent it (with a reservation)
         self._board = None       # ... attached on the first named create
         # c_uids GS reserved for our posted registers (ChannelRegisterPosted:
@@ -242,9 +247,7 @@ class Connection:
                 pass                     # the node's shepherd took it over first
             ch.detach()
             if not opts.ref_count:
-                self._own[c_uid] = (d["sdesc"], d["name"])
-                if d["name"]:
-                    self._own_names[d["name"]] = c_uid
+                self._owned(c_uid, d["sdesc"], d["name"])
         if isinstance(d, dict):
             nxt = d.pop("next_c_uid", None)
             if nxt is not None:
@@ -289,11 +292,28 @@ class Connection:
         except Exception:
             pass                         # the node's shepherd took it over first
         ch.detach()
-        self._own[c_uid] = (sdesc, None)
+        self._owned(c_uid, sdesc, None)
         m_uid, node = self._dflt_loc
         return {"m_uid": m_uid, "c_uid": c_uid, "name": None, "node": node,
                 "capacity": opts.capacity, "block_size": opts.block_size, "ref_count": False,
                 "sdesc": sdesc}
+
+    def _owned(self, c_uid, sdesc, name):
+        """Record a plain channel we made and registered (its destroy need
+        not wait: :meth:`destroy_channel`).  Another process may destroy it,
+        and nobody tells us: once the map has grown past twice what was
+        live at the last look (at least ``_OWN_PRUNE``), forget the ones no
+        longer in their pool, so that it stays the size of what is live."""
+        own = self._own
+        own[c_uid] = (sdesc, name)
+        if name:
+            self._own_names[name] = c_uid
+        if len(own) > self._own_limit:
+            for c, (sd, nm) in list(own.items()):
+                if not self._still_there(sd) and own.pop(c, None) is not None and \
+                        nm is not None and self._own_names.get(nm) == c:
+                    del self._own_names[nm]
+            self._own_limit = max(_OWN_PRUNE, 2 * len(own))
 
     def destroy_channel(self, ident):
         """channel.destroy.  A plain channel this process made and

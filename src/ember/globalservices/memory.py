@@ -398,7 +398,10 @@ class MemoryPart:
         channel, made with one of its ``post_c_uids``): checked and
         recorded the same way; nothing is answered, a refusal is logged
         (a client that keeps the protocol is never refused: it checked the
-        arguments and made the channel itself)."""
+        arguments and made the channel itself).  The client has handed a
+        posted channel's block to nobody already, so a refused one is freed
+        by its node (``ShChannelFree``, as a channel forgotten before its
+        adopt), if it is the requester's: see :meth:`_free_refused_posted`."""
         try:
             if msg.user_name is not None:
                 raise ChannelError("a posted register is for unnamed channels only")
@@ -406,6 +409,34 @@ class MemoryPart:
         except ChannelError as exc:
             self.warn("bad-register", "refused ChannelRegisterPosted from p_uid %s: %s",
                       msg.p_uid, exc)
+            self._free_refused_posted(msg)
+
+    def _free_refused_posted(self, msg):
+        """Have the node free the block of a refused posted register, when
+        GS can tell it is the requester's: its descriptor names a pool of
+        the requester's node, carries a c_uid reserved for the requester's
+        posted registers (spent now), and is no channel the runtime knows.
+        The node checks the rest (a channel header with that c_uid, the
+        block the requester's or nobody's) before it frees anything
+        (NodeResources.on_channel_free).  Anything else is left alone: it
+        is not GS's to free."""
+        proc = self.procs.get(msg.p_uid)
+        reserved = proc.posted_c_uids if proc is not None else None
+        sdesc = msg.sdesc
+        if not reserved or proc.os_pid is None or sdesc in self.chan_sdescs or \
+                sdesc in self.reply_owner or sdesc in self.reserved_replies:
+            return
+        try:
+            psd, _, _, _, c_uid, _, _ = _describe(sdesc)
+        except (TypeError, ValueError):
+            return
+        m_uid = self.default_m_uid if msg.m_uid is None else msg.m_uid
+        prec = self.pools.get(m_uid) if type(m_uid) is int else None
+        if c_uid not in reserved or prec is None or psd != prec.sdesc or prec.node != proc.node:
+            return
+        reserved.discard(c_uid)
+        self.node_notice(prec.node, m.ShChannelFree._new(c_uid, m_uid, prec.sdesc, sdesc,
+                                                         proc.os_pid))
 
     def on_channel_register(self, msg):
         self._register(msg)
@@ -797,8 +828,18 @@ class MemoryPart:
                 self._origin = saved
 
     def _board_exited(self, p_uid):
-        """Process ``p_uid`` exited: drop its claims, handle what they held."""
+        """Process ``p_uid`` exited: drop its claims, handle what they held.
+        Only a process GS told the board (a create reply carried its
+        descriptor) can have claimed an entry: the others cost no look at
+        the board.  (A forked child makes a connection of its own, which
+        knows no board until GS tells it; one that shares its parent's
+        p_uid exits unseen by GS, and its parent's exit covers it.)"""
+        if p_uid not in self._board_told:
+            return
         self._board_told.discard(p_uid)
+        self._board_drop_claims(p_uid)
+
+    def _board_drop_claims(self, p_uid):
         b = self.wake_board
         if b is None:
             return
@@ -806,7 +847,7 @@ class MemoryPart:
             try:
                 state = b.drop_claim(name, p_uid)
             except wakeboard.Busy:
-                self.call_later(wakeboard.LOCK_WAIT, self._board_exited, p_uid)
+                self.call_later(wakeboard.LOCK_WAIT, self._board_drop_claims, p_uid)
                 return
             if state == wakeboard.WOKEN:
                 # Its register was held back (the board busy: it was stopped
@@ -850,16 +891,28 @@ class MemoryPart:
 
     def _chan_join_timed_out(self, w):
         if w.listed:
+            delay = 0.01
             try:
                 answered = self.wake_board.answered(w.name, w.tag, w.r)
             except wakeboard.Busy:
-                answered = True      # cannot tell yet: look again shortly
+                # Cannot tell yet: look again shortly, backing off (each look
+                # holds GS for LOCK_WAIT), and for BUSY_GRACE at most: a
+                # holder stopped on the lock must not keep the joiner past
+                # its timeout for ever.  Timed out then, the joiner drops an
+                # answer the holder may still send it (another tag by then),
+                # and holds no reference in GS of that channel.
+                now = self.clock()
+                if w.busy_since is None:
+                    w.busy_since = now
+                waited = now - w.busy_since
+                answered = waited < wakeboard.BUSY_GRACE
+                delay = min(max(wakeboard.LOCK_WAIT, 2 * waited), 0.2)
             except Exception:
                 answered = False
             if answered:
                 # A creator answered it from the board and its register is
                 # on GS's input already: that register ends this wait.
-                w.timer = self.call_later(0.01, self._waiter_timed_out, w)
+                w.timer = self.call_later(delay, self._waiter_timed_out, w)
                 return
         self._finish_waiter(w)
         self.route_reply(self.node, w.r, m.reply_err(

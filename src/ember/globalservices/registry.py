@@ -52,7 +52,7 @@ class _Waiter:
     (``name``: the channel it waits for)."""
 
     __slots__ = ("tag", "r", "owner", "timer", "done", "p_uids", "join_all", "bad_exit", "name",
-                 "n_exited", "any_bad", "unknown", "listed")
+                 "n_exited", "any_bad", "unknown", "listed", "busy_since")
 
     def __init__(self, tag, r, owner):
         self.tag, self.r, self.owner = tag, r, owner
@@ -66,6 +66,7 @@ class _Waiter:
         self.any_bad = False     # one of them exited with a non-zero code
         self.unknown = ()        # identifiers that name no process
         self.listed = False      # a channel join listed on the join wake board (memory.py)
+        self.busy_since = None   # ... its timeout found the board busy since then (clock)
 
     def dump(self):
         """Who waits on what (plain data, for ``ServiceDump``)."""

@@ -91,6 +91,10 @@ __all__ = ["Board", "Busy", "HELD", "FREE", "WAITING", "CLAIMED", "WOKEN"]
 FREE, WAITING, CLAIMED, WOKEN = 0, 1, 2, 3
 HELD = "held"                # Board.take: another creator claimed the name
 LOCK_WAIT = 0.01             # seconds anyone waits for the board's lock
+#: GS: how long past a listed joiner's timeout it keeps looking whether a
+#: claimant answered it while the lock stays busy (a holder stopped on it),
+#: before it times the joiner out anyway (docs/channels.md).
+BUSY_GRACE = 1.0
 
 
 class Busy(Exception):
