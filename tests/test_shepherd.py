@@ -13,6 +13,7 @@ import random
 import select
 import signal
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -716,3 +717,76 @@ def test_death_report_says_core_dumped(sh, tmp_path):
     if b"(core dumped)" not in err and not any(p.name.startswith("core") for p in tmp_path.iterdir()):
         pytest.skip("no core was dumped here")
     assert err == f"ember: process 1 (pid {r.os_pid}) killed by SIGSEGV (core dumped)\n".encode()
+
+
+class _GatedEpoll:
+    """The shepherd's epoll, with its loop held right after a poll() that
+    returned ``fd`` until the test lets it go (the moment the scheduler
+    may pick on a loaded machine)."""
+
+    def __init__(self, ep):
+        self.ep = ep
+        self.fd = None
+        self.polled = threading.Event()   # poll() returned self.fd
+        self.go = threading.Event()
+        self.next_poll = threading.Event()
+
+    def poll(self, *args):
+        if self.go.is_set():
+            self.next_poll.set()
+        events = self.ep.poll(*args)
+        if self.fd is not None and any(fd == self.fd for fd, _ in events):
+            self.fd = None
+            self.polled.set()
+            assert self.go.wait(30)
+        return events
+
+    def __getattr__(self, name):          # register, unregister, close
+        return getattr(self.ep, name)
+
+
+@pytest.mark.timeout(60)
+def test_stale_pidfd_event_does_not_end_an_attached_process(tmp_path):
+    """The flake of test_embedded's `ember run --address`: the loop's
+    poll() returned the pidfd of attached process A (it detached and
+    exited); before the loop looked at it, the request thread closed it
+    (ShUnwatch A) and watched B (ShWatch), whose pidfd took the same
+    number.  The stale event must not report B's exit: GS would free a
+    live process's reply channels ("receive: the channel was destroyed"
+    in its process.create, exit 127)."""
+    replies = queue.Queue()
+    with open(tmp_path / "out", "wb") as out:
+        shep = Shepherd(replies.put, base_env=BASE_ENV, out_fd=out.fileno(), err_fd=out.fileno())
+        gate = shep._ep = _GatedEpoll(shep._ep)
+        loop = threading.Thread(target=shep.serve, name="shepherd-loop")
+        loop.start()
+        procs = []
+        try:
+            a = subprocess.Popen(["sleep", "60"])
+            b = subprocess.Popen(["sleep", "60"])
+            procs += [a, b]
+            assert shep.handle(M.ShWatch(1001, a.pid).pack())
+            a_fd = shep._children[1001].pidfd
+            gate.fd = a_fd
+            a.kill()
+            a.wait()
+            assert gate.polled.wait(20)           # the loop holds A's exit event
+            assert shep.handle(M.ShUnwatch(1001).pack())     # A detached
+            assert shep.handle(M.ShWatch(1002, b.pid).pack())
+            assert shep._children[1002].pidfd == a_fd      # the number was reused
+            gate.go.set()
+            assert gate.next_poll.wait(20)        # the batch with the stale event is done
+            assert replies.empty(), M.unpack(replies.get())
+            assert 1002 in shep._children
+            b.kill()                              # a real exit is still reported
+            b.wait()
+            msg = M.unpack(replies.get(timeout=20))
+            assert isinstance(msg, M.ShExited) and msg.p_uid == 1002, msg
+        finally:
+            gate.go.set()
+            for p in procs:
+                p.kill()
+                p.wait()
+            shep.request_stop(None)
+            loop.join(20)
+            shep.close()

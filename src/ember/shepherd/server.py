@@ -80,6 +80,14 @@ class _Child:
         self.external = external      # attached, not started by us: watched, never reaped
 
 
+def _pidfd_ready(fd):
+    """Whether the process of pidfd ``fd`` has exited (the pidfd is
+    readable), without waiting."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
+
+
 class _Flag:
     """threading.Event's set() (called once) and wait(), on a bare lock
     held until it is set."""
@@ -629,6 +637,13 @@ class Shepherd(Service):
                         except BlockingIOError:
                             pass
                         continue
+                    # The fd may have been closed since poll() returned
+                    # (an exit earlier in this batch, or the request thread:
+                    # ShUnwatch) and its number reused for another object
+                    # (ShWatch's pidfd, a spawn's pipes): the event may be
+                    # stale.  Each handler checks readiness itself: a
+                    # child's exit by waitpid or its pidfd, a pipe by a
+                    # non-blocking read.
                     obj = self._fds.get(fd)
                     if obj is None:
                         continue          # closed earlier in this batch
@@ -726,6 +741,13 @@ class Shepherd(Service):
         if child.external:
             with self._lock:
                 if self._children.get(child.p_uid) is not child:
+                    return
+                if not _pidfd_ready(child.pidfd):
+                    # A stale event (serve()): an attached process that
+                    # detached and exited, whose pidfd number this one
+                    # reused.  Reporting it would end a live process in
+                    # GS (its reply channels freed under a waiting call:
+                    # "the channel was destroyed").
                     return
                 self._forget_external(child)
             self.resources.reclaim(child.pid, external=True)   # before GS hears of the exit
