@@ -145,11 +145,13 @@ def test_capi_create_names_mode_sparse(mkpool, ffi, lib):
     assert p.validate() == lib.EMBER_OK
 
 
-def test_capi_create_is_fast(mkpool):
-    t = time.perf_counter()
-    mkpool(1 << 30)
-    # generous bound (shared CI box); the benchmark has the real figure
-    assert time.perf_counter() - t < 0.05
+def test_capi_create_touches_only_the_header(mkpool):
+    """Why a create is fast whatever the size (the benchmark has the
+    figure; no timing here): a 1 GiB pool commits its header page and first
+    block header, nothing of the heap."""
+    p = mkpool(1 << 30)
+    st = os.stat("/dev/shm" + p.name())
+    assert st.st_size == 1 << 30 and st.st_blocks * 512 <= 64 * 1024
 
 
 def test_capi_create_misuse(capi, ffi, lib, mkpool):
@@ -365,9 +367,8 @@ def test_capi_alloc_wait_timeout_and_wake(mkpool, ffi, lib):
     # never fits: no wait
     assert lib.ember_pool_alloc_wait(p.p, 1 << 20, -1, out) == lib.EMBER_ERR_EXHAUSTED
     threading.Timer(0.1, lambda: p.free(whole)).start()
-    t = time.monotonic()
-    assert lib.ember_pool_alloc_wait(p.p, 100, 5_000_000_000, out) == lib.EMBER_OK
-    assert time.monotonic() - t < 2.0
+    # EMBER_OK (not a timeout): woken by the free
+    assert lib.ember_pool_alloc_wait(p.p, 100, 30_000_000_000, out) == lib.EMBER_OK
     assert p.free(out) == 0
 
 

@@ -106,7 +106,7 @@ def test_pools_alloc_timeout(pool):
     with pytest.raises(PoolExhausted, match=rf"^pool 'tp' \(m_uid {HEX}\): cannot allocate 10 bytes within 0.2 s: "
                                             r"largest free block is 0 bytes$"):
         pool.alloc(10, timeout=0.2)
-    assert 0.19 <= time.monotonic() - t < 2
+    assert 0.19 <= time.monotonic() - t < 10    # the whole timeout waited; not stuck
     threading.Timer(0.1, whole.free).start()
     a = pool.alloc(10, timeout=None)
     a.free()
