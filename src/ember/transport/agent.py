@@ -41,6 +41,7 @@ the loop waits only on the poller.
 """
 import collections
 import os
+import select
 import struct
 import threading
 import time
@@ -56,7 +57,7 @@ HEARTBEAT = 0.5
 LOST_AFTER = 3.0
 #: parked receives and full channels are retried at every turn of the loop
 #: (a poll that does not wait) for the first RETRY_EAGER seconds of a wait,
-#: then every RETRY seconds (zmq_poll counts whole milliseconds: a shorter
+#: then every RETRY seconds (the loop's poll counts whole milliseconds: a shorter
 #: wait is none, and a loop that never waits holds a CPU for as long as a
 #: receive is parked)
 RETRY_EAGER = 0.002
@@ -68,7 +69,11 @@ HELLO, BEAT, TO_SH, FROM_SH, REQ, REPLY, FREE, BYE, LOSS = (
 
 # data plane, client -> agent: first frame = op byte + struct
 OP_ATTACH, OP_SEND, OP_RECV, OP_DETACH, OP_SENDB = b"a", b"s", b"r", b"d", b"b"
-LEN = struct.Struct("<I")                 # OP_SENDB: one frame of (length, message)...
+#: one frame: SEND_HDR then (length, message)... (a sender's isolated small
+#: message: one zmq message part to send, to receive and to hand to
+#: Channel._send_framed, where OP_SEND takes two)
+OP_SENDF = b"f"
+LEN = struct.Struct("<I")                 # OP_SENDB, OP_SENDF: (length, message)...
 #: acknowledgements wait until this many messages of a sender are in its
 #: channel, or until the agent has had nothing to do for ACK_DELAY s (a
 #: round trip needs no acknowledgement of its own; ``flush()`` waits at
@@ -100,7 +105,7 @@ class _Inbox:
     """Messages the readers took from local channels, for the loop: a deque
     and an eventfd the loop polls.  A plain descriptor in the poll set costs
     next to nothing, where an inproc zmq socket costs a system call on every
-    wake-up of the loop (zmq_poll asks each zmq socket for its events) —
+    wake-up of the loop (its events are asked: see :class:`_Poller`) —
     and the loop's wake-ups are the round trip's."""
 
     def __init__(self):
@@ -125,6 +130,60 @@ class _Inbox:
 
     # The fd is never closed: a reader blocked in recv() may still put
     # (the process ends right after its agent).
+
+
+class _Poller:
+    """One wait of an agent's loop on its zmq sockets and plain descriptors,
+    with fewer system calls than ``zmq_poll``.
+
+    ``zmq_poll`` asks every zmq socket for its events (``ZMQ_EVENTS``: a
+    system call each) before it waits, then again after a first poll that
+    does not wait, then after the wait: for a node agent's two sockets, six
+    system calls around each message of a round trip, on top of the wait
+    itself.  Here the zmq sockets wait by their ``ZMQ_FD`` in one
+    ``poll()`` with the other descriptors; a socket's events are asked only
+    when it was used since they last said "no input" (``stale``): reading
+    or sending on a socket may take the notice its descriptor would have
+    given (libzmq's rule for ``ZMQ_FD``).  The loop marks a socket
+    :meth:`touch`-ed when it sends on it, and :meth:`fresh` when its reading
+    ended on "no input" (``zmq.Again``, or ``ZMQ_EVENTS`` without
+    ``POLLIN``)."""
+
+    def __init__(self, zsocks, fds):
+        self.p = select.poll()
+        self.by_fd = {}
+        for z in zsocks:
+            fd = z.getsockopt(zmq.FD)
+            self.p.register(fd, select.POLLIN)
+            self.by_fd[fd] = z
+        for fd in fds:
+            self.p.register(fd, select.POLLIN)
+            self.by_fd[fd] = fd
+        self.stale = set(zsocks)
+
+    def touch(self, z):
+        self.stale.add(z)
+
+    def fresh(self, z):
+        self.stale.discard(z)
+
+    def wait(self, timeout):
+        """The zmq sockets that may have input and the descriptors that are
+        readable, after waiting up to ``timeout`` s (whole milliseconds, as
+        zmq_poll) if none is at once.  The sockets returned count as used."""
+        stale = self.stale
+        ready = [z for z in stale if z.getsockopt(zmq.EVENTS) & zmq.POLLIN] if stale else []
+        stale.clear()
+        # the descriptors are looked at also when a socket has input (a
+        # stream must not starve the rest of the loop)
+        for fd, _ in self.p.poll(0 if ready else int(timeout * 1000.0)):
+            o = self.by_fd[fd]
+            if o not in ready:
+                ready.append(o)
+        for o in ready:
+            if type(o) is not int:
+                stale.add(o)
+        return ready
 
 
 class _Reader(threading.Thread):
@@ -186,39 +245,51 @@ class DataServer:
     def pump(self, on_node=None, limit=4096):
         """Handle the messages waiting on the server endpoint (up to
         ``limit``); ``on_node(ident, frames)`` takes those of other nodes'
-        agents (identity ``node:<N>``), if given.
+        agents (identity ``node:<N>``), if given.  True when it stopped
+        because no input was left (the socket's events said so last: see
+        :class:`_Poller`), False when it stopped at ``limit``.
 
-        This is the agent's hot path (a round trip crosses it twice), so it
-        reads frame by frame, each a zero-copy frame whose ``more`` says if
-        another follows (``recv_multipart`` asks the socket for that after
-        every frame), and asks the socket once per message whether another
-        waits instead of taking a ``zmq.Again`` exception at the end: about
-        a third of the cost per message."""
+        This is the agent's hot path (a round trip crosses it twice).  The
+        identity and the first frame (a header, or an isolated small
+        message: OP_SENDF) are read as bytes (cheaper than a zero-copy
+        frame for a few bytes), the frames after it as zero-copy frames
+        whose ``more`` says if another follows; an OP_SENDF goes straight to
+        the channel.  After each message it asks the socket once whether
+        another waits (``ZMQ_EVENTS``) instead of taking a ``zmq.Again``
+        exception at the end."""
         sock = self.sock
         recv = sock.recv
-        events = sock.getsockopt
-        handle = self.handle
+        get = sock.getsockopt
+        RCVMORE, EVENTS, POLLIN = zmq.RCVMORE, zmq.EVENTS, zmq.POLLIN
+        handle, send, unpack = self.handle, self._send, SEND_HDR.unpack_from
         for _ in range(limit):
             try:
-                first = recv(zmq.NOBLOCK, copy=False)
+                ident = recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            frames = []
-            more = first.more
-            while more:
-                f = recv(0, False)
-                frames.append(f)
-                more = f.more
-            ident = first.bytes
-            try:
-                if on_node is not None and ident[:5] == b"node:":
-                    on_node(ident, frames)
+                return True
+            if get(RCVMORE):
+                first = recv(0)
+                if get(RCVMORE):
+                    frames = [first]
+                    more = True
+                    while more:
+                        f = recv(0, False)
+                        frames.append(f)
+                        more = f.more
                 else:
-                    handle(ident, frames)
-            except Exception as exc:
-                log.error("agent: dropped a message: %s: %s", type(exc).__name__, exc)
-            if not events(zmq.EVENTS) & zmq.POLLIN:
-                return
+                    frames = None
+                try:
+                    if on_node is not None and ident[:5] == b"node:":
+                        on_node(ident, frames or [first])
+                    elif frames is None and first[:1] == OP_SENDF:
+                        send(ident, unpack(first)[1], first, SEND_HDR.size)
+                    else:
+                        handle(ident, frames or [first])
+                except Exception as exc:
+                    log.error("agent: dropped a message: %s: %s", type(exc).__name__, exc)
+            if not get(EVENTS) & POLLIN:
+                return True
+        return False
 
     def handle(self, ident, frames):
         hdr = frames[0]
@@ -228,6 +299,9 @@ class DataServer:
         if op == OP_SEND:
             _, c_uid = SEND_HDR.unpack(hdr)
             self._send(ident, c_uid, frames, 1)
+        elif op == OP_SENDF:             # header and messages in one frame
+            _, c_uid = SEND_HDR.unpack_from(hdr)
+            self._send(ident, c_uid, hdr, SEND_HDR.size)
         elif op == OP_SENDB:             # a batch of small messages in one frame
             _, c_uid = SEND_HDR.unpack(hdr)
             f = frames[1]
@@ -358,43 +432,46 @@ class DataServer:
             for deadline, ident, c_uid, req in parked:
                 self._recv(ident, c_uid, req, deadline)
 
-    def poll(self, items, next_beat):
-        """One wait of an agent's loop: ``zmq_poll`` on ``items`` until the
-        loop's next heartbeat (``next_beat``, monotonic), less while
-        something waits to be retried (:meth:`wait_limit`) or
-        acknowledgements are held (ACK_DELAY); on a quiet wake-up the held
-        acknowledgements go out.  Returns the sockets/descriptors with
-        input (the caller reads the clock again afterwards: the wait may
-        have been long)."""
+    def poll(self, poller, next_beat):
+        """One wait of an agent's loop (:class:`_Poller`) until the loop's
+        next heartbeat (``next_beat``, monotonic), less while something
+        waits to be retried (:meth:`wait_limit`) or acknowledgements are
+        held (ACK_DELAY); on a quiet wake-up the held acknowledgements go
+        out.  Returns the sockets/descriptors with input (the caller reads
+        the clock again afterwards: the wait may have been long)."""
         now = time.monotonic()
-        timeout = max(0.0, next_beat - now)
-        limit = self.wait_limit(now)
-        if limit is not None:
-            timeout = min(timeout, limit)
-        if self.acks:
-            timeout = min(timeout, ACK_DELAY)
-        events = [s for s, _ in zmq.zmq_poll(items, int(timeout * 1000.0))]
-        if not events:
-            self.flush_acks()
+        timeout = next_beat - now
+        if self.full or self.parked:
+            limit = self.wait_limit(now)
+            if limit < timeout:
+                timeout = limit
+        else:
+            self.busy_since = None
+        if self.acks and ACK_DELAY < timeout:
+            timeout = ACK_DELAY
+        events = poller.wait(timeout if timeout > 0.0 else 0.0)
+        if not events and self.flush_acks():
+            poller.touch(self.sock)
         return events
 
     def flush_acks(self, force=True):
         """Acknowledge what is in the channels: everything (``force``), or
         only senders with ACK_EVERY messages or ACK_BYTES bytes or more to
-        acknowledge."""
+        acknowledge.  True if something was sent."""
         if not (self.acks and (force or self.ack_due)):
-            return
+            return False
         self.ack_due = False
         send = self.sock.send_multipart
         if force:
             acks, self.acks = self.acks, {}
             for (ident, c_uid), a in acks.items():
                 send([ident, ACK.pack(R_ACK, c_uid, a[0])])
-            return
+            return True
         for key, a in list(self.acks.items()):
             if a[0] >= ACK_EVERY or a[1] >= ACK_BYTES:
                 del self.acks[key]
                 send([key[0], ACK.pack(R_ACK, key[1], a[0])])
+        return True
 
     def close(self):
         for ch in self.chans.values():
@@ -458,7 +535,9 @@ class HeadAgent:
             node = int(ident[5:])
         except ValueError:
             return
-        kind = frames[0].bytes
+        kind = frames[0]
+        if type(kind) is not bytes:
+            kind = kind.bytes
         info = self.nodes.get(node)
         if kind == HELLO:
             if info is not None:
@@ -500,22 +579,26 @@ class HeadAgent:
         self.reader.start()
         sock, inbox, data = self.sock, self.inbox, self.data
         efd = inbox.fd
-        items = [(sock, zmq.POLLIN), (efd, zmq.POLLIN)]
+        poller = _Poller([sock], [efd])
         from_node = self._from_node
         next_beat = time.monotonic() + HEARTBEAT
         while not self.stopping:
-            events = data.poll(items, next_beat)
-            if sock in events:
-                data.pump(from_node)
+            events = data.poll(poller, next_beat)
+            if sock in events and data.pump(from_node):
+                poller.fresh(sock)
             if efd in events:
                 for tag, payload in inbox.take():
                     self._from_gs(payload)
-            if data.busy:
+                poller.touch(sock)
+            if data.full or data.parked:
                 data.retry()
-            data.flush_acks(force=False)
+                poller.touch(sock)
+            if data.flush_acks(force=False):
+                poller.touch(sock)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT
+                poller.touch(sock)
                 for node, info in list(self.nodes.items()):
                     if now - info["last"] > LOST_AFTER:
                         self._lost(node, f"no heartbeat for {LOST_AFTER:g} s")
@@ -589,18 +672,18 @@ class NodeAgent:
     def _loop(self, pidfd):
         head, sock, data, inbox = self.head, self.sock, self.data, self.inbox
         efd = inbox.fd
-        items = [(sock, zmq.POLLIN), (head, zmq.POLLIN), (pidfd, zmq.POLLIN),
-                 (efd, zmq.POLLIN)]
+        poller = _Poller([sock, head], [pidfd, efd])
         last_head = time.monotonic()
         next_beat = last_head + HEARTBEAT
         while True:
-            events = data.poll(items, next_beat)
+            events = data.poll(poller, next_beat)
             if head in events:
                 last_head = time.monotonic()
                 while True:
                     try:
                         frames = head.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
+                        poller.fresh(head)
                         break
                     kind = frames[0]
                     if kind == TO_SH:
@@ -609,17 +692,21 @@ class NodeAgent:
                         self._reply(frames[1], frames[2])
                     elif kind == FREE:
                         self._free(frames[1])
-            if sock in events:
-                data.pump()
+            if sock in events and data.pump():
+                poller.fresh(sock)
             if efd in events:
                 for tag, payload in inbox.take():
                     head.send_multipart([tag, payload])
-            if data.busy:
+                poller.touch(head)
+            if data.full or data.parked:
                 data.retry()
-            data.flush_acks(force=False)
+                poller.touch(sock)
+            if data.flush_acks(force=False):
+                poller.touch(sock)
             now = time.monotonic()
             if now >= next_beat or pidfd in events:
                 next_beat = now + HEARTBEAT
+                poller.touch(head)
                 head.send_multipart([BEAT])
                 code = self._shepherd_exited()
                 if code is not None:

@@ -38,7 +38,7 @@ import zmq
 from .. import exceptions
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from .agent import (ACK, ATTACH_HDR, ERR, LEN, MSG, OP_ATTACH, OP_RECV, OP_SEND, OP_SENDB,
-                    R_ACK, R_EMPTY, R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR)
+                    OP_SENDF, R_ACK, R_EMPTY, R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR)
 
 __all__ = ["RemoteChannel", "WINDOW", "BATCH"]
 
@@ -47,6 +47,11 @@ WINDOW_BYTES = 64 << 20
 BATCH = 256
 BATCH_BYTES = 64 << 10
 FLUSH_AFTER = 0.0002
+#: an isolated message up to this size goes as one frame with its header
+#: (agent.OP_SENDF: one zmq message part to send and to receive, where a
+#: header frame and a payload frame are two); a larger one keeps its own
+#: frame (not copied into another)
+INLINE = 8192
 #: a small send within this many seconds of the previous one is batched
 STREAMING = 0.00005
 #: while some messages are unacknowledged, a send reads what the agent said
@@ -245,9 +250,11 @@ class _Conn:
             if now - last > STREAMING and c_uid not in self.pending:
                 # an isolated message (a request, a ping) goes at once; one
                 # that follows another closely joins a batch
-                sock = self.sock
-                sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
-                sock.send(data)
+                if n <= INLINE:
+                    self.sock.send(SEND_HDR.pack(OP_SENDF, c_uid) + LEN.pack(n) + data)
+                else:
+                    self.sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
+                    self.sock.send(data)
                 f = self.inflight.setdefault(c_uid, [0, 0])
                 f[0] += 1
                 f[1] += n
