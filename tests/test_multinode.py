@@ -175,6 +175,87 @@ def test_remote_streams_keep_order_under_back_pressure(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_remote_and_local_senders_mixed_and_a_receiver_killed_with_messages_in_flight(tmp_path):
+    """A channel on node 1 fed by the head (isolated messages, one frame
+    each, and a stream, batched) and by a process of node 1 at once: its
+    reader there gets everything, each sender's messages in order.  Then a
+    reader that takes a few and is SIGKILLed while the head goes on
+    sending: every message it did not take is still in the channel, in
+    order, for the next reader."""
+    out = ok(run_prog(tmp_path, """
+        N = 300
+        d = channel.create(None, "mix", ChannelOptions(node=1, capacity=64, block_size=128))
+        res = channel.create(None, "res")
+        local = f'''
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        c = Channel.attach(channel.join("mix", timeout=30))
+        for i in range({N}):
+            c.send(b"L%d" % i, timeout=30)
+        '''
+        reader = f'''
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        c = Channel.attach(channel.join("mix", timeout=30))
+        r = Channel.attach(channel.join("res", timeout=30))
+        got = [c.recv(timeout=30) for _ in range(3 * {N})]
+        ls = [m for m in got if m[:1] == b"L"]
+        rs = [m for m in got if m[:1] == b"R"]
+        r.send(b"L %r R %r" % (ls == [b"L%d" % i for i in range({N})],
+                               rs == [b"R%d" % i for i in range(2 * {N})]))
+        r.flush()
+        '''
+        h = Channel.attach(d)
+        pr = process.create(PY, ".", ["-c", textwrap.dedent(reader)], options={"node": 1})
+        pl = process.create(PY, ".", ["-c", textwrap.dedent(local)], options={"node": 1})
+        for i in range(N):                  # isolated: one frame each
+            h.send(b"R%d" % i)
+            if i % 10 == 0:
+                time.sleep(0.001)
+        for i in range(N, 2 * N):           # a stream: batched
+            h.send(b"R%d" % i)
+        print("flushed", h.flush(timeout=60))
+        print(Channel.attach(res).recv(timeout=60).decode())
+        print("exits", process.join(pr.p_uid, timeout=30), process.join(pl.p_uid, timeout=30))
+
+        # a reader killed with messages in flight
+        taker = '''
+        import time
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        c = Channel.attach(channel.join("mix", timeout=30))
+        r = Channel.attach(channel.join("res", timeout=30))
+        for _ in range(5):
+            c.recv(timeout=30)
+        r.send(b"took 5"); r.flush()
+        time.sleep(60)
+        '''
+        pt = process.create(PY, ".", ["-c", textwrap.dedent(taker)], options={"node": 1})
+        for i in range(20):
+            h.send(b"K%d" % i)
+        print(Channel.attach(res).recv(timeout=60).decode())
+        for i in range(20, 40):
+            h.send(b"K%d" % i)
+        process.kill(pt.p_uid, 9)
+        print("killed", process.join(pt.p_uid, timeout=30))
+        for i in range(40, 50):
+            h.send(b"K%d" % i)
+        print("flushed", h.flush(timeout=60))
+        rest = [h.recv(timeout=30) for _ in range(45)]
+        print("rest in order", rest == [b"K%d" % i for i in range(5, 50)])
+        try:
+            h.recv(timeout=0.2)
+        except ChannelError as e:
+            print("then", type(e).__name__)
+    """, timeout=110))
+    lines = out.splitlines()
+    assert lines.count("flushed True") == 2, lines
+    assert "L True R True" in lines and "exits 0 0" in lines, lines
+    assert "took 5" in lines and "killed -9" in lines, lines
+    assert "rest in order True" in lines and "then ChannelEmpty" in lines, lines
+
+
+@pytest.mark.timeout(120)
 def test_node_loss_reports_processes_lost_and_goes_on(tmp_path):
     """Kill node 1's shepherd: its processes are reported lost (exit code
     255, state "lost"), its channels are gone, joins wake, the runtime goes
