@@ -21,6 +21,7 @@ import sys
 import textwrap
 
 import _report  # benchmarks/_report.py: --json, --png
+import _rundir  # benchmarks/_rundir.py: a private runtime directory
 
 TARGET = {"init_to_create": 0.050, "attach_auto": 0.010}
 
@@ -134,4 +135,5 @@ def main():
 
 
 if __name__ == "__main__":
+    _rundir.use_private()     # its runtimes' addresses and event logs
     main()

@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import _report  # benchmarks/_report.py: --json, --png
+import _rundir  # benchmarks/_rundir.py: a private runtime directory
 
 TARGET = 0.200
 
@@ -112,4 +113,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    _rundir.use_private()     # its runtime's address and event log
     main()

@@ -39,6 +39,7 @@ import time
 import ember  # noqa: F401  registers "ember"
 
 import _report  # benchmarks/_report.py: --json, --png
+import _rundir  # benchmarks/_rundir.py: a private runtime directory
 
 
 def trivial():
@@ -303,4 +304,5 @@ def leftover_part(measures):
 
 
 if __name__ == "__main__":
+    _rundir.use_private()     # its runtimes' addresses and event logs
     main()

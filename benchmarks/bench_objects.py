@@ -25,6 +25,7 @@ import time
 import ember
 
 import _report  # benchmarks/_report.py: --json, --png
+import _rundir  # benchmarks/_rundir.py: a private runtime directory
 
 TARGET_RTT_US = 20.0
 TARGET_RTT_RATIO = 10.0
@@ -208,4 +209,5 @@ def main():
 
 
 if __name__ == "__main__":
+    _rundir.use_private()     # its runtime's address and event log
     main()

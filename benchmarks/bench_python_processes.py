@@ -23,6 +23,7 @@ import sys
 import time
 
 import _report  # benchmarks/_report.py: --json, --png
+import _rundir  # benchmarks/_rundir.py: a private runtime directory
 
 
 def trivial():
@@ -288,6 +289,10 @@ def main():
 
 if __name__ == "__main__":
     if "EMBER_GS_CH" not in os.environ:
-        os.execv(sys.executable, [sys.executable, "-m", "ember", "run", os.path.abspath(__file__)]
-                 + sys.argv[1:])
+        # (a child, not an exec: this process removes the runtime's
+        # directory, its address and event log, once it is over)
+        _rundir.use_private()
+        import subprocess
+        sys.exit(subprocess.run([sys.executable, "-m", "ember", "run",
+                                 os.path.abspath(__file__)] + sys.argv[1:]).returncode)
     sys.exit(main())

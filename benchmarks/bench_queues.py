@@ -18,6 +18,7 @@ import numpy as np
 import ember
 
 import _report  # benchmarks/_report.py: --json, --png
+import _rundir  # benchmarks/_rundir.py: a private runtime directory
 
 ctx = mp.get_context("fork")
 
@@ -228,4 +229,5 @@ def main():
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    _rundir.use_private()     # its runtime's address and event log
     main()

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 import _report  # benchmarks/_report.py: --json, --png
+import _rundir  # benchmarks/_rundir.py: a private runtime directory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -558,4 +559,5 @@ def main():
 
 
 if __name__ == "__main__":
+    _rundir.use_private()     # its runtimes' addresses and event logs
     main()

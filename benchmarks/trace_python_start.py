@@ -134,6 +134,8 @@ def main():
     path = os.path.join(d, "trace")
     if os.path.exists(path):
         os.unlink(path)
+    import _rundir
+    _rundir.use_private()         # the runtime's address and event log, removed at exit
     env = dict(os.environ, EMBER_TRACE_START=d)
     import subprocess
     print(f"# trace_python_start: n={a.n}, load {' '.join('%.1f' % x for x in os.getloadavg())}",

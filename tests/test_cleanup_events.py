@@ -117,3 +117,68 @@ def test_a_running_runtimes_log_is_kept(rdir, tmp_path):
 def test_bad_duration_is_a_usage_error(rdir):
     res = ember(rdir.parent, "cleanup", "--events-only", "--events-age", "soon")
     assert res.returncode == 2 and "not a duration: 'soon'" in res.stderr
+
+
+def test_count_and_size_caps_keep_the_newest(rdir):
+    """Retention is capped by count and total size as well as by age: a day
+    of test suites or benchmarks makes hundreds of recent logs."""
+    logs = [log(rdir, f"r1-{TAG}n{i}", 60 * (10 - i)) for i in range(10)]   # n9 newest
+    for p in logs:
+        p.write_bytes(b"x" * 1000)
+    for i, p in enumerate(logs):
+        t = time.time() - 60 * (10 - i)
+        os.utime(p, (t, t))
+    res = ember(rdir.parent, "cleanup", "--events-only", "--events-keep", "4", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.split()[2::3]) == sorted(str(p) for p in logs[:6])
+    assert all(p.exists() for p in logs)
+    res = ember(rdir.parent, "cleanup", "--events-only", "--events-keep", "4")
+    assert res.returncode == 0, res.stderr
+    assert [p.exists() for p in logs] == [False] * 6 + [True] * 4
+    # 2500 bytes in all: the two newest (1000 each) fit, the third does not
+    res = ember(rdir.parent, "cleanup", "--events-only", "--events-max-size", "2500")
+    assert res.returncode == 0, res.stderr
+    assert [p.exists() for p in logs[6:]] == [False, False, True, True]
+    assert f"removed {logs[7]}" in res.stdout
+    # the defaults leave these two alone (200 logs, 64M)
+    res = ember(rdir.parent, "cleanup", "--events-only")
+    assert res.returncode == 0 and "removed" not in res.stdout
+    assert logs[8].exists() and logs[9].exists()
+
+
+def test_a_running_runtimes_log_is_outside_the_caps(rdir, tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text("import sys\nprint('ready', flush=True)\nsys.stdin.read()\n")
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(rdir.parent))
+    env.pop("EMBER_ADDRESS", None)
+    run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    try:
+        assert run.stdout.readline() == b"ready\n"
+        (live,) = [p for p in rdir.iterdir() if p.name.endswith(".events")]
+        done = log(rdir, f"r1-{TAG}done", 60)
+        res = ember(rdir.parent, "cleanup", "--events-only", "--events-keep", "0")
+        assert res.returncode == 0, res.stderr
+        assert live.exists() and not done.exists()
+        assert res.stdout == f"removed {done}\n"
+    finally:
+        run.communicate(b"", timeout=60)
+    assert run.returncode == 0
+
+
+@pytest.mark.parametrize("opt,bad,why", [("--events-keep", "-1", "not a count: '-1'"),
+                                         ("--events-keep", "many", "not a count: 'many'"),
+                                         ("--events-max-size", "0", "size must be positive"),
+                                         ("--events-max-size", "lots", "not a size: 'lots'")])
+def test_bad_caps_are_usage_errors(rdir, opt, bad, why):
+    res = ember(rdir.parent, "cleanup", "--events-only", opt, bad)
+    assert res.returncode == 2 and why in res.stderr, res.stderr
+
+
+def test_cleanup_help_names_the_caps():
+    res = subprocess.run([sys.executable, "-m", "ember", "cleanup", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    assert "--events-keep N" in res.stdout and "--events-max-size SIZE" in res.stdout
+    assert "(default: 200)" in res.stdout and "(default: 64M)" in res.stdout

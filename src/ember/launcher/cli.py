@@ -164,7 +164,10 @@ def _parser():
         description="Remove your /dev/shm segments of ember runtimes whose launcher is gone "
                     "(it no longer holds the runtime's lock) and of standalone pools whose "
                     "creating process no longer exists.  Segments of live runtimes, and "
-                    "segments of other users, are never touched (the latter are listed).")
+                    "segments of other users, are never touched (the latter are listed).  "
+                    "Also removes the event logs of runtimes no longer running: those older "
+                    "than --events-age, and the oldest beyond the caps --events-keep (a "
+                    "count) and --events-max-size (their total size).")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     c.add_argument("--events-age", type=_duration_arg, default=DEFAULT_EVENTS_AGE,
                    metavar="DURATION",
@@ -172,6 +175,14 @@ def _parser():
                         "that are no longer running and whose last event is older than "
                         "DURATION: a number of seconds or a number with a unit s, m, h, d, w "
                         "(default: 7d; 0: every finished runtime's log)")
+    c.add_argument("--events-keep", type=_count_arg, default=DEFAULT_EVENTS_KEEP, metavar="N",
+                   help="also keep at most the N newest event logs of finished runtimes, "
+                        "removing older ones whatever their age (default: %(default)s)")
+    c.add_argument("--events-max-size", type=_size_arg, default=DEFAULT_EVENTS_MAX_SIZE,
+                   metavar="SIZE",
+                   help="also keep the event logs of finished runtimes within SIZE in all "
+                        "(e.g. 64M, 1G), removing the oldest first (default: 64M); a running "
+                        "runtime's log is never removed and does not count")
     c.add_argument("--events-only", action="store_true",
                    help="only remove old event logs; leave /dev/shm alone")
 
@@ -346,7 +357,8 @@ def main(argv=None):
         if args.command == "cleanup":
             if not args.events_only:
                 cleanup(dry_run=args.dry_run)
-            return cleanup_events(args.events_age, dry_run=args.dry_run)
+            return cleanup_events(args.events_age, dry_run=args.dry_run,
+                                  keep=args.events_keep, max_size=args.events_max_size)
         if args.command == "stop":
             return stop(args.target, args.timeout)
         from . import inspect as _inspect
@@ -462,6 +474,11 @@ def _daemonize(args):
 # ------------------------------------------------------------------ cleanup
 #: ``ember cleanup --events-age`` default: a week.
 DEFAULT_EVENTS_AGE = 7 * 86400.0
+#: ``ember cleanup --events-keep`` and ``--events-max-size`` defaults: a
+#: runtime's log is ~1-150 KB; a test suite or a benchmark starts hundreds
+#: of runtimes a day, which the age alone would keep for a week.
+DEFAULT_EVENTS_KEEP = 200
+DEFAULT_EVENTS_MAX_SIZE = 64 << 20
 _DURATION = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$"   # (re: loaded on use, not at start-up)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -475,6 +492,26 @@ def parse_duration(text):
         raise ValueError(f"not a duration: {text!r} (use seconds or a number with a unit "
                          f"s, m, h, d, w, e.g. 7d, 12h, 30m)")
     return float(mo.group(1)) * _DURATION_UNITS[mo.group(2).lower()]
+
+
+def _count_arg(text):
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a whole number >= 0)")
+    return n
+
+
+def _size_arg(text):
+    import argparse
+    from .._size import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _duration_arg(text):
@@ -501,10 +538,14 @@ def _runtime_running(runtime_id):
     return False
 
 
-def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None):
+def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None, keep=None,
+                   max_size=None):
     """Remove the event logs ``<runtime dir>/<id>.events`` of runtimes that
     are not running (their launcher holds no lock) and whose last event
-    (the file's mtime) is older than ``max_age`` seconds.  Returns 0."""
+    (the file's mtime) is older than ``max_age`` seconds; and, newest
+    first, every such log beyond the ``keep`` newest or beyond ``max_size``
+    bytes in all (None: no cap).  A running runtime's log is never removed
+    and does not count.  Returns 0."""
     from ..runtime import runtime_dir
     from ..exceptions import GlobalServicesError
     try:
@@ -513,6 +554,8 @@ def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None):
     except (FileNotFoundError, GlobalServicesError):
         return 0
     now = time.time() if now is None else now
+    capped = keep is not None or max_size is not None
+    logs = []                      # the finished runtimes' logs: (mtime, name, path, size, old)
     for name in names:
         rid, dot, ext = name.rpartition(".")
         if ext != "events" or not dot or not rid or "/" in rid:
@@ -522,10 +565,22 @@ def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None):
             st = os.lstat(path)
         except FileNotFoundError:
             continue
-        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < max_age:
+        if not stat.S_ISREG(st.st_mode):
             continue
-        if _runtime_running(rid):
+        old = now - st.st_mtime >= max_age
+        if not (old or capped) or _runtime_running(rid):
             continue
+        logs.append((st.st_mtime, name, path, st.st_size, old))
+    logs.sort(reverse=True)        # newest first: the caps keep the newest
+    kept = total = 0
+    full = False                   # a cap was reached: every older log goes
+    for _, _, path, size, old in logs:
+        if not old and not full:
+            if (keep is None or kept < keep) and (max_size is None or total + size <= max_size):
+                kept += 1
+                total += size
+                continue
+            full = True
         if dry_run:
             print(f"would remove {path}", file=out)
             continue
