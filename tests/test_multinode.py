@@ -298,6 +298,54 @@ def test_node_loss_reports_processes_lost_and_goes_on(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_sender_node_loss_leaves_what_it_sent_in_the_channel(tmp_path):
+    """A process of node 1 sends into a channel of the head's node; node 1
+    is lost (its shepherd killed) after its sends were flushed: every
+    message it sent is in the channel, in order, the channel works on
+    (a local send, a sender on node 2)."""
+    out = ok(run_prog(tmp_path, """
+        import signal
+        d = channel.create(None, "in0", ChannelOptions(capacity=256))
+        sender = '''
+        import time
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        c = Channel.attach(channel.join("in0", timeout=30))
+        for i in range(100):
+            c.send(b"S%d" % i)
+            if i % 7 == 0:
+                time.sleep(0.001)
+        s = Channel.attach(channel.join("sig", timeout=30))
+        s.send(b"flushed %r" % c.flush(timeout=30)); s.flush(timeout=30)
+        time.sleep(60)
+        '''
+        sig = Channel.attach(channel.create(None, "sig"))
+        p = process.create(PY, ".", ["-c", textwrap.dedent(sender)], options={"node": 1})
+        print(sig.recv(timeout=60).decode())
+        with open(f"/proc/{p.os_pid}/stat") as f:
+            sh = int(f.read().rsplit(")", 1)[1].split()[1])
+        os.kill(sh, signal.SIGKILL)
+        print("join", process.join(p.p_uid, timeout=30))
+        h = Channel.attach(d)
+        got = [h.recv(timeout=30) for _ in range(100)]
+        print("order", got == [b"S%d" % i for i in range(100)])
+        h.send(b"local")
+        print("local", h.recv(timeout=10))
+        other = '''
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        c = Channel.attach(channel.join("in0", timeout=30))
+        c.send(b"from 2"); c.flush(timeout=30)
+        '''
+        p2 = process.create(PY, ".", ["-c", textwrap.dedent(other)], options={"node": 2})
+        print("node 2", h.recv(timeout=30), process.join(p2.p_uid, timeout=30))
+    """))
+    lines = out.splitlines()
+    assert "flushed True" in lines and "order True" in lines and "join 255" in lines, lines
+    assert "local b'local'" in lines and "node 2 b'from 2' 0" in lines, lines
+
+
+@pytest.mark.timeout(120)
 def test_fail_fast_on_node_loss(tmp_path):
     res = run_prog(tmp_path, """
         import signal
