@@ -357,6 +357,32 @@ def test_stale_handle_after_destroy_never_touches_the_memory():
         pool._validate()
 
 
+def _fork_side(ch, side, where, pause, ready=None, before=0.0):
+    """Fork a child that sends b"last" on ``ch`` (``side`` "send") or
+    receives b"fill" from it ("recv") with channel.c's test pause ``where``
+    ("handover": inside the hand-over window; "claim": a send between its
+    claim and its write of the slot) set to ``pause`` seconds; it writes a
+    byte to the pipe end ``ready`` first (if given), then waits ``before``
+    seconds.  Exits 0 if its operation did what it should.  Returns its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from ember.channels_c import _channels
+            getattr(_channels, f"_debug_{where}_pause")(pause)
+            if ready is not None:
+                os.write(ready, b"g")
+            time.sleep(before)
+            if side == "send":
+                ch.send(b"last", timeout=10)
+                code = 0
+            else:
+                code = 0 if ch.recv(timeout=10) == b"fill" else 1
+        finally:
+            os._exit(code)
+    return pid
+
+
 def _handover_then_destroy(side, receiver_sleeps):
     """One message handed over by a forked child that pauses inside its
     hand-over window (after its FULL/FREE store, before its notify): this
@@ -371,20 +397,9 @@ def _handover_then_destroy(side, receiver_sleeps):
         offset = Channel.describe(ch.sdesc)[1]
         if side == "recv":
             ch.send(b"fill")                     # full: our send below waits
-        pid = os.fork()
-        if pid == 0:                             # the child: hand one slot over, paused
-            code = 1
-            try:
-                from ember.channels_c import _channels
-                _channels._debug_handover_pause(0.5)
-                time.sleep(0.2)                  # the parent is asleep in recv/send by now
-                if side == "send":
-                    ch.send(b"last", timeout=10)
-                    code = 0
-                else:
-                    code = 0 if ch.recv(timeout=10) == b"fill" else 1
-            finally:
-                os._exit(code)
+        # the child hands one slot over, paused; the parent is asleep in
+        # recv/send by then
+        pid = _fork_side(ch, side, "handover", 0.5, before=0.2)
         if side == "send":
             if receiver_sleeps:
                 got = ch.recv(timeout=10)
@@ -459,21 +474,7 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
         if side == "recv":
             ch.send(b"fill")
         r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:                             # hand one slot over, then stay in the window
-            code = 1
-            try:
-                os.close(r)
-                from ember.channels_c import _channels
-                _channels._debug_handover_pause(30)
-                os.write(w, b"g")
-                if side == "send":
-                    ch.send(b"last", timeout=10)
-                    code = 0
-                else:
-                    code = 0 if ch.recv(timeout=10) == b"fill" else 1
-            finally:
-                os._exit(code)
+        pid = _fork_side(ch, side, "handover", 30, ready=w)   # hand one slot over, stay there
         os.close(w)
         assert os.read(r, 1) == b"g"
         os.close(r)
@@ -491,6 +492,141 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
         assert pool.stats().live_allocs == 2
         a.free()
         pool._validate()
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        pool.destroy()
+
+
+def _claimed_by_child(ch, pause):
+    """A forked child whose send claims a slot of the empty ``ch`` and
+    pauses there (before it writes the slot) for ``pause`` seconds, or
+    until 0.2 s after it sees the channel destroyed.  Returns its pid once
+    its claim is made (head has moved)."""
+    r, w = os.pipe()
+    pid = _fork_side(ch, "send", "claim", pause, ready=w)
+    os.close(w)
+    assert os.read(r, 1) == b"g"
+    os.close(r)
+    deadline = time.monotonic() + 30
+    while len(ch) == 0:
+        assert time.monotonic() < deadline, "the child never claimed its slot"
+        time.sleep(0.001)
+    return pid
+
+
+@pytest.mark.timeout(60)
+def test_destroy_while_a_send_is_between_claim_and_publish_never_touches_the_reused_block():
+    """A sender counts itself busy from before its claim (HAND-OVER in
+    channel.c): a destroy while it writes its slot leaves the block
+    allocated until it has published, so a block allocated right after the
+    destroy is never the one it writes to (it was: busy counts started at
+    the hand-over store)."""
+    pool = Pool.create(1 << 20)
+    pid = 0
+    try:
+        ch = Channel.create(pool, capacity=1, block_size=128)
+        offset = Channel.describe(ch.sdesc)[1]
+        pid = _claimed_by_child(ch, 30)
+        ch.destroy()                             # returns at once
+        a = pool.alloc(320 + 128)                # the channel's block if it is free already
+        assert a.offset != offset                # the block is still the channel's
+        with memoryview(a) as m:
+            m[:] = b"\xab" * len(m)
+        _, status = os.waitpid(pid, 0)           # it wrote its slot, published, freed the block
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+        with memoryview(a) as m:
+            assert m.tobytes() == b"\xab" * len(m)
+        a.free()
+        pool._validate()
+        assert pool.stats().live_allocs == 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        pool.destroy()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("recovered_by", ["destroy", "receiver"])
+def test_a_sender_killed_between_claim_and_publish_costs_nothing(recovered_by):
+    """Its busy count is ended for it by whoever takes its slot over (a
+    receiver's skip of a dead sender's slot, or destroy's scan): the
+    channel goes on, and its destroy frees the block."""
+    pool = Pool.create(1 << 20)
+    pid = 0
+    try:
+        ch = Channel.create(pool, capacity=2, block_size=128)
+        pid = _claimed_by_child(ch, 30)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pid = 0
+        if recovered_by == "receiver":
+            with pytest.raises(ChannelEmpty):
+                ch.recv(timeout=0.3)              # skips the dead sender's slot
+            ch.send(b"after")
+            assert ch.recv(timeout=10) == b"after"
+        ch.destroy()
+        pool._validate()
+        assert pool.stats().live_allocs == 0      # freed: no count left up
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        pool.destroy()
+
+
+@pytest.mark.timeout(300)
+def test_destroy_racing_with_large_sends_never_touches_the_reused_block():
+    """Stress: a forked sender sends 1 MiB messages (claim, allocate,
+    copy, publish) while this process destroys the channel at a random
+    moment, at once allocates a block of the channel's size and fills it:
+    the sender never writes into it, and every block is freed in the end
+    (a large message published into a destroyed channel included).  Before
+    the busy count started at the claim, ~60% of rounds wrote into the
+    reused block and leaked one (a few seconds for 150 rounds)."""
+    import random
+    rng = random.Random(11)
+    block, big = 128, 1 << 20
+    pool = Pool.create(1 << 25)
+    pid = 0
+    try:
+        for _ in range(150):
+            ch = Channel.create(pool, capacity=8, block_size=block)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    payload = b"\x5a" * big
+                    os.write(w, b"g")
+                    while True:
+                        try:
+                            ch.send(payload, timeout=0)
+                        except ChannelFull:
+                            pass
+                except ChannelError:
+                    code = 0                     # destroyed
+                finally:
+                    os._exit(code)
+            os.close(w)
+            assert os.read(r, 1) == b"g"
+            os.close(r)
+            time.sleep(rng.random() * 0.004)
+            ch.destroy()
+            a = pool.alloc(320 + 8 * block)
+            with memoryview(a) as m:
+                m[:] = b"\xab" * len(m)
+            _, status = os.waitpid(pid, 0)
+            pid = 0
+            assert os.waitstatus_to_exitcode(status) == 0
+            with memoryview(a) as m:
+                assert m.tobytes() == b"\xab" * len(m)
+            a.free()
+        pool._validate()
+        assert pool.stats().live_allocs == 0
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)

@@ -1075,6 +1075,14 @@ def _debug_handover_pause(seconds):
     ember_ch_debug_handover_pause(<int64_t>(float(seconds) * 1e9))
 
 
+def _debug_claim_pause(seconds):
+    """Tests only: every send of the calling thread pauses after its claim
+    of a slot, before it writes the slot, for ``seconds`` or until 0.2 s
+    after it sees the channel destroyed; 0 ends it.  See HAND-OVER in
+    channel.c."""
+    ember_ch_debug_claim_pause(<int64_t>(float(seconds) * 1e9))
+
+
 def _slots_bind_path(path, uint64_t p_uid):
     """Bind this process to its slot (p_uid) of the table at ``path``
     (created if missing); None unbinds.  See ember._slots."""

@@ -84,10 +84,16 @@
  * afterwards: the notify's sleepers flag and futex word.  The other side
  * may see the slot at once, finish, and destroy the channel (the common
  * "receive the last message, then destroy" of a one-shot channel), and
- * the block may hold something else before those writes land.  So each
- * side counts itself busy in the header (xsend_busy on the producers'
- * line, xrecv_busy on the consumers') from before its hand-over store to
- * after its notify, and the block is freed only once both counts are 0 --
+ * the block may hold something else before those writes land.  A producer
+ * also writes its slot (the payload, xmeta, FULL) after its claim, while
+ * another process may destroy the channel (say, a consumer that got the
+ * message it waited for from another producer).  So each side counts
+ * itself busy in the header (xsend_busy on the producers' line,
+ * xrecv_busy on the consumers'): a producer from before its claim (an
+ * acq_rel increment, then the channel's liveness checked again: see
+ * send_busy_begin()) to after its notify, a consumer from before its
+ * hand-over store to after its notify; and the block is freed only once
+ * both counts are 0 --
  * by whoever is last, without waiting: destroy sets xfree_refs to 3 (one
  * reference for itself, one per side), then sets BUSY_DESTROYING (bit 31)
  * in each count; a side is done when its count is seen at 0 with that bit
@@ -98,10 +104,16 @@
  * reference frees the block.  So destroy never waits (it used to wait up
  * to 2 s, in GS's and the shepherd's loops too, for a process killed
  * inside its window).  The spin hints (xsend_cpu, xsend_sid) are written
- * before the hand-over.  A process that dies (or is stopped) inside that
- * window leaves its count up: the block stays allocated (a leak of one
- * block, never a write into reused memory), or, for a stopped one, is
- * freed when it resumes and ends its hand-over.
+ * before the hand-over.  A producer killed between its claim and its
+ * publish leaves its slot (p, WRITING, dead pid): whoever takes that slot
+ * over, exactly once by the CAS that does (a consumer's skip, or destroy's
+ * scan of the slots), ends the dead producer's count for it, so it costs
+ * nothing.  A process that dies inside the few instructions between its
+ * increment and its claim CAS, or between its hand-over store and the end
+ * of its notify, leaves its count up: the block stays allocated (a leak of
+ * one block, never a write into reused memory).  A stopped one (SIGSTOP)
+ * holds the block until it resumes and ends its count (destroy never
+ * waits for it).
  *
  * INVARIANTS
  *   - A position's slot goes through the life cycle above exactly once;
@@ -158,7 +170,8 @@
  *   - Producer dies before its claim CAS: nothing happened.
  *   - after the claim, before head was advanced: other producers see
  *     (pos, WRITING) at head and help.  Consumers skip the slot once the pid
- *     is dead.  Its own message is lost (it never completed the send).  A
+ *     is dead (and end its busy count: HAND-OVER); so does destroy.  Its own
+ *     message is lost (it never completed the send).  A
  *     large send allocates its pool block only after the claim and records
  *     it in the slot (payload ref, then xmeta with release) before copying;
  *     the consumer that skips the slot frees a recorded block.  A stale
@@ -192,8 +205,11 @@
  *   (4) Destroy must happen when nobody uses the channel any more: every
  *   operation through any handle checks the header (magic + allocation id)
  *   first and returns EMBER_ERR_DESTROYED once it is destroyed, even after
- *   the memory was reused; only an operation already past that check when
- *   a destroy lands (a race the caller allowed) may touch freed memory.
+ *   the memory was reused; a send past that check counts itself busy and
+ *   keeps the block until it has published (HAND-OVER); only a receive
+ *   already past it when a destroy lands, or a send inside the few
+ *   instructions between the check and its count (a race the caller
+ *   allowed), may touch freed memory.
  *   - Closer dies in ember_ch_close: the close is one fetch_or of head, so
  *     the channel is open or closed, never half (killed after the xflags
  *     hint and before head: open, and receivers read head on each empty
@@ -442,6 +458,26 @@ static inline void handover_begin(_Atomic uint32_t *busy)
     ember_atomic_add_relaxed(busy, 1u);
 }
 
+/* A producer's busy count, from before its claim (HAND-OVER): 0 if the
+ * channel was destroyed meanwhile (the count is ended again). */
+static int ch_alive(const ember_ch_t *ch);
+static inline uint32_t handover_end(ember_ch_t *ch, _Atomic uint32_t *busy);
+
+static inline int send_busy_begin(ember_ch_t *ch)
+{
+    /* acq_rel: if destroy's fetch_or of BUSY_DESTROYING came before this
+     * increment (in the count's modification order), our acquire reads
+     * from it, so the liveness check below sees destroy's CAS of xalloc_id
+     * and we back out; if it came after, destroy's acquire reads our
+     * increment and leaves the block to the last one out.  Pairs with the
+     * acq_rel fetch_or in ember_ch_destroy(). */
+    ember_atomic_add_acq_rel(&ch->h->xsend_busy, 1u);
+    if (__builtin_expect(ch_alive(ch), 1))
+        return 1;
+    handover_end(ch, &ch->h->xsend_busy);
+    return 0;
+}
+
 /* One side of a destroyed channel has no hand-over left: mark it done
  * (once: the CAS from BUSY_DESTROYING alone) and drop its reference; the
  * last reference frees the block.  Returns the free's rc, or EMBER_OK. */
@@ -461,7 +497,7 @@ static ember_rc_t side_done(ember_pool_t *pool, const ember_alloc_t *alloc, ch_h
     return EMBER_OK;
 }
 
-static inline void handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
+static inline uint32_t handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
 {
     /* acq_rel: release, our header writes (the notify) happen before
      * whoever frees the block reads the count back at 0; acquire, if the
@@ -470,6 +506,27 @@ static inline void handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
     uint32_t old = ember_atomic_sub_acq_rel(busy, 1u);
     if (__builtin_expect(old == (BUSY_DESTROYING | 1u), 0))
         (void)side_done(ch->pool, &ch->alloc, ch->h, busy);   /* we were the last of our side */
+    return old;
+}
+
+/* A producer died between its claim and its publish, and our CAS took its
+ * slot (p, WRITING, dead) over, exactly once: end its busy count for it
+ * (HAND-OVER).  Never below 0: a state word scribbled to WRITING, with no
+ * count behind it, costs nothing (CORRUPTION).  Returns 1 if the channel
+ * was destroyed meanwhile (its block may be gone: read nothing more). */
+static int end_dead_sender(ember_ch_t *ch)
+{
+    _Atomic uint32_t *busy = &ch->h->xsend_busy;
+    /* relaxed: only the first guess of the CAS below. */
+    uint32_t v = ember_atomic_load_relaxed(busy);
+    do {
+        if ((v & ~(BUSY_DESTROYING | BUSY_SIDE_DONE)) == 0)
+            return (v & BUSY_DESTROYING) != 0;
+        /* acq_rel: as the fetch_sub in handover_end(), which this is. */
+    } while (!ember_atomic_cas_acq_rel(busy, &v, v - 1u));
+    if (__builtin_expect(v == (BUSY_DESTROYING | 1u), 0))
+        (void)side_done(ch->pool, &ch->alloc, ch->h, busy);
+    return (v & BUSY_DESTROYING) != 0;
 }
 
 /* Tests only (ember_ch_debug_handover_pause): one thread pauses inside the
@@ -503,6 +560,45 @@ static inline void handover_pause(void)
 {
     if (__builtin_expect(ember_atomic_load_relaxed(&dbg_pause_ns) != 0, 0))
         handover_pause_slow();
+}
+
+/* Tests only (ember_ch_debug_claim_pause): one thread pauses in every send
+ * after its claim, before it writes its slot, until `ns` have passed or
+ * DBG_CLAIM_AFTER after it saw the channel destroyed (so that a test can
+ * destroy the channel and reuse its block exactly there).  Relaxed: read
+ * on every send, set by tests. */
+#define DBG_CLAIM_AFTER 200000000ll
+static _Atomic int64_t dbg_claim_ns;
+static _Atomic uint32_t dbg_claim_tid;
+
+void ember_ch_debug_claim_pause(int64_t ns)
+{
+    ember_atomic_store_relaxed(&dbg_claim_tid, ns > 0 ? (uint32_t)syscall(SYS_gettid) : 0u);
+    ember_atomic_store_relaxed(&dbg_claim_ns, ns > 0 ? ns : 0);
+}
+
+static void claim_pause_slow(const ember_ch_t *ch)
+{
+    int64_t ns = ember_atomic_load_relaxed(&dbg_claim_ns);
+    if (ns <= 0 || ember_atomic_load_relaxed(&dbg_claim_tid) != (uint32_t)syscall(SYS_gettid))
+        return;
+    int64_t end = now_ns() + ns;
+    while (now_ns() < end) {
+        if (!ch_alive(ch)) {           /* (the block is still ours: HAND-OVER) */
+            struct timespec ts = { 0, DBG_CLAIM_AFTER };
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+            return;
+        }
+        struct timespec ts = { 0, 1000000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static inline void claim_pause(const ember_ch_t *ch)
+{
+    if (__builtin_expect(ember_atomic_load_relaxed(&dbg_claim_ns) != 0, 0))
+        claim_pause_slow(ch);
 }
 
 static inline void help_advance(_Atomic uint64_t *ctr, uint64_t pos)
@@ -589,9 +685,13 @@ static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t
     handover_end(ch, &ch->h->xrecv_busy);
 }
 
+static ember_rc_t claim_slot(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
+                             ch_slot_t **slot_out, uint64_t *stuck);
+
 /* Claim the slot at head for writing.  dead_level > 0: check the liveness
- * of a consumer that blocks us.  EMBER_OK (slot in WRITING by us),
- * EMBER_ERR_FULL with *stuck = the blocking state word, EMBER_ERR_CLOSED. */
+ * of a consumer that blocks us.  EMBER_OK (slot in WRITING by us, our
+ * busy count up until publish_ex() ends it), EMBER_ERR_FULL with *stuck =
+ * the blocking state word, EMBER_ERR_CLOSED. */
 static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
                                  ch_slot_t **slot_out, uint64_t *stuck)
 {
@@ -604,6 +704,22 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
      * error (see "destroy" above). */
     if (__builtin_expect(!ch_alive(ch), 0))
         return EMBER_ERR_DESTROYED;
+    /* Busy from here (HAND-OVER): every return but EMBER_OK ends it; an
+     * EMBER_OK's publish ends it.  (The first check above keeps a stale
+     * handle from writing the count of a block that may be reused.) */
+    if (__builtin_expect(!send_busy_begin(ch), 0))
+        return EMBER_ERR_DESTROYED;
+    ember_rc_t rc = claim_slot(ch, dead_level, pos_out, slot_out, stuck);
+    if (rc != EMBER_OK)
+        handover_end(ch, &h->xsend_busy);
+    return rc;
+}
+
+/* try_claim_send()'s loop, the producer's busy count up. */
+static ember_rc_t claim_slot(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
+                             ch_slot_t **slot_out, uint64_t *stuck)
+{
+    ch_hdr_t *h = ch->h;
     unsigned rounds = 0;
     for (uint64_t spins = 0;; spins++) {
         ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_FULL);
@@ -629,14 +745,14 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
                      * before our position (CLOSE). */
                     if (!ember_atomic_cas_acq_rel(&h->xhead, &seen, pos + 1)
                         && closed_end(seen, &end) != EMBER_OK && posdiff(pos, end) >= 0) {
-                        /* Beyond the end: give the slot back.  release:
-                         * pairs with the acquire CAS of a later claimant
-                         * (or the consumer's load, which then sees FREE
-                         * and the end). */
-                        handover_begin(&h->xsend_busy);
+                        /* Beyond the end: give the slot back (our busy
+                         * count, up since before the claim, is ended by
+                         * try_claim_send()).  release: pairs with the
+                         * acquire CAS of a later claimant (or the
+                         * consumer's load, which then sees FREE and the
+                         * end). */
                         st_store_release(ch, s, pos, MK(pos, K_FREE, 0));
                         notify_sent(ch);
-                        handover_end(ch, &h->xsend_busy);
                         return EMBER_ERR_CLOSED;
                     }
                     *pos_out = pos;
@@ -662,8 +778,12 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
     }
 }
 
-static inline void publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta,
-                              int wake)
+/* Returns 1 if a large message (META_ALLOC) was published into a channel
+ * destroyed meanwhile (HAND-OVER): its block is nobody's (destroy's scan
+ * may or may not have met it), the caller frees it (the pool's id check
+ * makes a second free harmless).  The slot must not be read after this. */
+static inline int publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta,
+                             int wake)
 {
     ch_hdr_t *h = ch->h;
     /* A hint for a receiver about to spin (ch_wait): where the sender last
@@ -678,7 +798,7 @@ static inline void publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64
     uint32_t sid = ember_self_sid();
     if (ember_atomic_load_relaxed(&h->xsend_sid) != sid)
         ember_atomic_store_relaxed(&h->xsend_sid, sid);
-    handover_begin(&h->xsend_busy);
+    /* (our busy count is up since before the claim: try_claim_send()) */
     /* release: publishes xmeta for the too-small check; pairs with the
      * acquire load of xmeta in try_recv(). */
     ember_atomic_store_release(&s->xmeta, meta);
@@ -688,12 +808,23 @@ static inline void publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64
     handover_pause();
     if (wake)
         notify_sent(ch);
-    handover_end(ch, &h->xsend_busy);
+    int gone = 0;
+    if (meta & META_ALLOC) {
+        /* seq_cst fence (Dekker, with the one in ember_ch_destroy() between
+         * its CAS of xalloc_id and its scan of the slots): either destroy's
+         * scan sees our FULL and frees the block, or we see the destroy
+         * here and free it (both may: the pool's id check makes the second
+         * free harmless); never neither. */
+        ember_atomic_fence_seq_cst();
+        gone = !ch_alive(ch);
+    }
+    (void)handover_end(ch, &h->xsend_busy);
+    return gone;
 }
 
-static inline void publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta)
+static inline int publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta)
 {
-    publish_ex(ch, s, pos, meta, 1);
+    return publish_ex(ch, s, pos, meta, 1);
 }
 
 /* ---- consumer side --------------------------------------------------------- */
@@ -849,6 +980,11 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                             (void)ember_pool_free(ch->pool, &a);
                         }
                         release_slot(ch, s, pos);
+                        /* The dead producer's busy count, up since before
+                         * its claim: ours to end.  If the channel was
+                         * destroyed meanwhile, the block may be gone. */
+                        if (end_dead_sender(ch))
+                            return EMBER_ERR_DESTROYED;
                     }
                     continue;
                 }
@@ -1326,16 +1462,34 @@ ember_rc_t ember_ch_destroy(ember_ch_t *ch)
     futex_wake_all(&h->xrecvd);
     ember_atomic_add_seq_cst(ch->pool_ev, 1);
     futex_wake_all(ch->pool_ev);
-    /* Free the allocations of queued large messages. */
+    /* seq_cst fence: orders the CAS of xalloc_id above before the scan's
+     * loads of the slots; pairs with the fence in publish_ex() (a large
+     * message published meanwhile is freed here or by its sender). */
+    ember_atomic_fence_seq_cst();
+    /* Free the allocations of queued large messages; take over the slots
+     * of producers killed between their claim and their publish, and end
+     * their busy counts (HAND-OVER), or the block would never be freed. */
     for (uint32_t i = 0; i < ch->capacity; i++) {
         ch_slot_t *s = (ch_slot_t *)(ch->slots + (size_t)i * ch->block_size);
-        uint64_t st = st_load_acquire(ch, s, i);     /* kind and pid only */
+        /* (the slot's real state: the key depends on the index bits only) */
+        uint64_t st = st_load_acquire(ch, s, i);
         int k = ST_KIND(st);
-        if (k != K_FULL && k != K_READING)
+        if (k == K_WRITING) {
+            if (!pid_dead(ST_PID(st), 2))
+                continue;              /* a live producer ends its own count */
+            /* The CAS makes it ours exactly once (a consumer's skip may
+             * race with us: one wins, one ends the count). */
+            if (!st_cas_acq_rel(ch, s, i, &st, MK(ST_POS(st), K_READING, my_pid())))
+                continue;
+            (void)end_dead_sender(ch);   /* (before BUSY_DESTROYING: a decrement) */
+        } else if (k != K_FULL && k != K_READING) {
             continue;
-        if (k == K_READING && !pid_dead(ST_PID(st), 2))
+        } else if (k == K_READING && !pid_dead(ST_PID(st), 2)) {
             continue;                  /* a live receiver owns it */
-        uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
+        }
+        /* acquire: pairs with the release store of xmeta (a large send's
+         * record, or publish_ex()). */
+        uint64_t meta = ember_atomic_load_acquire(&s->xmeta);
         if (meta & META_ALLOC) {
             ch_alloc_ref_t ref;
             memcpy(&ref, s->payload, sizeof ref);
@@ -1379,14 +1533,31 @@ static int too_big(ember_pool_t *pool, uint64_t len)
     return len + EMBER_POOL_ALIGN > ember_pool_size(pool) - EMBER_POOL_HDR_SIZE;
 }
 
-/* Claim a slot (blocking), for both send paths. */
+/* Claim a slot (blocking), for every send path.  EMBER_OK: the slot is
+ * ours and our busy count up; the caller publishes (publish_ex ends it). */
 static inline ember_rc_t claim(ember_ch_t *ch, int64_t timeout_ns, send_ctx_t *c)
 {
     uint64_t stuck;
     ember_rc_t rc = try_claim_send(ch, 0, &c->pos, &c->slot, &stuck);
-    if (__builtin_expect(rc == EMBER_OK, 1))
+    if (__builtin_expect(rc != EMBER_OK, 0))
+        rc = ch_wait(ch, 1, timeout_ns, send_try, c);
+    if (rc == EMBER_OK)
+        claim_pause(ch);
+    return rc;
+}
+
+/* An inline message (len <= payload): claim, copy, publish; `wake` as in
+ * publish_ex() (0: ember_ch_send_quiet, the caller notifies later). */
+static inline ember_rc_t send_inline(ember_ch_t *ch, const void *data, uint64_t len,
+                                     int64_t timeout_ns, int wake)
+{
+    send_ctx_t c;
+    ember_rc_t rc = claim(ch, timeout_ns, &c);
+    if (rc != EMBER_OK)
         return rc;
-    return ch_wait(ch, 1, timeout_ns, send_try, c);
+    memcpy(c.slot->payload, data, len);
+    (void)publish_ex(ch, c.slot, c.pos, len, wake);
+    return EMBER_OK;
 }
 
 ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t timeout_ns)
@@ -1402,7 +1573,8 @@ ember_rc_t ember_ch_send_alloc(ember_ch_t *ch, const ember_alloc_t *a, int64_t t
         return rc;
     ch_alloc_ref_t ref = { a->offset, a->id };
     memcpy(c.slot->payload, &ref, sizeof ref);
-    publish(ch, c.slot, c.pos, META_ALLOC | a->size);
+    if (publish(ch, c.slot, c.pos, META_ALLOC | a->size))
+        (void)ember_pool_free(ch->pool, a);      /* destroyed meanwhile: nobody's (publish_ex) */
     return EMBER_OK;
 }
 
@@ -1410,15 +1582,8 @@ ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t
 {
     if (__builtin_expect(!ch || (!data && len), 0))
         return EMBER_ERR_INVALID_ARG;
-    if (__builtin_expect(len <= ch->payload, 1)) {
-        send_ctx_t c;
-        ember_rc_t rc = claim(ch, timeout_ns, &c);
-        if (rc != EMBER_OK)
-            return rc;
-        memcpy(c.slot->payload, data, len);
-        publish(ch, c.slot, c.pos, len);
-        return EMBER_OK;
-    }
+    if (__builtin_expect(len <= ch->payload, 1))
+        return send_inline(ch, data, len, timeout_ns, 1);
     if (len >= META_SKIP)
         return EMBER_ERR_TOO_BIG;
     if (too_big(ch->pool, len))
@@ -1441,7 +1606,7 @@ ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t
     if (rc != EMBER_OK) {
         /* Abort: publish a skip marker (the slot cannot be given back
          * because tail may already wait on it). */
-        publish(ch, c.slot, c.pos, META_SKIP);
+        (void)publish(ch, c.slot, c.pos, META_SKIP);
         return rc == EMBER_ERR_TIMEOUT ? EMBER_ERR_EXHAUSTED : rc;
     }
     ch_alloc_ref_t ref = { a.offset, a.id };
@@ -1450,7 +1615,8 @@ ember_rc_t ember_ch_send(ember_ch_t *ch, const void *data, uint64_t len, int64_t
      * pairs with the acquire load of xmeta in the dead-producer skip. */
     ember_atomic_store_release(&c.slot->xmeta, META_ALLOC | len);
     memcpy(ember_pool_ptr(ch->pool, a.offset), data, len);
-    publish(ch, c.slot, c.pos, META_ALLOC | len);
+    if (publish(ch, c.slot, c.pos, META_ALLOC | len))
+        (void)ember_pool_free(ch->pool, &a);     /* destroyed meanwhile: nobody's (publish_ex) */
     return EMBER_OK;
 }
 
@@ -1460,13 +1626,7 @@ ember_rc_t ember_ch_send_quiet(ember_ch_t *ch, const void *data, uint64_t len)
         return EMBER_ERR_INVALID_ARG;
     if (len > ch->payload)
         return EMBER_ERR_TOO_BIG;
-    send_ctx_t c;
-    ember_rc_t rc = claim(ch, 0, &c);
-    if (rc != EMBER_OK)
-        return rc;
-    memcpy(c.slot->payload, data, len);
-    publish_ex(ch, c.slot, c.pos, len, 0);
-    return EMBER_OK;
+    return send_inline(ch, data, len, 0, 0);
 }
 
 ember_rc_t ember_ch_notify(ember_ch_t *ch)
