@@ -288,6 +288,62 @@ def test_a_joiner_killed_while_parked_wedges_nobody(tmp_path):
     assert "timed out" in out
 
 
+def test_many_joiners_before_and_after_the_create(tmp_path):
+    """Seven joiners parked on one name (five fit its board entry, two are
+    answered by GS), a name of non-ASCII characters, a name longer than a
+    board entry holds, and a join after the create: every joiner gets the
+    creator's channel, with its name."""
+    out = run(tmp_path, """
+    names = ["wb-many", "wb-\u00e9t\u00e9-\u6f22", "wb-" + "l" * 120]
+    js = {n: [spawn("join", n, f"{tmp}/{k}-{i}") for i in range(7 if k == 0 else 2)]
+          for k, n in enumerate(names)}
+    for k, n in enumerate(names):
+        wait_for(lambda: parked(n, len(js[n])), what="the joiners to park")
+    for k, n in enumerate(names):
+        d = channel.create(None, n)
+        for i in range(len(js[n])):
+            wait_for(lambda: read(f"{tmp}/{k}-{i}") is not None, what="an answer")
+        print(k, "all have it:", all(read(f"{tmp}/{k}-{i}") == str(d.c_uid)
+                                     for i in range(len(js[n]))))
+        print(k, "joined after:", channel.join(n).c_uid == d.c_uid, channel.join(n).name == n)
+        print(k, "exits:", [process.join(j.p_uid, timeout=30) for j in js[n]])
+    for n in names:
+        channel.destroy(n)
+    """)
+    for k, n in enumerate((7, 2, 2)):
+        assert f"{k} all have it: True" in out
+        assert f"{k} joined after: True True" in out
+        assert f"{k} exits: {[0] * n}" in out
+
+
+def test_join_timeout_with_a_creator_of_other_names(tmp_path):
+    """A join with a timeout on a name nobody creates times out while a
+    creator publishes other names through the board; a timed-out joiner's
+    entry does not hold back a later create and join of its name."""
+    out = run(tmp_path, """
+    j = spawn("join", "wb-t-other", f"{tmp}/o")
+    wait_for(lambda: parked("wb-t-other"), what="the joiner to park")
+    t0 = time.monotonic()
+    try:
+        channel.join("wb-t", timeout=0.5)
+        print("joined")
+    except ChannelTimeout:
+        print("timed out after", time.monotonic() - t0 >= 0.5)
+    d = channel.create(None, "wb-t-other")
+    wait_for(lambda: read(f"{tmp}/o") is not None, what="the other joiner's answer")
+    print("other answered:", read(f"{tmp}/o") == str(d.c_uid))
+    d2 = channel.create(None, "wb-t")
+    print("late join:", channel.join("wb-t", timeout=5).c_uid == d2.c_uid)
+    print("joiner exit", process.join(j.p_uid, timeout=30))
+    channel.destroy("wb-t")
+    channel.destroy("wb-t-other")
+    """)
+    assert "timed out after True" in out
+    assert "other answered: True" in out
+    assert "late join: True" in out
+    assert "joiner exit 0" in out
+
+
 def test_send_quiet_and_notify():
     """The channel primitive the board uses: a try-once inline send that
     queues without waking anyone, and the wake-up on its own."""

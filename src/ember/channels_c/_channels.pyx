@@ -10,6 +10,7 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, Py
                              PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
@@ -817,6 +818,61 @@ cdef class Channel:
             ember_ch_recv_end(ch, &m)          # frees the block, releases the slot
         return out
 
+    def _recv_reply(self, timeout, cls):
+        """:meth:`recv` for a thread's reply channel (ember.globalservices):
+        a join answered from the join wake board (wakeboard.h's record)
+        comes back decoded, as ``(tag, descriptor)``, the descriptor a
+        ``cls`` (ChannelDescriptor) made here without calling its
+        ``__init__`` (no Python frame on a wake-up's path); any other
+        message as bytes."""
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_ch_msg_t m
+        cdef const uint8_t *d
+        cdef uint64_t tag, c_uid
+        cdef int64_t m_uid, node
+        cdef uint32_t nl, cap, bs, rc, sl
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("receive")
+        if timeout is not None:
+            _timeout_ns(timeout)
+        self._recv_claim(&m, -1, timeout)
+        d = <const uint8_t *>m.data
+        nl = 0
+        if not m.is_alloc and m.len >= EMBER_WB_REPLY_NAME:
+            memcpy(&nl, d + 4, 4)
+        if m.is_alloc or m.len < EMBER_WB_REPLY_NAME or d[0] != EMBER_WB_REPLY_MARK or \
+                m.len != EMBER_WB_REPLY_NAME + nl:
+            try:
+                out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
+            finally:
+                ember_ch_recv_end(ch, &m)      # (a large message: frees its block)
+            return out
+        try:
+            memcpy(&tag, d + 8, 8)
+            memcpy(&m_uid, d + 16, 8)
+            memcpy(&node, d + 24, 8)
+            memcpy(&c_uid, d + 32, 8)
+            memcpy(&cap, d + 40, 4)
+            memcpy(&bs, d + 44, 4)
+            memcpy(&rc, d + 48, 4)
+            memcpy(&sl, d + 52, 4)
+            if sl > EMBER_CH_SDESC_SIZE:
+                sl = EMBER_CH_SDESC_SIZE
+            sdesc = PyBytes_FromStringAndSize(<const char *>d + EMBER_WB_REPLY_HEAD, sl)
+            name = PyUnicode_DecodeUTF8(<const char *>d + EMBER_WB_REPLY_NAME, nl, "surrogatepass")
+        finally:
+            ember_ch_recv_end(ch, &m)
+        desc = cls.__new__(cls)
+        desc.m_uid = None if m_uid < 0 else m_uid
+        desc.c_uid = c_uid
+        desc.name = name
+        desc.node = node
+        desc.capacity = cap
+        desc.block_size = bs
+        desc.ref_count = rc != 0
+        desc.sdesc = sdesc
+        return (tag, desc)
+
     def recv_nowait(self):
         """``recv(timeout=0)``: raises ChannelEmpty instead of waiting."""
         return self.recv(0)
@@ -1155,3 +1211,246 @@ cdef list _slots_read_ptr(const void *base, size_t size):
                  out[i].since_ns, out[i].pid, out[i].tid, out[i].obj) for i in range(n)]
     finally:
         free(out)
+
+
+# ---------------------------------------------------------------- join wake board
+# The creator's side of the join wake board (wakeboard.c; GS's side and the
+# protocol: ember/globalservices/wakeboard.py).
+
+cdef extern from "wakeboard.h" nogil:
+    enum:
+        EMBER_WB_HDR
+        EMBER_WB_N_ENTRIES
+        EMBER_WB_ENTRY
+        EMBER_WB_MAX_NAME
+        EMBER_WB_MAX_WAITERS
+        EMBER_WB_R_MAX
+        EMBER_WB_SIZE
+        EMBER_WB_REPLY_MARK
+        EMBER_WB_REPLY_HEAD
+        EMBER_WB_REPLY_NAME
+        EMBER_WB_REPLY_MAX
+    ctypedef struct ember_wb_pub_t:
+        void *table
+        void *lock
+        ember_pool_t *reply_pool
+        ember_ch_t *gs
+        const uint8_t *name
+        size_t name_len
+        uint64_t p_uid, c_uid
+        int64_t m_uid, node
+        uint32_t capacity, block_size, ref_count
+        const uint8_t *sdesc
+        const void *reg
+        size_t reg_len
+        int test_stop
+    int ember_wb_publish(const ember_wb_pub_t *p)
+    uint32_t ember_wb_index(const uint8_t *name, size_t len)
+
+cdef extern from "../sync_c/sync.h" nogil:
+    enum:
+        EMBER_SYNC_LOCK
+    size_t ember_sync_size(int kind)
+    ember_rc_t ember_sync_check(const void *mem, size_t size, int kind)
+
+# (checked against wakeboard.py by tests/test_join_wake.py)
+BOARD_GEOMETRY = (EMBER_WB_HDR, EMBER_WB_N_ENTRIES, EMBER_WB_ENTRY, EMBER_WB_MAX_NAME,
+                  EMBER_WB_MAX_WAITERS, EMBER_WB_R_MAX, EMBER_WB_SIZE)
+BOARD_REPLY_MARK = EMBER_WB_REPLY_MARK
+BOARD_REPLY_MAX = EMBER_WB_REPLY_MAX
+
+
+def _board_index(bytes name not None):
+    """The board entry of ``name`` (crc32 % entries, as wakeboard.py's)."""
+    return ember_wb_index(<const uint8_t *>PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+
+
+cdef inline uint8_t *_mp_uint64(uint8_t *o, uint64_t v) noexcept nogil:
+    o[0] = 0xcf
+    cdef int i
+    for i in range(8):
+        o[1 + i] = <uint8_t>(v >> (56 - 8 * i))
+    return o + 9
+
+
+cdef inline uint8_t *_mp_head(uint8_t *o, uint8_t small, uint8_t c8, uint8_t c16, uint8_t c32,
+                              Py_ssize_t n) noexcept nogil:
+    """A msgpack str (small = 0xa0: fixstr) or bin (small = 0: none) header."""
+    if small and n < 32:
+        o[0] = small | <uint8_t>n
+        return o + 1
+    if n < 256:
+        o[0] = c8
+        o[1] = <uint8_t>n
+        return o + 2
+    if n < 65536:
+        o[0] = c16
+        o[1] = <uint8_t>(n >> 8)
+        o[2] = <uint8_t>n
+        return o + 3
+    o[0] = c32
+    o[1] = <uint8_t>(n >> 24)
+    o[2] = <uint8_t>(n >> 16)
+    o[3] = <uint8_t>(n >> 8)
+    o[4] = <uint8_t>n
+    return o + 5
+
+
+cdef class _BoardPublisher:
+    """A creator's side of the join wake board (wakeboard.c), made once per
+    connection: :meth:`create` makes a channel, packs its ``ChannelRegister``
+    (msgpack, here: no Python on the wake-up's path), claims the name on the
+    board, queues the register for GS, answers and wakes the parked
+    joiners, then wakes GS -- one call."""
+    cdef Pool _dpool, _rpool
+    cdef Channel _gs
+    cdef Allocation _table, _lock
+    cdef void *_table_p
+    cdef void *_lock_p
+    cdef uint64_t _p_uid
+    cdef int64_t _m_uid, _node
+    cdef bytes _key
+    cdef int _test_stop
+    cdef bytes _od_default
+
+    def __init__(self, Pool pool not None, Allocation table not None, Allocation lock not None,
+                 Pool reply_pool not None, Channel gs not None, uint64_t p_uid, bytes key not None,
+                 int64_t m_uid, int64_t node, int test_stop=0, bytes od_default=None):
+        """``pool``: where channels are made (the default pool);
+        ``table``, ``lock``: the board's blocks; ``reply_pool``: the pool of
+        the joiners' reply channels (the infrastructure pool); ``gs``: GS's
+        input channel; ``p_uid``, ``key``: this process's (the register's
+        fields); ``m_uid``, ``node``: the pool's, as GS reports them
+        (m_uid < 0: none); ``test_stop``: tests only (wakeboard.h);
+        ``od_default``: the default options' dict, msgpack-packed
+        (:meth:`create_named`)."""
+        for a in (table, lock):
+            (<Allocation>a)._check_open("read")
+        pool._check_open()
+        reply_pool._check_open()
+        gs._check_open("publish on")
+        if table._a.size < EMBER_WB_SIZE:
+            raise ValueError(f"a join wake board needs {EMBER_WB_SIZE} bytes, got {table._a.size}")
+        self._lock_p = ember_pool_ptr(lock._owner._pool, lock._a.offset)
+        cdef ember_rc_t rc = ember_sync_check(self._lock_p, lock._a.size, EMBER_SYNC_LOCK)
+        if rc != EMBER_OK:
+            _check_rc(rc, "the join wake board's lock")
+        self._table_p = ember_pool_ptr(table._owner._pool, table._a.offset)
+        self._dpool, self._rpool, self._gs, self._table, self._lock = pool, reply_pool, gs, table, lock
+        self._p_uid, self._key, self._m_uid, self._node = p_uid, key, m_uid, node
+        self._test_stop = test_stop
+        self._od_default = od_default
+
+    def create_named(self, conn, str name):
+        """``channel.create(None, name)`` with the default options, on the
+        creator's wake-up path: ``conn`` is the process's
+        ember.globalservices Connection, whose c_uid reservation
+        (``_next_c_uid``), thread reply channel (``_local.reply``) and
+        request tags (``_tags``) it takes; the rest (GS's answer) is
+        ``conn._published(channel, register, answered, holder, tag, c_uid,
+        name)``, returned.  None (nothing taken) when this path does not
+        apply: the caller takes the general one."""
+        c_uid = conn._next_c_uid
+        holder = getattr(conn._local, "reply", None)
+        if c_uid is None or holder is None or self._od_default is None:
+            return None
+        try:
+            name_b = name.encode()           # (strict: as msgpack would)
+        except UnicodeError:
+            return None
+        conn._next_c_uid = None              # (taken: no Python code runs in between)
+        tag = next(conn._tags)
+        try:
+            ch, reg, n = self._create(c_uid, EMBER_CH_DEFAULT_CAPACITY, EMBER_CH_DEFAULT_BLOCK,
+                                      False, name_b, tag, holder.r, self._od_default)
+        except Exception:
+            conn._next_c_uid = c_uid         # a full pool: the general path words it
+            return None
+        return conn._published(ch, reg, n, holder, tag, c_uid, name)
+
+    def create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size, bint ref_count,
+               bytes name not None, uint64_t tag, bytes r not None, bytes options not None):
+        """Make the channel (owned by this process until handed over, as
+        ``Channel.create(..., owned=True)``), pack the register
+        ``ChannelRegister(tag, p_uid, r, key, None, name, options, sdesc)``
+        (``name``: UTF-8; ``options``: the options dict, msgpack-packed) and
+        publish.  Returns ``(channel, register, answered)``: the joiners
+        answered, or -1 if nothing was claimed (no joiner listed for the
+        name, the board busy, GS's input full): the caller then sends the
+        register itself."""
+        return self._create(c_uid, capacity, block_size, ref_count, name, tag, r, options)
+
+    cdef tuple _create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size,
+                       bint ref_count, bytes name, uint64_t tag, bytes r, bytes options):
+        cdef Pool pool = self._dpool
+        pool._check_open()
+        self._rpool._check_open()
+        self._gs._check_open("publish on")
+        self._table._check_open("read")
+        self._lock._check_open("read")
+        cdef Py_ssize_t nl = PyBytes_GET_SIZE(name), rl = PyBytes_GET_SIZE(r)
+        cdef Py_ssize_t kl = PyBytes_GET_SIZE(self._key), ol = PyBytes_GET_SIZE(options)
+        if nl >= 1 << 31 or rl >= 1 << 31 or kl >= 1 << 31:
+            raise ValueError("a register field is too long")
+        # [code, tag, p_uid, r, key, m_uid = nil, name, options, sdesc]
+        cdef Py_ssize_t n = 2 + 9 + 9 + 5 + rl + 5 + kl + 1 + 5 + nl + ol + 2 + EMBER_CH_SDESC_SIZE
+        cdef bytes reg = PyBytes_FromStringAndSize(NULL, n)
+        cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(reg)
+        cdef uint8_t *start = o
+        o[0] = 0x99
+        o[1] = 100                     # messages.ChannelRegister.code (checked by the tests)
+        o = _mp_uint64(o + 2, tag)
+        o = _mp_uint64(o, self._p_uid)
+        o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, rl)
+        memcpy(o, PyBytes_AS_STRING(r), rl)
+        o += rl
+        o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, kl)
+        memcpy(o, PyBytes_AS_STRING(self._key), kl)
+        o += kl
+        o[0] = 0xc0
+        o = _mp_head(o + 1, 0xa0, 0xd9, 0xda, 0xdb, nl)
+        memcpy(o, PyBytes_AS_STRING(name), nl)
+        o += nl
+        memcpy(o, PyBytes_AS_STRING(options), ol)
+        o += ol
+        o[0] = 0xc4
+        o[1] = EMBER_CH_SDESC_SIZE
+        o += 2
+        cdef Py_ssize_t used = (o - start) + EMBER_CH_SDESC_SIZE
+        cdef ember_ch_t *ch = NULL
+        cdef ember_rc_t rc = ember_ch_create_ex(pool._pool, c_uid, capacity, block_size,
+                                                EMBER_ALLOC_OWNED, &ch)
+        if rc != EMBER_OK:
+            _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
+                          f"({320 + capacity * block_size} bytes) in {pool._desc()}")
+        cdef Channel c = Channel._wrap(ch, pool, True)
+        cdef size_t sl = 0
+        rc = ember_ch_serialize(ch, o, EMBER_CH_SDESC_SIZE, &sl)
+        if rc != EMBER_OK:
+            c.destroy()
+            _check_rc(rc, "cannot serialize the new channel")
+        if used != n:
+            reg = reg[:used]         # (the headers were shorter than their room)
+            o = <uint8_t *>PyBytes_AS_STRING(reg) + used - EMBER_CH_SDESC_SIZE
+        cdef ember_wb_pub_t p
+        p.table = self._table_p
+        p.lock = self._lock_p
+        p.reply_pool = self._rpool._pool
+        p.gs = self._gs._ch
+        p.name = <const uint8_t *>PyBytes_AS_STRING(name)
+        p.name_len = nl
+        p.p_uid = self._p_uid
+        p.c_uid = c_uid
+        p.m_uid = self._m_uid
+        p.node = self._node
+        p.capacity = capacity
+        p.block_size = block_size
+        p.ref_count = 1 if ref_count else 0
+        p.sdesc = o
+        p.reg = PyBytes_AS_STRING(reg)
+        p.reg_len = used
+        p.test_stop = self._test_stop
+        cdef int answered
+        with nogil:
+            answered = ember_wb_publish(&p)
+        return c, reg, answered

@@ -27,6 +27,7 @@ import time
 from _collections import deque as _deque   # (the C module: nothing more imported)
 
 from .. import _env, exceptions, messages
+from ..descriptors import ChannelDescriptor, ChannelOptions
 from ..exceptions import ChannelEmpty, ChannelError, GlobalServicesError, PoolError, ProcessError
 
 _REPLY_CAPACITY = 8
@@ -86,9 +87,11 @@ class Connection:
                 "ember.init(address=\"auto\") to attach to a running one), or start the "
                 "program with `ember run PROGRAM`")
         from ..channels_c import Channel
+        from ..channels_c._channels import _BoardPublisher
         from ..pools_c import Pool
 
         self._Channel = Channel
+        self._BoardPublisher = _BoardPublisher
         self.pid = os.getpid()
         self.p_uid = int(_env.get(_env.P_UID, "0"))
         try:
@@ -117,6 +120,8 @@ class Connection:
         self._own_limit = _OWN_PRUNE   # look for ones destroyed by others past this many
         self._board_desc = None  # the join wake board, as GS sent it (with a reservation)
         self._board = None       # ... attached on the first named create
+        self._publisher = None   # ... and our side of it (wakeboard.c)
+        self._od_last = self._od_packed = None   # the last options dict it packed, packed
         # c_uids GS reserved for our posted registers (ChannelRegisterPosted:
         # unnamed plain channels, registered without waiting), and the
         # default pool's m_uid and node for their descriptors
@@ -135,14 +140,12 @@ class Connection:
             holder = self._local.reply = _ReplyChannel(ch, self._free)
         return holder
 
-    def call(self, msg_cls, *fields, timeout=None, send=None):
+    def call(self, msg_cls, *fields, timeout=None):
         """Send a request and wait for its reply; return the reply's value or
         raise the error GS reported.  ``timeout`` (seconds) bounds the local
         wait for the reply (GS keeps the API's own timeouts); running out
-        raises GlobalServicesError.  ``send(data)``: sends the request
-        itself, True if it did (the join wake board's claim)."""
+        raises GlobalServicesError."""
         holder = self._reply_channel()
-        ch = holder.ch
         tag = next(self._tags)
         try:
             make = msg_cls._new if len(msg_cls.fields) == 4 + len(fields) else msg_cls
@@ -152,13 +155,26 @@ class Connection:
             kind = next((e for p, e in _KIND_ERRORS if msg_cls.__name__.startswith(p)),
                         GlobalServicesError)
             raise kind(f"cannot send {msg_cls.__name__} request: {type(exc).__name__}: {exc}") from None
-        if send is None or not send(data):
-            self.gs.send(data)
+        self.gs.send(data)
+        return self._wait(holder, tag, msg_cls, timeout)
+
+    def _wait(self, holder, tag, msg_cls, timeout):
+        """Wait on the thread's reply channel for the reply to ``tag``
+        (replies to other tags, late ones of abandoned requests, are
+        dropped).  A join answered from the join wake board gets the
+        board's fixed binary record instead of GS's msgpack reply
+        (wakeboard.h), decoded by the receive itself: returned as the
+        ChannelDescriptor it holds."""
+        ch = holder.ch
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                data = ch.recv(timeout=left)
+                data = ch._recv_reply(left, ChannelDescriptor)
+                if type(data) is tuple:      # answered from the join wake board
+                    if data[0] == tag:
+                        return data[1]
+                    continue
                 rep = messages.unpack(data)
                 if type(rep) is messages.Reply and rep.ref == tag:
                     break
@@ -212,7 +228,12 @@ class Connection:
         if od is None:
             od = opts.to_dict()
         ch = None
-        if c_uid is not None:
+        d = None
+        if c_uid is not None and user_name and self._board_desc is not None:
+            # a named create: made, published to its parked joiners and
+            # registered in one C call (wakeboard.c)
+            d = self._create_published(pool, c_uid, m_uid, user_name, opts, od)
+        if d is None and c_uid is not None:
             # Owned by our pid until handed over: if we die before GS has
             # it, the shepherd's reclaim of our blocks frees it.
             try:
@@ -220,34 +241,25 @@ class Connection:
                                           owned=True)
             except Exception:
                 self._next_c_uid = c_uid  # bad sizes, a full pool: GS words the error
-        woke = []
-        if ch is None:
+        if d is not None:
+            pass
+        elif ch is None:
             d = self.call(messages.ChannelCreate, m_uid, user_name, od, bool(soft))
         else:
-            send = None
             sdesc = ch.sdesc
-            if user_name and self._board_desc is not None:
-                send = self._board_wake(user_name, c_uid, sdesc, opts, woke)
             try:
-                d = self.call(messages.ChannelRegister, m_uid, user_name, od, sdesc, send=send)
+                d = self.call(messages.ChannelRegister, m_uid, user_name, od, sdesc)
             except (ChannelError, GlobalServicesError):
-                if woke:
-                    # (not expected: GS accepts a claimant's register) joiners
-                    # hold it: leave it ours, freed when we exit
-                    ch.detach()
-                else:
-                    ch.destroy()         # refused: GS recorded nothing
+                ch.destroy()             # refused: GS recorded nothing
                 raise
             except BaseException:
                 ch.detach()              # unknown: the shepherd adopts it, or our exit frees it
                 raise
-            try:
-                ch._take_owner(self.pid, 0)      # GS has it: it outlives us now
-            except Exception:
-                pass                     # the node's shepherd took it over first
-            ch.detach()
-            if not opts.ref_count:
-                self._owned(c_uid, d["sdesc"], d["name"])
+            self._registered(ch, c_uid, d, opts)
+        return self._after_create(d, m_uid, opts.node)
+
+    def _after_create(self, d, m_uid, node):
+        """GS's answer to a create or register carries our next reservations."""
         if isinstance(d, dict):
             nxt = d.pop("next_c_uid", None)
             if nxt is not None:
@@ -257,7 +269,7 @@ class Connection:
                     self._board_desc = board
             more = d.pop("post_c_uids", None)
             if more is not None:
-                if m_uid is None and opts.node is None:
+                if m_uid is None and node is None:
                     self._dflt_loc = (d["m_uid"], d["node"])
                 self._posted.extend(range(more[0], more[1]))
         return d
@@ -351,32 +363,86 @@ class Connection:
         self.gs.send(msg_cls._new(next(self._tags), self.p_uid, holder.r, self.key,
                                   *fields).pack())
 
-    def _board_wake(self, name, c_uid, sdesc, opts, woke):
-        """The ``send`` of a named client-made create: claim the name on
-        the join wake board, send the register, answer the joiners parked
-        on it directly (wakeboard.py).  Falls back to a plain send."""
-        board = self._board
-        if board is None:
-            try:
-                from .wakeboard import Board
-                board = self._board = Board.attach(self._board_desc)
-            except Exception:
-                self._board_desc = None
-                return None
-        gs = self.gs
-        desc = {"m_uid": board.default_m_uid, "c_uid": c_uid, "name": name, "node": board.node,
-                "capacity": opts.capacity, "block_size": opts.block_size,
-                "ref_count": bool(opts.ref_count), "sdesc": sdesc}   # GS's _chan_desc
+    def _registered(self, ch, c_uid, d, opts):
+        """A channel we made was registered (``d``: GS's descriptor): hand
+        its block over (it outlives us now) and remember a plain one."""
+        try:
+            ch._take_owner(self.pid, 0)      # GS has it: it outlives us now
+        except Exception:
+            pass                             # the node's shepherd took it over first
+        ch.detach()
+        if not opts.ref_count:
+            self._owned(c_uid, d["sdesc"], d["name"])
 
-        def send(data):
-            n = board.wake(name, self.p_uid, c_uid, gs, data,
-                           lambda tag: messages.reply_ok_packed(tag, desc))
-            if n is None:
-                return False
-            if n:
-                woke.append(n)
-            return True
-        return send
+    def _create_published(self, pool, c_uid, m_uid, name, opts, od):
+        """A named create with a reserved c_uid: one C call makes the
+        channel, claims the name on the join wake board, queues the
+        register for GS, answers and wakes the joiners parked on it and
+        then GS (wakeboard.c; a name nobody waits for: only the channel is
+        made, and the register sent as usual); then GS's answer to the
+        register.  None if it cannot be done here (the board cannot be
+        attached, bad sizes, a full pool: the caller's path words it)."""
+        pub = self._publisher
+        if pub is None:
+            pub = self._make_publisher(pool)
+            if pub is None:
+                return None
+        holder = self._reply_channel()
+        tag = next(self._tags)
+        try:
+            if od is not self._od_last:          # (the defaults' dict: one object)
+                self._od_packed, self._od_last = messages._packb(od), od
+            ch, reg, n = pub.create(c_uid, opts.capacity, opts.block_size, opts.ref_count,
+                                    name.encode(), tag, holder.r, self._od_packed)
+        except Exception:
+            return None          # bad sizes, a full pool, a name msgpack refuses: see the caller
+        return self._finish_published(ch, reg, n, holder, tag, c_uid, opts)
+
+    def _finish_published(self, ch, reg, n, holder, tag, c_uid, opts):
+        """After the publish (``n`` joiners answered, -1: none claimed, the
+        register is ours to send): GS's answer to the register."""
+        try:
+            if n < 0:
+                self.gs.send(reg)
+            d = self._wait(holder, tag, messages.ChannelRegister, None)
+        except (ChannelError, GlobalServicesError):
+            if n > 0:
+                # (not expected: GS accepts a claimant's register) joiners
+                # hold it: leave it ours, freed when we exit
+                ch.detach()
+            else:
+                ch.destroy()         # refused: GS recorded nothing
+            raise
+        except BaseException:
+            ch.detach()              # unknown: the shepherd adopts it, or our exit frees it
+            raise
+        self._registered(ch, c_uid, d, opts)
+        return d
+
+    def _published(self, ch, reg, n, holder, tag, c_uid, name):
+        """The rest of :meth:`_BoardPublisher.create_named` (``channel.create``
+        of a name with the default options): GS's answer; the descriptor."""
+        d = self._after_create(self._finish_published(ch, reg, n, holder, tag, c_uid,
+                                                      _DEFAULT_OPTIONS), None, None)
+        return ChannelDescriptor.from_dict(d)
+
+    def _make_publisher(self, pool):
+        """Attach the join wake board (from the descriptor GS sent) and make
+        this connection's publisher on it (wakeboard.c); None if it cannot."""
+        try:
+            from .wakeboard import Board
+            board = self._board = Board.attach(self._board_desc)
+            self._publisher = self._BoardPublisher(
+                pool, board.alloc, board.lock_alloc, self.inf_pool, self.gs, self.p_uid,
+                self.key, board.default_m_uid, board.node, board.TEST_STOP,
+                messages._packb(_DEFAULT_OPTIONS.to_dict()))
+        except Exception:
+            self._board_desc = None
+            return None
+        global _fast
+        if _conn is self:
+            _fast = (self, self._publisher)
+        return self._publisher
 
     def _default_pool(self):
         pool = self._dpool
@@ -392,6 +458,9 @@ class Connection:
         return pool
 
     def _drop_default_pool(self):
+        global _fast
+        _fast = None
+        self._publisher = None
         board, self._board = self._board, None
         if board is not None:
             try:
@@ -453,6 +522,20 @@ class Connection:
 
 _conn = None
 _conn_lock = _thread.allocate_lock()
+# (connection, its join wake board publisher) once both exist: channel.create
+# of a name with the default options goes straight to the publisher
+# (_BoardPublisher.create_named), with no Python on the way to the joiners'
+# wake-up but that call.  None in a fork child and whenever _conn changes.
+_fast = None
+_DEFAULT_OPTIONS = ChannelOptions()     # never mutated
+
+
+def _forget_fast():
+    global _fast
+    _fast = None
+
+
+os.register_at_fork(after_in_child=_forget_fast)
 
 
 def connection(reset=False):
@@ -469,6 +552,7 @@ def connection(reset=False):
         return _conn
     with _conn_lock:
         if reset or _conn is None or _conn.pid != os.getpid():
+            _forget_fast()
             _conn = Connection()
         return _conn
 
@@ -478,6 +562,7 @@ def connect(handles, bind=True):
     :class:`Connection`); returns it."""
     global _conn
     with _conn_lock:
+        _forget_fast()
         _conn = Connection(handles, bind)
         return _conn
 
@@ -487,6 +572,7 @@ def drop_connection():
     not destroyed (GS frees a detached process's reply channels)."""
     global _conn
     with _conn_lock:
+        _forget_fast()
         _conn = None
 
 

@@ -32,15 +32,19 @@ Who writes what (always under the lock):
   creator never writes to a freed channel), and frees the entry when the
   name is taken (a register, a create through GS).
 - A creator with a c_uid reserved (the client-made create), whose name's
-  entry is WAITING, in one hold of the lock: writes its p_uid and c_uid,
-  then CLAIMED; queues its ``ChannelRegister`` on GS's input channel
-  without waking GS (``Channel._send_quiet``, try-once: a full input
-  channel puts the entry back and takes the path through GS); sets WOKEN
-  and sends each listed joiner the very reply GS would have sent (same
-  tag, same descriptor) on its reply channel, counting each one answered
-  (a prefix of the list).  Then it releases the lock and wakes GS
-  (``Channel._notify``): GS wakes last, so it does not take the second
-  core from the joiner.
+  entry is WAITING, in one hold of the lock -- all of it one C call,
+  ``src/ember/channels_c/wakeboard.c`` (through
+  ``ember.channels_c._channels._BoardPublisher``), which also makes the
+  channel and packs the register: writes its p_uid and c_uid, then
+  CLAIMED; queues its ``ChannelRegister`` on GS's input channel without
+  waking GS (``ember_ch_send_quiet``, try-once: a full input channel puts
+  the entry back and takes the path through GS); sets WOKEN and sends each
+  listed joiner, on its reply channel, the channel's descriptor as a fixed
+  binary record (wakeboard.h: the same tag and descriptor as GS's reply
+  would carry; the joiner's receive decodes it, no msgpack on either
+  side), counting each one answered (a prefix of the list).  Then it
+  releases the lock and wakes GS: GS wakes last, so it does not take the
+  second core from the joiner.
 
 GS stays the authority for names: an entry exists only while its name is
 free in GS's registry, and while it is CLAIMED or WOKEN GS holds back
@@ -116,17 +120,6 @@ assert _W_OFF + MAX_WAITERS * _W_SIZE <= ENTRY
 SIZE = _HDR + N_ENTRIES * ENTRY
 
 
-# Tests only: a creator stops itself (SIGSTOP) at this point of wake(), for
-# the test to SIGKILL it there: "claimed", "queued" (its register queued,
-# nobody answered), "answered" (after the first joiner's reply).
-_TEST_STOP = os.environ.get("EMBER_TEST_WAKEBOARD_STOP")
-
-
-def _test_stop(stage):
-    if _TEST_STOP == stage:
-        os.kill(os.getpid(), 19)     # SIGSTOP (the signal module costs ~10 ms to import)
-
-
 def _index(name_b):
     return binascii.crc32(name_b) % N_ENTRIES
 
@@ -149,15 +142,21 @@ class _Held:
 class Board:
     """One process's handle of the board (see the module docstring)."""
 
-    __slots__ = ("lock", "alloc", "mem", "default_m_uid", "node", "_replies")
+    __slots__ = ("lock", "alloc", "mem", "default_m_uid", "node", "lock_alloc")
 
-    def __init__(self, lock, alloc):
-        self.lock, self.alloc = lock, alloc
+    # Tests only: a creator stops itself (SIGSTOP) at this point of its
+    # publish (wakeboard.c), for the test to SIGKILL it there: "claimed",
+    # "queued" (its register queued, nobody answered), "answered" (after
+    # the first joiner's reply).
+    TEST_STOP = {"claimed": 1, "queued": 2, "answered": 3}.get(
+        os.environ.get("EMBER_TEST_WAKEBOARD_STOP", ""), 0)
+
+    def __init__(self, lock, alloc, lock_alloc=None):
+        self.lock, self.alloc, self.lock_alloc = lock, alloc, lock_alloc
         self.mem = memoryview(alloc)
         magic, self.default_m_uid, self.node = struct.unpack_from("<Qqq", self.mem, 0)
         if magic != _MAGIC:
             raise ValueError("not a join wake board")
-        self._replies = {}       # reply channel descriptor -> attached Channel (creators)
 
     @classmethod
     def make(cls, pool, default_m_uid, node):
@@ -187,15 +186,11 @@ class Board:
         from ..pools_c import Allocation
         from ..sync_c._sync import Lock, _attach
         kind, lock_sdesc, sdesc = desc
-        return cls(_attach(Lock, kind, lock_sdesc, None), Allocation.attach(sdesc))
+        # (the lock's block too: the creator's publish takes the lock in C)
+        return cls(_attach(Lock, kind, lock_sdesc, None), Allocation.attach(sdesc),
+                   Allocation.attach(lock_sdesc))
 
     def close(self, destroy=False):
-        for ch in self._replies.values():
-            try:
-                ch.detach()
-            except Exception:
-                pass
-        self._replies.clear()
         self.mem.release()
         if destroy:
             self.lock.destroy()
@@ -330,78 +325,3 @@ class Board:
             state, ln, _, _, n, _ = head
             _E_HEAD.pack_into(self.mem, off, WAITING if n else FREE, ln, 0, 0, n, 0)
             return state
-
-    # ------------------------------------------------------------- creator
-    def wake(self, name, p_uid, c_uid, gs, register, reply_for):
-        """A creator: claim ``name``'s entry, queue the register on GS's
-        input channel ``gs`` without waking GS, answer the listed joiners
-        (``reply_for(tag)``: the reply's bytes), and only then wake GS.
-        Returns None if nothing was claimed (the caller sends its register
-        itself), else the number of joiners answered here (the register
-        was queued)."""
-        # (inlined: right after a sleep, each Python call costs ~6 µs here)
-        name_b = name.encode("utf-8", "surrogatepass")
-        ln = len(name_b)
-        if not 0 < ln <= MAX_NAME:
-            return None
-        queued = False
-        mem = self.mem
-        off = _HDR + binascii.crc32(name_b) % N_ENTRIES * ENTRY
-        try:
-            if not self.lock.acquire(timeout=LOCK_WAIT):
-                return None          # a creator stopped holding it: the path through GS
-        except OwnerDied:
-            self.lock.consistent()   # (see _acquire)
-        try:
-            state, hl, _, _, n, _ = _E_HEAD.unpack_from(mem, off)
-            if state != WAITING or n == 0 or hl != ln or \
-                    mem[off + _NAME_OFF:off + _NAME_OFF + ln] != name_b:
-                return None
-            _E_HEAD.pack_into(mem, off, CLAIMED, ln, p_uid, c_uid, n, 0)
-            if _TEST_STOP:
-                _test_stop("claimed")
-            try:
-                gs._send_quiet(register)
-                queued = True
-            except Exception:        # a full input channel: the path through GS
-                _E_HEAD.pack_into(self.mem, off, WAITING, ln, 0, 0, n, 0)
-                return None
-            if _TEST_STOP:
-                _test_stop("queued")
-            # WOKEN, and the count of joiners answered: a prefix of the list,
-            # counted after each reply (a creator killed in between leaves
-            # one joiner answered twice, never one not answered)
-            _E_HEAD.pack_into(mem, off, WOKEN, ln, p_uid, c_uid, n, 0)
-            done = 0
-            for k in range(n):
-                w = off + _W_OFF + k * _W_SIZE
-                tag, rl = _W_HEAD.unpack_from(mem, w)
-                r = bytes(mem[w + 16:w + 16 + rl])
-                try:
-                    ch = self._replies.get(r)
-                    if ch is None:
-                        from ..channels_c import Channel
-                        ch = self._replies[r] = Channel.attach(r)
-                    ch.send(reply_for(tag), timeout=0)
-                except Exception:
-                    # (not expected: GS unlists a joiner before it frees its
-                    # reply channel, and a reply channel holds only the
-                    # answer its thread waits for) GS answers this one and
-                    # those after it
-                    break
-                done += 1
-                _E_HEAD.pack_into(mem, off, WOKEN, ln, p_uid, c_uid, n, done)
-                if _TEST_STOP:
-                    _test_stop("answered")
-            if len(self._replies) > 64:      # (joiners' reply channels: keep a few)
-                for ch in self._replies.values():
-                    ch.detach()
-                self._replies.clear()
-            return done
-        finally:
-            self.lock.release()
-            if queued:
-                try:
-                    gs._notify()
-                except Exception:
-                    pass     # GS's input channel is gone: the runtime is ending
