@@ -51,7 +51,7 @@ class Rig:
         return self.pub.create(c_uid, 128, 1024, ref_count, name.encode(), tag, r, m._packb(od))
 
     def entry(self, name):
-        off, head = self.board._entry(name.encode())
+        _, _, head = self.board._entry(name.encode())
         return head
 
     def close(self):
