@@ -266,13 +266,23 @@ def channel_cd_main(a):
     print(f"channel create+destroy and GS query round trip: {a.channel_cd} runtime(s) per build, "
           f"300 of each per runtime (per-runtime medians; load average {load0:.1f} at the start, "
           f"{load1:.1f} at the end; {os.cpu_count()} cores)")
+    # issue 9: not slower than before.  With --against, "before" is the other
+    # build's median in this same run; without, the recorded figure.
+    if a.against:
+        base = _med(res["against"]["cd"])
+        base_what = f"the against build's median in this run, {base*1e6:.1f} us"
+    else:
+        base = BEFORE_NODE_SCOPED
+        base_what = (f"{base*1e6:.0f} us, the figure recorded before node-scoped resources, "
+                     f"not measured in this run: --against PYTHON measures a baseline")
     for label, r in res.items():
         cd, q = r["cd"], r["query"]
         who = sys.executable if label == "ember" else a.against
         print(f"  {label:<8} ({who})")
+        judge = "" if label != "ember" else (
+            f"   issue 9: <= {base_what}: {'MET' if _med(cd) <= base else 'MISSED'} (median)")
         print(f"    create+destroy  median {_med(cd)*1e6:6.1f} us  min {min(cd)*1e6:6.1f} us  "
-              f"max {max(cd)*1e6:6.1f} us   issue 9: <= {BEFORE_NODE_SCOPED*1e6:.0f} us "
-              f"{'MET' if _med(cd) <= BEFORE_NODE_SCOPED else 'MISSED'} (median)")
+              f"max {max(cd)*1e6:6.1f} us{judge}")
         print(f"    GS query        median {_med(q)*1e6:6.1f} us  min {min(q)*1e6:6.1f} us  "
               f"max {max(q)*1e6:6.1f} us   target <= {TARGET['gs_query']*1e6:.0f} us "
               f"{'MET' if _med(q) <= TARGET['gs_query'] else 'MISSED'} (median)")
@@ -290,7 +300,7 @@ def channel_cd_main(a):
         vals["against"] = _med(res["against"]["cd"]) * 1e6
     _report.write(a, "bench_runtime", [
         _report.measure("channel create + destroy", "µs", vals, better="lower",
-                        target=BEFORE_NODE_SCOPED * 1e6)])
+                        target=base * 1e6)])
 
 
 def bench_run_empty(reps):

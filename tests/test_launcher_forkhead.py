@@ -172,3 +172,32 @@ def test_lazy_broken_barrier_error_is_one_picklable_class():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout == b"True True True broken\n"
+
+
+def test_lazy_exceptions_are_one_class_when_threads_race_for_them():
+    """Threads that reach a lazy exception class at once (the first use is
+    in any of them) all get one class: what one raises, another's
+    ``except`` catches.  (The factory is slowed down here so that they do
+    race: each makes a class; only the first stored is handed out.)"""
+    code = textwrap.dedent("""
+        import threading, time
+        import ember.exceptions as ex
+        for name in ("BrokenBarrierError", "MessageError"):
+            real = ex._LAZY[name]
+            def slow(real=real):
+                c = real()
+                time.sleep(0.05)
+                return c
+            ex._LAZY[name] = slow
+            got = []
+            ts = [threading.Thread(target=lambda: got.append(getattr(ex, name)))
+                  for _ in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            print(name, len(got), len(set(got)), got[0] is getattr(ex, name))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"BrokenBarrierError 8 1 True\nMessageError 8 1 True\n"

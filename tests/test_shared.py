@@ -420,4 +420,9 @@ def test_argument_the_host_cannot_unpickle_raises_in_the_caller(ember_runtime):
         p.double(Unloadable())
     assert "could not unpickle the request" in str(ei.value)
     assert p.inc() == 1                   # the host serves on
+    # the same in a request too large for a slot (a pool block's view)
+    with pytest.raises(ember.RemoteError, match=r"^ImportError: .*only_in_the_caller") as ei:
+        p.double((Unloadable(), b"x" * 200_000))
+    assert "could not unpickle the request" in str(ei.value)
+    assert p.inc() == 2
     ref.destroy()

@@ -202,8 +202,10 @@ def __getattr__(name):
     make = _LAZY.get(name)
     if make is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = globals()[name] = make()
-    return value
+    # setdefault (atomic): threads that race here may each make a class,
+    # but all get the first one stored, so one class is ever seen and
+    # ``except ember.BrokenBarrierError`` catches what any thread raises
+    return globals().setdefault(name, make())
 
 
 class SharedObjectError(ObjectError):

@@ -366,11 +366,8 @@ cdef class Channel:
         """Forget this process's handle; the channel stays for others.
         Also once its pool was detached (the runtime left): only the
         handle's own memory is freed then, nothing of the pool touched."""
-        if self._ch != NULL and self._pool._pool == NULL:
-            ember_ch_detach(self._ch)
-            self._ch = NULL
-            return
-        self._check_idle("detach")
+        if self._ch == NULL or self._pool._pool != NULL:
+            self._check_idle("detach")     # (its pool detached: nothing to wait for)
         ember_ch_detach(self._ch)
         self._ch = NULL
 

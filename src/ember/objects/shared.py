@@ -284,17 +284,15 @@ def _serve_loop(obj, rec, exposed, threads=1, returns=None):
                     continue
                 except (ChannelClosed, ChannelError):
                     break       # the object ended: GS closed / destroyed its channel
-            if type(data) is bytes:
-                head = data
-            else:
-                with data[:_PEEK] as v:
-                    head = bytes(v)           # _dec releases data when it fails
             try:
-                cid, seq, op, name, args, kwargs = _dec(data)
+                # (a block's view: the codec gets a view of its own, which
+                # it releases when the request does not decode, so that ours
+                # still reads the request's first bytes then; no copy)
+                cid, seq, op, name, args, kwargs = _dec(data if type(data) is bytes else data[:])
             except BaseException as exc:
                 if isinstance(exc, (SystemExit, KeyboardInterrupt)):
                     raise
-                _undecodable(clients, head, exc)
+                _undecodable(clients, data if type(data) is bytes else bytes(data[:_PEEK]), exc)
                 continue
             del data
             if op == _HELLO:
