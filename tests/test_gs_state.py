@@ -822,3 +822,65 @@ def test_reply_ok_packed_is_reply_ok_packed():
     for ref, value in ((1, None), (2**40, {"c_uid": 7, "sdesc": b"x" * 152}), (3, "s")):
         assert m.reply_ok_packed(ref, value) == m.reply_ok(ref, value).pack()
         assert m.unpack(m.reply_ok_packed(ref, value)) == m.reply_ok(ref, value)
+
+
+def test_spares_are_hidden_until_claimed_and_die_with_their_creator(h, tmp_path):
+    """ProcessCreate option "spare" (ember.Process's leased spares): not
+    listed, no events, no survivor line until its creator claims it
+    (ProcessClaim, answered by nothing); only the creator may claim it; an
+    unclaimed spare is killed when its creator exits, SIGKILLed (no grace)
+    at teardown; a spare may not be named."""
+    h.gs.events_path = str(tmp_path / "r.events")
+    creator = h.create("creator")
+
+    def spare(p_uid=creator, name=""):
+        key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", name, {"spare": True}, False,
+                    p_uid=p_uid)
+        h.spawn_all()
+        return key
+
+    a = h.ok(spare())["p_uid"]
+    b = h.ok(spare())["p_uid"]
+    assert h.err(spare(name="named")) == ("ProcessError", "a spare has no name")
+    listed = [p for p, _, _ in h.ok(h.req(m.ProcessList))]
+    assert listed == [creator]
+    assert [p["p_uid"] for p in h.gs._dump_processes()] == [creator]
+    assert h.ok(h.req(m.ProcessQuery, a))["state"] == "running"     # by p_uid: known
+    # a claim by another process is refused, and answered by nothing
+    other = h.create()
+    key = h.req(m.ProcessClaim, a, p_uid=other)
+    assert h.reply(key) is None and h.gs.procs[a].spare
+    key = h.req(m.ProcessClaim, a, p_uid=creator)
+    assert h.reply(key) is None and not h.gs.procs[a].spare
+    assert [p for p, _, _ in h.ok(h.req(m.ProcessList))] == [creator, a, other]
+    h.req(m.ProcessClaim, a, p_uid=creator)                 # twice: refused (logged)
+    # the creator exits: its unclaimed spare (b) is killed, the claimed one (a) is not
+    h.sh.clear()
+    h.exit(creator, 0)
+    assert [(x.p_uid, x.sig) for x in h.sh if type(x) is m.ShKill] == [(b, signal.SIGKILL)]
+    h.exit(b, -signal.SIGKILL)
+    assert h.gs.spares_of == {}
+    h.exit(a, 0)
+    ev = [(e["event"], e["p_uid"]) for e in _events_of(tmp_path / "r.events")]
+    assert ev == [("process.started", creator), ("process.started", other),
+                  ("process.started", a), ("process.exited", creator), ("process.exited", a)]
+    # a claim that comes after the spare's exit still tells both events
+    c = h.ok(spare(p_uid=other))["p_uid"]
+    h.exit(c, 0)
+    h.req(m.ProcessClaim, c, p_uid=other)
+    ev = [(e["event"], e["p_uid"]) for e in _events_of(tmp_path / "r.events")][-2:]
+    assert ev == [("process.started", c), ("process.exited", c)]
+    # teardown: an unclaimed spare gets SIGKILL at once, the others SIGTERM first
+    d = h.ok(spare(p_uid=other))["p_uid"]
+    h.sh.clear()
+    h.req(m.Teardown, 5.0, True)
+    kills = sorted((x.p_uid, x.sig) for x in h.sh if type(x) is m.ShKill)
+    assert kills == [(other, signal.SIGTERM), (d, signal.SIGKILL)]
+    assert f"{d}" not in h.errlog.getvalue()
+    h.gs._close_events()
+
+
+def _events_of(path):
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f]

@@ -14,6 +14,10 @@ import ember
 from ember.objects.process import _default_pool
 
 def leak_state():
+    # the spare ember.Process leases for the next start holds two channels
+    # and a pidfd on purpose: dropped first (it is killed, waited for, freed)
+    from ember.objects.process import _drop_lease
+    _drop_lease()
     return len(os.listdir("/proc/self/fd")), _default_pool().stats().live_allocs
 """
 
@@ -265,7 +269,7 @@ def test_big_numpy_result(tmp_path):
         p.join(); p.close()
         print("big", a.nbytes, a.dtype, a[0], a[-1], a.flags.writeable)
         # zero-copy: the array's memory is in the pool (the block is live until `a` goes)
-        print("in pool", _default_pool().stats().live_allocs == before[1] + 1)
+        print("in pool", leak_state()[1] == before[1] + 1)
         del a
         after = leak_state()
         print("leaks", after == before, *(() if after == before else (before, after)))
@@ -564,7 +568,7 @@ def test_template_killed_is_replaced(tmp_path):
                             if os.getpgid(int(d)) != int(d):
                                 continue
                             with open(f"/proc/{d}/comm", "rb") as f:
-                                if f.read().strip() == b"ember-spare":
+                                if f.read().strip() in (b"ember-spare", b"ember-leased"):
                                     continue
                         except OSError:
                             continue
@@ -617,6 +621,8 @@ def test_spare_child(tmp_path):
     next start and replaced."""
     (tmp_path / "sub").mkdir()
     out = ok(run_prog(tmp_path, """
+        ember.Process._lease_spares = False   # the shepherd's spares alone (see test_leased_spare)
+
         def spares():
             found = []
             for d in os.listdir("/proc"):
@@ -774,3 +780,148 @@ def test_environment_changes_between_starts(tmp_path):
         run()
     """))
     assert out.splitlines() == ["None True", "1 True", "2 True", "2 True", "None True"], out
+
+
+LEASED = """
+def leased():
+    # this runtime's idle leased spares: named ember-leased, the shepherd's children
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/comm", "rb") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{d}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if comm == b"ember-leased" and ppid == SHEPHERD:
+            found.append(int(d))
+    return found
+
+def wait_leased(n=1):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        s = leased()
+        if len(s) >= n:
+            return s
+        time.sleep(0.01)
+    return []
+
+def gone(pids, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if os.path.exists(f"/proc/{p}")
+                and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        if not left:
+            return True
+        time.sleep(0.01)
+    return False
+"""
+
+
+def test_leased_spare(tmp_path):
+    """After a start, ember.Process leases the next start's process (a
+    spare, ember._worker --spare): the next start hands it the call
+    directly.  It must look like any freshly started process (p_uid, pid,
+    environment, cwd, sys.path, listed once claimed), an idle one is never
+    listed, one killed while idle is replaced, a named start does not take
+    it, and nothing is left behind."""
+    (tmp_path / "sub").mkdir()
+    out = ok(run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        from ember.globalservices import process as gproc
+        from ember.globalservices.introspect import dump
+
+        def child(tag):
+            with open("/proc/self/comm") as f:
+                comm = f.read().strip()
+            return (os.environ["EMBER_P_UID"], os.environ.get("EXTRA"), os.environ.get("LATER"),
+                    os.getcwd(), comm, os.getpid(), sys.path[-1], tag)
+
+        def listed():
+            return {p for p, _ in gproc.get_list()}, {p["p_uid"] for p in dump()["processes"]}
+
+        p = ember.Process(target=child, args=("one",)); p.start(); p.result(); p.join()
+        (s1,) = wait_leased()
+        lst, dumped = listed()
+        print("idle spare unlisted", all(q["os_pid"] != s1 for q in dump()["processes"]),
+              len(lst) == len(dumped))
+        os.environ["LATER"] = "yes"
+        sys.path.append("/nowhere-else")
+        p = ember.Process(target=child, args=("two",), env={"EXTRA": "x"}, cwd="sub")
+        p.start()
+        puid, extra, later, cwd, comm, pid, last, tag = p.result()
+        p.join()
+        print("from the spare", pid == s1 == p.pid, puid == str(p.p_uid), extra, later,
+              os.path.basename(cwd), comm != "ember-leased", last, tag, p.exitcode)
+        lst, dumped = listed()
+        d = gproc.query(p.p_uid)
+        print("claimed listed", p.p_uid in lst, p.p_uid in dumped, d.os_pid == s1,
+              d.state.value if hasattr(d.state, "value") else d.state)
+        del os.environ["LATER"]
+        sys.path.remove("/nowhere-else")
+        (s2,) = wait_leased()
+        n = ember.Process(target=child, args=("named",), name="lease-named"); n.start()
+        r = n.result(); n.join()
+        print("named is fresh", r[5] != s2, gproc.query("lease-named").p_uid == n.p_uid,
+              leased() == [s2])
+        os.kill(s2, signal.SIGKILL)
+        gone([s2])
+        p = ember.Process(target=child, args=("three",)); p.start()
+        r = p.result(); p.join()
+        print("after the spare died", r[5] != s2, r[2], r[6] != "/nowhere-else", p.exitcode)
+        (s3,) = wait_leased()
+        p = ember.Process(target=child, args=("four",), cwd="missing")
+        try:
+            p.start()
+        except ember.ProcessError as exc:
+            print("bad cwd", "run_dir" in str(exc), leased() == [s3])
+        with open("spare.pid", "w") as f:
+            f.write(str(s3))
+    """)))
+    assert out.splitlines() == [
+        "idle spare unlisted True True",
+        "from the spare True True x yes sub True /nowhere-else two 0",
+        "claimed listed True True True exited",
+        "named is fresh True True True",
+        "after the spare died True None True 0",
+        "bad cwd True True"], out
+    spare = int((tmp_path / "spare.pid").read_text())
+    assert not os.path.exists(f"/proc/{spare}"), "the idle spare outlived the runtime"
+
+
+def test_leased_spares_die_with_their_creator(tmp_path):
+    """A process's idle spare dies with it: a nested Process that started
+    Processes (its spare is killed once it exits), and a head that SIGKILLs
+    itself with its spare idle (nothing left after the launcher's
+    teardown)."""
+    out = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        from ember.objects import process as P
+
+        def my_spare():
+            P._settle(P._lease)
+            return P._lease.desc.os_pid
+
+        def inner():
+            return 1
+
+        def outer():
+            q = ember.Process(target=inner); q.start(); q.join()
+            return q.exitcode, my_spare()
+
+        p = ember.Process(target=outer); p.start()
+        code, theirs = p.result(); p.join()
+        print("nested", code, p.exitcode)
+        print("the outer's spare killed", gone([theirs]))
+        with open("spare.pid", "w") as f:
+            f.write(str(my_spare()))
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """))
+    lines = out.stdout.decode().splitlines()
+    assert lines == ["nested 0 0", "the outer's spare killed True"], (lines, out.stderr.decode())
+    pids = [int(x) for x in (tmp_path / "spare.pid").read_text().split()]
+    assert pids
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"spare {pid} outlived its SIGKILLed head"

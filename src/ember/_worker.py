@@ -1,6 +1,6 @@
 """Entry point of a Python process started by ``ember.Process``.
 
-    python -m ember._worker [--template] [--preload=m1,m2] CALL RESULT
+    python -m ember._worker [--template] [--preload=m1,m2] [--spare=TOKEN] CALL RESULT
 
 ``CALL`` and ``RESULT`` are base64 channel descriptors.  The parent has
 already sent the whole call record (target, args, kwargs; see
@@ -13,6 +13,14 @@ the code of ``SystemExit`` if the target exits.
 ``--template`` and ``--preload`` are read by the shepherd's warm template
 (``ember.shepherd.template``), which forks this process and calls
 :func:`main` in the fork; started as a fresh interpreter they are ignored.
+
+``--spare=TOKEN``: a *spare* that ``ember.Process`` leased ahead of its
+next start (docs/python-processes.md, "How a start works").  The call is
+not there yet: the worker waits for it, then applies what the call record
+brings besides ``sys.path`` (environment changes, a working directory) and
+checks that it carries ``TOKEN``; anything else on the call channel (its
+creator died and the channel's memory was reclaimed) makes it exit at once,
+silently, without touching the result channel.
 """
 import os
 import sys
@@ -55,8 +63,58 @@ def _send_exception(res, exc, tb_text, prefix=b""):
     P.send_record(res, P.KIND_ERR, data, extra=prefix + tb_text.encode("utf-8", "replace"))
 
 
-def run(call_sdesc, result_sdesc):
-    """Run the call found on the CALL channel; return the exit code."""
+#: Name (``/proc/PID/comm``) of a leased spare while it waits for its call.
+LEASED_COMM = b"ember-leased"
+
+
+def _name(comm):
+    """Set this process's comm to ``comm``; return the one it had (None:
+    not forked from the template, or no prctl: nothing done)."""
+    tmpl = sys.modules.get("ember.shepherd.template")
+    if tmpl is None or not tmpl._template_comm:
+        return None
+    old = tmpl._prctl_name()
+    tmpl._prctl_name(comm)
+    return old
+
+
+def _wait_call(reader, token):
+    """A spare's wait for its call record; the record, or None (and the
+    caller exits silently) if what came is not a call carrying ``token``."""
+    import pickle
+
+    from .objects import _pickling as P
+
+    try:
+        named = _name(LEASED_COMM)
+        while not reader.records:
+            reader.pump(None)
+        if named is not None:
+            _name(named)
+        rec = reader.records[-1]
+        if rec.kind != P.KIND_CALL:
+            return None
+        extra = pickle.loads(rec.extra)
+        if not isinstance(extra, tuple) or len(extra) != 5 or extra[4] != token:
+            return None
+    except Exception:
+        return None
+    return rec, extra
+
+
+def _apply(setenv, unsetenv, cwd):
+    """A spare's start: the environment and directory its call asks for."""
+    if cwd:
+        os.chdir(cwd)
+    for k in unsetenv or ():
+        os.environ.pop(k, None)
+    for k, v in (setenv or {}).items():
+        os.environ[k] = v
+
+
+def run(call_sdesc, result_sdesc, spare=None):
+    """Run the call found on the CALL channel; return the exit code.  With
+    ``spare`` (its token), wait for the call first (see the module's doc)."""
     import pickle
 
     from .channels_c import Channel
@@ -66,14 +124,29 @@ def run(call_sdesc, result_sdesc):
     res = Channel.attach(result_sdesc)
     try:
         reader = P.RecordReader(call)
-        reader.pump(0)
-        if not reader.records or reader.records[-1].kind != P.KIND_CALL:
-            print("ember worker: no call record on the call channel", file=sys.stderr)
-            return 70
-        rec = reader.records[-1]
-        del reader
-        call.detach()
-        sys.path[:] = pickle.loads(rec.extra)
+        if spare is not None:
+            got = _wait_call(reader, spare)
+            if got is None:
+                os._exit(0)               # not a call of its creator: leave no trace
+            _trace.t("C.call")
+            rec, (path, setenv, unsetenv, cwd, _) = got
+            del reader
+            call.detach()
+            sys.path[:] = path
+            try:
+                _apply(setenv, unsetenv, cwd)
+            except BaseException as exc:
+                _send_exception(res, exc, _format_tb(exc, run.__code__))
+                return 1
+        else:
+            reader.pump(0)
+            if not reader.records or reader.records[-1].kind != P.KIND_CALL:
+                print("ember worker: no call record on the call channel", file=sys.stderr)
+                return 70
+            rec = reader.records[-1]
+            del reader
+            call.detach()
+            sys.path[:] = pickle.loads(rec.extra)
         try:
             target, args, kwargs = P.loads(rec)
         except BaseException as exc:
@@ -116,7 +189,8 @@ def run(call_sdesc, result_sdesc):
 
 
 def parse_argv(argv):
-    """-> (template, preload list, call sdesc, result sdesc)."""
+    """-> (template, preload list, call sdesc, result sdesc); the spare's
+    token: :func:`spare_token`."""
     from . import _env
 
     template, preload, rest = False, [], []
@@ -125,17 +199,27 @@ def parse_argv(argv):
             template = True
         elif a.startswith("--preload="):
             preload = [m for m in a[len("--preload="):].split(",") if m]
-        else:
+        elif not a.startswith("--spare="):
             rest.append(a)
     if len(rest) != 2:
-        raise SystemExit("usage: python -m ember._worker [--template] [--preload=M,...] CALL RESULT")
+        raise SystemExit("usage: python -m ember._worker [--template] [--preload=M,...] "
+                         "[--spare=TOKEN] CALL RESULT")
     return template, preload, _env.decode(rest[0]), _env.decode(rest[1])
+
+
+def spare_token(argv):
+    """The token of ``--spare=TOKEN`` in ``argv``, or None."""
+    for a in argv:
+        if a.startswith("--spare="):
+            return a[len("--spare="):]
+    return None
 
 
 def main(argv=None):
     """Run one call; return the process exit code."""
-    _, _, call_sdesc, result_sdesc = parse_argv(sys.argv[1:] if argv is None else argv)
-    return run(call_sdesc, result_sdesc)
+    argv = sys.argv[1:] if argv is None else argv
+    _, _, call_sdesc, result_sdesc = parse_argv(argv)
+    return run(call_sdesc, result_sdesc, spare_token(argv))
 
 
 if __name__ == "__main__":

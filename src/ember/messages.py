@@ -241,6 +241,13 @@ _define(141, "ChannelDestroyOwned", _REQ + "c_uid")
 # anyone's, is handled after it (GS reads its input in order).
 _define(142, "ChannelRegisterPosted", _REQ + "m_uid user_name options sdesc")
 
+# pystart (160-169).  ``ember.Process`` takes a spare it leased (a process it
+# created with the ProcessCreate option ``spare``: hidden from lists, events
+# and the teardown's survivors until claimed, killed when its creator exits)
+# and tells GS it is now a process of its own; a notice, not waited for (a
+# refusal is logged).  ``ident``: the spare's p_uid.
+_define(160, "ProcessClaim", _REQ + "ident")
+
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
 # info (optional; None from a sender that cannot know, e.g. an attached

@@ -363,6 +363,8 @@ class Runtime:
             conn = _client._conn
             if conn is not None and conn.pid == os.getpid():
                 try:
+                    from .objects import process
+                    process._drop_lease()          # the spare ember.Process leased
                     conn.call(messages.ProcessDetach, exit_code, timeout=5.0)
                     conn.release()
                 except Exception:

@@ -357,6 +357,45 @@ class Connection:
             return False
         return True
 
+    def start_call(self, msg_cls, *fields):
+        """Send a request whose reply :meth:`finish_call` reads later, and
+        return at once (a handle for it).  The reply comes on a reply
+        channel of its own, not the thread's (a call made meanwhile would
+        skip it); the channel goes back to the free list with the handle."""
+        try:
+            ch, _ = self._free.pop()
+        except IndexError:
+            ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY,
+                                      block_size=_REPLY_BLOCK)
+            ch.set_spin(CONTROL_SPIN, adaptive=False)
+        holder = _ReplyChannel(ch, self._free)
+        tag = next(self._tags)
+        self.gs.send(msg_cls._new(tag, self.p_uid, holder.r, self.key, *fields).pack())
+        return holder, tag
+
+    def finish_call(self, handle, timeout=None):
+        """The reply to the request :meth:`start_call` sent (as
+        :meth:`call` returns or raises); GlobalServicesError if it did not
+        come within ``timeout`` seconds (the handle is then spent)."""
+        holder, tag = handle
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                rep = messages.unpack(holder.ch.recv(timeout=left))
+                if type(rep) is messages.Reply and rep.ref == tag:
+                    break
+        except ChannelEmpty:
+            holder.retired = True        # the reply may still come: never reused
+            raise GlobalServicesError(f"no reply from global services within {timeout} s") \
+                from None
+        except BaseException:
+            holder.retired = True
+            raise
+        if rep.status == messages.ERR_OK:
+            return rep.value
+        raise _error_from_reply(rep)
+
     def post(self, msg_cls, *fields):
         """Send a request GS answers nothing to (a ``ChannelDestroyOwned``)."""
         holder = self._reply_channel()

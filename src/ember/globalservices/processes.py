@@ -38,7 +38,8 @@ MAX_JOIN_IDENTS = 4096
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
-                 "attached", "node", "lost", "exit_info", "next_c_uid", "posted_c_uids")
+                 "attached", "node", "lost", "exit_info", "next_c_uid", "posted_c_uids",
+                 "spare", "exit_held")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
@@ -61,6 +62,11 @@ class _Proc:
         self.attached = False    # joined with ProcessAttach (not started by the runtime)
         self.node = node         # the node it runs on
         self.lost = False        # its node was lost (state "lost" in descriptors)
+        # A spare its creator leased and has not claimed (ProcessCreate option
+        # "spare"; ember.Process): left out of lists, events and the
+        # teardown's survivors, killed when its creator exits.
+        self.spare = False
+        self.exit_held = None    # a spare's process.exited event, until it is claimed
 
     @property
     def shown_state(self):
@@ -78,7 +84,7 @@ class ProcessesPart:
     REQUESTS = ((m.ProcessCreate, "on_process_create"), (m.ProcessList, "on_process_list"),
                 (m.ProcessQuery, "on_process_query"), (m.ProcessKill, "on_process_kill"),
                 (m.ProcessJoin, "on_process_join"), (m.ProcessAttach, "on_process_attach"),
-                (m.ProcessDetach, "on_process_detach"))
+                (m.ProcessDetach, "on_process_detach"), (m.ProcessClaim, "on_process_claim"))
     NOTICES = ((m.ShSpawned, "on_sh_spawned"), (m.ShExited, "on_sh_exited"))
 
     def _init_processes(self):
@@ -86,6 +92,7 @@ class ProcessesPart:
         self.proc_names = {}      # name -> p_uid (live processes only)
         self.last_by_name = {}    # name -> p_uid of the most recent process of that name
         self._p_uids = itertools.count(FIRST_P_UID)
+        self.spares_of = {}       # creator p_uid -> p_uids of its unclaimed spares
 
     def _proc(self, ident):
         if isinstance(ident, str) and ident not in self.proc_names:
@@ -130,6 +137,11 @@ class ProcessesPart:
         rec = _Proc(p_uid, name, msg.p_uid, key=os.urandom(16), node=node)
         rec.create_req = (msg.tag, msg.r)
         rec.exe = msg.exe
+        if isinstance(msg.options, dict) and msg.options.get("spare") is True:
+            if name:
+                raise ProcessError("a spare has no name")
+            rec.spare = True
+            self.spares_of.setdefault(msg.p_uid, set()).add(p_uid)
         self.procs[p_uid] = rec
         if name:
             self.proc_names[name] = p_uid
@@ -212,6 +224,7 @@ class ProcessesPart:
         if msg.err:
             # never started: forget it, free its name
             del self.procs[rec.p_uid]
+            self._unlist_spare(rec)
             if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
                 del self.proc_names[rec.name]
             if rec.name and self.last_by_name.get(rec.name) == rec.p_uid:
@@ -228,8 +241,9 @@ class ProcessesPart:
         if rec.state == PENDING:
             rec.state = RUNNING
         log.info("%s started: %r", self._proc_label(rec), rec.exe)
-        self._event("process.started", p_uid=rec.p_uid, name=rec.name or None, pid=rec.os_pid,
-                    exe=rec.exe, parent=rec.creator)
+        if not rec.spare:
+            self._event("process.started", p_uid=rec.p_uid, name=rec.name or None,
+                        pid=rec.os_pid, exe=rec.exe, parent=rec.creator)
         if r:
             self._reply(tag, r, rec.desc(self.node))
 
@@ -329,7 +343,16 @@ class ProcessesPart:
         rec.exit_code = exit_code
         rec.exit_info = info
         log.info("%s exited with code %s", self._proc_label(rec), exit_code)
-        self._event_exited(rec, exit_code, info)
+        if rec.spare:
+            rec.exit_held = (exit_code, info)     # told if it is claimed after all
+            self._unlist_spare(rec)
+        else:
+            self._event_exited(rec, exit_code, info)
+        # Its unclaimed spares go with it (nobody else may take them).
+        for sp in self.spares_of.pop(p_uid, ()):
+            srec = self.procs.get(sp)
+            if srec is not None and srec.spare and srec.state != EXITED:
+                self.to_node(srec.node, m.ShKill(sp, signal.SIGKILL))
         if rec.name and self.proc_names.get(rec.name) == rec.p_uid:
             del self.proc_names[rec.name]
         # Every step below is independent of the others' failure.
@@ -379,11 +402,38 @@ class ProcessesPart:
         if free is not None:
             free(r, destroy=True)
 
+    def _unlist_spare(self, rec):
+        mine = self.spares_of.get(rec.creator)
+        if mine is not None:
+            mine.discard(rec.p_uid)
+            if not mine:
+                del self.spares_of[rec.creator]
+
+    def on_process_claim(self, msg):
+        """The creator of a spare has given it a call (ember.Process): from
+        now on it is a process like any other (listed, its events written).
+        A notice: nothing is answered; a claim of what is not the sender's
+        unclaimed spare is refused (logged)."""
+        rec = self.procs.get(msg.ident) if isinstance(msg.ident, int) else None
+        if rec is None or not rec.spare or rec.creator != msg.p_uid:
+            self.warn("bad-claim", "refused ProcessClaim of %r from p_uid %s: not its unclaimed "
+                      "spare", msg.ident, msg.p_uid)
+            return
+        rec.spare = False
+        self._unlist_spare(rec)
+        self._event("process.started", p_uid=rec.p_uid, name=None, pid=rec.os_pid,
+                    exe=rec.exe, parent=rec.creator)
+        if rec.exit_held is not None:             # it has ended already
+            code, info = rec.exit_held
+            rec.exit_held = None
+            self._event_exited(rec, code, info)
+
     def on_process_list(self, msg):
         # Every process GS knows, exited ones included (process.query still
-        # answers for them), as the reference runtime does.
+        # answers for them), as the reference runtime does; not unclaimed
+        # spares (no user's process yet).
         self._reply(msg.tag, msg.r, [[p.p_uid, p.name or None, p.state != EXITED]
-                                     for p in self.procs.values()])
+                                     for p in self.procs.values() if not p.spare])
 
     def on_process_query(self, msg):
         self._reply(msg.tag, msg.r, self._proc(msg.ident).desc(self.node))
@@ -479,4 +529,4 @@ class ProcessesPart:
                  "core_dumped": (p.exit_info or {}).get("core_dumped") is True,
                  "oom_killed": (p.exit_info or {}).get("oom_killed"),
                  "refs": dict(p.refs), "reply_channels": len(p.replies)}
-                for p in self.procs.values()]
+                for p in self.procs.values() if not p.spare]

@@ -112,7 +112,9 @@ class TeardownPart:
         self.teardown = Teardown(msg.tag, msg.r)
         for p in self.procs.values():
             if p.state != EXITED and (p.state == RUNNING or p.os_pid is not None):
-                self.to_node(p.node, m.ShKill(p.p_uid, signal.SIGTERM))
+                # an unclaimed spare (ember.Process) runs no user code: no grace
+                sig = signal.SIGKILL if p.spare else signal.SIGTERM
+                self.to_node(p.node, m.ShKill(p.p_uid, sig))
         self._enter(Phase.TERM, grace)
         self._step("reporting unjoined exits", self._report_unjoined)
         self._teardown_step()
@@ -120,7 +122,8 @@ class TeardownPart:
     def _report_survivors(self):
         """The head has exited (the launcher's ``Teardown(survivors=True)``):
         one line naming the processes the teardown is about to terminate."""
-        live = sorted((p.p_uid, p.name) for p in self.procs.values() if p.state != EXITED)
+        live = sorted((p.p_uid, p.name) for p in self.procs.values()
+                      if p.state != EXITED and not p.spare)
         if not live:
             return
         what = ", ".join(f"{u} {n!r}" if n else str(u) for u, n in live)

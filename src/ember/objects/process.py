@@ -77,6 +77,178 @@ def _environ():
     return dict(env)
 
 
+# --- the leased spare -------------------------------------------------
+# A process that starts a Process (template, this node, no name) also
+# creates, right after it, the next one's process ahead of time: a *spare*,
+# forked from the template with the same argv and environment, its call
+# and result channels attached, waiting for its call (``ember._worker
+# --spare``).  GS keeps it out of lists, events and the teardown's
+# survivors until it is claimed, and kills it when its creator exits.  The
+# next start sends its call straight to the spare's channel and tells GS
+# (ProcessClaim, not waited for): no round trip through GS, the shepherd
+# and the template on the start's path.  See docs/python-processes.md.
+_lease = None                 # the _Lease held, or None
+_lease_lock = threading.Lock()
+#: How long dropping a spare waits for it to die before its channels are
+#: freed (they are its creator's; it may not touch them once freed).
+_DROP_WAIT = 2.0
+#: How long a start waits for GS's reply about the spare it takes.
+_REPLY_WAIT = 30.0
+
+
+class _Lease:
+    """A spare: asked for (``pending``, GS's reply not read yet) or made
+    (``desc``, its pidfd in ``res.fd``)."""
+
+    __slots__ = ("key", "argv", "env", "cwd", "token", "desc", "res", "pending")
+
+
+def _lease_key():
+    """Whose spare: this process (not a fork of it) in this runtime."""
+    return (os.getpid(), _env.get(_env.RUNTIME_ID), _env.get(_env.DEFAULT_POOL))
+
+
+def _worker_argv(method):
+    args = ["-m", "ember._worker"]
+    if method == "template":
+        args.append("--template")
+        if Process._preload or Process._quiet_preload:
+            args.append("--preload=" + ",".join(Process._preload + Process._quiet_preload))
+    return args
+
+
+def _settle(lease):
+    """Read GS's reply for a spare asked for: True if it runs (``desc``
+    and a pidfd set); False if it could not be made (its channels then
+    freed, or dropped)."""
+    if lease.pending is None:
+        return lease.desc is not None
+    from ..descriptors import ProcessDescriptor
+    from ..globalservices._client import connection
+
+    handle, lease.pending = lease.pending, None
+    try:
+        lease.desc = ProcessDescriptor.from_dict(connection().finish_call(handle, _REPLY_WAIT))
+        _t("P.leased")
+        lease.res.fd = os.pidfd_open(lease.desc.os_pid)
+        lease.res.pidfd = True
+    except Exception:
+        _drop(lease)
+        return False
+    return True
+
+
+def _take_lease(argv):
+    """The spare held, if it is this process's, in this runtime, made for
+    ``argv`` and alive; else None (a stale one is dropped)."""
+    global _lease
+    with _lease_lock:
+        lease, _lease = _lease, None
+    if lease is None:
+        return None
+    if lease.key == _lease_key() and lease.argv == argv and _settle(lease) \
+            and not _readable([lease.res.fd], 0):
+        return lease
+    _drop(lease)
+    return None
+
+
+def _drop(lease):
+    """Be rid of a spare that will not be used: killed (if it is still
+    alive, in this process's runtime) and waited for, then its channels
+    freed.  A spare of another runtime (left) or of the process this one
+    was forked from is only forgotten."""
+    res = lease.res
+    if lease.key != _lease_key():
+        res.call = res.result = None          # not ours to free
+        if lease.key[0] == os.getpid() and res.fd >= 0:
+            os.close(res.fd)
+        res.fd = -1
+        lease.pending = None
+        return
+    if lease.pending is not None:
+        try:
+            if not _settle(lease):
+                return                        # dropped there
+        except Exception:
+            pass
+    if lease.desc is None:
+        res.release()                         # never made
+        return
+    if res.fd < 0 or not _readable([res.fd], 0):
+        from ..globalservices import process as gproc
+        try:
+            gproc.kill(lease.desc.p_uid, _signal.SIGKILL)
+        except Exception:
+            pass
+        if res.fd < 0 or not _readable([res.fd], _DROP_WAIT):
+            res.call = res.result = None      # it may still read them: leak, do not free
+    res.release()
+
+
+def _drop_lease():
+    """Drop the spare held (at exit, or leaving the runtime)."""
+    global _lease
+    with _lease_lock:
+        lease, _lease = _lease, None
+    if lease is not None:
+        try:
+            _drop(lease)
+        except Exception:
+            pass
+
+
+def _ask_lease(pool, argv):
+    """Ask GS for the spare of the next start with ``argv`` and return at
+    once: the reply is read by the start that takes it (:func:`_settle`).
+    Nothing if it cannot be asked for (the start that asks is not failed
+    for that)."""
+    global _lease
+    from .. import messages as m
+    from ..channels_c import Channel
+    from ..globalservices._client import connection
+
+    lease = _Lease()
+    lease.key = _lease_key()
+    lease.argv = argv
+    lease.env = _environ()
+    lease.cwd = os.getcwd()
+    lease.token = os.urandom(8).hex()
+    lease.desc = lease.pending = None
+    res = lease.res = _Resources()
+    try:
+        res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN, block_size=_BLOCK)
+        res.result = Channel.create(pool, capacity=_RESULT_CAPACITY, block_size=_BLOCK)
+        args = argv + ["--spare=" + lease.token, _env.encode(res.call.sdesc),
+                       _env.encode(res.result.sdesc)]
+        _t("P.lease")
+        lease.pending = connection().start_call(m.ProcessCreate, sys.executable, args,
+                                                dict(lease.env), lease.cwd, "",
+                                                {"spare": True}, False)
+    except Exception:
+        res.release()
+        return
+    with _lease_lock:
+        old, _lease = _lease, lease
+    if old is not None:                       # another thread asked for one too
+        _drop(old)
+
+
+#: Variables the runtime sets in each process itself (its p_uid, its
+#: request key) or never passes on (spawn directives): a spare keeps its own.
+_RUNTIME_VARS = frozenset((_env.P_UID, _env.KEY, _env.STDIN, _env.FORK_PY, _env.STDIO_FROM))
+
+
+def _env_change(have, want):
+    """(variables to set, variables to unset) to turn ``have`` into
+    ``want``, or (None, None) if they are equal; never one of
+    :data:`_RUNTIME_VARS`."""
+    if have == want:
+        return None, None
+    return ({k: v for k, v in want.items() if have.get(k) != v and k not in _RUNTIME_VARS},
+            [k for k in have if k not in want and k not in _RUNTIME_VARS])
+
+
 def _signal_name(sig):
     try:
         return _signal.Signals(sig).name
@@ -316,6 +488,9 @@ class Process:
     #: ``"?name"``: modules the template imports if it can, silently (the
     #: multiprocessing start method preloads the parent's library modules).
     _quiet_preload = ()
+    #: Lease a spare for the next start (see "How a start works" in
+    #: docs/python-processes.md); False: every start goes through GS.
+    _lease_spares = True
 
     def __init__(self, target=None, args=(), kwargs=None, name=None, daemon=None, env=None,
                  cwd=None, *, start_method=None, node=None):
@@ -461,56 +636,95 @@ class Process:
                 raise ProcessError("cannot start a process twice")
             _t("P.start")
             _sweep()
-            from ..channels_c import Channel
-
             node = _resolve_node(self._node)
             if node is not None:
                 return self._start_remote(node)
             pool = _default_pool()
+            method = self._start_method or Process.start_method
+            argv = _worker_argv(method)
+            leasing = method == "template" and self._gs_name is None and Process._lease_spares
+            _t("P.prep")
             msg = _codec.dumps((self._target, self._args, self._kwargs), pool)
-            res = _Resources()
-            fin = weakref.finalize(self, res.release)
-            # Not at interpreter exit: weakref's exit hook runs before ours
-            # (and before an Executor's), and would pull channels and the
-            # pidfd from under processes still being joined.
-            fin.atexit = False
-            try:
-                try:
-                    res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN,
-                                              block_size=_BLOCK)
-                    res.result = Channel.create(pool, capacity=_RESULT_CAPACITY,
-                                                block_size=_BLOCK)
-                except BaseException:
-                    _codec.free_unsent(msg)
-                    raise
-                P.send_record(res.call, P.KIND_CALL, msg, extra=pickle.dumps(list(sys.path)))
-                del msg
-                method = self._start_method or Process.start_method
-                args = ["-m", "ember._worker"]
-                if method == "template":
-                    args.append("--template")
-                    if Process._preload or Process._quiet_preload:
-                        args.append("--preload=" + ",".join(Process._preload
-                                                            + Process._quiet_preload))
-                args += [_env.encode(res.call.sdesc), _env.encode(res.result.sdesc)]
-                env = _environ()
-                env.update(self._env)
-                _t("P.create")
-                self._desc = _create(args, env, self._cwd, self._gs_name)
-                _t("P.created")
-            except BaseException:
-                fin()
-                raise
-            try:
-                res.fd = os.pidfd_open(self._desc.os_pid)
-                res.pidfd = True
-            except ProcessLookupError:
-                res.fd = _exited_fd()
-            self._res = res
-            self._finalizer = fin
-            self._reader = P.RecordReader(res.result)
+            _t("P.dumped")
+            lease = _take_lease(argv) if leasing and self._cwd_ok() else None
+            if lease is not None:
+                self._start_spare(lease, msg)
+            else:
+                self._start_new(pool, msg, argv)
             with _live_lock:
                 _live.add(self)
+            if leasing:
+                _ask_lease(pool, argv)        # the next start's, while this one runs
+
+    def _cwd_ok(self):
+        """False if ``cwd`` is not a directory we may enter (the spare is
+        not used: a fresh start reports why, as the shepherd says it)."""
+        cwd = self._cwd
+        return not cwd or (os.path.isdir(cwd) and os.access(cwd, os.X_OK))
+
+    def _start_spare(self, lease, msg):
+        """Start by giving the call to the leased spare ``lease``."""
+        from .. import messages as m
+        from ..globalservices._client import connection
+
+        res = lease.res
+        want = _environ()
+        want.update(self._env)
+        setenv, unsetenv = _env_change(lease.env, want)
+        cwd = os.path.abspath(self._cwd) if self._cwd else os.getcwd()
+        extra = pickle.dumps((list(sys.path), setenv, unsetenv,
+                              None if cwd == lease.cwd else cwd, lease.token))
+        try:
+            P.send_record(res.call, P.KIND_CALL, msg, extra=extra)
+        except BaseException:
+            _drop(lease)
+            raise
+        _t("P.sent")
+        connection().post(m.ProcessClaim, lease.desc.p_uid)
+        self._desc = lease.desc
+        self._res = res
+        self._finalizer = weakref.finalize(self, res.release)
+        self._finalizer.atexit = False
+        self._reader = P.RecordReader(res.result)
+
+    def _start_new(self, pool, msg, args):
+        """Start a new process (GS, the shepherd, the template or spawn)."""
+        from ..channels_c import Channel
+
+        res = _Resources()
+        fin = weakref.finalize(self, res.release)
+        # Not at interpreter exit: weakref's exit hook runs before ours
+        # (and before an Executor's), and would pull channels and the
+        # pidfd from under processes still being joined.
+        fin.atexit = False
+        try:
+            try:
+                res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN,
+                                          block_size=_BLOCK)
+                res.result = Channel.create(pool, capacity=_RESULT_CAPACITY,
+                                            block_size=_BLOCK)
+            except BaseException:
+                _codec.free_unsent(msg)
+                raise
+            P.send_record(res.call, P.KIND_CALL, msg, extra=pickle.dumps(list(sys.path)))
+            del msg
+            args = args + [_env.encode(res.call.sdesc), _env.encode(res.result.sdesc)]
+            env = _environ()
+            env.update(self._env)
+            _t("P.create")
+            self._desc = _create(args, env, self._cwd, self._gs_name)
+            _t("P.created")
+        except BaseException:
+            fin()
+            raise
+        try:
+            res.fd = os.pidfd_open(self._desc.os_pid)
+            res.pidfd = True
+        except ProcessLookupError:
+            res.fd = _exited_fd()
+        self._res = res
+        self._finalizer = fin
+        self._reader = P.RecordReader(res.result)
 
     def _start_remote(self, node):
         """Start on another node: the call and result channels are made in
@@ -845,3 +1059,4 @@ def _exit_function():
 
 
 atexit.register(_exit_function)
+atexit.register(_drop_lease)    # runs first (last registered)
