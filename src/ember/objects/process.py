@@ -208,6 +208,8 @@ def _ask_lease(pool, argv):
     from ..channels_c import Channel
     from ..globalservices._client import connection
 
+    if _lease is not None:                    # another thread's start asked already
+        return
     lease = _Lease()
     lease.key = _lease_key()
     lease.argv = argv

@@ -721,7 +721,10 @@ def _spare_main(sock, shepherd_pid):
         _prctl_name(SPARE_COMM)
         err = _detach(shepherd_pid, keep=sock.fileno())
         if err is not None:
-            print(f"ember template spare: cannot {err}", file=sys.stderr, flush=True)
+            # A shepherd that exited (teardown while this spare was being
+            # cloned) is no error: nobody is left to hand it a request.
+            if os.getppid() == shepherd_pid:
+                print(f"ember template spare: cannot {err}", file=sys.stderr, flush=True)
             os._exit(127)
         msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
         sock.close()
