@@ -19,12 +19,17 @@ def _share_tracker(tracker):
 
 
 def _prepare(spawn, prep, main_code, prog_codes=None):
-    """spawn.prepare(prep), running the main module from the code the
+    """spawn.prepare(prep), with the main module the template ran (if it
+    did: ``_mainload.install``), else running the main module from the code the
     parent compiled (``main_code``, see ``context._main_code``) instead
     of reading and compiling the file again, and importing the program
     modules the parent compiled (``prog_codes``, see
     ``context._program_codes``) from that code, each only if its file is
     still the one the parent compiled (mtime and size)."""
+    from . import _mainload
+
+    if _mainload.install(prep):
+        return spawn.prepare(prep)        # the main module is in place: not run again
     import importlib.util
     import marshal
 
@@ -83,16 +88,21 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
 def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None):
     from multiprocessing import process, reduction, spawn
 
+    from .._trace import t as _t
     from . import context
 
+    _t("M.c_main")
     context.register()
     context._patch_wait()
     _share_tracker(tracker)
+    _t("M.c_reg")
     prep = reduction.pickle.loads(prep_b)
     process.current_process()._inheriting = True
     try:
         _prepare(spawn, prep, main_code, prog_codes)
+        _t("M.c_prepared")
         process_obj = reduction.pickle.loads(obj_b)
+        _t("M.c_obj")
     except SystemExit:
         raise                     # the main module exited: its code, as spawn's child
     except BaseException:
@@ -110,4 +120,5 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None):
     except OSError:
         sentinel = None
     exitcode = process_obj._bootstrap(parent_sentinel=sentinel)
+    _t("M.c_booted")
     sys.exit(exitcode)

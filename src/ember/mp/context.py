@@ -22,6 +22,8 @@ from multiprocessing import context as _mpctx
 from multiprocessing import process as _mpprocess
 from multiprocessing import reduction
 
+from .._trace import t as _t
+
 # multiprocessing.util, .spawn, .connection and .resource_sharer are
 # imported where they are used: `import ember` registers the method and
 # should stay cheap.
@@ -74,8 +76,8 @@ _seen = {}          # module name -> the module object last looked at (offered o
 #: What every "ember"-method child imports beyond ember.Process's worker (the
 #: child's own code, and what spawn.prepare's runpy.run_path imports): the
 #: template has them imported before it forks.
-_CHILD_MODULES = ("ember.mp._child", "ember.mp.context", "pkgutil", "runpy",
-                  "multiprocessing.spawn", "multiprocessing.connection",
+_CHILD_MODULES = ("ember.mp._child", "ember.mp.context", "ember.mp._mainload", "pkgutil",
+                  "runpy", "multiprocessing.spawn", "multiprocessing.connection",
                   "multiprocessing.resource_tracker", "multiprocessing.util")
 
 
@@ -271,6 +273,7 @@ class Popen:
 
     def _launch(self, process_obj):
         from multiprocessing import spawn
+        _t("M.launch")
         prep = spawn.get_preparation_data(process_obj._name)
         _mpctx.set_spawning_popen(self)
         try:
@@ -286,8 +289,11 @@ class Popen:
         ensure_runtime()
         _preload_parent_modules()
         from ..objects.process import Process
-        from . import _child
+        from . import _child, _mainload
 
+        _mainload.offer(prep)         # the template runs the main module, if it only defines
+
+        _t("M.prepared")
         p = Process(target=_child.main, args=(prep_b, obj_b, tracker, _main_code(prep),
                                               _program_codes()),
                     daemon=bool(process_obj.daemon))

@@ -384,7 +384,9 @@ _preloaded = set()      # every module a preload list has named (imported or not
 
 def _preload(modules):
     """Import ``modules``; a name that starts with ``?`` is optional (no
-    message if it cannot be imported)."""
+    message if it cannot be imported).  ``?@mpmain:...`` names the main
+    module of a multiprocessing program, run here only if it just defines
+    (``ember.mp._mainload``)."""
     import importlib
 
     imported = False
@@ -392,6 +394,13 @@ def _preload(modules):
         _preloaded.add(m)
         quiet = m.startswith("?")
         m = m.lstrip("?")
+        if m.startswith("@mpmain:"):
+            # the main module of a multiprocessing program (ember.mp._mainload)
+            from ..mp import _mainload
+
+            _mainload.preload(m)
+            imported = True
+            continue
         if m in sys.modules:
             continue
         try:

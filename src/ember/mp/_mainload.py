@@ -1,0 +1,474 @@
+"""The program's main module, run once in the warm template instead of in
+every ``"ember"``-method child (see docs/multiprocessing.md, "The main
+module runs once in the template").
+
+spawn's child runs the parent's main file again, as ``__mp_main__``, before
+it unpickles the process object: 0.6-0.9 ms of every start here, most of it
+importing the program's own modules again.  forkserver instead imports
+``__main__`` once in its server and forks every child from there (its
+default ``set_forkserver_preload(["__main__"])``).  This does the same in
+the template, but only for a main module whose top level does nothing but
+define: by a conservative static check (:func:`why_not`) of its source and
+of every program module it imports (:class:`_Gate`), run before any of it
+executes.  Such a top level gives every child the same state whether it ran
+there or in the template, so a child sees exactly what spawn's would; one
+that may do anything else (print, write a file, read the environment, call
+a function of the program, start a thread...) is never run in the
+template, and each child runs it again as spawn's does.
+
+- Parent (:func:`offer`): the start's preload list gets one entry naming
+  the main file (its mtime and size), ``sys.path``, ``sys.argv`` and the
+  working directory, so that spares forked before it are not used.
+- Template (:func:`preload`, from ``shepherd.template._preload``): checks,
+  runs the file as spawn's ``_fixup_main_from_path`` would (with that
+  ``sys.path``/``argv``/cwd, restored after), and keeps the module and the
+  program modules it imported out of its own ``sys.modules`` (plain
+  ``ember.Process`` children do not see them): :data:`_mains`.
+- Child (:func:`install`, before ``spawn.prepare``): if the template ran
+  this very main (same path, ``sys.path``, ``argv`` and cwd, and every file
+  still has the mtime and size it had), puts the modules back into
+  ``sys.modules`` and the module as ``__main__``/``__mp_main__``: spawn's
+  preparation then finds the main module in place and does not run it
+  again.  Otherwise nothing changes (the child runs it, as before).
+"""
+import ast
+import base64
+import json
+import os
+import sys
+
+#: Start of the preload entry (after the optional-preload ``?``).
+PREFIX = "@mpmain:"
+#: ``EMBER_MP_MAIN_IN_TEMPLATE=0`` in the parent's environment turns this off.
+ENV = "EMBER_MP_MAIN_IN_TEMPLATE"
+#: Mains kept by the template (least recently run dropped first).
+MAX_MAINS = 4
+
+#: Template: preload entry -> :class:`_Main`, or the reason it was not run.
+_mains = {}
+#: Child: the main file whose template-run module it installed (tests).
+installed = None
+
+
+# ----------------------------------------------------------------------
+# parent
+# ----------------------------------------------------------------------
+_last = [None, None]       # (key, entry)
+
+
+def entry(prep):
+    """The preload entry for spawn's preparation data ``prep`` (None when
+    the main module is not a file: ``-c``, interactive, ``-m``)."""
+    path = prep.get("init_main_from_path")
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st.st_mtime_ns, st.st_size, tuple(prep.get("sys_path") or ()),
+           tuple(prep.get("sys_argv") or ()), prep.get("dir"))
+    if _last[0] == key:
+        return _last[1]
+    data = json.dumps([path, st.st_mtime_ns, st.st_size, list(key[3]), list(key[4]), key[5]],
+                      separators=(",", ":")).encode()
+    e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
+    _last[:] = [key, e]
+    return e
+
+
+def enabled():
+    """False when ``EMBER_MP_MAIN_IN_TEMPLATE=0`` (every child then runs
+    the main module again, as spawn's)."""
+    return os.environ.get(ENV) != "0"
+
+
+def offer(prep):
+    """Make the entry of ``prep``'s main the last of the quiet preloads of
+    ``ember.Process`` (replacing an older one); none when disabled."""
+    e = entry(prep) if enabled() else None
+    from ..objects.process import Process
+
+    qp = Process._quiet_preload
+    if qp and qp[-1] == e:
+        return
+    rest = tuple(m for m in qp if not m.startswith("?" + PREFIX))
+    Process._quiet_preload = rest + ((e,) if e else ())
+
+
+# ----------------------------------------------------------------------
+# the static check
+# ----------------------------------------------------------------------
+#: Calls allowed at module level: they return a value and do nothing else
+#: (and call nothing of the program's).
+_PURE_CALLS = frozenset("""
+    dict list tuple set frozenset int float complex str bytes bytearray bool range len
+    isinstance issubclass getattr hasattr type object property staticmethod classmethod
+    repr round divmod chr ord slice zip enumerate reversed
+    collections.namedtuple collections.OrderedDict collections.defaultdict collections.deque
+    collections.Counter collections.ChainMap
+    typing.TypeVar typing.NewType typing.NamedTuple typing.TypedDict typing.cast
+    typing.ParamSpec typing.TypeAlias
+    dataclasses.field dataclasses.dataclass dataclasses.make_dataclass
+    functools.partial functools.wraps functools.lru_cache functools.cache
+    functools.cached_property functools.total_ordering functools.singledispatch
+    re.compile logging.getLogger multiprocessing.get_context
+    os.path.join os.path.dirname os.path.basename os.path.splitext os.path.abspath
+    os.path.realpath os.path.normpath os.path.expanduser
+    pathlib.Path pathlib.PurePath
+    enum.auto
+""".split())
+#: Decorators allowed besides those calls: they wrap or mark, nothing else.
+_PURE_DECORATORS = _PURE_CALLS | frozenset("""
+    abc.abstractmethod typing.overload typing.final typing.runtime_checkable
+    contextlib.contextmanager contextlib.asynccontextmanager enum.unique
+""".split())
+#: Names whose value a child may see differ from the template's.
+_UNSTABLE = frozenset(("environ", "getenv", "environb", "getpid", "getppid"))
+_MAIN_TEST = "__name__ == '__main__'"
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Checker:
+    def __init__(self):
+        self.aliases = {}          # local name -> dotted module path (imports)
+        self.bound = set()         # names bound at module level other than by imports
+
+    def check(self, tree):
+        self.body(tree.body)
+
+    def body(self, stmts):
+        for s in stmts:
+            self.stmt(s)
+
+    def stmt(self, s):
+        line = getattr(s, "lineno", "?")
+        if isinstance(s, ast.Expr):
+            if isinstance(s.value, ast.Constant):
+                return                        # a docstring
+            raise _Refused(f"line {line}: an expression statement")
+        if isinstance(s, (ast.Import, ast.ImportFrom)):
+            for a in s.names:
+                if isinstance(s, ast.Import):
+                    local = a.asname or a.name.split(".")[0]
+                    self.aliases[local] = a.name if a.asname else local
+                elif a.name != "*":
+                    mod = ("." * s.level) + (s.module or "")
+                    self.aliases[a.asname or a.name] = f"{mod}.{a.name}"
+            return
+        if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for d in s.decorator_list:
+                self.decorator(d)
+            self.arguments(s.args)
+            if s.returns is not None:
+                self.expr(s.returns)
+            self.bound.add(s.name)
+            return
+        if isinstance(s, ast.ClassDef):
+            for d in s.decorator_list:
+                self.decorator(d)
+            for b in s.bases:
+                self.expr(b)
+            for k in s.keywords:
+                self.expr(k.value)
+            self.body(s.body)
+            self.bound.add(s.name)
+            return
+        if isinstance(s, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = s.targets if isinstance(s, ast.Assign) else [s.target]
+            for t in targets:
+                self.target(t)
+            if isinstance(s, ast.AnnAssign):
+                self.expr(s.annotation)
+            if s.value is not None:
+                self.expr(s.value)
+            return
+        if isinstance(s, ast.If):
+            if ast.unparse(s.test) in (_MAIN_TEST, '__name__ == "__main__"'):
+                self.body(s.orelse)           # its body does not run as __mp_main__
+                return
+            self.expr(s.test)
+            self.body(s.body)
+            self.body(s.orelse)
+            return
+        if isinstance(s, ast.Try):
+            self.body(s.body)
+            for h in s.handlers:
+                if h.type is not None:
+                    self.expr(h.type)
+                if h.name:
+                    self.bound.add(h.name)
+                self.body(h.body)
+            self.body(s.orelse)
+            self.body(s.finalbody)
+            return
+        if isinstance(s, ast.Pass):
+            return
+        raise _Refused(f"line {line}: {type(s).__name__}")
+
+    def target(self, t):
+        if isinstance(t, ast.Name):
+            self.bound.add(t.id)
+        elif isinstance(t, (ast.Tuple, ast.List)):
+            for e in t.elts:
+                self.target(e)
+        elif isinstance(t, ast.Starred):
+            self.target(t.value)
+        else:       # an attribute or item: would change another object (a module's)
+            raise _Refused(f"line {t.lineno}: assigns to {ast.unparse(t)}")
+
+    def arguments(self, a):
+        for d in a.defaults + [d for d in a.kw_defaults if d is not None]:
+            self.expr(d)
+        for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]:
+            if arg.annotation is not None:
+                self.expr(arg.annotation)
+
+    def dotted(self, node):
+        """The full dotted name ``node`` stands for (imports resolved), or
+        None (a name the module binds itself, or not a name)."""
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            return None
+        head = node.id
+        if head in self.aliases:
+            head = self.aliases[head]
+        elif head in self.bound:
+            return None
+        return ".".join([head] + parts[::-1])
+
+    def decorator(self, d):
+        if isinstance(d, ast.Call):
+            if self.dotted(d.func) not in _PURE_DECORATORS:
+                raise _Refused(f"line {d.lineno}: decorator {ast.unparse(d.func)}")
+            for a in d.args + [k.value for k in d.keywords]:
+                self.expr(a)
+            return
+        name = self.dotted(d)
+        if name in _PURE_DECORATORS:
+            return
+        # @x.setter / .getter / .deleter of a property defined just before
+        if isinstance(d, ast.Attribute) and d.attr in ("setter", "getter", "deleter") \
+                and isinstance(d.value, ast.Name):
+            return
+        raise _Refused(f"line {d.lineno}: decorator {ast.unparse(d)}")
+
+    def expr(self, e):
+        """An expression evaluated at import (a function's body is not)."""
+        if isinstance(e, ast.Name) and e.id in _UNSTABLE or \
+                isinstance(e, ast.Attribute) and e.attr in _UNSTABLE:
+            raise _Refused(f"line {e.lineno}: reads {ast.unparse(e)}")
+        if isinstance(e, ast.Call):
+            if self.dotted(e.func) not in _PURE_CALLS:
+                raise _Refused(f"line {e.lineno}: calls {ast.unparse(e.func)}")
+            for a in e.args + [k.value for k in e.keywords]:
+                self.expr(a)
+            return
+        if isinstance(e, (ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr)):
+            raise _Refused(f"line {e.lineno}: {type(e).__name__}")
+        if isinstance(e, ast.Lambda):
+            self.arguments(e.args)            # its body runs only when called
+            return
+        for child in ast.iter_child_nodes(e):
+            if isinstance(child, ast.expr):
+                self.expr(child)
+            elif isinstance(child, ast.comprehension):
+                self.expr(child.iter)
+                for c in child.ifs:
+                    self.expr(c)
+            elif isinstance(child, ast.keyword):
+                self.expr(child.value)
+
+
+def why_not(source, filename="<main>"):
+    """None if the module-level code of ``source`` only imports and defines
+    (see the module's docstring), else why not (a short reason)."""
+    try:
+        tree = ast.parse(source, filename)
+    except SyntaxError as exc:
+        return f"does not compile: {exc}"
+    try:
+        _Checker().check(tree)
+    except _Refused as exc:
+        return str(exc)
+    except RecursionError:
+        return "too deeply nested"
+    return None
+
+
+# ----------------------------------------------------------------------
+# template
+# ----------------------------------------------------------------------
+class _Main:
+    __slots__ = ("path", "sys_path", "argv", "dir", "module", "modules", "stats")
+
+    def __init__(self, path, sys_path, argv, cwd, module, modules, stats):
+        self.path = path
+        self.sys_path = sys_path
+        self.argv = argv
+        self.dir = cwd
+        self.module = module          # what spawn's _fixup_main_from_path makes
+        self.modules = modules        # name -> the program modules it imported
+        self.stats = stats            # file -> (mtime_ns, size), the main's included
+
+
+_not_program = []    # directories of the standard library, site-packages and ember
+
+
+def _is_program_file(origin):
+    """True for a file of the program's own (not the standard library's,
+    site-packages' or ember's)."""
+    if not isinstance(origin, str) or not os.path.isabs(origin):
+        return False                  # built-in, frozen, namespace packages
+    if not _not_program:
+        import sysconfig
+        paths = sysconfig.get_paths()
+        dirs = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                if paths.get(k)}
+        dirs.add(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))    # ember
+        _not_program.extend(sorted(os.path.join(d, "") for d in dirs))
+    return not os.path.realpath(origin).startswith(tuple(_not_program))
+
+
+def _stat_key(path):
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size)
+
+
+class _Gate:
+    """A meta path finder in front of the others while the main module runs
+    in the template: a program module is imported only if its source passes
+    :func:`why_not` (else the import fails and the main is not kept)."""
+
+    def __init__(self):
+        self.refused = None
+        self.stats = {}
+
+    def find_spec(self, name, path=None, target=None):
+        from importlib.machinery import SourceFileLoader
+
+        spec = None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        if spec is None or not _is_program_file(spec.origin):
+            return spec
+        reason = None
+        if not isinstance(spec.loader, SourceFileLoader):
+            reason = "not a Python source file"
+        else:
+            try:
+                self.stats[spec.origin] = _stat_key(spec.origin)
+                with open(spec.origin, "rb") as f:
+                    reason = why_not(f.read(), spec.origin)
+            except OSError as exc:
+                reason = str(exc)
+        if reason is not None:
+            self.refused = self.refused or f"{name}: {reason}"
+            raise ImportError(f"not imported in the template: {reason}", name=name)
+        return spec
+
+
+def preload(item):
+    """In the template: run the main module named by the preload entry
+    ``item`` (``[?]@mpmain:...``) if it only defines; record the outcome in
+    :data:`_mains`.  Never raises."""
+    key = item.lstrip("?")
+    if key in _mains:
+        _mains[key] = _mains.pop(key)             # most recently asked for
+        return
+    try:
+        path, mtime, size, sys_path, argv, cwd = json.loads(
+            base64.urlsafe_b64decode(key[len(PREFIX):].encode("ascii")))
+        outcome = _run(path, (mtime, size), sys_path, argv, cwd)
+    except Exception as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    _mains[key] = outcome
+    while len(_mains) > MAX_MAINS:
+        del _mains[next(iter(_mains))]
+
+
+def _run(path, stat, sys_path, argv, cwd):
+    import runpy
+    import types
+
+    if _stat_key(path) != tuple(stat):
+        return "changed since the parent looked"
+    with open(path, "rb") as f:
+        source = f.read()
+    reason = why_not(source, path)
+    if reason is not None:
+        return reason
+    code = compile(source, path, "exec", dont_inherit=True)
+    gate = _Gate()
+    gate.stats[path] = tuple(stat)
+    saved = (sys.path[:], sys.argv[:], os.getcwd())
+    before = set(sys.modules)
+    sys.meta_path.insert(0, gate)
+    try:
+        sys.path[:] = sys_path
+        sys.argv[:] = argv
+        os.chdir(cwd)
+        # as spawn._fixup_main_from_path: runpy.run_path(path, run_name="__mp_main__")
+        content = runpy._run_module_code(code, None, "__mp_main__", pkg_name="",
+                                         script_name=path)
+        module = types.ModuleType("__mp_main__")
+        module.__dict__.update(content)
+    except BaseException as exc:
+        module = None
+        failure = f"{type(exc).__name__}: {exc}"
+    finally:
+        sys.meta_path.remove(gate)
+        sys.path[:], sys.argv[:] = saved[0], saved[1]
+        os.chdir(saved[2])
+        new = {name: sys.modules[name] for name in set(sys.modules) - before}
+        program = {name: m for name, m in new.items()
+                   if _is_program_file(getattr(getattr(m, "__spec__", None), "origin", None))}
+        for name in program:
+            del sys.modules[name]
+    if gate.refused is not None:
+        return gate.refused
+    if module is None:
+        return failure
+    return _Main(path, list(sys_path), list(argv), cwd, module, program, gate.stats)
+
+
+# ----------------------------------------------------------------------
+# child
+# ----------------------------------------------------------------------
+def install(prep):
+    """Before ``spawn.prepare(prep)`` in a child forked from the template:
+    put the template's run of this main in place (True), or do nothing
+    (False) when there is none that fits or a file changed since."""
+    global installed
+    path = prep.get("init_main_from_path")
+    if not path or not _mains or not enabled():
+        return False
+    for m in reversed(_mains.values()):
+        if isinstance(m, _Main) and m.path == path and m.sys_path == prep.get("sys_path") \
+                and m.argv == prep.get("sys_argv") and m.dir == prep.get("dir"):
+            break
+    else:
+        return False
+    try:
+        for f, key in m.stats.items():
+            if _stat_key(f) != key:
+                return False
+    except OSError:
+        return False
+    from multiprocessing import spawn
+
+    sys.modules.update(m.modules)
+    spawn.old_main_modules.append(sys.modules["__main__"])
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = m.module
+    installed = path
+    return True

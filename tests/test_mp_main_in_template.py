@@ -1,0 +1,209 @@
+"""The main module of an "ember"-method program runs once in the warm
+template when its top level only defines (ember.mp._mainload): what runs
+how often, and when a child runs it again as spawn's would."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ember.mp._mainload import why_not
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.mark.parametrize("source", [
+    '"""doc"""\nimport os, sys\nfrom collections import namedtuple\nP = namedtuple("P", "x y")\n',
+    "import multiprocessing as mp\nctx = mp.get_context('ember')\nN = 3 * 4\n",
+    "from dataclasses import dataclass, field\n@dataclass(frozen=True)\nclass A:\n"
+    "    x: list = field(default_factory=list)\n    @property\n    def y(self): return 1\n"
+    "    @y.setter\n    def y(self, v): pass\n",
+    "def f(x=(1, 2), *, y=None) -> int:\n    print(os.getpid())\n",
+    "try:\n    import numpy\nexcept ImportError:\n    numpy = None\n",
+    "SQUARES = [x * x for x in range(3)]\nf = lambda: print(1)\n",
+    "x = dict()\ndef dict():\n    pass\n",
+    "def main():\n    pass\nif __name__ == '__main__':\n    print('only in the parent')\n    main()\n",
+])
+def test_definition_only_top_levels_pass(source):
+    assert why_not(source) is None
+
+
+@pytest.mark.parametrize("source, reason", [
+    ("print('hello')\n", "expression statement"),
+    ("import time\nT0 = time.time()\n", "calls time.time"),
+    ("import os\nHOME = os.environ['HOME']\n", "reads os.environ"),
+    ("import os\nPID = os.getpid()\n", "os.getpid"),
+    ("import os\nget = os.getenv\n", "reads os.getenv"),
+    ("def helper():\n    return 1\nX = helper()\n", "calls helper"),
+    ("def dict():\n    pass\nx = dict()\n", "calls dict"),
+    ("import sys\nsys.path.insert(0, 'lib')\n", "expression statement"),
+    ("import sys\nsys.flag = 1\n", "assigns to sys.flag"),
+    ("import atexit\n@atexit.register\ndef bye():\n    pass\n", "decorator atexit.register"),
+    ("if __name__ == '__mp_main__':\n    raise SystemExit(5)\n", "Raise"),
+    ("for i in range(3):\n    pass\n", "For"),
+    ("with open('f') as f:\n    pass\n", "With"),
+    ("L = [g(x) for x in range(3)]\n", "calls g"),
+    ("def f(t=open('log', 'a')):\n    pass\n", "calls open"),
+    ("class A(Base, metaclass=make_meta()):\n    pass\n", "calls make_meta"),
+    ("def broken(:\n", "does not compile"),
+])
+def test_top_levels_that_may_do_more_are_refused(source, reason):
+    got = why_not(source)
+    assert got is not None and reason in got, got
+
+
+def _run(tmp_path, main, env=None, timeout=150):
+    (tmp_path / "prog.py").write_text(textwrap.dedent(main))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    return res.stdout.splitlines()
+
+
+_PROG = """
+    import multiprocessing as mp
+    import sys
+    from collections import namedtuple
+
+    import ember
+    import helper
+
+    Point = namedtuple("Point", "x y")
+    TABLE = {i: i * i for i in range(4)}
+
+    def report(q):
+        import sys
+        from ember.mp import _mainload
+        import helper
+        q.put((_mainload.installed is not None, helper.VALUE, TABLE, Point(1, 2),
+               sys.modules["__main__"] is sys.modules["__mp_main__"]))
+
+    def plain():
+        import sys
+        return "helper" in sys.modules
+
+    if __name__ == "__main__":
+        ctx = mp.get_context("ember")
+        q = ctx.Queue()
+        for i in range(3):
+            p = ctx.Process(target=report, args=(q,)); p.start()
+            print(*q.get(timeout=60)); p.join(60); print("exit", p.exitcode)
+        p = ember.Process(target=plain); p.start()
+        print("plain", p.result(60)); p.join(60)
+"""
+
+
+def test_a_definition_only_main_runs_once_in_the_template_and_not_in_children(tmp_path):
+    """Children of a definition-only main find it in place (the template ran
+    it, with the parent's sys.path: ``helper`` is found in the program's
+    directory); objects of the main module travel both ways; a plain
+    ``ember.Process`` child sees none of the program's modules; with
+    ``EMBER_MP_MAIN_IN_TEMPLATE=0`` every child runs it again, same results."""
+    (tmp_path / "helper.py").write_text("VALUE = 42\n")
+    row = "42 {0: 0, 1: 1, 2: 4, 3: 9} Point(x=1, y=2) True"
+    out = _run(tmp_path, _PROG)
+    assert out == [f"True {row}", "exit 0"] * 3 + ["plain False"], out
+    out = _run(tmp_path, _PROG, env={"EMBER_MP_MAIN_IN_TEMPLATE": "0"})
+    assert out == [f"False {row}", "exit 0"] * 3 + ["plain False"], out
+
+
+_COUNTING = """
+    import multiprocessing as mp
+    import os
+    import sys
+
+    import ember
+    {imports}
+
+    {effect}
+
+    def report(q):
+        from ember.mp import _mainload
+        q.put(_mainload.installed is not None)
+
+    if __name__ == "__main__":
+        ctx = mp.get_context(sys.argv[1])
+        q = ctx.Queue()
+        for i in range(3):
+            p = ctx.Process(target=report, args=(q,)); p.start()
+            print("installed", q.get(timeout=60)); p.join(60); print("exit", p.exitcode)
+"""
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("where", ["main", "helper"])
+def test_a_top_level_with_side_effects_runs_in_each_child_as_under_spawn(tmp_path, where):
+    """A top level that does more than define (here: appends a line to a
+    file), in the main module or in a program module it imports, is never
+    run in the template: each child runs it once, as spawn's children do
+    (the parent once, three children three times: the same four lines as
+    under spawn, not five)."""
+    effect = "with open('runs.txt', 'a') as f:\n        f.write(__name__ + '\\n')"
+    if where == "main":
+        main = _COUNTING.format(imports="", effect=effect)
+    else:
+        (tmp_path / "helper.py").write_text(effect.replace("\n        ", "\n    ") + "\n")
+        main = _COUNTING.format(imports="import helper", effect="")
+    (tmp_path / "prog.py").write_text(textwrap.dedent(main))
+    counts = {}
+    for method in ("ember", "spawn"):
+        (tmp_path / "runs.txt").unlink(missing_ok=True)
+        res = subprocess.run([sys.executable, "prog.py", method], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=150)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == ["installed False", "exit 0"] * 3, res.stdout
+        counts[method] = sorted(_lines(tmp_path / "runs.txt"))
+    want = sorted(["__main__"] + ["__mp_main__"] * 3) if where == "main" else ["helper"] * 4
+    assert counts == {"ember": want, "spawn": want}
+
+
+def test_a_main_module_changed_after_the_start_is_the_one_children_run(tmp_path):
+    """spawn's children run the main file as it is when they start: after
+    the file changed, the template runs the new version (the parent's
+    entry names its mtime and size) and children see it; after a program
+    module it imports changed, the template's run is stale and each child
+    runs the main module again (importing the module as it is now)."""
+    (tmp_path / "helper.py").write_text("VALUE = 'helper 1'\n")
+    main = """
+        import multiprocessing as mp
+        import os
+
+        import ember
+        import helper
+
+        VALUE = "main 1"
+
+        def report(q):
+            from ember.mp import _mainload
+            import helper
+            q.put((_mainload.installed is not None, VALUE, helper.VALUE))
+
+        def start(ctx, q):
+            p = ctx.Process(target=report, args=(q,)); p.start()
+            print(*q.get(timeout=60)); p.join(60)
+
+        def rewrite(name, old, new, ns):
+            with open(name) as f:
+                text = f.read()
+            with open(name, "w") as f:
+                f.write(text.replace(old, new))
+            os.utime(name, ns=(ns, ns))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            start(ctx, q)
+            rewrite("prog.py", '"main 1"', '"main 2"', 10**18)
+            start(ctx, q)
+            start(ctx, q)
+            rewrite("helper.py", "'helper 1'", "'helper 2'", 10**18)
+            start(ctx, q)
+            print("parent", VALUE, helper.VALUE)
+    """
+    out = _run(tmp_path, main)
+    assert out == ["True main 1 helper 1", "True main 2 helper 1", "True main 2 helper 1",
+                   "False main 2 helper 2", "parent main 1 helper 1"], out
