@@ -108,3 +108,38 @@ def test_main_module_runs_again_without_an_importer_probe_and_leaves_no_cache_en
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["(('__mp_main__', 'prog.py'), False)", "exit 0"], \
         (res.stdout, res.stderr)
+
+
+def test_child_stdin_is_devnull_at_eof_for_ember_and_subclassed_processes(tmp_path):
+    """A child's sys.stdin is a text stream over /dev/null at EOF, as under
+    spawn, whether it is the template's ready-made one (an EmberProcess) or
+    one _bootstrap opens (a subclass of multiprocessing.Process); the
+    shared resource tracker works in a child (a SharedMemory it makes and
+    unlinks)."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, sys
+        from multiprocessing import shared_memory
+        import ember
+
+        def look(q):
+            st, null = os.fstat(sys.stdin.fileno()), os.stat(os.devnull)
+            shm = shared_memory.SharedMemory(create=True, size=64)
+            shm.close(); shm.unlink()
+            q.put((sys.stdin.read(), sys.stdin.closed, (st.st_dev, st.st_ino) ==
+                   (null.st_dev, null.st_ino), sys.stdin.encoding))
+
+        class Sub(mp.Process):
+            pass
+
+        if __name__ == "__main__":
+            mp.set_start_method("ember")
+            q = mp.Queue()
+            for make in (mp.Process, Sub, mp.Process):
+                p = make(target=look, args=(q,)); p.start()
+                print(*q.get(timeout=60)); p.join(60); print("exit", p.exitcode)
+    """))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [" False True utf-8", "exit 0"] * 3, (res.stdout, res.stderr)
+    assert "leaked" not in res.stderr, res.stderr

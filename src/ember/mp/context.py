@@ -347,6 +347,10 @@ class Popen:
             self._proc.close()
 
 
+#: In a child: the sys.stdin that EmberProcess._after_fork puts in place.
+_stdin_after_fork = []
+
+
 class EmberProcess(_mpprocess.BaseProcess):
     _start_method = NAME
 
@@ -359,6 +363,10 @@ class EmberProcess(_mpprocess.BaseProcess):
         # As spawn's children: the child starts from the template, not from a
         # fork of the parent; still run the after-fork hooks of whatever
         # unpickling the process object imported.
+        if _stdin_after_fork:
+            # _bootstrap found sys.stdin None (ember.mp._child.main): the
+            # stream over /dev/null that the template made
+            sys.stdin = _stdin_after_fork.pop()
         return _mpprocess.BaseProcess._after_fork()
 
 
@@ -611,9 +619,15 @@ def _patch_wait():
     _register_fd_reducers()
 
 
+_registered = [False]
+
+
 def register():
     """Register the ``"ember"`` start method with multiprocessing (done by
-    ``import ember``); idempotent."""
+    ``import ember``); idempotent (at once once done: a child of the
+    template finds it done there)."""
+    if _registered[0] and _mpctx._concrete_contexts.get(NAME) is _context:
+        return _context
     _mpctx._concrete_contexts.setdefault(NAME, _context)
     dflt = _mpctx._default_context
     if not getattr(dflt.get_all_start_methods, "_ember", False):
@@ -626,4 +640,5 @@ def register():
             f = _dispatch(name, orig)
             setattr(dflt, name, f)
             setattr(multiprocessing, name, f)
+    _registered[0] = True
     return _mpctx._concrete_contexts[NAME]
