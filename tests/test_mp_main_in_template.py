@@ -91,6 +91,9 @@ _PROG = """
             print(*q.get(timeout=60)); p.join(60); print("exit", p.exitcode)
         p = ember.Process(target=plain); p.start()
         print("plain", p.result(60)); p.join(60)
+        from multiprocessing import spawn
+        from ember.mp import _mainload
+        print("expected", _mainload.expected(spawn.get_preparation_data("x")))
 """
 
 
@@ -103,9 +106,9 @@ def test_a_definition_only_main_runs_once_in_the_template_and_not_in_children(tm
     (tmp_path / "helper.py").write_text("VALUE = 42\n")
     row = "42 {0: 0, 1: 1, 2: 4, 3: 9} Point(x=1, y=2) True"
     out = _run(tmp_path, _PROG)
-    assert out == [f"True {row}", "exit 0"] * 3 + ["plain False"], out
+    assert out == [f"True {row}", "exit 0"] * 3 + ["plain False", "expected True"], out
     out = _run(tmp_path, _PROG, env={"EMBER_MP_MAIN_IN_TEMPLATE": "0"})
-    assert out == [f"False {row}", "exit 0"] * 3 + ["plain False"], out
+    assert out == [f"False {row}", "exit 0"] * 3 + ["plain False", "expected False"], out
 
 
 _COUNTING = """
@@ -128,6 +131,9 @@ _COUNTING = """
         for i in range(3):
             p = ctx.Process(target=report, args=(q,)); p.start()
             print("installed", q.get(timeout=60)); p.join(60); print("exit", p.exitcode)
+        from multiprocessing import spawn
+        from ember.mp import _mainload
+        assert not _mainload.expected(spawn.get_preparation_data("x"))
 """
 
 

@@ -21,6 +21,10 @@ def test_program_modules_travel_compiled_and_a_changed_file_is_read_again(tmp_pa
         import ember
         from ember.mp import context
 
+        # not definition-only: every child runs this module again (no
+        # template run, see test_mp_main_in_template.py), so the codes travel
+        STARTED_BY = os.getpid()
+
         def work(q):
             import helper
             q.put(helper.VALUE)
@@ -80,11 +84,15 @@ def test_child_failing_before_its_target_prints_the_traceback_and_exits_1(tmp_pa
     assert "Traceback (most recent call last)" in res.stderr, res.stderr
 
 
-def test_main_module_runs_again_without_an_importer_probe_and_leaves_no_cache_entry(tmp_path):
+@pytest.mark.parametrize("in_template", ["0", "1"])
+def test_main_module_runs_again_without_an_importer_probe_and_leaves_no_cache_entry(
+        tmp_path, in_template):
     """The main module the parent compiled is run again in the child with
     no zipimport probe of its file (the child caches "no importer" for it
     while it runs): its ``__file__`` and tracebacks are the file's, and
-    nothing is left in ``sys.path_importer_cache`` for it afterwards."""
+    nothing is left in ``sys.path_importer_cache`` for it afterwards.  The
+    same seen from a child whose main module the template ran
+    (``EMBER_MP_MAIN_IN_TEMPLATE`` unset)."""
     (tmp_path / "prog.py").write_text(textwrap.dedent("""
         import multiprocessing as mp, os, sys
         import ember
@@ -103,8 +111,9 @@ def test_main_module_runs_again_without_an_importer_probe_and_leaves_no_cache_en
             print(q.get(timeout=60)); p.join(60)
             print("exit", p.exitcode)
     """))
+    env = dict(os.environ, EMBER_MP_MAIN_IN_TEMPLATE=in_template)
     res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=100)
+                         text=True, timeout=100, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["(('__mp_main__', 'prog.py'), False)", "exit 0"], \
         (res.stdout, res.stderr)

@@ -133,7 +133,7 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
             del cache[path]
 
 
-def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None):
+def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None):
     from multiprocessing import process, reduction, spawn
 
     from .._trace import t as _t
@@ -145,6 +145,8 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None):
     _share_tracker(tracker)
     _t("M.c_reg")
     prep = reduction.pickle.loads(prep_b)
+    if name is not None:
+        prep["name"] = name
     process.current_process()._inheriting = True
     try:
         _prepare(spawn, prep, main_code, prog_codes)

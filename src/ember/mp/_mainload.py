@@ -96,6 +96,55 @@ def offer(prep):
     Process._quiet_preload = rest + ((e,) if e else ())
 
 
+_checked = {}          # file -> ((mtime_ns, size), why_not's answer)
+_expect = [None, None]  # ((entry key, len(sys.modules)), the last answer)
+
+
+def _check_file(path):
+    """:func:`why_not` of the file at ``path``, once per version of it."""
+    try:
+        key = _stat_key(path)
+    except OSError as exc:
+        return str(exc)
+    hit = _checked.get(path)
+    if hit is None or hit[0] != key:
+        try:
+            with open(path, "rb") as f:
+                hit = (key, why_not(f.read(), path))
+        except OSError as exc:
+            hit = (key, str(exc))
+        _checked[path] = hit
+    return hit[1]
+
+
+def expected(prep):
+    """True when the template can be expected to run ``prep``'s main (it
+    passes the check, and so does every program module this process has
+    imported): the child will not run it, and needs neither its code nor
+    the program modules' (``context._main_code``, ``_program_codes``).  A
+    child that runs it all the same (a file changed since, ...) reads and
+    compiles the files itself, as spawn's."""
+    e = entry(prep) if enabled() else None
+    if e is None:
+        return False
+    key = (_last[0], len(sys.modules))
+    if _expect[0] == key:
+        return _expect[1]
+    from importlib.machinery import SourceFileLoader
+
+    ok = _check_file(_last[0][0]) is None
+    for name, mod in list(sys.modules.items()):
+        if not ok:
+            break
+        spec = getattr(mod, "__spec__", None)
+        origin = getattr(spec, "origin", None)
+        if name == "__main__" or not _is_program_file(origin):
+            continue
+        ok = isinstance(spec.loader, SourceFileLoader) and _check_file(origin) is None
+    _expect[:] = [key, ok]
+    return ok
+
+
 # ----------------------------------------------------------------------
 # the static check
 # ----------------------------------------------------------------------

@@ -249,6 +249,11 @@ def _program_codes():
     return _prog_out[1]
 
 
+#: (spawn's preparation data but its "name", its pickle): the same at
+#: every start unless sys.path, argv, the cwd... changed.
+_prep_b = [None, None]
+
+
 class Popen:
     """multiprocessing's Popen interface over an ``ember.Process``."""
 
@@ -275,9 +280,12 @@ class Popen:
         from multiprocessing import spawn
         _t("M.launch")
         prep = spawn.get_preparation_data(process_obj._name)
+        name = prep.pop("name", None)     # the one item that differs at every start
         _mpctx.set_spawning_popen(self)
         try:
-            prep_b = bytes(reduction.ForkingPickler.dumps(prep))
+            if _prep_b[0] != prep:
+                _prep_b[:] = [prep, bytes(reduction.ForkingPickler.dumps(prep))]
+            prep_b = _prep_b[1]
             obj_b = bytes(reduction.ForkingPickler.dumps(process_obj))
         finally:
             _mpctx.set_spawning_popen(None)
@@ -294,8 +302,11 @@ class Popen:
         _mainload.offer(prep)         # the template runs the main module, if it only defines
 
         _t("M.prepared")
-        p = Process(target=_child.main, args=(prep_b, obj_b, tracker, _main_code(prep),
-                                              _program_codes()),
+        if _mainload.expected(prep):
+            codes = (None, None)      # the template runs the main module: no code to ship
+        else:
+            codes = (_main_code(prep), _program_codes())
+        p = Process(target=_child.main, args=(prep_b, obj_b, tracker) + codes + (name,),
                     daemon=bool(process_obj.daemon))
         p.start()
         self._proc = p
