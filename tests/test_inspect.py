@@ -103,9 +103,14 @@ def _deadlocked(xdg):
         return None
     rows = json.loads(res.stdout)
     by = {r["name"]: r for r in rows}
-    if all(n in by for n in ("alice", "bob", "crash", "waiter")) and by["alice"]["blocked_on"] and \
-            by["bob"]["blocked_on"] and by["crash"]["state"] == "exited" and \
-            by["waiter"]["blocked_on"]:
+    _LAST_PS[str(xdg)] = {n: r.get("status") for n, r in by.items()}
+    # the states the test asserts, not just "blocked": on its way each one is
+    # seen waiting for GS (its channel create, join, ...) for a moment
+    if all(n in by for n in (None, "alice", "bob", "crash", "waiter")) and \
+            by["alice"]["blocked_on"] == 'recv("a_in")' and \
+            by["bob"]["blocked_on"] == 'recv("b_in")' and by["crash"]["state"] == "exited" and \
+            by["waiter"]["blocked_on"] == "channel.join('never')" and \
+            (by[None]["blocked_on"] or "").startswith("join("):
         return rows
     return None
 
@@ -120,7 +125,8 @@ def test_deadlock_seen_from_outside(tmp_path, xdg):
     run = _start(tmp_path, xdg, DEADLOCK)
     try:
         rid = _wait_for(lambda: _runtime_id(xdg), "the runtime's address")
-        rows = _wait_for(lambda: _deadlocked(xdg), "alice and bob to block")
+        rows = _wait_for(lambda: _deadlocked(xdg),
+                         lambda: f"alice and bob to block (last ps: {_LAST_PS.get(str(xdg))})")
         by = {r["name"]: r for r in rows}
         for r in rows:
             assert set(r) == PS_KEYS, r
@@ -307,6 +313,8 @@ def other(what):
         q = ember.Queue.attach("jobs", timeout=60)
         for i in range(4):
             q.put(i)
+    elif what == "late":
+        ember.Lock.attach("later", timeout=100)     # parked in GS: nobody makes it
     else:
         ember.Queue.attach("inbox", timeout=60).get()
 
@@ -322,7 +330,7 @@ jobs, inbox = ember.Queue(3, name="jobs"), ember.Queue(name="inbox")
 me = os.path.abspath(__file__)
 process.create(sys.executable, os.getcwd(), [me, "db", "cache"], user_name="alice")
 process.create(sys.executable, os.getcwd(), [me, "cache", "db"], user_name="bob")
-for who in ("eve", "putter", "getter"):
+for who in ("eve", "putter", "getter", "late"):
     process.create(sys.executable, os.getcwd(), [me, who], user_name=who)
 process.join("alice")
 """
@@ -332,6 +340,26 @@ LOCK_BLOCK_LINE = LOCK_DEADLOCK.splitlines().index(
 
 _LAST_PS = {}
 
+# The process slot of p_uid argv[1] in runtime argv[2], read from outside:
+# whether its c_uid is a reply channel's, and what `ember ps` makes of the
+# slot alone (no GS channel, object nor parked request to name it).
+SLOT_OF = """\
+import sys
+from ember import _slots
+from ember.globalservices._client import is_reply_c_uid
+from ember.launcher.inspect import blocked_on
+slot = _slots.read(sys.argv[2])[int(sys.argv[1])]
+print(is_reply_c_uid(slot["c_uid"]))
+print(blocked_on({"p_uid": int(sys.argv[1]), "os_pid": slot["pid"]}, slot, {}, {}))
+"""
+
+
+#: What each of LOCK_DEADLOCK's other processes ends up blocked on.  Before
+#: that each is seen, for a moment, on its way (waiting for GS's answer to
+#: its attach, at the barrier): the wait is for the states asserted.
+LOCK_FINAL = {"eve": 'wait(Event "go")', "putter": 'put(Queue "jobs")',
+              "getter": 'get(Queue "inbox")', "late": "Lock.attach('later')"}
+
 
 def _lock_deadlocked(xdg):
     res = ember(xdg, "ps", "--json")
@@ -339,9 +367,9 @@ def _lock_deadlocked(xdg):
         return None
     by = {r["name"]: r for r in json.loads(res.stdout)}
     _LAST_PS[str(xdg)] = {n: (r.get("status"), r.get("blocked_on")) for n, r in by.items()}
-    names = ("alice", "bob", "eve", "putter", "getter")
-    if all(n in by and by[n]["blocked_on"] for n in names) and \
-            all("held by" in by[n]["blocked_on"] for n in ("alice", "bob")):
+    if all(n in by and by[n]["blocked_on"] and "held by" in by[n]["blocked_on"]
+           for n in ("alice", "bob")) and \
+            all(n in by and by[n]["blocked_on"] == want for n, want in LOCK_FINAL.items()):
         return by
     return None
 
@@ -364,6 +392,14 @@ def test_lock_deadlock_seen_from_outside(tmp_path, xdg):
         assert by["eve"]["blocked_on"] == 'wait(Event "go")'
         assert by["putter"]["blocked_on"] == 'put(Queue "jobs")'
         assert by["getter"]["blocked_on"] == 'get(Queue "inbox")'
+        # an attach parked in GS names the object it waits for ...
+        assert by["late"]["blocked_on"] == "Lock.attach('later')"
+        assert by["late"]["blocked_detail"] == {"name": "later", "object_kind": "Lock"}
+        # ... and, without GS's record of it, its process slot alone says that
+        # it waits for GS (its reply channel), never "recv(channel N)"
+        res = subprocess.run([sys.executable, "-c", SLOT_OF, str(by["late"]["p_uid"]),
+                              _runtime_id(xdg)], capture_output=True, timeout=60, env=_env(xdg))
+        assert res.stdout.decode().splitlines() == ["True", "a reply from global services"], res
         for r in by.values():
             assert set(r) == PS_KEYS, r
         text = ember(xdg, "ps").stdout.decode()

@@ -41,6 +41,17 @@ _OWN_PRUNE = 256
 # adaptive: an adaptive one shrinks below the round trip once a peer sleeps,
 # and both sides then stay in the slow, sleeping mode (docs/channels.md).
 CONTROL_SPIN = float(os.environ.get("EMBER_CONTROL_SPIN", "100e-6"))
+#: The top bit of a reply channel's c_uid, set on no other channel (GS's
+#: c_uids count up from 1, Channel.create's random ones are 63 bits): a
+#: process sleeping on one is waiting for GS's answer, which is how ``ember
+#: ps`` tells "blocked on a reply from global services" from a wait on a
+#: channel of the program (its process slot holds only the c_uid).
+REPLY_C_UID_BIT = 1 << 63
+
+
+def is_reply_c_uid(c_uid):
+    """Whether ``c_uid`` is that of a reply channel (:data:`REPLY_C_UID_BIT`)."""
+    return bool(c_uid) and c_uid >> 63 == 1
 
 
 _KIND_ERRORS = (("Process", ProcessError), ("Pool", PoolError), ("Channel", ChannelError))
@@ -134,8 +145,9 @@ class Connection:
             try:
                 ch, _ = self._free.pop()
             except IndexError:
+                c_uid = REPLY_C_UID_BIT | int.from_bytes(os.urandom(8), "little") >> 1
                 ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY,
-                                          block_size=_REPLY_BLOCK)
+                                          block_size=_REPLY_BLOCK, c_uid=c_uid)
                 ch.set_spin(CONTROL_SPIN, adaptive=False)
             holder = self._local.reply = _ReplyChannel(ch, self._free)
         return holder

@@ -19,6 +19,8 @@ import signal
 import sys
 import time
 
+from ..globalservices._client import is_reply_c_uid
+
 EXIT_OK = 0
 EXIT_NO_RUNTIME = 1
 EXIT_USAGE = 2
@@ -285,8 +287,12 @@ def blocked_info(p, slot, waiters, chans, objs=None, pids=None):
             return "join(" + ", ".join(str(u) for u in w["p_uids"] + w["unknown"]) + ")", {}
         if w["kind"] == "channel.join":
             return f"channel.join({w['name']!r})", {}
+        if w["kind"] == "object.attach":
+            kind = w.get("object_kind")
+            return (f"{kind}.attach({w['name']!r})" if kind else f"attach({w['name']!r})"), \
+                {"name": w["name"], "object_kind": kind}
     if mine:
-        if slot["c_uid"] == 0:
+        if is_reply_c_uid(slot["c_uid"]):
             return "a reply from global services", {}
         return f"{slot['op']}(channel {slot['c_uid']})", {"channel": slot["c_uid"]}
     return None, {}
