@@ -363,7 +363,8 @@ def _fork_side(ch, side, where, pause, ready=None, before=0.0):
     ("handover": inside the hand-over window; "claim": a send between its
     claim and its write of the slot) set to ``pause`` seconds; it writes a
     byte to the pipe end ``ready`` first (if given), then waits ``before``
-    seconds.  Exits 0 if its operation did what it should.  Returns its pid."""
+    seconds.  Exits 0 if its operation did what it should.  Returns its pid.
+    ("claim" pauses a receive too: after its claim, before it reads.)"""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -499,42 +500,47 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
         pool.destroy()
 
 
-def _claimed_by_child(ch, pause):
-    """A forked child whose send claims a slot of the empty ``ch`` and
-    pauses there (before it writes the slot) for ``pause`` seconds, or
+def _claimed_by_child(ch, pause, side="send"):
+    """A forked child whose send claims a slot of the empty ``ch`` (whose
+    receive claims the slot of ``ch``'s one message, b"fill") and pauses
+    there (before it writes / reads the slot) for ``pause`` seconds, or
     until 0.2 s after it sees the channel destroyed.  Returns its pid once
-    its claim is made (head has moved)."""
+    its claim is made (head / tail has moved)."""
     r, w = os.pipe()
-    pid = _fork_side(ch, "send", "claim", pause, ready=w)
+    n = len(ch)
+    pid = _fork_side(ch, side, "claim", pause, ready=w)
     os.close(w)
     assert os.read(r, 1) == b"g"
     os.close(r)
     deadline = time.monotonic() + 30
-    while len(ch) == 0:
+    while len(ch) == n:
         assert time.monotonic() < deadline, "the child never claimed its slot"
         time.sleep(0.001)
     return pid
 
 
 @pytest.mark.timeout(60)
-def test_destroy_while_a_send_is_between_claim_and_publish_never_touches_the_reused_block():
-    """A sender counts itself busy from before its claim (HAND-OVER in
-    channel.c): a destroy while it writes its slot leaves the block
-    allocated until it has published, so a block allocated right after the
-    destroy is never the one it writes to (it was: busy counts started at
-    the hand-over store)."""
+@pytest.mark.parametrize("side", ["send", "recv"])
+def test_destroy_while_a_send_or_receive_is_claimed_never_touches_the_reused_block(side):
+    """A sender or receiver counts itself busy from before its claim
+    (HAND-OVER in channel.c): a destroy while it writes (reads) its slot
+    leaves the block allocated until it has handed the slot over, so a
+    block allocated right after the destroy is never the one it writes to
+    (it was: busy counts started at the hand-over store)."""
     pool = Pool.create(1 << 20)
     pid = 0
     try:
         ch = Channel.create(pool, capacity=1, block_size=128)
         offset = Channel.describe(ch.sdesc)[1]
-        pid = _claimed_by_child(ch, 30)
+        if side == "recv":
+            ch.send(b"fill")
+        pid = _claimed_by_child(ch, 30, side)
         ch.destroy()                             # returns at once
         a = pool.alloc(320 + 128)                # the channel's block if it is free already
         assert a.offset != offset                # the block is still the channel's
         with memoryview(a) as m:
             m[:] = b"\xab" * len(m)
-        _, status = os.waitpid(pid, 0)           # it wrote its slot, published, freed the block
+        _, status = os.waitpid(pid, 0)           # it did its part, handed over, freed the block
         pid = 0
         assert os.waitstatus_to_exitcode(status) == 0
         with memoryview(a) as m:
@@ -550,24 +556,32 @@ def test_destroy_while_a_send_is_between_claim_and_publish_never_touches_the_reu
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("recovered_by", ["destroy", "receiver"])
-def test_a_sender_killed_between_claim_and_publish_costs_nothing(recovered_by):
+@pytest.mark.parametrize("side, recovered_by", [("send", "destroy"), ("send", "other side"),
+                                                ("recv", "destroy"), ("recv", "other side")])
+def test_a_side_killed_between_claim_and_hand_over_costs_nothing(side, recovered_by):
     """Its busy count is ended for it by whoever takes its slot over (a
-    receiver's skip of a dead sender's slot, or destroy's scan): the
-    channel goes on, and its destroy frees the block."""
+    receiver's skip of a dead sender's slot, a sender's recovery of a dead
+    receiver's, or destroy's scan): the channel goes on, and its destroy
+    frees the block (a large message's block included)."""
     pool = Pool.create(1 << 20)
     pid = 0
     try:
-        ch = Channel.create(pool, capacity=2, block_size=128)
-        pid = _claimed_by_child(ch, 30)
+        ch = Channel.create(pool, capacity=1, block_size=128)
+        if side == "recv":
+            ch.send(b"F" * 1000)                 # a large one: a pool block of its own
+        pid = _claimed_by_child(ch, 30, side)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         pid = 0
-        if recovered_by == "receiver":
+        if recovered_by == "other side" and side == "send":
             with pytest.raises(ChannelEmpty):
                 ch.recv(timeout=0.3)              # skips the dead sender's slot
-            ch.send(b"after")
+        elif recovered_by == "other side":
+            ch.send(b"after", timeout=10)         # recovers the dead receiver's slot
             assert ch.recv(timeout=10) == b"after"
+        if recovered_by == "other side":
+            ch.send(b"next")
+            assert ch.recv(timeout=10) == b"next"
         ch.destroy()
         pool._validate()
         assert pool.stats().live_allocs == 0      # freed: no count left up

@@ -1129,10 +1129,10 @@ def _debug_handover_pause(seconds):
 
 
 def _debug_claim_pause(seconds):
-    """Tests only: every send of the calling thread pauses after its claim
-    of a slot, before it writes the slot, for ``seconds`` or until 0.2 s
-    after it sees the channel destroyed; 0 ends it.  See HAND-OVER in
-    channel.c."""
+    """Tests only: every send (receive) of the calling thread pauses after
+    its claim of a slot, before it writes (reads) the slot, for ``seconds``
+    or until 0.2 s after it sees the channel destroyed; 0 ends it.  See
+    HAND-OVER in channel.c."""
     ember_ch_debug_claim_pause(<int64_t>(float(seconds) * 1e9))
 
 

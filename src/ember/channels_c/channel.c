@@ -85,15 +85,17 @@
  * may see the slot at once, finish, and destroy the channel (the common
  * "receive the last message, then destroy" of a one-shot channel), and
  * the block may hold something else before those writes land.  A producer
- * also writes its slot (the payload, xmeta, FULL) after its claim, while
- * another process may destroy the channel (say, a consumer that got the
- * message it waited for from another producer).  So each side counts
- * itself busy in the header (xsend_busy on the producers' line,
- * xrecv_busy on the consumers'): a producer from before its claim (an
- * acq_rel increment, then the channel's liveness checked again: see
- * send_busy_begin()) to after its notify, a consumer from before its
- * hand-over store to after its notify; and the block is freed only once
- * both counts are 0 --
+ * also writes its slot (the payload, xmeta, FULL) after its claim, and a
+ * consumer reads its slot and writes FREE after its claim, while another
+ * process may destroy the channel (say, a consumer that got the message it
+ * waited for from another producer).  So each side counts itself busy in
+ * the header (xsend_busy on the producers' line, xrecv_busy on the
+ * consumers'), from before its claim (an acq_rel increment, then the
+ * channel's liveness checked again: see busy_begin()) to after the notify
+ * that follows its hand-over store (a large message received with
+ * ember_ch_recv_begin keeps the consumer's count up until its
+ * ember_ch_recv_end or _take); and the block is freed only once both
+ * counts are 0 --
  * by whoever is last, without waiting: destroy sets xfree_refs to 3 (one
  * reference for itself, one per side), then sets BUSY_DESTROYING (bit 31)
  * in each count; a side is done when its count is seen at 0 with that bit
@@ -105,10 +107,12 @@
  * to 2 s, in GS's and the shepherd's loops too, for a process killed
  * inside its window).  The spin hints (xsend_cpu, xsend_sid) are written
  * before the hand-over.  A producer killed between its claim and its
- * publish leaves its slot (p, WRITING, dead pid): whoever takes that slot
- * over, exactly once by the CAS that does (a consumer's skip, or destroy's
- * scan of the slots), ends the dead producer's count for it, so it costs
- * nothing.  A process that dies inside the few instructions between its
+ * publish leaves its slot (p, WRITING, dead pid), a consumer killed
+ * between its claim and its release (p, READING, dead pid): whoever takes
+ * that slot over, exactly once by the CAS that does (a consumer's skip of
+ * a dead producer, a producer's recovery of a dead consumer's slot, or
+ * destroy's scan of the slots), ends the dead one's count for it, so it
+ * costs nothing.  A process that dies inside the few instructions between its
  * increment and its claim CAS, or between its hand-over store and the end
  * of its notify, leaves its count up: the block stays allocated (a leak of
  * one block, never a write into reused memory).  A stopped one (SIGSTOP)
@@ -205,11 +209,10 @@
  *   (4) Destroy must happen when nobody uses the channel any more: every
  *   operation through any handle checks the header (magic + allocation id)
  *   first and returns EMBER_ERR_DESTROYED once it is destroyed, even after
- *   the memory was reused; a send past that check counts itself busy and
- *   keeps the block until it has published (HAND-OVER); only a receive
- *   already past it when a destroy lands, or a send inside the few
- *   instructions between the check and its count (a race the caller
- *   allowed), may touch freed memory.
+ *   the memory was reused; an operation past that check counts itself
+ *   busy and keeps the block until it is done (HAND-OVER); only one inside
+ *   the few instructions between the check and its count (a race the
+ *   caller allowed) may touch freed memory.
  *   - Closer dies in ember_ch_close: the close is one fetch_or of head, so
  *     the channel is open or closed, never half (killed after the xflags
  *     hint and before head: open, and receivers read head on each empty
@@ -441,29 +444,21 @@ static inline void notify_recvd(ember_ch_t *ch)
 
 /* A busy count's flags, set by destroy (HAND-OVER): BUSY_DESTROYING, the
  * channel was destroyed; BUSY_SIDE_DONE, this side has let go of the
- * block.  The count itself stays far below bit 30 (one per thread inside
- * its window). */
+ * block.  The count itself stays far below bit 30 (one per thread between
+ * its claim and its notify). */
 #define BUSY_DESTROYING 0x80000000u
 #define BUSY_SIDE_DONE  0x40000000u
 
-/* ---- hand-over window (HAND-OVER above) ----------------------------------
- * handover_begin() before the store that hands a slot over, handover_end()
- * after the last write to the header that follows it (the notify). */
-static inline void handover_begin(_Atomic uint32_t *busy)
-{
-    /* relaxed: the hand-over store that follows is a release store, so a
-     * process that sees the slot handed over (and a destroyer it tells)
-     * also sees this count; pairs with the acq_rel fetch_or of
-     * BUSY_DESTROYING in ember_ch_destroy(). */
-    ember_atomic_add_relaxed(busy, 1u);
-}
+/* ---- busy counts (HAND-OVER above) --------------------------------------
+ * busy_begin() before a claim, handover_end() after the last write to the
+ * header that follows the hand-over store (the notify). */
 
-/* A producer's busy count, from before its claim (HAND-OVER): 0 if the
- * channel was destroyed meanwhile (the count is ended again). */
+/* A side's busy count (`busy`), from before its claim (HAND-OVER): 0 if
+ * the channel was destroyed meanwhile (the count is ended again). */
 static int ch_alive(const ember_ch_t *ch);
 static inline uint32_t handover_end(ember_ch_t *ch, _Atomic uint32_t *busy);
 
-static inline int send_busy_begin(ember_ch_t *ch)
+static inline int busy_begin(ember_ch_t *ch, _Atomic uint32_t *busy)
 {
     /* acq_rel: if destroy's fetch_or of BUSY_DESTROYING came before this
      * increment (in the count's modification order), our acquire reads
@@ -471,10 +466,10 @@ static inline int send_busy_begin(ember_ch_t *ch)
      * and we back out; if it came after, destroy's acquire reads our
      * increment and leaves the block to the last one out.  Pairs with the
      * acq_rel fetch_or in ember_ch_destroy(). */
-    ember_atomic_add_acq_rel(&ch->h->xsend_busy, 1u);
+    ember_atomic_add_acq_rel(busy, 1u);
     if (__builtin_expect(ch_alive(ch), 1))
         return 1;
-    handover_end(ch, &ch->h->xsend_busy);
+    handover_end(ch, busy);
     return 0;
 }
 
@@ -509,14 +504,14 @@ static inline uint32_t handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
     return old;
 }
 
-/* A producer died between its claim and its publish, and our CAS took its
- * slot (p, WRITING, dead) over, exactly once: end its busy count for it
- * (HAND-OVER).  Never below 0: a state word scribbled to WRITING, with no
- * count behind it, costs nothing (CORRUPTION).  Returns 1 if the channel
- * was destroyed meanwhile (its block may be gone: read nothing more). */
-static int end_dead_sender(ember_ch_t *ch)
+/* A producer died between its claim and its publish (a consumer between
+ * its claim and its release), and our CAS took its slot (p, WRITING or
+ * READING, dead) over, exactly once: end its busy count (`busy`: that
+ * side's) for it (HAND-OVER).  Never below 0: a state word scribbled to
+ * WRITING/READING, with no count behind it, costs nothing (CORRUPTION).
+ * Returns 1 if the channel was destroyed meanwhile. */
+static int end_dead(ember_ch_t *ch, _Atomic uint32_t *busy)
 {
-    _Atomic uint32_t *busy = &ch->h->xsend_busy;
     /* relaxed: only the first guess of the CAS below. */
     uint32_t v = ember_atomic_load_relaxed(busy);
     do {
@@ -563,7 +558,8 @@ static inline void handover_pause(void)
 }
 
 /* Tests only (ember_ch_debug_claim_pause): one thread pauses in every send
- * after its claim, before it writes its slot, until `ns` have passed or
+ * after its claim, before it writes its slot (in every receive after its
+ * claim, before it reads the slot), until `ns` have passed or
  * DBG_CLAIM_AFTER after it saw the channel destroyed (so that a test can
  * destroy the channel and reuse its block exactly there).  Relaxed: read
  * on every send, set by tests. */
@@ -677,12 +673,12 @@ static void recover_reading(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t
         ember_alloc_t a = { ref.offset, META_LEN(meta), ref.id };
         (void)ember_pool_free(ch->pool, &a);   /* checked by the pool: stale/double/garbage is harmless */
     }
-    handover_begin(&ch->h->xrecv_busy);
     /* release: orders our reads of the slot before it becomes FREE; pairs
-     * with the acquire CAS of the next producer in try_claim_send(). */
+     * with the acquire CAS of the next producer in try_claim_send().  (Our
+     * own writes are covered by our producer's busy count.) */
     st_store_release(ch, s, pos, MK(p + ch->capacity, K_FREE, 0));
     notify_recvd(ch);
-    handover_end(ch, &ch->h->xrecv_busy);
+    (void)end_dead(ch, &ch->h->xrecv_busy);    /* the dead consumer's, up since its claim */
 }
 
 static ember_rc_t claim_slot(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
@@ -707,7 +703,7 @@ static ember_rc_t try_claim_send(ember_ch_t *ch, int dead_level, uint64_t *pos_o
     /* Busy from here (HAND-OVER): every return but EMBER_OK ends it; an
      * EMBER_OK's publish ends it.  (The first check above keeps a stale
      * handle from writing the count of a block that may be reused.) */
-    if (__builtin_expect(!send_busy_begin(ch), 0))
+    if (__builtin_expect(!busy_begin(ch, &h->xsend_busy), 0))
         return EMBER_ERR_DESTROYED;
     ember_rc_t rc = claim_slot(ch, dead_level, pos_out, slot_out, stuck);
     if (rc != EMBER_OK)
@@ -829,15 +825,24 @@ static inline int publish(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t m
 
 /* ---- consumer side --------------------------------------------------------- */
 
-static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
+/* Release a slot we claimed (READING by us), our busy count up since
+ * before the claim (try_recv()); it stays up: try_recv() or release_slot()
+ * ends it. */
+static inline void release_slot_held(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
 {
-    handover_begin(&ch->h->xrecv_busy);
     /* release: orders our reads of the payload before the slot is reused;
      * pairs with the acquire CAS from FREE in try_claim_send(). */
     st_store_release(ch, s, pos, MK(pos + ch->capacity, K_FREE, 0));
     handover_pause();
     notify_recvd(ch);
-    handover_end(ch, &ch->h->xrecv_busy);
+}
+
+/* Release the slot of a message try_recv() returned claimed, and end the
+ * busy count it left up (HAND-OVER). */
+static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
+{
+    release_slot_held(ch, s, pos);
+    (void)handover_end(ch, &ch->h->xrecv_busy);
 }
 
 /* Nothing to receive at tail position `pos`: EMBER_ERR_EMPTY, or
@@ -878,12 +883,32 @@ static inline int bad_inline_len(const ember_ch_t *ch, uint64_t meta)
  * channel is closed and drained; EMBER_ERR_CORRUPT (the slot released, the
  * message dropped, msg->len = the length read) when the message's length
  * does not fit its slot. */
+static ember_rc_t recv_loop(ember_ch_t *ch, int mode, int dead_level, int64_t max_len,
+                            ember_ch_msg_t *msg, uint64_t *stuck);
+
 static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max_len,
                            ember_ch_msg_t *msg, uint64_t *stuck)
 {
-    ch_hdr_t *h = ch->h;
     if (__builtin_expect(!ch_alive(ch), 0))      /* as in try_claim_send() */
         return EMBER_ERR_DESTROYED;
+    /* Busy from before any claim (HAND-OVER, as a producer's): a message
+     * returned claimed (RECV_CLAIM, EMBER_OK) keeps it up until
+     * release_slot(); every other return ends it here. */
+    if (__builtin_expect(!busy_begin(ch, &ch->h->xrecv_busy), 0))
+        return EMBER_ERR_DESTROYED;
+    ember_rc_t rc = recv_loop(ch, mode, dead_level, max_len, msg, stuck);
+    if (rc != EMBER_OK || mode != RECV_CLAIM)
+        (void)handover_end(ch, &ch->h->xrecv_busy);
+    else
+        claim_pause(ch);
+    return rc;
+}
+
+/* try_recv()'s loop, the consumer's busy count up. */
+static ember_rc_t recv_loop(ember_ch_t *ch, int mode, int dead_level, int64_t max_len,
+                            ember_ch_msg_t *msg, uint64_t *stuck)
+{
+    ch_hdr_t *h = ch->h;
     unsigned rounds = 0;
     for (uint64_t spins = 0;; spins++) {
         ember_rc_t bad = retries_exhausted(ch, &spins, &rounds, EMBER_ERR_EMPTY);
@@ -906,7 +931,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                         return EMBER_OK;
                     if (st_cas_acq_rel(ch, s, pos, &st, MK(pos, K_READING, my_pid()))) {
                         help_advance(&h->xtail, pos);
-                        release_slot(ch, s, pos);
+                        release_slot_held(ch, s, pos);
                     }
                     continue;
                 }
@@ -927,7 +952,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                 help_advance(&h->xtail, pos);
                 uint64_t meta = ember_atomic_load_relaxed(&s->xmeta);
                 if (meta & META_SKIP) {            /* an aborted send: no message */
-                    release_slot(ch, s, pos);
+                    release_slot_held(ch, s, pos);
                     continue;
                 }
                 msg->len = META_LEN(meta);
@@ -938,7 +963,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                     msg->is_alloc = 0;
                     msg->data = NULL;
                     msg->slot_ = NULL;
-                    release_slot(ch, s, pos);
+                    release_slot_held(ch, s, pos);
                     return EMBER_ERR_CORRUPT;
                 }
                 msg->pos_ = pos;
@@ -979,11 +1004,11 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
                             ember_alloc_t a = { ref.offset, META_LEN(meta), ref.id };
                             (void)ember_pool_free(ch->pool, &a);
                         }
-                        release_slot(ch, s, pos);
+                        release_slot_held(ch, s, pos);
                         /* The dead producer's busy count, up since before
                          * its claim: ours to end.  If the channel was
                          * destroyed meanwhile, the block may be gone. */
-                        if (end_dead_sender(ch))
+                        if (end_dead(ch, &h->xsend_busy))
                             return EMBER_ERR_DESTROYED;
                     }
                     continue;
@@ -1481,11 +1506,18 @@ ember_rc_t ember_ch_destroy(ember_ch_t *ch)
              * race with us: one wins, one ends the count). */
             if (!st_cas_acq_rel(ch, s, i, &st, MK(ST_POS(st), K_READING, my_pid())))
                 continue;
-            (void)end_dead_sender(ch);   /* (before BUSY_DESTROYING: a decrement) */
-        } else if (k != K_FULL && k != K_READING) {
+            (void)end_dead(ch, &h->xsend_busy);   /* (before BUSY_DESTROYING: a decrement) */
+        } else if (k == K_READING) {
+            if (!pid_dead(ST_PID(st), 2))
+                continue;              /* a live receiver owns it, and ends its count */
+            /* A consumer killed between its claim and its release: take
+             * the slot (once, as a producer's recovery would) and end its
+             * count; its message's block is freed below. */
+            if (!st_cas_acq_rel(ch, s, i, &st, MK(ST_POS(st), K_READING, my_pid())))
+                continue;
+            (void)end_dead(ch, &h->xrecv_busy);
+        } else if (k != K_FULL) {
             continue;
-        } else if (k == K_READING && !pid_dead(ST_PID(st), 2)) {
-            continue;                  /* a live receiver owns it */
         }
         /* acquire: pairs with the release store of xmeta (a large send's
          * record, or publish_ex()). */

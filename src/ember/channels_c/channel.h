@@ -117,9 +117,9 @@ void ember_ch_after_clone(void);
  * before the notify that follows); 0 ends it. */
 void ember_ch_debug_handover_pause(int64_t ns);
 
-/* Tests only: every send of the calling thread pauses after its claim,
- * before it writes its slot, for `ns` nanoseconds or until 0.2 s after it
- * sees its channel destroyed; 0 ends it. */
+/* Tests only: every send (receive) of the calling thread pauses after its
+ * claim, before it writes (reads) its slot, for `ns` nanoseconds or until
+ * 0.2 s after it sees its channel destroyed; 0 ends it. */
 void ember_ch_debug_claim_pause(int64_t ns);
 
 /* Close the channel: no more sends (EMBER_ERR_CLOSED for every send that
