@@ -40,8 +40,11 @@
  * ---------------------------------------------------------------
  * The lock is robust: the next acquirer (GS or another creator) is told,
  * marks it consistent and goes on.  What the death costs, by step:
- *   - before 2's store of CLAIMED: nothing changed (stray p_uid/c_uid in a
- *     WAITING entry are never read: only CLAIMED/WOKEN entries' are);
+ *   - after the channel is made, before 2's store of CLAIMED: nothing on
+ *     the board changed (stray p_uid/c_uid in a WAITING entry are never
+ *     read: only CLAIMED/WOKEN entries' are); the channel's block, owned by
+ *     the creator (EMBER_ALLOC_OWNED), goes with the node's reclaim of a
+ *     dead process's blocks; the joiners stay parked;
  *   - CLAIMED, register not queued (inside 3 before the slot is FULL): GS,
  *     at the creator's exit, puts the entry back to WAITING; its joiners
  *     stay parked, answered by the next create of the name.  The channel's
@@ -119,6 +122,7 @@ int ember_wb_publish(const ember_wb_pub_t *p)
         return -1;
     uint8_t *e = (uint8_t *)p->table + EMBER_WB_HDR +
                  (size_t)ember_wb_index(p->name, p->name_len) * EMBER_WB_ENTRY;
+    test_stop(p, 4);            /* the channel made, nothing on the board yet */
     uint32_t died = 0;
     ember_rc_t rc = ember_lock_acquire(p->lock, EMBER_WB_LOCK_WAIT_NS, 1, &died);
     if (rc == EMBER_SYNC_OWNER_DIED) {

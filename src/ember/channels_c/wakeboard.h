@@ -65,7 +65,8 @@ typedef struct {
     const uint8_t *sdesc;       /* the channel's descriptor (EMBER_CH_SDESC_SIZE) */
     const void *reg;            /* the creator's ChannelRegister, packed */
     size_t reg_len;
-    int test_stop;              /* tests: SIGSTOP self at stage 1 claimed, 2 queued, 3 answered */
+    int test_stop;              /* tests: SIGSTOP self at stage 4 created (before the lock),
+                                 * 1 claimed, 2 queued, 3 answered */
 } ember_wb_pub_t;
 
 /* Claim the name's entry (it must be WAITING for this name), queue the

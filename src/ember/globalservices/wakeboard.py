@@ -145,10 +145,11 @@ class Board:
     __slots__ = ("lock", "alloc", "mem", "default_m_uid", "node", "lock_alloc")
 
     # Tests only: a creator stops itself (SIGSTOP) at this point of its
-    # publish (wakeboard.c), for the test to SIGKILL it there: "claimed",
-    # "queued" (its register queued, nobody answered), "answered" (after
-    # the first joiner's reply).
-    TEST_STOP = {"claimed": 1, "queued": 2, "answered": 3}.get(
+    # publish (wakeboard.c), for the test to SIGKILL it there: "created"
+    # (the channel made, the board not touched), "claimed", "queued" (its
+    # register queued, nobody answered), "answered" (after the first
+    # joiner's reply).
+    TEST_STOP = {"claimed": 1, "queued": 2, "answered": 3, "created": 4}.get(
         os.environ.get("EMBER_TEST_WAKEBOARD_STOP", ""), 0)
 
     def __init__(self, lock, alloc, lock_alloc=None):
