@@ -818,6 +818,7 @@ class Process:
         _t("P.ended")
         while reader.pump(0):     # what it sent just before exiting
             pass
+        _t("P.pumped")
         code = self._exit_code_here()
         if code is None:
             from ..globalservices import process as gproc
