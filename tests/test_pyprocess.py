@@ -855,6 +855,7 @@ def test_leased_spare(tmp_path):
         p.join()
         print("from the spare", pid == s1 == p.pid, puid == str(p.p_uid), extra, later,
               os.path.basename(cwd), comm != "ember-leased", last, tag, p.exitcode)
+        gproc.join(p.p_uid)     # join() may have read the exit from the kernel before GS knew it
         lst, dumped = listed()
         d = gproc.query(p.p_uid)
         print("claimed listed", p.p_uid in lst, p.p_uid in dumped, d.os_pid == s1,
