@@ -11,6 +11,9 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_FillInfo, Py
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object u, Py_ssize_t *size) except NULL
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
@@ -1347,19 +1350,21 @@ cdef class _BoardPublisher:
         ``conn._published(channel, register, answered, holder, tag, c_uid,
         name)``, returned.  None (nothing taken) when this path does not
         apply: the caller takes the general one."""
+        cdef Py_ssize_t nl = 0
+        cdef const char *nm
         c_uid = conn._next_c_uid
         holder = getattr(conn._local, "reply", None)
         if c_uid is None or holder is None or self._od_default is None:
             return None
         try:
-            name_b = name.encode()           # (strict: as msgpack would)
+            nm = PyUnicode_AsUTF8AndSize(name, &nl)     # (strict: as msgpack would)
         except UnicodeError:
             return None
         conn._next_c_uid = None              # (taken: no Python code runs in between)
         tag = next(conn._tags)
         try:
             ch, reg, n = self._create(c_uid, EMBER_CH_DEFAULT_CAPACITY, EMBER_CH_DEFAULT_BLOCK,
-                                      False, name_b, tag, holder.r, self._od_default)
+                                      False, nm, nl, tag, holder.r, self._od_default)
         except Exception:
             conn._next_c_uid = c_uid         # a full pool: the general path words it
             return None
@@ -1375,79 +1380,91 @@ cdef class _BoardPublisher:
         answered, or -1 if nothing was claimed (no joiner listed for the
         name, the board busy, GS's input full): the caller then sends the
         register itself."""
-        return self._create(c_uid, capacity, block_size, ref_count, name, tag, r, options)
+        return self._create(c_uid, capacity, block_size, ref_count, PyBytes_AS_STRING(name),
+                            PyBytes_GET_SIZE(name), tag, r, options)
 
     cdef tuple _create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size,
-                       bint ref_count, bytes name, uint64_t tag, bytes r, bytes options):
+                       bint ref_count, const char *name, Py_ssize_t nl, uint64_t tag, bytes r,
+                       bytes options):
+        # Nothing is allocated by Python before the joiners' wake-up (each
+        # object made right after a sleep costs microseconds here): the
+        # register is packed into a buffer, the Channel object and the
+        # register's bytes are made after the publish.
         cdef Pool pool = self._dpool
         pool._check_open()
         self._rpool._check_open()
         self._gs._check_open("publish on")
         self._table._check_open("read")
         self._lock._check_open("read")
-        cdef Py_ssize_t nl = PyBytes_GET_SIZE(name), rl = PyBytes_GET_SIZE(r)
+        cdef Py_ssize_t rl = PyBytes_GET_SIZE(r)
         cdef Py_ssize_t kl = PyBytes_GET_SIZE(self._key), ol = PyBytes_GET_SIZE(options)
         if nl >= 1 << 31 or rl >= 1 << 31 or kl >= 1 << 31:
             raise ValueError("a register field is too long")
         # [code, tag, p_uid, r, key, m_uid = nil, name, options, sdesc]
         cdef Py_ssize_t n = 2 + 9 + 9 + 5 + rl + 5 + kl + 1 + 5 + nl + ol + 2 + EMBER_CH_SDESC_SIZE
-        cdef bytes reg = PyBytes_FromStringAndSize(NULL, n)
-        cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(reg)
-        cdef uint8_t *start = o
-        o[0] = 0x99
-        o[1] = 100                     # messages.ChannelRegister.code (checked by the tests)
-        o = _mp_uint64(o + 2, tag)
-        o = _mp_uint64(o, self._p_uid)
-        o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, rl)
-        memcpy(o, PyBytes_AS_STRING(r), rl)
-        o += rl
-        o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, kl)
-        memcpy(o, PyBytes_AS_STRING(self._key), kl)
-        o += kl
-        o[0] = 0xc0
-        o = _mp_head(o + 1, 0xa0, 0xd9, 0xda, 0xdb, nl)
-        memcpy(o, PyBytes_AS_STRING(name), nl)
-        o += nl
-        memcpy(o, PyBytes_AS_STRING(options), ol)
-        o += ol
-        o[0] = 0xc4
-        o[1] = EMBER_CH_SDESC_SIZE
-        o += 2
-        cdef Py_ssize_t used = (o - start) + EMBER_CH_SDESC_SIZE
+        cdef uint8_t stack_buf[2048]
+        cdef uint8_t *buf = stack_buf
+        if n > <Py_ssize_t>sizeof(stack_buf):
+            buf = <uint8_t *>malloc(n)
+            if buf == NULL:
+                raise MemoryError()
+        cdef uint8_t *o = buf
         cdef ember_ch_t *ch = NULL
-        cdef ember_rc_t rc = ember_ch_create_ex(pool._pool, c_uid, capacity, block_size,
-                                                EMBER_ALLOC_OWNED, &ch)
-        if rc != EMBER_OK:
-            _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
-                          f"({320 + capacity * block_size} bytes) in {pool._desc()}")
-        cdef Channel c = Channel._wrap(ch, pool, True)
+        cdef ember_rc_t rc
         cdef size_t sl = 0
-        rc = ember_ch_serialize(ch, o, EMBER_CH_SDESC_SIZE, &sl)
-        if rc != EMBER_OK:
-            c.destroy()
-            _check_rc(rc, "cannot serialize the new channel")
-        if used != n:
-            reg = reg[:used]         # (the headers were shorter than their room)
-            o = <uint8_t *>PyBytes_AS_STRING(reg) + used - EMBER_CH_SDESC_SIZE
+        cdef Py_ssize_t used
         cdef ember_wb_pub_t p
-        p.table = self._table_p
-        p.lock = self._lock_p
-        p.reply_pool = self._rpool._pool
-        p.gs = self._gs._ch
-        p.name = <const uint8_t *>PyBytes_AS_STRING(name)
-        p.name_len = nl
-        p.p_uid = self._p_uid
-        p.c_uid = c_uid
-        p.m_uid = self._m_uid
-        p.node = self._node
-        p.capacity = capacity
-        p.block_size = block_size
-        p.ref_count = 1 if ref_count else 0
-        p.sdesc = o
-        p.reg = PyBytes_AS_STRING(reg)
-        p.reg_len = used
-        p.test_stop = self._test_stop
         cdef int answered
-        with nogil:
-            answered = ember_wb_publish(&p)
-        return c, reg, answered
+        try:
+            o[0] = 0x99
+            o[1] = 100                 # messages.ChannelRegister.code (checked by the tests)
+            o = _mp_uint64(o + 2, tag)
+            o = _mp_uint64(o, self._p_uid)
+            o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, rl)
+            memcpy(o, PyBytes_AS_STRING(r), rl)
+            o += rl
+            o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, kl)
+            memcpy(o, PyBytes_AS_STRING(self._key), kl)
+            o += kl
+            o[0] = 0xc0
+            o = _mp_head(o + 1, 0xa0, 0xd9, 0xda, 0xdb, nl)
+            memcpy(o, name, nl)
+            o += nl
+            memcpy(o, PyBytes_AS_STRING(options), ol)
+            o += ol
+            o[0] = 0xc4
+            o[1] = EMBER_CH_SDESC_SIZE
+            o += 2
+            used = (o - buf) + EMBER_CH_SDESC_SIZE
+            rc = ember_ch_create_ex(pool._pool, c_uid, capacity, block_size, EMBER_ALLOC_OWNED,
+                                    &ch)
+            if rc != EMBER_OK:
+                _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
+                              f"({320 + capacity * block_size} bytes) in {pool._desc()}")
+            rc = ember_ch_serialize(ch, o, EMBER_CH_SDESC_SIZE, &sl)
+            if rc != EMBER_OK:
+                ember_ch_destroy(ch)
+                _check_rc(rc, "cannot serialize the new channel")
+            p.table = self._table_p
+            p.lock = self._lock_p
+            p.reply_pool = self._rpool._pool
+            p.gs = self._gs._ch
+            p.name = <const uint8_t *>name
+            p.name_len = nl
+            p.p_uid = self._p_uid
+            p.c_uid = c_uid
+            p.m_uid = self._m_uid
+            p.node = self._node
+            p.capacity = capacity
+            p.block_size = block_size
+            p.ref_count = 1 if ref_count else 0
+            p.sdesc = o
+            p.reg = buf
+            p.reg_len = used
+            p.test_stop = self._test_stop
+            with nogil:
+                answered = ember_wb_publish(&p)
+            return Channel._wrap(ch, pool, True), PyBytes_FromStringAndSize(<const char *>buf, used), answered
+        finally:
+            if buf != stack_buf:
+                free(buf)
