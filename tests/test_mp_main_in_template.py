@@ -213,3 +213,40 @@ def test_a_main_module_changed_after_the_start_is_the_one_children_run(tmp_path)
     out = _run(tmp_path, main)
     assert out == ["True main 1 helper 1", "True main 2 helper 1", "True main 2 helper 1",
                    "False main 2 helper 2", "parent main 1 helper 1"], out
+
+
+def test_a_program_package_with_relative_imports_comes_from_the_template_run(tmp_path):
+    """A definition-only package of the program's (``__init__`` and a
+    submodule imported relatively) is checked and imported in the
+    template's run, and the child finds package and submodule in place;
+    the same program with a package whose ``__init__`` prints runs the
+    main module in each child (the print once per child, as under spawn)."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .core import scale\nNAME = 'pkg'\n")
+    (pkg / "core.py").write_text("FACTOR = 3\n\ndef scale(x):\n    return x * FACTOR\n")
+    main = """
+        import multiprocessing as mp
+
+        import ember
+        import pkg
+
+        def report(q):
+            import sys
+            from ember.mp import _mainload
+            q.put((_mainload.installed is not None, pkg.scale(2), pkg.NAME,
+                   sys.modules["pkg.core"] is pkg.core))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            for i in range(2):
+                p = ctx.Process(target=report, args=(q,)); p.start()
+                print(*q.get(timeout=60)); p.join(60)
+    """
+    out = _run(tmp_path, main)
+    assert out == ["True 6 pkg True"] * 2, out
+    (pkg / "__init__.py").write_text("from .core import scale\nNAME = 'pkg'\nprint('pkg imported')\n")
+    out = _run(tmp_path, main)
+    # (a child's print reaches the output through the shepherd: in any order)
+    assert sorted(out) == ["False 6 pkg True"] * 2 + ["pkg imported"] * 3, out

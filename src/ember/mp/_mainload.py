@@ -403,7 +403,7 @@ class _Gate:
         from importlib.machinery import SourceFileLoader
 
         spec = None
-        for finder in sys.meta_path:
+        for finder in list(sys.meta_path):        # a finder may remove itself meanwhile
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(name, path, target)
