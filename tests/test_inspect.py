@@ -344,11 +344,17 @@ _LAST_PS = {}
 # whether its c_uid is a reply channel's, and what `ember ps` makes of the
 # slot alone (no GS channel, object nor parked request to name it).
 SLOT_OF = """\
-import sys
+import sys, time
 from ember import _slots
 from ember.globalservices._client import is_reply_c_uid
 from ember.launcher.inspect import blocked_on
-slot = _slots.read(sys.argv[2])[int(sys.argv[1])]
+# GS records the parked attach as soon as it has the request; the process
+# writes its slot only when it goes to sleep on the reply (after its spin):
+# wait for that state ("not stuck" bound), never assume it.
+deadline = time.monotonic() + 30
+while int(sys.argv[1]) not in (slots := _slots.read(sys.argv[2])) and time.monotonic() < deadline:
+    time.sleep(0.01)
+slot = slots[int(sys.argv[1])]
 print(is_reply_c_uid(slot["c_uid"]))
 print(blocked_on({"p_uid": int(sys.argv[1]), "os_pid": slot["pid"]}, slot, {}, {}))
 """
