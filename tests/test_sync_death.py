@@ -423,6 +423,11 @@ def test_condition_dead_waiter_absorbs_no_notify(pool):
     dead = fork(waiter)
     while c._n_waiting() != 1:
         os.sched_yield()
+    # counted as waiting before it gives the lock up: kill it only once it
+    # has (else it dies holding the lock, and the live waiter's `with`
+    # rightly raises OwnerDied instead of waiting)
+    with c:
+        pass
     os.kill(dead, signal.SIGKILL)
     reap(dead)
 
