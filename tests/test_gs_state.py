@@ -816,14 +816,6 @@ def test_pools_are_made_and_destroyed_by_the_node(h):
     assert h.ok(dk) is None and not h.node.pools
 
 
-def test_reply_ok_packed_is_reply_ok_packed():
-    """The wake board's packed reply is GS's reply, byte for byte (its
-    layout comes from Reply's fields)."""
-    for ref, value in ((1, None), (2**40, {"c_uid": 7, "sdesc": b"x" * 152}), (3, "s")):
-        assert m.reply_ok_packed(ref, value) == m.reply_ok(ref, value).pack()
-        assert m.unpack(m.reply_ok_packed(ref, value)) == m.reply_ok(ref, value)
-
-
 def test_spares_are_hidden_until_claimed_and_die_with_their_creator(h, tmp_path):
     """ProcessCreate option "spare" (ember.Process's leased spares): not
     listed, no events, no survivor line until its creator claims it

@@ -299,26 +299,11 @@ def reply_ok(ref, value=None):
     return Reply._new(ref, ERR_OK, value, None, None, None)
 
 
-#: reply_ok_packed's row, laid out from Reply's own fields (one definition)
-_OK_ROW = (Reply.code, *(ERR_OK if f == "status" else None for f in Reply.fields))
-_OK_REF = 1 + Reply.fields.index("ref")
-_OK_VALUE = 1 + Reply.fields.index("value")
-
-
-def reply_ok_packed(ref, value=None):
-    """``reply_ok(ref, value).pack()`` without the object (the join wake
-    board's creator packs GS's reply to a joiner on its wake-up path)."""
-    row = list(_OK_ROW)
-    row[_OK_REF] = ref
-    row[_OK_VALUE] = value
-    return _packb(row)
-
-
 def reply_err(ref, err_type, msg, tb=None):
     return Reply._new(ref, ERR_FAIL, None, err_type, msg, tb)
 
 
-__all__ += ["reply_ok", "reply_ok_packed", "reply_err", "POKE"]
+__all__ += ["reply_ok", "reply_err", "POKE"]
 
 # --- named objects (Queue, Pipe, Lock, ...; ember.objects) --------------------
 # GS keeps a registry of Python-layer objects: kind, an opaque descriptor
