@@ -253,22 +253,34 @@ class Connection:
                                           owned=True)
             except Exception:
                 self._next_c_uid = c_uid  # bad sizes, a full pool: GS words the error
-        if d is not None:
-            pass
-        elif ch is None:
+        if d is None and ch is None:
             d = self.call(messages.ChannelCreate, m_uid, user_name, od, bool(soft))
-        else:
+        elif d is None:
             sdesc = ch.sdesc
-            try:
-                d = self.call(messages.ChannelRegister, m_uid, user_name, od, sdesc)
-            except (ChannelError, GlobalServicesError):
-                ch.destroy()             # refused: GS recorded nothing
-                raise
-            except BaseException:
-                ch.detach()              # unknown: the shepherd adopts it, or our exit frees it
-                raise
-            self._registered(ch, c_uid, d, opts)
+            d = self._register_answer(
+                ch, c_uid, opts,
+                lambda: self.call(messages.ChannelRegister, m_uid, user_name, od, sdesc))
         return self._after_create(d, m_uid, opts.node)
+
+    def _register_answer(self, ch, c_uid, opts, answer, keep=False):
+        """GS's answer to the register of our channel ``ch`` (``answer()``
+        sends or waits for it), recorded as ours.  Refused: ``ch`` is
+        destroyed (GS recorded nothing), or with ``keep`` (joiners hold it)
+        left ours, freed when we exit; an unknown outcome: detached (the
+        shepherd adopts it, or our exit frees it)."""
+        try:
+            d = answer()
+        except (ChannelError, GlobalServicesError):
+            if keep:
+                ch.detach()
+            else:
+                ch.destroy()
+            raise
+        except BaseException:
+            ch.detach()
+            raise
+        self._registered(ch, c_uid, d, opts)
+        return d
 
     def _after_create(self, d, m_uid, node):
         """GS's answer to a create or register carries our next reservations."""
@@ -451,24 +463,14 @@ class Connection:
 
     def _finish_published(self, ch, reg, n, holder, tag, c_uid, opts):
         """After the publish (``n`` joiners answered, -1: none claimed, the
-        register is ours to send): GS's answer to the register."""
-        try:
+        register is ours to send): GS's answer to the register.  A refusal
+        after joiners were answered (not expected: GS accepts a claimant's
+        register) leaves the channel ours: they hold it."""
+        def answer():
             if n < 0:
                 self.gs.send(reg)
-            d = self._wait(holder, tag, messages.ChannelRegister, None)
-        except (ChannelError, GlobalServicesError):
-            if n > 0:
-                # (not expected: GS accepts a claimant's register) joiners
-                # hold it: leave it ours, freed when we exit
-                ch.detach()
-            else:
-                ch.destroy()         # refused: GS recorded nothing
-            raise
-        except BaseException:
-            ch.detach()              # unknown: the shepherd adopts it, or our exit frees it
-            raise
-        self._registered(ch, c_uid, d, opts)
-        return d
+            return self._wait(holder, tag, messages.ChannelRegister, None)
+        return self._register_answer(ch, c_uid, opts, answer, keep=n > 0)
 
     def _published(self, ch, reg, n, holder, tag, c_uid, name):
         """The rest of :meth:`_BoardPublisher.create_named` (``channel.create``
