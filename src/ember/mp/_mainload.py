@@ -85,15 +85,17 @@ def enabled():
 
 def offer(prep):
     """Make the entry of ``prep``'s main the last of the quiet preloads of
-    ``ember.Process`` (replacing an older one); none when disabled."""
+    ``ember.Process`` (replacing an older one); none when disabled.
+    Returns the entry (for :func:`expected`: one stat of the file a start)."""
     e = entry(prep) if enabled() else None
     from ..objects.process import Process
 
     qp = Process._quiet_preload
     if qp and qp[-1] == e:
-        return
+        return e
     rest = tuple(m for m in qp if not m.startswith("?" + PREFIX))
     Process._quiet_preload = rest + ((e,) if e else ())
+    return e
 
 
 _checked = {}          # file -> ((mtime_ns, size), why_not's answer)
@@ -117,14 +119,16 @@ def _check_file(path):
     return hit[1]
 
 
-def expected(prep):
+def expected(prep, e=...):
     """True when the template can be expected to run ``prep``'s main (it
     passes the check, and so does every program module this process has
     imported): the child will not run it, and needs neither its code nor
     the program modules' (``context._main_code``, ``_program_codes``).  A
     child that runs it all the same (a file changed since, ...) reads and
-    compiles the files itself, as spawn's."""
-    e = entry(prep) if enabled() else None
+    compiles the files itself, as spawn's.  ``e``: :func:`offer`'s answer
+    for ``prep``, if the caller has it."""
+    if e is ...:
+        e = entry(prep) if enabled() else None
     if e is None:
         return False
     key = (_last[0], len(sys.modules))

@@ -299,10 +299,10 @@ class Popen:
         from ..objects.process import Process
         from . import _child, _mainload
 
-        _mainload.offer(prep)         # the template runs the main module, if it only defines
+        e = _mainload.offer(prep)     # the template runs the main module, if it only defines
 
         _t("M.prepared")
-        if _mainload.expected(prep):
+        if _mainload.expected(prep, e):
             codes = (None, None)      # the template runs the main module: no code to ship
         else:
             codes = (_main_code(prep), _program_codes())
