@@ -252,9 +252,9 @@ def test_a_creator_killed_mid_wake_wedges_nobody(tmp_path, stage):
         assert "joiner answered" in out
         # a joiner answered from the board is never left waiting
         assert "not answered by the dead creator: answered" not in out
-    assert "joiner exit 0" in out
+    assert "joiner exit 0" in out.splitlines(), out     # a whole line: not the second's
     assert "second joiner has it: True" in out
-    assert "second joiner exit 0" in out
+    assert "second joiner exit 0" in out.splitlines(), out
 
 
 def test_a_joiner_killed_while_parked_wedges_nobody(tmp_path):

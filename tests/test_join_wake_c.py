@@ -17,6 +17,7 @@ from ember import messages as m
 from ember.channels_c import Channel
 from ember.channels_c import _channels as C
 from ember.descriptors import ChannelDescriptor
+from ember.exceptions import ChannelEmpty, CoreError, DescriptorError
 from ember.globalservices import wakeboard as wb
 from ember.pools_c import Pool
 
@@ -91,7 +92,7 @@ def test_the_register_is_the_one_msgpack_packs(rig, name):
         want = m.ChannelRegister(2**40 + 5, P_UID, r, KEY, None, name, OD, ch.sdesc)
         assert type(msg) is m.ChannelRegister and msg.pack() == want.pack()
         assert Channel.describe(ch.sdesc)[4] == 4242
-        with pytest.raises(Exception):          # nothing queued on GS's input
+        with pytest.raises(ChannelEmpty):          # nothing queued on GS's input
             rig.gs.recv_nowait()
     finally:
         ch.destroy()
@@ -138,7 +139,7 @@ def test_another_name_in_the_entry_is_left_alone(rig):
     ch, _, n = rig.publish(b)
     ch.destroy()
     assert n == -1 and rig.entry(a)[0] == wb.WAITING
-    with pytest.raises(Exception):
+    with pytest.raises(ChannelEmpty):
         j.recv_nowait()
 
 
@@ -161,7 +162,7 @@ def test_a_busy_board_or_a_full_gs_input_claims_nothing():
         ch, _, n = rig.publish("wb-b")
         ch.destroy()
         assert n == -1 and rig.entry("wb-b")[:2] == (wb.WAITING, 4)
-        with pytest.raises(Exception):
+        with pytest.raises(ChannelEmpty):
             j.recv_nowait()
         assert rig.gs.recv_nowait() == b"filler"
     finally:
@@ -176,9 +177,9 @@ def test_a_lock_left_held_by_a_dead_process_is_taken_over(rig):
     pid = os.fork()
     if pid == 0:
         try:
-            rig.board.lock.acquire(timeout=5)
+            os._exit(0 if rig.board.lock.acquire(timeout=5) else 1)   # dies holding it
         finally:
-            os._exit(0)                       # dies holding it
+            os._exit(1)
     assert os.waitpid(pid, 0)[1] == 0
     ch, _, n = rig.publish("wb-d", c_uid=55)
     try:
@@ -205,7 +206,7 @@ def test_recv_reply_passes_other_messages_through(rig):
     j.send(big)
     assert j._recv_reply(5, ChannelDescriptor) == big
     t0 = time.monotonic()
-    with pytest.raises(Exception):
+    with pytest.raises(ChannelEmpty):
         j._recv_reply(0.01, ChannelDescriptor)
     assert time.monotonic() - t0 < 10
 
@@ -213,12 +214,12 @@ def test_recv_reply_passes_other_messages_through(rig):
 def test_bad_arguments_are_refused(rig):
     with pytest.raises(TypeError):
         rig.pub.create(1, 128, 1024, False, "str-not-bytes", 1, bytes(152), m._packb(OD))
-    with pytest.raises(Exception):
+    with pytest.raises(CoreError):
         rig.pub.create(1, 100, 1024, False, b"n", 1, bytes(152), m._packb(OD))  # not a power of 2
     with pytest.raises(TypeError):
         C._BoardPublisher(rig.dflt, None, rig.client_board.lock_alloc, rig.inf, rig.gs, 1, b"",
                           0, 0)
     # a table that is not the board's lock
-    with pytest.raises(Exception):
+    with pytest.raises(DescriptorError):
         C._BoardPublisher(rig.dflt, rig.client_board.alloc, rig.client_board.alloc, rig.inf,
                           rig.gs, 1, b"", 0, 0)
