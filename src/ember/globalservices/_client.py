@@ -142,15 +142,21 @@ class Connection:
     def _reply_channel(self):
         holder = getattr(self._local, "reply", None)
         if holder is None:
-            try:
-                ch, _ = self._free.pop()
-            except IndexError:
-                c_uid = REPLY_C_UID_BIT | int.from_bytes(os.urandom(8), "little") >> 1
-                ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY,
-                                          block_size=_REPLY_BLOCK, c_uid=c_uid)
-                ch.set_spin(CONTROL_SPIN, adaptive=False)
-            holder = self._local.reply = _ReplyChannel(ch, self._free)
+            holder = self._local.reply = _ReplyChannel(self._new_reply_channel(), self._free)
         return holder
+
+    def _new_reply_channel(self):
+        """A reply channel from the free list, or a new one: its c_uid has
+        REPLY_C_UID_BIT set (`ember ps` reads a wait on it as a wait for
+        GS), it spins as GS's answers come fast."""
+        try:
+            ch, _ = self._free.pop()
+        except IndexError:
+            c_uid = REPLY_C_UID_BIT | int.from_bytes(os.urandom(8), "little") >> 1
+            ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY,
+                                      block_size=_REPLY_BLOCK, c_uid=c_uid)
+            ch.set_spin(CONTROL_SPIN, adaptive=False)
+        return ch
 
     def call(self, msg_cls, *fields, timeout=None):
         """Send a request and wait for its reply; return the reply's value or
@@ -386,13 +392,7 @@ class Connection:
         return at once (a handle for it).  The reply comes on a reply
         channel of its own, not the thread's (a call made meanwhile would
         skip it); the channel goes back to the free list with the handle."""
-        try:
-            ch, _ = self._free.pop()
-        except IndexError:
-            ch = self._Channel.create(self.inf_pool, capacity=_REPLY_CAPACITY,
-                                      block_size=_REPLY_BLOCK)
-            ch.set_spin(CONTROL_SPIN, adaptive=False)
-        holder = _ReplyChannel(ch, self._free)
+        holder = _ReplyChannel(self._new_reply_channel(), self._free)
         tag = next(self._tags)
         self.gs.send(msg_cls._new(tag, self.p_uid, holder.r, self.key, *fields).pack())
         return holder, tag
