@@ -460,6 +460,56 @@ def test_destroy_right_after_a_hand_over_never_touches_the_reused_block(side, re
 
 
 @pytest.mark.timeout(60)
+def test_a_large_message_taken_then_destroyed_is_not_freed_by_its_sender():
+    """A sender paused in its hand-over window after publishing a large
+    message (its block in the pool): the receiver takes the block
+    (recv_view), releases the slot and destroys the channel.  The sender,
+    seeing the channel destroyed, must not free the block the receiver now
+    owns (publish_ex frees it only if it takes the slot back)."""
+    pool = Pool.create(4 << 20)
+    pid = 0
+    view = None
+    try:
+        ch = Channel.create(pool, capacity=2, block_size=128)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                from ember.channels_c import _channels
+                _channels._debug_handover_pause(1.0)
+                ch.send(b"\x5a" * 100_000, timeout=10)
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        while True:                              # (its notify comes after the pause)
+            try:
+                view = ch.recv_view(timeout=0)
+                break
+            except ChannelEmpty:
+                assert time.monotonic() < deadline
+        ch.destroy()                             # the sender is still in its window
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+        a = pool.alloc(100_000)                  # the block's place, had the sender freed it
+        with memoryview(a) as m:
+            m[:] = b"\xab" * len(m)
+        assert view.tobytes() == b"\x5a" * 100_000
+        a.free()
+        view.release()
+        pool._validate()
+        assert pool.stats().live_allocs == 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if view is not None:
+            view.release()
+        pool.destroy()
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("side", ["send", "recv"])
 def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
     """A process stopped (or killed) inside its hand-over window: destroy

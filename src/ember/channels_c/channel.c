@@ -775,9 +775,10 @@ static ember_rc_t claim_slot(ember_ch_t *ch, int dead_level, uint64_t *pos_out,
 }
 
 /* Returns 1 if a large message (META_ALLOC) was published into a channel
- * destroyed meanwhile (HAND-OVER): its block is nobody's (destroy's scan
- * may or may not have met it), the caller frees it (the pool's id check
- * makes a second free harmless).  The slot must not be read after this. */
+ * destroyed meanwhile (HAND-OVER) and no receiver had claimed it (we took
+ * the slot back): its block is nobody's (destroy's scan may or may not
+ * have met it), the caller frees it (the pool's id check makes a second
+ * free harmless).  The slot must not be read after this. */
 static inline int publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_t meta,
                              int wake)
 {
@@ -812,7 +813,15 @@ static inline int publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_
          * here and free it (both may: the pool's id check makes the second
          * free harmless); never neither. */
         ember_atomic_fence_seq_cst();
-        gone = !ch_alive(ch);
+        if (!ch_alive(ch)) {
+            /* Destroyed: the block is ours to free only if no receiver has
+             * claimed the message (one may have taken the block, released
+             * the slot and destroyed the channel itself).  acq_rel CAS on
+             * the slot's state word: against the receivers' claim CAS
+             * FULL -> READING in try_recv(), exactly one of them wins. */
+            uint64_t e = MK(pos, K_FULL, 0);
+            gone = st_cas_acq_rel(ch, s, pos, &e, MK(pos, K_READING, my_pid()));
+        }
     }
     (void)handover_end(ch, &h->xsend_busy);
     return gone;
