@@ -1215,7 +1215,13 @@ static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint6
             continue;
         }
         if (ST_KIND(st) == K_READING && dead_level > 0 && pid_dead(ST_PID(st), dead_level)) {
+            /* recover_reading() writes the slot and the header, and may end
+             * the last busy count of a destroy under way: do it under a
+             * producer's count of our own, as claim_slot() does. */
+            if (!busy_begin(ch, &h->xsend_busy))
+                return EMBER_ERR_DESTROYED;
             recover_reading(ch, s, pos, st);
+            (void)handover_end(ch, &h->xsend_busy);
             continue;
         }
         *stuck = st;
