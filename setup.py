@@ -44,7 +44,8 @@ extensions = [
         ["src/ember/channels_c/_channels.pyx", "src/ember/channels_c/channel.c",
          "src/ember/channels_c/wakeboard.c", "src/ember/common_c/pool_api_import.c",
          # the join wake board's lock (a copy of sync.c's code: its symbols
-         # are hidden, its state is per-process caches only)
+         # are hidden, its state is per-process caches only, refreshed in a
+         # raw clone's child by _channels._after_raw_clone)
          "src/ember/sync_c/sync.c"]),
     ext("ember.sync_c._sync",
         ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/sync_c/pooldict.c",

@@ -1113,10 +1113,16 @@ cdef void *_map_table(str path, bint write) except NULL:
         posix_close(fd)
 
 
+cdef extern from "../sync_c/sync.h" nogil:
+    void ember_sync_after_clone()     # this extension's own copy (setup.py)
+
+
 def _after_raw_clone():
     """In a child made by a raw clone() (no pthread_atfork handler ran):
-    refresh the pid channel.c records in slot states."""
+    refresh the pid channel.c records in slot states, and the identity the
+    copy of sync.c in this extension gives the join wake board's lock."""
     ember_ch_after_clone()
+    ember_sync_after_clone()
 
 # A raw clone's child runs Python's fork hooks (PyOS_AfterFork_Child), not
 # pthread_atfork's; an ordinary fork runs both (this refresh is idempotent).
