@@ -112,9 +112,10 @@
  * that slot over, exactly once by the CAS that does (a consumer's skip of
  * a dead producer, a producer's recovery of a dead consumer's slot, or
  * destroy's scan of the slots), ends the dead one's count for it, so it
- * costs nothing.  A process that dies inside the few instructions between its
- * increment and its claim CAS, or between its hand-over store and the end
- * of its notify, leaves its count up: the block stays allocated (a leak of
+ * costs nothing.  A process that dies between its increment and its claim
+ * CAS (including any dead-peer recovery it does on the way: liveness
+ * reads of /proc, a pool free, futex wakes), or between its hand-over
+ * store and the end of its notify, leaves its count up: the block stays allocated (a leak of
  * one block, never a write into reused memory).  A stopped one (SIGSTOP)
  * holds the block until it resumes and ends its count (destroy never
  * waits for it).
