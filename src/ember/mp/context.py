@@ -249,9 +249,9 @@ def _program_codes():
     return _prog_out[1]
 
 
-#: (spawn's preparation data but its "name", its pickle): the same at
+#: [(spawn's preparation data but its "name", its pickle)]: the same at
 #: every start unless sys.path, argv, the cwd... changed.
-_prep_b = [None, None]
+_prep_b = [None]
 
 
 class Popen:
@@ -283,9 +283,10 @@ class Popen:
         name = prep.pop("name", None)     # the one item that differs at every start
         _mpctx.set_spawning_popen(self)
         try:
-            if _prep_b[0] != prep:
-                _prep_b[:] = [prep, bytes(reduction.ForkingPickler.dumps(prep))]
-            prep_b = _prep_b[1]
+            c = _prep_b[0]              # (one read: Pool starts from several threads)
+            if c is None or c[0] != prep:
+                c = _prep_b[0] = (prep, bytes(reduction.ForkingPickler.dumps(prep)))
+            prep_b = c[1]
             obj_b = bytes(reduction.ForkingPickler.dumps(process_obj))
         finally:
             _mpctx.set_spawning_popen(None)
