@@ -590,7 +590,7 @@ class HeadAgent:
                 for tag, payload in inbox.take():
                     self._from_gs(payload)
                 poller.touch(sock)
-            if data.full or data.parked:
+            if data.busy:
                 data.retry()
                 poller.touch(sock)
             if data.flush_acks(force=False):
@@ -698,7 +698,7 @@ class NodeAgent:
                 for tag, payload in inbox.take():
                     head.send_multipart([tag, payload])
                 poller.touch(head)
-            if data.full or data.parked:
+            if data.busy:
                 data.retry()
                 poller.touch(sock)
             if data.flush_acks(force=False):
