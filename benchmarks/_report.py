@@ -16,6 +16,7 @@ with ember's value beside the baselines it ran in the same run::
 holds the command line, the machine (cores, load average, kernel, Python)
 and the measures; the PNG draws one panel of horizontal bars per measure,
 ember's bars in colour, the baselines in grey, the target as a dashed line.
+A benchmark made of parts adds ``--only`` with ``add_only(ap, PARTS)``.
 The PNG needs matplotlib (``pip install -e '.[charts]'``); ``--png`` checks
 for it when the arguments are parsed, before the benchmark runs.
 """
@@ -27,7 +28,7 @@ import platform
 import shlex
 import sys
 
-__all__ = ["add_args", "measure", "machine", "write", "plot"]
+__all__ = ["add_args", "add_only", "measure", "machine", "write", "plot"]
 
 BETTER = ("higher", "lower")
 
@@ -48,6 +49,25 @@ def add_args(ap):
                     help="also write the results as JSON to PATH")
     ap.add_argument("--png", metavar="PATH", default=None, type=_png_path,
                     help="also draw the results as a PNG chart at PATH (needs matplotlib)")
+    return ap
+
+
+def add_only(ap, parts, help="comma-separated parts to run (default: all)"):
+    """Add ``--only PART,...`` to an argparse parser: ``args.only`` is the
+    set of the parts named (all of ``parts`` by default); an unknown or
+    empty list is a usage error."""
+    parts = tuple(parts)
+
+    def _only(text):
+        got = {p.strip() for p in text.split(",") if p.strip()}
+        if not got or not got <= set(parts):
+            import argparse
+            raise argparse.ArgumentTypeError(
+                f"takes a comma-separated list of {', '.join(parts)}; got {text!r}")
+        return got
+
+    ap.add_argument("--only", default=",".join(parts), type=_only, metavar="PART,...",
+                    help=f"{help}, of: {', '.join(parts)}")
     return ap
 
 

@@ -202,17 +202,12 @@ def leftovers(method, settle=10.0):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="map,start,queue,leftover",
-                    help="comma-separated parts to run (default: all): map, start, queue, "
-                         "leftover")
+    _report.add_only(ap, ("map", "start", "queue", "leftover"))
     ap.add_argument("--map-n", type=int, default=100_000)
     ap.add_argument("--queue-n", type=int, default=100_000)
     _report.add_args(ap)
     args = ap.parse_args()
-    only = set(args.only.split(","))
-    bad = only - {"map", "start", "queue", "leftover"}
-    if bad:
-        ap.error(f"--only: unknown part(s) {', '.join(sorted(bad))}")
+    only = args.only
     measures = []
     reps = 5 if args.quick else 20
     methods = ["ember", "fork", "forkserver", "spawn"]

@@ -241,20 +241,10 @@ def run_round(c, only):
 PARTS = ("small", "big", "rtt", "bringup", "create")
 
 
-def _parts(text):
-    got = {p.strip() for p in text.split(",") if p.strip()}
-    bad = got - set(PARTS)
-    if bad or not got:
-        raise argparse.ArgumentTypeError(f"--only takes some of {','.join(PARTS)}, "
-                                         f"got {text!r}")
-    return got
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", default=",".join(PARTS), type=_parts,
-                    help="comma-separated measures to run (default: all): " + ",".join(PARTS))
+    _report.add_only(ap, PARTS, help="comma-separated measures to run (default: all)")
     _report.add_args(ap)
     a = ap.parse_args()
     only = a.only

@@ -127,14 +127,10 @@ def main():
     ap.add_argument("--big-mb", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds of the start + join measure (default 5, --quick 3)")
-    ap.add_argument("--only", default=",".join(PARTS), metavar="PART,...",
-                    help=f"run only these measures, of: {', '.join(PARTS)} (default: all)")
+    _report.add_only(ap, PARTS, help="run only these measures (default: all)")
     _report.add_args(ap)
     a = ap.parse_args()
-    only = [x.strip() for x in a.only.split(",") if x.strip()]
-    bad = [x for x in only if x not in PARTS]
-    if bad or not only:
-        ap.error(f"--only takes a comma-separated list of {', '.join(PARTS)}; got {a.only!r}")
+    only = a.only
     import ember
 
     reps = 40 if a.quick else 200

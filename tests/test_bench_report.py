@@ -127,6 +127,19 @@ def test_write_refuses_bad_measure_lists(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == rep
 
 
+def test_only_parses_the_parts_and_refuses_others(capsys):
+    import argparse
+    ap = _report.add_only(argparse.ArgumentParser(prog="bench_x"), ("map", "start", "queue"))
+    assert ap.parse_args([]).only == {"map", "start", "queue"}
+    assert ap.parse_args(["--only", " start, map,"]).only == {"map", "start"}
+    for bad in ("map,nope", "", ","):
+        with pytest.raises(SystemExit) as e:
+            ap.parse_args(["--only", bad])
+        assert e.value.code == 2
+        assert (f"bench_x: error: argument --only: takes a comma-separated list of "
+                f"map, start, queue; got {bad!r}") in capsys.readouterr().err
+
+
 def test_run_all_refuses_an_unknown_bench(tmp_path):
     r = subprocess.run([sys.executable, str(BENCH / "_report.py"), str(tmp_path / "out"),
                         "bench_sync", "bench_nope"], capture_output=True, text=True, timeout=60)
