@@ -131,6 +131,26 @@ def test_malformed_one_frame_send_is_its_senders_error(plane):
     assert ch.recv(0) == b"good"
 
 
+@pytest.mark.parametrize("frames, why", [
+    ([A.OP_SENDF + b"\1\2\3"], "shorter than its op's header"),
+    ([A.OP_RECV + b"\0" * 8], "shorter than its op's header"),
+    ([A.SEND_HDR.pack(A.OP_SENDB, 7)], "a frame its op needs is missing"),
+    ([b"z" + b"\0" * 8, b"x"], "unknown op"),
+])
+def test_malformed_header_gets_an_error_reply_and_the_agent_serves_on(plane, frames, why):
+    ch, srv, cli, data, poller, _ = plane
+    cli.send_multipart(frames)
+    _serve_until(data, poller, srv, lambda: cli.poll(0))
+    hdr, text = cli.recv_multipart()
+    assert A.ERR.unpack(hdr) == (A.R_ERR, 0, 0)
+    assert text.decode() == (f"ValueError\0malformed data-plane message: op {frames[0][:1]!r}, "
+                             f"first frame of {len(frames[0])} bytes: {why}")
+    _attach(ch, srv, cli, data, poller)          # and it serves on
+    cli.send(_sendf(ch.c_uid, b"good"))
+    _serve_until(data, poller, srv, lambda: len(ch) == 1)
+    assert ch.recv(0) == b"good"
+
+
 def test_poller_sees_input_after_the_socket_was_used_and_plain_fds_under_a_stream(plane):
     ch, srv, cli, data, poller, efd = plane
     _attach(ch, srv, cli, data, poller)

@@ -457,7 +457,7 @@ static inline void notify_recvd(ember_ch_t *ch)
 /* A side's busy count (`busy`), from before its claim (HAND-OVER): 0 if
  * the channel was destroyed meanwhile (the count is ended again). */
 static int ch_alive(const ember_ch_t *ch);
-static inline uint32_t handover_end(ember_ch_t *ch, _Atomic uint32_t *busy);
+static inline void handover_end(ember_ch_t *ch, _Atomic uint32_t *busy);
 
 static inline int busy_begin(ember_ch_t *ch, _Atomic uint32_t *busy)
 {
@@ -493,7 +493,7 @@ static ember_rc_t side_done(ember_pool_t *pool, const ember_alloc_t *alloc, ch_h
     return EMBER_OK;
 }
 
-static inline uint32_t handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
+static inline void handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
 {
     /* acq_rel: release, our header writes (the notify) happen before
      * whoever frees the block reads the count back at 0; acquire, if the
@@ -502,7 +502,6 @@ static inline uint32_t handover_end(ember_ch_t *ch, _Atomic uint32_t *busy)
     uint32_t old = ember_atomic_sub_acq_rel(busy, 1u);
     if (__builtin_expect(old == (BUSY_DESTROYING | 1u), 0))
         (void)side_done(ch->pool, &ch->alloc, ch->h, busy);   /* we were the last of our side */
-    return old;
 }
 
 /* A producer died between its claim and its publish (a consumer between
@@ -824,7 +823,7 @@ static inline int publish_ex(ember_ch_t *ch, ch_slot_t *s, uint64_t pos, uint64_
             gone = st_cas_acq_rel(ch, s, pos, &e, MK(pos, K_READING, my_pid()));
         }
     }
-    (void)handover_end(ch, &h->xsend_busy);
+    handover_end(ch, &h->xsend_busy);
     return gone;
 }
 
@@ -852,7 +851,7 @@ static inline void release_slot_held(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
 static inline void release_slot(ember_ch_t *ch, ch_slot_t *s, uint64_t pos)
 {
     release_slot_held(ch, s, pos);
-    (void)handover_end(ch, &ch->h->xrecv_busy);
+    handover_end(ch, &ch->h->xrecv_busy);
 }
 
 /* Nothing to receive at tail position `pos`: EMBER_ERR_EMPTY, or
@@ -908,7 +907,7 @@ static ember_rc_t try_recv(ember_ch_t *ch, int mode, int dead_level, int64_t max
         return EMBER_ERR_DESTROYED;
     ember_rc_t rc = recv_loop(ch, mode, dead_level, max_len, msg, stuck);
     if (rc != EMBER_OK || mode != RECV_CLAIM)
-        (void)handover_end(ch, &ch->h->xrecv_busy);
+        handover_end(ch, &ch->h->xrecv_busy);
     else
         claim_pause(ch);
     return rc;
@@ -1222,7 +1221,7 @@ static ember_rc_t peek_writable(ember_ch_t *ch, void *ctx, int dead_level, uint6
             if (!busy_begin(ch, &h->xsend_busy))
                 return EMBER_ERR_DESTROYED;
             recover_reading(ch, s, pos, st);
-            (void)handover_end(ch, &h->xsend_busy);
+            handover_end(ch, &h->xsend_busy);
             continue;
         }
         *stuck = st;

@@ -285,6 +285,10 @@ class DataServer:
                         send(ident, unpack(first)[1], first, SEND_HDR.size)
                     else:
                         handle(ident, frames or [first])
+                except struct.error:
+                    self._malformed(ident, first, "shorter than its op's header", on_node)
+                except IndexError:
+                    self._malformed(ident, first, "a frame its op needs is missing", on_node)
                 except Exception as exc:
                     log.error("agent: dropped a message: %s: %s", type(exc).__name__, exc)
             if not get(EVENTS) & POLLIN:
@@ -325,7 +329,22 @@ class DataServer:
         elif op == OP_DETACH:
             pass      # handles are shared by every client of this agent: kept until exit
         else:
-            log.warning("data plane: unknown op %r", op)
+            self._malformed(ident, hdr, "unknown op", None)
+
+    def _malformed(self, ident, hdr, why, on_node):
+        """A message whose first frame the data plane cannot read: its
+        sender gets an R_ERR (c_uid and req 0: neither could be read) with
+        a ValueError naming the op and the frame's length; an other node's
+        agent's message is only logged (the control plane has no error
+        reply)."""
+        op = bytes(hdr[:1])
+        exc = ValueError(f"malformed data-plane message: op {op!r}, first frame of "
+                         f"{len(hdr)} bytes: {why}")
+        if on_node is not None and ident[:5] == b"node:":
+            log.error("agent: dropped a message of %r: %s", ident, exc)
+        else:
+            log.warning("agent: %s", exc)
+            self._error(ident, 0, 0, exc)
 
     def _error(self, ident, c_uid, req, exc):
         self.sock.send_multipart([ident, ERR.pack(R_ERR, c_uid, req),
