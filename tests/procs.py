@@ -3,6 +3,7 @@
     pid = fork(fn, arg)        # fn(arg) in a child that never returns into pytest
     assert join(pid) == 0      # its exit code (negative: killed by that signal)
     status = reap(pid)         # or its raw wait status (os.WIFSIGNALED & co.)
+    kill(pid)                  # in a finally: SIGKILL and reap it if it is still ours
 """
 import json
 import os
@@ -52,6 +53,20 @@ def reap(pid, timeout=30.0):
 def join(pid, timeout=30.0):
     """As reap, but return the exit code (os.waitstatus_to_exitcode)."""
     return os.waitstatus_to_exitcode(reap(pid, timeout))
+
+
+def kill(pid):
+    """SIGKILL child ``pid`` and reap it; nothing if it was reaped already
+    (or is no child of ours): for a test's ``finally:``, so that no child
+    outlives the test whatever failed, without a second kill of a pid that
+    was reaped (and may have been reused) meanwhile."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return                              # it had exited: reaped now
+    except ChildProcessError:
+        return
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def runtime_of(launcher_pid, deadline):

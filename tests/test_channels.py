@@ -9,13 +9,13 @@ import pytest
 
 import mmap
 import os
-import signal
 import struct
 
 from ember.channels_c import Channel, ChannelStatistics, wait_any
 from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull, DescriptorError,
                               PoolError, PoolExhausted)
 from ember.pools_c import Pool
+from procs import join, kill
 
 
 @pytest.fixture
@@ -343,36 +343,54 @@ def test_stale_handle_after_destroy_never_touches_the_memory():
             with pytest.raises(ChannelError, match=msg):
                 stale.send(b"x", timeout=0)
         # the freed block now belongs to someone else, filled with a pattern
-        a = pool.alloc(4 * 128 + 320)
-        with memoryview(a) as m:
-            m[:] = b"\xab" * len(m)
+        a = _scribble(pool, 4 * 128 + 320)
         for op in (lambda: stale.send(b"x", timeout=0), lambda: stale.recv(timeout=0),
                    lambda: stale.recv_view(timeout=0), lambda: stale.send(b"y" * 5000, timeout=0)):
             with pytest.raises(ChannelError, match=r"the channel was destroyed \[EMBER_ERR_DESTROYED\]$"):
                 op()
-        with memoryview(a) as m:
-            assert m.tobytes() == b"\xab" * len(m)  # not a byte changed
+        assert _intact(a)                        # not a byte changed
         a.free()
         stale.detach()
         pool._validate()
 
 
-def _fork_side(ch, side, where, pause, ready=None, before=0.0):
+def _scribble(pool, size):
+    """A block of ``size`` bytes allocated from ``pool`` and filled with a
+    pattern: a stray write into it shows (``_intact``)."""
+    a = pool.alloc(size)
+    with memoryview(a) as m:
+        m[:] = b"\xab" * len(m)
+    return a
+
+
+def _intact(a):
+    """True if the block ``_scribble`` made still holds its pattern."""
+    with memoryview(a) as m:
+        return m.tobytes() == b"\xab" * len(m)
+
+
+def _all_freed(pool):
+    pool._validate()
+    assert pool.stats().live_allocs == 0
+
+
+def _fork_side(ch, side, where, pause, ready=False, before=0.0):
     """Fork a child that sends b"last" on ``ch`` (``side`` "send") or
     receives b"fill" from it ("recv") with channel.c's test pause ``where``
     ("handover": inside the hand-over window; "claim": a send between its
-    claim and its write of the slot) set to ``pause`` seconds; it writes a
-    byte to the pipe end ``ready`` first (if given), then waits ``before``
-    seconds.  Exits 0 if its operation did what it should.  Returns its pid.
-    ("claim" pauses a receive too: after its claim, before it reads.)"""
+    claim and its write of the slot) set to ``pause`` seconds, after
+    waiting ``before`` seconds.  Exits 0 if its operation did what it
+    should.  Returns its pid (with ``ready``: once the child has set its
+    pause).  ("claim" pauses a receive too: after its claim, before it
+    reads.)"""
+    r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             from ember.channels_c import _channels
             getattr(_channels, f"_debug_{where}_pause")(pause)
-            if ready is not None:
-                os.write(ready, b"g")
+            os.write(w, b"g")
             time.sleep(before)
             if side == "send":
                 ch.send(b"last", timeout=10)
@@ -381,6 +399,11 @@ def _fork_side(ch, side, where, pause, ready=None, before=0.0):
                 code = 0 if ch.recv(timeout=10) == b"fill" else 1
         finally:
             os._exit(code)
+    os.close(w)
+    try:
+        assert not ready or os.read(r, 1) == b"g"
+    finally:
+        os.close(r)
     return pid
 
 
@@ -424,27 +447,20 @@ def _handover_then_destroy(side, receiver_sleeps):
                 except ChannelFull:
                     assert time.monotonic() < deadline
         ch.destroy()                             # returns at once (HAND-OVER: no wait)
-        a = pool.alloc(320 + 128)                # the channel's block if it is free already
-        with memoryview(a) as m:
-            m[:] = b"\xab" * len(m)
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 0
-        with memoryview(a) as m:
-            intact = m.tobytes() == b"\xab" * len(m)
+        a = _scribble(pool, 320 + 128)           # the channel's block if it is free already
+        assert join(pid) == 0
+        intact = _intact(a)
         # the block is freed by whoever was last out: the destroy, or the
         # paused side at the end of its window; either way it is free now
         b = pool.alloc(320 + 128)
         freed = offset in (a.offset, b.offset)
         b.free()
         a.free()
-        pool._validate()
-        assert pool.stats().live_allocs == 0
+        _all_freed(pool)
         return intact and freed
     finally:
         if pid:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
+            kill(pid)
         pool.destroy()
 
 
@@ -489,21 +505,15 @@ def test_a_large_message_taken_then_destroyed_is_not_freed_by_its_sender():
             except ChannelEmpty:
                 assert time.monotonic() < deadline
         ch.destroy()                             # the sender is still in its window
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 0
-        a = pool.alloc(100_000)                  # the block's place, had the sender freed it
-        with memoryview(a) as m:
-            m[:] = b"\xab" * len(m)
+        assert join(pid) == 0
+        a = _scribble(pool, 100_000)             # the block's place, had the sender freed it
         assert view.tobytes() == b"\x5a" * 100_000
         a.free()
         view.release()
-        pool._validate()
-        assert pool.stats().live_allocs == 0
+        _all_freed(pool)
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            kill(pid)
         if view is not None:
             view.release()
         pool.destroy()
@@ -524,11 +534,7 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
         offset = Channel.describe(ch.sdesc)[1]
         if side == "recv":
             ch.send(b"fill")
-        r, w = os.pipe()
-        pid = _fork_side(ch, side, "handover", 30, ready=w)   # hand one slot over, stay there
-        os.close(w)
-        assert os.read(r, 1) == b"g"
-        os.close(r)
+        pid = _fork_side(ch, side, "handover", 30, ready=True)   # hand one slot over, stay there
         if side == "send":
             assert ch.recv(timeout=30) == b"last"
         else:
@@ -537,16 +543,13 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
         assert os.waitpid(pid, os.WNOHANG) == (0, 0)     # still inside its 30 s window
         a = pool.alloc(320 + 128)
         assert a.offset != offset                # the block is still the channel's
-        os.kill(pid, signal.SIGKILL)             # dies there: the block leaks, nothing else
-        os.waitpid(pid, 0)
-        pid = 0
+        kill(pid)                                # dies there: the block leaks, nothing else
         assert pool.stats().live_allocs == 2
         a.free()
         pool._validate()
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            kill(pid)
         pool.destroy()
 
 
@@ -556,12 +559,8 @@ def _claimed_by_child(ch, pause, side="send"):
     there (before it writes / reads the slot) for ``pause`` seconds, or
     until 0.2 s after it sees the channel destroyed.  Returns its pid once
     its claim is made (head / tail has moved)."""
-    r, w = os.pipe()
     n = len(ch)
-    pid = _fork_side(ch, side, "claim", pause, ready=w)
-    os.close(w)
-    assert os.read(r, 1) == b"g"
-    os.close(r)
+    pid = _fork_side(ch, side, "claim", pause, ready=True)
     deadline = time.monotonic() + 30
     while len(ch) == n:
         assert time.monotonic() < deadline, "the child never claimed its slot"
@@ -586,22 +585,15 @@ def test_destroy_while_a_send_or_receive_is_claimed_never_touches_the_reused_blo
             ch.send(b"fill")
         pid = _claimed_by_child(ch, 30, side)
         ch.destroy()                             # returns at once
-        a = pool.alloc(320 + 128)                # the channel's block if it is free already
+        a = _scribble(pool, 320 + 128)           # the channel's block if it is free already
         assert a.offset != offset                # the block is still the channel's
-        with memoryview(a) as m:
-            m[:] = b"\xab" * len(m)
-        _, status = os.waitpid(pid, 0)           # it did its part, handed over, freed the block
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 0
-        with memoryview(a) as m:
-            assert m.tobytes() == b"\xab" * len(m)
+        assert join(pid) == 0                    # it did its part, handed over, freed the block
+        assert _intact(a)
         a.free()
-        pool._validate()
-        assert pool.stats().live_allocs == 0
+        _all_freed(pool)
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            kill(pid)
         pool.destroy()
 
 
@@ -620,9 +612,7 @@ def test_a_side_killed_between_claim_and_hand_over_costs_nothing(side, recovered
         if side == "recv":
             ch.send(b"F" * 1000)                 # a large one: a pool block of its own
         pid = _claimed_by_child(ch, 30, side)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pid = 0
+        kill(pid)
         if recovered_by == "other side" and side == "send":
             with pytest.raises(ChannelEmpty):
                 ch.recv(timeout=0.3)              # skips the dead sender's slot
@@ -633,12 +623,10 @@ def test_a_side_killed_between_claim_and_hand_over_costs_nothing(side, recovered
             ch.send(b"next")
             assert ch.recv(timeout=10) == b"next"
         ch.destroy()
-        pool._validate()
-        assert pool.stats().live_allocs == 0      # freed: no count left up
+        _all_freed(pool)                          # freed: no count left up
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            kill(pid)
         pool.destroy()
 
 
@@ -680,21 +668,14 @@ def test_destroy_racing_with_large_sends_never_touches_the_reused_block():
             os.close(r)
             time.sleep(rng.random() * 0.004)
             ch.destroy()
-            a = pool.alloc(320 + 8 * block)
-            with memoryview(a) as m:
-                m[:] = b"\xab" * len(m)
-            _, status = os.waitpid(pid, 0)
-            pid = 0
-            assert os.waitstatus_to_exitcode(status) == 0
-            with memoryview(a) as m:
-                assert m.tobytes() == b"\xab" * len(m)
+            a = _scribble(pool, 320 + 8 * block)
+            assert join(pid) == 0
+            assert _intact(a)
             a.free()
-        pool._validate()
-        assert pool.stats().live_allocs == 0
+        _all_freed(pool)
     finally:
         if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            kill(pid)
         pool.destroy()
 
 

@@ -15,7 +15,7 @@ import pytest
 from ember.channels_c import Channel, wait_any
 from ember.exceptions import ChannelClosed, ChannelEmpty
 from ember.pools_c import Pool
-from procs import fork, join
+from procs import fork, join, kill
 
 
 @pytest.fixture
@@ -344,6 +344,76 @@ def test_close_wakes_blocked_processes(pool):
 SEQ = 1 << 14
 
 
+def _take_one(ch, rnd):
+    """One message, received as a storm's consumer does, in one of three
+    ways at random (``rnd``): recv_view, the GS style (wait_any, then try
+    once), or recv; ChannelEmpty if none came within 0.05 s."""
+    x = rnd.random()
+    if x < 0.2:
+        v = ch.recv_view(timeout=0.05)
+        m = bytes(v)
+        v.release()
+        return m
+    if x < 0.35:
+        if not wait_any([ch], timeout=0.05):
+            raise ChannelEmpty("idle")
+        return ch.recv(timeout=0)
+    return ch.recv(timeout=0.05)
+
+
+def _kill_storm(ch, fl, producer, consumer, rnd, ninc, kills_wanted, max_seconds):
+    """Fork two ``producer(incarnation)`` and two ``consumer(k)``; SIGKILL one
+    of them at random moments (``rnd``) and fork another of its kind (a new
+    producer incarnation, while fewer than ``ninc``), ``kills_wanted`` times
+    or for ``max_seconds``.  Then wind down: producers finish their current
+    send (``fl[0]`` set), consumers drain ``ch`` and stop (``fl[1]``); each
+    must exit 0.  Returns the kills by kind ("p", "c") and the number of
+    producer incarnations."""
+    kids = {}
+    next_inc = 0
+    ncons = 0
+
+    def start(kind):
+        nonlocal next_inc, ncons
+        if kind == "p":
+            kids[fork(producer, next_inc)] = "p"
+            next_inc += 1
+        else:
+            kids[fork(consumer, ncons)] = "c"
+            ncons += 1
+
+    for kind in "ppcc":
+        start(kind)
+    kills = {"p": 0, "c": 0}
+    t_end = time.monotonic() + max_seconds
+    try:
+        while sum(kills.values()) < kills_wanted and time.monotonic() < t_end:
+            time.sleep(rnd.uniform(0.0005, 0.02))
+            pid = rnd.choice(list(kids))
+            kind = kids.pop(pid)
+            kill(pid)
+            kills[kind] += 1
+            if kind == "p" and next_inc >= ninc:
+                kind = "c"
+            start(kind)
+        fl[0] = 1
+        for pid, kind in list(kids.items()):
+            if kind == "p":
+                assert join(pid, 30) == 0
+                del kids[pid]
+        deadline = time.monotonic() + 30
+        while len(ch) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fl[1] = 1
+        for pid in list(kids):
+            assert join(pid, 30) == 0
+            del kids[pid]
+    finally:
+        for pid in kids:
+            kill(pid)
+    return kills, next_inc
+
+
 def _storm(pool, kills_wanted, max_seconds, seed):
     rnd = random.Random(seed)
     ninc = kills_wanted + 16
@@ -378,17 +448,7 @@ def _storm(pool, kills_wanted, max_seconds, seed):
         r2 = random.Random(k)
         while True:
             try:
-                x = r2.random()
-                if x < 0.2:
-                    v = ch.recv_view(timeout=0.05)
-                    m = bytes(v)
-                    v.release()
-                elif x < 0.35:                            # the GS style: wait, then try once
-                    if not wait_any([ch], timeout=0.05):
-                        raise ChannelEmpty("idle")
-                    m = ch.recv(timeout=0)
-                else:
-                    m = ch.recv(timeout=0.05)
+                m = _take_one(ch, r2)
             except ChannelEmpty:
                 if fl[1]:
                     return
@@ -399,51 +459,7 @@ def _storm(pool, kills_wanted, max_seconds, seed):
                 continue
             cnt[mid] += 1
 
-    procs = {}
-    next_inc = 0
-    ncons = 0
-
-    def start(kind):
-        nonlocal next_inc, ncons
-        if kind == "p":
-            procs[fork(producer, next_inc)] = ("p", next_inc)
-            next_inc += 1
-        else:
-            procs[fork(consumer, ncons)] = ("c", ncons)
-            ncons += 1
-
-    for kind in "ppcc":
-        start(kind)
-    kills = {"p": 0, "c": 0}
-    t_end = time.monotonic() + max_seconds
-    try:
-        while sum(kills.values()) < kills_wanted and time.monotonic() < t_end:
-            time.sleep(rnd.uniform(0.0005, 0.02))
-            pid = rnd.choice(list(procs))
-            kind, _ = procs.pop(pid)
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            kills[kind] += 1
-            if kind == "p" and next_inc >= ninc:
-                kind = "c"
-            start(kind)
-        # wind down: producers finish their current send, consumers drain
-        fl[0] = 1
-        for pid, (kind, _) in list(procs.items()):
-            if kind == "p":
-                assert join(pid, 30) == 0
-                del procs[pid]
-        deadline = time.monotonic() + 30
-        while len(ch) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        fl[1] = 1
-        for pid in list(procs):
-            assert join(pid, 30) == 0
-            del procs[pid]
-    finally:
-        for pid in procs:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    kills, next_inc = _kill_storm(ch, fl, producer, consumer, rnd, ninc, kills_wanted, max_seconds)
     # whatever a dead producer left in flight is skipped; nothing may remain
     leftovers = []
     while True:
@@ -547,17 +563,7 @@ def _storm8(pool, kills_wanted, max_seconds, seed):
         r2 = random.Random(k)
         while True:
             try:
-                x = r2.random()
-                if x < 0.2:
-                    v = ch.recv_view(timeout=0.05)
-                    m = bytes(v)
-                    v.release()
-                elif x < 0.35:
-                    if not wait_any([ch], timeout=0.05):
-                        raise ChannelEmpty("idle")
-                    m = ch.recv(timeout=0)
-                else:
-                    m = ch.recv(timeout=0.05)
+                m = _take_one(ch, r2)
             except ChannelEmpty:
                 if fl[1]:
                     return
@@ -571,50 +577,7 @@ def _storm8(pool, kills_wanted, max_seconds, seed):
                 continue
             cnt[mid] += 1
 
-    procs = {}
-    next_inc = 0
-    ncons = 0
-
-    def start(kind):
-        nonlocal next_inc, ncons
-        if kind == "p":
-            procs[fork(producer, next_inc)] = ("p", next_inc)
-            next_inc += 1
-        else:
-            procs[fork(consumer, ncons)] = ("c", ncons)
-            ncons += 1
-
-    for kind in "ppcc":
-        start(kind)
-    kills = {"p": 0, "c": 0}
-    t_end = time.monotonic() + max_seconds
-    try:
-        while sum(kills.values()) < kills_wanted and time.monotonic() < t_end:
-            time.sleep(rnd.uniform(0.0005, 0.02))
-            pid = rnd.choice(list(procs))
-            kind, _ = procs.pop(pid)
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            kills[kind] += 1
-            if kind == "p" and next_inc >= ninc:
-                kind = "c"
-            start(kind)
-        fl[0] = 1
-        for pid, (kind, _) in list(procs.items()):
-            if kind == "p":
-                assert join(pid, 30) == 0
-                del procs[pid]
-        deadline = time.monotonic() + 30
-        while len(ch) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        fl[1] = 1
-        for pid in list(procs):
-            assert join(pid, 30) == 0
-            del procs[pid]
-    finally:
-        for pid in procs:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    kills, next_inc = _kill_storm(ch, fl, producer, consumer, rnd, ninc, kills_wanted, max_seconds)
     cnt = memoryview(counts)
     while True:
         try:
