@@ -13,6 +13,7 @@ import time
 import pytest
 
 from mn_cluster import emulated_cluster, slurm_cluster, ssh_cluster  # noqa: F401,E402 (multi-node fixtures)
+from procs import table  # noqa: E402
 
 SHM = "/dev/shm"
 # Unique per pytest run and worker (two runs may share the machine).
@@ -43,25 +44,14 @@ def _is_ours(name):
 
 def _children():
     """Descendants of this process (pid -> comm), zombies included."""
-    parent_of = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rp = data.rfind(b")")
-        fields = data[rp + 2:].split()
-        parent_of[int(d)] = (int(fields[1]), data[data.find(b"(") + 1:rp].decode(errors="replace"), fields[0])
+    procs = table()
     me = os.getpid()
     out, frontier = {}, {me}
     while frontier:
         nxt = set()
-        for pid, (ppid, comm, state) in parent_of.items():
+        for pid, (state, ppid, comm) in procs.items():
             if ppid in frontier and pid not in out and pid != me:
-                out[pid] = f"{comm} (state {state.decode()})"
+                out[pid] = f"{comm} (state {state})"
                 nxt.add(pid)
         frontier = nxt
     return out

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from procs import stat
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 INIT = os.path.join(HERE, "mn_nodeinit.py")
@@ -106,14 +108,6 @@ def _pick_subnet():
 
 def _ns_inode(pid, kind):
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-
-
-def _read_stat(pid):
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    rp = data.rfind(b")")
-    fields = data[rp + 2:].split()
-    return fields[0].decode(), int(fields[1])
 
 
 def _start_holder(cfg):
@@ -353,7 +347,7 @@ class Cluster:
             try:
                 if _ns_inode(pid, "pid") != nd.pidns:
                     continue
-                state, ppid = _read_stat(pid)
+                state, ppid, _ = stat(pid)
                 if state == "Z" and not zombies:
                     continue
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -492,7 +486,7 @@ class Cluster:
                 if not d.isdigit():
                     continue
                 try:
-                    state, _ = _read_stat(int(d))
+                    state = stat(d)[0]
                     if state == "Z":           # reaped slowly by this machine's init
                         continue
                     for kind in ("pid", "net", "mnt"):

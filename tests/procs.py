@@ -4,6 +4,15 @@
     assert join(pid) == 0      # its exit code (negative: killed by that signal)
     status = reap(pid)         # or its raw wait status (os.WIFSIGNALED & co.)
     kill(pid)                  # in a finally: SIGKILL and reap it if it is still ours
+
+and what /proc says of any process (also imported by the programs some
+tests run, with this folder put on their sys.path):
+
+    state, ppid, comm = stat(pid)      # OSError once it is gone
+    alive(pid)                         # exists and is no zombie
+    assert wait_gone(pids) == []       # those still alive after the wait
+    children(ppid, comm="ember-spare") # its children (named so)
+    wait_children(ppid, "ember-spare", 2)   # at least two of them, waiting for them
 """
 import json
 import os
@@ -67,6 +76,68 @@ def kill(pid):
         return
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+
+
+def stat(pid):
+    """(state, ppid, comm) of process ``pid`` from /proc/PID/stat; OSError
+    if there is no such process."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    rp = data.rfind(b")")
+    fields = data[rp + 2:].split()
+    return fields[0].decode(), int(fields[1]), data[data.find(b"(") + 1:rp].decode(errors="replace")
+
+
+def alive(pid):
+    """True if process ``pid`` exists and has not exited: a zombie (whose
+    reaping this machine's init may be slow to do) is not alive."""
+    try:
+        return stat(pid)[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def wait_gone(pids, timeout=30.0):
+    """Wait until none of ``pids`` is alive; returns those still alive
+    after ``timeout`` seconds (``[]``: all gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)
+
+
+def table():
+    """Every process: pid -> (state, ppid, comm), zombies included."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                out[int(d)] = stat(d)
+            except (OSError, IndexError, ValueError):     # exited meanwhile
+                continue
+    return out
+
+
+def children(ppid, comm=None):
+    """The pids of the processes whose parent is ``ppid`` (and whose name,
+    /proc/PID/comm, is ``comm``, if given), zombies included."""
+    return [pid for pid, (_, pp, c) in table().items()
+            if pp == ppid and (comm is None or c == comm)]
+
+
+def wait_children(ppid, comm, n=1, timeout=30.0):
+    """``children(ppid, comm)`` once there are at least ``n`` of them;
+    ``[]`` if there are fewer after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = children(ppid, comm)
+        if len(found) >= n:
+            return found
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.01)
 
 
 def runtime_of(launcher_pid, deadline):

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.timeout(120)
 
 COMMON = """
     import os, signal, sys, threading, time
+    sys.path.append(%r)     # tests/procs.py
+    from procs import children, stat
     from ember.descriptors import ChannelOptions
     from ember.exceptions import ChannelError, ChannelTimeout
     from ember.globalservices import channel, introspect, process
@@ -29,21 +31,17 @@ COMMON = """
 
     def gs_pid():
         launcher = int(os.environ["EMBER_RUNTIME_ID"][1:].split("-")[0])
-        for p in os.listdir("/proc"):
+        for p in children(launcher):
             try:
-                with open(f"/proc/{p}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
                 with open(f"/proc/{p}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except (OSError, ValueError):
+                    if f.read().startswith(b"ember: global services"):
+                        return p
+            except OSError:
                 continue
-            if ppid == launcher and cmd.startswith(b"ember: global services"):
-                return int(p)
         raise SystemExit("no GS process found")
 
     def stopped(pid):
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+        return stat(pid)[0] == "T"
 
     def read(path):
         try:
@@ -84,7 +82,7 @@ COMMON = """
     except ChannelTimeout:
         pass
     channel.destroy(channel.create(None).c_uid)      # the head gets a c_uid reserved (and the board)
-"""
+""" % os.path.dirname(os.path.abspath(__file__))
 
 
 def run(tmp_path, body):

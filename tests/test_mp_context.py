@@ -12,6 +12,7 @@ import time
 import pytest
 
 import ember  # noqa: F401  (registers the start method)
+from procs import alive
 
 MODES = ["plain", "ember_run"]
 
@@ -238,14 +239,6 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
     assert lines["manager"] == "{'x': 1} [2] 6 0"
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.timeout(120)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
     prog = tmp_path / "prog.py"
@@ -277,7 +270,7 @@ def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
         assert len(line) == 4, line
         rid = line[0]
         pids = [int(x) for x in line[1:]]
-        assert all(_alive(p) for p in pids)
+        assert all(alive(p) for p in pids)
         assert any(n.startswith(f"ember.{rid}") for n in os.listdir("/dev/shm"))
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -285,7 +278,7 @@ def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
         proc.stdout.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
+        left = [p for p in pids if alive(p)]
         segs = [n for n in set(os.listdir("/dev/shm")) - before if n.startswith(f"ember.{rid}")]
         if not left and not segs:
             break

@@ -12,12 +12,14 @@ import pytest
 
 pytest.importorskip("zmq")
 
-PRELUDE = """\
+PRELUDE = f"""\
 import os, sys, textwrap, time
 from ember.globalservices import process, channel
 from ember.descriptors import ProcessOptions, ChannelOptions
 from ember.channels_c import Channel
 from ember.exceptions import ProcessError, ChannelError
+sys.path.append({os.path.dirname(os.path.abspath(__file__))!r})     # tests/procs.py
+from procs import stat
 PY = sys.executable
 """
 
@@ -267,8 +269,7 @@ def test_node_loss_reports_processes_lost_and_goes_on(tmp_path):
         h = Channel.attach(ch)
         h.send(b"x"); h.flush(timeout=10)
         # the shepherd of node 1: the parent of the sleeper
-        with open(f"/proc/{d.os_pid}/stat") as f:
-            sh = int(f.read().rsplit(")", 1)[1].split()[1])
+        sh = stat(d.os_pid)[1]
         os.kill(sh, signal.SIGKILL)
         print("join", process.join(d.p_uid, timeout=30))
         q = process.query(d.p_uid)
@@ -322,8 +323,7 @@ def test_sender_node_loss_leaves_what_it_sent_in_the_channel(tmp_path):
         sig = Channel.attach(channel.create(None, "sig"))
         p = process.create(PY, ".", ["-c", textwrap.dedent(sender)], options={"node": 1})
         print(sig.recv(timeout=60).decode())
-        with open(f"/proc/{p.os_pid}/stat") as f:
-            sh = int(f.read().rsplit(")", 1)[1].split()[1])
+        sh = stat(p.os_pid)[1]
         os.kill(sh, signal.SIGKILL)
         print("join", process.join(p.p_uid, timeout=30))
         h = Channel.attach(d)
@@ -350,8 +350,7 @@ def test_fail_fast_on_node_loss(tmp_path):
     res = run_prog(tmp_path, """
         import signal
         d = process.create(PY, ".", ["-c", "import time; time.sleep(60)"], options={"node": 1})
-        with open(f"/proc/{d.os_pid}/stat") as f:
-            sh = int(f.read().rsplit(")", 1)[1].split()[1])
+        sh = stat(d.os_pid)[1]
         os.kill(sh, signal.SIGKILL)
         time.sleep(30)
         print("not reached")

@@ -13,27 +13,10 @@ from ember.exceptions import EmberError, LauncherError
 from ember.launcher import nodes
 from ember.launcher.nodes import (LocalLauncher, NodeSpec, SlurmLauncher, SSHLauncher, detect,
                                   in_slurm_allocation, parse_hosts)
+from procs import alive, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 NODE = NodeSpec(0, "localhost", "here")
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_gone(pids, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if _alive(p)]
-        if not left:
-            return []
-        time.sleep(0.02)
-    return left
 
 
 @pytest.fixture
@@ -93,10 +76,10 @@ SPAWN_TREE = (
 def test_stdin_eof_kills_the_process_group(local):
     cmd = local.start(NODE, ["sh", "-c", SPAWN_TREE])
     pids = _group_pids(cmd, 3)
-    assert all(_alive(p) for p in pids)
+    assert all(alive(p) for p in pids)
     cmd.close_stdin()
     assert cmd.wait(30) == 128 + signal.SIGTERM
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids) == []
     cmd.close()
 
 
@@ -105,7 +88,7 @@ def test_terminate_kills_everything(local):
     pids = _group_pids(cmd, 3)
     cmd.terminate()
     assert cmd.wait(30) == 128 + signal.SIGTERM
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids) == []
     cmd.close()
 
 
@@ -114,7 +97,7 @@ def test_sigterm_ignored_then_sigkill_after_grace(local):
     pid = int(cmd.stdout.readline())
     cmd.close_stdin()
     assert cmd.wait(30) == 128 + signal.SIGKILL
-    assert _wait_gone([pid]) == []
+    assert wait_gone([pid]) == []
     cmd.close()
 
 
@@ -123,7 +106,7 @@ def test_kill(local):
     pids = _group_pids(cmd, 3)
     cmd.kill()
     assert cmd.wait(30) == 128 + signal.SIGKILL
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids) == []
     cmd.close()
 
 
@@ -131,7 +114,7 @@ def test_exit_kills_leftovers(local):
     with local.start(NODE, ["sh", "-c", "setsid sleep 302 & echo $!"]) as cmd:
         pid = int(cmd.stdout.readline())
         assert cmd.wait(30) == 0
-        assert _wait_gone([pid]) == []
+        assert wait_gone([pid]) == []
 
 
 def test_launcher_death_kills_the_command(tmp_path):
@@ -145,10 +128,10 @@ def test_launcher_death_kills_the_command(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", prog], stdout=subprocess.PIPE)
     try:
         pid = int(p.stdout.readline())
-        assert _alive(pid)
+        assert alive(pid)
         p.kill()
         assert p.wait(30) == -9
-        assert _wait_gone([pid]) == []
+        assert wait_gone([pid]) == []
     finally:
         p.kill()
         p.wait()
@@ -165,7 +148,7 @@ def test_fork_does_not_hold_the_lifeline(local):
     try:
         cmd.close_stdin()      # the forked child's copy points at /dev/null
         assert cmd.wait(30) == 128 + signal.SIGTERM
-        assert _wait_gone([pid]) == []
+        assert wait_gone([pid]) == []
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
@@ -233,7 +216,7 @@ def test_close_ends_every_command():
     pids = [int(c.stdout.readline()) for c in cmds]
     launcher.close()
     assert all(c.returncode is not None for c in cmds)
-    assert _wait_gone(pids) == []
+    assert wait_gone(pids) == []
     with pytest.raises(ValueError, match=r"is closed$"):
         launcher.start(NODE, ["true"])
 

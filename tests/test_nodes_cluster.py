@@ -12,6 +12,7 @@ import time
 import pytest
 
 from mn_cluster import Cluster, emulated_nodes
+from procs import alive, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -175,17 +176,9 @@ def test_nothing_left_after_teardown():
     finally:
         cm.__exit__(None, None, None)      # raises ClusterLeak if anything is left
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+        assert not alive(pid)
     assert c.leftovers(timeout=0) == []
     assert all(nd.holder.returncode == -signal.SIGKILL for nd in nodes)
-
-
-def _zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_killed_test_process_leaves_nothing():
@@ -213,13 +206,7 @@ def test_killed_test_process_leaves_nothing():
         assert len(pids) == 4
         p.kill()
         p.wait(30)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            left = [x for x in pids if os.path.exists(f"/proc/{x}") and not _zombie(x)]
-            if not left:
-                break
-            time.sleep(0.05)
-        assert left == []
+        assert wait_gone(pids, timeout=15) == []
     finally:
         p.kill()
         p.wait()

@@ -15,6 +15,7 @@ import pytest
 import ember.pools_c as pools_c
 from ember.exceptions import PoolError, PoolExhausted
 from ember.pools_c import Pool
+from procs import stat
 
 HOLDER = r'''
 import os, signal, sys
@@ -29,12 +30,6 @@ p.detach()
 '''
 
 
-def _state(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        data = f.read()
-    return data[data.rfind(")") + 2]
-
-
 class StoppedHolder:
     """A child process that holds the pool's mutex and is stopped."""
 
@@ -42,7 +37,7 @@ class StoppedHolder:
         self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, pool.sdesc.hex()],
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline() == "locked\n"
-        while _state(self.proc.pid) != "T":
+        while stat(self.proc.pid)[0] != "T":
             time.sleep(0.01)
         self.pid = self.proc.pid
 

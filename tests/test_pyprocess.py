@@ -6,12 +6,16 @@ import textwrap
 
 import pytest
 
+from procs import alive
+
 pytestmark = pytest.mark.timeout(120)
 
-PRELUDE = """
+PRELUDE = f"""
 import os, sys, signal, ctypes, threading, time
 import ember
 from ember.objects.process import _default_pool
+sys.path.append({os.path.dirname(os.path.abspath(__file__))!r})     # tests/procs.py
+from procs import children, wait_children, wait_gone
 
 def leak_state():
     # the spare ember.Process leases for the next start holds two channels
@@ -390,8 +394,7 @@ def test_template_children_are_managed(tmp_path):
     assert any(ln.endswith("gs True 0 True") for ln in lines), out
     assert any(ln.endswith("glibc True") for ln in lines), out
     pid = int((tmp_path / "pid").read_text())
-    assert not os.path.exists(f"/proc/{pid}") or \
-        open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
+    assert not alive(pid)
 
 
 def test_template_pid_caches_are_the_childs(tmp_path):
@@ -638,30 +641,8 @@ def test_spare_child(tmp_path):
     out = ok(run_prog(tmp_path, """
         ember.Process._lease_spares = False   # the shepherd's spares alone (see test_leased_spare)
 
-        def spares():
-            found = []
-            for d in os.listdir("/proc"):
-                if not d.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{d}/comm", "rb") as f:
-                        comm = f.read().strip()
-                    with open(f"/proc/{d}/stat", "rb") as f:
-                        ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-                except OSError:
-                    continue
-                if comm == b"ember-spare" and ppid == os.getppid():   # the shepherd's
-                    found.append(int(d))
-            return found
-
-        def wait_spares(n=2):
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                s = spares()
-                if len(s) >= n:
-                    return s
-                time.sleep(0.01)
-            return []
+        def wait_spares():
+            return wait_children(os.getppid(), "ember-spare", 2)     # the shepherd's
 
         def child(tag):
             with open("/proc/self/comm") as f:
@@ -680,9 +661,7 @@ def test_spare_child(tmp_path):
               os.path.basename(cwd), comm != "ember-spare", ppid == os.getppid(), p.exitcode)
         s2 = wait_spares()[0]                     # any: a dead one is reaped at the next start
         os.kill(s2, signal.SIGKILL)
-        while os.path.exists(f"/proc/{s2}") and \
-                open(f"/proc/{s2}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-            time.sleep(0.01)
+        wait_gone([s2])
         p = ember.Process(target=child, args=("three",)); p.start()
         print("after the spare died", p.result()[5] != s2, os.path.exists(f"/proc/{s2}"))
         p.join()
@@ -800,39 +779,10 @@ def test_environment_changes_between_starts(tmp_path):
 LEASED = """
 def leased():
     # this runtime's idle leased spares: named ember-leased, the shepherd's children
-    found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/comm", "rb") as f:
-                comm = f.read().strip()
-            with open(f"/proc/{d}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if comm == b"ember-leased" and ppid == SHEPHERD:
-            found.append(int(d))
-    return found
+    return children(SHEPHERD, "ember-leased")
 
-def wait_leased(n=1):
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        s = leased()
-        if len(s) >= n:
-            return s
-        time.sleep(0.01)
-    return []
-
-def gone(pids, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if os.path.exists(f"/proc/{p}")
-                and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
-        if not left:
-            return True
-        time.sleep(0.01)
-    return False
+def wait_leased():
+    return wait_children(SHEPHERD, "ember-leased")
 """
 
 
@@ -883,7 +833,7 @@ def test_leased_spare(tmp_path):
         print("named is fresh", r[5] != s2, gproc.query("lease-named").p_uid == n.p_uid,
               leased() == [s2])
         os.kill(s2, signal.SIGKILL)
-        gone([s2])
+        wait_gone([s2])
         p = ember.Process(target=child, args=("three",)); p.start()
         r = p.result(); p.join()
         print("after the spare died", r[5] != s2, r[2], r[6] != "/nowhere-else", p.exitcode)
@@ -929,7 +879,7 @@ def test_leased_spares_die_with_their_creator(tmp_path):
         p = ember.Process(target=outer); p.start()
         code, theirs = p.result(); p.join()
         print("nested", code, p.exitcode)
-        print("the outer's spare killed", gone([theirs]))
+        print("the outer's spare killed", wait_gone([theirs]) == [])
         with open("spare.pid", "w") as f:
             f.write(str(my_spare()))
         sys.stdout.flush()

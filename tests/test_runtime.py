@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from procs import wait_gone
+
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,23 +34,6 @@ def run_prog(tmp_path, body, *args, timeout=60, extra=()):
 def ok(res):
     assert res.returncode == 0, (res.returncode, res.stdout.decode(), res.stderr.decode())
     return res.stdout.decode()
-
-
-def _dead(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
-def wait_dead(pids, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(_dead(p) for p in pids):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # ------------------------------------------------------------------ launcher
@@ -370,7 +355,7 @@ def test_teardown_kills_leftovers(tmp_path):
     """, extra=("--grace", "0.3"))
     ok(res)
     pids = [int(x) for x in pidfile.read_text().split()]
-    assert wait_dead(pids), pids
+    assert wait_gone(pids) == [], pids
 
 
 def test_ctrl_c_reaches_the_head(tmp_path):
@@ -431,7 +416,7 @@ def test_launcher_kill_9_then_cleanup(tmp_path):
     assert len(segs) >= 3, segs          # infrastructure, default, "orphaned"
     p.kill()
     p.communicate(timeout=30)
-    assert wait_dead(runtime_pids + gs_and_shepherd), runtime_pids + gs_and_shepherd
+    assert wait_gone(runtime_pids + gs_and_shepherd) == [], runtime_pids + gs_and_shepherd
     # a live runtime's segments are never touched by cleanup
     res = ember("cleanup", "--dry-run")
     assert res.returncode == 0
@@ -485,7 +470,7 @@ def test_grandchildren_do_not_survive_teardown(tmp_path):
         p = process.create(sys.executable, ".", ["-c", code])
         assert process.join(p.p_uid) == 0      # the child exits, its grandchild lives on
     """))
-    assert wait_dead([int(pidfile.read_text())])
+    assert wait_gone([int(pidfile.read_text())]) == []
 
 
 def test_abandoned_requests_do_not_wedge_the_thread(tmp_path):
@@ -633,7 +618,7 @@ def test_service_killed_ends_the_run_cleanly(tmp_path, victim):
     """, timeout=60)
     assert res.returncode == 70, res.stderr
     assert f"ember: runtime failure: {victim} exited unexpectedly".encode() in res.stderr
-    assert wait_dead([int(p) for p in pidfile.read_text().split()])
+    assert wait_gone([int(p) for p in pidfile.read_text().split()]) == []
 
 
 @pytest.mark.timeout(60)
@@ -653,7 +638,7 @@ def test_gs_killed_the_shepherd_sweeps_grandchildren(tmp_path):
     assert res.returncode == 70, res.stderr
     assert b"ember: runtime failure: global services exited unexpectedly (status -9)\n" in res.stderr
     pids = [int(p) for p in pidfile.read_text().split()]
-    assert wait_dead(pids), pids          # the head's own subprocess too
+    assert wait_gone(pids) == [], pids          # the head's own subprocess too
 
 
 @pytest.mark.timeout(60)

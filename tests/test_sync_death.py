@@ -11,7 +11,7 @@ import pytest
 from ember.pools_c import Pool
 from ember.sync_c import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
                           OwnerDied, RLock, Semaphore)
-from procs import fork, join, reap
+from procs import alive, fork, join, reap
 
 _OWNER_DIED = (r"^{cls} \(pool '.*', offset \d+\): acquired, but its previous holder \(pid {pid}\) "
                r"died while holding it; the state it protects may be inconsistent: {tail}$")
@@ -316,17 +316,6 @@ _COUNTER, _OWNER, _STOP, _VIOL, _NREP, _REPORTS = 0, 1, 2, 3, 4, 5
 _MAXREP = 4000
 
 
-def _alive(pid):
-    # The dead holder may be reaped between the two looks: its /proc entry
-    # is then gone (FileNotFoundError, or ProcessLookupError on read).
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (ProcessLookupError, FileNotFoundError):
-        return False
-
-
 def _storm_worker(lock, mv):
     me = os.getpid()
     while mv[_STOP] == 0:
@@ -335,7 +324,7 @@ def _storm_worker(lock, mv):
         except OwnerDied as e:
             # A death is reported: the owner word is 0 or a dead process.
             o = mv[_OWNER]
-            if o != 0 and _alive(o):
+            if o != 0 and alive(o):
                 mv[_VIOL] += 1
             n = mv[_NREP]
             if n < _MAXREP:
