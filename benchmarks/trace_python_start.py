@@ -37,7 +37,10 @@ def traced_fork_target():
     return 1
 
 
-def drive(n):
+def drive(n, gap=0.002):
+    """``gap``: seconds of sleep after each start + join (0: back to back,
+    as the benchmark's loop, where each start follows the last join at
+    once)."""
     import multiprocessing as mp
 
     import ember
@@ -57,7 +60,8 @@ def drive(n):
         p.join()
         t("P.joined")
         p.close()
-        time.sleep(0.002)
+        if gap:
+            time.sleep(gap)
         t("F.begin")
         p = ctx.Process(target=traced_fork_target)
         p.start()
@@ -65,7 +69,8 @@ def drive(n):
         p.join()
         t("F.joined")
         p.close()
-        time.sleep(0.002)
+        if gap:
+            time.sleep(gap)
     flush()
 
 
@@ -124,10 +129,12 @@ def main():
     ap.add_argument("-n", type=int, default=150, help="starts of each kind (default 150)")
     ap.add_argument("--keep", metavar="DIR", default=None,
                     help="write the raw trace to DIR/trace and keep it")
+    ap.add_argument("--back-to-back", action="store_true",
+                    help="no pause between one start + join and the next (as the benchmark)")
     ap.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.drive:
-        drive(a.n)
+        drive(a.n, 0 if a.back_to_back else 0.002)
         return 0
     d = a.keep or tempfile.mkdtemp(prefix="ember-trace-")
     os.makedirs(d, exist_ok=True)
@@ -141,7 +148,7 @@ def main():
     print(f"# trace_python_start: n={a.n}, load {' '.join('%.1f' % x for x in os.getloadavg())}",
           flush=True)
     subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__), "--drive",
-                    "-n", str(a.n)], env=env, check=True, timeout=600)
+                    "-n", str(a.n)] + (["--back-to-back"] if a.back_to_back else []), env=env, check=True, timeout=600)
     analyse(path)
     print(f"# load after: {' '.join('%.1f' % x for x in os.getloadavg())}")
     if a.keep is None:

@@ -807,7 +807,8 @@ def test_leased_spare(tmp_path):
         def listed():
             return {p for p, _ in gproc.get_list()}, {p["p_uid"] for p in dump()["processes"]}
 
-        p = ember.Process(target=child, args=("one",)); p.start(); p.result(); p.join()
+        for _ in range(2):                    # a first start leases none
+            p = ember.Process(target=child, args=("one",)); p.start(); p.result(); p.join()
         (s1,) = wait_leased()
         lst, dumped = listed()
         print("idle spare unlisted", all(q["os_pid"] != s1 for q in dump()["processes"]),
@@ -873,11 +874,13 @@ def test_leased_spares_die_with_their_creator(tmp_path):
             return 1
 
         def outer():
-            q = ember.Process(target=inner); q.start(); q.join()
+            for _ in range(2):                # a first start leases none
+                q = ember.Process(target=inner); q.start(); q.join()
             return q.exitcode, my_spare()
 
-        p = ember.Process(target=outer); p.start()
-        code, theirs = p.result(); p.join()
+        for _ in range(2):
+            p = ember.Process(target=outer); p.start()
+            code, theirs = p.result(); p.join()
         print("nested", code, p.exitcode)
         print("the outer's spare killed", wait_gone([theirs]) == [])
         with open("spare.pid", "w") as f:
@@ -891,3 +894,92 @@ def test_leased_spares_die_with_their_creator(tmp_path):
     assert pids
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"spare {pid} outlived its SIGKILLed head"
+
+
+def test_lease_after_a_second_start_only(tmp_path):
+    """A program that starts a single Process holds no spare: the first
+    start leases none, the second asks for the third's."""
+    out = ok(run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        from ember.objects import process as P
+
+        def f():
+            return os.getpid()
+
+        p = ember.Process(target=f); p.start(); p.join()
+        print("first", p.exitcode, P._lease is None, leased() == [])
+        p = ember.Process(target=f); p.start(); p.join()
+        print("second", p.exitcode, P._lease is not None, len(wait_leased()))
+        spare = P._lease
+        p = ember.Process(target=f); p.start(); p.join()
+        P._settle(spare)
+        print("third from it", p.result() == spare.desc.os_pid, P._lease is not spare)
+    """)))
+    assert out.splitlines() == ["first 0 True True", "second 0 True 1", "third from it True True"], out
+
+
+def test_exit_kills_the_lease_without_gs(tmp_path):
+    """At exit a process kills its idle spare through its pidfd and waits
+    for nobody: with global services stopped (SIGSTOP), a process holding
+    a spare still exits, and the spare is gone at once."""
+    out = ok(run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        import multiprocessing.connection as mpc
+        from ember.objects import process as P
+
+        from procs import stat
+
+        def gs_pid():                         # the launcher's other child
+            (gs,) = [p for p in children(stat(SHEPHERD)[1]) if p != SHEPHERD]
+            return gs
+
+        def inner():
+            return 1
+
+        def outer(gs):
+            for _ in range(2):
+                q = ember.Process(target=inner); q.start(); q.join()
+            P._settle(P._lease)
+            with open("spare.pid", "w") as f:
+                f.write(str(P._lease.desc.os_pid))
+            os.kill(gs, signal.SIGSTOP)
+            return 0
+
+        gs = gs_pid()
+        p = ember.Process(target=outer, args=(gs,)); p.start()
+        try:
+            ended = bool(mpc.wait([p.sentinel], timeout=60))
+            print("exited with GS stopped", ended)
+            print("its spare gone", wait_gone([int(open("spare.pid").read())], timeout=60) == [])
+        finally:
+            os.kill(gs, signal.SIGCONT)
+        p.join()
+        print("joined", p.exitcode)
+    """)))
+    assert out.splitlines() == ["exited with GS stopped True", "its spare gone True",
+                                "joined 0"], out
+
+
+def test_idle_spare_killed_by_hand_is_no_death(tmp_path):
+    """A leased spare killed while idle (by hand) is no user process
+    dying: the shepherd reports nothing; a running Process killed by hand
+    is still reported."""
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        def f():
+            return 1
+
+        def hang():
+            time.sleep(60)
+
+        for _ in range(2):
+            p = ember.Process(target=f); p.start(); p.join()
+        (s,) = wait_leased()
+        os.kill(s, signal.SIGKILL)
+        print("spare gone", wait_gone([s]) == [])
+        p = ember.Process(target=hang); p.start()
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        print("user process", p.exitcode, s != p.pid)
+    """))
+    assert ok(res).splitlines() == ["spare gone True", "user process -9 True"]
+    err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
+    assert len(err) == 1 and err[0].startswith("ember: process ") and \
+        err[0].endswith(" killed by SIGKILL"), res.stderr.decode()

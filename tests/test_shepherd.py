@@ -790,3 +790,35 @@ def test_stale_pidfd_event_does_not_end_an_attached_process(tmp_path):
             shep.request_stop(None)
             loop.join(20)
             shep.close()
+
+
+# ----------------------------------------------------------- the template handle
+@pytest.mark.timeout(60)
+def test_template_not_restarted_by_a_late_spare_ask(tmp_path):
+    """``ask_wanted`` (a child's exit, or the spare delay) never starts a
+    template: if the template has died, the send fails and the next spawn
+    starts a new one (Template._ask_spare(start=False) started one on its
+    retry)."""
+    from ember.shepherd import template as T
+
+    envp = [f"{k}={v}".encode() for k, v in os.environ.items()]
+    t = T.Template(envp)
+    try:
+        t._ask_spare([])                              # starts the template, asks for spares
+        while t._asked:
+            t._collect(wait=True)
+        assert t.pid is not None and len(t._spares) == T.SPARES
+        os.kill(t.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:           # dead (a zombie: ours to reap)
+            with open(f"/proc/{t.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        T._reap(t._spares.pop())                      # one was handed a request
+        t._want = []
+        t.ask_wanted()
+        assert t.pid is None and t._sock is None
+        assert len(t._spares) == T.SPARES - 1         # the other is still held
+    finally:
+        t.close()

@@ -87,6 +87,7 @@ def _wait_call(reader, token):
 
     try:
         named = _name(LEASED_COMM)
+        _trace.t("L.ready")
         while not reader.records:
             reader.pump(None)
         if named is not None:

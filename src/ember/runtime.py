@@ -564,12 +564,21 @@ def shutdown():
 _hooks = False
 
 
+def _shutdown_at_exit():
+    """:func:`shutdown` at interpreter exit; the spare ``ember.Process``
+    leased is only killed, not waited for (``process._forget_lease``)."""
+    process = sys.modules.get("ember.objects.process")
+    if process is not None:
+        process._forget_lease()
+    shutdown()
+
+
 def _install_hooks():
     global _hooks
     if _hooks:
         return
     _hooks = True
-    atexit.register(shutdown)
+    atexit.register(_shutdown_at_exit)
     os.register_at_fork(after_in_child=_after_fork_child)
 
 

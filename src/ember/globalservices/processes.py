@@ -414,6 +414,7 @@ class ProcessesPart:
         now on it is a process like any other (listed, its events written).
         A notice: nothing is answered; a claim of what is not the sender's
         unclaimed spare is refused (logged)."""
+        _t("G.claim")
         rec = self.procs.get(msg.ident) if isinstance(msg.ident, int) else None
         if rec is None or not rec.spare or rec.creator != msg.p_uid:
             self.warn("bad-claim", "refused ProcessClaim of %r from p_uid %s: not its unclaimed "

@@ -89,6 +89,10 @@ def _environ():
 # and the template on the start's path.  See docs/python-processes.md.
 _lease = None                 # the _Lease held, or None
 _lease_lock = threading.Lock()
+#: The pid of the process (this one, not the one it was forked from) that
+#: has made a template start: only a start after an earlier one asks for a
+#: spare, so a program that starts a single Process leases none.
+_started_in = [0]
 #: How long dropping a spare waits for it to die before its channels are
 #: freed (they are its creator's; it may not touch them once freed).
 _DROP_WAIT = 2.0
@@ -187,7 +191,7 @@ def _drop(lease):
 
 
 def _drop_lease():
-    """Drop the spare held (at exit, or leaving the runtime)."""
+    """Drop the spare held (leaving the runtime, the process living on)."""
     global _lease
     with _lease_lock:
         lease, _lease = _lease, None
@@ -196,6 +200,34 @@ def _drop_lease():
             _drop(lease)
         except Exception:
             pass
+
+
+def _forget_lease():
+    """At interpreter exit: be rid of the spare held without a GS round
+    trip or a wait (:func:`_drop` could wait for GS's reply and for the
+    spare's death, up to 32 s).  If its pid is known (GS's reply read, or
+    there now), it is SIGKILLed through its pidfd: it runs no more code
+    once the signal is sent, so the shepherd may reclaim its two channels
+    with this process's other pool blocks at our exit.  Otherwise it is
+    left to GS, which kills a process's unclaimed spares when it learns of
+    its exit."""
+    global _lease
+    with _lease_lock:
+        lease, _lease = _lease, None
+    if lease is None or lease.key != _lease_key():
+        return
+    try:
+        if lease.pending is not None:
+            from ..descriptors import ProcessDescriptor
+            from ..globalservices._client import connection
+
+            handle, lease.pending = lease.pending, None
+            lease.desc = ProcessDescriptor.from_dict(connection().finish_call(handle, 0))
+            lease.res.fd = os.pidfd_open(lease.desc.os_pid)
+        if lease.res.fd >= 0:
+            _signal.pidfd_send_signal(lease.res.fd, _signal.SIGKILL)
+    except Exception:
+        pass                                  # not there yet, or gone: GS's
 
 
 def _ask_lease(pool, argv):
@@ -656,7 +688,10 @@ class Process:
             with _live_lock:
                 _live.add(self)
             if leasing:
-                _ask_lease(pool, argv)        # the next start's, while this one runs
+                pid = os.getpid()
+                if lease is not None or _started_in[0] == pid:
+                    _ask_lease(pool, argv)    # the next start's, while this one runs
+                _started_in[0] = pid          # (not after a first start: it may be the only)
 
     def _cwd_ok(self):
         """False if ``cwd`` is not a directory we may enter (the spare is
@@ -1062,4 +1097,4 @@ def _exit_function():
 
 
 atexit.register(_exit_function)
-atexit.register(_drop_lease)    # runs first (last registered)
+atexit.register(_forget_lease)    # runs first (last registered)

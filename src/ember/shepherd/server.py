@@ -38,6 +38,7 @@ from .. import messages as M
 from ..service import NOTICE, Service
 from . import template as _template
 from .._trace import t as _t
+from .._worker import LEASED_COMM
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
@@ -78,6 +79,17 @@ class _Child:
         self.name = name
         self.sent = set()             # signals ember sent it (no death report for those)
         self.external = external      # attached, not started by us: watched, never reaped
+
+
+def _idle_spare(pid):
+    """True if the zombie ``pid`` died as an idle leased spare (killed by
+    hand, or by its creator at its exit): no user process died, so the
+    shepherd reports nothing."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n") == LEASED_COMM
+    except OSError:
+        return False
 
 
 def _pidfd_ready(fd):
@@ -753,7 +765,9 @@ class Shepherd(Service):
             self.resources.reclaim(child.pid, external=True)   # before GS hears of the exit
             self._send(M.ShExited(child.p_uid, M.EXIT_UNKNOWN))
             return
-        oom = self._oom_killed(child)     # before the reap: its cgroup is readable
+        unsent = self._unsent_kill(child)     # before the reap: a peek at its status
+        oom = self._oom_killed(child, unsent)  # its cgroup is readable until the reap
+        idle = unsent is not None and _idle_spare(child.pid)
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:         # reaped behind our back: cannot happen
@@ -777,7 +791,7 @@ class Shepherd(Service):
                 self._drain(s, final=True)
         log.info("p_uid %d (pid %d) exited with code %d", child.p_uid, child.pid, code)
         if (self._death_reports and status is not None and os.WIFSIGNALED(status)
-                and os.WTERMSIG(status) not in child.sent):
+                and os.WTERMSIG(status) not in child.sent and not idle):
             name = f" {child.name!r}" if child.name else ""
             core = " (core dumped)" if os.WCOREDUMP(status) else ""
             self._report(f"ember: process {child.p_uid}{name} (pid {child.pid}) killed by "
@@ -788,20 +802,31 @@ class Shepherd(Service):
         if template is not None:
             template.ask_wanted()         # a CPU is free: the template may make the next spare
 
-    def _oom_killed(self, child):
-        """Whether the kernel's OOM killer ended ``child`` (exited, not yet
-        reaped): True if it was killed by a SIGKILL that ember did not send
-        and the OOM-kill count of the shepherd's memory cgroup subtree rose
-        since the shepherd last looked (at start-up, then at each such
-        exit); None if no memory cgroup counts OOM kills here; False
-        otherwise.  Only a SIGKILL that ember did not send costs anything
-        (a peek at the status without reaping, a few small reads)."""
+    @staticmethod
+    def _unsent_kill(child):
+        """The status of ``child`` (exited, not yet reaped; a peek that
+        leaves it a zombie) if a signal that ember did not send killed it,
+        else None."""
         try:
             si = os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except (ChildProcessError, OSError):
             return None
-        if si is None or si.si_code != os.CLD_KILLED or si.si_status != signal.SIGKILL \
-                or signal.SIGKILL in child.sent:
+        if si is None or si.si_code not in (os.CLD_KILLED, os.CLD_DUMPED) \
+                or si.si_status in child.sent:
+            return None
+        return si
+
+    def _oom_killed(self, child, unsent):
+        """Whether the kernel's OOM killer ended ``child`` (exited, not yet
+        reaped; ``unsent``: :meth:`_unsent_kill`'s answer): True if it was
+        killed by a SIGKILL that ember did not send and the OOM-kill count
+        of the shepherd's memory cgroup subtree rose since the shepherd
+        last looked (at start-up, then at each such exit); None if no
+        memory cgroup counts OOM kills here; False otherwise.  Only a
+        SIGKILL that ember did not send costs anything (a few small
+        reads)."""
+        if unsent is None or unsent.si_code != os.CLD_KILLED \
+                or unsent.si_status != signal.SIGKILL:
             return False
         got = _oom_kills()
         if got is None or self._oom_seen is None:

@@ -186,6 +186,8 @@ class Template:
         for _ in (0, 1):
             try:
                 if self._sock is None:
+                    if not start:
+                        return        # (the first try's template died: not restarted)
                     self._start()
                 while len(self._spares) + self._asked < SPARES:
                     self._sock.send(req)
