@@ -4,6 +4,7 @@ board"), under a real ``ember run``: the joiner is answered without GS on
 the path, GS's semantics hold (references, names, a second creator), and a
 creator or joiner SIGKILLed at any point of the wake wedges nobody."""
 import os
+import re
 
 import pytest
 
@@ -52,6 +53,18 @@ COMMON = """
 
     def spawn(*args, env=None):
         return process.create(sys.executable, "", [sys.argv[0], *args], env=env)
+
+    def claimant_stopped(name):     # a joiner of NAME parked, a creator of it stopped
+        # (SIGSTOP) holding the board's lock, its claim made: (joiner, creator, pid)
+        j = spawn("join", name, f"{tmp}/j")
+        c = spawn("create", name, f"{tmp}/c-ready", f"{tmp}/c-go", f"{tmp}/c-out",
+                  env={"EMBER_TEST_WAKEBOARD_STOP": "claimed"})
+        wait_for(lambda: os.path.exists(f"{tmp}/c-ready"), what="the creator")
+        wait_for(lambda: parked(name), what="the joiner to park")
+        pid = process.query(c.p_uid).location.os_pid
+        open(f"{tmp}/c-go", "w").close()
+        wait_for(lambda: stopped(pid), what="the creator to stop with its claim")
+        return j, c, pid
 
     role = sys.argv[1] if len(sys.argv) > 1 else "head"
     if role == "join":              # join NAME OUT [GO]: write the c_uid; then wait for GO, release
@@ -158,14 +171,7 @@ def test_a_second_creator_waits_for_the_claimant(tmp_path):
     once the claimant goes on, its channel is the one registered and
     joined, and the other create fails as for any name taken first."""
     out = run(tmp_path, """
-    j = spawn("join", "wb-2", f"{tmp}/j")
-    c = spawn("create", "wb-2", f"{tmp}/c-ready", f"{tmp}/c-go", f"{tmp}/c-out",
-              env={"EMBER_TEST_WAKEBOARD_STOP": "claimed"})
-    wait_for(lambda: os.path.exists(f"{tmp}/c-ready"), what="the creator")
-    wait_for(lambda: parked("wb-2"), what="the joiner to park")
-    pid = process.query(c.p_uid).location.os_pid
-    open(f"{tmp}/c-go", "w").close()
-    wait_for(lambda: stopped(pid), what="the creator to stop with its claim")
+    j, c, pid = claimant_stopped("wb-2")
     res = []
     def second():
         try:
@@ -174,7 +180,7 @@ def test_a_second_creator_waits_for_the_claimant(tmp_path):
             res.append("ChannelError: " + str(e))
     th = threading.Thread(target=second)
     th.start()
-    time.sleep(0.5)
+    time.sleep(0.2)       # (well within BUSY_GRACE: the claimant goes on before it ends)
     print("second create held while the claim stands:", res == [] and read(f"{tmp}/j") is None)
     os.kill(pid, signal.SIGCONT)
     th.join(30)
@@ -253,6 +259,71 @@ def test_a_creator_killed_mid_wake_wedges_nobody(tmp_path, stage):
     assert "joiner exit 0" in out.splitlines(), out     # a whole line: not the second's
     assert "second joiner has it: True" in out
     assert "second joiner exit 0" in out.splitlines(), out
+
+
+def test_a_holder_stopped_on_the_board_stalls_nobody_but_itself(tmp_path):
+    """A creator SIGSTOPped while it holds the board's lock (its claim
+    made): GS never sleeps on that lock (its tries do not wait: the lock's
+    sleepers flag, which a sleeper sets and only a release clears, stays
+    0), answers everyone else meanwhile, and a create of the same name
+    ends with ChannelBusy after BUSY_GRACE instead of waiting for the
+    stopped holder; once the holder goes on, its channel is the name's."""
+    out = run(tmp_path, """
+    import struct
+    from ember.exceptions import ChannelBusy
+    from ember.globalservices import _client
+    from ember.globalservices.wakeboard import Board
+    j, c, pid = claimant_stopped("wb-b")
+    board = Board.attach(_client.connection()._board_desc)
+    # sync.c's lock_obj_t: a 64-byte header, u64 xstate, u32 xseq, u32 xsleepers
+    sleepers = lambda: struct.unpack_from("<I", board.lock_alloc, 64 + 8 + 4)[0]
+    print("held by the stopped creator:", board.lock._state()[0] == pid, sleepers())
+    res = {}
+    def others():                 # each needs GS; the joins make it try the board
+        res["query"] = process.query(j.p_uid).p_uid == j.p_uid
+        for name in ("wb-b", "wb-b3"):
+            try:
+                channel.join(name, timeout=0.2)
+            except ChannelTimeout:
+                res[name] = "timed out"
+        d = channel.create(None)
+        channel.destroy(d.c_uid)
+        res["unnamed create"] = True
+    th = threading.Thread(target=others)
+    th.start()
+    th.join(30)
+    print("others answered:", sorted(res.items()))
+    print("GS slept on the board's lock:", sleepers() != 0)
+    second = []
+    def create_second():
+        try:
+            second.append(channel.create(None, "wb-b"))
+        except ChannelBusy as e:
+            second.append(f"ChannelBusy: {e}")
+    th = threading.Thread(target=create_second)
+    th.start()
+    th.join(30)
+    print("second create:", second)
+    print("pid", pid)
+    os.kill(pid, signal.SIGCONT)
+    print("creator exit", process.join(c.p_uid, timeout=30))
+    wait_for(lambda: read(f"{tmp}/j") is not None, what="the joiner's answer")
+    print("joiner has the creator's:", read(f"{tmp}/j") == read(f"{tmp}/c-out"))
+    print("joiner exit", process.join(j.p_uid, timeout=30))
+    board.close()
+    channel.destroy("wb-b")
+    """)
+    assert "held by the stopped creator: True 0" in out
+    assert ("others answered: [('query', True), ('unnamed create', True), ('wb-b', 'timed out'), "
+            "('wb-b3', 'timed out')]") in out
+    assert "GS slept on the board's lock: False" in out
+    pid = re.search(r"^pid (\d+)$", out, re.M).group(1)
+    assert (f"second create: [\"ChannelBusy: cannot create channel 'wb-b' now: the join wake "
+            f"board's lock stayed busy for 1 s (held by pid {pid}, which does not go on: "
+            f"stopped?); nothing was created: try again\"]") in out
+    assert "creator exit 0" in out
+    assert "joiner has the creator's: True" in out
+    assert "joiner exit 0" in out
 
 
 def test_a_joiner_killed_while_parked_wedges_nobody(tmp_path):

@@ -192,6 +192,47 @@ def test_a_lock_left_held_by_a_dead_process_is_taken_over(rig):
         ch.destroy()
 
 
+def test_drop_claims_puts_back_every_claim_of_one_process_in_one_call(rig):
+    """GS at a creator's exit: ``drop_claims(p_uid)`` puts every entry
+    that process claimed back to WAITING in one hold of the lock (one scan)
+    and leaves others' claims and plain WAITING entries alone; with the
+    lock busy it raises Busy at once and changes nothing."""
+    names = []
+    for i in range(1000):                  # four names of four entries
+        n = f"wb-drop-{i}"
+        if wb._index(n.encode()) not in {wb._index(x.encode()) for x in names}:
+            names.append(n)
+        if len(names) == 4:
+            break
+    mine_a, mine_b, other, waiting = names
+    for k, n in enumerate(names):
+        assert rig.board.listen(n, k + 1, rig.reply_channel().sdesc)
+    other_pub = C._BoardPublisher(rig.dflt, rig.client_board.alloc, rig.client_board.lock_alloc,
+                                  rig.inf, rig.gs, P_UID + 1, KEY, M_UID, NODE, 0, m._packb(OD))
+    made = [rig.publish(mine_a, c_uid=11)[0], rig.publish(mine_b, c_uid=12)[0],
+            other_pub.create(13, 128, 1024, False, other.encode(), 1, bytes(152),
+                             m._packb(OD))[0]]
+    try:
+        before = {n: rig.entry(n) for n in names}
+        assert [before[n][0] for n in names] == [wb.WOKEN, wb.WOKEN, wb.WOKEN, wb.WAITING]
+        assert rig.board.lock.acquire(timeout=1)      # a holder in the lock
+        try:
+            with pytest.raises(wb.Busy):
+                rig.board.drop_claims(P_UID)
+        finally:
+            rig.board.lock.release()
+        assert {n: rig.entry(n) for n in names} == before
+        assert rig.board.drop_claims(P_UID) == {mine_a: wb.WOKEN, mine_b: wb.WOKEN}
+        for n in (mine_a, mine_b):
+            assert rig.entry(n) == (wb.WAITING, len(n), 0, 0, 1, 0)
+        assert rig.entry(other) == before[other] and rig.entry(waiting) == before[waiting]
+        assert rig.board.drop_claims(P_UID) == {}
+        assert not rig.board.lock.locked()
+    finally:
+        for ch in made:
+            ch.destroy()
+
+
 def test_recv_reply_passes_other_messages_through(rig):
     """A reply channel's other traffic (GS's msgpack replies, a record of
     the wrong length) comes back as bytes; a large message too."""

@@ -65,6 +65,12 @@ class ChannelTimeout(ChannelError, TimeoutError):
     """channel.join ran out of time before the channel was created."""
 
 
+class ChannelBusy(ChannelError, BlockingIOError):
+    """GS could not decide a create of a named channel now (the join wake
+    board's lock stayed busy: a process holding it does not go on, e.g.
+    stopped); nothing was created: try again."""
+
+
 class ProcessError(EmberError):
     """Errors to do with process creation, query, join and kill."""
 

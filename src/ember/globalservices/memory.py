@@ -14,7 +14,7 @@ import itertools
 from .. import messages as m
 from . import wakeboard
 from ..descriptors import ChannelOptions
-from ..exceptions import ChannelError, ChannelTimeout, PoolError
+from ..exceptions import ChannelBusy, ChannelError, ChannelTimeout, PoolError
 from .processes import EXITED
 from .registry import _Waiter, _lookup, _timeout, log
 
@@ -120,6 +120,8 @@ class MemoryPart:
         self._board_desc = None
         self._board_told = set()  # p_uids whose create replies carried the board
         self._held = {}           # name -> [requests held back while a creator claims it]
+        self._held_retry = set()  # names whose held requests are tried again soon (board busy)
+        self._board_busy_since = {}   # (p_uid, tag) of a request held for a busy board -> since
         self._board_unfreed = {}  # reply channel -> its joiner, listed still (board busy)
         self._board_free_later = set()   # ... of those, the ones to free once unlisted
         self._m_uids = itertools.count(2)
@@ -783,17 +785,39 @@ class MemoryPart:
         try:
             done = b.take(name, mine, self._board_alive)
         except wakeboard.Busy:
-            self._hold(msg, name, retry=True)
-            return None
+            return self._board_busy(msg, name, mine)
         except Exception as exc:
             log.warning("join wake board: cannot free the entry of %r: %s", name, exc)
             return ()
+        if self._board_busy_since:
+            self._board_busy_since.pop((msg.p_uid, msg.tag), None)
         if done is wakeboard.HELD:
             self._hold(msg, name)
             return None
         for w in self.chan_joiners.get(name, ()):
             w.listed = False
         return done
+
+    def _board_busy(self, msg, name, mine):
+        """``msg`` (a create or register of ``name``) found the board's
+        lock busy: hold it back and try again in RETRY s, for BUSY_GRACE at
+        most, then refuse it (ChannelBusy: nothing was created; the
+        requester tries again), so that a holder stopped on the lock stalls
+        nobody but itself.  Except the claimant's own register (the entry
+        claimed by ``mine``): it must win, joiners may hold its channel
+        already, so it waits for the holder to go on or die."""
+        key = (msg.p_uid, msg.tag)
+        now = self.clock()
+        since = self._board_busy_since.setdefault(key, now)
+        if now - since < wakeboard.BUSY_GRACE or \
+                (mine is not None and self.wake_board.claimed_by(name, mine)):
+            self._hold(msg, name, retry=True)
+            return None
+        del self._board_busy_since[key]
+        raise ChannelBusy(f"cannot create channel {name!r} now: the join wake board's lock stayed "
+                          f"busy for {wakeboard.BUSY_GRACE:g} s (held by pid "
+                          f"{self.wake_board.holder()}, which does not go on: stopped?); nothing "
+                          f"was created: try again")
 
     def _board_make(self):
         """Make the board (once: at the first join that waits, so that a
@@ -815,8 +839,13 @@ class MemoryPart:
 
     def _hold(self, msg, name, retry=False):
         self._held.setdefault(name, []).append((msg, self._origin))
-        if retry:
-            self.call_later(wakeboard.LOCK_WAIT, self._release_held, name)
+        if retry and name not in self._held_retry:     # one timer per name
+            self._held_retry.add(name)
+            self.call_later(wakeboard.RETRY, self._retry_held, name)
+
+    def _retry_held(self, name):
+        self._held_retry.discard(name)
+        self._release_held(name)
 
     def _release_held(self, name):
         """Handle the requests held back for ``name``, as if they came now."""
@@ -834,6 +863,9 @@ class MemoryPart:
         the board.  (A forked child makes a connection of its own, which
         knows no board until GS tells it; one that shares its parent's
         p_uid exits unseen by GS, and its parent's exit covers it.)"""
+        if self._board_busy_since:        # its requests held for a busy board are gone
+            for key in [k for k in self._board_busy_since if k[0] == p_uid]:
+                del self._board_busy_since[key]
         if p_uid not in self._board_told:
             return
         self._board_told.discard(p_uid)
@@ -843,12 +875,12 @@ class MemoryPart:
         b = self.wake_board
         if b is None:
             return
-        for name in set(self.chan_joiners) | set(self._held):
-            try:
-                state = b.drop_claim(name, p_uid)
-            except wakeboard.Busy:
-                self.call_later(wakeboard.LOCK_WAIT, self._board_drop_claims, p_uid)
-                return
+        try:
+            dropped = b.drop_claims(p_uid)       # one hold of the lock, one scan
+        except wakeboard.Busy:
+            self.call_later(wakeboard.RETRY, self._board_drop_claims, p_uid)
+            return
+        for name, state in dropped.items():
             if state == wakeboard.WOKEN:
                 # Its register was held back (the board busy: it was stopped
                 # holding it) and goes with its exit; its block went with
@@ -856,8 +888,7 @@ class MemoryPart:
                 # adopt of a client-made channel.
                 log.warning("join wake board: process %s exited after it answered the joiners "
                             "of %r, before GS registered its channel", p_uid, name)
-            if state != wakeboard.FREE:
-                self._release_held(name)
+            self._release_held(name)
 
     def _board_unlist(self, w):
         """Unlist a joiner whose wait ended without the name being taken;
@@ -868,7 +899,7 @@ class MemoryPart:
             self._board_unfreed.pop(w.r, None)
         except wakeboard.Busy:
             self._board_unfreed[w.r] = w
-            self.call_later(wakeboard.LOCK_WAIT, self._board_retry_unlist, w)
+            self.call_later(wakeboard.RETRY, self._board_retry_unlist, w)
         except Exception as exc:
             log.warning("join wake board: cannot unlist a joiner of %r: %s", w.name, exc)
 
@@ -895,10 +926,9 @@ class MemoryPart:
             try:
                 answered = self.wake_board.answered(w.name, w.tag, w.r)
             except wakeboard.Busy:
-                # Cannot tell yet: look again shortly, backing off (each look
-                # holds GS for LOCK_WAIT), and for BUSY_GRACE at most: a
-                # holder stopped on the lock must not keep the joiner past
-                # its timeout for ever.  Timed out then, the joiner drops an
+                # Cannot tell yet: look again shortly, backing off, and for
+                # BUSY_GRACE at most: a holder stopped on the lock must not
+                # keep the joiner past its timeout for ever.  Timed out then, the joiner drops an
                 # answer the holder may still send it (another tag by then),
                 # and holds no reference in GS of that channel.
                 now = self.clock()
@@ -906,7 +936,7 @@ class MemoryPart:
                     w.busy_since = now
                 waited = now - w.busy_since
                 answered = waited < wakeboard.BUSY_GRACE
-                delay = min(max(wakeboard.LOCK_WAIT, 2 * waited), 0.2)
+                delay = min(max(wakeboard.RETRY, 2 * waited), 0.2)
             except Exception:
                 answered = False
             if answered:

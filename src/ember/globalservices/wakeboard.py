@@ -94,15 +94,21 @@ __all__ = ["Board", "Busy", "HELD", "FREE", "WAITING", "CLAIMED", "WOKEN"]
 
 FREE, WAITING, CLAIMED, WOKEN = 0, 1, 2, 3
 HELD = "held"                # Board.take: another creator claimed the name
-LOCK_WAIT = 0.01             # seconds anyone waits for the board's lock
-#: GS: how long past a listed joiner's timeout it keeps looking whether a
-#: claimant answered it while the lock stays busy (a holder stopped on it),
-#: before it times the joiner out anyway (docs/channels.md).
+#: GS never waits for the board's lock (a try that spins a few hundred
+#: nanoseconds, no sleep: a holder stopped on it must not stop GS); what
+#: finds it busy is tried again every RETRY seconds.  (A creator waits up
+#: to 10 ms, EMBER_WB_LOCK_WAIT_NS in wakeboard.h, then goes through GS.)
+RETRY = 0.01
+#: GS: how long a request that needs the board (a listed joiner's timeout,
+#: a create or register of a listed name) is tried again while the lock
+#: stays busy, before it gets its answer without the board: the joiner is
+#: timed out, the create or register refused with ChannelBusy
+#: (docs/channels.md).
 BUSY_GRACE = 1.0
 
 
 class Busy(Exception):
-    """The board's lock stayed busy for LOCK_WAIT (its holder is stopped)."""
+    """The board's lock was busy (a holder is in it, perhaps stopped)."""
 
 N_ENTRIES = 64
 ENTRY = 1024
@@ -198,12 +204,13 @@ class Board:
             self.alloc.free()
 
     # ------------------------------------------------------------ the lock
-    def _acquire(self, timeout=LOCK_WAIT):
-        """Take the lock within ``timeout`` seconds; False if it stayed
-        busy (a holder stopped, e.g. by SIGSTOP, must not stop GS: every
-        caller has a way round a busy board)."""
+    def _acquire(self):
+        """GS: take the lock if it is free (or its holder died) or frees
+        within a short spin; False if it is busy.  Never sleeps: a holder
+        stopped, e.g. by SIGSTOP, must not stop GS (every caller has a way
+        round a busy board)."""
         try:
-            return self.lock.acquire(timeout=timeout)
+            return self.lock.acquire(timeout=0)
         except OwnerDied:
             # The holder died: every entry is still consistent (its state
             # word is written last, its answered count after each reply),
@@ -213,11 +220,11 @@ class Board:
 
     def _held(self, name):
         """GS: ``with self._held(name) as (name_b, off, head):`` the lock
-        held (Busy if it stayed busy) and ``name``'s entry read (see
+        held (Busy if it is busy) and ``name``'s entry read (see
         :meth:`_entry`); the lock is released on the way out."""
         name_b = name.encode("utf-8", "surrogatepass")
         if not self._acquire():
-            raise Busy("the join wake board's lock stayed busy")
+            raise Busy("the join wake board's lock is busy")
         try:
             return _Held(self.lock, self._entry(name_b))
         except BaseException:
@@ -316,13 +323,35 @@ class Board:
             _E_HEAD.pack_into(self.mem, off, FREE, 0, 0, 0, 0, 0)
             return done
 
-    def drop_claim(self, name, p_uid):
-        """GS: process ``p_uid`` exited: if it claimed ``name``'s entry,
-        put the entry back to WAITING.  Returns the state it had claimed
-        (CLAIMED or WOKEN), or FREE if it held no claim there."""
-        with self._held(name) as (name_b, off, head):
-            if head is None or head[0] not in (CLAIMED, WOKEN) or head[2] != p_uid:
-                return FREE
-            state, ln, _, _, n, _ = head
-            _E_HEAD.pack_into(self.mem, off, WAITING if n else FREE, ln, 0, 0, n, 0)
-            return state
+    def drop_claims(self, p_uid):
+        """GS: process ``p_uid`` exited: every entry it claimed goes back
+        to WAITING (FREE if nobody is listed), in one hold of the lock and
+        one scan of the entries.  Returns ``{name: the state it had
+        claimed (CLAIMED or WOKEN)}``."""
+        if not self._acquire():
+            raise Busy("the join wake board's lock is busy")
+        try:
+            mem, dropped = self.mem, {}
+            for off in range(_HDR, _HDR + N_ENTRIES * ENTRY, ENTRY):
+                state, ln, owner, _, n, _ = _E_HEAD.unpack_from(mem, off)
+                if state in (CLAIMED, WOKEN) and owner == p_uid:
+                    name = bytes(mem[off + _NAME_OFF:off + _NAME_OFF + ln])
+                    _E_HEAD.pack_into(mem, off, WAITING if n else FREE, ln, 0, 0, n, 0)
+                    dropped[name.decode("utf-8", "surrogatepass")] = state
+            return dropped
+        finally:
+            self.lock.release()
+
+    def claimed_by(self, name, mine):
+        """GS, without the lock: whether ``name``'s entry is claimed by
+        ``mine`` = (p_uid, c_uid), i.e. a register GS holds is the
+        claimant's own.  Sound without the lock: the claimant wrote its
+        claim before it queued that register (the channel's receive
+        orders them), and only GS changes a claimed entry afterwards (a
+        creator claims only a WAITING one)."""
+        _, off, head = self._entry(name.encode("utf-8", "surrogatepass"))
+        return head is not None and head[0] in (CLAIMED, WOKEN) and (head[2], head[3]) == mine
+
+    def holder(self):
+        """The pid of the lock's holder (0: free): for messages."""
+        return self.lock._state()[0]
