@@ -3,15 +3,16 @@ runtimes that are no longer running are removed; a running runtime's log,
 and recent logs, are kept.  Every test uses a private runtime directory
 ($XDG_RUNTIME_DIR) and `--events-only`, so nothing of the parallel suites
 (and nothing in /dev/shm) is touched."""
+import contextlib
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 from ember.launcher.cli import parse_duration
+from test_inspect import _env, _start, xdg  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -20,19 +21,33 @@ DAY = 86400
 
 
 def ember(xdg, *args, timeout=60):
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(xdg))
-    env.pop("EMBER_ADDRESS", None)
     return subprocess.run([sys.executable, "-m", "ember", *args], capture_output=True,
-                          timeout=timeout, env=env, text=True)
+                          timeout=timeout, env=_env(xdg), text=True)
 
 
 @pytest.fixture
-def rdir(tmp_path):
-    xdg = tmp_path / "xdg"
-    xdg.mkdir(mode=0o700)
+def rdir(xdg):
     d = xdg / "ember"
     d.mkdir(mode=0o700)
     return d
+
+
+@contextlib.contextmanager
+def running(tmp_path, rdir):
+    """A runtime of ``rdir`` running (its head waits for stdin to close),
+    and its event log; it must end with exit code 0."""
+    run = _start(tmp_path, rdir.parent, """
+        import sys
+        print("ready", flush=True)
+        sys.stdin.read()
+    """, stdin=subprocess.PIPE)
+    try:
+        assert run.stdout.readline() == b"ready\n"
+        (events,) = [p for p in rdir.iterdir() if p.name.endswith(".events")]
+        yield events
+    finally:
+        run.communicate(b"", timeout=60)
+    assert run.returncode == 0
 
 
 def log(d, rid, age):
@@ -85,33 +100,16 @@ def test_old_logs_of_finished_runtimes_are_removed(rdir):
 
 
 def test_a_running_runtimes_log_is_kept(rdir, tmp_path):
-    prog = tmp_path / "prog.py"
-    prog.write_text(textwrap.dedent("""
-        import sys, time
-        print("ready", flush=True)
-        sys.stdin.read()
-    """))
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(rdir.parent))
-    env.pop("EMBER_ADDRESS", None)
-    run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
-    try:
-        assert run.stdout.readline() == b"ready\n"
-        logs = [p for p in rdir.iterdir() if p.name.endswith(".events")]
-        assert len(logs) == 1
+    with running(tmp_path, rdir) as live:
         t = time.time() - 30 * DAY
-        os.utime(logs[0], (t, t))
+        os.utime(live, (t, t))
         res = ember(rdir.parent, "cleanup", "--events-only", "--events-age", "0")
         assert res.returncode == 0, res.stderr
-        assert logs[0].exists() and "removed" not in res.stdout
-    finally:
-        run.communicate(b"", timeout=60)
-    assert run.returncode == 0
+        assert live.exists() and "removed" not in res.stdout
     # finished now: age 0 removes it
     res = ember(rdir.parent, "cleanup", "--events-only", "--events-age", "0")
-    assert res.returncode == 0 and f"removed {logs[0]}" in res.stdout
-    assert not logs[0].exists()
+    assert res.returncode == 0 and f"removed {live}" in res.stdout
+    assert not live.exists()
 
 
 def test_bad_duration_is_a_usage_error(rdir):
@@ -147,24 +145,12 @@ def test_count_and_size_caps_keep_the_newest(rdir):
 
 
 def test_a_running_runtimes_log_is_outside_the_caps(rdir, tmp_path):
-    prog = tmp_path / "prog.py"
-    prog.write_text("import sys\nprint('ready', flush=True)\nsys.stdin.read()\n")
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(rdir.parent))
-    env.pop("EMBER_ADDRESS", None)
-    run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
-    try:
-        assert run.stdout.readline() == b"ready\n"
-        (live,) = [p for p in rdir.iterdir() if p.name.endswith(".events")]
+    with running(tmp_path, rdir) as live:
         done = log(rdir, f"r1-{TAG}done", 60)
         res = ember(rdir.parent, "cleanup", "--events-only", "--events-keep", "0")
         assert res.returncode == 0, res.stderr
         assert live.exists() and not done.exists()
         assert res.stdout == f"removed {done}\n"
-    finally:
-        run.communicate(b"", timeout=60)
-    assert run.returncode == 0
 
 
 @pytest.mark.parametrize("opt,bad,why", [("--events-keep", "-1", "not a count: '-1'"),

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from ember.shepherd.server import _oom_kills
-from test_inspect import _env, _start, _stop, _wait_for, ember, xdg  # noqa: F401 (a fixture)
+from test_inspect import _start, _stop, _wait_for, ember, xdg  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,18 +202,14 @@ def test_sigkill_by_someone_else_without_oom_is_not_oom(tmp_path, xdg):
             f.write(str(os.getpid()))
 
     before = _oom_kills() if cg is None else None
-    prog = tmp_path / "prog.py"
-    prog.write_text(textwrap.dedent("""
-        import sys, time
-        from ember.globalservices import process
-        process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"], user_name="victim")
-        process.join("victim")
-        import time; time.sleep(90)
-    """))
     try:
-        run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                               env=_env(xdg), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=None if cg is None else join_cgroup)
+        run = _start(tmp_path, xdg, """
+            import sys, time
+            from ember.globalservices import process
+            process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"], user_name="victim")
+            process.join("victim")
+            import time; time.sleep(90)
+        """, preexec_fn=None if cg is None else join_cgroup)
         try:
             def victim():
                 res = ember(xdg, "ps", "--json")

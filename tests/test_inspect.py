@@ -67,11 +67,15 @@ def xdg(tmp_path):
     return d
 
 
-def _start(tmp_path, xdg, body):
+def _start(tmp_path, xdg, body, **popen):
+    """`ember run` of ``body`` (written to tmp_path/prog.py) with the private
+    runtime directory ``xdg``; stdout and stderr piped (``popen``: more
+    arguments to subprocess.Popen)."""
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent(body))
     return subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                            env=_env(xdg), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=_env(xdg), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            **popen)
 
 
 def _stop(run):

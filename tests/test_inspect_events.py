@@ -12,7 +12,7 @@ import pytest
 from ember import messages as m
 
 from test_gs_state import Harness
-from test_inspect import _env, _start, _stop, _wait_for, ember_json
+from test_inspect import _env, _start, _stop, _wait_for, ember_json, xdg  # noqa: F401 (a fixture)
 
 
 def _events(path):
@@ -74,14 +74,8 @@ channel.create(None, "second")
 
 
 @pytest.mark.timeout(120)
-def test_events_follow_until_the_runtime_ends(tmp_path):
-    xdg = tmp_path / "xdg"
-    xdg.mkdir(mode=0o700)
-    prog = tmp_path / "prog.py"
-    prog.write_text(FOLLOWED)
-    run = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                           env=_env(xdg), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
+def test_events_follow_until_the_runtime_ends(tmp_path, xdg):
+    run = _start(tmp_path, xdg, FOLLOWED, stdin=subprocess.PIPE)
     follow = None
     try:
         def created():
