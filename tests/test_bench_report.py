@@ -79,6 +79,7 @@ def test_no_files_without_the_options(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.timeout(120)
 def test_png_without_matplotlib_fails_before_the_run(tmp_path):
     code = ("import sys, runpy; sys.modules['matplotlib'] = None; "
             f"sys.path.insert(0, {str(BENCH)!r}); "
@@ -140,6 +141,7 @@ def test_only_parses_the_parts_and_refuses_others(capsys):
                 f"map, start, queue; got {bad!r}") in capsys.readouterr().err
 
 
+@pytest.mark.timeout(120)
 def test_run_all_refuses_an_unknown_bench(tmp_path):
     r = subprocess.run([sys.executable, str(BENCH / "_report.py"), str(tmp_path / "out"),
                         "bench_sync", "bench_nope"], capture_output=True, text=True, timeout=60)

@@ -24,6 +24,7 @@ def bench():
     return mod
 
 
+@pytest.mark.timeout(60)
 def test_pidfd_of_a_reaped_process_is_none(bench):
     pid = os.fork()
     if pid == 0:

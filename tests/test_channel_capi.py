@@ -289,6 +289,7 @@ def test_wait_any(capi, pool):
         assert lib.ember_ch_destroy(c) == lib.EMBER_OK
 
 
+@pytest.mark.timeout(60)
 def test_wait_any_wakes_from_other_process(capi, pool):
     ffi, lib = capi
     chs = [make(capi, pool, capacity=2) for _ in range(2)]
@@ -318,6 +319,7 @@ def _dead_pid():
     return pid
 
 
+@pytest.mark.timeout(60)
 def test_dead_producer_slot_is_skipped(capi, pool):
     ffi, lib = capi
     ch = make(capi, pool, capacity=4, block=64)
@@ -339,6 +341,7 @@ def test_dead_producer_slot_is_skipped(capi, pool):
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
 
 
+@pytest.mark.timeout(60)
 def test_dead_consumer_slot_is_recovered(capi, pool):
     ffi, lib = capi
     ch = make(capi, pool, capacity=4, block=64)
@@ -372,6 +375,7 @@ def test_dead_consumer_slot_is_recovered(capi, pool):
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
 
 
+@pytest.mark.timeout(60)
 def test_fork_producer_consumer(capi, pool):
     ffi, lib = capi
     ch = make(capi, pool, capacity=16, block=64)
@@ -391,6 +395,7 @@ def test_fork_producer_consumer(capi, pool):
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
 
 
+@pytest.mark.timeout(60)
 def test_dead_large_producer_block_is_freed(capi, pool):
     ffi, lib = capi
     ch = make(capi, pool, capacity=4, block=64)
@@ -487,6 +492,7 @@ def test_close_end_position(capi, pool):
     assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
 
 
+@pytest.mark.timeout(60)
 def test_close_while_a_claim_at_the_end_is_in_flight(capi, pool):
     ffi, lib = capi
     ch = make(capi, pool, capacity=4, block=64)

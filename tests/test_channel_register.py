@@ -13,6 +13,7 @@ import pytest
 
 from ember import messages as m
 from ember.channels_c import Channel
+from ember.exceptions import PoolError
 from ember.pools_c import Pool
 from test_gs_state import Harness
 from test_runtime import ok, run_prog
@@ -45,8 +46,8 @@ def _owner(pool, ch):
         try:
             ch._take_owner(pid, pid)
             return pid
-        except Exception:
-            pass
+        except PoolError as exc:                   # not that pid's
+            assert "EMBER_ERR_STALE" in str(exc), exc
     return None
 
 
@@ -154,6 +155,7 @@ def test_the_node_refuses_a_block_that_is_not_the_requesters(h):
     victim.destroy()
 
 
+@pytest.mark.timeout(60)
 def test_a_killed_creator_leaves_no_block():
     """Made but not registered (killed in between): the block is the dead
     creator's, and the node's reclaim of its blocks frees it."""

@@ -49,6 +49,7 @@ def test_every_code_file_is_shown_in_a_guide():
             assert f"{{literalinclude}} code/{name}" in pages, name
 
 
+@pytest.mark.timeout(200)                # (its runs are bounded at 180 s)
 def test_multiprocessing_program_runs_on_ember_both_ways():
     for line in _lines("run_mp.sh"):
         r = subprocess.run(_argv(line), cwd=CODE, capture_output=True, text=True, timeout=180)
@@ -56,6 +57,7 @@ def test_multiprocessing_program_runs_on_ember_both_ways():
         assert r.stdout == _expected("mp_program.out"), line
 
 
+@pytest.mark.timeout(200)                # (its runs are bounded at 180 s)
 def test_notebook_cells_run_in_a_plain_interpreter():
     r = subprocess.run([sys.executable, "notebook.py"], cwd=CODE, capture_output=True, text=True,
                        timeout=180)
@@ -63,6 +65,7 @@ def test_notebook_cells_run_in_a_plain_interpreter():
     assert r.stdout == _expected("notebook.out")
 
 
+@pytest.mark.timeout(120)
 def test_started_runtime_keeps_named_objects_between_attaches():
     name = f"howto-{uuid.uuid4().hex[:8]}"
     start, put, get, stop = [ln.replace("exp1", name) for ln in _lines("start_stop.sh")]
@@ -79,6 +82,7 @@ def test_started_runtime_keeps_named_objects_between_attaches():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.timeout(120)
 def test_debug_a_hang_commands():
     launcher = subprocess.Popen([sys.executable, "-m", "ember", "run", "hang.py"], cwd=TUT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,6 +118,7 @@ def test_debug_a_hang_commands():
         launcher.stderr.close()
 
 
+@pytest.mark.timeout(120)
 def test_cleanup_after_a_killed_launcher(tmp_path):
     # The guide's script as written (a real `ember cleanup`, not a dry run),
     # in a private mount namespace with its own /dev/shm and runtime
@@ -137,6 +142,7 @@ def test_cleanup_after_a_killed_launcher(tmp_path):
     assert lines[-1] == "left:", r.stdout
 
 
+@pytest.mark.timeout(200)                # (its runs are bounded at 180 s)
 def test_one_worker_per_node_on_three_local_nodes():
     (line,) = _lines("run_nodes.sh")
     r = subprocess.run(_argv(line), cwd=CODE, capture_output=True, text=True, timeout=180)
@@ -151,6 +157,7 @@ def test_one_worker_per_node_on_three_local_nodes():
                                     "worker on node 2"], r.stdout
 
 
+@pytest.mark.timeout(120)
 def test_the_cluster_commands_use_flags_ember_run_has():
     # ssh hosts and Slurm cannot run here (tests/test_multinode_cluster.py
     # runs them on emulated nodes); their command lines must still be real.

@@ -36,6 +36,7 @@ def test_bad_init_argument_is_a_clear_value_error(kwargs, message):
     assert not ember.is_initialized()
 
 
+@pytest.mark.timeout(60)
 def test_bad_label_in_a_fresh_interpreter_is_not_a_start_failure():
     """End to end, as a user meets it: the error names the argument, and no
     host is started (nothing to clean up)."""

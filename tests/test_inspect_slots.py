@@ -8,7 +8,9 @@ import time
 import pytest
 
 from ember.channels_c import Channel, _channels, wait_any
+from ember.exceptions import ChannelEmpty
 from ember.pools_c import Pool
+from procs import fork, join
 
 
 @pytest.fixture
@@ -89,14 +91,10 @@ def test_a_forked_child_does_not_write_its_parents_slot(table):
     _channels._slots_bind(table, 11)
     with Pool.create(1 << 20) as pool, Channel.create(pool, c_uid=12) as ch:
         ch.set_spin(0)
-        pid = os.fork()
-        if pid == 0:
-            try:
+        def wait_in_recv():                # in the child: a wait that times out
+            with pytest.raises(ChannelEmpty):
                 ch.recv(timeout=0.3)
-            except BaseException:
-                pass
-            os._exit(0)
-        os.waitpid(pid, 0)
+        assert join(fork(wait_in_recv)) == 0
         assert _channels._slots_read(table) == []
 
 

@@ -385,6 +385,7 @@ def test_wrong_key_is_refused(tmp_path):
     assert "wrong key answered: False" in out and "right key answered: True" in out
 
 
+@pytest.mark.timeout(60)
 def test_bad_hosts_are_usage_errors(tmp_path):
     (tmp_path / "p.py").write_text("pass\n")
     for hosts, text in (("local:0", "local:N needs N >= 1"), ("a,a", "appears twice")):
@@ -393,6 +394,7 @@ def test_bad_hosts_are_usage_errors(tmp_path):
         assert res.returncode == 2 and text in res.stderr.decode(), res.stderr
 
 
+@pytest.mark.timeout(60)
 def test_help_documents_several_nodes():
     res = subprocess.run([sys.executable, "-m", "ember", "run", "--help"], capture_output=True,
                          timeout=60)

@@ -628,6 +628,7 @@ def test_capi_pristine_blocks_read_zero_under_a_random_workload(mkpool, ffi, lib
     assert p.validate() == 0
 
 
+@pytest.mark.timeout(60)
 def test_capi_pristine_survives_killed_allocators(capi, mkpool, ffi, lib):
     """Processes killed at random instants while allocating, writing and
     freeing (some holding the mutex: the next locker repairs) never make a

@@ -40,6 +40,7 @@ def _run(binary, *args, timeout):
     return r.stdout
 
 
+@pytest.mark.timeout(120)
 def test_pool_c_compiles_warning_free(tmp_path):
     for extra in (["-O2"], ["-O0"], ["-O3", "-fvisibility=hidden"]):
         r = subprocess.run([CC, *FLAGS, *extra, "-c", os.path.join(POOLS, "pool.c"), "-o",

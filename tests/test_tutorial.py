@@ -48,6 +48,7 @@ def test_install_is_the_readmes_first_command():
     assert "pip install . && ember run examples/pipeline.py" in readme
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("prog", ["hello", "process", "squares", "event"])
 def test_program_prints_what_the_tutorial_shows(prog):
     (line,) = _lines(f"run_{prog}.sh")
@@ -59,6 +60,7 @@ def test_program_prints_what_the_tutorial_shows(prog):
     assert r.stdout == expected
 
 
+@pytest.mark.timeout(120)
 def test_ps_and_stacks_show_the_hang():
     (line,) = _lines("run_hang.sh")
     launcher = subprocess.Popen(_argv(line), cwd=TUT, stdout=subprocess.PIPE,
