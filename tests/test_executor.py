@@ -1,36 +1,19 @@
 """ember.Executor end to end under a real `ember run`."""
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+import test_pyprocess
+from test_pyprocess import ok
+
 pytestmark = pytest.mark.timeout(120)
 
-PRELUDE = """
-import os, sys, signal, time, threading
-import concurrent.futures as cf
-import ember
-from ember.objects.process import _default_pool
 
-def leak_state():
-    from ember.objects.process import _drop_lease
-    _drop_lease()            # the spare leased for the next start: held on purpose
-    return len(os.listdir("/proc/self/fd")), _default_pool().stats().live_allocs
-"""
-
-
-def run_prog(tmp_path, body, timeout=100):
-    prog = tmp_path / "prog.py"
-    prog.write_text(PRELUDE + textwrap.dedent(body))
-    return subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                          capture_output=True, timeout=timeout)
-
-
-def ok(res):
-    out = res.stdout.decode()
-    assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
-    return out
+def run_prog(tmp_path, body):
+    """``body`` under `ember run` after test_pyprocess's PRELUDE (ember,
+    leak_state()) and ``import concurrent.futures as cf``."""
+    return test_pyprocess.run_prog(tmp_path, "import concurrent.futures as cf\n"
+                                   + textwrap.dedent(body))
 
 
 def test_submit_map_exceptions(tmp_path):

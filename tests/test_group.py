@@ -1,22 +1,14 @@
 """ember.ProcessGroup end to end under a real `ember run`."""
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
+import test_pyprocess
+from test_pyprocess import ok
+
 pytestmark = pytest.mark.timeout(120)
 
-PRELUDE = """
-import os, sys, signal, time
-import ember
-from ember.objects.process import _default_pool
-
-def leak_state():
-    from ember.objects.process import _drop_lease
-    _drop_lease()            # the spare leased for the next start: held on purpose
-    return len(os.listdir("/proc/self/fd")), _default_pool().stats().live_allocs
-
+MEMBER = """
 class Bad(Exception):
     pass
 
@@ -38,17 +30,10 @@ def member(fail_index, attempts_file=None):
 """
 
 
-def run_prog(tmp_path, body, timeout=100):
-    prog = tmp_path / "prog.py"
-    prog.write_text(PRELUDE + textwrap.dedent(body))
-    return subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                          capture_output=True, timeout=timeout)
-
-
-def ok(res):
-    out = res.stdout.decode()
-    assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
-    return out
+def run_prog(tmp_path, body):
+    """``body`` under `ember run` after test_pyprocess's PRELUDE (ember,
+    leak_state()) and MEMBER."""
+    return test_pyprocess.run_prog(tmp_path, MEMBER + textwrap.dedent(body))
 
 
 def test_policies(tmp_path):

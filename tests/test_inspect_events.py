@@ -5,14 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from ember import messages as m
 
 from test_gs_state import Harness
-from test_inspect import _env, _start, _stop, _wait_for, ember_json, xdg  # noqa: F401 (a fixture)
+from test_inspect import _env, _start, _stop, _wait_for, xdg  # noqa: F401 (a fixture)
 
 
 def _events(path):

@@ -7,24 +7,13 @@ import select
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from ember._size import format_size, parse_size
+from test_runtime import ember, write
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def ember(*args, cwd=None, timeout=60, **kw):
-    return subprocess.run([sys.executable, "-m", "ember", *args], cwd=cwd, capture_output=True,
-                          timeout=timeout, **kw)
-
-
-def write(tmp_path, body, name="prog.py"):
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(body))
-    return str(p)
 
 
 def start(tmp_path, prog, *extra, **kw):
