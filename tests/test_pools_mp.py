@@ -141,8 +141,11 @@ def test_pools_mp_ctrl_c_interrupts_blocking_alloc():
     with Pool.create(1 << 16) as pool:
         whole = pool.alloc(pool.stats().largest_free)
         child = _py("""
-            import sys, time
+            import signal, sys, time
             from ember.pools_c import Pool
+            # Ctrl-C raises KeyboardInterrupt even when the suite was started
+            # with SIGINT ignored (a shell's background job), as in a terminal
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             p = Pool.attach(bytes.fromhex(sys.argv[1]))
             print("waiting", flush=True)
             t = time.monotonic()
