@@ -81,6 +81,8 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
     import importlib.util
     import marshal
 
+    from .._filecache import stat_key
+
     magic = importlib.util.MAGIC_NUMBER
     code = None
     if main_code is not None and main_code[1] == magic:
@@ -104,8 +106,7 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
         hit = codes.get(self.path)
         if hit is not None:
             try:
-                st = os.stat(self.path)
-                if (st.st_mtime_ns, st.st_size) == hit[:2]:
+                if stat_key(self.path) == hit[:2]:
                     return marshal.loads(hit[2])
             except (OSError, ValueError, EOFError, TypeError):
                 pass

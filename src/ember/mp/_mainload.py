@@ -37,6 +37,8 @@ import json
 import os
 import sys
 
+from .._filecache import FileCache, stat_key
+
 #: Start of the preload entry (after the optional-preload ``?``).
 PREFIX = "@mpmain:"
 #: ``EMBER_MP_MAIN_IN_TEMPLATE=0`` in the parent's environment turns this off.
@@ -63,14 +65,14 @@ def entry(prep):
     if not path:
         return None
     try:
-        st = os.stat(path)
+        mtime, size = stat_key(path)
     except OSError:
         return None
-    key = (path, st.st_mtime_ns, st.st_size, tuple(prep.get("sys_path") or ()),
+    key = (path, mtime, size, tuple(prep.get("sys_path") or ()),
            tuple(prep.get("sys_argv") or ()), prep.get("dir"))
     if _last[0] == key:
         return _last[1]
-    data = json.dumps([path, st.st_mtime_ns, st.st_size, list(key[3]), list(key[4]), key[5]],
+    data = json.dumps([path, mtime, size, list(key[3]), list(key[4]), key[5]],
                       separators=(",", ":")).encode()
     e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
     _last[:] = [key, e]
@@ -98,25 +100,24 @@ def offer(prep):
     return e
 
 
-_checked = {}          # file -> ((mtime_ns, size), why_not's answer)
+def _why_not_file(path):
+    try:
+        with open(path, "rb") as f:
+            return why_not(f.read(), path)
+    except OSError as exc:
+        return str(exc)
+
+
+_checked = FileCache(_why_not_file)     # file -> why_not's answer
 _expect = [None, None]  # ((entry key, len(sys.modules)), the last answer)
 
 
 def _check_file(path):
     """:func:`why_not` of the file at ``path``, once per version of it."""
     try:
-        key = _stat_key(path)
+        return _checked.get(path)[1]
     except OSError as exc:
         return str(exc)
-    hit = _checked.get(path)
-    if hit is None or hit[0] != key:
-        try:
-            with open(path, "rb") as f:
-                hit = (key, why_not(f.read(), path))
-        except OSError as exc:
-            hit = (key, str(exc))
-        _checked[path] = hit
-    return hit[1]
 
 
 def expected(prep, e=...):
@@ -389,11 +390,6 @@ def _is_program_file(origin):
     return not os.path.realpath(origin).startswith(tuple(_not_program))
 
 
-def _stat_key(path):
-    st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size)
-
-
 class _Gate:
     """A meta path finder in front of the others while the main module runs
     in the template: a program module is imported only if its source passes
@@ -420,7 +416,7 @@ class _Gate:
             reason = "not a Python source file"
         else:
             try:
-                self.stats[spec.origin] = _stat_key(spec.origin)
+                self.stats[spec.origin] = stat_key(spec.origin)
                 with open(spec.origin, "rb") as f:
                     reason = why_not(f.read(), spec.origin)
             except OSError as exc:
@@ -454,7 +450,7 @@ def _run(path, stat, sys_path, argv, cwd):
     import runpy
     import types
 
-    if _stat_key(path) != tuple(stat):
+    if stat_key(path) != tuple(stat):
         return "changed since the parent looked"
     with open(path, "rb") as f:
         source = f.read()
@@ -514,7 +510,7 @@ def install(prep):
         return False
     try:
         for f, key in m.stats.items():
-            if _stat_key(f) != key:
+            if stat_key(f) != key:
                 return False
     except OSError:
         return False

@@ -22,6 +22,7 @@ from multiprocessing import context as _mpctx
 from multiprocessing import process as _mpprocess
 from multiprocessing import reduction
 
+from .._filecache import FileCache
 from .._trace import t as _t
 
 # multiprocessing.util, .spawn, .connection and .resource_sharer are
@@ -131,9 +132,6 @@ def _preload_parent_modules():
         Process._quiet_preload = Process._quiet_preload + tuple("?" + m for m in new)
 
 
-_main_codes = {}
-
-
 def _main_code(prep):
     """``(path, magic, marshalled code)`` of the main module that spawn's
     preparation makes the child run again (as ``__mp_main__``), compiled
@@ -144,24 +142,24 @@ def _main_code(prep):
     if not path:
         return None
     try:
-        st = os.stat(path)
+        return _main_codes.get(path)[1]
     except OSError:
         return None
-    key = (st.st_mtime_ns, st.st_size)
-    hit = _main_codes.get(path)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+
+
+def _compile_main(path):
     import importlib.util
     import io
     import marshal
     try:
         with io.open_code(path) as f:
             code = compile(f.read(), path, "exec", dont_inherit=True)
-        out = (path, importlib.util.MAGIC_NUMBER, marshal.dumps(code))
+        return (path, importlib.util.MAGIC_NUMBER, marshal.dumps(code))
     except Exception:
-        out = None
-    _main_codes[path] = (key, out)
-    return out
+        return None
+
+
+_main_codes = FileCache(_compile_main)    # path -> its (path, magic, code) or None
 
 
 def _tracker_fd():
@@ -186,7 +184,18 @@ def _tracker_fd():
 
 
 _prog = {}              # module name -> (module, path of its source or None)
-_prog_codes = {}        # path -> ((mtime_ns, size), marshalled code or None)
+
+
+def _compile_prog(path):
+    import marshal
+    try:
+        with open(path, "rb") as f:
+            return marshal.dumps(compile(f.read(), path, "exec", dont_inherit=True))
+    except Exception:
+        return None                       # the child reports it as an import would
+
+
+_prog_codes = FileCache(_compile_prog)    # path -> marshalled code or None
 _prog_out = [None, None]    # (len(sys.modules), the last answer)
 #: At most this many bytes of program code travel with each start.
 _PROG_CODE_MAX = 1 << 20
@@ -205,7 +214,6 @@ def _program_codes():
     if _prog_out[0] == len(sys.modules):
         return _prog_out[1]
     import importlib.util
-    import marshal
     from importlib.machinery import SourceFileLoader
 
     if not _lib_dirs:
@@ -228,23 +236,14 @@ def _program_codes():
         if path is None:
             continue
         try:
-            st = os.stat(path)
             if os.path.exists(importlib.util.cache_from_source(path)):
                 continue                          # the child reads the bytecode cache
+            key, data = _prog_codes.get(path)
         except (OSError, NotImplementedError, ValueError):
             continue
-        key = (st.st_mtime_ns, st.st_size)
-        hit = _prog_codes.get(path)
-        if hit is None or hit[0] != key:
-            try:
-                with open(path, "rb") as f:
-                    data = marshal.dumps(compile(f.read(), path, "exec", dont_inherit=True))
-            except Exception:
-                data = None                       # the child reports it as an import would
-            hit = _prog_codes[path] = (key, data)
-        if hit[1] is not None and total + len(hit[1]) <= _PROG_CODE_MAX:
-            out[path] = key + (hit[1],)
-            total += len(hit[1])
+        if data is not None and total + len(data) <= _PROG_CODE_MAX:
+            out[path] = key + (data,)
+            total += len(data)
     _prog_out[:] = [len(sys.modules), (importlib.util.MAGIC_NUMBER, out) if out else None]
     return _prog_out[1]
 
