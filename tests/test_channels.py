@@ -1,5 +1,6 @@
 """ember.channels_c: the Python API in one process (errors asserted with
 their text)."""
+import contextlib
 import gc
 import re
 import time
@@ -354,6 +355,26 @@ def test_stale_handle_after_destroy_never_touches_the_memory():
         pool._validate()
 
 
+@contextlib.contextmanager
+def _one_slot_channel(side, fill=b"fill"):
+    """A pool with a channel of one slot, holding ``fill`` when ``side`` is
+    "recv" (the message a receiving child takes; a send of ours waits for
+    room).  Yields (pool, channel, forked): each pid put in the list
+    ``forked`` is SIGKILLed and reaped (unless it was) before the pool is
+    destroyed."""
+    pool = Pool.create(1 << 20)
+    forked = []
+    try:
+        ch = Channel.create(pool, capacity=1, block_size=128)
+        if side == "recv":
+            ch.send(fill)
+        yield pool, ch, forked
+    finally:
+        for pid in forked:
+            kill(pid)
+        pool.destroy()
+
+
 def _scribble(pool, size):
     """A block of ``size`` bytes allocated from ``pool`` and filled with a
     pattern: a stray write into it shows (``_intact``)."""
@@ -414,16 +435,12 @@ def _handover_then_destroy(side, receiver_sleeps):
     at once (a one-shot channel: "receive the last message, then
     destroy").  The child's notify must never write into the block
     (HAND-OVER in channel.c).  Returns True if the block stayed intact."""
-    pool = Pool.create(1 << 20)
-    pid = 0
-    try:
-        ch = Channel.create(pool, capacity=1, block_size=128)
+    with _one_slot_channel(side) as (pool, ch, forked):
         offset = Channel.describe(ch.sdesc)[1]
-        if side == "recv":
-            ch.send(b"fill")                     # full: our send below waits
         # the child hands one slot over, paused; the parent is asleep in
         # recv/send by then
         pid = _fork_side(ch, side, "handover", 0.5, before=0.2)
+        forked.append(pid)
         if side == "send":
             if receiver_sleeps:
                 got = ch.recv(timeout=10)
@@ -458,10 +475,6 @@ def _handover_then_destroy(side, receiver_sleeps):
         a.free()
         _all_freed(pool)
         return intact and freed
-    finally:
-        if pid:
-            kill(pid)
-        pool.destroy()
 
 
 @pytest.mark.timeout(60)
@@ -527,14 +540,10 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
     GS's or the shepherd's loop), and the block stays the channel's until
     that side ends its hand-over (then it frees it), or for ever if it
     died there."""
-    pool = Pool.create(1 << 20)
-    pid = 0
-    try:
-        ch = Channel.create(pool, capacity=1, block_size=128)
+    with _one_slot_channel(side) as (pool, ch, forked):
         offset = Channel.describe(ch.sdesc)[1]
-        if side == "recv":
-            ch.send(b"fill")
         pid = _fork_side(ch, side, "handover", 30, ready=True)   # hand one slot over, stay there
+        forked.append(pid)
         if side == "send":
             assert ch.recv(timeout=30) == b"last"
         else:
@@ -547,10 +556,6 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
         assert pool.stats().live_allocs == 2
         a.free()
         pool._validate()
-    finally:
-        if pid:
-            kill(pid)
-        pool.destroy()
 
 
 def _claimed_by_child(ch, pause, side="send"):
@@ -576,14 +581,10 @@ def test_destroy_while_a_send_or_receive_is_claimed_never_touches_the_reused_blo
     leaves the block allocated until it has handed the slot over, so a
     block allocated right after the destroy is never the one it writes to
     (it was: busy counts started at the hand-over store)."""
-    pool = Pool.create(1 << 20)
-    pid = 0
-    try:
-        ch = Channel.create(pool, capacity=1, block_size=128)
+    with _one_slot_channel(side) as (pool, ch, forked):
         offset = Channel.describe(ch.sdesc)[1]
-        if side == "recv":
-            ch.send(b"fill")
         pid = _claimed_by_child(ch, 30, side)
+        forked.append(pid)
         ch.destroy()                             # returns at once
         a = _scribble(pool, 320 + 128)           # the channel's block if it is free already
         assert a.offset != offset                # the block is still the channel's
@@ -591,10 +592,6 @@ def test_destroy_while_a_send_or_receive_is_claimed_never_touches_the_reused_blo
         assert _intact(a)
         a.free()
         _all_freed(pool)
-    finally:
-        if pid:
-            kill(pid)
-        pool.destroy()
 
 
 @pytest.mark.timeout(60)
@@ -605,13 +602,10 @@ def test_a_side_killed_between_claim_and_hand_over_costs_nothing(side, recovered
     receiver's skip of a dead sender's slot, a sender's recovery of a dead
     receiver's, or destroy's scan): the channel goes on, and its destroy
     frees the block (a large message's block included)."""
-    pool = Pool.create(1 << 20)
-    pid = 0
-    try:
-        ch = Channel.create(pool, capacity=1, block_size=128)
-        if side == "recv":
-            ch.send(b"F" * 1000)                 # a large one: a pool block of its own
+    # (a large message to receive: a pool block of its own)
+    with _one_slot_channel(side, fill=b"F" * 1000) as (pool, ch, forked):
         pid = _claimed_by_child(ch, 30, side)
+        forked.append(pid)
         kill(pid)
         if recovered_by == "other side" and side == "send":
             with pytest.raises(ChannelEmpty):
@@ -624,10 +618,6 @@ def test_a_side_killed_between_claim_and_hand_over_costs_nothing(side, recovered
             assert ch.recv(timeout=10) == b"next"
         ch.destroy()
         _all_freed(pool)                          # freed: no count left up
-    finally:
-        if pid:
-            kill(pid)
-        pool.destroy()
 
 
 @pytest.mark.timeout(300)

@@ -344,21 +344,29 @@ def test_close_wakes_blocked_processes(pool):
 SEQ = 1 << 14
 
 
-def _take_one(ch, rnd):
-    """One message, received as a storm's consumer does, in one of three
-    ways at random (``rnd``): recv_view, the GS style (wait_any, then try
-    once), or recv; ChannelEmpty if none came within 0.05 s."""
-    x = rnd.random()
-    if x < 0.2:
-        v = ch.recv_view(timeout=0.05)
-        m = bytes(v)
-        v.release()
-        return m
-    if x < 0.35:
-        if not wait_any([ch], timeout=0.05):
-            raise ChannelEmpty("idle")
-        return ch.recv(timeout=0)
-    return ch.recv(timeout=0.05)
+def _received(ch, fl, k):
+    """The messages storm consumer ``k`` receives, each in one of three
+    ways at random: recv_view, the GS style (wait_any, then try once), or
+    recv; until the channel is idle for 0.05 s once ``fl[1]`` is set."""
+    rnd = random.Random(k)
+    while True:
+        x = rnd.random()
+        try:
+            if x < 0.2:
+                v = ch.recv_view(timeout=0.05)
+                m = bytes(v)
+                v.release()
+            elif x < 0.35:
+                if not wait_any([ch], timeout=0.05):
+                    raise ChannelEmpty("idle")
+                m = ch.recv(timeout=0)
+            else:
+                m = ch.recv(timeout=0.05)
+        except ChannelEmpty:
+            if fl[1]:
+                return
+            continue
+        yield m
 
 
 def _kill_storm(ch, fl, producer, consumer, rnd, ninc, kills_wanted, max_seconds):
@@ -445,14 +453,7 @@ def _storm(pool, kills_wanted, max_seconds, seed):
 
     def consumer(k):
         cnt = memoryview(counts)
-        r2 = random.Random(k)
-        while True:
-            try:
-                m = _take_one(ch, r2)
-            except ChannelEmpty:
-                if fl[1]:
-                    return
-                continue
+        for m in _received(ch, fl, k):
             ok, mid = intact(m)
             if not ok or mid >= ninc * SEQ:
                 fl[2] = 1
@@ -560,14 +561,7 @@ def _storm8(pool, kills_wanted, max_seconds, seed):
 
     def consumer(k):
         cnt = memoryview(counts)
-        r2 = random.Random(k)
-        while True:
-            try:
-                m = _take_one(ch, r2)
-            except ChannelEmpty:
-                if fl[1]:
-                    return
-                continue
+        for m in _received(ch, fl, k):
             ok, mid = _check8(m)
             if not ok:
                 fl[2] += 1
