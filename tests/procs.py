@@ -13,6 +13,7 @@ tests run, with this folder put on their sys.path):
     assert wait_gone(pids) == []       # those still alive after the wait
     children(ppid, comm="ember-spare") # its children (named so)
     wait_children(ppid, "ember-spare", 2)   # at least two of them, waiting for them
+    for address, name, data in readable_memory(pid): ...   # what its memory holds
 """
 import json
 import os
@@ -138,6 +139,30 @@ def wait_children(ppid, comm, n=1, timeout=30.0):
         if time.monotonic() > deadline:
             return []
         time.sleep(0.01)
+
+
+def readable_memory(pid="self"):
+    """(address, mapping name, bytes) of each readable mapping of process
+    ``pid`` (its memory as /proc/PID/maps lists it when called), device
+    mappings and the kernel's vvar/vsyscall pages left out, and any that
+    cannot be read.  Reading another process's needs the right to trace
+    it (PermissionError otherwise)."""
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read().splitlines()
+    with open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            name = parts[5] if len(parts) > 5 else "anon"
+            if "r" not in parts[1] or name.startswith("/dev/") or \
+                    name in ("[vvar]", "[vsyscall]", "[vvar_vclock]"):
+                continue
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except (OSError, ValueError, OverflowError):
+                continue
+            yield lo, name, data
 
 
 def runtime_of(launcher_pid, deadline):

@@ -3,8 +3,11 @@ under a real ``ember run``: a managed process that forges control-plane
 messages with ember's own client internals must not be able to end the run,
 change its exit code, destroy what others hold, or start processes GS does
 not know about."""
+import os
+
 import pytest
 
+from procs import readable_memory
 from test_runtime import run_prog
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,49 +194,28 @@ def _launcher_keys(pid):
     is its parent, so it may read it)."""
     import re
     keys = set()
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            if "r" not in parts[1] or (len(parts) > 5 and (parts[5].startswith("/dev/")
-                                                   or parts[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]"))):
-                continue
-            try:
-                mem.seek(lo)
-                data = mem.read(hi - lo)
-            except (OSError, ValueError, OverflowError):
-                continue
-            keys.update(m.group(1) for m in re.finditer(rb"EMBER_KEY=([0-9a-f]{32})\0", data))
+    for _, _, data in readable_memory(pid):
+        keys.update(m.group(1) for m in re.finditer(rb"EMBER_KEY=([0-9a-f]{32})\0", data))
     return keys
 
 
 # The head scans its own memory for the launcher's key, given only hashes of
 # it (and 4 bytes to find candidates), so that it never holds the key itself.
-SCAN = r'''
-import hashlib, os, sys
+SCAN = f"import sys; sys.path.append({os.path.dirname(os.path.abspath(__file__))!r})\n" + r'''
+import hashlib
+from procs import readable_memory                  # tests/procs.py
 maps = open("/proc/self/maps").read()
 print("control pool mapped:", "7ffffffffffffffe" in maps, flush=True)
 req = sys.stdin.readline().split()
 found = []
-mem = open("/proc/self/mem", "rb", 0)
 for hex_sha, raw_sha, raw4, hex6 in zip(*[iter(req)] * 4):
     raw4, hex6 = bytes.fromhex(raw4), hex6.encode()
-    for line in maps.splitlines():
-        parts = line.split()
-        lo, hi = (int(x, 16) for x in parts[0].split("-"))
-        if "r" not in parts[1] or (len(parts) > 5 and (parts[5].startswith("/dev/")
-                                                   or parts[5] in ("[vvar]", "[vsyscall]", "[vvar_vclock]"))):
-            continue
-        try:
-            mem.seek(lo)
-            data = mem.read(hi - lo)
-        except (OSError, ValueError, OverflowError):
-            continue
+    for lo, name, data in readable_memory():
         for needle, n, want, what in ((raw4, 16, raw_sha, "raw"), (hex6, 32, hex_sha, "hex")):
             i = data.find(needle)
             while i >= 0:
                 if hashlib.sha256(data[i:i + n]).hexdigest() == want:
-                    found.append(f"{what} at {lo + i:#x} in {parts[5] if len(parts) > 5 else 'anon'}")
+                    found.append(f"{what} at {lo + i:#x} in {name}")
                 i = data.find(needle, i + 1)
 print("launcher key found:", found, flush=True)
 '''
