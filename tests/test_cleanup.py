@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
+
+from test_runtime import READY, ember, start_ready
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,11 +19,6 @@ TAG = os.environ["EMBER_SEGMENT_TAG"]      # set by conftest: our segments carry
 # The tests below use --dry-run: a real cleanup would also remove segments of
 # tests running in parallel whose owner just died (test_runtime's
 # test_launcher_kill_9_then_cleanup checks the real removal).
-
-
-def ember(*args, timeout=60, **kw):
-    return subprocess.run([sys.executable, "-m", "ember", *args], capture_output=True,
-                          timeout=timeout, **kw)
 
 
 def pid_max():
@@ -51,19 +47,6 @@ def unlink_all(names):
             pass
 
 
-def start_runtime(tmp_path):
-    prog = tmp_path / "prog.py"
-    prog.write_text(textwrap.dedent("""
-        import time
-        print("ready", flush=True)
-        time.sleep(60)
-    """))
-    p = subprocess.Popen([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
-    return p
-
-
 def stop_runtime(p):
     p.send_signal(signal.SIGINT)
     p.communicate(timeout=30)
@@ -75,7 +58,7 @@ def test_live_runtime_survives_cleanup_from_another_pid_namespace(tmp_path):
                            capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot make a pid namespace here: {probe.stderr.decode().strip()}")
-    p = start_runtime(tmp_path)
+    p = start_ready(tmp_path, READY)
     try:
         prefix = f"ember.r{p.pid}-"
         before = segments(prefix)

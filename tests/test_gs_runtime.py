@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from test_runtime import ember, ok, run_prog, write
+from test_runtime import READY, ember, ok, run_prog, start_ready, write
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,16 +172,8 @@ pool.detach()
 
 def test_a_forwarded_ctrl_c_is_not_reported_as_a_death(tmp_path):
     import signal
-    import subprocess
 
-    prog = write(tmp_path, r"""
-import signal, time
-print("ready", flush=True)
-time.sleep(60)
-""")
-    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
+    p = start_ready(tmp_path, READY)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 130, err

@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 
+from test_runtime import start_ready
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -81,7 +83,7 @@ def test_end_of_program_as_in_python3(tmp_path):
 
 
 def test_sigint_to_a_forked_head_raises_keyboard_interrupt(tmp_path):
-    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+    p = start_ready(tmp_path, """
         import sys, time
         try:
             print("ready", flush=True)
@@ -89,10 +91,7 @@ def test_sigint_to_a_forked_head_raises_keyboard_interrupt(tmp_path):
         except KeyboardInterrupt:
             print("interrupted", flush=True)
             sys.exit(9)
-    """))
-    p = subprocess.Popen([sys.executable, "-m", "ember", "run", "prog.py"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    assert p.stdout.readline() == b"ready\n"
+    """, start_new_session=True)
     os.killpg(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert (p.returncode, out, err) == (9, b"interrupted\n", b"")

@@ -8,11 +8,18 @@ import time
 
 import pytest
 
-from procs import wait_gone
+from procs import children, wait_gone
 
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+READY = """
+    import time
+    print("ready", flush=True)
+    time.sleep(60)
+"""
 
 
 def ember(*args, cwd=None, timeout=60, **kw):
@@ -24,6 +31,16 @@ def write(tmp_path, body, name="prog.py"):
     p = tmp_path / name
     p.write_text(textwrap.dedent(body))
     return str(p)
+
+
+def start_ready(tmp_path, body, *extra, **popen):
+    """`ember run [extra] prog`, ``body`` written as the program, stdout and
+    stderr piped (``popen``: more Popen arguments); returns the Popen once
+    the head has printed "ready"."""
+    p = subprocess.Popen([sys.executable, "-m", "ember", "run", *extra, write(tmp_path, body)],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    assert p.stdout.readline() == b"ready\n"
+    return p
 
 
 def run_prog(tmp_path, body, *args, timeout=60, extra=()):
@@ -359,7 +376,7 @@ def test_teardown_kills_leftovers(tmp_path):
 
 
 def test_ctrl_c_reaches_the_head(tmp_path):
-    prog = write(tmp_path, r"""
+    p = start_ready(tmp_path, r"""
         import sys, time
         try:
             print("ready", flush=True)
@@ -368,9 +385,6 @@ def test_ctrl_c_reaches_the_head(tmp_path):
             print("head got KeyboardInterrupt", flush=True)
             sys.exit(42)
     """)
-    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 42, err
@@ -378,15 +392,12 @@ def test_ctrl_c_reaches_the_head(tmp_path):
 
 
 def test_head_ignoring_sigterm_is_killed_after_grace(tmp_path):
-    prog = write(tmp_path, r"""
+    p = start_ready(tmp_path, r"""
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("ready", flush=True)
         time.sleep(60)
-    """)
-    p = subprocess.Popen([sys.executable, "-m", "ember", "run", "--grace", "0.3", prog],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
+    """, "--grace", "0.3")
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
@@ -397,7 +408,7 @@ def test_head_ignoring_sigterm_is_killed_after_grace(tmp_path):
 
 def test_launcher_kill_9_then_cleanup(tmp_path):
     pidfile = tmp_path / "pids"
-    prog = write(tmp_path, rf"""
+    p = start_ready(tmp_path, rf"""
         import os, sys, time
         from ember.globalservices import process, pool
         c = process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"])
@@ -406,11 +417,8 @@ def test_launcher_kill_9_then_cleanup(tmp_path):
         print("ready", flush=True)
         time.sleep(60)
     """)
-    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
     runtime_pids = [int(x) for x in pidfile.read_text().split()]
-    gs_and_shepherd = [int(x) for x in os.popen(f"pgrep -P {p.pid}").read().split()]
+    gs_and_shepherd = children(p.pid)
     assert len(gs_and_shepherd) == 2
     segs = [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
     assert len(segs) >= 3, segs          # infrastructure, default, "orphaned"
@@ -430,15 +438,8 @@ def test_launcher_kill_9_then_cleanup(tmp_path):
 
 
 def test_cleanup_leaves_live_runtime_alone(tmp_path):
-    prog = write(tmp_path, r"""
-        import time
-        print("ready", flush=True)
-        time.sleep(60)
-    """)
-    p = subprocess.Popen([sys.executable, "-m", "ember", "run", prog], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = start_ready(tmp_path, READY)
     try:
-        assert p.stdout.readline() == b"ready\n"
         before = [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
         assert before
         dry = ember("cleanup", "--dry-run")   # a real one would also clean parallel tests' fakes
