@@ -426,3 +426,70 @@ def test_lock_deadlock_seen_from_outside(tmp_path, xdg):
             assert f'^ blocked on acquire(Lock "{want}") held by p_uid ' in part, out
     finally:
         _stop(run)
+
+
+# The Python layer's own channels (not GS channels nor objects): a head
+# waiting for a Process's result, a process whose Executor waits for a
+# task's result.
+OWN_CHANNELS = """\
+import time, ember
+
+def forever():
+    time.sleep(3600)
+
+def boss():
+    ex = ember.Executor(max_workers=1)
+    ex.submit(forever).result()          # the executor's reader waits on its results
+
+if __name__ == "__main__":
+    b = ember.Process(target=boss, name="boss")
+    b.start()
+    p = ember.Process(target=forever, name="slow")
+    p.start()
+    p.result()                           # the head waits for the result
+"""
+
+
+def _own_blocked(xdg):
+    res = ember(xdg, "ps", "--json")
+    if res.returncode == 1:
+        return None
+    rows = json.loads(res.stdout)
+    # the head (the first process) and boss; the executor's worker has no name either
+    by = {"head" if r["p_uid"] == min(x["p_uid"] for x in rows) else r["name"]: r for r in rows}
+    _LAST_PS[str(xdg)] = {n: r.get("blocked_on") for n, r in by.items()}
+    return by if "head" in by and "boss" in by and by["head"]["blocked_on"] and \
+        by["boss"]["blocked_on"] else None
+
+
+@pytest.mark.timeout(120)
+def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg):
+    """Not ``recv(channel 4611...)``: the channel's role, read from its c_uid."""
+    run = _start(tmp_path, xdg, OWN_CHANNELS)
+    try:
+        by = _wait_for(lambda: _own_blocked(xdg),
+                       lambda: f"the head and boss to block (last ps: {_LAST_PS.get(str(xdg))})")
+        head, boss = by["head"], by["boss"]
+        assert head["blocked_on"] == "recv(result of a Process)"
+        assert head["status"] == "blocked on recv(result of a Process)"
+        assert head["blocked_detail"]["role"] == "result of a Process"
+        assert boss["blocked_on"] == "recv(results of an Executor)"
+        assert boss["blocked_detail"]["role"] == "results of an Executor"
+        text = ember(xdg, "ps").stdout.decode()
+        assert "blocked on recv(result of a Process) for " in text, text
+        assert "channel" not in text, text
+    finally:
+        _stop(run)
+
+
+def test_roles_in_c_uids():
+    from ember import _roles
+    from ember.globalservices._client import is_reply_c_uid
+    for role, text in _roles.LABELS.items():
+        u = _roles.c_uid(role)
+        assert 0 < u < 1 << 64 and not is_reply_c_uid(u)
+        assert _roles.label(u) == text
+        assert _roles.c_uid(role) != u
+    # a GS channel's, a reply channel's, a plain random one's: no role
+    for u in (1, 5000, 1 << 63 | 1 << 62 | 0xEB7 << 44 | 2 << 56, None):
+        assert _roles.label(u) is None

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 
+from .. import _roles
 from ..globalservices._client import is_reply_c_uid
 
 EXIT_OK = 0
@@ -270,11 +271,7 @@ def blocked_info(p, slot, waiters, chans, objs=None, pids=None):
     if mine:
         c = chans.get(slot["c_uid"])
         if c is not None:
-            op = slot["op"]
-            if op.startswith("wait_any"):
-                more = f" +{slot['count'] - 1}" if slot["count"] > 1 else ""
-                return f"{op}({_chan_label(c)}{more})", {"channel": slot["c_uid"]}
-            return f"{op}({_chan_label(c)})", {"channel": slot["c_uid"]}
+            return _waited(slot, _chan_label(c)), {"channel": slot["c_uid"]}
         o = objs.channel(slot["c_uid"]) if objs is not None and slot["c_uid"] else None
         if o is not None:
             op = slot["op"]
@@ -294,8 +291,19 @@ def blocked_info(p, slot, waiters, chans, objs=None, pids=None):
     if mine:
         if is_reply_c_uid(slot["c_uid"]):
             return "a reply from global services", {}
+        role = _roles.label(slot["c_uid"])     # the Python layer's own channels
+        if role is not None:
+            return _waited(slot, role), {"channel": slot["c_uid"], "role": role}
         return f"{slot['op']}(channel {slot['c_uid']})", {"channel": slot["c_uid"]}
     return None, {}
+
+
+def _waited(slot, what):
+    """``op(what)`` of a channel wait, with ``+N`` for the other channels
+    of a wait_any."""
+    op = slot["op"]
+    more = f" +{slot['count'] - 1}" if op.startswith("wait_any") and slot["count"] > 1 else ""
+    return f"{op}({what}{more})"
 
 
 def _sync_blocked(slot, objs, pids):

@@ -24,6 +24,7 @@ import struct
 import threading
 import weakref
 
+from .. import _roles
 from ..exceptions import ProcessDied
 from . import _codec, _pickling as P
 from .process import Process, _default_pool, _signal_name, outcome
@@ -390,8 +391,10 @@ class Executor(_cf.Executor):
         from ..channels_c import Channel
 
         pool = _default_pool()
-        task_ch = Channel.create(pool, capacity=16, block_size=1024)
-        res_ch = Channel.create(pool, capacity=1024, block_size=256)
+        task_ch = Channel.create(pool, capacity=16, block_size=1024,
+                                 c_uid=_roles.c_uid(_roles.EXECUTOR_TASKS))
+        res_ch = Channel.create(pool, capacity=1024, block_size=256,
+                                c_uid=_roles.c_uid(_roles.EXECUTOR_RESULTS))
         prog = pool.alloc(64)
         memoryview(prog)[:8] = _TID.pack(0)
         p = Process(target=_worker_main,

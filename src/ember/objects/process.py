@@ -19,7 +19,7 @@ import sys
 import threading
 import weakref
 
-from .. import _env
+from .. import _env, _roles
 from ..exceptions import ProcessDied, ProcessError, RemoteError, RemoteTraceback
 from . import _codec, _pickling as P
 from .._trace import t as _t
@@ -251,8 +251,10 @@ def _ask_lease(pool, argv):
     lease.desc = lease.pending = None
     res = lease.res = _Resources()
     try:
-        res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN, block_size=_BLOCK)
-        res.result = Channel.create(pool, capacity=_RESULT_CAPACITY, block_size=_BLOCK)
+        res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN, block_size=_BLOCK,
+                                  c_uid=_roles.c_uid(_roles.PROCESS_CALL))
+        res.result = Channel.create(pool, capacity=_RESULT_CAPACITY, block_size=_BLOCK,
+                                    c_uid=_roles.c_uid(_roles.PROCESS_RESULT))
         args = argv + ["--spare=" + lease.token, _env.encode(res.call.sdesc),
                        _env.encode(res.result.sdesc)]
         _t("P.lease")
@@ -736,10 +738,10 @@ class Process:
         fin.atexit = False
         try:
             try:
-                res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN,
-                                          block_size=_BLOCK)
-                res.result = Channel.create(pool, capacity=_RESULT_CAPACITY,
-                                            block_size=_BLOCK)
+                res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN, block_size=_BLOCK,
+                                          c_uid=_roles.c_uid(_roles.PROCESS_CALL))
+                res.result = Channel.create(pool, capacity=_RESULT_CAPACITY, block_size=_BLOCK,
+                                            c_uid=_roles.c_uid(_roles.PROCESS_RESULT))
             except BaseException:
                 _codec.free_unsent(msg)
                 raise

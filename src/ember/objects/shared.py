@@ -31,6 +31,7 @@ import threading
 import time
 import weakref
 
+from .. import _roles
 from ..channels_c import Channel, ChannelClosed, ChannelEmpty, ChannelFull
 from ..exceptions import (ChannelError, ObjectError, OwnerDied, ProcessDied, RemoteError,
                           RemoteTraceback, SharedObjectError)
@@ -614,8 +615,10 @@ def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threa
         if lifetime is None:
             lifetime = "runtime"   # the scope ends it (or its own lifetime, earlier)
     pool = _default_pool()
-    boot_out = Channel.create(pool, capacity=2, block_size=1024)
-    boot_in = Channel.create(pool, capacity=2, block_size=1024)
+    boot_out = Channel.create(pool, capacity=2, block_size=1024,
+                              c_uid=_roles.c_uid(_roles.SHARED_BOOT))
+    boot_in = Channel.create(pool, capacity=2, block_size=1024,
+                             c_uid=_roles.c_uid(_roles.SHARED_BOOT))
     host = None
     try:
         host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in,
