@@ -73,8 +73,8 @@ def _name(comm):
     tmpl = sys.modules.get("ember.shepherd.template")
     if tmpl is None or not tmpl._template_comm:
         return None
-    old = tmpl._prctl_name()
-    tmpl._prctl_name(comm)
+    old = tmpl._comm()
+    tmpl._comm(comm)
     return old
 
 
@@ -86,8 +86,12 @@ def _wait_call(reader, token):
     from .objects import _pickling as P
 
     try:
+        if _trace.on:
+            _trace.t_faults("L.faults_wait")
         named = _name(LEASED_COMM)
         _trace.t("L.ready")
+        if _trace.on:
+            _trace.t_faults("L.faults_ready")
         while not reader.records:
             reader.pump(None)
         if named is not None:
@@ -130,6 +134,8 @@ def run(call_sdesc, result_sdesc, spare=None):
             if got is None:
                 os._exit(0)               # not a call of its creator: leave no trace
             _trace.t("C.call")
+            if _trace.on:
+                _trace.t_faults("C.faults_call")
             rec, (path, setenv, unsetenv, cwd, _) = got
             del reader
             call.detach()

@@ -505,6 +505,8 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         step = "run"
         from .. import _worker
         _t("C.run")
+        if _trace.on:
+            _trace.t_faults("C.faults_run")
 
         sys.argv = ["-m"] + list(args[2:])
         code = _worker.main(list(args[2:]))
@@ -642,26 +644,30 @@ def _check_cwd(cwd):
 # ----------------------------------------------------------------------
 #: Name (``/proc/PID/comm``) of a spare while it waits for its request.
 SPARE_COMM = b"ember-spare"
-_PR_SET_NAME, _PR_GET_NAME = 15, 16
 
 
-_prctl = []
 _template_comm = None     # the template's comm, which a spare takes back with its request
 
 
-def _prctl_name(name=None):
-    """Get (``name`` None) or set this thread's comm; None if unavailable."""
+def _comm(name=None):
+    """Get (``name`` None) or set this process's comm (``/proc/self/comm``,
+    the main thread's: the only thread of a template child); None if
+    unavailable.  Through procfs, not ``prctl(PR_SET_NAME)`` by ctypes: a
+    foreign call cost each spare ~35 page faults of copy-on-write (ctypes'
+    objects and code), a few os calls ~5."""
     try:
-        import ctypes
-
-        if not _prctl:            # looked up once (the spare's last call is on the start path)
-            _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
-        buf = ctypes.create_string_buffer(16)
         if name is None:
-            return buf.value if _prctl[0](_PR_GET_NAME, buf, 0, 0, 0) == 0 else None
-        buf.value = name[:15]
-        _prctl[0](_PR_SET_NAME, buf, 0, 0, 0)
-    except Exception:
+            fd = os.open("/proc/self/comm", os.O_RDONLY)
+            try:
+                return os.read(fd, 64).rstrip(b"\n")
+            finally:
+                os.close(fd)
+        fd = os.open("/proc/self/comm", os.O_WRONLY)
+        try:
+            os.write(fd, name[:15])
+        finally:
+            os.close(fd)
+    except OSError:
         return None
     return name
 
@@ -729,8 +735,14 @@ def _spare_main(sock, shepherd_pid):
     try:
         comm = _template_comm
         _t("N.spare_up")
-        _prctl_name(SPARE_COMM)
+        if _trace.on:
+            _trace.t_faults("N.faults_up")
+        _comm(SPARE_COMM)
+        if _trace.on:
+            _trace.t_faults("N.faults_named")
         err = _detach(shepherd_pid, keep=sock.fileno())
+        if _trace.on:
+            _trace.t_faults("N.faults_detached")
         if err is not None:
             # A shepherd that exited (teardown while this spare was being
             # cloned) is no error: nobody is left to hand it a request.
@@ -746,7 +758,7 @@ def _spare_main(sock, shepherd_pid):
             os._exit(0)
         args, envp, cwd = msgpack.unpackb(msg, raw=False)
         if comm:
-            _prctl_name(comm)
+            _comm(comm)
     except BaseException:
         os._exit(0)
     _child(args, envp, cwd, fds, -1, 0, shepherd_pid, detached=True)
@@ -832,7 +844,7 @@ def main():
         _default_pool = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _template_comm
-    _template_comm = _prctl_name()      # looked up once, not in every spare
+    _template_comm = _comm()      # looked up once, not in every spare
     _freeze()
     shepherd_pid = os.getppid()
     import socket
