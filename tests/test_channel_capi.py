@@ -666,3 +666,83 @@ def test_create_never_trusts_a_replaced_segment_name(capi):
         if os.path.exists("/dev/shm" + name):
             os.unlink("/dev/shm" + name)
         lib.ember_pool_detach(pool)
+
+
+def test_reserved_channel_block(capi):
+    """Issue 7 (join wake-up): ember_ch_reserve makes a channel's block
+    ahead (owned, header page faulted in, slot pages still holes in fresh
+    memory); ember_ch_create_reserved makes the channel there without a
+    new allocation; a reservation in a reused block gets its slots
+    initialised; ember_ch_unreserve gives it back; a dead owner's
+    reservation goes with the pool's reclaim; misuse returns errors."""
+    ffi, lib = capi
+    out = ffi.new("ember_pool_t **")
+    assert lib.ember_pool_create(8 << 20, random.getrandbits(63), owner_tag(), b"resv", out) == lib.EMBER_OK
+    pool = out[0]
+    try:
+        path = "/dev/shm" + ffi.string(lib.ember_pool_shm_name(pool)).decode()
+        r = ffi.new("ember_ch_reserved_t *")
+        assert lib.ember_ch_reserve(pool, 128, 1024, lib.EMBER_ALLOC_OWNED, r) == lib.EMBER_OK
+        assert live_allocs(capi, pool) == 1
+        a = r.alloc
+        hdr_page = a.offset // 4096 * 4096
+        assert _data_ranges(path, hdr_page, hdr_page + 4096) == [(hdr_page, hdr_page + 4096)]
+        first, last = (a.offset + HDR + 4095) // 4096 * 4096, (a.offset + a.size) // 4096 * 4096
+        assert _data_ranges(path, first, last) == []
+        ch_out = ffi.new("ember_ch_t **")
+        assert lib.ember_ch_create_reserved(pool, r, 4242, ch_out) == lib.EMBER_OK
+        ch = ch_out[0]
+        assert live_allocs(capi, pool) == 1
+        assert lib.ember_ch_alloc(ch).offset == a.offset
+        sd = sdesc_of(capi, ch)
+        info = ffi.new("ember_ch_sdesc_info_t *")
+        assert lib.ember_ch_sdesc_info(sd, len(sd), info) == lib.EMBER_OK
+        assert (info.c_uid, info.capacity, info.block_size) == (4242, 128, 1024)
+        other = ffi.new("ember_ch_t **")
+        assert lib.ember_ch_attach(pool, sd, len(sd), other) == lib.EMBER_OK
+        assert lib.ember_ch_send(ch, b"hi", 2, 0) == lib.EMBER_OK
+        assert recv(capi, other[0]) == b"hi"
+        assert lib.ember_ch_detach(other[0]) == lib.EMBER_OK
+        assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+        # a dirty block: reserved, its slots are initialised; many laps work
+        blk = ffi.new("ember_alloc_t *")
+        assert lib.ember_pool_alloc(pool, a.size, blk) == lib.EMBER_OK and blk.offset == a.offset
+        ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), b"\xff" * a.size, a.size)
+        assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
+        assert lib.ember_ch_reserve(pool, 128, 1024, 0, r) == lib.EMBER_OK
+        assert r.alloc.offset == a.offset
+        assert lib.ember_ch_create_reserved(pool, r, 5, ch_out) == lib.EMBER_OK
+        ch = ch_out[0]
+        for lap in range(3):
+            for i in range(128):
+                assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
+            assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_FULL
+            assert [recv(capi, ch) for _ in range(128)] == [b"%d" % i for i in range(128)]
+        assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
+        # given back
+        assert lib.ember_ch_reserve(pool, 8, 128, 0, r) == lib.EMBER_OK
+        assert live_allocs(capi, pool) == 1
+        assert lib.ember_ch_unreserve(pool, r) == lib.EMBER_OK
+        assert live_allocs(capi, pool) == 0
+        # a dead owner's reservation is reclaimed
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if lib.ember_ch_reserve(pool, 8, 128, lib.EMBER_ALLOC_OWNED, r) == 0 else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert live_allocs(capi, pool) == 1
+        nb = ffi.new("uint64_t *")
+        nbytes = ffi.new("uint64_t *")
+        assert lib.ember_pool_reclaim(pool, pid, nb, nbytes) == lib.EMBER_OK
+        assert nb[0] == 1 and live_allocs(capi, pool) == 0
+        # misuse
+        z = ffi.new("ember_ch_reserved_t *")
+        assert lib.ember_ch_create_reserved(pool, z, 1, ch_out) == lib.EMBER_ERR_INVALID_ARG
+        assert lib.ember_ch_unreserve(pool, z) == lib.EMBER_ERR_INVALID_ARG
+        assert lib.ember_ch_create_reserved(ffi.NULL, z, 1, ch_out) == lib.EMBER_ERR_INVALID_ARG
+        assert lib.ember_ch_reserve(pool, 3, 128, 0, r) == lib.EMBER_ERR_INVALID_ARG
+        assert lib.ember_ch_reserve(pool, 8, 100, 0, r) == lib.EMBER_ERR_INVALID_ARG
+        assert lib.ember_ch_reserve(ffi.NULL, 8, 128, 0, r) == lib.EMBER_ERR_INVALID_ARG
+        assert lib.ember_ch_reserve(pool, 1 << 20, 1 << 16, 0, r) == lib.EMBER_ERR_TOO_BIG
+        assert live_allocs(capi, pool) == 0
+    finally:
+        lib.ember_pool_destroy(pool)

@@ -513,3 +513,43 @@ def test_an_exit_looks_at_the_board_only_for_a_process_told_of_it(h):
     assert h.gs.timers_pending == before and h.gs._board_told == set()
     key = h.req(m.ChannelJoin, "late", 0, r=b"RX")
     assert h.err(key)[0] == "ChannelTimeout"
+
+
+def test_the_next_channel_block_is_made_ahead(tmp_path):
+    """Issue 7 (join wake-up): once a create has answered parked joiners,
+    the creator makes its next channel's block ahead (allocated, header
+    faulted in: off the wake-up's path); the next named create takes it;
+    the block is the creator's own, so its exit gives it back to the pool."""
+    out = run(tmp_path, """
+    from ember.channels_c import Channel
+    from ember.globalservices import _client
+    if role == "publisher":         # publisher NAME1 NAME2: answer a joiner of each
+        conn = _client.connection()
+        for k, name in enumerate(sys.argv[2:4]):
+            wait_for(lambda: parked(name), what="the joiner to park")
+            before = conn._publisher.reserved if conn._publisher else None
+            d = channel.create(None, name)
+            print(name, "took the block made ahead:", k == 0 or
+                  Channel.describe(d.sdesc)[1] == before, flush=True)
+            print(name, "next made ahead:", conn._publisher.reserved is not None, flush=True)
+        sys.exit(0)
+    dpool = _client.connection()._default_pool()
+    wait_for(lambda: dpool.stats().live_allocs == 0, what="the warm-up's channel freed")
+    joiners = [spawn("join", n, f"{tmp}/{n}") for n in ("wb-m1", "wb-m2")]
+    p = spawn("publisher", "wb-m1", "wb-m2")
+    print("publisher exit", process.join(p.p_uid, timeout=60))
+    print("joiners exit", [process.join(j.p_uid, timeout=60) for j in joiners])
+    print("answered:", [read(f"{tmp}/{n}") == str(channel.query(n).c_uid)
+                        for n in ("wb-m1", "wb-m2")])
+    channel.destroy("wb-m1")
+    channel.destroy("wb-m2")
+    wait_for(lambda: dpool.stats().live_allocs == 0, what="the blocks back in the pool")
+    print("pool as before")
+    """)
+    assert "wb-m1 next made ahead: True" in out
+    assert "wb-m2 took the block made ahead: True" in out
+    assert "wb-m2 next made ahead: True" in out
+    assert "publisher exit 0" in out
+    assert "joiners exit [0, 0]" in out
+    assert "answered: [True, True]" in out
+    assert "pool as before" in out

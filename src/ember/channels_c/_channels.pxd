@@ -37,6 +37,14 @@ cdef extern from "channel.h" nogil:
     ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
                                   uint32_t block_size, unsigned flags, ember_ch_t **out)
     const ember_alloc_t *ember_ch_alloc(const ember_ch_t *ch)
+    ctypedef struct ember_ch_reserved_t:
+        ember_alloc_t alloc
+        uint32_t capacity, block_size
+    ember_rc_t ember_ch_reserve(ember_pool_t *pool, uint32_t capacity, uint32_t block_size,
+                                unsigned flags, ember_ch_reserved_t *out)
+    ember_rc_t ember_ch_create_reserved(ember_pool_t *pool, const ember_ch_reserved_t *r,
+                                        uint64_t c_uid, ember_ch_t **out)
+    ember_rc_t ember_ch_unreserve(ember_pool_t *pool, const ember_ch_reserved_t *r)
     ctypedef struct ember_ch_sdesc_info_t:
         uint64_t offset, id, size, c_uid
         uint32_t capacity, block_size

@@ -1318,6 +1318,9 @@ cdef class _BoardPublisher:
     cdef bytes _key
     cdef int _test_stop
     cdef bytes _od_default
+    cdef ember_ch_reserved_t _spare     # a default channel's block made ahead (reserve())
+    cdef bint _has_spare
+    cdef int _spare_pid                 # ... by this process (a fork child leaves it alone)
 
     def __init__(self, Pool pool not None, Allocation table not None, Allocation lock not None,
                  Pool reply_pool not None, Channel gs not None, uint64_t p_uid, bytes key not None,
@@ -1346,6 +1349,41 @@ cdef class _BoardPublisher:
         self._p_uid, self._key, self._m_uid, self._node = p_uid, key, m_uid, node
         self._test_stop = test_stop
         self._od_default = od_default
+
+    def reserve(self):
+        """Make the next default channel's block ahead (ember_ch_reserve:
+        allocated, owned by this process, its header faulted in), off the
+        wake-up's path: the next default create takes it.  False if it
+        could not be made (a full pool: the create allocates as usual)."""
+        if self._has_spare:
+            return True
+        if self._dpool._pool == NULL:
+            return False
+        cdef ember_rc_t rc
+        with nogil:
+            rc = ember_ch_reserve(self._dpool._pool, EMBER_CH_DEFAULT_CAPACITY,
+                                  EMBER_CH_DEFAULT_BLOCK, EMBER_ALLOC_OWNED, &self._spare)
+        if rc != EMBER_OK:
+            return False
+        self._has_spare = True
+        self._spare_pid = getpid()
+        return True
+
+    @property
+    def reserved(self):
+        """The pool offset of the block made ahead, or None."""
+        return self._spare.alloc.offset if self._has_spare else None
+
+    def release(self):
+        """Give the block made ahead back to the pool (this process's only:
+        a fork child's copy is its parent's)."""
+        if self._has_spare and getpid() == self._spare_pid and self._dpool._pool != NULL:
+            ember_ch_unreserve(self._dpool._pool, &self._spare)
+        self._has_spare = False
+
+    def __dealloc__(self):
+        if self._has_spare and self._dpool is not None:
+            self.release()
 
     def create_named(self, conn, str name):
         """``channel.create(None, name)`` with the default options, on the
@@ -1442,8 +1480,13 @@ cdef class _BoardPublisher:
             o[1] = EMBER_CH_SDESC_SIZE
             o += 2
             used = (o - buf) + EMBER_CH_SDESC_SIZE
-            rc = ember_ch_create_ex(pool._pool, c_uid, capacity, block_size, EMBER_ALLOC_OWNED,
-                                    &ch)
+            if self._has_spare and capacity == self._spare.capacity and \
+                    block_size == self._spare.block_size:
+                self._has_spare = False      # (taken: the channel's, or freed on failure)
+                rc = ember_ch_create_reserved(pool._pool, &self._spare, c_uid, &ch)
+            else:
+                rc = ember_ch_create_ex(pool._pool, c_uid, capacity, block_size,
+                                        EMBER_ALLOC_OWNED, &ch)
             if rc != EMBER_OK:
                 _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
                               f"({320 + capacity * block_size} bytes) in {pool._desc()}")

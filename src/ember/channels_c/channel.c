@@ -199,6 +199,12 @@
  *   FULL -> READING CAS is the unique claim).
  *   - A process dies while blocked: its process slot (slots.c) may keep
  *     saying what it waited on; readers check it against the live processes.
+ *   - A process dies holding a reservation (ember_ch_reserve: a block made
+ *     ahead, its magic still 0, so nothing attaches it) or inside
+ *     ember_ch_create_reserved / ember_ch_create_ex before anyone has the
+ *     descriptor: the block is only its own.  Made with EMBER_ALLOC_OWNED
+ *     (as the runtime makes both), it goes with the pool's reclaim of the
+ *     dead pid's blocks; without, it leaks that one block.
  *   Caveats: (1) pid reuse: if a dead claimant's pid is reused by a new
  *   process before anyone notices, the slot stays blocked until that process
  *   exits (never a wrong delivery, only a delay).  (2) A producer killed
@@ -1284,32 +1290,46 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
     return ember_ch_create_ex(pool, c_uid, capacity, block_size, 0u, out);
 }
 
-ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
-                              uint32_t block_size, unsigned flags, ember_ch_t **out)
+static ember_rc_t check_sizes(uint32_t capacity, uint32_t block_size)
 {
-    if (!pool || !out)
-        return EMBER_ERR_INVALID_ARG;
-    *out = NULL;
     if (!is_pow2(capacity) || capacity > EMBER_CH_MAX_CAPACITY)
         return EMBER_ERR_INVALID_ARG;
     if (block_size < EMBER_CH_MIN_BLOCK || block_size > EMBER_CH_MAX_BLOCK || block_size % 64 != 0)
         return EMBER_ERR_INVALID_ARG;
+    return EMBER_OK;
+}
+
+/* The block of a new channel: allocated (flags as ember_pool_alloc_ex's),
+ * its slots ready (zero: a pristine block is, any other is made so). */
+static ember_rc_t alloc_block(ember_pool_t *pool, uint32_t capacity, uint32_t block_size,
+                              unsigned flags, ember_alloc_t *a)
+{
     uint64_t total = sizeof(ch_hdr_t) + (uint64_t)capacity * block_size;
-    ember_alloc_t a;
     int pristine = 0;
     ember_rc_t rc = ember_pool_alloc_pristine(pool, total, -1, flags | EMBER_ALLOC_NO_FREE_WAIT,
-                                              &a, &pristine);
+                                              a, &pristine);
     if (rc == EMBER_ERR_EXHAUSTED && too_big(pool, total))
         return EMBER_ERR_TOO_BIG;
     if (rc != EMBER_OK)
         return rc;
-    ch_hdr_t *h = ember_pool_ptr(pool, a.offset);
+    if (!pristine)
+        init_slots((unsigned char *)ember_pool_ptr(pool, a->offset) + sizeof(ch_hdr_t), capacity,
+                   block_size);
+    return EMBER_OK;
+}
+
+/* Make the channel in block `a` (from alloc_block): its header, then a
+ * handle.  On failure the block is freed. */
+static ember_rc_t create_in(ember_pool_t *pool, const ember_alloc_t *a, uint64_t c_uid,
+                            uint32_t capacity, uint32_t block_size, ember_ch_t **out)
+{
+    ch_hdr_t *h = ember_pool_ptr(pool, a->offset);
     h->version = CH_VERSION;
     h->capacity = capacity;
     h->block_size = block_size;
     ember_atomic_store_relaxed(&h->xflags, 0);
     h->c_uid = c_uid;
-    ember_atomic_store_relaxed(&h->xalloc_id, a.id);
+    ember_atomic_store_relaxed(&h->xalloc_id, a->id);
     h->slots_offset = sizeof(ch_hdr_t);
     ember_atomic_store_relaxed(&h->xhead, 0);
     ember_atomic_store_relaxed(&h->xsend_busy, 0);
@@ -1319,19 +1339,69 @@ ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capac
     ember_atomic_store_relaxed(&h->xrecv_sleepers, 0);
     ember_atomic_store_relaxed(&h->xrecvd, 0);
     ember_atomic_store_relaxed(&h->xsend_sleepers, 0);
-    if (!pristine)
-        init_slots((unsigned char *)h + sizeof(ch_hdr_t), capacity, block_size);
     /* release: publishes the initialised header and slots; pairs with the
      * acquire load of xmagic in ember_ch_attach() (another process learns
      * the descriptor only later, through a channel or GS, which orders it
      * anyway). */
     ember_atomic_store_release(&h->xmagic, CH_MAGIC);
-    rc = ch_open(pool, &a, out);
+    ember_rc_t rc = ch_open(pool, a, out);
     if (rc != EMBER_OK) {
         ember_atomic_store_relaxed(&h->xmagic, CH_DEAD);
-        ember_pool_free(pool, &a);
+        ember_pool_free(pool, a);
     }
     return rc;
+}
+
+ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
+                              uint32_t block_size, unsigned flags, ember_ch_t **out)
+{
+    if (!pool || !out)
+        return EMBER_ERR_INVALID_ARG;
+    *out = NULL;
+    ember_rc_t rc = check_sizes(capacity, block_size);
+    if (rc != EMBER_OK)
+        return rc;
+    ember_alloc_t a;
+    rc = alloc_block(pool, capacity, block_size, flags, &a);
+    if (rc != EMBER_OK)
+        return rc;
+    return create_in(pool, &a, c_uid, capacity, block_size, out);
+}
+
+ember_rc_t ember_ch_reserve(ember_pool_t *pool, uint32_t capacity, uint32_t block_size,
+                            unsigned flags, ember_ch_reserved_t *out)
+{
+    if (!pool || !out)
+        return EMBER_ERR_INVALID_ARG;
+    memset(out, 0, sizeof *out);
+    ember_rc_t rc = check_sizes(capacity, block_size);
+    if (rc != EMBER_OK)
+        return rc;
+    rc = alloc_block(pool, capacity, block_size, flags, &out->alloc);
+    if (rc != EMBER_OK)
+        return rc;
+    /* Fault the header's page(s) in now, with zeros (create_in writes every
+     * header field; xmagic stays 0 until then, so nothing attaches it). */
+    memset(ember_pool_ptr(pool, out->alloc.offset), 0, sizeof(ch_hdr_t));
+    out->capacity = capacity;
+    out->block_size = block_size;
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ch_create_reserved(ember_pool_t *pool, const ember_ch_reserved_t *r,
+                                    uint64_t c_uid, ember_ch_t **out)
+{
+    if (!pool || !r || !out || r->capacity == 0)
+        return EMBER_ERR_INVALID_ARG;
+    *out = NULL;
+    return create_in(pool, &r->alloc, c_uid, r->capacity, r->block_size, out);
+}
+
+ember_rc_t ember_ch_unreserve(ember_pool_t *pool, const ember_ch_reserved_t *r)
+{
+    if (!pool || !r || r->capacity == 0)
+        return EMBER_ERR_INVALID_ARG;
+    return ember_pool_free(pool, &r->alloc);
 }
 
 /* ---- descriptor ---- */

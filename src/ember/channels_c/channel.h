@@ -70,6 +70,25 @@ ember_rc_t ember_ch_create(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity
 ember_rc_t ember_ch_create_ex(ember_pool_t *pool, uint64_t c_uid, uint32_t capacity,
                               uint32_t block_size, unsigned flags, ember_ch_t **out);
 
+/* A channel's block made ahead of its create, off a latency-critical path:
+ * ember_ch_reserve allocates it (flags as ember_ch_create_ex's: with
+ * EMBER_ALLOC_OWNED the reclaim of a dead caller's blocks frees it), makes
+ * its slots ready and faults its header in, so that
+ * ember_ch_create_reserved -- the channel made in it, as ember_ch_create_ex
+ * would make it, with its c_uid -- takes neither the pool's lock nor a page
+ * fault.  Each reservation is used once: by ember_ch_create_reserved (the
+ * block is the channel's then, or freed if that fails) or given back by
+ * ember_ch_unreserve. */
+typedef struct {
+    ember_alloc_t alloc;
+    uint32_t capacity, block_size;
+} ember_ch_reserved_t;
+ember_rc_t ember_ch_reserve(ember_pool_t *pool, uint32_t capacity, uint32_t block_size,
+                            unsigned flags, ember_ch_reserved_t *out);
+ember_rc_t ember_ch_create_reserved(ember_pool_t *pool, const ember_ch_reserved_t *r,
+                                    uint64_t c_uid, ember_ch_t **out);
+ember_rc_t ember_ch_unreserve(ember_pool_t *pool, const ember_ch_reserved_t *r);
+
 /* Check a serialized channel descriptor (length, magic, version, checksum,
  * fields) and give the embedded pool descriptor, so the caller can attach
  * the pool before ember_ch_attach.  EMBER_ERR_BAD_DESCRIPTOR if invalid. */

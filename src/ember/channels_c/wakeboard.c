@@ -40,11 +40,13 @@
  * ---------------------------------------------------------------
  * The lock is robust: the next acquirer (GS or another creator) is told,
  * marks it consistent and goes on.  What the death costs, by step:
- *   - after the channel is made, before 2's store of CLAIMED: nothing on
- *     the board changed (stray p_uid/c_uid in a WAITING entry are never
+ *   - after the channel is made (in a block the creator made ahead,
+ *     ember_ch_reserve, or a new one), before 2's store of CLAIMED: nothing
+ *     on the board changed (stray p_uid/c_uid in a WAITING entry are never
  *     read: only CLAIMED/WOKEN entries' are); the channel's block, owned by
  *     the creator (EMBER_ALLOC_OWNED), goes with the node's reclaim of a
- *     dead process's blocks; the joiners stay parked;
+ *     dead process's blocks (as does a block it made ahead and had not
+ *     used yet); the joiners stay parked;
  *   - CLAIMED, register not queued (inside 3 before the slot is FULL): GS,
  *     at the creator's exit, puts the entry back to WAITING; its joiners
  *     stay parked, answered by the next create of the name.  The channel's

@@ -470,7 +470,12 @@ class Connection:
             if n < 0:
                 self.gs.send(reg)
             return self._wait(holder, tag, messages.ChannelRegister, None)
-        return self._register_answer(ch, c_uid, opts, answer, keep=n > 0)
+        d = self._register_answer(ch, c_uid, opts, answer, keep=n > 0)
+        if n > 0 and self._publisher is not None:
+            # joiners wait for names this process makes: make the next
+            # channel's block now, off the next wake-up's path
+            self._publisher.reserve()
+        return d
 
     def _published(self, ch, reg, n, holder, tag, c_uid, name):
         """The rest of :meth:`_BoardPublisher.create_named` (``channel.create``
@@ -513,7 +518,9 @@ class Connection:
     def _drop_default_pool(self):
         global _fast
         _fast = None
-        self._publisher = None
+        pub, self._publisher = self._publisher, None
+        if pub is not None:
+            pub.release()
         board, self._board = self._board, None
         if board is not None:
             try:
