@@ -96,16 +96,24 @@ def _wait_for(fn, what, timeout=45):
         time.sleep(0.05)
 
 
+def _ps_rows(xdg, *args):
+    """The rows of `ember ps --json` (``args``: more options), or None
+    while the runtime is not published yet."""
+    res = ember(xdg, "ps", *args, "--json")
+    if res.returncode == 1:
+        return None
+    return json.loads(res.stdout)
+
+
 def _runtime_id(xdg):
     rows = ember_json(xdg, "ls")
     return rows[0]["id"] if len(rows) == 1 else None
 
 
 def _deadlocked(xdg):
-    res = ember(xdg, "ps", "--all", "--json")
-    if res.returncode == 1:          # not published yet
+    rows = _ps_rows(xdg, "--all")
+    if rows is None:
         return None
-    rows = json.loads(res.stdout)
     by = {r["name"]: r for r in rows}
     _LAST_PS[str(xdg)] = {n: r.get("status") for n, r in by.items()}
     # the states the test asserts, not just "blocked": on its way each one is
@@ -372,10 +380,10 @@ LOCK_FINAL = {"eve": 'wait(Event "go")', "putter": 'put(Queue "jobs")',
 
 
 def _lock_deadlocked(xdg):
-    res = ember(xdg, "ps", "--json")
-    if res.returncode == 1:
+    rows = _ps_rows(xdg)
+    if rows is None:
         return None
-    by = {r["name"]: r for r in json.loads(res.stdout)}
+    by = {r["name"]: r for r in rows}
     _LAST_PS[str(xdg)] = {n: (r.get("status"), r.get("blocked_on")) for n, r in by.items()}
     if all(n in by and by[n]["blocked_on"] and "held by" in by[n]["blocked_on"]
            for n in ("alice", "bob")) and \
@@ -451,10 +459,9 @@ if __name__ == "__main__":
 
 
 def _own_blocked(xdg):
-    res = ember(xdg, "ps", "--json")
-    if res.returncode == 1:
+    rows = _ps_rows(xdg)
+    if rows is None:
         return None
-    rows = json.loads(res.stdout)
     # the head (the first process) and boss; the executor's worker has no name either
     by = {"head" if r["p_uid"] == min(x["p_uid"] for x in rows) else r["name"]: r for r in rows}
     _LAST_PS[str(xdg)] = {n: r.get("blocked_on") for n, r in by.items()}
@@ -478,8 +485,18 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
         text = ember(xdg, "ps").stdout.decode()
         assert "blocked on recv(result of a Process) for " in text, text
         assert "channel" not in text, text
+        # boss met GS first from its executor's thread, where no signal
+        # handler can be set: `ember stacks` must not signal it (SIGUSR2
+        # would kill it), and says it has none
+        res = ember(xdg, "stacks", "boss")
+        assert res.returncode == 0, res.stderr
+        assert "(no stacks: not a Python process of this runtime, or it did not answer)" in \
+            res.stdout.decode(), res.stdout
+        by = _own_blocked(xdg)
+        assert by is not None and by["boss"]["blocked_on"] == "recv(results of an Executor)"
     finally:
-        _stop(run)
+        _, err = _stop(run)
+    assert b"SIGUSR2" not in err, err
 
 
 def test_roles_in_c_uids():

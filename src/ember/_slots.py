@@ -134,6 +134,10 @@ def _register_stacks(runtime_id, p_uid):
     global _stacks_path, _fork_hook
     if signal.getsignal(STACKS_SIGNAL) not in (signal.SIG_DFL, _on_stacks_signal):
         return False
+    # The handler first: from another thread this raises ValueError before
+    # the file exists (`ember stacks` signals a process that has its file:
+    # with no handler, the signal would kill it).
+    signal.signal(STACKS_SIGNAL, _on_stacks_signal)
     d = stacks_dir(runtime_id)
     try:
         os.mkdir(d, 0o700)
@@ -141,7 +145,6 @@ def _register_stacks(runtime_id, p_uid):
         pass
     p = os.path.join(d, str(p_uid))
     open(p, "w").close()
-    signal.signal(STACKS_SIGNAL, _on_stacks_signal)
     if not _fork_hook:
         os.register_at_fork(after_in_child=_forget_stacks_after_fork)
         _fork_hook = True

@@ -596,8 +596,23 @@ def stacks_dir(runtime_id):
     return _slots.stacks_dir(runtime_id)
 
 
+def _catches(pid, sig):
+    """Whether process ``pid`` has a handler for ``sig`` (SigCgt of its
+    /proc status): a signal it does not catch would kill it."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("SigCgt:"):
+                    return bool(int(ln.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def _read_stacks(runtime_id, p_uid, pid, timeout):
     path = os.path.join(stacks_dir(runtime_id), str(p_uid))
+    if not _catches(pid, STACKS_SIGNAL):
+        return None             # no handler (yet, or any more): never signal it
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
