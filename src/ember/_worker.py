@@ -67,15 +67,12 @@ def _send_exception(res, exc, tb_text, prefix=b""):
 LEASED_COMM = b"ember-leased"
 
 
-def _name(comm):
-    """Set this process's comm to ``comm``; return the one it had (None:
-    not forked from the template, or no prctl: nothing done)."""
+def _name(comm=None):
+    """Set this process's comm to ``comm`` (None: the template's, which a
+    child has while it runs); nothing if not forked from the template."""
     tmpl = sys.modules.get("ember.shepherd.template")
-    if tmpl is None or not tmpl._template_comm:
-        return None
-    old = tmpl._comm()
-    tmpl._comm(comm)
-    return old
+    if tmpl is not None and tmpl._template_comm:
+        tmpl._comm(comm or tmpl._template_comm)
 
 
 def _wait_call(reader, token):
@@ -88,14 +85,13 @@ def _wait_call(reader, token):
     try:
         if _trace.on:
             _trace.t_faults("L.faults_wait")
-        named = _name(LEASED_COMM)
+        _name(LEASED_COMM)        # (a spare has it already: a forked child not)
         _trace.t("L.ready")
         if _trace.on:
             _trace.t_faults("L.faults_ready")
         while not reader.records:
             reader.pump(None)
-        if named is not None:
-            _name(named)
+        _name()
         rec = reader.records[-1]
         if rec.kind != P.KIND_CALL:
             return None

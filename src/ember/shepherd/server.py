@@ -82,12 +82,13 @@ class _Child:
 
 
 def _idle_spare(pid):
-    """True if the zombie ``pid`` died as an idle leased spare (killed by
-    hand, or by its creator at its exit): no user process died, so the
-    shepherd reports nothing."""
+    """True if the zombie ``pid`` died as a spare, before its call (killed
+    by hand, or a lease by its creator at its exit): no user process died,
+    so the shepherd reports nothing.  A spare is named ``ember-spare``
+    until its request, a lease ``ember-leased`` from then until its call."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n") == LEASED_COMM
+            return f.read().rstrip(b"\n") in (LEASED_COMM, _template.SPARE_COMM)
     except OSError:
         return False
 

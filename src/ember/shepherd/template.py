@@ -758,7 +758,11 @@ def _spare_main(sock, shepherd_pid):
             os._exit(0)
         args, envp, cwd = msgpack.unpackb(msg, raw=False)
         if comm:
-            _comm(comm)
+            # A lease (ember._worker --spare) is named ember-leased from
+            # here until its call: killed meanwhile, it is no user process
+            # (the shepherd reports no death for it).
+            from .._worker import LEASED_COMM
+            _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args) else comm)
     except BaseException:
         os._exit(0)
     _child(args, envp, cwd, fds, -1, 0, shepherd_pid, detached=True)
