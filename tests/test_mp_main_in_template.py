@@ -250,3 +250,42 @@ def test_a_program_package_with_relative_imports_comes_from_the_template_run(tmp
     out = _run(tmp_path, main)
     # (a child's print reaches the output through the shepherd: in any order)
     assert sorted(out) == ["False 6 pkg True"] * 2 + ["pkg imported"] * 3, out
+
+
+def test_the_template_run_and_the_shipped_code_take_the_same_modules_as_the_programs(tmp_path):
+    """One rule (``_mainload.program_origin``) says which modules are the
+    program's, for the parent's check of what the template may run
+    (``_mainload.expected``) and for the program code it ships compiled
+    when the template does not run it (``context._program_codes``): both
+    take the same files, here a program module whose name starts with
+    "ember" (the shipped code once left it out by its name, while the
+    template's check took it) beside an ordinary one."""
+    (tmp_path / "ember_tools.py").write_text("VALUE = 'tools'\n")
+    (tmp_path / "helper.py").write_text("VALUE = 'helper'\n")
+    main = """
+        import multiprocessing as mp
+        import os
+
+        import ember
+        import ember_tools
+        import helper
+
+        def report(q):
+            q.put((ember_tools.VALUE, helper.VALUE))
+
+        if __name__ == "__main__":
+            from multiprocessing import spawn
+            from ember.mp import _mainload, context
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            p = ctx.Process(target=report, args=(q,)); p.start()
+            print(*q.get(timeout=60)); p.join(60); print("exit", p.exitcode)
+            print("expected", _mainload.expected(spawn.get_preparation_data("x")))
+            checked = set(_mainload._checked.entries) - {os.path.abspath("prog.py")}
+            shipped = set(context._program_codes()[1])
+            print("checked", *sorted(os.path.basename(f) for f in checked))
+            print("shipped", *sorted(os.path.basename(f) for f in shipped))
+    """
+    out = _run(tmp_path, main, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    assert out == ["tools helper", "exit 0", "expected True",
+                   "checked ember_tools.py helper.py", "shipped ember_tools.py helper.py"], out

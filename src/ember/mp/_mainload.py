@@ -141,11 +141,9 @@ def expected(prep, e=...):
     for name, mod in list(sys.modules.items()):
         if not ok:
             break
-        spec = getattr(mod, "__spec__", None)
-        origin = getattr(spec, "origin", None)
-        if name == "__main__" or not _is_program_file(origin):
-            continue
-        ok = isinstance(spec.loader, SourceFileLoader) and _check_file(origin) is None
+        origin = program_origin(name, mod)
+        if origin is not None:
+            ok = isinstance(mod.__spec__.loader, SourceFileLoader) and _check_file(origin) is None
     _expect[:] = [key, ok]
     return ok
 
@@ -372,22 +370,47 @@ class _Main:
         self.stats = stats            # file -> (mtime_ns, size), the main's included
 
 
-_not_program = []    # directories of the standard library, site-packages and ember
+_dirs = {}      # "lib": the standard library's and site-packages' directories; "ember": ember's
+
+
+def library_dirs():
+    """The standard library's and site-packages' directories (realpaths,
+    each ending with ``os.sep``)."""
+    if not _dirs:
+        import sysconfig
+        paths = sysconfig.get_paths()
+        _dirs["lib"] = tuple(sorted({os.path.join(os.path.realpath(paths[k]), "")
+                                     for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                                     if paths.get(k)}))
+        _dirs["ember"] = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(
+            __file__))), "")
+    return _dirs["lib"]
 
 
 def _is_program_file(origin):
-    """True for a file of the program's own (not the standard library's,
-    site-packages' or ember's)."""
+    """True for a file of the program's own: an absolute path outside the
+    standard library, site-packages and ember's own package."""
     if not isinstance(origin, str) or not os.path.isabs(origin):
         return False                  # built-in, frozen, namespace packages
-    if not _not_program:
-        import sysconfig
-        paths = sysconfig.get_paths()
-        dirs = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")
-                if paths.get(k)}
-        dirs.add(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))    # ember
-        _not_program.extend(sorted(os.path.join(d, "") for d in dirs))
-    return not os.path.realpath(origin).startswith(tuple(_not_program))
+    lib = library_dirs()
+    return not os.path.realpath(origin).startswith(lib + (_dirs["ember"],))
+
+
+def program_origin(name, mod_or_spec):
+    """The file of the module ``name`` (a module or its spec) if it is one
+    of the program's own modules, else None.  **The one rule** of which
+    modules are the program's, for the template's run of the main module
+    (:func:`expected`, :class:`_Gate`, :func:`_run`) and for the program
+    code the parent ships compiled (``context._program_codes``): a module
+    imported from a file (its spec's origin, an absolute path) outside the
+    standard library, site-packages and ember's package, other than the
+    main module itself (``__main__``, ``__mp_main__``).  Whatever its name:
+    a program module may well be called ``ember_tools``."""
+    if name in ("__main__", "__mp_main__") or mod_or_spec is None:
+        return None
+    spec = getattr(mod_or_spec, "__spec__", mod_or_spec)
+    origin = getattr(spec, "origin", None)
+    return origin if _is_program_file(origin) else None
 
 
 class _Gate:
@@ -409,7 +432,7 @@ class _Gate:
             spec = finder.find_spec(name, path, target)
             if spec is not None:
                 break
-        if spec is None or not _is_program_file(spec.origin):
+        if spec is None or program_origin(name, spec) is None:
             return spec
         reason = None
         if not isinstance(spec.loader, SourceFileLoader):
@@ -480,8 +503,7 @@ def _run(path, stat, sys_path, argv, cwd):
         sys.path[:], sys.argv[:] = saved[0], saved[1]
         os.chdir(saved[2])
         new = {name: sys.modules[name] for name in set(sys.modules) - before}
-        program = {name: m for name, m in new.items()
-                   if _is_program_file(getattr(getattr(m, "__spec__", None), "origin", None))}
+        program = {name: m for name, m in new.items() if program_origin(name, m) is not None}
         for name in program:
             del sys.modules[name]
     if gate.refused is not None:

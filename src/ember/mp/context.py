@@ -71,7 +71,6 @@ def ensure_runtime():
             atexit.register(_exit_before_teardown)
 
 
-_lib_dirs = []
 _offered = set()
 _seen = {}          # module name -> the module object last looked at (offered or not)
 #: What every "ember"-method child imports beyond ember.Process's worker (the
@@ -89,12 +88,9 @@ def _library_modules():
     resolved), unless it is replaced in sys.modules; sys.modules is not
     walked again while its length stays the same (a module replaced in
     place is then missed: it is only not preloaded)."""
-    if not _lib_dirs:
-        import sysconfig
-        paths = sysconfig.get_paths()
-        _lib_dirs.extend(sorted({os.path.join(os.path.realpath(paths[k]), "")
-                                 for k in ("stdlib", "platstdlib", "purelib", "platlib")
-                                 if paths.get(k)}))
+    from ._mainload import library_dirs
+
+    lib = library_dirs()
     out = []
     seen = _seen
     if len(sys.modules) == seen.get(None):
@@ -104,15 +100,15 @@ def _library_modules():
         if seen.get(name) is mod:
             continue
         seen[name] = mod
-        if name in _offered or name.startswith(("__main__", "__mp_main__", "ember")) \
-                or "," in name or mod is None:
+        if name in _offered or name.startswith(("__main__", "__mp_main__", "ember.")) \
+                or name == "ember" or "," in name or mod is None:
             continue
         f = getattr(mod, "__file__", None)
         if f is None:
             if name in sys.builtin_module_names:
                 _offered.add(name)
             continue
-        if os.path.realpath(f).startswith(tuple(_lib_dirs)):
+        if os.path.realpath(f).startswith(lib):
             out.append(name)
     return out
 
@@ -203,11 +199,12 @@ _PROG_CODE_MAX = 1 << 20
 
 def _program_codes():
     """``(magic, {path: (mtime_ns, size, marshalled code)})`` of the
-    program's own modules (not the standard library's, site-packages' or
-    ember's) that this process imported from a source file that has no
-    bytecode cache (PYTHONDONTWRITEBYTECODE, a read-only directory): a
-    child imports them again when it runs ``__main__`` again, and would
-    compile each one from source, at every start.  Compiled here once per
+    program's own modules (``_mainload.program_origin``, the rule the
+    template's run of the main module applies too) that this process
+    imported from a source file that has no bytecode cache
+    (PYTHONDONTWRITEBYTECODE, a read-only directory): a child imports them
+    again when it runs ``__main__`` again, and would compile each one from
+    source, at every start.  Compiled here once per
     version of the file (the child uses the code only if the file's mtime
     and size are still these); at most ``_PROG_CODE_MAX`` bytes in all;
     None when there is nothing to send."""
@@ -216,21 +213,16 @@ def _program_codes():
     import importlib.util
     from importlib.machinery import SourceFileLoader
 
-    if not _lib_dirs:
-        _library_modules()
-    lib = tuple(_lib_dirs)
+    from ._mainload import program_origin
+
     out, total = {}, 0
     for name, mod in list(sys.modules.items()):
         known = _prog.get(name)
         if known is None or known[0] is not mod:
-            path = None
-            spec = getattr(mod, "__spec__", None)
-            origin = getattr(spec, "origin", None)
-            if (mod is not None and isinstance(origin, str) and origin.endswith(".py")
-                    and isinstance(getattr(spec, "loader", None), SourceFileLoader)
-                    and not name.startswith(("__main__", "__mp_main__", "ember"))
-                    and not os.path.realpath(origin).startswith(lib)):
-                path = origin
+            path = program_origin(name, mod)       # the one rule of what is the program's
+            if path is not None and not (path.endswith(".py") and isinstance(
+                    getattr(mod.__spec__, "loader", None), SourceFileLoader)):
+                path = None                       # not compiled from a source file
             known = _prog[name] = (mod, path)
         path = known[1]
         if path is None:
