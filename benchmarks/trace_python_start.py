@@ -37,23 +37,46 @@ def traced_fork_target():
     return 1
 
 
-def drive(n, gap=0.002):
+def traced_mp_target():
+    from ember._trace import t, t_faults
+    t("M.target")
+    t_faults("M.faults_target")
+    return 1
+
+
+def drive(n, gap=0.002, with_mp=False):
     """``gap``: seconds of sleep after each start + join (0: back to back,
     as the benchmark's loop, where each start follows the last join at
-    once)."""
+    once); ``with_mp``: also starts under the multiprocessing method
+    "ember"."""
     import multiprocessing as mp
 
     import ember
     from ember._trace import flush, t
 
     ctx = mp.get_context("fork")
+    ectx = mp.get_context("ember")
     for _ in range(5):                       # the template, the first spares
         p = ember.Process(target=trivial)
         p.start()
         p.join()
         p.close()
+        if with_mp:
+            p = ectx.Process(target=trivial)
+            p.start()
+            p.join()
+            p.close()
     time.sleep(0.1)
     for _ in range(n):
+        if with_mp:
+            t("M.begin")
+            p = ectx.Process(target=traced_mp_target)
+            p.start()
+            p.join()
+            t("M.joined")
+            p.close()
+            if gap:
+                time.sleep(gap)
         t("P.begin")
         p = ember.Process(target=trivial)
         p.start()
@@ -83,7 +106,7 @@ def analyse(path, out=sys.stdout):
     ev.sort()
     windows, cur = [], None
     for e in ev:
-        if e[2] in ("P.begin", "F.begin"):
+        if e[2] in ("P.begin", "F.begin", "M.begin"):
             cur = [e]
             windows.append(cur)
         elif cur is not None:
@@ -92,26 +115,26 @@ def analyse(path, out=sys.stdout):
     values = collections.defaultdict(list)
     for w in windows:
         t0 = w[0][0]
+        kind = w[0][2][0]
         first = {}
         for ns, _pid, label in w:
             if "=" in label:
                 k, v = label.split("=", 1)
-                values[k].append(float(v))
+                values[kind, k].append(float(v))
             elif label not in first:
                 first[label] = ns - t0
-        if "P.joined" in first or "F.joined" in first:
+        if kind + ".joined" in first:
             for k, v in first.items():
-                steps[k].append(v / 1e6)
-    for prefix, title in (("P.begin", "ember.Process start + join"),
-                          ("F.begin", "multiprocessing fork start + join")):
-        end = "P.joined" if prefix == "P.begin" else "F.joined"
+                steps[kind, k].append(v / 1e6)
+    for kind, title in (("P", "ember.Process start + join"),
+                        ("M", "multiprocessing \"ember\" start + join"),
+                        ("F", "multiprocessing fork start + join")):
+        end = (kind, kind + ".joined")
         if not steps.get(end):
             continue
         print(f"## {title}: {len(steps[end])} starts; ms since the start was asked for "
               f"(median, p25-p75), and the step from the line before", file=out)
-        fork = prefix == "F.begin"
-        rows = sorted(((k, v) for k, v in steps.items()
-                       if (k.startswith("F.") if fork else not k.startswith("F."))),
+        rows = sorted(((k[1], v) for k, v in steps.items() if k[0] == kind),
                       key=lambda kv: statistics.median(kv[1]))
         prev = 0.0
         for k, vs in rows:
@@ -120,8 +143,9 @@ def analyse(path, out=sys.stdout):
             print(f"  {k:18s} {m:7.3f}  (+{m - prev:6.3f})   {vs[len(vs) // 4]:7.3f}-"
                   f"{vs[3 * len(vs) // 4]:7.3f}  n={len(vs)}", file=out)
             prev = m
-    for k, vs in sorted(values.items()):
-        print(f"  {k}: median {statistics.median(vs):g}", file=out)
+        for k, vs in sorted(values.items()):
+            if k[0] == kind:
+                print(f"  {k[1]}: median {statistics.median(vs):g}", file=out)
 
 
 def main():
@@ -131,10 +155,12 @@ def main():
                     help="write the raw trace to DIR/trace and keep it")
     ap.add_argument("--back-to-back", action="store_true",
                     help="no pause between one start + join and the next (as the benchmark)")
+    ap.add_argument("--mp", action="store_true",
+                    help="also multiprocessing starts under the \"ember\" method (M.)")
     ap.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.drive:
-        drive(a.n, 0 if a.back_to_back else 0.002)
+        drive(a.n, 0 if a.back_to_back else 0.002, a.mp)
         return 0
     d = a.keep or tempfile.mkdtemp(prefix="ember-trace-")
     os.makedirs(d, exist_ok=True)
@@ -148,7 +174,8 @@ def main():
     print(f"# trace_python_start: n={a.n}, load {' '.join('%.1f' % x for x in os.getloadavg())}",
           flush=True)
     subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__), "--drive",
-                    "-n", str(a.n)] + (["--back-to-back"] if a.back_to_back else []), env=env, check=True, timeout=600)
+                    "-n", str(a.n)] + (["--back-to-back"] if a.back_to_back else [])
+                   + (["--mp"] if a.mp else []), env=env, check=True, timeout=600)
     analyse(path)
     print(f"# load after: {' '.join('%.1f' % x for x in os.getloadavg())}")
     if a.keep is None:
