@@ -149,9 +149,18 @@ def round_trip():
     echo = f'''
 from ember.globalservices import channel
 from ember.channels_c import Channel
+from ember.transport import _trace
 a = Channel.attach(channel.join("ping")); b = Channel.attach(channel.join("pong"))
-for _ in range({N_RTT} + 1):
-    b.send(a.recv())
+if _trace.ON:
+    st = _trace.stamp
+    for _ in range({N_RTT} + 1):
+        x = a.recv()
+        st("E0")
+        b.send(x)
+        st("E1")
+else:
+    for _ in range({N_RTT} + 1):
+        b.send(a.recv())
 b.flush()
 '''
     p = process.create(PY, ".", ["-c", echo], options={"node": 1})
@@ -159,10 +168,16 @@ b.flush()
     ping.send(b"x"); pong.recv()
     ts = []
     pc = time.perf_counter
+    from ember.transport import _trace
+    st = _trace.stamp if _trace.ON else None
     for _ in range(N_RTT):
         t0 = pc()
+        if st:
+            st("H0")
         ping.send(b"x" * 64)
         pong.recv()
+        if st:
+            st("H2")
         ts.append(pc() - t0)
     ts.sort()
     print("rtt", ts[N_RTT // 2] * 1e6, flush=True)
@@ -183,7 +198,7 @@ for node in (0, 1, 0, 1) if "create" in ONLY else ():
 """
 
 
-def run_round(c, only):
+def run_round(c, only, trace=None):
     import zmq
     out = {}
     pub, sec = (k.decode() for k in zmq.curve_keypair())
@@ -211,8 +226,11 @@ def run_round(c, only):
         with open(prog, "w") as f:
             f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE, sorted(only)))
         hosts2 = ",".join(n.name for n in c.nodes[:2])
+        env = None
+        if trace:
+            env = {"EMBER_MN_TRACE": trace}
         r = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog],
-                  timeout=600, cwd=c.path())
+                  timeout=600, cwd=c.path(), env=env)
         assert r.returncode == 0, (r.stdout, r.stderr)
         lines = r.stdout.splitlines()
         rates = [float(ln.split()[1]) for ln in lines if ln.startswith("rate")]
@@ -221,6 +239,9 @@ def run_round(c, only):
                 out[key] = rates.pop(0)
         if "rtt" in only:
             out["ertt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("rtt")))
+            if trace:
+                import mn_trace
+                mn_trace.report(trace)
         if "create" in only:
             creates = [ln.split() for ln in lines if ln.startswith("create")]
             out["clocal"] = min(float(x[2]) for x in creates if x[1] == "0")
@@ -245,6 +266,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     _report.add_only(ap, PARTS, help="comma-separated measures to run (default: all)")
+    ap.add_argument("--trace", metavar="DIR",
+                    help="time-stamp every hop of the ember round trips (EMBER_MN_TRACE), "
+                         "print where the time goes (benchmarks/mn_trace.py) and keep the "
+                         "stamps in DIR/round<i>; the stamps cost a little: the figures of a "
+                         "traced run are not the figures")
     _report.add_args(ap)
     a = ap.parse_args()
     only = a.only
@@ -255,7 +281,14 @@ def main():
     try:
         with emulated_nodes(4, sshd=True) as c:
             for i in range(a.rounds):
-                rounds.append(run_round(c, only))
+                trace = None
+                if a.trace:
+                    trace = c.path(f"trace{i}")
+                    os.makedirs(trace)
+                rounds.append(run_round(c, only, trace))
+                if trace:
+                    import shutil
+                    shutil.copytree(trace, os.path.join(a.trace, f"round{i}"))
                 print(f"round {i + 1} (load {open('/proc/loadavg').read().split()[0]}): "
                       + ", ".join(f"{k}={v:.4g}" for k, v in rounds[-1].items()), flush=True)
     except ClusterUnavailable as exc:

@@ -49,9 +49,11 @@ import time
 import zmq
 
 from .. import _log, messages as m
+from . import _trace
 from ..exceptions import ChannelClosed, ChannelEmpty, ChannelError, ChannelFull, PoolExhausted
 
 log = _log.get("agent")
+TRACE = _trace.ON
 
 HEARTBEAT = 0.5
 LOST_AFTER = 3.0
@@ -282,7 +284,11 @@ class DataServer:
                     if on_node is not None and ident[:5] == b"node:":
                         on_node(ident, frames or [first])
                     elif frames is None and first[:1] == OP_SENDF:
+                        if TRACE:
+                            _trace.stamp("ar")
                         send(ident, unpack(first)[1], first, SEND_HDR.size)
+                        if TRACE:
+                            _trace.stamp("ac")
                     else:
                         handle(ident, frames or [first])
                 except struct.error:
@@ -468,7 +474,11 @@ class DataServer:
             self.busy_since = None
         if self.acks and ACK_DELAY < timeout:
             timeout = ACK_DELAY
+        if TRACE:
+            _trace.stamp("ap")
         events = poller.wait(timeout if timeout > 0.0 else 0.0)
+        if TRACE:
+            _trace.stamp("aw")
         if not events and self.flush_acks():
             poller.touch(self.sock)
         return events

@@ -36,6 +36,7 @@ import time
 import zmq
 
 from .. import exceptions
+from . import _trace
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from .agent import (ACK, ATTACH_HDR, ERR, LEN, MSG, OP_ATTACH, OP_RECV, OP_SEND, OP_SENDB,
                     OP_SENDF, R_ACK, R_EMPTY, R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR)
@@ -64,6 +65,7 @@ DRAIN_AFTER = 128
 #: ... and at least this often (seconds) while some are unacknowledged
 DRAIN_EVERY = 0.001
 _monotonic = time.monotonic
+TRACE = _trace.ON
 CHECK_EVERY = 1.0
 
 _conns = {}
@@ -206,6 +208,8 @@ class _Conn:
                     self._flush(c_uid)
 
     def send(self, handle, data, timeout):
+        if TRACE:
+            _trace.stamp("s0")
         c_uid = handle.c_uid
         with self.lock:
             err = self.errors.pop(c_uid, None)
@@ -252,6 +256,8 @@ class _Conn:
                 # that follows another closely joins a batch
                 if n <= INLINE:
                     self.sock.send(SEND_HDR.pack(OP_SENDF, c_uid) + LEN.pack(n) + data)
+                    if TRACE:
+                        _trace.stamp("s1")
                 else:
                     self.sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
                     self.sock.send(data)

@@ -1,0 +1,118 @@
+"""Where a cross-node round trip's time goes: reads the stamps that
+``EMBER_MN_TRACE`` makes the transport write (src/ember/transport/_trace.py)
+during ``bench_multinode.py --trace``'s round trips, and prints the median
+of every hop.
+
+    python benchmarks/mn_trace.py DIR
+
+The round trip of the benchmark: the head process (node 0) sends on a
+remote handle of channel "ping" on node 1 (stamps H0, then s0/s1 around the
+handle's socket send), node 1's agent wakes (aw), reads it (ar), writes it
+into the channel (ac) and goes back to sleep (ap); the echo process of
+node 1 returns from its recv (E0), sends it on a remote handle of "pong"
+on node 0 (s0/s1; E1), node 0's agent does the same, and the head returns
+from its recv (H2).  Every process reads the same CLOCK_MONOTONIC (the
+nodes are namespaces of one machine).
+"""
+import bisect
+import os
+import statistics
+import sys
+
+
+def _load(path):
+    out = {}
+    with open(path) as f:
+        for line in f:
+            tag, _, ns = line.partition(" ")
+            out.setdefault(tag, []).append(int(ns))
+    return out
+
+
+def _after(seq, t, limit):
+    """The first time in sorted ``seq`` at or after ``t``, if before ``limit``."""
+    i = bisect.bisect_left(seq, t)
+    return seq[i] if i < len(seq) and seq[i] <= limit else None
+
+
+def _before(seq, t, floor):
+    """The last time in sorted ``seq`` at or before ``t``, if after ``floor``."""
+    i = bisect.bisect_right(seq, t) - 1
+    return seq[i] if i >= 0 and seq[i] >= floor else None
+
+
+def hops(dirpath):
+    """The round trips' hop times: {hop name: [us, ...]} and their count."""
+    files = {n: _load(os.path.join(dirpath, n)) for n in os.listdir(dirpath)}
+    head = next(v for v in files.values() if "H0" in v)
+    echo = next(v for v in files.values() if "E0" in v)
+    agents = [v for v in files.values() if "ar" in v]
+    for v in files.values():
+        for seq in v.values():
+            seq.sort()
+
+    def agent_of(t, limit):
+        """(aw, ar, ac, ap) of the agent that read a message between t and limit."""
+        best = None
+        for a in agents:
+            ar = _after(a["ar"], t, limit)
+            if ar is not None and (best is None or ar < best[1]):
+                aw = _before(a["aw"], ar, t - 10**9)
+                ac = _after(a["ac"], ar, limit)
+                ap = _after(a.get("ap", []), ac or ar, ar + 10**9)
+                best = (aw, ar, ac, ap)
+        return best
+
+    rows = {}
+
+    def add(name, a, b):
+        if a is not None and b is not None:
+            rows.setdefault(name, []).append((b - a) / 1000.0)
+
+    n = 0
+    for h0 in head["H0"]:
+        h2 = _after(head["H2"], h0, h0 + 10**9)
+        if h2 is None:
+            continue
+        s1 = _after(head.get("s1", []), h0, h2)
+        a1 = agent_of(h0, h2)
+        e0 = _after(echo["E0"], h0, h2)
+        if a1 is None or e0 is None:
+            continue
+        es0 = _after(echo.get("s0", []), e0, h2)
+        es1 = _after(echo.get("s1", []), e0, h2)
+        e1 = _after(echo["E1"], e0, h2)
+        a0 = agent_of(e1 or e0, h2)
+        if a0 is None:
+            continue
+        n += 1
+        add("round trip (H0 -> H2)", h0, h2)
+        add("head: send call (H0 -> s1)", h0, s1)
+        add("head s1 -> agent 1 awake (zmq I/O x2, veth, agent wake)", s1, a1[0])
+        add("agent 1: awake -> message read", a1[0], a1[1])
+        add("agent 1: read -> in the channel (incl. futex wake)", a1[1], a1[2])
+        add("agent 1: in the channel -> asleep", a1[2], a1[3])
+        add("agent 1 in channel -> echo's recv returns (wake)", a1[2], e0)
+        add("echo: recv -> send call start (E0 -> s0)", e0, es0)
+        add("echo: send call (s0 -> s1)", es0, es1)
+        add("echo s1 -> agent 0 awake (zmq I/O x2, veth, agent wake)", es1, a0[0])
+        add("agent 0: awake -> message read", a0[0], a0[1])
+        add("agent 0: read -> in the channel (incl. futex wake)", a0[1], a0[2])
+        add("agent 0: in the channel -> asleep", a0[2], a0[3])
+        add("agent 0 in channel -> head's recv returns (wake)", a0[2], h2)
+    return rows, n
+
+
+def report(dirpath, out=sys.stdout):
+    rows, n = hops(dirpath)
+    print(f"trace of {n} round trips ({dirpath}): median / 10th / 90th percentile, us",
+          file=out)
+    for name, v in rows.items():
+        v.sort()
+        print(f"  {name:<60} {statistics.median(v):7.1f} {v[len(v) // 10]:7.1f} "
+              f"{v[len(v) * 9 // 10]:7.1f}", file=out)
+    out.flush()
+
+
+if __name__ == "__main__":
+    report(sys.argv[1])
