@@ -278,6 +278,11 @@ def main():
     rounds = []
     print(f"load average at start {' '.join(open('/proc/loadavg').read().split()[:3])} on "
           f"{os.cpu_count()} CPUs", flush=True)
+    from bench_runtime import bench_channel_wake
+    print(f"the machine's state: a bare channel message wakes a sleeping process in "
+          f"{statistics.median(bench_channel_wake(50)) * 1e6:.1f} us (median of 50; "
+          f"4-9 us in the VM's fast state, 45-60 us in its slow one: docs/performance.md)",
+          flush=True)
     try:
         with emulated_nodes(4, sshd=True) as c:
             for i in range(a.rounds):

@@ -134,6 +134,44 @@ def test_channels_across_nodes_and_join_by_name(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_one_frame_sends_stay_in_step_and_a_failure_is_raised_without_flush(tmp_path):
+    """The agent puts a one-frame send (OP_SENDF) into the channel before
+    it asks the socket anything: a malformed one with a stray frame after it
+    leaves its message in the channel, the frame dropped and the stream in
+    step.  A failed send is raised by a later send without any flush (the
+    handle reads the agent's reports after its sends)."""
+    out = ok(run_prog(tmp_path, """
+        from ember.transport.agent import SEND_HDR, OP_SENDF, LEN
+        d = channel.create(None, "oneframe", ChannelOptions(node=1))
+        h = Channel.attach(d)
+        h.send(b"first")
+        h._conn.sock.send_multipart([SEND_HDR.pack(OP_SENDF, h.c_uid) + LEN.pack(3) + b"abc",
+                                     b"stray"])
+        h.send(b"after")
+        print("flushed", h.flush(timeout=30))
+        print("got", [h.recv(timeout=10) for _ in range(3)])
+        try:
+            h.recv(timeout=0.2)
+        except ChannelError as e:
+            print("then", type(e).__name__)
+        channel.destroy("oneframe")
+        n = 0
+        try:
+            for n in range(3000):
+                h.send(b"x")
+                time.sleep(0.002)
+            print("never raised")
+        except ChannelError as e:
+            print("raised by a send", isinstance(e, ChannelError), n > 0)
+    """, hosts="local:2"))
+    lines = out.splitlines()
+    assert "flushed True" in lines
+    assert "got [b'first', b'abc', b'after']" in lines, lines
+    assert "then ChannelEmpty" in lines
+    assert "raised by a send True True" in lines, lines
+
+
+@pytest.mark.timeout(120)
 def test_remote_streams_keep_order_under_back_pressure(tmp_path):
     """Small messages streamed (batched) into a small channel on node 1 read
     slowly there: batches stop at the full channel and resume in order;

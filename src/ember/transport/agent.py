@@ -86,6 +86,11 @@ ACK_EVERY = 128
 #: messages stalled at every window until the agent was idle for ACK_DELAY)
 ACK_BYTES = 4 << 20
 ACK_DELAY = 0.001
+#: zmq's constants as plain ints for the hot paths: pyzmq looks its option
+#: argument up in sets, and an IntEnum member's hash is a Python call (half
+#: a microsecond per getsockopt on the test machine)
+Z_EVENTS, Z_RCVMORE, Z_POLLIN, Z_NOBLOCK = (int(c) for c in (zmq.EVENTS, zmq.RCVMORE,
+                                                              zmq.POLLIN, zmq.NOBLOCK))
 ATTACH_HDR = struct.Struct("<cQI")        # op, c_uid, req  (+ frame: sdesc)
 SEND_HDR = struct.Struct("<cQ")           # op, c_uid       (+ frames: payloads)
 RECV_HDR = struct.Struct("<cQId")         # op, c_uid, req, timeout (< 0: none)
@@ -174,7 +179,7 @@ class _Poller:
         readable, after waiting up to ``timeout`` s (whole milliseconds, as
         zmq_poll) if none is at once.  The sockets returned count as used."""
         stale = self.stale
-        ready = [z for z in stale if z.getsockopt(zmq.EVENTS) & zmq.POLLIN] if stale else []
+        ready = [z for z in stale if z.getsockopt(Z_EVENTS) & Z_POLLIN] if stale else []
         stale.clear()
         # the descriptors are looked at also when a socket has input (a
         # stream must not starve the rest of the loop)
@@ -255,40 +260,49 @@ class DataServer:
         identity and the first frame (a header, or an isolated small
         message: OP_SENDF) are read as bytes (cheaper than a zero-copy
         frame for a few bytes), the frames after it as zero-copy frames
-        whose ``more`` says if another follows; an OP_SENDF goes straight to
-        the channel.  After each message it asks the socket once whether
-        another waits (``ZMQ_EVENTS``) instead of taking a ``zmq.Again``
-        exception at the end."""
+        whose ``more`` says if another follows.  An OP_SENDF (one frame by
+        the protocol) goes into the channel before anything else is asked
+        of the socket: a ROUTER's message is the identity and at least one
+        frame, so nothing needs to be asked before the first frame, and
+        whether a malformed OP_SENDF has more frames (dropped) is asked
+        after the receiver was woken.  After each message it asks the
+        socket once whether another waits (``ZMQ_EVENTS``) instead of
+        taking a ``zmq.Again`` exception at the end."""
         sock = self.sock
         recv = sock.recv
         get = sock.getsockopt
-        RCVMORE, EVENTS, POLLIN = zmq.RCVMORE, zmq.EVENTS, zmq.POLLIN
         handle, send, unpack = self.handle, self._send, SEND_HDR.unpack_from
         for _ in range(limit):
             try:
-                ident = recv(zmq.NOBLOCK)
+                ident = recv(Z_NOBLOCK)
             except zmq.Again:
                 return True
-            if get(RCVMORE):
-                first = recv(0)
-                if get(RCVMORE):
+            first = recv(0)
+            if first[:1] == OP_SENDF and (on_node is None or ident[:5] != b"node:"):
+                if TRACE:
+                    _trace.stamp("ar")
+                try:
+                    send(ident, unpack(first)[1], first, SEND_HDR.size)
+                except struct.error:
+                    self._malformed(ident, first, "shorter than its op's header", None)
+                except Exception as exc:
+                    log.error("agent: dropped a message: %s: %s", type(exc).__name__, exc)
+                if TRACE:
+                    _trace.stamp("ac")
+                if get(Z_RCVMORE):
+                    self._drop_rest(ident)
+            else:
+                frames = None
+                if get(Z_RCVMORE):
                     frames = [first]
                     more = True
                     while more:
                         f = recv(0, False)
                         frames.append(f)
                         more = f.more
-                else:
-                    frames = None
                 try:
                     if on_node is not None and ident[:5] == b"node:":
                         on_node(ident, frames or [first])
-                    elif frames is None and first[:1] == OP_SENDF:
-                        if TRACE:
-                            _trace.stamp("ar")
-                        send(ident, unpack(first)[1], first, SEND_HDR.size)
-                        if TRACE:
-                            _trace.stamp("ac")
                     else:
                         handle(ident, frames or [first])
                 except struct.error:
@@ -297,9 +311,18 @@ class DataServer:
                     self._malformed(ident, first, "a frame its op needs is missing", on_node)
                 except Exception as exc:
                     log.error("agent: dropped a message: %s: %s", type(exc).__name__, exc)
-            if not get(EVENTS) & POLLIN:
+            if not get(Z_EVENTS) & Z_POLLIN:
                 return True
         return False
+
+    def _drop_rest(self, ident):
+        """The frames after an OP_SENDF's one (a malformed message; its
+        first frame was taken)."""
+        n = 0
+        while self.sock.getsockopt(Z_RCVMORE):
+            self.sock.recv(0, False)
+            n += 1
+        log.warning("data plane: dropped %d frame(s) after a one-frame send from %r", n, ident)
 
     def handle(self, ident, frames):
         hdr = frames[0]

@@ -39,7 +39,8 @@ from .. import exceptions
 from . import _trace
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from .agent import (ACK, ATTACH_HDR, ERR, LEN, MSG, OP_ATTACH, OP_RECV, OP_SEND, OP_SENDB,
-                    OP_SENDF, R_ACK, R_EMPTY, R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR)
+                    OP_SENDF, R_ACK, R_EMPTY, R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR, Z_EVENTS,
+                    Z_POLLIN)
 
 __all__ = ["RemoteChannel", "WINDOW", "BATCH"]
 
@@ -165,7 +166,7 @@ class _Conn:
     def _drain(self):
         self.undrained = 0
         sock = self.sock
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.getsockopt(Z_EVENTS) & Z_POLLIN:
             self._dispatch(sock.recv_multipart(copy=True))
 
     def _wait_one(self, timeout):
@@ -218,13 +219,15 @@ class _Conn:
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
             f = self.inflight.get(c_uid)
             now = _monotonic()
+            drain = False
             if f is not None and f[0]:
                 u = self.undrained = self.undrained + 1
                 if u >= DRAIN_AFTER or now - self.last_drain > DRAIN_EVERY:
                     # acknowledgements (or a failure) may be waiting: read
-                    # them (not on every send: see DRAIN_AFTER)
+                    # them (not on every send: see DRAIN_AFTER), once this
+                    # message is on its way (see _put)
                     self.last_drain = now
-                    self._drain()
+                    drain = True
             deadline = None
             while f is not None and (f[0] >= WINDOW or f[1] >= WINDOW_BYTES):
                 self._flush(c_uid)
@@ -240,43 +243,54 @@ class _Conn:
                 if err is not None:
                     raise err
                 now = _monotonic()
-            if n > BATCH_BYTES:
-                self._flush(c_uid)
+            self._put(c_uid, data, n, now)
+            if drain:
+                self._drain()
+
+    def _put(self, c_uid, data, n, now):
+        """Hand one message to the socket (or to the batch), under the lock.
+        The caller reads the agent's reports after it, not before: reading
+        them (``ZMQ_EVENTS``) takes as long as the send itself, and after it
+        that time overlaps the message's way to the agent, where before it
+        added to a round trip (a failure it finds is raised by the next
+        call either way)."""
+        if n > BATCH_BYTES:
+            self._flush(c_uid)
+            self.sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
+            self.sock.send(data, copy=False)
+            f = self.inflight.setdefault(c_uid, [0, 0])
+            f[0] += 1
+            f[1] += n
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        last, self.last_send = self.last_send, now
+        if now - last > STREAMING and c_uid not in self.pending:
+            # an isolated message (a request, a ping) goes at once; one
+            # that follows another closely joins a batch
+            if n <= INLINE:
+                self.sock.send(SEND_HDR.pack(OP_SENDF, c_uid) + LEN.pack(n) + data)
+                if TRACE:
+                    _trace.stamp("s1")
+            else:
                 self.sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
-                self.sock.send(data, copy=False)
-                f = self.inflight.setdefault(c_uid, [0, 0])
-                f[0] += 1
-                f[1] += n
-                return
-            if type(data) is not bytes:
-                data = bytes(data)
-            last, self.last_send = self.last_send, now
-            if now - last > STREAMING and c_uid not in self.pending:
-                # an isolated message (a request, a ping) goes at once; one
-                # that follows another closely joins a batch
-                if n <= INLINE:
-                    self.sock.send(SEND_HDR.pack(OP_SENDF, c_uid) + LEN.pack(n) + data)
-                    if TRACE:
-                        _trace.stamp("s1")
-                else:
-                    self.sock.send(SEND_HDR.pack(OP_SEND, c_uid), zmq.SNDMORE)
-                    self.sock.send(data)
-                f = self.inflight.setdefault(c_uid, [0, 0])
-                f[0] += 1
-                f[1] += n
-                return
-            p = self.pending.get(c_uid)
-            if p is None:
-                p = self.pending[c_uid] = [[], 0]
-                if self.flusher is None:
-                    self.flusher = threading.Thread(target=self._flusher, daemon=True,
-                                                    name=f"ember-flush-node{self.node}")
-                    self.flusher.start()
-                self.wake.set()
-            p[0].append(data)
-            p[1] += n
-            if len(p[0]) >= BATCH or p[1] >= BATCH_BYTES:
-                self._flush(c_uid)
+                self.sock.send(data)
+            f = self.inflight.setdefault(c_uid, [0, 0])
+            f[0] += 1
+            f[1] += n
+            return
+        p = self.pending.get(c_uid)
+        if p is None:
+            p = self.pending[c_uid] = [[], 0]
+            if self.flusher is None:
+                self.flusher = threading.Thread(target=self._flusher, daemon=True,
+                                                name=f"ember-flush-node{self.node}")
+                self.flusher.start()
+            self.wake.set()
+        p[0].append(data)
+        p[1] += n
+        if len(p[0]) >= BATCH or p[1] >= BATCH_BYTES:
+            self._flush(c_uid)
 
     def wait_acked(self, handle, timeout):
         c_uid = handle.c_uid
