@@ -69,6 +69,13 @@ def hops(dirpath):
         if a is not None and b is not None:
             rows.setdefault(name, []).append((b - a) / 1000.0)
 
+    def agent_hops(node, a, who, woke):
+        aw, ar, ac, ap = a
+        add(f"agent {node}: awake -> message read", aw, ar)
+        add(f"agent {node}: read -> in the channel (incl. futex wake)", ar, ac)
+        add(f"agent {node}: in the channel -> asleep", ac, ap)
+        add(f"agent {node} in channel -> {who} recv returns (wake)", ac, woke)
+
     n = 0
     for h0 in head["H0"]:
         h2 = _after(head["H2"], h0, h0 + 10**9)
@@ -89,17 +96,11 @@ def hops(dirpath):
         add("round trip (H0 -> H2)", h0, h2)
         add("head: send call (H0 -> s1)", h0, s1)
         add("head s1 -> agent 1 awake (zmq I/O x2, veth, agent wake)", s1, a1[0])
-        add("agent 1: awake -> message read", a1[0], a1[1])
-        add("agent 1: read -> in the channel (incl. futex wake)", a1[1], a1[2])
-        add("agent 1: in the channel -> asleep", a1[2], a1[3])
-        add("agent 1 in channel -> echo's recv returns (wake)", a1[2], e0)
+        agent_hops(1, a1, "echo's", e0)
         add("echo: recv -> send call start (E0 -> s0)", e0, es0)
         add("echo: send call (s0 -> s1)", es0, es1)
         add("echo s1 -> agent 0 awake (zmq I/O x2, veth, agent wake)", es1, a0[0])
-        add("agent 0: awake -> message read", a0[0], a0[1])
-        add("agent 0: read -> in the channel (incl. futex wake)", a0[1], a0[2])
-        add("agent 0: in the channel -> asleep", a0[2], a0[3])
-        add("agent 0 in channel -> head's recv returns (wake)", a0[2], h2)
+        agent_hops(0, a0, "head's", h2)
     return rows, n
 
 
