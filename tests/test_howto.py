@@ -4,15 +4,13 @@ this runs what can run here under a real runtime, checking the output the
 guide shows or describes.  (`ember top` is interactive and not run.)"""
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
-from procs import runtime_of
+from test_tutorial import hanging
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = os.path.join(ROOT, "docs", "howto", "code")
@@ -84,38 +82,19 @@ def test_started_runtime_keeps_named_objects_between_attaches():
 
 @pytest.mark.timeout(120)
 def test_debug_a_hang_commands():
-    launcher = subprocess.Popen([sys.executable, "-m", "ember", "run", "hang.py"], cwd=TUT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert launcher.stdout.readline().startswith("started")
-        rid = runtime_of(launcher.pid, time.monotonic() + 60)
-        env = dict(os.environ, EMBER_ADDRESS=rid)
+    with hanging([sys.executable, "-m", "ember", "run", "hang.py"]) as (first, rid, env):
+        assert first.startswith("started")
         out = {}
-        deadline = time.monotonic() + 60
         for line in _lines("debug.sh"):
-            while True:
-                r = subprocess.run(_argv(line), capture_output=True, text=True, env=env,
-                                   timeout=60)
-                assert r.returncode == 0, (line, r.stderr)
-                out[line] = r.stdout
-                # wait until the consumer has reached its q.get()
-                if line != "ember ps" or 'blocked on get(Queue "jobs")' in \
-                        "".join(ln for ln in r.stdout.splitlines() if " consumer " in ln):
-                    break
-                assert time.monotonic() < deadline, r.stdout
-                time.sleep(0.2)
+            r = subprocess.run(_argv(line), capture_output=True, text=True, env=env, timeout=60)
+            assert r.returncode == 0, (line, r.stderr)
+            out[line] = r.stdout
         assert rid in out["ember ls"]
+        assert 'blocked on get(Queue "jobs")' in \
+            "".join(ln for ln in out["ember ps"].splitlines() if " consumer " in ln)
         assert 'hang.py", line 5 in consumer' in out["ember stacks consumer"]
         assert out["ember channels"].strip(), "no channel listed"
         assert "consumer" in out["ember events"], out["ember events"]
-        launcher.send_signal(signal.SIGINT)
-        assert launcher.wait(timeout=60) == 130
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait(timeout=60)
-        launcher.stdout.close()
-        launcher.stderr.close()
 
 
 @pytest.mark.timeout(120)
