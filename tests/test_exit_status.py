@@ -9,6 +9,7 @@ import pytest
 import ember
 from ember.globalservices import process as gproc
 from ember.objects import process as P
+from procs import kill
 
 pytest_plugins = ["ember.testing"]
 pytestmark = pytest.mark.timeout(90)
@@ -76,8 +77,7 @@ def test_exit_status_of_a_process_still_running_is_unknown():
     try:
         assert P._exit_status(pid, fd) is None
     finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        kill(pid)
         os.close(fd)
 
 

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from procs import join, kill
+
 # A deliberately deadlocked program: alice and bob each wait on their own
 # inbox, which only the other would feed; "crash" dies of SIGSEGV; the head
 # waits for alice.
@@ -290,13 +292,9 @@ def test_top_through_a_pty(tmp_path, xdg):
             buf = _read_until(fd, b"ember top", b"alice", b"a_in")
             assert b"blocked on recv(\"a_in\")" in buf
             os.write(fd, b"q")
-            _, status = os.waitpid(pid, 0)
-            pid = None
-            assert os.waitstatus_to_exitcode(status) == 0
+            assert join(pid) == 0
         finally:
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+            kill(pid)
             os.close(fd)
     finally:
         _stop(run)

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from ember._size import format_size, parse_size
+from procs import join, kill
 from test_runtime import ember, write
 
 pytestmark = pytest.mark.timeout(90)
@@ -112,13 +113,9 @@ def test_repl_on_a_terminal(tmp_path):
         os.write(fd, b"import os; print('foreground', os.tcgetpgrp(0) == os.getpgrp())\n")
         buf = _read_until(fd, b"foreground True", buf)
         os.write(fd, b"raise SystemExit(5)\n")
-        _, status = os.waitpid(pid, 0)
-        pid = None
-        assert os.waitstatus_to_exitcode(status) == 5, buf
+        assert join(pid) == 5, buf
     finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        kill(pid)
         os.close(fd)
 
 
@@ -303,11 +300,7 @@ def test_py_head_reads_the_terminal(tmp_path):
         buf = _read_until(fd, b"name? ", b"")      # the prompt shows before the answer
         os.write(fd, b"bob\n")
         buf = _read_until(fd, b"hello bob", buf)
-        _, status = os.waitpid(pid, 0)
-        pid = None
-        assert os.waitstatus_to_exitcode(status) == 0, buf
+        assert join(pid) == 0, buf
     finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        kill(pid)
         os.close(fd)

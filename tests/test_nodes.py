@@ -13,7 +13,7 @@ from ember.exceptions import EmberError, LauncherError
 from ember.launcher import nodes
 from ember.launcher.nodes import (LocalLauncher, NodeSpec, SlurmLauncher, SSHLauncher, detect,
                                   in_slurm_allocation, parse_hosts)
-from procs import alive, wait_gone
+from procs import alive, kill, wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 NODE = NodeSpec(0, "localhost", "here")
@@ -150,8 +150,7 @@ def test_fork_does_not_hold_the_lifeline(local):
         assert cmd.wait(30) == 128 + signal.SIGTERM
         assert wait_gone([pid]) == []
     finally:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+        kill(child)
         cmd.close()
 
 

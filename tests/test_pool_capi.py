@@ -12,6 +12,7 @@ import time
 import pytest
 
 import cffi_build
+from procs import kill
 
 HDR = 4096          # pool header page (heap offset)
 BLK = 64            # block header
@@ -651,8 +652,7 @@ def test_capi_pristine_survives_killed_allocators(capi, mkpool, ffi, lib):
             finally:
                 os._exit(0)
         time.sleep(rnd.uniform(0.001, 0.01))
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
+        kill(pid)
         for _ in range(20):
             a, f = _alloc_pristine(p, rnd.choice([64, 900, 5000]))
             if f:

@@ -15,7 +15,7 @@ import pytest
 
 from ember.exceptions import PoolExhausted
 from ember.pools_c import Pool
-from procs import fork, reap
+from procs import fork, kill, reap
 
 ENV = dict(os.environ)
 
@@ -226,8 +226,7 @@ def _storm(kills, nworkers, seed):
         finally:
             for pid in pids:
                 if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
-                    reap(pid)
+                    kill(pid)
         pool._validate()
         # stats add up, and the only unrecorded blocks are those in flight
         # at a death: at most one per kill

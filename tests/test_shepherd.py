@@ -22,6 +22,7 @@ import pytest
 
 from ember import messages as M
 from ember.shepherd import Shepherd, run
+from procs import join, kill
 
 BASE_ENV = {"PATH": "/usr/bin:/bin", "BASE": "base", "OVER": "old"}
 PY = sys.executable
@@ -478,22 +479,13 @@ def _fork_shepherd(tmp_path, label="none"):
     return pid, PipeChannel(wfd=to_sh_w), PipeChannel(rfd=to_gs_r)
 
 
-def _reap(pid, timeout=20):
-    fd = os.pidfd_open(pid)
-    try:
-        assert select.select([fd], [], [], timeout)[0], "shepherd did not exit"
-    finally:
-        os.close(fd)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
 def _cleanup(pid, to_sh=None, to_gs=None):
     """A test's cleanup: SIGKILL and reap the forked shepherd unless the test
-    already reaped it (pid None), and close this side's pipe ends (a
-    PipeChannel whose fd the test closed itself has it set to None)."""
+    already reaped it (or never forked it: pid None), and close this side's
+    pipe ends (a PipeChannel whose fd the test closed itself has it set to
+    None)."""
     if pid is not None:
-        os.kill(pid, signal.SIGKILL)
-        _reap(pid)
+        kill(pid)
     if to_sh is not None and to_sh.wfd is not None:
         os.close(to_sh.wfd)
     if to_gs is not None:
@@ -512,8 +504,7 @@ def test_run_in_a_forked_process(tmp_path):
         to_sh.send(M.ShShutdown(3).pack())
         assert _exit_of(M.unpack(to_gs.recv(20))) == (6, -9)
         assert M.unpack(to_gs.recv(20)) == M.ShShutdownDone(3)
-        assert _reap(pid) == 0
-        pid = None
+        assert join(pid, 20) == 0
         assert not _alive(sleeper)
     finally:
         _cleanup(pid, to_sh, to_gs)
@@ -528,8 +519,7 @@ def test_children_die_with_a_killed_shepherd(tmp_path):
         child = M.unpack(to_gs.recv(20)).os_pid
         child_fd = os.pidfd_open(child)
         os.kill(pid, signal.SIGKILL)
-        assert _reap(pid) == -9
-        pid = None
+        assert join(pid, 20) == -9
         # PR_SET_PDEATHSIG: the grandchild dies with the shepherd.
         assert select.select([child_fd], [], [], 20)[0]
         os.close(child_fd)
@@ -547,8 +537,7 @@ def test_broken_input_channel_kills_children(tmp_path):
         os.close(to_sh.wfd)                      # recv() in the shepherd fails
         to_sh.wfd = None
         assert _exit_of(M.unpack(to_gs.recv(20))) == (5, -9)
-        assert _reap(pid) == 0
-        pid = None
+        assert join(pid, 20) == 0
         assert select.select([child_fd], [], [], 0)[0]
         os.close(child_fd)
     finally:
@@ -591,8 +580,7 @@ def test_main_forked_over_ember_channels(tmp_path):
         assert _exit_of(M.unpack(gs_ch.recv(timeout=20))) == (5, -signal.SIGTERM)
         sh_ch.send(M.ShShutdown(9).pack())
         assert M.unpack(gs_ch.recv(timeout=20)) == M.ShShutdownDone(9)
-        assert _reap(pid) == 0
-        pid = None
+        assert join(pid, 20) == 0
     finally:
         _cleanup(pid)
         for ch in (sh_ch, gs_ch):

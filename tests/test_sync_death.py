@@ -11,7 +11,7 @@ import pytest
 from ember.pools_c import Pool
 from ember.sync_c import (Barrier, BoundedSemaphore, BrokenBarrierError, Condition, Event, Lock,
                           OwnerDied, RLock, Semaphore)
-from procs import alive, fork, join, reap
+from procs import alive, fork, join, kill, reap
 
 _OWNER_DIED = (r"^{cls} \(pool '.*', offset \d+\): acquired, but its previous holder \(pid {pid}\) "
                r"died while holding it; the state it protects may be inconsistent: {tail}$")
@@ -164,8 +164,7 @@ def test_lock_dead_waiter_costs_nothing(pool):
 
     w = fork(waiter)
     assert waiting.wait(30)
-    os.kill(w, signal.SIGKILL)
-    reap(w)
+    kill(w)
     lock.release()
     assert lock.acquire(timeout=0) is True                # no report: the waiter held nothing
     lock.release()
@@ -246,8 +245,7 @@ def test_event_dead_waiter_costs_nothing(pool):
 
     w = fork(waiter)
     assert waiting.wait(30)
-    os.kill(w, signal.SIGKILL)
-    reap(w)
+    kill(w)
 
     def waiter2():
         assert ev.wait(30)
@@ -263,8 +261,7 @@ def test_barrier_party_death_while_waiting_breaks_it(pool):
     dead = fork(b.wait)
     while b.n_waiting != 1:
         os.sched_yield()
-    os.kill(dead, signal.SIGKILL)
-    reap(dead)
+    kill(dead)
 
     def other():
         with pytest.raises(BrokenBarrierError):
@@ -417,8 +414,7 @@ def test_condition_dead_waiter_absorbs_no_notify(pool):
     # rightly raises OwnerDied instead of waiting)
     with c:
         pass
-    os.kill(dead, signal.SIGKILL)
-    reap(dead)
+    kill(dead)
 
     def live():
         with c:
