@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from bench_python_processes import sustained  # start n, `window` alive at once
+
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,18 +79,6 @@ def sample():
     return out
 
 
-def run(make, n, window):
-    live = []
-    for _ in range(n):
-        if len(live) >= window:
-            live.pop(0).join()
-        p = make()
-        p.start()
-        live.append(p)
-    for p in live:
-        p.join()
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=300)
@@ -107,9 +97,9 @@ def main():
     fork = mp.get_context("fork")
     for name, make in (("ember.Process", lambda: ember.Process(target=trivial)),
                        ("mp fork", lambda: fork.Process(target=trivial))):
-        run(make, 20, a.window)                 # warm: the template, the spares, the lease
+        sustained(make, 20, a.window)                 # warm: the template, the spares, the lease
         before, t = sample(), time.perf_counter()
-        run(make, a.n, a.window)
+        sustained(make, a.n, a.window)
         wall = (time.perf_counter() - t) / a.n
         after = sample()
         per = {k: ((after[k][0] - before[k][0]) / a.n * 1e3, (after[k][1] - before[k][1]) / a.n)
