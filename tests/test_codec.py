@@ -132,6 +132,61 @@ def test_codec_round_trips_without_a_runtime_pool():
         _codec.loads(b"")
 
 
+_G = 1
+_L = [1]
+
+
+def _prepickle_roundtrip(fn):
+    pre = _codec.prepickled(fn)
+    assert pre is not None
+    msg = _codec.dumps((pre, (), {}), None, known_main=pre.mains)
+    got, args, kwargs = pickle.loads(msg)
+    return got()
+
+
+@pytest.mark.timeout(60)
+def test_a_function_pickled_by_value_is_pickled_again_when_what_it_uses_changed():
+    """ember.Process reuses the pickle of a target cloudpickle ships by value
+    (_codec.prepickled) only while nothing it depends on changed: a global
+    it names rebound, a cell's contents, defaults, attributes, a function
+    it calls redefined; one that names a mutable object is never cached."""
+    global _G
+
+    def uses_global():
+        return _G
+
+    def helper():
+        return "a"
+
+    def calls_helper():
+        return helper()
+
+    pre = _codec.prepickled(uses_global)
+    assert _codec.prepickled(uses_global) is pre            # unchanged: the same pickle
+    assert _prepickle_roundtrip(uses_global) == 1
+    _G = 2
+    try:
+        assert _codec.prepickled(uses_global) is not pre
+        assert _prepickle_roundtrip(uses_global) == 2
+    finally:
+        _G = 1
+    assert _prepickle_roundtrip(calls_helper) == "a"
+    helper = lambda: "b"                                      # noqa: E731,F811 (a new cell value)
+    assert _prepickle_roundtrip(calls_helper) == "b"
+    uses_global.__defaults__ = (1,)
+    uses_global.tag = "t"
+    got = pickle.loads(_codec.dumps((_codec.prepickled(uses_global),), None,
+                                    known_main=0))[0]
+    assert got.__defaults__ == (1,) and got.tag == "t"
+    assert _codec.prepickled(lambda: _L[0]) is None          # a list: could change in place
+    assert _codec.prepickled(_live_allocs) is None           # by reference: not by value
+    # arguments that name __main__ or need cloudpickle: the caller pickles all together
+    main_obj = type("M", (), {"__module__": "__main__"})
+    pre = _codec.prepickled(uses_global)
+    assert _codec.dumps((pre, (main_obj,), {}), None, known_main=pre.mains) is None
+    assert _codec.dumps((pre, (lambda: 1,), {}), None, known_main=pre.mains) is None
+
+
 # ------------------------------------------------------------------ __main__ code
 PROG = """
 import ember

@@ -776,6 +776,52 @@ def test_environment_changes_between_starts(tmp_path):
     assert out.splitlines() == ["None True", "1 True", "2 True", "2 True", "None True"], out
 
 
+def test_a_changed_global_is_seen_by_the_next_start(tmp_path):
+    """The parent reuses the pickle of a __main__ target (or a closure)
+    only while nothing it depends on changed: each start sees the globals,
+    cells and helper functions as they are at that start."""
+    out = ok(run_prog(tmp_path, """
+        G = 1
+        L = [1]
+
+        def helper():
+            return "h1"
+
+        def look():
+            return G, L[0], helper()
+
+        def counter():
+            n = 0
+            def get():
+                return n
+            def bump():
+                nonlocal n
+                n += 1
+            return get, bump
+
+        def run(fn):
+            p = ember.Process(target=fn); p.start(); r = p.result(); p.join(); p.close()
+            return r
+
+        print(*run(look))
+        print(*run(look))
+        G = 2
+        print(*run(look))
+        L[0] = 5
+        print(*run(look))
+        def helper():
+            return "h2"
+        print(*run(look))
+        get, bump = counter()
+        print(run(get))
+        bump()
+        print(run(get))
+        print(run(get))
+    """))
+    assert out.splitlines() == ["1 1 h1", "1 1 h1", "2 1 h1", "2 5 h1", "2 5 h2",
+                                "0", "1", "1"], out
+
+
 LEASED = """
 def leased():
     # this runtime's idle leased spares: named ember-leased, the shepherd's children

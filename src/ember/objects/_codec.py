@@ -38,11 +38,12 @@ reads outside the block.
 """
 import pickle
 import struct
+import types as _types
 
 from ..exceptions import MessageError
 from ..pools_c import Allocation
 
-__all__ = ["dumps", "loads", "not_ours", "FLAT", "pickle_bytes", "pickle_inband", "free_unsent", "OOB_MIN",
+__all__ = ["dumps", "loads", "prepickled", "Prepickled", "not_ours", "FLAT", "pickle_bytes", "pickle_inband", "free_unsent", "OOB_MIN",
            "MAGIC", "MessageError"]
 
 #: Buffers smaller than this in all travel in band (a pool allocation costs more).
@@ -111,6 +112,158 @@ def pickle_bytes(obj, buffer_callback=None):
     return data
 
 
+# ------------------------------------------------------- functions pickled ahead
+class Prepickled:
+    """An object pickled ahead: its pickle ``data`` travels as it is, and
+    the receiver's ``pickle.loads`` rebuilds it (a call of ``pickle.loads``
+    on those bytes).  ``mains``: how often ``data`` names ``__main__``
+    (:func:`dumps` with ``known_main`` looks past those)."""
+
+    __slots__ = ("data", "mains")
+
+    def __init__(self, data):
+        self.data = data
+        self.mains = data.count(b"__main__")
+
+    def __reduce__(self):
+        return (_ploads, (self.data,))
+
+
+_cp = None                # cloudpickle.cloudpickle, or False: no cache with this version
+_fn_cache = None          # function -> (fingerprint, Prepickled)
+_BYREF = object()         # fingerprint markers: pickled by reference / by value /
+_BYVAL = object()         # a function met again (a cycle)
+_AGAIN = object()
+_ATOMS = frozenset((int, float, complex, str, bytes, bool, type(None)))
+_EQ = frozenset((int, str, bytes, bool))     # compared by value (equal: the same pickle)
+
+
+def _cloudpickle_internals():
+    global _cp, _fn_cache
+    if _cp is None:
+        try:
+            import weakref
+
+            from cloudpickle import cloudpickle as cp
+            for name in ("_function_getstate", "_should_pickle_by_reference",
+                         "_get_cell_contents"):
+                getattr(cp, name)
+            _cp, _fn_cache = cp, weakref.WeakKeyDictionary()
+        except (ImportError, AttributeError):
+            _cp = False
+    return _cp
+
+
+def _flat(v, fp, seen, owned=False):
+    """Append to ``fp`` what cloudpickle's pickle of ``v`` depends on, as
+    objects compared by identity (by value for :data:`_EQ`); False if that
+    cannot be told from them (a mutable object, a class or module pickled
+    by value, an unknown type): no cache then.  ``owned``: ``v`` is a dict
+    or list cloudpickle made (a function's state), flattened by content."""
+    t = type(v)
+    if t in _ATOMS:
+        fp.append(v)
+        return True
+    if t is tuple:
+        fp.append(v)
+        fp.append(len(v))
+        return all(_flat(x, fp, seen) for x in v)
+    types, cp = _types, _cp
+    if t is types.CellType:
+        return _flat(cp._get_cell_contents(v), fp, seen)
+    if owned and (t is dict or t is list):
+        fp.append(t)
+        fp.append(len(v))
+        for x in (v.items() if t is dict else v):
+            if t is dict:
+                if not _flat(x[0], fp, seen):
+                    return False
+                x = x[1]
+            if not _flat(x, fp, seen):
+                return False
+        return True
+    if t is types.FunctionType or t is types.ModuleType or isinstance(v, type):
+        byref = cp._should_pickle_by_reference(v)
+        fp.append(_BYREF if byref else _BYVAL)
+        fp.append(v)
+        if t is types.ModuleType:
+            return byref                   # a module by value: its whole dict
+        if byref:
+            fp.append(v.__module__)
+            fp.append(v.__qualname__)
+            return True
+        if t is not types.FunctionType:
+            return False                   # a class by value: mutable
+        if id(v) in seen:
+            fp.append(_AGAIN)
+            return True
+        return _flat_function(v, fp, seen)
+    if t is types.BuiltinFunctionType and isinstance(v.__self__, types.ModuleType):
+        fp.append(v)                       # by reference: its module and name
+        return True
+    return False
+
+
+def _flat_function(fn, fp, seen):
+    """:func:`_flat` of a function cloudpickle pickles by value: its code,
+    the module attributes it is rebuilt with, and its state as cloudpickle
+    takes it (``_function_getstate``: names, defaults, annotations,
+    closure, the globals its code names, submodules, ``__dict__``)."""
+    seen.add(id(fn))
+    fp.append(fn.__code__)
+    g = fn.__globals__
+    for k in ("__package__", "__name__", "__path__", "__file__"):
+        if k not in g:
+            fp.append(_AGAIN)
+        elif not _flat(g[k], fp, seen):
+            return False
+    state, slotstate = _cp._function_getstate(fn)
+    if not _flat(state, fp, seen, owned=True):
+        return False
+    fp.append(len(slotstate))
+    for k, x in slotstate.items():
+        fp.append(k)
+        if not _flat(x, fp, seen, owned=True):
+            return False
+    return True
+
+
+def _same(a, b):
+    if len(a) != len(b):
+        return False
+    eq = _EQ
+    for x, y in zip(a, b):
+        if x is not y and (type(x) is not type(y) or type(x) not in eq or x != y):
+            return False
+    return True
+
+
+def prepickled(fn):
+    """``fn`` pickled by value with cloudpickle, as a :class:`Prepickled`,
+    made again only when what that pickle depends on has changed (the same
+    function object, the same code, defaults, closure contents, the same
+    objects bound to the globals it names, ...; see :func:`_flat`).  None
+    when ``fn`` is no function pickled by value (the C pickler's way is
+    fast), or when its pickle could change without that showing (it
+    refers to a mutable object, a class defined in ``__main__``, ...)."""
+    if type(fn) is not _types.FunctionType or not _cloudpickle_internals():
+        return None
+    try:
+        if _cp._should_pickle_by_reference(fn):
+            return None
+        fp = []
+        if not _flat_function(fn, fp, set()):
+            return None
+        hit = _fn_cache.get(fn)
+        if hit is not None and _same(hit[0], fp):
+            return hit[1]
+        pre = Prepickled(_cloud_dumps(fn))
+        _fn_cache[fn] = (fp, pre)
+        return pre
+    except Exception:
+        return None
+
+
 def pickle_inband(obj):
     """``obj`` as one self-contained pickle (every buffer in band), always
     by cloudpickle (functions and classes by value where they need it)."""
@@ -126,11 +279,18 @@ def pickle_inband(obj):
 FLAT = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
-def dumps(obj, pool, timeout=None):
+def dumps(obj, pool, timeout=None, known_main=None):
     """``bytes`` (a plain pickle) or an :class:`Allocation` of ``pool``
     holding a frame (the caller sends it, or frees it with
     :func:`free_unsent` if the send fails).  ``timeout``: how long to wait
-    for pool space for a frame (None: forever)."""
+    for pool space for a frame (None: forever).
+
+    ``known_main``: ``obj`` holds :class:`Prepickled` objects naming
+    ``__main__`` that many times in all; it is pickled with the C pickler
+    only, and None is returned when that refuses it or its pickle names
+    ``__main__`` more often (the caller then pickles what it stands for)."""
+    if known_main is not None:
+        return _dumps_prepickled(obj, pool, timeout, known_main)
     t = type(obj)
     if t in FLAT:
         return _pdumps(obj, 5)
@@ -150,6 +310,28 @@ def dumps(obj, pool, timeout=None):
         if data.find(b"__main__") >= 0:      # (find: cheaper than `in` for bytes)
             bufs = []
             data = _cloud_dumps(obj, bufs.append)
+    return _message(obj, data, bufs, pool, timeout, pickle_bytes)
+
+
+def _dumps_prepickled(obj, pool, timeout, known_main):
+    bufs = []
+    try:
+        data = _pdumps(obj, 5, buffer_callback=bufs.append)
+    except Exception:
+        return None
+    if data.count(b"__main__") > known_main:
+        return None
+    return _message(obj, data, bufs, pool, timeout, _pickle5)
+
+
+def _pickle5(obj):
+    return _pdumps(obj, 5)
+
+
+def _message(obj, data, bufs, pool, timeout, inband):
+    """The message of ``obj``, pickled as ``data`` with out-of-band
+    ``bufs``: ``data`` itself, or a frame with the buffers when they are
+    large enough, else ``inband(obj)`` (every buffer in band)."""
     if not bufs:
         return data
     try:
@@ -157,7 +339,7 @@ def dumps(obj, pool, timeout=None):
     except BufferError:           # a buffer that is not contiguous: all in band
         raws = None
     if raws is None or sum(r.nbytes for r in raws) < OOB_MIN:
-        return pickle_bytes(obj)
+        return inband(obj)
     return _frame(data, raws, pool, timeout)
 
 

@@ -285,6 +285,22 @@ def _env_change(have, want):
             [k for k in have if k not in want and k not in _RUNTIME_VARS])
 
 
+def _dump_call(target, args, kwargs, pool):
+    """The call's message (:func:`_codec.dumps` of ``(target, args,
+    kwargs)``).  A target that cloudpickle ships by value (a function of
+    ``__main__``, a lambda, a closure) is pickled once and its pickle
+    reused while nothing it depends on has changed
+    (:func:`_codec.prepickled`: ~0.4 ms of every start), when the
+    arguments need no cloudpickle of their own (else everything is
+    pickled together, as they may share objects with the target)."""
+    pre = _codec.prepickled(target)
+    if pre is not None:
+        msg = _codec.dumps((pre, args, kwargs), pool, known_main=pre.mains)
+        if msg is not None:
+            return msg
+    return _codec.dumps((target, args, kwargs), pool)
+
+
 def _signal_name(sig):
     try:
         return _signal.Signals(sig).name
@@ -680,7 +696,7 @@ class Process:
             argv = _worker_argv(method)
             leasing = method == "template" and self._gs_name is None and Process._lease_spares
             _t("P.prep")
-            msg = _codec.dumps((self._target, self._args, self._kwargs), pool)
+            msg = _dump_call(self._target, self._args, self._kwargs, pool)
             _t("P.dumped")
             lease = _take_lease(argv) if leasing and self._cwd_ok() else None
             if lease is not None:
