@@ -822,6 +822,34 @@ def test_a_changed_global_is_seen_by_the_next_start(tmp_path):
                                 "0", "1", "1"], out
 
 
+def test_threading_and_logging_in_template_children(tmp_path):
+    """A raw clone of the single-threaded template skips the at-fork hooks of
+    threading and logging (nothing to reset: no other thread could hold
+    their locks): in the child, threads, locks and logging work as after a
+    fork, and logging's module lock is free (another thread can take it)."""
+    out = ok(run_prog(tmp_path, """
+        def look():
+            import logging
+            got = []
+            def other():
+                got.append(logging._lock.acquire(timeout=5))
+                logging._lock.release()
+                got.append(threading.current_thread() is not threading.main_thread())
+            t = threading.Thread(target=other)
+            t.start(); t.join(10)
+            log = logging.getLogger("pystart")
+            log.addHandler(logging.StreamHandler(sys.stdout))
+            log.warning("logged")
+            return (got, threading.current_thread() is threading.main_thread(),
+                    threading.active_count(), threading.main_thread().ident == threading.get_ident())
+
+        for _ in range(3):                       # a fresh fork, then spares
+            p = ember.Process(target=look); p.start(); print(*p.result()); p.join()
+    """))
+    # (the child's line is forwarded by the shepherd: its order with ours may vary)
+    assert sorted(out.splitlines()) == ["[True, True] True 1 True"] * 3 + ["logged"] * 3, out
+
+
 LEASED = """
 def leased():
     # this runtime's idle leased spares: named ember-leased, the shepherd's children

@@ -592,6 +592,7 @@ def _clone_parent():
     flags = ctypes.c_ulong(_CLONE_PARENT | _CLONE_CHILD_SETTID | signal.SIGCHLD)
     tid = ctypes.c_void_p(tid_addr)
     null = ctypes.c_void_p(0)
+    _in_clone[0] = True       # the hooks of _CLONE_SKIPS do nothing
     api.PyOS_BeforeFork()
     if nrs[0] == 56:      # x86_64: clone(flags, stack, parent_tid, child_tid, tls)
         pid = fn(ctypes.c_long(nrs[0]), flags, null, null, tid, null)
@@ -600,12 +601,51 @@ def _clone_parent():
     if pid == 0:
         fn(ctypes.c_long(nrs[1]), ctypes.c_void_p(head), ctypes.c_size_t(size))
         api.PyOS_AfterFork_Child()   # also ember's C caches: their os.register_at_fork hooks
+        _in_clone[0] = False
         return 0
     err = ctypes.get_errno()
     api.PyOS_AfterFork_Parent()
+    _in_clone[0] = False
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
+
+
+#: Modules whose ``os.register_at_fork`` hooks a raw clone skips
+#: (:func:`_filter_at_fork`).  They reset state that only another thread
+#: could have left inconsistent (the locks of threading and logging, the
+#: thread list), and a raw clone is made only by a single-threaded
+#: template, from its main loop, holding none of them: there is nothing
+#: to reset.  Their hooks cost each child ~100 page faults of
+#: copy-on-write (the Python code they run and the objects it touches).
+_CLONE_SKIPS = ("threading", "logging")
+_in_clone = [False]       # True in _clone_parent, around the clone
+
+
+def _filter_at_fork():
+    """Make the ``os.register_at_fork`` hooks of the modules of
+    :data:`_CLONE_SKIPS` do nothing in a raw clone (:func:`_clone_parent`);
+    an ``os.fork()`` (a template with threads) runs them as always.  Called
+    by the template before it imports them; returns the function that
+    undoes the filter (once they are imported)."""
+    real = os.register_at_fork
+
+    def skip_in_clone(hook):
+        def run():
+            if not _in_clone[0]:
+                hook()
+        return run
+
+    def register_at_fork(**hooks):
+        if sys._getframe(1).f_globals.get("__name__") in _CLONE_SKIPS:
+            hooks = {k: skip_in_clone(v) for k, v in hooks.items()}
+        return real(**hooks)
+
+    def undo():
+        os.register_at_fork = real
+
+    os.register_at_fork = register_at_fork
+    return undo
 
 
 def _thread_state():
@@ -829,12 +869,16 @@ def main():
     import msgpack
 
     # Warm up: what every worker needs.
+    unfilter = _filter_at_fork() if not any(m in sys.modules for m in _CLONE_SKIPS) else None
     import cloudpickle  # noqa: F401
 
     from .. import _worker  # noqa: F401
     from ..channels_c import Channel  # noqa: F401
     from ..globalservices import channel, pool, process  # noqa: F401
     from ..objects import _pickling, process as _p  # noqa: F401
+    import logging, threading  # noqa: F401,E401  (their at-fork hooks filtered)
+    if unfilter is not None:
+        unfilter()
 
     # Map the runtime's default pool once: children inherit the mapping (and
     # the pools binding's cache entry), so attaching their channels is free.
