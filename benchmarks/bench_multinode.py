@@ -3,7 +3,7 @@ same veth with the same kind of CURVE key, side by side in one run.
 
 Needs root (Linux namespaces, tests/mn_cluster.py) and sshd.  Run:
 
-    python benchmarks/bench_multinode.py [--rounds 3] [--only small,big,rtt,bringup,create]
+    python benchmarks/bench_multinode.py [--rounds 3] [--only small,big,rtt,direct,bringup,create]
 
 (``--only`` keeps a run short: e.g. ``--only small,big,rtt --rounds 5`` takes
 about two minutes on the shared test machine.)
@@ -18,6 +18,11 @@ Measures (targets of issue 15):
   side's figure is the median of its 2000 round trips, which a load spike
   moves less than their mean; met if both the best-vs-best and the median
   of the rounds' differences are);
+- the direct path's floor (``direct``): the same round trip on the building
+  blocks of the direct path (ember.transport.direct: each process sends to
+  the other's own inbox and waits on its channel and inbox at once), not the
+  runtime's path yet: what that path's hot loop costs against raw, without
+  its acknowledgements (docs/multinode.md, "The direct path");
 - bring-up of 4 nodes (``ember run --hosts`` of an empty program) against
   ``ember run`` on one node: <= 1 s more;
 - remote process create+join against local create+join: <= local + 1 ms.
@@ -166,26 +171,74 @@ b.flush()
     p = process.create(PY, ".", ["-c", echo], options={"node": 1})
     ping, pong = Channel.attach(there), Channel.attach(back)
     ping.send(b"x"); pong.recv()
+    time_round_trips("rtt", ping.send, pong.recv)
+    process.join(p.p_uid)
+
+
+def time_round_trips(tag, send, recv):
+    # N_RTT round trips (send a 64 B message, receive the answer); prints the
+    # median in us after tag
     ts = []
     pc = time.perf_counter
     from ember.transport import _trace
     st = _trace.stamp if _trace.ON else None
+    msg = b"x" * 64
     for _ in range(N_RTT):
         t0 = pc()
         if st:
             st("H0")
-        ping.send(b"x" * 64)
-        pong.recv()
+        send(msg)
+        recv()
         if st:
             st("H2")
         ts.append(pc() - t0)
     ts.sort()
-    print("rtt", ts[N_RTT // 2] * 1e6, flush=True)
-    process.join(p.p_uid)
+    print(tag, ts[N_RTT // 2] * 1e6, flush=True)
 
 
 if "rtt" in ONLY:
     round_trip()
+
+
+def direct_round_trip():
+    # The same round trip on the direct path's building blocks
+    # (ember.transport.direct): each process sends straight to the other's
+    # inbox and waits on its channel and its inbox at once (a ChannelWatch).
+    # Not the runtime's path yet (docs/multinode.md, "The direct path"): the
+    # floor of that path's hot loop, without its acknowledgements.
+    from ember.transport.direct import DirectSender, Inbox
+    from ember.channels_c.watch import ChannelWatch
+    there = channel.create(None, "dping", ChannelOptions(node=1))
+    back = channel.create(None, "dpong")
+    addr = channel.create(None, "daddr")
+    echo = f'''
+from ember.globalservices import channel
+from ember.channels_c import Channel
+from ember.channels_c.watch import ChannelWatch
+from ember.transport.direct import DirectSender, Inbox
+a = Channel.attach(channel.join("dping"))
+inbox = Inbox()
+w = ChannelWatch(a)
+r = Channel.attach(channel.join("daddr")); r.send(inbox.address.encode()); r.flush()
+ds = DirectSender(a.recv().decode())
+for _ in range({N_RTT} + 1):
+    ds.send({back.c_uid}, inbox.recv(a, w))
+ds.close()
+'''
+    p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+    inbox = Inbox()
+    pong = Channel.attach(back)
+    w = ChannelWatch(pong)
+    Channel.attach(there).send(inbox.address.encode())      # through the agent
+    ds = DirectSender(Channel.attach(addr).recv().decode())
+    ds.send(there.c_uid, b"x"); inbox.recv(pong, w)
+    c_uid, send = there.c_uid, ds.send
+    time_round_trips("drtt", lambda m: send(c_uid, m), lambda: inbox.recv(pong, w))
+    process.join(p.p_uid)
+
+
+if "direct" in ONLY:
+    direct_round_trip()
 
 for node in (0, 1, 0, 1) if "create" in ONLY else ():
     ts = []
@@ -213,7 +266,7 @@ def run_round(c, only, trace=None):
                   str(size)], timeout=300)
         out[key] = float(pull.stdout.readline())
         pull.wait(60)
-    if "rtt" in only:
+    if only & {"rtt", "direct"}:
         echo = c.popen(1, [sys.executable, "-c", RAW_ECHO, pub, sec, "5556", str(N_RTT)],
                        stdout=subprocess.PIPE, text=True)
         assert echo.stdout.readline().strip() == "ready"
@@ -221,7 +274,7 @@ def run_round(c, only, trace=None):
                       str(N_RTT)], timeout=300)
         out["rawrtt"] = float(r.stdout)
         echo.wait(60)
-    if only & {"small", "big", "rtt", "create"}:
+    if only & {"small", "big", "rtt", "direct", "create"}:
         prog = c.path("bench_prog.py")
         with open(prog, "w") as f:
             f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE, sorted(only)))
@@ -237,6 +290,8 @@ def run_round(c, only, trace=None):
         for what, key in (("small", "e64"), ("big", "e1m")):
             if what in only:
                 out[key] = rates.pop(0)
+        if "direct" in only:
+            out["drtt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("drtt")))
         if "rtt" in only:
             out["ertt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("rtt")))
             if trace:
@@ -259,7 +314,7 @@ def run_round(c, only, trace=None):
     return out
 
 
-PARTS = ("small", "big", "rtt", "bringup", "create")
+PARTS = ("small", "big", "rtt", "direct", "bringup", "create")
 
 
 def main():
@@ -325,6 +380,13 @@ def main():
                      f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
                      f"rounds' differences (target <= +20 us)",
                      "met" if max(statistics.median(d), e[0] - r[0]) <= 20 else "missed"))
+    if "drtt" in rounds[0]:
+        e, r = mm("drtt"), mm("rawrtt")
+        d = [x["drtt"] - x["rawrtt"] for x in rounds]
+        rows.append(("direct path's floor", f"ember {e[0]:.0f} / {e[1]:.0f} us",
+                     f"raw {r[0]:.0f} / {r[1]:.0f} us",
+                     f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
+                     f"rounds' differences (building blocks only, not the runtime's path)", ""))
     if "up4" in rounds[0]:
         d = [x["up4"] - x["up1"] for x in rounds]
         rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",

@@ -104,21 +104,27 @@ def _error(frames):
     return cls(msg)
 
 
+def context():
+    """This process's zmq context for its transport endpoints (remote
+    handles, :mod:`.direct`): one, so one zmq I/O thread."""
+    global _ctx, _ctx_pid
+    if _ctx is None or _ctx_pid != os.getpid():
+        from .zmq_backend import keep_heap
+        keep_heap()           # large messages: see there
+        _ctx, _ctx_pid = zmq.Context(1), os.getpid()
+    return _ctx
+
+
 class _Conn:
     """This process's connection to one node's agent."""
 
     def __init__(self, node):
-        global _ctx, _ctx_pid
-        if _ctx is None or _ctx_pid != os.getpid():
-            from .zmq_backend import keep_heap
-            keep_heap()           # large messages: see there
-            _ctx, _ctx_pid = zmq.Context(1), os.getpid()
         addr = _agents().get(node)
         if addr is None:
             raise ChannelError(f"no transport agent known for node {node}: it is not a node of "
                                f"this runtime (or was lost)")
         pub, sec = _keys()
-        s = _ctx.socket(zmq.DEALER)
+        s = context().socket(zmq.DEALER)
         s.linger = 2000
         s.sndhwm = s.rcvhwm = 1 << 20
         s.curve_serverkey = pub.encode()

@@ -116,14 +116,14 @@ def _text(k):
 
 
 class ZmqBackend(Backend):
-    """One per process: a zmq context, and the ZAP handler once a server
-    endpoint is made."""
+    """One per process: a zmq context (its own, or ``ctx``), and the ZAP
+    handler once a server endpoint is made."""
 
     name = "zmq"
 
-    def __init__(self, io_threads=1):
+    def __init__(self, io_threads=1, ctx=None):
         keep_heap()
-        self.ctx = zmq.Context(io_threads)
+        self.ctx = zmq.Context(io_threads) if ctx is None else ctx
         self.zap = None
 
     @staticmethod

@@ -1,0 +1,207 @@
+"""Building blocks of the direct path between nodes (docs/multinode.md, "The
+direct path"): a receiving process's own endpoint, and a receive that waits
+on a local channel and on that endpoint at once.
+
+Today a message from another node reaches its channel through the
+channel's node agent (:mod:`.agent`): the agent's zmq I/O thread, the
+agent, then the receiver's futex wake-up: per direction one wake-up more
+than raw zmq, whose receiver is woken by its own zmq I/O thread.  On the
+direct path a remote sender sends to the receiving process's own endpoint
+(an :class:`Inbox`), and the receiver waits on that endpoint and on its
+channel in one ``poll()``, so the network wakes it once.
+
+Here, each tested (tests/test_multinode_direct.py):
+
+- :class:`Inbox`: a CURVE server endpoint of this process (the runtime's
+  key pair, the same ZAP check as an agent's endpoint), with its address
+  on this node;
+- :meth:`Inbox.recv`: the next message of a local channel, from the
+  channel or from the inbox, waiting on both (the channel by a
+  :class:`~ember.channels_c.watch.ChannelWatch`).  A message from the
+  inbox is taken only when the channel is empty after it was read: a
+  sender switches to the inbox only once everything it sent through the
+  agent is acknowledged (in the channel), so what the channel holds of a
+  sender is older than what came to the inbox; each sender's messages stay
+  in order (checked by their sequence numbers);
+- :class:`DirectSender`: a connection to an inbox; each message one frame
+  with its channel and its sequence number (per sender and channel).
+
+Not here yet (docs/multinode.md lists them): the agent advertising a
+receiver's inbox to the channel's remote senders, and the sender's switch
+to it once all it sent through the agent is acknowledged; acknowledgements
+of direct messages and their resend through the agent when the receiver
+dies (the last sequence taken per sender, kept where the agent can read it
+after the death); a mover for what arrives while the receiver does not
+wait; revocation when a second receiver appears.  Until those exist
+nothing sends to an inbox by itself: ``Channel.attach`` gives the agent's
+path.
+"""
+import collections
+import os
+import select
+import struct
+import time
+
+import zmq
+
+from .. import _log
+from ..exceptions import ChannelEmpty, ChannelError
+from . import remote
+from .agent import Z_EVENTS, Z_POLLIN, Z_RCVMORE
+
+log = _log.get("direct")
+
+__all__ = ["Inbox", "DirectSender", "OP_DIRECT", "DIRECT_HDR"]
+
+#: a direct message: one frame, this header then the message
+OP_DIRECT = b"D"
+DIRECT_HDR = struct.Struct("<cQQ")            # op, c_uid, seq (per sender and channel, from 1)
+
+_backend = None
+_backend_pid = None
+
+
+def _server_backend():
+    """The backend of this process's inboxes, on its transport context (one
+    zmq I/O thread with its remote handles; one ZAP handler)."""
+    global _backend, _backend_pid
+    if _backend is None or _backend_pid != os.getpid():
+        from .zmq_backend import ZmqBackend
+        _backend, _backend_pid = ZmqBackend(ctx=remote.context()), os.getpid()
+    return _backend
+
+
+def _node_host():
+    """This node's address (its agent's host)."""
+    from .. import _env
+    addr = remote._agents().get(int(_env.get(_env.NODE, "0") or 0))
+    if addr is None:
+        raise ChannelError("this process knows no agent of its node: it is not a managed "
+                           "process of a runtime that spans several nodes")
+    return addr.split("//", 1)[1].rsplit(":", 1)[0]
+
+
+class Inbox:
+    """This process's own endpoint for direct messages (see the module
+    docstring).  ``address`` is what a :class:`DirectSender` connects to."""
+
+    def __init__(self):
+        ep, bound = _server_backend().server("tcp://*:0", remote._keys())
+        self.sock = ep.sock
+        self.address = f"tcp://{_node_host()}:{bound.rsplit(':', 1)[1]}"
+        self._zfd = self.sock.getsockopt(zmq.FD)
+        self._poll = select.poll()
+        self._poll.register(self._zfd, select.POLLIN)
+        self._fresh = False       # ZMQ_EVENTS said "no input" and the fd did not fire since
+        self._watched = set()
+        self.held = {}            # c_uid -> deque of (sender, seq, frame): read, not taken
+        self.taken = {}           # (sender, c_uid) -> the last sequence number taken
+
+    def _read(self):
+        """Move every message waiting on the socket to ``held``; True if
+        there was one.  It asks the socket's events (``ZMQ_EVENTS``) before
+        each message and ends when they say "no input": only then may the
+        socket's descriptor be waited on (libzmq's rule for ``ZMQ_FD``).  No
+        ``zmq.Again`` is raised: an exception costs twice that question."""
+        sock, held = self.sock, self.held
+        recv, get = sock.recv, sock.getsockopt
+        got = False
+        while get(Z_EVENTS) & Z_POLLIN:
+            sender = recv(0)
+            frame = recv(0)
+            extra = 0
+            while get(Z_RCVMORE):
+                recv(0)
+                extra += 1
+            if extra or frame[:1] != OP_DIRECT or len(frame) < DIRECT_HDR.size:
+                log.warning("inbox: dropped a malformed message from %r (%d bytes, %d more "
+                            "frames)", sender, len(frame), extra)
+                continue
+            _, c_uid, seq = DIRECT_HDR.unpack_from(frame)
+            q = held.get(c_uid)
+            if q is None:
+                q = held[c_uid] = collections.deque()
+            q.append((sender, seq, frame))
+            got = True
+        self._fresh = True
+        return got
+
+    def recv(self, ch, watch, timeout=None):
+        """The next message of local channel ``ch`` (watched by ``watch``, a
+        ChannelWatch of it): from the channel, or else from this inbox; waits
+        on both at once (up to ``timeout`` s; None: no limit; ChannelEmpty
+        after it)."""
+        if watch.channel is not ch:
+            raise ValueError("watch must be a ChannelWatch of ch")
+        fd = watch.fd
+        if fd not in self._watched:
+            self._poll.register(fd, select.POLLIN)
+            self._watched.add(fd)
+        c_uid = ch.c_uid
+        poll = ch.poll
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # the channel first (see the module docstring); poll(0) is a
+            # flag test, where an empty recv_nowait raises
+            if poll(0):
+                try:
+                    return ch.recv_nowait()
+                except ChannelEmpty:        # another receiver took it
+                    pass
+            q = self.held.get(c_uid)
+            if q:
+                return self._take(c_uid, q.popleft())
+            # the socket's events are asked only if they may have changed
+            # since they said "no input" (a wake-up of its descriptor)
+            if not self._fresh and self._read():
+                continue                    # then the channel again, then what was read
+            watch.rearm()
+            if deadline is None:
+                ready = self._poll.poll()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
+                                       f"(channel or inbox)")
+                ready = self._poll.poll(left * 1000.0)
+            for fd, _ in ready:
+                if fd == self._zfd:
+                    self._fresh = False
+
+    def _take(self, c_uid, item):
+        sender, seq, frame = item
+        key = (sender, c_uid)
+        last = self.taken.get(key, 0)
+        if seq != last + 1:
+            raise ChannelError(f"inbox: message {seq} of a sender on channel {c_uid} after "
+                               f"{last}: the sender's sequence broke")
+        self.taken[key] = seq
+        return frame[DIRECT_HDR.size:]
+
+    def unwatch(self, watch):
+        """Forget ``watch`` (before it is closed)."""
+        if watch.fd in self._watched:
+            self._poll.unregister(watch.fd)
+            self._watched.discard(watch.fd)
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+class DirectSender:
+    """A connection to an :class:`Inbox` at ``address``: ``send(c_uid,
+    data)`` puts one frame on the wire (the header, then the message) and
+    returns; the messages of each channel are numbered from 1."""
+
+    def __init__(self, address):
+        self.sock = _server_backend().client(address, remote._keys()).sock
+        self.sock.linger = 2000
+        self.seq = {}             # c_uid -> the last sequence number sent
+
+    def send(self, c_uid, data):
+        seq = self.seq.get(c_uid, 0) + 1
+        self.seq[c_uid] = seq
+        self.sock.send(DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data)
+
+    def close(self):
+        self.sock.close(linger=2000)
