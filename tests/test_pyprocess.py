@@ -845,9 +845,24 @@ def test_threading_and_logging_in_template_children(tmp_path):
 
         for _ in range(3):                       # a fresh fork, then spares
             p = ember.Process(target=look); p.start(); print(*p.result()); p.join()
+
+        import logging
+        class Closing(logging.Handler):          # logging.shutdown runs at the child's exit
+            def emit(self, record):
+                pass
+            def close(self):
+                open(f"closed-{os.getpid()}", "w").close()
+                super().close()
+
+        def with_handler():
+            logging.getLogger("pystart2").addHandler(Closing())
+        for _ in range(2):
+            p = ember.Process(target=with_handler); p.start(); p.join()
+            print("closed", os.path.exists(f"closed-{p.pid}"))
     """))
     # (the child's line is forwarded by the shepherd: its order with ours may vary)
-    assert sorted(out.splitlines()) == ["[True, True] True 1 True"] * 3 + ["logged"] * 3, out
+    assert sorted(out.splitlines()) == (["[True, True] True 1 True"] * 3 + ["closed True"] * 2
+                                        + ["logged"] * 3), out
 
 
 LEASED = """

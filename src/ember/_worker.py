@@ -25,7 +25,22 @@ silently, without touching the result channel.
 import os
 import sys
 
-from . import _trace
+from . import _env, _trace
+
+_mods = None
+
+
+def _imports():
+    """(Channel, _codec, _pickling), imported once.  The template calls this
+    before it forks: a ``from PACKAGE import ...`` in a function runs
+    importlib's Python code (``_handle_fromlist``) even for modules loaded
+    already, page faults of copy-on-write in every child."""
+    global _mods
+    if _mods is None:
+        from .channels_c import Channel
+        from .objects import _codec, _pickling
+        _mods = (Channel, _codec, _pickling)
+    return _mods
 
 
 def _format_tb(exc, skip_code):
@@ -80,8 +95,7 @@ def _wait_call(reader, token):
     caller exits silently) if what came is not a call carrying ``token``."""
     import pickle
 
-    from .objects import _pickling as P
-
+    P = _imports()[2]
     try:
         if _trace.on:
             _trace.t_faults("L.faults_wait")
@@ -118,9 +132,7 @@ def run(call_sdesc, result_sdesc, spare=None):
     ``spare`` (its token), wait for the call first (see the module's doc)."""
     import pickle
 
-    from .channels_c import Channel
-    from .objects import _codec, _pickling as P
-
+    Channel, _codec, P = _imports()
     call = Channel.attach(call_sdesc)
     res = Channel.attach(result_sdesc)
     try:
@@ -194,8 +206,6 @@ def run(call_sdesc, result_sdesc, spare=None):
 def parse_argv(argv):
     """-> (template, preload list, call sdesc, result sdesc); the spare's
     token: :func:`spare_token`."""
-    from . import _env
-
     template, preload, rest = False, [], []
     for a in argv:
         if a == "--template":

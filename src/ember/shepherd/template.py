@@ -425,24 +425,40 @@ def _freeze():
     objects."""
     import gc
 
+    global _environ_kv
+    _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
     gc.collect()
     gc.freeze()
+
+
+#: The template's environment as ``b"K=V"`` items, taken by :func:`_freeze`
+#: (after start-up and after each preload: nothing else changes it).
+_environ_kv = None
 
 
 def _set_env(envp):
     """Make this process's environment exactly ``envp`` (a list of
     ``b"K=V"``), touching only the variables that differ (the template's
-    environment is the runtime's, so most are already right)."""
+    environment is the runtime's, so most are already right).  A child of
+    the template finds them by set operations against :data:`_environ_kv`
+    (its environment as the template froze it): walking ``os.environ``
+    would write to the reference count of each of its keys and values,
+    ~45 page faults of copy-on-write in every child."""
     env = os.environb
+    have = _environ_kv
+    if have is None or len(have) != len(env):      # not as the template left it
+        have = frozenset(k + b"=" + v for k, v in env.items())
+    want = frozenset(envp)
     new = {}
-    for kv in envp:
+    for kv in want - have:
         k, _, v = kv.partition(b"=")
         new[k] = v
-    for k in [k for k in env if k not in new]:
-        del env[k]
+    for kv in have - want:
+        k = kv.partition(b"=")[0]
+        if k not in new:
+            del env[k]
     for k, v in new.items():
-        if env.get(k) != v:
-            env[k] = v
+        env[k] = v
 
 
 def _detach(shepherd_pid, keep=-1):
@@ -469,6 +485,25 @@ def _detach(shepherd_pid, keep=-1):
     except BaseException as exc:
         return f"{step}: {exc}"
     return None
+
+
+def _run_atexit():
+    """A child's ``atexit`` handlers (its own, and those it has from the
+    template: ember's, logging's), but ``logging.shutdown`` when logging
+    has no handler to flush and close but its ``lastResort`` (stderr,
+    which is flushed at the exit anyway): running it for nothing cost
+    each child ~25 page faults of copy-on-write."""
+    import atexit
+
+    logging = sys.modules.get("logging")
+    try:
+        idle = logging is not None and all(
+            wr() in (None, logging.lastResort) for wr in logging._handlerList)
+    except Exception:
+        idle = False
+    if idle:
+        atexit.unregister(logging.shutdown)
+    atexit._run_exitfuncs()
 
 
 def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=False):
@@ -503,16 +538,14 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         step = "set the environment"
         _set_env(envp)
         step = "run"
-        from .. import _worker
+        from .._worker import main as run_worker
         _t("C.run")
         if _trace.on:
             _trace.t_faults("C.faults_run")
 
         sys.argv = ["-m"] + list(args[2:])
-        code = _worker.main(list(args[2:]))
-        import atexit
-
-        atexit._run_exitfuncs()
+        code = run_worker(list(args[2:]))
+        _run_atexit()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException as exc:
@@ -872,11 +905,12 @@ def main():
     unfilter = _filter_at_fork() if not any(m in sys.modules for m in _CLONE_SKIPS) else None
     import cloudpickle  # noqa: F401
 
-    from .. import _worker  # noqa: F401
+    from .. import _worker
     from ..channels_c import Channel  # noqa: F401
     from ..globalservices import channel, pool, process  # noqa: F401
     from ..objects import _pickling, process as _p  # noqa: F401
     import logging, threading  # noqa: F401,E401  (their at-fork hooks filtered)
+    _worker._imports()
     if unfilter is not None:
         unfilter()
 
