@@ -603,7 +603,20 @@ def _clone_setup():
     tid_addr = head.value - 2 * ctypes.sizeof(ctypes.c_int) - ctypes.sizeof(ctypes.c_void_p)
     if ctypes.c_int.from_address(tid_addr).value != _thread.get_native_id():
         return False
-    return (ctypes, fn, nrs, tid_addr, head.value, size.value)
+    # The calls' arguments, made once: objects made per clone would be
+    # more of the template's pages written after each clone (copy-on-write
+    # in the template) and more allocations in each child.
+    flags = ctypes.c_ulong(_CLONE_PARENT | _CLONE_CHILD_SETTID | signal.SIGCHLD)
+    tid, null = ctypes.c_void_p(tid_addr), ctypes.c_void_p(0)
+    if nrs[0] == 56:      # x86_64: clone(flags, stack, parent_tid, child_tid, tls)
+        clone_args = (ctypes.c_long(nrs[0]), flags, null, null, tid, null)
+    else:                 # aarch64: clone(flags, stack, parent_tid, tls, child_tid)
+        clone_args = (ctypes.c_long(nrs[0]), flags, null, null, null, tid)
+    robust_args = (ctypes.c_long(nrs[1]), ctypes.c_void_p(head.value),
+                   ctypes.c_size_t(size.value))
+    api = ctypes.pythonapi
+    return (ctypes, fn, nrs, tid_addr, head.value, size.value, clone_args, robust_args,
+            api.PyOS_BeforeFork, api.PyOS_AfterFork_Child, api.PyOS_AfterFork_Parent)
 
 
 def _clone_parent():
@@ -620,24 +633,18 @@ def _clone_parent():
             _clone = False
     if _clone is False:
         return None
-    ctypes, fn, nrs, tid_addr, head, size = _clone
-    api = ctypes.pythonapi
-    flags = ctypes.c_ulong(_CLONE_PARENT | _CLONE_CHILD_SETTID | signal.SIGCHLD)
-    tid = ctypes.c_void_p(tid_addr)
-    null = ctypes.c_void_p(0)
+    ctypes, fn, clone_args, robust_args, before, after_child, after_parent = (
+        _clone[0], _clone[1], *_clone[6:])
     _in_clone[0] = True       # the hooks of _CLONE_SKIPS do nothing
-    api.PyOS_BeforeFork()
-    if nrs[0] == 56:      # x86_64: clone(flags, stack, parent_tid, child_tid, tls)
-        pid = fn(ctypes.c_long(nrs[0]), flags, null, null, tid, null)
-    else:                 # aarch64: clone(flags, stack, parent_tid, tls, child_tid)
-        pid = fn(ctypes.c_long(nrs[0]), flags, null, null, null, tid)
+    before()
+    pid = fn(*clone_args)
     if pid == 0:
-        fn(ctypes.c_long(nrs[1]), ctypes.c_void_p(head), ctypes.c_size_t(size))
-        api.PyOS_AfterFork_Child()   # also ember's C caches: their os.register_at_fork hooks
+        fn(*robust_args)
+        after_child()        # also ember's C caches: their os.register_at_fork hooks
         _in_clone[0] = False
         return 0
     err = ctypes.get_errno()
-    api.PyOS_AfterFork_Parent()
+    after_parent()
     _in_clone[0] = False
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
@@ -687,7 +694,7 @@ def _thread_state():
     or None when the child was not made by _clone_parent's set-up."""
     if not _clone:
         return None
-    ctypes, fn, nrs, tid_addr, head, size = _clone
+    ctypes, fn, nrs, tid_addr, head, size = _clone[:6]
     got = ctypes.c_void_p()
     n = ctypes.c_size_t()
     fn(ctypes.c_long(nrs[2]), ctypes.c_long(0), ctypes.byref(got), ctypes.byref(n))
