@@ -85,3 +85,65 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
     assert "through the agent, acknowledged True" in lines, lines
     assert "other b'O' head True local True taken [1, 60]" in lines, lines
     assert "exits 0 0" in lines, lines
+
+
+@pytest.mark.timeout(120)
+def test_what_a_killed_receiver_took_is_readable_after_its_death(tmp_path):
+    """A receiver on node 1 takes 7 of the head's direct messages and is
+    SIGKILLed with more queued in its inbox; another process of node 1 that
+    mapped its TakenRecord while it lived (as the node's agent would) reads
+    exactly 7 for that sender after the death."""
+    out = ok(run_prog(tmp_path, """
+        from ember.transport.direct import DirectSender
+        d = channel.create(None, "kch", ChannelOptions(node=1))
+        rec = channel.create(None, "rec", ChannelOptions(node=1))
+        res = Channel.attach(channel.create(None, "res"))
+        receiver = '''
+        import os, time
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        from ember.channels_c.watch import ChannelWatch
+        from ember.transport.direct import Inbox
+        c = Channel.attach(channel.join("kch", timeout=30))
+        inbox = Inbox()
+        w = ChannelWatch(c)
+        Channel.attach(channel.join("rec", timeout=30)).send(
+            b"%d %d %s" % (os.getpid(), inbox.record.fd, inbox.address.encode()))
+        r = Channel.attach(channel.join("res", timeout=30))
+        got = [inbox.recv(c, w, timeout=30) for _ in range(7)]
+        r.send(b"took " + b",".join(got)); r.flush(timeout=30)
+        time.sleep(60)
+        '''
+        observer = '''
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        from ember.transport.direct import TakenRecord
+        rec = Channel.attach(channel.join("rec", timeout=30))
+        pid, fd, addr = rec.recv(timeout=30).split()
+        page = TakenRecord.open(int(pid), int(fd))
+        r = Channel.attach(channel.join("res", timeout=30))
+        r.send(b"mapped " + addr); r.flush(timeout=30)
+        rec.recv(timeout=60)                    # the receiver is dead now
+        r.send(b"read %r" % sorted(TakenRecord.read(page).values())); r.flush(timeout=30)
+        '''
+        pr = process.create(PY, ".", ["-c", textwrap.dedent(receiver)], options={"node": 1})
+        po = process.create(PY, ".", ["-c", textwrap.dedent(observer)], options={"node": 1})
+        first = res.recv(timeout=60).decode()
+        print(first.split()[0])
+        ds = DirectSender(first.split()[1])
+        for i in range(20):
+            ds.send(d.c_uid, b"%d" % i)
+        print(res.recv(timeout=60).decode())
+        for i in range(20, 30):
+            ds.send(d.c_uid, b"%d" % i)
+        process.kill(pr.p_uid, 9)
+        print("killed", process.join(pr.p_uid, timeout=30))
+        r = Channel.attach(rec)
+        r.send(b"dead"); r.flush(timeout=30)
+        print(res.recv(timeout=60).decode())
+        print("observer", process.join(po.p_uid, timeout=30))
+        ds.close()
+    """, hosts="local:2"))
+    lines = out.splitlines()
+    assert lines[:2] == ["mapped", "took 0,1,2,3,4,5,6"], lines
+    assert "killed -9" in lines and "read [7]" in lines and "observer 0" in lines, lines

@@ -24,14 +24,15 @@ Here, each tested (tests/test_multinode_direct.py):
   sender is older than what came to the inbox; each sender's messages stay
   in order (checked by their sequence numbers);
 - :class:`DirectSender`: a connection to an inbox; each message one frame
-  with its channel and its sequence number (per sender and channel).
+  with its channel and its sequence number (per sender and channel);
+- :class:`TakenRecord`: what an inbox took, per sender and channel, in a
+  page the node's agent can map and read after the receiver died.
 
 Not here yet (docs/multinode.md lists them): the agent advertising a
 receiver's inbox to the channel's remote senders, and the sender's switch
 to it once all it sent through the agent is acknowledged; acknowledgements
 of direct messages and their resend through the agent when the receiver
-dies (the last sequence taken per sender, kept where the agent can read it
-after the death); a mover for what arrives while the receiver does not
+dies (the agent mapping the receiver's TakenRecord); a mover for what arrives while the receiver does not
 wait; revocation when a second receiver appears.  Until those exist
 nothing sends to an inbox by itself: ``Channel.attach`` gives the agent's
 path.
@@ -51,7 +52,7 @@ from .agent import Z_EVENTS, Z_POLLIN, Z_RCVMORE
 
 log = _log.get("direct")
 
-__all__ = ["Inbox", "DirectSender", "OP_DIRECT", "DIRECT_HDR"]
+__all__ = ["Inbox", "DirectSender", "TakenRecord", "OP_DIRECT", "DIRECT_HDR"]
 
 #: a direct message: one frame, this header then the message
 OP_DIRECT = b"D"
@@ -81,6 +82,75 @@ def _node_host():
     return addr.split("//", 1)[1].rsplit(":", 1)[0]
 
 
+class TakenRecord:
+    """The last sequence number an inbox took per (sender, channel), in a
+    page of a memfd that another process of the node (the agent) maps while
+    this one lives and reads after it died (part 3 of the protocol:
+    docs/multinode.md, "The direct path").
+
+    A take is one aligned 8-byte store into the page (no system call); a
+    slot's channel and sender are written before its first store, so a
+    process killed at any point leaves every slot either unused (channel 0)
+    or naming what it took up to its last store.  :data:`SLOTS` pairs at
+    most (the route would refuse more senders)."""
+
+    MAGIC = 0x454D4245524B4E31            # "EMBERKN1"
+    HEAD = 64
+    SLOT = struct.Struct("<QQ16sQ")       # c_uid, sender length, sender, seq
+    SLOTS = 128
+    SIZE = HEAD + SLOTS * 48
+
+    def __init__(self):
+        import mmap
+        self.fd = os.memfd_create("ember-taken", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, self.SIZE)
+        self.map = mmap.mmap(self.fd, self.SIZE)
+        struct.pack_into("<Q", self.map, 0, self.MAGIC)
+        self.used = 0
+
+    def cell(self, sender, c_uid):
+        """The 8-byte cell of (sender, c_uid)'s sequence number, in a new
+        slot (ChannelError when none is left)."""
+        import ctypes
+        if self.used >= self.SLOTS:
+            raise ChannelError(f"inbox: more than {self.SLOTS} (sender, channel) pairs")
+        if not 0 < len(sender) <= 16:
+            raise ChannelError(f"inbox: a sender id of {len(sender)} bytes")
+        off = self.HEAD + self.used * 48
+        self.used += 1
+        # the slot's names first, c_uid last (a reader skips c_uid 0), then the cell
+        struct.pack_into("<Q16s", self.map, off + 8, len(sender), sender)
+        struct.pack_into("<Q", self.map, off, c_uid)
+        return ctypes.c_uint64.from_buffer(self.map, off + 32)
+
+    @classmethod
+    def read(cls, buf):
+        """{(sender, c_uid): last seq taken} of a record's page."""
+        if len(buf) < cls.SIZE or struct.unpack_from("<Q", buf, 0)[0] != cls.MAGIC:
+            raise ChannelError("not an inbox's taken record")
+        out = {}
+        for i in range(cls.SLOTS):
+            c_uid, n, sender, seq = cls.SLOT.unpack_from(buf, cls.HEAD + i * 48)
+            if c_uid:
+                out[(sender[:n], c_uid)] = seq
+        return out
+
+    @classmethod
+    def open(cls, pid, fd):
+        """A read-only mapping of process ``pid``'s record ``fd`` (this
+        node, while it lives; readable after it ended)."""
+        import mmap
+        f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return mmap.mmap(f, cls.SIZE, prot=mmap.PROT_READ)
+        finally:
+            os.close(f)
+
+    def close(self):
+        self.map.close()
+        os.close(self.fd)
+
+
 class Inbox:
     """This process's own endpoint for direct messages (see the module
     docstring).  ``address`` is what a :class:`DirectSender` connects to."""
@@ -95,7 +165,13 @@ class Inbox:
         self._fresh = False       # ZMQ_EVENTS said "no input" and the fd did not fire since
         self._watched = set()
         self.held = {}            # c_uid -> deque of (sender, seq, frame): read, not taken
-        self.taken = {}           # (sender, c_uid) -> the last sequence number taken
+        self.record = TakenRecord()
+        self._cells = {}          # (sender, c_uid) -> its cell in the record
+
+    @property
+    def taken(self):
+        """{(sender, c_uid): the last sequence number taken}."""
+        return {k: c.value for k, c in self._cells.items()}
 
     def _read(self):
         """Move every message waiting on the socket to ``held``; True if
@@ -171,11 +247,13 @@ class Inbox:
     def _take(self, c_uid, item):
         sender, seq, frame = item
         key = (sender, c_uid)
-        last = self.taken.get(key, 0)
-        if seq != last + 1:
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = self.record.cell(sender, c_uid)
+        if seq != cell.value + 1:
             raise ChannelError(f"inbox: message {seq} of a sender on channel {c_uid} after "
-                               f"{last}: the sender's sequence broke")
-        self.taken[key] = seq
+                               f"{cell.value}: the sender's sequence broke")
+        cell.value = seq              # the record, before the message is returned
         return frame[DIRECT_HDR.size:]
 
     def unwatch(self, watch):
@@ -185,6 +263,8 @@ class Inbox:
             self._watched.discard(watch.fd)
 
     def close(self):
+        self._cells.clear()           # (the cells point into the record's mapping)
+        self.record.close()
         self.sock.close(linger=0)
 
 
