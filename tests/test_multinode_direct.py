@@ -5,7 +5,8 @@ then (once that is acknowledged) straight to the inbox; a process of node 1
 sends into the channel meanwhile.  Every sender's messages arrive in order,
 those that went through the agent before the head's direct ones, also when
 the direct ones were read from the inbox first (by a receive on another
-channel)."""
+channel); once the receiver waits with nothing left, it has acknowledged
+every direct message (the head's copies are gone)."""
 import pytest
 
 from test_multinode import ok, run_prog
@@ -28,6 +29,7 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
         from ember.channels_c import Channel
         from ember.channels_c.watch import ChannelWatch
         from ember.transport.direct import Inbox
+        from ember.exceptions import ChannelEmpty
         c = Channel.attach(channel.join("dch", timeout=30))
         inbox = Inbox()
         w = ChannelWatch(c)
@@ -39,6 +41,10 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
         # the inbox holds dch's D0-9 by now: reading other's message reads them too
         first = inbox.recv(o, wo, timeout=30)
         got = [inbox.recv(c, w, timeout=30) for _ in range({NA} + {ND} + {NL})]
+        try:
+            inbox.recv(c, w, timeout=0.5)       # nothing more: it acknowledges while it waits
+        except ChannelEmpty:
+            pass
         head = [m for m in got if m[:1] in b"AD"]
         ls = [m for m in got if m[:1] == b"L"]
         r = Channel.attach(channel.join("res", timeout=30))
@@ -78,13 +84,14 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
             ds.send(d.c_uid, b"D%d" % i)
             time.sleep(0.002)
         print(res.recv(timeout=60).decode())
+        print("acked", ds.wait_acked(timeout=30), ds.unacked(d.c_uid), ds.unacked(other.c_uid))
         print("exits", process.join(pr.p_uid, timeout=30), process.join(pl.p_uid, timeout=30))
         ds.close()
     """, hosts="local:2"))
     lines = out.splitlines()
     assert "through the agent, acknowledged True" in lines, lines
     assert "other b'O' head True local True taken [1, 60]" in lines, lines
-    assert "exits 0 0" in lines, lines
+    assert "acked True [] []" in lines and "exits 0 0" in lines, lines
 
 
 @pytest.mark.timeout(120)
@@ -92,7 +99,9 @@ def test_what_a_killed_receiver_took_is_readable_after_its_death(tmp_path):
     """A receiver on node 1 takes 7 of the head's direct messages and is
     SIGKILLed with more queued in its inbox; another process of node 1 that
     mapped its TakenRecord while it lived (as the node's agent would) reads
-    exactly 7 for that sender after the death."""
+    exactly 7 for that sender after the death; the sender's copies after 7
+    (DirectSender.after), resent through the agent, are exactly what it did
+    not take, in order."""
     out = ok(run_prog(tmp_path, """
         from ember.transport.direct import DirectSender
         d = channel.create(None, "kch", ChannelOptions(node=1))
@@ -142,8 +151,20 @@ def test_what_a_killed_receiver_took_is_readable_after_its_death(tmp_path):
         r.send(b"dead"); r.flush(timeout=30)
         print(res.recv(timeout=60).decode())
         print("observer", process.join(po.p_uid, timeout=30))
+        # what it did not take, by its record, goes through the agent: nothing
+        # lost, nothing twice
+        rest = ds.after(d.c_uid, 7)
+        h = Channel.attach(d)
+        for m in rest:
+            h.send(m)
+        print("resent", h.flush(timeout=30), [h.recv(timeout=10) for _ in rest] == [b"%d" % i for i in range(7, 30)])
+        try:
+            h.recv(timeout=0.2)
+        except ChannelError as e:
+            print("then", type(e).__name__)
         ds.close()
     """, hosts="local:2"))
     lines = out.splitlines()
     assert lines[:2] == ["mapped", "took 0,1,2,3,4,5,6"], lines
     assert "killed -9" in lines and "read [7]" in lines and "observer 0" in lines, lines
+    assert "resent True True" in lines and "then ChannelEmpty" in lines, lines

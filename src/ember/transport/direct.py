@@ -24,18 +24,21 @@ Here, each tested (tests/test_multinode_direct.py):
   sender is older than what came to the inbox; each sender's messages stay
   in order (checked by their sequence numbers);
 - :class:`DirectSender`: a connection to an inbox; each message one frame
-  with its channel and its sequence number (per sender and channel);
+  with its channel and its sequence number (per sender and channel), kept
+  until the inbox acknowledges it (every 128 takes, or when the receiver
+  would sleep with takes unacknowledged for 1 ms; back on the same
+  connection);
 - :class:`TakenRecord`: what an inbox took, per sender and channel, in a
   page the node's agent can map and read after the receiver died.
 
 Not here yet (docs/multinode.md lists them): the agent advertising a
 receiver's inbox to the channel's remote senders, and the sender's switch
-to it once all it sent through the agent is acknowledged; acknowledgements
-of direct messages and their resend through the agent when the receiver
-dies (the agent mapping the receiver's TakenRecord); a mover for what arrives while the receiver does not
-wait; revocation when a second receiver appears.  Until those exist
-nothing sends to an inbox by itself: ``Channel.attach`` gives the agent's
-path.
+to it once all it sent through the agent is acknowledged; the agent
+mapping the receiver's TakenRecord and, when the receiver dies, telling
+each sender where to resend from (``DirectSender.after``) through the
+agent; a flush that revokes the route; revocation when a second receiver
+appears.  Until those exist nothing sends to an inbox by itself:
+``Channel.attach`` gives the agent's path.
 """
 import collections
 import os
@@ -46,17 +49,30 @@ import time
 import zmq
 
 from .. import _log
-from ..exceptions import ChannelEmpty, ChannelError
+from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from . import remote
 from .agent import Z_EVENTS, Z_POLLIN, Z_RCVMORE
 
 log = _log.get("direct")
 
-__all__ = ["Inbox", "DirectSender", "TakenRecord", "OP_DIRECT", "DIRECT_HDR"]
+__all__ = ["Inbox", "DirectSender", "TakenRecord", "OP_DIRECT", "DIRECT_HDR", "OP_TAKEN",
+           "TAKEN_HDR"]
 
 #: a direct message: one frame, this header then the message
 OP_DIRECT = b"D"
 DIRECT_HDR = struct.Struct("<cQQ")            # op, c_uid, seq (per sender and channel, from 1)
+#: the inbox's acknowledgement, back on the same connection: "taken up to seq"
+OP_TAKEN = b"k"
+TAKEN_HDR = struct.Struct("<cQQ")             # op, c_uid, seq
+#: an inbox acknowledges a sender every ACK_EVERY takes, or when it would
+#: sleep with takes unacknowledged and nothing came for ACK_DELAY s (the
+#: agent's rule, agent.ACK_EVERY / ACK_DELAY): no send per receive
+ACK_EVERY = 128
+ACK_DELAY = 0.001
+#: a sender keeps at most WINDOW unacknowledged messages per channel (its
+#: back-pressure), and reads the acknowledgements every DRAIN_AFTER sends
+WINDOW = 8192
+DRAIN_AFTER = 128
 
 _backend = None
 _backend_pid = None
@@ -167,6 +183,8 @@ class Inbox:
         self.held = {}            # c_uid -> deque of (sender, seq, frame): read, not taken
         self.record = TakenRecord()
         self._cells = {}          # (sender, c_uid) -> its cell in the record
+        self._acked = {}          # (sender, c_uid) -> the last seq acknowledged to the sender
+        self._due = set()         # (sender, c_uid) with takes not acknowledged
 
     @property
     def taken(self):
@@ -232,14 +250,21 @@ class Inbox:
             if not self._fresh and self._read():
                 continue                    # then the channel again, then what was read
             watch.rearm()
-            if deadline is None:
-                ready = self._poll.poll()
-            else:
+            left = None
+            if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
                                        f"(channel or inbox)")
-                ready = self._poll.poll(left * 1000.0)
+            if self._due and (left is None or left > ACK_DELAY):
+                # takes to acknowledge: first a wait of ACK_DELAY (in a
+                # stream the next message comes sooner), then they go
+                ready = self._poll.poll(ACK_DELAY * 1000.0)
+                if not ready:
+                    self.ack()
+                    continue
+            else:
+                ready = self._poll.poll(None if left is None else left * 1000.0)
             for fd, _ in ready:
                 if fd == self._zfd:
                     self._fresh = False
@@ -254,7 +279,23 @@ class Inbox:
             raise ChannelError(f"inbox: message {seq} of a sender on channel {c_uid} after "
                                f"{cell.value}: the sender's sequence broke")
         cell.value = seq              # the record, before the message is returned
+        if seq - self._acked.get(key, 0) >= ACK_EVERY:
+            self._ack(key, seq)
+        else:
+            self._due.add(key)
         return frame[DIRECT_HDR.size:]
+
+    def _ack(self, key, seq):
+        sender, c_uid = key
+        self.sock.send_multipart([sender, TAKEN_HDR.pack(OP_TAKEN, c_uid, seq)])
+        self._fresh = False           # (a send may take the descriptor's notice)
+        self._acked[key] = seq
+        self._due.discard(key)
+
+    def ack(self):
+        """Acknowledge every take not acknowledged yet."""
+        for key in list(self._due):
+            self._ack(key, self._cells[key].value)
 
     def unwatch(self, watch):
         """Forget ``watch`` (before it is closed)."""
@@ -271,17 +312,76 @@ class Inbox:
 class DirectSender:
     """A connection to an :class:`Inbox` at ``address``: ``send(c_uid,
     data)`` puts one frame on the wire (the header, then the message) and
-    returns; the messages of each channel are numbered from 1."""
+    returns; the messages of each channel are numbered from 1.  A copy of
+    each is kept until the inbox acknowledges it (:meth:`unacked`: what a
+    resend after the receiver's death starts from, :meth:`after`); at most
+    :data:`WINDOW` per channel are unacknowledged (a send waits for room:
+    the receiver's back-pressure)."""
 
     def __init__(self, address):
         self.sock = _server_backend().client(address, remote._keys()).sock
         self.sock.linger = 2000
         self.seq = {}             # c_uid -> the last sequence number sent
+        self.copies = {}          # c_uid -> deque of (seq, data) not acknowledged
+        self._sends = 0
 
-    def send(self, c_uid, data):
+    def send(self, c_uid, data, timeout=None):
+        q = self.copies.get(c_uid)
+        if q is None:
+            q = self.copies[c_uid] = collections.deque()
+        self._sends += 1
+        if self._sends >= DRAIN_AFTER or len(q) >= WINDOW:
+            self._drain()
+            if len(q) >= WINDOW and not self._wait(lambda: len(q) < WINDOW, timeout):
+                raise ChannelFull(f"channel {c_uid}: {WINDOW} direct messages unacknowledged "
+                                  f"for {timeout} s")
         seq = self.seq.get(c_uid, 0) + 1
         self.seq[c_uid] = seq
+        data = bytes(data)
         self.sock.send(DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data)
+        q.append((seq, data))
+
+    def _drain(self):
+        """Read the acknowledgements that arrived; drop what they cover."""
+        self._sends = 0
+        sock = self.sock
+        while sock.getsockopt(Z_EVENTS) & Z_POLLIN:
+            frame = sock.recv(0)
+            if len(frame) != TAKEN_HDR.size or frame[:1] != OP_TAKEN:
+                log.warning("direct sender: dropped a %d-byte frame that is no acknowledgement",
+                            len(frame))
+                continue
+            _, c_uid, seq = TAKEN_HDR.unpack(frame)
+            q = self.copies.get(c_uid)
+            while q and q[0][0] <= seq:
+                q.popleft()
+
+    def _wait(self, done, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if self.sock.poll(None if left is None else left * 1000.0):
+                self._drain()
+        return True
+
+    def wait_acked(self, timeout=None):
+        """Wait until every message sent was taken (True) or ``timeout``
+        passed (False)."""
+        return self._wait(lambda: not any(self.copies.values()), timeout)
+
+    def unacked(self, c_uid):
+        """The (seq, data) of channel ``c_uid`` not acknowledged yet, oldest first."""
+        self._drain()
+        return list(self.copies.get(c_uid, ()))
+
+    def after(self, c_uid, seq):
+        """The messages of channel ``c_uid`` after ``seq`` (the receiver's
+        last take, from its TakenRecord), oldest first: what to resend
+        through the agent when the receiver died, nothing it took and
+        nothing it did not take left out."""
+        return [d for s, d in self.unacked(c_uid) if s > seq]
 
     def close(self):
         self.sock.close(linger=2000)
