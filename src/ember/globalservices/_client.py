@@ -469,7 +469,17 @@ class Connection:
         def answer():
             if n < 0:
                 self.gs.send(reg)
-            return self._wait(holder, tag, messages.ChannelRegister, None)
+                return self._wait(holder, tag, messages.ChannelRegister, None)
+            # Joiners were just woken, and the kernel often puts one on
+            # this very CPU: sleep for GS's answer at once rather than spin
+            # (GS, woken last and cold, answers long after any spin) so
+            # that the joiner gets the CPU (docs/channels.md)
+            ch = holder.ch
+            ch.set_spin(0, adaptive=False)
+            try:
+                return self._wait(holder, tag, messages.ChannelRegister, None)
+            finally:
+                ch.set_spin(CONTROL_SPIN, adaptive=False)
         d = self._register_answer(ch, c_uid, opts, answer, keep=n > 0)
         if n > 0 and self._publisher is not None:
             # joiners wait for names this process makes: make the next
