@@ -15,6 +15,7 @@ record.
 """
 import struct
 
+from ..exceptions import ChannelEmpty, MessageError
 from . import _codec
 
 __all__ = ["send_record", "RecordReader", "Record", "KIND_CALL", "KIND_OK", "KIND_ERR",
@@ -84,8 +85,6 @@ class RecordReader:
     def pump(self, timeout=0):
         """Read every message available, waiting up to ``timeout`` seconds
         (None: forever) for the first.  Returns True if anything was read."""
-        from ..exceptions import ChannelEmpty, MessageError
-
         got = False
         while True:
             try:

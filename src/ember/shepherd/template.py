@@ -60,6 +60,12 @@ import sys
 from .. import _trace
 from .._exit import flush_and_exit
 from .._trace import t as _t
+# Bound here, not imported in the functions a child runs: a relative
+# import in a function resolves its package through ModuleSpec.parent,
+# Python code that cost each child ~25 page faults of copy-on-write.
+# (Both modules are loaded with the shepherd anyway.)
+from .._worker import LEASED_COMM, main as _run_worker, parse_argv
+from ._spawn import set_pdeathsig, spawn as _spawn_process
 
 
 def _socket():
@@ -133,14 +139,13 @@ class Template:
         return self._pid
 
     def _start(self):
-        from ._spawn import spawn
-
         import socket         # only once a template is used (~2 ms at every start otherwise)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             exe = sys.executable
-            self._pid = spawn(exe, [exe, "-m", "ember._template"], self._envp, None,
-                              theirs.fileno(), self._out_fd, self._err_fd, new_pgrp=True)
+            self._pid = _spawn_process(exe, [exe, "-m", "ember._template"], self._envp, None,
+                                       theirs.fileno(), self._out_fd, self._err_fd,
+                                       new_pgrp=True)
         except BaseException:
             mine.close()
             raise
@@ -302,7 +307,6 @@ class Template:
 
     def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
         try:
-            from .._worker import parse_argv
             preload = parse_argv(args[2:])[1]
         except (Exception, SystemExit):
             preload = []
@@ -466,8 +470,6 @@ def _detach(shepherd_pid, keep=-1):
     parent-death signal (checking the parent is the shepherd), a process
     group of its own, every inherited fd above 2 closed but ``keep``, the
     default SIGINT handler.  Returns the step that failed, or None."""
-    from ._spawn import set_pdeathsig
-
     step = "set the parent-death signal"
     try:
         set_pdeathsig(signal.SIGKILL)
@@ -538,13 +540,12 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         step = "set the environment"
         _set_env(envp)
         step = "run"
-        from .._worker import main as run_worker
         _t("C.run")
         if _trace.on:
             _trace.t_faults("C.faults_run")
 
         sys.argv = ["-m"] + list(args[2:])
-        code = run_worker(list(args[2:]))
+        code = _run_worker(list(args[2:]))
         _run_atexit()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -841,7 +842,6 @@ def _spare_main(sock, shepherd_pid):
             # A lease (ember._worker --spare) is named ember-leased from
             # here until its call: killed meanwhile, it is no user process
             # (the shepherd reports no death for it).
-            from .._worker import LEASED_COMM
             _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args) else comm)
     except BaseException:
         os._exit(0)
@@ -966,8 +966,6 @@ def main():
             if len(fds) != 3:
                 pid, err = 0, [22, f"template: expected 3 fds, got {len(fds)}"]
             else:
-                from .._worker import parse_argv
-
                 _, preload, _, _ = parse_argv(args[2:])
                 if preload and any(m not in _preloaded for m in preload):
                     _preload(preload)
