@@ -38,7 +38,7 @@ from .. import messages as M
 from ..service import NOTICE, Service
 from . import template as _template
 from .._trace import t as _t
-from .._worker import LEASED_COMM
+from .._worker import LEASED_COMM, spare_token as _worker_spare_token
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
@@ -69,9 +69,9 @@ class _Stream:
 
 
 class _Child:
-    __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external")
+    __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external", "lease")
 
-    def __init__(self, p_uid, pid, pidfd, streams, name="", external=False):
+    def __init__(self, p_uid, pid, pidfd, streams, name="", external=False, lease=False):
         self.p_uid = p_uid
         self.pid = pid
         self.pidfd = pidfd
@@ -79,6 +79,7 @@ class _Child:
         self.name = name
         self.sent = set()             # signals ember sent it (no death report for those)
         self.external = external      # attached, not started by us: watched, never reaped
+        self.lease = lease            # a leased spare (ember._worker --spare): may die idle
 
 
 def _idle_spare(pid):
@@ -478,7 +479,8 @@ class Shepherd(Service):
         for s_ in streams:
             s_.eager = stdin_fd != self._devnull
         child = _Child(p_uid, pid, pidfd, streams,
-                       msg.user_name if isinstance(msg.user_name, str) else "")
+                       msg.user_name if isinstance(msg.user_name, str) else "",
+                       lease=_worker_spare_token(args) is not None)
         with self._lock:
             self._children[p_uid] = child
             self._pgids.add(pid)
@@ -768,7 +770,10 @@ class Shepherd(Service):
             return
         unsent = self._unsent_kill(child)     # before the reap: a peek at its status
         oom = self._oom_killed(child, unsent)  # its cgroup is readable until the reap
-        idle = unsent is not None and _idle_spare(child.pid)
+        # Only a lease can have died idle: a child that a shepherd spare
+        # was handed (not a lease) is a user process from the hand-over on,
+        # though it may not have taken the template's name back yet.
+        idle = child.lease and unsent is not None and _idle_spare(child.pid)
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:         # reaped behind our back: cannot happen
