@@ -1,31 +1,56 @@
-"""What an ``"ember"``-method child runs (as spawn's ``spawn._main``)."""
+"""What an ``"ember"``-method child runs (as spawn's ``spawn._main``).
+
+The template imports this module before it forks (``context._CHILD_MODULES``),
+so what can be done once is done here, at import: the modules a child uses
+are bound, the method is registered and ``connection.wait`` wrapped
+(``context.register``, ``context._patch_wait``), and the resource tracker's
+hook set (:func:`_tracker_hook`).  A child then only writes what is its own
+(each first write to a page it shares with the template is a copy-on-write
+fault, 5-8 µs here).
+"""
 import os
 import sys
+from multiprocessing import context as _mpctx
+from multiprocessing import process as _process
+from multiprocessing import reduction as _reduction
+from multiprocessing import resource_tracker as _rtracker
+from multiprocessing import spawn as _spawn
+from multiprocessing import util as _util
+
+from .._trace import t as _t
+from . import _mainload, context
+
+#: In a child: ``(parent pid, fd)`` of the parent's resource tracker pipe.
+_tracker = [None]
 
 
-def _share_tracker(tracker):
-    """Use the parent's resource tracker (spawn passes its fd; we reopen
-    the pipe's write end through /proc), from the first use on: most
-    children never register a resource."""
-    if tracker is None:
+def _tracker_hook():
+    """Let a child use its parent's resource tracker (spawn passes its fd;
+    the child reopens the pipe's write end through /proc) from its first
+    use on (``ensure_running``): most children never register a resource.
+    Set once, here; a child only sets :data:`_tracker`."""
+    rt = _rtracker._resource_tracker
+    if "ensure_running" in vars(rt):
         return
-    from multiprocessing import resource_tracker
-
-    rt = resource_tracker._resource_tracker
-    if rt._fd is not None:
-        return
+    cls_ensure = type(rt).ensure_running
 
     def ensure_running():
-        del rt.ensure_running                 # the class's from now on
-        if rt._fd is None:
+        tracker = _tracker[0]
+        if tracker is not None and rt._fd is None:
+            _tracker[0] = None
             try:
                 rt._fd = os.open(f"/proc/{tracker[0]}/fd/{tracker[1]}",
                                  os.O_WRONLY | os.O_CLOEXEC)
             except OSError:
                 pass             # the child starts its own tracker
-        return rt.ensure_running()
+        return cls_ensure(rt)
 
     rt.ensure_running = ensure_running
+
+
+context.register()
+context._patch_wait()
+_tracker_hook()
 
 
 def _devnull_stdin():
@@ -52,8 +77,6 @@ def _take_stdin(process_obj):
     /dev/null in its place: what spawn's child gets (a text stream at
     EOF), made once.  Only for an EmberProcess whose fd 0 is still
     /dev/null."""
-    from . import context
-
     if _STDIN is None or type(process_obj)._after_fork is not context.EmberProcess._after_fork:
         return
     try:
@@ -66,18 +89,57 @@ def _take_stdin(process_obj):
     sys.stdin = None
 
 
-def _prepare(spawn, prep, main_code, prog_codes=None):
-    """spawn.prepare(prep), with the main module the template ran (if it
-    did: ``_mainload.install``), else running the main module from the code the
+def _apply(prep, main=True):
+    """What ``spawn.prepare(prep)`` does, each step set directly (the same
+    values, in the same order): the process's name and authkey, logging,
+    ``sys.path``, ``sys.argv``, the working directory, ``ORIGINAL_DIR``,
+    the start method; then, with ``main``, the main module (spawn's
+    ``_fixup_main_*``).  ``main=False`` when the template's run of the main
+    module is in place (``_mainload.install``): spawn's fixup would find it
+    there and return."""
+    cp = _process.current_process()
+    if "name" in prep:
+        cp.name = prep["name"]
+    if "authkey" in prep:
+        cp.authkey = prep["authkey"]
+    if prep.get("log_to_stderr"):
+        _util.log_to_stderr()
+    if "log_level" in prep:
+        _util.get_logger().setLevel(prep["log_level"])
+    if "sys_path" in prep:
+        sys.path = prep["sys_path"]
+    if "sys_argv" in prep:
+        sys.argv = prep["sys_argv"]
+    if "dir" in prep:
+        os.chdir(prep["dir"])
+    if "orig_dir" in prep:
+        _process.ORIGINAL_DIR = prep["orig_dir"]
+    if "start_method" in prep:
+        # set_start_method(method, force=True), its lookup done here
+        ctx = _mpctx._concrete_contexts.get(prep["start_method"])
+        if ctx is None:
+            _spawn.set_start_method(prep["start_method"], force=True)   # raises as spawn's
+        else:
+            _mpctx._default_context._actual_context = ctx
+    if not main:
+        return
+    if "init_main_from_name" in prep:
+        _spawn._fixup_main_from_name(prep["init_main_from_name"])
+    elif "init_main_from_path" in prep:
+        _spawn._fixup_main_from_path(prep["init_main_from_path"])
+
+
+def _prepare(prep, main_code, prog_codes=None, entry=None):
+    """spawn.prepare(prep) (:func:`_apply`), with the main module the
+    template ran (if it ran the parent's ``entry``: ``_mainload.install``),
+    else running the main module from the code the
     parent compiled (``main_code``, see ``context._main_code``) instead
     of reading and compiling the file again, and importing the program
     modules the parent compiled (``prog_codes``, see
     ``context._program_codes``) from that code, each only if its file is
     still the one the parent compiled (mtime and size)."""
-    from . import _mainload
-
-    if _mainload.install(prep):
-        return spawn.prepare(prep)        # the main module is in place: not run again
+    if _mainload.install(prep, entry):
+        return _apply(prep, main=False)     # the main module is in place: not run again
     import importlib.util
     import marshal
 
@@ -90,7 +152,7 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
         code = marshal.loads(main_code[2])
     codes = prog_codes[1] if prog_codes and prog_codes[0] == magic else None
     if code is None and not codes:
-        return spawn.prepare(prep)
+        return _apply(prep)
     import runpy
     from importlib.machinery import SourceFileLoader
 
@@ -126,7 +188,7 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
     if codes:
         SourceFileLoader.get_code = loader_get_code
     try:
-        spawn.prepare(prep)
+        _apply(prep)
     finally:
         runpy._get_code_from_file = orig
         SourceFileLoader.get_code = orig_loader
@@ -134,25 +196,42 @@ def _prepare(spawn, prep, main_code, prog_codes=None):
             del cache[path]
 
 
-def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None):
-    from multiprocessing import process, reduction, spawn
+def _process_obj(obj, config):
+    """The process object from what ``context._pickles`` sent: ``obj``
+    itself, or (with ``config``, the object's ``_config``) an
+    ``EmberProcess``'s other attributes, rebuilt as pickle rebuilds an
+    object of a class with no reduce or state methods of its own
+    (``cls.__new__(cls)``, then the attributes set, names interned)."""
+    if config is None:
+        return obj
+    cls = context.EmberProcess
+    process_obj = cls.__new__(cls)
+    d = process_obj.__dict__
+    d["_config"] = config
+    intern = sys.intern
+    for k, v in obj.items():
+        d[intern(k)] = v
+    return process_obj
 
-    from .._trace import t as _t
-    from . import context
 
+def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None, entry=None):
+    """The child: ``prep_b``, spawn's preparation data (its name apart:
+    ``name``) and the process object's ``_config``, pickled; ``obj_b``, the
+    process object or its other attributes (``context._pickles``);
+    ``tracker``, the parent's resource tracker (pid, fd);
+    ``main_code``/``prog_codes``, code the parent compiled (None when it
+    expects the template's run of the main module, its preload ``entry``)."""
     _t("M.c_main")
-    context.register()
-    context._patch_wait()
-    _share_tracker(tracker)
-    _t("M.c_reg")
-    prep = reduction.pickle.loads(prep_b)
+    _tracker[0] = tracker
+    process = _process
+    prep, config = _reduction.pickle.loads(prep_b)
     if name is not None:
         prep["name"] = name
     process.current_process()._inheriting = True
     try:
-        _prepare(spawn, prep, main_code, prog_codes)
+        _prepare(prep, main_code, prog_codes, entry)
         _t("M.c_prepared")
-        process_obj = reduction.pickle.loads(obj_b)
+        process_obj = _process_obj(_reduction.pickle.loads(obj_b), config)
         _t("M.c_obj")
     except SystemExit:
         raise                     # the main module exited: its code, as spawn's child

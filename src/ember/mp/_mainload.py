@@ -36,8 +36,10 @@ import base64
 import json
 import os
 import sys
+from multiprocessing import spawn as _spawn
 
 from .._filecache import FileCache, stat_key
+from ..objects.process import Process
 
 #: Start of the preload entry (after the optional-preload ``?``).
 PREFIX = "@mpmain:"
@@ -90,8 +92,6 @@ def offer(prep):
     ``ember.Process`` (replacing an older one); none when disabled.
     Returns the entry (for :func:`expected`: one stat of the file a start)."""
     e = entry(prep) if enabled() else None
-    from ..objects.process import Process
-
     qp = Process._quiet_preload
     if qp and qp[-1] == e:
         return e
@@ -516,30 +516,26 @@ def _run(path, stat, sys_path, argv, cwd):
 # ----------------------------------------------------------------------
 # child
 # ----------------------------------------------------------------------
-def install(prep):
-    """Before ``spawn.prepare(prep)`` in a child forked from the template:
-    put the template's run of this main in place (True), or do nothing
-    (False) when there is none that fits or a file changed since."""
+def install(prep, key):
+    """Before spawn's preparation of ``prep`` in a child forked from the
+    template: put the template's run of this main in place (True), or do
+    nothing (False) when there is none that fits or a file changed since.
+    ``key``: the parent's preload entry for ``prep`` without its ``?``
+    (:func:`offer`; None when the parent has this off), which names the
+    main file, its version, ``sys.path``, ``sys.argv`` and the working
+    directory: the template's run of that entry is this very main."""
     global installed
-    path = prep.get("init_main_from_path")
-    if not path or not _mains or not enabled():
-        return False
-    for m in reversed(_mains.values()):
-        if isinstance(m, _Main) and m.path == path and m.sys_path == prep.get("sys_path") \
-                and m.argv == prep.get("sys_argv") and m.dir == prep.get("dir"):
-            break
-    else:
+    m = _mains.get(key) if key is not None else None
+    if not isinstance(m, _Main) or m.path != prep.get("init_main_from_path"):
         return False
     try:
-        for f, key in m.stats.items():
-            if stat_key(f) != key:
+        for f, stat in m.stats.items():
+            if stat_key(f) != stat:
                 return False
     except OSError:
         return False
-    from multiprocessing import spawn
-
     sys.modules.update(m.modules)
-    spawn.old_main_modules.append(sys.modules["__main__"])
+    _spawn.old_main_modules.append(sys.modules["__main__"])
     sys.modules["__main__"] = sys.modules["__mp_main__"] = m.module
-    installed = path
+    installed = m.path
     return True

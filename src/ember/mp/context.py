@@ -37,6 +37,28 @@ _rt_lock = threading.Lock()
 _exit_hook = [False]
 
 
+class _Mods:
+    """The modules a start uses, each imported at its first use (``import
+    ember`` stays cheap) and bound here: an import statement in a function
+    runs importlib's ``_handle_fromlist`` at every call."""
+
+    _NAMES = {"connection": "multiprocessing.connection",
+              "resource_tracker": "multiprocessing.resource_tracker",
+              "spawn": "multiprocessing.spawn", "util": "multiprocessing.util",
+              "runtime": "ember.runtime", "process": "ember.objects.process",
+              "child": "ember.mp._child", "mainload": "ember.mp._mainload"}
+
+    def __getattr__(self, attr):
+        import importlib
+
+        mod = importlib.import_module(self._NAMES[attr])
+        setattr(self, attr, mod)
+        return mod
+
+
+_m = _Mods()
+
+
 def _exit_before_teardown():
     """Runs before the runtime's teardown (registered after ``ember.init``,
     so earlier in atexit's LIFO order): multiprocessing joins its
@@ -56,16 +78,14 @@ def _exit_before_teardown():
 def ensure_runtime():
     """Make sure this process is part of a runtime; bring up an embedded one
     on first use otherwise."""
-    from .. import runtime
-
-    if runtime.is_initialized():
+    if _m.runtime.is_initialized():
         _patch_wait()
         return
     with _rt_lock:
-        if runtime.is_initialized():
+        if _m.runtime.is_initialized():
             return
         _patch_wait()
-        runtime.init()
+        _m.runtime.init()
         if not _exit_hook[0]:
             _exit_hook[0] = True
             atexit.register(_exit_before_teardown)
@@ -88,13 +108,11 @@ def _library_modules():
     resolved), unless it is replaced in sys.modules; sys.modules is not
     walked again while its length stays the same (a module replaced in
     place is then missed: it is only not preloaded)."""
-    from ._mainload import library_dirs
-
-    lib = library_dirs()
     out = []
     seen = _seen
     if len(sys.modules) == seen.get(None):
         return out                # nothing imported since the last look (the usual case)
+    lib = _m.mainload.library_dirs()
     seen[None] = len(sys.modules)
     for name, mod in list(sys.modules.items()):
         if seen.get(name) is mod:
@@ -124,7 +142,7 @@ def _preload_parent_modules():
         new += [m for m in _CHILD_MODULES if m not in _offered and m not in new]
     if new:
         _offered.update(new)
-        from ..objects.process import Process
+        Process = _m.process.Process
         Process._quiet_preload = Process._quiet_preload + tuple("?" + m for m in new)
 
 
@@ -166,8 +184,7 @@ def _tracker_fd():
     run, without the probe, while ``waitid(WNOWAIT)`` says it has not
     exited (nothing is reaped).  Otherwise ``getfd()`` as before (it starts
     a new tracker when the old one died)."""
-    from multiprocessing import resource_tracker
-
+    resource_tracker = _m.resource_tracker
     rt = getattr(resource_tracker, "_resource_tracker", None)
     fd, pid = getattr(rt, "_fd", None), getattr(rt, "_pid", None)
     if fd is not None and pid is not None:
@@ -240,9 +257,69 @@ def _program_codes():
     return _prog_out[1]
 
 
-#: [(spawn's preparation data but its "name", its pickle)]: the same at
-#: every start unless sys.path, argv, the cwd... changed.
-_prep_b = [None]
+#: [(what spawn's preparation data is made of, the data but its "name",
+#: a process object's _config, the pickle of both)]: the same at every
+#: start unless sys.path, argv, the cwd, the authkey... changed.
+_prep_c = [None]
+
+
+def _pickles(popen, process_obj):
+    """``(prep, prep_b, obj_b)``: spawn's preparation data without its
+    "name" (``spawn.get_preparation_data``) and the process object, pickled
+    as spawn pickles them (``ForkingPickler``, ``popen`` the spawning one).
+
+    ``prep_b`` is ``(prep, config)`` pickled, where ``config`` is the
+    process object's ``_config`` (its authkey and semprefix, copied from
+    ours when it was made): both are the same at every start, so their
+    pickle is the last start's while what spawn makes the data of is the
+    same (its logging state, the authkey, ``sys.path``, ``sys.argv``,
+    ``ORIGINAL_DIR``, the working directory, the start method, the main
+    module; comparing those is cheaper than building the dict again) and
+    the config is equal.  Not cached while a logger is set (its level) or
+    before a start method is (spawn's own call sets the default).
+
+    ``obj_b`` is then an ``EmberProcess``'s other attributes (its
+    ``__dict__`` but ``_config``), which is all pickle would write for it
+    besides its class (``ember.mp._child`` rebuilds it as pickle would);
+    the authkey's pickle was a third of the process object's.  Any other
+    class is pickled whole (``config`` None)."""
+    util = _m.util
+    cur = _mpprocess.current_process()
+    ctx = _mpctx._default_context._actual_context
+    main = sys.modules.get("__main__")
+    if util._logger is not None or ctx is None or main is None \
+            or getattr(cur, "_inheriting", False):
+        made = None                      # spawn's call below (and its error, if any)
+    else:
+        md = main.__dict__
+        made = (util._log_to_stderr, cur.authkey, list(sys.path), list(sys.argv),
+                _mpprocess.ORIGINAL_DIR, os.getcwd(), ctx, main, md.get("__spec__"),
+                md.get("__file__"))
+    state = process_obj.__dict__
+    config = state.get("_config") if type(process_obj) is EmberProcess else None
+    if type(config) is not dict:
+        config = None
+    c = _prep_c[0]                       # (one read: Pool starts from several threads)
+    _mpctx.set_spawning_popen(popen)
+    try:
+        if made is not None and c is not None and c[0] == made and c[2] == config:
+            prep, prep_b = c[1], c[3]
+        else:
+            prep = _m.spawn.get_preparation_data(process_obj._name)
+            prep.pop("name", None)       # the one item that differs at every start
+            if c is not None and c[1] == prep and c[2] == config:
+                prep_b = c[3]
+            else:
+                prep_b = bytes(reduction.ForkingPickler.dumps((prep, config)))
+            _prep_c[0] = (made, prep, None if config is None else dict(config), prep_b)
+        if config is not None:
+            state = {k: v for k, v in state.items() if k != "_config"}
+            obj_b = bytes(reduction.ForkingPickler.dumps(state))
+        else:
+            obj_b = bytes(reduction.ForkingPickler.dumps(process_obj))
+    finally:
+        _mpctx.set_spawning_popen(None)
+    return prep, prep_b, obj_b
 
 
 class Popen:
@@ -257,8 +334,7 @@ class Popen:
         return resource_sharer.DupFd(fd)
 
     def __init__(self, process_obj):
-        from multiprocessing import util
-        util._flush_std_streams()
+        _m.util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
         self._proc = None
@@ -268,19 +344,8 @@ class Popen:
         return fd
 
     def _launch(self, process_obj):
-        from multiprocessing import spawn
         _t("M.launch")
-        prep = spawn.get_preparation_data(process_obj._name)
-        name = prep.pop("name", None)     # the one item that differs at every start
-        _mpctx.set_spawning_popen(self)
-        try:
-            c = _prep_b[0]              # (one read: Pool starts from several threads)
-            if c is None or c[0] != prep:
-                c = _prep_b[0] = (prep, bytes(reduction.ForkingPickler.dumps(prep)))
-            prep_b = c[1]
-            obj_b = bytes(reduction.ForkingPickler.dumps(process_obj))
-        finally:
-            _mpctx.set_spawning_popen(None)
+        prep, prep_b, obj_b = _pickles(self, process_obj)
         # The child shares our resource tracker, as spawn's children do
         # (else its own tracker would unlink at its exit the shared memory
         # it merely attached to): it reopens the tracker's pipe through
@@ -288,18 +353,18 @@ class Popen:
         tracker = (os.getpid(), _tracker_fd())
         ensure_runtime()
         _preload_parent_modules()
-        from ..objects.process import Process
-        from . import _child, _mainload
-
-        e = _mainload.offer(prep)     # the template runs the main module, if it only defines
+        mainload = _m.mainload
+        e = mainload.offer(prep)      # the template runs the main module, if it only defines
 
         _t("M.prepared")
-        if _mainload.expected(prep, e):
+        if mainload.expected(prep, e):
             codes = (None, None)      # the template runs the main module: no code to ship
         else:
             codes = (_main_code(prep), _program_codes())
-        p = Process(target=_child.main, args=(prep_b, obj_b, tracker) + codes + (name,),
-                    daemon=bool(process_obj.daemon))
+        key = e[1:] if e else None    # the entry without its "?": the template's run of it
+        p = _m.process.Process(target=_m.child.main,
+                       args=(prep_b, obj_b, tracker) + codes + (process_obj._name, key),
+                       daemon=bool(process_obj.daemon))
         p.start()
         self._proc = p
         self.pid = p.pid
@@ -370,7 +435,14 @@ class EmberProcess(_mpprocess.BaseProcess):
             # _bootstrap found sys.stdin None (ember.mp._child.main): the
             # stream over /dev/null that the template made
             sys.stdin = _stdin_after_fork.pop()
-        return _mpprocess.BaseProcess._after_fork()
+        # BaseProcess._after_fork, without its import (_bootstrap, our
+        # caller, imported util) and without walking an empty registry (a
+        # WeakValueDictionary's items(): five Python functions, each a
+        # page or two that the child would copy)
+        util = sys.modules["multiprocessing.util"]
+        util._finalizer_registry.clear()
+        if util._afterfork_registry.data:
+            util._run_after_forkers()
 
 
 class _SemLockShim:
@@ -616,7 +688,7 @@ def _patch_wait():
     """ember's Connections and Queues have no fd: multiprocessing's
     connection.wait() on them (and on fds beside them) goes to ember.wait.
     Done when the first ember object is made."""
-    from multiprocessing import connection as _mpconn
+    _mpconn = _m.connection
     if not getattr(_mpconn.wait, "_ember", False):
         _mpconn.wait = _wait_wrapper(_mpconn.wait)
     _register_fd_reducers()
