@@ -7,6 +7,7 @@ replies collected from a queue, output going to files.  The ``run()`` tests
 fork a real shepherd process and talk to it over channels (framed pipes, and
 ember channels when they are built).
 """
+import gc
 import os
 import queue
 import random
@@ -733,6 +734,23 @@ class _GatedEpoll:
         return getattr(self.ep, name)
 
 
+def _take_free_below(fd):
+    """Open /dev/null on every free descriptor number below ``fd`` (which
+    is free): the next descriptor made gets ``fd``.  Returns them."""
+    held = []
+    while True:
+        got = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if got < fd:
+            held.append(got)
+            continue
+        os.close(got)
+        if got != fd:
+            for f in held:
+                os.close(f)
+            raise AssertionError(f"descriptor {fd} is not free (the next free one is {got})")
+        return held
+
+
 @pytest.mark.timeout(60)
 def test_stale_pidfd_event_does_not_end_an_attached_process(tmp_path):
     """The flake of test_embedded's `ember run --address`: the loop's
@@ -760,7 +778,17 @@ def test_stale_pidfd_event_does_not_end_an_attached_process(tmp_path):
             a.wait()
             assert gate.polled.wait(20)           # the loop holds A's exit event
             assert shep.handle(M.ShUnwatch(1001).pack())     # A detached
-            assert shep.handle(M.ShWatch(1002, b.pid).pack())
+            # B's pidfd takes the lowest free number: A's, once every free
+            # one below it is taken (a descriptor closed since A's watch,
+            # by the loop's start or a finalizer, would have been B's)
+            gc.disable()
+            held = _take_free_below(a_fd)
+            try:
+                assert shep.handle(M.ShWatch(1002, b.pid).pack())
+            finally:
+                gc.enable()
+                for fd in held:
+                    os.close(fd)
             assert shep._children[1002].pidfd == a_fd      # the number was reused
             gate.go.set()
             assert gate.next_poll.wait(20)        # the batch with the stale event is done
