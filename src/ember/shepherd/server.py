@@ -140,7 +140,7 @@ def _signame(sig):
 
 
 #: Most memory cgroup directories _oom_kills() reads (cgroup v1 keeps the
-#: count per cgroup: the subtree is summed).
+#: count per cgroup: each directory of the subtree is read).
 _OOM_WALK_MAX = 256
 
 
@@ -157,14 +157,16 @@ def _read_oom_kill(name):
 
 
 def _oom_kills():
-    """``(where, count)``: the kernel's count of OOM kills in this process's
-    memory cgroup and every cgroup below it (a child that moved itself into
-    a smaller one is still counted) — cgroup v2 ``memory.events`` (already
-    hierarchical), or the sum of cgroup v1 ``memory.oom_control`` over the
-    subtree (at most _OOM_WALK_MAX directories) — or None if no memory
-    cgroup file says (no memory controller, /sys/fs/cgroup not mounted).
-    A dead process's own cgroup cannot be asked: the kernel moves an
-    exiting task to the root cgroup before its parent reaps it."""
+    """``(where, counts)``: the kernel's counts of OOM kills in this
+    process's memory cgroup and every cgroup below it (a child that moved
+    itself into a smaller one is still counted), by the file read: cgroup
+    v2 ``memory.events`` (one file: already hierarchical), or cgroup v1
+    ``memory.oom_control`` of each directory of the subtree (at most
+    _OOM_WALK_MAX) — or None if no memory cgroup file says (no memory
+    controller, /sys/fs/cgroup not mounted).  Compare two with
+    :func:`_oom_rose`.  A dead process's own cgroup cannot be asked: the
+    kernel moves an exiting task to the root cgroup before its parent
+    reaps it."""
     try:
         with open("/proc/self/cgroup") as f:
             lines = f.read().splitlines()
@@ -179,20 +181,29 @@ def _oom_kills():
                          f"/sys/fs/cgroup/unified{path}/memory.events"):
                 n = _read_oom_kill(name)
                 if n is not None:
-                    return name, n
+                    return name, {name: n}
         elif "memory" in ctrls.split(","):
             top = f"/sys/fs/cgroup/memory{path}"
-            total, seen = None, 0
+            counts, seen = {}, 0
             for d, _, _ in os.walk(top):
-                n = _read_oom_kill(os.path.join(d, "memory.oom_control"))
+                name = os.path.join(d, "memory.oom_control")
+                n = _read_oom_kill(name)
                 if n is not None:
-                    total = (total or 0) + n
+                    counts[name] = n
                 seen += 1
                 if seen >= _OOM_WALK_MAX:
                     break
-            if total is not None:
-                return top, total
+            if counts:
+                return top, counts
     return None
+
+
+def _oom_rose(before, now):
+    """Whether an OOM kill was counted between two :func:`_oom_kills`
+    counts: a cgroup's count rose, or a cgroup made since has kills.  Not a
+    sum: a cgroup v1 directory removed since (a sibling's, with its kills)
+    takes its count away, which would hide a kill of ours."""
+    return any(n > before.get(name, 0) for name, n in now.items())
 
 
 def raise_nofile_limit():
@@ -259,8 +270,8 @@ class Shepherd(Service):
         self._base_env.pop(_env.KEY.encode(), None)
         self._death_reports = death_reports
         self.control_pool = None      # unmapped in a forked .py head (run())
-        # The OOM kills counted in our memory cgroup subtree so far (see
-        # _oom_killed); None: no memory cgroup counts them here.  First
+        # The OOM-kill counts of our memory cgroup subtree so far, by file
+        # (_oom_kills; see _oom_killed); None: no memory cgroup counts them here.  First
         # counted when serve() starts (not here: a few small reads off the
         # way of the first spawn, which the request thread may be making
         # meanwhile; exits are handled only by serve()).
@@ -839,7 +850,7 @@ class Shepherd(Service):
             self._oom_seen = None if got is None else got[1]
             return None
         before, self._oom_seen = self._oom_seen, got[1]
-        return got[1] > before
+        return _oom_rose(before, got[1])
 
     @staticmethod
     def _exit_info(child, status, oom):
