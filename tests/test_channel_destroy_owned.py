@@ -13,7 +13,7 @@ import pytest
 
 from ember import messages as m
 from ember.channels_c import Channel
-from ember.exceptions import PoolError
+from ember.exceptions import ChannelError
 from test_channel_register import OPTS
 from test_gs_state import Harness
 from test_runtime import ok, run_prog
@@ -45,7 +45,7 @@ def _registered(h, a, c_uid, name):
     d = h.ok(h.req(m.ChannelRegister, None, name, OPTS, ch.sdesc, p_uid=a, r=r))
     try:
         ch._take_owner(os.getpid(), 0)
-    except PoolError as exc:           # the node adopted it first (auto pump)
+    except ChannelError as exc:        # the node adopted it first (auto pump)
         assert "EMBER_ERR_STALE" in str(exc), exc
     ch.detach()
     return d, d["next_c_uid"]

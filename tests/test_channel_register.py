@@ -13,7 +13,7 @@ import pytest
 
 from ember import messages as m
 from ember.channels_c import Channel
-from ember.exceptions import PoolError
+from ember.exceptions import ChannelError
 from ember.pools_c import Pool
 from test_gs_state import Harness
 from test_runtime import ok, run_prog
@@ -46,7 +46,7 @@ def _owner(pool, ch):
         try:
             ch._take_owner(pid, pid)
             return pid
-        except PoolError as exc:                   # not that pid's
+        except ChannelError as exc:                # not that pid's
             assert "EMBER_ERR_STALE" in str(exc), exc
     return None
 
@@ -132,6 +132,27 @@ def test_gs_refuses_what_it_can_check_without_mapping_the_pool(h):
         for ch in (foreign, wrong_uid):
             ch.destroy()
         other.destroy()
+
+
+def test_a_hand_over_by_a_pid_that_does_not_own_the_block_is_a_channel_error():
+    """Channel._take_owner raises a ChannelError naming both pids (not the
+    pool's "freed and allocated again" PoolError), and changes nothing."""
+    pool = Pool.create(1 << 20)
+    try:
+        ch = Channel.create(pool, 8, 128, owned=True)
+        me, other = os.getpid(), os.getpid() + 1
+        with pytest.raises(ChannelError) as ei:
+            ch._take_owner(other, 0)
+        assert type(ei.value) is ChannelError
+        assert str(ei.value) == (f"channel c_uid {ch.c_uid}: cannot hand its block from pid "
+                                 f"{other} to 0: pid {other} does not own it (handed over or "
+                                 f"reclaimed meanwhile, or never its) [EMBER_ERR_STALE]")
+        assert _owner(pool, ch) == me                     # still ours
+        ch._take_owner(me, 0)
+        assert _owner(pool, ch) == 0
+        ch.destroy()
+    finally:
+        pool.destroy()
 
 
 def test_the_node_refuses_a_block_that_is_not_the_requesters(h):

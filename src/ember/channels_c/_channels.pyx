@@ -389,9 +389,22 @@ cdef class Channel:
 
     def _take_owner(self, from_pid, to_pid=0):
         """Hand the channel's block from owner ``from_pid`` to ``to_pid``
-        (0: nobody, never reclaimed) in one step under the pool's mutex;
-        ChannelError ``[EMBER_ERR_STALE]`` if ``from_pid`` does not own it
-        (it was reclaimed meanwhile, or was never that process's)."""
+        (0: nobody, never reclaimed) in one step under the pool's mutex.
+
+        Raises
+        ------
+        ChannelError
+            ``from_pid`` does not own the block: ``[EMBER_ERR_STALE]`` (it
+            was handed over meanwhile, or was never that process's; or the
+            block was reclaimed and allocated again), ``[EMBER_ERR_DOUBLE_FREE]``
+            (the block was reclaimed: the channel is gone).  Nothing changed.
+        ChannelError
+            This handle was detached or destroyed.
+        ValueError
+            A pid is not an int in [0, 2**32).
+        CoreError
+            The pool's shared state is corrupt (``ember._rc``: the same
+            code, the same class everywhere)."""
         self._check_open("take over")
         if not isinstance(from_pid, int) or not isinstance(to_pid, int) or \
                 not 0 <= from_pid < 1 << 32 or not 0 <= to_pid < 1 << 32:
@@ -402,6 +415,13 @@ cdef class Channel:
         cdef ember_rc_t rc
         with nogil:
             rc = ember_pool_take_owner(pool, a, src, dst)
+        if rc in (EMBER_ERR_STALE, EMBER_ERR_DOUBLE_FREE, EMBER_ERR_OUT_OF_RANGE):
+            # the pool's words ("the block was freed and allocated again")
+            # would mislead: what matters here is who owns the block
+            raise ChannelError(f"{self._desc()}: cannot hand its block from pid {from_pid} "
+                               f"to {to_pid}: pid {from_pid} does not own it (handed over "
+                               f"or reclaimed meanwhile, or never its) "
+                               f"[{ember_rc_str(rc).decode()}]")
         if rc != EMBER_OK:
             _check_rc(rc, f"{self._desc()}: cannot hand its block from pid {from_pid} to {to_pid}")
 
