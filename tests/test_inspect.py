@@ -454,6 +454,8 @@ if __name__ == "__main__":
     p.start()
     p.result()                           # the head waits for the result
 """
+OWN_RESULT_LINE = OWN_CHANNELS.splitlines().index(
+    "    ex.submit(forever).result()          # the executor's reader waits on its results") + 1
 
 
 def _own_blocked(xdg):
@@ -463,8 +465,10 @@ def _own_blocked(xdg):
     # the head (the first process) and boss; the executor's worker has no name either
     by = {"head" if r["p_uid"] == min(x["p_uid"] for x in rows) else r["name"]: r for r in rows}
     _LAST_PS[str(xdg)] = {n: r.get("blocked_on") for n, r in by.items()}
-    return by if "head" in by and "boss" in by and by["head"]["blocked_on"] and \
-        by["boss"]["blocked_on"] else None
+    # their last waits (boss waits for GS's replies first, starting its worker)
+    return by if "head" in by and "boss" in by and \
+        by["head"]["blocked_on"] == "recv(result of a Process)" and \
+        by["boss"]["blocked_on"] == "recv(results of an Executor)" else None
 
 
 @pytest.mark.timeout(120)
@@ -483,13 +487,14 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
         text = ember(xdg, "ps").stdout.decode()
         assert "blocked on recv(result of a Process) for " in text, text
         assert "channel" not in text, text
-        # boss met GS first from its executor's thread, where no signal
-        # handler can be set: `ember stacks` must not signal it (SIGUSR2
-        # would kill it), and says it has none
+        # boss met GS first from its executor's thread, where Python sets
+        # no signal handler: its stacks are dumped all the same (every
+        # thread's: the main one waiting for the result, the executor's)
         res = ember(xdg, "stacks", "boss")
         assert res.returncode == 0, res.stderr
-        assert "(no stacks: not a Python process of this runtime, or it did not answer)" in \
-            res.stdout.decode(), res.stdout
+        out = res.stdout.decode()
+        assert f'prog.py", line {OWN_RESULT_LINE} in boss' in out, out
+        assert "in _run_worker" in out and "(no stacks" not in out, out
         by = _own_blocked(xdg)
         assert by is not None and by["boss"]["blocked_on"] == "recv(results of an Executor)"
     finally:

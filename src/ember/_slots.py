@@ -13,7 +13,9 @@ services (an attached process when it attaches; it unbinds when it
 detaches); an unbound process records nothing.  Binding also installs the
 stack dump: on SIGUSR2 the process appends every thread's stack
 (faulthandler) to ``<runtime dir>/<runtime id>.stacks/<p_uid>``, which
-``ember stacks`` reads.  Both files are removed with the runtime's address.
+``ember stacks`` reads; when the binding thread is not the main one (where
+alone Python sets signal handlers), faulthandler's own handler until the
+main thread takes over.  Both files are removed with the runtime's address.
 
 Everything here is best effort — a failure to bind is logged and nothing is
 recorded — but only expected failures (OSError, a refused table) are
@@ -107,7 +109,12 @@ SYNC_KINDS = {1: "Lock", 2: "RLock", 3: "Semaphore", 4: "Event", 5: "Barrier", 6
 
 # ------------------------------------------------------------- stack dumps
 _stacks_path = None
+#: The file faulthandler's handler writes into while that handler is the
+#: process's (set from a thread other than the main one, until the main
+#: thread takes over: _hand_over).
+_stacks_file = None
 _fork_hook = False
+_hand_over_cb = None    # the pending call's C callback (ctypes), kept alive
 
 
 def _on_stacks_signal(signum, frame):
@@ -123,37 +130,99 @@ def _on_stacks_signal(signum, frame):
 
 
 def _forget_stacks_after_fork():
-    global _stacks_path
+    global _stacks_path, _stacks_file
     _stacks_path = None          # the file is the parent's
+    f, _stacks_file = _stacks_file, None
+    if f is not None:            # faulthandler's handler would write into it
+        faulthandler.unregister(STACKS_SIGNAL)
+        f.close()
 
 
 def _register_stacks(runtime_id, p_uid):
-    """A Python signal handler (no descriptor is held), installed only if
-    the program does not handle the signal itself, and only from the main
-    thread (Python sets handlers only there)."""
-    global _stacks_path, _fork_hook
-    if signal.getsignal(STACKS_SIGNAL) not in (signal.SIG_DFL, _on_stacks_signal):
+    """The stack dump, installed only if the program does not handle the
+    signal itself: a Python signal handler (no descriptor is held).
+    Python sets those only from the main thread.  From another thread (a
+    process whose first contact with global services is a thread's: an
+    Executor's, a server's), faulthandler's handler, which C sets from any
+    thread, writing into a file it holds open, until the main thread takes
+    over (:func:`_hand_over`, asked of it as a pending call: as soon as it
+    runs Python code again, at once if it is running)."""
+    global _stacks_path, _stacks_file, _fork_hook
+    if signal.getsignal(STACKS_SIGNAL) not in (signal.SIG_DFL, _on_stacks_signal) \
+            or _stacks_file is not None:
         return False
-    # The handler first: from another thread this raises ValueError before
-    # the file exists (`ember stacks` signals a process that has its file:
-    # with no handler, the signal would kill it).
-    signal.signal(STACKS_SIGNAL, _on_stacks_signal)
     d = stacks_dir(runtime_id)
+    p = os.path.join(d, str(p_uid))
+    # The handler before the file has its name: `ember stacks` signals a
+    # process that has its file (with no handler, the signal would kill it).
+    try:
+        signal.signal(STACKS_SIGNAL, _on_stacks_signal)
+        main = True
+    except ValueError:           # not the main thread
+        main = False
     try:
         os.mkdir(d, 0o700)
     except FileExistsError:
         pass
-    p = os.path.join(d, str(p_uid))
-    open(p, "w").close()
+    if main:
+        open(p, "w").close()
+    else:
+        tmp = f"{p}.{os.getpid()}.new"
+        f = open(tmp, "ab")      # appends: `ember stacks` empties it before it asks
+        try:
+            faulthandler.register(STACKS_SIGNAL, file=f, all_threads=True)
+            os.replace(tmp, p)
+        except BaseException:
+            faulthandler.unregister(STACKS_SIGNAL)
+            f.close()
+            os.unlink(tmp)
+            raise
+        _stacks_file = f
     if not _fork_hook:
         os.register_at_fork(after_in_child=_forget_stacks_after_fork)
         _fork_hook = True
     _stacks_path = p
+    if not main:
+        _ask_main_thread()
     return True
 
 
+def _ask_main_thread():
+    """Have the main thread run :func:`_hand_over` (Py_AddPendingCall: the
+    interpreter runs it there, between two bytecodes)."""
+    global _hand_over_cb
+    import ctypes
+
+    if _hand_over_cb is None:
+        proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+        _hand_over_cb = proto(_hand_over)
+        ctypes.pythonapi.Py_AddPendingCall.argtypes = [proto, ctypes.c_void_p]
+        ctypes.pythonapi.Py_AddPendingCall.restype = ctypes.c_int
+    if ctypes.pythonapi.Py_AddPendingCall(_hand_over_cb, None) != 0:
+        log.debug("cannot ask the main thread to take the stack dump over")
+
+
+def _hand_over(_arg=None):
+    """On the main thread: our Python handler replaces faulthandler's (one
+    sigaction: the signal is handled at every instant) and the file
+    faulthandler held is closed.  Not if the program set a handler of its
+    own meanwhile (it is the process's: faulthandler's file stays until
+    :func:`unbind`).  faulthandler's record of its registration stays (its
+    handler is no longer installed; :func:`unbind` clears it)."""
+    global _stacks_file
+    try:
+        f = _stacks_file
+        if f is not None and signal.getsignal(STACKS_SIGNAL) is signal.SIG_DFL:
+            signal.signal(STACKS_SIGNAL, _on_stacks_signal)
+            _stacks_file = None
+            f.close()
+    except BaseException as exc:      # a pending call must not raise
+        log.debug("the main thread could not take the stack dump over: %r", exc)
+    return 0
+
+
 def _unregister_stacks():
-    global _stacks_path
+    global _stacks_path, _stacks_file
     p, _stacks_path = _stacks_path, None
     if p is None:
         return
@@ -161,8 +230,14 @@ def _unregister_stacks():
         os.unlink(p)
     except OSError:
         pass
+    f, _stacks_file = _stacks_file, None
     try:
-        if signal.getsignal(STACKS_SIGNAL) is _on_stacks_signal:
+        h = signal.getsignal(STACKS_SIGNAL)
+        if h is signal.SIG_DFL or h is _on_stacks_signal:
+            faulthandler.unregister(STACKS_SIGNAL)   # (if registered) back to SIG_DFL
+        if h is _on_stacks_signal:
             signal.signal(STACKS_SIGNAL, signal.SIG_DFL)
     except ValueError:
         pass
+    if f is not None:
+        f.close()
