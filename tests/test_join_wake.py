@@ -553,3 +553,33 @@ def test_the_next_channel_block_is_made_ahead(tmp_path):
     assert "joiners exit [0, 0]" in out
     assert "answered: [True, True]" in out
     assert "pool as before" in out
+
+
+def test_a_request_held_for_a_busy_board_leaves_no_entry_when_it_ends(h):
+    """A create held back while the board was busy has an entry (since
+    when it waits, for BUSY_GRACE): it goes when the request ends, not when
+    its process exits (a long-lived process that makes many names would
+    grow GS's table) — also when the name's joiners left meanwhile, so
+    that the retried create does not look at the board again."""
+    from ember import messages as m
+    from test_channel_register import OPTS
+    a = h.create()
+    h.gs.procs[a].os_pid = os.getpid()
+    keys = []
+    for i in range(3):
+        name = f"held-{i}"
+        joiner = h.create()
+        h.req(m.ChannelJoin, name, None, p_uid=joiner, r=b"RJ%d" % i)   # listed on the board
+        lock = h.gs.wake_board.lock
+        assert lock.acquire(timeout=5)              # a holder stopped on the lock
+        try:
+            keys.append(h.req(m.ChannelCreate, None, name, OPTS, False, p_uid=a, r=b"RA"))
+            assert h.reply(keys[-1]) is None and len(h.gs._board_busy_since) == 1
+            h.exit(joiner, 0)                       # the name's only joiner leaves
+        finally:
+            lock.release()
+        h.advance(0.05)                             # retried: created
+        assert h.ok(keys[-1])["name"] == name
+        assert h.gs._board_busy_since == {}, h.gs._board_busy_since
+    for i in range(3):
+        h.ok(h.req(m.ChannelDestroy, f"held-{i}", p_uid=a, r=b"RA"))

@@ -848,13 +848,25 @@ class MemoryPart:
         self._release_held(name)
 
     def _release_held(self, name):
-        """Handle the requests held back for ``name``, as if they came now."""
+        """Handle the requests held back for ``name``, as if they came now.
+        One that is not held again has ended (answered, refused, or on its
+        way to the node): its busy-board entry (since when it waits, for
+        BUSY_GRACE) goes too, whichever way it ended (the name's joiners
+        gone meanwhile, so the board was not looked at; the name taken)."""
         for msg, origin in self._held.pop(name, ()):
             saved, self._origin = self._origin, origin
             try:
                 self.dispatch(msg)
             finally:
                 self._origin = saved
+                if self._board_busy_since:
+                    self._board_busy_end(msg, name)
+
+    def _board_busy_end(self, msg, name):
+        key = (msg.p_uid, msg.tag)
+        if key in self._board_busy_since and \
+                not any(held is msg for held, _ in self._held.get(name, ())):
+            del self._board_busy_since[key]
 
     def _board_exited(self, p_uid):
         """Process ``p_uid`` exited: drop its claims, handle what they held.
