@@ -44,6 +44,25 @@ def traced_mp_target():
     return 1
 
 
+def _start_join(make, target, t=None, label=None, started=False, gap=0.0):
+    """One start and join of ``make(target=target)``, stamped
+    ``<label>.begin`` and ``<label>.joined`` (and ``<label>.started`` after
+    the start, with ``started``) by ``t`` if ``label``; then ``gap`` s of
+    sleep."""
+    if label:
+        t(f"{label}.begin")
+    p = make(target=target)
+    p.start()
+    if started:
+        t(f"{label}.started")
+    p.join()
+    if label:
+        t(f"{label}.joined")
+    p.close()
+    if gap:
+        time.sleep(gap)
+
+
 def drive(n, gap=0.002, with_mp=False):
     """``gap``: seconds of sleep after each start + join (0: back to back,
     as the benchmark's loop, where each start follows the last join at
@@ -57,43 +76,15 @@ def drive(n, gap=0.002, with_mp=False):
     ctx = mp.get_context("fork")
     ectx = mp.get_context("ember")
     for _ in range(5):                       # the template, the first spares
-        p = ember.Process(target=trivial)
-        p.start()
-        p.join()
-        p.close()
+        _start_join(ember.Process, trivial)
         if with_mp:
-            p = ectx.Process(target=trivial)
-            p.start()
-            p.join()
-            p.close()
+            _start_join(ectx.Process, trivial)
     time.sleep(0.1)
     for _ in range(n):
         if with_mp:
-            t("M.begin")
-            p = ectx.Process(target=traced_mp_target)
-            p.start()
-            p.join()
-            t("M.joined")
-            p.close()
-            if gap:
-                time.sleep(gap)
-        t("P.begin")
-        p = ember.Process(target=trivial)
-        p.start()
-        p.join()
-        t("P.joined")
-        p.close()
-        if gap:
-            time.sleep(gap)
-        t("F.begin")
-        p = ctx.Process(target=traced_fork_target)
-        p.start()
-        t("F.started")
-        p.join()
-        t("F.joined")
-        p.close()
-        if gap:
-            time.sleep(gap)
+            _start_join(ectx.Process, traced_mp_target, t, "M", gap=gap)
+        _start_join(ember.Process, trivial, t, "P", gap=gap)
+        _start_join(ctx.Process, traced_fork_target, t, "F", started=True, gap=gap)
     flush()
 
 

@@ -79,6 +79,40 @@ def live_allocs(capi, pool):
     return st.live_allocs
 
 
+def new_pool(capi, size, name):
+    """A pool of its own (``size`` bytes, named ``name``) and the path of its
+    segment, for a test that looks at the segment's pages or replaces it;
+    the caller destroys (or detaches) it."""
+    ffi, lib = capi
+    out = ffi.new("ember_pool_t **")
+    assert lib.ember_pool_create(size, random.getrandbits(63), owner_tag(), name, out) == lib.EMBER_OK
+    return out[0], "/dev/shm" + ffi.string(lib.ember_pool_shm_name(out[0])).decode()
+
+
+def dirty_block(capi, pool, size, fill=b"\xff"):
+    """Allocate ``size`` bytes, write ``fill`` over them, free them: the
+    offset of a reused (dirty) block the next allocation of that size
+    gets."""
+    ffi, lib = capi
+    blk = ffi.new("ember_alloc_t *")
+    assert lib.ember_pool_alloc(pool, size, blk) == lib.EMBER_OK
+    ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), fill * size, size)
+    assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
+    return blk.offset
+
+
+def full_laps(capi, ch, capacity, laps=3, full=True):
+    """Fill ``ch`` (``capacity`` messages; ``full``: then one send that
+    finds it full) and empty it in order, ``laps`` times."""
+    lib = capi[1]
+    for lap in range(laps):
+        for i in range(capacity):
+            assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
+        if full:
+            assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_FULL
+        assert [recv(capi, ch) for _ in range(capacity)] == [b"%d" % i for i in range(capacity)]
+
+
 def test_create_send_recv_fifo(capi, pool):
     ffi, lib = capi
     ch = make(capi, pool)
@@ -585,11 +619,8 @@ def test_fresh_channel_touches_no_slot_page(capi):
     writes its header only; its slot pages stay holes until used.  One made
     in a reused (dirty) block is initialised and works for many laps."""
     ffi, lib = capi
-    out = ffi.new("ember_pool_t **")
-    assert lib.ember_pool_create(8 << 20, random.getrandbits(63), owner_tag(), b"fresh", out) == lib.EMBER_OK
-    pool = out[0]
+    pool, path = new_pool(capi, 8 << 20, b"fresh")
     try:
-        path = "/dev/shm" + ffi.string(lib.ember_pool_shm_name(pool)).decode()
         ch = make(capi, pool, capacity=128, block=1024)
         a = lib.ember_ch_alloc(ch)
         # the pages holding only slots (the allocator writes the next block's
@@ -601,18 +632,11 @@ def test_fresh_channel_touches_no_slot_page(capi):
         assert recv(capi, ch) == b"hi"
         assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
         # a dirty block: fill it with a pattern, free it, make the channel there
-        blk = ffi.new("ember_alloc_t *")
-        assert lib.ember_pool_alloc(pool, a.size, blk) == lib.EMBER_OK and blk.offset == a.offset
-        ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), b"\xff" * a.size, a.size)
-        assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
+        assert dirty_block(capi, pool, a.size) == a.offset
         ch = make(capi, pool, capacity=128, block=1024)
         assert lib.ember_ch_alloc(ch).offset == a.offset
         assert lib.ember_ch_count(ch) == 0
-        for lap in range(3):
-            for i in range(128):
-                assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
-            assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_FULL
-            assert [recv(capi, ch) for _ in range(128)] == [b"%d" % i for i in range(128)]
+        full_laps(capi, ch, 128)
         assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
     finally:
         lib.ember_pool_destroy(pool)
@@ -641,30 +665,20 @@ def test_create_never_trusts_a_replaced_segment_name(capi):
     by a sparse decoy under the same name must not make create skip the
     initialisation of a dirty block."""
     ffi, lib = capi
-    out = ffi.new("ember_pool_t **")
-    assert lib.ember_pool_create(4 << 20, random.getrandbits(63), owner_tag(), b"decoy", out) == lib.EMBER_OK
-    pool = out[0]
-    name = ffi.string(lib.ember_pool_shm_name(pool)).decode()
+    pool, path = new_pool(capi, 4 << 20, b"decoy")
     try:
-        blk = ffi.new("ember_alloc_t *")
-        size = HDR + 64 * 256
-        assert lib.ember_pool_alloc(pool, size, blk) == lib.EMBER_OK
-        ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), b"\xa5" * size, size)      # dirty
-        assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
-        assert lib.ember_pool_unlink_name(name.encode()) == lib.EMBER_OK
-        fd = os.open("/dev/shm" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        off = dirty_block(capi, pool, HDR + 64 * 256, b"\xa5")
+        assert lib.ember_pool_unlink_name(path[len("/dev/shm"):].encode()) == lib.EMBER_OK
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         os.ftruncate(fd, lib.ember_pool_size(pool))                                  # all holes
         os.close(fd)
         ch = make(capi, pool, capacity=64, block=256)
-        assert lib.ember_ch_alloc(ch).offset == blk.offset
-        for lap in range(3):
-            for i in range(64):
-                assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
-            assert [recv(capi, ch) for _ in range(64)] == [b"%d" % i for i in range(64)]
+        assert lib.ember_ch_alloc(ch).offset == off
+        full_laps(capi, ch, 64, full=False)
         assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
     finally:
-        if os.path.exists("/dev/shm" + name):
-            os.unlink("/dev/shm" + name)
+        if os.path.exists(path):
+            os.unlink(path)
         lib.ember_pool_detach(pool)
 
 
@@ -676,11 +690,8 @@ def test_reserved_channel_block(capi):
     initialised; ember_ch_unreserve gives it back; a dead owner's
     reservation goes with the pool's reclaim; misuse returns errors."""
     ffi, lib = capi
-    out = ffi.new("ember_pool_t **")
-    assert lib.ember_pool_create(8 << 20, random.getrandbits(63), owner_tag(), b"resv", out) == lib.EMBER_OK
-    pool = out[0]
+    pool, path = new_pool(capi, 8 << 20, b"resv")
     try:
-        path = "/dev/shm" + ffi.string(lib.ember_pool_shm_name(pool)).decode()
         r = ffi.new("ember_ch_reserved_t *")
         assert lib.ember_ch_reserve(pool, 128, 1024, lib.EMBER_ALLOC_OWNED, r) == lib.EMBER_OK
         assert live_allocs(capi, pool) == 1
@@ -705,19 +716,12 @@ def test_reserved_channel_block(capi):
         assert lib.ember_ch_detach(other[0]) == lib.EMBER_OK
         assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
         # a dirty block: reserved, its slots are initialised; many laps work
-        blk = ffi.new("ember_alloc_t *")
-        assert lib.ember_pool_alloc(pool, a.size, blk) == lib.EMBER_OK and blk.offset == a.offset
-        ffi.memmove(lib.ember_pool_ptr(pool, blk.offset), b"\xff" * a.size, a.size)
-        assert lib.ember_pool_free(pool, blk) == lib.EMBER_OK
+        assert dirty_block(capi, pool, a.size) == a.offset
         assert lib.ember_ch_reserve(pool, 128, 1024, 0, r) == lib.EMBER_OK
         assert r.alloc.offset == a.offset
         assert lib.ember_ch_create_reserved(pool, r, 5, ch_out) == lib.EMBER_OK
         ch = ch_out[0]
-        for lap in range(3):
-            for i in range(128):
-                assert lib.ember_ch_send(ch, b"%d" % i, len(b"%d" % i), 0) == lib.EMBER_OK
-            assert lib.ember_ch_send(ch, b"x", 1, 0) == lib.EMBER_ERR_FULL
-            assert [recv(capi, ch) for _ in range(128)] == [b"%d" % i for i in range(128)]
+        full_laps(capi, ch, 128)
         assert lib.ember_ch_destroy(ch) == lib.EMBER_OK
         # given back
         assert lib.ember_ch_reserve(pool, 8, 128, 0, r) == lib.EMBER_OK

@@ -112,21 +112,38 @@ def _runtime_id(xdg):
     return rows[0]["id"] if len(rows) == 1 else None
 
 
-def _deadlocked(xdg):
-    rows = _ps_rows(xdg, "--all")
+def _by_name(r, rows):
+    return r["name"]
+
+
+def _ps_by(xdg, *args, key=_by_name):
+    """The rows of `ember ps --json` (``args``: more options) by
+    ``key(row, rows)`` (recorded for a timeout's message), or None while
+    the runtime is not published yet."""
+    rows = _ps_rows(xdg, *args)
     if rows is None:
         return None
-    by = {r["name"]: r for r in rows}
-    _LAST_PS[str(xdg)] = {n: r.get("status") for n, r in by.items()}
-    # the states the test asserts, not just "blocked": on its way each one is
-    # seen waiting for GS (its channel create, join, ...) for a moment
-    if all(n in by for n in (None, "alice", "bob", "crash", "waiter")) and \
-            by["alice"]["blocked_on"] == 'recv("a_in")' and \
-            by["bob"]["blocked_on"] == 'recv("b_in")' and by["crash"]["state"] == "exited" and \
-            by["waiter"]["blocked_on"] == "channel.join('never')" and \
-            (by[None]["blocked_on"] or "").startswith("join("):
-        return rows
-    return None
+    by = {key(r, rows): r for r in rows}
+    _LAST_PS[str(xdg)] = {n: (r.get("status"), r.get("blocked_on")) for n, r in by.items()}
+    return by
+
+
+def _wait_ps(xdg, what, ready, *args, key=_by_name):
+    """:func:`_ps_by` once ``ready(by)``: the states a test asserts, not just
+    "blocked" (on its way each process is seen waiting for GS for a
+    moment: its channel create, join, ...)."""
+    def poll():
+        by = _ps_by(xdg, *args, key=key)
+        return by if by is not None and ready(by) else None
+    return _wait_for(poll, lambda: f"{what} (last ps: {_LAST_PS.get(str(xdg))})")
+
+
+def _deadlocked(by):
+    return all(n in by for n in (None, "alice", "bob", "crash", "waiter")) and \
+        by["alice"]["blocked_on"] == 'recv("a_in")' and \
+        by["bob"]["blocked_on"] == 'recv("b_in")' and by["crash"]["state"] == "exited" and \
+        by["waiter"]["blocked_on"] == "channel.join('never')" and \
+        (by[None]["blocked_on"] or "").startswith("join(")
 
 
 PS_KEYS = {"p_uid", "name", "pid", "node", "state", "status", "blocked_on", "blocked_since",
@@ -139,10 +156,8 @@ def test_deadlock_seen_from_outside(tmp_path, xdg):
     run = _start(tmp_path, xdg, DEADLOCK)
     try:
         rid = _wait_for(lambda: _runtime_id(xdg), "the runtime's address")
-        rows = _wait_for(lambda: _deadlocked(xdg),
-                         lambda: f"alice and bob to block (last ps: {_LAST_PS.get(str(xdg))})")
-        by = {r["name"]: r for r in rows}
-        for r in rows:
+        by = _wait_ps(xdg, "alice and bob to block", _deadlocked, "--all")
+        for r in by.values():
             assert set(r) == PS_KEYS, r
         # ps: both blocked on the channel only the other would feed
         assert by["alice"]["blocked_on"] == 'recv("a_in")'
@@ -279,7 +294,7 @@ def _read_until(fd, *needles, timeout=45):
 def test_top_through_a_pty(tmp_path, xdg):
     run = _start(tmp_path, xdg, DEADLOCK)
     try:
-        _wait_for(lambda: _deadlocked(xdg), "alice and bob to block")
+        _wait_ps(xdg, "alice and bob to block", _deadlocked, "--all")
         pid, fd = pty.fork()
         if pid == 0:
             try:
@@ -377,25 +392,17 @@ LOCK_FINAL = {"eve": 'wait(Event "go")', "putter": 'put(Queue "jobs")',
               "getter": 'get(Queue "inbox")', "late": "Lock.attach('later')"}
 
 
-def _lock_deadlocked(xdg):
-    rows = _ps_rows(xdg)
-    if rows is None:
-        return None
-    by = {r["name"]: r for r in rows}
-    _LAST_PS[str(xdg)] = {n: (r.get("status"), r.get("blocked_on")) for n, r in by.items()}
-    if all(n in by and by[n]["blocked_on"] and "held by" in by[n]["blocked_on"]
-           for n in ("alice", "bob")) and \
-            all(n in by and by[n]["blocked_on"] == want for n, want in LOCK_FINAL.items()):
-        return by
-    return None
+def _lock_deadlocked(by):
+    return all(n in by and by[n]["blocked_on"] and "held by" in by[n]["blocked_on"]
+               for n in ("alice", "bob")) and \
+        all(n in by and by[n]["blocked_on"] == want for n, want in LOCK_FINAL.items())
 
 
 @pytest.mark.timeout(120)
 def test_lock_deadlock_seen_from_outside(tmp_path, xdg):
     run = _start(tmp_path, xdg, LOCK_DEADLOCK)
     try:
-        by = _wait_for(lambda: _lock_deadlocked(xdg),
-                       lambda: f"alice and bob to deadlock (last ps: {_LAST_PS.get(str(xdg))})")
+        by = _wait_ps(xdg, "alice and bob to deadlock", _lock_deadlocked)
         alice, bob = by["alice"], by["bob"]
         assert alice["blocked_on"] == f'acquire(Lock "cache") held by p_uid {bob["p_uid"]}'
         assert bob["blocked_on"] == f'acquire(Lock "db") held by p_uid {alice["p_uid"]}'
@@ -458,17 +465,16 @@ OWN_RESULT_LINE = OWN_CHANNELS.splitlines().index(
     "    ex.submit(forever).result()          # the executor's reader waits on its results") + 1
 
 
-def _own_blocked(xdg):
-    rows = _ps_rows(xdg)
-    if rows is None:
-        return None
+def _head_or_name(r, rows):
     # the head (the first process) and boss; the executor's worker has no name either
-    by = {"head" if r["p_uid"] == min(x["p_uid"] for x in rows) else r["name"]: r for r in rows}
-    _LAST_PS[str(xdg)] = {n: r.get("blocked_on") for n, r in by.items()}
+    return "head" if r["p_uid"] == min(x["p_uid"] for x in rows) else r["name"]
+
+
+def _own_blocked(by):
     # their last waits (boss waits for GS's replies first, starting its worker)
-    return by if "head" in by and "boss" in by and \
+    return "head" in by and "boss" in by and \
         by["head"]["blocked_on"] == "recv(result of a Process)" and \
-        by["boss"]["blocked_on"] == "recv(results of an Executor)" else None
+        by["boss"]["blocked_on"] == "recv(results of an Executor)"
 
 
 @pytest.mark.timeout(120)
@@ -476,8 +482,7 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
     """Not ``recv(channel 4611...)``: the channel's role, read from its c_uid."""
     run = _start(tmp_path, xdg, OWN_CHANNELS)
     try:
-        by = _wait_for(lambda: _own_blocked(xdg),
-                       lambda: f"the head and boss to block (last ps: {_LAST_PS.get(str(xdg))})")
+        by = _wait_ps(xdg, "the head and boss to block", _own_blocked, key=_head_or_name)
         head, boss = by["head"], by["boss"]
         assert head["blocked_on"] == "recv(result of a Process)"
         assert head["status"] == "blocked on recv(result of a Process)"
@@ -495,8 +500,8 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
         out = res.stdout.decode()
         assert f'prog.py", line {OWN_RESULT_LINE} in boss' in out, out
         assert "in _run_worker" in out and "(no stacks" not in out, out
-        by = _own_blocked(xdg)
-        assert by is not None and by["boss"]["blocked_on"] == "recv(results of an Executor)"
+        by = _ps_by(xdg, key=_head_or_name)
+        assert by["boss"]["blocked_on"] == "recv(results of an Executor)", by
     finally:
         _, err = _stop(run)
     assert b"SIGUSR2" not in err, err

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from test_runtime import ember, ok, write
+from test_runtime import assert_lines, ember, ok, write
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -158,11 +158,9 @@ def test_a_join_answered_from_the_board_holds_its_reference(tmp_path):
     except ChannelError:
         print("gone with the joiner's release")
     """)
-    assert "joiner got it: True" in out
-    assert "holders: True" in out
-    assert "alive after the creator's release: True" in out
-    assert "joiner exit 0" in out
-    assert "gone with the joiner's release" in out
+    assert_lines(out, "joiner got it: True", "holders: True",
+                 "alive after the creator's release: True", "joiner exit 0",
+                 "gone with the joiner's release")
 
 
 def test_a_second_creator_waits_for_the_claimant(tmp_path):
@@ -546,13 +544,9 @@ def test_the_next_channel_block_is_made_ahead(tmp_path):
     wait_for(lambda: dpool.stats().live_allocs == 0, what="the blocks back in the pool")
     print("pool as before")
     """)
-    assert "wb-m1 next made ahead: True" in out
-    assert "wb-m2 took the block made ahead: True" in out
-    assert "wb-m2 next made ahead: True" in out
-    assert "publisher exit 0" in out
-    assert "joiners exit [0, 0]" in out
-    assert "answered: [True, True]" in out
-    assert "pool as before" in out
+    assert_lines(out, "wb-m1 next made ahead: True", "wb-m2 took the block made ahead: True",
+                 "wb-m2 next made ahead: True", "publisher exit 0", "joiners exit [0, 0]",
+                 "answered: [True, True]", "pool as before")
 
 
 def test_a_request_held_for_a_busy_board_leaves_no_entry_when_it_ends(h):

@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("zmq")
 
+from test_runtime import assert_lines  # noqa: E402
+
 PRELUDE = f"""\
 import os, sys, textwrap, time
 from ember.globalservices import process, channel
@@ -327,13 +329,9 @@ def test_node_loss_reports_processes_lost_and_goes_on(tmp_path):
         d2 = process.create(PY, ".", ["-c", "pass"], options={"node": 2})
         print("node 2", process.join(d2.p_uid, timeout=30))
     """))
-    lines = out.splitlines()
-    assert "join 255" in lines
-    assert "state lost 255 False" in lines
-    assert "channel gone" in lines
-    assert "handle raises ChannelError" in lines
-    assert "create: node 1 was lost: cannot start a process there" in lines
-    assert "node 2 0" in lines
+    assert_lines(out, "join 255", "state lost 255 False", "channel gone",
+                 "handle raises ChannelError",
+                 "create: node 1 was lost: cannot start a process there", "node 2 0")
 
 
 @pytest.mark.timeout(120)

@@ -53,6 +53,14 @@ def ok(res):
     return res.stdout.decode()
 
 
+def assert_lines(out, *want):
+    """Each of ``want`` is a whole line of ``out`` (a program's output);
+    the failure names the missing ones."""
+    lines = out.splitlines()
+    missing = [w for w in want if w not in lines]
+    assert not missing, (missing, out)
+
+
 # ------------------------------------------------------------------ launcher
 def test_help_documents_every_flag():
     out = ember("--help").stdout.decode()
