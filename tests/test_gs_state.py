@@ -879,3 +879,31 @@ def _events_of(path):
     import json
     with open(path) as f:
         return [json.loads(line) for line in f]
+
+
+def test_a_label_is_what_ps_shows_of_an_unnamed_process(h):
+    """ProcessOptions.label (a create) and ProcessClaim's label (a leased
+    spare's claim) are kept for `ember ps` (the dump); one that is not a
+    str is dropped, a long one cut; ProcessOptions refuses both."""
+    from ember.descriptors import ProcessOptions
+    from ember.exceptions import ProcessError
+    creator = h.create("creator")
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {"label": "Process-1 (m.work)"},
+                False, p_uid=creator)
+    h.spawn_all()
+    a = h.ok(key)["p_uid"]
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {"spare": True}, False,
+                p_uid=creator)
+    h.spawn_all()
+    b = h.ok(key)["p_uid"]
+    h.req(m.ProcessClaim, b, "x" * 300, p_uid=creator)
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {"label": 7}, False, p_uid=creator)
+    h.spawn_all()
+    c = h.ok(key)["p_uid"]
+    labels = {p["p_uid"]: p["label"] for p in h.gs._dump_processes()}
+    assert labels == {creator: None, a: "Process-1 (m.work)", b: "x" * 200, c: None}
+    with pytest.raises(ProcessError, match=r"^ProcessOptions\.label must be a str of at most 200 "
+                                           r"characters or None, got 7$"):
+        ProcessOptions(label=7)
+    with pytest.raises(ProcessError, match=r"^ProcessOptions\.label must be a str"):
+        ProcessOptions(label="y" * 201)

@@ -146,7 +146,7 @@ def _deadlocked(by):
         (by[None]["blocked_on"] or "").startswith("join(")
 
 
-PS_KEYS = {"p_uid", "name", "pid", "node", "state", "status", "blocked_on", "blocked_since",
+PS_KEYS = {"p_uid", "name", "label", "pid", "node", "state", "status", "blocked_on", "blocked_since",
            "blocked_detail", "core_dumped", "oom_killed",
            "cpu_percent", "rss", "age", "parent", "exit_code", "signal", "attached", "exe"}
 
@@ -505,6 +505,50 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
     finally:
         _, err = _stop(run)
     assert b"SIGUSR2" not in err, err
+
+
+# Unnamed processes: an ember.Process and an Executor's worker, idle.
+LABELS = """\
+import time, ember
+
+def work():
+    time.sleep(3600)
+
+if __name__ == "__main__":
+    p = ember.Process(target=work)
+    p.start()
+    ex = ember.Executor(max_workers=1)
+    ex.submit(int, 1).result()
+    p.join()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_unnamed_processes_show_their_target_and_idle_workers_as_such(tmp_path, xdg):
+    """Not a blank NAME: an unnamed Process shows as multiprocessing names
+    it, with its target (``Process-1 (__main__.work)``); an Executor's
+    worker waiting for tasks shows as an idle worker (it binds its slot
+    itself: it never talks to GS)."""
+    run = _start(tmp_path, xdg, LABELS)
+    try:
+        by = _wait_ps(xdg, "the worker to idle",
+                      lambda by: any(r["status"].startswith("idle") for r in by.values()),
+                      key=lambda r, rows: r["label"])
+        assert set(by) == {None, "Process-1 (__main__.work)", "Process-2 (Executor worker)"}, by
+        worker = by["Process-2 (Executor worker)"]
+        assert worker["status"] == "idle (an Executor's worker waiting for tasks)"
+        assert worker["blocked_on"] == "recv(tasks of an Executor)" and worker["name"] is None
+        text = ember(xdg, "ps").stdout.decode()
+        assert " Process-1 (__main__.work) " in text, text
+        line = next(ln for ln in text.splitlines() if "Process-2 (Executor worker)" in ln)
+        assert "idle (an Executor's worker waiting for tasks) for " in line, text
+        res = ember(xdg, "stacks", str(worker["p_uid"]))
+        assert res.stdout.decode().startswith(
+            f"=== process {worker['p_uid']} Process-2 (Executor worker) (pid {worker['pid']}): "
+            "idle (an Executor's worker waiting for tasks)\n"), res.stdout
+        assert "in _worker_main" in res.stdout.decode(), res.stdout
+    finally:
+        _stop(run)
 
 
 def test_roles_in_c_uids():

@@ -177,14 +177,21 @@ class ProcessOptions(_Options):
 
     ``node``: where it runs (docs/multinode.md): a node index, ``"any"``
     (the live node with the fewest live processes) or None (the node of
-    the process that creates it)."""
+    the process that creates it).  ``label``: what ``ember ps`` shows for
+    it when it has no name (a str of at most LABEL_MAX characters, or
+    None); ember.Process gives ``"Process-3 (mymod.work)"``."""
 
-    _fields = (("node", None),)
+    _fields = (("node", None), ("label", None))
     _error = "ProcessError"
+    LABEL_MAX = 200
 
-    def __init__(self, node=None, **unknown):
-        super().__init__(node=node, **unknown)
+    def __init__(self, node=None, label=None, **unknown):
+        super().__init__(node=node, label=label, **unknown)
         _check_node(node, "ProcessOptions", allow_any=True)
+        if label is not None and (not isinstance(label, str) or len(label) > self.LABEL_MAX):
+            from .exceptions import ProcessError
+            raise ProcessError(f"ProcessOptions.label must be a str of at most {self.LABEL_MAX} "
+                               f"characters or None, got {label!r:.80}")
 
 
 class PoolOptions(_Options):

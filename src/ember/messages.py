@@ -246,7 +246,8 @@ _define(142, "ChannelRegisterPosted", _REQ + "m_uid user_name options sdesc")
 # and the teardown's survivors until claimed, killed when its creator exits)
 # and tells GS it is now a process of its own; a notice, not waited for (a
 # refusal is logged).  ``ident``: the spare's p_uid.
-_define(160, "ProcessClaim", _REQ + "ident")
+# ``label`` (optional): what `ember ps` shows for it, as ProcessOptions.label.
+_define(160, "ProcessClaim", _REQ + "ident label", {"label": None})
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")

@@ -19,6 +19,7 @@ import _signal as signal  # the C module: signal's enums import enum (~1.5 ms of
 
 from .. import _env, messages as m
 from .._trace import t as _t
+from ..descriptors import ProcessOptions
 from ..exceptions import ProcessError
 from .registry import _Waiter, _lookup, _timeout, log
 
@@ -35,11 +36,19 @@ FIRST_P_UID = 1
 MAX_JOIN_IDENTS = 4096
 
 
+def _label(value):
+    """A process's label (ProcessOptions.label, ProcessClaim.label) as
+    kept: a str of at most LABEL_MAX characters (cut), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    return value[:ProcessOptions.LABEL_MAX]
+
+
 class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
                  "attached", "node", "lost", "exit_info", "next_c_uid", "posted_c_uids",
-                 "spare", "exit_held")
+                 "spare", "exit_held", "label")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
@@ -67,6 +76,7 @@ class _Proc:
         # teardown's survivors, killed when its creator exits.
         self.spare = False
         self.exit_held = None    # a spare's process.exited event, until it is claimed
+        self.label = None        # what `ember ps` shows for it without a name (ProcessOptions)
 
     @property
     def shown_state(self):
@@ -137,6 +147,7 @@ class ProcessesPart:
         rec = _Proc(p_uid, name, msg.p_uid, key=os.urandom(16), node=node)
         rec.create_req = (msg.tag, msg.r)
         rec.exe = msg.exe
+        rec.label = _label(msg.options.get("label") if isinstance(msg.options, dict) else None)
         if isinstance(msg.options, dict) and msg.options.get("spare") is True:
             if name:
                 raise ProcessError("a spare has no name")
@@ -421,6 +432,7 @@ class ProcessesPart:
                       "spare", msg.ident, msg.p_uid)
             return
         rec.spare = False
+        rec.label = _label(msg.label)
         self._unlist_spare(rec)
         self._event("process.started", p_uid=rec.p_uid, name=None, pid=rec.os_pid,
                     exe=rec.exe, parent=rec.creator)
@@ -526,7 +538,7 @@ class ProcessesPart:
     def _dump_processes(self):
         return [{"p_uid": p.p_uid, "name": p.name or None, "state": p.shown_state, "node": p.node,
                  "os_pid": p.os_pid, "exit_code": p.exit_code, "joined": p.joined,
-                 "attached": p.attached, "creator": p.creator, "exe": p.exe,
+                 "attached": p.attached, "creator": p.creator, "exe": p.exe, "label": p.label,
                  "core_dumped": (p.exit_info or {}).get("core_dumped") is True,
                  "oom_killed": (p.exit_info or {}).get("oom_killed"),
                  "refs": dict(p.refs), "reply_channels": len(p.replies)}

@@ -357,7 +357,8 @@ def process_rows(ins, dump=None, slots=None, all_=False):
             continue
         if p["state"] in ("exited", "lost") and not all_:
             continue
-        row = {"p_uid": p["p_uid"], "name": p["name"], "pid": p["os_pid"], "node": d["node"],
+        row = {"p_uid": p["p_uid"], "name": p["name"], "label": p.get("label"),
+               "pid": p["os_pid"], "node": d["node"],
                "state": p["state"], "parent": p["creator"], "exit_code": p["exit_code"],
                "attached": p["attached"], "exe": p["exe"], "blocked_on": None,
                "blocked_since": None, "blocked_detail": None, "cpu_percent": None, "rss": None,
@@ -389,6 +390,8 @@ def process_rows(ins, dump=None, slots=None, all_=False):
                 if slot is not None and slot["pid"] == p["os_pid"]:
                     row["blocked_since"] = slot["since"]
                 row["status"] = f"blocked on {what}"
+                if (detail or {}).get("role") == _roles.LABELS[_roles.EXECUTOR_TASKS]:
+                    row["status"] = "idle (an Executor's worker waiting for tasks)"
             else:
                 row["status"] = info.get("os_state", "running")
         rows.append(row)
@@ -496,7 +499,7 @@ def _ps_table(rows):
         status = r["status"]
         if r["blocked_since"]:
             status += f" for {_age(now - r['blocked_since'])}"
-        out.append([r["p_uid"], r["name"] or "", r["pid"], r["node"], status,
+        out.append([r["p_uid"], r["name"] or r["label"] or "", r["pid"], r["node"], status,
                     "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
                     _size(r["rss"]), _age(r["age"]), r["parent"]])
     return table(["P_UID", "NAME", "PID", "NODE", "STATE", "CPU%", "RSS", "AGE", "PARENT"], out)
@@ -659,14 +662,14 @@ def cmd_stacks(args):
     out = []
     for r in chosen:
         text = _read_stacks(addr.id, r["p_uid"], r["pid"], args.timeout) if r["pid"] else None
-        out.append({"p_uid": r["p_uid"], "name": r["name"], "pid": r["pid"],
-                    "blocked_on": r["blocked_on"], "status": r["status"],
+        out.append({"p_uid": r["p_uid"], "name": r["name"], "label": r["label"],
+                    "pid": r["pid"], "blocked_on": r["blocked_on"], "status": r["status"],
                     "stacks": text})
     if args.json:
         _print_json(out)
         return EXIT_OK
     for o in out:
-        name = f" {o['name']!r}" if o["name"] else ""
+        name = f" {o['name']!r}" if o["name"] else f" {o['label']}" if o["label"] else ""
         print(f"=== process {o['p_uid']}{name} (pid {o['pid']}): {o['status']}")
         if o["stacks"] is None:
             print("  (no stacks: not a Python process of this runtime, or it did not answer)")

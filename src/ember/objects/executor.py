@@ -24,7 +24,7 @@ import struct
 import threading
 import weakref
 
-from .. import _roles
+from .. import _env, _roles
 from ..exceptions import ProcessDied
 from . import _codec, _pickling as P
 from .process import Process, _default_pool, _signal_name, outcome
@@ -44,6 +44,9 @@ def _worker_main(task_sdesc, result_sdesc, progress_sdesc, parent_pid):
     from ..channels_c import Channel
     from ..pools_c import Allocation
 
+    if _env.is_managed():     # an idle worker shows as such in `ember ps` (ember._slots)
+        from .. import _slots
+        _slots.bind(_env.get(_env.RUNTIME_ID), int(_env.get(_env.P_UID, "0")))
     tasks = Channel.attach(task_sdesc)
     res = Channel.attach(result_sdesc)
     alloc = Allocation.attach(progress_sdesc)
@@ -400,6 +403,7 @@ class Executor(_cf.Executor):
         p = Process(target=_worker_main,
                     args=(task_ch.sdesc, res_ch.sdesc, prog.sdesc, os.getpid()),
                     daemon=True, start_method=self._start_method)
+        p._what = "Executor worker"
         try:
             p.start()
         except BaseException:

@@ -20,6 +20,7 @@ import threading
 import weakref
 
 from .. import _env, _roles
+from ..descriptors import ProcessOptions
 from ..exceptions import ProcessDied, ProcessError, RemoteError, RemoteTraceback
 from . import _codec, _pickling as P
 from .._trace import t as _t
@@ -51,12 +52,24 @@ def _default_pool():
     return default_pool()
 
 
-def _create(args, env, cwd, user_name):
+def _create(args, env, cwd, user_name, label=None):
     """Start ``python <args>`` as a managed process; the one place where a
     Python process is created (placement, ``node=``, will go here)."""
     from ..globalservices import process as gproc
 
-    return gproc.create(sys.executable, cwd, args, env=env, user_name=user_name or "")
+    return gproc.create(sys.executable, cwd, args, env=env, user_name=user_name or "",
+                        options=None if label is None else {"label": label})
+
+
+def _target_name(target):
+    """``mymod.work``: a target's module and qualified name, or None."""
+    if target is None:
+        return None
+    qn = getattr(target, "__qualname__", None)
+    mod = getattr(target, "__module__", None)
+    if not isinstance(qn, str):
+        qn, mod = type(target).__qualname__, type(target).__module__
+    return f"{mod}.{qn}" if isinstance(mod, str) and mod else qn
 
 
 _environ_cache = [None, None]     # [os.environ's bytes mapping as it was, what it gave]
@@ -573,6 +586,7 @@ class Process:
         self._kwargs = dict(kwargs or {})
         self._gs_name = name
         self._name = name or f"Process-{next(_counter)}"
+        self._what = None             # what it is, for `ember ps` (default: the target's name)
         self._daemon = bool(daemon)
         self._env = dict(env or {})
         self._cwd = cwd
@@ -585,6 +599,16 @@ class Process:
         self._outcome = None          # (kind, value) once decided
         self._closed = False
         self._lock = threading.RLock()
+
+    def _ps_label(self):
+        """What `ember ps` shows for this process when it has no GS name
+        (ProcessOptions.label), as multiprocessing names its processes:
+        ``"Process-3 (mymod.work)"``; None for a named one."""
+        if self._gs_name is not None:
+            return None
+        what = self._what or _target_name(self._target)
+        label = f"{self._name} ({what})" if what else self._name
+        return label[:ProcessOptions.LABEL_MAX]
 
     # ------------------------------------------------------------------
     @classmethod
@@ -735,7 +759,7 @@ class Process:
             _drop(lease)
             raise
         _t("P.sent")
-        connection().post(m.ProcessClaim, lease.desc.p_uid)
+        connection().post(m.ProcessClaim, lease.desc.p_uid, self._ps_label())
         self._desc = lease.desc
         self._res = res
         self._finalizer = weakref.finalize(self, res.release)
@@ -767,7 +791,7 @@ class Process:
             env = _environ()
             env.update(self._env)
             _t("P.create")
-            self._desc = _create(args, env, self._cwd, self._gs_name)
+            self._desc = _create(args, env, self._cwd, self._gs_name, self._ps_label())
             _t("P.created")
         except BaseException:
             fin()
@@ -818,7 +842,7 @@ class Process:
             from ..globalservices import process as gproc
             self._desc = gproc.create(sys.executable, self._cwd, args, env=env,
                                       user_name=self._gs_name or "",
-                                      options={"node": node})
+                                      options={"node": node, "label": self._ps_label()})
             res.watch(self._desc.p_uid)
         except BaseException:
             fin()
