@@ -1064,6 +1064,8 @@ def test_idle_spare_killed_by_hand_is_no_death(tmp_path):
         os.kill(s, signal.SIGKILL)
         print("spare gone", wait_gone([s]) == [])
         p = ember.Process(target=hang); p.start()
+        while p.pid in leased():     # not running yet: still an idle spare (no death)
+            time.sleep(0.005)
         os.kill(p.pid, signal.SIGKILL)
         p.join()
         print("user process", p.exitcode, s != p.pid)
