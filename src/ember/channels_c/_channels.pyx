@@ -1426,9 +1426,10 @@ cdef class _BoardPublisher:
             return None
         conn._next_c_uid = None              # (taken: no Python code runs in between)
         tag = next(conn._tags)
+        cdef Channel rch = holder.ch
         try:
             ch, reg, n = self._create(c_uid, EMBER_CH_DEFAULT_CAPACITY, EMBER_CH_DEFAULT_BLOCK,
-                                      False, nm, nl, tag, holder.r, self._od_default)
+                                      False, nm, nl, tag, holder.r, self._od_default, rch._ch)
         except Exception:
             conn._next_c_uid = c_uid         # a full pool: the general path words it
             return None
@@ -1445,11 +1446,16 @@ cdef class _BoardPublisher:
         name, the board busy, GS's input full): the caller then sends the
         register itself."""
         return self._create(c_uid, capacity, block_size, ref_count, PyBytes_AS_STRING(name),
-                            PyBytes_GET_SIZE(name), tag, r, options)
+                            PyBytes_GET_SIZE(name), tag, r, options, NULL)
 
     cdef tuple _create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size,
                        bint ref_count, const char *name, Py_ssize_t nl, uint64_t tag, bytes r,
-                       bytes options):
+                       bytes options, ember_ch_t *reply):
+        # ``reply``: the handle of the reply channel ``r`` (or NULL): once
+        # joiners were answered, the creator sleeps on it for GS's answer
+        # at once, before any more Python (a joiner the kernel put on this
+        # CPU runs only once we block; the caller's wait, whose spin it
+        # sets to 0 here, then finds the answer there).
         # Nothing is allocated by Python before the joiners' wake-up (each
         # object made right after a sleep costs microseconds here): the
         # register is packed into a buffer, the Channel object and the
@@ -1533,6 +1539,9 @@ cdef class _BoardPublisher:
             p.test_stop = self._test_stop
             with nogil:
                 answered = ember_wb_publish(&p)
+                if answered > 0 and reply != NULL:
+                    ember_ch_set_spin_range(reply, 0, 0)
+                    ember_ch_poll(reply, 0, _SLICE_NS)    # (any outcome: the caller waits)
             return Channel._wrap(ch, pool, True), PyBytes_FromStringAndSize(<const char *>buf, used), answered
         finally:
             if buf != stack_buf:
