@@ -235,6 +235,10 @@ ds.close()
     c_uid, send = there.c_uid, ds.send
     time_round_trips("drtt", lambda m: send(c_uid, m), lambda: inbox.recv(pong, w))
     process.join(p.p_uid)
+    inbox.unwatch(w)
+    w.close()
+    inbox.close()
+    ds.close()
 
 
 if "direct" in ONLY:

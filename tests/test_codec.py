@@ -12,6 +12,26 @@ import threading
 import numpy as np
 import pytest
 
+def test_a_recursive_closure_is_not_kept_alive_by_the_pickle_cache():
+    """A function that reaches itself (a recursive closure) would hold its
+    own weak key alive in the cache's fingerprint: it is not kept, and is
+    freed once its program drops it."""
+    import gc
+    import weakref
+
+    def make():
+        def rec(n):
+            return rec(n - 1) if n else 0
+        return rec
+
+    fn = make()
+    assert _codec.prepickled(fn) is not None
+    ref = weakref.ref(fn)
+    del fn
+    gc.collect()
+    assert ref() is None
+
+
 import ember
 from ember.exceptions import MessageError
 from ember.objects import _codec

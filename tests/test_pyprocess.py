@@ -1064,7 +1064,9 @@ def test_idle_spare_killed_by_hand_is_no_death(tmp_path):
         os.kill(s, signal.SIGKILL)
         print("spare gone", wait_gone([s]) == [])
         p = ember.Process(target=hang); p.start()
+        deadline = time.monotonic() + 30
         while p.pid in leased():     # not running yet: still an idle spare (no death)
+            assert time.monotonic() < deadline, "the Process never took its call"
             time.sleep(0.005)
         os.kill(p.pid, signal.SIGKILL)
         p.join()

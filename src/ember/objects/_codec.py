@@ -258,7 +258,10 @@ def prepickled(fn):
         if hit is not None and _same(hit[0], fp):
             return hit[1]
         pre = Prepickled(_cloud_dumps(fn))
-        _fn_cache[fn] = (fp, pre)
+        if not any(x is fn for x in fp):
+            # (a function that reaches itself, e.g. a recursive closure,
+            # would hold its own weak key alive: not kept)
+            _fn_cache[fn] = (fp, pre)
         return pre
     except Exception:
         return None

@@ -114,7 +114,8 @@ class TakenRecord:
     HEAD = 64
     SLOT = struct.Struct("<QQ16sQ")       # c_uid, sender length, sender, seq
     SLOTS = 128
-    SIZE = HEAD + SLOTS * 48
+    STRIDE = 48                           # a slot's bytes (SLOT's 40, 8-aligned cell)
+    SIZE = HEAD + SLOTS * STRIDE
 
     def __init__(self):
         import mmap
@@ -132,7 +133,7 @@ class TakenRecord:
             raise ChannelError(f"inbox: more than {self.SLOTS} (sender, channel) pairs")
         if not 0 < len(sender) <= 16:
             raise ChannelError(f"inbox: a sender id of {len(sender)} bytes")
-        off = self.HEAD + self.used * 48
+        off = self.HEAD + self.used * self.STRIDE
         self.used += 1
         # the slot's names first, c_uid last (a reader skips c_uid 0), then the cell
         struct.pack_into("<Q16s", self.map, off + 8, len(sender), sender)
@@ -146,7 +147,7 @@ class TakenRecord:
             raise ChannelError("not an inbox's taken record")
         out = {}
         for i in range(cls.SLOTS):
-            c_uid, n, sender, seq = cls.SLOT.unpack_from(buf, cls.HEAD + i * 48)
+            c_uid, n, sender, seq = cls.SLOT.unpack_from(buf, cls.HEAD + i * cls.STRIDE)
             if c_uid:
                 out[(sender[:n], c_uid)] = seq
         return out
@@ -244,7 +245,10 @@ class Inbox:
                     pass
             q = self.held.get(c_uid)
             if q:
-                return self._take(c_uid, q.popleft())
+                got = self._take(c_uid, q)
+                if got is not None:
+                    return got
+                continue
             # the socket's events are asked only if they may have changed
             # since they said "no input" (a wake-up of its descriptor)
             if not self._fresh and self._read():
@@ -265,19 +269,29 @@ class Inbox:
                     continue
             else:
                 ready = self._poll.poll(None if left is None else left * 1000.0)
-            for fd, _ in ready:
+            for fd, ev in ready:
                 if fd == self._zfd:
                     self._fresh = False
+                elif ev & select.POLLNVAL:     # a watch closed without unwatch()
+                    self._poll.unregister(fd)
+                    self._watched.discard(fd)
 
-    def _take(self, c_uid, item):
-        sender, seq, frame = item
+    def _take(self, c_uid, q):
+        """Take the first message of ``q`` (a channel's held deque); None
+        if it was a duplicate (dropped).  A gap in a sender's sequence
+        raises ChannelError and leaves the message where it is."""
+        sender, seq, frame = q[0]
         key = (sender, c_uid)
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self.record.cell(sender, c_uid)
+        if seq <= cell.value:
+            q.popleft()               # taken before (a resend): nothing to return
+            return None
         if seq != cell.value + 1:
             raise ChannelError(f"inbox: message {seq} of a sender on channel {c_uid} after "
                                f"{cell.value}: the sender's sequence broke")
+        q.popleft()
         cell.value = seq              # the record, before the message is returned
         if seq - self._acked.get(key, 0) >= ACK_EVERY:
             self._ack(key, seq)
@@ -319,7 +333,10 @@ class DirectSender:
     the receiver's back-pressure)."""
 
     def __init__(self, address):
-        self.sock = _server_backend().client(address, remote._keys()).sock
+        # a fixed identity: after a reconnect the inbox still knows the
+        # stream (its ROUTER keys sequence numbers and acknowledgements on it)
+        self.sock = _server_backend().client(address, remote._keys(),
+                                             identity=os.urandom(16)).sock
         self.sock.linger = 2000
         self.seq = {}             # c_uid -> the last sequence number sent
         self.copies = {}          # c_uid -> deque of (seq, data) not acknowledged

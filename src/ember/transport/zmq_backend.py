@@ -124,6 +124,7 @@ class ZmqBackend(Backend):
     def __init__(self, io_threads=1, ctx=None):
         keep_heap()
         self.ctx = zmq.Context(io_threads) if ctx is None else ctx
+        self._own_ctx = ctx is None   # a borrowed one is its owner's to destroy
         self.zap = None
 
     @staticmethod
@@ -178,4 +179,5 @@ class ZmqBackend(Backend):
         return p
 
     def close(self):
-        self.ctx.destroy(linger=0)
+        if self._own_ctx:             # (a borrowed one's sockets, ZAP's too, go with it)
+            self.ctx.destroy(linger=0)
