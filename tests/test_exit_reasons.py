@@ -220,10 +220,13 @@ def test_sigkill_by_someone_else_without_oom_is_not_oom(tmp_path, xdg):
         """, preexec_fn=None if cg is None else join_cgroup)
         try:
             def victim():
+                # listed from its create on, with pid None until the shepherd
+                # has started it (the head may be in join() before that)
                 res = ember(xdg, "ps", "--json")
                 if res.returncode:
                     return None
-                return next((r for r in json.loads(res.stdout) if r["name"] == "victim"), None)
+                return next((r for r in json.loads(res.stdout)
+                             if r["name"] == "victim" and r["pid"] is not None), None)
             pid = _wait_for(victim, "the victim")["pid"]
             if cg is not None:
                 assert _in_cgroup(pid, cg), open(f"/proc/{pid}/cgroup").read()
