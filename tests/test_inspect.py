@@ -551,6 +551,52 @@ def test_unnamed_processes_show_their_target_and_idle_workers_as_such(tmp_path, 
         _stop(run)
 
 
+# concurrent.futures' ProcessPoolExecutor on the "ember" start method: two
+# workers (each one's initializer waits for the other: both exist), idle.
+POOL_EXECUTOR = """\
+import concurrent.futures as cf, multiprocessing as mp, os, sys, time
+
+if __name__ == "__main__":
+    ctx = mp.get_context("ember")
+    b = ctx.Barrier(2)
+    ex = cf.ProcessPoolExecutor(2, mp_context=ctx, initializer=b.wait)
+    print(sorted(ex.map(abs, [-1, -2])), flush=True)
+    while not os.path.exists("go"):
+        time.sleep(0.05)
+    print(sorted(ex.map(abs, range(-20, 0))), flush=True)
+    ex.shutdown()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_idle_workers_of_a_process_pool_executor_show_as_such(tmp_path, xdg):
+    """A ProcessPoolExecutor's worker (ember.mp) waits for tasks on an OS
+    pipe, which the C layer's records do not see: it showed as a
+    'sleeping' 'Process-1 (ember.mp._child.main)', and a second idle
+    worker as blocked on a Lock the first held.  Each shows as an idle
+    worker of a ProcessPoolExecutor, named as multiprocessing names it,
+    and tasks still reach them."""
+    run = _start(tmp_path, xdg, POOL_EXECUTOR)
+    try:
+        workers = {"EmberProcess-1 (ProcessPoolExecutor worker)",
+                   "EmberProcess-2 (ProcessPoolExecutor worker)"}
+        by = _wait_ps(xdg, "both workers to idle",
+                      lambda by: workers <= set(by) and
+                      all(by[w]["status"].startswith("idle") for w in workers),
+                      key=lambda r, rows: r["label"])
+        assert set(by) == {None} | workers, by
+        for w in workers:
+            assert by[w]["status"] == "idle (a ProcessPoolExecutor's worker waiting for tasks)"
+            assert by[w]["blocked_on"] == "recv(tasks of a ProcessPoolExecutor)"
+            assert by[w]["name"] is None and by[w]["parent"] == by[None]["p_uid"]
+        (tmp_path / "go").touch()
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, (out, err)
+        assert out.decode().splitlines() == ["[1, 2]", str(list(range(1, 21)))], (out, err)
+    finally:
+        _stop(run)
+
+
 def test_roles_in_c_uids():
     from ember import _roles
     from ember.globalservices._client import is_reply_c_uid

@@ -3,7 +3,9 @@ c_uid, so that ``ember ps`` can say what a process blocked on it waits for.
 
 A Process's call and result channels, an Executor's task and result
 channels and a shared object host's start-up channels are neither GS
-channels nor GS objects: nothing names them but their c_uid, and a wait on
+channels nor GS objects (nor is a ProcessPoolExecutor's call queue, an OS
+pipe, whose idle workers record a receive from a c_uid of its role:
+``ember.mp._child``): nothing names them but their c_uid, and a wait on
 one used to show as ``recv(channel 4611686...)``.  Their creator makes the
 c_uid with :func:`c_uid` (the same one random draw as ``Channel.create``'s
 own c_uid): bit 63 clear (it marks GS's reply channels,
@@ -15,12 +17,18 @@ of about 1 in 100,000.
 import os
 
 __all__ = ["PROCESS_CALL", "PROCESS_RESULT", "EXECUTOR_TASKS", "EXECUTOR_RESULTS",
-           "SHARED_BOOT", "c_uid", "label"]
+           "SHARED_BOOT", "POOL_EXECUTOR_TASKS", "IDLE", "c_uid", "label"]
 
 PROCESS_CALL, PROCESS_RESULT, EXECUTOR_TASKS, EXECUTOR_RESULTS, SHARED_BOOT = 1, 2, 3, 4, 5
+POOL_EXECUTOR_TASKS = 6
 LABELS = {PROCESS_CALL: "call of a Process", PROCESS_RESULT: "result of a Process",
           EXECUTOR_TASKS: "tasks of an Executor", EXECUTOR_RESULTS: "results of an Executor",
-          SHARED_BOOT: "start-up of a shared object's host"}
+          SHARED_BOOT: "start-up of a shared object's host",
+          POOL_EXECUTOR_TASKS: "tasks of a ProcessPoolExecutor"}
+#: ``ember ps``'s status of a worker waiting on its executor's tasks (its
+#: role's label).
+IDLE = {LABELS[EXECUTOR_TASKS]: "idle (an Executor's worker waiting for tasks)",
+        LABELS[POOL_EXECUTOR_TASKS]: "idle (a ProcessPoolExecutor's worker waiting for tasks)"}
 _MARK = 1 << 62 | 0xEB7 << 44
 _MARK_MASK = 3 << 62 | 0xFFF << 44
 _RANDOM = (1 << 44) - 1

@@ -1097,9 +1097,13 @@ cdef extern from "slots.h" nogil:
         EMBER_SLOTS_COUNT
     size_t EMBER_SLOTS_BYTES
 
+    enum:
+        EMBER_WAIT_RECV
     ember_rc_t ember_slots_bind(void *base, size_t len, uint64_t p_uid)
     ember_rc_t ember_slots_read(const void *base, size_t len, ember_slot_rec_t *out, size_t cap,
                                 size_t *n)
+    void _ember_slot_wait_begin(uint32_t op, uint64_t c_uid, uint32_t count, uint64_t obj)
+    void _ember_slot_wait_end()
 
 SLOTS_BYTES = EMBER_SLOTS_BYTES
 _SLOT_OPS = {1: "recv", 2: "send", 3: "wait_any", 4: "wait_any(writable)", 5: "acquire",
@@ -1184,6 +1188,19 @@ def _slots_bind_path(path, uint64_t p_uid):
         munmap(p, EMBER_SLOTS_BYTES)
         raise ChannelError(f"cannot bind the process slot: [{ember_rc_str(rc).decode()}]")
     _slots_map = p
+
+
+def _slot_recv_begin(uint64_t c_uid):
+    """Record "blocked on a receive from ``c_uid``" in this process's slot,
+    for a wait the C layer does not see (Python code waiting on a pipe: an
+    idle worker of a ProcessPoolExecutor, ember.mp._child); a no-op if the
+    process is unbound.  :func:`_slot_wait_end` ends it."""
+    _ember_slot_wait_begin(EMBER_WAIT_RECV, c_uid, 1, 0)
+
+
+def _slot_wait_end():
+    """End the calling thread's wait record (:func:`_slot_recv_begin`)."""
+    _ember_slot_wait_end()
 
 
 def _slots_read_path(path):

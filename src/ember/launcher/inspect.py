@@ -390,8 +390,9 @@ def process_rows(ins, dump=None, slots=None, all_=False):
                 if slot is not None and slot["pid"] == p["os_pid"]:
                     row["blocked_since"] = slot["since"]
                 row["status"] = f"blocked on {what}"
-                if (detail or {}).get("role") == _roles.LABELS[_roles.EXECUTOR_TASKS]:
-                    row["status"] = "idle (an Executor's worker waiting for tasks)"
+                idle = _roles.IDLE.get((detail or {}).get("role"))
+                if idle is not None:
+                    row["status"] = idle
             else:
                 row["status"] = info.get("os_state", "running")
         rows.append(row)

@@ -53,6 +53,47 @@ context._patch_wait()
 _tracker_hook()
 
 
+#: How long a worker that found its task taken by another waits for the
+#: queue's lock and a task before it waits idle again.
+_TAKEN_WAIT = 0.05
+
+
+def _show_idle(call_queue):
+    """A ProcessPoolExecutor's worker waits for its next task on an OS pipe
+    (its call queue), which the C layer's wait records do not see: `ember
+    ps` showed it "sleeping" on nothing.  Its blocking ``get()`` (the only
+    one the worker makes) now waits for the pipe to be readable outside
+    the queue's lock, recording "receive from the tasks of a
+    ProcessPoolExecutor" in the process slot meanwhile (``ember ps``:
+    "idle (a ProcessPoolExecutor's worker waiting for tasks)"), then takes
+    the task as before, under the lock.  A worker that another one beat to
+    the task waits again (no idle worker sits on the lock, shown blocked on
+    a Lock its neighbour holds)."""
+    import queue
+    from .. import _roles
+    from ..channels_c import _channels
+
+    c_uid = _roles.c_uid(_roles.POOL_EXECUTOR_TASKS)
+    get, readable = call_queue.get, call_queue._reader.poll
+
+    def idle_get(block=True, timeout=None):
+        if not block or timeout is not None:
+            return get(block, timeout)
+        while True:
+            if not readable():
+                _channels._slot_recv_begin(c_uid)
+                try:
+                    readable(None)     # a task, or the end of the pipe
+                finally:
+                    _channels._slot_wait_end()
+            try:
+                return get(True, _TAKEN_WAIT)
+            except queue.Empty:         # another worker took it
+                pass
+
+    call_queue.get = idle_get
+
+
 def _devnull_stdin():
     """``(text stream over fd 0, /dev/null's stat)`` when fd 0 is
     /dev/null, as in the template (which imports this module before it
@@ -250,6 +291,8 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     except OSError:
         sentinel = None
     _take_stdin(process_obj)
+    if context.is_pool_executor_worker(process_obj):
+        _show_idle(process_obj._args[0])
     exitcode = process_obj._bootstrap(parent_sentinel=sentinel)
     _t("M.c_booted")
     sys.exit(exitcode)

@@ -365,6 +365,8 @@ class Popen:
         p = _m.process.Process(target=_m.child.main,
                        args=(prep_b, obj_b, tracker) + codes + (process_obj._name, key),
                        daemon=bool(process_obj.daemon))
+        # `ember ps` shows it as multiprocessing names it, with its target
+        p._name, p._what = process_obj.name, _ps_what(process_obj)
         p.start()
         self._proc = p
         self.pid = p.pid
@@ -417,6 +419,23 @@ class Popen:
 
 #: In a child: the sys.stdin that EmberProcess._after_fork puts in place.
 _stdin_after_fork = []
+
+
+def is_pool_executor_worker(process_obj):
+    """Whether ``process_obj`` is a worker of concurrent.futures'
+    ProcessPoolExecutor (its target is that module's worker loop)."""
+    target = process_obj._target
+    return getattr(target, "__module__", None) == "concurrent.futures.process" and \
+        getattr(target, "__name__", None) == "_process_worker"
+
+
+def _ps_what(process_obj):
+    """What ``ember ps`` shows after a child's name: its target
+    (``mymod.work``); ``ProcessPoolExecutor worker`` for one of
+    concurrent.futures' workers; None for a subclass's own run()."""
+    if is_pool_executor_worker(process_obj):
+        return "ProcessPoolExecutor worker"
+    return _m.process._target_name(process_obj._target)
 
 
 class EmberProcess(_mpprocess.BaseProcess):
