@@ -875,6 +875,47 @@ def test_spares_are_hidden_until_claimed_and_die_with_their_creator(h, tmp_path)
     h.gs._close_events()
 
 
+def test_a_lease_dead_as_idle_is_reported_only_if_claimed(h, tmp_path):
+    """A lease killed by a signal nobody in ember sent while still named
+    as an idle spare: the shepherd leaves its death report to GS
+    (ShExited.info "idle_report"), which sends it back (ShDeathReport)
+    only if the lease was claimed, whether the claim came before or after
+    the exit; the line never reaches the event log's info."""
+    h.gs.events_path = str(tmp_path / "r.events")
+    creator = h.create("creator")
+
+    def spare():
+        key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {"spare": True}, False,
+                    p_uid=creator)
+        h.spawn_all()
+        return h.ok(key)["p_uid"]
+
+    def died(p_uid):
+        info = {"status": signal.SIGKILL, "core_dumped": False, "oom_killed": False,
+                "idle_report": f"ember: process {p_uid} (pid 1) killed by SIGKILL\n"}
+        h.shepherd(m.ShExited(p_uid, -signal.SIGKILL, info))
+
+    def reports():
+        got = [(x.p_uid, x.line) for x in h.sh if type(x) is m.ShDeathReport]
+        h.sh.clear()
+        return got
+
+    idle, before, after = spare(), spare(), spare()
+    h.sh.clear()
+    died(idle)                                   # never claimed: nothing
+    h.req(m.ProcessClaim, before, p_uid=creator)
+    died(before)                                 # claimed, then dead
+    assert reports() == [(before, f"ember: process {before} (pid 1) killed by SIGKILL\n")]
+    died(after)                                  # dead, then claimed
+    assert reports() == []
+    h.req(m.ProcessClaim, after, p_uid=creator)
+    assert reports() == [(after, f"ember: process {after} (pid 1) killed by SIGKILL\n")]
+    exited = [e for e in _events_of(tmp_path / "r.events") if e["event"] == "process.exited"]
+    assert [e["p_uid"] for e in exited] == [before, after]
+    assert not any("idle_report" in str(e) for e in exited), exited
+    h.gs._close_events()
+
+
 def _events_of(path):
     import json
     with open(path) as f:

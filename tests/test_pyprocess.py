@@ -1076,3 +1076,36 @@ def test_idle_spare_killed_by_hand_is_no_death(tmp_path):
     err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
     assert len(err) == 1 and err[0].startswith("ember: process ") and \
         err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
+
+
+def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
+    """A lease killed by hand after start() sent it its call but before it
+    read it (still named ember-leased) is a user's process dying: its death
+    is reported (GS knows it was claimed); an idle lease killed by hand is
+    still not."""
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        from ember.objects import process as P
+
+        def f():
+            return 1
+
+        for _ in range(2):
+            p = ember.Process(target=f); p.start(); p.join()
+        P._settle(P._lease)
+        s = P._lease.desc.os_pid
+        os.kill(s, signal.SIGSTOP)        # it cannot read its call
+        p = ember.Process(target=f); p.start()
+        print("from the lease", p.pid == s, s in leased())
+        os.kill(s, signal.SIGKILL)
+        p.join()
+        print("exit", p.exitcode)
+        (s2,) = wait_leased()             # the next start's, idle
+        os.kill(s2, signal.SIGKILL)
+        print("idle gone", wait_gone([s2]) == [])
+        print("p_uid", p.p_uid)
+    """))
+    lines = ok(res).splitlines()
+    assert lines[:3] == ["from the lease True True", "exit -9", "idle gone True"], lines
+    err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
+    assert len(err) == 1 and err[0].startswith(f"ember: process {lines[3].split()[1]} (pid ") \
+        and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()

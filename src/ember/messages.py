@@ -248,12 +248,20 @@ _define(142, "ChannelRegisterPosted", _REQ + "m_uid user_name options sdesc")
 # refusal is logged).  ``ident``: the spare's p_uid.
 # ``label`` (optional): what `ember ps` shows for it, as ProcessOptions.label.
 _define(160, "ProcessClaim", _REQ + "ident label", {"label": None})
+# GS -> shepherd: write ``line``, the death report of process ``p_uid``: a
+# lease that died by a signal nobody in ember sent, still named as an idle
+# spare (before it read its call), which the shepherd left to GS to decide
+# (ShExited.info ``idle_report``) and GS found claimed: a user's process.
+_define(161, "ShDeathReport", "p_uid line")
 
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
 # info (optional; None from a sender that cannot know, e.g. an attached
 # process's exit): {"status": the raw wait status, "core_dumped": bool,
-# "oom_killed": True / False / None (unknown: no memory cgroup to ask)}
+# "oom_killed": True / False / None (unknown: no memory cgroup to ask),
+# and, for a lease that died as an idle spare by a signal nobody in ember
+# sent, "idle_report": its death report line, written (ShDeathReport) only
+# if GS finds it was claimed}
 _define(61, "ShExited", "p_uid exit_code info", {"info": None})
 _define(62, "ShShutdownDone", "ref")
 # on GS's public input channel, after a message was put on its private

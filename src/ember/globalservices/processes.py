@@ -343,22 +343,36 @@ class ProcessesPart:
         if info is not None and not isinstance(info, dict):
             log.warning("ShExited with a bad info %r", info)
             info = None
-        self._exited(rec, msg.exit_code, info)
+        report = None
+        if info is not None and "idle_report" in info:
+            info = dict(info)
+            report = info.pop("idle_report")
+        self._exited(rec, msg.exit_code, info, report)
 
-    def _exited(self, rec, exit_code, info=None):
+    def _death_report(self, rec, report):
+        """A lease that died, named as an idle spare, by a signal nobody in
+        ember sent, was claimed (its creator had sent its call): a user's
+        process died, and the shepherd writes the report it left to us."""
+        if isinstance(report, str):
+            self.to_node(rec.node, m.ShDeathReport(rec.p_uid, report))
+
+    def _exited(self, rec, exit_code, info=None, report=None):
         """Everything a process's end releases (its pool blocks are swept by
         the node's shepherd, which reaped it, before it reports the exit; an
-        attached process that detaches and lives on keeps its blocks)."""
+        attached process that detaches and lives on keeps its blocks).
+        ``report``: a lease's death report, written only if it was claimed
+        (ShExited.info ``idle_report``)."""
         p_uid = rec.p_uid
         rec.state = EXITED
         rec.exit_code = exit_code
         rec.exit_info = info
         log.info("%s exited with code %s", self._proc_label(rec), exit_code)
         if rec.spare:
-            rec.exit_held = (exit_code, info)     # told if it is claimed after all
+            rec.exit_held = (exit_code, info, report)     # told if it is claimed after all
             self._unlist_spare(rec)
         else:
             self._event_exited(rec, exit_code, info)
+            self._death_report(rec, report)
         # Its unclaimed spares go with it (nobody else may take them).
         for sp in self.spares_of.pop(p_uid, ()):
             srec = self.procs.get(sp)
@@ -437,9 +451,10 @@ class ProcessesPart:
         self._event("process.started", p_uid=rec.p_uid, name=None, pid=rec.os_pid,
                     exe=rec.exe, parent=rec.creator)
         if rec.exit_held is not None:             # it has ended already
-            code, info = rec.exit_held
+            code, info, report = rec.exit_held
             rec.exit_held = None
             self._event_exited(rec, code, info)
+            self._death_report(rec, report)
 
     def on_process_list(self, msg):
         # Every process GS knows, exited ones included (process.query still

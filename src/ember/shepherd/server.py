@@ -83,10 +83,12 @@ class _Child:
 
 
 def _idle_spare(pid):
-    """True if the zombie ``pid`` died as a spare, before its call (killed
-    by hand, or a lease by its creator at its exit): no user process died,
-    so the shepherd reports nothing.  A spare is named ``ember-spare``
-    until its request, a lease ``ember-leased`` from then until its call."""
+    """True if the zombie ``pid`` died as a spare, before it read its call
+    (killed by hand, or a lease by its creator at its exit): no user
+    process died, unless its creator had sent the call and claimed it
+    (GS knows: the shepherd leaves the report to it).  A spare is named
+    ``ember-spare`` until its request, a lease ``ember-leased`` from then
+    until it has read its call."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             return f.read().rstrip(b"\n") in (LEASED_COMM, _template.SPARE_COMM)
@@ -298,9 +300,11 @@ class Shepherd(Service):
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._template = None         # the warm template, started on first use
         # GS's requests: notices (each handler sends its own answer, if any).
+        self._death_lines = []        # ShDeathReport lines, for the main thread to write
         for cls, method in ((M.ShSpawn, self._on_spawn), (M.ShKill, self._on_kill),
                             (M.ShShutdown, self._on_shutdown), (M.ShWatch, self._on_watch),
-                            (M.ShUnwatch, self._on_unwatch)):
+                            (M.ShUnwatch, self._on_unwatch),
+                            (M.ShDeathReport, self._on_death_report)):
             self.on(cls, method, NOTICE)
         # The node's pools and channels (created and destroyed on GS's behalf).
         from .resources import NodeResources
@@ -628,6 +632,15 @@ class Shepherd(Service):
         os.close(child.pidfd)
         child.pidfd = -1
 
+    def _on_death_report(self, msg):
+        """GS found that a lease we reported as dead while idle had been
+        claimed: its death report is written after all (by the main
+        thread, which writes all output)."""
+        if isinstance(msg.line, str) and self._death_reports:
+            self._death_lines.append(msg.line)
+            os.eventfd_write(self._wake, 1)
+        return True
+
     def _on_shutdown(self, msg):
         self.request_stop(msg.tag)
         return False
@@ -662,6 +675,8 @@ class Shepherd(Service):
                             os.eventfd_read(self._wake)
                         except BlockingIOError:
                             pass
+                        while self._death_lines:
+                            self._report(self._death_lines.pop(0).encode(errors="replace"))
                         continue
                     # The fd may have been closed since poll() returned
                     # (an exit earlier in this batch, or the request thread:
@@ -783,7 +798,9 @@ class Shepherd(Service):
         oom = self._oom_killed(child, unsent)  # its cgroup is readable until the reap
         # Only a lease can have died idle: a child that a shepherd spare
         # was handed (not a lease) is a user process from the hand-over on,
-        # though it may not have taken the template's name back yet.
+        # though it may not have taken the template's name back yet.  A
+        # lease's name says idle until it has read its call, but its creator
+        # may have sent it (and claimed it in GS): GS decides (below).
         idle = child.lease and unsent is not None and _idle_spare(child.pid)
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
@@ -808,11 +825,18 @@ class Shepherd(Service):
                 self._drain(s, final=True)
         log.info("p_uid %d (pid %d) exited with code %d", child.p_uid, child.pid, code)
         if (self._death_reports and status is not None and os.WIFSIGNALED(status)
-                and os.WTERMSIG(status) not in child.sent and not idle):
+                and os.WTERMSIG(status) not in child.sent):
             name = f" {child.name!r}" if child.name else ""
             core = " (core dumped)" if os.WCOREDUMP(status) else ""
-            self._report(f"ember: process {child.p_uid}{name} (pid {child.pid}) killed by "
-                         f"{_signame(os.WTERMSIG(status))}{core}\n".encode(errors="replace"))
+            line = (f"ember: process {child.p_uid}{name} (pid {child.pid}) killed by "
+                    f"{_signame(os.WTERMSIG(status))}{core}\n")
+            if idle:
+                # Idle by its name, but its creator may have sent its call
+                # already (start() returned): GS knows whether it claimed
+                # it, and sends the line back then (ShDeathReport).
+                info["idle_report"] = line
+            else:
+                self._report(line.encode(errors="replace"))
         self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
         self._send(M.ShExited(child.p_uid, code, info))
         template = self._template
