@@ -39,3 +39,26 @@ cdef extern from "spawn.h" nogil:
                            ember_spawn_failure_t *failure)
     ember_rc_t ember_set_pdeathsig(int sig)
     const char *ember_spawn_step_str(int step)
+
+
+cdef extern from "spares.h":
+    # (not nogil: the loop calls PyOS_BeforeFork/AfterFork with the GIL held)
+    enum:
+        EMBER_SPARES_CHILD
+        EMBER_SPARES_MESSAGE
+        EMBER_SPARES_EOF
+
+    ctypedef struct ember_spares_args_t:
+        int sock
+        const char *request
+        size_t request_len
+        const char *tail
+        size_t tail_len
+        void *tid_addr
+        void *robust_head
+        size_t robust_len
+        char *buf
+        size_t buf_cap
+
+    ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
+                                  int fds_out[3], int *nfds_out, int *sock_out)

@@ -19,7 +19,8 @@ from libc.errno cimport errno
 from libc.stdlib cimport malloc, free
 from posix.types cimport pid_t
 
-__all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str"]
+__all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str",
+           "serve_spares"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -176,6 +177,52 @@ def set_pdeathsig(int sig):
     if ember_set_pdeathsig(sig) != EMBER_OK:
         e = errno
         raise OSError(e, f"prctl(PR_SET_PDEATHSIG, {sig}) failed: {os.strerror(e)}")
+
+
+# ------------------------------------------------------------- spares
+from cpython.bytearray cimport PyByteArray_AS_STRING
+
+
+def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t robust_head,
+                 size_t robust_len, bytearray buf):
+    """The warm template's spare loop in C (spares.h): answer every
+    request on ``sock`` that is exactly ``request`` (no fds) by cloning a
+    spare and sending ``[pid] + tail`` (``tail``: the msgpack of the
+    answer's other three items) with the spare's end of a new socket pair;
+    return at the first other request.  Only in a single-threaded
+    template, with the GIL held throughout.
+
+    Returns ``("child", fd)`` in a new spare (its end of the pair),
+    ``("message", n, fds)`` for a request the caller must handle (in
+    ``buf[:n]``, with the fds it came with), or ``("eof",)``.  OSError if
+    receiving or answering failed (the shepherd is gone); ValueError if
+    this machine is not supported."""
+    cdef ember_spares_args_t a
+    cdef int what = 0, nfds = 0, child_sock = -1
+    cdef int fds[3]
+    cdef size_t n = 0
+    cdef ember_rc_t rc
+    a.sock = sock
+    a.request = PyBytes_AS_STRING(request)
+    a.request_len = len(request)
+    a.tail = PyBytes_AS_STRING(tail)
+    a.tail_len = len(tail)
+    a.tid_addr = <void *>tid_addr
+    a.robust_head = <void *>robust_head
+    a.robust_len = robust_len
+    a.buf = PyByteArray_AS_STRING(buf)
+    a.buf_cap = len(buf)
+    rc = ember_spares_serve(&a, &what, &n, fds, &nfds, &child_sock)
+    if rc == EMBER_ERR_OS:
+        e = errno
+        raise OSError(e, f"the template's spare loop: {os.strerror(e)}")
+    if rc != EMBER_OK:
+        raise ValueError("serve_spares: not supported here")
+    if what == EMBER_SPARES_CHILD:
+        return ("child", child_sock)
+    if what == EMBER_SPARES_EOF:
+        return ("eof",)
+    return ("message", n, [fds[i] for i in range(nfds)])
 
 
 # ------------------------------------------------------------- secrets

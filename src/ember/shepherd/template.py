@@ -34,10 +34,12 @@ The spares (single-threaded template only): the shepherd keeps
 (``["spare", preload]``) after a spawn the template forked, at once;
 after one that a spare took, when a child exits or :data:`SPARE_DELAY`
 later, so that making it does not compete for the CPUs with the child
-just started (:meth:`Template.spawn`).  The template clones each (:func:`_make_spare`), it does what needs nothing of a
-request (:func:`_detach`) and waits on a socket pair, whose other end the
-template hands to the shepherd (``SCM_RIGHTS``, with ``[pid, None,
-preloaded modules, no more spares]``) and closes.  The shepherd sends the
+just started (:meth:`Template.spawn`).  The template clones each (in C,
+:func:`_spare_loop`: ``_spawn.serve_spares``, spares.c, while the requests
+are the one it last served in Python, :func:`_give_spare`), it does what
+needs nothing of a request (:func:`_detach`) and waits on a socket pair,
+whose other end the template hands to the shepherd (``SCM_RIGHTS``, with
+``[pid, None, preloaded modules, no more spares]``) and closes.  The shepherd sends the
 next request (``[args, envp, cwd]`` and the stdio fds) straight to the
 spare, with no answer to wait for; the template is off the path.  Spares
 that died or cannot be used (forked before a preload the request asks
@@ -65,7 +67,7 @@ from .._trace import t as _t
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, main as _run_worker, parse_argv
-from ._spawn import set_pdeathsig, spawn as _spawn_process
+from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spawn as _spawn_process
 
 
 def _socket():
@@ -620,19 +622,24 @@ def _clone_setup():
             api.PyOS_BeforeFork, api.PyOS_AfterFork_Child, api.PyOS_AfterFork_Parent)
 
 
-def _clone_parent():
-    """fork() as a sibling: ``clone(CLONE_PARENT | CLONE_CHILD_SETTID |
-    SIGCHLD)`` with CPython's before/after-fork steps, so that the child's
-    parent is the shepherd.  Only for a single-threaded template: the
-    pthread_atfork handlers of glibc and of libraries do not run.  Returns
-    the pid (0 in the child); None if unsupported here."""
+def _clone_ready():
+    """True once :func:`_clone_setup` has succeeded here (tried once)."""
     global _clone
     if _clone is None:
         try:
             _clone = _clone_setup()
         except Exception:
             _clone = False
-    if _clone is False:
+    return _clone is not False
+
+
+def _clone_parent():
+    """fork() as a sibling: ``clone(CLONE_PARENT | CLONE_CHILD_SETTID |
+    SIGCHLD)`` with CPython's before/after-fork steps, so that the child's
+    parent is the shepherd.  Only for a single-threaded template: the
+    pthread_atfork handlers of glibc and of libraries do not run.  Returns
+    the pid (0 in the child); None if unsupported here."""
+    if not _clone_ready():
         return None
     ctypes, fn, clone_args, robust_args, before, after_child, after_parent = (
         _clone[0], _clone[1], *_clone[6:])
@@ -942,12 +949,23 @@ def main():
     os.dup2(null, 0)
     os.close(null)
     spares = os.environ.get("EMBER_TEMPLATE_SPARE", "1") != "0"
+    # The spare request served by the loop in C (_serve_spares): the last
+    # one answered here (its preload list imported by then).
+    fast = [msgpack.packb(["spare", []], use_bin_type=True), bytearray()]
     while True:
-        try:
-            msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
-        except OSError:
+        got = _spare_loop(sock, fast, shepherd_pid) if spares else None
+        if got is None:
+            try:
+                msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
+            except OSError:
+                return 0
+        elif got is False:
             return 0
+        else:
+            msg, fds = got
         if not msg:
+            for fd in fds:
+                os.close(fd)
             return 0
         try:
             req = msgpack.unpackb(msg, raw=False)
@@ -958,6 +976,7 @@ def main():
                 os.close(fd)
             if not _give_spare(sock, req, shepherd_pid, spares):
                 return 0
+            fast[0] = msg             # served: the loop in C may answer it from now on
             continue
         try:
             if not isinstance(req, list) or len(req) != 4:
@@ -980,6 +999,40 @@ def main():
             sock.send(msgpack.packb([pid, err, []], use_bin_type=True))
         except OSError:
             return 0
+
+
+def _spare_loop(sock, fast, shepherd_pid):
+    """Serve the shepherd's spare requests in C (``_spawn.serve_spares``,
+    spares.h) while they are ``fast[0]``: no Python runs between clones, so
+    the template writes (and copies, after each clone) a few pages instead
+    of ~145.  Returns the first other request as ``(msg, fds)``, False if
+    the shepherd is gone, or None where the loop cannot run (threads in the
+    template, no raw clone here: the Python path serves).  In a new spare
+    it does not return (:func:`_spare_main`)."""
+    import msgpack
+
+    if not _clone_ready() or not _single_threaded():
+        return None
+    if not fast[1]:
+        fast[1] = bytearray(_MAX_MSG)
+    tail = msgpack.packb(None) + msgpack.packb(sorted(_preloaded), use_bin_type=True) \
+        + msgpack.packb(False)
+    for f in (sys.stdout, sys.stderr):
+        f.flush()
+    _in_clone[0] = True           # the hooks of _CLONE_SKIPS do nothing
+    try:
+        got = _serve_spares(sock.fileno(), fast[0], tail, *_clone[3:6], fast[1])
+    except OSError:
+        return False
+    except ValueError:
+        return None
+    finally:
+        _in_clone[0] = False
+    if got[0] == "child":
+        _spare_main(_socket().socket(fileno=got[1]), shepherd_pid)
+    if got[0] == "eof":
+        return False
+    return bytes(fast[1][:got[1]]), got[2]
 
 
 def _give_spare(sock, req, shepherd_pid, spares):

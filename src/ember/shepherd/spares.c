@@ -1,0 +1,198 @@
+/*
+ * spares.c -- the warm template's spare-making loop (see spares.h for the
+ * contract, what it saves and what a death costs).
+ *
+ * No shared memory and no atomics here: the loop is the template's own,
+ * single-threaded, and talks to the shepherd through one socket.  The
+ * only state it writes between two clones is its stack, the receive
+ * buffer, the socket pair's fds and what PyOS_BeforeFork/AfterFork_Parent
+ * write (the import lock, the at-fork hooks' calls): a few pages where the
+ * Python loop wrote ~145, each copied once after every clone.
+ */
+#include <Python.h>     /* first: it sets the feature macros */
+
+#include "spares.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef CLONE_PARENT
+#define CLONE_PARENT 0x00008000
+#endif
+#ifndef CLONE_CHILD_SETTID
+#define CLONE_CHILD_SETTID 0x01000000
+#endif
+
+#define _EMBER_SPARES_MAX_FDS 3
+
+/* clone() as a sibling (the child's parent is ours: the shepherd), on the
+ * caller's stack as fork() does; the argument order of the raw system call
+ * is the machine's.  -1 with errno ENOSYS where it is not known. */
+static long _ember_clone_sibling(void *tid_addr)
+{
+    unsigned long flags = CLONE_PARENT | CLONE_CHILD_SETTID | SIGCHLD;
+#if defined(__x86_64__)
+    return syscall(SYS_clone, flags, NULL, NULL, tid_addr, 0UL);      /* ..., ctid, tls */
+#elif defined(__aarch64__)
+    return syscall(SYS_clone, flags, NULL, NULL, 0UL, tid_addr);      /* ..., tls, ctid */
+#else
+    (void)flags;
+    (void)tid_addr;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+/* Receive one request; its length (0: EOF) or -1 (errno).  Its fds (at most
+ * three; more are closed) go to fds_out. */
+static ssize_t _ember_spares_recv(const ember_spares_args_t *a, int fds_out[3], int *nfds_out)
+{
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(_EMBER_SPARES_MAX_FDS * sizeof(int))];
+    } ctl;
+    struct iovec iov = {a->buf, a->buf_cap};
+    struct msghdr mh;
+    struct cmsghdr *cm;
+    ssize_t n;
+
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = sizeof ctl.buf;
+    do {
+        n = recvmsg(a->sock, &mh, 0);
+    } while (n < 0 && errno == EINTR);
+    *nfds_out = 0;
+    if (n < 0)
+        return -1;
+    for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
+        size_t i, k;
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < k; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+            if (*nfds_out < _EMBER_SPARES_MAX_FDS)
+                fds_out[(*nfds_out)++] = fd;
+            else
+                close(fd);
+        }
+    }
+    return n;
+}
+
+/* Send the answer: [pid, <the caller's tail>] with ``fd`` (SCM_RIGHTS).
+ * The pid as a msgpack int32 after the array's header (the tail holds its
+ * other three items). */
+static int _ember_spares_answer(const ember_spares_args_t *a, pid_t pid, int fd)
+{
+    unsigned char head[6];
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    struct iovec iov[2];
+    struct msghdr mh;
+    struct cmsghdr *cm;
+    uint32_t u = (uint32_t)pid;
+    ssize_t w;
+
+    head[0] = 0x94;                     /* fixarray of 4 */
+    head[1] = 0xd2;                     /* int 32, big-endian */
+    head[2] = (unsigned char)(u >> 24);
+    head[3] = (unsigned char)(u >> 16);
+    head[4] = (unsigned char)(u >> 8);
+    head[5] = (unsigned char)u;
+    iov[0].iov_base = head;
+    iov[0].iov_len = sizeof head;
+    iov[1].iov_base = (void *)a->tail;
+    iov[1].iov_len = a->tail_len;
+    memset(&mh, 0, sizeof mh);
+    memset(&ctl, 0, sizeof ctl);
+    mh.msg_iov = iov;
+    mh.msg_iovlen = 2;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = sizeof ctl.buf;
+    cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    do {
+        w = sendmsg(a->sock, &mh, MSG_NOSIGNAL);
+    } while (w < 0 && errno == EINTR);
+    return w < 0 ? -1 : 0;
+}
+
+ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *len_out,
+                              int fds_out[3], int *nfds_out, int *sock_out)
+{
+    if (a == NULL || what == NULL || len_out == NULL || fds_out == NULL || nfds_out == NULL
+            || sock_out == NULL || a->buf == NULL || a->request == NULL
+            || (a->tail == NULL && a->tail_len != 0))
+        return EMBER_ERR_INVALID_ARG;
+#if !defined(__x86_64__) && !defined(__aarch64__)
+    return EMBER_ERR_INVALID_ARG;
+#endif
+    *sock_out = -1;
+    for (;;) {
+        ssize_t n = _ember_spares_recv(a, fds_out, nfds_out);
+        int sv[2];
+        long pid;
+        int err;
+
+        if (n < 0)
+            return EMBER_ERR_OS;
+        *len_out = (size_t)n;
+        if (n == 0) {
+            int i;
+            for (i = 0; i < *nfds_out; i++)
+                close(fds_out[i]);
+            *nfds_out = 0;
+            *what = EMBER_SPARES_EOF;
+            return EMBER_OK;
+        }
+        if (*nfds_out != 0 || (size_t)n != a->request_len
+                || memcmp(a->buf, a->request, (size_t)n) != 0) {
+            *what = EMBER_SPARES_MESSAGE;       /* not ours: the caller's */
+            return EMBER_OK;
+        }
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+            *what = EMBER_SPARES_MESSAGE;       /* the caller's path answers it */
+            return EMBER_OK;
+        }
+        PyOS_BeforeFork();
+        pid = _ember_clone_sibling(a->tid_addr);
+        if (pid == 0) {
+            /* The spare: glibc's robust list is per thread, registered with
+             * the kernel by address; the kernel does not carry it over. */
+            syscall(SYS_set_robust_list, a->robust_head, a->robust_len);
+            PyOS_AfterFork_Child();
+            close(sv[0]);
+            *sock_out = sv[1];
+            *what = EMBER_SPARES_CHILD;
+            return EMBER_OK;
+        }
+        err = errno;
+        PyOS_AfterFork_Parent();
+        close(sv[1]);
+        if (pid < 0) {
+            close(sv[0]);
+            errno = err;
+            *what = EMBER_SPARES_MESSAGE;
+            return EMBER_OK;
+        }
+        err = _ember_spares_answer(a, (pid_t)pid, sv[0]);
+        close(sv[0]);           /* the spare sees EOF once the shepherd drops it */
+        if (err != 0)
+            return EMBER_ERR_OS;                /* the shepherd is gone */
+    }
+}

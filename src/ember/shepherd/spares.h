@@ -1,0 +1,69 @@
+/*
+ * spares.h -- the warm template's loop that makes the shepherd's spares
+ * (ember.shepherd.template), in C.
+ *
+ * The template answers the shepherd's requests for spares (the children it
+ * clones ahead of time: docs/python-processes.md, "The spares, held by the
+ * shepherd").  Each clone shares the template's pages copy-on-write with
+ * the new spare, so every page the template writes before the next clone is
+ * copied once: the Python loop between clones (receive, unpack, make a
+ * socket pair, clone through ctypes, pack and send the answer) wrote ~145
+ * pages a clone.  ember_spares_serve() runs that loop without any Python:
+ * it receives a request, and as long as it is the very request the caller
+ * said it can answer here (the same bytes, no fds), it makes the socket
+ * pair, clones the spare and sends the answer (the spare's pid, then the
+ * caller's answer tail, and the spare's end of the pair by SCM_RIGHTS).
+ * Anything else is handed back to the caller.
+ *
+ * The clone is clone(CLONE_PARENT | CLONE_CHILD_SETTID | SIGCHLD) between
+ * PyOS_BeforeFork() and PyOS_AfterFork_Parent/Child(), as the template's
+ * Python path does (template._clone_parent): the child is the shepherd's
+ * child, glibc's TID field (tid_addr) is set by the kernel and the robust
+ * list re-registered by the child.  Only for a single-threaded template
+ * (the caller checks), holding the GIL throughout (no other thread to give
+ * it to; no Python runs until it returns).
+ *
+ * Death: the template killed in the loop costs what it did before: a
+ * request in flight is never answered (the shepherd stops the template and
+ * starts a new one); a spare cloned whose socket was not sent sees EOF on
+ * it and exits (the template's end is closed with the template).  A spare
+ * dying costs nothing here.
+ */
+#ifndef EMBER_SPARES_H
+#define EMBER_SPARES_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include "ember_common.h"
+
+/* What ember_spares_serve() returns through *what. */
+typedef enum {
+    EMBER_SPARES_CHILD = 1,     /* in the new spare: *sock_out is its end of the pair */
+    EMBER_SPARES_MESSAGE = 2,   /* a request for the caller: buf[0:*len_out], fds_out */
+    EMBER_SPARES_EOF = 3        /* the shepherd closed its end */
+} ember_spares_what_t;
+
+typedef struct {
+    int sock;                 /* the template's SOCK_SEQPACKET socket to the shepherd */
+    const char *request;      /* the spare request answered here (exact bytes) */
+    size_t request_len;
+    const char *tail;         /* the answer after its first two bytes and the pid */
+    size_t tail_len;
+    void *tid_addr;           /* glibc's TID field of this thread (CLONE_CHILD_SETTID) */
+    void *robust_head;        /* this thread's robust list, re-registered by the child */
+    size_t robust_len;
+    char *buf;                /* where a request is received */
+    size_t buf_cap;
+} ember_spares_args_t;
+
+/* Serve spare requests until one is not for this loop.  Returns EMBER_OK
+ * with *what set, or EMBER_ERR_OS (errno: the receive failed) or
+ * EMBER_ERR_INVALID_ARG (an unsupported machine, a NULL argument).  A
+ * request whose spare cannot be made here (socketpair or clone failed) is
+ * handed back as a MESSAGE (the caller's path answers it).  fds_out holds
+ * up to 3 fds (received, the caller's to close); *nfds_out how many.
+ * Call with the GIL held. */
+ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
+                              int fds_out[3], int *nfds_out, int *sock_out);
+
+#endif

@@ -1,0 +1,88 @@
+"""The warm template's spare loop in C (``ember.shepherd._spawn.serve_spares``,
+spares.c), driven directly: a Python process plays the template, this test
+the shepherd (the spares are its children: CLONE_PARENT)."""
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import msgpack
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+TEMPLATE = textwrap.dedent(r"""
+    import os, socket, sys
+    from ember.shepherd import template as T
+    from ember.shepherd._spawn import serve_spares
+
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    if not T._clone_ready():
+        sock.send(b"no clone")            # no raw clone on this machine
+        sys.exit(0)
+    sock.send(b"ready")
+    buf = bytearray(1 << 16)
+    while True:
+        # the answer's tail: None, [], False (msgpack)
+        got = serve_spares(sock.fileno(), b"SPARE", b"\xc0\x90\xc2", *T._clone[3:6], buf)
+        if got[0] == "child":             # a spare: answer the request it is sent, exit
+            s = socket.socket(fileno=got[1])
+            req = s.recv(100)
+            s.send(b"spare %d parent %d got %s" % (os.getpid(), os.getppid(), req))
+            os._exit(0)
+        if got[0] == "eof":
+            sys.exit(0)
+        _, n, fds = got                   # not the loop's: ours to answer
+        sock.send(b"python: " + bytes(buf[:n]) + b" fds %d" % len(fds))
+        for fd in fds:
+            os.close(fd)
+""")
+
+
+def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
+    """Each request that is exactly the loop's (and carries no fds) is
+    answered in C: ``[pid, None, [], False]`` with the spare's end of a
+    socket pair; the spare is our child (a sibling of the template), runs
+    Python and gets what we send it.  Any other request, or the same bytes
+    with fds, is handed back to the Python caller, which can go back into
+    the loop; EOF ends it."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen([sys.executable, "-c", TEMPLATE, str(theirs.fileno())],
+                            pass_fds=[theirs.fileno()])
+    theirs.close()
+    try:
+        mine.settimeout(30)
+        if mine.recv(100) != b"ready":
+            pytest.skip("no raw clone on this machine")
+
+        def spare(tag):
+            mine.send(b"SPARE")
+            data, fds, _, _ = socket.recv_fds(mine, 1024, 2)
+            pid, err, preloaded, final = msgpack.unpackb(data, raw=False)
+            assert (err, preloaded, final, len(fds)) == (None, [], False, 1), data
+            with socket.socket(fileno=fds[0]) as s:
+                s.settimeout(30)
+                s.send(tag)
+                said = s.recv(200)
+            assert os.waitpid(pid, 0) == (pid, 0)   # ours to reap
+            return said
+
+        me = os.getpid()
+        for tag in (b"one", b"two"):
+            said = spare(tag)
+            assert said.split()[2:] == [b"parent", str(me).encode(), b"got", tag], said
+        mine.send(b"SPARE!")
+        assert mine.recv(100) == b"python: SPARE! fds 0"
+        assert spare(b"three").endswith(b"got three")
+        with open(os.devnull, "rb") as f:
+            socket.send_fds(mine, [b"SPARE"], [f.fileno()])
+        assert mine.recv(100) == b"python: SPARE fds 1"
+        assert spare(b"four").endswith(b"got four")
+        mine.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        mine.close()
