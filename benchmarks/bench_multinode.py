@@ -200,26 +200,32 @@ if "rtt" in ONLY:
     round_trip()
 
 
-def direct_round_trip():
+def direct_round_trip(tag, acks):
     # The same round trip on the direct path's building blocks
     # (ember.transport.direct): each process sends straight to the other's
     # inbox and waits on its channel and its inbox at once (a ChannelWatch).
-    # Not the runtime's path yet (docs/multinode.md, "The direct path"): the
-    # floor of that path's hot loop, without its acknowledgements.
+    # Not the runtime's path: the floor of that path's hot loop, with its
+    # acknowledgements (acks) or without them (their timers pushed out).
+    from ember.transport import direct
     from ember.transport.direct import DirectSender, Inbox
     from ember.channels_c.watch import ChannelWatch
-    there = channel.create(None, "dping", ChannelOptions(node=1))
-    back = channel.create(None, "dpong")
-    addr = channel.create(None, "daddr")
+    if not acks:
+        direct.ACK_EVERY, direct.ACK_BYTES = 1 << 60, 1 << 60
+    there = channel.create(None, tag + "ping", ChannelOptions(node=1))
+    back = channel.create(None, tag + "pong")
+    addr = channel.create(None, tag + "addr")
     echo = f'''
 from ember.globalservices import channel
 from ember.channels_c import Channel
 from ember.channels_c.watch import ChannelWatch
+from ember.transport import direct
 from ember.transport.direct import DirectSender, Inbox
-a = Channel.attach(channel.join("dping"))
+if not {acks}:
+    direct.ACK_EVERY, direct.ACK_BYTES = 1 << 60, 1 << 60
+a = Channel.attach(channel.join("{tag}ping"))
 inbox = Inbox()
 w = ChannelWatch(a)
-r = Channel.attach(channel.join("daddr")); r.send(inbox.address.encode()); r.flush()
+r = Channel.attach(channel.join("{tag}addr")); r.send(inbox.address.encode()); r.flush()
 ds = DirectSender(a.recv().decode())
 for _ in range({N_RTT} + 1):
     ds.send({back.c_uid}, inbox.recv(a, w))
@@ -233,16 +239,20 @@ ds.close()
     ds = DirectSender(Channel.attach(addr).recv().decode())
     ds.send(there.c_uid, b"x"); inbox.recv(pong, w)
     c_uid, send = there.c_uid, ds.send
-    time_round_trips("drtt", lambda m: send(c_uid, m), lambda: inbox.recv(pong, w))
+    time_round_trips(tag, lambda m: send(c_uid, m), lambda: inbox.recv(pong, w))
     process.join(p.p_uid)
     inbox.unwatch(w)
     w.close()
     inbox.close()
     ds.close()
+    direct.ACK_EVERY, direct.ACK_BYTES = 128, 4 << 20
 
 
 if "direct" in ONLY:
-    direct_round_trip()
+    direct_round_trip("drtt", True)
+if "directnoack" in ONLY:
+    direct_round_trip("dnrtt", False)
+
 
 for node in (0, 1, 0, 1) if "create" in ONLY else ():
     ts = []
@@ -270,7 +280,7 @@ def run_round(c, only, trace=None):
                   str(size)], timeout=300)
         out[key] = float(pull.stdout.readline())
         pull.wait(60)
-    if only & {"rtt", "direct"}:
+    if only & {"rtt", "direct", "directnoack"}:
         echo = c.popen(1, [sys.executable, "-c", RAW_ECHO, pub, sec, "5556", str(N_RTT)],
                        stdout=subprocess.PIPE, text=True)
         assert echo.stdout.readline().strip() == "ready"
@@ -278,7 +288,7 @@ def run_round(c, only, trace=None):
                       str(N_RTT)], timeout=300)
         out["rawrtt"] = float(r.stdout)
         echo.wait(60)
-    if only & {"small", "big", "rtt", "direct", "create"}:
+    if only & {"small", "big", "rtt", "direct", "directnoack", "create"}:
         prog = c.path("bench_prog.py")
         with open(prog, "w") as f:
             f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE, sorted(only)))
@@ -294,6 +304,8 @@ def run_round(c, only, trace=None):
         for what, key in (("small", "e64"), ("big", "e1m")):
             if what in only:
                 out[key] = rates.pop(0)
+        if "directnoack" in only:
+            out["dnrtt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("dnrtt")))
         if "direct" in only:
             out["drtt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("drtt")))
         if "rtt" in only:
@@ -318,7 +330,7 @@ def run_round(c, only, trace=None):
     return out
 
 
-PARTS = ("small", "big", "rtt", "direct", "bringup", "create")
+PARTS = ("small", "big", "rtt", "direct", "directnoack", "bringup", "create")
 
 
 def main():
@@ -391,6 +403,13 @@ def main():
                      f"raw {r[0]:.0f} / {r[1]:.0f} us",
                      f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
                      f"rounds' differences (building blocks only, not the runtime's path)", ""))
+    if "dnrtt" in rounds[0]:
+        e, r = mm("dnrtt"), mm("rawrtt")
+        d = [x["dnrtt"] - x["rawrtt"] for x in rounds]
+        rows.append(("direct, no acks", f"ember {e[0]:.0f} / {e[1]:.0f} us",
+                     f"raw {r[0]:.0f} / {r[1]:.0f} us",
+                     f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
+                     f"rounds' differences (building blocks, acknowledgements off)", ""))
     if "up4" in rounds[0]:
         d = [x["up4"] - x["up1"] for x in rounds]
         rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",

@@ -92,6 +92,7 @@ cdef class Channel:
     cdef uint32_t _capacity
     cdef uint32_t _block_size
     cdef Py_ssize_t _busy           # calls of this handle blocked with the GIL released
+    cdef public object _direct      # the direct path's receive (ember.transport.route), or None
     cdef object __weakref__
 
     @staticmethod

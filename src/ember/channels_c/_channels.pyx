@@ -371,6 +371,9 @@ cdef class Channel:
         handle's own memory is freed then, nothing of the pool touched."""
         if self._ch == NULL or self._pool._pool != NULL:
             self._check_idle("detach")     # (its pool detached: nothing to wait for)
+        if self._direct is not None:       # its route to this process ends (the senders resend)
+            d, self._direct = self._direct, None
+            d.release(self)
         ember_ch_detach(self._ch)
         self._ch = NULL
 
@@ -813,7 +816,17 @@ cdef class Channel:
         ember.ChannelError
             The channel was destroyed, or the message failed validation
             ("channel corrupt": it is dropped).
+
+        In a runtime of several nodes with the direct path on
+        (docs/multinode.md), a receive of a channel that other nodes' processes
+        send to may also take what they sent straight to this process.
         """
+        if self._direct is not None:
+            return self._direct.recv(self, timeout)
+        return self._recv_local(timeout)
+
+    def _recv_local(self, timeout=None):
+        """:meth:`recv` from the channel only (not the direct path's inbox)."""
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
         cdef bytes out
@@ -957,6 +970,8 @@ cdef class Channel:
         memoryview over its pool block (like :meth:`recv_view`).  For
         callers that expect mostly small messages but must not copy large
         ones (``ember.Queue``)."""
+        if self._direct is not None:
+            return self._direct.recv(self, timeout)
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
         if ch == NULL or self._pool._pool == NULL:
@@ -1013,6 +1028,59 @@ cdef class Channel:
         finally:
             self._pool._busy -= 1
             self._busy -= 1
+
+
+cdef extern from *:
+    """
+    /* The direct path's take gate (ember/transport/direct.py, TakenRecord):
+       a word in a receiving process's record page (a memfd the node's agent
+       maps too): 0 open, 1 a take in progress, 2 closed.  A take stores its
+       sequence number only through an open gate; the agent closes it to
+       revoke the route, and then reads exactly what was taken.  A process
+       SIGKILLed inside a take leaves the gate at 1: the agent, seeing it
+       dead, reads the cell as it is (that one message, stored or not, is
+       the one a kill between the store and recv's return may cost). */
+    #include <stdint.h>
+    static int ember_gate_take(uint64_t *gate, uint64_t *cell, uint64_t seq) {
+        uint64_t open = 0;
+        /* acquire on success: pairs with the closer's acq_rel CAS (a take
+           after a close fails; nothing of the cell moves before the gate) */
+        if (!__atomic_compare_exchange_n(gate, &open, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return 0;
+        __atomic_store_n(cell, seq, __ATOMIC_RELAXED);   /* ordered by the release below */
+        /* release: pairs with the closer's acquire: it sees the cell's store */
+        __atomic_store_n(gate, 0, __ATOMIC_RELEASE);
+        return 1;
+    }
+    static uint64_t ember_gate_close(uint64_t *gate) {
+        uint64_t open = 0;
+        /* acq_rel: acquire pairs with a take's release store (the cells it
+           stored are seen after this), release with a later take's acquire */
+        if (__atomic_compare_exchange_n(gate, &open, 2, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return 0;
+        return open;     /* 1: a take in progress (try again), 2: closed before */
+    }
+    """
+    int ember_gate_take(uint64_t *gate, uint64_t *cell, uint64_t seq) nogil
+    uint64_t ember_gate_close(uint64_t *gate) nogil
+
+
+def _gate_take(size_t gate, size_t cell, uint64_t seq):
+    """The direct path's take (see ember_gate_take above): store ``seq`` at
+    address ``cell`` if the gate word at address ``gate`` is open; False if
+    it is closed.  Internal: both addresses are 8-aligned words of a live
+    mapping (ember.transport.direct.TakenRecord checks)."""
+    if gate & 7 or cell & 7 or not gate or not cell:
+        raise ValueError("gate and cell must be 8-aligned addresses")
+    return ember_gate_take(<uint64_t *>gate, <uint64_t *>cell, seq) != 0
+
+
+def _gate_close(size_t gate):
+    """Close the gate word at address ``gate``: 0 closed now, 1 a take is in
+    progress (try again), 2 it was closed before.  Internal, as _gate_take."""
+    if gate & 7 or not gate:
+        raise ValueError("gate must be an 8-aligned address")
+    return ember_gate_close(<uint64_t *>gate)
 
 
 def wait_any(channels, timeout=None, writable=False):

@@ -49,6 +49,7 @@ import time
 import zmq
 
 from .. import _log
+from ..channels_c._channels import _gate_take
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from . import remote
 from .agent import Z_EVENTS, Z_POLLIN, Z_RCVMORE
@@ -64,14 +65,20 @@ DIRECT_HDR = struct.Struct("<cQQ")            # op, c_uid, seq (per sender and c
 #: the inbox's acknowledgement, back on the same connection: "taken up to seq"
 OP_TAKEN = b"k"
 TAKEN_HDR = struct.Struct("<cQQ")             # op, c_uid, seq
-#: an inbox acknowledges a sender every ACK_EVERY takes, or when it would
-#: sleep with takes unacknowledged and nothing came for ACK_DELAY s (the
-#: agent's rule, agent.ACK_EVERY / ACK_DELAY): no send per receive
+#: a sender's request: "acknowledge what you took of mine" (its window is
+#: full, or it waits until all was taken); answered when the inbox reads it
+OP_ACKREQ = b"q"
+#: an inbox acknowledges a sender every ACK_EVERY takes or ACK_BYTES bytes,
+#: and when the sender asks (OP_ACKREQ): no send per receive, and no timer
+#: in the receive's wait (a wait with a timeout cost a round trip 60-100 us
+#: in this VM's slow state, measured: docs/multinode.md)
 ACK_EVERY = 128
-ACK_DELAY = 0.001
-#: a sender keeps at most WINDOW unacknowledged messages per channel (its
-#: back-pressure), and reads the acknowledgements every DRAIN_AFTER sends
+ACK_BYTES = 4 << 20
+#: a sender keeps at most WINDOW unacknowledged messages (WINDOW_BYTES
+#: bytes) per channel (its back-pressure), and reads the acknowledgements
+#: every DRAIN_AFTER sends
 WINDOW = 8192
+WINDOW_BYTES = 64 << 20
 DRAIN_AFTER = 128
 
 _backend = None
@@ -115,7 +122,10 @@ class TakenRecord:
     SLOT = struct.Struct("<QQ16sQ")       # c_uid, sender length, sender, seq
     SLOTS = 128
     STRIDE = 48                           # a slot's bytes (SLOT's 40, 8-aligned cell)
-    SIZE = HEAD + SLOTS * STRIDE
+    #: take gates (channels_c._gate_take): one 8-byte word per routed channel
+    GATES = 64
+    GATE_AT = HEAD + SLOTS * STRIDE
+    SIZE = GATE_AT + GATES * 8
 
     def __init__(self):
         import mmap
@@ -124,6 +134,16 @@ class TakenRecord:
         self.map = mmap.mmap(self.fd, self.SIZE)
         struct.pack_into("<Q", self.map, 0, self.MAGIC)
         self.used = 0
+        self.gates = 0
+
+    def gate(self):
+        """A new take gate: (its offset in the page, its address)."""
+        import ctypes
+        if self.gates >= self.GATES:
+            raise ChannelError(f"inbox: more than {self.GATES} routed channels")
+        off = self.GATE_AT + 8 * self.gates
+        self.gates += 1
+        return off, ctypes.addressof(ctypes.c_uint64.from_buffer(self.map, off))
 
     def cell(self, sender, c_uid):
         """The 8-byte cell of (sender, c_uid)'s sequence number, in a new
@@ -141,8 +161,11 @@ class TakenRecord:
         return ctypes.c_uint64.from_buffer(self.map, off + 32)
 
     @classmethod
-    def read(cls, buf):
-        """{(sender, c_uid): last seq taken} of a record's page."""
+    def read(cls, buf, c_uid=None):
+        """{(sender, c_uid): last seq taken} of a record's page (of channel
+        ``c_uid`` only, if given: then {sender: seq})."""
+        if c_uid is not None:
+            return {k[0]: v for k, v in cls.read(buf).items() if k[1] == c_uid}
         if len(buf) < cls.SIZE or struct.unpack_from("<Q", buf, 0)[0] != cls.MAGIC:
             raise ChannelError("not an inbox's taken record")
         out = {}
@@ -153,13 +176,16 @@ class TakenRecord:
         return out
 
     @classmethod
-    def open(cls, pid, fd):
-        """A read-only mapping of process ``pid``'s record ``fd`` (this
-        node, while it lives; readable after it ended)."""
+    def open(cls, pid, fd, write=False):
+        """A mapping of process ``pid``'s record ``fd`` (this node, while it
+        lives; readable after it ended): read-only, or read-write (``write``:
+        the agent closes gates in it)."""
         import mmap
-        f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        f = os.open(f"/proc/{pid}/fd/{fd}", (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
         try:
-            return mmap.mmap(f, cls.SIZE, prot=mmap.PROT_READ)
+            if os.fstat(f).st_size < cls.SIZE:
+                raise ChannelError(f"process {pid}'s fd {fd} is not an inbox's taken record")
+            return mmap.mmap(f, cls.SIZE, prot=mmap.PROT_READ | (mmap.PROT_WRITE if write else 0))
         finally:
             os.close(f)
 
@@ -184,8 +210,11 @@ class Inbox:
         self.held = {}            # c_uid -> deque of (sender, seq, frame): read, not taken
         self.record = TakenRecord()
         self._cells = {}          # (sender, c_uid) -> its cell in the record
+        self._addrs = {}          # (sender, c_uid) -> its cell's address (a gated take)
         self._acked = {}          # (sender, c_uid) -> the last seq acknowledged to the sender
-        self._due = set()         # (sender, c_uid) with takes not acknowledged
+        self._due = {}            # (sender, c_uid) -> bytes taken, not acknowledged
+        self.gates = {}           # c_uid -> its take gate's address (a routed channel)
+        self.closed = set()       # c_uids whose gate the agent closed: no more takes
 
     @property
     def taken(self):
@@ -208,11 +237,16 @@ class Inbox:
             while get(Z_RCVMORE):
                 recv(0)
                 extra += 1
+            if frame == OP_ACKREQ and not extra:
+                self.ack(sender)
+                continue
             if extra or frame[:1] != OP_DIRECT or len(frame) < DIRECT_HDR.size:
                 log.warning("inbox: dropped a malformed message from %r (%d bytes, %d more "
                             "frames)", sender, len(frame), extra)
                 continue
             _, c_uid, seq = DIRECT_HDR.unpack_from(frame)
+            if c_uid in self.closed:
+                continue                    # its route was revoked: the sender resends
             q = held.get(c_uid)
             if q is None:
                 q = held[c_uid] = collections.deque()
@@ -233,14 +267,14 @@ class Inbox:
             self._poll.register(fd, select.POLLIN)
             self._watched.add(fd)
         c_uid = ch.c_uid
-        poll = ch.poll
+        poll, take = ch.poll, ch._recv_local
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # the channel first (see the module docstring); poll(0) is a
             # flag test, where an empty recv_nowait raises
             if poll(0):
                 try:
-                    return ch.recv_nowait()
+                    return take(0)
                 except ChannelEmpty:        # another receiver took it
                     pass
             q = self.held.get(c_uid)
@@ -260,15 +294,7 @@ class Inbox:
                 if left <= 0:
                     raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
                                        f"(channel or inbox)")
-            if self._due and (left is None or left > ACK_DELAY):
-                # takes to acknowledge: first a wait of ACK_DELAY (in a
-                # stream the next message comes sooner), then they go
-                ready = self._poll.poll(ACK_DELAY * 1000.0)
-                if not ready:
-                    self.ack()
-                    continue
-            else:
-                ready = self._poll.poll(None if left is None else left * 1000.0)
+            ready = self._poll.poll(None if left is None else left * 1000.0)
             for fd, ev in ready:
                 if fd == self._zfd:
                     self._fresh = False
@@ -285,31 +311,50 @@ class Inbox:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self.record.cell(sender, c_uid)
+            import ctypes
+            self._addrs[key] = ctypes.addressof(cell)
         if seq <= cell.value:
             q.popleft()               # taken before (a resend): nothing to return
             return None
         if seq != cell.value + 1:
             raise ChannelError(f"inbox: message {seq} of a sender on channel {c_uid} after "
                                f"{cell.value}: the sender's sequence broke")
+        gate = self.gates.get(c_uid)
+        if gate is None:
+            cell.value = seq          # the record, before the message is returned
+        elif not _gate_take(gate, self._addrs[key], seq):
+            self.close_route(c_uid)   # the agent revoked the route: the senders resend
+            return None
         q.popleft()
-        cell.value = seq              # the record, before the message is returned
-        if seq - self._acked.get(key, 0) >= ACK_EVERY:
+        n = len(frame) - DIRECT_HDR.size
+        due = self._due.get(key, 0) + n + 1
+        if seq - self._acked.get(key, 0) >= ACK_EVERY or due >= ACK_BYTES:
             self._ack(key, seq)
         else:
-            self._due.add(key)
+            self._due[key] = due
         return frame[DIRECT_HDR.size:]
+
+    def close_route(self, c_uid):
+        """Channel ``c_uid``'s route was revoked (its gate closed): what is
+        held of it and what comes later is dropped (its senders resend it
+        through the agent, after what was taken)."""
+        self.closed.add(c_uid)
+        self.held.pop(c_uid, None)
+        for key in [k for k in self._due if k[1] == c_uid]:
+            del self._due[key]
 
     def _ack(self, key, seq):
         sender, c_uid = key
         self.sock.send_multipart([sender, TAKEN_HDR.pack(OP_TAKEN, c_uid, seq)])
         self._fresh = False           # (a send may take the descriptor's notice)
         self._acked[key] = seq
-        self._due.discard(key)
+        self._due.pop(key, None)
 
-    def ack(self):
-        """Acknowledge every take not acknowledged yet."""
+    def ack(self, sender=None):
+        """Acknowledge every take not acknowledged yet (of ``sender`` only, if given)."""
         for key in list(self._due):
-            self._ack(key, self._cells[key].value)
+            if sender is None or key[0] == sender:
+                self._ack(key, self._cells[key].value)
 
     def unwatch(self, watch):
         """Forget ``watch`` (before it is closed)."""
@@ -332,31 +377,40 @@ class DirectSender:
     :data:`WINDOW` per channel are unacknowledged (a send waits for room:
     the receiver's back-pressure)."""
 
-    def __init__(self, address):
+    def __init__(self, address, identity=None):
         # a fixed identity: after a reconnect the inbox still knows the
         # stream (its ROUTER keys sequence numbers and acknowledgements on it)
+        self.identity = identity or os.urandom(16)
         self.sock = _server_backend().client(address, remote._keys(),
-                                             identity=os.urandom(16)).sock
+                                             identity=self.identity).sock
         self.sock.linger = 2000
         self.seq = {}             # c_uid -> the last sequence number sent
         self.copies = {}          # c_uid -> deque of (seq, data) not acknowledged
+        self.nbytes = {}          # c_uid -> their bytes
         self._sends = 0
 
-    def send(self, c_uid, data, timeout=None):
+    def send(self, c_uid, data, timeout=None, idle=None):
+        """Send ``data`` to channel ``c_uid`` of the inbox.  A full window
+        waits (``ChannelFull`` after ``timeout``); ``idle()``, if given, is
+        called while it waits (and may raise)."""
         q = self.copies.get(c_uid)
         if q is None:
             q = self.copies[c_uid] = collections.deque()
+            self.nbytes[c_uid] = 0
         self._sends += 1
-        if self._sends >= DRAIN_AFTER or len(q) >= WINDOW:
+        if self._sends >= DRAIN_AFTER or len(q) >= WINDOW or \
+                self.nbytes[c_uid] >= WINDOW_BYTES:
             self._drain()
-            if len(q) >= WINDOW and not self._wait(lambda: len(q) < WINDOW, timeout):
-                raise ChannelFull(f"channel {c_uid}: {WINDOW} direct messages unacknowledged "
-                                  f"for {timeout} s")
+            if not self._wait(lambda: len(q) < WINDOW and self.nbytes[c_uid] < WINDOW_BYTES,
+                              timeout, idle):
+                raise ChannelFull(f"channel {c_uid}: {WINDOW} direct messages or "
+                                  f"{WINDOW_BYTES} bytes unacknowledged for {timeout} s")
         seq = self.seq.get(c_uid, 0) + 1
         self.seq[c_uid] = seq
         data = bytes(data)
         self.sock.send(DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data)
         q.append((seq, data))
+        self.nbytes[c_uid] += len(data)
 
     def _drain(self):
         """Read the acknowledgements that arrived; drop what they cover."""
@@ -371,15 +425,26 @@ class DirectSender:
             _, c_uid, seq = TAKEN_HDR.unpack(frame)
             q = self.copies.get(c_uid)
             while q and q[0][0] <= seq:
-                q.popleft()
+                self.nbytes[c_uid] -= len(q.popleft()[1])
 
-    def _wait(self, done, timeout):
+    def _wait(self, done, timeout, idle=None):
+        """Wait until ``done()`` (True) or ``timeout`` passed (False); asks
+        the inbox for its acknowledgements first (OP_ACKREQ), then at most
+        every 0.1 s while waiting."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        asked = None
         while not done():
-            left = None if deadline is None else deadline - time.monotonic()
+            now = time.monotonic()
+            left = None if deadline is None else deadline - now
             if left is not None and left <= 0:
                 return False
-            if self.sock.poll(None if left is None else left * 1000.0):
+            if asked is None or now - asked >= 0.1:
+                self.sock.send(OP_ACKREQ)
+                asked = now
+            if idle is not None:
+                idle()
+            wait = 0.1 if left is None else min(left, 0.1)
+            if self.sock.poll(wait * 1000.0):
                 self._drain()
         return True
 
