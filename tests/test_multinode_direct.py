@@ -169,3 +169,27 @@ def test_what_a_killed_receiver_took_is_readable_after_its_death(tmp_path):
     assert lines[:2] == ["mapped", "took 0,1,2,3,4,5,6"], lines
     assert "killed -9" in lines and "read [7]" in lines and "observer 0" in lines, lines
     assert "resent True True" in lines and "then ChannelEmpty" in lines, lines
+
+
+def test_take_gate_refuses_a_take_once_closed():
+    """channels_c._gate_take stores a take's sequence number only through an
+    open gate; _gate_close says whether it closed it now (0), found a take
+    in progress (1) or found it closed (2); bad addresses raise."""
+    import ctypes
+    import mmap
+    from ember.channels_c._channels import _gate_close, _gate_take
+    m = mmap.mmap(-1, 4096)
+    gate, cell = (ctypes.c_uint64.from_buffer(m, off) for off in (64, 72))
+    ga, ca = ctypes.addressof(gate), ctypes.addressof(cell)
+    assert _gate_take(ga, ca, 5) and cell.value == 5 and gate.value == 0
+    gate.value = 1                              # a take in progress (another process's)
+    assert _gate_close(ga) == 1 and not _gate_take(ga, ca, 6) and cell.value == 5
+    gate.value = 0
+    assert _gate_close(ga) == 0 and gate.value == 2
+    assert not _gate_take(ga, ca, 6) and cell.value == 5 and _gate_close(ga) == 2
+    with pytest.raises(ValueError):
+        _gate_take(ga + 4, ca, 1)
+    with pytest.raises(ValueError):
+        _gate_close(0)
+    del gate, cell
+    m.close()
