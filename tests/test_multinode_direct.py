@@ -9,6 +9,8 @@ channel); once the receiver waits with nothing left, it has acknowledged
 every direct message (the head's copies are gone)."""
 import pytest
 
+import textwrap
+
 from test_multinode import ok, run_prog
 
 pytest.importorskip("zmq")
@@ -193,3 +195,220 @@ def test_take_gate_refuses_a_take_once_closed():
         _gate_close(0)
     del gate, cell
     m.close()
+
+
+# ---- the direct path wired into the runtime (EMBER_MN_DIRECT=1, ember.transport.route)
+
+#: what the programs below start with (and their node-1 processes)
+RP = '''
+import os, sys, time
+from ember.globalservices import channel
+from ember.channels_c import Channel
+from ember.exceptions import ChannelEmpty
+from ember.transport import route
+def direct_takes():
+    r = route._receiver
+    return 0 if r is None or r.inbox is None else sum(r.inbox.taken.values())
+'''
+
+
+def run_direct(tmp_path, body, monkeypatch):
+    """run_prog of ``body`` in a local:2 runtime with the direct path on;
+    ``RP`` (above) is run first, and is a string there (for the children)."""
+    monkeypatch.setenv("EMBER_MN_DIRECT", "1")
+    return ok(run_prog(tmp_path, f"RP = {RP!r}\nexec(RP)\n" + textwrap.dedent(body),
+                       hosts="local:2"))
+
+
+@pytest.mark.timeout(180)
+def test_ordinary_api_takes_the_direct_path_in_order(tmp_path, monkeypatch):
+    """A round trip of the ordinary API (a remote handle's send, a local
+    handle's recv) across nodes switches to the route: the echo on node 1
+    takes most of the head's messages from its inbox, the head most of the
+    echo's; every message in order, once.  A burst then a flush puts
+    everything in the channel (the route ends), and the echo receives it
+    all, in order."""
+    out = run_direct(tmp_path, """
+        N, B = 300, 100
+        ping = channel.create(None, "dping1", ChannelOptions(node=1))
+        pong = channel.create(None, "dpong1")
+        echo = RP + textwrap.dedent(f'''
+            a = Channel.attach(channel.join("dping1", timeout=30))
+            b = Channel.attach(channel.join("dpong1", timeout=30))
+            for _ in range({N}):
+                b.send(a.recv(timeout=30))
+            rest = [a.recv(timeout=30) for _ in range({B})]
+            b.send(b"burst %r %d" % (rest == [b"b%d" % i for i in range({B})], direct_takes()))
+            b.flush(timeout=30)
+            ''')
+        p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+        h, back = Channel.attach(ping), Channel.attach(pong)
+        got = []
+        for i in range(N):
+            h.send(b"m%d" % i)
+            got.append(back.recv(timeout=30))
+        print("round trips in order", got == [b"m%d" % i for i in range(N)])
+        for i in range(B):
+            h.send(b"b%d" % i)
+        print("flushed", h.flush(timeout=30))
+        res = back.recv(timeout=60).split()
+        print("burst", res[1].decode(), "echo's direct takes", int(res[2]) > N // 2)
+        print("head's direct takes", direct_takes() > N // 2)
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch)
+    lines = out.splitlines()
+    assert "round trips in order True" in lines and "flushed True" in lines, lines
+    assert "burst True echo's direct takes True" in lines, lines
+    assert "head's direct takes True" in lines and "exit 0" in lines, lines
+
+
+@pytest.mark.timeout(180)
+def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypatch):
+    """The route's receiver takes some of the head's messages, reads more
+    into its inbox than it takes (held), more wait in its socket (queued),
+    and it is SIGKILLed: its agent reads its record and the head resends
+    the rest through the agent; a second receiver gets exactly what the
+    first did not take, in order."""
+    out = run_direct(tmp_path, """
+        ch = channel.create(None, "dkill", ChannelOptions(node=1))
+        res = Channel.attach(channel.create(None, "dkres"))
+        first = RP + textwrap.dedent('''
+            c = Channel.attach(channel.join("dkill", timeout=30))
+            r = Channel.attach(channel.join("dkres", timeout=30))
+            for i in range(200):                    # round trips: the route
+                r.send(c.recv(timeout=30))
+            got = [c.recv(timeout=30) for _ in range(5)]      # reads the burst, takes 5
+            r.send(b"took %d direct %d" % (len(got), direct_takes()))
+            time.sleep(60)
+            ''')
+        second = RP + textwrap.dedent('''
+            c = Channel.attach(channel.join("dkill", timeout=30))
+            got = []
+            while True:
+                try:
+                    got.append(c.recv(timeout=3))
+                except ChannelEmpty:
+                    break
+            r = Channel.attach(channel.join("dkres", timeout=30))
+            r.send(b" ".join(got) or b"-"); r.flush(timeout=30)
+            ''')
+        p1 = process.create(PY, ".", ["-c", first], options={"node": 1})
+        h = Channel.attach(ch)
+        for i in range(200):
+            h.send(b"%d" % i)
+            res.recv(timeout=30)
+        for i in range(200, 240):                   # a burst: the first takes 5 of it
+            h.send(b"%d" % i)
+        took = res.recv(timeout=30).split()
+        print(took[:2], "direct", int(took[3]) > 100)
+        for i in range(240, 260):                   # queued in its socket
+            h.send(b"%d" % i)
+        time.sleep(0.3)
+        process.kill(p1.p_uid, 9)
+        print("killed", process.join(p1.p_uid, timeout=30))
+        p2 = process.create(PY, ".", ["-c", second], options={"node": 1})
+        rest = res.recv(timeout=60).split()
+        print("rest", rest == [b"%d" % i for i in range(205, 260)], rest[:3], len(rest))
+        print("second", process.join(p2.p_uid, timeout=30))
+        print("flushed", h.flush(timeout=30))
+    """, monkeypatch)
+    lines = out.splitlines()
+    assert "[b'took', b'5'] direct True" in lines and "killed -9" in lines, lines
+    assert any(ln.startswith("rest True") for ln in lines) and "second 0" in lines, lines
+
+
+@pytest.mark.timeout(180)
+def test_two_receivers_end_the_route_and_share_every_message_once(tmp_path, monkeypatch):
+    """A second receiving process on the route's channel ends the route (for
+    good): what the head sends then reaches one of the two exactly once,
+    each receiver seeing the head's messages in order, also those the head
+    sent to the first's inbox before it learned the route had ended."""
+    out = run_direct(tmp_path, """
+        ch = channel.create(None, "dtwo", ChannelOptions(node=1))
+        res = Channel.attach(channel.create(None, "dtres"))
+        recv_prog = RP + textwrap.dedent('''
+            import sys
+            c = Channel.attach(channel.join("dtwo", timeout=30))
+            r = Channel.attach(channel.join("dtres", timeout=30))
+            got = []
+            if sys.argv[1] == "1":
+                for i in range(100):                # round trips: the route
+                    r.send(c.recv(timeout=30))
+            while True:
+                try:
+                    got.append(c.recv(timeout=4))
+                except ChannelEmpty:
+                    break
+            r.send(b"got%s %s" % (sys.argv[1].encode(), b",".join(got))); r.flush(timeout=30)
+            r.send(b"direct%s %d" % (sys.argv[1].encode(), direct_takes())); r.flush(timeout=30)
+            ''')
+        p1 = process.create(PY, ".", ["-c", recv_prog, "1"], options={"node": 1})
+        h = Channel.attach(ch)
+        for i in range(100):
+            h.send(b"%d" % i)
+            res.recv(timeout=30)
+        p2 = process.create(PY, ".", ["-c", recv_prog, "2"], options={"node": 1})
+        for i in range(100, 400):
+            h.send(b"%d" % i)
+            if i % 50 == 0:
+                time.sleep(0.05)
+        print("flushed", h.flush(timeout=30))
+        outs = dict(res.recv(timeout=60).split(b" ", 1) for _ in range(4))
+        print("first routed", int(outs.pop(b"direct1")) > 50, "second", int(outs.pop(b"direct2")))
+        seqs = [[int(x) for x in v.split(b",") if x] for v in outs.values()]
+        print("each in order", all(s == sorted(s) for s in seqs))
+        print("all once", sorted(seqs[0] + seqs[1]) == list(range(100, 400)))
+        print("exits", process.join(p1.p_uid, timeout=30), process.join(p2.p_uid, timeout=30))
+    """, monkeypatch)
+    lines = out.splitlines()
+    assert "flushed True" in lines and "each in order True" in lines, lines
+    assert "first routed True second 0" in lines, lines
+    assert "all once True" in lines and "exits 0 0" in lines, lines
+
+
+@pytest.mark.timeout(180)
+def test_sender_killed_around_the_switch_leaves_a_prefix_in_order(tmp_path, monkeypatch):
+    """A sender on node 0 streams round trips to a receiver on node 1 and is
+    SIGKILLed near the switch to the route: the receiver has a prefix of its
+    messages, in order, once, and does not hang."""
+    out = run_direct(tmp_path, """
+        ch = channel.create(None, "dsk", ChannelOptions(node=1))
+        res = Channel.attach(channel.create(None, "dskres"))
+        receiver = RP + textwrap.dedent('''
+            c = Channel.attach(channel.join("dsk", timeout=30))
+            r = Channel.attach(channel.join("dskres", timeout=30))
+            got = []
+            while True:
+                try:
+                    m = c.recv(timeout=4)
+                except ChannelEmpty:
+                    break
+                got.append(int(m))
+                r.send(b"ok")
+            r.send(b"got %d %r" % (len(got), got == list(range(len(got))))); r.flush(timeout=30)
+            ''')
+        sender = RP + textwrap.dedent('''
+            c = Channel.attach(channel.join("dsk", timeout=30))
+            i = 0
+            while True:
+                c.send(b"%d" % i)
+                i += 1
+                time.sleep(0.0005)
+            ''')
+        pr = process.create(PY, ".", ["-c", receiver], options={"node": 1})
+        ps = process.create(PY, ".", ["-c", sender])
+        n = 0
+        while n < 150:                              # round trips until the switch, about
+            if res.recv(timeout=30) == b"ok":
+                n += 1
+        process.kill(ps.p_uid, 9)
+        print("killed", process.join(ps.p_uid, timeout=30))
+        while True:
+            m = res.recv(timeout=60)
+            if m != b"ok":
+                break
+        print(m.decode().split()[2], int(m.split()[1]) >= 150)
+        print("receiver", process.join(pr.p_uid, timeout=30))
+    """, monkeypatch)
+    lines = out.splitlines()
+    assert "killed -9" in lines and "True True" in lines and "receiver 0" in lines, lines

@@ -806,6 +806,11 @@ cdef class Channel:
         pool block is freed).  Raises ChannelEmpty when none arrived within
         ``timeout``.
 
+        In a runtime of several nodes with the direct path on
+        (docs/multinode.md), a receive of a channel that other nodes'
+        processes send to may also take what they sent straight to this
+        process.
+
         Raises
         ------
         ember.ChannelEmpty
@@ -816,10 +821,6 @@ cdef class Channel:
         ember.ChannelError
             The channel was destroyed, or the message failed validation
             ("channel corrupt": it is dropped).
-
-        In a runtime of several nodes with the direct path on
-        (docs/multinode.md), a receive of a channel that other nodes' processes
-        send to may also take what they sent straight to this process.
         """
         if self._direct is not None:
             return self._direct.recv(self, timeout)

@@ -131,7 +131,7 @@ class Cluster:
         meanwhile, then wait for their settings on stdin)."""
         argv = [sys.executable, "-m", "ember.transport.node"]
         env = {k: v for k, v in os.environ.items()
-               if k in ("EMBER_LOG", "EMBER_CONTROL_SPIN", "EMBER_SEGMENT_TAG", "EMBER_MN_TRACE", "PYTHONPATH")}
+               if k in ("EMBER_LOG", "EMBER_CONTROL_SPIN", "EMBER_SEGMENT_TAG", "EMBER_MN_TRACE", "EMBER_MN_DIRECT", "PYTHONPATH")}
         for i, spec in enumerate(self.remote, 1):
             self.commands[i] = self.nl.start(spec, argv, env=env, cwd=os.getcwd(), capture=True,
                                              ready=False)

@@ -28,6 +28,10 @@ def attach_descriptor(desc):
     node = getattr(desc, "node", None)
     here = int(_env.get(_env.NODE, "0") or 0)
     if node is None or node == here:
-        return Channel.attach(desc.sdesc)
+        ch = Channel.attach(desc.sdesc)
+        if node is not None:
+            from .route import install         # the direct path, if on (docs/multinode.md)
+            install(ch)
+        return ch
     from .remote import RemoteChannel
     return RemoteChannel(desc)

@@ -40,6 +40,8 @@ each message to the loop through a queue and an eventfd (:class:`_Inbox`):
 the loop waits only on the poller.
 """
 import collections
+import ctypes
+import itertools
 import os
 import select
 import struct
@@ -94,8 +96,22 @@ Z_EVENTS, Z_RCVMORE, Z_POLLIN, Z_NOBLOCK = (int(c) for c in (zmq.EVENTS, zmq.RCV
 ATTACH_HDR = struct.Struct("<cQI")        # op, c_uid, req  (+ frame: sdesc)
 SEND_HDR = struct.Struct("<cQ")           # op, c_uid       (+ frames: payloads)
 RECV_HDR = struct.Struct("<cQId")         # op, c_uid, req, timeout (< 0: none)
+#: the direct path (docs/multinode.md; :mod:`.route`, :mod:`.remote`): a
+#: receiving process of this node registers its route (REG_HDR + frame: its
+#: inbox's address; answered MSG(R_OK) + b"1" granted / b"0" refused); a
+#: sender's flush, or the receiver, asks to end it (SEND_HDR)
+OP_REGISTER, OP_REVOKE = b"g", b"v"
+REG_HDR = struct.Struct("<cQIqII")        # op, c_uid, req, pid, record fd, gate offset
 # agent -> client
 R_ACK, R_ERR, R_MSG, R_EMPTY, R_OK = b"K", b"E", b"M", b"T", b"A"
+#: a route offered (frame: the inbox's address) / ended (frame: TAKEN_ENTRY
+#: per sender: what the receiver took; the sender resends the rest here)
+R_ROUTE, R_CLOSED = b"O", b"C"
+ROUTE = struct.Struct("<cQQ")             # R_ROUTE / R_CLOSED, c_uid, epoch
+TAKEN_ENTRY = struct.Struct("<B16sQ")     # sender id length, sender id, last seq taken
+#: how long revoking waits for a receiver's take in progress (a few
+#: instructions: only a process stopped right there makes it wait)
+GATE_WAIT = 1.0
 ACK = struct.Struct("<cQI")               # R_ACK, c_uid, count
 ERR = struct.Struct("<cQI")               # R_ERR, c_uid, req (0: a send) + frame: [type, text]
 MSG = struct.Struct("<cI")                # R_MSG / R_EMPTY / R_OK, req
@@ -174,6 +190,15 @@ class _Poller:
     def fresh(self, z):
         self.stale.discard(z)
 
+    def add(self, fd):
+        """Watch plain descriptor ``fd`` too (returned by wait when readable)."""
+        self.p.register(fd, select.POLLIN)
+        self.by_fd[fd] = fd
+
+    def remove(self, fd):
+        self.p.unregister(fd)
+        self.by_fd.pop(fd, None)
+
     def wait(self, timeout):
         """The zmq sockets that may have input and the descriptors that are
         readable, after waiting up to ``timeout`` s (whole milliseconds, as
@@ -233,6 +258,13 @@ class DataServer:
         self.acks = {}            # (ident, c_uid) -> messages to acknowledge
         self.ack_due = False      # some sender has ACK_EVERY or more of them
         self.busy_since = None    # since when something waits (full, parked)
+        # the direct path (docs/multinode.md, "The direct path")
+        self.senders = {}         # c_uid -> {ident} of the remote handles attached
+        self.routes = {}          # c_uid -> _Route
+        self.by_pidfd = {}        # a route's receiver's pidfd -> c_uid
+        self.no_route = set()     # c_uids never routed again (two receivers, a flush)
+        self._epochs = itertools.count(1)
+        self.poller = None        # the loop's _Poller (a route's pidfd is added to it)
 
     @property
     def busy(self):
@@ -341,6 +373,9 @@ class DataServer:
             self._send(ident, c_uid, f.buffer if type(f) is zmq.Frame else memoryview(f), 0)
         elif op == OP_RECV:
             _, c_uid, req, timeout = RECV_HDR.unpack(hdr)
+            if c_uid in self.routes:         # a second receiver (remote): the route ends
+                self.no_route.add(c_uid)
+                self.revoke(c_uid, "a remote handle receives")
             self._recv(ident, c_uid, req, None if timeout < 0 else time.monotonic() + timeout)
         elif op == OP_ATTACH:
             _, c_uid, req = ATTACH_HDR.unpack(hdr)
@@ -355,6 +390,20 @@ class DataServer:
                 self.sock.send_multipart([ident, MSG.pack(R_OK, req)])
             except Exception as exc:
                 self._error(ident, c_uid, req, exc)
+            else:
+                self.senders.setdefault(c_uid, set()).add(ident)
+                r = self.routes.get(c_uid)
+                if r is not None:
+                    self.sock.send_multipart([ident, ROUTE.pack(R_ROUTE, c_uid, r.epoch),
+                                              r.address])
+        elif op == OP_REGISTER:
+            _, c_uid, req, pid, fd, off = REG_HDR.unpack(hdr)
+            self._register(ident, c_uid, req, pid, fd, off, bytes(frames[1]))
+        elif op == OP_REVOKE:
+            _, c_uid = SEND_HDR.unpack(hdr)
+            if c_uid in self.routes:
+                self.no_route.add(c_uid)
+                self.revoke(c_uid, "asked (a sender's flush, or the receiver)")
         elif op == OP_DETACH:
             pass      # handles are shared by every client of this agent: kept until exit
         else:
@@ -426,8 +475,108 @@ class DataServer:
             else:
                 a[0] += count
                 a[1] += nbytes
-            if a[0] >= ACK_EVERY or a[1] >= ACK_BYTES:
+            if c_uid in self.routes:
+                # a route is offered: the sender switches once all it sent
+                # here is acknowledged, so acknowledge at once
+                del self.acks[key]
+                self.sock.send_multipart([ident, ACK.pack(R_ACK, c_uid, a[0])])
+            elif a[0] >= ACK_EVERY or a[1] >= ACK_BYTES:
                 self.ack_due = True
+
+    # ---- the direct path's routes (docs/multinode.md, "The direct path")
+    def _register(self, ident, c_uid, req, pid, fd, off, address):
+        """A receiving process of this node asks for channel ``c_uid``'s
+        route: granted if no other process has it (a second one ends the
+        route for good) and its record can be mapped; then offered to every
+        remote sender of the channel."""
+        from .direct import TakenRecord
+        r = self.routes.get(c_uid)
+        granted = None
+        if c_uid in self.no_route:
+            pass
+        elif r is not None:
+            if r.pid != pid:
+                self.no_route.add(c_uid)
+                self.revoke(c_uid, "a second receiving process")
+        elif not (TakenRecord.GATE_AT <= off < TakenRecord.SIZE and off % 8 == 0):
+            log.warning("direct path: process %d registered a gate at %d", pid, off)
+        else:
+            pidfd = page = None
+            try:
+                pidfd = os.pidfd_open(pid)
+                page = TakenRecord.open(pid, fd, write=True)
+                TakenRecord.read(page)                   # (checks the magic)
+                granted = _Route(ident, pid, pidfd, page, off, address, next(self._epochs))
+            except (OSError, ChannelError) as exc:
+                log.info("direct path: no route for channel %d to process %d: %s", c_uid, pid,
+                         exc)
+                if page is not None:
+                    page.close()
+                if pidfd is not None:
+                    os.close(pidfd)
+        self.sock.send_multipart([ident, MSG.pack(R_OK, req), b"1" if granted else b"0"])
+        if granted is None:
+            return
+        self.routes[c_uid] = granted
+        self.by_pidfd[granted.pidfd] = c_uid
+        if self.poller is not None:
+            self.poller.add(granted.pidfd)
+        for s in self.senders.get(c_uid, ()):
+            a = self.acks.pop((s, c_uid), None)
+            if a is not None:
+                self.sock.send_multipart([s, ACK.pack(R_ACK, c_uid, a[0])])
+            self.sock.send_multipart([s, ROUTE.pack(R_ROUTE, c_uid, granted.epoch), address])
+
+    def check_receivers(self, events):
+        """End the routes whose receiving process ended (a readable pidfd in ``events``)."""
+        for o in events:
+            if type(o) is int and o in self.by_pidfd:
+                self.receiver_ended(o)
+
+    def receiver_ended(self, pidfd):
+        """A route's receiving process ended (its pidfd is readable)."""
+        c_uid = self.by_pidfd.get(pidfd)
+        if c_uid is not None:
+            self.revoke(c_uid, "its receiving process ended")
+
+    def revoke(self, c_uid, why):
+        """End channel ``c_uid``'s route: close the receiver's take gate (so
+        it takes nothing more), read what it took of each sender from its
+        record, and tell every sender (R_CLOSED): each resends the rest
+        through this agent, in order, and stays on this path."""
+        from ..channels_c._channels import _gate_close
+        from .direct import TakenRecord
+        r = self.routes.pop(c_uid, None)
+        if r is None:
+            return
+        gate = ctypes.addressof(r.gate)
+        deadline = time.monotonic() + GATE_WAIT
+        while _gate_close(gate) == 1:               # a take in progress
+            if select.select([r.pidfd], [], [], 0)[0]:
+                break                               # (a dead taker: its record is final)
+            if time.monotonic() > deadline:
+                log.warning("direct path: channel %d's receiver %d stayed inside a take for "
+                            "%g s; its record is read as it is", c_uid, r.pid, GATE_WAIT)
+                break
+            time.sleep(0.0001)
+        taken = TakenRecord.read(r.map, c_uid)
+        table = b"".join(TAKEN_ENTRY.pack(len(s), s, q) for s, q in taken.items())
+        log.debug("direct path: channel %d's route to %d ends (%s): taken %s", c_uid, r.pid, why,
+                  sorted(taken.values()))
+        for s in self.senders.get(c_uid, ()):
+            self.sock.send_multipart([s, ROUTE.pack(R_CLOSED, c_uid, r.epoch), table])
+        self._drop_route(r)
+
+    def _drop_route(self, r):
+        self.by_pidfd.pop(r.pidfd, None)
+        if self.poller is not None:
+            try:
+                self.poller.remove(r.pidfd)
+            except (KeyError, ValueError):
+                pass
+        os.close(r.pidfd)
+        r.gate = None                 # (a view into the mapping: before it is closed)
+        r.map.close()
 
     def _forget(self, c_uid, exc):
         """A destroyed channel's handle is dropped (a closed one is kept:
@@ -526,12 +675,24 @@ class DataServer:
         return True
 
     def close(self):
+        for r in list(self.routes.values()):
+            self._drop_route(r)
+        self.routes.clear()
         for ch in self.chans.values():
             try:
                 ch.detach()
             except Exception:
                 pass
         self.chans.clear()
+
+
+class _Route:
+    """A channel's route to one receiving process of this node."""
+
+    def __init__(self, ident, pid, pidfd, page, off, address, epoch):
+        self.ident, self.pid, self.pidfd, self.map = ident, pid, pidfd, page
+        self.gate = ctypes.c_uint64.from_buffer(page, off)
+        self.address, self.epoch = address, epoch
 
 
 def _route_ip(host):
@@ -632,6 +793,7 @@ class HeadAgent:
         sock, inbox, data = self.sock, self.inbox, self.data
         efd = inbox.fd
         poller = _Poller([sock], [efd])
+        data.poller = poller
         from_node = self._from_node
         next_beat = time.monotonic() + HEARTBEAT
         while not self.stopping:
@@ -641,6 +803,9 @@ class HeadAgent:
             if efd in events:
                 for tag, payload in inbox.take():
                     self._from_gs(payload)
+                poller.touch(sock)
+            if data.by_pidfd:
+                data.check_receivers(events)
                 poller.touch(sock)
             if data.busy:
                 data.retry()
@@ -725,6 +890,7 @@ class NodeAgent:
         head, sock, data, inbox = self.head, self.sock, self.data, self.inbox
         efd = inbox.fd
         poller = _Poller([sock, head], [pidfd, efd])
+        data.poller = poller
         last_head = time.monotonic()
         next_beat = last_head + HEARTBEAT
         while True:
@@ -750,6 +916,9 @@ class NodeAgent:
                 for tag, payload in inbox.take():
                     head.send_multipart([tag, payload])
                 poller.touch(head)
+            if data.by_pidfd:
+                data.check_receivers(events)
+                poller.touch(sock)
             if data.busy:
                 data.retry()
                 poller.touch(sock)

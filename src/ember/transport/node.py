@@ -97,7 +97,7 @@ def main(argv=None):
         print(f"ember node: bad settings: {exc}", file=sys.stderr)
         return 2
     for k in list(os.environ):           # nothing of a runtime this process might sit in
-        if k.startswith("EMBER_") and k not in ("EMBER_LOG", "EMBER_CONTROL_SPIN", "EMBER_SEGMENT_TAG", "EMBER_MN_TRACE"):
+        if k.startswith("EMBER_") and k not in ("EMBER_LOG", "EMBER_CONTROL_SPIN", "EMBER_SEGMENT_TAG", "EMBER_MN_TRACE", "EMBER_MN_DIRECT"):
             del os.environ[k]
     for k, v in (cfg.get("env") or {}).items():
         os.environ[k] = v

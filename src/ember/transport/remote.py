@@ -35,12 +35,12 @@ import time
 
 import zmq
 
-from .. import exceptions
+from .. import _log, exceptions
 from . import _trace
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
-from .agent import (ACK, ATTACH_HDR, ERR, LEN, MSG, OP_ATTACH, OP_RECV, OP_SEND, OP_SENDB,
-                    OP_SENDF, R_ACK, R_EMPTY, R_ERR, R_MSG, R_OK, RECV_HDR, SEND_HDR, Z_EVENTS,
-                    Z_POLLIN)
+from .agent import (ACK, ATTACH_HDR, ERR, LEN, MSG, OP_ATTACH, OP_RECV, OP_REVOKE, OP_SEND,
+                    OP_SENDB, OP_SENDF, R_ACK, R_CLOSED, R_EMPTY, R_ERR, R_MSG, R_OK, R_ROUTE,
+                    RECV_HDR, ROUTE, SEND_HDR, TAKEN_ENTRY, Z_EVENTS, Z_POLLIN)
 
 __all__ = ["RemoteChannel", "WINDOW", "BATCH"]
 
@@ -68,6 +68,15 @@ DRAIN_EVERY = 0.001
 _monotonic = time.monotonic
 TRACE = _trace.ON
 CHECK_EVERY = 1.0
+#: while a channel's messages go by the direct path (docs/multinode.md), a
+#: thread of the process reads what the agent says (the end of a route)
+#: this often (seconds): a send on the direct path does not ask the agent's
+#: socket (its events cost a system call)
+ROUTE_CHECK = 0.05
+
+
+class _Rerouted(Exception):
+    """A send that waited on the direct path found its route ended."""
 
 _conns = {}
 _conns_lock = threading.Lock()
@@ -145,11 +154,22 @@ class _Conn:
         self.undrained = 0        # sends since the last _drain
         self.wake = threading.Event()
         self.pid = os.getpid()
+        # the direct path (docs/multinode.md, "The direct path")
+        self.offers = {}          # c_uid -> (epoch, inbox address) offered by the agent
+        self.direct = {}          # c_uid -> (epoch, DirectSender): sends go there
+        self.dsenders = {}        # inbox address -> DirectSender
+        self.watcher = None       # the thread that reads the agent's route ends
 
     # ---- receiving what the agent says
     def _dispatch(self, frames):
         kind = bytes(frames[0][:1])
-        if kind == R_ACK:
+        if kind == R_ROUTE or kind == R_CLOSED:
+            _, c_uid, epoch = ROUTE.unpack(bytes(frames[0]))
+            if kind == R_ROUTE:
+                self.offers[c_uid] = (epoch, bytes(frames[1]).decode())
+            else:
+                self._route_closed(c_uid, epoch, bytes(frames[1]))
+        elif kind == R_ACK:
             _, c_uid, n = ACK.unpack(bytes(frames[0]))
             f = self.inflight.get(c_uid)
             if f is not None:
@@ -168,6 +188,72 @@ class _Conn:
         else:
             _, req = MSG.unpack(bytes(frames[0][:MSG.size]))
             self.replies[req] = frames
+
+    # ---- the direct path
+    def _switch(self, c_uid):
+        """Take channel ``c_uid``'s offered route (nothing of it is
+        unacknowledged here: all this process sent is in the channel)."""
+        from .direct import DirectSender
+        epoch, address = self.offers.pop(c_uid)
+        ds = self.dsenders.get(address)
+        if ds is None:
+            ds = self.dsenders[address] = DirectSender(address)
+        d = self.direct[c_uid] = (epoch, ds)
+        if self.watcher is None:
+            self.watcher = threading.Thread(target=self._watch_routes, daemon=True,
+                                            name=f"ember-routes-node{self.node}")
+            self.watcher.start()
+        return d
+
+    def _route_closed(self, c_uid, epoch, table):
+        """The agent ended channel ``c_uid``'s route: what the receiver did
+        not take (by its record, ``table``) is sent again through the
+        agent, in order, before anything new; this handle stays there."""
+        o = self.offers.get(c_uid)
+        if o is not None and o[0] == epoch:
+            del self.offers[c_uid]
+        d = self.direct.get(c_uid)
+        if d is None or d[0] != epoch:
+            return
+        del self.direct[c_uid]
+        ds = d[1]
+        taken = {}
+        for i in range(0, len(table) - TAKEN_ENTRY.size + 1, TAKEN_ENTRY.size):
+            n, sid, seq = TAKEN_ENTRY.unpack_from(table, i)
+            taken[sid[:n]] = seq
+        rest = ds.after(c_uid, taken.get(ds.identity, 0))
+        ds.copies.pop(c_uid, None)
+        ds.nbytes.pop(c_uid, None)
+        now = _monotonic()
+        for data in rest:
+            self._put(c_uid, data, len(data), now)
+        self._flush(c_uid)
+
+    def _watch_routes(self):
+        while True:
+            time.sleep(ROUTE_CHECK)
+            if self.pid != os.getpid():
+                return
+            with self.lock:
+                if self.direct:
+                    try:
+                        self._drain()
+                    except Exception as exc:        # the socket closed: the process ends
+                        _log.get("remote").debug("route watcher ends: %r", exc)
+                        return
+
+    def _send_direct(self, c_uid, d, data, timeout):
+        """A send on the direct path; False if the route ended meanwhile
+        (the message was not sent: it goes through the agent)."""
+        def idle():
+            self._drain()
+            if self.direct.get(c_uid) is not d:
+                raise _Rerouted()
+        try:
+            d[1].send(c_uid, data, timeout, idle)
+        except _Rerouted:
+            return False
+        return True
 
     def _drain(self):
         self.undrained = 0
@@ -222,6 +308,16 @@ class _Conn:
             err = self.errors.pop(c_uid, None)
             if err is not None:
                 raise err
+            d = self.direct.get(c_uid)
+            if d is None and c_uid in self.offers:
+                # a route is offered: switch once nothing sent here is
+                # unacknowledged (all of it is in the channel)
+                self._drain()
+                f = self.inflight.get(c_uid)
+                if c_uid in self.offers and not (f and f[0]) and c_uid not in self.pending:
+                    d = self._switch(c_uid)
+            if d is not None and self._send_direct(c_uid, d, data, timeout):
+                return
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
             f = self.inflight.get(c_uid)
             now = _monotonic()
@@ -302,6 +398,16 @@ class _Conn:
         c_uid = handle.c_uid
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
+            if c_uid in self.direct:
+                # "in the channel": the route ends (the receiver keeps what
+                # it took, the rest comes here and is sent through the agent)
+                self.sock.send(SEND_HDR.pack(OP_REVOKE, c_uid))
+                while c_uid in self.direct:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    if not self._wait_one(None if left is None else min(left, CHECK_EVERY)):
+                        handle._check_alive()
             self._flush(c_uid)
             while True:
                 err = self.errors.pop(c_uid, None)
@@ -335,6 +441,8 @@ class _Conn:
             self.flush_all()
         except Exception:
             pass
+        for ds in self.dsenders.values():
+            ds.close()
         self.sock.close(linger=2000)
 
 
@@ -354,7 +462,7 @@ def _flush_at_exit():
         if c.pid == os.getpid():
             try:
                 c.flush_all()
-                for c_uid in list(c.inflight):
+                for c_uid in list(c.direct) + list(c.inflight):
                     c.wait_acked(_Stub(c_uid), 2.0)
             except Exception:
                 pass
