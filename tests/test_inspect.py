@@ -551,6 +551,68 @@ def test_unnamed_processes_show_their_target_and_idle_workers_as_such(tmp_path, 
         _stop(run)
 
 
+# Three processes without stacks, each for its own reason.
+NO_STACKS = """\
+import sys
+from ember.globalservices import process
+
+OWN = '''
+import signal
+signal.signal(signal.SIGUSR2, lambda *a: None)      # its own, before it binds
+from ember.channels_c import Channel
+from ember.globalservices import channel
+Channel.attach(channel.create(None, "own_in").sdesc).recv()
+'''
+STUCK = '''
+import ctypes
+from ember.globalservices import channel
+channel.create(None, "stuck_up")
+libc = ctypes.CDLL(None)
+mutex = ctypes.create_string_buffer(64)               # PTHREAD_MUTEX_INITIALIZER
+libc.pthread_mutex_lock(mutex)
+libc.pthread_mutex_lock(mutex)                        # never returns, never checks signals
+'''
+process.create("/bin/sleep", ".", ["3600"], user_name="sleeper")
+process.create(sys.executable, ".", ["-c", OWN], user_name="own")
+process.create(sys.executable, ".", ["-c", STUCK], user_name="stuck")
+process.join("sleeper")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_stacks_says_why_a_process_has_none(tmp_path, xdg):
+    """Not one catch-all line: a process without stacks is shown with the
+    reason (not a Python process or not bound yet; the program's own
+    SIGUSR2 handler; no answer within --timeout), in --json too."""
+    run = _start(tmp_path, xdg, NO_STACKS)
+    try:
+        def ready(by):
+            return all(n in by for n in ("sleeper", "own", "stuck")) and \
+                by["own"]["blocked_on"] == 'recv("own_in")' and \
+                by["stuck"]["status"] == "sleeping" and \
+                any(c["name"] == "stuck_up" for c in ember_json(xdg, "channels"))
+        by = _wait_ps(xdg, "own blocked and stuck in its mutex", ready)
+        st = {s["name"]: s for s in ember_json(xdg, "stacks", "--timeout", "0.5",
+                                                "sleeper", "own", "stuck")}
+        assert {n: (s["stacks"], s["no_stacks"]) for n, s in st.items()} == {
+            "sleeper": (None, "it does not catch SIGUSR2: not a Python process, or it has not "
+                              "bound its process slot yet (at its first contact with global "
+                              "services)"),
+            "own": (None, "it catches SIGUSR2 but has no stacks file: the program's own handler "
+                          "(ember installs none over it)"),
+            "stuck": (None, "it did not answer within 0.5 s (its main thread in C code that "
+                            "does not check for signals; --timeout waits longer)")}
+        res = ember(xdg, "stacks", "--timeout", "0.5", "own")
+        assert res.stdout.decode() == (
+            f"=== process {by['own']['p_uid']} 'own' (pid {by['own']['pid']}): "
+            f"blocked on recv(\"own_in\")\n"
+            "  (no stacks: it catches SIGUSR2 but has no stacks file: the program's own handler "
+            "(ember installs none over it))\n\n"), res
+        assert os.path.exists(f"/proc/{by['stuck']['pid']}")      # signalled, not killed
+    finally:
+        _stop(run)
+
+
 # concurrent.futures' ProcessPoolExecutor on the "ember" start method: two
 # workers (each one's initializer waits for the other: both exist), idle.
 POOL_EXECUTOR = """\

@@ -614,13 +614,20 @@ def _catches(pid, sig):
 
 
 def _read_stacks(runtime_id, p_uid, pid, timeout):
+    """``(text, None)``: the stacks of process ``p_uid``; or ``(None,
+    why)``, why it has none to show."""
+    if not pid:
+        return None, "it has no pid yet (starting)"
     path = os.path.join(stacks_dir(runtime_id), str(p_uid))
     if not _catches(pid, STACKS_SIGNAL):
-        return None             # no handler (yet, or any more): never signal it
+        # no handler (yet, or any more): never signal it
+        return None, ("it does not catch SIGUSR2: not a Python process, or it has not bound "
+                      "its process slot yet (at its first contact with global services)")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError:
-        return None
+        return None, ("it catches SIGUSR2 but has no stacks file: the program's own handler "
+                      "(ember installs none over it)")
     try:
         os.ftruncate(fd, 0)
         os.kill(pid, STACKS_SIGNAL)
@@ -640,9 +647,12 @@ def _read_stacks(runtime_id, p_uid, pid, timeout):
         data = os.read(fd, 1 << 20).decode(errors="replace")
         # the handler's own frame is not the program's
         data = "".join(ln for ln in data.splitlines(True) if "in _on_stacks_signal" not in ln)
-        return data or None
+        if not data:
+            return None, (f"it did not answer within {timeout:g} s (its main thread in C code "
+                          f"that does not check for signals; --timeout waits longer)")
+        return data, None
     except ProcessLookupError:
-        return None
+        return None, "it exited"
     finally:
         os.close(fd)
 
@@ -662,10 +672,10 @@ def cmd_stacks(args):
             chosen += [r for r in match if r not in chosen]
     out = []
     for r in chosen:
-        text = _read_stacks(addr.id, r["p_uid"], r["pid"], args.timeout) if r["pid"] else None
+        text, why = _read_stacks(addr.id, r["p_uid"], r["pid"], args.timeout)
         out.append({"p_uid": r["p_uid"], "name": r["name"], "label": r["label"],
                     "pid": r["pid"], "blocked_on": r["blocked_on"], "status": r["status"],
-                    "stacks": text})
+                    "stacks": text, "no_stacks": why})
     if args.json:
         _print_json(out)
         return EXIT_OK
@@ -673,7 +683,7 @@ def cmd_stacks(args):
         name = f" {o['name']!r}" if o["name"] else f" {o['label']}" if o["label"] else ""
         print(f"=== process {o['p_uid']}{name} (pid {o['pid']}): {o['status']}")
         if o["stacks"] is None:
-            print("  (no stacks: not a Python process of this runtime, or it did not answer)")
+            print(f"  (no stacks: {o['no_stacks']})")
         else:
             for line in o["stacks"].rstrip("\n").splitlines():
                 print("  " + line)
