@@ -212,10 +212,11 @@ def direct_takes():
 '''
 
 
-def run_direct(tmp_path, body, monkeypatch):
-    """run_prog of ``body`` in a local:2 runtime with the direct path on;
-    ``RP`` (above) is run first, and is a string there (for the children)."""
-    monkeypatch.setenv("EMBER_MN_DIRECT", "1")
+def run_direct(tmp_path, body, monkeypatch, on="1"):
+    """run_prog of ``body`` in a local:2 runtime with the direct path on
+    (EMBER_MN_DIRECT=``on``); ``RP`` (above) is run first, and is a string
+    there (for the children)."""
+    monkeypatch.setenv("EMBER_MN_DIRECT", on)
     return ok(run_prog(tmp_path, f"RP = {RP!r}\nexec(RP)\n" + textwrap.dedent(body),
                        hosts="local:2"))
 
@@ -412,3 +413,29 @@ def test_sender_killed_around_the_switch_leaves_a_prefix_in_order(tmp_path, monk
     """, monkeypatch)
     lines = out.splitlines()
     assert "killed -9" in lines and "True True" in lines and "receiver 0" in lines, lines
+
+
+@pytest.mark.timeout(120)
+def test_direct_path_off_by_environment(tmp_path, monkeypatch):
+    """EMBER_MN_DIRECT=0: the same round trips go through the agent (no
+    inbox is made; on by default otherwise)."""
+    out = run_direct(tmp_path, """
+        ping = channel.create(None, "doff", ChannelOptions(node=1))
+        pong = channel.create(None, "doffb")
+        echo = RP + textwrap.dedent('''
+            a = Channel.attach(channel.join("doff", timeout=30))
+            b = Channel.attach(channel.join("doffb", timeout=30))
+            for _ in range(50):
+                b.send(a.recv(timeout=30))
+            b.send(b"%d %r" % (direct_takes(), route._receiver is None)); b.flush(timeout=30)
+            ''')
+        p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+        h, back = Channel.attach(ping), Channel.attach(pong)
+        got = []
+        for i in range(50):
+            h.send(b"%d" % i)
+            got.append(back.recv(timeout=30))
+        print("in order", got == [b"%d" % i for i in range(50)], back.recv(timeout=30).decode(),
+              route._receiver is None, "exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch, on="0")
+    assert "in order True 0 True True exit 0" in out.splitlines(), out

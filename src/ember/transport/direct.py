@@ -25,20 +25,15 @@ Here, each tested (tests/test_multinode_direct.py):
   in order (checked by their sequence numbers);
 - :class:`DirectSender`: a connection to an inbox; each message one frame
   with its channel and its sequence number (per sender and channel), kept
-  until the inbox acknowledges it (every 128 takes, or when the receiver
-  would sleep with takes unacknowledged for 1 ms; back on the same
-  connection);
+  until the inbox acknowledges it (every 128 takes or 4 MiB, or when the
+  sender asks; back on the same connection);
 - :class:`TakenRecord`: what an inbox took, per sender and channel, in a
   page the node's agent can map and read after the receiver died.
 
-Not here yet (docs/multinode.md lists them): the agent advertising a
-receiver's inbox to the channel's remote senders, and the sender's switch
-to it once all it sent through the agent is acknowledged; the agent
-mapping the receiver's TakenRecord and, when the receiver dies, telling
-each sender where to resend from (``DirectSender.after``) through the
-agent; a flush that revokes the route; revocation when a second receiver
-appears.  Until those exist nothing sends to an inbox by itself:
-``Channel.attach`` gives the agent's path.
+The protocol around them (registration with the node's agent, the
+senders' switch, the route's end and the resend through the agent) is in
+:mod:`.route` (receiving side), :mod:`.agent` (``DataServer``'s routes) and
+:mod:`.remote` (sending side); docs/multinode.md, "The direct path".
 """
 import collections
 import os

@@ -2,9 +2,10 @@
 direct path"): a local channel handle's ``recv`` that also takes what
 processes of other nodes sent straight to this process.
 
-On only when the runtime was started with ``EMBER_MN_DIRECT=1`` in the
-launcher's environment (``Channel.attach(descriptor)`` of a channel of this
-node then installs :func:`receiver` as the handle's ``_direct``).  At the
+On in every runtime of several nodes unless it was started with
+``EMBER_MN_DIRECT=0`` in the launcher's environment
+(``Channel.attach(descriptor)`` of a channel of this node installs
+:func:`receiver` as the handle's ``_direct``).  At the
 handle's first receive that may wait (``recv``/``recv_auto`` with a
 timeout other than 0), this process makes its inbox
 (:class:`~.direct.Inbox`, one per process) and a take gate for the channel,
@@ -39,10 +40,10 @@ _receiver = None
 
 
 def enabled():
-    """The direct path is on for this process (a several-node runtime
-    started with EMBER_MN_DIRECT=1)."""
+    """The direct path is on for this process (a several-node runtime not
+    started with EMBER_MN_DIRECT=0)."""
     from .. import _env
-    return (_env.get("EMBER_MN_DIRECT") or "") == "1" and bool(_env.get("EMBER_MN_AGENTS"))
+    return (_env.get("EMBER_MN_DIRECT") or "1") != "0" and bool(_env.get("EMBER_MN_AGENTS"))
 
 
 def receiver():
