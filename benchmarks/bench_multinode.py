@@ -403,34 +403,19 @@ def main():
         rows.append((what, f"ember {e[2]:,.0f} / {e[1]:,.0f}", f"raw {r[2]:,.0f} / {r[1]:,.0f}",
                      f"{ratio:.0%} / {med:.0%} of raw (target >= 80%)",
                      "met" if med >= 0.8 else "missed"))
-    if "ertt" in rounds[0]:
-        e, r = mm("ertt"), mm("rawrtt")
-        d = [x["ertt"] - x["rawrtt"] for x in rounds]
-        rows.append(("round trip", f"ember {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
-                     f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
-                     f"rounds' differences (target <= +20 us)",
-                     "met" if max(statistics.median(d), e[0] - r[0]) <= 20 else "missed"))
-    if "artt" in rounds[0]:
-        e, r = mm("artt"), mm("rawrtt")
-        d = [x["artt"] - x["rawrtt"] for x in rounds]
-        rows.append(("round trip, agent's path", f"ember {e[0]:.0f} / {e[1]:.0f} us",
-                     f"raw {r[0]:.0f} / {r[1]:.0f} us",
-                     f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
-                     f"rounds' differences (EMBER_MN_DIRECT=0)", ""))
-    if "drtt" in rounds[0]:
-        e, r = mm("drtt"), mm("rawrtt")
-        d = [x["drtt"] - x["rawrtt"] for x in rounds]
-        rows.append(("direct path's floor", f"ember {e[0]:.0f} / {e[1]:.0f} us",
-                     f"raw {r[0]:.0f} / {r[1]:.0f} us",
-                     f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
-                     f"rounds' differences (building blocks only, not the runtime's path)", ""))
-    if "dnrtt" in rounds[0]:
-        e, r = mm("dnrtt"), mm("rawrtt")
-        d = [x["dnrtt"] - x["rawrtt"] for x in rounds]
-        rows.append(("direct, no acks", f"ember {e[0]:.0f} / {e[1]:.0f} us",
-                     f"raw {r[0]:.0f} / {r[1]:.0f} us",
-                     f"raw + {e[0] - r[0]:.0f} best vs best / {statistics.median(d):.0f} median of the "
-                     f"rounds' differences (building blocks, acknowledgements off)", ""))
+    for what, key, note, target in (
+            ("round trip", "ertt", "target <= +20 us", True),
+            ("round trip, agent's path", "artt", "EMBER_MN_DIRECT=0", False),
+            ("direct path's floor", "drtt", "building blocks only, not the runtime's path", False),
+            ("direct, no acks", "dnrtt", "building blocks, acknowledgements off", False)):
+        if key not in rounds[0]:
+            continue
+        e, r = mm(key), mm("rawrtt")
+        d = statistics.median(x[key] - x["rawrtt"] for x in rounds)
+        rows.append((what, f"ember {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
+                     f"raw + {e[0] - r[0]:.0f} best vs best / {d:.0f} median of the "
+                     f"rounds' differences ({note})",
+                     ("met" if max(d, e[0] - r[0]) <= 20 else "missed") if target else ""))
     if "up4" in rounds[0]:
         d = [x["up4"] - x["up1"] for x in rounds]
         rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",
