@@ -507,18 +507,25 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
     assert b"SIGUSR2" not in err, err
 
 
-# Unnamed processes: an ember.Process and an Executor's worker, idle.
+# Unnamed processes: an ember.Process, an Executor's worker, idle, and two
+# multiprocessing processes under the "ember" start method.
 LABELS = """\
-import time, ember
+import multiprocessing as mp, time, ember
 
 def work():
     time.sleep(3600)
+
+class Worker(mp.get_context("ember").Process):
+    def run(self):
+        time.sleep(3600)
 
 if __name__ == "__main__":
     p = ember.Process(target=work)
     p.start()
     ex = ember.Executor(max_workers=1)
     ex.submit(int, 1).result()
+    mp.get_context("ember").Process(target=work, name="Cruncher").start()
+    Worker().start()
     p.join()
 """
 
@@ -528,13 +535,17 @@ def test_unnamed_processes_show_their_target_and_idle_workers_as_such(tmp_path, 
     """Not a blank NAME: an unnamed Process shows as multiprocessing names
     it, with its target (``Process-1 (__main__.work)``); an Executor's
     worker waiting for tasks shows as an idle worker (it binds its slot
-    itself: it never talks to GS)."""
+    itself: it never talks to GS); a multiprocessing process of the
+    "ember" start method by multiprocessing's name for it and its target
+    or its class's run, not by the method's child code."""
     run = _start(tmp_path, xdg, LABELS)
     try:
-        by = _wait_ps(xdg, "the worker to idle",
-                      lambda by: any(r["status"].startswith("idle") for r in by.values()),
+        by = _wait_ps(xdg, "the worker to idle and both mp processes",
+                      lambda by: len(by) == 5 and any(r["status"].startswith("idle")
+                                                      for r in by.values()),
                       key=lambda r, rows: r["label"])
-        assert set(by) == {None, "Process-1 (__main__.work)", "Process-2 (Executor worker)"}, by
+        assert set(by) == {None, "Process-1 (__main__.work)", "Process-2 (Executor worker)",
+                           "Cruncher (__main__.work)", "Worker-2 (__main__.Worker.run)"}, by
         worker = by["Process-2 (Executor worker)"]
         assert worker["status"] == "idle (an Executor's worker waiting for tasks)"
         assert worker["blocked_on"] == "recv(tasks of an Executor)" and worker["name"] is None

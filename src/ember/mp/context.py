@@ -432,10 +432,15 @@ def is_pool_executor_worker(process_obj):
 def _ps_what(process_obj):
     """What ``ember ps`` shows after a child's name: its target
     (``mymod.work``); ``ProcessPoolExecutor worker`` for one of
-    concurrent.futures' workers; None for a subclass's own run()."""
+    concurrent.futures' workers; a subclass's own run() (``mymod.Worker.run``;
+    not the method's child code, which an ember.Process shows when it has
+    nothing to show); "no target" for a process with neither."""
     if is_pool_executor_worker(process_obj):
         return "ProcessPoolExecutor worker"
-    return _m.process._target_name(process_obj._target)
+    run = type(process_obj).run
+    if run is not _mpprocess.BaseProcess.run:
+        return _m.process._target_name(run)
+    return _m.process._target_name(process_obj._target) or "no target"
 
 
 class EmberProcess(_mpprocess.BaseProcess):
