@@ -152,3 +152,109 @@ def test_child_stdin_is_devnull_at_eof_for_ember_and_subclassed_processes(tmp_pa
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [" False True utf-8", "exit 0"] * 3, (res.stdout, res.stderr)
     assert "leaked" not in res.stderr, res.stderr
+
+
+BOOT = """
+import atexit, multiprocessing as mp, os, sys, threading, time
+from multiprocessing import util
+import ember
+
+def report(tag, q):
+    cp, pp = mp.current_process(), mp.parent_process()
+    q.put((tag, cp.name, type(cp).__name__, pp.pid, pp.name,
+           mp.active_children(), threading.main_thread().native_id == threading.get_native_id(),
+           sys.stdin.read()))
+
+def ret(q):
+    report("ret", q)
+
+def exit3(q):
+    report("exit3", q)
+    sys.exit(3)
+
+def exitmsg(q):
+    sys.exit("leaving with a message")
+
+def boom(q):
+    raise ValueError("boom in the target")
+
+class Held:
+    pass
+
+HELD = Held()
+
+def finalizer_and_atexit(q):
+    util.Finalize(HELD, print, args=("finalizer ran",), kwargs={"flush": True}, exitpriority=10)
+    atexit.register(lambda: print("atexit ran", flush=True))
+
+def lingering_thread(q):
+    threading.Thread(target=lambda: (time.sleep(0.3), q.put(("thread done",)))).start()
+
+def grandchild(q):
+    c = mp.Process(target=report, args=("grandchild", q))
+    c.start()           # not joined: the exit joins it
+
+def seen(got, p):
+    # the parent's pid: ours, or (a grandchild's) the child's
+    if len(got) > 3:
+        got = got[:3] + ({os.getpid(): "us", p.pid: "the child"}.get(got[3], got[3]),) + got[4:]
+    return got
+
+class Sub(mp.Process):
+    def __init__(self, q):
+        super().__init__(name="Sub-x")
+        self.q = q
+    def run(self):
+        report("sub", self.q)
+
+if __name__ == "__main__":
+    mp.set_start_method(sys.argv[1])
+    q = mp.Queue()
+    for fn, n in ((ret, 1), (exit3, 1), (exitmsg, 0), (boom, 0), (finalizer_and_atexit, 0),
+                  (lingering_thread, 1), (grandchild, 1)):
+        p = mp.Process(target=fn, args=(q,), name="P-" + fn.__name__)
+        p.start(); p.join(60)
+        print(fn.__name__, p.exitcode, flush=True)
+        for _ in range(n):
+            print(" ", seen(q.get(timeout=30), p), flush=True)
+    p = Sub(q); p.start(); p.join(60)
+    print("sub", p.exitcode, seen(q.get(timeout=30), p), flush=True)
+    util.log_to_stderr().setLevel(util.INFO)
+    p = mp.Process(target=ret, args=(q,), name="P-logged"); p.start(); q.get(timeout=30); p.join(60)
+    print("logged", p.exitcode, flush=True)
+"""
+
+
+#: What the program prints under spawn (sorted: a child's lines reach the
+#: terminal through ember's output forwarding, in no fixed order with the
+#: parent's), stdout then stderr without the traceback's source lines.
+BOOT_SPAWN = (sorted([
+    "ret 0", "  ('ret', 'P-ret', 'Process', 'us', 'MainProcess', [], True, '')",
+    "exit3 3", "  ('exit3', 'P-exit3', 'Process', 'us', 'MainProcess', [], True, '')",
+    "exitmsg 1", "boom 1", "finalizer_and_atexit 0", "finalizer ran", "atexit ran",
+    "lingering_thread 0", "  ('thread done',)", "grandchild 0",
+    "  ('grandchild', 'Process-7:1', 'Process', 'the child', 'P-grandchild', [], True, '')",
+    "sub 0 ('sub', 'Sub-x', 'Sub', 'us', 'MainProcess', [], True, '')", "logged 0"]),
+    sorted(["leaving with a message", "Process P-boom:", "Traceback (most recent call last):",
+            "ValueError: boom in the target", "[INFO/P-logged] child process calling self.run()",
+            "[INFO/P-logged] process shutting down",
+            "[INFO/P-logged] process exiting with exitcode 0",
+            "[INFO/MainProcess] process shutting down"]))
+
+
+@pytest.mark.timeout(120)
+def test_child_bootstrap_as_spawns(tmp_path):
+    """What multiprocessing's _bootstrap does in a child (the ember method
+    runs its own, with fewer functions) is what spawn's child does (the
+    program's output under spawn, :data:`BOOT_SPAWN`): exit codes (return,
+    sys.exit(3), sys.exit("message") on stderr, an exception's traceback
+    after "Process <name>:"), current_process()/parent_process(), no
+    children, the main thread's native id, stdin at EOF, finalizers and
+    atexit hooks at exit, a non-daemon thread and an unjoined child waited
+    for, a subclass's run(), and multiprocessing's log lines."""
+    (tmp_path / "prog.py").write_text(BOOT)
+    res = subprocess.run([sys.executable, "prog.py", "ember"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    err = [ln for ln in res.stderr.splitlines() if not ln.startswith(("  File", "    "))]
+    assert (sorted(res.stdout.splitlines()), sorted(err)) == BOOT_SPAWN, (res.stdout, res.stderr)

@@ -8,8 +8,10 @@ hook set (:func:`_tracker_hook`).  A child then only writes what is its own
 (each first write to a page it shares with the template is a copy-on-write
 fault, 5-8 µs here).
 """
+import itertools as _itertools
 import os
 import sys
+import threading as _threading
 from multiprocessing import context as _mpctx
 from multiprocessing import process as _process
 from multiprocessing import reduction as _reduction
@@ -99,7 +101,7 @@ def _devnull_stdin():
     /dev/null, as in the template (which imports this module before it
     forks): a child's ``_bootstrap`` would close sys.stdin, open /dev/null
     and wrap it again (~0.1 ms of every start); the child takes this one
-    instead (:func:`main`).  None otherwise."""
+    instead (:func:`_bootstrap`).  None otherwise."""
     try:
         st, null = os.fstat(0), os.stat(os.devnull)
         if (st.st_dev, st.st_ino) != (null.st_dev, null.st_ino):
@@ -112,22 +114,120 @@ def _devnull_stdin():
 _STDIN = _devnull_stdin()
 
 
-def _take_stdin(process_obj):
-    """Let ``process_obj._bootstrap`` skip reopening stdin (sys.stdin None)
-    and ``EmberProcess._after_fork`` put the template's stream over
-    /dev/null in its place: what spawn's child gets (a text stream at
-    EOF), made once.  Only for an EmberProcess whose fd 0 is still
-    /dev/null."""
-    if _STDIN is None or type(process_obj)._after_fork is not context.EmberProcess._after_fork:
-        return
+_BaseProcess = _process.BaseProcess
+_base_bootstrap = _BaseProcess._bootstrap
+_base_run = _BaseProcess.run
+#: Python versions whose ``BaseProcess._bootstrap`` :func:`_bootstrap` is
+#: written after (CPython 3.10-3.12 have the same one); others run theirs.
+_OWN_BOOTSTRAP = sys.version_info[:2] in ((3, 10), (3, 11), (3, 12))
+
+
+def _template_stdin():
+    """The template's text stream over /dev/null (:data:`_STDIN`) when this
+    child's fd 0 is still /dev/null, else None."""
+    if _STDIN is None:
+        return None
     try:
         st = os.fstat(0)
     except OSError:
-        return
+        return None
     if (st.st_dev, st.st_ino) != (_STDIN[1].st_dev, _STDIN[1].st_ino):
-        return
-    context._stdin_after_fork[:] = [_STDIN[0]]
-    sys.stdin = None
+        return None
+    return _STDIN[0]
+
+
+def _bootstrap(self, parent_sentinel):
+    """``self._bootstrap(parent_sentinel)`` as CPython 3.11's
+    ``BaseProcess._bootstrap`` does it, step for step, with fewer of the
+    template's functions run in the child (each function run for the first
+    time in a child writes its code object's page: a copy-on-write fault,
+    5-8 µs here).  The same steps, the same order, the same outcome:
+
+    - the start method forced (``context._force_start_method``), the
+      process counter and ``_children`` new, stdin at /dev/null (a child
+      whose fd 0 is /dev/null takes the text stream the template made over
+      it, :data:`_STDIN`; else ``util._close_stdin``),
+      ``current_process()`` and ``parent_process()`` set, the main
+      thread's native id, the after-fork step (``self._after_fork()``);
+    - ``self.run()`` (the target called directly when ``run`` is
+      ``BaseProcess.run``);
+    - ``util._exit_function()``, done as its one effect (``_exiting`` set)
+      when it has nothing to run: no finalizer registered, no child, no
+      logger (else called);
+    - the exit code as ``_bootstrap``'s (0, ``SystemExit``'s code or 1
+      with it written to stderr, 1 with the traceback after "Process
+      <name>:"), ``threading._shutdown()``, stdout and stderr flushed;
+      ``util.info`` called where ``_bootstrap`` calls it, only when a
+      logger is set (it does nothing else).
+
+    Only for a class that keeps ``BaseProcess._bootstrap`` (others run
+    their own)."""
+    process, util, ctx = _process, _util, _mpctx
+    try:
+        if self._start_method is not None:
+            ctx._default_context._actual_context = ctx._concrete_contexts[self._start_method]
+        process._process_counter = _itertools.count(1)
+        process._children = set()
+        stdin = _template_stdin()
+        if stdin is not None:
+            sys.stdin = stdin
+        elif sys.stdin is not None:
+            util._close_stdin()
+        old_process = process._current_process
+        process._current_process = self
+        process._parent_process = process._ParentProcess(
+            self._parent_name, self._parent_pid, parent_sentinel)
+        if _threading._HAVE_THREAD_NATIVE_ID:
+            _threading._main_thread._native_id = _threading.get_native_id()
+        try:
+            self._after_fork()
+        finally:
+            del old_process
+        if util._logger:
+            util.info('child process calling self.run()')
+        try:
+            if type(self).run is _base_run:
+                if self._target:
+                    self._target(*self._args, **self._kwargs)
+            else:
+                self.run()
+            exitcode = 0
+        finally:
+            if util._exiting or util._finalizer_registry or process._children or util._logger:
+                util._exit_function()
+            else:
+                util._exiting = True
+    except SystemExit as e:
+        if e.code is None:
+            exitcode = 0
+        elif isinstance(e.code, int):
+            exitcode = e.code
+        else:
+            sys.stderr.write(str(e.code) + '\n')
+            exitcode = 1
+    except:   # noqa: E722  (as _bootstrap: any exception)
+        exitcode = 1
+        import traceback
+        sys.stderr.write('Process %s:\n' % self.name)
+        traceback.print_exc()
+    finally:
+        _threading._shutdown()
+        if util._logger:
+            util.info('process exiting with exitcode %d' % exitcode)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, ValueError):
+                pass
+    return exitcode
+
+
+def _run(process_obj, sentinel):
+    """``process_obj._bootstrap(parent_sentinel=sentinel)``: :func:`_bootstrap`
+    when its class keeps multiprocessing's, else its own."""
+    if _OWN_BOOTSTRAP and type(process_obj)._bootstrap is _base_bootstrap:
+        return _bootstrap(process_obj, sentinel)
+    return process_obj._bootstrap(parent_sentinel=sentinel)
 
 
 def _apply(prep, main=True):
@@ -290,9 +390,8 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
         sentinel = os.pidfd_open(process_obj._parent_pid)
     except OSError:
         sentinel = None
-    _take_stdin(process_obj)
     if context.is_pool_executor_worker(process_obj):
         _show_idle(process_obj._args[0])
-    exitcode = process_obj._bootstrap(parent_sentinel=sentinel)
+    exitcode = _run(process_obj, sentinel)
     _t("M.c_booted")
     sys.exit(exitcode)

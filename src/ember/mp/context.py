@@ -417,10 +417,6 @@ class Popen:
             self._proc.close()
 
 
-#: In a child: the sys.stdin that EmberProcess._after_fork puts in place.
-_stdin_after_fork = []
-
-
 def is_pool_executor_worker(process_obj):
     """Whether ``process_obj`` is a worker of concurrent.futures'
     ProcessPoolExecutor (its target is that module's worker loop)."""
@@ -455,10 +451,6 @@ class EmberProcess(_mpprocess.BaseProcess):
         # As spawn's children: the child starts from the template, not from a
         # fork of the parent; still run the after-fork hooks of whatever
         # unpickling the process object imported.
-        if _stdin_after_fork:
-            # _bootstrap found sys.stdin None (ember.mp._child.main): the
-            # stream over /dev/null that the template made
-            sys.stdin = _stdin_after_fork.pop()
         # BaseProcess._after_fork, without its import (_bootstrap, our
         # caller, imported util) and without walking an empty registry (a
         # WeakValueDictionary's items(): five Python functions, each a
