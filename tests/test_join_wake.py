@@ -107,8 +107,9 @@ def run(tmp_path, body):
 
 def test_a_parked_join_is_woken_by_the_creator_with_gs_stopped(tmp_path):
     """The wake-up takes GS off the path: with GS stopped (SIGSTOP), a
-    parked joiner still gets the channel the moment it is created; the
-    creator's own create completes once GS runs again."""
+    parked joiner still gets the channel the moment it is created, and the
+    creator's create returns too (its register is posted: GS answers it
+    nothing); a lookup once GS runs again finds the name."""
     out = run(tmp_path, """
     j = spawn("join", "wb-a", f"{tmp}/a")
     wait_for(lambda: parked("wb-a"), what="the joiner to park")
@@ -123,15 +124,20 @@ def test_a_parked_join_is_woken_by_the_creator_with_gs_stopped(tmp_path):
             time.sleep(0.005)
         woke = read(f"{tmp}/a")
         print("joiner answered while GS was stopped:", woke is not None)
+        th.join(20)
+        print("create returned while GS was stopped:", bool(made))
     finally:
         os.kill(gs, signal.SIGCONT)
     th.join(30)
     print("same channel:", woke == str(made[0].c_uid))
+    print("found right after:", channel.query("wb-a").c_uid == made[0].c_uid)
     print("joiner exit", process.join(j.p_uid, timeout=30))
     channel.destroy("wb-a")
     """)
     assert "joiner answered while GS was stopped: True" in out
+    assert "create returned while GS was stopped: True" in out
     assert "same channel: True" in out
+    assert "found right after: True" in out
     assert "joiner exit 0" in out
 
 
@@ -577,3 +583,115 @@ def test_a_request_held_for_a_busy_board_leaves_no_entry_when_it_ends(h):
         assert h.gs._board_busy_since == {}, h.gs._board_busy_since
     for i in range(3):
         h.ok(h.req(m.ChannelDestroy, f"held-{i}", p_uid=a, r=b"RA"))
+
+
+# ---------------------------------- the posted register (ChannelRegisterPublished)
+def _posted_rig(h, name):
+    """A creator (p_uid ``a``, our pid) told the board, with post_c_uids
+    (``lo``...), a joiner of ``name`` listed on the board, and the
+    creator's publisher (its GS input: ``gs_in``, read by the test)."""
+    from ember import messages as m
+    from ember.channels_c import Channel
+    from ember.channels_c import _channels as C
+    from ember.globalservices import wakeboard
+    from test_channel_register import OPTS
+    joiner = h.create()
+    jr = Channel.create(h.pool, capacity=4, block_size=1024)
+    join = h.req(m.ChannelJoin, name, None, p_uid=joiner, r=jr.sdesc)   # the board made, listed
+    a = h.create()
+    h.gs.procs[a].os_pid = os.getpid()
+    d = h.ok(h.req(m.ChannelCreate, None, None, OPTS, False, p_uid=a, r=b"RA"))
+    assert "wake_board" in d
+    h.ok(h.req(m.ChannelDestroy, d["c_uid"], p_uid=a, r=b"RA"))
+    gs_in = Channel.create(h.pool, capacity=4, block_size=1024)
+    board = wakeboard.Board.attach(d["wake_board"])
+    od = {"capacity": 128, "block_size": 1024, "ref_count": False, "node": None}
+    pub = C._BoardPublisher(h.pool, board.alloc, board.lock_alloc, h.pool, gs_in, a, h.key(a),
+                            h.gs.default_m_uid, 0, 0, m._packb(od))
+    return dict(a=a, lo=d["post_c_uids"][0], jr=jr, join=join, gs_in=gs_in, board=board,
+                pub=pub, od=m._packb(od))
+
+
+def _posted_close(h, rig, names):
+    from ember import messages as m
+    for name in names:
+        h.ok(h.req(m.ChannelDestroy, name, p_uid=0))
+    h.pump()
+    rig["pub"].release()
+    rig["board"].close()
+    rig["gs_in"].destroy()
+    rig["jr"].destroy()
+
+
+def test_a_posted_register_is_answered_nothing_and_found_right_after(h):
+    """Issue 7 (join wake-up): a create that answered parked joiners from
+    the board queues its register as ChannelRegisterPublished (made with
+    one of its post_c_uids) and waits for nothing: GS records it as a
+    register (the joiner gets no second reply, the node adopts it), answers
+    nothing, and a lookup after it finds the name.  A name nobody waits for
+    is registered the waited way, with a posted c_uid all the same."""
+    from ember import messages as m
+    from ember.descriptors import ChannelDescriptor
+    rig = _posted_rig(h, "wb-p")
+    a, lo = rig["a"], rig["lo"]
+    nxt = h.gs.procs[a].next_c_uid
+    ch, reg, n = rig["pub"].create(lo, 128, 1024, False, b"wb-p", 77, b"RA", rig["od"], True)
+    assert n == 1
+    tag, d = rig["jr"]._recv_reply(5, ChannelDescriptor)
+    assert (tag, d.c_uid, d.name, d.sdesc) == (rig["join"][1], lo, "wb-p", ch.sdesc)
+    data = rig["gs_in"].recv(timeout=5)
+    msg = m.unpack(data)
+    assert type(msg) is m.ChannelRegisterPublished
+    w = m.unpack(reg)
+    assert [getattr(msg, f) for f in m.ChannelRegister.fields] == \
+        [getattr(w, f) for f in m.ChannelRegister.fields]          # the same fields
+    assert type(m.unpack(reg)) is m.ChannelRegister     # (what the caller sends if n < 0)
+    ch._take_owner(os.getpid(), 0)                      # as the client does right after
+    ch.detach()
+    h.gs.handle_bytes(data)
+    h.pump()
+    assert h.reply((b"RA", 77)) is None and h.reply(rig["join"]) is None
+    assert h.gs.chan_names["wb-p"] == lo and lo in h.node.chans
+    assert lo not in h.gs.procs[a].posted_c_uids and h.gs.procs[a].next_c_uid == nxt
+    assert h.ok(h.req(m.ChannelQuery, "wb-p", p_uid=a, r=b"RA"))["sdesc"] == d.sdesc
+    # nobody waits: not claimed, the waited register (code 100) with a posted c_uid
+    ch2, reg2, n2 = rig["pub"].create(lo + 1, 128, 1024, False, b"wb-q", 78, b"RA", rig["od"],
+                                      True)
+    assert n2 == -1
+    h.gs.handle_bytes(reg2)
+    h.pump()
+    got = h.ok((b"RA", 78))
+    assert (got["c_uid"], got["name"]) == (lo + 1, "wb-q")
+    assert lo + 1 not in h.gs.procs[a].posted_c_uids and got["next_c_uid"] == nxt
+    ch2.detach()                                        # (adopted by the node already)
+    _posted_close(h, rig, ("wb-p", "wb-q"))
+
+
+def test_a_posted_register_held_for_a_busy_board_survives_its_creator_s_exit(h):
+    """GS met the posted register while the board was still held (the
+    creator answering its joiners); the creator, which waits for no answer,
+    exits before GS tries again: the register (sent before the exit) is
+    handled at the exit, not dropped with it."""
+    from ember import messages as m
+    from ember.descriptors import ChannelDescriptor
+    rig = _posted_rig(h, "wb-x")
+    a, lo = rig["a"], rig["lo"]
+    ch, reg, n = rig["pub"].create(lo, 128, 1024, False, b"wb-x", 79, b"RA", rig["od"], True)
+    assert n == 1
+    rig["jr"]._recv_reply(5, ChannelDescriptor)
+    ch._take_owner(os.getpid(), 0)
+    ch.detach()
+    lock = h.gs.wake_board.lock
+    assert lock.acquire(timeout=5)          # still held by its creator
+    try:
+        h.gs.handle_bytes(rig["gs_in"].recv(timeout=5))
+        assert "wb-x" in h.gs._held and "wb-x" not in h.gs.chan_names
+    finally:
+        lock.release()
+    h.exit(a, 0)
+    assert h.gs.chan_names["wb-x"] == lo and "wb-x" not in h.gs._held
+    assert h.reply(rig["join"]) is None                 # answered once, by the creator
+    assert "before GS registered its channel" not in h.errlog.getvalue()
+    h.advance(0.05)                                     # the retry finds nothing left
+    assert h.gs.chan_names["wb-x"] == lo
+    _posted_close(h, rig, ("wb-x",))

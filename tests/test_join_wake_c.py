@@ -73,6 +73,7 @@ def rig():
 
 
 def test_geometry_and_index_match_the_python_side():
+    assert C.BOARD_REGISTER_PUBLISHED == m.ChannelRegisterPublished.code
     assert C.BOARD_GEOMETRY == (wb._HDR, wb.N_ENTRIES, wb.ENTRY, wb.MAX_NAME, wb.MAX_WAITERS,
                                 wb._R_MAX, wb.SIZE)
     for name in (b"a", b"wb-k2", "\u00e9t\u00e9".encode(), bytes(range(1, 97)), b"x" * 300):

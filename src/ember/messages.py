@@ -241,6 +241,17 @@ _define(141, "ChannelDestroyOwned", _REQ + "c_uid")
 # anyone's, is handled after it (GS reads its input in order).
 _define(142, "ChannelRegisterPosted", _REQ + "m_uid user_name options sdesc")
 
+# wake (130-139).  The register of a named plain channel whose parked joiners
+# its creator has just answered from the join wake board (wakeboard.c puts
+# this code in the register it packed as it claims the name), not waited for:
+# the name was free and is claimed on the board, so GS always accepts it; the
+# c_uid is one of the creator's ``post_c_uids``.  GS records it as a
+# ChannelRegister (the joiners the creator answered get no second reply) and
+# answers nothing; the creator is not woken again, and GS is not woken by it
+# (the next request, anyone's, or GS's 50 ms slice finds it: every later
+# request is handled after it, as GS reads its input in order).
+_define(130, "ChannelRegisterPublished", _REQ + "m_uid user_name options sdesc")
+
 # pystart (160-169).  ``ember.Process`` takes a spare it leased (a process it
 # created with the ProcessCreate option ``spare``: hidden from lists, events
 # and the teardown's survivors until claimed, killed when its creator exits)

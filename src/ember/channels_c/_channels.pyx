@@ -1342,6 +1342,7 @@ cdef extern from "wakeboard.h" nogil:
         EMBER_WB_REPLY_HEAD
         EMBER_WB_REPLY_NAME
         EMBER_WB_REPLY_MAX
+        EMBER_WB_REGISTER_PUBLISHED
     ctypedef struct ember_wb_pub_t:
         void *table
         void *lock
@@ -1353,8 +1354,9 @@ cdef extern from "wakeboard.h" nogil:
         int64_t m_uid, node
         uint32_t capacity, block_size, ref_count
         const uint8_t *sdesc
-        const void *reg
+        const uint8_t *reg
         size_t reg_len
+        int posted
         int test_stop
     int ember_wb_publish(const ember_wb_pub_t *p)
     uint32_t ember_wb_index(const uint8_t *name, size_t len)
@@ -1370,6 +1372,10 @@ BOARD_GEOMETRY = (EMBER_WB_HDR, EMBER_WB_N_ENTRIES, EMBER_WB_ENTRY, EMBER_WB_MAX
                   EMBER_WB_MAX_WAITERS, EMBER_WB_R_MAX, EMBER_WB_SIZE)
 BOARD_REPLY_MARK = EMBER_WB_REPLY_MARK
 BOARD_REPLY_MAX = EMBER_WB_REPLY_MAX
+BOARD_REGISTER_PUBLISHED = EMBER_WB_REGISTER_PUBLISHED
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 
 
 def _board_index(bytes name not None):
@@ -1502,27 +1508,44 @@ cdef class _BoardPublisher:
         apply: the caller takes the general one."""
         cdef Py_ssize_t nl = 0
         cdef const char *nm
-        c_uid = conn._next_c_uid
         holder = getattr(conn._local, "reply", None)
-        if c_uid is None or holder is None or self._od_default is None:
+        if holder is None or self._od_default is None:
             return None
         try:
             nm = PyUnicode_AsUTF8AndSize(name, &nl)     # (strict: as msgpack would)
         except UnicodeError:
             return None
-        conn._next_c_uid = None              # (taken: no Python code runs in between)
+        # a c_uid reserved for posted registers first (no wait for GS once
+        # joiners are answered), else the one reserved for a waited one;
+        # taken: no Python code runs in between
+        spare = conn._posted
+        cdef bint posted = True
+        try:
+            c_uid = spare.popleft()
+        except IndexError:
+            posted = False
+        if not posted:
+            c_uid = conn._next_c_uid
+            if c_uid is None:
+                return None
+            conn._next_c_uid = None
         tag = next(conn._tags)
         cdef Channel rch = holder.ch
         try:
             ch, reg, n = self._create(c_uid, EMBER_CH_DEFAULT_CAPACITY, EMBER_CH_DEFAULT_BLOCK,
-                                      False, nm, nl, tag, holder.r, self._od_default, rch._ch)
+                                      False, nm, nl, tag, holder.r, self._od_default, rch._ch,
+                                      posted)
         except Exception:
-            conn._next_c_uid = c_uid         # a full pool: the general path words it
+            if posted:                       # a full pool: the general path words it
+                spare.appendleft(c_uid)
+            else:
+                conn._next_c_uid = c_uid
             return None
-        return conn._published(ch, reg, n, holder, tag, c_uid, name)
+        return conn._published(ch, reg, n, holder, tag, c_uid, name, posted)
 
     def create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size, bint ref_count,
-               bytes name not None, uint64_t tag, bytes r not None, bytes options not None):
+               bytes name not None, uint64_t tag, bytes r not None, bytes options not None,
+               bint posted=False):
         """Make the channel (owned by this process until handed over, as
         ``Channel.create(..., owned=True)``), pack the register
         ``ChannelRegister(tag, p_uid, r, key, None, name, options, sdesc)``
@@ -1530,18 +1553,24 @@ cdef class _BoardPublisher:
         publish.  Returns ``(channel, register, answered)``: the joiners
         answered, or -1 if nothing was claimed (no joiner listed for the
         name, the board busy, GS's input full): the caller then sends the
-        register itself."""
+        register itself.  ``posted``: ``c_uid`` is one of this process's
+        ``post_c_uids`` (a plain channel): once joiners are answered, the
+        register is queued as ``ChannelRegisterPublished`` (GS answers
+        nothing, and is not woken), else (-1) it is the waited
+        ``ChannelRegister`` the caller sends."""
         return self._create(c_uid, capacity, block_size, ref_count, PyBytes_AS_STRING(name),
-                            PyBytes_GET_SIZE(name), tag, r, options, NULL)
+                            PyBytes_GET_SIZE(name), tag, r, options, NULL, posted)
 
     cdef tuple _create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size,
                        bint ref_count, const char *name, Py_ssize_t nl, uint64_t tag, bytes r,
-                       bytes options, ember_ch_t *reply):
+                       bytes options, ember_ch_t *reply, bint posted):
         # ``reply``: the handle of the reply channel ``r`` (or NULL): once
         # joiners were answered, the creator sleeps on it for GS's answer
         # at once, before any more Python (a joiner the kernel put on this
         # CPU runs only once we block; the caller's wait, whose spin it
-        # sets to 0 here, then finds the answer there).
+        # sets to 0 here, then finds the answer there).  A posted register
+        # has no answer: the creator yields its CPU instead (sched_yield:
+        # such a joiner runs first; with none, it returns at once).
         # Nothing is allocated by Python before the joiners' wake-up (each
         # object made right after a sleep costs microseconds here): the
         # register is packed into a buffer, the Channel object and the
@@ -1622,10 +1651,13 @@ cdef class _BoardPublisher:
             p.sdesc = o
             p.reg = buf
             p.reg_len = used
+            p.posted = posted
             p.test_stop = self._test_stop
             with nogil:
                 answered = ember_wb_publish(&p)
-                if answered > 0 and reply != NULL:
+                if answered > 0 and posted:
+                    sched_yield()
+                elif answered > 0 and reply != NULL:
                     ember_ch_set_spin_range(reply, 0, 0)
                     ember_ch_poll(reply, 0, _SLICE_NS)    # (any outcome: the caller waits)
             return Channel._wrap(ch, pool, True), PyBytes_FromStringAndSize(<const char *>buf, used), answered

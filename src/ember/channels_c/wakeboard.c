@@ -21,7 +21,9 @@
  *   4. state WOKEN (store-release); then for each listed joiner k: attach
  *      its reply channel, send the reply (try-once), answered = k + 1
  *      (store-release);
- *   5. release the lock; wake GS (ember_ch_notify).
+ *   5. release the lock; wake GS (ember_ch_notify), unless the register
+ *      is a posted one (ChannelRegisterPublished: the creator waits for no
+ *      answer; GS finds it at its next input, anyone's, or its 50 ms slice).
  *
  * MEMORY ORDERS
  * -------------
@@ -57,7 +59,15 @@
  *     before its count was stored gets a second, identical reply: the
  *     joiner's call drops a reply whose tag it does not wait for);
  *   - between 4 and 5 (lock released, GS not woken): GS wakes at the exit
- *     notice, or at its next 50 ms futex slice: a delay, nothing lost.
+ *     notice, or at its next 50 ms futex slice: a delay, nothing lost (a
+ *     posted register is never followed by a wake: the same).
+ * A posted register (ChannelRegisterPublished) changes none of this: it is
+ * the same register with another code, and the creator, which waits for no
+ * answer, hands its channel's block over right after this call; killed
+ * before that, the block is still its own, and the node's reclaim of a dead
+ * process's blocks may free it before GS has it adopted (joiners answered
+ * then hold a channel that is gone, as with a waited register whose
+ * creator dies waiting for GS's answer).
  * A joiner killed while listed is unlisted by GS (at its exit) before GS
  * frees its reply channel, and the unlist needs the lock this call holds,
  * so a reply channel attached here is never one being freed.
@@ -86,6 +96,8 @@
 #define W_SIZE      (W_DESC + EMBER_WB_R_MAX)
 _Static_assert(E_WAITERS + EMBER_WB_MAX_WAITERS * W_SIZE <= EMBER_WB_ENTRY, "entry layout");
 _Static_assert(EMBER_WB_REPLY_MAX <= 1024u - EMBER_CH_SLOT_HEADER, "a reply fits a reply slot");
+_Static_assert(EMBER_WB_REGISTER_PUBLISHED > 0x7fu && EMBER_WB_REGISTER_PUBLISHED <= 0xffu,
+               "the posted code is a msgpack uint8 (0xcc, code)");
 
 static inline _Atomic uint32_t *w32(uint8_t *e, size_t off)
 {
@@ -119,9 +131,24 @@ static void put32(uint8_t *b, uint32_t v) { memcpy(b, &v, 4); }
 
 int ember_wb_publish(const ember_wb_pub_t *p)
 {
-    if (!p->table || !p->lock || !p->gs || !p->reply_pool || !p->sdesc ||
-        p->name_len == 0 || p->name_len > EMBER_WB_MAX_NAME)
+    if (!p->table || !p->lock || !p->gs || !p->reply_pool || !p->sdesc || !p->reg ||
+        p->reg_len < 2 || p->reg[1] > 0x7f || p->name_len == 0 ||
+        p->name_len > EMBER_WB_MAX_NAME || (p->posted && p->reg_len >= EMBER_WB_POSTED_MAX))
         return -1;
+    /* A posted register: the same message with its code (a positive fixint
+     * in reg[1]) replaced by EMBER_WB_REGISTER_PUBLISHED, a uint8 (0xcc,
+     * code) in msgpack, beyond the fixints. */
+    const uint8_t *reg = p->reg;
+    size_t reg_len = p->reg_len;
+    uint8_t posted_reg[EMBER_WB_POSTED_MAX];
+    if (p->posted) {
+        posted_reg[0] = p->reg[0];
+        posted_reg[1] = 0xcc;
+        posted_reg[2] = (uint8_t)EMBER_WB_REGISTER_PUBLISHED;
+        memcpy(posted_reg + 3, p->reg + 2, p->reg_len - 2);
+        reg = posted_reg;
+        reg_len = p->reg_len + 1;
+    }
     uint8_t *e = (uint8_t *)p->table + EMBER_WB_HDR +
                  (size_t)ember_wb_index(p->name, p->name_len) * EMBER_WB_ENTRY;
     test_stop(p, 4);            /* the channel made, nothing on the board yet */
@@ -152,8 +179,9 @@ int ember_wb_publish(const ember_wb_pub_t *p)
     ember_atomic_store_release(w32(e, E_STATE), EMBER_WB_CLAIMED);
     test_stop(p, 1);
 
-    /* 3. the register, queued without waking GS */
-    if (ember_ch_send_quiet(p->gs, p->reg, p->reg_len) != EMBER_OK) {
+    /* 3. the register, queued without waking GS (a posted one with its
+     * own code: GS answers it nothing) */
+    if (ember_ch_send_quiet(p->gs, reg, reg_len) != EMBER_OK) {
         /* release: back to WAITING as the last store of the step */
         ember_atomic_store_release(w32(e, E_STATE), EMBER_WB_WAITING);
         goto out;
@@ -201,7 +229,10 @@ int ember_wb_publish(const ember_wb_pub_t *p)
     }
 out:
     ember_lock_release(p->lock);
-    if (answered >= 0)
-        ember_ch_notify(p->gs);     /* GS last: it does not take the joiner's core */
+    /* GS last: it does not take the joiner's core.  Not at all for a
+     * posted register: nobody waits for GS's handling of it, and every
+     * later request wakes GS behind it */
+    if (answered >= 0 && !p->posted)
+        ember_ch_notify(p->gs);
     return answered;
 }

@@ -51,6 +51,13 @@
 #define EMBER_WB_REPLY_NAME   (EMBER_WB_REPLY_HEAD + EMBER_CH_SDESC_SIZE)
 #define EMBER_WB_REPLY_MAX    (EMBER_WB_REPLY_NAME + EMBER_WB_MAX_NAME)
 
+/* messages.ChannelRegisterPublished.code (checked by the tests): the code
+ * a posted register is queued with (ember_wb_pub_t.posted). */
+#define EMBER_WB_REGISTER_PUBLISHED  130u
+/* The longest register a posted publish takes (its code is one byte longer
+ * in msgpack: 0xcc 0x82; GS's input channel's payload is less). */
+#define EMBER_WB_POSTED_MAX          2048u
+
 /* What the creator publishes. */
 typedef struct {
     void *table;                /* the board (EMBER_WB_SIZE bytes, mapped) */
@@ -63,8 +70,14 @@ typedef struct {
     int64_t m_uid, node;        /* the channel's pool and node, as GS reports them */
     uint32_t capacity, block_size, ref_count;
     const uint8_t *sdesc;       /* the channel's descriptor (EMBER_CH_SDESC_SIZE) */
-    const void *reg;            /* the creator's ChannelRegister, packed */
+    const uint8_t *reg;         /* the creator's ChannelRegister, packed (its code a
+                                 * positive fixint at reg[1]) */
     size_t reg_len;
+    int posted;                 /* nonzero: a register GS answers nothing to (the c_uid is
+                                 * one of the creator's post_c_uids): queued with the code
+                                 * EMBER_WB_REGISTER_PUBLISHED instead (reg itself is left
+                                 * as it is: the waited register, for the caller to send if
+                                 * nothing was claimed), and GS is not woken */
     int test_stop;              /* tests: SIGSTOP self at stage 4 created (before the lock),
                                  * 1 claimed, 2 queued, 3 answered */
 } ember_wb_pub_t;
@@ -72,7 +85,8 @@ typedef struct {
 /* Claim the name's entry (it must be WAITING for this name), queue the
  * register on GS's input channel without waking GS, answer every listed
  * joiner on its reply channel (each send wakes it: a FUTEX_WAKE on the
- * channel it sleeps on), release the board, then wake GS.  Returns the
+ * channel it sleeps on), release the board, then wake GS (not for a posted
+ * register: GS finds it at its next input or slice).  Returns the
  * number of joiners answered (>= 0: the register was queued), or -1 if
  * nothing was claimed (no board entry for the name, the lock stayed busy,
  * GS's input channel full): the caller sends the register itself. */

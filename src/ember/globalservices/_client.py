@@ -236,18 +236,34 @@ class Connection:
                     return d
                 self._posted.appendleft(c_uid)
         c_uid = None
-        if not soft and m_uid is None and self._next_c_uid is not None and opts.node is None:
+        if od is None:
+            od = opts.to_dict()
+        d = None
+        if user_name and self._board_desc is not None and self._posted and not soft and \
+                m_uid is None and opts.node is None and not opts.ref_count:
+            # a named plain create: made, published to its parked joiners
+            # and registered in one C call (wakeboard.c), posted (not
+            # waited for) when it answered joiners
+            try:
+                c_uid = self._posted.popleft()
+            except IndexError:           # another thread took the last one
+                c_uid = None
+            pool = self._default_pool() if c_uid is not None else None
+            if pool is not None:
+                d = self._create_published(pool, c_uid, m_uid, user_name, opts, od, True)
+            if d is None and c_uid is not None:
+                self._posted.appendleft(c_uid)
+            c_uid = None
+        if d is None and not soft and m_uid is None and self._next_c_uid is not None and \
+                opts.node is None:
             with _conn_lock:
                 c_uid, self._next_c_uid = self._next_c_uid, None
         if c_uid is not None:
             pool = self._default_pool()
             if pool is None:
                 c_uid = None
-        if od is None:
-            od = opts.to_dict()
         ch = None
-        d = None
-        if c_uid is not None and user_name and self._board_desc is not None:
+        if d is None and c_uid is not None and user_name and self._board_desc is not None:
             # a named create: made, published to its parked joiners and
             # registered in one C call (wakeboard.c)
             d = self._create_published(pool, c_uid, m_uid, user_name, opts, od)
@@ -336,9 +352,7 @@ class Connection:
         ch.detach()
         self._owned(c_uid, sdesc, None)
         m_uid, node = self._dflt_loc
-        return {"m_uid": m_uid, "c_uid": c_uid, "name": None, "node": node,
-                "capacity": opts.capacity, "block_size": opts.block_size, "ref_count": False,
-                "sdesc": sdesc}
+        return _made_desc(m_uid, node, c_uid, None, opts, sdesc)
 
     def _owned(self, c_uid, sdesc, name):
         """Record a plain channel we made and registered (its destroy need
@@ -437,14 +451,16 @@ class Connection:
         if not opts.ref_count:
             self._owned(c_uid, d["sdesc"], d["name"])
 
-    def _create_published(self, pool, c_uid, m_uid, name, opts, od):
+    def _create_published(self, pool, c_uid, m_uid, name, opts, od, posted=False):
         """A named create with a reserved c_uid: one C call makes the
         channel, claims the name on the join wake board, queues the
         register for GS, answers and wakes the joiners parked on it and
         then GS (wakeboard.c; a name nobody waits for: only the channel is
         made, and the register sent as usual); then GS's answer to the
         register.  None if it cannot be done here (the board cannot be
-        attached, bad sizes, a full pool: the caller's path words it)."""
+        attached, bad sizes, a full pool: the caller's path words it).
+        ``posted``: ``c_uid`` is one of the ``post_c_uids`` (a plain
+        channel): with joiners answered, GS's answer is not waited for."""
         pub = self._publisher
         if pub is None:
             pub = self._make_publisher(pool)
@@ -456,16 +472,28 @@ class Connection:
             if od is not self._od_last:          # (the defaults' dict: one object)
                 self._od_packed, self._od_last = messages._packb(od), od
             ch, reg, n = pub.create(c_uid, opts.capacity, opts.block_size, opts.ref_count,
-                                    name.encode(), tag, holder.r, self._od_packed)
+                                    name.encode(), tag, holder.r, self._od_packed, posted)
         except Exception:
             return None          # bad sizes, a full pool, a name msgpack refuses: see the caller
-        return self._finish_published(ch, reg, n, holder, tag, c_uid, opts)
+        return self._finish_published(ch, reg, n, holder, tag, c_uid, opts, name, posted)
 
-    def _finish_published(self, ch, reg, n, holder, tag, c_uid, opts):
+    def _finish_published(self, ch, reg, n, holder, tag, c_uid, opts, name, posted):
         """After the publish (``n`` joiners answered, -1: none claimed, the
-        register is ours to send): GS's answer to the register.  A refusal
-        after joiners were answered (not expected: GS accepts a claimant's
-        register) leaves the channel ours: they hold it."""
+        register is ours to send): GS's answer to the register, or with
+        ``posted`` and joiners answered, no answer (GS handles the
+        ChannelRegisterPublished before any later request, and always
+        accepts a claimant's register): the descriptor is made here.  A
+        refusal after joiners were answered (not expected: GS accepts a
+        claimant's register) leaves the channel ours: they hold it."""
+        if posted and n >= 0:
+            b = self._board
+            d = _made_desc(None if b.default_m_uid < 0 else b.default_m_uid, b.node, c_uid,
+                           name, opts, ch.sdesc)
+            self._registered(ch, c_uid, d, opts)
+            if self._publisher is not None:
+                self._publisher.reserve()       # (see below)
+            return d
+
         def answer():
             if n < 0:
                 self.gs.send(reg)
@@ -487,11 +515,11 @@ class Connection:
             self._publisher.reserve()
         return d
 
-    def _published(self, ch, reg, n, holder, tag, c_uid, name):
+    def _published(self, ch, reg, n, holder, tag, c_uid, name, posted):
         """The rest of :meth:`_BoardPublisher.create_named` (``channel.create``
         of a name with the default options): GS's answer; the descriptor."""
         d = self._after_create(self._finish_published(ch, reg, n, holder, tag, c_uid,
-                                                      _DEFAULT_OPTIONS), None, None)
+                                                      _DEFAULT_OPTIONS, name, posted), None, None)
         return ChannelDescriptor.from_dict(d)
 
     def _make_publisher(self, pool):
@@ -588,6 +616,14 @@ class Connection:
         if not self._borrowed:
             self.gs.detach()
             self.inf_pool.detach()
+
+
+def _made_desc(m_uid, node, c_uid, name, opts, sdesc):
+    """The descriptor (as GS's reply has it) of a plain channel this
+    process made and registered without waiting for GS's answer."""
+    return {"m_uid": m_uid, "c_uid": c_uid, "name": name, "node": node,
+            "capacity": opts.capacity, "block_size": opts.block_size, "ref_count": False,
+            "sdesc": sdesc}
 
 
 _conn = None

@@ -34,6 +34,13 @@ def _describe(sdesc):
         _describe_sdesc = Channel.describe
     return _describe_sdesc(sdesc)
 
+def _c_uid_of(sdesc):
+    """The c_uid a channel descriptor carries, or None if it is not one."""
+    try:
+        return _describe(sdesc)[4]
+    except (TypeError, ValueError):
+        return None
+
 DEFAULT_POOL_NAME = "default"
 #: c_uids reserved at once for a process's posted registers (unnamed plain
 #: channels it makes and registers without waiting), when it has fewer than
@@ -97,7 +104,8 @@ class MemoryPart:
                 (m.ChannelAddSender, "on_channel_add_sender"),
                 (m.ChannelRegister, "on_channel_register"),
                 (m.ChannelDestroyOwned, "on_channel_destroy_owned"),
-                (m.ChannelRegisterPosted, "on_channel_register_posted"))
+                (m.ChannelRegisterPosted, "on_channel_register_posted"),
+                (m.ChannelRegisterPublished, "on_channel_register_published"))
     NOTICES = ((m.ShChannelAdoptFailed, "on_channel_adopt_failed"),)
 
     def _init_memory(self, default_pool):
@@ -404,12 +412,18 @@ class MemoryPart:
         posted channel's block to nobody already, so a refused one is freed
         by its node (``ShChannelFree``, as a channel forgotten before its
         adopt), if it is the requester's: see :meth:`_free_refused_posted`."""
+        self._register_posted(msg, False)
+
+    def _register_posted(self, msg, named):
+        """A register nobody waits for (``named``: ChannelRegisterPublished,
+        else ChannelRegisterPosted): a refusal is logged, the block freed."""
         try:
-            if msg.user_name is not None:
-                raise ChannelError("a posted register is for unnamed channels only")
+            if (not msg.user_name) if named else msg.user_name is not None:
+                raise ChannelError("a published register is for named channels only" if named
+                                   else "a posted register is for unnamed channels only")
             self._register(msg, posted=True)
         except ChannelError as exc:
-            self.warn("bad-register", "refused ChannelRegisterPosted from p_uid %s: %s",
+            self.warn("bad-register", "refused %s from p_uid %s: %s", type(msg).__name__,
                       msg.p_uid, exc)
             self._free_refused_posted(msg)
 
@@ -440,6 +454,16 @@ class MemoryPart:
         self.node_notice(prec.node, m.ShChannelFree._new(c_uid, m_uid, prec.sdesc, sdesc,
                                                          proc.os_pid))
 
+    def on_channel_register_published(self, msg):
+        """The register of a named plain channel whose parked joiners its
+        creator answered from the join wake board (wakeboard.c queued it
+        with this code as it claimed the name), made with one of its
+        ``post_c_uids``: not waited for, so handled as a posted register
+        (nothing answered; a refusal, which a creator that keeps the
+        protocol never meets -- the name was free and is claimed -- is
+        logged and the block freed as for ChannelRegisterPosted)."""
+        self._register_posted(msg, True)
+
     def on_channel_register(self, msg):
         self._register(msg)
 
@@ -456,14 +480,21 @@ class MemoryPart:
         own).  Refused: nothing is recorded, and the requester destroys its
         channel."""
         proc = self.procs.get(msg.p_uid)
-        if posted:
-            reserved = proc.posted_c_uids if proc is not None else None
-        else:
-            reserved = proc.next_c_uid if proc is not None else None
+        spare = proc.posted_c_uids if proc is not None else None
+        reserved = proc.next_c_uid if proc is not None else None
         name = msg.user_name
         if name is not None and not isinstance(name, str):
             raise ChannelError(f"user_name must be a str or None, not {type(name).__name__}")
-        done = self._board_claimed(msg, name, (msg.p_uid, reserved)) if name else ()
+        mine, from_spare = reserved, False
+        if name and spare:
+            # a named create made with a posted c_uid (the board's path):
+            # posted, or waited when it could answer no joiner
+            c_uid = _c_uid_of(msg.sdesc)
+            if c_uid in spare:
+                mine, from_spare = c_uid, True
+        if posted or from_spare:
+            reserved = spare
+        done = self._board_claimed(msg, name, (msg.p_uid, mine)) if name else ()
         if done is None:
             return               # held back: handled once the claiming creator has registered
         try:
@@ -477,8 +508,12 @@ class MemoryPart:
             raise
 
     def _register_checked(self, msg, proc, reserved, name, done, posted):
-        """on_channel_register, once the board let the register through."""
-        if proc is not None and not posted:
+        """on_channel_register, once the board let the register through.
+        ``reserved``: the c_uid reserved for it (next_c_uid), or the set of
+        the requester's post_c_uids (``posted``: not answered; or a waited
+        named register made with one of them)."""
+        spent = type(reserved) is set
+        if proc is not None and not spent:
             proc.next_c_uid = None
         if reserved is None or proc.os_pid is None:
             raise ChannelError(f"process {msg.p_uid} has no c_uid reserved: create the channel "
@@ -517,9 +552,9 @@ class MemoryPart:
             why = f"it is not in pool {m_uid}"
         elif offset + size > prec.size or offset + size < offset:
             why = f"its block [{offset}, +{size}) lies outside pool {m_uid} ({prec.size} bytes)"
-        elif posted and c_uid not in reserved:
+        elif spent and c_uid not in reserved:
             why = f"its c_uid {c_uid} is not one reserved for process {msg.p_uid}'s posted registers"
-        elif not posted and c_uid != reserved:
+        elif not spent and c_uid != reserved:
             why = f"its c_uid {c_uid} is not the one reserved for process {msg.p_uid} ({reserved})"
         elif (capacity, block_size) != (opts.capacity, opts.block_size):
             why = (f"it is {capacity} x {block_size} B, not the {opts.capacity} x "
@@ -530,7 +565,7 @@ class MemoryPart:
         if why is not None:
             self.warn("bad-register", "refused ChannelRegister from p_uid %s: %s", msg.p_uid, why)
             raise ChannelError(f"cannot register channel {name or ''!r}: {why}")
-        if posted:
+        if spent:
             reserved.discard(c_uid)
         rec = _Chan(c_uid, m_uid, name or None, opts, node=prec.node)
         rec.sdesc = sdesc
@@ -881,7 +916,32 @@ class MemoryPart:
         if p_uid not in self._board_told:
             return
         self._board_told.discard(p_uid)
+        self._board_own_held(p_uid)
         self._board_drop_claims(p_uid)
+
+    def _board_own_held(self, p_uid):
+        """Process ``p_uid`` exited with its posted register
+        (ChannelRegisterPublished) held back: GS met it while the creator
+        still held the board, answering its joiners, and a creator that
+        does not wait for GS may exit within the retry's 10 ms.  The
+        register came before the exit (which reaches GS behind anything the
+        process sent): handle it now, as then; the exit freed the board of
+        it.  (Held again -- the board busy with another holder, stopped --
+        it goes with the exit, as a waited register does.)"""
+        own = m.ChannelRegisterPublished
+        for name in [n for n, items in self._held.items()
+                     if any(type(msg) is own and msg.p_uid == p_uid for msg, _ in items)]:
+            items = self._held.pop(name)
+            rest = [it for it in items if not (type(it[0]) is own and it[0].p_uid == p_uid)]
+            if rest:
+                self._held[name] = rest
+            for msg, origin in items:
+                if type(msg) is own and msg.p_uid == p_uid:
+                    saved, self._origin = self._origin, origin
+                    try:
+                        self.on_channel_register_published(msg)
+                    finally:
+                        self._origin = saved
 
     def _board_drop_claims(self, p_uid):
         b = self.wake_board
