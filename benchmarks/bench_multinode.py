@@ -21,7 +21,7 @@ Measures (targets of issue 15):
   side's figure is the median of its 2000 round trips, which a load spike
   moves less than their mean; met if both the best-vs-best and the median
   of the rounds' differences are);
-- the direct path's floor (``direct``): the same round trip on the building
+- the direct path's floor (``direct``; ``directnoack`` without acknowledgements): the same round trip on the building
   blocks of the direct path (ember.transport.direct: each process sends to
   the other's own inbox and waits on its channel and inbox at once), not the
   runtime's path yet: what that path's hot loop costs against raw, without
