@@ -75,8 +75,11 @@ def _show_idle(call_queue):
     from .. import _roles
     from ..channels_c import _channels
 
+    reader = getattr(call_queue, "_reader", None)
+    if not callable(getattr(reader, "poll", None)):
+        return                  # not the stdlib's pipe queue: left as it is
     c_uid = _roles.c_uid(_roles.POOL_EXECUTOR_TASKS)
-    get, readable = call_queue.get, call_queue._reader.poll
+    get, readable = call_queue.get, reader.poll
 
     def idle_get(block=True, timeout=None):
         if not block or timeout is not None:
