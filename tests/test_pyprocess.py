@@ -1093,6 +1093,9 @@ def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
             p = ember.Process(target=f); p.start(); p.join()
         P._settle(P._lease)
         s = P._lease.desc.os_pid
+        # GS answers once the shepherd handed the spare its request, maybe
+        # before the spare read it and named itself ember-leased
+        assert s in wait_leased(), "the lease never named itself ember-leased"
         os.kill(s, signal.SIGSTOP)        # it cannot read its call
         p = ember.Process(target=f); p.start()
         print("from the lease", p.pid == s, s in leased())
