@@ -43,7 +43,13 @@ def running(tmp_path, rdir):
     """, stdin=subprocess.PIPE)
     try:
         assert run.stdout.readline() == b"ready\n"
-        (events,) = [p for p in rdir.iterdir() if p.name.endswith(".events")]
+        # GS writes its log's first lines once its input is idle (a
+        # millisecond or so behind): the head may print before the file exists
+        deadline = time.monotonic() + 30
+        while not (found := [p for p in rdir.iterdir() if p.name.endswith(".events")]):
+            assert time.monotonic() < deadline, "no event log after 30 s"
+            time.sleep(0.01)
+        (events,) = found
         yield events
     finally:
         run.communicate(b"", timeout=60)
