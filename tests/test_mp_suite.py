@@ -25,27 +25,55 @@ pytestmark = [
                                                "is not installed with this Python"),
 ]
 
-#: Test classes that fail under "ember" for a documented reason (see
-#: docs/multiprocessing.md, "CPython's suite"): class name -> max failures.
+#: Tests that fail under "ember" for a documented reason (see
+#: docs/multiprocessing.md, "CPython's suite"): class -> {test: reason}.
 DOCUMENTED = {
-    "TestIgnoreEINTR": 1,                    # a large send_bytes on an ember Pipe does not block
-    "TestNoForkBomb": 1,                     # a fresh interpreter must import ember to name it
-    "TestStartMethod": 2,                    # same (spawn child of an "ember" parent); get_all lists it
-    "WithProcessesTestBarrier": 1,           # the action is pickled when the barrier is made
-    "WithProcessesTestCondition": 3,         # no _sleeping_count/_woken_count internals
-    "WithProcessesTestConnection": 4,        # ember Connections have no fileno()
-    "WithProcessesTestEvent": 1,             # ember's repr
-    "WithManagerTestEvent": 1,               # ember.Manager's Event is ember's (its repr)
-    "WithProcessesTestQueue": 1,             # put() pickles in the caller (no feeder thread)
+    "TestIgnoreEINTR": {"test_ignore": "a large send_bytes on an ember Pipe does not block"},
+    "TestNoForkBomb": {"test_noforkbomb": "a fresh interpreter must import ember to name it"},
+    "TestStartMethod": {"test_get_all": "the list has 'ember' (spawn and fork fail it too here)",
+                        "test_context": "a spawn child of an 'ember' parent cannot apply it"},
+    "WithProcessesTestBarrier": {"test_action": "the action is pickled when the barrier is made"},
+    "WithProcessesTestCondition": {t: "no _sleeping_count/_woken_count internals"
+                                   for t in ("test_notify", "test_notify_all", "test_notify_n")},
+    "WithProcessesTestConnection": {t: "ember Connections have no fileno()"
+                                    for t in ("test_connection", "test_fd_transfer",
+                                              "test_large_fd_transfer",
+                                              "test_missing_fd_transfer")},
+    "WithProcessesTestEvent": {"test_repr": "ember's repr"},
+    "WithManagerTestEvent": {"test_repr": "ember.Manager's Event is ember's (its repr)"},
+    "WithProcessesTestQueue": {"test_queue_feeder_donot_stop_onexc":
+                               "put() pickles in the caller (no feeder thread)"},
+}
+
+#: The stdlib's own flaky tests, not run (``run_suite.py --skip``): they
+#: fail or hang under spawn and fork too, for a reason in the test itself
+#: (docs/multiprocessing.md, "CPython's suite").
+STDLIB_FLAKY = {
+    # a ThreadPool cannot stop a worker thread that already took one of the
+    # tasks (each time.sleep(300)) before terminate(): join() then waits the
+    # 300 s out (the per-test deadline here).  Whether a worker takes one
+    # first is thread scheduling, not the start method (threads start no
+    # process): here 1 run in 10 under ember, 0 under spawn, 1 under fork,
+    # idle; both ember and spawn in the same loaded run.  CPython
+    # gh-113205, fixed in 3.11.8/3.12.2 (the thread version sleeps 1 s).
+    "WithThreadsTestPool.test_terminate": "CPython gh-113205",
 }
 
 
 def _run(method, timeout):
-    res = subprocess.run([sys.executable, RUNNER, method], capture_output=True, text=True,
-                         timeout=timeout)
+    cmd = [sys.executable, RUNNER, method]
+    for name in STDLIB_FLAKY:
+        cmd += ["--skip", name]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert lines, (res.returncode, res.stderr[-5000:])
     return json.loads(lines[-1])
+
+
+def unexpected(out):
+    """The failures (class, test, whole text) that DOCUMENTED does not list."""
+    return [(cls, test, text) for cls, failures in out["failures"].items()
+            for test, text in failures if test not in DOCUMENTED.get(cls, {})]
 
 
 @pytest.mark.timeout(3600)
@@ -53,6 +81,9 @@ def test_cpython_multiprocessing_suite_under_ember():
     out = _run("ember", 3500)
     assert "error" not in out, out
     assert sum(c.get("passed", 0) for c in out["classes"].values()) > 100, out
-    bad = {cls: counts["failed"] for cls, counts in out["classes"].items()
-           if counts.get("failed", 0) > DOCUMENTED.get(cls, 0)}
-    assert bad == {}, {cls: out["failures"].get(cls) for cls in bad}
+    bad = unexpected(out)
+    if bad:
+        # each one whole: what a CI log needs to tell a bug from a flake
+        pytest.fail(f"{len(bad)} unexpected failure(s) of CPython's suite under ember:\n\n"
+                    + "\n\n".join(f"=== {cls}.{test}\n{text}" for cls, test, text in bad),
+                    pytrace=False)
