@@ -49,7 +49,13 @@ def _events(xdg):
 def _exited(xdg, name):
     if ember(xdg, "ls", "--json").stdout.strip() in (b"", b"[]"):
         return None                                  # not published yet
-    for e in _events(xdg):
+    res = ember(xdg, "events", "--json")
+    if res.returncode == 1 and b"has no event log" in res.stderr:
+        # published, but GS writes its log's first lines once its input is
+        # idle (about a millisecond behind): not there yet
+        return None
+    assert res.returncode == 0, res.stderr
+    for e in (json.loads(ln) for ln in res.stdout.decode().splitlines()):
         if e["event"] == "process.exited" and e.get("name") == name:
             return e
     return None

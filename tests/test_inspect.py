@@ -215,9 +215,17 @@ def test_deadlock_seen_from_outside(tmp_path, xdg):
         assert (ls[0]["id"], ls[0]["pid"], ls[0]["processes"]) == (rid, run.pid, 4)
         assert ls[0]["program"] == str(tmp_path / "prog.py")
 
-        # events: the crash with its signal, as text and JSON lines
-        res = ember(xdg, "events", "--json")
-        events = [json.loads(ln) for ln in res.stdout.decode().splitlines()]
+        # events: the crash with its signal, as text and JSON lines.  GS
+        # writes them once its input is idle (about a millisecond after what
+        # ps shows): waited for, the crash's exit and both channels' creation
+        def logged():
+            res = ember(xdg, "events", "--json")
+            events = [json.loads(ln) for ln in res.stdout.decode().splitlines()]
+            kinds = [e["event"] for e in events]
+            return kinds.count("channel.created") == 2 and \
+                any(e["event"] == "process.exited" and e["name"] == "crash" for e in events) \
+                and events
+        events = _wait_for(logged, "the crash and both channels in the event log")
         crash = [e for e in events if e["event"] == "process.exited" and e["name"] == "crash"]
         assert len(crash) == 1 and crash[0]["signal"] == "SIGSEGV" and crash[0]["exit_code"] == -11
         kinds = [e["event"] for e in events]
