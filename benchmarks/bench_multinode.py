@@ -211,7 +211,6 @@ def direct_round_trip(tag, acks):
     # acknowledgements (acks) or without them (their timers pushed out).
     from ember.transport import direct
     from ember.transport.direct import DirectSender, Inbox
-    from ember.channels_c.watch import ChannelWatch
     if not acks:
         direct.ACK_EVERY, direct.ACK_BYTES = 1 << 60, 1 << 60
     there = channel.create(None, tag + "ping", ChannelOptions(node=1))
@@ -220,14 +219,13 @@ def direct_round_trip(tag, acks):
     echo = f'''
 from ember.globalservices import channel
 from ember.channels_c import Channel
-from ember.channels_c.watch import ChannelWatch
 from ember.transport import direct
 from ember.transport.direct import DirectSender, Inbox
 if not {acks}:
     direct.ACK_EVERY, direct.ACK_BYTES = 1 << 60, 1 << 60
 a = Channel.attach(channel.join("{tag}ping"))
 inbox = Inbox()
-w = ChannelWatch(a)
+w = inbox.watch(a)
 r = Channel.attach(channel.join("{tag}addr")); r.send(inbox.address.encode()); r.flush()
 ds = DirectSender(a.recv().decode())
 for _ in range({N_RTT} + 1):
@@ -237,7 +235,7 @@ ds.close()
     p = process.create(PY, ".", ["-c", echo], options={"node": 1})
     inbox = Inbox()
     pong = Channel.attach(back)
-    w = ChannelWatch(pong)
+    w = inbox.watch(pong)
     Channel.attach(there).send(inbox.address.encode())      # through the agent
     ds = DirectSender(Channel.attach(addr).recv().decode())
     ds.send(there.c_uid, b"x"); inbox.recv(pong, w)
@@ -245,7 +243,6 @@ ds.close()
     time_round_trips(tag, lambda m: send(c_uid, m), lambda: inbox.recv(pong, w))
     process.join(p.p_uid)
     inbox.unwatch(w)
-    w.close()
     inbox.close()
     ds.close()
     direct.ACK_EVERY, direct.ACK_BYTES = 128, 4 << 20

@@ -115,3 +115,40 @@ def test_watch_sees_close_and_destroy(pool):
     finally:
         w.close()
         ch2.detach()
+
+
+@pytest.mark.timeout(60)
+def test_watch_with_notify_calls_it_once_per_rearm_and_leaves_fd_quiet(pool):
+    """notify= replaces the fd's write: called from the watch's thread when
+    a message (from another process) is there, once until rearm(), and
+    after a rearm that finds the message still waiting, again."""
+    ch = Channel.create(pool, capacity=16)
+    r, w_ = os.pipe()
+    pid = fork(sender, ch.sdesc, r, 2)
+    got = threading.Semaphore(0)
+    calls = []
+
+    def notify():
+        calls.append(threading.current_thread().name)
+        got.release()
+    w = ChannelWatch(ch, notify=notify)
+    try:
+        os.write(w_, b"x")
+        assert got.acquire(timeout=10)
+        assert calls == [f"ember-watch-{ch.c_uid}"]
+        assert select.select([w.fd], [], [], 0.2)[0] == []         # the fd is not written
+        assert not got.acquire(timeout=0.2)                        # once, until rearm
+        w.rearm()                                                  # the message is still there
+        assert got.acquire(timeout=10)
+        assert ch.recv_nowait() == b"m0"
+        w.rearm()
+        os.write(w_, b"x")                                         # the next one
+        assert got.acquire(timeout=10)
+        assert ch.recv_nowait() == b"m1"
+        assert join(pid) == 0
+    finally:
+        w.close()
+        kill(pid)
+        for fd in (r, w_):
+            os.close(fd)
+        ch.detach()

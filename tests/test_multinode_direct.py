@@ -29,16 +29,15 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
         reader = f'''
         from ember.globalservices import channel
         from ember.channels_c import Channel
-        from ember.channels_c.watch import ChannelWatch
         from ember.transport.direct import Inbox
         from ember.exceptions import ChannelEmpty
         c = Channel.attach(channel.join("dch", timeout=30))
         inbox = Inbox()
-        w = ChannelWatch(c)
+        w = inbox.watch(c)
         a = Channel.attach(channel.join("addr", timeout=30))
         a.send(inbox.address.encode()); a.flush(timeout=30)
         o = Channel.attach(channel.join("other", timeout=30))
-        wo = ChannelWatch(o)
+        wo = inbox.watch(o)
         Channel.attach(channel.join("go", timeout=30)).recv(timeout=30)
         # the inbox holds dch's D0-9 by now: reading other's message reads them too
         first = inbox.recv(o, wo, timeout=30)
@@ -55,7 +54,7 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
             ls == [b"L%d" % i for i in range({NL})], sorted(inbox.taken.values())))
         r.flush(timeout=30)
         for x in (w, wo):
-            inbox.unwatch(x); x.close()
+            inbox.unwatch(x)
         inbox.close()
         '''
         local = f'''
@@ -114,11 +113,10 @@ def test_what_a_killed_receiver_took_is_readable_after_its_death(tmp_path):
         import os, time
         from ember.globalservices import channel
         from ember.channels_c import Channel
-        from ember.channels_c.watch import ChannelWatch
         from ember.transport.direct import Inbox
         c = Channel.attach(channel.join("kch", timeout=30))
         inbox = Inbox()
-        w = ChannelWatch(c)
+        w = inbox.watch(c)
         Channel.attach(channel.join("rec", timeout=30)).send(
             b"%d %d %s" % (os.getpid(), inbox.record.fd, inbox.address.encode()))
         r = Channel.attach(channel.join("res", timeout=30))

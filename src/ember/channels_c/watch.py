@@ -53,10 +53,18 @@ class ChannelWatch:
     """``fd``: readable while ``channel`` has a message (after :meth:`rearm`;
     see the module docstring).  The channel handle must outlive the watch:
     :meth:`close` it before the handle is detached (a handle busy in the
-    watch's poll refuses to detach)."""
+    watch's poll refuses to detach).
 
-    def __init__(self, channel):
+    With ``notify`` (a callable), the thread calls it where it would make
+    ``fd`` readable (once per :meth:`rearm`, from the watch's thread, with
+    the GIL), and ``fd`` stays quiet: for a caller that waits on something
+    the callable wakes, as the direct path's inbox does (a zmq message to
+    the socket its receive blocks on, docs/multinode.md).  A notice may come
+    after the message was taken, or twice for one: the caller loops."""
+
+    def __init__(self, channel, notify=None):
         self.channel = channel
+        self._notify = notify           # called instead of writing fd (see the class)
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fired = False             # the thread wrote fd and waits for rearm()
         self._armed = threading.Event()
@@ -67,7 +75,7 @@ class ChannelWatch:
         self._thread.start()
 
     def _run(self):
-        poll, fd = self.channel.poll, self.fd
+        poll, fd, notify = self.channel.poll, self.fd, self._notify
         try:
             while not self._stop:
                 try:
@@ -82,7 +90,10 @@ class ChannelWatch:
                 # if it has not happened yet (so no count is left over to
                 # wake a later wait for nothing)
                 self._fired = True
-                os.eventfd_write(fd, 1)
+                if notify is None:
+                    os.eventfd_write(fd, 1)
+                else:
+                    notify()
                 if self.error is not None:
                     return
                 self._armed.wait()
@@ -97,11 +108,12 @@ class ChannelWatch:
         fd readable again)."""
         if self._fired:
             self._fired = False
-            try:
-                os.eventfd_read(self.fd)
-            except BlockingIOError:     # the thread set the flag; its write follows
-                select.select([self.fd], [], [])
-                os.eventfd_read(self.fd)
+            if self._notify is None:
+                try:
+                    os.eventfd_read(self.fd)
+                except BlockingIOError:     # the thread set the flag; its write follows
+                    select.select([self.fd], [], [])
+                    os.eventfd_read(self.fd)
             self._armed.set()
 
     def close(self):

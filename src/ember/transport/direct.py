@@ -7,8 +7,8 @@ channel's node agent (:mod:`.agent`): the agent's zmq I/O thread, the
 agent, then the receiver's futex wake-up: per direction one wake-up more
 than raw zmq, whose receiver is woken by its own zmq I/O thread.  On the
 direct path a remote sender sends to the receiving process's own endpoint
-(an :class:`Inbox`), and the receiver waits on that endpoint and on its
-channel in one ``poll()``, so the network wakes it once.
+(an :class:`Inbox`), and the receiver waits on that endpoint (its
+channel's arrivals wake the same wait), so the network wakes it once.
 
 Here, each tested (tests/test_multinode_direct.py):
 
@@ -17,7 +17,8 @@ Here, each tested (tests/test_multinode_direct.py):
   on this node;
 - :meth:`Inbox.recv`: the next message of a local channel, from the
   channel or from the inbox, waiting on both (the channel by a
-  :class:`~ember.channels_c.watch.ChannelWatch`).  A message from the
+  :class:`~ember.channels_c.watch.ChannelWatch` whose thread notifies the
+  inbox's socket: :meth:`Inbox.watch`).  A message from the
   inbox is taken only when the channel is empty after it was read: a
   sender switches to the inbox only once everything it sent through the
   agent is acknowledged (in the channel), so what the channel holds of a
@@ -36,8 +37,8 @@ senders' switch, the route's end and the resend through the agent) is in
 :mod:`.remote` (sending side); docs/multinode.md, "The direct path".
 """
 import collections
+import math
 import os
-import select
 import struct
 import time
 
@@ -60,6 +61,8 @@ DIRECT_HDR = struct.Struct("<cQQ")            # op, c_uid, seq (per sender and c
 #: the inbox's acknowledgement, back on the same connection: "taken up to seq"
 OP_TAKEN = b"k"
 TAKEN_HDR = struct.Struct("<cQQ")             # op, c_uid, seq
+#: a watch's notice to its inbox (over inproc): "the channel has a message"
+OP_WAKE = b"w"
 #: a sender's request: "acknowledge what you took of mine" (its window is
 #: full, or it waits until all was taken); answered when the inbox reads it
 OP_ACKREQ = b"q"
@@ -191,17 +194,28 @@ class TakenRecord:
 
 class Inbox:
     """This process's own endpoint for direct messages (see the module
-    docstring).  ``address`` is what a :class:`DirectSender` connects to."""
+    docstring).  ``address`` is what a :class:`DirectSender` connects to.
+
+    A receive blocks in the socket's own receive (libzmq's wait, without
+    the GIL), as raw zmq's receiver does: the message is read in the
+    thread that called ``recv``, by one call, with no ``ZMQ_FD``/
+    ``ZMQ_EVENTS`` round of our own (measured, that round and the Python
+    around it cost 25-30 us a message in this VM: docs/multinode.md).  A
+    local channel's arrivals wake it through the same socket: its watch
+    (:meth:`watch`) sends a one-frame notice to the inbox over ``inproc``."""
 
     def __init__(self):
-        ep, bound = _server_backend().server("tcp://*:0", remote._keys())
+        backend = _server_backend()
+        ep, bound = backend.server("tcp://*:0", remote._keys())
         self.sock = ep.sock
         self.address = f"tcp://{_node_host()}:{bound.rsplit(':', 1)[1]}"
-        self._zfd = self.sock.getsockopt(zmq.FD)
-        self._poll = select.poll()
-        self._poll.register(self._zfd, select.POLLIN)
-        self._fresh = False       # ZMQ_EVENTS said "no input" and the fd did not fire since
-        self._watched = set()
+        # the watches' notices come in over inproc (same socket, no CURVE:
+        # inproc never leaves the process)
+        self._wake_addr = f"inproc://ember-inbox-{os.getpid()}-{id(self):x}"
+        self.sock.bind(self._wake_addr)
+        self._ctx = backend.ctx
+        self._rcvtimeo = -1       # the socket's receive timeout now (ms; -1: none)
+        self._watches = {}        # ChannelWatch -> its notice socket
         self.held = {}            # c_uid -> deque of (sender, seq, frame): read, not taken
         self.record = TakenRecord()
         self._cells = {}          # (sender, c_uid) -> its cell in the record
@@ -216,53 +230,68 @@ class Inbox:
         """{(sender, c_uid): the last sequence number taken}."""
         return {k: c.value for k, c in self._cells.items()}
 
-    def _read(self):
-        """Move every message waiting on the socket to ``held``; True if
-        there was one.  It asks the socket's events (``ZMQ_EVENTS``) before
-        each message and ends when they say "no input": only then may the
-        socket's descriptor be waited on (libzmq's rule for ``ZMQ_FD``).  No
-        ``zmq.Again`` is raised: an exception costs twice that question."""
-        sock, held = self.sock, self.held
-        recv, get = sock.recv, sock.getsockopt
-        got = False
-        while get(Z_EVENTS) & Z_POLLIN:
-            sender = recv(0)
-            frame = recv(0)
+    def watch(self, ch):
+        """A :class:`~ember.channels_c.watch.ChannelWatch` of local channel
+        ``ch`` that wakes this inbox's receive (what :meth:`recv` needs);
+        :meth:`unwatch` ends it."""
+        from ..channels_c.watch import ChannelWatch
+        s = self._ctx.socket(zmq.DEALER)
+        s.linger = 0
+        s.connect(self._wake_addr)
+
+        def notify():             # (the watch's thread: the only user of s)
+            try:
+                s.send(OP_WAKE, zmq.NOBLOCK)
+            except zmq.ZMQError:  # full (notices are waiting) or closing: no loss
+                pass
+        w = ChannelWatch(ch, notify=notify)
+        self._watches[w] = s
+        return w
+
+    def _recv_one(self):
+        """Read one message from the socket (waiting up to its receive
+        timeout) into ``held``, or serve it (an acknowledgement request, a
+        watch's notice); False if none came."""
+        sock = self.sock
+        try:
+            sender = sock.recv(0)
+        except zmq.Again:
+            return False
+        try:
+            frame = sock.recv(zmq.NOBLOCK)     # (a message's parts come together)
+        except zmq.Again:
+            frame = b""
+        if sock.getsockopt(Z_RCVMORE):
             extra = 0
-            while get(Z_RCVMORE):
-                recv(0)
+            while sock.getsockopt(Z_RCVMORE):
+                sock.recv(0)
                 extra += 1
-            if frame == OP_ACKREQ and not extra:
-                self.ack(sender)
-                continue
-            if extra or frame[:1] != OP_DIRECT or len(frame) < DIRECT_HDR.size:
-                log.warning("inbox: dropped a malformed message from %r (%d bytes, %d more "
-                            "frames)", sender, len(frame), extra)
-                continue
+            frame = b"?%d more frames" % extra
+        if frame[:1] == OP_DIRECT and len(frame) >= DIRECT_HDR.size:
             _, c_uid, seq = DIRECT_HDR.unpack_from(frame)
             if c_uid in self.closed:
-                continue                    # its route was revoked: the sender resends
-            q = held.get(c_uid)
+                return True                 # its route was revoked: the sender resends
+            q = self.held.get(c_uid)
             if q is None:
-                q = held[c_uid] = collections.deque()
+                q = self.held[c_uid] = collections.deque()
             q.append((sender, seq, frame))
-            got = True
-        self._fresh = True
-        return got
+        elif frame == OP_WAKE:
+            pass                            # a watch's notice: the caller looks again
+        elif frame == OP_ACKREQ:
+            self.ack(sender)
+        else:
+            log.warning("inbox: dropped a malformed message from %r (%r...)", sender, frame[:16])
+        return True
 
     def recv(self, ch, watch, timeout=None):
-        """The next message of local channel ``ch`` (watched by ``watch``, a
-        ChannelWatch of it): from the channel, or else from this inbox; waits
-        on both at once (up to ``timeout`` s; None: no limit; ChannelEmpty
-        after it)."""
-        if watch.channel is not ch:
-            raise ValueError("watch must be a ChannelWatch of ch")
-        fd = watch.fd
-        if fd not in self._watched:
-            self._poll.register(fd, select.POLLIN)
-            self._watched.add(fd)
+        """The next message of local channel ``ch`` (watched by ``watch``,
+        made by :meth:`watch`): from the channel, or else from this inbox;
+        waits on both at once (up to ``timeout`` s; None: no limit;
+        ChannelEmpty after it)."""
+        if watch.channel is not ch or watch not in self._watches:
+            raise ValueError("watch must be this inbox's watch of ch (Inbox.watch)")
         c_uid = ch.c_uid
-        poll, take = ch.poll, ch._recv_local
+        poll, take, held = ch.poll, ch._recv_local, self.held
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # the channel first (see the module docstring); poll(0) is a
@@ -272,30 +301,20 @@ class Inbox:
                     return take(0)
                 except ChannelEmpty:        # another receiver took it
                     pass
-            q = self.held.get(c_uid)
+            q = held.get(c_uid)
             if q:
                 got = self._take(c_uid, q)
                 if got is not None:
                     return got
                 continue
-            # the socket's events are asked only if they may have changed
-            # since they said "no input" (a wake-up of its descriptor)
-            if not self._fresh and self._read():
-                continue                    # then the channel again, then what was read
             watch.rearm()
-            left = None
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
-                                       f"(channel or inbox)")
-            ready = self._poll.poll(None if left is None else left * 1000.0)
-            for fd, ev in ready:
-                if fd == self._zfd:
-                    self._fresh = False
-                elif ev & select.POLLNVAL:     # a watch closed without unwatch()
-                    self._poll.unregister(fd)
-                    self._watched.discard(fd)
+            ms = -1 if deadline is None else \
+                min(max(0, math.ceil((deadline - time.monotonic()) * 1000.0)), 1 << 30)
+            if ms != self._rcvtimeo:
+                self.sock.rcvtimeo = self._rcvtimeo = ms
+            if not self._recv_one() and deadline is not None and time.monotonic() >= deadline:
+                raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
+                                   f"(channel or inbox)")
 
     def _take(self, c_uid, q):
         """Take the first message of ``q`` (a channel's held deque); None
@@ -341,7 +360,6 @@ class Inbox:
     def _ack(self, key, seq):
         sender, c_uid = key
         self.sock.send_multipart([sender, TAKEN_HDR.pack(OP_TAKEN, c_uid, seq)])
-        self._fresh = False           # (a send may take the descriptor's notice)
         self._acked[key] = seq
         self._due.pop(key, None)
 
@@ -352,12 +370,15 @@ class Inbox:
                 self._ack(key, self._cells[key].value)
 
     def unwatch(self, watch):
-        """Forget ``watch`` (before it is closed)."""
-        if watch.fd in self._watched:
-            self._poll.unregister(watch.fd)
-            self._watched.discard(watch.fd)
+        """Close ``watch`` (made by :meth:`watch`) and its notice socket."""
+        s = self._watches.pop(watch, None)
+        watch.close()                 # (its thread ends before its socket closes)
+        if s is not None:
+            s.close(linger=0)
 
     def close(self):
+        for w in list(self._watches):
+            self.unwatch(w)
         self._cells.clear()           # (the cells point into the record's mapping)
         self.record.close()
         self.sock.close(linger=0)

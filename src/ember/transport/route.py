@@ -68,7 +68,6 @@ class Receiver:
         """Make the inbox, a gate and a watch; register with the node's
         agent.  True when the agent gave the route."""
         from .. import _env
-        from ..channels_c.watch import ChannelWatch
         from . import remote
         from .agent import R_OK
         from .direct import Inbox
@@ -85,7 +84,7 @@ class Receiver:
         if bytes(frames[0][:1]) != R_OK or bytes(frames[1]) != b"1":
             return False
         inbox.gates[ch.c_uid] = addr
-        self.routes[ch.c_uid] = (ch, ChannelWatch(ch))
+        self.routes[ch.c_uid] = (ch, inbox.watch(ch))
         return True
 
     def recv(self, ch, timeout):
@@ -127,7 +126,6 @@ class Receiver:
         self.routes[c_uid] = (None, None)
         if w is not None:
             self.inbox.unwatch(w)
-            w.close()
 
     def _end(self, c_uid, why):
         """End this process's route of ``c_uid`` (its gate closed here, the
