@@ -428,13 +428,26 @@ def _freeze():
     child, so that a collection in a child does not walk (and, writing to
     their headers, copy) the pages of the template's objects; a child
     that reaches the collector's thresholds pays only for its own
-    objects."""
+    objects.
+
+    Then ``malloc_trim(0)``: the free pages of the C heap (buffers of
+    what was just imported or parsed, freed but kept by malloc) are given
+    back, so that they are no longer mapped here: each clone copies the
+    page table entries of every page the template maps, each child's exit
+    unmaps them again, and a child's allocations that landed on them wrote
+    to a page of the template's (a copy-on-write fault)."""
     import gc
 
     global _environ_kv
     _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
     gc.collect()
     gc.freeze()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass                # not glibc: nothing given back this way
 
 
 #: The template's environment as ``b"K=V"`` items, taken by :func:`_freeze`
