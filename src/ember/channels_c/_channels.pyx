@@ -14,6 +14,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object u, Py_ssize_t *size) except NULL
+    unsigned long PyThread_get_thread_ident()
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
@@ -135,6 +136,42 @@ cdef Pool _pool_for(bytes pool_sdesc, str name):
     """The Pool of this process for the channel's pool: asked of pools_c (its
     open handles and its per-process attach cache), never a table of ours."""
     return _pools_mod._pool_for_sdesc(pool_sdesc)
+
+
+cdef extern from *:
+    """
+    static int ember_set_by_descr(PyObject *descr, PyObject *obj, PyObject *v)
+    {
+        return Py_TYPE(descr)->tp_descr_set(descr, obj, v);
+    }
+    static PyObject *ember_alloc_instance(PyObject *cls)
+    {
+        return ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    }
+    """
+    int _set_by_descr "ember_set_by_descr" (object descr, object obj, object v) except -1
+    object _alloc_instance "ember_alloc_instance" (object cls)
+
+# The join wake board's record decoded into a ChannelDescriptor (its class
+# passed to Channel._recv_reply): the member descriptors of its slots, in
+# _DESC_FIELDS' order, when setting them is all an attribute set does
+# (the class's __setattr__ is object's), else None.
+_DESC_FIELDS = ("m_uid", "c_uid", "name", "node", "capacity", "block_size", "ref_count",
+                "sdesc")
+cdef object _desc_cls = None
+cdef object _desc_set = None
+
+
+cdef _desc_prepare(cls):
+    global _desc_cls, _desc_set
+    found = None
+    if isinstance(cls, type) and cls.__setattr__ is object.__setattr__ and \
+            cls.__new__ is object.__new__:
+        found = tuple(getattr(cls, f, None) for f in _DESC_FIELDS)
+        if any(type(d).__name__ != "member_descriptor" or d.__objclass__ is not cls
+               for d in found):
+            found = None
+    _desc_cls, _desc_set = cls, found
 
 
 @cython.final
@@ -865,6 +902,7 @@ cdef class Channel:
         cdef uint64_t tag, c_uid
         cdef int64_t m_uid, node
         cdef uint32_t nl, cap, bs, rc, sl
+        cdef int i
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
         if timeout is not None:
@@ -896,15 +934,19 @@ cdef class Channel:
             name = PyUnicode_DecodeUTF8(<const char *>d + EMBER_WB_REPLY_NAME, nl, "surrogatepass")
         finally:
             ember_ch_recv_end(ch, &m)
-        desc = cls.__new__(cls)
-        desc.m_uid = None if m_uid < 0 else m_uid
-        desc.c_uid = c_uid
-        desc.name = name
-        desc.node = node
-        desc.capacity = cap
-        desc.block_size = bs
-        desc.ref_count = rc != 0
-        desc.sdesc = sdesc
+        if cls is not _desc_cls:
+            _desc_prepare(cls)
+        values = (None if m_uid < 0 else m_uid, c_uid, name, node, cap, bs, rc != 0, sdesc)
+        if _desc_set is not None:
+            # its slots set through their member descriptors: no attribute
+            # lookup in the type per field (each a few cold cache misses)
+            desc = _alloc_instance(cls)
+            for i in range(8):
+                _set_by_descr((<tuple>_desc_set)[i], desc, (<tuple>values)[i])
+        else:
+            desc = cls.__new__(cls)
+            for i in range(8):
+                setattr(desc, _DESC_FIELDS[i], (<tuple>values)[i])
         return (tag, desc)
 
     def recv_nowait(self):
@@ -1433,6 +1475,16 @@ cdef class _BoardPublisher:
     cdef ember_ch_reserved_t _spare     # a default channel's block made ahead (reserve())
     cdef bint _has_spare
     cdef int _spare_pid                 # ... by this process (a fork child leaves it alone)
+    # the thread reply channel create_named last used (its thread's: the
+    # holder of conn._local.reply), and its register's head packed
+    # (_reg_head: every field before the name, the tag's bytes left to fill)
+    cdef object _holder
+    cdef unsigned long _holder_tid
+    cdef bytes _head
+    cdef Channel _hch                   # ... its channel
+    # the connection create_named last served, its _posted deque and _tags
+    # (both made once, with it)
+    cdef object _conn, _posted, _tags
 
     def __init__(self, Pool pool not None, Allocation table not None, Allocation lock not None,
                  Pool reply_pool not None, Channel gs not None, uint64_t p_uid, bytes key not None,
@@ -1505,12 +1557,32 @@ cdef class _BoardPublisher:
         request tags (``_tags``) it takes; the rest (GS's answer) is
         ``conn._published(channel, register, answered, holder, tag, c_uid,
         name)``, returned.  None (nothing taken) when this path does not
-        apply: the caller takes the general one."""
+        apply: the caller takes the general one.  (``channel.create``
+        itself is :func:`channel_create`, which calls this without a
+        Python method call.)"""
+        return self._create_named(conn, name)
+
+    cdef object _create_named(self, conn, str name):
         cdef Py_ssize_t nl = 0
         cdef const char *nm
-        holder = getattr(conn._local, "reply", None)
-        if holder is None or self._od_default is None:
+        if self._od_default is None:
             return None
+        # the thread's reply channel, as last used by this thread unless it
+        # was retired since (conn._local.reply is then another, or none)
+        cdef unsigned long tid = PyThread_get_thread_ident()
+        holder = self._holder
+        if holder is None or tid != self._holder_tid or holder.retired:
+            holder = getattr(conn._local, "reply", None)
+            if holder is None:
+                return None
+            self._holder = None
+            self._head = self._make_head(holder.r)
+            self._hch = holder.ch
+            self._holder, self._holder_tid = holder, tid
+        if conn is not self._conn:
+            self._conn = None
+            self._posted, self._tags = conn._posted, conn._tags
+            self._conn = conn
         try:
             nm = PyUnicode_AsUTF8AndSize(name, &nl)     # (strict: as msgpack would)
         except UnicodeError:
@@ -1518,22 +1590,20 @@ cdef class _BoardPublisher:
         # a c_uid reserved for posted registers first (no wait for GS once
         # joiners are answered), else the one reserved for a waited one;
         # taken: no Python code runs in between
-        spare = conn._posted
-        cdef bint posted = True
-        try:
+        spare = self._posted
+        cdef bint posted = len(spare) > 0
+        if posted:
             c_uid = spare.popleft()
-        except IndexError:
-            posted = False
-        if not posted:
+        else:
             c_uid = conn._next_c_uid
             if c_uid is None:
                 return None
             conn._next_c_uid = None
-        tag = next(conn._tags)
-        cdef Channel rch = holder.ch
+        tag = next(self._tags)
+        cdef Channel rch = self._hch
         try:
             ch, reg, n = self._create(c_uid, EMBER_CH_DEFAULT_CAPACITY, EMBER_CH_DEFAULT_BLOCK,
-                                      False, nm, nl, tag, holder.r, self._od_default, rch._ch,
+                                      False, nm, nl, tag, self._head, self._od_default, rch._ch,
                                       posted)
         except Exception:
             if posted:                       # a full pool: the general path words it
@@ -1542,6 +1612,29 @@ cdef class _BoardPublisher:
                 conn._next_c_uid = c_uid
             return None
         return conn._published(ch, reg, n, holder, tag, c_uid, name, posted)
+
+    cdef bytes _make_head(self, bytes r):
+        """The register's fields before the name, packed: [code, tag (its
+        8 bytes zero: _create writes them), p_uid, r, key, m_uid = nil."""
+        cdef Py_ssize_t rl = PyBytes_GET_SIZE(r), kl = PyBytes_GET_SIZE(self._key)
+        if rl >= 1 << 31 or kl >= 1 << 31:
+            raise ValueError("a register field is too long")
+        head = PyBytes_FromStringAndSize(NULL, 2 + 9 + 9 + 5 + rl + 5 + kl + 1)
+        cdef uint8_t *base = <uint8_t *>PyBytes_AS_STRING(head)
+        cdef uint8_t *o = base
+        # [code, tag, p_uid, r, key, m_uid = nil, name, options, sdesc]
+        o[0] = 0x99
+        o[1] = 100                 # messages.ChannelRegister.code (checked by the tests)
+        o = _mp_uint64(o + 2, 0)
+        o = _mp_uint64(o, self._p_uid)
+        o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, rl)
+        memcpy(o, PyBytes_AS_STRING(r), rl)
+        o += rl
+        o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, kl)
+        memcpy(o, PyBytes_AS_STRING(self._key), kl)
+        o += kl
+        o[0] = 0xc0
+        return head[:o + 1 - base]
 
     def create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size, bint ref_count,
                bytes name not None, uint64_t tag, bytes r not None, bytes options not None,
@@ -1559,10 +1652,11 @@ cdef class _BoardPublisher:
         nothing, and is not woken), else (-1) it is the waited
         ``ChannelRegister`` the caller sends."""
         return self._create(c_uid, capacity, block_size, ref_count, PyBytes_AS_STRING(name),
-                            PyBytes_GET_SIZE(name), tag, r, options, NULL, posted)
+                            PyBytes_GET_SIZE(name), tag, self._make_head(r), options, NULL,
+                            posted)
 
     cdef tuple _create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size,
-                       bint ref_count, const char *name, Py_ssize_t nl, uint64_t tag, bytes r,
+                       bint ref_count, const char *name, Py_ssize_t nl, uint64_t tag, bytes head,
                        bytes options, ember_ch_t *reply, bint posted):
         # ``reply``: the handle of the reply channel ``r`` (or NULL): once
         # joiners were answered, the creator sleeps on it for GS's answer
@@ -1581,12 +1675,11 @@ cdef class _BoardPublisher:
         self._gs._check_open("publish on")
         self._table._check_open("read")
         self._lock._check_open("read")
-        cdef Py_ssize_t rl = PyBytes_GET_SIZE(r)
-        cdef Py_ssize_t kl = PyBytes_GET_SIZE(self._key), ol = PyBytes_GET_SIZE(options)
-        if nl >= 1 << 31 or rl >= 1 << 31 or kl >= 1 << 31:
+        cdef Py_ssize_t hl = PyBytes_GET_SIZE(head), ol = PyBytes_GET_SIZE(options)
+        if nl >= 1 << 31:
             raise ValueError("a register field is too long")
-        # [code, tag, p_uid, r, key, m_uid = nil, name, options, sdesc]
-        cdef Py_ssize_t n = 2 + 9 + 9 + 5 + rl + 5 + kl + 1 + 5 + nl + ol + 2 + EMBER_CH_SDESC_SIZE
+        # [code, tag, p_uid, r, key, m_uid = nil (head: _make_head), name, options, sdesc]
+        cdef Py_ssize_t n = hl + 5 + nl + ol + 2 + EMBER_CH_SDESC_SIZE
         cdef uint8_t stack_buf[2048]
         cdef uint8_t *buf = stack_buf
         if n > <Py_ssize_t>sizeof(stack_buf):
@@ -1601,18 +1694,9 @@ cdef class _BoardPublisher:
         cdef ember_wb_pub_t p
         cdef int answered
         try:
-            o[0] = 0x99
-            o[1] = 100                 # messages.ChannelRegister.code (checked by the tests)
-            o = _mp_uint64(o + 2, tag)
-            o = _mp_uint64(o, self._p_uid)
-            o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, rl)
-            memcpy(o, PyBytes_AS_STRING(r), rl)
-            o += rl
-            o = _mp_head(o, 0, 0xc4, 0xc5, 0xc6, kl)
-            memcpy(o, PyBytes_AS_STRING(self._key), kl)
-            o += kl
-            o[0] = 0xc0
-            o = _mp_head(o + 1, 0xa0, 0xd9, 0xda, 0xdb, nl)
+            memcpy(o, PyBytes_AS_STRING(head), hl)
+            _mp_uint64(o + 2, tag)
+            o = _mp_head(o + hl, 0xa0, 0xd9, 0xda, 0xdb, nl)
             memcpy(o, name, nl)
             o += nl
             memcpy(o, PyBytes_AS_STRING(options), ol)
@@ -1664,3 +1748,103 @@ cdef class _BoardPublisher:
         finally:
             if buf != stack_buf:
                 free(buf)
+
+
+# ``ember.globalservices.channel.create`` and ``.join`` themselves (that
+# module binds its names to these): a call from user code runs no Python
+# frame of ours on a join wake-up's path -- the creator's way to the
+# joiners' FUTEX_WAKE (the named create, _BoardPublisher._create_named) and
+# the joiner's way back from its wake-up to the caller (the board's record,
+# decoded by _recv_reply).  Every other case is the module's Python, set
+# by _set_gs() at its import; _set_fast() is called by the connection
+# (ember.globalservices._client) whenever its publisher appears or goes
+# (forgotten in a fork child).  Process-private state: nothing shared.
+cdef _BoardPublisher _fast_pub = None
+cdef object _fast_conn = None
+cdef object _create_general = None
+cdef object _join_begin = None
+cdef object _join_finish = None
+cdef object _join_abandon = None
+cdef object _join_desc = None
+
+
+def _set_fast(conn, _BoardPublisher pub):
+    """Route ``channel.create(None, name)`` to ``pub`` of ``conn`` (both
+    None: to the general path)."""
+    global _fast_pub, _fast_conn
+    _fast_pub = None
+    if conn is not None and pub is not None:
+        _fast_conn = conn
+        _fast_pub = pub
+    else:
+        _fast_conn = None
+
+
+def _set_gs(create_general, join_begin, join_finish, join_abandon, desc_cls):
+    """ember.globalservices.channel's side: ``create_general(m_uid,
+    user_name, channel_options, soft)``; ``join_begin(name, timeout)`` sends
+    the request and returns ``(connection, holder, tag)``;
+    ``join_finish(connection, holder, tag, data)`` takes a reply that is not
+    the board's record for ``tag`` (GS's, or another's) and returns the
+    descriptor; ``join_abandon(connection, holder, tag, exc)`` after the
+    wait raised; ``desc_cls``: ChannelDescriptor."""
+    global _create_general, _join_begin, _join_finish, _join_abandon, _join_desc
+    _create_general, _join_begin, _join_finish = create_general, join_begin, join_finish
+    _join_abandon, _join_desc = join_abandon, desc_cls
+
+
+def channel_create(m_uid, user_name=None, channel_options=None, soft=False):
+    """Create a channel in pool ``m_uid`` (None: the default pool); return
+    its :class:`ChannelDescriptor`.  ``soft=True`` returns the live channel
+    of that name if there is one.  Waiters in :func:`join` for this name
+    wake at once.  An unnamed plain channel in the default pool is
+    registered without waiting for GS's answer (GS handles it before any
+    later request; docs/channels.md, "How create, join and destroy flow").
+
+    Raises
+    ------
+    ember.ChannelError
+        A bad argument or option, no pool with that ``m_uid``, a name taken
+        by a live channel (without ``soft``).
+    ember.PoolExhausted
+        No room for the channel in the pool.
+    """
+    cdef _BoardPublisher pub = _fast_pub
+    if pub is not None and m_uid is None and channel_options is None and not soft and \
+            type(user_name) is str and user_name:
+        # a name with the default options, the join wake board's publisher
+        # ready: one C call to the joiners' wake-up (wakeboard.c)
+        d = pub._create_named(_fast_conn, <str>user_name)
+        if d is not None:
+            return d
+    return _create_general(m_uid, user_name, channel_options, soft)
+
+
+def channel_join(name, timeout=None):
+    """The descriptor of channel ``name``, waiting until some process creates
+    it (``timeout`` seconds at most, kept by GS).  Joining a ref-counted
+    channel adds a reference for this process.
+
+    Raises
+    ------
+    ember.ChannelTimeout
+        No channel of that name was created within ``timeout`` (a
+        ``TimeoutError``).
+    ember.ChannelError
+        ``name`` is not a non-empty str, or ``timeout`` not a number >= 0.
+    """
+    conn, holder, tag = _join_begin(name, timeout)
+    cdef Channel ch = holder.ch
+    try:
+        while True:
+            # (GS keeps the join's timeout: the local wait has none)
+            data = ch._recv_reply(None, _join_desc)
+            if type(data) is tuple:       # answered from the join wake board
+                if (<tuple>data)[0] == tag:
+                    return (<tuple>data)[1]
+                continue                  # (a late answer to an abandoned call)
+            break
+    except BaseException as exc:
+        _join_abandon(conn, holder, tag, exc)
+        raise
+    return _join_finish(conn, holder, tag, data)

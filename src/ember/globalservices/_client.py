@@ -22,6 +22,7 @@ them); instead:
 import builtins
 import itertools
 import os
+import sys
 import _thread   # (not threading: ~1.5 ms of every start for a lock and a local)
 import time
 from _collections import deque as _deque   # (the C module: nothing more imported)
@@ -163,6 +164,12 @@ class Connection:
         raise the error GS reported.  ``timeout`` (seconds) bounds the local
         wait for the reply (GS keeps the API's own timeouts); running out
         raises GlobalServicesError."""
+        holder, tag = self.request(msg_cls, fields)
+        return self._wait(holder, tag, msg_cls, timeout)
+
+    def request(self, msg_cls, fields):
+        """The sending half of :meth:`call`: returns ``(holder, tag)`` to
+        wait on (:meth:`_wait`)."""
         holder = self._reply_channel()
         tag = next(self._tags)
         try:
@@ -174,21 +181,24 @@ class Connection:
                         GlobalServicesError)
             raise kind(f"cannot send {msg_cls.__name__} request: {type(exc).__name__}: {exc}") from None
         self.gs.send(data)
-        return self._wait(holder, tag, msg_cls, timeout)
+        return holder, tag
 
-    def _wait(self, holder, tag, msg_cls, timeout):
+    def _wait(self, holder, tag, msg_cls, timeout, first=None):
         """Wait on the thread's reply channel for the reply to ``tag``
         (replies to other tags, late ones of abandoned requests, are
-        dropped).  A join answered from the join wake board gets the
-        board's fixed binary record instead of GS's msgpack reply
-        (wakeboard.h), decoded by the receive itself: returned as the
-        ChannelDescriptor it holds."""
+        dropped); ``first``: a message already received there.  A join
+        answered from the join wake board gets the board's fixed binary
+        record instead of GS's msgpack reply (wakeboard.h), decoded by the
+        receive itself: returned as the ChannelDescriptor it holds."""
         ch = holder.ch
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                data = ch._recv_reply(left, ChannelDescriptor)
+                if first is None:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    data = ch._recv_reply(left, ChannelDescriptor)
+                else:
+                    data, first = first, None
                 if type(data) is tuple:      # answered from the join wake board
                     if data[0] == tag:
                         return data[1]
@@ -197,16 +207,7 @@ class Connection:
                 if type(rep) is messages.Reply and rep.ref == tag:
                     break
         except BaseException as exc:
-            # Tell GS to forget a parked wait; a reply may be on its way
-            # anyway, so never wait on this channel again.
-            try:
-                self.gs.send(messages.Cancel(next(self._tags), self.p_uid, holder.r, self.key,
-                                             tag).pack(),
-                             timeout=0)
-            except Exception:
-                pass   # best effort: GS frees everything at process exit
-            holder.retired = True
-            self._local.reply = None
+            self.abandon(holder, tag)
             if isinstance(exc, ChannelEmpty):
                 raise GlobalServicesError(
                     f"no reply from global services to {msg_cls.__name__} within {timeout} s") from None
@@ -214,6 +215,19 @@ class Connection:
         if rep.status == messages.ERR_OK:
             return rep.value
         raise _error_from_reply(rep)
+
+    def abandon(self, holder, tag):
+        """After the wait for ``tag``'s reply raised: tell GS to forget a
+        parked wait; a reply may be on its way anyway, so never wait on
+        this channel again."""
+        try:
+            self.gs.send(messages.Cancel(next(self._tags), self.p_uid, holder.r, self.key,
+                                         tag).pack(),
+                         timeout=0)
+        except Exception:
+            pass   # best effort: GS frees everything at process exit
+        holder.retired = True
+        self._local.reply = None
 
     def create_channel(self, m_uid, user_name, opts, soft, od=None):
         """channel.create: when GS has reserved a c_uid for us (each channel
@@ -535,9 +549,8 @@ class Connection:
         except Exception:
             self._board_desc = None
             return None
-        global _fast
         if _conn is self:
-            _fast = (self, self._publisher)
+            _set_fast(self, self._publisher)
         return self._publisher
 
     def _default_pool(self):
@@ -554,8 +567,7 @@ class Connection:
         return pool
 
     def _drop_default_pool(self):
-        global _fast
-        _fast = None
+        _set_fast(None, None)
         pub, self._publisher = self._publisher, None
         if pub is not None:
             pub.release()
@@ -628,17 +640,24 @@ def _made_desc(m_uid, node, c_uid, name, opts, sdesc):
 
 _conn = None
 _conn_lock = _thread.allocate_lock()
-# (connection, its join wake board publisher) once both exist: channel.create
-# of a name with the default options goes straight to the publisher
-# (_BoardPublisher.create_named), with no Python on the way to the joiners'
-# wake-up but that call.  None in a fork child and whenever _conn changes.
-_fast = None
 _DEFAULT_OPTIONS = ChannelOptions()     # never mutated
 
 
+def _set_fast(conn, pub):
+    """The connection and its join wake board publisher once both exist:
+    channel.create of a name with the default options goes straight to the
+    publisher (_channels.channel_create), with no Python on the way to the
+    joiners' wake-up.  None in a fork child and whenever _conn changes."""
+    m = sys.modules.get(_CHANNELS)        # (not imported: nothing to forget)
+    if m is not None:
+        m._set_fast(conn, pub)
+
+
+_CHANNELS = __name__.rsplit(".", 2)[0] + ".channels_c._channels"
+
+
 def _forget_fast():
-    global _fast
-    _fast = None
+    _set_fast(None, None)
 
 
 os.register_at_fork(after_in_child=_forget_fast)

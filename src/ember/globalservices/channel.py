@@ -8,7 +8,7 @@ Attach with ``ember.channels_c.Channel.attach(descriptor.sdesc)``.
 from .. import messages as _m
 from ..descriptors import ChannelDescriptor, ChannelOptions
 from ..exceptions import ChannelError, ChannelTimeout
-from . import _client
+from ..channels_c import _channels
 from ._client import call as _call, connection as _connection
 
 __all__ = ["create", "get_list", "list", "query", "join", "destroy", "release", "add_ref",
@@ -25,30 +25,9 @@ def _ident(identifier):
     return identifier
 
 
-def create(m_uid, user_name=None, channel_options=None, soft=False):
-    """Create a channel in pool ``m_uid`` (None: the default pool); return
-    its :class:`ChannelDescriptor`.  ``soft=True`` returns the live channel
-    of that name if there is one.  Waiters in :func:`join` for this name
-    wake at once.  An unnamed plain channel in the default pool is
-    registered without waiting for GS's answer (GS handles it before any
-    later request; docs/channels.md, "How create, join and destroy flow").
-
-    Raises
-    ------
-    ember.ChannelError
-        A bad argument or option, no pool with that ``m_uid``, a name taken
-        by a live channel (without ``soft``).
-    ember.PoolExhausted
-        No room for the channel in the pool.
-    """
-    fast = _client._fast
-    if fast is not None and m_uid is None and channel_options is None and not soft and \
-            type(user_name) is str and user_name:
-        # a name with the default options, the join wake board's publisher
-        # ready: one C call to the joiners' wake-up (_client.py, wakeboard.c)
-        d = fast[1].create_named(fast[0], user_name)
-        if d is not None:
-            return d
+def _create(m_uid, user_name, channel_options, soft):
+    """:func:`create` but for a named create the join wake board's
+    publisher took (_channels.channel_create)."""
     if m_uid is not None and (isinstance(m_uid, bool) or not isinstance(m_uid, int)):
         raise ChannelError(f"m_uid must be an int or None, not {type(m_uid).__name__}")
     if user_name is not None and not isinstance(user_name, str):
@@ -87,32 +66,38 @@ def query(identifier):
     return ChannelDescriptor.from_dict(_call(_m.ChannelQuery, _ident(identifier)))
 
 
-def join(name, timeout=None):
-    """The descriptor of channel ``name``, waiting until some process creates
-    it (``timeout`` seconds at most, kept by GS).  Joining a ref-counted
-    channel adds a reference for this process.
-
-    Raises
-    ------
-    ember.ChannelTimeout
-        No channel of that name was created within ``timeout`` (a
-        ``TimeoutError``).
-    ember.ChannelError
-        ``name`` is not a non-empty str, or ``timeout`` not a number >= 0.
-    """
+def _join_begin(name, timeout):
+    """:func:`join` up to its wait: the request sent; ``(connection,
+    holder, tag)``."""
     if not isinstance(name, str):
         raise ChannelError(f"channel.join needs a str name, not {type(name).__name__}")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ChannelError(f"timeout must be a number >= 0 or None, got {timeout!r}")
         timeout = float(timeout)
-    d = _call(_m.ChannelJoin, name, timeout)
-    # (from_dict without its comprehension: this is a wake-up's path, where
-    # each Python frame costs microseconds on a cold CPU)
+    conn = _connection()
+    return (conn,) + conn.request(_m.ChannelJoin, (name, timeout))
+
+
+def _join_finish(conn, holder, tag, data):
+    """:func:`join` after its wait received ``data``, not the join wake
+    board's answer to it: GS's reply (or another's, then wait on)."""
+    d = conn._wait(holder, tag, _m.ChannelJoin, None, data)
     if type(d) is ChannelDescriptor:
-        return d          # answered from the join wake board (_client.Connection._wait)
+        return d          # answered from the join wake board after all
     return ChannelDescriptor(d["m_uid"], d["c_uid"], d["name"], d["node"], d["capacity"],
                              d["block_size"], d["ref_count"], d["sdesc"])
+
+
+def _join_abandon(conn, holder, tag, exc):
+    conn.abandon(holder, tag)
+
+
+# create and join are C functions (channels_c/_channels.pyx): no Python frame
+# on either side of a join wake-up (docs/channels.md, "The join wake board")
+create = _channels.channel_create
+join = _channels.channel_join
+_channels._set_gs(_create, _join_begin, _join_finish, _join_abandon, ChannelDescriptor)
 
 
 def destroy(identifier):
