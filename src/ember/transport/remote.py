@@ -242,18 +242,13 @@ class _Conn:
                         _log.get("remote").debug("route watcher ends: %r", exc)
                         return
 
-    def _send_direct(self, c_uid, d, data, timeout):
-        """A send on the direct path; False if the route ended meanwhile
-        (the message was not sent: it goes through the agent)."""
-        def idle():
-            self._drain()
-            if self.direct.get(c_uid) is not d:
-                raise _Rerouted()
-        try:
-            d[1].send(c_uid, data, timeout, idle)
-        except _Rerouted:
-            return False
-        return True
+    def _route_idle(self, c_uid, d):
+        """Called while a send on the direct path (route ``d``) waits for
+        room: reads the agent's reports; raises _Rerouted if the route ended
+        meanwhile (the message was not sent: it goes through the agent)."""
+        self._drain()
+        if self.direct.get(c_uid) is not d:
+            raise _Rerouted()
 
     def _drain(self):
         self.undrained = 0
@@ -316,8 +311,12 @@ class _Conn:
                 f = self.inflight.get(c_uid)
                 if c_uid in self.offers and not (f and f[0]) and c_uid not in self.pending:
                     d = self._switch(c_uid)
-            if d is not None and self._send_direct(c_uid, d, data, timeout):
-                return
+            if d is not None:
+                try:
+                    d[1].send(c_uid, data, timeout, self._route_idle, d)
+                    return
+                except _Rerouted:
+                    pass
             n = len(data) if type(data) is bytes else memoryview(data).nbytes
             f = self.inflight.get(c_uid)
             now = _monotonic()
@@ -528,7 +527,8 @@ class RemoteChannel:
     def send(self, data, timeout=None):
         """Send ``data`` (bytes-like) to the channel (see the module
         docstring: pipelined, acknowledged in bulk)."""
-        self._check_open()
+        if self._detached:
+            self._check_open()
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
         self._conn.send(self, data, timeout)
