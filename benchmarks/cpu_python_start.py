@@ -1,7 +1,7 @@
 """CPU time and page faults per ``ember.Process`` start, over every process
 of the runtime, against a ``multiprocessing`` fork start.
 
-    python benchmarks/cpu_python_start.py [-n N] [--window W]
+    python benchmarks/cpu_python_start.py [-n N] [--window W] [--mp]
 
 Runs itself under ``ember run``; starts N trivial functions with at most W
 alive at once (1: start + join one at a time; 8: the benchmark's
@@ -11,6 +11,11 @@ sustained starts), ember and mp fork in turn, and prints the CPU time
 own, and its reaped children's: the started processes and the spares that
 were used), the template, the head (mp fork's children are the head's).
 On two cores, ``2 / cpu per start`` bounds the starts per second.
+
+``--mp`` adds multiprocessing's ``"ember"`` start method (issue 13) between
+the two: its children are the shepherd's too.  This file's top level only
+imports and defines, so the template runs it once as the children's main
+module (docs/multiprocessing.md) and no child runs it again.
 """
 import argparse
 import multiprocessing as mp
@@ -20,7 +25,15 @@ import time
 
 from bench_python_processes import sustained  # start n, `window` alive at once
 
-HZ = os.sysconf("SC_CLK_TCK")
+_HZ = []
+
+
+def _hz():
+    # (not at the top level: a call there would make every "ember"-method
+    # child run this file again, see --mp)
+    if not _HZ:
+        _HZ.append(os.sysconf("SC_CLK_TCK"))
+    return _HZ[0]
 
 
 def trivial():
@@ -53,8 +66,8 @@ def _cpu(pid, reaped=False):
     """(cpu seconds, minor faults) of ``pid`` itself, or of its reaped children."""
     f = _stat(pid)
     if reaped:
-        return (int(f[13]) + int(f[14])) / HZ, int(f[8])
-    return (int(f[11]) + int(f[12])) / HZ, int(f[7])
+        return (int(f[13]) + int(f[14])) / _hz(), int(f[8])
+    return (int(f[11]) + int(f[12])) / _hz(), int(f[7])
 
 
 def sample():
@@ -83,6 +96,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=300)
     ap.add_argument("--window", type=int, default=8)
+    ap.add_argument("--mp", action="store_true",
+                    help='also multiprocessing\'s "ember" start method')
     a = ap.parse_args()
     if "EMBER_P_UID" not in os.environ:
         import _rundir
@@ -95,8 +110,12 @@ def main():
     print(f"# cpu_python_start: n={a.n}, window {a.window}, load "
           f"{' '.join('%.1f' % x for x in os.getloadavg())}", flush=True)
     fork = mp.get_context("fork")
-    for name, make in (("ember.Process", lambda: ember.Process(target=trivial)),
-                       ("mp fork", lambda: fork.Process(target=trivial))):
+    kinds = [("ember.Process", lambda: ember.Process(target=trivial)),
+             ("mp fork", lambda: fork.Process(target=trivial))]
+    if a.mp:
+        ctx = mp.get_context("ember")
+        kinds.insert(1, ('mp "ember"', lambda: ctx.Process(target=trivial)))
+    for name, make in kinds:
         sustained(make, 20, a.window)                 # warm: the template, the spares, the lease
         before, t = sample(), time.perf_counter()
         sustained(make, a.n, a.window)
