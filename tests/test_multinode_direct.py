@@ -12,6 +12,7 @@ import pytest
 import textwrap
 
 from test_multinode import ok, run_prog
+from test_runtime import assert_lines
 
 pytest.importorskip("zmq")
 
@@ -90,10 +91,8 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
         print("exits", process.join(pr.p_uid, timeout=30), process.join(pl.p_uid, timeout=30))
         ds.close()
     """, hosts="local:2"))
-    lines = out.splitlines()
-    assert "through the agent, acknowledged True" in lines, lines
-    assert "other b'O' head True local True taken [1, 60]" in lines, lines
-    assert "acked True [] []" in lines and "exits 0 0" in lines, lines
+    assert_lines(out, "through the agent, acknowledged True",
+                 "other b'O' head True local True taken [1, 60]", "acked True [] []", "exits 0 0")
 
 
 @pytest.mark.timeout(120)
@@ -165,10 +164,9 @@ def test_what_a_killed_receiver_took_is_readable_after_its_death(tmp_path):
             print("then", type(e).__name__)
         ds.close()
     """, hosts="local:2"))
-    lines = out.splitlines()
-    assert lines[:2] == ["mapped", "took 0,1,2,3,4,5,6"], lines
-    assert "killed -9" in lines and "read [7]" in lines and "observer 0" in lines, lines
-    assert "resent True True" in lines and "then ChannelEmpty" in lines, lines
+    assert_lines(out, "killed -9", "read [7]", "observer 0", "resent True True",
+                 "then ChannelEmpty")
+    assert out.splitlines()[:2] == ["mapped", "took 0,1,2,3,4,5,6"], out
 
 
 def test_take_gate_refuses_a_take_once_closed():
@@ -207,6 +205,20 @@ from ember.transport import route
 def direct_takes():
     r = route._receiver
     return 0 if r is None or r.inbox is None else sum(r.inbox.taken.values())
+def joined(name):
+    """A handle of the channel ``name`` (waiting for it up to 30 s)."""
+    return Channel.attach(channel.join(name, timeout=30))
+def drain(c, timeout, each=None):
+    """What c receives until nothing comes for timeout seconds (each(m)
+    called as each message m comes)."""
+    got = []
+    while True:
+        try:
+            got.append(c.recv(timeout=timeout))
+        except ChannelEmpty:
+            return got
+        if each is not None:
+            each(got[-1])
 '''
 
 
@@ -232,8 +244,8 @@ def test_ordinary_api_takes_the_direct_path_in_order(tmp_path, monkeypatch):
         ping = channel.create(None, "dping1", ChannelOptions(node=1))
         pong = channel.create(None, "dpong1")
         echo = RP + textwrap.dedent(f'''
-            a = Channel.attach(channel.join("dping1", timeout=30))
-            b = Channel.attach(channel.join("dpong1", timeout=30))
+            a = joined("dping1")
+            b = joined("dpong1")
             for _ in range({N}):
                 b.send(a.recv(timeout=30))
             rest = [a.recv(timeout=30) for _ in range({B})]
@@ -255,10 +267,8 @@ def test_ordinary_api_takes_the_direct_path_in_order(tmp_path, monkeypatch):
         print("head's direct takes", direct_takes() > N // 2)
         print("exit", process.join(p.p_uid, timeout=30))
     """, monkeypatch)
-    lines = out.splitlines()
-    assert "round trips in order True" in lines and "flushed True" in lines, lines
-    assert "burst True echo's direct takes True" in lines, lines
-    assert "head's direct takes True" in lines and "exit 0" in lines, lines
+    assert_lines(out, "round trips in order True", "flushed True",
+                 "burst True echo's direct takes True", "head's direct takes True", "exit 0")
 
 
 @pytest.mark.timeout(180)
@@ -272,8 +282,8 @@ def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypa
         ch = channel.create(None, "dkill", ChannelOptions(node=1))
         res = Channel.attach(channel.create(None, "dkres"))
         first = RP + textwrap.dedent('''
-            c = Channel.attach(channel.join("dkill", timeout=30))
-            r = Channel.attach(channel.join("dkres", timeout=30))
+            c = joined("dkill")
+            r = joined("dkres")
             for i in range(200):                    # round trips: the route
                 r.send(c.recv(timeout=30))
             got = [c.recv(timeout=30) for _ in range(5)]      # reads the burst, takes 5
@@ -281,14 +291,9 @@ def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypa
             time.sleep(60)
             ''')
         second = RP + textwrap.dedent('''
-            c = Channel.attach(channel.join("dkill", timeout=30))
-            got = []
-            while True:
-                try:
-                    got.append(c.recv(timeout=3))
-                except ChannelEmpty:
-                    break
-            r = Channel.attach(channel.join("dkres", timeout=30))
+            c = joined("dkill")
+            got = drain(c, 3)
+            r = joined("dkres")
             r.send(b" ".join(got) or b"-"); r.flush(timeout=30)
             ''')
         p1 = process.create(PY, ".", ["-c", first], options={"node": 1})
@@ -311,9 +316,8 @@ def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypa
         print("second", process.join(p2.p_uid, timeout=30))
         print("flushed", h.flush(timeout=30))
     """, monkeypatch)
-    lines = out.splitlines()
-    assert "[b'took', b'5'] direct True" in lines and "killed -9" in lines, lines
-    assert any(ln.startswith("rest True") for ln in lines) and "second 0" in lines, lines
+    assert_lines(out, "[b'took', b'5'] direct True", "killed -9", "second 0")
+    assert any(ln.startswith("rest True") for ln in out.splitlines()), out
 
 
 @pytest.mark.timeout(180)
@@ -327,17 +331,12 @@ def test_two_receivers_end_the_route_and_share_every_message_once(tmp_path, monk
         res = Channel.attach(channel.create(None, "dtres"))
         recv_prog = RP + textwrap.dedent('''
             import sys
-            c = Channel.attach(channel.join("dtwo", timeout=30))
-            r = Channel.attach(channel.join("dtres", timeout=30))
-            got = []
+            c = joined("dtwo")
+            r = joined("dtres")
             if sys.argv[1] == "1":
                 for i in range(100):                # round trips: the route
                     r.send(c.recv(timeout=30))
-            while True:
-                try:
-                    got.append(c.recv(timeout=4))
-                except ChannelEmpty:
-                    break
+            got = drain(c, 4)
             r.send(b"got%s %s" % (sys.argv[1].encode(), b",".join(got))); r.flush(timeout=30)
             r.send(b"direct%s %d" % (sys.argv[1].encode(), direct_takes())); r.flush(timeout=30)
             ''')
@@ -359,10 +358,8 @@ def test_two_receivers_end_the_route_and_share_every_message_once(tmp_path, monk
         print("all once", sorted(seqs[0] + seqs[1]) == list(range(100, 400)))
         print("exits", process.join(p1.p_uid, timeout=30), process.join(p2.p_uid, timeout=30))
     """, monkeypatch)
-    lines = out.splitlines()
-    assert "flushed True" in lines and "each in order True" in lines, lines
-    assert "first routed True second 0" in lines, lines
-    assert "all once True" in lines and "exits 0 0" in lines, lines
+    assert_lines(out, "flushed True", "each in order True", "first routed True second 0",
+                 "all once True", "exits 0 0")
 
 
 @pytest.mark.timeout(180)
@@ -374,20 +371,13 @@ def test_sender_killed_around_the_switch_leaves_a_prefix_in_order(tmp_path, monk
         ch = channel.create(None, "dsk", ChannelOptions(node=1))
         res = Channel.attach(channel.create(None, "dskres"))
         receiver = RP + textwrap.dedent('''
-            c = Channel.attach(channel.join("dsk", timeout=30))
-            r = Channel.attach(channel.join("dskres", timeout=30))
-            got = []
-            while True:
-                try:
-                    m = c.recv(timeout=4)
-                except ChannelEmpty:
-                    break
-                got.append(int(m))
-                r.send(b"ok")
+            c = joined("dsk")
+            r = joined("dskres")
+            got = [int(m) for m in drain(c, 4, lambda m: r.send(b"ok"))]
             r.send(b"got %d %r" % (len(got), got == list(range(len(got))))); r.flush(timeout=30)
             ''')
         sender = RP + textwrap.dedent('''
-            c = Channel.attach(channel.join("dsk", timeout=30))
+            c = joined("dsk")
             i = 0
             while True:
                 c.send(b"%d" % i)
@@ -409,8 +399,7 @@ def test_sender_killed_around_the_switch_leaves_a_prefix_in_order(tmp_path, monk
         print(m.decode().split()[2], int(m.split()[1]) >= 150)
         print("receiver", process.join(pr.p_uid, timeout=30))
     """, monkeypatch)
-    lines = out.splitlines()
-    assert "killed -9" in lines and "True True" in lines and "receiver 0" in lines, lines
+    assert_lines(out, "killed -9", "True True", "receiver 0")
 
 
 @pytest.mark.timeout(120)
@@ -421,8 +410,8 @@ def test_direct_path_off_by_environment(tmp_path, monkeypatch):
         ping = channel.create(None, "doff", ChannelOptions(node=1))
         pong = channel.create(None, "doffb")
         echo = RP + textwrap.dedent('''
-            a = Channel.attach(channel.join("doff", timeout=30))
-            b = Channel.attach(channel.join("doffb", timeout=30))
+            a = joined("doff")
+            b = joined("doffb")
             for _ in range(50):
                 b.send(a.recv(timeout=30))
             b.send(b"%d %r" % (direct_takes(), route._receiver is None)); b.flush(timeout=30)
@@ -436,4 +425,4 @@ def test_direct_path_off_by_environment(tmp_path, monkeypatch):
         print("in order", got == [b"%d" % i for i in range(50)], back.recv(timeout=30).decode(),
               route._receiver is None, "exit", process.join(p.p_uid, timeout=30))
     """, monkeypatch, on="0")
-    assert "in order True 0 True True exit 0" in out.splitlines(), out
+    assert_lines(out, "in order True 0 True True exit 0")
