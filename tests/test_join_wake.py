@@ -536,11 +536,18 @@ def test_the_next_channel_block_is_made_ahead(tmp_path):
             print(name, "took the block made ahead:", k == 0 or
                   Channel.describe(d.sdesc)[1] == before, flush=True)
             print(name, "next made ahead:", conn._publisher.reserved is not None, flush=True)
+            open(f"{tmp}/{name}-made", "w").close()
         sys.exit(0)
     dpool = _client.connection()._default_pool()
     wait_for(lambda: dpool.stats().live_allocs == 0, what="the warm-up's channel freed")
-    joiners = [spawn("join", n, f"{tmp}/{n}") for n in ("wb-m1", "wb-m2")]
+    joiners = [spawn("join", "wb-m1", f"{tmp}/wb-m1")]
     p = spawn("publisher", "wb-m1", "wb-m2")
+    # wb-m2's joiner parks once wb-m1's create is over: GS lists a joiner on
+    # the board only if its lock is free (a joiner that parks while the
+    # publisher holds it, making wb-m1, is answered by GS: wb-m2's create
+    # then answers nobody and makes no block ahead, as it should)
+    wait_for(lambda: os.path.exists(f"{tmp}/wb-m1-made"), what="wb-m1 made")
+    joiners.append(spawn("join", "wb-m2", f"{tmp}/wb-m2"))
     print("publisher exit", process.join(p.p_uid, timeout=60))
     print("joiners exit", [process.join(j.p_uid, timeout=60) for j in joiners])
     print("answered:", [read(f"{tmp}/{n}") == str(channel.query(n).c_uid)
