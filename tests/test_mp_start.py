@@ -200,6 +200,14 @@ def seen(got, p):
         got = got[:3] + ({os.getpid(): "us", p.pid: "the child"}.get(got[3], got[3]),) + got[4:]
     return got
 
+def out(*args):
+    # one write per line: a child's last lines may still be on their way
+    # through the shepherd when join() returns (docs/python-processes.md),
+    # and print()'s separate writes of each piece (PYTHONUNBUFFERED) would
+    # let such a line land inside ours
+    sys.stdout.write(" ".join(map(str, args)) + "\\n")
+    sys.stdout.flush()
+
 class Sub(mp.Process):
     def __init__(self, q):
         super().__init__(name="Sub-x")
@@ -214,14 +222,14 @@ if __name__ == "__main__":
                   (lingering_thread, 1), (grandchild, 1)):
         p = mp.Process(target=fn, args=(q,), name="P-" + fn.__name__)
         p.start(); p.join(60)
-        print(fn.__name__, p.exitcode, flush=True)
+        out(fn.__name__, p.exitcode)
         for _ in range(n):
-            print(" ", seen(q.get(timeout=30), p), flush=True)
+            out(" ", seen(q.get(timeout=30), p))
     p = Sub(q); p.start(); p.join(60)
-    print("sub", p.exitcode, seen(q.get(timeout=30), p), flush=True)
+    out("sub", p.exitcode, seen(q.get(timeout=30), p))
     util.log_to_stderr().setLevel(util.INFO)
     p = mp.Process(target=ret, args=(q,), name="P-logged"); p.start(); q.get(timeout=30); p.join(60)
-    print("logged", p.exitcode, flush=True)
+    out("logged", p.exitcode)
 """
 
 
