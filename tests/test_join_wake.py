@@ -54,6 +54,27 @@ COMMON = """
     def spawn(*args, env=None):
         return process.create(sys.executable, "", [sys.argv[0], *args], env=env)
 
+    def create_with_gs_stopped(name, out):
+        # channel.create(None, NAME) in a thread with GS stopped (SIGSTOP):
+        # (the joiner's OUT as written meanwhile, the create returned
+        # meanwhile, its descriptor once GS runs again)
+        gs = gs_pid()
+        made = []
+        os.kill(gs, signal.SIGSTOP)
+        try:
+            th = threading.Thread(target=lambda: made.append(channel.create(None, name)))
+            th.start()
+            deadline = time.monotonic() + 20
+            while read(out) is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            woke = read(out)
+            th.join(20)
+            returned = bool(made)
+        finally:
+            os.kill(gs, signal.SIGCONT)
+        th.join(30)
+        return woke, returned, made[0]
+
     def claimant_stopped(name):     # a joiner of NAME parked, a creator of it stopped
         # (SIGSTOP) holding the board's lock, its claim made: (joiner, creator, pid)
         j = spawn("join", name, f"{tmp}/j")
@@ -113,24 +134,11 @@ def test_a_parked_join_is_woken_by_the_creator_with_gs_stopped(tmp_path):
     out = run(tmp_path, """
     j = spawn("join", "wb-a", f"{tmp}/a")
     wait_for(lambda: parked("wb-a"), what="the joiner to park")
-    gs = gs_pid()
-    made = []
-    os.kill(gs, signal.SIGSTOP)
-    try:
-        th = threading.Thread(target=lambda: made.append(channel.create(None, "wb-a")))
-        th.start()
-        deadline = time.monotonic() + 20
-        while read(f"{tmp}/a") is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        woke = read(f"{tmp}/a")
-        print("joiner answered while GS was stopped:", woke is not None)
-        th.join(20)
-        print("create returned while GS was stopped:", bool(made))
-    finally:
-        os.kill(gs, signal.SIGCONT)
-    th.join(30)
-    print("same channel:", woke == str(made[0].c_uid))
-    print("found right after:", channel.query("wb-a").c_uid == made[0].c_uid)
+    woke, returned, d = create_with_gs_stopped("wb-a", f"{tmp}/a")
+    print("joiner answered while GS was stopped:", woke is not None)
+    print("create returned while GS was stopped:", returned)
+    print("same channel:", woke == str(d.c_uid))
+    print("found right after:", channel.query("wb-a").c_uid == d.c_uid)
     print("joiner exit", process.join(j.p_uid, timeout=30))
     channel.destroy("wb-a")
     """)
@@ -262,6 +270,46 @@ def test_a_creator_killed_mid_wake_wedges_nobody(tmp_path, stage):
         assert "not answered by the dead creator: answered" not in out
     assert "joiner exit 0" in out.splitlines(), out     # a whole line: not the second's
     assert "second joiner has it: True" in out
+    assert "second joiner exit 0" in out.splitlines(), out
+
+
+def test_a_joiner_runs_with_the_board_free(tmp_path):
+    """The creator wakes its joiners only once it has released the board
+    (the kernel often runs a woken joiner on the creator's CPU at once):
+    with the creator stopped right after its joiner's wake-up, the joiner
+    has its answer and the board is free -- another name's joiner is
+    listed on it and answered from it by a create with GS stopped."""
+    out = run(tmp_path, """
+    j = spawn("join", "wb-f", f"{tmp}/j")
+    c = spawn("create", "wb-f", f"{tmp}/c-ready", f"{tmp}/c-go", f"{tmp}/c-out",
+              env={"EMBER_TEST_WAKEBOARD_STOP": "woken"})
+    wait_for(lambda: os.path.exists(f"{tmp}/c-ready"), what="the creator")
+    wait_for(lambda: parked("wb-f"), what="the joiner to park")
+    pid = process.query(c.p_uid).location.os_pid
+    open(f"{tmp}/c-go", "w").close()
+    wait_for(lambda: stopped(pid), what="the creator to stop after the wake-up")
+    wait_for(lambda: read(f"{tmp}/j") is not None, what="the joiner's answer")
+    print("joiner answered, creator stopped:", stopped(pid))
+    j2 = spawn("join", "wb-f2", f"{tmp}/j2")
+    wait_for(lambda: parked("wb-f2"), what="the second joiner to park")
+    woke, _, d = create_with_gs_stopped("wb-f2", f"{tmp}/j2")
+    print("second joiner answered from the board:", woke is not None)
+    print("second joiner has it:", read(f"{tmp}/j2") == str(d.c_uid))
+    os.kill(pid, signal.SIGCONT)
+    print("creator exit", process.join(c.p_uid, timeout=30))
+    wait_for(lambda: read(f"{tmp}/c-out") is not None, what="the creator's output")
+    print("joiner has the creator's:", read(f"{tmp}/j") == read(f"{tmp}/c-out"))
+    print("joiner exit", process.join(j.p_uid, timeout=30))
+    print("second joiner exit", process.join(j2.p_uid, timeout=30))
+    channel.destroy("wb-f")
+    channel.destroy("wb-f2")
+    """)
+    assert "joiner answered, creator stopped: True" in out
+    assert "second joiner answered from the board: True" in out
+    assert "second joiner has it: True" in out
+    assert "creator exit 0" in out
+    assert "joiner has the creator's: True" in out
+    assert "joiner exit 0" in out.splitlines(), out
     assert "second joiner exit 0" in out.splitlines(), out
 
 

@@ -9,8 +9,8 @@
  * ~5-8 bare wake-ups on the project's VM: every Python line right after a
  * sleep runs on a cold CPU.  Here the whole publish is one call: claim the
  * entry, queue the register for GS, write each joiner a fixed binary reply
- * (no msgpack on either side) on its reply channel -- whose send is the
- * FUTEX_WAKE of the joiner asleep in its receive -- release, wake GS.
+ * (no msgpack on either side) on its reply channel, release, wake the
+ * joiners (the FUTEX_WAKE of each joiner asleep in its receive), wake GS.
  *
  * THE STEPS (all under the board's robust lock, except the last)
  * ---------------------------------------------------------------
@@ -19,11 +19,16 @@
  *   3. the register is queued on GS's input channel, not waking GS
  *      (ember_ch_send_quiet; FULL: state back to WAITING, return -1);
  *   4. state WOKEN (store-release); then for each listed joiner k: attach
- *      its reply channel, send the reply (try-once), answered = k + 1
- *      (store-release);
- *   5. release the lock; wake GS (ember_ch_notify), unless the register
- *      is a posted one (ChannelRegisterPublished: the creator waits for no
- *      answer; GS finds it at its next input, anyone's, or its 50 ms slice).
+ *      its reply channel, queue the reply without waking the joiner
+ *      (ember_ch_send_quiet, try-once), answered = k + 1 (store-release);
+ *   5. release the lock; wake each answered joiner (ember_ch_notify on its
+ *      reply channel), then GS, unless the register is a posted one
+ *      (ChannelRegisterPublished: the creator waits for no answer; GS finds
+ *      it at its next input, anyone's, or its 50 ms slice).  The joiners
+ *      are woken after the release because the kernel often runs a woken
+ *      joiner on the creator's own CPU at once: woken under the lock, it
+ *      kept the board held while it ran, and GS, finding it busy at the
+ *      joiner's next join, left that join off the board.
  *
  * MEMORY ORDERS
  * -------------
@@ -58,9 +63,10 @@
  *     `answered` count (a joiner answered just before a death that came
  *     before its count was stored gets a second, identical reply: the
  *     joiner's call drops a reply whose tag it does not wait for);
- *   - between 4 and 5 (lock released, GS not woken): GS wakes at the exit
- *     notice, or at its next 50 ms futex slice: a delay, nothing lost (a
- *     posted register is never followed by a wake: the same).
+ *   - between 4 and 5, or inside 5 (lock released, some answered joiners
+ *     or GS not woken): each of them finds its message at the end of its
+ *     wait's 50 ms slice (GS also at the exit notice): a delay, nothing
+ *     lost (a posted register is never followed by a wake: the same).
  * A posted register (ChannelRegisterPublished) changes none of this: it is
  * the same register with another code, and the creator, which waits for no
  * answer, hands its channel's block over right after this call; killed
@@ -70,7 +76,13 @@
  * creator dies waiting for GS's answer).
  * A joiner killed while listed is unlisted by GS (at its exit) before GS
  * frees its reply channel, and the unlist needs the lock this call holds,
- * so a reply channel attached here is never one being freed.
+ * so a reply channel attached here is never one being freed while it is
+ * held.  Its wake-up comes after the release: a joiner killed right after
+ * its answer may have its reply channel freed by GS first; the notify then
+ * finds the handle stale (ember_ch_notify checks the block's allocation id)
+ * and wakes nobody, or at worst, racing that free, one stray FUTEX_WAKE on
+ * memory still mapped in the infrastructure pool, which every futex waiter
+ * re-checks.
  */
 #include "wakeboard.h"
 #include "../sync_c/sync.h"
@@ -162,6 +174,7 @@ int ember_wb_publish(const ember_wb_pub_t *p)
         return -1;              /* busy (a holder stopped) or a signal: through GS */
     }
     int answered = -1;
+    ember_ch_t *woken[EMBER_WB_MAX_WAITERS] = { NULL };   /* the answered joiners' channels */
     /* relaxed: under the lock (its acquire orders these loads) */
     uint32_t state = ember_atomic_load_relaxed(w32(e, E_STATE));
     uint32_t n = ember_atomic_load_relaxed(w32(e, E_LISTED));
@@ -212,15 +225,16 @@ int ember_wb_publish(const ember_wb_pub_t *p)
         uint32_t rl;
         memcpy(&tag, w + W_TAG, 8);
         memcpy(&rl, w + W_LEN, 4);
-        ember_ch_t *rch = NULL;
         if (rl > EMBER_WB_R_MAX ||
-            ember_ch_attach(p->reply_pool, w + W_DESC, rl, &rch) != EMBER_OK)
+            ember_ch_attach(p->reply_pool, w + W_DESC, rl, &woken[k]) != EMBER_OK)
             break;              /* (not expected) GS answers this one and those after it */
         put64(reply + 8, tag);
-        rc = ember_ch_send(rch, reply, EMBER_WB_REPLY_NAME + p->name_len, 0);
-        ember_ch_detach(rch);
-        if (rc != EMBER_OK)
+        rc = ember_ch_send_quiet(woken[k], reply, EMBER_WB_REPLY_NAME + p->name_len);
+        if (rc != EMBER_OK) {
+            ember_ch_detach(woken[k]);
+            woken[k] = NULL;
             break;              /* (not expected: a reply channel holds one answer) */
+        }
         answered = (int)k + 1;
         /* release: after the reply's send, for a death between them (a
          * joiner answered twice, never one not answered) */
@@ -229,6 +243,15 @@ int ember_wb_publish(const ember_wb_pub_t *p)
     }
 out:
     ember_lock_release(p->lock);
+    /* 5. the joiners' wake-ups, the board free: a joiner that takes this
+     * CPU at its wake-up (the kernel often puts it here) no longer leaves
+     * the lock held while it runs, where GS would find it busy at the
+     * joiner's next join and leave that join off the board */
+    for (int k = 0; k < answered; k++) {
+        ember_ch_notify(woken[k]);      /* (a channel freed meanwhile: no wake) */
+        ember_ch_detach(woken[k]);
+        test_stop(p, 5);
+    }
     /* GS last: it does not take the joiner's core.  Not at all for a
      * posted register: nobody waits for GS's handling of it, and every
      * later request wakes GS behind it */

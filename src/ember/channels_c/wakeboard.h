@@ -79,14 +79,16 @@ typedef struct {
                                  * as it is: the waited register, for the caller to send if
                                  * nothing was claimed), and GS is not woken */
     int test_stop;              /* tests: SIGSTOP self at stage 4 created (before the lock),
-                                 * 1 claimed, 2 queued, 3 answered */
+                                 * 1 claimed, 2 queued, 3 answered (not woken yet), 5 woken
+                                 * (the lock released) */
 } ember_wb_pub_t;
 
 /* Claim the name's entry (it must be WAITING for this name), queue the
- * register on GS's input channel without waking GS, answer every listed
- * joiner on its reply channel (each send wakes it: a FUTEX_WAKE on the
- * channel it sleeps on), release the board, then wake GS (not for a posted
- * register: GS finds it at its next input or slice).  Returns the
+ * register on GS's input channel without waking GS, queue every listed
+ * joiner's answer on its reply channel, release the board, wake the
+ * joiners answered (a FUTEX_WAKE on the channel each sleeps on), then GS
+ * (not for a posted register: GS finds it at its next input or slice).
+ * Returns the
  * number of joiners answered (>= 0: the register was queued), or -1 if
  * nothing was claimed (no board entry for the name, the lock stayed busy,
  * GS's input channel full): the caller sends the register itself. */

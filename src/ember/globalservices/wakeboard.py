@@ -155,7 +155,7 @@ class Board:
     # (the channel made, the board not touched), "claimed", "queued" (its
     # register queued, nobody answered), "answered" (after the first
     # joiner's reply).
-    TEST_STOP = {"claimed": 1, "queued": 2, "answered": 3, "created": 4}.get(
+    TEST_STOP = {"claimed": 1, "queued": 2, "answered": 3, "created": 4, "woken": 5}.get(
         os.environ.get("EMBER_TEST_WAKEBOARD_STOP", ""), 0)
 
     def __init__(self, lock, alloc, lock_alloc=None):
