@@ -152,3 +152,23 @@ def test_watch_with_notify_calls_it_once_per_rearm_and_leaves_fd_quiet(pool):
         for fd in (r, w_):
             os.close(fd)
         ch.detach()
+
+
+@pytest.mark.timeout(60)
+def test_watch_whose_notify_raises_keeps_the_error(pool):
+    """A notify= that raises ends the watch's thread with the exception in
+    ``error`` (where a destroyed channel's is), not silently."""
+    ch = Channel.create(pool, capacity=16)
+
+    def notify():
+        raise RuntimeError("notify failed")
+    w = ChannelWatch(ch, notify=notify)
+    try:
+        ch.send(b"m")
+        w._thread.join(10)
+        assert not w._thread.is_alive()
+        assert isinstance(w.error, RuntimeError) and str(w.error) == "notify failed"
+        assert ch.recv_nowait() == b"m"
+    finally:
+        w.close()
+        ch.detach()

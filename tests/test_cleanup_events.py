@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ember.launcher.cli import parse_duration
-from test_inspect import _env, _start, xdg  # noqa: F401 (a fixture)
+from test_inspect import _env, _start, _wait_for, xdg  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,11 +45,8 @@ def running(tmp_path, rdir):
         assert run.stdout.readline() == b"ready\n"
         # GS writes its log's first lines once its input is idle (a
         # millisecond or so behind): the head may print before the file exists
-        deadline = time.monotonic() + 30
-        while not (found := [p for p in rdir.iterdir() if p.name.endswith(".events")]):
-            assert time.monotonic() < deadline, "no event log after 30 s"
-            time.sleep(0.01)
-        (events,) = found
+        (events,) = _wait_for(lambda: [p for p in rdir.iterdir() if p.name.endswith(".events")],
+                              "the event log", timeout=30)
         yield events
     finally:
         run.communicate(b"", timeout=60)

@@ -304,13 +304,10 @@ def test_a_joiner_runs_with_the_board_free(tmp_path):
     channel.destroy("wb-f")
     channel.destroy("wb-f2")
     """)
-    assert "joiner answered, creator stopped: True" in out
-    assert "second joiner answered from the board: True" in out
-    assert "second joiner has it: True" in out
-    assert "creator exit 0" in out
-    assert "joiner has the creator's: True" in out
-    assert "joiner exit 0" in out.splitlines(), out
-    assert "second joiner exit 0" in out.splitlines(), out
+    assert_lines(out, "joiner answered, creator stopped: True",
+                 "second joiner answered from the board: True", "second joiner has it: True",
+                 "creator exit 0", "joiner has the creator's: True", "joiner exit 0",
+                 "second joiner exit 0")
 
 
 def test_a_holder_stopped_on_the_board_stalls_nobody_but_itself(tmp_path):

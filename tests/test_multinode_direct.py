@@ -49,10 +49,18 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
             pass
         head = [m for m in got if m[:1] in b"AD"]
         ls = [m for m in got if m[:1] == b"L"]
+        wx = inbox.watch(o)
+        wx.close()                              # not unwatch(): nothing would wake a wait
+        try:
+            inbox.recv(o, wx, timeout=5)
+            closed = b"no error"
+        except ValueError as e:
+            closed = b"ValueError " + str(e).split(":")[0].encode()
+        inbox.unwatch(wx)
         r = Channel.attach(channel.join("res", timeout=30))
-        r.send(b"other %r head %r local %r taken %r" % (first,
+        r.send(b"other %r head %r local %r taken %r closed watch %s" % (first,
             head == [b"A%d" % i for i in range({NA})] + [b"D%d" % i for i in range({ND})],
-            ls == [b"L%d" % i for i in range({NL})], sorted(inbox.taken.values())))
+            ls == [b"L%d" % i for i in range({NL})], sorted(inbox.taken.values()), closed))
         r.flush(timeout=30)
         for x in (w, wo):
             inbox.unwatch(x)
@@ -92,7 +100,8 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
         ds.close()
     """, hosts="local:2"))
     assert_lines(out, "through the agent, acknowledged True",
-                 "other b'O' head True local True taken [1, 60]", "acked True [] []", "exits 0 0")
+                 "other b'O' head True local True taken [1, 60] closed watch ValueError the watch was closed",
+                 "acked True [] []", "exits 0 0")
 
 
 @pytest.mark.timeout(120)

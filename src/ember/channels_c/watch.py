@@ -1,7 +1,8 @@
 """A descriptor that a channel's arrivals make readable, for a caller that
 waits on a channel and on sockets in one ``poll()``/``select()`` (asyncio's
-``add_reader``, or the direct path of docs/multinode.md: a receiver that
-waits on its channel and on its own zmq socket at once).
+``add_reader``), or a callable they call instead (``notify=``: the direct
+path of docs/multinode.md, whose receiver waits in its zmq socket's receive
+and is woken by a notice sent to that socket).
 
 A channel's receivers sleep on a futex in shared memory, which no
 ``poll()`` can wait on, and its senders (other processes) cannot write a
@@ -93,7 +94,11 @@ class ChannelWatch:
                 if notify is None:
                     os.eventfd_write(fd, 1)
                 else:
-                    notify()
+                    try:
+                        notify()
+                    except Exception as exc:    # the caller's recv raises it
+                        self.error = exc
+                        return
                 if self.error is not None:
                     return
                 self._armed.wait()

@@ -48,7 +48,7 @@ from .. import _log
 from ..channels_c._channels import _gate_take
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from . import remote
-from .agent import Z_EVENTS, Z_POLLIN, Z_RCVMORE
+from .agent import Z_EVENTS, Z_NOBLOCK, Z_POLLIN, Z_RCVMORE
 
 # the backend socket's methods, called directly on the hot path: pyzmq's
 # Socket.send is a Python method around them (1.8 against 0.5 us a call
@@ -56,7 +56,6 @@ from .agent import Z_EVENTS, Z_POLLIN, Z_RCVMORE
 _zsend = zmq.backend.Socket.send
 _zrecv = zmq.backend.Socket.recv
 _zget = zmq.backend.Socket.get
-_NOBLOCK = int(zmq.NOBLOCK)
 
 log = _log.get("direct")
 
@@ -250,7 +249,7 @@ class Inbox:
 
         def notify():             # (the watch's thread: the only user of s)
             try:
-                s.send(OP_WAKE, zmq.NOBLOCK)
+                _zsend(s, OP_WAKE, Z_NOBLOCK)
             except zmq.ZMQError:  # full (notices are waiting) or closing: no loss
                 pass
         w = ChannelWatch(ch, notify=notify)
@@ -267,7 +266,7 @@ class Inbox:
         except zmq.Again:
             return False
         try:
-            frame = _zrecv(sock, _NOBLOCK)     # (a message's parts come together)
+            frame = _zrecv(sock, Z_NOBLOCK)     # (a message's parts come together)
         except zmq.Again:
             frame = b""
         if _zget(sock, Z_RCVMORE):
@@ -299,6 +298,9 @@ class Inbox:
         ChannelEmpty after it)."""
         if watch.channel is not ch or watch not in self._watches:
             raise ValueError("watch must be this inbox's watch of ch (Inbox.watch)")
+        if watch._stop:
+            raise ValueError("the watch was closed: end it with Inbox.unwatch, and make "
+                             "another with Inbox.watch to receive")
         c_uid = ch.c_uid
         poll, take, held = ch.poll, ch._recv_local, self.held
         deadline = None if timeout is None else time.monotonic() + timeout
