@@ -22,14 +22,14 @@ if san:
 INC = ["src/ember/common_c", "src/ember/pools_c", "src/ember/channels_c"]
 
 
-def ext(name, sources):
+def ext(name, sources, libraries=("rt",)):
     return Extension(
         name,
         sources=sources,
         include_dirs=INC,
         extra_compile_args=C_FLAGS + CYTHON_FLAGS,
         extra_link_args=LINK,
-        libraries=["rt"],
+        libraries=list(libraries),
     )
 
 
@@ -46,7 +46,10 @@ extensions = [
          # the join wake board's lock (a copy of sync.c's code: its symbols
          # are hidden, its state is per-process caches only, refreshed in a
          # raw clone's child by _channels._after_raw_clone)
-         "src/ember/sync_c/sync.c"]),
+         "src/ember/sync_c/sync.c"],
+        # dlopen/dlsym: the direct path's receive calls the libzmq that pyzmq
+        # loaded (channels_c/_zdirect.pxi); nothing of zmq at build time
+        libraries=("rt", "dl")),
     ext("ember.sync_c._sync",
         ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/sync_c/pooldict.c",
          "src/ember/common_c/pool_api_import.c"]),

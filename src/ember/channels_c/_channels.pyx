@@ -1848,3 +1848,4 @@ def channel_join(name, timeout=None):
         _join_abandon(conn, holder, tag, exc)
         raise
     return _join_finish(conn, holder, tag, data)
+include "_zdirect.pxi"

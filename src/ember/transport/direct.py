@@ -45,9 +45,9 @@ import time
 import zmq
 
 from .. import _log
-from ..channels_c._channels import _gate_take
+from ..channels_c._channels import DirectStream, _zd_init, _zd_recv
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
-from . import remote
+from . import _trace, remote
 from .agent import Z_EVENTS, Z_NOBLOCK, Z_POLLIN, Z_RCVMORE
 
 # the backend socket's methods, called directly on the hot path: pyzmq's
@@ -58,6 +58,7 @@ _zrecv = zmq.backend.Socket.recv
 _zget = zmq.backend.Socket.get
 
 log = _log.get("direct")
+TRACE = _trace.ON
 
 __all__ = ["Inbox", "DirectSender", "TakenRecord", "OP_DIRECT", "DIRECT_HDR", "OP_TAKEN",
            "TAKEN_HDR"]
@@ -88,6 +89,22 @@ DRAIN_AFTER = 128
 
 _backend = None
 _backend_pid = None
+_zd = None
+
+
+def _zd_ready():
+    """The inbox's receive in one C call (channels_c/_zdirect.pxi) can be
+    used: the libzmq that pyzmq loaded gave its functions."""
+    global _zd
+    if _zd is None:
+        try:
+            from zmq.backend.cython import _zmq
+            _zd = bool(_zd_init(_zmq.__file__))
+        except (ImportError, AttributeError, OSError):   # another backend (cffi)
+            _zd = False
+        if not _zd:
+            log.info("direct path: the inbox reads in Python (no libzmq functions found)")
+    return _zd
 
 
 def _server_backend():
@@ -221,16 +238,20 @@ class Inbox:
         self._wake_addr = f"inproc://ember-inbox-{os.getpid()}-{id(self):x}"
         self.sock.bind(self._wake_addr)
         self._ctx = backend.ctx
+        # the socket's address for the one-call receive (0: read in Python;
+        # 0 after close: the socket is gone)
+        self._handle = self.sock.underlying if _zd_ready() else 0
+        self._closed = False
         self._rcvtimeo = -1       # the socket's receive timeout now (ms; -1: none)
         self._watches = {}        # ChannelWatch -> its notice socket
         self.held = {}            # c_uid -> deque of (sender, seq, frame): read, not taken
         self.record = TakenRecord()
-        self._cells = {}          # (sender, c_uid) -> its cell in the record
-        self._addrs = {}          # (sender, c_uid) -> its cell's address (a gated take)
-        self._last = {}           # (sender, c_uid) -> its cell's value (read without ctypes)
-        self._acked = {}          # (sender, c_uid) -> the last seq acknowledged to the sender
-        self._due = {}            # (sender, c_uid) -> bytes taken, not acknowledged
-        self.gates = {}           # c_uid -> its take gate's address (a routed channel)
+        self._cells = {}          # (sender, c_uid) -> its cell in the record (ctypes)
+        # (sender, c_uid) -> its DirectStream: the cell's and the gate's
+        # addresses, the last seq taken and acknowledged, the bytes since
+        self._streams = {}
+        self._hot = {}            # c_uid -> the stream of its last take (the C call's guess)
+        self.gates = {}           # c_uid -> its take gate's address (a routed channel: set_gate)
         self.closed = set()       # c_uids whose gate the agent closed: no more takes
 
     @property
@@ -269,16 +290,22 @@ class Inbox:
             frame = _zrecv(sock, Z_NOBLOCK)     # (a message's parts come together)
         except zmq.Again:
             frame = b""
-        if _zget(sock, Z_RCVMORE):
+        self._serve(sender, frame, _zget(sock, Z_RCVMORE))
+        return True
+
+    def _serve(self, sender, frame, more):
+        """Serve a message read (its sender, its first frame; ``more``:
+        frames follow, unread): hold a direct message, answer a request."""
+        if more:
             extra = 0
-            while _zget(sock, Z_RCVMORE):
-                _zrecv(sock, 0)
+            while _zget(self.sock, Z_RCVMORE):
+                _zrecv(self.sock, 0)
                 extra += 1
             frame = b"?%d more frames" % extra
         if frame[:1] == OP_DIRECT and len(frame) >= DIRECT_HDR.size:
             _, c_uid, seq = DIRECT_HDR.unpack_from(frame)
             if c_uid in self.closed:
-                return True                 # its route was revoked: the sender resends
+                return                      # its route was revoked: the sender resends
             q = self.held.get(c_uid)
             if q is None:
                 q = self.held[c_uid] = collections.deque()
@@ -289,7 +316,6 @@ class Inbox:
             self.ack(sender)
         else:
             log.warning("inbox: dropped a malformed message from %r (%r...)", sender, frame[:16])
-        return True
 
     def recv(self, ch, watch, timeout=None):
         """The next message of local channel ``ch`` (watched by ``watch``,
@@ -301,8 +327,11 @@ class Inbox:
         if watch._stop:
             raise ValueError("the watch was closed: end it with Inbox.unwatch, and make "
                              "another with Inbox.watch to receive")
+        if self._closed:
+            raise ChannelError("inbox: closed")
         c_uid = ch.c_uid
         poll, take, held = ch.poll, ch._recv_local, self.held
+        handle, hot = self._handle, self._hot
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # the channel first (see the module docstring); poll(0) is a
@@ -323,7 +352,23 @@ class Inbox:
                 min(max(0, math.ceil((deadline - time.monotonic()) * 1000.0)), 1 << 30)
             if ms != self._rcvtimeo:
                 self.sock.rcvtimeo = self._rcvtimeo = ms
-            if not self._recv_one() and deadline is not None and time.monotonic() >= deadline:
+            if handle:
+                # one C call: read, and take if it is the next message of
+                # the channel's last stream (the channel empty, the gate open)
+                s = hot.get(c_uid)
+                got = _zd_recv(ch, handle, s, 0)
+                if TRACE:
+                    _trace.stamp("i1")      # the message read (and taken)
+                if got.__class__ is bytes:
+                    if s.ack_due:
+                        self._ack(s)
+                    return got
+                if got is not None:
+                    self._serve(*got)
+                    continue
+            elif self._recv_one():
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
                 raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
                                    f"(channel or inbox)")
 
@@ -333,32 +378,37 @@ class Inbox:
         raises ChannelError and leaves the message where it is."""
         sender, seq, frame = q[0]
         key = (sender, c_uid)
-        last = self._last.get(key)
-        if last is None:
+        st = self._streams.get(key)
+        if st is None:
             import ctypes
-            cell = self._cells[key] = self.record.cell(sender, c_uid)
-            self._addrs[key] = ctypes.addressof(cell)
-            last = self._last[key] = 0
+            cell = self.record.cell(sender, c_uid)
+            st = DirectStream(sender, c_uid, ctypes.addressof(cell), self.gates.get(c_uid, 0),
+                              ACK_EVERY, ACK_BYTES)
+            self._cells[key] = cell
+            self._streams[key] = st
+        last = st.last
         if seq != last + 1:
             if seq <= last:
                 q.popleft()           # taken before (a resend): nothing to return
                 return None
             raise ChannelError(f"inbox: message {seq} of a sender on channel {c_uid} after "
                                f"{last}: the sender's sequence broke")
-        gate = self.gates.get(c_uid)
-        if gate is None:
-            self._cells[key].value = seq    # the record, before the message is returned
-        elif not _gate_take(gate, self._addrs[key], seq):
+        if not st.take(seq, len(frame) - DIRECT_HDR.size):
             self.close_route(c_uid)   # the agent revoked the route: the senders resend
             return None
-        self._last[key] = seq
         q.popleft()
-        due = self._due.get(key, 0) + len(frame) - DIRECT_HDR.size + 1
-        if seq - self._acked.get(key, 0) >= ACK_EVERY or due >= ACK_BYTES:
-            self._ack(key, seq)
-        else:
-            self._due[key] = due
+        self._hot[c_uid] = st
+        if st.ack_due:
+            self._ack(st)
         return frame[DIRECT_HDR.size:]
+
+    def set_gate(self, c_uid, gate):
+        """Channel ``c_uid``'s takes go through the take gate at address
+        ``gate`` from now on (a routed channel)."""
+        self.gates[c_uid] = gate
+        for st in self._streams.values():
+            if st.c_uid == c_uid:
+                st.gate = gate
 
     def close_route(self, c_uid):
         """Channel ``c_uid``'s route was revoked (its gate closed): what is
@@ -366,20 +416,20 @@ class Inbox:
         through the agent, after what was taken)."""
         self.closed.add(c_uid)
         self.held.pop(c_uid, None)
-        for key in [k for k in self._due if k[1] == c_uid]:
-            del self._due[key]
+        self._hot.pop(c_uid, None)
+        for st in self._streams.values():
+            if st.c_uid == c_uid:         # nothing more to acknowledge of it
+                st.acked, st.due, st.ack_due = st.last, 0, False
 
-    def _ack(self, key, seq):
-        sender, c_uid = key
-        self.sock.send_multipart([sender, TAKEN_HDR.pack(OP_TAKEN, c_uid, seq)])
-        self._acked[key] = seq
-        self._due.pop(key, None)
+    def _ack(self, st):
+        self.sock.send_multipart([st.sender, TAKEN_HDR.pack(OP_TAKEN, st.c_uid, st.last)])
+        st.acked, st.due, st.ack_due = st.last, 0, False
 
     def ack(self, sender=None):
         """Acknowledge every take not acknowledged yet (of ``sender`` only, if given)."""
-        for key in list(self._due):
-            if sender is None or key[0] == sender:
-                self._ack(key, self._last[key])
+        for st in list(self._streams.values()):
+            if st.last > st.acked and (sender is None or st.sender == sender):
+                self._ack(st)
 
     def unwatch(self, watch):
         """Close ``watch`` (made by :meth:`watch`) and its notice socket."""
@@ -391,8 +441,11 @@ class Inbox:
     def close(self):
         for w in list(self._watches):
             self.unwatch(w)
-        self._cells.clear()           # (the cells point into the record's mapping)
-        self._last.clear()
+        self._closed = True
+        self._handle = 0
+        self._hot.clear()             # (the streams and cells point into the record's mapping)
+        self._streams.clear()
+        self._cells.clear()
         self.record.close()
         self.sock.close(linger=0)
 
@@ -439,7 +492,11 @@ class DirectSender:
         self.seq[c_uid] = seq
         if type(data) is not bytes:
             data = bytes(data)
+        if TRACE:
+            _trace.stamp("d0")
         _zsend(self.sock, DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data, 0)
+        if TRACE:
+            _trace.stamp("d1")
         q.append((seq, data))
         self.nbytes[c_uid] += len(data)
 

@@ -83,7 +83,7 @@ class Receiver:
                                             off), inbox.address.encode()], req, 30.0)
         if bytes(frames[0][:1]) != R_OK or bytes(frames[1]) != b"1":
             return False
-        inbox.gates[ch.c_uid] = addr
+        inbox.set_gate(ch.c_uid, addr)
         self.routes[ch.c_uid] = (ch, inbox.watch(ch))
         return True
 

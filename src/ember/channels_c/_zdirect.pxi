@@ -1,0 +1,347 @@
+# The direct path's receive in one call (included by _channels.pyx; used by
+# ember/transport/direct.py, Inbox.recv; docs/multinode.md, "The direct
+# path").
+#
+# An inbox's receive read a message with two pyzmq calls and an option
+# query, then parsed its header, checked its channel, sender and sequence
+# number, took it through the channel's gate and counted it for the
+# acknowledgement in Python: some 30 lines between the wake-up and the
+# payload in the caller's hands, while the zmq I/O thread that woke the
+# receiver goes idle (this VM makes a later send that must wake it cost the
+# more the longer it idled).  Here that is one C call: libzmq's own receive
+# (without the GIL, where raw pyzmq's receiver waits too), then, for a
+# message of the stream the caller names (its sender and channel, the next
+# sequence number, the channel empty, the gate open), the take; the payload
+# comes back as bytes.  Anything else (another sender, a notice, a request,
+# a gap, a closed gate, a malformed message) comes back as its frames,
+# untouched, for the Python path to serve as before.
+#
+# libzmq is the one pyzmq loaded: its functions are looked up (dlsym)
+# through pyzmq's own extension module, so nothing of zmq is needed to
+# build ember; without them (another pyzmq backend) _zd_init says False
+# and the inbox reads in Python.
+
+cdef extern from "dlfcn.h" nogil:
+    void *dlopen(const char *filename, int flag)
+    void *dlsym(void *handle, const char *symbol)
+    char *dlerror()
+    int RTLD_LAZY
+    int RTLD_NOLOAD
+
+cdef extern from *:
+    """
+    /* What a death mid-call costs: nothing beyond the direct path's own
+       window.  The call reads messages from the process's own zmq socket
+       (gone with the process: the senders resend what the record says was
+       not taken) and, for a take, stores one sequence number in the
+       process's record through its gate (ember_gate_take: a SIGKILL
+       between that store and the caller's return loses that one message,
+       as a local recv killed after its claim does; docs/multinode.md).  It
+       holds no lock and writes no other shared memory. */
+    #include <stddef.h>
+    #include <stdint.h>
+    #include <string.h>
+    #include <errno.h>
+
+    /* zmq_msg_t of libzmq 4.x: 64 opaque bytes, pointer-aligned */
+    typedef struct { _Alignas(8) unsigned char b[64]; } ember_zmsg_t;
+
+    static struct {
+        int (*msg_init)(ember_zmsg_t *);
+        int (*msg_recv)(ember_zmsg_t *, void *, int);
+        void *(*msg_data)(ember_zmsg_t *);
+        size_t (*msg_size)(const ember_zmsg_t *);
+        int (*msg_more)(const ember_zmsg_t *);
+        int (*msg_close)(ember_zmsg_t *);
+        int (*zerrno)(void);
+    } ember_zd;
+
+    #define EMBER_ZD_DONTWAIT 1      /* ZMQ_DONTWAIT */
+    #define EMBER_ZD_HDR 17          /* direct.DIRECT_HDR: "D", c_uid, seq (little-endian) */
+
+    /* A (sender, channel) stream of an inbox (ember.transport.direct):
+       where its takes go and how far it was taken and acknowledged. */
+    typedef struct {
+        uint64_t c_uid;
+        uint64_t *cell;              /* its record cell (the last seq taken) */
+        uint64_t *gate;              /* the channel's take gate, or NULL */
+        uint64_t last, acked, due;   /* last taken; last acknowledged; bytes since */
+        uint64_t ack_every, ack_bytes;
+        uint32_t sender_len;
+        int ack_due;                 /* the last take reached an acknowledgement */
+        unsigned char sender[16];
+    } ember_zd_stream_t;
+
+    static inline uint64_t ember_zd_u64(const unsigned char *p) {
+        uint64_t v;
+        memcpy(&v, p, 8);            /* x86-64 / aarch64 Linux: little-endian */
+        return v;
+    }
+
+    /* Read one message of ROUTER socket `sock` into m1 (the sender) and m2
+       (the first frame after it).  Returns 1: m2 is the next message of
+       stream `s` (may be NULL), taken: its record stored, counted; 0: read,
+       not taken (the caller serves m1 and m2; *more: frames follow m2);
+       -1: no message (EAGAIN: the receive timed out, or flags had
+       DONTWAIT); -2: interrupted (EINTR: the caller checks signals and
+       calls again); -3: another zmq error (*err).  On 1 and 0 the caller
+       closes m1 and m2; otherwise nothing is held.  `ready(ch)`: 1 if the
+       channel has a message (or is closed and drained): then nothing is
+       taken here (the channel first).  Called without the GIL. */
+    static int ember_zd_recv(void *sock, int flags, ember_zd_stream_t *s,
+                             int (*ready)(void *), void *ch,
+                             ember_zmsg_t *m1, ember_zmsg_t *m2, int *more, int *err) {
+        *more = 0;
+        ember_zd.msg_init(m1);
+        if (ember_zd.msg_recv(m1, sock, flags) < 0) {
+            int e = ember_zd.zerrno();
+            ember_zd.msg_close(m1);
+            *err = e;
+            return e == EAGAIN ? -1 : e == EINTR ? -2 : -3;
+        }
+        ember_zd.msg_init(m2);
+        if (ember_zd.msg_more(m1) &&
+                ember_zd.msg_recv(m2, sock, EMBER_ZD_DONTWAIT) >= 0)   /* (parts come together) */
+            *more = ember_zd.msg_more(m2);
+        if (s == NULL || *more)
+            return 0;
+        size_t n = ember_zd.msg_size(m2);
+        const unsigned char *p = (const unsigned char *)ember_zd.msg_data(m2);
+        if (n < EMBER_ZD_HDR || p[0] != 'D' || ember_zd_u64(p + 1) != s->c_uid)
+            return 0;
+        if (ember_zd.msg_size(m1) != s->sender_len ||
+                memcmp(ember_zd.msg_data(m1), s->sender, s->sender_len) != 0)
+            return 0;
+        uint64_t seq = ember_zd_u64(p + 9);
+        if (seq != s->last + 1 || ready(ch))
+            return 0;
+        if (s->gate != NULL) {
+            if (!ember_gate_take(s->gate, s->cell, seq))
+                return 0;            /* revoked: the Python path closes the route */
+        } else {
+            __atomic_store_n(s->cell, seq, __ATOMIC_RELAXED);  /* no reader while this lives */
+        }
+        s->last = seq;
+        s->due += n - EMBER_ZD_HDR + 1;
+        s->ack_due = seq - s->acked >= s->ack_every || s->due >= s->ack_bytes;
+        return 1;
+    }
+    """
+    ctypedef struct ember_zmsg_t:
+        pass
+    ctypedef struct ember_zd_stream_t:
+        uint64_t c_uid
+        uint64_t *cell
+        uint64_t *gate
+        uint64_t last, acked, due, ack_every, ack_bytes
+        uint32_t sender_len
+        int ack_due
+        unsigned char sender[16]
+    int EMBER_ZD_HDR
+    void *ember_zd_msg_data "ember_zd.msg_data"(ember_zmsg_t *) nogil
+    size_t ember_zd_msg_size "ember_zd.msg_size"(const ember_zmsg_t *) nogil
+    int ember_zd_msg_close "ember_zd.msg_close"(ember_zmsg_t *) nogil
+    int ember_zd_recv(void *sock, int flags, ember_zd_stream_t *s, int (*ready)(void *) noexcept nogil,
+                      void *ch, ember_zmsg_t *m1, ember_zmsg_t *m2, int *more, int *err) nogil
+    int _zd_set "ember_zd_set"(void *h) nogil
+
+
+cdef extern from *:
+    """
+    /* libzmq's functions, from the library of handle h (dlopen of pyzmq's
+       extension module: dlsym searches its dependencies, libzmq among
+       them); 1 when all were found and the library is libzmq 4.x. */
+    #include <dlfcn.h>
+    static int ember_zd_set(void *h) {
+        void (*version)(int *, int *, int *) = (void (*)(int *, int *, int *))dlsym(h, "zmq_version");
+        int major = 0, minor = 0, patch = 0;
+        if (version == NULL)
+            return 0;
+        version(&major, &minor, &patch);
+        if (major != 4)
+            return 0;
+        *(void **)&ember_zd.msg_init = dlsym(h, "zmq_msg_init");
+        *(void **)&ember_zd.msg_recv = dlsym(h, "zmq_msg_recv");
+        *(void **)&ember_zd.msg_data = dlsym(h, "zmq_msg_data");
+        *(void **)&ember_zd.msg_size = dlsym(h, "zmq_msg_size");
+        *(void **)&ember_zd.msg_more = dlsym(h, "zmq_msg_more");
+        *(void **)&ember_zd.msg_close = dlsym(h, "zmq_msg_close");
+        *(void **)&ember_zd.zerrno = dlsym(h, "zmq_errno");
+        if (!ember_zd.msg_init || !ember_zd.msg_recv || !ember_zd.msg_data || !ember_zd.msg_size ||
+                !ember_zd.msg_more || !ember_zd.msg_close || !ember_zd.zerrno) {
+            ember_zd.msg_init = NULL;
+            return 0;
+        }
+        return 1;
+    }
+    """
+
+
+cdef bint _zd_ok = False
+
+
+def _zd_init(path):
+    """Look up libzmq's functions through the library at ``path`` (pyzmq's
+    loaded extension module); True when :func:`_zd_recv` can be used."""
+    global _zd_ok
+    if _zd_ok:
+        return True
+    cdef bytes p = os.fsencode(path)
+    cdef void *h = dlopen(p, RTLD_LAZY | RTLD_NOLOAD)       # loaded: never a second copy
+    if h == NULL:
+        return False
+    _zd_ok = _zd_set(h) == 1
+    return _zd_ok
+
+
+cdef int _zd_ready(void *ch) noexcept nogil:
+    cdef ember_rc_t rc = ember_ch_poll(<ember_ch_t *>ch, 0, 0)
+    return rc != EMBER_ERR_EMPTY
+
+
+cdef extern from *:
+    """
+    static inline void ember_zd_store_relaxed(uint64_t *p, uint64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELAXED);
+    }
+    """
+    void ember_zd_store_relaxed(uint64_t *p, uint64_t v) nogil
+
+
+@cython.final
+cdef class DirectStream:
+    """One (sender, channel) stream of an inbox (ember.transport.direct):
+    its record cell and the channel's take gate (addresses of 8-aligned
+    words of the record's live mapping, which the inbox keeps), the last
+    sequence number taken and acknowledged, the bytes taken since, and the
+    acknowledgement thresholds.  Internal."""
+    cdef ember_zd_stream_t s
+    cdef readonly bytes sender
+
+    def __cinit__(self, bytes sender, uint64_t c_uid, size_t cell, size_t gate,
+                  uint64_t ack_every, uint64_t ack_bytes):
+        if not 0 < len(sender) <= 16:
+            raise ValueError(f"a sender id of {len(sender)} bytes")
+        if cell == 0 or cell & 7 or gate & 7:
+            raise ValueError("cell and gate must be 8-aligned addresses")
+        self.sender = sender
+        self.s.c_uid = c_uid
+        self.s.cell = <uint64_t *>cell
+        self.s.gate = <uint64_t *>gate
+        self.s.ack_every = ack_every
+        self.s.ack_bytes = ack_bytes
+        self.s.sender_len = <uint32_t>len(sender)
+        memcpy(self.s.sender, <const char *>sender, len(sender))
+
+    @property
+    def c_uid(self):
+        return self.s.c_uid
+
+    @property
+    def last(self):
+        return self.s.last
+
+    @last.setter
+    def last(self, uint64_t v):
+        self.s.last = v
+
+    @property
+    def acked(self):
+        return self.s.acked
+
+    @acked.setter
+    def acked(self, uint64_t v):
+        self.s.acked = v
+
+    @property
+    def due(self):
+        return self.s.due
+
+    @due.setter
+    def due(self, uint64_t v):
+        self.s.due = v
+
+    @property
+    def ack_due(self):
+        return self.s.ack_due != 0
+
+    @ack_due.setter
+    def ack_due(self, bint v):
+        self.s.ack_due = v
+
+    @property
+    def gate(self):
+        return <size_t>self.s.gate
+
+    @gate.setter
+    def gate(self, size_t v):
+        if v & 7:
+            raise ValueError("gate must be an 8-aligned address")
+        self.s.gate = <uint64_t *>v
+
+    def take(self, uint64_t seq, Py_ssize_t nbytes):
+        """The Python path's take of message ``seq`` (``nbytes`` of payload)
+        of this stream: through the gate (False if it is closed: nothing
+        stored), the record, the count; sets ``ack_due``."""
+        if self.s.gate != NULL:
+            if not ember_gate_take(self.s.gate, self.s.cell, seq):
+                return False
+        else:
+            ember_zd_store_relaxed(self.s.cell, seq)
+        self.s.last = seq
+        self.s.due += <uint64_t>nbytes + 1
+        self.s.ack_due = seq - self.s.acked >= self.s.ack_every or self.s.due >= self.s.ack_bytes
+        return True
+
+
+def _zd_recv(Channel ch, size_t sock, DirectStream stream, int flags):
+    """Read one message of ROUTER socket ``sock`` (its address:
+    ``zmq.Socket.underlying``; the caller's thread is its only user) for
+    channel ``ch``'s receive (see above): the payload (bytes) when it was
+    the next message of ``stream`` (may be None) and was taken (then see
+    ``stream.ack_due``); None when none came (the socket's receive timeout,
+    or ``flags`` 1: ZMQ_DONTWAIT); else ``(sender, frame, more)``, not
+    taken (``more``: frames follow, unread).  Internal."""
+    cdef ember_zmsg_t m1, m2
+    cdef int more = 0, err = 0, rc
+    cdef ember_zd_stream_t *s = NULL if stream is None else &stream.s
+    cdef const char *p
+    if not _zd_ok:
+        raise RuntimeError("_zd_init found no libzmq")
+    if sock == 0:
+        raise ValueError("no socket")
+    if ch._ch == NULL or ch._pool._pool == NULL:
+        ch._check_open("receive")
+    if stream is not None and stream.s.c_uid != ch._c_uid:
+        raise ValueError(f"the stream is of channel {stream.s.c_uid}, not {ch._c_uid}")
+    ch._pool._busy += 1
+    ch._busy += 1
+    try:
+        while True:
+            with nogil:
+                rc = ember_zd_recv(<void *>sock, flags, s, _zd_ready, <void *>ch._ch,
+                                   &m1, &m2, &more, &err)
+            if rc != -2:
+                break
+            PyErr_CheckSignals()
+    finally:
+        ch._pool._busy -= 1
+        ch._busy -= 1
+    if rc == -1:
+        return None
+    if rc == -3:
+        import zmq
+        raise zmq.ZMQError(err)
+    try:
+        if rc == 1:
+            p = <const char *>ember_zd_msg_data(&m2)
+            return PyBytes_FromStringAndSize(p + EMBER_ZD_HDR,
+                                             <Py_ssize_t>ember_zd_msg_size(&m2) - EMBER_ZD_HDR)
+        return (PyBytes_FromStringAndSize(<const char *>ember_zd_msg_data(&m1),
+                                          <Py_ssize_t>ember_zd_msg_size(&m1)),
+                PyBytes_FromStringAndSize(<const char *>ember_zd_msg_data(&m2),
+                                          <Py_ssize_t>ember_zd_msg_size(&m2)),
+                more != 0)
+    finally:
+        ember_zd_msg_close(&m1)
+        ember_zd_msg_close(&m2)

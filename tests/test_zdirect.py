@@ -1,0 +1,227 @@
+"""The direct path's receive in one C call (channels_c/_zdirect.pxi,
+``_zd_recv``): it takes only the next message of the stream it is given
+(its sender, its channel, the next sequence number, the channel empty,
+the gate open) and hands anything else back untouched, malformed or not;
+the Python path (ember.transport.direct.Inbox) serves those.  In one
+process: a ROUTER socket, DEALER senders, a local channel."""
+import ctypes
+import struct
+
+import pytest
+import zmq
+
+from ember.channels_c import Channel
+from ember.channels_c._channels import DirectStream, _gate_close, _zd_init, _zd_recv
+from ember.exceptions import ChannelError
+from ember.pools_c import Pool
+
+HDR = struct.Struct("<cQQ")          # ember.transport.direct.DIRECT_HDR
+
+
+@pytest.fixture(scope="module", autouse=True)
+def libzmq():
+    from zmq.backend.cython import _zmq
+    assert _zd_init(_zmq.__file__)
+
+
+@pytest.fixture
+def pool():
+    p = Pool.create(8 << 20)
+    yield p
+    p.destroy()
+
+
+@pytest.fixture
+def net():
+    """(router, its address for _zd_recv, a connected DEALER of identity b"S1")."""
+    ctx = zmq.Context()
+    r = ctx.socket(zmq.ROUTER)
+    r.linger = 0
+    r.rcvtimeo = 10_000                 # (a test that fails does not hang)
+    r.bind("inproc://zd")
+    socks = [r]
+
+    def dealer(ident):
+        d = ctx.socket(zmq.DEALER)
+        d.linger = 0
+        d.identity = ident
+        d.connect("inproc://zd")
+        socks.append(d)
+        return d
+    yield r, r.underlying, dealer(b"S1"), dealer
+    for s in socks:
+        s.close(linger=0)
+    ctx.term()
+
+
+class Cells:
+    """A record cell and a gate word (8-aligned), kept alive by the test."""
+
+    def __init__(self):
+        self.cell = ctypes.c_uint64(0)
+        self.gate = ctypes.c_uint64(0)
+
+    def stream(self, c_uid, gated=True, sender=b"S1", every=128, nbytes=4 << 20):
+        return DirectStream(sender, c_uid, ctypes.addressof(self.cell),
+                            ctypes.addressof(self.gate) if gated else 0, every, nbytes)
+
+
+def recv(ch, h, st):
+    return _zd_recv(ch, h, st, 0)
+
+
+def test_next_message_of_the_stream_is_taken(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid)
+    for seq in (1, 2, 3):
+        d.send(HDR.pack(b"D", ch.c_uid, seq) + b"m%d" % seq)
+        assert recv(ch, h, st) == b"m%d" % seq
+        assert (cs.cell.value, st.last, cs.gate.value) == (seq, seq, 0)
+    assert st.due == 3 * 3 and not st.ack_due
+    ch.destroy()
+
+
+def test_without_a_gate_the_cell_is_stored(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid, gated=False)
+    d.send(HDR.pack(b"D", ch.c_uid, 1) + b"x")
+    assert recv(ch, h, st) == b"x" and cs.cell.value == 1
+    ch.destroy()
+
+
+def test_acknowledgement_due_after_every_takes_or_bytes(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid, every=2, nbytes=1 << 20)
+    d.send(HDR.pack(b"D", ch.c_uid, 1) + b"a")
+    assert recv(ch, h, st) == b"a" and not st.ack_due
+    d.send(HDR.pack(b"D", ch.c_uid, 2) + b"b")
+    assert recv(ch, h, st) == b"b" and st.ack_due
+    st.acked, st.due, st.ack_due = 2, 0, False
+    st2 = Cells().stream(ch.c_uid, every=1000, nbytes=10)
+    d.send(HDR.pack(b"D", ch.c_uid, 1) + b"0123456789")
+    assert recv(ch, h, st2) == b"0123456789" and st2.ack_due          # 11 >= 10 bytes
+    ch.destroy()
+
+
+@pytest.mark.parametrize("frame", [
+    b"", b"D", b"D" + b"\0" * 15,                       # short of a header
+    b"X" + b"\0" * 16 + b"payload",                     # not a direct message
+    b"w", b"q",                                         # a notice, a request
+])
+def test_malformed_or_other_frames_come_back_untouched(pool, net, frame):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid)
+    d.send(frame)
+    assert recv(ch, h, st) == (b"S1", frame, False)
+    assert (cs.cell.value, st.last, st.due) == (0, 0, 0)
+    ch.destroy()
+
+
+def test_wrong_channel_sender_or_sequence_come_back(pool, net):
+    r, h, d, dealer = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid)
+    cases = [
+        (d, HDR.pack(b"D", ch.c_uid + 1, 1) + b"x"),     # another channel
+        (dealer(b"S2"), HDR.pack(b"D", ch.c_uid, 1) + b"x"),   # another sender
+        (dealer(b"S1x"), HDR.pack(b"D", ch.c_uid, 1) + b"x"),  # a longer id, same prefix
+        (d, HDR.pack(b"D", ch.c_uid, 2) + b"x"),         # a gap
+        (d, HDR.pack(b"D", ch.c_uid, 0) + b"x"),         # taken before
+    ]
+    for sock, frame in cases:
+        sock.send(frame)
+        sender, got, more = recv(ch, h, st)
+        assert (sender, got, more) == (sock.identity, frame, False)
+        assert (cs.cell.value, st.last) == (0, 0)
+    ch.destroy()
+
+
+def test_the_channel_first(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid)
+    ch.send(b"in the channel")
+    frame = HDR.pack(b"D", ch.c_uid, 1) + b"direct"
+    d.send(frame)
+    assert recv(ch, h, st) == (b"S1", frame, False)      # not taken: the channel has one
+    assert cs.cell.value == 0
+    assert ch.recv() == b"in the channel"
+    ch.destroy()
+
+
+def test_a_closed_gate_takes_nothing(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid)
+    assert _gate_close(ctypes.addressof(cs.gate)) == 0
+    frame = HDR.pack(b"D", ch.c_uid, 1) + b"x"
+    d.send(frame)
+    assert recv(ch, h, st) == (b"S1", frame, False)
+    assert (cs.cell.value, cs.gate.value, st.last) == (0, 2, 0)
+    assert not st.take(1, 1)                            # the Python path's take: refused too
+    ch.destroy()
+
+
+def test_more_frames_and_no_stream(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    frame = HDR.pack(b"D", ch.c_uid, 1) + b"x"
+    d.send_multipart([frame, b"extra"])
+    assert recv(ch, h, Cells().stream(ch.c_uid)) == (b"S1", frame, True)
+    assert r.recv() == b"extra" and not r.rcvmore
+    d.send(frame)
+    assert recv(ch, h, None) == (b"S1", frame, False)
+    ch.destroy()
+
+
+def test_nothing_comes(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    st = Cells().stream(ch.c_uid)
+    assert _zd_recv(ch, h, st, zmq.DONTWAIT) is None
+    r.rcvtimeo = 20
+    assert _zd_recv(ch, h, st, 0) is None
+    ch.destroy()
+
+
+def test_bad_arguments(pool, net):
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    with pytest.raises(ValueError):
+        cs.stream(ch.c_uid, sender=b"")
+    with pytest.raises(ValueError):
+        cs.stream(ch.c_uid, sender=b"x" * 17)
+    with pytest.raises(ValueError):
+        DirectStream(b"S1", ch.c_uid, 0, 0, 1, 1)
+    with pytest.raises(ValueError):
+        DirectStream(b"S1", ch.c_uid, ctypes.addressof(cs.cell) + 4, 0, 1, 1)
+    st = cs.stream(ch.c_uid)
+    with pytest.raises(ValueError):
+        st.gate = 3
+    with pytest.raises(ValueError):
+        _zd_recv(ch, h, cs.stream(ch.c_uid + 1), zmq.DONTWAIT)      # another channel's stream
+    with pytest.raises(ValueError):
+        _zd_recv(ch, 0, st, zmq.DONTWAIT)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)                       # a zmq error: a PUB socket cannot receive
+    try:
+        with pytest.raises(zmq.ZMQError):
+            _zd_recv(ch, pub.underlying, st, zmq.DONTWAIT)
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+    ch.destroy()
+    with pytest.raises(ChannelError):
+        _zd_recv(ch, h, st, zmq.DONTWAIT)                           # destroyed handle
