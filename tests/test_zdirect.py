@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from ember.channels_c import Channel
-from ember.channels_c._channels import DirectStream, _gate_close, _zd_init, _zd_recv
+from ember.channels_c._channels import DirectStream, _gate_close, _zd_init, _zd_recv, _zd_send
 from ember.exceptions import ChannelError
 from ember.pools_c import Pool
 
@@ -225,3 +225,35 @@ def test_bad_arguments(pool, net):
     ch.destroy()
     with pytest.raises(ChannelError):
         _zd_recv(ch, h, st, zmq.DONTWAIT)                           # destroyed handle
+
+
+def test_send_puts_the_header_and_the_data_in_one_frame(pool, net):
+    r, h, d, _ = net
+    for seq, data in ((1, b"x" * 64), (2, b""), (3, b"y" * (1 << 20))):
+        _zd_send(d.underlying, 77, seq, data)
+        assert r.recv_multipart() == [b"S1", HDR.pack(b"D", 77, seq) + data]
+    ch = Channel.create(pool)                  # and the receive takes it
+    st = Cells().stream(ch.c_uid)
+    _zd_send(d.underlying, ch.c_uid, 1, b"m")
+    assert _zd_recv(ch, h, st, 0) == b"m"
+    ch.destroy()
+
+
+def test_send_errors():
+    ctx = zmq.Context()
+    try:
+        alone = ctx.socket(zmq.DEALER)             # no peer: full at once
+        alone.sndtimeo = 20
+        pull = ctx.socket(zmq.PULL)                # cannot send
+        with pytest.raises(zmq.Again):
+            _zd_send(alone.underlying, 1, 1, b"x")
+        with pytest.raises(zmq.ZMQError):
+            _zd_send(pull.underlying, 1, 1, b"x")
+        with pytest.raises(ValueError):
+            _zd_send(0, 1, 1, b"x")
+        with pytest.raises(TypeError):
+            _zd_send(alone.underlying, 1, 1, bytearray(b"x"))
+    finally:
+        alone.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()

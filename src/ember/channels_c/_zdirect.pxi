@@ -21,6 +21,8 @@
 # build ember; without them (another pyzmq backend) _zd_init says False
 # and the inbox reads in Python.
 
+from libc.errno cimport EAGAIN, EINTR
+
 cdef extern from "dlfcn.h" nogil:
     void *dlopen(const char *filename, int flag)
     void *dlsym(void *handle, const char *symbol)
@@ -48,7 +50,9 @@ cdef extern from *:
 
     static struct {
         int (*msg_init)(ember_zmsg_t *);
+        int (*msg_init_size)(ember_zmsg_t *, size_t);
         int (*msg_recv)(ember_zmsg_t *, void *, int);
+        int (*msg_send)(ember_zmsg_t *, void *, int);
         void *(*msg_data)(ember_zmsg_t *);
         size_t (*msg_size)(const ember_zmsg_t *);
         int (*msg_more)(const ember_zmsg_t *);
@@ -138,6 +142,7 @@ cdef extern from *:
         int ack_due
         unsigned char sender[16]
     int EMBER_ZD_HDR
+    int EMBER_ZD_DONTWAIT
     void *ember_zd_msg_data "ember_zd.msg_data"(ember_zmsg_t *) nogil
     size_t ember_zd_msg_size "ember_zd.msg_size"(const ember_zmsg_t *) nogil
     int ember_zd_msg_close "ember_zd.msg_close"(ember_zmsg_t *) nogil
@@ -161,13 +166,16 @@ cdef extern from *:
         if (major != 4)
             return 0;
         *(void **)&ember_zd.msg_init = dlsym(h, "zmq_msg_init");
+        *(void **)&ember_zd.msg_init_size = dlsym(h, "zmq_msg_init_size");
         *(void **)&ember_zd.msg_recv = dlsym(h, "zmq_msg_recv");
+        *(void **)&ember_zd.msg_send = dlsym(h, "zmq_msg_send");
         *(void **)&ember_zd.msg_data = dlsym(h, "zmq_msg_data");
         *(void **)&ember_zd.msg_size = dlsym(h, "zmq_msg_size");
         *(void **)&ember_zd.msg_more = dlsym(h, "zmq_msg_more");
         *(void **)&ember_zd.msg_close = dlsym(h, "zmq_msg_close");
         *(void **)&ember_zd.zerrno = dlsym(h, "zmq_errno");
-        if (!ember_zd.msg_init || !ember_zd.msg_recv || !ember_zd.msg_data || !ember_zd.msg_size ||
+        if (!ember_zd.msg_init || !ember_zd.msg_init_size || !ember_zd.msg_recv ||
+                !ember_zd.msg_send || !ember_zd.msg_data || !ember_zd.msg_size ||
                 !ember_zd.msg_more || !ember_zd.msg_close || !ember_zd.zerrno) {
             ember_zd.msg_init = NULL;
             return 0;
@@ -345,3 +353,113 @@ def _zd_recv(Channel ch, size_t sock, DirectStream stream, int flags):
     finally:
         ember_zd_msg_close(&m1)
         ember_zd_msg_close(&m2)
+
+
+cdef extern from *:
+    """
+    /* The direct send's frame in one copy: the header ('D', c_uid, seq,
+       little-endian, as direct.DIRECT_HDR) and the message into a zmq
+       message, then libzmq's send.  Returns 0 (sent: zmq owns m) or the
+       zmq errno (m still the caller's: EAGAIN with DONTWAIT, try again
+       blocking; EINTR, try again).  Holds nothing a death could leave. */
+    static int ember_zd_frame(ember_zmsg_t *m, uint64_t c_uid, uint64_t seq,
+                              const void *p, size_t n) {
+        if (ember_zd.msg_init_size(m, EMBER_ZD_HDR + n) < 0)
+            return ember_zd.zerrno();
+        unsigned char *d = (unsigned char *)ember_zd.msg_data(m);
+        d[0] = 'D';
+        memcpy(d + 1, &c_uid, 8);
+        memcpy(d + 9, &seq, 8);
+        if (n)
+            memcpy(d + EMBER_ZD_HDR, p, n);
+        return 0;
+    }
+    static int ember_zd_send(ember_zmsg_t *m, void *sock, int flags) {
+        return ember_zd.msg_send(m, sock, flags) < 0 ? ember_zd.zerrno() : 0;
+    }
+    """
+    int ember_zd_frame(ember_zmsg_t *m, uint64_t c_uid, uint64_t seq, const void *p, size_t n) nogil
+    int ember_zd_send(ember_zmsg_t *m, void *sock, int flags) nogil
+
+
+def _zd_send(size_t sock, uint64_t c_uid, uint64_t seq, bytes data):
+    """Send one direct message (the header, then ``data``) on DEALER socket
+    ``sock`` (its address: ``zmq.Socket.underlying``; the caller holds its
+    only user's lock): a copy, then libzmq's send, waiting (without the
+    GIL) only when the socket is full (zmq.Again after its send timeout).
+    Internal."""
+    cdef ember_zmsg_t m
+    cdef int err
+    cdef bint first
+    if not _zd_ok:
+        raise RuntimeError("_zd_init found no libzmq")
+    if sock == 0:
+        raise ValueError("no socket")
+    err = ember_zd_frame(&m, c_uid, seq, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data))
+    if err == 0:
+        err = ember_zd_send(&m, <void *>sock, EMBER_ZD_DONTWAIT)
+        first = True
+        while err == EINTR or (err == EAGAIN and first):
+            first = False
+            if err == EINTR:
+                try:
+                    PyErr_CheckSignals()
+                except BaseException:
+                    ember_zd_msg_close(&m)
+                    raise
+            with nogil:                 # full: wait (up to the socket's send timeout)
+                err = ember_zd_send(&m, <void *>sock, 0)
+        if err != 0:
+            ember_zd_msg_close(&m)
+    if err != 0:
+        import zmq
+        raise zmq.Again() if err == EAGAIN else zmq.ZMQError(err)
+
+
+@cython.final
+cdef class DirectOut:
+    """One channel's direct messages through one connection to an inbox
+    (ember.transport.direct.DirectSender): the last sequence number sent,
+    the copies kept until acknowledged (a deque of (seq, data)) and their
+    bytes.  Its :meth:`send` is the hot path in one call; the connection's
+    state it shares with the connection's other channels (the socket, the
+    sends since the last drain) is in ``shared``, a one-element list
+    [sends] the connection keeps.  Internal."""
+    cdef readonly uint64_t c_uid
+    cdef public uint64_t seq
+    cdef public Py_ssize_t nbytes
+    cdef readonly object copies
+    cdef public size_t handle          # the DEALER's address (0: this call never sends)
+    cdef readonly list shared
+    cdef Py_ssize_t drain_after, window, window_bytes
+
+    def __cinit__(self, uint64_t c_uid, size_t handle, list shared, Py_ssize_t drain_after,
+                  Py_ssize_t window, Py_ssize_t window_bytes):
+        from collections import deque
+        if len(shared) != 1:
+            raise ValueError("shared must be a one-element list [sends]")
+        self.c_uid = c_uid
+        self.handle = handle
+        self.shared = shared
+        self.copies = deque()
+        self.drain_after = drain_after
+        self.window = window
+        self.window_bytes = window_bytes
+
+    def send(self, data):
+        """Send ``data`` (bytes) as the next message, keep its copy, count
+        it: True.  False, with nothing done, when the connection's slow
+        path must send it (not bytes, the acknowledgements due to be read,
+        the window full, no socket address)."""
+        if type(data) is not bytes or self.handle == 0:
+            return False
+        cdef Py_ssize_t sends = <Py_ssize_t>self.shared[0] + 1
+        if sends >= self.drain_after or len(self.copies) >= self.window or \
+                self.nbytes >= self.window_bytes:
+            return False
+        self.shared[0] = sends
+        self.seq += 1
+        _zd_send(self.handle, self.c_uid, self.seq, data)
+        self.copies.append((self.seq, data))
+        self.nbytes += PyBytes_GET_SIZE(data)
+        return True

@@ -45,7 +45,7 @@ import time
 import zmq
 
 from .. import _log
-from ..channels_c._channels import DirectStream, _zd_init, _zd_recv
+from ..channels_c._channels import DirectOut, DirectStream, _zd_init, _zd_recv, _zd_send
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from . import _trace, remote
 from .agent import Z_EVENTS, Z_NOBLOCK, Z_POLLIN, Z_RCVMORE
@@ -466,43 +466,59 @@ class DirectSender:
         self.sock = _server_backend().client(address, remote._keys(),
                                              identity=self.identity).sock
         self.sock.linger = 2000
-        self.seq = {}             # c_uid -> the last sequence number sent
-        self.copies = {}          # c_uid -> deque of (seq, data) not acknowledged
-        self.nbytes = {}          # c_uid -> their bytes
-        self._sends = 0
+        # the socket's address for the one-call send (0: pyzmq's send)
+        self._handle = self.sock.underlying if _zd_ready() else 0
+        self.outs = {}            # c_uid -> its DirectOut: last seq sent, copies, their bytes
+        self._shared = [0]        # [sends since the acknowledgements were last read]
+
+    def out(self, c_uid):
+        """Channel ``c_uid``'s :class:`DirectOut` (its ``send`` is the hot
+        path; this ``send`` what it declines)."""
+        o = self.outs.get(c_uid)
+        if o is None:
+            o = self.outs[c_uid] = DirectOut(c_uid, self._handle, self._shared, DRAIN_AFTER,
+                                             WINDOW, WINDOW_BYTES)
+        return o
+
+    def forget(self, c_uid):
+        """Drop channel ``c_uid``'s copies (resent elsewhere); its sequence goes on."""
+        o = self.outs.get(c_uid)
+        if o is not None:
+            o.copies.clear()
+            o.nbytes = 0
 
     def send(self, c_uid, data, timeout=None, idle=None, arg=None):
         """Send ``data`` to channel ``c_uid`` of the inbox.  A full window
         waits (``ChannelFull`` after ``timeout``); ``idle(c_uid, arg)``, if
         given, is called while it waits (and may raise: then nothing was
         sent)."""
-        q = self.copies.get(c_uid)
-        if q is None:
-            q = self.copies[c_uid] = collections.deque()
-            self.nbytes[c_uid] = 0
-        self._sends += 1
-        if self._sends >= DRAIN_AFTER or len(q) >= WINDOW or \
-                self.nbytes[c_uid] >= WINDOW_BYTES:
+        o = self.outs.get(c_uid) or self.out(c_uid)
+        q = o.copies
+        shared = self._shared
+        shared[0] += 1
+        if shared[0] >= DRAIN_AFTER or len(q) >= WINDOW or o.nbytes >= WINDOW_BYTES:
             self._drain()
-            if not self._wait(lambda: len(q) < WINDOW and self.nbytes[c_uid] < WINDOW_BYTES,
+            if not self._wait(lambda: len(q) < WINDOW and o.nbytes < WINDOW_BYTES,
                               timeout, idle and (lambda: idle(c_uid, arg))):
                 raise ChannelFull(f"channel {c_uid}: {WINDOW} direct messages or "
                                   f"{WINDOW_BYTES} bytes unacknowledged for {timeout} s")
-        seq = self.seq.get(c_uid, 0) + 1
-        self.seq[c_uid] = seq
+        seq = o.seq = o.seq + 1
         if type(data) is not bytes:
             data = bytes(data)
         if TRACE:
             _trace.stamp("d0")
-        _zsend(self.sock, DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data, 0)
+        if self._handle:
+            _zd_send(self._handle, c_uid, seq, data)    # the header and data: one copy
+        else:
+            _zsend(self.sock, DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data, 0)
         if TRACE:
             _trace.stamp("d1")
         q.append((seq, data))
-        self.nbytes[c_uid] += len(data)
+        o.nbytes += len(data)
 
     def _drain(self):
         """Read the acknowledgements that arrived; drop what they cover."""
-        self._sends = 0
+        self._shared[0] = 0
         sock = self.sock
         while sock.getsockopt(Z_EVENTS) & Z_POLLIN:
             frame = sock.recv(0)
@@ -511,9 +527,12 @@ class DirectSender:
                             len(frame))
                 continue
             _, c_uid, seq = TAKEN_HDR.unpack(frame)
-            q = self.copies.get(c_uid)
+            o = self.outs.get(c_uid)
+            if o is None:
+                continue
+            q = o.copies
             while q and q[0][0] <= seq:
-                self.nbytes[c_uid] -= len(q.popleft()[1])
+                o.nbytes -= len(q.popleft()[1])
 
     def _wait(self, done, timeout, idle=None):
         """Wait until ``done()`` (True) or ``timeout`` passed (False); asks
@@ -539,12 +558,13 @@ class DirectSender:
     def wait_acked(self, timeout=None):
         """Wait until every message sent was taken (True) or ``timeout``
         passed (False)."""
-        return self._wait(lambda: not any(self.copies.values()), timeout)
+        return self._wait(lambda: not any(o.copies for o in self.outs.values()), timeout)
 
     def unacked(self, c_uid):
         """The (seq, data) of channel ``c_uid`` not acknowledged yet, oldest first."""
         self._drain()
-        return list(self.copies.get(c_uid, ()))
+        o = self.outs.get(c_uid)
+        return [] if o is None else list(o.copies)
 
     def after(self, c_uid, seq):
         """The messages of channel ``c_uid`` after ``seq`` (the receiver's
@@ -554,4 +574,7 @@ class DirectSender:
         return [d for s, d in self.unacked(c_uid) if s > seq]
 
     def close(self):
+        self._handle = 0
+        for o in self.outs.values():
+            o.handle = 0
         self.sock.close(linger=2000)

@@ -198,7 +198,8 @@ class _Conn:
         ds = self.dsenders.get(address)
         if ds is None:
             ds = self.dsenders[address] = DirectSender(address)
-        d = self.direct[c_uid] = (epoch, ds)
+        # (epoch, sender, the channel's DirectOut: the send's hot path)
+        d = self.direct[c_uid] = (epoch, ds, ds.out(c_uid))
         if self.watcher is None:
             self.watcher = threading.Thread(target=self._watch_routes, daemon=True,
                                             name=f"ember-routes-node{self.node}")
@@ -222,8 +223,7 @@ class _Conn:
             n, sid, seq = TAKEN_ENTRY.unpack_from(table, i)
             taken[sid[:n]] = seq
         rest = ds.after(c_uid, taken.get(ds.identity, 0))
-        ds.copies.pop(c_uid, None)
-        ds.nbytes.pop(c_uid, None)
+        ds.forget(c_uid)
         now = _monotonic()
         for data in rest:
             self._put(c_uid, data, len(data), now)
@@ -300,9 +300,10 @@ class _Conn:
             _trace.stamp("s0")
         c_uid = handle.c_uid
         with self.lock:
-            err = self.errors.pop(c_uid, None)
-            if err is not None:
-                raise err
+            if self.errors:
+                err = self.errors.pop(c_uid, None)
+                if err is not None:
+                    raise err
             d = self.direct.get(c_uid)
             if d is None and c_uid in self.offers:
                 # a route is offered: switch once nothing sent here is
@@ -312,6 +313,12 @@ class _Conn:
                 if c_uid in self.offers and not (f and f[0]) and c_uid not in self.pending:
                     d = self._switch(c_uid)
             if d is not None:
+                if TRACE:
+                    _trace.stamp("d0")
+                if d[2].send(data):             # the hot path, in one call
+                    if TRACE:
+                        _trace.stamp("d1")
+                    return
                 try:
                     d[1].send(c_uid, data, timeout, self._route_idle, d)
                     return
