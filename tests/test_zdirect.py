@@ -257,3 +257,32 @@ def test_send_errors():
         alone.close(linger=0)
         pull.close(linger=0)
         ctx.term()
+
+
+def test_direct_out_sends_or_declines(net):
+    from ember.channels_c._channels import DirectOut
+    r, h, d, _ = net
+    shared = [0]
+    o = DirectOut(9, d.underlying, shared, 4, 2, 100)      # drain every 4, window 2 / 100 B
+    assert o.send(b"a") and o.send(b"bb")
+    assert (o.seq, o.nbytes, list(o.copies), shared) == (2, 3, [(1, b"a"), (2, b"bb")], [2])
+    assert r.recv_multipart()[1] == HDR.pack(b"D", 9, 1) + b"a"
+    assert r.recv_multipart()[1] == HDR.pack(b"D", 9, 2) + b"bb"
+    assert not o.send(b"c")                                 # the window is full
+    o.copies.popleft()
+    o.nbytes = 2
+    assert o.send(b"c") and shared == [3]
+    o.copies.clear()
+    o.nbytes = 0
+    assert not o.send(b"d")                                 # the acknowledgements are due
+    shared[0] = 0
+    assert not o.send(bytearray(b"d"))                      # not bytes
+    o.nbytes = 100
+    assert not o.send(b"d")                                 # the window's bytes
+    o.nbytes = 0
+    o.handle = 0
+    assert not o.send(b"d")                                 # no socket
+    assert (o.seq, shared) == (3, [0])                      # nothing done by a decline
+    r.recv_multipart()
+    with pytest.raises(ValueError):
+        DirectOut(9, d.underlying, [], 4, 2, 100)
