@@ -54,7 +54,8 @@ extensions = [
         ["src/ember/sync_c/_sync.pyx", "src/ember/sync_c/sync.c", "src/ember/sync_c/pooldict.c",
          "src/ember/common_c/pool_api_import.c"]),
     ext("ember.shepherd._spawn", ["src/ember/shepherd/_spawn.pyx", "src/ember/shepherd/spawn.c",
-                                  "src/ember/shepherd/spares.c"]),
+                                  "src/ember/shepherd/spares.c",
+                                  "src/ember/shepherd/outboard.c"]),
 ]
 
 # Development aid: EMBER_ONLY=pools,channels builds just those extensions.

@@ -201,12 +201,10 @@ def seen(got, p):
     return got
 
 def out(*args):
-    # one write per line: a child's last lines may still be on their way
-    # through the shepherd when join() returns (docs/python-processes.md),
-    # and print()'s separate writes of each piece (PYTHONUNBUFFERED) would
-    # let such a line land inside ours
-    sys.stdout.write(" ".join(map(str, args)) + "\\n")
-    sys.stdout.flush()
+    # print()'s pieces, one write each (PYTHONUNBUFFERED): a child's last
+    # lines are out before join() returns (docs/python-processes.md), none
+    # can land inside ours
+    print(*args, flush=True)
 
 class Sub(mp.Process):
     def __init__(self, q):

@@ -19,7 +19,7 @@ import sys
 import threading
 import weakref
 
-from .. import _env, _roles
+from .. import _env, _outboard, _roles
 from ..descriptors import ProcessOptions
 from ..exceptions import ProcessDied, ProcessError, RemoteError, RemoteTraceback
 from . import _codec, _pickling as P
@@ -916,8 +916,11 @@ class Process:
         res = self._res
         if not res.pidfd or self._gs_name is not None:
             return None
-        code = _exit_status(self._desc.os_pid, res.fd)
-        return 0 if code == 0 else None
+        if _exit_status(self._desc.os_pid, res.fd) != 0:
+            return None
+        # Its output is all out (the shepherd's output board), or GS's
+        # answer, which follows the shepherd's forwarding of it.
+        return 0 if _outboard.out(self._desc.p_uid) else None
 
     def _poll(self):
         with self._lock:

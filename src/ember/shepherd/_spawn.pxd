@@ -8,6 +8,7 @@ cdef extern from "spawn.h" nogil:
         EMBER_OK
         EMBER_ERR_INVALID_ARG
         EMBER_ERR_OS
+        EMBER_ERR_NOT_FOUND
 
     enum:
         EMBER_SPAWN_STEP_NONE
@@ -62,3 +63,14 @@ cdef extern from "spares.h":
 
     ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
                                   int fds_out[3], int *nfds_out, int *sock_out)
+
+
+cdef extern from "outboard.h" nogil:
+    ember_rc_t ember_ob_open(const char *path, int create)
+    int ember_ob_mapped()
+    void ember_ob_spawned(unsigned long long p_uid, int clean)
+    void ember_ob_busy(unsigned long long p_uid, int busy)
+    int ember_ob_exiting(unsigned long long p_uid)
+    int ember_ob_clean(unsigned long long p_uid)
+    void ember_ob_drained(unsigned long long p_uid)
+    int ember_ob_wait_drained(unsigned long long p_uid, long long ns)

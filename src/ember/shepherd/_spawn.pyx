@@ -15,12 +15,14 @@ import errno as _errno
 import os
 
 from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, free
 from posix.types cimport pid_t
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str",
-           "serve_spares"]
+           "serve_spares", "ob_open", "ob_mapped", "ob_spawned", "ob_busy", "ob_exiting",
+           "ob_clean", "ob_drained", "ob_wait_drained"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -259,3 +261,66 @@ def wipe_bytes(bytes b):
     that must not outlive its use in this process's memory: only for an
     object nothing else will read)."""
     memset(PyBytes_AS_STRING(b), 0, len(b))
+
+
+# ------------------------------------------------------------- output board
+# (outboard.c: whether a process's output was all forwarded at its exit)
+
+def ob_open(path, bint create=False):
+    """Map the output board at ``path`` into this process (once; created
+    with ``create``).  Returns True if it is mapped, False if there is no
+    board of this layout there; OSError for a failure to create it."""
+    cdef bytes p = os.fsencode(path)
+    cdef ember_rc_t rc = ember_ob_open(p, create)
+    if rc == EMBER_OK:
+        return True
+    if create and rc == EMBER_ERR_OS:
+        raise OSError(errno, f"cannot create the output board {path!r}: {os.strerror(errno)}")
+    return False
+
+
+def ob_mapped():
+    """True if this process has the output board mapped."""
+    return bool(ember_ob_mapped())
+
+
+def ob_spawned(unsigned long long p_uid, bint clean=False):
+    """Shepherd: process ``p_uid`` is about to start (``clean``: its stdio
+    is not forwarded)."""
+    ember_ob_spawned(p_uid, clean)
+
+
+def ob_busy(unsigned long long p_uid, bint busy):
+    """Shepherd: taking or holding output of ``p_uid`` (True), or all of it
+    written (False)."""
+    ember_ob_busy(p_uid, busy)
+
+
+def ob_exiting(unsigned long long p_uid):
+    """The process ``p_uid``, after its last write: mark itself clean if
+    nothing it wrote is left to forward.  True if it did."""
+    return bool(ember_ob_exiting(p_uid))
+
+
+def ob_clean(unsigned long long p_uid):
+    """True if process ``p_uid`` exited with all its output forwarded."""
+    return bool(ember_ob_clean(p_uid))
+
+
+def ob_drained(unsigned long long p_uid):
+    """Shepherd: ``p_uid`` reaped, its pipes drained and written."""
+    ember_ob_drained(p_uid)
+
+
+def ob_wait_drained(unsigned long long p_uid, double timeout):
+    """Wait up to ``timeout`` seconds for the shepherd to have drained
+    ``p_uid``'s pipes (without the GIL; a signal's handler runs, and its
+    exception propagates).  True if it has."""
+    cdef int r
+    cdef long long ns = <long long>(timeout * 1e9)
+    while True:
+        with nogil:
+            r = ember_ob_wait_drained(p_uid, ns)
+        if r >= 0:
+            return r == 1
+        PyErr_CheckSignals()

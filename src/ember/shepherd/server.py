@@ -39,6 +39,7 @@ from ..service import NOTICE, Service
 from . import template as _template
 from .._trace import t as _t
 from .._worker import LEASED_COMM, spare_token as _worker_spare_token
+from . import _spawn as _ob
 from ._spawn import set_pdeathsig, spawn
 
 __all__ = ["Shepherd", "run", "main_forked", "LABELS", "raise_nofile_limit"]
@@ -57,9 +58,10 @@ _MAX_PARTIAL = 1 << 20
 class _Stream:
     """One read end of a child's stdout or stderr pipe."""
 
-    __slots__ = ("fd", "out_fd", "prefix", "partial", "at_line_start", "eager")
+    __slots__ = ("fd", "out_fd", "prefix", "partial", "at_line_start", "eager", "child")
 
     def __init__(self, fd, out_fd, prefix):
+        self.child = None             # its _Child (the output board's entry)
         self.fd = fd
         self.out_fd = out_fd
         self.prefix = prefix          # b"" when not labelling
@@ -69,7 +71,8 @@ class _Stream:
 
 
 class _Child:
-    __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external", "lease")
+    __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external", "lease",
+                 "busy")
 
     def __init__(self, p_uid, pid, pidfd, streams, name="", external=False, lease=False):
         self.p_uid = p_uid
@@ -80,6 +83,7 @@ class _Child:
         self.sent = set()             # signals ember sent it (no death report for those)
         self.external = external      # attached, not started by us: watched, never reaped
         self.lease = lease            # a leased spare (ember._worker --spare): may die idle
+        self.busy = False             # busy on the output board (_take/_taken)
 
 
 def _idle_spare(pid):
@@ -299,6 +303,7 @@ class Shepherd(Service):
         self._ep.register(self._wake, select.EPOLLIN)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._template = None         # the warm template, started on first use
+        self._board = None            # the output board's path (open_output_board)
         # GS's requests: notices (each handler sends its own answer, if any).
         self._death_lines = []        # ShDeathReport lines, for the main thread to write
         for cls, method in ((M.ShSpawn, self._on_spawn), (M.ShKill, self._on_kill),
@@ -311,6 +316,21 @@ class Shepherd(Service):
         self.resources = NodeResources(self._send)
         for cls in NodeResources.TYPES:
             self.on(cls, self.resources.handle_msg, NOTICE)
+
+    def open_output_board(self, runtime_id):
+        """Make (and map) the node's output board (shepherd/outboard.c,
+        ember._outboard): each child's entry says whether all it wrote was
+        forwarded when it exited, which a join answered by the kernel
+        waits for (docs/python-processes.md, "Output and join").  Unlinked
+        when :meth:`serve` ends.  Before the first spawn; a failure is
+        logged (joins then ask GS)."""
+        from .. import _outboard
+        try:
+            _outboard.create(runtime_id)
+        except OSError as exc:
+            log.warning("no output board: %s", exc)
+            return
+        self._board = _outboard.path(runtime_id)
 
     # ------------------------------------------------------------------
     # request thread
@@ -441,6 +461,9 @@ class Shepherd(Service):
                 os.close(out_r)
                 os.close(out_w)
                 return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
+        # The child's entry on the output board (a direct stdio is not ours
+        # to forward: clean from the start).
+        _ob.ob_spawned(p_uid, direct is not None)
         try:
             stdin_fd = self._stdin_for(msg.env) if direct_in is None else direct_in
             gate = None                   # a forked .py child waits until it is closed
@@ -496,6 +519,8 @@ class Shepherd(Service):
         child = _Child(p_uid, pid, pidfd, streams,
                        msg.user_name if isinstance(msg.user_name, str) else "",
                        lease=_worker_spare_token(args) is not None)
+        for s_ in streams:
+            s_.child = child
         with self._lock:
             self._children[p_uid] = child
             self._pgids.add(pid)
@@ -706,6 +731,11 @@ class Shepherd(Service):
                 if isinstance(obj, _Stream):   # pipes a grandchild still holds
                     self._drain(obj, final=True)
                     self._close_stream(obj)
+            if self._board is not None:
+                try:
+                    os.unlink(self._board)
+                except OSError:
+                    pass
             if self._stop_tag is not None:
                 self._send(M.ShShutdownDone(self._stop_tag))
         finally:
@@ -823,6 +853,7 @@ class Shepherd(Service):
         for s in child.streams:
             if s.fd >= 0:
                 self._drain(s, final=True)
+        _ob.ob_drained(child.p_uid)       # a joiner answered by the kernel may return
         log.info("p_uid %d (pid %d) exited with code %d", child.p_uid, child.pid, code)
         if (self._death_reports and status is not None and os.WIFSIGNALED(status)
                 and os.WTERMSIG(status) not in child.sent):
@@ -892,20 +923,41 @@ class Shepherd(Service):
         self._write(fd, line)
         self._open_line[fd] = None
 
+    @staticmethod
+    def _take(s):
+        """Before a read of ``s``: its child's entry on the output board
+        says busy (outboard.c: stored before the bytes leave the pipe)."""
+        c = s.child
+        if c is not None and not c.busy:
+            c.busy = True
+            _ob.ob_busy(c.p_uid, True)
+
+    @staticmethod
+    def _taken(s):
+        """After the writes of what was read from ``s``: not busy unless a
+        partial line of its child is held."""
+        c = s.child
+        if c is not None and c.busy and not any(x.partial for x in c.streams):
+            c.busy = False
+            _ob.ob_busy(c.p_uid, False)
+
     def _read(self, s):
+        self._take(s)
         try:
             data = os.read(s.fd, _READ_SIZE)
         except BlockingIOError:
-            return
+            data = None
         if data:
             self._feed(s, data)
-        else:
+        elif data is not None:
             self._flush_partial(s)
             self._close_stream(s)
+        self._taken(s)
 
     def _drain(self, s, final):
         """Read ``s`` until it would block or hits EOF; with ``final``,
         write out its trailing partial line too."""
+        self._take(s)
         while s.fd >= 0:
             try:
                 data = os.read(s.fd, _READ_SIZE)
@@ -914,10 +966,11 @@ class Shepherd(Service):
             if not data:
                 self._flush_partial(s)
                 self._close_stream(s)
-                return
+                break
             self._feed(s, data)
         if final:
             self._flush_partial(s)
+        self._taken(s)
 
     def _close_stream(self, s):
         if s.fd < 0:
@@ -1115,6 +1168,9 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
 
     shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
     shepherd.control_pool = control_pool
+    runtime_id = _env.get(_env.RUNTIME_ID)
+    if runtime_id:
+        shepherd.open_output_board(runtime_id)
     # The runtime's own pools (made by the launcher): swept too when a
     # process dies, though no channel was made in them through us.
     for m_uid, var in ((0, _env.INF_POOL), (1, _env.DEFAULT_POOL)):

@@ -60,6 +60,7 @@ import struct
 import sys
 
 from .. import _trace
+from .. import _outboard
 from .._exit import flush_and_exit
 from .._trace import t as _t
 # Bound here, not imported in the functions a child runs: a relative
@@ -580,7 +581,20 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
             _t("C.exit")
             _trace.t_faults("C.faults_exit", cpu=True)
             _trace.flush()
+        if code == 0:
+            _say_clean()
         flush_and_exit(code)
+
+
+def _say_clean():
+    """A child exiting with code 0: flush, then say on the output board
+    whether all it wrote is out (its joiner waits for GS otherwise)."""
+    try:
+        for f in (sys.stdout, sys.stderr):
+            f.flush()
+        _outboard.exiting()
+    except Exception:
+        pass
 
 
 _clone = None
@@ -940,6 +954,8 @@ def main():
     _worker._imports()
     if unfilter is not None:
         unfilter()
+    # The node's output board (shepherd/outboard.c), inherited by every child.
+    _outboard.attach()
 
     # Map the runtime's default pool once: children inherit the mapping (and
     # the pools binding's cache entry), so attaching their channels is free.

@@ -1,0 +1,77 @@
+"""The shepherd's output board (shepherd/outboard.c), on its own: each
+case in a fresh interpreter (a process maps one board, for its life)."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+PRELUDE = """
+    import os, sys
+    from ember.shepherd import _spawn as ob
+    # fd 1 and fd 2: pipes of our own, empty unless a case writes to them
+    for fd in (1, 2):
+        r, w = os.pipe()
+        os.dup2(w, fd)
+        os.close(w)
+    keep = r
+    assert not ob.ob_mapped() and not ob.ob_clean(5)
+    assert ob.ob_open(sys.argv[1], True) and ob.ob_mapped()
+"""
+
+
+def run(tmp_path, body):
+    prog = textwrap.dedent(PRELUDE) + textwrap.dedent(body)
+    res = subprocess.run([sys.executable, "-c", prog, str(tmp_path / "board")],
+                         capture_output=True, timeout=30)
+    assert res.returncode == 0, res.stderr.decode()
+
+
+def test_clean_only_with_nothing_left_to_forward(tmp_path):
+    run(tmp_path, """
+        ob.ob_spawned(5)
+        assert not ob.ob_clean(5)
+        ob.ob_busy(5, True)                    # the shepherd holds some of its output
+        assert not ob.ob_exiting(5) and not ob.ob_clean(5)
+        ob.ob_busy(5, False)
+        assert ob.ob_exiting(5) and ob.ob_clean(5)
+        assert not ob.ob_clean(5 + 16384)     # the same entry, another process
+
+        ob.ob_spawned(6)
+        os.write(1, b"unread")                 # still in the pipe
+        assert not ob.ob_exiting(6) and not ob.ob_clean(6)
+
+        ob.ob_spawned(7 + 16384)               # 7's entry went to a later process
+        assert not ob.ob_exiting(7) and not ob.ob_clean(7)
+        ob.ob_spawned(8, True)                 # stdio not forwarded: clean from the start
+        assert ob.ob_clean(8)
+        assert ob.ob_open(sys.argv[1] + ".other")    # mapped already: the same board
+    """)
+
+
+def test_a_joiner_waits_for_the_drain(tmp_path):
+    run(tmp_path, """
+        import threading
+        ob.ob_spawned(9)
+        assert not ob.ob_wait_drained(9, 0.01)
+        t = threading.Timer(0.05, ob.ob_drained, (9,))
+        t.start()
+        assert ob.ob_wait_drained(9, 30.0)
+        t.join()
+        ob.ob_spawned(9 + 16384)               # taken over: no wait (else the test's timeout)
+        assert not ob.ob_wait_drained(9, 1000.0)
+    """)
+
+
+def test_a_board_of_another_layout_is_refused(tmp_path):
+    (tmp_path / "junk").write_bytes(b"junk" * 64)
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from ember.shepherd import _spawn as ob
+        assert not ob.ob_open(sys.argv[1])            # too small, not created here
+        assert not ob.ob_open(sys.argv[1] + ".none")  # none there
+        assert not ob.ob_mapped() and not ob.ob_wait_drained(1, 0.0)
+    """), str(tmp_path / "junk")], capture_output=True, timeout=30)
+    assert res.returncode == 0, res.stderr.decode()

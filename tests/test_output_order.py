@@ -1,0 +1,70 @@
+"""End to end: a child's output is at the launcher before what its parent
+prints after join() (docs/python-processes.md, "Output and join")."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUNDS = 80
+LINES = 5
+
+PROG = """
+    import multiprocessing as mp
+    import sys
+    import ember
+
+    def child(r):
+        for i in range({lines}):
+            print(f"r{{r}} child {{i}}", flush=True)
+        sys.stdout.write(f"r{{r}} child {lines}")    # a last line without its newline
+
+    def main():
+        {setup}
+        for r in range({rounds}):
+            {start_join}
+            sys.stdout.write(f"r{{r}} joined\\n")
+            sys.stdout.flush()
+
+    if __name__ == "__main__":
+        main()
+"""
+
+CASES = {
+    "template": ("ember.Process.start_method = 'template'",
+                 "p = ember.Process(target=child, args=(r,)); p.start(); p.join()"),
+    "spawn": ("ember.Process.start_method = 'spawn'",
+              "p = ember.Process(target=child, args=(r,)); p.start(); p.join()"),
+    "mp": ("mp.set_start_method('ember')",
+           "p = mp.Process(target=child, args=(r,)); p.start(); p.join()"),
+}
+
+
+def out_of_order(out, rounds, lines):
+    """The rounds whose "joined" line came before one of its child's lines,
+    or whose lines are missing."""
+    pos = {line: n for n, line in enumerate(out.splitlines())}
+    bad = []
+    for r in range(rounds):
+        joined = pos.get(f"r{r} joined")
+        got = [pos.get(f"r{r} child {i}") for i in range(lines + 1)]
+        if joined is None or None in got or max(got) > joined:
+            bad.append(r)
+    return bad
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_child_output_before_what_the_parent_prints_after_join(tmp_path, case):
+    setup, start_join = CASES[case]
+    rounds = ROUNDS if case != "spawn" else 5
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(PROG).format(setup=setup, start_join=start_join,
+                                                 rounds=rounds, lines=LINES))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         capture_output=True, timeout=100)
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
+    bad = out_of_order(out, rounds, LINES)
+    assert bad == [], (bad, out)
