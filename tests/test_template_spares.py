@@ -22,19 +22,30 @@ TEMPLATE = textwrap.dedent(r"""
         sock.send(b"no clone")            # no raw clone on this machine
         sys.exit(0)
     sock.send(b"ready")
-    buf = bytearray(1 << 16)
+    buf = T._receive_buffer()             # the template's: not inherited by a clone
+    import ctypes
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+    def mapped(a):
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if lo <= a < hi:
+                    return 1
+        return 0
     while True:
         # the answer's tail: None, [], False (msgpack)
         got = serve_spares(sock.fileno(), b"SPARE", b"\xc0\x90\xc2", *T._clone[3:6], buf)
         if got[0] == "child":             # a spare: answer the request it is sent, exit
             s = socket.socket(fileno=got[1])
             req = s.recv(100)
-            s.send(b"spare %d parent %d got %s" % (os.getpid(), os.getppid(), req))
+            s.send(b"spare %d parent %d got %s buf %d"
+                   % (os.getpid(), os.getppid(), req, mapped(addr)))
             os._exit(0)
         if got[0] == "eof":
             sys.exit(0)
         _, n, fds = got                   # not the loop's: ours to answer
-        sock.send(b"python: " + bytes(buf[:n]) + b" fds %d" % len(fds))
+        sock.send(b"python: " + bytes(buf[:n]) + b" fds %d buf %d" % (len(fds), mapped(addr)))
         for fd in fds:
             os.close(fd)
 """)
@@ -46,7 +57,9 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
     socket pair; the spare is our child (a sibling of the template), runs
     Python and gets what we send it.  Any other request, or the same bytes
     with fds, is handed back to the Python caller, which can go back into
-    the loop; EOF ends it."""
+    the loop; EOF ends it.  The template's receive buffer
+    (``template._receive_buffer``) is mapped in the template, not in a
+    spare (``MADV_DONTFORK``)."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     proc = subprocess.Popen([sys.executable, "-c", TEMPLATE, str(theirs.fileno())],
                             pass_fds=[theirs.fileno()])
@@ -71,14 +84,15 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
         me = os.getpid()
         for tag in (b"one", b"two"):
             said = spare(tag)
-            assert said.split()[2:] == [b"parent", str(me).encode(), b"got", tag], said
+            assert said.split()[2:] == [b"parent", str(me).encode(), b"got", tag,
+                                        b"buf", b"0"], said
         mine.send(b"SPARE!")
-        assert mine.recv(100) == b"python: SPARE! fds 0"
-        assert spare(b"three").endswith(b"got three")
+        assert mine.recv(100) == b"python: SPARE! fds 0 buf 1"
+        assert spare(b"three").endswith(b"got three buf 0")
         with open(os.devnull, "rb") as f:
             socket.send_fds(mine, [b"SPARE"], [f.fileno()])
-        assert mine.recv(100) == b"python: SPARE fds 1"
-        assert spare(b"four").endswith(b"got four")
+        assert mine.recv(100) == b"python: SPARE fds 1 buf 1"
+        assert spare(b"four").endswith(b"got four buf 0")
         mine.close()
         assert proc.wait(timeout=30) == 0
     finally:

@@ -182,11 +182,8 @@ def set_pdeathsig(int sig):
 
 
 # ------------------------------------------------------------- spares
-from cpython.bytearray cimport PyByteArray_AS_STRING
-
-
 def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t robust_head,
-                 size_t robust_len, bytearray buf):
+                 size_t robust_len, unsigned char[::1] buf not None):
     """The warm template's spare loop in C (spares.h): answer every
     request on ``sock`` that is exactly ``request`` (no fds) by cloning a
     spare and sending ``[pid] + tail`` (``tail``: the msgpack of the
@@ -196,7 +193,9 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
 
     Returns ``("child", fd)`` in a new spare (its end of the pair),
     ``("message", n, fds)`` for a request the caller must handle (in
-    ``buf[:n]``, with the fds it came with), or ``("eof",)``.  OSError if
+    ``buf[:n]``, with the fds it came with), or ``("eof",)``.  ``buf`` is
+    any writable buffer (the template's is an anonymous mapping that its
+    clones do not inherit).  OSError if
     receiving or answering failed (the shepherd is gone); ValueError if
     this machine is not supported."""
     cdef ember_spares_args_t a
@@ -212,8 +211,8 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     a.tid_addr = <void *>tid_addr
     a.robust_head = <void *>robust_head
     a.robust_len = robust_len
-    a.buf = PyByteArray_AS_STRING(buf)
-    a.buf_cap = len(buf)
+    a.buf = <char *>&buf[0]
+    a.buf_cap = <size_t>buf.shape[0]
     rc = ember_spares_serve(&a, &what, &n, fds, &nfds, &child_sock)
     if rc == EMBER_ERR_OS:
         e = errno

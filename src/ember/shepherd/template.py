@@ -980,7 +980,7 @@ def main():
     spares = os.environ.get("EMBER_TEMPLATE_SPARE", "1") != "0"
     # The spare request served by the loop in C (_serve_spares): the last
     # one answered here (its preload list imported by then).
-    fast = [msgpack.packb(["spare", []], use_bin_type=True), bytearray()]
+    fast = [msgpack.packb(["spare", []], use_bin_type=True), None]
     while True:
         got = _spare_loop(sock, fast, shepherd_pid) if spares else None
         if got is None:
@@ -1042,8 +1042,8 @@ def _spare_loop(sock, fast, shepherd_pid):
 
     if not _clone_ready() or not _single_threaded():
         return None
-    if not fast[1]:
-        fast[1] = bytearray(_MAX_MSG)
+    if fast[1] is None:
+        fast[1] = _receive_buffer()
     tail = msgpack.packb(None) + msgpack.packb(sorted(_preloaded), use_bin_type=True) \
         + msgpack.packb(False)
     for f in (sys.stdout, sys.stderr):
@@ -1062,6 +1062,24 @@ def _spare_loop(sock, fast, shepherd_pid):
     if got[0] == "eof":
         return False
     return bytes(fast[1][:got[1]]), got[2]
+
+
+def _receive_buffer():
+    """The buffer the spare loop receives the shepherd's requests in
+    (:data:`_MAX_MSG` bytes): an anonymous mapping, so that only the pages
+    a request is written to are ever populated (a ``bytearray`` is zeroed,
+    all 1 MB of it resident), marked ``MADV_DONTFORK``, so that no clone
+    inherits it: each clone copies the page table entry of every populated
+    page the template maps and each child's exit unmaps it again, and no
+    child reads this buffer (a spare leaves the loop at once)."""
+    import mmap
+
+    buf = mmap.mmap(-1, _MAX_MSG)
+    try:
+        buf.madvise(mmap.MADV_DONTFORK)
+    except (AttributeError, OSError):
+        pass                # inherited: costs a few page table entries a clone
+    return buf
 
 
 def _give_spare(sock, req, shepherd_pid, spares):
