@@ -776,6 +776,35 @@ def test_environment_changes_between_starts(tmp_path):
     assert out.splitlines() == ["None True", "1 True", "2 True", "2 True", "None True"], out
 
 
+@pytest.mark.parametrize("bind_now", [None, "yes"])
+def test_the_template_binds_at_start_up_and_its_children_do_not_see_it(tmp_path, monkeypatch,
+                                                                      bind_now):
+    """The warm template starts with LD_BIND_NOW=1 (its libraries' calls
+    resolved at its start-up, not by each child) unless the runtime's
+    environment sets LD_BIND_NOW itself, and takes it out again: a child
+    (the first, forked by the template, and the next ones, from spares)
+    sees the runtime's environment.  The environment block a child
+    inherited (``/proc/self/environ``) is the template's."""
+    if bind_now is None:
+        monkeypatch.delenv("LD_BIND_NOW", raising=False)
+    else:
+        monkeypatch.setenv("LD_BIND_NOW", bind_now)
+    out = ok(run_prog(tmp_path, """
+        def look():
+            with open("/proc/self/environ", "rb") as f:
+                block = dict(kv.split(b"=", 1) for kv in f.read().split(b"\\0") if b"=" in kv)
+            return (os.environ.get("LD_BIND_NOW"), os.environ.get("EMBER_TEMPLATE_BIND_NOW"),
+                    block.get(b"LD_BIND_NOW"), b"EMBER_TEMPLATE_BIND_NOW" in block)
+
+        for _ in range(3):
+            p = ember.Process(target=look); p.start(); p.join()
+            print(*p.result())
+            p.close()
+    """))
+    want = "None None b'1' True" if bind_now is None else "yes None b'yes' False"
+    assert out.splitlines() == [want] * 3, out
+
+
 def test_a_changed_global_is_seen_by_the_next_start(tmp_path):
     """The parent reuses the pickle of a __main__ target (or a closure)
     only while nothing it depends on changed: each start sees the globals,
