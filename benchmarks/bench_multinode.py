@@ -3,7 +3,7 @@ same veth with the same kind of CURVE key, side by side in one run.
 
 Needs root (Linux namespaces, tests/mn_cluster.py) and sshd.  Run:
 
-    python benchmarks/bench_multinode.py [--rounds 3] [--only small,big,rtt,direct,bringup,create]
+    python benchmarks/bench_multinode.py [--rounds 3] [--only small,big,rtt,raw2,direct,bringup,create]
 
 (``--only`` keeps a run short: e.g. ``--only small,big,rtt --rounds 5`` takes
 about two minutes on the shared test machine.)
@@ -21,6 +21,10 @@ Measures (targets of issue 15):
   side's figure is the median of its 2000 round trips, which a load spike
   moves less than their mean; met if both the best-vs-best and the median
   of the rounds' differences are);
+- ``raw2``: raw pyzmq's round trip over two connections, one per direction
+  (each side sends on its own DEALER to the other's ROUTER, as the direct
+  path does), beside the one-connection figure: what the second
+  connection costs (docs/multinode.md, "What remains");
 - the direct path's floor (``direct``; ``directnoack`` without acknowledgements): the same round trip on the building
   blocks of the direct path (ember.transport.direct: each process sends to
   the other's own inbox and waits on its channel and inbox at once), not the
@@ -107,6 +111,44 @@ pc = time.perf_counter
 for _ in range(n):
     t0 = pc()
     s.send(b"x" * 64); s.recv()
+    ts.append(pc() - t0)
+ts.sort()
+print(ts[n // 2] * 1e6, flush=True)
+"""
+
+RAW_ECHO2 = """
+import sys, zmq
+pub, sec, port, back, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER); s.curve_server = True
+s.curve_publickey, s.curve_secretkey = pub.encode(), sec.encode()
+s.bind(f"tcp://*:{port}")
+d = ctx.socket(zmq.DEALER)
+cp, cs = zmq.curve_keypair()
+d.curve_serverkey = pub.encode(); d.curve_publickey, d.curve_secretkey = cp, cs
+d.connect(back)
+print("ready", flush=True)
+for _ in range(n + 1):
+    d.send(s.recv_multipart()[1])
+"""
+
+RAW_PING2 = """
+import sys, time, zmq
+pub, sec, addr, port, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+ctx = zmq.Context()
+r = ctx.socket(zmq.ROUTER); r.curve_server = True
+r.curve_publickey, r.curve_secretkey = pub.encode(), sec.encode()
+r.bind(f"tcp://*:{port}")
+s = ctx.socket(zmq.DEALER)
+cp, cs = zmq.curve_keypair()
+s.curve_serverkey = pub.encode(); s.curve_publickey, s.curve_secretkey = cp, cs
+s.connect(addr)
+s.send(b"x"); r.recv_multipart()
+ts = []
+pc = time.perf_counter
+for _ in range(n):
+    t0 = pc()
+    s.send(b"x" * 64); r.recv_multipart()
     ts.append(pc() - t0)
 ts.sort()
 print(ts[n // 2] * 1e6, flush=True)
@@ -280,13 +322,22 @@ def run_round(c, only, trace=None):
                   str(size)], timeout=300)
         out[key] = float(pull.stdout.readline())
         pull.wait(60)
-    if only & {"rtt", "direct", "directnoack"}:
+    if only & {"rtt", "direct", "directnoack", "raw2"}:
         echo = c.popen(1, [sys.executable, "-c", RAW_ECHO, pub, sec, "5556", str(N_RTT)],
                        stdout=subprocess.PIPE, text=True)
         assert echo.stdout.readline().strip() == "ready"
         r = c.run(0, [sys.executable, "-c", RAW_PING, pub, sec, f"tcp://{addr1}:5556",
                       str(N_RTT)], timeout=300)
         out["rawrtt"] = float(r.stdout)
+        echo.wait(60)
+    if "raw2" in only:
+        echo = c.popen(1, [sys.executable, "-c", RAW_ECHO2, pub, sec, "5557",
+                           f"tcp://{c.nodes[0].addr}:5558", str(N_RTT)],
+                       stdout=subprocess.PIPE, text=True)
+        assert echo.stdout.readline().strip() == "ready"
+        r = c.run(0, [sys.executable, "-c", RAW_PING2, pub, sec, f"tcp://{addr1}:5557", "5558",
+                      str(N_RTT)], timeout=300)
+        out["raw2rtt"] = float(r.stdout)
         echo.wait(60)
     if only & {"small", "big", "rtt", "direct", "directnoack", "create"}:
         prog = c.path("bench_prog.py")
@@ -306,6 +357,9 @@ def run_round(c, only, trace=None):
             with open(prog, "w") as f:
                 f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE, ["rtt"]))
             env["EMBER_MN_DIRECT"] = "1"
+            if trace:
+                env["EMBER_MN_TRACE"] = os.path.join(trace, "direct")
+                os.makedirs(env["EMBER_MN_TRACE"])
             rd = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog],
                        timeout=600, cwd=c.path(), env=env)
             assert rd.returncode == 0, (rd.stdout, rd.stderr)
@@ -323,7 +377,8 @@ def run_round(c, only, trace=None):
             out["artt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("rtt")))
             if trace:
                 import mn_trace
-                mn_trace.report(trace)
+                mn_trace.report(trace)                          # the agent's path
+                mn_trace.report(os.path.join(trace, "direct"))  # the direct path
         if "create" in only:
             creates = [ln.split() for ln in lines if ln.startswith("create")]
             out["clocal"] = min(float(x[2]) for x in creates if x[1] == "0")
@@ -341,7 +396,7 @@ def run_round(c, only, trace=None):
     return out
 
 
-PARTS = ("small", "big", "rtt", "direct", "directnoack", "bringup", "create")
+PARTS = ("small", "big", "rtt", "raw2", "direct", "directnoack", "bringup", "create")
 
 
 def main():
@@ -404,12 +459,15 @@ def main():
             ("round trip", "ertt", "target <= +20 us", True),
             ("round trip, agent's path", "artt", "EMBER_MN_DIRECT=0", False),
             ("direct path's floor", "drtt", "building blocks only, not the runtime's path", False),
-            ("direct, no acks", "dnrtt", "building blocks, acknowledgements off", False)):
+            ("direct, no acks", "dnrtt", "building blocks, acknowledgements off", False),
+            ("raw, two connections", "raw2rtt", "raw pyzmq, one connection per direction",
+             False)):
         if key not in rounds[0]:
             continue
         e, r = mm(key), mm("rawrtt")
         d = statistics.median(x[key] - x["rawrtt"] for x in rounds)
-        rows.append((what, f"ember {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
+        who = "raw2" if key == "raw2rtt" else "ember"
+        rows.append((what, f"{who} {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
                      f"raw + {e[0] - r[0]:.0f} best vs best / {d:.0f} median of the "
                      f"rounds' differences ({note})",
                      ("met" if max(d, e[0] - r[0]) <= 20 else "missed") if target else ""))

@@ -13,6 +13,12 @@ node 1 returns from its recv (E0), sends it on a remote handle of "pong"
 on node 0 (s0/s1; E1), node 0's agent does the same, and the head returns
 from its recv (H2).  Every process reads the same CLOCK_MONOTONIC (the
 nodes are namespaces of one machine).
+
+On the direct path (docs/multinode.md, "The direct path") no agent takes
+part: the send stamps d0/d1 around its zmq send (in one call: its
+copy kept and counted too), the receiver i1 when its inbox's read returned
+(the message taken); those round trips are reported by the same hops
+without the agents'.
 """
 import bisect
 import os
@@ -43,7 +49,8 @@ def _before(seq, t, floor):
 
 def hops(dirpath):
     """The round trips' hop times: {hop name: [us, ...]} and their count."""
-    files = {n: _load(os.path.join(dirpath, n)) for n in os.listdir(dirpath)}
+    files = {n: _load(os.path.join(dirpath, n)) for n in os.listdir(dirpath)
+             if os.path.isfile(os.path.join(dirpath, n))}
     head = next(v for v in files.values() if "H0" in v)
     echo = next(v for v in files.values() if "E0" in v)
     agents = [v for v in files.values() if "ar" in v]
@@ -76,6 +83,29 @@ def hops(dirpath):
         add(f"agent {node}: in the channel -> asleep", ac, ap)
         add(f"agent {node} in channel -> {who} recv returns (wake)", ac, woke)
 
+    def direct(h0, h2, e0):
+        """The hops of a round trip on the direct path (1), or 0."""
+        hs0, hd0, hd1 = (_after(head.get(t, []), h0, h2) for t in ("s0", "d0", "d1"))
+        ei1 = _before(echo.get("i1", []), e0, h0)
+        es0, ed0, ed1 = (_after(echo.get(t, []), e0, h2) for t in ("s0", "d0", "d1"))
+        e1 = _after(echo["E1"], e0, h2)
+        hi1 = _before(head.get("i1", []), h2, e0)
+        if None in (hd1, ei1, ed1, hi1):
+            return 0
+        add("round trip (H0 -> H2), direct path", h0, h2)
+        add("head: send call start (H0 -> s0)", h0, hs0)
+        add("head: to the zmq send (s0 -> d0)", hs0, hd0)
+        add("head: zmq send, copy kept (d0 -> d1)", hd0, hd1)
+        add("head d1 -> echo's inbox read (zmq I/O x2, veth, wake)", hd1, ei1)
+        add("echo: inbox read -> recv returns (i1 -> E0)", ei1, e0)
+        add("echo: recv -> send call start (E0 -> s0)", e0, es0)
+        add("echo: to the zmq send (s0 -> d0)", es0, ed0)
+        add("echo: zmq send, copy kept (d0 -> d1)", ed0, ed1)
+        add("echo: after the send (d1 -> E1)", ed1, e1)
+        add("echo d1 -> head's inbox read (zmq I/O x2, veth, wake)", ed1, hi1)
+        add("head: inbox read -> recv returns (i1 -> H2)", hi1, h2)
+        return 1
+
     n = 0
     for h0 in head["H0"]:
         h2 = _after(head["H2"], h0, h0 + 10**9)
@@ -84,7 +114,10 @@ def hops(dirpath):
         s1 = _after(head.get("s1", []), h0, h2)
         a1 = agent_of(h0, h2)
         e0 = _after(echo["E0"], h0, h2)
-        if a1 is None or e0 is None:
+        if e0 is None:
+            continue
+        if a1 is None:
+            n += direct(h0, h2, e0)
             continue
         es0 = _after(echo.get("s0", []), e0, h2)
         es1 = _after(echo.get("s1", []), e0, h2)
