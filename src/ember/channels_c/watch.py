@@ -58,7 +58,7 @@ class ChannelWatch:
 
     With ``notify`` (a callable), the thread calls it where it would make
     ``fd`` readable (once per :meth:`rearm`, from the watch's thread, with
-    the GIL), and ``fd`` stays quiet: for a caller that waits on something
+    the GIL), and ``fd`` is None (no eventfd is made): for a caller that waits on something
     the callable wakes, as the direct path's inbox does (a zmq message to
     the socket its receive blocks on, docs/multinode.md).  A notice may come
     after the message was taken, or twice for one: the caller loops."""
@@ -66,7 +66,7 @@ class ChannelWatch:
     def __init__(self, channel, notify=None):
         self.channel = channel
         self._notify = notify           # called instead of writing fd (see the class)
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.fd = None if notify is not None else os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fired = False             # the thread wrote fd and waits for rearm()
         self._armed = threading.Event()
         self._stop = False
@@ -128,7 +128,8 @@ class ChannelWatch:
         self._stop = True
         self._armed.set()
         self._thread.join()
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
     def __enter__(self):
         return self
