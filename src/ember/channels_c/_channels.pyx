@@ -1764,7 +1764,6 @@ cdef object _fast_conn = None
 cdef object _create_general = None
 cdef object _join_begin = None
 cdef object _join_finish = None
-cdef object _join_abandon = None
 cdef object _join_desc = None
 
 
@@ -1780,17 +1779,17 @@ def _set_fast(conn, _BoardPublisher pub):
         _fast_conn = None
 
 
-def _set_gs(create_general, join_begin, join_finish, join_abandon, desc_cls):
+def _set_gs(create_general, join_begin, join_finish, desc_cls):
     """ember.globalservices.channel's side: ``create_general(m_uid,
     user_name, channel_options, soft)``; ``join_begin(name, timeout)`` sends
     the request and returns ``(connection, holder, tag)``;
     ``join_finish(connection, holder, tag, data)`` takes a reply that is not
     the board's record for ``tag`` (GS's, or another's) and returns the
-    descriptor; ``join_abandon(connection, holder, tag, exc)`` after the
-    wait raised; ``desc_cls``: ChannelDescriptor."""
-    global _create_general, _join_begin, _join_finish, _join_abandon, _join_desc
+    descriptor (after a wait that raised, the connection's
+    ``abandon(holder, tag)``); ``desc_cls``: ChannelDescriptor."""
+    global _create_general, _join_begin, _join_finish, _join_desc
     _create_general, _join_begin, _join_finish = create_general, join_begin, join_finish
-    _join_abandon, _join_desc = join_abandon, desc_cls
+    _join_desc = desc_cls
 
 
 def channel_create(m_uid, user_name=None, channel_options=None, soft=False):
@@ -1844,8 +1843,8 @@ def channel_join(name, timeout=None):
                     return (<tuple>data)[1]
                 continue                  # (a late answer to an abandoned call)
             break
-    except BaseException as exc:
-        _join_abandon(conn, holder, tag, exc)
+    except BaseException:
+        conn.abandon(holder, tag)
         raise
     return _join_finish(conn, holder, tag, data)
 include "_zdirect.pxi"

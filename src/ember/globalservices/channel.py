@@ -89,15 +89,11 @@ def _join_finish(conn, holder, tag, data):
                              d["block_size"], d["ref_count"], d["sdesc"])
 
 
-def _join_abandon(conn, holder, tag, exc):
-    conn.abandon(holder, tag)
-
-
 # create and join are C functions (channels_c/_channels.pyx): no Python frame
 # on either side of a join wake-up (docs/channels.md, "The join wake board")
 create = _channels.channel_create
 join = _channels.channel_join
-_channels._set_gs(_create, _join_begin, _join_finish, _join_abandon, ChannelDescriptor)
+_channels._set_gs(_create, _join_begin, _join_finish, ChannelDescriptor)
 
 
 def destroy(identifier):
