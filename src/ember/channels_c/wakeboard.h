@@ -88,10 +88,10 @@ typedef struct {
  * joiner's answer on its reply channel, release the board, wake the
  * joiners answered (a FUTEX_WAKE on the channel each sleeps on), then GS
  * (not for a posted register: GS finds it at its next input or slice).
- * Returns the
- * number of joiners answered (>= 0: the register was queued), or -1 if
- * nothing was claimed (no board entry for the name, the lock stayed busy,
- * GS's input channel full): the caller sends the register itself. */
+ * Returns the number of joiners answered (>= 0: the register was queued),
+ * or -1 if nothing was claimed (no board entry for the name, the lock
+ * stayed busy, GS's input channel full): the caller sends the register
+ * itself. */
 int ember_wb_publish(const ember_wb_pub_t *p);
 
 /* The board entry's index of a name: crc32 (zlib's, as Python's
