@@ -18,6 +18,7 @@ imports and defines, so the template runs it once as the children's main
 module (docs/multiprocessing.md) and no child runs it again.
 """
 import argparse
+import functools
 import multiprocessing as mp
 import os
 import sys
@@ -25,15 +26,11 @@ import time
 
 from bench_python_processes import sustained  # start n, `window` alive at once
 
-_HZ = []
-
-
+@functools.cache
 def _hz():
     # (not at the top level: a call there would make every "ember"-method
     # child run this file again, see --mp)
-    if not _HZ:
-        _HZ.append(os.sysconf("SC_CLK_TCK"))
-    return _HZ[0]
+    return os.sysconf("SC_CLK_TCK")
 
 
 def trivial():
