@@ -40,8 +40,14 @@ def _kernel_dumps_core(tmp_path):
     return dumped
 
 
-def _events(xdg):
+def _events(xdg, missing_ok=False):
+    """The event log's records; with ``missing_ok``, None while the log
+    is not written yet."""
     res = ember(xdg, "events", "--json")
+    if missing_ok and res.returncode == 1 and b"has no event log" in res.stderr:
+        # published, but GS writes its log's first lines once its input is
+        # idle (about a millisecond behind): not there yet
+        return None
     assert res.returncode == 0, res.stderr
     return [json.loads(ln) for ln in res.stdout.decode().splitlines()]
 
@@ -49,13 +55,7 @@ def _events(xdg):
 def _exited(xdg, name):
     if ember(xdg, "ls", "--json").stdout.strip() in (b"", b"[]"):
         return None                                  # not published yet
-    res = ember(xdg, "events", "--json")
-    if res.returncode == 1 and b"has no event log" in res.stderr:
-        # published, but GS writes its log's first lines once its input is
-        # idle (about a millisecond behind): not there yet
-        return None
-    assert res.returncode == 0, res.stderr
-    for e in (json.loads(ln) for ln in res.stdout.decode().splitlines()):
+    for e in _events(xdg, missing_ok=True) or ():
         if e["event"] == "process.exited" and e.get("name") == name:
             return e
     return None
