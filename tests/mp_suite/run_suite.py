@@ -2,7 +2,7 @@
 print one JSON line of per-class counts (the last line of output).
 
     python tests/mp_suite/run_suite.py ember|spawn|fork [--per-test-timeout S] [-k PATTERN]
-                                       [--skip CLASS.TEST]
+                                       [--skip CLASS.TEST]  (exit 2 if it names no test)
 
 Used by ``compare.py`` and ``tests/test_mp_suite.py``.  Each test gets a
 SIGALRM deadline (default 120 s) so that one hanging test cannot stall the
@@ -67,19 +67,22 @@ class Result(unittest.TextTestResult):
         super().addSuccess(test)
         self.counts[self._cls(test)]["passed"] += 1
 
-    def _failed(self, test, text):
-        # the whole text (traceback, captured output): what a CI log shows
+    def _failed(self, test, text, mode):
+        # the whole text (traceback, captured output): what a CI log shows;
+        # mode: "fail" (an assertion), "error" (another exception),
+        # "timeout" (the per-test deadline), "success" (an unexpected one)
         self.counts[self._cls(test)]["failed"] += 1
         self.failures_of[self._cls(test)].append(
-            (getattr(test, "_testMethodName", str(test)), text))
+            (getattr(test, "_testMethodName", str(test)), text, mode))
 
     def addFailure(self, test, err):
         super().addFailure(test, err)
-        self._failed(test, self._exc_info_to_string(err, test))
+        self._failed(test, self._exc_info_to_string(err, test), "fail")
 
     def addError(self, test, err):
         super().addError(test, err)
-        self._failed(test, self._exc_info_to_string(err, test))
+        self._failed(test, self._exc_info_to_string(err, test),
+                     "timeout" if issubclass(err[0], _Timeout) else "error")
 
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
@@ -91,7 +94,7 @@ class Result(unittest.TextTestResult):
 
     def addUnexpectedSuccess(self, test):
         super().addUnexpectedSuccess(test)
-        self._failed(test, "unexpected success")
+        self._failed(test, "unexpected success", "success")
 
 
 def build(method):
@@ -101,6 +104,15 @@ def build(method):
     import importlib
 
     return importlib.import_module(f"suite_{method}")
+
+
+def _names(suite):
+    """Every CLASS.TEST of ``suite``."""
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            yield from _names(test)
+        else:
+            yield f"{type(test).__name__}.{getattr(test, '_testMethodName', '')}"
 
 
 def _skip(suite, names):
@@ -137,6 +149,12 @@ def main(argv=None):
     # (test_wait_result, ..._SharedMemoryServer_ignores_sigint) expect
     # KeyboardInterrupt, and would hang or fail under every method.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    unknown = sorted(set(args.skip) - set(_names(unittest.TestLoader().loadTestsFromModule(mod))))
+    if unknown:
+        # a misspelt name would run the flaky test it meant to leave out
+        print(f"run_suite.py: --skip names no test of the suite: {', '.join(unknown)} "
+              f"(CLASS.TEST, e.g. WithThreadsTestPool.test_terminate)", file=sys.stderr)
+        return 2
     loader = unittest.TestLoader()
     if args.pattern:
         loader.testNamePatterns = [p if "*" in p else f"*{p}*" for p in args.pattern]
