@@ -435,3 +435,51 @@ def test_direct_path_off_by_environment(tmp_path, monkeypatch):
               route._receiver is None, "exit", process.join(p.p_uid, timeout=30))
     """, monkeypatch, on="0")
     assert_lines(out, "in order True 0 True True exit 0")
+
+
+@pytest.mark.timeout(180)
+def test_two_threads_receiving_two_routed_channels(tmp_path, monkeypatch):
+    """Two threads of one process wait on two routed channels at once: the
+    inbox's socket has one user at a time, so the second channel leaves
+    its route (the channel only) while the first keeps it; round trips on
+    both, every message once and in order, and the first's come direct."""
+    out = run_direct(tmp_path, """
+        N = 200
+        for n in (1, 2):
+            channel.create(None, f"tt{n}", ChannelOptions(node=1))
+            channel.create(None, f"tb{n}")
+        prog = RP + textwrap.dedent(f'''
+            import threading
+            res = {{}}
+            def serve(n):
+                a, b = joined(f"tt{{n}}"), joined(f"tb{{n}}")
+                got = []
+                for _ in range({N}):
+                    got.append(a.recv(timeout=30))
+                    b.send(got[-1])
+                res[n] = got == [b"%d-%d" % (n, i) for i in range({N})]
+                b.flush(timeout=30)
+            ts = [threading.Thread(target=serve, args=(n,)) for n in (1, 2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            r = route._receiver
+            routed = sorted(c for c, (h, w) in r.routes.items() if h is not None)
+            joined("tres").send(b"%r %r %d %d" % (res[1], res[2], len(routed), direct_takes() > 0))
+            ''')
+        res = Channel.attach(channel.create(None, "tres"))
+        p = process.create(PY, ".", ["-c", prog], options={"node": 1})
+        hs = [Channel.attach(channel.join(f"tt{n}")) for n in (1, 2)]
+        bs = [Channel.attach(channel.join(f"tb{n}")) for n in (1, 2)]
+        ok = True
+        for i in range(N):
+            for n in (1, 2):
+                hs[n - 1].send(b"%d-%d" % (n, i))
+            for n in (1, 2):
+                ok = ok and bs[n - 1].recv(timeout=30) == b"%d-%d" % (n, i)
+        print("round trips in order", ok)
+        print("echo", res.recv(timeout=60).decode())
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch)
+    assert_lines(out, "round trips in order True", "echo True True 1 1", "exit 0")

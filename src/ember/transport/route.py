@@ -27,6 +27,7 @@ end: then they are resent through the agent).
 """
 import os
 import struct
+import threading
 
 from .. import _log
 from ..exceptions import ChannelError
@@ -63,6 +64,11 @@ class Receiver:
         self.inbox = None
         self.routes = {}          # c_uid -> (handle, watch) routed; (None, None) not routed
         self.taken = 0            # messages taken from the inbox (tests, benchmarks)
+        # the inbox's zmq socket has one user at a time: the thread that
+        # holds busy waits in it; a routed channel received in another
+        # thread meanwhile leaves its route (recv)
+        self.busy = threading.Lock()
+        self._reg = threading.Lock()      # one registration at a time (one inbox)
 
     def _register(self, ch):
         """Make the inbox, a gate and a watch; register with the node's
@@ -95,16 +101,17 @@ class Receiver:
         if r is None:
             if timeout == 0:
                 return ch._recv_local(0)            # (it registers at a receive that waits)
-            try:
-                routed = self._register(ch)
-            except ChannelError as exc:
-                log.info("direct path: channel %d not routed: %s", c_uid, exc)
-                routed = False
-            if not routed:
-                self.routes[c_uid] = (None, None)
-                ch._direct = None
-                return ch._recv_local(timeout)
-            r = self.routes[c_uid]
+            with self._reg:                         # (another thread may register it)
+                r = self.routes.get(c_uid)
+                if r is None:
+                    try:
+                        routed = self._register(ch)
+                    except ChannelError as exc:
+                        log.info("direct path: channel %d not routed: %s", c_uid, exc)
+                        routed = False
+                    if not routed:
+                        self.routes[c_uid] = (None, None)
+                    r = self.routes[c_uid]
         if r[0] is not ch:
             # another handle of the channel in this process (or a refused
             # route): the channel only; a second handle ends the route
@@ -113,9 +120,16 @@ class Receiver:
             ch._direct = None
             return ch._recv_local(timeout)
         inbox = self.inbox
+        if not self.busy.acquire(False):
+            # another thread waits in the inbox's socket (one user at a
+            # time): this channel leaves the route, as for a second handle
+            self._end(c_uid, "another thread of the process receives from the inbox")
+            ch._direct = None
+            return ch._recv_local(timeout)
         try:
             got = inbox.recv(ch, r[1], timeout)
         finally:
+            self.busy.release()
             if c_uid in inbox.closed:               # the agent revoked the route
                 self._forget(c_uid)
                 ch._direct = None
