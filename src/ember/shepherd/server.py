@@ -50,6 +50,9 @@ log = _log.get("shepherd")
 LABELS = ("none", "puid", "name")
 
 _READ_SIZE = 1 << 16
+# After a child's last pipe EOF, how many times the loop yields waiting for
+# its pidfd before it goes back to sleep (_settle).
+_SETTLE_YIELDS = 20
 # A "line" longer than this is written out in pieces (labelled output then
 # gets no prefix on the continuation): bounds the memory per stream.
 _MAX_PARTIAL = 1 << 20
@@ -72,7 +75,7 @@ class _Stream:
 
 class _Child:
     __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external", "lease",
-                 "busy")
+                 "busy", "watched")
 
     def __init__(self, p_uid, pid, pidfd, streams, name="", external=False, lease=False):
         self.p_uid = p_uid
@@ -84,6 +87,7 @@ class _Child:
         self.external = external      # attached, not started by us: watched, never reaped
         self.lease = lease            # a leased spare (ember._worker --spare): may die idle
         self.busy = False             # busy on the output board (_take/_taken)
+        self.watched = False          # its pidfd is in the loop's set (ShSpawned sent)
 
 
 def _idle_spare(pid):
@@ -537,6 +541,7 @@ class Shepherd(Service):
         log.info("started p_uid %d (pid %d): %s", p_uid, pid, exe)
         # Only now may the loop see the exit: ShSpawned precedes ShExited.
         self._ep.register(pidfd, select.EPOLLIN)
+        child.watched = True
         return None
 
     def _template_spawn(self, p_uid, args, envp, run_dir, out_w, err_w):
@@ -952,7 +957,25 @@ class Shepherd(Service):
         elif data is not None:
             self._flush_partial(s)
             self._close_stream(s)
+            c = s.child
+            if c is not None and c.watched and c.pidfd >= 0:
+                self._taken(s)
+                self._settle(c)
+                return
         self._taken(s)
+
+    def _settle(self, child):
+        """A pipe of ``child`` reached EOF: it is exiting, most likely (its
+        files are closed just before the kernel marks it exited).  Handle
+        the exit in this wake-up (its other pipe drained to EOF with it) if
+        its pidfd turns readable within a few yields, rather than sleeping
+        and being woken by the other pipe's EOF and the pidfd
+        (docs/shepherd.md)."""
+        for _ in range(_SETTLE_YIELDS):
+            if _pidfd_ready(child.pidfd):
+                self._on_exit(child)
+                return
+            os.sched_yield()
 
     def _drain(self, s, final):
         """Read ``s`` until it would block or hits EOF; with ``final``,
