@@ -27,6 +27,10 @@ COMMON = """
                 raise SystemExit(f"timed out waiting for {what}")
             time.sleep(0.005)
 
+    def fields(d):                  # a descriptor, every field (its type's too)
+        return repr((type(d).__name__, d.m_uid, d.c_uid, d.name, d.node, d.capacity,
+                     d.block_size, d.ref_count, d.sdesc.hex()))
+
     def parked(name, n=1):
         return sum(w.get("name") == name for w in introspect.dump()["waiters"]) >= n
 
@@ -88,8 +92,10 @@ COMMON = """
         return j, c, pid
 
     role = sys.argv[1] if len(sys.argv) > 1 else "head"
-    if role == "join":              # join NAME OUT [GO]: write the c_uid; then wait for GO, release
-        d = channel.join(sys.argv[2], timeout=60)
+    if role == "join":              # join NAME OUT [GO]: write the c_uid (and OUT.desc: every
+        d = channel.join(sys.argv[2], timeout=60)       # field); then wait for GO, release
+        with open(sys.argv[3] + ".desc", "w") as f:
+            f.write(fields(d))
         with open(sys.argv[3] + ".tmp", "w") as f:
             f.write(str(d.c_uid))
         os.rename(sys.argv[3] + ".tmp", sys.argv[3])
@@ -410,7 +416,9 @@ def test_many_joiners_before_and_after_the_create(tmp_path):
     """Seven joiners parked on one name (five fit its board entry, two are
     answered by GS), a name of non-ASCII characters, a name longer than a
     board entry holds, and a join after the create: every joiner gets the
-    creator's channel, with its name."""
+    creator's channel, with its name; the descriptor a joiner answered from
+    the board returns (filled into one made before its wait) holds, field
+    by field, what GS answers a join after the create."""
     out = run(tmp_path, """
     names = ["wb-many", "wb-\u00e9t\u00e9-\u6f22", "wb-" + "l" * 120]
     js = {n: [spawn("join", n, f"{tmp}/{k}-{i}") for i in range(7 if k == 0 else 2)]
@@ -424,6 +432,8 @@ def test_many_joiners_before_and_after_the_create(tmp_path):
         print(k, "all have it:", all(read(f"{tmp}/{k}-{i}") == str(d.c_uid)
                                      for i in range(len(js[n]))))
         print(k, "joined after:", channel.join(n).c_uid == d.c_uid, channel.join(n).name == n)
+        print(k, "fields as GS's:", all(read(f"{tmp}/{k}-{i}.desc") == fields(channel.join(n))
+                                         for i in range(len(js[n]))))
         print(k, "exits:", [process.join(j.p_uid, timeout=30) for j in js[n]])
     for n in names:
         channel.destroy(n)
@@ -431,6 +441,7 @@ def test_many_joiners_before_and_after_the_create(tmp_path):
     for k, n in enumerate((7, 2, 2)):
         assert f"{k} all have it: True" in out
         assert f"{k} joined after: True True" in out
+        assert f"{k} fields as GS's: True" in out
         assert f"{k} exits: {[0] * n}" in out
 
 

@@ -18,7 +18,7 @@ cdef extern from "Python.h":
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from ember.pools_c._pools cimport (
@@ -148,9 +148,39 @@ cdef extern from *:
     {
         return ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
     }
+    #include <structmember.h>
+    /* The offset of a writable object slot (a __slots__ member) in its
+     * instances, or -1 if descr is not such a member descriptor. */
+    static Py_ssize_t ember_slot_offset(PyObject *descr)
+    {
+        if (!PyObject_TypeCheck(descr, &PyMemberDescr_Type))
+            return -1;
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY) || m->offset <= 0)
+            return -1;
+        return m->offset;
+    }
+    /* A slot's value stored as its member descriptor would (the old one,
+     * if any, released), without the call. */
+    static void ember_slot_set(PyObject *obj, Py_ssize_t off, PyObject *v)
+    {
+        PyObject **p = (PyObject **)((char *)obj + off);
+        PyObject *old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+    }
+    /* Whether a slot holds False. */
+    static int ember_slot_is_false(PyObject *obj, Py_ssize_t off)
+    {
+        return *(PyObject **)((char *)obj + off) == Py_False;
+    }
     """
     int _set_by_descr "ember_set_by_descr" (object descr, object obj, object v) except -1
     object _alloc_instance "ember_alloc_instance" (object cls)
+    Py_ssize_t _slot_offset "ember_slot_offset" (object descr)
+    void _slot_set "ember_slot_set" (object obj, Py_ssize_t off, object v)
+    bint _slot_is_false "ember_slot_is_false" (object obj, Py_ssize_t off)
 
 # The join wake board's record decoded into a ChannelDescriptor (its class
 # passed to Channel._recv_reply): the member descriptors of its slots, in
@@ -160,17 +190,28 @@ _DESC_FIELDS = ("m_uid", "c_uid", "name", "node", "capacity", "block_size", "ref
                 "sdesc")
 cdef object _desc_cls = None
 cdef object _desc_set = None
+# ... and their slots' offsets in an instance (_desc_direct: all eight known)
+cdef Py_ssize_t _desc_off[8]
+cdef bint _desc_direct = False
 
 
 cdef _desc_prepare(cls):
-    global _desc_cls, _desc_set
+    global _desc_cls, _desc_set, _desc_direct
     found = None
+    _desc_direct = False
     if isinstance(cls, type) and cls.__setattr__ is object.__setattr__ and \
             cls.__new__ is object.__new__:
         found = tuple(getattr(cls, f, None) for f in _DESC_FIELDS)
         if any(type(d).__name__ != "member_descriptor" or d.__objclass__ is not cls
                for d in found):
             found = None
+    cdef int i
+    if found is not None:
+        _desc_direct = True
+        for i in range(8):
+            _desc_off[i] = _slot_offset((<tuple>found)[i])
+            if _desc_off[i] < 0:
+                _desc_direct = False
     _desc_cls, _desc_set = cls, found
 
 
@@ -949,6 +990,72 @@ cdef class Channel:
                 setattr(desc, _DESC_FIELDS[i], (<tuple>values)[i])
         return (tag, desc)
 
+    cdef object _recv_join(self, uint64_t tag, object desc, bytes sdesc, str name,
+                           const char *u, Py_ssize_t ul):
+        """:meth:`_recv_reply` for ``channel.join``'s wait (no timeout:
+        GS keeps it), with the descriptor made ahead: ``desc``, a
+        ChannelDescriptor allocated before the wait (its slots unset;
+        ``_desc_direct``), ``sdesc``, a bytes object of
+        EMBER_CH_SDESC_SIZE bytes nobody else holds, ``name``, the name
+        joined, ``u``/``ul`` its UTF-8.  The board's record for ``tag``
+        fills them (the name's object is the caller's when the record's
+        name is its UTF-8): no
+        allocation after the wake-up but the record's larger integers.
+        Returns ``desc``, or ``None`` for a record of another call (a late
+        answer to an abandoned one), or any other message as bytes."""
+        cdef ember_ch_t *ch = self._ch
+        cdef ember_ch_msg_t m
+        cdef const uint8_t *d
+        cdef uint64_t t, c_uid
+        cdef int64_t m_uid, node
+        cdef uint32_t nl, cap, bs, rc, sl
+        if ch == NULL or self._pool._pool == NULL:
+            self._check_open("receive")
+        self._recv_claim(&m, -1, None)
+        d = <const uint8_t *>m.data
+        nl = 0
+        if not m.is_alloc and m.len >= EMBER_WB_REPLY_NAME:
+            memcpy(&nl, d + 4, 4)
+        if m.is_alloc or m.len < EMBER_WB_REPLY_NAME or d[0] != EMBER_WB_REPLY_MARK or \
+                m.len != EMBER_WB_REPLY_NAME + nl:
+            try:
+                out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
+            finally:
+                ember_ch_recv_end(ch, &m)      # (a large message: frees its block)
+            return out
+        try:
+            memcpy(&t, d + 8, 8)
+            if t != tag:
+                return None
+            memcpy(&m_uid, d + 16, 8)
+            memcpy(&node, d + 24, 8)
+            memcpy(&c_uid, d + 32, 8)
+            memcpy(&cap, d + 40, 4)
+            memcpy(&bs, d + 44, 4)
+            memcpy(&rc, d + 48, 4)
+            memcpy(&sl, d + 52, 4)
+            if sl == EMBER_CH_SDESC_SIZE:
+                memcpy(PyBytes_AS_STRING(sdesc), d + EMBER_WB_REPLY_HEAD, sl)
+            else:
+                if sl > EMBER_CH_SDESC_SIZE:
+                    sl = EMBER_CH_SDESC_SIZE
+                sdesc = PyBytes_FromStringAndSize(<const char *>d + EMBER_WB_REPLY_HEAD, sl)
+            if ul != nl or memcmp(u, d + EMBER_WB_REPLY_NAME, nl) != 0:
+                name = PyUnicode_DecodeUTF8(<const char *>d + EMBER_WB_REPLY_NAME, nl,
+                                            "surrogatepass")
+        finally:
+            ember_ch_recv_end(ch, &m)
+        # (_DESC_FIELDS' order)
+        _slot_set(desc, _desc_off[0], None if m_uid < 0 else m_uid)
+        _slot_set(desc, _desc_off[1], c_uid)
+        _slot_set(desc, _desc_off[2], name)
+        _slot_set(desc, _desc_off[3], node)
+        _slot_set(desc, _desc_off[4], cap)
+        _slot_set(desc, _desc_off[5], bs)
+        _slot_set(desc, _desc_off[6], rc != 0)
+        _slot_set(desc, _desc_off[7], sdesc)
+        return desc
+
     def recv_nowait(self):
         """``recv(timeout=0)``: raises ChannelEmpty instead of waiting."""
         return self.recv(0)
@@ -1482,9 +1589,13 @@ cdef class _BoardPublisher:
     cdef unsigned long _holder_tid
     cdef bytes _head
     cdef Channel _hch                   # ... its channel
-    # the connection create_named last served, its _posted deque and _tags
-    # (both made once, with it)
-    cdef object _conn, _posted, _tags
+    # the connection create_named last served, its _posted deque (and the
+    # deque's popleft, bound) and _tags (both made once, with it)
+    cdef object _conn, _posted, _popleft, _tags
+    # the offset of the reply channel holder's ``retired`` slot (-1: read
+    # as an attribute), for _hcls
+    cdef Py_ssize_t _retired_off
+    cdef object _hcls
 
     def __init__(self, Pool pool not None, Allocation table not None, Allocation lock not None,
                  Pool reply_pool not None, Channel gs not None, uint64_t p_uid, bytes key not None,
@@ -1571,17 +1682,31 @@ cdef class _BoardPublisher:
         # was retired since (conn._local.reply is then another, or none)
         cdef unsigned long tid = PyThread_get_thread_ident()
         holder = self._holder
-        if holder is None or tid != self._holder_tid or holder.retired:
+        if holder is not None and tid == self._holder_tid:
+            # its ``retired`` slot read in place (an attribute lookup here
+            # is a walk through cold type dictionaries)
+            if self._retired_off > 0:
+                if not _slot_is_false(holder, self._retired_off):
+                    holder = None
+            elif holder.retired:
+                holder = None
+        else:
+            holder = None
+        if holder is None:
             holder = getattr(conn._local, "reply", None)
             if holder is None:
                 return None
             self._holder = None
+            if type(holder) is not self._hcls:
+                self._retired_off = _slot_offset(getattr(type(holder), "retired", None))
+                self._hcls = type(holder)
             self._head = self._make_head(holder.r)
             self._hch = holder.ch
             self._holder, self._holder_tid = holder, tid
         if conn is not self._conn:
             self._conn = None
             self._posted, self._tags = conn._posted, conn._tags
+            self._popleft = self._posted.popleft
             self._conn = conn
         try:
             nm = PyUnicode_AsUTF8AndSize(name, &nl)     # (strict: as msgpack would)
@@ -1593,7 +1718,7 @@ cdef class _BoardPublisher:
         spare = self._posted
         cdef bint posted = len(spare) > 0
         if posted:
-            c_uid = spare.popleft()
+            c_uid = self._popleft()
         else:
             c_uid = conn._next_c_uid
             if c_uid is None:
@@ -1832,6 +1957,24 @@ def channel_join(name, timeout=None):
     ember.ChannelError
         ``name`` is not a non-empty str, or ``timeout`` not a number >= 0.
     """
+    cdef const char *u = NULL
+    cdef Py_ssize_t ul = 0
+    cls = _join_desc
+    if cls is not _desc_cls:
+        _desc_prepare(cls)
+    if _desc_direct and type(name) is str:
+        # the descriptor a board's record fills, made before the wait:
+        # nothing but the record's larger integers is allocated between
+        # the wake-up and the return
+        try:
+            u = PyUnicode_AsUTF8AndSize(name, &ul)     # (an ASCII name: its own data)
+        except UnicodeError:
+            u = NULL
+        if u != NULL:
+            desc = _alloc_instance(cls)
+            sdesc = PyBytes_FromStringAndSize(NULL, EMBER_CH_SDESC_SIZE)
+            conn, holder, tag = _join_begin(name, timeout)
+            return _join_wait(conn, holder, tag, desc, sdesc, <str>name, u, ul)
     conn, holder, tag = _join_begin(name, timeout)
     cdef Channel ch = holder.ch
     try:
@@ -1847,4 +1990,25 @@ def channel_join(name, timeout=None):
         conn.abandon(holder, tag)
         raise
     return _join_finish(conn, holder, tag, data)
+
+
+cdef object _join_wait(conn, holder, tag, desc, bytes sdesc, str name, const char *u,
+                       Py_ssize_t ul):
+    cdef Channel ch = holder.ch
+    cdef uint64_t t = tag
+    try:
+        while True:
+            # (GS keeps the join's timeout: the local wait has none)
+            data = ch._recv_join(t, desc, sdesc, name, u, ul)
+            if data is desc:              # answered from the join wake board
+                return desc
+            if data is not None:
+                break
+            # (None: a late answer to an abandoned call)
+    except BaseException:
+        conn.abandon(holder, tag)
+        raise
+    return _join_finish(conn, holder, tag, data)
+
+
 include "_zdirect.pxi"
