@@ -578,8 +578,11 @@ def test_an_exit_looks_at_the_board_only_for_a_process_told_of_it(h):
 def test_the_next_channel_block_is_made_ahead(tmp_path):
     """Issue 7 (join wake-up): once a create has answered parked joiners,
     the creator makes its next channel's block ahead (allocated, header
-    faulted in: off the wake-up's path); the next named create takes it;
-    the block is the creator's own, so its exit gives it back to the pool."""
+    faulted in: off the wake-up's path), and the channel itself in it with
+    one of its posted c_uids and a tag; the next named create takes it (also
+    one nobody waits for, whose register then waits for GS as usual); the
+    block is the creator's own, so its exit gives the one made ahead last
+    back to the pool."""
     out = run(tmp_path, """
     from ember.channels_c import Channel
     from ember.globalservices import _client
@@ -588,11 +591,20 @@ def test_the_next_channel_block_is_made_ahead(tmp_path):
         for k, name in enumerate(sys.argv[2:4]):
             wait_for(lambda: parked(name), what="the joiner to park")
             before = conn._publisher.reserved if conn._publisher else None
+            pre = conn._publisher.prepared if conn._publisher else None
             d = channel.create(None, name)
             print(name, "took the block made ahead:", k == 0 or
                   Channel.describe(d.sdesc)[1] == before, flush=True)
-            print(name, "next made ahead:", conn._publisher.reserved is not None, flush=True)
+            print(name, "took the create made ahead:", k == 0 or
+                  (pre is not None and d.c_uid == pre[0]), flush=True)
+            print(name, "next made ahead:", conn._publisher.reserved is not None,
+                  conn._publisher.prepared is not None, flush=True)
             open(f"{tmp}/{name}-made", "w").close()
+        pre = conn._publisher.prepared
+        d = channel.create(None, "wb-m3")           # nobody waits: GS answers its register
+        print("wb-m3 took the create made ahead:", d.c_uid == pre[0],
+              channel.query("wb-m3").c_uid == d.c_uid, flush=True)
+        channel.destroy("wb-m3")
         sys.exit(0)
     dpool = _client.connection()._default_pool()
     wait_for(lambda: dpool.stats().live_allocs == 0, what="the warm-up's channel freed")
@@ -613,9 +625,10 @@ def test_the_next_channel_block_is_made_ahead(tmp_path):
     wait_for(lambda: dpool.stats().live_allocs == 0, what="the blocks back in the pool")
     print("pool as before")
     """)
-    assert_lines(out, "wb-m1 next made ahead: True", "wb-m2 took the block made ahead: True",
-                 "wb-m2 next made ahead: True", "publisher exit 0", "joiners exit [0, 0]",
-                 "answered: [True, True]", "pool as before")
+    assert_lines(out, "wb-m1 next made ahead: True True", "wb-m2 took the block made ahead: True",
+                 "wb-m2 took the create made ahead: True", "wb-m2 next made ahead: True True",
+                 "wb-m3 took the create made ahead: True True", "publisher exit 0",
+                 "joiners exit [0, 0]", "answered: [True, True]", "pool as before")
 
 
 def test_a_request_held_for_a_busy_board_leaves_no_entry_when_it_ends(h):

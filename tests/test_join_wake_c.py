@@ -130,6 +130,39 @@ def test_every_listed_joiner_is_answered_and_counted(rig):
         ch.destroy()
 
 
+def test_a_joiner_s_reply_channel_is_kept_attached(rig):
+    """The publisher keeps the reply channels it attached (wakeboard.h,
+    ember_wb_cache_t): a joiner that parks again on the same reply channel
+    is answered through the handle kept, another joiner's is kept beside
+    it; a kept channel destroyed meanwhile (listed again only by a broken
+    GS) is answered nothing and forgotten, as a fresh attach would fail."""
+    j, j2 = rig.reply_channel(), rig.reply_channel()
+    assert rig.pub.kept == 0
+    for k, (name, joiners) in enumerate((("wb-k1", [j]), ("wb-k2", [j]), ("wb-k3", [j, j2]))):
+        for t, ch in enumerate(joiners):
+            assert rig.board.listen(name, 10 * k + t, ch.sdesc)
+        ch, reg, n = rig.publish(name, tag=k, c_uid=200 + k)
+        try:
+            assert n == len(joiners)
+            for t, jc in enumerate(joiners):
+                tag, d = jc._recv_reply(5, ChannelDescriptor)
+                assert (tag, d.c_uid, d.name) == (10 * k + t, 200 + k, name)
+            assert rig.gs.recv(timeout=5) == reg
+            rig.board.take(name, (P_UID, 200 + k), lambda p: True)
+        finally:
+            ch.destroy()
+        assert rig.pub.kept == (1 if k < 2 else 2)
+    rig.replies.remove(j)
+    sd = j.sdesc
+    j.destroy()
+    assert rig.board.listen("wb-k4", 40, sd)
+    ch, reg, n = rig.publish("wb-k4", tag=4, c_uid=204)
+    try:
+        assert n == 0 and rig.pub.kept == 1
+    finally:
+        ch.destroy()
+
+
 def test_another_name_in_the_entry_is_left_alone(rig):
     """Two names of one entry: the second's publish claims nothing."""
     a = "wb-a"

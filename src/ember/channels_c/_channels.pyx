@@ -1492,6 +1492,9 @@ cdef extern from "wakeboard.h" nogil:
         EMBER_WB_REPLY_NAME
         EMBER_WB_REPLY_MAX
         EMBER_WB_REGISTER_PUBLISHED
+        EMBER_WB_CACHE
+    ctypedef struct ember_wb_cache_t:
+        ember_ch_t *ch[EMBER_WB_CACHE]
     ctypedef struct ember_wb_pub_t:
         void *table
         void *lock
@@ -1506,8 +1509,10 @@ cdef extern from "wakeboard.h" nogil:
         const uint8_t *reg
         size_t reg_len
         int posted
+        ember_wb_cache_t *cache
         int test_stop
     int ember_wb_publish(const ember_wb_pub_t *p)
+    void ember_wb_cache_clear(ember_wb_cache_t *c)
     uint32_t ember_wb_index(const uint8_t *name, size_t len)
 
 cdef extern from "../sync_c/sync.h" nogil:
@@ -1580,6 +1585,15 @@ cdef class _BoardPublisher:
     cdef int _test_stop
     cdef bytes _od_default
     cdef ember_ch_reserved_t _spare     # a default channel's block made ahead (reserve())
+    cdef ember_wb_cache_t _kept         # the joiners' reply channels kept attached (wakeboard.h)
+    # the next named create made ahead (reserve(), with _conn's next posted
+    # c_uid and tag): its channel made in the reserved block, its
+    # descriptor, by this process (_pre_pid), in the block at _pre_off
+    cdef ember_ch_t *_pre_ch
+    cdef object _pre_cuid, _pre_tag
+    cdef uint8_t _pre_sdesc[EMBER_CH_SDESC_SIZE]
+    cdef int _pre_pid
+    cdef uint64_t _pre_off
     cdef bint _has_spare
     cdef int _spare_pid                 # ... by this process (a fork child leaves it alone)
     # the thread reply channel create_named last used (its thread's: the
@@ -1625,40 +1639,122 @@ cdef class _BoardPublisher:
         self._test_stop = test_stop
         self._od_default = od_default
 
-    def reserve(self):
+    def reserve(self, conn=None):
         """Make the next default channel's block ahead (ember_ch_reserve:
         allocated, owned by this process, its header faulted in), off the
-        wake-up's path: the next default create takes it.  False if it
-        could not be made (a full pool: the create allocates as usual)."""
-        if self._has_spare:
-            return True
-        if self._dpool._pool == NULL:
-            return False
+        wake-up's path: the next default create takes it; and, when the
+        connection (``conn``, else the one create_named last served) has a
+        posted c_uid left, the next named create itself (:meth:`_prepare`).
+        False if the block could not be made (a full pool: the create
+        allocates as usual)."""
         cdef ember_rc_t rc
-        with nogil:
-            rc = ember_ch_reserve(self._dpool._pool, EMBER_CH_DEFAULT_CAPACITY,
-                                  EMBER_CH_DEFAULT_BLOCK, EMBER_ALLOC_OWNED, &self._spare)
-        if rc != EMBER_OK:
-            return False
-        self._has_spare = True
-        self._spare_pid = getpid()
+        if conn is not None:
+            self._serve(conn)
+        if self._pre_ch != NULL:
+            return True
+        if not self._has_spare:
+            if self._dpool._pool == NULL:
+                return False
+            with nogil:
+                rc = ember_ch_reserve(self._dpool._pool, EMBER_CH_DEFAULT_CAPACITY,
+                                      EMBER_CH_DEFAULT_BLOCK, EMBER_ALLOC_OWNED, &self._spare)
+            if rc != EMBER_OK:
+                return False
+            self._has_spare = True
+            self._spare_pid = getpid()
+        self._prepare()
         return True
+
+    cdef _prepare(self):
+        # The next named create's work done here, off the wake-up's path:
+        # one of the connection's posted c_uids and a tag taken, the channel
+        # made in the reserved block (owned by this process until handed
+        # over, as any of its channels: reclaimed if it dies) and its
+        # descriptor serialized.  Nobody knows the channel until that
+        # create publishes it; released (release(), a new connection), it
+        # is destroyed and its c_uid, never registered, is not used.
+        cdef ember_rc_t rc
+        cdef ember_ch_t *ch = NULL
+        cdef size_t sl = 0
+        cdef uint64_t c
+        if self._conn is None or not self._has_spare or getpid() != self._spare_pid or \
+                len(self._posted) == 0:
+            return
+        c_uid = self._popleft()
+        c = c_uid
+        rc = ember_ch_create_reserved(self._dpool._pool, &self._spare, c, &ch)
+        if rc != EMBER_OK:
+            self._posted.appendleft(c_uid)
+            return
+        self._has_spare = False              # (the block is the channel's now)
+        rc = ember_ch_serialize(ch, self._pre_sdesc, EMBER_CH_SDESC_SIZE, &sl)
+        if rc != EMBER_OK:
+            ember_ch_destroy(ch)
+            return
+        self._pre_off = self._spare.alloc.offset
+        self._pre_cuid, self._pre_tag = c_uid, next(self._tags)
+        self._pre_pid = getpid()
+        self._pre_ch = ch
+
+    cdef _serve(self, conn):
+        # ``conn``'s c_uid deque and tags (made once, with it), taken for
+        # the next creates
+        if conn is not self._conn:
+            self._conn = None
+            self._drop_prepared()            # (another connection's c_uid)
+            self._posted, self._tags = conn._posted, conn._tags
+            self._popleft = self._posted.popleft
+            self._conn = conn
+
+    cdef _drop_prepared(self):
+        if self._pre_ch != NULL:
+            if getpid() == self._pre_pid and self._dpool._pool != NULL:
+                ember_ch_destroy(self._pre_ch)
+            else:
+                ember_ch_detach(self._pre_ch)    # (a fork child's copy of the handle)
+            self._pre_ch = NULL
+        self._pre_cuid = self._pre_tag = None
 
     @property
     def reserved(self):
-        """The pool offset of the block made ahead, or None."""
+        """The pool offset of the block made ahead (the next named create's
+        channel, when made ahead), or None."""
+        if self._pre_ch != NULL:
+            return self._pre_off
         return self._spare.alloc.offset if self._has_spare else None
 
+    @property
+    def prepared(self):
+        """``(c_uid, tag)`` of the next named create made ahead, or None
+        (tests)."""
+        return (self._pre_cuid, self._pre_tag) if self._pre_ch != NULL else None
+
     def release(self):
-        """Give the block made ahead back to the pool (this process's only:
-        a fork child's copy is its parent's)."""
+        """Give the block made ahead back to the pool, destroy the channel
+        made ahead (this process's only: a fork child's copy is its
+        parent's)."""
         if self._has_spare and getpid() == self._spare_pid and self._dpool._pool != NULL:
             ember_ch_unreserve(self._dpool._pool, &self._spare)
         self._has_spare = False
+        self._drop_prepared()
 
     def __dealloc__(self):
-        if self._has_spare and self._dpool is not None:
+        if (self._has_spare or self._pre_ch != NULL) and self._dpool is not None:
             self.release()
+        self._forget_kept()
+
+    cdef _forget_kept(self):
+        # (a fork child's copy of the handles is its own heap's: freed too)
+        ember_wb_cache_clear(&self._kept)
+
+    @property
+    def kept(self):
+        """How many joiners' reply channels are kept attached (tests)."""
+        cdef int i, n = 0
+        for i in range(EMBER_WB_CACHE):
+            if self._kept.ch[i] != NULL:
+                n += 1
+        return n
 
     def create_named(self, conn, str name):
         """``channel.create(None, name)`` with the default options, on the
@@ -1703,11 +1799,7 @@ cdef class _BoardPublisher:
             self._head = self._make_head(holder.r)
             self._hch = holder.ch
             self._holder, self._holder_tid = holder, tid
-        if conn is not self._conn:
-            self._conn = None
-            self._posted, self._tags = conn._posted, conn._tags
-            self._popleft = self._posted.popleft
-            self._conn = conn
+        self._serve(conn)
         try:
             nm = PyUnicode_AsUTF8AndSize(name, &nl)     # (strict: as msgpack would)
         except UnicodeError:
@@ -1716,22 +1808,28 @@ cdef class _BoardPublisher:
         # joiners are answered), else the one reserved for a waited one;
         # taken: no Python code runs in between
         spare = self._posted
-        cdef bint posted = len(spare) > 0
-        if posted:
-            c_uid = self._popleft()
+        cdef bint pre = self._pre_ch != NULL
+        cdef bint posted = pre or len(spare) > 0
+        if pre:                              # made ahead (_prepare)
+            c_uid, tag = self._pre_cuid, self._pre_tag
         else:
-            c_uid = conn._next_c_uid
-            if c_uid is None:
-                return None
-            conn._next_c_uid = None
-        tag = next(self._tags)
+            if posted:
+                c_uid = self._popleft()
+            else:
+                c_uid = conn._next_c_uid
+                if c_uid is None:
+                    return None
+                conn._next_c_uid = None
+            tag = next(self._tags)
         cdef Channel rch = self._hch
         try:
             ch, reg, n = self._create(c_uid, EMBER_CH_DEFAULT_CAPACITY, EMBER_CH_DEFAULT_BLOCK,
                                       False, nm, nl, tag, self._head, self._od_default, rch._ch,
-                                      posted)
+                                      posted, pre)
         except Exception:
-            if posted:                       # a full pool: the general path words it
+            if pre:
+                pass                         # (still made ahead, or used: nothing to give back)
+            elif posted:                     # a full pool: the general path words it
                 spare.appendleft(c_uid)
             else:
                 conn._next_c_uid = c_uid
@@ -1782,7 +1880,7 @@ cdef class _BoardPublisher:
 
     cdef tuple _create(self, uint64_t c_uid, uint32_t capacity, uint32_t block_size,
                        bint ref_count, const char *name, Py_ssize_t nl, uint64_t tag, bytes head,
-                       bytes options, ember_ch_t *reply, bint posted):
+                       bytes options, ember_ch_t *reply, bint posted, bint pre=False):
         # ``reply``: the handle of the reply channel ``r`` (or NULL): once
         # joiners were answered, the creator sleeps on it for GS's answer
         # at once, before any more Python (a joiner the kernel put on this
@@ -1830,20 +1928,27 @@ cdef class _BoardPublisher:
             o[1] = EMBER_CH_SDESC_SIZE
             o += 2
             used = (o - buf) + EMBER_CH_SDESC_SIZE
-            if self._has_spare and capacity == self._spare.capacity and \
-                    block_size == self._spare.block_size:
-                self._has_spare = False      # (taken: the channel's, or freed on failure)
-                rc = ember_ch_create_reserved(pool._pool, &self._spare, c_uid, &ch)
+            if pre and self._pre_ch != NULL and c_uid == <uint64_t>self._pre_cuid and \
+                    capacity == EMBER_CH_DEFAULT_CAPACITY and block_size == EMBER_CH_DEFAULT_BLOCK:
+                # made ahead (_prepare): the channel and its descriptor
+                ch, self._pre_ch = self._pre_ch, NULL
+                self._pre_cuid = self._pre_tag = None
+                memcpy(o, self._pre_sdesc, EMBER_CH_SDESC_SIZE)
             else:
-                rc = ember_ch_create_ex(pool._pool, c_uid, capacity, block_size,
-                                        EMBER_ALLOC_OWNED, &ch)
-            if rc != EMBER_OK:
-                _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
-                              f"({320 + capacity * block_size} bytes) in {pool._desc()}")
-            rc = ember_ch_serialize(ch, o, EMBER_CH_SDESC_SIZE, &sl)
-            if rc != EMBER_OK:
-                ember_ch_destroy(ch)
-                _check_rc(rc, "cannot serialize the new channel")
+                if self._has_spare and capacity == self._spare.capacity and \
+                        block_size == self._spare.block_size:
+                    self._has_spare = False      # (taken: the channel's, or freed on failure)
+                    rc = ember_ch_create_reserved(pool._pool, &self._spare, c_uid, &ch)
+                else:
+                    rc = ember_ch_create_ex(pool._pool, c_uid, capacity, block_size,
+                                            EMBER_ALLOC_OWNED, &ch)
+                if rc != EMBER_OK:
+                    _check_rc(rc, f"cannot create a channel of {capacity} x {block_size} B "
+                                  f"({320 + capacity * block_size} bytes) in {pool._desc()}")
+                rc = ember_ch_serialize(ch, o, EMBER_CH_SDESC_SIZE, &sl)
+                if rc != EMBER_OK:
+                    ember_ch_destroy(ch)
+                    _check_rc(rc, "cannot serialize the new channel")
             p.table = self._table_p
             p.lock = self._lock_p
             p.reply_pool = self._rpool._pool
@@ -1861,6 +1966,7 @@ cdef class _BoardPublisher:
             p.reg = buf
             p.reg_len = used
             p.posted = posted
+            p.cache = &self._kept
             p.test_stop = self._test_stop
             with nogil:
                 answered = ember_wb_publish(&p)

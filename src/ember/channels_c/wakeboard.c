@@ -19,7 +19,8 @@
  *   3. the register is queued on GS's input channel, not waking GS
  *      (ember_ch_send_quiet; FULL: state back to WAITING, return -1);
  *   4. state WOKEN (store-release); then for each listed joiner k: attach
- *      its reply channel, queue the reply without waking the joiner
+ *      its reply channel (or take the handle kept attached since an earlier
+ *      publish, ember_wb_cache_t), queue the reply without waking the joiner
  *      (ember_ch_send_quiet, try-once), answered = k + 1 (store-release);
  *   5. release the lock; wake each answered joiner (ember_ch_notify on its
  *      reply channel), then GS, unless the register is a posted one
@@ -77,7 +78,14 @@
  * A joiner killed while listed is unlisted by GS (at its exit) before GS
  * frees its reply channel, and the unlist needs the lock this call holds,
  * so a reply channel attached here is never one being freed while it is
- * held.  Its wake-up comes after the release: a joiner killed right after
+ * held.  The same rule makes a kept handle (ember_wb_cache_t) safe: it is
+ * used only for a waiter whose listed descriptor is byte for byte the one
+ * it was attached from (the block's offset and allocation id included, and
+ * ids are unique per allocation), read under the lock, so the channel it
+ * names is live; the send checks the header's magic and allocation id as
+ * on any handle (a destroyed channel: not answered, and the handle
+ * dropped).  The cache is this process's memory: a death mid-publish costs
+ * nothing more than above.  Its wake-up comes after the release: a joiner killed right after
  * its answer may have its reply channel freed by GS first; the notify then
  * finds the handle stale (ember_ch_notify checks the block's allocation id)
  * and wakes nobody, or at worst, racing that free, one stray FUTEX_WAKE on
@@ -139,6 +147,51 @@ static void test_stop(const ember_wb_pub_t *p, int stage)
 }
 
 static void put64(uint8_t *b, uint64_t v) { memcpy(b, &v, 8); }
+
+void ember_wb_cache_clear(ember_wb_cache_t *c)
+{
+    if (!c)
+        return;
+    for (uint32_t i = 0; i < EMBER_WB_CACHE; i++) {
+        if (c->ch[i])
+            ember_ch_detach(c->ch[i]);
+        c->ch[i] = NULL;
+        c->len[i] = 0;
+    }
+    c->next = 0;
+}
+
+/* The kept handle attached from this very descriptor, or NULL. */
+static ember_ch_t *cache_find(ember_wb_cache_t *c, const uint8_t *desc, uint32_t len)
+{
+    for (uint32_t i = 0; i < EMBER_WB_CACHE; i++)
+        if (c->ch[i] && c->len[i] == len && memcmp(c->desc[i], desc, len) == 0)
+            return c->ch[i];
+    return NULL;
+}
+
+/* Forget (and detach) a kept handle. */
+static void cache_drop(ember_wb_cache_t *c, ember_ch_t *ch)
+{
+    for (uint32_t i = 0; i < EMBER_WB_CACHE; i++)
+        if (c->ch[i] == ch) {
+            c->ch[i] = NULL;
+            c->len[i] = 0;
+        }
+    ember_ch_detach(ch);
+}
+
+/* Keep a handle, replacing the oldest kept one (detached). */
+static void cache_put(ember_wb_cache_t *c, const uint8_t *desc, uint32_t len, ember_ch_t *ch)
+{
+    uint32_t i = c->next % EMBER_WB_CACHE;
+    c->next = i + 1;
+    if (c->ch[i])
+        ember_ch_detach(c->ch[i]);
+    c->ch[i] = ch;
+    c->len[i] = len;
+    memcpy(c->desc[i], desc, len);
+}
 static void put32(uint8_t *b, uint32_t v) { memcpy(b, &v, 4); }
 
 int ember_wb_publish(const ember_wb_pub_t *p)
@@ -175,6 +228,10 @@ int ember_wb_publish(const ember_wb_pub_t *p)
     }
     int answered = -1;
     ember_ch_t *woken[EMBER_WB_MAX_WAITERS] = { NULL };   /* the answered joiners' channels */
+    int kept[EMBER_WB_MAX_WAITERS] = { 0 };      /* woken[k] is a kept handle */
+    /* the descriptors of those attached here, to keep after the release */
+    uint8_t desc[EMBER_WB_MAX_WAITERS][EMBER_WB_R_MAX];
+    uint32_t dlen[EMBER_WB_MAX_WAITERS] = { 0 };
     /* relaxed: under the lock (its acquire orders these loads) */
     uint32_t state = ember_atomic_load_relaxed(w32(e, E_STATE));
     uint32_t n = ember_atomic_load_relaxed(w32(e, E_LISTED));
@@ -225,13 +282,24 @@ int ember_wb_publish(const ember_wb_pub_t *p)
         uint32_t rl;
         memcpy(&tag, w + W_TAG, 8);
         memcpy(&rl, w + W_LEN, 4);
-        if (rl > EMBER_WB_R_MAX ||
-            ember_ch_attach(p->reply_pool, w + W_DESC, rl, &woken[k]) != EMBER_OK)
+        if (rl > EMBER_WB_R_MAX)
             break;              /* (not expected) GS answers this one and those after it */
+        woken[k] = p->cache ? cache_find(p->cache, w + W_DESC, rl) : NULL;
+        if (woken[k]) {
+            kept[k] = 1;
+        } else {
+            if (ember_ch_attach(p->reply_pool, w + W_DESC, rl, &woken[k]) != EMBER_OK)
+                break;          /* (not expected) as above */
+            memcpy(desc[k], w + W_DESC, rl);
+            dlen[k] = rl;
+        }
         put64(reply + 8, tag);
         rc = ember_ch_send_quiet(woken[k], reply, EMBER_WB_REPLY_NAME + p->name_len);
         if (rc != EMBER_OK) {
-            ember_ch_detach(woken[k]);
+            if (kept[k])
+                cache_drop(p->cache, woken[k]);
+            else
+                ember_ch_detach(woken[k]);
             woken[k] = NULL;
             break;              /* (not expected: a reply channel holds one answer) */
         }
@@ -249,8 +317,17 @@ out:
      * joiner's next join and leave that join off the board */
     for (int k = 0; k < answered; k++) {
         ember_ch_notify(woken[k]);      /* (a channel freed meanwhile: no wake) */
-        ember_ch_detach(woken[k]);
         test_stop(p, 5);
+    }
+    /* the handles attached here kept for the next publish (after every
+     * wake-up: keeping one may detach another) */
+    for (int k = 0; k < answered; k++) {
+        if (kept[k])
+            continue;
+        if (p->cache)
+            cache_put(p->cache, desc[k], dlen[k], woken[k]);
+        else
+            ember_ch_detach(woken[k]);
     }
     /* GS last: it does not take the joiner's core.  Not at all for a
      * posted register: nobody waits for GS's handling of it, and every

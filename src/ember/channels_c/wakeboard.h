@@ -58,6 +58,21 @@
  * in msgpack: 0xcc 0x82; GS's input channel's payload is less). */
 #define EMBER_WB_POSTED_MAX          2048u
 
+/* The joiners' reply channels a creator attached, kept from one publish to
+ * the next (process-private: a joiner that parks again on its thread's
+ * reply channel is not attached again, which takes the infrastructure
+ * pool's lock; wakeboard.c says why a kept handle is safe to use).  Zero
+ * it to start; ember_wb_cache_clear() detaches what it holds. */
+#define EMBER_WB_CACHE  EMBER_WB_MAX_WAITERS
+typedef struct {
+    ember_ch_t *ch[EMBER_WB_CACHE];             /* NULL: a free entry */
+    uint32_t len[EMBER_WB_CACHE];
+    uint8_t desc[EMBER_WB_CACHE][EMBER_WB_R_MAX];
+    uint32_t next;                              /* the next entry to replace */
+} ember_wb_cache_t;
+
+void ember_wb_cache_clear(ember_wb_cache_t *c);
+
 /* What the creator publishes. */
 typedef struct {
     void *table;                /* the board (EMBER_WB_SIZE bytes, mapped) */
@@ -78,6 +93,7 @@ typedef struct {
                                  * EMBER_WB_REGISTER_PUBLISHED instead (reg itself is left
                                  * as it is: the waited register, for the caller to send if
                                  * nothing was claimed), and GS is not woken */
+    ember_wb_cache_t *cache;    /* the reply channels kept attached (NULL: attach each time) */
     int test_stop;              /* tests: SIGSTOP self at stage 4 created (before the lock),
                                  * 1 claimed, 2 queued, 3 answered (not woken yet), 5 woken
                                  * (the lock released) */

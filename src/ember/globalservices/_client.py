@@ -505,7 +505,7 @@ class Connection:
                            name, opts, ch.sdesc)
             self._registered(ch, c_uid, d, opts)
             if self._publisher is not None:
-                self._publisher.reserve()       # (see below)
+                self._publisher.reserve(self)       # (see below)
             return d
 
         def answer():
@@ -526,7 +526,7 @@ class Connection:
         if n > 0 and self._publisher is not None:
             # joiners wait for names this process makes: make the next
             # channel's block now, off the next wake-up's path
-            self._publisher.reserve()
+            self._publisher.reserve(self)
         return d
 
     def _published(self, ch, reg, n, holder, tag, c_uid, name, posted):
