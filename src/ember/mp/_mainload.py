@@ -379,11 +379,12 @@ def library_dirs():
     if not _dirs:
         import sysconfig
         paths = sysconfig.get_paths()
-        _dirs["lib"] = tuple(sorted({os.path.join(os.path.realpath(paths[k]), "")
-                                     for k in ("stdlib", "platstdlib", "purelib", "platlib")
-                                     if paths.get(k)}))
-        _dirs["ember"] = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(
-            __file__))), "")
+        lib = tuple(sorted({os.path.join(os.path.realpath(paths[k]), "")
+                            for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                            if paths.get(k)}))
+        own = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
+        # Both at once: another thread that sees _dirs non-empty must find both keys.
+        _dirs.update({"ember": own, "lib": lib})
     return _dirs["lib"]
 
 
