@@ -106,5 +106,6 @@ cdef class Channel:
     cdef int _send_allocation(self, Allocation al, timeout) except -1
     cdef ember_rc_t _recv_wait(self, ember_ch_msg_t *m, int64_t max_len, timeout) except -1
     cdef int _recv_claim(self, ember_ch_msg_t *m, int64_t max_len, timeout) except -1
+    cdef object _msg_bytes_end(self, ember_ch_msg_t *m)
     cdef object _recv_join(self, uint64_t tag, object desc, bytes sdesc, str name,
                            const char *u, Py_ssize_t ul)

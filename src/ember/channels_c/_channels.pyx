@@ -261,6 +261,39 @@ cdef object _view_of_alloc(Pool owner, ember_alloc_t a):
     return memoryview(blk)
 
 
+
+# The join wake board's record (wakeboard.h) in a reply channel's message:
+# its fixed fields, decoded by _wb_record for Channel._recv_reply and
+# Channel._recv_join.
+cdef struct _WbRecord:
+    uint64_t tag, c_uid
+    int64_t m_uid, node
+    uint32_t nl, cap, bs, rc, sl       # name length; capacity, block, ref count, sdesc length
+
+
+cdef inline bint _wb_record(const ember_ch_msg_t *m, _WbRecord *r) noexcept nogil:
+    """Whether ``m`` is a board's record (inline, its mark, its length with
+    the name's); if so its fixed fields in ``r`` (``sl`` at most
+    EMBER_CH_SDESC_SIZE)."""
+    cdef const uint8_t *d = <const uint8_t *>m.data
+    if m.is_alloc or m.len < EMBER_WB_REPLY_NAME or d[0] != EMBER_WB_REPLY_MARK:
+        return False
+    memcpy(&r.nl, d + 4, 4)
+    if m.len != EMBER_WB_REPLY_NAME + r.nl:
+        return False
+    memcpy(&r.tag, d + 8, 8)
+    memcpy(&r.m_uid, d + 16, 8)
+    memcpy(&r.node, d + 24, 8)
+    memcpy(&r.c_uid, d + 32, 8)
+    memcpy(&r.cap, d + 40, 4)
+    memcpy(&r.bs, d + 44, 4)
+    memcpy(&r.rc, d + 48, 4)
+    memcpy(&r.sl, d + 52, 4)
+    if r.sl > EMBER_CH_SDESC_SIZE:
+        r.sl = EMBER_CH_SDESC_SIZE
+    return True
+
+
 @cython.final
 cdef class Channel:
     """A bounded MPMC message channel in a shared-memory pool.
@@ -940,44 +973,26 @@ cdef class Channel:
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
         cdef const uint8_t *d
-        cdef uint64_t tag, c_uid
-        cdef int64_t m_uid, node
-        cdef uint32_t nl, cap, bs, rc, sl
+        cdef _WbRecord r
         cdef int i
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
         if timeout is not None:
             _timeout_ns(timeout)
         self._recv_claim(&m, -1, timeout)
+        if not _wb_record(&m, &r):
+            return self._msg_bytes_end(&m)
         d = <const uint8_t *>m.data
-        nl = 0
-        if not m.is_alloc and m.len >= EMBER_WB_REPLY_NAME:
-            memcpy(&nl, d + 4, 4)
-        if m.is_alloc or m.len < EMBER_WB_REPLY_NAME or d[0] != EMBER_WB_REPLY_MARK or \
-                m.len != EMBER_WB_REPLY_NAME + nl:
-            try:
-                out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
-            finally:
-                ember_ch_recv_end(ch, &m)      # (a large message: frees its block)
-            return out
         try:
-            memcpy(&tag, d + 8, 8)
-            memcpy(&m_uid, d + 16, 8)
-            memcpy(&node, d + 24, 8)
-            memcpy(&c_uid, d + 32, 8)
-            memcpy(&cap, d + 40, 4)
-            memcpy(&bs, d + 44, 4)
-            memcpy(&rc, d + 48, 4)
-            memcpy(&sl, d + 52, 4)
-            if sl > EMBER_CH_SDESC_SIZE:
-                sl = EMBER_CH_SDESC_SIZE
-            sdesc = PyBytes_FromStringAndSize(<const char *>d + EMBER_WB_REPLY_HEAD, sl)
-            name = PyUnicode_DecodeUTF8(<const char *>d + EMBER_WB_REPLY_NAME, nl, "surrogatepass")
+            sdesc = PyBytes_FromStringAndSize(<const char *>d + EMBER_WB_REPLY_HEAD, r.sl)
+            name = PyUnicode_DecodeUTF8(<const char *>d + EMBER_WB_REPLY_NAME, r.nl,
+                                        "surrogatepass")
         finally:
             ember_ch_recv_end(ch, &m)
         if cls is not _desc_cls:
             _desc_prepare(cls)
-        values = (None if m_uid < 0 else m_uid, c_uid, name, node, cap, bs, rc != 0, sdesc)
+        values = (None if r.m_uid < 0 else r.m_uid, r.c_uid, name, r.node, r.cap, r.bs,
+                  r.rc != 0, sdesc)
         if _desc_set is not None:
             # its slots set through their member descriptors: no attribute
             # lookup in the type per field (each a few cold cache misses)
@@ -988,7 +1003,15 @@ cdef class Channel:
             desc = cls.__new__(cls)
             for i in range(8):
                 setattr(desc, _DESC_FIELDS[i], (<tuple>values)[i])
-        return (tag, desc)
+        return (r.tag, desc)
+
+    cdef object _msg_bytes_end(self, ember_ch_msg_t *m):
+        # a reply channel's message that is not a board's record: as bytes
+        # (a large message's block freed by the end)
+        try:
+            return PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
+        finally:
+            ember_ch_recv_end(self._ch, m)
 
     cdef object _recv_join(self, uint64_t tag, object desc, bytes sdesc, str name,
                            const char *u, Py_ssize_t ul):
@@ -1006,53 +1029,33 @@ cdef class Channel:
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
         cdef const uint8_t *d
-        cdef uint64_t t, c_uid
-        cdef int64_t m_uid, node
-        cdef uint32_t nl, cap, bs, rc, sl
+        cdef _WbRecord r
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
         self._recv_claim(&m, -1, None)
+        if not _wb_record(&m, &r):
+            return self._msg_bytes_end(&m)
         d = <const uint8_t *>m.data
-        nl = 0
-        if not m.is_alloc and m.len >= EMBER_WB_REPLY_NAME:
-            memcpy(&nl, d + 4, 4)
-        if m.is_alloc or m.len < EMBER_WB_REPLY_NAME or d[0] != EMBER_WB_REPLY_MARK or \
-                m.len != EMBER_WB_REPLY_NAME + nl:
-            try:
-                out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
-            finally:
-                ember_ch_recv_end(ch, &m)      # (a large message: frees its block)
-            return out
         try:
-            memcpy(&t, d + 8, 8)
-            if t != tag:
+            if r.tag != tag:
                 return None
-            memcpy(&m_uid, d + 16, 8)
-            memcpy(&node, d + 24, 8)
-            memcpy(&c_uid, d + 32, 8)
-            memcpy(&cap, d + 40, 4)
-            memcpy(&bs, d + 44, 4)
-            memcpy(&rc, d + 48, 4)
-            memcpy(&sl, d + 52, 4)
-            if sl == EMBER_CH_SDESC_SIZE:
-                memcpy(PyBytes_AS_STRING(sdesc), d + EMBER_WB_REPLY_HEAD, sl)
+            if r.sl == EMBER_CH_SDESC_SIZE:
+                memcpy(PyBytes_AS_STRING(sdesc), d + EMBER_WB_REPLY_HEAD, r.sl)
             else:
-                if sl > EMBER_CH_SDESC_SIZE:
-                    sl = EMBER_CH_SDESC_SIZE
-                sdesc = PyBytes_FromStringAndSize(<const char *>d + EMBER_WB_REPLY_HEAD, sl)
-            if ul != nl or memcmp(u, d + EMBER_WB_REPLY_NAME, nl) != 0:
-                name = PyUnicode_DecodeUTF8(<const char *>d + EMBER_WB_REPLY_NAME, nl,
+                sdesc = PyBytes_FromStringAndSize(<const char *>d + EMBER_WB_REPLY_HEAD, r.sl)
+            if ul != r.nl or memcmp(u, d + EMBER_WB_REPLY_NAME, r.nl) != 0:
+                name = PyUnicode_DecodeUTF8(<const char *>d + EMBER_WB_REPLY_NAME, r.nl,
                                             "surrogatepass")
         finally:
             ember_ch_recv_end(ch, &m)
         # (_DESC_FIELDS' order)
-        _slot_set(desc, _desc_off[0], None if m_uid < 0 else m_uid)
-        _slot_set(desc, _desc_off[1], c_uid)
+        _slot_set(desc, _desc_off[0], None if r.m_uid < 0 else r.m_uid)
+        _slot_set(desc, _desc_off[1], r.c_uid)
         _slot_set(desc, _desc_off[2], name)
-        _slot_set(desc, _desc_off[3], node)
-        _slot_set(desc, _desc_off[4], cap)
-        _slot_set(desc, _desc_off[5], bs)
-        _slot_set(desc, _desc_off[6], rc != 0)
+        _slot_set(desc, _desc_off[3], r.node)
+        _slot_set(desc, _desc_off[4], r.cap)
+        _slot_set(desc, _desc_off[5], r.bs)
+        _slot_set(desc, _desc_off[6], r.rc != 0)
         _slot_set(desc, _desc_off[7], sdesc)
         return desc
 
