@@ -286,3 +286,20 @@ def test_direct_out_sends_or_declines(net):
     r.recv_multipart()
     with pytest.raises(ValueError):
         DirectOut(9, d.underlying, [], 4, 2, 100)
+
+
+def test_direct_out_send_that_raises_counts_nothing():
+    from ember.channels_c._channels import DirectOut
+    ctx = zmq.Context()
+    alone = ctx.socket(zmq.DEALER)                 # no peer: full at once
+    alone.sndtimeo = 20
+    try:
+        shared = [0]
+        o = DirectOut(9, alone.underlying, shared, 4, 2, 100)
+        with pytest.raises(zmq.Again):
+            o.send(b"a")
+        # no sequence number used, no copy kept: the next send is seq 1
+        assert (o.seq, o.nbytes, list(o.copies), shared) == (0, 0, [], [0])
+    finally:
+        alone.close(linger=0)
+        ctx.term()

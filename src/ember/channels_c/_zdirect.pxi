@@ -82,6 +82,24 @@ cdef extern from *:
         return v;
     }
 
+    /* Take message `seq` (`nbytes` of payload) of stream `s`: through the
+       gate (0 if it is closed: nothing stored), the record, the count;
+       sets ack_due.  1 when taken. */
+    static inline int ember_zd_take(ember_zd_stream_t *s, uint64_t seq, uint64_t nbytes) {
+        if (s->gate != NULL) {
+            if (!ember_gate_take(s->gate, s->cell, seq))
+                return 0;
+        } else {
+            /* relaxed: an ungated cell has no reader while this lives
+               (pairs with nothing) */
+            __atomic_store_n(s->cell, seq, __ATOMIC_RELAXED);
+        }
+        s->last = seq;
+        s->due += nbytes + 1;
+        s->ack_due = seq - s->acked >= s->ack_every || s->due >= s->ack_bytes;
+        return 1;
+    }
+
     /* Read one message of ROUTER socket `sock` into m1 (the sender) and m2
        (the first frame after it).  Returns 1: m2 is the next message of
        stream `s` (may be NULL), taken: its record stored, counted; 0: read,
@@ -119,16 +137,7 @@ cdef extern from *:
         uint64_t seq = ember_zd_u64(p + 9);
         if (seq != s->last + 1 || ready(ch))
             return 0;
-        if (s->gate != NULL) {
-            if (!ember_gate_take(s->gate, s->cell, seq))
-                return 0;            /* revoked: the Python path closes the route */
-        } else {
-            __atomic_store_n(s->cell, seq, __ATOMIC_RELAXED);  /* no reader while this lives */
-        }
-        s->last = seq;
-        s->due += n - EMBER_ZD_HDR + 1;
-        s->ack_due = seq - s->acked >= s->ack_every || s->due >= s->ack_bytes;
-        return 1;
+        return ember_zd_take(s, seq, n - EMBER_ZD_HDR);  /* 0: revoked, the Python path closes the route */
     }
     """
     ctypedef struct ember_zmsg_t:
@@ -149,6 +158,7 @@ cdef extern from *:
     int ember_zd_recv(void *sock, int flags, ember_zd_stream_t *s, int (*ready)(void *) noexcept nogil,
                       void *ch, ember_zmsg_t *m1, ember_zmsg_t *m2, int *more, int *err) nogil
     int _zd_set "ember_zd_set"(void *h) nogil
+    int ember_zd_take(ember_zd_stream_t *s, uint64_t seq, uint64_t nbytes) nogil
 
 
 cdef extern from *:
@@ -205,15 +215,6 @@ def _zd_init(path):
 cdef int _zd_ready(void *ch) noexcept nogil:
     cdef ember_rc_t rc = ember_ch_poll(<ember_ch_t *>ch, 0, 0)
     return rc != EMBER_ERR_EMPTY
-
-
-cdef extern from *:
-    """
-    static inline void ember_zd_store_relaxed(uint64_t *p, uint64_t v) {
-        __atomic_store_n(p, v, __ATOMIC_RELAXED);
-    }
-    """
-    void ember_zd_store_relaxed(uint64_t *p, uint64_t v) nogil
 
 
 @cython.final
@@ -291,15 +292,9 @@ cdef class DirectStream:
         """The Python path's take of message ``seq`` (``nbytes`` of payload)
         of this stream: through the gate (False if it is closed: nothing
         stored), the record, the count; sets ``ack_due``."""
-        if self.s.gate != NULL:
-            if not ember_gate_take(self.s.gate, self.s.cell, seq):
-                return False
-        else:
-            ember_zd_store_relaxed(self.s.cell, seq)
-        self.s.last = seq
-        self.s.due += <uint64_t>nbytes + 1
-        self.s.ack_due = seq - self.s.acked >= self.s.ack_every or self.s.due >= self.s.ack_bytes
-        return True
+        if nbytes < 0:
+            raise ValueError(f"nbytes {nbytes} < 0")
+        return ember_zd_take(&self.s, seq, <uint64_t>nbytes) != 0
 
 
 def _zd_recv(Channel ch, size_t sock, DirectStream stream, int flags):
@@ -457,9 +452,9 @@ cdef class DirectOut:
         if sends >= self.drain_after or len(self.copies) >= self.window or \
                 self.nbytes >= self.window_bytes:
             return False
+        _zd_send(self.handle, self.c_uid, self.seq + 1, data)   # (raises: nothing counted)
         self.shared[0] = sends
         self.seq += 1
-        _zd_send(self.handle, self.c_uid, self.seq, data)
         self.copies.append((self.seq, data))
         self.nbytes += PyBytes_GET_SIZE(data)
         return True

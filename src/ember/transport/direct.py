@@ -502,7 +502,7 @@ class DirectSender:
                               timeout, idle and (lambda: idle(c_uid, arg))):
                 raise ChannelFull(f"channel {c_uid}: {WINDOW} direct messages or "
                                   f"{WINDOW_BYTES} bytes unacknowledged for {timeout} s")
-        seq = o.seq = o.seq + 1
+        seq = o.seq + 1           # (taken once the message went: a send that raises uses none)
         if type(data) is not bytes:
             data = bytes(data)
         if TRACE:
@@ -511,6 +511,7 @@ class DirectSender:
             _zd_send(self._handle, c_uid, seq, data)    # the header and data: one copy
         else:
             _zsend(self.sock, DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data, 0)
+        o.seq = seq
         if TRACE:
             _trace.stamp("d1")
         q.append((seq, data))
