@@ -3,7 +3,7 @@ same veth with the same kind of CURVE key, side by side in one run.
 
 Needs root (Linux namespaces, tests/mn_cluster.py) and sshd.  Run:
 
-    python benchmarks/bench_multinode.py [--rounds 3] [--only small,big,rtt,raw2,direct,bringup,create]
+    python benchmarks/bench_multinode.py [--rounds 3] [--only small,big,rtt,raw2,rawrr,direct,bringup,create]
 
 (``--only`` keeps a run short: e.g. ``--only small,big,rtt --rounds 5`` takes
 about two minutes on the shared test machine.)
@@ -25,6 +25,15 @@ Measures (targets of issue 15):
   (each side sends on its own DEALER to the other's ROUTER, as the direct
   path does), beside the one-connection figure: what the second
   connection costs (docs/multinode.md, "What remains");
+- ``rawrr``: raw pyzmq's round trip over one connection used both ways from
+  both ends, each end with one ROUTER socket (bound as a CURVE server, as an
+  inbox is; node 0's also connected to node 1's as a CURVE client under an
+  alias, ZMQ_CONNECT_ROUTING_ID): the shape of a direct path whose replies
+  come back over the connection the requests came on; and beside it the
+  same pyzmq calls over two connections (each end answers on a ROUTER of its
+  own connected to the other's), so that the difference is the connections'
+  alone (raw and raw2 make different pyzmq calls: a ``recv_multipart`` costs
+  some 6 us more than a ``recv``);
 - the direct path's floor (``direct``; ``directnoack`` without acknowledgements): the same round trip on the building
   blocks of the direct path (ember.transport.direct: each process sends to
   the other's own inbox and waits on its channel and inbox at once), not the
@@ -152,6 +161,56 @@ for _ in range(n):
     ts.append(pc() - t0)
 ts.sort()
 print(ts[n // 2] * 1e6, flush=True)
+"""
+
+RAW_PINGR = """
+import sys, time, zmq
+pub, sec, addr, port, n, two = (sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4],
+                                int(sys.argv[5]), sys.argv[6] == "2")
+ctx = zmq.Context()
+# the inbox's shape: one ROUTER bound as a CURVE server; with one
+# connection (not two) it is also connected to the echo's ROUTER as a CURVE
+# client under an alias (ZMQ_CONNECT_ROUTING_ID), and sends on it; with
+# two, a second ROUTER does (the same pyzmq calls either way)
+r = ctx.socket(zmq.ROUTER); r.curve_server = True
+r.curve_publickey, r.curve_secretkey = pub.encode(), sec.encode()
+r.router_mandatory = True
+r.bind(f"tcp://*:{port}")
+s = ctx.socket(zmq.ROUTER) if two else r
+if two:
+    s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+s.curve_serverkey = pub.encode()          # (a CURVE client from here on: the connect)
+s.connect_routing_id = b"echo"
+s.connect(addr)
+s.send_multipart([b"echo", b"x"]); r.recv_multipart()
+ts = []
+pc = time.perf_counter
+for _ in range(n):
+    t0 = pc()
+    s.send_multipart([b"echo", b"x" * 64]); r.recv_multipart()
+    ts.append(pc() - t0)
+ts.sort()
+print(ts[n // 2] * 1e6, flush=True)
+"""
+
+RAW_ECHOR = """
+import sys, zmq
+pub, sec, port, back, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+ctx = zmq.Context()
+r = ctx.socket(zmq.ROUTER); r.curve_server = True
+r.curve_publickey, r.curve_secretkey = pub.encode(), sec.encode()
+r.bind(f"tcp://*:{port}")
+s = r
+if back != "-":             # two connections: the answer on one of its own, to the pinger's inbox
+    s = ctx.socket(zmq.ROUTER)
+    s.curve_publickey, s.curve_secretkey = zmq.curve_keypair()
+    s.curve_serverkey = pub.encode()
+    s.connect_routing_id = b"ping"
+    s.connect(back)
+print("ready", flush=True)
+for _ in range(n + 1):
+    m = r.recv_multipart()
+    s.send_multipart([m[0] if back == "-" else b"ping", m[1]])
 """
 
 EMBER_PROG = """
@@ -307,7 +366,7 @@ for node in (0, 1, 0, 1) if "create" in ONLY else ():
 """
 
 
-def run_round(c, only, trace=None):
+def run_round(c, only, trace=None, index=0):
     import zmq
     out = {}
     pub, sec = (k.decode() for k in zmq.curve_keypair())
@@ -322,22 +381,26 @@ def run_round(c, only, trace=None):
                   str(size)], timeout=300)
         out[key] = float(pull.stdout.readline())
         pull.wait(60)
-    if only & {"rtt", "direct", "directnoack", "raw2"}:
-        echo = c.popen(1, [sys.executable, "-c", RAW_ECHO, pub, sec, "5556", str(N_RTT)],
-                       stdout=subprocess.PIPE, text=True)
-        assert echo.stdout.readline().strip() == "ready"
-        r = c.run(0, [sys.executable, "-c", RAW_PING, pub, sec, f"tcp://{addr1}:5556",
-                      str(N_RTT)], timeout=300)
-        out["rawrtt"] = float(r.stdout)
-        echo.wait(60)
+    raws = []
+    if only & {"rtt", "direct", "directnoack", "raw2", "rawrr"}:
+        raws.append(("rawrtt", RAW_ECHO, [], RAW_PING, []))
     if "raw2" in only:
-        echo = c.popen(1, [sys.executable, "-c", RAW_ECHO2, pub, sec, "5557",
-                           f"tcp://{c.nodes[0].addr}:5558", str(N_RTT)],
-                       stdout=subprocess.PIPE, text=True)
+        raws.append(("raw2rtt", RAW_ECHO2, [f"tcp://{c.nodes[0].addr}:5558"], RAW_PING2,
+                     ["5558"]))
+    if "rawrr" in only:
+        raws.append(("rawrrrtt", RAW_ECHOR, ["-"], RAW_PINGR, ["5558"], "1"))
+        raws.append(("rawrr2rtt", RAW_ECHOR, [f"tcp://{c.nodes[0].addr}:5558"], RAW_PINGR,
+                     ["5558"], "2"))
+    # the raw shapes in turns, each round starting at the next one (the
+    # first of a round ran faster in some runs)
+    k = index % len(raws) if raws else 0
+    for key, echo_src, echo_args, ping_src, ping_args, *mode in raws[k:] + raws[:k]:
+        echo = c.popen(1, [sys.executable, "-c", echo_src, pub, sec, "5556", *echo_args,
+                           str(N_RTT)], stdout=subprocess.PIPE, text=True)
         assert echo.stdout.readline().strip() == "ready"
-        r = c.run(0, [sys.executable, "-c", RAW_PING2, pub, sec, f"tcp://{addr1}:5557", "5558",
-                      str(N_RTT)], timeout=300)
-        out["raw2rtt"] = float(r.stdout)
+        r = c.run(0, [sys.executable, "-c", ping_src, pub, sec, f"tcp://{addr1}:5556",
+                      *ping_args, str(N_RTT), *mode], timeout=300)
+        out[key] = float(r.stdout)
         echo.wait(60)
     if only & {"small", "big", "rtt", "direct", "directnoack", "create"}:
         prog = c.path("bench_prog.py")
@@ -396,7 +459,7 @@ def run_round(c, only, trace=None):
     return out
 
 
-PARTS = ("small", "big", "rtt", "raw2", "direct", "directnoack", "bringup", "create")
+PARTS = ("small", "big", "rtt", "raw2", "rawrr", "direct", "directnoack", "bringup", "create")
 
 
 def main():
@@ -427,7 +490,7 @@ def main():
                 if a.trace:
                     trace = c.path(f"trace{i}")
                     os.makedirs(trace)
-                rounds.append(run_round(c, only, trace))
+                rounds.append(run_round(c, only, trace, i))
                 if trace:
                     import shutil
                     shutil.copytree(trace, os.path.join(a.trace, f"round{i}"))
@@ -461,16 +524,26 @@ def main():
             ("direct path's floor", "drtt", "building blocks only, not the runtime's path", False),
             ("direct, no acks", "dnrtt", "building blocks, acknowledgements off", False),
             ("raw, two connections", "raw2rtt", "raw pyzmq, one connection per direction",
-             False)):
+             False),
+            ("raw, ROUTER to ROUTER", "rawrrrtt", "raw pyzmq, one connection, each end's one "
+             "socket both ways", False),
+            ("raw, ROUTERs, two conn.", "rawrr2rtt", "raw pyzmq, the same calls over one "
+             "connection per direction", False)):
         if key not in rounds[0]:
             continue
         e, r = mm(key), mm("rawrtt")
         d = statistics.median(x[key] - x["rawrtt"] for x in rounds)
-        who = "raw2" if key == "raw2rtt" else "ember"
+        who = {"raw2rtt": "raw2", "rawrrrtt": "rawrr", "rawrr2rtt": "rawrr2"}.get(key, "ember")
         rows.append((what, f"{who} {e[0]:.0f} / {e[1]:.0f} us", f"raw {r[0]:.0f} / {r[1]:.0f} us",
                      f"raw + {e[0] - r[0]:.0f} best vs best / {d:.0f} median of the "
                      f"rounds' differences ({note})",
                      ("met" if max(d, e[0] - r[0]) <= 20 else "missed") if target else ""))
+    if "rawrr2rtt" in rounds[0]:
+        d = [x["rawrr2rtt"] - x["rawrrrtt"] for x in rounds]
+        rows.append(("one connection's gain", f"rawrr2 - rawrr {statistics.median(d):.0f} us",
+                     f"{sum(v > 0 for v in d)} of {len(d)} rounds",
+                     "median of the rounds' differences: the same calls over two "
+                     "connections, less over one", ""))
     if "up4" in rounds[0]:
         d = [x["up4"] - x["up1"] for x in rounds]
         rows.append(("bring-up", f"4 nodes {mm('up4')[0]:.2f} / {mm('up4')[1]:.2f} s",
