@@ -246,6 +246,8 @@ def test_sigkill_of_the_launcher_leaves_nothing_on_any_node(cluster3):
         if p.poll() is None:
             p.kill()
             p.wait()
+        p.stdout.close()
+        p.stderr.close()
     for i in range(3):
         assert c.wait_no_process(i, "sleep(300)", timeout=30) == [], f"node {i}"
         assert c.wait_no_process(i, "ember", timeout=30) == [], f"node {i}"

@@ -18,9 +18,12 @@ on the head's node) and runs the node's transport agent
 (:class:`~ember.transport.agent.NodeAgent`) until its shepherd stops
 (teardown), its shepherd dies, or the head goes silent; on the way out it
 kills whatever is left (the shepherd's children die with it), destroys its
-pools and unlinks its segments and lock.  If it is killed outright, the
+pools and unlinks its segments and lock, and its shepherd's output board
+(``ember.<runtime id>.output``).  If it is killed outright, the
 launcher's watchdog kills its process group and its segments are what
-``ember cleanup`` removes.
+``ember cleanup`` removes (not the board: named by the runtime id, whose
+lock is on the head's node, it is removed only if that id's pid is not a
+live process here).
 """
 import json
 import os
@@ -52,6 +55,20 @@ def _sweep(tag, lock_fd, lock_path):
         except OSError:
             pass
         os.close(lock_fd)
+
+
+def _unlink_board(runtime_id):
+    """The output board the node's shepherd made (named by the runtime id,
+    not the node's tag: ember._outboard), which a shepherd killed above did
+    not unlink; left alone where this /dev/shm is the head's too (the
+    runtime's lock is there: the launcher sweeps its runtime's segments)."""
+    from .. import _outboard
+    if os.path.exists(f"/dev/shm/ember.{runtime_id}.lock"):
+        return
+    try:
+        os.unlink(_outboard.path(runtime_id))
+    except OSError:
+        pass
 
 
 def _read_config(timeout=60.0):
@@ -185,6 +202,7 @@ def main(argv=None):
                 os.waitpid(sh_pid, 0)
             except ChildProcessError:
                 pass
+            _unlink_board(runtime_id)
         if agent is not None:
             try:
                 agent.close()
