@@ -75,3 +75,49 @@ def test_a_board_of_another_layout_is_refused(tmp_path):
         assert not ob.ob_mapped() and not ob.ob_wait_drained(1, 0.0)
     """), str(tmp_path / "junk")], capture_output=True, timeout=30)
     assert res.returncode == 0, res.stderr.decode()
+
+
+def test_the_wait_is_bounded_under_signals(tmp_path):
+    # a signal every 2 ms (its handler runs, raises nothing): the wait still
+    # ends at its bound, not restarted by each (else the test's timeout)
+    run(tmp_path, """
+        import signal
+        signal.signal(signal.SIGALRM, lambda *a: None)
+        signal.setitimer(signal.ITIMER_REAL, 0.002, 0.002)
+        ob.ob_spawned(9)
+        assert not ob.ob_wait_drained(9, 0.2)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    """)
+
+
+def test_bad_arguments_raise(tmp_path):
+    run(tmp_path, """
+        for bad in (float("nan"), -1.0):
+            try:
+                ob.ob_wait_drained(9, bad)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError(f"timeout {bad} accepted")
+        assert not ob.ob_wait_drained(9, 0.0)
+        import threading
+        t = threading.Timer(0.05, ob.ob_drained, (9,))
+        ob.ob_spawned(9)
+        t.start()
+        assert ob.ob_wait_drained(9, float("inf"))  # no bound: no overflow (a wait all the same)
+        t.join()
+    """)
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from ember.shepherd import _spawn as ob
+        try:
+            ob.ob_open(sys.argv[1] + "\\0x", True)     # a NUL: not a shorter path
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("a path with a NUL accepted")
+        assert not ob.ob_mapped()
+    """), str(tmp_path / "nul")], capture_output=True, timeout=30)
+    assert res.returncode == 0, res.stderr.decode()
+    assert not (tmp_path / "nul").exists()
+

@@ -13,6 +13,7 @@ children should.
 """
 import errno as _errno
 import os
+from time import monotonic as _monotonic
 
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.exc cimport PyErr_CheckSignals
@@ -270,6 +271,8 @@ def ob_open(path, bint create=False):
     with ``create``).  Returns True if it is mapped, False if there is no
     board of this layout there; OSError for a failure to create it."""
     cdef bytes p = os.fsencode(path)
+    if b"\0" in p:
+        raise ValueError(f"the output board's path has a NUL: {path!r}")
     cdef ember_rc_t rc = ember_ob_open(p, create)
     if rc == EMBER_OK:
         return True
@@ -312,14 +315,27 @@ def ob_drained(unsigned long long p_uid):
 
 
 def ob_wait_drained(unsigned long long p_uid, double timeout):
-    """Wait up to ``timeout`` seconds for the shepherd to have drained
-    ``p_uid``'s pipes (without the GIL; a signal's handler runs, and its
-    exception propagates).  True if it has."""
+    """Wait up to ``timeout`` seconds (>= 0; inf: no bound) for the
+    shepherd to have drained ``p_uid``'s pipes (without the GIL; a
+    signal's handler runs, and its exception propagates; the bound holds
+    across signals).  True if it has.  ValueError for a NaN or negative
+    ``timeout``."""
     cdef int r
-    cdef long long ns = <long long>(timeout * 1e9)
+    cdef long long ns
+    if not timeout >= 0.0:
+        raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+    if timeout > _OB_MAX_WAIT:
+        timeout = _OB_MAX_WAIT
+    end = _monotonic() + timeout
     while True:
+        ns = <long long>(max(0.0, end - _monotonic()) * 1e9)
         with nogil:
             r = ember_ob_wait_drained(p_uid, ns)
         if r >= 0:
             return r == 1
         PyErr_CheckSignals()
+
+
+# The longest wait ob_wait_drained makes (s; ~100 years: its ns fit an
+# int64 with CLOCK_MONOTONIC's value added).
+_OB_MAX_WAIT = 3.2e9

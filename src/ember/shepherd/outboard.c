@@ -23,8 +23,11 @@
  *   xbusy: p_uid while the shepherd is taking that process's output from
  *   its pipes or holds some of it not yet written (a partial line); stored
  *   (seq_cst, then a seq_cst fence) before each read() of its pipes, reset
- *   to 0 once what it read is written.  Written by the shepherd's loop
- *   thread only.
+ *   to 0 once what it read is written.  Written by the shepherd: its loop
+ *   thread, and its request thread's reset at a spawn (ember_ob_spawned).
+ *   A reset that races with the loop's busy store for the entry's earlier
+ *   process (p_uid - COUNT, still forwarding) can leave the entry busy
+ *   for the new one: its check then fails, its joiner waits for xdrained.
  *   xclean: p_uid once the process, after its last write and just before
  *   it exits (exit code 0), found its fd 1 and fd 2 to be pipes with no
  *   byte in them (FIONREAD), then (seq_cst fence) xbusy == 0 and xowner ==
@@ -185,6 +188,8 @@ void ember_ob_spawned(uint64_t p_uid, int clean)
 void ember_ob_busy(uint64_t p_uid, int busy)
 {
     ob_entry_t *e = entry(p_uid);
+    /* relaxed: a filter, the shepherd's own store (its request thread's, at
+     * the spawn, before the pipes are in the loop's set); pairs with nothing. */
     if (!e || ember_atomic_load_relaxed(&e->xowner) != p_uid + 1)
         return;                 /* the entry went to a later process: its check fails */
     if (busy) {
@@ -218,6 +223,8 @@ int ember_ob_exiting(uint64_t p_uid)
     /* seq_cst fence: the FIONREADs above before the load of xbusy; pairs
      * with the fence in ember_ob_busy(1) before the shepherd's read(). */
     ember_atomic_fence_seq_cst();
+    /* relaxed (xowner): a later process taking the entry during the check;
+     * ordered after the fence, pairs with nothing. */
     if (ember_atomic_load_seq_cst(&e->xbusy) != 0 ||
         ember_atomic_load_relaxed(&e->xowner) != p_uid + 1)
         return 0;
@@ -237,6 +244,7 @@ int ember_ob_clean(uint64_t p_uid)
 void ember_ob_drained(uint64_t p_uid)
 {
     ob_entry_t *e = entry(p_uid);
+    /* relaxed: a filter, the shepherd's own store; pairs with nothing. */
     if (!e || ember_atomic_load_relaxed(&e->xowner) != p_uid + 1)
         return;
     /* release: the write()s of the process's last output come before;
@@ -254,12 +262,17 @@ int ember_ob_wait_drained(uint64_t p_uid, int64_t ns)
     ob_entry_t *e = entry(p_uid);
     if (!e)
         return 0;
-    int64_t deadline = ember_now_ns() + ns;
+    int64_t now = ember_now_ns();
+    if (ns < 0)
+        ns = 0;
+    int64_t deadline = ns > INT64_MAX - now ? INT64_MAX : now + ns;
     for (;;) {
         /* acquire: pairs with the release store in ember_ob_drained(). */
         uint32_t v = ember_atomic_load_acquire(&e->xdrained);
         if (v == (uint32_t)(p_uid + 1))
             return 1;
+        /* relaxed: only whether a later process took the entry (then GS
+         * answers); pairs with nothing. */
         if (ember_atomic_load_relaxed(&e->xowner) != p_uid + 1)
             return 0;           /* a later process took the entry */
         int64_t left = deadline - ember_now_ns();

@@ -49,7 +49,9 @@ void ember_ob_drained(uint64_t p_uid);
 
 /* The joiner of p_uid (exited, not clean): wait up to ns nanoseconds for
  * the shepherd to say it drained p_uid's pipes.  1: drained; 0: not within
- * ns, or the entry went to a later process; -1: interrupted (EINTR). */
+ * ns (a negative ns: no wait), or the entry went to a later process; -1:
+ * interrupted (EINTR: the caller waits again for what is left of its
+ * bound, not ns anew). */
 int ember_ob_wait_drained(uint64_t p_uid, int64_t ns);
 
 #endif
