@@ -121,3 +121,40 @@ def test_bad_arguments_raise(tmp_path):
     assert res.returncode == 0, res.stderr.decode()
     assert not (tmp_path / "nul").exists()
 
+
+def test_a_second_runtime_in_the_same_process_uses_its_own_board(tmp_path):
+    # ember.init() after ember.shutdown(): the joins of the second runtime's
+    # processes read its board (mapped over the first one's), not GS
+    prog = textwrap.dedent("""
+        import ember
+        from ember import _outboard
+        from ember.shepherd import _spawn
+
+        def hello():
+            print("hello")
+
+        def silent():
+            pass
+
+        if __name__ == "__main__":
+            for _ in range(2):
+                rt = ember.init()
+                p = ember.Process(target=hello)
+                p.start()
+                p.join()
+                assert p.exitcode == 0
+                assert _outboard.attach() and _outboard._mapped_for[0] == rt.id, \\
+                    (_outboard._mapped_for, rt.id)
+                assert _outboard.out(p.p_uid)
+                q = ember.Process(target=silent)     # nothing to forward: clean at its exit
+                q.start()
+                q.join()
+                assert q.exitcode == 0 and _spawn.ob_clean(q.p_uid)
+                ember.shutdown()
+            print("done")
+    """)
+    (tmp_path / "prog.py").write_text(prog)
+    res = subprocess.run([sys.executable, str(tmp_path / "prog.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=50)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.split() == ["hello", "hello", "done"]

@@ -2,8 +2,10 @@
 output had all been forwarded when it exited, for a join answered by the
 kernel (ember.objects.process; docs/python-processes.md, "Output and
 join").  One per node's shepherd: ``/dev/shm/ember.<runtime id>.output``,
-made by the shepherd, which unlinks it when it ends (the launcher's sweep
-of the runtime's segments takes it otherwise)."""
+made by the shepherd, which unlinks it when it ends (on another node, its
+node agent after it; the launcher's sweep of the runtime's segments takes
+it otherwise)."""
+import _thread     # (not threading: the shepherd, and a .py head forked from it, import this)
 import os
 
 from . import _env
@@ -16,36 +18,70 @@ def path(runtime_id):
 
 
 _refused = set()      # runtime ids whose board could not be mapped here
-#: The runtime whose board this process maps (a process maps one board
-#: for its life; inherited by a fork).
+#: The runtime whose board this process maps (inherited by a fork).  A
+#: process maps one board at a time: a join in a later runtime (ember.init()
+#: after ember.shutdown()) maps that one's in its place, unless the board
+#: mapped is the process's own runtime's (see :func:`attach`).
 _mapped_for = [None]
+_lock = _thread.allocate_lock()    # one (re)mapping at a time
+
+
+def _home():
+    """The runtime this process was started in (its environment's, not an
+    ``ember.init()``'s): the board of a template child, the shepherd or a
+    managed process, which its exit marks (:func:`exiting`)."""
+    return os.environ.get(_env.RUNTIME_ID)
 
 
 def create(runtime_id):
-    """The shepherd: make and map its node's board (OSError if it cannot)."""
+    """The shepherd: make and map its node's board (OSError if it cannot),
+    in place of one it inherited (a shepherd forked from a process that
+    had joined in an earlier runtime: ember.init()'s host)."""
     from .shepherd import _spawn
-    _spawn.ob_open(path(runtime_id), True)
-    _mapped_for[0] = runtime_id
+    with _lock:
+        if not _spawn.ob_replace(path(runtime_id), True):
+            raise OSError(f"{path(runtime_id)} is not an output board of this layout")
+        _mapped_for[0] = runtime_id
 
 
 def attach():
-    """Map this node's board (once a process; a process forked from the
-    shepherd or the template has it already).  True if this process maps
-    the board of the runtime it is in (not, after ``ember.init()`` of a
-    second runtime, the first one's)."""
-    from .shepherd import _spawn
+    """Map the board of the runtime this process is in (a process forked
+    from the shepherd or the template has it already).  True if this
+    process maps it now: False if there is none, or if it maps its own
+    runtime's board (:func:`_home`) and is in another one (``ember.init(
+    address=...)`` in a managed process), which it keeps for its exit's
+    mark (joins then ask GS)."""
     rid = _env.get(_env.RUNTIME_ID)
     if not rid:
         return False
-    if _mapped_for[0] is not None or _spawn.ob_mapped():
-        return _mapped_for[0] == rid
+    if _mapped_for[0] == rid:
+        return True
     if rid in _refused:
         return False
-    if _spawn.ob_open(path(rid)):
-        _mapped_for[0] = rid
-        return True
-    _refused.add(rid)
-    return False
+    from .shepherd import _spawn
+    with _lock:
+        cur = _mapped_for[0]
+        if cur == rid:
+            return True
+        if cur is not None and cur == _home():
+            return False
+        try:
+            ok = _spawn.ob_replace(path(rid))
+        except OSError:
+            ok = False
+        if ok:
+            _mapped_for[0] = rid
+        else:
+            _refused.add(rid)
+        return ok
+
+
+def _after_fork():
+    global _lock
+    _lock = _thread.allocate_lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 #: How long a join waits for the shepherd to forward what an exited
@@ -70,7 +106,7 @@ def exiting():
     the board whether all its output is out (a template child: the board
     inherited from the template)."""
     from .shepherd import _spawn
-    if _mapped_for[0] is not None:
+    if _mapped_for[0] is not None and _mapped_for[0] == _home():
         try:
             _spawn.ob_exiting(int(os.environ.get(_env.P_UID, "")))
         except ValueError:

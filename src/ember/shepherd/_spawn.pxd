@@ -67,6 +67,7 @@ cdef extern from "spares.h":
 
 cdef extern from "outboard.h" nogil:
     ember_rc_t ember_ob_open(const char *path, int create)
+    ember_rc_t ember_ob_replace(const char *path, int create)
     int ember_ob_mapped()
     void ember_ob_spawned(unsigned long long p_uid, int clean)
     void ember_ob_busy(unsigned long long p_uid, int busy)

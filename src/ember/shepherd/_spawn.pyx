@@ -22,8 +22,8 @@ from libc.stdlib cimport malloc, free
 from posix.types cimport pid_t
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str",
-           "serve_spares", "ob_open", "ob_mapped", "ob_spawned", "ob_busy", "ob_exiting",
-           "ob_clean", "ob_drained", "ob_wait_drained"]
+           "serve_spares", "ob_open", "ob_replace", "ob_mapped", "ob_spawned", "ob_busy",
+           "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -278,6 +278,23 @@ def ob_open(path, bint create=False):
         return True
     if create and rc == EMBER_ERR_OS:
         raise OSError(errno, f"cannot create the output board {path!r}: {os.strerror(errno)}")
+    return False
+
+
+def ob_replace(path, bint create=False):
+    """Map the output board at ``path`` (created with ``create``) in place
+    of the one this process maps (at the same address: a call in another
+    thread meanwhile reads one or the other), or map it if none is.  True
+    if it is mapped now; False if there is no board of this layout there
+    (the old one stays); OSError if it cannot be made or moved there."""
+    cdef bytes p = os.fsencode(path)
+    if b"\0" in p:
+        raise ValueError(f"the output board's path has a NUL: {path!r}")
+    cdef ember_rc_t rc = ember_ob_replace(p, create)
+    if rc == EMBER_OK:
+        return True
+    if rc == EMBER_ERR_OS:
+        raise OSError(errno, f"cannot map the output board {path!r}: {os.strerror(errno)}")
     return False
 
 

@@ -10,12 +10,20 @@
  *   created by the node's shepherd, mapped MAP_SHARED by the shepherd (the
  *   .py head forked from it inherits the mapping), the warm template (its
  *   children inherit it) and, on their first join, the processes that join
- *   (ember.objects.process).  Line 0 is the header (magic, version, count;
- *   published by the creator with one CAS of the magic); then one entry of
- *   three 64-bit words per p_uid % COUNT.  Every word holds a p_uid + 1 (0:
- *   none), so a value left by another process of the same entry never
- *   passes for this one's.  The segment is sparse: an entry never written
- *   costs no page.
+ *   (ember.objects.process); a process that joins in a later runtime
+ *   (ember.init() after ember.shutdown()), and a shepherd forked from such a
+ *   process (ember.init()'s host), map their runtime's board over the one
+ *   they had, at the same address (ember_ob_replace: one mremap, so that a
+ *   thread in a call meanwhile reads one board or the other, never an
+ *   unmapped page; what it reads there can at worst answer a join of the
+ *   earlier runtime's process, whose output was all out when that runtime
+ *   ended, with the entry of an equal p_uid).  Line 0 is the header (magic,
+ *   version, count; published by the creator with one CAS of the magic);
+ *   then one entry per p_uid % COUNT: three 64-bit words and a 32-bit
+ *   futex word.  Every word holds a p_uid + 1 (0: none; the futex word its
+ *   low 32 bits, checked with xowner), so a value left by another process of the
+ *   same entry never passes for this one's.  The segment is sparse: an entry
+ *   never written costs no page.
  *
  * ALGORITHM
  *   xowner: the p_uid the entry is for; written by the shepherd (release)
@@ -111,10 +119,10 @@ _Static_assert(sizeof(ob_header_t) == EMBER_OB_ENTRY, "the header is one entry")
 
 static _Atomic(ob_entry_t *) g_entries;    /* this process's mapping, past the header */
 
-ember_rc_t ember_ob_open(const char *path, int create)
+/* Map the board at `path` (created and given its header with `create`) at
+ * a place of the kernel's choosing: *out is its base.  Checks its header. */
+static ember_rc_t ob_map(const char *path, int create, void **out)
 {
-    if (ember_atomic_load_acquire(&g_entries))
-        return EMBER_OK;
     if (!path)
         return EMBER_ERR_INVALID_ARG;
     int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
@@ -151,12 +159,51 @@ ember_rc_t ember_ob_open(const char *path, int create)
     else if (ember_atomic_load_relaxed(&h->xversion) != EMBER_OB_VERSION ||
              ember_atomic_load_relaxed(&h->xcount) != EMBER_OB_COUNT)
         rc = EMBER_ERR_VERSION;
+    if (rc != EMBER_OK)
+        munmap(base, EMBER_OB_BYTES);
+    else
+        *out = base;
+    return rc;
+}
+
+ember_rc_t ember_ob_open(const char *path, int create)
+{
+    if (ember_atomic_load_acquire(&g_entries))
+        return EMBER_OK;
+    void *base = NULL;
+    ember_rc_t rc = ob_map(path, create, &base);
+    if (rc != EMBER_OK)
+        return rc;
     ob_entry_t *want = NULL;
     /* acq_rel: publishes the mapping to this process's other threads;
      * pairs with the acquire loads of g_entries. */
-    if (rc != EMBER_OK || !ember_atomic_cas_acq_rel(&g_entries, &want, (ob_entry_t *)base + 1))
-        munmap(base, EMBER_OB_BYTES);          /* refused, or another thread mapped it */
-    return rc;
+    if (!ember_atomic_cas_acq_rel(&g_entries, &want, (ob_entry_t *)base + 1))
+        munmap(base, EMBER_OB_BYTES);          /* another thread mapped it */
+    return EMBER_OK;
+}
+
+ember_rc_t ember_ob_replace(const char *path, int create)
+{
+    /* acquire: pairs with the CAS that published the mapping. */
+    ob_entry_t *cur = ember_atomic_load_acquire(&g_entries);
+    if (!cur)
+        return ember_ob_open(path, create);
+    void *base = NULL;
+    ember_rc_t rc = ob_map(path, create, &base);
+    if (rc != EMBER_OK)
+        return rc;
+    /* One mremap moves the new board onto the old one's address (the old
+     * mapping goes in the same step, under the mmap lock): a thread in a
+     * call meanwhile reads one board or the other, never an unmapped page;
+     * g_entries is unchanged. */
+    if (mremap(base, EMBER_OB_BYTES, EMBER_OB_BYTES, MREMAP_MAYMOVE | MREMAP_FIXED,
+               (void *)((ob_header_t *)(void *)cur - 1)) == MAP_FAILED) {
+        int e = errno;
+        munmap(base, EMBER_OB_BYTES);
+        errno = e;
+        return EMBER_ERR_OS;
+    }
+    return EMBER_OK;
 }
 
 int ember_ob_mapped(void)

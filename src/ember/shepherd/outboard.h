@@ -22,6 +22,14 @@
  * EMBER_ERR_BAD_MAGIC / EMBER_ERR_VERSION: not one of this layout. */
 ember_rc_t ember_ob_open(const char *path, int create);
 
+/* Map the board at `path` (created as by ember_ob_open() with `create`)
+ * in place of the one this process maps, at the same address, the old
+ * mapping gone in the same step (or map it, if none is): for a process
+ * that joins in a later runtime, and a shepherd forked from one (which
+ * inherited the earlier runtime's board).  The errors of ember_ob_open();
+ * on one, the board mapped before stays. */
+ember_rc_t ember_ob_replace(const char *path, int create);
+
 /* 1 if this process has a board mapped. */
 int ember_ob_mapped(void);
 
