@@ -256,3 +256,44 @@ def test_sigkill_of_the_launcher_leaves_nothing_on_any_node(cluster3):
     for i in (1, 2):
         r = c.run(i, ["ls", "/dev/shm"])
         assert [n for n in r.stdout.split() if n.startswith("ember.")] == [], f"node {i}"
+
+
+@pytest.mark.slow
+def test_a_killed_node_agent_leaves_what_ember_cleanup_there_removes(cluster3):
+    """kill -9 of node 1's agent: its segments (the shepherd's output board,
+    named by the runtime id, included: the node holds that id's lock there)
+    stay, and `ember cleanup` on node 1 removes them all."""
+    c = cluster3
+    prog = _prog(c, HOLD)
+    p = c.popen(0, [sys.executable, "-m", "ember", "run", "--hosts", c.hosts, prog],
+                cwd=c.path(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        r = c.run(1, ["ls", "/dev/shm"])
+        live = [n for n in r.stdout.split() if n.startswith("ember.")]
+        (board,) = [n for n in live if n.endswith(".output")]
+        # the runtime id's lock, held by the node: not its id's pid, which
+        # names a process of node 0 (any process here may have that pid)
+        assert board[:-len("output")] + "lock" in live, live
+        cleaned = c.run(1, [sys.executable, "-m", "ember", "cleanup"])
+        assert "removed" not in cleaned.stdout, cleaned.stdout      # the node lives
+        (agent,) = c.find(1, "ember: node 1 agent")
+        os.kill(agent.pid, signal.SIGKILL)
+        assert c.wait_no_process(1, "ember", timeout=30) == []
+        r = c.run(1, ["ls", "/dev/shm"])
+        assert any(n.endswith(".output") for n in r.stdout.split()), r.stdout
+        cleaned = c.run(1, [sys.executable, "-m", "ember", "cleanup"])
+        assert cleaned.returncode == 0, cleaned.stderr
+        r = c.run(1, ["ls", "/dev/shm"])
+        assert [n for n in r.stdout.split() if n.startswith("ember.")] == [], cleaned.stdout
+    finally:
+        for launcher in c.find(0, "ember: launcher"):     # the run goes on without node 1
+            os.kill(launcher.pid, signal.SIGTERM)
+        try:
+            p.wait(60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()

@@ -19,11 +19,10 @@ on the head's node) and runs the node's transport agent
 (teardown), its shepherd dies, or the head goes silent; on the way out it
 kills whatever is left (the shepherd's children die with it), destroys its
 pools and unlinks its segments and lock, and its shepherd's output board
-(``ember.<runtime id>.output``).  If it is killed outright, the
+(``ember.<runtime id>.output``, guarded by a ``ember.<runtime id>.lock``
+the node holds on its own /dev/shm).  If it is killed outright, the
 launcher's watchdog kills its process group and its segments are what
-``ember cleanup`` removes (not the board: named by the runtime id, whose
-lock is on the head's node, it is removed only if that id's pid is not a
-live process here).
+``ember cleanup`` removes.
 """
 import json
 import os
@@ -57,18 +56,36 @@ def _sweep(tag, lock_fd, lock_path):
         os.close(lock_fd)
 
 
-def _unlink_board(runtime_id):
-    """The output board the node's shepherd made (named by the runtime id,
-    not the node's tag: ember._outboard), which a shepherd killed above did
-    not unlink; left alone where this /dev/shm is the head's too (the
-    runtime's lock is there: the launcher sweeps its runtime's segments)."""
+def _board_lock(runtime_id):
+    """The runtime's lock on this node (``ember.<runtime id>.lock``, held
+    for the node's life, the shepherd's too): ``ember cleanup`` here then
+    leaves the shepherd's output board alone (named by the runtime id, not
+    the node's tag: ember._outboard) while the node lives, and removes it
+    with the lock once the node is gone, even killed.  ``(fd, path)``, or
+    None where this /dev/shm is the head's (the launcher holds that lock
+    and sweeps its runtime's segments)."""
+    try:
+        return _lock(runtime_id)
+    except OSError:                       # FileExistsError: the head's
+        return None
+
+
+def _unlink_board(runtime_id, board_lock):
+    """The output board the node's shepherd made, which a shepherd killed
+    did not unlink, then the lock of :func:`_board_lock`."""
     from .. import _outboard
-    if os.path.exists(f"/dev/shm/ember.{runtime_id}.lock"):
+    if board_lock is None:
         return
+    fd, path = board_lock
     try:
         os.unlink(_outboard.path(runtime_id))
     except OSError:
         pass
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)
 
 
 def _read_config(timeout=60.0):
@@ -136,7 +153,9 @@ def main(argv=None):
     made = []
     sh_pid = None
     agent = None
+    board_lock = None
     try:
+        board_lock = _board_lock(runtime_id)
         inf = Pool.create(int(cfg.get("inf_pool_size", 256 << 20)), name="ember-infrastructure",
                           m_uid=0, owner_tag=tag)
         made.append(inf)
@@ -202,7 +221,7 @@ def main(argv=None):
                 os.waitpid(sh_pid, 0)
             except ChildProcessError:
                 pass
-            _unlink_board(runtime_id)
+        _unlink_board(runtime_id, board_lock)
         if agent is not None:
             try:
                 agent.close()
