@@ -81,9 +81,12 @@
  *   waits for xdrained (a death is never answered by the kernel anyway, so
  *   only an exit with code 0 after the check failed).  The shepherd dying
  *   before xdrained: the joiner's bounded wait ends, GS answers.  A joiner's
- *   death costs nothing.  Two live processes whose p_uids are equal modulo
- *   COUNT: the later spawn takes the entry (xowner), the earlier one's
- *   check then fails and its join goes through GS.  Nothing can wedge.
+ *   death costs nothing (one in ember_ob_replace: its own mapping only).
+ *   The shepherd dying in ember_ob_open before its CAS of the magic leaves
+ *   a board every later open refuses (EMBER_ERR_BAD_MAGIC): joins ask GS.
+ *   Two live processes whose p_uids are equal modulo COUNT: the later
+ *   spawn takes the entry (xowner), the earlier one's check then fails and
+ *   its join goes through GS.  Nothing can wedge.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
