@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import msgpack
 import pytest
@@ -35,12 +36,16 @@ TEMPLATE = textwrap.dedent(r"""
         return 0
     while True:
         # the answer's tail: None, [], False (msgpack)
-        got = serve_spares(sock.fileno(), b"SPARE", b"\xc0\x90\xc2", *T._clone[3:6], buf)
+        got = serve_spares(sock.fileno(), b"SPARE", b"\xc0\x90\xc2", *T._clone[3:6], buf,
+                           os.getppid(), b"ember-spare", b"ember-leased", b"tmpl-child")
         if got[0] == "child":             # a spare: answer the request it is sent, exit
-            s = socket.socket(fileno=got[1])
-            req = s.recv(100)
-            s.send(b"spare %d parent %d got %s buf %d"
-                   % (os.getpid(), os.getppid(), req, mapped(addr)))
+            kind, req, leased = got[1]    # its request is in, its fds are 0, 1, 2
+            with open("/proc/self/comm", "rb") as f:
+                comm = f.read().strip()
+            fds = len(os.listdir("/proc/self/fd"))     # 0, 1, 2 and the listing's own
+            os.write(1, b"spare %d parent %d got %s %d comm %s fds %d pgrp %d buf %d"
+                     % (os.getpid(), os.getppid(), req, leased, comm, fds,
+                        os.getpgrp() == os.getpid(), mapped(addr)))
             os._exit(0)
         if got[0] == "eof":
             sys.exit(0)
@@ -54,8 +59,11 @@ TEMPLATE = textwrap.dedent(r"""
 def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
     """Each request that is exactly the loop's (and carries no fds) is
     answered in C: ``[pid, None, [], False]`` with the spare's end of a
-    socket pair; the spare is our child (a sibling of the template), runs
-    Python and gets what we send it.  Any other request, or the same bytes
+    socket pair; the spare is our child (a sibling of the template), named
+    ember-spare while it waits; its request (with three fds, made its 0,
+    1, 2; no other fd left open, a process group of its own) comes back
+    to its Python, the spare named ember-leased for a lease (an argument
+    ``--spare=...``), else the name it was given.  Any other request, or the same bytes
     with fds, is handed back to the Python caller, which can go back into
     the loop; EOF ends it.  The template's receive buffer
     (``template._receive_buffer``) is mapped in the template, not in a
@@ -69,30 +77,46 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
         if mine.recv(100) != b"ready":
             pytest.skip("no raw clone on this machine")
 
-        def spare(tag):
+        def spare(tag, args=("-m", "x")):
             mine.send(b"SPARE")
             data, fds, _, _ = socket.recv_fds(mine, 1024, 2)
             pid, err, preloaded, final = msgpack.unpackb(data, raw=False)
             assert (err, preloaded, final, len(fds)) == (None, [], False, 1), data
-            with socket.socket(fileno=fds[0]) as s:
-                s.settimeout(30)
-                s.send(tag)
-                said = s.recv(200)
+            comm = None
+            for _ in range(3000):             # it names itself once it is up
+                with open(f"/proc/{pid}/comm", "rb") as f:
+                    comm = f.read().strip()
+                if comm == b"ember-spare":
+                    break
+                time.sleep(0.01)
+            assert comm == b"ember-spare"
+            r, w = os.pipe()
+            req = msgpack.packb([list(args), [b"K=" + tag], ""], use_bin_type=True)
+            with socket.socket(fileno=fds[0]) as s, open(os.devnull, "rb") as null:
+                socket.send_fds(s, [req], [null.fileno(), w, w])
+            os.close(w)
+            with os.fdopen(r, "rb") as f:
+                said = f.read()
             assert os.waitpid(pid, 0) == (pid, 0)   # ours to reap
-            return said
+            assert req in said, said
+            return said.replace(req, b"REQ")
 
         me = os.getpid()
         for tag in (b"one", b"two"):
             said = spare(tag)
-            assert said.split()[2:] == [b"parent", str(me).encode(), b"got", tag,
+            assert said.split()[2:] == [b"parent", str(me).encode(), b"got", b"REQ", b"0",
+                                        b"comm", b"tmpl-child", b"fds", b"4", b"pgrp", b"1",
                                         b"buf", b"0"], said
+        said = spare(b"lease", ("-m", "ember._worker", "--spare=abc", "C", "R"))
+        assert said.split()[-9:] == [b"1", b"comm", b"ember-leased", b"fds", b"4", b"pgrp", b"1",
+                                     b"buf", b"0"], said
         mine.send(b"SPARE!")
         assert mine.recv(100) == b"python: SPARE! fds 0 buf 1"
-        assert spare(b"three").endswith(b"got three buf 0")
+        assert spare(b"three").endswith(b"buf 0")
         with open(os.devnull, "rb") as f:
             socket.send_fds(mine, [b"SPARE"], [f.fileno()])
         assert mine.recv(100) == b"python: SPARE fds 1 buf 1"
-        assert spare(b"four").endswith(b"got four buf 0")
+        assert spare(b"four").endswith(b"buf 0")
         mine.close()
         assert proc.wait(timeout=30) == 0
     finally:

@@ -64,6 +64,20 @@ cdef extern from "spares.h":
     ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
                                   int fds_out[3], int *nfds_out, int *sock_out)
 
+    enum:
+        EMBER_SPARE_OK
+        EMBER_SPARE_STEP_PDEATHSIG
+        EMBER_SPARE_STEP_PARENT
+        EMBER_SPARE_STEP_PGRP
+        EMBER_SPARE_STEP_CLOSE
+
+    int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm)
+    Py_ssize_t ember_spare_peek(int sock)
+    Py_ssize_t ember_spare_recv(int sock, char *buf, size_t cap, int fds_out[3], int *nfds_out)
+    int ember_spare_stdio(const int fds[3])
+    int ember_spare_leased(const char *msg, size_t len)
+    void ember_spare_name(const char *comm)
+
 
 cdef extern from "outboard.h" nogil:
     ember_rc_t ember_ob_open(const char *path, int create)

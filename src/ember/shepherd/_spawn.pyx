@@ -15,15 +15,16 @@ import errno as _errno
 import os
 from time import monotonic as _monotonic
 
-from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, free
 from posix.types cimport pid_t
+from posix.unistd cimport close as _close
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str",
-           "serve_spares", "ob_open", "ob_replace", "ob_mapped", "ob_spawned", "ob_busy",
-           "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
+           "serve_spares", "spare_wait", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
+           "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -184,7 +185,8 @@ def set_pdeathsig(int sig):
 
 # ------------------------------------------------------------- spares
 def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t robust_head,
-                 size_t robust_len, unsigned char[::1] buf not None):
+                 size_t robust_len, unsigned char[::1] buf not None, pid_t shepherd_pid=0,
+                 bytes spare_comm=None, bytes leased_comm=None, bytes run_comm=None):
     """The warm template's spare loop in C (spares.h): answer every
     request on ``sock`` that is exactly ``request`` (no fds) by cloning a
     spare and sending ``[pid] + tail`` (``tail``: the msgpack of the
@@ -192,7 +194,9 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     return at the first other request.  Only in a single-threaded
     template, with the GIL held throughout.
 
-    Returns ``("child", fd)`` in a new spare (its end of the pair),
+    Returns ``("child", what)`` in a new spare, ``what`` being what
+    :func:`spare_wait` returns for its end of the pair (``shepherd_pid``
+    and the names are its arguments),
     ``("message", n, fds)`` for a request the caller must handle (in
     ``buf[:n]``, with the fds it came with), or ``("eof",)``.  ``buf`` is
     any writable buffer (the template's is an anonymous mapping that its
@@ -221,10 +225,67 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     if rc != EMBER_OK:
         raise ValueError("serve_spares: not supported here")
     if what == EMBER_SPARES_CHILD:
-        return ("child", child_sock)
+        return ("child", spare_wait(child_sock, shepherd_pid, spare_comm, leased_comm, run_comm))
     if what == EMBER_SPARES_EOF:
         return ("eof",)
     return ("message", n, [fds[i] for i in range(nfds)])
+
+
+_SPARE_STEP = {
+    EMBER_SPARE_STEP_PDEATHSIG: "set the parent-death signal",
+    EMBER_SPARE_STEP_PARENT: "set the parent-death signal",
+    EMBER_SPARE_STEP_PGRP: "make a process group",
+    EMBER_SPARE_STEP_CLOSE: "close inherited fds",
+}
+
+
+def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased_comm=None,
+               bytes run_comm=None):
+    """In a spare just cloned, its steps up to its request, in C (spares.h:
+    no Python runs, so none of the template's pages is written for them):
+    named ``spare_comm``, detached (the parent-death signal, its parent
+    checked to be ``shepherd_pid``, a process group of its own, every fd
+    above 2 closed but ``sock``), the request received on ``sock`` (which
+    is closed), its three fds made 0, 1, 2, and the process named
+    ``leased_comm`` if the request is a lease (an argument
+    ``--spare=...``), else ``run_comm`` (None: not renamed).
+
+    Returns ``("request", msg, leased)`` (``leased``: 1, 0, or -1 if the
+    request's args could not be read here, the process then not renamed),
+    ``("eof",)`` (no request, or not one with three fds: exit quietly),
+    ``("spare-error", text)`` (a detaching step failed: ``step: reason``)
+    or ``("child-error", text)`` (its fds could not be put in place)."""
+    cdef int step, nfds = 0, leased = -1, i
+    cdef int fds[3]
+    cdef Py_ssize_t n, got
+    cdef bytes msg
+    step = ember_spare_detach(sock, shepherd_pid,
+                              NULL if spare_comm is None else PyBytes_AS_STRING(spare_comm))
+    if step != EMBER_SPARE_OK:
+        e = errno
+        if step == EMBER_SPARE_STEP_PARENT:
+            return ("spare-error", "set the parent-death signal: the shepherd exited")
+        return ("spare-error", f"{_SPARE_STEP.get(step, 'detach')}: {OSError(e, os.strerror(e))}")
+    n = ember_spare_peek(sock)
+    if n <= 0:
+        return ("eof",)
+    msg = PyBytes_FromStringAndSize(NULL, n)
+    got = ember_spare_recv(sock, PyBytes_AS_STRING(msg), <size_t>n, fds, &nfds)
+    _close(sock)
+    if got != n or nfds != 3:
+        for i in range(nfds):
+            _close(fds[i])
+        return ("eof",)
+    if ember_spare_stdio(fds) != 0:
+        e = errno
+        return ("child-error", f"set up stdin/stdout/stderr: {OSError(e, os.strerror(e))}")
+    if run_comm is not None:
+        leased = ember_spare_leased(PyBytes_AS_STRING(msg), <size_t>n)
+        if leased == 1 and leased_comm is not None:
+            ember_spare_name(PyBytes_AS_STRING(leased_comm))
+        elif leased == 0:
+            ember_spare_name(PyBytes_AS_STRING(run_comm))
+    return ("request", msg, leased)
 
 
 # ------------------------------------------------------------- secrets

@@ -14,8 +14,10 @@
 #include "spares.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -195,4 +197,174 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *l
         if (err != 0)
             return EMBER_ERR_OS;                /* the shepherd is gone */
     }
+}
+
+
+/* ------------------------------------------------------------------ */
+/* the spare's own steps (spares.h)                                    */
+
+void ember_spare_name(const char *comm)
+{
+    if (comm != NULL)
+        (void)prctl(PR_SET_NAME, (unsigned long)comm, 0UL, 0UL, 0UL);
+}
+
+/* Close fds [lo, hi] (hi: ~0U for all); 0 or -1 (errno). */
+static int _ember_close_fds(unsigned int lo, unsigned int hi)
+{
+    long max_fd;
+
+    if (lo > hi)
+        return 0;
+    if (syscall(SYS_close_range, lo, hi, 0u) == 0)
+        return 0;
+    if (errno != ENOSYS)
+        return -1;
+    max_fd = sysconf(_SC_OPEN_MAX);
+    if (max_fd < 0 || max_fd > (1L << 20))
+        max_fd = 1L << 20;
+    for (long fd = (long)lo; fd < max_fd && (unsigned long)fd <= hi; fd++)
+        (void)close((int)fd);
+    return 0;
+}
+
+int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm)
+{
+    ember_spare_name(comm);
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL) != 0)
+        return EMBER_SPARE_STEP_PDEATHSIG;
+    if (getppid() != shepherd_pid) {
+        errno = 0;
+        return EMBER_SPARE_STEP_PARENT;
+    }
+    if (setpgid(0, 0) != 0)
+        return EMBER_SPARE_STEP_PGRP;
+    if (keep >= 3) {
+        if (_ember_close_fds(3u, (unsigned int)keep - 1u) != 0
+                || _ember_close_fds((unsigned int)keep + 1u, ~0u) != 0)
+            return EMBER_SPARE_STEP_CLOSE;
+    } else if (_ember_close_fds(3u, ~0u) != 0) {
+        return EMBER_SPARE_STEP_CLOSE;
+    }
+    return EMBER_SPARE_OK;
+}
+
+ssize_t ember_spare_peek(int sock)
+{
+    char one;
+    struct iovec iov = {&one, 1};
+    struct msghdr mh;
+    ssize_t n;
+
+    /* No control buffer: a peek would install the message's fds too. */
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    do {
+        n = recvmsg(sock, &mh, MSG_PEEK | MSG_TRUNC);
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t ember_spare_recv(int sock, char *buf, size_t cap, int fds_out[3], int *nfds_out)
+{
+    ember_spares_args_t a;
+
+    memset(&a, 0, sizeof a);
+    a.sock = sock;
+    a.buf = buf;
+    a.buf_cap = cap;
+    return _ember_spares_recv(&a, fds_out, nfds_out);
+}
+
+int ember_spare_stdio(const int fds[3])
+{
+    int use[3];
+
+    /* A source below 3 not in place is moved out of the way first, so
+     * that an earlier dup2 cannot overwrite it (as spawn.c does). */
+    for (int i = 0; i < 3; i++) {
+        use[i] = fds[i];
+        if (use[i] >= 0 && use[i] < 3 && use[i] != i) {
+            use[i] = fcntl(use[i], F_DUPFD_CLOEXEC, 3);
+            if (use[i] < 0)
+                return -1;
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        if (use[i] != i && dup2(use[i], i) < 0)
+            return -1;
+    for (int i = 0; i < 3; i++) {
+        int dup_of_earlier = 0;
+        for (int j = 0; j < i; j++)
+            dup_of_earlier |= use[j] == use[i];
+        if (use[i] > 2 && !dup_of_earlier)
+            (void)close(use[i]);
+    }
+    return 0;
+}
+
+/* Read a msgpack array header at *p; its length, or -1. */
+static long _ember_mp_array(const unsigned char **p, const unsigned char *end)
+{
+    const unsigned char *q = *p;
+    long n;
+
+    if (q >= end)
+        return -1;
+    if ((q[0] & 0xf0) == 0x90) {
+        n = q[0] & 0x0f;
+        q += 1;
+    } else if (q[0] == 0xdc && end - q >= 3) {
+        n = ((long)q[1] << 8) | q[2];
+        q += 3;
+    } else if (q[0] == 0xdd && end - q >= 5) {
+        n = ((long)q[1] << 24) | ((long)q[2] << 16) | ((long)q[3] << 8) | q[4];
+        q += 5;
+    } else {
+        return -1;
+    }
+    *p = q;
+    return n;
+}
+
+int ember_spare_leased(const char *msg, size_t len)
+{
+    static const char mark[] = "--spare=";
+    const size_t mark_len = sizeof mark - 1;
+    const unsigned char *p = (const unsigned char *)msg;
+    const unsigned char *end = p + len;
+    long n;
+
+    if (msg == NULL || _ember_mp_array(&p, end) != 3)
+        return -1;
+    n = _ember_mp_array(&p, end);
+    if (n < 0)
+        return -1;
+    for (long i = 0; i < n; i++) {
+        size_t k;
+        if (p >= end)
+            return -1;
+        if ((p[0] & 0xe0) == 0xa0) {                      /* fixstr */
+            k = p[0] & 0x1f;
+            p += 1;
+        } else if (p[0] == 0xd9 && end - p >= 2) {        /* str 8 */
+            k = p[1];
+            p += 2;
+        } else if (p[0] == 0xda && end - p >= 3) {        /* str 16 */
+            k = ((size_t)p[1] << 8) | p[2];
+            p += 3;
+        } else if (p[0] == 0xdb && end - p >= 5) {        /* str 32 */
+            k = ((size_t)p[1] << 24) | ((size_t)p[2] << 16) | ((size_t)p[3] << 8) | p[4];
+            p += 5;
+        } else {
+            return -1;                                    /* not a str */
+        }
+        if ((size_t)(end - p) < k)
+            return -1;
+        if (k >= mark_len && memcmp(p, mark, mark_len) == 0)
+            return 1;
+        p += k;
+    }
+    return 0;
 }

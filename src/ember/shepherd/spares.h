@@ -66,4 +66,56 @@ typedef struct {
 ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
                               int fds_out[3], int *nfds_out, int *sock_out);
 
+/*
+ * The spare's own steps (in the spare, before any of its Python runs: each
+ * Python step there wrote pages it shares with the template, ~80 copy-on-
+ * write faults for these): ember_spare_detach() names it and detaches it
+ * from the template (parent-death signal, checked parent, own process
+ * group, no inherited fd but its socket), ember_spare_recv() waits for its
+ * request (the message and its three fds), ember_spare_stdio() puts those
+ * fds in place as 0, 1, 2, ember_spare_leased() says whether the request
+ * is a lease (ember._worker --spare=...), ember_spare_name() sets the
+ * process's comm.
+ *
+ * Death: a spare is no one's yet: killed anywhere in these steps, it costs
+ * the shepherd a spare (it reaps it and hands the request to another, or
+ * reports the start failed); the template is not involved.
+ */
+
+/* The step of ember_spare_detach() that failed. */
+typedef enum {
+    EMBER_SPARE_OK = 0,
+    EMBER_SPARE_STEP_PDEATHSIG = 1,   /* prctl(PR_SET_PDEATHSIG) failed (errno) */
+    EMBER_SPARE_STEP_PARENT = 2,      /* the parent is not the shepherd (exited) */
+    EMBER_SPARE_STEP_PGRP = 3,        /* setpgid(0, 0) failed (errno) */
+    EMBER_SPARE_STEP_CLOSE = 4        /* closing the inherited fds failed (errno) */
+} ember_spare_step_t;
+
+/* Name the process ``comm`` (NULL: unchanged), set SIGKILL as its parent-
+ * death signal, check that its parent is ``shepherd_pid``, make it a
+ * process group, close every fd above 2 but ``keep``.  Returns the step
+ * that failed (errno set), or EMBER_SPARE_OK. */
+int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm);
+
+/* The length of the next message on ``sock`` (waiting for it), 0 at EOF,
+ * -1 (errno) on error.  Nothing is consumed. */
+ssize_t ember_spare_peek(int sock);
+
+/* Receive the next message on ``sock`` into buf (cap bytes: at least what
+ * ember_spare_peek() said) with up to three fds (more are closed); its
+ * length, 0 at EOF, -1 (errno). */
+ssize_t ember_spare_recv(int sock, char *buf, size_t cap, int fds_out[3], int *nfds_out);
+
+/* dup2 fds[i] onto i (i = 0, 1, 2), then close those of fds above 2;
+ * 0, or -1 (errno). */
+int ember_spare_stdio(const int fds[3]);
+
+/* A request ``msg`` (the msgpack of [args, envp, cwd]): 1 if one of args
+ * starts with "--spare=", 0 if none does, -1 if args cannot be read here
+ * (the caller decides). */
+int ember_spare_leased(const char *msg, size_t len);
+
+/* Set the process's comm (the calling thread's: a spare's only one). */
+void ember_spare_name(const char *comm);
+
 #endif

@@ -68,7 +68,8 @@ from .._trace import t as _t
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, main as _run_worker, parse_argv
-from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spawn as _spawn_process
+from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spare_wait as _spare_wait, \
+    spawn as _spawn_process
 
 
 def _socket():
@@ -557,7 +558,8 @@ def _run_atexit():
 
 def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=False):
     """In the real child: set up, run the worker.  Never returns.  With
-    ``detached`` (a spare), :func:`_detach` has been done already."""
+    ``detached`` (a spare), :func:`_detach` has been done already; ``fds``
+    None: they are in place (a spare's, by :func:`_spare_wait`)."""
     code = 127
     step = "start"
     try:
@@ -569,11 +571,12 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
             while os.getppid() == middle_pid:
                 os.sched_yield()
         step = "set up stdin/stdout/stderr"
-        for i, fd in enumerate(fds):
-            if fd != i:
-                os.dup2(fd, i)
+        if fds is not None:
+            for i, fd in enumerate(fds):
+                if fd != i:
+                    os.dup2(fd, i)
         if detached:
-            for fd in fds:
+            for fd in fds or ():
                 if fd > 2:
                     os.close(fd)
         else:
@@ -865,7 +868,7 @@ def _make_spare(shepherd_pid):
         pid = None
     if pid == 0:
         mine.close()
-        _spare_main(theirs, shepherd_pid)
+        _spare_main(_spare_wait(theirs.detach(), shepherd_pid, *_spare_names()), shepherd_pid)
     theirs.close()
     if pid is None:
         mine.close()
@@ -873,44 +876,47 @@ def _make_spare(shepherd_pid):
     return _Spare(pid, mine)
 
 
-def _spare_main(sock, shepherd_pid):
-    """In a spare: get ready, wait for the request, run it.  Never returns.
+def _spare_names():
+    """The names a spare takes (:func:`_spare_wait`'s): while it waits, as
+    a lease (ember._worker --spare: named ember-leased from its request
+    until its call: killed meanwhile, it is no user process, the shepherd
+    reports no death for it), and otherwise once its request is in (the
+    template's; None if unknown: then it is not renamed)."""
+    return SPARE_COMM, LEASED_COMM, _template_comm or None
+
+
+def _spare_main(got, shepherd_pid):
+    """In a spare, once :func:`_spare_wait` has returned ``got`` (its steps
+    up to its request, done in C: named, detached, the request received,
+    its fds made 0, 1, 2, named again): run the request.  Never returns.
     Its template gone (EOF) or a bad request: it exits at once."""
     import msgpack
 
     try:
-        comm = _template_comm
-        _t("N.spare_up")
-        if _trace.on:
-            _trace.t_faults("N.faults_up")
-        _comm(SPARE_COMM)
-        if _trace.on:
-            _trace.t_faults("N.faults_named")
-        err = _detach(shepherd_pid, keep=sock.fileno())
-        if _trace.on:
-            _trace.t_faults("N.faults_detached")
-        if err is not None:
-            # A shepherd that exited (teardown while this spare was being
-            # cloned) is no error: nobody is left to hand it a request.
-            if os.getppid() == shepherd_pid:
-                print(f"ember template spare: cannot {err}", file=sys.stderr, flush=True)
-            os._exit(127)
-        msg, fds, _, _ = _socket().recv_fds(sock, _MAX_MSG, 3)
-        sock.close()
         _t("C.req")
         if _trace.on:
             _trace.t_faults("C.faults_req")
-        if not msg or len(fds) != 3:
+        kind = got[0]
+        if kind != "request":
+            if kind == "spare-error":
+                # A shepherd that exited (teardown while this spare was
+                # being cloned) is no error: nobody is left to hand it a
+                # request.
+                if os.getppid() == shepherd_pid:
+                    print(f"ember template spare: cannot {got[1]}", file=sys.stderr, flush=True)
+                os._exit(127)
+            if kind == "child-error":
+                print(f"ember template child: cannot {got[1]}", file=sys.stderr, flush=True)
+                os._exit(127)
             os._exit(0)
-        args, envp, cwd = msgpack.unpackb(msg, raw=False)
-        if comm:
-            # A lease (ember._worker --spare) is named ember-leased from
-            # here until its call: killed meanwhile, it is no user process
-            # (the shepherd reports no death for it).
-            _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args) else comm)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        args, envp, cwd = msgpack.unpackb(got[1], raw=False)
+        if got[2] < 0 and _template_comm:       # not read in C: a request of another shape
+            _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args)
+                  else _template_comm)
     except BaseException:
         os._exit(0)
-    _child(args, envp, cwd, fds, -1, 0, shepherd_pid, detached=True)
+    _child(args, envp, cwd, None, -1, 0, shepherd_pid, detached=True)
 
 
 def _hand_over(spare, args, envp, cwd, fds):
@@ -1082,7 +1088,8 @@ def _spare_loop(sock, fast, shepherd_pid):
         f.flush()
     _in_clone[0] = True           # the hooks of _CLONE_SKIPS do nothing
     try:
-        got = _serve_spares(sock.fileno(), fast[0], tail, *_clone[3:6], fast[1])
+        got = _serve_spares(sock.fileno(), fast[0], tail, *_clone[3:6], fast[1], shepherd_pid,
+                            *_spare_names())
     except OSError:
         return False
     except ValueError:
@@ -1090,7 +1097,7 @@ def _spare_loop(sock, fast, shepherd_pid):
     finally:
         _in_clone[0] = False
     if got[0] == "child":
-        _spare_main(_socket().socket(fileno=got[1]), shepherd_pid)
+        _spare_main(got[1], shepherd_pid)
     if got[0] == "eof":
         return False
     return bytes(fast[1][:got[1]]), got[2]
