@@ -83,7 +83,7 @@ def test_inbox_and_channel_in_one_wait_keep_each_senders_order(tmp_path):
             h.send(b"A%d" % i)
         print("through the agent, acknowledged", h.flush(timeout=30))
         ds = DirectSender(addr.recv(timeout=30).decode())
-        ds.sock.send(b"junk")                   # a malformed frame: dropped, the stream goes on
+        ds.sock.send_multipart([ds.peer, b"junk"])  # a malformed frame: dropped, the stream goes on
         for i in range(10):
             ds.send(d.c_uid, b"D%d" % i)
         ds.send(other.c_uid, b"O")
@@ -483,3 +483,208 @@ def test_two_threads_receiving_two_routed_channels(tmp_path, monkeypatch):
         print("exit", process.join(p.p_uid, timeout=30))
     """, monkeypatch)
     assert_lines(out, "round trips in order True", "echo True True 1 1", "exit 0")
+
+
+# ---- one connection per pair of processes, used both ways (DirectSender)
+
+@pytest.mark.timeout(180)
+def test_round_trip_answers_on_the_requests_connection(tmp_path, monkeypatch):
+    """In a round trip on the direct path, the side that switches second
+    sends on the connection the first made to its inbox (its inbox's
+    ROUTER to the peer's routing id): one connection for both ways; every
+    message once, in order."""
+    out = run_direct(tmp_path, """
+        from ember.transport import remote
+        N = 300
+        ping = channel.create(None, "cping", ChannelOptions(node=1))
+        pong = channel.create(None, "cpong")
+        echo = RP + textwrap.dedent(f'''
+            from ember.transport import remote
+            a = joined("cping")
+            b = joined("cpong")
+            for _ in range({N}):
+                b.send(a.recv(timeout=30))
+            ds = list(remote._conn(0).dsenders.values())
+            b.send(b"echo shares %r of %d, direct takes %d" % (
+                [d.shares for d in ds], len(ds), direct_takes() > {N} // 2))
+            b.flush(timeout=30)
+            ''')
+        p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+        h, back = Channel.attach(ping), Channel.attach(pong)
+        got = []
+        for i in range(N):
+            h.send(b"m%d" % i)
+            got.append(back.recv(timeout=30))
+        print("round trips in order", got == [b"m%d" % i for i in range(N)])
+        print(back.recv(timeout=60).decode())
+        ds = list(remote._conn(1).dsenders.values())
+        print("head shares", [d.shares for d in ds], "direct takes", direct_takes() > N // 2)
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch)
+    assert_lines(out, "round trips in order True", "exit 0")
+    # whichever switched first connected; the other answers on that connection
+    assert ("echo shares [True] of 1, direct takes 1" in out.splitlines()) != \
+        ("head shares [True] direct takes True" in out.splitlines()), out
+    assert ("echo shares [False] of 1, direct takes 1" in out.splitlines()) != \
+        ("head shares [False] direct takes True" in out.splitlines()), out
+
+
+@pytest.mark.timeout(180)
+def test_a_send_while_another_thread_waits_in_the_inbox(tmp_path, monkeypatch):
+    """One thread of the head waits in its inbox (a routed channel's recv)
+    for answers that come only after another thread's sends, which go out
+    on that same inbox's socket: the sender pokes the waiting thread, which
+    hands the socket over and waits again (zmq's one user at a time); every
+    answer once, in order, and both directions stay on the direct path."""
+    out = run_direct(tmp_path, """
+        import threading
+        from ember.transport import remote
+        N = 200
+        ping = channel.create(None, "wping", ChannelOptions(node=1))
+        pong = channel.create(None, "wpong")
+        echo = RP + textwrap.dedent(f'''
+            a = joined("wping")
+            b = joined("wpong")
+            for _ in range(20 + {N}):
+                b.send(a.recv(timeout=30))
+            b.flush(timeout=30)
+            ''')
+        p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+        h, back = Channel.attach(ping), Channel.attach(pong)
+        for i in range(20):                         # round trips: both routes taken
+            h.send(b"w%d" % i)
+            back.recv(timeout=30)
+        conn = remote._conn(1)
+        print("head direct before", ping.c_uid in conn.direct)
+        got = []
+        def wait_all():
+            for _ in range(N):
+                got.append(back.recv(timeout=30))
+        t = threading.Thread(target=wait_all)
+        t.start()
+        time.sleep(0.2)                             # (it waits in the inbox)
+        for i in range(N):
+            h.send(b"%d" % i)
+            if i % 20 == 0:
+                time.sleep(0.01)                    # (so that it waits again)
+        t.join(60)
+        print("answers in order", got == [b"%d" % i for i in range(N)])
+        print("head direct after", ping.c_uid in conn.direct, direct_takes() > N)
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch)
+    assert_lines(out, "head direct before True", "answers in order True",
+                 "head direct after True True", "exit 0")
+
+
+@pytest.mark.timeout(180)
+def test_receiver_killed_while_the_head_sends_on_its_connection(tmp_path, monkeypatch):
+    """The receiver connected to the head first (it sends to the head's
+    channel), so the head's messages to it go on that connection; it takes
+    some (round trips), holds more, and is SIGKILLed while the head goes on
+    sending: those sends find no peer (EHOSTUNREACH: nothing sent) until
+    the route ends, then all that it did not take goes through the agent,
+    and a second receiver gets exactly that, in order."""
+    out = run_direct(tmp_path, """
+        from ember.transport import remote
+        ch = channel.create(None, "skill", ChannelOptions(node=1))
+        res = Channel.attach(channel.create(None, "skres"))
+        first = RP + textwrap.dedent('''
+            from ember.transport import remote
+            r = joined("skres")
+            c = joined("skill")
+            i = 0
+            while i < 400 and r.c_uid not in remote._conn(0).direct:
+                r.send(b"hello %d" % i)         # (the head's receive offers the route)
+                i += 1
+                time.sleep(0.005)
+            r.send(b"direct %r" % (r.c_uid in remote._conn(0).direct))
+            for _ in range(100):                    # round trips: the head's route
+                r.send(c.recv(timeout=30))
+            r.send(b"took 100 direct %d" % (direct_takes() > 50))
+            time.sleep(60)
+            ''')
+        second = RP + textwrap.dedent('''
+            c = joined("skill")
+            got = drain(c, 3)
+            r = joined("skres")
+            r.send(b" ".join(got) or b"-"); r.flush(timeout=30)
+            ''')
+        p1 = process.create(PY, ".", ["-c", first], options={"node": 1})
+        while True:                                 # its hellos: then it sends direct
+            m = res.recv(timeout=30)
+            if m.startswith(b"direct"):
+                print(m.decode())
+                break
+        h = Channel.attach(ch)
+        for i in range(100):
+            h.send(b"%d" % i)
+            res.recv(timeout=30)
+        print(res.recv(timeout=30).decode())
+        ds = list(remote._conn(1).dsenders.values())
+        print("head shares", [d.shares for d in ds], "direct", ch.c_uid in remote._conn(1).direct)
+        for i in range(100, 120):                   # held by it, not taken
+            h.send(b"%d" % i)
+        time.sleep(0.3)
+        process.kill(p1.p_uid, 9)
+        for i in range(120, 140):                   # while it dies, and after
+            h.send(b"%d" % i)
+        print("killed", process.join(p1.p_uid, timeout=30))
+        for i in range(140, 150):
+            h.send(b"%d" % i)
+        p2 = process.create(PY, ".", ["-c", second], options={"node": 1})
+        rest = res.recv(timeout=60).split()
+        print("rest", rest == [b"%d" % i for i in range(100, 150)], rest[:3], len(rest))
+        print("second", process.join(p2.p_uid, timeout=30))
+        print("flushed", h.flush(timeout=30))
+    """, monkeypatch)
+    assert_lines(out, "direct True", "took 100 direct 1", "head shares [True] direct True",
+                 "killed -9", "second 0", "flushed True")
+    assert any(ln.startswith("rest True") for ln in out.splitlines()), out
+
+
+@pytest.mark.timeout(120)
+def test_one_connection_both_ways_drops_malformed_and_unknown_frames(tmp_path):
+    """Two inboxes of one process: a sender of the first connects to the
+    second, a sender of the second answers on that connection (the
+    first's routing id).  A short acknowledgement, a frame of no kind, an
+    acknowledgement of a channel never sent on, and an acknowledgement from
+    a peer no sender knows (a client of the runtime's key) are dropped;
+    both streams go on in order, and no copy is dropped by them."""
+    out = ok(run_prog(tmp_path, """
+        import zmq
+        from ember.transport import remote
+        from ember.transport.direct import (DirectSender, Inbox, OP_TAKEN, TAKEN_HDR,
+                                            own_inbox)
+        ca = Channel.attach(channel.create(None, "ca"))
+        cb = Channel.attach(channel.create(None, "cb"))
+        a, b = own_inbox(), Inbox()
+        wa, wb = a.watch(ca), b.watch(cb)
+        ab = DirectSender(b.address)                    # a connects to b
+        for i in range(5):
+            ab.send(cb.c_uid, b"ab%d" % i)
+        got_b = [b.recv(cb, wb, timeout=30) for _ in range(5)]
+        ba = DirectSender(a.address, inbox=b)           # b answers on that connection
+        print("shares", ab.shares, ba.shares, len(a.peers), len(b.peers))
+        b.sock.send_multipart([ba.peer, b"k"])
+        b.sock.send_multipart([ba.peer, b"?junk"])
+        b.sock.send_multipart([ba.peer, TAKEN_HDR.pack(OP_TAKEN, 999, 5)])
+        pub, sec = remote._keys()
+        x = remote.context().socket(zmq.DEALER)
+        x.linger = 0
+        x.curve_serverkey = x.curve_publickey = pub.encode()
+        x.curve_secretkey = sec.encode()
+        x.connect(a.address.partition("#")[0])
+        x.send(TAKEN_HDR.pack(OP_TAKEN, cb.c_uid, 3))   # an unknown peer's
+        time.sleep(0.5)
+        for i in range(5):
+            ba.send(ca.c_uid, b"ba%d" % i)
+        got_a = [a.recv(ca, wa, timeout=30) for _ in range(5)]
+        print("in order", got_b == [b"ab%d" % i for i in range(5)],
+              got_a == [b"ba%d" % i for i in range(5)])
+        print("copies kept", [s for s, _ in ab.unacked(cb.c_uid)])
+        x.close()
+        a.unwatch(wa)
+        b.unwatch(wb)
+        b.close()
+    """))
+    assert_lines(out, "shares False True 1 1", "in order True True", "copies kept [1, 2, 3, 4, 5]")

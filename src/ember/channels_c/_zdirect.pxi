@@ -21,7 +21,7 @@
 # build ember; without them (another pyzmq backend) _zd_init says False
 # and the inbox reads in Python.
 
-from libc.errno cimport EAGAIN, EINTR
+from libc.errno cimport EAGAIN, EINTR, EHOSTUNREACH
 
 cdef extern from "dlfcn.h" nogil:
     void *dlopen(const char *filename, int flag)
@@ -372,40 +372,93 @@ cdef extern from *:
     static int ember_zd_send(ember_zmsg_t *m, void *sock, int flags) {
         return ember_zd.msg_send(m, sock, flags) < 0 ? ember_zd.zerrno() : 0;
     }
+    /* A ROUTER's first frame: the peer's routing id `rid` (n bytes), more
+       to follow.  0 (sent) or the zmq errno (nothing sent: EHOSTUNREACH, no
+       such peer, with ZMQ_ROUTER_MANDATORY; EAGAIN with DONTWAIT; EINTR).
+       Once it went, the message's next frame cannot block (a ROUTER checks
+       its high-water mark at a message's first frame). */
+    static int ember_zd_send_rid(void *sock, const void *rid, size_t n, int flags) {
+        ember_zmsg_t m;
+        if (ember_zd.msg_init_size(&m, n) < 0)
+            return ember_zd.zerrno();
+        memcpy(ember_zd.msg_data(&m), rid, n);
+        if (ember_zd.msg_send(&m, sock, flags | 2 /* ZMQ_SNDMORE */) < 0) {
+            int e = ember_zd.zerrno();
+            ember_zd.msg_close(&m);
+            return e;
+        }
+        return 0;
+    }
     """
     int ember_zd_frame(ember_zmsg_t *m, uint64_t c_uid, uint64_t seq, const void *p, size_t n) nogil
     int ember_zd_send(ember_zmsg_t *m, void *sock, int flags) nogil
+    int ember_zd_send_rid(void *sock, const void *rid, size_t n, int flags) nogil
 
 
-def _zd_send(size_t sock, uint64_t c_uid, uint64_t seq, bytes data):
-    """Send one direct message (the header, then ``data``) on DEALER socket
-    ``sock`` (its address: ``zmq.Socket.underlying``; the caller holds its
-    only user's lock): a copy, then libzmq's send, waiting (without the
-    GIL) only when the socket is full (zmq.Again after its send timeout).
-    Internal."""
+cdef int _zd_send_err(size_t sock, uint64_t c_uid, uint64_t seq, bytes data, bytes rid) except -1:
+    """_zd_send's work: 0 when sent, else the zmq errno of a send that did
+    not happen (nothing of the message went; EINTR is served here)."""
     cdef ember_zmsg_t m
-    cdef int err
-    cdef bint first
+    cdef int err = 0
+    cdef bint first = True
+    cdef size_t nrid = 0
+    cdef const char *prid = NULL
+    if rid is not None:
+        nrid = <size_t>PyBytes_GET_SIZE(rid)
+        prid = PyBytes_AS_STRING(rid)
+        if nrid == 0 or nrid > 255:
+            raise ValueError(f"a routing id of {nrid} bytes")
+        # the peer's id first (a ROUTER's message): nothing went if it failed
+        err = ember_zd_send_rid(<void *>sock, prid, nrid, EMBER_ZD_DONTWAIT)
+        while err == EINTR or (err == EAGAIN and first):
+            first = False
+            if err == EINTR:
+                PyErr_CheckSignals()
+            with nogil:                 # full: wait (up to the socket's send timeout)
+                err = ember_zd_send_rid(<void *>sock, prid, nrid, 0)
+        if err != 0:
+            return err
+    err = ember_zd_frame(&m, c_uid, seq, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data))
+    if err != 0:
+        return err                      # (after a routing id: cannot happen but for ENOMEM)
+    if rid is not None:
+        # the rest of a message under way: it cannot wait, and a signal is
+        # served after it (raising here would leave the socket mid-message)
+        err = ember_zd_send(&m, <void *>sock, 0)
+        while err == EINTR:
+            err = ember_zd_send(&m, <void *>sock, 0)
+        if err != 0:
+            ember_zd_msg_close(&m)
+        return err
+    err = ember_zd_send(&m, <void *>sock, EMBER_ZD_DONTWAIT)
+    while err == EINTR or (err == EAGAIN and first):
+        first = False
+        if err == EINTR:
+            try:
+                PyErr_CheckSignals()
+            except BaseException:
+                ember_zd_msg_close(&m)
+                raise
+        with nogil:                     # full: wait (up to the socket's send timeout)
+            err = ember_zd_send(&m, <void *>sock, 0)
+    if err != 0:
+        ember_zd_msg_close(&m)
+    return err
+
+
+def _zd_send(size_t sock, uint64_t c_uid, uint64_t seq, bytes data, bytes rid=None):
+    """Send one direct message (the header, then ``data``) on socket
+    ``sock`` (its address: ``zmq.Socket.underlying``; the caller holds its
+    only user's lock): a DEALER's one frame, or with ``rid`` a ROUTER's
+    message to peer ``rid`` (its routing id frame first); a copy, then
+    libzmq's send, waiting (without the GIL) only when the socket is full
+    (zmq.Again after its send timeout; ZMQError EHOSTUNREACH: a ROUTER with
+    ZMQ_ROUTER_MANDATORY has no such peer, nothing sent).  Internal."""
     if not _zd_ok:
         raise RuntimeError("_zd_init found no libzmq")
     if sock == 0:
         raise ValueError("no socket")
-    err = ember_zd_frame(&m, c_uid, seq, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data))
-    if err == 0:
-        err = ember_zd_send(&m, <void *>sock, EMBER_ZD_DONTWAIT)
-        first = True
-        while err == EINTR or (err == EAGAIN and first):
-            first = False
-            if err == EINTR:
-                try:
-                    PyErr_CheckSignals()
-                except BaseException:
-                    ember_zd_msg_close(&m)
-                    raise
-            with nogil:                 # full: wait (up to the socket's send timeout)
-                err = ember_zd_send(&m, <void *>sock, 0)
-        if err != 0:
-            ember_zd_msg_close(&m)
+    cdef int err = _zd_send_err(sock, c_uid, seq, data, rid)
     if err != 0:
         import zmq
         raise zmq.Again() if err == EAGAIN else zmq.ZMQError(err)
@@ -426,6 +479,7 @@ cdef class DirectOut:
     cdef readonly object copies
     cdef public size_t handle          # the DEALER's address (0: this call never sends)
     cdef readonly list shared
+    cdef public bytes rid              # the peer's routing id (a ROUTER's send), or None
     cdef Py_ssize_t drain_after, window, window_bytes
 
     def __cinit__(self, uint64_t c_uid, size_t handle, list shared, Py_ssize_t drain_after,
@@ -445,14 +499,21 @@ cdef class DirectOut:
         """Send ``data`` (bytes) as the next message, keep its copy, count
         it: True.  False, with nothing done, when the connection's slow
         path must send it (not bytes, the acknowledgements due to be read,
-        the window full, no socket address)."""
+        the window full, no socket address, no such peer: EHOSTUNREACH)."""
         if type(data) is not bytes or self.handle == 0:
             return False
         cdef Py_ssize_t sends = <Py_ssize_t>self.shared[0] + 1
         if sends >= self.drain_after or len(self.copies) >= self.window or \
                 self.nbytes >= self.window_bytes:
             return False
-        _zd_send(self.handle, self.c_uid, self.seq + 1, data)   # (raises: nothing counted)
+        if not _zd_ok:
+            raise RuntimeError("_zd_init found no libzmq")
+        cdef int err = _zd_send_err(self.handle, self.c_uid, self.seq + 1, data, self.rid)
+        if err == EHOSTUNREACH:
+            return False
+        if err != 0:                    # (raises: nothing counted)
+            import zmq
+            raise zmq.Again() if err == EAGAIN else zmq.ZMQError(err)
         self.shared[0] = sends
         self.seq += 1
         self.copies.append((self.seq, data))

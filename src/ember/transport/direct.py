@@ -24,10 +24,14 @@ Here, each tested (tests/test_multinode_direct.py):
   agent is acknowledged (in the channel), so what the channel holds of a
   sender is older than what came to the inbox; each sender's messages stay
   in order (checked by their sequence numbers);
-- :class:`DirectSender`: a connection to an inbox; each message one frame
-  with its channel and its sequence number (per sender and channel), kept
-  until the inbox acknowledges it (every 128 takes or 4 MiB, or when the
-  sender asks; back on the same connection);
+- :class:`DirectSender`: a connection to an inbox, through this
+  process's own inbox (:func:`own_inbox`: one socket per process for its
+  direct receives and sends, one connection per pair of processes used
+  both ways, so that a round trip's TCP acknowledgements ride on its
+  answers); each message one frame with its channel and its sequence
+  number (per sender and channel), kept until the inbox acknowledges it
+  (every 128 takes or 4 MiB, or when the sender asks; back on the same
+  connection);
 - :class:`TakenRecord`: what an inbox took, per sender and channel, in a
   page the node's agent can map and read after the receiver died.
 
@@ -37,9 +41,11 @@ senders' switch, the route's end and the resend through the agent) is in
 :mod:`.remote` (sending side); docs/multinode.md, "The direct path".
 """
 import collections
+import errno
 import math
 import os
 import struct
+import threading
 import time
 
 import zmq
@@ -232,12 +238,37 @@ class Inbox:
         backend = _server_backend()
         ep, bound = backend.server("tcp://*:0", remote._keys())
         self.sock = ep.sock
-        self.address = f"tcp://{_node_host()}:{bound.rsplit(':', 1)[1]}"
+        # this inbox's routing id on the connections it makes (a sender's:
+        # DirectSender); a peer that connected to it is named by the peer's
+        # own (see DirectSender)
+        self.rid = b"a" + os.urandom(15)
+        self.sock.routing_id = self.rid
+        # a send to a peer that is not connected fails (EHOSTUNREACH)
+        # instead of dropping the message unseen
+        self.sock.router_mandatory = True
+        #: what a DirectSender connects to: the endpoint, then "#" and the
+        #: routing id in hex
+        self.address = f"tcp://{_node_host()}:{bound.rsplit(':', 1)[1]}#{self.rid.hex()}"
         # the watches' notices come in over inproc (same socket, no CURVE:
         # inproc never leaves the process)
         self._wake_addr = f"inproc://ember-inbox-{os.getpid()}-{id(self):x}"
         self.sock.bind(self._wake_addr)
         self._ctx = backend.ctx
+        # the socket has one user at a time (zmq's rule): the thread that
+        # holds `lock`.  A receive holds it while it waits in the socket; a
+        # thread that wants to send meanwhile counts itself in `wanted`,
+        # pokes the socket (a notice over inproc) and waits for the lock,
+        # which the receive hands over (_yield) before it waits again
+        self.lock = threading.Lock()
+        self._cv = threading.Condition(threading.Lock())
+        self.wanted = 0
+        self._poke = self._ctx.socket(zmq.DEALER)
+        self._poke.linger = 0
+        self._poke.connect(self._wake_addr)
+        self._poke_lock = threading.Lock()
+        self.peers = {}           # endpoint -> (peer's routing id here, our id there)
+        self.senders = {}         # peer's routing id here -> its DirectSender
+        self._client = False      # the socket's connects are CURVE clients (set once)
         # the socket's address for the one-call receive (0: read in Python;
         # 0 after close: the socket is gone)
         self._handle = self.sock.underlying if _zd_ready() else 0
@@ -258,6 +289,61 @@ class Inbox:
     def taken(self):
         """{(sender, c_uid): the last sequence number taken}."""
         return {k: c.value for k, c in self._cells.items()}
+
+    def grab(self):
+        """Take the socket (its one user; see __init__): at once if it is
+        free, else by poking the thread that waits in it."""
+        if self.lock.acquire(False):
+            return
+        with self._cv:
+            self.wanted += 1
+        try:
+            with self._poke_lock:
+                if self._poke is not None:
+                    try:
+                        _zsend(self._poke, OP_WAKE, Z_NOBLOCK)
+                    except zmq.ZMQError:    # full (notices are waiting): no loss
+                        pass
+            self.lock.acquire()
+        finally:
+            with self._cv:
+                self.wanted -= 1
+                if not self.wanted:
+                    self._cv.notify_all()
+
+    def _yield(self):
+        """A receive (holding the socket) lets the threads that want it
+        have it, then takes it again."""
+        self.lock.release()
+        with self._cv:
+            self._cv.wait_for(lambda: not self.wanted, 1.0)
+        self.lock.acquire()
+
+    def serve_pending(self):
+        """Read and serve what the socket holds, without waiting (its
+        holder: a sender reading its acknowledgements)."""
+        sock = self.sock
+        while True:
+            try:
+                sender = _zrecv(sock, Z_NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                frame = _zrecv(sock, Z_NOBLOCK)
+            except zmq.Again:
+                frame = b""
+            self._serve(sender, frame, _zget(sock, Z_RCVMORE))
+
+    def connect(self, endpoint, alias):
+        """Connect the socket (held) to another inbox at ``endpoint``; its
+        messages come from, and go to, routing id ``alias``."""
+        if not self._client:
+            # from here on the socket's connects are CURVE clients (its
+            # listener keeps the server's options of its bind)
+            self.sock.curve_serverkey = remote._keys()[0].encode()
+            self._client = True
+        self.sock.connect_routing_id = alias
+        self.sock.connect(endpoint)
 
     def watch(self, ch):
         """A :class:`~ember.channels_c.watch.ChannelWatch` of local channel
@@ -311,9 +397,16 @@ class Inbox:
                 q = self.held[c_uid] = collections.deque()
             q.append((sender, seq, frame))
         elif frame == OP_WAKE:
-            pass                            # a watch's notice: the caller looks again
+            pass                            # a notice (a watch's, a poke): the caller looks again
         elif frame == OP_ACKREQ:
             self.ack(sender)
+        elif frame[:1] == OP_TAKEN and len(frame) == TAKEN_HDR.size:
+            ds = self.senders.get(sender)   # what a peer took of ours
+            if ds is not None:
+                _, c_uid, seq = TAKEN_HDR.unpack(frame)
+                ds._acked(c_uid, seq)
+            else:
+                log.debug("inbox: an acknowledgement from an unknown peer %r", sender)
         else:
             log.warning("inbox: dropped a malformed message from %r (%r...)", sender, frame[:16])
 
@@ -329,11 +422,20 @@ class Inbox:
                              "another with Inbox.watch to receive")
         if self._closed:
             raise ChannelError("inbox: closed")
+        self.grab()
+        try:
+            return self._recv(ch, watch, timeout)
+        finally:
+            self.lock.release()
+
+    def _recv(self, ch, watch, timeout):
         c_uid = ch.c_uid
         poll, take, held = ch.poll, ch._recv_local, self.held
         handle, hot = self._handle, self._hot
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self.wanted:
+                self._yield()
             # the channel first (see the module docstring); poll(0) is a
             # flag test, where an empty recv_nowait raises
             if poll(0):
@@ -422,7 +524,12 @@ class Inbox:
                 st.acked, st.due, st.ack_due = st.last, 0, False
 
     def _ack(self, st):
-        self.sock.send_multipart([st.sender, TAKEN_HDR.pack(OP_TAKEN, st.c_uid, st.last)])
+        try:
+            self.sock.send_multipart([st.sender, TAKEN_HDR.pack(OP_TAKEN, st.c_uid, st.last)])
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            # the sender is gone (or reconnecting: it asks again, OP_ACKREQ)
         st.acked, st.due, st.ack_due = st.last, 0, False
 
     def ack(self, sender=None):
@@ -443,6 +550,13 @@ class Inbox:
             self.unwatch(w)
         self._closed = True
         self._handle = 0
+        for ds in list(self.senders.values()):
+            ds._handle = 0
+            for o in ds.outs.values():
+                o.handle = 0
+        with self._poke_lock:
+            self._poke.close(linger=0)
+            self._poke = None
         self._hot.clear()             # (the streams and cells point into the record's mapping)
         self._streams.clear()
         self._cells.clear()
@@ -450,90 +564,171 @@ class Inbox:
         self.sock.close(linger=0)
 
 
-class DirectSender:
-    """A connection to an :class:`Inbox` at ``address``: ``send(c_uid,
-    data)`` puts one frame on the wire (the header, then the message) and
-    returns; the messages of each channel are numbered from 1.  A copy of
-    each is kept until the inbox acknowledges it (:meth:`unacked`: what a
-    resend after the receiver's death starts from, :meth:`after`); at most
-    :data:`WINDOW` per channel are unacknowledged (a send waits for room:
-    the receiver's back-pressure)."""
+def own_inbox():
+    """This process's own :class:`Inbox` (made at first use; a fork()ed
+    child makes its own): its receives and its direct sends share it."""
+    global _inbox, _inbox_pid
+    with _inbox_lock:
+        if _inbox is None or _inbox_pid != os.getpid():
+            _inbox, _inbox_pid = Inbox(), os.getpid()
+        return _inbox
 
-    def __init__(self, address, identity=None):
-        # a fixed identity: after a reconnect the inbox still knows the
-        # stream (its ROUTER keys sequence numbers and acknowledgements on it)
-        self.identity = identity or os.urandom(16)
-        self.sock = _server_backend().client(address, remote._keys(),
-                                             identity=self.identity).sock
-        self.sock.linger = 2000
+
+_inbox = None
+_inbox_pid = None
+_inbox_lock = threading.Lock()
+
+
+class DirectSender:
+    """A connection to an :class:`Inbox` at ``address`` (its ``address``:
+    the endpoint and its routing id), through this process's own inbox
+    (``inbox``; default :func:`own_inbox`): ``send(c_uid, data)`` puts one
+    message on the wire (the header, then the message) and returns; the
+    messages of each channel are numbered from 1.  A copy of each is kept
+    until the inbox acknowledges it (:meth:`unacked`: what a resend after
+    the receiver's death starts from, :meth:`after`); at most
+    :data:`WINDOW` per channel are unacknowledged (a send waits for room:
+    the receiver's back-pressure).
+
+    One connection per pair of inboxes, used both ways (docs/multinode.md,
+    "The direct path"): if the peer already connected to this inbox (it
+    sends here), its messages go back on that connection (to the peer's
+    routing id; the peer sees them from its alias of this inbox, "c" and
+    our id's last 15 bytes); else this inbox connects to the peer under
+    the alias "c" and the peer's id's last 15 bytes (the peer sees this
+    inbox's own id).  ``identity`` is the name the peer's record keeps this
+    sender's takes under."""
+
+    def __init__(self, address, identity=None, inbox=None):
+        ib = self.inbox = inbox if inbox is not None else own_inbox()
+        endpoint, _, rid = address.partition("#")
+        peer_rid = bytes.fromhex(rid) if rid else None
+        self.sock = ib.sock
+        ib.grab()
+        try:
+            known = ib.peers.get(endpoint)
+            if known is None:
+                if peer_rid is not None and len(peer_rid) == 16:
+                    try:                    # connected to us? (a notice: a no-op there)
+                        ib.sock.send_multipart([peer_rid, OP_WAKE])
+                        known = (peer_rid, b"c" + ib.rid[1:])
+                    except zmq.ZMQError as exc:
+                        if exc.errno != errno.EHOSTUNREACH:
+                            raise
+                if known is None:
+                    alias = b"c" + (peer_rid[1:] if peer_rid is not None and len(peer_rid) == 16
+                                    else os.urandom(15))
+                    ib.connect(endpoint, alias)
+                    known = (alias, ib.rid)
+                ib.peers[endpoint] = known
+            self.peer, self.identity = known
+            ib.senders[self.peer] = self
+        finally:
+            ib.lock.release()
         # the socket's address for the one-call send (0: pyzmq's send)
-        self._handle = self.sock.underlying if _zd_ready() else 0
+        self._handle = ib._handle
         self.outs = {}            # c_uid -> its DirectOut: last seq sent, copies, their bytes
         self._shared = [0]        # [sends since the acknowledgements were last read]
 
+    @property
+    def shares(self):
+        """The messages go back on a connection the peer made (one
+        connection for both ways)."""
+        return self.identity != self.inbox.rid
+
     def out(self, c_uid):
         """Channel ``c_uid``'s :class:`DirectOut` (its ``send`` is the hot
-        path; this ``send`` what it declines)."""
+        path, called holding the inbox's socket; this ``send`` what it
+        declines)."""
         o = self.outs.get(c_uid)
         if o is None:
             o = self.outs[c_uid] = DirectOut(c_uid, self._handle, self._shared, DRAIN_AFTER,
                                              WINDOW, WINDOW_BYTES)
+            o.rid = self.peer
         return o
 
     def forget(self, c_uid):
         """Drop channel ``c_uid``'s copies (resent elsewhere); its sequence goes on."""
+        self.inbox.grab()
+        try:
+            o = self.outs.get(c_uid)
+            if o is not None:
+                o.copies.clear()
+                o.nbytes = 0
+        finally:
+            self.inbox.lock.release()
+
+    def _acked(self, c_uid, seq):
+        """The peer took channel ``c_uid``'s messages up to ``seq`` (the
+        inbox's holder serves it)."""
         o = self.outs.get(c_uid)
-        if o is not None:
-            o.copies.clear()
-            o.nbytes = 0
+        if o is None:
+            return
+        q = o.copies
+        while q and q[0][0] <= seq:
+            o.nbytes -= len(q.popleft()[1])
 
     def send(self, c_uid, data, timeout=None, idle=None, arg=None):
         """Send ``data`` to channel ``c_uid`` of the inbox.  A full window
-        waits (``ChannelFull`` after ``timeout``); ``idle(c_uid, arg)``, if
-        given, is called while it waits (and may raise: then nothing was
-        sent)."""
+        waits (``ChannelFull`` after ``timeout``), and so does a peer that
+        is not connected (it reconnects, or its route ends: ``idle``);
+        ``idle(c_uid, arg)``, if given, is called while it waits (and may
+        raise: then nothing was sent)."""
         o = self.outs.get(c_uid) or self.out(c_uid)
         q = o.copies
         shared = self._shared
         shared[0] += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
         if shared[0] >= DRAIN_AFTER or len(q) >= WINDOW or o.nbytes >= WINDOW_BYTES:
             self._drain()
             if not self._wait(lambda: len(q) < WINDOW and o.nbytes < WINDOW_BYTES,
                               timeout, idle and (lambda: idle(c_uid, arg))):
                 raise ChannelFull(f"channel {c_uid}: {WINDOW} direct messages or "
                                   f"{WINDOW_BYTES} bytes unacknowledged for {timeout} s")
-        seq = o.seq + 1           # (taken once the message went: a send that raises uses none)
         if type(data) is not bytes:
             data = bytes(data)
-        if TRACE:
-            _trace.stamp("d0")
-        if self._handle:
-            _zd_send(self._handle, c_uid, seq, data)    # the header and data: one copy
-        else:
-            _zsend(self.sock, DIRECT_HDR.pack(OP_DIRECT, c_uid, seq) + data, 0)
-        o.seq = seq
-        if TRACE:
-            _trace.stamp("d1")
-        q.append((seq, data))
-        o.nbytes += len(data)
+        ib = self.inbox
+        while True:
+            seq = o.seq + 1       # (taken once the message went: a send that raises uses none)
+            ib.grab()
+            try:
+                if TRACE:
+                    _trace.stamp("d0")
+                try:
+                    if self._handle:
+                        _zd_send(self._handle, c_uid, seq, data, self.peer)   # one copy
+                    else:
+                        ib.sock.send_multipart([self.peer, DIRECT_HDR.pack(OP_DIRECT, c_uid, seq)
+                                                + data])
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EHOSTUNREACH:
+                        raise
+                else:
+                    o.seq = seq
+                    if TRACE:
+                        _trace.stamp("d1")
+                    q.append((seq, data))
+                    o.nbytes += len(data)
+                    return
+            finally:
+                ib.lock.release()
+            # the peer is not connected (reconnecting, or gone: its route
+            # ends, idle raises): nothing was sent; try again shortly
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ChannelFull(f"channel {c_uid}: the receiver's inbox is not connected")
+            if idle is not None:
+                idle(c_uid, arg)
+            time.sleep(0.01)
 
     def _drain(self):
         """Read the acknowledgements that arrived; drop what they cover."""
         self._shared[0] = 0
-        sock = self.sock
-        while sock.getsockopt(Z_EVENTS) & Z_POLLIN:
-            frame = sock.recv(0)
-            if len(frame) != TAKEN_HDR.size or frame[:1] != OP_TAKEN:
-                log.warning("direct sender: dropped a %d-byte frame that is no acknowledgement",
-                            len(frame))
-                continue
-            _, c_uid, seq = TAKEN_HDR.unpack(frame)
-            o = self.outs.get(c_uid)
-            if o is None:
-                continue
-            q = o.copies
-            while q and q[0][0] <= seq:
-                o.nbytes -= len(q.popleft()[1])
+        ib = self.inbox
+        ib.grab()
+        try:
+            ib.serve_pending()
+        finally:
+            ib.lock.release()
 
     def _wait(self, done, timeout, idle=None):
         """Wait until ``done()`` (True) or ``timeout`` passed (False); asks
@@ -541,20 +736,32 @@ class DirectSender:
         every 0.1 s while waiting."""
         deadline = None if timeout is None else time.monotonic() + timeout
         asked = None
-        while not done():
-            now = time.monotonic()
-            left = None if deadline is None else deadline - now
-            if left is not None and left <= 0:
-                return False
-            if asked is None or now - asked >= 0.1:
-                self.sock.send(OP_ACKREQ)
-                asked = now
+        ib = self.inbox
+        while True:
+            ib.grab()
+            try:
+                ib.serve_pending()
+                if done():
+                    return True
+                now = time.monotonic()
+                left = None if deadline is None else deadline - now
+                if left is not None and left <= 0:
+                    return False
+                if asked is None or now - asked >= 0.1:
+                    try:
+                        ib.sock.send_multipart([self.peer, OP_ACKREQ])
+                    except zmq.ZMQError as exc:
+                        if exc.errno != errno.EHOSTUNREACH:
+                            raise
+                    asked = now
+                # a short wait in the socket (its holder), so that a
+                # receive of this process is not kept from it for long
+                wait = 0.01 if left is None else min(left, 0.01)
+                ib.sock.poll(wait * 1000.0)
+            finally:
+                ib.lock.release()
             if idle is not None:
                 idle()
-            wait = 0.1 if left is None else min(left, 0.1)
-            if self.sock.poll(wait * 1000.0):
-                self._drain()
-        return True
 
     def wait_acked(self, timeout=None):
         """Wait until every message sent was taken (True) or ``timeout``
@@ -575,7 +782,9 @@ class DirectSender:
         return [d for s, d in self.unacked(c_uid) if s > seq]
 
     def close(self):
+        """This sender sends no more (the connection stays: the inbox's)."""
         self._handle = 0
         for o in self.outs.values():
             o.handle = 0
-        self.sock.close(linger=2000)
+        if self.inbox.senders.get(self.peer) is self:
+            del self.inbox.senders[self.peer]

@@ -198,8 +198,9 @@ class _Conn:
         ds = self.dsenders.get(address)
         if ds is None:
             ds = self.dsenders[address] = DirectSender(address)
-        # (epoch, sender, the channel's DirectOut: the send's hot path)
-        d = self.direct[c_uid] = (epoch, ds, ds.out(c_uid))
+        # (epoch, sender, the channel's DirectOut: the send's hot path, the
+        # lock of the socket it sends on: the process's inbox's)
+        d = self.direct[c_uid] = (epoch, ds, ds.out(c_uid), ds.inbox.lock)
         if self.watcher is None:
             self.watcher = threading.Thread(target=self._watch_routes, daemon=True,
                                             name=f"ember-routes-node{self.node}")
@@ -315,10 +316,16 @@ class _Conn:
             if d is not None:
                 if TRACE:
                     _trace.stamp("d0")
-                if d[2].send(data):             # the hot path, in one call
-                    if TRACE:
-                        _trace.stamp("d1")
-                    return
+                lk = d[3]
+                if lk.acquire(False):           # the inbox's socket is free
+                    try:
+                        sent = d[2].send(data)  # the hot path, in one call
+                    finally:
+                        lk.release()
+                    if sent:
+                        if TRACE:
+                            _trace.stamp("d1")
+                        return
                 try:
                     d[1].send(c_uid, data, timeout, self._route_idle, d)
                     return

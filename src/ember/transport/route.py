@@ -76,9 +76,9 @@ class Receiver:
         from .. import _env
         from . import remote
         from .agent import R_OK
-        from .direct import Inbox
+        from .direct import own_inbox
         if self.inbox is None:
-            self.inbox = Inbox()
+            self.inbox = own_inbox()
         inbox = self.inbox
         off, addr = inbox.record.gate()
         conn = remote._conn(int(_env.get(_env.NODE, "0") or 0))
