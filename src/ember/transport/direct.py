@@ -623,6 +623,9 @@ class DirectSender:
                 ib.peers[endpoint] = known
             self.peer, self.identity = known
             ib.senders[self.peer] = self
+            # what was sent goes out at exit (up to 2 s: the route's end at
+            # exit resends through the agent what the peer did not take)
+            ib.sock.linger = 2000
         finally:
             ib.lock.release()
         # the socket's address for the one-call send (0: pyzmq's send)
@@ -760,6 +763,9 @@ class DirectSender:
                 ib.sock.poll(wait * 1000.0)
             finally:
                 ib.lock.release()
+            if ib.wanted:                   # a receive waits for the socket: its turn
+                with ib._cv:
+                    ib._cv.wait_for(lambda: not ib.wanted, 0.1)
             if idle is not None:
                 idle()
 
