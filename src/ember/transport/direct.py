@@ -422,57 +422,56 @@ class Inbox:
                              "another with Inbox.watch to receive")
         if self._closed:
             raise ChannelError("inbox: closed")
-        self.grab()
+        lock = self.lock
+        if not lock.acquire(False):
+            self.grab()                     # (a sending thread holds the socket)
         try:
-            return self._recv(ch, watch, timeout)
-        finally:
-            self.lock.release()
-
-    def _recv(self, ch, watch, timeout):
-        c_uid = ch.c_uid
-        poll, take, held = ch.poll, ch._recv_local, self.held
-        handle, hot = self._handle, self._hot
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.wanted:
-                self._yield()
-            # the channel first (see the module docstring); poll(0) is a
-            # flag test, where an empty recv_nowait raises
-            if poll(0):
-                try:
-                    return take(0)
-                except ChannelEmpty:        # another receiver took it
-                    pass
-            q = held.get(c_uid)
-            if q:
-                got = self._take(c_uid, q)
-                if got is not None:
-                    return got
-                continue
-            watch.rearm()
-            ms = -1 if deadline is None else \
-                min(max(0, math.ceil((deadline - time.monotonic()) * 1000.0)), 1 << 30)
-            if ms != self._rcvtimeo:
-                self.sock.rcvtimeo = self._rcvtimeo = ms
-            if handle:
-                # one C call: read, and take if it is the next message of
-                # the channel's last stream (the channel empty, the gate open)
-                s = hot.get(c_uid)
-                got = _zd_recv(ch, handle, s, 0)
-                if TRACE:
-                    _trace.stamp("i1")      # the message read (and taken)
-                if got.__class__ is bytes:
-                    if s.ack_due:
-                        self._ack(s)
-                    return got
-                if got is not None:
-                    self._serve(*got)
+            c_uid = ch.c_uid
+            poll, take, held = ch.poll, ch._recv_local, self.held
+            handle, hot = self._handle, self._hot
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                if self.wanted:
+                    self._yield()
+                # the channel first (see the module docstring); poll(0) is a
+                # flag test, where an empty recv_nowait raises
+                if poll(0):
+                    try:
+                        return take(0)
+                    except ChannelEmpty:        # another receiver took it
+                        pass
+                q = held.get(c_uid)
+                if q:
+                    got = self._take(c_uid, q)
+                    if got is not None:
+                        return got
                     continue
-            elif self._recv_one():
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
-                                   f"(channel or inbox)")
+                watch.rearm()
+                ms = -1 if deadline is None else \
+                    min(max(0, math.ceil((deadline - time.monotonic()) * 1000.0)), 1 << 30)
+                if ms != self._rcvtimeo:
+                    self.sock.rcvtimeo = self._rcvtimeo = ms
+                if handle:
+                    # one C call: read, and take if it is the next message of
+                    # the channel's last stream (the channel empty, the gate open)
+                    s = hot.get(c_uid)
+                    got = _zd_recv(ch, handle, s, 0)
+                    if TRACE:
+                        _trace.stamp("i1")      # the message read (and taken)
+                    if got.__class__ is bytes:
+                        if s.ack_due:
+                            self._ack(s)
+                        return got
+                    if got is not None:
+                        self._serve(*got)
+                        continue
+                elif self._recv_one():
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ChannelEmpty(f"channel c_uid {c_uid}: no message within {timeout} s "
+                                       f"(channel or inbox)")
+        finally:
+            lock.release()
 
     def _take(self, c_uid, q):
         """Take the first message of ``q`` (a channel's held deque); None
