@@ -838,3 +838,52 @@ def test_template_not_restarted_by_a_late_spare_ask(tmp_path):
         assert len(t._spares) == T.SPARES - 1         # the other is still held
     finally:
         t.close()
+
+
+def _our_children():
+    out = set()
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{t}/children") as f:
+            out.update(int(x) for x in f.read().split())
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_templates_unread_answer_leaves_no_spare_behind(tmp_path):
+    """A spare the template answered for just before it died, its answer
+    still unread when the handle stops the template (here: ask_wanted's
+    send fails), is killed and reaped with it: closing the socket with the
+    answer in it gave the spare EOF, it exited, and stayed our zombie for
+    our life (nothing else knows its pid)."""
+    import fcntl
+    import termios
+
+    from ember.shepherd import template as T
+
+    envp = [f"{k}={v}".encode() for k, v in os.environ.items()]
+    before = _our_children()
+    t = T.Template(envp)
+    try:
+        t._ask_spare([])                              # starts the template, asks for SPARES
+        assert t._collect_one(T._REPLY_TIMEOUT)       # the first answer read
+        assert t._asked == 1 and len(t._spares) == 1
+        buf = bytearray(4)
+        while True:                                   # the second answer is in our socket
+            fcntl.ioctl(t._sock.fileno(), termios.FIONREAD, buf)
+            if int.from_bytes(buf, sys.byteorder):
+                break
+            time.sleep(0.01)
+        os.kill(t.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:           # dead (a zombie: ours to reap)
+            with open(f"/proc/{t.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        T._reap(t._spares.pop())                      # it was handed a request
+        t._want = []
+        t.ask_wanted()                                # its send fails: the template stopped
+        assert t.pid is None and t._sock is None
+        assert _our_children() - before == set()
+    finally:
+        t.close()

@@ -26,8 +26,12 @@
  * Death: the template killed in the loop costs what it did before: a
  * request in flight is never answered (the shepherd stops the template and
  * starts a new one); a spare cloned whose socket was not sent sees EOF on
- * it and exits (the template's end is closed with the template).  A spare
- * dying costs nothing here.
+ * it and exits (the template's end is closed with the template), and stays
+ * the shepherd's zombie until the shepherd exits: nothing tells it the
+ * spare's pid (killed between the clone and the answer's sendmsg only; the
+ * answers sent but not yet read are read once the template is reaped and
+ * their spares reaped: template.py, _reap_unread).  A spare dying costs
+ * nothing here.
  */
 #ifndef EMBER_SPARES_H
 #define EMBER_SPARES_H

@@ -192,11 +192,11 @@ class Template:
 
     def _stop(self):
         """Kill and reap the template (if any).  The spares we hold are not
-        the template's: they stay usable."""
+        the template's: they stay usable.  Those it answered for whose
+        answers are still unread (:func:`_reap_unread`) are killed and
+        reaped."""
         self._asked = 0
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        sock, self._sock = self._sock, None
         if self._pid is not None:
             try:
                 os.kill(self._pid, signal.SIGKILL)
@@ -207,6 +207,9 @@ class Template:
             except ChildProcessError:
                 pass
             self._pid = None
+        if sock is not None:
+            _reap_unread(sock)
+            sock.close()
 
     # --- the spare ------------------------------------------------------
     def _ask_spare(self, preload, start=True):
@@ -415,6 +418,31 @@ def _reap(spare):
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+
+
+def _reap_unread(sock):
+    """Read what the template, gone (reaped), left unread in ``sock``: the
+    child each answer names is ours (its spare, or a late fork's) and no
+    one else knows it; killed and reaped.  (Its socket closed unread, a
+    spare saw EOF and exited, our zombie for our life.)"""
+    import msgpack
+
+    socket = _socket()
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 1, socket.MSG_DONTWAIT)
+        except OSError:               # (BlockingIOError: nothing left)
+            return
+        for fd in fds:
+            os.close(fd)
+        if not data:
+            return
+        try:
+            pid = msgpack.unpackb(data, raw=False)[0]
+        except Exception:
+            continue
+        if type(pid) is int and pid > 0:
+            _reap(_Spare(pid, None))
 
 
 # ----------------------------------------------------------------------
