@@ -557,15 +557,29 @@ def test_unnamed_processes_show_their_target_and_idle_workers_as_such(tmp_path, 
         worker = by["Process-2 (Executor worker)"]
         assert worker["status"] == "idle (an Executor's worker waiting for tasks)"
         assert worker["blocked_on"] == "recv(tasks of an Executor)" and worker["name"] is None
-        text = ember(xdg, "ps").stdout.decode()
+        # The idle worker waits in slices of a second (it checks that its
+        # parent lives between them): a look that lands between two slices,
+        # which a loaded machine can stretch, sees it running.  Each look is
+        # taken again until it lands inside a wait.
+        last = {}
+
+        def ps_text():
+            text = last["ps"] = ember(xdg, "ps").stdout.decode()
+            line = next((ln for ln in text.splitlines() if "Process-2 (Executor worker)" in ln),
+                        "")
+            return text if "idle (an Executor's worker waiting for tasks) for " in line else None
+        text = _wait_for(ps_text, lambda: f"ember ps to show the worker idle: {last['ps']}",
+                         timeout=30)
         assert " Process-1 (__main__.work) " in text, text
-        line = next(ln for ln in text.splitlines() if "Process-2 (Executor worker)" in ln)
-        assert "idle (an Executor's worker waiting for tasks) for " in line, text
-        res = ember(xdg, "stacks", str(worker["p_uid"]))
-        assert res.stdout.decode().startswith(
-            f"=== process {worker['p_uid']} Process-2 (Executor worker) (pid {worker['pid']}): "
-            "idle (an Executor's worker waiting for tasks)\n"), res.stdout
-        assert "in _worker_main" in res.stdout.decode(), res.stdout
+        head = (f"=== process {worker['p_uid']} Process-2 (Executor worker) "
+                f"(pid {worker['pid']}): idle (an Executor's worker waiting for tasks)\n")
+
+        def stacks():
+            out = last["stacks"] = ember(xdg, "stacks", str(worker["p_uid"])).stdout.decode()
+            return out if out.startswith(head) else None
+        out = _wait_for(stacks, lambda: f"ember stacks to show the worker idle: {last['stacks']}",
+                        timeout=30)
+        assert "in _worker_main" in out, out
     finally:
         _stop(run)
 
