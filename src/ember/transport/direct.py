@@ -431,7 +431,7 @@ class Inbox:
             handle, hot = self._handle, self._hot
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
-                if self.wanted:
+                while self.wanted:          # (taken back, another may still want it)
                     self._yield()
                 # the channel first (see the module docstring); poll(0) is a
                 # flag test, where an empty recv_nowait raises
