@@ -1,8 +1,10 @@
 """scoped_objects.py with plain multiprocessing: a Manager per job plays the
 scope (everything it made ends with its server process).  Unnamed and
 in-process only; and a job killed by SIGKILL leaves its manager's server
-process running, holding its objects, until someone finds and kills it."""
+process running, holding its objects, until someone finds and kills it, and
+the directory of its socket in the temp dir until someone removes it."""
 import os
+import shutil
 import signal
 import time
 from multiprocessing import Manager, Process, Queue
@@ -35,7 +37,7 @@ def run_job(job, n):
 def crashing_job(job, report):
     m = Manager()
     objs = [m.Queue(), m.Event(), m.dict(), m.list()]
-    report.put(m._process.pid)                  # its server process
+    report.put((m._process.pid, m.address))     # its server process, its socket
     time.sleep(3600)
 
 
@@ -54,10 +56,11 @@ if __name__ == "__main__":
     report = Queue()
     p = Process(target=crashing_job, args=("job-2", report))
     p.start()
-    server = report.get(timeout=30)
+    server, address = report.get(timeout=30)
     p.kill()
     p.join()
     time.sleep(1)
     print(f"job-2 was killed; its manager's server still running: {alive(server)}")
     if alive(server):
         os.kill(server, signal.SIGKILL)         # by hand: nobody else will
+    shutil.rmtree(os.path.dirname(address), ignore_errors=True)   # and its socket's directory
