@@ -233,7 +233,6 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
 
 _SPARE_STEP = {
     EMBER_SPARE_STEP_PDEATHSIG: "set the parent-death signal",
-    EMBER_SPARE_STEP_PARENT: "set the parent-death signal",
     EMBER_SPARE_STEP_PGRP: "make a process group",
     EMBER_SPARE_STEP_CLOSE: "close inherited fds",
 }
@@ -327,13 +326,20 @@ def wipe_bytes(bytes b):
 # ------------------------------------------------------------- output board
 # (outboard.c: whether a process's output was all forwarded at its exit)
 
+cdef bytes _ob_path(path):
+    """``path`` as the C calls take it; ValueError if it has a NUL (C
+    would open the path cut there)."""
+    cdef bytes p = os.fsencode(path)
+    if b"\0" in p:
+        raise ValueError(f"the output board's path has a NUL: {path!r}")
+    return p
+
+
 def ob_open(path, bint create=False):
     """Map the output board at ``path`` into this process (once; created
     with ``create``).  Returns True if it is mapped, False if there is no
     board of this layout there; OSError for a failure to create it."""
-    cdef bytes p = os.fsencode(path)
-    if b"\0" in p:
-        raise ValueError(f"the output board's path has a NUL: {path!r}")
+    cdef bytes p = _ob_path(path)
     cdef ember_rc_t rc = ember_ob_open(p, create)
     if rc == EMBER_OK:
         return True
@@ -348,9 +354,7 @@ def ob_replace(path, bint create=False):
     thread meanwhile reads one or the other), or map it if none is.  True
     if it is mapped now; False if there is no board of this layout there
     (the old one stays); OSError if it cannot be made or moved there."""
-    cdef bytes p = os.fsencode(path)
-    if b"\0" in p:
-        raise ValueError(f"the output board's path has a NUL: {path!r}")
+    cdef bytes p = _ob_path(path)
     cdef ember_rc_t rc = ember_ob_replace(p, create)
     if rc == EMBER_OK:
         return True
