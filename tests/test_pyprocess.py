@@ -631,6 +631,45 @@ def test_template_killed_is_replaced(tmp_path):
     assert out.splitlines() == ["after kill 7 1 True"]
 
 
+def test_template_killed_between_a_spare_and_its_answer(tmp_path, monkeypatch):
+    """The template SIGKILLed between cloning a spare and sending its
+    answer (the hook template._DIE_AT_SPARE, in the Python loop that serves
+    a spare request with a preload list): nothing names that spare to the
+    shepherd, whose child it is, but it is still in the template's process
+    group.  The next start sees the template dead, reaps it and kills and
+    reaps what is left of its group: the spare's zombie is gone (it stayed
+    until the shepherd exited), and starts go on from a new template."""
+    died = tmp_path / "died"
+    monkeypatch.setenv("EMBER_TEST_TEMPLATE_DIE_AT_SPARE", str(died))
+    out = ok(run_prog(tmp_path, f"""
+        from procs import table
+        ember.Process._lease_spares = False   # the shepherd's spares alone
+        ember.Process.preload(["json"])       # spare requests for the Python loop (the hook's)
+        sh = os.getppid()
+
+        def dead_spares():
+            return [pid for pid, (st, pp, c) in table().items()
+                    if pp == sh and c == "ember-spare" and st == "Z"]
+
+        p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
+        # forked by the template, which was asked for spares at once: it
+        # cloned the first and died before its answer; the spare saw EOF
+        for _ in range(3000):         # (30 s: not stuck)
+            z = dead_spares()
+            if z:
+                break
+            time.sleep(0.01)
+        print("died", os.path.exists({str(died)!r}), len(z))
+        p = ember.Process(target=lambda: 7); p.start()
+        # the start found the template dead: reaped, and its group with it
+        print("reaped", [pid for pid in z if pid in dead_spares()])
+        print("result", p.result())
+        p.join()
+        q = ember.Process(target=lambda: 8); q.start(); print("result", q.result()); q.join()
+    """))
+    assert out.splitlines() == ["died True 1", "reaped []", "result 7", "result 8"], out
+
+
 def test_spare_child(tmp_path):
     """The shepherd keeps two children forked ahead of the next requests
     (the spares, template.SPARES): a process started from one gets its own

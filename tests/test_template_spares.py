@@ -11,6 +11,8 @@ import time
 import msgpack
 import pytest
 
+from ember.shepherd import template as T
+
 pytestmark = pytest.mark.timeout(60)
 
 TEMPLATE = textwrap.dedent(r"""
@@ -60,8 +62,9 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
     """Each request that is exactly the loop's (and carries no fds) is
     answered in C: ``[pid, None, [], False]`` with the spare's end of a
     socket pair; the spare is our child (a sibling of the template), named
-    ember-spare while it waits; its request (with three fds, made its 0,
-    1, 2; no other fd left open, a process group of its own) comes back
+    ember-spare while it waits, in the template's process group until the
+    shepherd gives it its own; its request (with three fds, made its 0,
+    1, 2; no other fd left open) comes back
     to its Python, the spare named ember-leased for a lease (an argument
     ``--spare=...``), else the name it was given.  Any other request, or the same bytes
     with fds, is handed back to the Python caller, which can go back into
@@ -90,6 +93,11 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
                     break
                 time.sleep(0.01)
             assert comm == b"ember-spare"
+            # It waits in the template's process group; the shepherd gives
+            # it its own when it reads the answer (template._adopt): a spare
+            # whose answer never came dies with that group.
+            assert os.getpgid(pid) == os.getpgid(proc.pid)
+            assert T._adopt(pid) and os.getpgid(pid) == pid
             r, w = os.pipe()
             req = msgpack.packb([list(args), [b"K=" + tag], ""], use_bin_type=True)
             with socket.socket(fileno=fds[0]) as s, open(os.devnull, "rb") as null:

@@ -68,7 +68,6 @@ cdef extern from "spares.h":
         EMBER_SPARE_OK
         EMBER_SPARE_STEP_PDEATHSIG
         EMBER_SPARE_STEP_PARENT
-        EMBER_SPARE_STEP_PGRP
         EMBER_SPARE_STEP_CLOSE
 
     int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm)

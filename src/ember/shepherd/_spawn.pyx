@@ -233,7 +233,6 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
 
 _SPARE_STEP = {
     EMBER_SPARE_STEP_PDEATHSIG: "set the parent-death signal",
-    EMBER_SPARE_STEP_PGRP: "make a process group",
     EMBER_SPARE_STEP_CLOSE: "close inherited fds",
 }
 
@@ -243,8 +242,9 @@ def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased
     """In a spare just cloned, its steps up to its request, in C (spares.h:
     no Python runs, so none of the template's pages is written for them):
     named ``spare_comm``, detached (the parent-death signal, its parent
-    checked to be ``shepherd_pid``, a process group of its own, every fd
-    above 2 closed but ``sock``), the request received on ``sock`` (which
+    checked to be ``shepherd_pid``, every fd above 2 closed but ``sock``;
+    its process group is the template's until the shepherd gives it its
+    own), the request received on ``sock`` (which
     is closed), its three fds made 0, 1, 2, and the process named
     ``leased_comm`` if the request is a lease (an argument
     ``--spare=...``), else ``run_comm`` (None: not renamed).

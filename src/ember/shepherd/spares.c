@@ -237,8 +237,6 @@ int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm)
         errno = 0;
         return EMBER_SPARE_STEP_PARENT;
     }
-    if (setpgid(0, 0) != 0)
-        return EMBER_SPARE_STEP_PGRP;
     if (keep >= 3) {
         if (_ember_close_fds(3u, (unsigned int)keep - 1u) != 0
                 || _ember_close_fds((unsigned int)keep + 1u, ~0u) != 0)

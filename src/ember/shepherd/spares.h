@@ -26,12 +26,14 @@
  * Death: the template killed in the loop costs what it did before: a
  * request in flight is never answered (the shepherd stops the template and
  * starts a new one); a spare cloned whose socket was not sent sees EOF on
- * it and exits (the template's end is closed with the template), and stays
- * the shepherd's zombie until the shepherd exits: nothing tells it the
- * spare's pid (killed between the clone and the answer's sendmsg only; the
- * answers sent but not yet read are read once the template is reaped and
- * their spares reaped: template.py, _reap_unread).  A spare dying costs
- * nothing here.
+ * it and exits (the template's end is closed with the template).  Nothing
+ * tells the shepherd that spare's pid (killed between the clone and the
+ * answer's sendmsg), but the spare is still in the template's process
+ * group (a spare does not leave it: the shepherd moves it out when it
+ * reads its answer, template.py _adopt), so once the shepherd has reaped
+ * the template it kills and reaps that group's members (template.py,
+ * _reap_group); the answers sent but not yet read are read and their
+ * spares reaped (_reap_unread).  A spare dying costs nothing here.
  */
 #ifndef EMBER_SPARES_H
 #define EMBER_SPARES_H
@@ -74,8 +76,9 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t
  * The spare's own steps (in the spare, before any of its Python runs: each
  * Python step there wrote pages it shares with the template, ~80 copy-on-
  * write faults for these): ember_spare_detach() names it and detaches it
- * from the template (parent-death signal, checked parent, own process
- * group, no inherited fd but its socket), ember_spare_recv() waits for its
+ * from the template (parent-death signal, checked parent, no inherited fd
+ * but its socket; it stays in the template's process group until the
+ * shepherd moves it out), ember_spare_recv() waits for its
  * request (the message and its three fds), ember_spare_stdio() puts those
  * fds in place as 0, 1, 2, ember_spare_leased() says whether the request
  * is a lease (ember._worker --spare=...), ember_spare_name() sets the
@@ -91,14 +94,13 @@ typedef enum {
     EMBER_SPARE_OK = 0,
     EMBER_SPARE_STEP_PDEATHSIG = 1,   /* prctl(PR_SET_PDEATHSIG) failed (errno) */
     EMBER_SPARE_STEP_PARENT = 2,      /* the parent is not the shepherd (exited) */
-    EMBER_SPARE_STEP_PGRP = 3,        /* setpgid(0, 0) failed (errno) */
     EMBER_SPARE_STEP_CLOSE = 4        /* closing the inherited fds failed (errno) */
 } ember_spare_step_t;
 
 /* Name the process ``comm`` (NULL: unchanged), set SIGKILL as its parent-
- * death signal, check that its parent is ``shepherd_pid``, make it a
- * process group, close every fd above 2 but ``keep``.  Returns the step
- * that failed (errno set), or EMBER_SPARE_OK. */
+ * death signal, check that its parent is ``shepherd_pid``, close every fd
+ * above 2 but ``keep``.  Returns the step that failed (errno set), or
+ * EMBER_SPARE_OK.  (Its process group is the shepherd's to make.) */
 int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm);
 
 /* The length of the next message on ``sock`` (waiting for it), 0 at EOF,

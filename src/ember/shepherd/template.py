@@ -44,14 +44,19 @@ next request (``[args, envp, cwd]`` and the stdio fds) straight to the
 spare, with no answer to wait for; the template is off the path.  Spares
 that died or cannot be used (forked before a preload the request asks
 for) are killed and reaped by the shepherd (they are its children), and
-the template forks that child.
+the template forks that child.  A spare waits in the template's process
+group: the shepherd gives it a group of its own when it reads its answer
+(:func:`_adopt`; so it does for a child the template forked).
 
 What a death costs: the template dying (killed, crash) fails the spawn in
 flight ("template exited"); the next spawn starts a new template.  A spare
 the shepherd already holds is still used; one whose socket was in flight
-sees EOF and exits (the shepherd reaps that zombie only when it exits).  A
-spare dying while it waits costs nothing but a fork on the next request.  A
-child dying at any point is an ordinary managed-process exit.
+(answered, not read) is killed and reaped once the template is, and so is
+every child the template made whose answer never came (a spare cloned
+just before the death: it is still in the template's process group,
+:func:`_reap_group`).  A spare dying while it waits costs nothing but a
+fork on the next request.  A child dying at any point is an ordinary
+managed-process exit.
 """
 import os
 import select
@@ -194,22 +199,26 @@ class Template:
         """Kill and reap the template (if any).  The spares we hold are not
         the template's: they stay usable.  Those it answered for whose
         answers are still unread (:func:`_reap_unread`) are killed and
-        reaped."""
+        reaped, and so is what is left in its process group
+        (:func:`_reap_group`): the children it made whose answer never
+        came."""
         self._asked = 0
         sock, self._sock = self._sock, None
-        if self._pid is not None:
+        group, self._pid = self._pid, None
+        if group is not None:
             try:
-                os.kill(self._pid, signal.SIGKILL)
+                os.kill(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             try:
-                os.waitpid(self._pid, 0)
+                os.waitpid(group, 0)
             except ChildProcessError:
                 pass
-            self._pid = None
         if sock is not None:
             _reap_unread(sock)
             sock.close()
+        if group is not None:
+            _reap_group(group)
 
     # --- the spare ------------------------------------------------------
     def _ask_spare(self, preload, start=True):
@@ -271,7 +280,7 @@ class Template:
                 os.close(fd)
             self._stop()
             return False
-        if pid and len(fds) == 1:
+        if pid and len(fds) == 1 and _adopt(pid):
             os.set_inheritable(fds[0], False)     # fds from SCM_RIGHTS are inherited by exec
             self._spares.append(_Spare(pid, _socket().socket(fileno=fds[0]),
                                        frozenset(preloaded)))
@@ -389,6 +398,8 @@ class Template:
                                   f"cannot start from the template: {exc}") from None
                 continue
             pid, err, *rest = msgpack.unpackb(data, raw=False)
+            if pid and not err:
+                _adopt(pid)               # (it may have made its group already: _detach)
             for stale in (rest[0] if rest else ()):
                 try:                      # a child it could not use: ours to reap
                     os.waitpid(stale, 0)
@@ -420,11 +431,44 @@ def _reap(spare):
         pass
 
 
+def _adopt(pid):
+    """Take ``pid``, a child the template named in an answer, out of the
+    template's process group: it leads a group of its own from now on
+    (``setpgid`` by its parent, us).  Until then it is in the template's
+    group, and if the template dies before its answer is read it is killed
+    and reaped with that group (:func:`_reap_group`).  False if that
+    failed (it is not ours as it should be)."""
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        return False
+    return True
+
+
+def _reap_group(pgid):
+    """Kill and reap what is left in the process group of a template that
+    was reaped (``pgid``, its pid): the children it made that we did not
+    :func:`_adopt`, each ours (CLONE_PARENT, or re-parented to us: we are
+    the subreaper).  A spare cloned whose answer the template never sent
+    (killed between the clone and its ``sendmsg``) is one: nothing else
+    tells us its pid.  The group's id cannot have been reused while it
+    has a member, and a group with none costs one ``killpg``."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:               # (ProcessLookupError: no member, zombies included)
+        return
+    while True:
+        try:
+            os.waitpid(-pgid, 0)
+        except ChildProcessError:
+            return
+
+
 def _reap_unread(sock):
     """Read what the template, gone (reaped), left unread in ``sock``: the
     child each answer names is ours (its spare, or a late fork's) and no
     one else knows it; killed and reaped.  (Its socket closed unread, a
-    spare saw EOF and exited, our zombie for our life.)"""
+    spare would see EOF and exit, a zombie of ours.)"""
     import msgpack
 
     socket = _socket()
@@ -1149,6 +1193,20 @@ def _receive_buffer():
     return buf
 
 
+#: For the tests: a path; the first template to make a spare in the Python
+#: loop (:func:`_give_spare`) while it does not exist creates it and is
+#: SIGKILLed between the clone and its answer (tests/test_pyprocess.py).
+_DIE_AT_SPARE = os.environ.get("EMBER_TEST_TEMPLATE_DIE_AT_SPARE")
+
+
+def _die_at_spare():
+    try:
+        os.close(os.open(_DIE_AT_SPARE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _give_spare(sock, req, shepherd_pid, spares):
     """Answer the shepherd's ``["spare", preload]``: import ``preload``,
     fork a spare (:func:`_make_spare`) and hand its socket to the shepherd
@@ -1165,6 +1223,8 @@ def _give_spare(sock, req, shepherd_pid, spares):
         _preload(preload)
     spare = _make_spare(shepherd_pid) if spares else None
     _t("T.cloned")
+    if spare is not None and _DIE_AT_SPARE:
+        _die_at_spare()
     final = not spares or (spare is None and not _single_threaded())
     reply = msgpack.packb([spare.pid if spare else 0, None, sorted(_preloaded), final],
                           use_bin_type=True)
