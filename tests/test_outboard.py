@@ -158,3 +158,44 @@ def test_a_second_runtime_in_the_same_process_uses_its_own_board(tmp_path):
                          capture_output=True, text=True, timeout=50)
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert res.stdout.split() == ["hello", "hello", "done"]
+
+
+def test_a_shepherd_leaves_the_board_it_did_not_make(tmp_path):
+    # A node sharing the head's /dev/shm (--hosts local:N): its shepherd
+    # maps the head shepherd's board (named by the runtime id) and, at its
+    # normal stop, leaves it to its maker; the maker unlinks it at its stop.
+    prog = textwrap.dedent("""
+        import os, threading
+        from ember import _outboard
+        from ember.shepherd.server import Shepherd
+
+        rid = "obtest%d" % os.getpid()
+        path = _outboard.path(rid)
+        try:
+            def start():
+                sh = Shepherd(lambda data: None)
+                sh.open_output_board(rid)
+                loop = threading.Thread(target=sh.serve)
+                loop.start()
+                return sh, loop
+
+            def stop(sh, loop):
+                sh.request_stop(None)
+                loop.join(20)
+                assert not loop.is_alive()
+                sh.close()
+
+            head = start()
+            node = start()
+            ino = os.stat(path).st_ino
+            stop(*node)
+            print("after the node's stop", os.path.exists(path) and os.stat(path).st_ino == ino)
+            stop(*head)
+            print("after the head's stop", os.path.exists(path))
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+    """)
+    res = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=50)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["after the node's stop True", "after the head's stop False"]

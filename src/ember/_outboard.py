@@ -4,7 +4,8 @@ kernel (ember.objects.process; docs/python-processes.md, "Output and
 join").  One per node's shepherd: ``/dev/shm/ember.<runtime id>.output``,
 made by the shepherd, which unlinks it when it ends (on another node, its
 node agent after it; the launcher's sweep of the runtime's segments takes
-it otherwise)."""
+it otherwise).  The shepherd of a node that shares the head's /dev/shm
+maps the head shepherd's board and leaves it to it."""
 import _thread     # (not threading: the shepherd, and a .py head forked from it, import this)
 import os
 

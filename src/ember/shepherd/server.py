@@ -307,7 +307,7 @@ class Shepherd(Service):
         self._ep.register(self._wake, select.EPOLLIN)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._template = None         # the warm template, started on first use
-        self._board = None            # the output board's path (open_output_board)
+        self._board = None            # the output board this shepherd made (open_output_board)
         # GS's requests: notices (each handler sends its own answer, if any).
         self._death_lines = []        # ShDeathReport lines, for the main thread to write
         for cls, method in ((M.ShSpawn, self._on_spawn), (M.ShKill, self._on_kill),
@@ -326,15 +326,20 @@ class Shepherd(Service):
         ember._outboard): each child's entry says whether all it wrote was
         forwarded when it exited, which a join answered by the kernel
         waits for (docs/python-processes.md, "Output and join").  Unlinked
-        when :meth:`serve` ends.  Before the first spawn; a failure is
-        logged (joins then ask GS)."""
+        when :meth:`serve` ends if this shepherd made it: the shepherd of a
+        node that shares the head's ``/dev/shm`` (``--hosts local:N``) maps
+        the head shepherd's board (named by the runtime id), which it
+        leaves to its maker (and the launcher's sweep).  Before the first
+        spawn; a failure is logged (joins then ask GS)."""
         from .. import _outboard
+        path = _outboard.path(runtime_id)
+        made = not os.path.exists(path)
         try:
             _outboard.create(runtime_id)
         except OSError as exc:
             log.warning("no output board: %s", exc)
             return
-        self._board = _outboard.path(runtime_id)
+        self._board = path if made else None
 
     # ------------------------------------------------------------------
     # request thread
