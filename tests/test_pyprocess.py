@@ -670,6 +670,50 @@ def test_template_killed_between_a_spare_and_its_answer(tmp_path, monkeypatch):
     assert out.splitlines() == ["died True 1", "reaped []", "result 7", "result 8"], out
 
 
+def test_template_killed_between_a_fork_and_its_answer(tmp_path, monkeypatch):
+    """The template SIGKILLed after forking a child (the child set up, in
+    its cwd) and before its answer (the hook template._DIE_AT_FORK): the
+    child waits for the shepherd to give it a process group of its own
+    (template._wait_adopted), which it never does; the shepherd sees the
+    template dead, kills and reaps what is left of its group and forks the
+    child again from a new template.  The request runs once, in the child
+    the shepherd knows, and nothing else is left in that cwd.  (Before, the
+    first child made its own group and ran its worker too, unknown to the
+    shepherd, the two waiting for the same call.)"""
+    died = tmp_path / "died"
+    (tmp_path / "sub").mkdir()
+    monkeypatch.setenv("EMBER_TEST_TEMPLATE_DIE_AT_FORK", str(died))
+    out = ok(run_prog(tmp_path, f"""
+        ember.Process._lease_spares = False   # the shepherd's template alone
+        log = {str(tmp_path / "log")!r}
+        sub = {str(tmp_path / "sub")!r}
+
+        def work():
+            with open(log, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+            return os.getpid()
+
+        def in_sub():
+            found = []
+            for d in os.listdir("/proc"):
+                try:
+                    if d.isdigit() and os.readlink(f"/proc/{{d}}/cwd") == sub:
+                        found.append(int(d))
+                except OSError:
+                    pass
+            return found
+
+        p = ember.Process(target=work, cwd="sub"); p.start()     # forked: no spare yet
+        r = p.result(timeout=60)
+        p.join(timeout=30)
+        print("died", os.path.exists({str(died)!r}))
+        with open(log) as f:
+            print("ran once", f.read().split() == [str(r)], r == p.pid, p.exitcode)
+        print("left", in_sub())
+    """))
+    assert out.splitlines() == ["died True", "ran once True True 0", "left []"], out
+
+
 def test_spare_child(tmp_path):
     """The shepherd keeps two children forked ahead of the next requests
     (the spares, template.SPARES): a process started from one gets its own

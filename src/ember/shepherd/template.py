@@ -23,11 +23,12 @@ after-fork code.  See docs/python-processes.md.
 
 The real child, before running the worker: waits until it is re-parented
 (EOF on a pipe the intermediate process held, then ``getppid()``), sets
-PR_SET_PDEATHSIG(SIGKILL) and checks its parent is the shepherd, leads a new
-process group, takes its stdio fds, closes every other fd, changes
-directory, replaces its environment, reports "ready" (or the failed step)
-to the template, and then runs ``ember._worker.main`` and ``os._exit``\\ s
-with its code.
+PR_SET_PDEATHSIG(SIGKILL) and checks its parent is the shepherd, takes its
+stdio fds, closes every other fd, changes directory, replaces its
+environment, waits until the shepherd has made it a process group of its
+own (:func:`_wait_adopted`: never, if the template died before its answer;
+the shepherd then kills it with the template's group), and then runs
+``ember._worker.main`` and ``os._exit``\\ s with its code.
 
 The spares (single-threaded template only): the shepherd keeps
 :data:`SPARES` children forked ahead of time.  It asks for the next ones
@@ -287,8 +288,8 @@ class Template:
             return True
         for fd in fds:
             os.close(fd)
-        if pid:                                   # no socket to reach it: not usable
-            _reap(_Spare(pid, None))
+        if pid:                                   # no socket to reach it (or no group): not usable
+            _kill_child(pid)
         self._no_spares = bool(final)
         return True
 
@@ -398,8 +399,11 @@ class Template:
                                   f"cannot start from the template: {exc}") from None
                 continue
             pid, err, *rest = msgpack.unpackb(data, raw=False)
-            if pid and not err:
-                _adopt(pid)               # (it may have made its group already: _detach)
+            if pid and not err and not _adopt(pid):
+                # It waits for that before it runs (_wait_adopted).
+                _kill_child(pid)
+                err = [10, "cannot give the child a process group"]
+                pid = 0
             for stale in (rest[0] if rest else ()):
                 try:                      # a child it could not use: ours to reap
                     os.waitpid(stale, 0)
@@ -443,6 +447,18 @@ def _adopt(pid):
     except OSError:
         return False
     return True
+
+
+def _kill_child(pid):
+    """Kill and reap ``pid`` if it is a child of ours not yet reaped (so
+    its pid is still its own); nothing otherwise."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return                    # it had exited: reaped now
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _reap_group(pgid):
@@ -587,16 +603,15 @@ def _set_env(envp):
 
 def _detach(shepherd_pid, keep=-1):
     """The steps of a child that need nothing of its request: the
-    parent-death signal (checking the parent is the shepherd), a process
-    group of its own, every inherited fd above 2 closed but ``keep``, the
-    default SIGINT handler.  Returns the step that failed, or None."""
+    parent-death signal (checking the parent is the shepherd), every
+    inherited fd above 2 closed but ``keep``, the default SIGINT handler.
+    Returns the step that failed, or None.  (Its process group is the
+    shepherd's to make: :func:`_adopt`, :func:`_wait_adopted`.)"""
     step = "set the parent-death signal"
     try:
         set_pdeathsig(signal.SIGKILL)
         if os.getppid() != shepherd_pid:
             raise OSError(0, "the shepherd exited")
-        step = "make a process group"
-        os.setpgid(0, 0)
         step = "close inherited fds"
         if keep >= 3:
             os.closerange(3, keep)
@@ -661,6 +676,8 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
             os.chdir(cwd)
         step = "set the environment"
         _set_env(envp)
+        step = "wait for the shepherd"
+        _wait_adopted()
         step = "run"
         _t("C.run")
         if _trace.on:
@@ -690,6 +707,25 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         if code == 0:
             _say_clean()
         flush_and_exit(code)
+
+
+def _wait_adopted():
+    """In a child, before its worker runs: wait until the shepherd has
+    given it a process group of its own (:func:`_adopt`, when it reads the
+    template's answer naming it; a spare's was made before its request
+    was sent, so this returns at once).  A child whose template died
+    before that answer is never adopted: it waits here, in the template's
+    process group, until the shepherd kills and reaps that group
+    (:func:`_reap_group`), and never runs its request, which the shepherd
+    hands to a child of a new template (the one it knows)."""
+    me = os.getpid()
+    spins = 0
+    while os.getpgrp() != me:
+        if spins < 200:
+            spins += 1
+            os.sched_yield()
+        else:
+            select.select([], [], [], 0.0002)
 
 
 def _say_clean():
@@ -1128,6 +1164,8 @@ def main():
                 if preload and any(m not in _preloaded for m in preload):
                     _preload(preload)
                 pid, err = _fork_one(args, envp, cwd, fds, shepherd_pid)
+                if pid and _DIE_AT_FORK:
+                    _die_at_fork(pid, cwd)
         except Exception as exc:
             pid, err = 0, [getattr(exc, "errno", None) or 5,
                            f"template error: {type(exc).__name__}: {exc}"]
@@ -1191,6 +1229,30 @@ def _receive_buffer():
     except (AttributeError, OSError):
         pass                # inherited: costs a few page table entries a clone
     return buf
+
+
+#: For the tests: a path; the first template to fork a child whose cwd
+#: differs from its own while the path does not exist creates it, waits
+#: until the child is in that cwd (past every step before the wait for the
+#: shepherd) and is SIGKILLed before its answer (tests/test_pyprocess.py).
+_DIE_AT_FORK = os.environ.get("EMBER_TEST_TEMPLATE_DIE_AT_FORK")
+
+
+def _die_at_fork(pid, cwd):
+    if not cwd or os.path.realpath(cwd) == os.getcwd():
+        return
+    try:
+        os.close(os.open(_DIE_AT_FORK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        return
+    for _ in range(100000):            # (bounded: a child that failed does not get there)
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(cwd):
+                break
+        except OSError:
+            break
+        os.sched_yield()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 #: For the tests: a path; the first template to make a spare in the Python
