@@ -405,12 +405,14 @@ class Template:
                 err = [10, "cannot give the child a process group"]
                 pid = 0
             for stale in (rest[0] if rest else ()):
+                if type(stale) is not int or stale <= 0:
+                    continue              # (0 or less would name a group)
                 try:                      # a child it could not use: ours to reap
                     os.waitpid(stale, 0)
                 except ChildProcessError:
                     pass
             if err:
-                if pid:
+                if type(pid) is int and pid > 0:
                     try:
                         os.waitpid(pid, 0)        # it was re-parented to us: reap it
                     except ChildProcessError:
@@ -442,6 +444,8 @@ def _adopt(pid):
     group, and if the template dies before its answer is read it is killed
     and reaped with that group (:func:`_reap_group`).  False if that
     failed (it is not ours as it should be)."""
+    if type(pid) is not int or pid <= 0:
+        return False
     try:
         os.setpgid(pid, pid)
     except OSError:
@@ -451,7 +455,10 @@ def _adopt(pid):
 
 def _kill_child(pid):
     """Kill and reap ``pid`` if it is a child of ours not yet reaped (so
-    its pid is still its own); nothing otherwise."""
+    its pid is still its own); nothing otherwise (nor for a ``pid`` that
+    is no process's: 0 or less would name a group)."""
+    if type(pid) is not int or pid <= 0:
+        return
     try:
         if os.waitpid(pid, os.WNOHANG)[0]:
             return                    # it had exited: reaped now
