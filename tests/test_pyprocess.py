@@ -717,8 +717,9 @@ def test_template_killed_between_a_fork_and_its_answer(tmp_path, monkeypatch):
 def test_spare_child(tmp_path):
     """The shepherd keeps two children forked ahead of the next requests
     (the spares, template.SPARES): a process started from one gets its own
-    p_uid, environment, working directory and forwarded output as any
-    other; a spare that dies while waiting is reaped by the shepherd at the
+    p_uid, environment (``os.environ`` and the C environment its
+    subprocesses inherit alike), working directory and forwarded output as
+    any other; a spare that dies while waiting is reaped by the shepherd at the
     next start and replaced."""
     (tmp_path / "sub").mkdir()
     out = ok(run_prog(tmp_path, """
@@ -731,17 +732,23 @@ def test_spare_child(tmp_path):
             with open("/proc/self/comm") as f:
                 comm = f.read().strip()
             print("child says", tag, flush=True)
+            libc = ctypes.CDLL(None)
+            libc.getenv.restype = ctypes.c_char_p     # the C environment (subprocesses')
+            c_env = tuple(libc.getenv(k) for k in (b"EMBER_P_UID", b"EXTRA", b"EMBER_KEY"))
             return (os.environ["EMBER_P_UID"], os.environ.get("EXTRA"), os.getcwd(),
-                    comm, os.getppid(), os.getpid())
+                    comm, os.getppid(), os.getpid(),
+                    c_env == tuple(os.environb.get(k) for k in (b"EMBER_P_UID", b"EXTRA",
+                                                                b"EMBER_KEY")))
 
         p = ember.Process(target=child, args=("one",)); p.start(); p.result(); p.join()
         s1 = wait_spares()
         p = ember.Process(target=child, args=("two",), env={"EXTRA": "x"}, cwd="sub")
         p.start()
-        puid, extra, cwd, comm, ppid, pid = p.result()
+        puid, extra, cwd, comm, ppid, pid, c_env = p.result()
         p.join()
         print("from the spare", len(s1) == 2 and pid in s1, puid == str(p.p_uid), extra,
-              os.path.basename(cwd), comm != "ember-spare", ppid == os.getppid(), p.exitcode)
+              os.path.basename(cwd), comm != "ember-spare", ppid == os.getppid(), p.exitcode,
+              c_env)
         s2 = wait_spares()[0]                     # any: a dead one is reaped at the next start
         os.kill(s2, signal.SIGKILL)
         wait_gone([s2])
@@ -758,7 +765,7 @@ def test_spare_child(tmp_path):
     """))
     lines = out.splitlines()
     assert [ln for ln in lines if not ln.startswith("child says")] == [
-        "from the spare True True x sub True True 0",
+        "from the spare True True x sub True True 0 True",
         "after the spare died True False",
         "bad cwd True",
         "exit 0"], out

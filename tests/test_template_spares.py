@@ -132,3 +132,73 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
             proc.kill()
             proc.wait()
         mine.close()
+
+
+def test_a_spares_request_is_read_in_c_against_the_template_environment():
+    """``spare_request`` (spares.c, ember_spare_request) reads a spare's
+    request ``[args, envp, cwd]`` against the template's environment (NUL-
+    ended ``K=V`` entries): the args, the cwd, and the envp entries the
+    template lacks, as ``(key, value)`` to set (a key the template has is
+    replaced).  None (the spare unpacks the request itself) when an entry
+    of the template's is to be removed, or the request has another shape."""
+    from ember.shepherd._spawn import spare_request
+
+    env = b"A=1\0B=2\0EMBER_P_UID=0\0"
+
+    def req(args, envp, cwd):
+        return msgpack.packb([args, envp, cwd], use_bin_type=True)
+
+    same = [b"A=1", b"B=2", b"EMBER_P_UID=0"]
+    assert spare_request(req(["-m", "x"], same, None), env) == (["-m", "x"], None, [])
+    assert spare_request(req(["-m", "é"], list(reversed(same)), "/tmp/d"), env) == (
+        ["-m", "é"], "/tmp/d", [])
+    assert spare_request(req(["a"], [b"A=1", b"B=2", b"EMBER_P_UID=7", b"K=v=w", b"E="], ""),
+                         env) == (["a"], "", [(b"EMBER_P_UID", b"7"), (b"K", b"v=w"), (b"E", b"")])
+    assert spare_request(req([], same, None), b"") == (
+        [], None, [(b"A", b"1"), (b"B", b"2"), (b"EMBER_P_UID", b"0")])
+    # an entry to remove, or a key replaced but another missing: the caller's
+    assert spare_request(req(["a"], [b"A=1", b"EMBER_P_UID=0"], None), env) is None
+    assert spare_request(req(["a"], [b"A=1", b"A=3", b"EMBER_P_UID=0"], None), env) is None
+    # other shapes: not str args, an entry without "=", a str envp entry is
+    # fine, trailing or missing bytes, a non-UTF-8 arg, too many args
+    m = req(["a"], same, None)
+    assert spare_request(req([b"a"], same, None), env) is None
+    assert spare_request(req(["a"], same + [b"NOEQ"], None), env) is None
+    assert spare_request(req(["a"], same + ["S=1"], None), env) == (["a"], None, [(b"S", b"1")])
+    assert spare_request(m + b"\xc0", env) is None
+    assert spare_request(m[:-1], env) is None
+    assert spare_request(msgpack.packb([["a"], same]), env) is None
+    assert spare_request(m.replace(b"\xa1a", b"\xa1\xff"), env) is None
+    assert spare_request(req(["a"] * 33, same, None), env) is None
+    assert spare_request(req(["a"] * 32, same, None), env)[0] == ["a"] * 32
+
+
+def test_spare_setenv_sets_the_c_and_the_python_environment():
+    """``spare_setenv`` sets each ``(key, value)`` in the C environment
+    (what a subprocess inherits, what getenv reads) and in os.environ,
+    replacing a key's value or adding it; later changes through os.environ
+    work as usual."""
+    prog = textwrap.dedent(r"""
+        import ctypes, os, subprocess
+        from ember.shepherd._spawn import spare_setenv
+        os.environ["SSE_OLD"] = "0"
+        os.environ.pop("SSE_NEW", None)
+        spare_setenv([(b"SSE_OLD", b"1"), (b"SSE_NEW", b"a=b")], os.environ._data)
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_char_p
+        sh = lambda: subprocess.run(["sh", "-c", 'echo "$SSE_OLD|$SSE_NEW|$SSE_MORE"'],
+                                    capture_output=True, text=True).stdout.strip()
+        print(os.environ["SSE_OLD"], os.environ["SSE_NEW"], libc.getenv(b"SSE_OLD"),
+              libc.getenv(b"SSE_NEW"), sh())
+        os.environ["SSE_MORE"] = "m"
+        del os.environ["SSE_OLD"]
+        print(sh(), "SSE_OLD" in os.environ)
+        try:
+            spare_setenv([(b"A=B", b"1")], os.environ._data)
+        except ValueError:
+            print("refused")
+    """)
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["1 a=b b'1' b'a=b' 1|a=b|", "|a=b|m False", "refused"]

@@ -75,6 +75,23 @@ cdef extern from "spares.h":
     Py_ssize_t ember_spare_recv(int sock, char *buf, size_t cap, int fds_out[3], int *nfds_out)
     int ember_spare_stdio(const int fds[3])
     int ember_spare_leased(const char *msg, size_t len)
+
+    ctypedef struct ember_spare_span_t:
+        size_t off
+        size_t len
+    enum:
+        EMBER_SPARE_MAX_ARGS
+        EMBER_SPARE_MAX_SETS
+    ctypedef struct ember_spare_request_t:
+        size_t nargs
+        ember_spare_span_t args[EMBER_SPARE_MAX_ARGS]
+        size_t nsets
+        ember_spare_span_t sets[EMBER_SPARE_MAX_SETS]
+        int cwd_nil
+        ember_spare_span_t cwd
+    int ember_spare_putenv(char *const *entries, size_t n)
+    int ember_spare_request(const char *msg, size_t len, const char *env, size_t env_len,
+                            ember_spare_request_t *out)
     void ember_spare_name(const char *comm)
 
 

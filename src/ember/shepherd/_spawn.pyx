@@ -16,6 +16,8 @@ import os
 from time import monotonic as _monotonic
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memchr, memcpy
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, free
@@ -23,7 +25,7 @@ from posix.types cimport pid_t
 from posix.unistd cimport close as _close
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str",
-           "serve_spares", "spare_wait", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
+           "serve_spares", "spare_wait", "spare_request", "spare_setenv", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
@@ -285,6 +287,84 @@ def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased
         elif leased == 0:
             ember_spare_name(PyBytes_AS_STRING(run_comm))
     return ("request", msg, leased)
+
+
+def spare_request(bytes msg not None, bytes env not None):
+    """A spare's request ``msg`` (the msgpack of ``[args, envp, cwd]``) read
+    in C against ``env``, the environment the spare has from its template
+    (its ``K=V`` entries, each ended by a NUL): ``(args, cwd, sets)``, the
+    args a list of str, the cwd a str or None, ``sets`` the ``(key,
+    value)`` bytes of each envp entry the template lacks (set in order: a
+    key the template has gets the new value).  None when that is not the
+    whole change (an entry of the template's to remove) or the request is
+    of another shape: the caller unpacks it itself (spares.h,
+    ember_spare_request).  No msgpack objects and no set operations in the
+    spare's Python: each of them wrote pages it shares with the template."""
+    cdef ember_spare_request_t r
+    cdef const char *m = PyBytes_AS_STRING(msg)
+    cdef size_t i, k
+    if ember_spare_request(m, <size_t>len(msg), PyBytes_AS_STRING(env), <size_t>len(env),
+                           &r) != 0:
+        return None
+    try:
+        args = [PyUnicode_DecodeUTF8(m + r.args[i].off, <Py_ssize_t>r.args[i].len, NULL)
+                for i in range(r.nargs)]
+        cwd = None if r.cwd_nil else PyUnicode_DecodeUTF8(m + r.cwd.off,
+                                                          <Py_ssize_t>r.cwd.len, NULL)
+    except UnicodeDecodeError:
+        return None
+    sets = []
+    for i in range(r.nsets):
+        k = <size_t>(<const char *>memchr(m + r.sets[i].off, 61, r.sets[i].len)
+                     - (m + r.sets[i].off))           # '=': there, ember_spare_request checked
+        sets.append((PyBytes_FromStringAndSize(m + r.sets[i].off, <Py_ssize_t>k),
+                     PyBytes_FromStringAndSize(m + r.sets[i].off + k + 1,
+                                               <Py_ssize_t>(r.sets[i].len - k - 1))))
+    return args, cwd, sets
+
+
+def spare_setenv(list sets not None, dict data not None):
+    """In a spare, set each ``(key, value)`` of ``sets`` (bytes, what
+    :func:`spare_request` returns) in the C environment
+    (``ember_spare_putenv``: one new ``environ`` array) and in ``data``,
+    ``os.environ``'s own mapping (``os.environ._data``: encoded key ->
+    encoded value), as ``os.environb[key] = value`` does, without its
+    Python code and setenv()'s writes to the template's pages.  The
+    entries' memory is never freed (the C environment points into it).
+    ValueError for a key or value ``os.environb`` would refuse; MemoryError."""
+    cdef size_t n = len(sets), total = 0, i, off
+    cdef char *buf
+    cdef char **entries
+    for k, v in sets:
+        if not isinstance(k, bytes) or not isinstance(v, bytes) or not k or b"=" in k \
+                or b"\0" in k or b"\0" in v:
+            raise ValueError(f"bad environment entry {k!r}={v!r}")
+        total += len(k) + len(v) + 2
+    buf = <char *>malloc(total + 1)
+    entries = <char **>malloc((n + 1) * sizeof(char *))
+    if buf == NULL or entries == NULL:
+        free(buf)
+        free(entries)
+        raise MemoryError()
+    off = 0
+    for i in range(n):
+        k, v = sets[i]
+        entries[i] = buf + off
+        memcpy(buf + off, PyBytes_AS_STRING(k), len(k))
+        off += len(k)
+        buf[off] = 61       # '='
+        off += 1
+        memcpy(buf + off, PyBytes_AS_STRING(v), len(v))
+        off += len(v)
+        buf[off] = 0
+        off += 1
+    rc = ember_spare_putenv(entries, n)
+    free(entries)
+    if rc != 0:
+        free(buf)
+        raise MemoryError()
+    for k, v in sets:
+        data[k] = v
 
 
 # ------------------------------------------------------------- secrets

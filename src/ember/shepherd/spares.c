@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -364,5 +366,150 @@ int ember_spare_leased(const char *msg, size_t len)
             return 1;
         p += k;
     }
+    return 0;
+}
+
+
+/* Read a msgpack str (raw: 1, also bin) at *p: its span in ``base``, or -1. */
+static int _ember_mp_str(const unsigned char **p, const unsigned char *end,
+                         const unsigned char *base, int raw, ember_spare_span_t *span)
+{
+    const unsigned char *q = *p;
+    size_t k;
+
+    if (q >= end)
+        return -1;
+    if ((q[0] & 0xe0) == 0xa0) {                                  /* fixstr */
+        k = q[0] & 0x1f;
+        q += 1;
+    } else if ((q[0] == 0xd9 || (raw && q[0] == 0xc4)) && end - q >= 2) {     /* 8 */
+        k = q[1];
+        q += 2;
+    } else if ((q[0] == 0xda || (raw && q[0] == 0xc5)) && end - q >= 3) {     /* 16 */
+        k = ((size_t)q[1] << 8) | q[2];
+        q += 3;
+    } else if ((q[0] == 0xdb || (raw && q[0] == 0xc6)) && end - q >= 5) {     /* 32 */
+        k = ((size_t)q[1] << 24) | ((size_t)q[2] << 16) | ((size_t)q[3] << 8) | q[4];
+        q += 5;
+    } else {
+        return -1;
+    }
+    if ((size_t)(end - q) < k)
+        return -1;
+    span->off = (size_t)(q - base);
+    span->len = k;
+    *p = q + k;
+    return 0;
+}
+
+int ember_spare_request(const char *msg, size_t len, const char *env, size_t env_len,
+                        ember_spare_request_t *out)
+{
+    const unsigned char *base = (const unsigned char *)msg;
+    const unsigned char *p = base;
+    const unsigned char *end = base + len;
+    /* The template's entries, as offsets into env (a few KB of stack:
+     * pages a spare's stack may not have had yet, a fault each). */
+    uint32_t starts[EMBER_SPARE_MAX_ENV];
+    uint32_t lens[EMBER_SPARE_MAX_ENV];
+    unsigned char kept[EMBER_SPARE_MAX_ENV];        /* the entry is in envp, or its key set */
+    size_t nenv = 0, i, j;
+    long n;
+
+    if (msg == NULL || out == NULL || (env == NULL && env_len != 0) || env_len > UINT32_MAX)
+        return -1;
+    for (i = 0; i < env_len; ) {                    /* the template's entries */
+        const char *nul = memchr(env + i, '\0', env_len - i);
+        if (nul == NULL || nenv == EMBER_SPARE_MAX_ENV)
+            return -1;
+        starts[nenv] = (uint32_t)i;
+        lens[nenv] = (uint32_t)(nul - (env + i));
+        kept[nenv] = 0;
+        nenv++;
+        i = (size_t)(nul - env) + 1;
+    }
+    if (_ember_mp_array(&p, end) != 3)
+        return -1;
+    n = _ember_mp_array(&p, end);                   /* args */
+    if (n < 0 || n > EMBER_SPARE_MAX_ARGS)
+        return -1;
+    out->nargs = (size_t)n;
+    for (i = 0; i < out->nargs; i++)
+        if (_ember_mp_str(&p, end, base, 0, &out->args[i]) != 0)
+            return -1;
+    n = _ember_mp_array(&p, end);                   /* envp */
+    if (n < 0)
+        return -1;
+    out->nsets = 0;
+    for (long e = 0; e < n; e++) {
+        ember_spare_span_t it;
+        const char *kv, *eq;
+        size_t klen;
+        int found = 0;
+
+        if (_ember_mp_str(&p, end, base, 1, &it) != 0)
+            return -1;
+        kv = msg + it.off;
+        eq = memchr(kv, '=', it.len);
+        if (eq == NULL || eq == kv || memchr(kv, '\0', it.len) != NULL)
+            return -1;                              /* (what os.environ would refuse) */
+        for (j = 0; j < nenv && !found; j++) {
+            if (lens[j] == it.len && memcmp(env + starts[j], kv, it.len) == 0) {
+                kept[j] = 1;
+                found = 1;
+            }
+        }
+        if (found)
+            continue;
+        if (out->nsets == EMBER_SPARE_MAX_SETS)
+            return -1;
+        out->sets[out->nsets++] = it;
+        klen = (size_t)(eq - kv) + 1;               /* the key and its '=' */
+        for (j = 0; j < nenv; j++)
+            if (lens[j] >= klen && memcmp(env + starts[j], kv, klen) == 0)
+                kept[j] = 1;                        /* replaced */
+    }
+    for (j = 0; j < nenv; j++)
+        if (!kept[j])
+            return -1;                              /* to be removed: the caller's */
+    if (p < end && *p == 0xc0) {                    /* cwd */
+        out->cwd_nil = 1;
+        p++;
+    } else {
+        out->cwd_nil = 0;
+        if (_ember_mp_str(&p, end, base, 1, &out->cwd) != 0)
+            return -1;
+    }
+    return p == end ? 0 : -1;
+}
+
+int ember_spare_putenv(char *const *entries, size_t n)
+{
+    extern char **environ;
+    size_t have = 0, count, i, j;
+    char **next;
+
+    while (environ != NULL && environ[have] != NULL)
+        have++;
+    next = malloc((have + n + 1) * sizeof *next);
+    if (next == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if (have)
+        memcpy(next, environ, have * sizeof *next);
+    count = have;
+    for (i = 0; i < n; i++) {
+        const char *eq = strchr(entries[i], '=');
+        size_t klen = eq == NULL ? strlen(entries[i]) : (size_t)(eq - entries[i]) + 1;
+        for (j = 0; j < count; j++)
+            if (strncmp(next[j], entries[i], klen) == 0)
+                break;
+        next[j] = entries[i];
+        if (j == count)
+            count++;
+    }
+    next[count] = NULL;
+    environ = next;     /* the old array is the template's (or setenv's): left as it is */
     return 0;
 }

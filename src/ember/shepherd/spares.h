@@ -84,6 +84,11 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t
  * is a lease (ember._worker --spare=...), ember_spare_name() sets the
  * process's comm.
  *
+ * ember_spare_request() reads its request for its Python without unpacking
+ * it there, and ember_spare_putenv() puts the environment changes it finds
+ * in place (their Python equivalents, msgpack's objects, set operations,
+ * os.environ's setenv(), wrote ~70 pages the spare shares with the template).
+ *
  * Death: a spare is no one's yet: killed anywhere in these steps, it costs
  * the shepherd a spare (it reaps it and hands the request to another, or
  * reports the start failed); the template is not involved.
@@ -120,6 +125,48 @@ int ember_spare_stdio(const int fds[3]);
  * starts with "--spare=", 0 if none does, -1 if args cannot be read here
  * (the caller decides). */
 int ember_spare_leased(const char *msg, size_t len);
+
+/* A request read for the spare's Python without unpacking it there
+ * (ember_spare_request()): spans of ``msg``. */
+#define EMBER_SPARE_MAX_ARGS 32
+#define EMBER_SPARE_MAX_SETS 16
+#define EMBER_SPARE_MAX_ENV 256
+
+typedef struct {
+    size_t off, len;
+} ember_spare_span_t;
+
+typedef struct {
+    size_t nargs;                                   /* args: msgpack str items */
+    ember_spare_span_t args[EMBER_SPARE_MAX_ARGS];
+    size_t nsets;                                   /* envp items the template lacks */
+    ember_spare_span_t sets[EMBER_SPARE_MAX_SETS];
+    int cwd_nil;                                    /* cwd: nil (1) or the span */
+    ember_spare_span_t cwd;
+} ember_spare_request_t;
+
+/* Read a request ``msg`` (the msgpack of [args, envp, cwd]: args str
+ * items, envp ``K=V`` items, str or bin, cwd nil, str or bin) against the
+ * environment the spare has from its template, ``env`` (``env_len`` bytes:
+ * its ``K=V`` entries, each ended by a NUL; at most EMBER_SPARE_MAX_ENV):
+ * the args, the cwd, and the envp items that are not among the template's
+ * entries (``sets``: each to be set, replacing the template's value of its
+ * key if it has one).  Returns 0 when that is the whole change: every
+ * entry of the template's is in envp, or has its key set by one of
+ * ``sets``, so none is to be removed.  Returns -1 (``out`` unspecified)
+ * when the caller must unpack the request itself: an entry to remove, more
+ * args or sets than the limits, items of other types, a malformed or
+ * truncated message.  No allocation, no system call. */
+int ember_spare_request(const char *msg, size_t len, const char *env, size_t env_len,
+                        ember_spare_request_t *out);
+
+/* Put the ``n`` entries ``K=V`` (NUL-ended, kept by the caller for the
+ * life of the process) in the C environment, each replacing the entry of
+ * its key or appended: in one new array made ``environ``, with none of
+ * setenv()'s copies and search tree, whose writes to the template's C heap
+ * cost a spare ~12 copy-on-write faults a variable.  Single-threaded
+ * callers only (a spare).  0, or -1 (errno ENOMEM; nothing changed). */
+int ember_spare_putenv(char *const *entries, size_t n);
 
 /* Set the process's comm (the calling thread's: a spare's only one). */
 void ember_spare_name(const char *comm);

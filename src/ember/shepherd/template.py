@@ -74,8 +74,8 @@ from .._trace import t as _t
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, main as _run_worker, parse_argv
-from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spare_wait as _spare_wait, \
-    spawn as _spawn_process
+from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spare_request as _spare_request, \
+    spare_setenv as _spare_setenv, spare_wait as _spare_wait, spawn as _spawn_process
 
 
 def _socket():
@@ -566,8 +566,9 @@ def _freeze():
     to a page of the template's (a copy-on-write fault)."""
     import gc
 
-    global _environ_kv
+    global _environ_kv, _environ_blob
     _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
+    _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
     gc.collect()
     gc.freeze()
     try:
@@ -581,6 +582,9 @@ def _freeze():
 #: The template's environment as ``b"K=V"`` items, taken by :func:`_freeze`
 #: (after start-up and after each preload: nothing else changes it).
 _environ_kv = None
+#: The same, each item ended by a NUL, for a spare's request read in C
+#: (:func:`_spare_main`, ``_spawn.spare_request``).
+_environ_blob = None
 
 
 def _set_env(envp):
@@ -650,10 +654,14 @@ def _run_atexit():
     atexit._run_exitfuncs()
 
 
-def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=False):
+def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=False,
+           env_sets=None):
     """In the real child: set up, run the worker.  Never returns.  With
     ``detached`` (a spare), :func:`_detach` has been done already; ``fds``
-    None: they are in place (a spare's, by :func:`_spare_wait`)."""
+    None: they are in place (a spare's, by :func:`_spare_wait`).  With
+    ``env_sets`` (a spare's request read by :func:`_spare_request`) the
+    environment is the template's with those ``(key, value)`` set, and
+    ``envp`` is None."""
     code = 127
     step = "start"
     try:
@@ -682,7 +690,10 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         if cwd:
             os.chdir(cwd)
         step = "set the environment"
-        _set_env(envp)
+        if env_sets is None:
+            _set_env(envp)
+        else:
+            _spare_setenv(env_sets, os.environ._data)
         step = "wait for the shepherd"
         _wait_adopted()
         step = "run"
@@ -1025,13 +1036,21 @@ def _spare_main(got, shepherd_pid):
                 os._exit(127)
             os._exit(0)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        args, envp, cwd = msgpack.unpackb(got[1], raw=False)
+        # Read in C against the template's environment (no msgpack objects,
+        # no set operations here); unpacked only when it is not that simple.
+        sets = envp = None
+        if _environ_blob is not None:
+            parsed = _spare_request(got[1], _environ_blob)
+            if parsed is not None:
+                args, cwd, sets = parsed
+        if sets is None:
+            args, envp, cwd = msgpack.unpackb(got[1], raw=False)
         if got[2] < 0 and _template_comm:       # not read in C: a request of another shape
             _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args)
                   else _template_comm)
     except BaseException:
         os._exit(0)
-    _child(args, envp, cwd, None, -1, 0, shepherd_pid, detached=True)
+    _child(args, envp, cwd, None, -1, 0, shepherd_pid, detached=True, env_sets=sets)
 
 
 def _hand_over(spare, args, envp, cwd, fds):
