@@ -77,12 +77,11 @@ def attach():
         return ok
 
 
-def _after_fork():
-    global _lock
-    _lock = _thread.allocate_lock()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+# A fork child's copy may be held (another thread of the parent mapping):
+# made a new, free lock in place.  The lock's own C method, not a Python
+# function: a Python hook cost every template child ~15 page faults of
+# copy-on-write (its frame, the module's globals, the old lock freed).
+os.register_at_fork(after_in_child=_lock._at_fork_reinit)
 
 
 #: How long a join waits for the shepherd to forward what an exited

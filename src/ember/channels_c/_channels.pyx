@@ -1366,11 +1366,17 @@ cdef extern from "../sync_c/sync.h" nogil:
 
 
 def _after_raw_clone():
-    """In a child made by a raw clone() (no pthread_atfork handler ran):
-    refresh the pid channel.c records in slot states, and the identity the
-    copy of sync.c in this extension gives the join wake board's lock."""
+    """In a fork child (one made by a raw clone() too, where no
+    pthread_atfork handler ran): refresh the pid channel.c records in slot
+    states, and the identity the copy of sync.c in this extension gives
+    the join wake board's lock; forget the parent's connection and
+    publisher of the fast named create (``_set_fast``: the child makes its
+    own connection)."""
+    global _fast_pub, _fast_conn
     ember_ch_after_clone()
     ember_sync_after_clone()
+    _fast_pub = None
+    _fast_conn = None
 
 # A raw clone's child runs Python's fork hooks (PyOS_AfterFork_Child), not
 # pthread_atfork's; an ordinary fork runs both (this refresh is idempotent).

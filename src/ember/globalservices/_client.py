@@ -660,7 +660,9 @@ def _forget_fast():
     _set_fast(None, None)
 
 
-os.register_at_fork(after_in_child=_forget_fast)
+# (A fork child forgets them in the channels extension's own at-fork hook,
+# _channels._after_raw_clone: no Python hook here, which cost every
+# template child ~15 page faults of copy-on-write.)
 
 
 def connection(reset=False):
