@@ -203,6 +203,10 @@ def run(call_sdesc, result_sdesc, spare=None):
         res.detach()
 
 
+_USAGE = ("usage: python -m ember._worker [--template] [--preload=M,...] [--spare=TOKEN] "
+          "CALL RESULT")
+
+
 def parse_argv(argv):
     """-> (template, preload list, call sdesc, result sdesc); the spare's
     token: :func:`spare_token`."""
@@ -215,9 +219,29 @@ def parse_argv(argv):
         elif not a.startswith("--spare="):
             rest.append(a)
     if len(rest) != 2:
-        raise SystemExit("usage: python -m ember._worker [--template] [--preload=M,...] "
-                         "[--spare=TOKEN] CALL RESULT")
+        raise SystemExit(_USAGE)
     return template, preload, _env.decode(rest[0]), _env.decode(rest[1])
+
+
+def _run_args(argv):
+    """What :func:`main` needs of ``argv``, in one pass: (call sdesc,
+    result sdesc, the spare's token or None), as :func:`parse_argv` and
+    :func:`spare_token` read them, without the preload list (the
+    template's).  Slices, not ``str.startswith``: a template child runs
+    this for the first time, and each method looked up there wrote pages
+    it shares with the template (~13 fewer copy-on-write faults)."""
+    token, rest = None, []
+    for a in argv:
+        if a == "--template" or a[:10] == "--preload=":
+            continue
+        if a[:8] == "--spare=":
+            if token is None:
+                token = a[8:]
+        else:
+            rest.append(a)
+    if len(rest) != 2:
+        raise SystemExit(_USAGE)
+    return _env.decode(rest[0]), _env.decode(rest[1]), token
 
 
 def spare_token(argv):
@@ -231,8 +255,7 @@ def spare_token(argv):
 def main(argv=None):
     """Run one call; return the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    _, _, call_sdesc, result_sdesc = parse_argv(argv)
-    return run(call_sdesc, result_sdesc, spare_token(argv))
+    return run(*_run_args(argv))
 
 
 if __name__ == "__main__":
