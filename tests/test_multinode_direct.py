@@ -688,3 +688,139 @@ def test_one_connection_both_ways_drops_malformed_and_unknown_frames(tmp_path):
         b.close()
     """))
     assert_lines(out, "shares False True 1 1", "in order True True", "copies kept [1, 2, 3, 4, 5]")
+
+
+@pytest.mark.timeout(120)
+def test_a_new_inbox_on_a_reused_port_is_a_new_peer(tmp_path):
+    """An inbox's port bound again by another inbox (its process ended;
+    here inboxes of one process in turns): a sender to the new address
+    reaches the new inbox (the peers are known by address, endpoint and
+    routing id, not by endpoint: an entry of the old inbox's routing id
+    found no peer and sent nothing), whether the old connection was the old
+    inbox's (it sent here first) or this inbox's (dropped, and made again
+    under the new inbox's alias); every message once, in order."""
+    out = ok(run_prog(tmp_path, """
+        import zmq
+        from ember.transport.direct import DirectSender, Inbox, own_inbox
+        from ember.exceptions import ChannelFull
+        ch = {n: Channel.attach(channel.create(None, "rp" + n)) for n in "abcde"}
+        a = own_inbox()
+
+        def port(ib):
+            return int(ib.address.partition("#")[0].rsplit(":", 1)[1])
+
+        def rebind(p):
+            for _ in range(100):
+                try:
+                    return Inbox(port=p)
+                except Exception:               # (the old listener may linger a moment)
+                    time.sleep(0.05)
+            return Inbox(port=p)
+
+        def exchange(ib, name, sender, n):
+            w = ib.watch(ch[name])
+            try:
+                for i in range(n):
+                    sender.send(ch[name].c_uid, b"%s%d" % (name.encode(), i), timeout=5)
+                got = [ib.recv(ch[name], w, timeout=30) for _ in range(n)]
+            except ChannelFull as e:
+                got = [str(e).encode()]
+            finally:
+                ib.unwatch(w)
+            return got == [b"%s%d" % (name.encode(), i) for i in range(n)] or got
+
+        # the old inbox b connected to a (it sent first); a answers on that connection
+        b = Inbox()
+        ba = DirectSender(a.address, inbox=b)
+        print("b to a", exchange(a, "a", ba, 3))
+        ab = DirectSender(b.address)
+        print("a to b", ab.shares, exchange(b, "b", ab, 3))
+        pb = port(b)
+        ba.close()
+        b.close()
+        c = rebind(pb)
+        print("same endpoint", port(c) == pb, c.address != b.address)
+        ac = DirectSender(c.address)
+        print("a to c", ac.shares, exchange(c, "c", ac, 5))
+        # a connected to d; e binds d's port: a's connection to d goes, a new one to e
+        d = Inbox()
+        ad = DirectSender(d.address)
+        print("a to d", ad.shares, exchange(d, "d", ad, 3))
+        pd = port(d)
+        d.close()
+        e = rebind(pd)
+        ae = DirectSender(e.address)
+        print("a to e", port(e) == pd, ae.shares, exchange(e, "e", ae, 5))
+        print("peers", sorted(a.at.values()) == sorted({c.address, e.address}),
+              a.peers.get(b.address), a.peers.get(d.address))
+        for x in (c, e):
+            x.close()
+    """))
+    assert_lines(out, "b to a True", "a to b True True", "same endpoint True True",
+                 "a to c False True", "a to d False True", "a to e True False True",
+                 "peers True None None")
+
+
+@pytest.mark.timeout(180)
+def test_round_trips_take_the_one_call_paths_and_survive_junk(tmp_path, monkeypatch):
+    """A round trip on the direct path by the ordinary API takes its
+    common case in one call each way: a remote handle's send
+    (``DirectOut.send_now``, without the connection's lock) and a local
+    handle's receive (``DirectRecv``: the wait, the read, the take).  A
+    malformed frame, a frame of no kind, an acknowledgement of no channel
+    and a notice reach the echo while it waits in that receive: dropped,
+    and the round trips go on once each, in order."""
+    out = run_direct(tmp_path, """
+        from ember.transport import remote
+        from ember.transport.direct import OP_TAKEN, OP_WAKE, TAKEN_HDR
+        N = 300
+        ping = channel.create(None, "hping", ChannelOptions(node=1))
+        pong = channel.create(None, "hpong")
+        echo = RP + textwrap.dedent(f'''
+            from ember.transport import remote
+            a = joined("hping")
+            b = joined("hpong")
+            for _ in range({N}):
+                b.send(a.recv(timeout=None))
+            # most of what came by the inbox came by the one call, most of
+            # what went by the direct path went by send_now (the rest: the
+            # first take, what follows an acknowledgement or a junk frame,
+            # each DRAIN_AFTER-th send)
+            hot = a._direct.taken if a._direct is not None else -1
+            o = b._dout
+            b.send(b"echo one-call takes %d sends %d" % (
+                direct_takes() > 0 and hot > direct_takes() // 2,
+                o is not None and o.seq > 0 and o.sent_now > o.seq // 2))
+            b.flush(timeout=30)
+            ''')
+        p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+        h, back = Channel.attach(ping), Channel.attach(pong)
+        got = []
+        junk = 0
+        for i in range(N):
+            h.send(b"m%d" % i)
+            got.append(back.recv())
+            if i in (100, 150):                     # the echo waits in its receive now
+                ds = next(iter(remote._conn(1).dsenders.values()))
+                ib = ds.inbox
+                ib.grab()
+                try:
+                    for f in (b"D123", b"?junk", b"k", TAKEN_HDR.pack(OP_TAKEN, 999, 5), OP_WAKE):
+                        ds.sock.send_multipart([ds.peer, f])
+                        junk += 1
+                finally:
+                    ib.lock.release()
+                time.sleep(0.1)
+        # (before the echo's flush ends the route: then this handle's next
+        # receive leaves the direct path)
+        hot = back._direct.taken if back._direct is not None else -1
+        took = direct_takes()
+        print("round trips in order", got == [b"m%d" % i for i in range(N)], junk)
+        print(back.recv(timeout=60).decode())
+        o = h._dout
+        print("head one-call takes", took > 0 and hot > took // 2,
+              "sends", o is not None and o.seq > 0 and o.sent_now > o.seq // 2)
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch)
+    assert_lines(out, "round trips in order True 10", "echo one-call takes 1 sends 1",
+                 "head one-call takes True sends True", "exit 0")

@@ -224,7 +224,8 @@ class TakenRecord:
 
 class Inbox:
     """This process's own endpoint for direct messages (see the module
-    docstring).  ``address`` is what a :class:`DirectSender` connects to.
+    docstring).  ``address`` is what a :class:`DirectSender` connects to;
+    ``port``: the TCP port it binds on all addresses (0: a free one).
 
     A receive blocks in the socket's own receive (libzmq's wait, without
     the GIL), as raw zmq's receiver does: the message is read in the
@@ -234,9 +235,9 @@ class Inbox:
     local channel's arrivals wake it through the same socket: its watch
     (:meth:`watch`) sends a one-frame notice to the inbox over ``inproc``."""
 
-    def __init__(self):
+    def __init__(self, port=0):
         backend = _server_backend()
-        ep, bound = backend.server("tcp://*:0", remote._keys())
+        ep, bound = backend.server(f"tcp://*:{int(port)}", remote._keys())
         self.sock = ep.sock
         # this inbox's routing id on the connections it makes (a sender's:
         # DirectSender); a peer that connected to it is named by the peer's
@@ -246,6 +247,11 @@ class Inbox:
         # a send to a peer that is not connected fails (EHOSTUNREACH)
         # instead of dropping the message unseen
         self.sock.router_mandatory = True
+        # a peer's new connection under a routing id an old one of it still
+        # holds here (it reconnected; or it connected afresh after its
+        # stale connection: DirectSender) takes the id over instead of
+        # being refused
+        self.sock.router_handover = True
         #: what a DirectSender connects to: the endpoint, then "#" and the
         #: routing id in hex
         self.address = f"tcp://{_node_host()}:{bound.rsplit(':', 1)[1]}#{self.rid.hex()}"
@@ -266,7 +272,8 @@ class Inbox:
         self._poke.linger = 0
         self._poke.connect(self._wake_addr)
         self._poke_lock = threading.Lock()
-        self.peers = {}           # endpoint -> (peer's routing id here, our id there)
+        self.peers = {}           # address -> (peer's routing id here, our id there)
+        self.at = {}              # endpoint -> the address of the inbox last known there
         self.senders = {}         # peer's routing id here -> its DirectSender
         self._client = False      # the socket's connects are CURVE clients (set once)
         # the socket's address for the one-call receive (0: read in Python;
@@ -605,7 +612,19 @@ class DirectSender:
         self.sock = ib.sock
         ib.grab()
         try:
-            known = ib.peers.get(endpoint)
+            known = ib.peers.get(address)
+            old = ib.at.get(endpoint)
+            if known is None and old is not None and old != address:
+                # another inbox had that endpoint (its process ended, the
+                # port was bound again): its connection, if this inbox made
+                # it, goes (its id was the old inbox's alias; the new one
+                # has its own)
+                gone = ib.peers.pop(old, None)
+                if gone is not None and gone[1] == ib.rid:
+                    try:
+                        ib.sock.disconnect(endpoint)
+                    except zmq.ZMQError:
+                        pass
             if known is None:
                 if peer_rid is not None and len(peer_rid) == 16:
                     try:                    # connected to us? (a notice: a no-op there)
@@ -619,7 +638,8 @@ class DirectSender:
                                     else os.urandom(15))
                     ib.connect(endpoint, alias)
                     known = (alias, ib.rid)
-                ib.peers[endpoint] = known
+                ib.peers[address] = known
+                ib.at[endpoint] = address
             self.peer, self.identity = known
             ib.senders[self.peer] = self
             # what was sent goes out at exit (up to 2 s: the route's end at
@@ -648,6 +668,18 @@ class DirectSender:
                                              WINDOW, WINDOW_BYTES)
             o.rid = self.peer
         return o
+
+    def retire(self, c_uid):
+        """Channel ``c_uid``'s route ended: its :class:`DirectOut` sends
+        no more (``send_now`` declines; set under the socket's lock, so a
+        send under way finishes first, its copy kept)."""
+        self.inbox.grab()
+        try:
+            o = self.outs.get(c_uid)
+            if o is not None:
+                o.handle = 0
+        finally:
+            self.inbox.lock.release()
 
     def forget(self, c_uid):
         """Drop channel ``c_uid``'s copies (resent elsewhere); its sequence goes on."""

@@ -200,7 +200,10 @@ class _Conn:
             ds = self.dsenders[address] = DirectSender(address)
         # (epoch, sender, the channel's DirectOut: the send's hot path, the
         # lock of the socket it sends on: the process's inbox's)
-        d = self.direct[c_uid] = (epoch, ds, ds.out(c_uid), ds.inbox.lock)
+        o = ds.out(c_uid)
+        o.handle = ds._handle             # (a route's end set it to 0: retire)
+        o.bind(ds.inbox.lock, self.errors)
+        d = self.direct[c_uid] = (epoch, ds, o, ds.inbox.lock)
         if self.watcher is None:
             self.watcher = threading.Thread(target=self._watch_routes, daemon=True,
                                             name=f"ember-routes-node{self.node}")
@@ -219,6 +222,9 @@ class _Conn:
             return
         del self.direct[c_uid]
         ds = d[1]
+        # no send of a handle's own (RemoteChannel.send: send_now) after
+        # this: one that went before it has its copy among what is resent
+        ds.retire(c_uid)
         taken = {}
         for i in range(0, len(table) - TAKEN_ENTRY.size + 1, TAKEN_ENTRY.size):
             n, sid, seq = TAKEN_ENTRY.unpack_from(table, i)
@@ -316,6 +322,7 @@ class _Conn:
             if d is not None:
                 if TRACE:
                     _trace.stamp("d0")
+                handle._dout = d[2]             # its next sends: RemoteChannel.send
                 lk = d[3]
                 if lk.acquire(False):           # the inbox's socket is free
                     try:
@@ -499,6 +506,9 @@ class RemoteChannel:
         self.node = desc.node
         self._conn = _conn(desc.node)
         self._detached = False
+        # the channel's DirectOut while its sends go by the direct path
+        # (set by the connection's send; it declines once the route ended)
+        self._dout = None
         self._last_check = time.monotonic()
         req = next(self._conn.reqs)
         frames = self._conn.request(self, [ATTACH_HDR.pack(OP_ATTACH, self.c_uid, req),
@@ -545,6 +555,17 @@ class RemoteChannel:
             self._check_open()
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+        o = self._dout
+        if o is not None:
+            # the direct path's hot path: one call, without the connection's
+            # lock (the socket's own; a route's end makes it decline)
+            if TRACE:
+                _trace.stamp("s0")
+                _trace.stamp("d0")
+            if o.send_now(data):
+                if TRACE:
+                    _trace.stamp("d1")
+                return
         self._conn.send(self, data, timeout)
 
     def send_nowait(self, data):
@@ -591,6 +612,7 @@ class RemoteChannel:
                 self._conn.wait_acked(self, 10.0)
             finally:
                 self._detached = True
+                self._dout = None
 
     def destroy(self):
         raise ChannelError("a channel on another node is destroyed through GS "

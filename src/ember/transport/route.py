@@ -90,7 +90,13 @@ class Receiver:
         if bytes(frames[0][:1]) != R_OK or bytes(frames[1]) != b"1":
             return False
         inbox.set_gate(ch.c_uid, addr)
-        self.routes[ch.c_uid] = (ch, inbox.watch(ch))
+        w = inbox.watch(ch)
+        self.routes[ch.c_uid] = (ch, w)
+        if inbox._handle:
+            # its receives' common case in one call (DirectRecv), the rest here
+            from ..channels_c._channels import DirectRecv
+            from . import _trace
+            ch._direct = DirectRecv(ch, self, inbox, w, _trace.stamp if _trace.ON else None)
         return True
 
     def recv(self, ch, timeout):
