@@ -202,3 +202,143 @@ def test_spare_setenv_sets_the_c_and_the_python_environment():
                          timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["1 a=b b'1' b'a=b' 1|a=b|", "|a=b|m False", "refused"]
+
+
+def _spare_cases():
+    """Requests for ``ember_spare_request`` with the template environment
+    each is read against: valid ones (str and bin entries, ``=`` in values,
+    nil, str and bin cwd, duplicate keys, empty and large environments,
+    each limit and one past it), then each truncated at every length and
+    mutated (bytes changed, lengths past the end, 32-bit lengths), and
+    environments that break the format (no final NUL, too many entries)."""
+    import random
+
+    rnd = random.Random(20261204)
+    keys = [b"A", b"B", b"AB", b"EMBER_P_UID", b"K", b"\xff\xfe"]
+    vals = [b"", b"1", b"v=w", b"=", b"\xff", b"x" * 300]
+
+    def blob(d):
+        return b"".join(k + b"=" + v + b"\0" for k, v in sorted(d.items()))
+
+    valid = []
+    for _ in range(400):
+        tmpl = {rnd.choice(keys): rnd.choice(vals) for _ in range(rnd.randrange(0, 5))}
+        envp = [k + b"=" + v for k, v in tmpl.items() if rnd.random() < 0.9]
+        envp += [rnd.choice(keys) + b"=" + rnd.choice(vals) for _ in range(rnd.randrange(0, 4))]
+        rnd.shuffle(envp)
+        envp = [e.decode() if e.isascii() and rnd.random() < 0.1 else e for e in envp]
+        args = ["".join(rnd.choice("ab=é/") for _ in range(rnd.randrange(0, 40)))
+                for _ in range(rnd.randrange(0, 4))] + ["z" * rnd.choice([0, 31, 32, 255, 256])]
+        cwd = rnd.choice([None, "", "/tmp/d", b"/tmp/b", "é" * 20])
+        valid.append((msgpack.packb([args, envp, cwd], use_bin_type=True), blob(tmpl)))
+    many = [b"N%d=1" % i for i in range(300)]
+    for n_args, n_sets, n_env in ((32, 16, 256), (33, 0, 0), (0, 17, 0), (0, 0, 257)):
+        env = b"".join(e + b"\0" for e in many[:n_env])
+        valid.append((msgpack.packb([["a"] * n_args, many[:n_env] + [b"S%d=" % i for i in range(n_sets)],
+                                     None], use_bin_type=True), env))
+    big = b"y" * 70000                          # 32-bit lengths
+    valid += [(msgpack.packb([["z" * 70000], [b"A=" + big], "é" * 40000], use_bin_type=True),
+               b"A=" + big + b"\0"),
+              (msgpack.packb([[], [b"B=" + big], None], use_bin_type=True), b"A=1\0")]
+    cases = list(valid)
+    for msg, env in valid[:60]:
+        cut = range(len(msg)) if len(msg) < 1000 else rnd.sample(range(len(msg)), 100)
+        cases += [(msg[:k], env) for k in cut]
+    for msg, env in valid:
+        for _ in range(8):
+            b = bytearray(msg)
+            i = rnd.randrange(len(b))
+            if rnd.random() < 0.5:
+                b[i] = rnd.randrange(256)
+            else:
+                b[i:i] = bytes([rnd.choice([0xdb, 0xc6, 0xdd, 0xda, 0xc4, 0xd9, 0xc0])]) \
+                    + bytes(rnd.choice([0, 1, 0x7f, 0xff]) for _ in range(rnd.randrange(0, 5)))
+            cases.append((bytes(b), env))
+    cases += [(valid[0][0], b"A=1"), (valid[0][0], b"A=1\0B"), (valid[0][0], b"\0"),
+              (b"", b""), (b"\x93\xdd\xff\xff\xff\xff", b""), (b"\x93\x90\xdd\x00\x00\x00\x10", b""),
+              (b"\x93\x90\x91\xdb\xff\xff\xff\xff", b""), (b"\x93\x90\x91\xc6\x00\x00\x00\x05A=", b"")]
+    return cases
+
+
+def _spare_expected(msg, env):
+    """What the spare's Python path makes of (msg, env): (args, cwd, the
+    environment as a dict), or None where it would not run it as given
+    (not the shape, or a key given twice: its choice is a set's order)."""
+    try:
+        args, envp, cwd = msgpack.unpackb(msg, raw=False, unicode_errors="surrogateescape")
+    except Exception:
+        return None
+    if not (isinstance(args, list) and all(isinstance(a, str) for a in args)
+            and isinstance(envp, list) and all(isinstance(e, (bytes, str)) for e in envp)
+            and (cwd is None or isinstance(cwd, (str, bytes)))):
+        return None
+    envp = [os.fsencode(e) for e in envp]
+    keys = [e.partition(b"=")[0] for e in envp]
+    if len(set(keys)) != len(keys):
+        return None
+    tmpl = dict(e.partition(b"=")[::2] for e in env.split(b"\0")[:-1])
+    # template._set_env's steps, on a dict for os.environb
+    have = frozenset(k + b"=" + v for k, v in tmpl.items())
+    want = frozenset(envp)
+    new = {kv.partition(b"=")[0]: kv.partition(b"=")[2] for kv in want - have}
+    for kv in have - want:
+        if kv.partition(b"=")[0] not in new:
+            del tmpl[kv.partition(b"=")[0]]
+    tmpl.update(new)
+    return args, (os.fsdecode(cwd) if isinstance(cwd, bytes) else cwd), tmpl
+
+
+@pytest.mark.timeout(300)
+def test_spare_request_and_putenv_under_sanitizers(tmp_path):
+    """ember_spare_request (the C reader of a spare's request) built with
+    ASan + UBSan over valid, truncated and mutated requests and broken
+    environments, each in a buffer of exactly its size: no read out of
+    bounds, no undefined behaviour; each result it gives is
+    msgpack.unpackb's reading and the environment the Python path
+    (template._set_env) would make; ``_spawn.spare_request`` gives the
+    same.  ember_spare_putenv's environ, then glibc's setenv/unsetenv
+    over it, alike."""
+    import sysconfig
+
+    from csanitize import build, run
+    from ember.shepherd._spawn import spare_request
+
+    exe = build(tmp_path, "spare_request_fuzz", "address,undefined",
+                ["tests/c/spare_request_fuzz.c"], ["shepherd", "common_c"],
+                flags=["-Werror", f"-I{sysconfig.get_paths()['include']}"], libs=())
+    run(exe, "putenv", detect_leaks=False)      # (the old arrays are left by design)
+    cases = _spare_cases()
+    with open(tmp_path / "cases", "wb") as f:
+        for msg, env in cases:
+            f.write(len(msg).to_bytes(4, "little") + msg + len(env).to_bytes(4, "little") + env)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+               UBSAN_OPTIONS="print_stacktrace=1")
+    r = subprocess.run([str(exe), "request", str(tmp_path / "cases")], capture_output=True,
+                       text=True, timeout=240, env=env)
+    assert r.returncode == 0 and "runtime error" not in r.stderr, r.stderr[-6000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"ok: {len(cases)} cases" and len(lines) == len(cases) + 1
+    read = 0
+    for (msg, env), line in zip(cases, lines[1:]):
+        got = spare_request(msg, env)
+        if line == "-1":
+            assert got is None, (msg, env)
+            continue
+        spans = [[tuple(int(x) for x in s.split(":")) for s in part.split()[1:]]
+                 for part in line[2:].split(" | ")[:2]]
+        cwd = line.rsplit(" | ", 1)[1]
+        try:
+            args = [msg[o:o + n].decode() for o, n in spans[0]]
+            cwd = None if cwd == "nil" else msg[int(cwd.split(":")[0]):][:int(cwd.split(":")[1])].decode()
+        except UnicodeDecodeError:
+            assert got is None, (msg, env)          # the caller unpacks it
+            continue
+        sets = [msg[o:o + n].partition(b"=")[::2] for o, n in spans[1]]
+        assert got == (args, cwd, sets), (msg, env)
+        made = dict(e.partition(b"=")[::2] for e in env.split(b"\0")[:-1])
+        made.update(sets)
+        want = _spare_expected(msg, env)
+        if want is not None:
+            assert (args, cwd, made) == want, (msg, env)
+            read += 1
+    assert read > 300                                  # most of the valid ones read in C

@@ -1,0 +1,129 @@
+/*
+ * spare_request_fuzz.c -- ember_spare_request() and ember_spare_putenv()
+ * (src/ember/shepherd/spares.c) under -fsanitize=address,undefined, for
+ * tests/test_template_spares.py.
+ *
+ *   spare_request_fuzz request CASES   each case (u32 little-endian length,
+ *       then the bytes: the message; the same: the template's environment)
+ *       read into buffers of exactly its size (a read past either's end is
+ *       ASan's), one line out per case: "-1", or "0 NARGS off:len...
+ *       | NSETS off:len... | CWD" (CWD "nil" or off:len).
+ *   spare_request_fuzz putenv          the C environment made by
+ *       ember_spare_putenv() over an environ of our own, then changed by
+ *       setenv()/unsetenv() as os.environ does later: prints "ok: putenv".
+ *
+ * Prints "ok: N cases" first for request.  No processes, no shared memory:
+ * a death costs nothing.
+ */
+#include "spares.c"
+
+#include <stdio.h>
+
+/* spares.c's fork path calls these; not run here (no libpython linked). */
+void PyOS_BeforeFork(void) { abort(); }
+void PyOS_AfterFork_Parent(void) { abort(); }
+void PyOS_AfterFork_Child(void) { abort(); }
+
+static char *_read_part(FILE *f, size_t *len)
+{
+    unsigned char h[4];
+    char *buf;
+
+    if (fread(h, 1, 4, f) != 4)
+        return NULL;
+    *len = (size_t)h[0] | ((size_t)h[1] << 8) | ((size_t)h[2] << 16) | ((size_t)h[3] << 24);
+    buf = malloc(*len ? *len : 1);
+    if (buf == NULL || fread(buf, 1, *len, f) != *len) {
+        fprintf(stderr, "short case\n");
+        exit(2);
+    }
+    return buf;
+}
+
+static int _request(const char *path)
+{
+    FILE *f = fopen(path, "rb"), *out = tmpfile();
+    char *msg, *env, line[256];
+    size_t mlen, elen, n = 0, i;
+
+    if (f == NULL || out == NULL)
+        return 2;
+    while ((msg = _read_part(f, &mlen)) != NULL) {
+        ember_spare_request_t r;
+        if ((env = _read_part(f, &elen)) == NULL)
+            return 2;
+        /* exact-size copies: nothing past len is ours to read */
+        char *m = malloc(mlen ? mlen : 1), *e = elen ? malloc(elen) : NULL;
+        memcpy(m, msg, mlen);
+        if (elen)
+            memcpy(e, env, elen);
+        if (ember_spare_request(m, mlen, e, elen, &r) != 0) {
+            fputs("-1\n", out);
+        } else {
+            fprintf(out, "0 %zu", r.nargs);
+            for (i = 0; i < r.nargs; i++)
+                fprintf(out, " %zu:%zu", r.args[i].off, r.args[i].len);
+            fprintf(out, " | %zu", r.nsets);
+            for (i = 0; i < r.nsets; i++)
+                fprintf(out, " %zu:%zu", r.sets[i].off, r.sets[i].len);
+            if (r.cwd_nil)
+                fputs(" | nil\n", out);
+            else
+                fprintf(out, " | %zu:%zu\n", r.cwd.off, r.cwd.len);
+        }
+        free(m);
+        free(e);
+        free(msg);
+        free(env);
+        n++;
+    }
+    fclose(f);
+    printf("ok: %zu cases\n", n);
+    rewind(out);
+    while (fgets(line, sizeof line, out) != NULL)
+        fputs(line, stdout);
+    fclose(out);
+    return 0;
+}
+
+static int _putenv(void)
+{
+    extern char **environ;
+    static char a[] = "A=1", b[] = "B=2", ab[] = "AB=3";
+    char *mine[] = {a, b, ab, NULL};
+    char *sets[] = {strdup("B=x=y"), strdup("C="), strdup("A=")};
+    char **before;
+
+    environ = mine;
+    if (ember_spare_putenv(sets, 3) != 0)
+        return 1;
+    if (environ == mine || mine[1] != b)        /* a new array; the old one untouched */
+        return 1;
+    if (strcmp(getenv("A"), "") || strcmp(getenv("B"), "x=y") || strcmp(getenv("AB"), "3")
+            || strcmp(getenv("C"), "") || environ[4] != NULL)
+        return 1;
+    before = environ;
+    if (ember_spare_putenv(sets, 0) != 0 || environ == before || environ[4] != NULL)
+        return 1;
+    /* what os.environ does later: glibc's own functions over our array */
+    if (setenv("D", "4", 1) || setenv("B", "5", 1) || unsetenv("A"))
+        return 1;
+    if (getenv("A") != NULL || strcmp(getenv("B"), "5") || strcmp(getenv("D"), "4")
+            || strcmp(getenv("AB"), "3") || strcmp(getenv("C"), ""))
+        return 1;
+    environ = NULL;                              /* an empty environment */
+    if (ember_spare_putenv(sets, 1) != 0 || strcmp(getenv("B"), "x=y") || environ[1] != NULL)
+        return 1;
+    puts("ok: putenv");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "request") == 0)
+        return _request(argv[2]);
+    if (argc == 2 && strcmp(argv[1], "putenv") == 0)
+        return _putenv();
+    fprintf(stderr, "usage: %s request CASES | putenv\n", argv[0]);
+    return 2;
+}
