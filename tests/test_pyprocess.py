@@ -773,6 +773,33 @@ def test_spare_child(tmp_path):
         "child says five", "child says one", "child says three", "child says two"], out
 
 
+def test_spare_child_environment_after_a_failed_preload(tmp_path):
+    """A preloaded module that changed os.environ in the template and then
+    failed to import leaves the template's environment other than it was
+    frozen (template._freeze runs after a preload that imported something):
+    a child started from a spare still gets exactly the runtime's
+    environment, in os.environ and in the C environment alike."""
+    (tmp_path / "env_then_fail.py").write_text(
+        "import os\nos.environ['EMBER_TEST_LEFT'] = '1'\nraise ImportError('no')\n")
+    out = ok(run_prog(tmp_path, """
+        import ctypes
+        ember.Process._lease_spares = False   # the shepherd's spares alone
+        ember.Process.preload(["?env_then_fail"])
+
+        def child():
+            libc = ctypes.CDLL(None)
+            libc.getenv.restype = ctypes.c_char_p
+            return os.environ.get("EMBER_TEST_LEFT"), libc.getenv(b"EMBER_TEST_LEFT")
+
+        seen = []
+        for i in range(4):                   # a fork, then spares made after the preload
+            p = ember.Process(target=child); p.start(); seen.append(p.result()); p.join()
+            wait_children(os.getppid(), "ember-spare", 2)
+        print(seen)
+    """))
+    assert out.splitlines() == [repr([(None, None)] * 4)], out
+
+
 def test_join_reads_the_result_after_the_exit(tmp_path):
     """join() waits for the exit alone (one wake-up) and reads what the
     process sent before it: a value through a pool block, an exception

@@ -548,6 +548,8 @@ def _preload(modules):
                       file=sys.stderr, flush=True)
     if imported:
         _freeze()
+    else:                   # a module that failed may have changed os.environ
+        _take_environ()
 
 
 def _freeze():
@@ -566,9 +568,7 @@ def _freeze():
     to a page of the template's (a copy-on-write fault)."""
     import gc
 
-    global _environ_kv, _environ_blob
-    _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
-    _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
+    _take_environ()
     gc.collect()
     gc.freeze()
     try:
@@ -579,8 +579,17 @@ def _freeze():
         pass                # not glibc: nothing given back this way
 
 
-#: The template's environment as ``b"K=V"`` items, taken by :func:`_freeze`
-#: (after start-up and after each preload: nothing else changes it).
+def _take_environ():
+    """Take the template's environment as its children compare theirs
+    against it (:data:`_environ_kv`, :data:`_environ_blob`)."""
+    global _environ_kv, _environ_blob
+    _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
+    _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
+
+
+#: The template's environment as ``b"K=V"`` items, taken by :func:`_take_environ`
+#: (after start-up and after each preload, imported or not: nothing else
+#: changes it).
 _environ_kv = None
 #: The same, each item ended by a NUL, for a spare's request read in C
 #: (:func:`_spare_main`, ``_spawn.spare_request``).
