@@ -2,6 +2,7 @@
 spares.c), driven directly: a Python process plays the template, this test
 the shepherd (the spares are its children: CLONE_PARENT)."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -342,3 +343,62 @@ def test_spare_request_and_putenv_under_sanitizers(tmp_path):
             assert (args, cwd, made) == want, (msg, env)
             read += 1
     assert read > 300                                  # most of the valid ones read in C
+
+
+def test_a_dead_templates_group_id_is_not_given_away_before_its_group_is_killed(monkeypatch):
+    """Template._stop kills the template's process group after the
+    template (what is left of it: children whose answer never came).  Its
+    id is the template's pid: were the template reaped first, a process
+    could be given that pid meanwhile (here: asked for by ns_last_pid,
+    between the reap and the kill) and lead a group of that id (an
+    adopted child does, or anyone's setsid()), and the kill would be
+    its.  The template stays a zombie until its group is killed."""
+    last_pid = "/proc/sys/kernel/ns_last_pid"
+    if not os.access(last_pid, os.W_OK):
+        pytest.skip("cannot set the next pid here (root, a pid namespace of our own)")
+    t = T.Template([k + b"=" + v for k, v in os.environb.items()], os.open(os.devnull, os.O_WRONLY),
+                   os.open(os.devnull, os.O_WRONLY))
+    t._start()
+    os.close(t._out_fd)
+    os.close(t._err_fd)
+    group = t.pid
+    got = []
+    read_unread = T._reap_unread
+
+    def between(sock):                    # after the template's kill, before its group's
+        read_unread(sock)
+        for _ in range(5):
+            r, w = os.pipe()
+            with open(last_pid, "w") as f:
+                f.write(str(group - 1))
+            pid = os.fork()
+            if pid == 0:
+                if os.getpid() == group:
+                    os.setsid()           # leads a group of the template's id
+                    os.write(w, b"x")
+                    signal.pause()
+                os._exit(0)
+            os.close(w)
+            if pid == group:
+                os.read(r, 1)
+                os.close(r)
+                got.append(pid)
+                return
+            os.close(r)
+            os.waitpid(pid, 0)
+            got.append(pid)
+
+    monkeypatch.setattr(T, "_reap_unread", between)
+    t._stop()
+    if got[-1] == group:
+        try:
+            alive = os.waitpid(group, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            alive = False                 # killed, and reaped, with the template's group
+        if alive:
+            os.kill(group, signal.SIGKILL)
+            os.waitpid(group, 0)
+        assert alive, "the kill of the template's group killed a process that reused its id"
+    assert group not in got
+    with pytest.raises(ChildProcessError):
+        os.waitpid(group, os.WNOHANG)     # the template reaped

@@ -211,15 +211,19 @@ class Template:
                 os.kill(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            try:
-                os.waitpid(group, 0)
+            try:                  # dead, but not reaped: its pid, the group's id, stays
+                os.waitid(os.P_PID, group, os.WEXITED | os.WNOWAIT)    # taken
             except ChildProcessError:
                 pass
         if sock is not None:
             _reap_unread(sock)
             sock.close()
         if group is not None:
-            _reap_group(group)
+            _reap_group(group)    # the template's zombie too
+            try:
+                os.waitpid(group, 0)
+            except ChildProcessError:
+                pass
 
     # --- the spare ------------------------------------------------------
     def _ask_spare(self, preload, start=True):
@@ -470,12 +474,15 @@ def _kill_child(pid):
 
 def _reap_group(pgid):
     """Kill and reap what is left in the process group of a template that
-    was reaped (``pgid``, its pid): the children it made that we did not
-    :func:`_adopt`, each ours (CLONE_PARENT, or re-parented to us: we are
-    the subreaper).  A spare cloned whose answer the template never sent
-    (killed between the clone and its ``sendmsg``) is one: nothing else
-    tells us its pid.  The group's id cannot have been reused while it
-    has a member, and a group with none costs one ``killpg``."""
+    died (``pgid``, its pid), and the template itself, its zombie: the
+    children it made that we did not :func:`_adopt`, each ours
+    (CLONE_PARENT, or re-parented to us: we are the subreaper).  A spare
+    cloned whose answer the template never sent (killed between the clone
+    and its ``sendmsg``) is one: nothing else tells us its pid.  The
+    group's id cannot have been reused while it has a member, the
+    template's zombie included (reaped here, not before: once the group
+    is empty a new process could be given that pid and lead a group of
+    that id, one of ours from :func:`_adopt` or anyone's)."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:               # (ProcessLookupError: no member, zombies included)
