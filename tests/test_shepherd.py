@@ -887,3 +887,48 @@ def test_a_dead_templates_unread_answer_leaves_no_spare_behind(tmp_path):
         assert _our_children() - before == set()
     finally:
         t.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("answer", ["too_large", "malformed"])
+def test_a_cut_or_malformed_template_answer_is_not_read(monkeypatch, answer):
+    """The handle receives the template's answers into a buffer it keeps
+    (:meth:`Template._answer`): an answer larger than the buffer is cut by
+    the kernel (MSG_TRUNC) and must not be read as a whole one, nor one
+    that does not decode; either way the socket it carried is closed and
+    the template stopped (here a socket pair stands for it)."""
+    import socket
+
+    from ember.shepherd import template as T
+
+    monkeypatch.setattr(T, "_MAX_MSG", 4096)          # the kept buffer's size
+    t = T.Template([])
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spare_end, spare_peer = socket.socketpair()
+    try:
+        t._sock, t._asked = mine, 1
+        import msgpack
+        if answer == "too_large":
+            msg = msgpack.packb([0, None, ["m" * 20] * 400, False])
+            assert len(msg) > 4096
+        else:
+            msg = b"\xc1\x00"                         # 0xc1: never used by msgpack
+        socket.send_fds(theirs, [msg], [spare_end.fileno()])
+        spare_end.close()
+        assert not t._collect_one(5)
+        assert t._sock is None and t._spares == []
+        r, _, _ = select.select([spare_peer], [], [], 5)   # every copy closed: EOF
+        assert r and spare_peer.recv(1) == b""
+        # One that fits is read whole (a fresh pair: the handle stopped).
+        mine, theirs2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.close()
+        theirs = theirs2
+        t._sock, t._asked = mine, 1
+        t._rbuf = None
+        theirs.send(msgpack.packb([0, None, ["m" * 20] * 10, True]))
+        assert t._collect_one(5) and t._no_spares and t._sock is mine
+    finally:
+        theirs.close()
+        spare_peer.close()
+        if t._sock is not None:
+            t._sock.close()

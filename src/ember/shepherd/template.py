@@ -173,6 +173,7 @@ class Template:
         self._spares = []         # _Spares we hold, oldest first: requests go to them
         self._asked = 0           # spares asked for whose answers are not yet read
         self._no_spares = False   # this template makes none (spares off, threads)
+        self._rbuf = None         # the template's answers are received here (_answer)
 
     @property
     def pid(self):
@@ -276,7 +277,7 @@ class Template:
                     return False
                 raise TimeoutError("no answer from the template")
             self._asked -= 1
-            data, fds, _, _ = _socket().recv_fds(self._sock, _MAX_MSG, 1)
+            data, fds = self._answer(1)
             if not data:
                 raise ConnectionError("template exited")
             pid, _err, preloaded, final = msgpack.unpackb(data, raw=False)
@@ -296,6 +297,16 @@ class Template:
             _kill_child(pid)
         self._no_spares = bool(final)
         return True
+
+    def _answer(self, maxfds):
+        """One message from the template: (bytes, fds), with at most
+        ``maxfds`` descriptors, received into a buffer kept for the handle's
+        life (``recv_fds`` allocated a fresh 1 MB bytes object for each
+        answer: an ``mmap`` + ``mremap`` + ``munmap`` a start).  ValueError
+        for a message cut to fit (:func:`_receive`)."""
+        if self._rbuf is None:
+            self._rbuf = _receive_buffer()
+        return _receive(self._sock, self._rbuf, maxfds)
 
     def _take_spare(self, preload):
         """The oldest spare we hold that is alive and has ``preload``
@@ -393,10 +404,10 @@ class Template:
                 r, _, _ = select.select([self._sock], [], [], _REPLY_TIMEOUT)
                 if not r:
                     raise TimeoutError("no reply from the template")
-                data = self._sock.recv(_MAX_MSG)
+                data, _ = self._answer(0)
                 if not data:
                     raise ConnectionError("template exited")
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError) as exc:
                 self._stop()
                 if attempt:
                     raise OSError(getattr(exc, "errno", None) or 5,
@@ -494,17 +505,46 @@ def _reap_group(pgid):
             return
 
 
-def _reap_unread(sock):
+def _receive(sock, buf, maxfds, flags=0):
+    """One message from ``sock`` received into ``buf`` (a writable buffer
+    of :data:`_MAX_MSG` bytes): (bytes, fds), with at most ``maxfds``
+    descriptors.  A message cut to fit (``MSG_TRUNC``: the kernel drops
+    the rest; ``MSG_CTRUNC``: descriptors lost) is never taken for a whole
+    one: its descriptors are closed and ValueError raised.  (Not
+    ``socket.recv_fds``: a fresh buffer a call, and before Python 3.12 it
+    ignores ``flags``.)"""
+    socket = _socket()
+    n, anc, got, _ = sock.recvmsg_into([buf], socket.CMSG_LEN(maxfds * 4) if maxfds else 0,
+                                       flags)
+    fds = []
+    for level, kind, cdata in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(int.from_bytes(cdata[i:i + 4], sys.byteorder, signed=True)
+                       for i in range(0, len(cdata) - len(cdata) % 4, 4))
+    if got & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"a message from the template cut to fit (flags {got:#x})")
+    return buf[:n], fds
+
+
+def _reap_unread(sock, buf=None):
     """Read what the template, gone (reaped), left unread in ``sock``: the
     child each answer names is ours (its spare, or a late fork's) and no
     one else knows it; killed and reaped.  (Its socket closed unread, a
-    spare would see EOF and exit, a zombie of ours.)"""
+    spare would see EOF and exit, a zombie of ours.)  An answer cut to fit
+    ``buf`` names no pid we can read: that child is still in the
+    template's group (:func:`_reap_group`)."""
     import msgpack
 
     socket = _socket()
+    if buf is None:
+        buf = _receive_buffer()
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 1, socket.MSG_DONTWAIT)
+            data, fds = _receive(sock, buf, 1, socket.MSG_DONTWAIT)
+        except ValueError:
+            continue
         except OSError:               # (BlockingIOError: nothing left)
             return
         for fd in fds:
