@@ -415,14 +415,19 @@ def run_round(c, only, trace=None, index=0):
         # (EMBER_MN_DIRECT=0, in a runtime of its own): a stream whose
         # receiver waits in recv goes direct by default, so the headline
         # rows must be the default's, not the agent path's.
-        env = {"EMBER_MN_DIRECT": "1"}
-        if trace:
-            env["EMBER_MN_TRACE"] = os.path.join(trace, "direct")
-            os.makedirs(env["EMBER_MN_TRACE"])
-        r = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog],
-                  timeout=600, cwd=c.path(), env=env)
-        assert r.returncode == 0, (r.stdout, r.stderr)
-        lines = r.stdout.splitlines()
+
+        def ember_run(direct, trace_dir):
+            # the program in a runtime of its own on nodes 0 and 1; its lines
+            env = {"EMBER_MN_DIRECT": direct}
+            if trace_dir:
+                os.makedirs(trace_dir, exist_ok=True)
+                env["EMBER_MN_TRACE"] = trace_dir
+            r = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog],
+                      timeout=600, cwd=c.path(), env=env)
+            assert r.returncode == 0, (r.stdout, r.stderr)
+            return r.stdout.splitlines()
+
+        lines = ember_run("1", trace and os.path.join(trace, "direct"))
         rates = [float(ln.split()[1]) for ln in lines if ln.startswith("rate")]
         for what, key in (("small", "e64"), ("big", "e1m")):
             if what in only:
@@ -433,13 +438,7 @@ def run_round(c, only, trace=None, index=0):
         if agent:
             with open(prog, "w") as f:
                 f.write(EMBER_PROG % (N_SMALL, N_BIG, N_RTT, N_CREATE, agent))
-            env = {"EMBER_MN_DIRECT": "0"}
-            if trace:
-                env["EMBER_MN_TRACE"] = trace
-            ra = c.run(0, [sys.executable, "-m", "ember", "run", "--hosts", hosts2, prog],
-                       timeout=600, cwd=c.path(), env=env)
-            assert ra.returncode == 0, (ra.stdout, ra.stderr)
-            alines = ra.stdout.splitlines()
+            alines = ember_run("0", trace)
             rates = [float(ln.split()[1]) for ln in alines if ln.startswith("rate")]
             for what, key in (("small", "a64"), ("big", "a1m")):
                 if what in only:
