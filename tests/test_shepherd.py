@@ -825,12 +825,7 @@ def test_template_not_restarted_by_a_late_spare_ask(tmp_path):
             t._collect(wait=True)
         assert t.pid is not None and len(t._spares) == T.SPARES
         os.kill(t.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:           # dead (a zombie: ours to reap)
-            with open(f"/proc/{t.pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-            time.sleep(0.01)
+        _wait_zombie(t.pid)                          # dead (a zombie: ours to reap)
         T._reap(t._spares.pop())                      # one was handed a request
         t._want = []
         t.ask_wanted()
@@ -838,6 +833,16 @@ def test_template_not_restarted_by_a_late_spare_ask(tmp_path):
         assert len(t._spares) == T.SPARES - 1         # the other is still held
     finally:
         t.close()
+
+
+def _wait_zombie(pid, timeout=30):
+    """Wait until our child ``pid`` is dead and not yet reaped (a zombie)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        time.sleep(0.01)
 
 
 def _our_children():
@@ -874,12 +879,7 @@ def test_a_dead_templates_unread_answer_leaves_no_spare_behind(tmp_path):
                 break
             time.sleep(0.01)
         os.kill(t.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:           # dead (a zombie: ours to reap)
-            with open(f"/proc/{t.pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-            time.sleep(0.01)
+        _wait_zombie(t.pid)                          # dead (a zombie: ours to reap)
         T._reap(t._spares.pop())                      # it was handed a request
         t._want = []
         t.ask_wanted()                                # its send fails: the template stopped

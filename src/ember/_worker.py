@@ -207,40 +207,41 @@ _USAGE = ("usage: python -m ember._worker [--template] [--preload=M,...] [--spar
           "CALL RESULT")
 
 
-def parse_argv(argv):
-    """-> (template, preload list, call sdesc, result sdesc); the spare's
-    token: :func:`spare_token`."""
-    template, preload, rest = False, [], []
+def _scan(argv):
+    """One pass over ``argv``: (template, the ``--preload=`` text or None,
+    the first ``--spare=`` token or None, [CALL, RESULT]); SystemExit with
+    the usage if there are not exactly two other arguments.  Slices, not
+    ``str.startswith``: a template child runs this for the first time
+    (:func:`main`), and each method looked up there wrote pages it shares
+    with the template (~13 fewer copy-on-write faults)."""
+    template, preload, token, rest = False, None, None, []
     for a in argv:
         if a == "--template":
             template = True
-        elif a.startswith("--preload="):
-            preload = [m for m in a[len("--preload="):].split(",") if m]
-        elif not a.startswith("--spare="):
-            rest.append(a)
-    if len(rest) != 2:
-        raise SystemExit(_USAGE)
-    return template, preload, _env.decode(rest[0]), _env.decode(rest[1])
-
-
-def _run_args(argv):
-    """What :func:`main` needs of ``argv``, in one pass: (call sdesc,
-    result sdesc, the spare's token or None), as :func:`parse_argv` and
-    :func:`spare_token` read them, without the preload list (the
-    template's).  Slices, not ``str.startswith``: a template child runs
-    this for the first time, and each method looked up there wrote pages
-    it shares with the template (~13 fewer copy-on-write faults)."""
-    token, rest = None, []
-    for a in argv:
-        if a == "--template" or a[:10] == "--preload=":
-            continue
-        if a[:8] == "--spare=":
+        elif a[:10] == "--preload=":
+            preload = a[10:]
+        elif a[:8] == "--spare=":
             if token is None:
                 token = a[8:]
         else:
             rest.append(a)
     if len(rest) != 2:
         raise SystemExit(_USAGE)
+    return template, preload, token, rest
+
+
+def parse_argv(argv):
+    """-> (template, preload list, call sdesc, result sdesc); the spare's
+    token: :func:`spare_token`."""
+    template, preload, _, rest = _scan(argv)
+    return (template, [m for m in (preload or "").split(",") if m],
+            _env.decode(rest[0]), _env.decode(rest[1]))
+
+
+def _run_args(argv):
+    """What :func:`main` needs of ``argv``: (call sdesc, result sdesc, the
+    spare's token or None), without the preload list (the template's)."""
+    _, _, token, rest = _scan(argv)
     return _env.decode(rest[0]), _env.decode(rest[1]), token
 
 

@@ -555,8 +555,7 @@ def _reap_unread(sock, buf=None):
             pid = msgpack.unpackb(data, raw=False)[0]
         except Exception:
             continue
-        if type(pid) is int and pid > 0:
-            _reap(_Spare(pid, None))
+        _kill_child(pid)
 
 
 # ----------------------------------------------------------------------
@@ -1323,9 +1322,7 @@ _DIE_AT_FORK = os.environ.get("EMBER_TEST_TEMPLATE_DIE_AT_FORK")
 def _die_at_fork(pid, cwd):
     if not cwd or os.path.realpath(cwd) == os.getcwd():
         return
-    try:
-        os.close(os.open(_DIE_AT_FORK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError:
+    if not _first_at(_DIE_AT_FORK):
         return
     for _ in range(100000):            # (bounded: a child that failed does not get there)
         try:
@@ -1344,11 +1341,18 @@ _DIE_AT_SPARE = os.environ.get("EMBER_TEST_TEMPLATE_DIE_AT_SPARE")
 
 
 def _die_at_spare():
+    if _first_at(_DIE_AT_SPARE):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_at(path):
+    """For the test hooks: True for the one process that creates ``path``
+    (O_EXCL), False for every later one."""
     try:
-        os.close(os.open(_DIE_AT_SPARE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+        return False
+    return True
 
 
 def _give_spare(sock, req, shepherd_pid, spares):
