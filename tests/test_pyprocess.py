@@ -800,14 +800,12 @@ def test_spare_child_environment_after_a_failed_preload(tmp_path):
     assert out.splitlines() == [repr([(None, None)] * 4)], out
 
 
-@pytest.mark.xfail(strict=True, reason="known, not fixed: a fork child shares its parent's "
-                   "p_uid, and GS keeps one reserved c_uid a p_uid (its named creates take it)")
 def test_a_fork_childs_named_creates_leave_its_parents_alone(tmp_path):
     """A process that made a named channel forks (os.fork); the child
     makes named channels of its own (its own connection to GS, a fresh
     output board lock: at-fork hooks); then the parent's next named
-    create must still work.  It does not: the child's connection has the
-    parent's p_uid, and its creates took the c_uid GS had reserved for
+    create must still work.  It did not while the child's connection had
+    the parent's p_uid: its creates took the c_uid GS had reserved for
     that p_uid ("its c_uid N is not the one reserved for process 1")."""
     out = ok(run_prog(tmp_path, """
         from ember import _outboard
@@ -835,6 +833,56 @@ def test_a_fork_childs_named_creates_leave_its_parents_alone(tmp_path):
             print("parent", exc)
     """))
     assert out.splitlines() == ["child True True 0", "parent ok"], out
+
+
+def test_a_fork_child_is_a_process_of_its_own(tmp_path):
+    """An os.fork() child of a managed process gets a p_uid of its own at
+    its first request (ProcessForked), with its parent as creator: it
+    outlives its parent in the runtime (GS used to free the parent's
+    p_uid's reply channels, the child's among them, at the parent's exit,
+    and to drop the child's requests after it: the child's next call
+    never returned), and its exit is noticed (join)."""
+    out = ok(run_prog(tmp_path, f"""
+        from ember.globalservices import channel, process as gproc
+        d = {str(tmp_path)!r}
+
+        def parent():
+            gproc.this_process()                     # connected before the fork
+            if os.fork() == 0:
+                code = 1
+                try:
+                    with open(d + "/pid", "w") as f:
+                        f.write(str(os.getpid()))
+                    while not os.path.exists(d + "/go"):
+                        time.sleep(0.01)
+                    me = gproc.this_process()
+                    q = gproc.query(me)
+                    channel.create(None, "fork-own-1")
+                    with open(d + "/out.tmp", "w") as f:
+                        f.write(f"{{me}} {{q.os_pid == os.getpid()}} {{q.state}}")
+                    os.rename(d + "/out.tmp", d + "/out")
+                    code = 0
+                finally:
+                    os._exit(code)
+
+        p = ember.Process(target=parent)
+        p.start()
+        p.join()
+        open(d + "/go", "w").close()                 # the parent has exited, GS knows
+        for _ in range(3000):
+            if os.path.exists(d + "/out"):
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(int(open(d + "/pid").read()), signal.SIGKILL)
+            sys.exit("the fork child got no answer from GS")
+        me, same_pid, state = open(d + "/out").read().split()
+        me = int(me)
+        print("own", me not in (p.p_uid, gproc.this_process()), same_pid, state)
+        print("joined", gproc.join(me, timeout=30) is not None,
+              gproc.query(me).state)
+    """))
+    assert out.splitlines() == ["own True True running", "joined True exited"], out
 
 
 def test_join_reads_the_result_after_the_exit(tmp_path):

@@ -241,6 +241,14 @@ _define(141, "ChannelDestroyOwned", _REQ + "c_uid")
 # anyone's, is handled after it (GS reads its input in order).
 _define(142, "ChannelRegisterPosted", _REQ + "m_uid user_name options sdesc")
 
+# mends (143-149).  An os.fork() child of a managed process, at its first
+# request (sent with its parent's p_uid and key, which it inherited): it gets
+# a p_uid and key of its own (its parent as creator), watched by the node's
+# shepherd as an attached process is; the reply channel it asked on is its
+# own from then on.  Until then it spoke as its parent: GS's reservations of
+# that p_uid went to whichever asked last, and the parent's exit ended it.
+_define(143, "ProcessForked", _REQ + "pid")
+
 # wake (130-139).  The register of a named plain channel whose parked joiners
 # its creator has just answered from the join wake board (wakeboard.c puts
 # this code in the register it packed as it claims the name), not waited for:

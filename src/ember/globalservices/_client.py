@@ -140,6 +140,18 @@ class Connection:
         self._posted = _deque()   # lowest first
         self._dflt_loc = None
 
+    def _fork_identity(self):
+        """In an os.fork() child of a managed process (its connection is
+        new, its p_uid and key its parent's): a p_uid and key of its own
+        (``ProcessForked``), in its environment too (a process it starts
+        inherits them), and its process slot (docs/user-guide.md)."""
+        desc = self.call(messages.ProcessForked, self.pid)
+        self.p_uid, self.key = desc["p_uid"], bytes.fromhex(desc["key"])
+        os.environ[_env.P_UID] = str(self.p_uid)
+        os.environ[_env.KEY] = desc["key"]
+        from .. import _slots
+        _slots.bind(_env.get(_env.RUNTIME_ID), self.p_uid)
+
     def _reply_channel(self):
         holder = getattr(self._local, "reply", None)
         if holder is None:
@@ -679,8 +691,17 @@ def connection(reset=False):
         return _conn
     with _conn_lock:
         if reset or _conn is None or _conn.pid != os.getpid():
+            old = _conn
             _forget_fast()
-            _conn = Connection()
+            # an os.fork() child of a managed process that had connected:
+            # a process of its own (not its parent speaking)
+            forked = not reset and old is not None and old.p_uid != 0 and \
+                str(old.p_uid) == _env.get(_env.P_UID)
+            _conn = None
+            conn = Connection(bind=not forked)
+            if forked:
+                conn._fork_identity()
+            _conn = conn
         return _conn
 
 

@@ -48,7 +48,7 @@ class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
                  "attached", "node", "lost", "exit_info", "next_c_uid", "posted_c_uids",
-                 "spare", "exit_held", "label")
+                 "spare", "exit_held", "label", "forked")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
@@ -69,6 +69,7 @@ class _Proc:
         self.next_c_uid = None   # the c_uid reserved for its next ChannelRegister
         self.posted_c_uids = None  # c_uids reserved for its ChannelRegisterPosted (a set)
         self.attached = False    # joined with ProcessAttach (not started by the runtime)
+        self.forked = False      # ... or with ProcessForked (an os.fork() child of a process)
         self.node = node         # the node it runs on
         self.lost = False        # its node was lost (state "lost" in descriptors)
         # A spare its creator leased and has not claimed (ProcessCreate option
@@ -94,7 +95,8 @@ class ProcessesPart:
     REQUESTS = ((m.ProcessCreate, "on_process_create"), (m.ProcessList, "on_process_list"),
                 (m.ProcessQuery, "on_process_query"), (m.ProcessKill, "on_process_kill"),
                 (m.ProcessJoin, "on_process_join"), (m.ProcessAttach, "on_process_attach"),
-                (m.ProcessDetach, "on_process_detach"), (m.ProcessClaim, "on_process_claim"))
+                (m.ProcessDetach, "on_process_detach"), (m.ProcessClaim, "on_process_claim"),
+                (m.ProcessForked, "on_process_forked"))
     NOTICES = ((m.ShSpawned, "on_sh_spawned"), (m.ShExited, "on_sh_exited"))
 
     def _init_processes(self):
@@ -296,16 +298,49 @@ class ProcessesPart:
             self._unregister_replies(rec)
             self.route_reply(self.node, msg.r, m.reply_err(msg.tag, "ProcessError", err))
             return
-        rec.attached = True
-        rec.state = RUNNING
-        rec.os_pid = pid
-        self.procs[p_uid] = rec
         if name:
             self.proc_names[name] = p_uid
-        self.to_node(rec.node, m.ShWatch(p_uid, pid))
+        self._watched(rec, pid)
         log.info("process %d attached (pid %d)", p_uid, pid)
         self._event("process.attached", p_uid=p_uid, name=name or None, pid=pid)
         self._reply(msg.tag, msg.r, dict(rec.desc(self.node), key=rec.key.hex()))
+
+    def on_process_forked(self, msg):
+        """An os.fork() child of process ``msg.p_uid`` (it sent that
+        process's key, which it inherited) at its first request: a p_uid
+        and request key of its own, its parent as creator, watched as an
+        attached process (not the shepherd's child: no exit status); the
+        reply channel it asked on (admitted as its parent's) is its own.
+        Until now a fork child spoke as its parent: the c_uid reserved for
+        that p_uid went to whichever of them asked last, and the parent's
+        exit freed the child's reply channels and silenced it."""
+        parent = self.procs.get(msg.p_uid)
+        pid = msg.pid
+        if parent is None:
+            raise ProcessError(f"process {msg.p_uid} cannot fork a process of the runtime")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ProcessError(f"forked: bad pid {pid!r}")
+        if self.teardown is not None:
+            raise ProcessError("the runtime is shutting down: a fork child cannot join it")
+        p_uid = next(self._p_uids)
+        rec = _Proc(p_uid, "", parent.p_uid, key=os.urandom(16), node=parent.node)
+        parent.replies.discard(msg.r)
+        rec.replies.add(msg.r)
+        self.reply_owner[msg.r] = p_uid
+        rec.forked = True
+        self._watched(rec, pid)
+        log.info("process %d forked process %d (pid %d)", parent.p_uid, p_uid, pid)
+        self._event("process.forked", p_uid=p_uid, pid=pid, parent=parent.p_uid)
+        self._reply(msg.tag, msg.r, dict(rec.desc(self.node), key=rec.key.hex()))
+
+    def _watched(self, rec, pid):
+        """A process the runtime did not start (attached, forked) is one of
+        its processes from now on: listed, watched by its node's shepherd."""
+        rec.attached = True
+        rec.state = RUNNING
+        rec.os_pid = pid
+        self.procs[rec.p_uid] = rec
+        self.to_node(rec.node, m.ShWatch(rec.p_uid, pid))
 
     def _unregister_replies(self, rec):
         for r in list(rec.replies):

@@ -192,10 +192,12 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
             self.warn("bad-key", "dropped %s claiming p_uid %r: its key is not that process's",
                       cls.__name__, p_uid)
             return False
-        if sender is not None and sender.state == EXITED:
+        if sender is not None and sender.state == EXITED and cls is not m.ProcessForked:
             # Sent just before its sender died (and its reply channels
             # were freed): nobody can read a reply, and a parked wait or
-            # a channel reference would never be released.
+            # a channel reference would never be released.  (A fork child
+            # that asks for its own p_uid may ask after its parent's end:
+            # its reply channel becomes its own.)
             log.debug("dropped %s from exited process %s", cls.__name__, p_uid)
             return False
         return msg.r in replies or self._register_reply(msg, p_uid, replies)
