@@ -1309,6 +1309,39 @@ def test_idle_spare_killed_by_hand_is_no_death(tmp_path):
         err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
 
 
+def test_lease_killed_while_it_sets_up_is_no_death(tmp_path, monkeypatch):
+    """Spares off (EMBER_TEMPLATE_SPARE=0): a lease is forked from the
+    template for its request, and killed by hand while it sets up, before
+    its worker waits for its call (the hook template._HOLD_LEASE holds it
+    there), it is an idle lease all the same: no death is reported (it had
+    the template's name until _worker._wait_call, and was reported as
+    'killed by SIGKILL', 1 run in 7-10 at a creator's exit)."""
+    held = tmp_path / "held"
+    monkeypatch.setenv("EMBER_TEMPLATE_SPARE", "0")
+    monkeypatch.setenv("EMBER_TEST_TEMPLATE_HOLD_LEASE", str(held))
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent(f"""
+        from ember.objects import process as P
+
+        def f():
+            return 1
+
+        for _ in range(2):                    # a first start leases none
+            p = ember.Process(target=f); p.start(); p.join()
+        assert P._settle(P._lease)
+        s = P._lease.desc.os_pid
+        deadline = time.monotonic() + 60
+        while not os.path.exists({str(held)!r}):
+            assert time.monotonic() < deadline, "the lease never got to the hook"
+            time.sleep(0.005)
+        os.kill(s, signal.SIGKILL)
+        print("lease gone", wait_gone([s]) == [])
+        p = ember.Process(target=f); p.start(); p.join()
+        print("next start", p.exitcode)
+    """))
+    assert ok(res).splitlines() == ["lease gone True", "next start 0"]
+    assert "killed by" not in res.stderr.decode(), res.stderr.decode()
+
+
 def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
     """A lease killed by hand after start() sent it its call but before it
     read it (still named ember-leased) is a user's process dying: its death

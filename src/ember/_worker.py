@@ -99,7 +99,6 @@ def _wait_call(reader, token):
     try:
         if _trace.on:
             _trace.t_faults("L.faults_wait")
-        _name(LEASED_COMM)        # (a spare has it already: a forked child not)
         _trace.t("L.ready")
         if _trace.on:
             _trace.t_faults("L.faults_ready")

@@ -73,7 +73,7 @@ from .._trace import t as _t
 # import in a function resolves its package through ModuleSpec.parent,
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
-from .._worker import LEASED_COMM, main as _run_worker, parse_argv
+from .._worker import LEASED_COMM, main as _run_worker, parse_argv, spare_token
 from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spare_request as _spare_request, \
     spare_setenv as _spare_setenv, spare_wait as _spare_wait, spawn as _spawn_process
 
@@ -719,6 +719,11 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
     ``envp`` is None."""
     code = 127
     step = "start"
+    if not detached and _template_comm and spare_token(args) is not None:
+        # a lease forked for its request: idle by its name from here on
+        # (the shepherd's _idle_spare), not only from _worker._wait_call
+        # on: killed while it set up, it was reported as a death
+        _comm(LEASED_COMM)
     try:
         if gate_r >= 0:
             step = "wait for re-parenting"
@@ -756,6 +761,8 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         if _trace.on:
             _trace.t_faults("C.faults_run")
 
+        if _HOLD_LEASE:
+            _hold_lease(args)
         sys.argv = ["-m"] + list(args[2:])
         code = _run_worker(list(args[2:]))
         _run_atexit()
@@ -1343,6 +1350,18 @@ _DIE_AT_SPARE = os.environ.get("EMBER_TEST_TEMPLATE_DIE_AT_SPARE")
 def _die_at_spare():
     if _first_at(_DIE_AT_SPARE):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: For the tests: a path; the first lease (a child with ``--spare=``) to
+#: get to its worker while the path does not exist creates it and waits
+#: there, set up, until it is killed (tests/test_pyprocess.py).
+_HOLD_LEASE = os.environ.get("EMBER_TEST_TEMPLATE_HOLD_LEASE")
+
+
+def _hold_lease(args):
+    if spare_token(args) is not None and _first_at(_HOLD_LEASE):
+        while True:
+            signal.pause()
 
 
 def _first_at(path):
