@@ -611,10 +611,9 @@ def test_template_killed_is_replaced(tmp_path):
         p.join()
         # The spares the shepherd holds are still used; the first start
         # that needs the template itself starts a new one (template.py,
-        # "What a death costs").  Whether that is the start above depends
-        # on when the kill landed: while the template was making a spare
-        # (seen at once, no template until the next start) or after
-        # (seen when the next spare is asked for, which starts one).
+        # "What a death costs": the death is seen at once, and no
+        # template runs until then).  Whether that is the start above
+        # depends on how many spares the shepherd held.
         for _ in range(template.SPARES + 2):
             if templates():
                 break
@@ -631,14 +630,52 @@ def test_template_killed_is_replaced(tmp_path):
     assert out.splitlines() == ["after kill 7 1 True"]
 
 
+def test_template_death_is_seen_at_once(tmp_path):
+    """A template that dies (SIGKILLed here) is seen by the shepherd at
+    once (its pidfd is in the loop's set), not at the next start, which
+    may never come: its zombie is reaped with what is left of its process
+    group, and a line says so; the next start still runs (the spares held,
+    or a new template).  Before, the zombie stayed until the next start."""
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent("""
+        from procs import table
+        ember.Process._lease_spares = False   # the shepherd's spares alone
+
+        def template():
+            for pid, (st, pp, c) in table().items():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read().split(b"\\0")
+                    if pp == SHEPHERD and b"ember._template" in cmd and os.getpgid(pid) == pid:
+                        return pid
+                except OSError:
+                    pass
+
+        p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
+        t = template()
+        os.kill(t, signal.SIGKILL)
+        for _ in range(3000):                 # (30 s: not stuck)
+            if not os.path.exists(f"/proc/{t}"):
+                break
+            time.sleep(0.01)
+        print("reaped", not os.path.exists(f"/proc/{t}"))
+        p = ember.Process(target=lambda: 7); p.start()
+        print("result", p.result())
+        p.join()
+    """))
+    assert ok(res).splitlines() == ["reaped True", "result 7"]
+    assert "ember shepherd: WARNING: the template" in res.stderr.decode() and \
+        "died (SIGKILL)" in res.stderr.decode(), res.stderr.decode()
+
+
 def test_template_killed_between_a_spare_and_its_answer(tmp_path, monkeypatch):
     """The template SIGKILLed between cloning a spare and sending its
     answer (the hook template._DIE_AT_SPARE, in the Python loop that serves
     a spare request with a preload list): nothing names that spare to the
     shepherd, whose child it is, but it is still in the template's process
-    group.  The next start sees the template dead, reaps it and kills and
-    reaps what is left of its group: the spare's zombie is gone (it stayed
-    until the shepherd exited), and starts go on from a new template."""
+    group.  The shepherd sees the template dead (at once: its pidfd; it was
+    at the next start), reaps it and kills and reaps what is left of its
+    group: the spare is gone (its zombie stayed until the shepherd exited),
+    and starts go on from a new template."""
     died = tmp_path / "died"
     monkeypatch.setenv("EMBER_TEST_TEMPLATE_DIE_AT_SPARE", str(died))
     out = ok(run_prog(tmp_path, f"""
@@ -647,27 +684,36 @@ def test_template_killed_between_a_spare_and_its_answer(tmp_path, monkeypatch):
         ember.Process.preload(["json"])       # spare requests for the Python loop (the hook's)
         sh = os.getppid()
 
-        def dead_spares():
-            return [pid for pid, (st, pp, c) in table().items()
-                    if pp == sh and c == "ember-spare" and st == "Z"]
+        def unnamed_spares():
+            # in a template's group: not adopted (no template runs now)
+            found = []
+            for pid, (st, pp, c) in table().items():
+                try:
+                    if pp == sh and c == "ember-spare" and os.getpgid(pid) != pid:
+                        found.append(pid)
+                except OSError:
+                    pass
+            return found
 
         p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
         # forked by the template, which was asked for spares at once: it
-        # cloned the first and died before its answer; the spare saw EOF
+        # cloned the first and died before its answer
         for _ in range(3000):         # (30 s: not stuck)
-            z = dead_spares()
-            if z:
+            if os.path.exists({str(died)!r}):
                 break
             time.sleep(0.01)
-        print("died", os.path.exists({str(died)!r}), len(z))
+        for _ in range(3000):
+            z = unnamed_spares()
+            if not z:
+                break
+            time.sleep(0.01)
+        print("died", os.path.exists({str(died)!r}), "left", z)
         p = ember.Process(target=lambda: 7); p.start()
-        # the start found the template dead: reaped, and its group with it
-        print("reaped", [pid for pid in z if pid in dead_spares()])
         print("result", p.result())
         p.join()
         q = ember.Process(target=lambda: 8); q.start(); print("result", q.result()); q.join()
     """))
-    assert out.splitlines() == ["died True 1", "reaped []", "result 7", "result 8"], out
+    assert out.splitlines() == ["died True left []", "result 7", "result 8"], out
 
 
 def test_template_killed_between_a_fork_and_its_answer(tmp_path, monkeypatch):

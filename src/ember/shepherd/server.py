@@ -555,8 +555,30 @@ class Shepherd(Service):
         if self._template is None:
             _template.become_subreaper()
             self._template = _template.Template(list(self._child_env(0, None)),
-                                                self._err_fd, self._err_fd)
+                                                self._err_fd, self._err_fd,
+                                                watch=self._watch_template)
         return self._template.spawn(p_uid, args, envp, run_dir, self._devnull, out_w, err_w)
+
+    def _watch_template(self, pidfd, template):
+        """The template's pidfd in the loop's set (``template`` None: out
+        of it): its death is seen at once (:meth:`_template_died`)."""
+        with self._lock:
+            if template is not None:
+                self._fds[pidfd] = template
+                self._ep.register(pidfd, select.EPOLLIN)
+            elif self._fds.pop(pidfd, None) is not None:
+                self._ep.unregister(pidfd)
+
+    def _template_died(self, template, pidfd):
+        got = template.died(pidfd)
+        if got is None:
+            return                        # stale: stopped, or a new one's number
+        pid, si = got
+        how = "exited" if si is None else \
+            f"exited with code {si.si_status}" if si.si_code == os.CLD_EXITED else \
+            f"died ({_signame(si.si_status)})"
+        log.warning("the template (pid %d) %s: reaped with its process group; the next "
+                    "start makes a new one", pid, how)
 
     def _scrub_fork(self):
         """In a ``.py`` head forked from us, before its program runs: unmap
@@ -725,6 +747,8 @@ class Shepherd(Service):
                         continue          # closed earlier in this batch
                     if isinstance(obj, _Child):
                         self._on_exit(obj)
+                    elif isinstance(obj, _template.Template):
+                        self._template_died(obj, fd)
                     else:
                         self._read(obj)
                 if self._stop_requested:

@@ -50,7 +50,10 @@ group: the shepherd gives it a group of its own when it reads its answer
 (:func:`_adopt`; so it does for a child the template forked).
 
 What a death costs: the template dying (killed, crash) fails the spawn in
-flight ("template exited"); the next spawn starts a new template.  A spare
+flight ("template exited"); the shepherd's loop sees it at once (its
+pidfd, :meth:`Template.died`): it is reaped, with what is left of its
+group (below), and a warning logged; the next spawn starts a new
+template.  A spare
 the shepherd already holds is still used; one whose socket was in flight
 (answered, not read) is killed and reaped once the template is, and so is
 every child the template made whose answer never came (a spare cloned
@@ -158,7 +161,11 @@ class Template:
     :meth:`ask_wanted` (also the main thread, when a child exits): both
     under one lock, which ask_wanted never waits for."""
 
-    def __init__(self, envp, out_fd=2, err_fd=2):
+    def __init__(self, envp, out_fd=2, err_fd=2, watch=None):
+        """``watch(pidfd, template)``: the shepherd's loop is to watch the
+        pidfd of the template just started and call :meth:`died` when it
+        turns readable; ``watch(pidfd, None)``: no more (it is closed
+        next)."""
         import _thread
 
         # Held by spawn() (request thread) and ask_wanted() (either thread).
@@ -174,6 +181,8 @@ class Template:
         self._asked = 0           # spares asked for whose answers are not yet read
         self._no_spares = False   # this template makes none (spares off, threads)
         self._rbuf = None         # the template's answers are received here (_answer)
+        self._watch = watch
+        self._pidfd = None        # the template's, in the shepherd's loop (watch)
 
     @property
     def pid(self):
@@ -196,6 +205,12 @@ class Template:
         self._sock = mine
         self._asked = 0
         self._no_spares = False
+        if self._watch is not None:
+            try:
+                self._pidfd = os.pidfd_open(self._pid)
+            except OSError:
+                return            # (not reaped: cannot fail) seen at the next spawn, as before
+            self._watch(self._pidfd, self)
 
     def _stop(self):
         """Kill and reap the template (if any).  The spares we hold are not
@@ -207,6 +222,10 @@ class Template:
         self._asked = 0
         sock, self._sock = self._sock, None
         group, self._pid = self._pid, None
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            self._watch(pidfd, None)
+            os.close(pidfd)
         if group is not None:
             try:
                 os.kill(group, signal.SIGKILL)
@@ -225,6 +244,24 @@ class Template:
                 os.waitpid(group, 0)
             except ChildProcessError:
                 pass
+
+    def died(self, pidfd):
+        """The shepherd's loop saw ``pidfd`` readable: if it is this
+        template's and it has exited (not a stale event: the number may
+        have been reused meanwhile), stop it at once (:meth:`_stop`: its
+        zombie and what is left of its group reaped), not at the next
+        spawn, which may never come; the next spawn starts a new one.
+        Returns ``(pid, waitid result)`` then, else None."""
+        with self._lock:
+            if pidfd != self._pidfd or not select.select([pidfd], [], [], 0)[0]:
+                return None
+            pid = self._pid
+            try:
+                si = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except OSError:
+                si = None
+            self._stop()
+            return pid, si
 
     # --- the spare ------------------------------------------------------
     def _ask_spare(self, preload, start=True):
