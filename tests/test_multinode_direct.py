@@ -202,6 +202,72 @@ def test_take_gate_refuses_a_take_once_closed():
     m.close()
 
 
+@pytest.mark.timeout(120)
+def test_a_take_whose_acknowledgement_fails_is_not_lost(tmp_path):
+    """The inbox's acknowledgement after a take fails (its socket's send
+    raises, once: zmq.Again, as a full pipe to the sender gives): the
+    message taken is still returned, none is lost, and the
+    acknowledgement goes out with a later one (the sender ends with
+    nothing unacknowledged).  The receive used to raise the error, and the
+    message it had taken was lost (the next receive returned the one
+    after)."""
+    out = ok(run_prog(tmp_path, """
+        from ember.transport.direct import DirectSender, ACK_EVERY
+        N = 3 * ACK_EVERY
+        d = channel.create(None, "ackch", ChannelOptions(node=1))
+        addr = Channel.attach(channel.create(None, "ackaddr"))
+        res = Channel.attach(channel.create(None, "ackres"))
+        reader = f'''
+        import zmq
+        from ember.globalservices import channel
+        from ember.channels_c import Channel
+        from ember.transport.direct import Inbox
+        from ember.exceptions import ChannelEmpty
+        class Flaky(zmq.Socket):               # the inbox's own socket; its first ack raises
+            failed = 0
+            def send_multipart(self, parts, *a, **k):
+                if parts[1][:1] == b"k" and not Flaky.failed:
+                    Flaky.failed += 1
+                    raise zmq.Again()
+                return super().send_multipart(parts, *a, **k)
+        c = Channel.attach(channel.join("ackch", timeout=30))
+        inbox = Inbox()
+        own = inbox.sock                      # (kept: the shadow owns nothing)
+        inbox.sock = Flaky.shadow(own.underlying)
+        w = inbox.watch(c)
+        a = Channel.attach(channel.join("ackaddr", timeout=30))
+        a.send(inbox.address.encode()); a.flush(timeout=30)
+        got, raised = [], 0
+        while len(got) < {N}:
+            try:
+                got.append(inbox.recv(c, w, timeout=10))
+            except zmq.ZMQError:
+                raised += 1
+            except ChannelEmpty:
+                break
+        try:
+            inbox.recv(c, w, timeout=3)         # nothing more: it acknowledges when asked
+        except ChannelEmpty:
+            pass
+        r = Channel.attach(channel.join("ackres", timeout=30))
+        r.send(b"all %r failed %d raised %d" % (got == [b"%d" % i for i in range({N})],
+                                                 Flaky.failed, raised))
+        r.flush(timeout=30)
+        inbox.unwatch(w)
+        inbox.close()
+        '''
+        pr = process.create(PY, ".", ["-c", textwrap.dedent(reader)], options={"node": 1})
+        ds = DirectSender(addr.recv(timeout=30).decode())
+        for i in range(N):
+            ds.send(d.c_uid, b"%d" % i)
+        print("acked", ds.wait_acked(timeout=30))
+        print(res.recv(timeout=60).decode())
+        print("exit", process.join(pr.p_uid, timeout=30))
+        ds.close()
+    """, hosts="local:2"))
+    assert_lines(out, "acked True", "all True failed 1 raised 0", "exit 0")
+
+
 # ---- the direct path wired into the runtime (EMBER_MN_DIRECT=1, ember.transport.route)
 
 #: what the programs below start with (and their node-1 processes)
@@ -828,3 +894,4 @@ def test_round_trips_take_the_one_call_paths_and_survive_junk(tmp_path, monkeypa
     """, monkeypatch)
     assert_lines(out, "round trips in order True 10", "echo one-call takes 1 sends 1",
                  "head one-call takes True sends True", "exit 0")
+

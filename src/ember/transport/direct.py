@@ -530,11 +530,18 @@ class Inbox:
                 st.acked, st.due, st.ack_due = st.last, 0, False
 
     def _ack(self, st):
+        """Tell ``st``'s sender what was taken of it.  Never raises (it
+        follows a take, whose message is the caller's: raising here lost
+        it), nor waits (a full pipe to the sender): an acknowledgement
+        not sent stays due, sent with a later take's or when the sender
+        asks (OP_ACKREQ), which covers it."""
         try:
-            self.sock.send_multipart([st.sender, TAKEN_HDR.pack(OP_TAKEN, st.c_uid, st.last)])
+            self.sock.send_multipart([st.sender, TAKEN_HDR.pack(OP_TAKEN, st.c_uid, st.last)],
+                                     Z_NOBLOCK)
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
-                raise
+                log.debug("inbox: an acknowledgement not sent (still due): %r", exc)
+                return
             # the sender is gone (or reconnecting: it asks again, OP_ACKREQ)
         st.acked, st.due, st.ack_due = st.last, 0, False
 
