@@ -895,3 +895,57 @@ def test_round_trips_take_the_one_call_paths_and_survive_junk(tmp_path, monkeypa
     assert_lines(out, "round trips in order True 10", "echo one-call takes 1 sends 1",
                  "head one-call takes True sends True", "exit 0")
 
+
+
+@pytest.mark.timeout(180)
+def test_a_fork_child_uses_connections_of_its_own(tmp_path, monkeypatch):
+    """A process on node 1 has routes both ways with the head (round
+    trips: it sends to the head's channel by the head's inbox, receives
+    its own channel from its own), then forks (os.fork): the child's sends
+    and receives on the handles it inherited go by connections of its own
+    (the parent's zmq sockets are not the child's to use: their context's
+    I/O thread is the parent's; what the child sent on them never left),
+    and the parent's go on after the child's end."""
+    out = run_direct(tmp_path, """
+        N = 100
+        ping = channel.create(None, "fping")
+        pong = channel.create(None, "fpong", ChannelOptions(node=1))
+        sender = RP + textwrap.dedent(f'''
+            a = joined("fping")
+            b = joined("fpong")
+            for i in range({N}):
+                a.send(b"p%d" % i)
+                b.recv(timeout=30)
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    for i in range(3):
+                        a.send(b"c%d" % i)
+                    a.send(b"child got " + b.recv(timeout=30))
+                    a.flush(timeout=30)
+                    code = 0
+                finally:
+                    os._exit(code)
+            code = os.waitpid(pid, 0)[1]
+            a.send(b"parent after %d" % code)
+            a.send(b"parent got " + b.recv(timeout=30))
+            a.flush(timeout=30)
+            ''')
+        p = process.create(PY, ".", ["-c", sender], options={"node": 1})
+        h, back = Channel.attach(ping), Channel.attach(pong)
+        got = []
+        for i in range(N):
+            got.append(h.recv(timeout=30))
+            back.send(b"ok")
+        print("round trips", got == [b"p%d" % i for i in range(N)], "direct", direct_takes() > N // 2)
+        print("child", [h.recv(timeout=30) for _ in range(3)])
+        back.send(b"to child")
+        print(h.recv(timeout=30).decode())
+        print(h.recv(timeout=30).decode())
+        back.send(b"to parent")
+        print(h.recv(timeout=30).decode())
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch)
+    assert_lines(out, "round trips True direct True", "child [b'c0', b'c1', b'c2']",
+                 "child got to child", "parent after 0", "parent got to parent", "exit 0")

@@ -30,6 +30,7 @@ a channel whose node was lost raises ``ChannelError``.
 import atexit
 import itertools
 import os
+import sys
 import threading
 import time
 
@@ -128,6 +129,7 @@ class _Conn:
     """This process's connection to one node's agent."""
 
     def __init__(self, node):
+        _watch_forks()
         addr = _agents().get(node)
         if addr is None:
             raise ChannelError(f"no transport agent known for node {node}: it is not a node of "
@@ -466,6 +468,35 @@ class _Conn:
         self.sock.close(linger=2000)
 
 
+#: this process's pid as its handles compare it (RemoteChannel._own: not
+#: a getpid() a send), set at its first connection and in a fork child
+_pid = None
+
+
+def _watch_forks():
+    """At a process's first connection: in a fork child of it (os.fork),
+    :data:`_pid` is the child's, and every DirectOut it inherited declines
+    (its socket is the parent's inbox's, whose zmq context's I/O thread is
+    the parent's: what the child sent there never left), so that a
+    handle's send takes its slow path, which makes the child's own
+    connection (:meth:`RemoteChannel._own`)."""
+    global _pid
+    if _pid is None:
+        _pid = os.getpid()
+        os.register_at_fork(after_in_child=_after_fork)
+
+
+def _after_fork():
+    global _pid
+    _pid = os.getpid()
+    for c in list(_conns.values()):
+        for d in c.direct.values():
+            d[2].handle = 0
+    route = sys.modules.get(__package__ + ".route")   # (its routes' registers made a connection)
+    if route is not None:
+        route._routes_forgotten()
+
+
 def _conn(node):
     with _conns_lock:
         c = _conns.get(node)
@@ -510,11 +541,28 @@ class RemoteChannel:
         # (set by the connection's send; it declines once the route ended)
         self._dout = None
         self._last_check = time.monotonic()
+        self._attach()
+
+    def _attach(self):
         req = next(self._conn.reqs)
         frames = self._conn.request(self, [ATTACH_HDR.pack(OP_ATTACH, self.c_uid, req),
-                                           desc.sdesc], req, 30.0)
+                                           self.desc.sdesc], req, 30.0)
         if frames[0][:1] == R_ERR:
             raise _error(frames)
+
+    def _own(self):
+        """This handle's connection; in a fork child (os.fork) of the
+        process that made it, the child's own, made now and the channel
+        attached on it: the parent's zmq socket is not the child's to use
+        (its context's I/O thread is the parent's), nor is its direct
+        route (docs/multinode.md)."""
+        c = self._conn
+        if c.pid != _pid:
+            self._dout = None
+            self._conn = _conn(self.node)
+            self._attach()
+            c = self._conn
+        return c
 
     def __repr__(self):
         return f"<ember RemoteChannel c_uid={self.c_uid} node={self.node}>"
@@ -566,7 +614,8 @@ class RemoteChannel:
                 if TRACE:
                     _trace.stamp("d1")
                 return
-        self._conn.send(self, data, timeout)
+        c = self._conn
+        (c if c.pid == _pid else self._own()).send(self, data, timeout)
 
     def send_nowait(self, data):
         self.send(data, 0)
@@ -576,7 +625,7 @@ class RemoteChannel:
         channel (True), or ``timeout`` passed (False); raises what the agent
         reported for a failed send."""
         self._check_open()
-        return self._conn.wait_acked(self, timeout)
+        return self._own().wait_acked(self, timeout)
 
     def recv(self, timeout=None):
         """The oldest message of the channel, as bytes; ChannelEmpty when
@@ -584,7 +633,7 @@ class RemoteChannel:
         self._check_open()
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
             raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-        conn = self._conn
+        conn = self._own()
         req = next(conn.reqs)
         frames = conn.request(self, [RECV_HDR.pack(OP_RECV, self.c_uid, req,
                                                    -1.0 if timeout is None else float(timeout))],
@@ -609,7 +658,7 @@ class RemoteChannel:
         """Forget this handle (what was sent is flushed first, up to 10 s)."""
         if not self._detached:
             try:
-                self._conn.wait_acked(self, 10.0)
+                self._own().wait_acked(self, 10.0)
             finally:
                 self._detached = True
                 self._dout = None

@@ -102,6 +102,12 @@ class Receiver:
     def recv(self, ch, timeout):
         """``ch.recv(timeout)`` (or ``recv_auto``) of a handle with the
         direct path installed."""
+        if self.pid != os.getpid():
+            # a fork child's handle: the child's own receiver (its own
+            # inbox, its own route, if the agent gives it one), not the
+            # parent's (its socket is the parent's: _forget_routes_at_fork)
+            ch._direct = receiver()
+            return ch._direct.recv(ch, timeout)
         c_uid = ch.c_uid
         r = self.routes.get(c_uid)
         if r is None:
@@ -176,6 +182,19 @@ class Receiver:
         r = self.routes.get(ch.c_uid)
         if r is not None and r[0] is ch:
             self._end(ch.c_uid, "its handle was detached")
+
+
+def _routes_forgotten():
+    """In a fork child (os.fork; remote._after_fork): each routed handle
+    it inherited receives by the Python path (the parent's
+    :class:`Receiver`, which sees the fork and gives the handle the
+    child's own), not by its DirectRecv's one call on the parent's inbox
+    socket (whose zmq context's I/O thread is the parent's)."""
+    r = _receiver
+    if r is not None:
+        for ch, _ in list(r.routes.values()):
+            if ch is not None:
+                ch._direct = r
 
 
 def install(ch):
