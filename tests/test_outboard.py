@@ -199,3 +199,52 @@ def test_a_shepherd_leaves_the_board_it_did_not_make(tmp_path):
     res = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=50)
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert res.stdout.splitlines() == ["after the node's stop True", "after the head's stop False"]
+
+
+def test_two_shepherds_racing_to_make_the_board(tmp_path):
+    # Two shepherds on one /dev/shm start together: the one whose look
+    # for the board comes before the other's create, and whose own create
+    # comes after it, did not make it, and must leave it at its stop.  Its
+    # look is made to come first here (os.path.exists answers False for
+    # the board once the head made it: the interleaving of a race); the
+    # answer that counts is its create's own (O_EXCL), not a look before
+    # it (an exists-check then a create: both took themselves for the
+    # maker, and the first to stop unlinked the board under the other).
+    prog = textwrap.dedent("""
+        import os, threading
+        from ember import _outboard
+        from ember.shepherd.server import Shepherd
+
+        rid = "obrace%d" % os.getpid()
+        path = _outboard.path(rid)
+        real_exists = os.path.exists
+        try:
+            def start():
+                sh = Shepherd(lambda data: None)
+                sh.open_output_board(rid)
+                loop = threading.Thread(target=sh.serve)
+                loop.start()
+                return sh, loop
+
+            def stop(sh, loop):
+                sh.request_stop(None)
+                loop.join(20)
+                assert not loop.is_alive()
+                sh.close()
+
+            head = start()
+            os.path.exists = lambda p: False if p == path else real_exists(p)
+            node = start()
+            os.path.exists = real_exists
+            stop(*node)
+            print("after the node's stop", os.path.exists(path))
+            stop(*head)
+            print("after the head's stop", os.path.exists(path))
+        finally:
+            os.path.exists = real_exists
+            if os.path.exists(path):
+                os.unlink(path)
+    """)
+    res = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=50)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["after the node's stop True", "after the head's stop False"]

@@ -329,15 +329,28 @@ class Shepherd(Service):
         when :meth:`serve` ends if this shepherd made it: the shepherd of a
         node that shares the head's ``/dev/shm`` (``--hosts local:N``) maps
         the head shepherd's board (named by the runtime id), which it
-        leaves to its maker (and the launcher's sweep).  Before the first
-        spawn; a failure is logged (joins then ask GS)."""
+        leaves to its maker (and the launcher's sweep).  Its maker is the
+        one whose ``O_EXCL`` create succeeded (a look before the create was
+        a race between two such shepherds starting together: both took
+        themselves for the maker, and the first to stop unlinked the
+        board under the other).  Before the first spawn; a failure is
+        logged (joins then ask GS)."""
         from .. import _outboard
         path = _outboard.path(runtime_id)
-        made = not os.path.exists(path)
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            made = True           # (sized and given its header by create, as another's)
+        except FileExistsError:
+            made = False
+        except OSError as exc:
+            log.warning("no output board: %s", exc)
+            return
         try:
             _outboard.create(runtime_id)
         except OSError as exc:
             log.warning("no output board: %s", exc)
+            if made:
+                os.unlink(path)
             return
         self._board = path if made else None
 
