@@ -296,7 +296,7 @@ class Shepherd(Service):
         self._children = {}           # p_uid -> _Child
         self._pgids = set()           # process groups of every child ever started
         self._open_line = {}          # out fd -> stream whose line is unfinished
-        self._fds = {}                # fd -> _Child (its pidfd) or _Stream
+        self._fds = {}                # fd -> _Child (its pidfd), _Stream, or the Template (its pidfd)
         self._dead_out = set()        # out fds that gave EPIPE
         self._stop_requested = False
         self._stop_tag = None         # tag of ShShutdown (None: no reply)
