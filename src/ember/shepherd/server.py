@@ -760,7 +760,7 @@ class Shepherd(Service):
                         continue          # closed earlier in this batch
                     if isinstance(obj, _Child):
                         self._on_exit(obj)
-                    elif isinstance(obj, _template.Template):
+                    elif obj is self._template:     # its pidfd (_watch_template)
                         self._template_died(obj, fd)
                     else:
                         self._read(obj)
