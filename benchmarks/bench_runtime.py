@@ -3,6 +3,7 @@ Python baselines, all measured in this same run, with ratios.
 
     python benchmarks/bench_runtime.py [--quick] [--run-empty ROUNDS] [--join-wakeup ROUNDS]
     python benchmarks/bench_runtime.py --channel-cd ROUNDS [--against PYTHON]
+    python benchmarks/bench_runtime.py --run-empty ROUNDS [--against PYTHON]
 
 Measures
   * `ember run empty.py` wall time vs `python3 empty.py` (target: python3
@@ -18,7 +19,9 @@ Measures
 ``--channel-cd ROUNDS`` times only channel create+destroy and the GS query
 round trip (ROUNDS runtimes, each a few hundred of both), with ``--against
 PYTHON`` alternating with another build's interpreter (e.g. main's venv) in
-the same run.
+the same run; ``--run-empty ROUNDS --against PYTHON`` runs the other build's
+`ember run empty.py` in the same rounds (the two taking turns to go first)
+and prints the round-by-round difference.
 The reference runtime's figures (HPE Dragon 0.15, measured on a 2-core
 machine of this project) are printed beside them for context; the targets are
 from the runtime issue.
@@ -303,23 +306,32 @@ def channel_cd_main(a):
                         target=base * 1e6)])
 
 
-def bench_run_empty(reps):
+def bench_run_empty(reps, against=None):
     """Wall times of `ember run empty.py` and `python3 empty.py`,
-    interleaved: two lists of ``reps`` seconds.  Both run with byte-code
-    caching on (as after `pip install`): with PYTHONDONTWRITEBYTECODE set,
-    every start would compile ember's modules again (~20 ms) while empty.py
-    has none to compile."""
+    interleaved: ``{"ember": [...], "python3": [...]}`` (seconds, ``reps``
+    each), and ``"against"`` with ``against`` (another build's interpreter):
+    its `ember run` in the same rounds, the two builds taking turns to go
+    first.  All run with byte-code caching on (as after `pip install`):
+    with PYTHONDONTWRITEBYTECODE set, every start would compile ember's
+    modules again (~20 ms) while empty.py has none to compile."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run([sys.executable, "-m", "ember", "run", EMPTY], check=True, cwd=ROOT, env=env)
-    ember_t, py_t = [], []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ember", "run", EMPTY], check=True, cwd=ROOT, env=env)
-        ember_t.append(time.perf_counter() - t0)
+    embers = {"ember": sys.executable}
+    if against:
+        embers["against"] = against
+    for py in embers.values():
+        subprocess.run([py, "-m", "ember", "run", EMPTY], check=True, cwd=ROOT, env=env)
+    out = {label: [] for label in [*embers, "python3"]}
+    for i in range(reps):
+        order = list(embers) if i % 2 == 0 else list(embers)[::-1]
+        for label in order:
+            t0 = time.perf_counter()
+            subprocess.run([embers[label], "-m", "ember", "run", EMPTY], check=True, cwd=ROOT,
+                           env=env)
+            out[label].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, EMPTY], check=True, env=env)
-        py_t.append(time.perf_counter() - t0)
-    return ember_t, py_t
+        out["python3"].append(time.perf_counter() - t0)
+    return out
 
 
 def _noop():
@@ -462,12 +474,12 @@ def main():
                     help="only time channel create+destroy and the GS query round trip, in "
                          "ROUNDS runtimes")
     ap.add_argument("--against", metavar="PYTHON", default=None,
-                    help="with --channel-cd: alternate with this interpreter's ember (another "
-                         "build, e.g. main's venv) in the same run")
+                    help="with --channel-cd or --run-empty: alternate with this interpreter's "
+                         "ember (another build, e.g. main's venv) in the same run")
     _report.add_args(ap)
     a = ap.parse_args()
-    if a.against and not a.channel_cd:
-        ap.error("--against needs --channel-cd")
+    if a.against and not (a.channel_cd or a.run_empty):
+        ap.error("--against needs --channel-cd or --run-empty")
     if a.channel_cd is not None:
         if a.channel_cd < 1:
             ap.error("--channel-cd needs ROUNDS >= 1")
@@ -490,7 +502,8 @@ def main():
               f"{os.cpu_count()} cores)")
         _report.write(a, "bench_runtime", [_join_wakeup_measure(wake, cw, c2)])
         return
-    ets, pts = bench_run_empty(a.run_empty or (10 if a.quick else 20))
+    res = bench_run_empty(a.run_empty or (10 if a.quick else 20), a.against)
+    ets, pts = res["ember"], res["python3"]
     e, p = _med(ets), _med(pts)
     tg = p + RUN_EMPTY_OVER_PYTHON
     print(f"run empty program      ember run {e*1e3:8.1f} ms   python3 empty.py {p*1e3:6.1f} ms   "
@@ -502,8 +515,16 @@ def main():
           f"                       target <= python3 + {RUN_EMPTY_OVER_PYTHON*1e3:.0f} ms = {tg*1e3:.1f} ms "
           f"{'MET' if e <= tg else 'MISSED'} (medians)   "
           f"Dragon (published, not run here) {DRAGON['run_empty']:.1f} s")
-    run_empty = _report.measure("run an empty program", "ms",
-                                {"ember run": e * 1e3, "python3": p * 1e3},
+    vals = {"ember run": e * 1e3, "python3": p * 1e3}
+    if a.against:
+        ats = res["against"]
+        d = [x - y for x, y in zip(ets, ats)]
+        print(f"  against ({a.against}): ember run {_med(ats)*1e3:8.1f} ms, adds "
+              f"{(_med(ats) - p)*1e3:5.1f} ms (min {(min(ats) - min(pts))*1e3:5.1f})\n"
+              f"  this build minus against, round by round: median {_med(d)*1e3:+5.1f} ms, "
+              f"faster in {sum(x < 0 for x in d)} of {len(d)} rounds")
+        vals["against ember run"] = _med(ats) * 1e3
+    run_empty = _report.measure("run an empty program", "ms", vals,
                                 better="lower", target=tg * 1e3)
     if a.run_empty:
         _report.write(a, "bench_runtime", [run_empty])
