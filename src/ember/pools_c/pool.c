@@ -25,10 +25,14 @@
  *   tmpfs backs a page only when it is first touched; a touch when tmpfs is
  *   full is a SIGBUS.  So no byte of the segment is written (or read) before
  *   it is committed with fallocate(): [0, committed) is backed, committed is
- *   a high-water mark in the header (under the mutex) that grows in
- *   _EMBER_COMMIT_STEP steps as alloc hands out blocks beyond it (a block
- *   and the header of the tail split off it are committed before any store
- *   into them).  Only the last free block can reach past the mark.  When
+ *   a high-water mark in the header (under the mutex) that grows as alloc
+ *   hands out blocks beyond it (a block and the header of the tail split
+ *   off it are committed before any store into them), to a multiple of a
+ *   step that doubles with the mark from _EMBER_COMMIT_MIN up to
+ *   _EMBER_COMMIT_STEP: a fresh pool's first blocks (a runtime's control
+ *   channels) cost tens of pages, not 512 (fallocate allocates every page
+ *   it commits: ~0.8 ms for 2 MiB on a VM), and a growing pool still
+ *   commits in a few calls.  Only the last free block can reach past the mark.  When
  *   fallocate fails with ENOSPC, alloc looks for a fitting free block below
  *   the mark and else returns EMBER_ERR_EXHAUSTED: a full /dev/shm costs
  *   the allocating process an exhausted pool, and nobody a SIGBUS.  A pool
@@ -220,7 +224,9 @@
 /* trylocks of a busy mutex before the timed (sleeping) wait */
 #define _EMBER_LOCK_SPINS         100
 
-/* the heap is committed (fallocate) in steps of this many bytes */
+/* the heap is committed (fallocate) to a multiple of a step that doubles
+ * with the committed mark, from the first to the second of these bytes */
+#define _EMBER_COMMIT_MIN         (64ull << 10)
 #define _EMBER_COMMIT_STEP        (2ull << 20)
 /* a lock wait that timed out continues the previous one of the same thread
  * on the same holder if it starts within this long after it */
@@ -512,16 +518,20 @@ static int _ember_open_seg(const ember_pool_t *p)
 
 /* Make [0, end) of the segment backed by pages (mutex held), so that no
  * store into a block handed out can fault on a full /dev/shm.  The
- * committed mark only grows, in _EMBER_COMMIT_STEP steps; if the step does
- * not fit, exactly the pages needed are tried.  EMBER_ERR_EXHAUSTED (errno
- * ENOSPC) if /dev/shm has no room. */
+ * committed mark only grows, to a multiple of a step that doubles with it
+ * (_EMBER_COMMIT_MIN .. _EMBER_COMMIT_STEP); if that does not fit, exactly
+ * the pages needed are tried.  EMBER_ERR_EXHAUSTED (errno ENOSPC) if
+ * /dev/shm has no room. */
 static ember_rc_t _ember_commit(ember_pool_t *p, uint64_t end)
 {
     _ember_pool_hdr_t *h = p->h;
     uint64_t c = h->committed;
     if (end <= c)
         return EMBER_OK;
-    uint64_t want = (end + _EMBER_COMMIT_STEP - 1u) / _EMBER_COMMIT_STEP * _EMBER_COMMIT_STEP;
+    uint64_t step = _EMBER_COMMIT_MIN;
+    while (step < c && step < _EMBER_COMMIT_STEP)
+        step <<= 1;
+    uint64_t want = (end + step - 1u) / step * step;
     uint64_t least = (end + p->page - 1u) / p->page * p->page;
     if (want > p->seg_size)
         want = p->seg_size;

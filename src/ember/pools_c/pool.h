@@ -68,7 +68,8 @@ typedef struct {
  * may be NULL.  A segment larger than the free space of the filesystem
  * backing it (statvfs of /dev/shm) is refused: EMBER_ERR_OS, errno ENOSPC.
  * Commits (fallocate) only the header page up front; the heap is committed
- * in steps as it is handed out (ember_pool_create_ex: all of it at once). */
+ * in steps as it is handed out, doubling from 64 KiB to 2 MiB
+ * (ember_pool_create_ex: all of it at once). */
 ember_rc_t ember_pool_create(uint64_t size, uint64_t m_uid, const char *owner_tag,
                              const char *label, ember_pool_t **out);
 
