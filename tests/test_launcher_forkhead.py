@@ -114,6 +114,31 @@ def test_forked_head_is_a_managed_process(tmp_path):
     assert "child ran" in out and "fds [0, 1, 2]" in out, out
 
 
+def test_forked_head_and_services_run_with_the_cyclic_gc_on(tmp_path):
+    """`python -m ember` turns the cyclic GC off until the bring-up has
+    frozen what it allocated (cli.entry, Launcher.run): the head's program,
+    the processes it creates and the services run with it on, as python3
+    does; the commands that bring nothing up turn it on again (main)."""
+    res = run(tmp_path, r"""
+        import gc, sys
+        from ember.globalservices import process
+        print("head", gc.isenabled(), gc.get_threshold())
+        c = process.create(sys.executable, ".", ["-c", "import gc; print('child', gc.isenabled())"])
+        assert process.join(c.p_uid) == 0
+    """)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.decode().splitlines()
+    assert "head True (700, 10, 10)" in out and "child True" in out, out
+    from ember.launcher import cli
+    import gc
+    gc.disable()                  # as entry() leaves it
+    try:
+        assert cli.main(["cleanup", "--dry-run", "--events-only"]) == 0
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_only_the_launcher_can_ask_for_a_forked_worker(tmp_path):
     """EMBER_FORK_PY is the launcher's spawn directive (a fork of the
     shepherd has its memory): a managed process's create with it is refused

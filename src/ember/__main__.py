@@ -1,4 +1,7 @@
 """``python -m ember ...`` is the ``ember`` command."""
-from .launcher.cli import entry
+import gc
+
+gc.disable()      # until the runtime's bring-up is done: see ember.launcher.cli.entry
+from .launcher.cli import entry  # noqa: E402
 
 entry()

@@ -316,8 +316,10 @@ class Launcher:
             # the cyclic GC's reach, so that a collection in GS, the shepherd
             # or the .py head forked from it does not write to every object
             # inherited (copy-on-write: ~500 page copies, ~3 ms of the head's
-            # start).
+            # start).  The GC was off until here (cli.entry); on again for
+            # the launcher and all it forks (the head's program gets it on).
             gc.freeze()
+            gc.enable()
             # GS first: the head's create reaches it first (the launcher
             # sends it ~1 ms after the forks, and on two cores the process
             # forked second waits for one); the shepherd is needed only
