@@ -36,7 +36,6 @@ import _thread   # (not threading: ~1.5 ms of every start, and of the .py heads 
 from .. import _env, _log
 from .. import messages as M
 from ..service import NOTICE, Service
-from . import template as _template
 from .._trace import t as _t
 from .._worker import LEASED_COMM, spare_token as _worker_spare_token
 from . import _spawn as _ob
@@ -99,9 +98,22 @@ def _idle_spare(pid):
     until it has read its call."""
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n") in (LEASED_COMM, _template.SPARE_COMM)
+            return f.read().rstrip(b"\n") in (LEASED_COMM, _template_module().SPARE_COMM)
     except OSError:
         return False
+
+
+def _template_module():
+    """:mod:`ember.shepherd.template`, imported when first needed: a spawn
+    that is no template request (``ember run``'s head, which the launcher
+    imports the shepherd's modules for before it forks) does without it
+    and the ``ember._worker`` code it loads (~1 ms, ~110 page faults)."""
+    from . import template
+    return template
+
+
+def _is_template_request(exe, args):
+    return args[2:3] == ["--template"] and _template_module().is_template_request(exe, args)
 
 
 def _pidfd_ready(fd):
@@ -489,7 +501,7 @@ class Shepherd(Service):
         try:
             stdin_fd = self._stdin_for(msg.env) if direct_in is None else direct_in
             gate = None                   # a forked .py child waits until it is closed
-            if _template.is_template_request(exe, args):
+            if _is_template_request(exe, args):
                 pid = self._template_spawn(p_uid, args, envp, run_dir, out_w, err_w)
             else:
                 path, argv = self._resolve(exe, args, run_dir)
@@ -566,10 +578,11 @@ class Shepherd(Service):
         """Fork the child from the warm template (ember.shepherd.template),
         started on first use; the child is re-parented to us (subreaper)."""
         if self._template is None:
-            _template.become_subreaper()
-            self._template = _template.Template(list(self._child_env(0, None)),
-                                                self._err_fd, self._err_fd,
-                                                watch=self._watch_template)
+            template = _template_module()
+            template.become_subreaper()
+            self._template = template.Template(list(self._child_env(0, None)),
+                                               self._err_fd, self._err_fd,
+                                               watch=self._watch_template)
         return self._template.spawn(p_uid, args, envp, run_dir, self._devnull, out_w, err_w)
 
     def _watch_template(self, pidfd, template):
