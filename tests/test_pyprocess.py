@@ -931,6 +931,51 @@ def test_a_fork_child_is_a_process_of_its_own(tmp_path):
     assert out.splitlines() == ["own True True running", "joined True exited"], out
 
 
+def test_an_orphaned_fork_child_is_reaped(tmp_path):
+    """An os.fork() child of an ember.Process, a process of the runtime
+    (ProcessForked), outlives its parent: re-parented to the shepherd
+    (the child subreaper once the template runs), which watches it as an
+    attached process.  At its exit the shepherd reaps it: it used to stay
+    a zombie of the shepherd until the teardown."""
+    out = ok(run_prog(tmp_path, f"""
+        from ember.globalservices import process as gproc
+        d = {str(tmp_path)!r}
+
+        def parent():
+            gproc.this_process()                     # connected before the fork
+            if os.fork() == 0:
+                code = 1
+                try:
+                    deadline = time.monotonic() + 60
+                    while not os.path.exists(d + "/go") and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    with open(d + "/me.tmp", "w") as f:
+                        f.write(f"{{gproc.this_process()}} {{os.getpid()}}")
+                    os.rename(d + "/me.tmp", d + "/me")
+                    code = 0
+                finally:
+                    os._exit(code)
+
+        p = ember.Process(target=parent)
+        p.start()
+        p.join()
+        open(d + "/go", "w").close()
+        for _ in range(3000):
+            if os.path.exists(d + "/me"):
+                break
+            time.sleep(0.01)
+        me, pid = map(int, open(d + "/me").read().split())
+        gproc.join(me, timeout=30)
+        try:
+            with open(f"/proc/{{pid}}/status") as f:
+                state = [x.split()[1] for x in f if x.startswith("State:")][0]
+        except FileNotFoundError:
+            state = "gone"
+        print("after its join", state)
+    """))
+    assert out.splitlines() == ["after its join gone"], out
+
+
 def test_join_reads_the_result_after_the_exit(tmp_path):
     """join() waits for the exit alone (one wake-up) and reads what the
     process sent before it: a value through a pool block, an exception

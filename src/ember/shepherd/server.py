@@ -880,6 +880,13 @@ class Shepherd(Service):
                     # GS (its reply channels freed under a waiting call:
                     # "the channel was destroyed").
                     return
+                # Ours if its parent died first (an os.fork() child of one
+                # of ours: we are the child subreaper): reap its zombie, by
+                # its pidfd (its pid may be a new process's if not ours).
+                try:
+                    os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED | os.WNOHANG)
+                except OSError:           # ECHILD: not ours, its parent reaps it
+                    pass
                 self._forget_external(child)
             self.resources.reclaim(child.pid, external=True)   # before GS hears of the exit
             self._send(M.ShExited(child.p_uid, M.EXIT_UNKNOWN))
