@@ -422,6 +422,61 @@ def test_wrong_key_is_refused(tmp_path):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
+def test_the_head_transport_agent_runs_with_the_cyclic_gc_on(tmp_path):
+    """`python -m ember` keeps the cyclic GC off until the bring-up has
+    frozen what it allocated (Launcher.run); the transport agent of the
+    head node is forked before that (ClusterRun.prepare), and ran all its
+    life with the GC off: no cycle it made was ever collected.  Seen by a
+    gc callback (sitecustomize) that notes each process that collects:
+    the agent's imports after its fork make it collect."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent("""\
+        import gc, os
+        _dir = os.environ.get("EMBER_TEST_GC_SEEN")
+
+        def _collects(phase, info):
+            if phase == "start":
+                p = os.path.join(_dir, str(os.getpid()))
+                if not os.path.exists(p):
+                    open(p, "w").close()
+
+        if _dir:
+            gc.callbacks.append(_collects)
+    """))
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""\
+        import os
+
+        def ppid(pid):
+            with open(f"/proc/{pid}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+
+        launcher = ppid(os.getppid())          # head <- shepherd <- launcher
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    with open(f"/proc/{p}/cmdline", "rb") as f:
+                        cmd = f.read()
+                    if cmd.startswith(b"ember: transport agent") and ppid(p) == launcher:
+                        print("agent", p)
+                except OSError:
+                    pass
+    """))
+    env = dict(os.environ, EMBER_TEST_GC_SEEN=str(seen),
+               PYTHONPATH=os.pathsep.join([str(site)] + [x for x in (os.environ.get(
+                   "PYTHONPATH"),) if x]))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", "--hosts", "local:2",
+                          str(prog)], cwd=tmp_path, capture_output=True, timeout=90, env=env)
+    out = ok(res)
+    agents = [line.split()[1] for line in out.splitlines() if line.startswith("agent ")]
+    assert len(agents) == 1, out
+    assert agents[0] in os.listdir(seen), (agents, sorted(os.listdir(seen)))
+
+
 def test_bad_hosts_are_usage_errors(tmp_path):
     (tmp_path / "p.py").write_text("pass\n")
     for hosts, text in (("local:0", "local:N needs N >= 1"), ("a,a", "appears twice")):

@@ -201,6 +201,11 @@ class Launcher:
             _set_pdeathsig()
             if os.getppid() != self.launcher_pid:
                 os._exit(1)
+            # The cyclic GC is on in every process forked here, as in
+            # python3 (cli.entry turned it off for the bring-up: a fork
+            # before run() turns it on, the head node's transport agent,
+            # would have run with it off all its life).
+            gc.enable()
             # Signals meant for the job are the launcher's to handle: the
             # services ignore them (they are blocked since before the fork,
             # so none can slip in before this).
