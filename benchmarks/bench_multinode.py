@@ -224,6 +224,7 @@ from ember.channels_c import Channel
 N_SMALL, N_BIG, N_RTT, N_CREATE = %d, %d, %d, %d
 ONLY = %r
 PY = sys.executable
+DIRECT = []
 
 def stream(n, size, cap, block):
     name = f"s{n}-{size}"
@@ -246,6 +247,11 @@ print("rate", {n} / (time.perf_counter() - t0), flush=True)
     for _ in range(n):
         h.send(msg)
     h.flush()
+    # how many went by the direct path, and in how many batches (printed at
+    # the end: the launcher's output of two processes that print at once
+    # can mix within a line)
+    o = h._dout
+    DIRECT.append(f"direct {o.seq if o is not None else 0} {getattr(o, 'batches', 0)}")
     process.join(p.p_uid)
     channel.destroy(name)
 
@@ -366,6 +372,8 @@ for node in (0, 1, 0, 1) if "create" in ONLY else ():
         process.join(d.p_uid)
         ts.append(time.perf_counter() - t0)
     print("create", node, min(ts) * 1e3, sorted(ts)[len(ts) // 2] * 1e3, flush=True)
+for line in DIRECT:
+    print(line, flush=True)
 """
 
 
@@ -429,9 +437,15 @@ def run_round(c, only, trace=None, index=0):
 
         lines = ember_run("1", trace and os.path.join(trace, "direct"))
         rates = [float(ln.split()[1]) for ln in lines if ln.startswith("rate")]
-        for what, key in (("small", "e64"), ("big", "e1m")):
+        directs = [ln.split()[1:] for ln in lines if ln.startswith("direct ")]
+        for what, key, n in (("small", "e64", N_SMALL), ("big", "e1m", N_BIG)):
             if what in only:
                 out[key] = rates.pop(0)
+                # the share of the stream that went by the direct path, and
+                # its messages per batch
+                sent, batches = (int(x) for x in directs.pop(0))
+                out[key + "dir"] = sent / n
+                out[key + "per"] = sent / batches if batches else 0
         if "rtt" in only:
             out["ertt"] = float(next(ln.split()[1] for ln in lines if ln.startswith("rtt")))
         agent = [p for p in ("small", "big", "rtt") if p in only]

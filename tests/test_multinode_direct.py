@@ -349,10 +349,11 @@ def test_ordinary_api_takes_the_direct_path_in_order(tmp_path, monkeypatch):
 @pytest.mark.timeout(180)
 def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypatch):
     """The route's receiver takes some of the head's messages, reads more
-    into its inbox than it takes (held), more wait in its socket (queued),
-    and it is SIGKILLed: its agent reads its record and the head resends
-    the rest through the agent; a second receiver gets exactly what the
-    first did not take, in order."""
+    into its inbox than it takes (held: the rest of a batch whose first
+    messages it took), more wait in its socket (queued), and it is
+    SIGKILLed: its agent reads its record and the head resends the rest
+    through the agent; a second receiver gets exactly what the first did
+    not take, in order."""
     out = run_direct(tmp_path, """
         ch = channel.create(None, "dkill", ChannelOptions(node=1))
         res = Channel.attach(channel.create(None, "dkres"))
@@ -361,8 +362,10 @@ def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypa
             r = joined("dkres")
             for i in range(200):                    # round trips: the route
                 r.send(c.recv(timeout=30))
-            got = [c.recv(timeout=30) for _ in range(5)]      # reads the burst, takes 5
-            r.send(b"took %d direct %d" % (len(got), direct_takes()))
+            # reads the burst, takes 5 (the one-call receive: no timeout)
+            got = [c.recv() for _ in range(5)]
+            held = any(getattr(s, "holds", False) for s in route._receiver.inbox._hot.values())
+            r.send(b"took %d direct %d batch held %r" % (len(got), direct_takes(), held))
             time.sleep(60)
             ''')
         second = RP + textwrap.dedent('''
@@ -379,7 +382,7 @@ def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypa
         for i in range(200, 240):                   # a burst: the first takes 5 of it
             h.send(b"%d" % i)
         took = res.recv(timeout=30).split()
-        print(took[:2], "direct", int(took[3]) > 100)
+        print(took[:2], "direct", int(took[3]) > 100, "batch held", took[6].decode())
         for i in range(240, 260):                   # queued in its socket
             h.send(b"%d" % i)
         time.sleep(0.3)
@@ -391,7 +394,7 @@ def test_receiver_killed_with_direct_messages_held_and_queued(tmp_path, monkeypa
         print("second", process.join(p2.p_uid, timeout=30))
         print("flushed", h.flush(timeout=30))
     """, monkeypatch)
-    assert_lines(out, "[b'took', b'5'] direct True", "killed -9", "second 0")
+    assert_lines(out, "[b'took', b'5'] direct True batch held True", "killed -9", "second 0")
     assert any(ln.startswith("rest True") for ln in out.splitlines()), out
 
 
@@ -949,3 +952,87 @@ def test_a_fork_child_uses_connections_of_its_own(tmp_path, monkeypatch):
     """, monkeypatch)
     assert_lines(out, "round trips True direct True", "child [b'c0', b'c1', b'c2']",
                  "child got to child", "parent after 0", "parent got to parent", "exit 0")
+
+
+@pytest.mark.timeout(180)
+def test_a_stream_that_goes_sparse_and_dense_again_batches_its_bursts_in_order(
+        tmp_path, monkeypatch):
+    """A stream that starts before its receiver is up (through the agent,
+    always some of it unacknowledged) switches to the route once it is
+    offered (it waits for the acknowledgements once).  Then the sender
+    alternates round trips (sparse: their messages go alone) and
+    bursts (dense: batches, each message of a batch taken by its own
+    receive); malformed batches reach the receiver while it waits in its
+    receive (a length past the end, a cut length, a byte after the last
+    message, none at all): dropped.  Every message once, in order; a flush
+    at the end puts what is left in the channel."""
+    out = run_direct(tmp_path, """
+        import struct
+        from ember.transport import remote
+        from ember.transport.direct import DIRECT_HDR
+        BATCH_LEN = struct.Struct("<I")             # (direct.OP_BATCH's records)
+        R, B, K, S = 40, 500, 3, 20000
+
+        def batches():
+            return getattr(h._dout, "batches", 0)
+        ping = channel.create(None, "sdping", ChannelOptions(node=1, capacity=4096))
+        pong = channel.create(None, "sdpong")
+        echo = RP + textwrap.dedent(f'''
+            a = joined("sdping")
+            b = joined("sdpong")
+            got = [a.recv() for _ in range({S})]
+            b.send(b"ok")
+            for k in range({K}):
+                for i in range({R}):
+                    got.append(a.recv())
+                    b.send(b"ok")
+                got += [a.recv() for _ in range({B})]
+                b.send(b"ok")
+            want = [b"s%d" % i for i in range({S})] + [
+                b"%s%d.%d" % (w, k, i) for k in range({K})
+                for w, n in ((b"r", {R}), (b"b", {B})) for i in range(n)]
+            b.send(b"echo in order %r direct %r" % (got == want, direct_takes() > {K} * {B}))
+            b.flush(timeout=30)
+            ''')
+        p = process.create(PY, ".", ["-c", echo], options={"node": 1})
+        h, back = Channel.attach(ping), Channel.attach(pong)
+        for i in range(S):
+            h.send(b"s%d" % i)
+        back.recv(timeout=60)
+        print("the stream switched", h._dout is not None and h._dout.seq > 0)
+        time.sleep(0.01)
+        sparse = dense = 0
+        for k in range(K):
+            before = batches()
+            for i in range(R):
+                h.send(b"r%d.%d" % (k, i))
+                back.recv(timeout=30)
+                if k == 1 and i == 20:              # the echo waits in its receive now
+                    ds = next(iter(remote._conn(1).dsenders.values()))
+                    hdr = DIRECT_HDR.pack(b"B", ping.c_uid, h._dout.seq + 1)
+                    ds.inbox.grab()
+                    try:
+                        for f in (hdr + b"\\xff\\xff\\xff\\xff", hdr + BATCH_LEN.pack(3) + b"ab",
+                                  hdr + BATCH_LEN.pack(1) + b"a\\x01", hdr):
+                            ds.sock.send_multipart([ds.peer, f])
+                    finally:
+                        ds.inbox.lock.release()
+                    time.sleep(0.1)
+            mid = batches()
+            sparse += mid - before
+            for i in range(B):
+                h.send(b"b%d.%d" % (k, i))
+            back.recv(timeout=30)
+            dense += batches() - mid
+            time.sleep(0.01)                        # (the next round trip is not part of the burst)
+        print(back.recv(timeout=60).decode())
+        # (a round trip's message joins a batch only when its sender was
+        # preempted between its send and the answer, and then goes when
+        # the sender waits for the answer)
+        print("round trips mostly alone", sparse < K * R // 4, "bursts batched", dense >= K)
+        print("flushed", h.flush(timeout=30))
+        print("exit", process.join(p.p_uid, timeout=30))
+    """, monkeypatch)
+    assert_lines(out, "the stream switched True", "echo in order True direct True",
+                 "round trips mostly alone True bursts batched True", "flushed True",
+                 "exit 0")

@@ -6,6 +6,7 @@ the Python path (ember.transport.direct.Inbox) serves those.  In one
 process: a ROUTER socket, DEALER senders, a local channel."""
 import ctypes
 import struct
+import time
 
 import pytest
 import zmq
@@ -303,3 +304,96 @@ def test_direct_out_send_that_raises_counts_nothing():
     finally:
         alone.close(linger=0)
         ctx.term()
+
+
+LEN = struct.Struct("<I")            # ember.transport.direct.BATCH_LEN
+
+
+def batch(c_uid, seq, *msgs):
+    return HDR.pack(b"B", c_uid, seq) + b"".join(LEN.pack(len(m)) + m for m in msgs)
+
+
+def test_direct_out_batches_a_stream_and_sends_an_isolated_message_alone(net):
+    """An isolated message goes alone; one that follows within
+    ``streaming`` joins a batch (one frame: "B", the first seq, each
+    message's length and bytes), sent when it is full (messages or bytes),
+    before a message that cannot join it, or by flush_batch; a retired
+    DirectOut (handle 0) drops its batch (the copies are resent elsewhere)."""
+    from ember.channels_c._channels import DirectOut
+    r, h, d, _ = net
+    shared = [0]
+    # batches of 3 messages or 20 bytes (their records: 4 + the message's),
+    # of messages up to 8 bytes; a stream within 10 s of the message before
+    o = DirectOut(9, d.underlying, shared, 1000, 1000, 1 << 20, 3, 20, 8, 10.0)
+    woke = []
+    o.wake = lambda: woke.append(o.pending)
+    assert o.send(b"a") and o.pending == 0                  # the first: alone
+    assert r.recv_multipart()[1] == HDR.pack(b"D", 9, 1) + b"a"
+    assert o.send(b"b") and o.send(b"cc") and o.pending == 2 and woke == [1]
+    assert r.poll(50) == 0                                  # not sent yet
+    assert o.send(b"d") and o.pending == 0                  # three: full
+    assert r.recv_multipart()[1] == batch(9, 2, b"b", b"cc", b"d")
+    assert o.send(b"e" * 8) and o.send(b"f" * 8) and o.pending == 0  # 24 bytes: full
+    assert r.recv_multipart()[1] == batch(9, 5, b"e" * 8, b"f" * 8)
+    assert o.send(b"g") and o.send(b"h" * 9)                # too large to join: after the batch
+    assert r.recv_multipart()[1] == batch(9, 7, b"g")
+    assert r.recv_multipart()[1] == HDR.pack(b"D", 9, 8) + b"h" * 9
+    assert o.send(b"i") and o.flush_batch() and o.pending == 0
+    assert r.recv_multipart()[1] == batch(9, 9, b"i")
+    assert o.flush_batch()                                  # nothing to send
+    assert (o.seq, o.batches, [s for s, _ in o.copies]) == (9, 4, list(range(1, 10)))
+    assert o.send(b"j") and o.pending == 1
+    o.handle = 0
+    assert o.flush_batch() and o.pending == 0 and r.poll(50) == 0    # retired: dropped
+    assert o.seq == 10 and o.copies[-1] == (10, b"j")
+    with pytest.raises(ValueError):
+        o.put(b"k")                                          # sends no more
+    with pytest.raises(ValueError):
+        DirectOut(9, d.underlying, shared, 4, 2, 100, -1)
+    with pytest.raises(ValueError):
+        DirectOut(9, d.underlying, shared, 4, 2, 100, 3, 8, 4, float("nan"))
+    # a message after a pause (1 ms here) goes alone, after the batch
+    o = DirectOut(9, d.underlying, shared, 1000, 1000, 1 << 20, 3, 20, 8, 0.001)
+    assert o.send(b"a") and o.send(b"b") and o.pending == 1
+    time.sleep(0.005)
+    assert o.send(b"c") and o.pending == 0
+    assert [r.recv_multipart()[1] for _ in range(3)] == [
+        HDR.pack(b"D", 9, 1) + b"a", batch(9, 2, b"b"), HDR.pack(b"D", 9, 3) + b"c"]
+    # batching off (batch 0): every message alone, however close
+    o = DirectOut(9, d.underlying, shared, 1000, 1000, 1 << 20, 0, 20, 8, 10.0)
+    assert o.send(b"a") and o.send(b"b") and o.pending == 0
+    assert [r.recv_multipart()[1] for _ in range(2)] == [HDR.pack(b"D", 9, 1) + b"a",
+                                                         HDR.pack(b"D", 9, 2) + b"b"]
+
+
+def test_a_batch_is_taken_one_message_at_a_time_and_a_malformed_one_is_not(pool, net):
+    """The one-call receive takes a batch's first message and holds the rest
+    in the stream (the next ones: spill gives them to the Python path); a
+    malformed batch (a length past its end, a cut length, a byte after its
+    last message, no message) comes back untouched, nothing taken."""
+    from ember.channels_c._channels import _zd_records
+    r, h, d, _ = net
+    ch = Channel.create(pool)
+    cs = Cells()
+    st = cs.stream(ch.c_uid)
+    good = batch(ch.c_uid, 1, b"m1", b"", b"m3")
+    d.send(good)
+    assert recv(ch, h, st) == b"m1" and st.holds and (st.last, cs.cell.value) == (1, 1)
+    assert st.spill() == [(2, b""), (3, b"m3")] and not st.holds and st.spill() == []
+    assert _zd_records(good) == [b"m1", b"", b"m3"]
+    assert _zd_records(good, len(good)) is None and _zd_records(good, 3) is None
+    d.send(batch(ch.c_uid, 2, b"only"))                  # one message: nothing held
+    assert recv(ch, h, st) == b"only" and not st.holds and st.last == 2
+    for bad in (HDR.pack(b"B", ch.c_uid, 3) + b"\xff\xff\xff\xff",
+                HDR.pack(b"B", ch.c_uid, 3) + LEN.pack(3) + b"ab",
+                batch(ch.c_uid, 3, b"a") + b"\x01",
+                HDR.pack(b"B", ch.c_uid, 3) + b"\x01\x00",
+                HDR.pack(b"B", ch.c_uid, 3)):
+        d.send(bad)
+        assert recv(ch, h, st) == (b"S1", bad, False)
+        assert _zd_records(bad) is None
+        assert (st.last, cs.cell.value, st.holds) == (2, 2, False)
+    ch.send(b"local")                                    # the channel first: not taken
+    d.send(batch(ch.c_uid, 3, b"x"))
+    assert recv(ch, h, st) == (b"S1", batch(ch.c_uid, 3, b"x"), False) and st.last == 2
+    ch.destroy()

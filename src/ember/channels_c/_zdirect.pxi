@@ -62,6 +62,26 @@ cdef extern from *:
 
     #define EMBER_ZD_DONTWAIT 1      /* ZMQ_DONTWAIT */
     #define EMBER_ZD_HDR 17          /* direct.DIRECT_HDR: "D", c_uid, seq (little-endian) */
+    #define EMBER_ZD_LEN 4           /* a batch's record: its length (u32, little-endian), the message */
+
+    /* A batch ("B", c_uid, the first message's seq, then records from
+       offset `off`) is whole: its records end exactly at its end.  The
+       number of records, or 0 if it is malformed. */
+    static inline size_t ember_zd_batch_ok(const unsigned char *p, size_t n, size_t off) {
+        size_t count = 0;
+        while (off < n) {
+            uint32_t len;
+            if (n - off < EMBER_ZD_LEN)
+                return 0;
+            memcpy(&len, p + off, EMBER_ZD_LEN);
+            off += EMBER_ZD_LEN;
+            if (len > n - off)
+                return 0;
+            off += len;
+            count++;
+        }
+        return count;
+    }
 
     /* A (sender, channel) stream of an inbox (ember.transport.direct):
        where its takes go and how far it was taken and acknowledged. */
@@ -102,7 +122,10 @@ cdef extern from *:
 
     /* Read one message of ROUTER socket `sock` into m1 (the sender) and m2
        (the first frame after it).  Returns 1: m2 is the next message of
-       stream `s` (may be NULL), taken: its record stored, counted; 0: read,
+       stream `s` (may be NULL), taken: its record stored, counted; 2: m2 is
+       a whole batch of stream `s` whose first message is the next one, and
+       that first message was taken (its payload at offset EMBER_ZD_HDR +
+       EMBER_ZD_LEN; the rest is the caller's to hold); 0: read,
        not taken (the caller serves m1 and m2; *more: frames follow m2);
        -1: no message (EAGAIN: the receive timed out, or flags had
        DONTWAIT); -2: interrupted (EINTR: the caller checks signals and
@@ -129,7 +152,7 @@ cdef extern from *:
             return 0;
         size_t n = ember_zd.msg_size(m2);
         const unsigned char *p = (const unsigned char *)ember_zd.msg_data(m2);
-        if (n < EMBER_ZD_HDR || p[0] != 'D' || ember_zd_u64(p + 1) != s->c_uid)
+        if (n < EMBER_ZD_HDR || (p[0] != 'D' && p[0] != 'B') || ember_zd_u64(p + 1) != s->c_uid)
             return 0;
         if (ember_zd.msg_size(m1) != s->sender_len ||
                 memcmp(ember_zd.msg_data(m1), s->sender, s->sender_len) != 0)
@@ -137,7 +160,13 @@ cdef extern from *:
         uint64_t seq = ember_zd_u64(p + 9);
         if (seq != s->last + 1 || ready(ch))
             return 0;
-        return ember_zd_take(s, seq, n - EMBER_ZD_HDR);  /* 0: revoked, the Python path closes the route */
+        if (p[0] == 'D')
+            return ember_zd_take(s, seq, n - EMBER_ZD_HDR);  /* 0: revoked, the Python path closes the route */
+        if (ember_zd_batch_ok(p, n, EMBER_ZD_HDR) == 0)
+            return 0;                    /* malformed (or empty): the Python path drops it */
+        uint32_t len;
+        memcpy(&len, p + EMBER_ZD_HDR, EMBER_ZD_LEN);
+        return ember_zd_take(s, seq, len) ? 2 : 0;
     }
     """
     ctypedef struct ember_zmsg_t:
@@ -151,7 +180,9 @@ cdef extern from *:
         int ack_due
         unsigned char sender[16]
     int EMBER_ZD_HDR
+    int EMBER_ZD_LEN
     int EMBER_ZD_DONTWAIT
+    size_t ember_zd_batch_ok(const unsigned char *p, size_t n, size_t off) nogil
     void *ember_zd_msg_data "ember_zd.msg_data"(ember_zmsg_t *) nogil
     size_t ember_zd_msg_size "ember_zd.msg_size"(const ember_zmsg_t *) nogil
     int ember_zd_msg_close "ember_zd.msg_close"(ember_zmsg_t *) nogil
@@ -226,6 +257,11 @@ cdef class DirectStream:
     acknowledgement thresholds.  Internal."""
     cdef ember_zd_stream_t s
     cdef readonly bytes sender
+    # the rest of a batch whose first message was taken (the frame, and
+    # where its next record starts), or None: its messages are the next
+    # ones of the stream, taken one a receive (_next), the channel first
+    cdef bytes batch
+    cdef Py_ssize_t boff
 
     def __cinit__(self, bytes sender, uint64_t c_uid, size_t cell, size_t gate,
                   uint64_t ack_every, uint64_t ack_bytes):
@@ -288,6 +324,45 @@ cdef class DirectStream:
             raise ValueError("gate must be an 8-aligned address")
         self.s.gate = <uint64_t *>v
 
+    @property
+    def holds(self):
+        """Messages of a batch are held here (the next ones of the stream)."""
+        return self.batch is not None
+
+    cdef void _hold(self, ember_zmsg_t *m):
+        # keep batch m's records after its first (taken; m validated)
+        cdef const unsigned char *p = <const unsigned char *>ember_zd_msg_data(m)
+        cdef size_t n = ember_zd_msg_size(m)
+        cdef uint32_t first
+        memcpy(&first, p + EMBER_ZD_HDR, EMBER_ZD_LEN)
+        cdef size_t off = EMBER_ZD_HDR + EMBER_ZD_LEN + first
+        if off < n:
+            self.batch = PyBytes_FromStringAndSize(<const char *>p, <Py_ssize_t>n)
+            self.boff = <Py_ssize_t>off
+
+    cdef object _next(self):
+        # the next message of the batch held (the caller found the channel
+        # empty), taken; None when the gate is closed (nothing taken)
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.batch)
+        cdef uint32_t n
+        memcpy(&n, p + self.boff, EMBER_ZD_LEN)
+        if not ember_zd_take(&self.s, self.s.last + 1, n):
+            return None
+        got = PyBytes_FromStringAndSize(<const char *>p + self.boff + EMBER_ZD_LEN, n)
+        self.boff += EMBER_ZD_LEN + n
+        if self.boff >= PyBytes_GET_SIZE(self.batch):
+            self.batch = None
+        return got
+
+    def spill(self):
+        """The messages of the batch held, as ``(seq, payload)``, oldest
+        first, not taken; the stream holds none after."""
+        if self.batch is None:
+            return []
+        got = _zd_records(self.batch, self.boff)
+        self.batch = None
+        return [(self.s.last + 1 + i, m) for i, m in enumerate(got)]
+
     def take(self, uint64_t seq, Py_ssize_t nbytes):
         """The Python path's take of message ``seq`` (``nbytes`` of payload)
         of this stream: through the gate (False if it is closed: nothing
@@ -295,6 +370,31 @@ cdef class DirectStream:
         if nbytes < 0:
             raise ValueError(f"nbytes {nbytes} < 0")
         return ember_zd_take(&self.s, seq, <uint64_t>nbytes) != 0
+
+
+def _zd_records(bytes frame, Py_ssize_t off=EMBER_ZD_HDR):
+    """The messages of batch ``frame`` (direct.OP_BATCH: its records from
+    ``off``), as a list of bytes; None when it is malformed (a record's
+    length past its end, or no record).  Internal."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(frame)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(frame)
+    cdef uint32_t len
+    if off < EMBER_ZD_HDR or <size_t>off > n or ember_zd_batch_ok(p, n, <size_t>off) == 0:
+        return None
+    out = []
+    while <size_t>off < n:
+        memcpy(&len, p + off, EMBER_ZD_LEN)
+        out.append(PyBytes_FromStringAndSize(<const char *>p + off + EMBER_ZD_LEN, len))
+        off += EMBER_ZD_LEN + len
+    return out
+
+
+cdef bytes _zd_first(ember_zmsg_t *m):
+    # the first message of batch m (validated)
+    cdef const char *p = <const char *>ember_zd_msg_data(m)
+    cdef uint32_t n
+    memcpy(&n, p + EMBER_ZD_HDR, EMBER_ZD_LEN)
+    return PyBytes_FromStringAndSize(p + EMBER_ZD_HDR + EMBER_ZD_LEN, n)
 
 
 def _zd_recv(Channel ch, size_t sock, DirectStream stream, int flags):
@@ -340,6 +440,9 @@ def _zd_recv(Channel ch, size_t sock, DirectStream stream, int flags):
             p = <const char *>ember_zd_msg_data(&m2)
             return PyBytes_FromStringAndSize(p + EMBER_ZD_HDR,
                                              <Py_ssize_t>ember_zd_msg_size(&m2) - EMBER_ZD_HDR)
+        if rc == 2:
+            stream._hold(&m2)
+            return _zd_first(&m2)
         return (PyBytes_FromStringAndSize(<const char *>ember_zd_msg_data(&m1),
                                           <Py_ssize_t>ember_zd_msg_size(&m1)),
                 PyBytes_FromStringAndSize(<const char *>ember_zd_msg_data(&m2),
@@ -352,17 +455,18 @@ def _zd_recv(Channel ch, size_t sock, DirectStream stream, int flags):
 
 cdef extern from *:
     """
-    /* The direct send's frame in one copy: the header ('D', c_uid, seq,
-       little-endian, as direct.DIRECT_HDR) and the message into a zmq
+    /* The direct send's frame in one copy: the header (op 'D', c_uid, seq,
+       little-endian, as direct.DIRECT_HDR; a batch: 'B', the first
+       message's seq, its records) and the message into a zmq
        message, then libzmq's send.  Returns 0 (sent: zmq owns m) or the
        zmq errno (m still the caller's: EAGAIN with DONTWAIT, try again
        blocking; EINTR, try again).  Holds nothing a death could leave. */
-    static int ember_zd_frame(ember_zmsg_t *m, uint64_t c_uid, uint64_t seq,
+    static int ember_zd_frame(ember_zmsg_t *m, char op, uint64_t c_uid, uint64_t seq,
                               const void *p, size_t n) {
         if (ember_zd.msg_init_size(m, EMBER_ZD_HDR + n) < 0)
             return ember_zd.zerrno();
         unsigned char *d = (unsigned char *)ember_zd.msg_data(m);
-        d[0] = 'D';
+        d[0] = (unsigned char)op;
         memcpy(d + 1, &c_uid, 8);
         memcpy(d + 9, &seq, 8);
         if (n)
@@ -390,7 +494,8 @@ cdef extern from *:
         return 0;
     }
     """
-    int ember_zd_frame(ember_zmsg_t *m, uint64_t c_uid, uint64_t seq, const void *p, size_t n) nogil
+    int ember_zd_frame(ember_zmsg_t *m, char op, uint64_t c_uid, uint64_t seq, const void *p,
+                       size_t n) nogil
     int ember_zd_send(ember_zmsg_t *m, void *sock, int flags) nogil
     int ember_zd_send_rid(void *sock, const void *rid, size_t n, int flags) nogil
 
@@ -398,6 +503,13 @@ cdef extern from *:
 cdef int _zd_send_err(size_t sock, uint64_t c_uid, uint64_t seq, bytes data, bytes rid) except -1:
     """_zd_send's work: 0 when sent, else the zmq errno of a send that did
     not happen (nothing of the message went; EINTR is served here)."""
+    return _zd_send_buf(sock, b'D', c_uid, seq, PyBytes_AS_STRING(data),
+                        <size_t>PyBytes_GET_SIZE(data), rid)
+
+
+cdef int _zd_send_buf(size_t sock, char op, uint64_t c_uid, uint64_t seq, const char *data,
+                      size_t n, bytes rid) except -1:
+    # _zd_send_err's work for the n bytes at data, after header op
     cdef ember_zmsg_t m
     cdef int err = 0
     cdef bint first = True
@@ -418,7 +530,7 @@ cdef int _zd_send_err(size_t sock, uint64_t c_uid, uint64_t seq, bytes data, byt
                 err = ember_zd_send_rid(<void *>sock, prid, nrid, 0)
         if err != 0:
             return err
-    err = ember_zd_frame(&m, c_uid, seq, PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data))
+    err = ember_zd_frame(&m, op, c_uid, seq, data, n)
     if err != 0:
         return err                      # (after a routing id: cannot happen but for ENOMEM)
     if rid is not None:
@@ -469,7 +581,16 @@ cdef class DirectOut:
     """One channel's direct messages through one connection to an inbox
     (ember.transport.direct.DirectSender): the last sequence number sent,
     the copies kept until acknowledged (a deque of (seq, data)) and their
-    bytes.  Its :meth:`send` is the hot path in one call; the connection's
+    bytes.  A message of at most ``batch_max`` bytes sent within
+    ``streaming`` seconds of the end of the send before (a stream) joins a
+    batch, one zmq message (direct.OP_BATCH) of up to ``batch`` messages or
+    ``batch_bytes`` bytes of records, sent when it is full, before the next
+    message that does not join it, or by :meth:`flush_batch` (the inbox's
+    flusher, ``wake``: called when a batch starts); any other message (a
+    request, a round trip's: its caller waited between two sends) goes at
+    once, alone, after the batch if there is one (``batch`` 0: never
+    batched).  Its
+    :meth:`send` is the hot path in one call; the connection's
     state it shares with the connection's other channels (the socket, the
     sends since the last drain) is in ``shared``, a one-element list
     [sends] the connection keeps.  :meth:`send_now` is :meth:`send` with
@@ -486,12 +607,24 @@ cdef class DirectOut:
     cdef object _acquire, _release     # the socket's lock's (send_now)
     cdef dict _errors                  # the connection's reported failures (send_now)
     cdef readonly Py_ssize_t sent_now  # messages send_now sent (tests, benchmarks)
+    # the batch being filled: its records (length, message) at buf, their
+    # bytes, their number, the first one's seq
+    cdef char *buf
+    cdef Py_ssize_t blen, bcount, batch, batch_bytes, batch_max
+    cdef uint64_t bfirst
+    cdef int64_t streaming, last_ns    # ns; the last message's send
+    cdef public object wake            # called when a batch starts (or None)
+    cdef readonly Py_ssize_t batches   # batches sent (tests, benchmarks)
 
     def __cinit__(self, uint64_t c_uid, size_t handle, list shared, Py_ssize_t drain_after,
-                  Py_ssize_t window, Py_ssize_t window_bytes):
+                  Py_ssize_t window, Py_ssize_t window_bytes, Py_ssize_t batch=0,
+                  Py_ssize_t batch_bytes=0, Py_ssize_t batch_max=0, double streaming=0.0):
         from collections import deque
         if len(shared) != 1:
             raise ValueError("shared must be a one-element list [sends]")
+        if batch < 0 or batch_bytes < 0 or batch_max < 0 or batch_max > 0xffffffff or \
+                not streaming >= 0:
+            raise ValueError("batch, batch_bytes, batch_max and streaming must be >= 0")
         self.c_uid = c_uid
         self.handle = handle
         self.shared = shared
@@ -499,6 +632,14 @@ cdef class DirectOut:
         self.drain_after = drain_after
         self.window = window
         self.window_bytes = window_bytes
+        self.batch = batch if batch_bytes and batch_max else 0
+        self.batch_bytes = batch_bytes
+        self.batch_max = batch_max
+        self.streaming = <int64_t>(streaming * 1e9)
+        self.last_ns = -(<int64_t>1 << 62)
+
+    def __dealloc__(self):
+        free(self.buf)
 
     def bind(self, lock, dict errors):
         """:meth:`send_now` takes ``lock`` (the socket's: its one user) and
@@ -516,19 +657,117 @@ cdef class DirectOut:
         if sends >= self.drain_after or len(self.copies) >= self.window or \
                 self.nbytes >= self.window_bytes:
             return 0
-        if not _zd_ok:
-            raise RuntimeError("_zd_init found no libzmq")
-        cdef int err = _zd_send_err(self.handle, self.c_uid, self.seq + 1, data, self.rid)
+        cdef int err = self._put(data)
         if err == EHOSTUNREACH:
             return 0
         if err != 0:                    # (raises: nothing counted)
             import zmq
             raise zmq.Again() if err == EAGAIN else zmq.ZMQError(err)
         self.shared[0] = sends
+        return 1
+
+    cdef int _put(self, bytes data) except -1:
+        # data as the next message, into the batch or alone: 0 (counted),
+        # or the zmq errno of what did not happen (nothing done)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef timespec ts
+        cdef int err
+        cdef bint starts
+        if not _zd_ok:
+            raise RuntimeError("_zd_init found no libzmq")
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        cdef int64_t now = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+        if self.batch and n <= self.batch_max and now - self.last_ns < self.streaming:
+            if self.bcount >= self.batch or self.blen >= self.batch_bytes:
+                err = self._flush()     # (it could not go before: no peer)
+                if err != 0:
+                    return err
+            if self.buf == NULL:
+                self.buf = <char *>malloc(self.batch_bytes + EMBER_ZD_LEN + self.batch_max)
+                if self.buf == NULL:
+                    raise MemoryError()
+            starts = self.bcount == 0
+            if starts:
+                self.bfirst = self.seq + 1
+            memcpy(self.buf + self.blen, &n, EMBER_ZD_LEN)      # (little-endian)
+            memcpy(self.buf + self.blen + EMBER_ZD_LEN, PyBytes_AS_STRING(data), n)
+            self.blen += EMBER_ZD_LEN + n
+            self.bcount += 1
+            self._count(data)
+            if starts and self.wake is not None:
+                self.wake()
+            if self.bcount >= self.batch or self.blen >= self.batch_bytes:
+                self._flush()           # (if it cannot go now: see above)
+        else:
+            if self.bcount:
+                err = self._flush()     # the batch before this message
+                if err != 0:
+                    return err
+            err = _zd_send_err(self.handle, self.c_uid, self.seq + 1, data, self.rid)
+            if err != 0:
+                return err
+            self._count(data)
+        # the gap to the next message counts from here: the caller's own
+        # time between two sends (a send that wakes zmq's I/O thread takes
+        # 5-20 us in this VM; a round trip's wait is all in the gap)
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        self.last_ns = <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+        return 0
+
+    cdef void _count(self, bytes data):
         self.seq += 1
         self.copies.append((self.seq, data))
         self.nbytes += PyBytes_GET_SIZE(data)
-        return 1
+
+    cdef int _flush(self) except -1:
+        # send the batch: 0 (sent, or none), or the zmq errno (it stays)
+        if self.bcount == 0:
+            return 0
+        if self.handle == 0:            # retired: its copies go elsewhere
+            self.bcount = self.blen = 0
+            return 0
+        cdef int err = _zd_send_buf(self.handle, b'B', self.c_uid, self.bfirst, self.buf,
+                                    <size_t>self.blen, self.rid)
+        if err == 0:
+            self.bcount = self.blen = 0
+            self.batches += 1
+        return err
+
+    @property
+    def pending(self):
+        """Messages in the batch being filled (counted, not sent yet)."""
+        return self.bcount
+
+    def put(self, bytes data):
+        """Send ``data`` as the next message (into the batch, or alone: see
+        the class), keep its copy, count it: True; False, with nothing
+        done, when the peer is not connected (EHOSTUNREACH).  No window or
+        drain check (the caller's).  The caller holds the socket's lock."""
+        if self.handle == 0:
+            raise ValueError("this DirectOut sends no more")
+        cdef int err = self._put(data)
+        if err == EHOSTUNREACH:
+            return False
+        if err != 0:
+            import zmq
+            raise zmq.Again() if err == EAGAIN else zmq.ZMQError(err)
+        return True
+
+    def flush_batch(self):
+        """Send the batch being filled, if any: True (none left), False (the
+        peer is not connected: it stays).  The caller holds the socket's
+        lock."""
+        cdef int err = self._flush()
+        if err == EHOSTUNREACH:
+            return False
+        if err != 0:
+            import zmq
+            raise zmq.Again() if err == EAGAIN else zmq.ZMQError(err)
+        return True
+
+    def drop_batch(self):
+        """Forget the batch being filled (its copies are resent elsewhere)."""
+        self.bcount = self.blen = 0
 
     def send(self, data):
         """Send ``data`` (bytes) as the next message, keep its copy, count
@@ -562,7 +801,8 @@ cdef class DirectOut:
 cdef class DirectRecv:
     """A routed channel's receive on the direct path, installed as the
     handle's ``_direct`` by ember.transport.route once the route is given:
-    its common case in one call -- no timeout, this process's inbox free
+    its common case in one call -- a message in the channel (taken from it
+    at once, as the channel comes first), or no timeout, this process's inbox free
     (no other thread receives or wants its socket), the channel empty,
     nothing held of it, its watch quiet, and the message that comes the
     next one of the channel's last stream -- and everything else by the
@@ -602,6 +842,14 @@ cdef class DirectRecv:
     def recv(self, ch, timeout=None):
         """``ch.recv(timeout)`` (or ``recv_auto``): see the class."""
         cdef object got = None
+        if ch is self.ch and self.ch._ch != NULL and \
+                ember_ch_poll(self.ch._ch, 0, 0) != EMBER_ERR_EMPTY:
+            # the channel first (what came through the agent: a sender not
+            # on the route, or before it switched), with no inbox or lock
+            try:
+                return self.ch._recv_local(0)
+            except ChannelEmpty:        # another process took it
+                pass
         if ch is self.ch and timeout is None and self._busy_acquire(False):
             try:
                 if self._lock_acquire(False):
@@ -643,13 +891,29 @@ cdef class DirectRecv:
         s = self._hot.get(ch._c_uid)
         if s is None:
             return None
+        if s.batch is not None:
+            # the next message is the batch's (the channel is empty): no wait
+            got = s._next()
+            if got is None:
+                return None             # the gate is closed: the Python path ends the route
+            self.taken += 1
+            if s.s.ack_due:
+                inbox._ack(s)
+            return got
         ch._pool._busy += 1
         ch._busy += 1
+        cdef int flags = 0
+        if inbox.batching:
+            flags = EMBER_ZD_DONTWAIT   # a batch of ours waits: sent before this waits
         try:
             while True:
                 with nogil:
-                    rc = ember_zd_recv(<void *>sock, 0, &s.s, _zd_ready, <void *>ch._ch,
+                    rc = ember_zd_recv(<void *>sock, flags, &s.s, _zd_ready, <void *>ch._ch,
                                        &m1, &m2, &more, &err)
+                if rc == -1 and flags != 0:
+                    inbox.flush_batches()
+                    flags = 0
+                    continue
                 if rc != -2:
                     break
                 PyErr_CheckSignals()
@@ -664,9 +928,14 @@ cdef class DirectRecv:
         try:
             if self._stamp is not None:
                 self._stamp("i1")
-            if rc == 1:
-                got = PyBytes_FromStringAndSize(<const char *>ember_zd_msg_data(&m2) + EMBER_ZD_HDR,
-                                                <Py_ssize_t>ember_zd_msg_size(&m2) - EMBER_ZD_HDR)
+            if rc == 1 or rc == 2:
+                if rc == 2:
+                    s._hold(&m2)
+                    got = _zd_first(&m2)
+                else:
+                    got = PyBytes_FromStringAndSize(
+                        <const char *>ember_zd_msg_data(&m2) + EMBER_ZD_HDR,
+                        <Py_ssize_t>ember_zd_msg_size(&m2) - EMBER_ZD_HDR)
                 self.taken += 1
                 if s.s.ack_due:
                     inbox._ack(s)

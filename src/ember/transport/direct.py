@@ -51,7 +51,7 @@ import time
 import zmq
 
 from .. import _log
-from ..channels_c._channels import DirectOut, DirectStream, _zd_init, _zd_recv, _zd_send
+from ..channels_c._channels import DirectOut, DirectStream, _zd_init, _zd_recv, _zd_records
 from ..exceptions import ChannelEmpty, ChannelError, ChannelFull
 from . import _trace, remote
 from .agent import Z_EVENTS, Z_NOBLOCK, Z_POLLIN, Z_RCVMORE
@@ -66,12 +66,35 @@ _zget = zmq.backend.Socket.get
 log = _log.get("direct")
 TRACE = _trace.ON
 
-__all__ = ["Inbox", "DirectSender", "TakenRecord", "OP_DIRECT", "DIRECT_HDR", "OP_TAKEN",
-           "TAKEN_HDR"]
+__all__ = ["Inbox", "DirectSender", "TakenRecord", "OP_DIRECT", "DIRECT_HDR", "OP_BATCH",
+           "OP_TAKEN", "TAKEN_HDR"]
 
 #: a direct message: one frame, this header then the message
 OP_DIRECT = b"D"
 DIRECT_HDR = struct.Struct("<cQQ")            # op, c_uid, seq (per sender and channel, from 1)
+#: a batch of direct messages: one frame, DIRECT_HDR with this op and the
+#: first message's seq, then each message as its length (BATCH_LEN) and its
+#: bytes; the messages are seq, seq + 1, ...
+OP_BATCH = b"B"
+BATCH_LEN = struct.Struct("<I")
+#: a message of at most BATCH_MAX bytes sent within STREAMING seconds of the
+#: end of the send before joins a batch of up to BATCH messages or
+#: BATCH_BYTES bytes (as the agent's path batches: remote.BATCH), sent when
+#: it is full, before the next message that does not join it, when the
+#: sender waits for acknowledgements, or FLUSH_AFTER seconds after it began
+#: (the inbox's flusher thread: a stream's last messages); any other message
+#: goes at once, alone.  STREAMING is well below a round trip between two
+#: processes over TCP (some 20 us at the least on this machine's loopback,
+#: 50 us between its emulated nodes, each in the VM's fast state; 20 us let
+#: a round trip's message join a batch now and then: measured), so a round
+#: trip's messages, whose sender waits for each answer between two sends,
+#: never join a batch, and above a sending loop's own time between two
+#: sends (about 1 us)
+BATCH = 256
+BATCH_BYTES = 64 << 10
+BATCH_MAX = 8192
+STREAMING = 0.000005
+FLUSH_AFTER = 0.0002
 #: the inbox's acknowledgement, back on the same connection: "taken up to seq"
 OP_TAKEN = b"k"
 TAKEN_HDR = struct.Struct("<cQQ")             # op, c_uid, seq
@@ -291,6 +314,11 @@ class Inbox:
         self._hot = {}            # c_uid -> the stream of its last take (the C call's guess)
         self.gates = {}           # c_uid -> its take gate's address (a routed channel: set_gate)
         self.closed = set()       # c_uids whose gate the agent closed: no more takes
+        self._flush_wake = threading.Event()      # a sender's batch began (flush_soon)
+        self._flusher = None
+        # a batch of a sender through this inbox may wait for the flusher:
+        # a receive that is about to wait sends it first (flush_batches)
+        self.batching = False
 
     @property
     def taken(self):
@@ -317,6 +345,46 @@ class Inbox:
                 self.wanted -= 1
                 if not self.wanted:
                     self._cv.notify_all()
+
+    def flush_soon(self):
+        """A batch of a sender through this inbox began (DirectOut.wake):
+        the flusher sends it FLUSH_AFTER seconds later, if it is still
+        being filled then, or a receive of this process that is about to
+        wait sends it before (:meth:`flush_batches`): a round trip's
+        message taken for a stream's (its sender preempted between its
+        send and the answer) waits for nothing."""
+        self.batching = True
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_later, daemon=True,
+                                             name="ember-direct-flush")
+            self._flusher.start()
+        self._flush_wake.set()
+
+    def flush_batches(self):
+        """Send every sender's batch being filled (the caller holds the
+        socket)."""
+        ok = True
+        for ds in list(self.senders.values()):
+            ok = ds.flush_batches() and ok
+        if ok:
+            self.batching = False
+
+    def _flush_later(self):
+        wake = self._flush_wake
+        while True:
+            wake.wait()
+            wake.clear()
+            time.sleep(FLUSH_AFTER)
+            if self._closed:
+                return
+            self.grab()
+            try:
+                self.flush_batches()
+            except Exception as exc:          # the socket closed: the process ends
+                log.debug("direct path: the flusher ends: %r", exc)
+                return
+            finally:
+                self.lock.release()
 
     def _yield(self):
         """A receive (holding the socket) lets the threads that want it
@@ -395,14 +463,24 @@ class Inbox:
                 _zrecv(self.sock, 0)
                 extra += 1
             frame = b"?%d more frames" % extra
-        if frame[:1] == OP_DIRECT and len(frame) >= DIRECT_HDR.size:
+        op = frame[:1]
+        if (op == OP_DIRECT or op == OP_BATCH) and len(frame) >= DIRECT_HDR.size:
             _, c_uid, seq = DIRECT_HDR.unpack_from(frame)
+            if op == OP_BATCH:
+                msgs = _zd_records(frame)
+                if msgs is None:
+                    log.warning("inbox: dropped a malformed batch from %r (%r...)", sender,
+                                frame[:32])
+                    return
             if c_uid in self.closed:
                 return                      # its route was revoked: the sender resends
             q = self.held.get(c_uid)
             if q is None:
                 q = self.held[c_uid] = collections.deque()
-            q.append((sender, seq, frame))
+            if op == OP_DIRECT:
+                q.append((sender, seq, frame))
+            else:
+                q.extend(self._frames(sender, c_uid, seq, msgs))
         elif frame == OP_WAKE:
             pass                            # a notice (a watch's, a poke): the caller looks again
         elif frame == OP_ACKREQ:
@@ -416,6 +494,26 @@ class Inbox:
                 log.debug("inbox: an acknowledgement from an unknown peer %r", sender)
         else:
             log.warning("inbox: dropped a malformed message from %r (%r...)", sender, frame[:16])
+
+    @staticmethod
+    def _frames(sender, c_uid, seq, msgs):
+        """Batch messages ``msgs`` (from ``seq`` on) as held entries."""
+        pack = DIRECT_HDR.pack
+        return [(sender, seq + i, pack(OP_DIRECT, c_uid, seq + i) + m)
+                for i, m in enumerate(msgs)]
+
+    def _spill(self, c_uid):
+        """What channel ``c_uid``'s last stream holds of a batch (the one
+        call took its first message) goes to the front of ``held``: older
+        than anything held of that sender (it was read after)."""
+        s = self._hot.get(c_uid)
+        if s is not None and s.holds:
+            rest = s.spill()
+            q = self.held.get(c_uid)
+            if q is None:
+                q = self.held[c_uid] = collections.deque()
+            q.extendleft(reversed(self._frames(s.sender, c_uid, rest[0][0],
+                                               [m for _, m in rest])))
 
     def recv(self, ch, watch, timeout=None):
         """The next message of local channel ``ch`` (watched by ``watch``,
@@ -447,6 +545,7 @@ class Inbox:
                         return take(0)
                     except ChannelEmpty:        # another receiver took it
                         pass
+                self._spill(c_uid)
                 q = held.get(c_uid)
                 if q:
                     got = self._take(c_uid, q)
@@ -458,6 +557,8 @@ class Inbox:
                     min(max(0, math.ceil((deadline - time.monotonic()) * 1000.0)), 1 << 30)
                 if ms != self._rcvtimeo:
                     self.sock.rcvtimeo = self._rcvtimeo = ms
+                if self.batching:
+                    self.flush_batches()        # (before a wait: see flush_soon)
                 if handle:
                     # one C call: read, and take if it is the next message of
                     # the channel's last stream (the channel empty, the gate open)
@@ -528,6 +629,7 @@ class Inbox:
         for st in self._streams.values():
             if st.c_uid == c_uid:         # nothing more to acknowledge of it
                 st.acked, st.due, st.ack_due = st.last, 0, False
+                st.spill()                # (nor to take of a batch)
 
     def _ack(self, st):
         """Tell ``st``'s sender what was taken of it.  Never raises (it
@@ -562,6 +664,7 @@ class Inbox:
         for w in list(self._watches):
             self.unwatch(w)
         self._closed = True
+        self._flush_wake.set()        # (the flusher ends)
         self._handle = 0
         for ds in list(self.senders.values()):
             ds._handle = 0
@@ -672,9 +775,20 @@ class DirectSender:
         o = self.outs.get(c_uid)
         if o is None:
             o = self.outs[c_uid] = DirectOut(c_uid, self._handle, self._shared, DRAIN_AFTER,
-                                             WINDOW, WINDOW_BYTES)
+                                             WINDOW, WINDOW_BYTES, BATCH, BATCH_BYTES,
+                                             BATCH_MAX, STREAMING)
             o.rid = self.peer
+            o.wake = self.inbox.flush_soon
         return o
+
+    def flush_batches(self):
+        """Send every channel's batch being filled (the caller holds the
+        inbox's socket); False if some could not go (no peer: they stay)."""
+        ok = True
+        for o in self.outs.values():
+            if o.pending and not o.flush_batch():
+                ok = False
+        return ok
 
     def retire(self, c_uid):
         """Channel ``c_uid``'s route ended: its :class:`DirectOut` sends
@@ -685,6 +799,7 @@ class DirectSender:
             o = self.outs.get(c_uid)
             if o is not None:
                 o.handle = 0
+                o.drop_batch()        # (its messages are among the copies resent)
         finally:
             self.inbox.lock.release()
 
@@ -730,27 +845,28 @@ class DirectSender:
             data = bytes(data)
         ib = self.inbox
         while True:
-            seq = o.seq + 1       # (taken once the message went: a send that raises uses none)
             ib.grab()
             try:
                 if TRACE:
                     _trace.stamp("d0")
-                try:
-                    if self._handle:
-                        _zd_send(self._handle, c_uid, seq, data, self.peer)   # one copy
-                    else:
+                if self._handle and o.handle:
+                    if o.put(data):             # one copy (or into the batch)
+                        if TRACE:
+                            _trace.stamp("d1")
+                        return
+                else:
+                    seq = o.seq + 1     # (taken once the message went: a send that raises uses none)
+                    try:
                         ib.sock.send_multipart([self.peer, DIRECT_HDR.pack(OP_DIRECT, c_uid, seq)
                                                 + data])
-                except zmq.ZMQError as exc:
-                    if exc.errno != errno.EHOSTUNREACH:
-                        raise
-                else:
-                    o.seq = seq
-                    if TRACE:
-                        _trace.stamp("d1")
-                    q.append((seq, data))
-                    o.nbytes += len(data)
-                    return
+                    except zmq.ZMQError as exc:
+                        if exc.errno != errno.EHOSTUNREACH:
+                            raise
+                    else:
+                        o.seq = seq
+                        q.append((seq, data))
+                        o.nbytes += len(data)
+                        return
             finally:
                 ib.lock.release()
             # the peer is not connected (reconnecting, or gone: its route
@@ -784,6 +900,7 @@ class DirectSender:
                 ib.serve_pending()
                 if done():
                     return True
+                self.flush_batches()            # (what is batched is not sent yet)
                 now = time.monotonic()
                 left = None if deadline is None else deadline - now
                 if left is not None and left <= 0:
@@ -826,7 +943,14 @@ class DirectSender:
         return [d for s, d in self.unacked(c_uid) if s > seq]
 
     def close(self):
-        """This sender sends no more (the connection stays: the inbox's)."""
+        """This sender sends no more (the connection stays: the inbox's);
+        what is batched goes first."""
+        if self._handle:
+            self.inbox.grab()
+            try:
+                self.flush_batches()
+            finally:
+                self.inbox.lock.release()
         self._handle = 0
         for o in self.outs.values():
             o.handle = 0

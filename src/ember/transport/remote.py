@@ -74,6 +74,10 @@ CHECK_EVERY = 1.0
 #: this often (seconds): a send on the direct path does not ask the agent's
 #: socket (its events cost a system call)
 ROUTE_CHECK = 0.05
+#: a stream that is offered a route waits this long (seconds) at most, once
+#: per offer, for what it sent through the agent to be acknowledged, so that
+#: it can switch (_Conn._try_switch)
+SWITCH_WAIT = 0.01
 
 
 class _Rerouted(Exception):
@@ -160,6 +164,7 @@ class _Conn:
         self.offers = {}          # c_uid -> (epoch, inbox address) offered by the agent
         self.direct = {}          # c_uid -> (epoch, DirectSender): sends go there
         self.dsenders = {}        # inbox address -> DirectSender
+        self.waited = set()       # (c_uid, epoch): offers a stream waited to take
         self.watcher = None       # the thread that reads the agent's route ends
 
     # ---- receiving what the agent says
@@ -211,6 +216,31 @@ class _Conn:
                                             name=f"ember-routes-node{self.node}")
             self.watcher.start()
         return d
+
+    def _try_switch(self, c_uid, timeout):
+        """A route is offered: switch once nothing sent here is
+        unacknowledged (all of it is in the channel).  A stream keeps some
+        of its messages unacknowledged at every send: it flushes and waits
+        for their acknowledgement, up to SWITCH_WAIT seconds (and its
+        ``timeout``), once per offer (else it would stay on the agent's
+        path while it streams).  The route (``_switch``), or None."""
+        def busy():
+            f = self.inflight.get(c_uid)
+            return bool(f and f[0]) or c_uid in self.pending
+        offer = self.offers.get(c_uid)
+        if busy() and offer is not None and (c_uid, offer[0]) not in self.waited and \
+                timeout != 0:
+            self.waited.add((c_uid, offer[0]))
+            self._flush(c_uid)
+            deadline = _monotonic() + (SWITCH_WAIT if timeout is None
+                                       else min(SWITCH_WAIT, timeout))
+            while c_uid in self.offers and busy() and c_uid not in self.errors:
+                left = deadline - _monotonic()
+                if left <= 0 or not self._wait_one(left):
+                    break
+        if c_uid in self.offers and not busy():
+            return self._switch(c_uid)
+        return None
 
     def _route_closed(self, c_uid, epoch, table):
         """The agent ended channel ``c_uid``'s route: what the receiver did
@@ -315,12 +345,8 @@ class _Conn:
                     raise err
             d = self.direct.get(c_uid)
             if d is None and c_uid in self.offers:
-                # a route is offered: switch once nothing sent here is
-                # unacknowledged (all of it is in the channel)
                 self._drain()
-                f = self.inflight.get(c_uid)
-                if c_uid in self.offers and not (f and f[0]) and c_uid not in self.pending:
-                    d = self._switch(c_uid)
+                d = self._try_switch(c_uid, timeout)
             if d is not None:
                 if TRACE:
                     _trace.stamp("d0")
