@@ -139,6 +139,38 @@ def test_forked_head_and_services_run_with_the_cyclic_gc_on(tmp_path):
         gc.enable()
 
 
+def test_forked_head_compiles_its_program_as_python3_does(tmp_path):
+    """The head's program is compiled as ``python3 prog.py`` compiles a
+    script, not by compile(), whose check for an AST source makes the ast
+    module's ~120 node types at a process's first call (~1 ms of every
+    head's start): none are made unless the program asks for them.  What
+    the program sees is compile()'s: its path in a traceback and in a
+    SyntaxError, a coding cookie, future imports, the error of a NUL byte."""
+    res = run(tmp_path, r"""
+        from __future__ import annotations
+        import gc, sys
+        n = sum(1 for o in gc.get_objects() if isinstance(o, type) and o.__module__ == "ast")
+        def f(x: undefined_name) -> None: pass
+        print("ast types", n, f.__annotations__["x"])
+        raise RuntimeError("from the head")
+    """)
+    err = res.stderr.decode()
+    assert res.returncode == 1, err
+    assert res.stdout.decode().splitlines() == ["ast types 0 undefined_name"], res.stdout
+    assert f'File "{tmp_path / "prog.py"}", line 7, in <module>' in err and "RuntimeError: from the head" in err, err
+    res = run(tmp_path, "x = (\n", name="bad.py")
+    err = res.stderr.decode()
+    assert res.returncode == 1 and f'File "{tmp_path / "bad.py"}", line 1' in err and "SyntaxError" in err, err
+    (tmp_path / "latin.py").write_bytes("# -*- coding: latin-1 -*-\nprint('caf\xe9')\n".encode("latin-1"))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", "latin.py"], cwd=tmp_path,
+                         capture_output=True, timeout=60)
+    assert (res.returncode, res.stdout.decode()) == (0, "caf\xe9\n"), res.stderr
+    (tmp_path / "nul.py").write_bytes(b"x = 1\0\n")
+    res = subprocess.run([sys.executable, "-m", "ember", "run", "nul.py"], cwd=tmp_path,
+                         capture_output=True, timeout=60)
+    assert res.returncode == 1 and b"null bytes" in res.stderr, res.stderr
+
+
 def test_only_the_launcher_can_ask_for_a_forked_worker(tmp_path):
     """EMBER_FORK_PY is the launcher's spawn directive (a fork of the
     shepherd has its memory): a managed process's create with it is refused

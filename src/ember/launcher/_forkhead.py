@@ -244,7 +244,8 @@ def _exec_main(path):
     sys.modules["__main__"] = main
     with open(path, "rb") as f:
         source = f.read()
-    exec(compile(source, path, "exec", dont_inherit=True), main.__dict__)
+    from ..shepherd._spawn import compile_file     # compile() but for its AST check (~1 ms)
+    exec(compile_file(source, path), main.__dict__)
 
 
 def _finish(code):
