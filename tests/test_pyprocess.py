@@ -15,7 +15,7 @@ import os, sys, signal, ctypes, threading, time
 import ember
 from ember.objects.process import _default_pool
 sys.path.append({os.path.dirname(os.path.abspath(__file__))!r})     # tests/procs.py
-from procs import children, wait_children, wait_gone
+from procs import children, table, wait_children, wait_gone
 
 def leak_state():
     # the spare ember.Process leases for the next start holds two channels
@@ -547,6 +547,47 @@ def test_function_defined_in_a_jupyter_kernel(tmp_path):
         print("".join(outputs), end="")
     """, timeout=110))
     assert out.splitlines() == ["cell 42 True", "exc ZeroDivisionError"]
+
+
+def test_starts_with_the_shepherds_fds_above_select_limit(tmp_path):
+    """360 running children give the shepherd over 1024 fds (a pidfd and
+    two pipes each): the template it starts then has its socket and pidfd
+    above select's limit (FD_SETSIZE).  An ember.Process still starts (the
+    template's waits used select: "cannot start from the template:
+    filedescriptor out of range in select()"), the template's death is
+    still seen by the loop, and the next start makes a new one."""
+    out = ok(run_prog(tmp_path, """
+        from ember.globalservices import process as gproc
+
+        sleepers = [gproc.create("/bin/sleep", ".", ["100"]) for _ in range(360)]
+        sh = os.getppid()
+        print("shepherd fds > 1024", len(os.listdir(f"/proc/{sh}/fd")) > 1024)
+
+        def start():
+            p = ember.Process(target=os.getpid)
+            p.start()
+            r = p.result()
+            p.join()
+            return r == p.pid
+
+        print("start", start())
+        tpl = [pid for pid, (_, pp, comm) in table().items()   # (spares: other names)
+               if pp == sh and comm.startswith("python") and os.getpgid(pid) == pid
+               and b"ember._template" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        os.kill(tpl[0], signal.SIGKILL)
+        for _ in range(3000):                  # reaped by the shepherd's loop (its pidfd)
+            if not os.path.exists(f"/proc/{tpl[0]}"):
+                break
+            time.sleep(0.01)
+        print("template reaped", not os.path.exists(f"/proc/{tpl[0]}"))
+        print("start", start())
+        for d in sleepers:
+            gproc.kill(d.p_uid, signal.SIGKILL)
+        exited, _ = gproc.multi_join([d.p_uid for d in sleepers], timeout=60, join_all=True)
+        print("joined", len(exited))
+    """))
+    assert out.splitlines() == ["shepherd fds > 1024 True", "start True", "template reaped True",
+                                "start True", "joined 360"], out
 
 
 def test_template_killed_is_replaced(tmp_path):

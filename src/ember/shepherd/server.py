@@ -116,12 +116,15 @@ def _is_template_request(exe, args):
     return args[2:3] == ["--template"] and _template_module().is_template_request(exe, args)
 
 
-def _pidfd_ready(fd):
-    """Whether the process of pidfd ``fd`` has exited (the pidfd is
-    readable), without waiting."""
+def _fd_ready(fd, timeout=0.0, events=select.POLLIN):
+    """Whether ``fd`` (or an object's fileno()) is ready for ``events``
+    within ``timeout`` seconds (None: as long as it takes); a pidfd is
+    readable once its process has exited.  poll, never select: a shepherd
+    with some 340 children has fds above select's limit (FD_SETSIZE, 1024:
+    ValueError)."""
     p = select.poll()
-    p.register(fd, select.POLLIN)
-    return bool(p.poll(0))
+    p.register(fd, events)
+    return bool(p.poll(None if timeout is None else timeout * 1000.0))
 
 
 class _Flag:
@@ -846,7 +849,7 @@ class Shepherd(Service):
         deadline = time.monotonic() + 2.0
         for fd in fds:
             try:
-                select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                _fd_ready(fd, max(0.0, deadline - time.monotonic()))
             finally:
                 os.close(fd)
 
@@ -873,7 +876,7 @@ class Shepherd(Service):
             with self._lock:
                 if self._children.get(child.p_uid) is not child:
                     return
-                if not _pidfd_ready(child.pidfd):
+                if not _fd_ready(child.pidfd):
                     # A stale event (serve()): an attached process that
                     # detached and exited, whose pidfd number this one
                     # reused.  Reporting it would end a live process in
@@ -1034,7 +1037,7 @@ class Shepherd(Service):
         and being woken by the other pipe's EOF and the pidfd
         (docs/shepherd.md)."""
         for _ in range(_SETTLE_YIELDS):
-            if _pidfd_ready(child.pidfd):
+            if _fd_ready(child.pidfd):
                 self._on_exit(child)
                 return
             os.sched_yield()
@@ -1125,7 +1128,7 @@ class Shepherd(Service):
             try:
                 n = os.write(fd, view)
             except BlockingIOError:
-                select.select([], [fd], [])
+                _fd_ready(fd, None, select.POLLOUT)
                 continue
             except OSError as exc:        # EPIPE etc.: the reader is gone
                 self._dead_out.add(fd)

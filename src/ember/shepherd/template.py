@@ -77,6 +77,7 @@ from .._trace import t as _t
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, main as _run_worker, parse_argv, spare_token
+from .server import _fd_ready  # (poll: the shepherd's fds may be above select's limit)
 from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spare_request as _spare_request, \
     spare_setenv as _spare_setenv, spare_wait as _spare_wait, spawn as _spawn_process
 
@@ -253,7 +254,7 @@ class Template:
         spawn, which may never come; the next spawn starts a new one.
         Returns ``(pid, waitid result)`` then, else None."""
         with self._lock:
-            if pidfd != self._pidfd or not select.select([pidfd], [], [], 0)[0]:
+            if pidfd != self._pidfd or not _fd_ready(pidfd):
                 return None
             pid = self._pid
             try:
@@ -308,8 +309,7 @@ class Template:
 
         fds = []
         try:
-            r, _, _ = select.select([self._sock], [], [], timeout)
-            if not r:
+            if not _fd_ready(self._sock, timeout):
                 if timeout == 0:
                     return False
                 raise TimeoutError("no answer from the template")
@@ -438,8 +438,7 @@ class Template:
                 self._start()
             try:
                 _socket().send_fds(self._sock, [req], fds)
-                r, _, _ = select.select([self._sock], [], [], _REPLY_TIMEOUT)
-                if not r:
+                if not _fd_ready(self._sock, _REPLY_TIMEOUT):
                     raise TimeoutError("no reply from the template")
                 data, _ = self._answer(0)
                 if not data:
