@@ -347,3 +347,32 @@ def test_ssh_command_line_quotes():
     assert cmd[-3 - len(fast):-3] == fast
     assert cmd[-5 - len(fast):-3 - len(fast)] == ["-p", "2222"]
     assert any(o.startswith("KexAlgorithms=curve25519-sha256,") for o in fast)
+
+
+def test_cluster_stop_waits_for_its_ready_pipe_reader():
+    """The launcher's thread that drains the head agent's ready pipe after
+    bring-up (loss reports) is done before stop() closes that pipe: a report
+    arriving at teardown raised TypeError in it ('NoneType' object cannot be
+    interpreted as an integer: it read self.ready_r, set to None by stop())
+    and could read a reused fd number."""
+    import threading
+    from ember.launcher.multinode import Cluster
+    errors = []
+    hook, threading.excepthook = threading.excepthook, errors.append
+    try:
+        c = Cluster(None, None, [])
+        r, w = os.pipe()
+        c.ready_r = r
+        c._start_drain()
+        os.write(w, b"lost 1 before the stop\n")     # read and dropped
+        c.stop(timeout=0)
+        assert c.ready_r is None and c._drainer is None
+        try:
+            os.write(w, b"lost 1 at the stop\n")     # nobody reads it now
+        except BrokenPipeError:
+            pass
+        os.close(w)
+        time.sleep(0.3)
+    finally:
+        threading.excepthook = hook
+    assert errors == []

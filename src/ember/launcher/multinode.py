@@ -61,6 +61,8 @@ class Cluster:
         self.agent_pid = None
         self.agent_addr = None
         self.ready_r = None
+        self._drainer = None      # the thread that reads ready_r after bring-up
+        self._drain_stop = threading.Event()
         self.up = {}              # node -> agent address
         self.out_lock = threading.Lock()
 
@@ -178,13 +180,25 @@ class Cluster:
             elif parts[0] == "lost":
                 raise RuntimeError(f"node {parts[1]} was lost while starting: "
                                    f"{' '.join(parts[2:])}")
-        # from now on the pipe reports losses: read it so the agent never blocks
-        threading.Thread(target=self._drain_ready, daemon=True, name="ember-agent-ready").start()
+        self._start_drain()
 
-    def _drain_ready(self):
-        while True:
+    def _start_drain(self):
+        """From now on the ready pipe only reports losses: read it (and drop
+        what it says) so that the agent never blocks on it."""
+        self._drainer = threading.Thread(target=self._drain_ready,
+                                         args=(self.ready_r, self._drain_stop),
+                                         daemon=True, name="ember-agent-ready")
+        self._drainer.start()
+
+    @staticmethod
+    def _drain_ready(fd, stop):
+        """Read ``fd`` until its end or ``stop``.  :meth:`stop` closes it only
+        after this returned: a read never meets a closed fd (or its number
+        reused by another open), nor a ``None`` in its place."""
+        import select
+        while not stop.is_set():
             try:
-                if not os.read(self.ready_r, 4096):
+                if select.select([fd], [], [], 0.25)[0] and not os.read(fd, 4096):
                     return
             except OSError:
                 return
@@ -232,6 +246,10 @@ class Cluster:
                 os.kill(self.agent_pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        if self._drainer is not None:     # (it returns within its 0.25 s wait)
+            self._drain_stop.set()
+            self._drainer.join()
+            self._drainer = None
         if self.ready_r is not None:
             try:
                 os.close(self.ready_r)
