@@ -616,6 +616,7 @@ def test_a_send_while_another_thread_waits_in_the_inbox(tmp_path, monkeypatch):
             b = joined("wpong")
             for _ in range(20 + {N}):
                 b.send(a.recv(timeout=30))
+            a.recv(timeout=30)         # the head looked: now the routes may end
             b.flush(timeout=30)
             ''')
         p = process.create(PY, ".", ["-c", echo], options={"node": 1})
@@ -638,7 +639,10 @@ def test_a_send_while_another_thread_waits_in_the_inbox(tmp_path, monkeypatch):
                 time.sleep(0.01)                    # (so that it waits again)
         t.join(60)
         print("answers in order", got == [b"%d" % i for i in range(N)])
+        # (looked at before the echo's flush and exit, which end both routes:
+        # a take of the last answers raced them)
         print("head direct after", ping.c_uid in conn.direct, direct_takes() > N)
+        h.send(b"end")
         print("exit", process.join(p.p_uid, timeout=30))
     """, monkeypatch)
     assert_lines(out, "head direct before True", "answers in order True",
