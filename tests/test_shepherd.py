@@ -824,6 +824,7 @@ def test_template_not_restarted_by_a_late_spare_ask(tmp_path):
         while t._asked:
             t._collect(wait=True)
         assert t.pid is not None and len(t._spares) == T.SPARES
+        _wait_spares_set_up(t)        # (else a spare still holds the template's end)
         os.kill(t.pid, signal.SIGKILL)
         _wait_zombie(t.pid)                          # dead (a zombie: ours to reap)
         T._reap(t._spares.pop())                      # one was handed a request
@@ -833,6 +834,29 @@ def test_template_not_restarted_by_a_late_spare_ask(tmp_path):
         assert len(t._spares) == T.SPARES - 1         # the other is still held
     finally:
         t.close()
+
+
+def _wait_spares_set_up(t, timeout=30):
+    """Wait until each spare of template handle ``t`` has closed what it
+    inherited from the template (its first step, in C, run while the
+    template answers): until then it holds the template's end of our
+    socket too, and a send to a template that died still succeeds."""
+    def socks(pid):
+        found = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:"):
+                found.add(link)
+        return found
+    theirs = socks(t.pid)
+    deadline = time.monotonic() + timeout
+    for spare in t._spares:
+        while socks(spare.pid) & theirs:
+            assert time.monotonic() < deadline, f"spare {spare.pid} not set up"
+            time.sleep(0.002)
 
 
 def _wait_zombie(pid, timeout=30):
