@@ -1017,6 +1017,47 @@ def test_an_orphaned_fork_child_is_reaped(tmp_path):
     assert out.splitlines() == ["after its join gone"], out
 
 
+def test_a_fork_child_whose_first_call_failed_asks_again(tmp_path, monkeypatch):
+    """An os.fork() child whose first call (ProcessForked) fails -- GS
+    refuses it here (the hook processes._REFUSE_FORKED); a timeout or an
+    interrupt of the wait does the same -- asks again at its next call and
+    gets a p_uid of its own.  It used to speak as its parent from then on:
+    its connection was made anew from the parent's p_uid and key."""
+    refused = tmp_path / "refused"
+    monkeypatch.setenv("EMBER_TEST_GS_REFUSE_FORKED", str(refused))
+    out = ok(run_prog(tmp_path, """
+        from ember.globalservices import process as gproc
+
+        def parent():
+            mine = gproc.this_process()              # connected before the fork
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    try:
+                        gproc.this_process()
+                        first = "answered"
+                    except ember.ProcessError:
+                        first = "refused"
+                    me = gproc.this_process()
+                    q = gproc.query(me)
+                    os.write(w, f"{first} {me != mine} {q.os_pid == os.getpid()}".encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(w)
+            return os.read(r, 100).decode(), os.waitpid(pid, 0)[1]
+
+        p = ember.Process(target=parent)
+        p.start()
+        print(*p.result(timeout=60))
+        p.join(timeout=30)
+    """))
+    assert refused.exists()
+    assert out.splitlines() == ["refused True True 0"], out
+
+
 def test_join_reads_the_result_after_the_exit(tmp_path):
     """join() waits for the exit alone (one wake-up) and reads what the
     process sent before it: a value through a pool block, an exception

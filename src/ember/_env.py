@@ -108,3 +108,13 @@ def owner_tag(kind, pid=None):
 # from the runtime's environment; GS gives each process its own.
 KEY = "EMBER_KEY"                    # this process's request key (hex), checked by GS
 GS_CTL = "EMBER_GS_CTL"              # sdesc of GS's private control channel (python -m ember.shepherd only)
+
+
+def first_at(path):
+    """For the test hooks (``EMBER_TEST_*``): True for the one process that
+    creates ``path`` (O_EXCL), False for every later one."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        return False
+    return True

@@ -698,9 +698,14 @@ def connection(reset=False):
             forked = not reset and old is not None and old.p_uid != 0 and \
                 str(old.p_uid) == _env.get(_env.P_UID)
             _conn = None
-            conn = Connection(bind=not forked)
-            if forked:
-                conn._fork_identity()
+            try:
+                conn = Connection(bind=not forked)
+                if forked:
+                    conn._fork_identity()
+            except BaseException:
+                if forked:    # (GS refused, a timeout, an interrupt): ask again next time
+                    _conn = old
+                raise
             _conn = conn
         return _conn
 

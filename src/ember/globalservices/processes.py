@@ -88,6 +88,11 @@ class _Proc:
                 "retval": self.exit_code, "node": self.node, "os_pid": self.os_pid}
 
 
+#: For the tests: a path; the first ``ProcessForked`` GS gets while the
+#: path does not exist creates it and is refused (tests/test_pyprocess.py).
+_REFUSE_FORKED = os.environ.get("EMBER_TEST_GS_REFUSE_FORKED")
+
+
 class ProcessesPart:
     """Processes: ``procs`` (p_uid -> _Proc), ``proc_names`` (live ones),
     ``last_by_name`` (the most recent of a name, exited or not)."""
@@ -322,6 +327,8 @@ class ProcessesPart:
             raise ProcessError(f"forked: bad pid {pid!r}")
         if self.teardown is not None:
             raise ProcessError("the runtime is shutting down: a fork child cannot join it")
+        if _REFUSE_FORKED and _env.first_at(_REFUSE_FORKED):
+            raise ProcessError("refused for a test (EMBER_TEST_GS_REFUSE_FORKED)")
         p_uid = next(self._p_uids)
         rec = _Proc(p_uid, "", parent.p_uid, key=os.urandom(16), node=parent.node)
         parent.replies.discard(msg.r)

@@ -68,7 +68,7 @@ import _signal as signal  # the C module: signal's enums import enum (~1.5 ms of
 import struct
 import sys
 
-from .. import _trace
+from .. import _env, _trace
 from .. import _outboard
 from .._exit import flush_and_exit
 from .._trace import t as _t
@@ -1365,7 +1365,7 @@ _DIE_AT_FORK = os.environ.get("EMBER_TEST_TEMPLATE_DIE_AT_FORK")
 def _die_at_fork(pid, cwd):
     if not cwd or os.path.realpath(cwd) == os.getcwd():
         return
-    if not _first_at(_DIE_AT_FORK):
+    if not _env.first_at(_DIE_AT_FORK):
         return
     for _ in range(100000):            # (bounded: a child that failed does not get there)
         try:
@@ -1384,7 +1384,7 @@ _DIE_AT_SPARE = os.environ.get("EMBER_TEST_TEMPLATE_DIE_AT_SPARE")
 
 
 def _die_at_spare():
-    if _first_at(_DIE_AT_SPARE):
+    if _env.first_at(_DIE_AT_SPARE):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -1395,19 +1395,9 @@ _HOLD_LEASE = os.environ.get("EMBER_TEST_TEMPLATE_HOLD_LEASE")
 
 
 def _hold_lease(args):
-    if spare_token(args) is not None and _first_at(_HOLD_LEASE):
+    if spare_token(args) is not None and _env.first_at(_HOLD_LEASE):
         while True:
             signal.pause()
-
-
-def _first_at(path):
-    """For the test hooks: True for the one process that creates ``path``
-    (O_EXCL), False for every later one."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError:
-        return False
-    return True
 
 
 def _give_spare(sock, req, shepherd_pid, spares):
