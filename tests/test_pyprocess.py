@@ -708,6 +708,70 @@ def test_template_death_is_seen_at_once(tmp_path):
         "died (SIGKILL)" in res.stderr.decode(), res.stderr.decode()
 
 
+def test_the_loop_goes_on_while_a_start_holds_a_dead_templates_handle(tmp_path, monkeypatch):
+    """The template dies while a start holds its handle's lock (the hook
+    template._HOLD_SPAWN; a start holds it for as long as the template's
+    answer takes, up to 120 s): the shepherd's loop does not wait for the
+    lock (it tries again later), so it goes on seeing exits meanwhile.
+    Before, the loop waited in Template.died: GS did not hear of an exit
+    (nor was any output forwarded) until the start let go."""
+    held = tmp_path / "held"
+    held.touch()                          # the hook is armed once it is removed
+    monkeypatch.setenv("EMBER_TEST_SHEPHERD_HOLD_SPAWN", str(held))
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent(f"""
+        from procs import table
+        from ember.globalservices import process as gproc
+        ember.Process._lease_spares = False   # the shepherd's template alone
+        held, go = {str(held)!r}, {str(tmp_path / "go")!r}
+
+        def template():
+            for pid, (st, pp, c) in table().items():
+                try:
+                    with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+                        cmd = f.read().split(b"\\0")
+                    if pp == SHEPHERD and b"ember._template" in cmd and os.getpgid(pid) == pid:
+                        return pid
+                except OSError:
+                    pass
+
+        def wait_for(path):
+            for _ in range(6000):
+                if os.path.exists(path):
+                    return
+                time.sleep(0.01)
+
+        p = ember.Process(target=wait_for, args=(go,)); p.start()
+        t = template()
+        os.remove(held)                       # the next start holds the lock
+        q = ember.Process(target=lambda: 7)
+        th = threading.Thread(target=q.start); th.start()
+        wait_for(held)
+        os.kill(t, signal.SIGKILL)            # the loop sees it: its pidfd
+        for _ in range(3000):
+            if table().get(t, ("Z",))[0] == "Z":
+                break
+            time.sleep(0.01)
+        open(go, "w").close()
+        p.join(timeout=20)
+        for _ in range(2000):                 # GS hears of the exit from the loop
+            state = gproc.query(p.p_uid).state
+            if state == "exited":
+                break
+            time.sleep(0.01)
+        print("exit seen while held", state)
+        open(held + ".go", "w").close()
+        th.join()
+        print("result", q.result(timeout=60))
+        q.join()
+        for _ in range(3000):                 # (30 s: not stuck)
+            if not os.path.exists(f"/proc/{{t}}"):
+                break
+            time.sleep(0.01)
+        print("reaped", not os.path.exists(f"/proc/{{t}}"))
+    """))
+    assert ok(res).splitlines() == ["exit seen while held exited", "result 7", "reaped True"]
+
+
 def test_template_killed_between_a_spare_and_its_answer(tmp_path, monkeypatch):
     """The template SIGKILLed between cloning a spare and sending its
     answer (the hook template._DIE_AT_SPARE, in the Python loop that serves

@@ -116,6 +116,11 @@ def _is_template_request(exe, args):
     return args[2:3] == ["--template"] and _template_module().is_template_request(exe, args)
 
 
+#: Seconds until the loop looks again at a dead template whose handle a
+#: start held (Shepherd._template_died).
+_TEMPLATE_RETRY = 0.05
+
+
 def _fd_ready(fd, timeout=0.0, events=select.POLLIN):
     """Whether ``fd`` (or an object's fileno()) is ready for ``events``
     within ``timeout`` seconds (None: as long as it takes); a pidfd is
@@ -322,6 +327,7 @@ class Shepherd(Service):
         self._ep.register(self._wake, select.EPOLLIN)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._template = None         # the warm template, started on first use
+        self._template_retry = None   # its pidfd, out of the poll until a retry (_template_died)
         self._board = None            # the output board this shepherd made (open_output_board)
         # GS's requests: notices (each handler sends its own answer, if any).
         self._death_lines = []        # ShDeathReport lines, for the main thread to write
@@ -600,6 +606,17 @@ class Shepherd(Service):
 
     def _template_died(self, template, pidfd):
         got = template.died(pidfd)
+        if got is False:
+            # A start holds the handle's lock, maybe for as long as the
+            # template's answer takes (up to 120 s): the loop never waits
+            # for it.  The pidfd (readable until it is handled) is left out
+            # of the poll and tried again in _TEMPLATE_RETRY s
+            # (_rearm_template); the start may stop the template first.
+            with self._lock:
+                if self._fds.get(pidfd) is template:
+                    self._ep.modify(pidfd, 0)
+                    self._template_retry = pidfd
+            return
         if got is None:
             return                        # stale: stopped, or a new one's number
         pid, si = got
@@ -608,6 +625,13 @@ class Shepherd(Service):
             f"died ({_signame(si.si_status)})"
         log.warning("the template (pid %d) %s: reaped with its process group; the next "
                     "start makes a new one", pid, how)
+
+    def _rearm_template(self):
+        """The template's pidfd back in the poll, after a retry's wait."""
+        with self._lock:
+            pidfd, self._template_retry = self._template_retry, None
+            if self._fds.get(pidfd) is self._template:
+                self._ep.modify(pidfd, select.EPOLLIN)
 
     def _scrub_fork(self):
         """In a ``.py`` head forked from us, before its program runs: unmap
@@ -755,7 +779,11 @@ class Shepherd(Service):
         killed = False
         try:
             while True:
-                for fd, _events in self._ep.poll():
+                retry = self._template_retry
+                events = self._ep.poll(-1 if retry is None else _TEMPLATE_RETRY)
+                if retry is not None:
+                    self._rearm_template()
+                for fd, _events in events:
                     if fd == self._wake:
                         try:
                             os.eventfd_read(self._wake)

@@ -159,8 +159,9 @@ def become_subreaper():
 class Template:
     """The shepherd's handle on its template process and on the spare child
     the template handed over.  Used by the request thread, except
-    :meth:`ask_wanted` (also the main thread, when a child exits): both
-    under one lock, which ask_wanted never waits for."""
+    :meth:`ask_wanted` (also the main thread, when a child exits) and
+    :meth:`died` (the main thread): all under one lock, which ask_wanted
+    and died never wait for."""
 
     def __init__(self, envp, out_fd=2, err_fd=2, watch=None):
         """``watch(pidfd, template)``: the shepherd's loop is to watch the
@@ -252,8 +253,13 @@ class Template:
         have been reused meanwhile), stop it at once (:meth:`_stop`: its
         zombie and what is left of its group reaped), not at the next
         spawn, which may never come; the next spawn starts a new one.
-        Returns ``(pid, waitid result)`` then, else None."""
-        with self._lock:
+        Returns ``(pid, waitid result)`` then, else None; False, doing
+        nothing, if a spawn holds the handle's lock (the loop never waits
+        for it: a spawn may wait up to :data:`_REPLY_TIMEOUT` for an
+        answer; the caller asks again later)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
             if pidfd != self._pidfd or not _fd_ready(pidfd):
                 return None
             pid = self._pid
@@ -263,6 +269,8 @@ class Template:
                 si = None
             self._stop()
             return pid, si
+        finally:
+            self._lock.release()
 
     # --- the spare ------------------------------------------------------
     def _ask_spare(self, preload, start=True):
@@ -403,6 +411,8 @@ class Template:
         the child, and is asked for the next spare at once (a burst of
         starts)."""
         with self._lock:
+            if _HOLD_SPAWN:
+                _hold_spawn()
             return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd)
 
     def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
@@ -1392,6 +1402,20 @@ def _die_at_spare():
 #: get to its worker while the path does not exist creates it and waits
 #: there, set up, until it is killed (tests/test_pyprocess.py).
 _HOLD_LEASE = os.environ.get("EMBER_TEST_TEMPLATE_HOLD_LEASE")
+
+
+#: For the tests: a path; the first spawn of the shepherd's template handle
+#: while the path does not exist creates it and waits, holding the
+#: handle's lock, until ``path + ".go"`` exists (tests/test_pyprocess.py).
+_HOLD_SPAWN = os.environ.get("EMBER_TEST_SHEPHERD_HOLD_SPAWN")
+
+
+def _hold_spawn():
+    if _env.first_at(_HOLD_SPAWN):
+        import time
+        deadline = time.monotonic() + 60          # (bounded: a test that failed)
+        while not os.path.exists(_HOLD_SPAWN + ".go") and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _hold_lease(args):
