@@ -1081,6 +1081,57 @@ def test_an_orphaned_fork_child_is_reaped(tmp_path):
     assert out.splitlines() == ["after its join gone"], out
 
 
+def test_an_orphan_that_never_called_gs_is_reaped(tmp_path):
+    """A process that the runtime does not know (it never called GS): the
+    grandchild of an ember.Process (a fork that forks and exits: a double
+    fork), re-parented to the shepherd (the child subreaper).  At its exit
+    the shepherd reaps it while the runtime runs (it scans its children
+    for zombies it does not own); it used to stay a zombie of the shepherd
+    until the teardown."""
+    out = ok(run_prog(tmp_path, f"""
+        d = {str(tmp_path)!r}
+        sh = os.getppid()
+
+        def double_fork():
+            pid = os.fork()
+            if pid == 0:
+                if os.fork() == 0:                   # the grandchild
+                    code = 1
+                    try:
+                        for _ in range(6000):        # until its parent has exited
+                            if os.getppid() == sh:
+                                break
+                            time.sleep(0.01)
+                        with open(d + "/pid.tmp", "w") as f:
+                            f.write(str(os.getpid()))
+                        os.rename(d + "/pid.tmp", d + "/pid")
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os._exit(0)
+            os.waitpid(pid, 0)
+
+        p = ember.Process(target=double_fork)
+        p.start()
+        p.join(timeout=30)
+        for _ in range(3000):
+            if os.path.exists(d + "/pid"):
+                break
+            time.sleep(0.01)
+        pid = int(open(d + "/pid").read())
+        for _ in range(3000):                        # (30 s: not stuck)
+            try:
+                with open(f"/proc/{{pid}}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                state = "gone"
+                break
+            time.sleep(0.01)
+        print("the orphan", state)
+    """))
+    assert out.splitlines() == ["the orphan gone"], out
+
+
 def test_a_fork_child_whose_first_call_failed_asks_again(tmp_path, monkeypatch):
     """An os.fork() child whose first call (ProcessForked) fails -- GS
     refuses it here (the hook processes._REFUSE_FORKED); a timeout or an

@@ -119,6 +119,26 @@ def _is_template_request(exe, args):
 #: Seconds until the loop looks again at a dead template whose handle a
 #: start held (Shepherd._template_died).
 _TEMPLATE_RETRY = 0.05
+#: Seconds between the loop's looks for zombies of orphans it adopted
+#: (Shepherd._reap_orphans; while a template runs).
+_ORPHAN_SCAN = 1.0
+
+
+def _child_pids():
+    """The pids of this process's children, those of every thread
+    (``/proc/self/task/*/children``; none without CONFIG_PROC_CHILDREN)."""
+    pids = []
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                pids.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return pids
 
 
 def _fd_ready(fd, timeout=0.0, events=select.POLLIN):
@@ -310,6 +330,8 @@ class Shepherd(Service):
         #: sets it to the limit the shepherd had before raising its own.
         self.child_nofile = -1
         self._send_lock = _thread.allocate_lock()
+        # Held by a spawn from its first step to the child's record (_spawn).
+        self._spawn_lock = _thread.allocate_lock()
         # Guards _children and _fds, and the life of each pidfd (ShKill on the
         # request thread vs. close after reaping on the main thread).
         self._lock = _thread.allocate_lock()
@@ -464,7 +486,13 @@ class Shepherd(Service):
         return True
 
     def _spawn(self, msg):
-        """Start the child of ``msg``; return None or the error text."""
+        """Start the child of ``msg``; return None or the error text.  Under
+        the spawn lock from the first step to the child's record: a child
+        of ours that nothing records yet is no orphan (_reap_orphans)."""
+        with self._spawn_lock:
+            return self._start(msg)
+
+    def _start(self, msg):
         p_uid, exe = msg.p_uid, msg.exe
         if self._stop_requested:
             return "shepherd is shutting down"
@@ -774,13 +802,25 @@ class Shepherd(Service):
         """Run the loop until a stop was requested and every child has been
         reaped and reported.  Then flush the output of orphaned pipes and
         send ``ShShutdownDone``."""
+        from time import monotonic
         got = _oom_kills()
         self._oom_seen = None if got is None else got[1]
         killed = False
         try:
+            scan_at = None            # when to look for orphans next (_reap_orphans)
             while True:
+                timeout = -1
+                if self._template is not None:      # the child subreaper: orphans come
+                    now = monotonic()
+                    if scan_at is None or now >= scan_at:
+                        if scan_at is not None:
+                            self._reap_orphans()
+                        scan_at = now + _ORPHAN_SCAN
+                    timeout = scan_at - now
                 retry = self._template_retry
-                events = self._ep.poll(-1 if retry is None else _TEMPLATE_RETRY)
+                if retry is not None:
+                    timeout = _TEMPLATE_RETRY if timeout < 0 else min(timeout, _TEMPLATE_RETRY)
+                events = self._ep.poll(timeout)
                 if retry is not None:
                     self._rearm_template()
                 for fd, _events in events:
@@ -831,6 +871,39 @@ class Shepherd(Service):
                 self._send(M.ShShutdownDone(self._stop_tag))
         finally:
             self._done.set()
+
+    def _reap_orphans(self):
+        """Reap the zombies of processes adopted as the child subreaper that
+        are none of ours to wait for: a managed process's fork's fork (a
+        double fork), which never called GS (those that did are watched
+        and reaped by pidfd: _on_watch, _on_exit).  They stayed zombies
+        until the teardown.  Looked for every :data:`_ORPHAN_SCAN` s
+        while a template runs (only then are we the subreaper), and only
+        while no spawn is in flight (a child between its fork and its
+        record is ours) and the template handle is free (its children
+        before their adoption and its spares are its to reap): else at
+        the next look."""
+        try:
+            if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return                    # no zombie child (the usual case): one syscall
+        except ChildProcessError:
+            return
+        if not self._spawn_lock.acquire(blocking=False):
+            return
+        try:
+            with self._lock:
+                known = {c.pid for c in self._children.values()}
+            pids = [pid for pid in _child_pids() if pid not in known]
+            if self._template is not None and pids:
+                pids = self._template.foreign(pids)
+            for pid in pids or ():
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        log.debug("reaped pid %d, an orphan unknown to the runtime", pid)
+                except ChildProcessError:
+                    pass
+        finally:
+            self._spawn_lock.release()
 
     def _kill_leftover_groups(self):
         """SIGKILL what managed processes left behind: anything still in the

@@ -272,6 +272,31 @@ class Template:
         finally:
             self._lock.release()
 
+    def foreign(self, pids):
+        """Of ``pids`` (children of the shepherd), those that are none of
+        the handle's to wait for: not the template, nor a spare held, nor
+        in the template's process group (its children before
+        :func:`_adopt`, the spares of unread answers); None if the lock
+        is held (a spawn: ask again later)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            mine = {s.pid for s in self._spares}
+            group = self._pid
+            out = []
+            for pid in pids:
+                if pid == group or pid in mine:
+                    continue
+                try:
+                    if group is not None and os.getpgid(pid) == group:
+                        continue
+                except OSError:
+                    continue              # (gone: reaped meanwhile)
+                out.append(pid)
+            return out
+        finally:
+            self._lock.release()
+
     # --- the spare ------------------------------------------------------
     def _ask_spare(self, preload, start=True):
         """Ask the template for spares (with ``preload`` imported first)
