@@ -412,6 +412,51 @@ def test_shutdown_kills_leftovers(sh):
 
 
 @pytest.mark.timeout(60)
+def test_close_kills_the_child_of_a_spawn_in_flight(tmp_path, monkeypatch):
+    """Shepherd.close while a spawn is between its child's fork and its
+    record (the hook server._HOLD_RECORD): close waits for the spawn and
+    then kills and reaps its child with the others; a later spawn is
+    refused.  Before, close went on at once, and the child the spawn
+    recorded after it was never killed."""
+    from ember.shepherd import server
+    from ember.shepherd.server import _child_pids
+
+    held = tmp_path / "held"
+    monkeypatch.setattr(server, "_HOLD_RECORD", str(held))
+    h = Harness(tmp_path)
+    h.closed = True                       # closed here
+    before = set(_child_pids())
+    spawner = threading.Thread(target=h.send, args=(M.ShSpawn(1, 1, "sleep", ["60"], None, "", ""),))
+    spawner.start()
+    pid = None
+    try:
+        deadline = time.monotonic() + 20
+        while not held.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid, = set(_child_pids()) - before
+        h.sh.request_stop(None)
+        h.loop.join(20)
+        closer = threading.Thread(target=h.sh.close)
+        closer.start()
+        closer.join(0.5)                  # (on main: closed by now)
+        (tmp_path / "held.go").touch()
+        spawner.join(20)
+        closer.join(20)
+        assert not closer.is_alive() and not spawner.is_alive()
+        assert not _alive(pid)
+        h.send(M.ShSpawn(2, 2, "sleep", ["60"], None, "", ""))
+        replies = [M.unpack(h.replies.get(timeout=5)) for _ in range(2)]
+        assert [(type(r).__name__, r.p_uid) for r in replies] == \
+            [("ShSpawned", 1), ("ShSpawned", 2)]
+        assert replies[0].err is None and replies[1].err == "shepherd is closed"
+    finally:
+        if pid is not None:
+            kill(pid)
+        h.out.close()
+        h.err.close()
+
+
+@pytest.mark.timeout(60)
 def test_shutdown_with_orphaned_pipe(sh):
     r = sh.spawn(1, "/bin/sh", ["-c", "sleep 60 & echo $!"])
     assert sh.exited() == (1, 0)

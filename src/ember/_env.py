@@ -118,3 +118,14 @@ def first_at(path):
     except OSError:
         return False
     return True
+
+
+def hold_at(path, limit=60.0):
+    """For the test hooks: the one that creates ``path`` (:func:`first_at`)
+    waits until ``path + ".go"`` exists (at most ``limit`` seconds: a test
+    that failed)."""
+    if first_at(path):
+        import time
+        deadline = time.monotonic() + limit
+        while not os.path.exists(path + ".go") and time.monotonic() < deadline:
+            time.sleep(0.01)

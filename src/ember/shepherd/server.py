@@ -119,6 +119,10 @@ def _is_template_request(exe, args):
 #: Seconds until the loop looks again at a dead template whose handle a
 #: start held (Shepherd._template_died).
 _TEMPLATE_RETRY = 0.05
+#: For the tests: a path; the first spawn while it does not exist creates
+#: it and waits between the child's fork and its record until
+#: ``path + ".go"`` exists (tests/test_shepherd.py).
+_HOLD_RECORD = os.environ.get("EMBER_TEST_SHEPHERD_HOLD_RECORD")
 #: Seconds between the loop's looks for zombies of orphans it adopted
 #: (Shepherd._reap_orphans; while a template runs).
 _ORPHAN_SCAN = 1.0
@@ -330,7 +334,8 @@ class Shepherd(Service):
         #: sets it to the limit the shepherd had before raising its own.
         self.child_nofile = -1
         self._send_lock = _thread.allocate_lock()
-        # Held by a spawn from its first step to the child's record (_spawn).
+        # Held by a spawn from its first step to the child's record (_spawn), and
+        # by close (which so kills the child of a spawn in flight too).
         self._spawn_lock = _thread.allocate_lock()
         # Guards _children and _fds, and the life of each pidfd (ShKill on the
         # request thread vs. close after reaping on the main thread).
@@ -490,6 +495,8 @@ class Shepherd(Service):
         the spawn lock from the first step to the child's record: a child
         of ours that nothing records yet is no orphan (_reap_orphans)."""
         with self._spawn_lock:
+            if self._closed:
+                return "shepherd is closed"
             return self._start(msg)
 
     def _start(self, msg):
@@ -564,6 +571,8 @@ class Shepherd(Service):
             os.close(err_w)
             if direct_in is not None:
                 os.close(direct_in)
+        if _HOLD_RECORD:
+            _env.hold_at(_HOLD_RECORD)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
@@ -1247,10 +1256,13 @@ class Shepherd(Service):
 
     def close(self):
         """Release the loop's fds.  Children still running (only if
-        :meth:`serve` never ran to the end) are killed and reaped."""
-        if self._closed:
-            return
-        self._closed = True
+        :meth:`serve` never ran to the end) are killed and reaped, the
+        child of a spawn in flight too: close waits for it (the spawn lock;
+        a spawn afterwards is refused)."""
+        with self._spawn_lock:
+            if self._closed:
+                return
+            self._closed = True
         if self._template is not None:
             self._template.close()
         with self._lock:

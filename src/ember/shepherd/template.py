@@ -437,7 +437,7 @@ class Template:
         starts)."""
         with self._lock:
             if _HOLD_SPAWN:
-                _hold_spawn()
+                _env.hold_at(_HOLD_SPAWN)
             return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd)
 
     def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
@@ -1433,14 +1433,6 @@ _HOLD_LEASE = os.environ.get("EMBER_TEST_TEMPLATE_HOLD_LEASE")
 #: while the path does not exist creates it and waits, holding the
 #: handle's lock, until ``path + ".go"`` exists (tests/test_pyprocess.py).
 _HOLD_SPAWN = os.environ.get("EMBER_TEST_SHEPHERD_HOLD_SPAWN")
-
-
-def _hold_spawn():
-    if _env.first_at(_HOLD_SPAWN):
-        import time
-        deadline = time.monotonic() + 60          # (bounded: a test that failed)
-        while not os.path.exists(_HOLD_SPAWN + ".go") and time.monotonic() < deadline:
-            time.sleep(0.01)
 
 
 def _hold_lease(args):
