@@ -68,3 +68,41 @@ def test_child_output_before_what_the_parent_prints_after_join(tmp_path, case):
     assert res.returncode == 0, (res.returncode, out, res.stderr.decode())
     bad = out_of_order(out, rounds, LINES)
     assert bad == [], (bad, out)
+
+
+WHOLE = """
+    import ember
+
+    def lines(tag, n, width):
+        for i in range(n):
+            print(f"{tag}{i:05d}" + tag * width)
+
+    if __name__ == "__main__":
+        for n, width in ((2000, 90), (200, 20000)):
+            p = ember.Process(target=lines, args=("c", n, width))
+            p.start()
+            lines("h", n, width)
+            p.join()
+"""
+
+
+def test_the_heads_lines_and_a_childs_stay_whole(tmp_path):
+    """Under `ember run` the head (its stdin is the launcher's: its output
+    is forwarded as it comes, so that a prompt shows) and a child print
+    lines at once: every output line is one process's line, whole.
+    Before, a child's line could cut one of the head's in two (the part
+    read so far written, the child's line on a line of its own, then the
+    rest), and a print's write of its newline apart from the text left
+    an empty line."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(WHOLE))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
+    want = {f"{t}{i:05d}" + t * width for n, width in ((2000, 90), (200, 20000))
+            for i in range(n) for t in "hc"}
+    got = out.split("\n")
+    assert got[-1] == ""
+    bad = [line[:40] + f"... ({len(line)})" for line in got[:-1] if line not in want]
+    assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])

@@ -32,6 +32,7 @@ import _signal as signal  # the C module: signal's enums import enum (~1.5 ms of
 import stat
 import sys
 import _thread   # (not threading: ~1.5 ms of every start, and of the .py heads forked)
+from time import monotonic as _monotonic
 
 from .. import _env, _log
 from .. import messages as M
@@ -119,6 +120,10 @@ def _is_template_request(exe, args):
 #: Seconds until the loop looks again at a dead template whose handle a
 #: start held (Shepherd._template_died).
 _TEMPLATE_RETRY = 0.05
+#: Seconds an eager stream's partial line (a stdin reader's: a prompt) is
+#: held before it is written (Shepherd._held): the rest of a line comes
+#: sooner, and a prompt shows all the same.
+_PROMPT_WAIT = 0.05
 #: For the tests: a path; the first spawn while it does not exist creates
 #: it and waits between the child's fork and its record until
 #: ``path + ".go"`` exists (tests/test_shepherd.py).
@@ -343,6 +348,7 @@ class Shepherd(Service):
         self._children = {}           # p_uid -> _Child
         self._pgids = set()           # process groups of every child ever started
         self._open_line = {}          # out fd -> stream whose line is unfinished
+        self._prompts = {}            # eager stream -> when its held partial line is written
         self._fds = {}                # fd -> _Child (its pidfd), _Stream, or the Template (its pidfd)
         self._dead_out = set()        # out fds that gave EPIPE
         self._stop_requested = False
@@ -811,7 +817,7 @@ class Shepherd(Service):
         """Run the loop until a stop was requested and every child has been
         reaped and reported.  Then flush the output of orphaned pipes and
         send ``ShShutdownDone``."""
-        from time import monotonic
+        monotonic = _monotonic
         got = _oom_kills()
         self._oom_seen = None if got is None else got[1]
         killed = False
@@ -829,6 +835,10 @@ class Shepherd(Service):
                 retry = self._template_retry
                 if retry is not None:
                     timeout = _TEMPLATE_RETRY if timeout < 0 else min(timeout, _TEMPLATE_RETRY)
+                if self._prompts:
+                    due = self._write_prompts(monotonic())
+                    if due is not None:
+                        timeout = due if timeout < 0 else min(timeout, due)
                 events = self._ep.poll(timeout)
                 if retry is not None:
                     self._rearm_template()
@@ -1182,10 +1192,6 @@ class Shepherd(Service):
     # --- output forwarding ---------------------------------------------
     def _feed(self, s, data):
         buf = s.partial + data if s.partial else data
-        if s.eager and not s.prefix:      # a prompt must show before the reply is typed
-            s.partial = b""
-            self._out(s, buf)
-            return
         nl = buf.rfind(b"\n")
         if nl < 0:
             if len(buf) > _MAX_PARTIAL:
@@ -1193,13 +1199,40 @@ class Shepherd(Service):
                 s.partial = b""
             else:
                 s.partial = buf
+                self._held(s)
             return
         whole, s.partial = buf[:nl + 1], buf[nl + 1:]
+        if s.partial:
+            self._held(s)
         if s.prefix:
             head = s.prefix if s.at_line_start else b""
             whole = head + whole[:-1].replace(b"\n", b"\n" + s.prefix) + b"\n"
         self._out(s, whole)
         s.at_line_start = True
+
+    def _held(self, s):
+        """``s`` holds a partial line: an eager stream's (a stdin reader's,
+        unlabelled) is written once it has been held :data:`_PROMPT_WAIT`
+        s (_write_prompts), so that a prompt shows before the reply is
+        typed; the rest of a line (a long line comes in pieces, a print
+        writes its newline apart) comes sooner, and the line goes whole."""
+        if s.eager and not s.prefix and s not in self._prompts:
+            self._prompts[s] = _monotonic() + _PROMPT_WAIT
+
+    def _write_prompts(self, now):
+        """Write the partial lines held past their time (:meth:`_held`);
+        returns the seconds until the next is due (None: none held)."""
+        due = None
+        for s, at in list(self._prompts.items()):
+            if at > now:
+                due = at - now if due is None else min(due, at - now)
+                continue
+            del self._prompts[s]
+            if s.partial and s.fd >= 0:
+                self._emit(s, s.partial, end_line=False)
+                s.partial = b""
+                self._taken(s)
+        return due
 
     def _emit(self, s, data, end_line):
         """Write ``data`` (no newline inside) as the rest of a line."""
