@@ -12,6 +12,7 @@ tests run, with this folder put on their sys.path):
     alive(pid)                         # exists and is no zombie
     assert wait_gone(pids) == []       # those still alive after the wait
     children(ppid, comm="ember-spare") # its children (named so)
+    template_of(shepherd_pid)          # the shepherd's warm template
     wait_children(ppid, "ember-spare", 2)   # at least two of them, waiting for them
     for address, name, data in readable_memory(pid): ...   # what its memory holds
 """
@@ -126,6 +127,20 @@ def children(ppid, comm=None):
     /proc/PID/comm, is ``comm``, if given), zombies included."""
     return [pid for pid, (_, pp, c) in table().items()
             if pp == ppid and (comm is None or c == comm)]
+
+
+def template_of(shepherd):
+    """The pid of the shepherd's warm template (``-m ember._template``,
+    leading its own process group), or None."""
+    for pid in children(shepherd):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            if b"ember._template" in cmd and os.getpgid(pid) == pid:
+                return pid
+        except OSError:
+            pass
+    return None
 
 
 def wait_children(ppid, comm, n=1, timeout=30.0):

@@ -678,21 +678,11 @@ def test_template_death_is_seen_at_once(tmp_path):
     group, and a line says so; the next start still runs (the spares held,
     or a new template).  Before, the zombie stayed until the next start."""
     res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent("""
-        from procs import table
+        from procs import template_of
         ember.Process._lease_spares = False   # the shepherd's spares alone
 
-        def template():
-            for pid, (st, pp, c) in table().items():
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        cmd = f.read().split(b"\\0")
-                    if pp == SHEPHERD and b"ember._template" in cmd and os.getpgid(pid) == pid:
-                        return pid
-                except OSError:
-                    pass
-
         p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
-        t = template()
+        t = template_of(SHEPHERD)
         os.kill(t, signal.SIGKILL)
         for _ in range(3000):                 # (30 s: not stuck)
             if not os.path.exists(f"/proc/{t}"):
@@ -719,20 +709,10 @@ def test_the_loop_goes_on_while_a_start_holds_a_dead_templates_handle(tmp_path, 
     held.touch()                          # the hook is armed once it is removed
     monkeypatch.setenv("EMBER_TEST_SHEPHERD_HOLD_SPAWN", str(held))
     res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent(f"""
-        from procs import table
+        from procs import table, template_of
         from ember.globalservices import process as gproc
         ember.Process._lease_spares = False   # the shepherd's template alone
         held, go = {str(held)!r}, {str(tmp_path / "go")!r}
-
-        def template():
-            for pid, (st, pp, c) in table().items():
-                try:
-                    with open(f"/proc/{{pid}}/cmdline", "rb") as f:
-                        cmd = f.read().split(b"\\0")
-                    if pp == SHEPHERD and b"ember._template" in cmd and os.getpgid(pid) == pid:
-                        return pid
-                except OSError:
-                    pass
 
         def wait_for(path):
             for _ in range(6000):
@@ -741,7 +721,7 @@ def test_the_loop_goes_on_while_a_start_holds_a_dead_templates_handle(tmp_path, 
                 time.sleep(0.01)
 
         p = ember.Process(target=wait_for, args=(go,)); p.start()
-        t = template()
+        t = template_of(SHEPHERD)
         os.remove(held)                       # the next start holds the lock
         q = ember.Process(target=lambda: 7)
         th = threading.Thread(target=q.start); th.start()
