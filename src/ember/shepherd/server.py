@@ -121,9 +121,22 @@ def _is_template_request(exe, args):
 #: start held (Shepherd._template_died).
 _TEMPLATE_RETRY = 0.05
 #: Seconds an eager stream's partial line (a stdin reader's: a prompt) is
-#: held before it is written (Shepherd._held): the rest of a line comes
-#: sooner, and a prompt shows all the same.
+#: held before it is looked at (Shepherd._write_prompts): the rest of a
+#: line comes sooner, and a prompt shows all the same...
 _PROMPT_WAIT = 0.05
+#: ... and at most this long while its process is runnable (preempted in
+#: the middle of its line, or busy after printing part of a line).
+_PROMPT_MAX = 1.0
+
+
+def _runnable(child):
+    """Whether ``child``'s process (its main thread) is running or
+    runnable (state R), not waiting."""
+    try:
+        with open(f"/proc/{child.pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+    except (OSError, IndexError, AttributeError):
+        return False
 #: For the tests: a path; the first spawn while it does not exist creates
 #: it and waits between the child's fork and its record until
 #: ``path + ".go"`` exists (tests/test_shepherd.py).
@@ -348,7 +361,7 @@ class Shepherd(Service):
         self._children = {}           # p_uid -> _Child
         self._pgids = set()           # process groups of every child ever started
         self._open_line = {}          # out fd -> stream whose line is unfinished
-        self._prompts = {}            # eager stream -> when its held partial line is written
+        self._prompts = {}            # eager stream -> (next look, last) at its held partial line
         self._fds = {}                # fd -> _Child (its pidfd), _Stream, or the Template (its pidfd)
         self._dead_out = set()        # out fds that gave EPIPE
         self._stop_requested = False
@@ -1212,26 +1225,38 @@ class Shepherd(Service):
 
     def _held(self, s):
         """``s`` holds a partial line: an eager stream's (a stdin reader's,
-        unlabelled) is written once it has been held :data:`_PROMPT_WAIT`
-        s (_write_prompts), so that a prompt shows before the reply is
-        typed; the rest of a line (a long line comes in pieces, a print
-        writes its newline apart) comes sooner, and the line goes whole."""
+        unlabelled) is written once its writer waits (:meth:`_write_prompts`),
+        so that a prompt shows before the reply is typed; the rest of a
+        line comes sooner (a long line comes in pieces, a print writes
+        its newline apart), and the line goes whole."""
         if s.eager and not s.prefix and s not in self._prompts:
-            self._prompts[s] = _monotonic() + _PROMPT_WAIT
+            now = _monotonic()
+            self._prompts[s] = (now + _PROMPT_WAIT, now + _PROMPT_MAX)
 
     def _write_prompts(self, now):
-        """Write the partial lines held past their time (:meth:`_held`);
-        returns the seconds until the next is due (None: none held)."""
+        """Look at the partial lines held :data:`_PROMPT_WAIT` s
+        (:meth:`_held`): what came since is read first; a line still
+        unfinished is written if its process is not runnable (it waits:
+        for input, at a prompt) or has been held :data:`_PROMPT_MAX` s,
+        else looked at again later (it is writing the rest, or was
+        preempted in the middle of its line: under load that took more
+        than 50 ms).  Returns the seconds until the next look (None:
+        nothing held)."""
         due = None
-        for s, at in list(self._prompts.items()):
-            if at > now:
-                due = at - now if due is None else min(due, at - now)
-                continue
-            del self._prompts[s]
-            if s.partial and s.fd >= 0:
-                self._emit(s, s.partial, end_line=False)
-                s.partial = b""
-                self._taken(s)
+        for s, (at, until) in list(self._prompts.items()):
+            if at <= now:
+                self._drain(s, final=False)
+                if s.partial and s.fd >= 0 and now < until and _runnable(s.child):
+                    at = now + _PROMPT_WAIT
+                    self._prompts[s] = (at, until)
+                else:
+                    del self._prompts[s]
+                    if s.partial and s.fd >= 0:
+                        self._emit(s, s.partial, end_line=False)
+                        s.partial = b""
+                        self._taken(s)
+                    continue
+            due = at - now if due is None else min(due, at - now)
         return due
 
     def _emit(self, s, data, end_line):
