@@ -457,6 +457,48 @@ def test_close_kills_the_child_of_a_spawn_in_flight(tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(60)
+def test_close_does_not_wait_for_a_stuck_spawn_forever(tmp_path, monkeypatch, capfd):
+    """A spawn that stays stuck (held by the hook server._HOLD_RECORD)
+    does not hang Shepherd.close: it waits at most server._CLOSE_WAIT
+    seconds (130; 0.2 here) and says so; the spawn, when it goes on,
+    kills its child and refuses ("shepherd is closed")."""
+    from ember.shepherd import server
+    from ember.shepherd.server import _child_pids
+
+    held = tmp_path / "held"
+    monkeypatch.setattr(server, "_HOLD_RECORD", str(held))
+    monkeypatch.setattr(server, "_CLOSE_WAIT", 0.2)
+    h = Harness(tmp_path)
+    h.closed = True                       # closed here
+    before = set(_child_pids())
+    spawner = threading.Thread(target=h.send, args=(M.ShSpawn(1, 1, "sleep", ["60"], None, "", ""),))
+    spawner.start()
+    pid = None
+    try:
+        deadline = time.monotonic() + 20
+        while not held.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid, = set(_child_pids()) - before
+        h.sh.request_stop(None)
+        h.loop.join(20)
+        h.sh.close()                      # returns: the spawn is still held
+        assert spawner.is_alive()
+        assert "closing with a spawn still in flight" in capfd.readouterr().err
+        (tmp_path / "held.go").touch()
+        spawner.join(20)
+        assert not _alive(pid)
+        reply = M.unpack(h.replies.get(timeout=5))
+        assert (type(reply).__name__, reply.err) == ("ShSpawned", "shepherd is closed")
+    finally:
+        (tmp_path / "held.go").touch()
+        spawner.join(20)
+        if pid is not None:
+            kill(pid)
+        h.out.close()
+        h.err.close()
+
+
+@pytest.mark.timeout(60)
 def test_shutdown_with_orphaned_pipe(sh):
     r = sh.spawn(1, "/bin/sh", ["-c", "sleep 60 & echo $!"])
     assert sh.exited() == (1, 0)

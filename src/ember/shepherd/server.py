@@ -137,6 +137,9 @@ def _runnable(child):
             return f.read().rsplit(b")", 1)[1].split()[0] == b"R"
     except (OSError, IndexError, AttributeError):
         return False
+#: Seconds close() waits for a spawn in flight (a spawn waits up to 120 s
+#: for the template's answer): a spawn stuck longer does not hang it.
+_CLOSE_WAIT = 130.0
 #: For the tests: a path; the first spawn while it does not exist creates
 #: it and waits between the child's fork and its record until
 #: ``path + ".go"`` exists (tests/test_shepherd.py).
@@ -592,9 +595,14 @@ class Shepherd(Service):
                 os.close(direct_in)
         if _HOLD_RECORD:
             _env.hold_at(_HOLD_RECORD)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as exc:
+        # closed: close gave up waiting for this spawn (_CLOSE_WAIT), nobody would kill it
+        err = "shepherd is closed" if self._closed else None
+        if err is None:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError as exc:
+                err = f"cannot watch '{exe}': pidfd_open: [Errno {exc.errno}] {exc.strerror}"
+        if err is not None:
             # Not reaped yet, so the pid cannot have been reused.
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -603,7 +611,7 @@ class Shepherd(Service):
                     os.close(fd)
             if gate is not None:
                 os.close(gate)
-            return f"cannot watch '{exe}': pidfd_open: [Errno {exc.errno}] {exc.strerror}"
+            return err
 
         if self._label == "puid":
             prefix = f"[{p_uid}] ".encode()
@@ -1316,11 +1324,17 @@ class Shepherd(Service):
         """Release the loop's fds.  Children still running (only if
         :meth:`serve` never ran to the end) are killed and reaped, the
         child of a spawn in flight too: close waits for it (the spawn lock;
-        a spawn afterwards is refused)."""
-        with self._spawn_lock:
+        a spawn afterwards is refused), at most :data:`_CLOSE_WAIT` s."""
+        got = self._spawn_lock.acquire(timeout=_CLOSE_WAIT)
+        try:
             if self._closed:
                 return
             self._closed = True
+        finally:
+            if got:
+                self._spawn_lock.release()
+        if not got:
+            log.warning("closing with a spawn still in flight after %.0f s", _CLOSE_WAIT)
         if self._template is not None:
             self._template.close()
         with self._lock:
