@@ -1,0 +1,636 @@
+"""Which of the template's pages a child writes (copy-on-write), when, and why.
+
+    python benchmarks/cow_pages.py [-n N] [--mp] [--perf] [--top K]
+
+Runs itself under ``ember run``, as root (it reads the runtime's processes'
+``/proc/PID/pagemap`` and ``mem`` and ptraces its children).  A child of
+the warm template maps the template's memory; its first write to a page
+copies it (a copy-on-write fault), and the page's frame number (PFN) in
+the child's pagemap changes.  A child's own PFN for an address changes only
+when the child writes there, so its pagemap read at a few points says
+which pages each step wrote, whatever the template does meanwhile:
+
+- **spare**: from the clone to the spare's wait for a request (read against
+  the template while both wait: pages the template wrote since the clone
+  count here too);
+- **lease**: from the request to the leased spare's wait for its call;
+- **call**: from the call to the program's target (with ``--mp``: most of
+  it the method's own start in the child, ``ember.mp._child``);
+- **exit**: from the target to the exit (``PTRACE_O_TRACEEXIT`` stops the
+  child before its memory is unmapped).
+
+The leased spare is seized (``PTRACE_SEIZE``) before the start; the
+target (:func:`stop_here`) stops itself with SIGSTOP, which the tracer
+reads and suppresses.  Starts are one at a time (start, then join).
+
+What it prints, a start's mean over the traced starts:
+
+- the pages written in each step, by mapping: pages that hold the header
+  of one of the template's Python objects, libpython's data, the C heap,
+  other anonymous memory (named after the file mapping it follows, which
+  it need not belong to: pymalloc's arenas are plain anonymous mappings);
+- the objects on those pages by type and by the module that made them
+  (each page shared among the objects whose header is on it).  The object
+  map comes from one child run first (:func:`object_map`: every object
+  reachable from ``gc.get_objects()`` and the modules, at the addresses
+  every child of this template has them; an object is taken as the
+  template's only where the template's memory has the same type there);
+- CPython 3.11's type attribute cache: the entries each step filled (its
+  misses), with the name and what the lookup found.  Each miss writes the
+  entry and the reference counts of the name stored and of the name it
+  evicts (a string anywhere in the template's heap);
+- with ``--perf`` (``perf record`` of ``exceptions:page_fault_user``,
+  write faults only): the object at each fault's address, i.e. the first
+  write to each page copied, by step (``header``: its reference count).
+
+``--mp`` traces multiprocessing's ``"ember"`` start method instead of
+``ember.Process``.  This file's top level only imports and defines, so the
+template runs it once as the children's main module.
+"""
+import argparse
+import bisect
+import collections
+import ctypes
+import gc
+import mmap
+import os
+import signal
+import statistics
+import struct
+import sys
+import time
+
+PAGE = mmap.PAGESIZE
+_PRESENT, _FILE, _PFN = 1 << 63, 1 << 61, (1 << 55) - 1
+_SEIZE, _CONT, _DETACH, _O_TRACEEXIT, _EVENT_EXIT = 0x4206, 7, 17, 0x40, 6
+_WALL = 0x40000000
+STAGES = ("spare", "lease", "call", "exit")
+#: CPython 3.11's type attribute cache: 4096 entries of (version, name, value).
+_TC_ENTRIES, _TC_ENTRY = 4096, 24
+
+
+def stop_here():
+    """The children's target: stop, for the tracer to read the pagemap."""
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+# --- in a child: the object map --------------------------------------------
+
+def type_cache_addr():
+    """The address of the interpreter's type attribute cache (CPython 3.11's
+    layout, found from a lookup just made), or 0."""
+    if sys.version_info[:2] != (3, 11):
+        return 0
+
+    class Probe:
+        pass
+
+    name, value = sys.intern("cow_pages_probe"), object()
+    Probe.cow_pages_probe = value
+    Probe.cow_pages_probe                  # noqa: B018  (the lookup fills an entry)
+    get = ctypes.pythonapi.PyInterpreterState_Get
+    get.restype = ctypes.c_void_p
+    interp = get()
+    data = ctypes.string_at(interp, 256 << 10)
+    i = data.find(struct.pack("QQ", id(name), id(value)))
+    if i < 8:
+        return 0
+    version = struct.unpack_from("I", data, i - 8)[0]
+    return interp + i - 8 - _TC_ENTRY * ((version ^ (id(name) >> 3)) & (_TC_ENTRIES - 1))
+
+
+def _describe(o):
+    try:
+        if type(o).__name__ == "function":
+            return f"function {o.__module__}.{o.__qualname__}"
+        if type(o).__name__ == "code":
+            return f"code {o.co_filename.rsplit('/', 1)[-1]}:{o.co_name}"
+    except Exception:
+        pass
+    return type(o).__name__
+
+
+def _owners():
+    """{id: module name} of the modules' dicts and of what they define."""
+    owner = {}
+    for mname, m in list(sys.modules.items()):
+        d = getattr(m, "__dict__", None)
+        if d is None:
+            continue
+        owner[id(d)] = owner[id(m)] = mname
+        for v in list(d.values()):
+            try:
+                if getattr(v, "__module__", None) != mname:
+                    continue
+                members = [v] + (list(vars(v).values()) if isinstance(v, type) else [])
+                for x in members:
+                    owner.setdefault(id(x), mname)
+                    code = getattr(x, "__code__", None)
+                    if code is not None:
+                        owner.setdefault(id(code), mname)
+            except Exception:          # an object whose attributes raise
+                pass
+    return owner
+
+
+def object_map(path):
+    """Write ``path``: the type cache's address, then one line per object
+    reachable from the modules and ``gc.get_objects()`` (its address, the
+    bytes before it, its size, its type's address, the module that made it
+    and what it is); objects a module's own reach are that module's."""
+    tc = type_cache_addr()
+    owner = _owners()
+    seen, stack, rows = set(), list(gc.get_objects()) + list(sys.modules.values()), []
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        try:
+            size = sys.getsizeof(o)
+        except Exception:
+            size = 16
+        pre = 16 if type(o).__flags__ & (1 << 14) else 0      # the GC header
+        mod = owner.get(id(o), "?")
+        rows.append((id(o), pre, size, id(type(o)), mod, _describe(o)))
+        if isinstance(o, dict):          # its keys table: a block of its own
+            keys = ctypes.c_void_p.from_address(id(o) + 32).value
+            if keys:
+                rows.append((keys, 0, max(size - 48, 8), 0, mod, "dict keys"))
+        elif isinstance(o, list) and o:
+            items = ctypes.c_void_p.from_address(id(o) + 24).value
+            if items:
+                rows.append((items, 0, 8 * len(o), 0, mod, "list items"))
+        for r in gc.get_referents(o):
+            if id(r) not in seen:
+                if mod != "?":
+                    owner.setdefault(id(r), mod)
+                stack.append(r)
+    with open(path, "w") as f:
+        f.write(f"{tc}\n")
+        for row in rows:
+            f.write("{} {} {} {} {}\t{}\n".format(*row))
+
+
+class ObjectIndex:
+    """The object map: the template's object at an address."""
+
+    def __init__(self, path, template):
+        rows = []
+        with open(path) as f:
+            self.type_cache = int(f.readline())
+            for line in f:
+                head, kind = line.rstrip("\n").split("\t", 1)
+                a, pre, size, tid, mod = head.split(" ", 4)
+                a, pre = int(a), int(pre)
+                rows.append((a - pre, a, int(size), int(tid), mod, kind))
+        rows.sort()
+        self.rows, self.starts = rows, [r[0] for r in rows]
+        self.template, self._pages = template, {}
+        self._by_page = collections.defaultdict(list)
+        for r in rows:
+            self._by_page[r[1] - r[1] % PAGE].append(r)
+
+    def _template_has(self, obj, tid):
+        """True if the template's memory has an object of type ``tid`` at
+        ``obj`` (the map's child made objects of its own too)."""
+        if not tid:
+            return True
+        page = obj + 8 - (obj + 8) % PAGE
+        if page not in self._pages:
+            self._pages[page] = _read(self.template, page)
+        data = self._pages[page]
+        off = obj + 8 - page
+        return data is not None and off + 8 <= len(data) and \
+            struct.unpack_from("Q", data, off)[0] == tid
+
+    def find(self, addr):
+        """(kind, module, 'header' or 'inside') of the template's object
+        that holds ``addr``, or None."""
+        i = bisect.bisect_right(self.starts, addr) - 1
+        while i >= 0 and addr - self.rows[i][0] < 1 << 16:
+            start, obj, size, tid, mod, kind = self.rows[i]
+            if start <= addr < start + size and self._template_has(obj, tid):
+                return kind, mod, "header" if addr == obj else "inside"
+            i -= 1
+        return None
+
+    def on_page(self, page):
+        """The template's objects whose header is on ``page``."""
+        return [r for r in self._by_page.get(page, ()) if self._template_has(r[1], r[3])]
+
+
+# --- the tracer -----------------------------------------------------------
+
+def _children(ppid):
+    """[(pid, comm, state)] of ``ppid``'s children."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    s = f.read()
+                fields = s[s.rfind(b")") + 2:].split()
+                if int(fields[1]) == ppid:
+                    out.append((int(d), s[s.find(b"(") + 1:s.rfind(b")")].decode(), fields[0]))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _maps(pid):
+    """[(start, end, perms, path)] of ``pid``'s mappings."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            p = line.split(None, 5)
+            a, b = (int(x, 16) for x in p[0].split("-"))
+            out.append((a, b, p[1], p[5].strip() if len(p) > 5 else ""))
+    return out
+
+
+def snapshot(pid):
+    """({page address: PFN} of ``pid``'s private anonymous pages (copied or
+    new) in its writable private mappings, its maps)."""
+    maps = _maps(pid)
+    out = {}
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        for a, b, perms, path in maps:
+            if "w" not in perms or "p" not in perms or path == "[vsyscall]":
+                continue
+            data = os.pread(fd, 8 * ((b - a) // PAGE), 8 * (a // PAGE))
+            for i, e in enumerate(struct.unpack(f"{len(data) // 8}Q", data)):
+                if e & _PRESENT and not e & _FILE:
+                    out[a + i * PAGE] = e & _PFN
+    finally:
+        os.close(fd)
+    return out, maps
+
+
+def written(before, after):
+    """Pages whose PFN changed, or that appeared, from ``before`` to ``after``."""
+    return {a for a, pfn in after.items() if before.get(a) != pfn}
+
+
+def _region(maps, addr):
+    """Where ``addr`` is: a file's private data, the C heap, the stack,
+    other anonymous memory (named after the file mapping right before it)."""
+    prev = None
+    for a, b, perms, path in maps:
+        if a <= addr < b:
+            if path == "[heap]":
+                return "C heap (brk)"
+            if path.startswith("["):
+                return path
+            if path:
+                return path.rsplit("/", 1)[-1] + " data"
+            if prev is not None and prev[1] == a and prev[3] and not prev[3].startswith("["):
+                return "anonymous after " + prev[3].rsplit("/", 1)[-1]
+            return "anonymous"
+        prev = (a, b, perms, path)
+    return "unmapped"
+
+
+def _ptrace(req, pid, data=0):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+    if libc.ptrace(req, pid, None, ctypes.c_void_p(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _wait_stop(pid, deadline):
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(pid, os.WNOHANG | _WALL)
+        if got:
+            return status
+        time.sleep(0.0005)
+    raise TimeoutError(f"pid {pid} did not stop")
+
+
+def _read(pid, addr, n=PAGE):
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, n, addr)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _str_at(pid, addr):
+    """The text of the compact ASCII str at ``addr`` in ``pid``, or None."""
+    head = _read(pid, addr, 48)
+    if head is None or len(head) < 48:
+        return None
+    n = struct.unpack_from("q", head, 16)[0]
+    body = _read(pid, addr + 48, n) if 0 < n <= 100 else None
+    return body.decode("ascii", "replace") if body else None
+
+
+def _changed(caches, a, b):
+    """Indices of the type cache entries that differ from ``caches[a]`` to
+    ``caches[b]`` (those filled meanwhile)."""
+    x, y = caches.get(a), caches.get(b)
+    if x is None or y is None:
+        return []
+    e = _TC_ENTRY
+    return [i for i in range(_TC_ENTRIES) if x[i * e:(i + 1) * e] != y[i * e:(i + 1) * e]]
+
+
+def _cache_names(pid, caches, a, b):
+    """The names of the entries filled from ``a`` to ``b``, read from ``pid``
+    while it is stopped, into ``caches["names"]``."""
+    names = caches.setdefault("names", {})
+    for i in _changed(caches, a, b):
+        name = struct.unpack_from("Q", caches[b], i * _TC_ENTRY + 8)[0]
+        if name and name not in names:
+            names[name] = _str_at(pid, name)
+
+
+def _release(pid, deadline):
+    """Let go of a child that stops itself untraced (not the spare seized)."""
+    while time.monotonic() < deadline and _state(pid) not in (b"T", None):
+        time.sleep(0.001)
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _leased(shepherd, deadline):
+    """The pid of the one leased spare waiting for its call, or None."""
+    while time.monotonic() < deadline:
+        ls = [p for p, comm, st in _children(shepherd) if comm == "ember-leased" and st == b"S"]
+        if len(ls) == 1:
+            return ls[0]
+        time.sleep(0.005)
+    return None
+
+
+def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
+    """One start on the leased spare, traced: ({step: pages written}, the
+    child's maps, its pid, {step: time it ended}, the type cache at each
+    point), or None (another process took the call, or it timed out)."""
+    shepherd = os.getppid()
+    deadline = time.monotonic() + timeout
+    leased = _leased(shepherd, deadline)
+    if leased is None:
+        return None
+    time.sleep(0.01)                  # at its wait
+    tsnap, _ = snapshot(template)
+    lsnap, maps = snapshot(leased)
+    times = {"lease": time.monotonic_ns()}
+    size = _TC_ENTRIES * _TC_ENTRY
+    caches = {"template": _read(template, tc, size) if tc else None,
+              "lease": _read(leased, tc, size) if tc else None}
+    for p, comm, st in _children(shepherd):          # spares leased by later starts
+        if comm == "ember-spare" and p not in spare_snaps:
+            snap = snapshot(p)[0]
+            spare_snaps[p] = (snap, written(tsnap, snap), time.monotonic_ns())
+    _ptrace(_SEIZE, leased, _O_TRACEEXIT)
+    proc = make()
+    proc.start()
+    if proc.pid != leased:
+        _ptrace(_DETACH, leased)
+        _release(proc.pid, deadline)
+        proc.join()
+        return None
+    snaps = {"lease": lsnap}
+    try:
+        while True:
+            status = _wait_stop(leased, deadline)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                break
+            sig = os.WSTOPSIG(status)
+            if status >> 8 == (signal.SIGTRAP | (_EVENT_EXIT << 8)):
+                snaps["exit"], maps = snapshot(leased)
+                times["exit"] = time.monotonic_ns()
+                caches["exit"] = _read(leased, tc, size) if tc else None
+                _cache_names(leased, caches, "call", "exit")
+                _ptrace(_DETACH, leased)
+                break
+            if sig == signal.SIGSTOP and "call" not in snaps:
+                snaps["call"], _ = snapshot(leased)
+                times["call"] = time.monotonic_ns()
+                caches["call"] = _read(leased, tc, size) if tc else None
+                _cache_names(leased, caches, "template", "lease")
+                _cache_names(leased, caches, "lease", "call")
+                sig = 0
+            _ptrace(_CONT, leased, sig)
+    except (OSError, TimeoutError):
+        try:
+            _ptrace(_DETACH, leased)
+        except OSError:
+            pass
+        _release(leased, deadline)
+    proc.join()
+    if "exit" not in snaps or "call" not in snaps:
+        return None
+    pre = spare_snaps.pop(leased, None)
+    times["spare"] = pre[2] if pre else None
+    pages = {"spare": pre[1] if pre else None, "lease": written(pre[0], lsnap) if pre else None,
+             "call": written(lsnap, snaps["call"]), "exit": written(snaps["call"], snaps["exit"])}
+    return pages, maps, leased, times, caches
+
+
+def perf_start(path):
+    """``perf record`` of every user write fault on the machine (with
+    CLOCK_MONOTONIC times) into ``path``: the Popen, or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which("perf") is None:
+        print("cow_pages: no perf here: --perf ignored", file=sys.stderr)
+        return None
+    p = subprocess.Popen(["perf", "record", "-q", "-a", "-k", "CLOCK_MONOTONIC", "-e",
+                          "exceptions:page_fault_user", "--filter", "error_code & 2", "-o", path],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return p
+
+
+def perf_faults(path, pids):
+    """{pid: [(time ns, address)]} of the recorded write faults of ``pids``."""
+    import subprocess
+
+    out = collections.defaultdict(list)
+    text = subprocess.run(["perf", "script", "-i", path, "--ns", "-F", "pid,time,trace"],
+                          capture_output=True, text=True).stdout
+    for line in text.splitlines():
+        f = line.split()
+        try:
+            pid = int(f[0])
+            if pid in pids:
+                sec, ns = f[1].rstrip(":").split(".")
+                out[pid].append((int(sec) * 1_000_000_000 + int(ns), int(f[2].split("=")[1], 16)))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+# --- the report -----------------------------------------------------------
+
+def _line(counter, n, top):
+    return ", ".join(f"{k} {v / n:.1f}" for k, v in counter.most_common(top))
+
+
+def report_pages(results, index, top, out=sys.stdout):
+    print("# pages written a start, by step (median; by where: mean)", file=out)
+    for stage in STAGES:
+        got = [(r[0][stage], r[1]) for r in results if r[0][stage] is not None]
+        if not got:
+            continue
+        where, kinds, mods = collections.Counter(), collections.Counter(), collections.Counter()
+        for pages, maps in got:
+            for a in pages:
+                objs = index.on_page(a)
+                where["Python objects" if objs else _region(maps, a)] += 1
+                for o in objs:
+                    kinds[o[5].split(" ", 1)[0]] += 1 / len(objs)
+                    mods[o[4]] += 1 / len(objs)
+        n = len(got)
+        print(f"{stage:>6}: {statistics.median(len(p) for p, _ in got):.0f} pages ({n} starts): "
+              f"{_line(where, n, 8)}", file=out)
+        print(f"        objects by type:   {_line(kinds, n, top)}", file=out)
+        print(f"        objects by module: {_line(mods, n, top)}", file=out)
+
+
+def report_type_cache(results, index, top, out=sys.stdout):
+    if not index.type_cache:
+        return
+    print("\n# the type attribute cache: entries filled a start (misses), by step", file=out)
+    for a, b, label in (("template", "lease", "spare+lease"), ("lease", "call", "call"),
+                        ("call", "exit", "exit")):
+        n, total, pairs = 0, 0, collections.Counter()
+        for r in results:
+            caches = r[4]
+            if caches.get(a) is None or caches.get(b) is None:
+                continue
+            n += 1
+            for i in _changed(caches, a, b):
+                total += 1
+                _, name, value = struct.unpack_from("IxxxxQQ", caches[b], i * _TC_ENTRY)
+                what = index.find(value) if value else None
+                pairs[(caches["names"].get(name),
+                       what[0] if what else ("NULL" if not value else "?"))] += 1
+        if n:
+            print(f"  {label}: {total / n:.1f} entries ({n} starts); most often:", file=out)
+            print("    " + ", ".join(f"{name} -> {what}" for (name, what), _ in
+                                     pairs.most_common(top * 2)), file=out)
+
+
+def report_faults(results, faults, index, top, out=sys.stdout):
+    print("\n# write faults (perf) a start, by step, by the template's object at the "
+          "fault's address (the first write to the page; header: its reference count)",
+          file=out)
+    for stage in STAGES:
+        objs, kinds, mods = collections.Counter(), collections.Counter(), collections.Counter()
+        n = total = 0
+        for _, maps, pid, times, _ in results:
+            end = times.get(stage)
+            begin = {"spare": 0, "lease": times.get("spare"), "call": times["lease"],
+                     "exit": times["call"]}[stage]
+            if end is None or begin is None:
+                continue
+            n += 1
+            for t, addr in faults.get(pid, ()):
+                if begin <= t < end:
+                    total += 1
+                    hit = index.find(addr) or ("(no object)", _region(maps, addr), "")
+                    objs[hit] += 1
+                    kinds[hit[0].split(" ", 1)[0]] += 1
+                    mods[hit[1]] += 1
+        if not n:
+            continue
+        print(f"{stage:>6}: {total / n:.0f} write faults ({n} starts)", file=out)
+        print(f"        by type:   {_line(kinds, n, top)}", file=out)
+        print(f"        by module: {_line(mods, n, top)}", file=out)
+        for (kind, mod, where), v in objs.most_common(top * 2):
+            print(f"    {v / n:5.1f}  {kind} [{mod}] {where}", file=out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=20, help="starts traced (default 20)")
+    ap.add_argument("--mp", action="store_true", help='multiprocessing\'s "ember" start method')
+    ap.add_argument("--perf", action="store_true",
+                    help="also the object at each write fault's address (perf)")
+    ap.add_argument("--top", type=int, default=15)
+    a = ap.parse_args()
+    if "EMBER_P_UID" not in os.environ:
+        import subprocess
+
+        import _rundir
+        _rundir.use_private()
+        return subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__)]
+                              + sys.argv[1:]).returncode
+    import multiprocessing as mp
+
+    import ember
+
+    ctx = mp.get_context("ember") if a.mp else None
+
+    def make():
+        return ctx.Process(target=stop_here) if a.mp else ember.Process(target=stop_here)
+
+    for _ in range(6):                       # warm: the template, its modules, the lease
+        p = make()
+        p.start()
+        _release(p.pid, time.monotonic() + 10)
+        p.join()
+    shepherd = os.getppid()
+    # the template: the shepherd's oldest child but this process (a spare
+    # just cloned still has the template's name)
+    template = min((p for p, _, _ in _children(shepherd) if p != os.getpid()),
+                   key=lambda p: int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[19]))
+    path = f"/tmp/cow_pages-{os.getpid()}.map"
+    perf_path = f"/tmp/cow_pages-{os.getpid()}.perf"
+    results, spare_snaps, perf = [], {}, None
+    try:
+        p = ember.Process(target=object_map, args=(path,))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            print(f"cow_pages: the object map's child failed: {p.exception!r}", file=sys.stderr)
+            return 1
+        index = ObjectIndex(path, template)
+        perf = perf_start(perf_path) if a.perf else None
+        try:
+            for _ in range(a.n):
+                r = one_start(make, template, spare_snaps, index.type_cache)
+                if r is not None:
+                    results.append(r)
+        finally:
+            if perf is not None:
+                perf.send_signal(signal.SIGINT)
+                perf.wait()
+        faults = perf_faults(perf_path, {r[2] for r in results}) if perf is not None else None
+    finally:
+        for f in (path, perf_path):
+            if os.path.exists(f):
+                os.unlink(f)
+    what = 'mp "ember"' if a.mp else "ember.Process"
+    print(f"# cow_pages: {what}, {len(results)} of {a.n} starts traced, template pid {template}, "
+          f"load {' '.join('%.1f' % x for x in os.getloadavg())}")
+    report_pages(results, index, a.top)
+    report_type_cache(results, index, a.top)
+    if faults is not None:
+        report_faults(results, faults, index, a.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
