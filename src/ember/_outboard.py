@@ -27,6 +27,22 @@ _mapped_for = [None]
 _lock = _thread.allocate_lock()    # one (re)mapping at a time
 
 
+_ext_mod = [None]
+
+
+def _ext():
+    """``ember.shepherd._spawn`` (the board's C functions), imported at the
+    first call only: a ``from PACKAGE import`` in a function runs
+    importlib's Python code (``_handle_fromlist``) at every call, and at
+    :func:`exiting` that was the first time in every template child.  The
+    template calls :func:`attach`, and so this, before it forks."""
+    m = _ext_mod[0]
+    if m is None:
+        from .shepherd import _spawn as m
+        _ext_mod[0] = m
+    return m
+
+
 def _home():
     """The runtime this process was started in (its environment's, not an
     ``ember.init()``'s): the board of a template child, the shepherd or a
@@ -38,7 +54,7 @@ def create(runtime_id):
     """The shepherd: make and map its node's board (OSError if it cannot),
     in place of one it inherited (a shepherd forked from a process that
     had joined in an earlier runtime: ember.init()'s host)."""
-    from .shepherd import _spawn
+    _spawn = _ext()
     with _lock:
         if not _spawn.ob_replace(path(runtime_id), True):
             raise OSError(f"{path(runtime_id)} is not an output board of this layout")
@@ -52,6 +68,7 @@ def attach():
     runtime's board (:func:`_home`) and is in another one (``ember.init(
     address=...)`` in a managed process), which it keeps for its exit's
     mark (joins then ask GS)."""
+    _spawn = _ext()             # bound here: the template forks after this
     rid = _env.get(_env.RUNTIME_ID)
     if not rid:
         return False
@@ -59,7 +76,6 @@ def attach():
         return True
     if rid in _refused:
         return False
-    from .shepherd import _spawn
     with _lock:
         cur = _mapped_for[0]
         if cur == rid:
@@ -95,7 +111,7 @@ def out(p_uid):
     or the shepherd has written what it left (waited for, up to
     :data:`WAIT`).  False: ask GS, whose answer follows the shepherd's
     forwarding of it."""
-    from .shepherd import _spawn
+    _spawn = _ext()
     if not attach():
         return False
     return _spawn.ob_clean(p_uid) or _spawn.ob_wait_drained(p_uid, WAIT)
@@ -105,7 +121,7 @@ def exiting():
     """In a process about to exit with code 0, after its last write: say on
     the board whether all its output is out (a template child: the board
     inherited from the template)."""
-    from .shepherd import _spawn
+    _spawn = _ext()
     if _mapped_for[0] is not None and _mapped_for[0] == _home():
         try:
             _spawn.ob_exiting(int(os.environ.get(_env.P_UID, "")))

@@ -31,15 +31,20 @@ _mods = None
 
 
 def _imports():
-    """(Channel, _codec, _pickling), imported once.  The template calls this
-    before it forks: a ``from PACKAGE import ...`` in a function runs
-    importlib's Python code (``_handle_fromlist``) even for modules loaded
-    already, page faults of copy-on-write in every child."""
+    """(Channel, _codec, _pickling, pickle), imported once.  The template
+    calls this before it forks: an import statement in a function runs the
+    import machinery even for a module loaded already (the module's
+    ``__spec__`` looked up, and for ``from PACKAGE import ...`` importlib's
+    Python code, ``_handle_fromlist``): page faults of copy-on-write in
+    every child.  (Not imported at this module's top: the shepherd imports
+    it, and a .py head, forked from the shepherd, must not have pickle.)"""
     global _mods
     if _mods is None:
+        import pickle
+
         from .channels_c import Channel
         from .objects import _codec, _pickling
-        _mods = (Channel, _codec, _pickling)
+        _mods = (Channel, _codec, _pickling, pickle)
     return _mods
 
 
@@ -93,9 +98,7 @@ def _name(comm=None):
 def _wait_call(reader, token):
     """A spare's wait for its call record; the record, or None (and the
     caller exits silently) if what came is not a call carrying ``token``."""
-    import pickle
-
-    P = _imports()[2]
+    P, pickle = _imports()[2:]
     try:
         if _trace.on:
             _trace.t_faults("L.faults_wait")
@@ -129,9 +132,7 @@ def _apply(setenv, unsetenv, cwd):
 def run(call_sdesc, result_sdesc, spare=None):
     """Run the call found on the CALL channel; return the exit code.  With
     ``spare`` (its token), wait for the call first (see the module's doc)."""
-    import pickle
-
-    Channel, _codec, P = _imports()
+    Channel, _codec, P, pickle = _imports()
     call = Channel.attach(call_sdesc)
     res = Channel.attach(result_sdesc)
     try:

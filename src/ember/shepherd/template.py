@@ -62,6 +62,7 @@ just before the death: it is still in the template's process group,
 fork on the next request.  A child dying at any point is an ordinary
 managed-process exit.
 """
+import atexit
 import os
 import select
 import _signal as signal  # the C module: signal's enums import enum (~1.5 ms of every `ember run`)
@@ -767,8 +768,6 @@ def _run_atexit():
     has no handler to flush and close but its ``lastResort`` (stderr,
     which is flushed at the exit anyway): running it for nothing cost
     each child ~25 page faults of copy-on-write."""
-    import atexit
-
     logging = sys.modules.get("logging")
     try:
         idle = logging is not None and all(
@@ -1149,8 +1148,6 @@ def _spare_main(got, shepherd_pid):
     up to its request, done in C: named, detached, the request received,
     its fds made 0, 1, 2, named again): run the request.  Never returns.
     Its template gone (EOF) or a bad request: it exits at once."""
-    import msgpack
-
     try:
         _t("C.req")
         if _trace.on:
@@ -1177,6 +1174,8 @@ def _spare_main(got, shepherd_pid):
             if parsed is not None:
                 args, cwd, sets = parsed
         if sets is None:
+            import msgpack
+
             args, envp, cwd = msgpack.unpackb(got[1], raw=False)
         if got[2] < 0 and _template_comm:       # not read in C: a request of another shape
             _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args)
