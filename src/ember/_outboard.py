@@ -8,6 +8,7 @@ it otherwise).  The shepherd of a node that shares the head's /dev/shm
 maps the head shepherd's board and leaves it to it."""
 import _thread     # (not threading: the shepherd, and a .py head forked from it, import this)
 import os
+import sys
 
 from . import _env
 
@@ -43,11 +44,23 @@ def _ext():
     return m
 
 
+def _environ(name):
+    """``os.environ.get(name)``, read from the mapping's own dict: at
+    :func:`exiting` ``os.environ.get`` ran os's and collections.abc's Python
+    code (``Mapping.get``, ``_Environ.__getitem__``, the key's encoding and
+    the value's decoding) for the first time in every template child, a
+    copy-on-write fault for each object of the template's it touched.
+    Encoded as os.environ encodes (``os.fsencode``'s codec, C calls only)."""
+    codec = sys.getfilesystemencoding()
+    v = os.environ._data.get(name.encode(codec, "surrogateescape"))
+    return None if v is None else v.decode(codec, "surrogateescape")
+
+
 def _home():
     """The runtime this process was started in (its environment's, not an
     ``ember.init()``'s): the board of a template child, the shepherd or a
     managed process, which its exit marks (:func:`exiting`)."""
-    return os.environ.get(_env.RUNTIME_ID)
+    return _environ(_env.RUNTIME_ID)
 
 
 def create(runtime_id):
@@ -124,6 +137,6 @@ def exiting():
     _spawn = _ext()
     if _mapped_for[0] is not None and _mapped_for[0] == _home():
         try:
-            _spawn.ob_exiting(int(os.environ.get(_env.P_UID, "")))
+            _spawn.ob_exiting(int(_environ(_env.P_UID) or ""))
         except ValueError:
             pass
