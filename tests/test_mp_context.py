@@ -240,6 +240,41 @@ def test_pool_executor_wait_and_shared_memory(tmp_path, mode):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("imports", [
+    "import ember\nimport multiprocessing as mp",
+    "import multiprocessing as mp\nimport ember",
+    "import multiprocessing as mp, multiprocessing.connection\nimport ember"])
+def test_connection_wait_imported_by_name(tmp_path, imports):
+    """`from multiprocessing.connection import wait` after `import ember`
+    (the idiom of the stdlib's documentation), before any ember object
+    exists: the name bound waits on ember Connections and Queues too,
+    whichever of ember and multiprocessing was imported first."""
+    out = run_prog(tmp_path, "plain", imports + textwrap.dedent("""
+        from multiprocessing.connection import wait
+
+        def answer(conn, q):
+            conn.send("by pipe")
+            q.put("by queue")
+
+        if __name__ == "__main__":
+            mp.set_start_method("ember")
+            r, w = mp.Pipe()
+            q = mp.Queue()
+            p = mp.Process(target=answer, args=(w, q))
+            p.start()
+            left, got = [r, q, p.sentinel], []
+            while left:
+                for o in wait(left, timeout=30):
+                    left.remove(o)
+                    got.append("exited" if o is p.sentinel else
+                               o.recv() if o is r else o.get())
+            p.join(30)
+            print(sorted(got), p.exitcode)
+    """))
+    assert out.split("\n")[0] == "['by pipe', 'by queue', 'exited'] 0"
+
+
+@pytest.mark.timeout(120)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent("""

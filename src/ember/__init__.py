@@ -120,41 +120,47 @@ def _register_mp():
         pass
 
 
-class _RegisterOnMPImport:
-    """Finds nothing itself: when ``multiprocessing`` is being imported it
-    takes the ordinary spec and registers ember's start method right after
-    the package has run; then it leaves sys.meta_path."""
+class _AfterImport:
+    """A finder on sys.meta_path that finds nothing itself: when module
+    ``name`` is being imported it takes the ordinary spec and calls
+    ``then()`` right after the module has run; then it leaves sys.meta_path.
+    For the standard library's modules (found by PathFinder)."""
 
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if name != "multiprocessing":
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, name, path=None, target=None):
+        if name != self.name:
             return None
         import sys
         from importlib.machinery import PathFinder
 
         try:
-            sys.meta_path.remove(cls)
+            sys.meta_path.remove(self)
         except ValueError:
             pass
         spec = PathFinder.find_spec(name, path)
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        run = loader.exec_module
+        run, then = loader.exec_module, self.then
 
         def exec_module(module):
             run(module)
-            _register_mp()
+            then()
         loader.exec_module = exec_module
         return spec
 
 
-def _hook_mp():
+def _after_import(name, then):
+    """Call ``then()`` now if module ``name`` is imported, else right after
+    its import (once)."""
     import sys
-    if "multiprocessing" in sys.modules:
-        _register_mp()
-    elif _RegisterOnMPImport not in sys.meta_path:
-        sys.meta_path.insert(0, _RegisterOnMPImport)
+    if name in sys.modules:
+        then()
+    elif not any(getattr(f, "name", None) == name and getattr(f, "then", None) is then
+                 for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, then))
 
 
-_hook_mp()
+_after_import("multiprocessing", _register_mp)

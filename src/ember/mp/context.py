@@ -700,13 +700,21 @@ def _register_fd_reducers():
             copyreg.pickle(cls, reducer)
 
 
-def _patch_wait():
+def _wrap_wait():
     """ember's Connections and Queues have no fd: multiprocessing's
     connection.wait() on them (and on fds beside them) goes to ember.wait.
-    Done when the first ember object is made."""
+    Done as soon as both ember and multiprocessing.connection are imported
+    (``register``), before a program binds the name (``from
+    multiprocessing.connection import wait``)."""
     _mpconn = _m.connection
     if not getattr(_mpconn.wait, "_ember", False):
         _mpconn.wait = _wait_wrapper(_mpconn.wait)
+
+
+def _patch_wait():
+    """``connection.wait`` wrapped and the fd reducers registered: done
+    when the first ember object is made."""
+    _wrap_wait()
     _register_fd_reducers()
 
 
@@ -731,5 +739,7 @@ def register():
             f = _dispatch(name, orig)
             setattr(dflt, name, f)
             setattr(multiprocessing, name, f)
+    from .. import _after_import
+    _after_import("multiprocessing.connection", _wrap_wait)
     _registered[0] = True
     return _mpctx._concrete_contexts[NAME]
