@@ -275,6 +275,40 @@ def test_connection_wait_imported_by_name(tmp_path, imports):
 
 
 @pytest.mark.timeout(120)
+def test_spawn_and_forkserver_children_of_an_ember_parent(tmp_path):
+    """A program whose start method is "ember" starts children of another
+    method through an explicit context: spawn's and forkserver's children,
+    fresh interpreters, apply the parent's global method before they import
+    anything, and find it (they import ember while they unpickle the
+    preparation data); then each runs under its own method, as under the
+    stdlib."""
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp, sys
+        import ember
+
+        def who(conn):
+            conn.send(mp.get_start_method())
+
+        if __name__ == "__main__":
+            mp.set_start_method("ember")
+            for m in ("spawn", "forkserver", "fork", "ember"):
+                ctx = mp.get_context(m)
+                r, w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=who, args=(w,))
+                p.start()
+                w.close()
+                try:
+                    print(m, r.recv(), end=" ")
+                except EOFError:          # the child ended without a word
+                    print(m, None, end=" ")
+                p.join(30)
+                print(p.exitcode, flush=True)
+    """)
+    assert out.splitlines() == ["spawn spawn 0", "forkserver forkserver 0", "fork fork 0",
+                                "ember ember 0"]
+
+
+@pytest.mark.timeout(120)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent("""

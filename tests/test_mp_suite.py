@@ -35,9 +35,7 @@ DOCUMENTED = {
     "TestNoForkBomb": {"test_noforkbomb": ("fail", "a fresh interpreter must import ember to "
                                                    "name it")},
     "TestStartMethod": {"test_get_all": ("fail", "the list has 'ember' (spawn and fork fail it "
-                                                 "too here)"),
-                        "test_context": ("error", "a spawn child of an 'ember' parent cannot "
-                                                  "apply it")},
+                                                 "too here)")},
     "WithProcessesTestBarrier": {"test_action": ("error", "the action is pickled when the "
                                                           "barrier is made")},
     "WithProcessesTestCondition": {t: ("error", "no _sleeping_count/_woken_count internals")

@@ -718,6 +718,38 @@ def _patch_wait():
     _register_fd_reducers()
 
 
+class _ImportEmber:
+    """Unpickles as ``import ember`` (the ember module), which registers
+    the method in the process that unpickles it."""
+
+    def __reduce__(self):
+        import importlib
+        return (importlib.import_module, ("ember",))
+
+
+def _prep_wrapper(orig):
+    def get_preparation_data(name):
+        d = orig(name)
+        if d.get("start_method") == NAME and \
+                not isinstance(_mpctx.get_spawning_popen(), Popen):
+            # a spawn or forkserver child (a fresh interpreter, or a fork of
+            # one) applies its parent's global method before it imports
+            # anything: it imports ember while it unpickles this data, so
+            # that it finds the method (ember's own children have it; our
+            # _pickles sets the spawning popen before it calls this)
+            d["ember"] = _ImportEmber()
+        return d
+    get_preparation_data.__doc__ = orig.__doc__
+    get_preparation_data._ember = True
+    return get_preparation_data
+
+
+def _wrap_preparation_data():
+    spawn = _m.spawn
+    if not getattr(spawn.get_preparation_data, "_ember", False):
+        spawn.get_preparation_data = _prep_wrapper(spawn.get_preparation_data)
+
+
 _registered = [False]
 
 
@@ -741,5 +773,6 @@ def register():
             setattr(multiprocessing, name, f)
     from .. import _after_import
     _after_import("multiprocessing.connection", _wrap_wait)
+    _after_import("multiprocessing.spawn", _wrap_preparation_data)
     _registered[0] = True
     return _mpctx._concrete_contexts[NAME]
