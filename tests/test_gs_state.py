@@ -656,6 +656,22 @@ def test_unjoined_nonzero_exits_are_reported_at_teardown(h):
                                    "with code 3 and was never joined\n")
 
 
+def test_an_attached_process_exit_is_not_reported_with_a_code(h):
+    """A process that attached (ember.init() of a program the runtime did
+    not start: the embedded runtime's owner) is not the shepherd's child:
+    its exit code is unknown (EXIT_UNKNOWN), and the teardown does not
+    report it as 'exited with code 255' (an owner SIGKILLed or ended by
+    os._exit(3) was)."""
+    h.gs.attach_key = "attach-key"
+    p = h.ok(h.req(m.ProcessAttach, 4321, "attach-key", "", r=b"RA"))["p_uid"]
+    q = h.create("quiet")
+    h.exit(p, m.EXIT_UNKNOWN)
+    h.exit(q, 3)
+    h.req(m.Teardown, 1.0)
+    assert h.errlog.getvalue() == (f"ember: process {q} 'quiet' (pid {h.gs.procs[q].os_pid}) exited "
+                                   "with code 3 and was never joined\n")
+
+
 def test_death_reports_can_be_turned_off(h):
     h.gs.death_reports = False
     a = h.create()

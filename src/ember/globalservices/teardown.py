@@ -135,15 +135,18 @@ class TeardownPart:
     def _report_unjoined(self):
         """Death reports at teardown: one line for each process that exited
         with a non-zero code (not by a signal: the shepherd reports those)
-        and whose exit no join ever reported (not an os.fork() child's:
-        ``EXIT_UNKNOWN``, whatever its parent's wait saw)."""
+        and whose exit no join ever reported (not an os.fork() child's, nor
+        an attached process's that did not detach with its code: not the
+        shepherd's child, its code is ``EXIT_UNKNOWN``, whatever it exited
+        with)."""
         self.warn.flush()
         if not self.death_reports:
             return
         err = self.err if self.err is not None else sys.stderr
         for p in self.procs.values():
             if p.state == EXITED and p.exit_code and p.exit_code > 0 and not p.joined and \
-                    not p.forked:        # (its code is unknown: its parent reaps it)
+                    not p.forked and not (p.attached and p.exit_code == m.EXIT_UNKNOWN):
+                # (a code unknown: not the shepherd's child)
                 err.write(f"ember: {self._proc_label(p)} exited with code {p.exit_code} "
                           f"and was never joined\n")
         err.flush()
