@@ -256,6 +256,31 @@ def test_env_base_overrides_and_p_uid(sh):
 
 
 @pytest.mark.timeout(60)
+def test_env_of_each_request_with_its_own_key(sh):
+    # As GS sends them: the creator's variables and each child's own key.
+    # A request with the last one's variables reuses its entries
+    # (_child_env): each child still gets exactly its own environment.
+    envs = [{"EMBER_KEY": "k1", "A": "1"}, {"A": "1", "EMBER_KEY": "k2"},
+            {"EMBER_KEY": "k3", "A": "2", "B": "b", "BASE": None},
+            {"EMBER_KEY": "k4", "A": "2", "B": "b", "BASE": None},
+            {"EMBER_KEY": "k5", "A": "1"}, {"A": "1"}]
+    for p_uid, env in enumerate(envs, 1):
+        assert sh.spawn(p_uid, "/bin/sh", ["-c", "env | sort | tr '\\n' ' '; echo"],
+                        env=env).err is None
+        assert sh.exited() == (p_uid, 0)
+    sh.shutdown()
+    base = {"PATH": "/usr/bin:/bin", "BASE": "base", "OVER": "old"}
+    want = []
+    for p_uid, env in enumerate(envs, 1):
+        e = {**base, **env, "EMBER_P_UID": str(p_uid)}
+        e = {k: v for k, v in e.items() if v is not None}
+        want.append(" ".join(sorted(f"{k}={v}" for k, v in e.items() if k != "PWD")))
+    got = [" ".join(w for w in line.split() if not w.startswith(("PWD=", "SHLVL=", "_=")))
+           for line in sh.output()[0].decode().splitlines()]
+    assert got == want
+
+
+@pytest.mark.timeout(60)
 def test_base_env_defaults_to_os_environ(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBER_TEST_MARKER", "present")
     h = Harness(tmp_path, base_env=None)

@@ -77,7 +77,7 @@ from .._trace import t as _t
 # import in a function resolves its package through ModuleSpec.parent,
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
-from .._worker import LEASED_COMM, main as _run_worker, parse_argv, spare_token
+from .._worker import LEASED_COMM, _scan, main as _run_worker, parse_argv, spare_token
 from .server import _fd_ready  # (poll: the shepherd's fds may be above select's limit)
 from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spare_request as _spare_request, \
     spare_setenv as _spare_setenv, spare_wait as _spare_wait, spawn as _spawn_process
@@ -186,6 +186,13 @@ class Template:
         self._rbuf = None         # the template's answers are received here (_answer)
         self._watch = watch
         self._pidfd = None        # the template's, in the shepherd's loop (watch)
+        # What each start would make again from the same bytes: the last
+        # request's preload list and its --preload= text (_preload_of), the
+        # spare request for a preload list and its bytes (_ask_spare), the
+        # end of the last answer after its pid and what it says (_collect_one).
+        self._preload = self._preload_text = None
+        self._ask_for = self._ask_req = None
+        self._tail = self._tail_got = None
 
     @property
     def pid(self):
@@ -310,9 +317,12 @@ class Template:
             return
         if self._sock is None and not start:
             return
-        import msgpack
+        if preload is not self._ask_for:
+            import msgpack
 
-        req = msgpack.packb(["spare", list(preload)], use_bin_type=True)
+            self._ask_req = msgpack.packb(["spare", list(preload)], use_bin_type=True)
+            self._ask_for = preload
+        req = self._ask_req
         for _ in (0, 1):
             try:
                 if self._sock is None:
@@ -351,7 +361,7 @@ class Template:
             data, fds = self._answer(1)
             if not data:
                 raise ConnectionError("template exited")
-            pid, _err, preloaded, final = msgpack.unpackb(data, raw=False)
+            pid, preloaded, final = self._read_answer(data)
         except (OSError, TimeoutError, ValueError, TypeError):
             for fd in fds:
                 os.close(fd)
@@ -359,8 +369,7 @@ class Template:
             return False
         if pid and len(fds) == 1 and _adopt(pid):
             os.set_inheritable(fds[0], False)     # fds from SCM_RIGHTS are inherited by exec
-            self._spares.append(_Spare(pid, _socket().socket(fileno=fds[0]),
-                                       frozenset(preloaded)))
+            self._spares.append(_Spare(pid, _socket().socket(fileno=fds[0]), preloaded))
             return True
         for fd in fds:
             os.close(fd)
@@ -368,6 +377,29 @@ class Template:
             _kill_child(pid)
         self._no_spares = bool(final)
         return True
+
+    def _read_answer(self, data):
+        """(pid, preloaded modules as a frozenset, no more spares) of an
+        answer ``[pid, error, preloaded, final]``.  Its end after the pid is
+        the same bytes at every answer while the template's modules do not
+        change (~2.5 KB, ~200 names): then only the pid is decoded."""
+        import msgpack
+
+        tail = self._tail
+        cut = len(data) - len(tail) if tail is not None else 0
+        if cut > 1 and data[0] == 0x94 and data[cut:] == tail:
+            return msgpack.unpackb(data[1:cut]), self._tail_got[0], self._tail_got[1]
+        u = msgpack.Unpacker(raw=False)
+        u.feed(data)
+        if u.read_array_header() != 4:
+            raise ValueError("bad answer from the template")
+        pid = u.unpack()
+        cut = u.tell()
+        _err, preloaded, final = u.unpack(), frozenset(u.unpack()), u.unpack()
+        if u.tell() != len(data):
+            raise ValueError("bad answer from the template")
+        self._tail, self._tail_got = data[cut:], (preloaded, final)
+        return pid, preloaded, final
 
     def _answer(self, maxfds):
         """One message from the template: (bytes, fds), with at most
@@ -390,9 +422,11 @@ class Template:
         while True:
             keep = []
             for spare in self._spares:
-                if spare.dead() or any(m not in spare.preloaded for m in preload):
+                if spare.dead() or (spare.fits is not preload
+                                    and any(m not in spare.preloaded for m in preload)):
                     _reap(spare)
                 else:
+                    spare.fits = preload      # (the same list object: _preload_of)
                     keep.append(spare)
             self._spares = keep
             if keep:
@@ -441,11 +475,23 @@ class Template:
                 _env.hold_at(_HOLD_SPAWN)
             return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd)
 
-    def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
+    def _preload_of(self, args):
+        """The preload list of the worker's ``args`` (empty if they are
+        not the worker's): the last request's list object while its
+        ``--preload=`` text is the same (each start of a process's
+        children: ~200 names, split and checked again each time)."""
         try:
+            text = _scan(args[2:])[1]
+            if text is not None and text == self._preload_text:
+                return self._preload
             preload = parse_argv(args[2:])[1]
         except (Exception, SystemExit):
-            preload = []
+            return []
+        self._preload, self._preload_text = preload, text
+        return preload
+
+    def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
+        preload = self._preload_of(args)
         fds = [stdin_fd, out_fd, err_fd]
         spare = self._take_spare(preload)
         if spare is not None:
@@ -1085,12 +1131,13 @@ class _Spare:
     shepherd's side) the modules its template had preloaded when it forked
     it."""
 
-    __slots__ = ("pid", "sock", "preloaded")
+    __slots__ = ("pid", "sock", "preloaded", "fits")
 
     def __init__(self, pid, sock, preloaded=frozenset()):
         self.pid = pid
         self.sock = sock
         self.preloaded = preloaded
+        self.fits = None          # the preload list found in ``preloaded`` (Template._take_spare)
 
     def dead(self):
         """True if the spare has exited (its end of the socket closed)."""
