@@ -7,9 +7,9 @@ the wait status, core dumped, OOM-killed: from the shepherd's ShExited;
 plus ``process.core_dumped`` / ``process.oom_killed`` events), holder deaths (a process that exited holding channel references),
 channel and pool created / destroyed.  Every event has ``t`` (epoch
 seconds) and ``event``.  The file is written as things happen (under
-``ember run`` in bursts, one ``write`` each, once GS's input has been idle
-for a millisecond, 64 events are held or the oldest is a millisecond old:
-off the requesters' path; a
+``ember run`` in bursts, one ``write`` each, once 64 events are held or the
+oldest is 20 ms old (``server.EVENTS_DELAY``): off the requesters' path,
+and one write for the events of several starts; a
 reader never sees half a line unless GS dies in the middle of one) and
 outlives the runtime: ``ember events --address ID``
 reads a finished run's log.  Writing never fails a request: an error is
@@ -74,8 +74,8 @@ class EventsPart:
         self._events_fd = None
         # deferred events: recorded during a request, written (formatted and
         # one write) by flush_events() once its reply is out — the loop calls
-        # it when its input is idle (or many are held), so the log is at
-        # most about a millisecond behind
+        # it once the oldest is EVENTS_DELAY (20 ms) old or many are held,
+        # so the log is at most about 20 ms behind
         self.defer_events = False
         self._events_held = []
 

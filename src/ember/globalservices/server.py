@@ -71,9 +71,14 @@ log = _log.get("gs")
 #: per request reuses freed ones; only abandoned requests retire one).
 MAX_REPLY_CHANNELS = 4096
 #: Notices for a node held at most (batch_notices), and for at most
-#: NOTICE_DELAY seconds of idle input; events for the log likewise.
+#: NOTICE_DELAY seconds of idle input.
 NOTICE_BATCH = 64
 NOTICE_DELAY = 0.001
+#: Events for the log are held at most this many seconds (or NOTICE_BATCH
+#: of them), idle input or not: each write of the log is a cold run of its
+#: code and a system call (~40 us of GS's CPU), and starts one after another
+#: made one or two a start when GS wrote at each millisecond of idle input.
+EVENTS_DELAY = 0.02
 
 
 class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPart, ObjectsPart,
@@ -612,22 +617,27 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
         gs.events_path = os.path.join(runtime_dir(), f"{runtime_tag}.events")
     except Exception as exc:
         log.warning("no event log: %s", exc)
-    gs.defer_events = True       # written when idle (flush_events), after the replies
+    gs.defer_events = True       # written in bursts (flush_events), after the replies
     gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
     while not gs.finished:
         timeout = gs.next_timeout()
         if transport.pending and not transport.flush():
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
-        if gs._notices or gs._events_held:
+        if gs._notices:
             timeout = NOTICE_DELAY if timeout is None else min(timeout, NOTICE_DELAY)
+        held = gs._events_held
+        if held:
+            due = max(0.0, held[0][0] + EVENTS_DELAY - time.time())
+            timeout = due if timeout is None else min(timeout, due)
         try:
             data = recv(timeout=timeout)
         except ChannelEmpty:
             data = None
             if gs._notices:            # idle: now wake the shepherd for them
                 gs.flush_notices()
-            if gs._events_held:        # and write the event log
-                gs.flush_events()
+            held = gs._events_held
+            if held and time.time() - held[0][0] >= EVENTS_DELAY:
+                gs.flush_events()      # (idle or not: see EVENTS_DELAY)
         except ChannelError as exc:
             # A message someone scribbled over is dropped (the channel
             # reports it and stays usable); a destroyed or closed input
@@ -654,8 +664,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
         if gs.timers_pending:
             gs.expire()
         held = gs._events_held
-        if held and (len(held) >= NOTICE_BATCH or time.time() - held[0][0] >= NOTICE_DELAY):
-            gs.flush_events()        # else when idle: off the requesters' path
+        if held and (len(held) >= NOTICE_BATCH or time.time() - held[0][0] >= EVENTS_DELAY):
+            gs.flush_events()        # after the replies: off the requesters' path
     for ch in transport.cache.values():
         try:
             ch.detach()
