@@ -309,6 +309,40 @@ def test_spawn_and_forkserver_children_of_an_ember_parent(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_children_left_running_at_an_explicit_shutdown(tmp_path):
+    """ember.init(), children started and not joined, then ember.shutdown():
+    the teardown ended them (SIGTERM), and afterwards is_alive(), exitcode
+    and join() say so (the kernel's exit status through the pidfd), though
+    the runtime's channels and GS are gone; multiprocessing's exit
+    handler finds nothing to complain about."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp, time
+        import ember
+
+        def sleeper():
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            ember.init()
+            mp.set_start_method("ember")
+            ps = [mp.Process(target=sleeper), mp.Process(target=sleeper, daemon=True),
+                  ember.Process(target=sleeper)]
+            for p in ps:
+                p.start()
+            ember.shutdown()
+            for p in ps:
+                print(p.is_alive(), p.exitcode, end=" ")
+                p.join(10)
+                print(p.exitcode, flush=True)
+    """))
+    res = subprocess.run([sys.executable, str(prog)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=100)
+    assert (res.returncode, res.stderr) == (0, ""), res
+    assert res.stdout.splitlines() == ["False -15 -15"] * 3
+
+
+@pytest.mark.timeout(120)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent("""

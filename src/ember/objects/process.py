@@ -21,7 +21,7 @@ import weakref
 
 from .. import _env, _outboard, _roles
 from ..descriptors import ProcessOptions
-from ..exceptions import ProcessDied, ProcessError, RemoteError, RemoteTraceback
+from ..exceptions import ChannelError, ProcessDied, ProcessError, RemoteError, RemoteTraceback
 from . import _codec, _pickling as P
 from .._trace import t as _t
 
@@ -893,8 +893,21 @@ class Process:
         if not self._ended(left):
             return False
         _t("P.ended")
-        while reader.pump(0):     # what it sent just before exiting
-            pass
+        try:
+            while reader.pump(0):     # what it sent just before exiting
+                pass
+        except ChannelError:
+            res = self._res
+            if not (res.pidfd and res.result is not None and res.result.pool.closed):
+                raise
+            # this process shut the runtime down (ember.shutdown()): the
+            # teardown ended the process, and its channels and GS are gone;
+            # what it sent is lost, its exit status is the kernel's
+            from ..messages import EXIT_UNKNOWN
+
+            code = _exit_status(self._desc.os_pid, res.fd)
+            self._finish(EXIT_UNKNOWN if code is None else code)
+            return True
         _t("P.pumped")
         code = self._exit_code_here()
         if code is None:
