@@ -584,6 +584,37 @@ def test_unnamed_processes_show_their_target_and_idle_workers_as_such(tmp_path, 
         _stop(run)
 
 
+ODD_NAMES = """\
+import multiprocessing as mp, time, ember
+
+def work():
+    time.sleep(3600)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("ember")
+    for name in ("evil\\nFAKE 99 line", "\\x1b[31mred"):
+        ctx.Process(target=work, name=name, daemon=True).start()
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ps_shows_control_characters_of_a_label_escaped(tmp_path, xdg):
+    """A multiprocessing name (any str) with a newline or an escape
+    sequence in it is shown escaped by `ember ps`, one line per process:
+    it forged a line of the table, or wrote to the terminal."""
+    run = _start(tmp_path, xdg, ODD_NAMES)
+    try:
+        _wait_ps(xdg, "both mp processes", lambda by: len(by) == 3,
+                 key=lambda r, rows: r["label"])
+        lines = ember(xdg, "ps").stdout.decode().splitlines()
+        assert len(lines) == 4 and not any("\x1b" in ln for ln in lines), lines
+        assert any(" evil\\nFAKE 99 line (__main__.work) " in ln for ln in lines), lines
+        assert any(" \\x1b[31mred (__main__.work) " in ln for ln in lines), lines
+    finally:
+        _stop(run)
+
+
 # Three processes without stacks, each for its own reason.
 NO_STACKS = """\
 import sys

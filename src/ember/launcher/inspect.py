@@ -482,9 +482,19 @@ def _age(s):
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
 
 
+def _printable(v):
+    """``str(v)`` with its control characters escaped (``\\n``,
+    ``\\x1b``): a name or label is any str (multiprocessing's), and one
+    with a newline forged a line of the table, an escape sequence wrote to
+    the terminal."""
+    s = str(v)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def table(headers, rows):
-    """Plain aligned text (the last column is not padded)."""
-    cells = [headers] + [["-" if v is None else str(v) for v in r] for r in rows]
+    """Plain aligned text (the last column is not padded; control
+    characters escaped)."""
+    cells = [headers] + [["-" if v is None else _printable(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for r in cells:
@@ -680,7 +690,8 @@ def cmd_stacks(args):
         _print_json(out)
         return EXIT_OK
     for o in out:
-        name = f" {o['name']!r}" if o["name"] else f" {o['label']}" if o["label"] else ""
+        label = o["label"] and _printable(o["label"])
+        name = f" {o['name']!r}" if o["name"] else f" {label}" if label else ""
         print(f"=== process {o['p_uid']}{name} (pid {o['pid']}): {o['status']}")
         if o["stacks"] is None:
             print(f"  (no stacks: {o['no_stacks']})")
