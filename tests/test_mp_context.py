@@ -342,6 +342,54 @@ def test_children_left_running_at_an_explicit_shutdown(tmp_path):
     assert res.stdout.splitlines() == ["False -15 -15"] * 3
 
 
+@pytest.mark.timeout(200)
+def test_in_a_jupyter_kernel(tmp_path):
+    """The method in a real IPython kernel (jupyter_client + ipykernel):
+    Pool.map and Process with a module's function, a function defined in
+    a cell refused in the child as under spawn (it cannot be pickled by
+    reference), and at the kernel's shutdown nothing left: no child, no
+    segment of its embedded runtime."""
+    pytest.importorskip("jupyter_client")
+    pytest.importorskip("ipykernel")
+    (tmp_path / "jwork.py").write_text("def sq(x):\n    return x * x\n")
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent("""
+        from jupyter_client.manager import start_new_kernel
+        km, kc = start_new_kernel(kernel_name="python3", startup_timeout=90)
+        outputs = []
+        def run(code):
+            reply = kc.execute_interactive(code, timeout=90, output_hook=outputs.append)
+            assert reply["content"]["status"] == "ok", reply["content"]
+        try:
+            run("import multiprocessing as mp, os, sys, time\\nsys.path.insert(0, os.getcwd())\\n"
+                "import ember, jwork\\nctx = mp.get_context('ember')")
+            run("with ctx.Pool(2) as pool:\\n    print('map', sum(pool.map(jwork.sq, range(100))))")
+            run("p = ctx.Process(target=jwork.sq, args=(3,)); p.start(); p.join()\\n"
+                "print('module', p.exitcode)")
+            run("def local(x):\\n    return x\\n"
+                "p = ctx.Process(target=local, args=(3,)); p.start(); p.join()\\n"
+                "print('cell', p.exitcode)")
+            run("from ember import _env\\n"
+                "p = ctx.Process(target=time.sleep, args=(120,), daemon=True); p.start()\\n"
+                "print('left', _env.get(_env.RUNTIME_ID), p.pid)")
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=False)
+        print("".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream"))
+    """))
+    res = subprocess.run([sys.executable, str(driver)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=180)
+    assert res.returncode == 0, (res.stdout, res.stderr[-3000:])
+    lines = dict(ln.split(" ", 1) for ln in res.stdout.splitlines() if " " in ln)
+    assert (lines["map"], lines["module"], lines["cell"]) == (str(sum(x * x for x in range(100))),
+                                                              "0", "1"), res.stdout
+    rid, pid = lines["left"].split()
+    deadline = time.monotonic() + 30
+    while alive(int(pid)) or [e for e in os.listdir("/dev/shm") if e.startswith(f"ember.{rid}.")]:
+        assert time.monotonic() < deadline, (pid, rid, os.listdir("/dev/shm"))
+        time.sleep(0.1)
+
+
 @pytest.mark.timeout(120)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
     prog = tmp_path / "prog.py"
