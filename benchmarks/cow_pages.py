@@ -59,6 +59,7 @@ import statistics
 import struct
 import sys
 import time
+import types
 
 PAGE = mmap.PAGESIZE
 _PRESENT, _FILE, _PFN = 1 << 63, 1 << 61, (1 << 55) - 1
@@ -161,7 +162,11 @@ def object_map(path):
             items = ctypes.c_void_p.from_address(id(o) + 24).value
             if items:
                 rows.append((items, 0, 8 * len(o), 0, mod, "list items"))
-        for r in gc.get_referents(o):
+        refs = gc.get_referents(o)
+        if type(o) is types.CodeType:   # no traverse: its names and constants are its own
+            refs = [o.co_consts, o.co_names, o.co_varnames, o.co_freevars, o.co_cellvars,
+                    o.co_filename, o.co_name, o.co_qualname, o.co_linetable, o.co_exceptiontable]
+        for r in refs:
             if id(r) not in seen:
                 if mod != "?":
                     owner.setdefault(id(r), mod)
