@@ -100,10 +100,9 @@ def _wait_call(reader, token):
     caller exits silently) if what came is not a call carrying ``token``."""
     P, pickle = _imports()[2:]
     try:
-        if _trace.on:
+        if _trace.on:           # (a label's call and string: pages a child writes)
             _trace.t_faults("L.faults_wait")
-        _trace.t("L.ready")
-        if _trace.on:
+            _trace.t("L.ready")
             _trace.t_faults("L.faults_ready")
         while not reader.records:
             reader.pump(None)
@@ -141,8 +140,8 @@ def run(call_sdesc, result_sdesc, spare=None):
             got = _wait_call(reader, spare)
             if got is None:
                 os._exit(0)               # not a call of its creator: leave no trace
-            _trace.t("C.call")
             if _trace.on:
+                _trace.t("C.call")
                 _trace.t_faults("C.faults_call")
             rec, (path, setenv, unsetenv, cwd, _) = got
             del reader

@@ -19,7 +19,9 @@ from multiprocessing import resource_tracker as _rtracker
 from multiprocessing import spawn as _spawn
 from multiprocessing import util as _util
 
-from .._trace import t as _t
+# (the labels only when tracing: a call of _t and its label's string cost a
+# child a copy-on-write fault or two each, even with tracing off)
+from .._trace import on as _tracing, t as _t
 from . import _mainload, context
 
 #: In a child: ``(parent pid, fd)`` of the parent's resource tracker pipe.
@@ -365,7 +367,8 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     ``tracker``, the parent's resource tracker (pid, fd);
     ``main_code``/``prog_codes``, code the parent compiled (None when it
     expects the template's run of the main module, its preload ``entry``)."""
-    _t("M.c_main")
+    if _tracing:
+        _t("M.c_main")
     _tracker[0] = tracker
     process = _process
     prep, config = _reduction.pickle.loads(prep_b)
@@ -374,9 +377,11 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     process.current_process()._inheriting = True
     try:
         _prepare(prep, main_code, prog_codes, entry)
-        _t("M.c_prepared")
+        if _tracing:
+            _t("M.c_prepared")
         process_obj = _process_obj(_reduction.pickle.loads(obj_b), config)
-        _t("M.c_obj")
+        if _tracing:
+            _t("M.c_obj")
     except SystemExit:
         raise                     # the main module exited: its code, as spawn's child
     except BaseException:
@@ -396,5 +401,6 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     if context.is_pool_executor_worker(process_obj):
         _show_idle(process_obj._args[0])
     exitcode = _run(process_obj, sentinel)
-    _t("M.c_booted")
+    if _tracing:
+        _t("M.c_booted")
     sys.exit(exitcode)

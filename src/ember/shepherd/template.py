@@ -885,8 +885,8 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         step = "wait for the shepherd"
         _wait_adopted()
         step = "run"
-        _t("C.run")
-        if _trace.on:
+        if _trace.on:           # (a label's call and string: pages a child writes)
+            _t("C.run")
             _trace.t_faults("C.faults_run")
 
         if _HOLD_LEASE:
@@ -1208,8 +1208,8 @@ def _spare_main(got, shepherd_pid):
     its fds made 0, 1, 2, named again): run the request.  Never returns.
     Its template gone (EOF) or a bad request: it exits at once."""
     try:
-        _t("C.req")
         if _trace.on:
+            _t("C.req")
             _trace.t_faults("C.faults_req")
         kind = got[0]
         if kind != "request":
