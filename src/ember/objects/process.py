@@ -223,8 +223,12 @@ def _forget_lease():
     once the signal is sent, so the shepherd may reclaim its two channels
     with this process's other pool blocks at our exit.  Otherwise it is
     left to GS, which kills a process's unclaimed spares when it learns of
-    its exit."""
+    its exit.  None held (every template child that started no process of
+    its own): nothing touched (the lock's and this module's pages are the
+    template's; each written is a copy-on-write fault)."""
     global _lease
+    if _lease is None:
+        return
     with _lease_lock:
         lease, _lease = _lease, None
     if lease is None or lease.key != _lease_key():
@@ -1131,7 +1135,10 @@ def _exit_function():
     """At interpreter exit: kill daemon processes, join the others.  If the
     interpreter is exiting because of a KeyboardInterrupt (Ctrl-C reaches
     the head under ``ember run``), the others get SIGINT first, as they
-    would from a terminal."""
+    would from a terminal.  None alive (every template child that started
+    none): nothing touched, as in :func:`_forget_lease`."""
+    if not _live:
+        return
     with _live_lock:
         procs = list(_live)
     if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
