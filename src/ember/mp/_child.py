@@ -8,6 +8,7 @@ hook set (:func:`_tracker_hook`).  A child then only writes what is its own
 (each first write to a page it shares with the template is a copy-on-write
 fault, 5-8 µs here).
 """
+import atexit as _atexit
 import itertools as _itertools
 import os
 import sys
@@ -202,6 +203,10 @@ def _bootstrap(self, parent_sentinel):
                 util._exit_function()
             else:
                 util._exiting = True
+            # Its call at exit (util registers it with atexit) would return at
+            # once now (_exiting), having written pages of the template's (its
+            # code's, its defaults' reference counts): not made.
+            _atexit.unregister(util._exit_function)
     except SystemExit as e:
         if e.code is None:
             exitcode = 0
