@@ -67,6 +67,21 @@ def test_exit_status_needs_ptrace_read_access():
     assert not P._ids_match(b"Name:\tx\n", 1000, 100)   # no ids: not sure
 
 
+def test_exit_status_of_a_zombie_checks_the_ids_unless_root(monkeypatch):
+    # /proc/PID/stat's exit code is trusted only with ptrace-read access: a
+    # reader that is not root reads the zombie's ids (/proc/PID/status) first.
+    pid, fd = _ended_child(3)
+    try:
+        real = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: real + 1 if real else 1000)
+        assert P._exit_status(pid, fd) is None          # not its ids: the code may be hidden
+        monkeypatch.setattr(os, "geteuid", lambda: real)
+        assert P._exit_status(pid, fd) == 3
+    finally:
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
 def test_exit_status_of_a_process_still_running_is_unknown():
     pid = os.fork()
     if pid == 0:

@@ -463,6 +463,16 @@ def _ids_match(status, euid=None, egid=None):
     return seen == 2
 
 
+def _read_proc(pid, name):
+    """The contents of /proc/``pid``/``name`` (a small file, read in one
+    call: no file object, ~5 us less a read)."""
+    fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
 def _exit_status(pid, pidfd):
     """The exit code (as ``exitcode``: -N for a signal) of process ``pid``,
     which has ended (``pidfd`` is readable), learnt here without asking GS;
@@ -490,15 +500,14 @@ def _exit_status(pid, pidfd):
             except OSError:
                 has_info = False                        # an older kernel
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                status = f.read()
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
+            fields = _read_proc(pid, "stat").rsplit(b")", 1)[1].split()
             state = fields[0]
+            # (root may read every field: no need of the ids)
+            status = None if state != b"Z" or os.geteuid() == 0 else _read_proc(pid, "status")
         except (OSError, IndexError):
             state = None                                # reaped (or being reaped)
         if state == b"Z" and len(fields) > _STAT_EXIT_CODE:
-            if not _ids_match(status):
+            if status is not None and not _ids_match(status):
                 return None
             try:
                 wstatus = int(fields[_STAT_EXIT_CODE])
