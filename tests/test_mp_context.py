@@ -468,6 +468,42 @@ def test_value_and_array_lock_argument_as_multiprocessing(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_value_of_a_structure_has_its_fields(tmp_path):
+    """multiprocessing's Value of a ctypes Structure gives its fields as
+    attributes, read and written under the lock (the stdlib's synchronized
+    wrapper); an Array of Structures gives each element's.  A child's
+    writes reach the parent (`p.x = 1.5` on the handle used to set an
+    attribute of the child's handle only)."""
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp, ctypes
+        import ember
+
+        class Point(ctypes.Structure):
+            _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_double)]
+
+        def move(p, a):
+            p.x = 1.5
+            with p.get_lock():
+                p.y += 2
+            a[1].x = 9.0
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            p = ctx.Value(Point, 0.5, 1.0)
+            a = ctx.Array(Point, [(1, 2), (3, 4)])
+            c = ctx.Process(target=move, args=(p, a))
+            c.start(); c.join(30)
+            print(c.exitcode, p.x, p.y, [(q.x, q.y) for q in a])
+            try:
+                p.z
+            except AttributeError as e:
+                print("no field", e)
+    """)
+    assert out.splitlines()[0] == "0 1.5 3.0 [(1.0, 2.0), (9.0, 4.0)]"
+    assert out.splitlines()[1].startswith("no field ")
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", MODES)
 def test_pool_manager_and_child_start(tmp_path, mode):
     """Under "ember": mp.Pool is ember's Pool (its queues are ember

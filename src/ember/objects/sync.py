@@ -323,6 +323,14 @@ class Value(_SharedNamed):
 
     _KIND = "Value"
 
+    def __setattr__(self, name, v):
+        # a Structure's or Union's field (read through __getattr__)
+        obj = self.__dict__.get("_obj")
+        if obj is not None and name[:1] != "_" and name in sharedctypes.field_names(obj._spec):
+            setattr(obj, name, v)
+        else:
+            object.__setattr__(self, name, v)
+
     def __new__(cls, typecode_or_type, *args, lock=True, name=None, lifetime=None,
                 exist_ok=False):
         return cls._register(sharedctypes.Value(typecode_or_type, *args, lock=_lock_arg(lock),

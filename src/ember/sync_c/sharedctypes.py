@@ -46,6 +46,22 @@ def _ctype(typecode_or_type):
                     f"got {typecode_or_type!r}")
 
 
+_fields = {}      # Structure/Union type -> the names of its fields
+
+
+def field_names(ctype):
+    """The names of the fields of a Structure or Union type (``_fields_``:
+    multiprocessing's synchronized wrapper makes a property of each);
+    empty for any other type."""
+    names = _fields.get(ctype)
+    if names is None:
+        names = frozenset()
+        if isinstance(ctype, type) and issubclass(ctype, (ctypes.Structure, ctypes.Union)):
+            names = frozenset(f[0] for f in getattr(ctype, "_fields_", ()))
+        _fields[ctype] = names
+    return names
+
+
 def _lock_for(lock, pool):
     if lock is True:
         return RLock(pool=pool)
@@ -172,6 +188,23 @@ class Value(_Shared):
         self._check()
         with self._locked():
             self._obj.value = v
+
+    # A Structure's or Union's fields, read and written under the lock, as
+    # multiprocessing's synchronized wrapper has them (``p.x``, ``p.x = 1``).
+    def __getattr__(self, name):
+        if name[:1] != "_" and name in field_names(self.__dict__.get("_spec")):
+            self._check()
+            with self._locked():
+                return getattr(self._obj, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, v):
+        if name[:1] != "_" and name in field_names(self.__dict__.get("_spec")):
+            self._check()
+            with self._locked():
+                setattr(self._obj, name, v)
+        else:
+            object.__setattr__(self, name, v)
 
 
 class Array(_Shared):
