@@ -106,3 +106,51 @@ def test_the_heads_lines_and_a_childs_stay_whole(tmp_path):
     assert got[-1] == ""
     bad = [line[:40] + f"... ({len(line)})" for line in got[:-1] if line not in want]
     assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])
+
+
+HELD = """
+    import os
+    import time
+    import ember
+
+    def spin(secs):
+        end = time.monotonic() + secs
+        while time.monotonic() < end:
+            pass
+
+    def child(n):
+        for i in range(n):
+            print(f"c{i:06d}" + "c" * 20, flush=True)
+            spin(0.0001)
+
+    if __name__ == "__main__":
+        p = ember.Process(target=child, args=(30000,))
+        p.start()
+        # Each write ends a line and starts the next: a partial line is
+        # always held, never one for long (the head stays runnable).
+        os.write(1, b"h%06d" % 0)
+        for i in range(1, 3000):
+            spin(0.001)
+            os.write(1, b"h" * 20 + b"\\nh%06d" % i)
+        os.write(1, b"h" * 20 + b"\\n")
+        p.join()
+"""
+
+
+def test_a_line_held_is_timed_from_its_own_start(tmp_path):
+    """The head's partial lines, one after another with no wait between
+    (each write ends a line and starts the next), are each held from
+    their own start: on main the bound of the first (_PROMPT_MAX) was
+    kept while lines followed it, and once it passed the line just
+    begun was written, and a child's line cut it in two."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(HELD))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
+    want = {f"{t}{i:06d}" + t * 20 for t, n in (("h", 3000), ("c", 30000)) for i in range(n)}
+    got = out.split("\n")
+    assert got[-1] == ""
+    bad = [line[:40] for line in got[:-1] if line not in want]
+    assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])

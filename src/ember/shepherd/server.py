@@ -1263,6 +1263,9 @@ class Shepherd(Service):
                 self._held(s)
             return
         whole, s.partial = buf[:nl + 1], buf[nl + 1:]
+        if s.eager:
+            # the held line is ended: a new one waits from its own start
+            self._prompts.pop(s, None)
         if s.partial:
             self._held(s)
         if s.prefix:
@@ -1294,11 +1297,14 @@ class Shepherd(Service):
         for s, (at, until) in list(self._prompts.items()):
             if at <= now:
                 self._drain(s, final=False)
-                if s.partial and s.fd >= 0 and now < until and _runnable(s.child):
+                got = self._prompts.get(s)
+                if got is not None and got[0] > now:
+                    at = got[0]           # a line ended meanwhile: the next one's own wait (_feed)
+                elif s.partial and s.fd >= 0 and now < until and _runnable(s.child):
                     at = now + _PROMPT_WAIT
                     self._prompts[s] = (at, until)
                 else:
-                    del self._prompts[s]
+                    self._prompts.pop(s, None)
                     if s.partial and s.fd >= 0:
                         self._emit(s, s.partial, end_line=False)
                         s.partial = b""
