@@ -11,6 +11,7 @@ does), allocated in the runtime's default pool and registered with GS
 receiver's handle holds its own reference), ``detach()`` and ``destroy()``.
 """
 import pickle
+import weakref
 
 from ..sync_c import _sync, sharedctypes
 from . import naming
@@ -323,19 +324,41 @@ class Value(_SharedNamed):
 
     _KIND = "Value"
 
-    def __setattr__(self, name, v):
-        # a Structure's or Union's field (read through __getattr__)
-        obj = self.__dict__.get("_obj")
-        if obj is not None and name[:1] != "_" and name in sharedctypes.field_names(obj._spec):
-            setattr(obj, name, v)
-        else:
-            object.__setattr__(self, name, v)
+    @classmethod
+    def _wrap(cls, obj, rec):
+        # a Structure's or Union's: the handle class with its fields
+        if sharedctypes.field_names(obj._spec):
+            cls = _with_fields(obj._spec)
+        return _Named._wrap.__func__(cls, obj, rec)
+
+    def __reduce__(self):
+        return (_rebuild, (Value, self._rec, naming.lend(self._rec["o_uid"])))
 
     def __new__(cls, typecode_or_type, *args, lock=True, name=None, lifetime=None,
                 exist_ok=False):
         return cls._register(sharedctypes.Value(typecode_or_type, *args, lock=_lock_arg(lock),
                                                 pool=naming.default_pool()),
                              name, lifetime, exist_ok)
+
+
+_field_classes = weakref.WeakKeyDictionary()    # Structure/Union type -> its Value handle class
+
+
+def _with_fields(ctype):
+    """The Value handle class for a Structure or Union ``ctype``: a
+    property for each field, read and written under the lock, as
+    multiprocessing's synchronized wrapper makes them.  Properties, not
+    ``__getattr__``: a field named as one of the handle's own attributes
+    (``name``, ``lifetime``, ``o_uid``, ``value``) is the field."""
+    cls = _field_classes.get(ctype)
+    if cls is None:
+        def field(f):
+            return property(lambda self: self._obj._field(f),
+                            lambda self, v: self._obj._set_field(f, v))
+        ns = {f: field(f) for f in sharedctypes.field_names(ctype)}
+        ns.update(__module__=Value.__module__, __qualname__=Value.__qualname__)
+        cls = _field_classes[ctype] = type(Value.__name__, (Value,), ns)
+    return cls
 
 
 class Array(_SharedNamed):

@@ -193,18 +193,24 @@ class Value(_Shared):
     # multiprocessing's synchronized wrapper has them (``p.x``, ``p.x = 1``).
     def __getattr__(self, name):
         if name[:1] != "_" and name in field_names(self.__dict__.get("_spec")):
-            self._check()
-            with self._locked():
-                return getattr(self._obj, name)
+            return self._field(name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name, v):
         if name[:1] != "_" and name in field_names(self.__dict__.get("_spec")):
-            self._check()
-            with self._locked():
-                setattr(self._obj, name, v)
+            self._set_field(name, v)
         else:
             object.__setattr__(self, name, v)
+
+    def _field(self, name):
+        self._check()
+        with self._locked():
+            return getattr(self._obj, name)
+
+    def _set_field(self, name, v):
+        self._check()
+        with self._locked():
+            setattr(self._obj, name, v)
 
 
 class Array(_Shared):
