@@ -154,3 +154,54 @@ def test_a_line_held_is_timed_from_its_own_start(tmp_path):
     assert got[-1] == ""
     bad = [line[:40] for line in got[:-1] if line not in want]
     assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])
+
+
+THREAD = """
+    import os
+    import threading
+    import time
+    import ember
+
+    def spin(secs):
+        end = time.monotonic() + secs
+        while time.monotonic() < end:
+            pass
+
+    def child(n):
+        for i in range(n):
+            print(f"c{i:06d}" + "c" * 20, flush=True)
+            spin(0.001)
+
+    def writer():
+        for i in range(6):
+            os.write(1, b"h%06d" % i)
+            spin(0.15)                  # busy in the middle of its line
+            os.write(1, b"h" * 20 + b"\\n")
+
+    if __name__ == "__main__":
+        p = ember.Process(target=child, args=(2000,))
+        p.start()
+        t = threading.Thread(target=writer)
+        t.start()
+        t.join()                        # the main thread waits
+        p.join()
+"""
+
+
+def test_a_line_held_while_another_thread_of_the_head_runs(tmp_path):
+    """The head's main thread waits (join) while another of its threads,
+    busy, writes a line in two pieces: the line is held, not written as a
+    prompt (a process waits only when none of its threads runs); on main
+    only the main thread's state was read, and a child's line cut the
+    head's in two."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(THREAD))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
+    want = {f"{t}{i:06d}" + t * 20 for t, n in (("h", 6), ("c", 2000)) for i in range(n)}
+    got = out.split("\n")
+    assert got[-1] == ""
+    bad = [line[:40] for line in got[:-1] if line not in want]
+    assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])

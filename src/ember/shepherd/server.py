@@ -130,13 +130,22 @@ _PROMPT_MAX = 1.0
 
 
 def _runnable(child):
-    """Whether ``child``'s process (its main thread) is running or
-    runnable (state R), not waiting."""
+    """Whether a thread of ``child``'s process is running or runnable
+    (state R), not all of them waiting (its main thread may wait in a
+    join while another writes)."""
     try:
-        with open(f"/proc/{child.pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"R"
-    except (OSError, IndexError, AttributeError):
+        task = f"/proc/{child.pid}/task/"
+        tids = os.listdir(task)
+    except (OSError, AttributeError):
         return False
+    for tid in tids:
+        try:
+            with open(task + tid + "/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"R":
+                    return True
+        except (OSError, IndexError):
+            pass                      # (a thread gone meanwhile)
+    return False
 #: Seconds close() waits for a spawn in flight (a spawn waits up to 120 s
 #: for the template's answer): a spawn stuck longer does not hang it.
 _CLOSE_WAIT = 130.0
