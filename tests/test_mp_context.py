@@ -391,6 +391,32 @@ def test_in_a_jupyter_kernel(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_method_found_after_a_find_spec(tmp_path):
+    """importlib.util.find_spec of multiprocessing and of
+    multiprocessing.connection (a check that a module exists) before
+    their import: the "ember" method is registered and wait wrapped all
+    the same; the finder that does it left sys.meta_path at the find, and
+    the import that followed went without it."""
+    out = run_prog(tmp_path, "plain", textwrap.dedent("""
+        import importlib.util
+        import sys
+        import ember
+
+        assert importlib.util.find_spec("multiprocessing") is not None
+        import multiprocessing as mp
+        assert importlib.util.find_spec("multiprocessing.connection") is not None
+        from multiprocessing.connection import wait
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            print(ctx.get_start_method(), getattr(wait, "_ember", False),
+                  any(type(f).__name__ == "_AfterImport" and f.name != "multiprocessing.spawn"
+                      for f in sys.meta_path))
+    """))
+    assert out.split("\n")[0] == "ember True False"
+
+
+@pytest.mark.timeout(120)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent("""

@@ -124,7 +124,10 @@ class _AfterImport:
     """A finder on sys.meta_path that finds nothing itself: when module
     ``name`` is being imported it takes the ordinary spec and calls
     ``then()`` right after the module has run; then it leaves sys.meta_path.
-    For the standard library's modules (found by PathFinder)."""
+    For the standard library's modules (found by PathFinder).  It leaves
+    only once the module has run: a spec asked for and not loaded
+    (``importlib.util.find_spec``, a check that the module exists) left
+    the import that followed without ``then()``."""
 
     def __init__(self, name, then):
         self.name, self.then = name, then
@@ -135,18 +138,18 @@ class _AfterImport:
         import sys
         from importlib.machinery import PathFinder
 
-        try:
-            sys.meta_path.remove(self)
-        except ValueError:
-            pass
         spec = PathFinder.find_spec(name, path)
         loader = getattr(spec, "loader", None)
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        run, then = loader.exec_module, self.then
+        run, then, me = loader.exec_module, self.then, self
 
         def exec_module(module):
             run(module)
+            try:
+                sys.meta_path.remove(me)
+            except ValueError:
+                pass
             then()
         loader.exec_module = exec_module
         return spec
