@@ -5,6 +5,7 @@ node's shepherd runs), fed GS's requests after each message (``pump``), and
 each test destroys what it made."""
 import os
 import signal
+import time
 
 import msgpack
 import pytest
@@ -964,3 +965,24 @@ def test_a_label_is_what_ps_shows_of_an_unnamed_process(h):
         ProcessOptions(label=7)
     with pytest.raises(ProcessError, match=r"^ProcessOptions\.label must be a str"):
         ProcessOptions(label="y" * 201)
+
+
+def test_held_events_are_due_by_the_monotonic_clock_not_the_wall_clock(h, tmp_path, monkeypatch):
+    """GS holds the event log's events at most EVENTS_DELAY (f48c330); an
+    event stamped by a wall clock that then jumps back (here: stamped an
+    hour ahead) must not hold the log for the hour."""
+    from ember.globalservices import events, server
+    h.gs.events_path = str(tmp_path / "run.events")
+    h.gs.defer_events = True
+    assert h.gs.events_due(server.EVENTS_DELAY) is None
+    real = time.time
+    monkeypatch.setattr(events.time, "time", lambda: real() + 3600.0)
+    h.gs._event("test.clock", n=1)
+    monkeypatch.setattr(events.time, "time", real)      # the clock jumped back
+    due = h.gs.events_due(server.EVENTS_DELAY)
+    assert due is not None and due <= server.EVENTS_DELAY
+    assert h.gs.events_due(server.EVENTS_DELAY, now=time.monotonic() + server.EVENTS_DELAY) == 0.0
+    h.gs.flush_events()
+    assert h.gs.events_due(server.EVENTS_DELAY) is None
+    with open(h.gs.events_path) as f:
+        assert '"test.clock"' in f.read()

@@ -78,14 +78,27 @@ class EventsPart:
         # so the log is at most about 20 ms behind
         self.defer_events = False
         self._events_held = []
+        self._events_held_at = 0.0    # time.monotonic() of the oldest held (events_due)
 
     def _event(self, event, **fields):
         if self.events_path is None:
             return
         if self.defer_events:
+            if not self._events_held:
+                self._events_held_at = time.monotonic()
             self._events_held.append((time.time(), event, fields))
             return
         self._write_events([(time.time(), event, fields)])
+
+    def events_due(self, delay, now=None):
+        """Seconds until the held events are to be written, ``delay``
+        seconds after the oldest was held (0: now; None: none held).
+        Timed by the monotonic clock: the events' own ``t`` is the wall
+        clock's, which may jump back (the log would then wait as long)."""
+        if not self._events_held:
+            return None
+        now = time.monotonic() if now is None else now
+        return max(0.0, self._events_held_at + delay - now)
 
     def flush_events(self):
         held = self._events_held

@@ -625,9 +625,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             timeout = 0.001 if timeout is None else min(timeout, 0.001)
         if gs._notices:
             timeout = NOTICE_DELAY if timeout is None else min(timeout, NOTICE_DELAY)
-        held = gs._events_held
-        if held:
-            due = max(0.0, held[0][0] + EVENTS_DELAY - time.time())
+        due = gs.events_due(EVENTS_DELAY)
+        if due is not None:
             timeout = due if timeout is None else min(timeout, due)
         try:
             data = recv(timeout=timeout)
@@ -635,8 +634,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             data = None
             if gs._notices:            # idle: now wake the shepherd for them
                 gs.flush_notices()
-            held = gs._events_held
-            if held and time.time() - held[0][0] >= EVENTS_DELAY:
+            if gs.events_due(EVENTS_DELAY) == 0.0:
                 gs.flush_events()      # (idle or not: see EVENTS_DELAY)
         except ChannelError as exc:
             # A message someone scribbled over is dropped (the channel
@@ -663,8 +661,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                 gs.handle_bytes(data)
         if gs.timers_pending:
             gs.expire()
-        held = gs._events_held
-        if held and (len(held) >= NOTICE_BATCH or time.time() - held[0][0] >= EVENTS_DELAY):
+        if len(gs._events_held) >= NOTICE_BATCH or gs.events_due(EVENTS_DELAY) == 0.0:
             gs.flush_events()        # after the replies: off the requesters' path
     for ch in transport.cache.values():
         try:
