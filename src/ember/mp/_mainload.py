@@ -17,8 +17,9 @@ a function of the program, start a thread...) is never run in the
 template, and each child runs it again as spawn's does.
 
 - Parent (:func:`offer`): the start's preload list gets one entry naming
-  the main file (its mtime and size), ``sys.path``, ``sys.argv`` and the
-  working directory, so that spares forked before it are not used.
+  the main file (its mtime and size), ``sys.path``, ``sys.argv``, the
+  working directory and the mtime and size of each program module, so
+  that spares forked before it are not used.
 - Template (:func:`preload`, from ``shepherd.template._preload``): checks,
   runs the file as spawn's ``_fixup_main_from_path`` would (with that
   ``sys.path``/``argv``/cwd, restored after), and keeps the module and the
@@ -60,21 +61,43 @@ installed = None
 _last = [None, None]       # (key, entry)
 
 
+_progs = [None, ()]        # (len(sys.modules), the program modules' files)
+
+
+def _program_files():
+    """The files of the program's own modules this process has imported
+    (:func:`program_origin`), looked for again only when ``sys.modules``
+    grew or shrank."""
+    if _progs[0] != len(sys.modules):
+        n = len(sys.modules)
+        files = (program_origin(name, mod) for name, mod in list(sys.modules.items()))
+        _progs[:] = [n, tuple(sorted({f for f in files if f is not None}))]
+    return _progs[1]
+
+
 def entry(prep):
     """The preload entry for spawn's preparation data ``prep`` (None when
-    the main module is not a file: ``-c``, interactive, ``-m``)."""
+    the main module is not a file: ``-c``, interactive, ``-m``).  It names
+    the version (mtime, size) of the main file and of every program module
+    this process has imported: after one of them changed, the entry is a
+    new one, which the template runs again (else its run was stale and
+    every child ran the main module again, compiling each file)."""
     path = prep.get("init_main_from_path")
     if not path:
         return None
     try:
         mtime, size = stat_key(path)
+        progs = tuple((f,) + tuple(stat_key(f)) for f in _program_files())
     except OSError:
         return None
     key = (path, mtime, size, tuple(prep.get("sys_path") or ()),
-           tuple(prep.get("sys_argv") or ()), prep.get("dir"))
+           tuple(prep.get("sys_argv") or ()), prep.get("dir"), progs)
     if _last[0] == key:
         return _last[1]
-    data = json.dumps([path, mtime, size, list(key[3]), list(key[4]), key[5]],
+    # The program modules' versions as a hash (the template needs only an
+    # entry that differs; its run records the files it read, which the
+    # child checks): the entry travels with every spawn request.
+    data = json.dumps([path, mtime, size, list(key[3]), list(key[4]), key[5], hash(progs)],
                       separators=(",", ":")).encode()
     e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
     _last[:] = [key, e]
@@ -461,7 +484,7 @@ def preload(item):
         return
     try:
         path, mtime, size, sys_path, argv, cwd = json.loads(
-            base64.urlsafe_b64decode(key[len(PREFIX):].encode("ascii")))
+            base64.urlsafe_b64decode(key[len(PREFIX):].encode("ascii")))[:6]
         outcome = _run(path, (mtime, size), sys_path, argv, cwd)
     except Exception as exc:
         outcome = f"{type(exc).__name__}: {exc}"
