@@ -70,6 +70,21 @@ def test_child_output_before_what_the_parent_prints_after_join(tmp_path, case):
     assert bad == [], (bad, out)
 
 
+def _lines_stay_whole(tmp_path, program, want):
+    """Run ``program`` under ``ember run``: its output must be exactly the
+    lines of ``want``, each once and whole (in any order)."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(program))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
+    out = res.stdout.decode()
+    assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
+    got = out.split("\n")
+    assert got[-1] == ""
+    bad = [line[:40] + f"... ({len(line)})" for line in got[:-1] if line not in want]
+    assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])
+
+
 WHOLE = """
     import ember
 
@@ -94,18 +109,9 @@ def test_the_heads_lines_and_a_childs_stay_whole(tmp_path):
     read so far written, the child's line on a line of its own, then the
     rest), and a print's write of its newline apart from the text left
     an empty line."""
-    prog = tmp_path / "prog.py"
-    prog.write_text(textwrap.dedent(WHOLE))
-    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
-    out = res.stdout.decode()
-    assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
-    want = {f"{t}{i:05d}" + t * width for n, width in ((2000, 90), (200, 20000))
-            for i in range(n) for t in "hc"}
-    got = out.split("\n")
-    assert got[-1] == ""
-    bad = [line[:40] + f"... ({len(line)})" for line in got[:-1] if line not in want]
-    assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])
+    _lines_stay_whole(tmp_path, WHOLE, {f"{t}{i:05d}" + t * width
+                                        for n, width in ((2000, 90), (200, 20000))
+                                        for i in range(n) for t in "hc"})
 
 
 HELD = """
@@ -143,17 +149,8 @@ def test_a_line_held_is_timed_from_its_own_start(tmp_path):
     their own start: on main the bound of the first (_PROMPT_MAX) was
     kept while lines followed it, and once it passed the line just
     begun was written, and a child's line cut it in two."""
-    prog = tmp_path / "prog.py"
-    prog.write_text(textwrap.dedent(HELD))
-    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
-    out = res.stdout.decode()
-    assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
-    want = {f"{t}{i:06d}" + t * 20 for t, n in (("h", 3000), ("c", 30000)) for i in range(n)}
-    got = out.split("\n")
-    assert got[-1] == ""
-    bad = [line[:40] for line in got[:-1] if line not in want]
-    assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])
+    _lines_stay_whole(tmp_path, HELD, {f"{t}{i:06d}" + t * 20
+                                       for t, n in (("h", 3000), ("c", 30000)) for i in range(n)})
 
 
 THREAD = """
@@ -194,14 +191,5 @@ def test_a_line_held_while_another_thread_of_the_head_runs(tmp_path):
     prompt (a process waits only when none of its threads runs); on main
     only the main thread's state was read, and a child's line cut the
     head's in two."""
-    prog = tmp_path / "prog.py"
-    prog.write_text(textwrap.dedent(THREAD))
-    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
-    out = res.stdout.decode()
-    assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
-    want = {f"{t}{i:06d}" + t * 20 for t, n in (("h", 6), ("c", 2000)) for i in range(n)}
-    got = out.split("\n")
-    assert got[-1] == ""
-    bad = [line[:40] for line in got[:-1] if line not in want]
-    assert bad == [] and len(got) - 1 == len(want), (len(bad), bad[:5])
+    _lines_stay_whole(tmp_path, THREAD, {f"{t}{i:06d}" + t * 20
+                                         for t, n in (("h", 6), ("c", 2000)) for i in range(n)})

@@ -436,6 +436,38 @@ def test_shutdown_kills_leftovers(sh):
     assert not any(_alive(pid) for pid in pids)
 
 
+def _spawn_held(tmp_path, monkeypatch):
+    """A shepherd (Harness) whose loop has stopped while a spawn, on a
+    thread, is held between its child's fork and its record (the hook
+    server._HOLD_RECORD; ``tmp_path / "held.go"`` lets it go on):
+    returns (harness, spawner thread, the child's pid)."""
+    from ember.shepherd import server
+    from ember.shepherd.server import _child_pids
+
+    held = tmp_path / "held"
+    monkeypatch.setattr(server, "_HOLD_RECORD", str(held))
+    h = Harness(tmp_path)
+    h.closed = True                       # closed by the caller
+    before = set(_child_pids())
+    spawner = threading.Thread(target=h.send, args=(M.ShSpawn(1, 1, "sleep", ["60"], None, "", ""),))
+    spawner.start()
+    deadline = time.monotonic() + 20
+    while not held.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pids = set(_child_pids()) - before
+    h.sh.request_stop(None)
+    h.loop.join(20)
+    if len(pids) != 1:
+        (tmp_path / "held.go").touch()
+        spawner.join(20)
+        for p in pids:
+            kill(p)
+        h.out.close()
+        h.err.close()
+        raise AssertionError(f"the held spawn's child: {pids}")
+    return h, spawner, pids.pop()
+
+
 @pytest.mark.timeout(60)
 def test_close_kills_the_child_of_a_spawn_in_flight(tmp_path, monkeypatch):
     """Shepherd.close while a spawn is between its child's fork and its
@@ -443,24 +475,8 @@ def test_close_kills_the_child_of_a_spawn_in_flight(tmp_path, monkeypatch):
     then kills and reaps its child with the others; a later spawn is
     refused.  Before, close went on at once, and the child the spawn
     recorded after it was never killed."""
-    from ember.shepherd import server
-    from ember.shepherd.server import _child_pids
-
-    held = tmp_path / "held"
-    monkeypatch.setattr(server, "_HOLD_RECORD", str(held))
-    h = Harness(tmp_path)
-    h.closed = True                       # closed here
-    before = set(_child_pids())
-    spawner = threading.Thread(target=h.send, args=(M.ShSpawn(1, 1, "sleep", ["60"], None, "", ""),))
-    spawner.start()
-    pid = None
+    h, spawner, pid = _spawn_held(tmp_path, monkeypatch)
     try:
-        deadline = time.monotonic() + 20
-        while not held.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pid, = set(_child_pids()) - before
-        h.sh.request_stop(None)
-        h.loop.join(20)
         closer = threading.Thread(target=h.sh.close)
         closer.start()
         closer.join(0.5)                  # (on main: closed by now)
@@ -475,8 +491,7 @@ def test_close_kills_the_child_of_a_spawn_in_flight(tmp_path, monkeypatch):
             [("ShSpawned", 1), ("ShSpawned", 2)]
         assert replies[0].err is None and replies[1].err == "shepherd is closed"
     finally:
-        if pid is not None:
-            kill(pid)
+        kill(pid)
         h.out.close()
         h.err.close()
 
@@ -488,24 +503,10 @@ def test_close_does_not_wait_for_a_stuck_spawn_forever(tmp_path, monkeypatch, ca
     seconds (130; 0.2 here) and says so; the spawn, when it goes on,
     kills its child and refuses ("shepherd is closed")."""
     from ember.shepherd import server
-    from ember.shepherd.server import _child_pids
 
-    held = tmp_path / "held"
-    monkeypatch.setattr(server, "_HOLD_RECORD", str(held))
     monkeypatch.setattr(server, "_CLOSE_WAIT", 0.2)
-    h = Harness(tmp_path)
-    h.closed = True                       # closed here
-    before = set(_child_pids())
-    spawner = threading.Thread(target=h.send, args=(M.ShSpawn(1, 1, "sleep", ["60"], None, "", ""),))
-    spawner.start()
-    pid = None
+    h, spawner, pid = _spawn_held(tmp_path, monkeypatch)
     try:
-        deadline = time.monotonic() + 20
-        while not held.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pid, = set(_child_pids()) - before
-        h.sh.request_stop(None)
-        h.loop.join(20)
         h.sh.close()                      # returns: the spawn is still held
         assert spawner.is_alive()
         assert "closing with a spawn still in flight" in capfd.readouterr().err
@@ -517,8 +518,7 @@ def test_close_does_not_wait_for_a_stuck_spawn_forever(tmp_path, monkeypatch, ca
     finally:
         (tmp_path / "held.go").touch()
         spawner.join(20)
-        if pid is not None:
-            kill(pid)
+        kill(pid)
         h.out.close()
         h.err.close()
 
