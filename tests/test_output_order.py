@@ -114,8 +114,11 @@ def test_the_heads_lines_and_a_childs_stay_whole(tmp_path):
                                         for i in range(n) for t in "hc"})
 
 
-HELD = """
+# What HELD and THREAD share: a busy wait, and a child that prints n lines
+# of 27 bytes, ``pause`` s apart.
+SPIN_CHILD = """
     import os
+    import threading
     import time
     import ember
 
@@ -124,13 +127,15 @@ HELD = """
         while time.monotonic() < end:
             pass
 
-    def child(n):
+    def child(n, pause):
         for i in range(n):
             print(f"c{i:06d}" + "c" * 20, flush=True)
-            spin(0.0001)
+            spin(pause)
+"""
 
+HELD = SPIN_CHILD + """
     if __name__ == "__main__":
-        p = ember.Process(target=child, args=(30000,))
+        p = ember.Process(target=child, args=(30000, 0.0001))
         p.start()
         # Each write ends a line and starts the next: a partial line is
         # always held, never one for long (the head stays runnable).
@@ -153,22 +158,7 @@ def test_a_line_held_is_timed_from_its_own_start(tmp_path):
                                        for t, n in (("h", 3000), ("c", 30000)) for i in range(n)})
 
 
-THREAD = """
-    import os
-    import threading
-    import time
-    import ember
-
-    def spin(secs):
-        end = time.monotonic() + secs
-        while time.monotonic() < end:
-            pass
-
-    def child(n):
-        for i in range(n):
-            print(f"c{i:06d}" + "c" * 20, flush=True)
-            spin(0.001)
-
+THREAD = SPIN_CHILD + """
     def writer():
         for i in range(6):
             os.write(1, b"h%06d" % i)
@@ -176,7 +166,7 @@ THREAD = """
             os.write(1, b"h" * 20 + b"\\n")
 
     if __name__ == "__main__":
-        p = ember.Process(target=child, args=(2000,))
+        p = ember.Process(target=child, args=(2000, 0.001))
         p.start()
         t = threading.Thread(target=writer)
         t.start()
