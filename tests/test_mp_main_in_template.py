@@ -292,3 +292,32 @@ def test_the_template_run_and_the_shipped_code_take_the_same_modules_as_the_prog
     out = _run(tmp_path, main, env={"PYTHONDONTWRITEBYTECODE": "1"})
     assert out == ["tools helper", "exit 0", "expected True",
                    "checked ember_tools.py helper.py", "shipped ember_tools.py helper.py"], out
+
+
+@pytest.mark.timeout(60)
+def test_the_main_modules_entry_is_the_same_in_every_interpreter(tmp_path):
+    """The preload entry for the same program (main file, program modules,
+    sys.path, argv, cwd) is the same bytes in every process: a parent's and
+    its (nested) children's starts share the template's run and its spares.
+    On main it carried hash() of the program modules' versions, salted per
+    interpreter (PYTHONHASHSEED), and differed."""
+    (tmp_path / "helper_entry.py").write_text("VALUE = 1\n")
+    (tmp_path / "prog.py").write_text("import helper_entry\n")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import helper_entry
+        from ember.mp import _mainload
+        assert helper_entry.__file__ in _mainload._program_files(), _mainload._program_files()
+        print(_mainload.entry({{"init_main_from_path": {str(tmp_path / "prog.py")!r},
+                               "sys_path": [{str(tmp_path)!r}], "sys_argv": ["prog.py"],
+                               "dir": {str(tmp_path)!r}}}))
+    """)
+    got = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        got.append(res.stdout.strip())
+    assert got[0] == got[1] and got[0].startswith("?"), got

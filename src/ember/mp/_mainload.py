@@ -34,6 +34,7 @@ template, and each child runs it again as spawn's does.
 """
 import ast
 import base64
+import binascii
 import json
 import os
 import sys
@@ -94,10 +95,13 @@ def entry(prep):
            tuple(prep.get("sys_argv") or ()), prep.get("dir"), progs)
     if _last[0] == key:
         return _last[1]
-    # The program modules' versions as a hash (the template needs only an
-    # entry that differs; its run records the files it read, which the
-    # child checks): the entry travels with every spawn request.
-    data = json.dumps([path, mtime, size, list(key[3]), list(key[4]), key[5], hash(progs)],
+    # The program modules' versions as a checksum (the template needs only
+    # an entry that differs; its run records the files it read, which the
+    # child checks): the entry travels with every spawn request.  Not
+    # hash(): salted per interpreter, it differed between a parent and its
+    # children, whose starts (nested) then each made a new entry.
+    data = json.dumps([path, mtime, size, list(key[3]), list(key[4]), key[5],
+                       binascii.crc32(repr(progs).encode())],
                       separators=(",", ":")).encode()
     e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
     _last[:] = [key, e]
