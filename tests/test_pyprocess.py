@@ -966,14 +966,14 @@ def test_a_fork_childs_named_creates_leave_its_parents_alone(tmp_path):
     assert out.splitlines() == ["child True True 0", "parent ok"], out
 
 
-def test_a_fork_child_is_a_process_of_its_own(tmp_path):
-    """An os.fork() child of a managed process gets a p_uid of its own at
-    its first request (ProcessForked), with its parent as creator: it
-    outlives its parent in the runtime (GS used to free the parent's
-    p_uid's reply channels, the child's among them, at the parent's exit,
-    and to drop the child's requests after it: the child's next call
-    never returned), and its exit is noticed (join)."""
-    out = ok(run_prog(tmp_path, f"""
+def _fork_child_prog(tmp_path, child):
+    """The first part of a program (for run_prog): an ember.Process forks a
+    child and exits; the child waits for ``d/go`` (written once its parent
+    has been joined), runs ``child`` (lines indented by 20 that set
+    ``result``) and writes ``result`` to ``d/out``, which the program
+    waits for (it kills the child and exits if it never comes)."""
+    body = child.strip("\n").rstrip()
+    return f"""
         from ember.globalservices import channel, process as gproc
         d = {str(tmp_path)!r}
 
@@ -984,13 +984,12 @@ def test_a_fork_child_is_a_process_of_its_own(tmp_path):
                 try:
                     with open(d + "/pid", "w") as f:
                         f.write(str(os.getpid()))
-                    while not os.path.exists(d + "/go"):
+                    deadline = time.monotonic() + 60
+                    while not os.path.exists(d + "/go") and time.monotonic() < deadline:
                         time.sleep(0.01)
-                    me = gproc.this_process()
-                    q = gproc.query(me)
-                    channel.create(None, "fork-own-1")
+{body}
                     with open(d + "/out.tmp", "w") as f:
-                        f.write(f"{{me}} {{q.os_pid == os.getpid()}} {{q.state}}")
+                        f.write(result)
                     os.rename(d + "/out.tmp", d + "/out")
                     code = 0
                 finally:
@@ -1007,6 +1006,22 @@ def test_a_fork_child_is_a_process_of_its_own(tmp_path):
         else:
             os.kill(int(open(d + "/pid").read()), signal.SIGKILL)
             sys.exit("the fork child got no answer from GS")
+"""
+
+
+def test_a_fork_child_is_a_process_of_its_own(tmp_path):
+    """An os.fork() child of a managed process gets a p_uid of its own at
+    its first request (ProcessForked), with its parent as creator: it
+    outlives its parent in the runtime (GS used to free the parent's
+    p_uid's reply channels, the child's among them, at the parent's exit,
+    and to drop the child's requests after it: the child's next call
+    never returned), and its exit is noticed (join)."""
+    out = ok(run_prog(tmp_path, _fork_child_prog(tmp_path, """
+                    me = gproc.this_process()
+                    q = gproc.query(me)
+                    channel.create(None, "fork-own-1")
+                    result = f"{me} {q.os_pid == os.getpid()} {q.state}"
+    """) + f"""
         me, same_pid, state = open(d + "/out").read().split()
         me = int(me)
         print("own", me not in (p.p_uid, gproc.this_process()), same_pid, state)
@@ -1022,34 +1037,10 @@ def test_an_orphaned_fork_child_is_reaped(tmp_path):
     (the child subreaper once the template runs), which watches it as an
     attached process.  At its exit the shepherd reaps it: it used to stay
     a zombie of the shepherd until the teardown."""
-    out = ok(run_prog(tmp_path, f"""
-        from ember.globalservices import process as gproc
-        d = {str(tmp_path)!r}
-
-        def parent():
-            gproc.this_process()                     # connected before the fork
-            if os.fork() == 0:
-                code = 1
-                try:
-                    deadline = time.monotonic() + 60
-                    while not os.path.exists(d + "/go") and time.monotonic() < deadline:
-                        time.sleep(0.01)
-                    with open(d + "/me.tmp", "w") as f:
-                        f.write(f"{{gproc.this_process()}} {{os.getpid()}}")
-                    os.rename(d + "/me.tmp", d + "/me")
-                    code = 0
-                finally:
-                    os._exit(code)
-
-        p = ember.Process(target=parent)
-        p.start()
-        p.join()
-        open(d + "/go", "w").close()
-        for _ in range(3000):
-            if os.path.exists(d + "/me"):
-                break
-            time.sleep(0.01)
-        me, pid = map(int, open(d + "/me").read().split())
+    out = ok(run_prog(tmp_path, _fork_child_prog(tmp_path, """
+                    result = f"{gproc.this_process()} {os.getpid()}"
+    """) + f"""
+        me, pid = map(int, open(d + "/out").read().split())
         gproc.join(me, timeout=30)
         try:
             with open(f"/proc/{{pid}}/status") as f:

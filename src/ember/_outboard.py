@@ -51,8 +51,11 @@ def _environ(name):
     the value's decoding) for the first time in every template child, a
     copy-on-write fault for each object of the template's it touched.
     Encoded as os.environ encodes (``os.fsencode``'s codec, C calls only)."""
+    data = getattr(os.environ, "_data", None)     # (CPython's; another Python: the mapping)
+    if data is None:
+        return os.environ.get(name)
     codec = sys.getfilesystemencoding()
-    v = os.environ._data.get(name.encode(codec, "surrogateescape"))
+    v = data.get(name.encode(codec, "surrogateescape"))
     return None if v is None else v.decode(codec, "surrogateescape")
 
 

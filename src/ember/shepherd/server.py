@@ -146,6 +146,8 @@ def _runnable(child):
         except (OSError, IndexError):
             pass                      # (a thread gone meanwhile)
     return False
+
+
 #: Seconds close() waits for a spawn in flight (a spawn waits up to 120 s
 #: for the template's answer): a spawn stuck longer does not hang it.
 _CLOSE_WAIT = 130.0
