@@ -532,38 +532,41 @@ def test_value_of_a_structure_has_its_fields(tmp_path):
 @pytest.mark.timeout(120)
 def test_a_structures_fields_named_as_the_handles_attributes(tmp_path):
     """A Structure's fields named as the Value handle's own attributes
-    (``name``, ``lifetime``, ``o_uid``, ``value``) are the fields, read and
-    written, in the parent and in a child, as on multiprocessing's
-    synchronized wrapper.  The handle's attributes were read instead (the
-    object's name None, its lifetime 'refcount'), though a write went to
-    the field."""
+    (``name``, ``lifetime``, ``o_uid``, ``value``, ``get_obj``,
+    ``get_lock``) are the fields, read and written, in the parent and in a
+    child, as on multiprocessing's synchronized wrapper.  The handle's
+    attributes were read instead (the object's name None, its lifetime
+    'refcount'), though a write went to the field; a field named as one of
+    the lock's methods made the Value fail at its creation (TypeError)."""
     out = run_prog(tmp_path, "plain", """
         import multiprocessing as mp, ctypes
         import ember
 
         class Rec(ctypes.Structure):
             _fields_ = [("name", ctypes.c_char * 8), ("lifetime", ctypes.c_int),
-                        ("o_uid", ctypes.c_int), ("value", ctypes.c_int)]
+                        ("o_uid", ctypes.c_int), ("value", ctypes.c_int),
+                        ("get_obj", ctypes.c_int), ("get_lock", ctypes.c_int)]
 
         def show(r):
-            return (r.name, r.lifetime, r.o_uid, r.value)
+            return (r.name, r.lifetime, r.o_uid, r.value, r.get_obj, r.get_lock)
 
         def child(r):
             print("child", *show(r), flush=True)
-            r.name, r.lifetime, r.o_uid, r.value = b"kid", 4, 5, 6
+            with r:
+                r.name, r.lifetime, r.o_uid, r.value, r.get_obj, r.get_lock = b"kid", 4, 5, 6, 7, 8
 
         if __name__ == "__main__":
             for method in ("fork", "ember"):
                 ctx = mp.get_context(method)
-                r = ctx.Value(Rec, b"abc", 1, 2, 3)
+                r = ctx.Value(Rec, b"abc", 1, 2, 3, -1, -2)
                 print(method, *show(r))
                 c = ctx.Process(target=child, args=(r,))
                 c.start(); c.join(30)
                 print(method, c.exitcode, *show(r))
     """)
     assert out.splitlines() == [
-        "fork b'abc' 1 2 3", "child b'abc' 1 2 3", "fork 0 b'kid' 4 5 6",
-        "ember b'abc' 1 2 3", "child b'abc' 1 2 3", "ember 0 b'kid' 4 5 6"], out
+        "fork b'abc' 1 2 3 -1 -2", "child b'abc' 1 2 3 -1 -2", "fork 0 b'kid' 4 5 6 7 8",
+        "ember b'abc' 1 2 3 -1 -2", "child b'abc' 1 2 3 -1 -2", "ember 0 b'kid' 4 5 6 7 8"], out
 
 
 @pytest.mark.timeout(120)

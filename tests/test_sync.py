@@ -573,6 +573,44 @@ def test_value_and_array_shared_across_processes(pool):
         v.value
 
 
+class _Rec(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int) for n in
+                ("value", "get_obj", "get_lock", "acquire", "close", "sdesc")]
+
+
+@pytest.mark.timeout(60)
+def test_value_of_a_structure_with_fields_named_as_its_methods(pool):
+    """A Value of a Structure whose fields are named as the Value's own
+    attributes (``value``, ``get_obj``, ``get_lock``, ``acquire``,
+    ``close``, ``sdesc``) has the fields as attributes, read and written
+    under the lock, in this process, a forked child and a pickled handle,
+    as multiprocessing's synchronized wrapper makes a property of every
+    field.  The Value's own methods stay reachable through the class
+    (``Value.destroy(v)``).  The methods used to hide the fields (``v.close``
+    was the method; ``v.close = 1`` replaced it on this handle only)."""
+    v = Value(_Rec, 1, 2, 3, 4, 5, 6, pool=pool)
+    show = lambda r: (r.value, r.get_obj, r.get_lock, r.acquire, r.close, r.sdesc)
+    assert show(v) == (1, 2, 3, 4, 5, 6)
+
+    def child():
+        v.close, v.sdesc = 50, 60
+        with Value.get_lock(v):
+            v.value += 10
+
+    assert join(fork(child)) == 0
+    assert show(v) == (11, 2, 3, 4, 50, 60)
+    w = pickle.loads(pickle.dumps(v))
+    assert type(w) is type(v) and isinstance(w, Value)
+    w.get_obj = 20
+    assert show(v) == (11, 20, 3, 4, 50, 60) and Value.get_obj(v).get_obj == 20
+    with v:                                       # the lock, not a field
+        assert Value.get_lock(v)._is_owned()
+    Value.close(w)
+    live = pool.stats().live_allocs
+    Value.destroy(v)
+    assert pool.stats().live_allocs == live - 2     # data + lock
+
+
 def test_value_array_errors(pool):
     with pytest.raises(ValueError, match=r"^unknown typecode 'z'; expected one of cubBhHiIlLqQfd or "
                                          r"a ctypes type$"):

@@ -11,7 +11,6 @@ does), allocated in the runtime's default pool and registered with GS
 receiver's handle holds its own reference), ``detach()`` and ``destroy()``.
 """
 import pickle
-import weakref
 
 from ..sync_c import _sync, sharedctypes
 from . import naming
@@ -53,7 +52,8 @@ class _Named:
         self._obj = obj
         self._rec = rec
         for m in cls._HOT:
-            setattr(self, m, getattr(obj, m))
+            if m not in cls.__dict__:       # a Value's field of that name (a property) comes first
+                setattr(self, m, getattr(obj, m))
         self._hold = naming.hold(self, rec["o_uid"])
         return self
 
@@ -289,6 +289,10 @@ class _SharedNamed(_Named):
     _HOT = ("get_obj", "get_lock", "acquire", "release")
 
     @staticmethod
+    def _free(obj):
+        sharedctypes.Value.destroy(obj)     # (the method: a Structure's field may be destroy)
+
+    @staticmethod
     def _parts(obj):
         parts = [["alloc", obj._alloc.sdesc]]
         if obj._lock is not None and obj._own_lock:
@@ -327,9 +331,13 @@ class Value(_SharedNamed):
     @classmethod
     def _wrap(cls, obj, rec):
         # a Structure's or Union's: the handle class with its fields
-        if sharedctypes.field_names(obj._spec):
-            cls = _with_fields(obj._spec)
-        return _Named._wrap.__func__(cls, obj, rec)
+        return _Named._wrap.__func__(sharedctypes.with_fields(cls, obj._spec), obj, rec)
+
+    def _field(self, f):
+        return self._obj._field(f)
+
+    def _set_field(self, f, v):
+        self._obj._set_field(f, v)
 
     def __reduce__(self):
         return (_rebuild, (Value, self._rec, naming.lend(self._rec["o_uid"])))
@@ -339,26 +347,6 @@ class Value(_SharedNamed):
         return cls._register(sharedctypes.Value(typecode_or_type, *args, lock=_lock_arg(lock),
                                                 pool=naming.default_pool()),
                              name, lifetime, exist_ok)
-
-
-_field_classes = weakref.WeakKeyDictionary()    # Structure/Union type -> its Value handle class
-
-
-def _with_fields(ctype):
-    """The Value handle class for a Structure or Union ``ctype``: a
-    property for each field, read and written under the lock, as
-    multiprocessing's synchronized wrapper makes them.  Properties, not
-    ``__getattr__``: a field named as one of the handle's own attributes
-    (``name``, ``lifetime``, ``o_uid``, ``value``) is the field."""
-    cls = _field_classes.get(ctype)
-    if cls is None:
-        def field(f):
-            return property(lambda self: self._obj._field(f),
-                            lambda self, v: self._obj._set_field(f, v))
-        ns = {f: field(f) for f in sharedctypes.field_names(ctype)}
-        ns.update(__module__=Value.__module__, __qualname__=Value.__qualname__)
-        cls = _field_classes[ctype] = type(Value.__name__, (Value,), ns)
-    return cls
 
 
 class Array(_SharedNamed):

@@ -11,6 +11,7 @@ be pickled to another process); its accessors then take no lock and
 ``get_lock()`` raises.
 """
 import ctypes
+import weakref
 
 from ember.exceptions import SyncError
 from ember.pools_c import Allocation, Pool
@@ -46,20 +47,40 @@ def _ctype(typecode_or_type):
                     f"got {typecode_or_type!r}")
 
 
-_fields = {}      # Structure/Union type -> the names of its fields
-
-
 def field_names(ctype):
     """The names of the fields of a Structure or Union type (``_fields_``:
-    multiprocessing's synchronized wrapper makes a property of each);
-    empty for any other type."""
-    names = _fields.get(ctype)
-    if names is None:
-        names = frozenset()
-        if isinstance(ctype, type) and issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-            names = frozenset(f[0] for f in getattr(ctype, "_fields_", ()))
-        _fields[ctype] = names
-    return names
+    multiprocessing's synchronized wrapper makes a property of each), but
+    those that start with ``_`` (the wrapper's own private names; reach
+    them through ``get_obj()``); empty for any other type."""
+    if isinstance(ctype, type) and issubclass(ctype, (ctypes.Structure, ctypes.Union)):
+        return frozenset(f[0] for f in getattr(ctype, "_fields_", ()) if f[0][:1] != "_")
+    return frozenset()
+
+
+_field_classes = weakref.WeakKeyDictionary()   # Structure/Union type -> {base: class with its fields}
+
+
+def with_fields(base, ctype):
+    """``base``, or for a Structure or Union ``ctype`` a subclass of it
+    (made once per type) with a property for each field, read and written
+    through ``_field``/``_set_field`` (under the lock), as multiprocessing's
+    synchronized wrapper makes them.  Properties, not ``__getattr__``: a
+    field named as one of ``base``'s own attributes (``value``,
+    ``get_obj``, ``close``, ...) is the field, and the method stays
+    reachable through the class (``Value.close(v)``)."""
+    base = getattr(base, "_fields_base", base)
+    names = field_names(ctype)
+    if not names:
+        return base
+    classes = _field_classes.setdefault(ctype, {})
+    cls = classes.get(base)
+    if cls is None:
+        def field(f):
+            return property(lambda self: self._field(f), lambda self, v: self._set_field(f, v))
+        ns = {f: field(f) for f in names}
+        ns.update(__module__=base.__module__, __qualname__=base.__qualname__, _fields_base=base)
+        cls = classes[base] = type(base.__name__, (base,), ns)
+    return cls
 
 
 def _lock_for(lock, pool):
@@ -85,14 +106,15 @@ class _Shared:
 
     @classmethod
     def _attach(cls, spec, sdesc, lock):
-        self = cls.__new__(cls)
+        self = object.__new__(with_fields(cls, spec))
         self._init(spec, Allocation.attach(sdesc), lock)
         self._own_lock = False
         return self
 
     def __reduce__(self):
         self._check()
-        return (type(self)._attach, (self._spec, self._alloc.sdesc, self._lock))
+        cls = getattr(type(self), "_fields_base", type(self))     # Value, not its with_fields
+        return (cls._attach, (self._spec, self._alloc.sdesc, self._lock))
 
     def _check(self):
         if self._obj is None:
@@ -103,21 +125,25 @@ class _Shared:
         return self._obj
 
     def get_lock(self):
+        return self._get_lock()
+
+    # the methods below call _get_lock: a Structure's field may be get_lock
+    def _get_lock(self):
         if self._lock is None:
             raise SyncError(f"{type(self).__name__} was made with lock=False: it has no lock")
         return self._lock
 
     def acquire(self, block=True, timeout=None):
-        return self.get_lock().acquire(block, timeout)
+        return self._get_lock().acquire(block, timeout)
 
     def release(self):
-        self.get_lock().release()
+        self._get_lock().release()
 
     def __enter__(self):
-        return self.get_lock().__enter__()
+        return self._get_lock().__enter__()
 
     def __exit__(self, *exc):
-        return self.get_lock().__exit__(*exc)
+        return self._get_lock().__exit__(*exc)
 
     def _locked(self):
         return self._lock if self._lock is not None else _NOLOCK
@@ -163,7 +189,12 @@ _NOLOCK = _NoLock()
 
 class Value(_Shared):
     """``Value(typecode_or_type, *args, lock=True, pool)``: a ctypes value in
-    pool memory, ``.value`` read and written under the lock."""
+    pool memory, ``.value`` read and written under the lock.  Of a Structure
+    or Union, an instance of a subclass with its fields as attributes
+    (``with_fields``)."""
+
+    def __new__(cls, typecode_or_type=None, *args, lock=True, pool=None):
+        return object.__new__(with_fields(cls, typecode_or_type))
 
     def __init__(self, typecode_or_type, *args, lock=True, pool=None):
         if not isinstance(pool, Pool):
@@ -188,19 +219,6 @@ class Value(_Shared):
         self._check()
         with self._locked():
             self._obj.value = v
-
-    # A Structure's or Union's fields, read and written under the lock, as
-    # multiprocessing's synchronized wrapper has them (``p.x``, ``p.x = 1``).
-    def __getattr__(self, name):
-        if name[:1] != "_" and name in field_names(self.__dict__.get("_spec")):
-            return self._field(name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __setattr__(self, name, v):
-        if name[:1] != "_" and name in field_names(self.__dict__.get("_spec")):
-            self._set_field(name, v)
-        else:
-            object.__setattr__(self, name, v)
 
     def _field(self, name):
         self._check()
