@@ -1104,44 +1104,57 @@ def test_an_orphan_that_never_called_gs_is_reaped(tmp_path):
 
 
 def test_a_fork_child_whose_first_call_failed_asks_again(tmp_path, monkeypatch):
-    """An os.fork() child whose first call (ProcessForked) fails -- GS
-    refuses it here (the hook processes._REFUSE_FORKED); a timeout or an
-    interrupt of the wait does the same -- asks again at its next call and
-    gets a p_uid of its own.  It used to speak as its parent from then on:
-    its connection was made anew from the parent's p_uid and key."""
+    """An os.fork() child whose first calls (ProcessForked) fail -- GS
+    refuses them here while the file of the hook processes._REFUSE_FORKED
+    exists; a timeout or an interrupt of the wait does the same -- asks
+    again at its next call and gets a p_uid of its own.  It used to speak
+    as its parent from then on: its connection was made anew from the
+    parent's p_uid and key.  Each try asks on the same reply channel: each
+    refused one used to leave a new reply channel registered to the parent
+    until the parent's exit (the parent's count grew by one a refusal)."""
     refused = tmp_path / "refused"
+    refused.touch()
     monkeypatch.setenv("EMBER_TEST_GS_REFUSE_FORKED", str(refused))
     out = ok(run_prog(tmp_path, """
-        from ember.globalservices import process as gproc
+        from ember.globalservices import introspect, process as gproc
+
+        def replies(p_uid):
+            return next(p["reply_channels"] for p in introspect.dump()["processes"]
+                        if p["p_uid"] == p_uid)
 
         def parent():
             mine = gproc.this_process()              # connected before the fork
+            before = replies(mine)
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
                 code = 1
                 try:
-                    try:
-                        gproc.this_process()
-                        first = "answered"
-                    except ember.ProcessError:
-                        first = "refused"
+                    first = []
+                    for _ in range(3):
+                        try:
+                            gproc.this_process()
+                            first.append("answered")
+                        except ember.ProcessError:
+                            first.append("refused")
+                    os.unlink("refused")
                     me = gproc.this_process()
                     q = gproc.query(me)
-                    os.write(w, f"{first} {me != mine} {q.os_pid == os.getpid()}".encode())
+                    os.write(w, f"{','.join(first)} {me != mine} {q.os_pid == os.getpid()} "
+                                f"{replies(me)}".encode())
                     code = 0
                 finally:
                     os._exit(code)
             os.close(w)
-            return os.read(r, 100).decode(), os.waitpid(pid, 0)[1]
+            got = os.read(r, 100).decode()
+            return got, os.waitpid(pid, 0)[1], replies(mine) - before
 
         p = ember.Process(target=parent)
         p.start()
         print(*p.result(timeout=60))
         p.join(timeout=30)
     """))
-    assert refused.exists()
-    assert out.splitlines() == ["refused True True 0"], out
+    assert out.splitlines() == ["refused,refused,refused True True 1 0 0"], out
 
 
 def test_join_reads_the_result_after_the_exit(tmp_path):

@@ -651,6 +651,7 @@ def _made_desc(m_uid, node, c_uid, name, opts, sdesc):
 
 
 _conn = None
+_forking = None       # a fork child's connection whose ProcessForked failed (connection())
 _conn_lock = _thread.allocate_lock()
 _DEFAULT_OPTIONS = ChannelOptions()     # never mutated
 
@@ -698,13 +699,19 @@ def connection(reset=False):
             forked = not reset and old is not None and old.p_uid != 0 and \
                 str(old.p_uid) == _env.get(_env.P_UID)
             _conn = None
+            global _forking
+            conn = _forking if forked and _forking is not None and \
+                _forking.pid == os.getpid() else None
+            _forking = None
             try:
-                conn = Connection(bind=not forked)
+                if conn is None:
+                    conn = Connection(bind=not forked)
                 if forked:
                     conn._fork_identity()
             except BaseException:
-                if forked:    # (GS refused, a timeout, an interrupt): ask again next time
-                    _conn = old
+                if forked:    # (GS refused, a timeout, an interrupt): ask again next time,
+                    _conn = old     # on the same connection and reply channel (GS has it
+                    _forking = conn     # as the parent's until the answer moves it)
                 raise
             _conn = conn
         return _conn

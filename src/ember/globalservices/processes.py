@@ -88,8 +88,8 @@ class _Proc:
                 "retval": self.exit_code, "node": self.node, "os_pid": self.os_pid}
 
 
-#: For the tests: a path; the first ``ProcessForked`` GS gets while the
-#: path does not exist creates it and is refused (tests/test_pyprocess.py).
+#: For the tests: a path; every ``ProcessForked`` GS gets while a file of
+#: that name exists is refused (tests/test_pyprocess.py).
 _REFUSE_FORKED = os.environ.get("EMBER_TEST_GS_REFUSE_FORKED")
 
 
@@ -327,7 +327,7 @@ class ProcessesPart:
             raise ProcessError(f"forked: bad pid {pid!r}")
         if self.teardown is not None:
             raise ProcessError("the runtime is shutting down: a fork child cannot join it")
-        if _REFUSE_FORKED and _env.first_at(_REFUSE_FORKED):
+        if _REFUSE_FORKED and os.path.exists(_REFUSE_FORKED):
             raise ProcessError("refused for a test (EMBER_TEST_GS_REFUSE_FORKED)")
         p_uid = next(self._p_uids)
         rec = _Proc(p_uid, "", parent.p_uid, key=os.urandom(16), node=parent.node)
