@@ -391,6 +391,34 @@ def test_in_a_jupyter_kernel(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_a_main_without_a_file_is_not_the_templates(tmp_path):
+    """A parent whose main module has no file (``python -c``, as a
+    notebook's): a function of its ``__main__`` cannot be found in the
+    child, which says so naming ``__main__``, as spawn's child does.  The
+    child's ``__main__`` was the template's (ember._template): the error
+    named that module, and a function called ``main`` was found there, the
+    template's own, and run (OSError: Socket operation on non-socket)."""
+    code = textwrap.dedent("""
+        import multiprocessing as mp, sys
+        import ember
+
+        def main():
+            print("the parent's main")
+
+        ctx = mp.get_context(sys.argv[1])
+        p = ctx.Process(target=main)
+        p.start(); p.join(30)
+        print(p.exitcode)
+    """)
+    for method in ("spawn", "ember"):
+        res = subprocess.run([sys.executable, "-c", code, method], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=100)
+        assert (res.returncode, res.stdout) == (0, "1\n"), (method, res)
+        assert res.stderr.splitlines()[-1].startswith(
+            "AttributeError: Can't get attribute 'main' on <module '__main__'"), (method, res)
+
+
+@pytest.mark.timeout(120)
 def test_method_found_after_a_find_spec(tmp_path):
     """importlib.util.find_spec of multiprocessing and of
     multiprocessing.connection (a check that a module exists) before

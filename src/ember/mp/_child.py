@@ -278,6 +278,14 @@ def _apply(prep, main=True):
         _spawn._fixup_main_from_name(prep["init_main_from_name"])
     elif "init_main_from_path" in prep:
         _spawn._fixup_main_from_path(prep["init_main_from_path"])
+    else:
+        # The parent's main has no file (python -c, a notebook): an empty
+        # __main__, as spawn's child has its own, not the template's
+        # (ember._template: a function of the parent's __main__ was looked
+        # for, and found, there).  The template's is kept, as spawn's fixup
+        # keeps the one it replaces (freeing it would write to its pages).
+        _spawn.old_main_modules.append(sys.modules["__main__"])
+        sys.modules["__main__"] = type(sys)("__main__")
 
 
 def _prepare(prep, main_code, prog_codes=None, entry=None):
