@@ -445,6 +445,45 @@ def test_method_found_after_a_find_spec(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_method_registered_in_a_frozen_app(tmp_path):
+    """In a frozen or bundled app (PyInstaller-like) the standard library
+    comes from a meta path finder of the app's own, not from sys.path: the
+    "ember" method is registered and wait wrapped all the same, and the
+    modules keep their own loader.  The finder that does it asked
+    PathFinder alone, found nothing, and was never called again: no
+    "ember" context (ValueError: cannot find context for 'ember').  (A
+    zipapp does not show it: its standard library is still on sys.path.)"""
+    out = run_prog(tmp_path, "plain", """
+        import os, sys, sysconfig
+        from importlib.machinery import PathFinder
+
+        lib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+        hidden = [d for d in sys.path
+                  if d and os.path.realpath(d) in (lib, os.path.join(lib, "lib-dynload"))]
+
+        class Bundle:
+            \"\"\"The app's finder: the standard library from a place that is
+            not on sys.path.\"\"\"
+            def find_spec(self, name, path=None, target=None):
+                return PathFinder.find_spec(name, hidden, target) if path is None else None
+
+        sys.path[:] = [d for d in sys.path if d not in hidden]
+        sys.meta_path.append(Bundle())
+
+        import ember
+        import multiprocessing as mp
+        from multiprocessing.connection import wait
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            print(ctx.get_start_method(), getattr(wait, "_ember", False),
+                  type(mp.__loader__).__name__, mp.__spec__.loader is mp.__loader__,
+                  os.path.dirname(mp.__file__) == os.path.join(lib, "multiprocessing"))
+    """)
+    assert out.split("\n")[0] == "ember True SourceFileLoader True True", out
+
+
+@pytest.mark.timeout(120)
 def test_sigkill_of_the_parent_leaves_nothing(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent("""

@@ -122,12 +122,12 @@ def _register_mp():
 
 class _AfterImport:
     """A finder on sys.meta_path that finds nothing itself: when module
-    ``name`` is being imported it takes the ordinary spec and calls
-    ``then()`` right after the module has run; then it leaves sys.meta_path.
-    For the standard library's modules (found by PathFinder).  It leaves
-    only once the module has run: a spec asked for and not loaded
-    (``importlib.util.find_spec``, a check that the module exists) left
-    the import that followed without ``then()``."""
+    ``name`` is being imported it takes the spec the other finders give
+    (whichever finds it: PathFinder, or a frozen or bundled app's own) and
+    calls ``then()`` right after the module has run; then it leaves
+    sys.meta_path.  It leaves only once the module has run: a spec asked
+    for and not loaded (``importlib.util.find_spec``, a check that the
+    module exists) left the import that followed without ``then()``."""
 
     def __init__(self, name, then):
         self.name, self.then = name, then
@@ -135,24 +135,45 @@ class _AfterImport:
     def find_spec(self, name, path=None, target=None):
         if name != self.name:
             return None
-        import sys
-        from importlib.machinery import PathFinder
-
-        spec = PathFinder.find_spec(name, path)
-        loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        run, then, me = loader.exec_module, self.then, self
-
-        def exec_module(module):
-            run(module)
-            try:
-                sys.meta_path.remove(me)
-            except ValueError:
-                pass
-            then()
-        loader.exec_module = exec_module
+        spec = _find_spec_past(self, name, path, target)
+        if spec is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ThenLoader(spec.loader, self)
         return spec
+
+
+class _ThenLoader:
+    """The loader of :class:`_AfterImport`'s spec: the module's own loader
+    (put back in the spec and the module before it runs: a loader may load
+    many modules, and is not changed), then ``then()``."""
+
+    def __init__(self, loader, finder):
+        self.loader, self.finder = loader, finder
+
+    def create_module(self, spec):
+        create = getattr(self.loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module):
+        import sys
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        try:
+            sys.meta_path.remove(self.finder)
+        except ValueError:
+            pass
+        self.finder.then()
+
+
+def _find_spec_past(me, name, path=None, target=None):
+    """The spec of module ``name`` from the finders on sys.meta_path other
+    than ``me``: what the import would find without it."""
+    import sys
+    for finder in list(sys.meta_path):        # a finder may remove itself meanwhile
+        if finder is not me and hasattr(finder, "find_spec"):
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                return spec
+    return None
 
 
 def _after_import(name, then):

@@ -40,6 +40,7 @@ import os
 import sys
 from multiprocessing import spawn as _spawn
 
+from .. import _find_spec_past
 from .._filecache import FileCache, stat_key
 from ..objects.process import Process
 
@@ -453,13 +454,7 @@ class _Gate:
     def find_spec(self, name, path=None, target=None):
         from importlib.machinery import SourceFileLoader
 
-        spec = None
-        for finder in list(sys.meta_path):        # a finder may remove itself meanwhile
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
+        spec = _find_spec_past(self, name, path, target)
         if spec is None or program_origin(name, spec) is None:
             return spec
         reason = None
