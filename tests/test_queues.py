@@ -166,6 +166,27 @@ def test_numpy_array_into_a_child_and_back(ember_runtime):
     assert np.array_equal(back.get(timeout=30), a * 2)
 
 
+@pytest.mark.timeout(60)
+def test_no_reader_the_queue_itself_is_waited_on(ember_runtime):
+    """multiprocessing's Queue has a private pipe end, ``_reader``, that
+    some programs wait on (``connection.wait([q._reader])``); ember's has
+    no pipe: the error says to wait on the queue itself, which
+    multiprocessing.connection.wait takes (it goes to ember.wait).  It used
+    to be the bare "'Queue' object has no attribute '_reader'"."""
+    from multiprocessing.connection import wait
+    for q in (ember.Queue(), ember.JoinableQueue()):
+        with pytest.raises(AttributeError, match=r"^ember's (Joinable)?Queue has no _reader \(multiprocess"
+                                                 r"ing's private pipe end\): wait on the queue "
+                                                 r"itself, multiprocessing.connection.wait\(\[q\]\)"
+                                                 r" or ember.wait\(\[q\]\)$"):
+            q._reader
+        assert not hasattr(q, "_reader")
+        assert wait([q], timeout=0) == []
+        q.put(1)
+        assert wait([q], timeout=30) == [q] and q.get() == 1
+        q.close()
+
+
 @pytest.mark.timeout(120)
 def test_simple_queue(ember_runtime):
     q = ember.SimpleQueue()

@@ -419,6 +419,14 @@ class Queue(_NamedHandle):
     def _wait_channel(self):
         return self._ch
 
+    @property
+    def _reader(self):
+        # multiprocessing's Queue has a pipe end there that some programs
+        # wait on (connection.wait([q._reader])): say what to do instead
+        raise AttributeError(f"ember's {type(self).__name__} has no _reader (multiprocessing's "
+                             "private pipe end): wait on the queue itself, "
+                             "multiprocessing.connection.wait([q]) or ember.wait([q])")
+
 
 class SimpleQueue(Queue):
     """``multiprocessing.SimpleQueue``: ``put(obj)``, ``get()``, ``empty()``,
