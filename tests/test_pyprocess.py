@@ -1009,6 +1009,49 @@ def _fork_child_prog(tmp_path, child):
 """
 
 
+def test_the_hooks_a_clone_skips_run_in_an_os_fork_of_its_child(tmp_path):
+    """The at-fork hooks of threading and logging, which the template's raw
+    clone skips (template._CLONE_SKIPS, _spawn.skip_in_clone), run in an
+    os.fork() of a template child: the grandchild lists only the thread
+    that forked (threading's hook), and logs through a handler whose lock
+    another thread held at the fork (logging's hook made it anew)."""
+    out = ok(run_prog(tmp_path, """
+        import logging
+
+        def child():
+            from ember.shepherd import _spawn, template
+            hooks = template._CLONE_SKIPS
+            handler = logging.StreamHandler(sys.stdout)
+            log = logging.getLogger("hooks")
+            log.addHandler(handler)
+            held, go = threading.Event(), threading.Event()
+
+            def hold():
+                with handler.lock:             # held by this thread at the fork
+                    held.set()
+                    go.wait()
+            t = threading.Thread(target=hold)
+            t.start()
+            held.wait()
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                log.warning("grandchild threads %d", len(threading.enumerate()))
+                sys.stdout.flush()
+                os._exit(0)
+            go.set()
+            t.join()
+            os.waitpid(pid, 0)
+            return hooks, _spawn.skip_in_clone.__name__
+
+        p = ember.Process(target=child); p.start()
+        print(*p.result()); p.join()
+        print("exit", p.exitcode)
+    """))
+    assert out.splitlines() == ["grandchild threads 1", "('threading', 'logging') skip_in_clone",
+                                "exit 0"], out
+
+
 def test_a_fork_child_is_a_process_of_its_own(tmp_path):
     """An os.fork() child of a managed process gets a p_uid of its own at
     its first request (ProcessForked), with its parent as creator: it

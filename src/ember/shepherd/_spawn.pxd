@@ -61,6 +61,7 @@ cdef extern from "spares.h":
         char *buf
         size_t buf_cap
 
+    int ember_spares_in_clone
     ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
                                   int fds_out[3], int *nfds_out, int *sock_out)
 

@@ -25,7 +25,8 @@ from posix.types cimport pid_t
 from posix.unistd cimport close as _close
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
-           "serve_spares", "spare_wait", "spare_request", "spare_setenv", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
+           "serve_spares", "spare_wait", "spare_request", "spare_setenv",
+           "set_in_clone", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
@@ -231,6 +232,31 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     if what == EMBER_SPARES_EOF:
         return ("eof",)
     return ("message", n, [fds[i] for i in range(nfds)])
+
+
+def set_in_clone(bint on):
+    """Say that a raw clone is being made (True, before its
+    ``PyOS_BeforeFork``) or is done (False, after its
+    ``PyOS_AfterFork_Parent/Child``): :class:`skip_in_clone` hooks do
+    nothing meanwhile.  (The loop of :func:`serve_spares` says it itself.)"""
+    global ember_spares_in_clone
+    ember_spares_in_clone = on
+
+
+cdef class skip_in_clone:
+    """An ``os.register_at_fork`` hook that calls ``hook`` but in a raw
+    clone (:func:`set_in_clone`; ember.shepherd.template's
+    ``_CLONE_SKIPS``): a C callable, so a clone's child runs no Python for
+    it (a closure's frame and code wrote pages it shares with the
+    template)."""
+    cdef readonly object hook
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self):
+        if not ember_spares_in_clone:
+            self.hook()
 
 
 _SPARE_STEP = {

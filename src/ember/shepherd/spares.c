@@ -136,6 +136,8 @@ static int _ember_spares_answer(const ember_spares_args_t *a, pid_t pid, int fd)
     return w < 0 ? -1 : 0;
 }
 
+int ember_spares_in_clone;
+
 ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *len_out,
                               int fds_out[3], int *nfds_out, int *sock_out)
 {
@@ -173,6 +175,7 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *l
             *what = EMBER_SPARES_MESSAGE;       /* the caller's path answers it */
             return EMBER_OK;
         }
+        ember_spares_in_clone = 1;
         PyOS_BeforeFork();
         pid = _ember_clone_sibling(a->tid_addr);
         if (pid == 0) {
@@ -180,6 +183,7 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *l
              * the kernel by address; the kernel does not carry it over. */
             syscall(SYS_set_robust_list, a->robust_head, a->robust_len);
             PyOS_AfterFork_Child();
+            ember_spares_in_clone = 0;
             close(sv[0]);
             *sock_out = sv[1];
             *what = EMBER_SPARES_CHILD;
@@ -187,6 +191,7 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *l
         }
         err = errno;
         PyOS_AfterFork_Parent();
+        ember_spares_in_clone = 0;
         close(sv[1]);
         if (pid < 0) {
             close(sv[0]);

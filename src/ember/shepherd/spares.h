@@ -62,6 +62,13 @@ typedef struct {
     size_t buf_cap;
 } ember_spares_args_t;
 
+/* 1 from before a raw clone's PyOS_BeforeFork() until after its
+ * PyOS_AfterFork_Parent/Child() (this loop's, and the template's Python
+ * path's, which sets it through _spawn.set_in_clone): the at-fork hooks
+ * of template._CLONE_SKIPS do nothing then (_spawn.skip_in_clone).  The
+ * template's only thread reads and writes it, holding the GIL. */
+extern int ember_spares_in_clone;
+
 /* Serve spare requests until one is not for this loop.  Returns EMBER_OK
  * with *what set, or EMBER_ERR_OS (errno: the receive failed) or
  * EMBER_ERR_INVALID_ARG (an unsupported machine, a NULL argument).  A

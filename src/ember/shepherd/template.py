@@ -79,7 +79,8 @@ from .._trace import t as _t
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, _scan, main as _run_worker, parse_argv, spare_token
 from .server import _fd_ready  # (poll: the shepherd's fds may be above select's limit)
-from ._spawn import serve_spares as _serve_spares, set_pdeathsig, spare_request as _spare_request, \
+from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
+    set_pdeathsig, skip_in_clone as _skip_in_clone, spare_request as _spare_request, \
     spare_setenv as _spare_setenv, spare_wait as _spare_wait, spawn as _spawn_process
 
 
@@ -1020,17 +1021,17 @@ def _clone_parent():
         return None
     ctypes, fn, clone_args, robust_args, before, after_child, after_parent = (
         _clone[0], _clone[1], *_clone[6:])
-    _in_clone[0] = True       # the hooks of _CLONE_SKIPS do nothing
+    _set_in_clone(True)       # the hooks of _CLONE_SKIPS do nothing
     before()
     pid = fn(*clone_args)
     if pid == 0:
         fn(*robust_args)
         after_child()        # also ember's C caches: their os.register_at_fork hooks
-        _in_clone[0] = False
+        _set_in_clone(False)
         return 0
     err = ctypes.get_errno()
     after_parent()
-    _in_clone[0] = False
+    _set_in_clone(False)
     if pid < 0:
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
@@ -1044,7 +1045,6 @@ def _clone_parent():
 #: to reset.  Their hooks cost each child ~100 page faults of
 #: copy-on-write (the Python code they run and the objects it touches).
 _CLONE_SKIPS = ("threading", "logging")
-_in_clone = [False]       # True in _clone_parent, around the clone
 
 
 def _filter_at_fork():
@@ -1055,15 +1055,9 @@ def _filter_at_fork():
     undoes the filter (once they are imported)."""
     real = os.register_at_fork
 
-    def skip_in_clone(hook):
-        def run():
-            if not _in_clone[0]:
-                hook()
-        return run
-
     def register_at_fork(**hooks):
         if sys._getframe(1).f_globals.get("__name__") in _CLONE_SKIPS:
-            hooks = {k: skip_in_clone(v) for k, v in hooks.items()}
+            hooks = {k: _skip_in_clone(v) for k, v in hooks.items()}
         return real(**hooks)
 
     def undo():
@@ -1413,16 +1407,13 @@ def _spare_loop(sock, fast, shepherd_pid):
         + msgpack.packb(False)
     for f in (sys.stdout, sys.stderr):
         f.flush()
-    _in_clone[0] = True           # the hooks of _CLONE_SKIPS do nothing
-    try:
+    try:           # (the loop says itself when the hooks of _CLONE_SKIPS do nothing)
         got = _serve_spares(sock.fileno(), fast[0], tail, *_clone[3:6], fast[1], shepherd_pid,
                             *_spare_names())
     except OSError:
         return False
     except ValueError:
         return None
-    finally:
-        _in_clone[0] = False
     if got[0] == "child":
         _spare_main(got[1], shepherd_pid)
     if got[0] == "eof":
