@@ -3,6 +3,7 @@ their text)."""
 import contextlib
 import gc
 import re
+import threading
 import time
 import warnings
 
@@ -879,3 +880,56 @@ def test_send_framed_bad_input_and_closed(ch):
     ch.close()
     with pytest.raises(ChannelClosed):
         ch._send_framed(good)
+
+
+def test_a_leases_attach_in_its_pool_and_record_read(pool):
+    """``_attach_in`` (ember._worker.lease's attach, no Python): a channel
+    of the given pool as Channel.attach gives it; None, having attached
+    nothing, for a descriptor of another pool's channel or one that is not
+    a channel's.  ``_recv_record`` waits for a record of
+    ember.objects._pickling (header: magic + kind + extra, then the data)
+    and gives the last complete one once nothing more is waiting (what its
+    RecordReader gives): a record's data sent after its header is waited
+    for, a large data message comes as a view of its pool block, a header
+    without its data yet is left, and a message that should be a header
+    but is not one gives None."""
+    from ember.channels_c._channels import _attach_in, _recv_record
+    from ember.objects import _pickling as P
+
+    other = Pool.create(1 << 20)
+    try:
+        with Channel.create(other) as elsewhere:
+            assert _attach_in(pool, elsewhere.sdesc) is None
+    finally:
+        other.destroy()
+    with Channel.create(pool, capacity=8, block_size=128) as ch:
+        assert _attach_in(pool, b"x" * len(ch.sdesc)) is None
+        assert _attach_in(pool, ch.sdesc[:-1]) is None
+        mine = _attach_in(pool, ch.sdesc)
+        assert mine.c_uid == ch.c_uid and mine.pool is pool and mine.payload_size == 112
+
+        def header(kind, extra=b""):
+            return P._HDR.pack(P._MAGIC, kind) + extra
+
+        ch.send(header(P.KIND_CALL, b"extra"))
+        t = threading.Timer(0.05, ch.send, (b"data",))
+        t.start()
+        assert _recv_record(mine, P._MAGIC) == (P.KIND_CALL, b"extra", b"data")
+        t.join()
+        for m in (header(1, b"a"), b"1", header(2, b"b" * 300), b"2" * 500, header(3)):
+            ch.send(m)                    # the last header's data not sent yet
+        kind, extra, data = _recv_record(mine, P._MAGIC)
+        assert (kind, extra, type(data), bytes(data)) == (2, b"b" * 300, memoryview, b"2" * 500)
+        data.release()
+        ch.send(b"3")                     # the data of header(3), then a record of its own
+        assert _recv_record(mine, P._MAGIC) is None        # b"3" read as a header
+        ch.send(b"EMR")                   # shorter than a header
+        assert _recv_record(mine, P._MAGIC) is None
+        ch.send(header(4))
+        ch.send(b"")
+        assert _recv_record(mine, P._MAGIC) == (4, b"", b"")
+        with pytest.raises(TypeError):
+            _recv_record(mine, 4)         # (a bytes magic only)
+        mine.detach()
+        with pytest.raises(ChannelError, match="detached"):
+            _recv_record(mine, P._MAGIC)

@@ -345,6 +345,120 @@ def test_spare_request_and_putenv_under_sanitizers(tmp_path):
     assert read > 300                                  # most of the valid ones read in C
 
 
+def _lease_cases():
+    """Lease requests (``[args, envp, cwd]``, the template's environment
+    empty) whose worker arguments vary: the usual ones, ``--template`` and
+    ``--preload=`` anywhere, no token, two tokens, an empty one, one, two or
+    three others, args[0] not ``-m``, too few args."""
+    import random
+
+    rnd = random.Random(20261205)
+    words = ["--template", "--preload=a,b", "--preload=", "--spare=t0k", "--spare=", "--spare=2nd",
+             "Q0FMTA==", "UkVTVUxU", "x", "--other", "-m", "é"]
+    cases = []
+    for _ in range(600):
+        args = [rnd.choice(["-m", "-m", "-m", "-c", "", "-mm"])]
+        args += [rnd.choice(["ember._worker", "x"])] if rnd.random() < 0.95 else []
+        args += [rnd.choice(words) for _ in range(rnd.randrange(0, 7))]
+        cases.append(msgpack.packb([args, [], rnd.choice([None, "/d"])], use_bin_type=True))
+    cases.append(msgpack.packb([["-m", "ember._worker", "--template", "--spare=abc", "Q0FMTA==",
+                                 "UkVTVUxU"], [b"A=1"], None], use_bin_type=True))
+    return cases
+
+
+def _b64_cases():
+    """Base64 texts: encodings of random bytes (every length to 40, padded
+    or not), each with a character changed, inserted or removed, padding
+    moved or with bits set in it, whitespace, and odd lengths."""
+    import base64
+    import random
+
+    rnd = random.Random(4)
+    valid = [base64.b64encode(rnd.randbytes(n)) for n in range(41) for _ in range(3)]
+    cases = list(valid) + [b"=", b"==", b"====", b"A===", b"QQ==", b"QR==", b"QUI=", b"QUJ=",
+                           b"QU=D", b"QUJD\n", b" QUJD", b"QUJDRA==QQ==", b"QQ=A"]
+    for t in valid:
+        for _ in range(6):
+            b = bytearray(t)
+            i = rnd.randrange(len(b) + 1)
+            r = rnd.random()
+            if r < 0.4 and b:
+                b[min(i, len(b) - 1)] = rnd.choice(b"=+/-_ \n\0\xffAz9")
+            elif r < 0.7:
+                b[i:i] = bytes([rnd.choice(b"=+/A\n")])
+            elif b:
+                del b[min(i, len(b) - 1)]
+            cases.append(bytes(b))
+    return cases
+
+
+@pytest.mark.timeout(300)
+def test_a_leases_arguments_and_base64_read_in_c_under_sanitizers(tmp_path):
+    """ember_spare_lease_args (a lease's worker arguments: the first
+    ``--spare=`` token, then exactly CALL and RESULT, ``--template`` and
+    ``--preload=`` skipped, args[0] ``-m``) and ember_spare_b64_decode,
+    built with ASan + UBSan, each input in a buffer of exactly its size:
+    where they give a result it is what ember._worker's argument scan and
+    binascii's strict base64 give; where they refuse, the Python path does,
+    or (base64) the text has bits set in its padding (binascii takes it:
+    the lease's Python path reads it then)."""
+    import binascii
+    import sysconfig
+
+    from csanitize import build
+    from ember import _worker
+
+    exe = build(tmp_path, "spare_request_fuzz", "address,undefined",
+                ["tests/c/spare_request_fuzz.c"], ["shepherd", "common_c"],
+                flags=["-Werror", f"-I{sysconfig.get_paths()['include']}"], libs=())
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+               UBSAN_OPTIONS="print_stacktrace=1")
+
+    def run(mode, parts):
+        with open(tmp_path / mode, "wb") as f:
+            for p in parts:
+                f.write(len(p).to_bytes(4, "little") + p)
+        r = subprocess.run([str(exe), mode, str(tmp_path / mode)], capture_output=True,
+                           text=True, timeout=240, env=env)
+        assert r.returncode == 0 and "runtime error" not in r.stderr, r.stderr[-6000:]
+        return r.stdout.splitlines()
+
+    cases = _lease_cases()
+    lines = run("lease", [x for m in cases for x in (m, b"")])
+    assert len(lines) == len(cases)
+    taken = 0
+    for msg, line in zip(cases, lines):
+        args = msgpack.unpackb(msg)[0]
+        try:
+            _, _, token, rest = _worker._scan(args[2:])
+        except SystemExit:
+            token = rest = None
+        want = None if token is None or rest is None or args[:1] != ["-m"] else (token, *rest)
+        if line == "x":
+            continue                        # (not read in C: more args than its limit)
+        got = None if line == "-1" else tuple(
+            msg[int(o):int(o) + int(n)].decode() for o, n in (s.split(":") for s in line.split()))
+        assert got == want, (args, line)
+        taken += got is not None
+    assert taken > 20
+
+    cases = _b64_cases()
+    lines = run("b64", cases)
+    assert len(lines) == len(cases)
+    refused = 0
+    for text, line in zip(cases, lines):
+        try:
+            want = binascii.a2b_base64(text, strict_mode=True)
+        except binascii.Error:
+            want = None
+        if line == "-1":
+            assert want is None or binascii.b2a_base64(want, newline=False) != text, text
+            refused += want is None
+        else:
+            assert want == bytes.fromhex("" if line == "=" else line), text
+    assert refused > 100
+
+
 def test_a_dead_templates_group_id_is_not_given_away_before_its_group_is_killed(monkeypatch):
     """Template._stop kills the template's process group after the
     template (what is left of it: children whose answer never came).  Its

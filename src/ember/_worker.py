@@ -20,7 +20,10 @@ not there yet: the worker waits for it, then applies what the call record
 brings besides ``sys.path`` (environment changes, a working directory) and
 checks that it carries ``TOKEN``; anything else on the call channel (its
 creator died and the channel's memory was reclaimed) makes it exit at once,
-silently, without touching the result channel.
+silently, without touching the result channel.  A spare of the warm
+template is set up in C as far as that wait (the template's
+``_spawn.spare_wait``, then :func:`lease`: no Python of this module's runs
+before its call comes, but the call of :func:`lease` itself).
 """
 import os
 import sys
@@ -28,6 +31,7 @@ import sys
 from . import _env, _trace
 
 _mods = None
+_attach_in = _recv_record = _magic = None      # (:func:`lease`'s, bound by _imports)
 
 
 def _imports():
@@ -38,13 +42,15 @@ def _imports():
     Python code, ``_handle_fromlist``): page faults of copy-on-write in
     every child.  (Not imported at this module's top: the shepherd imports
     it, and a .py head, forked from the shepherd, must not have pickle.)"""
-    global _mods
+    global _mods, _attach_in, _recv_record, _magic
     if _mods is None:
         import pickle
 
         from .channels_c import Channel
+        from .channels_c._channels import _attach_in, _recv_record
         from .objects import _codec, _pickling
         _mods = (Channel, _codec, _pickling, pickle)
+        _magic = _pickling._MAGIC
     return _mods
 
 
@@ -98,7 +104,7 @@ def _name(comm=None):
 def _wait_call(reader, token):
     """A spare's wait for its call record; the record, or None (and the
     caller exits silently) if what came is not a call carrying ``token``."""
-    P, pickle = _imports()[2:]
+    P = _imports()[2]
     try:
         if _trace.on:           # (a label's call and string: pages a child writes)
             _trace.t_faults("L.faults_wait")
@@ -108,6 +114,17 @@ def _wait_call(reader, token):
             reader.pump(None)
         _name()
         rec = reader.records[-1]
+    except Exception:
+        return None
+    extra = _check_call(rec, token)
+    return None if extra is None else (rec, extra)
+
+
+def _check_call(rec, token):
+    """The extra tuple of ``rec`` if it is a call carrying ``token``, else
+    None."""
+    P, pickle = _imports()[2:]
+    try:
         if rec.kind != P.KIND_CALL:
             return None
         extra = pickle.loads(rec.extra)
@@ -115,7 +132,7 @@ def _wait_call(reader, token):
             return None
     except Exception:
         return None
-    return rec, extra
+    return extra
 
 
 def _apply(setenv, unsetenv, cwd):
@@ -140,66 +157,117 @@ def run(call_sdesc, result_sdesc, spare=None):
             got = _wait_call(reader, spare)
             if got is None:
                 os._exit(0)               # not a call of its creator: leave no trace
-            if _trace.on:
-                _trace.t("C.call")
-                _trace.t_faults("C.faults_call")
-            rec, (path, setenv, unsetenv, cwd, _) = got
             del reader
-            call.detach()
-            sys.path[:] = path
-            try:
-                _apply(setenv, unsetenv, cwd)
-            except BaseException as exc:
-                _send_exception(res, exc, _format_tb(exc, run.__code__))
-                return 1
-        else:
-            reader.pump(0)
-            if not reader.records or reader.records[-1].kind != P.KIND_CALL:
-                print("ember worker: no call record on the call channel", file=sys.stderr)
-                return 70
-            rec = reader.records[-1]
-            del reader
-            call.detach()
-            sys.path[:] = pickle.loads(rec.extra)
-        try:
-            target, args, kwargs = P.loads(rec)
-        except BaseException as exc:
-            _send_exception(res, exc, _format_tb(exc, run.__code__))
-            return 1
-        del rec
-        if _trace.on:
-            _trace.t("C.target")
-            _trace.t_faults("C.faults_target")
-        try:
-            result = None if target is None else target(*args, **kwargs)
-        except SystemExit as exc:
-            code = exc.code
-            if code is None:
-                return 0
-            if isinstance(code, int):
-                return code
-            print(code, file=sys.stderr)
-            return 1
-        except BaseException as exc:
-            _send_exception(res, exc, _format_tb(exc, run.__code__))
-            return 1
-        del args, kwargs
-        try:
-            msg = _codec.dumps(result, res.pool)
-        except BaseException as exc:
-            data = pickle.dumps((_type_name(exc),
-                                 f"cannot pickle the result of {_what(target)}() "
-                                 f"(a {type(result).__name__}): {exc}",
-                                 _format_tb(exc, run.__code__)), 5)
-            P.send_record(res, P.KIND_REMOTE_ERR, data)
-            return 1
-        del result
-        P.send_record(res, P.KIND_OK, msg)
-        return 0
+            return _run_call(call, res, *got)
+        reader.pump(0)
+        if not reader.records or reader.records[-1].kind != P.KIND_CALL:
+            print("ember worker: no call record on the call channel", file=sys.stderr)
+            return 70
+        rec = reader.records[-1]
+        del reader
+        return _run_call(call, res, rec, pickle.loads(rec.extra))
     finally:
         if not call.closed:
             call.detach()
         res.detach()
+
+
+def lease(call_sdesc, result_sdesc, token, pool, rename=None):
+    """A lease's run (``--spare=TOKEN``) once the template has set it up in
+    C (ember.shepherd.template, ``_spawn.spare_wait``): attach its two
+    channels in ``pool`` (the runtime's default pool, which the template
+    holds) and wait for its call record, in C too (``_channels._attach_in``,
+    ``_recv_record``: the Python of :func:`run` up to there wrote ~60 pages
+    the lease shares with the template), then rename it (``rename``:
+    ``(function, name)``, the template's name back) and run the call as
+    :func:`run` does.  Channels of another pool: :func:`run`."""
+    call = _attach_in(pool, call_sdesc) if pool is not None else None
+    res = _attach_in(pool, result_sdesc) if call is not None else None
+    if res is None:
+        if call is not None:
+            call.detach()
+        return run(call_sdesc, result_sdesc, token)
+    try:
+        if _trace.on:
+            _trace.t_faults("L.faults_wait")
+            _trace.t("L.ready")
+            _trace.t_faults("L.faults_ready")
+        try:
+            got = _recv_record(call, _magic)
+        except Exception:
+            got = None
+        extra = None
+        if got is not None:
+            if rename is not None:
+                rename[0](rename[1])
+            rec = _imports()[2].Record(*got)
+            got = None
+            extra = _check_call(rec, token)
+        if extra is None:
+            os._exit(0)                   # not a call of its creator: leave no trace
+        return _run_call(call, res, rec, extra)
+    finally:
+        if not call.closed:
+            call.detach()
+        res.detach()
+
+
+def _run_call(call, res, rec, extra):
+    """Run the call of the record ``rec`` that came on ``call`` (detached
+    here; the record's data taken from it), with its ``extra``: a spare's
+    ``(path, setenv, unsetenv, cwd, token)`` (applied), else ``sys.path``;
+    send the outcome on ``res``; return the exit code."""
+    _codec, P, pickle = _imports()[1:]
+    if _trace.on:
+        _trace.t("C.call")
+        _trace.t_faults("C.faults_call")
+    data, rec.data = rec.data, None
+    call.detach()
+    if type(extra) is tuple:
+        path, setenv, unsetenv, cwd, _ = extra
+        sys.path[:] = path
+        try:
+            _apply(setenv, unsetenv, cwd)
+        except BaseException as exc:
+            _send_exception(res, exc, _format_tb(exc, _run_call.__code__))
+            return 1
+    else:
+        sys.path[:] = extra
+    try:
+        target, args, kwargs = _codec.loads(data)
+    except BaseException as exc:
+        _send_exception(res, exc, _format_tb(exc, _run_call.__code__))
+        return 1
+    del data
+    if _trace.on:
+        _trace.t("C.target")
+        _trace.t_faults("C.faults_target")
+    try:
+        result = None if target is None else target(*args, **kwargs)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+    except BaseException as exc:
+        _send_exception(res, exc, _format_tb(exc, _run_call.__code__))
+        return 1
+    del args, kwargs
+    try:
+        msg = _codec.dumps(result, res.pool)
+    except BaseException as exc:
+        data = pickle.dumps((_type_name(exc),
+                             f"cannot pickle the result of {_what(target)}() "
+                             f"(a {type(result).__name__}): {exc}",
+                             _format_tb(exc, _run_call.__code__)), 5)
+        P.send_record(res, P.KIND_REMOTE_ERR, data)
+        return 1
+    del result
+    P.send_record(res, P.KIND_OK, msg)
+    return 0
 
 
 _USAGE = ("usage: python -m ember._worker [--template] [--preload=M,...] [--spare=TOKEN] "

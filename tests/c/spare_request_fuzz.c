@@ -8,6 +8,14 @@
  *       read into buffers of exactly its size (a read past either's end is
  *       ASan's), one line out per case: "-1", or "0 NARGS off:len...
  *       | NSETS off:len... | CWD" (CWD "nil" or off:len).
+ *   spare_request_fuzz lease CASES     the same cases: one line each, "x" where
+ *       ember_spare_request() refuses the case, else what
+ *       ember_spare_lease_args() makes of it: "-1", or "TOKEN CALL RESULT"
+ *       (each off:len).
+ *   spare_request_fuzz b64 CASES       each case (u32 length, the text) decoded by
+ *       ember_spare_b64_decode() into a buffer of exactly its size (from
+ *       the text's length and padding): "-1", or the bytes in hex ("="
+ *       for none).
  *   spare_request_fuzz putenv          the C environment made by
  *       ember_spare_putenv() over an environ of our own, then changed by
  *       setenv()/unsetenv() as os.environ does later: prints "ok: putenv".
@@ -86,6 +94,74 @@ static int _request(const char *path)
     return 0;
 }
 
+static int _lease(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *msg, *env;
+    size_t mlen, elen, n = 0;
+
+    if (f == NULL)
+        return 2;
+    while ((msg = _read_part(f, &mlen)) != NULL) {
+        ember_spare_request_t r;
+        ember_spare_span_t tok, call, res;
+        if ((env = _read_part(f, &elen)) == NULL)
+            return 2;
+        char *m = malloc(mlen ? mlen : 1), *e = elen ? malloc(elen) : NULL;
+        memcpy(m, msg, mlen);
+        if (elen)
+            memcpy(e, env, elen);
+        if (ember_spare_request(m, mlen, e, elen, &r) != 0)
+            puts("x");
+        else if (ember_spare_lease_args(m, &r, &tok, &call, &res) != 0)
+            puts("-1");
+        else
+            printf("%zu:%zu %zu:%zu %zu:%zu\n", tok.off, tok.len, call.off, call.len, res.off,
+                   res.len);
+        free(m);
+        free(e);
+        free(msg);
+        free(env);
+        n++;
+    }
+    fclose(f);
+    return n ? 0 : 2;
+}
+
+static int _b64(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *text;
+    size_t len;
+
+    if (f == NULL)
+        return 2;
+    while ((text = _read_part(f, &len)) != NULL) {
+        size_t size = len / 4 * 3, pad = 0;
+        if (len && text[len - 1] == '=')
+            pad = len >= 2 && text[len - 2] == '=' ? 2 : 1;
+        size = size >= pad ? size - pad : 0;
+        unsigned char *out = malloc(size ? size : 1);
+        char *t = malloc(len ? len : 1);          /* exact size */
+        memcpy(t, text, len);
+        long k = ember_spare_b64_decode(t, len, out, size);
+        if (k < 0) {
+            puts("-1");
+        } else if (k == 0) {
+            puts("=");
+        } else {
+            for (long i = 0; i < k; i++)
+                printf("%02x", out[i]);
+            putchar('\n');
+        }
+        free(out);
+        free(t);
+        free(text);
+    }
+    fclose(f);
+    return 0;
+}
+
 static int _putenv(void)
 {
     extern char **environ;
@@ -122,8 +198,12 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "request") == 0)
         return _request(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "lease") == 0)
+        return _lease(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "b64") == 0)
+        return _b64(argv[2]);
     if (argc == 2 && strcmp(argv[1], "putenv") == 0)
         return _putenv();
-    fprintf(stderr, "usage: %s request CASES | putenv\n", argv[0]);
+    fprintf(stderr, "usage: %s request CASES | lease CASES | b64 CASES | putenv\n", argv[0]);
     return 2;
 }

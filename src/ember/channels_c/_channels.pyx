@@ -23,12 +23,13 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from ember.pools_c._pools cimport (
     Allocation, Pool, ember_alloc_t, ember_pool_t, ember_pool_alloc_wait, ember_pool_attach, ember_pool_free,
-    ember_pool_ptr, ember_pool_sdesc_name, ember_pool_stats, ember_pool_stats_t, ember_rc_str,
+    ember_pool_ptr, ember_pool_sdesc_name, ember_pool_serialize, ember_pool_stats, ember_pool_stats_t, ember_rc_str,
     ember_rc_t, EMBER_OK, EMBER_ERR_INVALID_ARG, EMBER_ERR_NOMEM, EMBER_ERR_OS,
     EMBER_ERR_NOT_FOUND, EMBER_ERR_BAD_DESCRIPTOR, EMBER_ERR_BAD_MAGIC, EMBER_ERR_VERSION,
     EMBER_ERR_OUT_OF_RANGE, EMBER_ERR_EXHAUSTED, EMBER_ERR_DOUBLE_FREE, EMBER_ERR_STALE,
     EMBER_ERR_CORRUPT, EMBER_ERR_FULL, EMBER_ERR_EMPTY, EMBER_ERR_TIMEOUT, EMBER_ERR_TOO_BIG,
     EMBER_ERR_DESTROYED, EMBER_ERR_INTERRUPTED, EMBER_ERR_BUFFER_TOO_SMALL, EMBER_POOL_NAME_MAX,
+    EMBER_POOL_SDESC_SIZE,
 )
 
 from cpython.pycapsule cimport PyCapsule_Import
@@ -1134,20 +1135,7 @@ cdef class Channel:
             self._check_open("receive")
         if timeout is not None:
             _timeout_ns(timeout)
-        self._recv_claim(&m, -1, timeout)
-        if not m.is_alloc:
-            try:
-                out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
-            finally:
-                ember_ch_recv_end(ch, &m)
-            return out
-        try:
-            out = _view_of_alloc(self._pool, m.alloc)
-        except BaseException:
-            ember_ch_recv_end(ch, &m)
-            raise
-        ember_ch_recv_take(ch, &m)             # the view owns the block now
-        return out
+        return _recv_auto(self, timeout)
 
     # ---- readiness ----
     def poll(self, timeout=0):
@@ -2140,3 +2128,80 @@ cdef object _join_wait(conn, holder, tag, desc, bytes sdesc, str name, const cha
 
 
 include "_zdirect.pxi"
+
+
+cdef object _recv_auto(Channel ch, timeout):
+    """:meth:`Channel.recv_auto`'s receive on an open channel (no direct path)."""
+    cdef ember_ch_msg_t m
+    ch._recv_claim(&m, -1, timeout)
+    if not m.is_alloc:
+        try:
+            out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
+        finally:
+            ember_ch_recv_end(ch._ch, &m)
+        return out
+    try:
+        out = _view_of_alloc(ch._pool, m.alloc)
+    except BaseException:
+        ember_ch_recv_end(ch._ch, &m)
+        raise
+    ember_ch_recv_take(ch._ch, &m)             # the view owns the block now
+    return out
+
+
+# ------------------------------------------------------------- a lease's
+# (ember._worker.lease: a spare of ember.Process attaches its two channels
+# and waits for its call without running Python; each Python step there,
+# Channel.attach's look-ups of the descriptor's type and pool, the record
+# reader's code, wrote pages the spare shares with the warm template.)
+
+def _attach_in(Pool pool not None, bytes sdesc not None):
+    """:meth:`Channel.attach` of a channel of ``pool`` (an open handle):
+    None, having attached nothing, if ``sdesc`` is not a descriptor of a
+    channel of that pool or the channel cannot be attached (Channel.attach
+    then says why)."""
+    cdef const uint8_t *psd = NULL
+    cdef size_t plen = 0, mine_len = 0
+    cdef uint8_t mine[EMBER_POOL_SDESC_SIZE]
+    cdef ember_ch_t *ch = NULL
+    cdef const char *d = PyBytes_AS_STRING(sdesc)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(sdesc)
+    if pool._pool == NULL or ember_ch_sdesc_pool(d, n, &psd, &plen) != EMBER_OK \
+            or ember_pool_serialize(pool._pool, mine, sizeof(mine), &mine_len) != EMBER_OK \
+            or plen != mine_len or memcmp(psd, mine, plen) != 0 \
+            or ember_ch_attach(pool._pool, d, n, &ch) != EMBER_OK:
+        return None
+    return Channel._wrap(ch, pool, False)
+
+
+def _recv_record(Channel ch not None, bytes magic not None):
+    """Wait for a record of ``ember.objects._pickling`` on ``ch`` (a
+    header message, ``magic`` + a kind byte + its extra bytes, then a data
+    message) and return ``(kind, extra, data)`` of the last complete one
+    once no more messages are waiting (what its ``RecordReader.pump(None)``
+    until a record is complete, then ``records[-1]``, gives); ``data`` as
+    :meth:`Channel.recv_auto` returns it.  None if a message that should be
+    a header is not one.  Raises what ``recv_auto`` raises."""
+    cdef Py_ssize_t k = len(magic)
+    cdef bint begun = False
+    cdef int kind = 0
+    extra = got = None
+    if ch._ch == NULL or ch._pool._pool == NULL:
+        ch._check_open("receive")
+    if ch._direct is not None:
+        raise ChannelError(f"{ch._desc()}: a record is read here only from the channel itself")
+    while got is None or ember_ch_poll(ch._ch, 0, 0) == EMBER_OK:
+        m = _recv_auto(ch, None)
+        if begun:
+            got = (kind, extra, m)
+            begun = False
+            continue
+        h = m if type(m) is bytes else bytes(m)
+        if type(m) is not bytes:
+            m.release()
+        if len(h) < k + 1 or memcmp(PyBytes_AS_STRING(h), PyBytes_AS_STRING(magic), k) != 0:
+            return None
+        kind = <unsigned char>PyBytes_AS_STRING(h)[k]
+        extra = PyBytes_FromStringAndSize(PyBytes_AS_STRING(h) + k + 1, len(h) - k - 1)
+        begun = True
+    return got

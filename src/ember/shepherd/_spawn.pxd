@@ -94,6 +94,11 @@ cdef extern from "spares.h":
     int ember_spare_request(const char *msg, size_t len, const char *env, size_t env_len,
                             ember_spare_request_t *out)
     void ember_spare_name(const char *comm)
+    int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
+                               ember_spare_span_t *token, ember_spare_span_t *call,
+                               ember_spare_span_t *result)
+    long ember_spare_b64_decode(const char *text, size_t len, unsigned char *out, size_t cap)
+    void ember_spare_wait_adopted() nogil
 
 
 cdef extern from "outboard.h" nogil:

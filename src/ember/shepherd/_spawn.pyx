@@ -22,10 +22,11 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, free
 from posix.types cimport pid_t
-from posix.unistd cimport close as _close
+from posix.unistd cimport chdir, close as _close
+from libc.signal cimport SIGINT
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
-           "serve_spares", "spare_wait", "spare_request", "spare_setenv",
+           "serve_spares", "spare_wait", "spare_request", "spare_setenv", "spare_name",
            "set_in_clone", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
 
@@ -189,7 +190,8 @@ def set_pdeathsig(int sig):
 # ------------------------------------------------------------- spares
 def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t robust_head,
                  size_t robust_len, unsigned char[::1] buf not None, pid_t shepherd_pid=0,
-                 bytes spare_comm=None, bytes leased_comm=None, bytes run_comm=None):
+                 bytes spare_comm=None, bytes leased_comm=None, bytes run_comm=None,
+                 tuple lease=None):
     """The warm template's spare loop in C (spares.h): answer every
     request on ``sock`` that is exactly ``request`` (no fds) by cloning a
     spare and sending ``[pid] + tail`` (``tail``: the msgpack of the
@@ -199,7 +201,7 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
 
     Returns ``("child", what)`` in a new spare, ``what`` being what
     :func:`spare_wait` returns for its end of the pair (``shepherd_pid``
-    and the names are its arguments),
+    and the names and ``lease`` its arguments),
     ``("message", n, fds)`` for a request the caller must handle (in
     ``buf[:n]``, with the fds it came with), or ``("eof",)``.  ``buf`` is
     any writable buffer (the template's is an anonymous mapping that its
@@ -228,7 +230,8 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     if rc != EMBER_OK:
         raise ValueError("serve_spares: not supported here")
     if what == EMBER_SPARES_CHILD:
-        return ("child", spare_wait(child_sock, shepherd_pid, spare_comm, leased_comm, run_comm))
+        return ("child", _spare_wait(child_sock, shepherd_pid, spare_comm, leased_comm, run_comm,
+                                     lease))
     if what == EMBER_SPARES_EOF:
         return ("eof",)
     return ("message", n, [fds[i] for i in range(nfds)])
@@ -266,7 +269,7 @@ _SPARE_STEP = {
 
 
 def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased_comm=None,
-               bytes run_comm=None):
+               bytes run_comm=None, tuple lease=None):
     """In a spare just cloned, its steps up to its request, in C (spares.h:
     no Python runs, so none of the template's pages is written for them):
     named ``spare_comm``, detached (the parent-death signal, its parent
@@ -277,11 +280,22 @@ def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased
     ``leased_comm`` if the request is a lease (an argument
     ``--spare=...``), else ``run_comm`` (None: not renamed).
 
+    With ``lease``, ``(env, data, set_signal, handler)``, a lease's request
+    (``leased`` 1) is also set up here as far as its wait for its call
+    (:func:`_lease_setup`): ``("lease", args, call, result, token)``.
+
     Returns ``("request", msg, leased)`` (``leased``: 1, 0, or -1 if the
     request's args could not be read here, the process then not renamed),
     ``("eof",)`` (no request, or not one with three fds: exit quietly),
     ``("spare-error", text)`` (a detaching step failed: ``step: reason``)
     or ``("child-error", text)`` (its fds could not be put in place)."""
+    return _spare_wait(sock, shepherd_pid, spare_comm, leased_comm, run_comm, lease)
+
+
+cdef object _spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm, bytes leased_comm,
+                        bytes run_comm, tuple lease):
+    """:func:`spare_wait` (called so by :func:`serve_spares` in a new spare:
+    no look-up of the module's global and no call of it through Python)."""
     cdef int step, nfds = 0, leased = -1, i
     cdef int fds[3]
     cdef Py_ssize_t n, got
@@ -312,7 +326,91 @@ def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased
             ember_spare_name(PyBytes_AS_STRING(leased_comm))
         elif leased == 0:
             ember_spare_name(PyBytes_AS_STRING(run_comm))
+    if leased == 1 and lease is not None:
+        set_up = _lease_setup(msg, lease)
+        if set_up is not None:
+            return set_up
     return ("request", msg, leased)
+
+
+def spare_name(bytes comm not None):
+    """Set this process's comm (a spare's, its only thread's) to ``comm``
+    (at most 15 bytes are kept)."""
+    ember_spare_name(PyBytes_AS_STRING(comm))
+
+
+cdef bytes _b64(const char *text, size_t n):
+    """The bytes of base64 ``text`` (ember_spare_b64_decode), or None."""
+    cdef size_t size = n // 4 * 3
+    if n % 4 != 0:
+        return None
+    if n and text[n - 1] == 61:         # '=' padding: made to its size, not sliced
+        size -= 2 if n >= 2 and text[n - 2] == 61 else 1
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
+    if ember_spare_b64_decode(text, n, <unsigned char *>PyBytes_AS_STRING(out), size) \
+            != <long>size:
+        return None
+    return out
+
+
+cdef object _lease_setup(bytes msg, tuple lease):
+    """A lease's set-up up to the wait for its call, in C (spares.h): the
+    worker's arguments read (ember_spare_lease_args: the token, CALL and
+    RESULT decoded), the environment set (the entries that differ from the
+    template's ``env``, in C and in ``data``, ``os.environ``'s mapping), the
+    directory changed, SIGINT's handler set (``set_signal(SIGINT,
+    handler)``), the wait until the shepherd has given it its process group
+    (template._wait_adopted).  The Python of template._spare_main,
+    template._child and ember._worker's argument scan wrote ~50 pages the
+    lease shares with the template.
+
+    Returns ``("lease", argv, call, result, token)`` (``argv``: the worker's
+    ``sys.argv``, ``["-m"] + args[2:]``; the descriptors as bytes, the rest
+    str); ``("child-error", text)`` if a step failed (the
+    template's child reports it: ``cannot TEXT``); None, having done
+    nothing, for a request of another shape (its Python path reads it)."""
+    cdef ember_spare_request_t r
+    cdef ember_spare_span_t tok, cs, rs
+    cdef const char *m = PyBytes_AS_STRING(msg)
+    cdef bytes env = lease[0]
+    cdef size_t i, k
+    if ember_spare_request(m, <size_t>len(msg), PyBytes_AS_STRING(env), <size_t>len(env),
+                           &r) != 0 \
+            or ember_spare_lease_args(m, &r, &tok, &cs, &rs) != 0:
+        return None
+    call = _b64(m + cs.off, cs.len)
+    result = _b64(m + rs.off, rs.len)
+    if call is None or result is None \
+            or (not r.cwd_nil and memchr(m + r.cwd.off, 0, r.cwd.len) != NULL):
+        return None
+    try:
+        argv = [PyUnicode_DecodeUTF8(m + r.args[i].off, <Py_ssize_t>r.args[i].len, NULL)
+                for i in range(r.nargs) if i != 1]          # args[0] is "-m" (a lease's)
+        token = PyUnicode_DecodeUTF8(m + tok.off, <Py_ssize_t>tok.len, NULL)
+        cwd = None if r.cwd_nil or r.cwd.len == 0 else \
+            PyUnicode_DecodeUTF8(m + r.cwd.off, <Py_ssize_t>r.cwd.len, NULL)
+    except UnicodeDecodeError:
+        return None
+    sets = []
+    for i in range(r.nsets):
+        k = <size_t>(<const char *>memchr(m + r.sets[i].off, 61, r.sets[i].len)
+                     - (m + r.sets[i].off))           # '=': there, ember_spare_request checked
+        sets.append((PyBytes_FromStringAndSize(m + r.sets[i].off, <Py_ssize_t>k),
+                     PyBytes_FromStringAndSize(m + r.sets[i].off + k + 1,
+                                               <Py_ssize_t>(r.sets[i].len - k - 1))))
+    # From here on, done: a failure is the child's.
+    if cwd is not None:
+        path = PyBytes_FromStringAndSize(m + r.cwd.off, <Py_ssize_t>r.cwd.len)
+        if chdir(PyBytes_AS_STRING(path)) != 0:
+            e = errno
+            return ("child-error", f"change to run_dir '{cwd}': {OSError(e, os.strerror(e), cwd)}")
+    try:
+        _setenv(sets, lease[1])
+    except (ValueError, MemoryError) as exc:
+        return ("child-error", f"set the environment: {exc}")
+    lease[2](SIGINT, lease[3])
+    ember_spare_wait_adopted()
+    return ("lease", argv, call, result, token)
 
 
 def spare_request(bytes msg not None, bytes env not None):
@@ -358,12 +456,22 @@ def spare_setenv(list sets not None, dict data not None):
     Python code and setenv()'s writes to the template's pages.  The
     entries' memory is never freed (the C environment points into it).
     ValueError for a key or value ``os.environb`` would refuse; MemoryError."""
+    _setenv(sets, data)
+
+
+cdef int _setenv(list sets, dict data) except -1:
+    """:func:`spare_setenv`'s work (also a lease's, :func:`_lease_setup`)."""
     cdef size_t n = len(sets), total = 0, i, off
+    cdef int rc
     cdef char *buf
     cdef char **entries
     for k, v in sets:
-        if not isinstance(k, bytes) or not isinstance(v, bytes) or not k or b"=" in k \
-                or b"\0" in k or b"\0" in v:
+        # (memchr, not ``b"=" in k``: bytes.__contains__ tries the operand
+        # as an int first, a TypeError made and dropped each time)
+        if type(k) is not bytes or type(v) is not bytes or not k \
+                or memchr(PyBytes_AS_STRING(k), 61, len(k)) != NULL \
+                or memchr(PyBytes_AS_STRING(k), 0, len(k)) != NULL \
+                or memchr(PyBytes_AS_STRING(v), 0, len(v)) != NULL:
             raise ValueError(f"bad environment entry {k!r}={v!r}")
         total += len(k) + len(v) + 2
     buf = <char *>malloc(total + 1)
@@ -391,6 +499,7 @@ def spare_setenv(list sets not None, dict data not None):
         raise MemoryError()
     for k, v in sets:
         data[k] = v
+    return 0
 
 
 # ------------------------------------------------------------- secrets

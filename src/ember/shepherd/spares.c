@@ -23,6 +23,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef CLONE_PARENT
@@ -517,4 +519,116 @@ int ember_spare_putenv(char *const *entries, size_t n)
     next[count] = NULL;
     environ = next;     /* the old array is the template's (or setenv's): left as it is */
     return 0;
+}
+
+
+/* ------------------------------------------------------------------ */
+/* a lease's steps up to its call (spares.h)                           */
+
+/* The value of a base64 character, or -1. */
+static int _ember_b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+long ember_spare_b64_decode(const char *text, size_t len, unsigned char *out, size_t cap)
+{
+    size_t i, n = 0, pad = 0;
+
+    if (len % 4 != 0)
+        return -1;
+    if (len >= 1 && text[len - 1] == '=')
+        pad = (len >= 2 && text[len - 2] == '=') ? 2 : 1;
+    if ((len / 4) * 3 - pad > cap)
+        return -1;
+    for (i = 0; i < len; i += 4) {
+        int v[4];
+        int j, last = i + 4 == len;
+        unsigned long w;
+
+        for (j = 0; j < 4; j++) {
+            v[j] = _ember_b64_value((unsigned char)text[i + (size_t)j]);
+            if (v[j] < 0) {
+                /* '=' only as the padding of the last group */
+                if (!(last && text[i + (size_t)j] == '=' && (size_t)j >= 4 - pad))
+                    return -1;
+                v[j] = 0;
+            }
+        }
+        w = ((unsigned long)v[0] << 18) | ((unsigned long)v[1] << 12)
+            | ((unsigned long)v[2] << 6) | (unsigned long)v[3];
+        if (last && pad != 0 && (w & (pad == 2 ? 0xffffUL : 0xffUL)) != 0)
+            return -1;      /* bits set in the padding: binascii's strict mode refuses it */
+        out[n++] = (unsigned char)(w >> 16);
+        if (!last || pad < 2)
+            out[n++] = (unsigned char)(w >> 8);
+        if (!last || pad < 1)
+            out[n++] = (unsigned char)w;
+    }
+    return (long)n;
+}
+
+int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
+                           ember_spare_span_t *token, ember_spare_span_t *call,
+                           ember_spare_span_t *result)
+{
+    static const char tmpl[] = "--template", preload[] = "--preload=", spare[] = "--spare=";
+    ember_spare_span_t rest[2];
+    size_t i, nrest = 0;
+    int have_token = 0;
+
+    if (msg == NULL || req == NULL || req->nargs < 2 || req->args[0].len != 2
+            || memcmp(msg + req->args[0].off, "-m", 2) != 0)
+        return -1;
+    for (i = 2; i < req->nargs; i++) {          /* the worker's argv: args[2:] */
+        const char *a = msg + req->args[i].off;
+        size_t k = req->args[i].len;
+
+        if (k == sizeof tmpl - 1 && memcmp(a, tmpl, k) == 0)
+            continue;
+        if (k >= sizeof preload - 1 && memcmp(a, preload, sizeof preload - 1) == 0)
+            continue;
+        if (k >= sizeof spare - 1 && memcmp(a, spare, sizeof spare - 1) == 0) {
+            if (!have_token) {
+                token->off = req->args[i].off + (sizeof spare - 1);
+                token->len = k - (sizeof spare - 1);
+                have_token = 1;
+            }
+            continue;
+        }
+        if (nrest == 2)
+            return -1;
+        rest[nrest++] = req->args[i];
+    }
+    if (!have_token || nrest != 2)
+        return -1;
+    *call = rest[0];
+    *result = rest[1];
+    return 0;
+}
+
+void ember_spare_wait_adopted(void)
+{
+    pid_t me = getpid();
+    int spins = 0;
+
+    while (getpgrp() != me) {
+        if (spins < 200) {
+            spins++;
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 200000};       /* 0.2 ms */
+            nanosleep(&ts, NULL);
+        }
+    }
 }

@@ -178,4 +178,36 @@ int ember_spare_putenv(char *const *entries, size_t n);
 /* Set the process's comm (the calling thread's: a spare's only one). */
 void ember_spare_name(const char *comm);
 
+/*
+ * A lease (a request whose worker arguments hold ``--spare=TOKEN``) has its
+ * set-up up to the wait for its call done in C too (_spawn.spare_wait with
+ * ``lease``): its arguments read here, the environment, the directory, the
+ * SIGINT handler, the wait for its process group; the Python it ran for
+ * these (and the worker's argument scan and base64 decoding) wrote ~50
+ * pages it shares with the template.  Death: as for the steps above (a
+ * lease is no one's until its creator's call; killed here, GS sees it die
+ * idle).
+ */
+
+/* In a request read by ember_spare_request() whose args[0] is "-m", the
+ * worker's arguments (args[2:], as ember._worker reads them: ``--template`` and
+ * ``--preload=...`` skipped, the first ``--spare=TOKEN``, then exactly two
+ * others, CALL and RESULT): their spans in ``msg``.  0, or -1 when they are
+ * not of that shape (the caller's Python reads them). */
+int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
+                           ember_spare_span_t *token, ember_spare_span_t *call,
+                           ember_spare_span_t *result);
+
+/* Decode the base64 ``text`` (``len`` bytes: a multiple of 4, the standard
+ * alphabet, '=' only as the last group's padding, no bits set in it) into
+ * ``out`` (``cap`` bytes); its length, or -1 for anything else (the caller
+ * leaves it to binascii's strict mode, which says why). */
+long ember_spare_b64_decode(const char *text, size_t len, unsigned char *out, size_t cap);
+
+/* Wait until the process leads its own process group (the shepherd's
+ * setpgid, template.py _adopt): 200 sched_yield()s, then 0.2 ms sleeps.
+ * Never returns for a child its shepherd never adopts (it is killed with
+ * the template's group: template.py _wait_adopted). */
+void ember_spare_wait_adopted(void);
+
 #endif

@@ -77,11 +77,13 @@ from .._trace import t as _t
 # import in a function resolves its package through ModuleSpec.parent,
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
-from .._worker import LEASED_COMM, _scan, main as _run_worker, parse_argv, spare_token
+from .._worker import LEASED_COMM, _scan, lease as _lease_worker, main as _run_worker, parse_argv, \
+    spare_token
 from .server import _fd_ready  # (poll: the shepherd's fds may be above select's limit)
 from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
-    set_pdeathsig, skip_in_clone as _skip_in_clone, spare_request as _spare_request, \
-    spare_setenv as _spare_setenv, spare_wait as _spare_wait, spawn as _spawn_process
+    set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
+    spare_request as _spare_request, spare_setenv as _spare_setenv, spare_wait as _spare_wait, \
+    spawn as _spawn_process
 
 
 def _socket():
@@ -839,13 +841,16 @@ def _run_atexit():
 
 
 def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=False,
-           env_sets=None):
+           env_sets=None, lease=None):
     """In the real child: set up, run the worker.  Never returns.  With
     ``detached`` (a spare), :func:`_detach` has been done already; ``fds``
     None: they are in place (a spare's, by :func:`_spare_wait`).  With
     ``env_sets`` (a spare's request read by :func:`_spare_request`) the
     environment is the template's with those ``(key, value)`` set, and
-    ``envp`` is None."""
+    ``envp`` is None.  With ``lease``, ``(call, result, token)``, a lease
+    set up in C as far as its wait for its call (``_spawn.spare_wait``):
+    the worker's :func:`ember._worker.lease` runs at once, ``args`` being
+    its ``sys.argv``."""
     code = 127
     step = "start"
     if not detached and _template_comm and spare_token(args) is not None:
@@ -854,37 +859,38 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         # on: killed while it set up, it was reported as a death
         _comm(LEASED_COMM)
     try:
-        if gate_r >= 0:
-            step = "wait for re-parenting"
-            while os.read(gate_r, 1):   # EOF once the intermediate process has exited
-                pass
-            os.close(gate_r)
-            while os.getppid() == middle_pid:
-                os.sched_yield()
-        step = "set up stdin/stdout/stderr"
-        if fds is not None:
-            for i, fd in enumerate(fds):
-                if fd != i:
-                    os.dup2(fd, i)
-        if detached:
-            for fd in fds or ():
-                if fd > 2:
-                    os.close(fd)
-        else:
-            err = _detach(shepherd_pid)       # closes the fds above 2 too
-            if err is not None:
-                step, _, msg = err.partition(": ")
-                raise OSError(0, msg)
-        step = f"change to run_dir '{cwd}'"
-        if cwd:
-            os.chdir(cwd)
-        step = "set the environment"
-        if env_sets is None:
-            _set_env(envp)
-        else:
-            _spare_setenv(env_sets, os.environ._data)
-        step = "wait for the shepherd"
-        _wait_adopted()
+        if lease is None:
+            if gate_r >= 0:
+                step = "wait for re-parenting"
+                while os.read(gate_r, 1):   # EOF once the intermediate process has exited
+                    pass
+                os.close(gate_r)
+                while os.getppid() == middle_pid:
+                    os.sched_yield()
+            step = "set up stdin/stdout/stderr"
+            if fds is not None:
+                for i, fd in enumerate(fds):
+                    if fd != i:
+                        os.dup2(fd, i)
+            if detached:
+                for fd in fds or ():
+                    if fd > 2:
+                        os.close(fd)
+            else:
+                err = _detach(shepherd_pid)       # closes the fds above 2 too
+                if err is not None:
+                    step, _, msg = err.partition(": ")
+                    raise OSError(0, msg)
+            step = f"change to run_dir '{cwd}'"
+            if cwd:
+                os.chdir(cwd)
+            step = "set the environment"
+            if env_sets is None:
+                _set_env(envp)
+            else:
+                _spare_setenv(env_sets, os.environ._data)
+            step = "wait for the shepherd"
+            _wait_adopted()
         step = "run"
         if _trace.on:           # (a label's call and string: pages a child writes)
             _t("C.run")
@@ -892,8 +898,12 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
 
         if _HOLD_LEASE:
             _hold_lease(args)
-        sys.argv = ["-m"] + list(args[2:])
-        code = _run_worker(list(args[2:]))
+        if lease is None:
+            sys.argv = ["-m"] + list(args[2:])
+            code = _run_worker(list(args[2:]))
+        else:
+            sys.argv = args
+            code = _lease_worker(*lease, _default_pool, _lease_rename)
         _run_atexit()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -1106,6 +1116,7 @@ SPARE_COMM = b"ember-spare"
 
 
 _template_comm = None     # the template's comm, which a spare takes back with its request
+_lease_rename = None      # (_spare_name, _template_comm), for _worker.lease
 
 
 def _comm(name=None):
@@ -1188,12 +1199,18 @@ def _make_spare(shepherd_pid):
 
 
 def _spare_names():
-    """The names a spare takes (:func:`_spare_wait`'s): while it waits, as
-    a lease (ember._worker --spare: named ember-leased from its request
-    until its call: killed meanwhile, it is no user process, the shepherd
-    reports no death for it), and otherwise once its request is in (the
-    template's; None if unknown: then it is not renamed)."""
-    return SPARE_COMM, LEASED_COMM, _template_comm or None
+    """The arguments a spare takes (:func:`_spare_wait`'s): its names while
+    it waits, as a lease (ember._worker --spare: named ember-leased from
+    its request until its call: killed meanwhile, it is no user process,
+    the shepherd reports no death for it), and otherwise once its request
+    is in (the template's; None if unknown: then it is not renamed); and
+    what a lease's set-up in C needs (the template's environment, its
+    ``os.environ`` mapping, SIGINT's handler), None where the request is
+    read in Python (no frozen environment)."""
+    lease = None
+    if _environ_blob is not None and isinstance(getattr(os.environ, "_data", None), dict):
+        lease = (_environ_blob, os.environ._data, signal.signal, signal.default_int_handler)
+    return SPARE_COMM, LEASED_COMM, _template_comm or None, lease
 
 
 def _spare_main(got, shepherd_pid):
@@ -1206,6 +1223,8 @@ def _spare_main(got, shepherd_pid):
             _t("C.req")
             _trace.t_faults("C.faults_req")
         kind = got[0]
+        if kind == "lease":         # set up in C as far as its wait for its call
+            _child(got[1], None, None, None, -1, 0, shepherd_pid, detached=True, lease=got[2:])
         if kind != "request":
             if kind == "spare-error":
                 # A shepherd that exited (teardown while this spare was
@@ -1325,8 +1344,10 @@ def main():
     except Exception:
         _default_pool = None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    global _template_comm
+    global _template_comm, _lease_rename
     _template_comm = _comm()      # looked up once, not in every spare
+    if _template_comm:            # a lease's name once it has its call (_worker.lease)
+        _lease_rename = (_spare_name, _template_comm)
     _freeze()
     shepherd_pid = os.getppid()
     import socket
