@@ -1821,3 +1821,37 @@ def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
     err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
     assert len(err) == 1 and err[0].startswith(f"ember: process {lines[3].split()[1]} (pid ") \
         and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
+
+
+def test_exit_holders_are_reaped_and_a_kill_mid_exit_is_seen(tmp_path):
+    """A template child's exit hands its memory to a holder (spares.h,
+    ``ember-exit``: the shepherd's child, which unmaps it after the exit),
+    and the shepherd reaps the holders: none is left after many starts.  A
+    child killed after making its holder, just before its ``os._exit``
+    (its target does both itself), is joined with -9 and reported killed;
+    its holder ends and is reaped too (by the orphan sweep: no exit
+    follows)."""
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent("""
+        from ember.shepherd import _spawn
+
+        def f():
+            return 1
+
+        def killed_mid_exit():
+            _spawn.exit_holder()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        codes = set()
+        for _ in range(20):
+            p = ember.Process(target=f); p.start(); p.join(); codes.add(p.exitcode)
+        p = ember.Process(target=killed_mid_exit); p.start(); p.join()
+        print("codes", codes, p.exitcode)
+        deadline = time.monotonic() + 20
+        while children(SHEPHERD, comm="ember-exit"):
+            assert time.monotonic() < deadline, children(SHEPHERD, comm="ember-exit")
+            time.sleep(0.01)
+        print("holders left", len(children(SHEPHERD, comm="ember-exit")))
+    """))
+    assert ok(res).splitlines() == ["codes {0} -9", "holders left 0"]
+    err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
+    assert len(err) == 1 and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()

@@ -516,3 +516,142 @@ def test_a_dead_templates_group_id_is_not_given_away_before_its_group_is_killed(
     assert group not in got
     with pytest.raises(ChildProcessError):
         os.waitpid(group, os.WNOHANG)     # the template reaped
+
+
+_KCMP = {"x86_64": 312, "aarch64": 272}     # kcmp(2)'s number; KCMP_VM is 1
+
+
+def _same_memory(pid1, pid2):
+    """Whether two processes share their memory (kcmp KCMP_VM), or None
+    where this machine's syscall number is not known here."""
+    import ctypes
+    nr = _KCMP.get(os.uname().machine)
+    if nr is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    r = libc.syscall(ctypes.c_long(nr), ctypes.c_long(pid1), ctypes.c_long(pid2),
+                     ctypes.c_long(1), ctypes.c_long(0), ctypes.c_long(0))
+    assert r >= 0, os.strerror(ctypes.get_errno())
+    return r == 0
+
+
+def _exit_holder_child(shared, threads, parent):
+    """In a fork: make the exit's holder for ``parent`` (after starting a
+    thread that is still running, with ``threads``), say its pid and
+    whether a second call made another and fd 1 was still open, then end
+    as ``shared[16]`` says (1: exit 7, 2: SIGKILL)."""
+    import struct
+    import threading
+    from ember.shepherd import _spawn
+
+    try:
+        if threads:
+            stop = threading.Event()
+            threading.Thread(target=stop.wait, daemon=True).start()
+        holder = _spawn.exit_holder(parent)
+        again = _spawn.exit_holder(parent)
+        try:
+            os.fstat(1)
+            fd1 = 1
+        except OSError:
+            fd1 = 0
+        shared[0:16] = struct.pack("=qii", holder, again, fd1)
+        while shared[16] == 0:
+            time.sleep(0.001)
+        if shared[16] == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(7)
+    finally:
+        os._exit(99)
+
+
+def _wait_exit(pid, timeout=20.0):
+    """The exit code of child ``pid`` (negative: the signal), reaped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return os.waitstatus_to_exitcode(status)
+        assert time.monotonic() < deadline, f"pid {pid} did not end"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("end", ["exit", "killed"])
+def test_an_exit_holder_keeps_the_memory_until_the_process_has_ended(end):
+    """spares.h's ember_exit_holder(), in a fork of this process: the holder
+    shares the process's memory, is our child (CLONE_PARENT: a template
+    child's is the shepherd's), named ``ember-exit``, in "/" (not in the
+    process's directory), holds no fd but the process's pidfd (every other fd closed before the exit, as the exit
+    would), lives while the process does and ends, with code 0, once it
+    has ended, by an exit (its code kept) or SIGKILL.  Once only."""
+    import mmap
+    import struct
+
+    shared = mmap.mmap(-1, 4096)
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _exit_holder_child(shared, False, me)
+    holder = 0
+    try:
+        deadline = time.monotonic() + 20
+        while shared[0:8] == bytes(8):
+            assert time.monotonic() < deadline, "no holder made"
+            time.sleep(0.001)
+        holder, again, fd1 = struct.unpack("=qii", shared[0:16])
+        assert holder > 0 and again == 0 and fd1 == 0
+        assert os.waitid(os.P_PID, holder, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        while True:                   # (named and moved once it first runs)
+            with open(f"/proc/{holder}/comm") as f:
+                if f.read().strip() == "ember-exit" and os.readlink(f"/proc/{holder}/cwd") == "/":
+                    break
+            assert time.monotonic() < deadline, "the holder is not named"
+            time.sleep(0.001)
+        assert os.listdir(f"/proc/{holder}/fd") == os.listdir(f"/proc/{pid}/fd") == ["0"]
+        assert os.readlink(f"/proc/{holder}/fd/0") == "anon_inode:[pidfd]"
+        assert _same_memory(pid, holder) in (True, None)
+        assert _same_memory(os.getpid(), holder) in (False, None)
+        shared[16] = 1 if end == "exit" else 2
+        assert _wait_exit(pid) == (7 if end == "exit" else -signal.SIGKILL)
+        assert _wait_exit(holder) == 0
+    finally:
+        for p in (pid, holder):
+            if p > 0:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                    os.waitpid(p, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+
+
+@pytest.mark.parametrize("why", ["thread", "parent"])
+def test_no_exit_holder_while_another_thread_runs_or_for_another_parent(why):
+    """With a second thread running, ember_exit_holder() makes no holder and
+    closes nothing (that thread could use an fd, or be given a closed one's
+    number, before the exit ends it); nor when the process's parent is not
+    the one given (the holder would be that process's child): the exit
+    unmaps as before."""
+    import mmap
+    import struct
+
+    shared = mmap.mmap(-1, 4096)
+    parent = os.getpid() if why == "thread" else 1
+    pid = os.fork()
+    if pid == 0:
+        _exit_holder_child(shared, why == "thread", parent)
+    try:
+        deadline = time.monotonic() + 20
+        while shared[12:16] == bytes(4) and shared[0:8] == bytes(8):
+            assert time.monotonic() < deadline, "no answer"
+            time.sleep(0.001)
+        assert struct.unpack("=qii", shared[0:16]) == (0, 0, 1)
+        shared[16] = 1
+        assert _wait_exit(pid) == 7
+        with pytest.raises(ChildProcessError):        # no other child (no holder)
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass

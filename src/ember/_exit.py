@@ -7,9 +7,10 @@ import os
 import sys
 
 
-def flush_and_exit(code):
+def flush_and_exit(code, last=None):
     """Flush ``sys.stdout`` and ``sys.stderr`` (an error, e.g. a closed
-    pipe, is ignored: nothing more can be said), then ``os._exit``: no
+    pipe, is ignored: nothing more can be said), call ``last()`` if given
+    (a template child's: ``_spawn.exit_holder``), then ``os._exit``: no
     atexit handlers, no finalizers, no flush of anything else.  ``code``:
     an int (taken modulo 256, as the kernel does), anything else exits 1.
     Never returns."""
@@ -17,5 +18,10 @@ def flush_and_exit(code):
         try:
             f.flush()
         except Exception:
+            pass
+    if last is not None:
+        try:
+            last()
+        except BaseException:
             pass
     os._exit(code & 0xFF if isinstance(code, int) else 1)

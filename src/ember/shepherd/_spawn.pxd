@@ -76,6 +76,7 @@ cdef extern from "spares.h":
     Py_ssize_t ember_spare_recv(int sock, char *buf, size_t cap, int fds_out[3], int *nfds_out)
     int ember_spare_stdio(const int fds[3])
     int ember_spare_leased(const char *msg, size_t len)
+    pid_t ember_exit_holder(pid_t parent)
 
     ctypedef struct ember_spare_span_t:
         size_t off

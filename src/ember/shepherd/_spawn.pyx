@@ -26,7 +26,7 @@ from posix.unistd cimport chdir, close as _close
 from libc.signal cimport SIGINT
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
-           "serve_spares", "spare_wait", "spare_request", "spare_setenv", "spare_name",
+           "serve_spares", "spare_wait", "exit_holder", "spare_request", "spare_setenv", "spare_name",
            "set_in_clone", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
 
@@ -188,6 +188,19 @@ def set_pdeathsig(int sig):
 
 
 # ------------------------------------------------------------- spares
+def exit_holder(pid_t parent=0):
+    """Just before an ``os._exit``: hand this process's memory to a holder
+    process, which unmaps it once this one has ended (spares.h), so that
+    the exit wakes a joiner without unmapping it first.  Blocks every
+    signal and closes every fd first (nothing can be written after it).
+    The holder is this process's parent's child; with ``parent`` > 0, it
+    is made only while that is this process's parent.  Returns the
+    holder's pid, or 0 if none was made (another thread running, another
+    parent, or a call failed: the exit then unmaps as usual).  Once in a
+    process (0 the next time)."""
+    return ember_exit_holder(parent)
+
+
 def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t robust_head,
                  size_t robust_len, unsigned char[::1] buf not None, pid_t shepherd_pid=0,
                  bytes spare_comm=None, bytes leased_comm=None, bytes run_comm=None,

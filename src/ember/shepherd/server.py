@@ -158,6 +158,10 @@ _HOLD_RECORD = os.environ.get("EMBER_TEST_SHEPHERD_HOLD_RECORD")
 #: Seconds between the loop's looks for zombies of orphans it adopted
 #: (Shepherd._reap_orphans; while a template runs).
 _ORPHAN_SCAN = 1.0
+#: At how many exits after its own a template child's process group is
+#: looked at for the holder of its memory (Shepherd._reap_holders) before
+#: the orphan sweep is left to reap it.
+_HOLDER_LOOKS = 8
 
 
 def _child_pids():
@@ -390,6 +394,7 @@ class Shepherd(Service):
         self._lock = _thread.allocate_lock()
         self._children = {}           # p_uid -> _Child
         self._pgids = set()           # process groups of every child ever started
+        self._holder_groups = []      # [(pgid, looks)] of exited children: _reap_holders
         self._open_line = {}          # out fd -> stream whose line is unfinished
         self._prompts = {}            # eager stream -> (next look, last) at its held partial line
         self._fds = {}                # fd -> _Child (its pidfd), _Stream, or the Template (its pidfd)
@@ -1135,6 +1140,40 @@ class Shepherd(Service):
         template = self._template
         if template is not None:
             template.ask_wanted()         # a CPU is free: the template may make the next spare
+        self._holder_groups.append((child.pid, 0))
+        self._reap_holders()
+
+    def _reap_holders(self):
+        """Reap the holders of exited template children's memory (spares.h,
+        ``ember_exit_holder``: a child of ours by CLONE_PARENT, in the
+        exited child's process group, that ends once it has unmapped that
+        memory after the child's exit).  Each exited child's group (its id
+        the child's pid) is looked at, at its own exit and at each later
+        one, until no child of ours is left in it, :data:`_HOLDER_LOOKS`
+        times at most (then the orphan sweep reaps what is left,
+        _reap_orphans): a holder is usually still unmapping at its child's
+        exit, and dead by the next.  A child that made none (another
+        start method, another thread running at its exit) costs one
+        ``waitid`` that finds no member.  A group led by its id's process
+        is a new one (the id reused): not looked at again."""
+        keep = []
+        for pgid, looks in self._holder_groups:
+            while True:
+                try:
+                    si = os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    break                 # no child of ours in it (any more)
+                if si is None:            # (still unmapping)
+                    if looks + 1 < _HOLDER_LOOKS:
+                        keep.append((pgid, looks + 1))
+                    break
+                if si.si_pid == pgid:
+                    break                 # a new group of that id: its leader is not a holder
+                try:
+                    os.waitpid(si.si_pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+        self._holder_groups = keep
 
     @staticmethod
     def _unsent_kill(child):

@@ -15,12 +15,17 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sched.h>
@@ -32,6 +37,9 @@
 #endif
 #ifndef CLONE_CHILD_SETTID
 #define CLONE_CHILD_SETTID 0x01000000
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
 #endif
 
 #define _EMBER_SPARES_MAX_FDS 3
@@ -631,4 +639,82 @@ void ember_spare_wait_adopted(void)
             nanosleep(&ts, NULL);
         }
     }
+}
+
+
+/* ------------------------------------------------------------------ */
+/* a template child's exit (spares.h)                                  */
+
+/* The holder's stack (it makes three system calls), and whether it was
+ * made: one holder a process, since they would share the stack. */
+static char _ember_holder_stack[16384] __attribute__((aligned(64)));
+static atomic_int _ember_holder_made;
+
+/* The holder: named, it waits for the pidfd of the process whose memory
+ * it shares (CLONE_VM) to be readable, that process's exit, and ends,
+ * which unmaps the memory.  System calls through syscall() only: it runs on that
+ * process's thread-local storage (no CLONE_SETTLS; syscall() writes errno
+ * there on a failure only, in a process that has exited or is exiting),
+ * and with every signal blocked (inherited), so that no handler of the
+ * process's runs in it. */
+static int _ember_holder(void *arg)
+{
+    struct pollfd p;
+
+    (void)syscall(SYS_prctl, PR_SET_NAME, (unsigned long)EMBER_EXIT_HOLDER_COMM, 0UL, 0UL, 0UL);
+    p.fd = (int)(intptr_t)arg;
+    p.events = POLLIN;
+    p.revents = 0;
+    (void)syscall(SYS_ppoll, &p, 1UL, NULL, NULL, (size_t)8);     /* (no mask: size unused) */
+    return 0;
+}
+
+pid_t ember_exit_holder(pid_t parent)
+{
+    struct stat st;
+    sigset_t all;
+    int pidfd;
+    long pid;
+
+    /* The holder is the parent's child (CLONE_PARENT): only the one it
+     * was meant for (a fork of a template child that ran on into its end
+     * would give its parent, a user's process, a child it did not make). */
+    if (parent > 0 && getppid() != parent)
+        return 0;
+    /* Single-threaded only: another thread could use an fd closed below
+     * (or be handed its number by an open()) before the exit ends it.
+     * /proc/self/task links 2 + the number of threads. */
+    if (stat("/proc/self/task", &st) != 0 || st.st_nlink != 3)
+        return 0;
+    /* Relaxed: it only keeps a second call from using the same stack; it
+     * publishes nothing (one thread, as checked above). */
+    if (atomic_exchange_explicit(&_ember_holder_made, 1, memory_order_relaxed) != 0)
+        return 0;
+    sigfillset(&all);
+    (void)sigprocmask(SIG_BLOCK, &all, NULL);
+    (void)_ember_close_fds(0u, ~0u);
+    /* Out of its directory, which the holder's copy (no CLONE_FS) would
+     * hold until it ends, as its fds would: nothing runs here after this. */
+    (void)chdir("/");
+    pidfd = (int)syscall(SYS_pidfd_open, (long)getpid(), 0L);
+    if (pidfd < 0)
+        return 0;
+    /* CLONE_FILES: the holder shares the (now empty but for the pidfd)
+     * fd table rather than copying it; CLONE_PARENT: the shepherd's child,
+     * as the process is; CLONE_UNTRACED: a tracer of the process does not
+     * follow it there. */
+    pid = clone(_ember_holder, _ember_holder_stack + sizeof _ember_holder_stack,
+                CLONE_VM | CLONE_FILES | CLONE_PARENT | CLONE_UNTRACED, (void *)(intptr_t)pidfd);
+    if (pid < 0) {
+        (void)close(pidfd);
+        return 0;
+    }
+    /* Its unmapping waits for a CPU nothing else wants: woken by the same
+     * exit as the joiner, it would take the CPU the joiner and the next
+     * start need (nice 0: the joiner waited for it in a quarter of the
+     * exits).  A nice value, not SCHED_IDLE: under a full load a nice-19
+     * process still gets 1.5% of a CPU against each busy one, so the
+     * holders waiting to unmap stay few (SCHED_IDLE: 0.3%). */
+    (void)setpriority(PRIO_PROCESS, (id_t)pid, EMBER_EXIT_HOLDER_NICE);
+    return (pid_t)pid;
 }

@@ -80,6 +80,7 @@ from .._trace import t as _t
 from .._worker import LEASED_COMM, _scan, lease as _lease_worker, main as _run_worker, parse_argv, \
     spare_token
 from .server import _fd_ready  # (poll: the shepherd's fds may be above select's limit)
+from ._spawn import exit_holder as _exit_holder
 from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
     set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
     spare_request as _spare_request, spare_setenv as _spare_setenv, spare_wait as _spare_wait, \
@@ -925,7 +926,9 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
             _trace.flush()
         if code == 0:
             _say_clean()
-        flush_and_exit(code)
+        # The memory handed to a holder that unmaps it after the exit
+        # (spares.h): the joiner is woken without waiting for that.
+        flush_and_exit(code, lambda: _exit_holder(shepherd_pid))
 
 
 def _wait_adopted():
