@@ -119,6 +119,33 @@ def test_main_module_runs_again_without_an_importer_probe_and_leaves_no_cache_en
         (res.stdout, res.stderr)
 
 
+def test_argv_changed_in_place_reaches_the_next_child(tmp_path):
+    """spawn's preparation data holds ``sys.argv`` itself: the parent's
+    cached pickle of it (``context._pickles``) compared the new data with
+    a cached dict holding that very list, so after ``sys.argv.append`` the
+    next child still got the old argv.  Each child sees the argv of the
+    parent at its start, also for a main module every child runs again."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, sys
+        import ember
+
+        def work(q):
+            q.put(sys.argv[1:])
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            for arg in ("a", "b", "c"):
+                sys.argv.append(arg)
+                p = ctx.Process(target=work, args=(q,)); p.start()
+                print(*q.get(timeout=60)); p.join(60)
+    """))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["a", "a b", "a b c"], (res.stdout, res.stderr)
+
+
 def test_child_stdin_is_devnull_at_eof_for_ember_and_subclassed_processes(tmp_path):
     """A child's sys.stdin is a text stream over /dev/null at EOF, as under
     spawn, whether it is the template's ready-made one (an EmberProcess) or

@@ -311,7 +311,10 @@ def _pickles(popen, process_obj):
                 prep_b = c[3]
             else:
                 prep_b = bytes(reduction.ForkingPickler.dumps((prep, config)))
-            _prep_c[0] = (made, prep, None if config is None else dict(config), prep_b)
+            # (spawn's data holds sys.argv itself, not a copy: kept as it
+            # is, an argv changed in place would compare equal to it)
+            kept = dict(prep, sys_argv=list(prep["sys_argv"])) if "sys_argv" in prep else prep
+            _prep_c[0] = (made, kept, None if config is None else dict(config), prep_b)
         if config is not None:
             state = {k: v for k, v in state.items() if k != "_config"}
             obj_b = bytes(reduction.ForkingPickler.dumps(state))
