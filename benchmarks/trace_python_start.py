@@ -1,7 +1,7 @@
 """Where the time of an ``ember.Process`` start + join goes: timestamps in
 every process on the path (parent, GS, shepherd, template, child).
 
-    python benchmarks/trace_python_start.py [-n N] [--keep DIR]
+    python benchmarks/trace_python_start.py [-n N] [--keep DIR] [--mp] [--block K]
 
 Runs itself under ``ember run`` with ``EMBER_TRACE_START`` set (see
 ``ember._trace``: each process records ``CLOCK_MONOTONIC`` timestamps at
@@ -63,11 +63,13 @@ def _start_join(make, target, t=None, label=None, started=False, gap=0.0):
         time.sleep(gap)
 
 
-def drive(n, gap=0.002, with_mp=False):
+def drive(n, gap=0.002, with_mp=False, block=1):
     """``gap``: seconds of sleep after each start + join (0: back to back,
     as the benchmark's loop, where each start follows the last join at
     once); ``with_mp``: also starts under the multiprocessing method
-    "ember"."""
+    "ember"; ``block``: starts of one kind in a row (1: the kinds
+    alternate at each start; more: as the benchmark's rounds, where a
+    start follows one of its own kind, whose lease it takes)."""
     import multiprocessing as mp
 
     import ember
@@ -80,11 +82,14 @@ def drive(n, gap=0.002, with_mp=False):
         if with_mp:
             _start_join(ectx.Process, trivial)
     time.sleep(0.1)
-    for _ in range(n):
-        if with_mp:
+    for i in range(0, n, block):
+        k = min(block, n - i)
+        for _ in range(k if with_mp else 0):
             _start_join(ectx.Process, traced_mp_target, t, "M", gap=gap)
-        _start_join(ember.Process, trivial, t, "P", gap=gap)
-        _start_join(ctx.Process, traced_fork_target, t, "F", started=True, gap=gap)
+        for _ in range(k):
+            _start_join(ember.Process, trivial, t, "P", gap=gap)
+        for _ in range(k):
+            _start_join(ctx.Process, traced_fork_target, t, "F", started=True, gap=gap)
     flush()
 
 
@@ -148,10 +153,12 @@ def main():
                     help="no pause between one start + join and the next (as the benchmark)")
     ap.add_argument("--mp", action="store_true",
                     help="also multiprocessing starts under the \"ember\" method (M.)")
+    ap.add_argument("--block", type=int, default=1, metavar="K",
+                    help="K starts of each kind in a row (default 1: the kinds alternate)")
     ap.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.drive:
-        drive(a.n, 0 if a.back_to_back else 0.002, a.mp)
+        drive(a.n, 0 if a.back_to_back else 0.002, a.mp, max(1, a.block))
         return 0
     d = a.keep or tempfile.mkdtemp(prefix="ember-trace-")
     os.makedirs(d, exist_ok=True)
@@ -166,7 +173,8 @@ def main():
           flush=True)
     subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__), "--drive",
                     "-n", str(a.n)] + (["--back-to-back"] if a.back_to_back else [])
-                   + (["--mp"] if a.mp else []), env=env, check=True, timeout=600)
+                   + (["--mp"] if a.mp else []) + ["--block", str(a.block)],
+                   env=env, check=True, timeout=600)
     analyse(path)
     print(f"# load after: {' '.join('%.1f' % x for x in os.getloadavg())}")
     if a.keep is None:
