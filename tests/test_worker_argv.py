@@ -20,3 +20,45 @@ def test_main_reads_the_arguments_as_parse_argv_and_spare_token_do():
                 read(bad)
     with pytest.raises(ValueError):
         _worker._run_args(["not base64!", r])
+
+
+def test_the_templates_rehearsal_of_a_call_leaves_nothing_behind():
+    """ember._worker.rehearse (the warm template's call, made once it has
+    cleared the type attribute cache, so that its children's look-ups are
+    hits): nothing is left in the pool, sys.path, os.environ and the
+    directory are as they were, no trace point is recorded, and in a pool
+    too small for its channels it gives up without a word or a leftover."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prog = textwrap.dedent("""
+        import os, sys
+        from ember import _trace, _worker
+        from ember.pools_c import Pool
+
+        def state(pool):
+            return pool.stats().live_allocs, list(sys.path), dict(os.environ), os.getcwd()
+
+        pool = Pool.create(16 << 20)
+        before = state(pool)
+        _worker.rehearse(pool)
+        print("big", state(pool) == before, _trace._buf == [])
+        pool.destroy()
+        small = Pool.create(1 << 20)
+        blocks, size = [], 1 << 19
+        while size >= 64:                 # filled but for less than a channel's room
+            try:
+                blocks.append(small.alloc(size))
+            except Exception:
+                size //= 2
+        before = state(small)
+        _worker.rehearse(small)
+        print("small", state(small) == before, len(blocks) > 10)
+        for b in blocks:
+            b.free()
+        small.destroy()
+    """)
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.splitlines() == ["big True True", "small True True"]

@@ -212,13 +212,15 @@ def lease(call_sdesc, result_sdesc, token, pool, rename=None):
         res.detach()
 
 
-def _run_call(call, res, rec, extra):
+def _run_call(call, res, rec, extra, traced=True):
     """Run the call of the record ``rec`` that came on ``call`` (detached
     here; the record's data taken from it), with its ``extra``: a spare's
     ``(path, setenv, unsetenv, cwd, token)`` (applied), else ``sys.path``;
-    send the outcome on ``res``; return the exit code."""
+    send the outcome on ``res``; return the exit code.  ``traced``: its
+    trace points recorded (not in :func:`rehearse`)."""
     _codec, P, pickle = _imports()[1:]
-    if _trace.on:
+    traced = traced and _trace.on
+    if traced:
         _trace.t("C.call")
         _trace.t_faults("C.faults_call")
     data, rec.data = rec.data, None
@@ -239,7 +241,7 @@ def _run_call(call, res, rec, extra):
         _send_exception(res, exc, _format_tb(exc, _run_call.__code__))
         return 1
     del data
-    if _trace.on:
+    if traced:
         _trace.t("C.target")
         _trace.t_faults("C.faults_target")
     try:
@@ -268,6 +270,43 @@ def _run_call(call, res, rec, extra):
     del result
     P.send_record(res, P.KIND_OK, msg)
     return 0
+
+
+def rehearse(pool):
+    """The warm template's rehearsal of a call, once it has cleared the
+    type attribute cache (template._freeze): a call of a function shipped
+    by value (as a ``__main__`` function is) run by :func:`_run_call` on
+    two channels of ``pool`` made for it, then destroyed.  What the call's
+    path looks up is then in the cache, and each child's same look-up a
+    hit: a miss writes a cache entry, on a page of libpython's data the
+    child shares with the template, after its call (docs/python-processes.md,
+    "Seventh pass").  Nothing of it outlives the call (its function's
+    cycle with its globals is broken); an error is left unsaid (it only
+    costs the children those pages)."""
+    Channel, _codec, P, pickle = _imports()
+    here = {"__name__": "__main__"}
+    made, attached = [], []
+    try:
+        exec("def rehearsal():\n    return None\n", here)
+        for _ in range(2):
+            made.append(Channel.create(pool, capacity=2, block_size=1024, owned=True))
+            attached.append(Channel.attach(made[-1].sdesc))
+        extra = (list(sys.path), None, None, None, "")
+        rec = P.Record(P.KIND_CALL, pickle.dumps(extra),
+                       _codec.dumps((here["rehearsal"], (), {}), pool))
+        _run_call(*attached, rec, _check_call(rec, ""), False)
+    except Exception:
+        pass
+    finally:
+        try:
+            for c in attached:
+                if not c.closed:
+                    c.detach()
+            for c in made:
+                c.destroy()
+        except Exception:
+            pass
+        here.clear()
 
 
 _USAGE = ("usage: python -m ember._worker [--template] [--preload=M,...] [--spare=TOKEN] "

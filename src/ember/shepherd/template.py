@@ -78,7 +78,7 @@ from .._trace import t as _t
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, _scan, lease as _lease_worker, main as _run_worker, parse_argv, \
-    spare_token
+    rehearse as _rehearse, spare_token
 from .server import _fd_ready  # (poll: the shepherd's fds may be above select's limit)
 from ._spawn import exit_holder as _exit_holder
 from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
@@ -742,7 +742,11 @@ def _freeze():
     replace hold ``None`` (or what the template looked up since, which is
     what its children look up too): an ``"ember"``-method child writes ~33
     fewer pages, an ``ember.Process`` child as many as before
-    (docs/multiprocessing.md, "Thirteenth pass")."""
+    (docs/multiprocessing.md, "Thirteenth pass").  Then a call is
+    rehearsed (``ember._worker.rehearse``): what a child's call looks up
+    is in the cache, each child's look-up a hit, no entry written (an
+    ``ember.Process`` child ~14 fewer faults, most of them between its
+    call and its exit: docs/python-processes.md, "Seventh pass")."""
     import gc
 
     _take_environ()
@@ -757,6 +761,8 @@ def _freeze():
     clear = getattr(sys, "_clear_type_cache", None)
     if clear is not None:
         clear()
+        if _default_pool is not None:
+            _rehearse(_default_pool)
 
 
 def _take_environ():
