@@ -1855,3 +1855,41 @@ def test_exit_holders_are_reaped_and_a_kill_mid_exit_is_seen(tmp_path):
     assert ok(res).splitlines() == ["codes {0} -9", "holders left 0"]
     err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
     assert len(err) == 1 and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
+
+
+def test_children_in_an_exited_childs_group_keep_their_exit_codes(tmp_path):
+    """Children that joined another child's process group (os.setpgid) are
+    in the group the shepherd looks at for that child's exit holder
+    (Shepherd._reap_holders) after it exited: ended together (killpg),
+    each is reaped by its own exit's handling and joined with its own
+    code, -SIGTERM, never reaped there as a holder (then -9, "reaped by
+    someone else")."""
+    res = run_prog(tmp_path, """
+        def lead(path):
+            while not os.path.exists(path):
+                time.sleep(0.005)
+
+        def member(group, path):
+            os.setpgid(0, group)
+            open(path, "w").close()
+            while True:
+                time.sleep(1)
+
+        codes = []
+        for r in range(6):
+            x = ember.Process(target=lead, args=(f"go{r}",)); x.start()
+            ms = [ember.Process(target=member, args=(x.pid, f"in{r}.{i}")) for i in range(3)]
+            for m in ms:
+                m.start()
+            while not all(os.path.exists(f"in{r}.{i}") for i in range(3)):
+                time.sleep(0.005)
+            open(f"go{r}", "w").close()
+            x.join()
+            os.killpg(x.pid, signal.SIGTERM)
+            for m in ms:
+                m.join()
+                codes.append(m.exitcode)
+        print("codes", sorted(set(codes)), x.exitcode)
+    """)
+    assert ok(res).splitlines() == ["codes [-15] 0"], res.stderr.decode()[-3000:]
+    assert b"reaped by someone else" not in res.stderr

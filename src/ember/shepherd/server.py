@@ -1155,7 +1155,10 @@ class Shepherd(Service):
         exit, and dead by the next.  A child that made none (another
         start method, another thread running at its exit) costs one
         ``waitid`` that finds no member.  A group led by its id's process
-        is a new one (the id reused): not looked at again."""
+        is a new one (the id reused): not looked at again.  A process we
+        record found there (it joined the group: os.setpgid) is left to its
+        own exit's handling, which takes its code (reaped here, it was
+        joined with -9): the group is looked at again at the next exit."""
         keep = []
         for pgid, looks in self._holder_groups:
             while True:
@@ -1169,11 +1172,22 @@ class Shepherd(Service):
                     break
                 if si.si_pid == pgid:
                     break                 # a new group of that id: its leader is not a holder
+                if self._is_child(si.si_pid):
+                    # One of ours that joined the group (os.setpgid), not
+                    # yet handled: its own _on_exit reaps it, with its code.
+                    if looks + 1 < _HOLDER_LOOKS:
+                        keep.append((pgid, looks + 1))
+                    break
                 try:
                     os.waitpid(si.si_pid, os.WNOHANG)
                 except ChildProcessError:
                     break
         self._holder_groups = keep
+
+    def _is_child(self, pid):
+        """Whether ``pid`` is a process we record (started or attached)."""
+        with self._lock:
+            return any(c.pid == pid for c in self._children.values())
 
     @staticmethod
     def _unsent_kill(child):
