@@ -1893,3 +1893,43 @@ def test_children_in_an_exited_childs_group_keep_their_exit_codes(tmp_path):
     """)
     assert ok(res).splitlines() == ["codes [-15] 0"], res.stderr.decode()[-3000:]
     assert b"reaped by someone else" not in res.stderr
+
+
+def test_children_killed_at_random_around_their_exit(tmp_path):
+    """Template children SIGKILLed at random points of their last steps
+    (sending the result, atexit, the output board, making the holder of
+    their memory, the exit itself; spares.h): every join returns, with 0
+    and the result or with -9, the holders are all reaped and no fd is
+    left.  (Passes on main too: the behaviour kept.  The default pool's
+    live allocations are not compared: one is left in about 1 run of 25,
+    on main before the holder as well: a separate matter.)"""
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent("""
+        import random
+        rnd = random.Random(13)
+
+        def f(x):
+            return x + 1
+
+        before = leak_state()[0]
+        codes, wrong = set(), []
+        for i in range(60):
+            p = ember.Process(target=f, args=(i,)); p.start()
+            time.sleep(rnd.random() * 0.003)
+            try:
+                signal.pidfd_send_signal(p.sentinel, signal.SIGKILL)   # (its pidfd)
+            except OSError:
+                pass            # ended already (reaped before start() looked: no pidfd)
+            p.join(timeout=30)
+            codes.add(p.exitcode)
+            if p.exitcode == 0 and p.result() != i + 1:
+                wrong.append(i)
+            p.close()
+        print("codes", codes <= {0, -9}, wrong)
+        deadline = time.monotonic() + 20
+        while children(SHEPHERD, comm="ember-exit"):
+            assert time.monotonic() < deadline, children(SHEPHERD, comm="ember-exit")
+            time.sleep(0.01)
+        after = leak_state()[0]
+        print("fds", after == before, *(() if after == before else (before, after)))
+    """))
+    assert ok(res).splitlines() == ["codes True []", "fds True"], res.stderr.decode()
