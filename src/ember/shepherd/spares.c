@@ -2,12 +2,19 @@
  * spares.c -- the warm template's spare-making loop (see spares.h for the
  * contract, what it saves and what a death costs).
  *
- * No shared memory and no atomics here: the loop is the template's own,
- * single-threaded, and talks to the shepherd through one socket.  The
- * only state it writes between two clones is its stack, the receive
- * buffer, the socket pair's fds and what PyOS_BeforeFork/AfterFork_Parent
- * write (the import lock, the at-fork hooks' calls): a few pages where the
- * Python loop wrote ~145, each copied once after every clone.
+ * No shared memory here: the loop is the template's own, single-threaded,
+ * and talks to the shepherd through one socket.  The only state it writes
+ * between two clones is its stack, the receive buffer, the socket pair's
+ * fds and what PyOS_BeforeFork/AfterFork_Parent write (the import lock, the
+ * at-fork hooks' calls): a few pages where the Python loop wrote ~145, each
+ * copied once after every clone.
+ *
+ * Also here, a spare's and a lease's steps up to its call (run in the new
+ * spare, on its own memory) and a template child's exit holder
+ * (ember_exit_holder: the one process that shares a process's memory,
+ * CLONE_VM, only once that process does nothing but exit; its one atomic
+ * keeps a second call off the holder's stack).  What a death at each step
+ * costs: spares.h, at each.
  */
 #include <Python.h>     /* first: it sets the feature macros */
 
@@ -28,7 +35,6 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
