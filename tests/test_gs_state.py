@@ -933,6 +933,63 @@ def test_a_lease_dead_as_idle_is_reported_only_if_claimed(h, tmp_path):
     h.gs._close_events()
 
 
+def test_claim_next_claims_and_leases_in_one_message(h, tmp_path):
+    """ProcessClaimNext: the claim of the sender's spare and the create of
+    its next spare in one message, answered as the create is; a claim GS
+    refuses (not the sender's, not a spare, not an int) is logged and the
+    create made all the same; bad create fields get a clear error; a
+    creator that exits with its next spare still being spawned leaves
+    nothing (the spare is killed, its late ShSpawned answers nobody)."""
+    h.gs.events_path = str(tmp_path / "r.events")
+    creator = h.create("creator")
+    other = h.create()
+
+    def claim_next(ident, label=None, p_uid=creator, args=None, env=None):
+        key = h.req(m.ProcessClaimNext, ident, label, "/bin/true", [] if args is None else args,
+                    {} if env is None else env, "/", p_uid=p_uid)
+        h.spawn_all()
+        return key
+
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {"spare": True}, False,
+                p_uid=creator)
+    h.spawn_all()
+    a = h.ok(key)["p_uid"]
+    b = h.ok(claim_next(a, "Process-2 (m.work)"))["p_uid"]
+    assert not h.gs.procs[a].spare and h.gs.procs[a].label == "Process-2 (m.work)"
+    assert h.gs.procs[b].spare and h.gs.spares_of == {creator: {b}}
+    assert h.gs.procs[b].creator == creator and not h.gs.procs[b].name
+    assert [p for p, _, _ in h.ok(h.req(m.ProcessList))] == [creator, other, a]
+    # refused claims (logged): another's spare, a claimed one, not a p_uid; each still leases
+    c = h.ok(claim_next(b, p_uid=other))["p_uid"]
+    assert h.gs.procs[b].spare and h.gs.spares_of == {creator: {b}, other: {c}}
+    d = h.ok(claim_next(a))["p_uid"]
+    e = h.ok(claim_next("x", label=5))["p_uid"]
+    assert h.gs.spares_of == {creator: {b, d, e}, other: {c}}
+    # bad create fields: a clear error, the claim made
+    assert h.err(claim_next(b, args="no list")) == ("ProcessError", "args must be a list of str")
+    assert not h.gs.procs[b].spare
+    assert h.err(claim_next(d, env={"A": 1})) == ("ProcessError", "env must map str to str")
+    assert h.gs.spares_of == {creator: {e}, other: {c}}
+    # the creator exits while its next spare is being spawned: it is killed
+    h.auto = False
+    key = h.req(m.ProcessClaimNext, e, None, "/bin/true", [], {}, "/", p_uid=creator)
+    h.pump()
+    (spawn,) = [x for x in h.sh if type(x) is m.ShSpawn]
+    h.auto = True
+    h.sh.clear()
+    h.exit(creator, 0)
+    assert [(x.p_uid, x.sig) for x in h.sh if type(x) is m.ShKill] == [(spawn.p_uid, signal.SIGKILL)]
+    h.shepherd(m.ShSpawned(spawn.tag, spawn.p_uid, 4242, None))
+    assert h.reply(key) is None                       # its creator is gone: nobody to answer
+    h.exit(spawn.p_uid, -signal.SIGKILL)
+    assert h.gs.spares_of == {other: {c}}
+    # the process.started events: the creators', and each claimed spare's once
+    ev = [(x["event"], x["p_uid"]) for x in _events_of(tmp_path / "r.events")
+          if x["event"] == "process.started"]
+    assert ev == [("process.started", p) for p in (creator, other, a, b, d, e)]
+    h.gs._close_events()
+
+
 def _events_of(path):
     import json
     with open(path) as f:

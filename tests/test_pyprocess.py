@@ -1535,6 +1535,7 @@ def test_lease_after_a_second_start_only(tmp_path):
     """A program that starts a single Process holds no spare: the first
     start leases none, the second asks for the third's."""
     out = ok(run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        from ember.globalservices import introspect, process as gproc
         from ember.objects import process as P
 
         def f():
@@ -1548,8 +1549,30 @@ def test_lease_after_a_second_start_only(tmp_path):
         p = ember.Process(target=f); p.start(); p.join()
         P._settle(spare)
         print("third from it", p.result() == spare.desc.os_pid, P._lease is not spare)
+        # its claim went with the request for the fourth's spare (ProcessClaimNext)
+        handled = introspect.stats().handled
+        print("claimed", handled.get("ProcessClaimNext"), handled.get("ProcessClaim"),
+              p.p_uid in {q for q, _ in gproc.get_list()})
+        # no room in the default pool for the next spare's channels: the start
+        # takes the spare it holds and claims it alone (ProcessClaim)
+        from ember.exceptions import PoolExhausted
+        spare, pool, held = P._lease, P._default_pool(), []
+        for size in (1 << 20, 1 << 16, 1 << 12, 1 << 8):
+            while True:
+                try:
+                    held.append(pool.alloc(size))
+                except PoolExhausted:
+                    break
+        p = ember.Process(target=f); p.start(); p.join()
+        for a in held:
+            a.free()
+        handled = introspect.stats().handled
+        print("alone", p.result() == spare.desc.os_pid, P._lease is None,
+              handled.get("ProcessClaimNext"), handled.get("ProcessClaim"),
+              p.p_uid in {q for q, _ in gproc.get_list()})
     """)))
-    assert out.splitlines() == ["first 0 True True", "second 0 True 1", "third from it True True"], out
+    assert out.splitlines() == ["first 0 True True", "second 0 True 1", "third from it True True",
+                                "claimed 1 None True", "alone True True 1 1 True"], out
 
 
 def test_exit_kills_the_lease_without_gs(tmp_path):

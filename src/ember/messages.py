@@ -273,6 +273,15 @@ _define(160, "ProcessClaim", _REQ + "ident label", {"label": None})
 # (ShExited.info ``idle_report``) and GS found claimed: a user's process.
 _define(161, "ShDeathReport", "p_uid line")
 
+# rtcpu (180-189).  ``ember.Process``'s start that took a spare claims it
+# and asks for the next one in one message: ProcessClaim of ``ident`` (with
+# ``label``; a claim GS refuses is logged, as ProcessClaim's) followed by a
+# ProcessCreate with the option ``spare`` (no name, not soft) of ``exe``,
+# ``args``, ``env`` and ``run_dir``, answered as that create is (the new
+# spare's descriptor, or an error).  One decode and one dispatch in GS,
+# one send in the creator, where two messages took two of each.
+_define(180, "ProcessClaimNext", _REQ + "ident label exe args env run_dir")
+
 # --- shepherd -> global services (private control channel) -------------------
 _define(60, "ShSpawned", "ref p_uid os_pid err")
 # info (optional; None from a sender that cannot know, e.g. an attached

@@ -34,6 +34,8 @@ LAUNCHER_P_UID = 0
 FIRST_P_UID = 1
 #: At most this many identifiers in one multi_join request.
 MAX_JOIN_IDENTS = 4096
+#: The options of the create a ProcessClaimNext carries (read, never changed).
+_SPARE = {"spare": True}
 
 
 def _label(value):
@@ -101,6 +103,7 @@ class ProcessesPart:
                 (m.ProcessQuery, "on_process_query"), (m.ProcessKill, "on_process_kill"),
                 (m.ProcessJoin, "on_process_join"), (m.ProcessAttach, "on_process_attach"),
                 (m.ProcessDetach, "on_process_detach"), (m.ProcessClaim, "on_process_claim"),
+                (m.ProcessClaimNext, "on_process_claim_next"),
                 (m.ProcessForked, "on_process_forked"))
     NOTICES = ((m.ShSpawned, "on_sh_spawned"), (m.ShExited, "on_sh_exited"))
 
@@ -497,6 +500,17 @@ class ProcessesPart:
             rec.exit_held = None
             self._event_exited(rec, code, info)
             self._death_report(rec, report)
+
+    def on_process_claim_next(self, msg):
+        """A claim (:meth:`on_process_claim`: refused and logged if
+        ``ident`` is not the sender's unclaimed spare) and the create of
+        the sender's next spare (:meth:`on_process_create` with the option
+        ``spare``: answered with its descriptor, or an error), in one
+        message: the create is made whatever became of the claim."""
+        self.on_process_claim(msg)
+        self.on_process_create(m.ProcessCreate._new(msg.tag, msg.p_uid, msg.r, msg.key, msg.exe,
+                                                    msg.args, msg.env, msg.run_dir, "",
+                                                    _SPARE, False))
 
     def on_process_list(self, msg):
         # Every process GS knows, exited ones included (process.query still

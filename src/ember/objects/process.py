@@ -97,9 +97,11 @@ def _environ():
 # and result channels attached, waiting for its call (``ember._worker
 # --spare``).  GS keeps it out of lists, events and the teardown's
 # survivors until it is claimed, and kills it when its creator exits.  The
-# next start sends its call straight to the spare's channel and tells GS
-# (ProcessClaim, not waited for): no round trip through GS, the shepherd
-# and the template on the start's path.  See docs/python-processes.md.
+# next start sends its call straight to the spare's channel and tells GS,
+# in the message that asks for the next spare (ProcessClaimNext; alone,
+# ProcessClaim, if none is asked for), not waited for: no round trip
+# through GS, the shepherd and the template on the start's path.  See
+# docs/python-processes.md.
 _lease = None                 # the _Lease held, or None
 _lease_lock = threading.Lock()
 #: The pid of the process (this one, not the one it was forked from) that
@@ -247,17 +249,20 @@ def _forget_lease():
         pass                                  # not there yet, or gone: GS's
 
 
-def _ask_lease(pool, argv):
+def _ask_lease(pool, argv, claim=None):
     """Ask GS for the spare of the next start with ``argv`` and return at
     once: the reply is read by the start that takes it (:func:`_settle`).
     Nothing if it cannot be asked for (the start that asks is not failed
-    for that)."""
+    for that).  ``claim``: ``(p_uid, label)`` of the spare this start took,
+    claimed in the same message (ProcessClaimNext), or alone (ProcessClaim)
+    if no spare is asked for."""
     global _lease
     from .. import messages as m
     from ..channels_c import Channel
     from ..globalservices._client import connection
 
     if _lease is not None:                    # another thread's start asked already
+        _claim(claim)
         return
     lease = _Lease()
     lease.key = _lease_key()
@@ -275,16 +280,32 @@ def _ask_lease(pool, argv):
         args = argv + ["--spare=" + lease.token, _env.encode(res.call.sdesc),
                        _env.encode(res.result.sdesc)]
         _t("P.lease")
-        lease.pending = connection().start_call(m.ProcessCreate, sys.executable, args,
-                                                dict(lease.env), lease.cwd, "",
-                                                {"spare": True}, False)
+        if claim is None:
+            lease.pending = connection().start_call(m.ProcessCreate, sys.executable, args,
+                                                    dict(lease.env), lease.cwd, "",
+                                                    {"spare": True}, False)
+        else:
+            lease.pending = connection().start_call(m.ProcessClaimNext, *claim, sys.executable,
+                                                    args, dict(lease.env), lease.cwd)
+            claim = None
     except Exception:
         res.release()
+        _claim(claim)
         return
     with _lease_lock:
         old, _lease = _lease, lease
     if old is not None:                       # another thread asked for one too
         _drop(old)
+
+
+def _claim(claim):
+    """Tell GS that the spare ``claim`` names (``(p_uid, label)``, or None:
+    nothing) is a process of its own now (ProcessClaim, a notice)."""
+    if claim is not None:
+        from .. import messages as m
+        from ..globalservices._client import connection
+
+        connection().post(m.ProcessClaim, *claim)
 
 
 #: Variables the runtime sets in each process itself (its p_uid, its
@@ -736,16 +757,19 @@ class Process:
             msg = _dump_call(self._target, self._args, self._kwargs, pool)
             _t("P.dumped")
             lease = _take_lease(argv) if leasing and self._cwd_ok() else None
+            claim = None
             if lease is not None:
                 self._start_spare(lease, msg)
+                claim = (lease.desc.p_uid, self._ps_label())
             else:
                 self._start_new(pool, msg, argv)
             with _live_lock:
                 _live.add(self)
             if leasing:
                 pid = os.getpid()
-                if lease is not None or _started_in[0] == pid:
-                    _ask_lease(pool, argv)    # the next start's, while this one runs
+                if claim is not None or _started_in[0] == pid:
+                    # the next start's, while this one runs; with the claim
+                    _ask_lease(pool, argv, claim)
                 _started_in[0] = pid          # (not after a first start: it may be the only)
 
     def _cwd_ok(self):
@@ -755,10 +779,8 @@ class Process:
         return not cwd or (os.path.isdir(cwd) and os.access(cwd, os.X_OK))
 
     def _start_spare(self, lease, msg):
-        """Start by giving the call to the leased spare ``lease``."""
-        from .. import messages as m
-        from ..globalservices._client import connection
-
+        """Start by giving the call to the leased spare ``lease`` (its
+        claim goes to GS with the next spare's request: :func:`_ask_lease`)."""
         res = lease.res
         want = _environ()
         want.update(self._env)
@@ -772,7 +794,6 @@ class Process:
             _drop(lease)
             raise
         _t("P.sent")
-        connection().post(m.ProcessClaim, lease.desc.p_uid, self._ps_label())
         self._desc = lease.desc
         self._res = res
         self._finalizer = weakref.finalize(self, res.release)
