@@ -484,6 +484,7 @@ class ChannelTransport:
         self.backlog = []
         self.agent = agent_channel   # several nodes: the head agent's input
         self.agent_backlog = []
+        self.replies = 0         # replies sent (serve(): spin after a message answered)
 
     def check_reply(self, r):
         """None if ``r`` can be a reply channel, else why not."""
@@ -519,6 +520,7 @@ class ChannelTransport:
                 log.warning("cannot attach reply channel (%s); reply %r dropped", exc, msg)
                 return
             self.cache[r] = ch
+        self.replies += 1
         try:
             ch.send(msg.pack(), timeout=0)
         except Exception as exc:
@@ -588,8 +590,14 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
 
     from ._client import CONTROL_SPIN
 
-    # Requests come in bursts: spin a little after each before sleeping.
+    # Requests come in bursts: spin a little after one that was answered
+    # before sleeping (its sender, awake, may ask again at once).  Not after
+    # the shepherd's reports nor a request answered later (a create, a lease
+    # of ember.Process: ProcessClaimNext): nothing follows those within a
+    # spin, which ran its 100 us three times a start, on a core the start's
+    # own processes wanted (docs/python-processes.md, "Seventh pass").
     gs_channel.set_spin(CONTROL_SPIN, adaptive=False)
+    spinning, replies = True, 0
     transport = ChannelTransport(sh_channel, Channel.attach,
                                  reply_pool_sdesc=gs_channel.pool.sdesc,
                                  agent_channel=mn["to_agent"] if mn else None)
@@ -659,6 +667,11 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         gs.warn("corrupt-input", "dropped a corrupt control message: %s", exc)
             else:
                 gs.handle_bytes(data)
+            spin = transport.replies != replies
+            replies = transport.replies
+            if spin is not spinning:
+                gs_channel.set_spin(CONTROL_SPIN if spin else 0, adaptive=False)
+                spinning = spin
         if gs.timers_pending:
             gs.expire()
         if len(gs._events_held) >= NOTICE_BATCH or gs.events_due(EVENTS_DELAY) == 0.0:
