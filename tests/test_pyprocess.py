@@ -1200,6 +1200,51 @@ def test_a_fork_child_whose_first_call_failed_asks_again(tmp_path, monkeypatch):
     assert out.splitlines() == ["refused,refused,refused True True 1 0 0"], out
 
 
+def test_a_start_whose_next_lease_cannot_be_asked_for(tmp_path):
+    """A start that took the spare leased for it, in a process whose
+    working directory is gone (the start gives ``cwd=``): the next
+    spare cannot be asked for (os.getcwd() fails), and the start returns
+    all the same, its process claimed (listed while it runs).  start()
+    raised FileNotFoundError with the process running, and since the
+    claim went with the next spare's request (ProcessClaimNext) the
+    process stayed an unclaimed spare: not listed, killed when its creator
+    exits."""
+    (tmp_path / "gone").mkdir()
+    out = ok(run_prog(tmp_path, """
+        from ember.globalservices import process as gproc
+
+        def wait(go):
+            for _ in range(60000):
+                if os.path.exists(go):
+                    break
+                time.sleep(0.001)
+            return os.getcwd()
+
+        top = os.getcwd()
+        os.chdir("gone")
+        for _ in range(2):                  # the second start asks for a spare
+            p = ember.Process(target=os.getpid, cwd=top)
+            p.start(); p.join(30)
+        from ember.objects import process as P_
+        print("spare", P_._settle(P_._lease))     # set up in "gone" before it goes
+        os.rmdir(os.path.join(top, "gone"))
+        go = os.path.join(top, "go")        # (no GS call in the child: that claims it)
+        p = ember.Process(target=wait, args=(go,), cwd=top)
+        try:
+            p.start()
+            print("started")
+        except Exception as e:
+            print("start raised", type(e).__name__)
+        print("listed", p._desc is not None and
+              p._desc.p_uid in [u for u, _ in gproc.get_list(alive_only=True)])
+        open(go, "w").close()
+        print(p.result(timeout=30) == top)
+        p.join(30)
+        print("exit", p.exitcode)
+    """))
+    assert out.splitlines() == ["spare True", "started", "listed True", "True", "exit 0"], out
+
+
 def test_join_reads_the_result_after_the_exit(tmp_path):
     """join() waits for the exit alone (one wake-up) and reads what the
     process sent before it: a value through a pool block, an exception

@@ -265,14 +265,14 @@ def _ask_lease(pool, argv, claim=None):
         _claim(claim)
         return
     lease = _Lease()
-    lease.key = _lease_key()
-    lease.argv = argv
-    lease.env = _environ()
-    lease.cwd = os.getcwd()
-    lease.token = os.urandom(8).hex()
     lease.desc = lease.pending = None
     res = lease.res = _Resources()
     try:
+        lease.key = _lease_key()
+        lease.argv = argv
+        lease.env = _environ()
+        lease.cwd = os.getcwd()           # (FileNotFoundError if it is gone)
+        lease.token = os.urandom(8).hex()
         res.call = Channel.create(pool, capacity=_CALL_CAPACITY_MIN, block_size=_BLOCK,
                                   c_uid=_roles.c_uid(_roles.PROCESS_CALL))
         res.result = Channel.create(pool, capacity=_RESULT_CAPACITY, block_size=_BLOCK,
@@ -288,9 +288,11 @@ def _ask_lease(pool, argv, claim=None):
             lease.pending = connection().start_call(m.ProcessClaimNext, *claim, sys.executable,
                                                     args, dict(lease.env), lease.cwd)
             claim = None
-    except Exception:
+    except BaseException as exc:
         res.release()
-        _claim(claim)
+        _claim(claim)                     # (the process runs: it is the caller's)
+        if not isinstance(exc, Exception):
+            raise
         return
     with _lease_lock:
         old, _lease = _lease, lease
