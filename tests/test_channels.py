@@ -559,6 +559,25 @@ def test_destroy_does_not_wait_for_a_side_stuck_in_its_hand_over(side):
         pool._validate()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("side", ["send", "recv"])
+def test_destroy_last_frees_the_block_of_a_side_killed_in_its_hand_over(side):
+    """The channel's last user (every other process that used it dead):
+    _destroy_last frees the block that a process killed inside its
+    hand-over window kept allocated (a plain destroy leaves it: above)."""
+    with _one_slot_channel(side) as (pool, ch, forked):
+        pid = _fork_side(ch, side, "handover", 30, ready=True)   # hand one slot over, stay there
+        forked.append(pid)
+        if side == "send":
+            assert ch.recv(timeout=30) == b"last"
+        else:
+            ch.send(b"next", timeout=30)         # room made by the paused child
+        kill(pid)                                # dies inside its window
+        ch._destroy_last()
+        assert pool.stats().live_allocs == 0
+        pool._validate()
+
+
 def _claimed_by_child(ch, pause, side="send"):
     """A forked child whose send claims a slot of the empty ``ch`` (whose
     receive claims the slot of ``ch``'s one message, b"fill") and pauses

@@ -2039,3 +2039,36 @@ def test_children_killed_at_random_around_their_exit(tmp_path):
         print("fds", after == before, *(() if after == before else (before, after)))
     """))
     assert ok(res).splitlines() == ["codes True []", "fds True"], res.stderr.decode()
+
+
+def test_a_child_killed_inside_its_result_sends_hand_over_leaves_no_block(tmp_path):
+    """A child killed inside the hand-over window of its result's send
+    (after the slot's FULL store, before the end of its notify: held there
+    by channel.c's test pause, then SIGKILLed) left its busy count up, so
+    the parent's destroy of the result channel left that channel's block
+    in the default pool for good (one in ~1500 random kills around the
+    exit).  Once the child has exited, the parent is the channels' last
+    user and frees them whatever the counts say."""
+    res = run_prog(tmp_path, """
+        from ember.channels_c import _channels
+
+        def f():
+            _channels._debug_handover_pause(60)      # in this child only
+            return "r"
+
+        before = leak_state()[1]
+        for i in range(3):
+            p = ember.Process(target=f); p.start()
+            deadline = time.monotonic() + 30
+            while len(p._res.result) == 0:           # its first message stored: paused after it
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            time.sleep(0.05)
+            signal.pidfd_send_signal(p.sentinel, signal.SIGKILL)
+            p.join(timeout=30)
+            print(p.exitcode)
+            p.close()
+        after = leak_state()[1]
+        print("allocs", after - before)
+    """)
+    assert ok(res).splitlines() == ["-9", "-9", "-9", "allocs 0"], res.stderr.decode()[-3000:]

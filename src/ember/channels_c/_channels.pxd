@@ -55,6 +55,7 @@ cdef extern from "channel.h" nogil:
     ember_rc_t ember_ch_serialize(const ember_ch_t *ch, void *buf, size_t cap, size_t *len)
     ember_rc_t ember_ch_detach(ember_ch_t *ch)
     ember_rc_t ember_ch_destroy(ember_ch_t *ch)
+    ember_rc_t ember_ch_destroy_last(ember_ch_t *ch)
     void ember_ch_debug_handover_pause(int64_t ns)
     void ember_ch_debug_claim_pause(int64_t ns)
     void ember_ch_after_clone()

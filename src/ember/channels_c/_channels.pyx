@@ -503,6 +503,20 @@ cdef class Channel:
         self._ch = NULL
         _check_rc(ember_ch_destroy(ch), f"cannot destroy {self._desc()}")
 
+    def _destroy_last(self):
+        """:meth:`destroy` by the channel's last user: every other process
+        that used it is dead and this one has no call on it in flight (a
+        Process's parent once its child has exited).  The block is freed
+        even if a process was killed inside its hand-over window, which
+        :meth:`destroy` leaves allocated (channel.c, HAND-OVER)."""
+        self._check_idle("destroy")
+        if getpid() != self._owner_pid:
+            raise ChannelError(f"{self._desc()}: cannot destroy: this handle was inherited through fork() "
+                               f"from process {self._owner_pid}")
+        cdef ember_ch_t *ch = self._ch
+        self._ch = NULL
+        _check_rc(ember_ch_destroy_last(ch), f"cannot destroy {self._desc()}")
+
     def _take_owner(self, from_pid, to_pid=0):
         """Hand the channel's block from owner ``from_pid`` to ``to_pid``
         (0: nobody, never reclaimed) in one step under the pool's mutex.

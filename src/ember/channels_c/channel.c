@@ -116,7 +116,9 @@
  * CAS (including any dead-peer recovery it does on the way: liveness
  * reads of /proc, a pool free, futex wakes), or between its hand-over
  * store and the end of its notify, leaves its count up: the block stays allocated (a leak of
- * one block, never a write into reused memory).  A stopped one (SIGSTOP)
+ * one block, never a write into reused memory), unless the channel's last
+ * user, knowing every other one dead, destroys it with
+ * ember_ch_destroy_last(), which ends both counts first.  A stopped one (SIGSTOP)
  * holds the block until it resumes and ends its count (destroy never
  * waits for it).
  *
@@ -1542,6 +1544,20 @@ ember_rc_t ember_ch_detach(ember_ch_t *ch)
         return EMBER_ERR_INVALID_ARG;
     free(ch);
     return EMBER_OK;
+}
+
+ember_rc_t ember_ch_destroy_last(ember_ch_t *ch)
+{
+    if (!ch)
+        return EMBER_ERR_INVALID_ARG;
+    if (ch_alive(ch)) {
+        /* relaxed: nobody else is left to write or read the counts (the
+         * caller's promise); ember_ch_destroy's acq_rel fetch_or of
+         * BUSY_DESTROYING, in this thread, comes after them. */
+        ember_atomic_store_relaxed(&ch->h->xsend_busy, 0u);
+        ember_atomic_store_relaxed(&ch->h->xrecv_busy, 0u);
+    }
+    return ember_ch_destroy(ch);
 }
 
 ember_rc_t ember_ch_destroy(ember_ch_t *ch)

@@ -127,6 +127,15 @@ ember_rc_t ember_ch_detach(ember_ch_t *ch);
  * changes nothing; the handle is freed either way. */
 ember_rc_t ember_ch_destroy(ember_ch_t *ch);
 
+/* ember_ch_destroy by the channel's last user: every other process that
+ * ever used the channel is dead, and the caller has no call of its own on
+ * it in flight (a Process's parent once its child has exited).  The busy
+ * counts are ended first (HAND-OVER), so that a process killed inside its
+ * hand-over window (between its FULL/FREE store and the end of its notify)
+ * does not leave the channel's block allocated for ever: it is freed here.
+ * Called with another user alive, a block may be freed under it. */
+ember_rc_t ember_ch_destroy_last(ember_ch_t *ch);
+
 /* In a child made by a raw clone() (no pthread_atfork handler ran): refresh
  * the cached pid that slot states record (channel.c's copy). */
 void ember_ch_after_clone(void);

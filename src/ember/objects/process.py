@@ -360,12 +360,17 @@ class _Resources:
         self.pidfd = False        # fd is the process's pidfd (not an eventfd)
 
     def release_channels(self):
+        # Once the process has exited (its fd readable) this one is the
+        # channels' last user: a destroy that frees their blocks even if it
+        # was killed inside a send's or receive's hand-over window
+        # (channel.c, HAND-OVER), which a plain destroy leaves allocated.
+        last = self.fd >= 0 and _readable([self.fd], 0)
         for attr in ("call", "result"):
             ch = getattr(self, attr)
             setattr(self, attr, None)
             if ch is not None and not ch.closed:
                 try:
-                    ch.destroy()
+                    ch._destroy_last() if last else ch.destroy()
                 except Exception:
                     pass
 
