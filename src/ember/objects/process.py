@@ -955,11 +955,6 @@ class Process:
             from ..globalservices import process as gproc
 
             code = gproc.join(self._desc.p_uid)
-            # Its spare may have died before it read the request, which the
-            # shepherd then ran in another process: what that one sent is
-            # in now (the shepherd's _rerun).
-            while reader.pump(0):
-                pass
         _t("P.code")
         self._finish(code)
         return True
