@@ -861,9 +861,9 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
     code = 127
     step = "start"
     if not detached and _template_comm and spare_token(args) is not None:
-        # a lease forked for its request: idle by its name from here on
-        # (the shepherd's _idle_spare), not only from _worker._wait_call
-        # on: killed while it set up, it was reported as a death
+        # a lease forked for its request: named as one from here on (ember
+        # ps); whether its death is reported is GS's to say (claimed or
+        # not: the shepherd's _on_exit), whatever its name
         _comm(LEASED_COMM)
     try:
         if lease is None:
