@@ -352,6 +352,20 @@ def spare_name(bytes comm not None):
     ember_spare_name(PyBytes_AS_STRING(comm))
 
 
+cdef list _request_sets(const char *m, const ember_spare_request_t *r):
+    """The ``(key, value)`` bytes of each environment entry a request ``m``
+    sets (``r``, ember_spare_request's reading of it)."""
+    cdef size_t i, k
+    sets = []
+    for i in range(r.nsets):
+        k = <size_t>(<const char *>memchr(m + r.sets[i].off, 61, r.sets[i].len)
+                     - (m + r.sets[i].off))           # '=': there, ember_spare_request checked
+        sets.append((PyBytes_FromStringAndSize(m + r.sets[i].off, <Py_ssize_t>k),
+                     PyBytes_FromStringAndSize(m + r.sets[i].off + k + 1,
+                                               <Py_ssize_t>(r.sets[i].len - k - 1))))
+    return sets
+
+
 cdef bytes _b64(const char *text, size_t n):
     """The bytes of base64 ``text`` (ember_spare_b64_decode), or None."""
     cdef size_t size = n // 4 * 3
@@ -386,7 +400,7 @@ cdef object _lease_setup(bytes msg, tuple lease):
     cdef ember_spare_span_t tok, cs, rs
     cdef const char *m = PyBytes_AS_STRING(msg)
     cdef bytes env = lease[0]
-    cdef size_t i, k
+    cdef size_t i
     if ember_spare_request(m, <size_t>len(msg), PyBytes_AS_STRING(env), <size_t>len(env),
                            &r) != 0 \
             or ember_spare_lease_args(m, &r, &tok, &cs, &rs) != 0:
@@ -404,13 +418,7 @@ cdef object _lease_setup(bytes msg, tuple lease):
             PyUnicode_DecodeUTF8(m + r.cwd.off, <Py_ssize_t>r.cwd.len, NULL)
     except UnicodeDecodeError:
         return None
-    sets = []
-    for i in range(r.nsets):
-        k = <size_t>(<const char *>memchr(m + r.sets[i].off, 61, r.sets[i].len)
-                     - (m + r.sets[i].off))           # '=': there, ember_spare_request checked
-        sets.append((PyBytes_FromStringAndSize(m + r.sets[i].off, <Py_ssize_t>k),
-                     PyBytes_FromStringAndSize(m + r.sets[i].off + k + 1,
-                                               <Py_ssize_t>(r.sets[i].len - k - 1))))
+    sets = _request_sets(m, &r)
     # From here on, done: a failure is the child's.
     if cwd is not None:
         path = PyBytes_FromStringAndSize(m + r.cwd.off, <Py_ssize_t>r.cwd.len)
@@ -439,7 +447,7 @@ def spare_request(bytes msg not None, bytes env not None):
     spare's Python: each of them wrote pages it shares with the template."""
     cdef ember_spare_request_t r
     cdef const char *m = PyBytes_AS_STRING(msg)
-    cdef size_t i, k
+    cdef size_t i
     if ember_spare_request(m, <size_t>len(msg), PyBytes_AS_STRING(env), <size_t>len(env),
                            &r) != 0:
         return None
@@ -450,13 +458,7 @@ def spare_request(bytes msg not None, bytes env not None):
                                                           <Py_ssize_t>r.cwd.len, NULL)
     except UnicodeDecodeError:
         return None
-    sets = []
-    for i in range(r.nsets):
-        k = <size_t>(<const char *>memchr(m + r.sets[i].off, 61, r.sets[i].len)
-                     - (m + r.sets[i].off))           # '=': there, ember_spare_request checked
-        sets.append((PyBytes_FromStringAndSize(m + r.sets[i].off, <Py_ssize_t>k),
-                     PyBytes_FromStringAndSize(m + r.sets[i].off + k + 1,
-                                               <Py_ssize_t>(r.sets[i].len - k - 1))))
+    sets = _request_sets(m, &r)
     return args, cwd, sets
 
 
