@@ -20,13 +20,18 @@ map; median and best over the rounds.  Start+join: rounds of ember then
 fork, each the median of 20 (5 with --quick) starts; ``ember.Process``
 itself (the same function, no multiprocessing layer) is timed in the same
 rounds as a reference: the difference is what the start method adds.
+
+The baselines (fork, forkserver, spawn) run in a second process, the same
+program without ember (``_mp_work.py``: this file's workloads and imports,
+less ember), kept for the whole run and asked for each round in turn with
+ember's: fork timed in an ember process pays for ember's imports (the
+'fork (here)' line, printed for information).
 The Queue's throughput is timed from the first object received (median of
 5 rounds, the methods interleaved); the figure timed from the producer's
 start is printed beside it: with 100k objects that one is mostly the
 producer's start-up, which the start+join row measures.
 """
 import argparse
-import multiprocessing as mp
 import os
 import signal
 import statistics
@@ -40,87 +45,23 @@ import ember  # noqa: F401  registers "ember"
 
 import _report  # benchmarks/_report.py: --json, --png
 import _rundir  # benchmarks/_rundir.py: a private runtime directory
+from _mp_work import Baselines, pool_map, queue_rate, start_join  # the workloads
 
 
 def trivial():
-    pass
-
-
-def sq(x):
-    return x * x
-
-
-def producer(q, n):
-    for i in range(n):
-        q.put(i)
-    q.put(None)
-
-
-def nap_pid(_):
-    time.sleep(0.01)
-    return os.getpid()
-
-
-def pool_map(method, n):
-    ctx = mp.get_context(method)
-    with ctx.Pool(2) as pool:
-        # Both workers up (under every method a worker can still be starting
-        # when the first one has run a short warm-up map, which then times a
-        # map run mostly by one worker): two 10 ms naps at a time until two
-        # workers took them.
-        for _ in range(200):
-            if len(set(pool.map(nap_pid, range(2), 1))) == 2:
-                break
-        pool.map(sq, range(100))
-        t = time.perf_counter()
-        pool.map(sq, range(n))
-        return time.perf_counter() - t
-
-
-def start_join(method, n):
-    if method == "ember.Process":
-        make = ember.Process
-    else:
-        make = mp.get_context(method).Process
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        p = make(target=trivial)
-        p.start()
-        p.join()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    """Ember's start+join target, defined in the main module as the
+    baselines' is in theirs (an ``ember.Process`` child gets a main-module
+    function by value and imports none of the program's modules)."""
 
 
 def load():
     return "load %.1f %.1f %.1f" % os.getloadavg()
 
 
-def queue_rate(method, n):
-    """(objects/s timed from the first object received, objects/s timed
-    from the producer's start): the first is the queue's throughput, the
-    second also counts the producer process's start-up (its own row
-    above), which for a short run weighs more than the queue itself."""
-    ctx = mp.get_context(method)
-    q = ctx.Queue()
-    p = ctx.Process(target=producer, args=(q, n))
-    t0 = time.perf_counter()
-    p.start()
-    got = 0
-    if q.get() is not None:
-        got += 1
-    t = time.perf_counter()
-    while q.get() is not None:
-        got += 1
-    t1 = time.perf_counter()
-    p.join()
-    assert got == n
-    return (n - 1) / (t1 - t), n / (t1 - t0)
-
-
 LEFTOVER = """
 import multiprocessing as mp, os, sys, time
-import ember
+if sys.argv[1] == "ember":
+    import ember
 
 def sleeper(q):
     q.put(os.getpid())
@@ -135,11 +76,10 @@ if __name__ == "__main__":
     print(*[q.get(timeout=30) for _ in ps], flush=True)
     # what in /dev/shm is this program's own: its ember runtime's segments
     # (one prefix), the stdlib's named semaphores (one name each)
-    from ember import _env
     own = []
-    rid = _env.get(_env.RUNTIME_ID)
-    if rid:
-        own.append("ember." + rid + ".")
+    if "ember" in sys.modules:
+        from ember import _env
+        own.append("ember." + _env.get(_env.RUNTIME_ID) + ".")
     for obj in (q, lock, getattr(q, "_rlock", None), getattr(q, "_wlock", None),
                 getattr(q, "_sem", None)):
         name = getattr(getattr(obj, "_semlock", None), "name", None)
@@ -211,6 +151,15 @@ def main():
     measures = []
     reps = 5 if args.quick else 20
     methods = ["ember", "fork", "forkserver", "spawn"]
+    base = Baselines()          # fork, forkserver, spawn: in a process without ember
+
+    def run(work, method, *a):
+        """``work`` under ``method``: ember's here, the others' in ``base``."""
+        if method.startswith("ember"):
+            return work(method, *a, **({"target": trivial} if work is start_join else {}))
+        if method == "fork (here)":
+            return work("fork", *a)
+        return base.call(work.__name__, method, *a)
 
     if "map" in only:
         n_rounds = 3 if args.quick else 5
@@ -219,7 +168,7 @@ def main():
         runs = {m: [] for m in methods}
         for i in range(n_rounds):
             for m in methods[i % len(methods):] + methods[:i % len(methods)]:
-                runs[m].append(pool_map(m, args.map_n) * 1e3)
+                runs[m].append(run(pool_map, m, args.map_n) * 1e3)
         med = {m: statistics.median(v) for m, v in runs.items()}
         best = {m: min(v) for m, v in runs.items()}
         print("  median  " + "  ".join(f"{m} {v:.1f}" for m, v in med.items()))
@@ -235,16 +184,18 @@ def main():
     if "start" in only:
         n_rounds = 3 if args.quick else 5
         print(f"Process start+join, trivial function (ms): {n_rounds} rounds, each the median of "
-              f"{reps} of ember, fork and ember.Process ({load()}); spawn: median of "
-              f"{max(3, reps // 4)}:")
-        start_join("ember", 3)                           # template and preloads warm
-        start_join("ember.Process", 3)
-        rounds = {"ember": [], "fork": [], "ember.Process": []}
+              f"{reps} of ember, fork, ember.Process and fork (here) ({load()}); spawn: median "
+              f"of {max(3, reps // 4)}.  fork and spawn run in a process without ember; "
+              f"'fork (here)' is fork in this process, after its ember starts (information: "
+              f"ember's imports make a fork dearer):")
+        for m in ("ember", "ember.Process", "fork"):    # template, preloads, caches warm
+            run(start_join, m, 3)
+        rounds = {"ember": [], "fork": [], "ember.Process": [], "fork (here)": []}
         for _ in range(n_rounds):
             for m in rounds:
-                rounds[m].append(start_join(m, reps) * 1e3)
+                rounds[m].append(run(start_join, m, reps) * 1e3)
         r = {m: statistics.median(v) for m, v in rounds.items()}
-        r["spawn"] = start_join("spawn", max(3, reps // 4)) * 1e3
+        r["spawn"] = run(start_join, "spawn", max(3, reps // 4)) * 1e3
         ratios = [e / f for e, f in zip(rounds["ember"], rounds["fork"])]
         print("  round medians: " + "  ".join(f"{m} " + " ".join(f"{x:.2f}" for x in v)
                                               for m, v in rounds.items()))
@@ -255,18 +206,20 @@ def main():
               f"({load()})")
         print(f"  reference: ember.Process itself min {min(rounds['ember.Process']):.2f} median "
               f"{r['ember.Process']:.2f}: the start method adds "
-              f"{r['ember'] - r['ember.Process']:.2f} ms (median)")
+              f"{r['ember'] - r['ember.Process']:.2f} ms (median); fork in this process (after "
+              f"ember's starts) median {r['fork (here)']:.2f}")
         measures.append(_report.measure(f"Process start + join, median of {n_rounds} rounds of "
                                         f"{reps}", "ms", r, better="lower"))
 
     if "queue" in only:
-        queue_part(args, measures)
+        queue_part(args, measures, run)
+    base.close()
     if "leftover" in only:
         leftover_part(measures)
     _report.write(args, "bench_mp", measures)
 
 
-def queue_part(args, measures):
+def queue_part(args, measures, run):
     rounds = 1 if args.quick else 5
     print(f"Queue small-object throughput, {args.queue_n} ints child->parent, timed from the "
           f"first object (objects/s; {rounds} rounds interleaved, median and best; "
@@ -274,7 +227,7 @@ def queue_part(args, measures):
     runs = {"ember": [], "fork": []}
     for _ in range(rounds):
         for m in runs:
-            runs[m].append(queue_rate(m, args.queue_n))
+            runs[m].append(run(queue_rate, m, args.queue_n))
     r = {m: statistics.median(x[0] for x in v) for m, v in runs.items()}
     best = {m: max(x[0] for x in v) for m, v in runs.items()}
     incl = {m: statistics.median(x[1] for x in v) for m, v in runs.items()}
