@@ -97,8 +97,8 @@ _seen = {}          # module name -> the module object last looked at (offered o
 #: child's own code, and what spawn.prepare's runpy.run_path imports): the
 #: template has them imported before it forks.
 _CHILD_MODULES = ("ember.mp._child", "ember.mp.context", "ember.mp._mainload", "pkgutil",
-                  "runpy", "multiprocessing.spawn", "multiprocessing.connection",
-                  "multiprocessing.resource_tracker", "multiprocessing.util")
+                  "runpy", "multiprocessing.spawn", "multiprocessing.resource_tracker",
+                  "multiprocessing.util")
 
 
 def _library_modules():
@@ -690,16 +690,15 @@ def _register_fd_reducers():
     resource sharer.  multiprocessing registers those reducers with its
     ForkingPickler only; ember's objects pickle with the plain pickler,
     which would copy the fd *number* (a foreign process then closes a
-    descriptor that is not its own).  Done once the method is in use."""
-    if _fd_reducers[0]:
-        return
+    descriptor that is not its own).  Done once the method is in use, and
+    again for a Connection's once multiprocessing.connection is imported
+    (:func:`_on_connection`): the method does not import it itself."""
     _fd_reducers[0] = True
     import copyreg
     import socket
-    from multiprocessing import connection as _mpconn
 
     for cls, reducer in list(reduction.ForkingPickler._extra_reducers.items()):
-        if cls is socket.socket or getattr(cls, "__module__", "") == _mpconn.__name__:
+        if cls is socket.socket or getattr(cls, "__module__", "") == "multiprocessing.connection":
             copyreg.pickle(cls, reducer)
 
 
@@ -714,11 +713,28 @@ def _wrap_wait():
         _mpconn.wait = _wait_wrapper(_mpconn.wait)
 
 
+def _on_connection():
+    """multiprocessing.connection is imported (and ember): its ``wait``
+    wrapped, and its Connection's fd reducers registered for ember's
+    pickling if the method is in use."""
+    _wrap_wait()
+    if _fd_reducers[0]:
+        _register_fd_reducers()
+
+
 def _patch_wait():
     """``connection.wait`` wrapped and the fd reducers registered: done
-    when the first ember object is made."""
-    _wrap_wait()
+    when the first ember object is made.  multiprocessing.connection is
+    not imported for it (its ``tempfile`` brings ``shutil``, ``random``,
+    ``bz2``, ``lzma``: 9 shared objects, 45 mappings and ~1 MB in the
+    parent, and in the template and every child of a parent that has
+    them): if the program imports it later, :func:`_on_connection` runs
+    then."""
+    if _fd_reducers[0]:
+        return
     _register_fd_reducers()
+    from .. import _after_import
+    _after_import("multiprocessing.connection", _on_connection)
 
 
 class _ImportEmber:
@@ -775,7 +791,7 @@ def register():
             setattr(dflt, name, f)
             setattr(multiprocessing, name, f)
     from .. import _after_import
-    _after_import("multiprocessing.connection", _wrap_wait)
+    _after_import("multiprocessing.connection", _on_connection)
     _after_import("multiprocessing.spawn", _wrap_preparation_data)
     _registered[0] = True
     return _mpctx._concrete_contexts[NAME]

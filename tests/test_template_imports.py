@@ -1,0 +1,61 @@
+"""What ember itself makes a program's process and the template import
+(docs/multiprocessing.md, "How a child starts"): each module with an
+extension is five more mappings in every clone of the template and at every
+child's exit, and in every fork the program makes itself."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_prog(tmp_path, body):
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(body))
+    res = subprocess.run([sys.executable, str(prog)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)
+    return res.stdout.split("\n")
+
+
+def test_the_method_imports_no_multiprocessing_connection_the_program_did_not(tmp_path):
+    """An "ember"-method start imports neither multiprocessing.connection
+    nor what it brings (tempfile, shutil, random, bz2, lzma), in the parent
+    or in the child; imported later by the program, its wait is wrapped
+    and its Connections still travel over ember's Queues by fd."""
+    out = run_prog(tmp_path, """
+        import multiprocessing as mp, sys
+        import ember
+
+        HEAVY = ("multiprocessing.connection", "tempfile", "shutil", "random", "bz2", "lzma")
+
+        def child(q):
+            q.put([m for m in HEAVY if m in sys.modules])
+
+        def writer(q):
+            conn = q.get(timeout=30)        # a stdlib Connection, over an ember Queue
+            conn.send("by fd")
+            conn.close()
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            print("child", q.get(timeout=30))
+            p.join(30)
+            print("parent", [m for m in HEAVY if m in sys.modules], p.exitcode)
+            import multiprocessing.connection as mpc
+            print("wrapped", getattr(mpc.wait, "_ember", False))
+            r, w = mpc.Pipe(duplex=False)
+            p = ctx.Process(target=writer, args=(q,))
+            p.start()
+            q.put(w)
+            w.close()
+            print("got", r.recv())
+            p.join(30)
+            print("exit", p.exitcode)
+    """)
+    assert out[:5] == ["child []", "parent [] 0", "wrapped True", "got by fd", "exit 0"], out
