@@ -59,3 +59,27 @@ def test_the_method_imports_no_multiprocessing_connection_the_program_did_not(tm
             print("exit", p.exitcode)
     """)
     assert out[:5] == ["child []", "parent [] 0", "wrapped True", "got by fd", "exit 0"], out
+
+
+def test_the_template_imports_no_shepherd_server(tmp_path):
+    """The template's (and so a child's) modules hold neither the
+    shepherd's server (ember.service with it) nor the queue module; nor
+    does the program's process after a join."""
+    out = run_prog(tmp_path, """
+        import sys
+        import ember
+
+        HEAVY = ("ember.shepherd.server", "ember.service", "queue", "heapq")
+
+        def child():
+            return [m for m in HEAVY if m in sys.modules]
+
+        if __name__ == "__main__":
+            ember.init()
+            p = ember.Process(target=child)
+            p.start()
+            print("child", p.result(30))
+            p.join(30)
+            print("parent", [m for m in HEAVY if m in sys.modules], p.exitcode)
+    """)
+    assert out[:2] == ["child []", "parent [] 0"], out

@@ -26,11 +26,26 @@ template is set up in C as far as that wait (the template's
 before its call comes, but the call of :func:`lease` itself).
 """
 import os
+import select
 import sys
 
 from . import _env, _trace
 
 _mods = None
+
+
+def fd_ready(fd, timeout=0.0, events=select.POLLIN):
+    """Whether ``fd`` (or an object's fileno()) is ready for ``events``
+    within ``timeout`` seconds (None: as long as it takes); a pidfd is
+    readable once its process has exited.  poll, never select: a shepherd
+    with some 340 children has fds above select's limit (FD_SETSIZE, 1024:
+    ValueError).  (The shepherd's and the template's; here, not in
+    ``ember.shepherd.server``, so that the template need not import the
+    shepherd's server.)"""
+    p = select.poll()
+    p.register(fd, events)
+    return bool(p.poll(None if timeout is None else timeout * 1000.0))
+
 _attach_in = _recv_record = _magic = None      # (:func:`lease`'s, bound by _imports)
 
 

@@ -15,7 +15,6 @@ process that ends gives back all of its own.
 - ``"owner"``: when the creating process ends (or ``destroy()``).
 """
 import os
-import queue as _queue
 import threading
 import weakref
 
@@ -265,7 +264,10 @@ def _release_later(o_uid, pid, key):
     if q is None or _rel_pid != pid:
         with _rel_lock:
             if _rel_q is None or _rel_pid != pid:
-                _rel_q, _rel_pid = _queue.SimpleQueue(), pid
+                # (imported here: the queue module, with heapq, would be
+                # in every process that imports this, and in the template)
+                from _queue import SimpleQueue
+                _rel_q, _rel_pid = SimpleQueue(), pid
                 threading.Thread(target=_releaser, args=(_rel_q,), daemon=True,
                                  name="ember-object-release").start()
             q = _rel_q

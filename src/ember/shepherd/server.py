@@ -38,7 +38,7 @@ from .. import _env, _log
 from .. import messages as M
 from ..service import NOTICE, Service
 from .._trace import t as _t
-from .._worker import spare_token as _worker_spare_token
+from .._worker import fd_ready as _fd_ready, spare_token as _worker_spare_token
 from . import _spawn as _ob
 from ._spawn import set_pdeathsig, spawn
 
@@ -165,17 +165,6 @@ def _child_pids():
         except OSError:
             pass
     return pids
-
-
-def _fd_ready(fd, timeout=0.0, events=select.POLLIN):
-    """Whether ``fd`` (or an object's fileno()) is ready for ``events``
-    within ``timeout`` seconds (None: as long as it takes); a pidfd is
-    readable once its process has exited.  poll, never select: a shepherd
-    with some 340 children has fds above select's limit (FD_SETSIZE, 1024:
-    ValueError)."""
-    p = select.poll()
-    p.register(fd, events)
-    return bool(p.poll(None if timeout is None else timeout * 1000.0))
 
 
 class _Flag:

@@ -77,9 +77,8 @@ from .._trace import t as _t
 # import in a function resolves its package through ModuleSpec.parent,
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
-from .._worker import LEASED_COMM, _scan, lease as _lease_worker, main as _run_worker, parse_argv, \
-    rehearse as _rehearse, spare_token
-from .server import _fd_ready  # (poll: the shepherd's fds may be above select's limit)
+from .._worker import LEASED_COMM, _scan, fd_ready as _fd_ready, lease as _lease_worker, \
+    main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
 from ._spawn import exit_holder as _exit_holder
 from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
     set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
