@@ -83,3 +83,34 @@ def test_the_template_imports_no_shepherd_server(tmp_path):
             print("parent", [m for m in HEAVY if m in sys.modules], p.exitcode)
     """)
     assert out[:2] == ["child []", "parent [] 0"], out
+
+
+def test_a_start_of_a_target_pickled_by_reference_imports_no_cloudpickle(tmp_path):
+    """Neither an "ember"-method start (its process object's pickles name
+    ``__main__`` as data) nor an ember.Process start of a program module's
+    function imports cloudpickle in the parent; a lambda still travels by
+    value."""
+    (tmp_path / "helper.py").write_text("def answer():\n    return 42\n")
+    out = run_prog(tmp_path, """
+        import multiprocessing as mp, sys
+        import ember
+        import helper
+
+        def trivial():
+            pass
+
+        if __name__ == "__main__":
+            p = mp.get_context("ember").Process(target=trivial)
+            p.start()
+            p.join(30)
+            print("mp", p.exitcode, "cloudpickle" in sys.modules)
+            p = ember.Process(target=helper.answer)
+            p.start()
+            print("ref", p.result(30), "cloudpickle" in sys.modules)
+            p.join(30)
+            p = ember.Process(target=lambda: 43)
+            p.start()
+            print("value", p.result(30), "cloudpickle" in sys.modules)
+            p.join(30)
+    """)
+    assert out[:3] == ["mp 0 False", "ref 42 False", "value 43 True"], out

@@ -38,6 +38,7 @@ reads outside the block.
 """
 import pickle
 import struct
+import sys as _sys
 import types as _types
 
 from ..exceptions import MessageError
@@ -238,6 +239,25 @@ def _same(a, b):
     return True
 
 
+def _by_reference(fn):
+    """True when ``fn`` is found by its module and qualified name (the C
+    pickler pickles it by reference, as cloudpickle would) while cloudpickle
+    is not imported (no module registered to be pickled by value): a
+    start of such a target (the ``"ember"`` method's child code, a
+    program's module function) does not import cloudpickle in the parent
+    (2.7 MB, 21 mappings: a program's own forks copy them).  False when that
+    cannot be told so simply: cloudpickle decides."""
+    name = fn.__module__
+    if name is None or name == "__main__" or "cloudpickle" in _sys.modules:
+        return False
+    obj = _sys.modules.get(name)
+    if getattr(obj, "__spec__", None) is None:     # none, or a dynamic module
+        return False
+    for part in fn.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+    return obj is fn
+
+
 def prepickled(fn):
     """``fn`` pickled by value with cloudpickle, as a :class:`Prepickled`,
     made again only when what that pickle depends on has changed (the same
@@ -246,7 +266,8 @@ def prepickled(fn):
     when ``fn`` is no function pickled by value (the C pickler's way is
     fast), or when its pickle could change without that showing (it
     refers to a mutable object, a class defined in ``__main__``, ...)."""
-    if type(fn) is not _types.FunctionType or not _cloudpickle_internals():
+    if type(fn) is not _types.FunctionType or _by_reference(fn) \
+            or not _cloudpickle_internals():
         return None
     try:
         if _cp._should_pickle_by_reference(fn):
