@@ -1809,7 +1809,9 @@ def test_idle_spare_killed_by_hand_is_no_death(tmp_path):
         print("spare gone", wait_gone([s]) == [])
         p = ember.Process(target=hang); p.start()
         deadline = time.monotonic() + 30
-        while p.pid in leased():     # not running yet: still an idle spare (no death)
+        # not running yet: still an idle lease (no death), or a spare that
+        # has not read its request (started again: the shepherd's _rerun)
+        while p.pid in leased() or p.pid in children(SHEPHERD, "ember-spare"):
             assert time.monotonic() < deadline, "the Process never took its call"
             time.sleep(0.005)
         os.kill(p.pid, signal.SIGKILL)
@@ -1889,6 +1891,61 @@ def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
     err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
     assert len(err) == 1 and err[0].startswith(f"ember: process {lines[3].split()[1]} (pid ") \
         and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
+
+
+def test_spare_killed_before_it_read_its_request_runs_it_elsewhere(tmp_path):
+    """A shepherd's spare SIGKILLed and dead only after a start handed it
+    its request (SIGSTOPped here, to hold it there: a kill, by hand, by the
+    OOM killer, lands at once but takes a moment to end the process) never
+    ran the request: the start does not fail (it did: "killed by SIGKILL",
+    exit -9).  The shepherd runs the request again, in another spare (here
+    one killed too: again) or the template's fork, under the same p_uid,
+    its output the start's; no death is reported.  The creator's handle
+    follows the new process: ``pid`` is its pid, ``is_alive()`` says True
+    and ``join(timeout)`` returns while it runs (cf168ee's handle blocked
+    until its end), the sentinel stays the same fd."""
+    go = tmp_path / "go"
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent(f"""
+        ember.Process._lease_spares = False   # the shepherd's spares alone
+
+        def f(x):
+            print("ran", x, flush=True)
+            while x == 2 and not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            return x * 2
+
+        p = ember.Process(target=f, args=(1,)); p.start(); p.join()
+        spares = wait_children(SHEPHERD, "ember-spare", 2)
+        for s in spares:
+            os.kill(s, signal.SIGSTOP)        # none can read a request
+        p = ember.Process(target=f, args=(2,)); p.start()
+        first, sentinel = p.pid, p.sentinel
+        print("handed to a stopped spare", first in spares)
+        for s in spares:
+            os.kill(s, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while p.pid in spares:
+            assert p.is_alive(), "not alive while it is started again"
+            assert time.monotonic() < deadline, "the handle never followed"
+            time.sleep(0.01)
+        print("alive", p.is_alive(), p.pid not in spares)
+        with open(f"/proc/{{p.pid}}/stat") as st:
+            print("its parent the shepherd", int(st.read().rsplit(")", 1)[1].split()[1]) == SHEPHERD)
+        p.join(timeout=0.2)
+        print("joined with a timeout", p.exitcode, p.sentinel == sentinel)
+        open({str(go)!r}, "w").close()
+        print("result", p.result(timeout=60))
+        p.join()
+        print("exit", p.exitcode)
+        q = ember.Process(target=f, args=(3,)); q.start()
+        print("next", q.result(timeout=60))
+        q.join()
+    """))
+    assert sorted(ok(res).splitlines()) == [
+        "alive True True", "exit 0", "handed to a stopped spare True",
+        "its parent the shepherd True", "joined with a timeout None True", "next 6",
+        "ran 1", "ran 2", "ran 3", "result 4"], res
+    assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
 def test_exit_holders_are_reaped_and_a_kill_mid_exit_is_seen(tmp_path):

@@ -372,8 +372,12 @@ class Popen:
         p._name, p._what = process_obj.name, _ps_what(process_obj)
         p.start()
         self._proc = p
-        self.pid = p.pid
         self.sentinel = p.sentinel
+
+    @property
+    def pid(self):
+        # (ember.Process's: a process started again has the new one)
+        return None if self._proc is None else self._proc.pid
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
@@ -386,11 +390,10 @@ class Popen:
 
     def wait(self, timeout=None):
         if self.returncode is None:
-            from ..objects.process import _readable
-
-            # on the pidfd first: ember.Process.join() reads results in
-            # slices, and this child sends none
-            if not _readable([self.sentinel], timeout):
+            # on the pidfd first (ember.Process._ended: it follows a
+            # process started again): ember.Process.join() reads results
+            # in slices, and this child sends none
+            if not self._proc._ended(timeout):
                 return None
             self._proc.join()
             code = self._proc.exitcode

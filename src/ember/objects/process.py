@@ -647,6 +647,7 @@ class Process:
         self._finalizer = None
         self._reader = None
         self._exitcode = None
+        self._kcode = None            # (pid, the kernel's exit status of it): _kernel_code
         self._outcome = None          # (kind, value) once decided
         self._closed = False
         self._lock = threading.RLock()
@@ -703,7 +704,12 @@ class Process:
     @property
     def pid(self):
         """The OS pid (on its node), or None before :meth:`start`; also
-        ``ident``."""
+        ``ident``.  A process started again because its spare died before
+        it read the request (docs/python-processes.md) has the new pid from
+        then on."""
+        if self._desc is not None and self._exitcode is None and not self._closed \
+                and self._res.pidfd and _readable([self._res.fd], 0):
+            self._ended(0)                  # (follows a new pid)
         return None if self._desc is None else self._desc.os_pid
 
     ident = pid
@@ -906,8 +912,71 @@ class Process:
 
     # --- waiting --------------------------------------------------------
     def _ended(self, timeout):
-        """Wait up to ``timeout`` (None: forever) for the OS process to end."""
-        return _readable([self._res.fd], timeout)
+        """Wait up to ``timeout`` (None: forever) for the process to end: its
+        pidfd readable and, if a signal ended it, not started again by the
+        runtime (:meth:`_follow`)."""
+        res = self._res
+        if not _readable([res.fd], timeout):
+            return False
+        if not res.pidfd:
+            return True
+        code = self._kernel_code()
+        return (code is not None and code >= 0) or self._follow(timeout)
+
+    def _kernel_code(self):
+        """:func:`_exit_status` of the ended process, asked once (kept with
+        its pid)."""
+        k = self._kcode
+        if k is None or k[0] != self._desc.os_pid:
+            k = self._kcode = (self._desc.os_pid, _exit_status(self._desc.os_pid, self._res.fd))
+        return k[1]
+
+    def _follow(self, timeout):
+        """A signal ended the process (or its status is unknown): it may be
+        a shepherd's spare killed just before a start handed it the
+        request, which the shepherd then starts again under the same p_uid
+        (another spare, or the template's fork), GS learning the new pid.
+        GS says which: True if it ended, else the pidfd follows the new pid
+        (at the same fd number: the sentinel stays valid) and the new
+        process is waited for within what is left of ``timeout``.  Until
+        GS knows either (the shepherd has yet to report the exit or the
+        new pid), GS is asked again after a join of at most :data:`_SLICE`
+        s, one even with ``timeout`` 0 (the shepherd reports an exit that
+        soon: ``is_alive()`` says False for a process killed, as it did
+        before); False once ``timeout`` has passed."""
+        import time
+
+        from ..globalservices import process as gproc
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        grace = _SLICE
+        with self._lock:
+            while True:
+                try:
+                    desc = gproc.query(self._desc.p_uid)
+                except Exception:             # GS gone (ember.shutdown()): the kernel's word
+                    return True
+                if not desc.is_alive:
+                    return True
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if desc.os_pid != self._desc.os_pid and desc.os_pid is not None:
+                    self._desc = desc
+                    try:
+                        fd = os.pidfd_open(desc.os_pid)
+                    except ProcessLookupError:
+                        continue              # ended already: GS will say so
+                    os.dup2(fd, self._res.fd, inheritable=False)
+                    os.close(fd)
+                    _t("P.followed")
+                    return self._ended(left)
+                if left is not None and left <= 0 and grace is None:
+                    return False
+                wait = _SLICE if left is None else min(_SLICE, max(left, grace or 0.0))
+                grace = None
+                try:
+                    gproc.join(self._desc.p_uid, wait)
+                except Exception:
+                    return True
 
     def _wait(self, timeout, result_only=False):
         """Collect the result record and the exit; True once the process has
@@ -980,7 +1049,7 @@ class Process:
         res = self._res
         if not res.pidfd or self._gs_name is not None:
             return None
-        if _exit_status(self._desc.os_pid, res.fd) != 0:
+        if self._kernel_code() != 0:
             return None
         # Its output is all out (the shepherd's output board), or GS's
         # answer, which follows the shepherd's forwarding of it.

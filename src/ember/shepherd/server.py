@@ -75,7 +75,7 @@ class _Stream:
 
 class _Child:
     __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external", "lease",
-                 "busy", "watched")
+                 "busy", "watched", "request")
 
     def __init__(self, p_uid, pid, pidfd, streams, name="", external=False, lease=False):
         self.p_uid = p_uid
@@ -88,6 +88,19 @@ class _Child:
         self.lease = lease            # a leased spare (ember._worker --spare): may die idle
         self.busy = False             # busy on the output board (_take/_taken)
         self.watched = False          # its pidfd is in the loop's set (ShSpawned sent)
+        self.request = None           # its ShSpawn, while a spare may not have read it
+
+
+def _unread_request(pid):
+    """True if the zombie ``pid``, a shepherd's spare handed a request
+    that is no lease's, died before it read it: still named
+    ``ember-spare`` (it takes the template's name once its request is in,
+    before it runs anything of it, spares.c / :func:`_spare_main`)."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n") == _template_module().SPARE_COMM
+    except OSError:
+        return False
 
 
 def _template_module():
@@ -368,6 +381,7 @@ class Shepherd(Service):
         # request thread vs. close after reaping on the main thread).
         self._lock = _thread.allocate_lock()
         self._children = {}           # p_uid -> _Child
+        self._again = {}              # p_uid -> signals asked while it starts again (_rerun)
         self._pgids = set()           # process groups of every child ever started
         self._holder_groups = []      # [(pgid, looks)] of exited children: _reap_holders
         self._open_line = {}          # out fd -> stream whose line is unfinished
@@ -598,7 +612,10 @@ class Shepherd(Service):
         try:
             stdin_fd = self._stdin_for(msg.env) if direct_in is None else direct_in
             gate = None                   # a forked .py child waits until it is closed
+            request = None
             if _is_template_request(exe, args):
+                # a spare may die before it reads the request (_rerun)
+                request = None if _worker_spare_token(args) is not None else msg
                 pid = self._template_spawn(p_uid, args, envp, run_dir, out_w, err_w)
             else:
                 path, argv = self._resolve(exe, args, run_dir)
@@ -657,6 +674,7 @@ class Shepherd(Service):
         child = _Child(p_uid, pid, pidfd, streams,
                        msg.user_name if isinstance(msg.user_name, str) else "",
                        lease=_worker_spare_token(args) is not None)
+        child.request = request
         for s_ in streams:
             s_.child = child
         with self._lock:
@@ -794,6 +812,8 @@ class Shepherd(Service):
         with self._lock:
             child = self._children.get(p_uid)
             if child is None:
+                if p_uid in self._again:  # its spare died: for the next one (_rerun)
+                    self._again[p_uid].append(sig)
                 return True               # already exited (or never ran)
             child.sent.add(sig)
             try:
@@ -1079,6 +1099,10 @@ class Shepherd(Service):
         # before that step under load (it was reported then: 1 suite run
         # in ~10 of test_lease_killed_while_it_sets_up_is_no_death).
         idle = child.lease and unsent is not None
+        # A spare killed before it read its request (by hand, the OOM
+        # killer): no user process died, the request runs elsewhere.
+        again = child.request is not None and unsent is not None and \
+            _unread_request(child.pid)
         try:
             pid, status = os.waitpid(child.pid, os.WNOHANG)
         except ChildProcessError:         # reaped behind our back: cannot happen
@@ -1100,6 +1124,46 @@ class Shepherd(Service):
         for s in child.streams:
             if s.fd >= 0:
                 self._drain(s, final=True)
+        self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
+        if again:
+            with self._lock:
+                self._again[child.p_uid] = []
+            _thread.start_new_thread(self._rerun, (child, code, status, info))
+        else:
+            self._exited(child, code, status, info, idle)
+        template = self._template
+        if template is not None:
+            template.ask_wanted()         # a CPU is free: the template may make the next spare
+        self._holder_groups.append((child.pid, 0))
+        self._reap_holders()
+
+    def _rerun(self, child, code, status, info):
+        """Its own thread (a spawn may wait for the template, the loop never
+        does): start the request of ``child``, a spare that died before it
+        read it, again (another spare, or the template's fork), under the
+        same p_uid, on new pipes; GS hears the new pid (a second ShSpawned:
+        the record is the request's; the creator's ``Process.pid`` still
+        names the dead spare).  A signal GS asked for meanwhile is sent
+        to the new process.  Should that fail, the death is reported as it
+        would have been."""
+        log.info("p_uid %d: its spare (pid %d) died before it read its request: "
+                 "started again", child.p_uid, child.pid)
+        try:
+            err = self._spawn(child.request)
+        except BaseException as exc:      # (nothing else would report its end)
+            err = repr(exc)
+        with self._lock:
+            sigs = self._again.pop(child.p_uid)
+        for sig in sigs if err is None else ():
+            self._on_kill(M.ShKill(child.p_uid, sig))
+        if err is not None:
+            log.warning("p_uid %d: cannot start it again after its spare died: %s",
+                        child.p_uid, err)
+            self._exited(child, code, status, info, False)
+
+    def _exited(self, child, code, status, info, idle):
+        """Report the exit of ``child`` (reaped, its pipes drained) to GS and
+        its death on the shepherd's stderr (``idle``: GS decides)."""
         _ob.ob_drained(child.p_uid)       # a joiner answered by the kernel may return
         log.info("p_uid %d (pid %d) exited with code %d", child.p_uid, child.pid, code)
         if (self._death_reports and status is not None and os.WIFSIGNALED(status)
@@ -1115,13 +1179,7 @@ class Shepherd(Service):
                 info["idle_report"] = line
             else:
                 self._report(line.encode(errors="replace"))
-        self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
         self._send(M.ShExited(child.p_uid, code, info))
-        template = self._template
-        if template is not None:
-            template.ask_wanted()         # a CPU is free: the template may make the next spare
-        self._holder_groups.append((child.pid, 0))
-        self._reap_holders()
 
     def _reap_holders(self):
         """Reap the holders of exited template children's memory (spares.h,
