@@ -1245,6 +1245,47 @@ def test_a_start_whose_next_lease_cannot_be_asked_for(tmp_path):
     assert out.splitlines() == ["spare True", "started", "listed True", "True", "exit 0"], out
 
 
+def test_a_start_in_a_removed_directory_is_refused_and_leaves_nothing(tmp_path):
+    """A start without ``cwd=`` in a process whose working directory was
+    removed raises a ProcessError that says so, before anything is made
+    or taken: the spare leased for it stays held (it raised
+    FileNotFoundError in _start_spare, the spare taken, neither used nor
+    dropped, until the process exited), and a start without a spare held
+    raises the same (FileNotFoundError before).  The next start, back in a
+    directory, uses that spare."""
+    (tmp_path / "gone").mkdir()
+    out = ok(run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        from ember.objects import process as P_
+
+        top = os.getcwd()
+        for _ in range(2):                  # the second start asks for a spare
+            p = ember.Process(target=os.getpid); p.start(); p.join(30)
+        before = leak_state()[1]            # (drops the spare)
+        p = ember.Process(target=os.getpid); p.start(); p.join(30)
+        P_._settle(P_._lease)
+        s = P_._lease.desc.os_pid
+        for held in (True, False):
+            if not held:
+                P_._drop_lease()
+            os.chdir("gone")
+            os.rmdir(os.path.join(top, "gone"))
+            try:
+                ember.Process(target=os.getpid).start()
+                print("started")
+            except ember.ProcessError as e:
+                print("refused", "working directory" in str(e))
+            print("held", P_._lease is not None and P_._lease.desc.os_pid == s,
+                  s in leased())
+            os.chdir(top)
+            os.mkdir("gone")
+        p = ember.Process(target=os.getpid); p.start(); p.join(30)
+        print("next", p.exitcode)
+        print("left", leak_state()[1] - before)
+    """)))
+    assert out.splitlines() == ["refused True", "held True True", "refused True",
+                                "held False False", "next 0", "left 0"], out
+
+
 def test_join_reads_the_result_after_the_exit(tmp_path):
     """join() waits for the exit alone (one wake-up) and reads what the
     process sent before it: a value through a pool block, an exception

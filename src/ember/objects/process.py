@@ -466,6 +466,17 @@ def _readable(fds, timeout):
     return bool(p.poll(ms))
 
 
+def _here():
+    """This process's working directory, where a process started without
+    ``cwd=`` runs; ProcessError if it cannot be known (removed)."""
+    try:
+        return os.getcwd()
+    except OSError as exc:
+        raise ProcessError(f"cannot start a process in this process's working directory: "
+                           f"{exc.strerror} (removed?); give cwd=, or os.chdir() "
+                           f"elsewhere first") from None
+
+
 def _exited_fd():
     """An fd that is readable at once (the process is already gone)."""
     fd = os.eventfd(1, os.EFD_CLOEXEC)
@@ -772,6 +783,7 @@ class Process:
             node = _resolve_node(self._node)
             if node is not None:
                 return self._start_remote(node)
+            here = self._cwd or _here()   # (before anything is made or taken)
             pool = _default_pool()
             method = self._start_method or Process.start_method
             argv = _worker_argv(method)
@@ -782,10 +794,10 @@ class Process:
             lease = _take_lease(argv) if leasing and self._cwd_ok() else None
             claim = None
             if lease is not None:
-                self._start_spare(lease, msg)
+                self._start_spare(lease, msg, here)
                 claim = (lease.desc.p_uid, self._ps_label())
             else:
-                self._start_new(pool, msg, argv)
+                self._start_new(pool, msg, argv, here)
             with _live_lock:
                 _live.add(self)
             if leasing:
@@ -801,14 +813,15 @@ class Process:
         cwd = self._cwd
         return not cwd or (os.path.isdir(cwd) and os.access(cwd, os.X_OK))
 
-    def _start_spare(self, lease, msg):
+    def _start_spare(self, lease, msg, here):
         """Start by giving the call to the leased spare ``lease`` (its
-        claim goes to GS with the next spare's request: :func:`_ask_lease`)."""
+        claim goes to GS with the next spare's request: :func:`_ask_lease`),
+        to run in ``here``."""
         res = lease.res
         want = _environ()
         want.update(self._env)
         setenv, unsetenv = _env_change(lease.env, want)
-        cwd = os.path.abspath(self._cwd) if self._cwd else os.getcwd()
+        cwd = os.path.abspath(here) if self._cwd else here
         extra = pickle.dumps((list(sys.path), setenv, unsetenv,
                               None if cwd == lease.cwd else cwd, lease.token))
         try:
@@ -823,8 +836,9 @@ class Process:
         self._finalizer.atexit = False
         self._reader = P.RecordReader(res.result)
 
-    def _start_new(self, pool, msg, args):
-        """Start a new process (GS, the shepherd, the template or spawn)."""
+    def _start_new(self, pool, msg, args, here):
+        """Start a new process (GS, the shepherd, the template or spawn) in
+        ``here``."""
         from ..channels_c import Channel
 
         res = _Resources()
@@ -848,7 +862,7 @@ class Process:
             env = _environ()
             env.update(self._env)
             _t("P.create")
-            self._desc = _create(args, env, self._cwd, self._gs_name, self._ps_label())
+            self._desc = _create(args, env, here, self._gs_name, self._ps_label())
             _t("P.created")
         except BaseException:
             fin()
