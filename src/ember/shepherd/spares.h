@@ -232,7 +232,11 @@ void ember_spare_wait_adopted(void);
  * EMBER_EXIT_HOLDER_COMM and given the nice value EMBER_EXIT_HOLDER_NICE
  * (its unmapping must not take the CPU its joiner is woken for), which
  * waits for that pidfd and ends.  Returns the
- * holder's pid, or 0 if none was made (then the exit unmaps as before).
+ * holder's pid, or 0 if none was made (then the exit unmaps as before):
+ * also when close_range(2) fails with anything but ENOSYS (a seccomp
+ * profile that predates it; ENOSYS: the fds are closed one by one), as the
+ * holder would share every fd of the process until it ended (signals are
+ * left blocked: the caller exits at once).
  * The caller then _exit()s at once: it can no longer write anything.
  * Once only in a process.
  *
