@@ -1286,6 +1286,48 @@ def test_a_start_in_a_removed_directory_is_refused_and_leaves_nothing(tmp_path):
                                 "held False False", "next 0", "left 0"], out
 
 
+def test_a_fork_of_the_child_that_returns_from_the_target_sends_nothing(tmp_path):
+    """A fork the target made (os.fork() in it) that returns from the
+    target is no Process: it ends there (its output flushed, os._exit)
+    and sends no result.  It sent one: a fork returning first gave the
+    parent its value as the result, and one returning after the parent's
+    join wrote into the result channel the join had destroyed
+    (_destroy_last frees its block: the child was its last user)."""
+    go = tmp_path / "go"
+    out = ok(run_prog(tmp_path, textwrap.dedent(f"""
+        import select
+
+        def early():
+            pid = os.fork()
+            if pid == 0:
+                return "the fork's"
+            os.waitpid(pid, 0)
+            return "the child's"
+
+        def late():
+            pid = os.fork()
+            if pid == 0:
+                while not os.path.exists({str(go)!r}):
+                    time.sleep(0.01)
+                return "the fork's"
+            return pid
+
+        p = ember.Process(target=early); p.start()
+        print("result", p.result(timeout=60)); p.join(60)
+        print("exit", p.exitcode)
+        p = ember.Process(target=late); p.start()
+        fork = p.result(timeout=60); p.join(60)
+        print("exit", p.exitcode)
+        fd = os.pidfd_open(fork)
+        before = _default_pool().stats().live_allocs
+        open({str(go)!r}, "w").close()
+        print("fork ended", bool(select.select([fd], [], [], 60)[0]))
+        print("pool blocks", _default_pool().stats().live_allocs - before)
+    """)))
+    assert out.splitlines() == ["result the child's", "exit 0", "exit 0", "fork ended True",
+                                "pool blocks 0"], out
+
+
 def test_join_reads_the_result_after_the_exit(tmp_path):
     """join() waits for the exit alone (one wake-up) and reads what the
     process sent before it: a value through a pool block, an exception

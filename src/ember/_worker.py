@@ -259,9 +259,15 @@ def _run_call(call, res, rec, extra, traced=True):
     if traced:
         _trace.t("C.target")
         _trace.t_faults("C.faults_target")
+    me = os.getpid()
     try:
         result = None if target is None else target(*args, **kwargs)
-    except SystemExit as exc:
+    except BaseException as exc:
+        if os.getpid() != me:
+            _fork_end(exc)
+        if not isinstance(exc, SystemExit):
+            _send_exception(res, exc, _format_tb(exc, _run_call.__code__))
+            return 1
         code = exc.code
         if code is None:
             return 0
@@ -269,9 +275,8 @@ def _run_call(call, res, rec, extra, traced=True):
             return code
         print(code, file=sys.stderr)
         return 1
-    except BaseException as exc:
-        _send_exception(res, exc, _format_tb(exc, _run_call.__code__))
-        return 1
+    if os.getpid() != me:
+        _fork_end(None)
     del args, kwargs
     try:
         msg = _codec.dumps(result, res.pool)
@@ -285,6 +290,32 @@ def _run_call(call, res, rec, extra, traced=True):
     del result
     P.send_record(res, P.KIND_OK, msg)
     return 0
+
+
+def _fork_end(exc):
+    """In a fork the target made (``os.fork()``) that returned from it
+    (``exc`` None) or raised ``exc``: end here, as a multiprocessing
+    fork's child does, its output flushed, its code as a process's
+    (SystemExit's, 1 with the traceback printed after an exception).
+    It is no Process: it sends nothing, nor runs the child's exit
+    (atexit, the output board, the exit holder).  The child's result
+    channel is its parent's to destroy once the child has exited
+    (``_destroy_last``): a send from here could write into a freed
+    block."""
+    code = 0
+    try:
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        elif exc is not None:
+            code = 1
+            import traceback
+            traceback.print_exception(exc)
+        for f in (sys.stdout, sys.stderr):
+            f.flush()
+    finally:
+        os._exit(code)
 
 
 def rehearse(pool):
