@@ -561,6 +561,43 @@ def test_value_and_array_lock_argument_as_multiprocessing(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_barrier_action_holding_a_raw_value(tmp_path):
+    """A Barrier whose action holds what multiprocessing pickles only while
+    it starts a child (a RawValue: a heap arena's fd), as CPython's
+    test_action's does: the action travels with the Barrier to each child
+    (failed before: TypeError "cannot pickle 'mmap.mmap' object" at
+    creation) and runs once per generation, in the last party's process."""
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp, os
+        import ember
+
+        class Count:
+            def __init__(self, raw, pids):
+                self.raw, self.pids = raw, pids
+            def __call__(self):
+                self.pids[self.raw.value] = os.getpid()
+                self.raw.value += 1
+
+        def party(b, q):
+            for _ in range(3):
+                b.wait()
+            q.put(os.getpid())
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            raw, pids = ctx.RawValue("i", 0), ctx.RawArray("i", 3)
+            b, q = ctx.Barrier(3, action=Count(raw, pids)), ctx.Queue()
+            ps = [ctx.Process(target=party, args=(b, q)) for _ in range(2)]
+            for p in ps: p.start()
+            party(b, q)
+            mine = {q.get(timeout=30) for _ in range(3)}
+            for p in ps: p.join(30)
+            print(raw.value, [p.exitcode for p in ps], set(pids) <= mine)
+    """)
+    assert out.split() == ["3", "[0,", "0]", "True"]
+
+
+@pytest.mark.timeout(120)
 def test_value_of_a_structure_has_its_fields(tmp_path):
     """multiprocessing's Value of a ctypes Structure gives its fields as
     attributes, read and written under the lock (the stdlib's synchronized

@@ -3,6 +3,7 @@ create, the list call, each lifetime, and the named sync wrappers
 (ember.Lock, ..., Value, Array) pickled into and attached from other
 processes -- under ember.init() (ember_runtime fixture) and a real
 `ember run`."""
+import os
 import pickle
 import signal
 
@@ -85,6 +86,47 @@ def test_lifetimes_runtime_owner_refcount(ember_runtime):
     assert rc_name in names()
     other.detach()
     assert rc_name not in names()
+
+
+@pytest.mark.timeout(120)
+def test_barrier_action_that_plain_pickle_refuses_travels_with_the_handle(ember_runtime):
+    """A Barrier's action that plain pickle refuses (a local function) is
+    kept out of the record and travels with each pickled handle: a child
+    given the Barrier runs it when it arrives last (the barrier was refused
+    before: "Can't pickle local object" at creation); attaching by name, which would get
+    no action, is refused."""
+    count, who = ember.Value("i", 0), ember.Array("i", 4)
+
+    def action():
+        with count.get_lock():
+            who[count.value] = os.getpid()
+            count.value += 1
+
+    def party(b, first):
+        if first:
+            while b.n_waiting != 1:     # the other party waits: this one arrives last
+                pass
+        for _ in range(4):
+            b.wait()
+        return os.getpid()
+
+    name = uname("bar")
+    bar = ember.Barrier(2, action, timeout=60, name=name)
+    p = ember.Process(target=party, args=(bar, True))
+    p.start()
+    party(bar, False)
+    pid = p.result()
+    p.join(60)
+    assert p.exitcode == 0 and count.value == 4
+    assert who[0] == pid                        # the child's copy of the action ran
+    with pytest.raises(ObjectError, match=rf"^Barrier '{name}': its action pickles only with a "
+                                          rf"handle .*: it cannot be attached by name$"):
+        ember.Barrier.attach(name)
+    with pytest.raises(ObjectError, match=rf"^Barrier '{name}': its action pickles only with a "):
+        ember.Barrier(2, name=name, exist_ok=True)
+    plain = ember.Barrier(2, print)             # a picklable action stays in the record
+    assert bar._carry and not plain._carry
+    bar.destroy()
 
 
 @pytest.mark.timeout(120)

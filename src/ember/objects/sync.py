@@ -13,6 +13,7 @@ receiver's handle holds its own reference), ``detach()`` and ``destroy()``.
 import pickle
 
 from ..sync_c import _sync, sharedctypes
+from ..exceptions import ObjectError
 from . import naming
 
 __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "Condition",
@@ -223,18 +224,78 @@ class Event(_Named):
         return cls._register(_sync.Event(pool=naming.default_pool()), name, lifetime, exist_ok)
 
 
+class _ActionWithHandle:
+    """In a Barrier's record (GS's copy, what ``attach`` gets), in place of
+    an action that plain pickle refuses: one holding something that
+    multiprocessing pickles only while it starts a child (a heap
+    ``BufferWrapper``, a ``RawValue``, a stdlib lock).  Such an action
+    travels with each pickled handle instead, pickled by whatever pickles
+    the handle (a child's start: ``ForkingPickler``, fds through the
+    resource sharer), as the stdlib's Barrier carries its action."""
+
+    def __call__(self):
+        raise ObjectError("this Barrier's action pickles only with a handle (it holds something "
+                          "plain pickle refuses): pass the Barrier itself to the process, not "
+                          "its name")
+
+
+def _rebuild_barrier(rec, token, action):
+    self = _rebuild(Barrier, rec, token)
+    self._obj._restore((action, self._obj._extra()[1]))
+    self._carry = True
+    return self
+
+
 class Barrier(_Named):
     """``threading.Barrier(parties, action=None, timeout=None)`` across
     processes; a party that dies while waiting breaks it.  Operations:
-    :class:`ember.sync_c.Barrier`."""
+    :class:`ember.sync_c.Barrier`.
+
+    The action travels with the barrier's record (plain pickle); one that
+    plain pickle refuses travels with each pickled handle instead (so a
+    child started with the Barrier gets it, and ``attach`` by name, or
+    ``exist_ok`` finding it, raises ``ObjectError``)."""
 
     _KIND = "Barrier"
     _HOT = ("wait", "abort", "reset")
+    _carry = False      # the action travels with this handle (not in the record)
 
     def __new__(cls, parties, action=None, timeout=None, *, name=None, lifetime=None,
                 exist_ok=False):
-        return cls._register(_sync.Barrier(parties, action, timeout, pool=naming.default_pool()),
-                             name, lifetime, exist_ok)
+        obj = _sync.Barrier(parties, action, timeout, pool=naming.default_pool())
+        carry = False
+        if action is not None:
+            try:
+                pickle.dumps(action, 5)
+            except Exception:
+                carry = True
+                obj._restore((_ActionWithHandle(), timeout))     # what the record holds
+        self = cls._register(obj, name, lifetime, exist_ok)
+        if self._obj is not obj:                # exist_ok found another: as attach
+            return self._by_name()
+        if carry:
+            obj._restore((action, timeout))
+            self._carry = True
+        return self
+
+    @classmethod
+    def attach(cls, name, timeout=None):
+        return super().attach(name, timeout)._by_name()
+
+    def _by_name(self):
+        """This handle, got by name: refused if the action is not in the record."""
+        if type(self._obj._extra()[0]) is _ActionWithHandle:
+            self.detach()
+            raise ObjectError(f"Barrier {self.name!r}: its action pickles only with a handle (it "
+                              f"holds something plain pickle refuses): it cannot be attached by "
+                              f"name")
+        return self
+
+    def __reduce__(self):
+        if not self._carry:
+            return super().__reduce__()
+        return (_rebuild_barrier, (self._rec, naming.lend(self._rec["o_uid"]),
+                                   self._obj._extra()[0]))
 
 
 class Condition(_Named):
