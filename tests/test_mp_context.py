@@ -3,6 +3,7 @@ existing multiprocessing programs, unchanged, in real child interpreters --
 under plain python (the embedded runtime comes up on first use) and under
 `ember run`."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -595,6 +596,38 @@ def test_barrier_action_holding_a_raw_value(tmp_path):
             print(raw.value, [p.exitcode for p in ps], set(pids) <= mine)
     """)
     assert out.split() == ["3", "[0,", "0]", "True"]
+
+
+@pytest.mark.timeout(120)
+def test_event_repr_is_multiprocessings(tmp_path):
+    """The context's Event has multiprocessing's repr (`<Event at 0x... set>`,
+    with the object's o_uid), in the parent and in a child it is passed to
+    (it was ember's: `<ember.Event o_uid=3 <ember.Event(unset)>>`)."""
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp
+        import ember
+
+        def show(ev, q):
+            ev.set()
+            q.put(repr(ev))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            ev, q = ctx.Event(), ctx.Queue()
+            print(repr(ev))
+            p = ctx.Process(target=show, args=(ev, q))
+            p.start()
+            print(q.get(timeout=30))
+            p.join(30)
+            print(repr(ev), ev.o_uid, hex(id(ev)))
+            ev.clear()
+            print(repr(ev))
+    """)
+    lines = out.splitlines()
+    o_uid, at = lines[2].split()[-2:]
+    assert lines[0] == lines[3] == f"<Event at {at} o_uid={o_uid} unset>"
+    assert lines[2].split()[:-2] == ["<Event", "at", at, f"o_uid={o_uid}", "set>"]
+    assert re.fullmatch(rf"<Event at 0x[0-9a-f]+ o_uid={o_uid} set>", lines[1])
 
 
 @pytest.mark.timeout(120)

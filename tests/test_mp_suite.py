@@ -42,7 +42,6 @@ DOCUMENTED = {
                                     for t in ("test_connection", "test_fd_transfer",
                                               "test_large_fd_transfer",
                                               "test_missing_fd_transfer")},
-    "WithProcessesTestEvent": {"test_repr": ("fail", "ember's repr")},
     "WithManagerTestEvent": {"test_repr": ("fail", "ember.Manager's Event is ember's (its repr)")},
     "WithProcessesTestQueue": {"test_queue_feeder_donot_stop_onexc":
                                ("error", "put() pickles in the caller (no feeder thread)")},

@@ -11,9 +11,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_a_documented_failure_counts_only_in_its_documented_mode():
-    mode, _ = DOCUMENTED["WithProcessesTestEvent"]["test_repr"]
+    mode, _ = DOCUMENTED["WithManagerTestEvent"]["test_repr"]
     assert mode == "fail"
-    out = {"failures": {"WithProcessesTestEvent": [["test_repr", "AssertionError: ...", "fail"]],
+    out = {"failures": {"WithManagerTestEvent": [["test_repr", "AssertionError: ...", "fail"]],
                         "WithProcessesTestConnection": [["test_connection", "Timeout", "timeout"]],
                         "WithProcessesTestQueue": [["test_put", "AssertionError: x", "fail"]]}}
     assert unexpected(out) == [

@@ -484,14 +484,15 @@ class _SemLockShim:
         return self._sem.get_value()
 
 
-_sem_cls = []
+_mp_cls = {}
 
 
-def _sem_classes():
-    """Ember's Semaphore/BoundedSemaphore with a ``_semlock`` (see
-    :class:`_SemLockShim`); defined on first use (ember.objects.sync loads
-    the C extension)."""
-    if not _sem_cls:
+def _mp_classes():
+    """The context's subclasses of ember's objects, defined on first use
+    (ember.objects.sync loads the C extension): Semaphore and
+    BoundedSemaphore with a ``_semlock`` (see :class:`_SemLockShim`), and
+    Event with multiprocessing's repr."""
+    if not _mp_cls:
         from ..objects import sync
 
         class Semaphore(sync.Semaphore):
@@ -510,16 +511,25 @@ def _sem_classes():
             def _semlock(self):
                 return _SemLockShim(self)
 
-        globals()["_MpSemaphore"] = Semaphore
-        globals()["_MpBoundedSemaphore"] = BoundedSemaphore
-        _sem_cls[:] = [Semaphore, BoundedSemaphore]
-    return _sem_cls
+        class Event(sync.Event):
+            __module__ = __name__
+            __qualname__ = "_MpEvent"
+
+            def __repr__(self):
+                # multiprocessing.synchronize.Event's, with the object's o_uid
+                state = "closed" if self._obj.closed else "set" if self.is_set() else "unset"
+                return f"<Event at {id(self):#x} o_uid={self.o_uid} {state}>"
+
+        for cls in (Semaphore, BoundedSemaphore, Event):
+            globals()[cls.__qualname__] = cls
+            _mp_cls[cls.__qualname__[3:]] = cls
+    return _mp_cls
 
 
 def __getattr__(attr):
-    # unpickling an _MpSemaphore in a process that has not made one yet
-    if attr in ("_MpSemaphore", "_MpBoundedSemaphore"):
-        _sem_classes()
+    # unpickling one of them in a process that has not made one yet
+    if attr in ("_MpSemaphore", "_MpBoundedSemaphore", "_MpEvent"):
+        _mp_classes()
         return globals()[attr]
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
@@ -582,11 +592,11 @@ class EmberContext(_mpctx.BaseContext):
 
     def Semaphore(self, value=1):
         ensure_runtime()
-        return _sem_classes()[0](value)
+        return _mp_classes()["Semaphore"](value)
 
     def BoundedSemaphore(self, value=1):
         ensure_runtime()
-        return _sem_classes()[1](value)
+        return _mp_classes()["BoundedSemaphore"](value)
 
     def Condition(self, lock=None):
         ensure_runtime()
@@ -595,8 +605,7 @@ class EmberContext(_mpctx.BaseContext):
 
     def Event(self):
         ensure_runtime()
-        from ..objects.sync import Event
-        return Event()
+        return _mp_classes()["Event"]()
 
     def Barrier(self, parties, action=None, timeout=None):
         ensure_runtime()
