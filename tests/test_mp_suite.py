@@ -36,8 +36,6 @@ DOCUMENTED = {
                                                    "name it")},
     "TestStartMethod": {"test_get_all": ("fail", "the list has 'ember' (spawn and fork fail it "
                                                  "too here)")},
-    "WithProcessesTestCondition": {t: ("error", "no _sleeping_count/_woken_count internals")
-                                   for t in ("test_notify", "test_notify_all", "test_notify_n")},
     "WithProcessesTestConnection": {t: ("error", "ember Connections have no fileno()")
                                     for t in ("test_connection", "test_fd_transfer",
                                               "test_large_fd_transfer",

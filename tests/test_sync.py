@@ -489,6 +489,49 @@ def test_condition_notify_wakes_at_most_n_oldest_first(pool):
 
 
 @pytest.mark.timeout(60)
+def test_condition_counts_under_the_stdlib_names(pool):
+    """The waits begun, ended, and notified but not yet returned, read
+    under the names of the stdlib Condition's semaphores (CPython's suite
+    reads them): `_sleeping_count`, `_woken_count`, `_wait_semaphore`.  A
+    wait that timed out, returned or whose process died has ended."""
+    c = Condition(pool=pool)
+
+    def counts():
+        return (c._sleeping_count.get_value(), c._woken_count.get_value(),
+                c._wait_semaphore.get_value())
+
+    def waiter():
+        with c:
+            assert c.wait(30) is True
+
+    assert counts() == (0, 0, 0)
+    with c:
+        assert c.wait(0) is False
+    assert counts() == (1, 1, 0)
+    p1 = fork(waiter)
+    _wait_until(lambda: c._n_waiting() == 1)
+    p2 = fork(waiter)
+    _wait_until(lambda: c._n_waiting() == 2)
+    with c:
+        pass                                      # both gave the lock up
+    assert counts() == (3, 1, 0)
+    os.kill(p1, signal.SIGSTOP)
+    try:
+        with c:
+            c.notify()                            # the oldest: stopped, notified, not returned
+        assert counts() == (3, 1, 1)
+    finally:
+        os.kill(p1, signal.SIGCONT)
+    assert join(p1) == 0
+    assert counts() == (3, 2, 0)
+    os.kill(p2, signal.SIGKILL)
+    assert join(p2) == -signal.SIGKILL
+    assert counts() == (3, 3, 0)                  # a dead waiter's wait has ended
+    assert c._counts() == (3, 3, 0)
+    assert repr(c._woken_count) == f"<_woken_count of {c!r}: 3>"
+
+
+@pytest.mark.timeout(60)
 def test_condition_producer_consumer_wait_for(pool):
     c = Condition(Lock(pool=pool))
     a, mv = _shared_ints(pool, 2)                 # items, consumed

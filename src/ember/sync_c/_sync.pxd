@@ -75,6 +75,7 @@ cdef extern from "sync.h" nogil:
     ember_rc_t ember_cond_leave(void *mem, uint32_t slot)
     ember_rc_t ember_cond_notify(void *mem, uint32_t n, uint32_t *woken)
     uint32_t ember_cond_waiting(void *mem)
+    void ember_cond_counts(void *mem, uint64_t *begun, uint32_t *waiting, uint32_t *notified)
 
 
 cdef class SyncObject:

@@ -774,6 +774,22 @@ cdef class Barrier(SyncObject):
                 f"broken={self.broken})>")
 
 
+class _CondCount:
+    """One of :meth:`Condition._counts`, read by ``get_value()`` (the
+    stdlib's Condition keeps it in a semaphore of that name)."""
+
+    __slots__ = ("_cond", "_i", "_name")
+
+    def __init__(self, cond, i, name):
+        self._cond, self._i, self._name = cond, i, name
+
+    def get_value(self):
+        return self._cond._counts()[self._i]
+
+    def __repr__(self):
+        return f"<{self._name} of {self._cond!r}: {self.get_value()}>"
+
+
 @cython.final
 cdef class Condition(SyncObject):
     """A condition variable in pool memory (``multiprocessing.Condition``)
@@ -932,6 +948,32 @@ cdef class Condition(SyncObject):
     def _n_waiting(self):
         self._check()
         return ember_cond_waiting(self._p)
+
+    def _counts(self):
+        """``(begun, ended, notified)``: the waits begun on this condition
+        ever, those of them that ended (returned, or their process died),
+        and the notified waits that have not returned yet, at one moment."""
+        cdef uint64_t begun = 0
+        cdef uint32_t waiting = 0, notified = 0
+        self._check()
+        ember_cond_counts(self._p, &begun, &waiting, &notified)
+        return begun, begun - waiting - notified, notified
+
+    # The stdlib Condition's semaphores, by name, as read-only counts
+    # (get_value only) with the same meaning, for code that inspects them
+    # (CPython's suite): the waits that began, the waits that ended, the
+    # wake-ups given and not yet taken.
+    @property
+    def _sleeping_count(self):
+        return _CondCount(self, 0, "_sleeping_count")
+
+    @property
+    def _woken_count(self):
+        return _CondCount(self, 1, "_woken_count")
+
+    @property
+    def _wait_semaphore(self):
+        return _CondCount(self, 2, "_wait_semaphore")
 
     def __repr__(self):
         if self.closed:

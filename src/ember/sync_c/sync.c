@@ -91,7 +91,11 @@
  * lock and learns whether a notify got there first (then the wait counts
  * as notified, so no notification is lost).  notify(n) marks the n oldest
  * WAITING slots NOTIFIED, skipping and freeing slots of dead waiters, then
- * bumps xseq (release) and wakes all sleepers.
+ * bumps xseq (release) and wakes all sleepers.  xbegun counts the waits
+ * ever begun (enter, under the meta lock, before the slot shows WAITING:
+ * a waiter that dies between the two has begun and ended a wait); the
+ * waits ended are xbegun less the occupied slots of live waiters
+ * (ember_cond_counts, for inspection only).
  *
  * INVARIANTS
  *   - xstate (Lock/RLock) is 0 or the id of a process that acquired it and
@@ -314,7 +318,8 @@ typedef struct {
     _Atomic uint64_t xmeta;
     _Atomic uint32_t xseq;           /* futex word; bumped by notify */
     _Atomic uint32_t xticket;        /* next arrival ticket */
-    uint8_t pad_[48];
+    _Atomic uint64_t xbegun;         /* waits begun (enter), ever; under the meta lock */
+    uint8_t pad_[40];
     cond_slot_t slots[EMBER_SYNC_COND_SLOTS];
 } cond_obj_t;
 
@@ -1339,6 +1344,9 @@ ember_rc_t ember_cond_enter(void *mem, uint32_t *slot)
     }
     uint32_t t = ember_atomic_load_relaxed(&c->xticket);
     ember_atomic_store_relaxed(&c->xticket, t + 1);
+    /* counted before the slot shows WAITING: a death between the two
+     * leaves a begun wait with no slot, which counts as ended (it did) */
+    ember_atomic_store_relaxed(&c->xbegun, ember_atomic_load_relaxed(&c->xbegun) + 1);
     ember_atomic_store_relaxed(&c->slots[at].xid, me);
     ember_atomic_store_relaxed(&c->slots[at].xticket, t);
     ember_atomic_store_relaxed(&c->slots[at].xstatus, C_WAITING);
@@ -1427,6 +1435,32 @@ ember_rc_t ember_cond_notify(void *mem, uint32_t n, uint32_t *woken)
     if (woken)
         *woken = done;
     return EMBER_OK;
+}
+
+void ember_cond_counts(void *mem, uint64_t *begun, uint32_t *waiting, uint32_t *notified)
+{
+    cond_obj_t *c = mem;
+    uint64_t id[EMBER_SYNC_COND_SLOTS];
+    uint32_t st[EMBER_SYNC_COND_SLOTS], k = 0, w = 0, n = 0;
+    /* one moment's counts: enter and notify change them under the meta lock
+     * (a waiter frees its own slot without it: then its wait has ended) */
+    mlock(&c->xmeta, ember_sync_self());
+    uint64_t b = ember_atomic_load_relaxed(&c->xbegun);
+    for (uint32_t i = 0; i < EMBER_SYNC_COND_SLOTS; i++) {
+        st[k] = ember_atomic_load_relaxed(&c->slots[i].xstatus);
+        id[k] = ember_atomic_load_relaxed(&c->slots[i].xid);
+        k += st[k] != C_FREE;
+    }
+    munlock(&c->xmeta);
+    for (uint32_t i = 0; i < k; i++) {
+        if (ember_sync_id_dead(id[i]))
+            continue;                        /* a dead waiter's wait has ended */
+        w += st[i] == C_WAITING;
+        n += st[i] == C_NOTIFIED;
+    }
+    *begun = b;
+    *waiting = w;
+    *notified = n;
 }
 
 uint32_t ember_cond_waiting(void *mem)

@@ -162,5 +162,9 @@ ember_rc_t ember_cond_wait(void *mem, uint32_t slot, int64_t timeout_ns);
 ember_rc_t ember_cond_leave(void *mem, uint32_t slot);
 ember_rc_t ember_cond_notify(void *mem, uint32_t n, uint32_t *woken);
 uint32_t ember_cond_waiting(void *mem);
+/* counts: the waits begun ever (64-bit), and of those not ended, the ones
+ * WAITING and the ones NOTIFIED but not yet returned (slots of dead waiters
+ * left out: their waits have ended), all at one moment (under the meta lock). */
+void ember_cond_counts(void *mem, uint64_t *begun, uint32_t *waiting, uint32_t *notified);
 
 #endif /* EMBER_SYNC_H */
