@@ -67,6 +67,16 @@ def test_bytes_offsets_and_recv_bytes_into(ember_runtime):
     a.send_bytes(b"12345")
     buf = bytearray(8)
     assert b.recv_bytes_into(buf, 2) == 5 and buf == b"\0\x0012345\0"
+    # the offset is in bytes whatever the buffer's item size, as multiprocessing's
+    a.send_bytes(array.array("i", [7, 8]))
+    ints = array.array("i", [0] * 6)
+    assert b.recv_bytes_into(ints, 3 * ints.itemsize) == 2 * ints.itemsize
+    assert list(ints) == [0, 0, 0, 7, 8, 0]
+    a.send_bytes(b"zz")
+    assert b.recv_bytes_into(ints, 24 - 2) == 2 and ints.tobytes()[22:] == b"zz"
+    for off, msg in ((-1, "negative offset"), (25, "offset too large")):
+        with pytest.raises(ValueError, match=f"^{msg}$"):
+            b.recv_bytes_into(ints, off)
     a.send_bytes(b"x" * 20)
     with pytest.raises(multiprocessing.BufferTooShort) as ei:
         b.recv_bytes_into(bytearray(4))

@@ -274,22 +274,24 @@ class Connection:
             return bytes(data)
 
     def recv_bytes_into(self, buf, offset=0):
-        """Receive into a writable buffer at ``offset``; return the number
-        of bytes.  A message too long raises ``multiprocessing.BufferTooShort``
-        with the whole message as its argument."""
+        """Receive into a writable buffer at ``offset`` (in bytes, as
+        multiprocessing's, whatever the buffer's item size); return the
+        number of bytes.  A message too long raises
+        ``multiprocessing.BufferTooShort`` with the whole message as its
+        argument."""
         self._check_readable()
         with memoryview(buf) as m:
-            itemsize = m.itemsize
             total = m.nbytes
-            if offset < 0 or offset > total // itemsize:
-                raise ValueError("offset out of bounds")
+            if offset < 0:
+                raise ValueError("negative offset")
+            if offset > total:
+                raise ValueError("offset too large")
             data = self._recv()
             n = len(data)
-            start = offset * itemsize
             try:
-                if start + n > total:
+                if offset + n > total:
                     raise _mp.BufferTooShort(data if type(data) is bytes else bytes(data))
-                m.cast("B")[start:start + n] = data
+                m.cast("B")[offset:offset + n] = data
                 return n
             finally:
                 if type(data) is not bytes:
