@@ -631,6 +631,78 @@ def test_event_repr_is_multiprocessings(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_send_handle_and_recv_handle_over_an_ember_pipe(tmp_path):
+    """multiprocessing.reduction.send_handle/recv_handle pass an fd over
+    the context's Pipe (through the sender's resource sharer), both ways
+    and from one child to another; a message that carries no handle raises
+    RuntimeError, as the stdlib's does (they failed: the Connection had no
+    fileno(), and it is no socket now)."""
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp, os
+        from multiprocessing import reduction
+        import ember
+
+        def write(conn, data):
+            fd = reduction.recv_handle(conn)
+            os.write(fd, data)
+            os.close(fd)
+
+        def writer(conn, data):
+            write(conn, data)
+            r, w = os.pipe()
+            os.write(w, b"back from " + data)
+            os.close(w)
+            reduction.send_handle(conn, r, os.getppid())
+            os.close(r)
+            conn.send("no handle")
+            conn.recv()
+
+        def relay(conn, to):
+            fd = reduction.recv_handle(conn)
+            reduction.send_handle(to, fd, 0)       # on to the other child
+            os.close(fd)
+            conn.recv()                            # (its resource sharer serves the fd)
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=writer, args=(b, b"one"))
+            p.start()
+            r, w = os.pipe()
+            reduction.send_handle(a, w, p.pid)
+            os.close(w)
+            fd = reduction.recv_handle(a)
+            print(os.read(r, 100), os.read(fd, 100))
+            os.close(fd)
+            os.close(r)
+            try:
+                reduction.recv_handle(a)
+            except RuntimeError as e:
+                print("error", e)
+            a.send("done")
+            p.join(30)
+            c, d = ctx.Pipe()
+            e, f = ctx.Pipe()
+            q1 = ctx.Process(target=relay, args=(d, e))
+            q2 = ctx.Process(target=write, args=(f, b"two"))
+            q1.start(); q2.start()
+            r, w = os.pipe()
+            reduction.send_handle(c, w, q1.pid)
+            os.close(w)
+            print(os.read(r, 100))
+            q2.join(30)
+            c.send("done")
+            q1.join(30)
+            os.close(r)
+            print(p.exitcode, q1.exitcode, q2.exitcode)
+    """)
+    assert out.splitlines() == [
+        "b'one' b'back from one'",
+        "error received a str that carries no handle (send_handle sends one)",
+        "b'two'", "0 0 0"]
+
+
+@pytest.mark.timeout(120)
 def test_value_of_a_structure_has_its_fields(tmp_path):
     """multiprocessing's Value of a ctypes Structure gives its fields as
     attributes, read and written under the lock (the stdlib's synchronized

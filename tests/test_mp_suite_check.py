@@ -14,10 +14,11 @@ def test_a_documented_failure_counts_only_in_its_documented_mode():
     mode, _ = DOCUMENTED["WithManagerTestEvent"]["test_repr"]
     assert mode == "fail"
     out = {"failures": {"WithManagerTestEvent": [["test_repr", "AssertionError: ...", "fail"]],
-                        "WithProcessesTestConnection": [["test_connection", "Timeout", "timeout"]],
+                        "WithProcessesTestConnection": [["test_missing_fd_transfer", "E", "error"]],
                         "WithProcessesTestQueue": [["test_put", "AssertionError: x", "fail"]]}}
     assert unexpected(out) == [
-        ("WithProcessesTestConnection", "test_connection", "[timeout, documented as error]\nTimeout"),
+        ("WithProcessesTestConnection", "test_missing_fd_transfer",
+         "[error, documented as timeout]\nE"),
         ("WithProcessesTestQueue", "test_put", "[fail]\nAssertionError: x")]
 
 

@@ -90,6 +90,65 @@ def test_bytes_offsets_and_recv_bytes_into(ember_runtime):
     assert b.closed
 
 
+def _readable(fd, timeout=0):
+    import select
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _until(cond):
+    while not cond():
+        os.sched_yield()
+
+
+@pytest.mark.timeout(60)
+def test_fileno_is_readable_while_there_is_something_to_receive(ember_runtime):
+    """fileno(): a descriptor readable while the end has a message or
+    end-of-file, and only then, as the stdlib's socket (there was no
+    fileno()): select waits for a child's message; the fd is clear again
+    once the messages are received; recv_bytes and recv_bytes_into keep it
+    too; end-of-file keeps it readable; closing closes it."""
+    a, b = ember.Pipe()
+    fd = b.fileno()
+    assert isinstance(fd, int) and b.fileno() == fd and not _readable(fd)
+    p = spawn("""
+        a, = ARGS
+        a.send("from the child")
+        a.send_bytes(b"two")
+        a.send_bytes(b"three")
+        a.close()
+        """, a)
+    assert _readable(fd, None)                  # select waits for the child's message
+    assert b.recv() == "from the child"
+    assert b.recv_bytes() == b"two"
+    _until(lambda: b.poll())
+    assert b.recv_bytes_into(bytearray(8)) == 5
+    assert join(p) == 0
+    a.close()
+    _until(lambda: _readable(fd))               # end-of-file: readable, and stays so
+    with pytest.raises(EOFError):
+        b.recv()
+    assert _readable(fd)
+    a, b = ember.Pipe()
+    fd = b.fileno()
+    a.send(1)
+    _until(lambda: _readable(fd))
+    assert b.recv() == 1
+    _until(lambda: not _readable(fd))           # received: clear again
+    a.send(2)
+    assert _readable(fd, None) and b.recv() == 2
+    watch = b._fdw[0]
+    b.close()
+    assert not watch._thread.is_alive()
+    with pytest.raises(OSError, match=r"^handle is closed$"):
+        b.fileno()
+    r, w = ember.Pipe(duplex=False)
+    with pytest.raises(OSError, match=r"^connection is write-only$"):
+        w.fileno()
+    assert not _readable(r.fileno())
+    for c in (a, r, w):
+        c.close()
+
+
 @pytest.mark.timeout(60)
 def test_closed_handle_and_eof_after_the_peer_closes(ember_runtime):
     a, b = ember.Pipe()

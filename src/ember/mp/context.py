@@ -693,6 +693,50 @@ def _wait_wrapper(orig):
     return wait
 
 
+def _ember_connection(conn):
+    mod = sys.modules.get("ember.objects.connection")     # not imported: not one of ours
+    return mod is not None and isinstance(conn, mod.Connection)
+
+
+def _handle_wrappers(send_orig, recv_orig):
+    """``multiprocessing.reduction.send_handle``/``recv_handle`` that pass
+    an fd over an ember Connection too: its ``fileno()`` is no socket to
+    carry ``SCM_RIGHTS``, so the message is a ``resource_sharer.DupFd``
+    (the fd duplicated and served by the sender's resource sharer, as an
+    fd pickled for a child is), and ``recv_handle`` takes the fd from it;
+    a message that is not one raises ``RuntimeError``, as the stdlib's does
+    when no fd came with the data."""
+    def send_handle(conn, handle, destination_pid):
+        if not _ember_connection(conn):
+            return send_orig(conn, handle, destination_pid)
+        from multiprocessing import resource_sharer
+        dup = resource_sharer.DupFd(handle)
+        try:
+            conn.send(dup)
+        except BaseException:
+            # not sent: the sharer's copy of the fd is closed now, not at exit
+            sharer = resource_sharer._resource_sharer
+            with sharer._lock:
+                entry = sharer._cache.pop(dup._id[1], None)
+            if entry is not None:
+                entry[1]()
+            raise
+
+    def recv_handle(conn):
+        if not _ember_connection(conn):
+            return recv_orig(conn)
+        from multiprocessing import resource_sharer
+        got = conn.recv()
+        if not isinstance(got, resource_sharer.DupFd):
+            raise RuntimeError(f"received a {type(got).__name__} that carries no handle "
+                               f"(send_handle sends one)")
+        return got.detach()
+
+    send_handle.__doc__, recv_handle.__doc__ = send_orig.__doc__, recv_orig.__doc__
+    send_handle._ember = recv_handle._ember = True
+    return send_handle, recv_handle
+
+
 _fd_reducers = [False]
 
 
@@ -802,6 +846,9 @@ def register():
             f = _dispatch(name, orig)
             setattr(dflt, name, f)
             setattr(multiprocessing, name, f)
+    if not getattr(reduction.send_handle, "_ember", False):
+        reduction.send_handle, reduction.recv_handle = _handle_wrappers(reduction.send_handle,
+                                                                        reduction.recv_handle)
     from .. import _after_import
     _after_import("multiprocessing.connection", _on_connection)
     _after_import("multiprocessing.spawn", _wrap_preparation_data)

@@ -14,10 +14,13 @@ When both ends are gone the channels are destroyed.
 """
 import errno
 import multiprocessing as _mp
+import os
 import select
 import time
 
 from ..channels_c import Channel, ChannelClosed, wait_any
+from ..channels_c.watch import SLICE, ChannelWatch
+from ..exceptions import ChannelError
 from . import _codec, naming
 
 _dumps, _loads = _codec.dumps, _codec.loads
@@ -74,7 +77,47 @@ def _rebuild(rec, end, o_uid, send_ix, recv_ix, token=None):
     return Connection._make(rec, end, o_uid, send_ix, recv_ix)
 
 
-def _finish(chs):
+class _ReadableWatch(ChannelWatch):
+    """What :meth:`Connection.fileno` returns, kept readable while the
+    channel has something to receive (a message, or end-of-file) and only
+    then, as a socket's is: the watch's thread makes the eventfd readable
+    once the channel has a message, and after each receive of the end
+    (:meth:`nudge`) makes it unreadable again if the channel is empty.  It
+    lags the channel by a thread's wake-up: readable a moment after a
+    message came, and a moment after the last receive still readable."""
+
+    def nudge(self):
+        """A receive took a message: look whether the channel is empty."""
+        self._armed.set()
+
+    def _run(self):
+        poll, fd, nudged = self.channel.poll, self.fd, self._armed
+        try:
+            while not self._stop:
+                if not poll(SLICE):
+                    continue
+                os.eventfd_write(fd, 1)                 # something to receive: readable
+                while not self._stop and poll(0):       # until a receive leaves it empty
+                    nudged.wait()
+                    nudged.clear()
+                if not self._stop:
+                    os.eventfd_read(fd)
+        except ChannelError as exc:                     # destroyed: the receive raises it
+            self.error = exc
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+        except OSError:                                 # the fd closed under a late thread
+            pass
+
+
+def _finish(chs, fdw):
+    for w in fdw:
+        try:
+            w.close()
+        except RuntimeError:        # collected on the watch's own thread: it cannot join itself
+            w._stop = True
     for ch in chs:
         try:
             ch.detach()
@@ -83,8 +126,9 @@ def _finish(chs):
 
 
 class Connection:
-    """One end of a :func:`Pipe` (``multiprocessing.connection.Connection``
-    without ``fileno()``: use :func:`ember.wait`)."""
+    """One end of a :func:`Pipe` (``multiprocessing.connection.Connection``;
+    wait on it with :func:`ember.wait`, or on :meth:`fileno` with
+    ``select``)."""
 
     def __init__(self, *args, **kwargs):
         raise TypeError("Connection objects are made by ember.Pipe()")
@@ -106,7 +150,8 @@ class Connection:
         self._pool = chs[0].pool
         self._closed = False
         self._hold = naming.hold(self, o_uid)
-        weakref.finalize(self, _finish, chs).atexit = False
+        self._fdw = []          # fileno()'s _ReadableWatch, once made
+        weakref.finalize(self, _finish, chs, self._fdw).atexit = False
         return self
 
     def __reduce__(self):
@@ -160,6 +205,32 @@ class Connection:
             self._closed = True
             self._sch = self._rch = None
             self._hold.drop()
+            if self._fdw:
+                self._fdw.pop().close()
+
+    def fileno(self):
+        """A file descriptor that is readable while this end has something
+        to receive (a message, or end-of-file), as the stdlib Connection's
+        socket is: for ``select``, ``selectors`` and asyncio's
+        ``add_reader``.  Made at the first call (an eventfd, kept so by one
+        thread of this process that sleeps while the channel is empty: see
+        ``_ReadableWatch``) and closed with the handle.  What is
+        received comes through the channel, not the descriptor: read it
+        with :meth:`recv`, never with ``os.read``.
+
+        Raises
+        ------
+        OSError
+            This handle is closed, or write-only (a send waits only while
+            the pipe holds ``PIPE_CAPACITY`` unread messages: nothing to
+            wait for on a descriptor).
+        """
+        self._check_readable()
+        if not self._fdw:
+            self._fdw.append(_ReadableWatch(self._recv_ch))
+            # its receives now tell the watch (the others pay nothing for it)
+            self.__class__ = _WatchedConnection
+        return self._fdw[0].fd
 
     def __enter__(self):
         return self
@@ -309,6 +380,22 @@ class Connection:
     def _wait_channel(self):
         self._check_readable()
         return self._recv_ch
+
+
+class _WatchedConnection(Connection):
+    """A :class:`Connection` whose :meth:`~Connection.fileno` was asked
+    for: each receive nudges the watch, which then clears the descriptor if
+    nothing is left to receive."""
+
+    def recv(self):
+        obj = Connection.recv(self)
+        self._fdw[0].nudge()
+        return obj
+
+    def _recv(self, timeout=None):
+        data = Connection._recv(self, timeout)
+        self._fdw[0].nudge()
+        return data
 
 
 def _fd_of(o):
