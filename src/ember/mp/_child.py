@@ -274,17 +274,21 @@ def _apply(prep, main=True):
             _mpctx._default_context._actual_context = ctx
     if not main:
         return
+    template_main = sys.modules["__main__"]
     if "init_main_from_name" in prep:
         _spawn._fixup_main_from_name(prep["init_main_from_name"])
     elif "init_main_from_path" in prep:
         _spawn._fixup_main_from_path(prep["init_main_from_path"])
-    else:
-        # The parent's main has no file (python -c, a notebook): an empty
-        # __main__, as spawn's child has its own, not the template's
-        # (ember._template: a function of the parent's __main__ was looked
-        # for, and found, there).  The template's is kept, as spawn's fixup
-        # keeps the one it replaces (freeing it would write to its pages).
-        _spawn.old_main_modules.append(sys.modules["__main__"])
+    if sys.modules["__main__"] is template_main:
+        # spawn's fixup ran nothing: the parent's main has no file (python
+        # -c, a notebook), or is a package's or a directory's or zipapp's
+        # __main__ (python -m pkg, python dir/: spawn does not run those
+        # again), or a file named ipython.py.  An empty __main__, as
+        # spawn's child has its own, not the template's (ember._template:
+        # a function of the parent's __main__ was looked for, and found,
+        # there).  The template's is kept, as spawn's fixup keeps the one
+        # it replaces (freeing it would write to its pages).
+        _spawn.old_main_modules.append(template_main)
         sys.modules["__main__"] = type(sys)("__main__")
 
 

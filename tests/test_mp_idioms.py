@@ -1,0 +1,52 @@
+"""multiprocessing programs as users write them, run under the "ember"
+start method beside spawn: the ways a program is started (``python -m
+pkg``, a directory), each compared with what spawn does with the same
+program."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+METHODS = ["ember", "spawn"]
+
+_PKG_MAIN = """
+    import multiprocessing as mp, os, sys
+    import ember
+
+    def main():
+        print("the program's main ran in the child", flush=True)
+
+    if __name__ == "__main__":
+        mp.set_start_method(sys.argv[1])
+        p = mp.Process(target=main)
+        p.start()
+        p.join()
+        print("exit", p.exitcode, flush=True)
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["python -m pkg", "python dir"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_packages_main_is_not_the_templates(tmp_path, how, method):
+    """A program run as ``python -m pkg`` (its ``pkg/__main__.py``) or as
+    ``python dir`` (a directory with a ``__main__.py``): spawn does not run
+    such a main again in the child, whose ``__main__`` is then a module of
+    its own, so a target of the parent's ``__main__`` cannot be found
+    there.  Under "ember" the child's ``__main__`` was the template's
+    (``ember._template``): a target named ``main`` was found there, the
+    template's own, and run (``OSError: Socket operation on non-socket``)."""
+    where = tmp_path / "pkg"
+    where.mkdir()
+    (where / "__main__.py").write_text(textwrap.dedent(_PKG_MAIN))
+    if how == "python -m pkg":
+        (where / "__init__.py").write_text("")
+        cmd = [sys.executable, "-m", "pkg", method]
+    else:
+        cmd = [sys.executable, str(where), method]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["exit 1"], (res.stdout, res.stderr)
+    assert "Can't get attribute 'main' on <module '__main__'" in res.stderr, res.stderr
+    assert "ember._template" not in res.stderr, res.stderr
