@@ -1,7 +1,8 @@
 """multiprocessing programs as users write them, run under the "ember"
 start method beside spawn: the ways a program is started (``python -m
-pkg``, a directory), each compared with what spawn does with the same
-program."""
+pkg``, a directory) and the ways it ends (an unhandled KeyboardInterrupt),
+each compared with what spawn does with the same program."""
+import signal
 import subprocess
 import sys
 import textwrap
@@ -50,3 +51,32 @@ def test_a_packages_main_is_not_the_templates(tmp_path, how, method):
     assert res.stdout.splitlines() == ["exit 1"], (res.stdout, res.stderr)
     assert "Can't get attribute 'main' on <module '__main__'" in res.stderr, res.stderr
     assert "ember._template" not in res.stderr, res.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", METHODS)
+def test_an_unhandled_keyboard_interrupt_ends_the_program_by_sigint(tmp_path, method):
+    """A program ended by an unhandled KeyboardInterrupt (Ctrl-C) dies by
+    SIGINT, as Python makes it (bpo-1054041: so that a shell or ``make``
+    stops too), with the embedded runtime brought up by the method as
+    without it.  It exited 1: the runtime's teardown at exit built its
+    first ``ProcessDetach`` message, whose constructor was compiled by an
+    ``exec()`` of a str, and that clears CPython's record of the
+    unhandled KeyboardInterrupt."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp, sys
+        import ember
+
+        if __name__ == "__main__":
+            mp.set_start_method(sys.argv[1])
+            p = mp.Process(target=print, args=("child",))
+            p.start()
+            p.join()
+            raise KeyboardInterrupt
+    """))
+    res = subprocess.run([sys.executable, str(prog), method], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=100)
+    assert res.returncode == -signal.SIGINT, (res.returncode, res.stdout, res.stderr)
+    assert res.stdout == "child\n"
+    assert res.stderr.rstrip().endswith("KeyboardInterrupt"), res.stderr

@@ -108,7 +108,12 @@ def prepare(*classes):
         body = "".join(f"    o.{f} = {f}\n" for f in c.fields)
         src.append(f"def _new{i}({', '.join(c.fields)}):\n    o = _alloc(_cls{i})\n{body}"
                    f"    return o\n")
-    exec("".join(src), ns)
+    # compiled first: exec() of a str goes through PyRun_StringFlags, which
+    # clears CPython's "unhandled KeyboardInterrupt" flag (set when the
+    # program ends on one), and a message first built at exit (the
+    # teardown's ProcessDetach) then made the process exit 1 instead of by
+    # SIGINT; exec() of a code object does not touch it
+    exec(compile("".join(src), "<ember.messages>", "exec"), ns)
     for i, c in enumerate(todo):
         c._new = staticmethod(ns[f"_new{i}"])
 
