@@ -80,3 +80,49 @@ def test_an_unhandled_keyboard_interrupt_ends_the_program_by_sigint(tmp_path, me
     assert res.returncode == -signal.SIGINT, (res.returncode, res.stdout, res.stderr)
     assert res.stdout == "child\n"
     assert res.stderr.rstrip().endswith("KeyboardInterrupt"), res.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", METHODS)
+def test_types_registered_on_the_stdlibs_sync_manager(tmp_path, method):
+    """``multiprocessing.managers.SyncManager.register(...)`` before
+    ``multiprocessing.Manager()``: the manager makes the registered types,
+    whose proxies work in children.  Under "ember" ``Manager()`` is
+    ``ember.Manager()``, whose class had its own registry only:
+    ``AttributeError: 'SyncManager' object has no attribute 'Counter'``."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import collections, multiprocessing as mp, sys
+        from multiprocessing.managers import DictProxy, SyncManager
+        import ember
+
+        class Counter:
+            def __init__(self, n=0):
+                self.n = n
+            def incr(self):
+                self.n += 1
+                return self.n
+
+        SyncManager.register("Counter", Counter)
+        SyncManager.register("defaultdict", collections.defaultdict, DictProxy)
+
+        def work(c, d):
+            for _ in range(10):
+                c.incr()
+            d["k"] = d["k"] + 1
+
+        if __name__ == "__main__":
+            mp.set_start_method(sys.argv[1])
+            with mp.Manager() as m:
+                c, d = m.Counter(5), m.defaultdict(int)
+                ps = [mp.Process(target=work, args=(c, d)) for _ in range(2)]
+                for p in ps:
+                    p.start()
+                    p.join()
+                print([p.exitcode for p in ps], c.incr(), d["k"], d["other"])
+                print(hasattr(m, "Iterator"), hasattr(m, "nothing"))
+    """))
+    res = subprocess.run([sys.executable, str(prog), method], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=100)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["[0, 0] 26 2 0", "False False"], (res.stdout, res.stderr)

@@ -199,6 +199,23 @@ class SyncManager(BaseManager):
         self._create("list")
         return scopes.list(sequence, scope=self._scope)
 
+    def __getattr__(self, name):
+        # A type registered on multiprocessing's own SyncManager
+        # (``multiprocessing.managers.SyncManager.register("Counter",
+        # Counter)``, as programs do before ``multiprocessing.Manager()``,
+        # which is this class under the "ember" method): registered here the
+        # same way at its first use.  Only the names the stdlib's class has
+        # a method for (not its create_method=False entries, not ours).
+        from multiprocessing import managers as _mpm
+        entry = None if name.startswith("_") else \
+            _mpm.SyncManager.__dict__.get("_registry", {}).get(name)
+        if entry is None or name in type(self)._registry or \
+                not callable(getattr(_mpm.SyncManager, name, None)):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        factory, exposed, method_to_typeid, proxytype = entry
+        SyncManager.register(name, factory, proxytype, exposed, method_to_typeid)
+        return getattr(self, name)
+
     def Namespace(self, **kwds):  # noqa: N802
         self._create("Namespace")
         return scopes.Namespace(scope=self._scope, **kwds)
