@@ -126,3 +126,78 @@ def test_types_registered_on_the_stdlibs_sync_manager(tmp_path, method):
                          capture_output=True, text=True, timeout=100)
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert res.stdout.splitlines() == ["[0, 0] 26 2 0", "False False"], (res.stdout, res.stderr)
+
+
+def _waiting(pid):
+    """Whether process ``pid``'s main thread is blocked in poll(2),
+    ppoll(2) (ember's join, on a pidfd) or wait4(2) (spawn's) (x86-64 and
+    aarch64 numbers; /proc/PID/syscall)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            nr = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    return nr in ("7", "271", "61", "73", "260")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("first", ["event", "start"])
+@pytest.mark.parametrize("when", ["join", "exit"])
+@pytest.mark.parametrize("method", METHODS)
+def test_ctrl_c_while_the_program_waits_for_its_children(tmp_path, method, when, first):
+    """Ctrl-C (SIGINT to the terminal's process group) while the program
+    waits for a child: in its ``p.join()`` (the program then ends on the
+    KeyboardInterrupt) or, its main module ended, in multiprocessing's wait
+    at exit.  Under spawn the child, in the same group, gets it too and
+    the program ends.  Under "ember" children are in process groups of
+    their own: the child ran on and the program waited for its whole run
+    at exit (under ``ember run``: the launcher's grace, then everything
+    killed, exit 137), but for a main that ended on the interrupt when
+    ember's exit hook ran before multiprocessing's (no ember object made
+    before the first start).  Now the interrupt is passed on to the
+    children, whichever hook waits."""
+    import os
+    import time
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import atexit, multiprocessing as mp, sys, time
+        import ember
+
+        def sleeper():
+            print("ready", flush=True)
+            time.sleep(300)
+
+        if __name__ == "__main__":
+            mp.set_start_method(sys.argv[1])
+            if sys.argv[3] == "event":
+                mp.Event()        # multiprocessing's exit hook then runs before ember's
+            p = mp.Process(target=sleeper)
+            p.start()
+            if sys.argv[2] == "join":
+                p.join()
+            else:
+                atexit.register(print, "exiting", flush=True)     # the first exit hook
+    """))
+    proc = subprocess.Popen([sys.executable, str(prog), method, when, first], cwd=tmp_path,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = {"ready\n"} if when == "join" else {"ready\n", "exiting\n"}
+        assert {proc.stdout.readline() for _ in lines} == lines
+        while not _waiting(proc.pid):       # waiting for the child
+            assert proc.poll() is None
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(("still running 60 s after the Ctrl-C", exc.stderr)) from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == (-signal.SIGINT if when == "join" else 0), (proc.returncode, err)
+    child = err[err.index("Process Process-1:"):]          # the child's traceback
+    assert "KeyboardInterrupt" in child, err

@@ -393,8 +393,16 @@ class Popen:
             # on the pidfd first (ember.Process._ended: it follows a
             # process started again): ember.Process.join() reads results
             # in slices, and this child sends none
-            if not self._proc._ended(timeout):
-                return None
+            exiting = _m.util._exiting    # multiprocessing's wait at exit for its children
+            if exiting and isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+                _m.process._interrupt_at_exit()      # the program ended on a Ctrl-C
+            try:
+                if not self._proc._ended(timeout):
+                    return None
+            except KeyboardInterrupt:
+                if exiting:
+                    _m.process._interrupt_at_exit()
+                raise
             self._proc.join()
             code = self._proc.exitcode
             if code is not None:

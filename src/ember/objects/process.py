@@ -1264,31 +1264,61 @@ def _sweep():
 def _exit_function():
     """At interpreter exit: kill daemon processes, join the others.  If the
     interpreter is exiting because of a KeyboardInterrupt (Ctrl-C reaches
-    the head under ``ember run``), the others get SIGINT first, as they
-    would from a terminal.  None alive (every template child that started
+    the head under ``ember run``), or one interrupts the wait for them, the
+    others get SIGINT (:func:`_interrupt_at_exit`); the interrupt is raised
+    again once they are joined, and a second one ends the wait (the
+    teardown ends them).  None alive (every template child that started
     none): nothing touched, as in :func:`_forget_lease`."""
     if not _live:
         return
     with _live_lock:
         procs = list(_live)
     if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
-        for p in procs:
-            if not p._daemon:
-                try:
-                    p._send_signal(_signal.SIGINT)
-                except Exception:
-                    pass
+        _interrupt_at_exit()
     for p in procs:
         if p._daemon:
             try:
                 p.kill()
             except Exception:
                 pass
+    interrupted = None
     for p in procs:
-        try:
-            p.join()
-        except Exception:
-            pass
+        while True:
+            try:
+                p.join()
+            except KeyboardInterrupt as exc:
+                if not _interrupt_at_exit():
+                    raise
+                interrupted = exc
+                continue
+            except Exception:
+                pass
+            break
+    if interrupted is not None:
+        raise interrupted
+
+
+_exit_interrupted = [False]
+
+
+def _interrupt_at_exit():
+    """A Ctrl-C at exit (the program ended on one, or it interrupted the
+    wait for the children, here or in multiprocessing's own exit hook):
+    SIGINT to every live non-daemon process, once, as a terminal's Ctrl-C
+    reaches the children in its process group (ours are in groups of their
+    own).  False if it was done already (this is a second Ctrl-C)."""
+    if _exit_interrupted[0]:
+        return False
+    _exit_interrupted[0] = True
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        if not p._daemon:
+            try:
+                p._send_signal(_signal.SIGINT)
+            except Exception:
+                pass
+    return True
 
 
 atexit.register(_exit_function)
