@@ -294,6 +294,33 @@ def test_the_template_run_and_the_shipped_code_take_the_same_modules_as_the_prog
                    "checked ember_tools.py helper.py", "shipped ember_tools.py helper.py"], out
 
 
+def test_a_run_is_installed_only_for_its_own_main_sys_path_argv_and_cwd():
+    """A start's call names the template's run by the CRC-32 of its preload
+    entry (``_mainload.run_key``): a run found under a child's key is
+    installed only if its main file, ``sys.path``, ``argv`` and working
+    directory are the child's (two entries with the same CRC cost a run of
+    the main module in the child, never a wrong module)."""
+    code = textwrap.dedent("""
+        import sys, types
+        from ember.mp import _mainload as ml
+        mod = types.ModuleType("__mp_main__")
+        ml._mains["k"] = ("entry", ml._Main("/x/prog.py", ["/x"], ["prog.py", "a"], "/x",
+                                            mod, {}, {}))
+        prep = {"init_main_from_path": "/x/prog.py", "sys_path": ["/x"],
+                "sys_argv": ["prog.py", "a"], "dir": "/x"}
+        for item, value in (("init_main_from_path", "/y/prog.py"), ("sys_path", ["/y"]),
+                            ("sys_argv", ["prog.py", "b"]), ("dir", "/y")):
+            print(item, ml.install(dict(prep, **{item: value}), "k"))
+        print("same", ml.install(prep, "k"), sys.modules["__main__"] is mod)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["init_main_from_path False", "sys_path False",
+                                       "sys_argv False", "dir False", "same True True"], \
+        res.stdout
+
+
 @pytest.mark.timeout(60)
 def test_the_main_modules_entry_is_the_same_in_every_interpreter(tmp_path):
     """The preload entry for the same program (main file, program modules,

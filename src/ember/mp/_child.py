@@ -383,7 +383,8 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     process object or its other attributes (``context._pickles``);
     ``tracker``, the parent's resource tracker (pid, fd);
     ``main_code``/``prog_codes``, code the parent compiled (None when it
-    expects the template's run of the main module, its preload ``entry``)."""
+    expects the template's run of the main module, named by ``entry``:
+    ``_mainload.run_key`` of its preload entry)."""
     if _tracing:
         _t("M.c_main")
     _tracker[0] = tracker

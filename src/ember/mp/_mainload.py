@@ -51,7 +51,8 @@ ENV = "EMBER_MP_MAIN_IN_TEMPLATE"
 #: Mains kept by the template (least recently run dropped first).
 MAX_MAINS = 4
 
-#: Template: preload entry -> :class:`_Main`, or the reason it was not run.
+#: Template: :func:`run_key` of a preload entry -> (the entry without its
+#: ``?``, its :class:`_Main` or the reason it was not run).
 _mains = {}
 #: Child: the main file whose template-run module it installed (tests).
 installed = None
@@ -60,7 +61,7 @@ installed = None
 # ----------------------------------------------------------------------
 # parent
 # ----------------------------------------------------------------------
-_last = [None, None]       # (key, entry)
+_last = [None, None, None]     # (key, entry, its run_key)
 
 
 _progs = [None, ()]        # (len(sys.modules), the program modules' files)
@@ -105,8 +106,25 @@ def entry(prep):
                        binascii.crc32(repr(progs).encode())],
                       separators=(",", ":")).encode()
     e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
-    _last[:] = [key, e]
+    _last[:] = [key, e, run_key(e)]
     return e
+
+
+def run_key(item):
+    """What names the template's run of the preload entry ``item`` (with
+    or without its ``?``) in :data:`_mains` and in a start's call: the
+    entry's CRC-32, 8 hex digits.  The entry itself (~500 bytes: it holds
+    ``sys.path`` and ``argv``) made an mp start's call larger than a
+    channel block (1 KB), so every call went through a pool allocation.
+    A key names one run only if that run's main file, ``sys.path``,
+    ``argv`` and working directory are the child's too (:func:`install`
+    compares them), so two entries with the same CRC cost a run of the
+    main module, never a wrong one.  (CRC-32 from ``binascii``, which the
+    method has imported: ``hashlib`` would map OpenSSL's libraries into
+    the parent and the template.)"""
+    if item is _last[1]:
+        return _last[2]
+    return "%08x" % binascii.crc32(item.lstrip("?").encode())
 
 
 def enabled():
@@ -477,17 +495,19 @@ def preload(item):
     """In the template: run the main module named by the preload entry
     ``item`` (``[?]@mpmain:...``) if it only defines; record the outcome in
     :data:`_mains`.  Never raises."""
-    key = item.lstrip("?")
-    if key in _mains:
-        _mains[key] = _mains.pop(key)             # most recently asked for
+    entry = item.lstrip("?")
+    key = run_key(entry)
+    hit = _mains.pop(key, None)
+    if hit is not None and hit[0] == entry:
+        _mains[key] = hit                         # most recently asked for
         return
     try:
         path, mtime, size, sys_path, argv, cwd = json.loads(
-            base64.urlsafe_b64decode(key[len(PREFIX):].encode("ascii")))[:6]
+            base64.urlsafe_b64decode(entry[len(PREFIX):].encode("ascii")))[:6]
         outcome = _run(path, (mtime, size), sys_path, argv, cwd)
     except Exception as exc:
         outcome = f"{type(exc).__name__}: {exc}"
-    _mains[key] = outcome
+    _mains[key] = (entry, outcome)                # (another entry of that key: replaced)
     while len(_mains) > MAX_MAINS:
         del _mains[next(iter(_mains))]
 
@@ -543,13 +563,17 @@ def install(prep, key):
     """Before spawn's preparation of ``prep`` in a child forked from the
     template: put the template's run of this main in place (True), or do
     nothing (False) when there is none that fits or a file changed since.
-    ``key``: the parent's preload entry for ``prep`` without its ``?``
-    (:func:`offer`; None when the parent has this off), which names the
-    main file, its version, ``sys.path``, ``sys.argv`` and the working
-    directory: the template's run of that entry is this very main."""
+    ``key``: the :func:`run_key` of the parent's preload entry for
+    ``prep`` (:func:`offer`; None when the parent has this off), which
+    names the main file, its version, ``sys.path``, ``sys.argv`` and the
+    working directory: the run of that key is this very main if those are
+    ``prep``'s (compared: the key is a CRC) and its files unchanged."""
     global installed
     m = _mains.get(key) if key is not None else None
-    if not isinstance(m, _Main) or m.path != prep.get("init_main_from_path"):
+    m = m[1] if m is not None else None
+    if not isinstance(m, _Main) or m.path != prep.get("init_main_from_path") \
+            or m.sys_path != prep.get("sys_path") or m.argv != prep.get("sys_argv") \
+            or m.dir != prep.get("dir"):
         return False
     try:
         for f, stat in m.stats.items():

@@ -364,7 +364,7 @@ class Popen:
             codes = (None, None)      # the template runs the main module: no code to ship
         else:
             codes = (_main_code(prep), _program_codes())
-        key = e[1:] if e else None    # the entry without its "?": the template's run of it
+        key = mainload.run_key(e) if e else None    # the template's run of the entry
         p = _m.process.Process(target=_m.child.main,
                        args=(prep_b, obj_b, tracker) + codes + (process_obj._name, key),
                        daemon=bool(process_obj.daemon))
