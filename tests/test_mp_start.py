@@ -146,6 +146,55 @@ def test_argv_changed_in_place_reaches_the_next_child(tmp_path):
     assert res.stdout.splitlines() == ["a", "a b", "a b c"], (res.stdout, res.stderr)
 
 
+def test_reducers_registered_between_starts_reach_the_next_child(tmp_path):
+    """The process object is pickled with ForkingPickler's reducers and
+    copyreg's (``context._fp_dumps``, their merged table made once and
+    again when either changed): a reducer registered after some starts,
+    with ``ForkingPickler.register`` or ``copyreg.pickle``, is used for
+    the next child's arguments."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import copyreg
+        import multiprocessing as mp
+        from multiprocessing.reduction import ForkingPickler
+        import ember
+
+        class Box:
+            def __init__(self, v):
+                self.v = v
+
+        class Crate(Box):
+            pass
+
+        def made_by(cls, how, v):
+            return cls(f"{how}:{v}")
+
+        def by_fp(b):
+            return made_by, (type(b), "fp", b.v)
+
+        def by_copyreg(b):
+            return made_by, (type(b), "copyreg", b.v)
+
+        def work(q, box, crate):
+            q.put((box.v, crate.v))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            for step in range(5):
+                if step == 2:
+                    ForkingPickler.register(Box, by_fp)
+                if step == 4:
+                    copyreg.pickle(Crate, by_copyreg)
+                p = ctx.Process(target=work, args=(q, Box(1), Crate(2))); p.start()
+                print(step, *q.get(timeout=60)); p.join(60)
+    """))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["0 1 2", "1 1 2", "2 fp:1 2", "3 fp:1 2",
+                                       "4 fp:1 copyreg:2"], (res.stdout, res.stderr)
+
+
 def test_child_stdin_is_devnull_at_eof_for_ember_and_subclassed_processes(tmp_path):
     """A child's sys.stdin is a text stream over /dev/null at EOF, as under
     spawn, whether it is the template's ready-made one (an EmberProcess) or
