@@ -462,6 +462,32 @@ def test_template_pid_caches_are_the_childs(tmp_path):
     assert out.splitlines() == ["exit 0", "reclaimed True", "lock owner died"] * 3, out
 
 
+def test_preload_added_between_starts_reaches_the_next_start(tmp_path):
+    """The template worker's argv (its ``--preload=`` text) is made once
+    per preload list (``process._worker_argv``): a module preloaded after
+    some starts is in the next child's modules before it imports
+    anything, and one preloaded after that too."""
+    (tmp_path / "late_one.py").write_text("")
+    (tmp_path / "late_two.py").write_text("")
+    out = ok(run_prog(tmp_path, """
+        def has(q):
+            q.put(sorted(m for m in ("late_one", "late_two") if m in sys.modules))
+
+        q = ember.Queue()
+        for step in range(5):
+            if step == 2:
+                ember.Process.preload(["late_one"])
+            if step == 4:
+                ember.Process.preload(["late_two"])
+            p = ember.Process(target=has, args=(q,))
+            p.start()
+            print(step, *q.get(timeout=60))
+            p.join()
+    """))
+    assert out.splitlines() == ["0", "1", "2 late_one", "3 late_one",
+                                "4 late_one late_two"], out
+
+
 def test_preload_and_threads_in_template(tmp_path):
     """Process.preload imports in the template; after that the template has
     threads (numpy's BLAS pool), and children still work (numpy included)."""

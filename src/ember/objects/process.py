@@ -127,13 +127,27 @@ def _lease_key():
     return (os.getpid(), _env.get(_env.RUNTIME_ID), _env.get(_env.DEFAULT_POOL))
 
 
+#: ``(Process._preload, Process._quiet_preload, the template's worker argv)``
+#: of the last start (the tuples held: their ids cannot be reused).
+_argv_c = [None]
+
+
 def _worker_argv(method):
-    args = ["-m", "ember._worker"]
-    if method == "template":
-        args.append("--template")
-        if Process._preload or Process._quiet_preload:
-            args.append("--preload=" + ",".join(Process._preload + Process._quiet_preload))
-    return args
+    """The worker's argv for ``method`` (a new list).  The template's,
+    with its ``--preload=`` text (~2 KB under the "ember" mp method, which
+    preloads the parent's library modules), is made again only when either
+    preload tuple was replaced (``preload`` and the mp method replace
+    them, never change them in place)."""
+    if method != "template":
+        return ["-m", "ember._worker"]
+    pre, quiet = Process._preload, Process._quiet_preload
+    c = _argv_c[0]                      # (one read: starts from several threads)
+    if c is None or c[0] is not pre or c[1] is not quiet:
+        args = ["-m", "ember._worker", "--template"]
+        if pre or quiet:
+            args.append("--preload=" + ",".join(pre + quiet))
+        c = _argv_c[0] = (pre, quiet, args)
+    return list(c[2])
 
 
 def _settle(lease):
