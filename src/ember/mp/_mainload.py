@@ -48,6 +48,7 @@ from ..objects.process import Process
 PREFIX = "@mpmain:"
 #: ``EMBER_MP_MAIN_IN_TEMPLATE=0`` in the parent's environment turns this off.
 ENV = "EMBER_MP_MAIN_IN_TEMPLATE"
+_ENV_KEY = os.fsencode(ENV)         # (os.environ._data's keys are bytes)
 #: Mains kept by the template (least recently run dropped first).
 MAX_MAINS = 4
 
@@ -61,7 +62,9 @@ installed = None
 # ----------------------------------------------------------------------
 # parent
 # ----------------------------------------------------------------------
-_last = [None, None, None]     # (key, entry, its run_key)
+#: The last entry made: [(main file, its stat key and the program files',
+#: sys.path, argv, cwd, the program files), entry, its run_key].
+_last = [None, None, None]
 
 
 _progs = [None, ()]        # (len(sys.modules), the program modules' files)
@@ -84,29 +87,35 @@ def entry(prep):
     the version (mtime, size) of the main file and of every program module
     this process has imported: after one of them changed, the entry is a
     new one, which the template runs again (else its run was stale and
-    every child ran the main module again, compiling each file)."""
+    every child ran the main module again, compiling each file).  The
+    last one is kept while its inputs are equal (each file stat'ed, the
+    lists compared as they are, no copy made)."""
     path = prep.get("init_main_from_path")
     if not path:
         return None
+    files = _program_files()
     try:
-        mtime, size = stat_key(path)
-        progs = tuple((f,) + tuple(stat_key(f)) for f in _program_files())
+        stats = [stat_key(path)]
+        for f in files:
+            stats.append(stat_key(f))
     except OSError:
         return None
-    key = (path, mtime, size, tuple(prep.get("sys_path") or ()),
-           tuple(prep.get("sys_argv") or ()), prep.get("dir"), progs)
-    if _last[0] == key:
+    sys_path, argv, cwd = prep.get("sys_path") or [], prep.get("sys_argv") or [], prep.get("dir")
+    k = _last[0]
+    if k is not None and k[0] == path and k[1] == stats and k[2] == sys_path \
+            and k[3] == argv and k[4] == cwd and k[5] == files:
         return _last[1]
     # The program modules' versions as a checksum (the template needs only
     # an entry that differs; its run records the files it read, which the
     # child checks): the entry travels with every spawn request.  Not
     # hash(): salted per interpreter, it differed between a parent and its
     # children, whose starts (nested) then each made a new entry.
-    data = json.dumps([path, mtime, size, list(key[3]), list(key[4]), key[5],
+    progs = tuple((f,) + st for f, st in zip(files, stats[1:]))
+    data = json.dumps([path, stats[0][0], stats[0][1], list(sys_path), list(argv), cwd,
                        binascii.crc32(repr(progs).encode())],
                       separators=(",", ":")).encode()
     e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
-    _last[:] = [key, e, run_key(e)]
+    _last[:] = [(path, stats, list(sys_path), list(argv), cwd, files), e, run_key(e)]
     return e
 
 
@@ -130,6 +139,9 @@ def run_key(item):
 def enabled():
     """False when ``EMBER_MP_MAIN_IN_TEMPLATE=0`` (every child then runs
     the main module again, as spawn's)."""
+    data = getattr(os.environ, "_data", None)     # (os.environ.get: four Python calls)
+    if type(data) is dict:
+        return data.get(_ENV_KEY) != b"0"
     return os.environ.get(ENV) != "0"
 
 
