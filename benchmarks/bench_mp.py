@@ -136,6 +136,18 @@ def leftovers(method, settle=10.0):
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # ... and their segments: their resource trackers unlink what they
+        # know of once the processes above are gone; the rest here
+        for i in range(21):
+            rest = [e for e in set(os.listdir("/dev/shm")) - before if _own(e, own)]
+            if not rest or i == 20:
+                break
+            time.sleep(0.1)
+        for e in rest:
+            try:
+                os.unlink(os.path.join("/dev/shm", e))
+            except FileNotFoundError:
+                pass
         return len(left), len(segs)
 
 
