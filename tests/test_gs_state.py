@@ -990,6 +990,65 @@ def test_claim_next_claims_and_leases_in_one_message(h, tmp_path):
     h.gs._close_events()
 
 
+def test_rerun_starts_a_claimed_lease_killed_again_once(h):
+    """ProcessRerun (ember.Process's creator, for a lease that died with its
+    call unread): GS sends the lease's own request again under the same
+    p_uid and answers with the new pid once the shepherd runs it; once
+    only.  Refused with a ProcessError for another's lease, an unclaimed
+    one, a live one, one that exited by no signal or by one asked through
+    GS (p.terminate()), a process that is no lease, not a p_uid.  A start again that fails leaves its end as it
+    was."""
+    creator = h.create("creator")
+    other = h.create()
+
+    def lease(arg):
+        key = h.req(m.ProcessCreate, "/bin/true", [arg], {"A": arg}, "/", "",
+                    {"spare": True}, False, p_uid=creator)
+        h.spawn_all()
+        return h.ok(key)["p_uid"]
+
+    def rerun(ident, p_uid=creator, fail=None):
+        h.auto = False
+        key = h.req(m.ProcessRerun, ident, p_uid=p_uid)
+        h.pump()
+        h.auto = True
+        spawns = h.spawn_all(fail)
+        return key, spawns
+
+    a, b, c, d = lease("a"), lease("b"), lease("c"), lease("d")
+    for s in (a, b, c):
+        h.req(m.ProcessClaim, s, p_uid=creator)
+    h.exit(a, -signal.SIGKILL)
+    h.exit(c, 0)
+    h.exit(d, -signal.SIGKILL)                       # never claimed
+    pid = h.gs.procs[a].os_pid
+    key, (spawn,) = rerun(a)
+    assert (spawn.p_uid, spawn.args, spawn.env["A"]) == (a, ["a"], "a")
+    got = h.ok(key)
+    assert (got["p_uid"], got["state"], got["retval"]) == (a, "running", None)
+    assert got["os_pid"] not in (None, pid)
+    refused = "ProcessError", f"process {a} cannot be started again: not a lease of process " \
+        f"{creator} that a signal ended, not started again"
+    h.exit(a, -signal.SIGKILL)
+    assert h.err(rerun(a)[0]) == refused                  # once only
+    for ident, p_uid in ((b, creator), (c, creator), (d, creator), (other, 0), ("x", creator)):
+        key, spawns = rerun(ident, p_uid)
+        assert spawns == [] and h.err(key)[0] == "ProcessError", ident
+    e = lease("e")
+    h.req(m.ProcessClaim, e, p_uid=creator)
+    h.exit(e, -signal.SIGKILL)
+    assert h.err(rerun(e, p_uid=other)[0])[0] == "ProcessError"     # not its lease
+    f = lease("f")
+    h.req(m.ProcessClaim, f, p_uid=creator)
+    h.req(m.ProcessKill, f, signal.SIGTERM, p_uid=creator)   # (p.terminate(): meant)
+    h.exit(f, -signal.SIGTERM)
+    assert h.err(rerun(f)[0])[0] == "ProcessError"
+    key, spawns = rerun(e, fail="no template")
+    assert len(spawns) == 1 and h.err(key) == ("ProcessError", "cannot start process: no template")
+    rec = h.gs.procs[e]
+    assert (rec.state, rec.exit_code) == ("exited", -signal.SIGKILL)
+
+
 def _events_of(path):
     import json
     with open(path) as f:

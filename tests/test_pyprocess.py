@@ -1966,19 +1966,30 @@ def test_lease_killed_while_it_sets_up_is_no_death(tmp_path, monkeypatch):
     assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
-def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
-    """A lease killed by hand after start() sent it its call but before it
-    read it (still named ember-leased) is a user's process dying: its death
-    is reported (GS knows it was claimed); an idle lease killed by hand is
-    still not."""
-    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+def test_lease_killed_before_it_read_its_call_runs_it_again(tmp_path):
+    """A lease killed by hand just before or after start() sent it its call
+    but before it read it (SIGSTOPped here to hold it there; still named
+    ember-leased) never ran the call, which is still whole in the call
+    channel: the creator sees that once GS reports the end, and GS starts
+    the lease again under the same p_uid (ProcessRerun), where it runs the
+    call: is_alive() True, pid the new process's, join(timeout) returns
+    while it runs, the result, exit 0 (it was: exit -9, ProcessDied).  The
+    death line is still written (GS writes it for a claimed lease at its
+    end; only the creator can see the call unread).  An idle lease killed
+    by hand is still no death."""
+    go = tmp_path / "go"
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent(f"""
         from ember.objects import process as P
 
         def f():
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
             return 1
 
+        open({str(go)!r}, "w").close()
         for _ in range(2):
             p = ember.Process(target=f); p.start(); p.join()
+        os.unlink({str(go)!r})
         P._settle(P._lease)
         s = P._lease.desc.os_pid
         # GS answers once the shepherd handed the spare its request, maybe
@@ -1988,6 +1999,16 @@ def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
         p = ember.Process(target=f); p.start()
         print("from the lease", p.pid == s, s in leased())
         os.kill(s, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while p.pid == s:
+            assert p.is_alive(), "not alive while it is started again"
+            assert time.monotonic() < deadline, "the handle never followed"
+            time.sleep(0.01)
+        print("alive", p.is_alive())
+        p.join(timeout=0.2)
+        print("joined with a timeout", p.exitcode)
+        open({str(go)!r}, "w").close()
+        print("result", p.result(timeout=60))
         p.join()
         print("exit", p.exitcode)
         (s2,) = wait_leased()             # the next start's, idle
@@ -1996,9 +2017,10 @@ def test_lease_killed_before_it_read_its_call_is_reported(tmp_path):
         print("p_uid", p.p_uid)
     """))
     lines = ok(res).splitlines()
-    assert lines[:3] == ["from the lease True True", "exit -9", "idle gone True"], lines
+    assert lines[:6] == ["from the lease True True", "alive True", "joined with a timeout None",
+                         "result 1", "exit 0", "idle gone True"], lines
     err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
-    assert len(err) == 1 and err[0].startswith(f"ember: process {lines[3].split()[1]} (pid ") \
+    assert len(err) == 1 and err[0].startswith(f"ember: process {lines[6].split()[1]} (pid ") \
         and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
 
 

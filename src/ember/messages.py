@@ -278,6 +278,16 @@ _define(160, "ProcessClaim", _REQ + "ident label", {"label": None})
 # (ShExited.info ``idle_report``) and GS found claimed: a user's process.
 _define(161, "ShDeathReport", "p_uid line")
 
+# mends (155-159).  ``ember.Process``'s creator asks GS to start again the
+# lease ``ident`` it took, which a signal ended before it read its call (the
+# call still whole in its call channel, which only the creator sees): GS
+# does it once, under the same p_uid, from the lease's own request (kept
+# since its create, until an exit by no signal, or this), if the lease is
+# the sender's, claimed and ended by a signal; answered as a create
+# is (its descriptor, with the new pid, once the shepherd runs it), else
+# ProcessError.
+_define(155, "ProcessRerun", _REQ + "ident")
+
 # rtcpu (180-189).  ``ember.Process``'s start that took a spare claims it
 # and asks for the next one in one message: ProcessClaim of ``ident`` (with
 # ``label``; a claim GS refuses is logged, as ProcessClaim's) followed by a

@@ -50,7 +50,7 @@ class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
                  "attached", "node", "lost", "exit_info", "next_c_uid", "posted_c_uids",
-                 "spare", "exit_held", "label", "forked")
+                 "spare", "exit_held", "label", "forked", "respawn")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
@@ -79,6 +79,11 @@ class _Proc:
         # teardown's survivors, killed when its creator exits.
         self.spare = False
         self.exit_held = None    # a spare's process.exited event, until it is claimed
+        # A spare's request (exe, args, env, run_dir), while it may be started
+        # again (ProcessRerun): until it exits by anything but a signal, is
+        # sent a signal through GS (p.kill(): its end is meant) or is
+        # started again.
+        self.respawn = None
         self.label = None        # what `ember ps` shows for it without a name (ProcessOptions)
 
     @property
@@ -103,7 +108,7 @@ class ProcessesPart:
                 (m.ProcessQuery, "on_process_query"), (m.ProcessKill, "on_process_kill"),
                 (m.ProcessJoin, "on_process_join"), (m.ProcessAttach, "on_process_attach"),
                 (m.ProcessDetach, "on_process_detach"), (m.ProcessClaim, "on_process_claim"),
-                (m.ProcessClaimNext, "on_process_claim_next"),
+                (m.ProcessClaimNext, "on_process_claim_next"), (m.ProcessRerun, "on_process_rerun"),
                 (m.ProcessForked, "on_process_forked"))
     NOTICES = ((m.ShSpawned, "on_sh_spawned"), (m.ShExited, "on_sh_exited"))
 
@@ -179,6 +184,8 @@ class ProcessesPart:
                     env.pop(k, None)
             env.update(self.mn_env)
         env[_env.KEY] = rec.key.hex()
+        if rec.spare:
+            rec.respawn = (msg.exe, msg.args, env, msg.run_dir)
         self.to_node(node, m.ShSpawn(msg.tag, p_uid, msg.exe, msg.args, env, msg.run_dir, name))
 
     def _creator_node(self, msg):
@@ -242,6 +249,14 @@ class ProcessesPart:
         rec.create_req = None
         if r and self.reply_owner.get(r) != rec.creator:
             r = None       # the creator has exited and its reply channels are gone
+        if msg.err and rec.exit_code is not None:
+            # started again (ProcessRerun) and failed: its end stands
+            rec.state = EXITED
+            log.info("process %d could not be started again: %s", rec.p_uid, msg.err)
+            if r:
+                self.route_reply(self.node, r, m.reply_err(tag, "ProcessError",
+                                                           f"cannot start process: {msg.err}"))
+            return
         if msg.err:
             # never started: forget it, free its name
             del self.procs[rec.p_uid]
@@ -261,6 +276,7 @@ class ProcessesPart:
         rec.os_pid = msg.os_pid
         if rec.state == PENDING:
             rec.state = RUNNING
+            rec.exit_code = rec.exit_info = None      # (started again: ProcessRerun)
         log.info("%s started: %r", self._proc_label(rec), rec.exe)
         if not rec.spare:
             self._event("process.started", p_uid=rec.p_uid, name=rec.name or None,
@@ -411,6 +427,8 @@ class ProcessesPart:
         rec.state = EXITED
         rec.exit_code = exit_code
         rec.exit_info = info
+        if not (isinstance(exit_code, int) and exit_code < 0):
+            rec.respawn = None
         log.info("%s exited with code %s", self._proc_label(rec), exit_code)
         if rec.spare:
             rec.exit_held = (exit_code, info, report)     # told if it is claimed after all
@@ -512,6 +530,34 @@ class ProcessesPart:
                                                     msg.args, msg.env, msg.run_dir, "",
                                                     _SPARE, False))
 
+    def on_process_rerun(self, msg):
+        """The creator of a lease it claimed asks to start it again: a
+        signal ended it before it read its call, whose record is still
+        whole in the call channel (the creator sees that, GS cannot: a
+        lease's name tells only that it had not run it).  Once, under the
+        same p_uid, from the lease's own request; answered when the
+        shepherd says it runs (:meth:`on_sh_spawned`: a failure leaves its
+        end as it was).  ProcessError unless the lease is the sender's,
+        claimed, ended by a signal and not started again (the creator's
+        own joins while it waits for GS to learn the end may have marked
+        it joined: it asks before its Process reports the end)."""
+        ident = msg.ident
+        rec = self.procs.get(ident) if isinstance(ident, int) and \
+            not isinstance(ident, bool) else None
+        if rec is None or rec.creator != msg.p_uid or rec.spare or rec.state != EXITED \
+                or rec.respawn is None:
+            raise ProcessError(f"process {ident!r} cannot be started again: not a lease of "
+                               f"process {msg.p_uid} that a signal ended, not started again")
+        if self.teardown is not None:
+            raise ProcessError("the runtime is shutting down: no new processes")
+        exe, args, env, run_dir = rec.respawn
+        rec.respawn = None
+        rec.state = PENDING
+        rec.joined = False
+        rec.create_req = (msg.tag, msg.r)
+        log.info("%s: started again (it died before it read its call)", self._proc_label(rec))
+        self.to_node(rec.node, m.ShSpawn(msg.tag, rec.p_uid, exe, args, env, run_dir, ""))
+
     def on_process_list(self, msg):
         # Every process GS knows, exited ones included (process.query still
         # answers for them), as the reference runtime does; not unclaimed
@@ -529,6 +575,7 @@ class ProcessesPart:
             raise ProcessError(f"invalid signal {sig!r} for process {rec.p_uid}")
         if rec.state == EXITED:
             raise ProcessError(f"process {rec.p_uid} has already exited (exit code {rec.exit_code})")
+        rec.respawn = None                # a signal asked for: its end is meant
         self.to_node(rec.node, m.ShKill(rec.p_uid, sig))
         self._reply(msg.tag, msg.r)
 

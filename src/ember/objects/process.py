@@ -35,6 +35,9 @@ _counter = itertools.count(1)
 _CALL_CAPACITY_MIN = 4
 _RESULT_CAPACITY = 8
 _BLOCK = 1024
+#: The messages of a record (_pickling.send_record): a call still whole
+#: in its channel was not read.
+_CALL_MESSAGES = 2
 # How often a wait for a result checks whether the process is still alive.
 _SLICE = 0.02
 
@@ -673,6 +676,7 @@ class Process:
         self._reader = None
         self._exitcode = None
         self._kcode = None            # (pid, the kernel's exit status of it): _kernel_code
+        self._leased = False          # started on a lease not yet started again (_rerun)
         self._outcome = None          # (kind, value) once decided
         self._closed = False
         self._lock = threading.RLock()
@@ -844,6 +848,7 @@ class Process:
             _drop(lease)
             raise
         _t("P.sent")
+        self._leased = True
         self._desc = lease.desc
         self._res = res
         self._finalizer = weakref.finalize(self, res.release)
@@ -951,6 +956,28 @@ class Process:
         code = self._kernel_code()
         return (code is not None and code >= 0) or self._follow(timeout)
 
+    def _rerun(self):
+        """A lease this start took that ended (GS says so) with its call
+        record still whole in the call channel never ran it: a signal
+        killed it just before the call's send (after :func:`_take_lease`
+        looked at its pidfd: it lands at once, ends the process a moment
+        later) or just after.  GS starts it again under the same p_uid
+        (ProcessRerun: once, from the lease's request); its descriptor,
+        with the new pid, or None."""
+        if not self._leased:
+            return None
+        self._leased = False
+        try:
+            if len(self._res.call) != _CALL_MESSAGES:
+                return None                   # read, or being read
+            from .. import messages as m
+            from ..descriptors import ProcessDescriptor
+            from ..globalservices._client import call
+
+            return ProcessDescriptor.from_dict(call(m.ProcessRerun, self._desc.p_uid))
+        except Exception:
+            return None
+
     def _kernel_code(self):
         """:func:`_exit_status` of the ended process, asked once (kept with
         its pid)."""
@@ -985,7 +1012,9 @@ class Process:
                 except Exception:             # GS gone (ember.shutdown()): the kernel's word
                     return True
                 if not desc.is_alive:
-                    return True
+                    desc = self._rerun()
+                    if desc is None:
+                        return True
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if desc.os_pid != self._desc.os_pid and desc.os_pid is not None:
                     self._desc = desc
