@@ -136,9 +136,7 @@ def test_fileno_is_readable_while_there_is_something_to_receive(ember_runtime):
     _until(lambda: not _readable(fd))           # received: clear again
     a.send(2)
     assert _readable(fd, None) and b.recv() == 2
-    watch = b._fdw[0]
     b.close()
-    assert not watch._thread.is_alive()
     with pytest.raises(OSError, match=r"^handle is closed$"):
         b.fileno()
     r, w = ember.Pipe(duplex=False)
@@ -147,6 +145,58 @@ def test_fileno_is_readable_while_there_is_something_to_receive(ember_runtime):
     assert not _readable(r.fileno())
     for c in (a, r, w):
         c.close()
+
+
+@pytest.mark.timeout(120)
+def test_fileno_is_clear_when_the_last_receive_returns(ember_runtime):
+    """The receive that empties the end clears fileno() before it returns,
+    as a socket is never readable with nothing to read: a program that
+    selects on several ends and receives from the one reported must not
+    be sent to an empty one (it waited there while another had data).  It
+    stayed readable until the watch's thread woke (a moment later): the
+    select at once reported it."""
+    a, b = ember.Pipe()
+    fd = b.fileno()
+    for i in range(300):
+        a.send(i)
+        if i % 3 == 0:
+            a.send_bytes(b"second")
+        assert _readable(fd, None)
+        assert b.recv() == i
+        if i % 3 == 0:
+            assert _readable(fd)                # one more to receive
+            assert b.recv_bytes() == b"second"
+        assert not _readable(fd), i             # at once: no sleep
+    a.send_bytes(b"into")                       # recv_bytes_into too
+    assert _readable(fd, None) and b.recv_bytes_into(bytearray(8)) == 4
+    assert not _readable(fd)
+    for c in (a, b):
+        c.close()
+
+
+@pytest.mark.timeout(60)
+def test_close_with_a_fileno_does_not_wait_for_the_watch(ember_runtime):
+    """close() of a handle whose fileno() was asked for returns without
+    joining the watch's thread, which may be in a Channel.poll of up to 50
+    ms (it waited for it): right after close the fd is closed and the
+    thread, still in its poll, ends by itself; a handle collected at once
+    after its close has its channels detached by that thread as it ends."""
+    alive = 0
+    for _ in range(10):
+        a, b = ember.Pipe()
+        fd = b.fileno()
+        watch = b._fdw[0]
+        b.close()
+        alive += watch._thread.is_alive()       # not joined: still in its poll
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        del b                                   # collected: its channels wait for the thread
+        watch._thread.join(10)
+        assert not watch._thread.is_alive()
+        with pytest.raises(ember.ChannelError):
+            watch.channel.poll(0)               # detached by the thread as it ended
+        a.close()
+    assert alive
 
 
 @pytest.mark.timeout(60)

@@ -16,6 +16,7 @@ import errno
 import multiprocessing as _mp
 import os
 import select
+import threading
 import time
 
 from ..channels_c import Channel, ChannelClosed, wait_any
@@ -80,49 +81,108 @@ def _rebuild(rec, end, o_uid, send_ix, recv_ix, token=None):
 class _ReadableWatch(ChannelWatch):
     """What :meth:`Connection.fileno` returns, kept readable while the
     channel has something to receive (a message, or end-of-file) and only
-    then, as a socket's is: the watch's thread makes the eventfd readable
-    once the channel has a message, and after each receive of the end
-    (:meth:`nudge`) makes it unreadable again if the channel is empty.  It
-    lags the channel by a thread's wake-up: readable a moment after a
-    message came, and a moment after the last receive still readable."""
+    then, as a socket's is.  The watch's thread makes the eventfd readable
+    once the channel has a message (a thread's wake-up after it came); the
+    receive that leaves the channel empty makes it unreadable itself,
+    before it returns (:meth:`received`), so a ``select`` after the last
+    receive never reports an empty end.  Both change the descriptor under
+    one lock, each after looking at the channel under it: a message that
+    arrives after a receive found the channel empty is seen by the thread,
+    which sets it again.
 
-    def nudge(self):
-        """A receive took a message: look whether the channel is empty."""
-        self._armed.set()
+    :meth:`stop` (the handle's close) does not wait for the thread, which
+    may be in a ``Channel.poll`` of up to ``SLICE`` seconds: it closes the
+    descriptor under the lock (the thread writes it only under the lock,
+    after looking whether it was stopped) and lets the thread end by
+    itself; the channels, which cannot be detached while the thread polls
+    them, are detached by the thread as it ends if the handle was
+    collected before (:meth:`detach_after`)."""
+
+    def __init__(self, channel):
+        self._lock = threading.Lock()
+        self._set = False           # the eventfd holds a count (readable)
+        self._ended = False         # the thread is out of its polls for good
+        self._after = ()            # channels the thread detaches as it ends
+        super().__init__(channel)
+
+    def received(self):
+        """A receive took a message: clear the descriptor if the channel is
+        now empty (a message that comes after this look sets it again)."""
+        with self._lock:
+            try:
+                if not self._set or self._stop or self.channel.poll(0):
+                    return
+            except ChannelError:                # destroyed: the next receive raises it
+                return
+            os.eventfd_read(self.fd)
+            self._set = False
+            self._armed.set()                   # the thread watches again
 
     def _run(self):
-        poll, fd, nudged = self.channel.poll, self.fd, self._armed
+        poll, fd, armed, lock = self.channel.poll, self.fd, self._armed, self._lock
         try:
             while not self._stop:
                 if not poll(SLICE):
                     continue
-                os.eventfd_write(fd, 1)                 # something to receive: readable
-                while not self._stop and poll(0):       # until a receive leaves it empty
-                    nudged.wait()
-                    nudged.clear()
-                if not self._stop:
-                    os.eventfd_read(fd)
-        except ChannelError as exc:                     # destroyed: the receive raises it
+                with lock:
+                    if self._stop:
+                        break
+                    if not self._set:
+                        if not poll(0):             # taken meanwhile: watch again
+                            continue
+                        os.eventfd_write(fd, 1)     # something to receive: readable
+                        self._set = True
+                    armed.clear()
+                armed.wait()                        # until a receive clears it
+        except ChannelError as exc:                 # destroyed: the receive raises it
             self.error = exc
-            try:
-                os.eventfd_write(fd, 1)
-            except OSError:
-                pass
-        except OSError:                                 # the fd closed under a late thread
-            pass
+            with lock:
+                if not self._stop and not self._set:
+                    os.eventfd_write(fd, 1)
+                    self._set = True
+        finally:
+            with lock:
+                self._ended = True
+                after, self._after = self._after, ()
+            _detach(after)
+
+    def stop(self):
+        """Close the descriptor and let the thread end (at once if it waits
+        for a receive, at the end of its poll's slice otherwise), without
+        waiting for it."""
+        with self._lock:
+            if self._stop:
+                return
+            self._stop = True
+            os.close(self.fd)
+        self._armed.set()
+
+    def close(self):
+        self.stop()
+
+    def detach_after(self, chs):
+        """Detach ``chs`` now if the thread ended, else as it ends."""
+        with self._lock:
+            if not self._ended:
+                self._after = chs
+                return
+        _detach(chs)
 
 
-def _finish(chs, fdw):
-    for w in fdw:
-        try:
-            w.close()
-        except RuntimeError:        # collected on the watch's own thread: it cannot join itself
-            w._stop = True
+def _detach(chs):
     for ch in chs:
         try:
             ch.detach()
         except Exception:
             pass
+
+
+def _finish(chs, fdw):
+    if fdw:
+        fdw[0].stop()
+        fdw[0].detach_after(chs)        # its thread may still poll them
+    else:
+        _detach(chs)
 
 
 class Connection:
@@ -206,7 +266,7 @@ class Connection:
             self._sch = self._rch = None
             self._hold.drop()
             if self._fdw:
-                self._fdw.pop().close()
+                self._fdw[0].stop()     # does not wait for its thread
 
     def fileno(self):
         """A file descriptor that is readable while this end has something
@@ -384,17 +444,17 @@ class Connection:
 
 class _WatchedConnection(Connection):
     """A :class:`Connection` whose :meth:`~Connection.fileno` was asked
-    for: each receive nudges the watch, which then clears the descriptor if
-    nothing is left to receive."""
+    for: each receive clears the descriptor, before it returns, if nothing
+    is left to receive."""
 
     def recv(self):
         obj = Connection.recv(self)
-        self._fdw[0].nudge()
+        self._fdw[0].received()
         return obj
 
     def _recv(self, timeout=None):
         data = Connection._recv(self, timeout)
-        self._fdw[0].nudge()
+        self._fdw[0].received()
         return data
 
 
