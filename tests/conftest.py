@@ -6,7 +6,11 @@ worker's tag in its name (``EMBER_SEGMENT_TAG``, set below and inherited):
 ``ember.p<pid>-<tag>.…`` for a standalone pool, ``ember.r<pid>-<hex>-<tag>.…``
 for a runtime.  Any such segment that appeared during a test and is still
 there after it is a leak; the other xdist worker's segments are not ours.
+The stdlib's named semaphores (``sem.mp-<tag>-…``: a SemLock made under a
+start method other than fork, by this process or a child started by
+"ember" or fork) are checked the same way, after a garbage collection.
 """
+import gc
 import os
 import time
 
@@ -28,16 +32,24 @@ import atexit  # noqa: E402
 import shutil  # noqa: E402
 atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 os.environ.pop("EMBER_ADDRESS", None)
+# The stdlib's named semaphores (a SemLock made under any start method but
+# "fork": /dev/shm/sem.<semprefix>-<random>) carry the tag too: children
+# started by "ember" and fork copy the prefix (spawn's start "/mp" again).
+import multiprocessing  # noqa: E402
+SEM_PREFIX = f"sem.mp-{_TAG}-"
+multiprocessing.current_process()._config["semprefix"] = "/" + SEM_PREFIX[4:-1]
 
 
 def _segments():
     try:
-        return {n for n in os.listdir(SHM) if n.startswith("ember.")}
+        return {n for n in os.listdir(SHM) if n.startswith(("ember.", SEM_PREFIX))}
     except FileNotFoundError:
         return set()
 
 
 def _is_ours(name):
+    if name.startswith(SEM_PREFIX):
+        return True
     parts = name.split(".")
     return len(parts) >= 3 and parts[1].endswith("-" + _TAG)
 
@@ -79,6 +91,7 @@ def no_leaks(request):
         leaked = {s for s in _segments() - segs_before if _is_ours(s)}
         if not leaked or time.monotonic() > deadline:
             break
+        gc.collect()        # a stdlib SemLock's name goes when it is collected
         time.sleep(0.02)
     fds_leaked = _fds() - fds_before
     # An fd may be closed by now but listed because listdir opened it.
