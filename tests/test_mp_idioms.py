@@ -201,3 +201,47 @@ def test_ctrl_c_while_the_program_waits_for_its_children(tmp_path, method, when,
     assert proc.returncode == (-signal.SIGINT if when == "join" else 0), (proc.returncode, err)
     child = err[err.index("Process Process-1:"):]          # the child's traceback
     assert "KeyboardInterrupt" in child, err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", METHODS)
+def test_the_workers_of_a_killed_pools_process_exit(tmp_path, method):
+    """A child that made a Pool is SIGKILLed (the OOM killer, a kill by
+    hand): its pool's workers exit, as spawn's do when their task pipe
+    closes.  Under "ember" they waited on the pool's task queue until the
+    runtime's teardown, the top-level program's whole run."""
+    from procs import wait_gone
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, signal, sys, time
+        import ember
+
+        def child(q):
+            pool = mp.Pool(2)
+            pool.map(abs, range(4))
+            q.put([w.pid for w in pool._pool])
+            time.sleep(300)
+
+        if __name__ == "__main__":
+            mp.set_start_method(sys.argv[1])
+            q = mp.Queue()
+            p = mp.Process(target=child, args=(q,))
+            p.start()
+            pids = q.get(timeout=60)
+            os.kill(p.pid, signal.SIGKILL)
+            p.join()
+            print(*pids, flush=True)
+            sys.stdin.readline()          # the test looks, then lets us end
+    """))
+    proc = subprocess.Popen([sys.executable, str(prog), method], cwd=tmp_path,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in proc.stdout.readline().split()]
+        assert len(pids) == 2, proc.stderr.read() if proc.poll() is not None else pids
+        left = wait_gone(pids, timeout=30.0)
+    finally:
+        out, err = proc.communicate("\n", timeout=60)
+    assert left == [], (left, err)
+    assert proc.returncode == 0, err

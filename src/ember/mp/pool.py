@@ -24,6 +24,10 @@ Everything else is the stdlib's: its three handler threads, chunking,
   trivial calls that was a fifth of the map's CPU on 2 cores).  The
   function sees the same items in the same order; the chunks, their
   number and the results are the stdlib's;
+- a worker waiting for a task looks every second whether the pool's
+  process (its parent) has ended, and exits if so, as spawn's worker
+  exits when its task pipe closes (a queue has no end that the writer's
+  death closes);
 - ``Pool()`` starts its workers from up to four threads at once (an ember
   start waits for its round trip through GS and the shepherd; the
   stdlib's start one after the other).  Workers that replace exited ones
@@ -51,10 +55,11 @@ class _Pipe:
     ``put`` as it does there, and the worker wraps that in
     ``MaybeEncodingError``."""
 
-    __slots__ = ("_q",)
+    __slots__ = ("_q", "_worker")
 
-    def __init__(self, q):
+    def __init__(self, q, worker=False):
         self._q = q
+        self._worker = worker     # unpickled in a worker (see get)
 
     def put(self, obj):
         from multiprocessing.reduction import ForkingPickler
@@ -62,10 +67,36 @@ class _Pipe:
 
     def get(self, *args, **kwargs):
         from multiprocessing.reduction import ForkingPickler
+        if self._worker and not args and not kwargs:
+            return ForkingPickler.loads(self._worker_get())
         return ForkingPickler.loads(self._q.get(*args, **kwargs))
 
+    def _worker_get(self):
+        """A worker's wait for its next task, which ends in EOFError (the
+        stdlib's worker then exits, as it does at the end of its pipe)
+        once the pool's process has ended: a queue has no end that its
+        writer's death closes, and a pool's workers are the children of
+        the process that made the pool, so that process's pidfd
+        (``parent_process()``) is looked at every ``_ORPHAN_CHECK``
+        seconds.  Else the workers of a pool whose process was killed
+        (SIGKILL, the OOM killer) waited for tasks until the runtime's
+        teardown; spawn's see their pipe close and exit."""
+        from multiprocessing import process
+        while True:
+            try:
+                return self._q.get(timeout=_ORPHAN_CHECK)
+            except _queue.Empty:
+                parent = process.parent_process()
+                if parent is not None and not parent.is_alive():
+                    raise EOFError("the pool's process has ended") from None
+
     def __reduce__(self):
-        return (_Pipe, (self._q,))
+        return (_Pipe, (self._q, True))
+
+
+#: How often (seconds) an idle worker looks whether its pool's process has
+#: ended (_Pipe._worker_get).
+_ORPHAN_CHECK = 1.0
 
 
 class Pool(_pool.Pool):
