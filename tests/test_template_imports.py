@@ -114,3 +114,37 @@ def test_a_start_of_a_target_pickled_by_reference_imports_no_cloudpickle(tmp_pat
             p.join(30)
     """)
     assert out[:3] == ["mp 0 False", "ref 42 False", "value 43 True"], out
+
+
+def test_the_first_start_gives_the_c_heap_back_once_per_process(tmp_path):
+    """A process's first start trims its C heap (what ember's runtime and
+    the first start freed is given back: a fork of the program copies
+    less), once; a forked child's own first start trims its own."""
+    out = run_prog(tmp_path, """
+        import os
+        import ember
+        from ember.objects import process
+        from ember.shepherd import _spawn
+
+        if __name__ == "__main__":
+            ember.init()
+            print("before", process._trimmed_in[0] == os.getpid())
+            p = ember.Process(target=os.getpid)
+            p.start()
+            p.join(30)
+            print("after", process._trimmed_in[0] == os.getpid(), type(_spawn.trim_heap()).__name__)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    c = ember.Process(target=os.getpid)
+                    c.start()
+                    c.join(30)
+                    os.write(w, b"%d" % (process._trimmed_in[0] == os.getpid()))
+                finally:
+                    os._exit(0)
+            os.close(w)
+            print("child", os.read(r, 8).decode())
+            os.waitpid(pid, 0)
+    """)
+    assert out[:3] == ["before False", "after True bool", "child 1"], out

@@ -28,7 +28,7 @@ from libc.signal cimport SIGINT
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
            "serve_spares", "spare_wait", "exit_holder", "spare_request", "spare_setenv", "spare_name",
            "set_in_clone", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
-           "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained"]
+           "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -677,3 +677,27 @@ def compile_file(bytes source not None, str filename not None):
     cf.cf_flags = PyCF_SOURCE_IS_UTF8
     cf.cf_feature_version = PY_MINOR_VERSION
     return Py_CompileStringObject(PyBytes_AS_STRING(source), filename, Py_file_input, &cf, -1)
+
+
+cdef extern from *:
+    """
+    #ifdef __GLIBC__
+    #include <malloc.h>
+    static int ember_trim_heap(void) { return malloc_trim(0); }
+    #else
+    static int ember_trim_heap(void) { return 0; }
+    #endif
+    """
+    int ember_trim_heap() nogil
+
+
+def trim_heap():
+    """glibc's ``malloc_trim(0)`` (a no-op with another C library): the C
+    heap's free pages given back to the kernel, so that they are no longer
+    mapped (each fork copies the page table entries of every page a
+    process maps, and each exit of the child unmaps them).  True if memory
+    was given back."""
+    cdef int r
+    with nogil:
+        r = ember_trim_heap()
+    return r != 0

@@ -79,7 +79,7 @@ from .._trace import t as _t
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, _scan, fd_ready as _fd_ready, lease as _lease_worker, \
     main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
-from ._spawn import exit_holder as _exit_holder
+from ._spawn import exit_holder as _exit_holder, trim_heap as _trim_heap
 from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
     set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
     spare_request as _spare_request, spare_setenv as _spare_setenv, spare_wait as _spare_wait, \
@@ -751,12 +751,7 @@ def _freeze():
     _take_environ()
     gc.collect()
     gc.freeze()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass                # not glibc: nothing given back this way
+    _trim_heap()
     clear = getattr(sys, "_clear_type_cache", None)
     if clear is not None:
         clear()
