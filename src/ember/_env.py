@@ -65,10 +65,11 @@ def set_overrides(values):
         _reattach = None
 
 
-def set_reattach(fn):
-    """After fork: ``fn()`` attaches this child anew on first use."""
-    global _reattach
-    _reattach = fn
+def forked(fn):
+    """After fork: the parent's settings dropped, and ``fn()`` attaches
+    this child anew on first use."""
+    global _overrides, _reattach
+    _overrides, _reattach = None, fn
 
 
 def take_reattach():
