@@ -2080,6 +2080,40 @@ def test_spare_killed_before_it_read_its_request_runs_it_elsewhere(tmp_path):
     assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
+def test_terminate_before_a_spare_killed_before_its_request_is_not_lost(tmp_path):
+    """A ``terminate()`` that reached a shepherd's spare (SIGSTOPped here)
+    before a kill from outside ended it, the request unread, goes to the
+    process the shepherd starts again in its place: the process ends by
+    SIGTERM, as the user asked, with no death reported.  The signal was
+    lost with the spare (it was in the spare's record, not in the signals
+    kept for the new process): the request ran to its end, exit 0."""
+    go = tmp_path / "go"
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent(f"""
+        ember.Process._lease_spares = False   # the shepherd's spares alone
+
+        def f(x):
+            while x == 2 and not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            return x
+
+        p = ember.Process(target=f, args=(1,)); p.start(); p.join()
+        spares = wait_children(SHEPHERD, "ember-spare", 2)
+        for s in spares:
+            os.kill(s, signal.SIGSTOP)        # none can read a request
+        p = ember.Process(target=f, args=(2,)); p.start()
+        print("handed to a stopped spare", p.pid in spares)
+        p.terminate()
+        for s in spares:
+            os.kill(s, signal.SIGKILL)
+        p.join(timeout=30)
+        print("exit", p.exitcode)
+        open({str(go)!r}, "w").close()
+        p.join()
+    """))
+    assert ok(res).splitlines() == ["handed to a stopped spare True", "exit -15"], res
+    assert "killed by" not in res.stderr.decode(), res.stderr.decode()
+
+
 def test_exit_holders_are_reaped_and_a_kill_mid_exit_is_seen(tmp_path):
     """A template child's exit hands its memory to a holder (spares.h,
     ``ember-exit``: the shepherd's child, which unmaps it after the exit),

@@ -1119,6 +1119,10 @@ class Shepherd(Service):
             self._ep.unregister(child.pidfd)
             os.close(child.pidfd)
             child.pidfd = -1
+            if again:
+                # the signals GS asked for go to the new process (_rerun):
+                # those asked after the peek above, as those from here on
+                self._again[child.p_uid] = sorted(child.sent)
         # Everything the child wrote before exiting is in its pipes now: take
         # it all, without waiting for EOF (a grandchild may hold the pipe).
         for s in child.streams:
@@ -1126,8 +1130,6 @@ class Shepherd(Service):
                 self._drain(s, final=True)
         self.resources.reclaim(child.pid)         # its pool blocks, before GS hears of the exit
         if again:
-            with self._lock:
-                self._again[child.p_uid] = []
             _thread.start_new_thread(self._rerun, (child, code, status, info))
         else:
             self._exited(child, code, status, info, idle)
