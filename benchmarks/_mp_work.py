@@ -86,6 +86,42 @@ def start_join(method, n, target=trivial):
     return statistics.median(ts)
 
 
+def stamp(path):
+    """The tail's target: ``CLOCK_MONOTONIC`` at its return, written at the
+    start of the file ``path`` (only ``os`` and ``time``: nothing to import
+    in a child)."""
+    fd = os.open(path, os.O_WRONLY)
+    os.pwrite(fd, time.monotonic_ns().to_bytes(8, "little"), 0)
+    os.close(fd)
+
+
+def tail(method, n, target=stamp):
+    """(median ms from the target's return to join()'s return, median ms
+    from start() to the target's return) over ``n`` start+join of
+    ``target`` (:func:`stamp` or one like it) under ``method`` (as
+    :func:`start_join`'s).  The first is the end of a start: the worker's
+    result and exit, the kernel's exit, the parent's wake and join."""
+    make = __import__("ember").Process if method == "ember.Process" else \
+        mp.get_context(method).Process
+    fd, path = tempfile.mkstemp(prefix="bench-tail-", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                else None)
+    ends, heads = [], []
+    try:
+        for _ in range(n):
+            t0 = time.monotonic_ns()
+            p = make(target=target, args=(path,))
+            p.start()
+            p.join()
+            t1 = time.monotonic_ns()
+            t = int.from_bytes(os.pread(fd, 8, 0), "little")
+            ends.append((t1 - t) / 1e6)
+            heads.append((t - t0) / 1e6)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return statistics.median(ends), statistics.median(heads)
+
+
 def queue_rate(method, n):
     """(objects/s timed from the first object received, objects/s timed
     from the producer's start): the first is the queue's throughput, the
@@ -108,7 +144,7 @@ def queue_rate(method, n):
     return (n - 1) / (t1 - t), n / (t1 - t0)
 
 
-WORK = {"pool_map": pool_map, "start_join": start_join, "queue_rate": queue_rate}
+WORK = {"pool_map": pool_map, "start_join": start_join, "queue_rate": queue_rate, "tail": tail}
 
 
 class Baselines:

@@ -1,6 +1,6 @@
 """The same multiprocessing program under each start method, in one run.
 
-    python benchmarks/bench_mp.py [--quick] [--only map,start,queue,leftover]
+    python benchmarks/bench_mp.py [--quick] [--only map,start,tail,queue,leftover]
                                   [--map-n N] [--queue-n N]
 
 Runs under plain python (the "ember" method brings up an embedded runtime
@@ -26,6 +26,11 @@ program without ember (``_mp_work.py``: this file's workloads and imports,
 less ember), kept for the whole run and asked for each round in turn with
 ember's: fork timed in an ember process pays for ember's imports (the
 'fork (here)' line, printed for information).
+Tail (``--only tail``): the same rounds, each the
+median of 20 start+joins of a target that writes ``CLOCK_MONOTONIC`` at its
+return into a file in /dev/shm: from the target's return to ``join()``'s
+return (the worker's result and exit, the kernel's, the parent's wake and
+join), and from ``start()`` to the target's return.
 The Queue's throughput is timed from the first object received (median of
 5 rounds, the methods interleaved); the figure timed from the producer's
 start is printed beside it: with 100k objects that one is mostly the
@@ -45,13 +50,21 @@ import ember  # noqa: F401  registers "ember"
 
 import _report  # benchmarks/_report.py: --json, --png
 import _rundir  # benchmarks/_rundir.py: a private runtime directory
-from _mp_work import Baselines, pool_map, queue_rate, start_join  # the workloads
+from _mp_work import Baselines, pool_map, queue_rate, start_join, tail  # the workloads
 
 
 def trivial():
     """Ember's start+join target, defined in the main module as the
     baselines' is in theirs (an ``ember.Process`` child gets a main-module
     function by value and imports none of the program's modules)."""
+
+
+def stamp(path):
+    """The tail's target (_mp_work.stamp's body), in the main module as
+    :func:`trivial` is."""
+    fd = os.open(path, os.O_WRONLY)
+    os.pwrite(fd, time.monotonic_ns().to_bytes(8, "little"), 0)
+    os.close(fd)
 
 
 def load():
@@ -154,7 +167,7 @@ def leftovers(method, settle=10.0):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    _report.add_only(ap, ("map", "start", "queue", "leftover"))
+    _report.add_only(ap, ("map", "start", "tail", "queue", "leftover"))
     ap.add_argument("--map-n", type=int, default=100_000)
     ap.add_argument("--queue-n", type=int, default=100_000)
     _report.add_args(ap)
@@ -168,7 +181,8 @@ def main():
     def run(work, method, *a):
         """``work`` under ``method``: ember's here, the others' in ``base``."""
         if method.startswith("ember"):
-            return work(method, *a, **({"target": trivial} if work is start_join else {}))
+            return work(method, *a, **({start_join: {"target": trivial},
+                                        tail: {"target": stamp}}.get(work, {})))
         if method == "fork (here)":
             return work("fork", *a)
         return base.call(work.__name__, method, *a)
@@ -223,12 +237,35 @@ def main():
         measures.append(_report.measure(f"Process start + join, median of {n_rounds} rounds of "
                                         f"{reps}", "ms", r, better="lower"))
 
+    if "tail" in only:
+        tail_part(args, measures, run, reps)
     if "queue" in only:
         queue_part(args, measures, run)
     base.close()
     if "leftover" in only:
         leftover_part(measures)
     _report.write(args, "bench_mp", measures)
+
+
+def tail_part(args, measures, run, reps):
+    n_rounds = 3 if args.quick else 5
+    print(f"Process start+join, the end of a start (ms): from the target's return to join()'s "
+          f"return, and from start() to the target's return; {n_rounds} rounds, each the median "
+          f"of {reps} of ember, fork, ember.Process ({load()}); fork in a process without ember:")
+    for m in ("ember", "ember.Process", "fork"):
+        run(tail, m, 3)
+    rounds = {"ember": [], "fork": [], "ember.Process": []}
+    for _ in range(n_rounds):
+        for m in rounds:
+            rounds[m].append(run(tail, m, reps))
+    ends = {m: statistics.median(x[0] for x in v) for m, v in rounds.items()}
+    for m, v in rounds.items():
+        print(f"  {m:14s} target end -> join: " + " ".join(f"{x[0]:.3f}" for x in v)
+              + f" (median {ends[m]:.3f});  start -> target end: "
+              + " ".join(f"{x[1]:.3f}" for x in v))
+    print(f"  ember / fork (the end of a start) = {ends['ember'] / ends['fork']:.2f} ({load()})")
+    measures.append(_report.measure(f"target's return to join()'s, median of {n_rounds} rounds "
+                                    f"of {reps}", "ms", ends, better="lower"))
 
 
 def queue_part(args, measures, run):
