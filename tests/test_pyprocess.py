@@ -2080,6 +2080,52 @@ def test_spare_killed_before_it_read_its_request_runs_it_elsewhere(tmp_path):
     assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
+def test_terminate_of_a_lease_killed_before_its_call_is_its_end(tmp_path):
+    """A ``terminate()`` of a lease that a kill from outside ended before
+    it read its call, asked once GS knows the end but before this handle
+    looked: its end is meant, as for a terminate() that reached it alive
+    (GS starts it again only if no signal was asked): terminate() returns,
+    the lease is not started again, exit -9.  It raised ProcessError
+    ('has already exited'), after the is_alive() of its error path had
+    started the lease again, which ran the call unterminated."""
+    go = tmp_path / "go"
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent(f"""
+        from ember.objects import process as P
+        from ember.globalservices import process as gproc
+
+        def f():
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            return 1
+
+        open({str(go)!r}, "w").close()
+        for _ in range(2):
+            p = ember.Process(target=f); p.start(); p.join()
+        os.unlink({str(go)!r})
+        P._settle(P._lease)
+        s = P._lease.desc.os_pid
+        assert s in wait_leased(), "the lease never named itself ember-leased"
+        os.kill(s, signal.SIGSTOP)        # it cannot read its call
+        p = ember.Process(target=f); p.start()
+        print("from the lease", p.pid == s)
+        os.kill(s, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while gproc.query(p.p_uid).is_alive:    # GS knows the end; the handle has not looked
+            assert time.monotonic() < deadline, "GS never learnt the end"
+            time.sleep(0.01)
+        try:
+            p.terminate()
+            print("terminated")
+        except ember.ProcessError as e:
+            print("terminate raised", e)
+        p.join(timeout=30)
+        print("exit", p.exitcode, p.pid == s)
+        open({str(go)!r}, "w").close()
+        p.join()
+    """))
+    assert ok(res).splitlines() == ["from the lease True", "terminated", "exit -9 True"], res
+
+
 def test_terminate_before_a_spare_killed_before_its_request_is_not_lost(tmp_path):
     """A ``terminate()`` that reached a shepherd's spare (SIGSTOPped here)
     before a kill from outside ended it, the request unread, goes to the

@@ -1245,6 +1245,10 @@ class Process:
             return
         from ..globalservices import process as gproc
 
+        # its end is meant: a lease that a signal ended before it read its
+        # call is not started again (_rerun), even once GS knows the end
+        # (then the kill raises, and is_alive() below must not rerun it)
+        self._leased = False
         try:
             gproc.kill(self._desc.p_uid, sig)
         except ProcessError:
