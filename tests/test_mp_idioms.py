@@ -164,8 +164,12 @@ def test_ctrl_c_while_the_program_waits_for_its_children(tmp_path, method, when,
         import atexit, multiprocessing as mp, sys, time
         import ember
 
+        def line(text):           # one write (an unbuffered print writes the newline apart)
+            sys.stdout.write(text + "\\n")
+            sys.stdout.flush()
+
         def sleeper():
-            print("ready", flush=True)
+            line("ready")
             time.sleep(300)
 
         if __name__ == "__main__":
@@ -177,7 +181,7 @@ def test_ctrl_c_while_the_program_waits_for_its_children(tmp_path, method, when,
             if sys.argv[2] == "join":
                 p.join()
             else:
-                atexit.register(print, "exiting", flush=True)     # the first exit hook
+                atexit.register(line, "exiting")                  # the first exit hook
     """))
     proc = subprocess.Popen([sys.executable, str(prog), method, when, first], cwd=tmp_path,
                             start_new_session=True, stdout=subprocess.PIPE,
