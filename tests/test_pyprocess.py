@@ -1575,6 +1575,36 @@ def wait_leased():
     return wait_children(SHEPHERD, "ember-leased")
 """
 
+def _lease_killed_unread(go, also=""):
+    """A program's start (LEASED's helpers before it): ``f`` waits for the
+    file ``go``; two starts leave a lease, which is stopped (it cannot read
+    its call), handed a start ``p`` of ``f`` (prints whether ``p.pid`` is
+    the lease's, ``s``, and ``also``'s values) and SIGKILLed."""
+    return textwrap.dedent(f"""
+        from ember.objects import process as P
+        from ember.globalservices import process as gproc
+
+        def f():
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            return 1
+
+        open({str(go)!r}, "w").close()
+        for _ in range(2):
+            p = ember.Process(target=f); p.start(); p.join()
+        os.unlink({str(go)!r})
+        P._settle(P._lease)
+        s = P._lease.desc.os_pid
+        # GS answers once the shepherd handed the spare its request, maybe
+        # before the spare read it and named itself ember-leased
+        assert s in wait_leased(), "the lease never named itself ember-leased"
+        os.kill(s, signal.SIGSTOP)        # it cannot read its call
+        p = ember.Process(target=f); p.start()
+        print("from the lease", p.pid == s{also})
+        os.kill(s, signal.SIGKILL)
+    """)
+
+
 
 def test_leased_spare(tmp_path):
     """After a start, ember.Process leases the next start's process (a
@@ -1979,27 +2009,8 @@ def test_lease_killed_before_it_read_its_call_runs_it_again(tmp_path):
     end; only the creator can see the call unread).  An idle lease killed
     by hand is still no death."""
     go = tmp_path / "go"
-    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent(f"""
-        from ember.objects import process as P
-
-        def f():
-            while not os.path.exists({str(go)!r}):
-                time.sleep(0.01)
-            return 1
-
-        open({str(go)!r}, "w").close()
-        for _ in range(2):
-            p = ember.Process(target=f); p.start(); p.join()
-        os.unlink({str(go)!r})
-        P._settle(P._lease)
-        s = P._lease.desc.os_pid
-        # GS answers once the shepherd handed the spare its request, maybe
-        # before the spare read it and named itself ember-leased
-        assert s in wait_leased(), "the lease never named itself ember-leased"
-        os.kill(s, signal.SIGSTOP)        # it cannot read its call
-        p = ember.Process(target=f); p.start()
-        print("from the lease", p.pid == s, s in leased())
-        os.kill(s, signal.SIGKILL)
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED
+                   + _lease_killed_unread(go, also=", s in leased()") + textwrap.dedent(f"""
         deadline = time.monotonic() + 60
         while p.pid == s:
             assert p.is_alive(), "not alive while it is started again"
@@ -2089,26 +2100,8 @@ def test_terminate_of_a_lease_killed_before_its_call_is_its_end(tmp_path):
     ('has already exited'), after the is_alive() of its error path had
     started the lease again, which ran the call unterminated."""
     go = tmp_path / "go"
-    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent(f"""
-        from ember.objects import process as P
-        from ember.globalservices import process as gproc
-
-        def f():
-            while not os.path.exists({str(go)!r}):
-                time.sleep(0.01)
-            return 1
-
-        open({str(go)!r}, "w").close()
-        for _ in range(2):
-            p = ember.Process(target=f); p.start(); p.join()
-        os.unlink({str(go)!r})
-        P._settle(P._lease)
-        s = P._lease.desc.os_pid
-        assert s in wait_leased(), "the lease never named itself ember-leased"
-        os.kill(s, signal.SIGSTOP)        # it cannot read its call
-        p = ember.Process(target=f); p.start()
-        print("from the lease", p.pid == s)
-        os.kill(s, signal.SIGKILL)
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED
+                   + _lease_killed_unread(go) + textwrap.dedent(f"""
         deadline = time.monotonic() + 60
         while gproc.query(p.p_uid).is_alive:    # GS knows the end; the handle has not looked
             assert time.monotonic() < deadline, "GS never learnt the end"
