@@ -303,7 +303,7 @@ def pickle_inband(obj):
 FLAT = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 
-def dumps(obj, pool, timeout=None, known_main=None):
+def dumps(obj, pool, timeout=None, known_main=None, data_mains=None):
     """``bytes`` (a plain pickle) or an :class:`Allocation` of ``pool``
     holding a frame (the caller sends it, or frees it with
     :func:`free_unsent` if the send fails).  ``timeout``: how long to wait
@@ -312,7 +312,14 @@ def dumps(obj, pool, timeout=None, known_main=None):
     ``known_main``: ``obj`` holds :class:`Prepickled` objects naming
     ``__main__`` that many times in all; it is pickled with the C pickler
     only, and None is returned when that refuses it or its pickle names
-    ``__main__`` more often (the caller then pickles what it stands for)."""
+    ``__main__`` more often (the caller then pickles what it stands for).
+
+    ``data_mains``: a sequence whose ``bytes`` items may hold ``__main__``
+    as data (the "ember" method's pickles of its process object): a
+    pickle that names it no more often than they do is the C pickler's,
+    not cloudpickle's.  They are counted only when the pickle names it at
+    all (a scan of every bytes argument at every start cost a 100 MB one
+    0.15 s)."""
     if known_main is not None:
         return _dumps_prepickled(obj, pool, timeout, known_main)
     t = type(obj)
@@ -325,6 +332,7 @@ def dumps(obj, pool, timeout=None, known_main=None):
         else:
             return _pdumps(obj, 5)
     bufs = []
+    inband = pickle_bytes
     try:
         data = _pdumps(obj, 5, buffer_callback=bufs.append)
     except Exception:
@@ -332,9 +340,13 @@ def dumps(obj, pool, timeout=None, known_main=None):
         data = _cloud_dumps(obj, bufs.append)
     else:
         if data.find(b"__main__") >= 0:      # (find: cheaper than `in` for bytes)
-            bufs = []
-            data = _cloud_dumps(obj, bufs.append)
-    return _message(obj, data, bufs, pool, timeout, pickle_bytes)
+            if data_mains is not None and data.count(b"__main__") <= sum(
+                    a.count(b"__main__") for a in data_mains if type(a) is bytes):
+                inband = _pickle5             # its __main__ is data
+            else:
+                bufs = []
+                data = _cloud_dumps(obj, bufs.append)
+    return _message(obj, data, bufs, pool, timeout, inband)
 
 
 def _dumps_prepickled(obj, pool, timeout, known_main):

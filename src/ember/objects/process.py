@@ -369,17 +369,12 @@ def _dump_call(target, args, kwargs, pool):
         msg = _codec.dumps((pre, args, kwargs), pool, known_main=pre.mains)
         if msg is not None:
             return msg
-    else:
-        # ``__main__`` inside an argument's bytes (the "ember" method's
-        # pickles of its process object) is data, not a global the C
-        # pickler would name: no cloudpickle for it (it would be imported
-        # in the parent for nothing, 2.7 MB)
-        mains = sum(a.count(b"__main__") for a in args if type(a) is bytes)
-        if mains:
-            msg = _codec.dumps((target, args, kwargs), pool, known_main=mains)
-            if msg is not None:
-                return msg
-    return _codec.dumps((target, args, kwargs), pool)
+        return _codec.dumps((target, args, kwargs), pool)
+    # ``__main__`` inside an argument's bytes (the "ember" method's pickles
+    # of its process object) is data, not a global the C pickler would
+    # name: no cloudpickle for it (it would be imported in the parent for
+    # nothing, 2.7 MB)
+    return _codec.dumps((target, args, kwargs), pool, data_mains=args)
 
 
 def _signal_name(sig):
