@@ -148,3 +148,55 @@ def test_the_first_start_gives_the_c_heap_back_once_per_process(tmp_path):
             os.waitpid(pid, 0)
     """)
     assert out[:3] == ["before False", "after True bool", "child 1"], out
+
+
+#: What cloudpickle brings (logging with it): no template imports them
+#: before a program ships code by value.
+_CLOUDPICKLE_ONLY = ("cloudpickle", "logging", "inspect", "dataclasses", "uuid", "platform", "dis")
+
+
+def test_the_template_imports_cloudpickle_only_for_code_shipped_by_value(tmp_path):
+    """The children of an "ember"-method program and of an ember.Process
+    target pickled by reference have no cloudpickle (nor what it brings)
+    from the template; once the program ships a function by value, the
+    template preloads it, and the child unpickles with the template's
+    (it did not import it itself: the module is among the objects the
+    template froze, not the child's)."""
+    out = run_prog(tmp_path, """
+        import gc, multiprocessing as mp, os, sys
+        import ember
+
+        HEAVY = %r
+
+        def child(q):
+            q.put([m for m in HEAVY if m in sys.modules])
+
+        def by_value():
+            from ember.shepherd import template
+            cp = sys.modules.get("cloudpickle")
+            mine = cp is not None and any(o is cp for o in gc.get_objects())
+            return cp is not None, mine, "?cloudpickle" in template._preloaded
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            print("mp", q.get(timeout=30))
+            p.join(30)
+            p = ember.Process(target=os.getenv, args=("EMBER_P_UID",))
+            p.start()
+            print("ref", p.result(30) is not None, "cloudpickle" in sys.modules)
+            p.join(30)
+            for _ in range(2):
+                p = ember.Process(target=by_value)
+                p.start()
+                print("value", *p.result(30))
+                p.join(30)
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            print("mp after", "cloudpickle" in q.get(timeout=30))
+            p.join(30)
+    """ % (_CLOUDPICKLE_ONLY,))
+    assert out[:5] == ["mp []", "ref True False", "value True False True",
+                       "value True False True", "mp after True"], out

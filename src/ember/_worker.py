@@ -318,10 +318,17 @@ def _fork_end(exc):
         os._exit(code)
 
 
+def _rehearsal():
+    """:func:`rehearse`'s call while cloudpickle is not imported."""
+
+
 def rehearse(pool):
     """The warm template's rehearsal of a call, once it has cleared the
     type attribute cache (template._freeze): a call of a function shipped
-    by value (as a ``__main__`` function is) run by :func:`_run_call` on
+    by value (as a ``__main__`` function is) once the template has
+    cloudpickle (a preload), else of one pickled by reference (as the
+    ``"ember"`` method's child code is: shipping one by value would import
+    cloudpickle here), run by :func:`_run_call` on
     two channels of ``pool`` made for it, then destroyed.  What the call's
     path looks up is then in the cache, and each child's same look-up a
     hit: a miss writes a cache entry, on a page of libpython's data the
@@ -333,7 +340,10 @@ def rehearse(pool):
     here = {"__name__": "__main__"}
     made, attached = [], []
     try:
-        exec("def rehearsal():\n    return None\n", here)
+        if "cloudpickle" in sys.modules:
+            exec("def rehearsal():\n    return None\n", here)
+        else:
+            here["rehearsal"] = _rehearsal
         for _ in range(2):
             made.append(Channel.create(pool, capacity=2, block_size=1024, owned=True))
             attached.append(Channel.attach(made[-1].sdesc))

@@ -122,7 +122,8 @@ def _library_modules():
             continue
         seen[name] = mod
         if name in _offered or name.startswith(("__main__", "__mp_main__", "ember.")) \
-                or name == "ember" or "," in name or mod is None:
+                or name in ("ember", "cloudpickle") or "," in name or mod is None:
+            # (cloudpickle: offered by the start itself, process._offer_cloudpickle)
             continue
         f = getattr(mod, "__file__", None)
         if f is None:

@@ -27,7 +27,7 @@ import weakref
 from .. import _env, _roles
 from ..exceptions import ProcessDied
 from . import _codec, _pickling as P
-from .process import Process, _default_pool, _signal_name, outcome
+from .process import Process, _default_pool, _offer_cloudpickle, _signal_name, outcome
 
 __all__ = ["Executor"]
 
@@ -400,6 +400,7 @@ class Executor(_cf.Executor):
                                 c_uid=_roles.c_uid(_roles.EXECUTOR_RESULTS))
         prog = pool.alloc(64)
         memoryview(prog)[:8] = _TID.pack(0)
+        _offer_cloudpickle()          # its tasks' functions come by cloudpickle
         p = Process(target=_worker_main,
                     args=(task_ch.sdesc, res_ch.sdesc, prog.sdesc, os.getpid()),
                     daemon=True, start_method=self._start_method)

@@ -146,6 +146,8 @@ def _worker_argv(method):
     them, never change them in place)."""
     if method != "template":
         return ["-m", "ember._worker"]
+    if not _cp_offered[0] and "cloudpickle" in sys.modules:
+        _offer_cloudpickle()
     pre, quiet = Process._preload, Process._quiet_preload
     c = _argv_c[0]                      # (one read: starts from several threads)
     if c is None or c[0] is not pre or c[1] is not quiet:
@@ -154,6 +156,22 @@ def _worker_argv(method):
             args.append("--preload=" + ",".join(pre + quiet))
         c = _argv_c[0] = (pre, quiet, args)
     return list(c[2])
+
+
+_cp_offered = [False]
+
+
+def _offer_cloudpickle():
+    """Have the template import cloudpickle (if it can, silently) before
+    its next forks: once this process has it (a target or an object
+    shipped by value, a program's own import), its children are likely to
+    unpickle what it sends by value, and a child that imported it itself
+    would pay ~12 ms.  The template has no cloudpickle otherwise (~1.8 MB
+    and 16 mappings every clone copies and every child's exit unmaps:
+    docs/python-processes.md, "Start methods and the warm template")."""
+    _cp_offered[0] = True
+    if "?cloudpickle" not in Process._quiet_preload:
+        Process._quiet_preload = Process._quiet_preload + ("?cloudpickle",)
 
 
 def _settle(lease):
@@ -813,10 +831,10 @@ class Process:
             here = self._cwd or _here()   # (before anything is made or taken)
             pool = _default_pool()
             method = self._start_method or Process.start_method
-            argv = _worker_argv(method)
             leasing = method == "template" and self._gs_name is None and Process._lease_spares
             _t("P.prep")
             msg = _dump_call(self._target, self._args, self._kwargs, pool)
+            argv = _worker_argv(method)    # (after the call's pickle, which may import cloudpickle)
             _t("P.dumped")
             lease = _take_lease(argv) if leasing and self._cwd_ok() else None
             claim = None
@@ -935,8 +953,11 @@ class Process:
             args = ["-m", "ember._worker"]
             if (self._start_method or Process.start_method) == "template":
                 args.append("--template")
-                if Process._preload:
-                    args.append("--preload=" + ",".join(Process._preload))
+                pre = Process._preload
+                if "cloudpickle" in sys.modules:      # (see _offer_cloudpickle)
+                    pre += ("?cloudpickle",)
+                if pre:
+                    args.append("--preload=" + ",".join(pre))
             args += [_env.encode(res.call_sdesc), _env.encode(res.result_sdesc)]
             env = _environ()
             env.update(self._env)

@@ -8,7 +8,8 @@ socket pair that becomes the template's fd 0.  Each spawn sends
 ``[p_uid, args, envp, cwd]`` plus the child's stdin/stdout/stderr fds
 (``SCM_RIGHTS``) and gets ``[pid, error]`` back.
 
-Template side (:func:`main`): imports ember, cloudpickle and the worker once,
+Template side (:func:`main`): imports ember and the worker once (cloudpickle
+only once a program ships code by value: a preload),
 then for each request forks **twice**: the first child forks the real child
 and exits at once, so the real child is orphaned and re-parented to the
 shepherd, which made itself a *child subreaper* (``PR_SET_CHILD_SUBREAPER``).
@@ -693,26 +694,31 @@ def _preload(modules):
     import importlib
 
     imported = False
-    for m in modules:
-        _preloaded.add(m)
-        quiet = m.startswith("?")
-        m = m.lstrip("?")
-        if m.startswith("@mpmain:"):
-            # the main module of a multiprocessing program (ember.mp._mainload)
-            from ..mp import _mainload
+    unfilter = _filter_at_fork()    # logging's hooks, when a preload brings it
+    try:
+        for m in modules:
+            _preloaded.add(m)
+            quiet = m.startswith("?")
+            m = m.lstrip("?")
+            if m.startswith("@mpmain:"):
+                # the main module of a multiprocessing program (ember.mp._mainload)
+                from ..mp import _mainload
 
-            _mainload.preload(m)
-            imported = True
-            continue
-        if m in sys.modules:
-            continue
-        try:
-            importlib.import_module(m)
-            imported = True
-        except BaseException as exc:   # the child will import it (and fail) itself
-            if not quiet:
-                print(f"ember template: cannot preload {m!r}: {type(exc).__name__}: {exc}",
-                      file=sys.stderr, flush=True)
+                _mainload.preload(m)
+                imported = True
+                continue
+            if m in sys.modules:
+                continue
+            try:
+                importlib.import_module(m)
+                imported = True
+            except BaseException as exc:   # the child will import it (and fail) itself
+                if not quiet:
+                    print(f"ember template: cannot preload {m!r}: {type(exc).__name__}: {exc}",
+                          file=sys.stderr, flush=True)
+    finally:
+        if unfilter is not None:
+            unfilter()
     if imported:
         _freeze()
     else:                   # a module that failed may have changed os.environ
@@ -1064,8 +1070,12 @@ def _filter_at_fork():
     """Make the ``os.register_at_fork`` hooks of the modules of
     :data:`_CLONE_SKIPS` do nothing in a raw clone (:func:`_clone_parent`);
     an ``os.fork()`` (a template with threads) runs them as always.  Called
-    by the template before it imports them; returns the function that
-    undoes the filter (once they are imported)."""
+    by the template before it imports them (at its start, and around each
+    preload: logging comes with cloudpickle or a program's modules);
+    returns the function that undoes the filter (once they are imported),
+    or None when all of them are imported already."""
+    if all(m in sys.modules for m in _CLONE_SKIPS):
+        return None
     real = os.register_at_fork
 
     def register_at_fork(**hooks):
@@ -1322,14 +1332,17 @@ def main():
 
     _unset_bind_now()
     # Warm up: what every worker needs.
-    unfilter = _filter_at_fork() if not any(m in sys.modules for m in _CLONE_SKIPS) else None
-    import cloudpickle  # noqa: F401
-
+    # Not cloudpickle (nor logging, inspect, dataclasses, uuid, platform,
+    # dis, traceback, tokenize, ... that it brings: ~1.8 MB and 16 mappings
+    # every clone copies and every child's exit unmaps): a program that
+    # ships code by value has it preloaded (ember.objects.process's
+    # _offer_cloudpickle).
+    unfilter = _filter_at_fork()
     from .. import _worker
     from ..channels_c import Channel  # noqa: F401
     from ..globalservices import channel, pool, process  # noqa: F401
     from ..objects import _pickling, process as _p  # noqa: F401
-    import logging, threading  # noqa: F401,E401  (their at-fork hooks filtered)
+    import threading  # noqa: F401  (its at-fork hooks filtered)
     _worker._imports()
     if unfilter is not None:
         unfilter()
