@@ -18,8 +18,9 @@ Pool.map: rounds (3 with --quick, else 5), each a new Pool(2) per method
 (the order rotated per round), a warm-up map of 100 items, then one timed
 map; median and best over the rounds.  Start+join: rounds of ember then
 fork, each the median of 20 (5 with --quick) starts; ``ember.Process``
-itself (the same function, no multiprocessing layer) is timed in the same
-rounds as a reference: the difference is what the start method adds.
+itself (no multiprocessing layer; its target ``os.getpid``, pickled by
+reference as the method's own call is) is timed in the
+same rounds as a reference: the difference is what the start method adds.
 
 The baselines (fork, forkserver, spawn) run in a second process, the same
 program without ember (``_mp_work.py``: this file's workloads and imports,
@@ -181,7 +182,17 @@ def main():
     def run(work, method, *a):
         """``work`` under ``method``: ember's here, the others' in ``base``."""
         if method.startswith("ember"):
-            return work(method, *a, **({start_join: {"target": trivial},
+            # ember.Process's target: a function the template has, pickled by
+            # reference, as the "ember" method's own call is (ember.mp._child's).
+            # A main-module function (trivial) goes by value, and with it the
+            # template preloads cloudpickle (~1.9 MB and 16 mappings with what
+            # it brings) for every later child of the runtime, the method's
+            # too: a cost a multiprocessing program, which ships no code by
+            # value, does not have.  (Not a module-level name: the template
+            # runs this module for the method's children only while it just
+            # defines, docs/multiprocessing.md.)
+            target = trivial if method == "ember" else os.getpid
+            return work(method, *a, **({start_join: {"target": target},
                                         tail: {"target": stamp}}.get(work, {})))
         if method == "fork (here)":
             return work("fork", *a)
