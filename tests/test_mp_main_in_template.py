@@ -348,3 +348,60 @@ def test_the_main_modules_entry_is_the_same_in_every_interpreter(tmp_path):
         assert res.returncode == 0, res.stderr
         got.append(res.stdout.strip())
     assert got[0] == got[1] and got[0].startswith("?"), got
+
+
+_OPTIMIZED = """
+    import multiprocessing as mp
+    import sys
+
+    import ember
+    import helper
+
+    DEBUG = "on"
+    if not __debug__:
+        DEBUG = "off"
+
+    def checks():
+        assert False, "an assert ran in the main module"
+        return "asserts off"
+
+    def asserts(f):
+        try:
+            return f()
+        except AssertionError:
+            return "asserts on"
+
+    def report(q):
+        q.put((DEBUG, asserts(checks), helper.DEBUG, asserts(helper.checks)))
+
+    if __name__ == "__main__":
+        ctx = mp.get_context(sys.argv[1])
+        q = ctx.Queue()
+        for i in range(2):
+            p = ctx.Process(target=report, args=(q,)); p.start()
+            print(*q.get(timeout=60)); p.join(60); print("exit", p.exitcode)
+"""
+
+
+@pytest.mark.parametrize("method", ["ember", "spawn"])
+def test_a_main_run_with_python_O_is_compiled_optimized_in_the_children(tmp_path, method):
+    """``python -O prog.py``: the child's main module and program modules
+    are compiled as the parent's are (``__debug__`` False, no asserts), as
+    spawn's child is (it gets ``-O`` on its command line).  The template
+    runs with ``sys.flags.optimize`` 0, so its run of a definition-only
+    main module had ``__debug__`` True and its asserts on in every child."""
+    (tmp_path / "helper.py").write_text(textwrap.dedent("""
+        DEBUG = "on"
+        if not __debug__:
+            DEBUG = "off"
+
+        def checks():
+            assert False, "an assert ran in a program module"
+            return "asserts off"
+    """))
+    (tmp_path / "prog.py").write_text(textwrap.dedent(_OPTIMIZED))
+    res = subprocess.run([sys.executable, "-O", "prog.py", method], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=150)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["off asserts off off asserts off", "exit 0"] * 2, \
+        (res.stdout, res.stderr)

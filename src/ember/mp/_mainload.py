@@ -136,9 +136,18 @@ def run_key(item):
     return "%08x" % binascii.crc32(item.lstrip("?").encode())
 
 
+#: The parent runs with ``-O`` (or ``PYTHONOPTIMIZE``): the template, whose
+#: ``sys.flags.optimize`` is 0, would compile the main module and the program
+#: modules with ``__debug__`` True and their asserts on.
+_OPTIMIZED = sys.flags.optimize != 0
+
+
 def enabled():
-    """False when ``EMBER_MP_MAIN_IN_TEMPLATE=0`` (every child then runs
-    the main module again, as spawn's)."""
+    """False when ``EMBER_MP_MAIN_IN_TEMPLATE=0`` or the parent runs
+    optimized (every child then runs the main module again, as spawn's,
+    from the code the parent compiled)."""
+    if _OPTIMIZED:
+        return False
     data = getattr(os.environ, "_data", None)     # (os.environ.get: four Python calls)
     if type(data) is dict:
         return data.get(_ENV_KEY) != b"0"
