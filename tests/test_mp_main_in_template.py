@@ -35,6 +35,10 @@ def test_definition_only_top_levels_pass(source):
     ("import os\nHOME = os.environ['HOME']\n", "reads os.environ"),
     ("import os\nPID = os.getpid()\n", "os.getpid"),
     ("import os\nget = os.getenv\n", "reads os.getenv"),
+    ("from os import environ as ENV\nMODE = ENV['MODE'] if 'MODE' in ENV else 'a'\n",
+     "reads ENV"),
+    ("from os import getpid as pid\nP = pid\n", "reads pid"),
+    ("import os\nE = getattr(os, 'environ')\n", "reads getattr(os, 'environ')"),
     ("def helper():\n    return 1\nX = helper()\n", "calls helper"),
     ("def dict():\n    pass\nx = dict()\n", "calls dict"),
     ("import sys\nsys.path.insert(0, 'lib')\n", "expression statement"),
@@ -405,3 +409,46 @@ def test_a_main_run_with_python_O_is_compiled_optimized_in_the_children(tmp_path
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert res.stdout.splitlines() == ["off asserts off off asserts off", "exit 0"] * 2, \
         (res.stdout, res.stderr)
+
+
+
+_ENV_READ = """
+    import multiprocessing as mp
+    import os
+    import sys
+    from os import environ as ENV
+
+    import ember
+
+    {top}
+
+    def report(q):
+        q.put(VALUE)
+
+    if __name__ == "__main__":
+        ctx = mp.get_context(sys.argv[1])
+        q = ctx.Queue()
+        for value in ("/tmp/first", "/tmp/second"):
+            os.environ[{var!r}] = value
+            p = ctx.Process(target=report, args=(q,)); p.start()
+            print(q.get(timeout=60)); p.join(60)
+"""
+
+
+@pytest.mark.parametrize("var, top", [
+    ("EMBER_TEST_MODE", 'VALUE = ENV["EMBER_TEST_MODE"] if "EMBER_TEST_MODE" in ENV else "unset"'),
+    ("HOME", 'VALUE = os.path.expanduser("~")'),
+], ids=["environ-as-ENV", "expanduser"])
+@pytest.mark.parametrize("method", ["ember", "spawn"])
+def test_a_main_reading_the_environment_runs_in_each_child(tmp_path, method, var, top):
+    """A top level that reads the environment without naming ``os.environ``
+    (``from os import environ as ENV``; ``os.path.expanduser``, which reads
+    ``HOME``): each child runs the main module with the environment it
+    starts with (the parent's, changed before each start), as spawn's does.
+    The check passed both, so the template ran such a main once, with its
+    own environment, and every child had the template's value."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent(_ENV_READ).format(top=top, var=var))
+    res = subprocess.run([sys.executable, "prog.py", method], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=150)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["/tmp/first", "/tmp/second"], (res.stdout, res.stderr)

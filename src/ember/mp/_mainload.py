@@ -233,7 +233,7 @@ _PURE_CALLS = frozenset("""
     functools.cached_property functools.total_ordering functools.singledispatch
     re.compile logging.getLogger multiprocessing.get_context
     os.path.join os.path.dirname os.path.basename os.path.splitext os.path.abspath
-    os.path.realpath os.path.normpath os.path.expanduser
+    os.path.realpath os.path.normpath
     pathlib.Path pathlib.PurePath
     enum.auto
 """.split())
@@ -380,12 +380,19 @@ class _Checker:
 
     def expr(self, e):
         """An expression evaluated at import (a function's body is not)."""
-        if isinstance(e, ast.Name) and e.id in _UNSTABLE or \
+        # The name, also as imported under another (``from os import environ
+        # as ENV``) or named to getattr (``getattr(os, "environ")``).
+        if isinstance(e, ast.Name) and (e.id in _UNSTABLE or e.id in self.aliases and
+                                        self.aliases[e.id].rpartition(".")[2] in _UNSTABLE) or \
                 isinstance(e, ast.Attribute) and e.attr in _UNSTABLE:
             raise _Refused(f"line {e.lineno}: reads {ast.unparse(e)}")
         if isinstance(e, ast.Call):
-            if self.dotted(e.func) not in _PURE_CALLS:
+            func = self.dotted(e.func)
+            if func not in _PURE_CALLS:
                 raise _Refused(f"line {e.lineno}: calls {ast.unparse(e.func)}")
+            if func == "getattr" and len(e.args) > 1 and isinstance(e.args[1], ast.Constant) \
+                    and e.args[1].value in _UNSTABLE:
+                raise _Refused(f"line {e.lineno}: reads {ast.unparse(e)}")
             for a in e.args + [k.value for k in e.keywords]:
                 self.expr(a)
             return
