@@ -249,3 +249,48 @@ def test_the_workers_of_a_killed_pools_process_exit(tmp_path, method):
         out, err = proc.communicate("\n", timeout=60)
     assert left == [], (left, err)
     assert proc.returncode == 0, err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", METHODS)
+def test_children_draw_different_numpy_random_numbers(tmp_path, method):
+    """A program that used ``numpy.random`` before its children start:
+    each child's global ``numpy.random`` state is its own, as spawn's child
+    seeds it afresh at its import.  Under "ember" the template had
+    imported ``numpy.random`` for the children (the parent's modules are
+    preloaded), seeded once there, and every child (a Pool's workers, a
+    Process in each round) drew the same numbers; ``random`` was never
+    affected (it reseeds itself after a fork)."""
+    pytest.importorskip("numpy")
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, random, sys
+        import numpy as np
+        import ember
+
+        def draw(i):
+            return float(np.random.rand()), np.random.randint(1 << 30), random.random()
+
+        def put_draw(q):
+            q.put(draw(0))
+
+        if __name__ == "__main__":
+            mp.set_start_method(sys.argv[1])
+            np.random.rand()
+            q = mp.Queue()
+            draws = []
+            for _ in range(2):
+                ps = [mp.Process(target=put_draw, args=(q,)) for _ in range(3)]
+                for p in ps:
+                    p.start()
+                draws += [q.get(timeout=60) for _ in ps]
+                for p in ps:
+                    p.join()
+            with mp.Pool(3) as pool:
+                draws += pool.map(draw, range(3), chunksize=1)
+            print(len(draws), *(len({d[k] for d in draws}) for k in range(3)))
+    """))
+    res = subprocess.run([sys.executable, str(prog), method], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["9", "9", "9", "9"], (res.stdout, res.stderr)

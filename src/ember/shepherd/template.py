@@ -720,9 +720,40 @@ def _preload(modules):
         if unfilter is not None:
             unfilter()
     if imported:
+        _reseed_numpy_in_children()
         _freeze()
     else:                   # a module that failed may have changed os.environ
         _take_environ()
+
+
+#: [True] in the template once :func:`_reseed_numpy` is an at-fork hook.
+_numpy_reseed = [False]
+
+
+def _reseed_numpy_in_children():
+    """Once ``numpy.random`` is imported here (a preload, a module the
+    program's main imports), give each child its own state of numpy's
+    global generator (``np.random.rand()``, ``randint``...): it was seeded
+    once, here, and every child drew the same numbers, where spawn's child
+    (and a fresh interpreter) seeds it at its import.  Python's ``random``
+    reseeds itself after a fork; numpy does not."""
+    if not _numpy_reseed[0] and "numpy.random" in sys.modules:
+        _numpy_reseed[0] = True
+        os.register_at_fork(after_in_child=_reseed_numpy)
+
+
+def _reseed_numpy():
+    """After a fork of the template (a spare's clone: off the start path;
+    ~2 us): 256 bits of the OS's entropy.  Not in a fork that the child
+    makes itself (its flag is cleared here), which keeps its parent's
+    state as after any fork."""
+    if _numpy_reseed[0]:
+        _numpy_reseed[0] = False
+        try:
+            np = sys.modules["numpy"]
+            np.random.seed(np.frombuffer(os.urandom(32), dtype=np.uint32))
+        except Exception:
+            pass
 
 
 def _freeze():
