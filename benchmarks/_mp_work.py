@@ -68,14 +68,19 @@ def pool_map(method, n):
         return time.perf_counter() - t
 
 
+def _make(method):
+    """The Process class of ``method``: a start method's name or
+    ``"ember.Process"`` (ember's own)."""
+    if method == "ember.Process":
+        import ember
+        return ember.Process
+    return mp.get_context(method).Process
+
+
 def start_join(method, n, target=trivial):
     """Median seconds of ``n`` start+join of ``target``.  ``method`` is a
     start method's name, or ``"ember.Process"`` (ember's own)."""
-    if method == "ember.Process":
-        import ember
-        make = ember.Process
-    else:
-        make = mp.get_context(method).Process
+    make = _make(method)
     ts = []
     for _ in range(n):
         t = time.perf_counter()
@@ -101,8 +106,7 @@ def tail(method, n, target=stamp):
     ``target`` (:func:`stamp` or one like it) under ``method`` (as
     :func:`start_join`'s).  The first is the end of a start: the worker's
     result and exit, the kernel's exit, the parent's wake and join."""
-    make = __import__("ember").Process if method == "ember.Process" else \
-        mp.get_context(method).Process
+    make = _make(method)
     fd, path = tempfile.mkstemp(prefix="bench-tail-", dir="/dev/shm" if os.path.isdir("/dev/shm")
                                 else None)
     ends, heads = [], []
@@ -120,6 +124,88 @@ def tail(method, n, target=stamp):
         os.close(fd)
         os.unlink(path)
     return statistics.median(ends), statistics.median(heads)
+
+
+def nbytes(b):
+    """The large argument's target: touches only its length."""
+    return len(b)
+
+
+def make_bytes(n):
+    """The large result's target: ``n`` bytes (written: every page is real)."""
+    return b"\x01" * n
+
+
+def put_bytes(q, n):
+    """:func:`make_bytes`'s result sent back on a Queue (the way a
+    multiprocessing ``Process`` returns one)."""
+    q.put(make_bytes(n))
+
+
+def bigarg(method, size, n, target=nbytes):
+    """Median seconds of ``n`` start+join of ``target`` with one ``bytes``
+    argument of ``size`` bytes (made once, before the timing), under
+    ``method`` (as :func:`start_join`'s)."""
+    big = b"\x01" * size
+    make = _make(method)
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        p = make(target=target, args=(big,))
+        p.start()
+        p.join()
+        ts.append(time.perf_counter() - t)
+        assert p.exitcode == 0, p.exitcode
+    return statistics.median(ts)
+
+
+def bigresult(method, size, n, targets=(make_bytes, put_bytes)):
+    """Median seconds of ``n`` start, result of ``size`` bytes, join:
+    ``ember.Process``'s ``result()`` (``targets[0]`` returns it); under a
+    multiprocessing method the child puts it on the context's Queue
+    (``targets[1]``) and the parent gets it, then joins."""
+    ts = []
+    q = None if method == "ember.Process" else mp.get_context(method).Queue()
+    make = _make(method)
+    for _ in range(n):
+        t = time.perf_counter()
+        if q is None:
+            p = make(target=targets[0], args=(size,))
+            p.start()
+            r = p.result()
+        else:
+            p = make(target=targets[1], args=(q, size))
+            p.start()
+            r = q.get()
+        p.join()
+        ts.append(time.perf_counter() - t)
+        assert len(r) == size and p.exitcode == 0
+        del r
+    if q is not None:
+        q.close()
+    return statistics.median(ts)
+
+
+def poolresult(method, size, n, target=make_bytes):
+    """Median seconds of ``n`` ``Pool(1).apply`` of ``target`` returning
+    ``size`` bytes (the pool made, and its worker warm, before the timing);
+    ``method`` ``"ember.Executor"``: ``Executor(1).submit(...).result()``."""
+    if method == "ember.Executor":
+        import ember
+        pool = ember.Executor(1)
+        pool.apply = lambda fn, args: pool.submit(fn, *args).result()
+    else:
+        pool = mp.get_context(method).Pool(1)
+    with pool:
+        pool.apply(target, (1,))
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            r = pool.apply(target, (size,))
+            ts.append(time.perf_counter() - t)
+            assert len(r) == size
+            del r
+    return statistics.median(ts)
 
 
 def queue_rate(method, n):
@@ -144,7 +230,8 @@ def queue_rate(method, n):
     return (n - 1) / (t1 - t), n / (t1 - t0)
 
 
-WORK = {"pool_map": pool_map, "start_join": start_join, "queue_rate": queue_rate, "tail": tail}
+WORK = {"pool_map": pool_map, "start_join": start_join, "queue_rate": queue_rate, "tail": tail,
+        "bigarg": bigarg, "bigresult": bigresult, "poolresult": poolresult}
 
 
 class Baselines:

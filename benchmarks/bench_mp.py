@@ -1,7 +1,7 @@
 """The same multiprocessing program under each start method, in one run.
 
-    python benchmarks/bench_mp.py [--quick] [--only map,start,tail,queue,leftover]
-                                  [--map-n N] [--queue-n N]
+    python benchmarks/bench_mp.py [--quick] [--only map,start,tail,queue,leftover,bigarg]
+                                  [--map-n N] [--queue-n N] [--big-mb 1,10,100]
 
 Runs under plain python (the "ember" method brings up an embedded runtime
 on first use).  Each line prints the figure for every start method and the
@@ -32,6 +32,15 @@ median of 20 start+joins of a target that writes ``CLOCK_MONOTONIC`` at its
 return into a file in /dev/shm: from the target's return to ``join()``'s
 return (the worker's result and exit, the kernel's, the parent's wake and
 join), and from ``start()`` to the target's return.
+Large arguments and results (``--only bigarg``; sizes in MB by
+``--big-mb``): per size, rounds (2 with --quick, else 3) of every method in
+turn, each the median of a few (9 at 1 MB, 5 at 10, 3 at 100; fewer with
+--quick) of: a start+join with one ``bytes`` argument of that size (its
+target takes its length), a start whose target returns ``bytes`` of that
+size and its join (``ember.Process``'s ``result()``; a multiprocessing
+child puts it on its context's Queue, which the parent gets), and a
+warm ``Pool(1).apply`` returning it (``ember.Executor(1)``'s
+``submit().result()`` beside); ratios to spawn (and to fork).
 The Queue's throughput is timed from the first object received (median of
 5 rounds, the methods interleaved); the figure timed from the producer's
 start is printed beside it: with 100k objects that one is mostly the
@@ -51,7 +60,8 @@ import ember  # noqa: F401  registers "ember"
 
 import _report  # benchmarks/_report.py: --json, --png
 import _rundir  # benchmarks/_rundir.py: a private runtime directory
-from _mp_work import Baselines, pool_map, queue_rate, start_join, tail  # the workloads
+from _mp_work import (Baselines, bigarg, bigresult, pool_map, poolresult,  # the workloads
+                      queue_rate, start_join, tail)
 
 
 def trivial():
@@ -66,6 +76,21 @@ def stamp(path):
     fd = os.open(path, os.O_WRONLY)
     os.pwrite(fd, time.monotonic_ns().to_bytes(8, "little"), 0)
     os.close(fd)
+
+
+def nbytes(b):
+    """The large argument's target (_mp_work.nbytes's body)."""
+    return len(b)
+
+
+def make_bytes(n):
+    """The large result's target (_mp_work.make_bytes's body)."""
+    return b"\x01" * n
+
+
+def put_bytes(q, n):
+    """The large result's target under multiprocessing (_mp_work.put_bytes's)."""
+    q.put(make_bytes(n))
 
 
 def load():
@@ -168,9 +193,10 @@ def leftovers(method, settle=10.0):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    _report.add_only(ap, ("map", "start", "tail", "queue", "leftover"))
+    _report.add_only(ap, ("map", "start", "tail", "queue", "leftover", "bigarg"))
     ap.add_argument("--map-n", type=int, default=100_000)
     ap.add_argument("--queue-n", type=int, default=100_000)
+    ap.add_argument("--big-mb", default="1,10,100", help="--only bigarg's sizes (MB)")
     _report.add_args(ap)
     args = ap.parse_args()
     only = args.only
@@ -193,7 +219,10 @@ def main():
             # defines, docs/multiprocessing.md.)
             target = trivial if method == "ember" else os.getpid
             return work(method, *a, **({start_join: {"target": target},
-                                        tail: {"target": stamp}}.get(work, {})))
+                                        tail: {"target": stamp},
+                                        bigarg: {"target": nbytes},
+                                        bigresult: {"targets": (make_bytes, put_bytes)},
+                                        poolresult: {"target": make_bytes}}.get(work, {})))
         if method == "fork (here)":
             return work("fork", *a)
         return base.call(work.__name__, method, *a)
@@ -250,6 +279,8 @@ def main():
 
     if "tail" in only:
         tail_part(args, measures, run, reps)
+    if "bigarg" in only:
+        big_part(args, measures, run)
     if "queue" in only:
         queue_part(args, measures, run)
     base.close()
@@ -277,6 +308,42 @@ def tail_part(args, measures, run, reps):
     print(f"  ember / fork (the end of a start) = {ends['ember'] / ends['fork']:.2f} ({load()})")
     measures.append(_report.measure(f"target's return to join()'s, median of {n_rounds} rounds "
                                     f"of {reps}", "ms", ends, better="lower"))
+
+
+def big_part(args, measures, run):
+    n_rounds = 2 if args.quick else 3
+    sizes = [float(x) for x in args.big_mb.split(",")]
+    parts = ((bigarg, "start+join with a bytes argument",
+              ("ember", "ember.Process", "fork", "spawn")),
+             (bigresult, "start, a bytes result back, join (mp: through the context's Queue)",
+              ("ember", "ember.Process", "fork", "spawn")),
+             (poolresult, "a warm Pool(1).apply returning bytes",
+              ("ember", "ember.Executor", "fork", "spawn")))
+    print(f"Large arguments and results (ms): {n_rounds} rounds of every method in turn, each "
+          f"the median of a few; fork and spawn in a process without ember ({load()}):")
+    for work, what, methods in parts:
+        for mb in sizes:
+            size = int(mb * (1 << 20))
+            reps = 3 if mb >= 50 else 5 if mb >= 5 else 9
+            if args.quick:
+                reps = max(1, reps // 2)
+            for m in methods:                      # warm: template, preloads, caches
+                run(work, m, min(size, 1 << 20), 1)
+            rounds = {m: [] for m in methods}
+            for _ in range(n_rounds):
+                for m in methods:
+                    rounds[m].append(run(work, m, size, reps) * 1e3)
+            r = {m: statistics.median(v) for m, v in rounds.items()}
+            print(f"  {what}, {mb:g} MB: " + "  ".join(f"{m} {v:.1f}" for m, v in r.items()))
+            print("    rounds: " + "  ".join(f"{m} " + " ".join(f"{x:.1f}" for x in v)
+                                          for m, v in rounds.items()))
+            print("    " + "  ".join(f"{m} / spawn = {r[m] / r['spawn']:.2f}" for m in methods
+                                     if m.startswith("ember"))
+                  + "  " + "  ".join(f"{m} / fork = {r[m] / r['fork']:.2f}" for m in methods
+                                     if m.startswith("ember")) + " (target: / spawn <= 1)")
+            measures.append(_report.measure(f"{what}, {mb:g} MB, median of {n_rounds} rounds",
+                                            "ms", r, better="lower"))
+    print(f"  ({load()})")
 
 
 def queue_part(args, measures, run):
