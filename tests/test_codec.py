@@ -140,7 +140,8 @@ def test_malformed_messages_raise_message_error_and_leak_nothing(ember_runtime):
 
 
 def test_codec_round_trips_without_a_runtime_pool():
-    for obj in (1, "x", (1, "x"), {"a": [1, 2]}, b"b" * 1000, np.arange(10),
+    for obj in (1, "x", (1, "x"), {"a": [1, 2]}, b"b" * 1000, np.arange(10), b"b" * 300_000,
+                [b"b" * 300_000],
                 ("__main__", 1.5, None, True, 2j, b"", -(1 << 70)), (1, [2])):
         msg = _codec.dumps(obj, None)
         assert type(msg) is bytes
@@ -265,3 +266,150 @@ def test_a_malformed_request_to_a_host_is_dropped_and_it_keeps_serving(ember_run
     assert p.get("a") == 1 and len(p) == 1
     req.detach()
     ref.destroy()
+
+
+def _peak_traced(fn):
+    """(what ``fn()`` returned, the peak of the Python heap above its level
+    before, traced by tracemalloc, in bytes)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        got = fn()
+        return got, tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def _nbytes(b):
+    return len(b)
+
+
+def _loads_block(msg):
+    """:func:`_codec.loads` of what dumps made (its block freed after)."""
+    if type(msg) is bytes:
+        return _codec.loads(msg)
+    try:
+        return _codec.loads(memoryview(msg))
+    finally:
+        msg.free()
+
+
+@pytest.mark.timeout(120)
+def test_a_large_bytes_object_is_copied_once_into_the_pool_not_into_a_whole_pickle(
+        ember_runtime):
+    """A pickle that holds large ``bytes`` objects is written in pieces,
+    each such object by reference, and copied once into one pool block: the
+    sender's heap never holds a second copy (a whole pickle), for a Process's
+    call (with a target pickled by reference or by value), a Queue put of
+    the object itself or inside a container; it arrives equal."""
+    from ember.objects import naming
+    pool = naming.default_pool()
+    big = bytes(range(256)) * (1 << 17)                  # 32 MiB
+    small = 1 << 20
+    for obj in (big, (len, (big,), {}), [1, {"k": big}, "x" * 300_000, big]):
+        msg, peak = _peak_traced(lambda: _codec.dumps(obj, pool))
+        assert type(msg) is not bytes and peak < small, (type(obj), peak)
+        assert _loads_block(msg) == obj
+    q = ember.Queue()
+    for obj in (big, (1, big), {"a": big}):
+        _, peak = _peak_traced(lambda: q.put(obj))
+        assert peak < small, (type(obj), peak)
+        assert q.get(timeout=30) == obj
+    q.close()
+    for target in (_nbytes, lambda b: len(b)):           # by reference, by value
+        p = ember.Process(target=target, args=(big,))
+        _, peak = _peak_traced(p.start)
+        assert p.result(60) == len(big) and peak < small, peak
+        p.join(60)
+        assert p.exitcode == 0
+
+
+@pytest.mark.timeout(120)
+def test_the_main_check_reads_the_picklers_frames_not_large_data(ember_runtime, monkeypatch):
+    """Whether a pickle names ``__main__`` (cloudpickle then) is read in the
+    pickler's frames: large ``bytes`` holding the text as data are not read
+    (they are no global's name), nor counted as ``data_mains``, so a real
+    reference to ``__main__`` beside them still takes cloudpickle; data of
+    up to 256 KiB is read and counted, as before."""
+    import types
+    from ember.objects import naming
+    pool = naming.default_pool()
+    calls = []
+    real = _codec._cloud_pickler                  # (called by each cloudpickle pickling)
+    monkeypatch.setattr(_codec, "_cloud_pickler", lambda: calls.append(1) or real())
+
+    class InMain:
+        pass
+    InMain.__module__, InMain.__qualname__ = "__main__", "_ember_test_InMain"
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "_ember_test_InMain", InMain, raising=False)
+    for n in (300_000, 100_000):
+        text = b"__main__" * (n // 8)
+        msg = _codec.dumps((print, (text,), {}), pool)             # only data names it...
+        assert (calls == []) == (n > 256 * 1024), n                # (read when 256 KiB or less)
+        assert _loads_block(msg)[1][0] == text
+        calls.clear()
+        msg = _codec.dumps((print, (text,), {}), pool, data_mains=(text,))
+        assert calls == [], n                                      # ...as data_mains says
+        _loads_block(msg)
+        msg = _codec.dumps((print, (text, InMain), {}), pool, data_mains=(text, InMain))
+        assert calls == [1], n                                     # a real reference too
+        got = _loads_block(msg)
+        assert got[1][0] == text and isinstance(got[1][1], type)
+        calls.clear()
+    assert isinstance(main, types.ModuleType)
+
+
+@pytest.mark.timeout(120)
+def test_a_large_result_whose_sender_is_killed_mid_transfer_leaves_no_block(ember_runtime,
+                                                                              tmp_path):
+    """A child SIGKILLed at any point of sending a 64 MiB result (copying
+    it into a pool block of its own, sending it, or after) leaves no block
+    in the default pool: a block not sent yet is its own (reclaimed by GS
+    at its death), one sent is in its result channel (freed with it)."""
+    import os
+    import signal
+    import time
+    from ember.objects import naming
+    pool = naming.default_pool()
+    size = 64 << 20
+    p = ember.Process(target=_big_after_mark, args=(str(tmp_path / "warm"), 1))
+    p.start()
+    p.join(60)
+    free = pool.stats().free
+    for i, delay in enumerate((0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.2)):
+        mark = tmp_path / f"mark{i}"
+        p = ember.Process(target=_big_after_mark, args=(str(mark), size))
+        p.start()
+        deadline = time.monotonic() + 60
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        time.sleep(delay)
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass                                    # (ended, its result sent)
+        p.join(60)
+        assert p.exitcode in (0, -signal.SIGKILL)
+        p.close()
+    stats = _wait_free(pool, free)
+    assert stats.free >= free - (8 << 20), (free, stats)
+
+
+def _big_after_mark(path, size):
+    b = b"\x01" * size
+    open(path, "w").close()
+    return b
+
+
+def _wait_free(pool, free, slack=8 << 20, timeout=30):
+    """Wait until ``pool`` has ``free`` bytes free again, less ``slack``
+    (GS reclaims a dead process's blocks after its death); its stats."""
+    import time
+    deadline = time.monotonic() + timeout
+    while pool.stats().free < free - slack and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pool.stats()
+

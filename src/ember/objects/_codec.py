@@ -16,6 +16,18 @@ correct, slower) way.  The receiver always uses ``pickle.loads``.
 **Messages.**  A pickle with no large buffer travels as it is (``bytes``,
 starting with the protocol-5 header ``\\x80\\x05``): inline in the channel
 slot when it fits, else the channel moves it through a pool allocation.
+A pickle that holds large ``bytes`` objects (a Process's call or result,
+an object put on a Queue or sent on a Pipe) is made by a
+pickler that writes into a list of pieces (:func:`pickle_pieces`): its
+own output in frames of ~64 KiB and, apart, each ``bytes`` object of 64
+KiB or more *by reference*, which is not copied; the pieces are copied
+once into one pool block, moved through the channel without another copy
+(a plain pickle in a block: the receiver copies each such ``bytes`` out
+of it as it unpickles, and frees the block).  So a 100 MB ``bytes``
+costs two copies, one on each side (the fewest: a ``bytes`` object owns
+its memory), where a pickle made whole and then sent cost three.  The
+``__main__`` check reads only the pickler's frames (a piece longer than
+:data:`_DATA_MIN` is one object's data, never a global's name).
 When the object has contiguous buffers (``PickleBuffer``: numpy arrays,
 ``bytearray``, ...) of at least :data:`OOB_MIN` bytes in all, they are taken
 **out of band** in the same pickling pass (the object is pickled once): one
@@ -55,6 +67,12 @@ _MAX_BUFS = 1 << 20
 
 _pdumps = pickle.dumps
 _ploads = pickle.loads
+_Pickler = pickle.Pickler
+#: A piece of a pickle (:func:`pickle_pieces`) longer than this is the
+#: data of one ``bytes`` (or ``str``) object, which the pickler writes apart
+#: when it has 64 KiB or more; its own output comes in frames, each
+#: committed once it passes 64 KiB, so shorter than twice that.
+_DATA_MIN = 256 * 1024
 
 
 def _align(n):
@@ -94,11 +112,16 @@ def _cloud_pickler():
     return _pickler_cls
 
 
+def _cloud_pieces(obj, buffer_callback=None):
+    """``obj`` pickled by cloudpickle, as :func:`pickle_pieces`' pieces
+    (its Pickler is the C pickler's subclass: large ``bytes`` by reference)."""
+    out = _Pieces()
+    _cloud_pickler()(out, protocol=5, buffer_callback=buffer_callback).dump(obj)
+    return out
+
+
 def _cloud_dumps(obj, buffer_callback=None):
-    import io
-    f = io.BytesIO()
-    _cloud_pickler()(f, protocol=5, buffer_callback=buffer_callback).dump(obj)
-    return f.getvalue()
+    return b"".join(_cloud_pieces(obj, buffer_callback))
 
 
 def pickle_bytes(obj, buffer_callback=None):
@@ -113,18 +136,72 @@ def pickle_bytes(obj, buffer_callback=None):
     return data
 
 
+class _Pieces(list):
+    """Where a pickler of :func:`pickle_pieces` writes: each write is
+    kept as it is (a ``bytes`` object's data is that object)."""
+    __slots__ = ()
+    write = list.append
+
+
+#: (pickler, its pieces, its out-of-band buffers) not in use: a pickler is
+#: made once and used again (made at every call it cost ~0.6 us more than
+#: ``pickle.dumps``; taken and given back by list.pop/append, atomic with
+#: the GIL, so threads and a pickling inside a pickling take their own)
+_picklers = []
+
+
+def pickle_pieces(obj):
+    """``(pieces, buffers)``: ``obj`` pickled by the C pickler (protocol
+    5) as a list of ``bytes`` whose concatenation is the pickle, the data of
+    each ``bytes`` object of 64 KiB or more a piece of its own, by
+    reference (not copied), and its out-of-band buffers (``PickleBuffer``:
+    numpy arrays, ``bytearray``, ...).  Raises what the pickler raises."""
+    try:
+        pk, out, bufs = _picklers.pop()
+    except IndexError:
+        out, bufs = _Pieces(), []
+        pk = _Pickler(out, 5, buffer_callback=bufs.append)
+    try:
+        pk.dump(obj)
+    finally:
+        pk.clear_memo()          # (it held every object pickled)
+    pieces = out.copy()
+    out.clear()
+    if bufs:
+        oob = bufs.copy()
+        bufs.clear()
+    else:
+        oob = ()
+    _picklers.append((pk, out, bufs))
+    return pieces, oob
+
+
+def _mains(pieces, count=False):
+    """How often the pickle ``pieces`` names ``__main__`` (with ``count``
+    False: whether it does), read in the pickler's own pieces only: not in
+    those longer than :data:`_DATA_MIN`, one object's data."""
+    if len(pieces) == 1 and len(pieces[0]) <= _DATA_MIN:      # (most pickles: quick)
+        p = pieces[0]
+        return p.count(b"__main__") if count else p.find(b"__main__") >= 0
+    if count:
+        return sum(p.count(b"__main__") for p in pieces if len(p) <= _DATA_MIN)
+    # (find: cheaper than `in` for bytes)
+    return any(p.find(b"__main__") >= 0 for p in pieces if len(p) <= _DATA_MIN)
+
+
 # ------------------------------------------------------- functions pickled ahead
 class Prepickled:
     """An object pickled ahead: its pickle ``data`` travels as it is, and
     the receiver's ``pickle.loads`` rebuilds it (a call of ``pickle.loads``
-    on those bytes).  ``mains``: how often ``data`` names ``__main__``
-    (:func:`dumps` with ``known_main`` looks past those)."""
+    on those bytes).  ``mains``: how often ``data`` names ``__main__`` where
+    :func:`dumps` looks (:func:`_mains`; with ``known_main`` it looks past
+    those)."""
 
     __slots__ = ("data", "mains")
 
     def __init__(self, data):
         self.data = data
-        self.mains = data.count(b"__main__")
+        self.mains = _mains([data], count=True)
 
     def __reduce__(self):
         return (_ploads, (self.data,))
@@ -305,9 +382,9 @@ FLAT = frozenset((int, float, str, bytes, bool, type(None), complex))
 
 def dumps(obj, pool, timeout=None, known_main=None, data_mains=None):
     """``bytes`` (a plain pickle) or an :class:`Allocation` of ``pool``
-    holding a frame (the caller sends it, or frees it with
-    :func:`free_unsent` if the send fails).  ``timeout``: how long to wait
-    for pool space for a frame (None: forever).
+    holding a frame or a large plain pickle (the caller sends it, or frees
+    it with :func:`free_unsent` if the send fails).  ``timeout``: how long
+    to wait for pool space for a block (None: forever).
 
     ``known_main``: ``obj`` holds :class:`Prepickled` objects naming
     ``__main__`` that many times in all; it is pickled with the C pickler
@@ -319,70 +396,81 @@ def dumps(obj, pool, timeout=None, known_main=None, data_mains=None):
     pickle that names it no more often than they do is the C pickler's,
     not cloudpickle's.  They are counted only when the pickle names it at
     all (a scan of every bytes argument at every start cost a 100 MB one
-    0.15 s)."""
+    0.15 s), and only those that :func:`_mains` reads (64 KiB or more: a
+    piece of their own, not read when longer than :data:`_DATA_MIN`)."""
     if known_main is not None:
         return _dumps_prepickled(obj, pool, timeout, known_main)
     t = type(obj)
-    if t in FLAT:
+    if t in FLAT and (t is not bytes or len(obj) < OOB_MIN):
         return _pdumps(obj, 5)
     if t is tuple and len(obj) <= 8:
         for x in obj:
-            if type(x) not in FLAT:
+            if type(x) not in FLAT or type(x) is bytes and len(x) >= OOB_MIN:
                 break
         else:
             return _pdumps(obj, 5)
-    bufs = []
     inband = pickle_bytes
     try:
-        data = _pdumps(obj, 5, buffer_callback=bufs.append)
+        pieces, bufs = pickle_pieces(obj)
     except Exception:
         bufs = []
-        data = _cloud_dumps(obj, bufs.append)
+        pieces = _cloud_pieces(obj, bufs.append)
     else:
-        if data.find(b"__main__") >= 0:      # (find: cheaper than `in` for bytes)
-            if data_mains is not None and data.count(b"__main__") <= sum(
-                    a.count(b"__main__") for a in data_mains if type(a) is bytes):
+        # (one piece: under 128 KiB, the pickler's own; most messages)
+        if pieces[0].find(b"__main__") >= 0 if len(pieces) == 1 else _mains(pieces):
+            if data_mains is not None and _mains(pieces, count=True) <= _mains(
+                    [a for a in data_mains if type(a) is bytes], count=True):
                 inband = _pickle5             # its __main__ is data
             else:
                 bufs = []
-                data = _cloud_dumps(obj, bufs.append)
-    return _message(obj, data, bufs, pool, timeout, inband)
+                pieces = _cloud_pieces(obj, bufs.append)
+        elif not bufs and len(pieces) == 1:
+            return pieces[0]
+    return _message(obj, pieces, bufs, pool, timeout, inband)
 
 
 def _dumps_prepickled(obj, pool, timeout, known_main):
-    bufs = []
     try:
-        data = _pdumps(obj, 5, buffer_callback=bufs.append)
+        pieces, bufs = pickle_pieces(obj)
     except Exception:
         return None
-    if data.count(b"__main__") > known_main:
+    if _mains(pieces, count=True) > known_main:
         return None
-    return _message(obj, data, bufs, pool, timeout, _pickle5)
+    return _message(obj, pieces, bufs, pool, timeout, _pickle5)
 
 
 def _pickle5(obj):
     return _pdumps(obj, 5)
 
 
-def _message(obj, data, bufs, pool, timeout, inband):
-    """The message of ``obj``, pickled as ``data`` with out-of-band
-    ``bufs``: ``data`` itself, or a frame with the buffers when they are
-    large enough, else ``inband(obj)`` (every buffer in band)."""
+def _message(obj, pieces, bufs, pool, timeout, inband):
+    """The message of ``obj``, pickled as ``pieces`` with out-of-band
+    ``bufs``: the pickle as ``bytes``, or in a pool block when it is
+    large (one copy, :func:`_block`), or a frame with the buffers when they
+    are large enough, else ``inband(obj)`` (every buffer in band)."""
     if not bufs:
-        return data
+        if len(pieces) == 1:
+            return pieces[0]
+        if pool is None or sum(map(len, pieces)) < OOB_MIN:     # (no pool: as bytes)
+            return b"".join(pieces)
+        return _block(pieces, (), pool, timeout)
     try:
         raws = [b.raw() for b in bufs]
     except BufferError:           # a buffer that is not contiguous: all in band
         raws = None
-    if raws is None or sum(r.nbytes for r in raws) < OOB_MIN:
-        return inband(obj)
-    return _frame(data, raws, pool, timeout)
+    if raws is None or sum(r.nbytes for r in raws) < OOB_MIN and len(pieces) == 1:
+        return inband(obj)        # (a large pickle takes a block anyway: not then)
+    return _block(pieces, raws, pool, timeout)
 
 
-def _frame(data, bufs, pool, timeout):
+def _block(pieces, bufs, pool, timeout):
+    """A block of ``pool`` holding the pickle ``pieces``: alone (a plain
+    pickle) when there are no ``bufs``, else in a frame with them (see
+    the module's doc); each piece and buffer copied once."""
     n = len(bufs)
-    hsize = _align(_HEAD.size + 8 * n)
-    off = hsize + _align(len(data))
+    plen = sum(map(len, pieces))
+    hsize = _align(_HEAD.size + 8 * n) if n else 0
+    off = hsize + (_align(plen) if n else plen)
     offsets = []
     for b in bufs:
         offsets.append(off)
@@ -391,9 +479,13 @@ def _frame(data, bufs, pool, timeout):
     try:
         mv = memoryview(a)
         try:
-            _HEAD.pack_into(mv, 0, MAGIC, n, len(data))
-            struct.pack_into(f"<{n}Q", mv, _HEAD.size, *(b.nbytes for b in bufs))
-            mv[hsize:hsize + len(data)] = data
+            if n:
+                _HEAD.pack_into(mv, 0, MAGIC, n, plen)
+                struct.pack_into(f"<{n}Q", mv, _HEAD.size, *(b.nbytes for b in bufs))
+            o = hsize
+            for p in pieces:
+                mv[o:o + len(p)] = p
+                o += len(p)
             for o, b in zip(offsets, bufs):
                 mv[o:o + b.nbytes] = b
         finally:

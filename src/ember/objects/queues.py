@@ -38,6 +38,7 @@ _loads = _codec.loads
 _pdumps = pickle.dumps
 _ploads = pickle.loads
 _FLAT = _codec.FLAT
+_OOB_MIN = _codec.OOB_MIN
 _BadPickle = (pickle.UnpicklingError, EOFError)
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "MAX_CAPACITY", "UNBOUNDED_CAPACITY",
@@ -264,7 +265,9 @@ class Queue(_NamedHandle):
         """
         if self._fast_put and block and timeout is None:
             # the fast path: a small flat object pickled here, sent as it is
-            msg = _pdumps(obj, 5) if type(obj) in _FLAT else _dumps(obj, self._pool, None)
+            t = type(obj)
+            msg = _pdumps(obj, 5) if t in _FLAT and (t is not bytes or len(obj) < _OOB_MIN) \
+                else _dumps(obj, self._pool, None)
             if type(msg) is bytes:
                 self._send(msg, None)
                 return
