@@ -413,3 +413,36 @@ def _wait_free(pool, free, slack=8 << 20, timeout=30):
         time.sleep(0.05)
     return pool.stats()
 
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_a_child_killed_while_it_unpickles_a_large_argument_leaves_no_block(ember_runtime,
+                                                                             kind):
+    """A child SIGKILLed while it unpickles its 64 MiB argument (a plain
+    pickle, or a frame for a bytearray), or before, or after, leaves no block
+    in the default pool: the block it received is its own while it
+    unpickles (reclaimed by GS at its death).  Before, each such kill
+    left the 64 MiB block allocated until the runtime's end."""
+    import os
+    import signal
+    import time
+    from ember.objects import naming
+    pool = naming.default_pool()
+    big = kind(b"\x01" * (64 << 20))
+    p = ember.Process(target=_nbytes, args=(b"x",))
+    p.start()
+    p.join(60)
+    free = pool.stats().free
+    for delay in (0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05):
+        p = ember.Process(target=_nbytes, args=(big,))
+        p.start()
+        time.sleep(delay)
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.join(60)
+        assert p.exitcode in (0, -signal.SIGKILL)
+        p.close()
+    stats = _wait_free(pool, free)
+    assert stats.free >= free - (8 << 20), (free, stats)

@@ -253,6 +253,21 @@ cdef class _MessageBlock:
     def __len__(self):
         return <Py_ssize_t>self._a.size
 
+    def _hand(self, from_pid, to_pid):
+        """Hand the block from owner ``from_pid`` to ``to_pid`` (0: nobody,
+        as a received block is) in one step under the pool's mutex
+        (``ember_pool_take_owner``): a block its receiver owns is freed by
+        ``Pool.reclaim`` if the receiver dies holding it (GS reclaims a dead
+        process's blocks).  False, changing nothing, if ``from_pid`` does
+        not own it or it was released."""
+        cdef uint32_t src = from_pid, dst = to_pid
+        cdef ember_rc_t rc
+        if self._freed or self._owner is None or self._owner._pool == NULL:
+            return False
+        with nogil:
+            rc = ember_pool_take_owner(self._owner._pool, &self._a, src, dst)
+        return rc == EMBER_OK
+
 
 cdef object _view_of_alloc(Pool owner, ember_alloc_t a):
     cdef _MessageBlock blk = _MessageBlock.__new__(_MessageBlock)

@@ -41,6 +41,11 @@ freed when the last such view is released); ``bytearray`` copies, as its own
 pickled once more with them in band (small, so cheap), since a pool
 allocation costs more than the copy.
 
+**Deaths.**  A block made here is its sender's until it is sent
+(``Pool.reclaim``: GS frees it if the sender dies first); a received one
+is its receiver's while :func:`loads` unpickles it (:func:`_hold`), then
+freed, or for a frame whose views the object keeps, nobody's again.
+
 Frame layout (little endian): ``b"EMQF"``, u32 number of buffers n, u64
 pickle length, n x u64 buffer lengths; padded to 64; the pickle; each buffer
 at the next multiple of 64.  :func:`loads` checks every length against the
@@ -48,6 +53,7 @@ block: a malformed frame or a message that is not a pickle raises
 :class:`~ember.exceptions.MessageError` (an ``UnpicklingError``), never
 reads outside the block.
 """
+import os as _os
 import pickle
 import struct
 import sys as _sys
@@ -67,6 +73,7 @@ _MAX_BUFS = 1 << 20
 
 _pdumps = pickle.dumps
 _ploads = pickle.loads
+_getpid = _os.getpid
 _Pickler = pickle.Pickler
 #: A piece of a pickle (:func:`pickle_pieces`) longer than this is the
 #: data of one ``bytes`` (or ``str``) object, which the pickler writes apart
@@ -518,17 +525,33 @@ def not_ours(data, exc):
     return _bad(len(data), f"not an ember message ({type(exc).__name__}: {exc})")
 
 
+def _hold(data):
+    """Make the received block under the view ``data`` this process's
+    (:class:`Pool.reclaim <ember.pools_c.Pool>` frees it if the process
+    dies while it unpickles: a 100 MB argument takes ~30 ms); the pid, or
+    None when it is no block of a channel's (a view of another kind)."""
+    hand = getattr(data.obj, "_hand", None)
+    if hand is None:
+        return None
+    pid = _getpid()
+    return pid if hand(0, pid) else None
+
+
 def loads(data):
     """The object from a received message (``bytes``, or a memoryview over
     a pool block, which is released here unless the object keeps views of
     it).  :class:`MessageError` when the message is not one :func:`dumps`
-    made."""
+    made.  While it unpickles, the block is this process's (:func:`_hold`);
+    a frame's block, whose views the object may keep (numpy arrays over
+    it), is nobody's again afterwards, as a received block is (a process
+    forked from this one may use them after its death)."""
     if type(data) is bytes:
         try:
             return _ploads(data)
         except (pickle.UnpicklingError, EOFError) as exc:
             raise not_ours(data, exc) from None
     total = len(data)
+    held = _hold(data)
     if data[:4] != MAGIC:
         try:
             if data[:2] != b"\x80\x05":
@@ -559,7 +582,11 @@ def loads(data):
             b.release()
         data.release()
         raise
-    return _unpickle(data[hsize:hsize + plen], total, bufs)
+    try:
+        return _unpickle(data[hsize:hsize + plen], total, bufs)
+    finally:
+        if held is not None:
+            data.obj._hand(held, 0)
 
 
 def free_unsent(msg):
