@@ -340,3 +340,70 @@ def test_child_bootstrap_as_spawns(tmp_path):
     assert res.returncode == 0, res.stderr
     err = [ln for ln in res.stderr.splitlines() if not ln.startswith(("  File", "    "))]
     assert (sorted(res.stdout.splitlines()), sorted(err)) == BOOT_SPAWN, (res.stdout, res.stderr)
+
+
+def test_a_large_bytes_argument_is_copied_once_in_the_parent_and_freed_if_the_child_dies(
+        tmp_path):
+    """A 32 MiB ``bytes`` argument of an "ember"-method start, or of a
+    ``Pool`` task, is not copied into a whole pickle in the parent (the
+    process object's pickle and the pool's message in pieces, the large
+    ``bytes`` by reference, copied once into the message's pool block:
+    the parent's heap never holds a second copy); the child unpickles it
+    from the block.  Children killed at any point of that (the worker's
+    receive, the main module's run, the process object's unpickling, the
+    target) leave no block in the default pool."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, signal, time, tracemalloc
+        import ember
+        from ember.objects import naming
+
+        def nbytes(b, q):
+            q.put(len(b))
+
+        def nap(b):
+            time.sleep(60)
+
+        def peak(fn):
+            tracemalloc.start()
+            base = tracemalloc.get_traced_memory()[0]
+            try:
+                fn()
+                return tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            big = bytes(range(256)) * (1 << 17)
+            q = ctx.Queue()
+            p = ctx.Process(target=nbytes, args=(b"warm", q))    # (the runtime up)
+            p.start()
+            q.get(timeout=60)
+            p.join(60)
+            p = ctx.Process(target=nbytes, args=(big, q))
+            print("start", peak(p.start) < 1 << 20)
+            print("child", q.get(timeout=60) == len(big))
+            p.join(60)
+            with ctx.Pool(1) as pool:
+                print("pool", pool.apply(len, (big,)) == len(big))
+                print("apply", peak(lambda: pool.apply(len, (big,))) < 1 << 20)
+                print("result", pool.apply(bytes, (len(big),)) == bytes(len(big)))
+            dpool = naming.default_pool()
+            free = dpool.stats().free
+            big = big * 2
+            for delay in (0, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1):
+                p = ctx.Process(target=nap, args=(big,))
+                p.start()
+                time.sleep(delay)
+                p.kill()
+                p.join(60)
+            deadline = time.monotonic() + 30
+            while dpool.stats().free < free - (8 << 20) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            print("left", (free - dpool.stats().free) >> 20 < 8, p.exitcode)
+    """))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["start True", "child True", "pool True", "apply True",
+                                       "result True", "left True -9"], (res.stdout, res.stderr)

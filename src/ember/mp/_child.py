@@ -23,6 +23,7 @@ from multiprocessing import util as _util
 # (the labels only when tracing: a call of _t and its label's string cost a
 # child a copy-on-write fault or two each, even with tracing off)
 from .._trace import on as _tracing, t as _t
+from ..objects import _codec
 from . import _mainload, context
 
 #: In a child: ``(parent pid, fd)`` of the parent's resource tracker pipe.
@@ -387,6 +388,7 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     ``_mainload.run_key`` of its preload entry)."""
     if _tracing:
         _t("M.c_main")
+    _codec.hold_parts(obj_b)      # (a large one: its block ours until unpickled)
     _tracker[0] = tracker
     process = _process
     prep, config = _reduction.pickle.loads(prep_b)
@@ -397,7 +399,7 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
         _prepare(prep, main_code, prog_codes, entry)
         if _tracing:
             _t("M.c_prepared")
-        process_obj = _process_obj(_reduction.pickle.loads(obj_b), config)
+        process_obj = _process_obj(_codec.load_parts(obj_b), config)
         if _tracing:
             _t("M.c_obj")
     except SystemExit:

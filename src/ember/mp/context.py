@@ -265,29 +265,36 @@ _FP = reduction.ForkingPickler
 _fp_table = [None]      # (copyreg's table, ForkingPickler's reducers, the two merged)
 
 
-def _fp_dumps(obj):
-    """``bytes(reduction.ForkingPickler.dumps(obj))``, the same pickle
-    without making a ForkingPickler: a C pickler of the same protocol with
-    the same reducers (copyreg's table updated with ForkingPickler's),
-    merged once and again only when either table changed (compared by
-    value: a few entries).  ``ForkingPickler.dumps`` (its Python
-    ``__init__`` copies and updates the tables at every call) took 15-50
-    us of every start, a plain pickle of the same object 3-7.  A
-    ForkingPickler replaced in ``multiprocessing.reduction`` is used as
-    it is."""
+def _fp_pieces(obj):
+    """``reduction.ForkingPickler.dumps(obj)``, the same pickle without
+    making a ForkingPickler: a C pickler of the same protocol with the same
+    reducers (copyreg's table updated with ForkingPickler's), merged once
+    and again only when either table changed (compared by value: a few
+    entries), as a list of pieces (``_codec._Pieces``: each ``bytes`` of
+    64 KiB or more in the object a piece by reference, not copied; sent as
+    ``_codec.parts``).  ``ForkingPickler.dumps`` (its Python ``__init__``
+    copies and updates the tables at every call) took 15-50 us of every
+    start, a plain pickle of the same object 3-7.  A ForkingPickler
+    replaced in ``multiprocessing.reduction`` is used as it is."""
     fp = reduction.ForkingPickler
     if fp is not _FP:
-        return bytes(fp.dumps(obj))
+        return [bytes(fp.dumps(obj))]
     c = _fp_table[0]                    # (one read: Pool starts from several threads)
     if c is None or c[0] != copyreg.dispatch_table or c[1] != fp._extra_reducers:
         table = dict(copyreg.dispatch_table)
         table.update(fp._extra_reducers)
         c = _fp_table[0] = (dict(copyreg.dispatch_table), dict(fp._extra_reducers), table)
-    buf = io.BytesIO()
-    p = pickle.Pickler(buf)             # (ForkingPickler's protocol: the default)
+    from ..objects import _codec
+    out = _codec._Pieces()
+    p = pickle.Pickler(out)             # (ForkingPickler's protocol: the default)
     p.dispatch_table = c[2]
     p.dump(obj)
-    return buf.getvalue()
+    return out
+
+
+def _fp_dumps(obj):
+    """:func:`_fp_pieces` joined: ``bytes(ForkingPickler.dumps(obj))``."""
+    return b"".join(_fp_pieces(obj))
 
 
 #: [(what spawn's preparation data is made of, the data but its "name",
@@ -312,7 +319,9 @@ def _pickles(popen, process_obj):
     the config is equal.  Not cached while a logger is set (its level) or
     before a start method is (spawn's own call sets the default).
 
-    ``obj_b`` is then an ``EmberProcess``'s other attributes (its
+    ``obj_b`` (``_codec.parts``: ``bytes``, or with a large ``bytes``
+    in the object a tuple whose large pieces travel out of band, not copied
+    into a whole pickle first) is then an ``EmberProcess``'s other attributes (its
     ``__dict__`` but ``_config``), which is all pickle would write for it
     besides its class (``ember.mp._child`` rebuilds it as pickle would);
     the authkey's pickle was a third of the process object's.  Any other
@@ -349,11 +358,12 @@ def _pickles(popen, process_obj):
             # is, an argv changed in place would compare equal to it)
             kept = dict(prep, sys_argv=list(prep["sys_argv"])) if "sys_argv" in prep else prep
             _prep_c[0] = (made, kept, None if config is None else dict(config), prep_b)
+        from ..objects import _codec
         if config is not None:
             state = {k: v for k, v in state.items() if k != "_config"}
-            obj_b = _fp_dumps(state)
+            obj_b = _codec.parts(_fp_pieces(state))
         else:
-            obj_b = _fp_dumps(process_obj)
+            obj_b = _codec.parts(_fp_pieces(process_obj))
     finally:
         _mpctx.set_spawning_popen(None)
     return prep, prep_b, obj_b

@@ -40,6 +40,9 @@ import time
 
 from multiprocessing import pool as _pool
 
+from ..objects import _codec
+from . import context
+
 __all__ = ["Pool"]
 
 
@@ -62,14 +65,15 @@ class _Pipe:
         self._worker = worker     # unpickled in a worker (see get)
 
     def put(self, obj):
-        from multiprocessing.reduction import ForkingPickler
-        self._q.put(bytes(ForkingPickler.dumps(obj)))
+        # ForkingPickler's pickle in pieces: a large bytes object (a
+        # task's argument, a result) is copied once, into the message
+        # (_codec.parts), and once out of it (load_parts)
+        self._q.put(_codec.parts(context._fp_pieces(obj)))
 
     def get(self, *args, **kwargs):
-        from multiprocessing.reduction import ForkingPickler
         if self._worker and not args and not kwargs:
-            return ForkingPickler.loads(self._worker_get())
-        return ForkingPickler.loads(self._q.get(*args, **kwargs))
+            return _codec.load_parts(self._worker_get())
+        return _codec.load_parts(self._q.get(*args, **kwargs))
 
     def _worker_get(self):
         """A worker's wait for its next task, which ends in EOFError (the

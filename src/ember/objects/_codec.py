@@ -53,6 +53,7 @@ block: a malformed frame or a message that is not a pickle raises
 :class:`~ember.exceptions.MessageError` (an ``UnpicklingError``), never
 reads outside the block.
 """
+import io
 import os as _os
 import pickle
 import struct
@@ -62,8 +63,9 @@ import types as _types
 from ..exceptions import MessageError
 from ..pools_c import Allocation
 
-__all__ = ["dumps", "loads", "prepickled", "Prepickled", "not_ours", "FLAT", "pickle_bytes", "pickle_inband", "free_unsent", "OOB_MIN",
-           "MAGIC", "MessageError"]
+__all__ = ["dumps", "loads", "parts", "load_parts", "prepickled", "Prepickled", "not_ours",
+           "FLAT", "pickle_bytes", "pickle_inband", "free_unsent", "OOB_MIN", "MAGIC",
+           "MessageError"]
 
 #: Buffers smaller than this in all travel in band (a pool allocation costs more).
 OOB_MIN = 64 * 1024
@@ -587,6 +589,73 @@ def loads(data):
     finally:
         if held is not None:
             data.obj._hand(held, 0)
+
+
+def parts(pieces):
+    """A pickle made apart, in ``pieces`` (e.g. multiprocessing's
+    ``ForkingPickler`` writing into a :class:`_Pieces`), as an object to
+    send: one piece as it is (``bytes``), else a tuple of them with each
+    of 64 KiB or more a ``PickleBuffer`` (out of band: copied once, into
+    the message's frame, where a joined pickle would be copied twice).
+    :func:`load_parts` unpickles it where it arrives."""
+    if len(pieces) == 1:
+        return pieces[0]
+    return tuple(pickle.PickleBuffer(p) if len(p) >= OOB_MIN else p for p in pieces)
+
+
+class _Chain(io.RawIOBase):
+    """The concatenation of :func:`parts`' pieces as received (``bytes``
+    and memoryviews over a frame's block) as a file for ``pickle.load``,
+    which reads a large ``bytes`` object straight into it (one copy)."""
+
+    def __init__(self, pieces):
+        self._pieces, self._i, self._off = pieces, 0, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        pieces = self._pieces
+        while self._i < len(pieces):
+            p, off = pieces[self._i], self._off
+            n = min(len(b), len(p) - off)
+            if n > 0:
+                b[:n] = p[off:off + n]
+                self._off = off + n
+                return n
+            self._i, self._off = self._i + 1, 0
+        return 0
+
+
+def hold_parts(got):
+    """Make the block of what :func:`parts` made, as received, this
+    process's until :func:`load_parts` unpickles it (:func:`_hold`): for a
+    receiver that has steps to take before (the "ember" method's child
+    runs the main module first)."""
+    if type(got) is tuple:
+        for p in got:
+            if type(p) is memoryview:
+                _hold(p)
+                return
+
+
+def load_parts(got, load=pickle.load):
+    """The object of what :func:`parts` made, as received (``bytes``, or
+    a tuple of ``bytes`` and memoryviews over the frame's pool block): the
+    block is this process's while it unpickles (:func:`_hold`, unless
+    :func:`hold_parts` made it so before), and freed after (the views
+    released)."""
+    if type(got) is not tuple:
+        return _ploads(got)
+    views = [p for p in got if type(p) is memoryview]
+    held = _hold(views[0]) if views else None
+    try:
+        return load(io.BufferedReader(_Chain(got), 1 << 16))
+    finally:
+        if held is not None:
+            views[0].obj._hand(held, 0)     # (freed below unless kept elsewhere)
+        for v in views:
+            v.release()
 
 
 def free_unsent(msg):

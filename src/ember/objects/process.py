@@ -389,10 +389,11 @@ def _dump_call(target, args, kwargs, pool):
             return msg
         return _codec.dumps((target, args, kwargs), pool)
     # ``__main__`` inside an argument's bytes (the "ember" method's pickles
-    # of its process object) is data, not a global the C pickler would
-    # name: no cloudpickle for it (it would be imported in the parent for
-    # nothing, 2.7 MB)
-    return _codec.dumps((target, args, kwargs), pool, data_mains=args)
+    # of its process object, whole or in _codec.parts' tuple) is data, not
+    # a global the C pickler would name: no cloudpickle for it (it would be
+    # imported in the parent for nothing, 2.7 MB)
+    return _codec.dumps((target, args, kwargs), pool,
+                        data_mains=[x for a in args for x in (a if type(a) is tuple else (a,))])
 
 
 def _signal_name(sig):
