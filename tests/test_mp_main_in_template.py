@@ -39,6 +39,9 @@ def test_definition_only_top_levels_pass(source):
      "reads ENV"),
     ("from os import getpid as pid\nP = pid\n", "reads pid"),
     ("import os\nE = getattr(os, 'environ')\n", "reads getattr(os, 'environ')"),
+    ("import multiprocessing as mp\nCTX = mp.get_context()\n", "reads the start method"),
+    ("from multiprocessing import get_context\nCTX = get_context(None)\n",
+     "reads the start method"),
     ("def helper():\n    return 1\nX = helper()\n", "calls helper"),
     ("def dict():\n    pass\nx = dict()\n", "calls dict"),
     ("import sys\nsys.path.insert(0, 'lib')\n", "expression statement"),
@@ -452,3 +455,36 @@ def test_a_main_reading_the_environment_runs_in_each_child(tmp_path, method, var
                          capture_output=True, text=True, timeout=150)
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert res.stdout.splitlines() == ["/tmp/first", "/tmp/second"], (res.stdout, res.stderr)
+
+
+_DEFAULT_CONTEXT = """
+    import multiprocessing as mp
+    import sys
+
+    import ember
+
+    CTX = mp.get_context()
+
+    def report(q):
+        q.put(CTX.get_start_method())
+
+    if __name__ == "__main__":
+        mp.set_start_method(sys.argv[1], force=True)
+        q = mp.Queue()
+        p = mp.Process(target=report, args=(q,)); p.start()
+        print(q.get(timeout=60)); p.join(60)
+"""
+
+
+@pytest.mark.parametrize("method", ["ember", "spawn"])
+def test_a_main_taking_the_current_context_runs_in_each_child(tmp_path, method):
+    """``CTX = mp.get_context()`` at the top level (no method named): the
+    child's is the context of the start method the parent set, which
+    spawn's child sets before it runs the main module.  The check took any
+    ``get_context`` call for pure, the template ran the main with its own
+    start method, and every child's ``CTX`` was fork's."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent(_DEFAULT_CONTEXT))
+    res = subprocess.run([sys.executable, "prog.py", method], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=150)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == [method], (res.stdout, res.stderr)

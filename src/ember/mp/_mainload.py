@@ -393,6 +393,15 @@ class _Checker:
             if func == "getattr" and len(e.args) > 1 and isinstance(e.args[1], ast.Constant) \
                     and e.args[1].value in _UNSTABLE:
                 raise _Refused(f"line {e.lineno}: reads {ast.unparse(e)}")
+            if func == "multiprocessing.get_context":
+                # With no method named it is the current start method's
+                # context: the template's (fork), where spawn's child has set
+                # the parent's before it runs the main module.
+                method = e.args[0] if e.args else next(
+                    (k.value for k in e.keywords if k.arg == "method"), None)
+                if not (isinstance(method, ast.Constant) and isinstance(method.value, str)):
+                    raise _Refused(f"line {e.lineno}: reads the start method "
+                                   f"({ast.unparse(e)})")
             for a in e.args + [k.value for k in e.keywords]:
                 self.expr(a)
             return
