@@ -968,7 +968,7 @@ def test_claim_next_claims_and_leases_in_one_message(h, tmp_path):
     # bad create fields: a clear error, the claim made
     assert h.err(claim_next(b, args="no list")) == ("ProcessError", "args must be a list of str")
     assert not h.gs.procs[b].spare
-    assert h.err(claim_next(d, env={"A": 1})) == ("ProcessError", "env must map str to str")
+    assert h.err(claim_next(d, env={"A": 1})) == ("ProcessError", "env must map str to str (or None: removed)")
     assert h.gs.spares_of == {creator: {e}, other: {c}}
     # the creator exits while its next spare is being spawned: it is killed
     h.auto = False

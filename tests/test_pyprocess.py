@@ -2296,3 +2296,43 @@ def test_a_child_killed_inside_its_result_sends_hand_over_leaves_no_block(tmp_pa
         print("allocs", after - before)
     """)
     assert ok(res).splitlines() == ["-9", "-9", "-9", "allocs 0"], res.stderr.decode()[-3000:]
+
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_variable_the_parent_removed_is_absent_in_the_child(tmp_path, method):
+    """As spawn's child, an ember.Process child has the parent's
+    environment exactly: a variable of the runtime's environment the
+    parent removed (``del os.environ``, ``os.unsetenv``, which only the C
+    environment sees) is absent, whichever way the child starts (the
+    template's child or a shepherd spare, a lease made before or after the
+    removal, a fresh interpreter), and one set with ``os.putenv`` is
+    there.  Before, the child's environment was the runtime's plus the
+    parent's variables: a removed one came back."""
+    env = dict(os.environ, INHERIT_GONE_A="a", INHERIT_GONE_B="b", INHERIT_GONE_C="c",
+               INHERIT_KEPT="k")
+    prog = tmp_path / "prog.py"
+    prog.write_text(PRELUDE + f"ember.Process.start_method = {method!r}\n" + textwrap.dedent("""
+        def look():
+            return [os.environ.get(k) for k in ("INHERIT_GONE_A", "INHERIT_GONE_B",
+                                                "INHERIT_GONE_C", "INHERIT_KEPT", "INHERIT_PUT")]
+
+        def run():
+            p = ember.Process(target=look); p.start(); got = p.result(); p.join()
+            return got
+
+        print(run())
+        del os.environ["INHERIT_GONE_A"]
+        os.unsetenv("INHERIT_GONE_B")            # (os.environ still has it: spawn's child not)
+        os.putenv("INHERIT_PUT", "p")
+        for i in range(3):                        # fresh, then leased (made after the change)
+            print(i, run())
+        del os.environ["INHERIT_GONE_C"]          # after the lease was made
+        for i in range(3, 5):
+            print(i, run())
+    """))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path, env=env,
+                         capture_output=True, timeout=100)
+    assert ok(res).splitlines() == ["['a', 'b', 'c', 'k', None]"] + [
+        f"{i} [None, None, 'c', 'k', 'p']" for i in range(3)] + [
+        f"{i} [None, None, None, 'k', 'p']" for i in range(3, 5)], res.stdout.decode()

@@ -140,8 +140,9 @@ def test_a_spares_request_is_read_in_c_against_the_template_environment():
     request ``[args, envp, cwd]`` against the template's environment (NUL-
     ended ``K=V`` entries): the args, the cwd, and the envp entries the
     template lacks, as ``(key, value)`` to set (a key the template has is
-    replaced).  None (the spare unpacks the request itself) when an entry
-    of the template's is to be removed, or the request has another shape."""
+    replaced), then ``(key, None)`` for each key of the template's that
+    envp lacks (removed).  None (the spare unpacks the request itself)
+    when the request has another shape."""
     from ember.shepherd._spawn import spare_request
 
     env = b"A=1\0B=2\0EMBER_P_UID=0\0"
@@ -157,9 +158,15 @@ def test_a_spares_request_is_read_in_c_against_the_template_environment():
                          env) == (["a"], "", [(b"EMBER_P_UID", b"7"), (b"K", b"v=w"), (b"E", b"")])
     assert spare_request(req([], same, None), b"") == (
         [], None, [(b"A", b"1"), (b"B", b"2"), (b"EMBER_P_UID", b"0")])
-    # an entry to remove, or a key replaced but another missing: the caller's
-    assert spare_request(req(["a"], [b"A=1", b"EMBER_P_UID=0"], None), env) is None
-    assert spare_request(req(["a"], [b"A=1", b"A=3", b"EMBER_P_UID=0"], None), env) is None
+    # an entry to remove (a variable the parent removed), a key replaced and another removed
+    assert spare_request(req(["a"], [b"A=1", b"EMBER_P_UID=0"], None), env) == (
+        ["a"], None, [(b"B", None)])
+    assert spare_request(req(["a"], [b"A=3", b"EMBER_P_UID=5"], None), env) == (
+        ["a"], None, [(b"A", b"3"), (b"EMBER_P_UID", b"5"), (b"B", None)])
+    assert spare_request(req(["a"], [b"EMBER_P_UID=0"], None), b"A=1\0B=2\0EMBER_P_UID=0\0C\0") \
+        is None                                 # (a template entry without "=")
+    assert spare_request(req(["a"], [b"EMBER_P_UID=0"], None),
+                         b"".join(b"N%d=1\0" % i for i in range(17))) is None   # > 16 removals
     # other shapes: not str args, an entry without "=", a str envp entry is
     # fine, trailing or missing bytes, a non-UTF-8 arg, too many args
     m = req(["a"], same, None)
@@ -326,7 +333,7 @@ def test_spare_request_and_putenv_under_sanitizers(tmp_path):
             assert got is None, (msg, env)
             continue
         spans = [[tuple(int(x) for x in s.split(":")) for s in part.split()[1:]]
-                 for part in line[2:].split(" | ")[:2]]
+                 for part in line[2:].split(" | ")[:3]]
         cwd = line.rsplit(" | ", 1)[1]
         try:
             args = [msg[o:o + n].decode() for o, n in spans[0]]
@@ -334,10 +341,13 @@ def test_spare_request_and_putenv_under_sanitizers(tmp_path):
         except UnicodeDecodeError:
             assert got is None, (msg, env)          # the caller unpacks it
             continue
-        sets = [msg[o:o + n].partition(b"=")[::2] for o, n in spans[1]]
-        assert got == (args, cwd, sets), (msg, env)
+        sets = [tuple(msg[o:o + n].partition(b"=")[::2]) for o, n in spans[1]]
+        unsets = [env[o:o + n] for o, n in spans[2]]
+        assert got == (args, cwd, sets + [(k, None) for k in unsets]), (msg, env)
         made = dict(e.partition(b"=")[::2] for e in env.split(b"\0")[:-1])
         made.update(sets)
+        for k in unsets:
+            del made[k]
         want = _spare_expected(msg, env)
         if want is not None:
             assert (args, cwd, made) == want, (msg, env)

@@ -78,6 +78,37 @@ def take_reattach():
     return fn
 
 
+#: Names of the variables the runtime's environment, which every child of
+#: the shepherd starts from, may hold: this process's own at its start (its
+#: exec's, ``/proc/self/environ``, and at this module's import) and at the
+#: start of a runtime it made (:func:`note_environ`).  A child is to lack
+#: each of them that this process lacks (:func:`removed`).
+_known = set(os.environ)
+_known_exec = [False]
+
+
+def note_environ():
+    """At the start of a runtime this process makes: its environment is the
+    runtime's (the host is forked from it, or gets a copy)."""
+    _known.update(os.environ)
+
+
+def removed(env):
+    """The names of the variables the runtime's environment may hold that
+    ``env`` (this process's environment, a mapping) lacks: a child started
+    with ``env`` is to lack them too (a removal, as spawn's child lacks
+    what its parent removed), but the runtime's own (``EMBER_*``)."""
+    if not _known_exec[0]:
+        _known_exec[0] = True
+        try:
+            with open("/proc/self/environ", "rb") as f:
+                names = [kv.partition(b"=")[0] for kv in f.read().split(b"\0")]
+            _known.update(os.fsdecode(n) for n in names if n)
+        except (OSError, ValueError):
+            pass
+    return [k for k in _known if k not in env and not k.startswith("EMBER_")]
+
+
 def get(name, default=None):
     if _overrides is not None:
         return _overrides.get(name, default)

@@ -151,13 +151,17 @@ def _check_call(rec, token):
 
 
 def _apply(setenv, unsetenv, cwd):
-    """A spare's start: the environment and directory its call asks for."""
+    """A spare's start: the environment (a value None: removed) and
+    directory its call asks for."""
     if cwd:
         os.chdir(cwd)
     for k in unsetenv or ():
         os.environ.pop(k, None)
     for k, v in (setenv or {}).items():
-        os.environ[k] = v
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def run(call_sdesc, result_sdesc, spare=None):

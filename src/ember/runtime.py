@@ -627,6 +627,7 @@ def _start_host(*, name, detached, label, grace, default_pool_size, inf_pool_siz
         args += ["--detach"]
     else:
         args += ["--foreground", "--watch-pid", str(os.getpid())]
+    _env.note_environ()           # (the host's environment, its children's base)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBER_") or k in
            ("EMBER_LOG", "EMBER_SEGMENT_TAG", "EMBER_CONTROL_SPIN")}
     proc = None

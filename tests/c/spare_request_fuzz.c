@@ -7,7 +7,8 @@
  *       then the bytes: the message; the same: the template's environment)
  *       read into buffers of exactly its size (a read past either's end is
  *       ASan's), one line out per case: "-1", or "0 NARGS off:len...
- *       | NSETS off:len... | CWD" (CWD "nil" or off:len).
+ *       | NSETS off:len... | NUNSETS off:len (of the environment)... | CWD"
+ *       (CWD "nil" or off:len).
  *   spare_request_fuzz lease CASES     the same cases: one line each, "x" where
  *       ember_spare_request() refuses the case, else what
  *       ember_spare_lease_args() makes of it: "-1", or "TOKEN CALL RESULT"
@@ -17,7 +18,8 @@
  *       the text's length and padding): "-1", or the bytes in hex ("="
  *       for none).
  *   spare_request_fuzz putenv          the C environment made by
- *       ember_spare_putenv() over an environ of our own, then changed by
+ *       ember_spare_putenv() (entries set and removed) over an environ of
+ *       our own, then changed by
  *       setenv()/unsetenv() as os.environ does later: prints "ok: putenv".
  *
  * Prints "ok: N cases" first for request.  No processes, no shared memory:
@@ -74,6 +76,9 @@ static int _request(const char *path)
             fprintf(out, " | %zu", r.nsets);
             for (i = 0; i < r.nsets; i++)
                 fprintf(out, " %zu:%zu", r.sets[i].off, r.sets[i].len);
+            fprintf(out, " | %zu", r.nunsets);
+            for (i = 0; i < r.nunsets; i++)
+                fprintf(out, " %zu:%zu", r.unsets[i].off, r.unsets[i].len);
             if (r.cwd_nil)
                 fputs(" | nil\n", out);
             else
@@ -189,6 +194,11 @@ static int _putenv(void)
         return 1;
     environ = NULL;                              /* an empty environment */
     if (ember_spare_putenv(sets, 1) != 0 || strcmp(getenv("B"), "x=y") || environ[1] != NULL)
+        return 1;
+    /* "K" removes K (none: nothing), "B" not "BX"'s prefix */
+    char *rm[] = {strdup("BX=1"), strdup("B"), strdup("ZZ"), strdup("A=9")};
+    if (ember_spare_putenv(rm, 4) != 0 || getenv("B") != NULL || strcmp(getenv("BX"), "1")
+            || strcmp(getenv("A"), "9") || environ[2] != NULL)
         return 1;
     puts("ok: putenv");
     return 0;

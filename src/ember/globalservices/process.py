@@ -29,7 +29,8 @@ def create(exe, run_dir, args, env=None, user_name="", options=None, soft=False)
     current directory) as a managed process; return its
     :class:`ProcessDescriptor` once the OS process has started.
 
-    ``env`` adds to / overrides the runtime's environment.  With
+    ``env`` adds to / overrides the runtime's environment (a value None
+    removes that variable of the runtime's).  With
     ``soft=True`` and a ``user_name`` that names a live process, that
     process's descriptor is returned instead.  A start failure (missing
     file, not executable, bad run_dir) raises ProcessError with the OS
@@ -39,7 +40,7 @@ def create(exe, run_dir, args, env=None, user_name="", options=None, soft=False)
     ------
     ember.ProcessError
         A bad argument (``exe`` not a path, ``args`` not a list of str,
-        ``env`` not str to str, an unknown option), a ``user_name`` taken by
+        ``env`` not str to str or None, an unknown option), a ``user_name`` taken by
         a live process (without ``soft``), or a start failure.
     ember.GlobalServicesError
         Not inside a runtime.
@@ -52,8 +53,8 @@ def create(exe, run_dir, args, env=None, user_name="", options=None, soft=False)
     if not all(isinstance(a, str) for a in args):
         raise ProcessError("args must be a list of str")
     env = dict(env or {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise ProcessError("env must map str to str")
+    if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in env.items()):
+        raise ProcessError("env must map str to str (or None: removed)")
     run_dir = os.fspath(run_dir) if run_dir else os.getcwd()
     opts = ProcessOptions.coerce(options, "options")
     if user_name is None:

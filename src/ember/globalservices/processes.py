@@ -151,9 +151,10 @@ class ProcessesPart:
         if not isinstance(msg.args, list) or not all(isinstance(a, str) for a in msg.args):
             raise ProcessError("args must be a list of str")
         env = msg.env or {}
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+        if not isinstance(env, dict) or not all(isinstance(k, str) and (v is None or
+                                                                        isinstance(v, str))
                                                 for k, v in env.items()):
-            raise ProcessError("env must map str to str")
+            raise ProcessError("env must map str to str (or None: removed)")
         if not isinstance(msg.run_dir, str):
             raise ProcessError("run_dir must be a str")
         self._check_directives(msg.p_uid, env)

@@ -75,21 +75,34 @@ def _target_name(target):
     return f"{mod}.{qn}" if isinstance(mod, str) and mod else qn
 
 
-_environ_cache = [None, None]     # [os.environ's bytes mapping as it was, what it gave]
+_environ_cache = [(None, None)]   # [(the C environment's fingerprint, what it gave)]
+_environ_mark = None                # _spawn.environ_mark, bound at the first start
 
 
 def _environ():
-    """This process's environment (str to str) without ``EMBER_P_UID``, a
-    new dict.  Built again only when ``os.environ`` changed (compared as
-    its underlying bytes mapping, in C): decoding ~50 variables one by one
-    was ~0.1 ms of every start."""
-    data = getattr(os.environ, "_data", None)
-    c = _environ_cache
-    if data is not None and c[0] is not None and c[0] == data:
+    """This process's environment (str to str) without ``EMBER_P_UID``, and
+    None for each variable the runtime's environment may hold that it
+    lacks (:func:`ember._env.removed`: one it removed, which the child is
+    to lack too), a new dict.  Read from the C environment, which spawn's
+    child inherits (``os.environ``'s changes, ``os.putenv`` and
+    ``os.unsetenv`` alike); built again only when it changed (its
+    fingerprint, ``_spawn.environ_mark``, in C): decoding ~50 variables one
+    by one was ~0.1 ms of every start."""
+    global _environ_mark
+    if _environ_mark is None:
+        _environ_mark = _outboard._ext().environ_mark
+    mark = _environ_mark()
+    c = _environ_cache[0]                 # (one read: starts from several threads)
+    if c[0] == mark:
         return dict(c[1])
-    env = {k: v for k, v in os.environ.items() if k != _env.P_UID}
-    if type(data) is dict:
-        c[0], c[1] = dict(data), env
+    env = {}
+    for kv in _outboard._ext().environ_entries():
+        k, eq, v = kv.partition(b"=")
+        if eq and k:
+            env.setdefault(os.fsdecode(k), os.fsdecode(v))
+    env.pop(_env.P_UID, None)
+    env.update(dict.fromkeys(_env.removed(env)))
+    _environ_cache[0] = (mark, env)
     return dict(env)
 
 
@@ -355,7 +368,8 @@ _RUNTIME_VARS = frozenset((_env.P_UID, _env.KEY, _env.STDIN, _env.FORK_PY, _env.
 
 def _env_change(have, want):
     """(variables to set, variables to unset) to turn ``have`` into
-    ``want``, or (None, None) if they are equal; never one of
+    ``want`` (:func:`_environ`'s: a value None is a variable removed, set
+    to None), or (None, None) if they are equal; never one of
     :data:`_RUNTIME_VARS`."""
     if have == want:
         return None, None

@@ -89,6 +89,8 @@ cdef extern from "spares.h":
         ember_spare_span_t args[EMBER_SPARE_MAX_ARGS]
         size_t nsets
         ember_spare_span_t sets[EMBER_SPARE_MAX_SETS]
+        size_t nunsets
+        ember_spare_span_t unsets[EMBER_SPARE_MAX_SETS]
         int cwd_nil
         ember_spare_span_t cwd
     int ember_spare_putenv(char *const *entries, size_t n)

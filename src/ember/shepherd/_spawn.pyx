@@ -27,6 +27,7 @@ from libc.signal cimport SIGINT
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
            "serve_spares", "spare_wait", "exit_holder", "spare_request", "spare_setenv", "spare_name",
+           "environ_mark", "environ_entries",
            "set_in_clone", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap"]
 
@@ -352,9 +353,10 @@ def spare_name(bytes comm not None):
     ember_spare_name(PyBytes_AS_STRING(comm))
 
 
-cdef list _request_sets(const char *m, const ember_spare_request_t *r):
+cdef list _request_sets(const char *m, const char *env, const ember_spare_request_t *r):
     """The ``(key, value)`` bytes of each environment entry a request ``m``
-    sets (``r``, ember_spare_request's reading of it)."""
+    sets, then ``(key, None)`` for each key of the template's environment
+    ``env`` it removes (``r``, ember_spare_request's reading of it)."""
     cdef size_t i, k
     sets = []
     for i in range(r.nsets):
@@ -363,6 +365,9 @@ cdef list _request_sets(const char *m, const ember_spare_request_t *r):
         sets.append((PyBytes_FromStringAndSize(m + r.sets[i].off, <Py_ssize_t>k),
                      PyBytes_FromStringAndSize(m + r.sets[i].off + k + 1,
                                                <Py_ssize_t>(r.sets[i].len - k - 1))))
+    for i in range(r.nunsets):
+        sets.append((PyBytes_FromStringAndSize(env + r.unsets[i].off,
+                                               <Py_ssize_t>r.unsets[i].len), None))
     return sets
 
 
@@ -418,7 +423,7 @@ cdef object _lease_setup(bytes msg, tuple lease):
             PyUnicode_DecodeUTF8(m + r.cwd.off, <Py_ssize_t>r.cwd.len, NULL)
     except UnicodeDecodeError:
         return None
-    sets = _request_sets(m, &r)
+    sets = _request_sets(m, PyBytes_AS_STRING(env), &r)
     # From here on, done: a failure is the child's.
     if cwd is not None:
         path = PyBytes_FromStringAndSize(m + r.cwd.off, <Py_ssize_t>r.cwd.len)
@@ -440,9 +445,9 @@ def spare_request(bytes msg not None, bytes env not None):
     (its ``K=V`` entries, each ended by a NUL): ``(args, cwd, sets)``, the
     args a list of str, the cwd a str or None, ``sets`` the ``(key,
     value)`` bytes of each envp entry the template lacks (set in order: a
-    key the template has gets the new value).  None when that is not the
-    whole change (an entry of the template's to remove) or the request is
-    of another shape: the caller unpacks it itself (spares.h,
+    key the template has gets the new value), then ``(key, None)`` for
+    each of the template's keys envp lacks (removed).  None when the
+    request is of another shape: the caller unpacks it itself (spares.h,
     ember_spare_request).  No msgpack objects and no set operations in the
     spare's Python: each of them wrote pages it shares with the template."""
     cdef ember_spare_request_t r
@@ -458,18 +463,18 @@ def spare_request(bytes msg not None, bytes env not None):
                                                           <Py_ssize_t>r.cwd.len, NULL)
     except UnicodeDecodeError:
         return None
-    sets = _request_sets(m, &r)
+    sets = _request_sets(m, PyBytes_AS_STRING(env), &r)
     return args, cwd, sets
 
 
 def spare_setenv(list sets not None, dict data not None):
     """In a spare, set each ``(key, value)`` of ``sets`` (bytes, what
-    :func:`spare_request` returns) in the C environment
-    (``ember_spare_putenv``: one new ``environ`` array) and in ``data``,
-    ``os.environ``'s own mapping (``os.environ._data``: encoded key ->
-    encoded value), as ``os.environb[key] = value`` does, without its
-    Python code and setenv()'s writes to the template's pages.  The
-    entries' memory is never freed (the C environment points into it).
+    :func:`spare_request` returns; a value None removes the key) in the C
+    environment (``ember_spare_putenv``: one new ``environ`` array) and in
+    ``data``, ``os.environ``'s own mapping (``os.environ._data``: encoded
+    key -> encoded value), as ``os.environb[key] = value`` (``del``) does,
+    without its Python code and setenv()'s writes to the template's pages.
+    The entries' memory is never freed (the C environment points into it).
     ValueError for a key or value ``os.environb`` would refuse; MemoryError."""
     _setenv(sets, data)
 
@@ -483,12 +488,12 @@ cdef int _setenv(list sets, dict data) except -1:
     for k, v in sets:
         # (memchr, not ``b"=" in k``: bytes.__contains__ tries the operand
         # as an int first, a TypeError made and dropped each time)
-        if type(k) is not bytes or type(v) is not bytes or not k \
+        if type(k) is not bytes or (v is not None and type(v) is not bytes) or not k \
                 or memchr(PyBytes_AS_STRING(k), 61, len(k)) != NULL \
                 or memchr(PyBytes_AS_STRING(k), 0, len(k)) != NULL \
-                or memchr(PyBytes_AS_STRING(v), 0, len(v)) != NULL:
+                or (v is not None and memchr(PyBytes_AS_STRING(v), 0, len(v)) != NULL):
             raise ValueError(f"bad environment entry {k!r}={v!r}")
-        total += len(k) + len(v) + 2
+        total += len(k) + (len(v) + 2 if v is not None else 1)
     buf = <char *>malloc(total + 1)
     entries = <char **>malloc((n + 1) * sizeof(char *))
     if buf == NULL or entries == NULL:
@@ -501,10 +506,11 @@ cdef int _setenv(list sets, dict data) except -1:
         entries[i] = buf + off
         memcpy(buf + off, PyBytes_AS_STRING(k), len(k))
         off += len(k)
-        buf[off] = 61       # '='
-        off += 1
-        memcpy(buf + off, PyBytes_AS_STRING(v), len(v))
-        off += len(v)
+        if v is not None:               # (None: "K", removed)
+            buf[off] = 61       # '='
+            off += 1
+            memcpy(buf + off, PyBytes_AS_STRING(v), len(v))
+            off += len(v)
         buf[off] = 0
         off += 1
     rc = ember_spare_putenv(entries, n)
@@ -513,7 +519,10 @@ cdef int _setenv(list sets, dict data) except -1:
         free(buf)
         raise MemoryError()
     for k, v in sets:
-        data[k] = v
+        if v is None:
+            data.pop(k, None)
+        else:
+            data[k] = v
     return 0
 
 
@@ -701,3 +710,61 @@ def trim_heap():
     with nogil:
         r = ember_trim_heap()
     return r != 0
+
+
+# ------------------------------------------------------------- what a child inherits
+# (docs/python-processes.md, "What a child inherits"): the C environment as
+# spawn's child gets it.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    extern char **environ;
+
+    /* A fingerprint of the C environment: its array's address, its
+     * entries' addresses and count (FNV-1a over them).  glibc's setenv()
+     * never frees an entry it made (it keeps each "K=V" it made for a
+     * later set of the same value), so an unchanged fingerprint is an
+     * unchanged environment, unless a program wrote into an entry's
+     * characters itself. */
+    static uint64_t ember_environ_mark(void)
+    {
+        uint64_t h = 1469598103934665603ULL;
+        size_t i = 0;
+        uintptr_t a = (uintptr_t)environ;
+
+        for (;;) {
+            for (size_t b = 0; b < sizeof a; b++) {
+                h ^= (a >> (8 * b)) & 0xff;
+                h *= 1099511628211ULL;
+            }
+            if (environ == NULL || environ[i] == NULL)
+                break;
+            a = (uintptr_t)environ[i++];
+        }
+        return h ^ (uint64_t)i;
+    }
+
+    """
+    unsigned long long ember_environ_mark()
+    char **environ
+
+
+def environ_mark():
+    """A fingerprint of this process's C environment (the one spawn's child
+    inherits, ``os.environ``'s changes included): equal while it has not
+    changed (see the C comment)."""
+    return ember_environ_mark()
+
+
+def environ_entries():
+    """The C environment's entries, ``b"K=V"`` each, in order."""
+    cdef size_t i = 0
+    out = []
+    if environ == NULL:
+        return out
+    while environ[i] != NULL:
+        out.append(<bytes>environ[i])
+        i += 1
+    return out
+
+

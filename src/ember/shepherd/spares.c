@@ -490,9 +490,19 @@ int ember_spare_request(const char *msg, size_t len, const char *env, size_t env
             if (lens[j] >= klen && memcmp(env + starts[j], kv, klen) == 0)
                 kept[j] = 1;                        /* replaced */
     }
-    for (j = 0; j < nenv; j++)
-        if (!kept[j])
-            return -1;                              /* to be removed: the caller's */
+    out->nunsets = 0;
+    for (j = 0; j < nenv; j++) {
+        const char *eq;
+
+        if (kept[j])
+            continue;
+        eq = memchr(env + starts[j], '=', lens[j]);
+        if (eq == NULL || out->nunsets == EMBER_SPARE_MAX_SETS)
+            return -1;
+        out->unsets[out->nunsets].off = starts[j];  /* to be removed: its key */
+        out->unsets[out->nunsets].len = (size_t)(eq - (env + starts[j]));
+        out->nunsets++;
+    }
     if (p < end && *p == 0xc0) {                    /* cwd */
         out->cwd_nil = 1;
         p++;
@@ -522,10 +532,16 @@ int ember_spare_putenv(char *const *entries, size_t n)
     count = have;
     for (i = 0; i < n; i++) {
         const char *eq = strchr(entries[i], '=');
-        size_t klen = eq == NULL ? strlen(entries[i]) : (size_t)(eq - entries[i]) + 1;
-        for (j = 0; j < count; j++)
-            if (strncmp(next[j], entries[i], klen) == 0)
+        size_t klen = eq == NULL ? strlen(entries[i]) : (size_t)(eq - entries[i]);
+
+        for (j = 0; j < count; j++)             /* the entry of its key: "K=" */
+            if (strncmp(next[j], entries[i], klen) == 0 && next[j][klen] == '=')
                 break;
+        if (eq == NULL) {                       /* "K": removed (the last moved in) */
+            if (j < count)
+                next[j] = next[--count];
+            continue;
+        }
         next[j] = entries[i];
         if (j == count)
             count++;

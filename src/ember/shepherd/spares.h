@@ -148,6 +148,8 @@ typedef struct {
     ember_spare_span_t args[EMBER_SPARE_MAX_ARGS];
     size_t nsets;                                   /* envp items the template lacks */
     ember_spare_span_t sets[EMBER_SPARE_MAX_SETS];
+    size_t nunsets;                                 /* the template's keys envp lacks */
+    ember_spare_span_t unsets[EMBER_SPARE_MAX_SETS];    /* (spans of env, not msg) */
     int cwd_nil;                                    /* cwd: nil (1) or the span */
     ember_spare_span_t cwd;
 } ember_spare_request_t;
@@ -156,23 +158,25 @@ typedef struct {
  * items, envp ``K=V`` items, str or bin, cwd nil, str or bin) against the
  * environment the spare has from its template, ``env`` (``env_len`` bytes:
  * its ``K=V`` entries, each ended by a NUL; at most EMBER_SPARE_MAX_ENV):
- * the args, the cwd, and the envp items that are not among the template's
+ * the args, the cwd, the envp items that are not among the template's
  * entries (``sets``: each to be set, replacing the template's value of its
- * key if it has one).  Returns 0 when that is the whole change: every
- * entry of the template's is in envp, or has its key set by one of
- * ``sets``, so none is to be removed.  Returns -1 (``out`` unspecified)
- * when the caller must unpack the request itself: an entry to remove, more
- * args or sets than the limits, items of other types, a malformed or
- * truncated message.  No allocation, no system call. */
+ * key if it has one), and the keys of the template's entries that envp
+ * has no entry for (``unsets``, spans of ``env``: each to be removed; a
+ * parent that removed a variable of the runtime's environment).  Returns
+ * 0, or -1 (``out`` unspecified) when the caller must unpack the request
+ * itself: more args, sets or unsets than the limits, items of other
+ * types, a malformed or truncated message.  No allocation, no system
+ * call. */
 int ember_spare_request(const char *msg, size_t len, const char *env, size_t env_len,
                         ember_spare_request_t *out);
 
 /* Put the ``n`` entries ``K=V`` (NUL-ended, kept by the caller for the
  * life of the process) in the C environment, each replacing the entry of
- * its key or appended: in one new array made ``environ``, with none of
- * setenv()'s copies and search tree, whose writes to the template's C heap
- * cost a spare ~12 copy-on-write faults a variable.  Single-threaded
- * callers only (a spare).  0, or -1 (errno ENOMEM; nothing changed). */
+ * its key or appended; an entry ``K`` (no '=') removes the entry of its
+ * key: in one new array made ``environ``, with none of setenv()'s copies
+ * and search tree, whose writes to the template's C heap cost a spare ~12
+ * copy-on-write faults a variable.  Single-threaded callers only (a
+ * spare).  0, or -1 (errno ENOMEM; nothing changed). */
 int ember_spare_putenv(char *const *entries, size_t n);
 
 /* Set the process's comm (the calling thread's: a spare's only one). */
