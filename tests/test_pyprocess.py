@@ -1825,7 +1825,7 @@ def test_a_lease_given_anything_but_its_call_exits_silently(tmp_path):
         def call(lease, token, x):
             msg = _codec.dumps((f, (x,), {}), _default_pool())
             extra = (sys.path + ["/lease-path"], {"LEASE_VAR": "v"}, None,
-                     os.path.abspath("sub"), token)
+                     os.path.abspath("sub"), token, None)
             _pickling.send_record(lease.res.call, _pickling.KIND_CALL, msg,
                                   extra=pickle.dumps(extra))
 
@@ -2336,3 +2336,48 @@ def test_a_variable_the_parent_removed_is_absent_in_the_child(tmp_path, method):
     assert ok(res).splitlines() == ["['a', 'b', 'c', 'k', None]"] + [
         f"{i} [None, None, 'c', 'k', 'p']" for i in range(3)] + [
         f"{i} [None, None, None, 'k', 'p']" for i in range(3, 5)], res.stdout.decode()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_child_has_the_parents_process_state_as_at_its_start(tmp_path, method):
+    """As spawn's child, an ember.Process child has the parent's umask, nice
+    value, CPU affinity and resource limits as they are at its start, set
+    by the parent after the runtime came up, whichever way it starts (the
+    template's child or a shepherd spare, a lease, a fresh interpreter).
+    Before, it had the template's."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(PRELUDE + f"ember.Process.start_method = {method!r}\n" + textwrap.dedent("""
+        import resource
+
+        def state():
+            m = os.umask(0o077)
+            os.umask(m)
+            return (oct(m), os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)),
+                    resource.getrlimit(resource.RLIMIT_NOFILE),
+                    resource.getrlimit(resource.RLIMIT_CORE),
+                    resource.getrlimit(resource.RLIMIT_FSIZE))
+
+        def run():
+            p = ember.Process(target=state); p.start(); got = p.result(); p.join()
+            return got
+
+        before = state()
+        print("unchanged", run() == before)
+        cpus = sorted(os.sched_getaffinity(0))
+        os.umask(0o027)
+        os.nice(2)
+        if len(cpus) > 1:
+            os.sched_setaffinity(0, cpus[:1])
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, resource.RLIM_INFINITY))
+        now = state()
+        print("changed", now[:2], now[2] != before[2] or len(cpus) == 1)
+        for i in range(4):                        # fresh, then leased
+            print(i, run() == now)
+    """))
+    res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                         capture_output=True, timeout=100)
+    assert ok(res).splitlines() == ["unchanged True", "changed ('0o27', 2) True"] + [
+        f"{i} True" for i in range(4)], res.stdout.decode()

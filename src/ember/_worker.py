@@ -29,7 +29,7 @@ import os
 import select
 import sys
 
-from . import _env, _trace
+from . import _env, _outboard, _trace
 
 _mods = None
 
@@ -143,7 +143,7 @@ def _check_call(rec, token):
         if rec.kind != P.KIND_CALL:
             return None
         extra = pickle.loads(rec.extra)
-        if not isinstance(extra, tuple) or len(extra) != 5 or extra[4] != token:
+        if not isinstance(extra, tuple) or len(extra) != 6 or extra[4] != token:
             return None
     except Exception:
         return None
@@ -233,10 +233,13 @@ def lease(call_sdesc, result_sdesc, token, pool, rename=None):
 
 def _run_call(call, res, rec, extra, traced=True):
     """Run the call of the record ``rec`` that came on ``call`` (detached
-    here; the record's data taken from it), with its ``extra``: a spare's
-    ``(path, setenv, unsetenv, cwd, token)`` (applied), else ``sys.path``;
-    send the outcome on ``res``; return the exit code.  ``traced``: its
-    trace points recorded (not in :func:`rehearse`)."""
+    here; the record's data taken from it), with its ``extra``: ``(path,
+    setenv, unsetenv, cwd, token, state)`` (applied: a spare's
+    environment and directory, and the parent's process state, the umask,
+    nice value, CPU affinity and resource limits, where it differs:
+    ``_spawn.proc_state_apply``), or ``sys.path`` alone (another node's
+    start); send the outcome on ``res``; return the exit code.
+    ``traced``: its trace points recorded (not in :func:`rehearse`)."""
     _codec, P, pickle = _imports()[1:]
     traced = traced and _trace.on
     if traced:
@@ -245,10 +248,12 @@ def _run_call(call, res, rec, extra, traced=True):
     data, rec.data = rec.data, None
     call.detach()
     if type(extra) is tuple:
-        path, setenv, unsetenv, cwd, _ = extra
+        path, setenv, unsetenv, cwd, _, state = extra
         sys.path[:] = path
         try:
             _apply(setenv, unsetenv, cwd)
+            if state is not None:
+                _state_apply(state)
         except BaseException as exc:
             _send_exception(res, exc, _format_tb(exc, _run_call.__code__))
             return 1
@@ -351,7 +356,7 @@ def rehearse(pool):
         for _ in range(2):
             made.append(Channel.create(pool, capacity=2, block_size=1024, owned=True))
             attached.append(Channel.attach(made[-1].sdesc))
-        extra = (list(sys.path), None, None, None, "")
+        extra = (list(sys.path), None, None, None, "", None)
         rec = P.Record(P.KIND_CALL, pickle.dumps(extra),
                        _codec.dumps((here["rehearsal"], (), {}), pool))
         _run_call(*attached, rec, _check_call(rec, ""), False)
@@ -367,6 +372,12 @@ def rehearse(pool):
         except Exception:
             pass
         here.clear()
+
+
+def _state_apply(state):
+    """The parent's process state (``_spawn.proc_state``) made this
+    process's where it differs (``_spawn.proc_state_apply``)."""
+    _outboard._ext().proc_state_apply(state)
 
 
 _USAGE = ("usage: python -m ember._worker [--template] [--preload=M,...] [--spare=TOKEN] "

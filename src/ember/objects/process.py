@@ -885,7 +885,8 @@ class Process:
         setenv, unsetenv = _env_change(lease.env, want)
         cwd = os.path.abspath(here) if self._cwd else here
         extra = pickle.dumps((list(sys.path), setenv, unsetenv,
-                              None if cwd == lease.cwd else cwd, lease.token))
+                              None if cwd == lease.cwd else cwd, lease.token,
+                              _outboard._ext().proc_state()))
         try:
             P.send_record(res.call, P.KIND_CALL, msg, extra=extra)
         except BaseException:
@@ -919,7 +920,8 @@ class Process:
             except BaseException:
                 _codec.free_unsent(msg)
                 raise
-            P.send_record(res.call, P.KIND_CALL, msg, extra=pickle.dumps(list(sys.path)))
+            P.send_record(res.call, P.KIND_CALL, msg, extra=pickle.dumps(
+                (list(sys.path), None, None, None, None, _outboard._ext().proc_state())))
             del msg
             args = args + [_env.encode(res.call.sdesc), _env.encode(res.result.sdesc)]
             env = _environ()

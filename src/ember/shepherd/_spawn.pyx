@@ -17,7 +17,7 @@ from time import monotonic as _monotonic
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, free
@@ -27,7 +27,7 @@ from libc.signal cimport SIGINT
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
            "serve_spares", "spare_wait", "exit_holder", "spare_request", "spare_setenv", "spare_name",
-           "environ_mark", "environ_entries",
+           "environ_mark", "environ_entries", "proc_state", "proc_state_note", "proc_state_apply",
            "set_in_clone", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap"]
 
@@ -714,10 +714,17 @@ def trim_heap():
 
 # ------------------------------------------------------------- what a child inherits
 # (docs/python-processes.md, "What a child inherits"): the C environment as
-# spawn's child gets it.
+# spawn's child gets it, and the process state spawn's child inherits
+# (umask, nice value, CPU affinity, resource limits), read in the parent
+# at each start and applied in the child where it differs.
 cdef extern from *:
     """
+    #include <sched.h>
     #include <stdint.h>
+    #include <string.h>
+    #include <sys/resource.h>
+    #include <sys/stat.h>
+    #include <errno.h>
     extern char **environ;
 
     /* A fingerprint of the C environment: its array's address, its
@@ -744,9 +751,92 @@ cdef extern from *:
         return h ^ (uint64_t)i;
     }
 
+    /* The state spawn's child inherits, as one comparable block. */
+    #define EMBER_NLIMITS 16
+    typedef struct {
+        uint32_t umask;
+        int32_t nice;
+        unsigned char cpus[sizeof(cpu_set_t)];
+        struct { uint64_t cur, max; } lim[EMBER_NLIMITS];   /* RLIMIT_CPU .. RLIMIT_RTTIME */
+    } ember_pstate_t;
+
+    /* The umask last seen: read by setting it to that value, so that a
+     * process whose umask did not change never has another one, even for
+     * an instant another thread could see (there is no getumask()). */
+    static mode_t ember_umask_seen = 022;
+
+    static int ember_pstate_read(ember_pstate_t *s)
+    {
+        cpu_set_t cpus;
+        mode_t m = umask(ember_umask_seen);
+
+        if (m != ember_umask_seen) {
+            umask(m);
+            ember_umask_seen = m;
+        }
+        memset(s, 0, sizeof *s);
+        s->umask = (uint32_t)m;
+        errno = 0;
+        s->nice = getpriority(PRIO_PROCESS, 0);
+        if (errno != 0)
+            return -1;
+        CPU_ZERO(&cpus);
+        if (sched_getaffinity(0, sizeof cpus, &cpus) != 0)
+            return -1;
+        memcpy(s->cpus, &cpus, sizeof cpus);
+        for (int r = 0; r < EMBER_NLIMITS && r < RLIM_NLIMITS; r++) {
+            struct rlimit rl;
+            if (getrlimit(r, &rl) != 0)
+                return -1;
+            s->lim[r].cur = rl.rlim_cur;
+            s->lim[r].max = rl.rlim_max;
+        }
+        return 0;
+    }
+
+    /* Make this process's state ``want``'s where ``have`` (its own) differs:
+     * 0, or the step that failed (errno set): 1 umask, 2 nice, 3 affinity,
+     * 4 + r the limit r.  Limits first, a lowered hard limit included
+     * (a raised one needs a privilege: EPERM, as setrlimit() says). */
+    static int ember_pstate_apply(const ember_pstate_t *want, const ember_pstate_t *have)
+    {
+        for (int r = 0; r < EMBER_NLIMITS && r < RLIM_NLIMITS; r++) {
+            if (want->lim[r].cur != have->lim[r].cur || want->lim[r].max != have->lim[r].max) {
+                struct rlimit rl = {(rlim_t)want->lim[r].cur, (rlim_t)want->lim[r].max};
+                if (setrlimit(r, &rl) != 0)
+                    return 4 + r;
+            }
+        }
+        if (want->umask != have->umask) {
+            umask((mode_t)want->umask);
+            ember_umask_seen = (mode_t)want->umask;
+        }
+        if (want->nice != have->nice && setpriority(PRIO_PROCESS, 0, want->nice) != 0)
+            return 2;
+        if (memcmp(want->cpus, have->cpus, sizeof want->cpus) != 0) {
+            cpu_set_t cpus;
+            memcpy(&cpus, want->cpus, sizeof cpus);
+            if (sched_setaffinity(0, sizeof cpus, &cpus) != 0)
+                return 3;
+        }
+        return 0;
+    }
+
+    /* The template's state, noted before its children are cloned: a child
+     * compares the parent's with it without a system call (nor a write to
+     * a page it shares with the template). */
+    static ember_pstate_t ember_pstate_noted;
+    static int ember_pstate_have_noted = 0;
     """
     unsigned long long ember_environ_mark()
     char **environ
+    ctypedef struct ember_pstate_t:
+        pass
+    int ember_pstate_read(ember_pstate_t *s)
+    int ember_pstate_apply(const ember_pstate_t *want, const ember_pstate_t *have)
+    ember_pstate_t ember_pstate_noted
+    int ember_pstate_have_noted
+    int EMBER_NLIMITS
 
 
 def environ_mark():
@@ -768,3 +858,57 @@ def environ_entries():
     return out
 
 
+def proc_state():
+    """The state a spawn child inherits from this process (umask, nice
+    value, CPU affinity, the resource limits), as bytes (equal bytes,
+    equal state), for :func:`proc_state_apply` in the child; None if it
+    is the template's as noted (this process is a child of the template
+    that has changed none of it: nothing to ship).  OSError if it cannot
+    be read."""
+    cdef ember_pstate_t s
+    if ember_pstate_read(&s) != 0:
+        raise OSError(errno, os.strerror(errno))
+    if ember_pstate_have_noted and memcmp(&s, &ember_pstate_noted, sizeof(s)) == 0:
+        return None
+    return PyBytes_FromStringAndSize(<const char *>&s, sizeof(s))
+
+
+def proc_state_note():
+    """In the template, before it clones: note its state (what its children
+    start with) for :func:`proc_state_apply`."""
+    global ember_pstate_have_noted
+    if ember_pstate_read(&ember_pstate_noted) == 0:
+        ember_pstate_have_noted = 1
+
+
+_LIMIT_NAMES = ("RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE",
+                "RLIMIT_RSS", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS",
+                "RLIMIT_LOCKS", "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE", "RLIMIT_NICE",
+                "RLIMIT_RTPRIO", "RLIMIT_RTTIME")
+
+
+def proc_state_apply(bytes want not None):
+    """Make this process's state ``want`` (:func:`proc_state`'s bytes, the
+    parent's at its start) where it differs from the state it has: the
+    template's noted one if this is its child and nothing changed it
+    (compared without a system call), else read.  OSError naming what
+    could not be set (a raised hard limit or a lower nice value need a
+    privilege the process may lack)."""
+    cdef ember_pstate_t have
+    cdef const ember_pstate_t *w = <const ember_pstate_t *>PyBytes_AS_STRING(want)
+    cdef int step
+    if <size_t>len(want) != sizeof(ember_pstate_t):
+        raise ValueError("not a process state")
+    if ember_pstate_have_noted:
+        if memcmp(w, &ember_pstate_noted, sizeof(ember_pstate_t)) == 0:
+            return
+        memcpy(&have, &ember_pstate_noted, sizeof(ember_pstate_t))
+    elif ember_pstate_read(&have) != 0:
+        raise OSError(errno, os.strerror(errno))
+    step = ember_pstate_apply(w, &have)
+    if step == 0:
+        return
+    e = errno
+    what = ("", "the umask", "the nice value", "the CPU affinity")[step] if step < 4 \
+        else _LIMIT_NAMES[step - 4] if step - 4 < len(_LIMIT_NAMES) else f"resource limit {step - 4}"
+    raise OSError(e, f"cannot set {what} to the parent's: {os.strerror(e)}")

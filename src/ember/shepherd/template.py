@@ -80,7 +80,8 @@ from .._trace import t as _t
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import LEASED_COMM, _scan, fd_ready as _fd_ready, lease as _lease_worker, \
     main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
-from ._spawn import exit_holder as _exit_holder, trim_heap as _trim_heap
+from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
+    trim_heap as _trim_heap
 from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
     set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
     spare_request as _spare_request, spare_setenv as _spare_setenv, spare_wait as _spare_wait, \
@@ -798,10 +799,13 @@ def _freeze():
 
 def _take_environ():
     """Take the template's environment as its children compare theirs
-    against it (:data:`_environ_kv`, :data:`_environ_blob`)."""
+    against it (:data:`_environ_kv`, :data:`_environ_blob`), and what else
+    they compare with their parent's: its process state (umask, nice,
+    CPU affinity, resource limits: ``_spawn.proc_state_note``)."""
     global _environ_kv, _environ_blob
     _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
     _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
+    _proc_state_note()
 
 
 #: The template's environment as ``b"K=V"`` items, taken by :func:`_take_environ`
