@@ -2381,3 +2381,37 @@ def test_a_child_has_the_parents_process_state_as_at_its_start(tmp_path, method)
                          capture_output=True, timeout=100)
     assert ok(res).splitlines() == ["unchanged True", "changed ('0o27', 2) True"] + [
         f"{i} True" for i in range(4)], res.stdout.decode()
+
+@pytest.mark.parametrize("options", [[], ["-O", "-W", "error::UserWarning"]])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_child_has_the_parents_interpreter_options(tmp_path, method, options):
+    """A child runs with the parent's interpreter options as spawn's does
+    (``-O``: ``__debug__`` and asserts; ``-W``; what
+    ``subprocess._args_from_interpreter_flags`` gives): a template child
+    whose parent's options are not the template's execs a fresh interpreter
+    with them (``sys.flags`` cannot change after start-up), at each start
+    and for a lease; one whose options are the template's stays the
+    template's child.  Before, ``-O`` and ``-W`` were the template's."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(PRELUDE + f"ember.Process.start_method = {method!r}\n" + textwrap.dedent("""
+        def flags():
+            import subprocess
+            try:
+                assert False
+                asserts = False
+            except AssertionError:
+                asserts = True
+            return (subprocess._args_from_interpreter_flags(), __debug__, asserts,
+                    "ember.shepherd.template" in sys.modules)
+
+        import subprocess
+        mine = subprocess._args_from_interpreter_flags()
+        for i in range(4):                        # fresh, then leased
+            p = ember.Process(target=flags); p.start(); got = p.result(); p.join()
+            print(i, got[0] == mine, got[1:])
+    """))
+    res = subprocess.run([sys.executable, *options, "-m", "ember", "run", str(prog)],
+                         cwd=tmp_path, capture_output=True, timeout=100)
+    debug = not options
+    forked = method == "template" and not options
+    assert ok(res).splitlines() == [f"{i} True ({debug}, {debug}, {forked})" for i in range(4)]

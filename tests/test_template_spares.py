@@ -359,20 +359,24 @@ def _lease_cases():
     """Lease requests (``[args, envp, cwd]``, the template's environment
     empty) whose worker arguments vary: the usual ones, ``--template`` and
     ``--preload=`` anywhere, no token, two tokens, an empty one, one, two or
-    three others, args[0] not ``-m``, too few args."""
+    three others, args[0] not ``-m``, too few args, the template's
+    ``--flags=-B`` (mostly), other ones, none, two."""
     import random
 
     rnd = random.Random(20261205)
     words = ["--template", "--preload=a,b", "--preload=", "--spare=t0k", "--spare=", "--spare=2nd",
-             "Q0FMTA==", "UkVTVUxU", "x", "--other", "-m", "é"]
+             "Q0FMTA==", "UkVTVUxU", "x", "--other", "-m", "é", "--flags=-B", "--flags=",
+             "--flags=-O", "--flags=-B\x1f-O"]
     cases = []
-    for _ in range(600):
+    for _ in range(1500):
         args = [rnd.choice(["-m", "-m", "-m", "-c", "", "-mm"])]
         args += [rnd.choice(["ember._worker", "x"])] if rnd.random() < 0.95 else []
         args += [rnd.choice(words) for _ in range(rnd.randrange(0, 7))]
+        if rnd.random() < 0.7:
+            args.insert(rnd.randrange(min(2, len(args)), len(args) + 1), "--flags=-B")
         cases.append(msgpack.packb([args, [], rnd.choice([None, "/d"])], use_bin_type=True))
-    cases.append(msgpack.packb([["-m", "ember._worker", "--template", "--spare=abc", "Q0FMTA==",
-                                 "UkVTVUxU"], [b"A=1"], None], use_bin_type=True))
+    cases.append(msgpack.packb([["-m", "ember._worker", "--template", "--flags=-B", "--spare=abc",
+                                 "Q0FMTA==", "UkVTVUxU"], [b"A=1"], None], use_bin_type=True))
     return cases
 
 
@@ -406,7 +410,8 @@ def _b64_cases():
 def test_a_leases_arguments_and_base64_read_in_c_under_sanitizers(tmp_path):
     """ember_spare_lease_args (a lease's worker arguments: the first
     ``--spare=`` token, then exactly CALL and RESULT, ``--template`` and
-    ``--preload=`` skipped, args[0] ``-m``) and ember_spare_b64_decode,
+    ``--preload=`` skipped, args[0] ``-m``, one ``--flags=`` that is the
+    template's, here ``-B``) and ember_spare_b64_decode,
     built with ASan + UBSan, each input in a buffer of exactly its size:
     where they give a result it is what ember._worker's argument scan and
     binascii's strict base64 give; where they refuse, the Python path does,
@@ -443,7 +448,9 @@ def test_a_leases_arguments_and_base64_read_in_c_under_sanitizers(tmp_path):
             _, _, token, rest = _worker._scan(args[2:])
         except SystemExit:
             token = rest = None
-        want = None if token is None or rest is None or args[:1] != ["-m"] else (token, *rest)
+        flags = [a[8:] for a in args[2:] if a[:8] == "--flags="]
+        want = None if token is None or rest is None or args[:1] != ["-m"] or flags != ["-B"] \
+            else (token, *rest)
         if line == "x":
             continue                        # (not read in C: more args than its limit)
         got = None if line == "-1" else tuple(

@@ -1,6 +1,6 @@
 """Entry point of a Python process started by ``ember.Process``.
 
-    python -m ember._worker [--template] [--preload=m1,m2] [--spare=TOKEN] CALL RESULT
+    python -m ember._worker [--template] [--preload=m1,m2] [--flags=F] [--spare=TOKEN] CALL RESULT
 
 ``CALL`` and ``RESULT`` are base64 channel descriptors.  The parent has
 already sent the whole call record (target, args, kwargs; see
@@ -13,6 +13,9 @@ the code of ``SystemExit`` if the target exits.
 ``--template`` and ``--preload`` are read by the shepherd's warm template
 (``ember.shepherd.template``), which forks this process and calls
 :func:`main` in the fork; started as a fresh interpreter they are ignored.
+``--flags=F``: the parent's interpreter options (:func:`interpreter_flags`);
+a template child whose template has other ones execs a fresh interpreter
+with them (:func:`fresh_argv`), as spawn runs its child.
 
 ``--spare=TOKEN``: a *spare* that ``ember.Process`` leased ahead of its
 next start (docs/python-processes.md, "How a start works").  The call is
@@ -108,12 +111,20 @@ def _send_exception(res, exc, tb_text, prefix=b""):
 LEASED_COMM = b"ember-leased"
 
 
+#: A lease started in a fresh interpreter (:func:`main`): its own comm, taken
+#: back once its call has come (it is named LEASED_COMM until then).
+_fresh_comm = None
+
+
 def _name(comm=None):
     """Set this process's comm to ``comm`` (None: the template's, which a
-    child has while it runs); nothing if not forked from the template."""
+    child has while it runs, or a fresh lease's own); nothing if not
+    forked from the template nor a fresh lease."""
     tmpl = sys.modules.get("ember.shepherd.template")
     if tmpl is not None and tmpl._template_comm:
         tmpl._comm(comm or tmpl._template_comm)
+    elif _fresh_comm is not None:
+        _outboard._ext().spare_name(comm or _fresh_comm)
 
 
 def _wait_call(reader, token):
@@ -380,8 +391,47 @@ def _state_apply(state):
     _outboard._ext().proc_state_apply(state)
 
 
-_USAGE = ("usage: python -m ember._worker [--template] [--preload=M,...] [--spare=TOKEN] "
-          "CALL RESULT")
+#: What separates the interpreter options in ``--flags=`` (none holds it).
+FLAGS_SEP = "\x1f"
+_flags_c = [None]
+
+
+def interpreter_flags():
+    """The interpreter options spawn gives its child, as this process has
+    them (multiprocessing's ``util._args_from_interpreter_flags``:
+    ``sys.flags``, ``-W``, ``-X``), joined by :data:`FLAGS_SEP` ("" for
+    none): the text of the worker's ``--flags=``.  Made again only when
+    ``sys.warnoptions`` or ``sys._xoptions`` changed (``sys.flags``
+    cannot)."""
+    c = _flags_c[0]
+    xo = getattr(sys, "_xoptions", None)
+    if c is None or c[0] != sys.warnoptions or c[1] != xo:
+        from subprocess import _args_from_interpreter_flags
+        c = _flags_c[0] = (list(sys.warnoptions), dict(xo or {}),
+                           FLAGS_SEP.join(_args_from_interpreter_flags()))
+    return c[2]
+
+
+def flags_of(argv):
+    """The ``--flags=`` text of the worker's ``argv`` ("" if none)."""
+    for a in argv:
+        if a[:8] == "--flags=":
+            return a[8:]
+    return ""
+
+
+def fresh_argv(argv, flags):
+    """The command line that runs the worker's ``argv`` in a fresh
+    interpreter with the options ``flags`` (:func:`interpreter_flags`'s
+    text): what a template child whose parent's options are not the
+    template's execs (``sys.flags`` cannot change after start-up)."""
+    return ([sys.executable] + (flags.split(FLAGS_SEP) if flags else []) + ["-m", "ember._worker"]
+            + [a for a in argv if a != "--template" and a[:10] != "--preload="
+               and a[:8] != "--flags="])
+
+
+_USAGE = ("usage: python -m ember._worker [--template] [--preload=M,...] [--flags=F] "
+          "[--spare=TOKEN] CALL RESULT")
 
 
 def _scan(argv):
@@ -400,6 +450,8 @@ def _scan(argv):
         elif a[:8] == "--spare=":
             if token is None:
                 token = a[8:]
+        elif a[:8] == "--flags=":
+            pass                        # (the template's: fresh_argv)
         else:
             rest.append(a)
     if len(rest) != 2:
@@ -432,8 +484,16 @@ def spare_token(argv):
 
 def main(argv=None):
     """Run one call; return the process exit code."""
+    global _fresh_comm
     argv = sys.argv[1:] if argv is None else argv
-    return run(*_run_args(argv))
+    args = _run_args(argv)
+    if args[2] is not None and "ember.shepherd.template" not in sys.modules:
+        # a lease in a fresh interpreter (its parent's options were not the
+        # template's: fresh_argv): named as the template's are until its call
+        with open("/proc/self/comm", "rb") as f:
+            _fresh_comm = f.read().rstrip(b"\n")
+        _name(LEASED_COMM)
+    return run(*args)
 
 
 if __name__ == "__main__":

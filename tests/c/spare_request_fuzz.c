@@ -11,8 +11,8 @@
  *       (CWD "nil" or off:len).
  *   spare_request_fuzz lease CASES     the same cases: one line each, "x" where
  *       ember_spare_request() refuses the case, else what
- *       ember_spare_lease_args() makes of it: "-1", or "TOKEN CALL RESULT"
- *       (each off:len).
+ *       ember_spare_lease_args() makes of it with the template's options
+ *       "-B": "-1", or "TOKEN CALL RESULT" (each off:len).
  *   spare_request_fuzz b64 CASES       each case (u32 length, the text) decoded by
  *       ember_spare_b64_decode() into a buffer of exactly its size (from
  *       the text's length and padding): "-1", or the bytes in hex ("="
@@ -118,7 +118,7 @@ static int _lease(const char *path)
             memcpy(e, env, elen);
         if (ember_spare_request(m, mlen, e, elen, &r) != 0)
             puts("x");
-        else if (ember_spare_lease_args(m, &r, &tok, &call, &res) != 0)
+        else if (ember_spare_lease_args(m, &r, "-B", 2, &tok, &call, &res) != 0)
             puts("-1");
         else
             printf("%zu:%zu %zu:%zu %zu:%zu\n", tok.off, tok.len, call.off, call.len, res.off,

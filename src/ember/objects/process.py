@@ -19,7 +19,7 @@ import sys
 import threading
 import weakref
 
-from .. import _env, _outboard, _roles
+from .. import _env, _outboard, _roles, _worker
 from ..descriptors import ProcessOptions
 from ..exceptions import ChannelError, ProcessDied, ProcessError, RemoteError, RemoteTraceback
 from . import _codec, _pickling as P
@@ -146,29 +146,38 @@ def _lease_key():
     return (os.getpid(), _env.get(_env.RUNTIME_ID), _env.get(_env.DEFAULT_POOL))
 
 
-#: ``(Process._preload, Process._quiet_preload, the template's worker argv)``
-#: of the last start (the tuples held: their ids cannot be reused).
+#: ``(Process._preload, Process._quiet_preload, the interpreter options'
+#: text, the template's worker argv)`` of the last start (the tuples held:
+#: their ids cannot be reused).
 _argv_c = [None]
 
 
 def _worker_argv(method):
-    """The worker's argv for ``method`` (a new list).  The template's,
-    with its ``--preload=`` text (~2 KB under the "ember" mp method, which
-    preloads the parent's library modules), is made again only when either
-    preload tuple was replaced (``preload`` and the mp method replace
-    them, never change them in place)."""
+    """The worker's argv for ``method`` (a new list), with this process's
+    interpreter options (``_worker.interpreter_flags``, what spawn gives
+    its child): in front for a fresh interpreter, as ``--flags=`` for the
+    template (whose child, if they are not the template's, execs a fresh
+    interpreter with them).  The template's, with its ``--preload=`` text
+    (~2 KB under the "ember" mp method, which preloads the parent's library
+    modules), is made again only when either preload tuple was replaced
+    (``preload`` and the mp method replace them, never change them in
+    place) or the options changed (``-W`` and ``-X`` are lists a program
+    may change)."""
+    flags = _worker.interpreter_flags()
     if method != "template":
-        return ["-m", "ember._worker"]
+        return (flags.split(_worker.FLAGS_SEP) if flags else []) + ["-m", "ember._worker"]
     if not _cp_offered[0] and "cloudpickle" in sys.modules:
         _offer_cloudpickle()
     pre, quiet = Process._preload, Process._quiet_preload
     c = _argv_c[0]                      # (one read: starts from several threads)
-    if c is None or c[0] is not pre or c[1] is not quiet:
+    if c is None or c[0] is not pre or c[1] is not quiet or c[2] != flags:
         args = ["-m", "ember._worker", "--template"]
         if pre or quiet:
             args.append("--preload=" + ",".join(pre + quiet))
-        c = _argv_c[0] = (pre, quiet, args)
-    return list(c[2])
+        if flags:
+            args.append("--flags=" + flags)
+        c = _argv_c[0] = (pre, quiet, flags, args)
+    return list(c[3])
 
 
 _cp_offered = [False]
@@ -975,6 +984,9 @@ class Process:
                     pre += ("?cloudpickle",)
                 if pre:
                     args.append("--preload=" + ",".join(pre))
+                flags = _worker.interpreter_flags()       # (the parent's, as here)
+                if flags:
+                    args.append("--flags=" + flags)
             args += [_env.encode(res.call_sdesc), _env.encode(res.result_sdesc)]
             env = _environ()
             env.update(self._env)

@@ -98,8 +98,8 @@ cdef extern from "spares.h":
                             ember_spare_request_t *out)
     void ember_spare_name(const char *comm)
     int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
-                               ember_spare_span_t *token, ember_spare_span_t *call,
-                               ember_spare_span_t *result)
+                               const char *flags, size_t flags_len, ember_spare_span_t *token,
+                               ember_spare_span_t *call, ember_spare_span_t *result)
     long ember_spare_b64_decode(const char *text, size_t len, unsigned char *out, size_t cap)
     void ember_spare_wait_adopted() nogil
 

@@ -388,7 +388,8 @@ cdef bytes _b64(const char *text, size_t n):
 cdef object _lease_setup(bytes msg, tuple lease):
     """A lease's set-up up to the wait for its call, in C (spares.h): the
     worker's arguments read (ember_spare_lease_args: the token, CALL and
-    RESULT decoded), the environment set (the entries that differ from the
+    RESULT decoded; its ``--flags=`` the template's, ``lease[4]``), the
+    environment set (the entries that differ from the
     template's ``env``, in C and in ``data``, ``os.environ``'s mapping), the
     directory changed, SIGINT's handler set (``set_signal(SIGINT,
     handler)``), the wait until the shepherd has given it its process group
@@ -405,10 +406,12 @@ cdef object _lease_setup(bytes msg, tuple lease):
     cdef ember_spare_span_t tok, cs, rs
     cdef const char *m = PyBytes_AS_STRING(msg)
     cdef bytes env = lease[0]
+    cdef bytes flags = lease[4]
     cdef size_t i
     if ember_spare_request(m, <size_t>len(msg), PyBytes_AS_STRING(env), <size_t>len(env),
                            &r) != 0 \
-            or ember_spare_lease_args(m, &r, &tok, &cs, &rs) != 0:
+            or ember_spare_lease_args(m, &r, PyBytes_AS_STRING(flags), <size_t>len(flags),
+                                      &tok, &cs, &rs) != 0:
         return None
     call = _b64(m + cs.off, cs.len)
     result = _b64(m + rs.off, rs.len)

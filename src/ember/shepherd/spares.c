@@ -609,13 +609,14 @@ long ember_spare_b64_decode(const char *text, size_t len, unsigned char *out, si
 }
 
 int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
-                           ember_spare_span_t *token, ember_spare_span_t *call,
-                           ember_spare_span_t *result)
+                           const char *flags, size_t flags_len, ember_spare_span_t *token,
+                           ember_spare_span_t *call, ember_spare_span_t *result)
 {
-    static const char tmpl[] = "--template", preload[] = "--preload=", spare[] = "--spare=";
+    static const char tmpl[] = "--template", preload[] = "--preload=", spare[] = "--spare=",
+                      fl[] = "--flags=";
     ember_spare_span_t rest[2];
     size_t i, nrest = 0;
-    int have_token = 0;
+    int have_token = 0, have_flags = 0;
 
     if (msg == NULL || req == NULL || req->nargs < 2 || req->args[0].len != 2
             || memcmp(msg + req->args[0].off, "-m", 2) != 0)
@@ -628,6 +629,13 @@ int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
             continue;
         if (k >= sizeof preload - 1 && memcmp(a, preload, sizeof preload - 1) == 0)
             continue;
+        if (k >= sizeof fl - 1 && memcmp(a, fl, sizeof fl - 1) == 0) {
+            if (have_flags || k - (sizeof fl - 1) != flags_len
+                    || (flags_len && memcmp(a + sizeof fl - 1, flags, flags_len) != 0))
+                return -1;                      /* not the template's: a fresh interpreter */
+            have_flags = 1;
+            continue;
+        }
         if (k >= sizeof spare - 1 && memcmp(a, spare, sizeof spare - 1) == 0) {
             if (!have_token) {
                 token->off = req->args[i].off + (sizeof spare - 1);
@@ -640,7 +648,7 @@ int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
             return -1;
         rest[nrest++] = req->args[i];
     }
-    if (!have_token || nrest != 2)
+    if (!have_token || nrest != 2 || (!have_flags && flags_len != 0))
         return -1;
     *call = rest[0];
     *result = rest[1];

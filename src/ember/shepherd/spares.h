@@ -197,10 +197,13 @@ void ember_spare_name(const char *comm);
  * worker's arguments (args[2:], as ember._worker reads them: ``--template`` and
  * ``--preload=...`` skipped, the first ``--spare=TOKEN``, then exactly two
  * others, CALL and RESULT): their spans in ``msg``.  0, or -1 when they are
- * not of that shape (the caller's Python reads them). */
+ * not of that shape (the caller's Python reads them) or their interpreter
+ * options are not the template's: ``--flags=F`` (at most once; none: F
+ * empty) with F other than ``flags`` (``flags_len`` bytes; the Python path
+ * runs the worker in a fresh interpreter with them). */
 int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
-                           ember_spare_span_t *token, ember_spare_span_t *call,
-                           ember_spare_span_t *result);
+                           const char *flags, size_t flags_len, ember_spare_span_t *token,
+                           ember_spare_span_t *call, ember_spare_span_t *result);
 
 /* Decode the base64 ``text`` (``len`` bytes: a multiple of 4, the standard
  * alphabet, '=' only as the last group's padding, no bits set in it) into

@@ -78,8 +78,9 @@ from .._trace import t as _t
 # import in a function resolves its package through ModuleSpec.parent,
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
-from .._worker import LEASED_COMM, _scan, fd_ready as _fd_ready, lease as _lease_worker, \
-    main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
+from .._worker import LEASED_COMM, _scan, fd_ready as _fd_ready, flags_of as _flags_of, \
+    fresh_argv as _fresh_argv, interpreter_flags as _interpreter_flags, \
+    lease as _lease_worker, main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
 from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
@@ -801,11 +802,13 @@ def _take_environ():
     """Take the template's environment as its children compare theirs
     against it (:data:`_environ_kv`, :data:`_environ_blob`), and what else
     they compare with their parent's: its process state (umask, nice,
-    CPU affinity, resource limits: ``_spawn.proc_state_note``)."""
-    global _environ_kv, _environ_blob
+    CPU affinity, resource limits: ``_spawn.proc_state_note``) and its
+    interpreter options (:data:`_flags`)."""
+    global _environ_kv, _environ_blob, _flags
     _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
     _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
     _proc_state_note()
+    _flags = _interpreter_flags()
 
 
 #: The template's environment as ``b"K=V"`` items, taken by :func:`_take_environ`
@@ -815,6 +818,10 @@ _environ_kv = None
 #: The same, each item ended by a NUL, for a spare's request read in C
 #: (:func:`_spare_main`, ``_spawn.spare_request``).
 _environ_blob = None
+#: The template's interpreter options (``_worker.interpreter_flags``): a
+#: child whose parent's (its worker's ``--flags=``) differ execs a fresh
+#: interpreter with those (:func:`_child`).
+_flags = ""
 
 
 def _set_env(envp):
@@ -933,6 +940,16 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
                 _spare_setenv(env_sets, os.environ._data)
             step = "wait for the shepherd"
             _wait_adopted()
+            flags = _flags_of(args[2:])
+            if flags != _flags:
+                # sys.flags cannot change after start-up: the parent's
+                # options are had as spawn has them, in a fresh interpreter
+                # (this process, its p_uid, stdio, directory, environment)
+                step = "start a fresh interpreter with the parent's options " + repr(flags)
+                for f in (sys.stdout, sys.stderr):
+                    f.flush()
+                argv = _fresh_argv(args[2:], flags)
+                os.execv(argv[0], argv)
         step = "run"
         if _trace.on:           # (a label's call and string: pages a child writes)
             _t("C.run")
@@ -1253,11 +1270,14 @@ def _spare_names():
     the shepherd reports no death for it), and otherwise once its request
     is in (the template's; None if unknown: then it is not renamed); and
     what a lease's set-up in C needs (the template's environment, its
-    ``os.environ`` mapping, SIGINT's handler), None where the request is
+    ``os.environ`` mapping, SIGINT's handler, its interpreter options'
+    text: a lease whose ``--flags=`` are other goes the Python way, to a
+    fresh interpreter), None where the request is
     read in Python (no frozen environment)."""
     lease = None
     if _environ_blob is not None and isinstance(getattr(os.environ, "_data", None), dict):
-        lease = (_environ_blob, os.environ._data, signal.signal, signal.default_int_handler)
+        lease = (_environ_blob, os.environ._data, signal.signal, signal.default_int_handler,
+                 os.fsencode(_flags))
     return SPARE_COMM, LEASED_COMM, _template_comm or None, lease
 
 

@@ -1,0 +1,78 @@
+"""What an "ember" child inherits from its parent at its start: what a
+spawn child does (docs/multiprocessing.md, "Differences"), checked against
+spawn in the same run."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_child_has_what_a_spawn_child_has(tmp_path):
+    """A parent run with ``-O -W error::UserWarning`` that, after its first
+    start, sets its umask, nice value, CPU affinity and resource limits and
+    removes variables (``del os.environ``, ``os.unsetenv``): each "ember"
+    child, a lease or not, has what a spawn child started just before has
+    (the interpreter options, ``__debug__`` and asserts included), and a
+    Pool's workers too.  Before, it had the template's: umask 022, nice 0,
+    both CPUs, the template's limits, no -O nor -W, and the removed
+    variables back."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, resource, sys
+        import ember
+
+        def state(_=None):
+            m = os.umask(0o077)
+            os.umask(m)
+            try:
+                assert False
+                asserts = False
+            except AssertionError:
+                asserts = True
+            return (oct(m), os.getpriority(os.PRIO_PROCESS, 0), sorted(os.sched_getaffinity(0)),
+                    [resource.getrlimit(r) for r in (resource.RLIMIT_NOFILE,
+                                                     resource.RLIMIT_CORE, resource.RLIMIT_FSIZE)],
+                    sys.flags.optimize, __debug__, asserts, sys.warnoptions,
+                    [os.environ.get(k) for k in ("INHERIT_MP_A", "INHERIT_MP_B", "INHERIT_MP_C")])
+
+        def put(q):
+            q.put(state())
+
+        def child(ctx):
+            q = ctx.Queue()
+            p = ctx.Process(target=put, args=(q,)); p.start()
+            got = q.get(timeout=60); p.join()
+            return got, p.exitcode
+
+        if __name__ == "__main__":
+            spawn, em = mp.get_context("spawn"), mp.get_context("ember")
+            print("first", child(em) == child(spawn))
+            os.umask(0o027)
+            os.nice(1)
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) > 1:
+                os.sched_setaffinity(0, cpus[-1:])
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 200), hard))
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, resource.RLIM_INFINITY))
+            del os.environ["INHERIT_MP_A"]
+            os.unsetenv("INHERIT_MP_B")
+            want = child(spawn)
+            print("spawn", want[0][:2], want[0][4:])
+            for i in range(4):                    # fresh, then leased
+                print(i, child(em) == want)
+            with em.Pool(2) as pool:
+                print("pool", set(map(repr, pool.map(state, range(4)))) == {repr(want[0])})
+    """))
+    env = dict(os.environ, INHERIT_MP_A="a", INHERIT_MP_B="b", INHERIT_MP_C="c")
+    res = subprocess.run([sys.executable, "-O", "-W", "error::UserWarning", "prog.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "first True",
+        "spawn ('0o27', 1) (1, False, False, ['error::UserWarning'], [None, None, 'c'])",
+        "0 True", "1 True", "2 True", "3 True", "pool True"], (res.stdout, res.stderr)
