@@ -366,9 +366,10 @@ def _lease_cases():
     rnd = random.Random(20261205)
     words = ["--template", "--preload=a,b", "--preload=", "--spare=t0k", "--spare=", "--spare=2nd",
              "Q0FMTA==", "UkVTVUxU", "x", "--other", "-m", "é", "--flags=-B", "--flags=",
-             "--flags=-O", "--flags=-B\x1f-O"]
+             "--flags=-O", "--flags=-B\x1f-O", "--flags=-B\x1e-O", "--flags=\x1e-B",
+             "--flags=-O\x1e-B"]
     cases = []
-    for _ in range(1500):
+    for _ in range(3000):
         args = [rnd.choice(["-m", "-m", "-m", "-c", "", "-mm"])]
         args += [rnd.choice(["ember._worker", "x"])] if rnd.random() < 0.95 else []
         args += [rnd.choice(words) for _ in range(rnd.randrange(0, 7))]
@@ -410,8 +411,8 @@ def _b64_cases():
 def test_a_leases_arguments_and_base64_read_in_c_under_sanitizers(tmp_path):
     """ember_spare_lease_args (a lease's worker arguments: the first
     ``--spare=`` token, then exactly CALL and RESULT, ``--template`` and
-    ``--preload=`` skipped, args[0] ``-m``, one ``--flags=`` that is the
-    template's, here ``-B``) and ember_spare_b64_decode,
+    ``--preload=`` skipped, args[0] ``-m``, one ``--flags=`` whose key, up
+    to a 0x1e, is the template's, here ``-B``) and ember_spare_b64_decode,
     built with ASan + UBSan, each input in a buffer of exactly its size:
     where they give a result it is what ember._worker's argument scan and
     binascii's strict base64 give; where they refuse, the Python path does,
@@ -448,7 +449,7 @@ def test_a_leases_arguments_and_base64_read_in_c_under_sanitizers(tmp_path):
             _, _, token, rest = _worker._scan(args[2:])
         except SystemExit:
             token = rest = None
-        flags = [a[8:] for a in args[2:] if a[:8] == "--flags="]
+        flags = [a[8:].partition("\x1e")[0] for a in args[2:] if a[:8] == "--flags="]
         want = None if token is None or rest is None or args[:1] != ["-m"] or flags != ["-B"] \
             else (token, *rest)
         if line == "x":

@@ -13,9 +13,10 @@ the code of ``SystemExit`` if the target exits.
 ``--template`` and ``--preload`` are read by the shepherd's warm template
 (``ember.shepherd.template``), which forks this process and calls
 :func:`main` in the fork; started as a fresh interpreter they are ignored.
-``--flags=F``: the parent's interpreter options (:func:`interpreter_flags`);
-a template child whose template has other ones execs a fresh interpreter
-with them (:func:`fresh_argv`), as spawn runs its child.
+``--flags=F``: the parent's interpreter options (:func:`interpreter_flags`:
+their key, then the options); a template child whose template's key is
+another execs a fresh interpreter with them (:func:`fresh_argv`), as spawn
+runs its child.
 
 ``--spare=TOKEN``: a *spare* that ``ember.Process`` leased ahead of its
 next start (docs/python-processes.md, "How a start works").  The call is
@@ -393,23 +394,57 @@ def _state_apply(state):
 
 #: What separates the interpreter options in ``--flags=`` (none holds it).
 FLAGS_SEP = "\x1f"
+#: What ends the options' key in ``--flags=KEY<FLAGS_KEY_END>OPTIONS``.
+FLAGS_KEY_END = "\x1e"
+#: The ``sys.flags`` fields spawn's options come from (subprocess.
+#: _args_from_interpreter_flags), besides ``-W`` and ``-X``.
+_FLAG_FIELDS = ("debug", "dont_write_bytecode", "no_site", "verbose", "bytes_warning", "quiet",
+                "optimize", "isolated", "ignore_environment", "no_user_site", "safe_path",
+                "dev_mode")
 _flags_c = [None]
 
 
+def flags_key():
+    """What this interpreter's options are made of (the ``sys.flags`` that
+    spawn passes, ``sys.warnoptions``, ``sys._xoptions``), as text; ""
+    for none.  Equal keys, equal options (an option spawn does not pass,
+    an ``-X`` of another kind, makes keys differ: a fresh interpreter for
+    nothing, never a wrong one).  Made without an import: the template's,
+    at each freeze, compared by its children and its leases' C set-up
+    (``subprocess``, which spawn's own function is in, would cost the
+    template its modules and mappings)."""
+    f = sys.flags
+    vals = [getattr(f, n, 0) for n in _FLAG_FIELDS]
+    xo = getattr(sys, "_xoptions", None) or {}
+    if not any(vals) and not sys.warnoptions and not xo:
+        return ""
+    return repr((vals, sys.warnoptions, sorted(xo.items())))
+
+
 def interpreter_flags():
-    """The interpreter options spawn gives its child, as this process has
-    them (multiprocessing's ``util._args_from_interpreter_flags``:
-    ``sys.flags``, ``-W``, ``-X``), joined by :data:`FLAGS_SEP` ("" for
-    none): the text of the worker's ``--flags=``.  Made again only when
+    """This process's interpreter options as the worker's ``--flags=``
+    carries them: their key (:func:`flags_key`), then after
+    :data:`FLAGS_KEY_END` the options spawn gives its child
+    (multiprocessing's ``util._args_from_interpreter_flags``), joined by
+    :data:`FLAGS_SEP`; "" for none.  Made again only when
     ``sys.warnoptions`` or ``sys._xoptions`` changed (``sys.flags``
     cannot)."""
     c = _flags_c[0]
     xo = getattr(sys, "_xoptions", None)
     if c is None or c[0] != sys.warnoptions or c[1] != xo:
-        from subprocess import _args_from_interpreter_flags
-        c = _flags_c[0] = (list(sys.warnoptions), dict(xo or {}),
-                           FLAGS_SEP.join(_args_from_interpreter_flags()))
+        key = flags_key()
+        text = ""
+        if key:
+            from subprocess import _args_from_interpreter_flags
+            text = key + FLAGS_KEY_END + FLAGS_SEP.join(_args_from_interpreter_flags())
+        c = _flags_c[0] = (list(sys.warnoptions), dict(xo or {}), text)
     return c[2]
+
+
+def options_of(flags):
+    """The interpreter options (a list) of an :func:`interpreter_flags` text."""
+    opts = flags.partition(FLAGS_KEY_END)[2]
+    return opts.split(FLAGS_SEP) if opts else []
 
 
 def flags_of(argv):
@@ -422,10 +457,10 @@ def flags_of(argv):
 
 def fresh_argv(argv, flags):
     """The command line that runs the worker's ``argv`` in a fresh
-    interpreter with the options ``flags`` (:func:`interpreter_flags`'s
+    interpreter with the options of ``flags`` (:func:`interpreter_flags`'s
     text): what a template child whose parent's options are not the
     template's execs (``sys.flags`` cannot change after start-up)."""
-    return ([sys.executable] + (flags.split(FLAGS_SEP) if flags else []) + ["-m", "ember._worker"]
+    return ([sys.executable] + options_of(flags) + ["-m", "ember._worker"]
             + [a for a in argv if a != "--template" and a[:10] != "--preload="
                and a[:8] != "--flags="])
 

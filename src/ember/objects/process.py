@@ -165,7 +165,7 @@ def _worker_argv(method):
     may change)."""
     flags = _worker.interpreter_flags()
     if method != "template":
-        return (flags.split(_worker.FLAGS_SEP) if flags else []) + ["-m", "ember._worker"]
+        return _worker.options_of(flags) + ["-m", "ember._worker"]
     if not _cp_offered[0] and "cloudpickle" in sys.modules:
         _offer_cloudpickle()
     pre, quiet = Process._preload, Process._quiet_preload

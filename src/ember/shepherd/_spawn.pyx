@@ -388,7 +388,7 @@ cdef bytes _b64(const char *text, size_t n):
 cdef object _lease_setup(bytes msg, tuple lease):
     """A lease's set-up up to the wait for its call, in C (spares.h): the
     worker's arguments read (ember_spare_lease_args: the token, CALL and
-    RESULT decoded; its ``--flags=`` the template's, ``lease[4]``), the
+    RESULT decoded; its ``--flags=`` key the template's, ``lease[4]``), the
     environment set (the entries that differ from the
     template's ``env``, in C and in ``data``, ``os.environ``'s mapping), the
     directory changed, SIGINT's handler set (``set_signal(SIGINT,

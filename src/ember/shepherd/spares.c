@@ -630,8 +630,11 @@ int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
         if (k >= sizeof preload - 1 && memcmp(a, preload, sizeof preload - 1) == 0)
             continue;
         if (k >= sizeof fl - 1 && memcmp(a, fl, sizeof fl - 1) == 0) {
-            if (have_flags || k - (sizeof fl - 1) != flags_len
-                    || (flags_len && memcmp(a + sizeof fl - 1, flags, flags_len) != 0))
+            const char *key = a + sizeof fl - 1, *end = memchr(key, '\x1e', k - (sizeof fl - 1));
+            size_t key_len = end != NULL ? (size_t)(end - key) : k - (sizeof fl - 1);
+
+            if (have_flags || key_len != flags_len
+                    || (flags_len && memcmp(key, flags, flags_len) != 0))
                 return -1;                      /* not the template's: a fresh interpreter */
             have_flags = 1;
             continue;

@@ -198,9 +198,10 @@ void ember_spare_name(const char *comm);
  * ``--preload=...`` skipped, the first ``--spare=TOKEN``, then exactly two
  * others, CALL and RESULT): their spans in ``msg``.  0, or -1 when they are
  * not of that shape (the caller's Python reads them) or their interpreter
- * options are not the template's: ``--flags=F`` (at most once; none: F
- * empty) with F other than ``flags`` (``flags_len`` bytes; the Python path
- * runs the worker in a fresh interpreter with them). */
+ * options are not the template's: ``--flags=KEY`` (at most once, KEY up to
+ * a 0x1e byte if there is one, the options after it; none: KEY empty)
+ * with KEY other than ``flags`` (``flags_len`` bytes; the Python path runs
+ * the worker in a fresh interpreter with those options). */
 int ember_spare_lease_args(const char *msg, const ember_spare_request_t *req,
                            const char *flags, size_t flags_len, ember_spare_span_t *token,
                            ember_spare_span_t *call, ember_spare_span_t *result);

@@ -78,8 +78,8 @@ from .._trace import t as _t
 # import in a function resolves its package through ModuleSpec.parent,
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
-from .._worker import LEASED_COMM, _scan, fd_ready as _fd_ready, flags_of as _flags_of, \
-    fresh_argv as _fresh_argv, interpreter_flags as _interpreter_flags, \
+from .._worker import FLAGS_KEY_END, LEASED_COMM, _scan, fd_ready as _fd_ready, \
+    flags_key as _flags_key, flags_of as _flags_of, fresh_argv as _fresh_argv, \
     lease as _lease_worker, main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
@@ -808,7 +808,7 @@ def _take_environ():
     _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
     _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
     _proc_state_note()
-    _flags = _interpreter_flags()
+    _flags = _flags_key()
 
 
 #: The template's environment as ``b"K=V"`` items, taken by :func:`_take_environ`
@@ -818,9 +818,9 @@ _environ_kv = None
 #: The same, each item ended by a NUL, for a spare's request read in C
 #: (:func:`_spare_main`, ``_spawn.spare_request``).
 _environ_blob = None
-#: The template's interpreter options (``_worker.interpreter_flags``): a
-#: child whose parent's (its worker's ``--flags=``) differ execs a fresh
-#: interpreter with those (:func:`_child`).
+#: The key of the template's interpreter options (``_worker.flags_key``):
+#: a child whose parent's (its worker's ``--flags=KEY...``) is another
+#: execs a fresh interpreter with the parent's options (:func:`_child`).
 _flags = ""
 
 
@@ -941,11 +941,12 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
             step = "wait for the shepherd"
             _wait_adopted()
             flags = _flags_of(args[2:])
-            if flags != _flags:
+            if flags.partition(FLAGS_KEY_END)[0] != _flags:
                 # sys.flags cannot change after start-up: the parent's
                 # options are had as spawn has them, in a fresh interpreter
                 # (this process, its p_uid, stdio, directory, environment)
-                step = "start a fresh interpreter with the parent's options " + repr(flags)
+                step = "start a fresh interpreter with the parent's options " \
+                    + repr(_fresh_argv([], flags)[1:-2])
                 for f in (sys.stdout, sys.stderr):
                     f.flush()
                 argv = _fresh_argv(args[2:], flags)
@@ -1271,7 +1272,7 @@ def _spare_names():
     is in (the template's; None if unknown: then it is not renamed); and
     what a lease's set-up in C needs (the template's environment, its
     ``os.environ`` mapping, SIGINT's handler, its interpreter options'
-    text: a lease whose ``--flags=`` are other goes the Python way, to a
+    key: a lease whose ``--flags=`` has another goes the Python way, to a
     fresh interpreter), None where the request is
     read in Python (no frozen environment)."""
     lease = None
