@@ -65,10 +65,18 @@ _m = _Mods()
 def _exit_before_teardown():
     """Runs before the runtime's teardown (registered after ``ember.init``,
     so earlier in atexit's LIFO order): multiprocessing joins its
-    non-daemon children and terminates its daemons while they still can."""
+    non-daemon children and terminates its daemons while they still can.
+    A Ctrl-C in multiprocessing's wait has sent the children SIGINT
+    (:meth:`Popen.wait`): ember's own exit function then waits on for them
+    (a second Ctrl-C ends that wait), and the interrupt is raised again
+    after; it escaped at once, and the teardown killed the children while
+    they were still handling their SIGINT (their tracebacks lost)."""
     from multiprocessing import util
+    interrupted = None
     try:
         util._exit_function()
+    except KeyboardInterrupt as exc:
+        interrupted = exc
     except Exception:
         pass
     try:
@@ -76,6 +84,8 @@ def _exit_before_teardown():
         eproc._exit_function()
     except Exception:
         pass
+    if interrupted is not None:
+        raise interrupted
 
 
 def ensure_runtime():
