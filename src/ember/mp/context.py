@@ -19,6 +19,7 @@ import os
 import pickle
 import sys
 import threading
+import types
 
 import multiprocessing
 from multiprocessing import context as _mpctx
@@ -280,9 +281,9 @@ def _fp_pieces(obj):
     making a ForkingPickler: a C pickler of the same protocol with the same
     reducers (copyreg's table updated with ForkingPickler's), merged once
     and again only when either table changed (compared by value: a few
-    entries), as a list of pieces (``_codec._Pieces``: each ``bytes`` of
-    64 KiB or more in the object a piece by reference, not copied; sent as
-    ``_codec.parts``).  ``ForkingPickler.dumps`` (its Python ``__init__``
+    entries), as a list of pieces (the pickler's file a list: each
+    ``bytes`` of 64 KiB or more in the object a piece by reference, not
+    copied; sent as ``_codec.parts``).  ``ForkingPickler.dumps`` (its Python ``__init__``
     copies and updates the tables at every call) took 15-50 us of every
     start, a plain pickle of the same object 3-7.  A ForkingPickler
     replaced in ``multiprocessing.reduction`` is used as it is."""
@@ -294,9 +295,8 @@ def _fp_pieces(obj):
         table = dict(copyreg.dispatch_table)
         table.update(fp._extra_reducers)
         c = _fp_table[0] = (dict(copyreg.dispatch_table), dict(fp._extra_reducers), table)
-    from ..objects import _codec
-    out = _codec._Pieces()
-    p = pickle.Pickler(out)             # (ForkingPickler's protocol: the default)
+    out = []
+    p = pickle.Pickler(types.SimpleNamespace(write=out.append))  # (the default protocol, as its)
     p.dispatch_table = c[2]
     p.dump(obj)
     return out
@@ -329,9 +329,9 @@ def _pickles(popen, process_obj):
     the config is equal.  Not cached while a logger is set (its level) or
     before a start method is (spawn's own call sets the default).
 
-    ``obj_b`` (``_codec.parts``: ``bytes``, or with a large ``bytes``
-    in the object a tuple whose large pieces travel out of band, not copied
-    into a whole pickle first) is then an ``EmberProcess``'s other attributes (its
+    ``obj_b`` (:func:`_fp_pieces`' pieces, sent as ``_codec.parts``: a
+    large ``bytes`` in the object travels out of band, not copied into a
+    whole pickle first) is then an ``EmberProcess``'s other attributes (its
     ``__dict__`` but ``_config``), which is all pickle would write for it
     besides its class (``ember.mp._child`` rebuilds it as pickle would);
     the authkey's pickle was a third of the process object's.  Any other
@@ -368,12 +368,11 @@ def _pickles(popen, process_obj):
             # is, an argv changed in place would compare equal to it)
             kept = dict(prep, sys_argv=list(prep["sys_argv"])) if "sys_argv" in prep else prep
             _prep_c[0] = (made, kept, None if config is None else dict(config), prep_b)
-        from ..objects import _codec
         if config is not None:
             state = {k: v for k, v in state.items() if k != "_config"}
-            obj_b = _codec.parts(_fp_pieces(state))
+            obj_b = _fp_pieces(state)
         else:
-            obj_b = _codec.parts(_fp_pieces(process_obj))
+            obj_b = _fp_pieces(process_obj)
     finally:
         _mpctx.set_spawning_popen(None)
     return prep, prep_b, obj_b
@@ -419,6 +418,10 @@ class Popen:
         else:
             codes = (_main_code(prep), _program_codes())
         key = mainload.run_key(e) if e else None    # the template's run of the entry
+        # (ember's Python layer imported here, after ensure_runtime: its exit
+        # hooks then run before the runtime's, see test_mp_idioms' Ctrl-C)
+        from ..objects import _codec
+        obj_b = _codec.parts(obj_b)
         p = _m.process.Process(target=_m.child.main,
                        args=(prep_b, obj_b, tracker) + codes + (process_obj._name, key),
                        daemon=bool(process_obj.daemon))

@@ -40,9 +40,6 @@ import time
 
 from multiprocessing import pool as _pool
 
-from ..objects import _codec
-from . import context
-
 __all__ = ["Pool"]
 
 
@@ -67,10 +64,14 @@ class _Pipe:
     def put(self, obj):
         # ForkingPickler's pickle in pieces: a large bytes object (a
         # task's argument, a result) is copied once, into the message
-        # (_codec.parts), and once out of it (load_parts)
-        self._q.put(_codec.parts(context._fp_pieces(obj)))
+        # (_codec.parts), and once out of it (load_parts).  (Imported here:
+        # `import ember.mp.pool` imports no more of ember than it did.)
+        from ..objects import _codec
+        from .context import _fp_pieces
+        self._q.put(_codec.parts(_fp_pieces(obj)))
 
     def get(self, *args, **kwargs):
+        from ..objects import _codec
         if self._worker and not args and not kwargs:
             return _codec.load_parts(self._worker_get())
         return _codec.load_parts(self._q.get(*args, **kwargs))
