@@ -110,6 +110,12 @@ def _send_exception(res, exc, tb_text, prefix=b""):
 
 #: Name (``/proc/PID/comm``) of a leased spare while it waits for its call.
 LEASED_COMM = b"ember-leased"
+#: A ``--preload=`` item (after its ``?``) naming the program template an
+#: ``"ember"``-method start is for: ``@program:`` and the ``run_key`` of its
+#: main module's entry (ember.mp._mainload).  Imports nothing; it routes the
+#: start to that program's spares (ember.shepherd.template) and keeps its
+#: leases apart from a plain ``ember.Process``'s (their argv differs).
+PROGRAM_PREFIX = "@program:"
 
 
 #: A lease started in a fresh interpreter (:func:`main`): its own comm, taken

@@ -241,14 +241,16 @@ def _run(process_obj, sentinel):
     return process_obj._bootstrap(parent_sentinel=sentinel)
 
 
-def _apply(prep, main=True):
+def _apply(prep, main=True, preset=()):
     """What ``spawn.prepare(prep)`` does, each step set directly (the same
     values, in the same order): the process's name and authkey, logging,
     ``sys.path``, ``sys.argv``, the working directory, ``ORIGINAL_DIR``,
     the start method; then, with ``main``, the main module (spawn's
     ``_fixup_main_*``).  ``main=False`` when the template's run of the main
     module is in place (``_mainload.install``): spawn's fixup would find it
-    there and return."""
+    there and return.  The items named in ``preset`` are not set: a
+    program's template set them to these very values (``_mainload.preset``,
+    compared by ``install``)."""
     cp = _process.current_process()
     if "name" in prep:
         cp.name = prep["name"]
@@ -258,15 +260,15 @@ def _apply(prep, main=True):
         _util.log_to_stderr()
     if "log_level" in prep:
         _util.get_logger().setLevel(prep["log_level"])
-    if "sys_path" in prep:
+    if "sys_path" in prep and "sys_path" not in preset:
         sys.path = prep["sys_path"]
-    if "sys_argv" in prep:
+    if "sys_argv" in prep and "sys_argv" not in preset:
         sys.argv = prep["sys_argv"]
-    if "dir" in prep:
+    if "dir" in prep and "dir" not in preset:
         os.chdir(prep["dir"])
-    if "orig_dir" in prep:
+    if "orig_dir" in prep and "orig_dir" not in preset:
         _process.ORIGINAL_DIR = prep["orig_dir"]
-    if "start_method" in prep:
+    if "start_method" in prep and "start_method" not in preset:
         # set_start_method(method, force=True), its lookup done here
         ctx = _mpctx._concrete_contexts.get(prep["start_method"])
         if ctx is None:
@@ -302,8 +304,8 @@ def _prepare(prep, main_code, prog_codes=None, entry=None):
     modules the parent compiled (``prog_codes``, see
     ``context._program_codes``) from that code, each only if its file is
     still the one the parent compiled (mtime and size)."""
-    if _mainload.install(prep, entry):
-        return _apply(prep, main=False)     # the main module is in place: not run again
+    if _mainload.install(prep, entry):     # the main module is in place: not run again
+        return _apply(prep, main=False, preset=_mainload.preset)
     import importlib.util
     import marshal
 

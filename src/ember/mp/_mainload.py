@@ -42,6 +42,7 @@ from multiprocessing import spawn as _spawn
 
 from .. import _find_spec_past
 from .._filecache import FileCache, stat_key
+from .._worker import PROGRAM_PREFIX
 from ..objects.process import Process
 
 #: Start of the preload entry (after the optional-preload ``?``).
@@ -49,6 +50,9 @@ PREFIX = "@mpmain:"
 #: ``EMBER_MP_MAIN_IN_TEMPLATE=0`` in the parent's environment turns this off.
 ENV = "EMBER_MP_MAIN_IN_TEMPLATE"
 _ENV_KEY = os.fsencode(ENV)         # (os.environ._data's keys are bytes)
+#: ``EMBER_MP_PROGRAM_TEMPLATE=0`` in the parent's environment: its children
+#: come from the warm template (no template of the program's own).
+_PROGRAM_ENV_KEY = b"EMBER_MP_PROGRAM_TEMPLATE"
 #: Mains kept by the template (least recently run dropped first).
 MAX_MAINS = 4
 
@@ -101,9 +105,11 @@ def entry(prep):
     except OSError:
         return None
     sys_path, argv, cwd = prep.get("sys_path") or [], prep.get("sys_argv") or [], prep.get("dir")
+    orig, method = prep.get("orig_dir"), prep.get("start_method")
     k = _last[0]
     if k is not None and k[0] == path and k[1] == stats and k[2] == sys_path \
-            and k[3] == argv and k[4] == cwd and k[5] == files:
+            and k[3] == argv and k[4] == cwd and k[5] == files and k[6] == orig \
+            and k[7] == method:
         return _last[1]
     # The program modules' versions as a checksum (the template needs only
     # an entry that differs; its run records the files it read, which the
@@ -111,11 +117,14 @@ def entry(prep):
     # hash(): salted per interpreter, it differed between a parent and its
     # children, whose starts (nested) then each made a new entry.
     progs = tuple((f,) + st for f, st in zip(files, stats[1:]))
+    # ORIGINAL_DIR and the start method too: a program's template sets
+    # them for its children (:func:`become`).
     data = json.dumps([path, stats[0][0], stats[0][1], list(sys_path), list(argv), cwd,
-                       binascii.crc32(repr(progs).encode())],
+                       binascii.crc32(repr(progs).encode()), orig, method],
                       separators=(",", ":")).encode()
     e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
-    _last[:] = [(path, stats, list(sys_path), list(argv), cwd, files), e, run_key(e)]
+    _last[:] = [(path, stats, list(sys_path), list(argv), cwd, files, orig, method), e,
+                run_key(e)]
     return e
 
 
@@ -140,6 +149,19 @@ def run_key(item):
 #: ``sys.flags.optimize`` is 0, would compile the main module and the program
 #: modules with ``__debug__`` True and their asserts on.
 _OPTIMIZED = sys.flags.optimize != 0
+
+
+def program_item(key):
+    """The preload item that routes an mp start whose main module's run is
+    ``key`` (:func:`run_key`) to that program's template
+    (``ember._worker.PROGRAM_PREFIX``; see :func:`become`); None when
+    ``EMBER_MP_PROGRAM_TEMPLATE=0`` in this process's environment (looked
+    up at each start)."""
+    data = getattr(os.environ, "_data", None)
+    if (data.get(_PROGRAM_ENV_KEY) if type(data) is dict
+            else os.environb.get(_PROGRAM_ENV_KEY)) == b"0":
+        return None
+    return "?" + PROGRAM_PREFIX + key
 
 
 def enabled():
@@ -441,9 +463,13 @@ def why_not(source, filename="<main>"):
 # template
 # ----------------------------------------------------------------------
 class _Main:
-    __slots__ = ("path", "sys_path", "argv", "dir", "module", "modules", "stats")
+    __slots__ = ("path", "sys_path", "argv", "dir", "module", "modules", "stats", "orig_dir",
+                 "start_method")
 
-    def __init__(self, path, sys_path, argv, cwd, module, modules, stats):
+    def __init__(self, path, sys_path, argv, cwd, module, modules, stats, orig_dir=None,
+                 start_method=None):
+        self.orig_dir = orig_dir          # the parent's ORIGINAL_DIR and start method (its
+        self.start_method = start_method  # entry's: None in an older one), for become()
         self.path = path
         self.sys_path = sys_path
         self.argv = argv
@@ -539,9 +565,11 @@ def preload(item):
         _mains[key] = hit                         # most recently asked for
         return
     try:
-        path, mtime, size, sys_path, argv, cwd = json.loads(
-            base64.urlsafe_b64decode(entry[len(PREFIX):].encode("ascii")))[:6]
+        fields = json.loads(base64.urlsafe_b64decode(entry[len(PREFIX):].encode("ascii")))
+        path, mtime, size, sys_path, argv, cwd = fields[:6]
         outcome = _run(path, (mtime, size), sys_path, argv, cwd)
+        if isinstance(outcome, _Main) and len(fields) >= 9:
+            outcome.orig_dir, outcome.start_method = fields[7], fields[8]
     except Exception as exc:
         outcome = f"{type(exc).__name__}: {exc}"
     _mains[key] = (entry, outcome)                # (another entry of that key: replaced)
@@ -604,22 +632,122 @@ def install(prep, key):
     ``prep`` (:func:`offer`; None when the parent has this off), which
     names the main file, its version, ``sys.path``, ``sys.argv`` and the
     working directory: the run of that key is this very main if those are
-    ``prep``'s (compared: the key is a CRC) and its files unchanged."""
+    ``prep``'s (compared: the key is a CRC) and its files unchanged.
+
+    In a child of a program's template (:func:`become`) the run is in place
+    already, with the values of :data:`preset`: True if it is this very
+    main (those values ``prep``'s too, the files unchanged), the child
+    then setting only the rest of ``prep``; else the template's state is
+    put back first (:func:`_leave`), so the child goes on exactly as one
+    forked from the warm template."""
     global installed
+    if program is not None:
+        m = program[1]
+        if program[0] == key and m.path == prep.get("init_main_from_path") \
+                and m.argv == prep.get("sys_argv") \
+                and all(prep.get(k) == v for k, v in preset.items()) and _unchanged(m):
+            return True
+        _leave()
     m = _mains.get(key) if key is not None else None
     m = m[1] if m is not None else None
     if not isinstance(m, _Main) or m.path != prep.get("init_main_from_path") \
             or m.sys_path != prep.get("sys_path") or m.argv != prep.get("sys_argv") \
-            or m.dir != prep.get("dir"):
-        return False
-    try:
-        for f, stat in m.stats.items():
-            if stat_key(f) != stat:
-                return False
-    except OSError:
+            or m.dir != prep.get("dir") or not _unchanged(m):
         return False
     sys.modules.update(m.modules)
     _spawn.old_main_modules.append(sys.modules["__main__"])
     sys.modules["__main__"] = sys.modules["__mp_main__"] = m.module
     installed = m.path
     return True
+
+
+def _unchanged(m):
+    """True if every file of the run ``m`` has the version it ran."""
+    try:
+        for f, stat in m.stats.items():
+            if stat_key(f) != stat:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------
+# a program's template
+# ----------------------------------------------------------------------
+#: In a program's template and its children: ``(key, its _Main, what the
+#: template replaced and its pid)``; None elsewhere.
+program = None
+#: The preparation values a program's template set (spawn's names: its
+#: ``sys.path``, working directory, ``ORIGINAL_DIR``, start method), which
+#: its children do not set again (``_child._apply``).
+preset = {}
+
+
+def become(key):
+    """In a process forked from the warm template that is to become the
+    template of one program (shepherd.template's ``_program_main``): do
+    once what each child of the template's run ``key`` does first, so
+    that its children (cloned from here) do not: the run installed as
+    :func:`install` does (its files checked), and spawn's preparation
+    values that are the same for every child of that run set (the entry
+    names them): ``sys.path``, the working directory, ``ORIGINAL_DIR`` and
+    the start method (not ``sys.argv``: the worker sets its own in each
+    child before the call, and the child sets the parent's again).  False (nothing changed) if
+    there is no such run or a file of it changed."""
+    global program, preset, installed
+    m = _mains.get(key)
+    m = m[1] if m is not None else None
+    if not isinstance(m, _Main) or not _unchanged(m):
+        return False
+    from multiprocessing import context as mpctx, process
+    from . import _child
+
+    # (not sys.argv: the worker sets its own in each child, before the call)
+    values = {"sys_path": list(m.sys_path), "dir": m.dir}
+    if m.orig_dir is not None and m.start_method in mpctx._concrete_contexts:
+        values.update(orig_dir=m.orig_dir, start_method=m.start_method)
+    saved = {"sys_path": sys.path, "sys_argv": sys.argv, "dir": os.getcwd(),
+             "orig_dir": process.ORIGINAL_DIR,
+             "context": mpctx._default_context._actual_context,
+             "__main__": sys.modules["__main__"],
+             "__mp_main__": sys.modules.get("__mp_main__", _spawn), "pid": os.getpid()}
+    try:
+        _child._apply(values, main=False)
+    except BaseException:
+        _restore(saved)
+        return False
+    sys.modules.update(m.modules)
+    _spawn.old_main_modules.append(saved["__main__"])
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = m.module
+    program, preset, installed = (key, m, saved), values, m.path
+    return True
+
+
+def _leave():
+    """In a child of a program's template whose start is not for its run:
+    put back what :func:`become` replaced (the child is then as one forked
+    from the warm template)."""
+    global program, preset, installed
+    _key, m, saved = program
+    for name in m.modules:
+        sys.modules.pop(name, None)
+    if _spawn.old_main_modules and _spawn.old_main_modules[-1] is saved["__main__"]:
+        _spawn.old_main_modules.pop()
+    sys.modules["__main__"] = saved["__main__"]
+    if saved["__mp_main__"] is _spawn:
+        sys.modules.pop("__mp_main__", None)
+    else:
+        sys.modules["__mp_main__"] = saved["__mp_main__"]
+    _restore(saved)
+    program, preset, installed = None, {}, None
+
+
+def _restore(saved):
+    """Put back the preparation values :func:`become` saved."""
+    from multiprocessing import context as mpctx
+    from . import _child
+
+    _child._apply({k: saved[k] for k in ("sys_path", "sys_argv", "dir", "orig_dir")},
+                  main=False)
+    mpctx._default_context._actual_context = saved["context"]

@@ -413,7 +413,8 @@ class Popen:
         e = mainload.offer(prep)      # the template runs the main module, if it only defines
 
         _t("M.prepared")
-        if mainload.expected(prep, e):
+        expect = mainload.expected(prep, e)
+        if expect:
             codes = (None, None)      # the template runs the main module: no code to ship
         else:
             codes = (_main_code(prep), _program_codes())
@@ -427,6 +428,8 @@ class Popen:
                        daemon=bool(process_obj.daemon))
         # `ember ps` shows it as multiprocessing names it, with its target
         p._name, p._what = process_obj.name, _ps_what(process_obj)
+        if expect and key is not None:
+            p._program = mainload.program_item(key)   # its spares come from the program's template
         p.start()
         self._proc = p
         self.sentinel = p.sentinel

@@ -119,6 +119,11 @@ def _environ():
 # through GS, the shepherd and the template on the start's path.  See
 # docs/python-processes.md.
 _lease = None                 # the _Lease held, or None
+#: One made for another argv, kept (not dropped) while starts of that argv
+#: are not made: an "ember"-method start's argv names its program's template
+#: (ember.mp.context), a plain start's does not, and a program that starts
+#: both in turn would otherwise drop a lease at each start.
+_parked = None
 _lease_lock = threading.Lock()
 #: The pid of the process (this one, not the one it was forked from) that
 #: has made a template start: only a start after an earlier one asks for a
@@ -152,7 +157,7 @@ def _lease_key():
 _argv_c = [None]
 
 
-def _worker_argv(method):
+def _worker_argv(method, program=None):
     """The worker's argv for ``method`` (a new list), with this process's
     interpreter options (``_worker.interpreter_flags``, what spawn gives
     its child): in front for a fresh interpreter, as ``--flags=`` for the
@@ -161,8 +166,9 @@ def _worker_argv(method):
     (~2 KB under the "ember" mp method, which preloads the parent's library
     modules), is made again only when either preload tuple was replaced
     (``preload`` and the mp method replace them, never change them in
-    place) or the options changed (``-W`` and ``-X`` are lists a program
-    may change)."""
+    place), the options changed (``-W`` and ``-X`` are lists a program
+    may change) or ``program`` (a last preload item an mp start adds: its
+    program's template, see ember.mp.context) differs."""
     flags = _worker.interpreter_flags()
     if method != "template":
         return _worker.options_of(flags) + ["-m", "ember._worker"]
@@ -170,13 +176,15 @@ def _worker_argv(method):
         _offer_cloudpickle()
     pre, quiet = Process._preload, Process._quiet_preload
     c = _argv_c[0]                      # (one read: starts from several threads)
-    if c is None or c[0] is not pre or c[1] is not quiet or c[2] != flags:
+    if c is None or c[0] is not pre or c[1] is not quiet or c[2] != flags \
+            or c[4] != program:
         args = ["-m", "ember._worker", "--template"]
-        if pre or quiet:
-            args.append("--preload=" + ",".join(pre + quiet))
+        items = pre + quiet + ((program,) if program else ())
+        if items:
+            args.append("--preload=" + ",".join(items))
         if flags:
             args.append("--flags=" + flags)
-        c = _argv_c[0] = (pre, quiet, flags, args)
+        c = _argv_c[0] = (pre, quiet, flags, args, program)
     return list(c[3])
 
 
@@ -220,13 +228,20 @@ def _settle(lease):
 def _take_lease(argv):
     """The spare held, if it is this process's, in this runtime, made for
     ``argv`` and alive; else None (a stale one is dropped)."""
-    global _lease
+    global _lease, _parked
+    stale = None
     with _lease_lock:
         lease, _lease = _lease, None
+        if lease is not None and lease.argv != argv:
+            if _parked is not None and _parked.argv == argv:
+                lease, _parked = _parked, lease
+            else:
+                lease, stale, _parked = None, _parked, lease
+    if stale is not None:
+        _drop(stale)
     if lease is None:
         return None
-    if lease.key == _lease_key() and lease.argv == argv and _settle(lease) \
-            and not _readable([lease.res.fd], 0):
+    if lease.key == _lease_key() and _settle(lease) and not _readable([lease.res.fd], 0):
         return lease
     _drop(lease)
     return None
@@ -267,14 +282,15 @@ def _drop(lease):
 
 def _drop_lease():
     """Drop the spare held (leaving the runtime, the process living on)."""
-    global _lease
+    global _lease, _parked
     with _lease_lock:
-        lease, _lease = _lease, None
-    if lease is not None:
-        try:
-            _drop(lease)
-        except Exception:
-            pass
+        held, _lease, _parked = (_lease, _parked), None, None
+    for lease in held:
+        if lease is not None:
+            try:
+                _drop(lease)
+            except Exception:
+                pass
 
 
 def _forget_lease():
@@ -288,11 +304,17 @@ def _forget_lease():
     its exit.  None held (every template child that started no process of
     its own): nothing touched (the lock's and this module's pages are the
     template's; each written is a copy-on-write fault)."""
-    global _lease
-    if _lease is None:
+    global _lease, _parked
+    if _lease is None and _parked is None:
         return
     with _lease_lock:
-        lease, _lease = _lease, None
+        held, _lease, _parked = (_lease, _parked), None, None
+    for lease in held:
+        _forget(lease)
+
+
+def _forget(lease):
+    """:func:`_forget_lease` of one spare."""
     if lease is None or lease.key != _lease_key():
         return
     try:
@@ -683,6 +705,8 @@ class Process:
     #: ``"?name"``: modules the template imports if it can, silently (the
     #: multiprocessing start method preloads the parent's library modules).
     _quiet_preload = ()
+    #: An mp start's program template (``_worker_argv``); None for others.
+    _program = None
     #: Lease a spare for the next start (see "How a start works" in
     #: docs/python-processes.md); False: every start goes through GS.
     _lease_spares = True
@@ -858,7 +882,7 @@ class Process:
             leasing = method == "template" and self._gs_name is None and Process._lease_spares
             _t("P.prep")
             msg = _dump_call(self._target, self._args, self._kwargs, pool)
-            argv = _worker_argv(method)    # (after the call's pickle, which may import cloudpickle)
+            argv = _worker_argv(method, self._program)    # (after the call's pickle, which may import cloudpickle)
             _t("P.dumped")
             lease = _take_lease(argv) if leasing and self._cwd_ok() else None
             claim = None

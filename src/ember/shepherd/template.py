@@ -50,6 +50,16 @@ the template forks that child.  A spare waits in the template's process
 group: the shepherd gives it a group of its own when it reads its answer
 (:func:`_adopt`; so it does for a child the template forked).
 
+The programs' templates (:class:`_Program`): for an ``"ember"``-method
+start whose preload list ends with ``?@program:KEY`` (ember.mp.context),
+the shepherd turns a spare that has that list into the template of that
+program (``["program", KEY]`` and a new socket as its fd 0:
+:func:`_program_main`, ``ember.mp._mainload.become``) and takes that
+start's next spares from it (:meth:`Template._program_spawn`), falling
+back to the warm template's whenever it holds none.  At most
+:data:`PROGRAMS`, stopped when unused for :data:`PROGRAM_IDLE` seconds, when
+dead (the next start or the orphan scan sees it) and at teardown.
+
 What a death costs: the template dying (killed, crash) fails the spawn in
 flight ("template exited"); the shepherd's loop sees it at once (its
 pidfd, :meth:`Template.died`): it is reaped, with what is left of its
@@ -78,7 +88,7 @@ from .._trace import t as _t
 # import in a function resolves its package through ModuleSpec.parent,
 # Python code that cost each child ~25 page faults of copy-on-write.
 # (Both modules are loaded with the shepherd anyway.)
-from .._worker import FLAGS_KEY_END, LEASED_COMM, _scan, fd_ready as _fd_ready, \
+from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_ready as _fd_ready, \
     flags_key as _flags_key, flags_of as _flags_of, fresh_argv as _fresh_argv, \
     lease as _lease_worker, main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
@@ -106,6 +116,10 @@ SPARE_DELAY = 0.010
 #: join at once (the benchmark's loop, a ProcessGroup's restarts) finds one
 #: that has finished its own start-up, while the next one is made.
 SPARES = 2
+#: Program templates kept alive at most (the least recently used one is
+#: stopped for another), and how long one is kept unused (seconds).
+PROGRAMS = 2
+PROGRAM_IDLE = 60.0
 
 
 def is_template_request(exe, args):
@@ -199,6 +213,13 @@ class Template:
         self._preload = self._preload_text = None
         self._ask_for = self._ask_req = None
         self._tail = self._tail_got = None
+        # The programs' templates (_Program), least recently used first; the
+        # keys refused (a template that died before its first spare); the
+        # one to make when a spare is next asked for: (key, preload).
+        self._programs = {}
+        self._refused = set()
+        self._make = None
+        self._key_of = (None, None)   # (preload list, its program key): _program_key
 
     @property
     def pid(self):
@@ -295,14 +316,18 @@ class Template:
         if not self._lock.acquire(blocking=False):
             return None
         try:
+            self._reap_programs()
             mine = {s.pid for s in self._spares}
-            group = self._pid
+            groups = {self._pid} - {None}
+            for ph in self._programs.values():     # (their spares are in their groups)
+                mine.update(s.pid for s in ph._spares)
+                groups.add(ph._pid)
             out = []
             for pid in pids:
-                if pid == group or pid in mine:
+                if pid in groups or pid in mine:
                     continue
                 try:
-                    if group is not None and os.getpgid(pid) == group:
+                    if os.getpgid(pid) in groups:
                         continue
                 except OSError:
                     continue              # (gone: reaped meanwhile)
@@ -417,9 +442,10 @@ class Template:
             self._rbuf = _receive_buffer()
         return _receive(self._sock, self._rbuf, maxfds)
 
-    def _take_spare(self, preload):
+    def _take_spare(self, preload, wait=True):
         """The oldest spare we hold that is alive and has ``preload``
-        imported, waiting for one asked for if we hold none; else None.
+        imported, waiting for one asked for if we hold none (with
+        ``wait``); else None.
         Those that died or lack ``preload`` are killed and reaped (our
         children: the template forked them with CLONE_PARENT).  Returns
         with no answer in flight if it returns None (the template's socket
@@ -437,15 +463,19 @@ class Template:
             self._spares = keep
             if keep:
                 return keep.pop(0)
-            if not self._asked:
+            if not self._asked or not wait:
                 return None
             self._collect(wait=True)
 
     # --- spawning -----------------------------------------------------
     def spare_due(self):
         """Seconds until the spare wanted must be asked for (None: none is
-        wanted)."""
+        wanted), or a program's template made or stopped for idleness."""
         by = self._want_by
+        for ph in list(self._programs.values()):
+            for t in (ph._want_by, ph.used + PROGRAM_IDLE):
+                if t is not None and (by is None or t < by):
+                    by = t
         if by is None:
             return None
         import time
@@ -453,16 +483,142 @@ class Template:
 
     def ask_wanted(self):
         """Ask the template for the spare wanted since the last hand-over,
-        if any: called by the shepherd when a child exits (a CPU is freed)
-        and when :meth:`spare_due` says it is time.  Never waits for a
-        spawn in progress (that spawn asks itself)."""
-        if self._want is None or not self._lock.acquire(blocking=False):
+        if any, and the programs' templates for theirs (making the one
+        wanted, stopping those unused for :data:`PROGRAM_IDLE`): called by
+        the shepherd when a child exits (a CPU is freed) and when
+        :meth:`spare_due` says it is time.  Never waits for a spawn in
+        progress (that spawn asks itself)."""
+        if (self._want is None and not self._programs and self._make is None) \
+                or not self._lock.acquire(blocking=False):
             return
         try:
             if self._want is not None:
                 self._ask_spare(self._want, start=False)
+            if self._make is not None:
+                self._make_program(*self._make)
+            if self._programs:
+                self._reap_programs()
+                for ph in list(self._programs.values()):
+                    if ph._want is not None:
+                        ph._ask_spare(ph._want, start=False)
+            if self._want is None:
+                self._want_by = None      # (it was due for _make only)
         finally:
             self._lock.release()
+
+    # --- the programs' templates --------------------------------------
+    def _program_key(self, preload):
+        """The program template an mp start's ``preload`` list names (its
+        last item, ``?@program:KEY``: ember.mp.context), or None."""
+        k = self._key_of
+        if k[0] is preload:
+            return k[1]
+        key = None
+        if preload and preload[-1].lstrip("?").startswith(PROGRAM_PREFIX):
+            key = preload[-1].lstrip("?")[len(PROGRAM_PREFIX):] or None
+        self._key_of = (preload, key)
+        return key
+
+    def _program_spawn(self, key, preload, args, envp, cwd, fds):
+        """Hand the request to a spare of the template of program ``key``
+        (the pid), or return 0: it has none ready (the warm template's
+        spare or fork serves the start, exactly as before), or there is no
+        such template yet (it is made when the next spare is asked for:
+        :meth:`_make_program`).  Never waits for the program's template."""
+        import time
+
+        ph = self._programs.get(key)
+        if ph is not None and ph.fits is not preload:
+            if any(m not in ph.preloaded for m in preload):
+                self._drop_program(key)   # made before the parent imported more: made again
+                ph = None
+            else:
+                ph.fits = preload         # (the same list object: _preload_of)
+        if ph is None:
+            if key not in self._refused and PROGRAMS > 0:
+                self._make = (key, preload)
+                self._want_by = min(self._want_by or float("inf"),
+                                    time.monotonic() + SPARE_DELAY)
+            return 0
+        spare = ph._take_spare(preload, wait=False)
+        if spare is None:
+            if ph._pid is None:           # it died: made again at a later start
+                self._drop_program(key)
+            else:
+                ph._want, ph._want_by = preload, time.monotonic()
+            return 0
+        err = _check_cwd(cwd)
+        if err is not None:
+            ph._spares.insert(0, spare)   # a bad run_dir keeps the spare
+            raise OSError(err[0], err[1])
+        if not _hand_over(spare, args, envp, cwd, fds):
+            _reap(spare)
+            return 0
+        _t("S.handed")
+        ph.gave += 1
+        ph.used = now = time.monotonic()
+        self._programs[key] = self._programs.pop(key)        # most recently used last
+        ph._want, ph._want_by = preload, now + SPARE_DELAY
+        return spare.pid
+
+    def _make_program(self, key, preload):
+        """Make the template of program ``key`` from a spare we hold that
+        has ``preload`` (the warm template's run of its main module among
+        it): it is sent ``["program", key]``, with a new socket to us as
+        its fd 0 (template._program_main), and asked for its spares.  None
+        held: the next start asks again.  The least recently used of
+        :data:`PROGRAMS` is stopped for it."""
+        import msgpack
+
+        self._make = None
+        if key in self._programs or key in self._refused:
+            return
+        self._collect(wait=False)
+        for i, spare in enumerate(self._spares):
+            if all(m in spare.preloaded for m in preload) and not spare.dead():
+                del self._spares[i]
+                break
+        else:
+            return
+        socket = _socket()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            socket.send_fds(spare.sock, [msgpack.packb(["program", key])],
+                            [theirs.fileno(), self._out_fd, self._err_fd])
+        except OSError:
+            mine.close()
+            _reap(spare)
+            return
+        finally:
+            theirs.close()
+        spare.sock.close()
+        while len(self._programs) >= PROGRAMS:
+            self._drop_program(next(iter(self._programs)))
+        ph = self._programs[key] = _Program(self, spare.pid, mine, spare.preloaded)
+        ph._ask_spare(preload, start=False)
+        self._ask_spare(preload, start=False)     # the spare it took
+
+    def _reap_programs(self):
+        """Stop the programs' templates that died (their zombies, and
+        their groups' children not handed over, reaped) or that were
+        unused for :data:`PROGRAM_IDLE` seconds."""
+        import time
+
+        now = time.monotonic()
+        for key, ph in list(self._programs.items()):
+            if ph._pid is None or now - ph.used > PROGRAM_IDLE or ph.exited():
+                self._drop_program(key)
+
+    def _drop_program(self, key):
+        """Stop the template of program ``key`` and reap the spares we hold
+        of it.  One that refused (its run could not be put in place: its
+        answer said no more spares) is not made again for ``key``."""
+        ph = self._programs.pop(key)
+        if ph._no_spares and not ph.gave:
+            if len(self._refused) >= 64:
+                self._refused.clear()
+            self._refused.add(key)
+        ph.close()
 
     def spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
         """Start a child running ``args`` (``-m ember._worker ...``); return
@@ -499,6 +655,11 @@ class Template:
     def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
         preload = self._preload_of(args)
         fds = [stdin_fd, out_fd, err_fd]
+        key = self._program_key(preload)
+        if key is not None:
+            pid = self._program_spawn(key, preload, args, envp, cwd, fds)
+            if pid:
+                return pid
         spare = self._take_spare(preload)
         if spare is not None:
             err = _check_cwd(cwd)
@@ -561,10 +722,41 @@ class Template:
         raise AssertionError("unreachable")
 
     def close(self):
+        for key in list(self._programs):
+            self._drop_program(key)
         spares, self._spares = self._spares, []
         for spare in spares:
             _reap(spare)
         self._stop()
+
+
+class _Program(Template):
+    """The shepherd's handle on the template of one program (a spare of the
+    warm template that became it: :func:`_program_main`), held by the warm
+    template's handle: asked for spares as the warm template is, on its
+    socket, never for a fork, never restarted (a dead one is dropped;
+    a later start makes another)."""
+
+    def __init__(self, warm, pid, sock, preloaded):
+        super().__init__(warm._envp, warm._out_fd, warm._err_fd)
+        import time
+
+        self._pid, self._sock = pid, sock
+        self.preloaded = preloaded        # what the spare it was made from had preloaded
+        self.fits = None                  # the last preload list found in it
+        self.used = time.monotonic()      # its last hand-over (or its making)
+        self.gave = 0                     # spares of it handed a request
+
+    def _start(self):
+        raise OSError(5, "a program's template is not started again")
+
+    def exited(self):
+        """True if its process has exited (not reaped)."""
+        try:
+            return self._pid is None or os.waitid(
+                os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
 
 
 def _reap(spare):
@@ -702,6 +894,8 @@ def _preload(modules):
             _preloaded.add(m)
             quiet = m.startswith("?")
             m = m.lstrip("?")
+            if m.startswith(PROGRAM_PREFIX):
+                continue          # (names a program's template: nothing to import)
             if m.startswith("@mpmain:"):
                 # the main module of a multiprocessing program (ember.mp._mainload)
                 from ..mp import _mainload
@@ -1317,7 +1511,10 @@ def _spare_main(got, shepherd_pid):
         if sets is None:
             import msgpack
 
-            args, envp, cwd = msgpack.unpackb(got[1], raw=False)
+            req = msgpack.unpackb(got[1], raw=False)
+            if len(req) == 2 and req[0] == "program":
+                os._exit(_program_main(req[1], shepherd_pid))
+            args, envp, cwd = req
         if got[2] < 0 and _template_comm:       # not read in C: a request of another shape
             _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args)
                   else _template_comm)
@@ -1384,8 +1581,6 @@ _default_pool = None
 
 
 def main():
-    import msgpack
-
     _unset_bind_now()
     # Warm up: what every worker needs.
     # Not cloudpickle (nor logging, inspect, dataclasses, uuid, platform,
@@ -1422,12 +1617,29 @@ def main():
         _lease_rename = (_spare_name, _template_comm)
     _freeze()
     shepherd_pid = os.getppid()
-    import socket
-    sock = socket.socket(fileno=os.dup(0))
+    sock = _take_socket()
+    spares = os.environ.get("EMBER_TEMPLATE_SPARE", "1") != "0"
+    return _serve(sock, shepherd_pid, spares)
+
+
+def _take_socket():
+    """The socket to the shepherd, which a template starts with as its fd
+    0: taken as a socket (a new fd), and fd 0 made /dev/null."""
+    sock = _socket().socket(fileno=os.dup(0))
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    spares = os.environ.get("EMBER_TEMPLATE_SPARE", "1") != "0"
+    return sock
+
+
+def _serve(sock, shepherd_pid, spares, program=False):
+    """The template's loop: the shepherd's requests on ``sock`` until it is
+    gone (returns 0).  A ``program`` template (:func:`_program_main`)
+    serves spare requests only, and exits at any other request or at one
+    that names a module it has not preloaded (the shepherd makes a new one
+    from a spare that has it)."""
+    import msgpack
+
     # The spare request served by the loop in C (_serve_spares): the last
     # one answered here (its preload list imported by then).
     fast = [msgpack.packb(["spare", []], use_bin_type=True), None]
@@ -1453,10 +1665,14 @@ def main():
         if isinstance(req, list) and req and req[0] == "spare":
             for fd in fds:
                 os.close(fd)
+            if program and any(m not in _preloaded for m in (req[1] if len(req) > 1 else ())):
+                return 0
             if not _give_spare(sock, req, shepherd_pid, spares):
                 return 0
             fast[0] = msg             # served: the loop in C may answer it from now on
             continue
+        if program:
+            return 0
         try:
             if not isinstance(req, list) or len(req) != 4:
                 raise ValueError("bad request")
@@ -1480,6 +1696,35 @@ def main():
             sock.send(msgpack.packb([pid, err, []], use_bin_type=True))
         except OSError:
             return 0
+
+
+def _program_main(key, shepherd_pid):
+    """A spare handed ``["program", key]`` (and its socket to the shepherd
+    as fd 0) becomes the template of one program: the warm template's run
+    ``key`` of its main module installed and the preparation that is the
+    same for each of its children done (``_mainload.become``), frozen as
+    the template is (:func:`_freeze`), then it serves the shepherd's spare
+    requests (:func:`_serve`): those spares are that program's only.
+    Returns the exit code (0: no run ``key`` here, or the shepherd gone)."""
+    sock = _take_socket()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if _template_comm:
+        _comm(_template_comm)
+    from ..mp import _mainload
+
+    # numpy's generator reseeded in each of its clones too (_reseed_numpy:
+    # the clone that became this process cleared its flag)
+    _numpy_reseed[0] = "numpy.random" in sys.modules
+    if not isinstance(key, str) or not _mainload.become(key):
+        try:                      # no such run here: no spares (the shepherd makes none again)
+            import msgpack
+
+            sock.send(msgpack.packb([0, None, [], True], use_bin_type=True))
+        except OSError:
+            pass
+        return 0
+    _freeze()
+    return _serve(sock, shepherd_pid, True, program=True)
 
 
 def _spare_loop(sock, fast, shepherd_pid):

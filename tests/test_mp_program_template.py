@@ -1,0 +1,206 @@
+"""A template of the program's own (ember.shepherd.template's program
+templates, ember.mp._mainload.become): the children of an "ember"-method
+program whose main module ran in the warm template are cloned from a
+process that has that run and the preparation every child of it shares in
+place; they see what the warm template's children see, plain
+``ember.Process`` children never see it, and its death costs nothing but
+its speed."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _run(tmp_path, main, args=(), timeout=150):
+    (tmp_path / "prog.py").write_text(textwrap.dedent(main))
+    res = subprocess.run([sys.executable, "prog.py", *args], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=timeout)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    return res.stdout.splitlines()
+
+
+_PROG = """
+    import multiprocessing as mp
+    import os
+    import signal
+    import sys
+    import time
+
+    import ember
+    import helper
+
+    TABLE = {i: i * i for i in range(4)}
+
+    def report(q):
+        import multiprocessing
+        import os
+        import sys
+        from multiprocessing import process
+        from ember.mp import _mainload
+        import helper
+        p = _mainload.program
+        q.put((p[0] if p else None, p[2]["pid"] if p else None,
+               (sys.argv, sys.path, os.getcwd(), process.ORIGINAL_DIR,
+                multiprocessing.get_start_method(), helper.VALUE, TABLE,
+                sys.modules["__main__"] is sys.modules["__mp_main__"],
+                process.current_process().name, bytes(process.current_process().authkey))))
+
+    def plain():
+        import os
+        import sys
+        from ember.mp import _mainload
+        return (_mainload.program, "helper" in sys.modules, sys.path, os.getcwd())
+
+    def start(ctx, q, i):
+        p = ctx.Process(target=report, args=(q,), name=f"child-{i}")
+        p.start()
+        got = q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        return got
+
+    def want(name, state):
+        return (sys.argv, sys.path, os.getcwd(), mp.process.ORIGINAL_DIR, mp.get_start_method(),
+                42, TABLE, True, name, bytes(mp.current_process().authkey)) == state
+
+    def started_until(ctx, q, seen, what):
+        for i in range(60):
+            key, pid, state = start(ctx, q, i)
+            assert want(f"child-{i}", state), state
+            if seen(key, pid):
+                return key, pid
+        raise AssertionError(what)
+
+    if __name__ == "__main__":
+        mp.set_start_method("ember")
+        ctx = mp.get_context()
+        q = ctx.Queue()
+        p = ember.Process(target=plain); p.start(); before = p.result(60); p.join(60)
+        key, pid = started_until(ctx, q, lambda k, p: k is not None, "no program template")
+        print("program", key is not None)
+        p = ember.Process(target=plain); p.start(); after = p.result(60); p.join(60)
+        print("plain", after[0], after[1], after == before)
+        if "--kill" in sys.argv:
+            os.kill(pid, signal.SIGKILL)
+            started_until(ctx, q, lambda k, p: p is not None and p != pid, "no new template")
+            for i in range(200):          # the dead one reaped (not left a zombie)
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        if f.read().split(")")[-1].split()[0] not in "ZX":
+                            break
+                except FileNotFoundError:
+                    print("reaped")
+                    break
+                time.sleep(0.05)
+"""
+
+
+def test_children_come_from_the_programs_template_and_see_what_they_saw(tmp_path):
+    """After a few starts the children of a definition-only main come from
+    its own template, and each sees what spawn's child sees (its argv,
+    sys.path, working directory, ORIGINAL_DIR, start method, name and
+    authkey, the main module's definitions, the program module); a plain
+    ``ember.Process`` child after them sees none of it (the same as one
+    before them)."""
+    (tmp_path / "helper.py").write_text("VALUE = 42\n")
+    out = _run(tmp_path, _PROG, args=("x", "y"))
+    assert out == ["program True", "plain None False True"], out
+
+
+def test_a_program_template_killed_is_reaped_and_made_again(tmp_path):
+    """A program's template SIGKILLed while it serves: the starts after it
+    go on (the warm template's spares, exactly as before), the shepherd
+    reaps it, and a new one is made for the program."""
+    (tmp_path / "helper.py").write_text("VALUE = 42\n")
+    out = _run(tmp_path, _PROG, args=("--kill",))
+    assert out == ["program True", "plain None False True", "reaped"], out
+
+
+def test_a_childs_start_for_another_run_puts_the_template_back(tmp_path):
+    """In a child of a program's template whose start names another run
+    (``_mainload.install``), what ``become`` replaced is put back first:
+    ``sys.path``, the working directory, ``ORIGINAL_DIR``, the start method,
+    ``__main__``, the program's modules; the child then goes on as one of
+    the warm template."""
+    (tmp_path / "prog.py").write_text("VALUE = 1\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    code = textwrap.dedent(f"""
+        import multiprocessing, os, sys, types
+        from multiprocessing import process, spawn
+        from ember.mp import _mainload as ml
+        from ember._filecache import stat_key
+        prog = {str(tmp_path / "prog.py")!r}
+        mod, helper = types.ModuleType("__mp_main__"), types.ModuleType("helper_pt")
+        ml._mains["k"] = ("entry", ml._Main(prog, ["/x"], ["prog.py"], {str(other)!r}, mod,
+                                            {{"helper_pt": helper}}, {{prog: stat_key(prog)}},
+                                            "/orig", "spawn"))
+        before = (sys.path[:], os.getcwd(), process.ORIGINAL_DIR, multiprocessing.get_start_method(),
+                  sys.modules["__main__"], "__mp_main__" in sys.modules, len(spawn.old_main_modules))
+        print("become", ml.become("k"), sys.path == ["/x"], os.getcwd() == {str(other)!r},
+              process.ORIGINAL_DIR, multiprocessing.get_start_method(), sys.modules["__main__"] is mod,
+              "helper_pt" in sys.modules)
+        prep = {{"init_main_from_path": prog, "sys_path": ["/x"], "sys_argv": ["prog.py"],
+                 "dir": {str(other)!r}, "orig_dir": "/orig", "start_method": "spawn"}}
+        print("same", ml.install(prep, "k"), sorted(ml.preset))
+        print("other", ml.install(dict(prep, sys_argv=["prog.py", "2"]), "k"), ml.program, ml.preset)
+        after = (sys.path[:], os.getcwd(), process.ORIGINAL_DIR, multiprocessing.get_start_method(),
+                 sys.modules["__main__"], "__mp_main__" in sys.modules, len(spawn.old_main_modules))
+        print("back", after == before, "helper_pt" in sys.modules)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "become True True True /orig spawn True True",
+        "same True ['dir', 'orig_dir', 'start_method', 'sys_path']",
+        "other False None {}",
+        "back True False"], res.stdout
+
+
+_TURNS = """
+    import multiprocessing as mp
+
+    import ember
+    from ember.objects import process as P_
+
+    def triv():
+        return 1
+
+    def leased(argv_of):
+        # the pid of the lease a start of this argv would take, if any
+        for lease in (P_._lease, P_._parked):
+            if lease is not None and lease.argv == argv_of and P_._settle(lease):
+                return lease.desc.os_pid
+        return None
+
+    if __name__ == "__main__":
+        ctx = mp.get_context("ember")
+        for i in range(6):                    # the program's template made, its spares too
+            p = ctx.Process(target=triv); p.start(); p.join(60)
+        used = []
+        for i in range(8):
+            p = ember.Process(target=triv)
+            before = leased(P_._worker_argv("template"))
+            p.start(); p.join(60)
+            used.append(before is not None and before == p.pid)
+            q = ctx.Process(target=triv)
+            q.start(); q.join(60)
+        print("plain starts on their lease", sum(used[2:]), "of", len(used) - 2)
+"""
+
+
+def test_starts_of_both_kinds_in_turn_drop_no_lease(tmp_path):
+    """An mp start's worker argv names its program's template, a plain
+    ``ember.Process`` start's does not, so each kind leases its own spare;
+    the other kind's is kept aside (``process._parked``), not dropped, so
+    plain and mp starts in turn each take the lease of its kind (dropping
+    it cost each start a kill, a wait and a start without a lease: 2.3-3.4
+    -> 7.3-8.9 ms a start, 2026-12-05 05:43, not quiet, load 3.5).  Fails
+    with the other kind's lease dropped: 0 of 6."""
+    out = _run(tmp_path, _TURNS)
+    assert out == ["plain starts on their lease 6 of 6"], out
