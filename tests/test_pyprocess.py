@@ -2091,6 +2091,64 @@ def test_spare_killed_before_it_read_its_request_runs_it_elsewhere(tmp_path):
     assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
+def test_the_sentinel_of_a_process_started_again_is_its_end(tmp_path):
+    """``sentinel`` turns readable at the end of the process started again
+    in the place of a spare killed before it read its request, never
+    before, under ``multiprocessing.connection.wait`` (poll), a
+    ``selectors`` selector (epoll) and an asyncio loop's ``add_reader``,
+    each registered before the kill.  It was the pidfd, whose fd number
+    the new process's took (dup2): epoll keys on the open file, so the
+    selector and the loop never saw the end, and every wait saw the dead
+    spare's pidfd readable until the handle followed."""
+    go = tmp_path / "go"
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent(f"""
+        import asyncio, selectors
+        import multiprocessing.connection as mpc
+        ember.Process._lease_spares = False   # the shepherd's spares alone
+
+        def f(x):
+            while x == 2 and not os.path.exists({str(go)!r}):
+                time.sleep(0.01)
+            return x * 2
+
+        p = ember.Process(target=f, args=(1,)); p.start(); p.join()
+        spares = wait_children(SHEPHERD, "ember-spare", 2)
+        for s in spares:
+            os.kill(s, signal.SIGSTOP)        # none can read a request
+        p = ember.Process(target=f, args=(2,)); p.start()
+        print("handed to a stopped spare", p.pid in spares)
+        sel = selectors.DefaultSelector()
+        sel.register(p.sentinel, selectors.EVENT_READ)
+        loop = asyncio.new_event_loop()
+        ended = loop.create_future()
+        loop.add_reader(p.sentinel, lambda: ended.done() or ended.set_result(p.is_alive()))
+        for s in spares:
+            os.kill(s, signal.SIGKILL)
+        early = False
+        deadline = time.monotonic() + 60
+        while p.pid in spares:
+            if mpc.wait([p.sentinel], 0) or sel.select(0):
+                early = early or p.is_alive()
+            assert time.monotonic() < deadline, "the handle never followed"
+            time.sleep(0.01)
+        print("readable while it runs again", early or bool(mpc.wait([p.sentinel], 0))
+              or bool(sel.select(0)))
+        open({str(go)!r}, "w").close()
+        print("wait", mpc.wait([p.sentinel], 30) == [p.sentinel], p.is_alive())
+        print("selector", len(sel.select(30)), p.is_alive())
+        print("loop", loop.run_until_complete(asyncio.wait_for(ended, 30)))
+        loop.remove_reader(p.sentinel)
+        loop.close()
+        sel.close()
+        p.join()
+        print("exit", p.exitcode, p.result())
+    """))
+    assert ok(res).splitlines() == [
+        "handed to a stopped spare True", "readable while it runs again False",
+        "wait True False", "selector 1 False", "loop False", "exit 0 4"], res
+    assert "killed by" not in res.stderr.decode(), res.stderr.decode()
+
+
 def test_terminate_of_a_lease_killed_before_its_call_is_its_end(tmp_path):
     """A ``terminate()`` of a lease that a kill from outside ended before
     it read its call, asked once GS knows the end but before this handle
@@ -2246,7 +2304,7 @@ def test_children_killed_at_random_around_their_exit(tmp_path):
             p = ember.Process(target=f, args=(i,)); p.start()
             time.sleep(rnd.random() * 0.003)
             try:
-                signal.pidfd_send_signal(p.sentinel, signal.SIGKILL)   # (its pidfd)
+                signal.pidfd_send_signal(p._res.fd, signal.SIGKILL)   # (its pidfd)
             except OSError:
                 pass            # ended already (reaped before start() looked: no pidfd)
             p.join(timeout=30)
@@ -2288,7 +2346,7 @@ def test_a_child_killed_inside_its_result_sends_hand_over_leaves_no_block(tmp_pa
                 assert time.monotonic() < deadline
                 time.sleep(0.005)
             time.sleep(0.05)
-            signal.pidfd_send_signal(p.sentinel, signal.SIGKILL)
+            signal.pidfd_send_signal(p._res.fd, signal.SIGKILL)   # (its pidfd)
             p.join(timeout=30)
             print(p.exitcode)
             p.close()

@@ -432,7 +432,12 @@ class Popen:
             p._program = mainload.program_item(key)   # its spares come from the program's template
         p.start()
         self._proc = p
-        self.sentinel = p.sentinel
+
+    @property
+    def sentinel(self):
+        # (the ember.Process's: an eventfd written at its end, or at the
+        # end of the process started again in its place)
+        return self._proc.sentinel
 
     @property
     def pid(self):

@@ -281,7 +281,8 @@ def _drop(lease):
 
 
 def _drop_lease():
-    """Drop the spare held (leaving the runtime, the process living on)."""
+    """Drop the spare held, and close the sentinel watcher if it watches
+    nothing (leaving the runtime, the process living on)."""
     global _lease, _parked
     with _lease_lock:
         held, _lease, _parked = (_lease, _parked), None, None
@@ -291,6 +292,7 @@ def _drop_lease():
                 _drop(lease)
             except Exception:
                 pass
+    _Watcher.stop()
 
 
 def _forget_lease():
@@ -452,12 +454,13 @@ class _Resources:
     """What a started Process holds; released by :meth:`release` (join,
     close, or garbage collection through a weakref.finalize)."""
 
-    __slots__ = ("call", "result", "fd", "pidfd", "__weakref__")
+    __slots__ = ("call", "result", "fd", "pidfd", "sentinel", "__weakref__")
 
     def __init__(self):
         self.call = self.result = None
         self.fd = -1
         self.pidfd = False        # fd is the process's pidfd (not an eventfd)
+        self.sentinel = -1        # Process.sentinel once asked for: an eventfd (_Watcher)
 
     def release_channels(self):
         # Once the process has exited (its fd readable) this one is the
@@ -476,6 +479,8 @@ class _Resources:
 
     def release(self):
         self.release_channels()
+        if self.sentinel >= 0:
+            _Watcher.forget(self)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -571,6 +576,164 @@ def _exited_fd():
     """An fd that is readable at once (the process is already gone)."""
     fd = os.eventfd(1, os.EFD_CLOEXEC)
     return fd
+
+
+#: How often the sentinel watcher looks again at a Process whose lock
+#: another thread held, and at whether it still has anything to watch
+#: (:class:`_Watcher`).
+_BUSY_RETRY = 0.05
+#: ... and at whether anything is left to watch: it is gone once nothing
+#: was for a look (a program that starts and joins one process after
+#: another keeps it).
+_IDLE_LOOK = 1.0
+
+
+class _Watcher:
+    """The thread that makes each ``Process.sentinel`` asked for readable
+    at its process's end: one per process (this one, not a process it was
+    forked from) while any sentinel it made waits for its end, made at
+    the first such sentinel, gone (its thread and epoll set) once none is
+    left.
+
+    The sentinel is an eventfd, not the process's pidfd: a process started
+    again in its place (a spare or a lease killed before it read its
+    request or call, docs/python-processes.md) has a pidfd of its own, and
+    an epoll set, a ``selectors`` selector or an asyncio loop that
+    registered the old one keys on its open file, not on its fd number:
+    the new pidfd, though it takes the old fd number (``dup2``), would
+    never be seen; and the old one turns readable at the first process's
+    death, before anyone knows whether it is started again.  The thread
+    waits on the pidfds (an epoll set of its own) and writes a sentinel
+    once its Process knows the end (:meth:`Process._ended`: the end of
+    the process started again, if it was).  A Process whose lock another
+    thread holds (a ``join()`` that waits for the process started again)
+    is out of the set and looked at again every :data:`_BUSY_RETRY` s.
+    A pidfd leaves the set before it is closed or replaced (a fork's copy
+    of it would keep a closed one's entry, readable for ever).  Once
+    nothing is watched for :data:`_IDLE_LOOK` s, or at :meth:`stop`, the
+    set is closed and the thread ends."""
+
+    __slots__ = ("pid", "ep", "procs", "lock")
+    _it = None                            # the last made
+    _make_lock = threading.Lock()
+
+    @classmethod
+    def watch(cls, proc):
+        """``proc``'s sentinel, made (and its pidfd watched) at the first call."""
+        res = proc._res
+        with cls._make_lock:
+            while res.sentinel < 0 and res.fd >= 0:
+                w = cls._it
+                if w is None or w.pid != os.getpid() or w.ep.closed:
+                    w = object.__new__(cls)
+                    w.pid, w.ep, w.procs, w.lock = os.getpid(), select.epoll(), {}, \
+                        threading.Lock()
+                    threading.Thread(target=w._run, daemon=True, name="ember-sentinels").start()
+                    cls._it = w
+                with w.lock:
+                    if w.ep.closed:
+                        continue          # its last one ended meanwhile: a new one
+                    res.sentinel = os.eventfd(0, os.EFD_CLOEXEC)
+                    w.procs[res.fd] = weakref.ref(proc)
+                    w.ep.register(res.fd, select.EPOLLIN)
+        return res.sentinel
+
+    @classmethod
+    def _mine(cls, res):
+        """The live watcher of this process, if ``res`` has a sentinel."""
+        w = cls._it
+        return w if res.sentinel >= 0 and w is not None and w.pid == os.getpid() else None
+
+    @classmethod
+    def forget(cls, res):
+        """Before ``res`` closes its pidfd: out of the set, its sentinel closed."""
+        w = cls._mine(res)
+        if w is None:
+            os.close(res.sentinel)
+            res.sentinel = -1
+            return
+        with w.lock:
+            w._drop(res.fd)
+            os.close(res.sentinel)
+            res.sentinel = -1
+
+    @classmethod
+    def replace(cls, res, fd):
+        """``fd``, a new process's pidfd, takes ``res.fd``'s number (``dup2``;
+        closed), watched in its place if ``res`` is."""
+        w = cls._mine(res)
+        if w is None:
+            os.dup2(fd, res.fd, inheritable=False)
+            os.close(fd)
+            return
+        with w.lock:
+            watched = res.fd in w.procs
+            if watched:
+                try:
+                    w.ep.unregister(res.fd)
+                except OSError:
+                    pass                  # out of the set (busy)
+            os.dup2(fd, res.fd, inheritable=False)
+            os.close(fd)
+            if watched:
+                w.ep.register(res.fd, select.EPOLLIN)
+
+    @classmethod
+    def stop(cls):
+        """Close this process's watcher now if it watches nothing (leaving
+        the runtime; its thread ends at its next look)."""
+        w = cls._it
+        if w is not None and w.pid == os.getpid():
+            with w.lock:
+                if not w.procs:
+                    w.ep.close()
+
+    def _drop(self, fd):
+        """``fd`` watched no more (under the lock)."""
+        if self.procs.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass                      # out of the set (busy)
+
+    def _run(self):
+        busy = set()                      # out of the set: their lock was held
+        while True:
+            try:
+                events = self.ep.poll(_BUSY_RETRY if busy else _IDLE_LOOK)
+            except (ValueError, OSError):
+                return                    # closed (stop())
+            if not events and not busy:
+                with self.lock:
+                    if not self.procs:
+                        self.ep.close()   # nothing watched for a look: gone
+                        return
+            out, busy = busy, set()
+            for fd in out.union(fd for fd, _ in events):
+                ref = self.procs.get(fd)
+                p = None if ref is None else ref()
+                try:
+                    ended = True if p is None else p._ended(0, block=False)
+                except Exception:
+                    ended = True          # (GS gone: the kernel's word, as _follow's)
+                with self.lock:
+                    if ref is None or self.procs.get(fd) is not ref:
+                        continue          # forgotten meanwhile
+                    if ended is None:
+                        try:
+                            self.ep.unregister(fd)
+                        except OSError:
+                            pass
+                        busy.add(fd)
+                    elif ended:
+                        if p is not None and p._res.sentinel >= 0:
+                            os.eventfd_write(p._res.sentinel, 1)
+                        self._drop(fd)
+                    elif fd in out:       # (or back already: replace())
+                        try:
+                            self.ep.register(fd, select.EPOLLIN)
+                        except FileExistsError:
+                            pass
 
 
 # ioctl(pidfd, PIDFD_GET_INFO, struct pidfd_info) (Linux 6.13+; the exit
@@ -834,11 +997,16 @@ class Process:
 
     @property
     def sentinel(self):
-        """An fd that becomes readable when the process ends (a pidfd)."""
+        """An fd that becomes readable when the process ends (an eventfd
+        made at the first ask; for a process started again in its place,
+        when that one ends).  See docs/python-processes.md."""
         self._check_closed()
-        if self._res is None:
+        res = self._res
+        if res is None:
             raise ValueError("process not started")
-        return self._res.fd
+        if not res.pidfd:
+            return res.fd                 # an eventfd already (another node; gone at once)
+        return res.sentinel if res.sentinel >= 0 else _Watcher.watch(self)
 
     def __repr__(self):
         if self._desc is None:
@@ -1029,17 +1197,32 @@ class Process:
             _live.add(self)
 
     # --- waiting --------------------------------------------------------
-    def _ended(self, timeout):
+    def _ended(self, timeout, block=True):
         """Wait up to ``timeout`` (None: forever) for the process to end: its
         pidfd readable and, if a signal ended it, not started again by the
-        runtime (:meth:`_follow`)."""
+        runtime (:meth:`_follow`).  ``block`` False: None if another
+        thread holds the lock that :meth:`_follow` takes."""
+        if self._exitcode is not None:
+            return True
         res = self._res
+        pid = self._desc.os_pid
         if not _readable([res.fd], timeout):
             return False
         if not res.pidfd:
             return True
         code = self._kernel_code()
-        return (code is not None and code >= 0) or self._follow(timeout)
+        if code is not None and code >= 0:
+            return True
+        if not self._lock.acquire(block):
+            return None
+        try:
+            if self._exitcode is not None:
+                return True
+            if self._desc.os_pid != pid:      # another thread followed meanwhile
+                return self._ended(timeout)
+            return self._follow(timeout)
+        finally:
+            self._lock.release()
 
     def _rerun(self):
         """A lease this start took that ended (GS says so) with its call
@@ -1077,8 +1260,9 @@ class Process:
         request, which the shepherd then starts again under the same p_uid
         (another spare, or the template's fork), GS learning the new pid.
         GS says which: True if it ended, else the pidfd follows the new pid
-        (at the same fd number: the sentinel stays valid) and the new
-        process is waited for within what is left of ``timeout``.  Until
+        (at the same fd number; :class:`_Watcher` watches it for the
+        sentinel) and the new process is waited for within what is left
+        of ``timeout``.  Called under the lock (:meth:`_ended`).  Until
         GS knows either (the shepherd has yet to report the exit or the
         new pid), GS is asked again after a join of at most :data:`_SLICE`
         s, one even with ``timeout`` 0 (the shepherd reports an exit that
@@ -1090,35 +1274,33 @@ class Process:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         grace = _SLICE
-        with self._lock:
-            while True:
-                try:
-                    desc = gproc.query(self._desc.p_uid)
-                except Exception:             # GS gone (ember.shutdown()): the kernel's word
+        while True:
+            try:
+                desc = gproc.query(self._desc.p_uid)
+            except Exception:             # GS gone (ember.shutdown()): the kernel's word
+                return True
+            if not desc.is_alive:
+                desc = self._rerun()
+                if desc is None:
                     return True
-                if not desc.is_alive:
-                    desc = self._rerun()
-                    if desc is None:
-                        return True
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if desc.os_pid != self._desc.os_pid and desc.os_pid is not None:
-                    self._desc = desc
-                    try:
-                        fd = os.pidfd_open(desc.os_pid)
-                    except ProcessLookupError:
-                        continue              # ended already: GS will say so
-                    os.dup2(fd, self._res.fd, inheritable=False)
-                    os.close(fd)
-                    _t("P.followed")
-                    return self._ended(left)
-                if left is not None and left <= 0 and grace is None:
-                    return False
-                wait = _SLICE if left is None else min(_SLICE, max(left, grace or 0.0))
-                grace = None
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if desc.os_pid != self._desc.os_pid and desc.os_pid is not None:
+                self._desc = desc
                 try:
-                    gproc.join(self._desc.p_uid, wait)
-                except Exception:
-                    return True
+                    fd = os.pidfd_open(desc.os_pid)
+                except ProcessLookupError:
+                    continue              # ended already: GS will say so
+                _Watcher.replace(self._res, fd)     # (the same fd number)
+                _t("P.followed")
+                return self._ended(left)
+            if left is not None and left <= 0 and grace is None:
+                return False
+            wait = _SLICE if left is None else min(_SLICE, max(left, grace or 0.0))
+            grace = None
+            try:
+                gproc.join(self._desc.p_uid, wait)
+            except Exception:
+                return True
 
     def _wait(self, timeout, result_only=False):
         """Collect the result record and the exit; True once the process has
