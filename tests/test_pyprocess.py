@@ -2149,6 +2149,61 @@ def test_the_sentinel_of_a_process_started_again_is_its_end(tmp_path):
     assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
+def test_an_ended_process_s_pid_and_sentinel_need_no_gs(tmp_path):
+    """``pid`` asks nothing once the process has read its call (it can be
+    started again only before: it polled the pidfd at every read, and
+    asked GS after a death by a signal), and a kill asked through ember
+    (``kill()``) is the end at once (the shepherd and GS start again only
+    what a signal nobody asked ended): with global services stopped
+    (SIGSTOP), the pids of a process killed by hand after it read its
+    call and of two killed through ember (one at once, its call maybe
+    unread), and the sentinel of one, answer (they waited for GS: up to
+    20 ms and two round trips, for ever with GS stopped)."""
+    out = ok(run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + textwrap.dedent("""
+        import multiprocessing.connection as mpc
+        from procs import stat
+
+        (gs,) = [x for x in children(stat(SHEPHERD)[1]) if x != SHEPHERD]
+
+        def f(path):
+            open(path, "w").close()
+            time.sleep(600)
+
+        a = ember.Process(target=f, args=("a",)); a.start()
+        b = ember.Process(target=f, args=("b",)); b.start()
+        while not (os.path.exists("a") and os.path.exists("b")):
+            time.sleep(0.01)
+        c = ember.Process(target=f, args=("c",)); c.start()
+        pids = a.pid, b.pid, c.pid
+        fds = [os.pidfd_open(x) for x in pids]
+        c.kill()
+        a.kill()
+        os.kill(b.pid, signal.SIGKILL)       # by hand: its call read, not started again
+        for fd in fds:
+            mpc.wait([fd], 60)
+            os.close(fd)
+        got = []
+
+        def look():
+            got.append((a.pid, b.pid, c.pid) == pids)
+            got.append(mpc.wait([a.sentinel], 30) == [a.sentinel])
+
+        os.kill(gs, signal.SIGSTOP)
+        try:
+            t = threading.Thread(target=look, daemon=True)
+            t.start()
+            t.join(30)
+            print("with GS stopped", got)
+        finally:
+            os.kill(gs, signal.SIGCONT)
+        t.join()
+        print("ended", a.is_alive(), b.is_alive(), c.is_alive(), a.exitcode, b.exitcode,
+              c.exitcode)
+    """)))
+    assert out.splitlines() == ["with GS stopped [True, True]",
+                                "ended False False False -9 -9 -9"], out
+
+
 def test_terminate_of_a_lease_killed_before_its_call_is_its_end(tmp_path):
     """A ``terminate()`` of a lease that a kill from outside ended before
     it read its call, asked once GS knows the end but before this handle

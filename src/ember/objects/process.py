@@ -915,6 +915,8 @@ class Process:
         self._exitcode = None
         self._kcode = None            # (pid, the kernel's exit status of it): _kernel_code
         self._leased = False          # started on a lease not yet started again (_rerun)
+        self._asked = ()              # signals GS took to send it (_send_signal)
+        self._settled = False         # pid is final: its process read the call (pid)
         self._outcome = None          # (kind, value) once decided
         self._closed = False
         self._lock = threading.RLock()
@@ -974,9 +976,9 @@ class Process:
         ``ident``.  A process started again because its spare died before
         it read the request (docs/python-processes.md) has the new pid from
         then on."""
-        if self._desc is not None and self._exitcode is None and not self._closed \
-                and self._res.pidfd and _readable([self._res.fd], 0):
-            self._ended(0)                  # (follows a new pid)
+        if self._desc is not None and not self._settled and self._exitcode is None \
+                and not self._closed and self._res.pidfd:
+            self._check_pid()
         return None if self._desc is None else self._desc.os_pid
 
     ident = pid
@@ -994,6 +996,24 @@ class Process:
         if self._desc is not None and self._exitcode is None and not self._closed:
             self._poll()
         return self._exitcode
+
+    def _check_pid(self):
+        """Follow a new pid if the process was started again (:meth:`_ended`),
+        and note when the pid is final: once the process that has it has
+        read its call, it is started again no more (a spare only before
+        it read its request, a lease before it read its call, which comes
+        after the request), so :attr:`pid` asks nothing from then on.  The
+        call is looked at before the pidfd (a process started again in
+        its place may be the one that read it)."""
+        res = self._res
+        try:
+            read = res.call is None or len(res.call) != _CALL_MESSAGES
+        except Exception:                 # (released meanwhile: ended)
+            read = False
+        if _readable([res.fd], 0):
+            self._ended(0)                # (follows a new pid)
+        elif read:
+            self._settled = True
 
     @property
     def sentinel(self):
@@ -1200,7 +1220,10 @@ class Process:
     def _ended(self, timeout, block=True):
         """Wait up to ``timeout`` (None: forever) for the process to end: its
         pidfd readable and, if a signal ended it, not started again by the
-        runtime (:meth:`_follow`).  ``block`` False: None if another
+        runtime (:meth:`_follow`).  A signal that GS took to send it
+        (:meth:`kill`, :meth:`terminate`) is its end, at once: the
+        shepherd and GS start again only a process that a signal nobody
+        asked through ember ended.  ``block`` False: None if another
         thread holds the lock that :meth:`_follow` takes."""
         if self._exitcode is not None:
             return True
@@ -1211,7 +1234,7 @@ class Process:
         if not res.pidfd:
             return True
         code = self._kernel_code()
-        if code is not None and code >= 0:
+        if code is not None and (code >= 0 or -code in self._asked):
             return True
         if not self._lock.acquire(block):
             return None
@@ -1505,6 +1528,10 @@ class Process:
         except ProcessError:
             if self.is_alive():
                 raise
+            return
+        # a death by it is the end, known at once (_ended): nothing starts
+        # a process that GS sent a signal again
+        self._asked = self._asked + (sig,)
 
     def terminate(self):
         """Send SIGTERM."""
