@@ -922,15 +922,83 @@ def test_a_lease_dead_as_idle_is_reported_only_if_claimed(h, tmp_path):
     died(idle)                                   # never claimed: nothing
     h.req(m.ProcessClaim, before, p_uid=creator)
     died(before)                                 # claimed, then dead
+    h.req(m.ProcessNoRerun, before, p_uid=creator)   # (its creator saw its call read)
     assert reports() == [(before, f"ember: process {before} (pid 1) killed by SIGKILL\n")]
     died(after)                                  # dead, then claimed
     assert reports() == []
     h.req(m.ProcessClaim, after, p_uid=creator)
+    h.req(m.ProcessNoRerun, after, p_uid=creator)
     assert reports() == [(after, f"ember: process {after} (pid 1) killed by SIGKILL\n")]
     exited = [e for e in _events_of(tmp_path / "r.events") if e["event"] == "process.exited"]
     assert [e["p_uid"] for e in exited] == [before, after]
     assert not any("idle_report" in str(e) for e in exited), exited
     h.gs._close_events()
+
+
+def test_a_claimed_lease_s_death_line_waits_for_its_creator(h):
+    """The death line of a claimed lease that a signal nobody asked through
+    GS ended is held while its creator may still ask to start it again
+    (its call unread, which only the creator sees): dropped if it asks
+    and the lease runs again (no process died), written at the creator's
+    ProcessNoRerun (its call was read; another's is ignored), at a start
+    again that fails, at the creator's exit, or REPORT_HOLD s after the
+    death.  It was written at the death, the lease then started again."""
+    creator = h.create("creator")
+    other = h.create()
+
+    def lease():
+        key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {"spare": True}, False,
+                    p_uid=creator)
+        h.spawn_all()
+        p_uid = h.ok(key)["p_uid"]
+        h.req(m.ProcessClaim, p_uid, p_uid=creator)
+        return p_uid
+
+    def line(p_uid):
+        return f"ember: process {p_uid} (pid 1) killed by SIGKILL\n"
+
+    def died(p_uid):
+        info = {"status": signal.SIGKILL, "core_dumped": False, "oom_killed": False,
+                "idle_report": line(p_uid)}
+        h.shepherd(m.ShExited(p_uid, -signal.SIGKILL, info))
+
+    def reports():
+        got = [(x.p_uid, x.line) for x in h.sh if type(x) is m.ShDeathReport]
+        h.sh.clear()
+        return got
+
+    a, b, c, d = lease(), lease(), lease(), lease()
+    h.sh.clear()
+    for x in (a, b, c, d):
+        died(x)
+    assert reports() == []
+    key = h.req(m.ProcessRerun, a, p_uid=creator)        # its call unread: it runs again
+    h.spawn_all()
+    assert h.ok(key)["state"] == "running"
+    h.req(m.ProcessNoRerun, b, p_uid=other)               # not its lease: ignored
+    assert reports() == []
+    h.req(m.ProcessNoRerun, b, p_uid=creator)             # its call was read
+    assert reports() == [(b, line(b))]
+    h.auto = False
+    key = h.req(m.ProcessRerun, c, p_uid=creator)
+    h.pump()
+    h.auto = True
+    h.spawn_all(fail="no template")                      # it cannot run again
+    assert h.err(key)[0] == "ProcessError"
+    assert reports() == [(c, line(c))]
+    from ember.globalservices.processes import REPORT_HOLD
+
+    h.advance(REPORT_HOLD)                               # its creator never looked
+    assert reports() == [(d, line(d))]
+    e = lease()
+    died(e)
+    h.advance(REPORT_HOLD / 2)
+    assert reports() == []
+    h.exit(creator, 0)                                   # nobody can start it again
+    assert reports() == [(e, line(e))]
+    h.advance(REPORT_HOLD)
+    assert reports() == []                               # (a's never)
+    assert h.gs.reports_held == {} and h.gs.stats().timers_pending == 0
 
 
 def test_claim_next_claims_and_leases_in_one_message(h, tmp_path):

@@ -2004,10 +2004,11 @@ def test_lease_killed_before_it_read_its_call_runs_it_again(tmp_path):
     channel: the creator sees that once GS reports the end, and GS starts
     the lease again under the same p_uid (ProcessRerun), where it runs the
     call: is_alive() True, pid the new process's, join(timeout) returns
-    while it runs, the result, exit 0 (it was: exit -9, ProcessDied).  The
-    death line is still written (GS writes it for a claimed lease at its
-    end; only the creator can see the call unread).  An idle lease killed
-    by hand is still no death."""
+    while it runs, the result, exit 0 (it was: exit -9, ProcessDied).  No
+    death line (it was written: GS wrote it for a claimed lease at its
+    end, before the creator could say that the call was unread; now GS
+    holds it until the creator says, ProcessRerun or ProcessNoRerun).  An
+    idle lease killed by hand is still no death."""
     go = tmp_path / "go"
     res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED
                    + _lease_killed_unread(go, also=", s in leased()") + textwrap.dedent(f"""
@@ -2031,9 +2032,7 @@ def test_lease_killed_before_it_read_its_call_runs_it_again(tmp_path):
     lines = ok(res).splitlines()
     assert lines[:6] == ["from the lease True True", "alive True", "joined with a timeout None",
                          "result 1", "exit 0", "idle gone True"], lines
-    err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
-    assert len(err) == 1 and err[0].startswith(f"ember: process {lines[6].split()[1]} (pid ") \
-        and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
+    assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
 def test_spare_killed_before_it_read_its_request_runs_it_elsewhere(tmp_path):
@@ -2089,6 +2088,45 @@ def test_spare_killed_before_it_read_its_request_runs_it_elsewhere(tmp_path):
         "its parent the shepherd True", "joined with a timeout None True", "next 6",
         "ran 1", "ran 2", "ran 3", "result 4"], res
     assert "killed by" not in res.stderr.decode(), res.stderr.decode()
+
+
+def test_a_lease_killed_after_it_read_its_call_is_reported(tmp_path):
+    """A lease killed by hand once it has read its call is a user's process
+    dying: the creator's handle, which sees the call read, tells GS
+    (ProcessNoRerun), and GS writes the death line it held (while the
+    lease could have been started again); exit -9, ProcessDied."""
+    res = run_prog(tmp_path, "SHEPHERD = os.getppid()\n" + LEASED + textwrap.dedent("""
+        from ember.objects import process as P
+
+        def g():
+            return 1
+
+        def f(path):
+            open(path, "w").close()
+            time.sleep(600)
+
+        for _ in range(2):
+            q = ember.Process(target=g); q.start(); q.join()
+        P._settle(P._lease)
+        s = P._lease.desc.os_pid
+        p = ember.Process(target=f, args=("running",)); p.start()
+        print("from the lease", p.pid == s)
+        while not os.path.exists("running"):
+            time.sleep(0.01)
+        os.kill(s, signal.SIGKILL)
+        p.join(timeout=60)
+        print("exit", p.exitcode, p.pid == s)
+        try:
+            p.result()
+        except ember.ProcessDied as e:
+            print("died", "killed by SIGKILL" in str(e))
+        print("p_uid", p.p_uid)
+    """))
+    lines = ok(res).splitlines()
+    assert lines[:3] == ["from the lease True", "exit -9 True", "died True"], lines
+    err = [ln for ln in res.stderr.decode().splitlines() if "killed by" in ln]
+    assert len(err) == 1 and err[0].startswith(f"ember: process {lines[3].split()[1]} (pid ") \
+        and err[0].endswith(" killed by SIGKILL"), res.stderr.decode()
 
 
 def test_the_sentinel_of_a_process_started_again_is_its_end(tmp_path):

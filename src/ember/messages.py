@@ -288,6 +288,14 @@ _define(161, "ShDeathReport", "p_uid line")
 # ProcessError.
 _define(155, "ProcessRerun", _REQ + "ident")
 
+# rerun2 (135-139).  ``ember.Process``'s creator has seen that the lease
+# ``ident`` it took, which a signal nobody asked through GS ended, had read
+# its call (so it is not started again, ProcessRerun): its end stands, and
+# GS writes the death line it held while the lease could be started again
+# (ShDeathReport).  A notice, answered nothing; ignored for anything but
+# the sender's ended process.
+_define(135, "ProcessNoRerun", _REQ + "ident")
+
 # rtcpu (180-189).  ``ember.Process``'s start that took a spare claims it
 # and asks for the next one in one message: ProcessClaim of ``ident`` (with
 # ``label``; a claim GS refuses is logged, as ProcessClaim's) followed by a

@@ -36,6 +36,11 @@ FIRST_P_UID = 1
 MAX_JOIN_IDENTS = 4096
 #: The options of the create a ProcessClaimNext carries (read, never changed).
 _SPARE = {"spare": True}
+#: Seconds GS holds the death line of a claimed lease that a signal nobody
+#: asked through GS ended, while its creator may still ask to start it
+#: again (its call unread): written at the creator's ProcessNoRerun, a
+#: refused or failed start again, the creator's exit, or after this long.
+REPORT_HOLD = 2.0
 
 
 def _label(value):
@@ -50,7 +55,7 @@ class _Proc:
     __slots__ = ("p_uid", "name", "state", "exit_code", "os_pid", "create_req", "refs",
                  "replies", "waiters", "creator", "key", "joined", "exe", "prev_same_name",
                  "attached", "node", "lost", "exit_info", "next_c_uid", "posted_c_uids",
-                 "spare", "exit_held", "label", "forked", "respawn")
+                 "spare", "exit_held", "label", "forked", "respawn", "report_held")
 
     def __init__(self, p_uid, name, creator, key=None, node=0):
         self.p_uid = p_uid
@@ -84,6 +89,9 @@ class _Proc:
         # sent a signal through GS (p.kill(): its end is meant) or is
         # started again.
         self.respawn = None
+        # (line, timer): its death line while it may be started again
+        # (_death_report); dropped if it is
+        self.report_held = None
         self.label = None        # what `ember ps` shows for it without a name (ProcessOptions)
 
     @property
@@ -109,7 +117,7 @@ class ProcessesPart:
                 (m.ProcessJoin, "on_process_join"), (m.ProcessAttach, "on_process_attach"),
                 (m.ProcessDetach, "on_process_detach"), (m.ProcessClaim, "on_process_claim"),
                 (m.ProcessClaimNext, "on_process_claim_next"), (m.ProcessRerun, "on_process_rerun"),
-                (m.ProcessForked, "on_process_forked"))
+                (m.ProcessNoRerun, "on_process_no_rerun"), (m.ProcessForked, "on_process_forked"))
     NOTICES = ((m.ShSpawned, "on_sh_spawned"), (m.ShExited, "on_sh_exited"))
 
     def _init_processes(self):
@@ -118,6 +126,7 @@ class ProcessesPart:
         self.last_by_name = {}    # name -> p_uid of the most recent process of that name
         self._p_uids = itertools.count(FIRST_P_UID)
         self.spares_of = {}       # creator p_uid -> p_uids of its unclaimed spares
+        self.reports_held = {}    # p_uid -> _Proc: a lease's death line held (_death_report)
 
     def _proc(self, ident):
         if isinstance(ident, str) and ident not in self.proc_names:
@@ -253,6 +262,7 @@ class ProcessesPart:
         if msg.err and rec.exit_code is not None:
             # started again (ProcessRerun) and failed: its end stands
             rec.state = EXITED
+            self._write_held(rec)             # (its death line, held)
             log.info("process %d could not be started again: %s", rec.p_uid, msg.err)
             if r:
                 self.route_reply(self.node, r, m.reply_err(tag, "ProcessError",
@@ -278,6 +288,7 @@ class ProcessesPart:
         if rec.state == PENDING:
             rec.state = RUNNING
             rec.exit_code = rec.exit_info = None      # (started again: ProcessRerun)
+            rec.report_held = None                    # no process died: its call runs
         log.info("%s started: %r", self._proc_label(rec), rec.exe)
         if not rec.spare:
             self._event("process.started", p_uid=rec.p_uid, name=rec.name or None,
@@ -414,9 +425,29 @@ class ProcessesPart:
     def _death_report(self, rec, report):
         """A lease that died, named as an idle spare, by a signal nobody in
         ember sent, was claimed (its creator had sent its call): a user's
-        process died, and the shepherd writes the report it left to us."""
-        if isinstance(report, str):
+        process died, and the shepherd writes the report it left to us.
+        Held while the creator may still ask to start it again (its call
+        unread: ProcessRerun), for :data:`REPORT_HOLD` s at most: the
+        creator says which when it learns the end (ProcessRerun, or
+        ProcessNoRerun), else it is written then, or at the creator's
+        exit; a lease started again died no death."""
+        if not isinstance(report, str):
+            return
+        if rec.respawn is None:
             self.to_node(rec.node, m.ShDeathReport(rec.p_uid, report))
+            return
+        rec.report_held = (report, self.call_later(REPORT_HOLD, self._write_held, rec))
+        self.reports_held[rec.p_uid] = rec
+
+    def _write_held(self, rec, write=True):
+        """Write (``write``) or drop the death line held for ``rec``, if any."""
+        held, rec.report_held = rec.report_held, None
+        if held is None:
+            return
+        self.reports_held.pop(rec.p_uid, None)
+        held[1].cancel()                  # (a no-op once fired or cancelled)
+        if write:
+            self.to_node(rec.node, m.ShDeathReport(rec.p_uid, held[0]))
 
     def _exited(self, rec, exit_code, info=None, report=None):
         """Everything a process's end releases (its pool blocks are swept by
@@ -437,6 +468,9 @@ class ProcessesPart:
         else:
             self._event_exited(rec, exit_code, info)
             self._death_report(rec, report)
+        if self.reports_held:             # its leases' death lines: none will be started again
+            for held in [r for r in self.reports_held.values() if r.creator == p_uid]:
+                self._write_held(held)
         # Its unclaimed spares go with it (nobody else may take them).
         for sp in self.spares_of.pop(p_uid, ()):
             srec = self.procs.get(sp)
@@ -550,7 +584,11 @@ class ProcessesPart:
             raise ProcessError(f"process {ident!r} cannot be started again: not a lease of "
                                f"process {msg.p_uid} that a signal ended, not started again")
         if self.teardown is not None:
+            self._write_held(rec)
             raise ProcessError("the runtime is shutting down: no new processes")
+        if rec.report_held is not None:   # kept until the new process runs (on_sh_spawned)
+            rec.report_held[1].cancel()
+            self.reports_held.pop(rec.p_uid, None)
         exe, args, env, run_dir = rec.respawn
         rec.respawn = None
         rec.state = PENDING
@@ -558,6 +596,18 @@ class ProcessesPart:
         rec.create_req = (msg.tag, msg.r)
         log.info("%s: started again (it died before it read its call)", self._proc_label(rec))
         self.to_node(rec.node, m.ShSpawn(msg.tag, rec.p_uid, exe, args, env, run_dir, ""))
+
+    def on_process_no_rerun(self, msg):
+        """The creator of a lease that a signal ended has seen its call
+        read (ProcessRerun's notice counterpart, answered nothing): its end
+        stands, and the death line held for it is written now.  Anything
+        but the sender's lease is ignored."""
+        ident = msg.ident
+        rec = self.procs.get(ident) if isinstance(ident, int) and \
+            not isinstance(ident, bool) else None
+        if rec is not None and rec.creator == msg.p_uid and rec.state == EXITED:
+            rec.respawn = None
+            self._write_held(rec)
 
     def on_process_list(self, msg):
         # Every process GS knows, exited ones included (process.query still

@@ -1259,13 +1259,18 @@ class Process:
             return None
         self._leased = False
         try:
-            if len(self._res.call) != _CALL_MESSAGES:
-                return None                   # read, or being read
             from .. import messages as m
-            from ..descriptors import ProcessDescriptor
-            from ..globalservices._client import call
+            from ..globalservices._client import connection
 
-            return ProcessDescriptor.from_dict(call(m.ProcessRerun, self._desc.p_uid))
+            if len(self._res.call) != _CALL_MESSAGES:
+                # read, or being read: its end stands (GS writes the death
+                # line it held while it could be started again)
+                connection().post(m.ProcessNoRerun, self._desc.p_uid)
+                return None
+            from ..descriptors import ProcessDescriptor
+
+            return ProcessDescriptor.from_dict(connection().call(m.ProcessRerun,
+                                                                 self._desc.p_uid))
         except Exception:
             return None
 
