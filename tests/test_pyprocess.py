@@ -2187,6 +2187,40 @@ def test_the_sentinel_of_a_process_started_again_is_its_end(tmp_path):
     assert "killed by" not in res.stderr.decode(), res.stderr.decode()
 
 
+def test_the_sentinel_while_a_join_waits(tmp_path):
+    """A join waiting on the pidfd takes it from the sentinel watcher (the
+    end wakes the joining thread alone) and writes the sentinel itself:
+    the sentinel turns readable while another thread is in join(); a join
+    that times out gives it back, and the watcher writes it at the end."""
+    out = ok(run_prog(tmp_path, textwrap.dedent("""
+        import multiprocessing.connection as mpc
+
+        def f(path):
+            while not os.path.exists(path):
+                time.sleep(0.01)
+
+        for timed in (False, True):
+            go = f"go-{timed}"
+            p = ember.Process(target=f, args=(go,)); p.start()
+            s = p.sentinel
+            if timed:
+                p.join(timeout=0.1)           # times out: the watcher's again
+                t = None
+            else:
+                t = threading.Thread(target=p.join); t.start()
+                time.sleep(0.2)               # (in join() by now, mostly)
+            print("readable before the end", mpc.wait([s], 0) != [])
+            open(go, "w").close()
+            print("readable at the end", mpc.wait([s], 30) == [s], p.is_alive())
+            if t is not None:
+                t.join()
+            p.join()
+            print("exit", p.exitcode)
+    """)))
+    assert out.splitlines() == ["readable before the end False", "readable at the end True False",
+                                "exit 0"] * 2, out
+
+
 def test_an_ended_process_s_pid_and_sentinel_need_no_gs(tmp_path):
     """``pid`` asks nothing once the process has read its call (it can be
     started again only before: it polled the pidfd at every read, and

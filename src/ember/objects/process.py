@@ -679,6 +679,38 @@ class _Watcher:
                 w.ep.register(res.fd, select.EPOLLIN)
 
     @classmethod
+    def pause(cls, res):
+        """The watcher of ``res``'s sentinel, its pidfd out of the set while
+        a thread waits on it (:meth:`Process._ended`, then :meth:`resume`);
+        None if it is not watched."""
+        w = cls._mine(res)
+        if w is None:
+            return None
+        with w.lock:
+            if res.fd not in w.procs:
+                return None
+            try:
+                w.ep.unregister(res.fd)
+            except OSError:
+                pass                      # out already (busy, or another's wait)
+        return w
+
+    def resume(self, res, ended):
+        """After :meth:`pause`: the sentinel written if the wait ``ended``,
+        else the pidfd back in the set."""
+        with self.lock:
+            if res.fd not in self.procs:
+                return                    # done meanwhile (the thread, another wait)
+            if ended:
+                os.eventfd_write(res.sentinel, 1)
+                self._drop(res.fd)
+            else:
+                try:
+                    self.ep.register(res.fd, select.EPOLLIN)
+                except FileExistsError:
+                    pass
+
+    @classmethod
     def stop(cls):
         """Close this process's watcher now if it watches nothing (leaving
         the runtime; its thread ends at its next look)."""
@@ -1224,7 +1256,26 @@ class Process:
         (:meth:`kill`, :meth:`terminate`) is its end, at once: the
         shepherd and GS start again only a process that a signal nobody
         asked through ember ended.  ``block`` False: None if another
-        thread holds the lock that :meth:`_follow` takes."""
+        thread holds the lock that :meth:`_follow` takes.
+
+        A wait of this thread on the pidfd takes it out of the sentinel
+        watcher's set meanwhile (:meth:`_Watcher.pause`): the end wakes
+        this thread alone, which writes the sentinel (a join does not
+        share the end's wake-up with the watcher's thread)."""
+        res = self._res
+        if timeout != 0 and res.sentinel >= 0:
+            w = _Watcher.pause(res)
+            if w is not None:
+                ended = False
+                try:
+                    ended = self._end_known(timeout, block)
+                finally:
+                    w.resume(res, ended)
+                return ended
+        return self._end_known(timeout, block)
+
+    def _end_known(self, timeout, block):
+        """:meth:`_ended`, the sentinel's watcher aside."""
         if self._exitcode is not None:
             return True
         res = self._res
