@@ -36,6 +36,7 @@ def rdir(xdg):
 def running(tmp_path, rdir):
     """A runtime of ``rdir`` running (its head waits for stdin to close),
     and its event log; it must end with exit code 0."""
+    before = {p.name for p in rdir.iterdir()}
     run = _start(tmp_path, rdir.parent, """
         import sys
         print("ready", flush=True)
@@ -45,7 +46,8 @@ def running(tmp_path, rdir):
         assert run.stdout.readline() == b"ready\n"
         # GS writes its log's first lines once its input is idle (a
         # millisecond or so behind): the head may print before the file exists
-        (events,) = _wait_for(lambda: [p for p in rdir.iterdir() if p.name.endswith(".events")],
+        (events,) = _wait_for(lambda: [p for p in rdir.iterdir() if p.name.endswith(".events")
+                                       and p.name not in before],
                               "the event log", timeout=30)
         yield events
     finally:
@@ -171,3 +173,35 @@ def test_cleanup_help_names_the_caps():
     assert res.returncode == 0
     assert "--events-keep N" in res.stdout and "--events-max-size SIZE" in res.stdout
     assert "(default: 200)" in res.stdout and "(default: 64M)" in res.stdout
+
+
+def test_a_runtime_start_prunes_a_crowded_directory(rdir, tmp_path):
+    """Nothing but `ember cleanup` removed event logs: a machine that runs
+    many short runtimes gathered thousands.  A runtime's start whose
+    directory holds more than EVENTS_PRUNE_AT logs removes what `ember
+    cleanup --events-only` would by default (here: beyond the 200 newest
+    finished ones); the running runtime's own log stays."""
+    from ember.globalservices.server import EVENTS_PRUNE_AT
+    from ember.launcher.cli import DEFAULT_EVENTS_KEEP
+    n = EVENTS_PRUNE_AT + 5
+    now = time.time()
+    for i in range(n):                      # i = n - 1 the newest
+        p = rdir / f"r1-{TAG}crowd{i}.events"
+        p.write_text("{}\n")
+        os.utime(p, (now - 3600 - (n - i), now - 3600 - (n - i)))
+    with running(tmp_path, rdir) as live:
+        def left():
+            names = [p.name for p in rdir.iterdir() if p.name.endswith(".events")]
+            return names if len(names) == DEFAULT_EVENTS_KEEP + 1 else None
+        names = _wait_for(left, "the prune", timeout=30)
+        assert live.name in names
+        assert f"r1-{TAG}crowd{n - 1}.events" in names          # the newest kept
+        assert f"r1-{TAG}crowd{n - DEFAULT_EVENTS_KEEP}.events" in names
+        assert f"r1-{TAG}crowd{n - DEFAULT_EVENTS_KEEP - 1}.events" not in names
+
+
+def test_a_runtime_start_leaves_a_directory_below_the_mark(rdir, tmp_path):
+    """Below EVENTS_PRUNE_AT logs a start removes nothing, however old."""
+    old = [log(rdir, f"r1-{TAG}old{i}", 30 * DAY) for i in range(3)]
+    with running(tmp_path, rdir) as live:
+        assert live.exists() and all(p.exists() for p in old)

@@ -50,6 +50,7 @@ step of a cleanup is independent of the others' failure.
 """
 
 from _operator import _compare_digest as compare_digest  # hmac.compare_digest without hashlib/OpenSSL (~2 ms at start-up)
+import _thread
 import itertools
 import os
 import time
@@ -575,6 +576,33 @@ class ChannelTransport:
         return True
 
 
+#: The runtime directory's event logs (``<id>.events``) beyond which a
+#: runtime's start prunes them as ``ember cleanup --events-only`` would
+#: with its defaults; below it, a start only counts them.
+EVENTS_PRUNE_AT = 1000
+
+
+def _prune_events(d):
+    """On a thread of its own at GS's start: if the runtime directory ``d``
+    holds more than EVENTS_PRUNE_AT event logs, remove the finished
+    runtimes' logs that ``ember cleanup`` would remove by default (older
+    than a week, beyond the 200 newest or 64 MB).  Nothing else removes
+    them: a machine that runs many short runtimes (test suites,
+    benchmarks) gathered thousands (docs/introspection.md)."""
+    try:
+        with os.scandir(d) as it:
+            n = sum(1 for e in it if e.name.endswith(".events"))
+        if n <= EVENTS_PRUNE_AT:
+            return
+        import io
+
+        from ..launcher import cli
+        cli.cleanup_events(cli.DEFAULT_EVENTS_AGE, out=io.StringIO(),
+                           keep=cli.DEFAULT_EVENTS_KEEP, max_size=cli.DEFAULT_EVENTS_MAX_SIZE)
+    except Exception as exc:         # a log left is no reason to fail a runtime
+        log.warning("event logs not pruned: %s", exc)
+
+
 def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_channel=None,
           launcher_key=None, death_reports=True, attach_key=None, mn=None):
     """Run GS until teardown completes.
@@ -625,6 +653,8 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
         gs.events_path = os.path.join(runtime_dir(), f"{runtime_tag}.events")
     except Exception as exc:
         log.warning("no event log: %s", exc)
+    else:
+        _thread.start_new_thread(_prune_events, (os.path.dirname(gs.events_path),))
     gs.defer_events = True       # written in bursts (flush_events), after the replies
     gs._event("runtime.started", runtime=runtime_tag, pid=os.getppid())
     while not gs.finished:
