@@ -200,3 +200,39 @@ def test_the_template_imports_cloudpickle_only_for_code_shipped_by_value(tmp_pat
     """ % (_CLOUDPICKLE_ONLY,))
     assert out[:5] == ["mp []", "ref True False", "value True False True",
                        "value True False True", "mp after True"], out
+
+
+def _pkgutil_prog(top):
+    return """
+        import gc, multiprocessing as mp, os, sys
+        import ember
+        %s
+
+        def child(q):
+            m = sys.modules.get("pkgutil")
+            q.put((m is not None, "typing" in sys.modules,
+                   m is not None and any(o is m for o in gc.get_objects())))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            for _ in range(2):
+                p = ctx.Process(target=child, args=(q,))
+                p.start()
+                print(*q.get(timeout=30))
+                p.join(30)
+    """ % top
+
+
+def test_the_template_imports_pkgutil_only_for_children_that_run_the_main_file(tmp_path,
+                                                                               monkeypatch):
+    """pkgutil (and typing, which it imports) is runpy.run_path's: an
+    "ember"-method child whose main module the template ran has neither;
+    one that runs the main file itself (a main that does more than define,
+    or EMBER_MP_MAIN_IN_TEMPLATE=0) finds it imported by the template (the
+    module is among the objects the template froze, not the child's)."""
+    assert run_prog(tmp_path, _pkgutil_prog(""))[:2] == ["False False False"] * 2
+    ran = ["True True False"] * 2
+    assert run_prog(tmp_path, _pkgutil_prog("N = len(os.environ)"))[:2] == ran
+    monkeypatch.setenv("EMBER_MP_MAIN_IN_TEMPLATE", "0")
+    assert run_prog(tmp_path, _pkgutil_prog(""))[:2] == ran

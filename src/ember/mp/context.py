@@ -108,9 +108,11 @@ def ensure_runtime():
 _offered = set()
 _seen = {}          # module name -> the module object last looked at (offered or not)
 #: What every "ember"-method child imports beyond ember.Process's worker (the
-#: child's own code, and what spawn.prepare's runpy.run_path imports): the
-#: template has them imported before it forks.
-_CHILD_MODULES = ("ember.mp._child", "ember.mp.context", "ember.mp._mainload", "pkgutil",
+#: child's own code, and what spawn.prepare imports): the template has them
+#: imported before it forks.  Not pkgutil (runpy.run_path's, with typing:
+#: ~0.45 MB, 6 mappings): only a child that runs the main file itself needs
+#: it, and the template imports it then (``_mainload.offer``, ``preload``).
+_CHILD_MODULES = ("ember.mp._child", "ember.mp.context", "ember.mp._mainload",
                   "runpy", "multiprocessing.spawn", "multiprocessing.resource_tracker",
                   "multiprocessing.util")
 
