@@ -236,3 +236,24 @@ def test_the_template_imports_pkgutil_only_for_children_that_run_the_main_file(t
     assert run_prog(tmp_path, _pkgutil_prog("N = len(os.environ)"))[:2] == ran
     monkeypatch.setenv("EMBER_MP_MAIN_IN_TEMPLATE", "0")
     assert run_prog(tmp_path, _pkgutil_prog(""))[:2] == ran
+
+
+def test_the_template_imports_no_ctypes(tmp_path):
+    """The raw clone is set up and made in C (_spawn.clone_setup,
+    clone_parent): no template child has ctypes (_ctypes and libffi)."""
+    out = run_prog(tmp_path, """
+        import multiprocessing as mp, sys
+        import ember
+
+        def child(q):
+            q.put([m for m in ("ctypes", "_ctypes") if m in sys.modules])
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            p = ctx.Process(target=child, args=(q,))
+            p.start()
+            print("mp", q.get(timeout=30))
+            p.join(30)
+    """)
+    assert out[:1] == ["mp []"], out

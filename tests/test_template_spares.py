@@ -39,7 +39,7 @@ TEMPLATE = textwrap.dedent(r"""
         return 0
     while True:
         # the answer's tail: None, [], False (msgpack)
-        got = serve_spares(sock.fileno(), b"SPARE", b"\xc0\x90\xc2", *T._clone[3:6], buf,
+        got = serve_spares(sock.fileno(), b"SPARE", b"\xc0\x90\xc2", *T._clone, buf,
                            os.getppid(), b"ember-spare", b"ember-leased", b"tmpl-child")
         if got[0] == "child":             # a spare: answer the request it is sent, exit
             kind, req, leased = got[1]    # its request is in, its fds are 0, 1, 2

@@ -62,6 +62,8 @@ cdef extern from "spares.h":
         size_t buf_cap
 
     int ember_spares_in_clone
+    int ember_clone_setup(void **tid_addr, void **robust_head, size_t *robust_len)
+    long ember_clone_parent(void *tid_addr, void *robust_head, size_t robust_len)
     ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
                                   int fds_out[3], int *nfds_out, int *sock_out)
 

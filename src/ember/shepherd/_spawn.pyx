@@ -28,7 +28,7 @@ from libc.signal cimport SIGINT
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
            "serve_spares", "spare_wait", "exit_holder", "spare_request", "spare_setenv", "spare_name",
            "environ_mark", "environ_entries", "proc_state", "proc_state_note", "proc_state_apply",
-           "set_in_clone", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
+           "clone_setup", "clone_parent", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
@@ -251,18 +251,33 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     return ("message", n, [fds[i] for i in range(nfds)])
 
 
-def set_in_clone(bint on):
-    """Say that a raw clone is being made (True, before its
-    ``PyOS_BeforeFork``) or is done (False, after its
-    ``PyOS_AfterFork_Parent/Child``): :class:`skip_in_clone` hooks do
-    nothing meanwhile.  (The loop of :func:`serve_spares` says it itself.)"""
-    global ember_spares_in_clone
-    ember_spares_in_clone = on
+def clone_setup():
+    """``(tid_addr, robust_head, robust_len)`` for :func:`clone_parent`
+    and :func:`serve_spares`: this thread's robust list and the address
+    of glibc's TID field, checked to hold this thread's TID (spares.h,
+    ``ember_clone_setup``); None where a raw clone cannot be made exact."""
+    cdef void *tid = NULL
+    cdef void *head = NULL
+    cdef size_t n = 0
+    if ember_clone_setup(&tid, &head, &n) != 0:
+        return None
+    return (<size_t>tid, <size_t>head, n)
+
+
+def clone_parent(size_t tid_addr, size_t robust_head, size_t robust_len):
+    """fork() as a sibling, for a single-threaded template (spares.h,
+    ``ember_clone_parent``): the pid, 0 in the child; OSError if the
+    clone failed."""
+    cdef long pid = ember_clone_parent(<void *>tid_addr, <void *>robust_head, robust_len)
+    if pid < 0:
+        e = errno
+        raise OSError(e, f"clone: {os.strerror(e)}")
+    return pid
 
 
 cdef class skip_in_clone:
     """An ``os.register_at_fork`` hook that calls ``hook`` but in a raw
-    clone (:func:`set_in_clone`; ember.shepherd.template's
+    clone (:func:`clone_parent`, :func:`serve_spares`; ember.shepherd.template's
     ``_CLONE_SKIPS``): a C callable, so a clone's child runs no Python for
     it (a closure's frame and code wrote pages it shares with the
     template)."""

@@ -154,6 +154,60 @@ static int _ember_spares_answer(const ember_spares_args_t *a, pid_t pid, int fd)
 
 int ember_spares_in_clone;
 
+int ember_clone_setup(void **tid_addr, void **robust_head, size_t *robust_len)
+{
+    void *head = NULL;
+    size_t len = 0;
+    int *tid;
+
+    if (tid_addr == NULL || robust_head == NULL || robust_len == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+#if !defined(__x86_64__) && !defined(__aarch64__)
+    errno = ENOSYS;             /* (_ember_clone_sibling's machines) */
+    return -1;
+#endif
+    if (syscall(SYS_get_robust_list, 0, &head, &len) != 0)
+        return -1;
+    if (head == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    tid = (int *)(void *)((char *)head - 2 * sizeof(int) - sizeof(void *));
+    if (*tid != (int)syscall(SYS_gettid)) {
+        errno = EINVAL;
+        return -1;
+    }
+    *tid_addr = tid;
+    *robust_head = head;
+    *robust_len = len;
+    return 0;
+}
+
+long ember_clone_parent(void *tid_addr, void *robust_head, size_t robust_len)
+{
+    long pid;
+    int err;
+
+    ember_spares_in_clone = 1;
+    PyOS_BeforeFork();
+    pid = _ember_clone_sibling(tid_addr);
+    if (pid == 0) {
+        /* glibc's robust list is per thread, registered with the kernel
+         * by address; the kernel does not carry it over. */
+        syscall(SYS_set_robust_list, robust_head, robust_len);
+        PyOS_AfterFork_Child();
+        ember_spares_in_clone = 0;
+        return 0;
+    }
+    err = errno;
+    PyOS_AfterFork_Parent();
+    ember_spares_in_clone = 0;
+    errno = err;
+    return pid;
+}
+
 ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *len_out,
                               int fds_out[3], int *nfds_out, int *sock_out)
 {
@@ -191,23 +245,14 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *l
             *what = EMBER_SPARES_MESSAGE;       /* the caller's path answers it */
             return EMBER_OK;
         }
-        ember_spares_in_clone = 1;
-        PyOS_BeforeFork();
-        pid = _ember_clone_sibling(a->tid_addr);
-        if (pid == 0) {
-            /* The spare: glibc's robust list is per thread, registered with
-             * the kernel by address; the kernel does not carry it over. */
-            syscall(SYS_set_robust_list, a->robust_head, a->robust_len);
-            PyOS_AfterFork_Child();
-            ember_spares_in_clone = 0;
+        pid = ember_clone_parent(a->tid_addr, a->robust_head, a->robust_len);
+        if (pid == 0) {         /* the spare */
             close(sv[0]);
             *sock_out = sv[1];
             *what = EMBER_SPARES_CHILD;
             return EMBER_OK;
         }
         err = errno;
-        PyOS_AfterFork_Parent();
-        ember_spares_in_clone = 0;
         close(sv[1]);
         if (pid < 0) {
             close(sv[0]);

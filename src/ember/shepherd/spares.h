@@ -7,7 +7,7 @@
  * shepherd").  Each clone shares the template's pages copy-on-write with
  * the new spare, so every page the template writes before the next clone is
  * copied once: the Python loop between clones (receive, unpack, make a
- * socket pair, clone through ctypes, pack and send the answer) wrote ~145
+ * socket pair, clone, pack and send the answer) wrote ~145
  * pages a clone.  ember_spares_serve() runs that loop without any Python:
  * it receives a request, and as long as it is the very request the caller
  * said it can answer here (the same bytes, no fds), it makes the socket
@@ -63,11 +63,31 @@ typedef struct {
 } ember_spares_args_t;
 
 /* 1 from before a raw clone's PyOS_BeforeFork() until after its
- * PyOS_AfterFork_Parent/Child() (this loop's, and the template's Python
- * path's, which sets it through _spawn.set_in_clone): the at-fork hooks
+ * PyOS_AfterFork_Parent/Child() (ember_clone_parent(): this loop's, and
+ * the template's Python path's): the at-fork hooks
  * of template._CLONE_SKIPS do nothing then (_spawn.skip_in_clone).  The
  * template's only thread reads and writes it, holding the GIL. */
 extern int ember_spares_in_clone;
+
+/* The raw clone of the template's Python path (template._clone_parent,
+ * for a request the loop below does not serve; ctypes before: _ctypes and
+ * libffi, 10 mappings and ~0.2 MB in the template, copied at every clone
+ * and unmapped at every child's exit).
+ * ember_clone_setup(): this thread's robust list (get_robust_list) and
+ * the address of glibc's TID field, derived from its head (glibc's struct
+ * pthread keeps tid, an unused pid, robust_prev, then robust_head) and
+ * checked to hold this thread's TID; -1 with errno where that cannot be
+ * made exact (an unknown machine: ENOSYS; no list, another layout:
+ * EINVAL).  In a child of ember_clone_parent() it finds the child's own
+ * (tests: the kernel wrote its TID, its list is registered).
+ * ember_clone_parent(): clone(CLONE_PARENT | CLONE_CHILD_SETTID | SIGCHLD)
+ * between CPython's PyOS_BeforeFork() and PyOS_AfterFork_Parent/Child(),
+ * ember_spares_in_clone set meanwhile, the child's robust list
+ * re-registered at the same address (the kernel does not carry it over);
+ * the child's pid, 0 in the child, -1 with errno.  With the GIL held, in
+ * a single-threaded process. */
+int ember_clone_setup(void **tid_addr, void **robust_head, size_t *robust_len);
+long ember_clone_parent(void *tid_addr, void *robust_head, size_t robust_len);
 
 /* Serve spare requests until one is not for this loop.  Returns EMBER_OK
  * with *what set, or EMBER_ERR_OS (errno: the receive failed) or

@@ -93,7 +93,8 @@ from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_read
     lease as _lease_worker, main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
-from ._spawn import serve_spares as _serve_spares, set_in_clone as _set_in_clone, \
+from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
+from ._spawn import serve_spares as _serve_spares, \
     set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
     spare_request as _spare_request, spare_setenv as _spare_setenv, spare_wait as _spare_wait, \
     spawn as _spawn_process
@@ -1214,93 +1215,38 @@ def _say_clean():
         pass
 
 
+#: ``(tid_addr, robust_head, robust_len)`` of a raw clone (the C set-up,
+#: ``_spawn.clone_setup``; see :func:`_clone_parent`), False where it
+#: cannot be made exact, None before it was tried.
 _clone = None
-_CLONE_PARENT = 0x00008000
-_CLONE_CHILD_SETTID = 0x01000000
-# syscall numbers: clone, set_robust_list, get_robust_list
-_SYSCALLS = {"x86_64": (56, 273, 274), "aarch64": (220, 99, 100)}
-
-
-def _clone_setup():
-    """Prepare :func:`_clone_parent`, or return False where it cannot be
-    made exact.  glibc keeps the thread's TID in its thread descriptor and
-    registers a *robust list* with the kernel (the pool allocator's mutex is
-    a robust, process-shared one: the kernel marks it OWNER_DIED when its
-    holder dies).  glibc's fork() fixes both in the child; a raw clone does
-    not, so we do it: CLONE_CHILD_SETTID writes the child's TID into the
-    descriptor, and the child re-registers the robust list at the same
-    address (its copy of the template's).  The TID field's address is found
-    from the robust list head (``get_robust_list``), at the place glibc's
-    ``struct pthread`` keeps it (``tid``, an unused ``pid``, ``robust_prev``,
-    then ``robust_head``), and checked to hold this thread's TID."""
-    import ctypes
-    import _thread
-
-    nrs = _SYSCALLS.get(os.uname().machine)
-    if nrs is None:
-        return False
-    libc = ctypes.PyDLL(None, use_errno=True)    # PyDLL: the GIL stays held
-    fn = libc.syscall
-    fn.restype = ctypes.c_long
-    head = ctypes.c_void_p()
-    size = ctypes.c_size_t()
-    if fn(ctypes.c_long(nrs[2]), ctypes.c_long(0), ctypes.byref(head), ctypes.byref(size)) != 0 \
-            or not head.value:
-        return False
-    tid_addr = head.value - 2 * ctypes.sizeof(ctypes.c_int) - ctypes.sizeof(ctypes.c_void_p)
-    if ctypes.c_int.from_address(tid_addr).value != _thread.get_native_id():
-        return False
-    # The calls' arguments, made once: objects made per clone would be
-    # more of the template's pages written after each clone (copy-on-write
-    # in the template) and more allocations in each child.
-    flags = ctypes.c_ulong(_CLONE_PARENT | _CLONE_CHILD_SETTID | signal.SIGCHLD)
-    tid, null = ctypes.c_void_p(tid_addr), ctypes.c_void_p(0)
-    if nrs[0] == 56:      # x86_64: clone(flags, stack, parent_tid, child_tid, tls)
-        clone_args = (ctypes.c_long(nrs[0]), flags, null, null, tid, null)
-    else:                 # aarch64: clone(flags, stack, parent_tid, tls, child_tid)
-        clone_args = (ctypes.c_long(nrs[0]), flags, null, null, null, tid)
-    robust_args = (ctypes.c_long(nrs[1]), ctypes.c_void_p(head.value),
-                   ctypes.c_size_t(size.value))
-    api = ctypes.pythonapi
-    return (ctypes, fn, nrs, tid_addr, head.value, size.value, clone_args, robust_args,
-            api.PyOS_BeforeFork, api.PyOS_AfterFork_Child, api.PyOS_AfterFork_Parent)
 
 
 def _clone_ready():
-    """True once :func:`_clone_setup` has succeeded here (tried once)."""
+    """True once the raw clone's set-up has succeeded here (tried once)."""
     global _clone
     if _clone is None:
-        try:
-            _clone = _clone_setup()
-        except Exception:
-            _clone = False
+        _clone = _clone_setup() or False
     return _clone is not False
 
 
 def _clone_parent():
     """fork() as a sibling: ``clone(CLONE_PARENT | CLONE_CHILD_SETTID |
     SIGCHLD)`` with CPython's before/after-fork steps, so that the child's
-    parent is the shepherd.  Only for a single-threaded template: the
-    pthread_atfork handlers of glibc and of libraries do not run.  Returns
-    the pid (0 in the child); None if unsupported here."""
+    parent is the shepherd (in C: ``_spawn.clone_parent``, spares.h; ctypes
+    before, whose _ctypes and libffi were 10 more mappings and ~0.2 MB in
+    every clone).  glibc keeps the thread's TID in its thread descriptor
+    and registers a *robust list* with the kernel (the pool allocator's
+    mutex is a robust, process-shared one: the kernel marks it OWNER_DIED
+    when its holder dies); glibc's fork() fixes both in the child, a raw
+    clone does not, so the clone does: CLONE_CHILD_SETTID writes the
+    child's TID into the descriptor (its address found from the robust
+    list's head and checked at the set-up), and the child re-registers the
+    robust list at the same address.  Only for a single-threaded template:
+    the pthread_atfork handlers of glibc and of libraries do not run.
+    Returns the pid (0 in the child); None if unsupported here."""
     if not _clone_ready():
         return None
-    ctypes, fn, clone_args, robust_args, before, after_child, after_parent = (
-        _clone[0], _clone[1], *_clone[6:])
-    _set_in_clone(True)       # the hooks of _CLONE_SKIPS do nothing
-    before()
-    pid = fn(*clone_args)
-    if pid == 0:
-        fn(*robust_args)
-        after_child()        # also ember's C caches: their os.register_at_fork hooks
-        _set_in_clone(False)
-        return 0
-    err = ctypes.get_errno()
-    after_parent()
-    _set_in_clone(False)
-    if pid < 0:
-        raise OSError(err, f"clone: {os.strerror(err)}")
-    return pid
+    return _clone_parent_c(*_clone)
 
 
 #: Modules whose ``os.register_at_fork`` hooks a raw clone skips
@@ -1338,16 +1284,16 @@ def _filter_at_fork():
 
 
 def _thread_state():
-    """For tests, in a template child: (the TID glibc recorded for this
-    thread, True if the kernel has this thread's robust list registered),
-    or None when the child was not made by _clone_parent's set-up."""
+    """For tests, in a template child: (this thread's TID if glibc's TID
+    field holds it, True if the kernel has this thread's robust list
+    registered where the template's was), or None when the child was not
+    made by _clone_parent's set-up."""
     if not _clone:
         return None
-    ctypes, fn, nrs, tid_addr, head, size = _clone[:6]
-    got = ctypes.c_void_p()
-    n = ctypes.c_size_t()
-    fn(ctypes.c_long(nrs[2]), ctypes.c_long(0), ctypes.byref(got), ctypes.byref(n))
-    return ctypes.c_int.from_address(tid_addr).value, got.value == head
+    got = _clone_setup()            # (it checks the TID field)
+    if got is None:
+        return None, False
+    return (os.getpid() if got[0] == _clone[0] else None), got[1] == _clone[1]
 
 
 def _single_threaded():
@@ -1746,7 +1692,7 @@ def _spare_loop(sock, fast, shepherd_pid):
     for f in (sys.stdout, sys.stderr):
         f.flush()
     try:           # (the loop says itself when the hooks of _CLONE_SKIPS do nothing)
-        got = _serve_spares(sock.fileno(), fast[0], tail, *_clone[3:6], fast[1], shepherd_pid,
+        got = _serve_spares(sock.fileno(), fast[0], tail, *_clone, fast[1], shepherd_pid,
                             *_spare_names())
     except OSError:
         return False
