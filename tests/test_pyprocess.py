@@ -1300,9 +1300,11 @@ def test_a_start_in_a_removed_directory_is_refused_and_leaves_nothing(tmp_path):
                 print("started")
             except ember.ProcessError as e:
                 print("refused", "working directory" in str(e))
-            # (a spare dropped is waited for: its zombie may not be reaped yet)
+            # (a spare held takes the name ember-leased once it has read its
+            # request, a moment after GS's answer; a spare dropped is waited
+            # for: its zombie may not be reaped yet)
             print("held", P_._lease is not None and P_._lease.desc.os_pid == s,
-                  s in leased() if held else wait_gone([s]) != [])
+                  s in wait_leased() if held else wait_gone([s]) != [])
             os.chdir(top)
             os.mkdir("gone")
         p = ember.Process(target=os.getpid); p.start(); p.join(30)
