@@ -1,5 +1,8 @@
 """tests/test_mp_suite.py's checks and tests/mp_suite/run_suite.py's
 arguments, without running CPython's suite (fast)."""
+import importlib.util
+import json
+import os
 import subprocess
 import sys
 
@@ -34,6 +37,48 @@ def test_skip_of_a_name_that_names_no_test_is_refused():
                          capture_output=True, text=True, timeout=100)
     assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
     assert res.stderr.strip().splitlines()[-1] == (
-        "run_suite.py: --skip names no test of the suite: WithThreadsTestPool.test_terminat "
+        "run_suite.py: --skip or --deadline names no test of the suite: "
+        "WithThreadsTestPool.test_terminat "
         "(CLASS.TEST, e.g. WithThreadsTestPool.test_terminate)")
     assert res.stdout == ""
+
+
+@pytest.mark.skipif(not _HAVE_SUITE, reason="CPython's test package is not installed")
+@pytest.mark.parametrize("arg", ["TestStartMethod.test_get_al=5", "TestStartMethod.test_get_all"])
+def test_a_deadline_that_names_no_test_or_no_seconds_is_refused(arg):
+    res = subprocess.run([sys.executable, RUNNER, "ember", "--deadline", arg],
+                         capture_output=True, text=True, timeout=100)
+    assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    assert res.stdout == ""
+    last = res.stderr.strip().splitlines()[-1]
+    assert (last.startswith("run_suite.py: --skip or --deadline names no test of the suite: "
+                            "TestStartMethod.test_get_al ")
+            if "=" in arg else
+            last == "run_suite.py: --deadline takes CLASS.TEST=SECONDS, "
+                    "not ['TestStartMethod.test_get_all']"), last
+
+
+@pytest.mark.skipif(not _HAVE_SUITE, reason="CPython's test package is not installed")
+def test_a_group_runs_its_classes_only_and_records_each_outcome():
+    # test_repr is in WithProcessesTestEvent, WithThreadsTestEvent and
+    # WithManagerTestEvent: the manager part runs the last one only
+    res = subprocess.run([sys.executable, RUNNER, "ember", "--group", "manager", "-k", "test_repr",
+                          "--deadline", "WithManagerTestEvent.test_repr=100"],
+                         capture_output=True, text=True, timeout=100)
+    assert res.returncode == 0, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["classes"] == {"WithManagerTestEvent": {"failed": 1}}, out
+    assert out["outcomes"] == {"WithManagerTestEvent": {"test_repr": "fail"}}, out
+    assert set(out["class_seconds"]) == {"WithManagerTestEvent"}
+
+
+def test_compare_lists_what_passed_under_spawn_and_not_under_ember():
+    spec = importlib.util.spec_from_file_location(
+        "mp_suite_compare", os.path.join(os.path.dirname(RUNNER), "compare.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    results = {"spawn": {"outcomes": {"A": {"t1": "passed", "t2": "passed", "t3": "fail"},
+                                      "B": {"t4": "passed"}}},
+               "ember": {"outcomes": {"A": {"t1": "passed", "t2": "skipped: why", "t3": "passed"}}}}
+    assert compare.not_passed("ember", results, against="spawn") == [
+        ("A.t2", "skipped: why"), ("B.t4", "not run")]

@@ -7,7 +7,9 @@ same run: passed/failed/skipped per test class, side by side.
 
 Each method runs in its own interpreter (``run_suite.py``), one after the
 other (or at the same time with ``--parallel``); a method that exceeds ``--timeout`` seconds is
-reported with its counts so far.
+reported with its counts so far.  After the table: each test that passed
+under spawn and not under ember, with what it did under ember (issue 13's
+target: each is in docs/multiprocessing.md's list, or a defect).
 """
 import argparse
 import json
@@ -91,7 +93,22 @@ def main(argv=None):
     print("-" * len(head))
     print(f"{'total':48}" + "".join(f"{'/'.join(map(str, totals[m])):>16}" for m in methods))
     print(f"{'seconds':48}" + "".join(f"{results[m].get('seconds', '-'):>16}" for m in methods))
+    if "ember" in results and "spawn" in results:
+        lost = not_passed("ember", results, against="spawn")
+        print(f"\npassed under spawn, not under ember: {len(lost)}")
+        for name, what in lost:
+            print(f"  {name}: {what}")
     return 0
+
+
+def not_passed(method, results, against):
+    """(CLASS.TEST, what it did under ``method``) for each test that passed
+    under ``against`` and not under ``method``."""
+    mine = results[method].get("outcomes", {})
+    return [(f"{cls}.{test}", mine.get(cls, {}).get(test, "not run"))
+            for cls, tests in sorted(results[against].get("outcomes", {}).items())
+            for test, what in sorted(tests.items())
+            if what == "passed" and mine.get(cls, {}).get(test) != "passed"]
 
 
 if __name__ == "__main__":
