@@ -34,18 +34,27 @@ pytestmark = [
 #: "error" (another exception), "timeout" (the per-test deadline).
 DOCUMENTED = {
     "TestIgnoreEINTR": {"test_ignore": ("error", "a large send_bytes on an ember Pipe does not "
-                                                 "block (the child is gone when it is signalled)")},
+                                                 "block (the child is gone, reaped by the "
+                                                 "shepherd, when it is signalled)")},
     "TestNoForkBomb": {"test_noforkbomb": ("fail", "a fresh interpreter must import ember to "
                                                    "name it")},
     "TestStartMethod": {"test_get_all": ("fail", "the list has 'ember' (spawn and fork fail it "
                                                  "too here)")},
     "WithProcessesTestConnection": {"test_missing_fd_transfer": (
-        "timeout", "the child writes a raw byte to fileno(), an eventfd that signals arrivals: "
-                   "no message comes, and recv_handle waits (the test keeps that end open)")},
+        "timeout", "the child writes a raw byte to fileno(), an eventfd that signals arrivals "
+                   "(the write fails: EINVAL): no message comes, and recv_handle waits (the "
+                   "test keeps that end open)")},
     "WithManagerTestEvent": {"test_repr": ("fail", "ember.Manager's Event is ember's (its repr)")},
     "WithProcessesTestQueue": {"test_queue_feeder_donot_stop_onexc":
                                ("error", "put() pickles in the caller (no feeder thread)")},
 }
+
+#: DOCUMENTED tests whose failure depends on timing, which pass in some
+#: runs (the check that the list is still true leaves them out):
+#: test_ignore passes when the child's 16 MB send and exit take longer
+#: than the test's 0.1 s sleep (the child still there when signalled):
+#: seen under ``python -X dev`` (each child a fresh interpreter).
+MAY_PASS = {("TestIgnoreEINTR", "test_ignore")}
 
 #: The stdlib's own flaky tests, not run (``run_suite.py --skip``): they
 #: fail or hang under spawn and fork too, for a reason in the test itself
@@ -118,7 +127,7 @@ def stale(out, group):
     longer true for them."""
     failed = {(cls, test) for cls, failures in out["failures"].items() for test, _, _ in failures}
     return sorted(f"{cls}.{test}" for cls, tests in DOCUMENTED.items() if _group_of(cls) == group
-                  for test in tests if (cls, test) not in failed)
+                  for test in tests if (cls, test) not in failed | MAY_PASS)
 
 
 @pytest.mark.timeout(3600)

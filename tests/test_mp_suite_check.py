@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from test_mp_suite import _HAVE_SUITE, DOCUMENTED, RUNNER, unexpected
+from test_mp_suite import _HAVE_SUITE, DOCUMENTED, MAY_PASS, RUNNER, stale, unexpected
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,6 +56,19 @@ def test_a_deadline_that_names_no_test_or_no_seconds_is_refused(arg):
             if "=" in arg else
             last == "run_suite.py: --deadline takes CLASS.TEST=SECONDS, "
                     "not ['TestStartMethod.test_get_all']"), last
+
+
+def test_a_documented_test_that_did_not_fail_is_stale_but_for_may_pass():
+    # every documented failure of the misc part but one, which passed
+    failed = [["test_noforkbomb", "AssertionError", "fail"]]
+    out = {"failures": {"TestNoForkBomb": failed}}
+    assert stale(out, "misc") == ["TestStartMethod.test_get_all"]
+    assert ("TestIgnoreEINTR", "test_ignore") in MAY_PASS      # passed too: not stale
+    out["failures"]["TestStartMethod"] = [["test_get_all", "AssertionError", "fail"]]
+    assert stale(out, "misc") == []
+    # another part's entries are not this part's business
+    assert stale({"failures": {}}, "threads") == []
+    assert stale({"failures": {}}, "manager") == ["WithManagerTestEvent.test_repr"]
 
 
 @pytest.mark.skipif(not _HAVE_SUITE, reason="CPython's test package is not installed")
