@@ -11,9 +11,10 @@ tests run, with this folder put on their sys.path):
     state, ppid, comm = stat(pid)      # OSError once it is gone
     alive(pid)                         # exists and is no zombie
     assert wait_gone(pids) == []       # those still alive after the wait
+    assert stop(pids) == []            # SIGSTOPped, and stopped once it returns
     children(ppid, comm="ember-spare") # its children (named so)
     template_of(shepherd_pid)          # the shepherd's warm template
-    wait_children(ppid, "ember-spare", 2)   # at least two of them, waiting for them
+    wait_children(ppid, "ember-spare", 2)   # at least two live ones, waiting for them
     for address, name, data in readable_memory(pid): ...   # what its memory holds
 """
 import json
@@ -110,6 +111,28 @@ def wait_gone(pids, timeout=30.0):
         time.sleep(0.01)
 
 
+def stop(pids, timeout=30.0):
+    """SIGSTOP each of ``pids`` and wait until each is stopped (state T)
+    or gone; returns those that are neither after ``timeout`` seconds.
+    kill() returns before the signal is taken: a process stops only once
+    it runs again, and until then a fatal signal sent to it (SIGTERM, a
+    terminate()) ends it at once, where a stopped one keeps it pending."""
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for p in pids:
+            try:
+                if stat(p)[0] not in "TZX":
+                    left.append(p)
+            except OSError:
+                pass
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.005)
+
+
 def table():
     """Every process: pid -> (state, ppid, comm), zombies included."""
     out = {}
@@ -144,11 +167,15 @@ def template_of(shepherd):
 
 
 def wait_children(ppid, comm, n=1, timeout=30.0):
-    """``children(ppid, comm)`` once there are at least ``n`` of them;
-    ``[]`` if there are fewer after ``timeout`` seconds."""
+    """The live processes of ``children(ppid, comm)`` once there are at
+    least ``n`` of them; ``[]`` if there are fewer after ``timeout``
+    seconds.  Zombies are left out: a spare or lease killed keeps its name
+    until its parent reaps it, which may be after the next start (a
+    dropped lease's zombie, named ember-leased, was found in place of the
+    lease waited for)."""
     deadline = time.monotonic() + timeout
     while True:
-        found = children(ppid, comm)
+        found = [p for p in children(ppid, comm) if alive(p)]
         if len(found) >= n:
             return found
         if time.monotonic() > deadline:

@@ -15,7 +15,7 @@ import os, sys, signal, ctypes, threading, time
 import ember
 from ember.objects.process import _default_pool
 sys.path.append({os.path.dirname(os.path.abspath(__file__))!r})     # tests/procs.py
-from procs import children, table, wait_children, wait_gone
+from procs import alive, children, stop, table, wait_children, wait_gone
 
 def leak_state():
     # the spare ember.Process leases for the next start holds two channels
@@ -1570,8 +1570,9 @@ def test_threading_and_logging_in_template_children(tmp_path):
 
 LEASED = """
 def leased():
-    # this runtime's idle leased spares: named ember-leased, the shepherd's children
-    return children(SHEPHERD, "ember-leased")
+    # this runtime's idle leased spares: named ember-leased, the shepherd's
+    # live children (a lease killed keeps the name until it is reaped)
+    return [p for p in children(SHEPHERD, "ember-leased") if alive(p)]
 
 def wait_leased():
     return wait_children(SHEPHERD, "ember-leased")
@@ -2324,8 +2325,9 @@ def test_terminate_before_a_spare_killed_before_its_request_is_not_lost(tmp_path
 
         p = ember.Process(target=f, args=(1,)); p.start(); p.join()
         spares = wait_children(SHEPHERD, "ember-spare", 2)
-        for s in spares:
-            os.kill(s, signal.SIGSTOP)        # none can read a request
+        # none can read a request; each stopped before the terminate(),
+        # whose SIGTERM would end one not yet stopped at once
+        assert stop(spares) == []
         p = ember.Process(target=f, args=(2,)); p.start()
         print("handed to a stopped spare", p.pid in spares)
         p.terminate()
