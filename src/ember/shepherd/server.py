@@ -381,7 +381,9 @@ class Shepherd(Service):
         # request thread vs. close after reaping on the main thread).
         self._lock = _thread.allocate_lock()
         self._children = {}           # p_uid -> _Child
-        self._again = {}              # p_uid -> signals asked while it starts again (_rerun)
+        # p_uid -> signals asked while it starts again (_rerun): the new
+        # process takes them when it is recorded (_start)
+        self._again = {}
         self._pgids = set()           # process groups of every child ever started
         self._holder_groups = []      # [(pgid, looks)] of exited children: _reap_holders
         self._open_line = {}          # out fd -> stream whose line is unfinished
@@ -684,6 +686,15 @@ class Shepherd(Service):
             for s in streams:
                 os.set_blocking(s.fd, False)
                 self._fds[s.fd] = s
+            # Started again (_rerun): the signals GS asked for meanwhile,
+            # taken here, with the record, not after the spawn: the new
+            # process may die and be started again before that.
+            for sig in self._again.pop(p_uid, ()):
+                child.sent.add(sig)
+                try:
+                    signal.pidfd_send_signal(pidfd, sig)
+                except ProcessLookupError:
+                    pass                  # exited, not reaped yet
         for s in streams:
             self._ep.register(s.fd, select.EPOLLIN)
         self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
@@ -1146,19 +1157,21 @@ class Shepherd(Service):
         same p_uid, on new pipes; GS hears the new pid (a second ShSpawned:
         the record is the request's; the creator's ``Process.pid`` still
         names the dead spare).  A signal GS asked for meanwhile is sent
-        to the new process.  Should that fail, the death is reported as it
-        would have been."""
+        to the new process when it is recorded (:meth:`_start`): here,
+        after the spawn, the new process could have died too and its own
+        restart taken the list, whose signals were then lost (the
+        second restart's KeyError ended its thread: the request ran to
+        its end, exit 0 where the user asked SIGTERM).  Should the start
+        fail, the death is reported as it would have been."""
         log.info("p_uid %d: its spare (pid %d) died before it read its request: "
                  "started again", child.p_uid, child.pid)
         try:
             err = self._spawn(child.request)
         except BaseException as exc:      # (nothing else would report its end)
             err = repr(exc)
-        with self._lock:
-            sigs = self._again.pop(child.p_uid)
-        for sig in sigs if err is None else ():
-            self._on_kill(M.ShKill(child.p_uid, sig))
         if err is not None:
+            with self._lock:
+                self._again.pop(child.p_uid, None)
             log.warning("p_uid %d: cannot start it again after its spare died: %s",
                         child.p_uid, err)
             self._exited(child, code, status, info, False)
