@@ -683,9 +683,12 @@ class Shepherd(Service):
             self._children[p_uid] = child
             self._pgids.add(pid)
             self._fds[pidfd] = child
+            # (in the loop's set before the lock is let go: a stale event
+            # for its fd number, _read at EOF, closes it under the lock)
             for s in streams:
                 os.set_blocking(s.fd, False)
                 self._fds[s.fd] = s
+                self._ep.register(s.fd, select.EPOLLIN)
             # Started again (_rerun): the signals GS asked for meanwhile,
             # taken here, with the record, not after the spawn: the new
             # process may die and be started again before that.
@@ -695,8 +698,6 @@ class Shepherd(Service):
                     signal.pidfd_send_signal(pidfd, sig)
                 except ProcessLookupError:
                     pass                  # exited, not reaped yet
-        for s in streams:
-            self._ep.register(s.fd, select.EPOLLIN)
         self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
         _t("S.spawned_sent")
         if gate is not None:
@@ -852,6 +853,7 @@ class Shepherd(Service):
             self._children[msg.p_uid] = child
             self._fds[pidfd] = child
             self._ep.register(pidfd, select.EPOLLIN)
+            child.watched = True
         return True
 
     def _on_unwatch(self, msg):
@@ -1075,6 +1077,12 @@ class Shepherd(Service):
 
     def _on_exit(self, child):
         _t("S.exit")
+        if not child.watched:
+            # A stale event (serve()): its fd number was another's when
+            # poll() returned, and a spawn in flight took it; its pidfd is
+            # not in the loop's set yet (ShSpawned first), where its exit
+            # will be seen.  Handled here, its unregister raised.
+            return
         if child.external:
             with self._lock:
                 if self._children.get(child.p_uid) is not child:
