@@ -348,42 +348,49 @@ def _storm(kills, nworkers, seed):
         lock = Lock(pool=pool)
         a = pool.alloc(8 * (_REPORTS + _MAXREP))
         mv = memoryview(a).cast("q")
-        for i in range(len(mv)):
-            mv[i] = 0
-        workers = [fork(_storm_worker, lock, mv) for _ in range(nworkers)]
-        killed = set()
-        last_progress = 0
-        for k in range(kills):
-            # wait for progress so kills land inside and outside the lock
-            target = mv[_COUNTER] + rng.randrange(1, 50)
-            deadline = time.monotonic() + 30
-            while mv[_COUNTER] < target:
-                assert time.monotonic() < deadline, f"wedged after {k} kills (counter {mv[_COUNTER]})"
-                os.sched_yield()
-            i = rng.randrange(nworkers)
-            os.kill(workers[i], signal.SIGKILL)
-            reap(workers[i])
-            killed.add(workers[i])
-            workers[i] = fork(_storm_worker, lock, mv)
-        mv[_STOP] = 1
-        assert [join(w) for w in workers] == [0] * nworkers
+        workers = []
+        # (a failure must not leave the workers running nor the view
+        # exported: the pool's destroy would refuse, its segment left)
         try:
-            lock.acquire(timeout=30)
-        except OwnerDied as e:                 # the last death may be unreported yet
-            n = mv[_NREP]
-            mv[_REPORTS + n] = e.pid
-            mv[_NREP] = n + 1
-            lock.consistent()
-        assert mv[_VIOL] == 0
-        reports = [mv[_REPORTS + i] for i in range(mv[_NREP])]
-        assert len(reports) == len(set(reports)), "a death was reported twice"
-        assert set(reports) <= killed
-        assert len(reports) <= lock._state()[3]   # a taker killed before logging loses its log entry
-        assert mv[_COUNTER] > kills
-        lock.release()
-        mv.release()
-        a.free()
-        return len(reports)
+            for i in range(len(mv)):
+                mv[i] = 0
+            workers = [fork(_storm_worker, lock, mv) for _ in range(nworkers)]
+            killed = set()
+            for k in range(kills):
+                # wait for progress so kills land inside and outside the lock
+                target = mv[_COUNTER] + rng.randrange(1, 50)
+                deadline = time.monotonic() + 30
+                while mv[_COUNTER] < target:
+                    assert time.monotonic() < deadline, \
+                        f"wedged after {k} kills (counter {mv[_COUNTER]})"
+                    os.sched_yield()
+                i = rng.randrange(nworkers)
+                os.kill(workers[i], signal.SIGKILL)
+                reap(workers[i])
+                killed.add(workers[i])
+                workers[i] = fork(_storm_worker, lock, mv)
+            mv[_STOP] = 1
+            assert [join(w) for w in workers] == [0] * nworkers
+            try:
+                lock.acquire(timeout=30)
+            except OwnerDied as e:                 # the last death may be unreported yet
+                n = mv[_NREP]
+                mv[_REPORTS + n] = e.pid
+                mv[_NREP] = n + 1
+                lock.consistent()
+            assert mv[_VIOL] == 0
+            reports = [mv[_REPORTS + i] for i in range(mv[_NREP])]
+            assert len(reports) == len(set(reports)), "a death was reported twice"
+            assert set(reports) <= killed
+            assert len(reports) <= lock._state()[3]   # a taker killed before logging loses its log entry
+            assert mv[_COUNTER] > kills
+            lock.release()
+            return len(reports)
+        finally:
+            for w in workers:
+                kill(w)
+            mv.release()
+            a.free()
 
 
 @pytest.mark.timeout(120)
