@@ -219,6 +219,66 @@ def test_ctrl_c_while_the_program_waits_for_its_children(tmp_path, method, when,
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("first", ["event", "start"])
+def test_a_second_ctrl_c_at_exit_ends_the_program(tmp_path, first):
+    """A second Ctrl-C while the program waits at exit for a child still
+    busy with the first (its clean-up here never ends) ends the wait: the
+    program exits, the teardown ending the child, whichever exit hook
+    waits first."""
+    import os
+    import time
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import atexit, multiprocessing as mp, sys, threading
+        import ember
+
+        def line(text):
+            sys.stdout.write(text + "\\n")
+            sys.stdout.flush()
+
+        def sleeper():
+            try:
+                line("ready")
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                line("cleaning up")
+                threading.Event().wait()      # a clean-up that never ends
+
+        if __name__ == "__main__":
+            mp.set_start_method("ember")
+            if sys.argv[1] == "event":
+                mp.Event()        # multiprocessing's exit hook then runs before ember's
+            p = mp.Process(target=sleeper)
+            p.start()
+            atexit.register(line, "exiting")
+    """))
+    proc = subprocess.Popen([sys.executable, str(prog), first], cwd=tmp_path,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert {proc.stdout.readline() for _ in range(2)} == {"ready\n", "exiting\n"}
+        for expect in ("cleaning up\n", None):
+            while not _waiting(proc.pid):
+                assert proc.poll() is None
+                time.sleep(0.01)
+            os.killpg(proc.pid, signal.SIGINT)
+            if expect:
+                assert proc.stdout.readline() == expect
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(("still running 60 s after the second Ctrl-C",
+                                  exc.stderr)) from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert out == "", (out, err)
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("method", METHODS)
 def test_the_workers_of_a_killed_pools_process_exit(tmp_path, method):
     """A child that made a Pool is SIGKILLed (the OOM killer, a kill by

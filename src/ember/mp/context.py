@@ -461,14 +461,17 @@ class Popen:
             # process started again): ember.Process.join() reads results
             # in slices, and this child sends none
             exiting = _m.util._exiting    # multiprocessing's wait at exit for its children
-            if exiting and isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
-                _m.process._interrupt_at_exit()      # the program ended on a Ctrl-C
+            if exiting:
+                if _m.process._exit_abandoned[0]:
+                    return None                      # a second Ctrl-C: the teardown ends it
+                if isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+                    _m.process._interrupt_at_exit()  # the program ended on a Ctrl-C
             try:
                 if not self._proc._ended(timeout):
                     return None
             except KeyboardInterrupt:
                 if exiting:
-                    _m.process._interrupt_at_exit()
+                    _m.process._interrupted_at_exit()
                 raise
             self._proc.join()
             code = self._proc.exitcode

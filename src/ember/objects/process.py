@@ -1663,10 +1663,11 @@ def _exit_function():
     interpreter is exiting because of a KeyboardInterrupt (Ctrl-C reaches
     the head under ``ember run``), or one interrupts the wait for them, the
     others get SIGINT (:func:`_interrupt_at_exit`); the interrupt is raised
-    again once they are joined, and a second one ends the wait (the
-    teardown ends them).  None alive (every template child that started
-    none): nothing touched, as in :func:`_forget_lease`."""
-    if not _live:
+    again once they are joined, and a second one ends the wait, and every
+    later one at exit (:data:`_exit_abandoned`: the teardown ends them).
+    None alive (every template child that started none): nothing touched,
+    as in :func:`_forget_lease`."""
+    if not _live or _exit_abandoned[0]:
         return
     with _live_lock:
         procs = list(_live)
@@ -1684,7 +1685,7 @@ def _exit_function():
             try:
                 p.join()
             except KeyboardInterrupt as exc:
-                if not _interrupt_at_exit():
+                if not _interrupted_at_exit():
                     raise
                 interrupted = exc
                 continue
@@ -1696,6 +1697,11 @@ def _exit_function():
 
 
 _exit_interrupted = [False]
+#: A second Ctrl-C interrupted a wait at exit: no exit hook waits for the
+#: children any more (this module's, multiprocessing's through the "ember"
+#: method's Popen.wait), the teardown ends them.  One hook's wait ended by
+#: it, the next one's began: a third Ctrl-C was needed, or more.
+_exit_abandoned = [False]
 
 
 def _interrupt_at_exit():
@@ -1716,6 +1722,16 @@ def _interrupt_at_exit():
             except Exception:
                 pass
     return True
+
+
+def _interrupted_at_exit():
+    """A Ctrl-C interrupted a wait for the children at exit: the first is
+    passed on to them (:func:`_interrupt_at_exit`: True, wait on for
+    them), a second ends every wait at exit (False)."""
+    if _interrupt_at_exit():
+        return True
+    _exit_abandoned[0] = True
+    return False
 
 
 atexit.register(_exit_function)
