@@ -859,3 +859,54 @@ def test_pool_manager_and_child_start(tmp_path, mode):
     assert lines["manager-pool"] == "[9, 16]"
     assert lines["remote-error"] == "True"
     assert lines["child"] == "True prog.py 18 raise KeyError(\"here\") 0"
+
+
+@pytest.mark.timeout(120)
+def test_an_executor_worker_started_again_is_keyed_by_its_own_pid(tmp_path):
+    """concurrent.futures keys each worker by the ``pid`` it reads right
+    after ``start()``, and a worker that exits after ``max_tasks_per_child``
+    tasks says which it was by its ``os.getpid()``.  A worker handed to a
+    spare (or a lease) that was SIGKILLed before it read its call is
+    started again under another pid: ``pid`` read before then named the
+    dead spare, the executor's manager thread died on the worker's exit
+    (``KeyError`` in ``self.processes.pop(result_item.exit_pid)``) and
+    every later submit and the shutdown hung.  The "ember" method's
+    ``pid`` is the one the process keeps, as spawn's."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = run_prog(tmp_path, "ember_run", f"""
+        import concurrent.futures as cf, multiprocessing as mp, os, signal, sys, threading
+        import ember
+
+        def f(x):
+            return x * 2
+
+        if __name__ == "__main__":
+            sys.path.insert(0, {tests!r})
+            from procs import table, wait_gone
+
+            shepherd = os.getppid()
+            ctx = mp.get_context("ember")
+            for _ in range(3):                 # spares and a lease for the executor's workers
+                with cf.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as ex:
+                    ex.submit(f, 1).result(30)
+            procs = table()
+            victims = [pid for pid, (_, ppid, comm) in procs.items()
+                       if ppid == shepherd and comm in ("ember-spare", "ember-leased")]
+            for v in victims:
+                os.kill(v, signal.SIGSTOP)    # none reads its request or call
+            killed = threading.Event()
+            def kill():
+                for v in victims:
+                    os.kill(v, signal.SIGKILL)
+                killed.set()
+            timer = threading.Timer(0.5, kill)
+            timer.start()
+            ex = cf.ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1)
+            first = ex.submit(f, 21)          # starts the worker, keys it by its pid
+            print("keyed after the kill", killed.is_set(), set(ex._processes) & set(victims))
+            timer.join()
+            print("results", first.result(30), ex.submit(f, 2).result(30))
+            ex.shutdown()
+            print("gone", wait_gone(victims) == [])
+    """, timeout=100)
+    assert out.splitlines() == ["keyed after the kill True set()", "results 42 4", "gone True"], out

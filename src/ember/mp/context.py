@@ -443,8 +443,9 @@ class Popen:
 
     @property
     def pid(self):
-        # (ember.Process's: a process started again has the new one)
-        return None if self._proc is None else self._proc.pid
+        # (ember.Process's, once final: a process started again in its place
+        # is waited for, the pid read is the one it keeps)
+        return None if self._proc is None else self._proc._final_pid()
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:

@@ -1015,6 +1015,21 @@ class Process:
 
     ident = pid
 
+    def _final_pid(self):
+        """:attr:`pid` once it is final: the process that has it read its
+        call, or it ended (a process started again in its place is waited
+        for; one on another node at once).  The "ember" method's
+        ``Popen.pid``: a program keeps the pid it read after ``start()``,
+        as concurrent.futures keys its workers by it, and each worker that
+        exits after ``max_tasks_per_child`` tasks says which it was by its
+        ``os.getpid()`` (the executor's manager thread died on the spare's
+        pid and every later submit hung).  Polls the call, 1 ms a look."""
+        while True:
+            pid = self.pid                # (follows a start again, notes a read call)
+            if pid is None or self._settled or self._exitcode is not None or self._closed \
+                    or not self._res.pidfd or self._ended(0.001):
+                return self._desc.os_pid
+
     @property
     def p_uid(self):
         """The process's identity in the runtime (global services' p_uid),
