@@ -115,3 +115,39 @@ def test_workers_started_at_once_are_all_there_and_a_failed_start_leaves_none(tm
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert res.stdout.splitlines() == ["True True 6 True", "True", "raised third start refused",
                                        "left []"], (res.stdout, res.stderr)
+
+
+@pytest.mark.timeout(120)
+def test_a_result_larger_than_the_pool_fails_its_task_not_the_worker(tmp_path):
+    """A result that cannot travel (larger than the runtime's pool: an
+    ember queue's limit, where spawn's pipe has none) fails its task with
+    the stdlib's ``MaybeEncodingError``, which names the reason, and the
+    worker goes on.  The stdlib's worker wraps the failed put in that
+    error, which holds the result's repr: as large as the result, it
+    failed to travel too, the worker died on it and ``apply`` waited
+    forever."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing as mp, os
+        import ember
+
+        def big(n):
+            return b"x" * n
+
+        if __name__ == "__main__":
+            ember.init(default_pool_size=32 << 20)
+            ctx = mp.get_context("ember")
+            with ctx.Pool(1) as pool:
+                pid = pool.apply(os.getpid)
+                try:
+                    pool.apply_async(big, (40 << 20,)).get(60)
+                except mp.pool.MaybeEncodingError as exc:
+                    print("raised", "PoolExhausted" in exc.exc, exc.value[:5],
+                          len(exc.value) < (1 << 20))
+                print("after", pool.apply(big, (3,)), pool.apply(os.getpid) == pid)
+    """))
+    res = subprocess.run([sys.executable, str(prog)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["raised True b'xxx True", "after b'xxx' True"], \
+        (res.stdout, res.stderr)

@@ -32,7 +32,10 @@ Everything else is the stdlib's: its three handler threads, chunking,
   start waits for its round trip through GS and the shepherd; the
   stdlib's start one after the other).  Workers that replace exited ones
   (``maxtasksperchild``) start the same way when two or more exited
-  together, one at a time otherwise.
+  together, one at a time otherwise;
+- a result that cannot travel (larger than the runtime's pool) fails its
+  task with ``MaybeEncodingError`` as the stdlib's worker makes it, but
+  with the result's repr cut short (:func:`_shortened`).
 """
 import queue as _queue
 import threading
@@ -68,7 +71,13 @@ class _Pipe:
         # `import ember.mp.pool` imports no more of ember than it did.)
         from ..objects import _codec
         from .context import _fp_pieces
-        self._q.put(_codec.parts(_fp_pieces(obj)))
+        try:
+            self._q.put(_codec.parts(_fp_pieces(obj)))
+        except Exception:
+            short = _shortened(obj) if self._worker else None
+            if short is None:
+                raise
+            self._q.put(_codec.parts(_fp_pieces(short)))
 
     def get(self, *args, **kwargs):
         from ..objects import _codec
@@ -97,6 +106,32 @@ class _Pipe:
 
     def __reduce__(self):
         return (_Pipe, (self._q, True))
+
+
+#: The most of a result's repr that a worker's MaybeEncodingError keeps
+#: when the whole did not travel (_shortened).
+_REPR_MAX = 64 * 1024
+
+
+def _shortened(obj):
+    """A worker's ``(job, i, (False, MaybeEncodingError))`` with the
+    result's repr cut to :data:`_REPR_MAX` characters, or None (anything
+    else, or a repr that short already).  The stdlib's worker wraps a
+    result that failed to travel in that error, which holds the result's
+    repr: a result larger than the runtime's pool (an ember queue's limit;
+    spawn's pipe has none) failed, and its repr, as large, failed too, so
+    the worker died and the task's caller waited forever."""
+    try:
+        job, i, (ok, exc) = obj
+    except (TypeError, ValueError):
+        return None
+    if ok or type(exc) is not _pool.MaybeEncodingError or len(exc.value) <= _REPR_MAX:
+        return None
+    short = _pool.MaybeEncodingError(None, None)
+    short.exc = exc.exc
+    short.value = f"{exc.value[:_REPR_MAX]}... ({len(exc.value)} characters)"
+    short.args = (short.exc, short.value)
+    return (job, i, (False, short))
 
 
 #: How often (seconds) an idle worker looks whether its pool's process has
