@@ -76,3 +76,37 @@ def test_a_child_has_what_a_spawn_child_has(tmp_path):
         "first True",
         "spawn ('0o27', 1) (1, False, False, ['error::UserWarning'], [None, None, 'c'])",
         "0 True", "1 True", "2 True", "3 True", "pool True"], (res.stdout, res.stderr)
+
+
+@pytest.mark.parametrize("mode", ["plain", "ember_run"])
+def test_a_parent_that_makes_encoding_warnings_errors_runs(tmp_path, mode):
+    """``-X warn_default_encoding -W error::EncodingWarning`` (or their
+    variables under ``ember run``, which every process of the runtime
+    then has): ember's own code opens no text file without an encoding.
+    Before, the runtime's bring-up raised ``EncodingWarning`` at its
+    first open (``_slots``), where the same program runs under spawn."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import ember
+
+        def f(x):
+            return x + 1
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            with ctx.Pool(2) as pool:
+                print(pool.map(f, range(4)))
+            p = ember.Process(target=f, args=(1,)); p.start(); print(p.result()); p.join()
+            q = ctx.Queue(); q.put("x"); print(q.get())
+    """))
+    env = dict(os.environ)
+    if mode == "plain":
+        cmd = [sys.executable, "-X", "warn_default_encoding", "-W", "error::EncodingWarning",
+               "prog.py"]
+    else:
+        cmd = [sys.executable, "-m", "ember", "run", "prog.py"]
+        env.update(PYTHONWARNDEFAULTENCODING="1", PYTHONWARNINGS="error::EncodingWarning")
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
+    assert (res.returncode, res.stdout.splitlines()) == (0, ["[1, 2, 3, 4]", "2", "x"]), \
+        res.stderr
+    assert "EncodingWarning" not in res.stderr, res.stderr

@@ -123,7 +123,7 @@ def _on_stacks_signal(signum, frame):
     if p is None:
         return
     try:
-        with open(p, "a") as f:
+        with open(p, "a", encoding="utf-8") as f:
             faulthandler.dump_traceback(f, all_threads=True)
     except OSError:
         pass
@@ -165,7 +165,7 @@ def _register_stacks(runtime_id, p_uid):
     except FileExistsError:
         pass
     if main:
-        open(p, "w").close()
+        open(p, "wb").close()
     else:
         tmp = f"{p}.{os.getpid()}.new"
         f = open(tmp, "ab")      # appends: `ember stacks` empties it before it asks

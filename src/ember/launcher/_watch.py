@@ -47,7 +47,7 @@ def _my_children():
     try:
         for t in os.listdir(f"/proc/{me}/task"):
             try:
-                with open(f"/proc/{me}/task/{t}/children") as f:
+                with open(f"/proc/{me}/task/{t}/children", encoding="ascii") as f:
                     kids.update(int(p) for p in f.read().split())
             except OSError:
                 pass

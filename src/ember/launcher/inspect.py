@@ -614,7 +614,7 @@ def _catches(pid, sig):
     """Whether process ``pid`` has a handler for ``sig`` (SigCgt of its
     /proc status): a signal it does not catch would kill it."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
             for ln in f:
                 if ln.startswith("SigCgt:"):
                     return bool(int(ln.split()[1], 16) >> (sig - 1) & 1)

@@ -149,7 +149,7 @@ def parse_hosts(spec):
         if text.startswith("@"):
             path = text[1:]
             try:
-                with open(path) as f:
+                with open(path, encoding="utf-8") as f:
                     lines = [ln.split("#", 1)[0] for ln in f]
             except OSError as e:
                 raise ValueError(f"cannot read the host file {path!r}: {e.strerror}") from None

@@ -127,7 +127,7 @@ def lock_bound():
 cdef _tid_pid(uint32_t tid):
     """The pid (thread group) of thread ``tid``, or None if it does not exist."""
     try:
-        with open(f"/proc/{tid}/status") as f:
+        with open(f"/proc/{tid}/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("Tgid:"):
                     return int(line.split()[1])

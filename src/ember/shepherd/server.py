@@ -224,7 +224,7 @@ _OOM_WALK_MAX = 256
 
 def _read_oom_kill(name):
     try:
-        with open(name) as f:
+        with open(name, encoding="utf-8") as f:
             for ln in f:
                 key, _, value = ln.partition(" ")
                 if key == "oom_kill":
@@ -246,7 +246,7 @@ def _oom_kills():
     kernel moves an exiting task to the root cgroup before its parent
     reaps it."""
     try:
-        with open("/proc/self/cgroup") as f:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError:
         return None
@@ -294,7 +294,7 @@ def raise_nofile_limit():
         target = hard
         if target == resource.RLIM_INFINITY:      # the kernel caps it at nr_open
             try:
-                with open("/proc/sys/fs/nr_open") as f:
+                with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
                     target = int(f.read())
             except (OSError, ValueError):
                 target = soft

@@ -38,7 +38,7 @@ def flush():
     text = "".join(f"{t} {n}\n" for t, n in _buf)
     _buf.clear()
     try:
-        with open(os.path.join(DIR, f"{socket.gethostname()}-{os.getpid()}"), "a") as f:
+        with open(os.path.join(DIR, f"{socket.gethostname()}-{os.getpid()}"), "a", encoding="utf-8") as f:
             f.write(text)
     except OSError:
         pass
