@@ -204,3 +204,49 @@ def test_starts_of_both_kinds_in_turn_drop_no_lease(tmp_path):
     with the other kind's lease dropped: 0 of 6."""
     out = _run(tmp_path, _TURNS)
     assert out == ["plain starts on their lease 6 of 6"], out
+
+
+def test_a_child_runs_in_the_directory_made_again_under_the_same_name(tmp_path):
+    """The working directory removed and made again under the same name
+    between two starts: each child runs in the new one, as spawn's (which
+    changes to it by name).  A lease (of the program's template, or the
+    warm one) entered its directory when it was made, and the start sent
+    it none when the name was the lease's: the first child after ran in
+    the removed directory (its relative open: FileNotFoundError)."""
+    out = _run(tmp_path, """
+        import multiprocessing as mp
+        import os
+        import shutil
+
+        def write(q):
+            from ember.mp import _mainload
+            try:
+                with open("out.txt", "w") as f:
+                    f.write("x")
+                q.put(("ok", _mainload.program is not None))
+            except OSError as exc:
+                q.put((type(exc).__name__, _mainload.program is not None))
+
+        def start(ctx, q):
+            p = ctx.Process(target=write, args=(q,)); p.start()
+            got = q.get(timeout=60); p.join(60)
+            return got
+
+        if __name__ == "__main__":
+            import ember
+            work = os.path.abspath("work")
+            os.mkdir(work); os.chdir(work)
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            for _ in range(60):               # until the program's template serves them
+                if start(ctx, q)[1]:
+                    break
+            print("program", start(ctx, q)[1])
+            shutil.rmtree(work); os.mkdir(work); os.chdir(work)
+            for i in range(3):
+                got = start(ctx, q)
+                print(i, got[0], os.path.exists("out.txt"))
+                if os.path.exists("out.txt"):
+                    os.unlink("out.txt")
+    """)
+    assert out == ["program True", "0 ok True", "1 ok True", "2 ok True"], out

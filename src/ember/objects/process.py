@@ -1151,9 +1151,10 @@ class Process:
         want = _environ()
         want.update(self._env)
         setenv, unsetenv = _env_change(lease.env, want)
+        # (the directory always: the lease's, entered when it was made, may
+        # have been removed and made again under the same name since)
         cwd = os.path.abspath(here) if self._cwd else here
-        extra = pickle.dumps((list(sys.path), setenv, unsetenv,
-                              None if cwd == lease.cwd else cwd, lease.token,
+        extra = pickle.dumps((list(sys.path), setenv, unsetenv, cwd, lease.token,
                               _outboard._ext().proc_state()))
         try:
             P.send_record(res.call, P.KIND_CALL, msg, extra=extra)
