@@ -598,7 +598,8 @@ def _prune_events(d):
 
         from ..launcher import cli
         cli.cleanup_events(cli.DEFAULT_EVENTS_AGE, out=io.StringIO(),
-                           keep=cli.DEFAULT_EVENTS_KEEP, max_size=cli.DEFAULT_EVENTS_MAX_SIZE)
+                           keep=cli.DEFAULT_EVENTS_KEEP, max_size=cli.DEFAULT_EVENTS_MAX_SIZE,
+                           d=d)
     except Exception as exc:         # a log left is no reason to fail a runtime
         log.warning("event logs not pruned: %s", exc)
 

@@ -553,8 +553,9 @@ def _runtime_running(runtime_id):
 
 
 def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None, keep=None,
-                   max_size=None):
-    """Remove the event logs ``<runtime dir>/<id>.events`` of runtimes that
+                   max_size=None, d=None):
+    """Remove the event logs ``<runtime dir>/<id>.events`` (``d``: that
+    directory; None: this process's :func:`ember.runtime.runtime_dir`) of runtimes that
     are not running (their launcher holds no lock) and whose last event
     (the file's mtime) is older than ``max_age`` seconds; and, newest
     first, every such log beyond the ``keep`` newest or beyond ``max_size``
@@ -563,7 +564,7 @@ def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None, keep=None,
     from ..runtime import runtime_dir
     from ..exceptions import GlobalServicesError
     try:
-        d = runtime_dir(create=False)
+        d = runtime_dir(create=False) if d is None else d
         names = sorted(os.listdir(d))
     except (FileNotFoundError, GlobalServicesError):
         return 0
