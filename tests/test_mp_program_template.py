@@ -250,3 +250,126 @@ def test_a_child_runs_in_the_directory_made_again_under_the_same_name(tmp_path):
                     os.unlink("out.txt")
     """)
     assert out == ["program True", "0 ok True", "1 ok True", "2 ok True"], out
+
+
+_CHANGES = """
+    import multiprocessing as mp
+    import os
+    import sys
+
+    import ember
+    import helper
+
+    def report(q):
+        import os
+        import sys
+        from multiprocessing import process
+        from ember.mp import _mainload
+        q.put((sys.argv is _mainload.preset_argv,
+               (sys.argv, sys.path, os.getcwd(), process.ORIGINAL_DIR, mp.get_start_method(),
+                helper.VALUE, process.current_process().name,
+                bytes(process.current_process().authkey))))
+
+    def start(ctx, q, i):
+        p = ctx.Process(target=report, args=(q,), name=f"child-{i}")
+        p.start()
+        got = q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        return got
+
+    def want(i):
+        return (sys.argv, sys.path, os.getcwd(), mp.process.ORIGINAL_DIR, mp.get_start_method(),
+                42, f"child-{i}", bytes(mp.current_process().authkey))
+
+    def until_preset(ctx, q, i):
+        # starts until one comes from the program's template with the parent's
+        # values set there (the child sets none of them)
+        for _ in range(60):
+            i += 1
+            hit, state = start(ctx, q, i)
+            assert state == want(i), (state, want(i))
+            if hit:
+                return i
+        raise AssertionError("no child with the template's values")
+
+    if __name__ == "__main__":
+        mp.set_start_method(sys.argv[1])
+        ctx = mp.get_context()
+        q = ctx.Queue()
+        i = until_preset(ctx, q, 0)
+        for change in ("argv", "path", "cwd", "authkey"):
+            if change == "argv":
+                sys.argv.append("more")         # in place
+            elif change == "path":
+                sys.path.insert(1, os.path.abspath("lib"))
+            elif change == "cwd":
+                os.chdir("sub")
+            else:
+                mp.current_process().authkey = b"k" * 32
+            i += 1
+            hit, state = start(ctx, q, i)       # the first start after the change
+            assert state == want(i), (change, state, want(i))
+            print(change, "seen")
+            i = until_preset(ctx, q, i)         # the program's template of the new values
+        print("preset again")
+"""
+
+
+def test_a_change_between_two_starts_reaches_the_next_child(tmp_path):
+    """A child of the program's template whose values (``sys.path``,
+    ``argv``, working directory, ``ORIGINAL_DIR``, start method: spawn's
+    data but the name and authkey) are the parent's sets none of them
+    (``_mainload.preset_hit``: the parent's pickle of them compared as
+    bytes with the template's, and the files' versions as the parent saw
+    them); ``sys.argv`` changed in place, ``sys.path``, the working
+    directory or the authkey changed between two starts reach the very
+    next child, as spawn's, and a template of the new values is made
+    (failed on main: no preset_argv, every child set them all)."""
+    (tmp_path / "helper.py").write_text("VALUE = 42\n")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "sub").mkdir()
+    out = _run(tmp_path, _CHANGES, args=("ember",))
+    assert out == ["argv seen", "path seen", "cwd seen", "authkey seen", "preset again"], out
+
+
+def test_preset_hit_is_exact(tmp_path):
+    """``_mainload.preset_hit`` in a program's template (``become``): True
+    only for the bytes of the very values it set (``context.shared_bytes``)
+    and of the versions its run read, in the order of the entry's files,
+    under its key; any other value, version, file or key is a miss; and a
+    run that read a file its entry does not name gives no preset at all."""
+    (tmp_path / "prog.py").write_text("VALUE = 1\n")
+    (tmp_path / "helper_pe.py").write_text("VALUE = 2\n")
+    code = textwrap.dedent(f"""
+        import types
+        from ember.mp import _mainload as ml
+        from ember.mp.context import shared_bytes
+        from ember._filecache import stat_key
+        prog, helper = {str(tmp_path / "prog.py")!r}, {str(tmp_path / "helper_pe.py")!r}
+        st, hst = stat_key(prog), stat_key(helper)
+        def main(files, stats):
+            return ml._Main(prog, ["/x", "/y"], ["prog.py", "a"], {str(tmp_path)!r},
+                            types.ModuleType("__mp_main__"), {{}}, stats, "/orig", "spawn", files)
+        ml._mains["k"] = ("entry", main([helper], {{prog: st, helper: hst}}))
+        print("become", ml.become("k"))
+        values = [prog, ["/x", "/y"], ["prog.py", "a"], {str(tmp_path)!r}, "/orig", "spawn"]
+        sb, vb = shared_bytes(values), shared_bytes([st, hst])
+        print("same", ml.preset_hit("k", sb, vb), ml.preset_argv == ["prog.py", "a"])
+        for i, other in enumerate((prog + "x", ["/x"], ["prog.py", "b"], "/", None, "fork")):
+            print(i, ml.preset_hit("k", shared_bytes(values[:i] + [other] + values[i + 1:]), vb))
+        print("version", ml.preset_hit("k", sb, shared_bytes([st, (hst[0] + 1, hst[1])])))
+        print("files", ml.preset_hit("k", sb, shared_bytes([st])))
+        print("key", ml.preset_hit("j", sb, vb))
+        ml._leave()
+        print("left", ml.preset_hit("k", sb, vb))
+        ml._mains["k"] = ("entry", main([], {{prog: st, helper: hst}}))
+        print("unnamed file", ml.become("k"), ml.preset_shared, ml.preset_hit("k", sb, vb))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "become True", "same True True", "0 False", "1 False", "2 False", "3 False", "4 False",
+        "5 False", "version False", "files False", "key False", "left False",
+        "unnamed file True None False"], res.stdout

@@ -173,8 +173,9 @@ def _bootstrap(self, parent_sentinel):
     try:
         if self._start_method is not None:
             ctx._default_context._actual_context = ctx._concrete_contexts[self._start_method]
-        process._process_counter = _itertools.count(1)
-        process._children = set()
+        if _mainload.preset_shared is None:
+            process._process_counter = _itertools.count(1)
+            process._children = set()
         stdin = _template_stdin()
         if stdin is not None:
             sys.stdin = stdin
@@ -304,6 +305,10 @@ def _prepare(prep, main_code, prog_codes=None, entry=None):
     modules the parent compiled (``prog_codes``, see
     ``context._program_codes``) from that code, each only if its file is
     still the one the parent compiled (mtime and size)."""
+    if entry is _mainload.PRESET:       # a program's template set the rest (main's preset_hit)
+        _apply(prep, main=False)
+        sys.argv = _mainload.preset_argv
+        return
     if _mainload.install(prep, entry):     # the main module is in place: not run again
         return _apply(prep, main=False, preset=_mainload.preset)
     import importlib.util
@@ -380,9 +385,11 @@ def _process_obj(obj, config):
     return process_obj
 
 
-def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None, entry=None):
+def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None, entry=None,
+         shared_b=None, stats_b=None):
     """The child: ``prep_b``, spawn's preparation data (its name apart:
-    ``name``) and the process object's ``_config``, pickled; ``obj_b``, the
+    ``name``, and the items of ``context.SHARED`` apart: ``shared_b``) and
+    the process object's ``_config``, pickled; ``obj_b``, the
     process object or its other attributes (``context._pickles``);
     ``tracker``, the parent's resource tracker (pid, fd);
     ``main_code``/``prog_codes``, code the parent compiled (None when it
@@ -396,6 +403,11 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     prep, config = _reduction.pickle.loads(prep_b)
     if name is not None:
         prep["name"] = name
+    if shared_b is not None:
+        if _mainload.preset_hit(entry, shared_b, stats_b):
+            entry = _mainload.PRESET        # all of SHARED set already: _prepare sets the rest
+        else:
+            prep.update(zip(context.SHARED, _reduction.pickle.loads(shared_b)))
     process.current_process()._inheriting = True
     try:
         _prepare(prep, main_code, prog_codes, entry)

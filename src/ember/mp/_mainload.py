@@ -67,8 +67,9 @@ installed = None
 # parent
 # ----------------------------------------------------------------------
 #: The last entry made: [(main file, its stat key and the program files',
-#: sys.path, argv, cwd, the program files), entry, its run_key].
-_last = [None, None, None]
+#: sys.path, argv, cwd, the program files), entry, its run_key, its
+#: stats_bytes or None].
+_last = [None, None, None, None]
 
 
 _progs = [None, ()]        # (len(sys.modules), the program modules' files)
@@ -119,13 +120,27 @@ def entry(prep):
     progs = tuple((f,) + st for f, st in zip(files, stats[1:]))
     # ORIGINAL_DIR and the start method too: a program's template sets
     # them for its children (:func:`become`).
+    # (the files too, in this order: a program's template compares their
+    # versions as the parent saw them at the start, stats_bytes, with its run's)
     data = json.dumps([path, stats[0][0], stats[0][1], list(sys_path), list(argv), cwd,
-                       binascii.crc32(repr(progs).encode()), orig, method],
+                       binascii.crc32(repr(progs).encode()), orig, method, list(files)],
                       separators=(",", ":")).encode()
     e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
     _last[:] = [(path, stats, list(sys_path), list(argv), cwd, files, orig, method), e,
-                run_key(e)]
+                run_key(e), None]
     return e
+
+
+def stats_bytes():
+    """The versions (``stat_key``) of the main file and of the program
+    files of the last :func:`entry`, as the parent saw them at this start,
+    pickled as ``context.shared_bytes`` pickles (made once per entry): a
+    child of the program's template of that entry compares them with its
+    run's (:func:`preset_hit`) instead of stating the files again."""
+    if _last[3] is None:
+        from .context import shared_bytes
+        _last[3] = shared_bytes(_last[0][1])
+    return _last[3]
 
 
 def run_key(item):
@@ -474,12 +489,13 @@ def why_not(source, filename="<main>"):
 # ----------------------------------------------------------------------
 class _Main:
     __slots__ = ("path", "sys_path", "argv", "dir", "module", "modules", "stats", "orig_dir",
-                 "start_method")
+                 "start_method", "files")
 
     def __init__(self, path, sys_path, argv, cwd, module, modules, stats, orig_dir=None,
-                 start_method=None):
+                 start_method=None, files=None):
         self.orig_dir = orig_dir          # the parent's ORIGINAL_DIR and start method (its
         self.start_method = start_method  # entry's: None in an older one), for become()
+        self.files = files                # the entry's program files (None in an older one)
         self.path = path
         self.sys_path = sys_path
         self.argv = argv
@@ -580,6 +596,7 @@ def preload(item):
         outcome = _run(path, (mtime, size), sys_path, argv, cwd)
         if isinstance(outcome, _Main) and len(fields) >= 9:
             outcome.orig_dir, outcome.start_method = fields[7], fields[8]
+            outcome.files = fields[9] if len(fields) >= 10 else None
     except Exception as exc:
         outcome = f"{type(exc).__name__}: {exc}"
     _mains[key] = (entry, outcome)                # (another entry of that key: replaced)
@@ -694,6 +711,31 @@ program = None
 #: ``sys.path``, working directory, ``ORIGINAL_DIR``, start method), which
 #: its children do not set again (``_child._apply``).
 preset = {}
+#: In a program's template: ``context.shared_bytes`` of the values it set
+#: (and of its run's main file and ``sys.argv``), and of its run's files'
+#: versions in the order of its entry's (as :func:`stats_bytes`), for
+#: :func:`preset_hit`; None where there is none to compare with.
+preset_shared = None
+preset_stats = None
+#: ...and a copy of its run's ``sys.argv``, which a child that hits takes
+#: as its own (the worker set the template's before the call).
+preset_argv = None
+#: ``_child.main``'s mark for "the data's SHARED items are the template's".
+PRESET = object()
+
+
+def preset_hit(key, shared_b, stats_b):
+    """In a child: True if it is a child of the program's template of the
+    run ``key`` whose values of ``context.SHARED`` are exactly the
+    parent's (``shared_b``, the parent's pickle of them, the same bytes as
+    the template's: compared as bytes, nothing unpickled or looked into),
+    and whose run read the very versions of the files that the parent saw
+    at this start (``stats_b``, :func:`stats_bytes`; the files are not
+    stated again: spawn's child reads them as of its start, which this
+    is).  The child then sets only the rest of spawn's data (and the
+    template's copy of the run's ``sys.argv``)."""
+    return preset_shared is not None and shared_b == preset_shared \
+        and stats_b == preset_stats and program[0] == key
 
 
 def become(key):
@@ -707,11 +749,12 @@ def become(key):
     the start method (not ``sys.argv``: the worker sets its own in each
     child before the call, and the child sets the parent's again).  False (nothing changed) if
     there is no such run or a file of it changed."""
-    global program, preset, installed
+    global program, preset, installed, preset_shared, preset_stats, preset_argv
     m = _mains.get(key)
     m = m[1] if m is not None else None
     if not isinstance(m, _Main) or not _unchanged(m):
         return False
+    import itertools
     from multiprocessing import context as mpctx, process
     from . import _child
 
@@ -733,6 +776,17 @@ def become(key):
     _spawn.old_main_modules.append(saved["__main__"])
     sys.modules["__main__"] = sys.modules["__mp_main__"] = m.module
     program, preset, installed = (key, m, saved), values, m.path
+    files = [m.path] + list(m.files or ())
+    if "start_method" in values and m.files is not None and set(m.stats) <= set(files):
+        # (all of context.SHARED set or the run's; every file the run read
+        # among the entry's)
+        from .context import shared_bytes
+        preset_argv = list(m.argv)
+        preset_shared = shared_bytes([m.path, values["sys_path"], m.argv, m.dir,
+                                      m.orig_dir, m.start_method])
+        preset_stats = shared_bytes([m.stats.get(f) for f in files])
+        process._process_counter = itertools.count(1)
+        process._children = set()
     return True
 
 
@@ -740,7 +794,7 @@ def _leave():
     """In a child of a program's template whose start is not for its run:
     put back what :func:`become` replaced (the child is then as one forked
     from the warm template)."""
-    global program, preset, installed
+    global program, preset, installed, preset_shared, preset_stats, preset_argv
     _key, m, saved = program
     for name in m.modules:
         sys.modules.pop(name, None)
@@ -753,6 +807,7 @@ def _leave():
         sys.modules["__mp_main__"] = saved["__mp_main__"]
     _restore(saved)
     program, preset, installed = None, {}, None
+    preset_shared = preset_stats = preset_argv = None
 
 
 def _restore(saved):

@@ -309,6 +309,38 @@ def _fp_dumps(obj):
     return b"".join(_fp_pieces(obj))
 
 
+#: The items of spawn's preparation data that a program's template sets
+#: for each of its children (``_mainload.become``; ``sys.argv`` it keeps for
+#: them), in the order :func:`shared_bytes` takes their values.
+SHARED = ("init_main_from_path", "sys_path", "sys_argv", "dir", "orig_dir", "start_method")
+_NONE = object()
+#: The items a start's preparation data may hold for SHARED to travel
+#: apart: SHARED's, and what a child of a program's template then sets
+#: itself (``_child._apply_rest``; "name" travels apart too).
+_SPLIT = frozenset(SHARED + ("name", "authkey", "log_to_stderr", "log_level"))
+
+
+def shared_bytes(values):
+    """The values of :data:`SHARED` (a list; or the files' versions,
+    ``_mainload.stats_bytes``) pickled as the parent and a program's
+    template both pickle them, so that equal bytes are equal values:
+    without the memo (an object met twice, as ``ORIGINAL_DIR`` in
+    ``sys.path`` and as itself, is written twice: the template's come from
+    JSON, each its own), only ``str``, ``None``, tuples of ``int`` and
+    lists of ``str`` (anything else, or an item missing: None, and the
+    data travels whole)."""
+    for v in values:
+        if v is not None and type(v) is not str and not (
+                type(v) is list and all(type(x) is str for x in v)) and not (
+                type(v) is tuple and all(type(x) is int for x in v)):
+            return None
+    f = io.BytesIO()
+    p = pickle.Pickler(f, 4)
+    p.fast = True                          # (no memo)
+    p.dump(values)
+    return f.getvalue()
+
+
 #: [(what spawn's preparation data is made of, the data but its "name",
 #: a process object's _config, the pickle of both)]: the same at every
 #: start unless sys.path, argv, the cwd, the authkey... changed.
@@ -316,14 +348,21 @@ _prep_c = [None]
 
 
 def _pickles(popen, process_obj):
-    """``(prep, prep_b, obj_b)``: spawn's preparation data without its
+    """``(prep, prep_b, shared_b, obj_b)``: spawn's preparation data without its
     "name" (``spawn.get_preparation_data``) and the process object, pickled
     as spawn pickles them (``ForkingPickler``'s pickle, :func:`_fp_dumps`,
     ``popen`` the spawning one).
 
     ``prep_b`` is ``(prep, config)`` pickled, where ``config`` is the
     process object's ``_config`` (its authkey and semprefix, copied from
-    ours when it was made): both are the same at every start, so their
+    ours when it was made) and ``prep`` is without the items a program's
+    template sets (``_mainload.SHARED``: the main file, ``sys.path``,
+    ``sys.argv``, the directories, the start method), which travel apart
+    as ``shared_b`` (``_mainload.shared_bytes``; None, and all in
+    ``prep_b``, when they do not pickle so): a child of the program's
+    template that set those very values compares the bytes with its
+    template's and neither unpickles nor compares the values.  Both are
+    the same at every start, so their
     pickle is the last start's while what spawn makes the data of is the
     same (its logging state, the authkey, ``sys.path``, ``sys.argv``,
     ``ORIGINAL_DIR``, the working directory, the start method, the main
@@ -358,18 +397,22 @@ def _pickles(popen, process_obj):
     _mpctx.set_spawning_popen(popen)
     try:
         if made is not None and c is not None and c[0] == made and c[2] == config:
-            prep, prep_b = c[1], c[3]
+            prep, prep_b, shared_b = c[1], c[3], c[4]
         else:
             prep = _m.spawn.get_preparation_data(process_obj._name)
             prep.pop("name", None)       # the one item that differs at every start
             if c is not None and c[1] == prep and c[2] == config:
-                prep_b = c[3]
+                prep_b, shared_b = c[3], c[4]
             else:
-                prep_b = _fp_dumps((prep, config))
+                shared_b = shared_bytes([prep.get(k, _NONE) for k in SHARED]) \
+                    if _SPLIT.issuperset(prep) and "authkey" in prep else None
+                rest = prep if shared_b is None else \
+                    {k: v for k, v in prep.items() if k not in SHARED}
+                prep_b = _fp_dumps((rest, config))
             # (spawn's data holds sys.argv itself, not a copy: kept as it
             # is, an argv changed in place would compare equal to it)
             kept = dict(prep, sys_argv=list(prep["sys_argv"])) if "sys_argv" in prep else prep
-            _prep_c[0] = (made, kept, None if config is None else dict(config), prep_b)
+            _prep_c[0] = (made, kept, None if config is None else dict(config), prep_b, shared_b)
         if config is not None:
             state = {k: v for k, v in state.items() if k != "_config"}
             obj_b = _fp_pieces(state)
@@ -377,7 +420,7 @@ def _pickles(popen, process_obj):
             obj_b = _fp_pieces(process_obj)
     finally:
         _mpctx.set_spawning_popen(None)
-    return prep, prep_b, obj_b
+    return prep, prep_b, shared_b, obj_b
 
 
 class Popen:
@@ -403,7 +446,7 @@ class Popen:
 
     def _launch(self, process_obj):
         _t("M.launch")
-        prep, prep_b, obj_b = _pickles(self, process_obj)
+        prep, prep_b, shared_b, obj_b = _pickles(self, process_obj)
         # The child shares our resource tracker, as spawn's children do
         # (else its own tracker would unlink at its exit the shared memory
         # it merely attached to): it reopens the tracker's pipe through
@@ -421,12 +464,14 @@ class Popen:
         else:
             codes = (_main_code(prep), _program_codes())
         key = mainload.run_key(e) if e else None    # the template's run of the entry
+        stats_b = mainload.stats_bytes() if expect and key is not None else None
         # (ember's Python layer imported here, after ensure_runtime: its exit
         # hooks then run before the runtime's, see test_mp_idioms' Ctrl-C)
         from ..objects import _codec
         obj_b = _codec.parts(obj_b)
         p = _m.process.Process(target=_m.child.main,
-                       args=(prep_b, obj_b, tracker) + codes + (process_obj._name, key),
+                       args=(prep_b, obj_b, tracker) + codes + (process_obj._name, key,
+                                                                shared_b, stats_b),
                        daemon=bool(process_obj.daemon))
         # `ember ps` shows it as multiprocessing names it, with its target
         p._name, p._what = process_obj.name, _ps_what(process_obj)
