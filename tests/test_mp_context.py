@@ -276,6 +276,68 @@ def test_connection_wait_imported_by_name(tmp_path, imports):
 
 
 @pytest.mark.timeout(120)
+def test_the_sentinel_is_made_at_the_first_ask(tmp_path):
+    """A start takes no sentinel for the program (BaseProcess.start reads
+    popen.sentinel at every start: it made an eventfd and woke the
+    sentinel watcher's thread, ember-sentinels, for nothing): a process
+    started and joined without ``p.sentinel`` asked has none, and no
+    watcher thread is made.  Asked while it runs, ``p.sentinel`` is the
+    ember.Process's eventfd, the same fd at each ask, readable at the end
+    under ``multiprocessing.connection.wait`` and a selector, and after
+    the join; asked first after the join, readable at once; ValueError
+    before the start and after close(), as the stdlib's."""
+    out = run_prog(tmp_path, "plain", """
+        import multiprocessing as mp, multiprocessing.connection as mpc
+        import os, selectors, threading, time
+        import ember
+
+        def nap(path):
+            while not os.path.exists(path):
+                time.sleep(0.01)
+
+        def kind(fd):
+            return os.readlink(f"/proc/self/fd/{fd}")
+
+        def watcher():
+            return any(t.name == "ember-sentinels" for t in threading.enumerate())
+
+        if __name__ == "__main__":
+            mp.set_start_method("ember")
+            p = mp.Process(target=os.getpid)
+            try:
+                p.sentinel
+            except ValueError as e:
+                print("before start", e)
+            p.start(); p.join(30)
+            print("unasked", p.exitcode, p._popen._proc._res.sentinel, watcher())
+            p.close()
+            p = mp.Process(target=nap, args=("go",)); p.start()
+            s = p.sentinel
+            print("asked", kind(s), s == p.sentinel, mpc.wait([s], 0), p.is_alive())
+            sel = selectors.DefaultSelector()
+            sel.register(s, selectors.EVENT_READ)
+            open("go", "w").close()
+            print("end", mpc.wait([s], 30) == [s], len(sel.select(30)), p.is_alive())
+            sel.close()
+            p.join(30)
+            print("joined", p.exitcode, mpc.wait([p.sentinel], 0) == [s])
+            p.close()
+            try:
+                p.sentinel
+            except ValueError as e:
+                print("closed", e)
+            p = mp.Process(target=os.getpid); p.start(); p.join(30)
+            s = p.sentinel
+            print("after join", kind(s), mpc.wait([s], 0) == [s], p.exitcode)
+            p.close()
+    """)
+    assert out.splitlines() == [
+        "before start process not started", "unasked 0 -1 False",
+        "asked anon_inode:[eventfd] True [] True", "end True 1 False", "joined 0 True",
+        "closed process object is closed", "after join anon_inode:[eventfd] True 0"], out
+
+
+@pytest.mark.timeout(120)
 def test_spawn_and_forkserver_children_of_an_ember_parent(tmp_path):
     """A program whose start method is "ember" starts children of another
     method through an explicit context: spawn's and forkserver's children,

@@ -482,9 +482,11 @@ class Popen:
 
     @property
     def sentinel(self):
-        # (the ember.Process's: an eventfd written at its end, or at the
-        # end of the process started again in its place)
-        return self._proc.sentinel
+        # What BaseProcess.start stores as its _sentinel, which it reads
+        # at every start: the pidfd, which costs nothing more.  What a
+        # program waits on is BaseProcess.sentinel (_sentinel_property):
+        # the ember.Process's sentinel, made at the first ask.
+        return self._proc._res.fd
 
     @property
     def pid(self):
@@ -949,6 +951,26 @@ def _wrap_preparation_data():
         spawn.get_preparation_data = _prep_wrapper(spawn.get_preparation_data)
 
 
+def _sentinel_property(orig):
+    """multiprocessing's ``BaseProcess.sentinel``, that of a process of
+    this method the ``ember.Process``'s: an eventfd written at the end of
+    the process (or of the one started again in its place,
+    docs/python-processes.md), made at the first ask.  ``BaseProcess.start``
+    takes ``popen.sentinel`` at every start, and most programs never ask
+    for it; made there, it cost every start an eventfd, a place in the
+    sentinel watcher's set (and its thread) and a wake-up of that thread
+    when the child ended before ``join()``.  Other processes' is the
+    stdlib's."""
+    def sentinel(self):
+        popen = getattr(self, "_popen", None)
+        if isinstance(popen, Popen):
+            return popen._proc.sentinel
+        return orig.fget(self)
+    sentinel.__doc__ = orig.__doc__
+    sentinel._ember = True
+    return property(sentinel)
+
+
 _registered = [False]
 
 
@@ -970,6 +992,9 @@ def register():
             f = _dispatch(name, orig)
             setattr(dflt, name, f)
             setattr(multiprocessing, name, f)
+    base = _mpprocess.BaseProcess
+    if not getattr(base.sentinel.fget, "_ember", False):
+        base.sentinel = _sentinel_property(base.sentinel)
     if not getattr(reduction.send_handle, "_ember", False):
         reduction.send_handle, reduction.recv_handle = _handle_wrappers(reduction.send_handle,
                                                                         reduction.recv_handle)

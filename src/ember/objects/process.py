@@ -623,6 +623,9 @@ class _Watcher:
         res = proc._res
         with cls._make_lock:
             while res.sentinel < 0 and res.fd >= 0:
+                if proc._exitcode is not None:        # ended (joined): readable at once
+                    res.sentinel = os.eventfd(1, os.EFD_CLOEXEC)
+                    break
                 w = cls._it
                 if w is None or w.pid != os.getpid() or w.ep.closed:
                     w = object.__new__(cls)
