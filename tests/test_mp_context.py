@@ -41,6 +41,20 @@ def test_registered_on_import_of_ember():
     assert ctx.Process._start_method == "ember"
 
 
+def test_the_module_s_lazy_modules_have_no_other_attribute():
+    # doctest's finder (pytest --doctest-modules) unwraps every global of
+    # the module: hasattr(_m, "__wrapped__") raised KeyError
+    import doctest
+
+    from ember.mp import context
+
+    assert not hasattr(context._m, "__wrapped__")
+    with pytest.raises(AttributeError):
+        context._m.nothing
+    assert doctest.DocTestFinder().find(context)
+    assert context._m.util.__name__ == "multiprocessing.util"
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("first", ["import ember", "import ember.mp",
                                    "from ember.mp.pool import Pool",

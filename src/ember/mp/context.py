@@ -55,7 +55,12 @@ class _Mods:
     def __getattr__(self, attr):
         import importlib
 
-        mod = importlib.import_module(self._NAMES[attr])
+        try:
+            name = self._NAMES[attr]
+        except KeyError:
+            # (AttributeError, as getattr, hasattr and inspect.unwrap expect)
+            raise AttributeError(attr) from None
+        mod = importlib.import_module(name)
         setattr(self, attr, mod)
         return mod
 
