@@ -11,17 +11,22 @@ when the child writes there, so its pagemap read at a few points says
 which pages each step wrote, whatever the template does meanwhile:
 
 - **spare**: from the clone to the spare's wait for a request (read against
-  the template while both wait: pages the template wrote since the clone
-  count here too);
+  its template, the one it shares the most frames with, while both wait:
+  pages the template wrote since the clone count here too);
 - **lease**: from the request to the leased spare's wait for its call;
 - **call**: from the call to the program's target (with ``--mp``: most of
   it the method's own start in the child, ``ember.mp._child``);
 - **exit**: from the target to the exit (``PTRACE_O_TRACEEXIT`` stops the
   child before its memory is unmapped).
 
-The leased spare is seized (``PTRACE_SEIZE``) before the start; the
-target (:func:`stop_here`) stops itself with SIGSTOP, which the tracer
-reads and suppresses.  Starts are one at a time (start, then join).
+Every leased spare waiting is seized (``PTRACE_SEIZE``) before the
+start (which takes the start is the shepherd's choice: with ``--mp`` a
+program's template's lease once it has one), the one whose pid the start
+gives is followed and the others let go; the target (:func:`stop_here`)
+stops itself with SIGSTOP, which the tracer reads and suppresses.  On any
+error the seized are detached and the child continued and joined, so that
+the runtime's teardown has no stopped child to wait for.  Starts are one
+at a time (start, then join).
 
 What it prints, a start's mean over the traced starts:
 
@@ -63,7 +68,8 @@ import types
 
 PAGE = mmap.PAGESIZE
 _PRESENT, _FILE, _PFN = 1 << 63, 1 << 61, (1 << 55) - 1
-_SEIZE, _CONT, _DETACH, _O_TRACEEXIT, _EVENT_EXIT = 0x4206, 7, 17, 0x40, 6
+_SEIZE, _INTERRUPT, _CONT, _DETACH = 0x4206, 0x4207, 7, 17
+_O_TRACEEXIT, _EVENT_EXIT = 0x40, 6
 _WALL = 0x40000000
 STAGES = ("spare", "lease", "call", "exit")
 #: CPython 3.11's type attribute cache: 4096 entries of (version, name, value).
@@ -243,14 +249,6 @@ def _children(ppid):
     return out
 
 
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def _maps(pid):
     """[(start, end, perms, path)] of ``pid``'s mappings."""
     out = []
@@ -365,59 +363,129 @@ def _cache_names(pid, caches, a, b):
             names[name] = _str_at(pid, name)
 
 
-def _release(pid, deadline):
-    """Let go of a child that stops itself untraced (not the spare seized)."""
-    while time.monotonic() < deadline and _state(pid) not in (b"T", None):
-        time.sleep(0.001)
+def _finish(proc, timeout=10.0):
+    """Join ``proc``'s child, continuing it while it stops itself untraced
+    (its target, :func:`stop_here`); killed if it has not ended in
+    ``timeout`` s.  Also after an error, so that no child is left stopped
+    (the runtime's teardown would wait for it)."""
     try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
+        pid = proc.pid
+    except Exception:                  # its start failed
+        return
+    if pid is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        proc.join(0.01)
+        if proc.exitcode is not None:
+            return
+    proc.kill()
+    proc.join()
+
+
+def _let_go(pid, deadline):
+    """Detach ``pid`` if traced, whether it is in a stop or running (a seized
+    tracee is detached only in a stop: PTRACE_INTERRUPT puts it in one)."""
+    try:
+        _ptrace(_DETACH, pid)
+        return
+    except OSError:                    # not in a stop, not traced or gone
         pass
+    try:
+        _ptrace(_INTERRUPT, pid)
+    except OSError:
+        return
+    try:
+        status = _wait_stop(pid, deadline)
+    except (OSError, TimeoutError):
+        return
+    if os.WIFSTOPPED(status):
+        sig = os.WSTOPSIG(status)      # a signal it was getting is passed on
+        try:
+            _ptrace(_DETACH, pid, 0 if status >> 16 or sig == signal.SIGTRAP else sig)
+        except OSError:
+            pass
 
 
 def _leased(shepherd, deadline):
-    """The pid of the one leased spare waiting for its call, or None."""
+    """The pids of the leased spares waiting for their call (a program's
+    template's and the warm template's), or []."""
     while time.monotonic() < deadline:
         ls = [p for p, comm, st in _children(shepherd) if comm == "ember-leased" and st == b"S"]
-        if len(ls) == 1:
-            return ls[0]
+        if ls:
+            return ls
         time.sleep(0.005)
-    return None
+    return []
 
 
 def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
-    """One start on the leased spare, traced: ({step: pages written}, the
+    """One start on a leased spare, traced: ({step: pages written}, the
     child's maps, its pid, {step: time it ended}, the type cache at each
-    point), or None (another process took the call, or it timed out)."""
+    point), or None (no lease took the call, or it timed out).  Every lease
+    waiting is read and seized before the start, since which one takes it
+    is the shepherd's choice (a program's template's for an mp start once
+    it has one, else the warm template's); the child that took it (its pid,
+    after the start) is followed, the others let go.  On any error the
+    seized are detached and the child continued and joined."""
     shepherd = os.getppid()
     deadline = time.monotonic() + timeout
-    leased = _leased(shepherd, deadline)
-    if leased is None:
+    leases = _leased(shepherd, deadline)
+    if not leases:
         return None
-    time.sleep(0.01)                  # at its wait
-    tsnap, _ = snapshot(template)
-    lsnap, maps = snapshot(leased)
-    times = {"lease": time.monotonic_ns()}
+    time.sleep(0.01)                  # at their wait
+    tsnaps = {}                       # the templates': the warm one's, a program's
+    for p, comm, st in _children(shepherd):
+        if p == template or (comm not in ("ember-spare", "ember-leased") and p != os.getpid()):
+            try:
+                tsnaps[p] = snapshot(p)[0]
+            except OSError:
+                pass
+    times = {}
     size = _TC_ENTRIES * _TC_ENTRY
-    caches = {"template": _read(template, tc, size) if tc else None,
-              "lease": _read(leased, tc, size) if tc else None}
+    tcache = _read(template, tc, size) if tc else None
+    before = {}                       # pid: (snapshot, maps, type cache) at its wait
+    for pid in leases:
+        try:
+            before[pid] = snapshot(pid) + (_read(pid, tc, size) if tc else None,)
+        except OSError:               # it took a call or ended meanwhile
+            pass
+    times["lease"] = time.monotonic_ns()
     for p, comm, st in _children(shepherd):          # spares leased by later starts
         if comm == "ember-spare" and p not in spare_snaps:
-            snap = snapshot(p)[0]
+            try:
+                snap = snapshot(p)[0]
+            except OSError:
+                continue
+            # its template: the one it shares the most frames with
+            tsnap = max(tsnaps.values(), key=lambda t: sum(t.get(a) == f for a, f in snap.items()))
             spare_snaps[p] = (snap, written(tsnap, snap), time.monotonic_ns())
-    _ptrace(_SEIZE, leased, _O_TRACEEXIT)
-    proc = make()
-    proc.start()
-    if proc.pid != leased:
-        _ptrace(_DETACH, leased)
-        _release(proc.pid, deadline)
-        proc.join()
-        return None
-    snaps = {"lease": lsnap}
+    seized = set()
+    proc, snaps = make(), {}
     try:
+        for pid in before:
+            try:
+                _ptrace(_SEIZE, pid, _O_TRACEEXIT)
+                seized.add(pid)
+            except OSError:
+                pass
+        proc.start()
+        leased = proc.pid
+        for pid in seized - {leased}:
+            _let_go(pid, deadline)
+        seized &= {leased}
+        if leased not in seized:
+            return None
+        lsnap, maps, lcache = before[leased]
+        snaps["lease"] = lsnap
+        caches = {"template": tcache, "lease": lcache}
         while True:
             status = _wait_stop(leased, deadline)
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                seized.clear()
                 break
             sig = os.WSTOPSIG(status)
             if status >> 8 == (signal.SIGTRAP | (_EVENT_EXIT << 8)):
@@ -425,7 +493,6 @@ def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
                 times["exit"] = time.monotonic_ns()
                 caches["exit"] = _read(leased, tc, size) if tc else None
                 _cache_names(leased, caches, "call", "exit")
-                _ptrace(_DETACH, leased)
                 break
             if sig == signal.SIGSTOP and "call" not in snaps:
                 snaps["call"], _ = snapshot(leased)
@@ -435,13 +502,13 @@ def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
                 _cache_names(leased, caches, "lease", "call")
                 sig = 0
             _ptrace(_CONT, leased, sig)
-    except (OSError, TimeoutError):
-        try:
-            _ptrace(_DETACH, leased)
-        except OSError:
-            pass
-        _release(leased, deadline)
-    proc.join()
+    except (OSError, TimeoutError) as e:
+        print(f"cow_pages: a start not traced: {e!r}", file=sys.stderr)
+        return None
+    finally:
+        for pid in seized:
+            _let_go(pid, deadline)
+        _finish(proc)
     if "exit" not in snaps or "call" not in snaps:
         return None
     pre = spare_snaps.pop(leased, None)
@@ -594,8 +661,7 @@ def main():
     for _ in range(6):                       # warm: the template, its modules, the lease
         p = make()
         p.start()
-        _release(p.pid, time.monotonic() + 10)
-        p.join()
+        _finish(p)
     shepherd = os.getppid()
     # the template: the shepherd's oldest child but this process (a spare
     # just cloned still has the template's name)
