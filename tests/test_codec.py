@@ -446,3 +446,54 @@ def test_a_child_killed_while_it_unpickles_a_large_argument_leaves_no_block(embe
         p.close()
     stats = _wait_free(pool, free)
     assert stats.free >= free - (8 << 20), (free, stats)
+
+
+@pytest.mark.timeout(180)
+def test_a_lease_killed_after_taking_its_call_before_unpickling_it_leaves_no_block(
+        ember_runtime):
+    """A lease SIGKILLed once it has taken its call off the channel, before
+    its unpickling (while it applies the call's environment: 30,000
+    variables here, a long window), leaves no block in the default pool:
+    the call's 64 MiB block is its own from its receipt
+    (``_channels._recv_record``), reclaimed by GS at its death.  Before,
+    it was nobody's until the unpickling, and each such kill left it
+    allocated until the runtime's end."""
+    import os
+    import signal
+    import time
+    from ember.objects import naming
+    from ember.objects import process as P
+    pool = naming.default_pool()
+    names = [f"EMBER_TEST_LEAKWIN_{i}" for i in range(30000)]
+    big = b"\x01" * (64 << 20)
+    free = None
+    try:
+        for _ in range(3):
+            for k in names:
+                os.environ.pop(k, None)
+            for _ in range(2):                           # the second leases the next
+                p = ember.Process(target=_nbytes, args=(b"x",))
+                p.start()
+                p.join(60)
+            if free is None:
+                free = pool.stats().free
+            for k in names:
+                os.environ[k] = "v" * 20
+            p = ember.Process(target=_nbytes, args=(big,))
+            p.start()
+            call = p._res.call
+            deadline = time.monotonic() + 60
+            while len(call) == P._CALL_MESSAGES and time.monotonic() < deadline:
+                pass                                     # until it took its call
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.join(60)
+            assert p.exitcode in (0, -signal.SIGKILL)
+            p.close()
+    finally:
+        for k in names:
+            os.environ.pop(k, None)
+    stats = _wait_free(pool, free)
+    assert stats.free >= free - (8 << 20), (free, stats)

@@ -134,7 +134,7 @@ def _name(comm=None):
         _outboard._ext().spare_name(comm or _fresh_comm)
 
 
-def _wait_call(reader, token):
+def _wait_call(call, token):
     """A spare's wait for its call record; the record, or None (and the
     caller exits silently) if what came is not a call carrying ``token``."""
     P = _imports()[2]
@@ -143,12 +143,13 @@ def _wait_call(reader, token):
             _trace.t_faults("L.faults_wait")
             _trace.t("L.ready")
             _trace.t_faults("L.faults_ready")
-        while not reader.records:
-            reader.pump(None)
+        got = _recv_record(call, _magic)
         _name()
-        rec = reader.records[-1]
     except Exception:
         return None
+    if got is None:
+        return None
+    rec = P.Record(*got)
     extra = _check_call(rec, token)
     return None if extra is None else (rec, extra)
 
@@ -189,19 +190,21 @@ def run(call_sdesc, result_sdesc, spare=None):
     call = Channel.attach(call_sdesc)
     res = Channel.attach(result_sdesc)
     try:
-        reader = P.RecordReader(call)
+        # (the record by _recv_record: its data's block ours from its receipt)
         if spare is not None:
-            got = _wait_call(reader, spare)
+            got = _wait_call(call, spare)
             if got is None:
                 os._exit(0)               # not a call of its creator: leave no trace
-            del reader
             return _run_call(call, res, *got)
-        reader.pump(0)
-        if not reader.records or reader.records[-1].kind != P.KIND_CALL:
+        try:
+            got = _recv_record(call, _magic) if call.poll(0) else None
+        except Exception:
+            got = None
+        if got is None or got[0] != P.KIND_CALL:
             print("ember worker: no call record on the call channel", file=sys.stderr)
             return 70
-        rec = reader.records[-1]
-        del reader
+        rec = P.Record(*got)
+        del got
         return _run_call(call, res, rec, pickle.loads(rec.extra))
     finally:
         if not call.closed:

@@ -2159,10 +2159,19 @@ cdef object _join_wait(conn, holder, tag, desc, bytes sdesc, str name, const cha
 include "_zdirect.pxi"
 
 
-cdef object _recv_auto(Channel ch, timeout):
-    """:meth:`Channel.recv_auto`'s receive on an open channel (no direct path)."""
+cdef object _recv_auto(Channel ch, timeout, uint32_t own=0):
+    """:meth:`Channel.recv_auto`'s receive on an open channel (no direct
+    path).  ``own``: a pid that a large message's block is handed to
+    (``ember_pool_take_owner`` from nobody) while its slot still records
+    it, so that no death of the receiver leaves it unowned: killed before
+    the slot's release, the block is freed both by a reclaim of ``own``'s
+    blocks and by the slot's recovery (the second free fails its id check
+    harmlessly, as in ``ember_ch_recv_end``)."""
     cdef ember_ch_msg_t m
     ch._recv_claim(&m, -1, timeout)
+    if own and m.is_alloc:
+        with nogil:
+            ember_pool_take_owner(ch._pool._pool, &m.alloc, 0, own)
     if not m.is_alloc:
         try:
             out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
@@ -2209,18 +2218,22 @@ def _recv_record(Channel ch not None, bytes magic not None):
     message) and return ``(kind, extra, data)`` of the last complete one
     once no more messages are waiting (what its ``RecordReader.pump(None)``
     until a record is complete, then ``records[-1]``, gives); ``data`` as
-    :meth:`Channel.recv_auto` returns it.  None if a message that should be
-    a header is not one.  Raises what ``recv_auto`` raises."""
+    :meth:`Channel.recv_auto` returns it, its block (a large one) this
+    process's from its receipt on (``_recv_auto``'s ``own``: a process
+    killed at any point after, before the codec's unpickling, leaves it to
+    the reclaim of its blocks at its death).  None if a message that
+    should be a header is not one.  Raises what ``recv_auto`` raises."""
     cdef Py_ssize_t k = len(magic)
     cdef bint begun = False
     cdef int kind = 0
+    cdef uint32_t me = <uint32_t>getpid()
     extra = got = None
     if ch._ch == NULL or ch._pool._pool == NULL:
         ch._check_open("receive")
     if ch._direct is not None:
         raise ChannelError(f"{ch._desc()}: a record is read here only from the channel itself")
     while got is None or ember_ch_poll(ch._ch, 0, 0) == EMBER_OK:
-        m = _recv_auto(ch, None)
+        m = _recv_auto(ch, None, me if begun else 0)
         if begun:
             got = (kind, extra, m)
             begun = False

@@ -530,13 +530,14 @@ def not_ours(data, exc):
 def _hold(data):
     """Make the received block under the view ``data`` this process's
     (:class:`Pool.reclaim <ember.pools_c.Pool>` frees it if the process
-    dies while it unpickles: a 100 MB argument takes ~30 ms); the pid, or
-    None when it is no block of a channel's (a view of another kind)."""
+    dies while it unpickles: a 100 MB argument takes ~30 ms), or found so
+    (taken at its receipt: ``_channels._recv_record``, a call's); the pid,
+    or None when it is no block of a channel's (a view of another kind)."""
     hand = getattr(data.obj, "_hand", None)
     if hand is None:
         return None
     pid = _getpid()
-    return pid if hand(0, pid) else None
+    return pid if hand(0, pid) or hand(pid, pid) else None
 
 
 def loads(data):
@@ -642,9 +643,8 @@ def hold_parts(got):
 def load_parts(got, load=pickle.load):
     """The object of what :func:`parts` made, as received (``bytes``, or
     a tuple of ``bytes`` and memoryviews over the frame's pool block): the
-    block is this process's while it unpickles (:func:`_hold`, unless
-    :func:`hold_parts` made it so before), and freed after (the views
-    released)."""
+    block is this process's while it unpickles (:func:`_hold`, or
+    :func:`hold_parts` before), and freed after (the views released)."""
     if type(got) is not tuple:
         return _ploads(got)
     views = [p for p in got if type(p) is memoryview]
