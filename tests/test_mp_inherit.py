@@ -110,3 +110,34 @@ def test_a_parent_that_makes_encoding_warnings_errors_runs(tmp_path, mode):
     assert (res.returncode, res.stdout.splitlines()) == (0, ["[1, 2, 3, 4]", "2", "x"]), \
         res.stderr
     assert "EncodingWarning" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("kind", ["mp", "ember"])
+def test_a_child_under_dev_mode_that_received_a_queue_warns_nothing(tmp_path, kind):
+    """``python -X dev`` (ResourceWarnings shown): a child, of the "ember"
+    method or an ``ember.Process``, that received a Queue and exited prints
+    no ``ResourceWarning: unclosed ember Channel`` (nor Pool).  Its
+    interpreter is a fresh one (its parent's options are not the
+    template's), whose exit collected the Queue's channel, and its GS
+    connection's, with their pools still mapped (a handle's finalizer does
+    not run at exit); the worker now unmaps what it attached of the
+    runtime after every other exit hook, as ``ember.shutdown`` does in the
+    parent.  Before, each such child printed one warning (mp) or three
+    (ember.Process)."""
+    start = {"mp": "ctx.Process", "ember": "ember.Process"}[kind]
+    (tmp_path / "prog.py").write_text(textwrap.dedent(f"""
+        import multiprocessing as mp
+        import ember
+
+        def put(q, x):
+            q.put(x)
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            p = {start}(target=put, args=(q, "x")); p.start(); print(q.get()); p.join()
+    """))
+    res = subprocess.run([sys.executable, "-X", "dev", "prog.py"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=100)
+    assert (res.returncode, res.stdout.splitlines()) == (0, ["x"]), res.stderr
+    assert "ResourceWarning" not in res.stderr, res.stderr

@@ -540,5 +540,34 @@ def main(argv=None):
     return run(*args)
 
 
+def _leave_at_exit():
+    """A fresh interpreter's last exit hook (registered before any other):
+    once every other hook has run, what the process attached of the
+    runtime is unmapped, as :func:`ember.shutdown` does in a process that
+    joined the runtime itself: its connection's channels and pools (only
+    detached: GS frees a process's reply channels at its exit), the
+    default pool's handle, and the pools the handles its call unpickled
+    attached (``pools_c.clear_attach_cache``).  So the handles the call
+    left (a Queue argument: their finalizers do not run at exit,
+    ``atexit=False``) are collected after it without ``ResourceWarning:
+    unclosed ember Channel`` (under ``-X dev``).  A daemon thread still
+    in one of them keeps it (its detach refuses).  (A template child ends
+    by ``os._exit``: nothing is collected.)"""
+    try:
+        client = sys.modules.get("ember.globalservices._client")
+        conn = client and client._conn
+        if conn is not None and conn.pid == os.getpid():
+            client.drop_connection()
+            conn.close(pool_goes=True)
+        naming = sys.modules.get("ember.objects.naming")
+        if naming is not None:
+            naming.forget_default_pool()
+        sys.modules["ember.pools_c"].clear_attach_cache()
+    except Exception:
+        pass
+
+
 if __name__ == "__main__":
+    import atexit
+    atexit.register(_leave_at_exit)
     sys.exit(main())
