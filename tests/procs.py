@@ -14,6 +14,7 @@ tests run, with this folder put on their sys.path):
     assert stop(pids) == []            # SIGSTOPped, and stopped once it returns
     children(ppid, comm="ember-spare") # its children (named so)
     template_of(shepherd_pid)          # the shepherd's warm template
+    templates(runtime_id)              # a runtime's templates and their clones
     wait_children(ppid, "ember-spare", 2)   # at least two live ones, waiting for them
     for address, name, data in readable_memory(pid): ...   # what its memory holds
 """
@@ -164,6 +165,35 @@ def template_of(shepherd):
         except OSError:
             pass
     return None
+
+
+def templates(runtime_id):
+    """{pid: (start time, ``--flags=`` text or None)} of the live processes
+    of the runtime ``runtime_id`` (in their environment) that run
+    ``-m ember._template``: its templates and their clones (spares,
+    programs' templates, children until they exec); of those made with one
+    option set, the template is the first started."""
+    out = {}
+    mark = b"EMBER_RUNTIME_ID=" + runtime_id.encode()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"ember._template" not in argv:
+                continue
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if mark not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{d}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in b"ZX":
+            out[int(d)] = (int(fields[19]), next(
+                (a[8:].decode() for a in argv if a.startswith(b"--flags=")), None))
+    return out
 
 
 def wait_children(ppid, comm, n=1, timeout=30.0):

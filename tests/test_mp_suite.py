@@ -53,7 +53,8 @@ DOCUMENTED = {
 #: runs (the check that the list is still true leaves them out):
 #: test_ignore passes when the child's 16 MB send and exit take longer
 #: than the test's 0.1 s sleep (the child still there when signalled):
-#: seen under ``python -X dev`` (each child a fresh interpreter).
+#: seen under ``python -X dev`` when each child was a fresh interpreter
+#: (now a template's with the parent's options: python-processes.md).
 MAY_PASS = {("TestIgnoreEINTR", "test_ignore")}
 
 #: The stdlib's own flaky tests, not run (``run_suite.py --skip``): they

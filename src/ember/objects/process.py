@@ -161,8 +161,8 @@ def _worker_argv(method, program=None):
     """The worker's argv for ``method`` (a new list), with this process's
     interpreter options (``_worker.interpreter_flags``, what spawn gives
     its child): in front for a fresh interpreter, as ``--flags=`` for the
-    template (whose child, if they are not the template's, execs a fresh
-    interpreter with them).  The template's, with its ``--preload=`` text
+    template (the shepherd picks one started with them; a child of one
+    that is not, execs a fresh interpreter with them).  The template's, with its ``--preload=`` text
     (~2 KB under the "ember" mp method, which preloads the parent's library
     modules), is made again only when either preload tuple was replaced
     (``preload`` and the mp method replace them, never change them in

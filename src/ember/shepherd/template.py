@@ -60,6 +60,15 @@ back to the warm template's whenever it holds none.  At most
 :data:`PROGRAMS`, stopped when unused for :data:`PROGRAM_IDLE` seconds, when
 dead (the next start or the orphan scan sees it) and at teardown.
 
+The interpreter options (:meth:`Template._for_options`): the template is
+started with the options of the first start it serves (``python OPTIONS -m
+ember._template --flags=KEY...``, the worker's ``--flags=``, whose key it
+takes as its own: :data:`_made_for`), so that a program run with ``-O``,
+``-X dev``, ``-W ...`` has its children cloned with them; a start with other
+options goes to a template of its own (:class:`_Options`, made at its first
+start, at most :data:`OPTIONS`), else its child execs a fresh interpreter
+with them (:func:`_child`).
+
 What a death costs: the template dying (killed, crash) fails the spawn in
 flight ("template exited"); the shepherd's loop sees it at once (its
 pidfd, :meth:`Template.died`): it is reaped, with what is left of its
@@ -90,7 +99,8 @@ from .._trace import t as _t
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_ready as _fd_ready, \
     flags_key as _flags_key, flags_of as _flags_of, fresh_argv as _fresh_argv, \
-    lease as _lease_worker, main as _run_worker, parse_argv, rehearse as _rehearse, spare_token
+    lease as _lease_worker, main as _run_worker, options_of as _options_of, parse_argv, \
+    rehearse as _rehearse, spare_token
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
 from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
@@ -121,6 +131,10 @@ SPARES = 2
 #: stopped for another), and how long one is kept unused (seconds).
 PROGRAMS = 2
 PROGRAM_IDLE = 60.0
+#: Templates of other interpreter options than the warm template's kept at
+#: most (:meth:`Template._for_options`): beyond, a parent's children exec a
+#: fresh interpreter with its options.
+OPTIONS = 2
 
 
 def is_template_request(exe, args):
@@ -221,17 +235,37 @@ class Template:
         self._refused = set()
         self._make = None
         self._key_of = (None, None)   # (preload list, its program key): _program_key
+        # The interpreter options its template is started with: the worker's
+        # --flags= text of the first start it serves (None: none served yet;
+        # False: none, options no template is made with); the templates of
+        # other options (_Options), by key (_for_options).
+        self._made_for = None
+        self._others = {}
+        self._untemplated = set()     # keys whose template never came up (_spawn)
+        self._up = False              # its template has answered (with these options)
 
     @property
     def pid(self):
         return self._pid
+
+    def exited(self):
+        """True if its process has exited (not reaped)."""
+        try:
+            return self._pid is None or os.waitid(
+                os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
 
     def _start(self):
         import socket         # only once a template is used (~2 ms at every start otherwise)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             exe = sys.executable
-            self._pid = _spawn_process(exe, [exe, "-m", "ember._template"],
+            argv = [exe, "-m", "ember._template"]
+            if isinstance(self._made_for, str):       # (_for_options)
+                argv[1:1] = _options_of(self._made_for)
+                argv.append("--flags=" + self._made_for)
+            self._pid = _spawn_process(exe, argv,
                                        _bind_now_env(self._envp), None,
                                        theirs.fileno(), self._out_fd, self._err_fd,
                                        new_pgrp=True)
@@ -317,12 +351,17 @@ class Template:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            self._reap_programs()
-            mine = {s.pid for s in self._spares}
-            groups = {self._pid} - {None}
-            for ph in self._programs.values():     # (their spares are in their groups)
-                mine.update(s.pid for s in ph._spares)
-                groups.add(ph._pid)
+            mine, groups = set(), set()
+            for h in (self, *self._others.values()):
+                if h is not self and h._pid is not None and h.exited():
+                    h._stop()             # (not watched: its zombie and group reaped here)
+                h._reap_programs()
+                mine.update(s.pid for s in h._spares)
+                groups.add(h._pid)
+                for ph in h._programs.values():    # (their spares are in their groups)
+                    mine.update(s.pid for s in ph._spares)
+                    groups.add(ph._pid)
+            groups.discard(None)
             out = []
             for pid in pids:
                 if pid in groups or pid in mine:
@@ -394,6 +433,7 @@ class Template:
             if not data:
                 raise ConnectionError("template exited")
             pid, preloaded, final = self._read_answer(data)
+            self._up = True
         except (OSError, TimeoutError, ValueError, TypeError):
             for fd in fds:
                 os.close(fd)
@@ -471,10 +511,12 @@ class Template:
     # --- spawning -----------------------------------------------------
     def spare_due(self):
         """Seconds until the spare wanted must be asked for (None: none is
-        wanted), or a program's template made or stopped for idleness."""
-        by = self._want_by
-        for ph in list(self._programs.values()):
-            for t in (ph._want_by, ph.used + PROGRAM_IDLE):
+        wanted), or a program's template made or stopped for idleness (the
+        other options' templates' too)."""
+        by = None
+        for h in (self, *self._others.values()):
+            for t in (h._want_by, *(t for ph in list(h._programs.values())
+                                    for t in (ph._want_by, ph.used + PROGRAM_IDLE))):
                 if t is not None and (by is None or t < by):
                     by = t
         if by is None:
@@ -487,25 +529,31 @@ class Template:
         if any, and the programs' templates for theirs (making the one
         wanted, stopping those unused for :data:`PROGRAM_IDLE`): called by
         the shepherd when a child exits (a CPU is freed) and when
-        :meth:`spare_due` says it is time.  Never waits for a spawn in
-        progress (that spawn asks itself)."""
-        if (self._want is None and not self._programs and self._make is None) \
-                or not self._lock.acquire(blocking=False):
+        :meth:`spare_due` says it is time; those of the other options'
+        templates too.  Never waits for a spawn in progress (that spawn
+        asks itself)."""
+        if (self._want is None and not self._programs and self._make is None
+                and not self._others) or not self._lock.acquire(blocking=False):
             return
         try:
-            if self._want is not None:
-                self._ask_spare(self._want, start=False)
-            if self._make is not None:
-                self._make_program(*self._make)
-            if self._programs:
-                self._reap_programs()
-                for ph in list(self._programs.values()):
-                    if ph._want is not None:
-                        ph._ask_spare(ph._want, start=False)
-            if self._want is None:
-                self._want_by = None      # (it was due for _make only)
+            for h in (self, *self._others.values()):
+                h._ask_wanted()
         finally:
             self._lock.release()
+
+    def _ask_wanted(self):
+        """:meth:`ask_wanted` for this handle, its lock held."""
+        if self._want is not None:
+            self._ask_spare(self._want, start=False)
+        if self._make is not None:
+            self._make_program(*self._make)
+        if self._programs:
+            self._reap_programs()
+            for ph in list(self._programs.values()):
+                if ph._want is not None:
+                    ph._ask_spare(ph._want, start=False)
+        if self._want is None:
+            self._want_by = None      # (it was due for _make only)
 
     # --- the programs' templates --------------------------------------
     def _program_key(self, preload):
@@ -653,9 +701,58 @@ class Template:
         self._preload, self._preload_text = preload, text
         return preload
 
+    def _for_options(self, args):
+        """The handle whose template has the interpreter options of the
+        worker's ``args`` (its ``--flags=`` text, the parent's: the same
+        text, the same options): this one, whose template is started with
+        those of the first start it serves (a runtime's starts are most
+        often all one program's: one template, as fast as any), or the
+        template of other options (:class:`_Options`), made on their first
+        start and kept; this one too for options no template is made with
+        (:func:`_templated`) or whose template never came up
+        (:meth:`_spawn`), and beyond :data:`OPTIONS` others: its child
+        execs a fresh interpreter with them."""
+        flags = _flags_of(args)
+        if flags == self._made_for:
+            return self
+        key = flags.partition(FLAGS_KEY_END)[0]
+        made = _templated(flags) and key not in self._untemplated
+        if self._made_for is None:
+            self._made_for = flags if made else False
+            return self
+        h = self._others.get(key)
+        if h is None:
+            if not made or len(self._others) >= OPTIONS:
+                return self
+            h = self._others[key] = _Options(self, flags)
+        return h
+
     def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
+        h = self._for_options(args)
+        try:
+            return h._start_child(p_uid, args, envp, cwd, [stdin_fd, out_fd, err_fd])
+        except OSError:
+            if h._up or h._made_for is False:
+                raise             # (the start's own error, or a template that ran)
+        # A template never came up with those options (it exited at its
+        # start-up, twice: one of its imports fails under them, -W error
+        # and a warning): none is made with them again, and this start's
+        # child, as theirs from now on, execs a fresh interpreter with them.
+        if len(self._untemplated) >= 64:
+            self._untemplated.clear()
+        self._untemplated.add(_flags_of(args).partition(FLAGS_KEY_END)[0])
+        if h is self:
+            self._stop()
+            self._made_for = False
+        else:
+            self._others = {k: o for k, o in self._others.items() if o is not h}
+            h.close()
+        return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd)
+
+    def _start_child(self, p_uid, args, envp, cwd, fds):
+        """:meth:`spawn` by this handle's template (its spares, its
+        programs' templates)."""
         preload = self._preload_of(args)
-        fds = [stdin_fd, out_fd, err_fd]
         key = self._program_key(preload)
         if key is not None:
             pid = self._program_spawn(key, preload, args, envp, cwd, fds)
@@ -693,6 +790,7 @@ class Template:
                 data, _ = self._answer(0)
                 if not data:
                     raise ConnectionError("template exited")
+                self._up = True
             except (OSError, TimeoutError, ValueError) as exc:
                 self._stop()
                 if attempt:
@@ -723,6 +821,9 @@ class Template:
         raise AssertionError("unreachable")
 
     def close(self):
+        others, self._others = self._others, {}
+        for h in others.values():
+            h.close()
         for key in list(self._programs):
             self._drop_program(key)
         spares, self._spares = self._spares, []
@@ -751,13 +852,33 @@ class _Program(Template):
     def _start(self):
         raise OSError(5, "a program's template is not started again")
 
-    def exited(self):
-        """True if its process has exited (not reaped)."""
-        try:
-            return self._pid is None or os.waitid(
-                os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
+
+class _Options(Template):
+    """The shepherd's handle on a template of other interpreter options
+    than the warm template's, started with them as the warm one is with its
+    own (:meth:`Template._for_options`): for the starts of a parent run with
+    them (another program of the runtime, one that changed
+    ``sys.warnoptions``), their spares and their programs' templates, as
+    the warm template's handle is for its own.  Held by that handle, and
+    used under its lock; not in the shepherd's loop: found dead by its next
+    start or the orphan scan (:meth:`Template.foreign`), and started again
+    by its next start.  Stopped at teardown."""
+
+    def __init__(self, warm, flags):
+        super().__init__(warm._envp, warm._out_fd, warm._err_fd)
+        self._lock = warm._lock
+        self._made_for = flags
+
+
+def _templated(flags):
+    """Whether a template is made with the interpreter options of a
+    worker's ``--flags=`` text: not with ``-v`` nor ``-X importtime``,
+    whose output at the interpreter's start-up would be the template's
+    imports (on the runtime's stderr), not the child's."""
+    opts = _options_of(flags)
+    return not any(o[:2] == "-v" or (o == "-X" and opts[i + 1:i + 2]
+                                     and opts[i + 1].partition("=")[0] == "importtime")
+                   for i, o in enumerate(opts))
 
 
 def _reap(spare):
@@ -1003,7 +1124,7 @@ def _take_environ():
     _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
     _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
     _proc_state_note()
-    _flags = _flags_key()
+    _flags = _flags_key() if _made_for is None else _made_for
 
 
 #: The template's environment as ``b"K=V"`` items, taken by :func:`_take_environ`
@@ -1017,6 +1138,13 @@ _environ_blob = None
 #: a child whose parent's (its worker's ``--flags=KEY...``) is another
 #: execs a fresh interpreter with the parent's options (:func:`_child`).
 _flags = ""
+#: The key of the options this template was started with for its
+#: parents (``python OPTIONS -m ember._template --flags=KEY...``,
+#: :meth:`Template._start`), which is then its :data:`_flags`: it is what a
+#: fresh interpreter with those options is (where the runtime's environment
+#: adds to them, ``PYTHONWARNINGS`` to ``-W``, spawn's child and the fresh
+#: one have that too); None: its own key (started without ``--flags=``).
+_made_for = None
 
 
 def _set_env(envp):
@@ -1527,7 +1655,11 @@ _default_pool = None
 
 
 def main():
+    global _made_for
     _unset_bind_now()
+    flags = _flags_of(sys.argv[1:])
+    if flags or "--flags=" in sys.argv[1:]:
+        _made_for = flags.partition(FLAGS_KEY_END)[0]
     # Warm up: what every worker needs.
     # Not cloudpickle (nor logging, inspect, dataclasses, uuid, platform,
     # dis, traceback, tokenize, ... that it brings: ~1.8 MB and 16 mappings

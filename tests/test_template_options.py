@@ -1,0 +1,225 @@
+"""A parent run with interpreter options (``python -O``, ``-X dev``, ``-W
+error``, ...) has its children cloned from a warm template started with
+those options (ember.shepherd.template, ``Template._for_options``), not
+started as fresh interpreters: each child has the options spawn's child has,
+and came from a template; two programs of one runtime with other options
+each have theirs; the templates made for them go with the runtime."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from procs import templates
+
+pytestmark = pytest.mark.timeout(180)
+
+_STATE = f"""
+    import multiprocessing as mp
+    import sys
+
+    import ember
+    sys.path.append({os.path.dirname(os.path.abspath(__file__))!r})     # tests/procs.py
+    from procs import templates
+    from ember import _env
+
+    def _cloned():
+        # a template's clone runs the template's command line; a fresh
+        # interpreter, ember._worker's
+        with open("/proc/self/cmdline", "rb") as f:
+            return b"ember._template" in f.read().split(b"\\0")
+
+    def state(q=None):
+        try:
+            assert False
+            asserts = False
+        except AssertionError:
+            asserts = True
+        got = ((tuple(sys.flags), sys.warnoptions, sys._xoptions, __debug__, asserts),
+               _cloned())
+        if q is None:
+            return got
+        q.put(got)
+
+    def mp_child(ctx):
+        q = ctx.Queue()
+        p = ctx.Process(target=state, args=(q,))
+        p.start()
+        got = q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        return got
+
+    def ember_child():
+        p = ember.Process(target=state)
+        p.start()
+        got = p.result(60)
+        p.join(60)
+        return got
+"""
+
+
+def _run(tmp_path, main, options=(), env=None, timeout=150):
+    (tmp_path / "prog.py").write_text(textwrap.dedent(_STATE) + textwrap.dedent(main))
+    res = subprocess.run([sys.executable, *options, "prog.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, (res.stdout, res.stderr[-3000:])
+    return res.stdout.splitlines()
+
+
+_EACH = """
+    if __name__ == "__main__":
+        want = mp_child(mp.get_context("spawn"))[0]
+        em = mp.get_context("ember")
+        for i in range(3):                      # the first start, then spares and leases
+            got = mp_child(em)
+            print("mp", i, got[0] == want or (got[0], want), got[1])
+        for i in range(3):
+            got = ember_child()
+            print("Process", i, got[0] == want or (got[0], want), got[1])
+"""
+
+
+@pytest.mark.parametrize("options", [
+    ["-O"], ["-OO", "-b"], ["-X", "dev"], ["-W", "error"], ["-W", "ignore::DeprecationWarning"],
+    ["-E", "-s"], ["-I"], ["-P", "-q"], ["-X", "utf8", "-X", "warn_default_encoding"],
+    ["-X", "faulthandler", "-X", "frozen_modules=off"], ["-B"], ["-v"], ["-X", "importtime"]],
+    ids=" ".join)
+def test_a_child_has_the_options_spawns_child_has_from_a_template(tmp_path, options):
+    """Under each option, an "ember" child (the first, then later ones)
+    and an ``ember.Process`` child have ``sys.flags``, ``sys.warnoptions``,
+    ``sys._xoptions``, ``__debug__`` and asserts as a spawn child of the
+    same parent has them, and came from a template (``-B`` without
+    ``PYTHONDONTWRITEBYTECODE`` in the environment, where it is the
+    runtime's own).  ``-v`` and ``-X importtime``, whose output at start-up
+    would be the template's, start a fresh interpreter.  Before, every
+    option here started each child in a fresh interpreter (~50 ms)."""
+    env = {k: v for k, v in os.environ.items()
+           if options != ["-B"] or k != "PYTHONDONTWRITEBYTECODE"}
+    out = _run(tmp_path, _EACH, options, env=env)
+    tmpl = options not in (["-v"], ["-X", "importtime"])
+    assert out == [f"{kind} {i} True {tmpl}" for kind in ("mp", "Process")
+                   for i in range(3)], out
+
+
+def test_two_programs_with_other_options_each_have_theirs_and_nothing_is_left(tmp_path):
+    """A runtime's first program (no options) and two programs attached to
+    it at once, run with ``-O`` and ``-X dev``: each one's children (the
+    "ember" method's, then ``ember.Process``'s) have its options, from a
+    template; there is one template per option set while they run, and
+    none once the runtime is gone (the autouse check: no segment left)."""
+    (tmp_path / "other.py").write_text(textwrap.dedent(_STATE) + textwrap.dedent("""
+        if __name__ == "__main__":
+            ember.init(address="auto")
+            want = mp_child(mp.get_context("spawn"))[0]
+            em = mp.get_context("ember")
+            got = [mp_child(em) for _ in range(3)] + [ember_child() for _ in range(3)]
+            print(sys.flags.optimize, int(sys.flags.dev_mode),
+                  all(g == (want, True) for g in got) or (got, want))
+    """))
+    out = _run(tmp_path, """
+        import os, subprocess
+
+        if __name__ == "__main__":
+            rt = ember.init()
+            rid = _env.get(_env.RUNTIME_ID)
+            print("mine", ember_child() == (mp_child(mp.get_context("spawn"))[0], True))
+            runs = [subprocess.Popen([sys.executable, *o, "other.py"], stdout=subprocess.PIPE,
+                                     text=True) for o in (["-O"], ["-X", "dev"])]
+            for r in runs:
+                print(r.communicate(timeout=120)[0].strip(), r.returncode)
+            print("mine", ember_child() == (mp_child(mp.get_context("spawn"))[0], True))
+            made = templates(rid)
+            print("options", sorted({("-O" in f, "dev" in f) for _, f in made.values()}))
+            print("pids", " ".join(map(str, made)), rid, flush=True)
+    """)
+    assert out[:5] == ["mine True", "1 0 True 0", "0 1 True 0", "mine True",
+                       "options [(False, False), (False, True), (True, False)]"], out
+    pids, rid = out[5].split()[1:-1], out[5].split()[-1]
+    deadline = time.monotonic() + 10
+    while templates(rid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert templates(rid) == {}, (pids, templates(rid))
+
+
+def test_new_options_after_the_first_start_have_their_own_template(tmp_path):
+    """A program that changes ``sys.warnoptions`` between its starts: the
+    children of the first ``template.OPTIONS`` other sets come from
+    templates of their own, beyond that from a fresh interpreter, each with
+    the parent's ``-W`` of its start (as spawn's).  A template of other
+    options SIGKILLed: it is reaped, and the starts of its options go on
+    from a template (more than the spares it left: a new one)."""
+    out = _run(tmp_path, """
+        import os, signal, time
+        from ember.shepherd import template
+
+        if __name__ == "__main__":
+            em = mp.get_context("ember")
+            for i, w in enumerate(["", "ignore::ImportWarning", "ignore::BytesWarning",
+                                   "ignore::ResourceWarning"][:template.OPTIONS + 2]):
+                if w:
+                    sys.warnoptions.append(w)
+                got = mp_child(em), ember_child()
+                print(i, [g[0][1] == sys.warnoptions for g in got], [g[1] for g in got])
+            del sys.warnoptions[1:]
+            made = templates(_env.get(_env.RUNTIME_ID))
+            old = min((t, p) for p, (t, f) in made.items() if f and "ImportWarning" in f)[1]
+            os.kill(old, signal.SIGKILL)
+            got = [(mp_child(em), ember_child()) for _ in range(6)]
+            print("again", all(g[0][1] == sys.warnoptions and g[1] for two in got for g in two))
+            for _ in range(200):
+                try:
+                    with open(f"/proc/{old}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] not in "ZX":
+                            break
+                except FileNotFoundError:
+                    print("reaped")
+                    break
+                time.sleep(0.05)
+    """)
+    assert out == ["0 [True, True] [True, True]", "1 [True, True] [True, True]",
+                   "2 [True, True] [True, True]", "3 [True, True] [False, False]",
+                   "again True", "reaped"], out
+
+
+@pytest.mark.parametrize("when", ["first", "later"])
+def test_options_a_template_cannot_start_with_give_a_fresh_interpreter(tmp_path, when):
+    """Options under which a template exits at its start-up (here a
+    ``sitecustomize`` that exits in one run with ``-W error::ImportWarning``:
+    as one of the template's imports would fail under ``-W error`` and a
+    warning), the runtime's first start's or later ones': each child, the
+    first too, runs in a fresh interpreter with them, as before templates
+    were made for options, and the program's other children still come
+    from the template."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent("""
+        import os, sys
+        with open("/proc/self/cmdline", "rb") as f:
+            if b"ember._template" in f.read().split(b"\\0") \\
+                    and "error::ImportWarning" in sys.warnoptions:
+                os._exit(3)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = _run(tmp_path, """
+        if __name__ == "__main__":
+            em = mp.get_context("ember")
+            for i in range(2):
+                got = mp_child(em), ember_child()
+                print(0, [g[0][1] == sys.warnoptions for g in got], [g[1] for g in got])
+            if "error::ImportWarning" not in sys.warnoptions:
+                sys.warnoptions.append("error::ImportWarning")
+                for i in range(2):
+                    got = mp_child(em), ember_child()
+                    print(1, [g[0][1] == sys.warnoptions for g in got], [g[1] for g in got])
+                del sys.warnoptions[-1]
+                got = mp_child(em), ember_child()
+                print(2, [g[0][1] == sys.warnoptions for g in got], [g[1] for g in got])
+    """, ["-W", "error::ImportWarning"] if when == "first" else [], env=env)
+    if when == "first":
+        assert out == ["0 [True, True] [False, False]"] * 2, out
+    else:
+        assert out == ["0 [True, True] [True, True]"] * 2 + ["1 [True, True] [False, False]"] * 2 \
+            + ["2 [True, True] [True, True]"], out
