@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -74,6 +75,44 @@ STDLIB_FLAKY = {
 }
 
 
+#: Tests of the default parts whose outcome a loaded machine can decide: a
+#: timing assumption of CPython's own (docs/multiprocessing.md, "How CI
+#: runs it", has each one's margin), failing under load under spawn too.
+#: A failure of one of these is run once more, alone (run_suite.py -k),
+#: and fails the part only if it fails again: a defect of ember's that
+#: fails the test fails it twice, a late wake-up once (the first failure
+#: is a pytest warning, its whole text in the CI log).
+TIMING = {
+    # sleeps 0.1 s after each notify() and expects the notified waiter, a
+    # child process, to have woken and released a semaphore by then
+    "WithProcessesTestCondition.test_notify": "0.1 s for a child to wake",
+    "WithManagerTestCondition.test_notify": "0.1 s for a child to wake (through the manager)",
+    # the same, polling 10 times 0.1 s for all 6 (3 children, 3 threads)
+    "WithProcessesTestCondition.test_notify_all": "1.1 s for 3 children to wake",
+    "WithProcessesTestCondition.test_notify_n": "1.1 s for 3 children to wake",
+    "WithManagerTestCondition.test_notify_all": "1.1 s for 3 children to wake",
+    "WithManagerTestCondition.test_notify_n": "1.1 s for 3 children to wake",
+    # the child SIGINTs the parent 1 s after its notify(): the parent must be
+    # back in its second wait() by then, or KeyboardInterrupt escapes
+    "WithProcessesTestCondition.test_wait_result": "1 s for the parent to wait again",
+    # send() to a child that echoes, sleep(0.1), then poll(0.1) wants the echo
+    "WithProcessesTestConnection.test_connection": "0.2 s for a child's echo",
+    # poll(1.0) wants the child's next send_bytes
+    "WithProcessesTestPoll.test_dont_merge": "1 s for a child's next send",
+    # one party sleeps 1 s before a barrier the others wait for 0.5 s
+    "WithProcessesTestBarrier.test_timeout": "0.5 s",
+    "WithProcessesTestBarrier.test_default_timeout": "0.5 s",
+    "WithManagerTestBarrier.test_timeout": "0.5 s",
+    "WithManagerTestBarrier.test_default_timeout": "0.5 s",
+    # sleep(0.1) for the pool's threads to drop the task's references
+    "WithProcessesTestPool.test_release_task_refs": "0.1 s for the pool's threads",
+    # a child that sleeps 3 s seen to exit in under 5 s; wait() on ready
+    # handles in under 0.4 s; wait(timeout=-1) in under 1 s
+    "TestWait.test_wait_integer": "2 s for a child's exit, 0.4 s for a wait()",
+    "TestWait.test_neg_timeout": "1 s for a wait()",
+}
+
+
 def _load_runner():
     import importlib.util
     spec = importlib.util.spec_from_file_location("mp_suite_run_suite", RUNNER)
@@ -93,8 +132,11 @@ GROUPS, _group_of = _runner.GROUPS, _runner.group_of
 HANG_DEADLINE = 15
 
 
-def _run(method, timeout, group):
+def _run(method, timeout, group, only=()):
+    """Run ``group`` (only the tests named CLASS.TEST in ``only``, if any)."""
     cmd = [sys.executable, RUNNER, method, "--group", group]
+    for name in only:
+        cmd += ["-k", f"*.{name}"]      # a whole id's end: not test_notify_all
     for name in STDLIB_FLAKY:
         cmd += ["--skip", name]
     for cls, tests in DOCUMENTED.items():
@@ -122,6 +164,22 @@ def unexpected(out):
     return bad
 
 
+def retried(bad, group):
+    """``bad`` (``unexpected``'s list) without the TIMING tests that pass
+    when run once more, alone; each of those is a warning."""
+    again = [f"{cls}.{test}" for cls, test, _ in bad if f"{cls}.{test}" in TIMING]
+    if not again:
+        return bad
+    out = _run("ember", 600, group, only=again)
+    passed = {f"{cls}.{test}" for cls, tests in out["outcomes"].items()
+              for test, outcome in tests.items() if outcome == "passed"}
+    for cls, test, text in bad:
+        if f"{cls}.{test}" in passed:
+            warnings.warn(f"{cls}.{test} failed and passed when run again (a timing assert of "
+                          f"CPython's: {TIMING[f'{cls}.{test}']}):\n{text}")
+    return [b for b in bad if f"{b[0]}.{b[1]}" not in passed]
+
+
 def stale(out, group):
     """The tests of ``group`` that DOCUMENTED lists and that did not fail
     (passed or were skipped): the list in docs/multiprocessing.md is no
@@ -138,7 +196,7 @@ def test_cpython_multiprocessing_suite_under_ember(group):
     out = _run("ember", 3500, group)
     assert "error" not in out, out
     assert sum(c.get("passed", 0) for c in out["classes"].values()) > 10, out
-    bad = unexpected(out)
+    bad = retried(unexpected(out), group)
     if bad:
         # each one whole: what a CI log needs to tell a bug from a flake
         pytest.fail(f"{len(bad)} unexpected failure(s) of CPython's suite under ember:\n\n"

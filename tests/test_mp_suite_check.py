@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from test_mp_suite import _HAVE_SUITE, DOCUMENTED, MAY_PASS, RUNNER, stale, unexpected
+from test_mp_suite import (_HAVE_SUITE, DOCUMENTED, MAY_PASS, RUNNER, TIMING, _group_of,
+                           _run, retried, stale, unexpected)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,3 +96,28 @@ def test_compare_lists_what_passed_under_spawn_and_not_under_ember():
                "ember": {"outcomes": {"A": {"t1": "passed", "t2": "skipped: why", "t3": "passed"}}}}
     assert compare.not_passed("ember", results, against="spawn") == [
         ("A.t2", "skipped: why"), ("B.t4", "not run")]
+
+
+@pytest.mark.skipif(not _HAVE_SUITE, reason="CPython's test package is not installed")
+def test_each_timing_test_is_a_test_of_a_default_part():
+    # run_suite.py --skip refuses a name that is no test of the suite
+    cmd = [sys.executable, RUNNER, "ember", "-k", "no_test_has_this_name"]
+    for name in TIMING:
+        cmd += ["--skip", name]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=100)
+    assert res.returncode == 0, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    assert {_group_of(name.split(".")[0]) for name in TIMING} <= {"processes", "manager", "misc"}
+
+
+@pytest.mark.skipif(not _HAVE_SUITE, reason="CPython's test package is not installed")
+def test_a_timing_test_that_passes_when_run_again_alone_is_a_warning_only():
+    # test_notify is run again, alone (not test_notify_all or _n); it passes
+    # (an idle run), and leaves a warning; test_put, not in TIMING, stays
+    out = _run("ember", 100, "processes", only=["WithProcessesTestCondition.test_notify"])
+    assert out["outcomes"] == {"WithProcessesTestCondition": {"test_notify": "passed"}}, out
+    bad = [("WithProcessesTestCondition", "test_notify", "[fail]\nAssertionError: 1 != 2"),
+           ("WithProcessesTestQueue", "test_put", "[fail]\nAssertionError: x")]
+    with pytest.warns(UserWarning, match=r"(?s)WithProcessesTestCondition\.test_notify failed "
+                                         r"and passed when run again.*AssertionError: 1 != 2"):
+        assert retried(bad, "processes") == bad[1:]
+    assert retried(bad[1:], "processes") == bad[1:]          # nothing to run again
