@@ -1111,6 +1111,14 @@ def test_a_dead_templates_unread_answer_leaves_no_spare_behind(tmp_path):
             time.sleep(0.01)
         os.kill(t.pid, signal.SIGKILL)
         _wait_zombie(t.pid)                          # dead (a zombie: ours to reap)
+        # ... and the template's end of the socket closed in every process:
+        # the spare it just cloned holds a copy until it closes it, and a
+        # send meanwhile succeeds (1 run in 3-7 under `-n 2` failed so)
+        poll = select.poll()
+        poll.register(t._sock.fileno(), select.POLLHUP)
+        deadline = time.monotonic() + 20
+        while not poll.poll(10):
+            assert time.monotonic() < deadline, "the template's end of the socket stayed open"
         T._reap(t._spares.pop())                      # it was handed a request
         t._want = []
         t.ask_wanted()                                # its send fails: the template stopped
