@@ -404,6 +404,19 @@ def _big_after_mark(path, size):
     return b
 
 
+def _kill_and_close(p):
+    """SIGKILL the started ``p`` (gone already: its end), join and close it."""
+    import os
+    import signal
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.join(60)
+    assert p.exitcode in (0, -signal.SIGKILL)
+    p.close()
+
+
 def _wait_free(pool, free, slack=8 << 20, timeout=30):
     """Wait until ``pool`` has ``free`` bytes free again, less ``slack``
     (GS reclaims a dead process's blocks after its death); its stats."""
@@ -423,8 +436,6 @@ def test_a_child_killed_while_it_unpickles_a_large_argument_leaves_no_block(embe
     in the default pool: the block it received is its own while it
     unpickles (reclaimed by GS at its death).  Before, each such kill
     left the 64 MiB block allocated until the runtime's end."""
-    import os
-    import signal
     import time
     from ember.objects import naming
     pool = naming.default_pool()
@@ -437,13 +448,7 @@ def test_a_child_killed_while_it_unpickles_a_large_argument_leaves_no_block(embe
         p = ember.Process(target=_nbytes, args=(big,))
         p.start()
         time.sleep(delay)
-        try:
-            os.kill(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.join(60)
-        assert p.exitcode in (0, -signal.SIGKILL)
-        p.close()
+        _kill_and_close(p)
     stats = _wait_free(pool, free)
     assert stats.free >= free - (8 << 20), (free, stats)
 
@@ -459,7 +464,6 @@ def test_a_lease_killed_after_taking_its_call_before_unpickling_it_leaves_no_blo
     it was nobody's until the unpickling, and each such kill left it
     allocated until the runtime's end."""
     import os
-    import signal
     import time
     from ember.objects import naming
     from ember.objects import process as P
@@ -485,13 +489,7 @@ def test_a_lease_killed_after_taking_its_call_before_unpickling_it_leaves_no_blo
             deadline = time.monotonic() + 60
             while len(call) == P._CALL_MESSAGES and time.monotonic() < deadline:
                 pass                                     # until it took its call
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.join(60)
-            assert p.exitcode in (0, -signal.SIGKILL)
-            p.close()
+            _kill_and_close(p)
     finally:
         for k in names:
             os.environ.pop(k, None)
