@@ -453,6 +453,41 @@ def test_a_child_killed_while_it_unpickles_a_large_argument_leaves_no_block(embe
     assert stats.free >= free - (8 << 20), (free, stats)
 
 
+def _take_then_die(q):
+    """Take the next item's message off ``q``'s channel and die before
+    decoding it: the window between the channel's hand-over of a large
+    message's block and the codec's."""
+    import os
+    import signal
+    view = q._ch.recv_auto(None)      # (kept: its release would free the block)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return view
+
+
+@pytest.mark.timeout(120)
+def test_a_receiver_killed_right_after_taking_a_large_message_leaves_no_block(ember_runtime):
+    """A process SIGKILLed just after ``Channel.recv_auto`` handed it a
+    large message's block (a Queue's get, before the codec unpickles it)
+    leaves no block in the default pool: the block is its receiver's from
+    the channel's hand-over (``_channels._recv_auto``), reclaimed by GS at
+    its death.  Before, it was nobody's until the codec's ``_hold``, and
+    such a kill left 64 MiB allocated until the runtime's end."""
+    from ember.objects import naming
+    pool = naming.default_pool()
+    q = ember.Queue()
+    free = pool.stats().free
+    for _ in range(2):
+        q.put(b"\x01" * (64 << 20))
+        p = ember.Process(target=_take_then_die, args=(q,))
+        p.start()
+        p.join(60)
+        assert p.exitcode == -9, p.exitcode
+        p.close()
+    stats = _wait_free(pool, free)
+    q.close()
+    assert stats.free >= free - (8 << 20), (free, stats)
+
+
 @pytest.mark.timeout(180)
 def test_a_lease_killed_after_taking_its_call_before_unpickling_it_leaves_no_block(
         ember_runtime):

@@ -226,6 +226,9 @@ cdef class _MessageBlock:
     cdef ember_alloc_t _a
     cdef Py_ssize_t _exports
     cdef bint _freed
+    #: the pid the block was handed to (``_hand``, or at its receipt:
+    #: ``_recv_auto``'s ``own``), 0 when nobody's
+    cdef readonly uint32_t _mine
 
     def __init__(self, *args, **kwargs):
         raise TypeError("_MessageBlock cannot be instantiated directly; use Channel.recv_view()")
@@ -266,6 +269,8 @@ cdef class _MessageBlock:
             return False
         with nogil:
             rc = ember_pool_take_owner(self._owner._pool, &self._a, src, dst)
+        if rc == EMBER_OK:
+            self._mine = dst
         return rc == EMBER_OK
 
 
@@ -275,7 +280,15 @@ cdef object _view_of_alloc(Pool owner, ember_alloc_t a):
     blk._a = a
     blk._exports = 0
     blk._freed = False
+    blk._mine = 0
     return memoryview(blk)
+
+
+cdef object _own_view(Pool owner, ember_alloc_t a, uint32_t mine):
+    """:func:`_view_of_alloc` of a block handed to ``mine`` already."""
+    out = _view_of_alloc(owner, a)
+    (<_MessageBlock>out.obj)._mine = mine
+    return out
 
 
 
@@ -1127,15 +1140,23 @@ cdef class Channel:
         """Receive the oldest message as a read-write memoryview without
         copying a large message: the view is over the message's pool block,
         which is freed when the view is released (``view.release()``) or
-        garbage collected.  A message that fit a slot is copied once into a
-        private buffer."""
+        garbage collected, or by the pool's reclaim of this process's
+        blocks if it dies first (the block is its own from the receipt).
+        A message that fit a slot is copied once into a private buffer."""
         cdef ember_ch_t *ch = self._ch
         cdef ember_ch_msg_t m
+        cdef uint32_t me
         if ch == NULL or self._pool._pool == NULL:
             self._check_open("receive")
         if timeout is not None:
             _timeout_ns(timeout)
         self._recv_claim(&m, -1, timeout)
+        me = 0
+        if m.is_alloc:                         # (see _recv_auto's own)
+            me = <uint32_t>getpid()
+            with nogil:
+                if ember_pool_take_owner(self._pool._pool, &m.alloc, 0, me) != EMBER_OK:
+                    me = 0
         if not m.is_alloc:
             try:
                 out = bytearray(PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len))
@@ -1143,7 +1164,7 @@ cdef class Channel:
                 ember_ch_recv_end(ch, &m)
             return memoryview(out)
         try:
-            out = _view_of_alloc(self._pool, m.alloc)
+            out = _own_view(self._pool, m.alloc, me)
         except BaseException:
             ember_ch_recv_end(ch, &m)
             raise
@@ -1164,7 +1185,7 @@ cdef class Channel:
             self._check_open("receive")
         if timeout is not None:
             _timeout_ns(timeout)
-        return _recv_auto(self, timeout)
+        return _recv_auto(self, timeout, True)
 
     # ---- readiness ----
     def poll(self, timeout=0):
@@ -2159,19 +2180,25 @@ cdef object _join_wait(conn, holder, tag, desc, bytes sdesc, str name, const cha
 include "_zdirect.pxi"
 
 
-cdef object _recv_auto(Channel ch, timeout, uint32_t own=0):
+cdef object _recv_auto(Channel ch, timeout, bint own=False):
     """:meth:`Channel.recv_auto`'s receive on an open channel (no direct
-    path).  ``own``: a pid that a large message's block is handed to
+    path).  ``own``: a large message's block is handed to this process
     (``ember_pool_take_owner`` from nobody) while its slot still records
     it, so that no death of the receiver leaves it unowned: killed before
-    the slot's release, the block is freed both by a reclaim of ``own``'s
-    blocks and by the slot's recovery (the second free fails its id check
-    harmlessly, as in ``ember_ch_recv_end``)."""
+    the slot's release, the block is freed both by a reclaim of this
+    pid's blocks and by the slot's recovery (the second free fails its id
+    check harmlessly, as in ``ember_ch_recv_end``); killed after, by the
+    reclaim.  The codec hands it back to nobody once it has unpickled it
+    (``_codec.loads``: a frame's views may outlive it in a forked child);
+    a caller that keeps the view keeps the block its own."""
     cdef ember_ch_msg_t m
+    cdef uint32_t me = 0
     ch._recv_claim(&m, -1, timeout)
     if own and m.is_alloc:
+        me = <uint32_t>getpid()
         with nogil:
-            ember_pool_take_owner(ch._pool._pool, &m.alloc, 0, own)
+            if ember_pool_take_owner(ch._pool._pool, &m.alloc, 0, me) != EMBER_OK:
+                me = 0
     if not m.is_alloc:
         try:
             out = PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.len)
@@ -2179,7 +2206,7 @@ cdef object _recv_auto(Channel ch, timeout, uint32_t own=0):
             ember_ch_recv_end(ch._ch, &m)
         return out
     try:
-        out = _view_of_alloc(ch._pool, m.alloc)
+        out = _own_view(ch._pool, m.alloc, me)
     except BaseException:
         ember_ch_recv_end(ch._ch, &m)
         raise
@@ -2226,14 +2253,13 @@ def _recv_record(Channel ch not None, bytes magic not None):
     cdef Py_ssize_t k = len(magic)
     cdef bint begun = False
     cdef int kind = 0
-    cdef uint32_t me = <uint32_t>getpid()
     extra = got = None
     if ch._ch == NULL or ch._pool._pool == NULL:
         ch._check_open("receive")
     if ch._direct is not None:
         raise ChannelError(f"{ch._desc()}: a record is read here only from the channel itself")
     while got is None or ember_ch_poll(ch._ch, 0, 0) == EMBER_OK:
-        m = _recv_auto(ch, None, me if begun else 0)
+        m = _recv_auto(ch, None, begun)
         if begun:
             got = (kind, extra, m)
             begun = False

@@ -214,7 +214,9 @@
  *   instructions), a producer killed in ember_ch_send_alloc (the block is
  *   its own until published), or a receiver killed between
  *   ember_ch_recv_take and handing the block on, leaks that one allocation
- *   (ember_pool_next_alloc can reclaim it).  (3) All processes must share one pid namespace.
+ *   (ember_pool_next_alloc can reclaim it); a receiver that takes the
+ *   block over with ember_pool_take_owner before ember_ch_recv_take (as
+ *   the Python layer's receives do) leaves it to the reclaim of its pid.  (3) All processes must share one pid namespace.
  *   (4) Destroy must happen when nobody uses the channel any more: every
  *   operation through any handle checks the header (magic + allocation id)
  *   first and returns EMBER_ERR_DESTROYED once it is destroyed, even after

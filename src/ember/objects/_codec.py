@@ -43,8 +43,9 @@ allocation costs more than the copy.
 
 **Deaths.**  A block made here is its sender's until it is sent
 (``Pool.reclaim``: GS frees it if the sender dies first); a received one
-is its receiver's while :func:`loads` unpickles it (:func:`_hold`), then
-freed, or for a frame whose views the object keeps, nobody's again.
+is its receiver's from the channel's hand-over (``Channel.recv_auto``)
+while :func:`loads` unpickles it (:func:`_hold`), then freed, or for a
+frame whose views the object keeps, nobody's again.
 
 Frame layout (little endian): ``b"EMQF"``, u32 number of buffers n, u64
 pickle length, n x u64 buffer lengths; padded to 64; the pickle; each buffer
@@ -530,13 +531,17 @@ def not_ours(data, exc):
 def _hold(data):
     """Make the received block under the view ``data`` this process's
     (:class:`Pool.reclaim <ember.pools_c.Pool>` frees it if the process
-    dies while it unpickles: a 100 MB argument takes ~30 ms), or found so
-    (taken at its receipt: ``_channels._recv_record``, a call's); the pid,
-    or None when it is no block of a channel's (a view of another kind)."""
-    hand = getattr(data.obj, "_hand", None)
+    dies while it unpickles: a 100 MB argument takes ~30 ms), or find it so
+    (as the channel hands it over: ``Channel.recv_auto``, a call's
+    ``_channels._recv_record``); the pid, or None when it is no block of a
+    channel's (a view of another kind)."""
+    blk = data.obj
+    hand = getattr(blk, "_hand", None)
     if hand is None:
         return None
     pid = _getpid()
+    if blk._mine == pid:
+        return pid
     return pid if hand(0, pid) or hand(pid, pid) else None
 
 
