@@ -986,3 +986,64 @@ def test_an_executor_worker_started_again_is_keyed_by_its_own_pid(tmp_path):
             print("gone", wait_gone(victims) == [])
     """, timeout=100)
     assert out.splitlines() == ["keyed after the kill True set()", "results 42 4", "gone True"], out
+
+
+@pytest.mark.timeout(120)
+def test_fds_a_child_never_asked_for_are_closed_at_its_end(tmp_path):
+    """An fd pickled for a child (a stdlib Connection argument) waits in
+    the parent's resource sharer until the child asks for it; a child that
+    ends first (killed while it unpickles the argument before it, a worker
+    of a ProcessPoolExecutor broken by a kill) never will.  Its copy is
+    closed once the parent knows the end, as spawn's child, which inherits
+    the fd, leaves none behind (each stayed open in the parent for its
+    life, with its entry in the sharer: 73 after 20 broken executors)."""
+    out = run_prog(tmp_path, "plain", """
+        import concurrent.futures as cf, multiprocessing as mp, os, signal, time
+        import multiprocessing.connection as mpc
+        from multiprocessing import resource_sharer
+        import ember
+
+        class Slow:
+            def __reduce__(self):                   # unpickled before the pipe
+                return (time.sleep, (60,))
+
+        def f(slow, conn):
+            conn.send(1)
+
+        def g(x):
+            time.sleep(0.05)
+            return x
+
+        def fds():
+            return len(os.listdir("/proc/self/fd"))
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            r, w = mpc.Pipe(duplex=False)
+            p = ctx.Process(target=f, args=(None, w)); p.start(); p.join()
+            print("received", r.recv())
+            before = fds()
+            for how in ("kill", "terminate"):
+                p = ctx.Process(target=f, args=(Slow(), w)); p.start()
+                getattr(p, how)()
+                p.join(30)
+                print(how, p.exitcode, len(resource_sharer._resource_sharer._cache),
+                      fds() - before)
+            for _ in range(3):
+                ex = cf.ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1)
+                futs = [ex.submit(g, i) for i in range(4)]
+                futs[0].result(30)
+                try:
+                    os.kill(next(iter(ex._processes)), signal.SIGKILL)
+                except (StopIteration, ProcessLookupError):
+                    pass
+                for x in futs:
+                    try:
+                        x.result(30)
+                    except cf.process.BrokenProcessPool:
+                        pass
+                ex.shutdown()
+            print("executors", len(resource_sharer._resource_sharer._cache))
+    """)
+    assert out.splitlines() == ["received 1", "kill -9 0 0", "terminate -15 0 0",
+                                "executors 0"], out

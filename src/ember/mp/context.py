@@ -435,15 +435,29 @@ class Popen:
     def DupFd(self, fd):
         """Connections and other fds pickled while spawning travel through
         multiprocessing's resource sharer (the child is forked from the
-        warm template, not from us, so it inherits none of our fds)."""
+        warm template, not from us, so it inherits none of our fds); the
+        copy waits there until the child asks for it (``_unshare``)."""
         from multiprocessing import resource_sharer
-        return resource_sharer.DupFd(fd)
+        d = resource_sharer.DupFd(fd)
+        self._shared.append(d._id[1])
+        return d
+
+    def _unshare(self):
+        """Close the copies of the fds this start's pickles left with the
+        resource sharer that the child never asked for: it ended first
+        (killed while it unpickled what comes before them, a worker of a
+        broken ProcessPoolExecutor) or its start failed.  Each stayed open
+        in the sharer for the program's life; spawn's child inherits the
+        fds and leaves none.  Called once the end is known."""
+        keys, self._shared = self._shared, []
+        _unshare(keys)
 
     def __init__(self, process_obj):
         _m.util._flush_std_streams()
         self.returncode = None
         self.finalizer = None
         self._proc = None
+        self._shared = []         # the resource sharer's keys of the fds pickled (DupFd)
         self._launch(process_obj)
 
     def duplicate_for_child(self, fd):
@@ -482,7 +496,11 @@ class Popen:
         p._name, p._what = process_obj.name, _ps_what(process_obj)
         if expect and key is not None:
             p._program = mainload.program_item(key)   # its spares come from the program's template
-        p.start()
+        try:
+            p.start()
+        except BaseException:
+            self._unshare()
+            raise
         self._proc = p
 
     @property
@@ -506,6 +524,7 @@ class Popen:
             code = self._proc.exitcode
             if code is not None:
                 self.returncode = code
+                self._unshare()
         return self.returncode
 
     def wait(self, timeout=None):
@@ -530,6 +549,7 @@ class Popen:
             code = self._proc.exitcode
             if code is not None:
                 self.returncode = code
+                self._unshare()
         return self.returncode
 
     def _send_signal(self, sig):
@@ -829,6 +849,20 @@ def _ember_connection(conn):
     return mod is not None and isinstance(conn, mod.Connection)
 
 
+def _unshare(keys):
+    """Close the resource sharer's copies of the fds under ``keys`` (its
+    keys of ``resource_sharer.DupFd``\\ s) that nobody took (whoever pops
+    one, the sharer's thread handing it over or this, closes it)."""
+    if keys:
+        from multiprocessing import resource_sharer
+        sharer = resource_sharer._resource_sharer
+        for key in keys:
+            with sharer._lock:
+                entry = sharer._cache.pop(key, None)
+            if entry is not None:
+                entry[1]()
+
+
 def _handle_wrappers(send_orig, recv_orig):
     """``multiprocessing.reduction.send_handle``/``recv_handle`` that pass
     an fd over an ember Connection too: its ``fileno()`` is no socket to
@@ -845,12 +879,7 @@ def _handle_wrappers(send_orig, recv_orig):
         try:
             conn.send(dup)
         except BaseException:
-            # not sent: the sharer's copy of the fd is closed now, not at exit
-            sharer = resource_sharer._resource_sharer
-            with sharer._lock:
-                entry = sharer._cache.pop(dup._id[1], None)
-            if entry is not None:
-                entry[1]()
+            _unshare((dup._id[1],))   # not sent: closed now, not at exit
             raise
 
     def recv_handle(conn):
