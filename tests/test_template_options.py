@@ -103,6 +103,43 @@ def test_a_child_has_the_options_spawns_child_has_from_a_template(tmp_path, opti
                    for i in range(3)], out
 
 
+@pytest.mark.parametrize("options, mark", [
+    (["-v"], "# installing zipimport hook"),
+    (["-X", "importtime"], "import time: self [us] | cumulative | imported package")],
+    ids=["-v", "-X importtime"])
+def test_start_up_output_is_that_of_spawns_children(tmp_path, options, mark):
+    """Under ``-v`` and ``-X importtime`` every interpreter prints its
+    imports as it starts: a program's children under the "ember" method
+    print what spawn's print, no more.  Each child is a fresh interpreter
+    with the options (a template's would print the template's imports),
+    and none is started ahead for the next start (a lease: it printed its
+    start-up, a process the program never started; 3 starts printed 4
+    children's)."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import sys
+        import ember
+
+        def f():
+            pass
+
+        if __name__ == "__main__":
+            ctx = mp.get_context(sys.argv[1])
+            for _ in range(3):
+                p = ctx.Process(target=f)
+                p.start()
+                p.join()
+                assert p.exitcode == 0
+    """))
+    count = {}
+    for method in ("spawn", "ember"):
+        res = subprocess.run([sys.executable, *options, "prog.py", method], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=150)
+        assert res.returncode == 0, res.stderr[-3000:]
+        count[method] = res.stderr.count(mark)
+    assert count["ember"] == count["spawn"] >= 4, count
+
+
 def test_two_programs_with_other_options_each_have_theirs_and_nothing_is_left(tmp_path):
     """A runtime's first program (no options) and two programs attached to
     it at once, run with ``-O`` and ``-X dev``: each one's children (the

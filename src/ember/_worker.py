@@ -456,6 +456,18 @@ def options_of(flags):
     return opts.split(FLAGS_SEP) if opts else []
 
 
+def templated(flags):
+    """Whether a template is made with the interpreter options of a
+    worker's ``--flags=`` text: not with ``-v`` nor ``-X importtime``,
+    whose output at the interpreter's start-up would be the template's
+    imports (on the runtime's stderr), not the child's; nor is a lease
+    started ahead with them (its start-up's, a process nobody started)."""
+    opts = options_of(flags)
+    return not any(o[:2] == "-v" or (o == "-X" and opts[i + 1:i + 2]
+                                     and opts[i + 1].partition("=")[0] == "importtime")
+                   for i, o in enumerate(opts))
+
+
 def flags_of(argv):
     """The ``--flags=`` text of the worker's ``argv`` ("" if none)."""
     for a in argv:

@@ -345,7 +345,9 @@ def _ask_lease(pool, argv, claim=None):
     from ..channels_c import Channel
     from ..globalservices._client import connection
 
-    if _lease is not None:                    # another thread's start asked already
+    if _lease is not None or not _worker.templated(_worker.flags_of(argv)):
+        # another thread's start asked already; or -v, -X importtime: a
+        # lease would print its start-up, as no spawn child does ahead
         _claim(claim)
         return
     lease = _Lease()

@@ -100,7 +100,7 @@ from .._trace import t as _t
 from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_ready as _fd_ready, \
     flags_key as _flags_key, flags_of as _flags_of, fresh_argv as _fresh_argv, \
     lease as _lease_worker, main as _run_worker, options_of as _options_of, parse_argv, \
-    rehearse as _rehearse, spare_token
+    rehearse as _rehearse, spare_token, templated as _templated
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
 from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
@@ -868,17 +868,6 @@ class _Options(Template):
         super().__init__(warm._envp, warm._out_fd, warm._err_fd)
         self._lock = warm._lock
         self._made_for = flags
-
-
-def _templated(flags):
-    """Whether a template is made with the interpreter options of a
-    worker's ``--flags=`` text: not with ``-v`` nor ``-X importtime``,
-    whose output at the interpreter's start-up would be the template's
-    imports (on the runtime's stderr), not the child's."""
-    opts = _options_of(flags)
-    return not any(o[:2] == "-v" or (o == "-X" and opts[i + 1:i + 2]
-                                     and opts[i + 1].partition("=")[0] == "importtime")
-                   for i, o in enumerate(opts))
 
 
 def _reap(spare):
