@@ -2624,3 +2624,35 @@ def test_a_child_has_the_parents_interpreter_options(tmp_path, method, options):
     debug = not options
     forked = method == "template"
     assert ok(res).splitlines() == [f"{i} True ({debug}, {debug}, {forked})" for i in range(4)]
+
+
+@pytest.mark.parametrize("wait", ["join", "result"])
+def test_exitcode_asked_while_another_thread_waits_says_it_runs(tmp_path, wait):
+    """``exitcode`` (and ``exception``) asked from one thread while another
+    waits in ``join()`` or ``result()`` say at once that the process runs
+    (None), as multiprocessing's: they waited for the lock the wait holds,
+    until the process ended (here it ends only once the asking thread has
+    its answer, or after 20 s: the answer was its exit code then)."""
+    go = tmp_path / "go"
+    out = ok(run_prog(tmp_path, f"""
+        def f():
+            deadline = time.monotonic() + 20
+            while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return 7
+
+        p = ember.Process(target=f); p.start()
+        got = []
+        def other():
+            while p._lock.acquire(False):        # until the wait holds it
+                p._lock.release()
+                time.sleep(0.005)
+            got.append((p.exitcode, p.exception))
+            open({str(go)!r}, "w").close()
+        t = threading.Thread(target=other); t.start()
+        p.{wait}()
+        t.join()
+        p.join()                                 # (result() may return before the exit)
+        print("while it ran", got, "after", p.exitcode)
+    """))
+    assert out.splitlines() == ["while it ran [(None, None)] after 0"], out

@@ -1480,8 +1480,14 @@ class Process:
         return 0 if _outboard.out(self._desc.p_uid) else None
 
     def _poll(self):
+        # The end is looked at before the lock: a join() or result() of
+        # another thread holds it for as long as the process runs (exitcode
+        # waited for that wait, and gave the exit code where it was None),
+        # or one started again in its place (block=False: None, not known)
+        if self._res is None or not self._ended(0, block=False):
+            return
         with self._lock:
-            if self._exitcode is None and self._res is not None and self._ended(0):
+            if self._exitcode is None and self._ended(0):
                 self._wait(None)
 
     def _finish(self, code):
