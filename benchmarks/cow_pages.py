@@ -1,6 +1,6 @@
 """Which of the template's pages a child writes (copy-on-write), when, and why.
 
-    python benchmarks/cow_pages.py [-n N] [--mp] [--perf] [--top K]
+    python benchmarks/cow_pages.py [-n N] [--mp] [--perf] [--steps] [--top K]
 
 Runs itself under ``ember run``, as root (it reads the runtime's processes'
 ``/proc/PID/pagemap`` and ``mem`` and ptraces its children).  A child of
@@ -47,6 +47,24 @@ What it prints, a start's mean over the traced starts:
 - with ``--perf`` (``perf record`` of ``exceptions:page_fault_user``,
   write faults only): the object at each fault's address, i.e. the first
   write to each page copied, by step (``header``: its reference count).
+  Each object is named (a function's or code object's name, a string's
+  text, a module's or class's name, whose dict a dict is) and, for a
+  string, tuple, dict and the like, after one of the objects that hold it
+  (``str 'name' <- code _child.py:main``: a name or constant of that code,
+  or of another that holds the same string).  A write that is no object
+  of the template's is named after what is there: the type attribute
+  cache, a library's data symbol (``nm``: ``_PyRuntime+0x...``,
+  ``usedpools``...), a pymalloc pool's header (an allocation or a free in
+  that pool: its count and free list) or one of its free blocks (an
+  object allocated there), by the pool's block size;
+- with ``--steps`` (implies ``--perf``; the runtime runs with
+  ``EMBER_TRACE_START``, so every process records its trace labels and the
+  child writes a few pages more for them): the call step's write faults
+  cut at the trace labels the child passes (the worker's ``C.call`` and
+  ``C.target``, the method's ``M.c_*`` in ``_child.main`` and ``M.b_*`` in
+  its bootstrap, ``target``), each step named after the label that ends
+  it, with the objects first written in it: which of the template's
+  objects each step of a child's path writes.
 
 ``--mp`` traces multiprocessing's ``"ember"`` start method instead of
 ``ember.Process``.  This file's top level only imports and defines, so the
@@ -76,8 +94,18 @@ STAGES = ("spare", "lease", "call", "exit")
 _TC_ENTRIES, _TC_ENTRY = 4096, 24
 
 
+try:
+    from ember import _trace
+except ImportError:                   # (the head, before it runs under ember)
+    _trace = None
+
+
 def stop_here():
-    """The children's target: stop, for the tracer to read the pagemap."""
+    """The children's target: stop, for the tracer to read the pagemap
+    (with ``--steps``, its trace label and the child's labels written first)."""
+    if _trace is not None and _trace.on:
+        _trace.t("target")
+        _trace.flush()
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
@@ -107,14 +135,33 @@ def type_cache_addr():
 
 
 def _describe(o):
+    """What ``o`` is, its type's name first: a function's or code object's
+    name, a string's text, a module's or class's name, whose dict a dict is."""
+    t = type(o)
     try:
-        if type(o).__name__ == "function":
+        if t is types.FunctionType:
             return f"function {o.__module__}.{o.__qualname__}"
-        if type(o).__name__ == "code":
-            return f"code {o.co_filename.rsplit('/', 1)[-1]}:{o.co_name}"
+        if t is types.CodeType:
+            return f"code {o.co_filename.rsplit('/', 1)[-1]}:{o.co_qualname}"
+        if t is str:
+            return f"str {o[:40]!r}"
+        if t is types.ModuleType:
+            return f"module {o.__name__}"
+        if isinstance(o, type):
+            return f"{t.__name__} {o.__module__}.{o.__qualname__}"
+        if t in (tuple, list, dict, set, frozenset, bytes):
+            return f"{t.__name__} len {len(o)}"
+        if t is types.BuiltinFunctionType:
+            return f"builtin_function_or_method {o.__name__}"
     except Exception:
         pass
-    return type(o).__name__
+    return t.__name__
+
+
+#: Types whose objects are named after what holds them (the first object the
+#: map's walk reached them from): a code object's names and constants, a
+#: function's defaults, a module's or instance's dict.
+_HELD = (str, tuple, bytes, dict, frozenset, int, float, list, set, types.CellType)
 
 
 def _owners():
@@ -147,9 +194,16 @@ def object_map(path):
     and what it is); objects a module's own reach are that module's."""
     tc = type_cache_addr()
     owner = _owners()
-    seen, stack, rows = set(), list(gc.get_objects()) + list(sys.modules.values()), []
+    holder = {}
+    for mname, m in list(sys.modules.items()):
+        d = getattr(m, "__dict__", None)
+        if isinstance(d, dict):
+            holder[id(d)] = f"module {mname}"
+    seen = set()
+    stack = [(o, None) for o in list(gc.get_objects()) + list(sys.modules.values())]
+    rows = []
     while stack:
-        o = stack.pop()
+        o, via = stack.pop()
         if id(o) in seen:
             continue
         seen.add(id(o))
@@ -159,24 +213,31 @@ def object_map(path):
             size = 16
         pre = 16 if type(o).__flags__ & (1 << 14) else 0      # the GC header
         mod = owner.get(id(o), "?")
-        rows.append((id(o), pre, size, id(type(o)), mod, _describe(o)))
+        what = _describe(o)
+        if id(o) in holder:
+            what += f" <- {holder[id(o)]}"
+        elif via is not None and isinstance(o, _HELD):
+            what += f" <- {via}"
+        rows.append((id(o), pre, size, id(type(o)), mod, what))
         if isinstance(o, dict):          # its keys table: a block of its own
             keys = ctypes.c_void_p.from_address(id(o) + 32).value
             if keys:
-                rows.append((keys, 0, max(size - 48, 8), 0, mod, "dict keys"))
+                rows.append((keys, 0, max(size - 48, 8), 0, mod, f"dict keys of {what}"))
         elif isinstance(o, list) and o:
             items = ctypes.c_void_p.from_address(id(o) + 24).value
             if items:
-                rows.append((items, 0, 8 * len(o), 0, mod, "list items"))
+                rows.append((items, 0, 8 * len(o), 0, mod, f"list items of {what}"))
         refs = gc.get_referents(o)
         if type(o) is types.CodeType:   # no traverse: its names and constants are its own
             refs = [o.co_consts, o.co_names, o.co_varnames, o.co_freevars, o.co_cellvars,
                     o.co_filename, o.co_name, o.co_qualname, o.co_linetable, o.co_exceptiontable]
+        # what holds a held object: the first non-held object above it
+        below = what if not isinstance(o, _HELD) or via is None else via
         for r in refs:
             if id(r) not in seen:
                 if mod != "?":
                     owner.setdefault(id(r), mod)
-                stack.append(r)
+                stack.append((r, below))
     with open(path, "w") as f:
         f.write(f"{tc}\n")
         for row in rows:
@@ -301,6 +362,77 @@ def _region(maps, addr):
             return "anonymous"
         prev = (a, b, perms, path)
     return "unmapped"
+
+
+class Symbols:
+    """The data symbols of the shared objects a process maps (``nm``): what
+    is at an address of a library's data (libpython's ``_PyRuntime``,
+    ``usedpools``, a static type...), with the offset into it."""
+
+    def __init__(self, maps):
+        import shutil
+        import subprocess
+
+        self._libs = []               # (start, end, load bias, [(addr, size, name)])
+        bases = {}
+        for a, b, perms, path in maps:
+            if path.startswith("/") and ".so" in path:
+                bases.setdefault(path, a)          # the first mapping: file offset 0
+        if shutil.which("nm") is None:
+            return
+        syms = {}
+        for a, b, perms, path in maps:
+            if path not in bases or "w" not in perms:
+                continue
+            if path not in syms:
+                out = subprocess.run(["nm", "-S", "--defined-only", path],
+                                     capture_output=True, text=True).stdout
+                rows = []
+                for line in out.splitlines():
+                    f = line.split()
+                    if len(f) == 4 and f[2] in "dDbBgGsSvV":
+                        rows.append((int(f[0], 16), int(f[1], 16), f[3]))
+                rows.sort()
+                syms[path] = rows
+            self._libs.append((a, b, bases[path], syms[path]))
+
+    def find(self, addr):
+        """``name+offset`` of the data symbol at ``addr``, or None."""
+        for a, b, base, rows in self._libs:
+            if a <= addr < b:
+                v = addr - base
+                i = bisect.bisect_right(rows, (v, 1 << 62)) - 1
+                if i >= 0 and rows[i][0] <= v < rows[i][0] + max(rows[i][1], 1):
+                    return f"{rows[i][2]}+{v - rows[i][0]:#x}"
+                return None
+        return None
+
+
+#: pymalloc's pool header (CPython 3.11: 48 bytes at the start of each 4 KiB
+#: pool, its size class index at offset 36).
+_POOL_HEADER, _POOL_SZIDX = 48, 36
+
+
+def _not_an_object(addr, maps, index, syms):
+    """What a write at ``addr`` that is no object of the template's wrote:
+    the type cache, a library's data symbol, a pymalloc pool's header (an
+    allocation or a free there: the pool's count and free list) or a free
+    block of it (an object allocated there), or the region."""
+    tc = index.type_cache
+    if tc and tc <= addr < tc + _TC_ENTRIES * _TC_ENTRY:
+        return "type attribute cache"
+    sym = syms.find(addr) if syms is not None else None
+    if sym is not None:
+        return sym
+    region = _region(maps, addr)
+    if region.startswith("anonymous"):
+        head = _read(index.template, addr - addr % PAGE, _POOL_HEADER)
+        if head is not None and len(head) == _POOL_HEADER:
+            szidx = struct.unpack_from("I", head, _POOL_SZIDX)[0]
+            if szidx < 32:        # (a guess: the page may be no pool at all)
+                what = "header" if addr % PAGE < _POOL_HEADER else "free block"
+                return f"pool {what} ({16 * (szidx + 1)}-byte blocks)"
+    return f"(no object) {region}"
 
 
 def _ptrace(req, pid, data=0):
@@ -604,7 +736,12 @@ def report_type_cache(results, index, top, out=sys.stdout):
                                      pairs.most_common(top * 2)), file=out)
 
 
-def report_faults(results, faults, index, top, out=sys.stdout):
+def _fault_object(addr, maps, index, syms):
+    """(what, module, where) of the first write at ``addr``."""
+    return index.find(addr) or (_not_an_object(addr, maps, index, syms), "-", "")
+
+
+def report_faults(results, faults, index, syms, top, out=sys.stdout):
     print("\n# write faults (perf) a start, by step, by the template's object at the "
           "fault's address (the first write to the page; header: its reference count)",
           file=out)
@@ -621,7 +758,7 @@ def report_faults(results, faults, index, top, out=sys.stdout):
             for t, addr in faults.get(pid, ()):
                 if begin <= t < end:
                     total += 1
-                    hit = index.find(addr) or ("(no object)", _region(maps, addr), "")
+                    hit = _fault_object(addr, maps, index, syms)
                     objs[hit] += 1
                     kinds[hit[0].split(" ", 1)[0]] += 1
                     mods[hit[1]] += 1
@@ -634,21 +771,88 @@ def report_faults(results, faults, index, top, out=sys.stdout):
             print(f"    {v / n:5.1f}  {kind} [{mod}] {where}", file=out)
 
 
+def read_steps(trace_dir):
+    """{pid: [(time ns, label)]} of the trace written under ``trace_dir``."""
+    steps = collections.defaultdict(list)
+    try:
+        with open(os.path.join(trace_dir, "trace")) as f:
+            for line in f:
+                p = line.split(" ", 2)
+                if len(p) == 3 and "=" not in p[2]:
+                    steps[int(p[1])].append((int(p[0]), p[2].strip()))
+    except OSError:
+        pass
+    for v in steps.values():
+        v.sort()
+    return steps
+
+
+def report_steps(results, faults, index, syms, steps, top, out=sys.stdout):
+    """The call step's write faults by the trace labels the child passed
+    (each step named after the label that ends it), and in each step by the
+    template's object first written."""
+    order, per = [], collections.defaultdict(collections.Counter)
+    totals, n = collections.Counter(), 0
+    for _, maps, pid, times, _ in results:
+        labels = [(t, lab) for t, lab in steps.get(pid, ())
+                  if times["lease"] <= t <= times["call"]]
+        if not labels:
+            continue
+        n += 1
+        bounds = [times["lease"]] + [t for t, _ in labels]
+        names = [lab for _, lab in labels]
+        for lab in names:
+            if lab not in order:
+                order.append(lab)
+        for t, addr in faults.get(pid, ()):
+            if not bounds[0] <= t < bounds[-1]:
+                continue
+            i = bisect.bisect_right(bounds, t) - 1
+            hit = _fault_object(addr, maps, index, syms)
+            per[names[i]][hit] += 1
+            totals[names[i]] += 1
+    if not n:
+        print("\n# steps: no child's trace labels found", file=out)
+        return
+    print(f"\n# the call step's write faults by the child's step ({n} starts; a step "
+          "is named after the label that ends it; each label's own recording costs "
+          "0-2): faults a start, then each first-written object, a start", file=out)
+    for lab in order:
+        print(f"  -> {lab}: {totals[lab] / n:.1f}", file=out)
+        for (kind, mod, where), v in per[lab].most_common(top):
+            print(f"    {v / n:5.1f}  {kind} [{mod}] {where}", file=out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=20, help="starts traced (default 20)")
     ap.add_argument("--mp", action="store_true", help='multiprocessing\'s "ember" start method')
     ap.add_argument("--perf", action="store_true",
                     help="also the object at each write fault's address (perf)")
+    ap.add_argument("--steps", action="store_true",
+                    help="with --perf: the call step's faults by the child's trace labels "
+                         "(the runtime run with EMBER_TRACE_START)")
     ap.add_argument("--top", type=int, default=15)
     a = ap.parse_args()
+    if a.steps:
+        a.perf = True
     if "EMBER_P_UID" not in os.environ:
+        import shutil
         import subprocess
+        import tempfile
 
         import _rundir
         _rundir.use_private()
-        return subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__)]
-                              + sys.argv[1:]).returncode
+        env, trace_dir = dict(os.environ), None
+        if a.steps:
+            trace_dir = env["EMBER_TRACE_START"] = tempfile.mkdtemp(prefix="cow_pages-")
+            env["COW_PAGES_TRACE"] = trace_dir
+        try:
+            return subprocess.run([sys.executable, "-m", "ember", "run",
+                                   os.path.abspath(__file__)] + sys.argv[1:], env=env).returncode
+        finally:
+            if trace_dir is not None:
+                shutil.rmtree(trace_dir, ignore_errors=True)
     import multiprocessing as mp
 
     import ember
@@ -699,7 +903,11 @@ def main():
     report_pages(results, index, a.top)
     report_type_cache(results, index, a.top)
     if faults is not None:
-        report_faults(results, faults, index, a.top)
+        syms = Symbols(results[0][1]) if results else None
+        report_faults(results, faults, index, syms, a.top)
+        if a.steps:
+            steps = read_steps(os.environ.get("COW_PAGES_TRACE", ""))
+            report_steps(results, faults, index, syms, steps, a.top)
     return 0
 
 

@@ -176,21 +176,31 @@ def _bootstrap(self, parent_sentinel):
         if _mainload.preset_shared is None:
             process._process_counter = _itertools.count(1)
             process._children = set()
+        if _tracing:
+            _t("M.b_counter")
         stdin = _template_stdin()
         if stdin is not None:
             sys.stdin = stdin
         elif sys.stdin is not None:
             util._close_stdin()
+        if _tracing:
+            _t("M.b_stdin")
         old_process = process._current_process
         process._current_process = self
         process._parent_process = process._ParentProcess(
             self._parent_name, self._parent_pid, parent_sentinel)
+        if _tracing:
+            _t("M.b_parent")
         if _threading._HAVE_THREAD_NATIVE_ID:
             _threading._main_thread._native_id = _threading.get_native_id()
+        if _tracing:
+            _t("M.b_native_id")
         try:
             self._after_fork()
         finally:
             del old_process
+        if _tracing:
+            _t("M.b_after_fork")
         if util._logger:
             util.info('child process calling self.run()')
         try:
@@ -403,11 +413,15 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     prep, config = _reduction.pickle.loads(prep_b)
     if name is not None:
         prep["name"] = name
+    if _tracing:
+        _t("M.c_prep_loaded")
     if shared_b is not None:
         if _mainload.preset_hit(entry, shared_b, stats_b):
             entry = _mainload.PRESET        # all of SHARED set already: _prepare sets the rest
         else:
             prep.update(zip(context.SHARED, _reduction.pickle.loads(shared_b)))
+    if _tracing:
+        _t("M.c_preset")
     process.current_process()._inheriting = True
     try:
         _prepare(prep, main_code, prog_codes, entry)
@@ -434,6 +448,8 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
         sentinel = None
     if context.is_pool_executor_worker(process_obj):
         _show_idle(process_obj._args[0])
+    if _tracing:
+        _t("M.c_pidfd")
     exitcode = _run(process_obj, sentinel)
     if _tracing:
         _t("M.c_booted")
