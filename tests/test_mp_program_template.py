@@ -373,3 +373,66 @@ def test_preset_hit_is_exact(tmp_path):
         "become True", "same True True", "0 False", "1 False", "2 False", "3 False", "4 False",
         "5 False", "version False", "files False", "key False", "left False",
         "unnamed file True None False"], res.stdout
+
+
+def test_the_program_template_rehearses_a_childs_start_and_puts_everything_back(tmp_path):
+    """``_mainload.become`` runs a child's path up to its target
+    (``_child.rehearse``: ``_start`` and ``_boot`` on a process object made
+    there) until CPython has quickened and specialized its code, so that
+    each child reads module and instance attributes through specialized
+    instructions; what the runs set in the template is put back (its
+    process object's name and authkey, ``sys.argv``, ``sys.stdin``,
+    ``parent_process()``, the process counter, ``_children``, the start
+    method, the main thread's native id, multiprocessing's finalizers, the
+    resource tracker); with an after-fork hook registered (its call would
+    run in the template) it is not rehearsed, and the hook is not called
+    (failed on main: no rehearsal, the code not specialized)."""
+    (tmp_path / "prog.py").write_text("VALUE = 1\n")
+    code = textwrap.dedent(f"""
+        import dis, sys, threading, types
+        from multiprocessing import context as mpctx, process, util
+        from ember.mp import _child, _mainload as ml
+        from ember._filecache import stat_key
+        prog = {str(tmp_path / "prog.py")!r}
+        def main():
+            return ml._Main(prog, list(sys.path), ["prog.py"], {str(tmp_path)!r},
+                            types.ModuleType("__mp_main__"), {{}}, {{prog: stat_key(prog)}},
+                            {str(tmp_path)!r}, "spawn", [])
+        class Res:
+            pass
+        kept = Res()
+        util.Finalize(kept, print, args=("finalized",))
+        cur = process.current_process()
+        def state():
+            return (cur.name, bytes(cur.authkey), sys.argv, sys.stdin, process.current_process(),
+                    process.parent_process(), process._process_counter, process._children,
+                    mpctx._default_context._actual_context,
+                    threading.main_thread().native_id, dict(util._finalizer_registry),
+                    _child._tracker[0])
+        def specialized():
+            return sorted({{i.opname for f in (_child._start, _child._boot)
+                           for i in dis.get_instructions(f, adaptive=True)
+                           if i.opname in ("LOAD_ATTR_MODULE", "LOAD_GLOBAL_MODULE")}})
+        ml._mains["k"] = ("entry", main())
+        print("become", ml.become("k"), ml.preset_shared is not None)
+        print("specialized", specialized())
+        before = state()
+        print("again", _child.rehearse())
+        after = state()
+        # (the same objects; the name, authkey, native id and finalizers equal)
+        print("same", [i for i, (a, b) in enumerate(zip(before, after))
+                       if (a != b if i in (0, 1, 9, 10) else a is not b)])
+        print("fresh", next(process._process_counter), process._children, cur.name,
+              process.parent_process())
+        ml._leave()
+        util.register_after_fork(kept, lambda obj: print("after-fork hook called"))
+        ml._mains["k"] = ("entry", main())
+        print("become", ml.become("k"), _child.rehearse())
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         stdin=subprocess.DEVNULL, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "become True True", "specialized ['LOAD_ATTR_MODULE', 'LOAD_GLOBAL_MODULE']",
+        "again True", "same []", "fresh 1 set() MainProcess None", "become True False"], \
+        (res.stdout, res.stderr)

@@ -58,6 +58,11 @@ context.register()
 context._patch_wait()
 _tracker_hook()
 
+# (context's own names, read as this module's globals: an attribute of a
+# module with a __getattr__, as context has, is never read by a
+# specialized instruction, see rehearse)
+_EmberProcess, _is_pool_executor_worker = context.EmberProcess, context.is_pool_executor_worker
+
 
 #: How long a worker that found its task taken by another waits for the
 #: queue's lock and a task before it waits idle again.
@@ -143,6 +148,42 @@ def _template_stdin():
     return _STDIN[0]
 
 
+def _boot(self, parent_sentinel):
+    """:func:`_bootstrap`'s steps before the target (a function of its own,
+    which :func:`rehearse` runs in the program's template)."""
+    process, util, ctx = _process, _util, _mpctx
+    if self._start_method is not None:
+        ctx._default_context._actual_context = ctx._concrete_contexts[self._start_method]
+    if _mainload.preset_shared is None:
+        process._process_counter = _itertools.count(1)
+        process._children = set()
+    if _tracing:
+        _t("M.b_counter")
+    stdin = _template_stdin()
+    if stdin is not None:
+        sys.stdin = stdin
+    elif sys.stdin is not None:
+        util._close_stdin()
+    if _tracing:
+        _t("M.b_stdin")
+    old_process = process._current_process
+    process._current_process = self
+    process._parent_process = process._ParentProcess(
+        self._parent_name, self._parent_pid, parent_sentinel)
+    if _tracing:
+        _t("M.b_parent")
+    if _threading._HAVE_THREAD_NATIVE_ID:
+        _threading._main_thread._native_id = _threading.get_native_id()
+    if _tracing:
+        _t("M.b_native_id")
+    try:
+        self._after_fork()
+    finally:
+        del old_process
+    if _tracing:
+        _t("M.b_after_fork")
+
+
 def _bootstrap(self, parent_sentinel):
     """``self._bootstrap(parent_sentinel)`` as CPython 3.11's
     ``BaseProcess._bootstrap`` does it, step for step, with fewer of the
@@ -169,38 +210,9 @@ def _bootstrap(self, parent_sentinel):
 
     Only for a class that keeps ``BaseProcess._bootstrap`` (others run
     their own)."""
-    process, util, ctx = _process, _util, _mpctx
+    process, util = _process, _util
     try:
-        if self._start_method is not None:
-            ctx._default_context._actual_context = ctx._concrete_contexts[self._start_method]
-        if _mainload.preset_shared is None:
-            process._process_counter = _itertools.count(1)
-            process._children = set()
-        if _tracing:
-            _t("M.b_counter")
-        stdin = _template_stdin()
-        if stdin is not None:
-            sys.stdin = stdin
-        elif sys.stdin is not None:
-            util._close_stdin()
-        if _tracing:
-            _t("M.b_stdin")
-        old_process = process._current_process
-        process._current_process = self
-        process._parent_process = process._ParentProcess(
-            self._parent_name, self._parent_pid, parent_sentinel)
-        if _tracing:
-            _t("M.b_parent")
-        if _threading._HAVE_THREAD_NATIVE_ID:
-            _threading._main_thread._native_id = _threading.get_native_id()
-        if _tracing:
-            _t("M.b_native_id")
-        try:
-            self._after_fork()
-        finally:
-            del old_process
-        if _tracing:
-            _t("M.b_after_fork")
+        _boot(self, parent_sentinel)
         if util._logger:
             util.info('child process calling self.run()')
         try:
@@ -242,14 +254,6 @@ def _bootstrap(self, parent_sentinel):
             except (AttributeError, ValueError):
                 pass
     return exitcode
-
-
-def _run(process_obj, sentinel):
-    """``process_obj._bootstrap(parent_sentinel=sentinel)``: :func:`_bootstrap`
-    when its class keeps multiprocessing's, else its own."""
-    if _OWN_BOOTSTRAP and type(process_obj)._bootstrap is _base_bootstrap:
-        return _bootstrap(process_obj, sentinel)
-    return process_obj._bootstrap(parent_sentinel=sentinel)
 
 
 def _apply(prep, main=True, preset=()):
@@ -377,24 +381,6 @@ def _prepare(prep, main_code, prog_codes=None, entry=None):
             del cache[path]
 
 
-def _process_obj(obj, config):
-    """The process object from what ``context._pickles`` sent: ``obj``
-    itself, or (with ``config``, the object's ``_config``) an
-    ``EmberProcess``'s other attributes, rebuilt as pickle rebuilds an
-    object of a class with no reduce or state methods of its own
-    (``cls.__new__(cls)``, then the attributes set, names interned)."""
-    if config is None:
-        return obj
-    cls = context.EmberProcess
-    process_obj = cls.__new__(cls)
-    d = process_obj.__dict__
-    d["_config"] = config
-    intern = sys.intern
-    for k, v in obj.items():
-        d[intern(k)] = v
-    return process_obj
-
-
 def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None, entry=None,
          shared_b=None, stats_b=None):
     """The child: ``prep_b``, spawn's preparation data (its name apart:
@@ -407,27 +393,73 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     ``_mainload.run_key`` of its preload entry)."""
     if _tracing:
         _t("M.c_main")
-    _codec.hold_parts(obj_b)      # (a large one: its block ours until unpickled)
+    process_obj, sentinel = _start(prep_b, obj_b, tracker, main_code, prog_codes, name, entry,
+                                   shared_b, stats_b)
+    # process_obj._bootstrap(parent_sentinel=sentinel): ours when its class
+    # keeps multiprocessing's
+    if _OWN_BOOTSTRAP and type(process_obj)._bootstrap is _base_bootstrap:
+        exitcode = _bootstrap(process_obj, sentinel)
+    else:
+        exitcode = process_obj._bootstrap(parent_sentinel=sentinel)
+    if _tracing:
+        _t("M.c_booted")
+    sys.exit(exitcode)
+
+
+def _start(prep_b, obj_b, tracker, main_code, prog_codes, name, entry, shared_b, stats_b):
+    """:func:`main`'s steps up to the process object's bootstrap: ``(the
+    process object, the parent's pidfd or None)`` (a function of its own,
+    which :func:`rehearse` runs in the program's template).  A child of
+    the program's template whose values it has (the common case: ``SHARED``
+    preset, only the name and the authkey to set) sets those two itself,
+    as their properties' setters would, and calls no function of
+    multiprocessing's to do it (each a function and a code object of the
+    template's written)."""
+    if type(obj_b) is tuple:
+        _codec.hold_parts(obj_b)      # (a large one: its block ours until unpickled)
     _tracker[0] = tracker
-    process = _process
-    prep, config = _reduction.pickle.loads(prep_b)
-    if name is not None:
-        prep["name"] = name
+    process, load = _process, _reduction.pickle.loads
+    prep, config = load(prep_b)
     if _tracing:
         _t("M.c_prep_loaded")
+    ml = _mainload
     if shared_b is not None:
-        if _mainload.preset_hit(entry, shared_b, stats_b):
-            entry = _mainload.PRESET        # all of SHARED set already: _prepare sets the rest
+        if ml.preset_hit(entry, shared_b, stats_b):
+            entry = ml.PRESET       # all of SHARED set already: the rest here or in _prepare
         else:
-            prep.update(zip(context.SHARED, _reduction.pickle.loads(shared_b)))
+            prep.update(zip(context.SHARED, load(shared_b)))
     if _tracing:
         _t("M.c_preset")
-    process.current_process()._inheriting = True
+    cur = process._current_process
+    cur._inheriting = True
     try:
-        _prepare(prep, main_code, prog_codes, entry)
+        authkey = prep.get("authkey")
+        if entry is ml.PRESET and len(prep) == 2 and prep.get("log_to_stderr") is False \
+                and authkey is not None and type(name) is str:
+            cur._name = name                # (the setters of name and authkey)
+            cur._config["authkey"] = process.AuthenticationString(authkey)
+            sys.argv = ml.preset_argv
+        else:
+            if name is not None:
+                prep["name"] = name
+            _prepare(prep, main_code, prog_codes, entry)
         if _tracing:
             _t("M.c_prepared")
-        process_obj = _process_obj(_codec.load_parts(obj_b), config)
+        obj = load(obj_b) if type(obj_b) is bytes else _codec.load_parts(obj_b)
+        if config is None:
+            process_obj = obj
+        else:
+            # an EmberProcess's other attributes (context._pickles): rebuilt as
+            # pickle rebuilds an object of a class with no reduce or state
+            # methods of its own (cls.__new__(cls), the attributes set, names
+            # interned)
+            cls = _EmberProcess
+            process_obj = cls.__new__(cls)
+            d = process_obj.__dict__
+            d["_config"] = config
+            intern = sys.intern
+            for k, v in obj.items():
+                d[intern(k)] = v
         if _tracing:
             _t("M.c_obj")
     except SystemExit:
@@ -441,16 +473,88 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
         sys.stderr.flush()
         sys.exit(1)
     finally:
-        del process.current_process()._inheriting
+        del cur._inheriting
     try:
         sentinel = os.pidfd_open(process_obj._parent_pid)
     except OSError:
         sentinel = None
-    if context.is_pool_executor_worker(process_obj):
+    if _is_pool_executor_worker(process_obj):
         _show_idle(process_obj._args[0])
     if _tracing:
         _t("M.c_pidfd")
-    exitcode = _run(process_obj, sentinel)
-    if _tracing:
-        _t("M.c_booted")
-    sys.exit(exitcode)
+    return process_obj, sentinel
+
+
+#: How many times :func:`rehearse` runs a child's path: CPython 3.11
+#: quickens a function's code at its 8th call (or backward jump), and tries
+#: to specialize each of its instructions at their 32nd run after that.
+REHEARSALS = 50
+
+
+def rehearse(times=REHEARSALS):
+    """In a program's template (``_mainload.become``, before it freezes):
+    run a child's path up to its target (:func:`_start`, :func:`_boot`)
+    ``times`` over, on a process object made here, and put back all it
+    set.  Its functions' code is then quickened and specialized here, and
+    each child runs it as it is: an attribute of a module, a class or an
+    instance read or set by a specialized instruction (``LOAD_ATTR_MODULE``,
+    ``STORE_ATTR_INSTANCE_VALUE``, ...) writes neither the name's
+    reference count nor an entry of the type attribute cache, where the
+    generic one, run for the first time in every child, wrote both: a
+    string and a cache entry of the template's each, a page each.
+    Rehearsed only where a child of this template takes that path (its
+    values preset, ``BaseProcess._bootstrap`` CPython's, fd 0 /dev/null)
+    and where running it here changes nothing that is not put back: no
+    after-fork hook and no logger (their calls would run here).  Returns
+    whether it ran."""
+    process, util, ctx = _process, _util, _mpctx
+    key = _mainload.program[0] if _mainload.program else None
+    if key is None or _mainload.preset_shared is None or not _OWN_BOOTSTRAP \
+            or _template_stdin() is None or util._afterfork_registry.data or util._logger:
+        return False
+    cur, thread = process._current_process, _threading._main_thread
+    saved = (cur._name, dict(cur._config), sys.argv, sys.stdin, process._parent_process,
+             process._process_counter, process._children, ctx._default_context._actual_context,
+             thread._native_id, dict(util._finalizer_registry))
+
+    def put_back():
+        (cur._name, config, sys.argv, sys.stdin, process._parent_process,
+         process._process_counter, process._children, ctx._default_context._actual_context,
+         thread._native_id, finalizers) = saved
+        process._current_process = cur
+        cur._config.clear()
+        cur._config.update(config)
+        util._finalizer_registry.update(finalizers)
+        cur.__dict__.pop("_inheriting", None)
+        _tracker[0] = None
+
+    try:
+        try:
+            # a process object as the parent's, pickled as context._pickles does
+            process._process_counter = _itertools.count(1)    # (its number: not ours)
+            obj = _EmberProcess(target=os.getpid)
+            state = {k: v for k, v in obj.__dict__.items() if k != "_config"}
+            prep = _spawn.get_preparation_data(obj._name)
+            rest = {k: v for k, v in prep.items() if k not in context.SHARED and k != "name"}
+            ctx.set_spawning_popen(obj)                   # (the authkey pickles only then)
+            try:
+                prep_b = context._fp_dumps((rest, obj._config))
+                obj_b = _codec.parts(context._fp_pieces(state))
+            finally:
+                ctx.set_spawning_popen(None)
+        finally:
+            put_back()
+        for _ in range(times):
+            try:
+                child, sentinel = _start(prep_b, obj_b, None, None, None, obj._name, key,
+                                         _mainload.preset_shared, _mainload.preset_stats)
+                try:
+                    _boot(child, sentinel)
+                finally:
+                    if sentinel is not None:
+                        os.close(sentinel)
+            finally:
+                put_back()
+    except BaseException:      # (an error of _start's prints its traceback and exits)
+        return False
+    return True

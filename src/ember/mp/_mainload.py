@@ -747,8 +747,10 @@ def become(key):
     values that are the same for every child of that run set (the entry
     names them): ``sys.path``, the working directory, ``ORIGINAL_DIR`` and
     the start method (not ``sys.argv``: the worker sets its own in each
-    child before the call, and the child sets the parent's again).  False (nothing changed) if
-    there is no such run or a file of it changed."""
+    child before the call, and the child sets the parent's again).  Then
+    a child's start is rehearsed here (``_child.rehearse``: its code
+    quickened and specialized before the template freezes).  False
+    (nothing changed) if there is no such run or a file of it changed."""
     global program, preset, installed, preset_shared, preset_stats, preset_argv
     m = _mains.get(key)
     m = m[1] if m is not None else None
@@ -787,6 +789,7 @@ def become(key):
         preset_stats = shared_bytes([m.stats.get(f) for f in files])
         process._process_counter = itertools.count(1)
         process._children = set()
+        _child.rehearse()
     return True
 
 
