@@ -103,6 +103,41 @@ def test_a_child_has_the_options_spawns_child_has_from_a_template(tmp_path, opti
                    for i in range(3)], out
 
 
+def test_a_template_killed_at_its_start_up_is_made_again_at_the_next_start(tmp_path):
+    """The template of a program's options (``-X dev``) SIGKILLed at its
+    start-up, twice (here by a ``sitecustomize``: by hand, by the OOM
+    killer), before it ever answered: that start's child runs in a fresh
+    interpreter, and the next start makes the template again, its
+    children from it.  A kill is no sign that the options cannot start a
+    template (an import failing under them makes it exit): every child of
+    the runtime was a fresh interpreter (~50 ms a start)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    kills = tmp_path / "kills"
+    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import os
+        with open("/proc/self/cmdline", "rb") as f:
+            if b"ember._template" in f.read().split(b"\\0"):
+                with open({str(kills)!r}, "a+") as g:
+                    g.seek(0)
+                    if len(g.read()) < 2:
+                        g.write("k")
+                        g.flush()
+                        os.kill(os.getpid(), 9)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = _run(tmp_path, """
+        if __name__ == "__main__":
+            em = mp.get_context("ember")
+            for i in range(4):
+                got = mp_child(em)
+                print(i, got[0][1] == sys.warnoptions, got[1])
+    """, ["-X", "dev"], env=env)
+    assert kills.read_text() == "kk"
+    assert out == ["0 True False"] + [f"{i} True True" for i in (1, 2, 3)], out
+
+
 @pytest.mark.parametrize("options, mark", [
     (["-v"], "# installing zipimport hook"),
     (["-X", "importtime"], "import time: self [us] | cumulative | imported package")],

@@ -243,6 +243,7 @@ class Template:
         self._others = {}
         self._untemplated = set()     # keys whose template never came up (_spawn)
         self._up = False              # its template has answered (with these options)
+        self._killed = False          # its last template failed a start: killed (_spawn)
 
     @property
     def pid(self):
@@ -701,7 +702,7 @@ class Template:
         self._preload, self._preload_text = preload, text
         return preload
 
-    def _for_options(self, args):
+    def _for_options(self, args, fresh=False):
         """The handle whose template has the interpreter options of the
         worker's ``args`` (its ``--flags=`` text, the parent's: the same
         text, the same options): this one, whose template is started with
@@ -710,13 +711,14 @@ class Template:
         template of other options (:class:`_Options`), made on their first
         start and kept; this one too for options no template is made with
         (:func:`_templated`) or whose template never came up
-        (:meth:`_spawn`), and beyond :data:`OPTIONS` others: its child
-        execs a fresh interpreter with them."""
+        (:meth:`_spawn`; ``fresh``: this start's was killed), and beyond
+        :data:`OPTIONS` others: its child execs a fresh interpreter with
+        them."""
         flags = _flags_of(args)
         if flags == self._made_for:
             return self
         key = flags.partition(FLAGS_KEY_END)[0]
-        made = _templated(flags) and key not in self._untemplated
+        made = not fresh and _templated(flags) and key not in self._untemplated
         if self._made_for is None:
             self._made_for = flags if made else False
             return self
@@ -727,27 +729,31 @@ class Template:
             h = self._others[key] = _Options(self, flags)
         return h
 
-    def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd):
-        h = self._for_options(args)
+    def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd, fresh=False):
+        h = self._for_options(args, fresh)
         try:
             return h._start_child(p_uid, args, envp, cwd, [stdin_fd, out_fd, err_fd])
         except OSError:
             if h._up or h._made_for is False:
                 raise             # (the start's own error, or a template that ran)
-        # A template never came up with those options (it exited at its
-        # start-up, twice: one of its imports fails under them, -W error
-        # and a warning): none is made with them again, and this start's
-        # child, as theirs from now on, execs a fresh interpreter with them.
-        if len(self._untemplated) >= 64:
-            self._untemplated.clear()
-        self._untemplated.add(_flags_of(args).partition(FLAGS_KEY_END)[0])
+        # A template never came up with those options, twice: this start's
+        # child execs a fresh interpreter with them.  If it exited at its
+        # start-up (one of its imports fails under them, -W error and a
+        # warning), none is made with them again: so do the children of
+        # those options from now on.  If a signal killed it (by hand, the
+        # OOM killer), the next start makes one again (every child of the
+        # options was a fresh interpreter for the runtime's life).
+        if not h._killed:
+            if len(self._untemplated) >= 64:
+                self._untemplated.clear()
+            self._untemplated.add(_flags_of(args).partition(FLAGS_KEY_END)[0])
         if h is self:
             self._stop()
             self._made_for = False
         else:
             self._others = {k: o for k, o in self._others.items() if o is not h}
             h.close()
-        return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd)
+        return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd, True)
 
     def _start_child(self, p_uid, args, envp, cwd, fds):
         """:meth:`spawn` by this handle's template (its spares, its
@@ -792,6 +798,9 @@ class Template:
                     raise ConnectionError("template exited")
                 self._up = True
             except (OSError, TimeoutError, ValueError) as exc:
+                # (its end of the socket closed: it is on its way out)
+                self._killed = isinstance(exc, (ConnectionError, EOFError)) and \
+                    _killed(self._pid)
                 self._stop()
                 if attempt:
                     raise OSError(getattr(exc, "errno", None) or 5,
@@ -868,6 +877,25 @@ class _Options(Template):
         super().__init__(warm._envp, warm._out_fd, warm._err_fd)
         self._lock = warm._lock
         self._made_for = flags
+
+
+def _killed(pid):
+    """Whether our child ``pid``, which closed its end of our socket (it
+    exits), ended by a signal: False if it has not ended after a moment
+    (it closed it otherwise) or ended by an exit."""
+    import time
+
+    deadline = time.monotonic() + 0.5
+    while True:
+        try:
+            si = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (OSError, TypeError):
+            return False
+        if si is not None:
+            return si.si_code != os.CLD_EXITED
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
 
 
 def _reap(spare):
