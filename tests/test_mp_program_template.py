@@ -436,3 +436,32 @@ def test_the_program_template_rehearses_a_childs_start_and_puts_everything_back(
         "become True True", "specialized ['LOAD_ATTR_MODULE', 'LOAD_GLOBAL_MODULE']",
         "again True", "same []", "fresh 1 set() MainProcess None", "become True False"], \
         (res.stdout, res.stderr)
+
+
+def test_a_program_with_a_long_command_line_starts_its_children(tmp_path):
+    """A program given thousands of arguments (``prog.py data/*.csv``:
+    4,000 names, ~200 KB) starts its children under the "ember" method with
+    its ``sys.argv``, as spawn's: its main module's preload entry, which
+    holds ``sys.argv`` and ``sys.path`` and travels in every start's
+    request to the template, is not made beyond ``_mainload.ENTRY_MAX``
+    (the children run the main module themselves, as spawn's).  Every
+    start failed: ProcessError, "Message too long" (the request is one
+    datagram to the template)."""
+    out = _run(tmp_path, """
+        import multiprocessing as mp
+        import sys
+        import ember
+
+        def report(q):
+            q.put(sys.argv)
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            for i in range(3):
+                p = ctx.Process(target=report, args=(q,))
+                p.start()
+                print("argv", q.get(timeout=60) == sys.argv, len(sys.argv))
+                p.join()
+    """, args=[f"data/file-{i:05}-{'x' * 40}.csv" for i in range(4000)])
+    assert out == ["argv True 4001"] * 3, out

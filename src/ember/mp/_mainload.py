@@ -88,7 +88,8 @@ def _program_files():
 
 def entry(prep):
     """The preload entry for spawn's preparation data ``prep`` (None when
-    the main module is not a file: ``-c``, interactive, ``-m``).  It names
+    the main module is not a file: ``-c``, interactive, ``-m``; or when the
+    entry would be larger than :data:`ENTRY_MAX`).  It names
     the version (mtime, size) of the main file and of every program module
     this process has imported: after one of them changed, the entry is a
     new one, which the template runs again (else its run was stale and
@@ -125,10 +126,21 @@ def entry(prep):
     data = json.dumps([path, stats[0][0], stats[0][1], list(sys_path), list(argv), cwd,
                        binascii.crc32(repr(progs).encode()), orig, method, list(files)],
                       separators=(",", ":")).encode()
-    e = "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
+    e = None if len(data) > ENTRY_MAX else \
+        "?" + PREFIX + base64.urlsafe_b64encode(data).decode("ascii")
     _last[:] = [(path, stats, list(sys_path), list(argv), cwd, files, orig, method), e,
-                run_key(e), None]
+                e and run_key(e), None]
     return e
+
+
+#: The largest preload entry made (its JSON, ~3/4 of the entry): the entry
+#: travels in every start's request, which reaches the template as one
+#: datagram (a socket's send buffer, ~208 KB by default, with the
+#: environment and the other preload items).  A program with a longer
+#: ``sys.argv`` or ``sys.path`` (``prog.py data/*.csv``: thousands of
+#: names) has none: its children run the main module themselves, as
+#: spawn's (every start failed, "Message too long").
+ENTRY_MAX = 64 << 10
 
 
 def stats_bytes():
