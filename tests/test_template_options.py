@@ -42,17 +42,17 @@ _STATE = f"""
             return got
         q.put(got)
 
-    def mp_child(ctx):
+    def mp_child(ctx, target=state):
         q = ctx.Queue()
-        p = ctx.Process(target=state, args=(q,))
+        p = ctx.Process(target=target, args=(q,))
         p.start()
         got = q.get(timeout=60)
         p.join(60)
         assert p.exitcode == 0, p.exitcode
         return got
 
-    def ember_child():
-        p = ember.Process(target=state)
+    def ember_child(target=state):
+        p = ember.Process(target=target)
         p.start()
         got = p.result(60)
         p.join(60)
@@ -295,3 +295,45 @@ def test_options_a_template_cannot_start_with_give_a_fresh_interpreter(tmp_path,
     else:
         assert out == ["0 [True, True] [True, True]"] * 2 + ["1 [True, True] [False, False]"] * 2 \
             + ["2 [True, True] [True, True]"], out
+
+
+def test_start_up_variables_set_after_the_start_reach_the_child_from_a_template(tmp_path):
+    """Variables an interpreter reads only at its start-up (``PYTHONHASHSEED``,
+    ``PYTHONOPTIMIZE``, ``PYTHONIOENCODING``), set in ``os.environ`` after
+    the runtime is up, then taken out again: each child ("ember" method,
+    then ``ember.Process``; the first, then spares and leases) has the
+    hash secret, ``sys.flags`` and stdio encoding a spawn child of that
+    moment has, and came from a template (the warm one, then one for each
+    other set: ``template.OPTIONS``).  Before, they had the template's,
+    made under the environment of the runtime's start."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "PYTHONOPTIMIZE")}
+    out = _run(tmp_path, """
+        import os
+
+        def seen(q=None):
+            got = (hash("abc"), tuple(sys.flags), sys.stdout.encoding, _cloned())
+            if q is None:
+                return got
+            q.put(got)
+
+        if __name__ == "__main__":
+            ember.init()
+            em, sp = mp.get_context("ember"), mp.get_context("spawn")
+            for step in ["none", "seed 0", "seed 12345, optimize, encoding", "none again"]:
+                if step.startswith("none"):
+                    for k in ("PYTHONHASHSEED", "PYTHONOPTIMIZE", "PYTHONIOENCODING"):
+                        os.environ.pop(k, None)
+                elif step == "seed 0":
+                    os.environ["PYTHONHASHSEED"] = "0"
+                else:
+                    os.environ.update(PYTHONHASHSEED="12345", PYTHONOPTIMIZE="2",
+                                      PYTHONIOENCODING="latin-1")
+                # (no seed: each spawn child's hash secret is its own)
+                n = 0 if "PYTHONHASHSEED" in os.environ else 1
+                want = mp_child(sp, seen)[n:3]
+                got = [mp_child(em, seen) for _ in range(3)] + [ember_child(seen) for _ in range(3)]
+                print(step + ":", [g[n:3] == want or (g, want) for g in got],
+                      all(g[3] for g in got))
+    """, env=env)
+    assert out == [f"{step}: {[True] * 6} True" for step in [
+        "none", "seed 0", "seed 12345, optimize, encoding", "none again"]], out

@@ -410,43 +410,98 @@ FLAGS_KEY_END = "\x1e"
 _FLAG_FIELDS = ("debug", "dont_write_bytecode", "no_site", "verbose", "bytes_warning", "quiet",
                 "optimize", "isolated", "ignore_environment", "no_user_site", "safe_path",
                 "dev_mode")
+#: The environment variables an interpreter reads at its start-up only, that
+#: change what a child is or does (``PYTHONHASHSEED`` its hash secret and
+#: ``sys.flags.hash_randomization``; ``PYTHONOPTIMIZE``, ``PYTHONDEVMODE``,
+#: ``PYTHONWARNINGS``, ... their ``sys.flags`` and ``sys.warnoptions``;
+#: ``PYTHONIOENCODING``, ``PYTHONUTF8``, ``PYTHONCOERCECLOCALE`` its stdio and
+#: file system encodings; ``PYTHONMALLOC``, ``PYTHONFAULTHANDLER``,
+#: ``PYTHONTRACEMALLOC``, ``PYTHONHOME``, ``PYTHONUSERBASE``,
+#: ``PYTHONPYCACHEPREFIX``, ...), ignored under ``-E``: a child of the
+#: template has the template's, where spawn's child has those of the
+#: parent's environment at the start.  ``PYTHONPATH`` is not one: a child
+#: takes its parent's ``sys.path`` whatever its start-up made of it.
+STARTUP_VARS = ("PYTHONHASHSEED", "PYTHONOPTIMIZE", "PYTHONDEBUG", "PYTHONINSPECT",
+                "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
+                "PYTHONUNBUFFERED", "PYTHONVERBOSE", "PYTHONWARNINGS", "PYTHONDEVMODE",
+                "PYTHONUTF8", "PYTHONIOENCODING", "PYTHONCOERCECLOCALE", "PYTHONFAULTHANDLER",
+                "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME", "PYTHONMALLOC",
+                "PYTHONMALLOCSTATS", "PYTHONSAFEPATH", "PYTHONPYCACHEPREFIX", "PYTHONHOME",
+                "PYTHONPLATLIBDIR", "PYTHONINTMAXSTRDIGITS", "PYTHONWARNDEFAULTENCODING",
+                "PYTHONNODEBUGRANGES", "PYTHONPERFSUPPORT", "PYTHON_CPU_COUNT", "PYTHON_GIL",
+                "PYTHON_FROZEN_MODULES", "PYTHON_PERF_JIT_SUPPORT", "PYTHON_JIT")
+#: The locale's variables for the start-up's encodings (``LC_CTYPE``'s),
+#: read under ``-E`` too.
+LOCALE_VARS = ("LC_ALL", "LC_CTYPE", "LANG")
 _flags_c = [None]
 
 
-def flags_key():
+def startup_names(ignore_environment):
+    """The variables of :data:`STARTUP_VARS` and :data:`LOCALE_VARS` an
+    interpreter run with ``ignore_environment`` (``-E``, ``-I``) reads."""
+    return LOCALE_VARS if ignore_environment else LOCALE_VARS + STARTUP_VARS
+
+
+def startup_env(env):
+    """The start-up variables (:func:`startup_names`, for this
+    interpreter's ``-E``) that ``env`` (str to str; None: removed) sets,
+    as ``(name, value)`` pairs, in that order: what a child started with
+    ``env`` and this interpreter's options reads at its start-up."""
+    get = env.get
+    return tuple((k, v) for k in startup_names(sys.flags.ignore_environment)
+                 if (v := get(k)) is not None)
+
+
+def flags_key(env=()):
     """What this interpreter's options are made of (the ``sys.flags`` that
-    spawn passes, ``sys.warnoptions``, ``sys._xoptions``), as text; ""
-    for none.  Equal keys, equal options (an option spawn does not pass,
-    an ``-X`` of another kind, makes keys differ: a fresh interpreter for
-    nothing, never a wrong one).  Made without an import: the template's,
-    at each freeze, compared by its children and its leases' C set-up
-    (``subprocess``, which spawn's own function is in, would cost the
-    template its modules and mappings)."""
+    spawn passes, ``sys.warnoptions``, ``sys._xoptions``) and the start-up
+    variables ``env`` (:func:`startup_env`'s) of a child's environment,
+    as text; "" for none.  Equal keys, equal options (an option spawn does
+    not pass, an ``-X`` of another kind, makes keys differ: a fresh
+    interpreter for nothing, never a wrong one).  Made without an import:
+    the template's, at each freeze, compared by its children and its
+    leases' C set-up (``subprocess``, which spawn's own function is in,
+    would cost the template its modules and mappings); its start-up
+    variables back by :func:`key_env`."""
     f = sys.flags
     vals = [getattr(f, n, 0) for n in _FLAG_FIELDS]
     xo = getattr(sys, "_xoptions", None) or {}
-    if not any(vals) and not sys.warnoptions and not xo:
+    if not any(vals) and not sys.warnoptions and not xo and not env:
         return ""
-    return repr((vals, sys.warnoptions, sorted(xo.items())))
+    return repr((vals, sys.warnoptions, sorted(xo.items()), list(env)))
 
 
-def interpreter_flags():
+def key_env(flags):
+    """The start-up variables the key of an :func:`interpreter_flags` text
+    covers (those its options read: :func:`startup_names`) and the
+    ``(name, value)`` pairs of those it sets."""
+    key = flags.partition(FLAGS_KEY_END)[0]
+    if not key:
+        return startup_names(False), []
+    import ast
+
+    vals, _, _, env = ast.literal_eval(key)
+    return startup_names(vals[_FLAG_FIELDS.index("ignore_environment")]), env
+
+
+def interpreter_flags(env=()):
     """This process's interpreter options as the worker's ``--flags=``
-    carries them: their key (:func:`flags_key`), then after
-    :data:`FLAGS_KEY_END` the options spawn gives its child
+    carries them, for a child whose environment's start-up variables are
+    ``env`` (:func:`startup_env`'s): their key (:func:`flags_key`), then
+    after :data:`FLAGS_KEY_END` the options spawn gives its child
     (multiprocessing's ``util._args_from_interpreter_flags``), joined by
     :data:`FLAGS_SEP`; "" for none.  Made again only when
-    ``sys.warnoptions`` or ``sys._xoptions`` changed (``sys.flags``
-    cannot)."""
+    ``sys.warnoptions``, ``sys._xoptions`` or ``env`` changed
+    (``sys.flags`` cannot)."""
     c = _flags_c[0]
     xo = getattr(sys, "_xoptions", None)
-    if c is None or c[0] != sys.warnoptions or c[1] != xo:
-        key = flags_key()
+    if c is None or c[0] != sys.warnoptions or c[1] != xo or c[3] != env:
+        key = flags_key(env)
         text = ""
         if key:
             from subprocess import _args_from_interpreter_flags
             text = key + FLAGS_KEY_END + FLAGS_SEP.join(_args_from_interpreter_flags())
-        c = _flags_c[0] = (list(sys.warnoptions), dict(xo or {}), text)
+        c = _flags_c[0] = (list(sys.warnoptions), dict(xo or {}), text, env)
     return c[2]
 
 

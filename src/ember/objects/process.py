@@ -75,7 +75,9 @@ def _target_name(target):
     return f"{mod}.{qn}" if isinstance(mod, str) and mod else qn
 
 
-_environ_cache = [(None, None)]   # [(the C environment's fingerprint, what it gave)]
+#: [(the C environment's fingerprint, what :func:`_environ` made of it,
+#: its start-up variables: ``_worker.startup_env``)]
+_environ_cache = [(None, None, ())]
 _environ_mark = None                # _spawn.environ_mark, bound at the first start
 
 
@@ -88,13 +90,19 @@ def _environ():
     ``os.unsetenv`` alike); built again only when it changed (its
     fingerprint, ``_spawn.environ_mark``, in C): decoding ~50 variables one
     by one was ~0.1 ms of every start."""
+    return dict(_environ_now()[1])
+
+
+def _environ_now():
+    """The entry of :data:`_environ_cache` for the environment as it is
+    now (made again if it changed)."""
     global _environ_mark
     if _environ_mark is None:
         _environ_mark = _outboard._ext().environ_mark
     mark = _environ_mark()
     c = _environ_cache[0]                 # (one read: starts from several threads)
     if c[0] == mark:
-        return dict(c[1])
+        return c
     env = {}
     for kv in _outboard._ext().environ_entries():
         k, eq, v = kv.partition(b"=")
@@ -102,8 +110,8 @@ def _environ():
             env.setdefault(os.fsdecode(k), os.fsdecode(v))
     env.pop(_env.P_UID, None)
     env.update(dict.fromkeys(_env.removed(env)))
-    _environ_cache[0] = (mark, env)
-    return dict(env)
+    c = _environ_cache[0] = (mark, env, _worker.startup_env(env))
+    return c
 
 
 # --- the leased spare -------------------------------------------------
@@ -169,7 +177,7 @@ def _worker_argv(method, program=None):
     place), the options changed (``-W`` and ``-X`` are lists a program
     may change) or ``program`` (a last preload item an mp start adds: its
     program's template, see ember.mp.context) differs."""
-    flags = _worker.interpreter_flags()
+    flags = _worker.interpreter_flags(_environ_now()[2])
     if method != "template":
         return _worker.options_of(flags) + ["-m", "ember._worker"]
     if not _cp_offered[0] and "cloudpickle" in sys.modules:
@@ -1249,7 +1257,7 @@ class Process:
                     pre += ("?cloudpickle",)
                 if pre:
                     args.append("--preload=" + ",".join(pre))
-                flags = _worker.interpreter_flags()       # (the parent's, as here)
+                flags = _worker.interpreter_flags(_environ_now()[2])  # (the parent's, as here)
                 if flags:
                     args.append("--flags=" + flags)
             args += [_env.encode(res.call_sdesc), _env.encode(res.result_sdesc)]

@@ -99,8 +99,9 @@ from .._trace import t as _t
 # (Both modules are loaded with the shepherd anyway.)
 from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_ready as _fd_ready, \
     flags_key as _flags_key, flags_of as _flags_of, fresh_argv as _fresh_argv, \
-    lease as _lease_worker, main as _run_worker, options_of as _options_of, parse_argv, \
-    rehearse as _rehearse, spare_token, templated as _templated
+    key_env as _key_env, lease as _lease_worker, main as _run_worker, options_of as _options_of, \
+    parse_argv, rehearse as _rehearse, spare_token, startup_env as _startup_env, \
+    templated as _templated
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
 from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
@@ -171,6 +172,19 @@ def _bind_now_env(envp):
     if any(kv.startswith(b"LD_BIND_NOW=") for kv in envp):
         return envp
     return list(envp) + [b"LD_BIND_NOW=1", _BIND_NOW_MARK + b"=1"]
+
+
+def _startup_envp(envp, flags):
+    """The template's environment for the options ``flags`` (the
+    worker's ``--flags=`` text): ``envp`` (the runtime's) with the start-up
+    variables the key covers as the key has them (``_worker.key_env``:
+    those of the parent's environment at its start), so that the template
+    starts as spawn's child of that parent would (a ``PYTHONHASHSEED``, a
+    ``PYTHONOPTIMIZE`` the program set after the runtime's start)."""
+    names, env = _key_env(flags)
+    names = {n.encode() for n in names}
+    return ([kv for kv in envp if kv.partition(b"=")[0] not in names]
+            + [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env])
 
 
 def _unset_bind_now():
@@ -263,11 +277,13 @@ class Template:
         try:
             exe = sys.executable
             argv = [exe, "-m", "ember._template"]
+            envp = self._envp
             if isinstance(self._made_for, str):       # (_for_options)
                 argv[1:1] = _options_of(self._made_for)
                 argv.append("--flags=" + self._made_for)
+                envp = _startup_envp(envp, self._made_for)
             self._pid = _spawn_process(exe, argv,
-                                       _bind_now_env(self._envp), None,
+                                       _bind_now_env(envp), None,
                                        theirs.fileno(), self._out_fd, self._err_fd,
                                        new_pgrp=True)
         except BaseException:
@@ -1141,7 +1157,7 @@ def _take_environ():
     _environ_kv = frozenset(k + b"=" + v for k, v in os.environb.items())
     _environ_blob = b"".join(kv + b"\0" for kv in sorted(_environ_kv))
     _proc_state_note()
-    _flags = _flags_key() if _made_for is None else _made_for
+    _flags = _flags_key(_startup_env(os.environ)) if _made_for is None else _made_for
 
 
 #: The template's environment as ``b"K=V"`` items, taken by :func:`_take_environ`
