@@ -1450,6 +1450,52 @@ def test_environment_changes_between_starts(tmp_path):
     assert out.splitlines() == ["None True", "1 True", "2 True", "2 True", "None True"], out
 
 
+def test_a_very_large_environment_reaches_the_child_or_fails_as_spawns(tmp_path):
+    """30,000 variables (~1 MB, more than one message to the template or a
+    spare holds): the first start, a named one (no lease: GS, the
+    shepherd) and later ones (spares, leases), and an "ember"-method
+    child, each has every variable; the shepherd starts them as fresh
+    interpreters, the environment travelling by execve.  Beyond the
+    kernel's ARG_MAX a start that makes a process (named: no lease) fails
+    as spawn's does, with an error naming the limit, and the next start
+    after the variables are gone works.
+    Before, each start failed with 'Message too long'."""
+    out = ok(run_prog(tmp_path, """
+        import multiprocessing as mp
+
+        def look(q=None):
+            got = (len([k for k in os.environ if k.startswith("BIG_")]),
+                   os.environ["BIG_29999"])
+            if q is None:
+                return got
+            q.put(got)
+
+        def run(**kw):
+            try:
+                p = ember.Process(target=look, **kw); p.start(); p.join(60)
+                print(p.result(0))
+            except ember.ProcessError as exc:
+                print("error", "ARG_MAX" in str(exc), "Argument list too long" in str(exc))
+
+        if __name__ == "__main__":
+            for i in range(30000):
+                os.environ[f"BIG_{i}"] = "v" * 24
+            run(); run(); run(name="big-named"); run(); run()
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            c = ctx.Process(target=look, args=(q,)); c.start(); print(q.get(timeout=60)); c.join(60)
+            for i in range(30000, 90000):
+                os.environ[f"BIG_{i}"] = "v" * 24
+            run(name="big-named-2"); run(start_method="spawn")
+            for i in range(90000):
+                del os.environ[f"BIG_{i}"]
+            os.environ["BIG_29999"] = "back"
+            run()
+    """, timeout=240))
+    want = "(30000, 'vvvvvvvvvvvvvvvvvvvvvvvv')"
+    assert out.splitlines() == [want] * 6 + ["error True True"] * 2 + ["(1, 'back')"], out
+
+
 @pytest.mark.parametrize("bind_now", [None, "yes"])
 def test_the_template_binds_at_start_up_and_its_children_do_not_see_it(tmp_path, monkeypatch,
                                                                       bind_now):

@@ -521,6 +521,10 @@ class Shepherd(Service):
     def _explain(exc, exe, run_dir):
         """The start-failure text for ``exc`` from spawn()."""
         text = f"{exc.strerror}: [Errno {exc.errno}] {os.strerror(exc.errno)}"
+        if exc.errno == 7:                 # E2BIG
+            return (f"{text}: its environment and arguments are more than the kernel takes "
+                    f"for a new program (ARG_MAX, {os.sysconf('SC_ARG_MAX')} bytes in all; "
+                    f"{32 * os.sysconf('SC_PAGE_SIZE')} for one variable or argument)")
         if not exc.strerror.startswith("cannot execute"):
             return text
         if "/" in exe:

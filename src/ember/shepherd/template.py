@@ -158,6 +158,31 @@ def _same_exe(exe):
 _BIND_NOW_MARK = b"EMBER_TEMPLATE_BIND_NOW"
 
 
+def _request_size(args, envp, cwd):
+    """At least the size of a request's message (:func:`_hand_over`'s,
+    :meth:`Template._fork_in_template`'s): its bytes, a str's at 4 bytes a
+    character, and msgpack's headers."""
+    return (sum(map(len, envp)) + 4 * (sum(map(len, args)) + len(cwd or ""))
+            + 9 * (len(envp) + len(args)) + 64)
+
+
+_req_max = [0]
+
+
+def _request_max():
+    """The largest request a template or a spare can be sent: one
+    ``SOCK_SEQPACKET`` message, at most the sending socket's buffer (its
+    ``SO_SNDBUF``, ``net.core.wmem_default``: 212992 bytes by default) less
+    the kernel's 32, and at most what the template receives
+    (:data:`_MAX_MSG`)."""
+    if not _req_max[0]:
+        socket = _socket()
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with a, b:
+            _req_max[0] = min(a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 32, _MAX_MSG)
+    return _req_max[0]
+
+
 def _bind_now_env(envp):
     """The template's environment: ``envp`` with ``LD_BIND_NOW=1`` (and
     :data:`_BIND_NOW_MARK`), unless it sets LD_BIND_NOW itself.  The
@@ -698,6 +723,12 @@ class Template:
         they delayed it by 0.5-2 ms).  Without a spare the template forks
         the child, and is asked for the next spare at once (a burst of
         starts)."""
+        if _request_size(args, envp, cwd) > _request_max():
+            # Too large for the template's and the spares' sockets (one
+            # message each: EMSGSIZE): the environment travels by execve
+            # (E2BIG beyond the kernel's ARG_MAX, as spawn's would).
+            return _spawn_process(sys.executable, _fresh_argv(args[2:], _flags_of(args)), envp,
+                                  cwd, stdin_fd, out_fd, err_fd, new_pgrp=True)
         with self._lock:
             if _HOLD_SPAWN:
                 _env.hold_at(_HOLD_SPAWN)
