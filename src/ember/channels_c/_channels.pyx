@@ -353,8 +353,10 @@ cdef class Channel:
             # reference kept by a warnings filter would dangle.  An inherited
             # copy in a fork()ed child is let go quietly, and so is a handle
             # whose pool was detached under it (ember.shutdown(): nothing of
-            # the pool is held any more, only the handle's own memory).
-            if getpid() == self._owner_pid and (self._pool is None or self._pool._pool != NULL):
+            # the pool is held any more, only the handle's own memory), or
+            # left mapped at that for what is still exported of it (Pool._leave).
+            if getpid() == self._owner_pid and (self._pool is None or (
+                    self._pool._pool != NULL and not self._pool._left)):
                 try:
                     warnings.warn(f"unclosed ember Channel (c_uid {self._c_uid})", ResourceWarning)
                 except Exception:

@@ -82,6 +82,11 @@ class _ReplyChannel:
     def __del__(self):
         if not self.retired:
             self.free.append((self.ch, self.r))
+            return
+        try:                    # GS's to free: the handle let go (not collected attached,
+            self.ch.detach()    # ResourceWarning under -X dev); detached already, or busy
+        except Exception:
+            pass
 
 
 class Connection:

@@ -155,14 +155,15 @@ def forget_default_pool():
     ``unclosed ember Pool ... (m_uid 0x...01)``).  Handles still pointing
     into it (queues, channels) raise from then on instead of touching it.
     If memoryviews of its allocations are still exported, it stays mapped
-    for them (unmapping would pull the memory from under them)."""
+    for them (unmapping would pull the memory from under them), and it and
+    the handles into it are collected quietly (``Pool._leave``)."""
     global _pool, _pool_key
     with _pool_lock:
         p, _pool, _pool_key = _pool, None, None
     if p is None or p.closed:
         return
     try:
-        p.detach()
+        p._leave()
     except Exception:
         pass
 

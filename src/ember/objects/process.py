@@ -324,9 +324,13 @@ def _forget_lease():
 
 
 def _forget(lease):
-    """:func:`_forget_lease` of one spare."""
+    """:func:`_forget_lease` of one spare.  Its channels' handles are
+    detached, not destroyed (the spare may not be dead yet; their blocks
+    go with this process's at its exit): collected attached, each warned
+    ``ResourceWarning: unclosed ember Channel`` under ``-X dev``."""
     if lease is None or lease.key != _lease_key():
         return
+    res = lease.res
     try:
         if lease.pending is not None:
             from ..descriptors import ProcessDescriptor
@@ -334,11 +338,17 @@ def _forget(lease):
 
             handle, lease.pending = lease.pending, None
             lease.desc = ProcessDescriptor.from_dict(connection().finish_call(handle, 0))
-            lease.res.fd = os.pidfd_open(lease.desc.os_pid)
-        if lease.res.fd >= 0:
-            _signal.pidfd_send_signal(lease.res.fd, _signal.SIGKILL)
+            res.fd = os.pidfd_open(lease.desc.os_pid)
+        if res.fd >= 0:
+            _signal.pidfd_send_signal(res.fd, _signal.SIGKILL)
     except Exception:
         pass                                  # not there yet, or gone: GS's
+    for ch in (res.call, res.result):
+        try:
+            ch.detach()
+        except Exception:
+            pass                              # (None, or detached)
+    res.call = res.result = None
 
 
 def _ask_lease(pool, argv, claim=None):

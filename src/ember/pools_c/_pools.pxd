@@ -119,6 +119,7 @@ cdef class Pool:
     cdef ember_pool_t *_pool
     cdef bint _created          # made by Pool.create (owner: destroy on __exit__)
     cdef bint _implicit         # attached by Allocation.attach (process cache)
+    cdef bint _left             # its runtime left while it could not be unmapped (_leave)
     cdef int _owner_pid         # the process that made this handle (fork: a child's copy is not its own)
     cdef Py_ssize_t _exports    # buffers exported by this pool's Allocations
     cdef Py_ssize_t _busy       # threads waiting in alloc(timeout != 0)

@@ -166,8 +166,9 @@ cdef class Pool:
 
     def __dealloc__(self):
         if self._pool != NULL:
-            # an inherited copy in a fork()ed child: unmap quietly
-            if not self._implicit and getpid() == self._owner_pid:
+            # an inherited copy in a fork()ed child: unmap quietly; one
+            # whose runtime was left (_leave) too
+            if not self._implicit and not self._left and getpid() == self._owner_pid:
                 try:
                     warnings.warn(f"unclosed ember Pool {self._shm_name} (m_uid 0x{self._m_uid:016x})",
                                   ResourceWarning)
@@ -182,6 +183,7 @@ cdef class Pool:
         self._pool = p
         self._created = created
         self._implicit = implicit
+        self._left = False
         self._owner_pid = getpid()
         self._exports = 0
         self._busy = 0
@@ -344,6 +346,21 @@ cdef class Pool:
         self._pool = NULL
         self._forget()
         check_rc(ember_pool_detach(p), "cannot detach", self)
+
+    def _leave(self):
+        """This process leaves the pool's runtime (``ember.shutdown()``, at
+        exit too): :meth:`detach`, or, while memoryviews of its allocations
+        are exported (an ``mp.Value`` a program still holds) or a thread
+        waits in ``alloc()``, which keep it mapped, mark it left: it and
+        the handles into it (channels) are then collected without a
+        ``ResourceWarning``, as they are once it is detached (the program
+        cannot close them any more than it could then)."""
+        if self._pool == NULL:
+            return
+        if self._exports or self._busy:
+            self._left = True
+            return
+        self.detach()
 
     def _unmap_in_fork_child(self):
         """Unmap the pool now, whatever still points into it (channel
