@@ -59,6 +59,16 @@ def _children(ppid):
     return out
 
 
+def _comm(pid):
+    """The process's name, or None once it has exited (a spare or a child
+    of the shepherd may exit between the scan of /proc and this read)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def _cpu(pid, reaped=False):
     """(cpu seconds, minor faults) of ``pid`` itself, or of its reaped children."""
     f = _stat(pid)
@@ -71,7 +81,7 @@ def sample():
     shepherd = os.getppid()
     gs = [p for p in _children(_ppid(shepherd)) if p != shepherd]
     templates = [p for p in _children(shepherd) if p != os.getpid()
-                 and open(f"/proc/{p}/comm").read().strip() not in ("ember-spare", "ember-leased")]
+                 and _comm(p) not in (None, "ember-spare", "ember-leased")]
     parts = {"global services": [(p, False) for p in gs], "shepherd": [(shepherd, False)],
              "started (shepherd's reaped)": [(shepherd, True)],
              "template": [(p, False) for p in templates],
