@@ -337,3 +337,50 @@ def test_start_up_variables_set_after_the_start_reach_the_child_from_a_template(
     """, env=env)
     assert out == [f"{step}: {[True] * 6} True" for step in [
         "none", "seed 0", "seed 12345, optimize, encoding", "none again"]], out
+
+
+def test_a_template_of_other_options_is_stopped_when_unused(tmp_path):
+    """A template made for other options (a program that added to
+    ``sys.warnoptions``) is stopped once unused for ``PROGRAM_IDLE``
+    seconds (here 1, ``EMBER_TEST_TEMPLATE_IDLE``), with its spares, as a
+    program's template is, while the warm template stays (the parent's
+    lease made from it stays too: parked, the parent's own); the next start
+    with those options makes one again, and its child has them.  Before,
+    it was kept for the runtime's life."""
+    out = _run(tmp_path, """
+        import time
+
+        def comm(pid):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    return f.read().strip()
+            except OSError:
+                return None
+
+        def others():
+            # the template of those options and its spares (not the parent's
+            # lease made from it, parked: a process of the parent's)
+            made = templates(_env.get(_env.RUNTIME_ID))
+            return {p for p, (t, f) in made.items()
+                    if f and "ImportWarning" in f and comm(p) not in (None, "ember-leased")}
+
+        if __name__ == "__main__":
+            em = mp.get_context("ember")
+            print("warm", mp_child(em)[1], ember_child()[1])
+            sys.warnoptions.append("ignore::ImportWarning")
+            got = mp_child(em), ember_child()
+            print("other", [g[0][1] == sys.warnoptions and g[1] for g in got], bool(others()))
+            del sys.warnoptions[-1]
+            first = others()
+            deadline = time.monotonic() + 30
+            while others() and time.monotonic() < deadline:
+                ember_child()           # (the warm template's starts go on)
+                time.sleep(0.2)
+            print("stopped", not others(), bool(templates(_env.get(_env.RUNTIME_ID))))
+            sys.warnoptions.append("ignore::ImportWarning")
+            got = mp_child(em), ember_child()
+            print("again", [g[0][1] == sys.warnoptions and g[1] for g in got],
+                  bool(others()) and not others() & first)
+    """, env=dict(os.environ, EMBER_TEST_TEMPLATE_IDLE="1"))
+    assert out == ["warm True True", "other [True, True] True", "stopped True True",
+                   "again [True, True] True"], out

@@ -66,8 +66,9 @@ ember._template --flags=KEY...``, the worker's ``--flags=``, whose key it
 takes as its own: :data:`_made_for`), so that a program run with ``-O``,
 ``-X dev``, ``-W ...`` has its children cloned with them; a start with other
 options goes to a template of its own (:class:`_Options`, made at its first
-start, at most :data:`OPTIONS`), else its child execs a fresh interpreter
-with them (:func:`_child`).
+start, at most :data:`OPTIONS`, stopped when unused for
+:data:`PROGRAM_IDLE`), else its child execs a fresh interpreter with them
+(:func:`_child`).
 
 What a death costs: the template dying (killed, crash) fails the spawn in
 flight ("template exited"); the shepherd's loop sees it at once (its
@@ -129,9 +130,11 @@ SPARE_DELAY = 0.010
 #: that has finished its own start-up, while the next one is made.
 SPARES = 2
 #: Program templates kept alive at most (the least recently used one is
-#: stopped for another), and how long one is kept unused (seconds).
+#: stopped for another), and how long one, or a template of other options
+#: (:class:`_Options`), is kept unused (seconds; a test sets it through
+#: ``EMBER_TEST_TEMPLATE_IDLE``).
 PROGRAMS = 2
-PROGRAM_IDLE = 60.0
+PROGRAM_IDLE = float(os.environ.get("EMBER_TEST_TEMPLATE_IDLE") or 60.0)
 #: Templates of other interpreter options than the warm template's kept at
 #: most (:meth:`Template._for_options`): beyond, a parent's children exec a
 #: fresh interpreter with its options.
@@ -557,8 +560,9 @@ class Template:
         other options' templates' too)."""
         by = None
         for h in (self, *self._others.values()):
-            for t in (h._want_by, *(t for ph in list(h._programs.values())
-                                    for t in (ph._want_by, ph.used + PROGRAM_IDLE))):
+            idle = () if h is self else (h.used + PROGRAM_IDLE,)
+            for t in (h._want_by, *idle, *(t for ph in list(h._programs.values())
+                                           for t in (ph._want_by, ph.used + PROGRAM_IDLE))):
                 if t is not None and (by is None or t < by):
                     by = t
         if by is None:
@@ -572,12 +576,14 @@ class Template:
         wanted, stopping those unused for :data:`PROGRAM_IDLE`): called by
         the shepherd when a child exits (a CPU is freed) and when
         :meth:`spare_due` says it is time; those of the other options'
-        templates too.  Never waits for a spawn in progress (that spawn
-        asks itself)."""
+        templates too, stopping those unused as long.  Never waits for a
+        spawn in progress (that spawn asks itself)."""
         if (self._want is None and not self._programs and self._make is None
                 and not self._others) or not self._lock.acquire(blocking=False):
             return
         try:
+            if self._others:
+                self._reap_others()
             for h in (self, *self._others.values()):
                 h._ask_wanted()
         finally:
@@ -596,6 +602,21 @@ class Template:
                     ph._ask_spare(ph._want, start=False)
         if self._want is None:
             self._want_by = None      # (it was due for _make only)
+
+    def _reap_others(self):
+        """Stop the other options' templates (:class:`_Options`) unused for
+        :data:`PROGRAM_IDLE` seconds, with their spares and programs'
+        templates, as the programs' templates are: a program that ran with
+        those options once (a test's ``-W``, another program attached for
+        a while) keeps no template, its spares and their memory for the
+        runtime's life.  Their next start makes one again."""
+        import time
+
+        now = time.monotonic()
+        for key, h in list(self._others.items()):
+            if now - h.used > PROGRAM_IDLE:
+                del self._others[key]
+                h.close()
 
     # --- the programs' templates --------------------------------------
     def _program_key(self, preload):
@@ -756,11 +777,11 @@ class Template:
         those of the first start it serves (a runtime's starts are most
         often all one program's: one template, as fast as any), or the
         template of other options (:class:`_Options`), made on their first
-        start and kept; this one too for options no template is made with
-        (:func:`_templated`) or whose template never came up
-        (:meth:`_spawn`; ``fresh``: this start's was killed), and beyond
-        :data:`OPTIONS` others: its child execs a fresh interpreter with
-        them."""
+        start and kept while used (:meth:`_reap_others`); this one too for
+        options no template is made with (:func:`_templated`) or whose
+        template never came up (:meth:`_spawn`; ``fresh``: this start's
+        was killed), and beyond :data:`OPTIONS` others: its child execs a
+        fresh interpreter with them."""
         flags = _flags_of(args)
         if flags == self._made_for:
             return self
@@ -778,6 +799,9 @@ class Template:
 
     def _spawn(self, p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd, fresh=False):
         h = self._for_options(args, fresh)
+        if h is not self:
+            import time
+            h.used = time.monotonic()     # (stopped once unused: _reap_others)
         try:
             return h._start_child(p_uid, args, envp, cwd, [stdin_fd, out_fd, err_fd])
         except OSError:
@@ -918,12 +942,16 @@ class _Options(Template):
     the warm template's handle is for its own.  Held by that handle, and
     used under its lock; not in the shepherd's loop: found dead by its next
     start or the orphan scan (:meth:`Template.foreign`), and started again
-    by its next start.  Stopped at teardown."""
+    by its next start.  Stopped when unused for :data:`PROGRAM_IDLE`
+    seconds (:meth:`Template._reap_others`) and at teardown."""
 
     def __init__(self, warm, flags):
         super().__init__(warm._envp, warm._out_fd, warm._err_fd)
+        import time
+
         self._lock = warm._lock
         self._made_for = flags
+        self.used = time.monotonic()      # its last start (or its making)
 
 
 def _killed(pid):
