@@ -952,3 +952,39 @@ def test_a_leases_attach_in_its_pool_and_record_read(pool):
         mine.detach()
         with pytest.raises(ChannelError, match="detached"):
             _recv_record(mine, P._MAGIC)
+
+
+@pytest.mark.timeout(60)
+def test_wait_below_returns_once_a_receiver_took_one(ch):
+    """``Channel._wait_below(n)`` (ember.Process's wait for its child to
+    take its call, the mp "ember" method's ``Popen.pid``): true at once
+    while fewer than ``n`` are queued; false when a timeout runs out with
+    ``n`` queued; with no timeout, it returns once another process's
+    receive took one (its release wakes the wait); a destroyed channel
+    raises ChannelError."""
+    ch.send(b"a")
+    ch.send(b"b")
+    assert ch._wait_below(3) is True
+    assert ch._wait_below(2, 0) is False
+    assert ch._wait_below(2, 0.05) is False
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.read(r, 1)
+            code = 0 if ch.recv(timeout=10) == b"a" else 1
+        finally:
+            os._exit(code)
+    try:
+        os.close(r)
+        os.write(w, b"g")
+        assert ch._wait_below(2) is True
+        assert len(ch) == 1
+        assert join(pid) == 0
+    finally:
+        kill(pid)
+        os.close(w)
+    ch.destroy()
+    with pytest.raises(ChannelError):
+        ch._wait_below(2)

@@ -75,6 +75,7 @@ cdef extern from "channel.h" nogil:
     ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
                                  int64_t timeout_ns, uint8_t *ready, size_t *nready)
     uint64_t ember_ch_count(const ember_ch_t *ch)
+    ember_rc_t ember_ch_wait_below(ember_ch_t *ch, uint64_t n, int64_t timeout_ns)
     uint32_t ember_ch_capacity(const ember_ch_t *ch)
     uint32_t ember_ch_block_size(const ember_ch_t *ch)
     uint32_t ember_ch_payload_size(const ember_ch_t *ch)

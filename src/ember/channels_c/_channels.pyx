@@ -1225,6 +1225,39 @@ cdef class Channel:
             self._pool._busy -= 1
             self._busy -= 1
 
+    def _wait_below(self, uint64_t n, timeout=None):
+        """Wait until fewer than ``n`` messages are queued (a receiver took
+        one: ``ember_ch_wait_below``, woken by its release, no polling),
+        at most ``timeout`` seconds (None: no limit); False if that ran
+        out.  (``ember.Process``'s final pid: the child took its call.)"""
+        self._check_open("wait")
+        cdef ember_ch_t *ch = self._ch
+        cdef int64_t tmo = _timeout_ns(timeout)
+        cdef int64_t deadline = -1 if tmo < 0 else _now_ns() + tmo
+        cdef int64_t sl
+        cdef ember_rc_t rc = ember_ch_wait_below(ch, n, 0)
+        if rc == EMBER_OK or tmo == 0 or rc != EMBER_ERR_FULL:
+            if rc != EMBER_OK and rc != EMBER_ERR_FULL:
+                _check_rc(rc, f"{self._desc()}: wait")
+            return rc == EMBER_OK
+        self._pool._busy += 1
+        self._busy += 1
+        try:
+            while True:
+                sl = _slice(deadline)
+                if sl == 0:
+                    return ember_ch_wait_below(ch, n, 0) == EMBER_OK
+                with nogil:
+                    rc = ember_ch_wait_below(ch, n, sl)
+                if rc == EMBER_OK:
+                    return True
+                if rc != EMBER_ERR_FULL and rc != EMBER_ERR_INTERRUPTED:
+                    _check_rc(rc, f"{self._desc()}: wait")
+                PyErr_CheckSignals()
+        finally:
+            self._pool._busy -= 1
+            self._busy -= 1
+
 
 cdef extern from *:
     """

@@ -193,8 +193,8 @@
  *     needs it, which frees the message's pool allocation if any (a large
  *     message keeps its slot READING until the receiver has copied it out
  *     and freed it, or taken it over with ember_ch_recv_take).
- *   - A process dies while sleeping (in a blocking call or in
- *     ember_ch_wait_any): the sleepers flag it raised costs the next
+ *   - A process dies while sleeping (in a blocking call, in
+ *     ember_ch_wait_any or ember_ch_wait_below): the sleepers flag it raised costs the next
  *     notifier one needless FUTEX_WAKE, then it is clear again.
  *   Hence: a completed send (state FULL stored) is never lost unless a
  *   consumer dies while holding it; nothing is delivered twice (the
@@ -1977,6 +1977,33 @@ uint64_t ember_ch_count(const ember_ch_t *ch)
     if (hd <= t)
         return 0;
     return hd - t > ch->capacity ? ch->capacity : hd - t;
+}
+
+/* ember_ch_wait_below()'s try: busy (FULL) while n or more are queued. */
+static ember_rc_t below_try(ember_ch_t *ch, void *ctx, int dead_level, uint64_t *stuck)
+{
+    (void)dead_level;
+    (void)stuck;
+    if (!ch_alive(ch))
+        return EMBER_ERR_DESTROYED;
+    return ember_ch_count(ch) >= *(const uint64_t *)ctx ? EMBER_ERR_FULL : EMBER_OK;
+}
+
+ember_rc_t ember_ch_wait_below(ember_ch_t *ch, uint64_t n, int64_t timeout_ns)
+{
+    if (!ch)
+        return EMBER_ERR_INVALID_ARG;
+    ember_rc_t rc = below_try(ch, &n, 0, NULL);
+    if (rc != EMBER_ERR_FULL || timeout_ns == 0)
+        return rc;
+    /* A sender's sleep on xrecvd, without its spin: each receive's release
+     * bumps it and wakes us (notify_recvd; the sleepers flag handshake of
+     * ch_sleep, whose seq_cst fence pairs with notify()'s). */
+    _ember_slot_wait_begin(EMBER_WAIT_SEND, ch->c_uid, 1, 0);
+    rc = ch_sleep(ch, 1, timeout_ns < 0 ? INT64_MAX : now_ns() + timeout_ns, below_try, &n,
+                  &(uint64_t){0});
+    _ember_slot_wait_end();
+    return rc;
 }
 
 ember_rc_t ember_ch_close(ember_ch_t *ch)

@@ -231,6 +231,15 @@ ember_rc_t ember_ch_wait_any(ember_ch_t *const *chs, size_t n, int writable,
  * be counted either way). */
 uint64_t ember_ch_count(const ember_ch_t *ch);
 
+/* Wait until fewer than `n` messages are queued (a receiver took one: its
+ * claim moved the tail; its release wakes this wait), at most
+ * `timeout_ns` (< 0: no limit).  EMBER_OK; EMBER_ERR_FULL on timeout;
+ * EMBER_ERR_INTERRUPTED on a signal; EMBER_ERR_DESTROYED.  What a death
+ * costs: a receiver killed after its claim counts as having taken it; a
+ * waiter killed leaves the senders' sleepers flag raised (one needless
+ * FUTEX_WAKE). */
+ember_rc_t ember_ch_wait_below(ember_ch_t *ch, uint64_t n, int64_t timeout_ns);
+
 /* Accessors. */
 uint32_t ember_ch_capacity(const ember_ch_t *ch);
 uint32_t ember_ch_block_size(const ember_ch_t *ch);

@@ -1046,12 +1046,20 @@ class Process:
         as concurrent.futures keys its workers by it, and each worker that
         exits after ``max_tasks_per_child`` tasks says which it was by its
         ``os.getpid()`` (the executor's manager thread died on the spare's
-        pid and every later submit hung).  Polls the call, 1 ms a look."""
+        pid and every later submit hung).  Waits on the call channel until
+        the child took it (``Channel._wait_below``: the receive wakes it),
+        looking at the pidfd each :data:`_SLICE` (a child killed before it
+        read its call, started again or not)."""
         while True:
             pid = self.pid                # (follows a start again, notes a read call)
+            res = self._res
             if pid is None or self._settled or self._exitcode is not None or self._closed \
-                    or not self._res.pidfd or self._ended(0.001):
+                    or not res.pidfd or self._ended(0):
                 return self._desc.os_pid
+            try:
+                res.call._wait_below(_CALL_MESSAGES, _SLICE)
+            except Exception:
+                pass                      # (released meanwhile: the next look says)
 
     @property
     def p_uid(self):
