@@ -1357,6 +1357,85 @@ def test_a_fork_of_the_child_that_returns_from_the_target_sends_nothing(tmp_path
                                 "pool blocks 0"], out
 
 
+ENDS = """
+import atexit, concurrent.futures, logging, logging.handlers, weakref
+from multiprocessing import util
+
+class Held:
+    pass
+
+HELD = Held()
+
+def ret():
+    return "r"
+
+def unflushed():                    # stdout buffered (no PYTHONUNBUFFERED)
+    sys.stdout.write("unflushed out\\n")
+
+def exit3():
+    sys.exit(3)
+
+def atexit_hook():
+    atexit.register(print, "atexit ran", flush=True)
+
+def finalizer():
+    util.Finalize(HELD, print, args=("finalizer ran",), kwargs={"flush": True}, exitpriority=10)
+
+def weak_finalizer():
+    weakref.finalize(HELD, print, "weakref.finalize ran", flush=True)
+
+def held_log():                     # records held until logging.shutdown
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("log: %(message)s"))
+    logging.getLogger("t").addHandler(logging.handlers.MemoryHandler(100, logging.CRITICAL, out))
+    logging.getLogger("t").warning("held until shutdown")
+
+def thread_left():
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
+
+def executor_left():
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    ex.submit(lambda: (time.sleep(0.2), print("executor task done", flush=True)))
+
+def late():
+    time.sleep(0.3)
+    print("grandchild done", flush=True)
+
+def process_left():                 # an ember.Process, not joined: joined at exit
+    ember.Process(target=late).start()
+
+for fn in (ret, unflushed, exit3, atexit_hook, finalizer, weak_finalizer, held_log, thread_left,
+           executor_left, process_left, ret):
+    p = ember.Process(target=fn)
+    p.start()
+    p.join(60)
+    print(fn.__name__, p.exitcode, p.result() if p.exitcode == 0 else None, flush=True)
+"""
+
+
+@pytest.mark.timeout(200)
+def test_a_child_s_end_runs_what_its_call_left_as_a_fresh_interpreter_s(tmp_path):
+    """What a template child's call leaves runs at its exit as in a fresh
+    interpreter's child (start_method "spawn"), in the same order with the
+    parent's output: output written without a flush, an atexit hook, a
+    multiprocessing finalizer, a weakref.finalize, logging records held
+    until its shutdown, a non-daemon thread and a thread pool's task (both
+    cut off at a template child's exit before), an ember.Process not
+    joined.  stdout buffered (no PYTHONUNBUFFERED)."""
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    got = {}
+    for method in ("spawn", "template"):
+        prog = tmp_path / f"{method}.py"
+        prog.write_text(PRELUDE + f"ember.Process.start_method = {method!r}\n" + ENDS)
+        res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=150)
+        assert res.returncode == 0, (method, res.stdout, res.stderr)
+        got[method] = res.stdout.splitlines(), res.stderr.splitlines()
+    assert got["template"] == got["spawn"], got
+    assert "atexit ran" in got["spawn"][0] and "grandchild done" in got["spawn"][0]
+
+
 def test_join_reads_the_result_after_the_exit(tmp_path):
     """join() waits for the exit alone (one wake-up) and reads what the
     process sent before it: a value through a pool block, an exception

@@ -1288,11 +1288,18 @@ def _detach(shepherd_pid, keep=-1):
 
 
 def _run_atexit():
-    """A child's ``atexit`` handlers (its own, and those it has from the
-    template: ember's, logging's), but ``logging.shutdown`` when logging
-    has no handler to flush and close but its ``lastResort`` (stderr,
-    which is flushed at the exit anyway): running it for nothing cost
-    each child ~25 page faults of copy-on-write."""
+    """What an interpreter's exit runs, in its order: the non-daemon
+    threads waited for (``threading._shutdown``, as ``Py_FinalizeEx``
+    does: an ``ember.Process`` child's thread, or a thread pool's task,
+    was cut off at its exit where a fresh interpreter's child finishes it),
+    then the child's ``atexit`` handlers (its own, and those it has from
+    the template: ember's, logging's), but ``logging.shutdown`` when
+    logging has no handler to flush and close but its ``lastResort``
+    (stderr, which is flushed at the exit anyway): running it for nothing
+    cost each child ~25 page faults of copy-on-write."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
     logging = sys.modules.get("logging")
     try:
         idle = logging is not None and all(
