@@ -55,6 +55,7 @@ extensions = [
          "src/ember/common_c/pool_api_import.c"]),
     ext("ember.shepherd._spawn", ["src/ember/shepherd/_spawn.pyx", "src/ember/shepherd/spawn.c",
                                   "src/ember/shepherd/spares.c",
+                                  "src/ember/shepherd/quiet.c",
                                   "src/ember/shepherd/outboard.c"]),
 ]
 

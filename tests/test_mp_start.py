@@ -407,3 +407,151 @@ def test_a_large_bytes_argument_is_copied_once_in_the_parent_and_freed_if_the_ch
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["start True", "child True", "pool True", "apply True",
                                        "result True", "left True -9"], (res.stdout, res.stderr)
+
+
+EXITS = """
+import atexit, concurrent.futures, logging, logging.handlers, multiprocessing as mp, os, sys
+import threading, time, weakref
+from multiprocessing import util
+import ember
+
+class Held:
+    pass
+
+HELD = Held()
+
+def ret():
+    pass
+
+def unflushed():                    # stdout buffered (no PYTHONUNBUFFERED)
+    sys.stdout.write("unflushed out\\n")
+
+def exit3():
+    sys.exit(3)
+
+def exit0():
+    sys.exit(0)
+
+def boom():
+    raise ValueError("boom in the target")
+
+def atexit_hook():
+    atexit.register(print, "atexit ran", flush=True)
+
+def atexit_undone():
+    atexit.register(print, "never")
+    atexit.unregister(print)
+
+def finalizer():
+    util.Finalize(HELD, print, args=("finalizer ran",), kwargs={"flush": True}, exitpriority=10)
+
+def weak_finalizer():
+    weakref.finalize(HELD, print, "weakref.finalize ran", flush=True)
+
+def held_log():                     # records held until logging.shutdown
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("log: %(message)s"))
+    logging.getLogger("t").addHandler(logging.handlers.MemoryHandler(100, logging.CRITICAL, out))
+    logging.getLogger("t").warning("held until shutdown")
+
+def thread_left():
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
+
+def thread_ended():                 # ended, not joined
+    t = threading.Thread(target=print, args=("thread ran",), kwargs={"flush": True})
+    t.start()
+    while t.is_alive():
+        time.sleep(0.01)
+
+def daemon_left():
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+
+def executor_left():
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    ex.submit(lambda: (time.sleep(0.2), print("executor task done", flush=True)))
+
+def forked():                       # a fork that returns from the target
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        print("fork parent", flush=True)
+
+if __name__ == "__main__":
+    mp.set_start_method(sys.argv[1])
+    for fn in (ret, unflushed, exit3, exit0, boom, atexit_hook, atexit_undone, finalizer,
+               weak_finalizer, held_log, thread_left, thread_ended, daemon_left, executor_left,
+               forked, ret):
+        p = mp.Process(target=fn, name="P-" + fn.__name__)
+        p.start()
+        p.join(60)
+        print(fn.__name__, p.exitcode, flush=True)
+        print(fn.__name__, "err", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_child_s_end_runs_what_its_target_left_as_spawn_s(tmp_path):
+    """A child of the "ember" method ends at once when its target returned
+    and left nothing to run (template._end_quietly); what a target leaves
+    runs as in spawn's child, in the same order with the parent's output:
+    output written without a flush, sys.exit's codes, an exception, an
+    atexit hook (and one registered and unregistered), a multiprocessing
+    finalizer, a weakref.finalize, logging records held until its shutdown,
+    a non-daemon thread running or ended unjoined, a daemon thread, a thread
+    pool's task, a fork that returns from the target.  stdout and stderr
+    buffered (no PYTHONUNBUFFERED)."""
+    (tmp_path / "prog.py").write_text(EXITS)
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    got = {}
+    for method in ("spawn", "ember"):
+        res = subprocess.run([sys.executable, "prog.py", method], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=100)
+        assert res.returncode == 0, (method, res.stderr)
+        err = [ln for ln in res.stderr.splitlines() if not ln.startswith(("  File", "    "))]
+        got[method] = (res.stdout.splitlines(), err)
+    assert got["ember"] == got["spawn"], got
+    assert "atexit ran" in got["spawn"][0] and "log: held until shutdown" in got["spawn"][0]
+
+
+def test_a_child_that_left_nothing_ends_quietly(tmp_path):
+    """The template's children may end quietly (template._quiet at their
+    target: every atexit registration the template holds is one that does
+    nothing in them), an "ember"-method child and an ember.Process child, in
+    a program with and without logging; not once the target registered an
+    atexit hook, started a thread or logs to a handler.  Each, quiet or
+    not, marks its output board entry clean at its end (its joiner need
+    not wait for the shepherd's drain)."""
+    for imports in ("", "import logging\n"):
+        (tmp_path / "prog.py").write_text(imports + textwrap.dedent("""
+            import atexit, logging, multiprocessing as mp, sys, threading, time
+            import ember
+
+            def quiet(q, what):
+                from ember.shepherd import template
+                if what == "atexit":
+                    atexit.register(int)
+                elif what == "thread":
+                    threading.Thread(target=time.sleep, args=(0.2,)).start()
+                elif what == "logging":
+                    logging.getLogger("x").addHandler(logging.StreamHandler())
+                q.put((what, template._quiet()))
+
+            if __name__ == "__main__":
+                from ember.shepherd import _spawn
+                ctx = mp.get_context("ember")
+                q = ctx.Queue()
+                for what in ("none", "atexit", "thread", "logging", "none"):
+                    for make in (ctx.Process, ember.Process):
+                        p = make(target=quiet, args=(q, what)); p.start()
+                        got = q.get(timeout=60); p.join(60)
+                        p_uid = p.p_uid if make is ember.Process else p._popen._proc.p_uid
+                        print(*got, p.exitcode, _spawn.ob_clean(p_uid))   # marked at its end
+        """))
+        res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=100)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == [
+            "none True 0 True", "none True 0 True", "atexit False 0 True", "atexit False 0 True",
+            "thread False 0 True", "thread False 0 True", "logging False 0 True",
+            "logging False 0 True", "none True 0 True", "none True 0 True"], (
+                imports, res.stdout, res.stderr)

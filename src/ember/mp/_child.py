@@ -199,6 +199,10 @@ def _bootstrap(self, parent_sentinel):
       thread's native id, the after-fork step (``self._after_fork()``);
     - ``self.run()`` (the target called directly when ``run`` is
       ``BaseProcess.run``);
+    - after a return, in a template child, its quiet end when nothing is
+      left to run (``template._end_quietly``: no finalizer, child, logger,
+      thread or exit hook, so each step below and the worker's would do
+      nothing but flush): flushed, exit code 0, at once;
     - ``util._exit_function()``, done as its one effect (``_exiting`` set)
       when it has nothing to run: no finalizer registered, no child, no
       logger (else called);
@@ -210,7 +214,7 @@ def _bootstrap(self, parent_sentinel):
 
     Only for a class that keeps ``BaseProcess._bootstrap`` (others run
     their own)."""
-    process, util = _process, _util
+    util = _util
     try:
         _boot(self, parent_sentinel)
         if util._logger:
@@ -221,16 +225,13 @@ def _bootstrap(self, parent_sentinel):
                     self._target(*self._args, **self._kwargs)
             else:
                 self.run()
-            exitcode = 0
-        finally:
-            if util._exiting or util._finalizer_registry or process._children or util._logger:
-                util._exit_function()
-            else:
-                util._exiting = True
-            # Its call at exit (util registers it with atexit) would return at
-            # once now (_exiting), having written pages of the template's (its
-            # code's, its defaults' reference counts): not made.
-            _atexit.unregister(util._exit_function)
+        except BaseException:
+            _exit_function()
+            raise
+        if _end_quietly is not None:
+            _end_quietly()      # nothing left to run: flushed, exits 0 here
+        _exit_function()
+        exitcode = 0
     except SystemExit as e:
         if e.code is None:
             exitcode = 0
@@ -254,6 +255,26 @@ def _bootstrap(self, parent_sentinel):
             except (AttributeError, ValueError):
                 pass
     return exitcode
+
+
+def _exit_function():
+    """``util._exit_function()`` as ``_bootstrap`` calls it after the
+    target, done as its one effect (``_exiting`` set) when it has nothing
+    to run: no finalizer registered, no child, no logger."""
+    util = _util
+    if util._exiting or util._finalizer_registry or _process._children or util._logger:
+        util._exit_function()
+    else:
+        util._exiting = True
+    # Its call at exit (util registers it with atexit) would return at
+    # once now (_exiting), having written pages of the template's (its
+    # code's, its defaults' reference counts): not made.
+    _atexit.unregister(util._exit_function)
+
+
+#: A template child's quiet end (``ember.shepherd.template._end_quietly``:
+#: it returns when the exit has something to run), None elsewhere.
+_end_quietly = getattr(sys.modules.get("ember.shepherd.template"), "_end_quietly", None)
 
 
 def _apply(prep, main=True, preset=()):

@@ -80,6 +80,17 @@ cdef extern from "spares.h":
     int ember_spare_leased(const char *msg, size_t len)
     pid_t ember_exit_holder(pid_t parent)
 
+
+cdef extern from "quiet.h":
+    enum:
+        EMBER_QUIET_EMPTY
+        EMBER_QUIET_IS
+        EMBER_QUIET_AT_MOST
+        EMBER_QUIET_SAME_END
+    int ember_quiet_note(object state) except -1
+    int ember_quiet() except -1
+    int ember_quiet_mark()
+
     ctypedef struct ember_spare_span_t:
         size_t off
         size_t len

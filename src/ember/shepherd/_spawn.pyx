@@ -29,7 +29,8 @@ __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "w
            "serve_spares", "spare_wait", "exit_holder", "spare_request", "spare_setenv", "spare_name",
            "environ_mark", "environ_entries", "proc_state", "proc_state_note", "proc_state_apply",
            "clone_setup", "clone_parent", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
-           "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap"]
+           "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap",
+           "quiet_note", "quiet", "quiet_mark", "QUIET_EMPTY", "QUIET_IS", "QUIET_AT_MOST", "QUIET_SAME_END"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -200,6 +201,30 @@ def exit_holder(pid_t parent=0):
     parent, or a call failed: the exit then unmaps as usual).  Once in a
     process (0 the next time)."""
     return ember_exit_holder(parent)
+
+
+QUIET_EMPTY, QUIET_IS, QUIET_AT_MOST, QUIET_SAME_END = (
+    EMBER_QUIET_EMPTY, EMBER_QUIET_IS, EMBER_QUIET_AT_MOST, EMBER_QUIET_SAME_END)
+
+
+def quiet_note(state):
+    """The template, at each freeze: what its children's :func:`quiet`
+    compares (quiet.h, ``ember_quiet_note``), None for "never quiet"."""
+    ember_quiet_note(state)
+
+
+def quiet():
+    """A template child once its call returned: True if its exit has
+    nothing to run (quiet.h, ``ember_quiet``: every look-up with
+    borrowed references, writing none of the template's objects)."""
+    return ember_quiet() == 1
+
+
+def quiet_mark():
+    """A template child at its quiet end, after its last write: what
+    ``_outboard.exiting()`` does, in C (quiet.h, ``ember_quiet_mark``);
+    True if its output board entry is marked clean."""
+    return ember_quiet_mark() == 1
 
 
 def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t robust_head,

@@ -106,6 +106,8 @@ from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_read
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
 from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
+from ._spawn import QUIET_AT_MOST, QUIET_EMPTY, QUIET_IS, QUIET_SAME_END, quiet as _quiet, \
+    quiet_mark as _quiet_mark, quiet_note as _quiet_note
 from ._spawn import serve_spares as _serve_spares, \
     set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
     spare_request as _spare_request, spare_setenv as _spare_setenv, spare_wait as _spare_wait, \
@@ -1204,6 +1206,7 @@ def _freeze():
         clear()
         if _default_pool is not None:
             _rehearse(_default_pool)
+    _note_quiet_end()
 
 
 def _take_environ():
@@ -1311,6 +1314,96 @@ def _run_atexit():
     atexit._run_exitfuncs()
 
 
+#: The ``atexit`` registrations a template may hold that do nothing in a
+#: child that started, registered and logged nothing (:func:`_end_quietly`):
+#: each module's, made at its import, and what would give it something
+#: to do, as ``(attribute, op, arg)`` checks of the module's dict
+#: (``_spawn.quiet``: an attribute not there is not quiet).
+_QUIET_HOOKS = (
+    ("multiprocessing.util", 1, (("_finalizer_registry", QUIET_EMPTY, None),   # _exit_function
+                                 ("_logger", QUIET_IS, None))),
+    ("multiprocessing.process", 0, (("_children", QUIET_EMPTY, None),)),       # (util's too)
+    ("ember.objects.process", 2, (("_live", QUIET_EMPTY, None),               # _exit_function
+                                  ("_lease", QUIET_IS, None),                 # _forget_lease
+                                  ("_parked", QUIET_IS, None))),
+    ("ember.objects.executor", 1, (("_executors", QUIET_EMPTY, None),)),      # _python_exit
+    ("threading", 0, (("_shutdown_locks", QUIET_AT_MOST, 1),  # the main thread's: no other
+                      ("_threading_atexits", QUIET_EMPTY, None))),
+    ("logging", 1, ()),                                  # shutdown: its handlers, below
+    ("ember._trace", 1 if _trace.on else 0, ()))         # flush: _end_quietly's
+#: Whether ``atexit._ncallbacks()`` counts registrations here (None: not
+#: tried yet; :func:`_note_quiet_end`).
+_atexit_counts = None
+#: The shepherd's pid (the template's parent), set once at the start.
+_shepherd_pid = None
+
+
+def _note_quiet_end():
+    """At a freeze: whether this template's children may end quietly
+    (:func:`_end_quietly`), and what they compare to know it
+    (``_spawn.quiet_note``: the modules' dicts and the names looked up
+    here, not in every child).  Only where CPython counts ``atexit``
+    registrations (``atexit._ncallbacks()`` grows at each ``register``,
+    an ``unregister`` leaves a hole: 3.10 to 3.12; tried once here, by a
+    function registered and unregistered), when every registration the
+    template made is one of :data:`_QUIET_HOOKS` or ``weakref.finalize``'s
+    (their count is all of it) and logging has no handler but its
+    ``lastResort``."""
+    global _atexit_counts
+    _quiet_note(None)
+    if _atexit_counts is None:
+        n = atexit._ncallbacks()
+        atexit.register(_note_quiet_end)
+        atexit.unregister(_note_quiet_end)
+        _atexit_counts = atexit._ncallbacks() == n + 1
+    mods = sys.modules
+    n = atexit._ncallbacks()
+    finalize = mods["weakref"].finalize     # (its exit function registered at its first use)
+    fin = finalize._registered_with_atexit
+    if not _atexit_counts or n != 1 + fin + sum(k for m, k, _ in _QUIET_HOOKS if m in mods):
+        return
+    checks = [(vars(mods[m]), name, op, arg) for m, _, c in _QUIET_HOOKS if m in mods
+              for name, op, arg in c]
+    logging = mods.get("logging")
+    if logging is not None:
+        hl = logging._handlerList
+        if not all(wr() in (None, logging.lastResort) for wr in hl):
+            return
+        checks.append((vars(logging), "_handlerList", QUIET_SAME_END,
+                       (len(hl), hl[-1] if hl else None)))
+    _quiet_note((n, fin, finalize, atexit._ncallbacks, _shepherd_pid,
+                 ("_registered_with_atexit", "_registry", "atexit"), tuple(checks),
+                 (_outboard._mapped_for, _env.RUNTIME_ID.encode(), _env.P_UID.encode())))
+
+
+def _end_quietly():
+    """A template child's end once its call returned (an ``"ember"``-method
+    child's target, an ``ember.Process``'s result sent), when nothing is
+    left to run (:func:`_quiet`): its streams flushed, its output board
+    entry marked, its memory handed to a holder, ``os._exit(0)``, without
+    the generic exit's steps that would do nothing (a ``SystemExit``
+    through the worker's frames, ``threading._shutdown``, the ``atexit``
+    hooks that return at once), whose first run in each child wrote pages
+    it shares with the template.  Returns, and the caller goes on with
+    that exit, when anything is left to run or a flush fails."""
+    try:
+        if not _quiet():    # (quiet.h, ember_quiet; what it checks: _QUIET_HOOKS)
+            return
+        for f in (sys.stdout, sys.stderr):
+            f.flush()
+    except Exception:
+        return
+    if _trace.on:
+        _t("C.exit")
+        _trace.t_faults("C.faults_exit", cpu=True)
+        _trace.flush()
+    _quiet_mark()       # (_outboard.exiting's, in C)
+    try:
+        _exit_holder(_shepherd_pid)
+    finally:
+        os._exit(0)
+
+
 def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=False,
            env_sets=None, lease=None):
     """In the real child: set up, run the worker.  Never returns.  With
@@ -1386,6 +1479,8 @@ def _child(args, envp, cwd, fds, gate_r, middle_pid, shepherd_pid, detached=Fals
         else:
             sys.argv = args
             code = _lease_worker(*lease, _default_pool, _lease_rename)
+        if code == 0:
+            _end_quietly()
         _run_atexit()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -1792,8 +1887,9 @@ def main():
     _template_comm = _comm()      # looked up once, not in every spare
     if _template_comm:            # a lease's name once it has its call (_worker.lease)
         _lease_rename = (_spare_name, _template_comm)
+    global _shepherd_pid
+    shepherd_pid = _shepherd_pid = os.getppid()
     _freeze()
-    shepherd_pid = os.getppid()
     sock = _take_socket()
     spares = os.environ.get("EMBER_TEMPLATE_SPARE", "1") != "0"
     return _serve(sock, shepherd_pid, spares)
