@@ -1,6 +1,6 @@
 """Which of the template's pages a child writes (copy-on-write), when, and why.
 
-    python benchmarks/cow_pages.py [-n N] [--mp] [--perf] [--steps] [--top K]
+    python benchmarks/cow_pages.py [-n N] [--mp] [--perf] [--steps] [--pools] [--top K]
 
 Runs itself under ``ember run``, as root (it reads the runtime's processes'
 ``/proc/PID/pagemap`` and ``mem`` and ptraces its children).  A child of
@@ -65,6 +65,15 @@ What it prints, a start's mean over the traced starts:
   its bootstrap, ``target``), each step named after the label that ends
   it, with the objects first written in it: which of the template's
   objects each step of a child's path writes.
+
+``--pools``: the pages the child wrote since its clone (at its target and
+at its exit), each by what the child changed on it against the
+template's bytes, word by word in pymalloc's pools (:func:`pool_kinds`):
+only the allocator's writes (a pool's header, blocks free in the
+template that the child allocated), those and reference counts, blocks
+of the template's the child freed, reference counts only, nothing
+(written and put back), outside the pools; and how many pools and
+blocks the child allocated in or freed into.
 
 ``--mp`` traces multiprocessing's ``"ember"`` start method instead of
 ``ember.Process``.  This file's top level only imports and defines, so the
@@ -408,9 +417,10 @@ class Symbols:
         return None
 
 
-#: pymalloc's pool header (CPython 3.11: 48 bytes at the start of each 4 KiB
-#: pool, its size class index at offset 36).
-_POOL_HEADER, _POOL_SZIDX = 48, 36
+#: pymalloc's pools (CPython 3.11: 16 KiB; 48 bytes of header at the start of
+#: each: count, free list, next, prev, arena index, size class index at
+#: offset 36, next offset, max).
+POOL, _POOL_HEADER, _POOL_SZIDX = 16 << 10, 48, 36
 
 
 def _not_an_object(addr, maps, index, syms):
@@ -426,11 +436,11 @@ def _not_an_object(addr, maps, index, syms):
         return sym
     region = _region(maps, addr)
     if region.startswith("anonymous"):
-        head = _read(index.template, addr - addr % PAGE, _POOL_HEADER)
+        head = _read(index.template, addr - addr % POOL, _POOL_HEADER)
         if head is not None and len(head) == _POOL_HEADER:
             szidx = struct.unpack_from("I", head, _POOL_SZIDX)[0]
             if szidx < 32:        # (a guess: the page may be no pool at all)
-                what = "header" if addr % PAGE < _POOL_HEADER else "free block"
+                what = "header" if addr % POOL < _POOL_HEADER else "free block"
                 return f"pool {what} ({16 * (szidx + 1)}-byte blocks)"
     return f"(no object) {region}"
 
@@ -463,6 +473,86 @@ def _read(pid, addr, n=PAGE):
         return None
     finally:
         os.close(fd)
+
+
+POOL_KINDS = ("alloc", "alloc+object", "freed", "object", "unchanged", "empty pool", "not a pool")
+
+
+def _pool_head(data):
+    """(block size, blocks in use, free list head, next offset) of the pool
+    header at the start of ``data``, or None where it is none."""
+    if data is None or len(data) < POOL:
+        return None
+    count, free, _, _, _, szidx, nextoff, maxnext = struct.unpack_from("I4xQQQIIII", data)
+    size = (szidx + 1) * 16
+    if szidx >= 32 or maxnext != POOL - size or not _POOL_HEADER <= nextoff <= POOL:
+        return None
+    return size, count, free, nextoff
+
+
+def _free_blocks(base, data, head):
+    """The offsets of the pool's free blocks: its free list and the blocks
+    never used (at and past its next offset)."""
+    size, _, free, nextoff = head
+    out = set(range(nextoff, POOL - size + 1, size))
+    while free and base <= free < base + POOL and len(out) < POOL // 16:
+        if free - base in out:
+            break
+        out.add(free - base)
+        free = struct.unpack_from("Q", data, free - base)[0]
+    return out
+
+
+def pool_kinds(child, template, pages):
+    """Counter of ``pages`` (written by ``child``) by what ``child`` changed
+    on them against ``template``'s bytes, word by word: ``alloc``, only the
+    allocator's writes (the pool's header, blocks free in the template that
+    the child allocated, or allocated and freed again); ``alloc+object``,
+    those and writes to blocks in use in both (reference counts); ``freed``,
+    blocks of the template's that the child freed (the reference count's
+    write took the page anyway) and no allocation; ``object``, only
+    writes to blocks in use in both; ``unchanged``, written and put back;
+    ``empty pool``, a pool of the template's with no block in use (its
+    free pools: the child opened it again); ``not a pool``: outside
+    pymalloc's arenas.  Also the pools whose header the child changed, and
+    the blocks it allocated in and freed into the template's pools."""
+    out = collections.Counter()
+    cache = {}
+    for page in sorted(pages):
+        base = page - page % POOL
+        if base not in cache:
+            c, t = _read(child, base, POOL), _read(template, base, POOL)
+            hc, ht = _pool_head(c), _pool_head(t)
+            if hc is None or ht is None or hc[0] != ht[0]:
+                cache[base] = None
+            else:
+                fc, ft = _free_blocks(base, c, hc), _free_blocks(base, t, ht)
+                cache[base] = (c, t, hc, ht, fc, ft)
+                if hc[1:3] != ht[1:3]:
+                    out["pools the child allocated in or freed into"] += 1
+                    out["blocks allocated in the template's pools"] += len(ft - fc)
+                    out["blocks freed into the template's pools"] += len(fc - ft)
+        got = cache[base]
+        if got is None:
+            out["not a pool"] += 1
+            continue
+        c, t, hc, ht, fc, ft = got
+        if ht[1] == 0:
+            out["empty pool"] += 1
+            continue
+        size, seen = hc[0], set()
+        for w in range(page - base, page - base + PAGE, 8):
+            if c[w:w + 8] == t[w:w + 8]:
+                continue
+            if w < _POOL_HEADER:
+                seen.add("alloc")
+                continue
+            block = _POOL_HEADER + (w - _POOL_HEADER) // size * size
+            seen.add("alloc" if block in ft else "freed" if block in fc else "object")
+        kind = ("alloc+object" if "object" in seen else "alloc") if "alloc" in seen else \
+            "freed" if "freed" in seen else "object" if seen else "unchanged"
+        out[kind] += 1
+    return out
 
 
 def _str_at(pid, addr):
@@ -554,10 +644,11 @@ def _leased(shepherd, deadline):
     return []
 
 
-def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
+def one_start(make, template, spare_snaps, tc=0, timeout=10.0, pools=False):
     """One start on a leased spare, traced: ({step: pages written}, the
     child's maps, its pid, {step: time it ended}, the type cache at each
-    point), or None (no lease took the call, or it timed out).  Every lease
+    point, {"call"/"exit": :func:`pool_kinds` of the pages it wrote since
+    its clone} with ``pools``), or None (no lease took the call, or it timed out).  Every lease
     waiting is read and seized before the start, since which one takes it
     is the shepherd's choice (a program's template's for an mp start once
     it has one, else the warm template's); the child that took it (its pid,
@@ -613,6 +704,9 @@ def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
             return None
         lsnap, maps, lcache = before[leased]
         snaps["lease"] = lsnap
+        # its template: the one it shares the most frames with
+        tpl = max(tsnaps, key=lambda t: sum(tsnaps[t].get(a) == f for a, f in lsnap.items()))
+        kinds = {}
         caches = {"template": tcache, "lease": lcache}
         while True:
             status = _wait_stop(leased, deadline)
@@ -623,12 +717,16 @@ def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
             if status >> 8 == (signal.SIGTRAP | (_EVENT_EXIT << 8)):
                 snaps["exit"], maps = snapshot(leased)
                 times["exit"] = time.monotonic_ns()
+                if pools:
+                    kinds["exit"] = pool_kinds(leased, tpl, written(tsnaps[tpl], snaps["exit"]))
                 caches["exit"] = _read(leased, tc, size) if tc else None
                 _cache_names(leased, caches, "call", "exit")
                 break
             if sig == signal.SIGSTOP and "call" not in snaps:
                 snaps["call"], _ = snapshot(leased)
                 times["call"] = time.monotonic_ns()
+                if pools:
+                    kinds["call"] = pool_kinds(leased, tpl, written(tsnaps[tpl], snaps["call"]))
                 caches["call"] = _read(leased, tc, size) if tc else None
                 _cache_names(leased, caches, "template", "lease")
                 _cache_names(leased, caches, "lease", "call")
@@ -647,7 +745,7 @@ def one_start(make, template, spare_snaps, tc=0, timeout=10.0):
     times["spare"] = pre[2] if pre else None
     pages = {"spare": pre[1] if pre else None, "lease": written(pre[0], lsnap) if pre else None,
              "call": written(lsnap, snaps["call"]), "exit": written(snaps["call"], snaps["exit"])}
-    return pages, maps, leased, times, caches
+    return pages, maps, leased, times, caches, kinds
 
 
 def perf_start(path):
@@ -736,6 +834,18 @@ def report_type_cache(results, index, top, out=sys.stdout):
                                      pairs.most_common(top * 2)), file=out)
 
 
+def report_pools(results, out=sys.stdout):
+    print("\n# the pages a child wrote since its clone, by what it changed on them "
+          "(pymalloc's pools; medians a start)", file=out)
+    for stage, label in (("call", "at its target"), ("exit", "at its exit")):
+        got = [r[5][stage] for r in results if stage in r[5]]
+        if not got:
+            continue
+        keys = list(POOL_KINDS) + sorted({k for g in got for k in g} - set(POOL_KINDS))
+        print(f"  {label} ({len(got)} starts): " + ", ".join(
+            f"{k} {statistics.median(g[k] for g in got):.0f}" for k in keys), file=out)
+
+
 def _fault_object(addr, maps, index, syms):
     """(what, module, where) of the first write at ``addr``."""
     return index.find(addr) or (_not_an_object(addr, maps, index, syms), "-", "")
@@ -748,7 +858,7 @@ def report_faults(results, faults, index, syms, top, out=sys.stdout):
     for stage in STAGES:
         objs, kinds, mods = collections.Counter(), collections.Counter(), collections.Counter()
         n = total = 0
-        for _, maps, pid, times, _ in results:
+        for _, maps, pid, times, *_ in results:
             end = times.get(stage)
             begin = {"spare": 0, "lease": times.get("spare"), "call": times["lease"],
                      "exit": times["call"]}[stage]
@@ -793,7 +903,7 @@ def report_steps(results, faults, index, syms, steps, top, out=sys.stdout):
     template's object first written."""
     order, per = [], collections.defaultdict(collections.Counter)
     totals, n = collections.Counter(), 0
-    for _, maps, pid, times, _ in results:
+    for _, maps, pid, times, *_ in results:
         labels = [(t, lab) for t, lab in steps.get(pid, ())
                   if times["lease"] <= t <= times["call"]]
         if not labels:
@@ -832,6 +942,8 @@ def main():
     ap.add_argument("--steps", action="store_true",
                     help="with --perf: the call step's faults by the child's trace labels "
                          "(the runtime run with EMBER_TRACE_START)")
+    ap.add_argument("--pools", action="store_true",
+                    help="also the pages written by what changed on them (pymalloc's pools)")
     ap.add_argument("--top", type=int, default=15)
     a = ap.parse_args()
     if a.steps:
@@ -885,7 +997,7 @@ def main():
         perf = perf_start(perf_path) if a.perf else None
         try:
             for _ in range(a.n):
-                r = one_start(make, template, spare_snaps, index.type_cache)
+                r = one_start(make, template, spare_snaps, index.type_cache, pools=a.pools)
                 if r is not None:
                     results.append(r)
         finally:
@@ -902,6 +1014,8 @@ def main():
           f"load {' '.join('%.1f' % x for x in os.getloadavg())}")
     report_pages(results, index, a.top)
     report_type_cache(results, index, a.top)
+    if a.pools:
+        report_pools(results)
     if faults is not None:
         syms = Symbols(results[0][1]) if results else None
         report_faults(results, faults, index, syms, a.top)
