@@ -30,7 +30,8 @@ __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "w
            "environ_mark", "environ_entries", "proc_state", "proc_state_note", "proc_state_apply",
            "clone_setup", "clone_parent", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap",
-           "quiet_note", "quiet", "quiet_mark", "QUIET_EMPTY", "QUIET_IS", "QUIET_AT_MOST", "QUIET_SAME_END"]
+           "quiet_note", "quiet", "quiet_mark", "QUIET_EMPTY", "QUIET_IS", "QUIET_AT_MOST", "QUIET_SAME_END",
+           "fill_pools"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -262,6 +263,7 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     a.robust_len = robust_len
     a.buf = <char *>&buf[0]
     a.buf_cap = <size_t>buf.shape[0]
+    ember_fill_pools()      # last, so that the clones have fresh pools to allocate from
     rc = ember_spares_serve(&a, &what, &n, fds, &nfds, &child_sock)
     if rc == EMBER_ERR_OS:
         e = errno
@@ -753,6 +755,129 @@ def trim_heap():
     with nogil:
         r = ember_trim_heap()
     return r != 0
+
+
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <stdint.h>
+    /* pymalloc's partly used pools filled (fill_pools): CPython's small-object
+       allocator hands out the blocks of the pool at the head of its size
+       class's list of partly used pools, each pool starting with its
+       header (struct pool_header: the count of blocks in use first; the
+       size class index at byte 36, the largest block offset at 44), in
+       pools of 16 KiB (4 KiB in builds without the radix tree); the free
+       list's head at byte 8, the offset of the first block never used at
+       40.  A block at or past that offset has never been written. */
+    extern const char *_PyMem_GetCurrentAllocatorName(void);
+    #include <sys/mman.h>
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23
+    #endif
+    #define EMBER_FILL_MAX 8192
+    static void *ember_fill[EMBER_FILL_MAX];  /* the fillers: never freed */
+    static size_t ember_filled;
+    static uintptr_t ember_pool_size;         /* 0: not known yet; 1: no filling here */
+
+    /* The pool size this build's pools have, from the header of the
+       pool of ``p``, a block of ``size`` bytes of size class ``c``; 1 if
+       neither size fits (not filled then).  The 4 KiB candidate is read
+       first: it is the page of ``p``, mapped whatever the pool size. */
+    static uintptr_t ember_pool_size_of(void *p, size_t size, unsigned c) {
+        static const uintptr_t sizes[2] = {4096, 16384};
+        for (int i = 0; i < 2; i++) {
+            const unsigned char *h = (const unsigned char *)((uintptr_t)p & ~(sizes[i] - 1));
+            unsigned idx, maxnext;
+            memcpy(&idx, h + 36, sizeof idx);
+            memcpy(&maxnext, h + 44, sizeof maxnext);
+            if (idx == c && maxnext == sizes[i] - size)
+                return sizes[i];
+        }
+        return 1;
+    }
+
+    /* Allocate blocks of each size class until one opens an empty pool
+       (its count is 1 after it) or leaves its pool with nothing but
+       blocks never used, a page of them at least (the free list's head is
+       the first of them and the last on the list): the child's first
+       allocations of a class then take those, not free blocks spread over
+       the template's pools.  The one that tells is given back if it was
+       the only one of its class and its pool holds others; at most a
+       pool's bytes a class.  The pages of the next blocks (two) are
+       populated here, so that the child's first writes there copy a
+       page (a copy-on-write fault) rather than take a new zeroed one,
+       which costs twice as much here.  Returns
+       the number of blocks allocated (kept), -1 if the allocator is not
+       pymalloc. */
+    static long ember_fill_pools(void) {
+        const char *name;
+        size_t before = ember_filled;
+        if (ember_pool_size == 1)
+            return -1;
+        if (ember_pool_size == 0) {
+            void *p;
+            name = _PyMem_GetCurrentAllocatorName();
+            if (name == NULL || strcmp(name, "pymalloc") != 0 || (p = PyObject_Malloc(16)) == NULL) {
+                ember_pool_size = 1;
+                return -1;
+            }
+            ember_pool_size = ember_pool_size_of(p, 16, 0);
+            PyObject_Free(p);
+            if (ember_pool_size == 1)
+                return -1;
+        }
+        for (unsigned c = 0; c < 32; c++) {
+            size_t size = 16 * (c + 1);
+            int first = 1;
+            for (size_t bytes = 0; bytes < ember_pool_size && ember_filled < EMBER_FILL_MAX;
+                 bytes += size) {
+                void *p = PyObject_Malloc(size);
+                uintptr_t pool, head;
+                unsigned count, next;
+                if (p == NULL)
+                    return (long)(ember_filled - before);
+                pool = (uintptr_t)p & ~(ember_pool_size - 1);
+                memcpy(&count, (const void *)pool, sizeof count);
+                memcpy(&head, (const void *)(pool + 8), sizeof head);
+                memcpy(&next, (const void *)(pool + 40), sizeof next);
+                if (count == 1 || (head != 0 && head == pool + next - size
+                                   && *(const uintptr_t *)head == 0
+                                   && ember_pool_size - next + size >= ember_pool_size / 4)) {
+                    uintptr_t from, to;
+                    if (first && count != 1)   /* (its pool keeps others: still open) */
+                        PyObject_Free(p);
+                    else
+                        ember_fill[ember_filled++] = p;
+                    memcpy(&head, (const void *)(pool + 8), sizeof head);
+                    from = head & ~(uintptr_t)4095;
+                    to = from + 2 * 4096 < pool + ember_pool_size ? from + 2 * 4096
+                                                                  : pool + ember_pool_size;
+                    if (head != 0)   /* no error: a kernel without it (< 5.14) leaves it */
+                        madvise((void *)from, to - from, MADV_POPULATE_WRITE);
+                    break;
+                }
+                ember_fill[ember_filled++] = p;
+                first = 0;
+            }
+        }
+        return (long)(ember_filled - before);
+    }
+    """
+    long ember_fill_pools()
+
+
+def fill_pools():
+    """Fill the allocator's partly used pools (pymalloc), so that the
+    objects a child of this process allocates first come from a pool per
+    size class opened here last (its first page copied once, the rest
+    untouched: no copy), not from the free blocks the template's pools
+    have left, a page of the template's copied for each.  Blocks of each
+    size class are allocated and kept until one opens an empty pool (or
+    lands in the pool the last call opened).  The number of blocks kept
+    (their memory is the template's for good), or -1 where the allocator
+    is not pymalloc (``PYTHONMALLOC``, ``-X dev``): nothing is done."""
+    return ember_fill_pools()
 
 
 # ------------------------------------------------------------- what a child inherits

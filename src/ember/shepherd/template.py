@@ -2004,7 +2004,9 @@ def _spare_loop(sock, fast, shepherd_pid):
     """Serve the shepherd's spare requests in C (``_spawn.serve_spares``,
     spares.h) while they are ``fast[0]``: no Python runs between clones, so
     the template writes (and copies, after each clone) a few pages instead
-    of ~145.  Returns the first other request as ``(msg, fds)``, False if
+    of ~145.  It fills pymalloc's partly used pools first (``fill_pools``),
+    so that each clone's first objects of a size class take consecutive
+    blocks of one pool.  Returns the first other request as ``(msg, fds)``, False if
     the shepherd is gone, or None where the loop cannot run (threads in the
     template, no raw clone here: the Python path serves).  In a new spare
     it does not return (:func:`_spare_main`)."""
