@@ -47,7 +47,8 @@ _PROG = """
                (sys.argv, sys.path, os.getcwd(), process.ORIGINAL_DIR,
                 multiprocessing.get_start_method(), helper.VALUE, TABLE,
                 sys.modules["__main__"] is sys.modules["__mp_main__"],
-                process.current_process().name, bytes(process.current_process().authkey))))
+                process.current_process().name, bytes(process.current_process().authkey),
+                type(process.current_process().authkey).__name__)))
 
     def plain():
         import os
@@ -65,7 +66,8 @@ _PROG = """
 
     def want(name, state):
         return (sys.argv, sys.path, os.getcwd(), mp.process.ORIGINAL_DIR, mp.get_start_method(),
-                42, TABLE, True, name, bytes(mp.current_process().authkey)) == state
+                42, TABLE, True, name, bytes(mp.current_process().authkey),
+                "AuthenticationString") == state
 
     def started_until(ctx, q, seen, what):
         for i in range(60):
@@ -268,7 +270,8 @@ _CHANGES = """
         q.put((sys.argv is _mainload.preset_argv,
                (sys.argv, sys.path, os.getcwd(), process.ORIGINAL_DIR, mp.get_start_method(),
                 helper.VALUE, process.current_process().name,
-                bytes(process.current_process().authkey))))
+                bytes(process.current_process().authkey),
+                type(process.current_process().authkey).__name__)))
 
     def start(ctx, q, i):
         p = ctx.Process(target=report, args=(q,), name=f"child-{i}")
@@ -280,7 +283,7 @@ _CHANGES = """
 
     def want(i):
         return (sys.argv, sys.path, os.getcwd(), mp.process.ORIGINAL_DIR, mp.get_start_method(),
-                42, f"child-{i}", bytes(mp.current_process().authkey))
+                42, f"child-{i}", bytes(mp.current_process().authkey), "AuthenticationString")
 
     def until_preset(ctx, q, i):
         # starts until one comes from the program's template with the parent's

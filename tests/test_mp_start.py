@@ -239,7 +239,7 @@ def report(tag, q):
     cp, pp = mp.current_process(), mp.parent_process()
     q.put((tag, cp.name, type(cp).__name__, pp.pid, pp.name,
            mp.active_children(), threading.main_thread().native_id == threading.get_native_id(),
-           sys.stdin.read()))
+           sys.stdin.read(), type(cp.authkey).__name__))
 
 def ret(q):
     report("ret", q)
@@ -311,12 +311,16 @@ if __name__ == "__main__":
 #: terminal through ember's output forwarding, in no fixed order with the
 #: parent's), stdout then stderr without the traceback's source lines.
 BOOT_SPAWN = (sorted([
-    "ret 0", "  ('ret', 'P-ret', 'Process', 'us', 'MainProcess', [], True, '')",
-    "exit3 3", "  ('exit3', 'P-exit3', 'Process', 'us', 'MainProcess', [], True, '')",
+    "ret 0",
+    "  ('ret', 'P-ret', 'Process', 'us', 'MainProcess', [], True, '', 'AuthenticationString')",
+    "exit3 3",
+    "  ('exit3', 'P-exit3', 'Process', 'us', 'MainProcess', [], True, '', 'AuthenticationString')",
     "exitmsg 1", "boom 1", "finalizer_and_atexit 0", "finalizer ran", "atexit ran",
     "lingering_thread 0", "  ('thread done',)", "grandchild 0",
-    "  ('grandchild', 'Process-7:1', 'Process', 'the child', 'P-grandchild', [], True, '')",
-    "sub 0 ('sub', 'Sub-x', 'Sub', 'us', 'MainProcess', [], True, '')", "logged 0"]),
+    "  ('grandchild', 'Process-7:1', 'Process', 'the child', 'P-grandchild', [], True, '',"
+    " 'AuthenticationString')",
+    "sub 0 ('sub', 'Sub-x', 'Sub', 'us', 'MainProcess', [], True, '', 'AuthenticationString')",
+    "logged 0"]),
     sorted(["leaving with a message", "Process P-boom:", "Traceback (most recent call last):",
             "ValueError: boom in the target", "[INFO/P-logged] child process calling self.run()",
             "[INFO/P-logged] process shutting down",
@@ -325,6 +329,29 @@ BOOT_SPAWN = (sorted([
 
 
 @pytest.mark.timeout(120)
+def test_the_preparation_data_pickles_no_global():
+    """The preparation data and the process object's ``_config`` travel
+    with their authkey (an ``AuthenticationString``) as plain bytes
+    (``context.prep_bytes``): the child's unpickling looks up no module
+    (``find_class``: the module's and its spec's pages of the template,
+    written in every child), and makes it an ``AuthenticationString``
+    again (the children's own, as spawn's: :func:`test_child_bootstrap_as_spawns`,
+    tests/test_mp_program_template.py)."""
+    import pickle
+    import pickletools
+    from multiprocessing import process
+
+    from ember.mp import context
+
+    key = process.AuthenticationString(b"k" * 32)
+    data = context.prep_bytes({"authkey": key, "log_to_stderr": False},
+                              {"authkey": key, "semprefix": "/mp"})
+    ops = {op.name for op, _, _ in pickletools.genops(data)}
+    assert not ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE"}, ops
+    assert pickle.loads(data) == ({"authkey": b"k" * 32, "log_to_stderr": False},
+                                  {"authkey": b"k" * 32, "semprefix": "/mp"})
+
+
 def test_child_bootstrap_as_spawns(tmp_path):
     """What multiprocessing's _bootstrap does in a child (the ember method
     runs its own, with fewer functions) is what spawn's child does (the

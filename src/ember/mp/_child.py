@@ -477,6 +477,8 @@ def _start(prep_b, obj_b, tracker, main_code, prog_codes, name, entry, shared_b,
             cls = _EmberProcess
             process_obj = cls.__new__(cls)
             d = process_obj.__dict__
+            if type(config.get("authkey")) is bytes:      # (context.prep_bytes)
+                config["authkey"] = process.AuthenticationString(config["authkey"])
             d["_config"] = config
             intern = sys.intern
             for k, v in obj.items():
@@ -559,7 +561,7 @@ def rehearse(times=REHEARSALS):
             rest = {k: v for k, v in prep.items() if k not in context.SHARED and k != "name"}
             ctx.set_spawning_popen(obj)                   # (the authkey pickles only then)
             try:
-                prep_b = context._fp_dumps((rest, obj._config))
+                prep_b = context.prep_bytes(rest, obj._config)
                 obj_b = _codec.parts(context._fp_pieces(state))
             finally:
                 ctx.set_spawning_popen(None)

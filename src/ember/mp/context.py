@@ -314,6 +314,22 @@ def _fp_dumps(obj):
     return b"".join(_fp_pieces(obj))
 
 
+def prep_bytes(rest, config):
+    """``(rest, config)`` (spawn's preparation data without SHARED's items,
+    a process object's ``_config``) pickled for ``_child._start``, their
+    authkey (an ``AuthenticationString``) as plain ``bytes``, which the
+    child makes an ``AuthenticationString`` again: pickled as itself, the
+    child's unpickling looked up ``multiprocessing.process`` and its
+    class (``find_class``: the module's and its spec's pages, 5-7 of the
+    template's written a child).  The data then holds no global."""
+    AS = _mpprocess.AuthenticationString
+    if type(rest.get("authkey")) is AS:
+        rest = dict(rest, authkey=bytes(rest["authkey"]))
+    if config is not None and type(config.get("authkey")) is AS:
+        config = dict(config, authkey=bytes(config["authkey"]))
+    return _fp_dumps((rest, config))
+
+
 #: The items of spawn's preparation data that a program's template sets
 #: for each of its children (``_mainload.become``; ``sys.argv`` it keeps for
 #: them), in the order :func:`shared_bytes` takes their values.
@@ -413,7 +429,7 @@ def _pickles(popen, process_obj):
                     if _SPLIT.issuperset(prep) and "authkey" in prep else None
                 rest = prep if shared_b is None else \
                     {k: v for k, v in prep.items() if k not in SHARED}
-                prep_b = _fp_dumps((rest, config))
+                prep_b = prep_bytes(rest, config)
             # (spawn's data holds sys.argv itself, not a copy: kept as it
             # is, an argv changed in place would compare equal to it)
             kept = dict(prep, sys_argv=list(prep["sys_argv"])) if "sys_argv" in prep else prep
