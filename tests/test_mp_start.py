@@ -1,5 +1,6 @@
 """What the "ember" start method does to make a start cheap, checked end to end."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -582,3 +583,55 @@ def test_a_child_that_left_nothing_ends_quietly(tmp_path):
             "thread False 0 True", "thread False 0 True", "logging False 0 True",
             "logging False 0 True", "none True 0 True", "none True 0 True"], (
                 imports, res.stdout, res.stderr)
+
+
+
+def test_output_left_in_the_streams_a_target_replaced_is_written_as_spawn_s(tmp_path):
+    """A target that wrote to stdout and stderr (buffered: no
+    PYTHONUNBUFFERED, stderr without a newline) and then put other streams
+    in their place (``sys.stdout = open(...)``, a log file per process):
+    spawn's child writes what it left in the first ones at its exit
+    (``Py_FinalizeEx`` puts ``sys.__stdout__`` back and flushes it), and so
+    does an "ember"-method child, of the warm template and of the
+    program's, and an ember.Process child; their exit flushed only the
+    new streams and lost it."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import sys
+
+        import ember
+
+
+        def work(i, log):
+            sys.stdout.write(f"out {i}\\n")
+            sys.stderr.write(f"err {i};")
+            sys.stdout = sys.stderr = open(log, "w")
+            print("in the log")
+
+
+        if __name__ == "__main__":
+            ctx = mp.get_context(sys.argv[1])
+            for i in range(6):
+                p = ctx.Process(target=work, args=(i, f"log{i}"))
+                p.start()
+                p.join(60)
+                print("exit", i, p.exitcode, open(f"log{i}").read().strip(), flush=True)
+            ember.Process.start_method = "spawn" if sys.argv[1] == "spawn" else "template"
+            for i in range(6, 8):
+                p = ember.Process(target=work, args=(i, f"log{i}"))
+                p.start()
+                p.join(60)
+                print("exit", i, p.exitcode, open(f"log{i}").read().strip(), flush=True)
+    """))
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    got = {}
+    for method in ("spawn", "ember"):
+        res = subprocess.run([sys.executable, "-m", "ember", "run", "prog.py", method],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
+        assert res.returncode == 0, (method, res.stdout, res.stderr)
+        # (stderr's pieces, each without a newline: in any order and lines)
+        got[method] = res.stdout, sorted(re.findall(r"err \d;", res.stderr))
+    want = "".join(f"out {i}\nexit {i} 0 in the log\n" for i in range(8))
+    assert got["spawn"] == (want, [f"err {i};" for i in range(8)]), got
+    assert got["ember"] == got["spawn"], got

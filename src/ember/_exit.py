@@ -7,14 +7,29 @@ import os
 import sys
 
 
+def std_streams():
+    """The streams an interpreter's finalization flushes: ``sys.stdout``
+    and ``sys.stderr``, then ``sys.__stdout__`` and ``sys.__stderr__``
+    where the program put others in their place (``Py_FinalizeEx`` puts
+    them back and flushes them: what a process printed before it set
+    ``sys.stdout = open(...)`` reaches its output; an ``os._exit`` after
+    flushing only the new ones lost it).  Each once, None left out."""
+    out, err = sys.stdout, sys.stderr
+    streams = [out, err]
+    for f in (sys.__stdout__, sys.__stderr__):
+        if f is not None and f is not out and f is not err:
+            streams.append(f)
+    return streams
+
+
 def flush_and_exit(code, last=None):
-    """Flush ``sys.stdout`` and ``sys.stderr`` (an error, e.g. a closed
-    pipe, is ignored: nothing more can be said), call ``last()`` if given
+    """Flush the standard streams (:func:`std_streams`; an error, e.g. a
+    closed pipe, is ignored: nothing more can be said), call ``last()`` if given
     (a template child's: ``_spawn.exit_holder``), then ``os._exit``: no
     atexit handlers, no finalizers, no flush of anything else.  ``code``:
     an int (taken modulo 256, as the kernel does), anything else exits 1.
     Never returns."""
-    for f in (sys.stdout, sys.stderr):
+    for f in std_streams():
         try:
             f.flush()
         except Exception:

@@ -92,7 +92,7 @@ import sys
 
 from .. import _env, _trace
 from .. import _outboard
-from .._exit import flush_and_exit
+from .._exit import flush_and_exit, std_streams
 from .._trace import t as _t
 # Bound here, not imported in the functions a child runs: a relative
 # import in a function resolves its package through ModuleSpec.parent,
@@ -1385,12 +1385,16 @@ def _end_quietly():
     through the worker's frames, ``threading._shutdown``, the ``atexit``
     hooks that return at once), whose first run in each child wrote pages
     it shares with the template.  Returns, and the caller goes on with
-    that exit, when anything is left to run or a flush fails."""
+    that exit, when anything is left to run, a flush fails or the call
+    put other streams in the place of ``sys.stdout`` or ``sys.stderr``."""
     try:
         if not _quiet():    # (quiet.h, ember_quiet; what it checks: _QUIET_HOOKS)
             return
-        for f in (sys.stdout, sys.stderr):
-            f.flush()
+        out, err = sys.stdout, sys.stderr
+        if out is not sys.__stdout__ or err is not sys.__stderr__:
+            return          # (replaced: the exit flushes the first ones too, _say_clean)
+        out.flush()
+        err.flush()
     except Exception:
         return
     if _trace.on:
@@ -1530,8 +1534,14 @@ def _say_clean():
     """A child exiting with code 0: flush, then say on the output board
     whether all it wrote is out (its joiner waits for GS otherwise)."""
     try:
-        for f in (sys.stdout, sys.stderr):
-            f.flush()
+        out, err, *others = std_streams()
+        out.flush()
+        err.flush()
+        for f in others:            # (the originals of replaced ones: as the exit's)
+            try:
+                f.flush()
+            except Exception:
+                pass
         _outboard.exiting()
     except Exception:
         pass
