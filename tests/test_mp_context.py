@@ -1053,3 +1053,53 @@ def test_fds_a_child_never_asked_for_are_closed_at_its_end(tmp_path):
     """)
     assert out.splitlines() == ["received 1", "kill -9 0 0", "terminate -15 0 0",
                                 "executors 0"], out
+
+
+@pytest.mark.timeout(120)
+def test_a_child_killed_while_it_fetches_its_fds_prints_nothing_in_the_parent(tmp_path):
+    """A child killed while it fetches the fds its start pickled (a stdlib
+    Connection argument: from the parent's resource sharer) costs the
+    parent no traceback, as spawn's child, which inherits them: the
+    sharer's thread printed the ConnectionResetError, BrokenPipeError or
+    EOFError of the connection whose other end was gone (6 of 10 such
+    kills here, one a worker in 20 broken executors).  Another error of
+    the sharer is printed as before (a client with a wrong key)."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp, os, signal, sys, time
+        import multiprocessing.connection as mpc
+        from multiprocessing import resource_sharer
+        import ember
+
+        def f(conn):
+            conn.send(1)
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            ctx = mp.get_context(sys.argv[1])
+            r, w = mpc.Pipe(duplex=False)
+            codes = set()
+            for i in range(20):
+                p = ctx.Process(target=f, args=(w,))
+                p.start()
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(30)
+                codes.add(p.exitcode)
+            print("killed", codes, flush=True)
+            if sys.argv[1] == "ember":
+                try:
+                    mpc.Client(resource_sharer._resource_sharer._address, authkey=b"wrong")
+                except mpc.AuthenticationError:
+                    print("refused", flush=True)
+                # (an fd fetched after it: the sharer, one connection at a
+                # time, has printed that one's error, before the exit)
+                os.close(resource_sharer.DupFd(0).detach())
+    """))
+    got = {}
+    for method in ("spawn", "ember"):
+        res = subprocess.run([sys.executable, "prog.py", method], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=100)
+        assert res.returncode == 0, (method, res.stdout, res.stderr)
+        got[method] = res.stdout, res.stderr.count("Traceback"), \
+            "AuthenticationError: digest received was wrong" in res.stderr
+    assert got == {"spawn": ("killed {-9}\n", 0, False),
+                   "ember": ("killed {-9}\nrefused\n", 1, True)}, (got, res.stderr)

@@ -453,8 +453,7 @@ class Popen:
         multiprocessing's resource sharer (the child is forked from the
         warm template, not from us, so it inherits none of our fds); the
         copy waits there until the child asks for it (``_unshare``)."""
-        from multiprocessing import resource_sharer
-        d = resource_sharer.DupFd(fd)
+        d = _sharer().DupFd(fd)
         self._shared.append(d._id[1])
         return d
 
@@ -865,6 +864,48 @@ def _ember_connection(conn):
     return mod is not None and isinstance(conn, mod.Connection)
 
 
+def _sharer():
+    """``multiprocessing.resource_sharer``, its thread's loop :func:`_serve`
+    (set before the thread starts, at the first fd ember has it serve)."""
+    from multiprocessing import resource_sharer
+    cls = resource_sharer._ResourceSharer
+    if cls._serve is not _serve:
+        cls._serve = _serve
+    return resource_sharer
+
+
+def _serve(self):
+    """``resource_sharer._ResourceSharer._serve`` (CPython 3.8-3.13's), but
+    a connection whose other end closed before it was served (a child
+    killed while it fetched the fds its start pickled: the workers of a
+    ProcessPoolExecutor broken by a kill) is dropped in silence: its error
+    (ConnectionResetError, BrokenPipeError, EOFError) went to
+    ``sys.excepthook``, a traceback on the parent's stderr for each such
+    child, where spawn's child inherits its fds and its death costs the
+    parent nothing.  Any other error is printed as before."""
+    import signal
+
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    while True:
+        try:
+            with self._listener.accept() as conn:
+                msg = conn.recv()
+                if msg is None:
+                    break
+                key, destination_pid = msg
+                send, close = self._cache.pop(key)
+                try:
+                    send(conn, destination_pid)
+                finally:
+                    close()
+        except (ConnectionError, EOFError):
+            pass                # (the other end gone: nobody to hand the fd to)
+        except BaseException:
+            if not _m.util.is_exiting():
+                sys.excepthook(*sys.exc_info())
+
+
 def _unshare(keys):
     """Close the resource sharer's copies of the fds under ``keys`` (its
     keys of ``resource_sharer.DupFd``\\ s) that nobody took (whoever pops
@@ -890,8 +931,7 @@ def _handle_wrappers(send_orig, recv_orig):
     def send_handle(conn, handle, destination_pid):
         if not _ember_connection(conn):
             return send_orig(conn, handle, destination_pid)
-        from multiprocessing import resource_sharer
-        dup = resource_sharer.DupFd(handle)
+        dup = _sharer().DupFd(handle)
         try:
             conn.send(dup)
         except BaseException:
