@@ -175,6 +175,50 @@ def test_start_up_output_is_that_of_spawns_children(tmp_path, options, mark):
     assert count["ember"] == count["spawn"] >= 4, count
 
 
+@pytest.mark.parametrize("when", ["before", "after"],
+                         ids=["in the runtime's", "after the runtime's start"])
+@pytest.mark.parametrize("var, mark", [
+    ("PYTHONVERBOSE", "# installing zipimport hook"),
+    ("PYTHONPROFILEIMPORTTIME", "import time: self [us] | cumulative | imported package")],
+    ids=["PYTHONVERBOSE", "PYTHONPROFILEIMPORTTIME"])
+def test_start_up_output_set_by_a_variable_is_that_of_spawns(tmp_path, var, mark, when):
+    """``PYTHONVERBOSE`` and ``PYTHONPROFILEIMPORTTIME`` set in
+    ``os.environ`` after the program's start, before ``ember.init()`` (the
+    runtime's environment has it) or after, are ``-v`` and ``-X
+    importtime`` to its children: under the "ember" method they print the
+    start-ups spawn's print, no more, no fewer (a template started with
+    the variable printed its own imports and its children none, or a
+    fresh child's were printed and a lease's too)."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import os
+        import sys
+        import ember
+
+        def f():
+            pass
+
+        if __name__ == "__main__":
+            if sys.argv[3] == "before":
+                os.environ[sys.argv[2]] = "1"
+            ember.init()
+            os.environ[sys.argv[2]] = "1"
+            ctx = mp.get_context(sys.argv[1])
+            for _ in range(3):
+                p = ctx.Process(target=f)
+                p.start()
+                p.join()
+                assert p.exitcode == 0
+    """))
+    count = {}
+    for method in ("spawn", "ember"):
+        res = subprocess.run([sys.executable, "prog.py", method, var, when], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=150)
+        assert res.returncode == 0, res.stderr[-3000:]
+        count[method] = res.stderr.count(mark)
+    assert count["ember"] == count["spawn"] >= 3, count
+
+
 def test_two_programs_with_other_options_each_have_theirs_and_nothing_is_left(tmp_path):
     """A runtime's first program (no options) and two programs attached to
     it at once, run with ``-O`` and ``-X dev``: each one's children (the

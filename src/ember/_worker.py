@@ -511,16 +511,28 @@ def options_of(flags):
     return opts.split(FLAGS_SEP) if opts else []
 
 
+#: The start-up variables that are ``-v`` and ``-X importtime`` (set to
+#: any text but "": ``PYTHONVERBOSE=0`` is taken for one too, a fresh
+#: interpreter as spawn's, never a wrong output).
+PRINTING_VARS = ("PYTHONVERBOSE", "PYTHONPROFILEIMPORTTIME")
+
+
 def templated(flags):
     """Whether a template is made with the interpreter options of a
-    worker's ``--flags=`` text: not with ``-v`` nor ``-X importtime``,
-    whose output at the interpreter's start-up would be the template's
-    imports (on the runtime's stderr), not the child's; nor is a lease
-    started ahead with them (its start-up's, a process nobody started)."""
+    worker's ``--flags=`` text: not with ``-v`` nor ``-X importtime``, nor
+    the key's start-up variables that are them (:data:`PRINTING_VARS`,
+    set in the parent's environment), whose output at the interpreter's
+    start-up would be the template's imports (on the runtime's stderr),
+    not the child's; nor is a lease started ahead with them (its
+    start-up's, a process nobody started)."""
     opts = options_of(flags)
-    return not any(o[:2] == "-v" or (o == "-X" and opts[i + 1:i + 2]
-                                     and opts[i + 1].partition("=")[0] == "importtime")
-                   for i, o in enumerate(opts))
+    if any(o[:2] == "-v" or (o == "-X" and opts[i + 1:i + 2]
+                             and opts[i + 1].partition("=")[0] == "importtime")
+           for i, o in enumerate(opts)):
+        return False
+    if not any(v in flags for v in PRINTING_VARS):   # (no literal_eval at each start)
+        return True
+    return not any(k in PRINTING_VARS and v for k, v in key_env(flags)[1])
 
 
 def flags_of(argv):

@@ -102,7 +102,7 @@ from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_read
     flags_key as _flags_key, flags_of as _flags_of, fresh_argv as _fresh_argv, \
     key_env as _key_env, lease as _lease_worker, main as _run_worker, options_of as _options_of, \
     parse_argv, rehearse as _rehearse, spare_token, startup_env as _startup_env, \
-    templated as _templated
+    templated as _templated, PRINTING_VARS as _PRINTING_VARS
 from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
     trim_heap as _trim_heap
 from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
@@ -307,7 +307,10 @@ class Template:
         try:
             exe = sys.executable
             argv = [exe, "-m", "ember._template"]
-            envp = self._envp
+            # (not with the runtime's PYTHONVERBOSE, PYTHONPROFILEIMPORTTIME:
+            # it would print its imports, its children none; theirs have it)
+            envp = [kv for kv in self._envp
+                    if os.fsdecode(kv.partition(b"=")[0]) not in _PRINTING_VARS]
             if isinstance(self._made_for, str):       # (_for_options)
                 argv[1:1] = _options_of(self._made_for)
                 argv.append("--flags=" + self._made_for)
