@@ -17,6 +17,7 @@ import select
 import signal as _signal
 import sys
 import threading
+import time
 import weakref
 
 from .. import _env, _outboard, _roles, _worker
@@ -1059,7 +1060,9 @@ class Process:
             try:
                 res.call._wait_below(_CALL_MESSAGES, _SLICE)
             except Exception:
-                pass                      # (released meanwhile: the next look says)
+                # (released meanwhile, or no channel to wait on: the next
+                # look says; not at once, which would spin while it runs)
+                time.sleep(0.001)
 
     @property
     def p_uid(self):
