@@ -16,6 +16,7 @@ tests run, with this folder put on their sys.path):
     template_of(shepherd_pid)          # the shepherd's warm template
     templates(runtime_id)              # a runtime's templates and their clones
     wait_children(ppid, "ember-spare", 2)   # at least two live ones, waiting for them
+    wait_sleeping_on_shm(pid, tid)     # its thread sleeps in a channel's, pool's or sync wait
     for address, name, data in readable_memory(pid): ...   # what its memory holds
 """
 import json
@@ -211,6 +212,49 @@ def wait_children(ppid, comm, n=1, timeout=30.0):
         if time.monotonic() > deadline:
             return []
         time.sleep(0.01)
+
+
+#: futex(2)'s number (x86-64, aarch64)
+_FUTEX = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+
+
+def sleeps_on_shm(pid, tid=None):
+    """Whether thread ``tid`` of process ``pid`` (its main thread if None)
+    sleeps in futex(2) on a word of a shared-memory mapping (/dev/shm:
+    ember's channels, pools and sync objects wait so), not on the GIL or
+    any other word of its own memory (/proc/PID/task/TID/syscall)."""
+    task = f"/proc/{pid}/task/{tid or pid}"
+    try:
+        try:
+            with open(f"{task}/syscall") as f:
+                call = f.read().split()
+        except PermissionError as e:        # (not "not yet": say so at once)
+            raise AssertionError(f"cannot see what {pid}/{tid or pid} waits in: {e} "
+                                 "(reading it needs the right to trace it)") from e
+        if len(call) < 2 or call[0] != str(_FUTEX):
+            return False
+        addr = int(call[1], 16)
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split()
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= addr < hi:
+                    return len(parts) > 5 and parts[5].startswith("/dev/shm/")
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def wait_sleeping_on_shm(pid, tid=None, timeout=60.0):
+    """Wait until :func:`sleeps_on_shm` (a blocked receive, send, alloc or
+    wait is in its sleep: a sleep of the test's own would only hope so);
+    AssertionError after ``timeout`` seconds."""
+    assert _FUTEX is not None, f"futex's number is not known here ({os.uname().machine})"
+    deadline = time.monotonic() + timeout
+    while not sleeps_on_shm(pid, tid):
+        assert time.monotonic() < deadline, \
+            f"{pid}/{tid or pid} did not sleep on shared memory within {timeout} s"
+        time.sleep(0.002)
 
 
 def readable_memory(pid="self"):

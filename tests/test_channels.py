@@ -17,7 +17,7 @@ from ember.channels_c import Channel, ChannelStatistics, wait_any
 from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull, DescriptorError,
                               PoolError, PoolExhausted)
 from ember.pools_c import Pool
-from procs import join, kill
+from procs import join, kill, wait_sleeping_on_shm
 
 
 @pytest.fixture
@@ -293,9 +293,9 @@ def test_pool_detached_under_channel():
 def test_detach_refused_while_another_thread_is_blocked(ch):
     import threading
     got = []
-    t = threading.Thread(target=lambda: got.append(ch.recv(timeout=10)))
+    t = threading.Thread(target=lambda: got.append(ch.recv(timeout=60)))
     t.start()
-    time.sleep(0.3)                                   # the thread is blocked in recv by now
+    wait_sleeping_on_shm(os.getpid(), t.native_id)    # blocked in its recv (a sleep was not enough)
     with pytest.raises(ChannelError, match=r"^channel c_uid \d+: cannot detach: 1 call\(s\) of other threads "
                                            r"are blocked in it; wake or stop them first$"):
         ch.detach()

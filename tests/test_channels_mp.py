@@ -15,7 +15,7 @@ import pytest
 from ember.channels_c import Channel, wait_any
 from ember.exceptions import ChannelClosed, ChannelEmpty
 from ember.pools_c import Pool
-from procs import fork, join, kill
+from procs import fork, join, kill, wait_sleeping_on_shm
 
 
 @pytest.fixture
@@ -193,13 +193,13 @@ def test_ctrl_c_interrupts_blocked_send_and_recv(pool):
 
     pid = fork(child)
     assert read_exact(r, 1) == b"R"
-    time.sleep(0.3)
+    wait_sleeping_on_shm(pid)             # in its recv: a SIGINT before its try would end it
     os.kill(pid, signal.SIGINT)
     assert read_exact(r, 1) == b"K"       # interrupted (a wait that ignored it: the test times out)
     ch.send(b"after")
     assert read_exact(r, 5) == b"after"
     assert read_exact(r, 1) == b"S"
-    time.sleep(0.3)
+    wait_sleeping_on_shm(pid)             # in its send to the full channel
     os.kill(pid, signal.SIGINT)
     assert read_exact(r, 1) == b"K"       # interrupted (a wait that ignored it: the test times out)
     assert join(pid) == 0

@@ -12,6 +12,7 @@ import ember.pools_c as pools_c
 from ember import _env
 from ember.exceptions import DescriptorError, EmberError, PoolError, PoolExhausted
 from ember.pools_c import Allocation, Pool, PoolStats
+from procs import wait_sleeping_on_shm
 
 HEX = r"0x[0-9a-f]{16}"
 
@@ -114,22 +115,25 @@ def test_pools_alloc_timeout(pool):
 
 def test_pools_alloc_wait_blocks_close(pool):
     whole = pool.alloc(pool.stats().largest_free)
-    errs = []
+    got = []
 
     def waiter():
         try:
-            pool.alloc(10, timeout=0.5)
+            got.append(pool.alloc(10, timeout=60))
         except PoolExhausted as e:
-            errs.append(e)
+            got.append(e)
 
     t = threading.Thread(target=waiter)
     t.start()
-    time.sleep(0.1)
+    # in its alloc's sleep (a 0.1 s sleep here, and a 0.5 s timeout there,
+    # only hoped that it was still waiting at the destroy)
+    wait_sleeping_on_shm(os.getpid(), t.native_id)
     with pytest.raises(PoolError, match=r": cannot destroy: another thread is waiting in alloc\(\)$"):
         pool.destroy()
-    t.join()
-    assert len(errs) == 1
-    whole.free()
+    whole.free()                                # wakes it: its alloc succeeds
+    t.join(60)
+    assert len(got) == 1 and isinstance(got[0], Allocation), got
+    got[0].free()
 
 
 def test_pools_free_errors(pool):

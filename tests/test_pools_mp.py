@@ -15,7 +15,7 @@ import pytest
 
 from ember.exceptions import PoolExhausted
 from ember.pools_c import Pool
-from procs import fork, kill, reap
+from procs import fork, kill, reap, wait_sleeping_on_shm
 
 ENV = dict(os.environ)
 
@@ -156,7 +156,7 @@ def test_pools_mp_ctrl_c_interrupts_blocking_alloc():
             p.detach()
         """, pool.sdesc.hex())
         assert child.stdout.readline().strip() == "waiting"
-        time.sleep(0.2)
+        wait_sleeping_on_shm(child.pid)     # in its alloc: a SIGINT before its try would end it
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=20)
         assert child.returncode == 0, err
