@@ -49,6 +49,14 @@ def _serve_until(data, poller, srv, cond, timeout=10.0):
             poller.fresh(srv)
 
 
+def _arrived(srv):
+    """Wait until input is at ``srv`` (ZMQ_EVENTS: its descriptor's notice
+    may be taken by this, so only for a socket the poller asks before its
+    wait, touch()-ed or returned by its last wait).  A sleep only hoped the
+    I/O thread had passed it on by then."""
+    assert srv.poll(60000, zmq.POLLIN) & zmq.POLLIN, "no input reached the socket"
+
+
 def _attach(ch, srv, cli, data, poller):
     cli.send_multipart([A.ATTACH_HDR.pack(A.OP_ATTACH, ch.c_uid, 1), ch.sdesc])
     _serve_until(data, poller, srv, lambda: ch.c_uid in data.chans)
@@ -168,7 +176,7 @@ def test_poller_sees_input_after_the_socket_was_used_and_plain_fds_under_a_strea
     # the socket was used (the attach reply): its events are asked before a
     # wait, so a message that came meanwhile is reported without waiting
     cli.send(_sendf(ch.c_uid, b"a"))
-    time.sleep(0.2)
+    _arrived(srv)
     poller.touch(srv)
     assert srv in poller.wait(60.0)
     assert data.pump() is True                  # ended on "no input left"
@@ -190,7 +198,7 @@ def test_poller_sees_input_after_the_socket_was_used_and_plain_fds_under_a_strea
     # a descriptor is reported while the socket has input too
     for _ in range(5):
         cli.send(_sendf(ch.c_uid, b"s"))
-    time.sleep(0.2)
+    _arrived(srv)                               # (the socket was returned: asked before the wait)
     os.eventfd_write(efd, 1)
     ready = poller.wait(60.0)
     assert srv in ready and efd in ready
