@@ -352,10 +352,21 @@ def test_direct_out_batches_a_stream_and_sends_an_isolated_message_alone(net):
         DirectOut(9, d.underlying, shared, 4, 2, 100, -1)
     with pytest.raises(ValueError):
         DirectOut(9, d.underlying, shared, 4, 2, 100, 3, 8, 4, float("nan"))
-    # a message after a pause (1 ms here) goes alone, after the batch
-    o = DirectOut(9, d.underlying, shared, 1000, 1000, 1 << 20, 3, 20, 8, 0.001)
-    assert o.send(b"a") and o.send(b"b") and o.pending == 1
-    time.sleep(0.005)
+    # a message after a pause (longer than streaming, 50 ms here) goes
+    # alone, after the batch.  b joins a's batch only if this thread ran on
+    # from a's send to b's (at 1 ms, a preemption between the two sent b
+    # alone): a try whose two sends took streaming or more says nothing
+    # and is made again (a and b, alone or batched: two frames)
+    for _ in range(50):
+        o = DirectOut(9, d.underlying, shared, 1000, 1000, 1 << 20, 3, 20, 8, 0.05)
+        t0 = time.monotonic()
+        assert o.send(b"a") and o.send(b"b")
+        if time.monotonic() - t0 < 0.05:
+            break
+        assert o.flush_batch()
+        r.recv_multipart(), r.recv_multipart()
+    assert o.pending == 1
+    time.sleep(0.1)
     assert o.send(b"c") and o.pending == 0
     assert [r.recv_multipart()[1] for _ in range(3)] == [
         HDR.pack(b"D", 9, 1) + b"a", batch(9, 2, b"b"), HDR.pack(b"D", 9, 3) + b"c"]
