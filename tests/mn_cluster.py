@@ -23,7 +23,10 @@ node's processes with :meth:`Cluster.processes`, and can start commands in
 nodes through the ember launcher interface with :meth:`Cluster.launcher`.
 
 Everything here skips the test (``pytest.skip`` with the exact missing
-thing) when it cannot work: not root, unshare refused, a tool missing.
+thing) when it cannot work: not root, unshare refused, a tool missing;
+with ``EMBER_TEST_CLUSTER=required`` in the environment (``.ci/run`` sets
+it as root where namespaces can be made: it installed the servers) it
+fails the test instead (:func:`unavailable`).
 """
 import contextlib
 import json
@@ -517,11 +520,22 @@ class Cluster:
         self.close(check=exc[0] is None)
 
 
+def unavailable(reason):
+    """A test that needs the emulated cluster cannot have it (``reason``):
+    skip it, saying why; but fail it where the cluster is required
+    (``EMBER_TEST_CLUSTER=required``: CI as root, where a server that failed
+    to install or to come up must not pass as a skip)."""
+    if os.environ.get("EMBER_TEST_CLUSTER") == "required":
+        pytest.fail(f"emulated cluster unavailable (EMBER_TEST_CLUSTER=required): {reason}",
+                    pytrace=False)
+    pytest.skip(f"emulated cluster unavailable: {reason}")
+
+
 def _need_tools_or_skip(tools):
     try:
         _need_tools(tools)
     except ClusterUnavailable as e:
-        pytest.skip(str(e))
+        unavailable(e)
 
 
 # -- the launcher interface, through nsenter -------------------------------------
@@ -624,7 +638,7 @@ def _fixture_cluster(n, tmp_path_factory, **kw):
         cm = emulated_nodes(n, **kw)
         c = cm.__enter__()
     except ClusterUnavailable as e:
-        pytest.skip(f"emulated cluster unavailable: {e}")
+        unavailable(e)
     try:
         yield c
     except BaseException:

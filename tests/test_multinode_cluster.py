@@ -102,13 +102,13 @@ def _nothing_left(c):
 
 @pytest.fixture
 def cluster3(request):
-    from mn_cluster import ClusterUnavailable, emulated_nodes
+    from mn_cluster import ClusterUnavailable, emulated_nodes, unavailable
     kw = getattr(request, "param", {"sshd": True})
     try:
         with emulated_nodes(3, **kw) as c:
             yield c
     except ClusterUnavailable as exc:
-        pytest.skip(str(exc))
+        unavailable(exc)
 
 
 def test_pipeline_on_three_nodes_over_ssh(cluster3):

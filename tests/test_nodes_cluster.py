@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mn_cluster import Cluster, emulated_nodes
+from mn_cluster import Cluster, ClusterUnavailable, emulated_nodes, unavailable
 from procs import alive, wait_gone
 
 pytestmark = pytest.mark.timeout(120)
@@ -167,8 +167,8 @@ def test_nothing_left_after_teardown():
     try:
         cm = emulated_nodes(2)
         c = cm.__enter__()
-    except Exception as e:
-        pytest.skip(f"emulated cluster unavailable: {e}")
+    except ClusterUnavailable as e:
+        unavailable(e)
     try:
         for i in range(2):
             c.run(i, ["sh", "-c", "setsid sleep 315 >/dev/null 2>&1 < /dev/null &"], check=True)
@@ -201,7 +201,7 @@ def test_killed_test_process_leaves_nothing():
         if not line:
             err = p.stderr.read()
             if "ClusterUnavailable" in err:
-                pytest.skip(f"emulated cluster unavailable: {err.strip().splitlines()[-1]}")
+                unavailable(err.strip().splitlines()[-1])
             pytest.fail(f"the cluster did not come up: {err}")
         *pids, cdir = line
         pids = [int(x) for x in pids]
@@ -225,15 +225,23 @@ def test_bad_node_count():
 
 def test_unavailable_reasons_are_exact(monkeypatch, tmp_path_factory):
     """Not root, or a tool missing: the reason names the exact thing, and
-    the fixtures turn it into a skip with that reason (never silently)."""
+    the fixtures turn it into a skip with that reason (never silently), or
+    into a failure with it where the cluster is required (CI as root:
+    EMBER_TEST_CLUSTER=required, set by .ci/run)."""
     import mn_cluster
     from mn_cluster import ClusterUnavailable
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(ClusterUnavailable, match=r"^emulated nodes need root \(to unshare network, "
                        r"mount, UTS and pid namespaces\); running as uid 1000$"):
         Cluster(3)
+    monkeypatch.delenv("EMBER_TEST_CLUSTER", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"^emulated cluster unavailable: emulated "
                        r"nodes need root"):
+        with mn_cluster._fixture_cluster(3, tmp_path_factory):
+            pass
+    monkeypatch.setenv("EMBER_TEST_CLUSTER", "required")
+    with pytest.raises(pytest.fail.Exception, match=r"^emulated cluster unavailable \(EMBER_TEST_"
+                       r"CLUSTER=required\): emulated nodes need root"):
         with mn_cluster._fixture_cluster(3, tmp_path_factory):
             pass
     monkeypatch.setattr(os, "geteuid", lambda: 0)
