@@ -444,9 +444,9 @@ def _handover_then_destroy(side, receiver_sleeps):
         forked.append(pid)
         if side == "send":
             if receiver_sleeps:
-                got = ch.recv(timeout=10)
+                got = ch.recv(timeout=60)
             else:
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + 60
                 while True:
                     try:
                         got = ch.recv(timeout=0)
@@ -455,9 +455,9 @@ def _handover_then_destroy(side, receiver_sleeps):
                         assert time.monotonic() < deadline
             assert got == b"last"
         elif receiver_sleeps:
-            ch.send(b"next", timeout=10)         # room made by the paused child
+            ch.send(b"next", timeout=60)         # room made by the paused child
         else:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while True:
                 try:
                     ch.send(b"next", timeout=0)
@@ -507,11 +507,11 @@ def test_a_large_message_taken_then_destroyed_is_not_freed_by_its_sender():
             try:
                 from ember.channels_c import _channels
                 _channels._debug_handover_pause(1.0)
-                ch.send(b"\x5a" * 100_000, timeout=10)
+                ch.send(b"\x5a" * 100_000, timeout=60)
                 code = 0
             finally:
                 os._exit(code)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while True:                              # (its notify comes after the pause)
             try:
                 view = ch.recv_view(timeout=0)
@@ -694,9 +694,9 @@ def test_allocation_in_flight_cannot_be_freed_by_another_thread():
     with Pool.create(1 << 20) as pool, Channel.create(pool, capacity=1, block_size=128) as ch:
         ch.send(b"fill")
         a = pool.alloc(4000)
-        t = threading.Thread(target=lambda: ch.send(a, timeout=5))
+        t = threading.Thread(target=lambda: ch.send(a, timeout=60))
         t.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60         # (not stuck: a thread's start under load)
         while not a.closed and time.monotonic() < deadline:
             time.sleep(0.001)
         with pytest.raises(PoolError, match=r"is being sent on a channel by another thread$"):

@@ -25,7 +25,7 @@ def pool():
     p.destroy()
 
 
-def read_exact(fd, n, timeout=10.0):
+def read_exact(fd, n, timeout=60.0):          # (not stuck: a forked child under load)
     out = b""
     while len(out) < n:
         r, _, _ = select.select([fd], [], [], timeout)

@@ -40,7 +40,7 @@ def _drive(cluster, body, launcher, slurm=False, timeout=120):
     return [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
 
 
-def _sleeps(cluster, i, timeout=10.0):
+def _sleeps(cluster, i, timeout=60.0):
     """The TREE's two sleeps on node i, once both are there (or timeout)."""
     deadline = time.monotonic() + timeout
     while True:
