@@ -1529,6 +1529,7 @@ def test_environment_changes_between_starts(tmp_path):
     assert out.splitlines() == ["None True", "1 True", "2 True", "2 True", "None True"], out
 
 
+@pytest.mark.timeout(300)          # (the program's own bound is 240 s; 28 s here under -n 2)
 def test_a_very_large_environment_reaches_the_child_or_fails_as_spawns(tmp_path):
     """30,000 variables (~1 MB, more than one message to the template or a
     spare holds): the first start, a named one (no lease: GS, the
