@@ -10,6 +10,8 @@ import pytest
 
 from procs import children, wait_gone
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -619,7 +621,9 @@ def test_service_killed_ends_the_run_cleanly(tmp_path, victim):
         c = process.create(sys.executable, ".", ["-c", "import time; time.sleep(60)"])
         launcher = int(os.environ["EMBER_RUNTIME_ID"][1:].split("-")[0])
         shepherd = os.getppid()
-        kids = [int(p) for p in open(f"/proc/{{launcher}}/task/{{launcher}}/children").read().split()]
+        sys.path.insert(0, {HERE!r})
+        from procs import children        # (not /proc/PID/task/TID/children: CONFIG_PROC_CHILDREN)
+        kids = children(launcher)
         gs = next(p for p in kids if p != shepherd)
         open({str(pidfile)!r}, "w").write(f"{{os.getpid()}} {{c.location.os_pid}} {{gs}} {{shepherd}}")
         os.kill(shepherd if {victim!r} == "shepherd" else gs, signal.SIGKILL)
@@ -634,10 +638,12 @@ def test_service_killed_ends_the_run_cleanly(tmp_path, victim):
 def test_gs_killed_the_shepherd_sweeps_grandchildren(tmp_path):
     pidfile = tmp_path / "pids"
     res = run_prog(tmp_path, rf"""
-        import os, signal, subprocess, time
+        import os, signal, subprocess, sys, time
         launcher = int(os.environ["EMBER_RUNTIME_ID"][1:].split("-")[0])
         shepherd = os.getppid()
-        kids = [int(p) for p in open(f"/proc/{{launcher}}/task/{{launcher}}/children").read().split()]
+        sys.path.insert(0, {HERE!r})
+        from procs import children        # (not /proc/PID/task/TID/children: CONFIG_PROC_CHILDREN)
+        kids = children(launcher)
         gs = next(p for p in kids if p != shepherd)
         grandchild = subprocess.Popen(["sleep", "60"])
         open({str(pidfile)!r}, "w").write(f"{{os.getpid()}} {{grandchild.pid}} {{gs}} {{shepherd}}")
