@@ -2,9 +2,13 @@
 handle's destroy() of a channel GS made, and close() between managed
 processes.  The pipeline example (close() ending each stage's stream) is
 tests/test_runtime.py::test_pipeline_example."""
+import os
+
 import pytest
 
 from test_runtime import ok, run_prog
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -69,11 +73,17 @@ def test_close_ends_a_blocked_consumer_under_ember_run(tmp_path):
         for i in range(100):
             ch.send(b"%d" % i)
         import time
-        time.sleep(0.3)                            # the consumer is blocked in recv() by now
+        deadline = time.monotonic() + 60
+        while len(ch):                             # the consumer took all 100 ...
+            assert time.monotonic() < deadline, len(ch)
+            time.sleep(0.01)
+        sys.path.insert(0, @HERE@)
+        from procs import wait_sleeping_on_shm     # ... and sleeps in its recv (0.3 s only hoped so)
+        wait_sleeping_on_shm(process.query(c.p_uid).location.os_pid)
         ch.close()
         print("consumer exit", process.join(c.p_uid, timeout=30))
         ch.detach()
         channel.destroy("stream")
-    """))
+    """.replace("@HERE@", repr(HERE))))
     assert "consumer:  100 messages, then ChannelClosed" in out
     assert "consumer exit 0" in out

@@ -800,7 +800,8 @@ def test_close_wakes_blocked_receivers_and_senders(pool):
                    threading.Thread(target=run, args=(lambda: wait_any([empty]) and empty.recv(),))]
         for t in threads:
             t.start()
-        time.sleep(0.3)                                  # the threads are blocked by now
+        for t in threads:                                # blocked (not about to be: a sleep hoped so)
+            wait_sleeping_on_shm(os.getpid(), t.native_id)
         empty.close()
         full.close()
         for t in threads:

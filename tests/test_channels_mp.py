@@ -158,7 +158,7 @@ def test_blocked_receiver_wakes_and_timeouts(pool):
     pid = fork(child)
     (el,) = struct.unpack("<d", read_exact(r, 8))
     assert 0.3 <= el < 10                 # the whole timeout waited; not stuck
-    time.sleep(0.2)
+    wait_sleeping_on_shm(pid)             # in the forever-recv (not about to be: then no wake-up)
     ch.send(b"wake")
     data = read_exact(r, 12)
     assert data[8:] == b"wake"            # the forever-recv was woken (else the test times out)
@@ -233,14 +233,16 @@ def test_wait_any_across_processes(pool):
             os.write(w, bytes([len(ready)]) + bytes([a, b].index(x) for x in ready))
 
         pid = fork(child)
-        time.sleep(0.2)
+        # each change once the child sleeps in its wait_any (not about to
+        # wait: then it found the change made and woke for nothing)
+        wait_sleeping_on_shm(pid)
         b.send(b"x")
         assert read_exact(r, 2) == b"\x01\x01"
-        time.sleep(0.2)
+        wait_sleeping_on_shm(pid)
         c.send(b"y")                                      # another pool: 1 ms slices
         assert read_exact(r, 2) == b"\x01\x02"
         assert read_exact(r, 1) == b"F"                   # both full: nobody writable
-        time.sleep(0.2)
+        wait_sleeping_on_shm(pid)
         b.recv()
         assert read_exact(r, 2) == b"\x01\x01"
         assert join(pid) == 0
@@ -326,7 +328,8 @@ def test_close_wakes_blocked_processes(pool):
             os.write(w, bytes([kind]))
 
     pids = [fork(child, k) for k in range(3)]
-    time.sleep(0.3)                                       # blocked by now
+    for pid in pids:                                      # blocked (a sleep only hoped so)
+        wait_sleeping_on_shm(pid)
     ch.close()
     full.close()
     assert sorted(read_exact(r, 3)) == [0, 1, 2]

@@ -15,7 +15,7 @@ import pytest
 import ember.pools_c as pools_c
 from ember.exceptions import PoolError, PoolExhausted
 from ember.pools_c import Pool
-from procs import stat
+from procs import stat, wait_sleeping_on_shm
 
 HOLDER = r'''
 import os, signal, sys
@@ -93,7 +93,9 @@ def test_pool_lock_try_once_alloc_releases_the_gil(pool):
     t.start()
     try:
         started.wait()
-        time.sleep(0.2)             # this thread runs while the worker waits ...
+        # this thread runs while the worker sleeps on the mutex (seen: a
+        # 0.2 s sleep let it pass with the worker not yet waiting) ...
+        wait_sleeping_on_shm(os.getpid(), t.native_id)
     finally:
         h.release()                 # ... and lets the holder go (before the 10 s bound)
     t.join()
