@@ -398,7 +398,8 @@ _values = st.recursive(
     max_leaves=10)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(code=st.sampled_from(sorted(m.by_code)), fields=st.lists(_values, max_size=12))
 def test_fuzzed_messages_never_stop_gs(h, code, fields):
     h.gs.handle_bytes(msgpack.packb([code] + fields, use_bin_type=True))
@@ -407,7 +408,8 @@ def test_fuzzed_messages_never_stop_gs(h, code, fields):
     assert h.ok(key)["m_uid"] == 1
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.binary(max_size=64))
 def test_fuzzed_bytes_never_stop_gs(h, data):
     h.gs.handle_bytes(data)

@@ -352,7 +352,7 @@ def test_pools_many_allocs_and_stats(pool):
 # ------------------------------------------------------------------ model-based
 
 try:
-    from hypothesis import settings, strategies as st
+    from hypothesis import HealthCheck, settings, strategies as st
     from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 except ImportError:                                   # pragma: no cover
     RuleBasedStateMachine = None
@@ -406,7 +406,8 @@ if RuleBasedStateMachine is not None:
             self.pool.destroy()
 
     TestPoolMachine = PoolMachine.TestCase
-    TestPoolMachine.settings = settings(max_examples=40, stateful_step_count=60, deadline=None, database=None)
+    TestPoolMachine.settings = settings(max_examples=40, stateful_step_count=60, deadline=None, database=None,
+                                        suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_alloc_timeout_validation():
