@@ -139,12 +139,25 @@ def test_worker_killed_mid_task_is_replaced(tmp_path):
 
 def test_shutdown_cancel_futures(tmp_path):
     out = ok(run_prog(tmp_path, """
+        def held(path):
+            while not os.path.exists(path):
+                time.sleep(0.01)
+
         ex = ember.Executor(max_workers=1)
-        gate = ex.submit(time.sleep, 0.5)
+        gate = ex.submit(held, os.path.abspath("go"))
         while not gate.running():          # handed to the worker, alone
             time.sleep(0.01)
         rest = [ex.submit(time.sleep, 0) for _ in range(20)]
-        ex.shutdown(wait=True, cancel_futures=True)
+        # the gate holds the worker until the shutdown has cancelled the rest
+        # (a 0.5 s task that ran out before the shutdown's call let the
+        # worker take some: 'cancelled 20' failed on a loaded machine)
+        t = threading.Thread(target=ex.shutdown, kwargs={"cancel_futures": True})
+        t.start()
+        deadline = time.monotonic() + 60
+        while not all(f.cancelled() for f in rest) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        open("go", "w").close()
+        t.join()
         print("gate", gate.done(), gate.exception())
         print("cancelled", sum(f.cancelled() for f in rest), all(f.done() for f in rest))
         ex2 = ember.Executor(max_workers=2)
