@@ -989,6 +989,50 @@ def test_an_executor_worker_started_again_is_keyed_by_its_own_pid(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_a_child_stopped_before_it_read_its_call_has_a_repr_and_a_pid(tmp_path):
+    """``repr(p)`` and ``p.pid`` of a child whose spare (or lease) was
+    SIGSTOPped before it read its call: the repr shows the pid it has now
+    and never waits (fork's and spawn's never do), the pid read answers
+    that pid once it has waited ``_PID_WAIT`` s for the read (both waited
+    for ever); continued, the child runs, and keeps that pid."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    out = run_prog(tmp_path, "ember_run", f"""
+        import multiprocessing as mp, os, signal, sys
+        import ember
+
+        def f(q):
+            q.put(os.getpid())
+
+        if __name__ == "__main__":
+            sys.path.insert(0, {tests!r})
+            from procs import table, stop
+
+            shepherd = os.getppid()
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            for _ in range(3):                 # spares and a lease for the next starts
+                p = ctx.Process(target=f, args=(q,)); p.start(); q.get(30); p.join(30)
+            victims = [pid for pid, (_, ppid, comm) in table().items()
+                       if ppid == shepherd and comm in ("ember-spare", "ember-leased")]
+            print("stopped", stop(victims))
+            p = ctx.Process(target=f, args=(q,))
+            p.start()
+            r = repr(p)
+            print("repr", r.startswith("<EmberProcess name='EmberProcess-4' pid=") and
+                  int(r.split("pid=")[1].split()[0]) in victims, "started" in r)
+            print("pid", p.pid in victims, p.pid == p.pid)
+            for v in victims:
+                os.kill(v, signal.SIGCONT)
+            print("kept", q.get(30) == p.pid)
+            p.join(30)
+            print("joined", p.exitcode, repr(p) == f"<EmberProcess name='EmberProcess-4' pid={{p.pid}} "
+                  f"parent={{os.getpid()}} stopped exitcode=0>")
+    """, timeout=100)
+    assert out.splitlines() == ["stopped []", "repr True True", "pid True True", "kept True",
+                                "joined 0 True"], out
+
+
+@pytest.mark.timeout(120)
 def test_fds_a_child_never_asked_for_are_closed_at_its_end(tmp_path):
     """An fd pickled for a child (a stdlib Connection argument) waits in
     the parent's resource sharer until the child asks for it; a child that

@@ -529,8 +529,11 @@ class Popen:
     @property
     def pid(self):
         # (ember.Process's, once final: a process started again in its place
-        # is waited for, the pid read is the one it keeps)
-        return None if self._proc is None else self._proc._final_pid()
+        # is waited for, the pid read is the one it keeps; at most
+        # _PID_WAIT s.  In a repr, the pid it has now: a repr never waits.)
+        if self._proc is None:
+            return None
+        return self._proc.pid if _in_repr.on else self._proc._final_pid()
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
@@ -1061,6 +1064,31 @@ def _sentinel_property(orig):
     return property(sentinel)
 
 
+class _InRepr(threading.local):
+    on = False
+
+
+_in_repr = _InRepr()
+
+
+def _repr_wrapper(orig):
+    """multiprocessing's ``BaseProcess.__repr__``, which shows
+    ``popen.pid``: for a process of this method the pid it has now, not
+    the final one :attr:`Popen.pid` waits for (a repr of a child stopped
+    before it read its call waited for ever; fork's and spawn's never
+    wait)."""
+    def __repr__(self):
+        if not isinstance(getattr(self, "_popen", None), Popen) or _in_repr.on:
+            return orig(self)
+        _in_repr.on = True
+        try:
+            return orig(self)
+        finally:
+            _in_repr.on = False
+    __repr__._ember = True
+    return __repr__
+
+
 _registered = [False]
 
 
@@ -1085,6 +1113,8 @@ def register():
     base = _mpprocess.BaseProcess
     if not getattr(base.sentinel.fget, "_ember", False):
         base.sentinel = _sentinel_property(base.sentinel)
+    if not getattr(base.__repr__, "_ember", False):
+        base.__repr__ = _repr_wrapper(base.__repr__)
     if not getattr(reduction.send_handle, "_ember", False):
         reduction.send_handle, reduction.recv_handle = _handle_wrappers(reduction.send_handle,
                                                                         reduction.recv_handle)

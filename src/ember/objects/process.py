@@ -41,6 +41,10 @@ _BLOCK = 1024
 _CALL_MESSAGES = 2
 # How often a wait for a result checks whether the process is still alive.
 _SLICE = 0.02
+#: How long :meth:`Process._final_pid` waits for the call's read before it
+#: answers the pid the process has then (a child stopped or wedged before
+#: it read its call; one started again in its place waits its own start).
+_PID_WAIT = 5.0
 
 # Started processes not yet joined (strong refs, like multiprocessing's
 # _children): joined (non-daemon) or killed (daemon) at interpreter exit.
@@ -973,6 +977,7 @@ class Process:
         self._leased = False          # started on a lease not yet started again (_rerun)
         self._asked = ()              # signals GS took to send it (_send_signal)
         self._settled = False         # pid is final: its process read the call (pid)
+        self._pid_waited = False      # _final_pid waited _PID_WAIT in vain: answers at once
         self._outcome = None          # (kind, value) once decided
         self._closed = False
         self._lock = threading.RLock()
@@ -1050,15 +1055,25 @@ class Process:
         pid and every later submit hung).  Waits on the call channel until
         the child took it (``Channel._wait_below``: the receive wakes it),
         looking at the pidfd each :data:`_SLICE` (a child killed before it
-        read its call, started again or not)."""
+        read its call, started again or not).  A process that has not read
+        it after :data:`_PID_WAIT` s (SIGSTOPped, wedged) gets the pid it has
+        then, and every later ask at once (:attr:`pid`: the one started
+        again in its place, if it is): this waited for ever."""
+        deadline = None
         while True:
             pid = self.pid                # (follows a start again, notes a read call)
             res = self._res
-            if pid is None or self._settled or self._exitcode is not None or self._closed \
-                    or not res.pidfd or self._ended(0):
+            if pid is None or self._settled or self._pid_waited or self._exitcode is not None \
+                    or self._closed or not res.pidfd or self._ended(0):
                 return self._desc.os_pid
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + _PID_WAIT
+            elif now >= deadline:
+                self._pid_waited = True
+                continue
             try:
-                res.call._wait_below(_CALL_MESSAGES, _SLICE)
+                res.call._wait_below(_CALL_MESSAGES, min(_SLICE, deadline - now))
             except Exception:
                 # (released meanwhile, or no channel to wait on: the next
                 # look says; not at once, which would spin while it runs)
