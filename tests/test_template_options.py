@@ -133,9 +133,12 @@ def test_a_template_killed_at_its_start_up_is_made_again_at_the_next_start(tmp_p
             for i in range(4):
                 got = mp_child(em)
                 print(i, got[0][1] == sys.warnoptions, got[1])
+            made = templates(_env.get(_env.RUNTIME_ID))
+            print("templates", sorted({f is not None and "dev" in f for _, f in made.values()}))
     """, ["-X", "dev"], env=env)
     assert kills.read_text() == "kk"
-    assert out == ["0 True False"] + [f"{i} True True" for i in (1, 2, 3)], out
+    assert out == ["0 True False"] + [f"{i} True True" for i in (1, 2, 3)] + [
+        "templates [True]"], out
 
 
 @pytest.mark.parametrize("options, mark", [

@@ -753,8 +753,7 @@ class Template:
             # Too large for the template's and the spares' sockets (one
             # message each: EMSGSIZE): the environment travels by execve
             # (E2BIG beyond the kernel's ARG_MAX, as spawn's would).
-            return _spawn_process(sys.executable, _fresh_argv(args[2:], _flags_of(args)), envp,
-                                  cwd, stdin_fd, out_fd, err_fd, new_pgrp=True)
+            return _spawn_fresh(args, envp, cwd, stdin_fd, out_fd, err_fd)
         with self._lock:
             if _HOLD_SPAWN:
                 _env.hold_at(_HOLD_SPAWN)
@@ -785,8 +784,8 @@ class Template:
         start and kept while used (:meth:`_reap_others`); this one too for
         options no template is made with (:func:`_templated`) or whose
         template never came up (:meth:`_spawn`; ``fresh``: this start's
-        was killed), and beyond :data:`OPTIONS` others: its child execs a
-        fresh interpreter with them."""
+        exited at its start-up), and beyond :data:`OPTIONS` others: its
+        child execs a fresh interpreter with them."""
         flags = _flags_of(args)
         if flags == self._made_for:
             return self
@@ -818,17 +817,23 @@ class Template:
         # warning), none is made with them again: so do the children of
         # those options from now on.  If a signal killed it (by hand, the
         # OOM killer), the next start makes one again (every child of the
-        # options was a fresh interpreter for the runtime's life).
+        # options was a fresh interpreter for the runtime's life), and
+        # this one's child is started fresh by us: the warm template's
+        # handle is left to be made, with the options of its next start
+        # (made without them for this child, it stayed, unused, and the
+        # next start made an _Options one too).
         if not h._killed:
             if len(self._untemplated) >= 64:
                 self._untemplated.clear()
             self._untemplated.add(_flags_of(args).partition(FLAGS_KEY_END)[0])
         if h is self:
             self._stop()
-            self._made_for = False
+            self._made_for = None if h._killed else False
         else:
             self._others = {k: o for k, o in self._others.items() if o is not h}
             h.close()
+        if h._killed:
+            return _spawn_fresh(args, envp, cwd, stdin_fd, out_fd, err_fd)
         return self._spawn(p_uid, args, envp, cwd, stdin_fd, out_fd, err_fd, True)
 
     def _start_child(self, p_uid, args, envp, cwd, fds):
@@ -957,6 +962,13 @@ class _Options(Template):
         self._lock = warm._lock
         self._made_for = flags
         self.used = time.monotonic()      # its last start (or its making)
+
+
+def _spawn_fresh(args, envp, cwd, stdin_fd, out_fd, err_fd):
+    """Start the worker's ``args`` in a fresh interpreter with their
+    options (no template): a child of ours, its own process group."""
+    return _spawn_process(sys.executable, _fresh_argv(args[2:], _flags_of(args)), envp,
+                          cwd, stdin_fd, out_fd, err_fd, new_pgrp=True)
 
 
 def _killed(pid):
