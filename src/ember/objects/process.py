@@ -260,6 +260,22 @@ def _take_lease(argv):
     return None
 
 
+#: The largest environment a start sets in a leased spare through its
+#: call channel when it differs from the spare's; a larger one takes a
+#: fresh start's path (the shepherd's: the template's socket, or execve,
+#: E2BIG beyond the kernel's ARG_MAX, as spawn's child), so that a start
+#: works or fails alike, lease or not (the channel has no limit: an
+#: environment larger than ARG_MAX reached the child of a lease).  Well
+#: below the least ARG_MAX (32 pages) and the template's socket's buffer.
+_LEASE_ENV_MAX = 64 * 1024
+
+
+def _env_size(env):
+    """The bytes ``env`` (:func:`_environ`'s) takes in a process's
+    environment block, about (``k=v`` as str characters, a NUL each)."""
+    return sum(len(k) + len(v) + 2 for k, v in env.items() if v is not None)
+
+
 def _drop(lease):
     """Be rid of a spare that will not be used: killed (if it is still
     alive, in this process's runtime) and waited for, then its channels
@@ -1170,8 +1186,7 @@ class Process:
             _t("P.dumped")
             lease = _take_lease(argv) if leasing and self._cwd_ok() else None
             claim = None
-            if lease is not None:
-                self._start_spare(lease, msg, here)
+            if lease is not None and self._start_spare(lease, msg, here):
                 claim = (lease.desc.p_uid, self._ps_label())
             else:
                 self._start_new(pool, msg, argv, here)
@@ -1195,11 +1210,16 @@ class Process:
     def _start_spare(self, lease, msg, here):
         """Start by giving the call to the leased spare ``lease`` (its
         claim goes to GS with the next spare's request: :func:`_ask_lease`),
-        to run in ``here``."""
+        to run in ``here``; False, the lease dropped and nothing sent, for
+        an environment other than the lease's and larger than
+        :data:`_LEASE_ENV_MAX` (a fresh start decides)."""
         res = lease.res
         want = _environ()
         want.update(self._env)
         setenv, unsetenv = _env_change(lease.env, want)
+        if (setenv or unsetenv) and _env_size(want) > _LEASE_ENV_MAX:
+            _drop(lease)
+            return False
         # (the directory always: the lease's, entered when it was made, may
         # have been removed and made again under the same name since)
         cwd = os.path.abspath(here) if self._cwd else here
@@ -1217,6 +1237,7 @@ class Process:
         self._finalizer = weakref.finalize(self, res.release)
         self._finalizer.atexit = False
         self._reader = P.RecordReader(res.result)
+        return True
 
     def _start_new(self, pool, msg, args, here):
         """Start a new process (GS, the shepherd, the template or spawn) in
