@@ -62,3 +62,22 @@ def test_the_templates_rehearsal_of_a_call_leaves_nothing_behind():
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert out.stdout.splitlines() == ["big True True", "small True True"]
+
+
+def test_templated_answers_each_options_text_whatever_was_asked_before():
+    """``_worker.templated`` keeps its last answer (a start asks about the
+    same text each time): texts asked in turn, each answered as it is, a
+    printing variable's name in the key whether as the variable (set:
+    no template; set to "": one) or only inside another option's text."""
+    flags = _worker.interpreter_flags
+    cases = [(flags(()), True),
+             (flags((("PYTHONHASHSEED", "0"), ("PYTHONVERBOSE", ""))), True),
+             (flags((("PYTHONVERBOSE", "1"),)), False),
+             (flags((("PYTHONPROFILEIMPORTTIME", "x"), ("PYTHONUTF8", "1"))), False),
+             (flags((("PYTHONWARNINGS", "ignore:PYTHONVERBOSE"),)), True),
+             ("k" + _worker.FLAGS_KEY_END + "-v", False),
+             ("k" + _worker.FLAGS_KEY_END + _worker.FLAGS_SEP.join(["-X", "importtime"]), False),
+             ("k" + _worker.FLAGS_KEY_END + _worker.FLAGS_SEP.join(["-X", "dev"]), True)]
+    for text, want in cases + cases[::-1] + [(t, w) for t, w in cases for _ in (0, 1)]:
+        assert _worker.templated(text) is want, text
+        assert _worker.templated((text + ".")[:-1]) is want, text      # equal, another object

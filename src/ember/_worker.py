@@ -517,6 +517,10 @@ def options_of(flags):
 PRINTING_VARS = ("PYTHONVERBOSE", "PYTHONPROFILEIMPORTTIME")
 
 
+#: ``(flags, templated(flags))`` of the last text asked about.
+_templated_c = [("", True)]
+
+
 def templated(flags):
     """Whether a template is made with the interpreter options of a
     worker's ``--flags=`` text: not with ``-v`` nor ``-X importtime``, nor
@@ -524,15 +528,24 @@ def templated(flags):
     set in the parent's environment), whose output at the interpreter's
     start-up would be the template's imports (on the runtime's stderr),
     not the child's; nor is a lease started ahead with them (its
-    start-up's, a process nobody started)."""
+    start-up's, a process nobody started).  Asked at every start (a
+    lease's, in the parent; the shepherd's, for new options) of the same
+    text, mostly: the last answer is kept, and a text equal to the last
+    (the same object, from :func:`interpreter_flags`' cache) costs a
+    comparison.  Else the options are read, and the key's variables, by
+    ``ast.literal_eval``, if a printing one's name occurs in it (38-41 us,
+    docs/python-processes.md; the comparison 0.08)."""
+    c = _templated_c[0]                   # (one read: starts from several threads)
+    if c[0] == flags:
+        return c[1]
     opts = options_of(flags)
-    if any(o[:2] == "-v" or (o == "-X" and opts[i + 1:i + 2]
-                             and opts[i + 1].partition("=")[0] == "importtime")
-           for i, o in enumerate(opts)):
-        return False
-    if not any(v in flags for v in PRINTING_VARS):   # (no literal_eval at each start)
-        return True
-    return not any(k in PRINTING_VARS and v for k, v in key_env(flags)[1])
+    made = not any(o[:2] == "-v" or (o == "-X" and opts[i + 1:i + 2]
+                                     and opts[i + 1].partition("=")[0] == "importtime")
+                   for i, o in enumerate(opts)) and \
+        (not any(v in flags for v in PRINTING_VARS)
+         or not any(k in PRINTING_VARS and v for k, v in key_env(flags)[1]))
+    _templated_c[0] = (flags, made)
+    return made
 
 
 def flags_of(argv):
