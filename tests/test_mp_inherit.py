@@ -143,6 +143,47 @@ def test_a_child_under_dev_mode_that_received_a_queue_warns_nothing(tmp_path, ki
     assert "ResourceWarning" not in res.stderr, res.stderr
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["python", "ember run"])
+def test_a_main_that_shows_resource_warnings_itself_sees_none_of_ember_s(tmp_path, how):
+    """``warnings.simplefilter("default")`` at the main module's top level
+    (not ``-X dev``: the children's template has no such filter, and each
+    child sets it when it runs the main module, as spawn's does): 12 mp
+    starts with a Queue, a Pool's map and an ``ember.Process``, and no
+    ``ResourceWarning`` on stderr, the parent's or a child's, for what
+    ember keeps (two 'unclosed ember Channel' were reported at exit once,
+    2026-12-05; not seen again in ~100 runs of such programs, here or
+    under load)."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import warnings
+        warnings.simplefilter("default")
+        import multiprocessing as mp
+        import ember
+
+        def put(q, x):
+            q.put(x * 2)
+
+        def f(x):
+            return x * 2
+
+        if __name__ == "__main__":
+            ctx = mp.get_context("ember")
+            q = ctx.Queue()
+            got = []
+            for i in range(12):
+                p = ctx.Process(target=put, args=(q, i)); p.start(); got.append(q.get(60)); p.join()
+            with ctx.Pool(2) as pool:
+                got += pool.map(f, range(4))
+            e = ember.Process(target=f, args=(5,)); e.start(); got.append(e.result(60)); e.join()
+            print(sum(got))
+    """))
+    cmd = ["-m", "ember", "run", "prog.py"] if how == "ember run" else ["prog.py"]
+    res = subprocess.run([sys.executable, *cmd], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=100)
+    assert (res.returncode, res.stdout.splitlines()) == (0, ["154"]), res.stderr
+    assert "Warning" not in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("how", ["python", "ember run"])
 @pytest.mark.parametrize("kind", ["pool", "process then ember.Process", "manager and a Value"])
 def test_the_parent_under_dev_mode_warns_nothing_for_what_ember_keeps(tmp_path, kind, how):
