@@ -223,3 +223,74 @@ process.join("producer")
 ch.detach()
 ''', how)
     assert ok(res).strip() == "['job 0', 'job 1', 'job 2'] True"
+
+
+def _run_poke_delay(tmp_path, body, delay):
+    prog = write(tmp_path, body)
+    return ember("run", prog, cwd=tmp_path, timeout=60,
+                 env={**os.environ, "EMBER_TEST_POKE_DELAY": str(delay)})
+
+
+def test_plain_exits_reported_quietly_are_seen_by_every_request_and_joined_through_gs(tmp_path):
+    # The shepherd reports an exit with code 0 of a process with no GS name
+    # without waking GS; GS reads it in its next wake-up, after the request
+    # that woke it, and a join in GS has the shepherd poke it.  The late
+    # poke set to an hour: each of these would wait for it otherwise.
+    out = ok(_run_poke_delay(tmp_path, r'''
+import os, sys, time
+import ember
+from ember.globalservices import process
+if __name__ == "__main__":
+    joined = []
+    for i in range(6):          # joined in GS while they run (ShExitWanted), or after
+        p = ember.Process(target=time.sleep, args=(0.05 if i % 2 else 0,))
+        p.start()
+        if i % 2 == 0:
+            time.sleep(0.2)
+        joined.append(process.join(p.p_uid))
+        p.join()
+    c = process.create(sys.executable, ".", ["-c", "import time; time.sleep(0.05)"])
+    exited, status = process.multi_join([c.p_uid], join_all=True)
+    seen = 0
+    for i in range(6):          # joined by the kernel: GS asked only after
+        p = ember.Process(target=os.getpid)
+        p.start()
+        p.join()
+        while process.query(p.p_uid).is_alive:
+            time.sleep(0.01)
+        seen += 1
+    print(joined, [code for _, code in exited], tuple(status[c.p_uid]), seen)
+''', 3600))
+    assert out.split("\n")[0] == "[0, 0, 0, 0, 0, 0] [0] ('exited', 0) 6", out
+
+
+def test_a_plain_exit_reported_quietly_reaches_gs_with_no_request(tmp_path):
+    # Nothing asks GS anything after the exit: the shepherd's late poke
+    # (POKE_DELAY) has GS read it (its event is written); with no late
+    # poke (an hour) it is not read while nothing else wakes GS.
+    body = r'''
+import json, os, sys, time
+import ember
+from ember import _env
+from ember.runtime import runtime_dir
+if __name__ == "__main__":
+    p = ember.Process(target=os.getpid)
+    p.start()
+    p.join()
+    log = os.path.join(runtime_dir(), _env.get(_env.RUNTIME_ID) + ".events")
+    t = time.monotonic()
+    seen = False
+    while not seen and time.monotonic() - t < float(sys.argv[1]):
+        time.sleep(0.05)
+        with open(log) as f:
+            seen = any(e.get("event") == "process.exited" and e.get("p_uid") == p.p_uid
+                       for e in map(json.loads, f))
+    print(seen)
+'''
+    prog = write(tmp_path, body)
+    for delay, wait, want in ((None, 30, "True"), (3600, 1.0, "False")):
+        env = dict(os.environ)
+        if delay is not None:
+            env["EMBER_TEST_POKE_DELAY"] = str(delay)
+        out = ok(ember("run", prog, str(wait), cwd=tmp_path, timeout=60, env=env))
+        assert out.split("\n")[0] == want, (delay, out)

@@ -200,6 +200,26 @@ def test_join_waits_for_exit_and_exit_codes(h):
     assert h.ok(h.req(m.ProcessJoin, [p], None, False, False))[0] == [[p, -9]]
 
 
+def test_a_join_that_waits_asks_the_shepherd_to_poke_those_exits(h):
+    # The shepherd reports a plain exit quietly (no poke); a join parked in
+    # GS has it report the ends of the processes it waits for with a poke.
+    a, b, c = h.create(), h.create(), h.create()
+    h.exit(c, 0)
+    h.sh.clear()
+    key = h.req(m.ProcessJoin, [a, b, c], None, True, False)
+    assert h.reply(key) is None
+    assert [(type(x), x.p_uids) for x in h.sh] == [(m.ShExitWanted, [a, b])]
+    h.sh.clear()
+    h.exit(a, 0)
+    h.exit(b, 0)
+    assert h.ok(key)[0] == [[a, 0], [b, 0], [c, 0]]
+    # answered at once, or with a timeout of 0: nothing asked
+    h.ok(h.req(m.ProcessJoin, [a], None, False, False))
+    d = h.create()
+    h.ok(h.req(m.ProcessJoin, [d], 0, False, False))
+    assert h.sh == []
+
+
 def test_join_timeout_is_server_side_and_leaves_no_waiter(h):
     p = h.create()
     key = h.req(m.ProcessJoin, [p], 2.0, False, False)

@@ -278,6 +278,14 @@ _define(160, "ProcessClaim", _REQ + "ident label", {"label": None})
 # (ShExited.info ``idle_report``) and GS found claimed: a user's process.
 _define(161, "ShDeathReport", "p_uid line")
 
+# gsmsg (162-169).  GS -> shepherd: a join waits in GS for the end of the
+# processes ``p_uids`` (its own node's): their exits are reported with a
+# poke, not quietly (the shepherd reports a plain exit with code 0 on GS's
+# control channel without waking GS, read at GS's next wake-up: its next
+# request, or the shepherd's poke at most ``POKE_DELAY`` later; see
+# ember.shepherd.server).  A notice.
+_define(162, "ShExitWanted", "p_uids")
+
 # mends (155-159).  ``ember.Process``'s creator asks GS to start again the
 # lease ``ident`` it took, which a signal ended before it read its call (the
 # call still whole in its call channel, which only the creator sees): GS

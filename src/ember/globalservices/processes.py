@@ -667,6 +667,10 @@ class ProcessesPart:
             return self._answer_join(w, timed_out=True)
         for rec in recs.values():
             rec.waiters.add(w)
+        # (the node's shepherd reports a plain exit quietly, else)
+        mine = [p for p, rec in recs.items() if rec.node == self.node and rec.state != EXITED]
+        if mine:
+            self.to_node(self.node, m.ShExitWanted(mine))
         log.debug("process %s waits for %s of processes %s", msg.p_uid,
                   "all" if w.join_all else "any", list(w.p_uids))
         self._park(w, timeout)

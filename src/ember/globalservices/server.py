@@ -684,10 +684,18 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             gs.warn("corrupt-input", "dropped a corrupt message on GS's input channel: %s", exc)
             data = None
         if data is not None:
-            if data == poke:
-                # (not once finished: the launcher destroys the control
-                # plane as soon as it has the teardown's answer)
-                while ctl_channel is not None and not gs.finished:
+            if data != poke:
+                gs.handle_bytes(data)
+            # The control channel (the shepherd's reports) is read at a poke
+            # and after any request: the shepherd reports a plain exit there
+            # without a poke (Shepherd.quiet_reports), read in the wake-up
+            # of the next request, after it (a start's request asks for the
+            # spare the start after it takes: not delayed by the exit).  Not
+            # once finished: the launcher destroys the control plane as
+            # soon as it has the teardown's answer.
+            if ctl_channel is not None and not gs.finished and \
+                    (data == poke or len(ctl_channel)):
+                while not gs.finished:
                     try:
                         gs.handle_bytes(ctl_channel.recv(timeout=0), trusted=True)
                     except ChannelEmpty:
@@ -696,8 +704,6 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         if "[EMBER_ERR_CORRUPT]" not in str(exc):
                             raise
                         gs.warn("corrupt-input", "dropped a corrupt control message: %s", exc)
-            else:
-                gs.handle_bytes(data)
             spin = transport.replies != replies
             replies = transport.replies
             if spin is not spinning:

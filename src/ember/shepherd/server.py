@@ -50,6 +50,9 @@ log = _log.get("shepherd")
 LABELS = ("none", "puid", "name")
 
 _READ_SIZE = 1 << 16
+#: A quiet report to GS (Shepherd.quiet_reports) still unread this many
+#: seconds after it is sent is poked (EMBER_TEST_POKE_DELAY: a test's).
+POKE_DELAY = float(os.environ.get("EMBER_TEST_POKE_DELAY") or 0.005)
 # After a child's last pipe EOF, how many times the loop yields waiting for
 # its pidfd before it goes back to sleep (_settle).
 _SETTLE_YIELDS = 20
@@ -352,6 +355,12 @@ class Shepherd(Service):
             raise ValueError(f"label must be one of {LABELS}, got {label!r}")
         Service.__init__(self, logger=log)
         self._send_raw = send
+        # Quiet reports (quiet_reports): (send without waking GS, whether
+        # anything sent is unread, the poke), or None
+        self._quiet = None
+        self._poke_by = None          # when an unread quiet report is poked (_poke_late)
+        self._exit_wanted = set()     # p_uids whose exit GS waits for (ShExitWanted; _lock)
+        self._main_ident = None       # the loop's thread (serve)
         self._label = label
         self._out_fd = out_fd
         self._err_fd = err_fd
@@ -406,7 +415,8 @@ class Shepherd(Service):
         for cls, method in ((M.ShSpawn, self._on_spawn), (M.ShKill, self._on_kill),
                             (M.ShShutdown, self._on_shutdown), (M.ShWatch, self._on_watch),
                             (M.ShUnwatch, self._on_unwatch),
-                            (M.ShDeathReport, self._on_death_report)):
+                            (M.ShDeathReport, self._on_death_report),
+                            (M.ShExitWanted, self._on_exit_wanted)):
             self.on(cls, method, NOTICE)
         # The node's pools and channels (created and destroyed on GS's behalf).
         from .resources import NodeResources
@@ -907,6 +917,7 @@ class Shepherd(Service):
         reaped and reported.  Then flush the output of orphaned pipes and
         send ``ShShutdownDone``."""
         monotonic = _monotonic
+        self._main_ident = _thread.get_ident()
         got = _oom_kills()
         self._oom_seen = None if got is None else got[1]
         killed = False
@@ -928,7 +939,13 @@ class Shepherd(Service):
                     due = self._write_prompts(monotonic())
                     if due is not None:
                         timeout = due if timeout < 0 else min(timeout, due)
+                poke_by = self._poke_by
+                if poke_by is not None:
+                    left = max(0.0, poke_by - monotonic())
+                    timeout = left if timeout < 0 else min(timeout, left)
                 events = self._ep.poll(timeout)
+                if self._poke_by is not None:
+                    self._poke_late(monotonic())
                 if retry is not None:
                     self._rearm_template()
                 for fd, _events in events:
@@ -1206,7 +1223,21 @@ class Shepherd(Service):
                 info["idle_report"] = line
             else:
                 self._report(line.encode(errors="replace"))
-        self._send(M.ShExited(child.p_uid, code, info))
+        msg = M.ShExited(child.p_uid, code, info)
+        if code == 0 and not child.name and not child.sent and self._quiet is not None \
+                and not self._stop_requested and _thread.get_ident() == self._main_ident:
+            self._send(msg, quiet=True)
+            # (looked at after the send: ShExitWanted's handler adds, then
+            # looks whether anything is unread; one of the two sees the other)
+            with self._lock:
+                wanted = child.p_uid in self._exit_wanted
+                self._exit_wanted.discard(child.p_uid)
+            if wanted:
+                self._poke()
+            elif self._poke_by is None:
+                self._poke_by = _monotonic() + POKE_DELAY
+            return
+        self._send(msg)
 
     def _reap_holders(self):
         """Reap the holders of exited template children's memory (spares.h,
@@ -1488,10 +1519,58 @@ class Shepherd(Service):
             view = view[n:]
 
     # ------------------------------------------------------------------
-    def _send(self, msg):
+    def quiet_reports(self, send_quiet, unread, poke):
+        """Report a plain exit (code 0, no GS name, no signal asked through
+        GS) without waking GS: ``send_quiet(bytes)`` puts it on GS's control
+        channel alone, ``unread()`` says whether that channel holds
+        anything, ``poke()`` wakes GS to read it.  GS reads its control
+        channel at each wake-up (the next start's request, in a loop of
+        starts), so the report rarely needs a wake-up of its own: one is
+        sent :data:`POKE_DELAY` after it if it is still unread then, and at
+        once for a process a join in GS waits for (``ShExitWanted``)."""
+        self._quiet = (send_quiet, unread, poke)
+
+    def _on_exit_wanted(self, msg):
+        """A join waits in GS for the end of ``msg.p_uids``: each exit of
+        theirs is reported with a poke (one reported quietly already and
+        unread is poked now)."""
+        p_uids = msg.p_uids
+        if not isinstance(p_uids, list) or self._quiet is None:
+            return
+        with self._lock:          # (the loop thread takes one out at its exit)
+            want = {p for p in self._exit_wanted if p in self._children}
+            want.update(p for p in p_uids if type(p) is int)
+            self._exit_wanted = want
+        if self._unread():
+            self._poke()
+
+    def _poke_late(self, now):
+        """Main thread: a quiet report that GS has not read by its
+        deadline is poked; read (GS woke for anything else and read its
+        control channel), nothing to do."""
+        if not self._unread():
+            self._poke_by = None
+        elif now >= self._poke_by:
+            self._poke_by = None
+            self._poke()
+
+    def _unread(self):
+        try:
+            return self._quiet[1]() > 0
+        except Exception:         # GS's channel gone (the runtime's end): nothing to poke
+            return False
+
+    def _poke(self):
         with self._send_lock:
             try:
-                self._send_raw(msg.pack())
+                self._quiet[2]()
+            except Exception as exc:  # GS gone: nothing better to do than log
+                log.error("cannot wake GS: %r", exc)
+
+    def _send(self, msg, quiet=False):
+        with self._send_lock:
+            try:
+                (self._quiet[0] if quiet else self._send_raw)(msg.pack())
             except Exception as exc:  # GS gone: nothing better to do than log
                 log.error("cannot send %r to GS: %r", msg, exc)
 
@@ -1615,6 +1694,9 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
             gs_channel.send(poke)
 
     shepherd = Shepherd(send, base_env=base_env, label=label, death_reports=death_reports)
+    if ctl_channel is not None:
+        shepherd.quiet_reports(ctl_channel.send, ctl_channel.__len__,
+                               lambda: gs_channel.send(poke))
     shepherd.control_pool = control_pool
     runtime_id = _env.get(_env.RUNTIME_ID)
     if runtime_id:
