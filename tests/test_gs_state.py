@@ -855,6 +855,20 @@ def test_pools_are_made_and_destroyed_by_the_node(h):
     assert h.ok(dk) is None and not h.node.pools
 
 
+def test_the_answer_to_a_spares_create_is_counted_as_awaited_by_nobody(h):
+    # serve() spins on its input after a reply (its sender, awake, may ask
+    # again at once), not after the answer to a spare's create: its creator
+    # reads it at its next start.
+    creator = h.create()
+    assert h.gs.unawaited_replies == 0
+    key = h.req(m.ProcessCreate, "/bin/true", [], {}, "/", "", {"spare": True}, False,
+                p_uid=creator)
+    h.spawn_all()
+    h.ok(key)
+    h.create()
+    assert h.gs.unawaited_replies == 1
+
+
 def test_spares_are_hidden_until_claimed_and_die_with_their_creator(h, tmp_path):
     """ProcessCreate option "spare" (ember.Process's leased spares): not
     listed, no events, no survivor line until its creator claims it

@@ -127,6 +127,7 @@ class ProcessesPart:
         self._p_uids = itertools.count(FIRST_P_UID)
         self.spares_of = {}       # creator p_uid -> p_uids of its unclaimed spares
         self.reports_held = {}    # p_uid -> _Proc: a lease's death line held (_death_report)
+        self.unawaited_replies = 0  # replies sent that nobody waits for (a spare's create)
 
     def _proc(self, ident):
         if isinstance(ident, str) and ident not in self.proc_names:
@@ -295,6 +296,10 @@ class ProcessesPart:
                         pid=rec.os_pid, exe=rec.exe, parent=rec.creator)
         if r:
             self._reply(tag, r, rec.desc(self.node))
+            if rec.spare:
+                # nobody waits for it in most starts (the creator reads it
+                # at its next start): no spin for a request to follow
+                self.unawaited_replies += 1
 
     def on_process_attach(self, msg):
         """A process the runtime did not start joins it (``ember.init()``):

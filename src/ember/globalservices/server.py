@@ -622,9 +622,12 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
     # Requests come in bursts: spin a little after one that was answered
     # before sleeping (its sender, awake, may ask again at once).  Not after
     # the shepherd's reports nor a request answered later (a create, a lease
-    # of ember.Process: ProcessClaimNext): nothing follows those within a
-    # spin, which ran its 100 us three times a start, on a core the start's
-    # own processes wanted (docs/python-processes.md, "Seventh pass").
+    # of ember.Process: ProcessClaimNext), nor after the answer to a spare's
+    # create, which its creator reads at its next start (unawaited_replies):
+    # nothing follows those within a spin, which ran its 100 us three times
+    # a start, on a core the start's own processes wanted
+    # (docs/python-processes.md, "Seventh pass"; multiprocessing.md, pass
+    # gsmsg).
     gs_channel.set_spin(CONTROL_SPIN, adaptive=False)
     spinning, replies = True, 0
     transport = ChannelTransport(sh_channel, Channel.attach,
@@ -704,8 +707,9 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         if "[EMBER_ERR_CORRUPT]" not in str(exc):
                             raise
                         gs.warn("corrupt-input", "dropped a corrupt control message: %s", exc)
-            spin = transport.replies != replies
-            replies = transport.replies
+            sent = transport.replies - gs.unawaited_replies
+            spin = sent != replies
+            replies = sent
             if spin is not spinning:
                 gs_channel.set_spin(CONTROL_SPIN if spin else 0, adaptive=False)
                 spinning = spin

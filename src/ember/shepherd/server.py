@@ -1714,10 +1714,12 @@ def run(in_channel, gs_channel, base_env=None, label="none", parent_pid=None, ct
             except Exception as exc:
                 log.warning("cannot attach pool %d to sweep it: %s", m_uid, exc)
     # GS's requests come in bursts (create, then destroy): spin a little
-    # after each before sleeping, as GS does on its input.
+    # after each before sleeping, as GS does on its input; adaptive: a
+    # spin that catches nothing (after a start's ShSpawn, the next comes a
+    # start later) shrinks to an eighth, and grows back in a burst.
     if hasattr(in_channel, "set_spin"):
         from ..globalservices._client import CONTROL_SPIN
-        in_channel.set_spin(CONTROL_SPIN, adaptive=False)
+        in_channel.set_spin(CONTROL_SPIN, adaptive=True)
     import resource
     if old_soft != resource.RLIM_INFINITY:
         shepherd.child_nofile = old_soft       # children get the limit we started with
