@@ -220,6 +220,43 @@ def test_a_join_that_waits_asks_the_shepherd_to_poke_those_exits(h):
     assert h.sh == []
 
 
+def test_a_request_that_reports_a_process_s_state_first_reads_the_shepherd_s_reports(h):
+    # The shepherd reports a plain exit on GS's control channel without a
+    # poke (Shepherd.quiet_reports), so a query sent right after it (a
+    # kernel-answered join returned) may reach GS before anything made GS
+    # read it: query, list, join, kill and dump read the control channel
+    # first and see every report sent before them.
+    from ember.channels_c import Channel
+
+    ch = Channel.create(h.pool)
+    h.gs.ctl_channel = ch
+    try:
+        seen, unread = [], []
+        for ask in ("query", "list", "join", "kill", "dump"):
+            p = h.create()
+            ch.send(m.ShExited(p, 0).pack())           # sent, not read (no poke)
+            if ask == "query":
+                seen.append(h.ok(h.req(m.ProcessQuery, p))["state"])
+            elif ask == "list":
+                seen.append([a for q, _, a in h.ok(h.req(m.ProcessList)) if q == p])
+            elif ask == "join":
+                seen.append(h.ok(h.req(m.ProcessJoin, [p], 0, False, False))[0])
+            elif ask == "kill":
+                seen.append(h.err(h.req(m.ProcessKill, p, signal.SIGTERM))[1])
+            else:
+                seen.append([d for d in h.ok(h.req(m.ServiceDump))["processes"]
+                             if d["p_uid"] == p])
+            unread.append(len(ch))
+        assert seen[:3] == ["exited", [False], [[seen[2][0][0], 0]]], seen
+        assert "has already exited" in seen[3], seen
+        assert seen[4][0]["state"] == "exited", seen
+        assert not [x for x in h.sh if type(x) in (m.ShKill, m.ShExitWanted)], h.sh
+        assert unread == [0] * 5, unread
+    finally:
+        h.gs.ctl_channel = None
+        ch.destroy()
+
+
 def test_join_timeout_is_server_side_and_leaves_no_waiter(h):
     p = h.create()
     key = h.req(m.ProcessJoin, [p], 2.0, False, False)

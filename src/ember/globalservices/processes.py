@@ -618,13 +618,16 @@ class ProcessesPart:
         # Every process GS knows, exited ones included (process.query still
         # answers for them), as the reference runtime does; not unclaimed
         # spares (no user's process yet).
+        self.read_reports()
         self._reply(msg.tag, msg.r, [[p.p_uid, p.name or None, p.state != EXITED]
                                      for p in self.procs.values() if not p.spare])
 
     def on_process_query(self, msg):
+        self.read_reports()
         self._reply(msg.tag, msg.r, self._proc(msg.ident).desc(self.node))
 
     def on_process_kill(self, msg):
+        self.read_reports()            # (an exited one's kill is refused)
         rec = self._proc(msg.ident)
         sig = msg.sig
         if isinstance(sig, bool) or not isinstance(sig, int) or not 1 <= sig < signal.NSIG:
@@ -636,6 +639,7 @@ class ProcessesPart:
         self._reply(msg.tag, msg.r)
 
     def on_process_join(self, msg):
+        self.read_reports()            # (answered at once if they exited)
         idents = msg.idents
         if not isinstance(idents, list) or not idents:
             raise ProcessError("join needs a non-empty list of process identifiers")

@@ -133,6 +133,9 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self.nodes = {node: {"host": os.uname().nodename, "alive": True, "default_m_uid": 1,
                              "agent": None}}
         self.reply_node = {}      # reply channel of a process on another node -> that node
+        # The private control channel (the shepherd's reports; serve), read
+        # by read_reports
+        self.ctl_channel = None
         self._origin = node       # the node of the request being handled
         self._node_ops = {}       # tag of a request to a node's shepherd -> (node, on_done, msg)
         self._node_tags = itertools.count(1)
@@ -439,7 +442,34 @@ class GlobalServices(Service, ProcessesPart, MemoryPart, WaitersPart, TeardownPa
         self._reply(msg.tag, msg.r, self.stats().as_dict())
 
     def on_service_dump(self, msg):
+        self.read_reports()
         self._reply(msg.tag, msg.r, self.dump())
+
+    def read_reports(self):
+        """Handle what the control channel holds (the shepherd's reports).
+        The loop calls it at a poke and after a request; a request that
+        reports a process's state calls it first (read_reports in
+        processes.py): the shepherd reports a plain exit without a poke
+        (Shepherd.quiet_reports), and such a request sent after that
+        report was sent sees the exit.  Not once finished: the launcher
+        destroys the control plane as soon as it has the teardown's
+        answer."""
+        ch = self.ctl_channel
+        if ch is None:
+            return
+        from ..exceptions import ChannelEmpty, ChannelError
+
+        while not self.finished and len(ch):
+            try:
+                data = ch.recv(timeout=0)
+            except ChannelEmpty:
+                break
+            except ChannelError as exc:
+                if "[EMBER_ERR_CORRUPT]" not in str(exc):
+                    raise
+                self.warn("corrupt-input", "dropped a corrupt control message: %s", exc)
+                continue
+            self.handle_bytes(data, trusted=True)
 
     def dump(self):
         """GS's state as plain data: the core's stats, processes, pools,
@@ -649,6 +679,7 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
                         batch_notices=True)
     if mn:
         gs.nodes[node]["agent"] = mn.get("agent0")
+    gs.ctl_channel = ctl_channel
     gs._board_pool = gs_channel.pool    # the join wake board's (wakeboard.py), made when needed
     recv = gs_channel.recv
     poke = m.POKE
@@ -696,17 +727,15 @@ def serve(gs_channel, sh_channel, runtime_tag, default_pool=None, node=0, ctl_ch
             # spare the start after it takes: not delayed by the exit).  Not
             # once finished: the launcher destroys the control plane as
             # soon as it has the teardown's answer.
+            # The control channel (the shepherd's reports) is read at a poke
+            # and after any request: the shepherd reports a plain exit there
+            # without a poke (Shepherd.quiet_reports), read in the wake-up
+            # of the next request, after it (a start's request asks for the
+            # spare the start after it takes: not delayed by the exit), or
+            # before it by a request that reports a process's state.
             if ctl_channel is not None and not gs.finished and \
                     (data == poke or len(ctl_channel)):
-                while not gs.finished:
-                    try:
-                        gs.handle_bytes(ctl_channel.recv(timeout=0), trusted=True)
-                    except ChannelEmpty:
-                        break
-                    except ChannelError as exc:
-                        if "[EMBER_ERR_CORRUPT]" not in str(exc):
-                            raise
-                        gs.warn("corrupt-input", "dropped a corrupt control message: %s", exc)
+                gs.read_reports()
             sent = transport.replies - gs.unawaited_replies
             spin = sent != replies
             replies = sent
