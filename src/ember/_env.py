@@ -109,6 +109,28 @@ def removed(env):
     return [k for k in _known if k not in env and not k.startswith("EMBER_")]
 
 
+#: GS: how long a create of a name whose joiners are on the join wake board
+#: is held back while the board's lock stays busy (globalservices/wakeboard.py,
+#: BUSY_GRACE); seconds, default 1.
+WB_BUSY_GRACE = "EMBER_WB_BUSY_GRACE"
+
+
+def seconds(name, default):
+    """The positive, finite number of seconds the variable ``name`` holds
+    (``default`` if it is unset or empty); ValueError with the message
+    ``ember run`` prints for anything else."""
+    text = os.environ.get(name, "")
+    if not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise ValueError(f"{name}={text!r} is not a number of seconds above 0")
+    return value
+
+
 def get(name, default=None):
     if _overrides is not None:
         return _overrides.get(name, default)

@@ -88,6 +88,7 @@ import binascii
 import os
 import struct
 
+from .. import _env
 from ..exceptions import OwnerDied
 
 __all__ = ["Board", "Busy", "HELD", "FREE", "WAITING", "CLAIMED", "WOKEN"]
@@ -103,8 +104,14 @@ RETRY = 0.01
 #: a create or register of a listed name) is tried again while the lock
 #: stays busy, before it gets its answer without the board: the joiner is
 #: timed out, the create or register refused with ChannelBusy
-#: (docs/channels.md).
-BUSY_GRACE = 1.0
+#: (docs/channels.md).  EMBER_WB_BUSY_GRACE sets it (docs/user-guide.md):
+#: longer where a creator may stay descheduled that long holding the lock
+#: (an oversubscribed machine); ``ember run`` refuses a bad value, so GS
+#: never sees one.
+try:
+    BUSY_GRACE = _env.seconds(_env.WB_BUSY_GRACE, 1.0)
+except ValueError:
+    BUSY_GRACE = 1.0
 
 
 class Busy(Exception):

@@ -50,7 +50,7 @@ import stat
 import time
 import sys
 
-from .. import __version__, _log
+from .. import __version__, _env, _log
 from .host import (  # the runtime's host: bring-up, head, teardown
     EXIT_RUNTIME_FAILED, EXIT_START_FAILED, EXIT_USAGE, Launcher, _lock_name, _take_lock)  # noqa: F401
 
@@ -373,6 +373,7 @@ def main(argv=None):
             parser.run_parser.error("the following arguments are required: PROGRAM")
     try:
         level = _log.level_from_env()
+        _env.seconds(_env.WB_BUSY_GRACE, None)
     except ValueError as exc:
         print(f"ember: {exc}", file=sys.stderr)
         return EXIT_USAGE
