@@ -175,12 +175,13 @@ def test_unknown_log_level_is_refused(tmp_path):
                 b"use one of debug, info, warning, error\n")
 
 
+@pytest.mark.parametrize("name", ["EMBER_WB_BUSY_GRACE", "EMBER_PROMPT_MAX"])
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "inf", "nan"])
-def test_a_bad_busy_grace_is_refused(tmp_path, value):
+def test_a_bad_setting_in_seconds_is_refused(tmp_path, name, value):
     res = ember("run", write(tmp_path, "print('ran')"), cwd=tmp_path,
-                env={**os.environ, "EMBER_WB_BUSY_GRACE": value})
+                env={**os.environ, name: value})
     assert (res.returncode, res.stdout, res.stderr.decode()) == (
-        2, b"", f"ember: EMBER_WB_BUSY_GRACE={value!r} is not a number of seconds above 0\n")
+        2, b"", f"ember: {name}={value!r} is not a number of seconds above 0\n")
 
 
 @pytest.mark.timeout(60)

@@ -1,5 +1,6 @@
 """End to end: a child's output is at the launcher before what its parent
 prints after join() (docs/python-processes.md, "Output and join")."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -70,13 +71,17 @@ def test_child_output_before_what_the_parent_prints_after_join(tmp_path, case):
     assert bad == [], (bad, out)
 
 
-def _lines_stay_whole(tmp_path, program, want):
-    """Run ``program`` under ``ember run``: its output must be exactly the
+def _lines_stay_whole(tmp_path, program, want, prompt_max=None):
+    """Run ``program`` under ``ember run`` (the shepherd's _PROMPT_MAX set
+    to ``prompt_max`` s: EMBER_PROMPT_MAX): its output must be exactly the
     lines of ``want``, each once and whole (in any order)."""
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent(program))
+    env = dict(os.environ)
+    if prompt_max is not None:
+        env["EMBER_PROMPT_MAX"] = str(prompt_max)
     res = subprocess.run([sys.executable, "-m", "ember", "run", str(prog)], cwd=tmp_path,
-                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100)
+                         stdin=subprocess.DEVNULL, capture_output=True, timeout=100, env=env)
     out = res.stdout.decode()
     assert res.returncode == 0, (res.returncode, out[-2000:], res.stderr.decode())
     got = out.split("\n")
@@ -133,15 +138,18 @@ SPIN_CHILD = """
             spin(pause)
 """
 
+# (HELD_MAX: the bound of a held line in HELD; its head writes for 9 s at
+# least, its child as long.)
+HELD_MAX = 3
 HELD = SPIN_CHILD + """
     if __name__ == "__main__":
-        p = ember.Process(target=child, args=(30000, 0.0001))
+        p = ember.Process(target=child, args=(30000, 0.0003))
         p.start()
         # Each write ends a line and starts the next: a partial line is
         # always held, never one for long (the head stays runnable).
         os.write(1, b"h%06d" % 0)
         for i in range(1, 3000):
-            spin(0.001)
+            spin(0.003)
             os.write(1, b"h" * 20 + b"\\nh%06d" % i)
         os.write(1, b"h" * 20 + b"\\n")
         p.join()
@@ -153,9 +161,16 @@ def test_a_line_held_is_timed_from_its_own_start(tmp_path):
     (each write ends a line and starts the next), are each held from
     their own start: on main the bound of the first (_PROMPT_MAX) was
     kept while lines followed it, and once it passed the line just
-    begun was written, and a child's line cut it in two."""
+    begun was written, and a child's line cut it in two.  The bound is
+    HELD_MAX (3 s), not the default 1 s, and the head writes for 9 s at
+    least (its spins count the clock): a head preempted 1 s in the
+    middle of a line on a loaded machine (or the whole VM stalled) had
+    its line written at the bound, and cut; the run still lasts three
+    bounds, at each of which main's bound of a line held since the
+    last one passed wrote the line just begun."""
     _lines_stay_whole(tmp_path, HELD, {f"{t}{i:06d}" + t * 20
-                                       for t, n in (("h", 3000), ("c", 30000)) for i in range(n)})
+                                       for t, n in (("h", 3000), ("c", 30000)) for i in range(n)},
+                      prompt_max=HELD_MAX)
 
 
 THREAD = SPIN_CHILD + """
@@ -180,6 +195,10 @@ def test_a_line_held_while_another_thread_of_the_head_runs(tmp_path):
     busy, writes a line in two pieces: the line is held, not written as a
     prompt (a process waits only when none of its threads runs); on main
     only the main thread's state was read, and a child's line cut the
-    head's in two."""
+    head's in two.  The bound of a held line (_PROMPT_MAX) is 600 s here,
+    past the test's timeout: the writer preempted 1 s (the default) in the
+    middle of its line on a loaded machine had it written and cut; what
+    is tested is that a waiting main thread does not make it a prompt."""
     _lines_stay_whole(tmp_path, THREAD, {f"{t}{i:06d}" + t * 20
-                                         for t, n in (("h", 6), ("c", 2000)) for i in range(n)})
+                                         for t, n in (("h", 6), ("c", 2000)) for i in range(n)},
+                      prompt_max=600)

@@ -113,6 +113,12 @@ def removed(env):
 #: is held back while the board's lock stays busy (globalservices/wakeboard.py,
 #: BUSY_GRACE); seconds, default 1.
 WB_BUSY_GRACE = "EMBER_WB_BUSY_GRACE"
+#: The shepherd: how long an unfinished line of a stdin reader (the head) is
+#: held at most while its process runs (shepherd/server.py, _PROMPT_MAX);
+#: seconds, default 1.
+PROMPT_MAX = "EMBER_PROMPT_MAX"
+#: The settings in seconds ``ember run`` checks before it starts anything.
+SECONDS = (WB_BUSY_GRACE, PROMPT_MAX)
 
 
 def seconds(name, default):

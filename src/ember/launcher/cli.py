@@ -373,7 +373,8 @@ def main(argv=None):
             parser.run_parser.error("the following arguments are required: PROGRAM")
     try:
         level = _log.level_from_env()
-        _env.seconds(_env.WB_BUSY_GRACE, None)
+        for name in _env.SECONDS:
+            _env.seconds(name, None)
     except ValueError as exc:
         print(f"ember: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -128,7 +128,12 @@ _TEMPLATE_RETRY = 0.05
 _PROMPT_WAIT = 0.05
 #: ... and at most this long while its process is runnable (preempted in
 #: the middle of its line, or busy after printing part of a line).
-_PROMPT_MAX = 1.0
+#: EMBER_PROMPT_MAX sets it (docs/user-guide.md); ``ember run`` refuses a
+#: bad value, so the shepherd never sees one.
+try:
+    _PROMPT_MAX = _env.seconds(_env.PROMPT_MAX, 1.0)
+except ValueError:
+    _PROMPT_MAX = 1.0
 
 
 def _runnable(child):
