@@ -16,9 +16,11 @@ pytestmark = pytest.mark.timeout(60)
 SHM = "/dev/shm"
 TAG = os.environ["EMBER_SEGMENT_TAG"]      # set by conftest: our segments carry it
 
-# The tests below use --dry-run: a real cleanup would also remove segments of
-# tests running in parallel whose owner just died (test_runtime's
-# test_launcher_kill_9_then_cleanup checks the real removal).
+# The tests below use --dry-run and --tag TAG (this worker's segments only:
+# without it a cleanup reads every runtime's segments and takes each one's
+# lock for a moment, those of tests running in parallel too; a real cleanup
+# would also remove those whose owner just died).  test_runtime's
+# test_launcher_kill_9_then_cleanup checks the real removal.
 
 
 def pid_max():
@@ -67,7 +69,7 @@ def test_live_runtime_survives_cleanup_from_another_pid_namespace(tmp_path):
         # run: standalone pools of tests running in parallel have only their
         # creator's pid, which this namespace cannot see.
         res = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc",
-                              sys.executable, "-m", "ember", "cleanup", "--dry-run"],
+                              sys.executable, "-m", "ember", "cleanup", "--dry-run", "--tag", TAG],
                              capture_output=True, timeout=60)
         assert res.returncode == 0, res.stderr
         assert prefix not in res.stdout.decode(), res.stdout
@@ -84,7 +86,7 @@ def test_dead_runtime_is_cleaned_even_if_its_pid_was_reused():
     try:
         for n in names:
             make(n)
-        res = ember("cleanup", "--dry-run")
+        res = ember("cleanup", "--dry-run", "--tag", TAG)
         assert res.returncode == 0, res.stderr
         out = [ln for ln in res.stdout.decode().splitlines() if rid in ln]
         assert out == [f"would remove {SHM}/{n}" for n in names], out   # the lock last
@@ -101,7 +103,7 @@ def test_a_held_lock_keeps_a_runtime_whose_pid_is_gone():
         fd = os.open(os.path.join(SHM, names[1]), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            res = ember("cleanup", "--dry-run")
+            res = ember("cleanup", "--dry-run", "--tag", TAG)
             assert res.returncode == 0, res.stderr
             assert rid not in res.stdout.decode(), res.stdout
         finally:
@@ -114,11 +116,47 @@ def test_crafted_pid_does_not_stop_cleanup():
     name = f"ember.p99999999999999999999-{TAG}.x"
     try:
         make(name)
-        res = ember("cleanup", "--dry-run")
+        res = ember("cleanup", "--dry-run", "--tag", TAG)
         assert (res.returncode, res.stderr) == (0, b"")
         assert f"would remove {SHM}/{name}" in res.stdout.decode().splitlines()
     finally:
         unlink_all([name])
+
+
+def test_tag_keeps_cleanup_to_its_owners():
+    """--tag TAG: only the owners made under EMBER_SEGMENT_TAG=TAG are
+    looked at; another tag's dead runtime and pool are neither listed nor
+    removed, and a real cleanup of that other tag removes them alone."""
+    other = ("o" + TAG)[:8] if not TAG.startswith("o") else ("q" + TAG)[:8]
+    dead = pid_max() + 3
+    ours = [f"ember.r{dead}-7a9000-{TAG}.0", f"ember.r{dead}-7a9000-{TAG}.lock",
+            f"ember.p{dead}-{TAG}.t"]
+    theirs = [f"ember.r{dead}-7a9000-{other}.0", f"ember.r{dead}-7a9000-{other}.lock",
+              f"ember.p{dead}-{other}.t"]
+    try:
+        for n in ours + theirs:
+            make(n)
+        res = ember("cleanup", "--dry-run", "--tag", TAG)
+        assert (res.returncode, res.stderr) == (0, b""), res.stderr
+        out = res.stdout.decode()
+        assert all(f"would remove {SHM}/{n}" in out.splitlines() for n in ours), out
+        assert other not in out, out
+        res = ember("cleanup", "--tag", other)
+        assert (res.returncode, res.stderr) == (0, b""), res.stderr
+        assert sorted(ln for ln in res.stdout.decode().splitlines() if other in ln) == \
+            sorted(f"removed {SHM}/{n}" for n in theirs), res.stdout
+        assert [n for n in ours if os.path.exists(os.path.join(SHM, n))] == ours
+        assert not [n for n in theirs if os.path.exists(os.path.join(SHM, n))]
+    finally:
+        unlink_all(ours + theirs)
+
+
+@pytest.mark.parametrize("bad", ["", "a-b", "123456789", "t.x", "é"])
+def test_a_bad_tag_is_refused(bad):
+    res = ember("cleanup", "--dry-run", "--tag", bad)
+    assert res.returncode == 2 and res.stdout == b"", res
+    assert f"argument --tag: not a segment tag: {bad!r} (1-8 of A-Z a-z 0-9 _)" in \
+        res.stderr.decode(), res.stderr
 
 
 def test_other_users_segments_are_skipped_and_reported():
@@ -130,7 +168,7 @@ def test_other_users_segments_are_skipped_and_reported():
         make(theirs, uid=54321)
         make(mine)
         # root could unlink it, but it is not root's to remove
-        res = ember("cleanup", "--dry-run")
+        res = ember("cleanup", "--dry-run", "--tag", TAG)
         assert res.returncode == 0, res.stderr
         out = res.stdout.decode().splitlines()
         assert f"skipped {SHM}/{theirs}: owned by uid 54321, not by you" in out, out
@@ -158,7 +196,7 @@ def test_dead_runtime_introspection_files_are_listed():
         fd = os.open(os.path.join(SHM, lock), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)             # the live runtime's launcher
-            res = ember("cleanup", "--dry-run")
+            res = ember("cleanup", "--dry-run", "--tag", TAG)
         finally:
             os.close(fd)
         assert res.returncode == 0, res.stderr

@@ -223,7 +223,7 @@ def test_killed_starter_leaves_nothing():
         time.sleep(0.05)
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.{rid}.")]
     assert _addresses() == []
-    res = _ember("cleanup", "--dry-run")
+    res = _ember("cleanup", "--dry-run", "--tag", os.environ["EMBER_SEGMENT_TAG"])
     assert rid not in res.stdout
 
 

@@ -435,14 +435,17 @@ def test_launcher_kill_9_then_cleanup(tmp_path):
     p.kill()
     p.communicate(timeout=30)
     assert wait_gone(runtime_pids + gs_and_shepherd) == [], runtime_pids + gs_and_shepherd
-    # a live runtime's segments are never touched by cleanup
-    res = ember("cleanup", "--dry-run")
+    # the dead runtime's segments are listed, then removed (--tag: this
+    # worker's segments only; another test's runtime, alive or dead, is not
+    # looked at, its lock not taken even for a moment)
+    tag = os.environ["EMBER_SEGMENT_TAG"]
+    res = ember("cleanup", "--dry-run", "--tag", tag)
     assert res.returncode == 0
-    for s in segs:   # (unless a cleanup of a test running in parallel took it first)
+    for s in segs:   # (unless a plain cleanup of another run on the machine took it first)
         assert (f"would remove /dev/shm/{s}".encode() in res.stdout
                 or not os.path.exists(f"/dev/shm/{s}")), res.stdout
     assert f"ember.r{p.pid}-" in " ".join(segs) and any(s.endswith(".lock") for s in segs)
-    res = ember("cleanup")
+    res = ember("cleanup", "--tag", tag)
     assert res.returncode == 0
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
 
@@ -452,7 +455,7 @@ def test_cleanup_leaves_live_runtime_alone(tmp_path):
     try:
         before = [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]
         assert before
-        dry = ember("cleanup", "--dry-run")   # a real one would also clean parallel tests' fakes
+        dry = ember("cleanup", "--dry-run", "--tag", os.environ["EMBER_SEGMENT_TAG"])
         assert dry.returncode == 0
         assert not [n for n in before if n in dry.stdout.decode()]
         after = [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.r{p.pid}-")]

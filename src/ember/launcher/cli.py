@@ -185,6 +185,12 @@ def _parser():
                         "runtime's log is never removed and does not count")
     c.add_argument("--events-only", action="store_true",
                    help="only remove old event logs; leave /dev/shm alone")
+    c.add_argument("--tag", type=_tag_arg, default=None, metavar="TAG",
+                   help="only look at runtimes and standalone pools whose owner carries TAG, "
+                        "the EMBER_SEGMENT_TAG they were made under (ember.r<pid>-<hex>-TAG.*, "
+                        "ember.p<pid>-TAG.*): a test suite's or CI job's own, on a machine "
+                        "others use at the same time; every other segment, lock and file is "
+                        "left unread")
 
     from . import inspect as _inspect     # ember ls/ps/stacks/channels/pools/events/top
     _inspect.add_parsers(sub, Formatter)
@@ -361,9 +367,10 @@ def main(argv=None):
     if parser is not None:
         if args.command == "cleanup":
             if not args.events_only:
-                cleanup(dry_run=args.dry_run)
+                cleanup(dry_run=args.dry_run, tag=args.tag)
             return cleanup_events(args.events_age, dry_run=args.dry_run,
-                                  keep=args.events_keep, max_size=args.events_max_size)
+                                  keep=args.events_keep, max_size=args.events_max_size,
+                                  tag=args.tag)
         if args.command == "stop":
             return stop(args.target, args.timeout)
         from . import inspect as _inspect
@@ -521,6 +528,13 @@ def _count_arg(text):
     return n
 
 
+def _tag_arg(text):
+    import argparse
+    if not (0 < len(text) <= 8 and text.isascii() and text.replace("_", "a").isalnum()):
+        raise argparse.ArgumentTypeError(f"not a segment tag: {text!r} (1-8 of A-Z a-z 0-9 _)")
+    return text
+
+
 def _size_arg(text):
     import argparse
     from .._size import parse_size
@@ -555,14 +569,15 @@ def _runtime_running(runtime_id):
 
 
 def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None, keep=None,
-                   max_size=None, d=None):
+                   max_size=None, d=None, tag=None):
     """Remove the event logs ``<runtime dir>/<id>.events`` (``d``: that
     directory; None: this process's :func:`ember.runtime.runtime_dir`) of runtimes that
     are not running (their launcher holds no lock) and whose last event
     (the file's mtime) is older than ``max_age`` seconds; and, newest
     first, every such log beyond the ``keep`` newest or beyond ``max_size``
     bytes in all (None: no cap).  A running runtime's log is never removed
-    and does not count.  Returns 0."""
+    and does not count.  ``tag``: only the runtimes whose id carries it
+    (:func:`_tag_of`).  Returns 0."""
     from ..runtime import runtime_dir
     from ..exceptions import GlobalServicesError
     try:
@@ -575,7 +590,8 @@ def cleanup_events(max_age, dry_run=False, out=sys.stdout, now=None, keep=None,
     logs = []                      # the finished runtimes' logs: (mtime, name, path, size, old)
     for name in names:
         rid, dot, ext = name.rpartition(".")
-        if ext != "events" or not dot or not rid or "/" in rid:
+        if ext != "events" or not dot or not rid or "/" in rid or \
+                (tag is not None and _tag_of(rid) != tag):
             continue
         path = os.path.join(d, name)
         try:
@@ -638,10 +654,19 @@ def _owner(name):
     return kind, owner, int(digits)
 
 
-def cleanup(dry_run=False, out=sys.stdout):
+def _tag_of(owner):
+    """The EMBER_SEGMENT_TAG an owner id (``r<pid>-<hex>-<tag>``,
+    ``p<pid>-<tag>``) carries, or None."""
+    parts = owner.split("-")
+    return parts[-1] if len(parts) == (3 if owner[:1] == "r" else 2) else None
+
+
+def cleanup(dry_run=False, out=sys.stdout, tag=None):
     """Remove the calling user's segments whose owner is gone (see the
     module docstring); skip and list other users' segments and anything
-    that cannot be removed.  Returns 0."""
+    that cannot be removed.  ``tag``: only the owners that carry it
+    (:func:`_tag_of`); nothing else is looked at (no other lock taken, not
+    even for a moment).  Returns 0."""
     uid = os.geteuid()
     try:
         names = sorted(os.listdir(SHM_DIR))
@@ -650,7 +675,7 @@ def cleanup(dry_run=False, out=sys.stdout):
     by_owner = {}
     for name in names:
         o = _owner(name)
-        if o is not None:
+        if o is not None and (tag is None or _tag_of(o[1]) == tag):
             by_owner.setdefault(o, []).append(name)
     removed = skipped = 0
     for (kind, owner, pid), seg_names in sorted(by_owner.items()):
@@ -706,13 +731,13 @@ def cleanup(dry_run=False, out=sys.stdout):
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
-    removed += _stale_introspection(dry_run, out)
+    removed += _stale_introspection(dry_run, out, tag)
     if not removed and not skipped:
         print("nothing to clean up", file=out)
     return 0
 
 
-def _stale_introspection(dry_run, out):
+def _stale_introspection(dry_run, out, tag=None):
     """The process-slots tables (``<id>.slots``) and stack directories
     (``<id>.stacks``) in the runtime dir of runtimes that are gone: no lock
     segment of theirs is left in /dev/shm (a live runtime holds one from its
@@ -730,7 +755,8 @@ def _stale_introspection(dry_run, out):
     n = 0
     for rid in sorted({e.rsplit(".", 1)[0] for e in entries
                        if e.endswith((".slots", ".stacks"))}):
-        if not rid.startswith("r") or _lock_name(rid) in shm:
+        if not rid.startswith("r") or _lock_name(rid) in shm or \
+                (tag is not None and _tag_of(rid) != tag):
             continue
         paths = [os.path.join(d, rid + sfx) for sfx in (".slots", ".stacks")
                  if rid + sfx in entries]
