@@ -257,6 +257,36 @@ def wait_sleeping_on_shm(pid, tid=None, timeout=60.0):
         time.sleep(0.002)
 
 
+#: poll(2)'s and ppoll(2)'s numbers (x86-64; aarch64 has only ppoll)
+_POLLS = {"x86_64": ("7", "271"), "aarch64": ("73",)}.get(os.uname().machine)
+
+
+def polls_on(fd, tid):
+    """Whether thread ``tid`` of this process waits in poll(2) or ppoll(2)
+    on ``fd`` (the first of its pollfds, read from this process's memory:
+    /proc/self/task/TID/syscall gives their address)."""
+    import ctypes
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            call = f.read().split()
+    except OSError:
+        return False
+    if len(call) < 3 or call[0] not in _POLLS or int(call[2], 16) < 1:
+        return False
+    return ctypes.c_int.from_address(int(call[1], 16)).value == fd
+
+
+def wait_polling_on(fd, tid, timeout=60.0):
+    """Wait until :func:`polls_on` (a thread's wait on a pidfd is in its
+    sleep: a sleep of the test's own would only hope so); AssertionError
+    after ``timeout`` seconds."""
+    assert _POLLS is not None, f"poll's number is not known here ({os.uname().machine})"
+    deadline = time.monotonic() + timeout
+    while not polls_on(fd, tid):
+        assert time.monotonic() < deadline, f"thread {tid} did not poll fd {fd} within {timeout} s"
+        time.sleep(0.002)
+
+
 def readable_memory(pid="self"):
     """(address, mapping name, bytes) of each readable mapping of process
     ``pid`` (its memory as /proc/PID/maps lists it when called), device

@@ -215,7 +215,12 @@ def test_create_join_destroy_under_ember_run(tmp_path):
             "from ember.channels_c import Channel\\n"
             "d = channel.join('second')\\n"
             "ch = Channel.attach(d.sdesc); print('joiner got', ch.recv()); ch.detach()"])
-        time.sleep(0.2)
+        from ember.globalservices import introspect
+        deadline = time.monotonic() + 60     # the joiner waits in its join (not a sleep:
+        while not any(w.get("name") == "second"   # a late one found the channel made)
+                      for w in introspect.dump()["waiters"]):
+            assert time.monotonic() < deadline, "the joiner never waited"
+            time.sleep(0.01)
         second = channel.create(None, "second")
         print("registered", second.c_uid > first.c_uid, conn._next_c_uid is not None)
         ch = Channel.attach(second.sdesc)

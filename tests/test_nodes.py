@@ -364,6 +364,7 @@ def test_cluster_stop_waits_for_its_ready_pipe_reader():
         r, w = os.pipe()
         c.ready_r = r
         c._start_drain()
+        drainer = c._drainer
         os.write(w, b"lost 1 before the stop\n")     # read and dropped
         c.stop(timeout=0)
         assert c.ready_r is None and c._drainer is None
@@ -372,7 +373,10 @@ def test_cluster_stop_waits_for_its_ready_pipe_reader():
         except BrokenPipeError:
             pass
         os.close(w)
-        time.sleep(0.3)
+        # its end (stop() joined it; one stop() left running would read on,
+        # and raise, before it ends): not a sleep a loaded machine outlasts
+        drainer.join(60)
+        assert not drainer.is_alive()
     finally:
         threading.excepthook = hook
     assert errors == []

@@ -2346,7 +2346,8 @@ def test_the_sentinel_while_a_join_waits(tmp_path):
                 t = None
             else:
                 t = threading.Thread(target=p.join); t.start()
-                time.sleep(0.2)               # (in join() by now, mostly)
+                from procs import wait_polling_on
+                wait_polling_on(p._res.fd, t.native_id)   # in join(), on the pidfd
             print("readable before the end", mpc.wait([s], 0) != [])
             open(go, "w").close()
             print("readable at the end", mpc.wait([s], 30) == [s], p.is_alive())
