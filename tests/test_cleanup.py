@@ -151,6 +151,35 @@ def test_tag_keeps_cleanup_to_its_owners():
         unlink_all(ours + theirs)
 
 
+def test_a_launcher_takes_its_lock_file_a_cleanup_held_a_moment():
+    """A cleanup took a starting runtime's fresh lock file between the
+    launcher's create and its flock (the launcher found it held), then let
+    go of it without unlinking it (a dry run; a real one before its
+    unlink): the launcher's next try takes that file, its own, where its
+    create (O_EXCL) failed with FileExistsError and the runtime did not
+    start."""
+    from ember.launcher.host import Launcher
+
+    class Starting:
+        tag = f"r{os.getpid()}-10cc00-{TAG}"
+    name = f"ember.{Starting.tag}.lock"
+    path = make(name)            # as the try before left it
+    try:
+        fd = Launcher._runtime_lock(Starting())
+        try:
+            assert os.fstat(fd).st_ino == os.stat(path).st_ino
+            other = os.open(path, os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)    # held: by it
+            finally:
+                os.close(other)
+        finally:
+            os.close(fd)
+    finally:
+        unlink_all([name])
+
+
 @pytest.mark.parametrize("bad", ["", "a-b", "123456789", "t.x", "é"])
 def test_a_bad_tag_is_refused(bad):
     res = ember("cleanup", "--dry-run", "--tag", bad)

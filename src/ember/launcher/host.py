@@ -71,6 +71,11 @@ def _set_title(title):
         log.debug("cannot set the process title %r: %r", title, exc)
 
 
+#: Seconds the launcher tries to lock its runtime's lock file that an
+#: ``ember cleanup`` holds for a moment (Launcher._runtime_lock).
+_LOCK_WAIT = 10.0
+
+
 def _lock_name(runtime_id):
     return f"ember.{runtime_id}.lock"
 
@@ -465,11 +470,24 @@ class Launcher:
     def _runtime_lock(self):
         """Create and flock ``/dev/shm/ember.<tag>.lock``; check that the
         path still names the file we locked (a concurrent ``ember cleanup``
-        may take a fresh lock file for an orphan and unlink it)."""
+        may take a fresh lock file for an orphan and unlink it).  A cleanup
+        that held it for a moment between our create and our flock leaves
+        it there (a dry run; a real one until it unlinks it): the file is
+        ours (the tag is this runtime's), taken then as it is, for up to
+        _LOCK_WAIT s (a cleanup preempted while it holds it)."""
+        import time
         path = os.path.join(SHM_DIR, _lock_name(self.tag))
-        for _ in range(5):
-            fd = _take_lock(path, create=True)
+        deadline = time.monotonic() + _LOCK_WAIT
+        create = True
+        while time.monotonic() < deadline:
+            try:
+                fd = _take_lock(path, create=create)
+            except (FileExistsError, FileNotFoundError) as exc:
+                create = isinstance(exc, FileNotFoundError)     # unlinked: made again
+                continue
             if fd is None:
+                create = False        # held by a cleanup: again once it lets go
+                time.sleep(0.001)
                 continue
             try:
                 if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -477,6 +495,7 @@ class Launcher:
             except FileNotFoundError:
                 pass
             os.close(fd)
+            create = True
         raise OSError(f"{path} keeps being taken or removed by someone else")
 
     def _on_sigchld(self, signum, frame):
