@@ -1063,10 +1063,11 @@ def _wait_spares_set_up(t, timeout=30):
             if link.startswith("socket:"):
                 found.add(link)
         return found
-    theirs = socks(t.pid)
     deadline = time.monotonic() + timeout
     for spare in t._spares:
-        while socks(spare.pid) & theirs:
+        # (the template's own, read again: a spare keeps the shepherd's end
+        # of its pair, which the template holds until it has answered)
+        while socks(spare.pid) & socks(t.pid):
             assert time.monotonic() < deadline, f"spare {spare.pid} not set up"
             time.sleep(0.002)
 
@@ -1153,7 +1154,7 @@ def test_a_cut_or_malformed_template_answer_is_not_read(monkeypatch, answer):
         t._sock, t._asked = mine, 1
         import msgpack
         if answer == "too_large":
-            msg = msgpack.packb([0, None, ["m" * 20] * 400, False])
+            msg = msgpack.packb([0, -1, None, ["m" * 20] * 400, False])
             assert len(msg) > 4096
         else:
             msg = b"\xc1\x00"                         # 0xc1: never used by msgpack
@@ -1169,7 +1170,7 @@ def test_a_cut_or_malformed_template_answer_is_not_read(monkeypatch, answer):
         theirs = theirs2
         t._sock, t._asked = mine, 1
         t._rbuf = None
-        theirs.send(msgpack.packb([0, None, ["m" * 20] * 10, True]))
+        theirs.send(msgpack.packb([0, -1, None, ["m" * 20] * 10, True]))
         assert t._collect_one(5) and t._no_spares and t._sock is mine
     finally:
         theirs.close()

@@ -12,7 +12,7 @@ import time
 import msgpack
 import pytest
 
-from ember.shepherd import template as T
+from ember.shepherd import _spawn, template as T
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,6 +22,7 @@ TEMPLATE = textwrap.dedent(r"""
     from ember.shepherd._spawn import serve_spares
 
     sock = socket.socket(fileno=int(sys.argv[1]))
+    keep = sys.argv[2] == "keep"          # the spares keep the shepherd's end
     if not T._clone_ready():
         sock.send(b"no clone")            # no raw clone on this machine
         sys.exit(0)
@@ -40,7 +41,8 @@ TEMPLATE = textwrap.dedent(r"""
     while True:
         # the answer's tail: None, [], False (msgpack)
         got = serve_spares(sock.fileno(), b"SPARE", b"\xc0\x90\xc2", *T._clone, buf,
-                           os.getppid(), b"ember-spare", b"ember-leased", b"tmpl-child")
+                           os.getppid(), b"ember-spare", b"ember-leased", b"tmpl-child", None,
+                           keep)
         if got[0] == "child":             # a spare: answer the request it is sent, exit
             kind, req, leased = got[1]    # its request is in, its fds are 0, 1, 2
             with open("/proc/self/comm", "rb") as f:
@@ -59,10 +61,27 @@ TEMPLATE = textwrap.dedent(r"""
 """)
 
 
-def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
+def _sockets(pid):
+    """The socket inodes among the fds of ``pid`` above 2."""
+    got = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if int(fd) > 2 and link.startswith("socket:"):
+            got.add(link)
+    return got
+
+
+@pytest.mark.parametrize("way", ["keep", "send"])
+def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path, way):
     """Each request that is exactly the loop's (and carries no fds) is
-    answered in C: ``[pid, None, [], False]`` with the spare's end of a
-    socket pair; the spare is our child (a sibling of the template), named
+    answered in C: ``[pid, fd, None, [], False]`` about a new socket pair:
+    ``keep``, the spare holds both ends, ``fd`` the number of ours in it,
+    which we take from it (``take_end``: pidfd_getfd), the answer carrying
+    no fd (no socket in flight); ``send``, our end comes with the answer
+    (``SCM_RIGHTS``), ``fd`` -1.  The spare is our child (a sibling of the template), named
     ember-spare while it waits, in the template's process group until the
     shepherd gives it its own; its request (with three fds, made its 0,
     1, 2; no other fd left open) comes back
@@ -73,7 +92,7 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
     (``template._receive_buffer``) is mapped in the template, not in a
     spare (``MADV_DONTFORK``)."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    proc = subprocess.Popen([sys.executable, "-c", TEMPLATE, str(theirs.fileno())],
+    proc = subprocess.Popen([sys.executable, "-c", TEMPLATE, str(theirs.fileno()), way],
                             pass_fds=[theirs.fileno()])
     theirs.close()
     try:
@@ -84,8 +103,16 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
         def spare(tag, args=("-m", "x")):
             mine.send(b"SPARE")
             data, fds, _, _ = socket.recv_fds(mine, 1024, 2)
-            pid, err, preloaded, final = msgpack.unpackb(data, raw=False)
-            assert (err, preloaded, final, len(fds)) == (None, [], False, 1), data
+            pid, end, err, preloaded, final = msgpack.unpackb(data, raw=False)
+            assert (err, preloaded, final) == (None, [], False), data
+            if way == "keep":
+                assert len(fds) == 0 and end > 2, data
+                fds = [_spawn.take_end(pid, end)]
+                # ours is the spare's fd ``end``, which it holds with its own
+                mine_ino = os.readlink(f"/proc/self/fd/{fds[0]}")
+                assert os.readlink(f"/proc/{pid}/fd/{end}") == mine_ino
+            else:
+                assert len(fds) == 1 and end == -1, data
             comm = None
             for _ in range(3000):             # it names itself once it is up
                 with open(f"/proc/{pid}/comm", "rb") as f:
@@ -94,6 +121,12 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path):
                     break
                 time.sleep(0.01)
             assert comm == b"ember-spare"
+            if way == "keep":                 # (closed the others: detached)
+                for _ in range(3000):
+                    if len(_sockets(pid)) == 2:
+                        break
+                    time.sleep(0.01)
+                assert mine_ino in _sockets(pid) and len(_sockets(pid)) == 2
             # It waits in the template's process group; the shepherd gives
             # it its own when it reads the answer (template._adopt): a spare
             # whose answer never came dies with that group.
@@ -554,18 +587,19 @@ def _same_memory(pid1, pid2):
 
 
 _CLOSE_RANGE = 436                           # close_range(2)'s number (generic table)
+_PIDFD_GETFD = 438                           # pidfd_getfd(2)'s
 
 
-def _deny_close_range():
-    """A seccomp filter on this process: close_range(2) fails with EPERM,
-    as under a container profile that predates it; every other call is
-    allowed."""
+def _deny(nr):
+    """A seccomp filter on this process and what it starts: system call
+    ``nr`` fails with EPERM, as under a container profile that predates it
+    or refuses it; every other call is allowed."""
     import ctypes
     import struct
 
     ld_nr, jeq, ret = 0x20, 0x15, 0x06           # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_RET|K
     prog = b"".join(struct.pack("=HBBI", *ins) for ins in (
-        (ld_nr, 0, 0, 0), (jeq, 0, 1, _CLOSE_RANGE),
+        (ld_nr, 0, 0, 0), (jeq, 0, 1, nr),
         (ret, 0, 0, 0x00050000 | 1), (ret, 0, 0, 0x7fff0000)))  # ERRNO(EPERM), ALLOW
     buf = ctypes.create_string_buffer(prog)
     fprog = struct.pack("=HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
@@ -573,6 +607,14 @@ def _deny_close_range():
     assert libc.prctl(38, 1, 0, 0, 0) == 0                # PR_SET_NO_NEW_PRIVS
     assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0, \
         os.strerror(ctypes.get_errno())                    # PR_SET_SECCOMP, FILTER
+
+
+def _deny_close_range():
+    """close_range(2) fails with EPERM here (:func:`_deny`)."""
+    import ctypes
+
+    _deny(_CLOSE_RANGE)
+    libc = ctypes.CDLL(None, use_errno=True)
     assert libc.syscall(ctypes.c_long(_CLOSE_RANGE), ctypes.c_uint(1000),
                         ctypes.c_uint(1000), ctypes.c_uint(0)) == -1
 
@@ -707,3 +749,113 @@ def test_no_exit_holder_while_another_thread_runs_or_for_another_parent(why):
                     os.waitpid(p, 0)
                 except (ProcessLookupError, ChildProcessError):
                     pass
+
+
+SPARE_ENDS = r"""
+from procs import children, wait_children
+ember.Process._lease_spares = False   # the shepherd's spares alone
+sh = os.getppid()
+
+def sockets(pid):
+    got = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if int(fd) > 2 and link.startswith("socket:"):
+            got.add(link)
+    return got
+
+def held():
+    # the spares whose answers the shepherd has read (given a group of their own)
+    out = []
+    for pid in children(sh, "ember-spare"):
+        try:
+            if os.getpgid(pid) == pid:
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+for i in range(3):                    # the answers read at the next start
+    p = ember.Process(target=os.getpid); p.start(); assert p.result() == p.pid; p.join()
+    wait_children(sh, "ember-spare", 2)
+before = leak_state()
+spares = held()
+# the shepherd's end of each held spare's pair: also the spare's own fd
+# (taken from it, pidfd_getfd), or only the shepherd's (sent, SCM_RIGHTS)
+shared = [bool(sockets(s) & sockets(sh)) for s in spares]
+p = ember.Process(target=os.getpid); p.start(); pid = p.result(); p.join()
+print("spares", len(spares) >= 1, "shared", set(shared), "from a spare", pid in spares)
+# a spare whose answer is unread, SIGKILLed before the shepherd takes its
+# end: reaped at the next start, which goes on
+for _ in range(3000):
+    fresh = [s for s in children(sh, "ember-spare") if s not in held()]
+    if fresh:
+        break
+    time.sleep(0.01)
+os.kill(fresh[0], signal.SIGKILL)
+p = ember.Process(target=lambda: 7); p.start(); print("result", p.result()); p.join()
+for _ in range(3000):
+    if not os.path.exists(f"/proc/{fresh[0]}"):
+        break
+    time.sleep(0.01)
+after = leak_state()
+print("reaped", not os.path.exists(f"/proc/{fresh[0]}"), "leaks", after != before)
+"""
+
+
+@pytest.mark.parametrize("getfd", ["allowed", "denied"])
+def test_the_shepherd_takes_its_end_of_a_spares_pair_from_the_spare(tmp_path, getfd):
+    """Where pidfd_getfd(2) is allowed, a spare holds both ends of its
+    socket pair and the shepherd takes its own from it (no unix socket in
+    flight: docs/multiprocessing.md, "sparesock"): each spare whose answer
+    it has read shares a socket with it; where it is refused (a seccomp
+    filter on the whole runtime: EPERM), the end comes with the template's
+    answer (``SCM_RIGHTS``) as before, and no socket is shared.  Either
+    way the starts are served by the spares, and a spare SIGKILLed before
+    the shepherd has read its answer (taken its end) is reaped at the next
+    start, which goes on; nothing is left."""
+    if getfd == "denied" and os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("pidfd_getfd's number is known here for x86_64 and aarch64")
+    from test_pyprocess import PRELUDE, ok
+
+    prog = tmp_path / "prog.py"
+    prog.write_text(PRELUDE + SPARE_ENDS)
+    deny = f"import test_template_spares as t; t._deny({_PIDFD_GETFD}); " \
+        if getfd == "denied" else ""
+    res = subprocess.run(
+        [sys.executable, "-c", f"import os, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+         f"{deny}os.execv(sys.executable, [sys.executable, '-m', 'ember', 'run', {str(prog)!r}])"],
+        cwd=tmp_path, capture_output=True, timeout=100)
+    out = ok(res)
+    assert out.splitlines() == [
+        f"spares True shared {{{getfd == 'allowed'}}} from a spare True", "result 7",
+        "reaped True leaks False"], out
+
+
+def test_spares_holding_the_shepherds_end_die_with_the_shepherd(tmp_path):
+    """The shepherd SIGKILLed while its spares hold both ends of their
+    pairs (the answers read, and one asked for and not yet read): they
+    never see EOF, but die with it (their parent-death signal), as does the
+    template; nothing is left."""
+    from procs import wait_gone
+    from test_pyprocess import run_prog
+
+    pidfile = tmp_path / "pids"
+    res = run_prog(tmp_path, rf"""
+        from procs import children, wait_children, template_of
+        ember.Process._lease_spares = False
+        sh = os.getppid()
+        for i in range(3):
+            p = ember.Process(target=os.getpid); p.start(); p.result(); p.join()
+            wait_children(sh, "ember-spare", 2)
+        spares = children(sh, "ember-spare")
+        open({str(pidfile)!r}, "w").write(" ".join(map(str, spares + [template_of(sh)])))
+        os.kill(sh, signal.SIGKILL)
+        time.sleep(60)
+    """, timeout=60)
+    assert res.returncode == 70, res.stderr
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) >= 3 and wait_gone(pids) == []

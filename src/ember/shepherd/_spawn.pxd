@@ -55,6 +55,7 @@ cdef extern from "spares.h":
         size_t request_len
         const char *tail
         size_t tail_len
+        int keep_peer
         void *tid_addr
         void *robust_head
         size_t robust_len
@@ -65,7 +66,8 @@ cdef extern from "spares.h":
     int ember_clone_setup(void **tid_addr, void **robust_head, size_t *robust_len)
     long ember_clone_parent(void *tid_addr, void *robust_head, size_t robust_len)
     ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
-                                  int fds_out[3], int *nfds_out, int *sock_out)
+                                  int fds_out[3], int *nfds_out, int *sock_out, int *peer_out)
+    int ember_spares_take(pid_t pid, int fd)
 
     enum:
         EMBER_SPARE_OK
@@ -73,7 +75,7 @@ cdef extern from "spares.h":
         EMBER_SPARE_STEP_PARENT
         EMBER_SPARE_STEP_CLOSE
 
-    int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm)
+    int ember_spare_detach(int keep, int keep2, pid_t shepherd_pid, const char *comm)
     Py_ssize_t ember_spare_peek(int sock)
     Py_ssize_t ember_spare_recv(int sock, char *buf, size_t cap, int fds_out[3], int *nfds_out)
     int ember_spare_stdio(const int fds[3])

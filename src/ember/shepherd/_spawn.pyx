@@ -26,7 +26,7 @@ from posix.unistd cimport chdir, close as _close
 from libc.signal cimport SIGINT
 
 __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "wipe_str", "compile_file",
-           "serve_spares", "spare_wait", "exit_holder", "spare_request", "spare_setenv", "spare_name",
+           "serve_spares", "spare_wait", "take_end", "exit_holder", "spare_request", "spare_setenv", "spare_name",
            "environ_mark", "environ_entries", "proc_state", "proc_state_note", "proc_state_apply",
            "clone_setup", "clone_parent", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap",
@@ -231,13 +231,16 @@ def quiet_mark():
 def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t robust_head,
                  size_t robust_len, unsigned char[::1] buf not None, pid_t shepherd_pid=0,
                  bytes spare_comm=None, bytes leased_comm=None, bytes run_comm=None,
-                 tuple lease=None):
+                 tuple lease=None, bint keep_peer=False):
     """The warm template's spare loop in C (spares.h): answer every
     request on ``sock`` that is exactly ``request`` (no fds) by cloning a
-    spare and sending ``[pid] + tail`` (``tail``: the msgpack of the
-    answer's other three items) with the spare's end of a new socket pair;
-    return at the first other request.  Only in a single-threaded
-    template, with the GIL held throughout.
+    spare and sending ``[pid, fd] + tail`` (``tail``: the msgpack of the
+    answer's other three items) about a new socket pair, the spare holding
+    one end: with ``keep_peer`` the spare keeps the shepherd's end too
+    (``fd`` its number there, for :func:`take_end`), else that end goes
+    with the answer (``SCM_RIGHTS``, ``fd`` -1); return at the first other
+    request.  Only in a single-threaded template, with the GIL held
+    throughout.
 
     Returns ``("child", what)`` in a new spare, ``what`` being what
     :func:`spare_wait` returns for its end of the pair (``shepherd_pid``
@@ -249,11 +252,12 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     receiving or answering failed (the shepherd is gone); ValueError if
     this machine is not supported."""
     cdef ember_spares_args_t a
-    cdef int what = 0, nfds = 0, child_sock = -1
+    cdef int what = 0, nfds = 0, child_sock = -1, peer = -1
     cdef int fds[3]
     cdef size_t n = 0
     cdef ember_rc_t rc
     a.sock = sock
+    a.keep_peer = keep_peer
     a.request = PyBytes_AS_STRING(request)
     a.request_len = len(request)
     a.tail = PyBytes_AS_STRING(tail)
@@ -264,7 +268,7 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
     a.buf = <char *>&buf[0]
     a.buf_cap = <size_t>buf.shape[0]
     ember_fill_pools()      # last, so that the clones have fresh pools to allocate from
-    rc = ember_spares_serve(&a, &what, &n, fds, &nfds, &child_sock)
+    rc = ember_spares_serve(&a, &what, &n, fds, &nfds, &child_sock, &peer)
     if rc == EMBER_ERR_OS:
         e = errno
         raise OSError(e, f"the template's spare loop: {os.strerror(e)}")
@@ -272,7 +276,7 @@ def serve_spares(int sock, bytes request, bytes tail, size_t tid_addr, size_t ro
         raise ValueError("serve_spares: not supported here")
     if what == EMBER_SPARES_CHILD:
         return ("child", _spare_wait(child_sock, shepherd_pid, spare_comm, leased_comm, run_comm,
-                                     lease))
+                                     lease, peer))
     if what == EMBER_SPARES_EOF:
         return ("eof",)
     return ("message", n, [fds[i] for i in range(nfds)])
@@ -325,14 +329,15 @@ _SPARE_STEP = {
 
 
 def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased_comm=None,
-               bytes run_comm=None, tuple lease=None):
+               bytes run_comm=None, tuple lease=None, int peer=-1):
     """In a spare just cloned, its steps up to its request, in C (spares.h:
     no Python runs, so none of the template's pages is written for them):
     named ``spare_comm``, detached (the parent-death signal, its parent
-    checked to be ``shepherd_pid``, every fd above 2 closed but ``sock``;
-    its process group is the template's until the shepherd gives it its
-    own), the request received on ``sock`` (which
-    is closed), its three fds made 0, 1, 2, and the process named
+    checked to be ``shepherd_pid``, every fd above 2 closed but ``sock``
+    and ``peer``, the shepherd's end kept for it to take, -1: none; its
+    process group is the template's until the shepherd gives it its
+    own), the request received on ``sock`` (which is closed, and ``peer``
+    with it), its three fds made 0, 1, 2, and the process named
     ``leased_comm`` if the request is a lease (an argument
     ``--spare=...``), else ``run_comm`` (None: not renamed).
 
@@ -345,18 +350,31 @@ def spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm=None, bytes leased
     ``("eof",)`` (no request, or not one with three fds: exit quietly),
     ``("spare-error", text)`` (a detaching step failed: ``step: reason``)
     or ``("child-error", text)`` (its fds could not be put in place)."""
-    return _spare_wait(sock, shepherd_pid, spare_comm, leased_comm, run_comm, lease)
+    return _spare_wait(sock, shepherd_pid, spare_comm, leased_comm, run_comm, lease, peer)
+
+
+def take_end(pid_t pid, int fd):
+    """In the shepherd: a copy of fd ``fd`` of its child ``pid`` (a spare's
+    end of the pair kept for the shepherd: spares.h, ``ember_spares_take``;
+    pidfd_getfd(2), close-on-exec).  OSError with the errno: EBADF (no such
+    fd: a negative ``fd`` checks only that it is allowed), ESRCH (exited),
+    EPERM, ENOSYS or a seccomp filter's errno (not allowed here)."""
+    cdef int got = ember_spares_take(pid, fd)
+    if got < 0:
+        e = errno
+        raise OSError(e, f"pidfd_getfd: {os.strerror(e)}")
+    return got
 
 
 cdef object _spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm, bytes leased_comm,
-                        bytes run_comm, tuple lease):
+                        bytes run_comm, tuple lease, int peer):
     """:func:`spare_wait` (called so by :func:`serve_spares` in a new spare:
     no look-up of the module's global and no call of it through Python)."""
     cdef int step, nfds = 0, leased = -1, i
     cdef int fds[3]
     cdef Py_ssize_t n, got
     cdef bytes msg
-    step = ember_spare_detach(sock, shepherd_pid,
+    step = ember_spare_detach(sock, peer, shepherd_pid,
                               NULL if spare_comm is None else PyBytes_AS_STRING(spare_comm))
     if step != EMBER_SPARE_OK:
         e = errno
@@ -369,6 +387,8 @@ cdef object _spare_wait(int sock, pid_t shepherd_pid, bytes spare_comm, bytes le
     msg = PyBytes_FromStringAndSize(NULL, n)
     got = ember_spare_recv(sock, PyBytes_AS_STRING(msg), <size_t>n, fds, &nfds)
     _close(sock)
+    if peer >= 0:
+        _close(peer)            # (the shepherd took its copy before it sent the request)
     if got != n or nfds != 3:
         for i in range(nfds):
             _close(fds[i])

@@ -13,8 +13,10 @@
  * spare, on its own memory) and a template child's exit holder
  * (ember_exit_holder: the one process that shares a process's memory,
  * CLONE_VM, only once that process does nothing but exit; its one atomic
- * keeps a second call off the holder's stack).  What a death at each step
- * costs: spares.h, at each.
+ * keeps a second call off the holder's stack).  And the shepherd's one
+ * call here, ember_spares_take (pidfd_getfd: its end of a spare's pair,
+ * taken from the spare, so that no socket is ever in flight).  What a
+ * death at each step costs: spares.h, at each.
  */
 #include <Python.h>     /* first: it sets the feature macros */
 
@@ -46,6 +48,9 @@
 #endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
 #endif
 
 #define _EMBER_SPARES_MAX_FDS 3
@@ -109,12 +114,14 @@ static ssize_t _ember_spares_recv(const ember_spares_args_t *a, int fds_out[3], 
     return n;
 }
 
-/* Send the answer: [pid, <the caller's tail>] with ``fd`` (SCM_RIGHTS).
- * The pid as a msgpack int32 after the array's header (the tail holds its
- * other three items). */
+/* Send the answer: [pid, fd's number, <the caller's tail>], with ``fd``
+ * itself (SCM_RIGHTS) unless it stays in the spare (keep_peer: the number
+ * is the spare's, as the clone copied the fd table; else -1).  The pid and
+ * the number as msgpack int 32s after the array's header (the tail holds
+ * its other three items). */
 static int _ember_spares_answer(const ember_spares_args_t *a, pid_t pid, int fd)
 {
-    unsigned char head[6];
+    unsigned char head[11];
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(int))];
@@ -123,14 +130,20 @@ static int _ember_spares_answer(const ember_spares_args_t *a, pid_t pid, int fd)
     struct msghdr mh;
     struct cmsghdr *cm;
     uint32_t u = (uint32_t)pid;
+    uint32_t f = (uint32_t)(a->keep_peer ? fd : -1);
     ssize_t w;
 
-    head[0] = 0x94;                     /* fixarray of 4 */
+    head[0] = 0x95;                     /* fixarray of 5 */
     head[1] = 0xd2;                     /* int 32, big-endian */
     head[2] = (unsigned char)(u >> 24);
     head[3] = (unsigned char)(u >> 16);
     head[4] = (unsigned char)(u >> 8);
     head[5] = (unsigned char)u;
+    head[6] = 0xd2;
+    head[7] = (unsigned char)(f >> 24);
+    head[8] = (unsigned char)(f >> 16);
+    head[9] = (unsigned char)(f >> 8);
+    head[10] = (unsigned char)f;
     iov[0].iov_base = head;
     iov[0].iov_len = sizeof head;
     iov[1].iov_base = (void *)a->tail;
@@ -139,13 +152,15 @@ static int _ember_spares_answer(const ember_spares_args_t *a, pid_t pid, int fd)
     memset(&ctl, 0, sizeof ctl);
     mh.msg_iov = iov;
     mh.msg_iovlen = 2;
-    mh.msg_control = ctl.buf;
-    mh.msg_controllen = sizeof ctl.buf;
-    cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    if (!a->keep_peer) {
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = sizeof ctl.buf;
+        cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    }
     do {
         w = sendmsg(a->sock, &mh, MSG_NOSIGNAL);
     } while (w < 0 && errno == EINTR);
@@ -209,16 +224,16 @@ long ember_clone_parent(void *tid_addr, void *robust_head, size_t robust_len)
 }
 
 ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *len_out,
-                              int fds_out[3], int *nfds_out, int *sock_out)
+                              int fds_out[3], int *nfds_out, int *sock_out, int *peer_out)
 {
     if (a == NULL || what == NULL || len_out == NULL || fds_out == NULL || nfds_out == NULL
-            || sock_out == NULL || a->buf == NULL || a->request == NULL
+            || sock_out == NULL || peer_out == NULL || a->buf == NULL || a->request == NULL
             || (a->tail == NULL && a->tail_len != 0))
         return EMBER_ERR_INVALID_ARG;
 #if !defined(__x86_64__) && !defined(__aarch64__)
     return EMBER_ERR_INVALID_ARG;
 #endif
-    *sock_out = -1;
+    *sock_out = *peer_out = -1;
     for (;;) {
         ssize_t n = _ember_spares_recv(a, fds_out, nfds_out);
         int sv[2];
@@ -247,7 +262,10 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *l
         }
         pid = ember_clone_parent(a->tid_addr, a->robust_head, a->robust_len);
         if (pid == 0) {         /* the spare */
-            close(sv[0]);
+            if (a->keep_peer)
+                *peer_out = sv[0];          /* until its request is in */
+            else
+                close(sv[0]);
             *sock_out = sv[1];
             *what = EMBER_SPARES_CHILD;
             return EMBER_OK;
@@ -261,7 +279,9 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *a, int *what, size_t *l
             return EMBER_OK;
         }
         err = _ember_spares_answer(a, (pid_t)pid, sv[0]);
-        close(sv[0]);           /* the spare sees EOF once the shepherd drops it */
+        /* Sent (the spare sees EOF once the shepherd drops it) or kept in
+         * the spare (which the shepherd kills if it drops it unused). */
+        close(sv[0]);
         if (err != 0)
             return EMBER_ERR_OS;                /* the shepherd is gone */
     }
@@ -296,8 +316,11 @@ static int _ember_close_fds(unsigned int lo, unsigned int hi)
     return 0;
 }
 
-int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm)
+int ember_spare_detach(int keep, int keep2, pid_t shepherd_pid, const char *comm)
 {
+    unsigned int lo = 3u;
+    int kept[2];
+
     ember_spare_name(comm);
     if (prctl(PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL) != 0)
         return EMBER_SPARE_STEP_PDEATHSIG;
@@ -305,14 +328,32 @@ int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm)
         errno = 0;
         return EMBER_SPARE_STEP_PARENT;
     }
-    if (keep >= 3) {
-        if (_ember_close_fds(3u, (unsigned int)keep - 1u) != 0
-                || _ember_close_fds((unsigned int)keep + 1u, ~0u) != 0)
+    kept[0] = keep < keep2 ? keep : keep2;          /* in order: the ranges between */
+    kept[1] = keep < keep2 ? keep2 : keep;
+    for (int i = 0; i < 2; i++) {
+        if (kept[i] < (int)lo)
+            continue;                               /* (none, 0-2, or the same twice) */
+        if (_ember_close_fds(lo, (unsigned int)kept[i] - 1u) != 0)
             return EMBER_SPARE_STEP_CLOSE;
-    } else if (_ember_close_fds(3u, ~0u) != 0) {
-        return EMBER_SPARE_STEP_CLOSE;
+        lo = (unsigned int)kept[i] + 1u;
     }
+    if (_ember_close_fds(lo, ~0u) != 0)
+        return EMBER_SPARE_STEP_CLOSE;
     return EMBER_SPARE_OK;
+}
+
+int ember_spares_take(pid_t pid, int fd)
+{
+    int pidfd, got, err;
+
+    pidfd = (int)syscall(SYS_pidfd_open, (long)pid, 0L);
+    if (pidfd < 0)
+        return -1;
+    got = (int)syscall(SYS_pidfd_getfd, (long)pidfd, (long)fd, 0L);
+    err = errno;
+    (void)close(pidfd);
+    errno = err;
+    return got;
 }
 
 ssize_t ember_spare_peek(int sock)

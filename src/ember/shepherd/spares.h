@@ -11,8 +11,18 @@
  * pages a clone.  ember_spares_serve() runs that loop without any Python:
  * it receives a request, and as long as it is the very request the caller
  * said it can answer here (the same bytes, no fds), it makes the socket
- * pair, clones the spare and sends the answer (the spare's pid, then the
- * caller's answer tail, and the spare's end of the pair by SCM_RIGHTS).
+ * pair, clones the spare and sends the answer: the spare's pid, the number
+ * of the shepherd's end of the pair in the spare, then the caller's answer
+ * tail.  The shepherd's end stays in the spare (keep_peer), which holds
+ * both ends until it has read its request, and the shepherd takes its own
+ * copy from there with pidfd_getfd(2) (template.py _take_end): no socket is
+ * ever in flight.  (A unix socket in flight, sent by SCM_RIGHTS and not yet
+ * received, makes every last close of a unix socket on the machine queue
+ * the kernel's AF_UNIX garbage collector, a kworker woken:
+ * docs/multiprocessing.md, the twenty-fifth pass; the shepherd reads an
+ * answer only at its next start.)  Where pidfd_getfd is not allowed
+ * (keep_peer 0: an older kernel, a seccomp profile, a ptrace policy that
+ * refuses it) the end goes with the answer by SCM_RIGHTS, the number -1.
  * Anything else is handed back to the caller.
  *
  * The clone is clone(CLONE_PARENT | CLONE_CHILD_SETTID | SIGCHLD) between
@@ -25,8 +35,9 @@
  *
  * Death: the template killed in the loop costs what it did before: a
  * request in flight is never answered (the shepherd stops the template and
- * starts a new one); a spare cloned whose socket was not sent sees EOF on
- * it and exits (the template's end is closed with the template).  Nothing
+ * starts a new one); a spare cloned whose answer was not sent waits (with
+ * keep_peer it holds both ends of its pair; without, it sees EOF once the
+ * template's end is closed with the template, and exits).  Nothing
  * tells the shepherd that spare's pid (killed between the clone and the
  * answer's sendmsg), but the spare is still in the template's process
  * group (a spare does not leave it: the shepherd moves it out when it
@@ -53,8 +64,10 @@ typedef struct {
     int sock;                 /* the template's SOCK_SEQPACKET socket to the shepherd */
     const char *request;      /* the spare request answered here (exact bytes) */
     size_t request_len;
-    const char *tail;         /* the answer after its first two bytes and the pid */
+    const char *tail;         /* the answer after its header, the pid and the fd */
     size_t tail_len;
+    int keep_peer;            /* 1: the shepherd's end stays in the spare (its number
+                                 answered); 0: sent with the answer (SCM_RIGHTS) */
     void *tid_addr;           /* glibc's TID field of this thread (CLONE_CHILD_SETTID) */
     void *robust_head;        /* this thread's robust list, re-registered by the child */
     size_t robust_len;
@@ -95,17 +108,29 @@ long ember_clone_parent(void *tid_addr, void *robust_head, size_t robust_len);
  * request whose spare cannot be made here (socketpair or clone failed) is
  * handed back as a MESSAGE (the caller's path answers it).  fds_out holds
  * up to 3 fds (received, the caller's to close); *nfds_out how many.
+ * In the new spare (CHILD), *sock_out is its end of the pair and
+ * *peer_out the shepherd's (keep_peer; else -1).  The answer is the
+ * msgpack array [pid, fd, <the tail's three items>], both ints as int 32.
  * Call with the GIL held. */
 ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t *len_out,
-                              int fds_out[3], int *nfds_out, int *sock_out);
+                              int fds_out[3], int *nfds_out, int *sock_out, int *peer_out);
+
+/* The shepherd's side: a copy of the fd ``fd`` of its child ``pid``
+ * (pidfd_open(2), then pidfd_getfd(2): close-on-exec), or -1 with errno
+ * (EBADF: no such fd, so a negative ``fd`` checks the permission only;
+ * ESRCH: the process has exited; EPERM, ENOSYS, or a seccomp filter's
+ * errno: not allowed here).  Death: nothing is held but the pidfd, for the
+ * call (the shepherd's fd table goes with it). */
+int ember_spares_take(pid_t pid, int fd);
 
 /*
  * The spare's own steps (in the spare, before any of its Python runs: each
  * Python step there wrote pages it shares with the template, ~80 copy-on-
  * write faults for these): ember_spare_detach() names it and detaches it
  * from the template (parent-death signal, checked parent, no inherited fd
- * but its socket; it stays in the template's process group until the
- * shepherd moves it out), ember_spare_recv() waits for its
+ * but its socket and the shepherd's end kept in it; it stays in the
+ * template's process group until the shepherd moves it out),
+ * ember_spare_recv() waits for its
  * request (the message and its three fds), ember_spare_stdio() puts those
  * fds in place as 0, 1, 2, ember_spare_leased() says whether the request
  * is a lease (ember._worker --spare=...), ember_spare_name() sets the
@@ -118,7 +143,12 @@ ember_rc_t ember_spares_serve(const ember_spares_args_t *args, int *what, size_t
  *
  * Death: a spare is no one's yet: killed anywhere in these steps, it costs
  * the shepherd a spare (it reaps it and hands the request to another, or
- * reports the start failed); the template is not involved.
+ * reports the start failed); the template is not involved.  Killed before
+ * the shepherd took its end from it, the shepherd's pidfd_getfd fails
+ * (ESRCH, EBADF) and it reaps it as a spare that cannot be used.  A spare
+ * that holds the shepherd's end never sees EOF on its own: one the
+ * shepherd drops unused is killed (template.py _reap, _kill_child), and
+ * the shepherd's death kills it (its parent-death signal).
  */
 
 /* The step of ember_spare_detach() that failed. */
@@ -131,9 +161,10 @@ typedef enum {
 
 /* Name the process ``comm`` (NULL: unchanged), set SIGKILL as its parent-
  * death signal, check that its parent is ``shepherd_pid``, close every fd
- * above 2 but ``keep``.  Returns the step that failed (errno set), or
- * EMBER_SPARE_OK.  (Its process group is the shepherd's to make.) */
-int ember_spare_detach(int keep, pid_t shepherd_pid, const char *comm);
+ * above 2 but ``keep`` and ``keep2`` (-1: none).  Returns the step that
+ * failed (errno set), or EMBER_SPARE_OK.  (Its process group is the
+ * shepherd's to make.) */
+int ember_spare_detach(int keep, int keep2, pid_t shepherd_pid, const char *comm);
 
 /* The length of the next message on ``sock`` (waiting for it), 0 at EOF,
  * -1 (errno) on error.  Nothing is consumed. */

@@ -33,15 +33,22 @@ the shepherd then kills it with the template's group), and then runs
 
 The spares (single-threaded template only): the shepherd keeps
 :data:`SPARES` children forked ahead of time.  It asks for the next ones
-(``["spare", preload]``) after a spawn the template forked, at once;
+(``["spare", preload, True]``) after a spawn the template forked, at once;
 after one that a spare took, when a child exits or :data:`SPARE_DELAY`
 later, so that making it does not compete for the CPUs with the child
 just started (:meth:`Template.spawn`).  The template clones each (in C,
 :func:`_spare_loop`: ``_spawn.serve_spares``, spares.c, while the requests
 are the one it last served in Python, :func:`_give_spare`), it does what
 needs nothing of a request (:func:`_detach`) and waits on a socket pair,
-whose other end the template hands to the shepherd (``SCM_RIGHTS``, with
-``[pid, None, preloaded modules, no more spares]``) and closes.  The shepherd sends the
+whose other end the template hands to the shepherd with ``[pid, fd, None,
+preloaded modules, no more spares]`` and closes: that end stays in the
+spare as its fd ``fd`` until its request is in, and the shepherd takes its
+copy from there (``pidfd_getfd``, :func:`_take_end`), so that no unix socket
+is in flight while the answer waits to be read (every close of a unix
+socket on the machine would wake the kernel's garbage collector meanwhile:
+docs/python-processes.md); where ``pidfd_getfd`` is refused
+(:func:`_take_ok`), the request is ``["spare", preload]`` and the end comes
+with the answer (``SCM_RIGHTS``, ``fd`` -1).  The shepherd sends the
 next request (``[args, envp, cwd]`` and the stdio fds) straight to the
 spare, with no answer to wait for; the template is off the path.  Spares
 that died or cannot be used (forked before a preload the request asks
@@ -75,7 +82,7 @@ flight ("template exited"); the shepherd's loop sees it at once (its
 pidfd, :meth:`Template.died`): it is reaped, with what is left of its
 group (below), and a warning logged; the next spawn starts a new
 template.  A spare
-the shepherd already holds is still used; one whose socket was in flight
+the shepherd already holds is still used; one whose answer was in flight
 (answered, not read) is killed and reaped once the template is, and so is
 every child the template made whose answer never came (a spare cloned
 just before the death: it is still in the template's process group,
@@ -84,6 +91,7 @@ fork on the next request.  A child dying at any point is an ordinary
 managed-process exit.
 """
 import atexit
+import errno
 import os
 import select
 import _signal as signal  # the C module: signal's enums import enum (~1.5 ms of every `ember run`)
@@ -108,6 +116,7 @@ from ._spawn import exit_holder as _exit_holder, huge_pages as _huge_pages, \
 from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
 from ._spawn import QUIET_AT_MOST, QUIET_EMPTY, QUIET_IS, QUIET_SAME_END, quiet as _quiet, \
     quiet_mark as _quiet_mark, quiet_note as _quiet_note
+from ._spawn import take_end as _take_end_c
 from ._spawn import serve_spares as _serve_spares, \
     set_pdeathsig, skip_in_clone as _skip_in_clone, spare_name as _spare_name, \
     spare_request as _spare_request, spare_setenv as _spare_setenv, spare_wait as _spare_wait, \
@@ -273,7 +282,7 @@ class Template:
         # spare request for a preload list and its bytes (_ask_spare), the
         # end of the last answer after its pid and what it says (_collect_one).
         self._preload = self._preload_text = None
-        self._ask_for = self._ask_req = None
+        self._ask_for = self._ask_req = self._ask_keep = None
         self._tail = self._tail_got = None
         # The programs' templates (_Program), least recently used first; the
         # keys refused (a template that died before its first spare); the
@@ -441,18 +450,13 @@ class Template:
             return
         if self._sock is None and not start:
             return
-        if preload is not self._ask_for:
-            import msgpack
-
-            self._ask_req = msgpack.packb(["spare", list(preload)], use_bin_type=True)
-            self._ask_for = preload
-        req = self._ask_req
         for _ in (0, 1):
             try:
                 if self._sock is None:
                     if not start:
                         return        # (the first try's template died: not restarted)
                     self._start()
+                req = self._spare_request(preload)
                 while len(self._spares) + self._asked < SPARES:
                     self._sock.send(req)
                     self._asked += 1
@@ -461,11 +465,27 @@ class Template:
             except OSError:
                 self._stop()          # dead: the next spawn starts a new one
 
+    def _spare_request(self, preload):
+        """The spare request for ``preload`` (:meth:`_ask_spare`):
+        ``["spare", preload, True]`` where we can take our end of the
+        spare's pair from the spare (:func:`_take_ok`), else ``["spare",
+        preload]`` (the end comes with the answer)."""
+        keep = _take_ok(self._pid)
+        if preload is not self._ask_for or keep is not self._ask_keep:
+            import msgpack
+
+            self._ask_req = msgpack.packb(["spare", list(preload)] + [True] * keep,
+                                          use_bin_type=True)
+            self._ask_for, self._ask_keep = preload, keep
+        return self._ask_req
+
     def _collect(self, wait):
         """Read the template's answers to the spare requests in flight that
         have come (with ``wait``: wait for one, if none has): each is
-        ``[pid, error, preloaded modules, no more spares]`` and the spare's
-        socket (``SCM_RIGHTS``), or pid 0 and no socket."""
+        ``[pid, fd, error, preloaded modules, no more spares]``, the spare
+        holding our end of its socket pair as its fd ``fd`` (taken from it:
+        :func:`_take_end`), or ``fd`` -1 and that end with the answer
+        (``SCM_RIGHTS``); or pid 0 and no socket."""
         while self._asked:
             if not self._collect_one(_REPLY_TIMEOUT if wait else 0):
                 return
@@ -485,13 +505,15 @@ class Template:
             data, fds = self._answer(1)
             if not data:
                 raise ConnectionError("template exited")
-            pid, preloaded, final = self._read_answer(data)
+            pid, end, preloaded, final = self._read_answer(data)
             self._up = True
         except (OSError, TimeoutError, ValueError, TypeError):
             for fd in fds:
                 os.close(fd)
             self._stop()
             return False
+        if pid and end >= 0 and not fds:
+            fds = _take_end(pid, end)
         if pid and len(fds) == 1 and _adopt(pid):
             os.set_inheritable(fds[0], False)     # fds from SCM_RIGHTS are inherited by exec
             self._spares.append(_Spare(pid, _socket().socket(fileno=fds[0]), preloaded))
@@ -504,27 +526,31 @@ class Template:
         return True
 
     def _read_answer(self, data):
-        """(pid, preloaded modules as a frozenset, no more spares) of an
-        answer ``[pid, error, preloaded, final]``.  Its end after the pid is
-        the same bytes at every answer while the template's modules do not
-        change (~2.5 KB, ~200 names): then only the pid is decoded."""
+        """(pid, fd, preloaded modules as a frozenset, no more spares) of an
+        answer ``[pid, fd, error, preloaded, final]``.  Its end after the fd
+        is the same bytes at every answer while the template's modules do
+        not change (~2.5 KB, ~200 names): then, for the loop in C's answer
+        (the two ints as int 32s: spares.c), only those are decoded."""
         import msgpack
 
         tail = self._tail
-        cut = len(data) - len(tail) if tail is not None else 0
-        if cut > 1 and data[0] == 0x94 and data[cut:] == tail:
-            return msgpack.unpackb(data[1:cut]), self._tail_got[0], self._tail_got[1]
+        if (tail is not None and len(data) == _ANSWER_HEAD.size + len(tail) and data[0] == 0x95
+                and data[1] == data[6] == 0xd2 and data[_ANSWER_HEAD.size:] == tail):
+            pid, fd = _ANSWER_HEAD.unpack_from(data)
+            return pid, fd, self._tail_got[0], self._tail_got[1]
         u = msgpack.Unpacker(raw=False)
         u.feed(data)
-        if u.read_array_header() != 4:
+        if u.read_array_header() != 5:
             raise ValueError("bad answer from the template")
-        pid = u.unpack()
+        pid, fd = u.unpack(), u.unpack()
+        if type(fd) is not int:
+            raise ValueError("bad answer from the template")
         cut = u.tell()
         _err, preloaded, final = u.unpack(), frozenset(u.unpack()), u.unpack()
         if u.tell() != len(data):
             raise ValueError("bad answer from the template")
         self._tail, self._tail_got = data[cut:], (preloaded, final)
-        return pid, preloaded, final
+        return pid, fd, preloaded, final
 
     def _answer(self, maxfds):
         """One message from the template: (bytes, fds), with at most
@@ -1016,6 +1042,53 @@ def _adopt(pid):
     except OSError:
         return False
     return True
+
+
+#: The head of the loop in C's answer (spares.c): a fixarray of 5, the pid
+#: and the fd as msgpack int 32s (their 0xd2 markers skipped here).
+_ANSWER_HEAD = struct.Struct(">xxixi")
+#: Whether the shepherd can take its end of a spare's pair from the spare
+#: (pidfd_getfd: :func:`_take_ok`): None until probed.
+_TAKE = [None]
+
+
+def _take_ok(pid):
+    """Whether we may take fds from our child ``pid`` (a template) with
+    ``pidfd_getfd`` (the spares' are its clones: the same credentials, our
+    children too, by CLONE_PARENT): probed once, by asking for fd -1 (EBADF:
+    allowed, no such fd; EPERM, ENOSYS, a seccomp filter's errno: not
+    here).  Not allowed, the spares' ends come with the template's answers
+    (``SCM_RIGHTS``), as they did before: kernels before 5.6, a container's
+    seccomp profile, a ptrace policy (Yama's ``ptrace_scope`` 2 or 3
+    without CAP_SYS_PTRACE).  A ``pid`` that is gone decides nothing
+    (False this time)."""
+    if _TAKE[0] is None:
+        if type(pid) is not int or pid <= 0:
+            return False
+        try:
+            _take_end_c(pid, -1)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return False
+            _TAKE[0] = exc.errno == errno.EBADF
+        else:
+            _TAKE[0] = True           # (no fd -1: not reached)
+    return _TAKE[0]
+
+
+def _take_end(pid, fd):
+    """Our end of the socket pair of spare ``pid``, its fd ``fd``, taken
+    from it (``pidfd_getfd``): ``[fd]``, or ``[]`` if it cannot be (the
+    spare exited: ESRCH, EBADF; not allowed after all: the next spare
+    requests have the end sent, :func:`_take_ok`)."""
+    if type(pid) is not int or pid <= 0 or fd > 0x7fffffff:
+        return []                     # (an answer that names no child of ours)
+    try:
+        return [_take_end_c(pid, fd)]
+    except OSError as exc:
+        if exc.errno not in (errno.ESRCH, errno.EBADF):
+            _TAKE[0] = False
+        return []
 
 
 def _kill_child(pid):
@@ -1731,11 +1804,13 @@ class _Spare:
         return self.pid
 
 
-def _make_spare(shepherd_pid):
+def _make_spare(shepherd_pid, keep_peer=False):
     """Fork a spare with :func:`_clone_parent` (so it is the shepherd's
     child from the start): it does every step that needs nothing of a
-    request (:func:`_detach`) and waits for one on a socket pair.  None
-    where a spare cannot be made (threads in the template, no clone)."""
+    request (:func:`_detach`) and waits for one on a socket pair; with
+    ``keep_peer`` it keeps the other end (ours, the shepherd's to take from
+    it: :func:`_give_spare`) until its request is in.  None where a spare
+    cannot be made (threads in the template, no clone)."""
     if not _single_threaded():
         return None
     socket = _socket()
@@ -1747,8 +1822,10 @@ def _make_spare(shepherd_pid):
     except OSError:
         pid = None
     if pid == 0:
+        peer = mine.detach() if keep_peer else -1
         mine.close()
-        _spare_main(_spare_wait(theirs.detach(), shepherd_pid, *_spare_names()), shepherd_pid)
+        _spare_main(_spare_wait(theirs.detach(), shepherd_pid, *_spare_names(), peer),
+                    shepherd_pid)
     theirs.close()
     if pid is None:
         mine.close()
@@ -1944,8 +2021,9 @@ def _serve(sock, shepherd_pid, spares, program=False):
     import msgpack
 
     # The spare request served by the loop in C (_serve_spares): the last
-    # one answered here (its preload list imported by then).
-    fast = [msgpack.packb(["spare", []], use_bin_type=True), None]
+    # one answered here (its preload list imported by then), and whether
+    # its spares keep the shepherd's end (_give_spare).
+    fast = [msgpack.packb(["spare", []], use_bin_type=True), None, False]
     while True:
         got = _spare_loop(sock, fast, shepherd_pid) if spares else None
         if got is None:
@@ -1973,6 +2051,7 @@ def _serve(sock, shepherd_pid, spares, program=False):
             if not _give_spare(sock, req, shepherd_pid, spares):
                 return 0
             fast[0] = msg             # served: the loop in C may answer it from now on
+            fast[2] = _keeps_peer(req)
             continue
         if program:
             return 0
@@ -2022,7 +2101,7 @@ def _program_main(key, shepherd_pid):
         try:                      # no such run here: no spares (the shepherd makes none again)
             import msgpack
 
-            sock.send(msgpack.packb([0, None, [], True], use_bin_type=True))
+            sock.send(msgpack.packb([0, -1, None, [], True], use_bin_type=True))
         except OSError:
             pass
         return 0
@@ -2052,7 +2131,7 @@ def _spare_loop(sock, fast, shepherd_pid):
         f.flush()
     try:           # (the loop says itself when the hooks of _CLONE_SKIPS do nothing)
         got = _serve_spares(sock.fileno(), fast[0], tail, *_clone, fast[1], shepherd_pid,
-                            *_spare_names())
+                            *_spare_names(), fast[2])
     except OSError:
         return False
     except ValueError:
@@ -2133,13 +2212,25 @@ def _hold_lease(args):
             signal.pause()
 
 
+def _keeps_peer(req):
+    """Whether a spare request ``["spare", preload, keep]`` asks that the
+    spare keep the shepherd's end of its pair (``keep`` True)."""
+    return len(req) > 2 and req[2] is True
+
+
 def _give_spare(sock, req, shepherd_pid, spares):
-    """Answer the shepherd's ``["spare", preload]``: import ``preload``,
-    fork a spare (:func:`_make_spare`) and hand its socket to the shepherd
-    (``SCM_RIGHTS``), which sends it the next request itself; our copy is
-    closed, so the spare sees EOF once the shepherd drops it.  The answer
-    is ``[pid, None, preloaded modules, no more spares]``; pid 0 (and no
-    socket) if no spare can be made.  False if the shepherd is gone."""
+    """Answer the shepherd's ``["spare", preload, keep]``: import
+    ``preload``, fork a spare (:func:`_make_spare`) and give the shepherd
+    the other end of the spare's socket pair, on which it sends the spare
+    its request itself: with ``keep`` (:func:`_keeps_peer`) that end stays
+    in the spare, which holds it until its request is in, and the shepherd
+    takes it from there (``pidfd_getfd``: :func:`_take_end`; no socket in
+    flight), else it goes with the answer (``SCM_RIGHTS``).  Our copy is
+    closed (a spare sees EOF once the shepherd drops the end sent; one that
+    keeps it is killed when dropped).  The answer is ``[pid, fd, None,
+    preloaded modules, no more spares]``, ``fd`` the number of the end in
+    the spare (-1: sent); pid 0 (and no socket) if no spare can be made.
+    False if the shepherd is gone."""
     import msgpack
 
     _t("T.spare_req")
@@ -2147,15 +2238,17 @@ def _give_spare(sock, req, shepherd_pid, spares):
                if isinstance(m, str) and m]
     if any(m not in _preloaded for m in preload):
         _preload(preload)
-    spare = _make_spare(shepherd_pid) if spares else None
+    keep = _keeps_peer(req)
+    spare = _make_spare(shepherd_pid, keep) if spares else None
     _t("T.cloned")
     if spare is not None and _DIE_AT_SPARE:
         _die_at_spare()
     final = not spares or (spare is None and not _single_threaded())
-    reply = msgpack.packb([spare.pid if spare else 0, None, sorted(_preloaded), final],
+    fd = spare.sock.fileno() if keep and spare is not None else -1
+    reply = msgpack.packb([spare.pid if spare else 0, fd, None, sorted(_preloaded), final],
                           use_bin_type=True)
     try:
-        if spare is not None:
+        if spare is not None and not keep:
             _socket().send_fds(sock, [reply], [spare.sock.fileno()])
         else:
             sock.send(reply)
