@@ -31,7 +31,7 @@ __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "w
            "clone_setup", "clone_parent", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap",
            "quiet_note", "quiet", "quiet_mark", "QUIET_EMPTY", "QUIET_IS", "QUIET_AT_MOST", "QUIET_SAME_END",
-           "fill_pools", "huge_pages"]
+           "fill_pools"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -776,88 +776,6 @@ def trim_heap():
         r = ember_trim_heap()
     return r != 0
 
-
-
-cdef extern from *:
-    """
-    #include <stdio.h>
-    #include <stdint.h>
-    #include <string.h>
-    #include <sys/mman.h>
-    #ifndef MADV_COLLAPSE
-    #define MADV_COLLAPSE 25
-    #endif
-    #define EMBER_HUGE ((uintptr_t)2 << 20)
-    #define EMBER_HUGE_MAX 64
-    /* The template's memory in huge pages (huge_pages): each 2 MiB-aligned
-       2 MiB of a private anonymous writable mapping (the C heap, pymalloc's
-       arenas; not the stack) of which at least three quarters are
-       resident (mincore), made one huge page (MADV_COLLAPSE, Linux 6.1:
-       the kernel copies it into a new huge page, the holes zero-filled).
-       A clone then copies one page table entry for it where it copied
-       512, and the child's exit unmaps one (or, once a write has split
-       it, 512 entries of one folio, unmapped together). Mappings with
-       fewer pages resident are left as they are (a sparse buffer would
-       be made resident whole). Only this process's own memory changes.
-       Returns the bytes collapsed, or -1 if /proc/self/maps cannot be
-       read. */
-    static long ember_huge_pages(void) {
-        char line[512];
-        static unsigned char res[512];
-        uintptr_t at[EMBER_HUGE_MAX];
-        int n = 0;
-        long done = 0;
-        FILE *f = fopen("/proc/self/maps", "re");
-        if (f == NULL)
-            return -1;
-        while (fgets(line, sizeof line, f) != NULL) {
-            unsigned long a, b, off, ino;
-            char perms[8], dev[16];
-            int pos = 0;
-            size_t len = strlen(line);
-            if (len > 0 && line[len - 1] != '\\n') {   /* (a longer line: skip its rest) */
-                int c;
-                while ((c = fgetc(f)) != EOF && c != '\\n')
-                    ;
-            }
-            if (sscanf(line, "%lx-%lx %7s %lx %15s %lu %n", &a, &b, perms, &off, dev, &ino,
-                       &pos) < 6 || strcmp(perms, "rw-p") != 0 || ino != 0
-                    || (line[pos] != '\\n' && line[pos] != '\\0'
-                        && strncmp(line + pos, "[heap]", 6) != 0))
-                continue;
-            for (uintptr_t s = (a + EMBER_HUGE - 1) & ~(EMBER_HUGE - 1);
-                 s + EMBER_HUGE <= b && n < EMBER_HUGE_MAX; s += EMBER_HUGE)
-                at[n++] = s;
-        }
-        fclose(f);
-        for (int i = 0; i < n; i++) {
-            int in = 0;
-            if (mincore((void *)at[i], EMBER_HUGE, res) != 0)
-                continue;
-            for (int j = 0; j < 512; j++)
-                in += res[j] & 1;
-            if (in >= 384 && madvise((void *)at[i], EMBER_HUGE, MADV_COLLAPSE) == 0)
-                done += (long)EMBER_HUGE;
-        }
-        return done;
-    }
-    """
-    long ember_huge_pages()
-
-
-def huge_pages():
-    """Make this process's C heap and pymalloc arenas huge pages where
-    they are mostly resident: each 2 MiB-aligned 2 MiB of a private
-    anonymous writable mapping with at least three quarters of its pages
-    resident becomes one huge page (``MADV_COLLAPSE``, Linux 6.1; nothing
-    where the kernel lacks it or refuses).  The template calls it at each
-    freeze: a clone copies a page table entry per 4 KiB page the template
-    maps (~100 ns each here) and the child's exit unmaps each again;
-    what a huge page covers is one entry at the clone, and its 512
-    entries, once a write in the child has split it, are unmapped as one
-    folio.  The bytes made huge pages (0 if none), -1 if the process's
-    mappings cannot be read."""
-    return ember_huge_pages()
 
 
 cdef extern from *:

@@ -111,8 +111,8 @@ from .._worker import FLAGS_KEY_END, LEASED_COMM, PROGRAM_PREFIX, _scan, fd_read
     key_env as _key_env, lease as _lease_worker, main as _run_worker, options_of as _options_of, \
     parse_argv, rehearse as _rehearse, spare_token, startup_env as _startup_env, \
     templated as _templated, PRINTING_VARS as _PRINTING_VARS
-from ._spawn import exit_holder as _exit_holder, huge_pages as _huge_pages, \
-    proc_state_note as _proc_state_note, trim_heap as _trim_heap
+from ._spawn import exit_holder as _exit_holder, proc_state_note as _proc_state_note, \
+    trim_heap as _trim_heap
 from ._spawn import clone_parent as _clone_parent_c, clone_setup as _clone_setup
 from ._spawn import QUIET_AT_MOST, QUIET_EMPTY, QUIET_IS, QUIET_SAME_END, quiet as _quiet, \
     quiet_mark as _quiet_mark, quiet_note as _quiet_note
@@ -146,9 +146,6 @@ SPARES = 2
 #: ``EMBER_TEST_TEMPLATE_IDLE``).
 PROGRAMS = 2
 PROGRAM_IDLE = float(os.environ.get("EMBER_TEST_TEMPLATE_IDLE") or 60.0)
-#: Whether :func:`_freeze` makes the template's heap huge pages
-#: (``_spawn.huge_pages``); ``EMBER_TEMPLATE_HUGE_PAGES=0`` turns it off.
-HUGE_PAGES = os.environ.get("EMBER_TEMPLATE_HUGE_PAGES", "1") != "0"
 #: Templates of other interpreter options than the warm template's kept at
 #: most (:meth:`Template._for_options`): beyond, a parent's children exec a
 #: fresh interpreter with its options.
@@ -1292,8 +1289,6 @@ def _freeze():
     gc.collect()
     gc.freeze()
     _trim_heap()
-    if HUGE_PAGES:
-        _huge_pages()
     clear = getattr(sys, "_clear_type_cache", None)
     if clear is not None:
         clear()
