@@ -1380,6 +1380,12 @@ class Process:
                 return True
             if self._desc.os_pid != pid:      # another thread followed meanwhile
                 return self._ended(timeout)
+            if code is not None and self._settled:
+                # it read its call: never started again, the kernel's word is
+                # its end (GS need not be asked: it may be slow or stopped;
+                # a lease's GS is told its end stands)
+                self._rerun()
+                return True
             return self._follow(timeout)
         finally:
             self._lock.release()
