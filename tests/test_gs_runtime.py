@@ -267,15 +267,27 @@ if __name__ == "__main__":
 def test_a_plain_exit_reported_quietly_reaches_gs_with_no_request(tmp_path):
     # Nothing asks GS anything after the exit: the shepherd's late poke
     # (POKE_DELAY) has GS read it (its event is written); with no late
-    # poke (an hour) it is not read while nothing else wakes GS.
+    # poke (an hour) it is not read while nothing else wakes GS.  The child
+    # exits once the answer to the next spare's create (asked at its start;
+    # its ShSpawned is poked) is in: no poke follows the exit's report.
     body = r'''
 import json, os, sys, time
 import ember
 from ember import _env
+from ember.objects import process as _process
 from ember.runtime import runtime_dir
+
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
 if __name__ == "__main__":
-    p = ember.Process(target=os.getpid)
+    go = os.path.abspath("go-" + str(os.getpid()))
+    p = ember.Process(target=wait_for, args=(go,))
     p.start()
+    if _process._lease is not None:
+        _process._settle(_process._lease)
+    open(go, "w").close()
     p.join()
     log = os.path.join(runtime_dir(), _env.get(_env.RUNTIME_ID) + ".events")
     t = time.monotonic()
