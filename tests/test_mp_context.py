@@ -1118,6 +1118,32 @@ def test_fds_a_child_never_asked_for_are_closed_at_its_end(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_an_fd_asked_for_after_its_release_prints_nothing_in_the_parent(tmp_path):
+    """A child that sent its request for an fd to the parent's resource
+    sharer and was killed before the sharer's thread read it: the parent,
+    knowing its end, released the fd (Popen._unshare), and the thread then
+    found no such key; its KeyError was printed (a second traceback in
+    test_a_child_killed_while_it_fetches_its_fds_prints_nothing_in_the_parent,
+    now and then).  The order forced: released, then asked for."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent("""
+        import os
+        from ember.mp import context
+        sharer = context._sharer()
+        r, w = os.pipe()
+        d = sharer.DupFd(w)
+        context._unshare([d._id[1]])
+        try:
+            d.detach()
+        except EOFError:
+            print("released", flush=True)
+        # (served after it: the sharer serves one connection at a time)
+        os.close(sharer.DupFd(r).detach())
+    """))
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "released\n", ""), res
+
+
 def test_a_child_killed_while_it_fetches_its_fds_prints_nothing_in_the_parent(tmp_path):
     """A child killed while it fetches the fds its start pickled (a stdlib
     Connection argument: from the parent's resource sharer) costs the

@@ -885,7 +885,10 @@ def _serve(self):
     (ConnectionResetError, BrokenPipeError, EOFError) went to
     ``sys.excepthook``, a traceback on the parent's stderr for each such
     child, where spawn's child inherits its fds and its death costs the
-    parent nothing.  Any other error is printed as before."""
+    parent nothing.  So is a request for an fd already released
+    (:func:`_unshare`: the child sent it, then died, and the parent closed
+    its fds before this thread read it; the stdlib's KeyError).  Any other
+    error is printed as before."""
     import signal
 
     if hasattr(signal, "pthread_sigmask"):
@@ -897,7 +900,11 @@ def _serve(self):
                 if msg is None:
                     break
                 key, destination_pid = msg
-                send, close = self._cache.pop(key)
+                with self._lock:
+                    entry = self._cache.pop(key, None)
+                if entry is None:
+                    continue    # released (_unshare): its child ended before it was served
+                send, close = entry
                 try:
                     send(conn, destination_pid)
                 finally:
