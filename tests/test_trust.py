@@ -114,7 +114,7 @@ if sh is not None:
         time.sleep(0.01)
     ch.send(m.ShKill([1], 2 ** 40).pack())
     settle()
-print(sorted(k for k in os.environ if k.startswith("EMBER_")))
+print(sorted(k for k in os.environ if k.startswith("EMBER_") and not k.startswith("EMBER_TEST_")))
 ''')
     assert res.returncode == 0, (res.stdout, res.stderr)
     assert not marker.exists()
