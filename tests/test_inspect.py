@@ -433,9 +433,14 @@ def test_lock_deadlock_seen_from_outside(tmp_path, xdg):
         assert res.stdout.decode().splitlines() == ["True", "a reply from global services"], res
         for r in by.values():
             assert set(r) == PS_KEYS, r
-        text = ember(xdg, "ps").stdout.decode()
-        line = next(ln for ln in text.splitlines() if " bob " in ln)
-        assert f'blocked on acquire(Lock "db") held by p_uid {alice["p_uid"]} for ' in line, text
+        want = f'blocked on acquire(Lock "db") held by p_uid {alice["p_uid"]} for '
+        last = []
+
+        def blocked_text():         # (taken again until a look lands inside a wait)
+            last[:] = [ember(xdg, "ps").stdout.decode()]
+            return last[0] if any(" bob " in ln and want in ln
+                                  for ln in last[0].splitlines()) else None
+        _wait_for(blocked_text, lambda: f"bob blocked in ember ps's text ({last})")
         # stacks: the blocking line, annotated with the lock and its holder
         res = ember(xdg, "stacks", "alice", "bob")
         assert res.returncode == 0, res.stderr
@@ -497,8 +502,16 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
         assert head["blocked_detail"]["role"] == "result of a Process"
         assert boss["blocked_on"] == "recv(results of an Executor)"
         assert boss["blocked_detail"]["role"] == "results of an Executor"
-        text = ember(xdg, "ps").stdout.decode()
-        assert "blocked on recv(result of a Process) for " in text, text
+        # (the text is a second look: the head's wait is taken in slices,
+        # and a look between two of them sees it sleeping; taken again, as
+        # _wait_ps does, until it lands inside one: a loaded CI run's look
+        # landed between)
+        last = []
+
+        def blocked_text():
+            last[:] = [ember(xdg, "ps").stdout.decode()]
+            return last[0] if "blocked on recv(result of a Process) for " in last[0] else None
+        text = _wait_for(blocked_text, lambda: f"the head blocked in ember ps's text ({last})")
         assert "channel" not in text, text
         # boss met GS first from its executor's thread, where Python sets
         # no signal handler: its stacks are dumped all the same (every
