@@ -287,6 +287,19 @@ def wait_polling_on(fd, tid, timeout=60.0):
         time.sleep(0.002)
 
 
+def sockets(pid):
+    """The socket inodes (``socket:[N]``) among the fds of ``pid`` above 2."""
+    got = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if int(fd) > 2 and link.startswith("socket:"):
+            got.add(link)
+    return got
+
+
 def readable_memory(pid="self"):
     """(address, mapping name, bytes) of each readable mapping of process
     ``pid`` (its memory as /proc/PID/maps lists it when called), device

@@ -13,6 +13,7 @@ import msgpack
 import pytest
 
 from ember.shepherd import _spawn, template as T
+from procs import sockets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,19 +60,6 @@ TEMPLATE = textwrap.dedent(r"""
         for fd in fds:
             os.close(fd)
 """)
-
-
-def _sockets(pid):
-    """The socket inodes among the fds of ``pid`` above 2."""
-    got = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if int(fd) > 2 and link.startswith("socket:"):
-            got.add(link)
-    return got
 
 
 @pytest.mark.parametrize("way", ["keep", "send"])
@@ -123,10 +111,10 @@ def test_the_spare_loop_answers_its_request_and_hands_back_the_others(tmp_path, 
             assert comm == b"ember-spare"
             if way == "keep":                 # (closed the others: detached)
                 for _ in range(3000):
-                    if len(_sockets(pid)) == 2:
+                    if len(sockets(pid)) == 2:
                         break
                     time.sleep(0.01)
-                assert mine_ino in _sockets(pid) and len(_sockets(pid)) == 2
+                assert mine_ino in sockets(pid) and len(sockets(pid)) == 2
             # It waits in the template's process group; the shepherd gives
             # it its own when it reads the answer (template._adopt): a spare
             # whose answer never came dies with that group.
@@ -752,20 +740,9 @@ def test_no_exit_holder_while_another_thread_runs_or_for_another_parent(why):
 
 
 SPARE_ENDS = r"""
-from procs import children, wait_children
+from procs import children, sockets, wait_children
 ember.Process._lease_spares = False   # the shepherd's spares alone
 sh = os.getppid()
-
-def sockets(pid):
-    got = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if int(fd) > 2 and link.startswith("socket:"):
-            got.add(link)
-    return got
 
 def held():
     # the spares whose answers the shepherd has read (given a group of their own)
