@@ -287,15 +287,16 @@ def wait_polling_on(fd, tid, timeout=60.0):
         time.sleep(0.002)
 
 
-def sockets(pid):
-    """The socket inodes (``socket:[N]``) among the fds of ``pid`` above 2."""
+def sockets(pid, lowest=3):
+    """The socket inodes (``socket:[N]``) among the fds of ``pid`` from
+    ``lowest`` on (its standard streams left out by default)."""
     got = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        if int(fd) > 2 and link.startswith("socket:"):
+        if int(fd) >= lowest and link.startswith("socket:"):
             got.add(link)
     return got
 

@@ -23,7 +23,7 @@ import pytest
 
 from ember import messages as M
 from ember.shepherd import Shepherd, run
-from procs import join, kill
+from procs import join, kill, sockets
 
 BASE_ENV = {"PATH": "/usr/bin:/bin", "BASE": "base", "OVER": "old"}
 PY = sys.executable
@@ -1054,15 +1054,7 @@ def _wait_spares_set_up(t, timeout=30):
     template answers): until then it holds the template's end of our
     socket too, and a send to a template that died still succeeds."""
     def socks(pid):
-        found = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:"):
-                found.add(link)
-        return found
+        return sockets(pid, lowest=0)
     deadline = time.monotonic() + timeout
     for spare in t._spares:
         # (the template's own, read again: a spare keeps the shepherd's end
