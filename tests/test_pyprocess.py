@@ -616,6 +616,58 @@ def test_starts_with_the_shepherds_fds_above_select_limit(tmp_path):
                                 "start True", "joined 360"], out
 
 
+def test_a_start_the_shepherd_fails_on_raises_and_does_not_hang(tmp_path):
+    """A start whose handling in the shepherd raises what no start failure
+    raises (a bug; a broken install: an extension not rebuilt, ImportError;
+    here a module of the user's named ``socket.py`` in the directory
+    ``python -m ember run`` is run from, first on the launcher's sys.path
+    and so on the shepherd's, which imports socket at its first template
+    start: AttributeError) fails with that error: ``ember.Process.start()``
+    and an mp start raise ProcessError naming it, ``ember run`` exits 1
+    with it, the shepherd logs its traceback and goes on (a spawn start
+    runs).  On main the shepherd dropped the request (a warning) and the
+    start hung: ``ember run`` killed at the timeout."""
+    here, there = tmp_path / "cwd", tmp_path / "prog"
+    here.mkdir()
+    there.mkdir()
+    (here / "socket.py").write_text("PORT = 8080    # the user's, named like the stdlib's\n")
+    prog = there / "prog.py"
+    prog.write_text(textwrap.dedent("""
+        import multiprocessing
+        import ember
+
+        def f():
+            print("ran", flush=True)
+
+        if __name__ == "__main__":
+            for how in ("ember.Process", "mp"):
+                try:
+                    if how == "mp":
+                        multiprocessing.get_context("ember").Process(target=f).start()
+                    else:
+                        ember.Process(target=f).start()
+                except Exception as exc:
+                    print(how, type(exc).__name__, exc, flush=True)
+            ember.Process.start_method = "spawn"
+            p = ember.Process(target=f)
+            p.start()
+            p.join()
+            print("spawn start: exit", p.exitcode, flush=True)
+            ember.Process.start_method = "template"
+            ember.Process(target=f).start()
+    """))
+    res = ember("run", str(prog), cwd=here, timeout=60)
+    out, err = res.stdout.decode(), res.stderr.decode()
+    why = "cannot start process: the shepherd failed on it: " \
+          "AttributeError: module 'socket' has no attribute 'socketpair'"
+    assert out.splitlines() == [f"ember.Process ProcessError {why}", f"mp ProcessError {why}",
+                                "ran", "spawn start: exit 0"], (out, err)
+    assert res.returncode == 1, (out, err)
+    assert err.endswith(f"ember.exceptions.ProcessError: {why}\n"), err
+    assert err.count(": the spawn of ") == 3, err     # its traceback, each time
+    assert "ember shepherd: ERROR: p_uid " in err, err
+
+
 def test_template_killed_is_replaced(tmp_path):
     out = ok(run_prog(tmp_path, """
         def templates():

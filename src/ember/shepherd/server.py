@@ -573,10 +573,26 @@ class Shepherd(Service):
     def _on_spawn(self, msg):
         _t("S.spawn")
         p_uid = msg.p_uid
-        err = self._spawn(msg)
+        try:
+            err = self._spawn(msg)
+        except Exception as exc:
+            err = self._spawn_failed(msg, exc)
         if err is not None:
             self._send(M.ShSpawned(msg.tag, p_uid, None, err))
         return True
+
+    @staticmethod
+    def _spawn_failed(msg, exc):
+        """The answer to a spawn that raised what no start failure
+        raises (a bug, a broken install: an extension not rebuilt, a
+        module of the user's named like one the shepherd imports): the
+        start fails with it, and its traceback goes to the log.  Never
+        dropped: its creator would wait for ever (``ember run`` hung).
+        Nothing of the spawn is left (:meth:`_start`)."""
+        import traceback
+        log.error("p_uid %r: the spawn of %r failed:\n%s", msg.p_uid, msg.exe,
+                  traceback.format_exc().rstrip())
+        return f"the shepherd failed on it: {type(exc).__name__}: {exc}"
 
     def _spawn(self, msg):
         """Start the child of ``msg``; return None or the error text.  Under
@@ -627,10 +643,10 @@ class Shepherd(Service):
                 os.close(out_r)
                 os.close(out_w)
                 return f"cannot create pipes for '{exe}': [Errno {exc.errno}] {exc.strerror}"
-        # The child's entry on the output board (a direct stdio is not ours
-        # to forward: clean from the start).
-        _ob.ob_spawned(p_uid, direct is not None)
         try:
+            # The child's entry on the output board (a direct stdio is not
+            # ours to forward: clean from the start).
+            _ob.ob_spawned(p_uid, direct is not None)
             stdin_fd = self._stdin_for(msg.env) if direct_in is None else direct_in
             gate = None                   # a forked .py child waits until it is closed
             request = None
@@ -648,7 +664,7 @@ class Shepherd(Service):
                 else:
                     pid = spawn(path, argv, envp, run_dir, stdin_fd, out_w, err_w,
                                 new_pgrp=True, nofile_soft=self.child_nofile)
-        except (OSError, ValueError, TypeError, _StartError) as exc:
+        except BaseException as exc:
             for fd in (out_r, err_r):
                 if fd is not None:
                     os.close(fd)
@@ -656,7 +672,9 @@ class Shepherd(Service):
                 return str(exc)
             if isinstance(exc, OSError):
                 return self._explain(exc, exe, run_dir)
-            return f"bad spawn request for p_uid {p_uid}: {exc}"
+            if isinstance(exc, (ValueError, TypeError)):
+                return f"bad spawn request for p_uid {p_uid}: {exc}"
+            raise                         # (_on_spawn answers it)
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -664,24 +682,40 @@ class Shepherd(Service):
                 os.close(direct_in)
         if _HOLD_RECORD:
             _env.hold_at(_HOLD_RECORD)
-        # closed: close gave up waiting for this spawn (_CLOSE_WAIT), nobody would kill it
-        err = "shepherd is closed" if self._closed else None
-        if err is None:
+        pidfd = None
+        try:
+            if self._closed:      # close gave up waiting for this spawn (_CLOSE_WAIT)
+                raise _StartError("shepherd is closed")     # (nobody would kill it)
             try:
                 pidfd = os.pidfd_open(pid)
             except OSError as exc:
-                err = f"cannot watch '{exe}': pidfd_open: [Errno {exc.errno}] {exc.strerror}"
-        if err is not None:
+                raise _StartError(f"cannot watch '{exe}': pidfd_open: "
+                                  f"[Errno {exc.errno}] {exc.strerror}") from None
+            child = self._record(msg, p_uid, pid, pidfd, args, direct, out_r, err_r,
+                                 stdin_fd, request)
+        except BaseException as exc:
             # Not reaped yet, so the pid cannot have been reused.
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            for fd in (out_r, err_r):
+            for fd in (out_r, err_r, pidfd, gate):
                 if fd is not None:
                     os.close(fd)
-            if gate is not None:
-                os.close(gate)
-            return err
+            if isinstance(exc, _StartError):
+                return str(exc)
+            raise                         # (_on_spawn answers it)
+        self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
+        _t("S.spawned_sent")
+        if gate is not None:
+            os.close(gate)                # GS knows it: the forked child may run
+        log.info("started p_uid %d (pid %d): %s", p_uid, pid, exe)
+        # Only now may the loop see the exit: ShSpawned precedes ShExited.
+        self._ep.register(pidfd, select.EPOLLIN)
+        child.watched = True
+        return None
 
+    def _record(self, msg, p_uid, pid, pidfd, args, direct, out_r, err_r, stdin_fd, request):
+        """The spawned child's record, and its pipes in the loop's set;
+        on an error, nothing of it is left there (the caller kills it)."""
         if self._label == "puid":
             prefix = f"[{p_uid}] ".encode()
         elif self._label == "name":
@@ -699,15 +733,21 @@ class Shepherd(Service):
         for s_ in streams:
             s_.child = child
         with self._lock:
+            # (in the loop's set before the lock is let go: a stale event
+            # for its fd number, _read at EOF, closes it under the lock)
+            try:
+                for s in streams:
+                    os.set_blocking(s.fd, False)
+                    self._ep.register(s.fd, select.EPOLLIN)
+                    self._fds[s.fd] = s
+            except BaseException:         # (ENOMEM, ENOSPC: fs.epoll.max_user_watches)
+                for s in streams:
+                    if self._fds.pop(s.fd, None) is not None:
+                        self._ep.unregister(s.fd)
+                raise
             self._children[p_uid] = child
             self._pgids.add(pid)
             self._fds[pidfd] = child
-            # (in the loop's set before the lock is let go: a stale event
-            # for its fd number, _read at EOF, closes it under the lock)
-            for s in streams:
-                os.set_blocking(s.fd, False)
-                self._fds[s.fd] = s
-                self._ep.register(s.fd, select.EPOLLIN)
             # Started again (_rerun): the signals GS asked for meanwhile,
             # taken here, with the record, not after the spawn: the new
             # process may die and be started again before that.
@@ -717,15 +757,7 @@ class Shepherd(Service):
                     signal.pidfd_send_signal(pidfd, sig)
                 except ProcessLookupError:
                     pass                  # exited, not reaped yet
-        self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
-        _t("S.spawned_sent")
-        if gate is not None:
-            os.close(gate)                # GS knows it: the forked child may run
-        log.info("started p_uid %d (pid %d): %s", p_uid, pid, exe)
-        # Only now may the loop see the exit: ShSpawned precedes ShExited.
-        self._ep.register(pidfd, select.EPOLLIN)
-        child.watched = True
-        return None
+        return child
 
     def _template_spawn(self, p_uid, args, envp, run_dir, out_w, err_w):
         """Fork the child from the warm template (ember.shepherd.template),
@@ -1202,7 +1234,7 @@ class Shepherd(Service):
         try:
             err = self._spawn(child.request)
         except BaseException as exc:      # (nothing else would report its end)
-            err = repr(exc)
+            err = self._spawn_failed(child.request, exc)
         if err is not None:
             with self._lock:
                 self._again.pop(child.p_uid, None)
