@@ -95,13 +95,21 @@ def test_one_frame_sends_keep_order_with_the_other_kinds(plane):
     # all acknowledged (on the quiet wake-up after ACK_DELAY)
     _serve_until(data, poller, srv, lambda: not data.acks)
     got = 0
-    while cli.poll(60000):                      # (ends once all are counted)
+    while got < len(sent) and cli.poll(60000):
         hdr = cli.recv_multipart()[0]
         assert hdr[:1] == A.R_ACK
         got += A.ACK.unpack(hdr)[2]
-        if got == len(sent):
-            break
     assert got == len(sent)
+    # and no more: the ack of one more message comes next, counting it
+    # alone (an ack sent twice would come before it: one connection keeps
+    # their order), not after some silence
+    cli.send(_sendf(ch.c_uid, b"last"))
+    _serve_until(data, poller, srv, lambda: len(ch) == 1)
+    _serve_until(data, poller, srv, lambda: not data.acks)
+    assert cli.poll(60000)
+    hdr = cli.recv_multipart()[0]
+    assert hdr[:1] == A.R_ACK and A.ACK.unpack(hdr)[1:] == (ch.c_uid, 1), A.ACK.unpack(hdr)
+    assert ch.recv(0) == b"last"
 
 
 def test_one_frame_send_that_finds_the_channel_full_waits_in_order(plane):
