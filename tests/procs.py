@@ -17,6 +17,7 @@ tests run, with this folder put on their sys.path):
     templates(runtime_id)              # a runtime's templates and their clones
     wait_children(ppid, "ember-spare", 2)   # at least two live ones, waiting for them
     wait_sleeping_on_shm(pid, tid)     # its thread sleeps in a channel's, pool's or sync wait
+    t = once_sleeping_on_shm(fn, *args) # fn(*args) in a thread once this thread sleeps so
     for address, name, data in readable_memory(pid): ...   # what its memory holds
 """
 import json
@@ -24,6 +25,7 @@ import os
 import subprocess
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -299,6 +301,23 @@ def sockets(pid, lowest=3):
         if int(fd) >= lowest and link.startswith("socket:"):
             got.add(link)
     return got
+
+
+def once_sleeping_on_shm(fn, *args):
+    """Start a thread that calls ``fn(*args)`` once the calling thread
+    sleeps on shared memory (:func:`wait_sleeping_on_shm`): the change a
+    wait of the caller's is to wake for, made while it waits (a timer's
+    change may come before the wait, which then finds it made and tests
+    nothing of a wake-up).  Returns the thread (started; join it)."""
+    pid, tid = os.getpid(), threading.get_native_id()
+
+    def run():
+        wait_sleeping_on_shm(pid, tid)
+        fn(*args)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
 
 
 def readable_memory(pid="self"):

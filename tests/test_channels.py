@@ -17,7 +17,7 @@ from ember.channels_c import Channel, ChannelStatistics, wait_any
 from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull, DescriptorError,
                               PoolError, PoolExhausted)
 from ember.pools_c import Pool
-from procs import join, kill, wait_sleeping_on_shm
+from procs import join, kill, once_sleeping_on_shm, wait_sleeping_on_shm
 
 
 @pytest.fixture
@@ -932,8 +932,7 @@ def test_a_leases_attach_in_its_pool_and_record_read(pool):
             return P._HDR.pack(P._MAGIC, kind) + extra
 
         ch.send(header(P.KIND_CALL, b"extra"))
-        t = threading.Timer(0.05, ch.send, (b"data",))
-        t.start()
+        t = once_sleeping_on_shm(ch.send, b"data")   # its data once the reader waits for it
         assert _recv_record(mine, P._MAGIC) == (P.KIND_CALL, b"extra", b"data")
         t.join()
         for m in (header(1, b"a"), b"1", header(2, b"b" * 300), b"2" * 500, header(3)):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import cffi_build
-from procs import kill
+from procs import kill, once_sleeping_on_shm
 
 HDR = 4096          # pool header page (heap offset)
 BLK = 64            # block header
@@ -367,9 +367,10 @@ def test_capi_alloc_wait_timeout_and_wake(mkpool, ffi, lib):
     assert lib.ember_pool_alloc_wait(p.p, 100, 0, out) == lib.EMBER_ERR_EXHAUSTED
     # never fits: no wait
     assert lib.ember_pool_alloc_wait(p.p, 1 << 20, -1, out) == lib.EMBER_ERR_EXHAUSTED
-    threading.Timer(0.1, lambda: p.free(whole)).start()
+    t = once_sleeping_on_shm(p.free, whole)    # in its wait (0.1 s later only hoped so) ...
     # EMBER_OK (not a timeout): woken by the free
     assert lib.ember_pool_alloc_wait(p.p, 100, 30_000_000_000, out) == lib.EMBER_OK
+    t.join()
     assert p.free(out) == 0
 
 

@@ -12,7 +12,7 @@ import ember.pools_c as pools_c
 from ember import _env
 from ember.exceptions import DescriptorError, EmberError, PoolError, PoolExhausted
 from ember.pools_c import Allocation, Pool, PoolStats
-from procs import wait_sleeping_on_shm
+from procs import once_sleeping_on_shm, wait_sleeping_on_shm
 
 HEX = r"0x[0-9a-f]{16}"
 
@@ -108,9 +108,10 @@ def test_pools_alloc_timeout(pool):
                                             r"largest free block is 0 bytes$"):
         pool.alloc(10, timeout=0.2)
     assert 0.19 <= time.monotonic() - t < 10    # the whole timeout waited; not stuck
-    threading.Timer(0.1, whole.free).start()
+    t = once_sleeping_on_shm(whole.free)        # woken by the free (not 0.1 s later: a hope)
     a = pool.alloc(10, timeout=None)
     a.free()
+    t.join()
 
 
 def test_pools_alloc_wait_blocks_close(pool):
