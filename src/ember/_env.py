@@ -117,14 +117,22 @@ WB_BUSY_GRACE = "EMBER_WB_BUSY_GRACE"
 #: held at most while its process runs (shepherd/server.py, _PROMPT_MAX);
 #: seconds, default 1.
 PROMPT_MAX = "EMBER_PROMPT_MAX"
+#: Every process: how long a wait for GS's reply, and GS's and the
+#: shepherd's wait for their next request, spin before they sleep
+#: (globalservices/_client.py, CONTROL_SPIN); seconds, default 100e-6, 0
+#: for no spin.
+CONTROL_SPIN = "EMBER_CONTROL_SPIN"
 #: The settings in seconds ``ember run`` checks before it starts anything.
-SECONDS = (WB_BUSY_GRACE, PROMPT_MAX)
+SECONDS = (WB_BUSY_GRACE, PROMPT_MAX, CONTROL_SPIN)
+#: Those of them that may be 0.
+_ZERO_OK = (CONTROL_SPIN,)
 
 
 def seconds(name, default):
-    """The positive, finite number of seconds the variable ``name`` holds
-    (``default`` if it is unset or empty); ValueError with the message
-    ``ember run`` prints for anything else."""
+    """The positive (0 too for a name in :data:`_ZERO_OK`), finite number
+    of seconds the variable ``name`` holds (``default`` if it is unset or
+    empty); ValueError with the message ``ember run`` prints for anything
+    else."""
     text = os.environ.get(name, "")
     if not text.strip():
         return default
@@ -132,7 +140,10 @@ def seconds(name, default):
         value = float(text)
     except ValueError:
         value = None
-    if value is None or not 0 < value < float("inf"):
+    if name in _ZERO_OK:
+        if value is None or not 0 <= value < float("inf"):
+            raise ValueError(f"{name}={text!r} is not a number of seconds, 0 or above")
+    elif value is None or not 0 < value < float("inf"):
         raise ValueError(f"{name}={text!r} is not a number of seconds above 0")
     return value
 

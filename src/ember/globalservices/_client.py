@@ -41,7 +41,12 @@ _OWN_PRUNE = 256
 # sleeping, so a round trip costs no futex wake-up.  The spin is fixed, not
 # adaptive: an adaptive one shrinks below the round trip once a peer sleeps,
 # and both sides then stay in the slow, sleeping mode (docs/channels.md).
-CONTROL_SPIN = float(os.environ.get("EMBER_CONTROL_SPIN", "100e-6"))
+# EMBER_CONTROL_SPIN sets it (docs/user-guide.md); ``ember run`` refuses a
+# bad value, so its processes never see one.
+try:
+    CONTROL_SPIN = _env.seconds(_env.CONTROL_SPIN, 100e-6)
+except ValueError:
+    CONTROL_SPIN = 100e-6
 #: The top bit of a reply channel's c_uid, set on no other channel (GS's
 #: c_uids count up from 1, Channel.create's random ones are 63 bits): a
 #: process sleeping on one is waiting for GS's answer, which is how ``ember
