@@ -203,9 +203,16 @@ def test_a_second_creator_waits_for_the_claimant(tmp_path):
             res.append(channel.create(None, "wb-2").c_uid)
         except ChannelError as e:
             res.append("ChannelError: " + str(e))
+    def creates():         # GS's count of the requests a create makes
+        handled = introspect.stats().handled
+        return sum(handled.get(k, 0) for k in ("ChannelCreate", "ChannelRegister",
+                                               "ChannelRegisterPosted",
+                                               "ChannelRegisterPublished"))
+    before = creates()
     th = threading.Thread(target=second)
     th.start()
-    time.sleep(0.2)       # (the create reaches GS meanwhile; BUSY_GRACE is 600 s)
+    # GS has had it (and held it: BUSY_GRACE is 600 s), not only hoped so
+    wait_for(lambda: creates() > before, what="GS to have the second create")
     print("second create held while the claim stands:", res == [] and read(f"{tmp}/j") is None)
     os.kill(pid, signal.SIGCONT)
     th.join(30)

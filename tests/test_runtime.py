@@ -301,15 +301,18 @@ def test_pool_api(tmp_path):
 def test_message_through_channel_joined_by_name(tmp_path):
     out = ok(run_prog(tmp_path, r"""
         import sys, time
-        from ember.globalservices import channel, process
+        from ember.globalservices import channel, introspect, process
         from ember.channels_c import Channel
         reader = ("from ember.globalservices import channel\n"
                   "from ember.channels_c import Channel\n"
                   "ch = Channel.attach(channel.join('greetings', timeout=30).sdesc)\n"
                   "print('got', ch.recv(timeout=30).decode(), flush=True)\n"
                   "ch.detach()\n")
-        p = process.create(sys.executable, ".", ["-c", reader])    # joins before create
-        time.sleep(0.2)
+        p = process.create(sys.executable, ".", ["-c", reader])    # joins before create:
+        deadline = time.monotonic() + 30                           # parked in GS
+        while not any(w.get("name") == "greetings" for w in introspect.dump()["waiters"]):
+            assert time.monotonic() < deadline, "the reader's join did not park"
+            time.sleep(0.005)
         d = channel.create(None, "greetings")
         ch = Channel.attach(d.sdesc)
         ch.send(b"hello through ember")
