@@ -108,6 +108,21 @@ def sustained(make, total, window=8):
     return total / (time.perf_counter() - t)
 
 
+def start_kinds(target, mp_ember=False):
+    """The starts of ``target`` a start benchmark compares, as ``(name,
+    make)``: ember.Process, multiprocessing's "ember" start method (with
+    ``mp_ember``) and its fork, the baseline."""
+    import ember
+
+    fork = mp.get_context("fork")
+    kinds = [("ember.Process", lambda: ember.Process(target=target)),
+             ("mp fork", lambda: fork.Process(target=target))]
+    if mp_ember:
+        ctx = mp.get_context("ember")
+        kinds.insert(1, ('mp "ember"', lambda: ctx.Process(target=target)))
+    return kinds
+
+
 def line(what, value, unit, base=None, target=None):
     s = f"{what:<52} {value:10.3f} {unit}"
     if base is not None:

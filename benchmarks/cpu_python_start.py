@@ -19,12 +19,11 @@ module (docs/multiprocessing.md) and no child runs it again.
 """
 import argparse
 import functools
-import multiprocessing as mp
 import os
 import sys
 import time
 
-from bench_python_processes import sustained  # start n, `window` alive at once
+from bench_python_processes import start_kinds, sustained  # the starts compared; n of them, `window` alive at once
 
 @functools.cache
 def _hz():
@@ -112,17 +111,9 @@ def main():
         _rundir.use_private()
         return subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__)]
                               + sys.argv[1:]).returncode
-    import ember
-
     print(f"# cpu_python_start: n={a.n}, window {a.window}, load "
           f"{' '.join('%.1f' % x for x in os.getloadavg())}", flush=True)
-    fork = mp.get_context("fork")
-    kinds = [("ember.Process", lambda: ember.Process(target=trivial)),
-             ("mp fork", lambda: fork.Process(target=trivial))]
-    if a.mp:
-        ctx = mp.get_context("ember")
-        kinds.insert(1, ('mp "ember"', lambda: ctx.Process(target=trivial)))
-    for name, make in kinds:
+    for name, make in start_kinds(trivial, a.mp):
         sustained(make, 20, a.window)                 # warm: the template, the spares, the lease
         before, t = sample(), time.perf_counter()
         sustained(make, a.n, a.window)

@@ -22,7 +22,6 @@ twenty-fifth pass), so the unix sockets holding unread data on the machine
 runtime's would) are printed before and after each loop.
 """
 import argparse
-import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from bench_python_processes import sustained  # start n, `window` alive at once
+from bench_python_processes import start_kinds, sustained  # the starts compared; n of them, `window` alive at once
 
 
 def trivial():
@@ -109,18 +108,10 @@ def main():
         _rundir.use_private()
         return subprocess.run([sys.executable, "-m", "ember", "run", os.path.abspath(__file__)]
                               + sys.argv[1:]).returncode
-    import ember
-
     gc = _gc_address()
     print(f"# unix_gc: n={a.n}, load {' '.join('%.1f' % x for x in os.getloadavg())}, "
           f"__unix_gc {'at 0x' + gc if gc else 'not found: kworker wake-ups only'}", flush=True)
-    fork = mp.get_context("fork")
-    kinds = [("ember.Process", lambda: ember.Process(target=trivial)),
-             ("mp fork", lambda: fork.Process(target=trivial))]
-    if a.mp:
-        ctx = mp.get_context("ember")
-        kinds.insert(1, ('mp "ember"', lambda: ctx.Process(target=trivial)))
-    for name, make in kinds:
+    for name, make in start_kinds(trivial, a.mp):
         sustained(make, 20, 1)                        # warm: the template, the spares, the lease
         before = _unread()
         with _Counts(gc) as c:
