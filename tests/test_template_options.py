@@ -141,6 +141,46 @@ def test_a_template_killed_at_its_start_up_is_made_again_at_the_next_start(tmp_p
         "templates [True]"], out
 
 
+_START_UPS = """
+    import multiprocessing as mp
+    import os
+    import sys
+    import ember
+
+    def f():
+        pass
+
+    if __name__ == "__main__":
+        method, var, when = sys.argv[1:]
+        if when == "before":
+            os.environ[var] = "1"
+        if when != "-":
+            ember.init()
+            os.environ[var] = "1"
+        ctx = mp.get_context(method)
+        for _ in range(3):
+            p = ctx.Process(target=f)
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+"""
+
+
+def _start_ups(tmp_path, mark, options=(), var="-", when="-"):
+    """How many lines ``mark`` the children of three starts print on
+    stderr, under spawn and under the "ember" method (``{method:
+    count}``): the program run with ``options``, or with ``var`` set in
+    its ``os.environ`` ``when`` "before" ``ember.init()`` or "after"."""
+    (tmp_path / "prog.py").write_text(textwrap.dedent(_START_UPS))
+    count = {}
+    for method in ("spawn", "ember"):
+        res = subprocess.run([sys.executable, *options, "prog.py", method, var, when],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=150)
+        assert res.returncode == 0, res.stderr[-3000:]
+        count[method] = res.stderr.count(mark)
+    return count
+
+
 @pytest.mark.parametrize("options, mark", [
     (["-v"], "# installing zipimport hook"),
     (["-X", "importtime"], "import time: self [us] | cumulative | imported package")],
@@ -153,28 +193,7 @@ def test_start_up_output_is_that_of_spawns_children(tmp_path, options, mark):
     and none is started ahead for the next start (a lease: it printed its
     start-up, a process the program never started; 3 starts printed 4
     children's)."""
-    (tmp_path / "prog.py").write_text(textwrap.dedent("""
-        import multiprocessing as mp
-        import sys
-        import ember
-
-        def f():
-            pass
-
-        if __name__ == "__main__":
-            ctx = mp.get_context(sys.argv[1])
-            for _ in range(3):
-                p = ctx.Process(target=f)
-                p.start()
-                p.join()
-                assert p.exitcode == 0
-    """))
-    count = {}
-    for method in ("spawn", "ember"):
-        res = subprocess.run([sys.executable, *options, "prog.py", method], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=150)
-        assert res.returncode == 0, res.stderr[-3000:]
-        count[method] = res.stderr.count(mark)
+    count = _start_ups(tmp_path, mark, options=options)
     assert count["ember"] == count["spawn"] >= 4, count
 
 
@@ -192,33 +211,7 @@ def test_start_up_output_set_by_a_variable_is_that_of_spawns(tmp_path, var, mark
     start-ups spawn's print, no more, no fewer (a template started with
     the variable printed its own imports and its children none, or a
     fresh child's were printed and a lease's too)."""
-    (tmp_path / "prog.py").write_text(textwrap.dedent("""
-        import multiprocessing as mp
-        import os
-        import sys
-        import ember
-
-        def f():
-            pass
-
-        if __name__ == "__main__":
-            if sys.argv[3] == "before":
-                os.environ[sys.argv[2]] = "1"
-            ember.init()
-            os.environ[sys.argv[2]] = "1"
-            ctx = mp.get_context(sys.argv[1])
-            for _ in range(3):
-                p = ctx.Process(target=f)
-                p.start()
-                p.join()
-                assert p.exitcode == 0
-    """))
-    count = {}
-    for method in ("spawn", "ember"):
-        res = subprocess.run([sys.executable, "prog.py", method, var, when], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=150)
-        assert res.returncode == 0, res.stderr[-3000:]
-        count[method] = res.stderr.count(mark)
+    count = _start_ups(tmp_path, mark, var=var, when=when)
     assert count["ember"] == count["spawn"] >= 3, count
 
 
