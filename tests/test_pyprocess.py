@@ -668,6 +668,41 @@ def test_a_start_the_shepherd_fails_on_raises_and_does_not_hang(tmp_path):
     assert "ember shepherd: ERROR: p_uid " in err, err
 
 
+def test_a_spare_that_cannot_read_its_request_fails_the_start(tmp_path, monkeypatch):
+    """A shepherd spare handed a start's request that it cannot read (a
+    bug: made so by the hook template._UNREADABLE) says so on the child's
+    stderr and exits 127: the start fails (exit code, ``result()``
+    raises), the next one runs.  On main it exited 0 in silence and
+    ``result()`` returned: a call that never ran passed for done (an mp
+    child's exitcode 0 alike)."""
+    armed = tmp_path / "unreadable"
+    armed.touch()                         # the hook is armed once it is removed
+    monkeypatch.setenv("EMBER_TEST_TEMPLATE_UNREADABLE", str(armed))
+    res = run_prog(tmp_path, f"""
+        ember.Process._lease_spares = False   # every start through the shepherd
+        armed = {str(armed)!r}
+        p = ember.Process(target=int); p.start(); p.join(30)       # (the template is up)
+        os.remove(armed)
+        for _ in range(100):                  # until a start goes to a spare
+            p = ember.Process(target=int); p.start(); p.join(30)
+            if os.path.exists(armed):
+                break
+        print("handed to a spare", os.path.exists(armed), "exit", p.exitcode)
+        try:
+            p.result(timeout=30)
+        except Exception as exc:
+            print("result raised", type(exc).__name__)
+        q = ember.Process(target=int, args=("7",)); q.start()
+        print("next", q.result(timeout=30))
+        q.join()
+    """)
+    out, err = res.stdout.decode(), res.stderr.decode()
+    assert out.splitlines() == ["handed to a spare True exit 127", "result raised ProcessDied",
+                                "next 7"], (out, err)
+    assert "ember template spare: cannot read its request: ValueError: a request made " \
+        "unreadable (EMBER_TEST_TEMPLATE_UNREADABLE)\n" in err, err
+
+
 def test_template_killed_is_replaced(tmp_path):
     out = ok(run_prog(tmp_path, """
         def templates():

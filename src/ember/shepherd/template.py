@@ -1850,12 +1850,15 @@ def _spare_main(got, shepherd_pid):
     """In a spare, once :func:`_spare_wait` has returned ``got`` (its steps
     up to its request, done in C: named, detached, the request received,
     its fds made 0, 1, 2, named again): run the request.  Never returns.
-    Its template gone (EOF) or a bad request: it exits at once."""
+    Its template gone (EOF): it exits at once; a request it cannot read:
+    it says so and exits 127 (no start of the user's ran)."""
     try:
         if _trace.on:
             _t("C.req")
             _trace.t_faults("C.faults_req")
         kind = got[0]
+        if _UNREADABLE and kind == "request" and _env.first_at(_UNREADABLE):
+            raise ValueError("a request made unreadable (EMBER_TEST_TEMPLATE_UNREADABLE)")
         if kind == "lease":         # set up in C as far as its wait for its call
             _child(got[1], None, None, None, -1, 0, shepherd_pid, detached=True, lease=got[2:])
         if kind != "request":
@@ -1888,8 +1891,15 @@ def _spare_main(got, shepherd_pid):
         if got[2] < 0 and _template_comm:       # not read in C: a request of another shape
             _comm(LEASED_COMM if any(a.startswith("--spare=") for a in args)
                   else _template_comm)
-    except BaseException:
-        os._exit(0)
+    except BaseException as exc:
+        # Its request unread (a bug): the start fails, on its own stderr
+        # (its fds are the request's), not exit 0, which said it ran (an
+        # mp child's exitcode 0 for a call that never ran).
+        try:
+            print(f"ember template spare: cannot read its request: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+        finally:
+            os._exit(127)
     _child(args, envp, cwd, None, -1, 0, shepherd_pid, detached=True, env_sets=sets)
 
 
@@ -2176,6 +2186,12 @@ def _die_at_fork(pid, cwd):
             break
         os.sched_yield()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: For the tests: a path; the first shepherd spare handed a request while
+#: the path does not exist creates it and fails to read the request
+#: (:func:`_spare_main`; tests/test_pyprocess.py).
+_UNREADABLE = os.environ.get("EMBER_TEST_TEMPLATE_UNREADABLE")
 
 
 #: For the tests: a path; the first template to make a spare in the Python
