@@ -521,8 +521,11 @@ def test_waits_on_the_python_layers_own_channels_say_what_they_are(tmp_path, xdg
         out = res.stdout.decode()
         assert f'prog.py", line {OWN_RESULT_LINE} in boss' in out, out
         assert "in _run_worker" in out and "(no stacks" not in out, out
-        by = _ps_by(xdg, key=_head_or_name)
-        assert by["boss"]["blocked_on"] == "recv(results of an Executor)", by
+        # after the dump boss's executor waits again: its reader waits in
+        # slices too (executor._SLICE), so this look is taken again as well
+        _wait_ps(xdg, "boss blocked on its executor's results again",
+                 lambda by: by["boss"]["blocked_on"] == "recv(results of an Executor)",
+                 key=_head_or_name)
     finally:
         _, err = _stop(run)
     assert b"SIGUSR2" not in err, err
