@@ -1127,6 +1127,71 @@ def test_a_dead_templates_unread_answer_leaves_no_spare_behind(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_failed_hand_over_forks_only_with_no_answer_in_flight():
+    """A start whose spare dies between the handle's look at it
+    (``dead()``) and the hand-over's send, while the template's answer to
+    another spare request is still to come, goes to the spare of that
+    answer (or forks once no answer is in flight).  It forked at once and
+    read the next message on the template's socket, that answer, as its
+    fork's: the start failed ("bad spawn request for p_uid N: 'NoneType'
+    object is not iterable": 1 round in 300 of a ``-m slow`` run's
+    test_terminate_before_spares_killed_in_turn_is_not_lost, exit -9
+    where SIGTERM was asked), its fork's answer left to be misread next.
+    Here the spare, stopped, has its socket shut for sending (its send
+    fails as a dead spare's does), and the template, stopped before the
+    spare request, goes on once this thread waits for an answer."""
+    import fcntl
+    import socket
+    import termios
+
+    from ember import _env
+    from ember.shepherd import template as T
+    from procs import stop, wait_polling_on
+
+    envp = [f"{k}={v}".encode() for k, v in os.environ.items()]
+    null = os.open(os.devnull, os.O_RDWR)
+    t = T.Template(envp, null, null)
+    started = cont = None
+    try:
+        t._ask_spare([])                              # starts the template, asks for SPARES
+        while t._asked:
+            t._collect(wait=True)
+        while len(t._spares) > 1:
+            T._reap(t._spares.pop())                  # handed requests
+        assert stop([t.pid]) == []
+        t._ask_spare([])                              # another asked for: no answer yet
+        assert t._asked == 1 and len(t._spares) == 1
+        held = t._spares[0]
+        assert stop([held.pid]) == []                 # (it cannot see the shutdown and exit)
+        held.sock.shutdown(socket.SHUT_WR)
+        assert not held.dead()
+        me, sock, tmpl = threading.get_native_id(), t._sock.fileno(), t.pid
+
+        def go_on():                                  # once we wait for the template's answer
+            wait_polling_on(sock, me)
+            os.kill(tmpl, signal.SIGCONT)
+        cont = threading.Thread(target=go_on, daemon=True)
+        cont.start()
+        bogus = _env.encode(b"\x01" * 16)              # (no such channels)
+        started = t.spawn(7, ["-m", "ember._worker", "--template", bogus, bogus], envp, None,
+                          null, null, null)
+        assert started != held.pid and t._asked == 0 and t._spares == []
+        buf = bytearray(4)
+        fcntl.ioctl(t._sock.fileno(), termios.FIONREAD, buf)
+        assert int.from_bytes(buf, sys.byteorder) == 0    # nothing left unread
+        assert join(started) != 0                     # ran it (no such channels: refused)
+        started = None
+    finally:
+        if cont is not None:
+            os.kill(tmpl, signal.SIGCONT)
+            cont.join(60)
+        if started is not None:
+            kill(started)
+        t.close()
+        os.close(null)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("answer", ["too_large", "malformed"])
 def test_a_cut_or_malformed_template_answer_is_not_read(monkeypatch, answer):
     """The handle receives the template's answers into a buffer it keeps

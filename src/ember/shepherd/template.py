@@ -871,8 +871,13 @@ class Template:
             pid = self._program_spawn(key, preload, args, envp, cwd, fds)
             if pid:
                 return pid
-        spare = self._take_spare(preload)
-        if spare is not None:
+        # A spare whose hand-over fails (it died after its look, dead(): a
+        # kill lands a moment before the end) is dropped and the next one
+        # taken, or the answer to one asked for waited for: the fork below
+        # only once _take_spare returned None, with no answer in flight
+        # (the template answers in order, and _fork_in_template reads the
+        # next message on its socket as its fork's answer).
+        while (spare := self._take_spare(preload)) is not None:
             err = _check_cwd(cwd)
             if err is not None:
                 self._spares.insert(0, spare)     # a bad run_dir keeps the spare
