@@ -54,9 +54,9 @@ def test_pytest_tmp_path_is_shared(emulated_cluster, tmp_path):
 
 
 def test_the_checkout_and_venv_are_visible(emulated_cluster):
-    r = emulated_cluster.python(1, "import ember, sys; print(ember.__file__, sys.prefix)")
+    r = emulated_cluster.python(1, "import ember, sys; print(ember.__file__); print(sys.prefix)")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [__import__("ember").__file__, sys.prefix]
+    assert r.stdout.splitlines() == [__import__("ember").__file__, sys.prefix]
 
 
 def test_own_pid_namespace(emulated_cluster):

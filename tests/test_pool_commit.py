@@ -5,6 +5,7 @@ the free space is refused at create, commit="full" commits everything up
 front, and stats() caps what it reports by what tmpfs can still back."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -107,7 +108,7 @@ def test_pool_commit_full_tmpfs_is_exhausted_not_sigbus():
     if not _unshare_ok():
         pytest.skip("cannot make a private mount namespace here (unshare --mount needs CAP_SYS_ADMIN)")
     cmd = ("mount -t tmpfs -o size=8m,mode=1777 tmpfs /dev/shm && "
-           f"exec {sys.executable} -c \"$0\"")
+           f"exec {shlex.quote(sys.executable)} -c \"$0\"")
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, SMALL_TMPFS_CHILD],
                        capture_output=True, text=True, timeout=50)
     assert r.returncode == 0, f"child exited {r.returncode}\n{r.stdout}\n{r.stderr}"
@@ -208,7 +209,7 @@ def test_ember_run_in_a_docker_sized_dev_shm(tmp_path):
         "    a.free()\n"
         "p.detach()\n")
     cmd = ("mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm && "
-           f"{sys.executable} -m ember run \"$0\" && ls /dev/shm | grep -c . || true")
+           f"{shlex.quote(sys.executable)} -m ember run \"$0\" && ls /dev/shm | grep -c . || true")
     r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd, str(prog)],
                        capture_output=True, text=True, timeout=80, cwd=tmp_path)
     lines = r.stdout.splitlines()

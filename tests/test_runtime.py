@@ -1,5 +1,6 @@
 """End to end: real programs under a real `ember run`."""
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -526,7 +527,8 @@ def test_thread_reply_channels_are_reused(tmp_path):
 
 def test_closed_stdout_and_tiny_infrastructure_pool(tmp_path):
     prog = write(tmp_path, "import sys; sys.exit(3)")
-    res = subprocess.run(f"{sys.executable} -m ember run {prog} >&-", shell=True, cwd=tmp_path,
+    res = subprocess.run(f"{shlex.quote(sys.executable)} -m ember run {shlex.quote(str(prog))} >&-",
+                         shell=True, cwd=tmp_path,
                          capture_output=False, stderr=subprocess.PIPE, timeout=60)
     assert res.returncode == 3, res.stderr
     res = ember("run", "--inf-pool-size", "64K", prog, cwd=tmp_path)
