@@ -1963,16 +1963,22 @@ def test_lease_after_a_second_start_only(tmp_path):
         handled = introspect.stats().handled
         print("claimed", handled.get("ProcessClaimNext"), handled.get("ProcessClaim"),
               p.p_uid in {q for q, _ in gproc.get_list()})
-        # no room in the default pool for the next spare's channels: the start
-        # takes the spare it holds and claims it alone (ProcessClaim)
+        # no room in the default pool for the next spare's channels (slots of
+        # 1 KiB, 8 in its result channel): the start takes the spare it holds
+        # and claims it alone (ProcessClaim).  4 KiB are left for the call's
+        # record: beyond a slot's 1 KiB (its sys.path and directory, under a
+        # long checkout's or TMPDIR's path) it takes a block, and with none
+        # left its send waited for room for ever
         from ember.exceptions import PoolExhausted
         spare, pool, held = P._lease, P._default_pool(), []
+        hole = pool.alloc(1 << 12)
         for size in (1 << 20, 1 << 16, 1 << 12, 1 << 8):
             while True:
                 try:
                     held.append(pool.alloc(size))
                 except PoolExhausted:
                     break
+        hole.free()
         p = ember.Process(target=f); p.start(); p.join()
         for a in held:
             a.free()
