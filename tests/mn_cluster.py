@@ -288,6 +288,12 @@ class Cluster:
     def _env(self, env):
         full = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         full.pop("XDG_RUNTIME_DIR", None)      # the host's is hidden by the node's /tmp, /run
+        # ... and the host's TMPDIR (ember's runtime directory when there is
+        # no XDG_RUNTIME_DIR): set outside /tmp (/var/tmp/...) it was one
+        # directory of every node's, and a node's `ember cleanup` removed
+        # other nodes' runtimes' files (a launcher's pid names no process
+        # there).  Each node's own /tmp.
+        full.pop("TMPDIR", None)
         full.pop("EMBER_ADDRESS", None)
         if env:
             full.update(env)
@@ -296,7 +302,7 @@ class Cluster:
     def run(self, i, argv, timeout=60, env=None, cwd="/", input=None, check=False):
         """Run ``argv`` in node i and wait: a CompletedProcess with text
         stdout and stderr.  ``env`` is added to this process's environment
-        (less SLURM_*, XDG_RUNTIME_DIR, EMBER_ADDRESS)."""
+        (less SLURM_*, XDG_RUNTIME_DIR, TMPDIR, EMBER_ADDRESS)."""
         return subprocess.run(self.nsenter_argv(i, argv, cwd), capture_output=True, text=True,
                               timeout=timeout, env=self._env(env), input=input, check=check,
                               stdin=None if input is not None else subprocess.DEVNULL)
