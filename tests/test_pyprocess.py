@@ -663,7 +663,10 @@ def test_a_start_the_shepherd_fails_on_raises_and_does_not_hang(tmp_path):
     assert out.splitlines() == [f"ember.Process ProcessError {why}", f"mp ProcessError {why}",
                                 "ran", "spawn start: exit 0"], (out, err)
     assert res.returncode == 1, (out, err)
-    assert err.endswith(f"ember.exceptions.ProcessError: {why}\n"), err
+    # (not necessarily last: multiprocessing's resource tracker, started
+    # with the head's directory, meets the user's socket.py too, and its
+    # traceback may come after the head's)
+    assert f"ember.exceptions.ProcessError: {why}" in err.splitlines(), err
     assert err.count(": the spawn of ") == 3, err     # its traceback, each time
     assert "ember shepherd: ERROR: p_uid " in err, err
 
