@@ -426,3 +426,41 @@ def test_argument_the_host_cannot_unpickle_raises_in_the_caller(ember_runtime):
     assert "could not unpickle the request" in str(ei.value)
     assert p.inc() == 2
     ref.destroy()
+
+
+class _Leaf:
+    def value(self):
+        return 42
+
+
+class _Tree:
+    """The root of a tree of shared objects: its attribute is a proxy."""
+
+    def __init__(self, leaf):
+        self.leaf = leaf
+
+
+class _Adder:
+    def __call__(self, x):
+        return x + 1
+
+
+@pytest.mark.timeout(60)
+def test_a_proxy_is_callable_only_when_its_object_is(ember_runtime):
+    # Every class has its metaclass's __call__: it is not the object's own, and
+    # a proxy of an object without __call__ is not callable.  So a shared
+    # object holding a proxy in an attribute gives that proxy (not a method
+    # of that name) to `root.leaf`.
+    leaf = ember.serve(_Leaf())
+    tree = ember.serve(_Tree(leaf.proxy()))
+    adder = ember.serve(_Adder())
+    try:
+        assert not callable(leaf.proxy())
+        got = tree.proxy().leaf
+        assert isinstance(got, ember.Proxy), got
+        assert got.value() == 42
+        p = adder.proxy()
+        assert callable(p) and p(1) == 2
+    finally:
+        for ref in (tree, leaf, adder):
+            ref.destroy()

@@ -166,8 +166,16 @@ _SPECIAL = ("__getitem__", "__setitem__", "__delitem__", "__len__", "__contains_
 def _exposed_of(obj, exposed):
     if exposed is None:
         return _public_names(obj) + [n for n in _SPECIAL if n not in ("__str__", "__repr__")
-                                     and callable(getattr(type(obj), n, None))]
+                                     and _defines(type(obj), n)]
     return list(exposed)
+
+
+def _defines(cls, n):
+    """``cls`` or a base class defines the special method ``n``: looked up
+    in the classes, not with getattr, which finds the metaclass's
+    ``type.__call__`` on every class (every proxy was then callable, and an
+    attribute holding a proxy was taken for a method)."""
+    return any(callable(k.__dict__.get(n)) for k in cls.__mro__)
 
 
 def _host_main(factory, args, kwargs, exposed, boot_out, boot_in, threads=1, returns=None):
