@@ -313,6 +313,8 @@ def test_lifecycle_and_bad_input(tmp_path):
               "start_method must be one of ('template', 'spawn'), got 'fork'")
         check(ember.Process(target=len, args=(threading.Lock(),)).start, TypeError,
               "cannot pickle '_thread.lock' object")
+        check(ember.Process(target=len, name="far", node=1).start, ember.ProcessError,
+              "cannot start process 'far': no node 1 in this runtime (nodes: 0)")
         p = ember.Process(target=time.sleep, args=(60,))
         check(lambda: p.join(), ember.ProcessError, "can only join a started process")
         check(lambda: p.sentinel, ValueError, "process not started")
@@ -345,7 +347,8 @@ def test_lifecycle_and_bad_input(tmp_path):
         d.start()
         print("daemon", d.daemon)
     """))
-    assert out.splitlines() == ["ok TypeError"] * 2 + ["ok ValueError", "ok TypeError", "ok ProcessError", "ok ValueError",
+    assert out.splitlines() == ["ok TypeError"] * 2 + ["ok ValueError", "ok TypeError", "ok ProcessError",
+                                                       "ok ProcessError", "ok ValueError",
                                                        "ok ProcessError", "timeout None True",
                                                        "ok TimeoutError", "ok ValueError",
                                                        "terminated -15 False ProcessDied",

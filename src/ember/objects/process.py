@@ -579,17 +579,38 @@ def _resolve_node(node):
         return None
     here = int(_env.get(_env.NODE, "0") or 0)
     if node == "any":
-        from .. import messages as m
-        from ..globalservices._client import call
-        d = call(m.ServiceDump)
-        nodes = [int(n) for n, i in (d.get("nodes") or {"0": {"alive": True}}).items()
-                 if i.get("alive")]
+        d = _service_dump()
+        nodes = [n for n, alive in _nodes(d).items() if alive]
         load = {n: 0 for n in nodes}
         for p in d.get("processes", ()):
             if p.get("state") not in ("exited", "lost") and p.get("node") in load:
                 load[p["node"]] += 1
         node = min(nodes, key=lambda n: (load[n], n))
     return None if node == here else node
+
+
+def _service_dump():
+    from .. import messages as m
+    from ..globalservices._client import call
+    return call(m.ServiceDump)
+
+
+def _nodes(dump):
+    """{node index: alive} of a ServiceDump."""
+    return {int(n): bool(i.get("alive"))
+            for n, i in (dump.get("nodes") or {"0": {"alive": True}}).items()}
+
+
+def _node_refused(name, node):
+    """The ProcessError for a start on ``node`` whose channels GS refused,
+    if the node is why (not in the runtime, or lost); else None."""
+    nodes = _nodes(_service_dump())
+    if node not in nodes:
+        return ProcessError(f"cannot start process {name!r}: no node {node} in this runtime "
+                            f"(nodes: {', '.join(map(str, sorted(nodes)))})")
+    if not nodes[node]:
+        return ProcessError(f"cannot start process {name!r}: node {node} was lost")
+    return None
 
 
 def _readable(fds, timeout):
@@ -1298,8 +1319,12 @@ class Process:
         fin.atexit = False
         try:
             for attr, cap in (("call", _CALL_CAPACITY_MIN), ("result", _RESULT_CAPACITY)):
-                d = gch.create(None, None, ChannelOptions(capacity=cap, block_size=_BLOCK,
-                                                          node=node))
+                try:
+                    d = gch.create(None, None, ChannelOptions(capacity=cap, block_size=_BLOCK,
+                                                              node=node))
+                except ChannelError as exc:
+                    # (GS names the channel, which the caller never saw)
+                    raise _node_refused(self._name, node) or exc from None
                 res.c_uids.append(d.c_uid)
                 setattr(res, attr, Channel.attach(d))
                 setattr(res, attr + "_sdesc", d.sdesc)
