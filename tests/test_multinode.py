@@ -503,7 +503,7 @@ def test_help_documents_several_nodes():
                          timeout=60)
     text = res.stdout.decode()
     for flag in ("--hosts", "--label-output", "--fail-fast-on-node-loss", "--ssh-config",
-                 "--single-node", "Slurm", "CURVE"):
+                 "--single-node", "Slurm", "CURVE", "'local:N'"):
         assert flag in text, flag
 
 

@@ -114,7 +114,8 @@ def _parser():
         "kills what ran there.")
     mn.add_argument("--hosts", metavar="HOSTS", default=None,
                     help="run on these hosts over ssh: 'n1,n2,n3' or '@FILE' (one per line); the "
-                         "first is node 0, this host")
+                         "first is node 0, this host; 'local:N': N nodes on this machine (to "
+                         "try it, tests)")
     mn.add_argument("--ssh-config", metavar="FILE", default=None,
                     help="ssh config file for --hosts (ssh -F FILE)")
     mn.add_argument("--label-output", action="store_true",
