@@ -10,7 +10,7 @@ import pytest
 
 import ember
 from ember.exceptions import ChannelClosed
-from objhelp import join, run, spawn, uids
+from objhelp import join, run, spawn, uids, uname
 
 pytest_plugins = ["ember.testing"]
 
@@ -76,13 +76,24 @@ def test_close_is_per_handle_and_shutdown_ends_the_queue_for_everyone(ember_runt
     other.put("a")
     other.put("b")
     other.shutdown()
-    with pytest.raises(ChannelClosed, match=r"the channel is closed \[EMBER_ERR_CLOSED\]$"):
-        other.put("c")
+    # the messages name the queue, not its channel (whose c_uid the program never saw)
+    label = rf"Queue \(o_uid {other.o_uid}\)"
+    for put in (lambda: other.put("c"), lambda: other.put("c", timeout=1)):
+        with pytest.raises(ChannelClosed, match=rf"^cannot put on {label}: it was shut down$"):
+            put()
     assert other.get() == "a" and other.get(timeout=0) == "b"
     for get in (other.get, other.get_nowait, lambda: other.get(timeout=1)):
-        with pytest.raises(EOFError, match=r"the channel is closed and every message sent before "
-                                           r"the close was received \[EMBER_ERR_CLOSED\]$"):
+        with pytest.raises(EOFError, match=rf"^{label} was shut down, and everything put on it "
+                                           r"before was received$"):
             get()
+    named = ember.Queue(2, name=uname("q-shut"))      # a bounded one: its puts count places
+    named.shutdown()
+    with pytest.raises(ChannelClosed, match=rf"^cannot put on Queue '{named.name}' "
+                                            rf"\(o_uid {named.o_uid}\): it was shut down$"):
+        named.put(1)
+    with pytest.raises(ChannelClosed, match=rf"^Queue '{named.name}' \(o_uid {named.o_uid}\) "
+                                            r"was shut down"):
+        named.get()
 
 
 @pytest.mark.timeout(60)

@@ -241,6 +241,11 @@ class Queue(_NamedHandle):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
+    def _label(self):
+        """``queue 'jobs' (o_uid 3)``, for messages."""
+        name = f" {self._rec['name']!r}" if self._rec.get("name") else ""
+        return f"{type(self).__name__}{name} (o_uid {self._rec['o_uid']})"
+
     def __repr__(self):
         name = f" {self._rec['name']!r}" if self._rec.get("name") else ""
         return f"<ember.{type(self).__name__}{name} o_uid={self._rec['o_uid']} maxsize={self._maxsize}>"
@@ -263,30 +268,33 @@ class Queue(_NamedHandle):
         pickle.PicklingError
             ``obj`` cannot be pickled (nor by cloudpickle).
         """
-        if self._fast_put and block and timeout is None:
-            # the fast path: a small flat object pickled here, sent as it is
-            t = type(obj)
-            msg = _pdumps(obj, 5) if t in _FLAT and (t is not bytes or len(obj) < _OOB_MIN) \
-                else _dumps(obj, self._pool, None)
-            if type(msg) is bytes:
-                self._send(msg, None)
+        try:
+            if self._fast_put and block and timeout is None:
+                # the fast path: a small flat object pickled here, sent as it is
+                t = type(obj)
+                msg = _pdumps(obj, 5) if t in _FLAT and (t is not bytes or len(obj) < _OOB_MIN) \
+                    else _dumps(obj, self._pool, None)
+                if type(msg) is bytes:
+                    self._send(msg, None)
+                    return
+                self._put_msg(msg, None)
                 return
-            self._put_msg(msg, None)
-            return
-        if self._closed:
-            self._check()
-        if block and timeout is None:
-            tmo = None
-        else:
-            tmo = (0.0 if timeout < 0 else timeout) if block else 0
-        msg = _dumps(obj, self._pool, tmo)
-        if self._slots is None and type(msg) is bytes and not self._joinable:
-            try:
-                self._ch.send(msg, tmo)     # the fast path: no place to count, nothing to free
-            except ChannelFull:
-                raise _queue.Full from None
-            return
-        self._put_msg(msg, tmo)
+            if self._closed:
+                self._check()
+            if block and timeout is None:
+                tmo = None
+            else:
+                tmo = (0.0 if timeout < 0 else timeout) if block else 0
+            msg = _dumps(obj, self._pool, tmo)
+            if self._slots is None and type(msg) is bytes and not self._joinable:
+                try:
+                    self._ch.send(msg, tmo)     # the fast path: no place to count, nothing to free
+                except ChannelFull:
+                    raise _queue.Full from None
+                return
+            self._put_msg(msg, tmo)
+        except ChannelClosed:
+            raise ChannelClosed(f"cannot put on {self._label()}: it was shut down") from None
 
     def _put_msg(self, msg, tmo):
         slots = self._slots
@@ -331,30 +339,34 @@ class Queue(_NamedHandle):
         ember.MessageError
             The message is not one ember's codec made.
         """
-        if self._fast_get and block and timeout is None:
-            data = self._recv(None)
-            if type(data) is bytes:
-                try:
-                    return _ploads(data)
-                except _BadPickle as exc:
-                    raise _codec.not_ours(data, exc) from None
-            return _loads(data)
-        if self._closed:
-            self._check()
-        if block and timeout is None:
-            tmo = None
-        else:
-            tmo = (0.0 if timeout < 0 else timeout) if block else 0
         try:
-            data = self._recv(tmo)
-        except ChannelEmpty:
-            raise _queue.Empty from None
-        if self._slots is not None:
+            if self._fast_get and block and timeout is None:
+                data = self._recv(None)
+                if type(data) is bytes:
+                    try:
+                        return _ploads(data)
+                    except _BadPickle as exc:
+                        raise _codec.not_ours(data, exc) from None
+                return _loads(data)
+            if self._closed:
+                self._check()
+            if block and timeout is None:
+                tmo = None
+            else:
+                tmo = (0.0 if timeout < 0 else timeout) if block else 0
             try:
-                self._slots.release()
-            except ReleaseError:
-                pass       # a dead producer's permit was already counted back
-        return _loads(data)
+                data = self._recv(tmo)
+            except ChannelEmpty:
+                raise _queue.Empty from None
+            if self._slots is not None:
+                try:
+                    self._slots.release()
+                except ReleaseError:
+                    pass       # a dead producer's permit was already counted back
+            return _loads(data)
+        except ChannelClosed:
+            raise ChannelClosed(f"{self._label()} was shut down, and everything put on it "
+                                "before was received") from None
 
     def put_nowait(self, obj):
         """``put(obj, False)``: ``queue.Full`` at once if there is no room."""
