@@ -91,6 +91,12 @@ def test_serve_connect_call_attribute_and_len(ember_runtime):
     assert re.match(r"^<ember\.Proxy 'counter-\w+' o_uid=\d+>$", repr(p))
     with pytest.raises(AttributeError, match=r"^'Counter' object has no attribute 'nope'$"):
         p.nope
+    # the handle is not a proxy: the error says what to use
+    with pytest.raises(AttributeError, match=r"^'SharedRef' object has no attribute 'inc': .*"
+                                             r"through a proxy: ref\.proxy\(\)\.inc, or "
+                                             r"ember\.connect\(name\)$"):
+        ref.inc()
+    assert pickle.loads(pickle.dumps(ref)).o_uid == ref.o_uid
     ref.destroy()
     assert _host_gone(ref) == 0
 

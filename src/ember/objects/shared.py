@@ -733,6 +733,16 @@ class SharedRef:
     o_uid = property(lambda self: self._rec["o_uid"])
     lifetime = property(lambda self: self._rec["lifetime"])
 
+    def __getattr__(self, attr):
+        # (a name the class does not have) a program that took the handle
+        # for a proxy of the object: say what to call instead
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        raise AttributeError(f"'SharedRef' object has no attribute {attr!r}: it is the handle "
+                             f"that serve() and create() return; the object's methods and "
+                             f"attributes are reached through a proxy: ref.proxy().{attr}, or "
+                             f"ember.connect(name)")
+
     @property
     def p_uid(self):
         """The host process's p_uid."""
