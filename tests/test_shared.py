@@ -470,3 +470,36 @@ def test_a_proxy_is_callable_only_when_its_object_is(ember_runtime):
     finally:
         for ref in (tree, leaf, adder):
             ref.destroy()
+
+
+def _processes():
+    from ember import messages as m
+    from ember.globalservices._client import call
+    return call(m.ServiceDump)["processes"]
+
+
+def _label_of(p_uid):
+    return next(p["label"] for p in _processes() if p["p_uid"] == p_uid)
+
+
+@pytest.mark.timeout(60)
+def test_ember_ps_names_a_host_by_its_object(ember_runtime):
+    # (not "Process-1 (ember.objects.shared._host_main)" for every host)
+    name = uname("registry")
+    ref = ember.serve(Counter(), name=name)
+    made = ember.objects.create(Counter, 3)
+    job = uname("job")
+    try:
+        assert re.match(rf"^Process-\d+ \(shared object '{name}': Counter\)$",
+                        _label_of(ref.p_uid)), _label_of(ref.p_uid)
+        assert re.match(r"^Process-\d+ \(shared object: Counter\)$", _label_of(made.p_uid))
+        before = {p["p_uid"] for p in _processes()}
+        with ember.scope(job):
+            ember.dict(), ember.list(), ember.Namespace()
+            labels = sorted(re.sub(r"^Process-\d+ ", "", p["label"]) for p in _processes()
+                            if p["p_uid"] not in before)
+        assert labels == [f"(shared object 'scope:{job}': scope)", "(shared object: Namespace)",
+                          "(shared object: dict)", "(shared object: list)"], labels
+    finally:
+        ref.destroy()
+        made.destroy()

@@ -42,6 +42,7 @@ def current():
 
 class _Members:
     """What a scope's host serves: the o_uids of its members."""
+    _ember_what = "scope"  # what `ember ps` calls its host (shared._host_what)
 
     def __init__(self):
         self.members = []
@@ -225,6 +226,7 @@ def scope(name=None, *, lifetime="runtime"):
 # ------------------------------------------------------------------ shared containers
 class _Namespace:
     """A plain attribute bag (``multiprocessing.managers.Namespace``)."""
+    _ember_what = "Namespace"  # what `ember ps` calls its host (shared._host_what)
 
     def __init__(self, **kwds):
         self.__dict__.update(kwds)
@@ -250,6 +252,7 @@ def _make_dict(*args, **kwargs):
 
 class _SharedDict(_builtin_dict):
     """The host's dict: views come back as lists (they cannot travel)."""
+    _ember_what = "dict"  # what `ember ps` calls its host (shared._host_what)
 
     def keys(self):
         return _builtin_list(super().keys())
@@ -265,6 +268,8 @@ class _SharedDict(_builtin_dict):
 
 
 class _SharedList(_builtin_list):
+    _ember_what = "list"  # what `ember ps` calls its host (shared._host_what)
+
     def __iadd__(self, other):
         self.extend(other)
         return None          # the proxy stays the proxy

@@ -516,6 +516,16 @@ def _identity(x):
     return x
 
 
+def _host_what(factory, args, name):
+    """What `ember ps` shows for a host (its label's part after
+    ``Process-N``): ``shared object 'registry': Registry``, the type served
+    or the factory called (ember's own say what they are: ``_ember_what``)."""
+    made = type(args[0]) if factory is _identity else factory
+    what = getattr(made, "_ember_what", None) or getattr(made, "__qualname__",
+                                                         type(made).__name__)
+    return f"shared object {name!r}: {what}" if name else f"shared object: {what}"
+
+
 # ------------------------------------------------------------------ creator side
 # Host Processes started here and not yet joined (so that they are not
 # collected, and not joined at this process's exit: they outlive it as
@@ -632,6 +642,7 @@ def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threa
         host = Process(target=_host_main, args=(factory, args, kwargs, exposed, boot_out, boot_in,
                                                      threads, returns),
                        name=None, daemon=False)
+        host._what = _host_what(factory, args, name)
         host.start()
         with _live_lock:
             _live.discard(host)        # it outlives us as its lifetime says
