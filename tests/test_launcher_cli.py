@@ -129,6 +129,24 @@ _LEAVES_CHILDREN = r"""
 """
 
 
+_LEAVES_A_HOST = r"""
+    import ember
+    class Registry:
+        pass
+    ember.serve(Registry(), name="registry")
+    print("head done", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_head_exiting_with_a_host_running_says_which_object_it_serves(tmp_path):
+    # an unnamed process is listed by its label, as `ember ps` shows it (not its p_uid alone)
+    res = ember("run", "--grace", "0.5", write(tmp_path, _LEAVES_A_HOST), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (b"ember: head exited; terminating 1 running process: "
+            b"2 Process-1 (shared object 'registry': Registry)\n" in res.stderr), res.stderr
+
+
 @pytest.mark.timeout(60)
 def test_head_exiting_with_children_running_says_so(tmp_path):
     res = ember("run", "--grace", "0.5", write(tmp_path, _LEAVES_CHILDREN), cwd=tmp_path)

@@ -122,11 +122,13 @@ class TeardownPart:
     def _report_survivors(self):
         """The head has exited (the launcher's ``Teardown(survivors=True)``):
         one line naming the processes the teardown is about to terminate."""
-        live = sorted((p.p_uid, p.name) for p in self.procs.values()
+        live = sorted((p.p_uid, p.name, p.label) for p in self.procs.values()
                       if p.state != EXITED and not p.spare)
         if not live:
             return
-        what = ", ".join(f"{u} {n!r}" if n else str(u) for u, n in live)
+        # each by its name, else its label (what `ember ps` shows), else its p_uid alone
+        what = ", ".join(f"{u} {n!r}" if n else f"{u} {lab}" if lab else str(u)
+                         for u, n, lab in live)
         noun = "process" if len(live) == 1 else "processes"
         err = self.err if self.err is not None else sys.stderr
         err.write(f"ember: head exited; terminating {len(live)} running {noun}: {what}\n")
