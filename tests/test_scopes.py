@@ -178,3 +178,61 @@ def test_served_containers_exist_ok(ember_runtime):
         new["b"]
     for p in (d, lst, ns):
         naming.destroy(p._o_uid)
+
+
+PREVIOUS_RUNTIME = """
+import os, time, ember
+from ember import runtime
+from ember.objects import naming
+
+def wait(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "ran"
+
+# a runtime left with a served object that ended without its host joined here
+runtime.init()
+d = ember.dict({"a": 1})
+naming.destroy(d._o_uid)            # (not d's destroy(), which joins its host)
+first = d._o_uid
+del d
+runtime.shutdown()
+# another runtime, in this same process: its o_uids and p_uids start again
+runtime.init()
+other = ember.Process(target=wait, args=("go",))
+other.start()
+q = ember.Queue()
+with ember.scope() as s:
+    s.adopt(q)                       # ended with the scope
+print("same o_uid", q.o_uid == first, flush=True)
+open("go", "w").close()
+try:
+    print("other", other.result(timeout=60), flush=True)
+except ember.ProcessDied as e:
+    print("other died", e, flush=True)
+other.join(60)
+print("exit", other.exitcode)
+runtime.shutdown()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_scope_in_a_later_runtime_ends_no_process_of_it(tmp_path):
+    """A process that served an object which ended without its host joined
+    there (destroyed through GS, as a scope or anyone does), left that
+    runtime and joined another (ember.shutdown(), ember.init(): a test
+    suite's runtime per test): a scope that ends an object of the same
+    o_uid there joins and kills no process of the new runtime.  The
+    served hosts were kept by o_uid across runtimes, so the close joined
+    the old host's p_uid, another process here, for 10 s, then SIGKILLed
+    it (test_in_a_scope took 10 s after test_served_containers_exist_ok
+    in one pytest worker)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "prog.py").write_text(PREVIOUS_RUNTIME)
+    res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=100)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["same o_uid True", "other ran", "exit 0"], \
+        (res.stdout, res.stderr)

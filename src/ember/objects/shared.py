@@ -529,9 +529,25 @@ def _host_what(factory, args, name):
 # ------------------------------------------------------------------ creator side
 # Host Processes started here and not yet joined (so that they are not
 # collected, and not joined at this process's exit: they outlive it as
-# their lifetime says).
+# their lifetime says): o_uid -> p_uid, of the runtime this process is in
+# (_hosts_here).  A process that left its runtime (ember.shutdown()) and
+# joined another (ember.init()) has none of the old one's: o_uids and p_uids
+# are a runtime's own, and the new one's o_uid N named another object, whose
+# end (a scope's close) joined the old entry's p_uid there, another process,
+# for 10 s and then killed it.
 _hosts = {}
 _hosts_lock = threading.Lock()
+_hosts_of = [None]        # the runtime _hosts's entries were made in (naming._runtime_key)
+
+
+def _hosts_here():
+    """``_hosts`` (its lock held), emptied first if this process is in
+    another runtime than the one its entries were made in."""
+    key = naming._runtime_key()
+    if _hosts_of[0] != key:
+        _hosts.clear()
+        _hosts_of[0] = key
+    return _hosts
 
 
 def serve(obj, name=None, lifetime=None, *, scope=None, exposed=None, threads=1, timeout=60.0,
@@ -694,7 +710,7 @@ def _start(factory, args, kwargs, name, lifetime, scope, exposed, timeout, threa
     p_uid = host.p_uid
     host._finalizer()
     with _hosts_lock:
-        _hosts[rec["o_uid"]] = p_uid
+        _hosts_here()[rec["o_uid"]] = p_uid
     ref = SharedRef(rec)
     if scope is not None:
         scope._adopt(rec["o_uid"])
@@ -718,7 +734,7 @@ def _wait_boot(boot_out, host, name, deadline):
 def _reap(o_uid, timeout=10.0):
     """Join the host of ``o_uid`` if this process started it."""
     with _hosts_lock:
-        entry = _hosts.pop(o_uid, None)
+        entry = _hosts_here().pop(o_uid, None)
     if entry is None:
         return
     from ..globalservices import process as gproc
@@ -791,7 +807,7 @@ class SharedRef:
         its last one); the host is joined here if the object ended."""
         self._hold.drop()
         with _hosts_lock:
-            entry = _hosts.get(self._rec["o_uid"])
+            entry = _hosts_here().get(self._rec["o_uid"])
         if entry is not None and self._rec["lifetime"] == "refcount":
             try:
                 naming.query(self._rec["o_uid"])
@@ -801,13 +817,13 @@ class SharedRef:
     def join(self, timeout=None):
         """Wait until the host process ends (only in the creating process)."""
         with _hosts_lock:
-            entry = _hosts.get(self._rec["o_uid"])
+            entry = _hosts_here().get(self._rec["o_uid"])
         if entry is None:
             raise ObjectError("only the process that served an object can join its host")
         from ..globalservices import process as gproc
         if gproc.join(entry, timeout) is not None:
             with _hosts_lock:
-                _hosts.pop(self._rec["o_uid"], None)
+                _hosts_here().pop(self._rec["o_uid"], None)
 
     def __enter__(self):
         return self
