@@ -86,6 +86,18 @@ def test_attach_waits_for_the_name_and_times_out_on_the_server(h):
     assert h.gs.objs[h.ok(made)["o_uid"]].holders == {a: 1, b: 1}
     assert h.err(h.req(m.ObjectAttach, "nope", None, 0, p_uid=a)) == (
         "ObjectTimeout", "attach('nope') timed out: no object of that name was created")
+    # a waiter of another kind is told at the create, as an attach after it is
+    queue = h.req(m.ObjectAttach, "evt", "Queue", None, p_uid=b)
+    served = h.req(m.ObjectAttach, "evt", "Shared", None, p_uid=b)
+    event = h.req(m.ObjectAttach, "evt", "Event", None, p_uid=b)
+    assert h.reply(queue) is None
+    create(h, a, kind="Event", name="evt")
+    assert h.err(queue) == ("ObjectError", "object 'evt' is an Event, not a Queue")
+    assert h.err(served) == ("ObjectError", "object 'evt' is an Event, not a shared object")
+    assert h.ok(event)["name"] == "evt"
+    assert "evt" not in h.gs.obj_joiners
+    assert h.err(h.req(m.ObjectAttach, "evt", "Queue", None, p_uid=b)) == (
+        "ObjectError", "object 'evt' is an Event, not a Queue")
     # a waiter whose process exits is forgotten
     gone = h.req(m.ObjectAttach, "x", None, None, p_uid=b)
     h.exit(b, 0)

@@ -70,6 +70,15 @@ class _Obj:
                 "owner": self.owner}
 
 
+def _not_a(name, kind, wanted):
+    """``object 'jobs' is a Queue, not an Event``: an attach of ``wanted``
+    found ``kind`` under ``name``."""
+    def a(k):
+        k = "shared object" if k == "Shared" else k      # (ember.serve's kind)
+        return ("an " if k[:1] in "AEIOUaeiou" else "a ") + k
+    return f"object {name!r} is {a(kind)}, not {a(wanted)}"
+
+
 class _ObjWaiter(_Waiter):
     """An ``ObjectAttach`` parked until the name is created."""
 
@@ -187,9 +196,13 @@ class ObjectsPart:
         log.info("object %d %s %r (%s) created by process %s", rec.o_uid, kind, name, lifetime,
                  msg.p_uid)
         for w in list(self.obj_joiners.get(name, ())) if name else ():
-            if w.kind and w.kind != kind:
-                continue
             self._finish_waiter(w)
+            if w.kind and w.kind != kind:
+                # as an attach that comes after this create: it would wait in vain
+                # while this object lives, then say that nothing of the name was made
+                self.route_reply(self.node, w.r, m.reply_err(
+                    w.tag, "ObjectError", _not_a(name, kind, w.kind)))
+                continue
             self._obj_add_ref(rec, w.owner)
             self._reply(w.tag, w.r, out)
         self._reply(msg.tag, msg.r, out)
@@ -205,7 +218,7 @@ class ObjectsPart:
         if o_uid is not None:
             rec = self.objs[o_uid]
             if kind and rec.kind != kind:
-                raise ObjectError(f"object {name!r} is a {rec.kind}, not a {kind}")
+                raise ObjectError(_not_a(name, rec.kind, kind))
             self._obj_add_ref(rec, msg.p_uid)
             return self._reply(msg.tag, msg.r, rec.desc_dict())
         if timeout == 0:
