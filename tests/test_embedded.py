@@ -227,6 +227,53 @@ def test_killed_starter_leaves_nothing():
     assert rid not in res.stdout
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("victim", ["shepherd", "global services"])
+def test_calls_into_a_runtime_a_killed_part_ended_say_so(victim):
+    """GS or the shepherd SIGKILLed under an ember.init() program: its
+    launcher tears the runtime down, and every call after that raises
+    RuntimeEnded naming the part and the event log, where it raised the
+    torn-down channel's or pool's own CoreError; the program exits
+    cleanly and leaves nothing."""
+    res = _py(f"""
+        import os, signal, sys, time, ember
+        from ember.globalservices import process, channel
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from procs import children
+        rt = ember.init()
+        print("rid", rt.id, flush=True)
+        sleeper = process.create("/bin/sleep", os.getcwd(), ["60"])
+        shepherd = int(open(f"/proc/{{sleeper.location.os_pid}}/stat").read().rsplit(")", 1)[1].split()[1])
+        gs, = [p for p in children(rt.host_pid) if p != shepherd]
+        os.kill(shepherd if {victim!r} == "shepherd" else gs, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while rt.address.alive() and time.monotonic() < deadline:    # the teardown
+            time.sleep(0.01)
+        def work():
+            ember.Process(target=print).start()
+        for call in (work, ember.Queue, lambda: process.create("/bin/true", ".", []),
+                     lambda: channel.create(None), lambda: process.join(sleeper.p_uid)):
+            try:
+                call()
+            except ember.RuntimeEnded as exc:
+                assert isinstance(exc, ember.ChannelError), type(exc).__mro__
+                print("error:", exc, flush=True)
+            else:
+                print("no error", call, flush=True)
+        print("end", flush=True)
+    """)
+    rid = res.stdout.split()[1]
+    log = os.path.join(_rundir(), f"{rid}.events")
+    errors = [line for line in res.stdout.splitlines() if not line.startswith("rid ")]
+    assert errors == [f"error: the ember runtime {rid} has ended (runtime failure: {victim} "
+                      f"exited unexpectedly (status -9)); its event log: {log} (ember events "
+                      f"--address {rid})"] * 5 + ["end"], res.stdout
+    assert f"ember: runtime failure: {victim} exited unexpectedly (status -9)" in res.stderr
+    assert "runtime.failed reason=" in _ember("events", "--address", rid).stdout
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.{rid}.")]
+    assert _addresses() == []
+
+
 @pytest.mark.timeout(60)
 def test_attach_to_a_dead_address_fails_fast_and_removes_it():
     from ember import runtime

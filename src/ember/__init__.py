@@ -49,7 +49,8 @@ _OBJECTS = {
     "Lock": "sync", "RLock": "sync", "Semaphore": "sync", "BoundedSemaphore": "sync",
     "Event": "sync", "Barrier": "sync", "Condition": "sync", "Value": "sync", "Array": "sync",
 }
-_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout", "MessageError", "LauncherError")
+_EXCEPTIONS = ("ChannelClosed", "ObjectError", "ObjectTimeout", "MessageError", "LauncherError",
+               "RuntimeEnded")
 
 
 def __getattr__(attr):

@@ -10,6 +10,7 @@ Call sites that know more (the holder of a stuck mutex, the size of the
 message that did not fit) raise the class from :data:`EXC` with their own
 text, still ending in ``[<code name>]``.
 """
+import errno
 import os
 
 from ember.exceptions import (ChannelClosed, ChannelEmpty, ChannelError, ChannelFull, CoreError,
@@ -101,7 +102,18 @@ def name(rc):
 def error(rc, what, err=0):
     """The exception for a nonzero ``rc`` (not raised): ``EXC[rc]`` with the
     message ``"<what>: <explanation> [<code name>]"``; an unknown code gives
-    a CoreError.  ``err`` is the errno that goes with EMBER_ERR_OS."""
+    a CoreError.  ``err`` is the errno that goes with EMBER_ERR_OS.
+
+    A channel destroyed or a segment gone (DESTROYED, NOT_FOUND, ENOENT)
+    in a runtime that has ended gives :class:`RuntimeEnded` instead,
+    which says why it ended (``runtime.ended_error``): the torn-down
+    runtime's own error named a channel or pool the program never saw."""
+    if rc in (EMBER_ERR_DESTROYED, EMBER_ERR_NOT_FOUND) or \
+            (rc == EMBER_ERR_OS and err == errno.ENOENT):
+        from ember import runtime
+        ended = runtime.ended_error()
+        if ended is not None:
+            return ended
     if rc == EMBER_ERR_OS:
         text = f"{os.strerror(err)} (errno {err})"
     else:

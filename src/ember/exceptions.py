@@ -29,6 +29,7 @@ __all__ = [
     "MessageError",
     "CoreError",
     "CoreTimeout",
+    "RuntimeEnded",
     "LauncherError",
 ]
 
@@ -232,6 +233,15 @@ class CoreError(PoolError, ChannelError, SyncError):
 class CoreTimeout(CoreError, TimeoutError):
     """A C-core wait ran out of time (EMBER_ERR_TIMEOUT) where the call has
     no more specific meaning for it."""
+
+
+class RuntimeEnded(GlobalServicesError, CoreError):
+    """A call into a runtime that has ended: its launcher tore it down
+    (a runtime failure, GS or the shepherd dead; or a stop) and the
+    channel or pool the call met is gone.  The message says which part
+    failed, as ``ember run`` reports it, and where the runtime's event log
+    is.  Also a CoreError, the error the torn-down object gave, so that
+    ``except ChannelError`` / ``except PoolError`` catch it as before."""
 
 
 class LauncherError(EmberError, RuntimeError):

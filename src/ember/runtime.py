@@ -138,7 +138,7 @@ class Address:
 
     @property
     def lock_path(self):
-        return os.path.join("/dev/shm", f"ember.{self.id}.lock")
+        return _lock_path(self.id)
 
     def alive(self):
         """True while the host holds its lock (no pid check: see module doc)."""
@@ -149,6 +149,10 @@ class Address:
 
     def __repr__(self):
         return f"Address(id={self.id!r}, name={self.name!r}, pid={self.pid})"
+
+
+def _lock_path(runtime_id):
+    return os.path.join("/dev/shm", f"ember.{runtime_id}.lock")
 
 
 def lock_held(lock_path):
@@ -235,6 +239,77 @@ def _remove_stale(addr):
     except FileNotFoundError:
         pass
     _remove_introspection(os.path.dirname(addr.path), addr.id)
+
+
+_FAILED = "runtime.failed"
+
+
+def events_path(runtime_id):
+    """The event log of a runtime (GS writes it; it outlives the run)."""
+    return os.path.join(runtime_dir(create=False), f"{runtime_id}.events")
+
+
+def note_failure(runtime_id, reason):
+    """Host side, before it tears a failed runtime down: a ``runtime.failed``
+    event with ``reason`` (what ``ember run`` reports after ``runtime
+    failure:``) appended to the runtime's event log, where
+    :func:`ended_error` finds it (one write, as GS's; never raises)."""
+    from .globalservices.events import _json_line
+    line = _json_line({"t": round(time.time(), 6), "event": _FAILED, "reason": reason}) + "\n"
+    try:
+        fd = os.open(events_path(runtime_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except (OSError, GlobalServicesError):
+        pass
+
+
+def _failure_of(path):
+    """The reason of the last ``runtime.failed`` event in the last 1 MiB of
+    the event log at ``path`` (GS writes the teardown's events after it),
+    or None."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 20)))
+            tail = f.read()
+    except OSError:
+        return None
+    at = tail.rfind(b'"event": "' + _FAILED.encode() + b'"')
+    if at < 0:
+        return None
+    import json
+    try:
+        start = tail.rfind(b"\n", 0, at) + 1
+        return str(json.loads(tail[start:tail.index(b"\n", at)])["reason"])
+    except (ValueError, KeyError):
+        return None
+
+
+def ended_error():
+    """The :class:`~ember.exceptions.RuntimeEnded` a call that met a
+    destroyed channel or a missing segment raises when this process's
+    runtime has ended (failed: its ``runtime.failed`` event, written before
+    the teardown destroyed anything; or its launcher's lock is free); None
+    while it runs (the error is then the program's own)."""
+    from .exceptions import RuntimeEnded
+    if not _env.in_runtime() or _env.get(_env.NODE, "0") != "0":
+        return None                  # (the lock is on the head node only)
+    rid = _env.get(_env.RUNTIME_ID)
+    if not rid:
+        return None
+    try:
+        log = events_path(rid)
+    except GlobalServicesError:
+        return None
+    reason = _failure_of(log)
+    if reason is None and lock_held(_lock_path(rid)):
+        return None
+    how = f"runtime failure: {reason}" if reason is not None else "its launcher is gone"
+    return RuntimeEnded(f"the ember runtime {rid} has ended ({how}); its event log: {log} "
+                        f"(ember events --address {rid})")
 
 
 def list_runtimes(clean_stale=True):

@@ -508,8 +508,15 @@ class Launcher:
                 self.children.pop(pid, None)
                 if not getattr(self, "stopping", False):
                     self.dead.add(role)
-                    raise _ChildDied(role, f"{role} exited unexpectedly "
-                                           f"(status {os.waitstatus_to_exitcode(status)})")
+                    text = f"{role} exited unexpectedly (status {os.waitstatus_to_exitcode(status)})"
+                    if getattr(self, "address", None) is not None:
+                        # Before the teardown destroys anything: a process
+                        # attached by ember.init() finds it there when its
+                        # next call meets the torn-down runtime
+                        # (runtime.ended_error).
+                        from .. import runtime
+                        runtime.note_failure(self.tag, text)
+                    raise _ChildDied(role, text)
 
     def _on_signal(self, signum, frame):
         raise _Signalled(signum)
