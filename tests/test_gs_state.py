@@ -1243,3 +1243,44 @@ def test_held_events_are_due_by_the_monotonic_clock_not_the_wall_clock(h, tmp_pa
     assert h.gs.events_due(server.EVENTS_DELAY) is None
     with open(h.gs.events_path) as f:
         assert '"test.clock"' in f.read()
+
+
+def test_no_key_or_environment_value_reaches_a_log(h, capsys, monkeypatch):
+    """GS's failure paths that format a message (a reply or a spawn
+    dropped) write neither a process's key nor its environment's values:
+    the repr of a message hides them.  Main's 'dropped ShSpawn(...)'
+    printed the child's EMBER_KEY."""
+    from ember.channels_c import Channel
+    from ember.globalservices import server
+    monkeypatch.setattr(server.log, "level", 0)            # EMBER_LOG=debug: every line
+    h.req(m.ProcessCreate, "/bin/true", [], {"SECRET_TOKEN": "hunter2"}, "/", "", {}, False)
+    spawn, = [x for x in h.sh if type(x) is m.ShSpawn]
+    key = h.key(spawn.p_uid)
+    assert spawn.env[_env.KEY] == key.hex() and spawn.env["SECRET_TOKEN"] == "hunter2"
+    # a spawn for a node that is not (or no longer) there; a reply with a
+    # key (an attach's, a fork child's) to a full reply channel and to one
+    # that cannot be attached
+    h.gs.to_node(3, spawn)
+    reply = m.reply_ok(7, {"p_uid": spawn.p_uid, "key": key.hex()})
+    full = Channel.create(h.pool, capacity=1, block_size=256)
+    t = server.ChannelTransport(full, Channel.attach)
+    try:
+        full.send(b"x", timeout=0)
+        t(full.sdesc, reply)
+        t(b"\x00garbage-descriptor", reply)
+    finally:
+        for ch in t.cache.values():
+            ch.detach()
+        full.destroy()
+    h.spawn_all()
+    err = capsys.readouterr().err
+    assert "ShSpawn(" in err and "to node 3 dropped" in err, err
+    assert err.count("reply Reply(") == 2, err
+    for secret in (key.hex(), repr(key), "hunter2"):
+        assert secret not in err, err
+    assert "env=<environment of 2 variables>" in err and "'key': <hidden>" in err, err
+    # a message of another node's, as the head's agent hands it to GS
+    # (MnFrom: the packed request, with its key)
+    req = m.ProcessQuery(1, spawn.p_uid, b"R", key, spawn.p_uid).pack()
+    shown = repr(m.MnFrom(1, False, req))
+    assert shown == f"MnFrom(node=1, trusted=False, data=<a message of {len(req)} bytes>)"

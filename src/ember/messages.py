@@ -79,12 +79,41 @@ class Message:
         return _packb([self.code, *self._values(self)])
 
     def __repr__(self):
-        body = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.fields)
+        """The fields, with no secret: a key's value and an environment's
+        values are left out (``_shown``), so that a log or an error that
+        formats a message (``dropped %r``) holds neither."""
+        body = ", ".join(f"{f}={_shown(f, getattr(self, f))}" for f in self.fields)
         return f"{type(self).__name__}({body})"
 
     def __eq__(self, other):
         return type(self) is type(other) and all(
             getattr(self, f) == getattr(other, f) for f in self.fields)
+
+
+#: Fields whose values a message's repr never shows: a process's key (the
+#: requests' ``key``, ProcessAttach's ``attach_key``, the ``key`` of an
+#: attach's or a fork's reply) proves to GS who sends; a claim's token.
+_SECRET = frozenset(("key", "attach_key", "token"))
+
+
+def _shown(name, value):
+    """``repr`` of a field or an item named ``name``, with secrets hidden:
+    ``<hidden>`` for a key, the number of variables for an environment
+    (``env``, which holds the child's ``EMBER_KEY`` and the user's own),
+    the size only of a packed message another carries (``data``: a
+    request of another node's, with its key), and so inside the dicts and lists a field holds (a reply's value)."""
+    if name in _SECRET and value:
+        return "<hidden>"
+    if name == "env" and isinstance(value, dict):
+        return f"<environment of {len(value)} variables>"
+    if name == "data" and isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<a message of {len(value)} bytes>"     # MnFrom's, MnTo's: a packed message
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_shown(k, v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
+        body = ", ".join(_shown(None, v) for v in value)
+        return f"[{body}]" if isinstance(value, list) else f"({body}{',' if len(value) == 1 else ''})"
+    return repr(value)
 
 
 by_code = {}
