@@ -427,6 +427,10 @@ def main(prep_b, obj_b, tracker=None, main_code=None, prog_codes=None, name=None
     sys.exit(exitcode)
 
 
+# (the template's children unpickle their call's target from copyreg's cache)
+_codec.cache_extension(main)
+
+
 def _start(prep_b, obj_b, tracker, main_code, prog_codes, name, entry, shared_b, stats_b):
     """:func:`main`'s steps up to the process object's bootstrap: ``(the
     process object, the parent's pidfd or None)`` (a function of its own,

@@ -54,6 +54,7 @@ block: a malformed frame or a message that is not a pickle raises
 :class:`~ember.exceptions.MessageError` (an ``UnpicklingError``), never
 reads outside the block.
 """
+import copyreg as _copyreg
 import io
 import os as _os
 import pickle
@@ -83,6 +84,36 @@ _Pickler = pickle.Pickler
 #: when it has 64 KiB or more; its own output comes in frames, each
 #: committed once it passes 64 KiB, so shorter than twice that.
 _DATA_MIN = 256 * 1024
+
+#: copyreg extension codes of the call targets of ember's own that a start
+#: pickles by reference (the ``"ember"`` method's child code): registered
+#: here, in every process that pickles or unpickles a call, the pickle
+#: names the target by its code (``EXT4``), and the unpickler takes it from
+#: copyreg's extension cache, which the template fills when it imports the
+#: target's module (:func:`cache_extension`): no ``find_class``, whose
+#: ``PyImport_Import`` (``__import__``, the module's and its package's
+#: specs looked at) wrote ~9 of the template's pages in every child.  A
+#: process without the cache entry finds the target as before (the
+#: unpickler's ``find_class``, once).  Codes far from the ranges PEP 307
+#: gives out; one that a program registered first (or a name it gave a
+#: code) leaves that target pickled by name.
+EXTENSIONS = {("ember.mp._child", "main"): 0x456D6201}
+for _key, _code in EXTENSIONS.items():
+    try:
+        _copyreg.add_extension(*_key, _code)
+    except ValueError:
+        pass
+
+
+def cache_extension(fn):
+    """Put ``fn``, one of :data:`EXTENSIONS`' targets, in copyreg's
+    extension cache (what the unpickler puts there at its first ``EXT``
+    of that code), so that this process's children, forked after, find it
+    there without importing anything."""
+    key = (fn.__module__, fn.__qualname__)
+    code = _copyreg._extension_registry.get(key)
+    if code is not None and _copyreg._inverted_registry.get(code) == key:
+        _copyreg._extension_cache[code] = fn
 
 
 def _align(n):
