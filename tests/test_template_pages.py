@@ -48,7 +48,8 @@ def test_the_methods_target_is_pickled_by_its_extension_code():
 
 def test_a_template_child_finds_its_target_in_the_cache(tmp_path):
     """An "ember"-method child (a clone of a template that imported
-    ``_child``) has the target in copyreg's cache before its call came."""
+    ``_child``) has the target in copyreg's cache before its call came, and
+    its stdin check is the C one (``_spawn.template_stdin``)."""
     (tmp_path / "prog.py").write_text(textwrap.dedent("""
         import copyreg, multiprocessing as mp, sys
         import ember
@@ -56,8 +57,11 @@ def test_a_template_child_finds_its_target_in_the_cache(tmp_path):
         def look(q):
             from ember.objects import _codec
             from ember.mp import _child
+            from ember.shepherd import _spawn
             code = _codec.EXTENSIONS[("ember.mp._child", "main")]
-            q.put((copyreg._extension_cache.get(code) is _child.main,))
+            q.put((copyreg._extension_cache.get(code) is _child.main,
+                   _child._template_stdin is _spawn.template_stdin,
+                   sys.stdin is _spawn.template_stdin()))
 
         if __name__ == "__main__":
             mp.set_start_method("ember")
@@ -69,7 +73,7 @@ def test_a_template_child_finds_its_target_in_the_cache(tmp_path):
     res = subprocess.run([sys.executable, "prog.py"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=100)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["True"] * 3, (res.stdout, res.stderr)
+    assert res.stdout.splitlines() == ["True True True"] * 3, (res.stdout, res.stderr)
 
 
 def test_a_program_that_took_the_code_first_keeps_it():
@@ -86,3 +90,26 @@ def test_a_program_that_took_the_code_first_keeps_it():
               pickle.loads(data) is _child.main)
     """)
     assert got == ["True", "False", "True"], got
+
+
+STDIN = """
+    import os, sys
+    from ember.shepherd import _spawn
+    print(_spawn.stdin_note(None), _spawn.template_stdin())
+    s = open(0, encoding="utf-8", closefd=False)
+    print(_spawn.stdin_note(s), _spawn.template_stdin() is s)
+    keep = os.dup(0)
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    os.dup2(fd, 0)
+    print(_spawn.template_stdin())            # another file on fd 0
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    print(_spawn.template_stdin() is s)       # /dev/null again (another open of it)
+    os.close(0)
+    print(_spawn.template_stdin())            # nothing on fd 0
+"""
+
+
+def test_the_stdin_check_in_c_says_whether_fd_0_is_still_the_noted_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    got = _py(STDIN, str(tmp_path / "f"), stdin=subprocess.DEVNULL)
+    assert got == ["False", "None", "True", "True", "None", "True", "None"], got

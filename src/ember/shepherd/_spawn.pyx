@@ -31,7 +31,7 @@ __all__ = ["spawn", "set_pdeathsig", "which", "wipe_env_value", "wipe_bytes", "w
            "clone_setup", "clone_parent", "skip_in_clone", "ob_open", "ob_replace", "ob_mapped", "ob_spawned",
            "ob_busy", "ob_exiting", "ob_clean", "ob_drained", "ob_wait_drained", "trim_heap",
            "quiet_note", "quiet", "quiet_mark", "QUIET_EMPTY", "QUIET_IS", "QUIET_AT_MOST", "QUIET_SAME_END",
-           "fill_pools"]
+           "fill_pools", "stdin_note", "template_stdin"]
 
 # What the OSError says for each failed step; {path} is the exe or cwd.
 _WHAT = {
@@ -898,6 +898,38 @@ def fill_pools():
     (their memory is the template's for good), or -1 where the allocator
     is not pymalloc (``PYTHONMALLOC``, ``-X dev``): nothing is done."""
     return ember_fill_pools()
+
+
+# ------------------------------------------------------------- the mp child's stdin
+from posix.stat cimport fstat as _fstat, struct_stat as _stat_t
+
+cdef object _stdin_stream = None      # the template's text stream over fd 0 (/dev/null)
+cdef _stat_t _stdin_st                # fd 0's stat when it was noted
+
+
+def stdin_note(stream):
+    """The template (``ember.mp._child``, at its import): ``stream``, its
+    text stream over fd 0 (/dev/null), is what :func:`template_stdin`
+    gives its children while their fd 0 is the file it is now; None:
+    nothing noted.  Whether it was noted."""
+    global _stdin_stream
+    _stdin_stream = None
+    if stream is not None and _fstat(0, &_stdin_st) == 0:
+        _stdin_stream = stream
+    return _stdin_stream is not None
+
+
+def template_stdin():
+    """The stream :func:`stdin_note` noted if fd 0 is still the file it was
+    then (its device and inode), else None: an ``fstat`` compared in C,
+    where the same check in Python made a ``stat_result`` (its ~20 fields,
+    allocations in the template's pools) and read its fields through
+    their descriptors: ~8 of the template's pages written in each child."""
+    cdef _stat_t st
+    if _stdin_stream is None or _fstat(0, &st) != 0 \
+            or st.st_dev != _stdin_st.st_dev or st.st_ino != _stdin_st.st_ino:
+        return None
+    return _stdin_stream
 
 
 # ------------------------------------------------------------- what a child inherits
