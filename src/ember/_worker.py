@@ -51,6 +51,9 @@ def fd_ready(fd, timeout=0.0, events=select.POLLIN):
     return bool(p.poll(None if timeout is None else timeout * 1000.0))
 
 _attach_in = _recv_record = _magic = None      # (:func:`lease`'s, bound by _imports)
+# (a call's check, bound by _imports: read as globals, the modules, their
+# dicts and the names' strings, pages of the template's, are not written)
+_Record = _KIND_CALL = _ploads = None
 
 
 def _imports():
@@ -61,7 +64,7 @@ def _imports():
     Python code, ``_handle_fromlist``): page faults of copy-on-write in
     every child.  (Not imported at this module's top: the shepherd imports
     it, and a .py head, forked from the shepherd, must not have pickle.)"""
-    global _mods, _attach_in, _recv_record, _magic
+    global _mods, _attach_in, _recv_record, _magic, _Record, _KIND_CALL, _ploads
     if _mods is None:
         import pickle
 
@@ -70,6 +73,7 @@ def _imports():
         from .objects import _codec, _pickling
         _mods = (Channel, _codec, _pickling, pickle)
         _magic = _pickling._MAGIC
+        _Record, _KIND_CALL, _ploads = _pickling.Record, _pickling.KIND_CALL, pickle.loads
     return _mods
 
 
@@ -137,7 +141,7 @@ def _name(comm=None):
 def _wait_call(call, token):
     """A spare's wait for its call record; the record, or None (and the
     caller exits silently) if what came is not a call carrying ``token``."""
-    P = _imports()[2]
+    _imports()
     try:
         if _trace.on:           # (a label's call and string: pages a child writes)
             _trace.t_faults("L.faults_wait")
@@ -149,7 +153,7 @@ def _wait_call(call, token):
         return None
     if got is None:
         return None
-    rec = P.Record(*got)
+    rec = _Record(*got)
     extra = _check_call(rec, token)
     return None if extra is None else (rec, extra)
 
@@ -157,11 +161,10 @@ def _wait_call(call, token):
 def _check_call(rec, token):
     """The extra tuple of ``rec`` if it is a call carrying ``token``, else
     None."""
-    P, pickle = _imports()[2:]
     try:
-        if rec.kind != P.KIND_CALL:
+        if rec.kind != _KIND_CALL:
             return None
-        extra = pickle.loads(rec.extra)
+        extra = _ploads(rec.extra)
         if not isinstance(extra, tuple) or len(extra) != 6 or extra[4] != token:
             return None
     except Exception:
@@ -240,7 +243,7 @@ def lease(call_sdesc, result_sdesc, token, pool, rename=None):
         if got is not None:
             if rename is not None:
                 rename[0](rename[1])
-            rec = _imports()[2].Record(*got)
+            rec = _Record(*got)
             got = None
             extra = _check_call(rec, token)
         if extra is None:
