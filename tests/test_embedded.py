@@ -356,6 +356,24 @@ def test_ember_start_run_address_and_stop():
                 print("names", sorted(n for _, n in channel.get_list(names=True)))
             """)
             assert "names ['ch-one', 'x']" in r4.stdout
+            # a second runtime of that name is refused (the name would reach neither)
+            twin = _ember("start", "--name", "batch-a")
+            if twin.returncode == 0:                     # (not left running if it was made)
+                _ember("stop", twin.stdout.split()[0])
+            assert twin.returncode == 1 and twin.stdout == "", twin.stdout
+            assert twin.stderr == (f"ember start: a runtime named 'batch-a' is already running "
+                                   f"({rid}): stop it (`ember stop batch-a`), attach to it "
+                                   f"(ember.init(address='batch-a')), or choose another name\n")
+            r6 = _py("""
+                import ember
+                try:
+                    ember.init(name="batch-a")
+                except ember.GlobalServicesError as e:
+                    print("refused:", e)
+            """)
+            assert f"refused: a runtime named 'batch-a' is already running ({rid})" in r6.stdout
+            named = [ln for ln in _ember("ls").stdout.splitlines() if " batch-a " in ln]
+            assert len(named) == 1, named
     finally:
         stop = _ember("stop", "batch-a")
     assert stop.returncode == 0, stop.stderr

@@ -379,6 +379,19 @@ def resolve(address="auto"):
     return addr
 
 
+def check_name_free(name):
+    """Refuse to start a runtime named ``name`` while a live one of this
+    user has that name: the name would then reach neither (``ember stop
+    NAME``, ``init(address=NAME)`` refuse a name two runtimes share).  Two
+    starts at the same moment can both pass: the name is only looked up."""
+    taken = [a for a in list_runtimes() if a.name == name] if name else []
+    if taken:
+        raise GlobalServicesError(
+            f"a runtime named {name!r} is already running ({taken[0].id}): stop it "
+            f"(`ember stop {name}`), attach to it (ember.init(address={name!r})), or "
+            f"choose another name")
+
+
 # ------------------------------------------------------------- attach/init
 def _slots():
     from . import _slots as mod       # (imports this module: not at the top)
@@ -457,6 +470,7 @@ class Runtime:
         """Bring up a runtime (a host process, ``ember.launcher.host``)
         and attach this process to it.  Prefer :func:`init`, which also
         makes it this process's current runtime."""
+        check_name_free(name)
         addr, host_pid = _start_host(name=name, detached=detached, label=label, grace=grace,
                                      default_pool_size=default_pool_size,
                                      inf_pool_size=inf_pool_size, timeout=start_timeout)

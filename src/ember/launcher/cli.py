@@ -390,6 +390,13 @@ def main(argv=None):
     if not _check_sizes(args):
         return EXIT_USAGE
     if args.command == "start":
+        from .. import runtime
+        from ..exceptions import GlobalServicesError
+        try:
+            runtime.check_name_free(args.name)
+        except GlobalServicesError as exc:
+            print(f"ember start: {exc}", file=sys.stderr)
+            return 1
         if not args.foreground and not args.detach:
             args.detach = True
         if args.detach:
