@@ -122,3 +122,23 @@ def test_events_skips_lines_that_are_not_event_records():
     assert res.returncode == 0, res.stderr
     assert [json.loads(ln)["event"] for ln in res.stdout.splitlines()] == [
         "runtime.started", "runtime.ended"]
+
+
+@pytest.mark.timeout(90)
+def test_events_after_the_run_names_the_finished_log(tmp_path, xdg):
+    """`ember events` once the run is over (what happened, after a crash):
+    no runtime runs, and the message names the newest finished run's log
+    and the command that prints it, not "start one"."""
+    run = _start(tmp_path, xdg, "print('done')\n")
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    (rid,) = [n[:-len(".events")] for n in os.listdir(xdg / "ember") if n.endswith(".events")]
+    res = subprocess.run([sys.executable, "-m", "ember", "events"], capture_output=True,
+                         text=True, env=_env(xdg), timeout=60)
+    assert res.returncode == 1
+    assert res.stderr == (f"ember events: no running ember runtime found for this user; the "
+                          f"newest finished run's log is {rid}'s: ember events --address "
+                          f"{rid}\n"), res.stderr
+    res = subprocess.run([sys.executable, "-m", "ember", "events", "--address", rid],
+                         capture_output=True, text=True, env=_env(xdg), timeout=60)
+    assert res.returncode == 0 and res.stdout.splitlines()[-1].endswith(" runtime.ended"), res

@@ -722,7 +722,26 @@ def _events_target(address):
         if address and address != "auto" and os.sep not in address and \
                 os.path.exists(events_path(address)):
             return address, None
+        last = None if address and address != "auto" or runtime.list_runtimes() \
+            else _newest_finished_log()
+        if last is not None:      # (not "start one": what happened is what is asked)
+            raise InspectError(f"no running ember runtime found for this user; the newest "
+                               f"finished run's log is {last}'s: ember events --address "
+                               f"{last}") from None
         raise InspectError(str(exc)) from None
+
+
+def _newest_finished_log():
+    """The id of the newest event log in this user's runtime directory (no
+    runtime runs: every log there is a finished run's), or None."""
+    from ..runtime import runtime_dir
+    d = runtime_dir(create=False)
+    try:
+        logs = [(os.stat(os.path.join(d, n)).st_mtime, n[:-len(".events")])
+                for n in os.listdir(d) if n.endswith(".events")]
+    except OSError:
+        return None
+    return max(logs)[1] if logs else None
 
 
 def _format_event(e):
