@@ -243,3 +243,48 @@ def test_queue_and_lock_by_name_under_ember_run(tmp_path):
         print(sorted(n for _, n, _, _ in naming.get_list() if n))
     """))
     assert out.splitlines() == ["True", "[0, 0]", "['io', 'jobs', 'results']"]
+
+
+@pytest.mark.timeout(90)
+def test_a_barrier_action_of_the_main_script_reaches_other_processes(tmp_path):
+    """A Barrier whose action is a function of the script run by `ember run`
+    (plain pickle takes it, by reference to __main__): a child that attaches
+    it by name, or gets it as an argument, runs it (its __main__ is not the
+    script: it failed to unpickle the Barrier, "Can't get attribute 'act'",
+    and the parent waited at the barrier until its timeout)."""
+    out = ok(run_prog(tmp_path, r"""
+        import os
+        import ember
+
+        def act():
+            print("action in", "head" if os.environ["EMBER_P_UID"] == "1" else "a child",
+                  flush=True)
+
+        def by_name(name):
+            return ember.Barrier.attach(name, timeout=30).wait(30)
+
+        def by_handle(bar):
+            return bar.wait(30)
+
+        if __name__ == "__main__":
+            named = ember.Barrier(2, action=act, name="meet", timeout=60)
+            p = ember.Process(target=by_name, args=("meet",))
+            p.start()
+            head = named.wait(60)
+            print("named", sorted([head, p.result()])); p.join()
+            plain = ember.Barrier(2, action=act, timeout=60)
+            p = ember.Process(target=by_handle, args=(plain,))
+            p.start()
+            head = plain.wait(60)
+            print("passed", sorted([head, p.result()])); p.join()
+            # what cloudpickle refuses (a ctypes Structure of the script) is made as before
+            import ctypes
+            class Rec(ctypes.Structure):
+                _fields_ = [("x", ctypes.c_double)]
+            print("value", ember.Value(Rec, 1.5, name="rec").x)
+    """))
+    lines = out.splitlines()
+    assert [ln for ln in lines if not ln.startswith("action in")] == ["named [0, 1]",
+                                                                      "passed [0, 1]",
+                                                                      "value 1.5"], out
+    assert len([ln for ln in lines if ln.startswith("action in ")]) == 2, out

@@ -14,7 +14,7 @@ import pickle
 
 from ..sync_c import _sync, sharedctypes
 from ..exceptions import ObjectError
-from . import naming
+from . import _codec, naming
 
 __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "Condition",
            "Value", "Array"]
@@ -64,7 +64,14 @@ class _Named:
 
     @staticmethod
     def _desc(obj):
-        return pickle.dumps(obj, 5)
+        # by value what names __main__ (a Barrier's action defined in the
+        # script): the other processes' __main__ is not the creator's
+        try:
+            return _codec.pickle_bytes(obj)
+        except Exception:
+            # cloudpickle refuses some (a ctypes Structure of __main__, a
+            # Value's type): by reference, as before, usable where it is found
+            return pickle.dumps(obj, 5)
 
     @staticmethod
     def _parts(obj):
