@@ -1235,3 +1235,60 @@ def test_a_cut_or_malformed_template_answer_is_not_read(monkeypatch, answer):
         spare_peer.close()
         if t._sock is not None:
             t._sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_full_epoll_set_fails_the_start_with_one_answer(tmp_path, monkeypatch):
+    """The child's pidfd cannot join the loop's epoll set (ENOSPC, as at
+    fs.epoll.max_user_watches; the hook server._EPOLL_FULL): the start
+    fails with one answer, its child killed and reaped, and the next
+    starts run.  Before, the pidfd was added after ShSpawned: the start
+    got a second, error answer and the shepherd kept a running child it
+    never watched."""
+    from ember.shepherd import server
+    from ember.shepherd.server import _child_pids
+    monkeypatch.setattr(server, "_EPOLL_FULL", str(tmp_path / "full"))
+    h = Harness(tmp_path)
+    try:
+        before = set(_child_pids())
+        r = h.spawn(1, "sleep", ["60"])
+        assert r.os_pid is None and r.err == "cannot watch 'sleep': epoll: [Errno 28] " \
+                                          "No space left on device", r
+        assert set(_child_pids()) == before
+        h.py(2, "pass")
+        assert h.exited() == (2, 0)
+    finally:
+        h.close()
+    assert h.replies.empty()
+
+
+@pytest.mark.timeout(60)
+def test_an_exit_seen_before_the_start_is_reported_waits_for_it(tmp_path, monkeypatch):
+    """A child that exits before the shepherd has sent its ShSpawned
+    (held there by the hook server._HOLD_REPORT): its pidfd, in the loop's
+    set since its record, turns readable; the loop leaves it out of the
+    poll (parked) and handles it once ShSpawned is out: ShSpawned, then
+    ShExited."""
+    from ember.shepherd import server
+    held = tmp_path / "held"
+    monkeypatch.setattr(server, "_HOLD_REPORT", str(held))
+    h = Harness(tmp_path)
+    try:
+        spawner = threading.Thread(target=h.send,
+                                   args=(M.ShSpawn(1, 1, "true", [], None, "", ""),))
+        spawner.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+                held.exists() and getattr(h.sh._children.get(1), "parked", False)):
+            time.sleep(0.01)
+        child = h.sh._children.get(1)
+        assert child is not None and child.parked and not child.watched
+        assert h.replies.empty()
+        (tmp_path / "held.go").touch()
+        spawner.join(20)
+        first = M.unpack(h.replies.get(timeout=20))
+        assert isinstance(first, M.ShSpawned) and first.err is None, first
+        assert h.exited() == (1, 0)
+    finally:
+        (tmp_path / "held.go").touch()
+        h.close()

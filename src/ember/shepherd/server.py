@@ -19,8 +19,9 @@ Threading model
   processes can never interleave.
 
 Messages to GS are sent under a lock (both threads send).  ``ShSpawned`` for
-a child is always sent before its ``ShExited``: the child's pidfd is handed
-to the epoll loop only after ``ShSpawned`` has gone out.
+a child is always sent before its ``ShExited``: the loop handles the
+child's exit only once ``ShSpawned`` has gone out (its pidfd is in the loop's
+set from its record on; an exit seen earlier is parked, ``_on_exit``).
 
 :class:`Shepherd` is transport-agnostic (``send`` is any callable taking
 bytes; requests are fed to :meth:`Shepherd.handle`); :func:`run` wires it to
@@ -78,7 +79,7 @@ class _Stream:
 
 class _Child:
     __slots__ = ("p_uid", "pid", "pidfd", "streams", "name", "sent", "external", "lease",
-                 "busy", "watched", "request")
+                 "busy", "watched", "parked", "request")
 
     def __init__(self, p_uid, pid, pidfd, streams, name="", external=False, lease=False):
         self.p_uid = p_uid
@@ -90,7 +91,8 @@ class _Child:
         self.external = external      # attached, not started by us: watched, never reaped
         self.lease = lease            # a leased spare (ember._worker --spare): may die idle
         self.busy = False             # busy on the output board (_take/_taken)
-        self.watched = False          # its pidfd is in the loop's set (ShSpawned sent)
+        self.watched = False          # its exit may be handled (ShSpawned sent)
+        self.parked = False           # its exit came first: out of the poll until then
         self.request = None           # its ShSpawn, while a spare may not have read it
 
 
@@ -162,6 +164,13 @@ _CLOSE_WAIT = 130.0
 #: it and waits between the child's fork and its record until
 #: ``path + ".go"`` exists (tests/test_shepherd.py).
 _HOLD_RECORD = os.environ.get("EMBER_TEST_SHEPHERD_HOLD_RECORD")
+#: For the tests: a path; the first spawn to create it waits there, its
+#: child recorded and its pidfd in the loop's set, before ShSpawned (until
+#: ``path + ".go"`` exists).
+_HOLD_REPORT = os.environ.get("EMBER_TEST_SHEPHERD_HOLD_REPORT")
+#: For the tests: a path; the first spawn to create it finds the epoll set
+#: full (ENOSPC, as at fs.epoll.max_user_watches) at its pidfd.
+_EPOLL_FULL = os.environ.get("EMBER_TEST_SHEPHERD_EPOLL_FULL")
 #: Seconds between the loop's looks for zombies of orphans it adopted
 #: (Shepherd._reap_orphans; while a template runs).
 _ORPHAN_SCAN = 1.0
@@ -703,14 +712,24 @@ class Shepherd(Service):
             if isinstance(exc, _StartError):
                 return str(exc)
             raise                         # (_on_spawn answers it)
+        if _HOLD_REPORT:
+            _env.hold_at(_HOLD_REPORT)
         self._send(M.ShSpawned(msg.tag, p_uid, pid, None))
         _t("S.spawned_sent")
+        # Only now may the loop handle the exit: ShSpawned precedes
+        # ShExited.  (Its pidfd is in the loop's set since _record: an
+        # exit seen before this was parked, _on_exit; the loop re-enables
+        # it too if it parked it after this look, and may have handled the
+        # exit since: closed, its number maybe another's; both under the
+        # lock.)
+        child.watched = True
+        if child.parked:
+            with self._lock:
+                if self._fds.get(pidfd) is child:
+                    self._ep.modify(pidfd, select.EPOLLIN)
         if gate is not None:
             os.close(gate)                # GS knows it: the forked child may run
         log.info("started p_uid %d (pid %d): %s", p_uid, pid, exe)
-        # Only now may the loop see the exit: ShSpawned precedes ShExited.
-        self._ep.register(pidfd, select.EPOLLIN)
-        child.watched = True
         return None
 
     def _record(self, msg, p_uid, pid, pidfd, args, direct, out_r, err_r, stdin_fd, request):
@@ -734,20 +753,31 @@ class Shepherd(Service):
             s_.child = child
         with self._lock:
             # (in the loop's set before the lock is let go: a stale event
-            # for its fd number, _read at EOF, closes it under the lock)
+            # for its fd number, _read at EOF, closes it under the lock).
+            # The pidfd too, here, before ShSpawned: an epoll_ctl that
+            # fails (ENOMEM; ENOSPC, fs.epoll.max_user_watches) fails the
+            # start, where after ShSpawned it gave a started process a
+            # second, error answer and left it unwatched; its exit is not
+            # handled before the report (_on_exit parks it).
             try:
                 for s in streams:
                     os.set_blocking(s.fd, False)
                     self._ep.register(s.fd, select.EPOLLIN)
                     self._fds[s.fd] = s
-            except BaseException:         # (ENOMEM, ENOSPC: fs.epoll.max_user_watches)
-                for s in streams:
-                    if self._fds.pop(s.fd, None) is not None:
-                        self._ep.unregister(s.fd)
+                if _EPOLL_FULL and _env.first_at(_EPOLL_FULL):
+                    raise OSError(28, os.strerror(28))          # ENOSPC
+                self._ep.register(pidfd, select.EPOLLIN)
+                self._fds[pidfd] = child
+            except BaseException as exc:
+                for fd in [s.fd for s in streams] + [pidfd]:
+                    if self._fds.pop(fd, None) is not None:
+                        self._ep.unregister(fd)
+                if isinstance(exc, OSError):
+                    raise _StartError(f"cannot watch '{msg.exe}': epoll: [Errno {exc.errno}] "
+                                      f"{exc.strerror}") from None
                 raise
             self._children[p_uid] = child
             self._pgids.add(pid)
-            self._fds[pidfd] = child
             # Started again (_rerun): the signals GS asked for meanwhile,
             # taken here, with the record, not after the spawn: the new
             # process may die and be started again before that.
@@ -1136,10 +1166,20 @@ class Shepherd(Service):
     def _on_exit(self, child):
         _t("S.exit")
         if not child.watched:
-            # A stale event (serve()): its fd number was another's when
-            # poll() returned, and a spawn in flight took it; its pidfd is
-            # not in the loop's set yet (ShSpawned first), where its exit
-            # will be seen.  Handled here, its unregister raised.
+            # ShSpawned not sent yet (_start): a stale event (serve(): its
+            # fd number was another's when poll() returned, and a spawn in
+            # flight took it), or its exit, seen first: then its pidfd
+            # leaves the poll (a level-triggered readiness would wake the
+            # loop again and again) until the spawning thread, once it has
+            # sent ShSpawned, puts it back; or the loop does, if that
+            # thread looked at ``parked`` before it was set.
+            if _fd_ready(child.pidfd):
+                with self._lock:
+                    if self._fds.get(child.pidfd) is child:
+                        self._ep.modify(child.pidfd, 0)
+                        child.parked = True
+                        if child.watched:
+                            self._ep.modify(child.pidfd, select.EPOLLIN)
             return
         if child.external:
             with self._lock:
