@@ -274,6 +274,37 @@ def test_calls_into_a_runtime_a_killed_part_ended_say_so(victim):
     assert _addresses() == []
 
 
+def test_the_lock_file_of_a_runtime_in_its_teardown_says_why_it_failed():
+    """Between a failure and the teardown's end the launcher holds the
+    runtime's lock, with the reason written in it (runtime.note_failure):
+    ended_error reads it there (the event log is read only once the lock
+    file is gone); an empty lock that is held is a running runtime."""
+    import fcntl
+    from ember import _env, runtime
+    rid = f"r{os.getpid()}-0f0f0f-{os.environ['EMBER_SEGMENT_TAG']}-lk"
+    path = f"/dev/shm/ember.{rid}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _env.set_overrides({_env.RUNTIME_ID: rid, _env.GS_CH: "x", _env.NODE: "0"})
+        assert runtime.ended_error() is None                   # held, empty: it runs
+        runtime.note_failure(rid, "shepherd exited unexpectedly (status 1)", fd)
+        log = os.path.join(_rundir(), f"{rid}.events")
+        assert str(runtime.ended_error()) == (
+            f"the ember runtime {rid} has ended (runtime failure: shepherd exited "
+            f"unexpectedly (status 1)); its event log: {log} (ember events --address {rid})")
+        os.unlink(path)                                        # the teardown's end
+        assert "(runtime failure: shepherd exited unexpectedly (status 1))" in \
+            str(runtime.ended_error())                         # from the log now
+        os.unlink(log)
+        assert "(its launcher is gone)" in str(runtime.ended_error())
+    finally:
+        _env.set_overrides(None)
+        os.close(fd)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
 @pytest.mark.timeout(60)
 def test_attach_to_a_dead_address_fails_fast_and_removes_it():
     from ember import runtime

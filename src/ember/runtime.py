@@ -155,23 +155,28 @@ def _lock_path(runtime_id):
     return os.path.join("/dev/shm", f"ember.{runtime_id}.lock")
 
 
-def lock_held(lock_path):
-    """True if some process holds an flock on ``lock_path``."""
+def lock_held(lock_path, note=False):
+    """True if some process holds an flock on ``lock_path``; ``note``:
+    ``(held, text)``, with what the file holds (a failed runtime's reason,
+    :func:`note_failure`; '' while it runs)."""
     try:
         fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        return (False, "") if note else False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        text = os.read(fd, _NOTE_MAX).decode(errors="replace") if note else ""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            held = True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            held = False
     finally:
         os.close(fd)
+    return (held, text) if note else held
 
 
 def publish(runtime_id, *, name, pid, key, inf_pool, gs_ch, default_pool, program):
@@ -249,14 +254,17 @@ def events_path(runtime_id):
     return os.path.join(runtime_dir(create=False), f"{runtime_id}.events")
 
 
-def note_failure(runtime_id, reason):
-    """Host side, before it tears a failed runtime down: a ``runtime.failed``
-    event with ``reason`` (what ``ember run`` reports after ``runtime
-    failure:``) appended to the runtime's event log, where
-    :func:`ended_error` finds it (one write, as GS's; never raises)."""
+def note_failure(runtime_id, reason, lock_fd):
+    """Host side, before it tears a failed runtime down: ``reason`` (what
+    ``ember run`` reports after ``runtime failure:``) written in the
+    runtime's lock file (``lock_fd``, held; empty while the runtime runs),
+    where :func:`ended_error` reads it until the teardown's end removes the
+    file, and as a ``runtime.failed`` event appended to the event log, which
+    outlives the run (one write, as GS's).  Never raises."""
     from .globalservices.events import _json_line
     line = _json_line({"t": round(time.time(), 6), "event": _FAILED, "reason": reason}) + "\n"
     try:
+        os.pwrite(lock_fd, reason.encode(errors="replace")[:_NOTE_MAX], 0)
         fd = os.open(events_path(runtime_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                      0o600)
         try:
@@ -267,13 +275,16 @@ def note_failure(runtime_id, reason):
         pass
 
 
+_NOTE_MAX = 4096
+
+
 def _failure_of(path):
-    """The reason of the last ``runtime.failed`` event in the last 1 MiB of
-    the event log at ``path`` (GS writes the teardown's events after it),
-    or None."""
+    """The reason of the last ``runtime.failed`` event in the last 64 KiB
+    of the event log at ``path`` (after it, GS writes at most a few of the
+    teardown's events: dead, or killed as of no use), or None."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 20)))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - (1 << 16)))
             tail = f.read()
     except OSError:
         return None
@@ -290,23 +301,28 @@ def _failure_of(path):
 
 def ended_error():
     """The :class:`~ember.exceptions.RuntimeEnded` a call that met a
-    destroyed channel or a missing segment raises when this process's
-    runtime has ended (failed: its ``runtime.failed`` event, written before
-    the teardown destroyed anything; or its launcher's lock is free); None
-    while it runs (the error is then the program's own)."""
+    destroyed channel or a missing segment (or a long wait for GS's reply,
+    ``_client.ALIVE_LOOK``) raises when this process's runtime has ended:
+    its launcher wrote why in its lock file (a failure, before the teardown
+    destroyed anything), or it holds the lock no more (the reason is then
+    read from the event log's ``runtime.failed``, if any).  None while it
+    runs (the error is then the program's own).  Costs one open, read,
+    flock and close of the lock file."""
     from .exceptions import RuntimeEnded
     if not _env.in_runtime() or _env.get(_env.NODE, "0") != "0":
         return None                  # (the lock is on the head node only)
     rid = _env.get(_env.RUNTIME_ID)
     if not rid:
         return None
+    held, reason = lock_held(_lock_path(rid), note=True)
+    if held and not reason:
+        return None
     try:
         log = events_path(rid)
     except GlobalServicesError:
         return None
-    reason = _failure_of(log)
-    if reason is None and lock_held(_lock_path(rid)):
-        return None
+    if not reason:
+        reason = _failure_of(log)
     how = f"runtime failure: {reason}" if reason is not None else "its launcher is gone"
     return RuntimeEnded(f"the ember runtime {rid} has ended ({how}); its event log: {log} "
                         f"(ember events --address {rid})")

@@ -509,13 +509,14 @@ class Launcher:
                 if not getattr(self, "stopping", False):
                     self.dead.add(role)
                     text = f"{role} exited unexpectedly (status {os.waitstatus_to_exitcode(status)})"
-                    if getattr(self, "address", None) is not None:
+                    if getattr(self, "address", None) is not None and \
+                            self.shm_lock_fd is not None:
                         # Before the teardown destroys anything: a process
-                        # attached by ember.init() finds it there when its
-                        # next call meets the torn-down runtime
+                        # attached by ember.init() finds it when its next
+                        # call meets the torn-down runtime
                         # (runtime.ended_error).
                         from .. import runtime
-                        runtime.note_failure(self.tag, text)
+                        runtime.note_failure(self.tag, text, self.shm_lock_fd)
                     raise _ChildDied(role, text)
 
     def _on_signal(self, signum, frame):
