@@ -233,11 +233,15 @@ def test_calls_into_a_runtime_a_killed_part_ended_say_so(victim):
     """GS or the shepherd SIGKILLed under an ember.init() program: its
     launcher tears the runtime down, and every call after that raises
     RuntimeEnded naming the part and the event log, where it raised the
-    torn-down channel's or pool's own CoreError; the program exits
-    cleanly and leaves nothing."""
+    torn-down channel's or pool's own CoreError; a call that was waiting
+    for GS's reply (a join) raises it too, where it waited for ever and
+    held the program at its exit; the program exits cleanly and leaves
+    nothing."""
     res = _py(f"""
-        import os, signal, sys, time, ember
+        import os, signal, sys, threading, time, ember
+        from ember import _slots
         from ember.globalservices import process, channel
+        from ember.globalservices._client import is_reply_c_uid
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from procs import children
         rt = ember.init()
@@ -245,10 +249,22 @@ def test_calls_into_a_runtime_a_killed_part_ended_say_so(victim):
         sleeper = process.create("/bin/sleep", os.getcwd(), ["60"])
         shepherd = int(open(f"/proc/{{sleeper.location.os_pid}}/stat").read().rsplit(")", 1)[1].split()[1])
         gs, = [p for p in children(rt.host_pid) if p != shepherd]
+        def join():
+            try:
+                process.join(sleeper.p_uid)
+            except ember.RuntimeEnded as exc:
+                print("error:", exc, flush=True)
+        waiter = threading.Thread(target=join)
+        waiter.start()
+        deadline = time.monotonic() + 30       # until it waits for GS's answer
+        while not is_reply_c_uid((_slots.read(rt.id).get(rt.p_uid) or {{}}).get("c_uid") or 0) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
         os.kill(shepherd if {victim!r} == "shepherd" else gs, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while rt.address.alive() and time.monotonic() < deadline:    # the teardown
             time.sleep(0.01)
+        waiter.join(30)
         def work():
             ember.Process(target=print).start()
         for call in (work, ember.Queue, lambda: process.create("/bin/true", ".", []),
@@ -267,7 +283,7 @@ def test_calls_into_a_runtime_a_killed_part_ended_say_so(victim):
     errors = [line for line in res.stdout.splitlines() if not line.startswith("rid ")]
     assert errors == [f"error: the ember runtime {rid} has ended (runtime failure: {victim} "
                       f"exited unexpectedly (status -9)); its event log: {log} (ember events "
-                      f"--address {rid})"] * 5 + ["end"], res.stdout
+                      f"--address {rid})"] * 6 + ["end"], res.stdout
     assert f"ember: runtime failure: {victim} exited unexpectedly (status -9)" in res.stderr
     assert "runtime.failed reason=" in _ember("events", "--address", rid).stdout
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"ember.{rid}.")]

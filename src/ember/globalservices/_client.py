@@ -47,6 +47,13 @@ try:
     CONTROL_SPIN = _env.seconds(_env.CONTROL_SPIN, 100e-6)
 except ValueError:
     CONTROL_SPIN = 100e-6
+#: A wait for GS's reply longer than this (seconds) looks, at each such
+#: interval, whether its runtime has ended (runtime.ended_error: a look at
+#: its launcher's lock file): a runtime that failed under the wait (GS dead)
+#: leaves nobody to answer it, and the waiting thread (a join) held the
+#: program at its exit for ever.
+ALIVE_LOOK = 1.0
+_FOREVER = float("inf")
 #: The top bit of a reply channel's c_uid, set on no other channel (GS's
 #: c_uids count up from 1, Channel.create's random ones are 63 bits): a
 #: process sleeping on one is waiting for GS's answer, which is how ``ember
@@ -217,8 +224,18 @@ class Connection:
         try:
             while True:
                 if first is None:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    data = ch._recv_reply(left, ChannelDescriptor)
+                    left = _FOREVER if deadline is None else \
+                        max(0.0, deadline - time.monotonic())
+                    try:
+                        data = ch._recv_reply(min(left, ALIVE_LOOK), ChannelDescriptor)
+                    except ChannelEmpty:
+                        if left <= ALIVE_LOOK:
+                            raise                    # (the call's own timeout)
+                        from .. import runtime
+                        ended = runtime.ended_error()
+                        if ended is not None:
+                            raise ended from None
+                        continue
                 else:
                     data, first = first, None
                 if type(data) is tuple:      # answered from the join wake board
