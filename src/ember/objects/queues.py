@@ -52,6 +52,17 @@ MAX_CAPACITY = 65536
 BLOCK_SIZE = 256
 
 
+def _wait_for(block, timeout):
+    """The channel's wait of a put or get: None (for ever), 0 (not at
+    all: ``block`` false) or ``timeout`` (a negative one as 0, as
+    multiprocessing's queues take it)."""
+    if not block:
+        return 0
+    if timeout is None:
+        return None
+    return 0.0 if timeout < 0 else timeout
+
+
 def _capacity(maxsize):
     if maxsize <= 0:
         return UNBOUNDED_CAPACITY
@@ -281,10 +292,7 @@ class Queue(_NamedHandle):
                 return
             if self._closed:
                 self._check()
-            if block and timeout is None:
-                tmo = None
-            else:
-                tmo = (0.0 if timeout < 0 else timeout) if block else 0
+            tmo = _wait_for(block, timeout)
             msg = _dumps(obj, self._pool, tmo)
             if self._slots is None and type(msg) is bytes and not self._joinable:
                 try:
@@ -350,10 +358,7 @@ class Queue(_NamedHandle):
                 return _loads(data)
             if self._closed:
                 self._check()
-            if block and timeout is None:
-                tmo = None
-            else:
-                tmo = (0.0 if timeout < 0 else timeout) if block else 0
+            tmo = _wait_for(block, timeout)
             try:
                 data = self._recv(tmo)
             except ChannelEmpty:
