@@ -257,6 +257,33 @@ def test_a_request_that_reports_a_process_s_state_first_reads_the_shepherd_s_rep
         ch.destroy()
 
 
+def test_the_teardown_reads_the_shepherd_s_reports_before_it_names_survivors(h):
+    # The head joined its last process (the kernel's answer) and exited at
+    # once: that process's exit report can still sit unread on GS's control
+    # channel (a plain exit is reported without a poke) when the launcher's
+    # Teardown(survivors=True) comes.  The survivors' line must not name it
+    # ("head exited; terminating 1 running process: ...", seen in a
+    # tutorial run), nor may it be sent a signal.
+    from ember.channels_c import Channel
+
+    ch = Channel.create(h.pool)
+    h.gs.ctl_channel = ch
+    try:
+        done, live = h.create("done"), h.create("live")
+        ch.send(m.ShExited(done, 0).pack())              # sent, not read (no poke)
+        h.sh.clear()
+        h.req(m.Teardown, 5.0, True)
+        assert len(ch) == 0
+        kills = [(x.p_uid, x.sig) for x in h.sh if type(x) is m.ShKill]
+        assert kills == [(live, signal.SIGTERM)], kills
+        lines = [ln for ln in h.errlog.getvalue().splitlines() if "head exited" in ln]
+        assert lines == [f"ember: head exited; terminating 1 running process: {live} 'live'"], \
+            lines
+    finally:
+        h.gs.ctl_channel = None
+        ch.destroy()
+
+
 def test_join_timeout_is_server_side_and_leaves_no_waiter(h):
     p = h.create()
     key = h.req(m.ProcessJoin, [p], 2.0, False, False)

@@ -98,6 +98,12 @@ class TeardownPart:
             raise EmberError(f"Teardown is accepted from the launcher only, not from process {msg.p_uid}")
         if self.teardown is not None:
             return
+        # The shepherd's reports first (read_reports, as a query does): a
+        # plain exit is reported without a poke, and the head's last
+        # join() is the kernel's, so an exit the head has joined may still
+        # be unread here: the survivors' line named it as running, and it
+        # was sent a SIGTERM it no longer needed.
+        self.read_reports()
         try:
             grace = _timeout(msg.grace, EmberError)
         except EmberError:
