@@ -252,14 +252,17 @@ class Queue(_NamedHandle):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
 
+    def _named(self):
+        """``Queue 'jobs'`` (``Queue`` if it has no name)."""
+        name = self._rec.get("name")
+        return f"{type(self).__name__} {name!r}" if name else type(self).__name__
+
     def _label(self):
-        """``queue 'jobs' (o_uid 3)``, for messages."""
-        name = f" {self._rec['name']!r}" if self._rec.get("name") else ""
-        return f"{type(self).__name__}{name} (o_uid {self._rec['o_uid']})"
+        """``Queue 'jobs' (o_uid 3)``, for messages."""
+        return f"{self._named()} (o_uid {self._rec['o_uid']})"
 
     def __repr__(self):
-        name = f" {self._rec['name']!r}" if self._rec.get("name") else ""
-        return f"<ember.{type(self).__name__}{name} o_uid={self._rec['o_uid']} maxsize={self._maxsize}>"
+        return f"<ember.{self._named()} o_uid={self._rec['o_uid']} maxsize={self._maxsize}>"
 
     # ---------------------------------------------------------------- put/get
     def put(self, obj, block=True, timeout=None):
